@@ -1,0 +1,123 @@
+//! Stable error codes, shared by REST bodies (`{"error":{"code","message"}}`) and WebSocket
+//! `error` frames. Clients branch on these strings, so they never change once published.
+
+use serde::{Deserialize, Serialize};
+
+/// Every error code the system emits. The serialized form is the snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request or frame is malformed or fails validation.
+    BadRequest,
+    /// No token, or a token that is malformed, expired or wrongly signed.
+    Unauthorized,
+    /// The caller is authenticated but may not do this (for example a cluster-only route).
+    Forbidden,
+    /// The caller is not a member of the conversation.
+    NotAMember,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// A body or frame is over the configured limit.
+    TooLarge,
+    /// The caller sends faster than allowed.
+    RateLimited,
+    /// A dependency (Redis, the broker, the database) is unreachable; retry later.
+    Unavailable,
+    /// No socket server has room for one more connection.
+    NoCapacity,
+    /// The route exists only in dev mode, which is off.
+    DevModeDisabled,
+    /// A bug on our side; the message says no more than that.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire string of this code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NoCapacity => "no_capacity",
+            ErrorCode::DevModeDisabled => "dev_mode_disabled",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that goes with the code in REST answers.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden | ErrorCode::NotAMember => 403,
+            ErrorCode::NotFound | ErrorCode::DevModeDisabled => 404,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable | ErrorCode::NoCapacity => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// The REST error body: `{"error":{"code":"snake_case","message":"human text"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_name_matches_as_str() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotAMember,
+            ErrorCode::NotFound,
+            ErrorCode::TooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::Unavailable,
+            ErrorCode::NoCapacity,
+            ErrorCode::DevModeDisabled,
+            ErrorCode::Internal,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let body = ErrorBody::new(ErrorCode::NoCapacity, "all full");
+        let value = serde_json::to_value(&body).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"error":{"code":"no_capacity","message":"all full"}})
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! WebSocket frames (SPEC section 4): one JSON object per text frame, discriminated by `type`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// A frame a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Send {
+        conversation_id: String,
+        client_msg_id: String,
+        body: String,
+    },
+    Delivered {
+        conversation_id: String,
+        seq: u64,
+    },
+    Read {
+        conversation_id: String,
+        seq: u64,
+    },
+    Typing {
+        conversation_id: String,
+    },
+    Ping,
+}
+
+/// A frame the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Hello {
+        user_id: String,
+        server_id: String,
+    },
+    Sent {
+        client_msg_id: String,
+        conversation_id: String,
+        message_id: String,
+        seq: u64,
+        created_at: String,
+    },
+    Message {
+        conversation_id: String,
+        message_id: String,
+        seq: u64,
+        sender_id: String,
+        body: String,
+        created_at: String,
+    },
+    Receipt {
+        conversation_id: String,
+        user_id: String,
+        kind: ReceiptKind,
+        seq: u64,
+    },
+    Presence {
+        user_id: String,
+        status: PresenceStatus,
+        last_seen: Option<String>,
+    },
+    Typing {
+        conversation_id: String,
+        user_id: String,
+    },
+    Pong,
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        client_msg_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    Online,
+    Offline,
+}
+
+impl ServerFrame {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            code,
+            message: message.into(),
+            client_msg_id: None,
+        }
+    }
+
+    /// Serializes the frame; frames are plain data, so this cannot fail.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+/// Why a client's text frame could not be understood; becomes an `error` frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame is not a JSON object with a known `type`: {0}")]
+    Malformed(String),
+}
+
+impl ClientFrame {
+    /// Parses one text frame. Unknown `type`s and missing fields are `Malformed`, with serde's
+    /// description, so the client learns what was wrong.
+    pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        serde_json::from_str(text).map_err(|e| FrameError::Malformed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_client_frame() {
+        let send = ClientFrame::parse(
+            r#"{"type":"send","conversation_id":"c1","client_msg_id":"m1","body":"hi"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            send,
+            ClientFrame::Send {
+                conversation_id: "c1".into(),
+                client_msg_id: "m1".into(),
+                body: "hi".into()
+            }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ping"}"#).unwrap(),
+            ClientFrame::Ping
+        );
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"read","conversation_id":"c","seq":3}"#).unwrap(),
+            ClientFrame::Read { seq: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_and_malformed() {
+        assert!(ClientFrame::parse(r#"{"type":"dance"}"#).is_err());
+        assert!(ClientFrame::parse("not json").is_err());
+        assert!(ClientFrame::parse(r#"{"type":"send"}"#).is_err());
+    }
+
+    #[test]
+    fn server_frames_have_spec_shape() {
+        let hello = ServerFrame::Hello {
+            user_id: "alice".into(),
+            server_id: "s1".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&hello).unwrap(),
+            serde_json::json!({"type":"hello","user_id":"alice","server_id":"s1"})
+        );
+        assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+        let err = ServerFrame::error(ErrorCode::BadRequest, "nope");
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            serde_json::json!({"type":"error","code":"bad_request","message":"nope"})
+        );
+    }
+}

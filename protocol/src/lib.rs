@@ -1,0 +1,16 @@
+//! The client-facing contract of Switchboard (SPEC sections 2-4), in one place.
+//!
+//! - [`frames`]: the JSON objects exchanged over the WebSocket, one per text frame.
+//! - [`token`]: HS256 JWTs (`sub`, `exp`, `iat`) and the user-id rule.
+//! - [`registry`]: request and response bodies of the registry REST API.
+//! - [`error_code`]: the one table of stable error codes every service uses.
+//!
+//! Every service and every Rust client (tests, load generator) uses these types, so a field
+//! renamed here is renamed everywhere at once.
+
+pub mod error_code;
+pub mod frames;
+pub mod registry;
+pub mod token;
+
+pub use error_code::ErrorCode;

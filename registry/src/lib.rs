@@ -1,0 +1,121 @@
+//! The registry: the REST service clients ask for a socket server (SPEC section 3).
+//!
+//! - [`RegistryConfig`]: typed settings from the environment.
+//! - [`Application`]: binds, exposes [`Application::port`], runs until the shutdown token fires;
+//!   tests start it on port 0.
+//! - `routes`: the handlers; the balancing itself lives in the `server-directory` crate's
+//!   atomic assign script, shared with the socket servers and health checkers.
+
+mod routes;
+
+use std::net::TcpListener;
+
+use actix_web::{web, App, HttpServer};
+use switchboard_protocol::token::TokenKeys;
+use switchboard_server_directory::ServerDirectory;
+use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError};
+use switchboard_service_kit::ops::Ops;
+use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_service_kit::shutdown::CancellationToken;
+use switchboard_service_kit::http;
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub common: CommonConfig,
+    /// `SB_REGISTRY_BIND`, default `127.0.0.1:8101`.
+    pub bind: String,
+    /// A server whose last heartbeat is older than this is not handed out
+    /// (`SB_SERVER_STALE_MS`, default 10000; 0 disables the check).
+    pub stale_after_ms: i64,
+    /// How long an assignment holds a slot before the client connects
+    /// (`SB_RESERVATION_TTL_MS`, default 10000).
+    pub reservation_ttl_ms: i64,
+    /// Lifetime of dev tokens (`SB_DEV_TOKEN_TTL_SECS`, default 86400).
+    pub dev_token_ttl_secs: i64,
+}
+
+impl RegistryConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(RegistryConfig {
+            common: CommonConfig::from_env()?,
+            bind: env_string("SB_REGISTRY_BIND", "127.0.0.1:8101"),
+            stale_after_ms: env_or("SB_SERVER_STALE_MS", 10_000)?,
+            reservation_ttl_ms: env_or("SB_RESERVATION_TTL_MS", 10_000)?,
+            dev_token_ttl_secs: env_or("SB_DEV_TOKEN_TTL_SECS", 86_400)?,
+        })
+    }
+}
+
+/// What the handlers share.
+pub(crate) struct AppState {
+    pub directory: ServerDirectory,
+    pub tokens: TokenKeys,
+    pub config: RegistryConfig,
+    pub assignments: prometheus::IntCounterVec,
+}
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+}
+
+impl Application {
+    pub async fn build(config: RegistryConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&config.bind)?;
+        let port = listener.local_addr()?.port();
+        let redis = SentinelRedis::new(config.common.redis.clone());
+        let directory = ServerDirectory::new(redis.clone());
+
+        let assignments = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("registry_assignments_total", "assign requests by outcome"),
+            &["outcome"],
+        )?;
+        let ready_redis = redis.clone();
+        let ops = Ops::new("registry").with_check(
+            "redis",
+            std::sync::Arc::new(move || {
+                let redis = ready_redis.clone();
+                Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
+            }),
+        );
+        ops.register(&assignments);
+
+        let state = web::Data::new(AppState {
+            directory,
+            tokens: TokenKeys::new(config.common.jwt_secret.as_bytes()),
+            config,
+            assignments,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap_fn(switchboard_service_kit::ops::timed(ops.clone()))
+                .app_data(state.clone())
+                .app_data(http::json_config(64 * 1024))
+                .app_data(http::query_config())
+                .app_data(http::path_config())
+                .configure(ops.clone().configure())
+                .configure(routes::configure)
+                .default_service(web::to(http::not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)?
+        .run();
+        Ok(Application { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        Ok(())
+    }
+}

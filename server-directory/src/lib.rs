@@ -1,0 +1,325 @@
+//! The directory of socket servers, kept in Redis, shared by the registry (assigns), the socket
+//! servers (keep their own score exact) and the health checker (evicts).
+//!
+//! Keys, all under the configured prefix `P`:
+//! - `P servers`: sorted set, member = server id, score = load = live connections plus
+//!   outstanding reservations. A min-heap: the least-loaded server is rank 0.
+//! - `P server:{id}`: hash with `url`, `health_url`, `max_connections`, `last_heartbeat_ms`.
+//! - `P reservations:{id}`: sorted set of reservation ids scored by expiry (ms).
+//!
+//! Why reservations: a burst of 1,000 assigns arrives before any client connects, so a plain
+//! "take the minimum" would hand the whole burst to one server. The assign script picks the
+//! least-loaded server with room *and* bumps its score by one in the same atomic step, leaving a
+//! reservation. When a client connects, the server consumes one reservation instead of bumping
+//! the score again. Reservations that never turn into connections expire, and the server's
+//! periodic reconcile sets its score back to `live + unexpired reservations`, so neither a lost
+//! decrement nor an abandoned assignment leaves drift.
+//!
+//! Every mutation is one Lua script, so concurrent registries, servers and health checkers
+//! never interleave inside a step. The scripts build per-server key names from the prefix, which
+//! is fine for a single master (Sentinel) deployment, not for Redis Cluster.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+use switchboard_protocol::registry::{Assignment, Registration};
+use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+
+/// One server as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRecord {
+    pub server_id: String,
+    pub url: String,
+    pub health_url: String,
+    pub max_connections: u64,
+    /// Live connections plus outstanding reservations.
+    pub load: u64,
+    pub last_heartbeat_ms: Option<i64>,
+}
+
+static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+        -- KEYS: servers, server hash, reservations. ARGV: id, url, health_url, max, now_ms, live
+        redis.call('HSET', KEYS[2], 'url', ARGV[2], 'health_url', ARGV[3],
+                   'max_connections', ARGV[4], 'last_heartbeat_ms', ARGV[5])
+        local reserved = redis.call('ZCARD', KEYS[3])
+        redis.call('ZADD', KEYS[1], tonumber(ARGV[6]) + reserved, ARGV[1])
+        return 1
+        "#,
+    )
+});
+
+static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+        -- KEYS: servers, server hash, reservations. ARGV: id
+        local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+        redis.call('DEL', KEYS[2], KEYS[3])
+        return removed
+        "#,
+    )
+});
+
+static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+        -- KEYS: servers. ARGV: prefix, now_ms, stale_ms, reservation_ttl_ms, reservation_id
+        local prefix = ARGV[1]
+        local now = tonumber(ARGV[2])
+        local stale = tonumber(ARGV[3])
+        local ttl = tonumber(ARGV[4])
+        local offset = 0
+        while true do
+          local batch = redis.call('ZRANGE', KEYS[1], offset, offset + 63, 'WITHSCORES')
+          if #batch == 0 then return false end
+          for i = 1, #batch, 2 do
+            local id = batch[i]
+            local load = tonumber(batch[i + 1])
+            local h = redis.call('HMGET', prefix .. 'server:' .. id,
+                                 'url', 'max_connections', 'last_heartbeat_ms')
+            if h[1] and h[2] then
+              local max = tonumber(h[2])
+              local heartbeat = tonumber(h[3] or '0')
+              if load < max and (stale <= 0 or now - heartbeat <= stale) then
+                redis.call('ZADD', prefix .. 'reservations:' .. id, now + ttl, ARGV[5])
+                redis.call('ZINCRBY', KEYS[1], 1, id)
+                return {id, h[1], tostring(load), h[2]}
+              end
+            end
+          end
+          offset = offset + 64
+        end
+        "#,
+    )
+});
+
+static CONNECTED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+        -- KEYS: servers, reservations. ARGV: id, now_ms
+        if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+        local expired = redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
+        local delta = 1 - expired
+        if #redis.call('ZPOPMIN', KEYS[2]) > 0 then delta = delta - 1 end
+        if delta ~= 0 then redis.call('ZINCRBY', KEYS[1], delta, ARGV[1]) end
+        return 1
+        "#,
+    )
+});
+
+static DISCONNECTED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+        -- KEYS: servers. ARGV: id
+        local load = redis.call('ZSCORE', KEYS[1], ARGV[1])
+        if not load then return 0 end
+        if tonumber(load) >= 1 then redis.call('ZINCRBY', KEYS[1], -1, ARGV[1]) end
+        return 1
+        "#,
+    )
+});
+
+static RECONCILE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+        -- KEYS: servers, server hash, reservations. ARGV: id, live, now_ms
+        if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+        redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])
+        local load = tonumber(ARGV[2]) + redis.call('ZCARD', KEYS[3])
+        redis.call('ZADD', KEYS[1], 'XX', load, ARGV[1])
+        redis.call('HSET', KEYS[2], 'last_heartbeat_ms', ARGV[3])
+        return 1
+        "#,
+    )
+});
+
+static LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+        -- KEYS: servers. ARGV: prefix. Returns id, load, url, health_url, max, heartbeat ...
+        local out = {}
+        local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+        for i = 1, #all, 2 do
+          local h = redis.call('HMGET', ARGV[1] .. 'server:' .. all[i],
+                               'url', 'health_url', 'max_connections', 'last_heartbeat_ms')
+          if h[1] then
+            table.insert(out, all[i])
+            table.insert(out, all[i + 1])
+            table.insert(out, h[1])
+            table.insert(out, h[2] or '')
+            table.insert(out, h[3] or '0')
+            table.insert(out, h[4] or '')
+          end
+        end
+        return out
+        "#,
+    )
+});
+
+/// Typed access to the directory. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerDirectory {
+    redis: SentinelRedis,
+    servers_key: String,
+}
+
+impl ServerDirectory {
+    pub fn new(redis: SentinelRedis) -> Self {
+        let servers_key = redis.key("servers");
+        ServerDirectory { redis, servers_key }
+    }
+
+    pub fn redis(&self) -> &SentinelRedis {
+        &self.redis
+    }
+
+    fn hash_key(&self, id: &str) -> String {
+        self.redis.key(&format!("server:{id}"))
+    }
+
+    fn reservations_key(&self, id: &str) -> String {
+        self.redis.key(&format!("reservations:{id}"))
+    }
+
+    /// Adds or refreshes a server; its load becomes `live` plus outstanding reservations.
+    pub async fn register(
+        &self,
+        reg: &Registration,
+        live: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut inv = REGISTER.prepare_invoke();
+        inv.key(&self.servers_key)
+            .key(self.hash_key(&reg.server_id))
+            .key(self.reservations_key(&reg.server_id))
+            .arg(&reg.server_id)
+            .arg(&reg.url)
+            .arg(&reg.health_url)
+            .arg(reg.max_connections)
+            .arg(now_ms)
+            .arg(live);
+        let _: i64 = self.redis.invoke(&inv).await?;
+        Ok(())
+    }
+
+    /// Removes a server and everything kept for it. `true` if it was in the set (so of two
+    /// health checkers evicting at once, exactly one sees `true`).
+    pub async fn remove(&self, server_id: &str) -> Result<bool, StoreError> {
+        let mut inv = REMOVE.prepare_invoke();
+        inv.key(&self.servers_key)
+            .key(self.hash_key(server_id))
+            .key(self.reservations_key(server_id))
+            .arg(server_id);
+        let removed: i64 = self.redis.invoke(&inv).await?;
+        Ok(removed == 1)
+    }
+
+    /// Picks the least-loaded server with room and a fresh heartbeat, and reserves a slot on
+    /// it. `None` when every server is full (or there are none).
+    pub async fn assign(
+        &self,
+        now_ms: i64,
+        stale_after_ms: i64,
+        reservation_ttl_ms: i64,
+    ) -> Result<Option<Assignment>, StoreError> {
+        let mut inv = ASSIGN.prepare_invoke();
+        inv.key(&self.servers_key)
+            .arg(self.redis.config().key_prefix.as_str())
+            .arg(now_ms)
+            .arg(stale_after_ms)
+            .arg(reservation_ttl_ms)
+            .arg(ulid::Ulid::new().to_string());
+        let row: Option<(String, String, String, String)> = self.redis.invoke(&inv).await?;
+        Ok(row.map(|(server_id, url, load, max)| Assignment {
+            server_id,
+            url,
+            connections: parse_count(&load),
+            max_connections: parse_count(&max),
+        }))
+    }
+
+    /// A client connected: consume a reservation, or count one more if there was none.
+    pub async fn connected(&self, server_id: &str, now_ms: i64) -> Result<(), StoreError> {
+        let mut inv = CONNECTED.prepare_invoke();
+        inv.key(&self.servers_key)
+            .key(self.reservations_key(server_id))
+            .arg(server_id)
+            .arg(now_ms);
+        let _: i64 = self.redis.invoke(&inv).await?;
+        Ok(())
+    }
+
+    /// A client left.
+    pub async fn disconnected(&self, server_id: &str) -> Result<(), StoreError> {
+        let mut inv = DISCONNECTED.prepare_invoke();
+        inv.key(&self.servers_key).arg(server_id);
+        let _: i64 = self.redis.invoke(&inv).await?;
+        Ok(())
+    }
+
+    /// Sets the load to the exact `live` count plus unexpired reservations and records a
+    /// heartbeat. `false` when the server is not registered (evicted, or lost in a failover):
+    /// the caller should register again.
+    pub async fn reconcile(
+        &self,
+        server_id: &str,
+        live: u64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut inv = RECONCILE.prepare_invoke();
+        inv.key(&self.servers_key)
+            .key(self.hash_key(server_id))
+            .key(self.reservations_key(server_id))
+            .arg(server_id)
+            .arg(live)
+            .arg(now_ms);
+        let present: i64 = self.redis.invoke(&inv).await?;
+        Ok(present == 1)
+    }
+
+    /// Every registered server, least loaded first.
+    pub async fn list(&self) -> Result<Vec<ServerRecord>, StoreError> {
+        let mut inv = LIST.prepare_invoke();
+        inv.key(&self.servers_key)
+            .arg(self.redis.config().key_prefix.as_str());
+        let flat: Vec<String> = self.redis.invoke(&inv).await?;
+        Ok(flat
+            .chunks_exact(6)
+            .map(|row| ServerRecord {
+                server_id: row[0].clone(),
+                load: parse_count(&row[1]),
+                url: row[2].clone(),
+                health_url: row[3].clone(),
+                max_connections: parse_count(&row[4]),
+                last_heartbeat_ms: row[5].parse().ok(),
+            })
+            .collect())
+    }
+
+    /// The load of one server, `None` if it is not in the set.
+    pub async fn load(&self, server_id: &str) -> Result<Option<u64>, StoreError> {
+        let score: Option<f64> = self
+            .redis
+            .query(redis::cmd("ZSCORE").arg(&self.servers_key).arg(server_id))
+            .await?;
+        Ok(score.map(|s| s.max(0.0) as u64))
+    }
+}
+
+fn parse_count(text: &str) -> u64 {
+    text.parse::<f64>().map(|v| v.max(0.0) as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_count;
+
+    #[test]
+    fn counts_parse_from_redis_scores() {
+        assert_eq!(parse_count("12"), 12);
+        assert_eq!(parse_count("3.0"), 3);
+        assert_eq!(parse_count("-1"), 0);
+        assert_eq!(parse_count("junk"), 0);
+    }
+}

@@ -1,0 +1,17 @@
+//! The service kit: everything each Switchboard service needs and none should write twice.
+//!
+//! - [`config`]: typed configuration from environment variables with working local defaults.
+//! - [`redis_sentinel`]: a Redis handle that finds the master through Sentinel by name and
+//!   re-resolves it whenever the connection breaks (failover without restarts).
+//! - [`telemetry`]: `tracing` subscriber setup (pretty or JSON lines).
+//! - [`http`]: [`http::ApiError`], the one JSON error body, and the JSON extractor configs.
+//! - [`ops`]: `/live`, `/ready` (readiness reflects dependencies) and `/metrics`, plus the HTTP
+//!   latency middleware.
+//! - [`shutdown`]: one cancellation token that every task of a service watches.
+
+pub mod config;
+pub mod http;
+pub mod ops;
+pub mod redis_sentinel;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,262 @@
+//! Redis through Sentinel.
+//!
+//! Services never know the master's address: they know the Sentinels and the master's name.
+//! [`SentinelRedis`] asks the Sentinels for the master, checks with `ROLE` that it really is a
+//! master (a demoted one may still be listed for a moment during failover), and keeps one
+//! multiplexed connection, which every caller shares by cloning (no per-command connection
+//! setup). When a command fails in a way that means "this connection or this master is gone"
+//! (I/O error, refused, timeout, `READONLY`), the connection is dropped and the next command
+//! resolves the master again. So a failover costs the few seconds Sentinel needs to promote a
+//! replica, and no service restarts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{FromRedisValue, RedisError};
+
+use crate::config::{env_millis, env_string, ConfigError};
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `host:port` of each Sentinel (`SB_REDIS_SENTINELS`, comma separated).
+    pub sentinels: Vec<String>,
+    /// The monitored master's name (`SB_REDIS_MASTER_NAME`).
+    pub master_name: String,
+    /// Prefix of every key this system writes (`SB_REDIS_PREFIX`).
+    pub key_prefix: String,
+    /// Upper bound on one command, connection included (`SB_REDIS_TIMEOUT_MS`).
+    pub command_timeout: Duration,
+}
+
+impl RedisConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(RedisConfig {
+            sentinels: env_string(
+                "SB_REDIS_SENTINELS",
+                "127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381",
+            )
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+            master_name: env_string("SB_REDIS_MASTER_NAME", "switchboard"),
+            key_prefix: env_string("SB_REDIS_PREFIX", "sb:"),
+            command_timeout: env_millis("SB_REDIS_TIMEOUT_MS", 1500)?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No master could be reached, or the connection broke; retrying later may work.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Redis answered with an error (a bug or a bad value, not an outage).
+    #[error("redis error: {0}")]
+    Command(RedisError),
+}
+
+struct Inner {
+    config: RedisConfig,
+    /// The shared connection and the generation it belongs to. A std mutex, held only to clone
+    /// or swap, never across an await.
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    generation: AtomicU64,
+    /// Serialises re-resolution so a burst of failures triggers one lookup, not hundreds.
+    resolving: tokio::sync::Mutex<()>,
+}
+
+/// A cloneable handle to the current Redis master.
+#[derive(Clone)]
+pub struct SentinelRedis {
+    inner: Arc<Inner>,
+}
+
+impl SentinelRedis {
+    /// Creates the handle; it connects lazily, so a service can start while Redis is down and
+    /// report not-ready until it comes up.
+    pub fn new(config: RedisConfig) -> Self {
+        SentinelRedis {
+            inner: Arc::new(Inner {
+                config,
+                current: Mutex::new(None),
+                generation: AtomicU64::new(0),
+                resolving: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// `prefix + suffix`: every key this system writes goes through here.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{}", self.inner.config.key_prefix, suffix)
+    }
+
+    /// Runs one command against the master.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let (generation, mut conn) = self.connection().await?;
+        let result = tokio::time::timeout(self.inner.config.command_timeout, async {
+            cmd.query_async::<T>(&mut conn).await
+        })
+        .await;
+        self.settle(generation, result)
+    }
+
+    /// Runs a pipeline (atomic when built with `.atomic()`).
+    pub async fn query_pipe<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let (generation, mut conn) = self.connection().await?;
+        let result = tokio::time::timeout(self.inner.config.command_timeout, async {
+            pipe.query_async::<T>(&mut conn).await
+        })
+        .await;
+        self.settle(generation, result)
+    }
+
+    /// Runs a Lua script (EVALSHA, falling back to loading it).
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let (generation, mut conn) = self.connection().await?;
+        let result = tokio::time::timeout(self.inner.config.command_timeout, async {
+            invocation.invoke_async::<T>(&mut conn).await
+        })
+        .await;
+        self.settle(generation, result)
+    }
+
+    /// `PING`, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    fn settle<T>(
+        &self,
+        generation: u64,
+        result: Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StoreError> {
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) if connection_is_broken(&err) => {
+                self.invalidate(generation);
+                Err(StoreError::Unavailable(err.to_string()))
+            }
+            Ok(Err(err)) => Err(StoreError::Command(err)),
+            Err(_) => {
+                self.invalidate(generation);
+                Err(StoreError::Unavailable("command timed out".into()))
+            }
+        }
+    }
+
+    /// Drops the connection of `generation` (if it is still the current one) so the next
+    /// command resolves the master again.
+    fn invalidate(&self, generation: u64) {
+        let mut current = self.inner.current.lock().expect("redis handle lock");
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            tracing::warn!("redis connection dropped; will re-resolve the master via sentinel");
+            *current = None;
+        }
+    }
+
+    async fn connection(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
+        if let Some(found) = self.cached() {
+            return Ok(found);
+        }
+        let _guard = self.inner.resolving.lock().await;
+        if let Some(found) = self.cached() {
+            return Ok(found);
+        }
+        let conn = tokio::time::timeout(self.inner.config.command_timeout * 2, self.resolve())
+            .await
+            .map_err(|_| StoreError::Unavailable("resolving the master timed out".into()))??;
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.inner.current.lock().expect("redis handle lock") = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.inner
+            .current
+            .lock()
+            .expect("redis handle lock")
+            .clone()
+    }
+
+    /// Asks each Sentinel in turn for the master and connects to the first address that
+    /// confirms it is a master.
+    async fn resolve(&self) -> Result<MultiplexedConnection, StoreError> {
+        let mut last_error = String::from("no sentinels configured");
+        for sentinel in &self.inner.config.sentinels {
+            match self.ask_sentinel(sentinel).await {
+                Ok((host, port)) => match connect_master(&host, port).await {
+                    Ok(conn) => {
+                        tracing::info!(%host, port, "connected to redis master");
+                        return Ok(conn);
+                    }
+                    Err(e) => last_error = format!("master {host}:{port}: {e}"),
+                },
+                Err(e) => last_error = format!("sentinel {sentinel}: {e}"),
+            }
+        }
+        Err(StoreError::Unavailable(last_error))
+    }
+
+    async fn ask_sentinel(&self, sentinel: &str) -> Result<(String, u16), String> {
+        let client = redis::Client::open(format!("redis://{sentinel}/")).map_err(|e| e.to_string())?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.inner.config.master_name)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        addr.ok_or_else(|| format!("does not know master {}", self.inner.config.master_name))
+    }
+}
+
+async fn connect_master(host: &str, port: u16) -> Result<MultiplexedConnection, String> {
+    let client = redis::Client::open(format!("redis://{host}:{port}/")).map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let role: redis::Value = redis::cmd("ROLE")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let is_master = match &role {
+        redis::Value::Array(items) => matches!(
+            items.first(),
+            Some(redis::Value::BulkString(b)) if b.as_slice() == b"master"
+        ),
+        _ => false,
+    };
+    if is_master {
+        Ok(conn)
+    } else {
+        Err("not a master (yet)".into())
+    }
+}
+
+fn connection_is_broken(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || err.kind() == redis::ErrorKind::ReadOnly
+        || err.kind() == redis::ErrorKind::MasterDown
+        || err.kind() == redis::ErrorKind::TryAgain
+}
