@@ -1,0 +1,127 @@
+//! The health checker: probes every registered socket server's health URL and evicts the ones
+//! that stop answering.
+//!
+//! - [`HealthCheckerConfig`]: interval, timeout and failure threshold; the defaults (500 ms,
+//!   400 ms, 3 misses) evict a dead server in about 1.5-2 s.
+//! - `prober`: one round = list the directory, probe every server concurrently, count
+//!   consecutive failures, evict at the threshold.
+//! - [`Application`]: serves `/live`, `/ready`, `/metrics` and runs the prober until shutdown.
+//!
+//! Two or more instances may run at once: eviction is one atomic script that removes the
+//! server, its hash and its reservations, and reports whether it did; so a server is evicted
+//! once, and a second checker's eviction of the same server is a no-op. A server wrongly
+//! evicted (say, paused for a moment) notices on its next reconcile and registers again.
+
+mod prober;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use switchboard_server_directory::ServerDirectory;
+use switchboard_service_kit::config::{env_millis, env_or, env_string, CommonConfig, ConfigError};
+use switchboard_service_kit::http;
+use switchboard_service_kit::ops::Ops;
+use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_service_kit::shutdown::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckerConfig {
+    pub common: CommonConfig,
+    /// Metrics and health endpoints (`SB_HEALTH_BIND`, default `127.0.0.1:8301`).
+    pub bind: String,
+    /// Time between probe rounds (`SB_PROBE_INTERVAL_MS`, default 500).
+    pub probe_interval: Duration,
+    /// One probe's timeout (`SB_PROBE_TIMEOUT_MS`, default 400).
+    pub probe_timeout: Duration,
+    /// Consecutive failed probes before eviction (`SB_FAILURE_THRESHOLD`, default 3).
+    pub failure_threshold: u32,
+}
+
+impl HealthCheckerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(HealthCheckerConfig {
+            common: CommonConfig::from_env()?,
+            bind: env_string("SB_HEALTH_BIND", "127.0.0.1:8301"),
+            probe_interval: env_millis("SB_PROBE_INTERVAL_MS", 500)?,
+            probe_timeout: env_millis("SB_PROBE_TIMEOUT_MS", 400)?,
+            failure_threshold: env_or("SB_FAILURE_THRESHOLD", 3)?,
+        })
+    }
+}
+
+pub(crate) struct Metrics {
+    pub probes: prometheus::IntCounterVec,
+    pub evictions: prometheus::IntCounter,
+    pub servers: prometheus::IntGauge,
+}
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    prober: prober::Prober,
+}
+
+impl Application {
+    pub async fn build(config: HealthCheckerConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&config.bind)?;
+        let port = listener.local_addr()?.port();
+        let redis = SentinelRedis::new(config.common.redis.clone());
+        let metrics = Metrics {
+            probes: prometheus::IntCounterVec::new(
+                prometheus::Opts::new("health_probes_total", "socket server probes by outcome"),
+                &["outcome"],
+            )?,
+            evictions: prometheus::IntCounter::new(
+                "health_evictions_total",
+                "socket servers evicted by this checker",
+            )?,
+            servers: prometheus::IntGauge::new(
+                "health_registered_servers",
+                "socket servers seen in the last round",
+            )?,
+        };
+        let ready_redis = redis.clone();
+        let ops = Ops::new("health-checker").with_check(
+            "redis",
+            std::sync::Arc::new(move || {
+                let redis = ready_redis.clone();
+                Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
+            }),
+        );
+        ops.register(&metrics.probes);
+        ops.register(&metrics.evictions);
+        ops.register(&metrics.servers);
+        let prober = prober::Prober::new(ServerDirectory::new(redis), config, metrics)?;
+        let server = HttpServer::new(move || {
+            App::new()
+                .configure(ops.clone().configure())
+                .default_service(web::to(http::not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        Ok(Application {
+            port,
+            server,
+            prober,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let prober = tokio::spawn(self.prober.run(shutdown.clone()));
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        let _ = prober.await;
+        Ok(())
+    }
+}

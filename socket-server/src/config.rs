@@ -1,0 +1,65 @@
+//! Socket server settings, from the environment (README lists them all).
+
+use std::time::Duration;
+
+use switchboard_service_kit::config::{env_millis, env_or, env_string, CommonConfig, ConfigError};
+
+#[derive(Debug, Clone)]
+pub struct SocketServerConfig {
+    pub common: CommonConfig,
+    /// `SB_SOCKET_BIND`, default `127.0.0.1:9001`.
+    pub bind: String,
+    /// The URL clients are given (`SB_SOCKET_PUBLIC_URL`); default `ws://<bind>/ws`.
+    pub public_url: Option<String>,
+    /// The URL health checkers probe (`SB_SOCKET_HEALTH_URL`); default `http://<bind>/live`.
+    pub health_url: Option<String>,
+    /// `SB_SERVER_ID`; a fresh ULID-based id when unset.
+    pub server_id: Option<String>,
+    /// Where the registry answers (`SB_REGISTRY_URL`, default `http://127.0.0.1:8080`).
+    pub registry_url: String,
+    /// `SB_MAX_CONNECTIONS`, default 100000.
+    pub max_connections: u64,
+    /// Largest accepted client frame in bytes (`SB_MAX_FRAME_BYTES`, default 262144).
+    pub max_frame_bytes: usize,
+    /// Largest message body in bytes (`SB_MAX_BODY_BYTES`, default 65536).
+    pub max_body_bytes: usize,
+    /// Server pings every this often (`SB_HEARTBEAT_INTERVAL_MS`, default 5000).
+    pub heartbeat_interval: Duration,
+    /// A client silent this long is dropped (`SB_CLIENT_TIMEOUT_MS`, default 15000).
+    pub client_timeout: Duration,
+    /// Score reconcile + heartbeat period (`SB_RECONCILE_INTERVAL_MS`, default 1000).
+    pub reconcile_interval: Duration,
+    /// Frames queued per connection before it counts as a slow consumer
+    /// (`SB_OUTBOUND_QUEUE`, default 1024).
+    pub outbound_queue: usize,
+    /// Sustained client frames per second per connection (`SB_CLIENT_RATE_PER_SEC`, default 200).
+    pub client_rate_per_sec: u32,
+    /// Burst allowance on top of the rate (`SB_CLIENT_RATE_BURST`, default 400).
+    pub client_rate_burst: u32,
+    /// How long shutdown waits for clients to close (`SB_SHUTDOWN_GRACE_MS`, default 5000).
+    pub shutdown_grace: Duration,
+}
+
+impl SocketServerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let optional = |name: &str| Some(env_string(name, "")).filter(|v| !v.is_empty());
+        Ok(SocketServerConfig {
+            common: CommonConfig::from_env()?,
+            bind: env_string("SB_SOCKET_BIND", "127.0.0.1:9001"),
+            public_url: optional("SB_SOCKET_PUBLIC_URL"),
+            health_url: optional("SB_SOCKET_HEALTH_URL"),
+            server_id: optional("SB_SERVER_ID"),
+            registry_url: env_string("SB_REGISTRY_URL", "http://127.0.0.1:8080"),
+            max_connections: env_or("SB_MAX_CONNECTIONS", 100_000)?,
+            max_frame_bytes: env_or("SB_MAX_FRAME_BYTES", 256 * 1024)?,
+            max_body_bytes: env_or("SB_MAX_BODY_BYTES", 64 * 1024)?,
+            heartbeat_interval: env_millis("SB_HEARTBEAT_INTERVAL_MS", 5_000)?,
+            client_timeout: env_millis("SB_CLIENT_TIMEOUT_MS", 15_000)?,
+            reconcile_interval: env_millis("SB_RECONCILE_INTERVAL_MS", 1_000)?,
+            outbound_queue: env_or("SB_OUTBOUND_QUEUE", 1024)?,
+            client_rate_per_sec: env_or("SB_CLIENT_RATE_PER_SEC", 200)?,
+            client_rate_burst: env_or("SB_CLIENT_RATE_BURST", 400)?,
+            shutdown_grace: env_millis("SB_SHUTDOWN_GRACE_MS", 5_000)?,
+        })
+    }
+}

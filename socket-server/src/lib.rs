@@ -1,0 +1,213 @@
+//! The socket server (the "socket handler"): the WebSocket endpoint clients connect to.
+//!
+//! - [`config`]: settings from the environment.
+//! - `session`: token check before the upgrade, then one task per connection that selects
+//!   over client frames, its bounded outbound queue, a heartbeat and shutdown.
+//! - `hub`: the connections this server holds, by id and by user; exact live count.
+//! - `membership`: registers with the registry, then keeps this server's score in the Redis
+//!   sorted set exact (reconcile + heartbeat) and re-registers if it was evicted.
+//! - [`Application`]: binds (port 0 in tests), runs, and shuts down in the order the contract
+//!   asks: leave the sorted set first, then close every client with 1012, then stop.
+
+pub mod config;
+pub mod hub;
+mod membership;
+mod rate;
+mod session;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpServer};
+use switchboard_protocol::token::TokenKeys;
+use switchboard_server_directory::ServerDirectory;
+use switchboard_service_kit::http;
+use switchboard_service_kit::ops::Ops;
+use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_service_kit::shutdown::CancellationToken;
+
+pub use config::SocketServerConfig;
+
+/// Prometheus instruments of the socket server.
+pub(crate) struct Metrics {
+    pub connections: prometheus::IntGauge,
+    pub connects: prometheus::IntCounter,
+    pub frames_in: prometheus::IntCounter,
+    pub frames_out: prometheus::IntCounter,
+    pub auth_failures: prometheus::IntCounter,
+    pub slow_consumer_kicks: prometheus::IntCounter,
+}
+
+impl Metrics {
+    fn new(ops: &Ops) -> anyhow::Result<Self> {
+        let m = Metrics {
+            connections: prometheus::IntGauge::new("socket_connections", "live WebSocket connections")?,
+            connects: prometheus::IntCounter::new("socket_connects_total", "accepted WebSocket connections")?,
+            frames_in: prometheus::IntCounter::new("socket_frames_in_total", "client frames received")?,
+            frames_out: prometheus::IntCounter::new("socket_frames_out_total", "frames sent to clients")?,
+            auth_failures: prometheus::IntCounter::new("socket_auth_failures_total", "upgrades refused for a bad or missing token")?,
+            slow_consumer_kicks: prometheus::IntCounter::new("socket_slow_consumer_kicks_total", "connections dropped because their outbound queue was full")?,
+        };
+        ops.register(&m.connections);
+        ops.register(&m.connects);
+        ops.register(&m.frames_in);
+        ops.register(&m.frames_out);
+        ops.register(&m.auth_failures);
+        ops.register(&m.slow_consumer_kicks);
+        Ok(m)
+    }
+}
+
+/// What connection tasks and background jobs share.
+pub(crate) struct ServerState {
+    pub config: SocketServerConfig,
+    pub server_id: String,
+    pub public_url: String,
+    pub health_url: String,
+    pub tokens: TokenKeys,
+    pub hub: Arc<hub::Hub>,
+    pub directory: ServerDirectory,
+    /// Cancelled once this server has left the sorted set: every session closes with 1012.
+    pub shutdown: CancellationToken,
+    pub registered: AtomicBool,
+    pub metrics: Metrics,
+}
+
+impl ServerState {
+    pub(crate) async fn directory_connected(&self) {
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Err(e) = self.directory.connected(&self.server_id, now).await {
+            tracing::debug!(error = %e, "score bump failed; the reconcile loop will correct it");
+        }
+    }
+
+    pub(crate) async fn directory_disconnected(&self) {
+        if self.shutdown.is_cancelled() {
+            return; // already out of the set; nothing to decrement
+        }
+        if let Err(e) = self.directory.disconnected(&self.server_id).await {
+            tracing::debug!(error = %e, "score drop failed; the reconcile loop will correct it");
+        }
+    }
+}
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    state: Arc<ServerState>,
+}
+
+impl Application {
+    pub async fn build(config: SocketServerConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&config.bind)?;
+        let addr = listener.local_addr()?;
+        let port = addr.port();
+        let reachable_host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("ws://{reachable_host}:{port}/ws"));
+        let health_url = config
+            .health_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{reachable_host}:{port}/live"));
+        let server_id = config
+            .server_id
+            .clone()
+            .unwrap_or_else(|| format!("socket-{}", ulid::Ulid::new()));
+
+        let redis = SentinelRedis::new(config.common.redis.clone());
+        let ops = Ops::new("socket-server");
+        let metrics = Metrics::new(&ops)?;
+        let state = Arc::new(ServerState {
+            tokens: TokenKeys::new(config.common.jwt_secret.as_bytes()),
+            hub: hub::Hub::new(),
+            directory: ServerDirectory::new(redis.clone()),
+            shutdown: CancellationToken::new(),
+            registered: AtomicBool::new(false),
+            metrics,
+            server_id,
+            public_url,
+            health_url,
+            config,
+        });
+
+        let ready_state = state.clone();
+        let ops = ops.with_check(
+            "registered",
+            Arc::new(move || {
+                let state = ready_state.clone();
+                Box::pin(async move {
+                    if !state.registered.load(Ordering::Acquire) {
+                        return Err("not registered with the registry yet".into());
+                    }
+                    if state.shutdown.is_cancelled() {
+                        return Err("shutting down".into());
+                    }
+                    state.directory.redis().ping().await.map_err(|e| e.to_string())
+                })
+            }),
+        );
+
+        let data = web::Data::from(state.clone());
+        let max_conns = usize::try_from(state.config.max_connections).unwrap_or(usize::MAX);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(http::query_config())
+                .configure(ops.clone().configure())
+                .route("/ws", web::get().to(session::ws_entry))
+                .default_service(web::to(http::not_found))
+        })
+        .disable_signals()
+        .backlog(4096)
+        .max_connections(max_conns.saturating_add(1024))
+        .shutdown_timeout(state.config.shutdown_grace.as_secs().max(1))
+        .listen(listener)?
+        .run();
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn server_id(&self) -> &str {
+        &self.state.server_id
+    }
+
+    /// Serves until `shutdown` fires, then: stop the membership loop, leave the sorted set,
+    /// close every client with 1012 and wait (up to the grace period) for them to go.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let membership_stop = CancellationToken::new();
+        let membership = tokio::spawn(membership::run(state.clone(), membership_stop.clone()));
+        let handle = self.server.handle();
+        let sequence = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            membership_stop.cancel();
+            let _ = membership.await;
+            membership::leave(&state).await;
+            state.shutdown.cancel();
+            let deadline = Instant::now() + state.config.shutdown_grace;
+            while state.hub.live() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tracing::info!(remaining = state.hub.live(), "clients closed; stopping");
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        sequence.abort();
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+//! One client connection: authenticate before the upgrade, then a loop that selects over the
+//! client's frames, the connection's bounded outbound queue, a heartbeat, and shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
+use futures_util::StreamExt;
+use switchboard_protocol::frames::{ClientFrame, ServerFrame};
+use switchboard_protocol::token::TokenError;
+use switchboard_protocol::ErrorCode;
+use switchboard_service_kit::http::ApiError;
+use switchboard_service_kit::shutdown::CancellationToken;
+use tokio::sync::mpsc;
+
+use crate::hub::{ConnHandle, Outbound};
+use crate::rate::TokenBucket;
+use crate::ServerState;
+
+/// `GET /ws?token=…` (or `Authorization: Bearer …`). Refuses with 401 before the upgrade.
+pub async fn ws_entry(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<ServerState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = bearer_token(&req).ok_or_else(|| {
+        state.metrics.auth_failures.inc();
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "a token is required: ?token=<jwt> or Authorization: Bearer <jwt>",
+        )
+    })?;
+    let user_id = state.tokens.verify(&token).map_err(|e| {
+        state.metrics.auth_failures.inc();
+        let message = match e {
+            TokenError::Expired => "token has expired",
+            TokenError::Invalid => "token is malformed or wrongly signed",
+            TokenError::BadUserId => "token subject is not a valid user id",
+        };
+        ApiError::new(ErrorCode::Unauthorized, message)
+    })?;
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::unavailable("this server is shutting down"));
+    }
+    if state.hub.live() as u64 >= state.config.max_connections {
+        return Err(ApiError::new(ErrorCode::NoCapacity, "this server is full"));
+    }
+    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
+        ApiError::bad_request(format!("not a valid WebSocket upgrade: {e}"))
+    })?;
+    let stream = stream
+        .max_frame_size(state.config.max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(state.config.max_frame_bytes);
+    actix_web::rt::spawn(run(state.into_inner(), Arc::from(user_id), session, stream));
+    Ok(response)
+}
+
+fn bearer_token(req: &HttpRequest) -> Option<String> {
+    if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))?;
+        return Some(token.trim().to_owned()).filter(|t| !t.is_empty());
+    }
+    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()?
+        .get("token")
+        .cloned()
+        .filter(|t| !t.is_empty())
+}
+
+/// Why a connection loop ended.
+enum Ending {
+    ClientClosed,
+    ClientGone,
+    TimedOut,
+    Kicked,
+    TooLarge,
+    ServerShutdown,
+}
+
+async fn run(
+    state: Arc<ServerState>,
+    user_id: Arc<str>,
+    mut session: actix_ws::Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+) {
+    let (tx, mut rx) = mpsc::channel::<Outbound>(state.config.outbound_queue);
+    let kick = CancellationToken::new();
+    let conn_id = state.hub.insert(ConnHandle {
+        user_id: user_id.clone(),
+        outbound: tx,
+        kick: kick.clone(),
+    });
+    state.metrics.connections.set(state.hub.live() as i64);
+    state.metrics.connects.inc();
+    state.directory_connected().await;
+
+    let hello = ServerFrame::Hello {
+        user_id: user_id.to_string(),
+        server_id: state.server_id.clone(),
+    };
+    let mut ending = if session.text(hello.to_json()).await.is_err() {
+        Some(Ending::ClientGone)
+    } else {
+        None
+    };
+
+    let mut last_heard = Instant::now();
+    let mut heartbeat = tokio::time::interval(state.config.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut limiter = TokenBucket::new(
+        state.config.client_rate_per_sec,
+        state.config.client_rate_burst,
+    );
+
+    while ending.is_none() {
+        tokio::select! {
+            biased;
+            _ = state.shutdown.cancelled() => ending = Some(Ending::ServerShutdown),
+            _ = kick.cancelled() => ending = Some(Ending::Kicked),
+            msg = stream.next() => {
+                last_heard = Instant::now();
+                ending = match msg {
+                    Some(Ok(AggregatedMessage::Text(text))) => {
+                        state.metrics.frames_in.inc();
+                        let reply = if limiter.try_take(Instant::now()) {
+                            handle_text(&state, &text)
+                        } else {
+                            Some(ServerFrame::error(ErrorCode::RateLimited, "slow down: too many frames"))
+                        };
+                        match reply {
+                            Some(frame) => send(&state, &mut session, &frame).await,
+                            None => None,
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Binary(_))) => {
+                        state.metrics.frames_in.inc();
+                        let frame = ServerFrame::error(ErrorCode::BadRequest, "binary frames are not supported: send JSON text frames");
+                        send(&state, &mut session, &frame).await
+                    }
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                        session.pong(&bytes).await.err().map(|_| Ending::ClientGone)
+                    }
+                    Some(Ok(AggregatedMessage::Pong(_))) => None,
+                    Some(Ok(AggregatedMessage::Close(_))) => Some(Ending::ClientClosed),
+                    Some(Err(actix_ws::ProtocolError::Overflow)) => Some(Ending::TooLarge),
+                    Some(Err(_)) | None => Some(Ending::ClientGone),
+                };
+            }
+            out = rx.recv() => {
+                if let Some(Outbound::Frame(text)) = out {
+                    state.metrics.frames_out.inc();
+                    if session.text(text.to_string()).await.is_err() {
+                        ending = Some(Ending::ClientGone);
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > state.config.client_timeout {
+                    ending = Some(Ending::TimedOut);
+                } else if session.ping(b"").await.is_err() {
+                    ending = Some(Ending::ClientGone);
+                }
+            }
+        }
+    }
+
+    state.hub.remove(conn_id);
+    state.metrics.connections.set(state.hub.live() as i64);
+    let close = match ending {
+        Some(Ending::ServerShutdown) => Some(CloseReason {
+            code: CloseCode::Restart,
+            description: Some("server restarting: reconnect through the registry".into()),
+        }),
+        Some(Ending::Kicked) => {
+            state.metrics.slow_consumer_kicks.inc();
+            Some(CloseReason {
+                code: CloseCode::Again,
+                description: Some("too slow: reconnect and resync from history".into()),
+            })
+        }
+        Some(Ending::TooLarge) => {
+            let frame = ServerFrame::error(ErrorCode::TooLarge, "frame exceeds the size limit");
+            let _ = session.text(frame.to_json()).await;
+            Some(CloseReason {
+                code: CloseCode::Size,
+                description: Some("frame too large".into()),
+            })
+        }
+        Some(Ending::TimedOut) => Some(CloseReason {
+            code: CloseCode::Away,
+            description: Some("heartbeat timeout".into()),
+        }),
+        Some(Ending::ClientClosed) => Some(CloseCode::Normal.into()),
+        Some(Ending::ClientGone) | None => None,
+    };
+    // Best effort: a peer that vanished cannot receive a close frame.
+    let _ = tokio::time::timeout(Duration::from_secs(2), session.close(close)).await;
+    state.directory_disconnected().await;
+}
+
+async fn send(
+    state: &ServerState,
+    session: &mut actix_ws::Session,
+    frame: &ServerFrame,
+) -> Option<Ending> {
+    state.metrics.frames_out.inc();
+    session
+        .text(frame.to_json())
+        .await
+        .err()
+        .map(|_| Ending::ClientGone)
+}
+
+/// Answers one client text frame. Anything unparseable gets a `bad_request` error frame and
+/// the connection stays open.
+fn handle_text(state: &ServerState, text: &str) -> Option<ServerFrame> {
+    let frame = match ClientFrame::parse(text) {
+        Ok(frame) => frame,
+        Err(e) => return Some(ServerFrame::error(ErrorCode::BadRequest, e.to_string())),
+    };
+    match frame {
+        ClientFrame::Ping => Some(ServerFrame::Pong),
+        ClientFrame::Send {
+            client_msg_id,
+            body,
+            ..
+        } => {
+            if body.len() > state.config.max_body_bytes {
+                return Some(ServerFrame::Error {
+                    code: ErrorCode::TooLarge,
+                    message: format!(
+                        "body is {} bytes; the limit is {}",
+                        body.len(),
+                        state.config.max_body_bytes
+                    ),
+                    client_msg_id: Some(client_msg_id),
+                });
+            }
+            Some(ServerFrame::Error {
+                code: ErrorCode::Unavailable,
+                message: "messaging is not enabled on this server".into(),
+                client_msg_id: Some(client_msg_id),
+            })
+        }
+        ClientFrame::Delivered { .. } | ClientFrame::Read { .. } | ClientFrame::Typing { .. } => {
+            Some(ServerFrame::error(
+                ErrorCode::Unavailable,
+                "messaging is not enabled on this server",
+            ))
+        }
+    }
+}
