@@ -10,6 +10,7 @@
 
 pub mod error_code;
 pub mod frames;
+pub mod internal;
 pub mod registry;
 pub mod token;
 

@@ -1,0 +1,14 @@
+//! End-to-end tests, compiled into one binary. Every test starts its own stack of real
+//! processes (Redis master + 2 replicas + 3 Sentinels, nginx, registries, socket servers,
+//! health checkers) on free loopback ports through `switchboard-test-support`, and talks to it
+//! exactly as a client would: REST through nginx, WebSocket straight to the socket server.
+//!
+//! - `client`: a small WebSocket client and REST helpers shared by the tests.
+//! - `registry`: assignment, balance under bursts, capacity, protected routes, dev tokens.
+//! - `socket`: authentication before the upgrade, frames, heartbeat, exact scores.
+//! - `faults`: kill -9 of a socket server, SIGTERM ordering, Redis master failover.
+
+mod client;
+mod faults;
+mod registry;
+mod socket;

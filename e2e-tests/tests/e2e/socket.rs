@@ -1,0 +1,160 @@
+//! The socket server's WebSocket contract: tokens before the upgrade, frames, heartbeat.
+
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard_protocol::frames::ServerFrame;
+use switchboard_protocol::token::{Claims, TokenKeys};
+use switchboard_protocol::ErrorCode;
+use switchboard_test_support::{Stack, StackOptions};
+
+use crate::client::{eventually, scores, token_for, Connect, WsClient, WAIT};
+
+async fn small_stack() -> Stack {
+    Stack::start(StackOptions {
+        socket_servers: 1,
+        registries: 1,
+        health_checkers: 1,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
+    let stack = small_stack().await;
+    let url = stack.socket_servers[0].ws_url();
+    let now = chrono::Utc::now().timestamp();
+    let keys = TokenKeys::new(stack.jwt_secret().as_bytes());
+    let expired = keys.sign_claims(&Claims {
+        sub: "alice".into(),
+        exp: now - 60,
+        iat: now - 120,
+    });
+    let wrongly_signed = TokenKeys::new(b"not-the-secret")
+        .mint("alice", chrono::Duration::hours(1))
+        .unwrap()
+        .0;
+    let cases = [
+        ("missing", url.clone()),
+        ("empty", format!("{url}?token=")),
+        ("malformed", format!("{url}?token=not.a.jwt")),
+        ("expired", format!("{url}?token={expired}")),
+        ("wrongly signed", format!("{url}?token={wrongly_signed}")),
+    ];
+    for (what, attempt) in cases {
+        match WsClient::try_connect(&attempt, None).await.unwrap() {
+            Connect::Refused(status, body) => {
+                assert_eq!(status, 401, "{what} token");
+                let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(body["error"]["code"], "unauthorized", "{what} token");
+            }
+            Connect::Open(_) => panic!("{what} token was accepted"),
+        }
+    }
+    // A good token works both ways: query string and Authorization header.
+    let token = token_for(&stack, "alice");
+    match WsClient::try_connect(&url, Some(&token)).await.unwrap() {
+        Connect::Open(client) => client.close().await,
+        Connect::Refused(status, body) => panic!("bearer refused {status}: {body}"),
+    }
+    WsClient::connect(&url, &token).await.unwrap().close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_error_frames_and_the_connection_stays_usable() {
+    let stack = small_stack().await;
+    let url = stack.socket_servers[0].ws_url();
+    let mut client = WsClient::connect(&url, &token_for(&stack, "alice"))
+        .await
+        .unwrap();
+    assert!(client.ping_pong().await);
+
+    for bad in [
+        "not json at all",
+        r#"{"type":"dance"}"#,
+        r#"{"type":"send"}"#,
+        r#"{"no_type":true}"#,
+        r#"[1,2,3]"#,
+    ] {
+        client.send_text(bad).await;
+        match client.next_frame(WAIT).await {
+            Some(ServerFrame::Error { code, message, .. }) => {
+                assert_eq!(code, ErrorCode::BadRequest, "for {bad}");
+                assert!(!message.is_empty());
+            }
+            other => panic!("expected bad_request for {bad}, got {other:?}"),
+        }
+        assert!(client.ping_pong().await, "still usable after {bad}");
+    }
+    client.send_binary(vec![1, 2, 3]).await;
+    assert!(matches!(
+        client.next_frame(WAIT).await,
+        Some(ServerFrame::Error {
+            code: ErrorCode::BadRequest,
+            ..
+        })
+    ));
+    assert!(client.ping_pong().await);
+
+    // A body over the configured limit is refused with too_large, tagged with its id.
+    client
+        .send_json(json!({"type":"send","conversation_id":"c","client_msg_id":"big","body":"x".repeat(70_000)}))
+        .await;
+    match client.next_frame(WAIT).await {
+        Some(ServerFrame::Error {
+            code,
+            client_msg_id,
+            ..
+        }) => {
+            assert_eq!(code, ErrorCode::TooLarge);
+            assert_eq!(client_msg_id.as_deref(), Some("big"));
+        }
+        other => panic!("expected too_large, got {other:?}"),
+    }
+    assert!(client.ping_pong().await);
+
+    // A frame over the frame cap closes the connection with 1009 after a too_large error.
+    client.send_text(&"y".repeat(300 * 1024)).await;
+    assert!(matches!(
+        client.next_frame(WAIT).await,
+        Some(ServerFrame::Error {
+            code: ErrorCode::TooLarge,
+            ..
+        })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_dropped_by_the_heartbeat_and_scores_follow() {
+    let stack = small_stack().await;
+    let server = &stack.socket_servers[0];
+    let talking = WsClient::connect(&server.ws_url(), &token_for(&stack, "talker"))
+        .await
+        .unwrap();
+    // This client never reads again, so it never answers the server's pings.
+    let silent = WsClient::connect(&server.ws_url(), &token_for(&stack, "silent"))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            scores(&stack).await.get(&server.server_id) == Some(&2.0)
+        })
+        .await
+    );
+    // The talking client keeps answering pings (by reading) while the silent one times out.
+    let mut talking = talking;
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    let mut dropped = false;
+    while std::time::Instant::now() < deadline {
+        assert!(talking.ping_pong().await, "the live client keeps working");
+        if scores(&stack).await.get(&server.server_id) == Some(&1.0) {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(dropped, "silent client dropped: {:?}", scores(&stack).await);
+    drop(silent);
+}

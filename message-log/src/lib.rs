@@ -1,0 +1,139 @@
+//! The Kafka side of Switchboard, in one place so producers and consumers never disagree.
+//!
+//! Topics:
+//! - the message log ([`KafkaConfig::message_topic`], default `sb.messages`), keyed by
+//!   conversation id, so one conversation's records stay in one partition in `seq` order. The
+//!   message service consumes it into SQL.
+//! - one topic per socket handler (`sb.handler.<handler id>`), created when the handler
+//!   registers with a manager and deleted when it is evicted. A record carries one frame and
+//!   every local recipient of it on that handler ([`HandlerRecord`]): one record per target
+//!   handler, not one per device.
+//! - the events topic (default `sb.events`): receipts, presence, connects and disconnects, for
+//!   other consumers.
+//!
+//! Producers run with idempotence on and `acks=all`: a record the broker acknowledged is
+//! durable and never duplicated by a producer retry.
+
+use rdkafka::config::ClientConfig;
+use serde::{Deserialize, Serialize};
+use switchboard_service_kit::config::{env_string, ConfigError};
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap servers (`SB_KAFKA_BROKERS`, default `127.0.0.1:9092`).
+    pub brokers: String,
+    /// The message log topic (`SB_MESSAGE_TOPIC`, default `sb.messages`).
+    pub message_topic: String,
+    /// The events topic (`SB_EVENTS_TOPIC`, default `sb.events`).
+    pub events_topic: String,
+    /// Prefix of per-handler topics (`SB_HANDLER_TOPIC_PREFIX`, default `sb.handler.`).
+    pub handler_topic_prefix: String,
+}
+
+impl KafkaConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(KafkaConfig {
+            brokers: env_string("SB_KAFKA_BROKERS", "127.0.0.1:9092"),
+            message_topic: env_string("SB_MESSAGE_TOPIC", "sb.messages"),
+            events_topic: env_string("SB_EVENTS_TOPIC", "sb.events"),
+            handler_topic_prefix: env_string("SB_HANDLER_TOPIC_PREFIX", "sb.handler."),
+        })
+    }
+
+    pub fn handler_topic(&self, handler_id: &str) -> String {
+        format!("{}{}", self.handler_topic_prefix, handler_id)
+    }
+
+    /// An idempotent, `acks=all` producer that batches briefly (1 ms linger) and gives up on a
+    /// record after `timeout_ms`, so a broker outage surfaces as an error, not a hang.
+    pub fn producer_config(&self, timeout_ms: u64) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("compression.type", "none")
+            .set("message.timeout.ms", timeout_ms.to_string())
+            .set("request.timeout.ms", timeout_ms.min(30_000).to_string())
+            .set("socket.keepalive.enable", "true")
+            .set("reconnect.backoff.max.ms", "500");
+        config
+    }
+
+    /// A consumer in `group`; offsets are stored by the application after it has handled a
+    /// record (at-least-once) and committed in the background.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "500")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("topic.metadata.refresh.interval.ms", "2000")
+            .set("reconnect.backoff.max.ms", "500");
+        config
+    }
+}
+
+/// One record of the message log: a message with its assigned `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub conversation_id: String,
+    pub seq: u64,
+    pub message_id: String,
+    pub sender_id: String,
+    pub client_msg_id: String,
+    pub body: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+}
+
+/// One record on a handler's topic: a server frame and who on that handler gets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerRecord {
+    /// Users whose every local device gets the frame.
+    pub recipients: Vec<String>,
+    /// A connection on this handler that must not get it (the sending device, which gets
+    /// `sent` instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_connection: Option<u64>,
+    /// The serialized server frame, forwarded verbatim.
+    pub frame: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_record_round_trips_and_omits_empty_skip() {
+        let record = HandlerRecord {
+            recipients: vec!["bob".into()],
+            skip_connection: None,
+            frame: r#"{"type":"pong"}"#.into(),
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(!json.contains("skip_connection"));
+        assert_eq!(
+            serde_json::from_str::<HandlerRecord>(&json).unwrap(),
+            record
+        );
+    }
+
+    #[test]
+    fn handler_topics_are_prefixed() {
+        let config = KafkaConfig {
+            brokers: "b".into(),
+            message_topic: "m".into(),
+            events_topic: "e".into(),
+            handler_topic_prefix: "sb.handler.".into(),
+        };
+        assert_eq!(config.handler_topic("h1"), "sb.handler.h1");
+    }
+}

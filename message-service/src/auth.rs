@@ -1,0 +1,55 @@
+//! `Authorization: Bearer <jwt>` as an extractor: handlers take [`AuthUser`] and never see an
+//! unauthenticated request.
+
+use std::future::{ready, Ready};
+
+use actix_web::{web, FromRequest, HttpRequest};
+use switchboard_protocol::ErrorCode;
+use switchboard_service_kit::http::ApiError;
+
+use crate::AppState;
+
+pub struct AuthUser(pub String);
+
+impl FromRequest for AuthUser {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let unauthorized = |m: &str| ApiError::new(ErrorCode::Unauthorized, m);
+        let Some(state) = req.app_data::<web::Data<AppState>>() else {
+            return ready(Err(ApiError::new(ErrorCode::Internal, "state missing")));
+        };
+        let token = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let result = match token {
+            None => Err(unauthorized("send Authorization: Bearer <token>")),
+            Some(token) => state
+                .tokens
+                .verify(token.trim())
+                .map(AuthUser)
+                .map_err(|e| unauthorized(&e.to_string())),
+        };
+        ready(result)
+    }
+}
+
+/// Cluster-only routes carry the shared secret.
+pub fn require_cluster_secret(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let presented = req
+        .headers()
+        .get(switchboard_protocol::registry::CLUSTER_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if presented.as_bytes() == state.config.common.cluster_secret.as_bytes() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "cluster-only route: send x-cluster-secret",
+        ))
+    }
+}

@@ -1,0 +1,115 @@
+//! Consumes the message log into PostgreSQL.
+//!
+//! Records are gathered into batches (up to 500, or whatever arrived within 5 ms of the first),
+//! inserted in one statement, and only then are their offsets stored for the background
+//! commit. A crash between insert and commit redelivers the batch; the inserts skip rows that
+//! exist, so the table ends the same. While the database is down the batch is retried and no
+//! offset moves, so nothing is skipped.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use switchboard_message_log::{KafkaConfig, LogRecord};
+use switchboard_service_kit::ops::Ops;
+use switchboard_service_kit::shutdown::CancellationToken;
+
+use crate::store::Store;
+
+const MAX_BATCH: usize = 500;
+const GATHER_WINDOW: Duration = Duration::from_millis(5);
+
+pub struct Ingest {
+    consumer: StreamConsumer,
+    store: Store,
+    stored: prometheus::IntCounter,
+    batches: prometheus::Histogram,
+}
+
+impl Ingest {
+    pub fn new(kafka: &KafkaConfig, store: Store, ops: &Ops) -> anyhow::Result<Self> {
+        let consumer: StreamConsumer = kafka.consumer_config("message-service").create()?;
+        consumer.subscribe(&[&kafka.message_topic])?;
+        let stored = prometheus::IntCounter::new(
+            "messages_stored_total",
+            "messages inserted into the database",
+        )?;
+        let batches = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("ingest_batch_size", "records per insert batch")
+                .buckets(vec![1.0, 5.0, 20.0, 50.0, 100.0, 250.0, 500.0]),
+        )?;
+        ops.register(&stored);
+        ops.register(&batches);
+        Ok(Ingest {
+            consumer,
+            store,
+            stored,
+            batches,
+        })
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = self.consumer.recv() => m,
+            };
+            let mut records = Vec::new();
+            let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
+            let mut next = Some(first);
+            while let Some(result) = next.take() {
+                match result {
+                    Ok(message) => {
+                        let key = (message.topic().to_owned(), message.partition());
+                        offsets.insert(key, message.offset());
+                        match message
+                            .payload()
+                            .map(serde_json::from_slice::<LogRecord>)
+                        {
+                            Some(Ok(record)) => records.push(record),
+                            other => tracing::error!(
+                                offset = message.offset(),
+                                "skipping an unreadable log record: {other:?}"
+                            ),
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "message log consumer error"),
+                }
+                if records.len() >= MAX_BATCH {
+                    break;
+                }
+                next = tokio::time::timeout(GATHER_WINDOW, self.consumer.recv())
+                    .await
+                    .ok();
+            }
+            self.insert_until_done(&records, &shutdown).await;
+            for ((topic, partition), offset) in offsets {
+                if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
+                    tracing::warn!(error = %e, "storing the consumer offset failed");
+                }
+            }
+        }
+    }
+
+    async fn insert_until_done(&self, records: &[LogRecord], shutdown: &CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.store.insert_batch(records).await {
+                Ok(inserted) => {
+                    self.stored.inc_by(inserted);
+                    self.batches.observe(records.len() as f64);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "inserting a batch failed; retrying");
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}

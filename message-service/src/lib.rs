@@ -1,0 +1,142 @@
+//! The message service: the durable home of conversations and messages.
+//!
+//! - `store`: PostgreSQL through sqlx (migrations in `migrations/`): conversations, members,
+//!   messages (primary key `(conversation_id, seq)`, the fence behind the sequence lock),
+//!   receipts.
+//! - `ingest`: consumes the message log from Kafka in batches and inserts them idempotently;
+//!   offsets are stored only after the rows are committed (at-least-once, duplicates ignored).
+//! - `routes`: REST of SPEC section 5 (JWT auth), plus the cluster-only membership lookup the
+//!   socket managers use when their Redis cache of members is cold.
+//! - `membership_cache`: members of each conversation mirrored into Redis for the managers.
+
+mod auth;
+mod ingest;
+mod membership_cache;
+mod routes;
+mod store;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use switchboard_message_log::KafkaConfig;
+use switchboard_protocol::token::TokenKeys;
+use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError};
+use switchboard_service_kit::http;
+use switchboard_service_kit::ops::Ops;
+use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_service_kit::shutdown::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct MessageServiceConfig {
+    pub common: CommonConfig,
+    pub kafka: KafkaConfig,
+    /// `SB_MESSAGE_BIND`, default `127.0.0.1:8401`.
+    pub bind: String,
+    /// `SB_DATABASE_URL`, default `postgres://switchboard@127.0.0.1:5432/switchboard`.
+    pub database_url: String,
+    /// `SB_DB_MAX_CONNECTIONS`, default 10.
+    pub db_max_connections: u32,
+    /// Largest group (`SB_MAX_GROUP_MEMBERS`, default 1000).
+    pub max_group_members: usize,
+}
+
+impl MessageServiceConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(MessageServiceConfig {
+            common: CommonConfig::from_env()?,
+            kafka: KafkaConfig::from_env()?,
+            bind: env_string("SB_MESSAGE_BIND", "127.0.0.1:8401"),
+            database_url: env_string(
+                "SB_DATABASE_URL",
+                "postgres://switchboard@127.0.0.1:5432/switchboard",
+            ),
+            db_max_connections: env_or("SB_DB_MAX_CONNECTIONS", 10)?,
+            max_group_members: env_or("SB_MAX_GROUP_MEMBERS", 1000)?,
+        })
+    }
+}
+
+pub(crate) struct AppState {
+    pub store: store::Store,
+    pub tokens: TokenKeys,
+    pub cache: membership_cache::MembershipCache,
+    pub config: MessageServiceConfig,
+}
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    ingest: ingest::Ingest,
+}
+
+impl Application {
+    pub async fn build(config: MessageServiceConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&config.bind)?;
+        let port = listener.local_addr()?.port();
+        let store = store::Store::connect(&config.database_url, config.db_max_connections).await?;
+        let redis = SentinelRedis::new(config.common.redis.clone());
+        let ops = Ops::new("message-service");
+        let ingest = ingest::Ingest::new(&config.kafka, store.clone(), &ops)?;
+
+        let ready_store = store.clone();
+        let ready_redis = redis.clone();
+        let ops = ops
+            .with_check(
+                "database",
+                Arc::new(move || {
+                    let store = ready_store.clone();
+                    Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+                }),
+            )
+            .with_check(
+                "redis",
+                Arc::new(move || {
+                    let redis = ready_redis.clone();
+                    Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
+                }),
+            );
+        let state = web::Data::new(AppState {
+            store,
+            tokens: TokenKeys::new(config.common.jwt_secret.as_bytes()),
+            cache: membership_cache::MembershipCache::new(redis),
+            config,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap_fn(switchboard_service_kit::ops::timed(ops.clone()))
+                .app_data(state.clone())
+                .app_data(http::json_config(1024 * 1024))
+                .app_data(http::query_config())
+                .app_data(http::path_config())
+                .configure(ops.clone().configure())
+                .configure(routes::configure)
+                .default_service(web::to(http::not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)?
+        .run();
+        Ok(Application {
+            port,
+            server,
+            ingest,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let ingest = tokio::spawn(self.ingest.run(shutdown.clone()));
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        let _ = ingest.await;
+        Ok(())
+    }
+}

@@ -1,0 +1,264 @@
+//! REST of SPEC section 5. Every handler authenticates with [`AuthUser`]; membership is
+//! enforced here (403 `not_a_member`).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use switchboard_protocol::token::is_valid_user_id;
+use switchboard_protocol::ErrorCode;
+use switchboard_service_kit::http::ApiError;
+
+use crate::auth::{require_cluster_secret, AuthUser};
+use crate::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/conversations", web::post().to(create))
+        .route("/api/v1/conversations", web::get().to(list))
+        .route(
+            "/api/v1/conversations/{id}/messages",
+            web::get().to(history),
+        )
+        .route(
+            "/api/v1/conversations/{id}/members",
+            web::post().to(add_member),
+        )
+        .route(
+            "/api/v1/conversations/{id}/members/{user_id}",
+            web::delete().to(remove_member),
+        )
+        .route(
+            "/internal/v1/conversations/{id}/members",
+            web::get().to(internal_members),
+        );
+}
+
+fn db_error(e: sqlx::Error) -> ApiError {
+    tracing::error!(error = %e, "database error");
+    ApiError::unavailable("the database is unavailable, retry shortly")
+}
+
+#[derive(Deserialize)]
+struct CreateConversation {
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+async fn create(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    body: web::Json<CreateConversation>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.0;
+    let body = body.into_inner();
+    if let Some(bad) = body.members.iter().find(|m| !is_valid_user_id(m)) {
+        return Err(ApiError::bad_request(format!(
+            "member {bad:?} is not a valid user id"
+        )));
+    }
+    match body.kind.as_str() {
+        "direct" => {
+            let others: Vec<&String> = body.members.iter().filter(|m| **m != caller).collect();
+            let other = match others.as_slice() {
+                [one] => one.as_str(),
+                [] if !body.members.is_empty() => caller.as_str(),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "a direct conversation has exactly one other member",
+                    ))
+                }
+            };
+            let (conversation, created) = state
+                .store
+                .create_direct(&caller, other)
+                .await
+                .map_err(db_error)?;
+            if created {
+                state
+                    .cache
+                    .put(&conversation.id, &conversation.members)
+                    .await?;
+                Ok(HttpResponse::Created().json(conversation))
+            } else {
+                Ok(HttpResponse::Ok().json(conversation))
+            }
+        }
+        "group" => {
+            let name = body.name.unwrap_or_default();
+            if name.trim().is_empty() || name.len() > 200 {
+                return Err(ApiError::bad_request("a group needs a name of 1-200 bytes"));
+            }
+            let mut members = body.members;
+            members.push(caller.clone());
+            members.sort();
+            members.dedup();
+            if members.len() > state.config.max_group_members {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "a group has at most {} members",
+                        state.config.max_group_members
+                    ),
+                ));
+            }
+            let conversation = state
+                .store
+                .create_group(&caller, name.trim(), &members)
+                .await
+                .map_err(db_error)?;
+            state
+                .cache
+                .put(&conversation.id, &conversation.members)
+                .await?;
+            Ok(HttpResponse::Created().json(conversation))
+        }
+        other => Err(ApiError::bad_request(format!(
+            "kind must be \"direct\" or \"group\", not {other:?}"
+        ))),
+    }
+}
+
+async fn list(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let conversations = state.store.list_for(&user.0).await.map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "conversations": conversations })))
+}
+
+async fn require_member(state: &AppState, conversation_id: &str, user: &str) -> Result<(), ApiError> {
+    if state
+        .store
+        .is_member(conversation_id, user)
+        .await
+        .map_err(db_error)?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::NotAMember,
+            "you are not a member of this conversation",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    #[serde(default)]
+    after_seq: i64,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+async fn history(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation_id = path.into_inner();
+    if query.after_seq < 0 {
+        return Err(ApiError::bad_request("after_seq must not be negative"));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if limit < 1 {
+        return Err(ApiError::bad_request("limit must be positive"));
+    }
+    require_member(&state, &conversation_id, &user.0).await?;
+    let messages = state
+        .store
+        .history(&conversation_id, query.after_seq, limit.min(1000))
+        .await
+        .map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "messages": messages })))
+}
+
+#[derive(Deserialize)]
+struct AddMember {
+    user_id: String,
+}
+
+async fn group_of(
+    state: &AppState,
+    conversation_id: &str,
+    caller: &str,
+    adding: bool,
+) -> Result<(), ApiError> {
+    let conversation = state
+        .store
+        .conversation(conversation_id)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such conversation"))?;
+    if !conversation.members.iter().any(|m| m == caller) {
+        return Err(ApiError::new(
+            ErrorCode::NotAMember,
+            "you are not a member of this conversation",
+        ));
+    }
+    if conversation.kind != "group" {
+        return Err(ApiError::bad_request(
+            "members can only be changed in groups",
+        ));
+    }
+    if adding && conversation.members.len() >= state.config.max_group_members {
+        return Err(ApiError::new(ErrorCode::TooLarge, "the group is full"));
+    }
+    Ok(())
+}
+
+async fn add_member(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<AddMember>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation_id = path.into_inner();
+    if !is_valid_user_id(&body.user_id) {
+        return Err(ApiError::bad_request("user_id is not a valid user id"));
+    }
+    group_of(&state, &conversation_id, &user.0, true).await?;
+    state
+        .store
+        .add_member(&conversation_id, &body.user_id)
+        .await
+        .map_err(db_error)?;
+    state.cache.invalidate(&conversation_id).await?;
+    let conversation = state
+        .store
+        .conversation(&conversation_id)
+        .await
+        .map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(conversation))
+}
+
+async fn remove_member(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (conversation_id, member) = path.into_inner();
+    group_of(&state, &conversation_id, &user.0, false).await?;
+    if !state
+        .store
+        .remove_member(&conversation_id, &member)
+        .await
+        .map_err(db_error)?
+    {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such member"));
+    }
+    state.cache.invalidate(&conversation_id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Cluster-only: the members of a conversation, refilling the Redis cache on the way.
+async fn internal_members(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_cluster_secret(&req, &state)?;
+    let conversation_id = path.into_inner();
+    let members = state.store.members(&conversation_id).await.map_err(db_error)?;
+    state.cache.put(&conversation_id, &members).await?;
+    let last_seq = state.store.last_seq(&conversation_id).await.map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "members": members, "last_seq": last_seq })))
+}

@@ -1,0 +1,54 @@
+//! Bodies of the cluster-internal HTTP API between socket servers (handlers) and socket
+//! managers. Not client-facing; kept here so both sides compile against one definition.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frames::{ClientFrame, ServerFrame};
+
+/// `POST /internal/v1/handlers`: a handler announces itself; the manager creates its topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerRegistration {
+    pub handler_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerRegistered {
+    pub handler_id: String,
+    /// The Kafka topic the handler must consume.
+    pub topic: String,
+}
+
+/// One thing a handler reports; a batch carries many, in connection order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HandlerItem {
+    /// A device of `user_id` connected on this handler.
+    Connected { connection_id: u64, user_id: String },
+    /// The last device of `user_id` on this handler left.
+    Disconnected { connection_id: u64, user_id: String },
+    /// A client frame that needs the cluster (send, delivered, read, typing).
+    Frame {
+        connection_id: u64,
+        user_id: String,
+        frame: ClientFrame,
+    },
+}
+
+/// `POST /internal/v1/handlers/{id}/batch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerBatch {
+    pub items: Vec<HandlerItem>,
+}
+
+/// One reply per item, in order: the frame to send back to that item's connection, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerBatchReply {
+    pub replies: Vec<Option<ServerFrame>>,
+}
+
+/// `POST /internal/v1/handlers/{id}/renew`: every user with a device on the handler, so the
+/// user-to-handler mappings (which expire) stay alive while the handler does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub users: Vec<String>,
+}

@@ -1,0 +1,185 @@
+//! Which handlers hold which users' devices, in Redis.
+//!
+//! - `P handlers`: set of registered handler ids (for the janitor).
+//! - `P handler:{id}`: a key with a short TTL the handler renews by heartbeat; when it
+//!   expires, the handler is dead and the janitor removes its topic and mappings.
+//! - `P userh:{user}`: sorted set of handler ids scored by expiry (ms). Expiry is per member,
+//!   so one handler's stale entry cannot outlive the handler's renewals; readers ignore
+//!   expired members.
+//! - `P handler_users:{id}`: the reverse index, so cleanup does not scan every user.
+
+use std::collections::HashMap;
+
+use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+
+#[derive(Clone)]
+pub struct HandlerMap {
+    redis: SentinelRedis,
+    pub user_ttl_ms: i64,
+    pub handler_ttl_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl HandlerMap {
+    pub fn new(redis: SentinelRedis, user_ttl_ms: i64, handler_ttl_ms: i64) -> Self {
+        HandlerMap {
+            redis,
+            user_ttl_ms,
+            handler_ttl_ms,
+        }
+    }
+
+    fn alive_key(&self, handler: &str) -> String {
+        self.redis.key(&format!("handler:{handler}"))
+    }
+
+    fn user_key(&self, user: &str) -> String {
+        self.redis.key(&format!("userh:{user}"))
+    }
+
+    fn reverse_key(&self, handler: &str) -> String {
+        self.redis.key(&format!("handler_users:{handler}"))
+    }
+
+    pub async fn register(&self, handler: &str) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.sadd(self.redis.key("handlers"), handler)
+            .ignore()
+            .cmd("SET")
+            .arg(self.alive_key(handler))
+            .arg(now_ms())
+            .arg("PX")
+            .arg(self.handler_ttl_ms)
+            .ignore();
+        self.redis.query_pipe(&pipe).await
+    }
+
+    /// Renews the handler's liveness key; `false` if it had already expired (the janitor may
+    /// have cleaned up: the handler must register again).
+    pub async fn heartbeat(&self, handler: &str) -> Result<bool, StoreError> {
+        let renewed: bool = self
+            .redis
+            .query(
+                redis::cmd("SET")
+                    .arg(self.alive_key(handler))
+                    .arg(now_ms())
+                    .arg("PX")
+                    .arg(self.handler_ttl_ms)
+                    .arg("XX"),
+            )
+            .await
+            .map(|v: Option<String>| v.is_some())?;
+        Ok(renewed)
+    }
+
+    pub async fn connected(&self, handler: &str, users: &[&str]) -> Result<(), StoreError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let expiry = now_ms() + self.user_ttl_ms;
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.zadd(self.user_key(user), handler, expiry)
+                .ignore()
+                .pexpire(self.user_key(user), self.user_ttl_ms)
+                .ignore();
+        }
+        pipe.sadd(self.reverse_key(handler), users).ignore();
+        self.redis.query_pipe(&pipe).await
+    }
+
+    pub async fn disconnected(&self, handler: &str, users: &[&str]) -> Result<(), StoreError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.zrem(self.user_key(user), handler).ignore();
+        }
+        pipe.srem(self.reverse_key(handler), users).ignore();
+        self.redis.query_pipe(&pipe).await
+    }
+
+    /// Handlers holding a device of any of `users`, with the users each holds.
+    pub async fn handlers_for(
+        &self,
+        users: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(self.user_key(user))
+                .arg(now)
+                .arg("+inf");
+        }
+        let found: Vec<Vec<String>> = self.redis.query_pipe(&pipe).await?;
+        let mut by_handler: HashMap<String, Vec<String>> = HashMap::new();
+        for (user, handlers) in users.iter().zip(found) {
+            for handler in handlers {
+                by_handler.entry(handler).or_default().push(user.clone());
+            }
+        }
+        Ok(by_handler)
+    }
+
+    /// Handlers whose liveness key has expired.
+    pub async fn dead_handlers(&self) -> Result<Vec<String>, StoreError> {
+        let all: Vec<String> = self
+            .redis
+            .query(redis::cmd("SMEMBERS").arg(self.redis.key("handlers")))
+            .await?;
+        if all.is_empty() {
+            return Ok(all);
+        }
+        let mut pipe = redis::pipe();
+        for handler in &all {
+            pipe.exists(self.alive_key(handler));
+        }
+        let alive: Vec<bool> = self.redis.query_pipe(&pipe).await?;
+        Ok(all
+            .into_iter()
+            .zip(alive)
+            .filter(|(_, alive)| !alive)
+            .map(|(h, _)| h)
+            .collect())
+    }
+
+    /// Removes every mapping of `handler`.
+    pub async fn forget(&self, handler: &str) -> Result<(), StoreError> {
+        let users: Vec<String> = self
+            .redis
+            .query(redis::cmd("SMEMBERS").arg(self.reverse_key(handler)))
+            .await?;
+        let mut pipe = redis::pipe();
+        for user in &users {
+            pipe.zrem(self.user_key(user), handler).ignore();
+        }
+        pipe.del(self.reverse_key(handler))
+            .ignore()
+            .del(self.alive_key(handler))
+            .ignore()
+            .srem(self.redis.key("handlers"), handler)
+            .ignore();
+        self.redis.query_pipe(&pipe).await
+    }
+
+    /// Takes the janitor role for `ttl_ms`, so of several managers one sweeps at a time.
+    pub async fn try_janitor_lease(&self, owner: &str, ttl_ms: i64) -> Result<bool, StoreError> {
+        let got: Option<String> = self
+            .redis
+            .query(
+                redis::cmd("SET")
+                    .arg(self.redis.key("janitor"))
+                    .arg(owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms),
+            )
+            .await?;
+        Ok(got.is_some())
+    }
+}

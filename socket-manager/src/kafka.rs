@@ -1,0 +1,99 @@
+//! The manager's Kafka side: one shared idempotent producer, and topic admin for handler
+//! topics and the message log.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use switchboard_message_log::KafkaConfig;
+
+#[derive(Clone)]
+pub struct Kafka {
+    pub config: KafkaConfig,
+    producer: FutureProducer,
+    admin: std::sync::Arc<AdminClient<DefaultClientContext>>,
+    pub produce_seconds: prometheus::Histogram,
+    pub produce_errors: prometheus::IntCounter,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("kafka: {0}")]
+pub struct KafkaFailure(pub String);
+
+impl Kafka {
+    pub fn new(config: KafkaConfig, produce_timeout_ms: u64) -> anyhow::Result<Self> {
+        let producer: FutureProducer = config.producer_config(produce_timeout_ms).create()?;
+        let admin: AdminClient<DefaultClientContext> = config
+            .producer_config(produce_timeout_ms)
+            .create()?;
+        Ok(Kafka {
+            config,
+            producer,
+            admin: std::sync::Arc::new(admin),
+            produce_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "manager_kafka_produce_seconds",
+                    "time from produce to broker acknowledgement",
+                )
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0]),
+            )?,
+            produce_errors: prometheus::IntCounter::new(
+                "manager_kafka_produce_errors_total",
+                "records the broker did not acknowledge",
+            )?,
+        })
+    }
+
+    /// Produces one record and waits for the broker's acknowledgement (`acks=all`).
+    pub async fn produce(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaFailure> {
+        let started = std::time::Instant::now();
+        let result = self
+            .producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_millis(100),
+            )
+            .await;
+        self.produce_seconds.observe(started.elapsed().as_secs_f64());
+        result.map(|_| ()).map_err(|(e, _)| {
+            self.produce_errors.inc();
+            KafkaFailure(e.to_string())
+        })
+    }
+
+    /// Creates a topic; one that exists already is fine.
+    pub async fn ensure_topic(&self, name: &str, partitions: i32) -> Result<(), KafkaFailure> {
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+        let results = self
+            .admin
+            .create_topics([&topic], &options)
+            .await
+            .map_err(|e| KafkaFailure(e.to_string()))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(KafkaFailure(format!("{topic}: {code}"))),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), KafkaFailure> {
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+        let results = self
+            .admin
+            .delete_topics(&[name], &options)
+            .await
+            .map_err(|e| KafkaFailure(e.to_string()))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((topic, code)) => return Err(KafkaFailure(format!("{topic}: {code}"))),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! The socket manager: the cluster's brain between socket handlers and the log.
+//!
+//! - `routes`: the cluster-internal HTTP API handlers call (register, batch of reports and
+//!   client frames, heartbeat, renew, deregister), protected by the cluster secret.
+//! - `handlers`: which handlers hold which users' devices (Redis, per-member expiry).
+//! - `sequencer`: per-conversation sequence numbers under a Redis lock, idempotency, the
+//!   append to the message log and routing to per-handler topics.
+//! - `members`: conversation members from the message service's Redis mirror.
+//! - `kafka`: the shared idempotent producer and topic admin.
+//! - `janitor`: notices dead handlers (expired liveness keys) and removes their topics and
+//!   mappings; one manager at a time holds the janitor lease.
+//!
+//! Run two or more: they share nothing but Redis and Kafka, so a handler can send any batch to
+//! any manager and retry on another when one dies.
+
+mod handlers;
+mod janitor;
+mod kafka;
+mod members;
+mod routes;
+mod sequencer;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use switchboard_message_log::KafkaConfig;
+use switchboard_service_kit::config::{env_millis, env_or, env_string, CommonConfig, ConfigError};
+use switchboard_service_kit::http;
+use switchboard_service_kit::ops::Ops;
+use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_service_kit::shutdown::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub common: CommonConfig,
+    pub kafka: KafkaConfig,
+    /// `SB_MANAGER_BIND`, default `127.0.0.1:8201`.
+    pub bind: String,
+    /// Where the message service answers (`SB_MESSAGE_SERVICE_URL`, default
+    /// `http://127.0.0.1:8401`).
+    pub message_service_url: String,
+    /// Sequence lock lease (`SB_LOCK_TTL_MS`, default 5000).
+    pub lock_ttl: Duration,
+    /// Longest wait for a sequence lock (`SB_LOCK_WAIT_MS`, default 3000).
+    pub lock_wait: Duration,
+    /// How long a produce may take before the send fails (`SB_PRODUCE_TIMEOUT_MS`, default 3000).
+    pub produce_timeout_ms: u64,
+    /// How long `client_msg_id`s are remembered (`SB_IDEMPOTENCY_TTL_SECS`, default 86400).
+    pub idempotency_ttl_secs: u64,
+    /// User-to-handler mapping lifetime (`SB_USER_MAPPING_TTL_MS`, default 900000).
+    pub user_mapping_ttl_ms: i64,
+    /// Handler liveness lifetime (`SB_HANDLER_TTL_MS`, default 6000).
+    pub handler_ttl_ms: i64,
+    /// Partitions of the message log (`SB_MESSAGE_PARTITIONS`, default 8).
+    pub message_partitions: i32,
+}
+
+impl ManagerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(ManagerConfig {
+            common: CommonConfig::from_env()?,
+            kafka: KafkaConfig::from_env()?,
+            bind: env_string("SB_MANAGER_BIND", "127.0.0.1:8201"),
+            message_service_url: env_string("SB_MESSAGE_SERVICE_URL", "http://127.0.0.1:8401"),
+            lock_ttl: env_millis("SB_LOCK_TTL_MS", 5_000)?,
+            lock_wait: env_millis("SB_LOCK_WAIT_MS", 3_000)?,
+            produce_timeout_ms: env_or("SB_PRODUCE_TIMEOUT_MS", 3_000)?,
+            idempotency_ttl_secs: env_or("SB_IDEMPOTENCY_TTL_SECS", 86_400)?,
+            user_mapping_ttl_ms: env_or("SB_USER_MAPPING_TTL_MS", 900_000)?,
+            handler_ttl_ms: env_or("SB_HANDLER_TTL_MS", 6_000)?,
+            message_partitions: env_or("SB_MESSAGE_PARTITIONS", 8)?,
+        })
+    }
+}
+
+pub(crate) struct AppState {
+    pub config: ManagerConfig,
+    pub sequencer: sequencer::Sequencer,
+}
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    pub async fn build(config: ManagerConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&config.bind)?;
+        let port = listener.local_addr()?.port();
+        let redis = SentinelRedis::new(config.common.redis.clone());
+        let kafka = kafka::Kafka::new(config.kafka.clone(), config.produce_timeout_ms)?;
+        if let Err(e) = kafka
+            .ensure_topic(&config.kafka.message_topic, config.message_partitions)
+            .await
+        {
+            tracing::warn!(error = %e, "could not ensure the message log topic yet");
+        }
+        let ops = Ops::new("socket-manager");
+        let metrics = sequencer::SequencerMetrics {
+            lock_wait_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "manager_lock_wait_seconds",
+                    "time to acquire a conversation's sequence lock",
+                )
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
+            )?,
+            messages_sent: prometheus::IntCounter::new(
+                "manager_messages_sent_total",
+                "messages numbered and appended to the log",
+            )?,
+            send_errors: prometheus::IntCounterVec::new(
+                prometheus::Opts::new("manager_send_errors_total", "sends refused or failed"),
+                &["reason"],
+            )?,
+        };
+        ops.register(&metrics.lock_wait_seconds);
+        ops.register(&metrics.messages_sent);
+        ops.register(&metrics.send_errors);
+        ops.register(&kafka.produce_seconds);
+        ops.register(&kafka.produce_errors);
+        let ready_redis = redis.clone();
+        let ops = ops.with_check(
+            "redis",
+            Arc::new(move || {
+                let redis = ready_redis.clone();
+                Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
+            }),
+        );
+        let handlers = handlers::HandlerMap::new(
+            redis.clone(),
+            config.user_mapping_ttl_ms,
+            config.handler_ttl_ms,
+        );
+        let state = web::Data::new(AppState {
+            sequencer: sequencer::Sequencer {
+                members: members::Members::new(
+                    redis.clone(),
+                    config.message_service_url.clone(),
+                    config.common.cluster_secret.clone(),
+                ),
+                redis,
+                kafka,
+                handlers,
+                lock_ttl: config.lock_ttl,
+                lock_wait: config.lock_wait,
+                idempotency_ttl_secs: config.idempotency_ttl_secs,
+                metrics,
+            },
+            config,
+        });
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap_fn(switchboard_service_kit::ops::timed(ops.clone()))
+                .app_data(app_state.clone())
+                .app_data(http::json_config(16 * 1024 * 1024))
+                .app_data(http::path_config())
+                .configure(ops.clone().configure())
+                .configure(routes::configure)
+                .default_service(web::to(http::not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)?
+        .run();
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let janitor = tokio::spawn(janitor::run(self.state.clone(), shutdown.clone()));
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        janitor.abort();
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! Conversation members, from the Redis mirror the message service keeps, falling back to the
+//! message service itself (which refills the mirror) when the mirror is cold.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
+use switchboard_service_kit::redis_sentinel::SentinelRedis;
+
+#[derive(Clone)]
+pub struct Members {
+    redis: SentinelRedis,
+    http: reqwest::Client,
+    message_service_url: String,
+    cluster_secret: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MembersError {
+    #[error("membership unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Deserialize)]
+struct InternalMembers {
+    members: Vec<String>,
+    last_seq: u64,
+}
+
+impl Members {
+    pub fn new(redis: SentinelRedis, message_service_url: String, cluster_secret: String) -> Self {
+        Members {
+            redis,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .expect("http client"),
+            message_service_url,
+            cluster_secret,
+        }
+    }
+
+    /// Members of the conversation; empty when it does not exist.
+    pub async fn of(&self, conversation_id: &str) -> Result<Vec<String>, MembersError> {
+        let cached: Vec<String> = self
+            .redis
+            .query(redis::cmd("SMEMBERS").arg(self.redis.key(&format!("members:{conversation_id}"))))
+            .await
+            .map_err(|e| MembersError::Unavailable(e.to_string()))?;
+        if !cached.is_empty() {
+            return Ok(cached);
+        }
+        Ok(self.from_message_service(conversation_id).await?.members)
+    }
+
+    /// The highest stored seq, used to re-seed a sequence counter Redis lost.
+    pub async fn stored_last_seq(&self, conversation_id: &str) -> Result<u64, MembersError> {
+        Ok(self.from_message_service(conversation_id).await?.last_seq)
+    }
+
+    async fn from_message_service(&self, conversation_id: &str) -> Result<InternalMembers, MembersError> {
+        let url = format!(
+            "{}/internal/v1/conversations/{}/members",
+            self.message_service_url.trim_end_matches('/'),
+            conversation_id
+        );
+        let response = self
+            .http
+            .get(url)
+            .header(CLUSTER_SECRET_HEADER, &self.cluster_secret)
+            .send()
+            .await
+            .map_err(|e| MembersError::Unavailable(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(MembersError::Unavailable(format!(
+                "message service answered {}",
+                response.status()
+            )));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| MembersError::Unavailable(e.to_string()))
+    }
+}

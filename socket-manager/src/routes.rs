@@ -1,0 +1,275 @@
+//! The cluster-internal API. Every route needs the cluster secret.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use switchboard_protocol::frames::{ClientFrame, ReceiptKind, ServerFrame};
+use switchboard_protocol::internal::{
+    HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
+    RenewRequest,
+};
+use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
+use switchboard_protocol::ErrorCode;
+use switchboard_service_kit::http::ApiError;
+
+use crate::sequencer::SendRequest;
+use crate::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/internal/v1/handlers", web::post().to(register))
+        .route("/internal/v1/handlers/{id}", web::delete().to(deregister))
+        .route("/internal/v1/handlers/{id}/batch", web::post().to(batch))
+        .route(
+            "/internal/v1/handlers/{id}/heartbeat",
+            web::post().to(heartbeat),
+        )
+        .route("/internal/v1/handlers/{id}/renew", web::post().to(renew));
+}
+
+fn require_secret(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let presented = req
+        .headers()
+        .get(CLUSTER_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if presented.as_bytes() == state.config.common.cluster_secret.as_bytes() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "cluster-only route: send x-cluster-secret",
+        ))
+    }
+}
+
+fn valid_handler_id(id: &str) -> Result<(), ApiError> {
+    let ok = (1..=200).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "handler_id must be 1-200 of [A-Za-z0-9._-] (it names a Kafka topic)",
+        ))
+    }
+}
+
+async fn register(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<HandlerRegistration>,
+) -> Result<HttpResponse, ApiError> {
+    require_secret(&req, &state)?;
+    valid_handler_id(&body.handler_id)?;
+    let kafka = &state.sequencer.kafka;
+    let topic = kafka.config.handler_topic(&body.handler_id);
+    kafka
+        .ensure_topic(&topic, 1)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    state.sequencer.handlers.register(&body.handler_id).await?;
+    tracing::info!(handler = %body.handler_id, %topic, "handler registered");
+    Ok(HttpResponse::Ok().json(HandlerRegistered {
+        handler_id: body.handler_id.clone(),
+        topic,
+    }))
+}
+
+async fn deregister(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_secret(&req, &state)?;
+    let handler = path.into_inner();
+    valid_handler_id(&handler)?;
+    let topic = state.sequencer.kafka.config.handler_topic(&handler);
+    state.sequencer.handlers.forget(&handler).await?;
+    if let Err(e) = state.sequencer.kafka.delete_topic(&topic).await {
+        tracing::warn!(error = %e, %topic, "deleting the handler topic failed");
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn heartbeat(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_secret(&req, &state)?;
+    if state.sequencer.handlers.heartbeat(&path).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::NotFound,
+            "handler unknown or expired: register again",
+        ))
+    }
+}
+
+async fn renew(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<RenewRequest>,
+) -> Result<HttpResponse, ApiError> {
+    require_secret(&req, &state)?;
+    let users: Vec<&str> = body.users.iter().map(String::as_str).collect();
+    for chunk in users.chunks(1000) {
+        state.sequencer.handlers.connected(&path, chunk).await?;
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A batch of reports and client frames from one handler. Connection reports are applied
+/// first (so a device that connected and then sent in the same batch is routed to), then the
+/// sends of each conversation run in order under that conversation's lock, conversations in
+/// parallel.
+async fn batch(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<HandlerBatch>,
+) -> Result<HttpResponse, ApiError> {
+    require_secret(&req, &state)?;
+    let handler = path.into_inner();
+    valid_handler_id(&handler)?;
+    let items = body.into_inner().items;
+    let mut replies: Vec<Option<ServerFrame>> = vec![None; items.len()];
+
+    // Last report per user wins.
+    let mut presence: HashMap<&str, bool> = HashMap::new();
+    for item in &items {
+        match item {
+            HandlerItem::Connected { user_id, .. } => {
+                presence.insert(user_id, true);
+            }
+            HandlerItem::Disconnected { user_id, .. } => {
+                presence.insert(user_id, false);
+            }
+            HandlerItem::Frame { .. } => {}
+        }
+    }
+    let online: Vec<&str> = presence.iter().filter(|(_, on)| **on).map(|(u, _)| *u).collect();
+    let offline: Vec<&str> = presence.iter().filter(|(_, on)| !**on).map(|(u, _)| *u).collect();
+    let handlers = &state.sequencer.handlers;
+    handlers.connected(&handler, &online).await?;
+    handlers.disconnected(&handler, &offline).await?;
+
+    let mut sends: HashMap<String, Vec<(usize, SendRequest)>> = HashMap::new();
+    let mut signals = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let HandlerItem::Frame {
+            connection_id,
+            user_id,
+            frame,
+        } = item
+        else {
+            continue;
+        };
+        match frame {
+            ClientFrame::Send {
+                conversation_id,
+                client_msg_id,
+                body,
+            } => {
+                if conversation_id.is_empty() || client_msg_id.is_empty() || client_msg_id.len() > 128 {
+                    replies[index] = Some(ServerFrame::Error {
+                        code: ErrorCode::BadRequest,
+                        message: "conversation_id and client_msg_id (1-128 chars) are required".into(),
+                        client_msg_id: Some(client_msg_id),
+                    });
+                    continue;
+                }
+                sends.entry(conversation_id.clone()).or_default().push((
+                    index,
+                    SendRequest {
+                        handler_id: handler.clone(),
+                        connection_id,
+                        sender_id: user_id,
+                        conversation_id,
+                        client_msg_id,
+                        body,
+                    },
+                ));
+            }
+            ClientFrame::Typing { conversation_id } => {
+                signals.push((index, connection_id, user_id, conversation_id, None));
+            }
+            ClientFrame::Delivered {
+                conversation_id,
+                seq,
+            } => signals.push((
+                index,
+                connection_id,
+                user_id,
+                conversation_id,
+                Some((ReceiptKind::Delivered, seq)),
+            )),
+            ClientFrame::Read {
+                conversation_id,
+                seq,
+            } => signals.push((
+                index,
+                connection_id,
+                user_id,
+                conversation_id,
+                Some((ReceiptKind::Read, seq)),
+            )),
+            ClientFrame::Ping => replies[index] = Some(ServerFrame::Pong),
+        }
+    }
+
+    let sequencer = &state.sequencer;
+    let send_groups = sends.into_iter().map(|(conversation_id, group)| async move {
+        let requests: Vec<SendRequest> = group.iter().map(|(_, r)| r.clone()).collect();
+        let answers = sequencer.send_all(&conversation_id, &requests).await;
+        group
+            .into_iter()
+            .map(|(i, _)| i)
+            .zip(answers)
+            .collect::<Vec<_>>()
+    });
+    let handler_ref = handler.as_str();
+    let signal_work = signals.into_iter().map(|(index, connection_id, user_id, conversation_id, receipt)| async move {
+        let members = match sequencer.members.of(&conversation_id).await {
+            Ok(m) => m,
+            Err(_) => {
+                return (index, Some(ServerFrame::error(ErrorCode::Unavailable, "membership is unavailable, retry")))
+            }
+        };
+        if !members.iter().any(|m| *m == user_id) {
+            return (index, Some(ServerFrame::error(ErrorCode::NotAMember, "you are not a member of this conversation")));
+        }
+        let (frame, recipients): (ServerFrame, Vec<String>) = match receipt {
+            None => (
+                ServerFrame::Typing { conversation_id: conversation_id.clone(), user_id: user_id.clone() },
+                members.into_iter().filter(|m| *m != user_id).collect(),
+            ),
+            Some((kind, seq)) => (
+                ServerFrame::Receipt { conversation_id: conversation_id.clone(), user_id: user_id.clone(), kind, seq },
+                members,
+            ),
+        };
+        sequencer
+            .fan_out(&frame.to_json(), &recipients, Some((handler_ref, connection_id)), &conversation_id)
+            .await;
+        (index, None)
+    });
+    let (send_results, signal_results) = futures_util::future::join(
+        futures_util::future::join_all(send_groups),
+        futures_util::future::join_all(signal_work),
+    )
+    .await;
+    for (index, frame) in send_results.into_iter().flatten() {
+        replies[index] = Some(frame);
+    }
+    for (index, frame) in signal_results {
+        if frame.is_some() {
+            replies[index] = frame;
+        }
+    }
+    Ok(HttpResponse::Ok().json(HandlerBatchReply { replies }))
+}
