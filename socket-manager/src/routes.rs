@@ -120,7 +120,7 @@ async fn renew(
     for chunk in users.chunks(1000) {
         state.sequencer.handlers.connected(&path, chunk).await?;
     }
-    Ok(HttpResponse::NoContent().finish())
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "renewed": users.len() })))
 }
 
 /// A batch of reports and client frames from one handler. Connection reports are applied

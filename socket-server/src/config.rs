@@ -38,6 +38,19 @@ pub struct SocketServerConfig {
     pub client_rate_burst: u32,
     /// How long shutdown waits for clients to close (`SB_SHUTDOWN_GRACE_MS`, default 5000).
     pub shutdown_grace: Duration,
+    /// Whether chat frames go to socket managers (`SB_MESSAGING_ENABLED`, default true). Off,
+    /// the server only does presence of connections (registry, heartbeat, ping).
+    pub messaging_enabled: bool,
+    /// Socket manager base URLs, tried in turn (`SB_MANAGER_URLS`, comma separated, default
+    /// `http://127.0.0.1:8201,http://127.0.0.1:8202`).
+    pub manager_urls: Vec<String>,
+    /// Parallel ordered lanes to the managers (`SB_MANAGER_LANES`, default 8).
+    pub manager_lanes: usize,
+    /// Handler liveness heartbeat to the managers (`SB_HANDLER_HEARTBEAT_MS`, default 2000).
+    pub handler_heartbeat: Duration,
+    /// Re-report every local user so mappings do not expire (`SB_MAPPING_RENEW_MS`, default 300000).
+    pub mapping_renew: Duration,
+    pub kafka: switchboard_message_log::KafkaConfig,
 }
 
 impl SocketServerConfig {
@@ -60,6 +73,16 @@ impl SocketServerConfig {
             client_rate_per_sec: env_or("SB_CLIENT_RATE_PER_SEC", 200)?,
             client_rate_burst: env_or("SB_CLIENT_RATE_BURST", 400)?,
             shutdown_grace: env_millis("SB_SHUTDOWN_GRACE_MS", 5_000)?,
+            messaging_enabled: switchboard_service_kit::config::env_bool("SB_MESSAGING_ENABLED", true)?,
+            manager_urls: env_string("SB_MANAGER_URLS", "http://127.0.0.1:8201,http://127.0.0.1:8202")
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            manager_lanes: env_or("SB_MANAGER_LANES", 8)?,
+            handler_heartbeat: env_millis("SB_HANDLER_HEARTBEAT_MS", 2_000)?,
+            mapping_renew: env_millis("SB_MAPPING_RENEW_MS", 300_000)?,
+            kafka: switchboard_message_log::KafkaConfig::from_env()?,
         })
     }
 }

@@ -60,28 +60,34 @@ impl Hub {
         self.live.load(Ordering::Acquire)
     }
 
-    pub fn insert(&self, handle: ConnHandle) -> ConnId {
+    /// Adds a connection; also says whether it is the user's first device on this server.
+    pub fn insert(&self, handle: ConnHandle) -> (ConnId, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut maps = self.maps.write().expect("hub lock");
-        maps.by_user
-            .entry(handle.user_id.clone())
-            .or_default()
-            .push(id);
+        let devices = maps.by_user.entry(handle.user_id.clone()).or_default();
+        let first = devices.is_empty();
+        devices.push(id);
         maps.by_id.insert(id, handle);
         self.live.fetch_add(1, Ordering::AcqRel);
-        id
+        (id, first)
     }
 
-    pub fn remove(&self, id: ConnId) {
+    /// Removes a connection; `true` when it was the user's last device on this server.
+    pub fn remove(&self, id: ConnId) -> bool {
         let mut maps = self.maps.write().expect("hub lock");
-        if let Some(handle) = maps.by_id.remove(&id) {
-            if let Some(ids) = maps.by_user.get_mut(&handle.user_id) {
-                ids.retain(|c| *c != id);
-                if ids.is_empty() {
-                    maps.by_user.remove(&handle.user_id);
-                }
-            }
-            self.live.fetch_sub(1, Ordering::AcqRel);
+        let Some(handle) = maps.by_id.remove(&id) else {
+            return false;
+        };
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        let Some(ids) = maps.by_user.get_mut(&handle.user_id) else {
+            return true;
+        };
+        ids.retain(|c| *c != id);
+        if ids.is_empty() {
+            maps.by_user.remove(&handle.user_id);
+            true
+        } else {
+            false
         }
     }
 
@@ -146,14 +152,15 @@ mod tests {
         let hub = Hub::new();
         let (a1, _r1) = handle("alice", 4);
         let (a2, _r2) = handle("alice", 4);
-        let id1 = hub.insert(a1);
-        let id2 = hub.insert(a2);
+        let (id1, first1) = hub.insert(a1);
+        let (id2, first2) = hub.insert(a2);
+        assert!(first1 && !first2);
         assert_eq!(hub.live(), 2);
         assert_eq!(hub.users().len(), 1);
-        hub.remove(id1);
-        hub.remove(id1);
+        assert!(!hub.remove(id1));
+        assert!(!hub.remove(id1));
         assert_eq!(hub.live(), 1);
-        hub.remove(id2);
+        assert!(hub.remove(id2));
         assert_eq!(hub.live(), 0);
         assert!(hub.users().is_empty());
     }
@@ -164,7 +171,7 @@ mod tests {
         let (a1, mut r1) = handle("alice", 1);
         let (a2, _r2) = handle("alice", 1);
         let kick2 = a2.kick.clone();
-        let id1 = hub.insert(a1);
+        let (id1, _) = hub.insert(a1);
         hub.insert(a2);
         let frame = Outbound::Frame("x".into());
         assert_eq!(

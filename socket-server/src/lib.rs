@@ -10,7 +10,9 @@
 //!   asks: leave the sorted set first, then close every client with 1012, then stop.
 
 pub mod config;
+mod delivery;
 pub mod hub;
+mod manager_client;
 mod membership;
 mod rate;
 mod session;
@@ -38,6 +40,7 @@ pub(crate) struct Metrics {
     pub frames_out: prometheus::IntCounter,
     pub auth_failures: prometheus::IntCounter,
     pub slow_consumer_kicks: prometheus::IntCounter,
+    pub deliveries: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -49,7 +52,9 @@ impl Metrics {
             frames_out: prometheus::IntCounter::new("socket_frames_out_total", "frames sent to clients")?,
             auth_failures: prometheus::IntCounter::new("socket_auth_failures_total", "upgrades refused for a bad or missing token")?,
             slow_consumer_kicks: prometheus::IntCounter::new("socket_slow_consumer_kicks_total", "connections dropped because their outbound queue was full")?,
+            deliveries: prometheus::IntCounter::new("socket_deliveries_total", "frames from the handler topic queued to local devices")?,
         };
+        ops.register(&m.deliveries);
         ops.register(&m.connections);
         ops.register(&m.connects);
         ops.register(&m.frames_in);
@@ -73,6 +78,10 @@ pub(crate) struct ServerState {
     pub shutdown: CancellationToken,
     pub registered: AtomicBool,
     pub metrics: Metrics,
+    /// The link to the socket managers; `None` when messaging is disabled.
+    pub manager: Option<manager_client::ManagerClient>,
+    /// Registered with a manager and consuming our topic.
+    pub manager_ready: AtomicBool,
 }
 
 impl ServerState {
@@ -125,7 +134,17 @@ impl Application {
         let redis = SentinelRedis::new(config.common.redis.clone());
         let ops = Ops::new("socket-server");
         let metrics = Metrics::new(&ops)?;
+        let manager = config.messaging_enabled.then(|| {
+            manager_client::ManagerClient::start(
+                config.manager_urls.clone(),
+                config.common.cluster_secret.clone(),
+                server_id.clone(),
+                config.manager_lanes,
+            )
+        });
         let state = Arc::new(ServerState {
+            manager,
+            manager_ready: AtomicBool::new(false),
             tokens: TokenKeys::new(config.common.jwt_secret.as_bytes()),
             hub: hub::Hub::new(),
             directory: ServerDirectory::new(redis.clone()),
@@ -144,6 +163,9 @@ impl Application {
             Arc::new(move || {
                 let state = ready_state.clone();
                 Box::pin(async move {
+                    if state.manager.is_some() && !state.manager_ready.load(Ordering::Acquire) {
+                        return Err("not linked to a socket manager yet".into());
+                    }
                     if !state.registered.load(Ordering::Acquire) {
                         return Err("not registered with the registry yet".into());
                     }
@@ -191,6 +213,8 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
         let membership_stop = CancellationToken::new();
+        let link_stop = CancellationToken::new();
+        let link = tokio::spawn(membership::link_managers(state.clone(), link_stop.clone()));
         let membership = tokio::spawn(membership::run(state.clone(), membership_stop.clone()));
         let handle = self.server.handle();
         let sequence = tokio::spawn(async move {
@@ -204,6 +228,11 @@ impl Application {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tracing::info!(remaining = state.hub.live(), "clients closed; stopping");
+            link_stop.cancel();
+            let _ = link.await;
+            if let Some(manager) = &state.manager {
+                manager.deregister().await;
+            }
             handle.stop(true).await;
         });
         self.server.await?;

@@ -13,6 +13,13 @@ use switchboard_service_kit::shutdown::CancellationToken;
 use crate::ServerState;
 
 pub(crate) async fn run(state: Arc<ServerState>, stop: CancellationToken) {
+    // Only become assignable once messages can reach our clients.
+    while state.manager.is_some() && !state.manager_ready.load(Ordering::Acquire) {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
@@ -110,5 +117,74 @@ pub(crate) async fn leave(state: &ServerState) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// Keeps this handler known to the socket managers: register (which creates our topic), start
+/// consuming it, then heartbeat; re-register if a manager forgot us; re-report every local
+/// user every `mapping_renew` so user-to-handler mappings never expire under live devices.
+pub(crate) async fn link_managers(state: Arc<ServerState>, stop: CancellationToken) {
+    let Some(manager) = state.manager.clone() else {
+        return;
+    };
+    let consumer_stop = stop.child_token();
+    let mut consumer: Option<tokio::task::JoinHandle<()>> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut last_renew = tokio::time::Instant::now();
+    loop {
+        if !state.manager_ready.load(Ordering::Acquire) {
+            match manager.register().await {
+                Ok(topic) => {
+                    if consumer.is_none() {
+                        consumer = Some(tokio::spawn(crate::delivery::run(
+                            state.clone(),
+                            state.config.kafka.clone(),
+                            topic,
+                            consumer_stop.clone(),
+                        )));
+                    }
+                    // Re-report local users (after a re-registration the mappings are gone).
+                    let users: Vec<String> = state.hub.users().iter().map(|u| u.to_string()).collect();
+                    if !users.is_empty() {
+                        let _ = manager.renew(users).await;
+                    }
+                    state.manager_ready.store(true, Ordering::Release);
+                    backoff = Duration::from_millis(100);
+                    tracing::info!("linked to the socket managers");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "manager registration failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(state.config.handler_heartbeat) => {}
+        }
+        match manager.heartbeat().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("managers forgot this handler; registering again");
+                state.manager_ready.store(false, Ordering::Release);
+            }
+            Err(e) => tracing::warn!(error = %e, "manager heartbeat failed"),
+        }
+        if last_renew.elapsed() >= state.config.mapping_renew {
+            last_renew = tokio::time::Instant::now();
+            let users: Vec<String> = state.hub.users().iter().map(|u| u.to_string()).collect();
+            if let Err(e) = manager.renew(users).await {
+                tracing::warn!(error = %e, "renewing user mappings failed");
+            }
+        }
+    }
+    consumer_stop.cancel();
+    if let Some(task) = consumer {
+        let _ = task.await;
     }
 }

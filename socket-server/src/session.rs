@@ -12,9 +12,11 @@ use switchboard_protocol::token::TokenError;
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::ApiError;
 use switchboard_service_kit::shutdown::CancellationToken;
-use tokio::sync::mpsc;
+use switchboard_protocol::internal::HandlerItem;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::{ConnHandle, Outbound};
+use crate::manager_client::{unavailable_reply, Pending};
 use crate::rate::TokenBucket;
 use crate::ServerState;
 
@@ -90,14 +92,19 @@ async fn run(
 ) {
     let (tx, mut rx) = mpsc::channel::<Outbound>(state.config.outbound_queue);
     let kick = CancellationToken::new();
-    let conn_id = state.hub.insert(ConnHandle {
+    let (conn_id, first_device) = state.hub.insert(ConnHandle {
         user_id: user_id.clone(),
-        outbound: tx,
+        outbound: tx.clone(),
         kick: kick.clone(),
     });
     state.metrics.connections.set(state.hub.live() as i64);
     state.metrics.connects.inc();
     state.directory_connected().await;
+    if first_device {
+        // Wait until the managers route to this handler for the user, so nothing sent after
+        // `hello` can miss this device.
+        report_presence(&state, conn_id, &user_id, true).await;
+    }
 
     let hello = ServerFrame::Hello {
         user_id: user_id.to_string(),
@@ -128,7 +135,7 @@ async fn run(
                     Some(Ok(AggregatedMessage::Text(text))) => {
                         state.metrics.frames_in.inc();
                         let reply = if limiter.try_take(Instant::now()) {
-                            handle_text(&state, &text)
+                            handle_text(&state, &text, conn_id, &user_id, &tx)
                         } else {
                             Some(ServerFrame::error(ErrorCode::RateLimited, "slow down: too many frames"))
                         };
@@ -169,8 +176,11 @@ async fn run(
         }
     }
 
-    state.hub.remove(conn_id);
+    let last_device = state.hub.remove(conn_id);
     state.metrics.connections.set(state.hub.live() as i64);
+    if last_device {
+        report_presence(&state, conn_id, &user_id, false).await;
+    }
     let close = match ending {
         Some(Ending::ServerShutdown) => Some(CloseReason {
             code: CloseCode::Restart,
@@ -216,42 +226,104 @@ async fn send(
         .map(|_| Ending::ClientGone)
 }
 
-/// Answers one client text frame. Anything unparseable gets a `bad_request` error frame and
-/// the connection stays open.
-fn handle_text(state: &ServerState, text: &str) -> Option<ServerFrame> {
+/// Reports a user's first device arriving (waiting for the manager) or last device leaving
+/// (not waiting) on this handler.
+async fn report_presence(state: &ServerState, conn_id: u64, user_id: &str, connected: bool) {
+    let Some(manager) = &state.manager else {
+        return;
+    };
+    let item = if connected {
+        HandlerItem::Connected {
+            connection_id: conn_id,
+            user_id: user_id.to_owned(),
+        }
+    } else {
+        HandlerItem::Disconnected {
+            connection_id: conn_id,
+            user_id: user_id.to_owned(),
+        }
+    };
+    let (done_tx, done_rx) = oneshot::channel();
+    let pending = Pending {
+        item,
+        reply_to: None,
+        done: Some(done_tx),
+    };
+    if manager.submit(conn_id, pending).is_err() {
+        tracing::warn!(user_id, "manager lane full; presence report dropped");
+        return;
+    }
+    if connected {
+        match tokio::time::timeout(Duration::from_secs(5), done_rx).await {
+            Ok(Ok(true)) => {}
+            _ => tracing::warn!(user_id, "connection report not confirmed by a manager"),
+        }
+    }
+}
+
+/// Answers one client text frame, or forwards it to the managers (the reply then arrives in
+/// this connection's outbound queue). Anything unparseable gets a `bad_request` error frame
+/// and the connection stays open.
+fn handle_text(
+    state: &ServerState,
+    text: &str,
+    conn_id: u64,
+    user_id: &str,
+    own_queue: &mpsc::Sender<Outbound>,
+) -> Option<ServerFrame> {
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
         Err(e) => return Some(ServerFrame::error(ErrorCode::BadRequest, e.to_string())),
     };
-    match frame {
-        ClientFrame::Ping => Some(ServerFrame::Pong),
-        ClientFrame::Send {
-            client_msg_id,
-            body,
-            ..
-        } => {
-            if body.len() > state.config.max_body_bytes {
-                return Some(ServerFrame::Error {
-                    code: ErrorCode::TooLarge,
-                    message: format!(
-                        "body is {} bytes; the limit is {}",
-                        body.len(),
-                        state.config.max_body_bytes
-                    ),
-                    client_msg_id: Some(client_msg_id),
-                });
-            }
-            Some(ServerFrame::Error {
-                code: ErrorCode::Unavailable,
-                message: "messaging is not enabled on this server".into(),
-                client_msg_id: Some(client_msg_id),
-            })
+    if let ClientFrame::Send {
+        client_msg_id,
+        body,
+        ..
+    } = &frame
+    {
+        if body.len() > state.config.max_body_bytes {
+            return Some(ServerFrame::Error {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "body is {} bytes; the limit is {}",
+                    body.len(),
+                    state.config.max_body_bytes
+                ),
+                client_msg_id: Some(client_msg_id.clone()),
+            });
         }
-        ClientFrame::Delivered { .. } | ClientFrame::Read { .. } | ClientFrame::Typing { .. } => {
-            Some(ServerFrame::error(
-                ErrorCode::Unavailable,
-                "messaging is not enabled on this server",
-            ))
+    }
+    if matches!(frame, ClientFrame::Ping) {
+        return Some(ServerFrame::Pong);
+    }
+    let item = HandlerItem::Frame {
+        connection_id: conn_id,
+        user_id: user_id.to_owned(),
+        frame,
+    };
+    let Some(manager) = &state.manager else {
+        return unavailable_reply(&item);
+    };
+    let pending = Pending {
+        item,
+        reply_to: Some(own_queue.clone()),
+        done: None,
+    };
+    match manager.submit(conn_id, pending) {
+        Ok(()) => None,
+        Err(pending) => {
+            let client_msg_id = match &pending.item {
+                HandlerItem::Frame {
+                    frame: ClientFrame::Send { client_msg_id, .. },
+                    ..
+                } => Some(client_msg_id.clone()),
+                _ => None,
+            };
+            Some(ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                message: "this server is saturated, retry shortly".into(),
+                client_msg_id,
+            })
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::client::{assign, connect_via_registry, eventually, http, scores, spre
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_socket_server_is_evicted_fast_and_never_handed_out_again() {
-    let mut stack = Stack::start(StackOptions::default()).await.unwrap();
+    let stack = Stack::start(StackOptions::without_messaging()).await.unwrap();
     let mut clients = connect_via_registry(&stack, 30, 5).await.unwrap();
     assert_eq!(spread(&clients).len(), 3);
     let victim = stack.socket_servers[0].server_id.clone();
@@ -44,7 +44,7 @@ async fn sigterm_leaves_the_set_before_clients_get_1012() {
     let stack = Stack::start(StackOptions {
         socket_servers: 2,
         health_checkers: 1,
-        ..StackOptions::default()
+        ..StackOptions::without_messaging()
     })
     .await
     .unwrap();
@@ -82,7 +82,7 @@ async fn sigterm_leaves_the_set_before_clients_get_1012() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_master_failover_heals_without_restarting_services() {
-    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let stack = Stack::start(StackOptions::without_messaging()).await.unwrap();
     let pids: Vec<u32> = stack
         .registries
         .iter()

@@ -12,7 +12,7 @@ use crate::client::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn assign_list_and_sequential_clients_spread_evenly() {
-    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let stack = Stack::start(StackOptions::without_messaging()).await.unwrap();
     let http = http();
     let urls: HashSet<String> = stack.socket_servers.iter().map(|s| s.ws_url()).collect();
 
@@ -53,7 +53,7 @@ async fn assign_list_and_sequential_clients_spread_evenly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn burst_of_1000_assigns_then_connects_stays_balanced_and_scores_return_exact() {
-    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let stack = Stack::start(StackOptions::without_messaging()).await.unwrap();
     let http = http();
 
     // 1,000 assigns at once, all before any client connects.
@@ -109,7 +109,7 @@ async fn full_servers_are_never_handed_out_and_all_full_is_503() {
         socket_servers: 2,
         health_checkers: 1,
         max_connections: 2,
-        ..StackOptions::default()
+        ..StackOptions::without_messaging()
     })
     .await
     .unwrap();
@@ -132,7 +132,7 @@ async fn cluster_routes_need_the_secret_and_dev_tokens_work() {
     let stack = Stack::start(StackOptions {
         socket_servers: 1,
         health_checkers: 1,
-        ..StackOptions::default()
+        ..StackOptions::without_messaging()
     })
     .await
     .unwrap();

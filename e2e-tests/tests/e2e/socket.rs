@@ -15,7 +15,7 @@ async fn small_stack() -> Stack {
         socket_servers: 1,
         registries: 1,
         health_checkers: 1,
-        ..StackOptions::default()
+        ..StackOptions::without_messaging()
     })
     .await
     .unwrap()

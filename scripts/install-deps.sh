@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the system packages the local stack and the tests need (Debian/Ubuntu):
+# redis-server, redis-sentinel, nginx-light. Idempotent: skips apt entirely when the
+# commands are already present. Works as root without a TTY. Then stops any redis/nginx
+# system service (a package install auto-starts them) so they don't hold the fixed ports.
+set -euo pipefail
+
+need=()
+command -v redis-server   >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "install-deps: installing ${need[*]}"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root or sudo" >&2; exit 1; }
+        SUDO="sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # Always the full set: apt skips whatever is installed already.
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        redis-server redis-sentinel nginx-light
+else
+    echo "install-deps: redis-server, redis-sentinel and nginx already present"
+fi
+
+# The packages start system services on the ports the dev stack uses; stop them (quietly,
+# whether or not they exist or run; there may be no init system at all in a container).
+if [ "$(id -u)" -eq 0 ] && command -v service >/dev/null 2>&1; then
+    for svc in redis-server redis-sentinel nginx; do
+        service "$svc" stop >/dev/null 2>&1 || true
+    done
+fi

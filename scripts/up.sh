@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds the release binaries and runs the whole local stack (see `devstack`): nginx on :8080,
+# registries 8101/8102, socket servers 9001-9003, health checkers 8301/8302, Redis 6379-6381,
+# Sentinels 26379-26381. Logs in .run/logs/. Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+cargo build --release --bins
+export SWITCHBOARD_BIN_DIR="$PWD/target/release"
+exec "$SWITCHBOARD_BIN_DIR/devstack"

@@ -1,0 +1,65 @@
+//! Consumes this handler's Kafka topic and pushes each record's frame to the local devices of
+//! its recipients. One record carries every local recipient, so a group message costs one
+//! record per handler, not one per device.
+
+use std::sync::Arc;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use switchboard_message_log::{HandlerRecord, KafkaConfig};
+use switchboard_service_kit::shutdown::CancellationToken;
+
+use crate::hub::Outbound;
+use crate::ServerState;
+
+pub(crate) async fn run(
+    state: Arc<ServerState>,
+    kafka: KafkaConfig,
+    topic: String,
+    stop: CancellationToken,
+) {
+    // The group is the handler itself: it alone reads its topic, and after a restart with the
+    // same id it resumes where it stopped.
+    let consumer: StreamConsumer = match kafka
+        .consumer_config(&format!("handler-{}", state.server_id))
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the delivery consumer");
+            return;
+        }
+    };
+    if let Err(e) = consumer.subscribe(&[&topic]) {
+        tracing::error!(error = %e, %topic, "cannot subscribe to the handler topic");
+        return;
+    }
+    tracing::info!(%topic, "consuming deliveries");
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery consumer error");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match message.payload().map(serde_json::from_slice::<HandlerRecord>) {
+            Some(Ok(record)) => {
+                let frame = Outbound::Frame(Arc::from(record.frame.as_str()));
+                for user in &record.recipients {
+                    let outcome = state
+                        .hub
+                        .push_to_user(user, &frame, record.skip_connection);
+                    state.metrics.deliveries.inc_by(outcome.queued as u64);
+                }
+            }
+            other => tracing::error!(offset = message.offset(), "unreadable handler record: {other:?}"),
+        }
+        let _ = consumer.store_offset_from_message(&message);
+    }
+}

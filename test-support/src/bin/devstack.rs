@@ -1,0 +1,175 @@
+//! `devstack`: the whole Switchboard stack on this machine, for humans.
+//!
+//! Builds nothing: run it through `scripts/up.sh` (which builds the release binaries and sets
+//! `SWITCHBOARD_BIN_DIR=target/release`). Fixed ports: nginx 8080 (on 0.0.0.0, or
+//! `DEVSTACK_LISTEN_ADDR`), registries 8101/8102, socket servers 9001-9003, health checkers
+//! 8301/8302, Redis master 6379 + replicas 6380/6381, Sentinels 26379-26381. One log file
+//! per process in `.run/logs/`; Redis and nginx state in `.run/state/` (both recreated on
+//! every start). Ctrl-C or SIGTERM stops everything; every child also dies with this process
+//! (`PR_SET_PDEATHSIG`), so nothing is left behind.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use switchboard_test_support::ports::is_free;
+use switchboard_test_support::{bin_path, repo_root, FixedPorts, Stack, StackOptions};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let root = repo_root().canonicalize().context("repo root")?;
+    let run = root.join(".run");
+    let log_dir = run.join("logs");
+    let state_dir = run.join("state");
+    for dir in [&log_dir, &state_dir] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir)?;
+    }
+    let listen_addr =
+        std::env::var("DEVSTACK_LISTEN_ADDR").unwrap_or_else(|_| "0.0.0.0".to_owned());
+    let ports = FixedPorts::standard();
+    preflight(&ports, &listen_addr)?;
+
+    let opts = StackOptions {
+        socket_servers: ports.socket_servers.len(),
+        registries: ports.registries.len(),
+        health_checkers: ports.health_checkers.len(),
+        fixed_ports: Some(ports.clone()),
+        log_dir: Some(log_dir.clone()),
+        work_dir: Some(state_dir),
+        nginx_listen_addr: listen_addr,
+        fast_timings: false,
+        ..StackOptions::default()
+    };
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    eprintln!(
+        "starting the Switchboard dev stack (logs: {})",
+        log_dir.display()
+    );
+    let stack = tokio::select! {
+        stack = Stack::start(opts) => stack?,
+        _ = sigint.recv() => { eprintln!("interrupted; stopping"); return Ok(()); }
+        _ = sigterm.recv() => { eprintln!("terminated; stopping"); return Ok(()); }
+    };
+    print_banner(&stack, &ports);
+
+    let mut reported = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => {
+                for process in stack.processes() {
+                    if let Some(status) = process.exit_status() {
+                        if reported.insert(process.name().to_owned()) {
+                            eprintln!(
+                                "!! {} exited ({status}); see {}",
+                                process.name(),
+                                process.log_path().display()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("stopping the dev stack...");
+    stack.shutdown(Duration::from_secs(5)).await;
+    eprintln!("stopped.");
+    Ok(())
+}
+
+/// Fails early, with a hint, if a binary is missing or a fixed port is taken.
+fn preflight(ports: &FixedPorts, listen_addr: &str) -> Result<()> {
+    for name in ["registry", "socket-server", "health-checker"] {
+        let path = bin_path(name);
+        if !path.exists() {
+            bail!(
+                "{} not found: build first (scripts/up.sh does `cargo build --release --bins`) \
+                 or set SWITCHBOARD_BIN_DIR",
+                path.display()
+            );
+        }
+    }
+    let taken: Vec<u16> = ports
+        .all()
+        .into_iter()
+        .filter(|&port| {
+            let addr = if port == ports.nginx {
+                listen_addr
+            } else {
+                "127.0.0.1"
+            };
+            !is_free(addr, port)
+        })
+        .collect();
+    if !taken.is_empty() {
+        bail!(
+            "ports already in use: {taken:?}. Is another dev stack running, or a system \
+             redis/nginx? (`service redis-server stop; service redis-sentinel stop; \
+             service nginx stop`, as scripts/install-deps.sh does)"
+        );
+    }
+    Ok(())
+}
+
+fn print_banner(stack: &Stack, ports: &FixedPorts) {
+    let list = |urls: Vec<String>| urls.join("  ");
+    println!();
+    println!("Switchboard dev stack is up.");
+    println!();
+    println!("  public entry (nginx)  http://localhost:{}", ports.nginx);
+    println!(
+        "  registries            {}",
+        list(stack.registries.iter().map(|r| r.url()).collect())
+    );
+    println!(
+        "  socket servers        {}",
+        list(stack.socket_servers.iter().map(|s| s.ws_url()).collect())
+    );
+    println!(
+        "  health checkers       {}",
+        list(
+            stack
+                .health_checkers
+                .iter()
+                .map(|h| format!("{}/metrics", h.url()))
+                .collect()
+        )
+    );
+    println!(
+        "  redis                 master 127.0.0.1:{} (replicas {:?}), sentinels {} (master name {})",
+        ports.redis.master,
+        ports.redis.replicas,
+        stack.redis.sentinels_env(),
+        stack.redis.master_name()
+    );
+    println!(
+        "  logs                  {}/ (one file per process)",
+        stack.log_dir().display()
+    );
+    println!(
+        "  cluster secret        {} (header x-cluster-secret)",
+        stack.cluster_secret()
+    );
+    println!();
+    println!("Try it:");
+    println!("  curl -s localhost:{}/api/v1/socket-servers", ports.nginx);
+    println!("  curl -s localhost:{}/api/v1/socket-server", ports.nginx);
+    println!(
+        "  TOKEN=$(curl -s -XPOST localhost:{}/api/v1/dev/token -d '{{\"user_id\":\"alice\"}}' \\\n      -H 'content-type: application/json' | sed -E 's/.*\"token\":\"([^\"]+)\".*/\\1/')",
+        ports.nginx
+    );
+    println!(
+        "  URL=$(curl -s localhost:{}/api/v1/socket-server | sed -E 's/.*\"url\":\"([^\"]+)\".*/\\1/')",
+        ports.nginx
+    );
+    println!("  websocat \"$URL?token=$TOKEN\"      # then type: {{\"type\":\"ping\"}}");
+    println!();
+    println!("Ctrl-C stops everything.");
+}

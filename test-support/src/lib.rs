@@ -1,0 +1,29 @@
+//! Test and dev-stack support for Switchboard: starts **real** processes (Redis master,
+//! replicas and Sentinels; nginx; the `registry`, `socket-server` and `health-checker`
+//! binaries) on 127.0.0.1, waits until they are ready, and stops them again.
+//!
+//! Every child is started with `PR_SET_PDEATHSIG(SIGKILL)` (see [`process`]), so nothing
+//! outlives the harness, not even when the test binary itself is SIGKILLed.
+//!
+//! Entry points: [`Stack::start`] for the whole system, or the parts on their own:
+//! [`RedisSentinelCluster`], [`Nginx`], [`ManagedProcess`].
+
+pub mod broker;
+pub mod http;
+pub mod nginx;
+pub mod paths;
+pub mod ports;
+pub mod postgres;
+pub mod process;
+pub mod redis_cluster;
+pub mod stack;
+
+pub use http::wait_http_ok;
+pub use broker::Broker;
+pub use nginx::Nginx;
+pub use postgres::Postgres;
+pub use paths::{bin_path, repo_root};
+pub use ports::free_port;
+pub use process::ManagedProcess;
+pub use redis_cluster::{RedisPorts, RedisSentinelCluster, MASTER_NAME};
+pub use stack::{FixedPorts, Service, SocketServer, Stack, StackOptions};

@@ -1,0 +1,177 @@
+//! [`Postgres`]: a throwaway PostgreSQL server (Debian's binaries) on a loopback port, with a
+//! `switchboard` role (trust auth) and database.
+//!
+//! PostgreSQL refuses to run as root, so when the harness is root the server runs as the
+//! `postgres` system user through `setpriv` (which execs, so the death signal still applies).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::ManagedProcess;
+
+#[derive(Debug)]
+pub struct Postgres {
+    pub process: ManagedProcess,
+    port: u16,
+}
+
+/// The directory holding `initdb` and `postgres` (newest installed major version).
+pub fn postgres_bin_dir() -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is not installed (run scripts/install-deps.sh)")?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .context("no /usr/lib/postgresql/*/bin/postgres found")
+}
+
+fn is_root() -> bool {
+    std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false)
+}
+
+/// `program args` as the postgres user when we are root.
+fn as_postgres(program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
+    if is_root() {
+        let mut full = vec![
+            "--reuid=postgres".to_owned(),
+            "--regid=postgres".to_owned(),
+            "--init-groups".to_owned(),
+            program.display().to_string(),
+        ];
+        full.extend(args.iter().cloned());
+        (PathBuf::from("setpriv"), full)
+    } else {
+        (program.to_path_buf(), args.to_vec())
+    }
+}
+
+impl Postgres {
+    pub async fn start(dir: &Path, port: u16, log_dir: &Path) -> Result<Self> {
+        let bin = postgres_bin_dir()?;
+        let data = dir.join("pgdata");
+        std::fs::create_dir_all(dir)?;
+        if is_root() {
+            // The server user must reach its data directory through every parent.
+            let mut p = Some(dir);
+            while let Some(path) = p {
+                if path == Path::new("/") {
+                    break;
+                }
+                let _ = std::process::Command::new("chmod")
+                    .arg("o+x")
+                    .arg(path)
+                    .status();
+                p = path.parent();
+            }
+            std::fs::create_dir_all(&data)?;
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()?;
+            if !status.success() {
+                bail!("chown of {} failed", data.display());
+            }
+        }
+        if !data.join("PG_VERSION").exists() {
+            let (program, args) = as_postgres(
+                &bin.join("initdb"),
+                &[
+                    "-D".into(),
+                    data.display().to_string(),
+                    "-U".into(),
+                    "switchboard".into(),
+                    "--auth=trust".into(),
+                    "-E".into(),
+                    "UTF8".into(),
+                    "--no-sync".into(),
+                ],
+            );
+            let output = std::process::Command::new(&program)
+                .args(&args)
+                .output()
+                .context("running initdb")?;
+            if !output.status.success() {
+                bail!(
+                    "initdb failed: {}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+        let (program, args) = as_postgres(
+            &bin.join("postgres"),
+            &[
+                "-D".into(),
+                data.display().to_string(),
+                "-p".into(),
+                port.to_string(),
+                "-k".into(),
+                data.display().to_string(),
+                "-c".into(),
+                "listen_addresses=127.0.0.1".into(),
+                "-c".into(),
+                "max_connections=200".into(),
+                "-c".into(),
+                "fsync=off".into(),
+                "-c".into(),
+                "synchronous_commit=off".into(),
+            ],
+        );
+        let process = ManagedProcess::spawn("postgres", program, &args, &[], log_dir)?;
+        let pg = Postgres { process, port };
+        pg.wait_ready(Duration::from_secs(30)).await?;
+        Ok(pg)
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let output = tokio::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", "switchboard", "-d", "postgres", "-tAc"])
+                .arg("SELECT 1 FROM pg_database WHERE datname = 'switchboard'")
+                .output()
+                .await?;
+            if output.status.success() {
+                if String::from_utf8_lossy(&output.stdout).trim() != "1" {
+                    let created = tokio::process::Command::new("psql")
+                        .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                        .args(["-U", "switchboard", "-d", "postgres", "-c"])
+                        .arg("CREATE DATABASE switchboard")
+                        .output()
+                        .await?;
+                    if !created.status.success() {
+                        bail!(
+                            "creating the database failed: {}",
+                            String::from_utf8_lossy(&created.stderr)
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline || !self.process.is_running() {
+                bail!(
+                    "postgres did not become ready: {}",
+                    self.process.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://switchboard@127.0.0.1:{}/switchboard", self.port)
+    }
+}

@@ -1,0 +1,442 @@
+//! [`RedisSentinelCluster`]: one Redis master, two replicas and three Sentinels (quorum 2) on
+//! 127.0.0.1, the layout of `sentinel/` with ports chosen per test.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use redis::aio::MultiplexedConnection;
+
+use crate::ports::free_port;
+use crate::process::ManagedProcess;
+
+/// The Sentinel master name every service uses (`SB_REDIS_MASTER_NAME`).
+pub const MASTER_NAME: &str = "switchboard";
+/// Sentinel `down-after-milliseconds`.
+pub const DOWN_AFTER_MS: u64 = 2000;
+/// Sentinel `failover-timeout`.
+pub const FAILOVER_TIMEOUT_MS: u64 = 10_000;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The ports of one cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisPorts {
+    pub master: u16,
+    pub replicas: [u16; 2],
+    pub sentinels: [u16; 3],
+}
+
+impl RedisPorts {
+    /// Free ports (see [`free_port`]).
+    pub fn free() -> Self {
+        Self {
+            master: free_port(),
+            replicas: [free_port(), free_port()],
+            sentinels: [free_port(), free_port(), free_port()],
+        }
+    }
+
+    /// The fixed local layout: master 6379, replicas 6380/6381, Sentinels 26379-26381.
+    pub fn standard() -> Self {
+        Self {
+            master: 6379,
+            replicas: [6380, 6381],
+            sentinels: [26379, 26380, 26381],
+        }
+    }
+}
+
+/// The config of one redis-server; `replica_of` is the master's port for a replica.
+pub fn redis_conf(port: u16, dir: &Path, replica_of: Option<u16>) -> String {
+    let mut conf = format!(
+        "port {port}\n\
+         bind 127.0.0.1\n\
+         protected-mode no\n\
+         daemonize no\n\
+         dir {dir}\n\
+         logfile \"\"\n\
+         loglevel notice\n\
+         save \"\"\n\
+         appendonly no\n\
+         repl-diskless-sync yes\n\
+         repl-diskless-sync-delay 0\n",
+        dir = dir.display()
+    );
+    if let Some(master) = replica_of {
+        conf.push_str(&format!("replicaof 127.0.0.1 {master}\n"));
+    }
+    conf
+}
+
+/// The config of one Sentinel watching the master at `127.0.0.1:master_port`. Sentinel
+/// rewrites this file at runtime, so it must be a writable file of its own.
+pub fn sentinel_conf(port: u16, dir: &Path, master_port: u16) -> String {
+    format!(
+        "port {port}\n\
+         bind 127.0.0.1\n\
+         protected-mode no\n\
+         daemonize no\n\
+         dir {dir}\n\
+         logfile \"\"\n\
+         sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+         sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
+         sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n\
+         sentinel parallel-syncs {MASTER_NAME} 1\n",
+        dir = dir.display()
+    )
+}
+
+/// A running master + 2 replicas + 3 Sentinels. Dropping it kills them all.
+#[derive(Debug)]
+pub struct RedisSentinelCluster {
+    // Sentinels first: they are dropped (killed) before the servers they watch.
+    sentinels: Vec<(u16, ManagedProcess)>,
+    servers: Vec<(u16, ManagedProcess)>,
+}
+
+impl RedisSentinelCluster {
+    /// Starts a cluster on free ports with configs, data and logs under `dir`.
+    pub async fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, &RedisPorts::free(), dir).await
+    }
+
+    /// Starts a cluster on the given ports; configs and data under `dir`, one log file per
+    /// process in `log_dir`. Returns once the master has both replicas and every Sentinel
+    /// sees both replicas and the two other Sentinels (a failover needs that).
+    pub async fn start_with(dir: &Path, ports: &RedisPorts, log_dir: &Path) -> Result<Self> {
+        let mut cluster = Self {
+            sentinels: Vec::new(),
+            servers: Vec::new(),
+        };
+        let roles =
+            std::iter::once(("redis-master".to_owned(), ports.master, None)).chain(
+                ports.replicas.iter().enumerate().map(|(i, &port)| {
+                    (format!("redis-replica-{}", i + 1), port, Some(ports.master))
+                }),
+            );
+        for (name, port, replica_of) in roles {
+            let data = dir.join(format!("redis-{port}"));
+            std::fs::create_dir_all(&data)?;
+            let conf = data.join("redis.conf");
+            std::fs::write(&conf, redis_conf(port, &data, replica_of))?;
+            let process = ManagedProcess::spawn(&name, "redis-server", &[&conf], &[], log_dir)?;
+            cluster.servers.push((port, process));
+        }
+        for (port, process) in &cluster.servers {
+            wait_ping(*port, process).await?;
+        }
+        cluster.wait_replicas_connected(ports.master).await?;
+
+        for (i, &port) in ports.sentinels.iter().enumerate() {
+            let data = dir.join(format!("sentinel-{port}"));
+            std::fs::create_dir_all(&data)?;
+            let conf = data.join("sentinel.conf");
+            std::fs::write(&conf, sentinel_conf(port, &data, ports.master))?;
+            let name = format!("sentinel-{}", i + 1);
+            let process = ManagedProcess::spawn(&name, "redis-sentinel", &[&conf], &[], log_dir)?;
+            cluster.sentinels.push((port, process));
+        }
+        for (port, process) in &cluster.sentinels {
+            wait_ping(*port, process).await?;
+        }
+        cluster.wait_sentinels_agree().await?;
+        Ok(cluster)
+    }
+
+    async fn wait_replicas_connected(&self, master: u16) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Ok(mut conn) = connect(master).await {
+                let info: redis::RedisResult<String> = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut conn)
+                    .await;
+                match info {
+                    Ok(info) if info.contains("connected_slaves:2") => return Ok(()),
+                    Ok(info) => last = info,
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the master :{master} did not get both replicas within {READY_TIMEOUT:?}: {last}")
+    }
+
+    async fn wait_sentinels_agree(&self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for (port, process) in &self.sentinels {
+            loop {
+                let state = sentinel_master_state(*port).await;
+                let ok = state.as_ref().is_ok_and(|fields| {
+                    field(fields, "num-other-sentinels") == Some("2")
+                        && field(fields, "num-slaves") == Some("2")
+                });
+                if ok {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "sentinel :{port} did not see 2 replicas and 2 other sentinels within \
+                         {READY_TIMEOUT:?} (last: {state:?}); log tail:\n{}",
+                        process.log_tail(30)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// `127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3`: the value of `SB_REDIS_SENTINELS`.
+    pub fn sentinels_env(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|(port, _)| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The Sentinel master name, `switchboard`.
+    pub fn master_name(&self) -> &'static str {
+        MASTER_NAME
+    }
+
+    /// Ports of the three redis-server processes (first the initial master).
+    pub fn server_ports(&self) -> Vec<u16> {
+        self.servers.iter().map(|(port, _)| *port).collect()
+    }
+
+    /// Ports of the three Sentinels.
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().map(|(port, _)| *port).collect()
+    }
+
+    /// The redis-server process listening on `port`, if it is one of ours.
+    pub fn server_process(&self, port: u16) -> Option<&ManagedProcess> {
+        self.servers
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, process)| process)
+    }
+
+    /// The master's port as the Sentinels report it. Right after a failover they may briefly
+    /// disagree; then the named server that answers `ROLE` as master wins (ties go to the
+    /// port most Sentinels name).
+    pub async fn current_master_port(&self) -> Result<u16> {
+        let mut votes: Vec<(u16, usize)> = Vec::new();
+        let mut errors = Vec::new();
+        for (port, _) in &self.sentinels {
+            match master_addr(*port).await {
+                Ok(master) => match votes.iter_mut().find(|(p, _)| *p == master) {
+                    Some((_, n)) => *n += 1,
+                    None => votes.push((master, 1)),
+                },
+                Err(e) => errors.push(format!(":{port}: {e:#}")),
+            }
+        }
+        votes.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+        match votes.as_slice() {
+            [] => bail!("no sentinel named the master: {}", errors.join("; ")),
+            [(only, _)] => Ok(*only),
+            [(most, _), ..] => {
+                for (candidate, _) in &votes {
+                    if is_master(*candidate).await.unwrap_or(false) {
+                        return Ok(*candidate);
+                    }
+                }
+                Ok(*most)
+            }
+        }
+    }
+
+    /// SIGKILLs the redis-server that is master now; returns its port.
+    pub async fn kill_master(&self) -> Result<u16> {
+        let port = self.current_master_port().await?;
+        let process = self
+            .server_process(port)
+            .ok_or_else(|| anyhow!("sentinel names :{port} as master, not one of ours"))?;
+        process.kill9();
+        Ok(port)
+    }
+
+    /// Waits until every Sentinel names the same master, other than `old_port`, and that
+    /// server answers `ROLE` as master; returns its port.
+    pub async fn wait_for_failover(&self, old_port: u16, timeout: Duration) -> Result<u16> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.agreed_master().await {
+                Ok(port) if port == old_port => format!("sentinels still name :{old_port}"),
+                Ok(port) => match is_master(port).await {
+                    Ok(true) => return Ok(port),
+                    Ok(false) => format!(":{port} is named but not master yet"),
+                    Err(e) => format!(":{port}: {e:#}"),
+                },
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!("no failover away from :{old_port} within {timeout:?} (last: {last})");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The master port if all Sentinels name the same one.
+    async fn agreed_master(&self) -> Result<u16> {
+        let mut named = Vec::new();
+        for (sentinel, _) in &self.sentinels {
+            named.push(
+                master_addr(*sentinel)
+                    .await
+                    .with_context(|| format!("sentinel :{sentinel}"))?,
+            );
+        }
+        named.dedup();
+        match named.as_slice() {
+            [port] => Ok(*port),
+            _ => bail!("sentinels disagree: {named:?}"),
+        }
+    }
+
+    /// A connection to the current master (as Sentinel reports it, checked with `ROLE`).
+    /// Retries for up to 20 s (e.g. during a failover).
+    pub async fn try_master_connection(&self) -> Result<MultiplexedConnection> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let attempt = async {
+                let port = self.current_master_port().await?;
+                let mut conn = connect(port).await?;
+                if role(&mut conn).await? == "master" {
+                    Ok(conn)
+                } else {
+                    Err(anyhow!(":{port} is not master (yet)"))
+                }
+            };
+            match attempt.await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context("no connection to the Redis master within 20 s"))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Like [`Self::try_master_connection`], for tests: panics when there is no master.
+    pub async fn master_connection(&self) -> MultiplexedConnection {
+        self.try_master_connection()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+}
+
+/// A connection to `127.0.0.1:port` with 2 s connect and response timeouts.
+pub async fn connect(port: u16) -> Result<MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let conn = client
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Duration::from_secs(2))
+                .set_response_timeout(Duration::from_secs(2)),
+        )
+        .await
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    Ok(conn)
+}
+
+async fn wait_ping(port: u16, process: &ManagedProcess) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut conn) = connect(port).await {
+            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+            if pong.is_ok() {
+                return Ok(());
+            }
+        }
+        if !process.is_running() || Instant::now() >= deadline {
+            bail!(
+                "{} (:{port}) did not answer PING (running: {}); log tail:\n{}",
+                process.name(),
+                process.is_running(),
+                process.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn sentinel_master_state(sentinel: u16) -> Result<Vec<String>> {
+    let mut conn = connect(sentinel).await?;
+    let fields: Vec<String> = redis::cmd("SENTINEL")
+        .arg("master")
+        .arg(MASTER_NAME)
+        .query_async(&mut conn)
+        .await?;
+    Ok(fields)
+}
+
+/// The value after `name` in a flat `[name, value, name, value...]` reply.
+fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
+    fields
+        .chunks(2)
+        .find(|pair| pair[0] == name)
+        .and_then(|pair| pair.get(1))
+        .map(String::as_str)
+}
+
+async fn master_addr(sentinel: u16) -> Result<u16> {
+    let mut conn = connect(sentinel).await?;
+    let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(MASTER_NAME)
+        .query_async(&mut conn)
+        .await?;
+    let (_, port) = addr.ok_or_else(|| anyhow!("sentinel does not know {MASTER_NAME}"))?;
+    Ok(port.parse()?)
+}
+
+async fn role(conn: &mut MultiplexedConnection) -> Result<String> {
+    let reply: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
+    let first = reply.first().ok_or_else(|| anyhow!("empty ROLE reply"))?;
+    Ok(redis::from_redis_value(first)?)
+}
+
+async fn is_master(port: u16) -> Result<bool> {
+    let mut conn = connect(port).await?;
+    Ok(role(&mut conn).await? == "master")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_conf_points_at_the_master() {
+        let conf = redis_conf(7001, Path::new("/tmp/r"), Some(7000));
+        assert!(conf.contains("port 7001\n"));
+        assert!(conf.contains("replicaof 127.0.0.1 7000\n"));
+        assert!(conf.contains("save \"\"\n"));
+        assert!(conf.contains("appendonly no\n"));
+        assert!(!redis_conf(7000, Path::new("/tmp/r"), None).contains("replicaof"));
+    }
+
+    #[test]
+    fn sentinel_conf_has_quorum_two_and_fast_timings() {
+        let conf = sentinel_conf(27000, Path::new("/tmp/s"), 7000);
+        assert!(conf.contains("sentinel monitor switchboard 127.0.0.1 7000 2\n"));
+        assert!(conf.contains("down-after-milliseconds switchboard 2000\n"));
+        assert!(conf.contains("failover-timeout switchboard 10000\n"));
+        assert!(conf.contains("parallel-syncs switchboard 1\n"));
+    }
+
+    #[test]
+    fn flat_fields() {
+        let fields: Vec<String> = ["name", "switchboard", "num-slaves", "2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(field(&fields, "num-slaves"), Some("2"));
+        assert_eq!(field(&fields, "flags"), None);
+    }
+}

@@ -1,0 +1,598 @@
+//! [`Stack`]: the whole system on one machine, made of real processes: Redis + Sentinels,
+//! registries behind nginx, socket servers and health checkers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rand::Rng;
+
+use crate::http::wait_ready;
+use crate::nginx::Nginx;
+use crate::paths::bin_path;
+use crate::ports::free_port;
+use crate::process::ManagedProcess;
+use crate::broker::Broker;
+use crate::postgres::Postgres;
+use crate::redis_cluster::{RedisPorts, RedisSentinelCluster, MASTER_NAME};
+
+/// How long a service may take to answer `/ready` with 200.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The Redis key prefix of every stack (`SB_REDIS_PREFIX`).
+pub const REDIS_PREFIX: &str = "sb:";
+
+/// Fixed ports for the dev stack (tests use free ports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FixedPorts {
+    pub nginx: u16,
+    /// Registry `i` listens on `registries[i]`; missing entries get a free port.
+    pub registries: Vec<u16>,
+    /// Socket server `i` listens on `socket_servers[i]`; missing entries get a free port.
+    pub socket_servers: Vec<u16>,
+    /// Health checker `i` listens on `health_checkers[i]`; missing entries get a free port.
+    pub health_checkers: Vec<u16>,
+    pub managers: Vec<u16>,
+    pub message_service: u16,
+    pub postgres: u16,
+    pub broker: u16,
+    pub redis: RedisPorts,
+}
+
+impl FixedPorts {
+    /// The documented local layout: nginx 8080, registries 8101/8102, socket servers
+    /// 9001-9003, health checkers 8301/8302, Redis 6379-6381, Sentinels 26379-26381.
+    pub fn standard() -> Self {
+        Self {
+            nginx: 8080,
+            registries: vec![8101, 8102],
+            socket_servers: vec![9001, 9002, 9003],
+            health_checkers: vec![8301, 8302],
+            managers: vec![8201, 8202],
+            message_service: 8401,
+            postgres: 5432,
+            broker: 9092,
+            redis: RedisPorts::standard(),
+        }
+    }
+
+    /// Every port, for a pre-flight check.
+    pub fn all(&self) -> Vec<u16> {
+        let mut ports = vec![self.nginx, self.redis.master];
+        ports.extend(self.redis.replicas);
+        ports.extend(self.redis.sentinels);
+        ports.extend(&self.registries);
+        ports.extend(&self.socket_servers);
+        ports.extend(&self.health_checkers);
+        ports.extend(&self.managers);
+        ports.extend([self.message_service, self.postgres, self.broker]);
+        ports
+    }
+}
+
+/// What [`Stack::start`] starts.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub socket_servers: usize,
+    pub registries: usize,
+    pub health_checkers: usize,
+    /// `SB_MAX_CONNECTIONS` of every socket server.
+    pub max_connections: u64,
+    /// Added to every service's environment, after everything else (so it overrides).
+    pub extra_env: Vec<(String, String)>,
+    /// `None`: free ports (tests). `Some`: the dev stack's layout.
+    pub fixed_ports: Option<FixedPorts>,
+    /// Where the one-log-per-process files go; default `<work dir>/logs`.
+    pub log_dir: Option<PathBuf>,
+    /// Configs and data of Redis and nginx; default a temp dir removed on drop (kept if
+    /// `SWITCHBOARD_KEEP_TEST_DIRS` is set, e.g. to read the logs of a failed test).
+    pub work_dir: Option<PathBuf>,
+    /// nginx's listen address (the dev stack uses `0.0.0.0`).
+    pub nginx_listen_addr: String,
+    /// Socket-server timings for tests (heartbeat 1 s, client timeout 4 s, reconcile
+    /// 500 ms). The dev stack turns this off and uses the services' defaults.
+    pub fast_timings: bool,
+    /// Start the chat path too: PostgreSQL, the broker, the message service and
+    /// `managers` socket managers. Off, socket servers run with messaging disabled.
+    pub messaging: bool,
+    pub managers: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            socket_servers: 3,
+            registries: 2,
+            health_checkers: 2,
+            max_connections: 100_000,
+            extra_env: Vec::new(),
+            fixed_ports: None,
+            log_dir: None,
+            work_dir: None,
+            nginx_listen_addr: "127.0.0.1".to_owned(),
+            fast_timings: true,
+            messaging: true,
+            managers: 2,
+        }
+    }
+}
+
+impl StackOptions {
+    /// Just the connection layer (Redis, registries, nginx, socket servers, health checkers).
+    pub fn without_messaging() -> Self {
+        Self {
+            messaging: false,
+            ..Self::default()
+        }
+    }
+}
+
+/// A registry or health checker.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub port: u16,
+    pub process: ManagedProcess,
+}
+
+impl Service {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A socket server.
+#[derive(Debug)]
+pub struct SocketServer {
+    pub server_id: String,
+    pub port: u16,
+    pub process: ManagedProcess,
+}
+
+impl SocketServer {
+    /// `ws://127.0.0.1:PORT/ws`: where clients connect (also its `SB_SOCKET_PUBLIC_URL`).
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT` (`/live`, `/ready`, `/metrics`).
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The running system. Dropping it SIGKILLs everything (services first, Redis last) and
+/// removes the temp dir; [`Stack::shutdown`] stops the services gracefully first.
+#[derive(Debug)]
+pub struct Stack {
+    // Field order is drop order: services, then nginx, then the stores, then the dir.
+    pub health_checkers: Vec<Service>,
+    pub socket_servers: Vec<SocketServer>,
+    pub registries: Vec<Service>,
+    pub managers: Vec<Service>,
+    pub message_service: Option<Service>,
+    pub nginx: Nginx,
+    pub broker: Option<Broker>,
+    pub postgres: Option<Postgres>,
+    pub redis: RedisSentinelCluster,
+    messaging: bool,
+    common_env: Vec<(String, String)>,
+    jwt_secret: String,
+    cluster_secret: String,
+    max_connections: u64,
+    fast_timings: bool,
+    extra_env: Vec<(String, String)>,
+    fixed_socket_ports: Vec<u16>,
+    socket_servers_started: usize,
+    log_dir: PathBuf,
+    work_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+fn random_secret() -> String {
+    let bytes: [u8; 24] = rand::thread_rng().gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn env_override(env: &[(String, String)], key: &str) -> Option<String> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+}
+
+fn kv(key: &str, value: impl Into<String>) -> (String, String) {
+    (key.to_owned(), value.into())
+}
+
+impl Stack {
+    /// Starts Redis + Sentinels, the registries, nginx over them, the socket servers and the
+    /// health checkers, each kind only once the previous one is ready (`/ready` is 200).
+    pub async fn start(opts: StackOptions) -> Result<Stack> {
+        let temp = match &opts.work_dir {
+            Some(_) => None,
+            None => Some(
+                tempfile::Builder::new()
+                    .prefix("switchboard-stack-")
+                    .disable_cleanup(std::env::var_os("SWITCHBOARD_KEEP_TEST_DIRS").is_some())
+                    .tempdir()?,
+            ),
+        };
+        let work_dir = match (&opts.work_dir, &temp) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(temp)) => temp.path().to_owned(),
+            (None, None) => unreachable!("a temp dir is made when no work dir is given"),
+        };
+        std::fs::create_dir_all(&work_dir)?;
+        let log_dir = opts
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| work_dir.join("logs"));
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("creating {}", log_dir.display()))?;
+        eprintln!("switchboard stack: logs in {}", log_dir.display());
+
+        let fixed = opts.fixed_ports.clone();
+        let pick = |list: Option<&Vec<u16>>, i: usize| {
+            list.and_then(|l| l.get(i).copied())
+                .unwrap_or_else(free_port)
+        };
+
+        let redis_ports = fixed
+            .as_ref()
+            .map_or_else(RedisPorts::free, |f| f.redis.clone());
+        let redis =
+            RedisSentinelCluster::start_with(&work_dir.join("redis"), &redis_ports, &log_dir)
+                .await
+                .context("starting Redis + Sentinels")?;
+
+        let jwt_secret =
+            env_override(&opts.extra_env, "SB_JWT_SECRET").unwrap_or_else(random_secret);
+        let cluster_secret =
+            env_override(&opts.extra_env, "SB_CLUSTER_SECRET").unwrap_or_else(random_secret);
+        let mut common = common_env(&redis.sentinels_env(), &jwt_secret, &cluster_secret);
+
+        // The chat path: database, broker, message service, managers.
+        let mut postgres = None;
+        let mut broker = None;
+        let mut message_service = None;
+        let mut managers = Vec::new();
+        if opts.messaging {
+            let pg_port = fixed.as_ref().map_or_else(free_port, |f| f.postgres);
+            let pg = Postgres::start(&work_dir.join("postgres"), pg_port, &log_dir)
+                .await
+                .context("starting PostgreSQL")?;
+            let broker_port = fixed.as_ref().map_or_else(free_port, |f| f.broker);
+            let kafka = Broker::start(&work_dir.join("broker"), broker_port, &log_dir)
+                .await
+                .context("starting the broker")?;
+            common.push(kv("SB_KAFKA_BROKERS", kafka.bootstrap()));
+            let ms_port = fixed.as_ref().map_or_else(free_port, |f| f.message_service);
+            common.push(kv(
+                "SB_MESSAGE_SERVICE_URL",
+                format!("http://127.0.0.1:{ms_port}"),
+            ));
+            let mut env = common.clone();
+            env.push(kv("SB_MESSAGE_BIND", format!("127.0.0.1:{ms_port}")));
+            env.push(kv("SB_DATABASE_URL", pg.url()));
+            env.extend(opts.extra_env.iter().cloned());
+            let process = ManagedProcess::spawn(
+                "message-service",
+                bin_path("message-service"),
+                &[] as &[&str],
+                &env,
+                &log_dir,
+            )?;
+            let ms = Service {
+                name: "message-service".into(),
+                port: ms_port,
+                process,
+            };
+            let mut manager_urls = Vec::new();
+            for i in 0..opts.managers {
+                let port = pick(fixed.as_ref().map(|f| &f.managers), i);
+                let mut env = common.clone();
+                env.push(kv("SB_MANAGER_BIND", format!("127.0.0.1:{port}")));
+                if opts.fast_timings {
+                    env.push(kv("SB_HANDLER_TTL_MS", "3000"));
+                }
+                env.extend(opts.extra_env.iter().cloned());
+                let name = format!("socket-manager-{}", i + 1);
+                let process = ManagedProcess::spawn(
+                    &name,
+                    bin_path("socket-manager"),
+                    &[] as &[&str],
+                    &env,
+                    &log_dir,
+                )?;
+                manager_urls.push(format!("http://127.0.0.1:{port}"));
+                managers.push(Service {
+                    name,
+                    port,
+                    process,
+                });
+            }
+            wait_ready(&ms.process, &format!("{}/ready", ms.url()), READY_TIMEOUT).await?;
+            for m in &managers {
+                wait_ready(&m.process, &format!("{}/ready", m.url()), READY_TIMEOUT).await?;
+            }
+            common.push(kv("SB_MANAGER_URLS", manager_urls.join(",")));
+            postgres = Some(pg);
+            broker = Some(kafka);
+            message_service = Some(ms);
+        } else {
+            common.push(kv("SB_MESSAGING_ENABLED", "false"));
+        }
+
+        // Registries.
+        let mut registries = Vec::new();
+        for i in 0..opts.registries {
+            let port = pick(fixed.as_ref().map(|f| &f.registries), i);
+            let mut env = common.clone();
+            env.push(kv("SB_REGISTRY_BIND", format!("127.0.0.1:{port}")));
+            env.extend(opts.extra_env.iter().cloned());
+            let name = format!("registry-{}", i + 1);
+            let process =
+                ManagedProcess::spawn(&name, bin_path("registry"), &[] as &[&str], &env, &log_dir)?;
+            registries.push(Service {
+                name,
+                port,
+                process,
+            });
+        }
+        for r in &registries {
+            wait_ready(&r.process, &format!("{}/ready", r.url()), READY_TIMEOUT).await?;
+        }
+
+        // nginx over the registries.
+        let registry_ports: Vec<u16> = registries.iter().map(|r| r.port).collect();
+        let nginx_port = fixed.as_ref().map_or_else(free_port, |f| f.nginx);
+        let message_service_ports: Vec<u16> = message_service.iter().map(|m| m.port).collect();
+        let nginx = Nginx::start_full(
+            &work_dir.join("nginx"),
+            &opts.nginx_listen_addr,
+            nginx_port,
+            &registry_ports,
+            &message_service_ports,
+            &log_dir,
+        )
+        .await
+        .context("starting nginx")?;
+
+        let mut stack = Stack {
+            health_checkers: Vec::new(),
+            socket_servers: Vec::new(),
+            registries,
+            managers,
+            message_service,
+            nginx,
+            broker,
+            postgres,
+            redis,
+            messaging: opts.messaging,
+            common_env: common,
+            jwt_secret,
+            cluster_secret,
+            max_connections: opts.max_connections,
+            fast_timings: opts.fast_timings,
+            extra_env: opts.extra_env.clone(),
+            fixed_socket_ports: fixed
+                .as_ref()
+                .map(|f| f.socket_servers.clone())
+                .unwrap_or_default(),
+            socket_servers_started: 0,
+            log_dir,
+            work_dir,
+            _temp: temp,
+        };
+
+        // Socket servers: start all, then wait for each.
+        let mut pending = Vec::new();
+        for _ in 0..opts.socket_servers {
+            pending.push(stack.spawn_socket_server(&[])?);
+        }
+        for server in &pending {
+            wait_ready(
+                &server.process,
+                &format!("{}/ready", server.http_url()),
+                READY_TIMEOUT,
+            )
+            .await?;
+        }
+        stack.socket_servers.extend(pending);
+
+        // Health checkers.
+        for i in 0..opts.health_checkers {
+            let port = pick(fixed.as_ref().map(|f| &f.health_checkers), i);
+            let mut env = stack.service_env();
+            env.extend([
+                kv("SB_HEALTH_BIND", format!("127.0.0.1:{port}")),
+                kv("SB_PROBE_INTERVAL_MS", "500"),
+                kv("SB_PROBE_TIMEOUT_MS", "400"),
+                kv("SB_FAILURE_THRESHOLD", "2"),
+            ]);
+            env.extend(stack.extra_env.iter().cloned());
+            let name = format!("health-checker-{}", i + 1);
+            let process = ManagedProcess::spawn(
+                &name,
+                bin_path("health-checker"),
+                &[] as &[&str],
+                &env,
+                &stack.log_dir,
+            )?;
+            stack.health_checkers.push(Service {
+                name,
+                port,
+                process,
+            });
+        }
+        for h in &stack.health_checkers {
+            wait_ready(&h.process, &format!("{}/ready", h.url()), READY_TIMEOUT).await?;
+        }
+        Ok(stack)
+    }
+
+    /// Starts one more socket server (`extra_env` applied last), waits for its `/ready`,
+    /// and returns its index in [`Stack::socket_servers`].
+    pub async fn start_socket_server(&mut self, extra_env: &[(String, String)]) -> Result<usize> {
+        let server = self.spawn_socket_server(extra_env)?;
+        wait_ready(
+            &server.process,
+            &format!("{}/ready", server.http_url()),
+            READY_TIMEOUT,
+        )
+        .await?;
+        self.socket_servers.push(server);
+        Ok(self.socket_servers.len() - 1)
+    }
+
+    fn spawn_socket_server(&mut self, extra_env: &[(String, String)]) -> Result<SocketServer> {
+        let index = self.socket_servers_started;
+        self.socket_servers_started += 1;
+        let port = self
+            .fixed_socket_ports
+            .get(index)
+            .copied()
+            .unwrap_or_else(free_port);
+        let n = index + 1;
+        let server_id = format!("socket-{n}-{port}");
+        let mut env = self.service_env();
+        env.extend([
+            kv("SB_SOCKET_BIND", format!("127.0.0.1:{port}")),
+            kv("SB_SOCKET_PUBLIC_URL", format!("ws://127.0.0.1:{port}/ws")),
+            kv("SB_SERVER_ID", server_id.clone()),
+            kv("SB_REGISTRY_URL", self.nginx_url()),
+            kv("SB_MAX_CONNECTIONS", self.max_connections.to_string()),
+        ]);
+        if self.fast_timings {
+            env.extend([
+                kv("SB_HEARTBEAT_INTERVAL_MS", "1000"),
+                kv("SB_CLIENT_TIMEOUT_MS", "4000"),
+                kv("SB_RECONCILE_INTERVAL_MS", "500"),
+            ]);
+        }
+        env.extend(self.extra_env.iter().cloned());
+        env.extend(extra_env.iter().cloned());
+        let process = ManagedProcess::spawn(
+            &format!("socket-server-{n}"),
+            bin_path("socket-server"),
+            &[] as &[&str],
+            &env,
+            &self.log_dir,
+        )?;
+        Ok(SocketServer {
+            server_id,
+            port,
+            process,
+        })
+    }
+
+    /// The environment every service gets (Redis via Sentinel, prefix, secrets, dev mode,
+    /// `RUST_LOG=info`, `NO_COLOR=1`), before the per-service variables and the extra env.
+    pub fn service_env(&self) -> Vec<(String, String)> {
+        self.common_env.clone()
+    }
+
+    /// Whether the chat path (managers, broker, database, message service) runs.
+    pub fn messaging(&self) -> bool {
+        self.messaging
+    }
+
+    /// `http://127.0.0.1:PORT` of nginx, the public entry point.
+    pub fn nginx_url(&self) -> String {
+        self.nginx.url()
+    }
+
+    /// `SB_JWT_SECRET` (HS256).
+    pub fn jwt_secret(&self) -> &str {
+        &self.jwt_secret
+    }
+
+    /// `SB_CLUSTER_SECRET` (the `x-cluster-secret` header of cluster-only routes).
+    pub fn cluster_secret(&self) -> &str {
+        &self.cluster_secret
+    }
+
+    /// `SB_REDIS_PREFIX`, `sb:`.
+    pub fn redis_prefix(&self) -> &'static str {
+        REDIS_PREFIX
+    }
+
+    /// The directory holding one log file per process.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// The directory holding Redis and nginx configs and data.
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// Every service process with its name, in start order (for monitoring).
+    pub fn processes(&self) -> Vec<&ManagedProcess> {
+        let mut all: Vec<&ManagedProcess> = self.registries.iter().map(|s| &s.process).collect();
+        all.extend(self.managers.iter().map(|s| &s.process));
+        all.extend(self.message_service.iter().map(|s| &s.process));
+        all.push(&self.nginx.process);
+        all.extend(self.socket_servers.iter().map(|s| &s.process));
+        all.extend(self.health_checkers.iter().map(|s| &s.process));
+        all
+    }
+
+    /// Graceful stop: SIGTERM to health checkers, socket servers, then registries (each
+    /// given up to `grace`, then SIGKILLed), then nginx and Redis are killed.
+    pub async fn shutdown(self, grace: Duration) {
+        for group in [
+            self.health_checkers
+                .iter()
+                .map(|s| &s.process)
+                .collect::<Vec<_>>(),
+            self.socket_servers.iter().map(|s| &s.process).collect(),
+            self.registries.iter().map(|s| &s.process).collect(),
+            self.managers.iter().map(|s| &s.process).collect(),
+            self.message_service.iter().map(|s| &s.process).collect(),
+        ] {
+            for process in &group {
+                process.sigterm();
+            }
+            for process in group {
+                process.stop(grace).await;
+            }
+        }
+        self.nginx.process.stop(Duration::from_secs(2)).await;
+        drop(self);
+    }
+}
+
+fn common_env(sentinels: &str, jwt_secret: &str, cluster_secret: &str) -> Vec<(String, String)> {
+    vec![
+        kv("SB_REDIS_SENTINELS", sentinels),
+        kv("SB_REDIS_MASTER_NAME", MASTER_NAME),
+        kv("SB_REDIS_PREFIX", REDIS_PREFIX),
+        kv("SB_JWT_SECRET", jwt_secret),
+        kv("SB_CLUSTER_SECRET", cluster_secret),
+        kv("SB_DEV_MODE", "true"),
+        kv("RUST_LOG", "info"),
+        // Plain log files (tracing-subscriber honours NO_COLOR).
+        kv("NO_COLOR", "1"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_env_entries_win() {
+        let env = vec![kv("A", "1"), kv("B", "2"), kv("A", "3")];
+        assert_eq!(env_override(&env, "A").as_deref(), Some("3"));
+        assert_eq!(env_override(&env, "C"), None);
+    }
+
+    #[test]
+    fn standard_ports_are_distinct() {
+        let all = FixedPorts::standard().all();
+        let unique: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), all.len());
+    }
+}
