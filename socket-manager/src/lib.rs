@@ -163,6 +163,8 @@ impl Application {
                 .default_service(web::to(http::not_found))
         })
         .disable_signals()
+        // Bursts (a thousand clients asking at once) must queue, not be refused.
+        .backlog(4096)
         .shutdown_timeout(5)
         .listen(listener)?
         .run();

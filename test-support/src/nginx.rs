@@ -28,7 +28,7 @@ pub fn render_template(template: &str, vars: &[(&str, String)]) -> Result<String
 pub fn registry_servers(ports: &[u16]) -> String {
     ports
         .iter()
-        .map(|port| format!("        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;"))
+        .map(|port| format!("        server 127.0.0.1:{port} max_fails=3 fail_timeout=2s;"))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -207,8 +207,8 @@ mod tests {
     fn repository_template_renders() {
         let conf = render_config("127.0.0.1", 18080, &[18101, 18102], &[18401]).unwrap();
         assert!(conf.contains("listen 127.0.0.1:18080;"));
-        assert!(conf.contains("server 127.0.0.1:18101 max_fails=1 fail_timeout=2s;"));
-        assert!(conf.contains("server 127.0.0.1:18102 max_fails=1 fail_timeout=2s;"));
+        assert!(conf.contains("server 127.0.0.1:18101 max_fails=3 fail_timeout=2s;"));
+        assert!(conf.contains("server 127.0.0.1:18102 max_fails=3 fail_timeout=2s;"));
         assert!(conf.contains("proxy_next_upstream error timeout http_502;"));
         assert!(!conf.contains("{{"));
         assert!(render_config("127.0.0.1", 18080, &[], &[]).is_err());

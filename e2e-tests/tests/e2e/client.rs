@@ -37,7 +37,10 @@ pub async fn assign(http: &reqwest::Client, stack: &Stack) -> anyhow::Result<Ass
         .get(format!("{}/api/v1/socket-server", stack.nginx_url()))
         .send()
         .await?;
-    anyhow::ensure!(resp.status() == 200, "assign answered {}", resp.status());
+    let status = resp.status();
+    if status != 200 {
+        anyhow::bail!("assign answered {status}: {}", resp.text().await.unwrap_or_default());
+    }
     Ok(resp.json().await?)
 }
 
@@ -151,6 +154,11 @@ impl WsClient {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
+    }
+
+    /// Keeps reading in the background (so pings are answered) until the task is aborted.
+    pub fn keep_alive(mut self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { while let Some(Ok(_)) = self.ws.next().await {} })
     }
 
     /// Drops the TCP connection without a close frame, as a crashed client would.

@@ -78,16 +78,20 @@ async fn burst_of_1000_assigns_then_connects_stays_balanced_and_scores_return_ex
     let counts = spread(&clients);
     assert_balanced(&counts, 3, 1000);
 
-    // 900 leave: half politely, half by dropping TCP with no close frame. 100 stay.
+    // 100 stay and keep answering the server's heartbeat; 900 leave at once: half
+    // politely, half by dropping TCP with no close frame.
     let staying: Vec<_> = clients.split_off(900);
+    let expected = spread(&staying);
+    let readers: Vec<_> = staying.into_iter().map(|c| c.keep_alive()).collect();
+    let mut leaving = Vec::new();
     for (i, client) in clients.into_iter().enumerate() {
         if i % 2 == 0 {
-            client.close().await;
+            leaving.push(tokio::spawn(client.close()));
         } else {
             client.drop_tcp();
         }
     }
-    let expected = spread(&staying);
+    futures_util::future::join_all(leaving).await;
     let exact = eventually(Duration::from_secs(10), || async {
         let scores = scores(&stack).await;
         stack.socket_servers.iter().all(|s| {
@@ -101,6 +105,7 @@ async fn burst_of_1000_assigns_then_connects_stays_balanced_and_scores_return_ex
         "scores {:?} equal live counts {expected:?}",
         scores(&stack).await
     );
+    readers.iter().for_each(|r| r.abort());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
