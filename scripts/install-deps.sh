@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the local stack and the tests need (Debian/Ubuntu):
-# redis-server, redis-sentinel, nginx-light. Idempotent: skips apt entirely when the
+# redis-server, redis-sentinel, nginx-light, PostgreSQL; and the Kafka-protocol broker tansu
+# (crates.io, built once into ~/.cache/switchboard/tansu). Idempotent: skips apt entirely when the
 # commands are already present. Works as root without a TTY. Then stops any redis/nginx
 # system service (a package install auto-starts them) so they don't hold the fixed ports.
 set -euo pipefail
@@ -9,6 +10,8 @@ need=()
 command -v redis-server   >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 
 if [ "${#need[@]}" -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"
@@ -21,15 +24,23 @@ if [ "${#need[@]}" -gt 0 ]; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     # Always the full set: apt skips whatever is installed already.
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        redis-server redis-sentinel nginx-light
+        redis-server redis-sentinel nginx-light "${need[@]}"
 else
-    echo "install-deps: redis-server, redis-sentinel and nginx already present"
+    echo "install-deps: redis-server, redis-sentinel, nginx and PostgreSQL already present"
+fi
+
+# The broker for the local stack and the tests: tansu, built once into a cache that outlives
+# the work tree (about 10 minutes on a 2-core machine).
+TANSU_ROOT="${HOME:-/root}/.cache/switchboard/tansu"
+if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
+    echo "install-deps: building the tansu broker into $TANSU_ROOT (one time)"
+    cargo install tansu --locked --features dynostore,libsql --root "$TANSU_ROOT"
 fi
 
 # The packages start system services on the ports the dev stack uses; stop them (quietly,
 # whether or not they exist or run; there may be no init system at all in a container).
 if [ "$(id -u)" -eq 0 ] && command -v service >/dev/null 2>&1; then
-    for svc in redis-server redis-sentinel nginx; do
+    for svc in redis-server redis-sentinel nginx postgresql; do
         service "$svc" stop >/dev/null 2>&1 || true
     done
 fi

@@ -43,7 +43,8 @@ impl Broker {
             "--advertised-listener-url".to_owned(),
             listener,
             "--storage-engine".to_owned(),
-            format!("sqlite://{}", dir.join("tansu.db").display()),
+            // tansu drops one leading slash of the path, so an absolute path needs four.
+            format!("sqlite:///{}", dir.join("tansu.db").display()),
         ];
         let process = spawn(&args, log_dir, "broker")?;
         let broker = Broker {

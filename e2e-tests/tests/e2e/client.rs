@@ -243,3 +243,148 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// REST call to the message service through nginx with a bearer token.
+pub async fn api(
+    http: &reqwest::Client,
+    stack: &Stack,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = http
+        .request(method, format!("{}{path}", stack.nginx_url()))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// Creates a conversation as `token`'s user; returns its id.
+pub async fn create_conversation(
+    http: &reqwest::Client,
+    stack: &Stack,
+    token: &str,
+    body: serde_json::Value,
+) -> String {
+    let (status, value) = api(http, stack, token, reqwest::Method::POST, "/api/v1/conversations", Some(body)).await;
+    assert!(status == 200 || status == 201, "create answered {status}: {value}");
+    value["id"].as_str().expect("id").to_owned()
+}
+
+/// The whole history after `after_seq`, following pages of `limit`.
+pub async fn history(
+    http: &reqwest::Client,
+    stack: &Stack,
+    token: &str,
+    conversation_id: &str,
+    after_seq: u64,
+) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    let mut after = after_seq;
+    loop {
+        let (status, value) = api(
+            http,
+            stack,
+            token,
+            reqwest::Method::GET,
+            &format!("/api/v1/conversations/{conversation_id}/messages?after_seq={after}&limit=1000"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "history: {value}");
+        let page = value["messages"].as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            return all;
+        }
+        after = page.last().unwrap()["seq"].as_u64().unwrap();
+        all.extend(page);
+    }
+}
+
+/// Polls history until it holds at least `count` messages (the store trails the log).
+pub async fn history_with(
+    http: &reqwest::Client,
+    stack: &Stack,
+    token: &str,
+    conversation_id: &str,
+    count: usize,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let messages = history(http, stack, token, conversation_id, 0).await;
+        if messages.len() >= count || Instant::now() > deadline {
+            return messages;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl WsClient {
+    pub async fn send_message(&mut self, conversation_id: &str, client_msg_id: &str, body: &str) {
+        self.send_json(serde_json::json!({
+            "type": "send",
+            "conversation_id": conversation_id,
+            "client_msg_id": client_msg_id,
+            "body": body,
+        }))
+        .await;
+    }
+
+    /// Collects frames until `done` says so or `within` passes.
+    pub async fn collect_until(
+        &mut self,
+        within: Duration,
+        mut done: impl FnMut(&[ServerFrame]) -> bool,
+    ) -> Vec<ServerFrame> {
+        let deadline = Instant::now() + within;
+        let mut frames = Vec::new();
+        while !done(&frames) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            match self.next_frame(left).await {
+                Some(frame) => frames.push(frame),
+                None => break,
+            }
+        }
+        frames
+    }
+}
+
+/// `(seq, message_id)` of every `message` frame of `conversation_id`, in arrival order.
+pub fn messages_of(frames: &[ServerFrame], conversation_id: &str) -> Vec<(u64, String)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Message {
+                conversation_id: c,
+                seq,
+                message_id,
+                ..
+            } if c == conversation_id => Some((*seq, message_id.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `sent` frames, by client_msg_id.
+pub fn sent_of(frames: &[ServerFrame]) -> HashMap<String, (u64, String)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Sent {
+                client_msg_id,
+                seq,
+                message_id,
+                ..
+            } => Some((client_msg_id.clone(), (*seq, message_id.clone()))),
+            _ => None,
+        })
+        .collect()
+}

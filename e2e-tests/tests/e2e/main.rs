@@ -8,6 +8,7 @@
 //! - `socket`: authentication before the upgrade, frames, heartbeat, exact scores.
 //! - `faults`: kill -9 of a socket server, SIGTERM ordering, Redis master failover.
 
+mod chat;
 mod client;
 mod faults;
 mod registry;
