@@ -73,9 +73,18 @@ static RELEASE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// Takes the next number and records it as pending for this `client_msg_id` in one atomic
+/// step, so a manager dying between the two cannot burn a number nobody will replay.
+/// KEYS: seq counter, idempotency key. ARGV: record JSON with `"seq":0`, ttl secs.
 static NEXT_SEQ: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
-        r"if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCR', KEYS[1]) else return -1 end",
+        r#"
+        if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+        local seq = redis.call('INCR', KEYS[1])
+        local record = string.gsub(ARGV[1], '"seq":0', '"seq":' .. seq, 1)
+        redis.call('SET', KEYS[2], record, 'EX', tonumber(ARGV[2]))
+        return seq
+        "#,
     )
 });
 
@@ -217,24 +226,17 @@ impl Sequencer {
             return Ok(sent_frame(s, &seen));
         }
 
-        let seq = self.next_seq(&s.conversation_id).await?;
-        let record = IdempotencyRecord {
+        let mut record = IdempotencyRecord {
             message_id: ulid::Ulid::new().to_string(),
-            seq,
+            seq: 0,
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             body: s.body.clone(),
             done: false,
         };
-        let pending = serde_json::to_string(&record)?;
-        self.redis
-            .query::<()>(
-                redis::cmd("SET")
-                    .arg(&idem_key)
-                    .arg(pending)
-                    .arg("EX")
-                    .arg(self.idempotency_ttl_secs),
-            )
+        record.seq = self
+            .next_seq(&s.conversation_id, &idem_key, &serde_json::to_string(&record)?)
             .await?;
+        let seq = record.seq;
         if let Err(e) = self.append(s, &record).await {
             // Undo so the number is reused by the next send: no gap.
             let mut undo = UNDO_SEQ.prepare_invoke();
@@ -250,11 +252,19 @@ impl Sequencer {
         Ok(sent_frame(s, &record))
     }
 
-    async fn next_seq(&self, conversation_id: &str) -> anyhow::Result<u64> {
+    async fn next_seq(
+        &self,
+        conversation_id: &str,
+        idem_key: &str,
+        pending_record: &str,
+    ) -> anyhow::Result<u64> {
         let key = self.redis.key(&format!("seq:{conversation_id}"));
         for _ in 0..2 {
             let mut inv = NEXT_SEQ.prepare_invoke();
-            inv.key(&key);
+            inv.key(&key)
+                .key(idem_key)
+                .arg(pending_record)
+                .arg(self.idempotency_ttl_secs);
             let seq: i64 = self.redis.invoke(&inv).await?;
             if seq > 0 {
                 return Ok(seq as u64);

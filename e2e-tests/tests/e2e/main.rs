@@ -9,6 +9,7 @@
 //! - `faults`: kill -9 of a socket server, SIGTERM ordering, Redis master failover.
 
 mod chat;
+mod chat_faults;
 mod client;
 mod faults;
 mod registry;
