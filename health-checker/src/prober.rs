@@ -95,7 +95,9 @@ impl Prober {
                 // Another checker (or the server itself) removed it first.
                 self.failures.remove(&server.server_id);
             }
-            Err(e) => tracing::warn!(error = %e, server_id = %server.server_id, "eviction failed; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %e, server_id = %server.server_id, "eviction failed; will retry")
+            }
         }
     }
 

@@ -24,7 +24,10 @@ impl FromRequest for AuthUser {
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
         let result = match token {
             None => Err(unauthorized("send Authorization: Bearer <token>")),
             Some(token) => state

@@ -63,10 +63,7 @@ impl Ingest {
                     Ok(message) => {
                         let key = (message.topic().to_owned(), message.partition());
                         offsets.insert(key, message.offset());
-                        match message
-                            .payload()
-                            .map(serde_json::from_slice::<LogRecord>)
-                        {
+                        match message.payload().map(serde_json::from_slice::<LogRecord>) {
                             Some(Ok(record)) => records.push(record),
                             other => tracing::error!(
                                 offset = message.offset(),

@@ -124,7 +124,11 @@ async fn list(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse
     Ok(HttpResponse::Ok().json(serde_json::json!({ "conversations": conversations })))
 }
 
-async fn require_member(state: &AppState, conversation_id: &str, user: &str) -> Result<(), ApiError> {
+async fn require_member(
+    state: &AppState,
+    conversation_id: &str,
+    user: &str,
+) -> Result<(), ApiError> {
     if state
         .store
         .is_member(conversation_id, user)
@@ -257,8 +261,16 @@ async fn internal_members(
 ) -> Result<HttpResponse, ApiError> {
     require_cluster_secret(&req, &state)?;
     let conversation_id = path.into_inner();
-    let members = state.store.members(&conversation_id).await.map_err(db_error)?;
+    let members = state
+        .store
+        .members(&conversation_id)
+        .await
+        .map_err(db_error)?;
     state.cache.put(&conversation_id, &members).await?;
-    let last_seq = state.store.last_seq(&conversation_id).await.map_err(db_error)?;
+    let last_seq = state
+        .store
+        .last_seq(&conversation_id)
+        .await
+        .map_err(db_error)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "members": members, "last_seq": last_seq })))
 }

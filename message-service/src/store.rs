@@ -71,7 +71,10 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     /// The one direct conversation of a pair; `true` when it was created now.
@@ -110,7 +113,10 @@ impl Store {
                 .await?
         };
         tx.commit().await?;
-        let conversation = self.conversation(&id).await?.ok_or(sqlx::Error::RowNotFound)?;
+        let conversation = self
+            .conversation(&id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
         Ok((conversation, inserted))
     }
 
@@ -132,7 +138,9 @@ impl Store {
         .await?;
         insert_members(&mut tx, &id, members).await?;
         tx.commit().await?;
-        self.conversation(&id).await?.ok_or(sqlx::Error::RowNotFound)
+        self.conversation(&id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
     }
 
     pub async fn conversation(&self, id: &str) -> Result<Option<Conversation>, sqlx::Error> {
@@ -161,13 +169,12 @@ impl Store {
     }
 
     pub async fn is_member(&self, conversation_id: &str, user: &str) -> Result<bool, sqlx::Error> {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2",
-        )
-        .bind(conversation_id)
-        .bind(user)
-        .fetch_optional(&self.pool)
-        .await?;
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2")
+                .bind(conversation_id)
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(found.is_some())
     }
 
@@ -182,13 +189,18 @@ impl Store {
         .map(|_| ())
     }
 
-    pub async fn remove_member(&self, conversation_id: &str, user: &str) -> Result<bool, sqlx::Error> {
-        let removed = sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
-            .bind(conversation_id)
-            .bind(user)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+    pub async fn remove_member(
+        &self,
+        conversation_id: &str,
+        user: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let removed =
+            sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
+                .bind(conversation_id)
+                .bind(user)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         Ok(removed == 1)
     }
 
@@ -218,7 +230,9 @@ impl Store {
                 id: row.get("id"),
                 kind: row.get("kind"),
                 name: row.get("name"),
-                members: row.get::<Option<Vec<String>>, _>("members").unwrap_or_default(),
+                members: row
+                    .get::<Option<Vec<String>>, _>("members")
+                    .unwrap_or_default(),
                 last_seq: row.get("last_seq"),
                 unread: row.get("unread"),
             })

@@ -14,10 +14,10 @@ use actix_web::{web, App, HttpServer};
 use switchboard_protocol::token::TokenKeys;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError};
+use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
-use switchboard_service_kit::http;
 
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {

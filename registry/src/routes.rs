@@ -3,8 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{TimeZone, Utc};
 use switchboard_protocol::registry::{
-    DevTokenRequest, DevTokenResponse, Registration, ServerInfo, ServerList,
-    CLUSTER_SECRET_HEADER,
+    DevTokenRequest, DevTokenResponse, Registration, ServerInfo, ServerList, CLUSTER_SECRET_HEADER,
 };
 use switchboard_protocol::token::{is_valid_user_id, TokenError};
 use switchboard_protocol::ErrorCode;

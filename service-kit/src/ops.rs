@@ -79,7 +79,10 @@ impl Ops {
 /// `App::wrap_fn` body timing every request into `ops`.
 pub fn timed<S, B>(
     ops: Ops,
-) -> impl Fn(ServiceRequest, &S) -> LocalBoxFuture<'static, Result<ServiceResponse<B>, actix_web::Error>>
+) -> impl Fn(
+    ServiceRequest,
+    &S,
+) -> LocalBoxFuture<'static, Result<ServiceResponse<B>, actix_web::Error>>
        + Clone
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
@@ -93,7 +96,10 @@ where
         let ops = ops.clone();
         Box::pin(async move {
             let res = fut.await?;
-            let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+            let route = res
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".into());
             ops.observe(&method, &route, res.status().as_u16(), started);
             Ok(res)
         })
@@ -114,12 +120,10 @@ async fn ready(ops: web::Data<Ops>) -> HttpResponse {
     if failures.is_empty() {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {
-        HttpResponse::ServiceUnavailable().json(
-            switchboard_protocol::error_code::ErrorBody::new(
-                switchboard_protocol::ErrorCode::Unavailable,
-                failures.join("; "),
-            ),
-        )
+        HttpResponse::ServiceUnavailable().json(switchboard_protocol::error_code::ErrorBody::new(
+            switchboard_protocol::ErrorCode::Unavailable,
+            failures.join("; "),
+        ))
     }
 }
 

@@ -212,7 +212,8 @@ impl SentinelRedis {
     }
 
     async fn ask_sentinel(&self, sentinel: &str) -> Result<(String, u16), String> {
-        let client = redis::Client::open(format!("redis://{sentinel}/")).map_err(|e| e.to_string())?;
+        let client =
+            redis::Client::open(format!("redis://{sentinel}/")).map_err(|e| e.to_string())?;
         let mut conn = client
             .get_multiplexed_async_connection()
             .await
@@ -228,7 +229,8 @@ impl SentinelRedis {
 }
 
 async fn connect_master(host: &str, port: u16) -> Result<MultiplexedConnection, String> {
-    let client = redis::Client::open(format!("redis://{host}:{port}/")).map_err(|e| e.to_string())?;
+    let client =
+        redis::Client::open(format!("redis://{host}:{port}/")).map_err(|e| e.to_string())?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await

@@ -18,7 +18,10 @@ pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken)
             _ = ticker.tick() => {}
         }
         let handlers = &state.sequencer.handlers;
-        match handlers.try_janitor_lease(&owner, period.as_millis() as i64).await {
+        match handlers
+            .try_janitor_lease(&owner, period.as_millis() as i64)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {

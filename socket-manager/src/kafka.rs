@@ -25,9 +25,8 @@ pub struct KafkaFailure(pub String);
 impl Kafka {
     pub fn new(config: KafkaConfig, produce_timeout_ms: u64) -> anyhow::Result<Self> {
         let producer: FutureProducer = config.producer_config(produce_timeout_ms).create()?;
-        let admin: AdminClient<DefaultClientContext> = config
-            .producer_config(produce_timeout_ms)
-            .create()?;
+        let admin: AdminClient<DefaultClientContext> =
+            config.producer_config(produce_timeout_ms).create()?;
         Ok(Kafka {
             config,
             producer,
@@ -37,7 +36,9 @@ impl Kafka {
                     "manager_kafka_produce_seconds",
                     "time from produce to broker acknowledgement",
                 )
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0]),
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
+                ]),
             )?,
             produce_errors: prometheus::IntCounter::new(
                 "manager_kafka_produce_errors_total",
@@ -47,7 +48,12 @@ impl Kafka {
     }
 
     /// Produces one record and waits for the broker's acknowledgement (`acks=all`).
-    pub async fn produce(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaFailure> {
+    pub async fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<(), KafkaFailure> {
         let started = std::time::Instant::now();
         let result = self
             .producer
@@ -56,7 +62,8 @@ impl Kafka {
                 Duration::from_millis(100),
             )
             .await;
-        self.produce_seconds.observe(started.elapsed().as_secs_f64());
+        self.produce_seconds
+            .observe(started.elapsed().as_secs_f64());
         result.map(|_| ()).map_err(|(e, _)| {
             self.produce_errors.inc();
             KafkaFailure(e.to_string())

@@ -105,7 +105,9 @@ impl Application {
                     "manager_lock_wait_seconds",
                     "time to acquire a conversation's sequence lock",
                 )
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+                ]),
             )?,
             messages_sent: prometheus::IntCounter::new(
                 "manager_messages_sent_total",

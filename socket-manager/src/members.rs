@@ -44,21 +44,26 @@ impl Members {
     pub async fn of(&self, conversation_id: &str) -> Result<Vec<String>, MembersError> {
         let cached: Vec<String> = self
             .redis
-            .query(redis::cmd("SMEMBERS").arg(self.redis.key(&format!("members:{conversation_id}"))))
+            .query(
+                redis::cmd("SMEMBERS").arg(self.redis.key(&format!("members:{conversation_id}"))),
+            )
             .await
             .map_err(|e| MembersError::Unavailable(e.to_string()))?;
         if !cached.is_empty() {
             return Ok(cached);
         }
-        Ok(self.from_message_service(conversation_id).await?.members)
+        Ok(self.ask_message_service(conversation_id).await?.members)
     }
 
     /// The highest stored seq, used to re-seed a sequence counter Redis lost.
     pub async fn stored_last_seq(&self, conversation_id: &str) -> Result<u64, MembersError> {
-        Ok(self.from_message_service(conversation_id).await?.last_seq)
+        Ok(self.ask_message_service(conversation_id).await?.last_seq)
     }
 
-    async fn from_message_service(&self, conversation_id: &str) -> Result<InternalMembers, MembersError> {
+    async fn ask_message_service(
+        &self,
+        conversation_id: &str,
+    ) -> Result<InternalMembers, MembersError> {
         let url = format!(
             "{}/internal/v1/conversations/{}/members",
             self.message_service_url.trim_end_matches('/'),

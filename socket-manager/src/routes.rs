@@ -152,8 +152,16 @@ async fn batch(
             HandlerItem::Frame { .. } => {}
         }
     }
-    let online: Vec<&str> = presence.iter().filter(|(_, on)| **on).map(|(u, _)| *u).collect();
-    let offline: Vec<&str> = presence.iter().filter(|(_, on)| !**on).map(|(u, _)| *u).collect();
+    let online: Vec<&str> = presence
+        .iter()
+        .filter(|(_, on)| **on)
+        .map(|(u, _)| *u)
+        .collect();
+    let offline: Vec<&str> = presence
+        .iter()
+        .filter(|(_, on)| !**on)
+        .map(|(u, _)| *u)
+        .collect();
     let handlers = &state.sequencer.handlers;
     handlers.connected(&handler, &online).await?;
     handlers.disconnected(&handler, &offline).await?;
@@ -175,10 +183,14 @@ async fn batch(
                 client_msg_id,
                 body,
             } => {
-                if conversation_id.is_empty() || client_msg_id.is_empty() || client_msg_id.len() > 128 {
+                if conversation_id.is_empty()
+                    || client_msg_id.is_empty()
+                    || client_msg_id.len() > 128
+                {
                     replies[index] = Some(ServerFrame::Error {
                         code: ErrorCode::BadRequest,
-                        message: "conversation_id and client_msg_id (1-128 chars) are required".into(),
+                        message: "conversation_id and client_msg_id (1-128 chars) are required"
+                            .into(),
                         client_msg_id: Some(client_msg_id),
                     });
                     continue;
@@ -223,41 +235,70 @@ async fn batch(
     }
 
     let sequencer = &state.sequencer;
-    let send_groups = sends.into_iter().map(|(conversation_id, group)| async move {
-        let requests: Vec<SendRequest> = group.iter().map(|(_, r)| r.clone()).collect();
-        let answers = sequencer.send_all(&conversation_id, &requests).await;
-        group
-            .into_iter()
-            .map(|(i, _)| i)
-            .zip(answers)
-            .collect::<Vec<_>>()
-    });
+    let send_groups = sends
+        .into_iter()
+        .map(|(conversation_id, group)| async move {
+            let requests: Vec<SendRequest> = group.iter().map(|(_, r)| r.clone()).collect();
+            let answers = sequencer.send_all(&conversation_id, &requests).await;
+            group
+                .into_iter()
+                .map(|(i, _)| i)
+                .zip(answers)
+                .collect::<Vec<_>>()
+        });
     let handler_ref = handler.as_str();
-    let signal_work = signals.into_iter().map(|(index, connection_id, user_id, conversation_id, receipt)| async move {
-        let members = match sequencer.members.of(&conversation_id).await {
-            Ok(m) => m,
-            Err(_) => {
-                return (index, Some(ServerFrame::error(ErrorCode::Unavailable, "membership is unavailable, retry")))
+    let signal_work = signals.into_iter().map(
+        |(index, connection_id, user_id, conversation_id, receipt)| async move {
+            let members = match sequencer.members.of(&conversation_id).await {
+                Ok(m) => m,
+                Err(_) => {
+                    return (
+                        index,
+                        Some(ServerFrame::error(
+                            ErrorCode::Unavailable,
+                            "membership is unavailable, retry",
+                        )),
+                    )
+                }
+            };
+            if !members.contains(&user_id) {
+                return (
+                    index,
+                    Some(ServerFrame::error(
+                        ErrorCode::NotAMember,
+                        "you are not a member of this conversation",
+                    )),
+                );
             }
-        };
-        if !members.iter().any(|m| *m == user_id) {
-            return (index, Some(ServerFrame::error(ErrorCode::NotAMember, "you are not a member of this conversation")));
-        }
-        let (frame, recipients): (ServerFrame, Vec<String>) = match receipt {
-            None => (
-                ServerFrame::Typing { conversation_id: conversation_id.clone(), user_id: user_id.clone() },
-                members.into_iter().filter(|m| *m != user_id).collect(),
-            ),
-            Some((kind, seq)) => (
-                ServerFrame::Receipt { conversation_id: conversation_id.clone(), user_id: user_id.clone(), kind, seq },
-                members,
-            ),
-        };
-        sequencer
-            .fan_out(&frame.to_json(), &recipients, Some((handler_ref, connection_id)), &conversation_id)
-            .await;
-        (index, None)
-    });
+            let (frame, recipients): (ServerFrame, Vec<String>) = match receipt {
+                None => (
+                    ServerFrame::Typing {
+                        conversation_id: conversation_id.clone(),
+                        user_id: user_id.clone(),
+                    },
+                    members.into_iter().filter(|m| *m != user_id).collect(),
+                ),
+                Some((kind, seq)) => (
+                    ServerFrame::Receipt {
+                        conversation_id: conversation_id.clone(),
+                        user_id: user_id.clone(),
+                        kind,
+                        seq,
+                    },
+                    members,
+                ),
+            };
+            sequencer
+                .fan_out(
+                    &frame.to_json(),
+                    &recipients,
+                    Some((handler_ref, connection_id)),
+                    &conversation_id,
+                )
+                .await;
+            (index, None)
+        },
+    );
     let (send_results, signal_results) = futures_util::future::join(
         futures_util::future::join_all(send_groups),
         futures_util::future::join_all(signal_work),

@@ -111,17 +111,26 @@ impl Sequencer {
                 tracing::warn!(error = %e, "membership lookup failed");
                 return sends
                     .iter()
-                    .map(|s| error_frame(ErrorCode::Unavailable, "membership is unavailable, retry", &s.client_msg_id))
+                    .map(|s| {
+                        error_frame(
+                            ErrorCode::Unavailable,
+                            "membership is unavailable, retry",
+                            &s.client_msg_id,
+                        )
+                    })
                     .collect();
             }
         };
         let (allowed, refused): (Vec<_>, Vec<_>) = sends
             .iter()
             .enumerate()
-            .partition(|(_, s)| members.iter().any(|m| *m == s.sender_id));
+            .partition(|(_, s)| members.contains(&s.sender_id));
         let mut replies: Vec<Option<ServerFrame>> = vec![None; sends.len()];
         for (i, s) in refused {
-            self.metrics.send_errors.with_label_values(&["not_a_member"]).inc();
+            self.metrics
+                .send_errors
+                .with_label_values(&["not_a_member"])
+                .inc();
             replies[i] = Some(error_frame(
                 ErrorCode::NotAMember,
                 "you are not a member of this conversation",
@@ -149,7 +158,10 @@ impl Sequencer {
                 }
             }
         }
-        replies.into_iter().map(|r| r.expect("every send answered")).collect()
+        replies
+            .into_iter()
+            .map(|r| r.expect("every send answered"))
+            .collect()
     }
 
     fn lock_key(&self, conversation_id: &str) -> String {
@@ -199,7 +211,10 @@ impl Sequencer {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::warn!(error = %e, conversation_id = %s.conversation_id, "send failed");
-                self.metrics.send_errors.with_label_values(&["unavailable"]).inc();
+                self.metrics
+                    .send_errors
+                    .with_label_values(&["unavailable"])
+                    .inc();
                 error_frame(
                     ErrorCode::Unavailable,
                     "the message could not be stored durably, retry with the same client_msg_id",
@@ -209,7 +224,11 @@ impl Sequencer {
         }
     }
 
-    async fn try_send_locked(&self, s: &SendRequest, members: &[String]) -> anyhow::Result<ServerFrame> {
+    async fn try_send_locked(
+        &self,
+        s: &SendRequest,
+        members: &[String],
+    ) -> anyhow::Result<ServerFrame> {
         let idem_key = self.redis.key(&format!(
             "idem:{}:{}:{}",
             s.conversation_id, s.sender_id, s.client_msg_id
@@ -234,7 +253,11 @@ impl Sequencer {
             done: false,
         };
         record.seq = self
-            .next_seq(&s.conversation_id, &idem_key, &serde_json::to_string(&record)?)
+            .next_seq(
+                &s.conversation_id,
+                &idem_key,
+                &serde_json::to_string(&record)?,
+            )
             .await?;
         let seq = record.seq;
         if let Err(e) = self.append(s, &record).await {
@@ -243,7 +266,10 @@ impl Sequencer {
             undo.key(self.redis.key(&format!("seq:{}", s.conversation_id)))
                 .arg(seq);
             let _ = self.redis.invoke::<i64>(&undo).await;
-            let _ = self.redis.query::<()>(redis::cmd("DEL").arg(&idem_key)).await;
+            let _ = self
+                .redis
+                .query::<()>(redis::cmd("DEL").arg(&idem_key))
+                .await;
             return Err(e);
         }
         self.mark_done(&idem_key, &record).await;
@@ -291,7 +317,11 @@ impl Sequencer {
         };
         let payload = serde_json::to_vec(&log)?;
         self.kafka
-            .produce(&self.kafka.config.message_topic, &s.conversation_id, &payload)
+            .produce(
+                &self.kafka.config.message_topic,
+                &s.conversation_id,
+                &payload,
+            )
             .await?;
         Ok(())
     }
@@ -327,8 +357,13 @@ impl Sequencer {
             created_at: record.created_at.clone(),
         }
         .to_json();
-        self.fan_out(&frame, members, Some((&s.handler_id, s.connection_id)), &s.conversation_id)
-            .await;
+        self.fan_out(
+            &frame,
+            members,
+            Some((&s.handler_id, s.connection_id)),
+            &s.conversation_id,
+        )
+        .await;
     }
 
     /// Produces `frame` to every handler holding a device of `users`, skipping one connection.
@@ -339,7 +374,8 @@ impl Sequencer {
         skip: Option<(&str, u64)>,
         key: &str,
     ) {
-        let by_handler: HashMap<String, Vec<String>> = match self.handlers.handlers_for(users).await {
+        let by_handler: HashMap<String, Vec<String>> = match self.handlers.handlers_for(users).await
+        {
             Ok(map) => map,
             Err(e) => {
                 tracing::warn!(error = %e, "recipient lookup failed; devices will catch up from history");

@@ -73,12 +73,18 @@ impl SocketServerConfig {
             client_rate_per_sec: env_or("SB_CLIENT_RATE_PER_SEC", 200)?,
             client_rate_burst: env_or("SB_CLIENT_RATE_BURST", 400)?,
             shutdown_grace: env_millis("SB_SHUTDOWN_GRACE_MS", 5_000)?,
-            messaging_enabled: switchboard_service_kit::config::env_bool("SB_MESSAGING_ENABLED", true)?,
-            manager_urls: env_string("SB_MANAGER_URLS", "http://127.0.0.1:8201,http://127.0.0.1:8202")
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            messaging_enabled: switchboard_service_kit::config::env_bool(
+                "SB_MESSAGING_ENABLED",
+                true,
+            )?,
+            manager_urls: env_string(
+                "SB_MANAGER_URLS",
+                "http://127.0.0.1:8201,http://127.0.0.1:8202",
+            )
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
             manager_lanes: env_or("SB_MANAGER_LANES", 8)?,
             handler_heartbeat: env_millis("SB_HANDLER_HEARTBEAT_MS", 2_000)?,
             mapping_renew: env_millis("SB_MAPPING_RENEW_MS", 300_000)?,

@@ -48,17 +48,21 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        match message.payload().map(serde_json::from_slice::<HandlerRecord>) {
+        match message
+            .payload()
+            .map(serde_json::from_slice::<HandlerRecord>)
+        {
             Some(Ok(record)) => {
                 let frame = Outbound::Frame(Arc::from(record.frame.as_str()));
                 for user in &record.recipients {
-                    let outcome = state
-                        .hub
-                        .push_to_user(user, &frame, record.skip_connection);
+                    let outcome = state.hub.push_to_user(user, &frame, record.skip_connection);
                     state.metrics.deliveries.inc_by(outcome.queued as u64);
                 }
             }
-            other => tracing::error!(offset = message.offset(), "unreadable handler record: {other:?}"),
+            other => tracing::error!(
+                offset = message.offset(),
+                "unreadable handler record: {other:?}"
+            ),
         }
         let _ = consumer.store_offset_from_message(&message);
     }

@@ -185,6 +185,9 @@ mod tests {
         let again = hub.push_to_user("alice", &frame, Some(id1));
         assert_eq!(again.kicked, 1);
         assert!(kick2.is_cancelled());
-        assert_eq!(hub.push_to_user("nobody", &frame, None), PushOutcome::default());
+        assert_eq!(
+            hub.push_to_user("nobody", &frame, None),
+            PushOutcome::default()
+        );
     }
 }

@@ -46,13 +46,34 @@ pub(crate) struct Metrics {
 impl Metrics {
     fn new(ops: &Ops) -> anyhow::Result<Self> {
         let m = Metrics {
-            connections: prometheus::IntGauge::new("socket_connections", "live WebSocket connections")?,
-            connects: prometheus::IntCounter::new("socket_connects_total", "accepted WebSocket connections")?,
-            frames_in: prometheus::IntCounter::new("socket_frames_in_total", "client frames received")?,
-            frames_out: prometheus::IntCounter::new("socket_frames_out_total", "frames sent to clients")?,
-            auth_failures: prometheus::IntCounter::new("socket_auth_failures_total", "upgrades refused for a bad or missing token")?,
-            slow_consumer_kicks: prometheus::IntCounter::new("socket_slow_consumer_kicks_total", "connections dropped because their outbound queue was full")?,
-            deliveries: prometheus::IntCounter::new("socket_deliveries_total", "frames from the handler topic queued to local devices")?,
+            connections: prometheus::IntGauge::new(
+                "socket_connections",
+                "live WebSocket connections",
+            )?,
+            connects: prometheus::IntCounter::new(
+                "socket_connects_total",
+                "accepted WebSocket connections",
+            )?,
+            frames_in: prometheus::IntCounter::new(
+                "socket_frames_in_total",
+                "client frames received",
+            )?,
+            frames_out: prometheus::IntCounter::new(
+                "socket_frames_out_total",
+                "frames sent to clients",
+            )?,
+            auth_failures: prometheus::IntCounter::new(
+                "socket_auth_failures_total",
+                "upgrades refused for a bad or missing token",
+            )?,
+            slow_consumer_kicks: prometheus::IntCounter::new(
+                "socket_slow_consumer_kicks_total",
+                "connections dropped because their outbound queue was full",
+            )?,
+            deliveries: prometheus::IntCounter::new(
+                "socket_deliveries_total",
+                "frames from the handler topic queued to local devices",
+            )?,
         };
         ops.register(&m.deliveries);
         ops.register(&m.connections);
@@ -172,7 +193,12 @@ impl Application {
                     if state.shutdown.is_cancelled() {
                         return Err("shutting down".into());
                     }
-                    state.directory.redis().ping().await.map_err(|e| e.to_string())
+                    state
+                        .directory
+                        .redis()
+                        .ping()
+                        .await
+                        .map_err(|e| e.to_string())
                 })
             }),
         );

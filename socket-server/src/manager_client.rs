@@ -74,10 +74,12 @@ impl ManagerClient {
 
     /// Queues an item on the connection's lane. `false` if the lane is saturated, which the
     /// caller answers with `rate_limited` rather than queueing without bound.
-    pub fn submit(&self, connection_id: u64, pending: Pending) -> Result<(), Pending> {
+    pub fn submit(&self, connection_id: u64, pending: Pending) -> Result<(), Box<Pending>> {
         let lane = &self.lanes[(connection_id as usize) % self.lanes.len()];
         lane.try_send(pending).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+            mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => {
+                Box::new(p)
+            }
         })
     }
 
@@ -111,7 +113,9 @@ impl ManagerClient {
                 Err(e) => {
                     tracing::warn!(error = %e, items = batch.len(), "manager batch failed");
                     for pending in batch {
-                        if let (Some(frame), Some(to)) = (unavailable_reply(&pending.item), &pending.reply_to) {
+                        if let (Some(frame), Some(to)) =
+                            (unavailable_reply(&pending.item), &pending.reply_to)
+                        {
                             let _ = to.try_send(Outbound::Frame(frame.to_json().into()));
                         }
                         if let Some(done) = pending.done {

@@ -144,7 +144,8 @@ pub(crate) async fn link_managers(state: Arc<ServerState>, stop: CancellationTok
                         )));
                     }
                     // Re-report local users (after a re-registration the mappings are gone).
-                    let users: Vec<String> = state.hub.users().iter().map(|u| u.to_string()).collect();
+                    let users: Vec<String> =
+                        state.hub.users().iter().map(|u| u.to_string()).collect();
                     if !users.is_empty() {
                         let _ = manager.renew(users).await;
                     }

@@ -8,11 +8,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use futures_util::StreamExt;
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
+use switchboard_protocol::internal::HandlerItem;
 use switchboard_protocol::token::TokenError;
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::ApiError;
 use switchboard_service_kit::shutdown::CancellationToken;
-use switchboard_protocol::internal::HandlerItem;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::{ConnHandle, Outbound};
@@ -48,9 +48,8 @@ pub async fn ws_entry(
     if state.hub.live() as u64 >= state.config.max_connections {
         return Err(ApiError::new(ErrorCode::NoCapacity, "this server is full"));
     }
-    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
-        ApiError::bad_request(format!("not a valid WebSocket upgrade: {e}"))
-    })?;
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::bad_request(format!("not a valid WebSocket upgrade: {e}")))?;
     let stream = stream
         .max_frame_size(state.config.max_frame_bytes)
         .aggregate_continuations()

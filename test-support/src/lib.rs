@@ -18,12 +18,12 @@ pub mod process;
 pub mod redis_cluster;
 pub mod stack;
 
-pub use http::wait_http_ok;
 pub use broker::Broker;
+pub use http::wait_http_ok;
 pub use nginx::Nginx;
-pub use postgres::Postgres;
 pub use paths::{bin_path, repo_root};
 pub use ports::free_port;
+pub use postgres::Postgres;
 pub use process::ManagedProcess;
 pub use redis_cluster::{RedisPorts, RedisSentinelCluster, MASTER_NAME};
 pub use stack::{FixedPorts, Service, SocketServer, Stack, StackOptions};

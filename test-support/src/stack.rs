@@ -7,13 +7,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rand::Rng;
 
+use crate::broker::Broker;
 use crate::http::wait_ready;
 use crate::nginx::Nginx;
 use crate::paths::bin_path;
 use crate::ports::free_port;
-use crate::process::ManagedProcess;
-use crate::broker::Broker;
 use crate::postgres::Postgres;
+use crate::process::ManagedProcess;
 use crate::redis_cluster::{RedisPorts, RedisSentinelCluster, MASTER_NAME};
 
 /// How long a service may take to answer `/ready` with 200.

@@ -24,17 +24,35 @@ async fn direct_chat_across_servers_is_ordered_acknowledged_and_stored() {
     let stack = chat_stack().await;
     let http = http();
     let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(&http, &stack, &alice_t, json!({"kind":"direct","members":["bob"]})).await;
+    let conv = create_conversation(
+        &http,
+        &stack,
+        &alice_t,
+        json!({"kind":"direct","members":["bob"]}),
+    )
+    .await;
     // Creating the same pair again (from either side) returns the same conversation.
     assert_eq!(
-        create_conversation(&http, &stack, &bob_t, json!({"kind":"direct","members":["alice"]})).await,
+        create_conversation(
+            &http,
+            &stack,
+            &bob_t,
+            json!({"kind":"direct","members":["alice"]})
+        )
+        .await,
         conv
     );
 
-    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t).await.unwrap();
-    let mut bob = WsClient::connect(&stack.socket_servers[1].ws_url(), &bob_t).await.unwrap();
+    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
+        .await
+        .unwrap();
+    let mut bob = WsClient::connect(&stack.socket_servers[1].ws_url(), &bob_t)
+        .await
+        .unwrap();
     for i in 0..50 {
-        alice.send_message(&conv, &format!("m{i}"), &format!("hello {i}")).await;
+        alice
+            .send_message(&conv, &format!("m{i}"), &format!("hello {i}"))
+            .await;
     }
     let alice_frames = alice
         .collect_until(Duration::from_secs(20), |f| sent_of(f).len() >= 50)
@@ -48,10 +66,19 @@ async fn direct_chat_across_servers_is_ordered_acknowledged_and_stored() {
     assert!(messages_of(&alice_frames, &conv).is_empty());
 
     let bob_frames = bob
-        .collect_until(Duration::from_secs(20), |f| messages_of(f, &conv).len() >= 50)
+        .collect_until(Duration::from_secs(20), |f| {
+            messages_of(f, &conv).len() >= 50
+        })
         .await;
-    let received: Vec<u64> = messages_of(&bob_frames, &conv).iter().map(|(s, _)| *s).collect();
-    assert_eq!(received, (1..=50).collect::<Vec<_>>(), "bob gets 1..50 in order");
+    let received: Vec<u64> = messages_of(&bob_frames, &conv)
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(
+        received,
+        (1..=50).collect::<Vec<_>>(),
+        "bob gets 1..50 in order"
+    );
 
     let stored = history_with(&http, &stack, &bob_t, &conv, 50).await;
     assert_eq!(stored.len(), 50);
@@ -59,20 +86,53 @@ async fn direct_chat_across_servers_is_ordered_acknowledged_and_stored() {
         assert_eq!(m["seq"].as_u64(), Some(i as u64 + 1));
         assert_eq!(m["sender_id"], "alice");
         let cmid = m["client_msg_id"].as_str().unwrap();
-        assert_eq!(sent[cmid].1, m["message_id"].as_str().unwrap(), "same id as `sent`");
+        assert_eq!(
+            sent[cmid].1,
+            m["message_id"].as_str().unwrap(),
+            "same id as `sent`"
+        );
         assert!(chrono::DateTime::parse_from_rfc3339(m["created_at"].as_str().unwrap()).is_ok());
     }
     // Paging and the limit clamp.
-    let (status, page) = api(&http, &stack, &bob_t, Method::GET, &format!("/api/v1/conversations/{conv}/messages?after_seq=10&limit=5"), None).await;
+    let (status, page) = api(
+        &http,
+        &stack,
+        &bob_t,
+        Method::GET,
+        &format!("/api/v1/conversations/{conv}/messages?after_seq=10&limit=5"),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
-    let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, vec![11, 12, 13, 14, 15]);
     // Only members read.
-    let (status, body) = api(&http, &stack, &token_for(&stack, "eve"), Method::GET, &format!("/api/v1/conversations/{conv}/messages"), None).await;
+    let (status, body) = api(
+        &http,
+        &stack,
+        &token_for(&stack, "eve"),
+        Method::GET,
+        &format!("/api/v1/conversations/{conv}/messages"),
+        None,
+    )
+    .await;
     assert_eq!(status, 403);
     assert_eq!(body["error"]["code"], "not_a_member");
     // The conversation list shows last_seq and unread.
-    let (_, list) = api(&http, &stack, &bob_t, Method::GET, "/api/v1/conversations", None).await;
+    let (_, list) = api(
+        &http,
+        &stack,
+        &bob_t,
+        Method::GET,
+        "/api/v1/conversations",
+        None,
+    )
+    .await;
     let entry = &list["conversations"].as_array().unwrap()[0];
     assert_eq!(entry["id"], conv.as_str());
     assert_eq!(entry["last_seq"], 50);
@@ -97,10 +157,16 @@ async fn group_of_50_over_3_servers_every_device_gets_every_message_once_in_orde
     for (i, user) in users.iter().enumerate() {
         let token = token_for(&stack, user);
         let server = &stack.socket_servers[i % 3];
-        devices.push((user.clone(), WsClient::connect(&server.ws_url(), &token).await.unwrap()));
+        devices.push((
+            user.clone(),
+            WsClient::connect(&server.ws_url(), &token).await.unwrap(),
+        ));
         if i % 5 == 0 {
             let other = &stack.socket_servers[(i + 1) % 3];
-            devices.push((user.clone(), WsClient::connect(&other.ws_url(), &token).await.unwrap()));
+            devices.push((
+                user.clone(),
+                WsClient::connect(&other.ws_url(), &token).await.unwrap(),
+            ));
         }
     }
     // Three members send 10 each, concurrently.
@@ -112,9 +178,13 @@ async fn group_of_50_over_3_servers_every_device_gets_every_message_once_in_orde
         senders.push(tokio::spawn(async move {
             let mut client = WsClient::connect(&url, &token).await.unwrap();
             for i in 0..10 {
-                client.send_message(&conv, &format!("s{s}-{i}"), "hi all").await;
+                client
+                    .send_message(&conv, &format!("s{s}-{i}"), "hi all")
+                    .await;
             }
-            let frames = client.collect_until(Duration::from_secs(20), |f| sent_of(f).len() >= 10).await;
+            let frames = client
+                .collect_until(Duration::from_secs(20), |f| sent_of(f).len() >= 10)
+                .await;
             sent_of(&frames)
         }));
     }
@@ -127,11 +197,17 @@ async fn group_of_50_over_3_servers_every_device_gets_every_message_once_in_orde
     assert_eq!(acknowledged.len(), 30);
     for (user, device) in &mut devices {
         let frames = device
-            .collect_until(Duration::from_secs(20), |f| messages_of(f, &conv).len() >= 30)
+            .collect_until(Duration::from_secs(20), |f| {
+                messages_of(f, &conv).len() >= 30
+            })
             .await;
         let got = messages_of(&frames, &conv);
         let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, (1..=30).collect::<Vec<_>>(), "{user}: all 30, once, in order");
+        assert_eq!(
+            seqs,
+            (1..=30).collect::<Vec<_>>(),
+            "{user}: all 30, once, in order"
+        );
         let ids: HashSet<(u64, String)> = got.into_iter().collect();
         assert_eq!(ids, acknowledged, "{user}: the acknowledged messages");
     }
@@ -150,9 +226,12 @@ async fn concurrent_senders_through_two_managers_get_gapless_seqs_and_resends_ar
         json!({"kind":"group","name":"race","members": users[1..]}),
     )
     .await;
-    let mut watcher = WsClient::connect(&stack.socket_servers[2].ws_url(), &token_for(&stack, "racer5"))
-        .await
-        .unwrap();
+    let mut watcher = WsClient::connect(
+        &stack.socket_servers[2].ws_url(),
+        &token_for(&stack, "racer5"),
+    )
+    .await
+    .unwrap();
     let mut tasks = Vec::new();
     for (n, user) in users.iter().take(5).enumerate() {
         let url = stack.socket_servers[n % 3].ws_url();
@@ -163,7 +242,9 @@ async fn concurrent_senders_through_two_managers_get_gapless_seqs_and_resends_ar
             for i in 0..20 {
                 client.send_message(&conv, &format!("{n}-{i}"), "go").await;
             }
-            let frames = client.collect_until(Duration::from_secs(30), |f| sent_of(f).len() >= 20).await;
+            let frames = client
+                .collect_until(Duration::from_secs(30), |f| sent_of(f).len() >= 20)
+                .await;
             let first = sent_of(&frames);
             // Resending an id returns the same message and seq.
             client.send_message(&conv, &format!("{n}-0"), "go").await;
@@ -177,17 +258,35 @@ async fn concurrent_senders_through_two_managers_get_gapless_seqs_and_resends_ar
         seqs.extend(t.await.unwrap().into_values().map(|(s, _)| s));
     }
     seqs.sort_unstable();
-    assert_eq!(seqs, (1..=100).collect::<Vec<_>>(), "exactly 1..N, no gap, no duplicate");
+    assert_eq!(
+        seqs,
+        (1..=100).collect::<Vec<_>>(),
+        "exactly 1..N, no gap, no duplicate"
+    );
     let frames = watcher
-        .collect_until(Duration::from_secs(20), |f| messages_of(f, &conv).len() >= 100)
+        .collect_until(Duration::from_secs(20), |f| {
+            messages_of(f, &conv).len() >= 100
+        })
         .await;
-    let seen: Vec<u64> = messages_of(&frames, &conv).iter().map(|(s, _)| *s).collect();
-    assert_eq!(seen, (1..=100).collect::<Vec<_>>(), "a device sees them in order");
+    let seen: Vec<u64> = messages_of(&frames, &conv)
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(
+        seen,
+        (1..=100).collect::<Vec<_>>(),
+        "a device sees them in order"
+    );
     // One row per message, despite the resends.
     let stored = history_with(&http, &stack, &token_for(&stack, "racer0"), &conv, 100).await;
     assert_eq!(stored.len(), 100);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(history(&http, &stack, &token_for(&stack, "racer0"), &conv, 0).await.len(), 100);
+    assert_eq!(
+        history(&http, &stack, &token_for(&stack, "racer0"), &conv, 0)
+            .await
+            .len(),
+        100
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -195,26 +294,57 @@ async fn offline_device_catches_up_from_history_and_fills_gaps() {
     let stack = chat_stack().await;
     let http = http();
     let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(&http, &stack, &alice_t, json!({"kind":"direct","members":["bob"]})).await;
-    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t).await.unwrap();
+    let conv = create_conversation(
+        &http,
+        &stack,
+        &alice_t,
+        json!({"kind":"direct","members":["bob"]}),
+    )
+    .await;
+    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
+        .await
+        .unwrap();
     for i in 0..20 {
-        alice.send_message(&conv, &format!("o{i}"), "while you were out").await;
+        alice
+            .send_message(&conv, &format!("o{i}"), "while you were out")
+            .await;
     }
-    let sent = sent_of(&alice.collect_until(Duration::from_secs(20), |f| sent_of(f).len() >= 20).await);
+    let sent = sent_of(
+        &alice
+            .collect_until(Duration::from_secs(20), |f| sent_of(f).len() >= 20)
+            .await,
+    );
     assert_eq!(sent.len(), 20);
 
     // Bob comes online later and asks history after his last seen seq (0).
-    let mut bob = WsClient::connect(&stack.socket_servers[1].ws_url(), &bob_t).await.unwrap();
+    let mut bob = WsClient::connect(&stack.socket_servers[1].ws_url(), &bob_t)
+        .await
+        .unwrap();
     let missed = history_with(&http, &stack, &bob_t, &conv, 20).await;
     assert_eq!(missed.len(), 20);
     // Live from now on: one more message arrives with seq 21.
     alice.send_message(&conv, "live", "now").await;
-    let frames = bob.collect_until(WAIT, |f| !messages_of(f, &conv).is_empty()).await;
+    let frames = bob
+        .collect_until(WAIT, |f| !messages_of(f, &conv).is_empty())
+        .await;
     assert_eq!(messages_of(&frames, &conv)[0].0, 21);
     // A client that saw seq 12 then 21 fills the gap 13..20 from history.
-    let (status, gap) = api(&http, &stack, &bob_t, Method::GET, &format!("/api/v1/conversations/{conv}/messages?after_seq=12&limit=8"), None).await;
+    let (status, gap) = api(
+        &http,
+        &stack,
+        &bob_t,
+        Method::GET,
+        &format!("/api/v1/conversations/{conv}/messages?after_seq=12&limit=8"),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
-    let seqs: Vec<u64> = gap["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = gap["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, (13..=20).collect::<Vec<_>>());
 }
 
@@ -222,21 +352,53 @@ async fn offline_device_catches_up_from_history_and_fills_gaps() {
 async fn non_members_and_oversized_bodies_are_refused() {
     let stack = chat_stack().await;
     let http = http();
-    let conv = create_conversation(&http, &stack, &token_for(&stack, "alice"), json!({"kind":"direct","members":["bob"]})).await;
-    let mut eve = WsClient::connect(&stack.socket_servers[0].ws_url(), &token_for(&stack, "eve")).await.unwrap();
+    let conv = create_conversation(
+        &http,
+        &stack,
+        &token_for(&stack, "alice"),
+        json!({"kind":"direct","members":["bob"]}),
+    )
+    .await;
+    let mut eve = WsClient::connect(&stack.socket_servers[0].ws_url(), &token_for(&stack, "eve"))
+        .await
+        .unwrap();
     eve.send_message(&conv, "sneaky", "let me in").await;
     match eve.next_frame(WAIT).await {
-        Some(ServerFrame::Error { code, client_msg_id, .. }) => {
+        Some(ServerFrame::Error {
+            code,
+            client_msg_id,
+            ..
+        }) => {
             assert_eq!(code, ErrorCode::NotAMember);
             assert_eq!(client_msg_id.as_deref(), Some("sneaky"));
         }
         other => panic!("expected not_a_member, got {other:?}"),
     }
-    eve.send_message("no-such-conversation", "x", "hello?").await;
-    assert!(matches!(eve.next_frame(WAIT).await, Some(ServerFrame::Error { code: ErrorCode::NotAMember, .. })));
-    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &token_for(&stack, "alice")).await.unwrap();
-    alice.send_message(&conv, "big", &"x".repeat(64 * 1024 + 1)).await;
-    assert!(matches!(alice.next_frame(WAIT).await, Some(ServerFrame::Error { code: ErrorCode::TooLarge, .. })));
+    eve.send_message("no-such-conversation", "x", "hello?")
+        .await;
+    assert!(matches!(
+        eve.next_frame(WAIT).await,
+        Some(ServerFrame::Error {
+            code: ErrorCode::NotAMember,
+            ..
+        })
+    ));
+    let mut alice = WsClient::connect(
+        &stack.socket_servers[0].ws_url(),
+        &token_for(&stack, "alice"),
+    )
+    .await
+    .unwrap();
+    alice
+        .send_message(&conv, "big", &"x".repeat(64 * 1024 + 1))
+        .await;
+    assert!(matches!(
+        alice.next_frame(WAIT).await,
+        Some(ServerFrame::Error {
+            code: ErrorCode::TooLarge,
+            ..
+        })
+    ));
     // Nothing was stored or numbered by the refusals: the next message is seq 1.
     alice.send_message(&conv, "ok", "fine").await;
     match alice.next_frame(WAIT).await {
@@ -245,19 +407,71 @@ async fn non_members_and_oversized_bodies_are_refused() {
     }
     // Group membership changes through REST.
     let alice_t = token_for(&stack, "alice");
-    let group = create_conversation(&http, &stack, &alice_t, json!({"kind":"group","name":"g","members":["bob"]})).await;
-    let (status, _) = api(&http, &stack, &alice_t, Method::POST, &format!("/api/v1/conversations/{group}/members"), Some(json!({"user_id":"carol"}))).await;
+    let group = create_conversation(
+        &http,
+        &stack,
+        &alice_t,
+        json!({"kind":"group","name":"g","members":["bob"]}),
+    )
+    .await;
+    let (status, _) = api(
+        &http,
+        &stack,
+        &alice_t,
+        Method::POST,
+        &format!("/api/v1/conversations/{group}/members"),
+        Some(json!({"user_id":"carol"})),
+    )
+    .await;
     assert_eq!(status, 200);
-    let mut carol = WsClient::connect(&stack.socket_servers[1].ws_url(), &token_for(&stack, "carol")).await.unwrap();
+    let mut carol = WsClient::connect(
+        &stack.socket_servers[1].ws_url(),
+        &token_for(&stack, "carol"),
+    )
+    .await
+    .unwrap();
     carol.send_message(&group, "hi", "I'm in").await;
-    assert!(matches!(carol.next_frame(WAIT).await, Some(ServerFrame::Sent { .. })));
-    let (status, _) = api(&http, &stack, &alice_t, Method::DELETE, &format!("/api/v1/conversations/{group}/members/carol"), None).await;
+    assert!(matches!(
+        carol.next_frame(WAIT).await,
+        Some(ServerFrame::Sent { .. })
+    ));
+    let (status, _) = api(
+        &http,
+        &stack,
+        &alice_t,
+        Method::DELETE,
+        &format!("/api/v1/conversations/{group}/members/carol"),
+        None,
+    )
+    .await;
     assert_eq!(status, 204);
     carol.send_message(&group, "hi2", "still here?").await;
-    assert!(matches!(carol.next_frame(WAIT).await, Some(ServerFrame::Error { code: ErrorCode::NotAMember, .. })));
-    let (status, body) = api(&http, &stack, &alice_t, Method::POST, "/api/v1/conversations", Some(json!({"kind":"direct","members":["a","b"]}))).await;
+    assert!(matches!(
+        carol.next_frame(WAIT).await,
+        Some(ServerFrame::Error {
+            code: ErrorCode::NotAMember,
+            ..
+        })
+    ));
+    let (status, body) = api(
+        &http,
+        &stack,
+        &alice_t,
+        Method::POST,
+        "/api/v1/conversations",
+        Some(json!({"kind":"direct","members":["a","b"]})),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "bad_request");
-    let (status, _) = api(&http, &stack, "not-a-token", Method::GET, "/api/v1/conversations", None).await;
+    let (status, _) = api(
+        &http,
+        &stack,
+        "not-a-token",
+        Method::GET,
+        "/api/v1/conversations",
+        None,
+    )
+    .await;
     assert_eq!(status, 401);
 }

@@ -60,7 +60,9 @@ where
                 f().await;
             }
         }
-        client.send_message(conversation_id, &format!("p{i}"), &format!("payload {i}")).await;
+        client
+            .send_message(conversation_id, &format!("p{i}"), &format!("payload {i}"))
+            .await;
         // Drain whatever arrived meanwhile without blocking the pace.
         let until = Instant::now() + pace;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
@@ -84,17 +86,35 @@ where
 /// seqs have no gap.
 async fn assert_none_lost(stack: &Stack, token: &str, conversation_id: &str, log: &SendLog) {
     let http = http();
-    let highest = log.acknowledged.values().map(|(s, _)| *s).max().unwrap_or(0) as usize;
+    let highest = log
+        .acknowledged
+        .values()
+        .map(|(s, _)| *s)
+        .max()
+        .unwrap_or(0) as usize;
     let stored = history_with(&http, stack, token, conversation_id, highest).await;
     let by_seq: HashMap<u64, &str> = stored
         .iter()
-        .map(|m| (m["seq"].as_u64().unwrap(), m["message_id"].as_str().unwrap()))
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["message_id"].as_str().unwrap(),
+            )
+        })
         .collect();
     for (cmid, (seq, id)) in &log.acknowledged {
-        assert_eq!(by_seq.get(seq).copied(), Some(id.as_str()), "acknowledged {cmid} (seq {seq}) is stored");
+        assert_eq!(
+            by_seq.get(seq).copied(),
+            Some(id.as_str()),
+            "acknowledged {cmid} (seq {seq}) is stored"
+        );
     }
     let seqs: Vec<u64> = stored.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap in stored seqs");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no gap in stored seqs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -102,17 +122,39 @@ async fn receivers_socket_server_killed_reconnects_and_misses_nothing() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
     let http = http();
     let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(&http, &stack, &alice_t, json!({"kind":"direct","members":["bob"]})).await;
-    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t).await.unwrap();
-    let bob = WsClient::connect(&stack.socket_servers[1].ws_url(), &bob_t).await.unwrap();
+    let conv = create_conversation(
+        &http,
+        &stack,
+        &alice_t,
+        json!({"kind":"direct","members":["bob"]}),
+    )
+    .await;
+    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
+        .await
+        .unwrap();
+    let bob = WsClient::connect(&stack.socket_servers[1].ws_url(), &bob_t)
+        .await
+        .unwrap();
     let bob_task = bob.keep_alive();
     let victim = &stack.socket_servers[1];
-    let log = paced_sends(&mut alice, &conv, 60, Duration::from_millis(20), 20, || async {
-        victim.process.kill9();
-    })
+    let log = paced_sends(
+        &mut alice,
+        &conv,
+        60,
+        Duration::from_millis(20),
+        20,
+        || async {
+            victim.process.kill9();
+        },
+    )
     .await;
     bob_task.abort();
-    assert_eq!(log.acknowledged.len(), 60, "alice's server is fine: {:?}", log.errors);
+    assert_eq!(
+        log.acknowledged.len(),
+        60,
+        "alice's server is fine: {:?}",
+        log.errors
+    );
     // Bob reconnects through the registry (never to the dead server) and fills from history.
     let assignment = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -130,7 +172,11 @@ async fn receivers_socket_server_killed_reconnects_and_misses_nothing() {
     assert_none_lost(&stack, &bob_t, &conv, &log).await;
     // And he is live again.
     alice.send_message(&conv, "after", "welcome back").await;
-    let frames = bob.collect_until(Duration::from_secs(10), |f| !messages_of(f, &conv).is_empty()).await;
+    let frames = bob
+        .collect_until(Duration::from_secs(10), |f| {
+            !messages_of(f, &conv).is_empty()
+        })
+        .await;
     assert_eq!(messages_of(&frames, &conv)[0].0, 61);
 }
 
@@ -139,12 +185,27 @@ async fn killing_a_socket_manager_under_load_loses_no_acknowledged_message() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
     let http = http();
     let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(&http, &stack, &alice_t, json!({"kind":"direct","members":["bob"]})).await;
-    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t).await.unwrap();
+    let conv = create_conversation(
+        &http,
+        &stack,
+        &alice_t,
+        json!({"kind":"direct","members":["bob"]}),
+    )
+    .await;
+    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
+        .await
+        .unwrap();
     let manager = &stack.managers[0];
-    let log = paced_sends(&mut alice, &conv, 150, Duration::from_millis(10), 50, || async {
-        manager.process.kill9();
-    })
+    let log = paced_sends(
+        &mut alice,
+        &conv,
+        150,
+        Duration::from_millis(10),
+        50,
+        || async {
+            manager.process.kill9();
+        },
+    )
     .await;
     assert!(
         log.acknowledged.len() >= 100,
@@ -160,12 +221,27 @@ async fn broker_restart_under_load_loses_no_acknowledged_message() {
     let mut stack = Stack::start(StackOptions::default()).await.unwrap();
     let http = http();
     let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(&http, &stack, &alice_t, json!({"kind":"direct","members":["bob"]})).await;
-    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t).await.unwrap();
+    let conv = create_conversation(
+        &http,
+        &stack,
+        &alice_t,
+        json!({"kind":"direct","members":["bob"]}),
+    )
+    .await;
+    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
+        .await
+        .unwrap();
     let mut broker = stack.broker.take().unwrap();
-    let log = paced_sends(&mut alice, &conv, 120, Duration::from_millis(25), 40, || async {
-        broker.restart(Duration::from_secs(2)).await.unwrap();
-    })
+    let log = paced_sends(
+        &mut alice,
+        &conv,
+        120,
+        Duration::from_millis(25),
+        40,
+        || async {
+            broker.restart(Duration::from_secs(2)).await.unwrap();
+        },
+    )
     .await;
     stack.broker = Some(broker);
     assert_eq!(
@@ -178,9 +254,14 @@ async fn broker_restart_under_load_loses_no_acknowledged_message() {
         "outage errors are `unavailable`: {:?}",
         log.errors
     );
-    assert!(log.acknowledged.len() >= 40, "sends before and after the outage succeed");
+    assert!(
+        log.acknowledged.len() >= 40,
+        "sends before and after the outage succeed"
+    );
     // Sending works again once the broker is back.
-    alice.send_message(&conv, "after-restart", "still here").await;
+    alice
+        .send_message(&conv, "after-restart", "still here")
+        .await;
     let frames = alice
         .collect_until(Duration::from_secs(20), |f| {
             f.iter().any(|x| matches!(x, ServerFrame::Sent { client_msg_id, .. } if client_msg_id == "after-restart"))
@@ -188,7 +269,13 @@ async fn broker_restart_under_load_loses_no_acknowledged_message() {
         .await;
     let mut log = log;
     for f in frames {
-        if let ServerFrame::Sent { client_msg_id, seq, message_id, .. } = f {
+        if let ServerFrame::Sent {
+            client_msg_id,
+            seq,
+            message_id,
+            ..
+        } = f
+        {
             log.acknowledged.insert(client_msg_id, (seq, message_id));
         }
     }

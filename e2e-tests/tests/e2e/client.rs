@@ -39,7 +39,10 @@ pub async fn assign(http: &reqwest::Client, stack: &Stack) -> anyhow::Result<Ass
         .await?;
     let status = resp.status();
     if status != 200 {
-        anyhow::bail!("assign answered {status}: {}", resp.text().await.unwrap_or_default());
+        anyhow::bail!(
+            "assign answered {status}: {}",
+            resp.text().await.unwrap_or_default()
+        );
     }
     Ok(resp.json().await?)
 }
@@ -202,7 +205,11 @@ pub fn spread(clients: &[WsClient]) -> HashMap<String, usize> {
 
 /// Asserts no server holds more than 20% above the mean.
 pub fn assert_balanced(counts: &HashMap<String, usize>, servers: usize, total: usize) {
-    assert_eq!(counts.len(), servers, "every server gets clients: {counts:?}");
+    assert_eq!(
+        counts.len(),
+        servers,
+        "every server gets clients: {counts:?}"
+    );
     let mean = total as f64 / servers as f64;
     for (server, n) in counts {
         assert!(
@@ -262,7 +269,10 @@ pub async fn api(
     let response = request.send().await.expect("request");
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// Creates a conversation as `token`'s user; returns its id.
@@ -272,8 +282,19 @@ pub async fn create_conversation(
     token: &str,
     body: serde_json::Value,
 ) -> String {
-    let (status, value) = api(http, stack, token, reqwest::Method::POST, "/api/v1/conversations", Some(body)).await;
-    assert!(status == 200 || status == 201, "create answered {status}: {value}");
+    let (status, value) = api(
+        http,
+        stack,
+        token,
+        reqwest::Method::POST,
+        "/api/v1/conversations",
+        Some(body),
+    )
+    .await;
+    assert!(
+        status == 200 || status == 201,
+        "create answered {status}: {value}"
+    );
     value["id"].as_str().expect("id").to_owned()
 }
 
@@ -293,7 +314,9 @@ pub async fn history(
             stack,
             token,
             reqwest::Method::GET,
-            &format!("/api/v1/conversations/{conversation_id}/messages?after_seq={after}&limit=1000"),
+            &format!(
+                "/api/v1/conversations/{conversation_id}/messages?after_seq={after}&limit=1000"
+            ),
             None,
         )
         .await;

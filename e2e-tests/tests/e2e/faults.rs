@@ -5,11 +5,15 @@ use std::time::{Duration, Instant};
 use switchboard_test_support::{Stack, StackOptions};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::client::{assign, connect_via_registry, eventually, http, scores, spread, token_for, WsClient};
+use crate::client::{
+    assign, connect_via_registry, eventually, http, scores, spread, token_for, WsClient,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_socket_server_is_evicted_fast_and_never_handed_out_again() {
-    let stack = Stack::start(StackOptions::without_messaging()).await.unwrap();
+    let stack = Stack::start(StackOptions::without_messaging())
+        .await
+        .unwrap();
     let mut clients = connect_via_registry(&stack, 30, 5).await.unwrap();
     assert_eq!(spread(&clients).len(), 3);
     let victim = stack.socket_servers[0].server_id.clone();
@@ -77,12 +81,17 @@ async fn sigterm_leaves_the_set_before_clients_get_1012() {
         );
     }
     let status = leaving.process.wait_exit(Duration::from_secs(10)).await;
-    assert!(status.is_some_and(|s| s.success()), "clean exit: {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_master_failover_heals_without_restarting_services() {
-    let stack = Stack::start(StackOptions::without_messaging()).await.unwrap();
+    let stack = Stack::start(StackOptions::without_messaging())
+        .await
+        .unwrap();
     let pids: Vec<u32> = stack
         .registries
         .iter()
@@ -100,7 +109,7 @@ async fn redis_master_failover_heals_without_restarting_services() {
         };
         WsClient::connect(&a.url, &token_for(&stack, "after-failover"))
             .await
-            .map(|c| drop(c))
+            .map(drop)
             .is_ok()
     })
     .await;
@@ -108,7 +117,10 @@ async fn redis_master_failover_heals_without_restarting_services() {
         healed,
         "assign + connect work again within 15 s of killing the master"
     );
-    eprintln!("healed {:?} after killing master :{old}", killed_at.elapsed());
+    eprintln!(
+        "healed {:?} after killing master :{old}",
+        killed_at.elapsed()
+    );
     let new = stack.redis.current_master_port().await.unwrap();
     assert_ne!(new, old, "a replica was promoted");
     let now: Vec<u32> = stack
@@ -118,10 +130,7 @@ async fn redis_master_failover_heals_without_restarting_services() {
         .chain(stack.socket_servers.iter().map(|s| s.process.pid()))
         .collect();
     assert_eq!(pids, now, "no service restarted");
-    assert!(stack
-        .socket_servers
-        .iter()
-        .all(|s| s.process.is_running()));
+    assert!(stack.socket_servers.iter().all(|s| s.process.is_running()));
     // Every socket server is back in the (new master's) set.
     assert!(
         eventually(Duration::from_secs(5), || async {

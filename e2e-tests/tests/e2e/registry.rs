@@ -12,12 +12,18 @@ use crate::client::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn assign_list_and_sequential_clients_spread_evenly() {
-    let stack = Stack::start(StackOptions::without_messaging()).await.unwrap();
+    let stack = Stack::start(StackOptions::without_messaging())
+        .await
+        .unwrap();
     let http = http();
     let urls: HashSet<String> = stack.socket_servers.iter().map(|s| s.ws_url()).collect();
 
     let first = assign(&http, &stack).await.unwrap();
-    assert!(urls.contains(&first.url), "{} is one of {urls:?}", first.url);
+    assert!(
+        urls.contains(&first.url),
+        "{} is one of {urls:?}",
+        first.url
+    );
     assert_eq!(first.max_connections, 100_000);
 
     // 300 clients, each asking the registry and then connecting.
@@ -53,7 +59,9 @@ async fn assign_list_and_sequential_clients_spread_evenly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn burst_of_1000_assigns_then_connects_stays_balanced_and_scores_return_exact() {
-    let stack = Stack::start(StackOptions::without_messaging()).await.unwrap();
+    let stack = Stack::start(StackOptions::without_messaging())
+        .await
+        .unwrap();
     let http = http();
 
     // 1,000 assigns at once, all before any client connects.
@@ -67,7 +75,12 @@ async fn burst_of_1000_assigns_then_connects_stays_balanced_and_scores_return_ex
         .map(|i| crate::client::token_for(&stack, &format!("burst{i}")))
         .collect();
     let mut clients = Vec::new();
-    for chunk in assignments.iter().zip(&tokens).collect::<Vec<_>>().chunks(100) {
+    for chunk in assignments
+        .iter()
+        .zip(&tokens)
+        .collect::<Vec<_>>()
+        .chunks(100)
+    {
         let connects = chunk
             .iter()
             .map(|(a, t)| crate::client::WsClient::connect(&a.url, t));
