@@ -41,6 +41,10 @@ async fn main() -> Result<()> {
         work_dir: Some(state_dir),
         nginx_listen_addr: listen_addr,
         fast_timings: false,
+        // The user's own SB_* settings (secrets, limits, timings) reach every service.
+        extra_env: std::env::vars()
+            .filter(|(k, _)| k.starts_with("SB_"))
+            .collect(),
         ..StackOptions::default()
     };
 
@@ -86,7 +90,13 @@ async fn main() -> Result<()> {
 
 /// Fails early, with a hint, if a binary is missing or a fixed port is taken.
 fn preflight(ports: &FixedPorts, listen_addr: &str) -> Result<()> {
-    for name in ["registry", "socket-server", "health-checker"] {
+    for name in [
+        "registry",
+        "socket-server",
+        "health-checker",
+        "socket-manager",
+        "message-service",
+    ] {
         let path = bin_path(name);
         if !path.exists() {
             bail!(
@@ -141,6 +151,20 @@ fn print_banner(stack: &Stack, ports: &FixedPorts) {
                 .map(|h| format!("{}/metrics", h.url()))
                 .collect()
         )
+    );
+    println!(
+        "  socket managers       {}",
+        list(stack.managers.iter().map(|m| m.url()).collect())
+    );
+    if let Some(ms) = &stack.message_service {
+        println!(
+            "  message service       {} (also via nginx /api/v1/conversations)",
+            ms.url()
+        );
+    }
+    println!(
+        "  postgres / broker     127.0.0.1:{} / 127.0.0.1:{}",
+        ports.postgres, ports.broker
     );
     println!(
         "  redis                 master 127.0.0.1:{} (replicas {:?}), sentinels {} (master name {})",
