@@ -137,3 +137,25 @@ mod tests {
         assert_eq!(config.handler_topic("h1"), "sb.handler.h1");
     }
 }
+
+/// A record of the events topic: things other consumers (the message service, analytics)
+/// want to know that are not messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A member's cumulative delivered/read position in a conversation.
+    Receipt {
+        conversation_id: String,
+        user_id: String,
+        /// `delivered` or `read`.
+        kind: String,
+        seq: u64,
+    },
+    /// A user's first device came online or last device went away.
+    Presence {
+        user_id: String,
+        online: bool,
+        /// RFC 3339 UTC.
+        at: String,
+    },
+}

@@ -1,4 +1,4 @@
-//! Consumes the message log into PostgreSQL.
+//! Consumes the message log (and the receipts of the events topic) into PostgreSQL.
 //!
 //! Records are gathered into batches (up to 500, or whatever arrived within 5 ms of the first),
 //! inserted in one statement, and only then are their offsets stored for the background
@@ -11,17 +11,18 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
-use switchboard_message_log::{KafkaConfig, LogRecord};
+use switchboard_message_log::{Event, KafkaConfig, LogRecord};
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::shutdown::CancellationToken;
 
-use crate::store::Store;
+use crate::store::{ReceiptUpdate, Store};
 
 const MAX_BATCH: usize = 500;
 const GATHER_WINDOW: Duration = Duration::from_millis(5);
 
 pub struct Ingest {
     consumer: StreamConsumer,
+    message_topic: String,
     store: Store,
     stored: prometheus::IntCounter,
     batches: prometheus::Histogram,
@@ -30,7 +31,7 @@ pub struct Ingest {
 impl Ingest {
     pub fn new(kafka: &KafkaConfig, store: Store, ops: &Ops) -> anyhow::Result<Self> {
         let consumer: StreamConsumer = kafka.consumer_config("message-service").create()?;
-        consumer.subscribe(&[&kafka.message_topic])?;
+        consumer.subscribe(&[&kafka.message_topic, &kafka.events_topic])?;
         let stored = prometheus::IntCounter::new(
             "messages_stored_total",
             "messages inserted into the database",
@@ -43,6 +44,7 @@ impl Ingest {
         ops.register(&batches);
         Ok(Ingest {
             consumer,
+            message_topic: kafka.message_topic.clone(),
             store,
             stored,
             batches,
@@ -56,6 +58,7 @@ impl Ingest {
                 m = self.consumer.recv() => m,
             };
             let mut records = Vec::new();
+            let mut receipts = Vec::new();
             let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
             let mut next = Some(first);
             while let Some(result) = next.take() {
@@ -63,17 +66,44 @@ impl Ingest {
                     Ok(message) => {
                         let key = (message.topic().to_owned(), message.partition());
                         offsets.insert(key, message.offset());
-                        match message.payload().map(serde_json::from_slice::<LogRecord>) {
-                            Some(Ok(record)) => records.push(record),
-                            other => tracing::error!(
-                                offset = message.offset(),
-                                "skipping an unreadable log record: {other:?}"
-                            ),
+                        let payload = message.payload().unwrap_or_default();
+                        if message.topic() == self.message_topic {
+                            match serde_json::from_slice::<LogRecord>(payload) {
+                                Ok(record) => records.push(record),
+                                Err(e) => tracing::error!(
+                                    offset = message.offset(),
+                                    error = %e,
+                                    "skipping an unreadable log record"
+                                ),
+                            }
+                        } else {
+                            match serde_json::from_slice::<Event>(payload) {
+                                Ok(Event::Receipt {
+                                    conversation_id,
+                                    user_id,
+                                    kind,
+                                    seq,
+                                }) => {
+                                    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+                                    let (delivered_seq, read_seq) =
+                                        if kind == "read" { (seq, seq) } else { (seq, 0) };
+                                    receipts.push(ReceiptUpdate {
+                                        conversation_id,
+                                        user_id,
+                                        delivered_seq,
+                                        read_seq,
+                                    });
+                                }
+                                Ok(Event::Presence { .. }) => {}
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "skipping an unreadable event")
+                                }
+                            }
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "message log consumer error"),
                 }
-                if records.len() >= MAX_BATCH {
+                if records.len() + receipts.len() >= MAX_BATCH {
                     break;
                 }
                 next = tokio::time::timeout(GATHER_WINDOW, self.consumer.recv())
@@ -81,11 +111,24 @@ impl Ingest {
                     .ok();
             }
             self.insert_until_done(&records, &shutdown).await;
+            self.receipts_until_done(&receipts, &shutdown).await;
             for ((topic, partition), offset) in offsets {
                 if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
                     tracing::warn!(error = %e, "storing the consumer offset failed");
                 }
             }
+        }
+    }
+
+    async fn receipts_until_done(&self, receipts: &[ReceiptUpdate], shutdown: &CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        while let Err(e) = self.store.upsert_receipts(receipts).await {
+            tracing::error!(error = %e, "storing receipts failed; retrying");
+            if shutdown.is_cancelled() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 

@@ -14,6 +14,10 @@ impl MembershipCache {
         MembershipCache { redis }
     }
 
+    pub fn redis(&self) -> &SentinelRedis {
+        &self.redis
+    }
+
     fn key(&self, conversation_id: &str) -> String {
         self.redis.key(&format!("members:{conversation_id}"))
     }

@@ -28,6 +28,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/internal/v1/conversations/{id}/members",
             web::get().to(internal_members),
+        )
+        .route("/api/v1/presence", web::get().to(presence))
+        .route(
+            "/internal/v1/users/{id}/contacts",
+            web::get().to(internal_contacts),
         );
 }
 
@@ -120,7 +125,12 @@ async fn create(
 }
 
 async fn list(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let conversations = state.store.list_for(&user.0).await.map_err(db_error)?;
+    let mut conversations = state.store.list_for(&user.0).await.map_err(db_error)?;
+    let ids: Vec<String> = conversations.iter().map(|c| c.id.clone()).collect();
+    let mut receipts = state.store.receipts_of(&ids).await.map_err(db_error)?;
+    for c in &mut conversations {
+        c.receipts = receipts.remove(&c.id).unwrap_or_default();
+    }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "conversations": conversations })))
 }
 
@@ -273,4 +283,79 @@ async fn internal_members(
         .await
         .map_err(db_error)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "members": members, "last_seq": last_seq })))
+}
+
+/// `GET /api/v1/presence?user_id=a&user_id=b`: online while a device is connected, else
+/// offline with the time the last device left.
+async fn presence(
+    _user: AuthUser,
+    state: web::Data<AppState>,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, ApiError> {
+    let users: Vec<String> = query
+        .into_inner()
+        .into_iter()
+        .filter(|(k, _)| k == "user_id")
+        .map(|(_, v)| v)
+        .collect();
+    if users.is_empty() || users.len() > 500 {
+        return Err(ApiError::bad_request("give 1-500 user_id parameters"));
+    }
+    if let Some(bad) = users.iter().find(|u| !is_valid_user_id(u)) {
+        return Err(ApiError::bad_request(format!(
+            "{bad:?} is not a valid user id"
+        )));
+    }
+    let now = chrono::Utc::now();
+    let states = switchboard_server_directory::presence::read(
+        state.cache.redis(),
+        &users,
+        now.timestamp_millis(),
+    )
+    .await?;
+    let presence: Vec<serde_json::Value> = users
+        .iter()
+        .zip(states)
+        .map(|(user, (online, last_seen_ms))| {
+            let last_seen = if online {
+                Some(crate::store::rfc3339(now))
+            } else {
+                last_seen_ms
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(crate::store::rfc3339)
+            };
+            serde_json::json!({
+                "user_id": user,
+                "status": if online { "online" } else { "offline" },
+                "last_seen": last_seen,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "presence": presence })))
+}
+
+#[derive(Deserialize)]
+struct ContactsQuery {
+    #[serde(default = "default_max_group")]
+    max_group: i64,
+}
+
+fn default_max_group() -> i64 {
+    100
+}
+
+/// Cluster-only: who shares a conversation (of at most `max_group` members) with a user.
+async fn internal_contacts(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<ContactsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    require_cluster_secret(&req, &state)?;
+    let contacts = state
+        .store
+        .contacts(&path, query.max_group)
+        .await
+        .map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "contacts": contacts })))
 }

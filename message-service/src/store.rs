@@ -29,6 +29,25 @@ pub struct ConversationSummary {
     pub members: Vec<String>,
     pub last_seq: i64,
     pub unread: i64,
+    /// Every member's cumulative receipts, so a client can draw delivered/read marks after
+    /// a reconnect without waiting for new `receipt` frames.
+    pub receipts: Vec<MemberReceipt>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MemberReceipt {
+    pub user_id: String,
+    pub delivered_seq: i64,
+    pub read_seq: i64,
+}
+
+/// One member's cumulative position, as reported (either field may be 0 = unchanged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptUpdate {
+    pub conversation_id: String,
+    pub user_id: String,
+    pub delivered_seq: i64,
+    pub read_seq: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,8 +254,85 @@ impl Store {
                     .unwrap_or_default(),
                 last_seq: row.get("last_seq"),
                 unread: row.get("unread"),
+                receipts: Vec::new(),
             })
             .collect())
+    }
+
+    /// Receipts of every member of these conversations, by conversation.
+    pub async fn receipts_of(
+        &self,
+        conversation_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<MemberReceipt>>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT conversation_id, user_id, delivered_seq, read_seq FROM receipts
+              WHERE conversation_id = ANY($1) ORDER BY user_id",
+        )
+        .bind(conversation_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_conversation: std::collections::HashMap<String, Vec<MemberReceipt>> =
+            Default::default();
+        for row in rows {
+            by_conversation
+                .entry(row.get("conversation_id"))
+                .or_default()
+                .push(MemberReceipt {
+                    user_id: row.get("user_id"),
+                    delivered_seq: row.get("delivered_seq"),
+                    read_seq: row.get("read_seq"),
+                });
+        }
+        Ok(by_conversation)
+    }
+
+    /// Applies a batch of receipts; positions only move forward, and read implies delivered.
+    pub async fn upsert_receipts(&self, updates: &[ReceiptUpdate]) -> Result<(), sqlx::Error> {
+        // One row per key: Postgres refuses a key twice in one INSERT .. ON CONFLICT.
+        let mut merged: std::collections::BTreeMap<(&str, &str), (i64, i64)> = Default::default();
+        for u in updates {
+            let entry = merged
+                .entry((u.conversation_id.as_str(), u.user_id.as_str()))
+                .or_default();
+            entry.0 = entry.0.max(u.delivered_seq).max(u.read_seq);
+            entry.1 = entry.1.max(u.read_seq);
+        }
+        if merged.is_empty() {
+            return Ok(());
+        }
+        let mut builder = QueryBuilder::new(
+            "INSERT INTO receipts (conversation_id, user_id, delivered_seq, read_seq) ",
+        );
+        builder.push_values(
+            merged,
+            |mut b, ((conversation, user), (delivered, read))| {
+                b.push_bind(conversation)
+                    .push_bind(user)
+                    .push_bind(delivered)
+                    .push_bind(read);
+            },
+        );
+        builder.push(
+            " ON CONFLICT (conversation_id, user_id) DO UPDATE SET
+                delivered_seq = GREATEST(receipts.delivered_seq, EXCLUDED.delivered_seq),
+                read_seq = GREATEST(receipts.read_seq, EXCLUDED.read_seq)",
+        );
+        builder.build().execute(&self.pool).await.map(|_| ())
+    }
+
+    /// Users sharing a conversation of at most `max_group` members with `user`.
+    pub async fn contacts(&self, user: &str, max_group: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT other.user_id
+               FROM members mine
+               JOIN members other ON other.conversation_id = mine.conversation_id
+              WHERE mine.user_id = $1 AND other.user_id <> $1
+                AND (SELECT count(*) FROM members m WHERE m.conversation_id = mine.conversation_id) <= $2",
+        )
+        .bind(user)
+        .bind(max_group)
+        .fetch_all(&self.pool)
+        .await
     }
 
     pub async fn history(

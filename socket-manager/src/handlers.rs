@@ -10,7 +10,33 @@
 
 use std::collections::HashMap;
 
+use switchboard_server_directory::presence;
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+
+/// KEYS: user's handlers, handler's users, user's last seen. ARGV: handler, now, expiry, user,
+/// ttl. Returns 1 when the user was offline everywhere before.
+const CONNECTED_SCRIPT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local before = redis.call('ZCARD', KEYS[1])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('SADD', KEYS[2], ARGV[4])
+if before == 0 then return 1 end
+return 0
+";
+
+/// Same keys and arguments. Returns 1 when the user is now offline everywhere, after
+/// recording the last-seen time.
+const DISCONNECTED_SCRIPT: &str = r"
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if removed == 1 and redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[3], ARGV[2])
+  return 1
+end
+return 0
+";
 
 #[derive(Clone)]
 pub struct HandlerMap {
@@ -37,7 +63,7 @@ impl HandlerMap {
     }
 
     fn user_key(&self, user: &str) -> String {
-        self.redis.key(&format!("userh:{user}"))
+        presence::user_handlers_key(&self.redis, user)
     }
 
     fn reverse_key(&self, handler: &str) -> String {
@@ -75,32 +101,63 @@ impl HandlerMap {
         Ok(renewed)
     }
 
-    pub async fn connected(&self, handler: &str, users: &[&str]) -> Result<(), StoreError> {
-        if users.is_empty() {
-            return Ok(());
-        }
-        let expiry = now_ms() + self.user_ttl_ms;
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.zadd(self.user_key(user), handler, expiry)
-                .ignore()
-                .pexpire(self.user_key(user), self.user_ttl_ms)
-                .ignore();
-        }
-        pipe.sadd(self.reverse_key(handler), users).ignore();
-        self.redis.query_pipe(&pipe).await
+    /// A first device of each user arrived on `handler`. Returns the users who were offline
+    /// everywhere before (their presence changes).
+    pub async fn connected(
+        &self,
+        handler: &str,
+        users: &[&str],
+    ) -> Result<Vec<String>, StoreError> {
+        self.apply(CONNECTED_SCRIPT, handler, users).await
     }
 
-    pub async fn disconnected(&self, handler: &str, users: &[&str]) -> Result<(), StoreError> {
+    /// The last device of each user left `handler`. Returns the users now offline everywhere
+    /// (their last-seen time is recorded).
+    pub async fn disconnected(
+        &self,
+        handler: &str,
+        users: &[&str],
+    ) -> Result<Vec<String>, StoreError> {
+        self.apply(DISCONNECTED_SCRIPT, handler, users).await
+    }
+
+    /// Re-reports users the handler still holds, extending their mappings; no presence change
+    /// unless a mapping had been lost.
+    pub async fn renew(&self, handler: &str, users: &[&str]) -> Result<Vec<String>, StoreError> {
+        self.apply(CONNECTED_SCRIPT, handler, users).await
+    }
+
+    async fn apply(
+        &self,
+        script: &str,
+        handler: &str,
+        users: &[&str],
+    ) -> Result<Vec<String>, StoreError> {
         if users.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let now = now_ms();
         let mut pipe = redis::pipe();
         for user in users {
-            pipe.zrem(self.user_key(user), handler).ignore();
+            pipe.cmd("EVAL")
+                .arg(script)
+                .arg(3)
+                .arg(presence::user_handlers_key(&self.redis, user))
+                .arg(self.reverse_key(handler))
+                .arg(presence::last_seen_key(&self.redis, user))
+                .arg(handler)
+                .arg(now)
+                .arg(now + self.user_ttl_ms)
+                .arg(*user)
+                .arg(self.user_ttl_ms);
         }
-        pipe.srem(self.reverse_key(handler), users).ignore();
-        self.redis.query_pipe(&pipe).await
+        let changed: Vec<i64> = self.redis.query_pipe(&pipe).await?;
+        Ok(users
+            .iter()
+            .zip(changed)
+            .filter(|(_, c)| *c == 1)
+            .map(|(u, _)| (*u).to_owned())
+            .collect())
     }
 
     /// Handlers holding a device of any of `users`, with the users each holds.
@@ -148,23 +205,26 @@ impl HandlerMap {
             .collect())
     }
 
-    /// Removes every mapping of `handler`.
-    pub async fn forget(&self, handler: &str) -> Result<(), StoreError> {
+    /// Removes every mapping of `handler`; returns the users now offline everywhere.
+    pub async fn forget(&self, handler: &str) -> Result<Vec<String>, StoreError> {
         let users: Vec<String> = self
             .redis
             .query(redis::cmd("SMEMBERS").arg(self.reverse_key(handler)))
             .await?;
-        let mut pipe = redis::pipe();
-        for user in &users {
-            pipe.zrem(self.user_key(user), handler).ignore();
+        let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+        let mut offline = Vec::new();
+        for chunk in refs.chunks(500) {
+            offline.extend(self.disconnected(handler, chunk).await?);
         }
+        let mut pipe = redis::pipe();
         pipe.del(self.reverse_key(handler))
             .ignore()
             .del(self.alive_key(handler))
             .ignore()
             .srem(self.redis.key("handlers"), handler)
             .ignore();
-        self.redis.query_pipe(&pipe).await
+        self.redis.query_pipe::<()>(&pipe).await?;
+        Ok(offline)
     }
 
     /// Takes the janitor role for `ttl_ms`, so of several managers one sweeps at a time.

@@ -38,12 +38,15 @@ pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken)
         };
         for handler in dead {
             tracing::warn!(%handler, "handler stopped renewing; removing its topic and mappings");
-            let topic = state.sequencer.kafka.config.handler_topic(&handler);
-            if let Err(e) = state.sequencer.kafka.delete_topic(&topic).await {
-                tracing::warn!(error = %e, %topic, "deleting the handler topic failed");
+            if state.config.delete_handler_topics {
+                let topic = state.sequencer.kafka.config.handler_topic(&handler);
+                if let Err(e) = state.sequencer.kafka.delete_topic(&topic).await {
+                    tracing::warn!(error = %e, %topic, "deleting the handler topic failed");
+                }
             }
-            if let Err(e) = handlers.forget(&handler).await {
-                tracing::warn!(error = %e, %handler, "forgetting the handler failed");
+            match handlers.forget(&handler).await {
+                Ok(offline) => crate::presence::announce(state.clone(), Vec::new(), offline),
+                Err(e) => tracing::warn!(error = %e, %handler, "forgetting the handler failed"),
             }
         }
     }

@@ -17,6 +17,7 @@ mod handlers;
 mod janitor;
 mod kafka;
 mod members;
+mod presence;
 mod routes;
 mod sequencer;
 
@@ -55,6 +56,12 @@ pub struct ManagerConfig {
     pub handler_ttl_ms: i64,
     /// Partitions of the message log (`SB_MESSAGE_PARTITIONS`, default 8).
     pub message_partitions: i32,
+    /// Presence frames go to members of conversations up to this size
+    /// (`SB_PRESENCE_MAX_GROUP`, default 100).
+    pub presence_max_group: usize,
+    /// Delete a dead handler's topic (`SB_DELETE_HANDLER_TOPICS`, default true). The local
+    /// stack turns it off: tansu 0.6's SQLite engine corrupts its state on topic deletion.
+    pub delete_handler_topics: bool,
 }
 
 impl ManagerConfig {
@@ -71,6 +78,11 @@ impl ManagerConfig {
             user_mapping_ttl_ms: env_or("SB_USER_MAPPING_TTL_MS", 900_000)?,
             handler_ttl_ms: env_or("SB_HANDLER_TTL_MS", 6_000)?,
             message_partitions: env_or("SB_MESSAGE_PARTITIONS", 8)?,
+            presence_max_group: env_or("SB_PRESENCE_MAX_GROUP", 100)?,
+            delete_handler_topics: switchboard_service_kit::config::env_bool(
+                "SB_DELETE_HANDLER_TOPICS",
+                true,
+            )?,
         })
     }
 }
@@ -92,11 +104,10 @@ impl Application {
         let port = listener.local_addr()?.port();
         let redis = SentinelRedis::new(config.common.redis.clone());
         let kafka = kafka::Kafka::new(config.kafka.clone(), config.produce_timeout_ms)?;
-        if let Err(e) = kafka
-            .ensure_topic(&config.kafka.message_topic, config.message_partitions)
-            .await
-        {
-            tracing::warn!(error = %e, "could not ensure the message log topic yet");
+        for topic in [&config.kafka.message_topic, &config.kafka.events_topic] {
+            if let Err(e) = kafka.ensure_topic(topic, config.message_partitions).await {
+                tracing::warn!(error = %e, %topic, "could not ensure the topic yet");
+            }
         }
         let ops = Ops::new("socket-manager");
         let metrics = sequencer::SequencerMetrics {

@@ -55,6 +55,42 @@ impl Members {
         Ok(self.ask_message_service(conversation_id).await?.members)
     }
 
+    /// Users who share a conversation of at most `max_group` members with `user`.
+    pub async fn contacts_of(
+        &self,
+        user: &str,
+        max_group: usize,
+    ) -> Result<Vec<String>, MembersError> {
+        let url = format!(
+            "{}/internal/v1/users/{}/contacts?max_group={}",
+            self.message_service_url.trim_end_matches('/'),
+            user,
+            max_group
+        );
+        let response = self
+            .http
+            .get(url)
+            .header(CLUSTER_SECRET_HEADER, &self.cluster_secret)
+            .send()
+            .await
+            .map_err(|e| MembersError::Unavailable(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(MembersError::Unavailable(format!(
+                "message service answered {}",
+                response.status()
+            )));
+        }
+        #[derive(Deserialize)]
+        struct Contacts {
+            contacts: Vec<String>,
+        }
+        response
+            .json::<Contacts>()
+            .await
+            .map(|c| c.contacts)
+            .map_err(|e| MembersError::Unavailable(e.to_string()))
+    }
+
     /// The highest stored seq, used to re-seed a sequence counter Redis lost.
     pub async fn stored_last_seq(&self, conversation_id: &str) -> Result<u64, MembersError> {
         Ok(self.ask_message_service(conversation_id).await?.last_seq)

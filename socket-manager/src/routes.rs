@@ -12,6 +12,8 @@ use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::ApiError;
 
+use switchboard_message_log::Event;
+
 use crate::sequencer::SendRequest;
 use crate::AppState;
 
@@ -86,9 +88,12 @@ async fn deregister(
     let handler = path.into_inner();
     valid_handler_id(&handler)?;
     let topic = state.sequencer.kafka.config.handler_topic(&handler);
-    state.sequencer.handlers.forget(&handler).await?;
-    if let Err(e) = state.sequencer.kafka.delete_topic(&topic).await {
-        tracing::warn!(error = %e, %topic, "deleting the handler topic failed");
+    let offline = state.sequencer.handlers.forget(&handler).await?;
+    crate::presence::announce(state.clone(), Vec::new(), offline);
+    if state.config.delete_handler_topics {
+        if let Err(e) = state.sequencer.kafka.delete_topic(&topic).await {
+            tracing::warn!(error = %e, %topic, "deleting the handler topic failed");
+        }
     }
     Ok(HttpResponse::NoContent().finish())
 }
@@ -117,9 +122,11 @@ async fn renew(
 ) -> Result<HttpResponse, ApiError> {
     require_secret(&req, &state)?;
     let users: Vec<&str> = body.users.iter().map(String::as_str).collect();
+    let mut restored = Vec::new();
     for chunk in users.chunks(1000) {
-        state.sequencer.handlers.connected(&path, chunk).await?;
+        restored.extend(state.sequencer.handlers.renew(&path, chunk).await?);
     }
+    crate::presence::announce(state.clone(), restored, Vec::new());
     Ok(HttpResponse::Ok().json(serde_json::json!({ "renewed": users.len() })))
 }
 
@@ -163,8 +170,9 @@ async fn batch(
         .map(|(u, _)| *u)
         .collect();
     let handlers = &state.sequencer.handlers;
-    handlers.connected(&handler, &online).await?;
-    handlers.disconnected(&handler, &offline).await?;
+    let came_online = handlers.connected(&handler, &online).await?;
+    let went_offline = handlers.disconnected(&handler, &offline).await?;
+    crate::presence::announce(state.clone(), came_online, went_offline);
 
     let mut sends: HashMap<String, Vec<(usize, SendRequest)>> = HashMap::new();
     let mut signals = Vec::new();
@@ -269,6 +277,33 @@ async fn batch(
                         "you are not a member of this conversation",
                     )),
                 );
+            }
+            if let Some((kind, seq)) = receipt {
+                let event = Event::Receipt {
+                    conversation_id: conversation_id.clone(),
+                    user_id: user_id.clone(),
+                    kind: match kind {
+                        ReceiptKind::Delivered => "delivered".into(),
+                        ReceiptKind::Read => "read".into(),
+                    },
+                    seq,
+                };
+                let payload = serde_json::to_vec(&event).unwrap_or_default();
+                let topic = &sequencer.kafka.config.events_topic;
+                if let Err(e) = sequencer
+                    .kafka
+                    .produce(topic, &conversation_id, &payload)
+                    .await
+                {
+                    tracing::warn!(error = %e, "receipt not recorded");
+                    return (
+                        index,
+                        Some(ServerFrame::error(
+                            ErrorCode::Unavailable,
+                            "the receipt could not be recorded, retry",
+                        )),
+                    );
+                }
             }
             let (frame, recipients): (ServerFrame, Vec<String>) = match receipt {
                 None => (

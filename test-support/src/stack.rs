@@ -267,6 +267,9 @@ impl Stack {
                 .await
                 .context("starting the broker")?;
             common.push(kv("SB_KAFKA_BROKERS", kafka.bootstrap()));
+            // tansu 0.6 (SQLite engine) corrupts its state when a topic is deleted; real Kafka
+            // (docker-compose) keeps the default and deletes dead handlers' topics.
+            common.push(kv("SB_DELETE_HANDLER_TOPICS", "false"));
             let ms_port = fixed.as_ref().map_or_else(free_port, |f| f.message_service);
             common.push(kv(
                 "SB_MESSAGE_SERVICE_URL",

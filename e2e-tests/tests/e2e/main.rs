@@ -13,4 +13,5 @@ mod chat_faults;
 mod client;
 mod faults;
 mod registry;
+mod signals;
 mod socket;
