@@ -105,6 +105,10 @@ pub struct HandlerRecord {
     pub skip_connection: Option<u64>,
     /// The serialized server frame, forwarded verbatim.
     pub frame: String,
+    /// For `message` frames: when the message was accepted (ms since the epoch), so the
+    /// handler can measure end-to-end delivery latency without parsing the frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at_ms: Option<i64>,
 }
 
 #[cfg(test)]
@@ -117,6 +121,7 @@ mod tests {
             recipients: vec!["bob".into()],
             skip_connection: None,
             frame: r#"{"type":"pong"}"#.into(),
+            accepted_at_ms: None,
         };
         let json = serde_json::to_string(&record).unwrap();
         assert!(!json.contains("skip_connection"));

@@ -26,6 +26,7 @@ pub struct Ingest {
     store: Store,
     stored: prometheus::IntCounter,
     batches: prometheus::Histogram,
+    lag_seconds: prometheus::Gauge,
 }
 
 impl Ingest {
@@ -40,14 +41,20 @@ impl Ingest {
             prometheus::HistogramOpts::new("ingest_batch_size", "records per insert batch")
                 .buckets(vec![1.0, 5.0, 20.0, 50.0, 100.0, 250.0, 500.0]),
         )?;
+        let lag_seconds = prometheus::Gauge::new(
+            "ingest_lag_seconds",
+            "age of the newest message stored by the last batch (consumer lag, in time)",
+        )?;
         ops.register(&stored);
         ops.register(&batches);
+        ops.register(&lag_seconds);
         Ok(Ingest {
             consumer,
             message_topic: kafka.message_topic.clone(),
             store,
             stored,
             batches,
+            lag_seconds,
         })
     }
 
@@ -111,6 +118,15 @@ impl Ingest {
                     .ok();
             }
             self.insert_until_done(&records, &shutdown).await;
+            if let Some(newest) = records
+                .iter()
+                .filter_map(|r| chrono::DateTime::parse_from_rfc3339(&r.created_at).ok())
+                .max()
+            {
+                let age = chrono::Utc::now().signed_duration_since(newest);
+                self.lag_seconds
+                    .set(age.num_milliseconds().max(0) as f64 / 1000.0);
+            }
             self.receipts_until_done(&receipts, &shutdown).await;
             for ((topic, partition), offset) in offsets {
                 if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {

@@ -357,11 +357,15 @@ impl Sequencer {
             created_at: record.created_at.clone(),
         }
         .to_json();
-        self.fan_out(
+        let accepted_at_ms = chrono::DateTime::parse_from_rfc3339(&record.created_at)
+            .map(|t| t.timestamp_millis())
+            .ok();
+        self.fan_out_timed(
             &frame,
             members,
             Some((&s.handler_id, s.connection_id)),
             &s.conversation_id,
+            accepted_at_ms,
         )
         .await;
     }
@@ -373,6 +377,17 @@ impl Sequencer {
         users: &[String],
         skip: Option<(&str, u64)>,
         key: &str,
+    ) {
+        self.fan_out_timed(frame, users, skip, key, None).await;
+    }
+
+    async fn fan_out_timed(
+        &self,
+        frame: &str,
+        users: &[String],
+        skip: Option<(&str, u64)>,
+        key: &str,
+        accepted_at_ms: Option<i64>,
     ) {
         let by_handler: HashMap<String, Vec<String>> = match self.handlers.handlers_for(users).await
         {
@@ -387,6 +402,7 @@ impl Sequencer {
                 recipients,
                 skip_connection: skip.filter(|(h, _)| *h == handler).map(|(_, c)| c),
                 frame: frame.to_owned(),
+                accepted_at_ms,
             };
             async move {
                 let topic = self.kafka.config.handler_topic(&handler);

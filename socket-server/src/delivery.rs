@@ -53,6 +53,13 @@ pub(crate) async fn run(
             .map(serde_json::from_slice::<HandlerRecord>)
         {
             Some(Ok(record)) => {
+                if let Some(accepted) = record.accepted_at_ms {
+                    let age_ms = chrono::Utc::now().timestamp_millis() - accepted;
+                    state
+                        .metrics
+                        .delivery_latency
+                        .observe(age_ms.max(0) as f64 / 1000.0);
+                }
                 let frame = Outbound::Frame(Arc::from(record.frame.as_str()));
                 for user in &record.recipients {
                     let outcome = state.hub.push_to_user(user, &frame, record.skip_connection);

@@ -41,6 +41,7 @@ pub(crate) struct Metrics {
     pub auth_failures: prometheus::IntCounter,
     pub slow_consumer_kicks: prometheus::IntCounter,
     pub deliveries: prometheus::IntCounter,
+    pub delivery_latency: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -74,8 +75,18 @@ impl Metrics {
                 "socket_deliveries_total",
                 "frames from the handler topic queued to local devices",
             )?,
+            delivery_latency: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "socket_delivery_latency_seconds",
+                    "from a message's acceptance by a manager to its queueing for local devices",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            )?,
         };
         ops.register(&m.deliveries);
+        ops.register(&m.delivery_latency);
         ops.register(&m.connections);
         ops.register(&m.connects);
         ops.register(&m.frames_in);

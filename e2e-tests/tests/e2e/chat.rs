@@ -11,7 +11,7 @@ use switchboard_protocol::ErrorCode;
 use switchboard_test_support::{Stack, StackOptions};
 
 use crate::client::{
-    api, create_conversation, history, history_with, http, messages_of, sent_of, token_for,
+    api, create_conversation, history, history_with, http, messages_of, metric, sent_of, token_for,
     WsClient, WAIT,
 };
 
@@ -137,6 +137,43 @@ async fn direct_chat_across_servers_is_ordered_acknowledged_and_stored() {
     assert_eq!(entry["id"], conv.as_str());
     assert_eq!(entry["last_seq"], 50);
     assert_eq!(entry["unread"], 50);
+
+    // What an operator sees.
+    let bob_server = stack.socket_servers[1].http_url();
+    assert_eq!(
+        metric(&http, &bob_server, "switchboard_socket_connections").await,
+        1.0
+    );
+    assert!(
+        metric(
+            &http,
+            &bob_server,
+            "switchboard_socket_delivery_latency_seconds_count"
+        )
+        .await
+            >= 50.0
+    );
+    assert!(metric(&http, &bob_server, "switchboard_socket_deliveries_total").await >= 50.0);
+    let mut numbered = 0.0;
+    for m in &stack.managers {
+        numbered += metric(&http, &m.url(), "switchboard_manager_messages_sent_total").await;
+        assert!(
+            metric(
+                &http,
+                &m.url(),
+                "switchboard_http_request_duration_seconds_count"
+            )
+            .await
+                > 0.0
+        );
+    }
+    assert_eq!(numbered, 50.0);
+    let ms = stack.message_service.as_ref().unwrap().url();
+    assert_eq!(
+        metric(&http, &ms, "switchboard_messages_stored_total").await,
+        50.0
+    );
+    assert!(metric(&http, &ms, "switchboard_ingest_lag_seconds").await >= 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
