@@ -12,6 +12,8 @@ command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+# Only `docker-compose config` (validating docker-compose.yml in the tests); no Docker engine.
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 
 if [ "${#need[@]}" -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"
@@ -35,6 +37,27 @@ TANSU_ROOT="${HOME:-/root}/.cache/switchboard/tansu"
 if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
     echo "install-deps: building the tansu broker into $TANSU_ROOT (one time)"
     cargo install tansu --locked --features dynostore,libsql --root "$TANSU_ROOT"
+fi
+
+# The browser test (e2e-tests/tests/e2e/browser.rs): Debian's Chromium, driven by playwright-core
+# from npm (web-tests/, locked by its package-lock.json; it downloads no browser of its own).
+if [ ! -x /usr/bin/chromium ]; then
+    echo "install-deps: installing chromium"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root or sudo" >&2; exit 1; }
+        SUDO="sudo"
+    fi
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+else
+    echo "install-deps: chromium already present"
+fi
+WEB_TESTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/web-tests"
+if [ ! -d "$WEB_TESTS/node_modules" ]; then
+    command -v npm >/dev/null 2>&1 || { echo "install-deps: npm is needed for web-tests (apt-get install nodejs npm)" >&2; exit 1; }
+    echo "install-deps: npm ci in $WEB_TESTS"
+    npm ci --prefix "$WEB_TESTS" --no-audit --no-fund
 fi
 
 # The packages start system services on the ports the dev stack uses; stop them (quietly,

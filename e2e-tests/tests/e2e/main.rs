@@ -8,9 +8,11 @@
 //! - `socket`: authentication before the upgrade, frames, heartbeat, exact scores.
 //! - `faults`: kill -9 of a socket server, SIGTERM ordering, Redis master failover.
 
+mod browser;
 mod chat;
 mod chat_faults;
 mod client;
+mod compose;
 mod faults;
 mod registry;
 mod signals;
