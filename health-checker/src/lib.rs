@@ -81,14 +81,7 @@ impl Application {
                 "socket servers seen in the last round",
             )?,
         };
-        let ready_redis = redis.clone();
-        let ops = Ops::new("health-checker").with_check(
-            "redis",
-            std::sync::Arc::new(move || {
-                let redis = ready_redis.clone();
-                Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
-            }),
-        );
+        let ops = Ops::new("health-checker").with_check("redis", redis.readiness_check());
         ops.register(&metrics.probes);
         ops.register(&metrics.evictions);
         ops.register(&metrics.servers);

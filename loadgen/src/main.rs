@@ -112,7 +112,10 @@ async fn main() -> Result<()> {
     .context("scenario exceeded its 15 minute bound")??;
     let mut result = result;
     if let Some(obj) = result.as_object_mut() {
-        obj.insert("loadgen_cpu_seconds".into(), serde_json::json!(own_cpu_seconds()));
+        obj.insert(
+            "loadgen_cpu_seconds".into(),
+            serde_json::json!(own_cpu_seconds()),
+        );
     }
     let text = serde_json::to_string_pretty(&result)?;
     println!("{text}");

@@ -18,7 +18,7 @@ mod store;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use switchboard_message_log::KafkaConfig;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError};
@@ -80,7 +80,6 @@ impl Application {
         let ingest = ingest::Ingest::new(&config.kafka, store.clone(), &ops)?;
 
         let ready_store = store.clone();
-        let ready_redis = redis.clone();
         let ops = ops
             .with_check(
                 "database",
@@ -89,36 +88,17 @@ impl Application {
                     Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
                 }),
             )
-            .with_check(
-                "redis",
-                Arc::new(move || {
-                    let redis = ready_redis.clone();
-                    Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
-                }),
-            );
+            .with_check("redis", redis.readiness_check());
         let state = web::Data::new(AppState {
             store,
             tokens: TokenKeys::new(config.common.jwt_secret.as_bytes()),
             cache: membership_cache::MembershipCache::new(redis),
             config,
         });
-        let server = HttpServer::new(move || {
-            App::new()
-                .wrap_fn(switchboard_service_kit::ops::timed(ops.clone()))
-                .app_data(state.clone())
-                .app_data(http::json_config(1024 * 1024))
-                .app_data(http::query_config())
-                .app_data(http::path_config())
-                .configure(ops.clone().configure())
-                .configure(routes::configure)
-                .default_service(web::to(http::not_found))
-        })
-        .disable_signals()
-        // Bursts (a thousand clients asking at once) must queue, not be refused.
-        .backlog(4096)
-        .shutdown_timeout(5)
-        .listen(listener)?
-        .run();
+        let server = http::serve_json_api(ops, listener, 1024 * 1024, move |cfg| {
+            cfg.app_data(state.clone());
+            routes::configure(cfg);
+        })?;
         Ok(Application {
             port,
             server,

@@ -10,7 +10,7 @@ mod routes;
 
 use std::net::TcpListener;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError};
@@ -70,14 +70,7 @@ impl Application {
             prometheus::Opts::new("registry_assignments_total", "assign requests by outcome"),
             &["outcome"],
         )?;
-        let ready_redis = redis.clone();
-        let ops = Ops::new("registry").with_check(
-            "redis",
-            std::sync::Arc::new(move || {
-                let redis = ready_redis.clone();
-                Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
-            }),
-        );
+        let ops = Ops::new("registry").with_check("redis", redis.readiness_check());
         ops.register(&assignments);
 
         let state = web::Data::new(AppState {
@@ -86,23 +79,10 @@ impl Application {
             config,
             assignments,
         });
-        let server = HttpServer::new(move || {
-            App::new()
-                .wrap_fn(switchboard_service_kit::ops::timed(ops.clone()))
-                .app_data(state.clone())
-                .app_data(http::json_config(64 * 1024))
-                .app_data(http::query_config())
-                .app_data(http::path_config())
-                .configure(ops.clone().configure())
-                .configure(routes::configure)
-                .default_service(web::to(http::not_found))
-        })
-        .disable_signals()
-        // Bursts (a thousand clients asking at once) must queue, not be refused.
-        .backlog(4096)
-        .shutdown_timeout(5)
-        .listen(listener)?
-        .run();
+        let server = http::serve_json_api(ops, listener, 64 * 1024, move |cfg| {
+            cfg.app_data(state.clone());
+            routes::configure(cfg);
+        })?;
         Ok(Application { port, server })
     }
 

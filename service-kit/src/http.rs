@@ -78,3 +78,35 @@ pub fn path_config() -> web::PathConfig {
 pub async fn not_found() -> HttpResponse {
     ApiError::new(ErrorCode::NotFound, "no such route").error_response()
 }
+
+/// Starts a JSON REST service the way every Switchboard service runs one: request timing,
+/// JSON errors for bad bodies, queries and paths (bodies up to `body_limit` bytes), `/live`
+/// `/ready` `/metrics`, a JSON 404 for unknown routes, a deep accept backlog (bursts queue
+/// rather than being refused), and no signal handling of its own (the service's shutdown
+/// token stops it). `configure` mounts the service's own state and routes.
+pub fn serve_json_api<F>(
+    ops: crate::ops::Ops,
+    listener: std::net::TcpListener,
+    body_limit: usize,
+    configure: F,
+) -> std::io::Result<actix_web::dev::Server>
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .wrap_fn(crate::ops::timed(ops.clone()))
+            .app_data(json_config(body_limit))
+            .app_data(query_config())
+            .app_data(path_config())
+            .configure(ops.clone().configure())
+            .configure(configure.clone())
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .backlog(4096)
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

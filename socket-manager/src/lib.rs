@@ -22,10 +22,9 @@ mod routes;
 mod sequencer;
 
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use switchboard_message_log::KafkaConfig;
 use switchboard_service_kit::config::{env_millis, env_or, env_string, CommonConfig, ConfigError};
 use switchboard_service_kit::http;
@@ -134,14 +133,7 @@ impl Application {
         ops.register(&metrics.send_errors);
         ops.register(&kafka.produce_seconds);
         ops.register(&kafka.produce_errors);
-        let ready_redis = redis.clone();
-        let ops = ops.with_check(
-            "redis",
-            Arc::new(move || {
-                let redis = ready_redis.clone();
-                Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
-            }),
-        );
+        let ops = ops.with_check("redis", redis.readiness_check());
         let handlers = handlers::HandlerMap::new(
             redis.clone(),
             config.user_mapping_ttl_ms,
@@ -165,22 +157,10 @@ impl Application {
             config,
         });
         let app_state = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .wrap_fn(switchboard_service_kit::ops::timed(ops.clone()))
-                .app_data(app_state.clone())
-                .app_data(http::json_config(16 * 1024 * 1024))
-                .app_data(http::path_config())
-                .configure(ops.clone().configure())
-                .configure(routes::configure)
-                .default_service(web::to(http::not_found))
-        })
-        .disable_signals()
-        // Bursts (a thousand clients asking at once) must queue, not be refused.
-        .backlog(4096)
-        .shutdown_timeout(5)
-        .listen(listener)?
-        .run();
+        let server = http::serve_json_api(ops, listener, 16 * 1024 * 1024, move |cfg| {
+            cfg.app_data(app_state.clone());
+            routes::configure(cfg);
+        })?;
         Ok(Application {
             port,
             server,

@@ -61,34 +61,16 @@ impl Members {
         user: &str,
         max_group: usize,
     ) -> Result<Vec<String>, MembersError> {
-        let url = format!(
-            "{}/internal/v1/users/{}/contacts?max_group={}",
-            self.message_service_url.trim_end_matches('/'),
-            user,
-            max_group
-        );
-        let response = self
-            .http
-            .get(url)
-            .header(CLUSTER_SECRET_HEADER, &self.cluster_secret)
-            .send()
-            .await
-            .map_err(|e| MembersError::Unavailable(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(MembersError::Unavailable(format!(
-                "message service answered {}",
-                response.status()
-            )));
-        }
         #[derive(Deserialize)]
         struct Contacts {
             contacts: Vec<String>,
         }
-        response
-            .json::<Contacts>()
-            .await
-            .map(|c| c.contacts)
-            .map_err(|e| MembersError::Unavailable(e.to_string()))
+        let found: Contacts = self
+            .get_internal(&format!(
+                "/internal/v1/users/{user}/contacts?max_group={max_group}"
+            ))
+            .await?;
+        Ok(found.contacts)
     }
 
     /// The highest stored seq, used to re-seed a sequence counter Redis lost.
@@ -100,11 +82,18 @@ impl Members {
         &self,
         conversation_id: &str,
     ) -> Result<InternalMembers, MembersError> {
-        let url = format!(
-            "{}/internal/v1/conversations/{}/members",
-            self.message_service_url.trim_end_matches('/'),
-            conversation_id
-        );
+        self.get_internal(&format!(
+            "/internal/v1/conversations/{conversation_id}/members"
+        ))
+        .await
+    }
+
+    /// GET a cluster-only route of the message service.
+    async fn get_internal<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, MembersError> {
+        let url = format!("{}{path}", self.message_service_url.trim_end_matches('/'));
         let response = self
             .http
             .get(url)
