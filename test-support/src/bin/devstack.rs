@@ -182,6 +182,11 @@ fn print_banner(stack: &Stack, ports: &FixedPorts) {
         stack.cluster_secret()
     );
     println!();
+    println!(
+        "Open the demo: http://localhost:{}/  (two browser tabs, two user names)",
+        ports.nginx
+    );
+    println!();
     println!("Try it:");
     println!("  curl -s localhost:{}/api/v1/socket-servers", ports.nginx);
     println!("  curl -s localhost:{}/api/v1/socket-server", ports.nginx);
