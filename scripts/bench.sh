@@ -4,7 +4,8 @@
 # same shapes in the same run, and writes BENCHMARKS.md.
 #
 # Knobs (env): D (seconds per rate step, 10), S2_RATES, S3_RATES, S1_C (3000), S2_C (2000),
-# S3_C (1000), PEER (1 to run the Socket.IO peer, default 1), OUT (BENCHMARKS.md).
+# S3_C (1000), PEER (1 to run the Socket.IO peer, default 1), SCENARIOS (subset of
+# "static s4 echo broker s1 s2 s3"), OUT (BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -15,6 +16,7 @@ S1_C=${S1_C:-3000}
 S2_C=${S2_C:-2000}
 S3_C=${S3_C:-1000}
 PEER=${PEER:-1}
+SCENARIOS=${SCENARIOS:-"static s4 echo broker s1 s2 s3"}
 OUT=${OUT:-$ROOT/BENCHMARKS.md}
 RES="$ROOT/.run/bench/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$RES"
@@ -80,6 +82,7 @@ SOCKET_PIDS=$(group_pids socket-servers | paste -sd, -)
 LG="$ROOT/target/release/loadgen"
 run() { # name, loadgen args...
   local name=$1; shift
+  case " $SCENARIOS " in *" $name "*) ;; *) return 0 ;; esac
   declare -A before
   for g in $GROUPS_LIST; do before[$g]=$(cpu_of "$g"); done
   log "scenario $name: $*"

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -125,9 +127,18 @@ pub async fn broker(args: &Args) -> Result<serde_json::Value> {
         message_topic: String::new(),
         events_topic: String::new(),
         handler_topic_prefix: String::new(),
+        linger_ms: 5,
     };
     let topic = format!("loadgen.ceiling.{}", chrono::Utc::now().timestamp_millis());
     let producer: FutureProducer = config.producer_config(30_000).create()?;
+    // The system creates its topics explicitly (auto-creation is off in compose); so does this.
+    let admin: AdminClient<DefaultClientContext> = config.producer_config(30_000).create()?;
+    admin
+        .create_topics(
+            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
     let payload = "x".repeat(200);
     let started = Instant::now();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(10_000));
