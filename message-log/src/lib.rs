@@ -28,7 +28,7 @@ pub struct KafkaConfig {
     pub events_topic: String,
     /// Prefix of per-handler topics (`SB_HANDLER_TOPIC_PREFIX`, default `sb.handler.`).
     pub handler_topic_prefix: String,
-    /// How long the producer waits to fill a batch (`SB_KAFKA_LINGER_MS`, default 5): a few
+    /// How long the producer waits to fill a batch (`SB_KAFKA_LINGER_MS`, default 2): a few
     /// milliseconds of latency buy far fewer, larger produce requests under load.
     pub linger_ms: u64,
 }
@@ -40,7 +40,7 @@ impl KafkaConfig {
             message_topic: env_string("SB_MESSAGE_TOPIC", "sb.messages"),
             events_topic: env_string("SB_EVENTS_TOPIC", "sb.events"),
             handler_topic_prefix: env_string("SB_HANDLER_TOPIC_PREFIX", "sb.handler."),
-            linger_ms: switchboard_service_kit::config::env_or("SB_KAFKA_LINGER_MS", 5)?,
+            linger_ms: switchboard_service_kit::config::env_or("SB_KAFKA_LINGER_MS", 2)?,
         })
     }
 
@@ -113,6 +113,10 @@ pub struct HandlerRecord {
     /// handler can measure end-to-end delivery latency without parsing the frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_at_ms: Option<i64>,
+    /// For `message` frames: the conversation and `seq`, so the handler can restore `seq`
+    /// order when two managers' records for one conversation land out of order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<(String, u64)>,
 }
 
 #[cfg(test)]
@@ -126,6 +130,7 @@ mod tests {
             skip_connection: None,
             frame: r#"{"type":"pong"}"#.into(),
             accepted_at_ms: None,
+            order: None,
         };
         let json = serde_json::to_string(&record).unwrap();
         assert!(!json.contains("skip_connection"));

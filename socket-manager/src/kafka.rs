@@ -70,6 +70,44 @@ impl Kafka {
         })
     }
 
+    /// Enqueues one record now (so records enqueued one after another reach a partition in
+    /// that order) and returns the wait for its acknowledgement, for callers that need the
+    /// order but not the ack on their critical path.
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<
+        impl std::future::Future<Output = Result<(), KafkaFailure>> + Send + 'static,
+        KafkaFailure,
+    > {
+        let started = std::time::Instant::now();
+        let delivery = self
+            .producer
+            .send_result(FutureRecord::to(topic).key(key).payload(payload))
+            .map_err(|(e, _)| {
+                self.produce_errors.inc();
+                KafkaFailure(e.to_string())
+            })?;
+        let (seconds, errors) = (self.produce_seconds.clone(), self.produce_errors.clone());
+        Ok(async move {
+            let outcome = delivery.await;
+            seconds.observe(started.elapsed().as_secs_f64());
+            match outcome {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => {
+                    errors.inc();
+                    Err(KafkaFailure(e.to_string()))
+                }
+                Err(_) => {
+                    errors.inc();
+                    Err(KafkaFailure("the producer went away".into()))
+                }
+            }
+        })
+    }
+
     /// Creates a topic; one that exists already is fine.
     pub async fn ensure_topic(&self, name: &str, partitions: i32) -> Result<(), KafkaFailure> {
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));

@@ -11,8 +11,9 @@
 //!    device, and answer `sent`; on failure undo the `INCR` (we still hold the lock, so nobody
 //!    took a later number) and answer `unavailable`, so no `seq` is ever skipped.
 //!
-//! Routing happens inside the lock too, so every handler topic receives a conversation's
-//! messages in `seq` order even when several managers take turns. A lease can still expire
+//! Routing is enqueued inside the lock too (without waiting for its ack), so one manager's
+//! records reach each handler topic in `seq` order; when several managers take turns on a
+//! conversation, the handler's reorder buffer restores `seq` order. A lease can still expire
 //! under a long pause (Kleppmann's critique); the message store's primary key
 //! `(conversation_id, seq)` is the fence that refuses a second message with a taken number.
 
@@ -366,6 +367,7 @@ impl Sequencer {
             Some((&s.handler_id, s.connection_id)),
             &s.conversation_id,
             accepted_at_ms,
+            Some((s.conversation_id.clone(), record.seq)),
         )
         .await;
     }
@@ -378,9 +380,15 @@ impl Sequencer {
         skip: Option<(&str, u64)>,
         key: &str,
     ) {
-        self.fan_out_timed(frame, users, skip, key, None).await;
+        self.fan_out_timed(frame, users, skip, key, None, None)
+            .await;
     }
 
+    /// Enqueues one record per target handler without waiting for the broker's ack: within
+    /// this manager the producer keeps enqueue order per partition, and handlers restore
+    /// `seq` order across managers (`order`), so the lock is not held for a second round trip.
+    /// A record that fails only costs live delivery: the message is in the log, and devices
+    /// fill gaps from history.
     async fn fan_out_timed(
         &self,
         frame: &str,
@@ -388,6 +396,7 @@ impl Sequencer {
         skip: Option<(&str, u64)>,
         key: &str,
         accepted_at_ms: Option<i64>,
+        order: Option<(String, u64)>,
     ) {
         let by_handler: HashMap<String, Vec<String>> = match self.handlers.handlers_for(users).await
         {
@@ -397,22 +406,31 @@ impl Sequencer {
                 return;
             }
         };
-        let sends = by_handler.into_iter().map(|(handler, recipients)| {
+        let mut acks = Vec::with_capacity(by_handler.len());
+        for (handler, recipients) in by_handler {
             let record = HandlerRecord {
                 recipients,
                 skip_connection: skip.filter(|(h, _)| *h == handler).map(|(_, c)| c),
                 frame: frame.to_owned(),
                 accepted_at_ms,
+                order: order.clone(),
             };
-            async move {
-                let topic = self.kafka.config.handler_topic(&handler);
-                let payload = serde_json::to_vec(&record).unwrap_or_default();
-                if let Err(e) = self.kafka.produce(&topic, key, &payload).await {
-                    tracing::warn!(error = %e, %topic, "routing to a handler failed");
-                }
+            let topic = self.kafka.config.handler_topic(&handler);
+            let payload = serde_json::to_vec(&record).unwrap_or_default();
+            match self.kafka.enqueue(&topic, key, &payload) {
+                Ok(ack) => acks.push((topic, ack)),
+                Err(e) => tracing::warn!(error = %e, %topic, "routing to a handler failed"),
             }
-        });
-        futures_util::future::join_all(sends).await;
+        }
+        if !acks.is_empty() {
+            tokio::spawn(async move {
+                for (topic, ack) in acks {
+                    if let Err(e) = ack.await {
+                        tracing::warn!(error = %e, %topic, "routing to a handler failed");
+                    }
+                }
+            });
+        }
     }
 }
 

@@ -44,7 +44,7 @@ pub struct SocketServerConfig {
     /// Socket manager base URLs, tried in turn (`SB_MANAGER_URLS`, comma separated, default
     /// `http://127.0.0.1:8201,http://127.0.0.1:8202`).
     pub manager_urls: Vec<String>,
-    /// Parallel ordered lanes to the managers (`SB_MANAGER_LANES`, default 32).
+    /// Parallel ordered lanes to the managers (`SB_MANAGER_LANES`, default 64).
     pub manager_lanes: usize,
     /// Handler liveness heartbeat to the managers (`SB_HANDLER_HEARTBEAT_MS`, default 2000).
     pub handler_heartbeat: Duration,
@@ -85,7 +85,7 @@ impl SocketServerConfig {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect(),
-            manager_lanes: env_or("SB_MANAGER_LANES", 32)?,
+            manager_lanes: env_or("SB_MANAGER_LANES", 64)?,
             handler_heartbeat: env_millis("SB_HANDLER_HEARTBEAT_MS", 2_000)?,
             mapping_renew: env_millis("SB_MAPPING_RENEW_MS", 300_000)?,
             kafka: switchboard_message_log::KafkaConfig::from_env()?,

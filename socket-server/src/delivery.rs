@@ -3,6 +3,7 @@
 //! record per handler, not one per device.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
@@ -10,6 +11,7 @@ use switchboard_message_log::{HandlerRecord, KafkaConfig};
 use switchboard_service_kit::shutdown::CancellationToken;
 
 use crate::hub::Outbound;
+use crate::reorder::Reorderer;
 use crate::ServerState;
 
 pub(crate) async fn run(
@@ -35,9 +37,18 @@ pub(crate) async fn run(
         return;
     }
     tracing::info!(%topic, "consuming deliveries");
+    let mut reorder = Reorderer::new(REORDER_HOLD);
+    let mut tick = tokio::time::interval(REORDER_HOLD / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                for record in reorder.expire(Instant::now()) {
+                    deliver(&state, &record);
+                }
+                continue;
+            }
             m = consumer.recv() => m,
         };
         let message = match message {
@@ -60,10 +71,13 @@ pub(crate) async fn run(
                         .delivery_latency
                         .observe(age_ms.max(0) as f64 / 1000.0);
                 }
-                let frame = Outbound::Frame(Arc::from(record.frame.as_str()));
-                for user in &record.recipients {
-                    let outcome = state.hub.push_to_user(user, &frame, record.skip_connection);
-                    state.metrics.deliveries.inc_by(outcome.queued as u64);
+                match record.order.clone() {
+                    Some((conversation, seq)) => {
+                        for ready in reorder.push(&conversation, seq, record, Instant::now()) {
+                            deliver(&state, &ready);
+                        }
+                    }
+                    None => deliver(&state, &record),
                 }
             }
             other => tracing::error!(
@@ -72,5 +86,16 @@ pub(crate) async fn run(
             ),
         }
         let _ = consumer.store_offset_from_message(&message);
+    }
+}
+
+/// How long a message waits for its predecessor before going out anyway.
+const REORDER_HOLD: Duration = Duration::from_millis(100);
+
+fn deliver(state: &ServerState, record: &HandlerRecord) {
+    let frame = Outbound::Frame(Arc::from(record.frame.as_str()));
+    for user in &record.recipients {
+        let outcome = state.hub.push_to_user(user, &frame, record.skip_connection);
+        state.metrics.deliveries.inc_by(outcome.queued as u64);
     }
 }

@@ -15,6 +15,7 @@ pub mod hub;
 mod manager_client;
 mod membership;
 mod rate;
+mod reorder;
 mod session;
 
 use std::net::TcpListener;
