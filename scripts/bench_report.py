@@ -159,6 +159,8 @@ if peer_s2:
     p(f"Peer load client CPU in S2: {fmt(peer_s2.get('load_cpu_total_s'), 2)} s.")
     p("")
 
+p("Where the time goes, what was fixed and what remains: [docs/performance.md](docs/performance.md).")
+p("")
 p("## Commands")
 p("")
 p("```")
