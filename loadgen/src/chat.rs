@@ -254,7 +254,14 @@ async fn stepped(
     while Instant::now() < deadline {
         let acked: u64 = sender_logs
             .iter()
-            .map(|l| l.lock().unwrap().acked.iter().filter(|(s, _)| *s == 0).count() as u64)
+            .map(|l| {
+                l.lock()
+                    .unwrap()
+                    .acked
+                    .iter()
+                    .filter(|(s, _)| *s == 0)
+                    .count() as u64
+            })
             .sum();
         if acked >= attempted {
             break;
