@@ -363,6 +363,37 @@ async fn stepped(
     Ok(out)
 }
 
+/// Connects `clients` users named `prefix{i}`; each records the messages it receives and the
+/// acks of what it sends (any client may be a sender or a receiver).
+#[allow(clippy::type_complexity)]
+async fn connect_chatters(
+    args: &Args,
+    prefix: &str,
+    clients: usize,
+) -> Result<(
+    Vec<(String, String, Writer)>,
+    Vec<ReceiverLog>,
+    Vec<Arc<Mutex<SenderLog>>>,
+)> {
+    let receiver_logs: Vec<ReceiverLog> = (0..clients).map(|_| Arc::default()).collect();
+    let sender_logs: Vec<Arc<Mutex<SenderLog>>> = (0..clients).map(|_| Arc::default()).collect();
+    let (rl, sl) = (receiver_logs.clone(), sender_logs.clone());
+    let users: Vec<String> = (0..clients).map(|i| format!("{prefix}{i}")).collect();
+    let connected = connect_all(args, users, move |i| {
+        let mut on_message = receiver_callback(rl[i].clone());
+        let mut on_ack = sender_callback(sl[i].clone());
+        move |frame: ServerFrame| {
+            if matches!(frame, ServerFrame::Message { .. }) {
+                on_message(frame);
+            } else {
+                on_ack(frame);
+            }
+        }
+    })
+    .await?;
+    Ok((connected, receiver_logs, sender_logs))
+}
+
 /// S2: pairs, the receiver on another server than the sender.
 pub async fn one_to_one(args: &Args) -> Result<serde_json::Value> {
     let clients = if args.clients == 0 {
@@ -376,23 +407,7 @@ pub async fn one_to_one(args: &Args) -> Result<serde_json::Value> {
     } else {
         args.rates.clone()
     };
-    // Everyone is a receiver by callback; only senders' acks matter, so each client gets both.
-    let receiver_logs: Vec<ReceiverLog> = (0..clients).map(|_| Arc::default()).collect();
-    let sender_logs: Vec<Arc<Mutex<SenderLog>>> = (0..clients).map(|_| Arc::default()).collect();
-    let (rl, sl) = (receiver_logs.clone(), sender_logs.clone());
-    let users: Vec<String> = (0..clients).map(|i| format!("pair{i}")).collect();
-    let connected = connect_all(args, users, move |i| {
-        let mut on_message = receiver_callback(rl[i].clone());
-        let mut on_ack = sender_callback(sl[i].clone());
-        move |frame: ServerFrame| {
-            if matches!(frame, ServerFrame::Message { .. }) {
-                on_message(frame);
-            } else {
-                on_ack(frame);
-            }
-        }
-    })
-    .await?;
+    let (connected, receiver_logs, sender_logs) = connect_chatters(args, "pair", clients).await?;
     // Sort by server; pair i with i + pairs, which is on another server whenever no server
     // holds more than half of the clients.
     let mut order: Vec<usize> = (0..clients).collect();
@@ -457,22 +472,7 @@ pub async fn groups(args: &Args) -> Result<serde_json::Value> {
     } else {
         args.rates.clone()
     };
-    let receiver_logs: Vec<ReceiverLog> = (0..clients).map(|_| Arc::default()).collect();
-    let sender_logs: Vec<Arc<Mutex<SenderLog>>> = (0..clients).map(|_| Arc::default()).collect();
-    let (rl, sl) = (receiver_logs.clone(), sender_logs.clone());
-    let users: Vec<String> = (0..clients).map(|i| format!("grp{i}")).collect();
-    let connected = connect_all(args, users, move |i| {
-        let mut on_message = receiver_callback(rl[i].clone());
-        let mut on_ack = sender_callback(sl[i].clone());
-        move |frame: ServerFrame| {
-            if matches!(frame, ServerFrame::Message { .. }) {
-                on_message(frame);
-            } else {
-                on_ack(frame);
-            }
-        }
-    })
-    .await?;
+    let (connected, receiver_logs, sender_logs) = connect_chatters(args, "grp", clients).await?;
     let http = http_client();
     let mut writers: Vec<Option<Writer>> = Vec::new();
     let mut names = Vec::new();

@@ -11,8 +11,8 @@ use switchboard_protocol::ErrorCode;
 use switchboard_test_support::{Stack, StackOptions};
 
 use crate::client::{
-    api, create_conversation, history, history_with, http, messages_of, metric, sent_of, token_for,
-    WsClient, WAIT,
+    alice_and_bob, api, create_conversation, history, history_with, http, messages_of, metric,
+    sent_of, token_for, WsClient, WAIT,
 };
 
 async fn chat_stack() -> Stack {
@@ -22,15 +22,7 @@ async fn chat_stack() -> Stack {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn direct_chat_across_servers_is_ordered_acknowledged_and_stored() {
     let stack = chat_stack().await;
-    let http = http();
-    let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(
-        &http,
-        &stack,
-        &alice_t,
-        json!({"kind":"direct","members":["bob"]}),
-    )
-    .await;
+    let (http, alice_t, bob_t, conv) = alice_and_bob(&stack).await;
     // Creating the same pair again (from either side) returns the same conversation.
     assert_eq!(
         create_conversation(
@@ -329,15 +321,7 @@ async fn concurrent_senders_through_two_managers_get_gapless_seqs_and_resends_ar
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn offline_device_catches_up_from_history_and_fills_gaps() {
     let stack = chat_stack().await;
-    let http = http();
-    let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(
-        &http,
-        &stack,
-        &alice_t,
-        json!({"kind":"direct","members":["bob"]}),
-    )
-    .await;
+    let (http, alice_t, bob_t, conv) = alice_and_bob(&stack).await;
     let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
         .await
         .unwrap();

@@ -4,14 +4,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::ErrorCode;
 use switchboard_test_support::{Stack, StackOptions};
 
-use crate::client::{
-    assign, create_conversation, history_with, http, messages_of, token_for, WsClient,
-};
+use crate::client::{alice_and_bob, assign, history_with, http, messages_of, WsClient};
 
 /// What a paced sender saw: `sent` acknowledgements and error codes, by client_msg_id.
 #[derive(Default, Debug)]
@@ -120,15 +117,7 @@ async fn assert_none_lost(stack: &Stack, token: &str, conversation_id: &str, log
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn receivers_socket_server_killed_reconnects_and_misses_nothing() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
-    let http = http();
-    let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(
-        &http,
-        &stack,
-        &alice_t,
-        json!({"kind":"direct","members":["bob"]}),
-    )
-    .await;
+    let (http, alice_t, bob_t, conv) = alice_and_bob(&stack).await;
     let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
         .await
         .unwrap();
@@ -183,15 +172,7 @@ async fn receivers_socket_server_killed_reconnects_and_misses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_a_socket_manager_under_load_loses_no_acknowledged_message() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
-    let http = http();
-    let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(
-        &http,
-        &stack,
-        &alice_t,
-        json!({"kind":"direct","members":["bob"]}),
-    )
-    .await;
+    let (_, alice_t, bob_t, conv) = alice_and_bob(&stack).await;
     let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
         .await
         .unwrap();
@@ -219,15 +200,7 @@ async fn killing_a_socket_manager_under_load_loses_no_acknowledged_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_restart_under_load_loses_no_acknowledged_message() {
     let mut stack = Stack::start(StackOptions::default()).await.unwrap();
-    let http = http();
-    let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(
-        &http,
-        &stack,
-        &alice_t,
-        json!({"kind":"direct","members":["bob"]}),
-    )
-    .await;
+    let (_, alice_t, bob_t, conv) = alice_and_bob(&stack).await;
     let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
         .await
         .unwrap();

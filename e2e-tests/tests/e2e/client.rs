@@ -298,6 +298,21 @@ pub async fn create_conversation(
     value["id"].as_str().expect("id").to_owned()
 }
 
+/// The most common opening: an HTTP client, tokens for alice and bob, and their direct
+/// conversation (created by alice).
+pub async fn alice_and_bob(stack: &Stack) -> (reqwest::Client, String, String, String) {
+    let http = http();
+    let (alice, bob) = (token_for(stack, "alice"), token_for(stack, "bob"));
+    let conversation = create_conversation(
+        &http,
+        stack,
+        &alice,
+        serde_json::json!({"kind": "direct", "members": ["bob"]}),
+    )
+    .await;
+    (http, alice, bob, conversation)
+}
+
 /// The whole history after `after_seq`, following pages of `limit`.
 pub async fn history(
     http: &reqwest::Client,

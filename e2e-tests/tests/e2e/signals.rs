@@ -8,7 +8,8 @@ use switchboard_protocol::frames::{PresenceStatus, ReceiptKind, ServerFrame};
 use switchboard_test_support::{Stack, StackOptions};
 
 use crate::client::{
-    api, create_conversation, history, http, messages_of, sent_of, token_for, WsClient, WAIT,
+    alice_and_bob, api, create_conversation, history, http, messages_of, sent_of, token_for,
+    WsClient, WAIT,
 };
 
 async fn conversation_entry(http: &reqwest::Client, stack: &Stack, token: &str, id: &str) -> Value {
@@ -34,15 +35,7 @@ async fn conversation_entry(http: &reqwest::Client, stack: &Stack, token: &str, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn receipts_reach_the_senders_devices_and_are_stored_for_unread() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
-    let http = http();
-    let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(
-        &http,
-        &stack,
-        &alice_t,
-        json!({"kind":"direct","members":["bob"]}),
-    )
-    .await;
+    let (http, alice_t, bob_t, conv) = alice_and_bob(&stack).await;
     let mut alice_phone = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
         .await
         .unwrap();
@@ -231,15 +224,7 @@ async fn presence_follows_devices_and_a_killed_server_takes_its_users_offline() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn typing_reaches_the_other_member_and_is_not_stored() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
-    let http = http();
-    let (alice_t, bob_t) = (token_for(&stack, "alice"), token_for(&stack, "bob"));
-    let conv = create_conversation(
-        &http,
-        &stack,
-        &alice_t,
-        json!({"kind":"direct","members":["bob"]}),
-    )
-    .await;
+    let (http, alice_t, bob_t, conv) = alice_and_bob(&stack).await;
     let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
         .await
         .unwrap();
