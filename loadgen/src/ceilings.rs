@@ -164,7 +164,7 @@ pub async fn broker(args: &Args) -> Result<serde_json::Value> {
     }
     let produce_secs = started.elapsed().as_secs_f64();
     let consumer: StreamConsumer = config
-        .consumer_config(&format!("{topic}.reader"))
+        .consumer_config(&format!("{topic}.reader"), 10)
         .create()?;
     consumer.subscribe(&[&topic])?;
     let started = Instant::now();

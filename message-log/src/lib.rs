@@ -66,8 +66,11 @@ impl KafkaConfig {
     }
 
     /// A consumer in `group`; offsets are stored by the application after it has handled a
-    /// record (at-least-once) and committed in the background.
-    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+    /// record (at-least-once) and committed in the background. `fetch_wait_ms` is how long a
+    /// fetch may wait for data: short for live delivery, longer where latency matters less
+    /// (tansu, the local broker, holds every fetch for the full wait and queries its storage
+    /// once per partition per fetch, so short waits cost broker CPU).
+    pub fn consumer_config(&self, group: &str, fetch_wait_ms: u64) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
@@ -76,7 +79,7 @@ impl KafkaConfig {
             .set("auto.commit.interval.ms", "500")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("topic.metadata.refresh.interval.ms", "2000")

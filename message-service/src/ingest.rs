@@ -30,8 +30,16 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(kafka: &KafkaConfig, store: Store, ops: &Ops) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = kafka.consumer_config("message-service").create()?;
+    pub fn new(
+        kafka: &KafkaConfig,
+        store: Store,
+        ops: &Ops,
+        fetch_wait_ms: u64,
+    ) -> anyhow::Result<Self> {
+        // History may trail live delivery by a fetch wait; a longer one spares the broker.
+        let consumer: StreamConsumer = kafka
+            .consumer_config("message-service", fetch_wait_ms)
+            .create()?;
         consumer.subscribe(&[&kafka.message_topic, &kafka.events_topic])?;
         let stored = prometheus::IntCounter::new(
             "messages_stored_total",

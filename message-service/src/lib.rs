@@ -39,6 +39,8 @@ pub struct MessageServiceConfig {
     pub db_max_connections: u32,
     /// Largest group (`SB_MAX_GROUP_MEMBERS`, default 1000).
     pub max_group_members: usize,
+    /// How long a log fetch may wait for data (`SB_INGEST_FETCH_WAIT_MS`, default 100).
+    pub ingest_fetch_wait_ms: u64,
 }
 
 impl MessageServiceConfig {
@@ -53,6 +55,7 @@ impl MessageServiceConfig {
             ),
             db_max_connections: env_or("SB_DB_MAX_CONNECTIONS", 10)?,
             max_group_members: env_or("SB_MAX_GROUP_MEMBERS", 1000)?,
+            ingest_fetch_wait_ms: env_or("SB_INGEST_FETCH_WAIT_MS", 100)?,
         })
     }
 }
@@ -77,7 +80,12 @@ impl Application {
         let store = store::Store::connect(&config.database_url, config.db_max_connections).await?;
         let redis = SentinelRedis::new(config.common.redis.clone());
         let ops = Ops::new("message-service");
-        let ingest = ingest::Ingest::new(&config.kafka, store.clone(), &ops)?;
+        let ingest = ingest::Ingest::new(
+            &config.kafka,
+            store.clone(),
+            &ops,
+            config.ingest_fetch_wait_ms,
+        )?;
 
         let ready_store = store.clone();
         let ops = ops

@@ -23,7 +23,7 @@ pub(crate) async fn run(
     // The group is the handler itself: it alone reads its topic, and after a restart with the
     // same id it resumes where it stopped.
     let consumer: StreamConsumer = match kafka
-        .consumer_config(&format!("handler-{}", state.server_id))
+        .consumer_config(&format!("handler-{}", state.server_id), 10)
         .create()
     {
         Ok(c) => c,
