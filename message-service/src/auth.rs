@@ -39,20 +39,3 @@ impl FromRequest for AuthUser {
         ready(result)
     }
 }
-
-/// Cluster-only routes carry the shared secret.
-pub fn require_cluster_secret(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let presented = req
-        .headers()
-        .get(switchboard_protocol::registry::CLUSTER_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if presented.as_bytes() == state.config.common.cluster_secret.as_bytes() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "cluster-only route: send x-cluster-secret",
-        ))
-    }
-}

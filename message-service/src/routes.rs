@@ -5,9 +5,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use switchboard_protocol::token::is_valid_user_id;
 use switchboard_protocol::ErrorCode;
-use switchboard_service_kit::http::ApiError;
+use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 
-use crate::auth::{require_cluster_secret, AuthUser};
+use crate::auth::AuthUser;
 use crate::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -269,7 +269,7 @@ async fn internal_members(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state)?;
+    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let conversation_id = path.into_inner();
     let members = state
         .store
@@ -351,7 +351,7 @@ async fn internal_contacts(
     path: web::Path<String>,
     query: web::Query<ContactsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state)?;
+    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let contacts = state
         .store
         .contacts(&path, query.max_group)

@@ -3,11 +3,11 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{TimeZone, Utc};
 use switchboard_protocol::registry::{
-    DevTokenRequest, DevTokenResponse, Registration, ServerInfo, ServerList, CLUSTER_SECRET_HEADER,
+    DevTokenRequest, DevTokenResponse, Registration, ServerInfo, ServerList,
 };
 use switchboard_protocol::token::{is_valid_user_id, TokenError};
 use switchboard_protocol::ErrorCode;
-use switchboard_service_kit::http::ApiError;
+use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 
 use crate::AppState;
 
@@ -72,36 +72,12 @@ async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(ServerList { servers }))
 }
 
-/// Cluster-only routes carry the shared secret in `x-cluster-secret`.
-fn require_cluster_secret(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let presented = req
-        .headers()
-        .get(CLUSTER_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if constant_time_eq(
-        presented.as_bytes(),
-        state.config.common.cluster_secret.as_bytes(),
-    ) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "this route is for cluster members: send the cluster secret in x-cluster-secret",
-        ))
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn register(
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<Registration>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state)?;
+    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let reg = body.into_inner();
     if reg.server_id.is_empty() || reg.server_id.len() > 128 {
         return Err(ApiError::bad_request("server_id must be 1-128 characters"));
@@ -125,7 +101,7 @@ async fn deregister(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state)?;
+    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let server_id = path.into_inner();
     if state.directory.remove(&server_id).await? {
         tracing::info!(%server_id, "socket server deregistered");
@@ -163,16 +139,4 @@ async fn dev_token(
         user_id: body.user_id.clone(),
         expires_at: expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn secret_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-    }
 }

@@ -8,9 +8,8 @@ use switchboard_protocol::internal::{
     HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
     RenewRequest,
 };
-use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
 use switchboard_protocol::ErrorCode;
-use switchboard_service_kit::http::ApiError;
+use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 
 use switchboard_message_log::Event;
 
@@ -26,22 +25,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(heartbeat),
         )
         .route("/internal/v1/handlers/{id}/renew", web::post().to(renew));
-}
-
-fn require_secret(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let presented = req
-        .headers()
-        .get(CLUSTER_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if presented.as_bytes() == state.config.common.cluster_secret.as_bytes() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "cluster-only route: send x-cluster-secret",
-        ))
-    }
 }
 
 fn valid_handler_id(id: &str) -> Result<(), ApiError> {
@@ -63,7 +46,7 @@ async fn register(
     state: web::Data<AppState>,
     body: web::Json<HandlerRegistration>,
 ) -> Result<HttpResponse, ApiError> {
-    require_secret(&req, &state)?;
+    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     valid_handler_id(&body.handler_id)?;
     let kafka = &state.sequencer.kafka;
     let topic = kafka.config.handler_topic(&body.handler_id);
@@ -84,7 +67,7 @@ async fn deregister(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_secret(&req, &state)?;
+    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let handler = path.into_inner();
     valid_handler_id(&handler)?;
     let topic = state.sequencer.kafka.config.handler_topic(&handler);
@@ -103,7 +86,7 @@ async fn heartbeat(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_secret(&req, &state)?;
+    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     if state.sequencer.handlers.heartbeat(&path).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
@@ -120,7 +103,7 @@ async fn renew(
     path: web::Path<String>,
     body: web::Json<RenewRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    require_secret(&req, &state)?;
+    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let users: Vec<&str> = body.users.iter().map(String::as_str).collect();
     let mut restored = Vec::new();
     for chunk in users.chunks(1000) {
@@ -140,7 +123,7 @@ async fn batch(
     path: web::Path<String>,
     body: web::Json<HandlerBatch>,
 ) -> Result<HttpResponse, ApiError> {
-    require_secret(&req, &state)?;
+    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let handler = path.into_inner();
     valid_handler_id(&handler)?;
     let items = body.into_inner().items;
@@ -185,6 +168,11 @@ async fn batch(
         else {
             continue;
         };
+        let receipt_kind = if matches!(frame, ClientFrame::Read { .. }) {
+            ReceiptKind::Read
+        } else {
+            ReceiptKind::Delivered
+        };
         match frame {
             ClientFrame::Send {
                 conversation_id,
@@ -221,23 +209,19 @@ async fn batch(
             ClientFrame::Delivered {
                 conversation_id,
                 seq,
-            } => signals.push((
-                index,
-                connection_id,
-                user_id,
-                conversation_id,
-                Some((ReceiptKind::Delivered, seq)),
-            )),
-            ClientFrame::Read {
+            }
+            | ClientFrame::Read {
                 conversation_id,
                 seq,
-            } => signals.push((
-                index,
-                connection_id,
-                user_id,
-                conversation_id,
-                Some((ReceiptKind::Read, seq)),
-            )),
+            } => {
+                signals.push((
+                    index,
+                    connection_id,
+                    user_id,
+                    conversation_id,
+                    Some((receipt_kind, seq)),
+                ));
+            }
             ClientFrame::Ping => replies[index] = Some(ServerFrame::Pong),
         }
     }
