@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use switchboard_message_log::{Event, KafkaConfig, LogRecord};
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::shutdown::CancellationToken;
@@ -23,6 +23,7 @@ const GATHER_WINDOW: Duration = Duration::from_millis(5);
 pub struct Ingest {
     consumer: StreamConsumer,
     message_topic: String,
+    events_topic: String,
     store: Store,
     stored: prometheus::IntCounter,
     batches: prometheus::Histogram,
@@ -40,7 +41,6 @@ impl Ingest {
         let consumer: StreamConsumer = kafka
             .consumer_config("message-service", fetch_wait_ms)
             .create()?;
-        consumer.subscribe(&[&kafka.message_topic, &kafka.events_topic])?;
         let stored = prometheus::IntCounter::new(
             "messages_stored_total",
             "messages inserted into the database",
@@ -59,6 +59,7 @@ impl Ingest {
         Ok(Ingest {
             consumer,
             message_topic: kafka.message_topic.clone(),
+            events_topic: kafka.events_topic.clone(),
             store,
             stored,
             batches,
@@ -66,7 +67,50 @@ impl Ingest {
         })
     }
 
+    /// Takes every partition of both topics directly, resuming from the committed offsets
+    /// (earliest when none). No group membership is involved: a restarted instance resumes at
+    /// once instead of waiting for the broker to expire its dead predecessor's membership
+    /// (which the local broker never does). Several instances would each ingest everything;
+    /// the inserts are idempotent, so that is safe, only redundant.
+    async fn assign_all(&self, shutdown: &CancellationToken) -> bool {
+        loop {
+            let consumer = &self.consumer;
+            let topics = [self.message_topic.clone(), self.events_topic.clone()];
+            let found = tokio::task::block_in_place(|| {
+                let mut list = TopicPartitionList::new();
+                for topic in &topics {
+                    let metadata = consumer
+                        .fetch_metadata(Some(topic), Duration::from_secs(5))
+                        .ok()?;
+                    let partitions = metadata.topics().first()?.partitions().len();
+                    if partitions == 0 {
+                        return None;
+                    }
+                    for p in 0..partitions as i32 {
+                        list.add_partition_offset(topic, p, Offset::Stored).ok()?;
+                    }
+                }
+                Some(list)
+            });
+            match found.map(|list| consumer.assign(&list)) {
+                Some(Ok(())) => {
+                    tracing::info!("ingesting every partition of the message log and events");
+                    return true;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "assigning partitions failed"),
+                None => tracing::info!("waiting for the message log topics to exist"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
     pub async fn run(self, shutdown: CancellationToken) {
+        if !self.assign_all(&shutdown).await {
+            return;
+        }
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -177,6 +177,7 @@ pub struct Stack {
     pub redis: RedisSentinelCluster,
     messaging: bool,
     common_env: Vec<(String, String)>,
+    message_service_env: Vec<(String, String)>,
     jwt_secret: String,
     cluster_secret: String,
     max_connections: u64,
@@ -257,6 +258,7 @@ impl Stack {
         let mut broker = None;
         let mut message_service = None;
         let mut managers = Vec::new();
+        let mut message_service_env = Vec::new();
         if opts.messaging {
             let pg_port = fixed.as_ref().map_or_else(free_port, |f| f.postgres);
             let pg = Postgres::start(&work_dir.join("postgres"), pg_port, &log_dir)
@@ -286,6 +288,7 @@ impl Stack {
                 &env,
                 &log_dir,
             )?;
+            message_service_env = env;
             let ms = Service {
                 name: "message-service".into(),
                 port: ms_port,
@@ -374,6 +377,7 @@ impl Stack {
             redis,
             messaging: opts.messaging,
             common_env: common,
+            message_service_env,
             jwt_secret,
             cluster_secret,
             max_connections: opts.max_connections,
@@ -494,6 +498,24 @@ impl Stack {
     /// `RUST_LOG=info`, `NO_COLOR=1`), before the per-service variables and the extra env.
     pub fn service_env(&self) -> Vec<(String, String)> {
         self.common_env.clone()
+    }
+
+    /// Starts the message service again (same port, database and settings) after it was
+    /// stopped, and waits until it is ready.
+    pub async fn restart_message_service(&mut self) -> Result<()> {
+        let ms = self
+            .message_service
+            .as_mut()
+            .context("this stack runs without messaging")?;
+        ms.process.kill9();
+        ms.process = ManagedProcess::spawn(
+            "message-service-restarted",
+            bin_path("message-service"),
+            &[] as &[&str],
+            &self.message_service_env,
+            &self.log_dir,
+        )?;
+        wait_ready(&ms.process, &format!("{}/ready", ms.url()), READY_TIMEOUT).await
     }
 
     /// Whether the chat path (managers, broker, database, message service) runs.

@@ -8,7 +8,9 @@ use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::ErrorCode;
 use switchboard_test_support::{Stack, StackOptions};
 
-use crate::client::{alice_and_bob, assign, history_with, http, messages_of, WsClient};
+use crate::client::{
+    alice_and_bob, assign, history_with, history_within, http, messages_of, sent_of, WsClient, WAIT,
+};
 
 /// What a paced sender saw: `sent` acknowledgements and error codes, by client_msg_id.
 #[derive(Default, Debug)]
@@ -253,5 +255,60 @@ async fn broker_restart_under_load_loses_no_acknowledged_message() {
         }
     }
     assert!(log.acknowledged.contains_key("after-restart"));
+    assert_none_lost(&stack, &bob_t, &conv, &log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn message_service_death_delays_history_but_loses_nothing() {
+    let mut stack = Stack::start(StackOptions::default()).await.unwrap();
+    let (_, alice_t, bob_t, conv) = alice_and_bob(&stack).await;
+    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
+        .await
+        .unwrap();
+    let mut bob = WsClient::connect(&stack.socket_servers[1].ws_url(), &bob_t)
+        .await
+        .unwrap();
+    // A first message seeds the conversation's counter (that lookup needs the store).
+    alice.send_message(&conv, "warm", "first").await;
+    assert!(!sent_of(&alice.collect_until(WAIT, |f| !sent_of(f).is_empty()).await).is_empty());
+    bob.collect_until(WAIT, |f| !messages_of(f, &conv).is_empty())
+        .await;
+    // The store is down while alice sends: the log keeps everything, live delivery goes on.
+    stack.message_service.as_ref().unwrap().process.kill9();
+    let log = paced_sends(
+        &mut alice,
+        &conv,
+        40,
+        Duration::from_millis(20),
+        40,
+        || async {},
+    )
+    .await;
+    assert_eq!(
+        log.acknowledged.len(),
+        40,
+        "sends do not need the store: {:?}",
+        log.errors
+    );
+    let frames = bob
+        .collect_until(Duration::from_secs(10), |f| {
+            messages_of(f, &conv).len() >= 40
+        })
+        .await;
+    assert_eq!(
+        messages_of(&frames, &conv).len(),
+        40,
+        "live delivery goes on"
+    );
+    // Back up, it resumes from its committed offsets and catches up (after the broker lets
+    // the dead consumer's group membership lapse).
+    let restarted = std::time::Instant::now();
+    stack.restart_message_service().await.unwrap();
+    let stored = history_within(&http(), &stack, &bob_t, &conv, 41, Duration::from_secs(60)).await;
+    eprintln!(
+        "history caught up to {} messages in {:?}",
+        stored.len(),
+        restarted.elapsed()
+    );
     assert_none_lost(&stack, &bob_t, &conv, &log).await;
 }

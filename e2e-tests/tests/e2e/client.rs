@@ -353,7 +353,27 @@ pub async fn history_with(
     conversation_id: &str,
     count: usize,
 ) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    history_within(
+        http,
+        stack,
+        token,
+        conversation_id,
+        count,
+        Duration::from_secs(20),
+    )
+    .await
+}
+
+/// [`history_with`] with an explicit bound.
+pub async fn history_within(
+    http: &reqwest::Client,
+    stack: &Stack,
+    token: &str,
+    conversation_id: &str,
+    count: usize,
+    within: Duration,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + within;
     loop {
         let messages = history(http, stack, token, conversation_id, 0).await;
         if messages.len() >= count || Instant::now() > deadline {
