@@ -39,7 +39,7 @@ pub struct MessageServiceConfig {
     pub db_max_connections: u32,
     /// Largest group (`SB_MAX_GROUP_MEMBERS`, default 1000).
     pub max_group_members: usize,
-    /// How long a log fetch may wait for data (`SB_INGEST_FETCH_WAIT_MS`, default 10).
+    /// How long a log fetch may wait for data (`SB_INGEST_FETCH_WAIT_MS`, default 100).
     pub ingest_fetch_wait_ms: u64,
 }
 
@@ -55,7 +55,7 @@ impl MessageServiceConfig {
             ),
             db_max_connections: env_or("SB_DB_MAX_CONNECTIONS", 10)?,
             max_group_members: env_or("SB_MAX_GROUP_MEMBERS", 1000)?,
-            ingest_fetch_wait_ms: env_or("SB_INGEST_FETCH_WAIT_MS", 10)?,
+            ingest_fetch_wait_ms: env_or("SB_INGEST_FETCH_WAIT_MS", 100)?,
         })
     }
 }
