@@ -64,6 +64,8 @@ struct Inner {
     /// or swap, never across an await.
     current: Mutex<Option<(u64, MultiplexedConnection)>>,
     generation: AtomicU64,
+    /// The master address the current connection was made to.
+    master: Mutex<Option<(String, u16)>>,
     /// Serialises re-resolution so a burst of failures triggers one lookup, not hundreds.
     resolving: tokio::sync::Mutex<()>,
 }
@@ -76,16 +78,24 @@ pub struct SentinelRedis {
 
 impl SentinelRedis {
     /// Creates the handle; it connects lazily, so a service can start while Redis is down and
-    /// report not-ready until it comes up.
+    /// report not-ready until it comes up. Inside a Tokio runtime it also starts a watcher
+    /// that asks the Sentinels for the master every [`MASTER_WATCH_INTERVAL`] and drops a
+    /// connection to a master that is no longer the master, so the first request after a
+    /// failover goes to the new master instead of failing on the old one.
     pub fn new(config: RedisConfig) -> Self {
-        SentinelRedis {
+        let redis = SentinelRedis {
             inner: Arc::new(Inner {
                 config,
                 current: Mutex::new(None),
                 generation: AtomicU64::new(0),
+                master: Mutex::new(None),
                 resolving: tokio::sync::Mutex::new(()),
             }),
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(watch_master(Arc::downgrade(&redis.inner)));
         }
+        redis
     }
 
     pub fn config(&self) -> &RedisConfig {
@@ -201,6 +211,7 @@ impl SentinelRedis {
                 Ok((host, port)) => match connect_master(&host, port).await {
                     Ok(conn) => {
                         tracing::info!(%host, port, "connected to redis master");
+                        *self.inner.master.lock().expect("redis handle lock") = Some((host, port));
                         return Ok(conn);
                     }
                     Err(e) => last_error = format!("master {host}:{port}: {e}"),
@@ -212,20 +223,63 @@ impl SentinelRedis {
     }
 
     async fn ask_sentinel(&self, sentinel: &str) -> Result<(String, u16), String> {
-        let client =
-            redis::Client::open(format!("redis://{sentinel}/")).map_err(|e| e.to_string())?;
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| e.to_string())?;
-        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(&self.inner.config.master_name)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        addr.ok_or_else(|| format!("does not know master {}", self.inner.config.master_name))
+        ask_sentinel(sentinel, &self.inner.config.master_name).await
     }
+}
+
+/// How often the watcher asks the Sentinels who the master is.
+pub const MASTER_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Drops the connection once the Sentinels name another master; ends with the last handle.
+async fn watch_master(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(MASTER_WATCH_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let connected_to = inner.master.lock().expect("redis handle lock").clone();
+        let Some(connected_to) = connected_to else {
+            continue;
+        };
+        for sentinel in &inner.config.sentinels {
+            let asked = tokio::time::timeout(
+                inner.config.command_timeout,
+                ask_sentinel(sentinel, &inner.config.master_name),
+            )
+            .await;
+            if let Ok(Ok(named)) = asked {
+                if named != connected_to {
+                    tracing::warn!(
+                        old = ?connected_to,
+                        new = ?named,
+                        "sentinel names a new redis master; reconnecting"
+                    );
+                    let redis = SentinelRedis { inner: inner.clone() };
+                    let generation = redis.cached().map(|(g, _)| g);
+                    if let Some(generation) = generation {
+                        redis.invalidate(generation);
+                    }
+                    *inner.master.lock().expect("redis handle lock") = None;
+                }
+                break;
+            }
+        }
+    }
+}
+
+async fn ask_sentinel(sentinel: &str, master_name: &str) -> Result<(String, u16), String> {
+    let client = redis::Client::open(format!("redis://{sentinel}/")).map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(master_name)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    addr.ok_or_else(|| format!("does not know master {master_name}"))
 }
 
 async fn connect_master(host: &str, port: u16) -> Result<MultiplexedConnection, String> {

@@ -13,6 +13,8 @@ use switchboard_message_log::KafkaConfig;
 pub struct Kafka {
     pub config: KafkaConfig,
     producer: FutureProducer,
+    /// When a produce last succeeded and last failed: readiness reads it.
+    health: std::sync::Arc<std::sync::Mutex<ProduceHealth>>,
     admin: std::sync::Arc<AdminClient<DefaultClientContext>>,
     pub produce_seconds: prometheus::Histogram,
     pub produce_errors: prometheus::IntCounter,
@@ -22,6 +24,16 @@ pub struct Kafka {
 #[error("kafka: {0}")]
 pub struct KafkaFailure(pub String);
 
+#[derive(Debug, Default, Clone, Copy)]
+struct ProduceHealth {
+    last_ok: Option<std::time::Instant>,
+    last_failed: Option<std::time::Instant>,
+}
+
+/// A readiness answer from recent produces is trusted for this long; past it (or after a
+/// failure) the check produces a probe record itself.
+const PRODUCE_HEALTH_FRESH: Duration = Duration::from_secs(3);
+
 impl Kafka {
     pub fn new(config: KafkaConfig, produce_timeout_ms: u64) -> anyhow::Result<Self> {
         let producer: FutureProducer = config.producer_config(produce_timeout_ms).create()?;
@@ -30,6 +42,7 @@ impl Kafka {
         Ok(Kafka {
             config,
             producer,
+            health: Default::default(),
             admin: std::sync::Arc::new(admin),
             produce_seconds: prometheus::Histogram::with_opts(
                 prometheus::HistogramOpts::new(
@@ -64,9 +77,51 @@ impl Kafka {
             .await;
         self.produce_seconds
             .observe(started.elapsed().as_secs_f64());
+        self.note(result.is_ok());
         result.map(|_| ()).map_err(|(e, _)| {
             self.produce_errors.inc();
             KafkaFailure(e.to_string())
+        })
+    }
+
+    fn note(&self, ok: bool) {
+        let mut health = self.health.lock().expect("produce health lock");
+        if ok {
+            health.last_ok = Some(std::time::Instant::now());
+        } else {
+            health.last_failed = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The topic readiness probes produce to when recent traffic says nothing.
+    pub fn probe_topic(&self) -> String {
+        format!("{}.probe", self.config.message_topic)
+    }
+
+    /// `/ready`'s broker check: ready while the latest produce succeeded recently; otherwise
+    /// a probe record must be acknowledged now. A manager that cannot append is not ready.
+    pub fn readiness_check(&self) -> switchboard_service_kit::ops::ReadinessCheck {
+        let kafka = self.clone();
+        std::sync::Arc::new(move || {
+            let kafka = kafka.clone();
+            Box::pin(async move {
+                let health = *kafka.health.lock().expect("produce health lock");
+                let recent_ok = health
+                    .last_ok
+                    .is_some_and(|t| t.elapsed() < PRODUCE_HEALTH_FRESH);
+                let failed_since = match (health.last_ok, health.last_failed) {
+                    (Some(ok), Some(failed)) => failed > ok,
+                    (None, Some(_)) => true,
+                    _ => false,
+                };
+                if recent_ok && !failed_since {
+                    return Ok(());
+                }
+                kafka
+                    .produce(&kafka.probe_topic(), "probe", b"{}")
+                    .await
+                    .map_err(|e| format!("cannot append to the log: {e}"))
+            })
         })
     }
 
@@ -91,9 +146,11 @@ impl Kafka {
                 KafkaFailure(e.to_string())
             })?;
         let (seconds, errors) = (self.produce_seconds.clone(), self.produce_errors.clone());
+        let kafka = self.clone();
         Ok(async move {
             let outcome = delivery.await;
             seconds.observe(started.elapsed().as_secs_f64());
+            kafka.note(matches!(outcome, Ok(Ok(_))));
             match outcome {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err((e, _))) => {

@@ -61,6 +61,16 @@ pub struct ManagerConfig {
     /// Delete a dead handler's topic (`SB_DELETE_HANDLER_TOPICS`, default true). The local
     /// stack turns it off: tansu 0.6's SQLite engine corrupts its state on topic deletion.
     pub delete_handler_topics: bool,
+    /// Replicas that must hold a sequence number before it is used (`SB_SEQ_REPLICA_ACKS`,
+    /// default 1; 0 for a Redis without replicas): a failover then cannot roll a counter back
+    /// under an acknowledged message.
+    pub seq_replica_acks: u32,
+    /// How long numbering waits for those replicas (`SB_SEQ_REPLICA_ACK_TIMEOUT_MS`, default
+    /// 500, below `SB_REDIS_TIMEOUT_MS`); past it the sends are answered `unavailable`.
+    pub seq_replica_ack_timeout: Duration,
+    /// This manager's name in sequence lease tokens (`SB_MANAGER_ID`, default the bind
+    /// address).
+    pub manager_id: String,
 }
 
 impl ManagerConfig {
@@ -78,6 +88,9 @@ impl ManagerConfig {
             handler_ttl_ms: env_or("SB_HANDLER_TTL_MS", 6_000)?,
             message_partitions: env_or("SB_MESSAGE_PARTITIONS", 8)?,
             presence_max_group: env_or("SB_PRESENCE_MAX_GROUP", 100)?,
+            seq_replica_acks: env_or("SB_SEQ_REPLICA_ACKS", 1)?,
+            seq_replica_ack_timeout: env_millis("SB_SEQ_REPLICA_ACK_TIMEOUT_MS", 500)?,
+            manager_id: env_string("SB_MANAGER_ID", &env_string("SB_MANAGER_BIND", "127.0.0.1:8201")),
             delete_handler_topics: switchboard_service_kit::config::env_bool(
                 "SB_DELETE_HANDLER_TOPICS",
                 true,
@@ -108,6 +121,9 @@ impl Application {
                 tracing::warn!(error = %e, %topic, "could not ensure the topic yet");
             }
         }
+        if let Err(e) = kafka.ensure_topic(&kafka.probe_topic(), 1).await {
+            tracing::warn!(error = %e, "could not ensure the readiness probe topic yet");
+        }
         let ops = Ops::new("socket-manager");
         let metrics = sequencer::SequencerMetrics {
             lock_wait_seconds: prometheus::Histogram::with_opts(
@@ -127,13 +143,20 @@ impl Application {
                 prometheus::Opts::new("manager_send_errors_total", "sends refused or failed"),
                 &["reason"],
             )?,
+            pending_replayed: prometheus::IntCounter::new(
+                "manager_pending_replayed_total",
+                "numbers a lease holder found pending (append in doubt) and appended again",
+            )?,
         };
         ops.register(&metrics.lock_wait_seconds);
         ops.register(&metrics.messages_sent);
         ops.register(&metrics.send_errors);
+        ops.register(&metrics.pending_replayed);
         ops.register(&kafka.produce_seconds);
         ops.register(&kafka.produce_errors);
-        let ops = ops.with_check("redis", redis.readiness_check());
+        let ops = ops
+            .with_check("redis", redis.readiness_check())
+            .with_check("broker", kafka.readiness_check());
         let handlers = handlers::HandlerMap::new(
             redis.clone(),
             config.user_mapping_ttl_ms,
@@ -146,9 +169,15 @@ impl Application {
                     config.message_service_url.clone(),
                     config.common.cluster_secret.clone(),
                 ),
+                numbering: SentinelRedis::new(config.common.redis.clone()),
                 redis,
                 kafka,
                 handlers,
+                replica_acks: sequencer::ReplicaAcks {
+                    replicas: config.seq_replica_acks,
+                    timeout: config.seq_replica_ack_timeout,
+                },
+                instance_id: config.manager_id.clone(),
                 lock_ttl: config.lock_ttl,
                 lock_wait: config.lock_wait,
                 idempotency_ttl_secs: config.idempotency_ttl_secs,

@@ -1,21 +1,28 @@
 //! Sequence numbers and the message log.
 //!
-//! For each conversation, under a lock in Redis (SET NX PX with a random token, released by a
-//! compare-and-delete script: the single-master Redlock), a send is one step:
+//! For each conversation, the sends of one batch are numbered under a *fenced lease* in Redis
+//! (`lock:conv:{c}`, SET NX PX with a token `"{manager}/{ulid}"`, renewed while held, released
+//! by compare-and-delete). One lease hold is:
 //!
-//! 1. if `client_msg_id` was seen (idempotency record), answer with the recorded
-//!    `message_id`/`seq`, re-appending the record first if it may not have reached the log;
-//! 2. otherwise take the next `seq` (`INCR`), write a *pending* idempotency record, append the
-//!    message to the log and wait for the broker's `acks=all`;
-//! 3. on success mark the record done, route the message to every handler holding a member's
-//!    device, and answer `sent`; on failure undo the `INCR` (we still hold the lock, so nobody
-//!    took a later number) and answer `unavailable`, so no `seq` is ever skipped.
+//! 1. **finish what a predecessor left.** Every number taken but not yet known to be in the
+//!    log sits in `pending:{c}` (seq → the message). The holder appends those records again
+//!    (an in-doubt append is resolved by appending the same record; the store keeps one copy)
+//!    and clears them, so a number is never reused and never left a hole while traffic flows.
+//! 2. **number the batch in one script.** For each send, a known `client_msg_id` answers with
+//!    its recorded `seq`/`message_id`; a new one takes `INCR`, writes its idempotency record
+//!    (a hash, no body) and its pending entry. The script refuses a token that is not the
+//!    holder's. It runs in one pipeline with `WAIT n`, so a number is only used once at least
+//!    `n` replicas have it: a failover cannot roll a counter back under an acknowledged message.
+//! 3. **append the batch's records together** and wait for the broker's acks.
+//! 4. **finish**: a script clears the acked records' pending entries and answers whether the
+//!    token still holds the lease. Only then is `sent` answered and the messages routed; a
+//!    manager that lost its lease (a pause, a partition) answers `unavailable` and the client's
+//!    resend gets the same numbers from the idempotency record.
 //!
-//! Routing is enqueued inside the lock too (without waiting for its ack), so one manager's
-//! records reach each handler topic in `seq` order; when several managers take turns on a
-//! conversation, the handler's reorder buffer restores `seq` order. A lease can still expire
-//! under a long pause (Kleppmann's critique); the message store's primary key
-//! `(conversation_id, seq)` is the fence that refuses a second message with a taken number.
+//! Routing is enqueued inside the lease (without waiting for its ack), so one manager's records
+//! reach each handler topic in `seq` order; when several managers take turns on a conversation
+//! the handler's reorder buffer restores `seq` order. The store's primary key
+//! `(conversation_id, seq)` stays the last fence, and a conflict there is an alarm.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -42,29 +49,57 @@ pub struct SendRequest {
     pub body: String,
 }
 
+/// A numbered message not yet known to be in the log: the value of a `pending:{c}` field
+/// (the field is its `seq`). It carries the body only until the append is acknowledged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct IdempotencyRecord {
+struct PendingMessage {
     message_id: String,
-    seq: u64,
-    created_at: String,
+    sender_id: String,
+    client_msg_id: String,
     body: String,
-    done: bool,
+    created_at: String,
+}
+
+/// What the numbering script answered for one send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Numbered {
+    seq: u64,
+    message_id: String,
+    created_at: String,
+    /// Numbered now (its record must be appended); `false`: a resend of a message in the log.
+    fresh: bool,
 }
 
 pub struct SequencerMetrics {
     pub lock_wait_seconds: prometheus::Histogram,
     pub messages_sent: prometheus::IntCounter,
     pub send_errors: prometheus::IntCounterVec,
+    /// Numbers a lease holder found pending and appended again.
+    pub pending_replayed: prometheus::IntCounter,
+}
+
+/// How numbering is made to survive a Redis failover.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaAcks {
+    /// Replicas that must hold a number before it is used (`WAIT n`); 0 turns it off.
+    pub replicas: u32,
+    pub timeout: Duration,
 }
 
 pub struct Sequencer {
     pub redis: SentinelRedis,
+    /// Numbering's own connection: its `WAIT` blocks only numbering, not routing lookups.
+    pub numbering: SentinelRedis,
     pub kafka: Kafka,
     pub members: Members,
     pub handlers: HandlerMap,
     pub lock_ttl: Duration,
     pub lock_wait: Duration,
     pub idempotency_ttl_secs: u64,
+    pub replica_acks: ReplicaAcks,
+    /// Names this manager in lease tokens (`SB_MANAGER_ID`), so an operator (or a fault test)
+    /// can tell which manager holds a conversation.
+    pub instance_id: String,
     pub metrics: SequencerMetrics,
 }
 
@@ -74,26 +109,96 @@ static RELEASE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// Takes the next number and records it as pending for this `client_msg_id` in one atomic
-/// step, so a manager dying between the two cannot burn a number nobody will replay.
-/// KEYS: seq counter, idempotency key. ARGV: record JSON with `"seq":0`, ttl secs.
-static NEXT_SEQ: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+static RENEW: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
-        r#"
-        if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-        local seq = redis.call('INCR', KEYS[1])
-        local record = string.gsub(ARGV[1], '"seq":0', '"seq":' .. seq, 1)
-        redis.call('SET', KEYS[2], record, 'EX', tonumber(ARGV[2]))
-        return seq
-        "#,
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
     )
 });
 
-static UNDO_SEQ: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+/// KEYS: lease, pending. ARGV: token, then the seqs whose append the broker acknowledged.
+/// Clears those pending entries (always right: they are in the log) and answers 1 while the
+/// token still holds the lease, else 0.
+static FINISH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
-        r"if tonumber(redis.call('GET', KEYS[1])) == tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) end return 1",
+        r"
+        for i = 2, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
+        if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 else return 0 end
+        ",
     )
 });
+
+/// Sent as `EVAL` in one pipeline with `WAIT` (a pipeline cannot carry `EVALSHA`'s fallback).
+/// KEYS: lease, counter, pending, then one idempotency key per send.
+/// ARGV: token, idempotency ttl (s), then per send: message_id, created_at, pending JSON.
+const NUMBER_LUA: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('NOLEASE the sequence lease is not held')
+end
+if redis.call('HLEN', KEYS[3]) > 0 then
+  return redis.error_reply('PENDING numbered messages await their append')
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('NOCOUNTER the sequence counter must be seeded')
+end
+local ttl = tonumber(ARGV[2])
+local out = {}
+for i = 4, #KEYS do
+  local a = 3 + (i - 4) * 3
+  local known = redis.call('HMGET', KEYS[i], 'seq', 'message_id', 'created_at')
+  if known[1] then
+    out[#out + 1] = {tonumber(known[1]), known[2], known[3], 0}
+  else
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('HSET', KEYS[i], 'seq', seq, 'message_id', ARGV[a], 'created_at', ARGV[a + 1])
+    redis.call('EXPIRE', KEYS[i], ttl)
+    redis.call('HSET', KEYS[3], seq, ARGV[a + 2])
+    out[#out + 1] = {seq, ARGV[a], ARGV[a + 1], 1}
+  end
+end
+return out
+";
+
+/// Why numbering did not happen.
+#[derive(Debug, thiserror::Error)]
+enum NumberingError {
+    #[error("numbers of an earlier hold await their append")]
+    Pending,
+    #[error("the conversation has no counter yet")]
+    NoCounter,
+    #[error("the sequence lease was lost")]
+    LeaseLost,
+    #[error("only {acked} of {wanted} replicas acknowledged the numbers")]
+    NotReplicated { acked: i64, wanted: u32 },
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for NumberingError {
+    fn from(e: StoreError) -> Self {
+        if let StoreError::Command(err) = &e {
+            match err.code() {
+                Some("PENDING") => return NumberingError::Pending,
+                Some("NOCOUNTER") => return NumberingError::NoCounter,
+                Some("NOLEASE") => return NumberingError::LeaseLost,
+                _ => {}
+            }
+        }
+        NumberingError::Store(e)
+    }
+}
+
+/// A held sequence lease; renewed in the background until dropped.
+struct Lease {
+    key: String,
+    token: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
 
 fn error_frame(code: ErrorCode, message: impl Into<String>, client_msg_id: &str) -> ServerFrame {
     ServerFrame::Error {
@@ -103,8 +208,16 @@ fn error_frame(code: ErrorCode, message: impl Into<String>, client_msg_id: &str)
     }
 }
 
+fn unavailable(client_msg_id: &str) -> ServerFrame {
+    error_frame(
+        ErrorCode::Unavailable,
+        "the message could not be stored durably, retry with the same client_msg_id",
+        client_msg_id,
+    )
+}
+
 impl Sequencer {
-    /// Handles the sends of one conversation from one batch, in order, under one lock.
+    /// Handles the sends of one conversation from one batch, in order, under one lease.
     pub async fn send_all(&self, conversation_id: &str, sends: &[SendRequest]) -> Vec<ServerFrame> {
         let members = match self.members.of(conversation_id).await {
             Ok(m) => m,
@@ -139,24 +252,10 @@ impl Sequencer {
             ));
         }
         if !allowed.is_empty() {
-            match self.lock(conversation_id).await {
-                Ok(token) => {
-                    for (i, s) in allowed {
-                        replies[i] = Some(self.send_locked(s, &members).await);
-                    }
-                    self.unlock(conversation_id, &token).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, conversation_id, "sequence lock not acquired");
-                    for (i, s) in allowed {
-                        self.metrics.send_errors.with_label_values(&["lock"]).inc();
-                        replies[i] = Some(error_frame(
-                            ErrorCode::Unavailable,
-                            "the conversation is busy or the cluster is degraded, retry",
-                            &s.client_msg_id,
-                        ));
-                    }
-                }
+            let requests: Vec<&SendRequest> = allowed.iter().map(|(_, s)| *s).collect();
+            let answers = self.sequence(conversation_id, &requests, &members).await;
+            for ((i, _), answer) in allowed.into_iter().zip(answers) {
+                replies[i] = Some(answer);
             }
         }
         replies
@@ -169,8 +268,305 @@ impl Sequencer {
         self.redis.key(&format!("lock:conv:{conversation_id}"))
     }
 
-    async fn lock(&self, conversation_id: &str) -> Result<String, StoreError> {
-        let token = ulid::Ulid::new().to_string();
+    fn pending_key(&self, conversation_id: &str) -> String {
+        self.redis.key(&format!("pending:{conversation_id}"))
+    }
+
+    fn counter_key(&self, conversation_id: &str) -> String {
+        self.redis.key(&format!("seq:{conversation_id}"))
+    }
+
+    fn idempotency_key(&self, s: &SendRequest) -> String {
+        self.redis.key(&format!(
+            "idem:{}:{}:{}",
+            s.conversation_id, s.sender_id, s.client_msg_id
+        ))
+    }
+
+    /// Takes the lease, numbers and appends `sends`, answers each.
+    async fn sequence(
+        &self,
+        conversation_id: &str,
+        sends: &[&SendRequest],
+        members: &[String],
+    ) -> Vec<ServerFrame> {
+        let lease = match self.acquire(conversation_id).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(error = %e, conversation_id, "sequence lease not acquired");
+                self.metrics
+                    .send_errors
+                    .with_label_values(&["lock"])
+                    .inc_by(sends.len() as u64);
+                return sends
+                    .iter()
+                    .map(|s| {
+                        error_frame(
+                            ErrorCode::Unavailable,
+                            "the conversation is busy or the cluster is degraded, retry",
+                            &s.client_msg_id,
+                        )
+                    })
+                    .collect();
+            }
+        };
+        let answers = match self.under_lease(&lease, conversation_id, sends, members).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                let reason = match &e {
+                    NumberingError::LeaseLost => "lease_lost",
+                    NumberingError::NotReplicated { .. } => "not_replicated",
+                    _ => "unavailable",
+                };
+                tracing::warn!(error = %e, conversation_id, "sends not numbered");
+                self.metrics
+                    .send_errors
+                    .with_label_values(&[reason])
+                    .inc_by(sends.len() as u64);
+                sends.iter().map(|s| unavailable(&s.client_msg_id)).collect()
+            }
+        };
+        self.release(lease).await;
+        answers
+    }
+
+    async fn under_lease(
+        &self,
+        lease: &Lease,
+        conversation_id: &str,
+        sends: &[&SendRequest],
+        members: &[String],
+    ) -> Result<Vec<ServerFrame>, NumberingError> {
+        let mut numbered = None;
+        for _ in 0..3 {
+            match self.number(lease, conversation_id, sends).await {
+                Ok(n) => {
+                    numbered = Some(n);
+                    break;
+                }
+                Err(NumberingError::Pending) => {
+                    self.finish_pending(lease, conversation_id, members).await?;
+                }
+                Err(NumberingError::NoCounter) => self.seed_counter(conversation_id).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        let numbered = numbered.ok_or_else(|| {
+            NumberingError::Store(StoreError::Unavailable(
+                "numbering did not settle after three tries".into(),
+            ))
+        })?;
+
+        // Append every new record together.
+        let fresh: Vec<(usize, LogRecord)> = numbered
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.fresh)
+            .map(|(i, n)| (i, log_record(sends[i], n)))
+            .collect();
+        let outcomes =
+            futures_util::future::join_all(fresh.iter().map(|(_, r)| self.append(r))).await;
+        let mut appended = vec![true; numbered.len()];
+        let mut acked_seqs = Vec::new();
+        for ((i, record), outcome) in fresh.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => acked_seqs.push(record.seq),
+                Err(e) => {
+                    // In doubt: the number stays pending and is appended again by the next
+                    // holder (or this client's resend); it is never given to another message.
+                    tracing::warn!(error = %e, seq = record.seq, conversation_id, "append not acknowledged");
+                    appended[*i] = false;
+                }
+            }
+        }
+        if !self.finish(lease, conversation_id, &acked_seqs).await? {
+            return Err(NumberingError::LeaseLost);
+        }
+
+        let mut answers = Vec::with_capacity(sends.len());
+        for (i, (s, n)) in sends.iter().zip(&numbered).enumerate() {
+            if !appended[i] {
+                self.metrics
+                    .send_errors
+                    .with_label_values(&["unavailable"])
+                    .inc();
+                answers.push(unavailable(&s.client_msg_id));
+                continue;
+            }
+            if n.fresh {
+                self.metrics.messages_sent.inc();
+                let record = log_record(s, n);
+                self.route(&record, members, Some((&s.handler_id, s.connection_id)))
+                    .await;
+            }
+            answers.push(sent_frame(s, n));
+        }
+        Ok(answers)
+    }
+
+    /// Numbers `sends` in one script and waits for the replicas to hold the numbers.
+    async fn number(
+        &self,
+        lease: &Lease,
+        conversation_id: &str,
+        sends: &[&SendRequest],
+    ) -> Result<Vec<Numbered>, NumberingError> {
+        let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(NUMBER_LUA)
+            .arg(3 + sends.len())
+            .arg(&lease.key)
+            .arg(self.counter_key(conversation_id))
+            .arg(self.pending_key(conversation_id));
+        for s in sends {
+            eval.arg(self.idempotency_key(s));
+        }
+        eval.arg(&lease.token).arg(self.idempotency_ttl_secs);
+        for s in sends {
+            let message_id = ulid::Ulid::new().to_string();
+            let pending = PendingMessage {
+                message_id: message_id.clone(),
+                sender_id: s.sender_id.clone(),
+                client_msg_id: s.client_msg_id.clone(),
+                body: s.body.clone(),
+                created_at: created_at.clone(),
+            };
+            let pending = serde_json::to_string(&pending)
+                .map_err(|e| StoreError::Unavailable(format!("encoding a pending message: {e}")))?;
+            eval.arg(message_id).arg(&created_at).arg(pending);
+        }
+        type Answer = Vec<(u64, String, String, u8)>;
+        let answer: Answer = if self.replica_acks.replicas == 0 {
+            self.numbering.query(&eval).await?
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.add_command(eval);
+            pipe.cmd("WAIT")
+                .arg(self.replica_acks.replicas)
+                .arg(self.replica_acks.timeout.as_millis() as u64);
+            let (answer, acked): (Answer, i64) = self.numbering.query_pipe(&pipe).await?;
+            if acked < i64::from(self.replica_acks.replicas) {
+                // The numbers stay pending on this master: if it survives, the next holder
+                // appends them and the resends get the same numbers; if it dies, no record of
+                // them ever reached the log, so the new master may hand them out again.
+                return Err(NumberingError::NotReplicated {
+                    acked,
+                    wanted: self.replica_acks.replicas,
+                });
+            }
+            answer
+        };
+        Ok(answer
+            .into_iter()
+            .map(|(seq, message_id, created_at, fresh)| Numbered {
+                seq,
+                message_id,
+                created_at,
+                fresh: fresh == 1,
+            })
+            .collect())
+    }
+
+    /// Appends again every number a holder took but never saw acknowledged, then clears them.
+    async fn finish_pending(
+        &self,
+        lease: &Lease,
+        conversation_id: &str,
+        members: &[String],
+    ) -> Result<(), NumberingError> {
+        let entries: HashMap<u64, String> = self
+            .numbering
+            .query(redis::cmd("HGETALL").arg(self.pending_key(conversation_id)))
+            .await?;
+        let mut records: Vec<LogRecord> = Vec::with_capacity(entries.len());
+        let mut unreadable = Vec::new();
+        for (seq, json) in entries {
+            match serde_json::from_str::<PendingMessage>(&json) {
+                Ok(p) => records.push(LogRecord {
+                    conversation_id: conversation_id.to_owned(),
+                    seq,
+                    message_id: p.message_id,
+                    sender_id: p.sender_id,
+                    client_msg_id: p.client_msg_id,
+                    body: p.body,
+                    created_at: p.created_at,
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, seq, conversation_id, "unreadable pending message dropped");
+                    unreadable.push(seq);
+                }
+            }
+        }
+        records.sort_by_key(|r| r.seq);
+        let outcomes =
+            futures_util::future::join_all(records.iter().map(|r| self.append(r))).await;
+        let mut acked: Vec<u64> = unreadable;
+        let mut failed = None;
+        for (record, outcome) in records.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => acked.push(record.seq),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if !self.finish(lease, conversation_id, &acked).await? {
+            return Err(NumberingError::LeaseLost);
+        }
+        self.metrics.pending_replayed.inc_by(records.len() as u64);
+        tracing::info!(
+            conversation_id,
+            replayed = records.len(),
+            "appended the numbers a previous lease left pending"
+        );
+        for record in records.iter().filter(|r| acked.contains(&r.seq)) {
+            self.route(record, members, None).await;
+        }
+        match failed {
+            Some(e) => Err(NumberingError::Store(StoreError::Unavailable(e.to_string()))),
+            None => Ok(()),
+        }
+    }
+
+    /// A missing counter (a new conversation, or one Redis lost) starts from what the store
+    /// holds, so numbers continue instead of restarting.
+    async fn seed_counter(&self, conversation_id: &str) -> Result<(), NumberingError> {
+        let stored = self
+            .members
+            .stored_last_seq(conversation_id)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.numbering
+            .query::<Option<String>>(
+                redis::cmd("SET")
+                    .arg(self.counter_key(conversation_id))
+                    .arg(stored)
+                    .arg("NX"),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Clears the acknowledged pending entries; `true` while the lease is still ours.
+    async fn finish(
+        &self,
+        lease: &Lease,
+        conversation_id: &str,
+        acked_seqs: &[u64],
+    ) -> Result<bool, NumberingError> {
+        let mut inv = FINISH.prepare_invoke();
+        inv.key(&lease.key)
+            .key(self.pending_key(conversation_id))
+            .arg(&lease.token);
+        for seq in acked_seqs {
+            inv.arg(*seq);
+        }
+        let held: i64 = self.numbering.invoke(&inv).await?;
+        Ok(held == 1)
+    }
+
+    async fn acquire(&self, conversation_id: &str) -> Result<Lease, StoreError> {
+        let key = self.lock_key(conversation_id);
+        let token = format!("{}/{}", self.instance_id, ulid::Ulid::new());
+        let ttl_ms = self.lock_ttl.as_millis() as u64;
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -178,18 +574,28 @@ impl Sequencer {
                 .redis
                 .query(
                     redis::cmd("SET")
-                        .arg(self.lock_key(conversation_id))
+                        .arg(&key)
                         .arg(&token)
                         .arg("NX")
                         .arg("PX")
-                        .arg(self.lock_ttl.as_millis() as u64),
+                        .arg(ttl_ms),
                 )
                 .await?;
             if got.is_some() {
                 self.metrics
                     .lock_wait_seconds
                     .observe(started.elapsed().as_secs_f64());
-                return Ok(token);
+                let renewer = tokio::spawn(renew(
+                    self.redis.clone(),
+                    key.clone(),
+                    token.clone(),
+                    self.lock_ttl,
+                ));
+                return Ok(Lease {
+                    key,
+                    token,
+                    renewer,
+                });
             }
             if started.elapsed() > self.lock_wait {
                 return Err(StoreError::Unavailable("lock wait timed out".into()));
@@ -199,161 +605,35 @@ impl Sequencer {
         }
     }
 
-    async fn unlock(&self, conversation_id: &str, token: &str) {
+    async fn release(&self, lease: Lease) {
         let mut inv = RELEASE.prepare_invoke();
-        inv.key(self.lock_key(conversation_id)).arg(token);
+        inv.key(&lease.key).arg(&lease.token);
         if let Err(e) = self.redis.invoke::<i64>(&inv).await {
-            tracing::warn!(error = %e, "releasing the sequence lock failed; it will expire");
+            tracing::warn!(error = %e, "releasing the sequence lease failed; it will expire");
         }
     }
 
-    async fn send_locked(&self, s: &SendRequest, members: &[String]) -> ServerFrame {
-        match self.try_send_locked(s, members).await {
-            Ok(frame) => frame,
-            Err(e) => {
-                tracing::warn!(error = %e, conversation_id = %s.conversation_id, "send failed");
-                self.metrics
-                    .send_errors
-                    .with_label_values(&["unavailable"])
-                    .inc();
-                error_frame(
-                    ErrorCode::Unavailable,
-                    "the message could not be stored durably, retry with the same client_msg_id",
-                    &s.client_msg_id,
-                )
-            }
-        }
-    }
-
-    async fn try_send_locked(
-        &self,
-        s: &SendRequest,
-        members: &[String],
-    ) -> anyhow::Result<ServerFrame> {
-        let idem_key = self.redis.key(&format!(
-            "idem:{}:{}:{}",
-            s.conversation_id, s.sender_id, s.client_msg_id
-        ));
-        let seen: Option<String> = self.redis.query(redis::cmd("GET").arg(&idem_key)).await?;
-        if let Some(seen) = seen.and_then(|j| serde_json::from_str::<IdempotencyRecord>(&j).ok()) {
-            if !seen.done {
-                // A manager died between numbering and acknowledging: append again. The
-                // store ignores the copy if the first append did land.
-                self.append(s, &seen).await?;
-                self.mark_done(&idem_key, &seen).await;
-                self.route(s, &seen, members).await;
-            }
-            return Ok(sent_frame(s, &seen));
-        }
-
-        let mut record = IdempotencyRecord {
-            message_id: ulid::Ulid::new().to_string(),
-            seq: 0,
-            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            body: s.body.clone(),
-            done: false,
-        };
-        record.seq = self
-            .next_seq(
-                &s.conversation_id,
-                &idem_key,
-                &serde_json::to_string(&record)?,
-            )
-            .await?;
-        let seq = record.seq;
-        if let Err(e) = self.append(s, &record).await {
-            // Undo so the number is reused by the next send: no gap.
-            let mut undo = UNDO_SEQ.prepare_invoke();
-            undo.key(self.redis.key(&format!("seq:{}", s.conversation_id)))
-                .arg(seq);
-            let _ = self.redis.invoke::<i64>(&undo).await;
-            let _ = self
-                .redis
-                .query::<()>(redis::cmd("DEL").arg(&idem_key))
-                .await;
-            return Err(e);
-        }
-        self.mark_done(&idem_key, &record).await;
-        self.metrics.messages_sent.inc();
-        self.route(s, &record, members).await;
-        Ok(sent_frame(s, &record))
-    }
-
-    async fn next_seq(
-        &self,
-        conversation_id: &str,
-        idem_key: &str,
-        pending_record: &str,
-    ) -> anyhow::Result<u64> {
-        let key = self.redis.key(&format!("seq:{conversation_id}"));
-        for _ in 0..2 {
-            let mut inv = NEXT_SEQ.prepare_invoke();
-            inv.key(&key)
-                .key(idem_key)
-                .arg(pending_record)
-                .arg(self.idempotency_ttl_secs);
-            let seq: i64 = self.redis.invoke(&inv).await?;
-            if seq > 0 {
-                return Ok(seq as u64);
-            }
-            // No counter: a new conversation, or Redis lost it in a failover. Seed it from
-            // what the store holds so numbers continue instead of restarting.
-            let stored = self.members.stored_last_seq(conversation_id).await?;
-            self.redis
-                .query::<Option<String>>(redis::cmd("SET").arg(&key).arg(stored).arg("NX"))
-                .await?;
-        }
-        anyhow::bail!("sequence counter could not be initialised")
-    }
-
-    async fn append(&self, s: &SendRequest, record: &IdempotencyRecord) -> anyhow::Result<()> {
-        let log = LogRecord {
-            conversation_id: s.conversation_id.clone(),
-            seq: record.seq,
-            message_id: record.message_id.clone(),
-            sender_id: s.sender_id.clone(),
-            client_msg_id: s.client_msg_id.clone(),
-            body: record.body.clone(),
-            created_at: record.created_at.clone(),
-        };
-        let payload = serde_json::to_vec(&log)?;
+    async fn append(&self, record: &LogRecord) -> anyhow::Result<()> {
+        let payload = serde_json::to_vec(record)?;
         self.kafka
             .produce(
                 &self.kafka.config.message_topic,
-                &s.conversation_id,
+                &record.conversation_id,
                 &payload,
             )
             .await?;
         Ok(())
     }
 
-    async fn mark_done(&self, idem_key: &str, record: &IdempotencyRecord) {
-        let mut done = record.clone();
-        done.done = true;
-        let Ok(json) = serde_json::to_string(&done) else {
-            return;
-        };
-        let _ = self
-            .redis
-            .query::<()>(
-                redis::cmd("SET")
-                    .arg(idem_key)
-                    .arg(json)
-                    .arg("EX")
-                    .arg(self.idempotency_ttl_secs),
-            )
-            .await;
-    }
-
     /// One record per handler holding a member's device; the sending device is skipped (it
     /// gets `sent`). A failure here loses no message: it is in the log, and devices fill gaps
     /// from history.
-    async fn route(&self, s: &SendRequest, record: &IdempotencyRecord, members: &[String]) {
+    async fn route(&self, record: &LogRecord, members: &[String], skip: Option<(&str, u64)>) {
         let frame = ServerFrame::Message {
-            conversation_id: s.conversation_id.clone(),
+            conversation_id: record.conversation_id.clone(),
             message_id: record.message_id.clone(),
             seq: record.seq,
-            sender_id: s.sender_id.clone(),
+            sender_id: record.sender_id.clone(),
             body: record.body.clone(),
             created_at: record.created_at.clone(),
         }
@@ -364,14 +644,13 @@ impl Sequencer {
         self.fan_out_timed(
             &frame,
             members,
-            Some((&s.handler_id, s.connection_id)),
-            &s.conversation_id,
+            skip,
+            &record.conversation_id,
             accepted_at_ms,
-            Some((s.conversation_id.clone(), record.seq)),
+            Some((record.conversation_id.clone(), record.seq)),
         )
         .await;
     }
-
     /// Produces `frame` to every handler holding a device of `users`, skipping one connection.
     pub async fn fan_out(
         &self,
@@ -434,12 +713,43 @@ impl Sequencer {
     }
 }
 
-fn sent_frame(s: &SendRequest, record: &IdempotencyRecord) -> ServerFrame {
+/// Renews the lease every third of its lifetime while the holder works; stops once the token
+/// no longer holds it (the holder's scripts then refuse it too).
+async fn renew(redis: SentinelRedis, key: String, token: String, ttl: Duration) {
+    let ttl_ms = ttl.as_millis() as u64;
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let mut inv = RENEW.prepare_invoke();
+        inv.key(&key).arg(&token).arg(ttl_ms);
+        match redis.invoke::<i64>(&inv).await {
+            Ok(1) => {}
+            Ok(_) => {
+                tracing::warn!(%key, "sequence lease lost before it was released");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, %key, "renewing the sequence lease failed"),
+        }
+    }
+}
+
+fn log_record(s: &SendRequest, n: &Numbered) -> LogRecord {
+    LogRecord {
+        conversation_id: s.conversation_id.clone(),
+        seq: n.seq,
+        message_id: n.message_id.clone(),
+        sender_id: s.sender_id.clone(),
+        client_msg_id: s.client_msg_id.clone(),
+        body: s.body.clone(),
+        created_at: n.created_at.clone(),
+    }
+}
+
+fn sent_frame(s: &SendRequest, n: &Numbered) -> ServerFrame {
     ServerFrame::Sent {
         client_msg_id: s.client_msg_id.clone(),
         conversation_id: s.conversation_id.clone(),
-        message_id: record.message_id.clone(),
-        seq: record.seq,
-        created_at: record.created_at.clone(),
+        message_id: n.message_id.clone(),
+        seq: n.seq,
+        created_at: n.created_at.clone(),
     }
 }

@@ -132,6 +132,13 @@ pub(crate) async fn link_managers(state: Arc<ServerState>, stop: CancellationTok
     let mut backoff = Duration::from_millis(100);
     let mut last_renew = tokio::time::Instant::now();
     loop {
+        if consumer.as_ref().is_some_and(|task| task.is_finished()) {
+            // The delivery consumer ended without being asked to: this handler's devices get
+            // nothing live until it runs again, so /ready fails and it is started afresh.
+            tracing::error!("the delivery consumer stopped; restarting it");
+            consumer = None;
+            state.manager_ready.store(false, Ordering::Release);
+        }
         if !state.manager_ready.load(Ordering::Acquire) {
             match manager.register().await {
                 Ok(topic) => {

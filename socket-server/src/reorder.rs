@@ -4,7 +4,8 @@
 //! managers take turns on a conversation, seq 6 (manager B) can land before seq 5 (manager A).
 //! The buffer holds a message whose predecessor has not arrived for up to `hold`, then
 //! delivers whatever it has in order (a real gap is then the client's to fill from history).
-//! Late or repeated messages are delivered at once: clients dedupe by `message_id`. A
+//! Late or repeated messages are dropped: what leaves the buffer for a conversation always
+//! rises, so every device on this handler sees `seq` order, and a gap is filled from history. A
 //! conversation idle for `idle` starts afresh, as does a jump larger than `max_gap` (the
 //! handler had no member devices for a while), so a quiet or new conversation never waits.
 
@@ -50,14 +51,16 @@ impl<T> Reorderer<T> {
             });
         let stale = now.duration_since(state.last_seen) > idle && state.held.is_empty();
         state.last_seen = now;
-        if stale || seq > state.next + max_gap {
-            let mut out = drain_all(state);
-            out.push(item);
-            state.next = seq + 1;
-            return out;
+        if seq < state.next || state.held.contains_key(&seq) {
+            // Late (its turn was given up after the hold) or repeated: delivering it now would
+            // break `seq` order on every device, so it is dropped; devices fill the gap from
+            // history, as for any gap.
+            return Vec::new();
         }
-        if seq < state.next {
-            return vec![item];
+        if stale || seq > state.next + max_gap {
+            state.held.insert(seq, item);
+            state.next = state.held.keys().next_back().map_or(seq, |last| *last) + 1;
+            return drain_all(state);
         }
         if seq > state.next {
             state.held.insert(seq, item);
@@ -134,10 +137,13 @@ mod tests {
         assert!(r.expire(t + Duration::from_millis(50)).is_empty());
         assert_eq!(r.expire(t + Duration::from_millis(101)), vec![3]);
         assert_eq!(r.push("c", 4, 4, t + Duration::from_millis(102)), vec![4]);
-        assert_eq!(
-            r.push("c", 2, 2, t + Duration::from_millis(103)),
-            vec![2],
-            "late: at once"
+        assert!(
+            r.push("c", 2, 2, t + Duration::from_millis(103)).is_empty(),
+            "late: dropped, never delivered out of order"
+        );
+        assert!(
+            r.push("c", 4, 4, t + Duration::from_millis(104)).is_empty(),
+            "repeated: dropped"
         );
     }
 
@@ -148,5 +154,27 @@ mod tests {
         r.push("c", 1, 1, t);
         assert_eq!(r.push("c", 500, 500, t), vec![500]);
         assert_eq!(r.push("c", 503, 503, t + Duration::from_secs(6)), vec![503]);
+    }
+
+    #[test]
+    fn a_big_jump_releases_held_messages_in_order_with_it() {
+        let mut r = Reorderer::new(Duration::from_millis(100));
+        let t = Instant::now();
+        r.push("c", 1, 1, t);
+        assert!(r.push("c", 3, 3, t).is_empty());
+        assert!(r.push("c", 20, 20, t).is_empty());
+        assert_eq!(r.push("c", 36, 36, t), vec![3, 20, 36]);
+        assert!(r.push("c", 2, 2, t).is_empty(), "behind what was delivered");
+        assert!(r.push("c", 36, 36, t).is_empty());
+        assert_eq!(r.push("c", 37, 37, t), vec![37]);
+    }
+
+    #[test]
+    fn an_idle_conversation_never_goes_backwards() {
+        let mut r = Reorderer::new(Duration::from_millis(100));
+        let t = Instant::now();
+        r.push("c", 10, 10, t);
+        assert!(r.push("c", 9, 9, t + Duration::from_secs(6)).is_empty());
+        assert_eq!(r.push("c", 11, 11, t + Duration::from_secs(7)), vec![11]);
     }
 }

@@ -15,6 +15,9 @@ use crate::process::ManagedProcess;
 pub struct Postgres {
     pub process: ManagedProcess,
     port: u16,
+    dir: PathBuf,
+    log_dir: PathBuf,
+    restarts: u32,
 }
 
 /// The directory holding `initdb` and `postgres` (newest installed major version).
@@ -55,6 +58,24 @@ fn as_postgres(program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
 
 impl Postgres {
     pub async fn start(dir: &Path, port: u16, log_dir: &Path) -> Result<Self> {
+        Self::start_named(dir, port, log_dir, "postgres").await
+    }
+
+    /// Kills the server (SIGKILL, as a crash would), waits `down_for`, and starts it again on
+    /// the same port and data directory (crash recovery included).
+    pub async fn restart(&mut self, down_for: Duration) -> Result<()> {
+        self.process.kill9();
+        let _ = self.process.wait_exit(Duration::from_secs(5)).await;
+        tokio::time::sleep(down_for).await;
+        self.restarts += 1;
+        let name = format!("postgres-{}", self.restarts);
+        let restarted = Self::start_named(&self.dir, self.port, &self.log_dir, &name).await?;
+        let Postgres { process, .. } = restarted;
+        self.process = process;
+        Ok(())
+    }
+
+    async fn start_named(dir: &Path, port: u16, log_dir: &Path, name: &str) -> Result<Self> {
         let bin = postgres_bin_dir()?;
         let data = dir.join("pgdata");
         std::fs::create_dir_all(dir)?;
@@ -125,8 +146,14 @@ impl Postgres {
                 "synchronous_commit=off".into(),
             ],
         );
-        let process = ManagedProcess::spawn("postgres", program, &args, &[], log_dir)?;
-        let pg = Postgres { process, port };
+        let process = ManagedProcess::spawn(name, program, &args, &[], log_dir)?;
+        let pg = Postgres {
+            process,
+            port,
+            dir: dir.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+            restarts: 0,
+        };
         pg.wait_ready(Duration::from_secs(30)).await?;
         Ok(pg)
     }

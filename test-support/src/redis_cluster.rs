@@ -60,7 +60,9 @@ pub fn redis_conf(port: u16, dir: &Path, replica_of: Option<u16>) -> String {
          save \"\"\n\
          appendonly no\n\
          repl-diskless-sync yes\n\
-         repl-diskless-sync-delay 0\n",
+         repl-diskless-sync-delay 0\n\
+         maxmemory 256mb\n\
+         maxmemory-policy noeviction\n",
         dir = dir.display()
     );
     if let Some(master) = replica_of {

@@ -7,6 +7,11 @@
 //! - `registry`: assignment, balance under bursts, capacity, protected routes, dev tokens.
 //! - `socket`: authentication before the upgrade, frames, heartbeat, exact scores.
 //! - `faults`: kill -9 of a socket server, SIGTERM ordering, Redis master failover.
+//! - `chat`, `chat_faults`, `signals`: the chat path, with and without faults; receipts,
+//!   presence and typing.
+//! - `nemesis`: the promise (stored once under its `seq`, in order, never lost) under one
+//!   fault per test, checked against the whole history.
+//! - `browser`, `compose`: the demo page in headless Chromium; docker-compose.yml.
 
 mod browser;
 mod chat;
@@ -14,6 +19,7 @@ mod chat_faults;
 mod client;
 mod compose;
 mod faults;
+mod nemesis;
 mod registry;
 mod signals;
 mod socket;

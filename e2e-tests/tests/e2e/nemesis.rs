@@ -1,0 +1,811 @@
+//! The nemesis suite: the promise under faults.
+//!
+//! Switchboard's promise is that once a client has `sent`, the message is stored exactly once
+//! under that `seq`, delivered in `seq` order, and never lost. Each test here starts a whole
+//! stack, runs a [`Workload`] of clients that behave like real ones (several direct and group
+//! conversations, multi-device, spread over the socket servers; a send without an answer, an
+//! `unavailable` error or a reconnect makes them resend the same `client_msg_id`), injects one
+//! fault while they send, heals it, and then checks the whole history ([`Workload::check`]):
+//!
+//! - every `sent` (`seq`, `message_id`) is in history exactly once, with its sender and id;
+//! - no `client_msg_id` ever got two different (`seq`, `message_id`);
+//! - each conversation's stored seqs are exactly 1..N, and every stored message was
+//!   acknowledged to its sender;
+//! - on every connection, live delivery is in `seq` order;
+//! - every send is acknowledged within [`ACK_BOUND_AFTER_HEAL`] of the heal.
+//!
+//! The time to recover is printed per fault (`nemesis[...]` lines): the longest stretch with
+//! no acknowledgement at all, the slowest single send, and how long after the heal the backlog
+//! of sends made before it took to clear.
+//!
+//! `SWITCHBOARD_SOAK=1` adds a longer run with every fault in sequence
+//! (`every_fault_in_sequence_soak`), also run by `./scripts/bench.sh`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use switchboard_protocol::frames::ServerFrame;
+use switchboard_protocol::registry::Assignment;
+use switchboard_protocol::ErrorCode;
+use switchboard_test_support::{ManagedProcess, Stack, StackOptions};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{create_conversation, history, http, token_for};
+
+/// A send with no answer for this long is sent again (same `client_msg_id`).
+const RESEND_AFTER: Duration = Duration::from_secs(2);
+/// How soon a send answered `unavailable` is retried.
+const RETRY_UNAVAILABLE_AFTER: Duration = Duration::from_millis(250);
+/// Sends a device keeps unanswered before it stops starting new ones.
+const MAX_IN_FLIGHT: usize = 20;
+/// Time between a device's new sends.
+const PACE: Duration = Duration::from_millis(120);
+/// Every send must be acknowledged this long after the fault heals.
+const ACK_BOUND_AFTER_HEAL: Duration = Duration::from_secs(45);
+/// Sending goes on this long before the fault and after the heal.
+const WARM_UP: Duration = Duration::from_secs(3);
+const AFTER_HEAL: Duration = Duration::from_secs(4);
+
+type FaultFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// One conversation of the workload.
+#[derive(Clone, Debug)]
+struct Conversation {
+    id: String,
+    members: Vec<String>,
+}
+
+/// One client device: a user's connection, re-established through the registry after a drop.
+#[derive(Clone, Debug)]
+struct Device {
+    name: String,
+    user: String,
+    token: String,
+    /// Where it first connects (devices are spread over the socket servers by index).
+    first_url: String,
+    /// The conversations it sends to, in turn.
+    conversations: Vec<String>,
+}
+
+/// (conversation, sender, client_msg_id).
+type AckKey = (String, String, String);
+
+/// What every device saw, shared.
+#[derive(Default, Debug)]
+struct Ledger {
+    /// (conversation, sender, client_msg_id) → the acknowledged (seq, message_id).
+    acks: HashMap<AckKey, (u64, String)>,
+    /// (first sent, acknowledged) of every distinct send.
+    ack_times: Vec<(Instant, Instant)>,
+    sends: usize,
+    resends: usize,
+    unavailable: usize,
+    reconnects: usize,
+    anomalies: Vec<String>,
+}
+
+/// A send waiting for its answer.
+#[derive(Clone, Debug)]
+struct Outstanding {
+    conversation_id: String,
+    body: String,
+    first_sent: Instant,
+    /// When to send it again if still unanswered.
+    resend_at: Instant,
+}
+
+struct Workload {
+    conversations: Vec<Conversation>,
+    devices: Vec<Device>,
+    tokens: HashMap<String, String>,
+    nginx_url: String,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl Workload {
+    /// Six users: four direct conversations and one group of four; two users with a second
+    /// device; eight devices spread over the socket servers.
+    async fn prepare(stack: &Stack) -> Workload {
+        let users = ["ana", "ben", "cai", "dee", "eli", "fay"];
+        let tokens: HashMap<String, String> = users
+            .iter()
+            .map(|u| ((*u).to_owned(), token_for(stack, u)))
+            .collect();
+        let http = http();
+        let mut conversations = Vec::new();
+        for (a, b) in [("ana", "ben"), ("cai", "dee"), ("eli", "fay"), ("ben", "cai")] {
+            let id = create_conversation(
+                &http,
+                stack,
+                &tokens[a],
+                serde_json::json!({"kind": "direct", "members": [b]}),
+            )
+            .await;
+            conversations.push(Conversation {
+                id,
+                members: vec![a.into(), b.into()],
+            });
+        }
+        let group = ["ana", "cai", "eli", "fay"];
+        let id = create_conversation(
+            &http,
+            stack,
+            &tokens["ana"],
+            serde_json::json!({"kind": "group", "name": "nemesis", "members": ["cai", "eli", "fay"]}),
+        )
+        .await;
+        conversations.push(Conversation {
+            id,
+            members: group.iter().map(|m| (*m).to_owned()).collect(),
+        });
+
+        let device_users = ["ana", "ben", "cai", "dee", "eli", "fay", "ana", "dee"];
+        let devices = device_users
+            .iter()
+            .enumerate()
+            .map(|(i, user)| Device {
+                name: format!("{user}#{i}"),
+                user: (*user).to_owned(),
+                token: tokens[*user].clone(),
+                first_url: stack.socket_servers[i % stack.socket_servers.len()].ws_url(),
+                conversations: conversations
+                    .iter()
+                    .filter(|c| c.members.iter().any(|m| m == user))
+                    .map(|c| c.id.clone())
+                    .collect(),
+            })
+            .collect();
+        Workload {
+            conversations,
+            devices,
+            tokens,
+            nginx_url: stack.nginx_url(),
+            ledger: Arc::new(Mutex::new(Ledger::default())),
+        }
+    }
+
+    /// Starts every device; they send until `generating` turns false, then until every send
+    /// is answered or `deadline`.
+    fn start(
+        &self,
+        generating: watch::Receiver<bool>,
+        deadline: Arc<Mutex<Instant>>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.devices
+            .iter()
+            .cloned()
+            .map(|device| {
+                tokio::spawn(run_device(
+                    device,
+                    self.nginx_url.clone(),
+                    self.ledger.clone(),
+                    generating.clone(),
+                    deadline.clone(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Reads every conversation back and returns each broken promise, one line each.
+    async fn check(&self, stack: &Stack) -> Vec<String> {
+        let (mut anomalies, acks) = {
+            let ledger = self.ledger.lock().unwrap();
+            (ledger.anomalies.clone(), ledger.acks.clone())
+        };
+        let http = http();
+        for conversation in &self.conversations {
+            let token = &self.tokens[&conversation.members[0]];
+            let acked: Vec<(&AckKey, &(u64, String))> = acks
+                .iter()
+                .filter(|((c, _, _), _)| *c == conversation.id)
+                .collect();
+            let highest = acked.iter().map(|(_, (s, _))| *s).max().unwrap_or(0);
+            // The store trails the log: wait (bounded) until it holds the highest ack.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let stored = loop {
+                let stored = history(&http, stack, token, &conversation.id, 0).await;
+                let top = stored
+                    .last()
+                    .and_then(|m| m["seq"].as_u64())
+                    .unwrap_or_default();
+                if top >= highest || Instant::now() > deadline {
+                    break stored;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let seqs: Vec<u64> = stored.iter().filter_map(|m| m["seq"].as_u64()).collect();
+            if seqs != (1..=seqs.len() as u64).collect::<Vec<_>>() {
+                anomalies.push(format!(
+                    "{}: stored seqs are not 1..{}: {}",
+                    conversation.id,
+                    seqs.len(),
+                    describe_gaps(&seqs)
+                ));
+            }
+            let by_seq: HashMap<u64, &serde_json::Value> = stored
+                .iter()
+                .filter_map(|m| Some((m["seq"].as_u64()?, m)))
+                .collect();
+            let mut acked_ids: HashMap<(String, String), u64> = HashMap::new();
+            for ((_, sender, cmid), (seq, message_id)) in &acked {
+                acked_ids.insert((sender.clone(), cmid.clone()), *seq);
+                match by_seq.get(seq) {
+                    None => anomalies.push(format!(
+                        "{}: {sender}'s {cmid} was acknowledged as seq {seq} ({message_id}) but seq {seq} is not stored",
+                        conversation.id
+                    )),
+                    Some(m) => {
+                        let same = m["message_id"] == **message_id
+                            && m["client_msg_id"] == **cmid
+                            && m["sender_id"] == **sender;
+                        if !same {
+                            anomalies.push(format!(
+                                "{}: {sender}'s {cmid} was acknowledged as seq {seq} ({message_id}) but seq {seq} holds {} from {} ({})",
+                                conversation.id, m["client_msg_id"], m["sender_id"], m["message_id"]
+                            ));
+                        }
+                    }
+                }
+            }
+            for m in &stored {
+                let key = (
+                    m["sender_id"].as_str().unwrap_or_default().to_owned(),
+                    m["client_msg_id"].as_str().unwrap_or_default().to_owned(),
+                );
+                if !acked_ids.contains_key(&key) {
+                    anomalies.push(format!(
+                        "{}: stored seq {} ({} from {}) was never acknowledged to its sender",
+                        conversation.id, m["seq"], key.1, key.0
+                    ));
+                }
+            }
+        }
+        anomalies
+    }
+
+    fn report(&self, name: &str, fault_at: Instant, healed_at: Instant) {
+        let ledger = self.ledger.lock().unwrap();
+        let mut acked: Vec<Instant> = ledger.ack_times.iter().map(|(_, a)| *a).collect();
+        acked.sort();
+        let longest_silence = acked
+            .windows(2)
+            .filter(|w| w[1] >= fault_at)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        let slowest_send = ledger
+            .ack_times
+            .iter()
+            .map(|(s, a)| *a - *s)
+            .max()
+            .unwrap_or_default();
+        let backlog_cleared = ledger
+            .ack_times
+            .iter()
+            .filter(|(s, _)| *s < healed_at)
+            .map(|(_, a)| a.saturating_duration_since(healed_at))
+            .max()
+            .unwrap_or_default();
+        eprintln!(
+            "nemesis[{name}]: fault lasted {:.1?}; longest time with no ack {:.1?}; slowest send {:.1?}; \
+             backlog cleared {:.1?} after the heal; {} sends, {} acknowledged, {} resends, {} unavailable, {} reconnects, {} anomalies",
+            healed_at - fault_at,
+            longest_silence,
+            slowest_send,
+            backlog_cleared,
+            ledger.sends,
+            ledger.acks.len(),
+            ledger.resends,
+            ledger.unavailable,
+            ledger.reconnects,
+            ledger.anomalies.len(),
+        );
+    }
+}
+
+fn describe_gaps(seqs: &[u64]) -> String {
+    let mut problems = Vec::new();
+    let mut expected = 1;
+    for &s in seqs {
+        if s != expected {
+            problems.push(format!("expected {expected}, found {s}"));
+        }
+        expected = s + 1;
+    }
+    problems.truncate(10);
+    problems.join("; ")
+}
+
+/// Asks the registry (through nginx) for a socket server, retrying for up to 20 s.
+async fn assign_url(http: &reqwest::Client, nginx_url: &str) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(resp) = http
+            .get(format!("{nginx_url}/api/v1/socket-server"))
+            .send()
+            .await
+        {
+            if resp.status() == 200 {
+                if let Ok(a) = resp.json::<Assignment>().await {
+                    return Some(a.url);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
+}
+
+async fn run_device(
+    device: Device,
+    nginx_url: String,
+    ledger: Arc<Mutex<Ledger>>,
+    generating: watch::Receiver<bool>,
+    deadline: Arc<Mutex<Instant>>,
+) {
+    let http = http();
+    let mut outstanding: BTreeMap<String, Outstanding> = BTreeMap::new();
+    let mut url = device.first_url.clone();
+    let mut sent_count = 0usize;
+    let mut connections = 0usize;
+    let past_deadline = || Instant::now() > *deadline.lock().unwrap();
+    loop {
+        if past_deadline() || (!*generating.borrow() && outstanding.is_empty()) {
+            break;
+        }
+        let request = format!("{url}?token={}", device.token);
+        let ws = match tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        {
+            Ok(Ok((ws, _))) => ws,
+            _ => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                url = assign_url(&http, &nginx_url)
+                    .await
+                    .unwrap_or(device.first_url.clone());
+                continue;
+            }
+        };
+        connections += 1;
+        if connections > 1 {
+            ledger.lock().unwrap().reconnects += 1;
+        }
+        let (mut sink, mut stream) = ws.split();
+        // Per connection: the last seq delivered live in each conversation.
+        let mut delivered: HashMap<String, u64> = HashMap::new();
+        // A reconnect resends everything unanswered.
+        for o in outstanding.values_mut() {
+            o.resend_at = Instant::now();
+        }
+        let mut pace = tokio::time::interval(PACE);
+        let mut check = tokio::time::interval(Duration::from_millis(100));
+        let mut turn = 0usize;
+        'connection: loop {
+            tokio::select! {
+                frame = stream.next() => {
+                    let text = match frame {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break 'connection,
+                        Some(Ok(_)) => continue,
+                    };
+                    let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else {
+                        ledger.lock().unwrap().anomalies.push(format!("{}: unreadable frame {text}", device.name));
+                        continue;
+                    };
+                    on_frame(&device, frame, &mut outstanding, &mut delivered, &ledger);
+                }
+                _ = pace.tick(), if *generating.borrow() && outstanding.len() < MAX_IN_FLIGHT => {
+                    let conversation_id = device.conversations[turn % device.conversations.len()].clone();
+                    turn += 1;
+                    sent_count += 1;
+                    let cmid = format!("{}-{sent_count}", device.name);
+                    let now = Instant::now();
+                    outstanding.insert(cmid.clone(), Outstanding {
+                        conversation_id: conversation_id.clone(),
+                        body: format!("{} says {sent_count}", device.user),
+                        first_sent: now,
+                        resend_at: now,
+                    });
+                    ledger.lock().unwrap().sends += 1;
+                }
+                _ = check.tick() => {
+                    if past_deadline() || (!*generating.borrow() && outstanding.is_empty()) {
+                        let _ = sink.send(Message::Close(None)).await;
+                        break 'connection;
+                    }
+                }
+            }
+            // Send whatever is due: new sends (resend_at = now) and resends.
+            let now = Instant::now();
+            let due: Vec<String> = outstanding
+                .iter()
+                .filter(|(_, o)| o.resend_at <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for cmid in due {
+                let o = outstanding.get_mut(&cmid).expect("due send is outstanding");
+                let first = o.resend_at == o.first_sent;
+                o.resend_at = now + RESEND_AFTER;
+                let frame = serde_json::json!({
+                    "type": "send",
+                    "conversation_id": o.conversation_id,
+                    "client_msg_id": cmid,
+                    "body": o.body,
+                });
+                if !first {
+                    ledger.lock().unwrap().resends += 1;
+                }
+                if sink.send(Message::Text(frame.to_string())).await.is_err() {
+                    break 'connection;
+                }
+            }
+        }
+        // The connection is gone (or the run is over): find a live server through the registry.
+        if past_deadline() || (!*generating.borrow() && outstanding.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        url = assign_url(&http, &nginx_url)
+            .await
+            .unwrap_or(device.first_url.clone());
+    }
+    let mut ledger = ledger.lock().unwrap();
+    for (cmid, o) in outstanding {
+        ledger.anomalies.push(format!(
+            "{}: {cmid} to {} was never acknowledged (first sent {:.1?} before the end)",
+            device.name,
+            o.conversation_id,
+            o.first_sent.elapsed()
+        ));
+    }
+}
+
+fn on_frame(
+    device: &Device,
+    frame: ServerFrame,
+    outstanding: &mut BTreeMap<String, Outstanding>,
+    delivered: &mut HashMap<String, u64>,
+    ledger: &Mutex<Ledger>,
+) {
+    match frame {
+        ServerFrame::Sent {
+            client_msg_id,
+            conversation_id,
+            message_id,
+            seq,
+            ..
+        } => {
+            let now = Instant::now();
+            let mut ledger = ledger.lock().unwrap();
+            let key = (conversation_id, device.user.clone(), client_msg_id.clone());
+            match ledger.acks.get(&key) {
+                Some(earlier) if *earlier != (seq, message_id.clone()) => {
+                    let line = format!(
+                        "{}: {client_msg_id} was acknowledged twice differently: {earlier:?} then {:?}",
+                        device.name,
+                        (seq, &message_id)
+                    );
+                    ledger.anomalies.push(line);
+                }
+                Some(_) => {}
+                None => {
+                    ledger.acks.insert(key, (seq, message_id));
+                }
+            }
+            if let Some(o) = outstanding.remove(&client_msg_id) {
+                ledger.ack_times.push((o.first_sent, now));
+            }
+        }
+        ServerFrame::Error {
+            code,
+            client_msg_id: Some(cmid),
+            message,
+        } => match code {
+            ErrorCode::Unavailable | ErrorCode::RateLimited => {
+                ledger.lock().unwrap().unavailable += 1;
+                if let Some(o) = outstanding.get_mut(&cmid) {
+                    o.resend_at = Instant::now() + RETRY_UNAVAILABLE_AFTER;
+                }
+            }
+            other => {
+                outstanding.remove(&cmid);
+                ledger.lock().unwrap().anomalies.push(format!(
+                    "{}: {cmid} refused with {other:?}: {message}",
+                    device.name
+                ));
+            }
+        },
+        ServerFrame::Message {
+            conversation_id,
+            seq,
+            ..
+        } => {
+            let last = delivered.entry(conversation_id.clone()).or_insert(0);
+            if seq <= *last {
+                ledger.lock().unwrap().anomalies.push(format!(
+                    "{}: live delivery out of order in {conversation_id}: seq {seq} after {last}",
+                    device.name
+                ));
+            }
+            *last = (*last).max(seq);
+        }
+        _ => {}
+    }
+}
+
+/// Runs the workload on `stack`, calls `fault` after the warm-up (it returns once the fault
+/// is healed), keeps sending a little, then checks the history and asserts no anomaly.
+async fn run_nemesis<F>(name: &str, stack: &mut Stack, fault: F)
+where
+    F: for<'a> FnOnce(&'a mut Stack) -> FaultFuture<'a>,
+{
+    let workload = Workload::prepare(stack).await;
+    let (generating_tx, generating) = watch::channel(true);
+    // Until the heal, no device gives up.
+    let deadline = Arc::new(Mutex::new(Instant::now() + Duration::from_secs(600)));
+    let devices = workload.start(generating, deadline.clone());
+    tokio::time::sleep(WARM_UP).await;
+    let fault_at = Instant::now();
+    fault(stack).await;
+    let healed_at = Instant::now();
+    *deadline.lock().unwrap() = healed_at + ACK_BOUND_AFTER_HEAL;
+    tokio::time::sleep(AFTER_HEAL).await;
+    generating_tx.send(false).unwrap();
+    for device in devices {
+        device.await.unwrap();
+    }
+    workload.report(name, fault_at, healed_at);
+    let anomalies = workload.check(stack).await;
+    assert!(
+        anomalies.is_empty(),
+        "nemesis[{name}]: {} anomalies (logs in {}):\n{}",
+        anomalies.len(),
+        stack.log_dir().display(),
+        anomalies.join("\n")
+    );
+}
+
+/// Tests shorten the lease and the produce timeout so a pause outlives them quickly.
+fn nemesis_options() -> StackOptions {
+    StackOptions {
+        extra_env: vec![
+            ("SB_LOCK_TTL_MS".into(), "2000".into()),
+            ("SB_PRODUCE_TIMEOUT_MS".into(), "2000".into()),
+        ],
+        ..StackOptions::default()
+    }
+}
+
+/// The manager holding some conversation's sequence lease right now, found from the lease
+/// token (`"{manager bind address}/{ulid}"`), waiting up to 10 s for one to be held.
+async fn lease_holder(stack: &Stack) -> usize {
+    let mut redis = stack.redis.master_connection().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}lock:conv:*", stack.redis_prefix()))
+            .query_async(&mut redis)
+            .await
+            .unwrap_or_default();
+        for key in keys {
+            let token: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .unwrap_or_default();
+            if let Some(token) = token {
+                if let Some(i) = stack
+                    .managers
+                    .iter()
+                    .position(|m| token.starts_with(&format!("127.0.0.1:{}/", m.port)))
+                {
+                    eprintln!("nemesis: {} holds {key}", stack.managers[i].name);
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no sequence lease was ever seen held");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn pause(process: &ManagedProcess) {
+    process.signal(libc::SIGSTOP);
+}
+
+fn resume(process: &ManagedProcess) {
+    process.signal(libc::SIGCONT);
+}
+
+// ---------------------------------------------------------------------------------------
+// One fault per test.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_senders_socket_server_killed() {
+    let mut stack = Stack::start(nemesis_options()).await.unwrap();
+    run_nemesis("sender's socket server kill -9", &mut stack, |stack| {
+        Box::pin(async move {
+            // Devices 0, 3 and 6 are on the first server, all of them senders.
+            stack.socket_servers[0].process.kill9();
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_lease_holding_manager_killed() {
+    let mut stack = Stack::start(nemesis_options()).await.unwrap();
+    run_nemesis("lease-holding manager kill -9", &mut stack, |stack| {
+        Box::pin(async move {
+            let holder = lease_holder(stack).await;
+            stack.managers[holder].process.kill9();
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_lease_holding_manager_paused_past_its_lease() {
+    let mut stack = Stack::start(nemesis_options()).await.unwrap();
+    run_nemesis("lease-holding manager SIGSTOP 5 s", &mut stack, |stack| {
+        Box::pin(async move {
+            let holder = lease_holder(stack).await;
+            pause(&stack.managers[holder].process);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            resume(&stack.managers[holder].process);
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_broker_paused_past_the_produce_timeout() {
+    let mut stack = Stack::start(nemesis_options()).await.unwrap();
+    run_nemesis("broker SIGSTOP 7 s", &mut stack, |stack| {
+        Box::pin(async move {
+            let broker = &stack.broker.as_ref().unwrap().process;
+            broker.signal(libc::SIGSTOP);
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            broker.signal(libc::SIGCONT);
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_broker_killed_and_restarted() {
+    let mut stack = Stack::start(nemesis_options()).await.unwrap();
+    run_nemesis("broker kill -9 + restart", &mut stack, |stack| {
+        Box::pin(async move {
+            let broker = stack.broker.as_mut().unwrap();
+            broker.restart(Duration::from_secs(2)).await.unwrap();
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_redis_master_killed_while_replicas_lag() {
+    let mut stack = Stack::start(nemesis_options()).await.unwrap();
+    run_nemesis(
+        "Redis master kill -9 with both replicas 3 s behind",
+        &mut stack,
+        |stack| {
+            Box::pin(async move {
+                let master = stack.redis.current_master_port().await.unwrap();
+                let replicas: Vec<u16> = stack
+                    .redis
+                    .server_ports()
+                    .into_iter()
+                    .filter(|p| *p != master)
+                    .collect();
+                for port in &replicas {
+                    pause(stack.redis.server_process(*port).unwrap());
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                stack.redis.kill_master().await.unwrap();
+                for port in &replicas {
+                    resume(stack.redis.server_process(*port).unwrap());
+                }
+                stack
+                    .redis
+                    .wait_for_failover(master, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+            })
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_sentinel_failover() {
+    let mut stack = Stack::start(nemesis_options()).await.unwrap();
+    run_nemesis("SENTINEL FAILOVER", &mut stack, |stack| {
+        Box::pin(async move {
+            let master = stack.redis.current_master_port().await.unwrap();
+            let sentinel = stack.redis.sentinel_ports()[0];
+            let mut conn = switchboard_test_support::redis_cluster::connect(sentinel)
+                .await
+                .unwrap();
+            let _: () = redis::cmd("SENTINEL")
+                .arg("FAILOVER")
+                .arg(stack.redis.master_name())
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            stack
+                .redis
+                .wait_for_failover(master, Duration::from_secs(30))
+                .await
+                .unwrap();
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_message_service_killed() {
+    let mut stack = Stack::start(nemesis_options()).await.unwrap();
+    run_nemesis("message service kill -9", &mut stack, |stack| {
+        Box::pin(async move {
+            stack.message_service.as_ref().unwrap().process.kill9();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            stack.restart_message_service().await.unwrap();
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_message_service_stopped_while_postgres_is_down() {
+    let mut stack = Stack::start(nemesis_options()).await.unwrap();
+    run_nemesis(
+        "message service SIGTERM while PostgreSQL is down",
+        &mut stack,
+        |stack| {
+            Box::pin(async move {
+                // Down, not paused: the message service must see its inserts refused.
+                stack.postgres.as_ref().unwrap().process.kill9();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let ms = &stack.message_service.as_ref().unwrap().process;
+                ms.sigterm();
+                let _ = ms.wait_exit(Duration::from_secs(15)).await;
+                stack
+                    .postgres
+                    .as_mut()
+                    .unwrap()
+                    .restart(Duration::ZERO)
+                    .await
+                    .unwrap();
+                stack.restart_message_service().await.unwrap();
+            })
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_postgres_killed_and_restarted() {
+    let mut stack = Stack::start(nemesis_options()).await.unwrap();
+    run_nemesis("PostgreSQL kill -9 + restart", &mut stack, |stack| {
+        Box::pin(async move {
+            stack
+                .postgres
+                .as_mut()
+                .unwrap()
+                .restart(Duration::from_secs(3))
+                .await
+                .unwrap();
+        })
+    })
+    .await;
+}
