@@ -5,7 +5,8 @@
 #
 # Knobs (env): D (seconds per rate step, 10), S2_RATES, S3_RATES, S1_C (3000), S2_C (2000),
 # S3_C (1000), PEER (1 to run the Socket.IO peer, default 1), SCENARIOS (subset of
-# "static s4 echo broker s1 s2 s3"), OUT (BENCHMARKS.md).
+# "static s4 echo broker s1 s2 s3"), OUT (BENCHMARKS.md), SOAK (1: finish with the nemesis
+# soak, every fault in sequence against the debug build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -123,3 +124,13 @@ fi
 
 python3 "$ROOT/scripts/bench_report.py" "$RES" > "$OUT"
 log "wrote $OUT (raw results in $RES)"
+
+# The promise under every fault in sequence (minutes; SOAK=0 skips it). Speed is worth nothing
+# if this fails.
+if [ "${SOAK:-1}" = 1 ]; then
+  log "nemesis soak: every fault in sequence"
+  cargo build --workspace --bins 2>&1 | tail -1
+  SWITCHBOARD_SOAK=1 cargo test -p switchboard-e2e-tests --test e2e nemesis_every_fault_in_sequence_soak \
+    -- --nocapture > "$RES/soak.log" 2>&1 && log "soak passed" || log "SOAK FAILED (see $RES/soak.log)"
+  grep '^nemesis\[' "$RES/soak.log" | tee -a "$RES/bench.log" || true
+fi

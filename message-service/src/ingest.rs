@@ -4,7 +4,12 @@
 //! inserted in one statement, and only then are their offsets stored for the background
 //! commit. A crash between insert and commit redelivers the batch; the inserts skip rows that
 //! exist, so the table ends the same. While the database is down the batch is retried and no
-//! offset moves, so nothing is skipped.
+//! offset moves, so nothing is skipped; stopped then, the batch is left undone with its
+//! offsets unstored.
+//!
+//! A record the database refuses for its data (or that cannot be read, or that conflicts with
+//! a different stored message at its seq) cannot be retried into the table: it goes to
+//! `dead_letters`, is counted and logged, and ingest goes on past it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,7 +20,7 @@ use switchboard_message_log::{Event, KafkaConfig, LogRecord};
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::shutdown::CancellationToken;
 
-use crate::store::{ReceiptUpdate, Store};
+use crate::store::{DeadLetter, LogPosition, ReceiptUpdate, Sourced, Store};
 
 const MAX_BATCH: usize = 500;
 const GATHER_WINDOW: Duration = Duration::from_millis(5);
@@ -28,6 +33,8 @@ pub struct Ingest {
     stored: prometheus::IntCounter,
     batches: prometheus::Histogram,
     lag_seconds: prometheus::Gauge,
+    dead_letters: prometheus::IntCounter,
+    conflicts: prometheus::IntCounter,
 }
 
 impl Ingest {
@@ -53,7 +60,17 @@ impl Ingest {
             "ingest_lag_seconds",
             "age of the newest message stored by the last batch (consumer lag, in time)",
         )?;
+        let dead_letters = prometheus::IntCounter::new(
+            "ingest_dead_letters_total",
+            "log records put in the dead_letters table (refused by the database, unreadable, or conflicting) instead of being stored",
+        )?;
+        let conflicts = prometheus::IntCounter::new(
+            "ingest_conflicts_total",
+            "log records whose seq, message id or client message id was already stored for a different message (two messages given one seq)",
+        )?;
         ops.register(&stored);
+        ops.register(&dead_letters);
+        ops.register(&conflicts);
         ops.register(&batches);
         ops.register(&lag_seconds);
         Ok(Ingest {
@@ -64,6 +81,8 @@ impl Ingest {
             stored,
             batches,
             lag_seconds,
+            dead_letters,
+            conflicts,
         })
     }
 
@@ -118,22 +137,27 @@ impl Ingest {
             };
             let mut records = Vec::new();
             let mut receipts = Vec::new();
+            let mut unreadable = Vec::new();
             let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
             let mut next = Some(first);
             while let Some(result) = next.take() {
                 match result {
                     Ok(message) => {
-                        let key = (message.topic().to_owned(), message.partition());
-                        offsets.insert(key, message.offset());
+                        let at = LogPosition {
+                            topic: message.topic().to_owned(),
+                            partition: message.partition(),
+                            offset: message.offset(),
+                        };
+                        offsets.insert((at.topic.clone(), at.partition), at.offset);
                         let payload = message.payload().unwrap_or_default();
                         if message.topic() == self.message_topic {
                             match serde_json::from_slice::<LogRecord>(payload) {
-                                Ok(record) => records.push(record),
-                                Err(e) => tracing::error!(
-                                    offset = message.offset(),
-                                    error = %e,
-                                    "skipping an unreadable log record"
-                                ),
+                                Ok(item) => records.push(Sourced { at, item }),
+                                Err(e) => unreadable.push(DeadLetter::unreadable(
+                                    at,
+                                    payload,
+                                    format!("unreadable log record: {e}"),
+                                )),
                             }
                         } else {
                             match serde_json::from_slice::<Event>(payload) {
@@ -146,12 +170,13 @@ impl Ingest {
                                     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
                                     let (delivered_seq, read_seq) =
                                         if kind == "read" { (seq, seq) } else { (seq, 0) };
-                                    receipts.push(ReceiptUpdate {
+                                    let item = ReceiptUpdate {
                                         conversation_id,
                                         user_id,
                                         delivered_seq,
                                         read_seq,
-                                    });
+                                    };
+                                    receipts.push(Sourced { at, item });
                                 }
                                 Ok(Event::Presence { .. }) => {}
                                 Err(e) => {
@@ -169,17 +194,21 @@ impl Ingest {
                     .await
                     .ok();
             }
-            self.insert_until_done(&records, &shutdown).await;
-            if let Some(newest) = records
-                .iter()
-                .filter_map(|r| chrono::DateTime::parse_from_rfc3339(&r.created_at).ok())
-                .max()
+            // An offset is stored only once everything before it is in the database (or in
+            // `dead_letters`). Stopped while the database is down, the batch stays undone and
+            // its offsets unstored, so neither the background commit nor the final commit on
+            // close can move past rows that were never written; the next start redelivers it.
+            if !self
+                .ingest_until_done(&records, &receipts, unreadable, &shutdown)
+                .await
             {
-                let age = chrono::Utc::now().signed_duration_since(newest);
-                self.lag_seconds
-                    .set(age.num_milliseconds().max(0) as f64 / 1000.0);
+                tracing::warn!(
+                    records = records.len(),
+                    receipts = receipts.len(),
+                    "stopping with a batch not stored; its offsets stay uncommitted"
+                );
+                return;
             }
-            self.receipts_until_done(&receipts, &shutdown).await;
             for ((topic, partition), offset) in offsets {
                 if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
                     tracing::warn!(error = %e, "storing the consumer offset failed");
@@ -188,36 +217,112 @@ impl Ingest {
         }
     }
 
-    async fn receipts_until_done(&self, receipts: &[ReceiptUpdate], shutdown: &CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
-        while let Err(e) = self.store.upsert_receipts(receipts).await {
-            tracing::error!(error = %e, "storing receipts failed; retrying");
-            if shutdown.is_cancelled() {
-                return;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+    /// Writes one gathered batch: unreadable records to `dead_letters`, log records to
+    /// `messages`, receipts to `receipts`, each retried while the database is unavailable.
+    /// `false` when shutdown came before all of it was written.
+    async fn ingest_until_done(
+        &self,
+        records: &[Sourced<LogRecord>],
+        receipts: &[Sourced<ReceiptUpdate>],
+        unreadable: Vec<DeadLetter>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        if !unreadable.is_empty() {
+            let Some(new) = until_done("storing dead letters", shutdown, || {
+                self.store.dead_letter(unreadable.clone())
+            })
+            .await
+            else {
+                return false;
+            };
+            self.dead_lettered(&new);
         }
+        if !records.is_empty() {
+            let Some(outcome) = until_done("inserting a batch", shutdown, || {
+                self.store.insert_batch(records)
+            })
+            .await
+            else {
+                return false;
+            };
+            self.stored.inc_by(outcome.inserted);
+            self.batches.observe(records.len() as f64);
+            for conflict in &outcome.conflicts {
+                let at = &conflict.dead_letter.at;
+                tracing::error!(
+                    message_id = %conflict.message_id,
+                    stored_message_id = %conflict.stored_message_id,
+                    topic = %at.topic,
+                    partition = at.partition,
+                    offset = at.offset,
+                    error = %conflict.dead_letter.error,
+                    "conflict in the log (two messages given one seq, or one message two): the stored message is kept, this record dead-lettered"
+                );
+            }
+            self.conflicts.inc_by(outcome.conflicts.len() as u64);
+            self.dead_letters.inc_by(outcome.conflicts.len() as u64);
+            self.dead_lettered(&outcome.refused);
+            if let Some(newest) = records
+                .iter()
+                .filter_map(|r| chrono::DateTime::parse_from_rfc3339(&r.item.created_at).ok())
+                .max()
+            {
+                let age = chrono::Utc::now().signed_duration_since(newest);
+                self.lag_seconds
+                    .set(age.num_milliseconds().max(0) as f64 / 1000.0);
+            }
+        }
+        if !receipts.is_empty() {
+            let Some(refused) = until_done("storing receipts", shutdown, || {
+                self.store.upsert_receipts(receipts)
+            })
+            .await
+            else {
+                return false;
+            };
+            self.dead_lettered(&refused);
+        }
+        true
     }
 
-    async fn insert_until_done(&self, records: &[LogRecord], shutdown: &CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.store.insert_batch(records).await {
-                Ok(inserted) => {
-                    self.stored.inc_by(inserted);
-                    self.batches.observe(records.len() as f64);
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "inserting a batch failed; retrying");
-                    if shutdown.is_cancelled() {
-                        return;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
+    /// Counts and logs records newly put in `dead_letters` (refused for their data, or
+    /// unreadable).
+    fn dead_lettered(&self, letters: &[DeadLetter]) {
+        for letter in letters {
+            tracing::error!(
+                topic = %letter.at.topic,
+                partition = letter.at.partition,
+                offset = letter.at.offset,
+                error = %letter.error,
+                "a log record was put in dead_letters instead of being stored; ingest goes on"
+            );
         }
+        self.dead_letters.inc_by(letters.len() as u64);
+    }
+}
+
+/// Runs `attempt` until it succeeds, backing off while it fails (the database unreachable:
+/// errors a record causes never come here, they become dead letters). `None` when shutdown
+/// came first: the work is not done.
+async fn until_done<T, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Ok(done) => return Some(done),
+            Err(e) => tracing::error!(error = %e, "{what} failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }

@@ -1,19 +1,21 @@
 //! The message service: the durable home of conversations and messages.
 //!
-//! - `store`: PostgreSQL through sqlx (migrations in `migrations/`): conversations, members,
+//! - [`store`]: PostgreSQL through sqlx (migrations in `migrations/`): conversations, members,
 //!   messages (primary key `(conversation_id, seq)`, the fence behind the sequence lock),
-//!   receipts.
-//! - `ingest`: consumes the message log from Kafka in batches and inserts them idempotently;
+//!   receipts, and `dead_letters`.
+//! - [`ingest`]: consumes the message log from Kafka in batches and inserts them idempotently;
 //!   offsets are stored only after the rows are committed (at-least-once, duplicates ignored).
+//!   A record the database refuses for its data, or one that conflicts with a different
+//!   stored message, goes to `dead_letters` and ingest goes on.
 //! - `routes`: REST of SPEC section 5 (JWT auth), plus the cluster-only membership lookup the
 //!   socket managers use when their Redis cache of members is cold.
 //! - `membership_cache`: members of each conversation mirrored into Redis for the managers.
 
 mod auth;
-mod ingest;
+pub mod ingest;
 mod membership_cache;
 mod routes;
-mod store;
+pub mod store;
 
 use std::net::TcpListener;
 use std::sync::Arc;

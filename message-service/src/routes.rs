@@ -3,6 +3,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
+use switchboard_protocol::frames::is_storable_text;
 use switchboard_protocol::token::is_valid_user_id;
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
@@ -34,6 +35,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/internal/v1/users/{id}/contacts",
             web::get().to(internal_contacts),
         );
+}
+
+/// Refuses a string PostgreSQL `TEXT` cannot hold (one with U+0000) with 400, before it
+/// reaches a query, where it would fail as a database error (503).
+fn storable(what: &str, value: &str) -> Result<(), ApiError> {
+    if is_storable_text(value) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what} contains U+0000 (NUL), which cannot be stored"
+        )))
+    }
 }
 
 fn db_error(e: sqlx::Error) -> ApiError {
@@ -91,6 +104,7 @@ async fn create(
         }
         "group" => {
             let name = body.name.unwrap_or_default();
+            storable("the group name", &name)?;
             if name.trim().is_empty() || name.len() > 200 {
                 return Err(ApiError::bad_request("a group needs a name of 1-200 bytes"));
             }
@@ -169,6 +183,7 @@ async fn history(
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let conversation_id = path.into_inner();
+    storable("the conversation id", &conversation_id)?;
     if query.after_seq < 0 {
         return Err(ApiError::bad_request("after_seq must not be negative"));
     }
@@ -226,6 +241,7 @@ async fn add_member(
     body: web::Json<AddMember>,
 ) -> Result<HttpResponse, ApiError> {
     let conversation_id = path.into_inner();
+    storable("the conversation id", &conversation_id)?;
     if !is_valid_user_id(&body.user_id) {
         return Err(ApiError::bad_request("user_id is not a valid user id"));
     }
@@ -250,6 +266,8 @@ async fn remove_member(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (conversation_id, member) = path.into_inner();
+    storable("the conversation id", &conversation_id)?;
+    storable("the member id", &member)?;
     group_of(&state, &conversation_id, &user.0, false).await?;
     if !state
         .store
@@ -271,6 +289,7 @@ async fn internal_members(
 ) -> Result<HttpResponse, ApiError> {
     require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let conversation_id = path.into_inner();
+    storable("the conversation id", &conversation_id)?;
     let members = state
         .store
         .members(&conversation_id)
@@ -352,6 +371,7 @@ async fn internal_contacts(
     query: web::Query<ContactsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    storable("the user id", &path)?;
     let contacts = state
         .store
         .contacts(&path, query.max_group)

@@ -1,5 +1,6 @@
 //! PostgreSQL access. Every query is here, so the schema and its uses read side by side.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -42,7 +43,7 @@ pub struct MemberReceipt {
 }
 
 /// One member's cumulative position, as reported (either field may be 0 = unchanged).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReceiptUpdate {
     pub conversation_id: String,
     pub user_id: String,
@@ -286,40 +287,6 @@ impl Store {
         Ok(by_conversation)
     }
 
-    /// Applies a batch of receipts; positions only move forward, and read implies delivered.
-    pub async fn upsert_receipts(&self, updates: &[ReceiptUpdate]) -> Result<(), sqlx::Error> {
-        // One row per key: Postgres refuses a key twice in one INSERT .. ON CONFLICT.
-        let mut merged: std::collections::BTreeMap<(&str, &str), (i64, i64)> = Default::default();
-        for u in updates {
-            let entry = merged
-                .entry((u.conversation_id.as_str(), u.user_id.as_str()))
-                .or_default();
-            entry.0 = entry.0.max(u.delivered_seq).max(u.read_seq);
-            entry.1 = entry.1.max(u.read_seq);
-        }
-        if merged.is_empty() {
-            return Ok(());
-        }
-        let mut builder = QueryBuilder::new(
-            "INSERT INTO receipts (conversation_id, user_id, delivered_seq, read_seq) ",
-        );
-        builder.push_values(
-            merged,
-            |mut b, ((conversation, user), (delivered, read))| {
-                b.push_bind(conversation)
-                    .push_bind(user)
-                    .push_bind(delivered)
-                    .push_bind(read);
-            },
-        );
-        builder.push(
-            " ON CONFLICT (conversation_id, user_id) DO UPDATE SET
-                delivered_seq = GREATEST(receipts.delivered_seq, EXCLUDED.delivered_seq),
-                read_seq = GREATEST(receipts.read_seq, EXCLUDED.read_seq)",
-        );
-        builder.build().execute(&self.pool).await.map(|_| ())
-    }
-
     /// Users sharing a conversation of at most `max_group` members with `user`.
     pub async fn contacts(&self, user: &str, max_group: i64) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
@@ -365,47 +332,6 @@ impl Store {
             .collect())
     }
 
-    /// Inserts a batch from the log in one statement. Redelivered records (same message) are
-    /// skipped; so is a record whose `(conversation_id, seq)` is taken by another message,
-    /// which is the fence against a sequence lock that expired under a pause.
-    pub async fn insert_batch(&self, records: &[LogRecord]) -> Result<u64, sqlx::Error> {
-        if records.is_empty() {
-            return Ok(0);
-        }
-        let mut tx = self.pool.begin().await?;
-        let mut builder = QueryBuilder::new(
-            "INSERT INTO messages (conversation_id, seq, message_id, sender_id, client_msg_id, body, created_at) ",
-        );
-        builder.push_values(records, |mut b, r| {
-            let created = DateTime::parse_from_rfc3339(&r.created_at)
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or_else(|_| Utc::now());
-            b.push_bind(&r.conversation_id)
-                .push_bind(i64::try_from(r.seq).unwrap_or(i64::MAX))
-                .push_bind(&r.message_id)
-                .push_bind(&r.sender_id)
-                .push_bind(&r.client_msg_id)
-                .push_bind(&r.body)
-                .push_bind(created);
-        });
-        builder.push(" ON CONFLICT DO NOTHING");
-        let inserted = builder.build().execute(&mut *tx).await?.rows_affected();
-        let mut last: std::collections::BTreeMap<&str, u64> = Default::default();
-        for r in records {
-            let entry = last.entry(r.conversation_id.as_str()).or_default();
-            *entry = (*entry).max(r.seq);
-        }
-        for (conversation, seq) in last {
-            sqlx::query("UPDATE conversations SET last_seq = GREATEST(last_seq, $2) WHERE id = $1")
-                .bind(conversation)
-                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(inserted)
-    }
-
     /// Highest stored seq of a conversation (0 when none).
     pub async fn last_seq(&self, conversation_id: &str) -> Result<i64, sqlx::Error> {
         let seq: Option<i64> =
@@ -429,4 +355,488 @@ async fn insert_members(
     builder.push(" ON CONFLICT DO NOTHING");
     builder.build().execute(&mut **tx).await?;
     Ok(())
+}
+
+// ---- Ingest: the log into the tables, and what cannot go in into `dead_letters`. ----
+
+/// Where a record sits in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LogPosition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A record read from the log, with where it was read.
+#[derive(Debug, Clone)]
+pub struct Sourced<T> {
+    pub at: LogPosition,
+    pub item: T,
+}
+
+/// A record ingest could not store, as it goes into `dead_letters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub at: LogPosition,
+    /// The record as JSON text. U+0000 is escaped, so a dead letter can always be stored.
+    pub record: String,
+    pub error: String,
+}
+
+impl DeadLetter {
+    pub fn new(at: LogPosition, record: &impl Serialize, error: impl Into<String>) -> Self {
+        // serde_json writes U+0000 as the escape \u0000; escaping again is a no-op safeguard.
+        let record = serde_json::to_string(record).unwrap_or_else(|e| format!("{e}"));
+        DeadLetter {
+            at,
+            record: escape_nul(&record),
+            error: escape_nul(&error.into()),
+        }
+    }
+
+    /// A payload that could not even be read: its bytes, lossily as text, NULs escaped.
+    pub fn unreadable(at: LogPosition, payload: &[u8], error: impl Into<String>) -> Self {
+        DeadLetter {
+            at,
+            record: escape_nul(&String::from_utf8_lossy(payload)),
+            error: escape_nul(&error.into()),
+        }
+    }
+}
+
+/// A record whose seq, message id or client message id is already stored for a different
+/// message: two messages got one seq (or one message two). The stored row is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub message_id: String,
+    pub stored_message_id: String,
+    /// Its dead letter; `error` starts with `conflict:` and names both messages.
+    pub dead_letter: DeadLetter,
+}
+
+/// What one batch of log records did to the database.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Rows added to `messages`.
+    pub inserted: u64,
+    /// Records the database refused for their data (SQLSTATE class 22/23), newly put in
+    /// `dead_letters`. A redelivered record already there is not listed again.
+    pub refused: Vec<DeadLetter>,
+    /// Records that lost to a different stored message, newly put in `dead_letters`.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Whether the database refused a statement for the data in it (SQLSTATE class 22, data
+/// exception, e.g. 22021 for U+0000 in a text; class 23, integrity constraint violation, e.g.
+/// 23514) rather than for being unreachable or overloaded. Retrying a data error fails the
+/// same way forever; retrying anything else may succeed.
+pub fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
+fn escape_nul(s: &str) -> String {
+    s.replace('\0', "\\u0000")
+}
+
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
+
+impl Store {
+    /// Inserts a batch from the log, in one statement when the database takes all of it.
+    ///
+    /// Redelivered records (the same message at the same seq) are skipped. Only when fewer
+    /// rows went in than records came are the stored rows under the batch's keys read back, to
+    /// tell redeliveries from conflicts (see [`Conflict`]). When the statement fails for its
+    /// data, the batch goes in record by record ([`Store::insert_one_by_one`]) and the records
+    /// refused are dead-lettered. Any other error (the database unreachable) is returned and
+    /// nothing is written: the caller retries the whole batch.
+    pub async fn insert_batch(
+        &self,
+        batch: &[Sourced<LogRecord>],
+    ) -> Result<BatchOutcome, sqlx::Error> {
+        if batch.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        match self.insert_together(batch).await {
+            Err(e) if is_data_error(&e) => {
+                tracing::warn!(
+                    error = %e,
+                    records = batch.len(),
+                    "the database refused a batch for its data; inserting its records one by one"
+                );
+                self.insert_one_by_one(batch).await
+            }
+            other => other,
+        }
+    }
+
+    async fn insert_together(
+        &self,
+        batch: &[Sourced<LogRecord>],
+    ) -> Result<BatchOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let records: Vec<&Sourced<LogRecord>> = batch.iter().collect();
+        let inserted = insert_messages(&mut tx, &records).await?;
+        let outcome = finish_batch(tx, &records, inserted, Vec::new()).await?;
+        Ok(outcome)
+    }
+
+    /// The slow path of [`Store::insert_batch`]: each record under its own savepoint, in one
+    /// transaction. A record refused for its data is dead-lettered and the rest go in; any
+    /// other error rolls everything back and is returned.
+    pub async fn insert_one_by_one(
+        &self,
+        batch: &[Sourced<LogRecord>],
+    ) -> Result<BatchOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut accepted = Vec::with_capacity(batch.len());
+        let mut refused = Vec::new();
+        let mut inserted = 0;
+        for record in batch {
+            let mut savepoint = sqlx::Acquire::begin(&mut tx).await?;
+            match insert_messages(&mut savepoint, &[record]).await {
+                Ok(n) => {
+                    savepoint.commit().await?;
+                    inserted += n;
+                    accepted.push(record);
+                }
+                Err(e) if is_data_error(&e) => {
+                    savepoint.rollback().await?;
+                    refused.push(DeadLetter::new(
+                        record.at.clone(),
+                        &record.item,
+                        format!("refused by the database: {e}"),
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        finish_batch(tx, &accepted, inserted, refused).await
+    }
+
+    /// Applies a batch of receipts; positions only move forward, and read implies delivered.
+    /// When the database refuses the batch for its data, the receipts are applied one by one
+    /// and those refused are dead-lettered (the newly dead-lettered are returned).
+    pub async fn upsert_receipts(
+        &self,
+        updates: &[Sourced<ReceiptUpdate>],
+    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+        let all: Vec<&ReceiptUpdate> = updates.iter().map(|u| &u.item).collect();
+        match upsert_receipts(&self.pool, &all).await {
+            Ok(()) => return Ok(Vec::new()),
+            Err(e) if is_data_error(&e) => tracing::warn!(
+                error = %e,
+                receipts = updates.len(),
+                "the database refused receipts for their data; applying them one by one"
+            ),
+            Err(e) => return Err(e),
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut refused = Vec::new();
+        for update in updates {
+            let mut savepoint = sqlx::Acquire::begin(&mut tx).await?;
+            match upsert_receipts(&mut *savepoint, &[&update.item]).await {
+                Ok(()) => savepoint.commit().await?,
+                Err(e) if is_data_error(&e) => {
+                    savepoint.rollback().await?;
+                    refused.push(DeadLetter::new(
+                        update.at.clone(),
+                        &update.item,
+                        format!("refused by the database: {e}"),
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let refused = insert_dead_letters(&mut tx, refused).await?;
+        tx.commit().await?;
+        Ok(refused)
+    }
+
+    /// Stores dead letters (records found unreadable before they reached a statement);
+    /// returns those not already there.
+    pub async fn dead_letter(
+        &self,
+        letters: Vec<DeadLetter>,
+    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let letters = insert_dead_letters(&mut tx, letters).await?;
+        tx.commit().await?;
+        Ok(letters)
+    }
+}
+
+/// `INSERT .. ON CONFLICT DO NOTHING` of these records; the number of rows that went in.
+async fn insert_messages(
+    tx: &mut Tx<'_>,
+    records: &[&Sourced<LogRecord>],
+) -> Result<u64, sqlx::Error> {
+    let mut builder = QueryBuilder::new(
+        "INSERT INTO messages (conversation_id, seq, message_id, sender_id, client_msg_id, body, created_at) ",
+    );
+    builder.push_values(records, |mut b, r| {
+        let r = &r.item;
+        let created = DateTime::parse_from_rfc3339(&r.created_at)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|_| Utc::now());
+        b.push_bind(&r.conversation_id)
+            .push_bind(seq_i64(r.seq))
+            .push_bind(&r.message_id)
+            .push_bind(&r.sender_id)
+            .push_bind(&r.client_msg_id)
+            .push_bind(&r.body)
+            .push_bind(created);
+    });
+    builder.push(" ON CONFLICT DO NOTHING");
+    Ok(builder.build().execute(&mut **tx).await?.rows_affected())
+}
+
+/// The end of a batch that went in (`accepted` are the records the database took, stored or
+/// skipped): tells conflicts from redeliveries when some were skipped, dead-letters the
+/// conflicts and `refused`, moves each conversation's `last_seq`, and commits.
+async fn finish_batch(
+    mut tx: Tx<'_>,
+    accepted: &[&Sourced<LogRecord>],
+    inserted: u64,
+    refused: Vec<DeadLetter>,
+) -> Result<BatchOutcome, sqlx::Error> {
+    let conflicts = if (inserted as usize) < accepted.len() {
+        conflicts_of(&mut tx, accepted).await?
+    } else {
+        Vec::new()
+    };
+    let mut letters = refused.clone();
+    letters.extend(conflicts.iter().map(|c| c.dead_letter.clone()));
+    let new: std::collections::HashSet<LogPosition> = insert_dead_letters(&mut tx, letters)
+        .await?
+        .into_iter()
+        .map(|l| l.at)
+        .collect();
+
+    let mut last: std::collections::BTreeMap<&str, u64> = Default::default();
+    for r in accepted {
+        let entry = last.entry(r.item.conversation_id.as_str()).or_default();
+        *entry = (*entry).max(r.item.seq);
+    }
+    for (conversation, seq) in last {
+        sqlx::query("UPDATE conversations SET last_seq = GREATEST(last_seq, $2) WHERE id = $1")
+            .bind(conversation)
+            .bind(seq_i64(seq))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(BatchOutcome {
+        inserted,
+        refused: refused
+            .into_iter()
+            .filter(|l| new.contains(&l.at))
+            .collect(),
+        conflicts: conflicts
+            .into_iter()
+            .filter(|c| new.contains(&c.dead_letter.at))
+            .collect(),
+    })
+}
+
+/// The stored rows under the keys of these records (seq, message id, client message id),
+/// compared with the records: a record whose own row is there was stored (now or before);
+/// any other lost to a different message.
+async fn conflicts_of(
+    tx: &mut Tx<'_>,
+    records: &[&Sourced<LogRecord>],
+) -> Result<Vec<Conflict>, sqlx::Error> {
+    let column =
+        |f: fn(&LogRecord) -> &str| -> Vec<&str> { records.iter().map(|r| f(&r.item)).collect() };
+    let message_ids = column(|r| &r.message_id);
+    let conversations = column(|r| &r.conversation_id);
+    let senders = column(|r| &r.sender_id);
+    let client_msg_ids = column(|r| &r.client_msg_id);
+    let seqs: Vec<i64> = records.iter().map(|r| seq_i64(r.item.seq)).collect();
+    let rows = sqlx::query(
+        "SELECT conversation_id, seq, message_id, sender_id, client_msg_id FROM messages
+          WHERE message_id = ANY($1)
+             OR (conversation_id, seq) IN (SELECT * FROM UNNEST($2::text[], $3::bigint[]))
+             OR (conversation_id, sender_id, client_msg_id) IN
+                (SELECT * FROM UNNEST($2::text[], $4::text[], $5::text[]))",
+    )
+    .bind(&message_ids)
+    .bind(&conversations)
+    .bind(&seqs)
+    .bind(&senders)
+    .bind(&client_msg_ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    struct Stored {
+        conversation_id: String,
+        seq: i64,
+        message_id: String,
+    }
+    let mut by_seq: HashMap<(String, i64), usize> = HashMap::new();
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut by_client_id: HashMap<(String, String, String), usize> = HashMap::new();
+    let mut stored = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let conversation_id: String = row.get("conversation_id");
+        let seq: i64 = row.get("seq");
+        let message_id: String = row.get("message_id");
+        by_seq.insert((conversation_id.clone(), seq), i);
+        by_id.insert(message_id.clone(), i);
+        by_client_id.insert(
+            (
+                conversation_id.clone(),
+                row.get("sender_id"),
+                row.get("client_msg_id"),
+            ),
+            i,
+        );
+        stored.push(Stored {
+            conversation_id,
+            seq,
+            message_id,
+        });
+    }
+
+    let mut conflicts = Vec::new();
+    for record in records {
+        let r = &record.item;
+        let seq = seq_i64(r.seq);
+        let at_seq = by_seq
+            .get(&(r.conversation_id.clone(), seq))
+            .map(|&i| &stored[i]);
+        if at_seq.is_some_and(|s| s.message_id == r.message_id) {
+            continue; // its own row: stored now, or a redelivery
+        }
+        let (other, why) = if let Some(other) = at_seq {
+            (
+                other,
+                format!(
+                    "seq {seq} of conversation {} is stored as message",
+                    r.conversation_id
+                ),
+            )
+        } else if let Some(other) = by_id.get(&r.message_id).map(|&i| &stored[i]) {
+            (
+                other,
+                format!(
+                    "message {} is stored as seq {} of conversation {}; message",
+                    r.message_id, other.seq, other.conversation_id
+                ),
+            )
+        } else if let Some(other) = by_client_id
+            .get(&(
+                r.conversation_id.clone(),
+                r.sender_id.clone(),
+                r.client_msg_id.clone(),
+            ))
+            .map(|&i| &stored[i])
+        {
+            (
+                other,
+                format!(
+                    "client_msg_id {:?} of {} in conversation {} is stored as seq {}, message",
+                    r.client_msg_id, r.sender_id, r.conversation_id, other.seq
+                ),
+            )
+        } else {
+            // Skipped, yet nothing under its keys: cannot happen inside one transaction.
+            tracing::warn!(message_id = %r.message_id, "a skipped record has no stored row in its way");
+            continue;
+        };
+        let error = format!(
+            "conflict: {why} {}, not {} (seq {seq})",
+            other.message_id, r.message_id
+        );
+        conflicts.push(Conflict {
+            message_id: r.message_id.clone(),
+            stored_message_id: other.message_id.clone(),
+            dead_letter: DeadLetter::new(record.at.clone(), r, error),
+        });
+    }
+    Ok(conflicts)
+}
+
+/// Inserts dead letters, once per log position; returns those that were not there yet.
+async fn insert_dead_letters(
+    tx: &mut Tx<'_>,
+    letters: Vec<DeadLetter>,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    if letters.is_empty() {
+        return Ok(letters);
+    }
+    let mut builder = QueryBuilder::new(
+        "INSERT INTO dead_letters (topic, partition, \"offset\", record, error) ",
+    );
+    builder.push_values(&letters, |mut b, l| {
+        b.push_bind(&l.at.topic)
+            .push_bind(l.at.partition)
+            .push_bind(l.at.offset)
+            .push_bind(&l.record)
+            .push_bind(&l.error);
+    });
+    builder.push(
+        " ON CONFLICT (topic, partition, \"offset\") DO NOTHING
+          RETURNING topic, partition, \"offset\"",
+    );
+    let new: std::collections::HashSet<LogPosition> = builder
+        .build()
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|row| LogPosition {
+            topic: row.get("topic"),
+            partition: row.get("partition"),
+            offset: row.get("offset"),
+        })
+        .collect();
+    Ok(letters
+        .into_iter()
+        .filter(|l| new.contains(&l.at))
+        .collect())
+}
+
+/// Applies receipts in one statement; positions only move forward, and read implies delivered.
+async fn upsert_receipts<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    updates: &[&ReceiptUpdate],
+) -> Result<(), sqlx::Error> {
+    // One row per key: Postgres refuses a key twice in one INSERT .. ON CONFLICT.
+    let mut merged: std::collections::BTreeMap<(&str, &str), (i64, i64)> = Default::default();
+    for u in updates {
+        let entry = merged
+            .entry((u.conversation_id.as_str(), u.user_id.as_str()))
+            .or_default();
+        entry.0 = entry.0.max(u.delivered_seq).max(u.read_seq);
+        entry.1 = entry.1.max(u.read_seq);
+    }
+    if merged.is_empty() {
+        return Ok(());
+    }
+    let mut builder = QueryBuilder::new(
+        "INSERT INTO receipts (conversation_id, user_id, delivered_seq, read_seq) ",
+    );
+    builder.push_values(
+        merged,
+        |mut b, ((conversation, user), (delivered, read))| {
+            b.push_bind(conversation)
+                .push_bind(user)
+                .push_bind(delivered)
+                .push_bind(read);
+        },
+    );
+    builder.push(
+        " ON CONFLICT (conversation_id, user_id) DO UPDATE SET
+                delivered_seq = GREATEST(receipts.delivered_seq, EXCLUDED.delivered_seq),
+                read_seq = GREATEST(receipts.read_seq, EXCLUDED.read_seq)",
+    );
+    builder.build().execute(executor).await.map(|_| ())
 }

@@ -103,6 +103,13 @@ impl ServerFrame {
     }
 }
 
+/// Whether PostgreSQL `TEXT` can store `s`. A `&str` is valid UTF-8 already, so the one
+/// character `TEXT` refuses is U+0000 (NUL). Every client-supplied string that ends up in the
+/// database is checked with this at the edge, so it can never poison the ingest of the log.
+pub fn is_storable_text(s: &str) -> bool {
+    !s.contains('\0')
+}
+
 /// Why a client's text frame could not be understood; becomes an `error` frame.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -151,6 +158,23 @@ mod tests {
         assert!(ClientFrame::parse(r#"{"type":"dance"}"#).is_err());
         assert!(ClientFrame::parse("not json").is_err());
         assert!(ClientFrame::parse(r#"{"type":"send"}"#).is_err());
+    }
+
+    #[test]
+    fn nul_is_the_one_character_text_cannot_store() {
+        assert!(is_storable_text(""));
+        assert!(is_storable_text("h\u{e9}llo \u{1F600} \u{1}\u{7f}\u{fffd}"));
+        assert!(!is_storable_text("a\u{0}b"));
+        assert!(!is_storable_text("\0"));
+        // NUL arrives through JSON as an escape.
+        let frame = ClientFrame::parse(
+            r#"{"type":"send","conversation_id":"c","client_msg_id":"m","body":"a\u0000b"}"#,
+        )
+        .unwrap();
+        let ClientFrame::Send { body, .. } = frame else {
+            panic!("a send frame")
+        };
+        assert!(!is_storable_text(&body));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use futures_util::StreamExt;
-use switchboard_protocol::frames::{ClientFrame, ServerFrame};
+use switchboard_protocol::frames::{is_storable_text, ClientFrame, ServerFrame};
 use switchboard_protocol::internal::HandlerItem;
 use switchboard_protocol::token::TokenError;
 use switchboard_protocol::ErrorCode;
@@ -260,6 +260,52 @@ async fn report_presence(state: &ServerState, conn_id: u64, user_id: &str, conne
     }
 }
 
+/// The edge's validation of a parsed frame: the one place that refuses what must never be
+/// numbered or stored. A `send` body over `max_body_bytes` is `too_large`; a string that
+/// PostgreSQL `TEXT` cannot store (one holding U+0000) is `bad_request`, since it would be
+/// numbered and then fail to insert. Refusals of a `send` carry its `client_msg_id`.
+fn refuse_invalid(frame: &ClientFrame, max_body_bytes: usize) -> Option<ServerFrame> {
+    let (conversation_id, send) = match frame {
+        ClientFrame::Send {
+            conversation_id,
+            client_msg_id,
+            body,
+        } => (conversation_id, Some((client_msg_id, body))),
+        ClientFrame::Delivered {
+            conversation_id, ..
+        }
+        | ClientFrame::Read {
+            conversation_id, ..
+        }
+        | ClientFrame::Typing { conversation_id } => (conversation_id, None),
+        ClientFrame::Ping => return None,
+    };
+    let client_msg_id = send.map(|(id, _)| id.clone());
+    if let Some((_, body)) = send {
+        if body.len() > max_body_bytes {
+            return Some(ServerFrame::Error {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "body is {} bytes; the limit is {max_body_bytes}",
+                    body.len()
+                ),
+                client_msg_id,
+            });
+        }
+    }
+    let (field, _) = std::iter::once(("conversation_id", conversation_id))
+        .chain(
+            send.into_iter()
+                .flat_map(|(id, body)| [("client_msg_id", id), ("body", body)]),
+        )
+        .find(|(_, text)| !is_storable_text(text))?;
+    Some(ServerFrame::Error {
+        code: ErrorCode::BadRequest,
+        message: format!("{field} contains U+0000 (NUL), which cannot be stored"),
+        client_msg_id,
+    })
+}
+
 /// Answers one client text frame, or forwards it to the managers (the reply then arrives in
 /// this connection's outbound queue). Anything unparseable gets a `bad_request` error frame
 /// and the connection stays open.
@@ -274,23 +320,8 @@ fn handle_text(
         Ok(frame) => frame,
         Err(e) => return Some(ServerFrame::error(ErrorCode::BadRequest, e.to_string())),
     };
-    if let ClientFrame::Send {
-        client_msg_id,
-        body,
-        ..
-    } = &frame
-    {
-        if body.len() > state.config.max_body_bytes {
-            return Some(ServerFrame::Error {
-                code: ErrorCode::TooLarge,
-                message: format!(
-                    "body is {} bytes; the limit is {}",
-                    body.len(),
-                    state.config.max_body_bytes
-                ),
-                client_msg_id: Some(client_msg_id.clone()),
-            });
-        }
+    if let Some(refusal) = refuse_invalid(&frame, state.config.max_body_bytes) {
+        return Some(refusal);
     }
     if matches!(frame, ClientFrame::Ping) {
         return Some(ServerFrame::Pong);
@@ -324,5 +355,93 @@ fn handle_text(
                 client_msg_id,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(client_msg_id: &str, body: &str) -> ClientFrame {
+        ClientFrame::Send {
+            conversation_id: "c1".into(),
+            client_msg_id: client_msg_id.into(),
+            body: body.into(),
+        }
+    }
+
+    fn refusal(frame: &ClientFrame) -> Option<(ErrorCode, String, Option<String>)> {
+        match refuse_invalid(frame, 16)? {
+            ServerFrame::Error {
+                code,
+                message,
+                client_msg_id,
+            } => Some((code, message, client_msg_id)),
+            other => panic!("not an error frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_send_with_nul_is_a_bad_request_tagged_with_its_id() {
+        let parsed = ClientFrame::parse(
+            r#"{"type":"send","conversation_id":"c1","client_msg_id":"m1","body":"a\u0000b"}"#,
+        )
+        .unwrap();
+        let (code, message, id) = refusal(&parsed).expect("refused");
+        assert_eq!(code, ErrorCode::BadRequest);
+        assert_eq!(id.as_deref(), Some("m1"));
+        assert!(
+            message.contains("body") && message.contains("U+0000"),
+            "{message}"
+        );
+
+        let (code, message, id) = refusal(&send("m\0", "fine")).expect("refused");
+        assert_eq!((code, id.as_deref()), (ErrorCode::BadRequest, Some("m\0")));
+        assert!(message.starts_with("client_msg_id"), "{message}");
+    }
+
+    #[test]
+    fn nul_in_any_conversation_id_is_refused() {
+        for frame in [
+            ClientFrame::Send {
+                conversation_id: "c\0".into(),
+                client_msg_id: "m1".into(),
+                body: "hi".into(),
+            },
+            ClientFrame::Read {
+                conversation_id: "c\0".into(),
+                seq: 1,
+            },
+            ClientFrame::Delivered {
+                conversation_id: "\0".into(),
+                seq: 1,
+            },
+            ClientFrame::Typing {
+                conversation_id: "c\0".into(),
+            },
+        ] {
+            let (code, message, _) = refusal(&frame).expect("refused");
+            assert_eq!(code, ErrorCode::BadRequest);
+            assert!(message.starts_with("conversation_id"), "{message}");
+        }
+    }
+
+    #[test]
+    fn valid_frames_pass_and_size_is_still_checked_first() {
+        assert_eq!(refusal(&send("m1", "hello \u{1F600}")), None);
+        assert_eq!(refusal(&send("m1", "")), None);
+        assert_eq!(refusal(&ClientFrame::Ping), None);
+        assert_eq!(
+            refusal(&ClientFrame::Read {
+                conversation_id: "c1".into(),
+                seq: 3
+            }),
+            None
+        );
+        let (code, _, id) = refusal(&send("big", &"x".repeat(17))).expect("refused");
+        assert_eq!((code, id.as_deref()), (ErrorCode::TooLarge, Some("big")));
+        let (code, _, _) = refusal(&send("big", &format!("{}\0", "x".repeat(17)))).unwrap();
+        assert_eq!(code, ErrorCode::TooLarge);
+        assert_eq!(refusal(&send("edge", &"x".repeat(16))), None);
     }
 }

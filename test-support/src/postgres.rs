@@ -140,10 +140,15 @@ impl Postgres {
                 "listen_addresses=127.0.0.1".into(),
                 "-c".into(),
                 "max_connections=200".into(),
+                // A killed server loses nothing the OS holds, so fsync can stay off here (no
+                // test crashes the OS); but a COMMIT must not return before its WAL reaches
+                // the OS: with synchronous_commit=off a kill -9 loses the last commits, and
+                // the message service has already committed their log offsets (the nemesis
+                // suite's PostgreSQL kill found exactly that).
                 "-c".into(),
                 "fsync=off".into(),
                 "-c".into(),
-                "synchronous_commit=off".into(),
+                "synchronous_commit=on".into(),
             ],
         );
         let process = ManagedProcess::spawn(name, program, &args, &[], log_dir)?;

@@ -809,3 +809,93 @@ async fn nemesis_postgres_killed_and_restarted() {
     })
     .await;
 }
+
+/// Every fault above, one after another on one stack while the workload runs, with a few
+/// seconds of calm between them. Minutes long, so only with `SWITCHBOARD_SOAK=1` (and in
+/// `./scripts/bench.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_every_fault_in_sequence_soak() {
+    if std::env::var_os("SWITCHBOARD_SOAK").is_none() {
+        eprintln!("nemesis soak skipped: set SWITCHBOARD_SOAK=1 to run it");
+        return;
+    }
+    let mut stack = Stack::start(nemesis_options()).await.unwrap();
+    run_nemesis("every fault in sequence", &mut stack, |stack| {
+        Box::pin(async move {
+            let calm = Duration::from_secs(5);
+            let step = |name: &str| eprintln!("nemesis soak: {name}");
+
+            step("manager holding a lease: SIGSTOP 5 s");
+            let holder = lease_holder(stack).await;
+            pause(&stack.managers[holder].process);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            resume(&stack.managers[holder].process);
+            tokio::time::sleep(calm).await;
+
+            step("broker: SIGSTOP 7 s");
+            let broker = &stack.broker.as_ref().unwrap().process;
+            broker.signal(libc::SIGSTOP);
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            broker.signal(libc::SIGCONT);
+            tokio::time::sleep(calm).await;
+
+            step("broker: kill -9 + restart");
+            stack
+                .broker
+                .as_mut()
+                .unwrap()
+                .restart(Duration::from_secs(2))
+                .await
+                .unwrap();
+            tokio::time::sleep(calm).await;
+
+            step("Redis master: kill -9 with both replicas 3 s behind");
+            let master = stack.redis.current_master_port().await.unwrap();
+            let replicas: Vec<u16> = stack
+                .redis
+                .server_ports()
+                .into_iter()
+                .filter(|p| *p != master)
+                .collect();
+            for port in &replicas {
+                pause(stack.redis.server_process(*port).unwrap());
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            stack.redis.kill_master().await.unwrap();
+            for port in &replicas {
+                resume(stack.redis.server_process(*port).unwrap());
+            }
+            stack
+                .redis
+                .wait_for_failover(master, Duration::from_secs(30))
+                .await
+                .unwrap();
+            tokio::time::sleep(calm).await;
+
+            step("PostgreSQL: kill -9 + restart");
+            stack
+                .postgres
+                .as_mut()
+                .unwrap()
+                .restart(Duration::from_secs(3))
+                .await
+                .unwrap();
+            tokio::time::sleep(calm).await;
+
+            step("message service: kill -9 + restart");
+            stack.message_service.as_ref().unwrap().process.kill9();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            stack.restart_message_service().await.unwrap();
+            tokio::time::sleep(calm).await;
+
+            step("manager holding a lease: kill -9");
+            let holder = lease_holder(stack).await;
+            stack.managers[holder].process.kill9();
+            tokio::time::sleep(calm).await;
+
+            step("a sender's socket server: kill -9");
+            stack.socket_servers[0].process.kill9();
+        })
+    })
+    .await;
+}

@@ -8,7 +8,10 @@ use switchboard_protocol::token::{Claims, TokenKeys};
 use switchboard_protocol::ErrorCode;
 use switchboard_test_support::{Stack, StackOptions};
 
-use crate::client::{eventually, scores, token_for, Connect, WsClient, WAIT};
+use crate::client::{
+    alice_and_bob, api, eventually, history_with, scores, sent_of, token_for, Connect, WsClient,
+    WAIT,
+};
 
 async fn small_stack() -> Stack {
     Stack::start(StackOptions {
@@ -124,6 +127,61 @@ async fn bad_frames_get_error_frames_and_the_connection_stays_usable() {
             ..
         })
     ));
+}
+
+/// U+0000 is the one character PostgreSQL TEXT cannot store: a send carrying it would be
+/// numbered and then poison ingest, so the edge refuses it (bad_request, with its
+/// client_msg_id) before it is numbered. The REST side refuses it in stored names too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_the_database_cannot_store_is_refused_at_the_edge_and_never_numbered() {
+    let stack = Stack::start(StackOptions {
+        socket_servers: 1,
+        registries: 1,
+        health_checkers: 1,
+        managers: 1,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let (http, alice_t, bob_t, conv) = alice_and_bob(&stack).await;
+    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
+        .await
+        .unwrap();
+
+    alice.send_message(&conv, "nul", "a\u{0}b").await;
+    let refused = |f: &ServerFrame| matches!(f, ServerFrame::Error { client_msg_id: Some(id), .. } if id == "nul");
+    let frames = alice
+        .collect_until(WAIT, |frames| frames.iter().any(refused))
+        .await;
+    match frames.into_iter().find(refused) {
+        Some(ServerFrame::Error { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::BadRequest);
+            assert!(message.contains("U+0000"), "{message}");
+        }
+        other => panic!("expected bad_request for the NUL body, got {other:?}"),
+    }
+
+    // The refused send took no seq: the next one in the conversation gets 1.
+    alice.send_message(&conv, "ok", "ab").await;
+    let frames = alice
+        .collect_until(WAIT, |frames| sent_of(frames).contains_key("ok"))
+        .await;
+    assert_eq!(sent_of(&frames)["ok"].0, 1, "{frames:?}");
+    let stored = history_with(&http, &stack, &bob_t, &conv, 1).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["body"], "ab");
+
+    let (status, body) = api(
+        &http,
+        &stack,
+        &alice_t,
+        reqwest::Method::POST,
+        "/api/v1/conversations",
+        Some(json!({"kind": "group", "name": "a\u{0}b", "members": ["bob"]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,349 @@
+//! The ingest side of the store against a real PostgreSQL: a record the database cannot take
+//! goes to `dead_letters` without holding up the rest of its batch, a record that collides
+//! with a different stored message is a conflict (dead-lettered, the stored row kept), a
+//! redelivery is neither, and an unreachable database is an error to retry, not a dead
+//! letter.
+
+use std::time::Duration;
+
+use message_service::store::{
+    is_data_error, DeadLetter, LogPosition, ReceiptUpdate, Sourced, Store,
+};
+use sqlx::postgres::PgPool;
+use sqlx::Row;
+use switchboard_message_log::LogRecord;
+use switchboard_test_support::{free_port, Postgres};
+use tempfile::TempDir;
+
+struct Db {
+    dir: TempDir,
+    pg: Postgres,
+    store: Store,
+    pool: PgPool,
+}
+
+async fn start_db() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(
+        &dir.path().join("pg"),
+        free_port(),
+        &dir.path().join("logs"),
+    )
+    .await
+    .unwrap();
+    let store = Store::connect(&pg.url(), 4).await.unwrap();
+    let pool = PgPool::connect(&pg.url()).await.unwrap();
+    Db {
+        dir,
+        pg,
+        store,
+        pool,
+    }
+}
+
+impl Db {
+    async fn group(&self) -> String {
+        self.store
+            .create_group("alice", "g", &["alice".to_owned(), "bob".to_owned()])
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// `(seq, message_id)` of every stored message of a conversation.
+    async fn stored(&self, conversation_id: &str) -> Vec<(i64, String)> {
+        self.store
+            .history(conversation_id, 0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.seq, m.message_id))
+            .collect()
+    }
+
+    /// `(offset, record, error)` of every dead letter, by offset.
+    async fn dead_letters(&self) -> Vec<(i64, String, String)> {
+        sqlx::query(r#"SELECT "offset", record, error FROM dead_letters ORDER BY "offset""#)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| (row.get("offset"), row.get("record"), row.get("error")))
+            .collect()
+    }
+
+    async fn last_seq(&self, conversation_id: &str) -> i64 {
+        sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = $1")
+            .bind(conversation_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+fn at(offset: i64) -> LogPosition {
+    LogPosition {
+        topic: "sb.messages".into(),
+        partition: 0,
+        offset,
+    }
+}
+
+fn record(conversation_id: &str, seq: u64, message_id: &str, body: &str) -> LogRecord {
+    LogRecord {
+        conversation_id: conversation_id.into(),
+        seq,
+        message_id: message_id.into(),
+        sender_id: "alice".into(),
+        client_msg_id: format!("c-{message_id}"),
+        body: body.into(),
+        created_at: chrono::Utc::now().to_rfc3339(),
+    }
+}
+
+fn sourced(offset: i64, item: LogRecord) -> Sourced<LogRecord> {
+    Sourced {
+        at: at(offset),
+        item,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_with_nul_are_dead_lettered_and_the_rest_of_the_batch_is_stored() {
+    let db = start_db().await;
+    let conv = db.group().await;
+    let mut nul_client_id = record(&conv, 4, "m4", "fine");
+    nul_client_id.client_msg_id = "c\0".into();
+    let batch = vec![
+        sourced(10, record(&conv, 1, "m1", "one")),
+        sourced(11, record(&conv, 2, "m2", "a\0b")),
+        sourced(12, record(&conv, 3, "m3", "three")),
+        sourced(13, nul_client_id),
+        // A conversation id the database cannot hold must not break the last_seq update.
+        sourced(14, record("c\0", 1, "m5", "x")),
+        sourced(15, record(&conv, 6, "m6", "six")),
+    ];
+
+    let outcome = db.store.insert_batch(&batch).await.unwrap();
+    assert_eq!(outcome.inserted, 3);
+    assert!(outcome.conflicts.is_empty(), "{:?}", outcome.conflicts);
+    let refused: Vec<i64> = outcome.refused.iter().map(|l| l.at.offset).collect();
+    assert_eq!(refused, vec![11, 13, 14]);
+    assert_eq!(
+        db.stored(&conv).await,
+        vec![(1, "m1".into()), (3, "m3".into()), (6, "m6".into())]
+    );
+    assert_eq!(db.last_seq(&conv).await, 6);
+
+    let letters = db.dead_letters().await;
+    assert_eq!(letters.len(), 3);
+    let (offset, text, error) = &letters[0];
+    assert_eq!(*offset, 11);
+    assert!(error.contains("0x00"), "the database's reason: {error}");
+    assert!(!text.contains('\0') && text.contains(r"\u0000"), "{text}");
+    let back: LogRecord = serde_json::from_str(text).unwrap();
+    assert_eq!(
+        back, batch[1].item,
+        "the dead letter holds the whole record"
+    );
+
+    // Redelivered, the batch changes nothing and is not dead-lettered twice.
+    let again = db.store.insert_batch(&batch).await.unwrap();
+    assert_eq!(again.inserted, 0);
+    assert!(again.refused.is_empty() && again.conflicts.is_empty());
+    assert_eq!(db.dead_letters().await.len(), 3);
+
+    // The slow path on its own: a batch without bad records goes in whole.
+    let clean = vec![sourced(16, record(&conv, 7, "m7", "seven"))];
+    let outcome = db.store.insert_one_by_one(&clean).await.unwrap();
+    assert_eq!(outcome.inserted, 1);
+    assert!(outcome.refused.is_empty());
+    assert_eq!(db.last_seq(&conv).await, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_colliding_with_a_different_message_is_a_conflict_and_the_stored_row_stays() {
+    let db = start_db().await;
+    let conv = db.group().await;
+    let first = db
+        .store
+        .insert_batch(&[sourced(1, record(&conv, 1, "m-a", "original"))])
+        .await
+        .unwrap();
+    assert_eq!(first.inserted, 1);
+
+    // Same seq, another message (a sequence lock that expired under a pause).
+    let same_seq = record(&conv, 1, "m-b", "usurper");
+    // Same message id at another seq.
+    let same_id = record(&conv, 3, "m-a", "again");
+    // Same sender and client_msg_id, another message id and seq (idempotency broken).
+    let mut same_client_id = record(&conv, 4, "m-d", "retry");
+    same_client_id.client_msg_id = "c-m-a".into();
+    let batch = vec![
+        sourced(2, same_seq),
+        sourced(3, record(&conv, 2, "m-c", "fine")),
+        sourced(4, same_id),
+        sourced(5, same_client_id),
+    ];
+    let outcome = db.store.insert_batch(&batch).await.unwrap();
+    assert_eq!(outcome.inserted, 1);
+    assert!(outcome.refused.is_empty());
+    let conflicts: Vec<(&str, &str, i64)> = outcome
+        .conflicts
+        .iter()
+        .map(|c| {
+            (
+                c.message_id.as_str(),
+                c.stored_message_id.as_str(),
+                c.dead_letter.at.offset,
+            )
+        })
+        .collect();
+    assert_eq!(
+        conflicts,
+        vec![("m-b", "m-a", 2), ("m-a", "m-a", 4), ("m-d", "m-a", 5)]
+    );
+    for c in &outcome.conflicts {
+        let error = &c.dead_letter.error;
+        assert!(error.starts_with("conflict: "), "{error}");
+        assert!(error.contains(&c.message_id) && error.contains(&c.stored_message_id));
+    }
+    assert!(outcome.conflicts[0]
+        .dead_letter
+        .error
+        .contains(&format!("seq 1 of conversation {conv}")));
+
+    // The stored row is kept; the losers are in dead_letters.
+    assert_eq!(
+        db.stored(&conv).await,
+        vec![(1, "m-a".into()), (2, "m-c".into())]
+    );
+    let letters = db.dead_letters().await;
+    assert_eq!(
+        letters.iter().map(|l| l.0).collect::<Vec<_>>(),
+        vec![2, 4, 5]
+    );
+    let loser: LogRecord = serde_json::from_str(&letters[0].1).unwrap();
+    assert_eq!(loser.body, "usurper");
+
+    // Redelivered, the conflicts are not dead-lettered (or reported) a second time.
+    let again = db.store.insert_batch(&batch).await.unwrap();
+    assert_eq!(again.inserted, 0);
+    assert!(again.conflicts.is_empty());
+    assert_eq!(db.dead_letters().await.len(), 3);
+
+    // Two messages with one seq inside one batch: the first wins.
+    let batch = vec![
+        sourced(6, record(&conv, 5, "m-e", "first")),
+        sourced(7, record(&conv, 5, "m-f", "second")),
+    ];
+    let outcome = db.store.insert_batch(&batch).await.unwrap();
+    assert_eq!(outcome.inserted, 1);
+    assert_eq!(outcome.conflicts.len(), 1);
+    assert_eq!(outcome.conflicts[0].message_id, "m-f");
+    assert_eq!(outcome.conflicts[0].stored_message_id, "m-e");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_identical_record_is_not_a_conflict() {
+    let db = start_db().await;
+    let conv = db.group().await;
+    let batch = vec![
+        sourced(1, record(&conv, 1, "m1", "one")),
+        sourced(2, record(&conv, 2, "m2", "two")),
+    ];
+    assert_eq!(db.store.insert_batch(&batch).await.unwrap().inserted, 2);
+    let again = db.store.insert_batch(&batch).await.unwrap();
+    assert_eq!(again.inserted, 0);
+    assert!(again.conflicts.is_empty() && again.refused.is_empty());
+
+    // Redelivered at other offsets (a new consumer, a replay), and twice within one batch.
+    let mixed = vec![
+        sourced(7, record(&conv, 1, "m1", "one")),
+        sourced(8, record(&conv, 2, "m2", "two")),
+        sourced(9, record(&conv, 2, "m2", "two")),
+        sourced(10, record(&conv, 3, "m3", "three")),
+        sourced(11, record(&conv, 3, "m3", "three")),
+    ];
+    let outcome = db.store.insert_batch(&mixed).await.unwrap();
+    assert_eq!(outcome.inserted, 1);
+    assert!(outcome.conflicts.is_empty(), "{:?}", outcome.conflicts);
+    assert!(db.dead_letters().await.is_empty());
+    assert_eq!(db.stored(&conv).await.len(), 3);
+    assert_eq!(db.last_seq(&conv).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_and_unreadable_records_the_database_cannot_take_are_dead_lettered() {
+    let db = start_db().await;
+    let conv = db.group().await;
+    let receipt = |offset, conversation_id: &str, seq| Sourced {
+        at: LogPosition {
+            topic: "sb.events".into(),
+            partition: 0,
+            offset,
+        },
+        item: ReceiptUpdate {
+            conversation_id: conversation_id.into(),
+            user_id: "bob".into(),
+            delivered_seq: seq,
+            read_seq: seq,
+        },
+    };
+    let refused = db
+        .store
+        .upsert_receipts(&[receipt(1, &conv, 3), receipt(2, "c\0", 4)])
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].at.offset, 2);
+    let receipts = db
+        .store
+        .receipts_of(std::slice::from_ref(&conv))
+        .await
+        .unwrap();
+    assert_eq!(
+        receipts[&conv][0].read_seq, 3,
+        "the good receipt is applied"
+    );
+
+    let unreadable = DeadLetter::unreadable(at(40), b"{\"not\0json", "unreadable log record");
+    let new = db
+        .store
+        .dead_letter(vec![unreadable.clone()])
+        .await
+        .unwrap();
+    assert_eq!(new, vec![unreadable.clone()]);
+    assert!(db
+        .store
+        .dead_letter(vec![unreadable])
+        .await
+        .unwrap()
+        .is_empty());
+    let letters = db.dead_letters().await;
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[1].1, "{\"not\\u0000json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_an_error_to_retry_not_a_dead_letter() {
+    let db = start_db().await;
+    let conv = db.group().await;
+    let port = db.pg.port();
+    db.pg.process.stop(Duration::from_secs(10)).await;
+    let batch = vec![
+        sourced(1, record(&conv, 1, "m1", "one")),
+        sourced(2, record(&conv, 2, "m2", "a\0b")),
+    ];
+    let error = db.store.insert_batch(&batch).await.unwrap_err();
+    assert!(!is_data_error(&error), "{error}");
+
+    // Back up, the same batch goes in as if nothing had happened.
+    let _pg = Postgres::start(&db.dir.path().join("pg"), port, &db.dir.path().join("logs"))
+        .await
+        .unwrap();
+    let outcome = db.store.insert_batch(&batch).await.unwrap();
+    assert_eq!(outcome.inserted, 1);
+    assert_eq!(outcome.refused.len(), 1);
+    assert_eq!(db.dead_letters().await.len(), 1);
+}
