@@ -35,6 +35,7 @@ pub struct Ingest {
     lag_seconds: prometheus::Gauge,
     dead_letters: prometheus::IntCounter,
     conflicts: prometheus::IntCounter,
+    progress: crate::settled::IngestProgress,
 }
 
 impl Ingest {
@@ -43,6 +44,7 @@ impl Ingest {
         store: Store,
         ops: &Ops,
         fetch_wait_ms: u64,
+        progress: crate::settled::IngestProgress,
     ) -> anyhow::Result<Self> {
         // History may trail live delivery by a fetch wait; a longer one spares the broker.
         let consumer: StreamConsumer = kafka
@@ -83,6 +85,7 @@ impl Ingest {
             lag_seconds,
             dead_letters,
             conflicts,
+            progress,
         })
     }
 
@@ -113,6 +116,7 @@ impl Ingest {
             });
             match found.map(|list| consumer.assign(&list)) {
                 Some(Ok(())) => {
+                    self.note_committed();
                     tracing::info!("ingesting every partition of the message log and events");
                     return true;
                 }
@@ -123,6 +127,22 @@ impl Ingest {
                 _ = shutdown.cancelled() => return false,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
+        }
+    }
+
+    /// What an earlier instance committed was written by it: progress starts there.
+    fn note_committed(&self) {
+        let committed =
+            tokio::task::block_in_place(|| self.consumer.committed(Duration::from_secs(5)));
+        match committed {
+            Ok(list) => {
+                for element in list.elements_for_topic(&self.message_topic) {
+                    if let Offset::Offset(next) = element.offset() {
+                        self.progress.advance(element.partition(), next);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the committed offsets failed"),
         }
     }
 
@@ -210,6 +230,9 @@ impl Ingest {
                 return;
             }
             for ((topic, partition), offset) in offsets {
+                if topic == self.message_topic {
+                    self.progress.advance(partition, offset + 1);
+                }
                 if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
                     tracing::warn!(error = %e, "storing the consumer offset failed");
                 }

@@ -15,6 +15,7 @@ mod auth;
 pub mod ingest;
 mod membership_cache;
 mod routes;
+pub mod settled;
 pub mod store;
 
 use std::net::TcpListener;
@@ -66,6 +67,7 @@ pub(crate) struct AppState {
     pub store: store::Store,
     pub tokens: TokenKeys,
     pub cache: membership_cache::MembershipCache,
+    pub settled: settled::Settled,
     pub config: MessageServiceConfig,
 }
 
@@ -82,11 +84,14 @@ impl Application {
         let store = store::Store::connect(&config.database_url, config.db_max_connections).await?;
         let redis = SentinelRedis::new(config.common.redis.clone());
         let ops = Ops::new("message-service");
+        let progress = settled::IngestProgress::default();
+        let settled = settled::Settled::new(&config.kafka, progress.clone())?;
         let ingest = ingest::Ingest::new(
             &config.kafka,
             store.clone(),
             &ops,
             config.ingest_fetch_wait_ms,
+            progress,
         )?;
 
         let ready_store = store.clone();
@@ -103,6 +108,7 @@ impl Application {
             store,
             tokens: TokenKeys::new(config.common.jwt_secret.as_bytes()),
             cache: membership_cache::MembershipCache::new(redis),
+            settled,
             config,
         });
         let server = http::serve_json_api(ops, listener, 1024 * 1024, move |cfg| {

@@ -30,6 +30,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/internal/v1/conversations/{id}/members",
             web::get().to(internal_members),
         )
+        .route(
+            "/internal/v1/conversations/{id}/settled-last-seq",
+            web::get().to(internal_settled_last_seq),
+        )
         .route("/api/v1/presence", web::get().to(presence))
         .route(
             "/internal/v1/users/{id}/contacts",
@@ -280,6 +284,32 @@ async fn remove_member(
     state.cache.invalidate(&conversation_id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
+
+/// Cluster-only: the highest stored `seq` once ingest has stored everything the message log
+/// held when asked (503 while it cannot catch up), for reseeding a sequence counter.
+async fn internal_settled_last_seq(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    let conversation_id = path.into_inner();
+    storable("the conversation id", &conversation_id)?;
+    state
+        .settled
+        .wait_for_log_end(SETTLE_WITHIN)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let last_seq = state
+        .store
+        .last_seq(&conversation_id)
+        .await
+        .map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "last_seq": last_seq })))
+}
+
+/// How long a settled read waits for ingest to reach the log's end.
+const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Cluster-only: the members of a conversation, refilling the Redis cache on the way.
 async fn internal_members(

@@ -71,7 +71,14 @@ async fn start_ingest(
     kafka: &KafkaConfig,
     store: &Store,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let ingest = Ingest::new(kafka, store.clone(), &Ops::new("message-service"), 100).unwrap();
+    let ingest = Ingest::new(
+        kafka,
+        store.clone(),
+        &Ops::new("message-service"),
+        100,
+        message_service::settled::IngestProgress::default(),
+    )
+    .unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(ingest.run(shutdown.clone()));
     (shutdown, task)

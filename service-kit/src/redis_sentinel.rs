@@ -62,12 +62,23 @@ struct Inner {
     config: RedisConfig,
     /// The shared connection and the generation it belongs to. A std mutex, held only to clone
     /// or swap, never across an await.
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    current: Mutex<Option<Live>>,
     generation: AtomicU64,
     /// The master address the current connection was made to.
     master: Mutex<Option<(String, u16)>>,
     /// Serialises re-resolution so a burst of failures triggers one lookup, not hundreds.
     resolving: tokio::sync::Mutex<()>,
+}
+
+/// The shared connection, the generation it belongs to, and the master's replication id.
+#[derive(Clone)]
+struct Live {
+    generation: u64,
+    conn: MultiplexedConnection,
+    /// `master_replid` of the server this connection reaches, read when it connected. A
+    /// master keeps it while it stays master; a promoted replica gets a new one, so it names
+    /// the master's *epoch* (see [`SentinelRedis::query_pipe_on_master`]).
+    replid: Arc<str>,
 }
 
 /// A cloneable handle to the current Redis master.
@@ -109,7 +120,11 @@ impl SentinelRedis {
 
     /// Runs one command against the master.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let (generation, mut conn) = self.connection().await?;
+        let Live {
+            generation,
+            mut conn,
+            ..
+        } = self.connection().await?;
         let result = tokio::time::timeout(self.inner.config.command_timeout, async {
             cmd.query_async::<T>(&mut conn).await
         })
@@ -122,7 +137,11 @@ impl SentinelRedis {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
-        let (generation, mut conn) = self.connection().await?;
+        let Live {
+            generation,
+            mut conn,
+            ..
+        } = self.connection().await?;
         let result = tokio::time::timeout(self.inner.config.command_timeout, async {
             pipe.query_async::<T>(&mut conn).await
         })
@@ -135,9 +154,33 @@ impl SentinelRedis {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let (generation, mut conn) = self.connection().await?;
+        let Live {
+            generation,
+            mut conn,
+            ..
+        } = self.connection().await?;
         let result = tokio::time::timeout(self.inner.config.command_timeout, async {
             invocation.invoke_async::<T>(&mut conn).await
+        })
+        .await;
+        self.settle(generation, result)
+    }
+
+    /// Runs the pipeline `build` makes from the master's replication id, on the connection
+    /// to that very master. A script can compare the id with one it stored earlier to learn
+    /// that the master changed since (a failover may have lost the last writes before it).
+    pub async fn query_pipe_on_master<T: FromRedisValue>(
+        &self,
+        build: impl FnOnce(&str) -> redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let Live {
+            generation,
+            mut conn,
+            replid,
+        } = self.connection().await?;
+        let pipe = build(&replid);
+        let result = tokio::time::timeout(self.inner.config.command_timeout, async {
+            pipe.query_async::<T>(&mut conn).await
         })
         .await;
         self.settle(generation, result)
@@ -172,13 +215,16 @@ impl SentinelRedis {
     /// command resolves the master again.
     fn invalidate(&self, generation: u64) {
         let mut current = self.inner.current.lock().expect("redis handle lock");
-        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+        if current
+            .as_ref()
+            .is_some_and(|live| live.generation == generation)
+        {
             tracing::warn!("redis connection dropped; will re-resolve the master via sentinel");
             *current = None;
         }
     }
 
-    async fn connection(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
+    async fn connection(&self) -> Result<Live, StoreError> {
         if let Some(found) = self.cached() {
             return Ok(found);
         }
@@ -186,15 +232,21 @@ impl SentinelRedis {
         if let Some(found) = self.cached() {
             return Ok(found);
         }
-        let conn = tokio::time::timeout(self.inner.config.command_timeout * 2, self.resolve())
-            .await
-            .map_err(|_| StoreError::Unavailable("resolving the master timed out".into()))??;
+        let (conn, replid) =
+            tokio::time::timeout(self.inner.config.command_timeout * 2, self.resolve())
+                .await
+                .map_err(|_| StoreError::Unavailable("resolving the master timed out".into()))??;
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.inner.current.lock().expect("redis handle lock") = Some((generation, conn.clone()));
-        Ok((generation, conn))
+        let live = Live {
+            generation,
+            conn,
+            replid: replid.into(),
+        };
+        *self.inner.current.lock().expect("redis handle lock") = Some(live.clone());
+        Ok(live)
     }
 
-    fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
+    fn cached(&self) -> Option<Live> {
         self.inner
             .current
             .lock()
@@ -204,15 +256,15 @@ impl SentinelRedis {
 
     /// Asks each Sentinel in turn for the master and connects to the first address that
     /// confirms it is a master.
-    async fn resolve(&self) -> Result<MultiplexedConnection, StoreError> {
+    async fn resolve(&self) -> Result<(MultiplexedConnection, String), StoreError> {
         let mut last_error = String::from("no sentinels configured");
         for sentinel in &self.inner.config.sentinels {
             match self.ask_sentinel(sentinel).await {
                 Ok((host, port)) => match connect_master(&host, port).await {
-                    Ok(conn) => {
-                        tracing::info!(%host, port, "connected to redis master");
+                    Ok((conn, replid)) => {
+                        tracing::info!(%host, port, %replid, "connected to redis master");
                         *self.inner.master.lock().expect("redis handle lock") = Some((host, port));
-                        return Ok(conn);
+                        return Ok((conn, replid));
                     }
                     Err(e) => last_error = format!("master {host}:{port}: {e}"),
                 },
@@ -254,8 +306,10 @@ async fn watch_master(inner: std::sync::Weak<Inner>) {
                         new = ?named,
                         "sentinel names a new redis master; reconnecting"
                     );
-                    let redis = SentinelRedis { inner: inner.clone() };
-                    let generation = redis.cached().map(|(g, _)| g);
+                    let redis = SentinelRedis {
+                        inner: inner.clone(),
+                    };
+                    let generation = redis.cached().map(|live| live.generation);
                     if let Some(generation) = generation {
                         redis.invalidate(generation);
                     }
@@ -282,7 +336,7 @@ async fn ask_sentinel(sentinel: &str, master_name: &str) -> Result<(String, u16)
     addr.ok_or_else(|| format!("does not know master {master_name}"))
 }
 
-async fn connect_master(host: &str, port: u16) -> Result<MultiplexedConnection, String> {
+async fn connect_master(host: &str, port: u16) -> Result<(MultiplexedConnection, String), String> {
     let client =
         redis::Client::open(format!("redis://{host}:{port}/")).map_err(|e| e.to_string())?;
     let mut conn = client
@@ -300,11 +354,20 @@ async fn connect_master(host: &str, port: u16) -> Result<MultiplexedConnection, 
         ),
         _ => false,
     };
-    if is_master {
-        Ok(conn)
-    } else {
-        Err("not a master (yet)".into())
+    if !is_master {
+        return Err("not a master (yet)".into());
     }
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let replid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("master_replid:"))
+        .map(|id| id.trim().to_owned())
+        .ok_or("INFO replication has no master_replid")?;
+    Ok((conn, replid))
 }
 
 fn connection_is_broken(err: &RedisError) -> bool {

@@ -90,7 +90,10 @@ impl ManagerConfig {
             presence_max_group: env_or("SB_PRESENCE_MAX_GROUP", 100)?,
             seq_replica_acks: env_or("SB_SEQ_REPLICA_ACKS", 1)?,
             seq_replica_ack_timeout: env_millis("SB_SEQ_REPLICA_ACK_TIMEOUT_MS", 500)?,
-            manager_id: env_string("SB_MANAGER_ID", &env_string("SB_MANAGER_BIND", "127.0.0.1:8201")),
+            manager_id: env_string(
+                "SB_MANAGER_ID",
+                &env_string("SB_MANAGER_BIND", "127.0.0.1:8201"),
+            ),
             delete_handler_topics: switchboard_service_kit::config::env_bool(
                 "SB_DELETE_HANDLER_TOPICS",
                 true,
@@ -147,11 +150,16 @@ impl Application {
                 "manager_pending_replayed_total",
                 "numbers a lease holder found pending (append in doubt) and appended again",
             )?,
+            counters_raised: prometheus::IntCounter::new(
+                "manager_counters_raised_total",
+                "sequence counters found behind the log after a Redis failover, and raised",
+            )?,
         };
         ops.register(&metrics.lock_wait_seconds);
         ops.register(&metrics.messages_sent);
         ops.register(&metrics.send_errors);
         ops.register(&metrics.pending_replayed);
+        ops.register(&metrics.counters_raised);
         ops.register(&kafka.produce_seconds);
         ops.register(&kafka.produce_errors);
         let ops = ops

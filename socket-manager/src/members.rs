@@ -24,7 +24,6 @@ pub enum MembersError {
 #[derive(Deserialize)]
 struct InternalMembers {
     members: Vec<String>,
-    last_seq: u64,
 }
 
 impl Members {
@@ -73,9 +72,19 @@ impl Members {
         Ok(found.contacts)
     }
 
-    /// The highest stored seq, used to re-seed a sequence counter Redis lost.
-    pub async fn stored_last_seq(&self, conversation_id: &str) -> Result<u64, MembersError> {
-        Ok(self.ask_message_service(conversation_id).await?.last_seq)
+    /// The highest stored seq once the message service has stored everything the log held
+    /// when asked: the floor for a sequence counter.
+    pub async fn settled_last_seq(&self, conversation_id: &str) -> Result<u64, MembersError> {
+        #[derive(serde::Deserialize)]
+        struct Settled {
+            last_seq: u64,
+        }
+        let settled: Settled = self
+            .get_internal(&format!(
+                "/internal/v1/conversations/{conversation_id}/settled-last-seq"
+            ))
+            .await?;
+        Ok(settled.last_seq)
     }
 
     async fn ask_message_service(

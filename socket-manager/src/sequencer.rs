@@ -76,6 +76,8 @@ pub struct SequencerMetrics {
     pub send_errors: prometheus::IntCounterVec,
     /// Numbers a lease holder found pending and appended again.
     pub pending_replayed: prometheus::IntCounter,
+    /// Counters found behind the log (a failover lost numbers) and raised.
+    pub counters_raised: prometheus::IntCounter,
 }
 
 /// How numbering is made to survive a Redis failover.
@@ -128,8 +130,9 @@ static FINISH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
 });
 
 /// Sent as `EVAL` in one pipeline with `WAIT` (a pipeline cannot carry `EVALSHA`'s fallback).
-/// KEYS: lease, counter, pending, then one idempotency key per send.
-/// ARGV: token, idempotency ttl (s), then per send: message_id, created_at, pending JSON.
+/// KEYS: lease, counter, pending, counter epoch, then one idempotency key per send.
+/// ARGV: token, idempotency ttl (s), the master's replication id, then per send: message_id,
+/// created_at, pending JSON.
 const NUMBER_LUA: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('NOLEASE the sequence lease is not held')
@@ -137,13 +140,13 @@ end
 if redis.call('HLEN', KEYS[3]) > 0 then
   return redis.error_reply('PENDING numbered messages await their append')
 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  return redis.error_reply('NOCOUNTER the sequence counter must be seeded')
+if redis.call('GET', KEYS[4]) ~= ARGV[3] then
+  return redis.error_reply('UNVERIFIED the counter was not checked against the log on this master')
 end
 local ttl = tonumber(ARGV[2])
 local out = {}
-for i = 4, #KEYS do
-  local a = 3 + (i - 4) * 3
+for i = 5, #KEYS do
+  local a = 4 + (i - 5) * 3
   local known = redis.call('HMGET', KEYS[i], 'seq', 'message_id', 'created_at')
   if known[1] then
     out[#out + 1] = {tonumber(known[1]), known[2], known[3], 0}
@@ -158,13 +161,27 @@ end
 return out
 ";
 
+/// KEYS: lease, counter, counter epoch. ARGV: token, the master's replication id, the highest
+/// `seq` in the log. Raises the counter to that floor and marks it checked on this master;
+/// answers the counter as it was.
+const RESEED_LUA: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('NOLEASE the sequence lease is not held')
+end
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+local floor = tonumber(ARGV[3])
+if floor > current then redis.call('SET', KEYS[2], floor) end
+redis.call('SET', KEYS[3], ARGV[2])
+return current
+";
+
 /// Why numbering did not happen.
 #[derive(Debug, thiserror::Error)]
 enum NumberingError {
     #[error("numbers of an earlier hold await their append")]
     Pending,
-    #[error("the conversation has no counter yet")]
-    NoCounter,
+    #[error("the counter has not been checked against the log on this master")]
+    Unverified,
     #[error("the sequence lease was lost")]
     LeaseLost,
     #[error("only {acked} of {wanted} replicas acknowledged the numbers")]
@@ -178,7 +195,7 @@ impl From<StoreError> for NumberingError {
         if let StoreError::Command(err) = &e {
             match err.code() {
                 Some("PENDING") => return NumberingError::Pending,
-                Some("NOCOUNTER") => return NumberingError::NoCounter,
+                Some("UNVERIFIED") => return NumberingError::Unverified,
                 Some("NOLEASE") => return NumberingError::LeaseLost,
                 _ => {}
             }
@@ -276,6 +293,12 @@ impl Sequencer {
         self.redis.key(&format!("seq:{conversation_id}"))
     }
 
+    /// The replication id of the master on which the counter was last checked against the
+    /// log: a counter is only used on the master that checked it.
+    fn epoch_key(&self, conversation_id: &str) -> String {
+        self.redis.key(&format!("seq-epoch:{conversation_id}"))
+    }
+
     fn idempotency_key(&self, s: &SendRequest) -> String {
         self.redis.key(&format!(
             "idem:{}:{}:{}",
@@ -310,7 +333,10 @@ impl Sequencer {
                     .collect();
             }
         };
-        let answers = match self.under_lease(&lease, conversation_id, sends, members).await {
+        let answers = match self
+            .under_lease(&lease, conversation_id, sends, members)
+            .await
+        {
             Ok(answers) => answers,
             Err(e) => {
                 let reason = match &e {
@@ -323,7 +349,10 @@ impl Sequencer {
                     .send_errors
                     .with_label_values(&[reason])
                     .inc_by(sends.len() as u64);
-                sends.iter().map(|s| unavailable(&s.client_msg_id)).collect()
+                sends
+                    .iter()
+                    .map(|s| unavailable(&s.client_msg_id))
+                    .collect()
             }
         };
         self.release(lease).await;
@@ -347,7 +376,7 @@ impl Sequencer {
                 Err(NumberingError::Pending) => {
                     self.finish_pending(lease, conversation_id, members).await?;
                 }
-                Err(NumberingError::NoCounter) => self.seed_counter(conversation_id).await?,
+                Err(NumberingError::Unverified) => self.reseed(lease, conversation_id).await?,
                 Err(e) => return Err(e),
             }
         }
@@ -412,16 +441,7 @@ impl Sequencer {
         sends: &[&SendRequest],
     ) -> Result<Vec<Numbered>, NumberingError> {
         let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(NUMBER_LUA)
-            .arg(3 + sends.len())
-            .arg(&lease.key)
-            .arg(self.counter_key(conversation_id))
-            .arg(self.pending_key(conversation_id));
-        for s in sends {
-            eval.arg(self.idempotency_key(s));
-        }
-        eval.arg(&lease.token).arg(self.idempotency_ttl_secs);
+        let mut per_send = Vec::with_capacity(sends.len());
         for s in sends {
             let message_id = ulid::Ulid::new().to_string();
             let pending = PendingMessage {
@@ -433,25 +453,48 @@ impl Sequencer {
             };
             let pending = serde_json::to_string(&pending)
                 .map_err(|e| StoreError::Unavailable(format!("encoding a pending message: {e}")))?;
-            eval.arg(message_id).arg(&created_at).arg(pending);
+            per_send.push((message_id, pending));
         }
-        type Answer = Vec<(u64, String, String, u8)>;
-        let answer: Answer = if self.replica_acks.replicas == 0 {
-            self.numbering.query(&eval).await?
-        } else {
+        let replicas = self.replica_acks.replicas;
+        let build = |replid: &str| {
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(NUMBER_LUA)
+                .arg(4 + sends.len())
+                .arg(&lease.key)
+                .arg(self.counter_key(conversation_id))
+                .arg(self.pending_key(conversation_id))
+                .arg(self.epoch_key(conversation_id));
+            for s in sends {
+                eval.arg(self.idempotency_key(s));
+            }
+            eval.arg(&lease.token)
+                .arg(self.idempotency_ttl_secs)
+                .arg(replid);
+            for (message_id, pending) in &per_send {
+                eval.arg(message_id).arg(&created_at).arg(pending);
+            }
             let mut pipe = redis::pipe();
             pipe.add_command(eval);
-            pipe.cmd("WAIT")
-                .arg(self.replica_acks.replicas)
-                .arg(self.replica_acks.timeout.as_millis() as u64);
-            let (answer, acked): (Answer, i64) = self.numbering.query_pipe(&pipe).await?;
-            if acked < i64::from(self.replica_acks.replicas) {
+            if replicas > 0 {
+                pipe.cmd("WAIT")
+                    .arg(replicas)
+                    .arg(self.replica_acks.timeout.as_millis() as u64);
+            }
+            pipe
+        };
+        type Answer = Vec<(u64, String, String, u8)>;
+        let answer: Answer = if replicas == 0 {
+            let (answer,): (Answer,) = self.numbering.query_pipe_on_master(build).await?;
+            answer
+        } else {
+            let (answer, acked): (Answer, i64) = self.numbering.query_pipe_on_master(build).await?;
+            if acked < i64::from(replicas) {
                 // The numbers stay pending on this master: if it survives, the next holder
                 // appends them and the resends get the same numbers; if it dies, no record of
                 // them ever reached the log, so the new master may hand them out again.
                 return Err(NumberingError::NotReplicated {
                     acked,
-                    wanted: self.replica_acks.replicas,
+                    wanted: replicas,
                 });
             }
             answer
@@ -498,8 +541,7 @@ impl Sequencer {
             }
         }
         records.sort_by_key(|r| r.seq);
-        let outcomes =
-            futures_util::future::join_all(records.iter().map(|r| self.append(r))).await;
+        let outcomes = futures_util::future::join_all(records.iter().map(|r| self.append(r))).await;
         let mut acked: Vec<u64> = unreadable;
         let mut failed = None;
         for (record, outcome) in records.iter().zip(outcomes) {
@@ -521,27 +563,46 @@ impl Sequencer {
             self.route(record, members, None).await;
         }
         match failed {
-            Some(e) => Err(NumberingError::Store(StoreError::Unavailable(e.to_string()))),
+            Some(e) => Err(NumberingError::Store(StoreError::Unavailable(
+                e.to_string(),
+            ))),
             None => Ok(()),
         }
     }
 
-    /// A missing counter (a new conversation, or one Redis lost) starts from what the store
-    /// holds, so numbers continue instead of restarting.
-    async fn seed_counter(&self, conversation_id: &str) -> Result<(), NumberingError> {
-        let stored = self
+    /// Checks the counter against the log on this master: a new conversation, a master that
+    /// took over (asynchronous replication may have lost its last numbers), or a counter Redis
+    /// lost. The floor is the highest `seq` stored once ingest has caught up with the log, and
+    /// every acknowledged number was in the log before its `sent`.
+    async fn reseed(&self, lease: &Lease, conversation_id: &str) -> Result<(), NumberingError> {
+        let floor = self
             .members
-            .stored_last_seq(conversation_id)
+            .settled_last_seq(conversation_id)
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        self.numbering
-            .query::<Option<String>>(
-                redis::cmd("SET")
-                    .arg(self.counter_key(conversation_id))
-                    .arg(stored)
-                    .arg("NX"),
-            )
-            .await?;
+            .map_err(|e| StoreError::Unavailable(format!("the log's last seq: {e}")))?;
+        let build = |replid: &str| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("EVAL")
+                .arg(RESEED_LUA)
+                .arg(3)
+                .arg(&lease.key)
+                .arg(self.counter_key(conversation_id))
+                .arg(self.epoch_key(conversation_id))
+                .arg(&lease.token)
+                .arg(replid)
+                .arg(floor);
+            pipe
+        };
+        let (was,): (u64,) = self.numbering.query_pipe_on_master(build).await?;
+        if floor > was && was > 0 {
+            self.metrics.counters_raised.inc();
+            tracing::warn!(
+                conversation_id,
+                counter = was,
+                log = floor,
+                "the sequence counter was behind the log (lost in a Redis failover); raised it"
+            );
+        }
         Ok(())
     }
 

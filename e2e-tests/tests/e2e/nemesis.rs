@@ -118,7 +118,12 @@ impl Workload {
             .collect();
         let http = http();
         let mut conversations = Vec::new();
-        for (a, b) in [("ana", "ben"), ("cai", "dee"), ("eli", "fay"), ("ben", "cai")] {
+        for (a, b) in [
+            ("ana", "ben"),
+            ("cai", "dee"),
+            ("eli", "fay"),
+            ("ben", "cai"),
+        ] {
             let id = create_conversation(
                 &http,
                 stack,
@@ -612,7 +617,10 @@ async fn lease_holder(stack: &Stack) -> usize {
                 }
             }
         }
-        assert!(Instant::now() < deadline, "no sequence lease was ever seen held");
+        assert!(
+            Instant::now() < deadline,
+            "no sequence lease was ever seen held"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
