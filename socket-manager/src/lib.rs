@@ -29,7 +29,7 @@ use switchboard_message_log::KafkaConfig;
 use switchboard_service_kit::config::{env_millis, env_or, env_string, CommonConfig, ConfigError};
 use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_service_kit::redis_sentinel::{RedisMemoryGauges, SentinelRedis};
 use switchboard_service_kit::shutdown::CancellationToken;
 
 #[derive(Debug, Clone)]
@@ -111,6 +111,7 @@ pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     state: web::Data<AppState>,
+    redis_memory: RedisMemoryGauges,
 }
 
 impl Application {
@@ -162,6 +163,7 @@ impl Application {
         ops.register(&metrics.counters_raised);
         ops.register(&kafka.produce_seconds);
         ops.register(&kafka.produce_errors);
+        let redis_memory = RedisMemoryGauges::new(&ops)?;
         let ops = ops
             .with_check("redis", redis.readiness_check())
             .with_check("broker", kafka.readiness_check());
@@ -202,6 +204,7 @@ impl Application {
             port,
             server,
             state,
+            redis_memory,
         })
     }
 
@@ -212,6 +215,11 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let janitor = tokio::spawn(janitor::run(self.state.clone(), shutdown.clone()));
+        tokio::spawn(self.redis_memory.run(
+            self.state.sequencer.redis.clone(),
+            std::time::Duration::from_secs(5),
+            shutdown.clone(),
+        ));
         tokio::spawn(async move {
             shutdown.cancelled().await;
             handle.stop(true).await;
