@@ -11,12 +11,20 @@
 //! - the events topic (default `sb.events`): receipts, presence, connects and disconnects, for
 //!   other consumers.
 //!
-//! Producers run with idempotence on and `acks=all`: a record the broker acknowledged is
-//! durable and never duplicated by a producer retry.
+//! Producers run with `acks=all`: a record the broker acknowledged is durable. Producer
+//! idempotence is off by default (`SB_KAFKA_IDEMPOTENCE`, see [`KafkaConfig::idempotence`]):
+//! tansu, the local broker, wedges for good when an idempotent producer's requests time out
+//! (docs/broker.md), and Switchboard does not need it, because every consumer already
+//! deduplicates by the project's own keys. A producer retry may then write a record twice;
+//! readers drop the repeat.
 
 use rdkafka::config::ClientConfig;
 use serde::{Deserialize, Serialize};
-use switchboard_service_kit::config::{env_string, ConfigError};
+use switchboard_service_kit::config::{env_bool, env_string, ConfigError};
+
+/// Whether producers are idempotent (`enable.idempotence`) unless `SB_KAFKA_IDEMPOTENCE` says
+/// otherwise; see [`KafkaConfig::idempotence`].
+pub const DEFAULT_IDEMPOTENCE: bool = false;
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -35,6 +43,8 @@ pub struct KafkaConfig {
 
 impl KafkaConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
+        // Read here too, so a bad `SB_KAFKA_IDEMPOTENCE` fails at startup, not in a producer.
+        Self::idempotence()?;
         Ok(KafkaConfig {
             brokers: env_string("SB_KAFKA_BROKERS", "127.0.0.1:9092"),
             message_topic: env_string("SB_MESSAGE_TOPIC", "sb.messages"),
@@ -44,17 +54,41 @@ impl KafkaConfig {
         })
     }
 
+    /// Whether producers run with `enable.idempotence=true` (`SB_KAFKA_IDEMPOTENCE`, default
+    /// [`DEFAULT_IDEMPOTENCE`], off).
+    ///
+    /// Off is safe: idempotence only stops a producer *retry* from writing a record twice (or
+    /// out of order), and every reader already copes with both by the project's own keys. The
+    /// message service stores by the primary key `(conversation_id, seq)` and the unique
+    /// `message_id` (`ON CONFLICT DO NOTHING`), so a repeated log record is a no-op; a socket
+    /// handler's reorder buffer restores `seq` order and drops a late or repeated message
+    /// (devices fill gaps from history); receipts are cumulative positions that only move
+    /// forward. `acks=all` stays on either way, so an acknowledged record is never
+    /// lost.
+    ///
+    /// Off is the default because tansu 0.6 (the local broker, SQLite engine) wedges when an
+    /// idempotent producer's requests time out, e.g. during a stall of the broker: its storage
+    /// task panics (`idempotent_message_check`, "more or less than one row") and from then on
+    /// it answers every produce with an error until it is restarted (docs/broker.md). With
+    /// Apache Kafka (docker-compose) it may be turned on.
+    pub fn idempotence() -> Result<bool, ConfigError> {
+        env_bool("SB_KAFKA_IDEMPOTENCE", DEFAULT_IDEMPOTENCE)
+    }
+
     pub fn handler_topic(&self, handler_id: &str) -> String {
         format!("{}{}", self.handler_topic_prefix, handler_id)
     }
 
-    /// An idempotent, `acks=all` producer that batches briefly (`linger_ms`) and gives up on a
-    /// record after `timeout_ms`, so a broker outage surfaces as an error, not a hang.
+    /// An `acks=all` producer that batches briefly (`linger_ms`) and gives up on a record
+    /// after `timeout_ms`, so a broker outage surfaces as an error, not a hang. Idempotent only
+    /// if `SB_KAFKA_IDEMPOTENCE` is on ([`Self::idempotence`]; [`Self::from_env`] has already
+    /// rejected an invalid value).
     pub fn producer_config(&self, timeout_ms: u64) -> ClientConfig {
+        let idempotence = Self::idempotence().unwrap_or(DEFAULT_IDEMPOTENCE);
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("enable.idempotence", "true")
+            .set("enable.idempotence", idempotence.to_string())
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
             .set("compression.type", "none")

@@ -166,6 +166,13 @@ fn print_banner(stack: &Stack, ports: &FixedPorts) {
         "  postgres / broker     127.0.0.1:{} / 127.0.0.1:{}",
         ports.postgres, ports.broker
     );
+    if stack.broker.is_some() {
+        println!(
+            "  broker supervisor     restarts a dead or wedged broker; each restart is logged \
+             to {}/broker-supervisor.log",
+            stack.log_dir().display()
+        );
+    }
     println!(
         "  redis                 master 127.0.0.1:{} (replicas {:?}), sentinels {} (master name {})",
         ports.redis.master,
