@@ -312,3 +312,53 @@ async fn message_service_death_delays_history_but_loses_nothing() {
     );
     assert_none_lost(&stack, &bob_t, &conv, &log).await;
 }
+
+/// A manager that cannot append to the log says so on `/ready` (and says ready again once the
+/// broker is back), so no operator or orchestrator is told all is well while sends fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manager_that_cannot_append_is_not_ready() {
+    let mut stack = Stack::start(StackOptions {
+        extra_env: vec![("SB_PRODUCE_TIMEOUT_MS".into(), "1000".into())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let http = http();
+    let ready = |url: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{url}/ready"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    let manager = stack.managers[0].url();
+    assert_eq!(ready(manager.clone()).await, 200);
+    let broker = stack.broker.as_mut().unwrap();
+    broker.supervise(false);
+    broker.process.kill9();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut status = 200;
+    while Instant::now() < deadline {
+        status = ready(manager.clone()).await;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 503, "a manager without a broker is not ready");
+    let broker = stack.broker.as_mut().unwrap();
+    broker.restart(Duration::ZERO).await.unwrap();
+    broker.supervise(true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        status = ready(manager.clone()).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200, "ready again once the broker is back");
+}
