@@ -14,6 +14,8 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 # Only `docker-compose config` (validating docker-compose.yml in the tests); no Docker engine.
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# The nemesis partition test cuts one socket server off the network (test-support/src/netcut.rs).
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
 
 if [ "${#need[@]}" -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"

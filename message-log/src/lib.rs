@@ -135,6 +135,54 @@ pub struct LogRecord {
     pub created_at: String,
 }
 
+/// One Kafka record of the message log: every message a manager appended to one partition in
+/// one flush. Batching many messages into one broker record is what keeps the broker's cost
+/// per message low (tansu stores each record with its own `INSERT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEnvelope {
+    pub records: Vec<LogRecord>,
+}
+
+/// The messages of one message-log Kafka record: an envelope, or (as written before
+/// envelopes) a single record.
+pub fn decode_log_records(payload: &[u8]) -> Result<Vec<LogRecord>, serde_json::Error> {
+    match serde_json::from_slice::<LogEnvelope>(payload) {
+        Ok(envelope) => Ok(envelope.records),
+        Err(envelope_error) => serde_json::from_slice::<LogRecord>(payload)
+            .map(|record| vec![record])
+            .map_err(|_| envelope_error),
+    }
+}
+
+/// The message-log partition of a conversation. The log is partitioned explicitly (not by
+/// the client library's key hash) so that one envelope holds one partition's messages; FNV-1a
+/// is stable across processes, versions and client libraries.
+pub fn log_partition(conversation_id: &str, partitions: i32) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in conversation_id.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash % partitions.max(1).unsigned_abs()) as i32
+}
+
+/// One Kafka record of a handler's topic: every frame a manager routed to that handler in one
+/// flush, in the order it routed them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerEnvelope {
+    pub records: Vec<HandlerRecord>,
+}
+
+/// The frames of one handler-topic Kafka record: an envelope, or a single record.
+pub fn decode_handler_records(payload: &[u8]) -> Result<Vec<HandlerRecord>, serde_json::Error> {
+    match serde_json::from_slice::<HandlerEnvelope>(payload) {
+        Ok(envelope) => Ok(envelope.records),
+        Err(envelope_error) => serde_json::from_slice::<HandlerRecord>(payload)
+            .map(|record| vec![record])
+            .map_err(|_| envelope_error),
+    }
+}
+
 /// One record on a handler's topic: a server frame and who on that handler gets it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandlerRecord {
@@ -175,6 +223,42 @@ mod tests {
             serde_json::from_str::<HandlerRecord>(&json).unwrap(),
             record
         );
+    }
+
+    #[test]
+    fn envelopes_and_single_records_both_decode() {
+        let record = LogRecord {
+            conversation_id: "c".into(),
+            seq: 1,
+            message_id: "m".into(),
+            sender_id: "u".into(),
+            client_msg_id: "x".into(),
+            body: "hi".into(),
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        let single = serde_json::to_vec(&record).unwrap();
+        assert_eq!(decode_log_records(&single).unwrap(), vec![record.clone()]);
+        let envelope = serde_json::to_vec(&LogEnvelope {
+            records: vec![record.clone(), record.clone()],
+        })
+        .unwrap();
+        assert_eq!(decode_log_records(&envelope).unwrap().len(), 2);
+        assert!(decode_log_records(b"{}").is_err());
+        assert!(decode_handler_records(b"[").is_err());
+    }
+
+    #[test]
+    fn log_partitions_are_stable_and_in_range() {
+        assert_eq!(
+            log_partition("01ARZ3NDEKTSV4RRFFQ69G5FAV", 8),
+            log_partition("01ARZ3NDEKTSV4RRFFQ69G5FAV", 8)
+        );
+        for i in 0..100 {
+            let p = log_partition(&format!("conv-{i}"), 8);
+            assert!((0..8).contains(&p));
+        }
+        assert_eq!(log_partition("x", 1), 0);
+        assert_eq!(log_partition("x", 0), 0);
     }
 
     #[test]

@@ -10,9 +10,11 @@ CREATE TABLE dead_letters (
     topic       TEXT NOT NULL,
     partition   INTEGER NOT NULL,
     "offset"    BIGINT NOT NULL,
+    -- The message's place in its Kafka record: a manager's envelope carries many.
+    item        INTEGER NOT NULL DEFAULT 0,
     record      TEXT NOT NULL,
     error       TEXT NOT NULL,
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
     -- A redelivered record is dead-lettered once.
-    UNIQUE (topic, partition, "offset")
+    UNIQUE (topic, partition, "offset", item)
 );

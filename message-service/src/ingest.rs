@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use switchboard_message_log::{Event, KafkaConfig, LogRecord};
+use switchboard_message_log::{decode_log_records, Event, KafkaConfig, LogRecord};
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::shutdown::CancellationToken;
 
@@ -167,12 +167,21 @@ impl Ingest {
                             topic: message.topic().to_owned(),
                             partition: message.partition(),
                             offset: message.offset(),
+                            item: 0,
                         };
                         offsets.insert((at.topic.clone(), at.partition), at.offset);
                         let payload = message.payload().unwrap_or_default();
                         if message.topic() == self.message_topic {
-                            match serde_json::from_slice::<LogRecord>(payload) {
-                                Ok(item) => records.push(Sourced { at, item }),
+                            match decode_log_records(payload) {
+                                Ok(items) => {
+                                    for (i, item) in items.into_iter().enumerate() {
+                                        let at = LogPosition {
+                                            item: i32::try_from(i).unwrap_or(i32::MAX),
+                                            ..at.clone()
+                                        };
+                                        records.push(Sourced { at, item });
+                                    }
+                                }
                                 Err(e) => unreadable.push(DeadLetter::unreadable(
                                     at,
                                     payload,

@@ -365,6 +365,8 @@ pub struct LogPosition {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The message's place in its Kafka record (a manager's envelope carries many).
+    pub item: i32,
 }
 
 /// A record read from the log, with where it was read.
@@ -774,18 +776,19 @@ async fn insert_dead_letters(
         return Ok(letters);
     }
     let mut builder = QueryBuilder::new(
-        "INSERT INTO dead_letters (topic, partition, \"offset\", record, error) ",
+        "INSERT INTO dead_letters (topic, partition, \"offset\", item, record, error) ",
     );
     builder.push_values(&letters, |mut b, l| {
         b.push_bind(&l.at.topic)
             .push_bind(l.at.partition)
             .push_bind(l.at.offset)
+            .push_bind(l.at.item)
             .push_bind(&l.record)
             .push_bind(&l.error);
     });
     builder.push(
-        " ON CONFLICT (topic, partition, \"offset\") DO NOTHING
-          RETURNING topic, partition, \"offset\"",
+        " ON CONFLICT (topic, partition, \"offset\", item) DO NOTHING
+          RETURNING topic, partition, \"offset\", item",
     );
     let new: std::collections::HashSet<LogPosition> = builder
         .build()
@@ -796,6 +799,7 @@ async fn insert_dead_letters(
             topic: row.get("topic"),
             partition: row.get("partition"),
             offset: row.get("offset"),
+            item: row.get("item"),
         })
         .collect();
     Ok(letters

@@ -86,6 +86,7 @@ fn at(offset: i64) -> LogPosition {
         topic: "sb.messages".into(),
         partition: 0,
         offset,
+        item: 0,
     }
 }
 
@@ -282,6 +283,7 @@ async fn receipts_and_unreadable_records_the_database_cannot_take_are_dead_lette
             topic: "sb.events".into(),
             partition: 0,
             offset,
+            item: 0,
         },
         item: ReceiptUpdate {
             conversation_id: conversation_id.into(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
-use switchboard_message_log::{HandlerRecord, KafkaConfig};
+use switchboard_message_log::{decode_handler_records, HandlerRecord, KafkaConfig};
 use switchboard_service_kit::shutdown::CancellationToken;
 
 use crate::hub::Outbound;
@@ -59,33 +59,38 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        match message
-            .payload()
-            .map(serde_json::from_slice::<HandlerRecord>)
-        {
-            Some(Ok(record)) => {
-                if let Some(accepted) = record.accepted_at_ms {
-                    let age_ms = chrono::Utc::now().timestamp_millis() - accepted;
-                    state
-                        .metrics
-                        .delivery_latency
-                        .observe(age_ms.max(0) as f64 / 1000.0);
-                }
-                match record.order.clone() {
-                    Some((conversation, seq)) => {
-                        for ready in reorder.push(&conversation, seq, record, Instant::now()) {
-                            deliver(&state, &ready);
-                        }
-                    }
-                    None => deliver(&state, &record),
+        match decode_handler_records(message.payload().unwrap_or_default()) {
+            Ok(records) => {
+                for record in records {
+                    take(&state, &mut reorder, record);
                 }
             }
-            other => tracing::error!(
+            Err(e) => tracing::error!(
                 offset = message.offset(),
-                "unreadable handler record: {other:?}"
+                error = %e,
+                "unreadable handler record"
             ),
         }
         let _ = consumer.store_offset_from_message(&message);
+    }
+}
+
+/// Delivers one routed frame, through the reorder buffer when it is a numbered message.
+fn take(state: &ServerState, reorder: &mut Reorderer<HandlerRecord>, record: HandlerRecord) {
+    if let Some(accepted) = record.accepted_at_ms {
+        let age_ms = chrono::Utc::now().timestamp_millis() - accepted;
+        state
+            .metrics
+            .delivery_latency
+            .observe(age_ms.max(0) as f64 / 1000.0);
+    }
+    match record.order.clone() {
+        Some((conversation, seq)) => {
+            for ready in reorder.push(&conversation, seq, record, Instant::now()) {
+                deliver(state, &ready);
+            }
+        }
+        None => deliver(state, &record),
     }
 }
 

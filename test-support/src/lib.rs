@@ -10,6 +10,7 @@
 
 pub mod broker;
 pub mod http;
+pub mod netcut;
 pub mod nginx;
 pub mod paths;
 pub mod ports;
@@ -20,10 +21,11 @@ pub mod stack;
 
 pub use broker::Broker;
 pub use http::wait_http_ok;
+pub use netcut::NetCut;
 pub use nginx::Nginx;
 pub use paths::{bin_path, repo_root};
 pub use ports::free_port;
 pub use postgres::Postgres;
-pub use process::ManagedProcess;
+pub use process::{ManagedProcess, RunAs};
 pub use redis_cluster::{RedisPorts, RedisSentinelCluster, MASTER_NAME};
 pub use stack::{FixedPorts, Service, SocketServer, Stack, StackOptions};

@@ -23,6 +23,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// The Unix user and group a child runs as ([`ManagedProcess::spawn_as`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// A running child process; killed (SIGKILL) and reaped on drop.
 #[derive(Debug)]
 pub struct ManagedProcess {
@@ -44,6 +51,21 @@ impl ManagedProcess {
         args: &[S],
         envs: &[(String, String)],
         log_dir: &Path,
+    ) -> Result<Self> {
+        Self::spawn_as(name, program, args, envs, log_dir, None)
+    }
+
+    /// [`Self::spawn`], running the child as `run_as` (user and group; supplementary groups
+    /// dropped) when given. The log file is still opened by the harness, so the user needs no
+    /// write access to it, only read and execute access to `program` (and its directories).
+    /// The child keeps the harness's working directory. Changing user needs root.
+    pub fn spawn_as<S: AsRef<OsStr>>(
+        name: &str,
+        program: impl AsRef<Path>,
+        args: &[S],
+        envs: &[(String, String)],
+        log_dir: &Path,
+        run_as: Option<RunAs>,
     ) -> Result<Self> {
         let program = program.as_ref();
         if program.components().count() > 1 && !program.exists() {
@@ -84,6 +106,11 @@ impl ManagedProcess {
         }
         for (key, value) in envs {
             cmd.env(key, value);
+        }
+        if let Some(RunAs { uid, gid }) = run_as {
+            // std applies these in the child before the `pre_exec` closure below, so the
+            // parent-death signal is set after the change of user (which would clear it).
+            cmd.uid(uid).gid(gid);
         }
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the forked child before exec and only makes

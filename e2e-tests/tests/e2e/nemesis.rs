@@ -31,7 +31,8 @@ use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::registry::Assignment;
 use switchboard_protocol::ErrorCode;
-use switchboard_test_support::{ManagedProcess, Stack, StackOptions};
+use switchboard_test_support::netcut::{self, CUT_USER};
+use switchboard_test_support::{ManagedProcess, NetCut, Stack, StackOptions};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -905,5 +906,67 @@ async fn nemesis_every_fault_in_sequence_soak() {
             stack.socket_servers[0].process.kill9();
         })
     })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// A network partition (iptables, see `switchboard_test_support::netcut`).
+
+/// How long the partition lasts.
+const CUT_FOR: Duration = Duration::from_secs(10);
+
+/// Every port a socket server reaches Redis (servers and Sentinels) and the managers on.
+fn redis_and_manager_ports(stack: &Stack) -> Vec<u16> {
+    let mut ports = stack.redis.server_ports();
+    ports.extend(stack.redis.sentinel_ports());
+    ports.extend(stack.managers.iter().map(|m| m.port));
+    ports
+}
+
+/// One socket server, run as the unprivileged user `sbcut`, loses Redis and the managers
+/// for 10 s: every packet between it and them is dropped, both ways, established connections
+/// included (its lanes, heartbeats and Redis connections hang). Its clients, the health
+/// checkers' probes, nginx and the broker still reach it. Needs root and iptables
+/// (`scripts/install-deps.sh`); skipped with a message where they are missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_socket_server_cut_off_from_redis_and_managers() {
+    let mut cut = match netcut::ensure_user(CUT_USER).and_then(NetCut::prepare) {
+        Ok(cut) => cut,
+        Err(e) => {
+            eprintln!(
+                "nemesis partition skipped: cannot cut a process off the network here: {e:#}"
+            );
+            return;
+        }
+    };
+    // Two servers as root, a third as `sbcut`: devices 2 and 5 (cai#2, fay#5) start there.
+    let mut stack = Stack::start(StackOptions {
+        socket_servers: 2,
+        ..nemesis_options()
+    })
+    .await
+    .unwrap();
+    let victim = stack.start_socket_server_as(cut.user(), &[]).await.unwrap();
+    run_nemesis(
+        "socket server cut off from Redis and the managers 10 s",
+        &mut stack,
+        move |stack| {
+            Box::pin(async move {
+                let ports = redis_and_manager_ports(stack);
+                eprintln!(
+                    "nemesis: cutting {} off from ports {ports:?}",
+                    stack.socket_servers[victim].server_id
+                );
+                cut.cut(&ports).unwrap();
+                tokio::time::sleep(CUT_FOR).await;
+                let dropped = cut.heal();
+                eprintln!("nemesis: healed; the cut dropped {dropped} packets");
+                assert!(
+                    dropped > 0,
+                    "the cut dropped no packet: no partition happened"
+                );
+            })
+        },
+    )
     .await;
 }
