@@ -125,6 +125,56 @@ impl Kafka {
         })
     }
 
+    /// Produces one record to an explicit partition and waits for the acknowledgement.
+    pub async fn produce_to_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        payload: &[u8],
+    ) -> Result<(), KafkaFailure> {
+        let started = std::time::Instant::now();
+        let result = self
+            .producer
+            .send(
+                FutureRecord::<(), [u8]>::to(topic)
+                    .partition(partition)
+                    .payload(payload),
+                Duration::from_millis(100),
+            )
+            .await;
+        self.produce_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.note(result.is_ok());
+        result.map(|_| ()).map_err(|(e, _)| {
+            self.produce_errors.inc();
+            KafkaFailure(e.to_string())
+        })
+    }
+
+    /// How many partitions `topic` has, from the broker's metadata.
+    pub async fn partition_count(&self, topic: &str) -> Result<i32, KafkaFailure> {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .map_err(|e| KafkaFailure(e.to_string()))?;
+            let count = metadata
+                .topics()
+                .first()
+                .map(|t| t.partitions().len())
+                .unwrap_or_default();
+            i32::try_from(count)
+                .ok()
+                .filter(|c| *c > 0)
+                .ok_or_else(|| KafkaFailure(format!("{topic} has no partitions yet")))
+        })
+        .await
+        .map_err(|e| KafkaFailure(e.to_string()))?
+    }
+
     /// Enqueues one record now (so records enqueued one after another reach a partition in
     /// that order) and returns the wait for its acknowledgement, for callers that need the
     /// order but not the ack on their critical path.

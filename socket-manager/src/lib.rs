@@ -13,6 +13,7 @@
 //! Run two or more: they share nothing but Redis and Kafka, so a handler can send any batch to
 //! any manager and retry on another when one dies.
 
+mod batching;
 mod handlers;
 mod janitor;
 mod kafka;
@@ -128,6 +129,15 @@ impl Application {
         if let Err(e) = kafka.ensure_topic(&kafka.probe_topic(), 1).await {
             tracing::warn!(error = %e, "could not ensure the readiness probe topic yet");
         }
+        // The log is partitioned explicitly by conversation: every manager must agree on the
+        // count, so it is the topic's own (the configured count only creates it).
+        let log_partitions = match kafka.partition_count(&config.kafka.message_topic).await {
+            Ok(count) => count,
+            Err(e) => {
+                tracing::warn!(error = %e, "message log partitions unknown; assuming the configured count");
+                config.message_partitions
+            }
+        };
         let ops = Ops::new("socket-manager");
         let metrics = sequencer::SequencerMetrics {
             lock_wait_seconds: prometheus::Histogram::with_opts(
@@ -181,6 +191,8 @@ impl Application {
                 ),
                 numbering: SentinelRedis::new(config.common.redis.clone()),
                 redis,
+                appender: batching::LogAppender::start(kafka.clone(), log_partitions),
+                router: batching::Router::start(kafka.clone()),
                 kafka,
                 handlers,
                 replica_acks: sequencer::ReplicaAcks {

@@ -36,9 +36,7 @@ pub(crate) fn announce(state: web::Data<AppState>, online: Vec<String>, offline:
                         status,
                         last_seen: Some(now.clone()),
                     };
-                    sequencer
-                        .fan_out(&frame.to_json(), &contacts, None, &user)
-                        .await;
+                    sequencer.fan_out(&frame.to_json(), &contacts, None).await;
                 }
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, %user, "presence contacts unavailable"),

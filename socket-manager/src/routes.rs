@@ -312,7 +312,6 @@ async fn batch(
                     &frame.to_json(),
                     &recipients,
                     Some((handler_ref, connection_id)),
-                    &conversation_id,
                 )
                 .await;
             (index, None)

@@ -34,6 +34,7 @@ use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
 
+use crate::batching::{LogAppender, Router};
 use crate::handlers::HandlerMap;
 use crate::kafka::Kafka;
 use crate::members::Members;
@@ -93,6 +94,10 @@ pub struct Sequencer {
     /// Numbering's own connection: its `WAIT` blocks only numbering, not routing lookups.
     pub numbering: SentinelRedis,
     pub kafka: Kafka,
+    /// Log appends, batched into envelopes across conversations and requests.
+    pub appender: LogAppender,
+    /// Handler-topic routing, batched into envelopes per handler.
+    pub router: Router,
     pub members: Members,
     pub handlers: HandlerMap,
     pub lock_ttl: Duration,
@@ -393,8 +398,8 @@ impl Sequencer {
             .filter(|(_, n)| n.fresh)
             .map(|(i, n)| (i, log_record(sends[i], n)))
             .collect();
-        let outcomes =
-            futures_util::future::join_all(fresh.iter().map(|(_, r)| self.append(r))).await;
+        let fresh_records: Vec<LogRecord> = fresh.iter().map(|(_, r)| r.clone()).collect();
+        let outcomes = self.appender.append_all(&fresh_records).await;
         let mut appended = vec![true; numbered.len()];
         let mut acked_seqs = Vec::new();
         for ((i, record), outcome) in fresh.iter().zip(outcomes) {
@@ -541,7 +546,7 @@ impl Sequencer {
             }
         }
         records.sort_by_key(|r| r.seq);
-        let outcomes = futures_util::future::join_all(records.iter().map(|r| self.append(r))).await;
+        let outcomes = self.appender.append_all(&records).await;
         let mut acked: Vec<u64> = unreadable;
         let mut failed = None;
         for (record, outcome) in records.iter().zip(outcomes) {
@@ -674,18 +679,6 @@ impl Sequencer {
         }
     }
 
-    async fn append(&self, record: &LogRecord) -> anyhow::Result<()> {
-        let payload = serde_json::to_vec(record)?;
-        self.kafka
-            .produce(
-                &self.kafka.config.message_topic,
-                &record.conversation_id,
-                &payload,
-            )
-            .await?;
-        Ok(())
-    }
-
     /// One record per handler holding a member's device; the sending device is skipped (it
     /// gets `sent`). A failure here loses no message: it is in the log, and devices fill gaps
     /// from history.
@@ -706,27 +699,20 @@ impl Sequencer {
             &frame,
             members,
             skip,
-            &record.conversation_id,
             accepted_at_ms,
             Some((record.conversation_id.clone(), record.seq)),
         )
         .await;
     }
     /// Produces `frame` to every handler holding a device of `users`, skipping one connection.
-    pub async fn fan_out(
-        &self,
-        frame: &str,
-        users: &[String],
-        skip: Option<(&str, u64)>,
-        key: &str,
-    ) {
-        self.fan_out_timed(frame, users, skip, key, None, None)
-            .await;
+    pub async fn fan_out(&self, frame: &str, users: &[String], skip: Option<(&str, u64)>) {
+        self.fan_out_timed(frame, users, skip, None, None).await;
     }
 
-    /// Enqueues one record per target handler without waiting for the broker's ack: within
-    /// this manager the producer keeps enqueue order per partition, and handlers restore
-    /// `seq` order across managers (`order`), so the lock is not held for a second round trip.
+    /// Queues one record per target handler on the [`Router`] without waiting for the
+    /// broker's ack: the router keeps this manager's routing order per handler topic, and
+    /// handlers restore `seq` order across managers (`order`), so the lease is not held for a
+    /// second round trip.
     /// A record that fails only costs live delivery: the message is in the log, and devices
     /// fill gaps from history.
     async fn fan_out_timed(
@@ -734,7 +720,6 @@ impl Sequencer {
         frame: &str,
         users: &[String],
         skip: Option<(&str, u64)>,
-        key: &str,
         accepted_at_ms: Option<i64>,
         order: Option<(String, u64)>,
     ) {
@@ -746,7 +731,6 @@ impl Sequencer {
                 return;
             }
         };
-        let mut acks = Vec::with_capacity(by_handler.len());
         for (handler, recipients) in by_handler {
             let record = HandlerRecord {
                 recipients,
@@ -755,21 +739,9 @@ impl Sequencer {
                 accepted_at_ms,
                 order: order.clone(),
             };
-            let topic = self.kafka.config.handler_topic(&handler);
-            let payload = serde_json::to_vec(&record).unwrap_or_default();
-            match self.kafka.enqueue(&topic, key, &payload) {
-                Ok(ack) => acks.push((topic, ack)),
-                Err(e) => tracing::warn!(error = %e, %topic, "routing to a handler failed"),
-            }
-        }
-        if !acks.is_empty() {
-            tokio::spawn(async move {
-                for (topic, ack) in acks {
-                    if let Err(e) = ack.await {
-                        tracing::warn!(error = %e, %topic, "routing to a handler failed");
-                    }
-                }
-            });
+            self.router
+                .route(self.kafka.config.handler_topic(&handler), record)
+                .await;
         }
     }
 }
