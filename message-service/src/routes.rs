@@ -286,11 +286,14 @@ async fn remove_member(
 }
 
 /// Cluster-only: the highest stored `seq` once ingest has stored everything the message log
-/// held when asked (503 while it cannot catch up), for reseeding a sequence counter.
+/// held when asked (503 while it cannot catch up), for checking a sequence counter; with
+/// `after_seq`, also who sent each stored message above it, so a manager can restore the
+/// idempotency records a Redis failover lost together with those numbers.
 async fn internal_settled_last_seq(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<SettledQuery>,
 ) -> Result<HttpResponse, ApiError> {
     require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let conversation_id = path.into_inner();
@@ -305,8 +308,37 @@ async fn internal_settled_last_seq(
         .last_seq(&conversation_id)
         .await
         .map_err(db_error)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "last_seq": last_seq })))
+    let mut numbered = Vec::new();
+    if let Some(after) = query.after_seq.filter(|after| *after < last_seq) {
+        let above = state
+            .store
+            .history(&conversation_id, after.max(0), SETTLED_MESSAGES_MAX)
+            .await
+            .map_err(db_error)?;
+        numbered = above
+            .into_iter()
+            .map(|m| {
+                serde_json::json!({
+                    "seq": m.seq,
+                    "message_id": m.message_id,
+                    "sender_id": m.sender_id,
+                    "client_msg_id": m.client_msg_id,
+                    "created_at": m.created_at,
+                })
+            })
+            .collect();
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "last_seq": last_seq, "messages": numbered })))
 }
+
+#[derive(Deserialize)]
+struct SettledQuery {
+    after_seq: Option<i64>,
+}
+
+/// At most this many messages above `after_seq` in a settled answer (a failover loses seconds
+/// of numbers, not thousands).
+const SETTLED_MESSAGES_MAX: i64 = 10_000;
 
 /// How long a settled read waits for ingest to reach the log's end.
 const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);

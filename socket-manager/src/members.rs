@@ -21,6 +21,24 @@ pub enum MembersError {
     Unavailable(String),
 }
 
+/// What the message log holds for a conversation, once ingest has caught up with it.
+#[derive(Debug, Deserialize)]
+pub struct SettledLog {
+    pub last_seq: u64,
+    #[serde(default)]
+    pub messages: Vec<SettledMessage>,
+}
+
+/// A stored message above the asked `after_seq`.
+#[derive(Debug, Deserialize)]
+pub struct SettledMessage {
+    pub seq: u64,
+    pub message_id: String,
+    pub sender_id: String,
+    pub client_msg_id: String,
+    pub created_at: String,
+}
+
 #[derive(Deserialize)]
 struct InternalMembers {
     members: Vec<String>,
@@ -73,18 +91,17 @@ impl Members {
     }
 
     /// The highest stored seq once the message service has stored everything the log held
-    /// when asked: the floor for a sequence counter.
-    pub async fn settled_last_seq(&self, conversation_id: &str) -> Result<u64, MembersError> {
-        #[derive(serde::Deserialize)]
-        struct Settled {
-            last_seq: u64,
-        }
-        let settled: Settled = self
-            .get_internal(&format!(
-                "/internal/v1/conversations/{conversation_id}/settled-last-seq"
-            ))
-            .await?;
-        Ok(settled.last_seq)
+    /// when asked (the floor for a sequence counter), and every stored message above
+    /// `after_seq` with its sender and `client_msg_id`.
+    pub async fn settled_log(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+    ) -> Result<SettledLog, MembersError> {
+        self.get_internal(&format!(
+            "/internal/v1/conversations/{conversation_id}/settled-last-seq?after_seq={after_seq}"
+        ))
+        .await
     }
 
     async fn ask_message_service(

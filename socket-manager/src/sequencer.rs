@@ -1,8 +1,9 @@
 //! Sequence numbers and the message log.
 //!
 //! For each conversation, the sends of one batch are numbered under a *fenced lease* in Redis
-//! (`lock:conv:{c}`, SET NX PX with a token `"{manager}/{ulid}"`, renewed while held, released
-//! by compare-and-delete). One lease hold is:
+//! (`lock:conv:{c}`, a token `"{manager}/{ulid}"` with a PX expiry, renewed while held). The
+//! numbering script takes the lease when it is free and the finish script gives it up, so a
+//! hold costs two round trips in the common case. One lease hold is:
 //!
 //! 1. **finish what a predecessor left.** Every number taken but not yet known to be in the
 //!    log sits in `pending:{c}` (seq → the message). The holder appends those records again
@@ -38,6 +39,9 @@ use crate::batching::{LogAppender, Router};
 use crate::handlers::HandlerMap;
 use crate::kafka::Kafka;
 use crate::members::Members;
+
+/// Handler id → the users on it who get a frame.
+type RouteTargets = HashMap<String, Vec<String>>;
 
 /// A send as the handler reported it.
 #[derive(Debug, Clone)]
@@ -122,25 +126,32 @@ static RENEW: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// KEYS: lease, pending. ARGV: token, then the seqs whose append the broker acknowledged.
-/// Clears those pending entries (always right: they are in the log) and answers 1 while the
-/// token still holds the lease, else 0.
+/// KEYS: lease, pending. ARGV: token, release (1: give the lease up), then the seqs whose
+/// append the broker acknowledged. Clears those pending entries (always right: they are in
+/// the log) and answers 1 while the token still holds the lease, else 0.
 static FINISH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
-        for i = 2, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
-        if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 else return 0 end
+        for i = 3, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) end
+        return 1
         ",
     )
 });
 
 /// Sent as `EVAL` in one pipeline with `WAIT` (a pipeline cannot carry `EVALSHA`'s fallback).
+/// Takes the lease when it is free (one round trip for "lock and number").
 /// KEYS: lease, counter, pending, counter epoch, then one idempotency key per send.
-/// ARGV: token, idempotency ttl (s), the master's replication id, then per send: message_id,
-/// created_at, pending JSON.
+/// ARGV: token, idempotency ttl (s), the master's replication id, lease ttl (ms), then per
+/// send: message_id, created_at, pending JSON.
 const NUMBER_LUA: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('NOLEASE the sequence lease is not held')
+local holder = redis.call('GET', KEYS[1])
+if holder ~= ARGV[1] then
+  if holder then
+    return redis.error_reply('BUSY another holder numbers this conversation')
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
 end
 if redis.call('HLEN', KEYS[3]) > 0 then
   return redis.error_reply('PENDING numbered messages await their append')
@@ -151,7 +162,7 @@ end
 local ttl = tonumber(ARGV[2])
 local out = {}
 for i = 5, #KEYS do
-  local a = 4 + (i - 5) * 3
+  local a = 5 + (i - 5) * 3
   local known = redis.call('HMGET', KEYS[i], 'seq', 'message_id', 'created_at')
   if known[1] then
     out[#out + 1] = {tonumber(known[1]), known[2], known[3], 0}
@@ -166,16 +177,29 @@ end
 return out
 ";
 
-/// KEYS: lease, counter, counter epoch. ARGV: token, the master's replication id, the highest
-/// `seq` in the log. Raises the counter to that floor and marks it checked on this master;
-/// answers the counter as it was.
+/// KEYS: lease, counter, counter epoch, then the idempotency key of each message the log holds
+/// above the counter. ARGV: token, the master's replication id, the highest `seq` in the log,
+/// the counter the caller read, idempotency ttl (s), then per message: seq, message_id,
+/// created_at. Raises the counter to that floor, restores the idempotency records lost with
+/// those numbers, marks the counter checked on this master; answers the counter as it was.
 const RESEED_LUA: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('NOLEASE the sequence lease is not held')
 end
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current ~= tonumber(ARGV[4]) then
+  return redis.error_reply('UNVERIFIED the counter moved while it was checked')
+end
 local floor = tonumber(ARGV[3])
 if floor > current then redis.call('SET', KEYS[2], floor) end
+local ttl = tonumber(ARGV[5])
+for i = 4, #KEYS do
+  local a = 6 + (i - 4) * 3
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('HSET', KEYS[i], 'seq', ARGV[a], 'message_id', ARGV[a + 1], 'created_at', ARGV[a + 2])
+    redis.call('EXPIRE', KEYS[i], ttl)
+  end
+end
 redis.call('SET', KEYS[3], ARGV[2])
 return current
 ";
@@ -189,6 +213,8 @@ enum NumberingError {
     Unverified,
     #[error("the sequence lease was lost")]
     LeaseLost,
+    #[error("another holder numbers this conversation")]
+    Busy,
     #[error("only {acked} of {wanted} replicas acknowledged the numbers")]
     NotReplicated { acked: i64, wanted: u32 },
     #[error(transparent)]
@@ -202,6 +228,7 @@ impl From<StoreError> for NumberingError {
                 Some("PENDING") => return NumberingError::Pending,
                 Some("UNVERIFIED") => return NumberingError::Unverified,
                 Some("NOLEASE") => return NumberingError::LeaseLost,
+                Some("BUSY") => return NumberingError::Busy,
                 _ => {}
             }
         }
@@ -209,16 +236,27 @@ impl From<StoreError> for NumberingError {
     }
 }
 
-/// A held sequence lease; renewed in the background until dropped.
+/// A sequence lease: taken by the first numbering script, renewed in the background from
+/// then on until dropped, given up by the last finish script.
 struct Lease {
     key: String,
     token: String,
-    renewer: tokio::task::JoinHandle<()>,
+    /// Set once a script has taken the lease for this token.
+    renewer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl Lease {
+    fn held_once(&self) -> bool {
+        self.renewer.lock().expect("lease lock").is_some()
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.renewer.abort();
+        if let Some(renewer) = self.renewer.lock().expect("lease lock").take() {
+            renewer.abort();
+        }
     }
 }
 
@@ -304,10 +342,14 @@ impl Sequencer {
         self.redis.key(&format!("seq-epoch:{conversation_id}"))
     }
 
-    fn idempotency_key(&self, s: &SendRequest) -> String {
+    fn idempotency_key(
+        &self,
+        conversation_id: &str,
+        sender_id: &str,
+        client_msg_id: &str,
+    ) -> String {
         self.redis.key(&format!(
-            "idem:{}:{}:{}",
-            s.conversation_id, s.sender_id, s.client_msg_id
+            "idem:{conversation_id}:{sender_id}:{client_msg_id}"
         ))
     }
 
@@ -318,15 +360,24 @@ impl Sequencer {
         sends: &[&SendRequest],
         members: &[String],
     ) -> Vec<ServerFrame> {
-        let lease = match self.acquire(conversation_id).await {
-            Ok(lease) => lease,
-            Err(e) => {
-                tracing::warn!(error = %e, conversation_id, "sequence lease not acquired");
+        let lease = Lease {
+            key: self.lock_key(conversation_id),
+            token: format!("{}/{}", self.instance_id, ulid::Ulid::new()),
+            renewer: std::sync::Mutex::new(None),
+            released: std::sync::atomic::AtomicBool::new(false),
+        };
+        let answers = match self
+            .under_lease(&lease, conversation_id, sends, members)
+            .await
+        {
+            Ok(answers) => answers,
+            Err(NumberingError::Busy) => {
+                tracing::warn!(conversation_id, "sequence lease not acquired in time");
                 self.metrics
                     .send_errors
                     .with_label_values(&["lock"])
                     .inc_by(sends.len() as u64);
-                return sends
+                sends
                     .iter()
                     .map(|s| {
                         error_frame(
@@ -335,14 +386,8 @@ impl Sequencer {
                             &s.client_msg_id,
                         )
                     })
-                    .collect();
+                    .collect()
             }
-        };
-        let answers = match self
-            .under_lease(&lease, conversation_id, sends, members)
-            .await
-        {
-            Ok(answers) => answers,
             Err(e) => {
                 let reason = match &e {
                     NumberingError::LeaseLost => "lease_lost",
@@ -360,7 +405,9 @@ impl Sequencer {
                     .collect()
             }
         };
-        self.release(lease).await;
+        if lease.held_once() && !lease.released.load(std::sync::atomic::Ordering::Relaxed) {
+            self.release(&lease).await;
+        }
         answers
     }
 
@@ -373,7 +420,7 @@ impl Sequencer {
     ) -> Result<Vec<ServerFrame>, NumberingError> {
         let mut numbered = None;
         for _ in 0..3 {
-            match self.number(lease, conversation_id, sends).await {
+            match self.number_acquiring(lease, conversation_id, sends).await {
                 Ok(n) => {
                     numbered = Some(n);
                     break;
@@ -413,9 +460,31 @@ impl Sequencer {
                 }
             }
         }
-        if !self.finish(lease, conversation_id, &acked_seqs).await? {
+        // Routed before the lease is given up, so this holder's frames reach each handler in
+        // `seq` order ahead of the next holder's. A record in the log is real even if the lease
+        // was lost meanwhile (the next holder appends the very same record), so routing it
+        // never shows a device a message that is not stored.
+        let routable: Vec<(usize, &LogRecord)> = fresh
+            .iter()
+            .filter(|(i, _)| appended[*i])
+            .map(|(i, r)| (*i, r))
+            .collect();
+        if !routable.is_empty() {
+            let targets = self.route_targets(members).await;
+            for (i, record) in routable {
+                let skip = Some((sends[i].handler_id.as_str(), sends[i].connection_id));
+                self.route(&targets, record, skip).await;
+            }
+        }
+        if !self
+            .finish(lease, conversation_id, &acked_seqs, true)
+            .await?
+        {
             return Err(NumberingError::LeaseLost);
         }
+        lease
+            .released
+            .store(true, std::sync::atomic::Ordering::Relaxed);
 
         let mut answers = Vec::with_capacity(sends.len());
         for (i, (s, n)) in sends.iter().zip(&numbered).enumerate() {
@@ -429,9 +498,6 @@ impl Sequencer {
             }
             if n.fresh {
                 self.metrics.messages_sent.inc();
-                let record = log_record(s, n);
-                self.route(&record, members, Some((&s.handler_id, s.connection_id)))
-                    .await;
             }
             answers.push(sent_frame(s, n));
         }
@@ -470,11 +536,12 @@ impl Sequencer {
                 .arg(self.pending_key(conversation_id))
                 .arg(self.epoch_key(conversation_id));
             for s in sends {
-                eval.arg(self.idempotency_key(s));
+                eval.arg(self.idempotency_key(&s.conversation_id, &s.sender_id, &s.client_msg_id));
             }
             eval.arg(&lease.token)
                 .arg(self.idempotency_ttl_secs)
-                .arg(replid);
+                .arg(replid)
+                .arg(self.lock_ttl.as_millis() as u64);
             for (message_id, pending) in &per_send {
                 eval.arg(message_id).arg(&created_at).arg(pending);
             }
@@ -555,7 +622,11 @@ impl Sequencer {
                 Err(e) => failed = Some(e),
             }
         }
-        if !self.finish(lease, conversation_id, &acked).await? {
+        let targets = self.route_targets(members).await;
+        for record in records.iter().filter(|r| acked.contains(&r.seq)) {
+            self.route(&targets, record, None).await;
+        }
+        if !self.finish(lease, conversation_id, &acked, false).await? {
             return Err(NumberingError::LeaseLost);
         }
         self.metrics.pending_replayed.inc_by(records.len() as u64);
@@ -564,9 +635,6 @@ impl Sequencer {
             replayed = records.len(),
             "appended the numbers a previous lease left pending"
         );
-        for record in records.iter().filter(|r| acked.contains(&r.seq)) {
-            self.route(record, members, None).await;
-        }
         match failed {
             Some(e) => Err(NumberingError::Store(StoreError::Unavailable(
                 e.to_string(),
@@ -578,24 +646,42 @@ impl Sequencer {
     /// Checks the counter against the log on this master: a new conversation, a master that
     /// took over (asynchronous replication may have lost its last numbers), or a counter Redis
     /// lost. The floor is the highest `seq` stored once ingest has caught up with the log, and
-    /// every acknowledged number was in the log before its `sent`.
+    /// every acknowledged number was in the log before its `sent`. The idempotency records of
+    /// the numbers above the counter were lost with them (they were written in the same
+    /// script as the `INCR`, and replication keeps order), so they are restored from the log
+    /// too: a resend of such a message gets its original answer, not a second number.
     async fn reseed(&self, lease: &Lease, conversation_id: &str) -> Result<(), NumberingError> {
-        let floor = self
+        let counter: Option<u64> = self
+            .numbering
+            .query(redis::cmd("GET").arg(self.counter_key(conversation_id)))
+            .await?;
+        let counter = counter.unwrap_or(0);
+        let settled = self
             .members
-            .settled_last_seq(conversation_id)
+            .settled_log(conversation_id, counter)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("the log's last seq: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("the settled log: {e}")))?;
+        let floor = settled.last_seq;
         let build = |replid: &str| {
-            let mut pipe = redis::pipe();
-            pipe.cmd("EVAL")
-                .arg(RESEED_LUA)
-                .arg(3)
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(RESEED_LUA)
+                .arg(3 + settled.messages.len())
                 .arg(&lease.key)
                 .arg(self.counter_key(conversation_id))
-                .arg(self.epoch_key(conversation_id))
-                .arg(&lease.token)
+                .arg(self.epoch_key(conversation_id));
+            for m in &settled.messages {
+                eval.arg(self.idempotency_key(conversation_id, &m.sender_id, &m.client_msg_id));
+            }
+            eval.arg(&lease.token)
                 .arg(replid)
-                .arg(floor);
+                .arg(floor)
+                .arg(counter)
+                .arg(self.idempotency_ttl_secs);
+            for m in &settled.messages {
+                eval.arg(m.seq).arg(&m.message_id).arg(&m.created_at);
+            }
+            let mut pipe = redis::pipe();
+            pipe.add_command(eval);
             pipe
         };
         let (was,): (u64,) = self.numbering.query_pipe_on_master(build).await?;
@@ -605,6 +691,7 @@ impl Sequencer {
                 conversation_id,
                 counter = was,
                 log = floor,
+                restored_idempotency_records = settled.messages.len(),
                 "the sequence counter was behind the log (lost in a Redis failover); raised it"
             );
         }
@@ -617,11 +704,13 @@ impl Sequencer {
         lease: &Lease,
         conversation_id: &str,
         acked_seqs: &[u64],
+        release: bool,
     ) -> Result<bool, NumberingError> {
         let mut inv = FINISH.prepare_invoke();
         inv.key(&lease.key)
             .key(self.pending_key(conversation_id))
-            .arg(&lease.token);
+            .arg(&lease.token)
+            .arg(if release { "1" } else { "0" });
         for seq in acked_seqs {
             inv.arg(*seq);
         }
@@ -629,49 +718,52 @@ impl Sequencer {
         Ok(held == 1)
     }
 
-    async fn acquire(&self, conversation_id: &str) -> Result<Lease, StoreError> {
-        let key = self.lock_key(conversation_id);
-        let token = format!("{}/{}", self.instance_id, ulid::Ulid::new());
-        let ttl_ms = self.lock_ttl.as_millis() as u64;
+    /// [`Self::number`], waiting (up to `SB_LOCK_WAIT_MS`) while another holder has the
+    /// lease; starts renewing it once a script has taken it.
+    async fn number_acquiring(
+        &self,
+        lease: &Lease,
+        conversation_id: &str,
+        sends: &[&SendRequest],
+    ) -> Result<Vec<Numbered>, NumberingError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
-            let got: Option<String> = self
-                .redis
-                .query(
-                    redis::cmd("SET")
-                        .arg(&key)
-                        .arg(&token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl_ms),
-                )
-                .await?;
-            if got.is_some() {
+            let outcome = self.number(lease, conversation_id, sends).await;
+            match &outcome {
+                // Held before and taken since: the lease expired under us.
+                Err(NumberingError::Busy) if lease.held_once() => {
+                    return Err(NumberingError::LeaseLost)
+                }
+                Err(NumberingError::Busy) => {
+                    if started.elapsed() > self.lock_wait {
+                        return outcome;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                    continue;
+                }
+                // The script did not run: nothing was taken.
+                Err(NumberingError::Store(_)) | Err(NumberingError::LeaseLost) => return outcome,
+                _ => {}
+            }
+            let mut renewer = lease.renewer.lock().expect("lease lock");
+            if renewer.is_none() {
                 self.metrics
                     .lock_wait_seconds
                     .observe(started.elapsed().as_secs_f64());
-                let renewer = tokio::spawn(renew(
+                *renewer = Some(tokio::spawn(renew(
                     self.redis.clone(),
-                    key.clone(),
-                    token.clone(),
+                    lease.key.clone(),
+                    lease.token.clone(),
                     self.lock_ttl,
-                ));
-                return Ok(Lease {
-                    key,
-                    token,
-                    renewer,
-                });
+                )));
             }
-            if started.elapsed() > self.lock_wait {
-                return Err(StoreError::Unavailable("lock wait timed out".into()));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
+            return outcome;
         }
     }
 
-    async fn release(&self, lease: Lease) {
+    async fn release(&self, lease: &Lease) {
         let mut inv = RELEASE.prepare_invoke();
         inv.key(&lease.key).arg(&lease.token);
         if let Err(e) = self.redis.invoke::<i64>(&inv).await {
@@ -682,7 +774,7 @@ impl Sequencer {
     /// One record per handler holding a member's device; the sending device is skipped (it
     /// gets `sent`). A failure here loses no message: it is in the log, and devices fill gaps
     /// from history.
-    async fn route(&self, record: &LogRecord, members: &[String], skip: Option<(&str, u64)>) {
+    async fn route(&self, targets: &RouteTargets, record: &LogRecord, skip: Option<(&str, u64)>) {
         let frame = ServerFrame::Message {
             conversation_id: record.conversation_id.clone(),
             message_id: record.message_id.clone(),
@@ -695,18 +787,32 @@ impl Sequencer {
         let accepted_at_ms = chrono::DateTime::parse_from_rfc3339(&record.created_at)
             .map(|t| t.timestamp_millis())
             .ok();
-        self.fan_out_timed(
+        self.route_frame(
+            targets,
             &frame,
-            members,
             skip,
             accepted_at_ms,
             Some((record.conversation_id.clone(), record.seq)),
         )
         .await;
     }
+
+    /// Which handlers hold devices of `users` (one Redis round trip); an empty map when the
+    /// lookup fails (devices then catch up from history).
+    async fn route_targets(&self, users: &[String]) -> RouteTargets {
+        match self.handlers.handlers_for(users).await {
+            Ok(map) => map,
+            Err(e) => {
+                tracing::warn!(error = %e, "recipient lookup failed; devices will catch up from history");
+                HashMap::new()
+            }
+        }
+    }
+
     /// Produces `frame` to every handler holding a device of `users`, skipping one connection.
     pub async fn fan_out(&self, frame: &str, users: &[String], skip: Option<(&str, u64)>) {
-        self.fan_out_timed(frame, users, skip, None, None).await;
+        let targets = self.route_targets(users).await;
+        self.route_frame(&targets, frame, skip, None, None).await;
     }
 
     /// Queues one record per target handler on the [`Router`] without waiting for the
@@ -715,32 +821,24 @@ impl Sequencer {
     /// second round trip.
     /// A record that fails only costs live delivery: the message is in the log, and devices
     /// fill gaps from history.
-    async fn fan_out_timed(
+    async fn route_frame(
         &self,
+        targets: &RouteTargets,
         frame: &str,
-        users: &[String],
         skip: Option<(&str, u64)>,
         accepted_at_ms: Option<i64>,
         order: Option<(String, u64)>,
     ) {
-        let by_handler: HashMap<String, Vec<String>> = match self.handlers.handlers_for(users).await
-        {
-            Ok(map) => map,
-            Err(e) => {
-                tracing::warn!(error = %e, "recipient lookup failed; devices will catch up from history");
-                return;
-            }
-        };
-        for (handler, recipients) in by_handler {
+        for (handler, recipients) in targets {
             let record = HandlerRecord {
-                recipients,
-                skip_connection: skip.filter(|(h, _)| *h == handler).map(|(_, c)| c),
+                recipients: recipients.clone(),
+                skip_connection: skip.filter(|(h, _)| h == handler).map(|(_, c)| c),
                 frame: frame.to_owned(),
                 accepted_at_ms,
                 order: order.clone(),
             };
             self.router
-                .route(self.kafka.config.handler_topic(&handler), record)
+                .route(self.kafka.config.handler_topic(handler), record)
                 .await;
         }
     }
