@@ -90,6 +90,9 @@ impl KafkaConfig {
             .set("bootstrap.servers", &self.brokers)
             .set("enable.idempotence", idempotence.to_string())
             .set("acks", "all")
+            // What idempotence implies anyway; without it librdkafka allows a million requests
+            // in flight, and tansu, which stores them one at a time, drowns in tiny requests.
+            .set("max.in.flight.requests.per.connection", "5")
             .set("linger.ms", self.linger_ms.to_string())
             .set("compression.type", "none")
             .set("message.timeout.ms", timeout_ms.to_string())
