@@ -340,8 +340,9 @@ struct SettledQuery {
 /// of numbers, not thousands).
 const SETTLED_MESSAGES_MAX: i64 = 10_000;
 
-/// How long a settled read waits for ingest to reach the log's end.
-const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a settled read waits for ingest to reach the log's end (below the manager's 3 s
+/// request timeout, so it gets a clear 503 rather than a dropped request).
+const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_millis(2500);
 
 /// Cluster-only: the members of a conversation, refilling the Redis cache on the way.
 async fn internal_members(

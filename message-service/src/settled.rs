@@ -35,11 +35,22 @@ impl IngestProgress {
     }
 }
 
+/// Partition → the offset after the log's last record, when read.
+type EndOffsets = Arc<HashMap<i32, i64>>;
+
 /// Reads the log's end offsets and waits for ingest to reach them.
+///
+/// Reading the end offsets costs the broker a metadata and a watermark request per partition,
+/// so concurrent callers share reads: a read that *started* after a caller arrived answers it
+/// (offsets read later are only larger), and callers arriving while a read is in flight are
+/// all served by the next one. A burst of new conversations costs two reads, not thousands.
 pub struct Settled {
     client: Arc<BaseConsumer>,
     topic: String,
     progress: IngestProgress,
+    /// The latest read: when it started, and the end offsets it found. An async mutex on
+    /// purpose: waiting for it *is* waiting for the read in flight.
+    latest: tokio::sync::Mutex<Option<(Instant, EndOffsets)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +70,40 @@ impl Settled {
             client: Arc::new(client),
             topic: kafka.message_topic.clone(),
             progress,
+            latest: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// End offsets read no earlier than `arrived`.
+    async fn ends_since(&self, arrived: Instant) -> Result<EndOffsets, NotSettled> {
+        let mut latest = self.latest.lock().await;
+        if let Some((started, ends)) = latest.as_ref() {
+            if *started >= arrived {
+                return Ok(ends.clone());
+            }
+        }
+        let started = Instant::now();
+        let ends = Arc::new(self.read_ends().await?);
+        *latest = Some((started, ends.clone()));
+        Ok(ends)
     }
 
     /// Returns once ingest has written every message-log record that existed when called.
     pub async fn wait_for_log_end(&self, within: Duration) -> Result<(), NotSettled> {
         let started = Instant::now();
+        let ends = tokio::time::timeout(within, self.ends_since(started))
+            .await
+            .map_err(|_| NotSettled::Broker(format!("no end offsets within {within:?}")))??;
+        while !self.progress.at_least(&ends) {
+            if started.elapsed() > within {
+                return Err(NotSettled::Behind(within));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    async fn read_ends(&self) -> Result<HashMap<i32, i64>, NotSettled> {
         let client = self.client.clone();
         let topic = self.topic.clone();
         let ends = tokio::task::spawn_blocking(move || -> Result<HashMap<i32, i64>, String> {
@@ -89,13 +128,7 @@ impl Settled {
         .await
         .map_err(|e| NotSettled::Broker(e.to_string()))?
         .map_err(NotSettled::Broker)?;
-        while !self.progress.at_least(&ends) {
-            if started.elapsed() > within {
-                return Err(NotSettled::Behind(within));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
+        Ok(ends)
     }
 }
 

@@ -67,14 +67,32 @@ impl Kafka {
         key: &str,
         payload: &[u8],
     ) -> Result<(), KafkaFailure> {
+        self.deliver(FutureRecord::to(topic).key(key).payload(payload))
+            .await
+    }
+
+    /// Produces one record to an explicit partition and waits for the acknowledgement.
+    pub async fn produce_to_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        payload: &[u8],
+    ) -> Result<(), KafkaFailure> {
+        self.deliver(
+            FutureRecord::<(), [u8]>::to(topic)
+                .partition(partition)
+                .payload(payload),
+        )
+        .await
+    }
+
+    /// Sends `record`, waits for its acknowledgement, and counts the outcome.
+    async fn deliver<K: rdkafka::message::ToBytes + ?Sized>(
+        &self,
+        record: FutureRecord<'_, K, [u8]>,
+    ) -> Result<(), KafkaFailure> {
         let started = std::time::Instant::now();
-        let result = self
-            .producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(payload),
-                Duration::from_millis(100),
-            )
-            .await;
+        let result = self.producer.send(record, Duration::from_millis(100)).await;
         self.produce_seconds
             .observe(started.elapsed().as_secs_f64());
         self.note(result.is_ok());
@@ -122,32 +140,6 @@ impl Kafka {
                     .await
                     .map_err(|e| format!("cannot append to the log: {e}"))
             })
-        })
-    }
-
-    /// Produces one record to an explicit partition and waits for the acknowledgement.
-    pub async fn produce_to_partition(
-        &self,
-        topic: &str,
-        partition: i32,
-        payload: &[u8],
-    ) -> Result<(), KafkaFailure> {
-        let started = std::time::Instant::now();
-        let result = self
-            .producer
-            .send(
-                FutureRecord::<(), [u8]>::to(topic)
-                    .partition(partition)
-                    .payload(payload),
-                Duration::from_millis(100),
-            )
-            .await;
-        self.produce_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.note(result.is_ok());
-        result.map(|_| ()).map_err(|(e, _)| {
-            self.produce_errors.inc();
-            KafkaFailure(e.to_string())
         })
     }
 

@@ -447,15 +447,7 @@ impl Stack {
     /// Starts one more socket server (`extra_env` applied last), waits for its `/ready`,
     /// and returns its index in [`Stack::socket_servers`].
     pub async fn start_socket_server(&mut self, extra_env: &[(String, String)]) -> Result<usize> {
-        let server = self.spawn_socket_server(extra_env)?;
-        wait_ready(
-            &server.process,
-            &format!("{}/ready", server.http_url()),
-            READY_TIMEOUT,
-        )
-        .await?;
-        self.socket_servers.push(server);
-        Ok(self.socket_servers.len() - 1)
+        self.start_socket_server_with(extra_env, None).await
     }
 
     /// [`Self::start_socket_server`], the server running as another Unix user (`run_as`;
@@ -466,7 +458,15 @@ impl Stack {
         run_as: RunAs,
         extra_env: &[(String, String)],
     ) -> Result<usize> {
-        let server = self.spawn_socket_server_as(extra_env, Some(run_as))?;
+        self.start_socket_server_with(extra_env, Some(run_as)).await
+    }
+
+    async fn start_socket_server_with(
+        &mut self,
+        extra_env: &[(String, String)],
+        run_as: Option<RunAs>,
+    ) -> Result<usize> {
+        let server = self.spawn_socket_server_as(extra_env, run_as)?;
         wait_ready(
             &server.process,
             &format!("{}/ready", server.http_url()),

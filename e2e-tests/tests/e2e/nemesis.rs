@@ -635,189 +635,178 @@ fn resume(process: &ManagedProcess) {
 }
 
 // ---------------------------------------------------------------------------------------
-// One fault per test.
+// The faults, each returning once it has healed.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nemesis_senders_socket_server_killed() {
-    let mut stack = Stack::start(nemesis_options()).await.unwrap();
-    run_nemesis("sender's socket server kill -9", &mut stack, |stack| {
-        Box::pin(async move {
-            // Devices 0, 3 and 6 are on the first server, all of them senders.
-            stack.socket_servers[0].process.kill9();
-        })
-    })
-    .await;
+/// kill -9 of the first socket server: devices 0, 3 and 6 are there, all of them senders.
+async fn kill_senders_socket_server(stack: &mut Stack) {
+    stack.socket_servers[0].process.kill9();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nemesis_lease_holding_manager_killed() {
-    let mut stack = Stack::start(nemesis_options()).await.unwrap();
-    run_nemesis("lease-holding manager kill -9", &mut stack, |stack| {
-        Box::pin(async move {
-            let holder = lease_holder(stack).await;
-            stack.managers[holder].process.kill9();
-        })
-    })
-    .await;
+async fn kill_lease_holder(stack: &mut Stack) {
+    let holder = lease_holder(stack).await;
+    stack.managers[holder].process.kill9();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nemesis_lease_holding_manager_paused_past_its_lease() {
-    let mut stack = Stack::start(nemesis_options()).await.unwrap();
-    run_nemesis("lease-holding manager SIGSTOP 5 s", &mut stack, |stack| {
-        Box::pin(async move {
-            let holder = lease_holder(stack).await;
-            pause(&stack.managers[holder].process);
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            resume(&stack.managers[holder].process);
-        })
-    })
-    .await;
+/// SIGSTOP of the lease holder for 5 s, past its 2 s lease.
+async fn pause_lease_holder_past_its_lease(stack: &mut Stack) {
+    let holder = lease_holder(stack).await;
+    pause(&stack.managers[holder].process);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    resume(&stack.managers[holder].process);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nemesis_broker_paused_past_the_produce_timeout() {
-    let mut stack = Stack::start(nemesis_options()).await.unwrap();
-    run_nemesis("broker SIGSTOP 7 s", &mut stack, |stack| {
-        Box::pin(async move {
-            let broker = &stack.broker.as_ref().unwrap().process;
-            broker.signal(libc::SIGSTOP);
-            tokio::time::sleep(Duration::from_secs(7)).await;
-            broker.signal(libc::SIGCONT);
-        })
-    })
-    .await;
+/// SIGSTOP of the broker for 7 s, past the 2 s produce timeout: appends in doubt.
+async fn pause_broker(stack: &mut Stack) {
+    let broker = &stack.broker.as_ref().unwrap().process;
+    broker.signal(libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    broker.signal(libc::SIGCONT);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nemesis_broker_killed_and_restarted() {
-    let mut stack = Stack::start(nemesis_options()).await.unwrap();
-    run_nemesis("broker kill -9 + restart", &mut stack, |stack| {
-        Box::pin(async move {
-            let broker = stack.broker.as_mut().unwrap();
-            broker.restart(Duration::from_secs(2)).await.unwrap();
-        })
-    })
-    .await;
+async fn restart_broker(stack: &mut Stack) {
+    let broker = stack.broker.as_mut().unwrap();
+    broker.restart(Duration::from_secs(2)).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nemesis_redis_master_killed_while_replicas_lag() {
-    let mut stack = Stack::start(nemesis_options()).await.unwrap();
-    run_nemesis(
-        "Redis master kill -9 with both replicas 3 s behind",
-        &mut stack,
-        |stack| {
-            Box::pin(async move {
-                let master = stack.redis.current_master_port().await.unwrap();
-                let replicas: Vec<u16> = stack
-                    .redis
-                    .server_ports()
-                    .into_iter()
-                    .filter(|p| *p != master)
-                    .collect();
-                for port in &replicas {
-                    pause(stack.redis.server_process(*port).unwrap());
-                }
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                stack.redis.kill_master().await.unwrap();
-                for port in &replicas {
-                    resume(stack.redis.server_process(*port).unwrap());
-                }
-                stack
-                    .redis
-                    .wait_for_failover(master, Duration::from_secs(30))
-                    .await
-                    .unwrap();
-            })
-        },
-    )
-    .await;
+/// Both replicas stopped for 3 s, then kill -9 of the master, then the replicas resume and
+/// Sentinel promotes one.
+async fn kill_redis_master_while_replicas_lag(stack: &mut Stack) {
+    let master = stack.redis.current_master_port().await.unwrap();
+    let replicas: Vec<u16> = stack
+        .redis
+        .server_ports()
+        .into_iter()
+        .filter(|p| *p != master)
+        .collect();
+    for port in &replicas {
+        pause(stack.redis.server_process(*port).unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.redis.kill_master().await.unwrap();
+    for port in &replicas {
+        resume(stack.redis.server_process(*port).unwrap());
+    }
+    stack
+        .redis
+        .wait_for_failover(master, Duration::from_secs(30))
+        .await
+        .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nemesis_sentinel_failover() {
-    let mut stack = Stack::start(nemesis_options()).await.unwrap();
-    run_nemesis("SENTINEL FAILOVER", &mut stack, |stack| {
-        Box::pin(async move {
-            let master = stack.redis.current_master_port().await.unwrap();
-            let sentinel = stack.redis.sentinel_ports()[0];
-            let mut conn = switchboard_test_support::redis_cluster::connect(sentinel)
-                .await
-                .unwrap();
-            let _: () = redis::cmd("SENTINEL")
-                .arg("FAILOVER")
-                .arg(stack.redis.master_name())
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            stack
-                .redis
-                .wait_for_failover(master, Duration::from_secs(30))
-                .await
-                .unwrap();
-        })
-    })
-    .await;
+async fn sentinel_failover(stack: &mut Stack) {
+    let master = stack.redis.current_master_port().await.unwrap();
+    let sentinel = stack.redis.sentinel_ports()[0];
+    let mut conn = switchboard_test_support::redis_cluster::connect(sentinel)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg(stack.redis.master_name())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    stack
+        .redis
+        .wait_for_failover(master, Duration::from_secs(30))
+        .await
+        .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nemesis_message_service_killed() {
-    let mut stack = Stack::start(nemesis_options()).await.unwrap();
-    run_nemesis("message service kill -9", &mut stack, |stack| {
-        Box::pin(async move {
-            stack.message_service.as_ref().unwrap().process.kill9();
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            stack.restart_message_service().await.unwrap();
-        })
-    })
-    .await;
+async fn kill_message_service(stack: &mut Stack) {
+    stack.message_service.as_ref().unwrap().process.kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.restart_message_service().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nemesis_message_service_stopped_while_postgres_is_down() {
-    let mut stack = Stack::start(nemesis_options()).await.unwrap();
-    run_nemesis(
-        "message service SIGTERM while PostgreSQL is down",
-        &mut stack,
-        |stack| {
-            Box::pin(async move {
-                // Down, not paused: the message service must see its inserts refused.
-                stack.postgres.as_ref().unwrap().process.kill9();
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let ms = &stack.message_service.as_ref().unwrap().process;
-                ms.sigterm();
-                let _ = ms.wait_exit(Duration::from_secs(15)).await;
-                stack
-                    .postgres
-                    .as_mut()
-                    .unwrap()
-                    .restart(Duration::ZERO)
-                    .await
-                    .unwrap();
-                stack.restart_message_service().await.unwrap();
-            })
-        },
-    )
-    .await;
+/// PostgreSQL down (killed, not paused: inserts must be refused), then SIGTERM of the message
+/// service; both start again.
+async fn stop_message_service_while_postgres_is_down(stack: &mut Stack) {
+    stack.postgres.as_ref().unwrap().process.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ms = &stack.message_service.as_ref().unwrap().process;
+    ms.sigterm();
+    let _ = ms.wait_exit(Duration::from_secs(15)).await;
+    stack
+        .postgres
+        .as_mut()
+        .unwrap()
+        .restart(Duration::ZERO)
+        .await
+        .unwrap();
+    stack.restart_message_service().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nemesis_postgres_killed_and_restarted() {
-    let mut stack = Stack::start(nemesis_options()).await.unwrap();
-    run_nemesis("PostgreSQL kill -9 + restart", &mut stack, |stack| {
-        Box::pin(async move {
-            stack
-                .postgres
-                .as_mut()
-                .unwrap()
-                .restart(Duration::from_secs(3))
-                .await
-                .unwrap();
-        })
-    })
-    .await;
+async fn restart_postgres(stack: &mut Stack) {
+    stack
+        .postgres
+        .as_mut()
+        .unwrap()
+        .restart(Duration::from_secs(3))
+        .await
+        .unwrap();
 }
+
+/// One test per fault.
+macro_rules! nemesis_test {
+    ($test:ident, $name:literal, $fault:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $test() {
+            let mut stack = Stack::start(nemesis_options()).await.unwrap();
+            run_nemesis($name, &mut stack, |stack| Box::pin($fault(stack))).await;
+        }
+    };
+}
+
+nemesis_test!(
+    nemesis_senders_socket_server_killed,
+    "sender's socket server kill -9",
+    kill_senders_socket_server
+);
+nemesis_test!(
+    nemesis_lease_holding_manager_killed,
+    "lease-holding manager kill -9",
+    kill_lease_holder
+);
+nemesis_test!(
+    nemesis_lease_holding_manager_paused_past_its_lease,
+    "lease-holding manager SIGSTOP 5 s",
+    pause_lease_holder_past_its_lease
+);
+nemesis_test!(
+    nemesis_broker_paused_past_the_produce_timeout,
+    "broker SIGSTOP 7 s",
+    pause_broker
+);
+nemesis_test!(
+    nemesis_broker_killed_and_restarted,
+    "broker kill -9 + restart",
+    restart_broker
+);
+nemesis_test!(
+    nemesis_redis_master_killed_while_replicas_lag,
+    "Redis master kill -9 with both replicas 3 s behind",
+    kill_redis_master_while_replicas_lag
+);
+nemesis_test!(
+    nemesis_sentinel_failover,
+    "SENTINEL FAILOVER",
+    sentinel_failover
+);
+nemesis_test!(
+    nemesis_message_service_killed,
+    "message service kill -9",
+    kill_message_service
+);
+nemesis_test!(
+    nemesis_message_service_stopped_while_postgres_is_down,
+    "message service SIGTERM while PostgreSQL is down",
+    stop_message_service_while_postgres_is_down
+);
+nemesis_test!(
+    nemesis_postgres_killed_and_restarted,
+    "PostgreSQL kill -9 + restart",
+    restart_postgres
+);
 
 /// Every fault above, one after another on one stack while the workload runs, with a few
 /// seconds of calm between them. Minutes long, so only with `SWITCHBOARD_SOAK=1` (and in
@@ -832,78 +821,29 @@ async fn nemesis_every_fault_in_sequence_soak() {
     run_nemesis("every fault in sequence", &mut stack, |stack| {
         Box::pin(async move {
             let calm = Duration::from_secs(5);
-            let step = |name: &str| eprintln!("nemesis soak: {name}");
-
-            step("manager holding a lease: SIGSTOP 5 s");
-            let holder = lease_holder(stack).await;
-            pause(&stack.managers[holder].process);
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            resume(&stack.managers[holder].process);
+            eprintln!("nemesis soak: manager holding a lease: SIGSTOP 5 s");
+            pause_lease_holder_past_its_lease(stack).await;
             tokio::time::sleep(calm).await;
-
-            step("broker: SIGSTOP 7 s");
-            let broker = &stack.broker.as_ref().unwrap().process;
-            broker.signal(libc::SIGSTOP);
-            tokio::time::sleep(Duration::from_secs(7)).await;
-            broker.signal(libc::SIGCONT);
+            eprintln!("nemesis soak: broker: SIGSTOP 7 s");
+            pause_broker(stack).await;
             tokio::time::sleep(calm).await;
-
-            step("broker: kill -9 + restart");
-            stack
-                .broker
-                .as_mut()
-                .unwrap()
-                .restart(Duration::from_secs(2))
-                .await
-                .unwrap();
+            eprintln!("nemesis soak: broker: kill -9 + restart");
+            restart_broker(stack).await;
             tokio::time::sleep(calm).await;
-
-            step("Redis master: kill -9 with both replicas 3 s behind");
-            let master = stack.redis.current_master_port().await.unwrap();
-            let replicas: Vec<u16> = stack
-                .redis
-                .server_ports()
-                .into_iter()
-                .filter(|p| *p != master)
-                .collect();
-            for port in &replicas {
-                pause(stack.redis.server_process(*port).unwrap());
-            }
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            stack.redis.kill_master().await.unwrap();
-            for port in &replicas {
-                resume(stack.redis.server_process(*port).unwrap());
-            }
-            stack
-                .redis
-                .wait_for_failover(master, Duration::from_secs(30))
-                .await
-                .unwrap();
+            eprintln!("nemesis soak: Redis master: kill -9 with both replicas 3 s behind");
+            kill_redis_master_while_replicas_lag(stack).await;
             tokio::time::sleep(calm).await;
-
-            step("PostgreSQL: kill -9 + restart");
-            stack
-                .postgres
-                .as_mut()
-                .unwrap()
-                .restart(Duration::from_secs(3))
-                .await
-                .unwrap();
+            eprintln!("nemesis soak: PostgreSQL: kill -9 + restart");
+            restart_postgres(stack).await;
             tokio::time::sleep(calm).await;
-
-            step("message service: kill -9 + restart");
-            stack.message_service.as_ref().unwrap().process.kill9();
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            stack.restart_message_service().await.unwrap();
+            eprintln!("nemesis soak: message service: kill -9 + restart");
+            kill_message_service(stack).await;
             tokio::time::sleep(calm).await;
-
-            step("manager holding a lease: kill -9");
-            let holder = lease_holder(stack).await;
-            stack.managers[holder].process.kill9();
+            eprintln!("nemesis soak: manager holding a lease: kill -9");
+            kill_lease_holder(stack).await;
             tokio::time::sleep(calm).await;
-
-            step("a sender's socket server: kill -9");
-            stack.socket_servers[0].process.kill9();
+            eprintln!("nemesis soak: a sender's socket server: kill -9");
+            kill_senders_socket_server(stack).await;
         })
     })
     .await;
