@@ -136,7 +136,7 @@ if echo:
     p(f"| ceiling: WebSocket ping/pong round trips, 100 connections, no backend | {fmt(echo['round_trips_per_sec'], 0)} /s | "
       f"{fmt(echo['latency']['p50_ms'], 2)} / {fmt(echo['latency']['p99_ms'], 2)} | (delivery path ceiling) |")
 if broker:
-    p(f"| ceiling: broker produce (acks=all, idempotent) then consume, 50k records | "
+    p(f"| ceiling: broker produce (acks=all, as the services: producer_config) then consume, 50k records | "
       f"{fmt(broker['produce_per_sec'], 0)} produced/s, {fmt(broker['consume_per_sec'], 0)} consumed/s | | (log ceiling) |")
 if s2 and broker and best_ours:
     p("")

@@ -36,7 +36,7 @@ use switchboard_test_support::{ManagedProcess, NetCut, Stack, StackOptions};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{create_conversation, history, http, token_for};
+use crate::client::{api, create_conversation, history, http, token_for};
 
 /// A send with no answer for this long is sent again (same `client_msg_id`).
 const RESEND_AFTER: Duration = Duration::from_secs(2);
@@ -564,6 +564,23 @@ where
     let healed_at = Instant::now();
     *deadline.lock().unwrap() = healed_at + ACK_BOUND_AFTER_HEAL;
     tokio::time::sleep(AFTER_HEAL).await;
+    // The REST API answers its first request after the heal (a message service that kept its
+    // connection to a dead Redis master until first use answered 503 here, even a minute
+    // later; Sentinel is now watched, so seconds after the heal is enough).
+    // Presence reads Redis.
+    let (status, body) = api(
+        &http(),
+        stack,
+        &workload.tokens["ana"],
+        reqwest::Method::GET,
+        "/api/v1/presence?user_id=ben",
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "nemesis[{name}]: the first REST request after the heal answered {status}: {body}"
+    );
     generating_tx.send(false).unwrap();
     for device in devices {
         device.await.unwrap();
