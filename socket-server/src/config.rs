@@ -50,6 +50,10 @@ pub struct SocketServerConfig {
     pub handler_heartbeat: Duration,
     /// Re-report every local user so mappings do not expire (`SB_MAPPING_RENEW_MS`, default 300000).
     pub mapping_renew: Duration,
+    /// How long the delivery consumer's fetch may wait for data (`SB_DELIVERY_FETCH_WAIT_MS`,
+    /// default 10): shorter delivers sooner, longer spares the broker (tansu answers an empty
+    /// fetch only when the wait is over, and queries its storage for each).
+    pub delivery_fetch_wait_ms: u64,
     pub kafka: switchboard_message_log::KafkaConfig,
 }
 
@@ -88,6 +92,7 @@ impl SocketServerConfig {
             manager_lanes: env_or("SB_MANAGER_LANES", 64)?,
             handler_heartbeat: env_millis("SB_HANDLER_HEARTBEAT_MS", 2_000)?,
             mapping_renew: env_millis("SB_MAPPING_RENEW_MS", 300_000)?,
+            delivery_fetch_wait_ms: env_or("SB_DELIVERY_FETCH_WAIT_MS", 10)?,
             kafka: switchboard_message_log::KafkaConfig::from_env()?,
         })
     }

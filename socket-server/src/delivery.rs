@@ -23,7 +23,10 @@ pub(crate) async fn run(
     // The group is the handler itself: it alone reads its topic, and after a restart with the
     // same id it resumes where it stopped.
     let consumer: StreamConsumer = match kafka
-        .consumer_config(&format!("handler-{}", state.server_id), 10)
+        .consumer_config(
+            &format!("handler-{}", state.server_id),
+            state.config.delivery_fetch_wait_ms,
+        )
         .create()
     {
         Ok(c) => c,
