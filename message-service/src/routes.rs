@@ -368,9 +368,10 @@ async fn internal_members(
 }
 
 /// `GET /api/v1/presence?user_id=a&user_id=b`: online while a device is connected, else
-/// offline with the time the last device left.
+/// offline with the time the last device left. Only about the caller and users who share a
+/// conversation with the caller (403 `forbidden` otherwise): presence is not public.
 async fn presence(
-    _user: AuthUser,
+    user: AuthUser,
     state: web::Data<AppState>,
     query: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -387,6 +388,20 @@ async fn presence(
         return Err(ApiError::bad_request(format!(
             "{bad:?} is not a valid user id"
         )));
+    }
+    let others: Vec<String> = users.iter().filter(|u| **u != user.0).cloned().collect();
+    if !others.is_empty() {
+        let shared = state
+            .store
+            .sharing_a_conversation(&user.0, &others)
+            .await
+            .map_err(db_error)?;
+        if let Some(stranger) = others.iter().find(|u| !shared.contains(u)) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("you share no conversation with {stranger:?}"),
+            ));
+        }
     }
     let now = chrono::Utc::now();
     let states = switchboard_server_directory::presence::read(

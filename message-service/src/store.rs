@@ -302,6 +302,24 @@ impl Store {
         .await
     }
 
+    /// Which of `users` share at least one conversation with `caller`.
+    pub async fn sharing_a_conversation(
+        &self,
+        caller: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT other.user_id
+               FROM members mine
+               JOIN members other ON other.conversation_id = mine.conversation_id
+              WHERE mine.user_id = $1 AND other.user_id = ANY($2)",
+        )
+        .bind(caller)
+        .bind(users)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     pub async fn history(
         &self,
         conversation_id: &str,

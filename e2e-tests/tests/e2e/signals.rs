@@ -172,13 +172,25 @@ async fn presence_follows_devices_and_a_killed_server_takes_its_users_offline() 
         &stack,
         &alice_t,
         Method::GET,
-        "/api/v1/presence?user_id=bob&user_id=nobody",
+        "/api/v1/presence?user_id=bob&user_id=alice",
         None,
     )
     .await;
     assert_eq!(body["presence"][0]["status"], "online");
-    assert_eq!(body["presence"][1]["status"], "offline");
-    assert!(body["presence"][1]["last_seen"].is_null(), "never seen");
+    assert_eq!(body["presence"][1]["status"], "online", "oneself");
+    // Presence is not public: a user who shares no conversation with alice is not hers to
+    // watch, and asking about one refuses the whole query.
+    let (status, body) = api(
+        &http,
+        &stack,
+        &alice_t,
+        Method::GET,
+        "/api/v1/presence?user_id=bob&user_id=stranger",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
 
     // Bob's server dies without a word: he goes offline once his handler's TTL lapses.
     let bob_reader = bob.keep_alive();
