@@ -57,8 +57,12 @@ impl Members {
         }
     }
 
-    /// Members of the conversation; empty when it does not exist.
+    /// Members of the conversation; empty when it does not exist (or cannot: conversation ids
+    /// are ULIDs, and anything else never reaches a key or a URL).
     pub async fn of(&self, conversation_id: &str) -> Result<Vec<String>, MembersError> {
+        if !is_conversation_id(conversation_id) {
+            return Ok(Vec::new());
+        }
         let cached: Vec<String> = self
             .redis
             .query(
@@ -98,6 +102,11 @@ impl Members {
         conversation_id: &str,
         after_seq: u64,
     ) -> Result<SettledLog, MembersError> {
+        if !is_conversation_id(conversation_id) {
+            return Err(MembersError::Unavailable(format!(
+                "{conversation_id:?} is not a conversation id"
+            )));
+        }
         self.get_internal(&format!(
             "/internal/v1/conversations/{conversation_id}/settled-last-seq?after_seq={after_seq}"
         ))
@@ -137,5 +146,30 @@ impl Members {
             .json()
             .await
             .map_err(|e| MembersError::Unavailable(e.to_string()))
+    }
+}
+
+/// Conversation ids are ULIDs (the message service makes them): 26 characters of Crockford
+/// base32, nothing that could change the meaning of a Redis key or a URL path.
+pub fn is_conversation_id(id: &str) -> bool {
+    id.len() == 26 && ulid::Ulid::from_string(id).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_conversation_id;
+
+    #[test]
+    fn only_ulids_are_conversation_ids() {
+        assert!(is_conversation_id("01ARZ3NDEKTSV4RRFFQ69G5FAV"));
+        for bad in [
+            "",
+            "no-such-conversation",
+            "../../internal/v1/users/x",
+            "01ARZ3NDEKTSV4RRFFQ69G5FA?",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAV/",
+        ] {
+            assert!(!is_conversation_id(bad), "{bad}");
+        }
     }
 }
