@@ -73,13 +73,64 @@ pub struct CommonConfig {
     pub dev_mode: bool,
 }
 
+/// The published defaults of the secrets: fine for a demo, never for a deployment.
+const DEFAULT_JWT_SECRET: &str = "switchboard-dev-jwt-secret";
+const DEFAULT_CLUSTER_SECRET: &str = "switchboard-dev-cluster-secret";
+/// The shortest secret accepted outside dev mode (bytes).
+pub const MIN_SECRET_BYTES: usize = 32;
+
 impl CommonConfig {
+    /// Reads the shared settings. Outside dev mode, a default or short secret is refused:
+    /// anyone could mint tokens or register a socket server with a published one.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(CommonConfig {
+        let config = CommonConfig {
             redis: RedisConfig::from_env()?,
-            jwt_secret: env_string("SB_JWT_SECRET", "switchboard-dev-jwt-secret"),
-            cluster_secret: env_string("SB_CLUSTER_SECRET", "switchboard-dev-cluster-secret"),
+            jwt_secret: env_string("SB_JWT_SECRET", DEFAULT_JWT_SECRET),
+            cluster_secret: env_string("SB_CLUSTER_SECRET", DEFAULT_CLUSTER_SECRET),
             dev_mode: env_bool("SB_DEV_MODE", false)?,
-        })
+        };
+        check_secret("SB_JWT_SECRET", &config.jwt_secret, config.dev_mode)?;
+        check_secret("SB_CLUSTER_SECRET", &config.cluster_secret, config.dev_mode)?;
+        Ok(config)
+    }
+}
+
+/// Refuses a published default or a secret under [`MIN_SECRET_BYTES`] unless `dev_mode`.
+pub fn check_secret(name: &str, secret: &str, dev_mode: bool) -> Result<(), ConfigError> {
+    if dev_mode {
+        return Ok(());
+    }
+    let reason = if secret == DEFAULT_JWT_SECRET || secret == DEFAULT_CLUSTER_SECRET {
+        "it is the published default; set a secret of your own (or SB_DEV_MODE=true for a demo)"
+    } else if secret.len() < MIN_SECRET_BYTES {
+        "it is shorter than 32 bytes; use a long random secret (or SB_DEV_MODE=true for a demo)"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError {
+        name: name.to_owned(),
+        value: "(hidden)".to_owned(),
+        reason: reason.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn default_or_short_secrets_are_refused_outside_dev_mode() {
+        let long = "0123456789abcdef0123456789abcdef";
+        assert!(check_secret("SB_JWT_SECRET", long, false).is_ok());
+        assert!(check_secret("SB_JWT_SECRET", DEFAULT_JWT_SECRET, false).is_err());
+        assert!(check_secret("SB_CLUSTER_SECRET", DEFAULT_CLUSTER_SECRET, false).is_err());
+        assert!(check_secret("SB_JWT_SECRET", "short", false).is_err());
+        let refused = check_secret("SB_JWT_SECRET", "short", false).unwrap_err();
+        assert!(
+            !refused.to_string().contains("short\""),
+            "the secret is not echoed"
+        );
+        assert!(check_secret("SB_JWT_SECRET", DEFAULT_JWT_SECRET, true).is_ok());
+        assert!(check_secret("SB_JWT_SECRET", "short", true).is_ok());
     }
 }
