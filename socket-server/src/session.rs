@@ -42,6 +42,15 @@ pub async fn ws_entry(
         };
         ApiError::new(ErrorCode::Unauthorized, message)
     })?;
+    if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        if !origin_allowed(&state.config.allowed_origins, origin) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("origin {origin:?} may not open a WebSocket here (SB_ALLOWED_ORIGINS)"),
+            ));
+        }
+    }
     if state.shutdown.is_cancelled() {
         return Err(ApiError::unavailable("this server is shutting down"));
     }
@@ -264,6 +273,14 @@ async fn report_presence(state: &ServerState, conn_id: u64, user_id: &str, conne
 /// numbered or stored. A `send` body over `max_body_bytes` is `too_large`; a string that
 /// PostgreSQL `TEXT` cannot store (one holding U+0000) is `bad_request`, since it would be
 /// numbered and then fail to insert. Refusals of a `send` carry its `client_msg_id`.
+/// Whether a browser page from `origin` may connect: any, when no list is configured.
+fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    allowed.is_empty()
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a == origin.trim_end_matches('/'))
+}
+
 fn refuse_invalid(frame: &ClientFrame, max_body_bytes: usize) -> Option<ServerFrame> {
     let (conversation_id, send) = match frame {
         ClientFrame::Send {
@@ -361,6 +378,17 @@ fn handle_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_are_checked_only_when_configured() {
+        assert!(origin_allowed(&[], "https://anywhere.example"));
+        let allowed = vec!["https://chat.example.com".to_owned()];
+        assert!(origin_allowed(&allowed, "https://chat.example.com"));
+        assert!(origin_allowed(&allowed, "https://chat.example.com/"));
+        assert!(!origin_allowed(&allowed, "https://evil.example"));
+        assert!(!origin_allowed(&allowed, "null"));
+        assert!(origin_allowed(&["*".to_owned()], "https://evil.example"));
+    }
 
     fn send(client_msg_id: &str, body: &str) -> ClientFrame {
         ClientFrame::Send {

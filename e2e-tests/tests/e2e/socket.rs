@@ -216,3 +216,48 @@ async fn silent_clients_are_dropped_by_the_heartbeat_and_scores_follow() {
     assert!(dropped, "silent client dropped: {:?}", scores(&stack).await);
     drop(silent);
 }
+
+/// With `SB_ALLOWED_ORIGINS` set, a browser page from another origin cannot open a WebSocket
+/// (so a foreign page cannot ride a visitor's token); the allowed origin and non-browser
+/// clients (no `Origin` header) can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_from_foreign_origins_are_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let stack = Stack::start(StackOptions {
+        socket_servers: 1,
+        registries: 1,
+        health_checkers: 1,
+        extra_env: vec![(
+            "SB_ALLOWED_ORIGINS".into(),
+            "https://chat.example.com".into(),
+        )],
+        ..StackOptions::without_messaging()
+    })
+    .await
+    .unwrap();
+    let url = format!(
+        "{}?token={}",
+        stack.socket_servers[0].ws_url(),
+        token_for(&stack, "alice")
+    );
+    let attempt = |origin: Option<&'static str>| {
+        let url = url.clone();
+        async move {
+            let mut request = url.into_client_request().unwrap();
+            if let Some(origin) = origin {
+                request
+                    .headers_mut()
+                    .insert("origin", origin.parse().unwrap());
+            }
+            match tokio_tungstenite::connect_async(request).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+                Err(e) => panic!("connect failed: {e}"),
+            }
+        }
+    };
+    assert_eq!(attempt(Some("https://evil.example")).await, 403);
+    assert_eq!(attempt(Some("https://chat.example.com")).await, 101);
+    assert_eq!(attempt(None).await, 101, "not a browser: not checked");
+}
