@@ -22,10 +22,6 @@ use rdkafka::config::ClientConfig;
 use serde::{Deserialize, Serialize};
 use switchboard_service_kit::config::{env_bool, env_string, ConfigError};
 
-/// Whether producers are idempotent (`enable.idempotence`) unless `SB_KAFKA_IDEMPOTENCE` says
-/// otherwise; see [`KafkaConfig::idempotence`].
-pub const DEFAULT_IDEMPOTENCE: bool = false;
-
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
     /// Bootstrap servers (`SB_KAFKA_BROKERS`, default `127.0.0.1:9092`).
@@ -39,23 +35,8 @@ pub struct KafkaConfig {
     /// How long the producer waits to fill a batch (`SB_KAFKA_LINGER_MS`, default 2): a few
     /// milliseconds of latency buy far fewer, larger produce requests under load.
     pub linger_ms: u64,
-}
-
-impl KafkaConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        // Read here too, so a bad `SB_KAFKA_IDEMPOTENCE` fails at startup, not in a producer.
-        Self::idempotence()?;
-        Ok(KafkaConfig {
-            brokers: env_string("SB_KAFKA_BROKERS", "127.0.0.1:9092"),
-            message_topic: env_string("SB_MESSAGE_TOPIC", "sb.messages"),
-            events_topic: env_string("SB_EVENTS_TOPIC", "sb.events"),
-            handler_topic_prefix: env_string("SB_HANDLER_TOPIC_PREFIX", "sb.handler."),
-            linger_ms: switchboard_service_kit::config::env_or("SB_KAFKA_LINGER_MS", 2)?,
-        })
-    }
-
     /// Whether producers run with `enable.idempotence=true` (`SB_KAFKA_IDEMPOTENCE`, default
-    /// [`DEFAULT_IDEMPOTENCE`], off).
+    /// off).
     ///
     /// Off is safe: idempotence only stops a producer *retry* from writing a record twice (or
     /// out of order), and every reader already copes with both by the project's own keys. The
@@ -63,16 +44,26 @@ impl KafkaConfig {
     /// `message_id` (`ON CONFLICT DO NOTHING`), so a repeated log record is a no-op; a socket
     /// handler's reorder buffer restores `seq` order and drops a late or repeated message
     /// (devices fill gaps from history); receipts are cumulative positions that only move
-    /// forward. `acks=all` stays on either way, so an acknowledged record is never
-    /// lost.
+    /// forward. `acks=all` stays on either way, so an acknowledged record is never lost.
     ///
     /// Off is the default because tansu 0.6 (the local broker, SQLite engine) wedges when an
     /// idempotent producer's requests time out, e.g. during a stall of the broker: its storage
     /// task panics (`idempotent_message_check`, "more or less than one row") and from then on
     /// it answers every produce with an error until it is restarted (docs/broker.md). With
     /// Apache Kafka (docker-compose) it may be turned on.
-    pub fn idempotence() -> Result<bool, ConfigError> {
-        env_bool("SB_KAFKA_IDEMPOTENCE", DEFAULT_IDEMPOTENCE)
+    pub idempotence: bool,
+}
+
+impl KafkaConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(KafkaConfig {
+            brokers: env_string("SB_KAFKA_BROKERS", "127.0.0.1:9092"),
+            message_topic: env_string("SB_MESSAGE_TOPIC", "sb.messages"),
+            events_topic: env_string("SB_EVENTS_TOPIC", "sb.events"),
+            handler_topic_prefix: env_string("SB_HANDLER_TOPIC_PREFIX", "sb.handler."),
+            linger_ms: switchboard_service_kit::config::env_or("SB_KAFKA_LINGER_MS", 2)?,
+            idempotence: env_bool("SB_KAFKA_IDEMPOTENCE", false)?,
+        })
     }
 
     pub fn handler_topic(&self, handler_id: &str) -> String {
@@ -81,14 +72,12 @@ impl KafkaConfig {
 
     /// An `acks=all` producer that batches briefly (`linger_ms`) and gives up on a record
     /// after `timeout_ms`, so a broker outage surfaces as an error, not a hang. Idempotent only
-    /// if `SB_KAFKA_IDEMPOTENCE` is on ([`Self::idempotence`]; [`Self::from_env`] has already
-    /// rejected an invalid value).
+    /// if [`Self::idempotence`] says so.
     pub fn producer_config(&self, timeout_ms: u64) -> ClientConfig {
-        let idempotence = Self::idempotence().unwrap_or(DEFAULT_IDEMPOTENCE);
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("enable.idempotence", idempotence.to_string())
+            .set("enable.idempotence", self.idempotence.to_string())
             .set("acks", "all")
             // What idempotence implies anyway; without it librdkafka allows a million requests
             // in flight, and tansu, which stores them one at a time, drowns in tiny requests.
@@ -149,9 +138,21 @@ pub struct LogEnvelope {
 /// The messages of one message-log Kafka record: an envelope, or (as written before
 /// envelopes) a single record.
 pub fn decode_log_records(payload: &[u8]) -> Result<Vec<LogRecord>, serde_json::Error> {
-    match serde_json::from_slice::<LogEnvelope>(payload) {
+    decode_records(payload)
+}
+
+/// An envelope of `T`s (`{"records":[...]}`, the shape of [`LogEnvelope`] and
+/// [`HandlerEnvelope`]), or one `T` on its own.
+fn decode_records<T: serde::de::DeserializeOwned>(
+    payload: &[u8],
+) -> Result<Vec<T>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Records<T> {
+        records: Vec<T>,
+    }
+    match serde_json::from_slice::<Records<T>>(payload) {
         Ok(envelope) => Ok(envelope.records),
-        Err(envelope_error) => serde_json::from_slice::<LogRecord>(payload)
+        Err(envelope_error) => serde_json::from_slice::<T>(payload)
             .map(|record| vec![record])
             .map_err(|_| envelope_error),
     }
@@ -178,12 +179,7 @@ pub struct HandlerEnvelope {
 
 /// The frames of one handler-topic Kafka record: an envelope, or a single record.
 pub fn decode_handler_records(payload: &[u8]) -> Result<Vec<HandlerRecord>, serde_json::Error> {
-    match serde_json::from_slice::<HandlerEnvelope>(payload) {
-        Ok(envelope) => Ok(envelope.records),
-        Err(envelope_error) => serde_json::from_slice::<HandlerRecord>(payload)
-            .map(|record| vec![record])
-            .map_err(|_| envelope_error),
-    }
+    decode_records(payload)
 }
 
 /// One record on a handler's topic: a server frame and who on that handler gets it.
@@ -272,6 +268,7 @@ mod tests {
             events_topic: "e".into(),
             handler_topic_prefix: "sb.handler.".into(),
             linger_ms: 5,
+            idempotence: false,
         };
         assert_eq!(config.handler_topic("h1"), "sb.handler.h1");
     }

@@ -284,6 +284,9 @@ pub const MASTER_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Drops the connection once the Sentinels name another master; ends with the last handle.
 async fn watch_master(inner: std::sync::Weak<Inner>) {
+    // One connection per Sentinel, kept across polls (dropped when it fails).
+    let mut sentinels: std::collections::HashMap<String, MultiplexedConnection> =
+        std::collections::HashMap::new();
     loop {
         tokio::time::sleep(MASTER_WATCH_INTERVAL).await;
         let Some(inner) = inner.upgrade() else {
@@ -294,39 +297,58 @@ async fn watch_master(inner: std::sync::Weak<Inner>) {
             continue;
         };
         for sentinel in &inner.config.sentinels {
-            let asked = tokio::time::timeout(
-                inner.config.command_timeout,
-                ask_sentinel(sentinel, &inner.config.master_name),
-            )
-            .await;
-            if let Ok(Ok(named)) = asked {
-                if named != connected_to {
-                    tracing::warn!(
-                        old = ?connected_to,
-                        new = ?named,
-                        "sentinel names a new redis master; reconnecting"
-                    );
-                    let redis = SentinelRedis {
-                        inner: inner.clone(),
-                    };
-                    let generation = redis.cached().map(|live| live.generation);
-                    if let Some(generation) = generation {
-                        redis.invalidate(generation);
+            let asked = tokio::time::timeout(inner.config.command_timeout, async {
+                let conn = match sentinels.get(sentinel) {
+                    Some(conn) => conn.clone(),
+                    None => {
+                        let conn = sentinel_connection(sentinel).await?;
+                        sentinels.insert(sentinel.clone(), conn.clone());
+                        conn
                     }
-                    *inner.master.lock().expect("redis handle lock") = None;
+                };
+                master_addr(conn, &inner.config.master_name).await
+            })
+            .await;
+            let Ok(Ok(named)) = asked else {
+                sentinels.remove(sentinel);
+                continue;
+            };
+            if named != connected_to {
+                tracing::warn!(
+                    old = ?connected_to,
+                    new = ?named,
+                    "sentinel names a new redis master; reconnecting"
+                );
+                let redis = SentinelRedis {
+                    inner: inner.clone(),
+                };
+                if let Some(live) = redis.cached() {
+                    redis.invalidate(live.generation);
                 }
-                break;
+                *inner.master.lock().expect("redis handle lock") = None;
             }
+            break;
         }
     }
 }
 
 async fn ask_sentinel(sentinel: &str, master_name: &str) -> Result<(String, u16), String> {
-    let client = redis::Client::open(format!("redis://{sentinel}/")).map_err(|e| e.to_string())?;
-    let mut conn = client
+    master_addr(sentinel_connection(sentinel).await?, master_name).await
+}
+
+async fn sentinel_connection(sentinel: &str) -> Result<MultiplexedConnection, String> {
+    redis::Client::open(format!("redis://{sentinel}/"))
+        .map_err(|e| e.to_string())?
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// The master `master_name` as this Sentinel knows it.
+async fn master_addr(
+    mut conn: MultiplexedConnection,
+    master_name: &str,
+) -> Result<(String, u16), String> {
     let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
         .arg("get-master-addr-by-name")
         .arg(master_name)

@@ -58,8 +58,11 @@ impl LogAppender {
 
     /// Appends every record and answers, in order, whether the broker acknowledged each (its
     /// envelope). A failed one is *in doubt*: it may still have landed.
-    pub async fn append_all(&self, records: &[LogRecord]) -> Vec<Result<(), String>> {
-        let mut waits = Vec::with_capacity(records.len());
+    pub async fn append_all<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a LogRecord>,
+    ) -> Vec<Result<(), String>> {
+        let mut waits = Vec::new();
         for record in records {
             let (done, wait) = oneshot::channel();
             let job = AppendJob {

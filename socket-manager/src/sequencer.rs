@@ -445,8 +445,7 @@ impl Sequencer {
             .filter(|(_, n)| n.fresh)
             .map(|(i, n)| (i, log_record(sends[i], n)))
             .collect();
-        let fresh_records: Vec<LogRecord> = fresh.iter().map(|(_, r)| r.clone()).collect();
-        let outcomes = self.appender.append_all(&fresh_records).await;
+        let outcomes = self.appender.append_all(fresh.iter().map(|(_, r)| r)).await;
         let mut appended = vec![true; numbered.len()];
         let mut acked_seqs = Vec::new();
         for ((i, record), outcome) in fresh.iter().zip(outcomes) {

@@ -37,6 +37,7 @@ fn kafka_config(bootstrap: &str) -> KafkaConfig {
         events_topic: "sb.events".into(),
         handler_topic_prefix: "sb.handler.".into(),
         linger_ms: 2,
+        idempotence: false,
     }
 }
 
@@ -169,8 +170,11 @@ async fn stall_experiment(
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap).await;
 
-    let mut config = kafka_config(&bootstrap).producer_config(PRODUCE_TIMEOUT_MS);
-    config.set("enable.idempotence", idempotence.to_string());
+    let config = KafkaConfig {
+        idempotence,
+        ..kafka_config(&bootstrap)
+    }
+    .producer_config(PRODUCE_TIMEOUT_MS);
     let producer: FutureProducer = config.create().unwrap();
     let sends: Arc<Mutex<Vec<SendLog>>> = Arc::default();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(2000));
