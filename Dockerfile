@@ -11,6 +11,12 @@
 # the root Cargo.toml is missing from this file.
 
 ARG RUST_VERSION=1
+# Where the runtime stage takes its binaries (/out/*) from: the builder stage below, unless an
+# image is named here. scripts/compose-smoke.sh names an image holding release binaries built
+# on the host (no image registry there), so the runtime stage it tests is this very stage.
+ARG SB_BINARIES=builder
+# The runtime base; the smoke test names a locally built Debian bookworm image.
+ARG SB_RUNTIME_BASE=debian:bookworm-slim
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
 # rust:*-bookworm already carries gcc, make, perl, pkg-config and zlib: enough for the
@@ -89,15 +95,26 @@ RUN set -eu; \
     done
 
 # ---- runtime ---------------------------------------------------------------------------------
-FROM debian:bookworm-slim AS runtime
-# curl: the compose healthchecks (curl -fsS http://localhost:PORT/ready).
-RUN set -eux; \
-    apt-get update; \
-    apt-get install -y --no-install-recommends ca-certificates curl; \
-    rm -rf /var/lib/apt/lists/*; \
-    useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin switchboard
+FROM ${SB_BINARIES} AS binaries
 
-COPY --from=builder /out/ /usr/local/bin/
+FROM ${SB_RUNTIME_BASE} AS runtime
+# curl: the compose healthchecks (curl -fsS http://localhost:PORT/ready). Skipped when the base
+# has them already (the smoke test's offline base, which cannot reach a package mirror).
+# /var/lib/switchboard/secrets: where compose keeps the generated secrets (a named volume
+# takes this directory's owner on first use); see compose/switchboard-entrypoint.sh.
+RUN set -eux; \
+    if ! command -v curl >/dev/null || [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then \
+        apt-get update; \
+        apt-get install -y --no-install-recommends ca-certificates curl; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin switchboard; \
+    mkdir -p /var/lib/switchboard/secrets; \
+    chown switchboard:switchboard /var/lib/switchboard/secrets; \
+    chmod 700 /var/lib/switchboard/secrets
+
+COPY compose/switchboard-entrypoint.sh /usr/local/bin/switchboard-entrypoint
+COPY --from=binaries /out/ /usr/local/bin/
 
 USER switchboard
 ENV SB_LOG_FORMAT=json \
@@ -106,4 +123,5 @@ ENV SB_LOG_FORMAT=json \
 # socket-server 9001 (the compose file binds each on 0.0.0.0).
 EXPOSE 8101 8102 8201 8202 8301 8401 9001
 STOPSIGNAL SIGTERM
+ENTRYPOINT ["switchboard-entrypoint"]
 CMD ["sh", "-c", "echo 'switchboard image: run one of registry, socket-server, socket-manager, health-checker, message-service' >&2; exit 64"]

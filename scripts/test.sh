@@ -14,3 +14,5 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace -- --test-threads=2 2>&1 | tee "$log"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# docker-compose.yml for real: images built offline, scaled, a replica and the Redis master stopped.
+bash scripts/compose-smoke.sh

@@ -19,14 +19,123 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/api/v1/socket-servers/{server_id}",
             web::delete().to(deregister),
         )
-        .route("/api/v1/dev/token", web::post().to(dev_token));
+        .route("/api/v1/dev/token", web::post().to(dev_token))
+        .route("/internal/v1/tunnels/{ip}", web::get().to(tunnel));
+}
+
+/// A socket URL as the asking client must use it: when TLS is terminated in front of the
+/// registry (the proxy says `X-Forwarded-Proto: https`), a `ws://` URL, which an HTTPS page
+/// may not open, becomes `wss://` (the same proxy terminates TLS for the socket path). A
+/// server may also advertise `wss://` itself (`SB_SOCKET_PUBLIC_URL`).
+fn url_for_client(req: &HttpRequest, url: String) -> String {
+    let https = req
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .next()
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+        });
+    match url.strip_prefix("ws://") {
+        Some(rest) if https => format!("wss://{rest}"),
+        _ => url,
+    }
+}
+
+/// nginx's `auth_request` for its `/ws/<ip>` tunnel (docker-compose, nginx/compose.conf):
+/// 204 when a registered socket server advertises a URL whose path is `/ws/<ip>`, else 403.
+/// So the tunnel reaches registered socket servers only, never any host on the network.
+async fn tunnel(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ip = path.into_inner();
+    let servers = state.directory.list().await?;
+    if tunnel_allowed(servers.iter().map(|r| r.url.as_str()), &ip) {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "no registered socket server at this address",
+        ))
+    }
+}
+
+/// Whether one of `urls` (advertised socket URLs) is a tunnel URL `<scheme>://<host>/ws/<ip>`
+/// for this `ip`, which must be an IPv4 address literal.
+fn tunnel_allowed<'a>(urls: impl IntoIterator<Item = &'a str>, ip: &str) -> bool {
+    if ip.parse::<std::net::Ipv4Addr>().is_err() {
+        return false;
+    }
+    let wanted = format!("/ws/{ip}");
+    urls.into_iter().any(|url| {
+        let Some((_, rest)) = url.split_once("://") else {
+            return false;
+        };
+        let path = rest.find('/').map_or("", |i| &rest[i..]);
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        path == wanted
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{tunnel_allowed, url_for_client};
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn socket_urls_are_wss_behind_tls() {
+        let url = || "ws://chat.example.com/ws/10.0.0.7".to_string();
+        let plain = TestRequest::default().to_http_request();
+        assert_eq!(url_for_client(&plain, url()), url());
+        let http = TestRequest::default()
+            .insert_header(("x-forwarded-proto", "http"))
+            .to_http_request();
+        assert_eq!(url_for_client(&http, url()), url());
+        for proto in ["https", "HTTPS", "https, http"] {
+            let tls = TestRequest::default()
+                .insert_header(("x-forwarded-proto", proto))
+                .to_http_request();
+            assert_eq!(
+                url_for_client(&tls, url()),
+                "wss://chat.example.com/ws/10.0.0.7"
+            );
+        }
+        let tls = TestRequest::default()
+            .insert_header(("x-forwarded-proto", "https"))
+            .to_http_request();
+        let wss = "wss://a.example.com/ws".to_string();
+        assert_eq!(url_for_client(&tls, wss.clone()), wss);
+    }
+
+    #[test]
+    fn the_tunnel_reaches_registered_servers_only() {
+        let urls = [
+            "ws://localhost:8080/ws/172.18.0.14",
+            "wss://chat.example.com/ws/172.18.0.15",
+        ];
+        assert!(tunnel_allowed(urls, "172.18.0.14"));
+        assert!(tunnel_allowed(urls, "172.18.0.15"));
+        // Not registered, a prefix of a registered one, or not an address at all.
+        assert!(!tunnel_allowed(urls, "172.18.0.1"));
+        assert!(!tunnel_allowed(urls, "172.18.0.140"));
+        assert!(!tunnel_allowed(urls, "172.18.0"));
+        assert!(!tunnel_allowed(
+            ["ws://x/ws/172.18.0.14/more"],
+            "172.18.0.14"
+        ));
+        assert!(!tunnel_allowed(["ws://10.0.0.1:9001/ws"], "10.0.0.1"));
+        assert!(!tunnel_allowed(urls, "../ws/172.18.0.14"));
+        assert!(!tunnel_allowed(std::iter::empty(), "172.18.0.14"));
+    }
 }
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-async fn assign(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn assign(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let found = state
         .directory
         .assign(
@@ -42,9 +151,12 @@ async fn assign(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     };
     state.assignments.with_label_values(&[outcome]).inc();
     match found? {
-        Some(assignment) => Ok(HttpResponse::Ok()
-            .insert_header(("cache-control", "no-store"))
-            .json(assignment)),
+        Some(mut assignment) => {
+            assignment.url = url_for_client(&req, assignment.url);
+            Ok(HttpResponse::Ok()
+                .insert_header(("cache-control", "no-store"))
+                .json(assignment))
+        }
         None => Err(ApiError::new(
             ErrorCode::NoCapacity,
             "no socket server has room for another connection",
@@ -52,7 +164,7 @@ async fn assign(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     }
 }
 
-async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let servers = state
         .directory
         .list()
@@ -60,7 +172,7 @@ async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         .into_iter()
         .map(|r| ServerInfo {
             server_id: r.server_id,
-            url: r.url,
+            url: url_for_client(&req, r.url),
             connections: r.load,
             max_connections: r.max_connections,
             last_heartbeat: r

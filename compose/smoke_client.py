@@ -1,0 +1,406 @@
+#!/usr/bin/env python3
+"""The client half of scripts/compose-smoke.sh: drives a running compose stack through its
+public nginx (127.0.0.1:$SB_PUBLIC_PORT) and stops containers with `docker stop`.
+
+Standard library only (a minimal RFC 6455 client below). Every wait is bounded. Checks:
+  1. the registry hands out all 3 socket-server replicas;
+  2. two clients on different replicas chat through nginx, history intact;
+  3. `docker stop` of one replica: it leaves the registry within seconds, its client
+     reconnects to another replica, and no acknowledged (`sent`) message is lost;
+  4. `docker stop` of the Redis master container: Sentinel promotes a replica inside the
+     Docker network and sends are acknowledged again within 15 s, no service restarted;
+  5. the public nginx does not expose register/deregister, and the /ws/<ip> tunnel only
+     reaches registered socket servers.
+
+Environment: SB_PUBLIC_PORT, SMOKE_COMPOSE (the docker-compose command line, space separated),
+SMOKE_DOCKER (the docker command).
+"""
+
+import base64
+import json
+import os
+import queue
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+PORT = int(os.environ["SB_PUBLIC_PORT"])
+BASE = f"http://127.0.0.1:{PORT}"
+COMPOSE = os.environ.get("SMOKE_COMPOSE", "docker-compose").split()
+DOCKER = os.environ.get("SMOKE_DOCKER", "docker").split()
+T0 = time.monotonic()
+
+
+def log(msg):
+    print(f"smoke-client [{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+class Fail(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+
+
+# ---- HTTP ------------------------------------------------------------------------------------
+
+
+def http(method, path, body=None, token=None, headers=None, timeout=10):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(BASE + path, data=data, method=method)
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            return resp.status, (json.loads(raw) if raw else None)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, raw.decode(errors="replace")
+
+
+def until(deadline_s, what, fn, interval=0.3):
+    """Calls fn() until it returns something truthy, at most deadline_s seconds."""
+    end = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < end:
+        try:
+            last = fn()
+            if last:
+                return last
+        except (OSError, Fail, ValueError) as e:
+            last = e
+        time.sleep(interval)
+    raise Fail(f"timed out after {deadline_s}s waiting for {what} (last: {last!r})")
+
+
+def token(user):
+    status, body = http("POST", "/api/v1/dev/token", {"user_id": user})
+    check(status == 200, f"dev token for {user}: {status} {body}")
+    return body["token"]
+
+
+def servers():
+    status, body = http("GET", "/api/v1/socket-servers")
+    check(status == 200, f"list socket servers: {status} {body}")
+    return {s["server_id"]: s["url"] for s in body["servers"]}
+
+
+def assign():
+    status, body = http("GET", "/api/v1/socket-server")
+    check(status == 200, f"assign: {status} {body}")
+    return body["server_id"], body["url"]
+
+
+def history(tok, conv):
+    status, body = http("GET", f"/api/v1/conversations/{conv}/messages?after_seq=0&limit=500", token=tok)
+    check(status == 200, f"history: {status} {body}")
+    return body["messages"]
+
+
+# ---- WebSocket (RFC 6455, client side, text frames) ----------------------------------------
+
+
+class Ws:
+    def __init__(self, url, tok, name):
+        self.name = name
+        parts = urllib.parse.urlsplit(url)
+        check(parts.scheme == "ws", f"{name}: expected a ws:// URL, got {url}")
+        self.sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        path = f"{parts.path}?token={urllib.parse.quote(tok)}"
+        req = (
+            f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.sock.sendall(req.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise Fail(f"{name}: connection closed during the handshake")
+            head += chunk
+        head, self.buf = head.split(b"\r\n\r\n", 1)
+        status = head.split(b"\r\n", 1)[0].decode()
+        if " 101 " not in status + " ":
+            raise Fail(f"{name}: upgrade refused: {status}")
+        self.sock.settimeout(None)
+        self.frames = queue.Queue()
+        self.closed = threading.Event()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._reader, daemon=True).start()
+
+    def _read_exact(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _reader(self):
+        try:
+            text = b""
+            while True:
+                b0, b1 = self._read_exact(2)
+                op, n = b0 & 0x0F, b1 & 0x7F
+                if n == 126:
+                    n = struct.unpack(">H", self._read_exact(2))[0]
+                elif n == 127:
+                    n = struct.unpack(">Q", self._read_exact(8))[0]
+                payload = self._read_exact(n)
+                if op == 0x9:
+                    self._send(0xA, payload)
+                elif op == 0x8:
+                    break
+                elif op in (0x1, 0x0):
+                    text += payload
+                    if b0 & 0x80:
+                        self.frames.put(json.loads(text))
+                        text = b""
+        except (OSError, EOFError, ValueError):
+            pass
+        self.closed.set()
+        self.frames.put(None)
+
+    def _send(self, op, payload):
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes([0x80 | op])
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 65536:
+            head += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        with self.lock:
+            self.sock.sendall(head + mask + body)
+
+    def send(self, obj):
+        self._send(0x1, json.dumps(obj).encode())
+
+    def recv(self, timeout):
+        """The next JSON frame, or None when the connection closed or nothing came in time."""
+        try:
+            return self.frames.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+    def wait_for(self, timeout, pred, what):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            frame = self.recv(end - time.monotonic())
+            if frame is None and self.closed.is_set():
+                raise Fail(f"{self.name}: connection closed while waiting for {what}")
+            if frame is not None and pred(frame):
+                return frame
+        raise Fail(f"{self.name}: no {what} within {timeout}s")
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def connect(tok, name, avoid=()):
+    """Asks the registry for a server (not one of `avoid`) and connects; returns (server_id, Ws)."""
+
+    def attempt():
+        sid, url = assign()
+        if sid in avoid:
+            return None
+        ws = Ws(url, tok, name)
+        hello = ws.wait_for(10, lambda f: f.get("type") == "hello", "hello")
+        check(hello["server_id"] == sid, f"{name}: hello from {hello['server_id']}, assigned {sid}")
+        return sid, ws
+
+    return until(20, f"{name} connected to a server other than {sorted(avoid)}", attempt)
+
+
+def send_acked(ws, conv, cmid, body, timeout):
+    """Sends (and resends the same client_msg_id, idempotent) until `sent`; returns its seq."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ws.send({"type": "send", "conversation_id": conv, "client_msg_id": cmid, "body": body})
+        step = time.monotonic() + 2
+        while time.monotonic() < min(step, end):
+            frame = ws.recv(min(step, end) - time.monotonic())
+            if frame is None:
+                if ws.closed.is_set():
+                    raise Fail(f"{ws.name}: closed while sending {cmid}")
+                continue
+            if frame.get("type") == "sent" and frame.get("client_msg_id") == cmid:
+                return frame["seq"]
+    raise Fail(f"{ws.name}: {cmid} not acknowledged within {timeout}s")
+
+
+# ---- docker ----------------------------------------------------------------------------------
+
+
+def run(cmd, timeout=60):
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise Fail(f"{' '.join(cmd)}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def container_ids():
+    return run(COMPOSE + ["ps", "-q"]).split()
+
+
+def start_state():
+    """container id -> (restart count, started at), to prove no service was restarted."""
+    ids = container_ids()
+    fmt = "{{.Id}} {{.RestartCount}} {{.State.StartedAt}}"
+    out = run(DOCKER + ["inspect", "-f", fmt] + ids)
+    return {line.split()[0]: tuple(line.split()[1:]) for line in out.splitlines()}
+
+
+def sentinel_master():
+    out = run(COMPOSE + ["exec", "-T", "sentinel-1", "redis-cli", "-p", "26379",
+                         "sentinel", "get-master-addr-by-name", "switchboard"])
+    return out.split()[0] if out else ""
+
+
+# ---- the scenario ----------------------------------------------------------------------------
+
+
+def main():
+    # 1. all three replicas registered and handed out
+    listed = until(90, "3 registered socket servers", lambda: (s := servers()) and len(s) == 3 and s)
+    log(f"registered: {sorted(listed)}")
+    seen = set()
+    for _ in range(30):
+        seen.add(assign()[0])
+        if len(seen) == 3:
+            break
+    check(seen == set(listed), f"the registry handed out {sorted(seen)}, registered {sorted(listed)}")
+    log("the registry hands out all 3 replicas")
+
+    # 5a. what the public entry point must not expose
+    status, _ = http("POST", "/api/v1/socket-servers", {
+        "server_id": "intruder", "url": "ws://evil.example/ws",
+        "health_url": "http://127.0.0.1:9/live", "max_connections": 10})
+    check(status in (403, 404), f"register through the public nginx answered {status}")
+    sid0 = next(iter(listed))
+    status, _ = http("DELETE", f"/api/v1/socket-servers/{sid0}")
+    check(status in (403, 404), f"deregister through the public nginx answered {status}")
+    check(len(servers()) == 3, "a server was deregistered through the public nginx")
+    for ip in ("10.0.0.1", "172.16.0.1", "192.168.0.1"):
+        status, _ = http("GET", f"/ws/{ip}")
+        check(status in (403, 404), f"/ws/{ip} (not a registered server) answered {status}")
+    log("register/deregister refused publicly; the tunnel reaches registered servers only")
+
+    # 2. two clients on different replicas chat through nginx
+    alice, bob = token("alice"), token("bob")
+    status, conv = http("POST", "/api/v1/conversations", {"kind": "direct", "members": ["bob"]}, token=alice)
+    check(status in (200, 201), f"create conversation: {status} {conv}")
+    conv = conv["id"]
+    a_sid, a_ws = connect(alice, "alice")
+    b_sid, b_ws = connect(bob, "bob", avoid={a_sid})
+    log(f"alice on {a_sid}, bob on {b_sid}")
+    acked = {}
+    for i in range(5):
+        cmid = f"a-{i}"
+        acked[cmid] = send_acked(a_ws, conv, cmid, f"hello bob {i}", 15)
+        b_ws.wait_for(10, lambda f, c=cmid: f.get("type") == "message" and f.get("seq") == acked[c],
+                      f"message seq {acked[cmid]}")
+    acked["b-0"] = send_acked(b_ws, conv, "b-0", "hi alice", 15)
+    a_ws.wait_for(10, lambda f: f.get("type") == "message" and f.get("seq") == acked["b-0"], "bob's reply")
+    msgs = history(alice, conv)
+    check([m["seq"] for m in msgs] == list(range(1, len(msgs) + 1)), f"history seqs have gaps: {msgs}")
+    check({m["client_msg_id"] for m in msgs} >= set(acked), f"history lacks acknowledged messages: {msgs}")
+    log(f"chat across replicas works, history intact ({len(msgs)} messages)")
+
+    # 3. stop bob's replica while alice keeps sending
+    before = start_state()
+    victim = b_sid[len("socket-"):]
+    log(f"docker stop {victim} (bob's server)")
+    stopper = subprocess.Popen(DOCKER + ["stop", "-t", "20", victim],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t_stop = time.monotonic()
+    i = 5
+    evicted_after = None
+    while time.monotonic() - t_stop < 25:
+        cmid = f"a-{i}"
+        acked[cmid] = send_acked(a_ws, conv, cmid, f"during the stop {i}", 15)
+        i += 1
+        if evicted_after is None and b_sid not in servers():
+            evicted_after = time.monotonic() - t_stop
+        if evicted_after is not None and stopper.poll() is not None:
+            break
+        time.sleep(0.2)
+    check(stopper.wait(timeout=30) == 0, f"docker stop failed: {stopper.stderr.read()}")
+    if evicted_after is None:
+        until(10, f"{b_sid} to leave the registry", lambda: b_sid not in servers())
+        evicted_after = time.monotonic() - t_stop
+    check(evicted_after < 10, f"{b_sid} left the registry only after {evicted_after:.1f}s")
+    log(f"{b_sid} left the registry {evicted_after:.1f}s after docker stop")
+    b_ws.close()
+    b2_sid, b_ws = connect(bob, "bob", avoid={b_sid})
+    log(f"bob reconnected to {b2_sid}")
+    acked["a-last"] = send_acked(a_ws, conv, "a-last", "after the stop", 15)
+    b_ws.wait_for(10, lambda f: f.get("type") == "message" and f.get("seq") == acked["a-last"],
+                  "a live message after reconnecting")
+    msgs = until(15, "every acknowledged message in history",
+                 lambda: (h := history(bob, conv)) and {m["client_msg_id"] for m in h} >= set(acked) and h)
+    by_cmid = {m["client_msg_id"]: m["seq"] for m in msgs}
+    check(all(by_cmid[c] == s for c, s in acked.items()), "a message's seq changed")
+    check([m["seq"] for m in msgs] == list(range(1, len(msgs) + 1)), "history seqs have gaps")
+    log(f"nothing acknowledged lost ({len(acked)} acknowledged, {len(msgs)} in history)")
+    after = start_state()
+    restarted = [c[:12] for c, s in before.items() if c in after and after[c] != s]
+    check(not restarted, f"containers restarted during the replica stop: {restarted}")
+
+    # 4. stop the Redis master container
+    before = start_state()
+    master = run(COMPOSE + ["ps", "-q", "redis-master"])
+    check(sentinel_master() == "redis-master", f"Sentinel's master before: {sentinel_master()}")
+    log("docker stop redis-master")
+    run(DOCKER + ["stop", "-t", "5", master], timeout=30)
+    t_stop = time.monotonic()
+    seq = send_acked(a_ws, conv, "a-failover", "after the Redis failover", 15 - (time.monotonic() - t_stop))
+    took = time.monotonic() - t_stop
+    acked["a-failover"] = seq
+    b_ws.wait_for(10, lambda f: f.get("type") == "message" and f.get("seq") == seq, "the message after failover")
+    new_master = until(10, "Sentinel to name a new master",
+                       lambda: (m := sentinel_master()) not in ("", "redis-master") and m)
+    log(f"acknowledged {took:.1f}s after stopping the master; Sentinel's master is now {new_master}")
+    until(15, "an assignment after the failover", lambda: assign())
+    b3_sid, b3 = connect(token("carol"), "carol")
+    b3.close()
+    msgs = history(bob, conv)
+    check({m["client_msg_id"] for m in msgs} >= set(acked), "history lost messages in the failover")
+    after = start_state()
+    restarted = [c[:12] for c, s in before.items() if c in after and after[c] != s and c != master]
+    check(not restarted, f"containers restarted during the Redis failover: {restarted}")
+    log("Redis failover: work resumed, no service restarted")
+    a_ws.close()
+    b_ws.close()
+    log("all checks passed")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (Fail, subprocess.TimeoutExpired) as e:
+        log(f"FAILED: {e}")
+        sys.exit(1)

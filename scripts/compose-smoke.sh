@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Runs docker-compose.yml for real, offline, and checks it (issue 10; docs/compose.md):
+#
+#   1. installs docker.io, docker-compose and debootstrap if missing; starts dockerd
+#      (--storage-driver=vfs --iptables=false) if none runs, and stops it again at the end;
+#   2. builds the images that cannot be pulled here (no image registry is reachable):
+#      a Debian bookworm base by debootstrap (packages installed host-side: with
+#      --iptables=false containers have no route out), Redis and PostgreSQL on it, nginx on a
+#      Debian sid debootstrap (compose.conf needs nginx >= 1.27.3), tansu as the broker, and
+#      switchboard:local from the Dockerfile's own runtime stage fed with release binaries
+#      built on this host;
+#   3. runs docker-compose.yml (+ compose.offline.yml, which only swaps those images and the
+#      broker) with `up -d --scale socket-server=3`, then compose/smoke_client.py checks
+#      assignment, chat across replicas, a replica stop, a Redis master stop (Sentinel
+#      failover) and what the public nginx refuses;
+#   4. `down -v` must leave no container, network or volume of the project.
+#
+# Traffic goes only to the containers it starts and to loopback (plus the Debian mirror for
+# debootstrap, like apt). Every wait is bounded. The rootfs tarballs are cached in
+# ~/.cache/switchboard/compose (SB_SMOKE_CACHE), so a rerun skips debootstrap.
+# Environment: CARGO_TARGET_DIR (where the release binaries are built, default target/),
+# SB_SMOKE_KEEP=1 (leave the stack running after a failure, for a look).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+START=$SECONDS
+log() { echo "compose-smoke [$((SECONDS - START))s] $*"; }
+die() { log "FAILED: $*"; exit 1; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "needs root or sudo (dockerd, debootstrap)"
+    SUDO="sudo"
+fi
+CACHE="${SB_SMOKE_CACHE:-${HOME:-/root}/.cache/switchboard/compose}"
+MIRROR="${SB_SMOKE_MIRROR:-http://deb.debian.org/debian}"
+PROJECT=sbsmoke
+WORK="$(mktemp -d /tmp/compose-smoke.XXXXXX)"
+mkdir -p "$CACHE"
+
+# ---- 1. packages and dockerd ------------------------------------------------------------------
+need=()
+[ -x /usr/bin/dockerd ] || command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+if [ "${#need[@]}" -gt 0 ]; then
+    log "installing ${need[*]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The docker CLI of the docker.io package (matches its daemon; another CLI on PATH may lack
+# the builder this needs).
+DOCKER_BIN=/usr/bin/docker; [ -x "$DOCKER_BIN" ] || DOCKER_BIN="$(command -v docker)"
+DOCKER="$SUDO $DOCKER_BIN"
+COMPOSE="$SUDO env SB_PUBLIC_PORT=PORT docker-compose -p $PROJECT -f $ROOT/docker-compose.yml -f $ROOT/compose.offline.yml"
+export DOCKER_BUILDKIT=1
+
+DOCKERD_PID=""
+STACK_UP=0
+cleanup() {
+    status=$?
+    set +e
+    if [ "$STACK_UP" = 1 ]; then
+        if [ "$status" -ne 0 ]; then
+            log "logs of the failed run (last lines per container):"
+            $COMPOSE logs --no-color --tail=25 2>&1 | tail -n 400
+        fi
+        if [ "$status" -ne 0 ] && [ "${SB_SMOKE_KEEP:-0}" = 1 ]; then
+            log "SB_SMOKE_KEEP=1: leaving the stack (and dockerd) running"
+            exit "$status"
+        fi
+        timeout 120 $COMPOSE down -v --remove-orphans >/dev/null 2>&1
+    fi
+    if [ -n "$DOCKERD_PID" ]; then
+        log "stopping the dockerd this script started"
+        $SUDO kill -TERM "$DOCKERD_PID" 2>/dev/null
+        for _ in $(seq 1 60); do $SUDO kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
+        $SUDO kill -KILL "$DOCKERD_PID" 2>/dev/null
+    fi
+    $SUDO rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if ! $DOCKER info >/dev/null 2>&1; then
+    log "starting dockerd (vfs, no iptables)"
+    $SUDO bash -c "dockerd --storage-driver=vfs --iptables=false >'$WORK/dockerd.log' 2>&1 & echo \$! >'$WORK/dockerd.pid'"
+    DOCKERD_PID="$(cat "$WORK/dockerd.pid")"
+    for _ in $(seq 1 60); do $DOCKER info >/dev/null 2>&1 && break; sleep 0.5; done
+    $DOCKER info >/dev/null 2>&1 || { tail -n 30 "$WORK/dockerd.log"; die "dockerd did not start"; }
+fi
+# A leftover of an interrupted run.
+timeout 120 $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
+
+# ---- 2. the release binaries (host build) -------------------------------------------------------
+BINS="registry socket-server socket-manager health-checker message-service"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+log "cargo build --release ($BINS) into $TARGET_DIR"
+packages=(); for b in $BINS; do packages+=(-p "$b"); done
+CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --locked --quiet "${packages[@]}"
+TANSU="${HOME:-/root}/.cache/switchboard/tansu/bin/tansu"
+[ -x "$TANSU" ] || die "no tansu at $TANSU (scripts/install-deps.sh builds it)"
+
+# ---- 3. base images -------------------------------------------------------------------------
+# rootfs NAME SUITE PACKAGES: a debootstrap (minbase) tarball, cached by suite and package list.
+rootfs_image() {
+    local name="$1" suite="$2" include="$3"
+    local key; key="$(echo "v1 $suite $include $MIRROR" | sha256sum | cut -c1-16)"
+    local image="switchboard-offline/$name:$key"
+    if $DOCKER image inspect "$image" >/dev/null 2>&1; then
+        echo "$image"; return
+    fi
+    local tarball="$CACHE/$name-$key.tar"
+    if [ ! -s "$tarball" ]; then
+        log "debootstrap $suite ($include) for $name (one time; cached in $CACHE)" >&2
+        local dir="$WORK/rootfs-$name"
+        $SUDO timeout 900 debootstrap --variant=minbase --include="$include" "$suite" "$dir" "$MIRROR" \
+            >"$WORK/debootstrap-$name.log" 2>&1 \
+            || { tail -n 20 "$WORK/debootstrap-$name.log" >&2; die "debootstrap $suite failed"; }
+        $SUDO umount "$dir/proc" 2>/dev/null || true
+        $SUDO rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/proc/* 2>/dev/null || true
+        $SUDO tar -C "$dir" -cf "$tarball.part" .
+        $SUDO mv "$tarball.part" "$tarball"
+        $SUDO rm -rf "$dir"
+    fi
+    log "docker import $image" >&2
+    $DOCKER import --change 'CMD ["bash"]' "$tarball" "$image" >/dev/null
+    echo "$image"
+}
+BASE="$(rootfs_image bookworm bookworm ca-certificates,curl,redis-server,redis-tools,postgresql,postgresql-client)"
+NGINX_BASE="$(rootfs_image nginx sid nginx,curl,ca-certificates)"
+
+build() { # build TAG DOCKERFILE CONTEXT [ARGS...]
+    local tag="$1" file="$2" context="$3"; shift 3
+    $DOCKER build --quiet -t "$tag" -f "$file" "$@" "$context" >"$WORK/build.log" 2>&1 \
+        || { tail -n 40 "$WORK/build.log"; die "docker build $tag failed"; }
+}
+log "building the offline images (redis, postgres, nginx, broker)"
+build switchboard-offline/redis:local compose/offline/redis.Dockerfile compose/offline --build-arg BASE="$BASE"
+build switchboard-offline/postgres:local compose/offline/postgres.Dockerfile compose/offline --build-arg BASE="$BASE"
+build switchboard-offline/nginx:local compose/offline/nginx.Dockerfile compose/offline --build-arg BASE="$NGINX_BASE"
+mkdir -p "$WORK/broker" "$WORK/bin/out"
+cp "$TANSU" "$WORK/broker/tansu"
+build switchboard-offline/broker:local compose/offline/broker.Dockerfile "$WORK/broker" --build-arg BASE="$BASE"
+
+# switchboard:local: the Dockerfile's runtime stage, binaries from the host build.
+for b in $BINS; do cp "$TARGET_DIR/release/$b" "$WORK/bin/out/"; done
+printf 'FROM scratch\nCOPY out/ /out/\n' >"$WORK/bin/Dockerfile"
+build switchboard-offline/binaries:local "$WORK/bin/Dockerfile" "$WORK/bin"
+log "building switchboard:local (Dockerfile, target runtime)"
+build switchboard:local Dockerfile . --target runtime \
+    --build-arg SB_BINARIES=switchboard-offline/binaries:local --build-arg SB_RUNTIME_BASE="$BASE"
+
+# ---- 4. the stack -------------------------------------------------------------------------------
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+COMPOSE="${COMPOSE/SB_PUBLIC_PORT=PORT/SB_PUBLIC_PORT=$PORT SB_DEV_MODE=true}"
+dangling_before="$($DOCKER volume ls -q --filter dangling=true | sort)"
+log "docker-compose up -d --scale socket-server=3 (nginx on 127.0.0.1:$PORT)"
+STACK_UP=1
+timeout 420 $COMPOSE up -d --no-build --scale socket-server=3 >"$WORK/up.log" 2>&1 \
+    || { tail -n 30 "$WORK/up.log"; $COMPOSE ps; die "docker-compose up failed"; }
+$COMPOSE ps
+published="$($DOCKER port "$($COMPOSE ps -q nginx)" 80/tcp)"
+[ "$published" = "127.0.0.1:$PORT" ] || die "nginx is published on $published, expected 127.0.0.1:$PORT only"
+
+log "running the client checks"
+SB_PUBLIC_PORT="$PORT" SMOKE_COMPOSE="$COMPOSE" SMOKE_DOCKER="$DOCKER" \
+    timeout 300 python3 compose/smoke_client.py || die "client checks failed"
+
+# No token in nginx's access log (the WebSocket URLs carry ?token=...).
+if $COMPOSE logs --no-color nginx 2>&1 | grep -q 'token=ey'; then
+    die "nginx logged a token"
+fi
+
+# ---- 5. down -v leaves nothing behind ------------------------------------------------------------
+log "docker-compose down -v"
+timeout 180 $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || die "docker-compose down -v failed"
+STACK_UP=0
+left="$($DOCKER ps -aq --filter "label=com.docker.compose.project=$PROJECT")"
+[ -z "$left" ] || die "containers left after down -v: $left"
+left="$($DOCKER network ls -q --filter "label=com.docker.compose.project=$PROJECT")"
+[ -z "$left" ] || die "networks left after down -v: $left"
+left="$($DOCKER volume ls -q --filter "label=com.docker.compose.project=$PROJECT")"
+[ -z "$left" ] || die "volumes left after down -v: $left"
+# Anonymous volumes (the redis images' /data) carry no project label: none may dangle.
+left="$(comm -13 <(echo "$dangling_before") <($DOCKER volume ls -q --filter dangling=true | sort))"
+[ -z "$left" ] || die "volumes left dangling after down -v: $left"
+log "passed"
