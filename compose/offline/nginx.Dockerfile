@@ -4,6 +4,7 @@
 # logs to stdout/stderr, html in /usr/share/nginx/html, `nginx -g 'daemon off;'`.
 ARG BASE
 FROM ${BASE}
+COPY nginx.conf /etc/nginx/nginx.conf
 RUN rm -f /etc/nginx/sites-enabled/* \
  && mkdir -p /usr/share/nginx/html /etc/nginx/conf.d \
  && ln -sf /dev/stdout /var/log/nginx/access.log \
