@@ -186,6 +186,29 @@ impl SentinelRedis {
         self.settle(generation, result)
     }
 
+    /// Like [`Self::query_pipe_on_master`], but answers every command's reply on its own: an
+    /// error reply of one command (a script's `error_reply`) is its `Value::ServerError`, not
+    /// a failure of the whole pipeline. For callers that batch independent commands.
+    pub async fn pipe_replies_on_master(
+        &self,
+        build: impl FnOnce(&str) -> redis::Pipeline,
+    ) -> Result<Vec<redis::Value>, StoreError> {
+        use redis::aio::ConnectionLike;
+        let Live {
+            generation,
+            mut conn,
+            replid,
+        } = self.connection().await?;
+        let pipe = build(&replid);
+        let count = pipe.cmd_iter().count();
+        let result = tokio::time::timeout(
+            self.inner.config.command_timeout,
+            conn.req_packed_commands(&pipe, 0, count),
+        )
+        .await;
+        self.settle(generation, result)
+    }
+
     /// `PING`, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.query(&redis::cmd("PING")).await?;

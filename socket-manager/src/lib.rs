@@ -18,6 +18,7 @@ mod handlers;
 mod janitor;
 mod kafka;
 mod members;
+mod numbering;
 mod presence;
 mod routes;
 mod sequencer;
@@ -32,6 +33,11 @@ use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::{RedisMemoryGauges, SentinelRedis};
 use switchboard_service_kit::shutdown::CancellationToken;
+
+/// Histogram buckets (seconds) for the stages of a send.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -149,6 +155,24 @@ impl Application {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
                 ]),
             )?,
+            numbering_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "manager_numbering_seconds",
+                    "one numbering script and its replica WAIT",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            append_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "manager_append_seconds",
+                    "a conversation batch's log appends, enqueue to the last broker ack",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            lease_busy: prometheus::IntCounter::new(
+                "manager_lease_busy_total",
+                "numbering attempts refused because another holder had the lease",
+            )?,
             messages_sent: prometheus::IntCounter::new(
                 "manager_messages_sent_total",
                 "messages numbered and appended to the log",
@@ -167,6 +191,9 @@ impl Application {
             )?,
         };
         ops.register(&metrics.lock_wait_seconds);
+        ops.register(&metrics.numbering_seconds);
+        ops.register(&metrics.append_seconds);
+        ops.register(&metrics.lease_busy);
         ops.register(&metrics.messages_sent);
         ops.register(&metrics.send_errors);
         ops.register(&metrics.pending_replayed);
@@ -189,16 +216,17 @@ impl Application {
                     config.message_service_url.clone(),
                     config.common.cluster_secret.clone(),
                 ),
-                numbering: SentinelRedis::new(config.common.redis.clone()),
+                numberer: numbering::NumberingBatcher::start(
+                    SentinelRedis::new(config.common.redis.clone()),
+                    config.seq_replica_acks,
+                    config.seq_replica_ack_timeout,
+                ),
                 redis,
                 appender: batching::LogAppender::start(kafka.clone(), log_partitions),
                 router: batching::Router::start(kafka.clone()),
                 kafka,
                 handlers,
-                replica_acks: sequencer::ReplicaAcks {
-                    replicas: config.seq_replica_acks,
-                    timeout: config.seq_replica_ack_timeout,
-                },
+                replicas_required: config.seq_replica_acks,
                 instance_id: config.manager_id.clone(),
                 lock_ttl: config.lock_ttl,
                 lock_wait: config.lock_wait,

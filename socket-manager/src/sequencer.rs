@@ -39,6 +39,7 @@ use crate::batching::{LogAppender, Router};
 use crate::handlers::HandlerMap;
 use crate::kafka::Kafka;
 use crate::members::Members;
+use crate::numbering::NumberingBatcher;
 
 /// Handler id → the users on it who get a frame.
 type RouteTargets = HashMap<String, Vec<String>>;
@@ -77,6 +78,12 @@ struct Numbered {
 
 pub struct SequencerMetrics {
     pub lock_wait_seconds: prometheus::Histogram,
+    /// One numbering script with its `WAIT` (the Redis part of a send).
+    pub numbering_seconds: prometheus::Histogram,
+    /// A conversation batch's log appends, from enqueue to the last broker ack.
+    pub append_seconds: prometheus::Histogram,
+    /// Numbering attempts refused because another holder had the lease.
+    pub lease_busy: prometheus::IntCounter,
     pub messages_sent: prometheus::IntCounter,
     pub send_errors: prometheus::IntCounterVec,
     /// Numbers a lease holder found pending and appended again.
@@ -85,18 +92,10 @@ pub struct SequencerMetrics {
     pub counters_raised: prometheus::IntCounter,
 }
 
-/// How numbering is made to survive a Redis failover.
-#[derive(Debug, Clone, Copy)]
-pub struct ReplicaAcks {
-    /// Replicas that must hold a number before it is used (`WAIT n`); 0 turns it off.
-    pub replicas: u32,
-    pub timeout: Duration,
-}
-
 pub struct Sequencer {
     pub redis: SentinelRedis,
-    /// Numbering's own connection: its `WAIT` blocks only numbering, not routing lookups.
-    pub numbering: SentinelRedis,
+    /// Numbering scripts, group-committed on their own connection (its `WAIT`s block it).
+    pub numberer: NumberingBatcher,
     pub kafka: Kafka,
     /// Log appends, batched into envelopes across conversations and requests.
     pub appender: LogAppender,
@@ -107,7 +106,9 @@ pub struct Sequencer {
     pub lock_ttl: Duration,
     pub lock_wait: Duration,
     pub idempotency_ttl_secs: u64,
-    pub replica_acks: ReplicaAcks,
+    /// Replicas that must hold a number before it is used (`WAIT n`, by the numberer); 0
+    /// turns it off.
+    pub replicas_required: u32,
     /// Names this manager in lease tokens (`SB_MANAGER_ID`), so an operator (or a fault test)
     /// can tell which manager holds a conversation.
     pub instance_id: String,
@@ -445,7 +446,11 @@ impl Sequencer {
             .filter(|(_, n)| n.fresh)
             .map(|(i, n)| (i, log_record(sends[i], n)))
             .collect();
+        let appending = Instant::now();
         let outcomes = self.appender.append_all(fresh.iter().map(|(_, r)| r)).await;
+        self.metrics
+            .append_seconds
+            .observe(appending.elapsed().as_secs_f64());
         let mut appended = vec![true; numbered.len()];
         let mut acked_seqs = Vec::new();
         for ((i, record), outcome) in fresh.iter().zip(outcomes) {
@@ -503,7 +508,8 @@ impl Sequencer {
         Ok(answers)
     }
 
-    /// Numbers `sends` in one script and waits for the replicas to hold the numbers.
+    /// Numbers `sends` in one script (group-committed with other conversations' scripts) and
+    /// waits for the replicas to hold the numbers.
     async fn number(
         &self,
         lease: &Lease,
@@ -525,51 +531,47 @@ impl Sequencer {
                 .map_err(|e| StoreError::Unavailable(format!("encoding a pending message: {e}")))?;
             per_send.push((message_id, pending));
         }
-        let replicas = self.replica_acks.replicas;
-        let build = |replid: &str| {
-            let mut eval = redis::cmd("EVAL");
-            eval.arg(NUMBER_LUA)
-                .arg(4 + sends.len())
-                .arg(&lease.key)
-                .arg(self.counter_key(conversation_id))
-                .arg(self.pending_key(conversation_id))
-                .arg(self.epoch_key(conversation_id));
-            for s in sends {
-                eval.arg(self.idempotency_key(&s.conversation_id, &s.sender_id, &s.client_msg_id));
-            }
-            eval.arg(&lease.token)
-                .arg(self.idempotency_ttl_secs)
-                .arg(replid)
-                .arg(self.lock_ttl.as_millis() as u64);
-            for (message_id, pending) in &per_send {
-                eval.arg(message_id).arg(&created_at).arg(pending);
-            }
-            let mut pipe = redis::pipe();
-            pipe.add_command(eval);
-            if replicas > 0 {
-                pipe.cmd("WAIT")
-                    .arg(replicas)
-                    .arg(self.replica_acks.timeout.as_millis() as u64);
-            }
-            pipe
-        };
-        type Answer = Vec<(u64, String, String, u8)>;
-        let answer: Answer = if replicas == 0 {
-            let (answer,): (Answer,) = self.numbering.query_pipe_on_master(build).await?;
-            answer
-        } else {
-            let (answer, acked): (Answer, i64) = self.numbering.query_pipe_on_master(build).await?;
-            if acked < i64::from(replicas) {
+        let mut keys = vec![
+            lease.key.clone(),
+            self.counter_key(conversation_id),
+            self.pending_key(conversation_id),
+            self.epoch_key(conversation_id),
+        ];
+        keys.extend(
+            sends
+                .iter()
+                .map(|s| self.idempotency_key(&s.conversation_id, &s.sender_id, &s.client_msg_id)),
+        );
+        let token = lease.token.clone();
+        let idempotency_ttl_secs = self.idempotency_ttl_secs;
+        let lock_ttl_ms = self.lock_ttl.as_millis() as u64;
+        let reply = self
+            .numberer
+            .run(Box::new(move |replid: &str| {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(NUMBER_LUA).arg(keys.len()).arg(keys);
+                eval.arg(token)
+                    .arg(idempotency_ttl_secs)
+                    .arg(replid)
+                    .arg(lock_ttl_ms);
+                for (message_id, pending) in per_send {
+                    eval.arg(message_id).arg(&created_at).arg(pending);
+                }
+                eval
+            }))
+            .await?;
+        let value = reply.value.extract_error().map_err(StoreError::Command)?;
+        let wanted = self.replicas_required;
+        if let Some(acked) = reply.replicas_acked {
+            if acked < i64::from(wanted) {
                 // The numbers stay pending on this master: if it survives, the next holder
                 // appends them and the resends get the same numbers; if it dies, no record of
                 // them ever reached the log, so the new master may hand them out again.
-                return Err(NumberingError::NotReplicated {
-                    acked,
-                    wanted: replicas,
-                });
+                return Err(NumberingError::NotReplicated { acked, wanted });
             }
-            answer
-        };
+        }
+        let answer: Vec<(u64, String, String, u8)> = redis::from_owned_redis_value(value)
+            .map_err(|e| StoreError::Unavailable(format!("the numbering script answered: {e}")))?;
         Ok(answer
             .into_iter()
             .map(|(seq, message_id, created_at, fresh)| Numbered {
@@ -589,7 +591,7 @@ impl Sequencer {
         members: &[String],
     ) -> Result<(), NumberingError> {
         let entries: HashMap<u64, String> = self
-            .numbering
+            .redis
             .query(redis::cmd("HGETALL").arg(self.pending_key(conversation_id)))
             .await?;
         let mut records: Vec<LogRecord> = Vec::with_capacity(entries.len());
@@ -651,7 +653,7 @@ impl Sequencer {
     /// too: a resend of such a message gets its original answer, not a second number.
     async fn reseed(&self, lease: &Lease, conversation_id: &str) -> Result<(), NumberingError> {
         let counter: Option<u64> = self
-            .numbering
+            .redis
             .query(redis::cmd("GET").arg(self.counter_key(conversation_id)))
             .await?;
         let counter = counter.unwrap_or(0);
@@ -683,7 +685,7 @@ impl Sequencer {
             pipe.add_command(eval);
             pipe
         };
-        let (was,): (u64,) = self.numbering.query_pipe_on_master(build).await?;
+        let (was,): (u64,) = self.redis.query_pipe_on_master(build).await?;
         if floor > was && was > 0 {
             self.metrics.counters_raised.inc();
             tracing::warn!(
@@ -713,7 +715,7 @@ impl Sequencer {
         for seq in acked_seqs {
             inv.arg(*seq);
         }
-        let held: i64 = self.numbering.invoke(&inv).await?;
+        let held: i64 = self.redis.invoke(&inv).await?;
         Ok(held == 1)
     }
 
@@ -728,13 +730,18 @@ impl Sequencer {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
+            let numbering = Instant::now();
             let outcome = self.number(lease, conversation_id, sends).await;
+            self.metrics
+                .numbering_seconds
+                .observe(numbering.elapsed().as_secs_f64());
             match &outcome {
                 // Held before and taken since: the lease expired under us.
                 Err(NumberingError::Busy) if lease.held_once() => {
                     return Err(NumberingError::LeaseLost)
                 }
                 Err(NumberingError::Busy) => {
+                    self.metrics.lease_busy.inc();
                     if started.elapsed() > self.lock_wait {
                         return outcome;
                     }

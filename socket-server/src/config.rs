@@ -46,6 +46,9 @@ pub struct SocketServerConfig {
     pub manager_urls: Vec<String>,
     /// Parallel ordered lanes to the managers (`SB_MANAGER_LANES`, default 64).
     pub manager_lanes: usize,
+    /// Batches one lane may have in flight (`SB_MANAGER_LANE_BATCHES`, default 1); a
+    /// connection's frames are never in two at once.
+    pub manager_lane_batches: usize,
     /// Handler liveness heartbeat to the managers (`SB_HANDLER_HEARTBEAT_MS`, default 2000).
     pub handler_heartbeat: Duration,
     /// Re-report every local user so mappings do not expire (`SB_MAPPING_RENEW_MS`, default 300000).
@@ -95,6 +98,7 @@ impl SocketServerConfig {
             .filter(|s| !s.is_empty())
             .collect(),
             manager_lanes: env_or("SB_MANAGER_LANES", 64)?,
+            manager_lane_batches: env_or("SB_MANAGER_LANE_BATCHES", 1)?,
             handler_heartbeat: env_millis("SB_HANDLER_HEARTBEAT_MS", 2_000)?,
             mapping_renew: env_millis("SB_MAPPING_RENEW_MS", 300_000)?,
             delivery_fetch_wait_ms: env_or("SB_DELIVERY_FETCH_WAIT_MS", 10)?,

@@ -33,6 +33,11 @@ use switchboard_service_kit::shutdown::CancellationToken;
 
 pub use config::SocketServerConfig;
 
+/// Histogram buckets (seconds) for the stages of a frame.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
 /// Prometheus instruments of the socket server.
 pub(crate) struct Metrics {
     pub connections: prometheus::IntGauge,
@@ -43,6 +48,7 @@ pub(crate) struct Metrics {
     pub slow_consumer_kicks: prometheus::IntCounter,
     pub deliveries: prometheus::IntCounter,
     pub delivery_latency: prometheus::Histogram,
+    pub lanes: manager_client::LaneMetrics,
 }
 
 impl Metrics {
@@ -81,11 +87,27 @@ impl Metrics {
                     "socket_delivery_latency_seconds",
                     "from a message's acceptance by a manager to its queueing for local devices",
                 )
-                .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ]),
+                .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
+            lanes: manager_client::LaneMetrics {
+                answer_seconds: prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "socket_manager_answer_seconds",
+                        "from a frame's queueing on its manager lane to the manager's answer",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )?,
+                batch_seconds: prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "socket_manager_batch_seconds",
+                        "one lane batch's HTTP round trip to a manager",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )?,
+            },
         };
+        ops.register(&m.lanes.answer_seconds);
+        ops.register(&m.lanes.batch_seconds);
         ops.register(&m.deliveries);
         ops.register(&m.delivery_latency);
         ops.register(&m.connections);
@@ -172,7 +194,11 @@ impl Application {
                 config.manager_urls.clone(),
                 config.common.cluster_secret.clone(),
                 server_id.clone(),
-                config.manager_lanes,
+                manager_client::Lanes {
+                    count: config.manager_lanes,
+                    batches_in_flight: config.manager_lane_batches,
+                },
+                metrics.lanes.clone(),
             )
         });
         let state = Arc::new(ServerState {

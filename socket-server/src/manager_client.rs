@@ -1,16 +1,18 @@
 //! The socket server's side of the manager API.
 //!
 //! Client frames that need the cluster and connection reports go through [`ManagerClient`]:
-//! `lanes` worker tasks, each owning one keep-alive HTTP connection's worth of traffic. A
-//! connection always uses the same lane (by id), so its frames reach the manager in the order
-//! it sent them; each lane takes everything queued when it becomes free (up to
-//! `MAX_BATCH`) and posts it as one batch, so under load many frames share one request.
+//! lane worker tasks. A connection always uses the same lane (by id). A lane posts what is
+//! queued as one batch (up to `MAX_BATCH`), with up to [`Lanes::batches_in_flight`] batches
+//! in flight; a connection's items never ride in two batches at once, so its frames reach the
+//! manager in the order it sent them, and under load many frames share one request.
 //! A batch that fails on one manager is retried on the next (sends are idempotent by
 //! `client_msg_id`); if every manager fails, each frame is answered with `unavailable`.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::internal::{
     HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
@@ -23,6 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::hub::Outbound;
 
 const MAX_BATCH: usize = 256;
+/// Items a lane holds beyond its channel, at most (then its channel fills and `submit`
+/// refuses).
+const MAX_WAITING_PER_LANE: usize = 4096;
 
 /// One queued item and where its answer goes.
 pub struct Pending {
@@ -33,9 +38,58 @@ pub struct Pending {
     pub done: Option<oneshot::Sender<bool>>,
 }
 
+/// How long frames wait for the manager, by stage.
+#[derive(Clone)]
+pub struct LaneMetrics {
+    /// From a frame's queueing on its lane to the manager's answer.
+    pub answer_seconds: prometheus::Histogram,
+    /// One batch's HTTP round trip to a manager.
+    pub batch_seconds: prometheus::Histogram,
+}
+
+/// How frames travel to the managers.
+#[derive(Debug, Clone, Copy)]
+pub struct Lanes {
+    /// Lanes, each keeping the order of its connections' frames.
+    pub count: usize,
+    /// Batches one lane may have in flight at once. A connection never has items in two of
+    /// them, so its frames still reach the manager in the order it sent them, while other
+    /// connections' frames need not wait for a slow batch.
+    pub batches_in_flight: usize,
+}
+
+/// A queued item, its connection and when it was queued.
+struct Queued {
+    at: std::time::Instant,
+    connection_id: u64,
+    pending: Pending,
+}
+
+/// Takes the next batch from `waiting`, in order: every item whose connection has nothing in
+/// flight (`busy`) and no earlier item still waiting, up to [`MAX_BATCH`].
+fn take_batch(waiting: &mut VecDeque<Queued>, busy: &HashSet<u64>) -> Vec<Queued> {
+    let mut batch = Vec::new();
+    let mut held: HashSet<u64> = HashSet::new();
+    let mut rest = VecDeque::with_capacity(waiting.len());
+    while let Some(queued) = waiting.pop_front() {
+        if batch.len() < MAX_BATCH
+            && !busy.contains(&queued.connection_id)
+            && !held.contains(&queued.connection_id)
+        {
+            batch.push(queued);
+        } else {
+            held.insert(queued.connection_id);
+            rest.push_back(queued);
+        }
+    }
+    *waiting = rest;
+    batch
+}
+
 #[derive(Clone)]
 pub struct ManagerClient {
-    lanes: Arc<Vec<mpsc::Sender<Pending>>>,
+    lanes: Arc<Vec<mpsc::Sender<Queued>>>,
+    metrics: LaneMetrics,
     http: reqwest::Client,
     urls: Arc<Vec<String>>,
     secret: String,
@@ -47,10 +101,16 @@ pub struct ManagerClient {
 pub struct ManagerUnavailable(pub String);
 
 impl ManagerClient {
-    pub fn start(urls: Vec<String>, secret: String, handler_id: String, lanes: usize) -> Self {
+    pub fn start(
+        urls: Vec<String>,
+        secret: String,
+        handler_id: String,
+        lanes: Lanes,
+        metrics: LaneMetrics,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(lanes.max(1) * 2)
+            .pool_max_idle_per_host(lanes.count.max(1) * lanes.batches_in_flight.max(1) * 2)
             .tcp_nodelay(true)
             .build()
             .expect("http client");
@@ -58,15 +118,20 @@ impl ManagerClient {
         let client_urls = Arc::new(urls);
         let mut client = ManagerClient {
             lanes: Arc::new(Vec::new()),
+            metrics,
             http,
             urls: client_urls,
             secret,
             handler_id,
         };
-        for lane in 0..lanes.max(1) {
-            let (tx, rx) = mpsc::channel::<Pending>(4096);
+        for lane in 0..lanes.count.max(1) {
+            let (tx, rx) = mpsc::channel::<Queued>(4096);
             senders.push(tx);
-            tokio::spawn(client.clone().run_lane(lane, rx));
+            tokio::spawn(
+                client
+                    .clone()
+                    .run_lane(lane, lanes.batches_in_flight.max(1), rx),
+            );
         }
         client.lanes = Arc::new(senders);
         client
@@ -76,55 +141,115 @@ impl ManagerClient {
     /// caller answers with `rate_limited` rather than queueing without bound.
     pub fn submit(&self, connection_id: u64, pending: Pending) -> Result<(), Box<Pending>> {
         let lane = &self.lanes[(connection_id as usize) % self.lanes.len()];
-        lane.try_send(pending).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => {
-                Box::new(p)
+        lane.try_send(Queued {
+            at: std::time::Instant::now(),
+            connection_id,
+            pending,
+        })
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => {
+                Box::new(q.pending)
             }
         })
     }
 
-    async fn run_lane(self, lane: usize, mut rx: mpsc::Receiver<Pending>) {
+    async fn run_lane(self, lane: usize, batches_in_flight: usize, mut rx: mpsc::Receiver<Queued>) {
         let mut start_at = lane;
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
+        let mut waiting: VecDeque<Queued> = VecDeque::new();
+        // Connections with an item in a batch in flight: their next items wait for it.
+        let mut busy: HashSet<u64> = HashSet::new();
+        let mut in_flight = FuturesUnordered::new();
+        let mut closed = false;
+        loop {
+            while in_flight.len() < batches_in_flight {
+                let batch = take_batch(&mut waiting, &busy);
+                if batch.is_empty() {
+                    break;
                 }
+                busy.extend(batch.iter().map(|q| q.connection_id));
+                in_flight.push(self.clone().post_batch(batch, start_at));
             }
-            let body = HandlerBatch {
-                items: batch.iter().map(|p| p.item.clone()).collect(),
-            };
-            let path = format!("/internal/v1/handlers/{}/batch", self.handler_id);
-            let result: Result<HandlerBatchReply, ManagerUnavailable> =
-                self.post_any(&path, &body, &mut start_at).await;
-            match result {
-                Ok(reply) => {
-                    for (pending, frame) in batch.into_iter().zip(reply.replies) {
-                        if let (Some(frame), Some(to)) = (frame, &pending.reply_to) {
-                            let _ = to.try_send(Outbound::Frame(frame.to_json().into()));
+            if closed && in_flight.is_empty() {
+                return;
+            }
+            tokio::select! {
+                received = rx.recv(), if !closed && waiting.len() < MAX_WAITING_PER_LANE => {
+                    match received {
+                        Some(queued) => {
+                            waiting.push_back(queued);
+                            while waiting.len() < MAX_WAITING_PER_LANE {
+                                match rx.try_recv() {
+                                    Ok(queued) => waiting.push_back(queued),
+                                    Err(_) => break,
+                                }
+                            }
                         }
-                        if let Some(done) = pending.done {
-                            let _ = done.send(true);
-                        }
+                        None => closed = true,
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, items = batch.len(), "manager batch failed");
-                    for pending in batch {
-                        if let (Some(frame), Some(to)) =
-                            (unavailable_reply(&pending.item), &pending.reply_to)
-                        {
-                            let _ = to.try_send(Outbound::Frame(frame.to_json().into()));
-                        }
-                        if let Some(done) = pending.done {
-                            let _ = done.send(false);
-                        }
+                Some((connections, answered_by)) = in_flight.next(), if !in_flight.is_empty() => {
+                    for connection in connections {
+                        busy.remove(&connection);
+                    }
+                    start_at = answered_by;
+                }
+                else => return,
+            }
+        }
+    }
+
+    /// Posts one batch (to the manager that answered last, else the next) and hands out the
+    /// replies; answers the batch's connections and the manager to start at next time.
+    async fn post_batch(self, batch: Vec<Queued>, start_at: usize) -> (Vec<u64>, usize) {
+        let connections: Vec<u64> = batch.iter().map(|q| q.connection_id).collect();
+        let mut queued_at = Vec::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
+        for q in batch {
+            queued_at.push(q.at);
+            items.push(q.pending);
+        }
+        let body = HandlerBatch {
+            items: items.iter().map(|p| p.item.clone()).collect(),
+        };
+        let path = format!("/internal/v1/handlers/{}/batch", self.handler_id);
+        let mut answered_by = start_at;
+        let posted = std::time::Instant::now();
+        let result: Result<HandlerBatchReply, ManagerUnavailable> =
+            self.post_any(&path, &body, &mut answered_by).await;
+        self.metrics
+            .batch_seconds
+            .observe(posted.elapsed().as_secs_f64());
+        for at in queued_at {
+            self.metrics
+                .answer_seconds
+                .observe(at.elapsed().as_secs_f64());
+        }
+        match result {
+            Ok(reply) => {
+                for (pending, frame) in items.into_iter().zip(reply.replies) {
+                    if let (Some(frame), Some(to)) = (frame, &pending.reply_to) {
+                        let _ = to.try_send(Outbound::Frame(frame.to_json().into()));
+                    }
+                    if let Some(done) = pending.done {
+                        let _ = done.send(true);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, items = items.len(), "manager batch failed");
+                for pending in items {
+                    if let (Some(frame), Some(to)) =
+                        (unavailable_reply(&pending.item), &pending.reply_to)
+                    {
+                        let _ = to.try_send(Outbound::Frame(frame.to_json().into()));
+                    }
+                    if let Some(done) = pending.done {
+                        let _ = done.send(false);
                     }
                 }
             }
         }
+        (connections, answered_by)
     }
 
     /// POSTs `body` to `path` on the first manager that answers with success, starting at
