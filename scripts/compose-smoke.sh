@@ -19,6 +19,7 @@
 # debootstrap, like apt). Every wait is bounded. The rootfs tarballs are cached in
 # ~/.cache/switchboard/compose (SB_SMOKE_CACHE), so a rerun skips debootstrap.
 # Environment: CARGO_TARGET_DIR (where the release binaries are built, default target/),
+# SB_SMOKE_BIN_DIR (use the release binaries there instead of building them),
 # SB_SMOKE_KEEP=1 (leave the stack running after a failure, for a look).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,56 +97,120 @@ timeout 120 $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
 # ---- 2. the release binaries (host build) -------------------------------------------------------
 BINS="registry socket-server socket-manager health-checker message-service"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-log "cargo build --release ($BINS) into $TARGET_DIR"
-packages=(); for b in $BINS; do packages+=(-p "$b"); done
-CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --locked --quiet "${packages[@]}"
+BIN_DIR="${SB_SMOKE_BIN_DIR:-}"
+if [ -z "$BIN_DIR" ]; then
+    log "cargo build --release ($BINS) into $TARGET_DIR"
+    packages=(); for b in $BINS; do packages+=(-p "$b"); done
+    CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --locked --quiet "${packages[@]}"
+    BIN_DIR="$TARGET_DIR/release"
+fi
 TANSU="${HOME:-/root}/.cache/switchboard/tansu/bin/tansu"
 [ -x "$TANSU" ] || die "no tansu at $TANSU (scripts/install-deps.sh builds it)"
 
 # ---- 3. base images -------------------------------------------------------------------------
-# rootfs NAME SUITE PACKAGES: a debootstrap (minbase) tarball, cached by suite and package list.
-rootfs_image() {
+# Docker runs on vfs here, which copies a whole image for every container (and every layer
+# for every image): the images are single-layer imports, trimmed to what each one needs.
+#
+# rootfs_tar NAME SUITE PACKAGES: a debootstrap (minbase) tarball, cached by its inputs.
+rootfs_tar() {
     local name="$1" suite="$2" include="$3"
     local key; key="$(echo "v1 $suite $include $MIRROR" | sha256sum | cut -c1-16)"
-    local image="switchboard-offline/$name:$key"
-    if $DOCKER image inspect "$image" >/dev/null 2>&1; then
-        echo "$image"; return
-    fi
     local tarball="$CACHE/$name-$key.tar"
     if [ ! -s "$tarball" ]; then
-        log "debootstrap $suite ($include) for $name (one time; cached in $CACHE)" >&2
-        local dir="$WORK/rootfs-$name"
+        log "debootstrap $suite for $name (one time; cached in $CACHE)" >&2
+        local dir="$WORK/debootstrap-$name"
         $SUDO timeout 900 debootstrap --variant=minbase --include="$include" "$suite" "$dir" "$MIRROR" \
             >"$WORK/debootstrap-$name.log" 2>&1 \
             || { tail -n 20 "$WORK/debootstrap-$name.log" >&2; die "debootstrap $suite failed"; }
         $SUDO umount "$dir/proc" 2>/dev/null || true
-        $SUDO rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/proc/* 2>/dev/null || true
+        $SUDO rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/proc/*
         $SUDO tar -C "$dir" -cf "$tarball.part" .
         $SUDO mv "$tarball.part" "$tarball"
         $SUDO rm -rf "$dir"
     fi
-    log "docker import $image" >&2
-    $DOCKER import --change 'CMD ["bash"]' "$tarball" "$image" >/dev/null
-    echo "$image"
+    echo "$tarball"
 }
-BASE="$(rootfs_image bookworm bookworm ca-certificates,curl,redis-server,redis-tools,postgresql,postgresql-client)"
-NGINX_BASE="$(rootfs_image nginx sid nginx,curl,ca-certificates)"
+BOOKWORM_TAR="$(rootfs_tar bookworm bookworm ca-certificates,curl,redis-server,redis-tools,postgresql,postgresql-client)"
+SID_TAR="$(rootfs_tar nginx sid nginx,curl,ca-certificates)"
 
+# offline_image TAG TARBALL "PACKAGES TO KEEP" CUSTOMIZE-FUNCTION [docker import --change ...]:
+# unpacks the tarball, removes every package not needed by the ones kept (apt autoremove,
+# offline), runs the function on the rootfs dir, and imports it. Skipped when an image with the
+# same inputs exists already.
+offline_image() {
+    local tag="$1" tarball="$2" keep="$3" customize="$4"; shift 4
+    local key; key="$( { echo "v2 $tarball $keep $*"; stat -c %s-%Y "$TANSU"; declare -f "$customize"; cat compose/offline/*; } | sha256sum | cut -c1-16)"
+    if [ "$($DOCKER image inspect -f '{{ index .Config.Labels "switchboard.key" }}' "$tag" 2>/dev/null)" = "$key" ]; then
+        return
+    fi
+    log "building $tag"
+    local dir="$WORK/rootfs-${tag//[\/:]/-}"
+    $SUDO mkdir -p "$dir"
+    $SUDO tar -C "$dir" -xf "$tarball"
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$dir/usr/sbin/policy-rc.d" >/dev/null
+    $SUDO chmod +x "$dir/usr/sbin/policy-rc.d"
+    # postgresql-common protects postgresql-NN from autoremove; not here.
+    $SUDO rm -f "$dir"/etc/apt/apt.conf.d/*autoremove-postgresql*
+    # shellcheck disable=SC2046
+    $SUDO chroot "$dir" apt-mark auto $($SUDO chroot "$dir" dpkg-query -W -f '${Package}\n') >/dev/null
+    # shellcheck disable=SC2086
+    $SUDO chroot "$dir" apt-mark manual $keep >/dev/null
+    $SUDO chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get autoremove --purge -y -qq \
+        -o APT::AutoRemove::RecommendsImportant=false -o APT::AutoRemove::SuggestsImportant=false >/dev/null 2>&1 \
+        || die "apt-get autoremove in the $tag rootfs failed"
+    $SUDO rm -rf "$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/info/* \
+        "$dir"/usr/share/locale/* "$dir"/var/cache/apt/* "$dir"/var/lib/apt/lists/* \
+        "$dir"/var/log/*.log "$dir/usr/sbin/policy-rc.d"
+    "$customize" "$dir"
+    local changes=(--change "LABEL switchboard.key=$key")
+    for c in "$@"; do changes+=(--change "$c"); done
+    $SUDO tar -C "$dir" -c . | $DOCKER import "${changes[@]}" - "$tag" >/dev/null
+    $SUDO rm -rf "$dir"
+}
+# Packages every image keeps (awk, getent and setpriv are used by the entrypoints).
+ESSENTIAL="bash coreutils util-linux mawk libc-bin sed grep findutils"
+no_customizing() { :; }
+redis_rootfs() {
+    $SUDO install -m 755 compose/offline/redis-entrypoint.sh "$1/usr/local/bin/docker-entrypoint.sh"
+    $SUDO mkdir -p "$1/data"
+    $SUDO chroot "$1" chown redis:redis /data
+}
+postgres_rootfs() {
+    $SUDO install -m 755 compose/offline/postgres-entrypoint.sh "$1/usr/local/bin/docker-entrypoint.sh"
+    $SUDO rm -rf "$1"/etc/postgresql/* "$1"/var/lib/postgresql/*
+}
+nginx_rootfs() {
+    $SUDO install -m 644 compose/offline/nginx.conf "$1/etc/nginx/nginx.conf"
+    $SUDO rm -f "$1"/etc/nginx/sites-enabled/*
+    $SUDO mkdir -p "$1/usr/share/nginx/html" "$1/etc/nginx/conf.d"
+    $SUDO ln -sf /dev/stdout "$1/var/log/nginx/access.log"
+    $SUDO ln -sf /dev/stderr "$1/var/log/nginx/error.log"
+}
+broker_rootfs() {
+    $SUDO install -m 755 "$TANSU" "$1/usr/local/bin/tansu"
+    $SUDO mkdir -p "$1/var/lib/kafka/data"
+}
+offline_image switchboard-offline/base:local "$BOOKWORM_TAR" "$ESSENTIAL ca-certificates curl" no_customizing \
+    'CMD ["bash"]'
+offline_image switchboard-offline/redis:local "$BOOKWORM_TAR" "$ESSENTIAL redis-server redis-tools" redis_rootfs \
+    'VOLUME /data' 'WORKDIR /data' 'CMD ["docker-entrypoint.sh", "redis-server"]'
+offline_image switchboard-offline/postgres:local "$BOOKWORM_TAR" "$ESSENTIAL postgresql postgresql-client" postgres_rootfs \
+    'ENV PGDATA=/var/lib/postgresql/data' 'VOLUME /var/lib/postgresql/data' \
+    'ENTRYPOINT ["docker-entrypoint.sh"]'
+offline_image switchboard-offline/nginx:local "$SID_TAR" "$ESSENTIAL nginx curl" nginx_rootfs \
+    'CMD ["nginx", "-g", "daemon off;"]'
+offline_image switchboard-offline/broker:local "$BOOKWORM_TAR" "$ESSENTIAL" broker_rootfs \
+    'ENTRYPOINT ["tansu"]'
+BASE=switchboard-offline/base:local
 build() { # build TAG DOCKERFILE CONTEXT [ARGS...]
     local tag="$1" file="$2" context="$3"; shift 3
     $DOCKER build --quiet -t "$tag" -f "$file" "$@" "$context" >"$WORK/build.log" 2>&1 \
         || { tail -n 40 "$WORK/build.log"; die "docker build $tag failed"; }
 }
-log "building the offline images (redis, postgres, nginx, broker)"
-build switchboard-offline/redis:local compose/offline/redis.Dockerfile compose/offline --build-arg BASE="$BASE"
-build switchboard-offline/postgres:local compose/offline/postgres.Dockerfile compose/offline --build-arg BASE="$BASE"
-build switchboard-offline/nginx:local compose/offline/nginx.Dockerfile compose/offline --build-arg BASE="$NGINX_BASE"
-mkdir -p "$WORK/broker" "$WORK/bin/out"
-cp "$TANSU" "$WORK/broker/tansu"
-build switchboard-offline/broker:local compose/offline/broker.Dockerfile "$WORK/broker" --build-arg BASE="$BASE"
+mkdir -p "$WORK/bin/out"
 
 # switchboard:local: the Dockerfile's runtime stage, binaries from the host build.
-for b in $BINS; do cp "$TARGET_DIR/release/$b" "$WORK/bin/out/"; done
+for b in $BINS; do cp "$BIN_DIR/$b" "$WORK/bin/out/"; done
 printf 'FROM scratch\nCOPY out/ /out/\n' >"$WORK/bin/Dockerfile"
 build switchboard-offline/binaries:local "$WORK/bin/Dockerfile" "$WORK/bin"
 log "building switchboard:local (Dockerfile, target runtime)"

@@ -1,5 +1,5 @@
 #!/bin/sh
-# docker-entrypoint.sh of the offline PostgreSQL image (compose/offline/postgres.Dockerfile), a
+# docker-entrypoint.sh of the offline PostgreSQL image (built by scripts/compose-smoke.sh), a
 # small stand-in for the official postgres image's: on an empty $PGDATA it runs initdb with
 # POSTGRES_USER as superuser and POSTGRES_PASSWORD (scram-sha-256 over TCP), creates
 # POSTGRES_DB, then runs postgres as the postgres user, listening on every interface.
@@ -27,4 +27,10 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
             | as_pg "$PGBIN/postgres" --single -D "$PGDATA" postgres >/dev/null
     fi
 fi
-exec setpriv --reuid=postgres --regid=postgres --init-groups "$PGBIN/postgres" -D "$PGDATA"
+# `docker stop` sends SIGTERM, postgres's "smart" shutdown, which waits for every client to
+# leave; pass it on as SIGINT ("fast"), the official image's STOPSIGNAL (docker import
+# cannot set one).
+as_pg "$PGBIN/postgres" -D "$PGDATA" &
+pid=$!
+trap 'kill -INT "$pid"' TERM INT
+while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
