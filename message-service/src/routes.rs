@@ -9,6 +9,8 @@ use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 
 use crate::auth::AuthUser;
+use crate::membership_cache::Version;
+use crate::store::{Conversation, Role};
 use crate::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -25,6 +27,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/api/v1/conversations/{id}/members/{user_id}",
             web::delete().to(remove_member),
+        )
+        .route(
+            "/api/v1/conversations/{id}/members/{user_id}/role",
+            web::put().to(set_role),
         )
         .route(
             "/internal/v1/conversations/{id}/members",
@@ -99,7 +105,11 @@ async fn create(
             if created {
                 state
                     .cache
-                    .put(&conversation.id, &conversation.members)
+                    .refill(
+                        &conversation.id,
+                        &Version::new_conversation(),
+                        &conversation.members,
+                    )
                     .await?;
                 Ok(HttpResponse::Created().json(conversation))
             } else {
@@ -132,7 +142,11 @@ async fn create(
                 .map_err(db_error)?;
             state
                 .cache
-                .put(&conversation.id, &conversation.members)
+                .refill(
+                    &conversation.id,
+                    &Version::new_conversation(),
+                    &conversation.members,
+                )
                 .await?;
             Ok(HttpResponse::Created().json(conversation))
         }
@@ -209,12 +223,13 @@ struct AddMember {
     user_id: String,
 }
 
+/// The group, once the caller is known to be one of its members.
 async fn group_of(
     state: &AppState,
     conversation_id: &str,
     caller: &str,
     adding: bool,
-) -> Result<(), ApiError> {
+) -> Result<Conversation, ApiError> {
     let conversation = state
         .store
         .conversation(conversation_id)
@@ -235,7 +250,15 @@ async fn group_of(
     if adding && conversation.members.len() >= state.config.max_group_members {
         return Err(ApiError::new(ErrorCode::TooLarge, "the group is full"));
     }
-    Ok(())
+    Ok(conversation)
+}
+
+fn role_in(conversation: &Conversation, user: &str) -> Role {
+    conversation
+        .roles
+        .get(user)
+        .copied()
+        .unwrap_or(Role::Member)
 }
 
 async fn add_member(
@@ -249,7 +272,13 @@ async fn add_member(
     if !is_valid_user_id(&body.user_id) {
         return Err(ApiError::bad_request("user_id is not a valid user id"));
     }
-    group_of(&state, &conversation_id, &user.0, true).await?;
+    let group = group_of(&state, &conversation_id, &user.0, true).await?;
+    if !role_in(&group, &user.0).manages_members() {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only the group's owner and admins add members",
+        ));
+    }
     state
         .store
         .add_member(&conversation_id, &body.user_id)
@@ -272,10 +301,24 @@ async fn remove_member(
     let (conversation_id, member) = path.into_inner();
     storable("the conversation id", &conversation_id)?;
     storable("the member id", &member)?;
-    group_of(&state, &conversation_id, &user.0, false).await?;
+    let group = group_of(&state, &conversation_id, &user.0, false).await?;
+    // Anyone may leave; the owner removes anyone, an admin removes members.
+    let caller = role_in(&group, &user.0);
+    let allowed = member == user.0
+        || match role_in(&group, &member) {
+            Role::Owner => false,
+            Role::Admin => caller == Role::Owner,
+            Role::Member => caller.manages_members(),
+        };
+    if !allowed && group.members.contains(&member) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only the group's owner removes admins, and only the owner and admins remove members",
+        ));
+    }
     if !state
         .store
-        .remove_member(&conversation_id, &member)
+        .remove_member_keeping_an_owner(&conversation_id, &member)
         .await
         .map_err(db_error)?
     {
@@ -283,6 +326,50 @@ async fn remove_member(
     }
     state.cache.invalidate(&conversation_id).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct SetRole {
+    role: Role,
+}
+
+/// `PUT /api/v1/conversations/{id}/members/{user_id}/role` `{"role":"admin"|"member"}`: the
+/// owner names and unnames admins. Ownership passes only when the owner leaves.
+async fn set_role(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    body: web::Json<SetRole>,
+) -> Result<HttpResponse, ApiError> {
+    let (conversation_id, member) = path.into_inner();
+    storable("the conversation id", &conversation_id)?;
+    storable("the member id", &member)?;
+    let group = group_of(&state, &conversation_id, &user.0, false).await?;
+    if role_in(&group, &user.0) != Role::Owner {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only the group's owner changes roles",
+        ));
+    }
+    if body.role == Role::Owner || member == user.0 {
+        return Err(ApiError::bad_request(
+            "roles can be \"admin\" or \"member\", for members other than the owner",
+        ));
+    }
+    if !state
+        .store
+        .set_role(&conversation_id, &member, body.role)
+        .await
+        .map_err(db_error)?
+    {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such member"));
+    }
+    let conversation = state
+        .store
+        .conversation(&conversation_id)
+        .await
+        .map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(conversation))
 }
 
 /// Cluster-only: the highest stored `seq` once ingest has stored everything the message log
@@ -353,12 +440,16 @@ async fn internal_members(
     require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let conversation_id = path.into_inner();
     storable("the conversation id", &conversation_id)?;
+    let version = state.cache.version(&conversation_id).await?;
     let members = state
         .store
         .members(&conversation_id)
         .await
         .map_err(db_error)?;
-    state.cache.put(&conversation_id, &members).await?;
+    state
+        .cache
+        .refill(&conversation_id, &version, &members)
+        .await?;
     let last_seq = state
         .store
         .last_seq(&conversation_id)

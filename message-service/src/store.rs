@@ -20,6 +20,42 @@ pub struct Conversation {
     pub kind: String,
     pub name: Option<String>,
     pub members: Vec<String>,
+    /// Groups only: each member's role (`owner`, `admin` or `member`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roles: std::collections::BTreeMap<String, Role>,
+}
+
+/// A member's role in a group. The owner (the creator) and admins add and remove members;
+/// only the owner names admins; anyone may leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    fn parse(text: &str) -> Role {
+        match text {
+            "owner" => Role::Owner,
+            "admin" => Role::Admin,
+            _ => Role::Member,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// May add and remove members.
+    pub fn manages_members(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,6 +193,13 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         insert_members(&mut tx, &id, members).await?;
+        sqlx::query(
+            "UPDATE members SET role = 'owner' WHERE conversation_id = $1 AND user_id = $2",
+        )
+        .bind(&id)
+        .bind(caller)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         self.conversation(&id)
             .await?
@@ -171,12 +214,86 @@ impl Store {
         else {
             return Ok(None);
         };
+        let kind: String = row.get("kind");
+        let roles = if kind == "group" {
+            self.roles(id).await?
+        } else {
+            Default::default()
+        };
         Ok(Some(Conversation {
             id: row.get("id"),
-            kind: row.get("kind"),
+            kind,
             name: row.get("name"),
             members: self.members(id).await?,
+            roles,
         }))
+    }
+
+    /// Each member's role.
+    pub async fn roles(
+        &self,
+        conversation_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, Role>, sqlx::Error> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT user_id, role FROM members WHERE conversation_id = $1")
+                .bind(conversation_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, role)| (user, Role::parse(&role)))
+            .collect())
+    }
+
+    /// Sets a member's role; `false` when the user is not a member.
+    pub async fn set_role(
+        &self,
+        conversation_id: &str,
+        user: &str,
+        role: Role,
+    ) -> Result<bool, sqlx::Error> {
+        let changed =
+            sqlx::query("UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2")
+                .bind(conversation_id)
+                .bind(user)
+                .bind(role.as_str())
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(changed == 1)
+    }
+
+    /// Removes a member; when that was the owner, the longest-standing admin (else member)
+    /// becomes the owner, so a group always has one while it has members.
+    pub async fn remove_member_keeping_an_owner(
+        &self,
+        conversation_id: &str,
+        user: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let removed: Option<String> = sqlx::query_scalar(
+            "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2 RETURNING role",
+        )
+        .bind(conversation_id)
+        .bind(user)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(role) = removed else {
+            return Ok(false);
+        };
+        if role == "owner" {
+            sqlx::query(
+                "UPDATE members SET role = 'owner'
+                  WHERE conversation_id = $1
+                    AND user_id = (SELECT user_id FROM members WHERE conversation_id = $1
+                                    ORDER BY (role = 'admin') DESC, joined_at, user_id LIMIT 1)",
+            )
+            .bind(conversation_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn members(&self, conversation_id: &str) -> Result<Vec<String>, sqlx::Error> {
@@ -207,21 +324,6 @@ impl Store {
         .execute(&self.pool)
         .await
         .map(|_| ())
-    }
-
-    pub async fn remove_member(
-        &self,
-        conversation_id: &str,
-        user: &str,
-    ) -> Result<bool, sqlx::Error> {
-        let removed =
-            sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
-                .bind(conversation_id)
-                .bind(user)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        Ok(removed == 1)
     }
 
     /// The caller's conversations with their last `seq` and how many messages from others

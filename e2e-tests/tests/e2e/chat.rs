@@ -502,3 +502,148 @@ async fn non_members_and_oversized_bodies_are_refused() {
     .await;
     assert_eq!(status, 401);
 }
+
+/// Group roles: the owner and admins manage members, only the owner names admins, anyone may
+/// leave, and ownership passes on when the owner leaves. A removal takes effect within a
+/// second everywhere: the removed member's sends are refused and it stops receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_roles_limit_who_manages_members_and_removals_take_effect_at_once() {
+    let stack = chat_stack().await;
+    let http = http();
+    let t = |user: &str| token_for(&stack, user);
+    let group = create_conversation(
+        &http,
+        &stack,
+        &t("alice"),
+        json!({"kind":"group","name":"roles","members":["bob","carol","dave"]}),
+    )
+    .await;
+    let path = format!("/api/v1/conversations/{group}/members");
+    let call = |who: &str, method: Method, path: String, body: Option<serde_json::Value>| {
+        let (http, token, stack) = (http.clone(), t(who), &stack);
+        async move { api(&http, stack, &token, method, &path, body).await }
+    };
+
+    // A plain member neither adds nor removes, nor names admins.
+    let (status, body) = call(
+        "bob",
+        Method::POST,
+        path.clone(),
+        Some(json!({"user_id":"erin"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, _) = call("bob", Method::DELETE, format!("{path}/carol"), None).await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        "bob",
+        Method::PUT,
+        format!("{path}/bob/role"),
+        Some(json!({"role":"admin"})),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // The owner names bob admin; an admin adds and removes members, but not the owner.
+    let (status, body) = call(
+        "alice",
+        Method::PUT,
+        format!("{path}/bob/role"),
+        Some(json!({"role":"admin"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["roles"]["alice"], "owner");
+    assert_eq!(body["roles"]["bob"], "admin");
+    assert_eq!(body["roles"]["carol"], "member");
+    let (status, _) = call(
+        "alice",
+        Method::PUT,
+        format!("{path}/bob/role"),
+        Some(json!({"role":"owner"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        "bob",
+        Method::POST,
+        path.clone(),
+        Some(json!({"user_id":"erin"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call("bob", Method::DELETE, format!("{path}/alice"), None).await;
+    assert_eq!(status, 403);
+
+    // carol is connected and has sent (the membership mirror is warm); then bob removes her.
+    let mut carol = WsClient::connect(&stack.socket_servers[1].ws_url(), &t("carol"))
+        .await
+        .unwrap();
+    let mut erin = WsClient::connect(&stack.socket_servers[2].ws_url(), &t("erin"))
+        .await
+        .unwrap();
+    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &t("alice"))
+        .await
+        .unwrap();
+    carol.send_message(&group, "c1", "before").await;
+    let first = carol
+        .collect_until(WAIT, |fs| {
+            fs.iter().any(|f| matches!(f, ServerFrame::Sent { .. }))
+        })
+        .await;
+    assert!(
+        first.iter().any(|f| matches!(f, ServerFrame::Sent { .. })),
+        "{first:?}"
+    );
+    let (status, _) = call("bob", Method::DELETE, format!("{path}/carol"), None).await;
+    assert_eq!(status, 204);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    carol.send_message(&group, "c2", "after").await;
+    let frames = carol
+        .collect_until(WAIT, |fs| {
+            fs.iter()
+                .any(|f| matches!(f, ServerFrame::Error { .. } | ServerFrame::Sent { .. }))
+        })
+        .await;
+    assert!(
+        frames.iter().any(|f| matches!(f, ServerFrame::Error { code: ErrorCode::NotAMember, client_msg_id, .. } if client_msg_id.as_deref() == Some("c2"))),
+        "a removed member's send must be refused: {frames:?}"
+    );
+    // alice's next message reaches erin, never carol.
+    alice.send_message(&group, "a1", "carol is gone").await;
+    let got = erin
+        .collect_until(WAIT, |fs| {
+            fs.iter().any(
+                |f| matches!(f, ServerFrame::Message { sender_id, .. } if sender_id == "alice"),
+            )
+        })
+        .await;
+    assert!(
+        !messages_of(&got, &group).is_empty(),
+        "erin gets the group's messages"
+    );
+    let late = carol.collect_until(Duration::from_secs(2), |_| false).await;
+    assert!(
+        messages_of(&late, &group).is_empty(),
+        "a removed member stops receiving: {late:?}"
+    );
+
+    // Anyone may leave; when the owner leaves, the admin becomes the owner.
+    let (status, _) = call("dave", Method::DELETE, format!("{path}/dave"), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = call("alice", Method::DELETE, format!("{path}/alice"), None).await;
+    assert_eq!(status, 204);
+    let (status, body) = call(
+        "bob",
+        Method::PUT,
+        format!("{path}/erin/role"),
+        Some(json!({"role":"admin"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["roles"]["bob"], "owner");
+    assert!(body["roles"].get("alice").is_none());
+}
