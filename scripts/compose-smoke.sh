@@ -231,7 +231,7 @@ published="$($DOCKER port "$($COMPOSE ps -q nginx)" 80/tcp)"
 
 log "running the client checks"
 SB_PUBLIC_PORT="$PORT" SMOKE_COMPOSE="$COMPOSE" SMOKE_DOCKER="$DOCKER" \
-    timeout 300 python3 compose/smoke_client.py || die "client checks failed"
+    timeout 300 python3 -B compose/smoke_client.py || die "client checks failed"
 
 # No token in nginx's access log (the WebSocket URLs carry ?token=...).
 if $COMPOSE logs --no-color nginx 2>&1 | grep -q 'token=ey'; then
