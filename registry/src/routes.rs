@@ -79,58 +79,6 @@ fn tunnel_allowed<'a>(urls: impl IntoIterator<Item = &'a str>, ip: &str) -> bool
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{tunnel_allowed, url_for_client};
-    use actix_web::test::TestRequest;
-
-    #[test]
-    fn socket_urls_are_wss_behind_tls() {
-        let url = || "ws://chat.example.com/ws/10.0.0.7".to_string();
-        let plain = TestRequest::default().to_http_request();
-        assert_eq!(url_for_client(&plain, url()), url());
-        let http = TestRequest::default()
-            .insert_header(("x-forwarded-proto", "http"))
-            .to_http_request();
-        assert_eq!(url_for_client(&http, url()), url());
-        for proto in ["https", "HTTPS", "https, http"] {
-            let tls = TestRequest::default()
-                .insert_header(("x-forwarded-proto", proto))
-                .to_http_request();
-            assert_eq!(
-                url_for_client(&tls, url()),
-                "wss://chat.example.com/ws/10.0.0.7"
-            );
-        }
-        let tls = TestRequest::default()
-            .insert_header(("x-forwarded-proto", "https"))
-            .to_http_request();
-        let wss = "wss://a.example.com/ws".to_string();
-        assert_eq!(url_for_client(&tls, wss.clone()), wss);
-    }
-
-    #[test]
-    fn the_tunnel_reaches_registered_servers_only() {
-        let urls = [
-            "ws://localhost:8080/ws/172.18.0.14",
-            "wss://chat.example.com/ws/172.18.0.15",
-        ];
-        assert!(tunnel_allowed(urls, "172.18.0.14"));
-        assert!(tunnel_allowed(urls, "172.18.0.15"));
-        // Not registered, a prefix of a registered one, or not an address at all.
-        assert!(!tunnel_allowed(urls, "172.18.0.1"));
-        assert!(!tunnel_allowed(urls, "172.18.0.140"));
-        assert!(!tunnel_allowed(urls, "172.18.0"));
-        assert!(!tunnel_allowed(
-            ["ws://x/ws/172.18.0.14/more"],
-            "172.18.0.14"
-        ));
-        assert!(!tunnel_allowed(["ws://10.0.0.1:9001/ws"], "10.0.0.1"));
-        assert!(!tunnel_allowed(urls, "../ws/172.18.0.14"));
-        assert!(!tunnel_allowed(std::iter::empty(), "172.18.0.14"));
-    }
-}
-
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -251,4 +199,56 @@ async fn dev_token(
         user_id: body.user_id.clone(),
         expires_at: expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{tunnel_allowed, url_for_client};
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn socket_urls_are_wss_behind_tls() {
+        let url = || "ws://chat.example.com/ws/10.0.0.7".to_string();
+        let plain = TestRequest::default().to_http_request();
+        assert_eq!(url_for_client(&plain, url()), url());
+        let http = TestRequest::default()
+            .insert_header(("x-forwarded-proto", "http"))
+            .to_http_request();
+        assert_eq!(url_for_client(&http, url()), url());
+        for proto in ["https", "HTTPS", "https, http"] {
+            let tls = TestRequest::default()
+                .insert_header(("x-forwarded-proto", proto))
+                .to_http_request();
+            assert_eq!(
+                url_for_client(&tls, url()),
+                "wss://chat.example.com/ws/10.0.0.7"
+            );
+        }
+        let tls = TestRequest::default()
+            .insert_header(("x-forwarded-proto", "https"))
+            .to_http_request();
+        let wss = "wss://a.example.com/ws".to_string();
+        assert_eq!(url_for_client(&tls, wss.clone()), wss);
+    }
+
+    #[test]
+    fn the_tunnel_reaches_registered_servers_only() {
+        let urls = [
+            "ws://localhost:8080/ws/172.18.0.14",
+            "wss://chat.example.com/ws/172.18.0.15",
+        ];
+        assert!(tunnel_allowed(urls, "172.18.0.14"));
+        assert!(tunnel_allowed(urls, "172.18.0.15"));
+        // Not registered, a prefix of a registered one, or not an address at all.
+        assert!(!tunnel_allowed(urls, "172.18.0.1"));
+        assert!(!tunnel_allowed(urls, "172.18.0.140"));
+        assert!(!tunnel_allowed(urls, "172.18.0"));
+        assert!(!tunnel_allowed(
+            ["ws://x/ws/172.18.0.14/more"],
+            "172.18.0.14"
+        ));
+        assert!(!tunnel_allowed(["ws://10.0.0.1:9001/ws"], "10.0.0.1"));
+        assert!(!tunnel_allowed(urls, "../ws/172.18.0.14"));
+        assert!(!tunnel_allowed(std::iter::empty(), "172.18.0.14"));
+    }
 }
