@@ -15,6 +15,7 @@ use switchboard_protocol::token::TokenKeys;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError};
 use switchboard_service_kit::http;
+use switchboard_service_kit::limits::{IpLeases, IpRateLimiter, Rate};
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
@@ -32,6 +33,13 @@ pub struct RegistryConfig {
     pub reservation_ttl_ms: i64,
     /// Lifetime of dev tokens (`SB_DEV_TOKEN_TTL_SECS`, default 86400).
     pub dev_token_ttl_secs: i64,
+    /// Assignments per client address (`SB_ASSIGN_RATE_PER_IP` per second, default 20, and
+    /// `SB_ASSIGN_BURST_PER_IP`, default 100; 0 turns it off), per registry replica.
+    pub assign_rate_per_ip: Rate,
+    /// Unexpired slot reservations one client address may hold (`SB_RESERVATIONS_PER_IP`,
+    /// default 100; 0 turns it off), per registry replica: past it, assignments answer 429
+    /// instead of reserving, so one address cannot fill every server with reservations.
+    pub reservations_per_ip: usize,
 }
 
 impl RegistryConfig {
@@ -42,6 +50,11 @@ impl RegistryConfig {
             stale_after_ms: env_or("SB_SERVER_STALE_MS", 10_000)?,
             reservation_ttl_ms: env_or("SB_RESERVATION_TTL_MS", 10_000)?,
             dev_token_ttl_secs: env_or("SB_DEV_TOKEN_TTL_SECS", 86_400)?,
+            assign_rate_per_ip: Rate {
+                per_sec: env_or("SB_ASSIGN_RATE_PER_IP", 20.0)?,
+                burst: env_or("SB_ASSIGN_BURST_PER_IP", 100.0)?,
+            },
+            reservations_per_ip: env_or("SB_RESERVATIONS_PER_IP", 100)?,
         })
     }
 }
@@ -52,6 +65,8 @@ pub(crate) struct AppState {
     pub tokens: TokenKeys,
     pub config: RegistryConfig,
     pub assignments: prometheus::IntCounterVec,
+    pub assign_rate: IpRateLimiter,
+    pub reservations: IpLeases,
 }
 
 pub struct Application {
@@ -76,6 +91,11 @@ impl Application {
         let state = web::Data::new(AppState {
             directory,
             tokens: TokenKeys::new(config.common.jwt_secret.as_bytes()),
+            assign_rate: IpRateLimiter::new(config.assign_rate_per_ip),
+            reservations: IpLeases::new(
+                config.reservations_per_ip,
+                std::time::Duration::from_millis(config.reservation_ttl_ms.max(0) as u64),
+            ),
             config,
             assignments,
         });

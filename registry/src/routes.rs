@@ -8,6 +8,7 @@ use switchboard_protocol::registry::{
 use switchboard_protocol::token::{is_valid_user_id, TokenError};
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
+use switchboard_service_kit::limits;
 
 use crate::AppState;
 
@@ -84,6 +85,16 @@ fn now_ms() -> i64 {
 }
 
 async fn assign(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if let Some(ip) = limits::client_ip(&req) {
+        let now = std::time::Instant::now();
+        if !state.assign_rate.allow(ip, now) || !state.reservations.try_take(ip, now) {
+            state.assignments.with_label_values(&["rate_limited"]).inc();
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many assignments from your address, retry in a few seconds",
+            ));
+        }
+    }
     let found = state
         .directory
         .assign(

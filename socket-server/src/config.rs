@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use switchboard_service_kit::config::{env_millis, env_or, env_string, CommonConfig, ConfigError};
+use switchboard_service_kit::limits::Rate;
 
 #[derive(Debug, Clone)]
 pub struct SocketServerConfig {
@@ -46,6 +47,13 @@ pub struct SocketServerConfig {
     pub manager_urls: Vec<String>,
     /// Parallel ordered lanes to the managers (`SB_MANAGER_LANES`, default 64).
     pub manager_lanes: usize,
+    /// WebSocket upgrades per client address (`SB_CONNECTS_PER_IP_PER_SEC`, default 20, and
+    /// `SB_CONNECTS_BURST_PER_IP`, default 100; 0 turns it off), counted before the token is
+    /// checked.
+    pub connects_per_ip: Rate,
+    /// Devices one user may connect to this server (`SB_MAX_CONNECTIONS_PER_USER`, default
+    /// 10; 0 turns it off).
+    pub max_connections_per_user: usize,
     /// Batches one lane may have in flight (`SB_MANAGER_LANE_BATCHES`, default 1); a
     /// connection's frames are never in two at once.
     pub manager_lane_batches: usize,
@@ -98,6 +106,11 @@ impl SocketServerConfig {
             .filter(|s| !s.is_empty())
             .collect(),
             manager_lanes: env_or("SB_MANAGER_LANES", 64)?,
+            connects_per_ip: Rate {
+                per_sec: env_or("SB_CONNECTS_PER_IP_PER_SEC", 20.0)?,
+                burst: env_or("SB_CONNECTS_BURST_PER_IP", 100.0)?,
+            },
+            max_connections_per_user: env_or("SB_MAX_CONNECTIONS_PER_USER", 10)?,
             manager_lane_batches: env_or("SB_MANAGER_LANE_BATCHES", 1)?,
             handler_heartbeat: env_millis("SB_HANDLER_HEARTBEAT_MS", 2_000)?,
             mapping_renew: env_millis("SB_MAPPING_RENEW_MS", 300_000)?,

@@ -91,6 +91,16 @@ impl Hub {
         }
     }
 
+    /// How many devices `user` has connected here.
+    pub fn devices_of(&self, user: &str) -> usize {
+        self.maps
+            .read()
+            .expect("hub lock")
+            .by_user
+            .get(user)
+            .map_or(0, Vec::len)
+    }
+
     /// Users with at least one device here.
     pub fn users(&self) -> Vec<Arc<str>> {
         self.maps

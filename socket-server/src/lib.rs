@@ -127,6 +127,8 @@ pub(crate) struct ServerState {
     pub public_url: String,
     pub health_url: String,
     pub tokens: TokenKeys,
+    /// WebSocket upgrades per client address.
+    pub connects: switchboard_service_kit::limits::IpRateLimiter,
     pub hub: Arc<hub::Hub>,
     pub directory: ServerDirectory,
     /// Cancelled once this server has left the sorted set: every session closes with 1012.
@@ -205,6 +207,7 @@ impl Application {
             manager,
             manager_ready: AtomicBool::new(false),
             tokens: TokenKeys::new(config.common.jwt_secret.as_bytes()),
+            connects: switchboard_service_kit::limits::IpRateLimiter::new(config.connects_per_ip),
             hub: hub::Hub::new(),
             directory: ServerDirectory::new(redis.clone()),
             shutdown: CancellationToken::new(),

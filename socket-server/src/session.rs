@@ -26,6 +26,16 @@ pub async fn ws_entry(
     body: web::Payload,
     state: web::Data<ServerState>,
 ) -> Result<HttpResponse, ApiError> {
+    // Before the token is even looked at: verifying signatures is work an attacker could
+    // make us do for free.
+    if let Some(ip) = switchboard_service_kit::limits::client_ip(&req) {
+        if !state.connects.allow(ip, std::time::Instant::now()) {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many connection attempts from your address, retry in a few seconds",
+            ));
+        }
+    }
     let token = bearer_token(&req).ok_or_else(|| {
         state.metrics.auth_failures.inc();
         ApiError::new(
@@ -53,6 +63,13 @@ pub async fn ws_entry(
     }
     if state.shutdown.is_cancelled() {
         return Err(ApiError::unavailable("this server is shutting down"));
+    }
+    let per_user = state.config.max_connections_per_user;
+    if per_user > 0 && state.hub.devices_of(&user_id) >= per_user {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!("at most {per_user} devices of one user may connect to a server"),
+        ));
     }
     if state.hub.live() as u64 >= state.config.max_connections {
         return Err(ApiError::new(ErrorCode::NoCapacity, "this server is full"));

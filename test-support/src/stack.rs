@@ -630,6 +630,11 @@ fn common_env(sentinels: &str, jwt_secret: &str, cluster_secret: &str) -> Vec<(S
         kv("SB_JWT_SECRET", jwt_secret),
         kv("SB_CLUSTER_SECRET", cluster_secret),
         kv("SB_DEV_MODE", "true"),
+        // Every test client (and the benchmark's thousands) comes from loopback, which real
+        // per-address limits would refuse; the abuse test sets real ones (extra_env).
+        kv("SB_ASSIGN_RATE_PER_IP", "0"),
+        kv("SB_RESERVATIONS_PER_IP", "0"),
+        kv("SB_CONNECTS_PER_IP_PER_SEC", "0"),
         kv("RUST_LOG", "info"),
         // Plain log files (tracing-subscriber honours NO_COLOR).
         kv("NO_COLOR", "1"),

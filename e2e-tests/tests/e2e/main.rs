@@ -4,6 +4,7 @@
 //! exactly as a client would: REST through nginx, WebSocket straight to the socket server.
 //!
 //! - `client`: a small WebSocket client and REST helpers shared by the tests.
+//! - `abuse`: per-address rate limits and reservation caps, per-user device caps.
 //! - `registry`: assignment, balance under bursts, capacity, protected routes, dev tokens.
 //! - `socket`: authentication before the upgrade, frames, heartbeat, exact scores.
 //! - `faults`: kill -9 of a socket server, SIGTERM ordering, Redis master failover.
@@ -13,6 +14,7 @@
 //!   fault per test, checked against the whole history.
 //! - `browser`, `compose`: the demo page in headless Chromium; docker-compose.yml.
 
+mod abuse;
 mod browser;
 mod chat;
 mod chat_faults;

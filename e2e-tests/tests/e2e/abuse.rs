@@ -1,0 +1,161 @@
+//! Abuse limits, with the production defaults a test stack otherwise turns off: per-address
+//! rate limits on assignment and on WebSocket upgrades, a cap on one address's outstanding
+//! slot reservations, and a cap on one user's devices per server. The flood comes from
+//! 127.0.0.2 (still loopback), the real client from 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use switchboard_test_support::{Stack, StackOptions};
+
+use crate::client::{assign, token_for, Connect, WsClient};
+
+/// The defaults of the registry and the socket server (see their config docs).
+fn production_limits() -> Vec<(String, String)> {
+    [
+        ("SB_ASSIGN_RATE_PER_IP", "20"),
+        ("SB_ASSIGN_BURST_PER_IP", "100"),
+        ("SB_RESERVATIONS_PER_IP", "100"),
+        ("SB_CONNECTS_PER_IP_PER_SEC", "20"),
+        ("SB_CONNECTS_BURST_PER_IP", "100"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn flood_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+/// Fires `total` GETs at `url` from 127.0.0.2, 64 at a time, spread over about `over`;
+/// answers how many got each status.
+async fn flood(url: &str, total: usize, over: Duration) -> std::collections::BTreeMap<u16, usize> {
+    let http = flood_client();
+    let started = Instant::now();
+    let per_request = over.div_f64(total as f64);
+    let statuses: Vec<u16> = futures_util::stream::iter(0..total)
+        .map(|i| {
+            let http = http.clone();
+            let url = url.to_owned();
+            async move {
+                // Paced so the flood lasts `over` rather than finishing in a burst.
+                let due = started + per_request * i as u32;
+                tokio::time::sleep_until(due.into()).await;
+                match http.get(&url).send().await {
+                    Ok(resp) => resp.status().as_u16(),
+                    Err(_) => 0,
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut counts = std::collections::BTreeMap::new();
+    for status in statuses {
+        *counts.entry(status).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_anonymous_assigns_leaves_a_real_client_a_server() {
+    // 3 servers x 300 slots: 900 reservations would fill the cluster for 10 s.
+    let stack = Stack::start(StackOptions {
+        max_connections: 300,
+        extra_env: production_limits(),
+        ..StackOptions::without_messaging()
+    })
+    .await
+    .unwrap();
+    let url = format!("{}/api/v1/socket-server", stack.nginx_url());
+    let counts = flood(&url, 20_000, Duration::from_secs(10)).await;
+    println!("20,000 anonymous assigns from one address: {counts:?}");
+    let assigned = counts.get(&200).copied().unwrap_or(0);
+    let limited = counts.get(&429).copied().unwrap_or(0);
+    // Two registries, each allowing one address 100 unexpired reservations (10 s each; the
+    // flood outlasts the first ones by a little).
+    assert!(assigned <= 400, "one address reserved {assigned} slots");
+    assert!(
+        limited >= 19_000,
+        "the flood was refused with 429: {counts:?}"
+    );
+    assert_eq!(
+        counts.get(&503),
+        None,
+        "the cluster never ran out: {counts:?}"
+    );
+
+    // A real client (another address) gets a server and connects, at once.
+    let http = crate::client::http();
+    let assignment = assign(&http, &stack)
+        .await
+        .expect("a real client is assigned");
+    let mut client = WsClient::connect(&assignment.url, &token_for(&stack, "real-user"))
+        .await
+        .expect("and connects");
+    assert!(client.ping_pong().await);
+
+    // The refusal is the documented error.
+    let resp = flood_client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_floods_and_device_hoarding_are_refused_without_harming_others() {
+    let stack = Stack::start(StackOptions {
+        extra_env: production_limits(),
+        ..StackOptions::without_messaging()
+    })
+    .await
+    .unwrap();
+    let server = &stack.socket_servers[0];
+    let ws = server.ws_url();
+    // Upgrade attempts from one address (plain GETs: the limit is checked before anything
+    // else, so a refused one costs no signature check).
+    let http_url = format!(
+        "{}?token={}",
+        ws.replacen("ws://", "http://", 1),
+        token_for(&stack, "flooder")
+    );
+    let counts = flood(&http_url, 1_000, Duration::from_secs(2)).await;
+    println!("1,000 upgrade attempts in 2 s from one address: {counts:?}");
+    let limited = counts.get(&429).copied().unwrap_or(0);
+    assert!(limited >= 800, "upgrade flood refused with 429: {counts:?}");
+
+    // Another address connects normally meanwhile.
+    let mut other = WsClient::connect(&ws, &token_for(&stack, "bystander"))
+        .await
+        .expect("another address connects");
+    assert!(other.ping_pong().await);
+
+    // One user may hold 10 devices on a server; the 11th is refused with 429.
+    let token = token_for(&stack, "hoarder");
+    let mut devices = Vec::new();
+    for _ in 0..10 {
+        devices.push(WsClient::connect(&ws, &token).await.expect("devices 1-10"));
+    }
+    match WsClient::try_connect(&format!("{ws}?token={token}"), None).await {
+        Ok(Connect::Refused(status, body)) => {
+            assert_eq!(status, 429, "{body}");
+            assert!(body.contains("rate_limited"), "{body}");
+        }
+        Ok(Connect::Open(_)) => panic!("an 11th device was accepted"),
+        Err(e) => panic!("connect failed: {e}"),
+    }
+    // Leaving frees a place.
+    devices.pop().unwrap().close().await;
+    let freed = crate::client::eventually(Duration::from_secs(5), || {
+        let (ws, token) = (ws.clone(), token.clone());
+        async move { WsClient::connect(&ws, &token).await.is_ok() }
+    })
+    .await;
+    assert!(freed, "a device may connect again once another left");
+}
