@@ -106,7 +106,7 @@ impl Application {
             .with_check("redis", redis.readiness_check());
         let state = web::Data::new(AppState {
             store,
-            tokens: TokenKeys::new(config.common.jwt_secret.as_bytes()),
+            tokens: config.common.token_keys(),
             cache: membership_cache::MembershipCache::new(redis),
             settled,
             config,

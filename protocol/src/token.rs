@@ -1,6 +1,18 @@
-//! HS256 JWTs (SPEC section 2). The token's `sub` is the only source of a user's identity.
+//! Client JWTs (SPEC section 2). The token's `sub` is the only source of a user's identity.
+//!
+//! Two kinds of key verify a token:
+//! - the shared HS256 secret (`SB_JWT_SECRET`), which also mints dev tokens;
+//! - optionally an identity provider's public keys (RS256 or ES256, by `kid`), loaded from its
+//!   JWKS ([`TokenKeys::set_jwks`]; service-kit keeps them fresh from `SB_JWT_JWKS_URL`).
+//!
+//! Besides the signature, [`TokenPolicy`] says what a token must carry: `exp` (and `nbf` when
+//! present) within a small leeway, and the configured `iss` and `aud`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -9,12 +21,39 @@ pub struct Claims {
     pub sub: String,
     pub exp: i64,
     pub iat: i64,
+    /// Issuer; required to match when `SB_JWT_ISSUER` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience; required to match when `SB_JWT_AUDIENCE` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Not before (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+}
+
+impl Claims {
+    /// Claims for `sub` with only the required fields.
+    pub fn new(sub: &str, exp: i64, iat: i64) -> Self {
+        Claims {
+            sub: sub.to_owned(),
+            exp,
+            iat,
+            iss: None,
+            aud: None,
+            nbf: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token was issued by another issuer or for another audience")]
+    NotForUs,
     #[error("token is malformed or wrongly signed")]
     Invalid,
     #[error("user id must match [A-Za-z0-9_.-]{{1,64}}")]
@@ -29,27 +68,105 @@ pub fn is_valid_user_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// Signs and verifies tokens with one shared secret. Cheap to clone.
+/// What a token must carry besides a good signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// `iss` must equal this (`SB_JWT_ISSUER`); minted tokens carry it.
+    pub issuer: Option<String>,
+    /// `aud` must contain this (`SB_JWT_AUDIENCE`); minted tokens carry it.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (`SB_JWT_LEEWAY_SECS`).
+    pub leeway_secs: u64,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        TokenPolicy {
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// An identity provider's public key.
+#[derive(Clone)]
+struct PublicKey {
+    key: DecodingKey,
+    algorithm: Algorithm,
+}
+
+/// Signs and verifies tokens. Cheap to clone; clones share the JWKS keys.
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    secret: DecodingKey,
+    policy: TokenPolicy,
+    jwks: Arc<RwLock<HashMap<String, PublicKey>>>,
 }
 
 impl TokenKeys {
+    /// The shared secret with the default policy (no `iss`/`aud`, 30 s leeway).
     pub fn new(secret: &[u8]) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self::with_policy(secret, TokenPolicy::default())
+    }
+
+    pub fn with_policy(secret: &[u8], policy: TokenPolicy) -> Self {
         TokenKeys {
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
+            secret: DecodingKey::from_secret(secret),
+            policy,
+            jwks: Arc::new(RwLock::new(HashMap::new())),
         }
     }
 
-    /// Mints a token for `user_id` valid for `ttl`.
+    /// Replaces the identity provider's keys with the RS256/ES256 keys of `set` that have a
+    /// `kid`; answers how many were taken (others are skipped: unsupported or unusable).
+    pub fn set_jwks(&self, set: &JwkSet) -> usize {
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let algorithm = match (&jwk.algorithm, jwk.common.key_algorithm) {
+                (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
+                (AlgorithmParameters::EllipticCurve(ec), None | Some(KeyAlgorithm::ES256))
+                    if ec.curve == EllipticCurve::P256 =>
+                {
+                    Algorithm::ES256
+                }
+                _ => continue,
+            };
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(kid, PublicKey { key, algorithm });
+            }
+        }
+        let taken = keys.len();
+        *self.jwks.write().expect("jwks lock") = keys;
+        taken
+    }
+
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = self.policy.leeway_secs;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &self.policy.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        match &self.policy.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        validation
+    }
+
+    /// Mints a token for `user_id` valid for `ttl`, with the policy's `iss` and `aud`.
     pub fn mint(
         &self,
         user_id: &str,
@@ -61,21 +178,43 @@ impl TokenKeys {
         let now = Utc::now();
         let expires = now + ttl;
         let claims = Claims {
-            sub: user_id.to_owned(),
-            exp: expires.timestamp(),
-            iat: now.timestamp(),
+            iss: self.policy.issuer.clone(),
+            aud: self.policy.audience.clone(),
+            ..Claims::new(user_id, expires.timestamp(), now.timestamp())
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|_| TokenError::Invalid)?;
         Ok((token, expires))
     }
 
-    /// Checks signature, algorithm, expiry and the user-id rule; returns the user id.
+    /// Checks signature (the secret for HS256, the provider's key named by `kid` for RS256 and
+    /// ES256), expiry, `nbf`, `iss`, `aud` and the user-id rule; returns the user id.
     pub fn verify(&self, token: &str) -> Result<String, TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid,
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.secret.clone(),
+            Algorithm::RS256 | Algorithm::ES256 => {
+                let kid = header.kid.as_deref().ok_or(TokenError::Invalid)?;
+                let keys = self.jwks.read().expect("jwks lock");
+                match keys.get(kid) {
+                    Some(public) if public.algorithm == header.alg => public.key.clone(),
+                    _ => return Err(TokenError::Invalid),
+                }
+            }
+            _ => return Err(TokenError::Invalid),
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(header.alg))
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => TokenError::Expired,
+                    ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                    ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => TokenError::NotForUs,
+                    ErrorKind::MissingRequiredClaim(claim) if claim == "iss" || claim == "aud" => {
+                        TokenError::NotForUs
+                    }
+                    _ => TokenError::Invalid,
+                }
             })?;
         if !is_valid_user_id(&data.claims.sub) {
             return Err(TokenError::BadUserId);
@@ -83,7 +222,7 @@ impl TokenKeys {
         Ok(data.claims.sub)
     }
 
-    /// Signs arbitrary claims; for tests that need expired or odd tokens.
+    /// Signs arbitrary claims with the secret; for tests that need expired or odd tokens.
     pub fn sign_claims(&self, claims: &Claims) -> String {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .expect("HS256 signing does not fail")
@@ -108,11 +247,8 @@ mod tests {
         let (token, _) = other.mint("alice", chrono::Duration::hours(1)).unwrap();
         assert_eq!(keys.verify(&token), Err(TokenError::Invalid));
         let now = Utc::now().timestamp();
-        let expired = keys.sign_claims(&Claims {
-            sub: "alice".into(),
-            exp: now - 10,
-            iat: now - 100,
-        });
+        // Past the 30 s leeway.
+        let expired = keys.sign_claims(&Claims::new("alice", now - 40, now - 100));
         assert_eq!(keys.verify(&expired), Err(TokenError::Expired));
         assert_eq!(keys.verify("a.b.c"), Err(TokenError::Invalid));
     }

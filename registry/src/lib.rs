@@ -90,7 +90,7 @@ impl Application {
 
         let state = web::Data::new(AppState {
             directory,
-            tokens: TokenKeys::new(config.common.jwt_secret.as_bytes()),
+            tokens: config.common.token_keys(),
             assign_rate: IpRateLimiter::new(config.assign_rate_per_ip),
             reservations: IpLeases::new(
                 config.reservations_per_ip,

@@ -4,6 +4,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use switchboard_protocol::token::{TokenKeys, TokenPolicy};
+
 use crate::redis_sentinel::RedisConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,14 @@ where
         }
         _ => Ok(default),
     }
+}
+
+/// Reads a string variable; `None` when unset or empty.
+pub fn env_optional(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// Reads a string variable with a default.
@@ -71,6 +81,20 @@ pub struct CommonConfig {
     pub cluster_secret: String,
     /// Whether `POST /api/v1/dev/token` mints tokens (`SB_DEV_MODE`, off by default).
     pub dev_mode: bool,
+    /// What a client token must carry: `SB_JWT_ISSUER`, `SB_JWT_AUDIENCE` (both unset by
+    /// default: not checked) and `SB_JWT_LEEWAY_SECS` (default 30).
+    pub token_policy: TokenPolicy,
+    /// An identity provider's JWKS (`SB_JWT_JWKS_URL`, unset by default), whose RS256/ES256
+    /// keys verify tokens beside the HS256 secret; refreshed every `SB_JWT_JWKS_REFRESH_SECS`
+    /// (default 300).
+    pub jwks: Option<JwksSource>,
+}
+
+/// Where an identity provider publishes its keys.
+#[derive(Debug, Clone)]
+pub struct JwksSource {
+    pub url: String,
+    pub refresh: Duration,
 }
 
 /// The published defaults of the secrets: fine for a demo, never for a deployment.
@@ -88,10 +112,40 @@ impl CommonConfig {
             jwt_secret: env_string("SB_JWT_SECRET", DEFAULT_JWT_SECRET),
             cluster_secret: env_string("SB_CLUSTER_SECRET", DEFAULT_CLUSTER_SECRET),
             dev_mode: env_bool("SB_DEV_MODE", false)?,
+            token_policy: TokenPolicy {
+                issuer: env_optional("SB_JWT_ISSUER"),
+                audience: env_optional("SB_JWT_AUDIENCE"),
+                leeway_secs: env_or("SB_JWT_LEEWAY_SECS", 30)?,
+            },
+            jwks: env_optional("SB_JWT_JWKS_URL")
+                .map(|url| -> Result<JwksSource, ConfigError> {
+                    Ok(JwksSource {
+                        url,
+                        refresh: Duration::from_secs(env_or("SB_JWT_JWKS_REFRESH_SECS", 300)?),
+                    })
+                })
+                .transpose()?,
         };
         check_secret("SB_JWT_SECRET", &config.jwt_secret, config.dev_mode)?;
         check_secret("SB_CLUSTER_SECRET", &config.cluster_secret, config.dev_mode)?;
         Ok(config)
+    }
+}
+
+impl CommonConfig {
+    /// The keys that verify client tokens: the secret and the policy, and with a JWKS source
+    /// the provider's keys, kept fresh by a task that lives as long as the process (call
+    /// inside the runtime).
+    pub fn token_keys(&self) -> TokenKeys {
+        let keys = TokenKeys::with_policy(self.jwt_secret.as_bytes(), self.token_policy.clone());
+        if let Some(source) = &self.jwks {
+            tokio::spawn(crate::jwks::keep_fresh(
+                source.clone(),
+                keys.clone(),
+                tokio_util::sync::CancellationToken::new(),
+            ));
+        }
+        keys
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod http;
+pub mod jwks;
 pub mod limits;
 pub mod ops;
 pub mod redis_sentinel;

@@ -206,7 +206,7 @@ impl Application {
         let state = Arc::new(ServerState {
             manager,
             manager_ready: AtomicBool::new(false),
-            tokens: TokenKeys::new(config.common.jwt_secret.as_bytes()),
+            tokens: config.common.token_keys(),
             connects: switchboard_service_kit::limits::IpRateLimiter::new(config.connects_per_ip),
             hub: hub::Hub::new(),
             directory: ServerDirectory::new(redis.clone()),

@@ -47,6 +47,8 @@ pub async fn ws_entry(
         state.metrics.auth_failures.inc();
         let message = match e {
             TokenError::Expired => "token has expired",
+            TokenError::NotYetValid => "token is not valid yet",
+            TokenError::NotForUs => "token was issued by another issuer or for another audience",
             TokenError::Invalid => "token is malformed or wrongly signed",
             TokenError::BadUserId => "token subject is not a valid user id",
         };

@@ -30,11 +30,7 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
     let url = stack.socket_servers[0].ws_url();
     let now = chrono::Utc::now().timestamp();
     let keys = TokenKeys::new(stack.jwt_secret().as_bytes());
-    let expired = keys.sign_claims(&Claims {
-        sub: "alice".into(),
-        exp: now - 60,
-        iat: now - 120,
-    });
+    let expired = keys.sign_claims(&Claims::new("alice", now - 60, now - 120));
     let wrongly_signed = TokenKeys::new(b"not-the-secret")
         .mint("alice", chrono::Duration::hours(1))
         .unwrap()
@@ -260,4 +256,162 @@ async fn websocket_upgrades_from_foreign_origins_are_refused() {
     assert_eq!(attempt(Some("https://evil.example")).await, 403);
     assert_eq!(attempt(Some("https://chat.example.com")).await, 101);
     assert_eq!(attempt(None).await, 101, "not a browser: not checked");
+}
+
+/// Serves `body` as JSON to every request on a loopback port (a stand-in identity provider's
+/// JWKS endpoint); answers its URL.
+async fn serve_json(body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+/// A team plugs in its identity provider: RS256/ES256 tokens verified with the provider's
+/// JWKS, `iss` and `aud` enforced, on the WebSocket and on the REST API alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identity_provider_tokens_are_verified_with_its_jwks_and_policy() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let jwks_url = serve_json(include_str!("../../../protocol/tests/fixtures/jwks.json")).await;
+    let env = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let stack = Stack::start(StackOptions {
+        socket_servers: 1,
+        extra_env: vec![
+            env("SB_JWT_JWKS_URL", &jwks_url),
+            env("SB_JWT_ISSUER", "https://idp.example.com/"),
+            env("SB_JWT_AUDIENCE", "switchboard"),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let sign = |algorithm: Algorithm, kid: &str, sub: &str, iss: &str, aud: &str| {
+        let key = match algorithm {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(include_bytes!(
+                "../../../protocol/tests/fixtures/rsa-private.pem"
+            ))
+            .unwrap(),
+            _ => EncodingKey::from_ec_pem(include_bytes!(
+                "../../../protocol/tests/fixtures/ec-private.pem"
+            ))
+            .unwrap(),
+        };
+        let mut header = Header::new(algorithm);
+        header.kid = Some(kid.into());
+        let claims = Claims {
+            iss: Some(iss.into()),
+            aud: Some(aud.into()),
+            ..Claims::new(sub, now + 600, now)
+        };
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    let issuer = "https://idp.example.com/";
+    let rs = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        "idp-alice",
+        issuer,
+        "switchboard",
+    );
+    let ws = stack.socket_servers[0].ws_url();
+    // The keys load in the background at start.
+    let connected = eventually(Duration::from_secs(10), || {
+        let (ws, rs) = (ws.clone(), rs.clone());
+        async move { WsClient::connect(&ws, &rs).await.is_ok() }
+    })
+    .await;
+    assert!(
+        connected,
+        "an RS256 token from the provider opens a WebSocket"
+    );
+
+    // REST through nginx takes an ES256 token of the same provider.
+    let es = sign(Algorithm::ES256, "ec-1", "idp-bob", issuer, "switchboard");
+    let http = crate::client::http();
+    let (status, body) = api(
+        &http,
+        &stack,
+        &es,
+        reqwest::Method::GET,
+        "/api/v1/conversations",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Another audience or issuer, or a key the provider does not publish: 401 before the
+    // upgrade, with the reason.
+    for (token, reason) in [
+        (
+            sign(Algorithm::RS256, "rsa-1", "idp-eve", issuer, "another-app"),
+            "audience",
+        ),
+        (
+            sign(
+                Algorithm::RS256,
+                "rsa-1",
+                "idp-eve",
+                "https://evil.example.com/",
+                "switchboard",
+            ),
+            "issuer",
+        ),
+        (
+            sign(Algorithm::RS256, "rsa-9", "idp-eve", issuer, "switchboard"),
+            "wrongly signed",
+        ),
+    ] {
+        match WsClient::try_connect(&format!("{ws}?token={token}"), None)
+            .await
+            .unwrap()
+        {
+            Connect::Refused(status, body) => {
+                assert_eq!(status, 401, "{body}");
+                assert!(body.contains(reason), "{reason}: {body}");
+            }
+            Connect::Open(_) => panic!("a token naming {reason} was accepted"),
+        }
+        let (status, _) = api(
+            &http,
+            &stack,
+            &token,
+            reqwest::Method::GET,
+            "/api/v1/conversations",
+            None,
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    // The cluster's own HS256 tokens now need the issuer and audience too.
+    let bare = TokenKeys::new(stack.jwt_secret().as_bytes())
+        .mint("carol", chrono::Duration::minutes(5))
+        .unwrap()
+        .0;
+    let (status, _) = api(
+        &http,
+        &stack,
+        &bare,
+        reqwest::Method::GET,
+        "/api/v1/conversations",
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
 }
