@@ -16,7 +16,7 @@
   const BACKOFF_MAX_MS = 10000;
   const TYPING_SEND_EVERY_MS = 2000;
   const TYPING_SHOW_MS = 3000;
-  const USER_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+  const USER_RE = /^[A-Za-z0-9_.|@+-]{1,128}$/;
 
   // ---------------------------------------------------------------- state
   const state = {

@@ -56,16 +56,33 @@ pub enum TokenError {
     NotForUs,
     #[error("token is malformed or wrongly signed")]
     Invalid,
-    #[error("user id must match [A-Za-z0-9_.-]{{1,64}}")]
+    #[error("user id must match [A-Za-z0-9_.|@+-]{{1,128}}")]
     BadUserId,
 }
 
-/// `[A-Za-z0-9_.-]{1,64}`.
+/// `[A-Za-z0-9_.|@+-]{1,128}`: the SPEC's `[A-Za-z0-9_.-]{1,64}` widened so identity
+/// providers' subjects fit (`auth0|5f7c8e`, `google-oauth2|1234`, `ann@example.com`,
+/// `ann+work@example.com`). Never `:` (it separates the parts of Redis keys), `/`, `%`, `?`,
+/// `#`, whitespace or controls; in a URL path, percent-encode it ([`path_segment`]).
 pub fn is_valid_user_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'|' | b'@' | b'+')
+        })
+}
+
+/// `text` percent-encoded for one URL path segment: everything but RFC 3986's unreserved
+/// characters is encoded, so an id can never change which route a URL names.
+pub fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// What a token must carry besides a good signature.
@@ -256,9 +273,19 @@ mod tests {
     #[test]
     fn user_id_rule() {
         assert!(is_valid_user_id("a.b-c_9"));
+        for provider_subject in ["auth0|5f7c8ec7c33c6c004bbafe82", "ann+work@example.com"] {
+            assert!(is_valid_user_id(provider_subject), "{provider_subject}");
+        }
+        assert!(is_valid_user_id(&"x".repeat(128)));
         assert!(!is_valid_user_id(""));
-        assert!(!is_valid_user_id("has space"));
-        assert!(!is_valid_user_id(&"x".repeat(65)));
+        assert!(!is_valid_user_id(&"x".repeat(129)));
+        for bad in ["has space", "a:b", "a/b", "a%2Fb", "a?b", "a#b", "\u{0}"] {
+            assert!(!is_valid_user_id(bad), "{bad}");
+        }
+        assert_eq!(
+            path_segment("auth0|x@y+z/../w"),
+            "auth0%7Cx%40y%2Bz%2F..%2Fw"
+        );
         let keys = TokenKeys::new(b"s");
         assert_eq!(
             keys.mint("bad id", chrono::Duration::hours(1)),

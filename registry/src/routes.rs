@@ -197,7 +197,7 @@ async fn dev_token(
     }
     if !is_valid_user_id(&body.user_id) {
         return Err(ApiError::bad_request(
-            "user_id must match [A-Za-z0-9_.-]{1,64}",
+            "user_id must match [A-Za-z0-9_.|@+-]{1,128}",
         ));
     }
     let ttl = chrono::Duration::seconds(state.config.dev_token_ttl_secs);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
+use switchboard_protocol::token::path_segment;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 
 #[derive(Clone)]
@@ -88,7 +89,8 @@ impl Members {
         }
         let found: Contacts = self
             .get_internal(&format!(
-                "/internal/v1/users/{user}/contacts?max_group={max_group}"
+                "/internal/v1/users/{}/contacts?max_group={max_group}",
+                path_segment(user)
             ))
             .await?;
         Ok(found.contacts)

@@ -647,3 +647,58 @@ async fn group_roles_limit_who_manages_members_and_removals_take_effect_at_once(
     assert_eq!(body["roles"]["bob"], "owner");
     assert!(body["roles"].get("alice").is_none());
 }
+
+/// Identity providers' subjects (`auth0|…`, e-mail addresses) are user ids: they chat, and
+/// they travel percent-encoded in URL paths, public and internal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identity_provider_user_ids_chat_and_are_escaped_in_paths() {
+    let stack = chat_stack().await;
+    let http = http();
+    let (owner, provider_user) = ("ann+work@example.com", "auth0|5f7c8ec7c33c6c004bbafe82");
+    let group = create_conversation(
+        &http,
+        &stack,
+        &token_for(&stack, owner),
+        json!({"kind":"group","name":"idp","members":[provider_user]}),
+    )
+    .await;
+    let mut device = WsClient::connect(
+        &stack.socket_servers[1].ws_url(),
+        &token_for(&stack, provider_user),
+    )
+    .await
+    .unwrap();
+    device.send_message(&group, "p1", "hello from auth0").await;
+    let frames = device
+        .collect_until(WAIT, |fs| {
+            fs.iter().any(|f| matches!(f, ServerFrame::Sent { .. }))
+        })
+        .await;
+    assert!(
+        frames.iter().any(|f| matches!(f, ServerFrame::Sent { .. })),
+        "{frames:?}"
+    );
+    let (status, body) = api(
+        &http,
+        &stack,
+        &token_for(&stack, owner),
+        Method::DELETE,
+        &format!("/api/v1/conversations/{group}/members/auth0%7C5f7c8ec7c33c6c004bbafe82"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = api(
+        &http,
+        &stack,
+        &token_for(&stack, owner),
+        Method::POST,
+        &format!("/api/v1/conversations/{group}/members"),
+        Some(json!({"user_id":"has:colon"})),
+    )
+    .await;
+    assert_eq!(
+        status, 400,
+        "':' never becomes part of a user id (it splits Redis keys)"
+    );
+}
