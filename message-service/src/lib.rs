@@ -104,6 +104,7 @@ impl Application {
                 }),
             )
             .with_check("redis", redis.readiness_check());
+        let config_origins = config.common.allowed_origins.clone();
         let state = web::Data::new(AppState {
             store,
             tokens: config.common.token_keys(),
@@ -111,10 +112,11 @@ impl Application {
             settled,
             config,
         });
-        let server = http::serve_json_api(ops, listener, 1024 * 1024, move |cfg| {
-            cfg.app_data(state.clone());
-            routes::configure(cfg);
-        })?;
+        let server =
+            http::serve_json_api(ops, listener, 1024 * 1024, &config_origins, move |cfg| {
+                cfg.app_data(state.clone());
+                routes::configure(cfg);
+            })?;
         Ok(Application {
             port,
             server,

@@ -88,6 +88,7 @@ impl Application {
         let ops = Ops::new("registry").with_check("redis", redis.readiness_check());
         ops.register(&assignments);
 
+        let config_origins = config.common.allowed_origins.clone();
         let state = web::Data::new(AppState {
             directory,
             tokens: config.common.token_keys(),
@@ -99,7 +100,7 @@ impl Application {
             config,
             assignments,
         });
-        let server = http::serve_json_api(ops, listener, 64 * 1024, move |cfg| {
+        let server = http::serve_json_api(ops, listener, 64 * 1024, &config_origins, move |cfg| {
             cfg.app_data(state.clone());
             routes::configure(cfg);
         })?;

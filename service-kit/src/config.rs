@@ -88,6 +88,13 @@ pub struct CommonConfig {
     /// keys verify tokens beside the HS256 secret; refreshed every `SB_JWT_JWKS_REFRESH_SECS`
     /// (default 300).
     pub jwks: Option<JwksSource>,
+    /// Browser origins allowed in (`SB_ALLOWED_ORIGINS`, comma separated, e.g.
+    /// `https://chat.example.com`, or `*`). Empty (the default): WebSocket upgrades from any
+    /// origin, and no CORS headers on the REST API (same-origin pages only). Set: a browser
+    /// page from another origin can neither open a WebSocket (403 `forbidden`, so a foreign
+    /// page cannot use a visitor's token) nor read REST answers (no CORS grant). Requests
+    /// without an `Origin` header are not from a browser page and are not checked.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Where an identity provider publishes its keys.
@@ -125,6 +132,11 @@ impl CommonConfig {
                     })
                 })
                 .transpose()?,
+            allowed_origins: env_string("SB_ALLOWED_ORIGINS", "")
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
         };
         check_secret("SB_JWT_SECRET", &config.jwt_secret, config.dev_mode)?;
         check_secret("SB_CLUSTER_SECRET", &config.cluster_secret, config.dev_mode)?;

@@ -88,13 +88,19 @@ pub fn serve_json_api<F>(
     ops: crate::ops::Ops,
     listener: std::net::TcpListener,
     body_limit: usize,
+    allowed_origins: &[String],
     configure: F,
 ) -> std::io::Result<actix_web::dev::Server>
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
+    let allowed_origins = allowed_origins.to_vec();
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
+            .wrap(actix_web::middleware::Condition::new(
+                !allowed_origins.is_empty(),
+                cors(&allowed_origins),
+            ))
             .wrap_fn(crate::ops::timed(ops.clone()))
             .app_data(json_config(body_limit))
             .app_data(query_config())
@@ -109,6 +115,22 @@ where
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// CORS for the REST API: the allowed origins (or any, for `*`) may call it with a bearer
+/// token from a browser page; preflights are answered, other origins get no grant.
+fn cors(allowed_origins: &[String]) -> actix_cors::Cors {
+    use actix_web::http::header;
+    let cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "DELETE"])
+        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(600);
+    if allowed_origins.iter().any(|o| o == "*") {
+        return cors.allow_any_origin();
+    }
+    allowed_origins
+        .iter()
+        .fold(cors, |cors, origin| cors.allowed_origin(origin))
 }
 
 /// Cluster-only routes (registration, the managers' and message service's internal APIs)

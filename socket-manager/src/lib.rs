@@ -209,6 +209,7 @@ impl Application {
             config.user_mapping_ttl_ms,
             config.handler_ttl_ms,
         );
+        let config_origins = config.common.allowed_origins.clone();
         let state = web::Data::new(AppState {
             sequencer: sequencer::Sequencer {
                 members: members::Members::new(
@@ -236,10 +237,16 @@ impl Application {
             config,
         });
         let app_state = state.clone();
-        let server = http::serve_json_api(ops, listener, 16 * 1024 * 1024, move |cfg| {
-            cfg.app_data(app_state.clone());
-            routes::configure(cfg);
-        })?;
+        let server = http::serve_json_api(
+            ops,
+            listener,
+            16 * 1024 * 1024,
+            &config_origins,
+            move |cfg| {
+                cfg.app_data(app_state.clone());
+                routes::configure(cfg);
+            },
+        )?;
         Ok(Application {
             port,
             server,

@@ -65,11 +65,6 @@ pub struct SocketServerConfig {
     /// default 10): shorter delivers sooner, longer spares the broker (tansu answers an empty
     /// fetch only when the wait is over, and queries its storage for each).
     pub delivery_fetch_wait_ms: u64,
-    /// Browser origins allowed to open a WebSocket (`SB_ALLOWED_ORIGINS`, comma separated,
-    /// e.g. `https://chat.example.com`; empty: any). A request without an `Origin` header is
-    /// not from a browser page and is not checked; a browser on another origin is refused
-    /// (403 `forbidden`), so a foreign page cannot use a visitor's token.
-    pub allowed_origins: Vec<String>,
     pub kafka: switchboard_message_log::KafkaConfig,
 }
 
@@ -115,11 +110,6 @@ impl SocketServerConfig {
             handler_heartbeat: env_millis("SB_HANDLER_HEARTBEAT_MS", 2_000)?,
             mapping_renew: env_millis("SB_MAPPING_RENEW_MS", 300_000)?,
             delivery_fetch_wait_ms: env_or("SB_DELIVERY_FETCH_WAIT_MS", 10)?,
-            allowed_origins: env_string("SB_ALLOWED_ORIGINS", "")
-                .split(',')
-                .map(|o| o.trim().trim_end_matches('/').to_owned())
-                .filter(|o| !o.is_empty())
-                .collect(),
             kafka: switchboard_message_log::KafkaConfig::from_env()?,
         })
     }

@@ -56,7 +56,7 @@ pub async fn ws_entry(
     })?;
     if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
-        if !origin_allowed(&state.config.allowed_origins, origin) {
+        if !origin_allowed(&state.config.common.allowed_origins, origin) {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
                 format!("origin {origin:?} may not open a WebSocket here (SB_ALLOWED_ORIGINS)"),

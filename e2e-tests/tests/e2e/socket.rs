@@ -256,6 +256,43 @@ async fn websocket_upgrades_from_foreign_origins_are_refused() {
     assert_eq!(attempt(Some("https://evil.example")).await, 403);
     assert_eq!(attempt(Some("https://chat.example.com")).await, 101);
     assert_eq!(attempt(None).await, 101, "not a browser: not checked");
+
+    // The REST API (through nginx) grants CORS to the same origins only.
+    let http = crate::client::http();
+    let url = format!("{}/api/v1/socket-servers", stack.nginx_url());
+    let grant = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://chat.example.com")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(grant(&preflight).as_deref(), Some("https://chat.example.com"));
+    let allowed = http
+        .get(&url)
+        .header("origin", "https://chat.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(grant(&allowed).as_deref(), Some("https://chat.example.com"));
+    for method in [reqwest::Method::GET, reqwest::Method::OPTIONS] {
+        let foreign = http
+            .request(method.clone(), &url)
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "GET")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(grant(&foreign), None, "{method} from a foreign origin");
+    }
 }
 
 /// Serves `body` as JSON to every request on a loopback port (a stand-in identity provider's
