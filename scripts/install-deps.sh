@@ -12,7 +12,8 @@ command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
-# Only `docker-compose config` (validating docker-compose.yml in the tests); no Docker engine.
+# `docker-compose config` validates docker-compose.yml in the tests; scripts/compose-smoke.sh
+# installs the Docker engine (docker.io) and debootstrap itself when it runs the stack.
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # The nemesis partition test cuts one socket server off the network (test-support/src/netcut.rs).
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
