@@ -214,7 +214,8 @@ build() { # build TAG DOCKERFILE CONTEXT [ARGS...]
 mkdir -p "$WORK/bin/out"
 
 # switchboard:local: the Dockerfile's runtime stage, binaries from the host build.
-for b in $BINS; do cp "$BIN_DIR/$b" "$WORK/bin/out/"; done
+# Stripped: vfs copies the image for every container, and debug info is most of a binary.
+for b in $BINS; do cp "$BIN_DIR/$b" "$WORK/bin/out/" && strip "$WORK/bin/out/$b"; done
 printf 'FROM scratch\nCOPY out/ /out/\n' >"$WORK/bin/Dockerfile"
 build switchboard-offline/binaries:local "$WORK/bin/Dockerfile" "$WORK/bin"
 log "building switchboard:local (Dockerfile, target runtime)"

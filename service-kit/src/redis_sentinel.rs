@@ -16,7 +16,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisError};
 
-use crate::config::{env_millis, env_string, ConfigError};
+use crate::config::{env_millis, env_optional, env_string, ConfigError};
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -28,6 +28,54 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Upper bound on one command, connection included (`SB_REDIS_TIMEOUT_MS`).
     pub command_timeout: Duration,
+    /// Credentials for the Redis servers: `SB_REDIS_USERNAME` (an ACL user; unset: the
+    /// default user) and `SB_REDIS_PASSWORD` (unset: no `AUTH`).
+    pub auth: RedisAuth,
+    /// Credentials for the Sentinels (`SB_REDIS_SENTINEL_USERNAME`,
+    /// `SB_REDIS_SENTINEL_PASSWORD`; unset: the Redis servers' password, as Sentinels
+    /// configured with `requirepass` usually share it).
+    pub sentinel_auth: RedisAuth,
+}
+
+/// A Redis username and password; the password never appears in `Debug` output.
+#[derive(Clone, Default)]
+pub struct RedisAuth {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl RedisAuth {
+    /// Connection details for `host:port` with these credentials.
+    fn connection_info(&self, host: &str, port: u16) -> redis::ConnectionInfo {
+        redis::ConnectionInfo {
+            addr: redis::ConnectionAddr::Tcp(host.to_owned(), port),
+            redis: redis::RedisConnectionInfo {
+                username: self.username.clone(),
+                password: self.password.clone(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// `host:port` split, for a Sentinel address from the config.
+fn host_port(addr: &str) -> Result<(String, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("{addr:?} has no valid port"))?;
+    Ok((host.trim_matches(|c| c == '[' || c == ']').to_owned(), port))
 }
 
 impl RedisConfig {
@@ -44,6 +92,15 @@ impl RedisConfig {
             master_name: env_string("SB_REDIS_MASTER_NAME", "switchboard"),
             key_prefix: env_string("SB_REDIS_PREFIX", "sb:"),
             command_timeout: env_millis("SB_REDIS_TIMEOUT_MS", 1500)?,
+            auth: RedisAuth {
+                username: env_optional("SB_REDIS_USERNAME"),
+                password: env_optional("SB_REDIS_PASSWORD"),
+            },
+            sentinel_auth: RedisAuth {
+                username: env_optional("SB_REDIS_SENTINEL_USERNAME"),
+                password: env_optional("SB_REDIS_SENTINEL_PASSWORD")
+                    .or_else(|| env_optional("SB_REDIS_PASSWORD")),
+            },
         })
     }
 }
@@ -68,7 +125,12 @@ struct Inner {
     master: Mutex<Option<(String, u16)>>,
     /// Serialises re-resolution so a burst of failures triggers one lookup, not hundreds.
     resolving: tokio::sync::Mutex<()>,
+    /// When "no master reachable" was last logged (at most one line per [`UNREACHABLE_LOG_EVERY`]).
+    unreachable_logged: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a Redis that stays unreachable (or refuses our credentials) is logged.
+const UNREACHABLE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The shared connection, the generation it belongs to, and the master's replication id.
 #[derive(Clone)]
@@ -101,6 +163,7 @@ impl SentinelRedis {
                 generation: AtomicU64::new(0),
                 master: Mutex::new(None),
                 resolving: tokio::sync::Mutex::new(()),
+                unreachable_logged: Mutex::new(None),
             }),
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -255,10 +318,17 @@ impl SentinelRedis {
         if let Some(found) = self.cached() {
             return Ok(found);
         }
-        let (conn, replid) =
-            tokio::time::timeout(self.inner.config.command_timeout * 2, self.resolve())
-                .await
-                .map_err(|_| StoreError::Unavailable("resolving the master timed out".into()))??;
+        let resolved = tokio::time::timeout(self.inner.config.command_timeout * 2, self.resolve())
+            .await
+            .map_err(|_| StoreError::Unavailable("resolving the master timed out".into()))
+            .and_then(|r| r);
+        let (conn, replid) = match resolved {
+            Ok(found) => found,
+            Err(e) => {
+                self.log_unreachable(&e);
+                return Err(e);
+            }
+        };
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let live = Live {
             generation,
@@ -267,6 +337,24 @@ impl SentinelRedis {
         };
         *self.inner.current.lock().expect("redis handle lock") = Some(live.clone());
         Ok(live)
+    }
+
+    fn log_unreachable(&self, error: &StoreError) {
+        let mut last = self
+            .inner
+            .unreachable_logged
+            .lock()
+            .expect("redis handle lock");
+        if last.is_some_and(|at| at.elapsed() < UNREACHABLE_LOG_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        tracing::error!(
+            error = %error,
+            sentinels = ?self.inner.config.sentinels,
+            master_name = %self.inner.config.master_name,
+            "no Redis master reachable"
+        );
     }
 
     fn cached(&self) -> Option<Live> {
@@ -283,14 +371,17 @@ impl SentinelRedis {
         let mut last_error = String::from("no sentinels configured");
         for sentinel in &self.inner.config.sentinels {
             match self.ask_sentinel(sentinel).await {
-                Ok((host, port)) => match connect_master(&host, port).await {
-                    Ok((conn, replid)) => {
-                        tracing::info!(%host, port, %replid, "connected to redis master");
-                        *self.inner.master.lock().expect("redis handle lock") = Some((host, port));
-                        return Ok((conn, replid));
+                Ok((host, port)) => {
+                    match connect_master(&self.inner.config.auth, &host, port).await {
+                        Ok((conn, replid)) => {
+                            tracing::info!(%host, port, %replid, "connected to redis master");
+                            *self.inner.master.lock().expect("redis handle lock") =
+                                Some((host, port));
+                            return Ok((conn, replid));
+                        }
+                        Err(e) => last_error = format!("master {host}:{port}: {e}"),
                     }
-                    Err(e) => last_error = format!("master {host}:{port}: {e}"),
-                },
+                }
                 Err(e) => last_error = format!("sentinel {sentinel}: {e}"),
             }
         }
@@ -298,7 +389,12 @@ impl SentinelRedis {
     }
 
     async fn ask_sentinel(&self, sentinel: &str) -> Result<(String, u16), String> {
-        ask_sentinel(sentinel, &self.inner.config.master_name).await
+        ask_sentinel(
+            sentinel,
+            &self.inner.config.sentinel_auth,
+            &self.inner.config.master_name,
+        )
+        .await
     }
 }
 
@@ -324,7 +420,8 @@ async fn watch_master(inner: std::sync::Weak<Inner>) {
                 let conn = match sentinels.get(sentinel) {
                     Some(conn) => conn.clone(),
                     None => {
-                        let conn = sentinel_connection(sentinel).await?;
+                        let conn =
+                            sentinel_connection(sentinel, &inner.config.sentinel_auth).await?;
                         sentinels.insert(sentinel.clone(), conn.clone());
                         conn
                     }
@@ -355,16 +452,39 @@ async fn watch_master(inner: std::sync::Weak<Inner>) {
     }
 }
 
-async fn ask_sentinel(sentinel: &str, master_name: &str) -> Result<(String, u16), String> {
-    master_addr(sentinel_connection(sentinel).await?, master_name).await
+async fn ask_sentinel(
+    sentinel: &str,
+    auth: &RedisAuth,
+    master_name: &str,
+) -> Result<(String, u16), String> {
+    master_addr(sentinel_connection(sentinel, auth).await?, master_name).await
 }
 
-async fn sentinel_connection(sentinel: &str) -> Result<MultiplexedConnection, String> {
-    redis::Client::open(format!("redis://{sentinel}/"))
+async fn sentinel_connection(
+    sentinel: &str,
+    auth: &RedisAuth,
+) -> Result<MultiplexedConnection, String> {
+    let (host, port) = host_port(sentinel)?;
+    redis::Client::open(auth.connection_info(&host, port))
         .map_err(|e| e.to_string())?
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| explain_auth_error(e, "the Sentinel", "SB_REDIS_SENTINEL_PASSWORD"))
+}
+
+/// A connection error, with what to fix when it is about credentials.
+fn explain_auth_error(e: RedisError, whom: &str, setting: &str) -> String {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("wrongpass")
+        || lower.contains("noauth")
+        || lower.contains("invalid password")
+        || lower.contains("authentication")
+    {
+        format!("{whom} refused our credentials ({text}); check {setting}")
+    } else {
+        text
+    }
 }
 
 /// The master `master_name` as this Sentinel knows it.
@@ -381,13 +501,17 @@ async fn master_addr(
     addr.ok_or_else(|| format!("does not know master {master_name}"))
 }
 
-async fn connect_master(host: &str, port: u16) -> Result<(MultiplexedConnection, String), String> {
+async fn connect_master(
+    auth: &RedisAuth,
+    host: &str,
+    port: u16,
+) -> Result<(MultiplexedConnection, String), String> {
     let client =
-        redis::Client::open(format!("redis://{host}:{port}/")).map_err(|e| e.to_string())?;
+        redis::Client::open(auth.connection_info(host, port)).map_err(|e| e.to_string())?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| explain_auth_error(e, "the Redis master", "SB_REDIS_PASSWORD"))?;
     let role: redis::Value = redis::cmd("ROLE")
         .query_async(&mut conn)
         .await

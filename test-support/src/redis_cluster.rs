@@ -19,6 +19,11 @@ pub const FAILOVER_TIMEOUT_MS: u64 = 10_000;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The password of every Redis server and Sentinel these stacks start (`requirepass`), which
+/// the services get as `SB_REDIS_PASSWORD`: tests and the local stack run with Redis
+/// authentication on, as a deployment must.
+pub const REDIS_PASSWORD: &str = "switchboard-local-redis-password";
+
 /// The ports of one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisPorts {
@@ -62,7 +67,9 @@ pub fn redis_conf(port: u16, dir: &Path, replica_of: Option<u16>) -> String {
          repl-diskless-sync yes\n\
          repl-diskless-sync-delay 0\n\
          maxmemory 256mb\n\
-         maxmemory-policy noeviction\n",
+         maxmemory-policy noeviction\n\
+         requirepass {REDIS_PASSWORD}\n\
+         masterauth {REDIS_PASSWORD}\n",
         dir = dir.display()
     );
     if let Some(master) = replica_of {
@@ -84,7 +91,10 @@ pub fn sentinel_conf(port: u16, dir: &Path, master_port: u16) -> String {
          sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
          sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
          sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n\
-         sentinel parallel-syncs {MASTER_NAME} 1\n",
+         sentinel parallel-syncs {MASTER_NAME} 1\n\
+         sentinel auth-pass {MASTER_NAME} {REDIS_PASSWORD}\n\
+         requirepass {REDIS_PASSWORD}\n\
+         sentinel sentinel-pass {REDIS_PASSWORD}\n",
         dir = dir.display()
     )
 }
@@ -333,9 +343,10 @@ impl RedisSentinelCluster {
     }
 }
 
-/// A connection to `127.0.0.1:port` with 2 s connect and response timeouts.
+/// A connection to `127.0.0.1:port` (a server or a Sentinel, with [`REDIS_PASSWORD`]) with
+/// 2 s connect and response timeouts.
 pub async fn connect(port: u16) -> Result<MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let client = redis::Client::open(format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/"))?;
     let conn = client
         .get_multiplexed_async_connection_with_config(
             &redis::AsyncConnectionConfig::new()

@@ -627,6 +627,7 @@ fn common_env(sentinels: &str, jwt_secret: &str, cluster_secret: &str) -> Vec<(S
         kv("SB_REDIS_SENTINELS", sentinels),
         kv("SB_REDIS_MASTER_NAME", MASTER_NAME),
         kv("SB_REDIS_PREFIX", REDIS_PREFIX),
+        kv("SB_REDIS_PASSWORD", crate::redis_cluster::REDIS_PASSWORD),
         kv("SB_JWT_SECRET", jwt_secret),
         kv("SB_CLUSTER_SECRET", cluster_secret),
         kv("SB_DEV_MODE", "true"),

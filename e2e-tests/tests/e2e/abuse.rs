@@ -1,7 +1,8 @@
 //! Abuse limits, with the production defaults a test stack otherwise turns off: per-address
 //! rate limits on assignment and on WebSocket upgrades, a cap on one address's outstanding
 //! slot reservations, and a cap on one user's devices per server. The flood comes from
-//! 127.0.0.2 (still loopback), the real client from 127.0.0.1.
+//! 127.0.0.2 (still loopback), the real client from 127.0.0.1. And Redis itself: a password,
+//! and a service with the wrong one says so.
 
 use std::time::{Duration, Instant};
 
@@ -158,4 +159,106 @@ async fn upgrade_floods_and_device_hoarding_are_refused_without_harming_others()
     })
     .await;
     assert!(freed, "a device may connect again once another left");
+}
+
+/// Redis and the Sentinels require a password (`requirepass`, in every test stack and the
+/// local stack). A service given the wrong one stays unready and says why in its log,
+/// naming the setting to fix; the right one works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_the_wrong_redis_password_is_unready_and_says_why() {
+    use switchboard_test_support::redis_cluster::REDIS_PASSWORD;
+    use switchboard_test_support::{bin_path, free_port, ManagedProcess};
+
+    let stack = Stack::start(StackOptions {
+        socket_servers: 1,
+        registries: 1,
+        health_checkers: 1,
+        ..StackOptions::without_messaging()
+    })
+    .await
+    .unwrap();
+    // Without credentials nobody gets in.
+    let port = stack.redis.server_ports()[0];
+    let anonymous = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await;
+    let refused = match anonymous {
+        Err(_) => true,
+        Ok(mut conn) => redis::cmd("GET")
+            .arg("sb:anything")
+            .query_async::<Option<String>>(&mut conn)
+            .await
+            .is_err(),
+    };
+    assert!(refused, "Redis answers without a password");
+
+    let http = crate::client::http();
+    for (name, redis_password, sentinel_password, setting) in [
+        (
+            "wrong-redis-pw",
+            "not-the-password",
+            REDIS_PASSWORD,
+            "SB_REDIS_PASSWORD",
+        ),
+        (
+            "wrong-sentinel-pw",
+            REDIS_PASSWORD,
+            "not-the-password",
+            "SB_REDIS_SENTINEL_PASSWORD",
+        ),
+        ("right-pw", REDIS_PASSWORD, REDIS_PASSWORD, ""),
+    ] {
+        let port = free_port();
+        let mut env = stack.service_env();
+        env.extend([
+            ("SB_REGISTRY_BIND".to_owned(), format!("127.0.0.1:{port}")),
+            ("SB_REDIS_PASSWORD".to_owned(), redis_password.to_owned()),
+            (
+                "SB_REDIS_SENTINEL_PASSWORD".to_owned(),
+                sentinel_password.to_owned(),
+            ),
+        ]);
+        let process = ManagedProcess::spawn(
+            &format!("registry-{name}"),
+            bin_path("registry"),
+            &[] as &[&str],
+            &env,
+            stack.log_dir(),
+        )
+        .unwrap();
+        let ready_url = format!("http://127.0.0.1:{port}/ready");
+        let mut last = (0, String::new());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(resp) = http.get(&ready_url).send().await {
+                last = (
+                    resp.status().as_u16(),
+                    resp.text().await.unwrap_or_default(),
+                );
+                if setting.is_empty() && last.0 == 200 {
+                    break;
+                }
+                if !setting.is_empty() && last.0 == 503 && last.1.contains(setting) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if setting.is_empty() {
+            assert_eq!(last.0, 200, "the right password is ready: {}", last.1);
+            continue;
+        }
+        assert_eq!(last.0, 503, "{name}: {}", last.1);
+        assert!(
+            last.1.contains(setting),
+            "{name}: /ready names {setting}: {}",
+            last.1
+        );
+        let log = process.log_tail(50);
+        assert!(
+            log.contains("no Redis master reachable") && log.contains(setting),
+            "{name}: the log says why and what to fix:\n{log}"
+        );
+    }
 }

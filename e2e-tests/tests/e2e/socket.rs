@@ -274,7 +274,10 @@ async fn websocket_upgrades_from_foreign_origins_are_refused() {
         .await
         .unwrap();
     assert!(preflight.status().is_success(), "{}", preflight.status());
-    assert_eq!(grant(&preflight).as_deref(), Some("https://chat.example.com"));
+    assert_eq!(
+        grant(&preflight).as_deref(),
+        Some("https://chat.example.com")
+    );
     let allowed = http
         .get(&url)
         .header("origin", "https://chat.example.com")
