@@ -52,6 +52,10 @@ pub struct KafkaConfig {
     /// it answers every produce with an error until it is restarted (docs/broker.md). With
     /// Apache Kafka (docker-compose) it may be turned on.
     pub idempotence: bool,
+    /// Replicas of each topic the managers create (`SB_KAFKA_REPLICATION_FACTOR`, default 1
+    /// for the single local broker; 3 on a managed cluster, see docs/deploy.md). Topics that
+    /// already exist keep theirs.
+    pub replication_factor: i32,
 }
 
 impl KafkaConfig {
@@ -63,6 +67,10 @@ impl KafkaConfig {
             handler_topic_prefix: env_string("SB_HANDLER_TOPIC_PREFIX", "sb.handler."),
             linger_ms: switchboard_service_kit::config::env_or("SB_KAFKA_LINGER_MS", 2)?,
             idempotence: env_bool("SB_KAFKA_IDEMPOTENCE", false)?,
+            replication_factor: switchboard_service_kit::config::env_or(
+                "SB_KAFKA_REPLICATION_FACTOR",
+                1,
+            )?,
         })
     }
 
@@ -269,6 +277,7 @@ mod tests {
             handler_topic_prefix: "sb.handler.".into(),
             linger_ms: 5,
             idempotence: false,
+            replication_factor: 1,
         };
         assert_eq!(config.handler_topic("h1"), "sb.handler.h1");
     }

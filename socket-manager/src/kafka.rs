@@ -209,7 +209,11 @@ impl Kafka {
 
     /// Creates a topic; one that exists already is fine.
     pub async fn ensure_topic(&self, name: &str, partitions: i32) -> Result<(), KafkaFailure> {
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let topic = NewTopic::new(
+            name,
+            partitions,
+            TopicReplication::Fixed(self.config.replication_factor),
+        );
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
         let results = self
             .admin

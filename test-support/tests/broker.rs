@@ -38,6 +38,7 @@ fn kafka_config(bootstrap: &str) -> KafkaConfig {
         handler_topic_prefix: "sb.handler.".into(),
         linger_ms: 2,
         idempotence: false,
+        replication_factor: 1,
     }
 }
 
