@@ -9,8 +9,11 @@ Standard library only (a minimal RFC 6455 client below). Every wait is bounded. 
      reconnects to another replica, and no acknowledged (`sent`) message is lost;
   4. `docker stop` of the Redis master container: Sentinel promotes a replica inside the
      Docker network and sends are acknowledged again within 15 s, no service restarted;
-  5. register/deregister through the public nginx are refused (no cluster secret), and the
-     /ws/<ip> tunnel only reaches registered socket servers.
+  5. register/deregister through the public nginx are refused by nginx itself (403; the
+     socket servers use nginx's unpublished :8081, where the registry still wants the
+     cluster secret), and the /ws/<ip> tunnel only reaches registered socket servers;
+  6. Redis and the Sentinels refuse commands without the password (NOAUTH), over the network
+     and on loopback, and answer with it (SB_REDIS_PASSWORD from the `secrets` volume).
 
 Environment: SB_PUBLIC_PORT, SMOKE_COMPOSE (the docker-compose command line, space separated),
 SMOKE_DOCKER (the docker command).
@@ -274,9 +277,21 @@ def start_state():
     return {line.split()[0]: tuple(line.split()[1:]) for line in out.splitlines()}
 
 
+def run_any(cmd, timeout=60):
+    """stdout + stderr of cmd, whatever its exit status."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return (out.stdout + out.stderr).strip()
+
+
+# redis-cli with the password: compose/switchboard-entrypoint.sh (mounted into every Redis
+# and Sentinel container) reads SB_REDIS_PASSWORD from the secrets volume and exports it as
+# REDISCLI_AUTH. Plain `redis-cli` in those containers has no password.
+AUTH_CLI = ["switchboard-entrypoint", "redis-cli"]
+
+
 def sentinel_master(sentinel):
     """The master's address as the Sentinel in container `sentinel` sees it."""
-    out = run(DOCKER + ["exec", sentinel, "redis-cli", "-p", "26379",
+    out = run(DOCKER + ["exec", sentinel] + AUTH_CLI + ["-p", "26379",
                         "sentinel", "get-master-addr-by-name", "switchboard"], timeout=10)
     return out.split()[0] if out else ""
 
@@ -301,20 +316,62 @@ def main():
     check(seen == set(listed), f"the registry handed out {sorted(seen)}, registered {sorted(listed)}")
     log("the registry hands out all 3 replicas")
 
-    # 5a. what the public entry point must not expose
-    status, _ = http("POST", "/api/v1/socket-servers", {
-        "server_id": "intruder", "url": "ws://evil.example/ws",
-        "health_url": "http://127.0.0.1:9/live", "max_connections": 10})
-    # Refused: without the cluster secret (generated per deployment) the registry answers 401.
-    check(status in (401, 403, 404), f"register through the public nginx answered {status}")
+    # 5a. what the public entry point must not expose. nginx itself refuses (403 forbidden),
+    # not the registry (which would answer 401 for a missing cluster secret).
+    intruder = {"server_id": "intruder", "url": "ws://evil.example/ws",
+                "health_url": "http://127.0.0.1:9/live", "max_connections": 10}
+    status, body = http("POST", "/api/v1/socket-servers", intruder,
+                        headers={"x-cluster-secret": "guess"})
+    check(status == 403 and isinstance(body, dict) and body["error"]["code"] == "forbidden",
+          f"register through the public nginx answered {status} {body}, not nginx's 403")
     sid0 = next(iter(listed))
-    status, _ = http("DELETE", f"/api/v1/socket-servers/{sid0}")
-    check(status in (401, 403, 404), f"deregister through the public nginx answered {status}")
+    status, body = http("DELETE", f"/api/v1/socket-servers/{sid0}",
+                        headers={"x-cluster-secret": "guess"})
+    check(status == 403 and isinstance(body, dict) and body["error"]["code"] == "forbidden",
+          f"deregister through the public nginx answered {status} {body}, not nginx's 403")
     check(len(servers()) == 3, "a server was deregistered through the public nginx")
+    # The internal listener (where the 3 replicas registered) passes register to the
+    # registry, which still wants the cluster secret; it serves nothing else.
+    nginx = run(COMPOSE + ["ps", "-q", "nginx"])
+    internal = "http://127.0.0.1:8081"
+    out = run_any(DOCKER + ["exec", nginx, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                            "-X", "POST", "-H", "content-type: application/json",
+                            "-d", json.dumps(intruder), f"{internal}/api/v1/socket-servers"])
+    check(out == "401", f"register on nginx's internal listener without the secret answered {out}")
+    out = run_any(DOCKER + ["exec", nginx, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                            f"{internal}/api/v1/socket-server"])
+    check(out == "404", f"assign on nginx's internal listener answered {out}")
     for ip in ("10.0.0.1", "172.16.0.1", "192.168.0.1"):
         status, _ = http("GET", f"/ws/{ip}")
         check(status in (403, 404), f"/ws/{ip} (not a registered server) answered {status}")
-    log("register/deregister refused publicly; the tunnel reaches registered servers only")
+    log("register/deregister refused by the public nginx (403); the internal listener "
+        "passes register to the registry (401 without the secret); the tunnel reaches "
+        "registered servers only")
+
+    # 6. Redis AUTH: refused without the password, on loopback and over the network
+    master = run(COMPOSE + ["ps", "-q", "redis-master"])
+    sentinel = run(COMPOSE + ["ps", "-q", "sentinel-1"])
+    for where, cmd in [
+        ("the master, on loopback", [master, "redis-cli", "-p", "6379", "ping"]),
+        ("the master, from sentinel-1", [sentinel, "redis-cli", "-h", "redis-master", "-p", "6379", "ping"]),
+        ("the master, a write", [sentinel, "redis-cli", "-h", "redis-master", "-p", "6379",
+                                 "set", "sb:smoke:intruder", "1"]),
+        ("sentinel-1", [sentinel, "redis-cli", "-p", "26379", "sentinel", "masters"]),
+    ]:
+        out = run_any(DOCKER + ["exec"] + cmd, timeout=15)
+        check("NOAUTH" in out, f"unauthenticated redis-cli to {where} was not refused: {out!r}")
+    out = run_any(DOCKER + ["exec", sentinel] + AUTH_CLI + ["-h", "redis-master", "-p", "6379", "ping"],
+                  timeout=15)
+    check(out == "PONG", f"redis-cli with the password to the master answered {out!r}")
+    # Every secret was generated into the volume (dev mode would otherwise hide a volume the
+    # Switchboard user cannot write: the Redis containers create it, as root, first).
+    registry = run(COMPOSE + ["ps", "-q", "registry-1"])
+    out = run_any(DOCKER + ["exec", registry, "sh", "-c",
+                            "cd /var/lib/switchboard/secrets && wc -c SB_JWT_SECRET SB_CLUSTER_SECRET "
+                            "SB_REDIS_PASSWORD && stat -c '%u %a %n' . *"], timeout=15)
+    check(out.count(" 48 SB_") == 3 and "10001 700 ." in out,
+          f"the secrets volume lacks a generated secret or belongs to the wrong user: {out!r}")
+    log("Redis and Sentinel refuse unauthenticated clients (NOAUTH), accept the password")
 
     # 2. two clients on different replicas chat through nginx
     alice, bob = token("alice"), token("bob")

@@ -1,17 +1,35 @@
 #!/bin/sh
 # Entrypoint of the Switchboard image (Dockerfile, runtime stage): runs its arguments after
-# making sure the shared secrets are set.
+# making sure the shared secrets are set. docker-compose.yml also mounts this file into the
+# Redis and Sentinel containers, which run it for SB_REDIS_PASSWORD only (SB_SECRETS below),
+# before their own start script and in their healthchecks.
 #
-# SB_JWT_SECRET and SB_CLUSTER_SECRET given in the environment (e.g. from an .env file next to
-# docker-compose.yml) are used as they are. When one is empty and the secrets directory is
-# mounted (docker-compose.yml mounts the named volume `secrets` there in every Switchboard
-# service), the first container to start generates a random 48-hex-digit secret into it and
-# every other container reads the same one: no two deployments share a secret, and nobody
-# has to pick one for a demo. `docker compose down -v` forgets them. Without the directory
-# the variable stays empty and the service refuses to start (outside dev mode).
+# SB_JWT_SECRET, SB_CLUSTER_SECRET and SB_REDIS_PASSWORD given in the environment (e.g. from an
+# .env file next to docker-compose.yml) are used as they are. When one is empty and the secrets
+# directory is mounted (docker-compose.yml mounts the named volume `secrets` there in every
+# Switchboard, Redis and Sentinel service), the first container to start generates a random
+# 48-hex-digit secret into it and every other container reads the same one: no two
+# deployments share a secret, and nobody has to pick one for a demo. `docker compose down -v`
+# forgets them. Without the directory the variable stays empty and the service refuses to
+# start (outside dev mode; the Redis containers always refuse).
+#
+# SB_SECRETS: the names to handle (default: all three). When SB_REDIS_PASSWORD is set at the
+# end, it is also exported as REDISCLI_AUTH, so `switchboard-entrypoint redis-cli ...` in a
+# Redis or Sentinel container authenticates.
+#
+# The Redis containers run this as root, and usually first (they start before any Switchboard
+# service): the directory and the files are then handed to the Switchboard image's user
+# (SB_SECRETS_OWNER, uid 10001 in the Dockerfile) with modes 700/600, as if that user had made
+# them, so the Switchboard services can still write and read them. Root reads them anyway.
 set -eu
 dir="${SB_SECRETS_DIR:-/var/lib/switchboard/secrets}"
-for name in SB_JWT_SECRET SB_CLUSTER_SECRET; do
+owner="${SB_SECRETS_OWNER:-10001:10001}"
+root=false
+[ "$(id -u)" != 0 ] || root=true
+if $root && [ -d "$dir" ] && [ "$(stat -c %u "$dir")" = 0 ]; then
+    chown "$owner" "$dir" && chmod 700 "$dir" || true
+fi
+for name in ${SB_SECRETS:-SB_JWT_SECRET SB_CLUSTER_SECRET SB_REDIS_PASSWORD}; do
     eval "value=\${$name:-}"
     if [ -z "$value" ] && [ -d "$dir" ] && [ -w "$dir" ]; then
         file="$dir/$name"
@@ -20,6 +38,7 @@ for name in SB_JWT_SECRET SB_CLUSTER_SECRET; do
             # the race, and then everyone reads the winner's secret.
             tmp="$(mktemp "$dir/.new.XXXXXX")"
             od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$tmp"
+            if $root; then chown "$owner" "$tmp"; fi
             ln "$tmp" "$file" 2>/dev/null || true
             rm -f "$tmp"
         fi
@@ -27,4 +46,7 @@ for name in SB_JWT_SECRET SB_CLUSTER_SECRET; do
         export "$name=$value"
     fi
 done
+if [ -n "${SB_REDIS_PASSWORD:-}" ] && [ -z "${REDISCLI_AUTH:-}" ]; then
+    export REDISCLI_AUTH="$SB_REDIS_PASSWORD"
+fi
 exec "$@"

@@ -12,7 +12,8 @@
 #   3. runs docker-compose.yml (+ compose.offline.yml, which only swaps those images and the
 #      broker) with `up -d --scale socket-server=3`, then compose/smoke_client.py checks
 #      assignment, chat across replicas, a replica stop, a Redis master stop (Sentinel
-#      failover) and what the public nginx refuses;
+#      failover, with Redis AUTH on), what the public nginx refuses, and that Redis and the
+#      Sentinels refuse clients without the generated password (NOAUTH);
 #   4. `down -v` must leave no container, network or volume of the project.
 #
 # Traffic goes only to the containers it starts and to loopback (plus the Debian mirror for
@@ -233,6 +234,9 @@ timeout 420 $COMPOSE up -d --no-build --scale socket-server=3 >"$WORK/up.log" 2>
 $COMPOSE ps
 published="$($DOCKER port "$($COMPOSE ps -q nginx)" 80/tcp)"
 [ "$published" = "127.0.0.1:$PORT" ] || die "nginx is published on $published, expected 127.0.0.1:$PORT only"
+# Its internal listener (:8081, register/deregister) is not published at all.
+all_published="$($DOCKER port "$($COMPOSE ps -q nginx)")"
+[ "$all_published" = "80/tcp -> 127.0.0.1:$PORT" ] || die "nginx publishes more than :80: $all_published"
 
 log "running the client checks"
 SB_PUBLIC_PORT="$PORT" SMOKE_COMPOSE="$COMPOSE" SMOKE_DOCKER="$DOCKER" \
