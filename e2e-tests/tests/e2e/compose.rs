@@ -4,8 +4,10 @@
 //! `docker-compose config` (the Debian package, installed by `scripts/install-deps.sh`) must
 //! accept the file, and its fully resolved output must have every service, healthchecks on
 //! all of them, a start order that waits for health, nginx as the only published port, a
-//! scalable socket server, and Sentinels that monitor the master. The Dockerfile must be a
-//! multi-stage build that copies every workspace member.
+//! scalable socket server, Sentinels that monitor the master, Redis AUTH on every Redis and
+//! Sentinel (the generated password from the `secrets` volume, authenticated healthchecks),
+//! and register/deregister only on nginx's unpublished internal listener. The Dockerfile
+//! must be a multi-stage build that copies every workspace member.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -339,12 +341,30 @@ fn compose_file_is_valid_and_complete() {
         "location /api/v1/conversations",
         "location /api/v1/dev/",
         "location /api/ {",
+        // register/deregister: refused by the public listener, proxied by the internal one
+        "listen 8081;",
+        "location = /api/v1/socket-servers {",
+        "location /api/v1/socket-servers/ {",
+        "limit_except POST { deny all; }",
+        "limit_except DELETE { deny all; }",
     ] {
         assert!(
             nginx_conf.contains(needle),
             "nginx/compose.conf lacks `{needle}`"
         );
     }
+    assert_eq!(
+        nginx_conf.matches("return 403 ").count(),
+        2,
+        "the public listener must refuse register (POST) and deregister (DELETE) with 403"
+    );
+    assert!(
+        published_ports(nginx)
+            .iter()
+            .all(|(_, target)| target == "80"),
+        "nginx must publish only :80 (its :8081 is internal): {:?}",
+        published_ports(nginx)
+    );
     assert!(
         mounts(nginx)
             .iter()
@@ -366,7 +386,8 @@ fn compose_file_is_valid_and_complete() {
     );
     assert_eq!(
         env.get("SB_REGISTRY_URL").map(String::as_str),
-        Some("http://nginx:80")
+        Some("http://nginx:8081"),
+        "socket servers register on nginx's internal listener"
     );
     let script = command_line(socket);
     for needle in [
@@ -400,6 +421,12 @@ fn compose_file_is_valid_and_complete() {
             env.get("SB_LOG_FORMAT").map(String::as_str),
             Some("json"),
             "`{name}`"
+        );
+        // Empty by default: the entrypoint reads (or generates) it from the secrets volume.
+        assert_eq!(
+            env.get("SB_REDIS_PASSWORD").map(String::as_str),
+            Some(""),
+            "`{name}` must get SB_REDIS_PASSWORD (no shared default)"
         );
         let bind = format!("0.0.0.0:{port}");
         assert!(
@@ -465,6 +492,79 @@ fn compose_file_is_valid_and_complete() {
             "`{name}` must monitor the compose master `redis-master` as `switchboard`, quorum 2"
         );
     }
+}
+
+/// Every Redis and Sentinel requires the password the Switchboard services get: each runs
+/// compose/switchboard-entrypoint.sh (which reads or generates SB_REDIS_PASSWORD in the
+/// shared `secrets` volume) before it starts, writes the AUTH directives into its config, and
+/// its healthcheck authenticates. No password is written into the compose file.
+#[test]
+fn compose_redis_and_sentinels_require_the_generated_password() {
+    let config = compose_config();
+    for name in [
+        "redis-master",
+        "redis-replica-1",
+        "redis-replica-2",
+        "sentinel-1",
+        "sentinel-2",
+        "sentinel-3",
+    ] {
+        let svc = service(&config, name);
+        let mounts = mounts(svc);
+        assert!(
+            mounts
+                .iter()
+                .any(|(s, t)| s == "secrets" && t == "/var/lib/switchboard/secrets"),
+            "`{name}` must mount the secrets volume: {mounts:?}"
+        );
+        assert!(
+            mounts
+                .iter()
+                .any(|(s, t)| s.ends_with("compose/switchboard-entrypoint.sh")
+                    && t == "/usr/local/bin/switchboard-entrypoint"),
+            "`{name}` must mount compose/switchboard-entrypoint.sh: {mounts:?}"
+        );
+        let env = environment(svc);
+        assert_eq!(
+            env.get("SB_REDIS_PASSWORD").map(String::as_str),
+            Some(""),
+            "`{name}`: no default password"
+        );
+        let command = command_line(svc);
+        assert!(
+            command.starts_with("/usr/local/bin/switchboard-entrypoint "),
+            "`{name}` must start through the secrets entrypoint: {command}"
+        );
+        let directives: &[&str] = if name.starts_with("sentinel") {
+            &[
+                "requirepass",
+                "sentinel auth-pass",
+                "sentinel sentinel-pass",
+            ]
+        } else {
+            &["requirepass", "masterauth"]
+        };
+        for directive in directives {
+            assert!(
+                command.contains(directive),
+                "`{name}` must configure `{directive}`: {command}"
+            );
+        }
+        let test = match &svc["healthcheck"]["test"] {
+            Value::Sequence(t) => t.iter().filter_map(text).collect::<Vec<_>>().join(" "),
+            other => text(other).unwrap_or_default(),
+        };
+        assert!(
+            test.contains("switchboard-entrypoint redis-cli"),
+            "`{name}`'s healthcheck must authenticate: {test}"
+        );
+    }
+    assert!(
+        config["volumes"]
+            .as_mapping()
+            .is_some_and(|v| v.contains_key(Value::from("secrets"))),
+        "the `secrets` volume must be declared"
+    );
 }
 
 /// `docker-compose config` does not reject cycles in depends_on; `up` would hang on them.
