@@ -63,6 +63,16 @@ if [ ! -d "$WEB_TESTS/node_modules" ]; then
     npm ci --prefix "$WEB_TESTS" --no-audit --no-fund
 fi
 
+# schemathesis (PyPI), pinned, in its own venv: the `openapi` e2e test drives every REST route
+# with generated bad input through it.
+SCHEMATHESIS_VENV="${HOME:-/root}/.cache/switchboard/venv"
+SCHEMATHESIS_VERSION=4.32.5
+if ! "$SCHEMATHESIS_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    echo "install-deps: schemathesis $SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV"
+    python3 -m venv "$SCHEMATHESIS_VENV"
+    "$SCHEMATHESIS_VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
 # The packages start system services on the ports the dev stack uses; stop them (quietly,
 # whether or not they exist or run; there may be no init system at all in a container).
 if [ "$(id -u)" -eq 0 ] && command -v service >/dev/null 2>&1; then

@@ -2,7 +2,8 @@
 //! enforced here (403 `not_a_member`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::frames::is_storable_text;
 use switchboard_protocol::token::is_valid_user_id;
 use switchboard_protocol::ErrorCode;
@@ -10,7 +11,7 @@ use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 
 use crate::auth::AuthUser;
 use crate::membership_cache::Version;
-use crate::store::{Conversation, Role};
+use crate::store::{Conversation, ConversationSummary, Role, StoredMessage};
 use crate::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -41,10 +42,94 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(internal_settled_last_seq),
         )
         .route("/api/v1/presence", web::get().to(presence))
+        .route("/api/v1/openapi.json", web::get().to(openapi_json))
         .route(
             "/internal/v1/users/{id}/contacts",
             web::get().to(internal_contacts),
         );
+}
+
+/// `GET /api/v1/conversations`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ConversationList {
+    conversations: Vec<ConversationSummary>,
+}
+
+/// `GET /api/v1/conversations/{id}/messages`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct MessagePage {
+    messages: Vec<StoredMessage>,
+}
+
+/// One user's presence.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Presence {
+    user_id: String,
+    /// `online` while a device is connected, else `offline`.
+    status: &'static str,
+    /// RFC 3339: now while online, else when the last device left (null: never seen).
+    last_seen: Option<String>,
+}
+
+/// `GET /api/v1/presence`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct PresenceList {
+    presence: Vec<Presence>,
+}
+
+/// The public REST API of the message service, generated from the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(create, list, history, add_member, remove_member, set_role, presence),
+    modifiers(&BearerAuth)
+)]
+struct PublicApi;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// `GET /api/v1/openapi.json`: the whole public REST API (this service's routes and the
+/// registry's), for client generators and for schemathesis (the `openapi` e2e test).
+pub fn public_openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let mut doc = PublicApi::openapi();
+    doc.merge(switchboard_registry::public_openapi());
+    doc.info = utoipa::openapi::InfoBuilder::new()
+        .title("Switchboard REST API")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "Errors are {\"error\":{\"code\",\"message\"}} with the stable codes of docs/protocol.md.",
+        ))
+        .build();
+    doc
+}
+
+async fn openapi_json() -> HttpResponse {
+    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        public_openapi()
+            .to_json()
+            .expect("the OpenAPI document serializes")
+    });
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(DOC.as_str())
 }
 
 /// Refuses a string PostgreSQL `TEXT` cannot hold (one with U+0000) with 400, before it
@@ -64,7 +149,7 @@ fn db_error(e: sqlx::Error) -> ApiError {
     ApiError::unavailable("the database is unavailable, retry shortly")
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateConversation {
     kind: String,
     #[serde(default)]
@@ -73,6 +158,19 @@ struct CreateConversation {
     members: Vec<String>,
 }
 
+/// Creates a direct conversation (or answers the existing one of the pair) or a group.
+#[utoipa::path(
+    post, path = "/api/v1/conversations", tag = "conversations",
+    request_body = CreateConversation,
+    responses(
+        (status = 200, description = "the pair's existing direct conversation", body = Conversation),
+        (status = 201, description = "created", body = Conversation),
+        (status = 400, description = "bad kind, members or name", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 413, description = "too many members (`too_large`)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn create(
     user: AuthUser,
     state: web::Data<AppState>,
@@ -156,6 +254,15 @@ async fn create(
     }
 }
 
+/// The caller's conversations.
+#[utoipa::path(
+    get, path = "/api/v1/conversations", tag = "conversations",
+    responses(
+        (status = 200, description = "the caller's conversations", body = ConversationList),
+        (status = 401, description = "no valid token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn list(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut conversations = state.store.list_for(&user.0).await.map_err(db_error)?;
     let ids: Vec<String> = conversations.iter().map(|c| c.id.clone()).collect();
@@ -163,7 +270,7 @@ async fn list(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse
     for c in &mut conversations {
         c.receipts = receipts.remove(&c.id).unwrap_or_default();
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "conversations": conversations })))
+    Ok(HttpResponse::Ok().json(ConversationList { conversations }))
 }
 
 async fn require_member(
@@ -186,7 +293,7 @@ async fn require_member(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct HistoryQuery {
     #[serde(default)]
     after_seq: i64,
@@ -194,6 +301,18 @@ struct HistoryQuery {
     limit: Option<i64>,
 }
 
+/// A page of a conversation's history, in ascending `seq`.
+#[utoipa::path(
+    get, path = "/api/v1/conversations/{id}/messages", tag = "conversations",
+    params(("id" = String, Path, description = "conversation id"), HistoryQuery),
+    responses(
+        (status = 200, description = "messages after `after_seq`", body = MessagePage),
+        (status = 400, description = "a bad parameter", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "not a member (`not_a_member`)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn history(
     user: AuthUser,
     state: web::Data<AppState>,
@@ -218,7 +337,7 @@ async fn history(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "messages": messages })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct AddMember {
     user_id: String,
 }
@@ -261,6 +380,21 @@ fn role_in(conversation: &Conversation, user: &str) -> Role {
         .unwrap_or(Role::Member)
 }
 
+/// Adds a member to a group (its owner and admins).
+#[utoipa::path(
+    post, path = "/api/v1/conversations/{id}/members", tag = "conversations",
+    params(("id" = String, Path, description = "conversation id")),
+    request_body = AddMember,
+    responses(
+        (status = 200, description = "the group", body = Conversation),
+        (status = 400, description = "not a group, or a bad user id", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "not a member, or not an owner or admin", body = ErrorBody),
+        (status = 404, description = "no such conversation", body = ErrorBody),
+        (status = 413, description = "the group is full", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn add_member(
     user: AuthUser,
     state: web::Data<AppState>,
@@ -293,6 +427,22 @@ async fn add_member(
     Ok(HttpResponse::Ok().json(conversation))
 }
 
+/// Removes a member from a group, or leaves it.
+#[utoipa::path(
+    delete, path = "/api/v1/conversations/{id}/members/{user_id}", tag = "conversations",
+    params(
+        ("id" = String, Path, description = "conversation id"),
+        ("user_id" = String, Path, description = "the member (percent-encoded)"),
+    ),
+    responses(
+        (status = 204, description = "removed"),
+        (status = 400, description = "not a group", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "not a member, or not allowed to remove this member", body = ErrorBody),
+        (status = 404, description = "no such conversation or member", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn remove_member(
     user: AuthUser,
     state: web::Data<AppState>,
@@ -328,13 +478,29 @@ async fn remove_member(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct SetRole {
     role: Role,
 }
 
 /// `PUT /api/v1/conversations/{id}/members/{user_id}/role` `{"role":"admin"|"member"}`: the
 /// owner names and unnames admins. Ownership passes only when the owner leaves.
+#[utoipa::path(
+    put, path = "/api/v1/conversations/{id}/members/{user_id}/role", tag = "conversations",
+    params(
+        ("id" = String, Path, description = "conversation id"),
+        ("user_id" = String, Path, description = "the member (percent-encoded)"),
+    ),
+    request_body = SetRole,
+    responses(
+        (status = 200, description = "the group", body = Conversation),
+        (status = 400, description = "not a group, or a role that cannot be set", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "not the owner", body = ErrorBody),
+        (status = 404, description = "no such conversation or member", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn set_role(
     user: AuthUser,
     state: web::Data<AppState>,
@@ -461,6 +627,18 @@ async fn internal_members(
 /// `GET /api/v1/presence?user_id=a&user_id=b`: online while a device is connected, else
 /// offline with the time the last device left. Only about the caller and users who share a
 /// conversation with the caller (403 `forbidden` otherwise): presence is not public.
+/// Presence of the caller and of users who share a conversation with the caller.
+#[utoipa::path(
+    get, path = "/api/v1/presence", tag = "presence",
+    params(("user_id" = Vec<String>, Query, description = "1-500 user ids, repeated")),
+    responses(
+        (status = 200, description = "each user's presence", body = PresenceList),
+        (status = 400, description = "no or too many or bad user ids", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "a user who shares no conversation with the caller", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn presence(
     user: AuthUser,
     state: web::Data<AppState>,
@@ -501,7 +679,7 @@ async fn presence(
         now.timestamp_millis(),
     )
     .await?;
-    let presence: Vec<serde_json::Value> = users
+    let presence: Vec<Presence> = users
         .iter()
         .zip(states)
         .map(|(user, (online, last_seen_ms))| {
@@ -512,14 +690,14 @@ async fn presence(
                     .and_then(chrono::DateTime::from_timestamp_millis)
                     .map(crate::store::rfc3339)
             };
-            serde_json::json!({
-                "user_id": user,
-                "status": if online { "online" } else { "offline" },
-                "last_seen": last_seen,
-            })
+            Presence {
+                user_id: user.clone(),
+                status: if online { "online" } else { "offline" },
+                last_seen,
+            }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "presence": presence })))
+    Ok(HttpResponse::Ok().json(PresenceList { presence }))
 }
 
 #[derive(Deserialize)]

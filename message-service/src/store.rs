@@ -14,7 +14,7 @@ pub struct Store {
     pool: PgPool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Conversation {
     pub id: String,
     pub kind: String,
@@ -27,7 +27,7 @@ pub struct Conversation {
 
 /// A member's role in a group. The owner (the creator) and admins add and remove members;
 /// only the owner names admins; anyone may leave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,
@@ -58,7 +58,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConversationSummary {
     pub id: String,
     pub kind: String,
@@ -71,7 +71,7 @@ pub struct ConversationSummary {
     pub receipts: Vec<MemberReceipt>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct MemberReceipt {
     pub user_id: String,
     pub delivered_seq: i64,
@@ -87,7 +87,7 @@ pub struct ReceiptUpdate {
     pub read_seq: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StoredMessage {
     pub conversation_id: String,
     pub message_id: String,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `GET /api/v1/socket-server`: the server a client should connect to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
     pub server_id: String,
     pub url: String,
@@ -12,7 +12,7 @@ pub struct Assignment {
 }
 
 /// One row of `GET /api/v1/socket-servers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServerInfo {
     pub server_id: String,
     pub url: String,
@@ -22,13 +22,13 @@ pub struct ServerInfo {
     pub last_heartbeat: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServerList {
     pub servers: Vec<ServerInfo>,
 }
 
 /// `POST /api/v1/socket-servers`: a socket server announces itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Registration {
     pub server_id: String,
     pub url: String,
@@ -37,13 +37,13 @@ pub struct Registration {
 }
 
 /// `POST /api/v1/dev/token` request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DevTokenRequest {
     pub user_id: String,
 }
 
 /// `POST /api/v1/dev/token` response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DevTokenResponse {
     pub token: String,
     pub user_id: String,

@@ -69,6 +69,12 @@ pub(crate) struct AppState {
     pub reservations: IpLeases,
 }
 
+/// The OpenAPI description of the registry's public routes, generated from the handlers.
+pub fn public_openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    routes::PublicApi::openapi()
+}
+
 pub struct Application {
     port: u16,
     server: actix_web::dev::Server,

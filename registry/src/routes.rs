@@ -2,8 +2,9 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{TimeZone, Utc};
+use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::registry::{
-    DevTokenRequest, DevTokenResponse, Registration, ServerInfo, ServerList,
+    Assignment, DevTokenRequest, DevTokenResponse, Registration, ServerInfo, ServerList,
 };
 use switchboard_protocol::token::{is_valid_user_id, TokenError};
 use switchboard_protocol::ErrorCode;
@@ -80,11 +81,30 @@ fn tunnel_allowed<'a>(urls: impl IntoIterator<Item = &'a str>, ip: &str) -> bool
     })
 }
 
+/// The registry's public routes (registration is cluster-only and not listed).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(assign, list, dev_token))]
+pub struct PublicApi;
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-async fn assign(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// The least-loaded socket server, with a slot reserved for a few seconds.
+#[utoipa::path(
+    get,
+    path = "/api/v1/socket-server",
+    tag = "registry",
+    responses(
+        (status = 200, description = "the server to connect to", body = Assignment),
+        (status = 429, description = "too many assignments from this address (`rate_limited`)", body = ErrorBody),
+        (status = 503, description = "no server has room (`no_capacity`) or Redis is down", body = ErrorBody),
+    )
+)]
+pub(crate) async fn assign(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     if let Some(ip) = limits::client_ip(&req) {
         let now = std::time::Instant::now();
         if !state.assign_rate.allow(ip, now) || !state.reservations.try_take(ip, now) {
@@ -123,7 +143,20 @@ async fn assign(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
     }
 }
 
-async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Every registered socket server with its load.
+#[utoipa::path(
+    get,
+    path = "/api/v1/socket-servers",
+    tag = "registry",
+    responses(
+        (status = 200, description = "the registered servers", body = ServerList),
+        (status = 503, description = "Redis is down", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let servers = state
         .directory
         .list()
@@ -185,7 +218,19 @@ async fn deregister(
     }
 }
 
-async fn dev_token(
+/// Dev mode only: mints a token for any user id.
+#[utoipa::path(
+    post,
+    path = "/api/v1/dev/token",
+    tag = "registry",
+    request_body = DevTokenRequest,
+    responses(
+        (status = 200, description = "a token", body = DevTokenResponse),
+        (status = 400, description = "not a valid user id, or not JSON", body = ErrorBody),
+        (status = 404, description = "dev mode is off (`dev_mode_disabled`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn dev_token(
     state: web::Data<AppState>,
     body: web::Json<DevTokenRequest>,
 ) -> Result<HttpResponse, ApiError> {

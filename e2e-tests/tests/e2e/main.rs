@@ -12,6 +12,7 @@
 //!   presence and typing.
 //! - `nemesis`: the promise (stored once under its `seq`, in order, never lost) under one
 //!   fault per test, checked against the whole history.
+//! - `openapi`: the REST API's OpenAPI document, and schemathesis against every route.
 //! - `browser`, `compose`: the demo page in headless Chromium; docker-compose.yml.
 
 mod abuse;
@@ -22,6 +23,7 @@ mod client;
 mod compose;
 mod faults;
 mod nemesis;
+mod openapi;
 mod registry;
 mod signals;
 mod socket;
