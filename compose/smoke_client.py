@@ -9,6 +9,7 @@ Standard library only (a minimal RFC 6455 client below). Every wait is bounded. 
      reconnects to another replica, and no acknowledged (`sent`) message is lost;
   4. `docker stop` of the Redis master container: Sentinel promotes a replica inside the
      Docker network and sends are acknowledged again within 15 s, no service restarted;
+     `docker start` brings it back as a replica of the new master (with AUTH);
   5. register/deregister through the public nginx are refused by nginx itself (403; the
      socket servers use nginx's unpublished :8081, where the registry still wants the
      cluster secret), and the /ws/<ip> tunnel only reaches registered socket servers;
@@ -369,7 +370,12 @@ def main():
     out = run_any(DOCKER + ["exec", registry, "sh", "-c",
                             "cd /var/lib/switchboard/secrets && wc -c SB_JWT_SECRET SB_CLUSTER_SECRET "
                             "SB_REDIS_PASSWORD && stat -c '%u %a %n' . *"], timeout=15)
-    check(out.count(" 48 SB_") == 3 and "10001 700 ." in out,
+    lines = [line.split() for line in out.splitlines()]
+    sizes = {w[1]: w[0] for w in lines if len(w) == 2}
+    modes = {w[2]: (w[0], w[1]) for w in lines if len(w) == 3}
+    names = ("SB_JWT_SECRET", "SB_CLUSTER_SECRET", "SB_REDIS_PASSWORD")
+    check(all(sizes.get(n) == "48" and modes.get(n) == ("10001", "600") for n in names)
+          and modes.get(".") == ("10001", "700"),
           f"the secrets volume lacks a generated secret or belongs to the wrong user: {out!r}")
     log("Redis and Sentinel refuse unauthenticated clients (NOAUTH), accept the password")
 
@@ -461,6 +467,19 @@ def main():
     restarted = [c[:12] for c, s in before.items() if c in after and after[c] != s and c != master]
     check(not restarted, f"containers restarted during the Redis failover: {restarted}")
     log("Redis failover: work resumed, no service restarted")
+
+    # 4b. the old master comes back as a replica of the new one: its restart path asks the
+    # Sentinels (authenticated) for the master and replicates with masterauth.
+    run(DOCKER + ["start", master], timeout=30)
+
+    def rejoined():
+        info = run_any(DOCKER + ["exec", master] + AUTH_CLI + ["-p", "6379", "info", "replication"],
+                       timeout=10)
+        return ("role:slave" in info and f"master_host:{new_master}" in info
+                and "master_link_status:up" in info)
+
+    until(30, "the old master to rejoin as a replica of the new one", rejoined, interval=1)
+    log("the old master came back as an authenticated replica of the new master")
     a_ws.close()
     b_ws.close()
     log("all checks passed")
