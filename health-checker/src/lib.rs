@@ -106,15 +106,12 @@ impl Application {
         self.port
     }
 
+    /// Serves until `shutdown`, or until the prober exits (logged by name and returned as an
+    /// error: a checker that no longer probes must not look healthy).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let prober = tokio::spawn(self.prober.run(shutdown.clone()));
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            handle.stop(true).await;
-        });
-        self.server.await?;
-        let _ = prober.await;
+        let mut workers = switchboard_service_kit::supervise::Workers::new();
+        workers.spawn("prober", self.prober.run(shutdown.clone()));
+        workers.serve(self.server, shutdown).await?;
         Ok(())
     }
 }

@@ -16,4 +16,5 @@ pub mod limits;
 pub mod ops;
 pub mod redis_sentinel;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;

@@ -23,6 +23,8 @@ use switchboard_message_log::{
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use switchboard_service_kit::supervise::Workers;
+
 use crate::kafka::Kafka;
 
 /// Records waiting for a log flush, at most.
@@ -50,9 +52,10 @@ pub struct LogAppender {
 }
 
 impl LogAppender {
-    pub fn start(kafka: Kafka, partitions: i32) -> Self {
+    /// Starts the appending task (supervised: the manager stops if it ever exits).
+    pub fn start(kafka: Kafka, partitions: i32, workers: &mut Workers) -> Self {
         let (tx, rx) = mpsc::channel(APPEND_QUEUE);
-        tokio::spawn(run_appender(kafka, partitions, rx));
+        workers.spawn("log appender", run_appender(kafka, partitions, rx));
         LogAppender { tx }
     }
 
@@ -145,9 +148,10 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn start(kafka: Kafka) -> Self {
+    /// Starts the routing task (supervised: the manager stops if it ever exits).
+    pub fn start(kafka: Kafka, workers: &mut Workers) -> Self {
         let (tx, rx) = mpsc::channel(ROUTE_QUEUE);
-        tokio::spawn(run_router(kafka, rx));
+        workers.spawn("router", run_router(kafka, rx));
         Router { tx }
     }
 

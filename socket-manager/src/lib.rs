@@ -33,6 +33,7 @@ use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::{RedisMemoryGauges, SentinelRedis};
 use switchboard_service_kit::shutdown::CancellationToken;
+use switchboard_service_kit::supervise::Workers;
 
 /// Histogram buckets (seconds) for the stages of a send.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -119,6 +120,9 @@ pub struct Application {
     server: actix_web::dev::Server,
     state: web::Data<AppState>,
     redis_memory: RedisMemoryGauges,
+    /// The message path's own tasks (appender, router, numbering): if one exits, the
+    /// manager stops rather than answer `unavailable` to every send with `/ready` green.
+    workers: Workers,
 }
 
 impl Application {
@@ -210,6 +214,7 @@ impl Application {
             config.handler_ttl_ms,
         );
         let config_origins = config.common.allowed_origins.clone();
+        let mut workers = Workers::new();
         let state = web::Data::new(AppState {
             sequencer: sequencer::Sequencer {
                 members: members::Members::new(
@@ -221,10 +226,11 @@ impl Application {
                     SentinelRedis::new(config.common.redis.clone()),
                     config.seq_replica_acks,
                     config.seq_replica_ack_timeout,
+                    &mut workers,
                 ),
                 redis,
-                appender: batching::LogAppender::start(kafka.clone(), log_partitions),
-                router: batching::Router::start(kafka.clone()),
+                appender: batching::LogAppender::start(kafka.clone(), log_partitions, &mut workers),
+                router: batching::Router::start(kafka.clone(), &mut workers),
                 kafka,
                 handlers,
                 replicas_required: config.seq_replica_acks,
@@ -252,6 +258,7 @@ impl Application {
             server,
             state,
             redis_memory,
+            workers,
         })
     }
 
@@ -259,20 +266,21 @@ impl Application {
         self.port
     }
 
+    /// Serves until `shutdown`, or until a task of the message path (or the janitor) exits,
+    /// which is logged by name and returned as an error.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let janitor = tokio::spawn(janitor::run(self.state.clone(), shutdown.clone()));
+        let mut workers = self.workers;
+        workers.spawn(
+            "janitor",
+            janitor::run(self.state.clone(), shutdown.clone()),
+        );
+        // Gauges only: not worth a restart.
         tokio::spawn(self.redis_memory.run(
             self.state.sequencer.redis.clone(),
             std::time::Duration::from_secs(5),
             shutdown.clone(),
         ));
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            handle.stop(true).await;
-        });
-        self.server.await?;
-        janitor.abort();
+        workers.serve(self.server, shutdown).await?;
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use redis::Value;
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+use switchboard_service_kit::supervise::Workers;
 use tokio::sync::{mpsc, oneshot};
 
 /// Scripts waiting for a flush, at most.
@@ -47,10 +48,15 @@ pub struct NumberingBatcher {
 
 impl NumberingBatcher {
     /// Starts the flushing task on its own connection (`redis` should not be shared: its
-    /// `WAIT`s block it).
-    pub fn start(redis: SentinelRedis, replicas: u32, wait_timeout: Duration) -> Self {
+    /// `WAIT`s block it); supervised: the manager stops if it ever exits.
+    pub fn start(
+        redis: SentinelRedis,
+        replicas: u32,
+        wait_timeout: Duration,
+        workers: &mut Workers,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(redis, replicas, wait_timeout, rx));
+        workers.spawn("numbering", run(redis, replicas, wait_timeout, rx));
         NumberingBatcher { tx }
     }
 

@@ -66,19 +66,16 @@ struct Queued {
 }
 
 /// Takes the next batch from `waiting`, in order: every item whose connection has nothing in
-/// flight (`busy`) and no earlier item still waiting, up to [`MAX_BATCH`].
+/// flight (`busy`), up to [`MAX_BATCH`]. What stays keeps its order, so a connection's items
+/// still go out in the order it sent them (once the batch cap is reached, every later item
+/// stays).
 fn take_batch(waiting: &mut VecDeque<Queued>, busy: &HashSet<u64>) -> Vec<Queued> {
     let mut batch = Vec::new();
-    let mut held: HashSet<u64> = HashSet::new();
     let mut rest = VecDeque::with_capacity(waiting.len());
     while let Some(queued) = waiting.pop_front() {
-        if batch.len() < MAX_BATCH
-            && !busy.contains(&queued.connection_id)
-            && !held.contains(&queued.connection_id)
-        {
+        if batch.len() < MAX_BATCH && !busy.contains(&queued.connection_id) {
             batch.push(queued);
         } else {
-            held.insert(queued.connection_id);
             rest.push_back(queued);
         }
     }
@@ -370,5 +367,63 @@ pub fn unavailable_reply(item: &HandlerItem) -> Option<ServerFrame> {
             },
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(connection_id: u64, n: u64) -> Queued {
+        Queued {
+            at: std::time::Instant::now(),
+            connection_id,
+            pending: Pending {
+                item: HandlerItem::Connected {
+                    connection_id,
+                    user_id: format!("item-{n}"),
+                },
+                reply_to: None,
+                done: None,
+            },
+        }
+    }
+
+    fn names(batch: &[Queued]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|q| match &q.pending.item {
+                HandlerItem::Connected { user_id, .. } => user_id.clone(),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_connection_in_flight_waits_and_keeps_its_order() {
+        // Connection 1 has a batch in flight; 2 and 3 do not.
+        let busy: HashSet<u64> = [1].into();
+        let mut waiting: VecDeque<Queued> = [(1, 0), (2, 1), (1, 2), (3, 3), (2, 4)]
+            .into_iter()
+            .map(|(c, n)| queued(c, n))
+            .collect();
+        let batch = take_batch(&mut waiting, &busy);
+        assert_eq!(names(&batch), ["item-1", "item-3", "item-4"]);
+        assert_eq!(names(waiting.make_contiguous()), ["item-0", "item-2"]);
+        // Once 1's batch is answered, its items go out in the order they came.
+        let batch = take_batch(&mut waiting, &HashSet::new());
+        assert_eq!(names(&batch), ["item-0", "item-2"]);
+        assert!(waiting.is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_capped_and_the_rest_keeps_its_order() {
+        let mut waiting: VecDeque<Queued> =
+            (0..MAX_BATCH as u64 + 3).map(|n| queued(n, n)).collect();
+        let batch = take_batch(&mut waiting, &HashSet::new());
+        assert_eq!(batch.len(), MAX_BATCH);
+        let rest = names(waiting.make_contiguous());
+        assert_eq!(rest.len(), 3);
+        assert_eq!(rest[0], format!("item-{MAX_BATCH}"));
     }
 }

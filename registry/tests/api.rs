@@ -1,0 +1,200 @@
+//! The fast tier: the registry in-process (`Application::build` on port 0, the way
+//! zero-to-production's `spawn_app` does it) against one real Redis with Sentinels, started
+//! once for this test binary. Each test has its own key prefix, so tests share Redis without
+//! seeing each other. Seconds, not the minutes of the whole-stack tests.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use registry::{Application, RegistryConfig};
+use switchboard_protocol::registry::{Assignment, Registration, CLUSTER_SECRET_HEADER};
+use switchboard_protocol::token::TokenPolicy;
+use switchboard_service_kit::config::CommonConfig;
+use switchboard_service_kit::limits::Rate;
+use switchboard_service_kit::redis_sentinel::{RedisAuth, RedisConfig};
+use switchboard_service_kit::shutdown::CancellationToken;
+use switchboard_test_support::redis_cluster::{RedisSentinelCluster, REDIS_PASSWORD};
+
+const CLUSTER_SECRET: &str = "a-cluster-secret-for-the-fast-tier!!";
+
+/// The Sentinels' addresses of the shared cluster. It runs on a thread of its own (its
+/// processes die with that thread, i.e. with this test binary).
+fn shared_sentinels() -> &'static str {
+    static SENTINELS: OnceLock<String> = OnceLock::new();
+    SENTINELS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime");
+            runtime.block_on(async move {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let cluster = RedisSentinelCluster::start(dir.path())
+                    .await
+                    .expect("Redis with Sentinels");
+                tx.send(cluster.sentinels_env()).expect("test thread");
+                std::future::pending::<()>().await;
+                drop((cluster, dir));
+            });
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the shared Redis started")
+    })
+}
+
+fn config(prefix: &str) -> RegistryConfig {
+    let auth = RedisAuth {
+        username: None,
+        password: Some(REDIS_PASSWORD.into()),
+    };
+    RegistryConfig {
+        common: CommonConfig {
+            redis: RedisConfig {
+                sentinels: shared_sentinels().split(',').map(str::to_owned).collect(),
+                master_name: "switchboard".into(),
+                key_prefix: format!("fast:{prefix}:"),
+                command_timeout: Duration::from_millis(1500),
+                auth: auth.clone(),
+                sentinel_auth: auth,
+            },
+            jwt_secret: "a-jwt-secret-for-the-fast-tier-tests".into(),
+            cluster_secret: CLUSTER_SECRET.into(),
+            dev_mode: true,
+            token_policy: TokenPolicy::default(),
+            jwks: None,
+            allowed_origins: Vec::new(),
+        },
+        bind: "127.0.0.1:0".into(),
+        stale_after_ms: 10_000,
+        reservation_ttl_ms: 10_000,
+        dev_token_ttl_secs: 60,
+        assign_rate_per_ip: Rate {
+            per_sec: 0.0,
+            burst: 0.0,
+        },
+        reservations_per_ip: 0,
+    }
+}
+
+/// A running registry: its base URL; it stops when the test's runtime ends.
+async fn spawn_app(config: RegistryConfig) -> String {
+    let app = Application::build(config).await.expect("registry builds");
+    let url = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(CancellationToken::new()));
+    url
+}
+
+async fn register(http: &reqwest::Client, url: &str, server_id: &str, max: u64) -> u16 {
+    http.post(format!("{url}/api/v1/socket-servers"))
+        .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
+        .json(&Registration {
+            server_id: server_id.into(),
+            url: format!("ws://10.0.0.1:9001/ws/{server_id}"),
+            health_url: "http://10.0.0.1:9001/live".into(),
+            max_connections: max,
+        })
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn no_servers_means_503_no_capacity() {
+    let url = spawn_app(config("empty")).await;
+    let resp = reqwest::get(format!("{url}/api/v1/socket-server"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_capacity");
+}
+
+#[tokio::test]
+async fn assignments_spread_over_servers_and_reserve_slots() {
+    let url = spawn_app(config("spread")).await;
+    let http = reqwest::Client::new();
+    assert_eq!(register(&http, &url, "a", 2).await, 201);
+    assert_eq!(register(&http, &url, "b", 2).await, 201);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let a: Assignment = http
+            .get(format!("{url}/api/v1/socket-server"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        got.push(a.server_id);
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["a", "a", "b", "b"],
+        "least loaded first, reservations count"
+    );
+    // Both are full of reservations now.
+    let resp = http
+        .get(format!("{url}/api/v1/socket-server"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+}
+
+#[tokio::test]
+async fn registration_needs_the_cluster_secret() {
+    let url = spawn_app(config("secret")).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/api/v1/socket-servers"))
+        .header(CLUSTER_SECRET_HEADER, "guessed")
+        .json(&Registration {
+            server_id: "rogue".into(),
+            url: "ws://10.0.0.66/ws".into(),
+            health_url: "http://10.0.0.66/live".into(),
+            max_connections: 10,
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn one_address_is_rate_limited_and_capped_on_reservations() {
+    let mut limited = config("limits");
+    limited.assign_rate_per_ip = Rate {
+        per_sec: 1.0,
+        burst: 5.0,
+    };
+    limited.reservations_per_ip = 3;
+    let url = spawn_app(limited).await;
+    let http = reqwest::Client::new();
+    assert_eq!(register(&http, &url, "big", 1000).await, 201);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let resp = http
+            .get(format!("{url}/api/v1/socket-server"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    // Three reservations, then the cap (429) while the bucket still has tokens, then the
+    // bucket is empty (429 too).
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+}
+
+#[tokio::test]
+async fn the_openapi_description_covers_the_public_routes() {
+    let doc = registry::public_openapi();
+    let paths: Vec<&String> = doc.paths.paths.keys().collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/dev/token",
+            "/api/v1/socket-server",
+            "/api/v1/socket-servers"
+        ]
+    );
+}
