@@ -143,14 +143,18 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn tasks_ending_on_shutdown_are_not_failures() {
+    fn empty_server() -> actix_web::dev::Server {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let server = actix_web::HttpServer::new(actix_web::App::new)
+        actix_web::HttpServer::new(actix_web::App::new)
             .disable_signals()
             .listen(listener)
             .unwrap()
-            .run();
+            .run()
+    }
+
+    #[tokio::test]
+    async fn tasks_ending_on_shutdown_are_not_failures() {
+        let server = empty_server();
         let shutdown = CancellationToken::new();
         let mut workers = Workers::new();
         let stop = shutdown.clone();
@@ -167,12 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_server_is_stopped_when_a_task_exits() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let server = actix_web::HttpServer::new(actix_web::App::new)
-            .disable_signals()
-            .listen(listener)
-            .unwrap()
-            .run();
+        let server = empty_server();
         let mut workers = Workers::new();
         workers.spawn("ingest", async {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
