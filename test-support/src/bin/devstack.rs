@@ -174,11 +174,14 @@ fn print_banner(stack: &Stack, ports: &FixedPorts) {
         );
     }
     println!(
-        "  redis                 master 127.0.0.1:{} (replicas {:?}), sentinels {} (master name {})",
+        "  redis                 master 127.0.0.1:{} (replicas {:?}), sentinels {} (master name {}); \
+         password {} (REDISCLI_AUTH=... redis-cli -p {})",
         ports.redis.master,
         ports.redis.replicas,
         stack.redis.sentinels_env(),
-        stack.redis.master_name()
+        stack.redis.master_name(),
+        switchboard_test_support::redis_cluster::REDIS_PASSWORD,
+        ports.redis.master,
     );
     println!(
         "  logs                  {}/ (one file per process)",
