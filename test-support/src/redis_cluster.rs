@@ -24,6 +24,41 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// authentication on, as a deployment must.
 pub const REDIS_PASSWORD: &str = "switchboard-local-redis-password";
 
+/// The services each get their own Redis ACL user (the lines docs/deploy.md recommends),
+/// limited to the `sb:` keys and channels and without admin or dangerous commands, so every
+/// test runs the services under those rules. Replication, the Sentinels and the harness use
+/// the default user with [`REDIS_PASSWORD`].
+pub const SERVICE_USERS: &[&str] = &[
+    "registry",
+    "socket-server",
+    "socket-manager",
+    "health-checker",
+    "message-service",
+];
+
+/// The ACL user of `service` (one of [`SERVICE_USERS`]).
+pub fn service_user(service: &str) -> String {
+    format!("sb-{service}")
+}
+
+/// The password of `service`'s ACL user.
+pub fn service_password(service: &str) -> String {
+    format!("switchboard-local-{service}-password")
+}
+
+/// The environment that makes `service` log in as its own ACL user (the Sentinels keep the
+/// shared password).
+pub fn service_redis_env(service: &str) -> Vec<(String, String)> {
+    vec![
+        ("SB_REDIS_USERNAME".to_owned(), service_user(service)),
+        ("SB_REDIS_PASSWORD".to_owned(), service_password(service)),
+        (
+            "SB_REDIS_SENTINEL_PASSWORD".to_owned(),
+            REDIS_PASSWORD.to_owned(),
+        ),
+    ]
+}
+
 /// The ports of one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisPorts {
@@ -72,6 +107,13 @@ pub fn redis_conf(port: u16, dir: &Path, replica_of: Option<u16>) -> String {
          masterauth {REDIS_PASSWORD}\n",
         dir = dir.display()
     );
+    for service in SERVICE_USERS {
+        conf.push_str(&format!(
+            "user {} on >{} ~sb:* &sb:* +@all -@admin -@dangerous +info +role\n",
+            service_user(service),
+            service_password(service)
+        ));
+    }
     if let Some(master) = replica_of {
         conf.push_str(&format!("replicaof 127.0.0.1 {master}\n"));
     }

@@ -14,7 +14,7 @@ use crate::paths::bin_path;
 use crate::ports::free_port;
 use crate::postgres::Postgres;
 use crate::process::{ManagedProcess, RunAs};
-use crate::redis_cluster::{RedisPorts, RedisSentinelCluster, MASTER_NAME};
+use crate::redis_cluster::{service_redis_env, RedisPorts, RedisSentinelCluster, MASTER_NAME};
 
 /// How long a service may take to answer `/ready` with 200.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -285,6 +285,7 @@ impl Stack {
             let mut env = common.clone();
             env.push(kv("SB_MESSAGE_BIND", format!("127.0.0.1:{ms_port}")));
             env.push(kv("SB_DATABASE_URL", pg.url()));
+            env.extend(service_redis_env("message-service"));
             env.extend(opts.extra_env.iter().cloned());
             let process = ManagedProcess::spawn(
                 "message-service",
@@ -304,6 +305,7 @@ impl Stack {
                 let port = pick(fixed.as_ref().map(|f| &f.managers), i);
                 let mut env = common.clone();
                 env.push(kv("SB_MANAGER_BIND", format!("127.0.0.1:{port}")));
+                env.extend(service_redis_env("socket-manager"));
                 if opts.fast_timings {
                     env.push(kv("SB_HANDLER_TTL_MS", "3000"));
                 }
@@ -341,6 +343,7 @@ impl Stack {
             let port = pick(fixed.as_ref().map(|f| &f.registries), i);
             let mut env = common.clone();
             env.push(kv("SB_REGISTRY_BIND", format!("127.0.0.1:{port}")));
+            env.extend(service_redis_env("registry"));
             env.extend(opts.extra_env.iter().cloned());
             let name = format!("registry-{}", i + 1);
             let process =
@@ -423,6 +426,7 @@ impl Stack {
                 kv("SB_PROBE_TIMEOUT_MS", "400"),
                 kv("SB_FAILURE_THRESHOLD", "2"),
             ]);
+            env.extend(service_redis_env("health-checker"));
             env.extend(stack.extra_env.iter().cloned());
             let name = format!("health-checker-{}", i + 1);
             let process = ManagedProcess::spawn(
@@ -503,6 +507,7 @@ impl Stack {
             kv("SB_REGISTRY_URL", self.nginx_url()),
             kv("SB_MAX_CONNECTIONS", self.max_connections.to_string()),
         ]);
+        env.extend(service_redis_env("socket-server"));
         if self.fast_timings {
             env.extend([
                 kv("SB_HEARTBEAT_INTERVAL_MS", "1000"),

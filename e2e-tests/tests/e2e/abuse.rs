@@ -200,6 +200,47 @@ async fn a_service_with_the_wrong_redis_password_is_unready_and_says_why() {
             .is_err(),
     };
     assert!(refused, "Redis answers without a password");
+    // Each service runs as its own ACL user: the system's keys only, nothing dangerous.
+    {
+        use switchboard_test_support::redis_cluster::{service_password, service_user};
+        let user = service_user("registry");
+        let mut conn = redis::Client::open(format!(
+            "redis://{user}:{}@127.0.0.1:{port}/",
+            service_password("registry")
+        ))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the registry's ACL user logs in");
+        let own: redis::RedisResult<()> = redis::cmd("SET")
+            .arg("sb:acl-probe")
+            .arg("1")
+            .query_async(&mut conn)
+            .await;
+        assert!(own.is_ok(), "{user} writes the system's keys: {own:?}");
+        for (what, cmd) in [
+            (
+                "another key space",
+                redis::cmd("SET").arg("other:key").arg("1").clone(),
+            ),
+            ("FLUSHALL", redis::cmd("FLUSHALL").clone()),
+            (
+                "CONFIG SET",
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("maxmemory")
+                    .arg("0")
+                    .clone(),
+            ),
+        ] {
+            let denied: redis::RedisResult<redis::Value> = cmd.query_async(&mut conn).await;
+            let err = denied.expect_err(what);
+            assert!(
+                err.to_string().contains("NOPERM"),
+                "{user} must not run {what}: {err}"
+            );
+        }
+    }
 
     let http = crate::client::http();
     for (name, redis_password, sentinel_password, setting) in [
