@@ -236,17 +236,10 @@ impl SentinelRedis {
         &self,
         build: impl FnOnce(&str) -> redis::Pipeline,
     ) -> Result<T, StoreError> {
-        let Live {
-            generation,
-            mut conn,
-            replid,
-        } = self.connection().await?;
-        let pipe = build(&replid);
-        let result = tokio::time::timeout(self.inner.config.command_timeout, async {
+        self.on_master(build, |mut conn, pipe| async move {
             pipe.query_async::<T>(&mut conn).await
         })
-        .await;
-        self.settle(generation, result)
+        .await
     }
 
     /// Like [`Self::query_pipe_on_master`], but answers every command's reply on its own: an
@@ -256,19 +249,32 @@ impl SentinelRedis {
         &self,
         build: impl FnOnce(&str) -> redis::Pipeline,
     ) -> Result<Vec<redis::Value>, StoreError> {
-        use redis::aio::ConnectionLike;
+        self.on_master(build, |mut conn, pipe| async move {
+            use redis::aio::ConnectionLike;
+            let count = pipe.cmd_iter().count();
+            conn.req_packed_commands(&pipe, 0, count).await
+        })
+        .await
+    }
+
+    /// The master's connection and the pipeline `build` makes from its replication id, handed
+    /// to `send` under the command timeout; a broken connection is dropped for re-resolution.
+    async fn on_master<R, Fut>(
+        &self,
+        build: impl FnOnce(&str) -> redis::Pipeline,
+        send: impl FnOnce(MultiplexedConnection, redis::Pipeline) -> Fut,
+    ) -> Result<R, StoreError>
+    where
+        Fut: std::future::Future<Output = redis::RedisResult<R>>,
+    {
         let Live {
             generation,
-            mut conn,
+            conn,
             replid,
         } = self.connection().await?;
         let pipe = build(&replid);
-        let count = pipe.cmd_iter().count();
-        let result = tokio::time::timeout(
-            self.inner.config.command_timeout,
-            conn.req_packed_commands(&pipe, 0, count),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(self.inner.config.command_timeout, send(conn, pipe)).await;
         self.settle(generation, result)
     }
 
