@@ -38,6 +38,7 @@ COPY registry/Cargo.toml         registry/
 COPY socket-server/Cargo.toml    socket-server/
 COPY health-checker/Cargo.toml   health-checker/
 COPY message-log/Cargo.toml      message-log/
+COPY kafka/Cargo.toml            kafka/
 COPY socket-manager/Cargo.toml   socket-manager/
 COPY message-service/Cargo.toml  message-service/
 COPY test-support/Cargo.toml     test-support/
@@ -74,6 +75,7 @@ COPY registry/         registry/
 COPY socket-server/    socket-server/
 COPY health-checker/   health-checker/
 COPY message-log/      message-log/
+COPY kafka/           kafka/
 COPY socket-manager/   socket-manager/
 COPY message-service/  message-service/
 COPY test-support/     test-support/

@@ -11,7 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use switchboard_message_log::KafkaConfig;
+use switchboard_kafka::KafkaConfig;
 use switchboard_protocol::frames::ServerFrame;
 
 use crate::client::{connect, http_client, send_json, token};

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use switchboard_message_log::{decode_log_records, Event, KafkaConfig, LogRecord};
+use switchboard_kafka::KafkaConfig;
+use switchboard_message_log::{decode_log_records, Event, LogRecord};
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::shutdown::CancellationToken;
 

@@ -22,7 +22,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::web;
-use switchboard_message_log::KafkaConfig;
+use switchboard_kafka::KafkaConfig;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError};
 use switchboard_service_kit::http;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use switchboard_message_log::KafkaConfig;
+use switchboard_kafka::KafkaConfig;
 
 /// Per partition of the message log: the offset after the last record ingest has written.
 #[derive(Clone, Default)]

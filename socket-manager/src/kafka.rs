@@ -7,7 +7,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use switchboard_message_log::KafkaConfig;
+use switchboard_kafka::KafkaConfig;
 
 #[derive(Clone)]
 pub struct Kafka {

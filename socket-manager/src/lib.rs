@@ -27,7 +27,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use actix_web::web;
-use switchboard_message_log::KafkaConfig;
+use switchboard_kafka::KafkaConfig;
 use switchboard_service_kit::config::{env_millis, env_or, env_string, CommonConfig, ConfigError};
 use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;

@@ -65,7 +65,7 @@ pub struct SocketServerConfig {
     /// default 10): shorter delivers sooner, longer spares the broker (tansu answers an empty
     /// fetch only when the wait is over, and queries its storage for each).
     pub delivery_fetch_wait_ms: u64,
-    pub kafka: switchboard_message_log::KafkaConfig,
+    pub kafka: switchboard_kafka::KafkaConfig,
 }
 
 impl SocketServerConfig {
@@ -110,7 +110,7 @@ impl SocketServerConfig {
             handler_heartbeat: env_millis("SB_HANDLER_HEARTBEAT_MS", 2_000)?,
             mapping_renew: env_millis("SB_MAPPING_RENEW_MS", 300_000)?,
             delivery_fetch_wait_ms: env_or("SB_DELIVERY_FETCH_WAIT_MS", 10)?,
-            kafka: switchboard_message_log::KafkaConfig::from_env()?,
+            kafka: switchboard_kafka::KafkaConfig::from_env()?,
         })
     }
 }

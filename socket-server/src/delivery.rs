@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
-use switchboard_message_log::{decode_handler_records, HandlerRecord, KafkaConfig};
+use switchboard_kafka::KafkaConfig;
+use switchboard_message_log::{decode_handler_records, HandlerRecord};
 use switchboard_service_kit::shutdown::CancellationToken;
 
 use crate::hub::Outbound;

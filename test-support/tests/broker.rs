@@ -20,7 +20,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use switchboard_message_log::KafkaConfig;
+use switchboard_kafka::KafkaConfig;
 use switchboard_test_support::broker::Supervision;
 use switchboard_test_support::{free_port, Broker};
 

@@ -1,0 +1,130 @@
+//! Kafka client settings for every Switchboard service, in one place so producers and
+//! consumers never disagree (the records themselves are `switchboard-message-log`).
+//!
+//! Producers run with `acks=all`: a record the broker acknowledged is durable. Producer
+//! idempotence is off by default (`SB_KAFKA_IDEMPOTENCE`, see [`KafkaConfig::idempotence`]):
+//! tansu, the local broker, wedges for good when an idempotent producer's requests time out
+//! (docs/broker.md), and Switchboard does not need it, because every consumer already
+//! deduplicates by the project's own keys.
+
+use rdkafka::config::ClientConfig;
+use switchboard_service_kit::config::{env_bool, env_string, ConfigError};
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap servers (`SB_KAFKA_BROKERS`, default `127.0.0.1:9092`).
+    pub brokers: String,
+    /// The message log topic (`SB_MESSAGE_TOPIC`, default `sb.messages`).
+    pub message_topic: String,
+    /// The events topic (`SB_EVENTS_TOPIC`, default `sb.events`).
+    pub events_topic: String,
+    /// Prefix of per-handler topics (`SB_HANDLER_TOPIC_PREFIX`, default `sb.handler.`).
+    pub handler_topic_prefix: String,
+    /// How long the producer waits to fill a batch (`SB_KAFKA_LINGER_MS`, default 2): a few
+    /// milliseconds of latency buy far fewer, larger produce requests under load.
+    pub linger_ms: u64,
+    /// Whether producers run with `enable.idempotence=true` (`SB_KAFKA_IDEMPOTENCE`, default
+    /// off).
+    ///
+    /// Off is safe: idempotence only stops a producer *retry* from writing a record twice (or
+    /// out of order), and every reader already copes with both by the project's own keys. The
+    /// message service stores by the primary key `(conversation_id, seq)` and the unique
+    /// `message_id` (`ON CONFLICT DO NOTHING`), so a repeated log record is a no-op; a socket
+    /// handler's reorder buffer restores `seq` order and drops a late or repeated message
+    /// (devices fill gaps from history); receipts are cumulative positions that only move
+    /// forward. `acks=all` stays on either way, so an acknowledged record is never lost.
+    ///
+    /// Off is the default because tansu 0.6 (the local broker, SQLite engine) wedges when an
+    /// idempotent producer's requests time out, e.g. during a stall of the broker: its storage
+    /// task panics (`idempotent_message_check`, "more or less than one row") and from then on
+    /// it answers every produce with an error until it is restarted (docs/broker.md). With
+    /// Apache Kafka (docker-compose) it may be turned on.
+    pub idempotence: bool,
+    /// Replicas of each topic the managers create (`SB_KAFKA_REPLICATION_FACTOR`, default 1
+    /// for the single local broker; 3 on a managed cluster, see docs/deploy.md). Topics that
+    /// already exist keep theirs.
+    pub replication_factor: i32,
+}
+
+impl KafkaConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(KafkaConfig {
+            brokers: env_string("SB_KAFKA_BROKERS", "127.0.0.1:9092"),
+            message_topic: env_string("SB_MESSAGE_TOPIC", "sb.messages"),
+            events_topic: env_string("SB_EVENTS_TOPIC", "sb.events"),
+            handler_topic_prefix: env_string("SB_HANDLER_TOPIC_PREFIX", "sb.handler."),
+            linger_ms: switchboard_service_kit::config::env_or("SB_KAFKA_LINGER_MS", 2)?,
+            idempotence: env_bool("SB_KAFKA_IDEMPOTENCE", false)?,
+            replication_factor: switchboard_service_kit::config::env_or(
+                "SB_KAFKA_REPLICATION_FACTOR",
+                1,
+            )?,
+        })
+    }
+
+    pub fn handler_topic(&self, handler_id: &str) -> String {
+        format!("{}{}", self.handler_topic_prefix, handler_id)
+    }
+
+    /// An `acks=all` producer that batches briefly (`linger_ms`) and gives up on a record
+    /// after `timeout_ms`, so a broker outage surfaces as an error, not a hang. Idempotent only
+    /// if [`Self::idempotence`] says so.
+    pub fn producer_config(&self, timeout_ms: u64) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("enable.idempotence", self.idempotence.to_string())
+            .set("acks", "all")
+            // What idempotence implies anyway; without it librdkafka allows a million requests
+            // in flight, and tansu, which stores them one at a time, drowns in tiny requests.
+            .set("max.in.flight.requests.per.connection", "5")
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("compression.type", "none")
+            .set("message.timeout.ms", timeout_ms.to_string())
+            .set("request.timeout.ms", timeout_ms.min(30_000).to_string())
+            .set("socket.keepalive.enable", "true")
+            .set("reconnect.backoff.max.ms", "500");
+        config
+    }
+
+    /// A consumer in `group`; offsets are stored by the application after it has handled a
+    /// record (at-least-once) and committed in the background. `fetch_wait_ms` is how long a
+    /// fetch may wait for data: short for live delivery, longer where latency matters less
+    /// (tansu, the local broker, holds every fetch for the full wait and queries its storage
+    /// once per partition per fetch, so short waits cost broker CPU).
+    pub fn consumer_config(&self, group: &str, fetch_wait_ms: u64) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "500")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("topic.metadata.refresh.interval.ms", "2000")
+            .set("reconnect.backoff.max.ms", "500");
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_topics_are_prefixed() {
+        let config = KafkaConfig {
+            brokers: "b".into(),
+            message_topic: "m".into(),
+            events_topic: "e".into(),
+            handler_topic_prefix: "sb.handler.".into(),
+            linger_ms: 5,
+            idempotence: false,
+            replication_factor: 1,
+        };
+        assert_eq!(config.handler_topic("h1"), "sb.handler.h1");
+    }
+}
