@@ -2,17 +2,21 @@
 //! enforced here (403 `not_a_member`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use switchboard_protocol::error_code::ErrorBody;
-use switchboard_protocol::frames::is_storable_text;
+use switchboard_protocol::frames::{is_storable_text, PresenceStatus};
 use switchboard_protocol::token::is_valid_user_id;
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 
 use crate::auth::AuthUser;
 use crate::membership_cache::Version;
-use crate::store::{Conversation, ConversationSummary, Role, StoredMessage};
+use crate::store::Conversation;
 use crate::AppState;
+use switchboard_protocol::conversations::{
+    AddMember, ConversationList, CreateConversation, MessagePage, Presence, PresenceList, Role,
+    SetRole,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/conversations", web::post().to(create))
@@ -47,34 +51,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/internal/v1/users/{id}/contacts",
             web::get().to(internal_contacts),
         );
-}
-
-/// `GET /api/v1/conversations`.
-#[derive(Serialize, utoipa::ToSchema)]
-struct ConversationList {
-    conversations: Vec<ConversationSummary>,
-}
-
-/// `GET /api/v1/conversations/{id}/messages`.
-#[derive(Serialize, utoipa::ToSchema)]
-struct MessagePage {
-    messages: Vec<StoredMessage>,
-}
-
-/// One user's presence.
-#[derive(Serialize, utoipa::ToSchema)]
-struct Presence {
-    user_id: String,
-    /// `online` while a device is connected, else `offline`.
-    status: &'static str,
-    /// RFC 3339: now while online, else when the last device left (null: never seen).
-    last_seen: Option<String>,
-}
-
-/// `GET /api/v1/presence`.
-#[derive(Serialize, utoipa::ToSchema)]
-struct PresenceList {
-    presence: Vec<Presence>,
 }
 
 /// The public REST API of the message service, generated from the handlers.
@@ -147,15 +123,6 @@ fn storable(what: &str, value: &str) -> Result<(), ApiError> {
 fn db_error(e: sqlx::Error) -> ApiError {
     tracing::error!(error = %e, "database error");
     ApiError::unavailable("the database is unavailable, retry shortly")
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct CreateConversation {
-    kind: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    members: Vec<String>,
 }
 
 /// Creates a direct conversation (or answers the existing one of the pair) or a group.
@@ -337,11 +304,6 @@ async fn history(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "messages": messages })))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-struct AddMember {
-    user_id: String,
-}
-
 /// The group, once the caller is known to be one of its members.
 async fn group_of(
     state: &AppState,
@@ -476,11 +438,6 @@ async fn remove_member(
     }
     state.cache.invalidate(&conversation_id).await?;
     Ok(HttpResponse::NoContent().finish())
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct SetRole {
-    role: Role,
 }
 
 /// `PUT /api/v1/conversations/{id}/members/{user_id}/role` `{"role":"admin"|"member"}`: the
@@ -692,7 +649,11 @@ async fn presence(
             };
             Presence {
                 user_id: user.clone(),
-                status: if online { "online" } else { "offline" },
+                status: if online {
+                    PresenceStatus::Online
+                } else {
+                    PresenceStatus::Offline
+                },
                 last_seen,
             }
         })

@@ -8,74 +8,13 @@ use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{QueryBuilder, Row};
 use switchboard_message_log::LogRecord;
+pub use switchboard_protocol::conversations::{
+    Conversation, ConversationSummary, MemberReceipt, Role, StoredMessage,
+};
 
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Conversation {
-    pub id: String,
-    pub kind: String,
-    pub name: Option<String>,
-    pub members: Vec<String>,
-    /// Groups only: each member's role (`owner`, `admin` or `member`).
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub roles: std::collections::BTreeMap<String, Role>,
-}
-
-/// A member's role in a group. The owner (the creator) and admins add and remove members;
-/// only the owner names admins; anyone may leave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Owner,
-    Admin,
-    Member,
-}
-
-impl Role {
-    fn parse(text: &str) -> Role {
-        match text {
-            "owner" => Role::Owner,
-            "admin" => Role::Admin,
-            _ => Role::Member,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Owner => "owner",
-            Role::Admin => "admin",
-            Role::Member => "member",
-        }
-    }
-
-    /// May add and remove members.
-    pub fn manages_members(self) -> bool {
-        matches!(self, Role::Owner | Role::Admin)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ConversationSummary {
-    pub id: String,
-    pub kind: String,
-    pub name: Option<String>,
-    pub members: Vec<String>,
-    pub last_seq: i64,
-    pub unread: i64,
-    /// Every member's cumulative receipts, so a client can draw delivered/read marks after
-    /// a reconnect without waiting for new `receipt` frames.
-    pub receipts: Vec<MemberReceipt>,
-}
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct MemberReceipt {
-    pub user_id: String,
-    pub delivered_seq: i64,
-    pub read_seq: i64,
 }
 
 /// One member's cumulative position, as reported (either field may be 0 = unchanged).
@@ -85,17 +24,6 @@ pub struct ReceiptUpdate {
     pub user_id: String,
     pub delivered_seq: i64,
     pub read_seq: i64,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct StoredMessage {
-    pub conversation_id: String,
-    pub message_id: String,
-    pub seq: i64,
-    pub sender_id: String,
-    pub client_msg_id: String,
-    pub body: String,
-    pub created_at: String,
 }
 
 pub fn rfc3339(t: DateTime<Utc>) -> String {

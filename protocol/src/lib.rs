@@ -8,6 +8,7 @@
 //! Every service and every Rust client (tests, load generator) uses these types, so a field
 //! renamed here is renamed everywhere at once.
 
+pub mod conversations;
 pub mod error_code;
 pub mod frames;
 pub mod internal;

@@ -1,0 +1,189 @@
+//! Bodies of the message service's REST API (docs/protocol.md, "REST"): conversations,
+//! members and roles, history, presence. The service answers with these types and clients
+//! (the e2e tests, loadgen) can read them typed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frames::PresenceStatus;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Conversation {
+    pub id: String,
+    pub kind: String,
+    pub name: Option<String>,
+    pub members: Vec<String>,
+    /// Groups only: each member's role (`owner`, `admin` or `member`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roles: std::collections::BTreeMap<String, Role>,
+}
+
+/// A member's role in a group. The owner (the creator) and admins add and remove members;
+/// only the owner names admins; anyone may leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    /// The role stored as `text` (anything unknown is a plain member).
+    pub fn parse(text: &str) -> Role {
+        match text {
+            "owner" => Role::Owner,
+            "admin" => Role::Admin,
+            _ => Role::Member,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// May add and remove members.
+    pub fn manages_members(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ConversationSummary {
+    pub id: String,
+    pub kind: String,
+    pub name: Option<String>,
+    pub members: Vec<String>,
+    pub last_seq: i64,
+    pub unread: i64,
+    /// Every member's cumulative receipts, so a client can draw delivered/read marks after
+    /// a reconnect without waiting for new `receipt` frames.
+    pub receipts: Vec<MemberReceipt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MemberReceipt {
+    pub user_id: String,
+    pub delivered_seq: i64,
+    pub read_seq: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StoredMessage {
+    pub conversation_id: String,
+    pub message_id: String,
+    pub seq: i64,
+    pub sender_id: String,
+    pub client_msg_id: String,
+    pub body: String,
+    pub created_at: String,
+}
+
+/// `POST /api/v1/conversations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreateConversation {
+    /// `direct` or `group`.
+    pub kind: String,
+    /// Groups: 1-200 bytes.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The other members (the caller is always one).
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// `POST /api/v1/conversations/{id}/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AddMember {
+    pub user_id: String,
+}
+
+/// `PUT /api/v1/conversations/{id}/members/{user_id}/role`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SetRole {
+    pub role: Role,
+}
+
+/// `GET /api/v1/conversations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ConversationList {
+    pub conversations: Vec<ConversationSummary>,
+}
+
+/// `GET /api/v1/conversations/{id}/messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MessagePage {
+    pub messages: Vec<StoredMessage>,
+}
+
+/// One user's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Presence {
+    pub user_id: String,
+    /// `online` while a device is connected, else `offline`.
+    #[schema(value_type = String)]
+    pub status: PresenceStatus,
+    /// RFC 3339: now while online, else when the last device left (null: never seen).
+    pub last_seen: Option<String>,
+}
+
+/// `GET /api/v1/presence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PresenceList {
+    pub presence: Vec<Presence>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_have_the_documented_shape() {
+        let direct = Conversation {
+            id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+            kind: "direct".into(),
+            name: None,
+            members: vec!["alice".into(), "bob".into()],
+            roles: Default::default(),
+        };
+        let json = serde_json::to_value(&direct).unwrap();
+        assert!(
+            json.get("roles").is_none(),
+            "a direct conversation has no roles: {json}"
+        );
+        assert_eq!(
+            serde_json::from_value::<Conversation>(json).unwrap(),
+            direct
+        );
+
+        let group: Conversation = serde_json::from_str(
+            r#"{"id":"g","kind":"group","name":"team","members":["a","b"],"roles":{"a":"owner","b":"member"}}"#,
+        )
+        .unwrap();
+        assert_eq!(group.roles["a"], Role::Owner);
+        assert!(group.roles["a"].manages_members() && !group.roles["b"].manages_members());
+
+        let presence = PresenceList {
+            presence: vec![Presence {
+                user_id: "bob".into(),
+                status: PresenceStatus::Online,
+                last_seen: None,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&presence).unwrap(),
+            r#"{"presence":[{"user_id":"bob","status":"online","last_seen":null}]}"#
+        );
+    }
+
+    #[test]
+    fn roles_parse_as_stored() {
+        for role in [Role::Owner, Role::Admin, Role::Member] {
+            assert_eq!(Role::parse(role.as_str()), role);
+        }
+        assert_eq!(Role::parse("something else"), Role::Member);
+    }
+}
