@@ -128,25 +128,13 @@ impl Application {
         self.port
     }
 
-    /// Serves until `shutdown`, or until the ingest loop exits (logged by name and returned
-    /// as an error: history would silently stop growing otherwise).
+    /// Serves until `shutdown` (then the ingest loop commits what it stored), or until the
+    /// ingest loop exits (logged by name and returned as an error: history would silently
+    /// stop growing otherwise).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut workers = switchboard_service_kit::supervise::Workers::new();
-        let ingest = tokio::spawn(self.ingest.run(shutdown.clone()));
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        // The ingest handle is awaited after the server stops (it commits its last offsets),
-        // so the supervisor watches a signal of its end instead of the handle itself.
-        workers.spawn("ingest", async move {
-            let _ = done_rx.await;
-        });
-        let watched = tokio::spawn(async move {
-            let outcome = ingest.await;
-            drop(done_tx);
-            outcome
-        });
-        let served = workers.serve(self.server, shutdown).await;
-        let _ = watched.await;
-        served?;
+        workers.spawn("ingest", self.ingest.run(shutdown.clone()));
+        workers.serve(self.server, shutdown).await?;
         Ok(())
     }
 }

@@ -6,16 +6,23 @@
 //! why (returned, panicked, cancelled), stops its HTTP server and returns an error, and the
 //! process supervisor (compose's `restart`, Kubernetes) restarts it.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::time::Duration;
 
-use tokio::task::JoinHandle;
+use tokio::task::{Id, JoinError, JoinSet};
 
 use crate::shutdown::CancellationToken;
+
+/// How long a clean shutdown waits for the tasks to finish their last work (an ingest
+/// committing its offsets, an appender flushing) once the server has drained.
+const TASKS_GRACE: Duration = Duration::from_secs(10);
 
 /// Named tasks that must run as long as the service.
 #[derive(Default)]
 pub struct Workers {
-    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    tasks: JoinSet<()>,
+    names: HashMap<Id, &'static str>,
 }
 
 /// Which task exited, and why.
@@ -31,77 +38,93 @@ impl Workers {
         Self::default()
     }
 
-    /// Adds a running task under `name`.
-    pub fn add(&mut self, name: &'static str, task: JoinHandle<()>) {
-        self.tasks.push((name, task));
-    }
-
-    /// Spawns `task` and adds it.
+    /// Spawns `task` under `name`.
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
-        self.add(name, tokio::spawn(task));
+        let id = self.tasks.spawn(task).id();
+        self.names.insert(id, name);
     }
 
-    /// Resolves when the first task exits (never, with no tasks).
-    pub async fn first_exit(self) -> WorkerExited {
-        if self.tasks.is_empty() {
+    /// Resolves when the next task exits (never, with no tasks).
+    pub async fn first_exit(&mut self) -> WorkerExited {
+        let Some(joined) = self.tasks.join_next_with_id().await else {
             return std::future::pending().await;
+        };
+        let (id, why) = match joined {
+            Ok((id, ())) => (id, "it returned".to_owned()),
+            Err(e) => (e.id(), why_failed(e)),
+        };
+        WorkerExited {
+            task: self.names.remove(&id).unwrap_or("unnamed"),
+            why,
         }
-        let named = self.tasks.into_iter().map(|(task, handle)| {
-            Box::pin(async move {
-                let why = match handle.await {
-                    Ok(()) => "it returned".to_owned(),
-                    Err(e) if e.is_panic() => match e.into_panic().downcast::<String>() {
-                        Ok(message) => format!("it panicked: {message}"),
-                        Err(payload) => match payload.downcast::<&'static str>() {
-                            Ok(message) => format!("it panicked: {message}"),
-                            Err(_) => "it panicked".to_owned(),
-                        },
-                    },
-                    Err(_) => "it was cancelled".to_owned(),
-                };
-                WorkerExited { task, why }
-            })
-        });
-        futures_util::future::select_all(named).await.0
     }
 
-    /// Runs `server` until `shutdown` (then drains it gracefully) or until the first task
-    /// exits while the service is not shutting down: then logs which task and why, stops the
-    /// server (in-flight requests would fail anyway) and answers the error. Tasks that end
-    /// because of `shutdown` are not failures.
+    /// Runs `server` until `shutdown` (then drains it gracefully and gives the tasks
+    /// [`TASKS_GRACE`] to finish) or until a task exits while the service is not shutting
+    /// down: then logs which task and why, stops the server (in-flight requests would fail
+    /// anyway) and answers the error. Tasks that end because of `shutdown` are not failures.
     pub async fn serve(
-        self,
+        mut self,
         server: actix_web::dev::Server,
         shutdown: CancellationToken,
     ) -> Result<(), ServeError> {
         let handle = server.handle();
-        let drain = {
-            let (handle, shutdown) = (handle.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                handle.stop(true).await;
-            })
-        };
         let mut server = server;
-        let outcome = tokio::select! {
-            served = &mut server => served.map_err(ServeError::Server),
-            exited = self.first_exit() => {
-                if shutdown.is_cancelled() {
-                    (&mut server).await.map_err(ServeError::Server)
-                } else {
+        loop {
+            tokio::select! {
+                served = &mut server => {
+                    served.map_err(ServeError::Server)?;
+                    break;
+                }
+                _ = shutdown.cancelled() => {
+                    // The server future itself carries out the stop, so poll both.
+                    let (_, served) = tokio::join!(handle.stop(true), &mut server);
+                    served.map_err(ServeError::Server)?;
+                    break;
+                }
+                exited = self.first_exit() => {
+                    if shutdown.is_cancelled() {
+                        continue;
+                    }
                     tracing::error!(
                         task = exited.task,
                         why = %exited.why,
                         "a task the service needs exited; stopping so the process is restarted"
                     );
-                    // The server future itself carries out the stop, so poll both.
                     let _ = tokio::join!(handle.stop(false), &mut server);
-                    Err(ServeError::Worker(exited))
+                    return Err(ServeError::Worker(exited));
                 }
             }
-        };
-        drain.abort();
-        outcome
+        }
+        // Served to the end: let the tasks finish what they hold (bounded).
+        let drained = tokio::time::timeout(TASKS_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                still_running = ?self.names.values().collect::<Vec<_>>(),
+                "tasks did not finish within the shutdown grace; abandoning them"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A failed task's panic message, or that it was cancelled.
+fn why_failed(e: JoinError) -> String {
+    if !e.is_panic() {
+        return "it was cancelled".to_owned();
+    }
+    let payload = e.into_panic();
+    let message = payload.downcast_ref::<String>().cloned().or_else(|| {
+        payload
+            .downcast_ref::<&'static str>()
+            .map(|m| (*m).to_owned())
+    });
+    match message {
+        Some(message) => format!("it panicked: {message}"),
+        None => "it panicked".to_owned(),
     }
 }
 
@@ -167,6 +190,26 @@ mod tests {
         .await
         .expect("serve returns after shutdown");
         assert!(ended.is_ok(), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn a_clean_shutdown_lets_the_tasks_finish() {
+        let shutdown = CancellationToken::new();
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Workers::new();
+        let (stop, done) = (shutdown.clone(), finished.clone());
+        workers.spawn("ingest", async move {
+            stop.cancelled().await;
+            // The last commit after the stop.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        shutdown.cancel();
+        workers
+            .serve(empty_server(), shutdown)
+            .await
+            .expect("a clean shutdown");
+        assert!(finished.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[tokio::test]

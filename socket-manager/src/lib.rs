@@ -280,6 +280,9 @@ impl Application {
             std::time::Duration::from_secs(5),
             shutdown.clone(),
         ));
+        // Once the server has drained, the last handles on the appender, router and
+        // numbering queues go with it, so those tasks finish their queued work and end.
+        drop(self.state);
         workers.serve(self.server, shutdown).await?;
         Ok(())
     }
