@@ -6,6 +6,7 @@
 //! - `routes`: the handlers; the balancing itself lives in the `server-directory` crate's
 //!   atomic assign script, shared with the socket servers and health checkers.
 
+mod config;
 mod routes;
 
 use std::net::TcpListener;
@@ -13,51 +14,13 @@ use std::net::TcpListener;
 use actix_web::web;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_server_directory::ServerDirectory;
-use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError};
 use switchboard_service_kit::http;
-use switchboard_service_kit::limits::{IpLeases, IpRateLimiter, Rate};
+use switchboard_service_kit::limits::{IpLeases, IpRateLimiter};
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 
-#[derive(Debug, Clone)]
-pub struct RegistryConfig {
-    pub common: CommonConfig,
-    /// `SB_REGISTRY_BIND`, default `127.0.0.1:8101`.
-    pub bind: String,
-    /// A server whose last heartbeat is older than this is not handed out
-    /// (`SB_SERVER_STALE_MS`, default 10000; 0 disables the check).
-    pub stale_after_ms: i64,
-    /// How long an assignment holds a slot before the client connects
-    /// (`SB_RESERVATION_TTL_MS`, default 10000).
-    pub reservation_ttl_ms: i64,
-    /// Lifetime of dev tokens (`SB_DEV_TOKEN_TTL_SECS`, default 86400).
-    pub dev_token_ttl_secs: i64,
-    /// Assignments per client address (`SB_ASSIGN_RATE_PER_IP` per second, default 20, and
-    /// `SB_ASSIGN_BURST_PER_IP`, default 100; 0 turns it off), per registry replica.
-    pub assign_rate_per_ip: Rate,
-    /// Unexpired slot reservations one client address may hold (`SB_RESERVATIONS_PER_IP`,
-    /// default 100; 0 turns it off), per registry replica: past it, assignments answer 429
-    /// instead of reserving, so one address cannot fill every server with reservations.
-    pub reservations_per_ip: usize,
-}
-
-impl RegistryConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(RegistryConfig {
-            common: CommonConfig::from_env()?,
-            bind: env_string("SB_REGISTRY_BIND", "127.0.0.1:8101"),
-            stale_after_ms: env_or("SB_SERVER_STALE_MS", 10_000)?,
-            reservation_ttl_ms: env_or("SB_RESERVATION_TTL_MS", 10_000)?,
-            dev_token_ttl_secs: env_or("SB_DEV_TOKEN_TTL_SECS", 86_400)?,
-            assign_rate_per_ip: Rate {
-                per_sec: env_or("SB_ASSIGN_RATE_PER_IP", 20.0)?,
-                burst: env_or("SB_ASSIGN_BURST_PER_IP", 100.0)?,
-            },
-            reservations_per_ip: env_or("SB_RESERVATIONS_PER_IP", 100)?,
-        })
-    }
-}
+pub use config::RegistryConfig;
 
 /// What the handlers share.
 pub(crate) struct AppState {
