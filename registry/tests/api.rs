@@ -1,77 +1,17 @@
 //! The fast tier: the registry in-process (`Application::build` on port 0, the way
 //! zero-to-production's `spawn_app` does it) against one real Redis with Sentinels, started
-//! once for this test binary. Each test has its own key prefix, so tests share Redis without
-//! seeing each other. Seconds, not the minutes of the whole-stack tests.
-
-use std::sync::OnceLock;
-use std::time::Duration;
+//! once for this test binary (`switchboard_test_support::shared`). Each test has its own key
+//! prefix, so tests share Redis without seeing each other. Seconds, not the minutes of the
+//! whole-stack tests.
 
 use registry::{Application, RegistryConfig};
 use switchboard_protocol::registry::{Assignment, Registration, CLUSTER_SECRET_HEADER};
-use switchboard_protocol::token::TokenPolicy;
-use switchboard_service_kit::config::CommonConfig;
 use switchboard_service_kit::limits::Rate;
-use switchboard_service_kit::redis_sentinel::{RedisAuth, RedisConfig};
 use switchboard_service_kit::shutdown::CancellationToken;
-use switchboard_test_support::redis_cluster::{RedisSentinelCluster, REDIS_PASSWORD};
+use switchboard_test_support::shared::{self, CLUSTER_SECRET};
 
-const CLUSTER_SECRET: &str = "a-cluster-secret-for-the-fast-tier!!";
-
-/// The Sentinels' addresses of the shared cluster. It runs on a thread of its own (its
-/// processes die with that thread, i.e. with this test binary).
-fn shared_sentinels() -> &'static str {
-    static SENTINELS: OnceLock<String> = OnceLock::new();
-    SENTINELS.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("runtime");
-            runtime.block_on(async move {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let cluster = RedisSentinelCluster::start(dir.path())
-                    .await
-                    .expect("Redis with Sentinels");
-                tx.send(cluster.sentinels_env()).expect("test thread");
-                std::future::pending::<()>().await;
-                drop((cluster, dir));
-            });
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("the shared Redis started")
-    })
-}
-
-fn config(prefix: &str) -> RegistryConfig {
-    let auth = RedisAuth {
-        username: None,
-        password: Some(REDIS_PASSWORD.into()),
-    };
-    RegistryConfig {
-        common: CommonConfig {
-            redis: RedisConfig {
-                sentinels: shared_sentinels().split(',').map(str::to_owned).collect(),
-                master_name: "switchboard".into(),
-                key_prefix: format!("fast:{prefix}:"),
-                command_timeout: Duration::from_millis(1500),
-                auth: auth.clone(),
-                sentinel_auth: auth,
-            },
-            jwt_secret: "a-jwt-secret-for-the-fast-tier-tests".into(),
-            cluster_secret: CLUSTER_SECRET.into(),
-            dev_mode: true,
-            token_policy: TokenPolicy::default(),
-            jwks: None,
-            allowed_origins: Vec::new(),
-        },
-        bind: "127.0.0.1:0".into(),
-        stale_after_ms: 10_000,
-        reservation_ttl_ms: 10_000,
-        dev_token_ttl_secs: 60,
-        assign_rate_per_ip: Rate {
-            per_sec: 0.0,
-            burst: 0.0,
-        },
-        reservations_per_ip: 0,
-    }
+fn config(name: &str) -> RegistryConfig {
+    shared::registry_config(&shared::unique(name))
 }
 
 /// A running registry: its base URL; it stops when the test's runtime ends.

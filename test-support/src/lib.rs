@@ -17,6 +17,7 @@ pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod redis_cluster;
+pub mod shared;
 pub mod stack;
 
 pub use broker::Broker;
