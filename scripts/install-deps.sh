@@ -72,6 +72,13 @@ if ! "$SCHEMATHESIS_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCH
     python3 -m venv "$SCHEMATHESIS_VENV"
     "$SCHEMATHESIS_VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+# websockets (PyPI), pinned, in the same venv: the `protocol_client` e2e test runs the independent
+# Python client (clients/python, written from docs/protocol.md alone) with it.
+WEBSOCKETS_VERSION=13.1
+if ! "$SCHEMATHESIS_VENV/bin/python" -c "import websockets, sys; sys.exit(websockets.__version__ != '$WEBSOCKETS_VERSION')" 2>/dev/null; then
+    echo "install-deps: websockets $WEBSOCKETS_VERSION into $SCHEMATHESIS_VENV"
+    "$SCHEMATHESIS_VENV/bin/pip" install -q "websockets==$WEBSOCKETS_VERSION"
+fi
 
 # The packages start system services on the ports the dev stack uses; stop them (quietly,
 # whether or not they exist or run; there may be no init system at all in a container).
