@@ -377,8 +377,10 @@ class Connection:
         finally:
             if self.closed is None:
                 self.closed = ConnectionError("closed")
-            rcvd = getattr(self.ws, "close_code", None)
-            self.close_code = rcvd
+            # The server's close code (1009 frame too large, 1001 silent, 1012 shutting down,
+            # 1013 too slow), from the close frame it sent.
+            rcvd = getattr(self.closed, "rcvd", None)
+            self.close_code = rcvd.code if rcvd is not None else getattr(self.ws, "close_code", None)
             self._changed.set()
 
     # ---- frames out -------------------------------------------------------------------------
