@@ -24,6 +24,7 @@ mod compose;
 mod faults;
 mod nemesis;
 mod openapi;
+mod protocol_client;
 mod registry;
 mod signals;
 mod socket;
