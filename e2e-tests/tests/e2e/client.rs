@@ -1,54 +1,44 @@
-//! Client-side helpers: mint tokens, ask the registry, speak the WebSocket protocol.
+//! Client-side helpers for the tests: a thin layer over `switchboard-client` (typed REST,
+//! registry assignment, the WebSocket protocol) that panics where a test would, plus what only
+//! tests need (tokens from the stack's secret, Redis scores, balance checks, metrics).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use switchboard_protocol::frames::ServerFrame;
+use switchboard_client::{Api, Connection, Error};
+use switchboard_protocol::conversations::CreateConversation;
+use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::registry::Assignment;
-use switchboard_protocol::token::TokenKeys;
 use switchboard_test_support::Stack;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub fn token_for(stack: &Stack, user: &str) -> String {
-    TokenKeys::new(stack.jwt_secret().as_bytes())
-        .mint(user, chrono::Duration::hours(1))
-        .expect("mint")
-        .0
+    switchboard_client::mint_token(
+        stack.jwt_secret().as_bytes(),
+        user,
+        chrono::Duration::hours(1),
+    )
+    .expect("mint")
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(64)
-        .build()
-        .unwrap()
+    Api::default_http()
+}
+
+/// The stack's front door (nginx) through `http`.
+fn front(http: &reqwest::Client, stack: &Stack) -> Api {
+    Api::with_http(http.clone(), &stack.nginx_url())
 }
 
 /// `GET /api/v1/socket-server` through nginx.
 pub async fn assign(http: &reqwest::Client, stack: &Stack) -> anyhow::Result<Assignment> {
-    let resp = http
-        .get(format!("{}/api/v1/socket-server", stack.nginx_url()))
-        .send()
-        .await?;
-    let status = resp.status();
-    if status != 200 {
-        anyhow::bail!(
-            "assign answered {status}: {}",
-            resp.text().await.unwrap_or_default()
-        );
-    }
-    Ok(resp.json().await?)
+    Ok(front(http, stack).assign().await?)
 }
 
 pub struct WsClient {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    conn: Connection,
     pub server_id: String,
 }
 
@@ -59,114 +49,78 @@ pub enum Connect {
 }
 
 impl WsClient {
-    /// Connects with `?token=` and waits for `hello`.
-    pub async fn connect(url: &str, token: &str) -> anyhow::Result<WsClient> {
-        match Self::try_connect(&format!("{url}?token={token}"), None).await? {
-            Connect::Open(client) => Ok(*client),
-            Connect::Refused(status, body) => anyhow::bail!("refused with {status}: {body}"),
+    fn from(conn: Connection) -> WsClient {
+        WsClient {
+            server_id: conn.server_id().to_owned(),
+            conn,
         }
     }
 
+    /// Connects with `?token=` and waits for `hello`.
+    pub async fn connect(url: &str, token: &str) -> anyhow::Result<WsClient> {
+        Ok(WsClient::from(Connection::connect(url, token).await?))
+    }
+
+    /// Connects to `url` as given, with an optional bearer token; a refused upgrade is
+    /// `Connect::Refused` with its status and body.
     pub async fn try_connect(url: &str, bearer: Option<&str>) -> anyhow::Result<Connect> {
-        let mut request = url.into_client_request()?;
-        if let Some(token) = bearer {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {token}").parse()?);
-        }
-        match tokio_tungstenite::connect_async(request).await {
-            Ok((ws, _)) => {
-                let mut client = WsClient {
-                    ws,
-                    server_id: String::new(),
-                };
-                match client.next_frame(WAIT).await {
-                    Some(ServerFrame::Hello { server_id, .. }) => client.server_id = server_id,
-                    other => anyhow::bail!("expected hello, got {other:?}"),
-                }
-                Ok(Connect::Open(Box::new(client)))
-            }
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                Ok(Connect::Refused(resp.status().as_u16(), body))
-            }
+        match Connection::open(url, bearer).await {
+            Ok(conn) => Ok(Connect::Open(Box::new(WsClient::from(conn)))),
+            Err(Error::Refused { status, body, .. }) => Ok(Connect::Refused(status, body)),
             Err(e) => Err(e.into()),
         }
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::Text(text.to_owned()))
-            .await
-            .expect("send");
+        self.conn.send_text(text).await.expect("send");
     }
 
     pub async fn send_json(&mut self, value: serde_json::Value) {
         self.send_text(&value.to_string()).await;
     }
 
+    pub async fn send_frame(&mut self, frame: &ClientFrame) {
+        self.conn.send(frame).await.expect("send");
+    }
+
     pub async fn send_binary(&mut self, data: Vec<u8>) {
-        self.ws.send(Message::Binary(data)).await.expect("send");
+        self.conn.send_binary(data).await.expect("send");
     }
 
     /// The next application frame (control frames are handled by tungstenite), or `None` on
-    /// timeout or close.
+    /// timeout or close. A text frame that is not a server frame fails the test.
     pub async fn next_frame(&mut self, within: Duration) -> Option<ServerFrame> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match tokio::time::timeout(left, self.ws.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    return Some(serde_json::from_str(&text).expect("server frame parses"))
-                }
-                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => {
-                    return None
-                }
-                Ok(Some(Ok(_))) => continue,
-            }
+        match self.conn.recv(within).await {
+            Ok(frame) => Some(frame),
+            Err(Error::Protocol(why)) => panic!("server frame parses: {why}"),
+            Err(_) => None,
         }
     }
 
     /// Waits for the server's close frame and returns its code.
     pub async fn close_code(&mut self, within: Duration) -> Option<CloseCode> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match tokio::time::timeout(left, self.ws.next()).await {
-                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
-                Ok(Some(Ok(_))) => continue,
-                _ => return None,
-            }
-        }
+        self.conn.close_code(within).await.map(CloseCode::from)
     }
 
-    /// `ping` frame, expecting `pong`.
+    /// `ping` frame, expecting `pong` as the very next frame.
     pub async fn ping_pong(&mut self) -> bool {
-        self.send_json(serde_json::json!({"type": "ping"})).await;
+        self.send_frame(&ClientFrame::Ping).await;
         matches!(self.next_frame(WAIT).await, Some(ServerFrame::Pong))
     }
 
     /// Sends a close frame and waits briefly for the server's answer.
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
+    pub async fn close(self) {
+        self.conn.close().await;
     }
 
     /// Keeps reading in the background (so pings are answered) until the task is aborted.
-    pub fn keep_alive(mut self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move { while let Some(Ok(_)) = self.ws.next().await {} })
+    pub fn keep_alive(self) -> tokio::task::JoinHandle<()> {
+        self.conn.keep_alive()
     }
 
     /// Drops the TCP connection without a close frame, as a crashed client would.
     pub fn drop_tcp(self) {
-        drop(self.ws);
+        self.conn.drop_tcp();
     }
 }
 
@@ -176,16 +130,13 @@ pub async fn connect_via_registry(
     count: usize,
     parallel: usize,
 ) -> anyhow::Result<Vec<WsClient>> {
-    let http = http();
+    let front = front(&http(), stack);
     let mut clients = Vec::with_capacity(count);
     for chunk_start in (0..count).step_by(parallel) {
         let chunk = (chunk_start..count.min(chunk_start + parallel)).map(|i| {
-            let http = http.clone();
+            let front = front.clone();
             let token = token_for(stack, &format!("user{i}"));
-            async move {
-                let assignment = assign(&http, stack).await?;
-                WsClient::connect(&assignment.url, &token).await
-            }
+            async move { anyhow::Ok(WsClient::from(front.connect(&token).await?)) }
         });
         for client in futures_util::future::join_all(chunk).await {
             clients.push(client?);
@@ -251,7 +202,8 @@ where
     }
 }
 
-/// REST call to the message service through nginx with a bearer token.
+/// REST call to the message service through nginx with a bearer token; the status and the
+/// body as JSON (`Null` when it is not JSON).
 pub async fn api(
     http: &reqwest::Client,
     stack: &Stack,
@@ -260,15 +212,11 @@ pub async fn api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let mut request = http
-        .request(method, format!("{}{path}", stack.nginx_url()))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
+    let (status, text) = front(http, stack)
+        .as_user(token)
+        .raw(method, path, body.as_ref())
+        .await
+        .expect("request");
     (
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
@@ -282,20 +230,12 @@ pub async fn create_conversation(
     token: &str,
     body: serde_json::Value,
 ) -> String {
-    let (status, value) = api(
-        http,
-        stack,
-        token,
-        reqwest::Method::POST,
-        "/api/v1/conversations",
-        Some(body),
-    )
-    .await;
-    assert!(
-        status == 200 || status == 201,
-        "create answered {status}: {value}"
-    );
-    value["id"].as_str().expect("id").to_owned()
+    let request: CreateConversation =
+        serde_json::from_value(body.clone()).expect("a create-conversation body");
+    match front(http, stack).as_user(token).create(&request).await {
+        Ok(conversation) => conversation.id,
+        Err(e) => panic!("create {body} answered {e}"),
+    }
 }
 
 /// The most common opening: an HTTP client, tokens for alice and bob, and their direct
@@ -303,17 +243,16 @@ pub async fn create_conversation(
 pub async fn alice_and_bob(stack: &Stack) -> (reqwest::Client, String, String, String) {
     let http = http();
     let (alice, bob) = (token_for(stack, "alice"), token_for(stack, "bob"));
-    let conversation = create_conversation(
-        &http,
-        stack,
-        &alice,
-        serde_json::json!({"kind": "direct", "members": ["bob"]}),
-    )
-    .await;
+    let conversation = front(&http, stack)
+        .as_user(&alice)
+        .create_direct("bob")
+        .await
+        .expect("alice and bob's conversation")
+        .id;
     (http, alice, bob, conversation)
 }
 
-/// The whole history after `after_seq`, following pages of `limit`.
+/// The whole history after `after_seq`, following pages of 1000, as JSON.
 pub async fn history(
     http: &reqwest::Client,
     stack: &Stack,
@@ -321,28 +260,14 @@ pub async fn history(
     conversation_id: &str,
     after_seq: u64,
 ) -> Vec<serde_json::Value> {
-    let mut all = Vec::new();
-    let mut after = after_seq;
-    loop {
-        let (status, value) = api(
-            http,
-            stack,
-            token,
-            reqwest::Method::GET,
-            &format!(
-                "/api/v1/conversations/{conversation_id}/messages?after_seq={after}&limit=1000"
-            ),
-            None,
-        )
-        .await;
-        assert_eq!(status, 200, "history: {value}");
-        let page = value["messages"].as_array().cloned().unwrap_or_default();
-        if page.is_empty() {
-            return all;
-        }
-        after = page.last().unwrap()["seq"].as_u64().unwrap();
-        all.extend(page);
-    }
+    front(http, stack)
+        .as_user(token)
+        .history_all(conversation_id, after_seq)
+        .await
+        .unwrap_or_else(|e| panic!("history: {e}"))
+        .iter()
+        .map(|m| serde_json::to_value(m).expect("a stored message serializes"))
+        .collect()
 }
 
 /// Polls history until it holds at least `count` messages (the store trails the log).
@@ -385,33 +310,19 @@ pub async fn history_within(
 
 impl WsClient {
     pub async fn send_message(&mut self, conversation_id: &str, client_msg_id: &str, body: &str) {
-        self.send_json(serde_json::json!({
-            "type": "send",
-            "conversation_id": conversation_id,
-            "client_msg_id": client_msg_id,
-            "body": body,
-        }))
-        .await;
+        self.conn
+            .send_message(conversation_id, client_msg_id, body)
+            .await
+            .expect("send");
     }
 
     /// Collects frames until `done` says so or `within` passes.
     pub async fn collect_until(
         &mut self,
         within: Duration,
-        mut done: impl FnMut(&[ServerFrame]) -> bool,
+        done: impl FnMut(&[ServerFrame]) -> bool,
     ) -> Vec<ServerFrame> {
-        let deadline = Instant::now() + within;
-        let mut frames = Vec::new();
-        while !done(&frames) {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            match self.next_frame(left).await {
-                Some(frame) => frames.push(frame),
-                None => break,
-            }
-        }
-        frames
+        self.conn.collect_until(within, done).await
     }
 }
 
