@@ -1,0 +1,379 @@
+//! The fast tier for the socket manager: `Application::build` on port 0, driven over its
+//! cluster-internal HTTP API the way socket servers drive it (`protocol::internal` bodies,
+//! the cluster secret header), against the test binary's shared Redis, PostgreSQL and broker
+//! (`switchboard_test_support::shared`). A message service runs in-process beside it, because
+//! the manager learns members and the settled log from it (and its Redis mirror).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use switchboard_kafka::KafkaConfig;
+use switchboard_message_log::{decode_handler_records, decode_log_records, LogRecord};
+use switchboard_protocol::frames::{ClientFrame, ServerFrame};
+use switchboard_protocol::internal::{
+    HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
+};
+use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
+use switchboard_protocol::ErrorCode;
+use switchboard_service_kit::shutdown::CancellationToken;
+use switchboard_test_support::shared::{self, CLUSTER_SECRET};
+
+struct TestApp {
+    manager: String,
+    messages: String,
+    kafka: KafkaConfig,
+    http: reqwest::Client,
+}
+
+async fn spawn_apps(name: &str) -> TestApp {
+    shared::warm_up();
+    let id = shared::unique(name);
+    let database_url = shared::fresh_database(&id).await;
+    let ms_config = shared::message_service_config(&id, &database_url);
+    let kafka = ms_config.kafka.clone();
+    shared::create_topics(
+        &kafka.brokers,
+        &[&kafka.message_topic, &kafka.events_topic],
+        1,
+    )
+    .await
+    .expect("topics");
+    let ms = message_service::Application::build(ms_config)
+        .await
+        .expect("the message service builds");
+    let messages = format!("http://127.0.0.1:{}", ms.port());
+    tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
+    let manager = socket_manager::Application::build(shared::manager_config(&id, &messages))
+        .await
+        .expect("the manager builds");
+    let manager_url = format!("http://127.0.0.1:{}", manager.port());
+    tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
+    TestApp {
+        manager: manager_url,
+        messages,
+        kafka,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl TestApp {
+    async fn group(&self, owner: &str, members: &[&str]) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/conversations", self.messages))
+            .bearer_auth(shared::token(owner))
+            .json(&json!({"kind": "group", "name": "g", "members": members}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn register(&self, handler_id: &str) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/internal/v1/handlers", self.manager))
+            .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
+            .json(&HandlerRegistration {
+                handler_id: handler_id.into(),
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let registered: HandlerRegistered = resp.json().await.unwrap();
+        assert_eq!(registered.topic, self.kafka.handler_topic(handler_id));
+        registered.topic
+    }
+
+    async fn batch(&self, handler_id: &str, items: Vec<HandlerItem>) -> Vec<Option<ServerFrame>> {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/internal/v1/handlers/{handler_id}/batch",
+                self.manager
+            ))
+            .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
+            .json(&HandlerBatch { items })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let reply: HandlerBatchReply = resp.json().await.unwrap();
+        reply.replies
+    }
+
+    /// Payloads of `topic` (one partition) until `done` says so, or 20 s.
+    async fn consume(&self, topic: &str, done: impl Fn(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
+        let consumer: StreamConsumer = self
+            .kafka
+            .consumer_config(&format!("check-{topic}"), 50)
+            .create()
+            .unwrap();
+        let mut partitions = TopicPartitionList::new();
+        partitions
+            .add_partition_offset(topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&partitions).unwrap();
+        let mut payloads = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(&payloads) {
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: only {}",
+                payloads.len()
+            );
+            if let Ok(Ok(message)) =
+                tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
+            {
+                payloads.push(message.payload().unwrap_or_default().to_vec());
+            }
+        }
+        payloads
+    }
+}
+
+fn connected(connection_id: u64, user: &str) -> HandlerItem {
+    HandlerItem::Connected {
+        connection_id,
+        user_id: user.into(),
+    }
+}
+
+fn send(connection_id: u64, user: &str, conversation_id: &str, client_msg_id: &str) -> HandlerItem {
+    HandlerItem::Frame {
+        connection_id,
+        user_id: user.into(),
+        frame: ClientFrame::Send {
+            conversation_id: conversation_id.into(),
+            client_msg_id: client_msg_id.into(),
+            body: format!("body of {client_msg_id}"),
+        },
+    }
+}
+
+/// `(client_msg_id, seq, message_id)` of a `sent` reply.
+fn sent(reply: &Option<ServerFrame>) -> (String, u64, String) {
+    match reply {
+        Some(ServerFrame::Sent {
+            client_msg_id,
+            seq,
+            message_id,
+            ..
+        }) => (client_msg_id.clone(), *seq, message_id.clone()),
+        other => panic!("expected sent, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_are_numbered_idempotent_and_land_on_the_log_and_the_handler_topic() {
+    let app = spawn_apps("sends").await;
+    let topic = app.register("h1").await;
+    let first = app.group("alice", &["bob"]).await;
+    let second = app.group("bob", &["alice"]).await;
+
+    // One batch: two devices connect, then sends to two conversations, interleaved.
+    let replies = app
+        .batch(
+            "h1",
+            vec![
+                connected(1, "alice"),
+                connected(2, "bob"),
+                send(1, "alice", &first, "a1"),
+                send(2, "bob", &second, "b1"),
+                send(1, "alice", &first, "a2"),
+                send(2, "bob", &first, "b2"),
+                send(1, "alice", &second, "a3"),
+                HandlerItem::Frame {
+                    connection_id: 1,
+                    user_id: "alice".into(),
+                    frame: ClientFrame::Ping,
+                },
+            ],
+        )
+        .await;
+    assert_eq!(replies.len(), 8);
+    assert!(replies[0].is_none() && replies[1].is_none());
+    let numbered: Vec<(String, u64)> = replies[2..7]
+        .iter()
+        .map(|r| {
+            let (id, seq, _) = sent(r);
+            (id, seq)
+        })
+        .collect();
+    assert_eq!(
+        numbered,
+        [
+            ("a1".into(), 1),
+            ("b1".into(), 1),
+            ("a2".into(), 2),
+            ("b2".into(), 3),
+            ("a3".into(), 2)
+        ],
+        "seq 1..n per conversation, in batch order"
+    );
+    assert_eq!(replies[7], Some(ServerFrame::Pong));
+
+    // A resend (same sender, same client_msg_id) gets the original answer, no new number.
+    let (_, seq, message_id) = sent(&replies[4]);
+    let again = app.batch("h1", vec![send(1, "alice", &first, "a2")]).await;
+    assert_eq!(sent(&again[0]), ("a2".into(), seq, message_id));
+    let next = app.batch("h1", vec![send(1, "alice", &first, "a4")]).await;
+    assert_eq!(sent(&next[0]).1, 4);
+
+    // The log holds each message once, numbered.
+    let log = app
+        .consume(&app.kafka.message_topic, |payloads| {
+            let records: usize = payloads
+                .iter()
+                .map(|p| decode_log_records(p).map(|r| r.len()).unwrap_or(0))
+                .sum();
+            records >= 6
+        })
+        .await;
+    let mut records: Vec<LogRecord> = log
+        .iter()
+        .flat_map(|p| decode_log_records(p).unwrap())
+        .collect();
+    records.sort_by(|a, b| (&a.conversation_id, a.seq).cmp(&(&b.conversation_id, b.seq)));
+    let in_first: Vec<(u64, &str)> = records
+        .iter()
+        .filter(|r| r.conversation_id == first)
+        .map(|r| (r.seq, r.client_msg_id.as_str()))
+        .collect();
+    assert_eq!(in_first, [(1, "a1"), (2, "a2"), (3, "b2"), (4, "a4")]);
+    assert_eq!(records.len(), 6, "no message appended twice");
+
+    // The handler topic carries the `message` frames for the members on this handler.
+    let routed = app
+        .consume(&topic, |payloads| {
+            payloads
+                .iter()
+                .flat_map(|p| decode_handler_records(p).unwrap_or_default())
+                .filter(|r| r.frame.contains("\"type\":\"message\""))
+                .count()
+                >= 6
+        })
+        .await;
+    let frames: Vec<(Vec<String>, Option<u64>, ServerFrame)> = routed
+        .iter()
+        .flat_map(|p| decode_handler_records(p).unwrap())
+        .map(|r| {
+            (
+                r.recipients,
+                r.skip_connection,
+                serde_json::from_str(&r.frame).unwrap(),
+            )
+        })
+        .collect();
+    let a1 = frames
+        .iter()
+        .find(|(_, _, f)| {
+            matches!(f, ServerFrame::Message { conversation_id, seq: 1, .. } if *conversation_id == first)
+        })
+        .expect("a1 routed");
+    let mut recipients = a1.0.clone();
+    recipients.sort();
+    assert_eq!(recipients, ["alice", "bob"]);
+    assert_eq!(
+        a1.1,
+        Some(1),
+        "the sending device gets `sent`, not the message"
+    );
+    match &a1.2 {
+        ServerFrame::Message {
+            sender_id, body, ..
+        } => {
+            assert_eq!(sender_id, "alice");
+            assert_eq!(body, "body of a1");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_members_and_bad_sends_are_refused() {
+    let app = spawn_apps("refused").await;
+    app.register("h2").await;
+    let conversation = app.group("alice", &["bob"]).await;
+    let replies = app
+        .batch(
+            "h2",
+            vec![
+                connected(7, "mallory"),
+                send(7, "mallory", &conversation, "m1"),
+                send(7, "mallory", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "m2"),
+                send(7, "mallory", &conversation, ""),
+                HandlerItem::Frame {
+                    connection_id: 7,
+                    user_id: "mallory".into(),
+                    frame: ClientFrame::Typing {
+                        conversation_id: conversation.clone(),
+                    },
+                },
+            ],
+        )
+        .await;
+    let codes: Vec<Option<(ErrorCode, Option<String>)>> = replies
+        .into_iter()
+        .map(|r| match r {
+            Some(ServerFrame::Error {
+                code,
+                client_msg_id,
+                ..
+            }) => Some((code, client_msg_id)),
+            None => None,
+            Some(other) => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            None,
+            Some((ErrorCode::NotAMember, Some("m1".into()))),
+            Some((ErrorCode::NotAMember, Some("m2".into()))),
+            Some((ErrorCode::BadRequest, Some(String::new()))),
+            Some((ErrorCode::NotAMember, None)),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_api_needs_the_cluster_secret() {
+    let app = spawn_apps("secret").await;
+    let resp = app
+        .http
+        .post(format!("{}/internal/v1/handlers", app.manager))
+        .header(CLUSTER_SECRET_HEADER, "guessed")
+        .json(&HandlerRegistration {
+            handler_id: "rogue".into(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = app
+        .http
+        .post(format!("{}/internal/v1/handlers/rogue/batch", app.manager))
+        .json(&HandlerBatch { items: Vec::new() })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // A bad handler id (it names a topic) is refused.
+    let resp = app
+        .http
+        .post(format!("{}/internal/v1/handlers", app.manager))
+        .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
+        .json(&HandlerRegistration {
+            handler_id: "no/slashes".into(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
