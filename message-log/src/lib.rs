@@ -1,5 +1,6 @@
 //! The records Switchboard writes to Kafka, in one place so producers and consumers never
-//! disagree: pure types (serde only, no I/O; the client settings are `switchboard-kafka`).
+//! disagree: pure types (serde only, no I/O; the client settings are `switchboard-kafka`),
+//! with typed timestamps ([`Timestamp`]) and enums checked when a record is read.
 //!
 //! Topics:
 //! - the message log (default `sb.messages`), partitioned explicitly by conversation
@@ -15,6 +16,8 @@
 //! keys.
 
 use serde::{Deserialize, Serialize};
+use switchboard_protocol::frames::ReceiptKind;
+use switchboard_protocol::Timestamp;
 
 /// One record of the message log: a message with its assigned `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,8 +28,8 @@ pub struct LogRecord {
     pub sender_id: String,
     pub client_msg_id: String,
     pub body: String,
-    /// RFC 3339 UTC.
-    pub created_at: String,
+    /// When the manager accepted it (RFC 3339 UTC with milliseconds on the wire).
+    pub created_at: Timestamp,
 }
 
 /// One Kafka record of the message log: every message a manager appended to one partition in
@@ -135,7 +138,7 @@ mod tests {
             sender_id: "u".into(),
             client_msg_id: "x".into(),
             body: "hi".into(),
-            created_at: "2026-01-01T00:00:00.000Z".into(),
+            created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
         };
         let single = serde_json::to_vec(&record).unwrap();
         assert_eq!(decode_log_records(&single).unwrap(), vec![record.clone()]);
@@ -145,7 +148,35 @@ mod tests {
         .unwrap();
         assert_eq!(decode_log_records(&envelope).unwrap().len(), 2);
         assert!(decode_log_records(b"{}").is_err());
+        // A timestamp is checked when read: a record with another kind of text is unreadable
+        // (ingest dead-letters it with its payload), never stored with a made-up time.
+        let text = String::from_utf8(single).unwrap();
+        let bad = text.replace("2026-01-01T00:00:00.000Z", "yesterday");
+        assert!(decode_log_records(bad.as_bytes()).is_err());
         assert!(decode_handler_records(b"[").is_err());
+    }
+
+    #[test]
+    fn events_keep_their_wire_shape() {
+        let receipt = Event::Receipt {
+            conversation_id: "c".into(),
+            user_id: "bob".into(),
+            kind: ReceiptKind::Read,
+            seq: 4,
+        };
+        assert_eq!(
+            serde_json::to_value(&receipt).unwrap(),
+            serde_json::json!({"type":"receipt","conversation_id":"c","user_id":"bob","kind":"read","seq":4})
+        );
+        let presence: Event = serde_json::from_str(
+            r#"{"type":"presence","user_id":"bob","online":false,"at":"2026-01-01T00:00:00.000Z"}"#,
+        )
+        .unwrap();
+        assert!(matches!(presence, Event::Presence { online: false, .. }));
+        assert!(serde_json::from_str::<Event>(
+            r#"{"type":"receipt","conversation_id":"c","user_id":"b","kind":"seen","seq":1}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -172,15 +203,13 @@ pub enum Event {
     Receipt {
         conversation_id: String,
         user_id: String,
-        /// `delivered` or `read`.
-        kind: String,
+        kind: ReceiptKind,
         seq: u64,
     },
     /// A user's first device came online or last device went away.
     Presence {
         user_id: String,
         online: bool,
-        /// RFC 3339 UTC.
-        at: String,
+        at: Timestamp,
     },
 }

@@ -18,6 +18,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use switchboard_kafka::KafkaConfig;
 use switchboard_message_log::{decode_log_records, Event, LogRecord};
+use switchboard_protocol::frames::ReceiptKind;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::shutdown::CancellationToken;
 
@@ -198,8 +199,11 @@ impl Ingest {
                                     seq,
                                 }) => {
                                     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-                                    let (delivered_seq, read_seq) =
-                                        if kind == "read" { (seq, seq) } else { (seq, 0) };
+                                    let (delivered_seq, read_seq) = if kind == ReceiptKind::Read {
+                                        (seq, seq)
+                                    } else {
+                                        (seq, 0)
+                                    };
                                     let item = ReceiptUpdate {
                                         conversation_id,
                                         user_id,
@@ -295,11 +299,7 @@ impl Ingest {
             self.conflicts.inc_by(outcome.conflicts.len() as u64);
             self.dead_letters.inc_by(outcome.conflicts.len() as u64);
             self.dead_lettered(&outcome.refused);
-            if let Some(newest) = records
-                .iter()
-                .filter_map(|r| chrono::DateTime::parse_from_rfc3339(&r.item.created_at).ok())
-                .max()
-            {
+            if let Some(newest) = records.iter().map(|r| r.item.created_at.datetime()).max() {
                 let age = chrono::Utc::now().signed_duration_since(newest);
                 self.lag_seconds
                     .set(age.num_milliseconds().max(0) as f64 / 1000.0);

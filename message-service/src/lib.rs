@@ -9,12 +9,11 @@
 //!   stored message, goes to `dead_letters` and ingest goes on.
 //! - `routes`: REST of SPEC section 5 (JWT auth), plus the cluster-only membership lookup the
 //!   socket managers use when their Redis cache of members is cold.
-//! - `membership_cache`: members of each conversation mirrored into Redis for the managers.
+//! - the members mirror in Redis the managers read is `switchboard_chat_state::membership`.
 
 mod auth;
-mod config;
+pub mod config;
 pub mod ingest;
-mod membership_cache;
 mod routes;
 pub mod settled;
 pub mod store;
@@ -34,7 +33,7 @@ pub use config::MessageServiceConfig;
 pub(crate) struct AppState {
     pub store: store::Store,
     pub tokens: TokenKeys,
-    pub cache: membership_cache::MembershipCache,
+    pub cache: switchboard_chat_state::membership::MembershipMirror,
     pub settled: settled::Settled,
     pub config: MessageServiceConfig,
 }
@@ -76,7 +75,7 @@ impl Application {
         let state = web::Data::new(AppState {
             store,
             tokens: config.common.token_keys(),
-            cache: membership_cache::MembershipCache::new(redis),
+            cache: switchboard_chat_state::membership::MembershipMirror::new(redis),
             settled,
             config,
         });

@@ -5,14 +5,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::frames::{is_storable_text, PresenceStatus};
-use switchboard_protocol::token::is_valid_user_id;
 use switchboard_protocol::ErrorCode;
+use switchboard_protocol::UserId;
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 
 use crate::auth::AuthUser;
-use crate::membership_cache::Version;
 use crate::store::Conversation;
 use crate::AppState;
+use switchboard_chat_state::membership::Version;
 use switchboard_protocol::conversations::{
     AddMember, ConversationList, CreateConversation, MessagePage, Presence, PresenceList, Role,
     SetRole,
@@ -145,7 +145,7 @@ async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.0;
     let body = body.into_inner();
-    if let Some(bad) = body.members.iter().find(|m| !is_valid_user_id(m)) {
+    if let Some(bad) = body.members.iter().find(|m| !UserId::is_valid(m)) {
         return Err(ApiError::bad_request(format!(
             "member {bad:?} is not a valid user id"
         )));
@@ -365,7 +365,7 @@ async fn add_member(
 ) -> Result<HttpResponse, ApiError> {
     let conversation_id = path.into_inner();
     storable("the conversation id", &conversation_id)?;
-    if !is_valid_user_id(&body.user_id) {
+    if !UserId::is_valid(&body.user_id) {
         return Err(ApiError::bad_request("user_id is not a valid user id"));
     }
     let group = group_of(&state, &conversation_id, &user.0, true).await?;
@@ -610,7 +610,7 @@ async fn presence(
     if users.is_empty() || users.len() > 500 {
         return Err(ApiError::bad_request("give 1-500 user_id parameters"));
     }
-    if let Some(bad) = users.iter().find(|u| !is_valid_user_id(u)) {
+    if let Some(bad) = users.iter().find(|u| !UserId::is_valid(u)) {
         return Err(ApiError::bad_request(format!(
             "{bad:?} is not a valid user id"
         )));
@@ -630,12 +630,9 @@ async fn presence(
         }
     }
     let now = chrono::Utc::now();
-    let states = switchboard_server_directory::presence::read(
-        state.cache.redis(),
-        &users,
-        now.timestamp_millis(),
-    )
-    .await?;
+    let states =
+        switchboard_chat_state::presence::read(state.cache.redis(), &users, now.timestamp_millis())
+            .await?;
     let presence: Vec<Presence> = users
         .iter()
         .zip(states)

@@ -635,22 +635,7 @@ async fn insert_messages(
     );
     builder.push_values(records, |mut b, r| {
         let r = &r.item;
-        // Managers always write RFC 3339. A record that does not is still a numbered,
-        // acknowledged message, so it is stored (with the time it was stored), never
-        // dropped, and said loudly.
-        let created = DateTime::parse_from_rfc3339(&r.created_at)
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(|e| {
-                tracing::error!(
-                    conversation_id = %r.conversation_id,
-                    seq = r.seq,
-                    message_id = %r.message_id,
-                    created_at = %r.created_at,
-                    error = %e,
-                    "a log record's created_at is not RFC 3339; stored with the time of storing"
-                );
-                Utc::now()
-            });
+        let created = r.created_at.datetime();
         b.push_bind(&r.conversation_id)
             .push_bind(seq_i64(r.seq))
             .push_bind(&r.message_id)

@@ -63,7 +63,7 @@ fn record(conversation_id: &str, seq: u64) -> LogRecord {
         sender_id: "alice".into(),
         client_msg_id: format!("c{seq}"),
         body: format!("message {seq}"),
-        created_at: chrono::Utc::now().to_rfc3339(),
+        created_at: switchboard_protocol::Timestamp::now(),
     }
 }
 

@@ -98,7 +98,7 @@ fn record(conversation_id: &str, seq: u64, message_id: &str, body: &str) -> LogR
         sender_id: "alice".into(),
         client_msg_id: format!("c-{message_id}"),
         body: body.into(),
-        created_at: chrono::Utc::now().to_rfc3339(),
+        created_at: switchboard_protocol::Timestamp::now(),
     }
 }
 

@@ -3,6 +3,9 @@
 //! - [`frames`]: the JSON objects exchanged over the WebSocket, one per text frame.
 //! - [`token`]: HS256 JWTs (`sub`, `exp`, `iat`) and the user-id rule.
 //! - [`registry`]: request and response bodies of the registry REST API.
+//! - [`ids`]: the ids that cross services (`UserId`, `ConversationId`, `HandlerId`,
+//!   `ClientMsgId`), each with its one parsing constructor.
+//! - [`time`]: [`Timestamp`], RFC 3339 UTC with milliseconds, as every body carries it.
 //! - [`error_code`]: the one table of stable error codes every service uses.
 //!
 //! Every service and every Rust client (tests, load generator) uses these types, so a field
@@ -11,8 +14,12 @@
 pub mod conversations;
 pub mod error_code;
 pub mod frames;
+pub mod ids;
 pub mod internal;
 pub mod registry;
+pub mod time;
 pub mod token;
 
 pub use error_code::ErrorCode;
+pub use ids::{ClientMsgId, ConversationId, HandlerId, IdError, UserId};
+pub use time::Timestamp;

@@ -6,8 +6,9 @@ use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::registry::{
     Assignment, DevTokenRequest, DevTokenResponse, Registration, ServerInfo, ServerList,
 };
-use switchboard_protocol::token::{is_valid_user_id, TokenError};
+use switchboard_protocol::token::TokenError;
 use switchboard_protocol::ErrorCode;
+use switchboard_protocol::UserId;
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 use switchboard_service_kit::limits;
 
@@ -240,7 +241,7 @@ pub(crate) async fn dev_token(
             "dev tokens are only minted when SB_DEV_MODE is on",
         ));
     }
-    if !is_valid_user_id(&body.user_id) {
+    if !UserId::is_valid(&body.user_id) {
         return Err(ApiError::bad_request(
             "user_id must match [A-Za-z0-9_.|@+-]{1,128}",
         ));

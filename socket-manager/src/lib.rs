@@ -2,7 +2,7 @@
 //!
 //! - `routes`: the cluster-internal HTTP API handlers call (register, batch of reports and
 //!   client frames, heartbeat, renew, deregister), protected by the cluster secret.
-//! - `handlers`: which handlers hold which users' devices (Redis, per-member expiry).
+//! - presence (who is on which handler) lives in `switchboard_chat_state::presence`.
 //! - `sequencer`: per-conversation sequence numbers under a Redis lock, idempotency, the
 //!   append to the message log and routing to per-handler topics.
 //! - `members`: conversation members from the message service's Redis mirror.
@@ -14,8 +14,7 @@
 //! any manager and retry on another when one dies.
 
 mod batching;
-mod config;
-mod handlers;
+pub mod config;
 mod janitor;
 mod kafka;
 mod members;
@@ -138,7 +137,7 @@ impl Application {
         let ops = ops
             .with_check("redis", redis.readiness_check())
             .with_check("broker", kafka.readiness_check());
-        let handlers = handlers::HandlerMap::new(
+        let handlers = switchboard_chat_state::presence::HandlerMap::new(
             redis.clone(),
             config.user_mapping_ttl_ms,
             config.handler_ttl_ms,

@@ -4,13 +4,15 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use switchboard_chat_state::membership::MembershipMirror;
 use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
 use switchboard_protocol::token::path_segment;
+use switchboard_protocol::ConversationId;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 
 #[derive(Clone)]
 pub struct Members {
-    redis: SentinelRedis,
+    mirror: MembershipMirror,
     http: reqwest::Client,
     message_service_url: String,
     cluster_secret: String,
@@ -37,7 +39,7 @@ pub struct SettledMessage {
     pub message_id: String,
     pub sender_id: String,
     pub client_msg_id: String,
-    pub created_at: String,
+    pub created_at: switchboard_protocol::Timestamp,
 }
 
 #[derive(Deserialize)]
@@ -48,7 +50,7 @@ struct InternalMembers {
 impl Members {
     pub fn new(redis: SentinelRedis, message_service_url: String, cluster_secret: String) -> Self {
         Members {
-            redis,
+            mirror: MembershipMirror::new(redis),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(3))
                 .build()
@@ -61,20 +63,18 @@ impl Members {
     /// Members of the conversation; empty when it does not exist (or cannot: conversation ids
     /// are ULIDs, and anything else never reaches a key or a URL).
     pub async fn of(&self, conversation_id: &str) -> Result<Vec<String>, MembersError> {
-        if !is_conversation_id(conversation_id) {
+        let Ok(conversation_id) = ConversationId::parse(conversation_id) else {
             return Ok(Vec::new());
-        }
-        let cached: Vec<String> = self
-            .redis
-            .query(
-                redis::cmd("SMEMBERS").arg(self.redis.key(&format!("members:{conversation_id}"))),
-            )
+        };
+        let cached = self
+            .mirror
+            .mirrored(&conversation_id)
             .await
             .map_err(|e| MembersError::Unavailable(e.to_string()))?;
         if !cached.is_empty() {
             return Ok(cached);
         }
-        Ok(self.ask_message_service(conversation_id).await?.members)
+        Ok(self.ask_message_service(&conversation_id).await?.members)
     }
 
     /// Users who share a conversation of at most `max_group` members with `user`.
@@ -104,11 +104,8 @@ impl Members {
         conversation_id: &str,
         after_seq: u64,
     ) -> Result<SettledLog, MembersError> {
-        if !is_conversation_id(conversation_id) {
-            return Err(MembersError::Unavailable(format!(
-                "{conversation_id:?} is not a conversation id"
-            )));
-        }
+        let conversation_id = ConversationId::parse(conversation_id)
+            .map_err(|e| MembersError::Unavailable(e.to_string()))?;
         self.get_internal(&format!(
             "/internal/v1/conversations/{conversation_id}/settled-last-seq?after_seq={after_seq}"
         ))
@@ -117,7 +114,7 @@ impl Members {
 
     async fn ask_message_service(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
     ) -> Result<InternalMembers, MembersError> {
         self.get_internal(&format!(
             "/internal/v1/conversations/{conversation_id}/members"
@@ -148,30 +145,5 @@ impl Members {
             .json()
             .await
             .map_err(|e| MembersError::Unavailable(e.to_string()))
-    }
-}
-
-/// Conversation ids are ULIDs (the message service makes them): 26 characters of Crockford
-/// base32, nothing that could change the meaning of a Redis key or a URL path.
-pub fn is_conversation_id(id: &str) -> bool {
-    id.len() == 26 && ulid::Ulid::from_string(id).is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_conversation_id;
-
-    #[test]
-    fn only_ulids_are_conversation_ids() {
-        assert!(is_conversation_id("01ARZ3NDEKTSV4RRFFQ69G5FAV"));
-        for bad in [
-            "",
-            "no-such-conversation",
-            "../../internal/v1/users/x",
-            "01ARZ3NDEKTSV4RRFFQ69G5FA?",
-            "01ARZ3NDEKTSV4RRFFQ69G5FAV/",
-        ] {
-            assert!(!is_conversation_id(bad), "{bad}");
-        }
     }
 }

@@ -18,7 +18,7 @@ pub(crate) fn announce(state: web::Data<AppState>, online: Vec<String>, offline:
         return;
     }
     tokio::spawn(async move {
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let now = switchboard_protocol::Timestamp::now();
         let changes = online
             .into_iter()
             .map(|u| (u, PresenceStatus::Online))
@@ -34,7 +34,7 @@ pub(crate) fn announce(state: web::Data<AppState>, online: Vec<String>, offline:
                     let frame = ServerFrame::Presence {
                         user_id: user.clone(),
                         status,
-                        last_seen: Some(now.clone()),
+                        last_seen: Some(now.to_string()),
                     };
                     sequencer.fan_out(&frame.to_json(), &contacts, None).await;
                 }
@@ -44,7 +44,7 @@ pub(crate) fn announce(state: web::Data<AppState>, online: Vec<String>, offline:
             let event = Event::Presence {
                 user_id: user.clone(),
                 online: status == PresenceStatus::Online,
-                at: now.clone(),
+                at: now,
             };
             if let Ok(payload) = serde_json::to_vec(&event) {
                 let topic = &sequencer.kafka.config.events_topic;

@@ -266,10 +266,7 @@ async fn batch(
                 let event = Event::Receipt {
                     conversation_id: conversation_id.clone(),
                     user_id: user_id.clone(),
-                    kind: match kind {
-                        ReceiptKind::Delivered => "delivered".into(),
-                        ReceiptKind::Read => "read".into(),
-                    },
+                    kind,
                     seq,
                 };
                 let payload = serde_json::to_vec(&event).unwrap_or_default();

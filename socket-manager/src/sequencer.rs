@@ -32,14 +32,14 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use switchboard_message_log::{HandlerRecord, LogRecord};
 use switchboard_protocol::frames::ServerFrame;
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ErrorCode, Timestamp};
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
 
 use crate::batching::{LogAppender, Router};
-use crate::handlers::HandlerMap;
 use crate::kafka::Kafka;
 use crate::members::Members;
 use crate::numbering::NumberingBatcher;
+use switchboard_chat_state::presence::HandlerMap;
 
 /// Handler id → the users on it who get a frame.
 type RouteTargets = HashMap<String, Vec<String>>;
@@ -63,7 +63,7 @@ struct PendingMessage {
     sender_id: String,
     client_msg_id: String,
     body: String,
-    created_at: String,
+    created_at: Timestamp,
 }
 
 /// What the numbering script answered for one send.
@@ -71,7 +71,7 @@ struct PendingMessage {
 struct Numbered {
     seq: u64,
     message_id: String,
-    created_at: String,
+    created_at: Timestamp,
     /// Numbered now (its record must be appended); `false`: a resend of a message in the log.
     fresh: bool,
 }
@@ -516,7 +516,7 @@ impl Sequencer {
         conversation_id: &str,
         sends: &[&SendRequest],
     ) -> Result<Vec<Numbered>, NumberingError> {
-        let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let created_at = Timestamp::now();
         let mut per_send = Vec::with_capacity(sends.len());
         for s in sends {
             let message_id = ulid::Ulid::new().to_string();
@@ -525,7 +525,7 @@ impl Sequencer {
                 sender_id: s.sender_id.clone(),
                 client_msg_id: s.client_msg_id.clone(),
                 body: s.body.clone(),
-                created_at: created_at.clone(),
+                created_at,
             };
             let pending = serde_json::to_string(&pending)
                 .map_err(|e| StoreError::Unavailable(format!("encoding a pending message: {e}")))?;
@@ -544,6 +544,7 @@ impl Sequencer {
         );
         let token = lease.token.clone();
         let idempotency_ttl_secs = self.idempotency_ttl_secs;
+        let created_at = created_at.to_string();
         let lock_ttl_ms = self.lock_ttl.as_millis() as u64;
         let reply = self
             .numberer
@@ -572,15 +573,20 @@ impl Sequencer {
         }
         let answer: Vec<(u64, String, String, u8)> = redis::from_owned_redis_value(value)
             .map_err(|e| StoreError::Unavailable(format!("the numbering script answered: {e}")))?;
-        Ok(answer
+        answer
             .into_iter()
-            .map(|(seq, message_id, created_at, fresh)| Numbered {
-                seq,
-                message_id,
-                created_at,
-                fresh: fresh == 1,
+            .map(|(seq, message_id, created_at, fresh)| {
+                let created_at = Timestamp::parse(&created_at).map_err(|e| {
+                    StoreError::Unavailable(format!("an idempotency record's created_at: {e}"))
+                })?;
+                Ok(Numbered {
+                    seq,
+                    message_id,
+                    created_at,
+                    fresh: fresh == 1,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Appends again every number a holder took but never saw acknowledged, then clears them.
@@ -679,7 +685,9 @@ impl Sequencer {
                 .arg(counter)
                 .arg(self.idempotency_ttl_secs);
             for m in &settled.messages {
-                eval.arg(m.seq).arg(&m.message_id).arg(&m.created_at);
+                eval.arg(m.seq)
+                    .arg(&m.message_id)
+                    .arg(m.created_at.to_string());
             }
             let mut pipe = redis::pipe();
             pipe.add_command(eval);
@@ -787,12 +795,10 @@ impl Sequencer {
             seq: record.seq,
             sender_id: record.sender_id.clone(),
             body: record.body.clone(),
-            created_at: record.created_at.clone(),
+            created_at: record.created_at.to_string(),
         }
         .to_json();
-        let accepted_at_ms = chrono::DateTime::parse_from_rfc3339(&record.created_at)
-            .map(|t| t.timestamp_millis())
-            .ok();
+        let accepted_at_ms = Some(record.created_at.millis());
         self.route_frame(
             targets,
             &frame,
@@ -877,7 +883,7 @@ fn log_record(s: &SendRequest, n: &Numbered) -> LogRecord {
         sender_id: s.sender_id.clone(),
         client_msg_id: s.client_msg_id.clone(),
         body: s.body.clone(),
-        created_at: n.created_at.clone(),
+        created_at: n.created_at,
     }
 }
 
@@ -887,6 +893,6 @@ fn sent_frame(s: &SendRequest, n: &Numbered) -> ServerFrame {
         conversation_id: s.conversation_id.clone(),
         message_id: n.message_id.clone(),
         seq: n.seq,
-        created_at: n.created_at.clone(),
+        created_at: n.created_at.to_string(),
     }
 }

@@ -1,6 +1,7 @@
 //! Members of each conversation mirrored into Redis (`P members:{id}`), so socket managers
-//! check membership and find recipients without a database round trip. SQL stays the source
-//! of truth: a manager that finds no cached set asks this service, which refills it.
+//! check membership and find recipients without a database round trip. SQL (the message
+//! service) stays the source of truth: a manager that finds no mirrored set asks the message
+//! service, which refills it.
 //!
 //! A change deletes the mirror and bumps `P members-version:{id}`; a refill only writes when
 //! the version is still the one it read *before* its SQL read. Without that, a refill that
@@ -8,6 +9,7 @@
 //! change is seen by every manager's next lookup. The mirror also expires
 //! ([`MIRROR_TTL_SECS`]) as a backstop.
 
+use switchboard_protocol::ConversationId;
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
 
 /// Seconds a mirrored set lives without a refill.
@@ -42,17 +44,28 @@ impl Version {
 }
 
 #[derive(Clone)]
-pub struct MembershipCache {
+pub struct MembershipMirror {
     redis: SentinelRedis,
 }
 
-impl MembershipCache {
+impl MembershipMirror {
     pub fn new(redis: SentinelRedis) -> Self {
-        MembershipCache { redis }
+        MembershipMirror { redis }
     }
 
     pub fn redis(&self) -> &SentinelRedis {
         &self.redis
+    }
+
+    /// The mirrored members of a conversation; empty when nothing is mirrored (a cold
+    /// mirror, or no such conversation): then ask the source of truth.
+    pub async fn mirrored(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> Result<Vec<String>, StoreError> {
+        self.redis
+            .query(redis::cmd("SMEMBERS").arg(self.key(conversation_id)))
+            .await
     }
 
     fn key(&self, conversation_id: &str) -> String {

@@ -1,16 +1,20 @@
-//! Which handlers hold which users' devices, in Redis.
+//! Presence: which handlers (socket servers) hold which users' devices, and when a user was
+//! last seen. The socket managers write it as handlers report connections; the managers read
+//! it to route, the message service to answer `GET /api/v1/presence`.
 //!
+//! Keys, under the prefix `P`:
 //! - `P handlers`: set of registered handler ids (for the janitor).
 //! - `P handler:{id}`: a key with a short TTL the handler renews by heartbeat; when it
 //!   expires, the handler is dead and the janitor removes its topic and mappings.
 //! - `P userh:{user}`: sorted set of handler ids scored by expiry (ms). Expiry is per member,
 //!   so one handler's stale entry cannot outlive the handler's renewals; readers ignore
-//!   expired members.
+//!   expired members. A user is online while it has an unexpired member.
 //! - `P handler_users:{id}`: the reverse index, so cleanup does not scan every user.
+//! - `P lastseen:{user}`: when the user's last device went away (ms since the epoch).
+//! - `P janitor`: the lease of the one manager that sweeps dead handlers.
 
 use std::collections::HashMap;
 
-use switchboard_server_directory::presence;
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
 
 /// KEYS: user's handlers, handler's users, user's last seen. ARGV: handler, now, expiry, user,
@@ -45,6 +49,44 @@ pub struct HandlerMap {
     pub handler_ttl_ms: i64,
 }
 
+fn user_handlers_key(redis: &SentinelRedis, user: &str) -> String {
+    redis.key(&format!("userh:{user}"))
+}
+
+fn last_seen_key(redis: &SentinelRedis, user: &str) -> String {
+    redis.key(&format!("lastseen:{user}"))
+}
+
+/// `(online, last_seen_ms)` of each user at `now_ms`.
+pub async fn read(
+    redis: &SentinelRedis,
+    users: &[String],
+    now_ms: i64,
+) -> Result<Vec<(bool, Option<i64>)>, StoreError> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for user in users {
+        pipe.zcount(user_handlers_key(redis, user), now_ms, "+inf")
+            .get(last_seen_key(redis, user));
+    }
+    let flat: Vec<redis::Value> = redis.query_pipe(&pipe).await?;
+    Ok(flat
+        .chunks(2)
+        .map(|pair| {
+            let online = matches!(pair[0], redis::Value::Int(n) if n > 0);
+            let last_seen = match &pair[1] {
+                redis::Value::BulkString(b) => {
+                    std::str::from_utf8(b).ok().and_then(|s| s.parse().ok())
+                }
+                _ => None,
+            };
+            (online, last_seen)
+        })
+        .collect())
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -63,7 +105,7 @@ impl HandlerMap {
     }
 
     fn user_key(&self, user: &str) -> String {
-        presence::user_handlers_key(&self.redis, user)
+        user_handlers_key(&self.redis, user)
     }
 
     fn reverse_key(&self, handler: &str) -> String {
@@ -142,9 +184,9 @@ impl HandlerMap {
             pipe.cmd("EVAL")
                 .arg(script)
                 .arg(3)
-                .arg(presence::user_handlers_key(&self.redis, user))
+                .arg(user_handlers_key(&self.redis, user))
                 .arg(self.reverse_key(handler))
-                .arg(presence::last_seen_key(&self.redis, user))
+                .arg(last_seen_key(&self.redis, user))
                 .arg(handler)
                 .arg(now)
                 .arg(now + self.user_ttl_ms)

@@ -1,0 +1,17 @@
+//! The chat's shared state in Redis. Each module owns one key family (its key names under
+//! the deployment's prefix `SB_REDIS_PREFIX`, default `sb:`, and the Lua scripts that change
+//! it); other crates call these APIs and never build these keys themselves.
+//!
+//! - [`presence`]: which handler (socket server) holds which users' devices, the handlers'
+//!   liveness, the janitor role, and `last_seen`. Written by the socket managers, read by
+//!   the managers (routing) and the message service (`GET /api/v1/presence`).
+//! - [`membership`]: each conversation's members mirrored from PostgreSQL, versioned so a
+//!   stale refill cannot undo a removal. Written by the message service, read by the
+//!   managers.
+//!
+//! The other families have one owner each in their own crates: the server directory
+//! (`servers`, `server:{id}`, `reservations:{id}`) in `switchboard-server-directory`, and the
+//! sequencer's locks, counters and idempotency records in `socket-manager`'s `sequencer`.
+
+pub mod membership;
+pub mod presence;
