@@ -1,0 +1,218 @@
+//! The fast tier for the socket server: `Application::build` on port 0 against the test
+//! binary's shared Redis, PostgreSQL and broker (`switchboard_test_support::shared`), with the
+//! registry, a socket manager and the message service running in-process beside it (the
+//! socket server registers with the first and sends through the second, which asks the
+//! third). Clients are real WebSockets.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard_server_directory::ServerDirectory;
+use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_service_kit::shutdown::CancellationToken;
+use switchboard_test_support::shared;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct TestApp {
+    id: String,
+    socket: String,
+    server_id: String,
+    messages: String,
+    http: reqwest::Client,
+}
+
+async fn spawn_apps(name: &str) -> TestApp {
+    shared::warm_up();
+    let id = shared::unique(name);
+    let database_url = shared::fresh_database(&id).await;
+    let ms_config = shared::message_service_config(&id, &database_url);
+    let kafka = ms_config.kafka.clone();
+    shared::create_topics(
+        &kafka.brokers,
+        &[&kafka.message_topic, &kafka.events_topic],
+        1,
+    )
+    .await
+    .expect("topics");
+    let ms = message_service::Application::build(ms_config)
+        .await
+        .unwrap();
+    let messages = format!("http://127.0.0.1:{}", ms.port());
+    tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
+    let manager = socket_manager::Application::build(shared::manager_config(&id, &messages))
+        .await
+        .unwrap();
+    let manager_url = format!("http://127.0.0.1:{}", manager.port());
+    tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
+    let registry = registry::Application::build(shared::registry_config(&id))
+        .await
+        .unwrap();
+    let registry_url = format!("http://127.0.0.1:{}", registry.port());
+    tokio::spawn(registry.run_until_stopped(CancellationToken::new()));
+
+    let app = socket_server::Application::build(shared::socket_server_config(
+        &id,
+        &registry_url,
+        &[manager_url],
+    ))
+    .await
+    .expect("the socket server builds");
+    let port = app.port();
+    let server_id = app.server_id().to_owned();
+    tokio::spawn(app.run_until_stopped(CancellationToken::new()));
+
+    // Ready once registered and linked to the manager.
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = http
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break;
+        }
+        let body = resp.text().await.unwrap_or_default();
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    TestApp {
+        id,
+        socket: format!("ws://127.0.0.1:{port}/ws"),
+        server_id,
+        messages,
+        http,
+    }
+}
+
+impl TestApp {
+    async fn connect(&self, user: &str) -> Ws {
+        let url = format!("{}?token={}", self.socket, shared::token(user));
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("upgraded");
+        ws
+    }
+
+    async fn group(&self, owner: &str, members: &[&str]) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/conversations", self.messages))
+            .bearer_auth(shared::token(owner))
+            .json(&json!({"kind": "group", "name": "g", "members": members}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The next text frame of `type` (others are skipped), within 15 s.
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} frame in time"))
+            .expect("the socket stays open")
+            .expect("a frame");
+        if let WsMessage::Text(text) = message {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+}
+
+async fn send_text(ws: &mut Ws, frame: Value) {
+    ws.send(WsMessage::Text(frame.to_string())).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_errors_registration_and_a_send() {
+    let app = spawn_apps("ws").await;
+
+    // A valid token: upgraded, then `hello`.
+    let mut alice = app.connect("alice").await;
+    let hello = next_of(&mut alice, "hello").await;
+    assert_eq!(hello["user_id"], "alice");
+    assert_eq!(hello["server_id"], app.server_id.as_str());
+
+    // A bad token is refused before the upgrade, with 401.
+    let bad = format!("{}?token=not-a-jwt", app.socket);
+    match tokio_tungstenite::connect_async(bad).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401)
+        }
+        other => panic!("expected a 401, got {other:?}"),
+    }
+    let resp = app
+        .http
+        .get(app.socket.replace("ws://", "http://"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "no token at all");
+
+    // A malformed frame: an `error` frame with `bad_request`, and the socket stays open.
+    alice
+        .send(WsMessage::Text("{\"type\":\"shout\"}".into()))
+        .await
+        .unwrap();
+    let error = next_of(&mut alice, "error").await;
+    assert_eq!(error["code"], "bad_request");
+    alice
+        .send(WsMessage::Text("not json".into()))
+        .await
+        .unwrap();
+    assert_eq!(next_of(&mut alice, "error").await["code"], "bad_request");
+    send_text(&mut alice, json!({"type": "ping"})).await;
+    next_of(&mut alice, "pong").await;
+
+    // It registered itself in the server directory, counting its connection.
+    let directory = ServerDirectory::new(SentinelRedis::new(shared::redis_config(
+        "registry", &app.id,
+    )));
+    let servers = directory.list().await.unwrap();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0].server_id, app.server_id);
+    assert!(servers[0].url.ends_with("/ws"), "{}", servers[0].url);
+
+    // A send: `sent` to the sender, `message` to the other member.
+    let conversation = app.group("alice", &["bob"]).await;
+    let mut bob = app.connect("bob").await;
+    next_of(&mut bob, "hello").await;
+    send_text(
+        &mut alice,
+        json!({"type": "send", "conversation_id": conversation, "client_msg_id": "c1", "body": "hi bob"}),
+    )
+    .await;
+    let sent = next_of(&mut alice, "sent").await;
+    assert_eq!(sent["client_msg_id"], "c1");
+    assert_eq!(sent["seq"], 1);
+    let message = next_of(&mut bob, "message").await;
+    assert_eq!(message["body"], "hi bob");
+    assert_eq!(message["sender_id"], "alice");
+    assert_eq!(message["message_id"], sent["message_id"]);
+
+    // A non-member's send is refused with `not_a_member`.
+    let mut mallory = app.connect("mallory").await;
+    next_of(&mut mallory, "hello").await;
+    send_text(
+        &mut mallory,
+        json!({"type": "send", "conversation_id": conversation, "client_msg_id": "m1", "body": "psst"}),
+    )
+    .await;
+    let refused = next_of(&mut mallory, "error").await;
+    assert_eq!(refused["code"], "not_a_member");
+    assert_eq!(refused["client_msg_id"], "m1");
+}
