@@ -170,6 +170,20 @@ impl Api {
         self.send(Method::POST, urls::DEV_TOKEN, &body).await
     }
 
+    /// A token for `user_id`: minted with the shared `secret` when given, otherwise from the
+    /// dev endpoint (dev mode).
+    pub async fn token(
+        &self,
+        user_id: &str,
+        secret: Option<&[u8]>,
+        ttl: chrono::Duration,
+    ) -> Result<String> {
+        match secret {
+            Some(secret) => mint_token(secret, user_id, ttl),
+            None => Ok(self.dev_token(user_id).await?.token),
+        }
+    }
+
     /// Assigns a server and connects to it with `token`; ready once `hello` arrived.
     pub async fn connect(&self, token: &str) -> Result<Connection> {
         let assignment = self.assign().await?;

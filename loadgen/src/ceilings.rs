@@ -12,10 +12,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use switchboard_kafka::KafkaConfig;
-use switchboard_protocol::frames::ServerFrame;
+use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 
-use crate::client::{connect, http_client, send_json, token};
 use crate::stats::percentiles;
+use crate::util::{api, http_client, token};
 use crate::Args;
 
 /// `--concurrency` loops GET `path` for `--duration`.
@@ -64,32 +64,23 @@ pub async fn http_rate(args: &Args, path: &str) -> Result<serde_json::Value> {
 /// `--clients` connections each doing `ping` -> `pong` round trips for `--duration`.
 pub async fn ws_echo(args: &Args) -> Result<serde_json::Value> {
     let clients = if args.clients == 0 { 100 } else { args.clients };
-    let http = http_client();
+    let api = api(args);
     let deadline = Instant::now() + args.duration;
     let mut tasks = Vec::new();
     for i in 0..clients {
-        let token = token(
-            &http,
-            &args.base_url,
-            args.jwt_secret.as_deref(),
-            &format!("echo{i}"),
-        )
-        .await?;
+        let token = token(&api, args, &format!("echo{i}")).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let (_, mut writer) = connect(&http, &args.base_url, &token, move |f| {
+        let (mut writer, reader) = api.connect(&token).await?.split();
+        reader.spawn(move |f| {
             if matches!(f, ServerFrame::Pong) {
                 let _ = tx.send(());
             }
-        })
-        .await?;
+        });
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let started = Instant::now();
-                if send_json(&mut writer, &json!({"type": "ping"}))
-                    .await
-                    .is_err()
-                {
+                if writer.send(&ClientFrame::Ping).await.is_err() {
                     break;
                 }
                 match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {

@@ -4,12 +4,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
+use switchboard_client::{Api, FrameSender};
 use switchboard_protocol::frames::ServerFrame;
 
-use crate::client::{bounded, connect, http_client, now_us, send_json, token, Writer};
 use crate::stats::{p99_ms, percentiles};
+use crate::util::{api, bounded, now_us, token};
 use crate::Args;
 
 /// `(step, seq, latency µs)` of every message a receiver saw.
@@ -63,48 +64,55 @@ fn sender_callback(log: Arc<Mutex<SenderLog>>) -> impl FnMut(ServerFrame) + Send
     }
 }
 
-/// Connects `users` through the registry, `parallel` at a time.
+/// Connects `users` through the registry, 100 at a time; each connection's frames go to its
+/// callback from a reader task. Returns `(user, server id, sender)` in order.
 async fn connect_all<F, C>(
     args: &Args,
     users: Vec<String>,
     callback: F,
-) -> Result<Vec<(String, String, Writer)>>
+) -> Result<Vec<(String, String, FrameSender)>>
 where
     F: Fn(usize) -> C,
     C: FnMut(ServerFrame) + Send + 'static,
 {
-    let http = http_client();
+    let api = api(args);
     let indexed: Vec<(usize, String)> = users.into_iter().enumerate().collect();
     let results = bounded(indexed, 100, |(i, user)| {
-        let http = http.clone();
+        let api = api.clone();
         let cb = callback(i);
         async move {
-            let token = token(&http, &args.base_url, args.jwt_secret.as_deref(), &user).await?;
-            let (server, writer) = connect(&http, &args.base_url, &token, cb).await?;
-            Ok::<_, anyhow::Error>((user, server, writer))
+            let token = token(&api, args, &user).await?;
+            let connection = api.connect(&token).await?;
+            let server = connection.server_id().to_owned();
+            let (sender, receiver) = connection.split();
+            receiver.spawn(cb);
+            Ok::<_, anyhow::Error>((user, server, sender))
         }
     })
     .await;
     results.into_iter().collect()
 }
 
-async fn create_conversation(
-    http: &reqwest::Client,
+/// `owner`'s direct conversation with `other`.
+async fn create_direct(api: &Api, args: &Args, owner: &str, other: &str) -> Result<String> {
+    let token = token(api, args, owner).await?;
+    Ok(api.as_user(&token).create_direct(other).await?.id)
+}
+
+/// A group of `owner` and `members`.
+async fn create_group(
+    api: &Api,
     args: &Args,
     owner: &str,
-    body: serde_json::Value,
+    name: &str,
+    members: &[String],
 ) -> Result<String> {
-    let token = token(http, &args.base_url, args.jwt_secret.as_deref(), owner).await?;
-    let response: serde_json::Value = http
-        .post(format!("{}/api/v1/conversations", args.base_url))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
+    let token = token(api, args, owner).await?;
+    Ok(api
+        .as_user(&token)
+        .create_group(name, members.iter().cloned())
         .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok(response["id"].as_str().context("id")?.to_owned())
+        .id)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -155,7 +163,7 @@ pub async fn idle(args: &Args) -> Result<serde_json::Value> {
 
 /// One sending plan: a writer, its conversation, and where acks land.
 struct Sender {
-    writer: Writer,
+    writer: FrameSender,
     conversation: String,
 }
 
@@ -180,13 +188,13 @@ async fn run_step(
                 let mut attempted = 0;
                 for k in 0..count {
                     tokio::time::sleep_until(start + offset + interval.mul_f64(k as f64)).await;
-                    let frame = json!({
-                        "type": "send",
-                        "conversation_id": s.conversation,
-                        "client_msg_id": format!("{step}-{k}"),
-                        "body": format!("{step}:{}", now_us()),
-                    });
-                    if send_json(&mut s.writer, &frame).await.is_err() {
+                    let client_msg_id = format!("{step}-{k}");
+                    let body = format!("{step}:{}", now_us());
+                    let sent = s
+                        .writer
+                        .send_message(&s.conversation, &client_msg_id, &body)
+                        .await;
+                    if sent.is_err() {
                         break;
                     }
                     attempted += 1;
@@ -371,7 +379,7 @@ async fn connect_chatters(
     prefix: &str,
     clients: usize,
 ) -> Result<(
-    Vec<(String, String, Writer)>,
+    Vec<(String, String, FrameSender)>,
     Vec<ReceiverLog>,
     Vec<Arc<Mutex<SenderLog>>>,
 )> {
@@ -412,29 +420,22 @@ pub async fn one_to_one(args: &Args) -> Result<serde_json::Value> {
     // holds more than half of the clients.
     let mut order: Vec<usize> = (0..clients).collect();
     order.sort_by(|a, b| connected[*a].1.cmp(&connected[*b].1));
-    let http = http_client();
+    let api = api(args);
     let plan: Vec<(usize, usize)> = (0..pairs).map(|i| (order[i], order[i + pairs])).collect();
     let cross = plan
         .iter()
         .filter(|(s, r)| connected[*s].1 != connected[*r].1)
         .count();
     let conversations = bounded(plan.clone(), 32, |(s, r)| {
-        let http = http.clone();
+        let api = api.clone();
         let (sender, receiver) = (connected[s].0.clone(), connected[r].0.clone());
-        async move {
-            create_conversation(
-                &http,
-                args,
-                &sender,
-                json!({"kind": "direct", "members": [receiver]}),
-            )
-            .await
-        }
+        async move { create_direct(&api, args, &sender, &receiver).await }
     })
     .await
     .into_iter()
     .collect::<Result<Vec<_>>>()?;
-    let mut writers: Vec<Option<Writer>> = connected.into_iter().map(|(_, _, w)| Some(w)).collect();
+    let mut writers: Vec<Option<FrameSender>> =
+        connected.into_iter().map(|(_, _, w)| Some(w)).collect();
     let mut senders = Vec::new();
     let mut logs = Vec::new();
     let mut outs = Vec::new();
@@ -473,8 +474,8 @@ pub async fn groups(args: &Args) -> Result<serde_json::Value> {
         args.rates.clone()
     };
     let (connected, receiver_logs, sender_logs) = connect_chatters(args, "grp", clients).await?;
-    let http = http_client();
-    let mut writers: Vec<Option<Writer>> = Vec::new();
+    let api = api(args);
+    let mut writers: Vec<Option<FrameSender>> = Vec::new();
     let mut names = Vec::new();
     for (user, _, writer) in connected {
         names.push(user);
@@ -486,13 +487,7 @@ pub async fn groups(args: &Args) -> Result<serde_json::Value> {
     for g in 0..groups {
         let members: Vec<String> = names[g * group_size + 1..(g + 1) * group_size].to_vec();
         let owner = &names[g * group_size];
-        let conversation = create_conversation(
-            &http,
-            args,
-            owner,
-            json!({"kind": "group", "name": format!("load-{g}"), "members": members}),
-        )
-        .await?;
+        let conversation = create_group(&api, args, owner, &format!("load-{g}"), &members).await?;
         senders.push(Sender {
             writer: writers[g * group_size].take().unwrap(),
             conversation,

@@ -16,8 +16,8 @@
 
 mod ceilings;
 mod chat;
-mod client;
 mod stats;
+mod util;
 
 use std::time::Duration;
 
