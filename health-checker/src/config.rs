@@ -1,8 +1,51 @@
-//! HealthCheckerConfig: this service's settings, read from the environment.
+//! The health checker's settings, read from the environment: [`ENV`] names every variable it
+//! reads itself (beside the common ones), `from_env` reads them.
 
 use std::time::Duration;
 
-use switchboard_service_kit::config::{env_millis, env_or, env_string, CommonConfig, ConfigError};
+use switchboard_service_kit::config::{
+    env_millis, env_or, env_string, CommonConfig, ConfigError, COMMON,
+};
+use switchboard_service_kit::env::{EnvTable, EnvVar};
+
+pub const SB_HEALTH_BIND: &str = "SB_HEALTH_BIND";
+pub const SB_PROBE_INTERVAL_MS: &str = "SB_PROBE_INTERVAL_MS";
+pub const SB_PROBE_TIMEOUT_MS: &str = "SB_PROBE_TIMEOUT_MS";
+pub const SB_FAILURE_THRESHOLD: &str = "SB_FAILURE_THRESHOLD";
+
+/// The health checker's own variables.
+pub const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: SB_HEALTH_BIND,
+        default: Some("127.0.0.1:8301"),
+        doc: "Address of its own /live, /ready and /metrics.",
+    },
+    EnvVar {
+        name: SB_PROBE_INTERVAL_MS,
+        default: Some("500"),
+        doc: "Time between probe rounds, in milliseconds.",
+    },
+    EnvVar {
+        name: SB_PROBE_TIMEOUT_MS,
+        default: Some("400"),
+        doc: "One probe's timeout, in milliseconds.",
+    },
+    EnvVar {
+        name: SB_FAILURE_THRESHOLD,
+        default: Some("3"),
+        doc: "Consecutive failed probes before a socket server is evicted (with the defaults a \
+              dead server is gone in about 1.5-2 s).",
+    },
+];
+
+/// The health checker's table.
+pub const TABLE: EnvTable = EnvTable {
+    title: "Health checker",
+    vars: ENV,
+};
+
+/// Everything the health-checker binary reads, for `--help`.
+pub const HELP_TABLES: &[EnvTable] = &[COMMON[0], COMMON[1], COMMON[2], TABLE];
 
 #[derive(Debug, Clone)]
 pub struct HealthCheckerConfig {
@@ -21,10 +64,10 @@ impl HealthCheckerConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(HealthCheckerConfig {
             common: CommonConfig::from_env()?,
-            bind: env_string("SB_HEALTH_BIND", "127.0.0.1:8301"),
-            probe_interval: env_millis("SB_PROBE_INTERVAL_MS", 500)?,
-            probe_timeout: env_millis("SB_PROBE_TIMEOUT_MS", 400)?,
-            failure_threshold: env_or("SB_FAILURE_THRESHOLD", 3)?,
+            bind: env_string(SB_HEALTH_BIND, "127.0.0.1:8301"),
+            probe_interval: env_millis(SB_PROBE_INTERVAL_MS, 500)?,
+            probe_timeout: env_millis(SB_PROBE_TIMEOUT_MS, 400)?,
+            failure_threshold: env_or(SB_FAILURE_THRESHOLD, 3)?,
         })
     }
 }

@@ -12,7 +12,7 @@
 //! once, and a second checker's eviction of the same server is a no-op. A server wrongly
 //! evicted (say, paused for a moment) notices on its next reconcile and registers again.
 
-mod config;
+pub mod config;
 mod prober;
 
 use std::net::TcpListener;

@@ -8,7 +8,66 @@
 //! deduplicates by the project's own keys.
 
 use rdkafka::config::ClientConfig;
-use switchboard_service_kit::config::{env_bool, env_string, ConfigError};
+use switchboard_service_kit::config::{env_bool, env_or, env_string, ConfigError};
+use switchboard_service_kit::env::{EnvTable, EnvVar};
+
+pub const SB_KAFKA_BROKERS: &str = "SB_KAFKA_BROKERS";
+pub const SB_MESSAGE_TOPIC: &str = "SB_MESSAGE_TOPIC";
+pub const SB_EVENTS_TOPIC: &str = "SB_EVENTS_TOPIC";
+pub const SB_HANDLER_TOPIC_PREFIX: &str = "SB_HANDLER_TOPIC_PREFIX";
+pub const SB_KAFKA_LINGER_MS: &str = "SB_KAFKA_LINGER_MS";
+pub const SB_KAFKA_IDEMPOTENCE: &str = "SB_KAFKA_IDEMPOTENCE";
+pub const SB_KAFKA_REPLICATION_FACTOR: &str = "SB_KAFKA_REPLICATION_FACTOR";
+
+/// What [`KafkaConfig::from_env`] reads (the socket servers, managers and message service).
+pub const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: SB_KAFKA_BROKERS,
+        default: Some("127.0.0.1:9092"),
+        doc: "Bootstrap servers of the broker, comma separated.",
+    },
+    EnvVar {
+        name: SB_MESSAGE_TOPIC,
+        default: Some("sb.messages"),
+        doc: "The message log topic (partitioned by conversation).",
+    },
+    EnvVar {
+        name: SB_EVENTS_TOPIC,
+        default: Some("sb.events"),
+        doc: "The events topic (read receipts and presence changes).",
+    },
+    EnvVar {
+        name: SB_HANDLER_TOPIC_PREFIX,
+        default: Some("sb.handler."),
+        doc: "Prefix of the per-socket-server delivery topics (the prefix plus the server id).",
+    },
+    EnvVar {
+        name: SB_KAFKA_LINGER_MS,
+        default: Some("2"),
+        doc: "How long a producer waits to fill a batch, in milliseconds: a few milliseconds of \
+              latency buy far fewer, larger produce requests under load.",
+    },
+    EnvVar {
+        name: SB_KAFKA_IDEMPOTENCE,
+        default: Some("false"),
+        doc: "true: producers run with enable.idempotence. Off is safe (every reader \
+              deduplicates by the project's own keys, acks=all either way) and is the default \
+              because tansu, the local broker, wedges when an idempotent producer's requests \
+              time out. May be turned on with Apache Kafka.",
+    },
+    EnvVar {
+        name: SB_KAFKA_REPLICATION_FACTOR,
+        default: Some("1"),
+        doc: "Replicas of each topic the managers create: 1 for the single local broker, 3 on \
+              a managed cluster. Topics that already exist keep theirs.",
+    },
+];
+
+/// The Kafka table, for `--help` of the binaries that talk to the broker.
+pub const TABLE: EnvTable = EnvTable {
+    title: "Kafka (socket server, socket manager, message service)",
+    vars: ENV,
+};
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -49,16 +108,13 @@ pub struct KafkaConfig {
 impl KafkaConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(KafkaConfig {
-            brokers: env_string("SB_KAFKA_BROKERS", "127.0.0.1:9092"),
-            message_topic: env_string("SB_MESSAGE_TOPIC", "sb.messages"),
-            events_topic: env_string("SB_EVENTS_TOPIC", "sb.events"),
-            handler_topic_prefix: env_string("SB_HANDLER_TOPIC_PREFIX", "sb.handler."),
-            linger_ms: switchboard_service_kit::config::env_or("SB_KAFKA_LINGER_MS", 2)?,
-            idempotence: env_bool("SB_KAFKA_IDEMPOTENCE", false)?,
-            replication_factor: switchboard_service_kit::config::env_or(
-                "SB_KAFKA_REPLICATION_FACTOR",
-                1,
-            )?,
+            brokers: env_string(SB_KAFKA_BROKERS, "127.0.0.1:9092"),
+            message_topic: env_string(SB_MESSAGE_TOPIC, "sb.messages"),
+            events_topic: env_string(SB_EVENTS_TOPIC, "sb.events"),
+            handler_topic_prefix: env_string(SB_HANDLER_TOPIC_PREFIX, "sb.handler."),
+            linger_ms: env_or(SB_KAFKA_LINGER_MS, 2)?,
+            idempotence: env_bool(SB_KAFKA_IDEMPOTENCE, false)?,
+            replication_factor: env_or(SB_KAFKA_REPLICATION_FACTOR, 1)?,
         })
     }
 

@@ -38,11 +38,54 @@ pub struct Args {
     pub out: Option<String>,
 }
 
+const HELP: &str = "\
+loadgen: drives a running Switchboard exactly as clients do (tokens, registry assignment, the
+WebSocket protocol), measures, and checks every delivery for loss, duplication and reordering.
+Targets are loopback only. Results are one JSON object on stdout (and --out FILE); the process
+exits non-zero if a step of s2 or s3 lost, duplicated or reordered anything. It reads no
+environment variables. BENCHMARKS.md and docs/performance.md show how it is run.
+
+Usage: loadgen SCENARIO [--key value]...
+       loadgen --help | --version
+
+Scenarios:
+  s1       idle connections; RSS per connection of the socket servers (--server-pids)
+  s2       1:1 pairs, receiver on another server, total send rate stepped (--rates)
+  s3       groups of 100, one sender per group, stepped rates; deliveries/s
+  s4       GET /api/v1/socket-server through nginx
+  static   GET / through nginx (the HTTP ceiling)
+  echo     WebSocket ping/pong round trips (the socket server's own ceiling)
+  broker   produce-then-consume through the broker (the log's ceiling)
+
+Options:
+  --base-url URL        the stack's nginx (default http://127.0.0.1:8080; loopback only)
+  --jwt-secret SECRET   sign tokens locally instead of asking POST /api/v1/dev/token
+  --clients N           connections (s1, s2, s3, echo) or records (broker); unset: the
+                        scenario's default
+  --rates A,B,...       total send rates per step, messages/s (s2, s3)
+  --duration SECS       length of each step or run (default 10)
+  --concurrency N       parallel HTTP requests (s4, static; default 64)
+  --server-pids P,...   socket server pids to measure RSS of (s1)
+  --brokers HOST:PORT   the broker for `broker` (default 127.0.0.1:9092)
+  --out FILE            also write the JSON result to FILE
+";
+
 fn parse_args() -> Result<Args> {
-    let mut raw = std::env::args().skip(1);
-    let scenario = raw
-        .next()
-        .context("usage: loadgen <s1|s2|s3|s4|static|echo|broker> [--key value]...")?;
+    let mut raw = std::env::args().skip(1).peekable();
+    match raw.peek().map(String::as_str) {
+        Some("--help" | "-h") => {
+            print!("{HELP}");
+            std::process::exit(0);
+        }
+        Some("--version" | "-V") => {
+            println!("loadgen {}", env!("CARGO_PKG_VERSION"));
+            std::process::exit(0);
+        }
+        _ => {}
+    }
+    let scenario = raw.next().context(
+        "usage: loadgen <s1|s2|s3|s4|static|echo|broker> [--key value]... (see loadgen --help)",
+    )?;
     let mut args = Args {
         scenario,
         base_url: "http://127.0.0.1:8080".into(),
@@ -78,7 +121,7 @@ fn parse_args() -> Result<Args> {
             }
             "--brokers" => args.brokers = value,
             "--out" => args.out = Some(value),
-            other => bail!("unknown option {other}"),
+            other => bail!("unknown option {other}; see loadgen --help"),
         }
     }
     let host = args

@@ -1,7 +1,60 @@
-//! MessageServiceConfig: this service's settings, read from the environment.
+//! The message service's settings, read from the environment: [`ENV`] names every variable
+//! it reads itself (beside the common and Kafka ones), `from_env` reads them.
 
 use switchboard_kafka::KafkaConfig;
-use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError};
+use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError, COMMON};
+use switchboard_service_kit::env::{EnvTable, EnvVar};
+
+pub const SB_MESSAGE_BIND: &str = "SB_MESSAGE_BIND";
+pub const SB_DATABASE_URL: &str = "SB_DATABASE_URL";
+pub const SB_DB_MAX_CONNECTIONS: &str = "SB_DB_MAX_CONNECTIONS";
+pub const SB_MAX_GROUP_MEMBERS: &str = "SB_MAX_GROUP_MEMBERS";
+pub const SB_INGEST_FETCH_WAIT_MS: &str = "SB_INGEST_FETCH_WAIT_MS";
+
+/// The message service's own variables.
+pub const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: SB_MESSAGE_BIND,
+        default: Some("127.0.0.1:8401"),
+        doc: "Address the REST API (and the cluster-only membership lookup) listens on.",
+    },
+    EnvVar {
+        name: SB_DATABASE_URL,
+        default: Some("postgres://switchboard@127.0.0.1:5432/switchboard"),
+        doc: "PostgreSQL connection URL; migrations run at startup.",
+    },
+    EnvVar {
+        name: SB_DB_MAX_CONNECTIONS,
+        default: Some("10"),
+        doc: "Size of the database connection pool.",
+    },
+    EnvVar {
+        name: SB_MAX_GROUP_MEMBERS,
+        default: Some("1000"),
+        doc: "Largest conversation: creating a larger one, or adding a member past it, is \
+              refused.",
+    },
+    EnvVar {
+        name: SB_INGEST_FETCH_WAIT_MS,
+        default: Some("100"),
+        doc: "How long ingest's fetch from the message log may wait for data, in milliseconds.",
+    },
+];
+
+/// The message service's table.
+pub const TABLE: EnvTable = EnvTable {
+    title: "Message service",
+    vars: ENV,
+};
+
+/// Everything the message-service binary reads, for `--help`.
+pub const HELP_TABLES: &[EnvTable] = &[
+    COMMON[0],
+    COMMON[1],
+    COMMON[2],
+    switchboard_kafka::TABLE,
+    TABLE,
+];
 
 #[derive(Debug, Clone)]
 pub struct MessageServiceConfig {
@@ -24,14 +77,14 @@ impl MessageServiceConfig {
         Ok(MessageServiceConfig {
             common: CommonConfig::from_env()?,
             kafka: KafkaConfig::from_env()?,
-            bind: env_string("SB_MESSAGE_BIND", "127.0.0.1:8401"),
+            bind: env_string(SB_MESSAGE_BIND, "127.0.0.1:8401"),
             database_url: env_string(
-                "SB_DATABASE_URL",
+                SB_DATABASE_URL,
                 "postgres://switchboard@127.0.0.1:5432/switchboard",
             ),
-            db_max_connections: env_or("SB_DB_MAX_CONNECTIONS", 10)?,
-            max_group_members: env_or("SB_MAX_GROUP_MEMBERS", 1000)?,
-            ingest_fetch_wait_ms: env_or("SB_INGEST_FETCH_WAIT_MS", 100)?,
+            db_max_connections: env_or(SB_DB_MAX_CONNECTIONS, 10)?,
+            max_group_members: env_or(SB_MAX_GROUP_MEMBERS, 1000)?,
+            ingest_fetch_wait_ms: env_or(SB_INGEST_FETCH_WAIT_MS, 100)?,
         })
     }
 }

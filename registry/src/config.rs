@@ -1,7 +1,70 @@
-//! RegistryConfig: this service's settings, read from the environment.
+//! The registry's settings, read from the environment: [`ENV`] names every variable it reads
+//! itself (beside [`switchboard_service_kit::config::COMMON`]), `from_env` reads them.
 
-use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError};
+use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError, COMMON};
+use switchboard_service_kit::env::{EnvTable, EnvVar};
 use switchboard_service_kit::limits::Rate;
+
+pub const SB_REGISTRY_BIND: &str = "SB_REGISTRY_BIND";
+pub const SB_SERVER_STALE_MS: &str = "SB_SERVER_STALE_MS";
+pub const SB_RESERVATION_TTL_MS: &str = "SB_RESERVATION_TTL_MS";
+pub const SB_DEV_TOKEN_TTL_SECS: &str = "SB_DEV_TOKEN_TTL_SECS";
+pub const SB_ASSIGN_RATE_PER_IP: &str = "SB_ASSIGN_RATE_PER_IP";
+pub const SB_ASSIGN_BURST_PER_IP: &str = "SB_ASSIGN_BURST_PER_IP";
+pub const SB_RESERVATIONS_PER_IP: &str = "SB_RESERVATIONS_PER_IP";
+
+/// The registry's own variables.
+pub const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: SB_REGISTRY_BIND,
+        default: Some("127.0.0.1:8101"),
+        doc: "Address the REST API listens on.",
+    },
+    EnvVar {
+        name: SB_SERVER_STALE_MS,
+        default: Some("10000"),
+        doc: "A socket server whose last heartbeat is older than this (milliseconds) is not \
+              handed out; 0 disables the check.",
+    },
+    EnvVar {
+        name: SB_RESERVATION_TTL_MS,
+        default: Some("10000"),
+        doc: "How long an assignment holds a slot on the chosen server before the client \
+              connects, in milliseconds.",
+    },
+    EnvVar {
+        name: SB_DEV_TOKEN_TTL_SECS,
+        default: Some("86400"),
+        doc: "Lifetime of the tokens POST /api/v1/dev/token mints (dev mode only), in seconds.",
+    },
+    EnvVar {
+        name: SB_ASSIGN_RATE_PER_IP,
+        default: Some("20"),
+        doc: "Assignments per second per client address, per registry replica; 0 turns the \
+              limit off. Past it: 429 rate_limited.",
+    },
+    EnvVar {
+        name: SB_ASSIGN_BURST_PER_IP,
+        default: Some("100"),
+        doc: "Burst of assignments one client address may make at once.",
+    },
+    EnvVar {
+        name: SB_RESERVATIONS_PER_IP,
+        default: Some("100"),
+        doc: "Unexpired slot reservations one client address may hold, per registry replica; \
+              past it assignments answer 429 instead of reserving, so one address cannot fill \
+              every server with reservations. 0 turns it off.",
+    },
+];
+
+/// The registry's table.
+pub const TABLE: EnvTable = EnvTable {
+    title: "Registry",
+    vars: ENV,
+};
+
+/// Everything the registry binary reads, for `--help`.
+pub const HELP_TABLES: &[EnvTable] = &[COMMON[0], COMMON[1], COMMON[2], TABLE];
 
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
@@ -29,15 +92,15 @@ impl RegistryConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(RegistryConfig {
             common: CommonConfig::from_env()?,
-            bind: env_string("SB_REGISTRY_BIND", "127.0.0.1:8101"),
-            stale_after_ms: env_or("SB_SERVER_STALE_MS", 10_000)?,
-            reservation_ttl_ms: env_or("SB_RESERVATION_TTL_MS", 10_000)?,
-            dev_token_ttl_secs: env_or("SB_DEV_TOKEN_TTL_SECS", 86_400)?,
+            bind: env_string(SB_REGISTRY_BIND, "127.0.0.1:8101"),
+            stale_after_ms: env_or(SB_SERVER_STALE_MS, 10_000)?,
+            reservation_ttl_ms: env_or(SB_RESERVATION_TTL_MS, 10_000)?,
+            dev_token_ttl_secs: env_or(SB_DEV_TOKEN_TTL_SECS, 86_400)?,
             assign_rate_per_ip: Rate {
-                per_sec: env_or("SB_ASSIGN_RATE_PER_IP", 20.0)?,
-                burst: env_or("SB_ASSIGN_BURST_PER_IP", 100.0)?,
+                per_sec: env_or(SB_ASSIGN_RATE_PER_IP, 20.0)?,
+                burst: env_or(SB_ASSIGN_BURST_PER_IP, 100.0)?,
             },
-            reservations_per_ip: env_or("SB_RESERVATIONS_PER_IP", 100)?,
+            reservations_per_ip: env_or(SB_RESERVATIONS_PER_IP, 100)?,
         })
     }
 }

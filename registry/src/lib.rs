@@ -6,7 +6,7 @@
 //! - `routes`: the handlers; the balancing itself lives in the `server-directory` crate's
 //!   atomic assign script, shared with the socket servers and health checkers.
 
-mod config;
+pub mod config;
 mod routes;
 
 use std::net::TcpListener;

@@ -1,8 +1,23 @@
 use registry::{Application, RegistryConfig};
+use switchboard_service_kit::cli::Cli;
 use switchboard_service_kit::{shutdown, telemetry};
+
+const CLI: Cli = Cli {
+    name: "registry",
+    version: env!("CARGO_PKG_VERSION"),
+    about: "The registry: the REST service clients ask which socket server to connect to. `GET \
+            /api/v1/socket-server` hands out the least-loaded live server (an atomic assign over \
+            the directory in Redis, reserving a slot), and with SB_DEV_MODE `POST \
+            /api/v1/dev/token` mints client tokens. Run two or more behind a load balancer; they \
+            share only Redis.",
+    usage: "",
+    max_positional: 0,
+    env: registry::config::HELP_TABLES,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    CLI.handle_args();
     telemetry::init("registry");
     let config = RegistryConfig::from_env()?;
     let app = Application::build(config).await?;

@@ -1,12 +1,98 @@
 //! Typed configuration from the environment. Every variable has a default that works for the
-//! local stack, so `cargo run -p registry` needs no setup; the README lists them all.
+//! local stack, so `cargo run -p registry` needs no setup. The variables every service reads
+//! are in [`COMMON`] (this module's [`ENV`], Redis's and logging's); `docs/configuration.md`
+//! lists them and each service's own.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use switchboard_protocol::token::{TokenKeys, TokenPolicy};
 
+use crate::env::{EnvTable, EnvVar};
 use crate::redis_sentinel::RedisConfig;
+
+pub const SB_JWT_SECRET: &str = "SB_JWT_SECRET";
+pub const SB_CLUSTER_SECRET: &str = "SB_CLUSTER_SECRET";
+pub const SB_DEV_MODE: &str = "SB_DEV_MODE";
+pub const SB_JWT_ISSUER: &str = "SB_JWT_ISSUER";
+pub const SB_JWT_AUDIENCE: &str = "SB_JWT_AUDIENCE";
+pub const SB_JWT_LEEWAY_SECS: &str = "SB_JWT_LEEWAY_SECS";
+pub const SB_JWT_JWKS_URL: &str = "SB_JWT_JWKS_URL";
+pub const SB_JWT_JWKS_REFRESH_SECS: &str = "SB_JWT_JWKS_REFRESH_SECS";
+pub const SB_ALLOWED_ORIGINS: &str = "SB_ALLOWED_ORIGINS";
+
+/// What [`CommonConfig::from_env`] reads itself (Redis's are in
+/// [`crate::redis_sentinel::ENV`]).
+pub const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: SB_JWT_SECRET,
+        default: Some(DEFAULT_JWT_SECRET),
+        doc: "HS256 secret that signs and verifies client JWTs. Outside dev mode the published \
+              default, or anything shorter than 32 bytes, is refused at startup.",
+    },
+    EnvVar {
+        name: SB_CLUSTER_SECRET,
+        default: Some(DEFAULT_CLUSTER_SECRET),
+        doc: "Shared secret of the cluster-only routes, sent as `x-cluster-secret`. Same rule \
+              as SB_JWT_SECRET outside dev mode.",
+    },
+    EnvVar {
+        name: SB_DEV_MODE,
+        default: Some("false"),
+        doc: "true: POST /api/v1/dev/token mints tokens for any user id, and the default or \
+              short secrets are accepted. For demos and tests only.",
+    },
+    EnvVar {
+        name: SB_JWT_ISSUER,
+        default: None,
+        doc: "When set, a client token's `iss` must equal it. Unset: not checked.",
+    },
+    EnvVar {
+        name: SB_JWT_AUDIENCE,
+        default: None,
+        doc: "When set, a client token's `aud` must contain it. Unset: not checked.",
+    },
+    EnvVar {
+        name: SB_JWT_LEEWAY_SECS,
+        default: Some("30"),
+        doc: "Clock skew allowed when checking a token's `exp` and `nbf`, in seconds.",
+    },
+    EnvVar {
+        name: SB_JWT_JWKS_URL,
+        default: None,
+        doc: "An identity provider's JWKS URL: its RS256/ES256 keys verify tokens beside the \
+              HS256 secret. Unset: only the secret.",
+    },
+    EnvVar {
+        name: SB_JWT_JWKS_REFRESH_SECS,
+        default: Some("300"),
+        doc: "How often the JWKS is fetched again, in seconds (only with SB_JWT_JWKS_URL).",
+    },
+    EnvVar {
+        name: SB_ALLOWED_ORIGINS,
+        default: None,
+        doc: "Browser origins allowed in, comma separated (e.g. https://chat.example.com), or \
+              `*`. Unset: WebSocket upgrades from any origin and no CORS headers (same-origin \
+              pages only). Set: a page from another origin can neither open a WebSocket (403) \
+              nor read REST answers. Requests without an Origin header are not checked.",
+    },
+];
+
+/// The variables every service reads, by group, for `--help` and the docs.
+pub const COMMON: &[EnvTable] = &[
+    EnvTable {
+        title: "Common (every service)",
+        vars: ENV,
+    },
+    EnvTable {
+        title: "Redis (every service)",
+        vars: crate::redis_sentinel::ENV,
+    },
+    EnvTable {
+        title: "Logging (every binary)",
+        vars: crate::telemetry::ENV,
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 #[error("environment variable {name}={value:?} is invalid: {reason}")]
@@ -105,8 +191,8 @@ pub struct JwksSource {
 }
 
 /// The published defaults of the secrets: fine for a demo, never for a deployment.
-const DEFAULT_JWT_SECRET: &str = "switchboard-dev-jwt-secret";
-const DEFAULT_CLUSTER_SECRET: &str = "switchboard-dev-cluster-secret";
+pub const DEFAULT_JWT_SECRET: &str = "switchboard-dev-jwt-secret";
+pub const DEFAULT_CLUSTER_SECRET: &str = "switchboard-dev-cluster-secret";
 /// The shortest secret accepted outside dev mode (bytes).
 pub const MIN_SECRET_BYTES: usize = 32;
 
@@ -116,30 +202,30 @@ impl CommonConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let config = CommonConfig {
             redis: RedisConfig::from_env()?,
-            jwt_secret: env_string("SB_JWT_SECRET", DEFAULT_JWT_SECRET),
-            cluster_secret: env_string("SB_CLUSTER_SECRET", DEFAULT_CLUSTER_SECRET),
-            dev_mode: env_bool("SB_DEV_MODE", false)?,
+            jwt_secret: env_string(SB_JWT_SECRET, DEFAULT_JWT_SECRET),
+            cluster_secret: env_string(SB_CLUSTER_SECRET, DEFAULT_CLUSTER_SECRET),
+            dev_mode: env_bool(SB_DEV_MODE, false)?,
             token_policy: TokenPolicy {
-                issuer: env_optional("SB_JWT_ISSUER"),
-                audience: env_optional("SB_JWT_AUDIENCE"),
-                leeway_secs: env_or("SB_JWT_LEEWAY_SECS", 30)?,
+                issuer: env_optional(SB_JWT_ISSUER),
+                audience: env_optional(SB_JWT_AUDIENCE),
+                leeway_secs: env_or(SB_JWT_LEEWAY_SECS, 30)?,
             },
-            jwks: env_optional("SB_JWT_JWKS_URL")
+            jwks: env_optional(SB_JWT_JWKS_URL)
                 .map(|url| -> Result<JwksSource, ConfigError> {
                     Ok(JwksSource {
                         url,
-                        refresh: Duration::from_secs(env_or("SB_JWT_JWKS_REFRESH_SECS", 300)?),
+                        refresh: Duration::from_secs(env_or(SB_JWT_JWKS_REFRESH_SECS, 300)?),
                     })
                 })
                 .transpose()?,
-            allowed_origins: env_string("SB_ALLOWED_ORIGINS", "")
+            allowed_origins: env_string(SB_ALLOWED_ORIGINS, "")
                 .split(',')
                 .map(|o| o.trim().trim_end_matches('/').to_owned())
                 .filter(|o| !o.is_empty())
                 .collect(),
         };
-        check_secret("SB_JWT_SECRET", &config.jwt_secret, config.dev_mode)?;
-        check_secret("SB_CLUSTER_SECRET", &config.cluster_secret, config.dev_mode)?;
+        check_secret(SB_JWT_SECRET, &config.jwt_secret, config.dev_mode)?;
+        check_secret(SB_CLUSTER_SECRET, &config.cluster_secret, config.dev_mode)?;
         Ok(config)
     }
 }

@@ -1,6 +1,9 @@
 //! The service kit: everything each Switchboard service needs and none should write twice.
 //!
 //! - [`config`]: typed configuration from environment variables with working local defaults.
+//! - [`env`]: the variables as data ([`env::EnvVar`]), one table per service, for `--help`, the
+//!   docs and the tests that keep them in step.
+//! - [`cli`]: `--help` / `--version` and argument errors, the same for every binary.
 //! - [`redis_sentinel`]: a Redis handle that finds the master through Sentinel by name and
 //!   re-resolves it whenever the connection breaks (failover without restarts).
 //! - [`telemetry`]: `tracing` subscriber setup (pretty or JSON lines).
@@ -9,7 +12,9 @@
 //!   latency middleware.
 //! - [`shutdown`]: one cancellation token that every task of a service watches.
 
+pub mod cli;
 pub mod config;
+pub mod env;
 pub mod http;
 pub mod jwks;
 pub mod limits;

@@ -17,6 +17,62 @@ use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisError};
 
 use crate::config::{env_millis, env_optional, env_string, ConfigError};
+use crate::env::EnvVar;
+
+pub const SB_REDIS_SENTINELS: &str = "SB_REDIS_SENTINELS";
+pub const SB_REDIS_MASTER_NAME: &str = "SB_REDIS_MASTER_NAME";
+pub const SB_REDIS_PREFIX: &str = "SB_REDIS_PREFIX";
+pub const SB_REDIS_TIMEOUT_MS: &str = "SB_REDIS_TIMEOUT_MS";
+pub const SB_REDIS_USERNAME: &str = "SB_REDIS_USERNAME";
+pub const SB_REDIS_PASSWORD: &str = "SB_REDIS_PASSWORD";
+pub const SB_REDIS_SENTINEL_USERNAME: &str = "SB_REDIS_SENTINEL_USERNAME";
+pub const SB_REDIS_SENTINEL_PASSWORD: &str = "SB_REDIS_SENTINEL_PASSWORD";
+
+/// What [`RedisConfig::from_env`] reads.
+pub const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: SB_REDIS_SENTINELS,
+        default: Some("127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381"),
+        doc: "host:port of each Sentinel, comma separated. The master is always found through \
+              them (and found again after a failover); there is no direct Redis address.",
+    },
+    EnvVar {
+        name: SB_REDIS_MASTER_NAME,
+        default: Some("switchboard"),
+        doc: "The name under which the Sentinels monitor the master.",
+    },
+    EnvVar {
+        name: SB_REDIS_PREFIX,
+        default: Some("sb:"),
+        doc: "Prefix of every Redis key Switchboard writes.",
+    },
+    EnvVar {
+        name: SB_REDIS_TIMEOUT_MS,
+        default: Some("1500"),
+        doc: "Upper bound on one Redis command, connecting included, in milliseconds.",
+    },
+    EnvVar {
+        name: SB_REDIS_USERNAME,
+        default: None,
+        doc: "ACL user for the Redis servers. Unset: the default user.",
+    },
+    EnvVar {
+        name: SB_REDIS_PASSWORD,
+        default: None,
+        doc: "Password for the Redis servers. Unset: no AUTH.",
+    },
+    EnvVar {
+        name: SB_REDIS_SENTINEL_USERNAME,
+        default: None,
+        doc: "ACL user for the Sentinels. Unset: the default user.",
+    },
+    EnvVar {
+        name: SB_REDIS_SENTINEL_PASSWORD,
+        default: None,
+        doc: "Password for the Sentinels. Unset: SB_REDIS_PASSWORD (Sentinels configured with \
+              requirepass usually share it).",
+    },
+];
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -82,24 +138,24 @@ impl RedisConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(RedisConfig {
             sentinels: env_string(
-                "SB_REDIS_SENTINELS",
+                SB_REDIS_SENTINELS,
                 "127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381",
             )
             .split(',')
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect(),
-            master_name: env_string("SB_REDIS_MASTER_NAME", "switchboard"),
-            key_prefix: env_string("SB_REDIS_PREFIX", "sb:"),
-            command_timeout: env_millis("SB_REDIS_TIMEOUT_MS", 1500)?,
+            master_name: env_string(SB_REDIS_MASTER_NAME, "switchboard"),
+            key_prefix: env_string(SB_REDIS_PREFIX, "sb:"),
+            command_timeout: env_millis(SB_REDIS_TIMEOUT_MS, 1500)?,
             auth: RedisAuth {
-                username: env_optional("SB_REDIS_USERNAME"),
-                password: env_optional("SB_REDIS_PASSWORD"),
+                username: env_optional(SB_REDIS_USERNAME),
+                password: env_optional(SB_REDIS_PASSWORD),
             },
             sentinel_auth: RedisAuth {
-                username: env_optional("SB_REDIS_SENTINEL_USERNAME"),
-                password: env_optional("SB_REDIS_SENTINEL_PASSWORD")
-                    .or_else(|| env_optional("SB_REDIS_PASSWORD")),
+                username: env_optional(SB_REDIS_SENTINEL_USERNAME),
+                password: env_optional(SB_REDIS_SENTINEL_PASSWORD)
+                    .or_else(|| env_optional(SB_REDIS_PASSWORD)),
             },
         })
     }
@@ -475,7 +531,7 @@ async fn sentinel_connection(
         .map_err(|e| e.to_string())?
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| explain_auth_error(e, "the Sentinel", "SB_REDIS_SENTINEL_PASSWORD"))
+        .map_err(|e| explain_auth_error(e, "the Sentinel", SB_REDIS_SENTINEL_PASSWORD))
 }
 
 /// A connection error, with what to fix when it is about credentials.
@@ -517,7 +573,7 @@ async fn connect_master(
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| explain_auth_error(e, "the Redis master", "SB_REDIS_PASSWORD"))?;
+        .map_err(|e| explain_auth_error(e, "the Redis master", SB_REDIS_PASSWORD))?;
     let role: redis::Value = redis::cmd("ROLE")
         .query_async(&mut conn)
         .await

@@ -1,11 +1,125 @@
-//! ManagerConfig: this service's settings, read from the environment.
+//! The socket manager's settings, read from the environment: [`ENV`] names every variable it
+//! reads itself (beside the common and Kafka ones), `from_env` reads them.
 
 use std::time::Duration;
 
 use switchboard_kafka::KafkaConfig;
 use switchboard_service_kit::config::{
-    env_bool, env_millis, env_or, env_string, CommonConfig, ConfigError,
+    env_bool, env_millis, env_or, env_string, CommonConfig, ConfigError, COMMON,
 };
+use switchboard_service_kit::env::{EnvTable, EnvVar};
+
+pub const SB_MANAGER_BIND: &str = "SB_MANAGER_BIND";
+pub const SB_MESSAGE_SERVICE_URL: &str = "SB_MESSAGE_SERVICE_URL";
+pub const SB_LOCK_TTL_MS: &str = "SB_LOCK_TTL_MS";
+pub const SB_LOCK_WAIT_MS: &str = "SB_LOCK_WAIT_MS";
+pub const SB_PRODUCE_TIMEOUT_MS: &str = "SB_PRODUCE_TIMEOUT_MS";
+pub const SB_IDEMPOTENCY_TTL_SECS: &str = "SB_IDEMPOTENCY_TTL_SECS";
+pub const SB_USER_MAPPING_TTL_MS: &str = "SB_USER_MAPPING_TTL_MS";
+pub const SB_HANDLER_TTL_MS: &str = "SB_HANDLER_TTL_MS";
+pub const SB_MESSAGE_PARTITIONS: &str = "SB_MESSAGE_PARTITIONS";
+pub const SB_PRESENCE_MAX_GROUP: &str = "SB_PRESENCE_MAX_GROUP";
+pub const SB_DELETE_HANDLER_TOPICS: &str = "SB_DELETE_HANDLER_TOPICS";
+pub const SB_SEQ_REPLICA_ACKS: &str = "SB_SEQ_REPLICA_ACKS";
+pub const SB_SEQ_REPLICA_ACK_TIMEOUT_MS: &str = "SB_SEQ_REPLICA_ACK_TIMEOUT_MS";
+pub const SB_MANAGER_ID: &str = "SB_MANAGER_ID";
+
+/// The socket manager's own variables.
+pub const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: SB_MANAGER_BIND,
+        default: Some("127.0.0.1:8201"),
+        doc: "Address the cluster-internal API listens on.",
+    },
+    EnvVar {
+        name: SB_MESSAGE_SERVICE_URL,
+        default: Some("http://127.0.0.1:8401"),
+        doc: "Where the message service answers; asked for a conversation's members when the \
+              Redis mirror of them is cold.",
+    },
+    EnvVar {
+        name: SB_LOCK_TTL_MS,
+        default: Some("5000"),
+        doc: "Lease of a conversation's sequence lock, in milliseconds.",
+    },
+    EnvVar {
+        name: SB_LOCK_WAIT_MS,
+        default: Some("3000"),
+        doc: "Longest wait for a sequence lock, in milliseconds.",
+    },
+    EnvVar {
+        name: SB_PRODUCE_TIMEOUT_MS,
+        default: Some("3000"),
+        doc: "How long an append to the log may take before the send fails, in milliseconds.",
+    },
+    EnvVar {
+        name: SB_IDEMPOTENCY_TTL_SECS,
+        default: Some("86400"),
+        doc: "How long a client_msg_id is remembered to deduplicate retried sends, in seconds.",
+    },
+    EnvVar {
+        name: SB_USER_MAPPING_TTL_MS,
+        default: Some("900000"),
+        doc: "Lifetime of a user-to-socket-server mapping, in milliseconds; servers renew \
+              theirs (SB_MAPPING_RENEW_MS).",
+    },
+    EnvVar {
+        name: SB_HANDLER_TTL_MS,
+        default: Some("6000"),
+        doc: "Lifetime of a socket server's liveness key, in milliseconds; past it the janitor \
+              removes the server's topic and mappings.",
+    },
+    EnvVar {
+        name: SB_MESSAGE_PARTITIONS,
+        default: Some("8"),
+        doc: "Partitions of the message and events topics when a manager creates them; an \
+              existing topic keeps its own count, which every manager then uses.",
+    },
+    EnvVar {
+        name: SB_PRESENCE_MAX_GROUP,
+        default: Some("100"),
+        doc: "Presence frames go to the members of a user's conversations up to this size.",
+    },
+    EnvVar {
+        name: SB_DELETE_HANDLER_TOPICS,
+        default: Some("true"),
+        doc: "Whether the janitor deletes a dead socket server's topic. The local stack turns \
+              it off: tansu 0.6's SQLite engine corrupts its state on topic deletion.",
+    },
+    EnvVar {
+        name: SB_SEQ_REPLICA_ACKS,
+        default: Some("1"),
+        doc: "Redis replicas that must hold a sequence number before it is used (WAIT), so a \
+              failover cannot roll a counter back under an acknowledged message; 0 for a \
+              Redis without replicas.",
+    },
+    EnvVar {
+        name: SB_SEQ_REPLICA_ACK_TIMEOUT_MS,
+        default: Some("500"),
+        doc: "How long numbering waits for those replicas, in milliseconds (keep it below \
+              SB_REDIS_TIMEOUT_MS); past it the sends are answered `unavailable`.",
+    },
+    EnvVar {
+        name: SB_MANAGER_ID,
+        default: None,
+        doc: "This manager's name in sequence lease tokens. Unset: SB_MANAGER_BIND.",
+    },
+];
+
+/// The socket manager's table.
+pub const TABLE: EnvTable = EnvTable {
+    title: "Socket manager",
+    vars: ENV,
+};
+
+/// Everything the socket-manager binary reads, for `--help`.
+pub const HELP_TABLES: &[EnvTable] = &[
+    COMMON[0],
+    COMMON[1],
+    COMMON[2],
+    switchboard_kafka::TABLE,
+    TABLE,
+];
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -50,26 +164,24 @@ pub struct ManagerConfig {
 
 impl ManagerConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let bind = env_string(SB_MANAGER_BIND, "127.0.0.1:8201");
         Ok(ManagerConfig {
             common: CommonConfig::from_env()?,
             kafka: KafkaConfig::from_env()?,
-            bind: env_string("SB_MANAGER_BIND", "127.0.0.1:8201"),
-            message_service_url: env_string("SB_MESSAGE_SERVICE_URL", "http://127.0.0.1:8401"),
-            lock_ttl: env_millis("SB_LOCK_TTL_MS", 5_000)?,
-            lock_wait: env_millis("SB_LOCK_WAIT_MS", 3_000)?,
-            produce_timeout_ms: env_or("SB_PRODUCE_TIMEOUT_MS", 3_000)?,
-            idempotency_ttl_secs: env_or("SB_IDEMPOTENCY_TTL_SECS", 86_400)?,
-            user_mapping_ttl_ms: env_or("SB_USER_MAPPING_TTL_MS", 900_000)?,
-            handler_ttl_ms: env_or("SB_HANDLER_TTL_MS", 6_000)?,
-            message_partitions: env_or("SB_MESSAGE_PARTITIONS", 8)?,
-            presence_max_group: env_or("SB_PRESENCE_MAX_GROUP", 100)?,
-            seq_replica_acks: env_or("SB_SEQ_REPLICA_ACKS", 1)?,
-            seq_replica_ack_timeout: env_millis("SB_SEQ_REPLICA_ACK_TIMEOUT_MS", 500)?,
-            manager_id: env_string(
-                "SB_MANAGER_ID",
-                &env_string("SB_MANAGER_BIND", "127.0.0.1:8201"),
-            ),
-            delete_handler_topics: env_bool("SB_DELETE_HANDLER_TOPICS", true)?,
+            message_service_url: env_string(SB_MESSAGE_SERVICE_URL, "http://127.0.0.1:8401"),
+            lock_ttl: env_millis(SB_LOCK_TTL_MS, 5_000)?,
+            lock_wait: env_millis(SB_LOCK_WAIT_MS, 3_000)?,
+            produce_timeout_ms: env_or(SB_PRODUCE_TIMEOUT_MS, 3_000)?,
+            idempotency_ttl_secs: env_or(SB_IDEMPOTENCY_TTL_SECS, 86_400)?,
+            user_mapping_ttl_ms: env_or(SB_USER_MAPPING_TTL_MS, 900_000)?,
+            handler_ttl_ms: env_or(SB_HANDLER_TTL_MS, 6_000)?,
+            message_partitions: env_or(SB_MESSAGE_PARTITIONS, 8)?,
+            presence_max_group: env_or(SB_PRESENCE_MAX_GROUP, 100)?,
+            seq_replica_acks: env_or(SB_SEQ_REPLICA_ACKS, 1)?,
+            seq_replica_ack_timeout: env_millis(SB_SEQ_REPLICA_ACK_TIMEOUT_MS, 500)?,
+            manager_id: env_string(SB_MANAGER_ID, &bind),
+            delete_handler_topics: env_bool(SB_DELETE_HANDLER_TOPICS, true)?,
+            bind,
         })
     }
 }

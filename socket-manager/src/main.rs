@@ -1,8 +1,23 @@
 use socket_manager::{Application, ManagerConfig};
+use switchboard_service_kit::cli::Cli;
 use switchboard_service_kit::{shutdown, telemetry};
+
+const CLI: Cli = Cli {
+    name: "socket-manager",
+    version: env!("CARGO_PKG_VERSION"),
+    about: "The socket manager: the cluster-internal service the socket servers send their \
+            clients' frames to. It numbers each conversation's messages under a Redis lock, \
+            appends them to the message log, routes them to the topics of the socket servers \
+            that hold the members, and removes dead servers' topics and mappings. Run two or \
+            more; they share only Redis and the broker.",
+    usage: "",
+    max_positional: 0,
+    env: socket_manager::config::HELP_TABLES,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    CLI.handle_args();
     telemetry::init("socket-manager");
     let config = ManagerConfig::from_env()?;
     let app = Application::build(config).await?;

@@ -1,9 +1,196 @@
-//! Socket server settings, from the environment (README lists them all).
+//! The socket server's settings, read from the environment: [`ENV`] names every variable it
+//! reads itself (beside the common and Kafka ones), `from_env` reads them.
 
 use std::time::Duration;
 
-use switchboard_service_kit::config::{env_millis, env_or, env_string, CommonConfig, ConfigError};
+use switchboard_service_kit::config::{
+    env_bool, env_millis, env_optional, env_or, env_string, CommonConfig, ConfigError, COMMON,
+};
+use switchboard_service_kit::env::{EnvTable, EnvVar};
 use switchboard_service_kit::limits::Rate;
+
+pub const SB_SOCKET_BIND: &str = "SB_SOCKET_BIND";
+pub const SB_SOCKET_PUBLIC_URL: &str = "SB_SOCKET_PUBLIC_URL";
+pub const SB_SOCKET_HEALTH_URL: &str = "SB_SOCKET_HEALTH_URL";
+pub const SB_SERVER_ID: &str = "SB_SERVER_ID";
+pub const SB_REGISTRY_URL: &str = "SB_REGISTRY_URL";
+pub const SB_MAX_CONNECTIONS: &str = "SB_MAX_CONNECTIONS";
+pub const SB_MAX_FRAME_BYTES: &str = "SB_MAX_FRAME_BYTES";
+pub const SB_MAX_BODY_BYTES: &str = "SB_MAX_BODY_BYTES";
+pub const SB_HEARTBEAT_INTERVAL_MS: &str = "SB_HEARTBEAT_INTERVAL_MS";
+pub const SB_CLIENT_TIMEOUT_MS: &str = "SB_CLIENT_TIMEOUT_MS";
+pub const SB_RECONCILE_INTERVAL_MS: &str = "SB_RECONCILE_INTERVAL_MS";
+pub const SB_OUTBOUND_QUEUE: &str = "SB_OUTBOUND_QUEUE";
+pub const SB_CLIENT_RATE_PER_SEC: &str = "SB_CLIENT_RATE_PER_SEC";
+pub const SB_CLIENT_RATE_BURST: &str = "SB_CLIENT_RATE_BURST";
+pub const SB_SHUTDOWN_GRACE_MS: &str = "SB_SHUTDOWN_GRACE_MS";
+pub const SB_MESSAGING_ENABLED: &str = "SB_MESSAGING_ENABLED";
+pub const SB_MANAGER_URLS: &str = "SB_MANAGER_URLS";
+pub const SB_MANAGER_LANES: &str = "SB_MANAGER_LANES";
+pub const SB_CONNECTS_PER_IP_PER_SEC: &str = "SB_CONNECTS_PER_IP_PER_SEC";
+pub const SB_CONNECTS_BURST_PER_IP: &str = "SB_CONNECTS_BURST_PER_IP";
+pub const SB_MAX_CONNECTIONS_PER_USER: &str = "SB_MAX_CONNECTIONS_PER_USER";
+pub const SB_MANAGER_LANE_BATCHES: &str = "SB_MANAGER_LANE_BATCHES";
+pub const SB_HANDLER_HEARTBEAT_MS: &str = "SB_HANDLER_HEARTBEAT_MS";
+pub const SB_MAPPING_RENEW_MS: &str = "SB_MAPPING_RENEW_MS";
+pub const SB_DELIVERY_FETCH_WAIT_MS: &str = "SB_DELIVERY_FETCH_WAIT_MS";
+
+/// The socket server's own variables.
+pub const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: SB_SOCKET_BIND,
+        default: Some("127.0.0.1:9001"),
+        doc: "Address the WebSocket endpoint (/ws) and /live, /ready, /metrics listen on.",
+    },
+    EnvVar {
+        name: SB_SOCKET_PUBLIC_URL,
+        default: None,
+        doc: "The WebSocket URL the registry hands to clients for this server. Unset: \
+              ws://<SB_SOCKET_BIND>/ws.",
+    },
+    EnvVar {
+        name: SB_SOCKET_HEALTH_URL,
+        default: None,
+        doc: "The URL health checkers probe. Unset: http://<SB_SOCKET_BIND>/live.",
+    },
+    EnvVar {
+        name: SB_SERVER_ID,
+        default: None,
+        doc: "This server's id in the directory and in its delivery topic's name. Unset: a \
+              fresh ULID-based id on every start.",
+    },
+    EnvVar {
+        name: SB_REGISTRY_URL,
+        default: Some("http://127.0.0.1:8080"),
+        doc: "Where the registry answers (the local stack's nginx, in front of the \
+              registries).",
+    },
+    EnvVar {
+        name: SB_MAX_CONNECTIONS,
+        default: Some("100000"),
+        doc: "Connections this server accepts; the capacity it advertises to the registry.",
+    },
+    EnvVar {
+        name: SB_MAX_FRAME_BYTES,
+        default: Some("262144"),
+        doc: "Largest accepted client frame, in bytes.",
+    },
+    EnvVar {
+        name: SB_MAX_BODY_BYTES,
+        default: Some("65536"),
+        doc: "Largest message body, in bytes.",
+    },
+    EnvVar {
+        name: SB_HEARTBEAT_INTERVAL_MS,
+        default: Some("5000"),
+        doc: "The server pings every client this often, in milliseconds.",
+    },
+    EnvVar {
+        name: SB_CLIENT_TIMEOUT_MS,
+        default: Some("15000"),
+        doc: "A client silent this long is dropped, in milliseconds.",
+    },
+    EnvVar {
+        name: SB_RECONCILE_INTERVAL_MS,
+        default: Some("1000"),
+        doc: "Period of the directory heartbeat and the connection-count reconcile, in \
+              milliseconds.",
+    },
+    EnvVar {
+        name: SB_OUTBOUND_QUEUE,
+        default: Some("1024"),
+        doc: "Frames queued per connection; a client that lets it fill is a slow consumer and \
+              is disconnected.",
+    },
+    EnvVar {
+        name: SB_CLIENT_RATE_PER_SEC,
+        default: Some("200"),
+        doc: "Sustained client frames per second per connection; past it frames are answered \
+              rate_limited.",
+    },
+    EnvVar {
+        name: SB_CLIENT_RATE_BURST,
+        default: Some("400"),
+        doc: "Burst allowance on top of the rate.",
+    },
+    EnvVar {
+        name: SB_SHUTDOWN_GRACE_MS,
+        default: Some("5000"),
+        doc: "How long a shutdown waits for clients to close, in milliseconds.",
+    },
+    EnvVar {
+        name: SB_MESSAGING_ENABLED,
+        default: Some("true"),
+        doc: "false: chat frames are not forwarded to socket managers; the server only keeps \
+              connections (registry, heartbeat, ping).",
+    },
+    EnvVar {
+        name: SB_MANAGER_URLS,
+        default: Some("http://127.0.0.1:8201,http://127.0.0.1:8202"),
+        doc: "Socket manager base URLs, comma separated, tried in turn.",
+    },
+    EnvVar {
+        name: SB_MANAGER_LANES,
+        default: Some("64"),
+        doc: "Parallel ordered lanes to the managers; a connection's frames always take the \
+              same lane.",
+    },
+    EnvVar {
+        name: SB_CONNECTS_PER_IP_PER_SEC,
+        default: Some("20"),
+        doc: "WebSocket upgrades per second per client address, counted before the token is \
+              checked; 0 turns the limit off.",
+    },
+    EnvVar {
+        name: SB_CONNECTS_BURST_PER_IP,
+        default: Some("100"),
+        doc: "Burst of upgrades one client address may make at once.",
+    },
+    EnvVar {
+        name: SB_MAX_CONNECTIONS_PER_USER,
+        default: Some("10"),
+        doc: "Devices one user may connect to this server; 0 turns the limit off.",
+    },
+    EnvVar {
+        name: SB_MANAGER_LANE_BATCHES,
+        default: Some("1"),
+        doc: "Batches one lane may have in flight; a connection's frames are never in two at \
+              once.",
+    },
+    EnvVar {
+        name: SB_HANDLER_HEARTBEAT_MS,
+        default: Some("2000"),
+        doc: "Liveness heartbeat to the managers, in milliseconds (keep it well below \
+              SB_HANDLER_TTL_MS).",
+    },
+    EnvVar {
+        name: SB_MAPPING_RENEW_MS,
+        default: Some("300000"),
+        doc: "How often every local user is reported again so the managers' mappings do not \
+              expire, in milliseconds (keep it below SB_USER_MAPPING_TTL_MS).",
+    },
+    EnvVar {
+        name: SB_DELIVERY_FETCH_WAIT_MS,
+        default: Some("10"),
+        doc: "How long the delivery consumer's fetch may wait for data, in milliseconds: \
+              shorter delivers sooner, longer spares the broker.",
+    },
+];
+
+/// The socket server's table.
+pub const TABLE: EnvTable = EnvTable {
+    title: "Socket server",
+    vars: ENV,
+};
+
+/// Everything the socket-server binary reads, for `--help`.
+pub const HELP_TABLES: &[EnvTable] = &[
+    COMMON[0],
+    COMMON[1],
+    COMMON[2],
+    switchboard_kafka::TABLE,
+    TABLE,
+];
 
 #[derive(Debug, Clone)]
 pub struct SocketServerConfig {
@@ -70,46 +257,42 @@ pub struct SocketServerConfig {
 
 impl SocketServerConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let optional = |name: &str| Some(env_string(name, "")).filter(|v| !v.is_empty());
         Ok(SocketServerConfig {
             common: CommonConfig::from_env()?,
-            bind: env_string("SB_SOCKET_BIND", "127.0.0.1:9001"),
-            public_url: optional("SB_SOCKET_PUBLIC_URL"),
-            health_url: optional("SB_SOCKET_HEALTH_URL"),
-            server_id: optional("SB_SERVER_ID"),
-            registry_url: env_string("SB_REGISTRY_URL", "http://127.0.0.1:8080"),
-            max_connections: env_or("SB_MAX_CONNECTIONS", 100_000)?,
-            max_frame_bytes: env_or("SB_MAX_FRAME_BYTES", 256 * 1024)?,
-            max_body_bytes: env_or("SB_MAX_BODY_BYTES", 64 * 1024)?,
-            heartbeat_interval: env_millis("SB_HEARTBEAT_INTERVAL_MS", 5_000)?,
-            client_timeout: env_millis("SB_CLIENT_TIMEOUT_MS", 15_000)?,
-            reconcile_interval: env_millis("SB_RECONCILE_INTERVAL_MS", 1_000)?,
-            outbound_queue: env_or("SB_OUTBOUND_QUEUE", 1024)?,
-            client_rate_per_sec: env_or("SB_CLIENT_RATE_PER_SEC", 200)?,
-            client_rate_burst: env_or("SB_CLIENT_RATE_BURST", 400)?,
-            shutdown_grace: env_millis("SB_SHUTDOWN_GRACE_MS", 5_000)?,
-            messaging_enabled: switchboard_service_kit::config::env_bool(
-                "SB_MESSAGING_ENABLED",
-                true,
-            )?,
+            bind: env_string(SB_SOCKET_BIND, "127.0.0.1:9001"),
+            public_url: env_optional(SB_SOCKET_PUBLIC_URL),
+            health_url: env_optional(SB_SOCKET_HEALTH_URL),
+            server_id: env_optional(SB_SERVER_ID),
+            registry_url: env_string(SB_REGISTRY_URL, "http://127.0.0.1:8080"),
+            max_connections: env_or(SB_MAX_CONNECTIONS, 100_000)?,
+            max_frame_bytes: env_or(SB_MAX_FRAME_BYTES, 256 * 1024)?,
+            max_body_bytes: env_or(SB_MAX_BODY_BYTES, 64 * 1024)?,
+            heartbeat_interval: env_millis(SB_HEARTBEAT_INTERVAL_MS, 5_000)?,
+            client_timeout: env_millis(SB_CLIENT_TIMEOUT_MS, 15_000)?,
+            reconcile_interval: env_millis(SB_RECONCILE_INTERVAL_MS, 1_000)?,
+            outbound_queue: env_or(SB_OUTBOUND_QUEUE, 1024)?,
+            client_rate_per_sec: env_or(SB_CLIENT_RATE_PER_SEC, 200)?,
+            client_rate_burst: env_or(SB_CLIENT_RATE_BURST, 400)?,
+            shutdown_grace: env_millis(SB_SHUTDOWN_GRACE_MS, 5_000)?,
+            messaging_enabled: env_bool(SB_MESSAGING_ENABLED, true)?,
             manager_urls: env_string(
-                "SB_MANAGER_URLS",
+                SB_MANAGER_URLS,
                 "http://127.0.0.1:8201,http://127.0.0.1:8202",
             )
             .split(',')
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect(),
-            manager_lanes: env_or("SB_MANAGER_LANES", 64)?,
+            manager_lanes: env_or(SB_MANAGER_LANES, 64)?,
             connects_per_ip: Rate {
-                per_sec: env_or("SB_CONNECTS_PER_IP_PER_SEC", 20.0)?,
-                burst: env_or("SB_CONNECTS_BURST_PER_IP", 100.0)?,
+                per_sec: env_or(SB_CONNECTS_PER_IP_PER_SEC, 20.0)?,
+                burst: env_or(SB_CONNECTS_BURST_PER_IP, 100.0)?,
             },
-            max_connections_per_user: env_or("SB_MAX_CONNECTIONS_PER_USER", 10)?,
-            manager_lane_batches: env_or("SB_MANAGER_LANE_BATCHES", 1)?,
-            handler_heartbeat: env_millis("SB_HANDLER_HEARTBEAT_MS", 2_000)?,
-            mapping_renew: env_millis("SB_MAPPING_RENEW_MS", 300_000)?,
-            delivery_fetch_wait_ms: env_or("SB_DELIVERY_FETCH_WAIT_MS", 10)?,
+            max_connections_per_user: env_or(SB_MAX_CONNECTIONS_PER_USER, 10)?,
+            manager_lane_batches: env_or(SB_MANAGER_LANE_BATCHES, 1)?,
+            handler_heartbeat: env_millis(SB_HANDLER_HEARTBEAT_MS, 2_000)?,
+            mapping_renew: env_millis(SB_MAPPING_RENEW_MS, 300_000)?,
+            delivery_fetch_wait_ms: env_or(SB_DELIVERY_FETCH_WAIT_MS, 10)?,
             kafka: switchboard_kafka::KafkaConfig::from_env()?,
         })
     }

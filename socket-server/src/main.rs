@@ -1,8 +1,22 @@
 use socket_server::{Application, SocketServerConfig};
+use switchboard_service_kit::cli::Cli;
 use switchboard_service_kit::{shutdown, telemetry};
+
+const CLI: Cli = Cli {
+    name: "socket-server",
+    version: env!("CARGO_PKG_VERSION"),
+    about: "The socket server: holds clients' WebSocket connections (`/ws`), checks their \
+            tokens, registers itself in the directory the registry assigns from, forwards chat \
+            frames to the socket managers and delivers what the managers route to it from its \
+            own topic on the broker.",
+    usage: "",
+    max_positional: 0,
+    env: socket_server::config::HELP_TABLES,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    CLI.handle_args();
     telemetry::init("socket-server");
     let config = SocketServerConfig::from_env()?;
     let app = Application::build(config).await?;

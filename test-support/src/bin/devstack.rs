@@ -11,12 +11,61 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use switchboard_service_kit::cli::Cli;
+use switchboard_service_kit::env::{EnvTable, EnvVar};
 use switchboard_test_support::ports::is_free;
 use switchboard_test_support::{bin_path, repo_root, FixedPorts, Stack, StackOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
+const DEVSTACK_LISTEN_ADDR: &str = "DEVSTACK_LISTEN_ADDR";
+
+/// What devstack itself reads (the `SB_*` variables go on to the services).
+const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: DEVSTACK_LISTEN_ADDR,
+        default: Some("0.0.0.0"),
+        doc: "Address nginx (port 8080) listens on; 127.0.0.1 keeps the stack off the network.",
+    },
+    EnvVar {
+        name: "SWITCHBOARD_BIN_DIR",
+        default: None,
+        doc: "Directory of the service binaries (scripts/up.sh sets target/release). Unset: \
+              target/debug.",
+    },
+    EnvVar {
+        name: "SWITCHBOARD_TANSU",
+        default: None,
+        doc: "Path of the tansu broker binary. Unset: ~/.cache/switchboard/tansu/bin/tansu (what \
+              scripts/install-deps.sh installs), else tansu on the PATH.",
+    },
+    EnvVar {
+        name: "SWITCHBOARD_TANSU_STORAGE",
+        default: None,
+        doc: "tansu's storage URL. Unset: a SQLite file under .run/state.",
+    },
+];
+
+const CLI: Cli = Cli {
+    name: "devstack",
+    version: env!("CARGO_PKG_VERSION"),
+    about: "The whole Switchboard stack on this machine, for humans: Redis with replicas and \
+            Sentinels, PostgreSQL, the tansu broker, two registries behind nginx on port 8080 \
+            (which also serves the demo page), three socket servers, two socket managers, the \
+            message service and two health checkers. It builds nothing: run it through \
+            scripts/up.sh. Logs go to .run/logs/, one file per process. Every SB_* variable \
+            set in its environment reaches every service (docs/configuration.md lists them). \
+            Ctrl-C or SIGTERM stops everything.",
+    usage: "",
+    max_positional: 0,
+    env: &[EnvTable {
+        title: "Environment",
+        vars: ENV,
+    }],
+};
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    CLI.handle_args();
     let root = repo_root().canonicalize().context("repo root")?;
     let run = root.join(".run");
     let log_dir = run.join("logs");
@@ -27,8 +76,7 @@ async fn main() -> Result<()> {
         }
         std::fs::create_dir_all(dir)?;
     }
-    let listen_addr =
-        std::env::var("DEVSTACK_LISTEN_ADDR").unwrap_or_else(|_| "0.0.0.0".to_owned());
+    let listen_addr = std::env::var(DEVSTACK_LISTEN_ADDR).unwrap_or_else(|_| "0.0.0.0".to_owned());
     let ports = FixedPorts::standard();
     preflight(&ports, &listen_addr)?;
 
