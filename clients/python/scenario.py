@@ -124,7 +124,8 @@ def contiguous(seqs: list[int], start: int = 1) -> bool:
 # ------------------------------------------------------------------------------------------
 
 
-async def run(base: str, secret: str | None, long_checks: bool) -> None:
+async def run(base: str, secret: str | None, long_checks: bool,
+              allowed_origin: str | None = None, disallowed_origin: str | None = None) -> None:
     run_id = uuid.uuid4().hex[:8]
     u = lambda name: f"{name}-{run_id}"  # noqa: E731
     alice_id, bob_id, carol_id = u("alice"), u("bob"), u("carol")
@@ -180,6 +181,8 @@ async def run(base: str, secret: str | None, long_checks: bool) -> None:
             "expired": mint_hs256(secret, bob_id, iat=now - 7200, exp=now - 120),
             "nbf 2 min ahead": mint_hs256(secret, bob_id, nbf=now + 120),
             "no exp": _mint_without_exp(secret, bob_id),
+            "no iat": _mint_without_exp(secret, bob_id, exp=now + 600),
+            "non-integer exp": mint_hs256(secret, bob_id, exp=now + 600.5),
         })
         skew_ok = mint_hs256(secret, bob_id, nbf=now + 10)
         C.eq(Rest(base, skew_ok).raw("GET", "/api/v1/conversations").status, 200,
@@ -205,7 +208,8 @@ async def run(base: str, secret: str | None, long_checks: bool) -> None:
     # ---------------------------------------------------------------- 2. registry
     C.section = "2 registry"
     print("== 2. finding a socket server", flush=True)
-    a = rest[alice_id].socket_server()
+    a = anon.socket_server()
+    C.check(True, "GET /api/v1/socket-server needs no token")
     C.check({"server_id", "url", "connections", "max_connections"} <= set(a),
             "GET /api/v1/socket-server fields", a)
     C.check(str(a.get("url", "")).startswith("ws://") or str(a.get("url", "")).startswith("wss://"),
@@ -254,9 +258,27 @@ async def run(base: str, secret: str | None, long_checks: bool) -> None:
 
     # Long check, in the background: a connection that sends nothing for 17 s is kept (the
     # server's pings are answered by the WebSocket library).
-    idle_task = None
+    idle_task = silent_task = None
     if long_checks:
         idle_task = asyncio.create_task(_idle_connection(url, tok[alice_id]))
+        silent_task = asyncio.create_task(_silent_client(url, tok[alice_id]))
+
+    if disallowed_origin:
+        try:
+            c = await Connection.open(url, alice_token, headers={"Origin": disallowed_origin})
+            await c.close()
+            C.check(False, f"an upgrade from origin {disallowed_origin} is refused", "it connected")
+        except ConnectRefused as e:
+            C.check((e.status, e.error_code()) == (403, "forbidden"),
+                    f"an upgrade from a disallowed origin: 403 forbidden",
+                    (e.status, e.body[:200]))
+    if allowed_origin:
+        try:
+            c = await Connection.open(url, alice_token, headers={"Origin": allowed_origin})
+            C.check(True, "an upgrade from an allowed origin connects")
+            await c.close()
+        except Exception as e:  # noqa: BLE001
+            C.check(False, "an upgrade from an allowed origin connects", repr(e))
 
     # ---------------------------------------------------------------- 4. conversations
     C.section = "4 conversations"
@@ -280,7 +302,10 @@ async def run(base: str, secret: str | None, long_checks: bool) -> None:
          "the same pair from the other side answers the same conversation")
     d = direct["id"]
 
-    group = rest[alice_id].create_group("team", [bob_id, carol_id])
+    resp = rest[alice_id].raw("POST", "/api/v1/conversations",
+                              {"kind": "group", "name": "team", "members": [bob_id, carol_id]})
+    C.eq(resp.status, 201, "creating a group answers 201")
+    group = resp.json() or {}
     C.eq(group.get("kind"), "group", "kind is group")
     C.eq(group.get("name"), "team", "group name")
     C.eq(sorted(group.get("members", [])), sorted([alice_id, bob_id, carol_id]),
@@ -357,8 +382,12 @@ async def run(base: str, secret: str | None, long_checks: bool) -> None:
     C.section = "3 idempotency"
     print("== idempotency", flush=True)
     resent = await alice.conn.send_and_wait(d, "hello bob", cmid1)
-    C.eq((resent["message_id"], resent["seq"]), (sent1["message_id"], sent1["seq"]),
-         "resending the same client_msg_id answers the same message_id and seq")
+    C.eq((resent["message_id"], resent["seq"], resent["created_at"]),
+         (sent1["message_id"], sent1["seq"], sent1["created_at"]),
+         "resending the same client_msg_id answers the same message_id, seq and created_at")
+    other_body = await alice.conn.send_and_wait(d, "a different body", cmid1)
+    C.eq(other_body["message_id"], sent1["message_id"],
+         "a resend is matched by client_msg_id alone (its body is not compared)")
     sent3 = await alice.send(d, "second", new_client_msg_id())
     C.eq(sent3["seq"], alice.last_seq(d), "the next new message takes the next seq")
     await bob.wait_message(lambda m: m["message_id"] == sent3["message_id"], 10)
@@ -508,7 +537,10 @@ async def run(base: str, secret: str | None, long_checks: bool) -> None:
     bentry = next((c for c in bconvs if c.get("id") == d), {})
     C.eq(bentry.get("unread"), 0, "bob's unread in the direct conversation after read is 0")
     centry = next((c for c in rest[carol_id].conversations() if c.get("id") == g), {})
-    C.eq(centry.get("unread"), total - 100, "carol's unread in the group: last_seq - read_seq")
+    C.eq(centry.get("unread"), total - 100,
+         "carol's unread in the group: others' messages past her read_seq")
+    C.eq(_receipt_of(centry.get("receipts"), carol_id), (100, 100),
+         "a read receipt raises delivered_seq too")
 
     # Receipts are cumulative: a lower seq afterwards does not move them back.
     await bob.conn.read(d, 1)
@@ -583,7 +615,7 @@ async def run(base: str, secret: str | None, long_checks: bool) -> None:
     before = alice.last_seq(d)
 
     async def bad(what: str, code: str, *, frame=None, text=None, binary=None,
-                  cmid: str | None = None, carries_cmid: bool = True):
+                  cmid: str | None = None, carries_cmid: bool = True, late: bool = False):
         """Send one bad frame, then a ping as a barrier: exactly one `error` with `code`
         (carrying `cmid` when given) and no `sent` come back before the `pong`."""
         if frame is not None:
@@ -597,6 +629,11 @@ async def run(base: str, secret: str | None, long_checks: bool) -> None:
             try:  # a refused send may be answered after later frames: wait for it first
                 got.append(await conn.wait_for(lambda f: f.get("type") in ("sent", "error")
                                                and f.get("client_msg_id") == cmid, 10))
+            except Exception as e:  # noqa: BLE001
+                C.check(False, f"{what}: answered", repr(e))
+        elif late:
+            try:  # checked after a round trip to the managers: may come after a later pong
+                got.append(await conn.wait_type("error", 10, code=code))
             except Exception as e:  # noqa: BLE001
                 C.check(False, f"{what}: answered", repr(e))
         await conn.send_json({"type": "ping"})
@@ -629,6 +666,11 @@ async def run(base: str, secret: str | None, long_checks: bool) -> None:
     await bad("binary frame", "bad_request", binary=b'{"type":"ping"}')
     await bad("a JSON array", "bad_request", text="[1,2]")
     await still_usable(conn, "after bad frames")
+    theirs = rest[dave_id].create_direct(frank_id)["id"]
+    await bad("typing in someone else's conversation", "not_a_member",
+              frame={"type": "typing", "conversation_id": theirs}, late=True)
+    await bad("read in someone else's conversation", "not_a_member",
+              frame={"type": "read", "conversation_id": theirs, "seq": 1}, late=True)
 
     c1 = new_client_msg_id()
     await bad("body of 64 KiB + 1 byte", "too_large", cmid=c1,
@@ -820,21 +862,25 @@ async def run(base: str, secret: str | None, long_checks: bool) -> None:
         ok, detail = await idle_task
         C.check(ok, "a connection idle for 17 s (pings answered by the library) stays open",
                 detail)
+        code_, secs, detail = await silent_task
+        C.eq(code_, 1001, f"a client that answers no ping is closed with 1001 "
+             f"(after {secs:.1f} s; {detail})")
 
     for c in (alice, bob, carol, dave):
         await c.disconnect()
     await alice2.close()
 
 
-def _mint_without_exp(secret: str, sub: str) -> str:
+def _mint_without_exp(secret: str, sub: str, exp: int | None = None) -> str:
+    """A token without `exp` (or, given `exp`, without `iat`)."""
     import base64
     import hashlib
     import hmac
 
     def b64(b: bytes) -> str:
         return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-    si = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(
-        json.dumps({"sub": sub, "iat": int(time.time())}).encode())
+    claims = {"sub": sub, "iat": int(time.time())} if exp is None else {"sub": sub, "exp": exp}
+    si = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
     return si + "." + b64(hmac.new(secret.encode(), si.encode(), hashlib.sha256).digest())
 
 
@@ -870,6 +916,49 @@ async def _conversations_until(rest: Rest, conv: str, user: str, seq: int, wait_
         await asyncio.sleep(0.1)
 
 
+async def _silent_client(url: str, token: str, limit_s: float = 40.0):
+    """A raw WebSocket (stdlib streams, no library) that never answers the server's pings:
+    the server must close it with 1001. Returns (close code or None, seconds, detail)."""
+    import base64
+    import os as _os
+    import urllib.parse as up
+    u = up.urlsplit(url)
+    reader, writer = await asyncio.open_connection(u.hostname, u.port or 80)
+    key = base64.b64encode(_os.urandom(16)).decode()
+    path = (u.path or "/") + "?token=" + up.quote(token, safe="")
+    writer.write((f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    if b" 101 " not in head.split(b"\r\n")[0]:
+        return None, 0.0, head[:100]
+    started = time.monotonic()
+    pings = 0
+    try:
+        while time.monotonic() - started < limit_s:
+            b0, b1 = await asyncio.wait_for(reader.readexactly(2), limit_s)
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(await reader.readexactly(2), "big")
+            elif n == 127:
+                n = int.from_bytes(await reader.readexactly(8), "big")
+            payload = await reader.readexactly(n)
+            opcode = b0 & 0x0F
+            if opcode == 0x9:
+                pings += 1
+            elif opcode == 0x8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                return code, time.monotonic() - started, f"{pings} pings unanswered"
+    except (asyncio.IncompleteReadError, ConnectionError) as e:
+        return None, time.monotonic() - started, f"dropped without a close frame: {e!r}"
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        writer.close()
+    return None, time.monotonic() - started, f"still open, {pings} pings"
+
+
 async def _idle_connection(url: str, token: str):
     try:
         c = await Connection.open(url, token)
@@ -893,12 +982,16 @@ def main() -> int:
                     help="the public entry point (nginx)")
     ap.add_argument("--secret", default=os.environ.get("SB_JWT_SECRET"),
                     help="the deployment's HS256 secret (SB_JWT_SECRET); without it, dev tokens")
-    ap.add_argument("--quick", action="store_true", help="skip the 17 s heartbeat check")
+    ap.add_argument("--quick", action="store_true", help="skip the heartbeat checks (17 s)")
+    ap.add_argument("--allowed-origin", help="an origin in SB_ALLOWED_ORIGINS, to check")
+    ap.add_argument("--disallowed-origin", help="an origin not in SB_ALLOWED_ORIGINS, to check "
+                    "that its upgrade is refused (only when the deployment sets the list)")
     args = ap.parse_args()
     started = time.monotonic()
     crashed = None
     try:
-        asyncio.run(run(args.base_url, args.secret, not args.quick))
+        asyncio.run(run(args.base_url, args.secret, not args.quick,
+                        args.allowed_origin, args.disallowed_origin))
     except Exception:  # noqa: BLE001 - report it as a failure with the summary
         crashed = traceback.format_exc()
         C.failed.append(f"[{C.section}] the scenario stopped: {crashed.strip().splitlines()[-1]}")

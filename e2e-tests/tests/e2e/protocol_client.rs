@@ -17,8 +17,13 @@ fn venv_python() -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_independent_client_written_from_the_protocol_document_works() {
+    // An origin allowlist, so the scenario can check that a page from elsewhere is refused.
     let stack = Stack::start(StackOptions {
         socket_servers: 2,
+        extra_env: vec![(
+            "SB_ALLOWED_ORIGINS".to_owned(),
+            "http://chat.example.com".to_owned(),
+        )],
         ..StackOptions::default()
     })
     .await
@@ -47,6 +52,8 @@ async fn an_independent_client_written_from_the_protocol_document_works() {
         Command::new(python)
             .arg(script)
             .args(["--base-url", &base_url, "--secret", &secret])
+            .args(["--allowed-origin", "http://chat.example.com"])
+            .args(["--disallowed-origin", "http://evil.example.com"])
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .output()
