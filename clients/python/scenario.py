@@ -513,7 +513,16 @@ async def run(base: str, secret: str | None, long_checks: bool,
                  f"{who.user_id.split('-')[0]} gets carol's group read receipt")
         except Exception as e:  # noqa: BLE001
             C.check(False, f"{who.user_id.split('-')[0]} gets carol's group read receipt", repr(e))
+    await alice.conn.read(d, last_d)
+    for who, c in (("bob", bob.conn), ("alice's other device", alice2)):
+        try:
+            await c.wait_type("receipt", 10, kind="read", user_id=alice_id, conversation_id=d)
+            C.check(True, f"{who} gets alice's read receipt")
+        except Exception as e:  # noqa: BLE001
+            C.check(False, f"{who} gets alice's read receipt", repr(e))
     await quiet(0.5)
+    C.check(not [f for f in alice.conn.all_frames if f.get("type") == "receipt"
+                 and f.get("user_id") == alice_id], "the sending device gets no receipt back")
     own = [f for f in bob.conn.all_frames if f.get("type") == "receipt" and f.get("user_id") == bob_id]
     C.check(not own, "a member's own device does not get its own receipt back", own)
 
@@ -529,8 +538,10 @@ async def run(base: str, secret: str | None, long_checks: bool,
         C.check(isinstance(entry.get("receipts"), list) and all(
             set(r) == {"user_id", "delivered_seq", "read_seq"} for r in entry["receipts"]),
             "receipts is a list of {user_id, delivered_seq, read_seq}", entry.get("receipts"))
-        C.check(_receipt_of(entry.get("receipts"), alice_id) is None,
-                "a member who never sent a receipt is not listed", entry.get("receipts"))
+        gentry = next((c for c in convs if c.get("id") == g), {})
+        C.check(_receipt_of(gentry.get("receipts"), bob_id) is None
+                and _receipt_of(gentry.get("receipts"), carol_id) == (100, 100),
+                "a member who never sent a receipt is not listed", gentry.get("receipts"))
     aentry = next((c for c in convs if c.get("id") == d), {})
     C.eq(aentry.get("unread"), 0, "alice's own messages are not unread to her")
     bconvs = rest[bob_id].conversations()
