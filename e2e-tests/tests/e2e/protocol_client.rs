@@ -36,7 +36,10 @@ async fn an_independent_client_written_from_the_protocol_document_works() {
         python.display()
     );
     let has_websockets = Command::new(&python)
-        .args(["-c", "import websockets; assert websockets.__version__ == '13.1'"])
+        .args([
+            "-c",
+            "import websockets; assert websockets.__version__ == '13.1'",
+        ])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
