@@ -376,3 +376,118 @@ pub async fn metric(http: &reqwest::Client, base_url: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The typed client against a real stack, route by route: what the other tests reach through
+/// [`api`] as raw JSON, here through `switchboard-client`'s types and error codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_typed_client_speaks_every_public_route_and_frame() {
+    use switchboard_protocol::conversations::Role;
+    use switchboard_protocol::frames::PresenceStatus;
+    use switchboard_protocol::ErrorCode;
+
+    let stack = Stack::start(switchboard_test_support::StackOptions::default())
+        .await
+        .unwrap();
+    let front = front(&http(), &stack);
+    let [alice_t, bob_t, carol_t] = ["alice", "bob", "carol"].map(|u| token_for(&stack, u));
+    let (alice, bob, carol) = (
+        front.as_user(&alice_t),
+        front.as_user(&bob_t),
+        front.as_user(&carol_t),
+    );
+
+    // Conversations: a direct pair is one conversation whoever asks; a group has roles.
+    let direct = alice.create_direct("bob").await.unwrap();
+    assert_eq!(direct.kind, "direct");
+    assert_eq!(bob.create_direct("alice").await.unwrap().id, direct.id);
+    let group = alice.create_group("team", ["bob"]).await.unwrap();
+    assert_eq!(group.roles.get("alice"), Some(&Role::Owner));
+    let refused = bob.add_member(&group.id, "carol").await.unwrap_err();
+    assert_eq!(
+        (refused.status(), refused.code()),
+        (Some(403), Some(ErrorCode::Forbidden)),
+        "{refused}"
+    );
+    let promoted = alice.set_role(&group.id, "bob", Role::Admin).await.unwrap();
+    assert_eq!(promoted.roles.get("bob"), Some(&Role::Admin));
+    let grown = bob.add_member(&group.id, "carol").await.unwrap();
+    assert!(grown.members.iter().any(|m| m == "carol"), "{grown:?}");
+    let outsider = carol.history(&direct.id, 0, 10).await.unwrap_err();
+    assert_eq!(outsider.code(), Some(ErrorCode::NotAMember), "{outsider}");
+
+    // Frames: acknowledged sends, deliveries, refusals with their code, ping.
+    let mut a = front.connect(&alice_t).await.unwrap();
+    let mut b = front.connect(&bob_t).await.unwrap();
+    let mut c = front.connect(&carol_t).await.unwrap();
+    assert_eq!(a.user_id(), "alice");
+    let sent = a
+        .send_and_expect_sent(&group.id, "m1", "hello team", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        (sent.seq, sent.conversation_id.as_str()),
+        (1, group.id.as_str())
+    );
+    let delivered = b
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Message { .. }))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&delivered, ServerFrame::Message { seq: 1, body, sender_id, .. }
+            if body == "hello team" && sender_id == "alice"),
+        "{delivered:?}"
+    );
+    let not_member = c
+        .send_and_expect_sent(&direct.id, "x1", "let me in", WAIT)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        not_member.code(),
+        Some(ErrorCode::NotAMember),
+        "{not_member}"
+    );
+    a.ping(WAIT).await.unwrap();
+
+    // Stored history, the conversation list, presence.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            bob.history_all(&group.id, 0).await.unwrap().len() == 1
+        })
+        .await,
+        "the message is stored"
+    );
+    let stored = bob.history(&group.id, 0, 10).await.unwrap();
+    assert_eq!(
+        (
+            stored[0].seq,
+            stored[0].message_id.as_str(),
+            stored[0].client_msg_id.as_str()
+        ),
+        (1, sent.message_id.as_str(), "m1")
+    );
+    let listed = bob.conversations().await.unwrap();
+    for id in [&direct.id, &group.id] {
+        assert!(listed.iter().any(|c| &c.id == id), "{id} in {listed:?}");
+    }
+    let presence = alice.presence(&["bob"]).await.unwrap();
+    assert_eq!(presence[0].status, PresenceStatus::Online, "{presence:?}");
+    let stranger = carol.presence(&["nobody-she-knows"]).await.unwrap_err();
+    assert_eq!(stranger.code(), Some(ErrorCode::Forbidden), "{stranger}");
+
+    // Leaving takes effect; a bad token is refused before the upgrade with its code.
+    carol.remove_member(&group.id, "carol").await.unwrap();
+    let gone = carol.history(&group.id, 0, 10).await.unwrap_err();
+    assert_eq!(gone.code(), Some(ErrorCode::NotAMember), "{gone}");
+    let url = front.assign().await.unwrap().url;
+    match Connection::connect(&url, "not-a-token").await {
+        Err(e @ Error::Refused { .. }) => assert_eq!(
+            (e.status(), e.code()),
+            (Some(401), Some(ErrorCode::Unauthorized)),
+            "{e}"
+        ),
+        other => panic!("a bad token was not refused: {other:?}"),
+    }
+    for conn in [a, b, c] {
+        conn.close().await;
+    }
+}
