@@ -106,6 +106,10 @@ pub struct HandlerRecord {
     /// order when two managers' records for one conversation land out of order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<(String, u64)>,
+    /// For `message` frames: the message id, so the handler's log names it without parsing
+    /// the frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }
 
 #[cfg(test)]
@@ -120,6 +124,7 @@ mod tests {
             frame: r#"{"type":"pong"}"#.into(),
             accepted_at_ms: None,
             order: None,
+            message_id: None,
         };
         let json = serde_json::to_string(&record).unwrap();
         assert!(!json.contains("skip_connection"));

@@ -176,6 +176,19 @@ impl Ingest {
                         if message.topic() == self.message_topic {
                             match decode_log_records(payload) {
                                 Ok(items) => {
+                                    if tracing::enabled!(tracing::Level::DEBUG) {
+                                        let trace = switchboard_kafka::trace_of(&message);
+                                        for item in &items {
+                                            tracing::debug!(
+                                                trace,
+                                                message_id = %item.message_id,
+                                                seq = item.seq,
+                                                partition = at.partition,
+                                                offset = at.offset,
+                                                "read from the log"
+                                            );
+                                        }
+                                    }
                                     for (i, item) in items.into_iter().enumerate() {
                                         let at = LogPosition {
                                             item: i32::try_from(i).unwrap_or(i32::MAX),
@@ -242,6 +255,16 @@ impl Ingest {
                     "stopping with a batch not stored; its offsets stay uncommitted"
                 );
                 return;
+            }
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                for record in &records {
+                    tracing::debug!(
+                        message_id = %record.item.message_id,
+                        conversation_id = %record.item.conversation_id,
+                        seq = record.item.seq,
+                        "stored"
+                    );
+                }
             }
             for ((topic, partition), offset) in offsets {
                 if topic == self.message_topic {

@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::frames::{ClientFrame, ServerFrame};
 
+/// The header naming one batch a socket server posts to a manager (a ULID). Both sides log
+/// it with the `client_msg_id`s of the batch, so a send can be followed across the hop.
+pub const BATCH_ID_HEADER: &str = "x-sb-batch";
+
 /// `POST /internal/v1/handlers`: a handler announces itself; the manager creates its topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandlerRegistration {

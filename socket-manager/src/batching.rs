@@ -124,13 +124,27 @@ async fn flush_log(kafka: &Kafka, partition: i32, jobs: Vec<AppendJob>) {
     let envelope = LogEnvelope {
         records: jobs.iter().map(|j| j.record.clone()).collect(),
     };
+    let trace = ulid::Ulid::new().to_string();
     let outcome = match serde_json::to_vec(&envelope) {
         Ok(payload) => kafka
-            .produce_to_partition(&kafka.config.message_topic, partition, &payload)
+            .produce_to_partition(&kafka.config.message_topic, partition, &payload, &trace)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(format!("encoding an envelope: {e}")),
     };
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for record in &envelope.records {
+            tracing::debug!(
+                trace = %trace,
+                partition,
+                message_id = %record.message_id,
+                conversation_id = %record.conversation_id,
+                seq = record.seq,
+                acked = outcome.is_ok(),
+                "appended"
+            );
+        }
+    }
     for job in jobs {
         let _ = job.done.send(outcome.clone());
     }
@@ -195,6 +209,18 @@ async fn run_router(kafka: Kafka, mut rx: mpsc::Receiver<RouteJob>) {
 /// Enqueues one envelope now (so envelopes reach a topic in enqueue order) and logs a failed
 /// acknowledgement in the background.
 fn enqueue_handler(kafka: &Kafka, topic: &str, records: Vec<HandlerRecord>) {
+    let trace = ulid::Ulid::new().to_string();
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for record in records.iter().filter(|r| r.message_id.is_some()) {
+            tracing::debug!(
+                trace = %trace,
+                %topic,
+                message_id = record.message_id.as_deref().unwrap_or_default(),
+                recipients = record.recipients.len(),
+                "routed"
+            );
+        }
+    }
     let payload = match serde_json::to_vec(&HandlerEnvelope { records }) {
         Ok(payload) => payload,
         Err(e) => {
@@ -202,7 +228,7 @@ fn enqueue_handler(kafka: &Kafka, topic: &str, records: Vec<HandlerRecord>) {
             return;
         }
     };
-    match kafka.enqueue(topic, topic, &payload) {
+    match kafka.enqueue(topic, topic, &payload, &trace) {
         Ok(ack) => {
             let topic = topic.to_owned();
             tokio::spawn(async move {

@@ -7,6 +7,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use switchboard_kafka::trace_headers;
 use switchboard_kafka::KafkaConfig;
 
 #[derive(Clone)]
@@ -71,17 +72,20 @@ impl Kafka {
             .await
     }
 
-    /// Produces one record to an explicit partition and waits for the acknowledgement.
+    /// Produces one record to an explicit partition, with `trace` in its `sb-trace` header,
+    /// and waits for the acknowledgement.
     pub async fn produce_to_partition(
         &self,
         topic: &str,
         partition: i32,
         payload: &[u8],
+        trace: &str,
     ) -> Result<(), KafkaFailure> {
         self.deliver(
             FutureRecord::<(), [u8]>::to(topic)
                 .partition(partition)
-                .payload(payload),
+                .payload(payload)
+                .headers(trace_headers(trace)),
         )
         .await
     }
@@ -175,6 +179,7 @@ impl Kafka {
         topic: &str,
         key: &str,
         payload: &[u8],
+        trace: &str,
     ) -> Result<
         impl std::future::Future<Output = Result<(), KafkaFailure>> + Send + 'static,
         KafkaFailure,
@@ -182,7 +187,12 @@ impl Kafka {
         let started = std::time::Instant::now();
         let delivery = self
             .producer
-            .send_result(FutureRecord::to(topic).key(key).payload(payload))
+            .send_result(
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(payload)
+                    .headers(trace_headers(trace)),
+            )
             .map_err(|(e, _)| {
                 self.produce_errors.inc();
                 KafkaFailure(e.to_string())

@@ -6,10 +6,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use switchboard_protocol::frames::{ClientFrame, ReceiptKind, ServerFrame};
 use switchboard_protocol::internal::{
     HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
-    RenewRequest,
+    RenewRequest, BATCH_ID_HEADER,
 };
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ClientMsgId, ErrorCode, HandlerId};
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
+use tracing::Instrument;
 
 use switchboard_message_log::Event;
 
@@ -27,18 +28,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/internal/v1/handlers/{id}/renew", web::post().to(renew));
 }
 
-fn valid_handler_id(id: &str) -> Result<(), ApiError> {
-    let ok = (1..=200).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "handler_id must be 1-200 of [A-Za-z0-9._-] (it names a Kafka topic)",
-        ))
-    }
+/// The id a handler names itself by: it becomes a Kafka topic name, so the rule is
+/// [`HandlerId`]'s.
+fn valid_handler_id(id: &str) -> Result<HandlerId, ApiError> {
+    HandlerId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 async fn register(
@@ -126,7 +119,23 @@ async fn batch(
     require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let handler = path.into_inner();
     valid_handler_id(&handler)?;
-    let items = body.into_inner().items;
+    let batch_id = req
+        .headers()
+        .get(BATCH_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let span = tracing::debug_span!("batch", batch = %batch_id, %handler);
+    answer_batch(state, handler, body.into_inner().items)
+        .instrument(span)
+        .await
+}
+
+/// The work of [`batch`], inside its span (so every line it logs names the batch).
+async fn answer_batch(
+    state: web::Data<AppState>,
+    handler: String,
+    items: Vec<HandlerItem>,
+) -> Result<HttpResponse, ApiError> {
     let mut replies: Vec<Option<ServerFrame>> = vec![None; items.len()];
 
     // Last report per user wins.
@@ -179,10 +188,7 @@ async fn batch(
                 client_msg_id,
                 body,
             } => {
-                if conversation_id.is_empty()
-                    || client_msg_id.is_empty()
-                    || client_msg_id.len() > 128
-                {
+                if conversation_id.is_empty() || !ClientMsgId::is_valid(&client_msg_id) {
                     replies[index] = Some(ServerFrame::Error {
                         code: ErrorCode::BadRequest,
                         message: "conversation_id and client_msg_id (1-128 chars) are required"

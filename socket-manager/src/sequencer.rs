@@ -279,6 +279,7 @@ fn unavailable(client_msg_id: &str) -> ServerFrame {
 
 impl Sequencer {
     /// Handles the sends of one conversation from one batch, in order, under one lease.
+    #[tracing::instrument(level = "debug", skip_all, fields(conversation_id = %conversation_id))]
     pub async fn send_all(&self, conversation_id: &str, sends: &[SendRequest]) -> Vec<ServerFrame> {
         let members = match self.members.of(conversation_id).await {
             Ok(m) => m,
@@ -492,6 +493,14 @@ impl Sequencer {
 
         let mut answers = Vec::with_capacity(sends.len());
         for (i, (s, n)) in sends.iter().zip(&numbered).enumerate() {
+            tracing::debug!(
+                client_msg_id = %s.client_msg_id,
+                message_id = %n.message_id,
+                seq = n.seq,
+                fresh = n.fresh,
+                appended = appended[i],
+                "numbered"
+            );
             if !appended[i] {
                 self.metrics
                     .send_errors
@@ -798,15 +807,7 @@ impl Sequencer {
             created_at: record.created_at.to_string(),
         }
         .to_json();
-        let accepted_at_ms = Some(record.created_at.millis());
-        self.route_frame(
-            targets,
-            &frame,
-            skip,
-            accepted_at_ms,
-            Some((record.conversation_id.clone(), record.seq)),
-        )
-        .await;
+        self.route_frame(targets, &frame, skip, Some(record)).await;
     }
 
     /// Which handlers hold devices of `users` (one Redis round trip); an empty map when the
@@ -824,7 +825,7 @@ impl Sequencer {
     /// Produces `frame` to every handler holding a device of `users`, skipping one connection.
     pub async fn fan_out(&self, frame: &str, users: &[String], skip: Option<(&str, u64)>) {
         let targets = self.route_targets(users).await;
-        self.route_frame(&targets, frame, skip, None, None).await;
+        self.route_frame(&targets, frame, skip, None).await;
     }
 
     /// Queues one record per target handler on the [`Router`] without waiting for the
@@ -832,22 +833,23 @@ impl Sequencer {
     /// handlers restore `seq` order across managers (`order`), so the lease is not held for a
     /// second round trip.
     /// A record that fails only costs live delivery: the message is in the log, and devices
-    /// fill gaps from history.
+    /// fill gaps from history. `message`: the log record a `message` frame carries (its
+    /// order, acceptance time and id travel beside the frame).
     async fn route_frame(
         &self,
         targets: &RouteTargets,
         frame: &str,
         skip: Option<(&str, u64)>,
-        accepted_at_ms: Option<i64>,
-        order: Option<(String, u64)>,
+        message: Option<&LogRecord>,
     ) {
         for (handler, recipients) in targets {
             let record = HandlerRecord {
                 recipients: recipients.clone(),
                 skip_connection: skip.filter(|(h, _)| h == handler).map(|(_, c)| c),
                 frame: frame.to_owned(),
-                accepted_at_ms,
-                order: order.clone(),
+                accepted_at_ms: message.map(|m| m.created_at.millis()),
+                order: message.map(|m| (m.conversation_id.clone(), m.seq)),
+                message_id: message.map(|m| m.message_id.clone()),
             };
             self.router
                 .route(self.kafka.config.handler_topic(handler), record)

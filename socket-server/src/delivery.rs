@@ -65,6 +65,9 @@ pub(crate) async fn run(
         };
         match decode_handler_records(message.payload().unwrap_or_default()) {
             Ok(records) => {
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    log_received(&message, &records);
+                }
                 for record in records {
                     take(&state, &mut reorder, record);
                 }
@@ -106,5 +109,21 @@ fn deliver(state: &ServerState, record: &HandlerRecord) {
     for user in &record.recipients {
         let outcome = state.hub.push_to_user(user, &frame, record.skip_connection);
         state.metrics.deliveries.inc_by(outcome.queued as u64);
+    }
+}
+
+/// One debug line per routed message: its id, the flush that routed it (`sb-trace`, as
+/// the manager's `routed` line names it) and how many local users get it.
+fn log_received<M: Message>(message: &M, records: &[HandlerRecord]) {
+    let trace = switchboard_kafka::trace_of(message);
+    for record in records {
+        if let Some(message_id) = &record.message_id {
+            tracing::debug!(
+                trace,
+                %message_id,
+                recipients = record.recipients.len(),
+                "delivered"
+            );
+        }
     }
 }

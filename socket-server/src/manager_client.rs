@@ -16,7 +16,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::internal::{
     HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
-    RenewRequest,
+    RenewRequest, BATCH_ID_HEADER,
 };
 use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
 use switchboard_protocol::ErrorCode;
@@ -211,8 +211,10 @@ impl ManagerClient {
         let path = format!("/internal/v1/handlers/{}/batch", self.handler_id);
         let mut answered_by = start_at;
         let posted = std::time::Instant::now();
-        let result: Result<HandlerBatchReply, ManagerUnavailable> =
-            self.post_any(&path, &body, &mut answered_by).await;
+        let batch_id = ulid::Ulid::new().to_string();
+        let result: Result<HandlerBatchReply, ManagerUnavailable> = self
+            .post_any(&path, &body, Some(&batch_id), &mut answered_by)
+            .await;
         self.metrics
             .batch_seconds
             .observe(posted.elapsed().as_secs_f64());
@@ -223,6 +225,9 @@ impl ManagerClient {
         }
         match result {
             Ok(reply) => {
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    log_answers(&batch_id, &items, &reply.replies);
+                }
                 for (pending, frame) in items.into_iter().zip(reply.replies) {
                     if let (Some(frame), Some(to)) = (frame, &pending.reply_to) {
                         let _ = to.try_send(Outbound::Frame(frame.to_json().into()));
@@ -233,7 +238,7 @@ impl ManagerClient {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, items = items.len(), "manager batch failed");
+                tracing::warn!(error = %e, batch = %batch_id, items = items.len(), "manager batch failed");
                 for pending in items {
                     if let (Some(frame), Some(to)) =
                         (unavailable_reply(&pending.item), &pending.reply_to)
@@ -255,20 +260,21 @@ impl ManagerClient {
         &self,
         path: &str,
         body: &B,
+        batch_id: Option<&str>,
         start_at: &mut usize,
     ) -> Result<R, ManagerUnavailable> {
         let mut last = String::from("no manager URLs configured");
         for attempt in 0..self.urls.len() * 2 {
             let index = (*start_at + attempt) % self.urls.len();
             let url = format!("{}{}", self.urls[index].trim_end_matches('/'), path);
-            match self
+            let mut request = self
                 .http
                 .post(&url)
-                .header(CLUSTER_SECRET_HEADER, &self.secret)
-                .json(body)
-                .send()
-                .await
-            {
+                .header(CLUSTER_SECRET_HEADER, &self.secret);
+            if let Some(batch_id) = batch_id {
+                request = request.header(BATCH_ID_HEADER, batch_id);
+            }
+            match request.json(body).send().await {
                 Ok(resp) if resp.status().is_success() => match resp.json::<R>().await {
                     Ok(r) => {
                         *start_at = index;
@@ -295,6 +301,7 @@ impl ManagerClient {
                 &HandlerRegistration {
                     handler_id: self.handler_id.clone(),
                 },
+                None,
                 &mut start,
             )
             .await?;
@@ -327,7 +334,7 @@ impl ManagerClient {
         let path = format!("/internal/v1/handlers/{}/renew", self.handler_id);
         let mut start = 0;
         let _: serde_json::Value = self
-            .post_any(&path, &RenewRequest { users }, &mut start)
+            .post_any(&path, &RenewRequest { users }, None, &mut start)
             .await?;
         Ok(())
     }
@@ -351,6 +358,46 @@ impl ManagerClient {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// One debug line per send of an answered batch: the batch id (also in the manager's span),
+/// the client's `client_msg_id` and what the manager answered (`message_id` and `seq`, or
+/// the error code), so a send can be followed from here through the manager and the log.
+fn log_answers(batch_id: &str, items: &[Pending], replies: &[Option<ServerFrame>]) {
+    for (pending, reply) in items.iter().zip(replies) {
+        let HandlerItem::Frame {
+            frame:
+                ClientFrame::Send {
+                    client_msg_id,
+                    conversation_id,
+                    ..
+                },
+            ..
+        } = &pending.item
+        else {
+            continue;
+        };
+        match reply {
+            Some(ServerFrame::Sent {
+                message_id, seq, ..
+            }) => tracing::debug!(
+                batch = batch_id,
+                %client_msg_id,
+                %conversation_id,
+                %message_id,
+                seq,
+                "sent"
+            ),
+            Some(ServerFrame::Error { code, .. }) => tracing::debug!(
+                batch = batch_id,
+                %client_msg_id,
+                %conversation_id,
+                code = code.as_str(),
+                "send refused"
+            ),
+            _ => {}
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - `nemesis`: the promise (stored once under its `seq`, in order, never lost) under one
 //!   fault per test, checked against the whole history.
 //! - `openapi`: the REST API's OpenAPI document, and schemathesis against every route.
+//! - `tracing`: one message followed through the JSON logs of every process it crosses.
 //! - `browser`, `compose`: the demo page in headless Chromium; docker-compose.yml.
 
 mod abuse;
@@ -28,3 +29,4 @@ mod protocol_client;
 mod registry;
 mod signals;
 mod socket;
+mod tracing;

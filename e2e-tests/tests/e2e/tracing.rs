@@ -1,0 +1,173 @@
+//! One message followed through the JSON logs of every process it crosses: with
+//! `SB_LOG_FORMAT=json` and debug lines on, its `message_id` appears in the sender's socket
+//! server (`sent`, with the batch id it posted under), a manager (`numbered` inside the span
+//! of that same batch id, `appended` and `routed` with a flush id), the message service
+//! (`read from the log` with the log flush's id, carried in the `sb-trace` Kafka header, and
+//! `stored`) and the recipient's socket server (`delivered`, with the routing flush's id).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::Value;
+use switchboard_test_support::{Stack, StackOptions};
+
+use crate::client::{alice_and_bob, history_with, messages_of, sent_of, WsClient};
+
+/// Every JSON log line of the stack that mentions `needle`, with the file it came from.
+fn lines_with(stack: &Stack, needle: &str) -> Vec<(String, Value)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(stack.log_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for line in text.lines().filter(|l| l.contains(needle)) {
+            if let Ok(json) = serde_json::from_str::<Value>(line) {
+                found.push((file.clone(), json));
+            }
+        }
+    }
+    found
+}
+
+/// The value of `field` in a JSON log line: the event's own fields are flattened to the top;
+/// span fields sit in `span`/`spans`.
+fn field<'a>(line: &'a Value, field: &str) -> Option<&'a str> {
+    line.get(field)
+        .or_else(|| line.get("span").and_then(|s| s.get(field)))
+        .or_else(|| {
+            line.get("spans")
+                .and_then(Value::as_array)
+                .and_then(|spans| spans.iter().find_map(|s| s.get(field)))
+        })
+        .and_then(Value::as_str)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_grep_of_the_json_logs_follows_a_message_end_to_end() {
+    let stack = Stack::start(StackOptions {
+        socket_servers: 2,
+        extra_env: vec![
+            ("SB_LOG_FORMAT".into(), "json".into()),
+            (
+                "RUST_LOG".into(),
+                "info,socket_server=debug,socket_manager=debug,message_service=debug,actix_server=warn,rdkafka=warn".into(),
+            ),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let (http, alice_t, bob_t, conv) = alice_and_bob(&stack).await;
+    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
+        .await
+        .unwrap();
+    let mut bob = WsClient::connect(&stack.socket_servers[1].ws_url(), &bob_t)
+        .await
+        .unwrap();
+    alice.send_message(&conv, "traced-1", "follow me").await;
+    let frames = alice
+        .collect_until(Duration::from_secs(20), |f| !sent_of(f).is_empty())
+        .await;
+    let (_, message_id) = sent_of(&frames)
+        .remove("traced-1")
+        .expect("alice's send is answered with sent");
+    let got = bob
+        .collect_until(Duration::from_secs(20), |f| {
+            !messages_of(f, &conv).is_empty()
+        })
+        .await;
+    assert_eq!(messages_of(&got, &conv).len(), 1, "bob gets the message");
+    assert_eq!(
+        history_with(&http, &stack, &bob_t, &conv, 10).await.len(),
+        1
+    );
+
+    // Log lines are written as they happen; give the last ones a moment to reach the files.
+    let wanted = [
+        "sent",
+        "numbered",
+        "appended",
+        "routed",
+        "read from the log",
+        "stored",
+        "delivered",
+    ];
+    let mut by_message: HashMap<String, Vec<(String, Value)>> = HashMap::new();
+    for _ in 0..50 {
+        by_message.clear();
+        for (file, line) in lines_with(&stack, &message_id) {
+            let what = line["message"].as_str().unwrap_or_default().to_owned();
+            by_message.entry(what).or_default().push((file, line));
+        }
+        if wanted.iter().all(|w| by_message.contains_key(*w)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|w| !by_message.contains_key(*w))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lines naming {message_id} lack {missing:?}; found {:?}",
+        by_message.keys().collect::<Vec<_>>()
+    );
+    let one = |what: &str| &by_message[what][0];
+
+    // Each line comes from the process it should, and the ids carried in the HTTP header and
+    // the Kafka headers tie the hops together.
+    let (sender_file, sent) = one("sent");
+    // The sender's own server gets the record too (for the sender's other devices).
+    let (recipient_file, delivered) = by_message["delivered"]
+        .iter()
+        .find(|(file, _)| file != sender_file)
+        .expect("a delivered line on the recipient's server");
+    let servers: HashSet<&str> = [sender_file.as_str(), recipient_file.as_str()].into();
+    assert_eq!(
+        servers.len(),
+        2,
+        "sender's and recipient's socket servers: {servers:?}"
+    );
+    assert!(sender_file.starts_with("socket-server"), "{sender_file}");
+    assert!(
+        recipient_file.starts_with("socket-server"),
+        "{recipient_file}"
+    );
+    assert_eq!(field(sent, "client_msg_id"), Some("traced-1"));
+    let batch = field(sent, "batch").expect("the sent line names its batch");
+
+    let (manager_file, numbered) = one("numbered");
+    assert!(manager_file.starts_with("socket-manager"), "{manager_file}");
+    assert_eq!(field(numbered, "client_msg_id"), Some("traced-1"));
+    assert_eq!(
+        field(numbered, "batch"),
+        Some(batch),
+        "the manager's span names the batch id the socket server sent in its header"
+    );
+    assert_eq!(field(numbered, "conversation_id"), Some(conv.as_str()));
+
+    let (_, appended) = one("appended");
+    let (ingest_file, read) = one("read from the log");
+    assert!(ingest_file.starts_with("message-service"), "{ingest_file}");
+    let log_flush = field(appended, "trace").expect("appended names its flush");
+    assert_eq!(
+        field(read, "trace"),
+        Some(log_flush),
+        "the message service reads the log flush's id from the record's header"
+    );
+    assert!(by_message["stored"].iter().any(|(f, _)| f == ingest_file));
+
+    let routed: HashSet<&str> = by_message["routed"]
+        .iter()
+        .filter_map(|(_, line)| field(line, "trace"))
+        .collect();
+    let delivered_by = field(delivered, "trace").expect("delivered names its flush");
+    assert!(
+        routed.contains(delivered_by),
+        "the recipient's server reads the routing flush's id ({delivered_by}) from the record's header; routed: {routed:?}"
+    );
+}
