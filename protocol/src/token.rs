@@ -26,12 +26,50 @@ pub struct Claims {
     /// Issuer; required to match when `SB_JWT_ISSUER` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
-    /// Audience; required to match when `SB_JWT_AUDIENCE` is set.
+    /// Audience, a string or an array of strings (RFC 7519 section 4.1.3); when
+    /// `SB_JWT_AUDIENCE` is set, it must be (or contain) that audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     /// Not before (seconds since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
+}
+
+/// A token's `aud`: one audience (what minted tokens write) or several (what identity providers
+/// such as Auth0 issue with the `openid` scope).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether `audience` is this audience or one of them.
+    pub fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(one) => one == audience,
+            Audience::Many(many) => many.iter().any(|a| a == audience),
+        }
+    }
+}
+
+impl From<&str> for Audience {
+    fn from(audience: &str) -> Self {
+        Audience::One(audience.to_owned())
+    }
+}
+
+impl From<String> for Audience {
+    fn from(audience: String) -> Self {
+        Audience::One(audience)
+    }
+}
+
+impl From<Vec<String>> for Audience {
+    fn from(audiences: Vec<String>) -> Self {
+        Audience::Many(audiences)
+    }
 }
 
 impl Claims {
@@ -163,6 +201,9 @@ impl TokenKeys {
             validation.set_issuer(&[issuer]);
             required.push("iss");
         }
+        // jsonwebtoken is the one place `aud` is checked: a string must equal the configured
+        // audience, an array must contain it. Without a configured audience it is not checked
+        // at all (any string or array passes).
         match &self.policy.audience {
             Some(audience) => {
                 validation.set_audience(&[audience]);
@@ -187,7 +228,7 @@ impl TokenKeys {
         let expires = now + ttl;
         let claims = Claims {
             iss: self.policy.issuer.clone(),
-            aud: self.policy.audience.clone(),
+            aud: self.policy.audience.clone().map(Audience::One),
             ..Claims::new(user_id, expires.timestamp(), now.timestamp())
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)

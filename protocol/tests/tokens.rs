@@ -3,7 +3,7 @@
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use switchboard_protocol::token::{Claims, TokenError, TokenKeys, TokenPolicy};
+use switchboard_protocol::token::{Audience, Claims, TokenError, TokenKeys, TokenPolicy};
 
 const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes!!";
 
@@ -95,6 +95,80 @@ fn issuer_and_audience_must_match_when_configured() {
         ..Claims::new("dave", now() + 60, now())
     });
     assert_eq!(plain.verify(&with_aud).as_deref(), Ok("dave"));
+}
+
+fn many(audiences: &[&str]) -> Option<Audience> {
+    Some(Audience::Many(
+        audiences.iter().map(|a| (*a).to_owned()).collect(),
+    ))
+}
+
+#[test]
+fn audience_may_be_an_array() {
+    let keys = provider_keys();
+    // An array holding the configured audience (as Auth0 issues with the openid scope).
+    let with_ours = Claims {
+        aud: many(&["switchboard", "https://idp.example.com/userinfo"]),
+        ..good_claims("alice")
+    };
+    let token = sign(Algorithm::RS256, "rsa-1", &with_ours);
+    assert_eq!(keys.verify(&token).as_deref(), Ok("alice"));
+    let es = sign(Algorithm::ES256, "ec-1", &with_ours);
+    assert_eq!(keys.verify(&es).as_deref(), Ok("alice"));
+    // An array without it, or an empty one, is not for us.
+    for aud in [
+        many(&["another-app", "https://idp.example.com/userinfo"]),
+        many(&[]),
+    ] {
+        let claims = Claims {
+            aud,
+            ..good_claims("alice")
+        };
+        let token = sign(Algorithm::RS256, "rsa-1", &claims);
+        assert_eq!(keys.verify(&token), Err(TokenError::NotForUs), "{claims:?}");
+    }
+    // A single string still works.
+    let one = sign(Algorithm::RS256, "rsa-1", &good_claims("bob"));
+    assert_eq!(keys.verify(&one).as_deref(), Ok("bob"));
+    // Without a configured audience, an array is not checked.
+    let plain = TokenKeys::new(SECRET);
+    let token = plain.sign_claims(&Claims {
+        aud: many(&["whatever", "else"]),
+        ..Claims::new("dave", now() + 60, now())
+    });
+    assert_eq!(plain.verify(&token).as_deref(), Ok("dave"));
+}
+
+#[test]
+fn audience_serializes_as_a_string_or_an_array() {
+    let parse = |json: &str| serde_json::from_str::<Claims>(json).unwrap().aud;
+    assert_eq!(
+        parse(r#"{"sub":"a","exp":1,"iat":0,"aud":"switchboard"}"#),
+        Some(Audience::One("switchboard".into()))
+    );
+    assert_eq!(
+        parse(r#"{"sub":"a","exp":1,"iat":0,"aud":["switchboard","x"]}"#),
+        many(&["switchboard", "x"])
+    );
+    assert_eq!(parse(r#"{"sub":"a","exp":1,"iat":0}"#), None);
+    assert!(serde_json::from_str::<Claims>(r#"{"sub":"a","exp":1,"iat":0,"aud":[1]}"#).is_err());
+    assert!(Audience::from("switchboard").contains("switchboard"));
+    assert!(many(&["x", "switchboard"]).unwrap().contains("switchboard"));
+    assert!(!many(&["x"]).unwrap().contains("switchboard"));
+    // Minted tokens write a single string.
+    let keys = TokenKeys::with_policy(SECRET, policy());
+    let (minted, _) = keys.mint("carol", chrono::Duration::minutes(5)).unwrap();
+    let mut insecure = jsonwebtoken::Validation::new(Algorithm::HS256);
+    insecure.insecure_disable_signature_validation();
+    insecure.validate_aud = false;
+    let payload = jsonwebtoken::decode::<serde_json::Value>(
+        &minted,
+        &jsonwebtoken::DecodingKey::from_secret(b"unused"),
+        &insecure,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(payload["aud"], serde_json::json!("switchboard"));
 }
 
 #[test]
