@@ -2,6 +2,7 @@
 //! its recipients. One record carries every local recipient, so a group message costs one
 //! record per handler, not one per device.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,8 @@ pub(crate) async fn run(
         return;
     }
     tracing::info!(%topic, "consuming deliveries");
+    // Whichever way this task ends, /ready stops claiming live delivery.
+    let _unlatch = Unlatch(&state.delivery_assigned);
     let mut reorder = Reorderer::new(REORDER_HOLD);
     let mut tick = tokio::time::interval(REORDER_HOLD / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -50,6 +53,10 @@ pub(crate) async fn run(
             _ = tick.tick() => {
                 for record in reorder.expire(Instant::now()) {
                     deliver(&state, &record);
+                }
+                if !state.delivery_assigned.load(Ordering::Relaxed) && has_assignment(&consumer) {
+                    tracing::info!(%topic, "delivery consumer assigned");
+                    state.delivery_assigned.store(true, Ordering::Release);
                 }
                 continue;
             }
@@ -79,6 +86,20 @@ pub(crate) async fn run(
             ),
         }
         let _ = consumer.store_offset_from_message(&message);
+    }
+}
+
+/// Whether the broker has given this consumer any partition (a cheap local call).
+fn has_assignment(consumer: &StreamConsumer) -> bool {
+    consumer.assignment().is_ok_and(|list| list.count() > 0)
+}
+
+/// Clears the readiness latch when dropped.
+struct Unlatch<'a>(&'a AtomicBool);
+
+impl Drop for Unlatch<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -137,8 +137,11 @@ pub(crate) struct ServerState {
     pub metrics: Metrics,
     /// The link to the socket managers; `None` when messaging is disabled.
     pub manager: Option<manager_client::ManagerClient>,
-    /// Registered with a manager and consuming our topic.
+    /// Registered with a manager (which created our topic).
     pub manager_ready: AtomicBool,
+    /// A latch: the delivery consumer has been given our topic's partitions by the broker,
+    /// so frames routed here reach devices live. Cleared when the consumer stops.
+    pub delivery_assigned: AtomicBool,
 }
 
 impl ServerState {
@@ -206,6 +209,7 @@ impl Application {
         let state = Arc::new(ServerState {
             manager,
             manager_ready: AtomicBool::new(false),
+            delivery_assigned: AtomicBool::new(false),
             tokens: config.common.token_keys(),
             connects: switchboard_service_kit::limits::IpRateLimiter::new(config.connects_per_ip),
             hub: hub::Hub::new(),
@@ -227,6 +231,11 @@ impl Application {
                 Box::pin(async move {
                     if state.manager.is_some() && !state.manager_ready.load(Ordering::Acquire) {
                         return Err("not linked to a socket manager yet".into());
+                    }
+                    if state.manager.is_some() && !state.delivery_assigned.load(Ordering::Acquire) {
+                        return Err(
+                            "the delivery consumer has no partition of our topic yet".into()
+                        );
                     }
                     if !state.registered.load(Ordering::Acquire) {
                         return Err("not registered with the registry yet".into());

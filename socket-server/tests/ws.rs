@@ -26,6 +26,32 @@ struct TestApp {
 }
 
 async fn spawn_apps(name: &str) -> TestApp {
+    let (app, port) = spawn_apps_with(name, |_| {}).await;
+    // Ready once registered, linked to the manager and assigned our topic.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = app
+            .http
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break;
+        }
+        let body = resp.text().await.unwrap_or_default();
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app
+}
+
+/// The apps running, the socket server's config changed by `tweak`; not waited for. Answers
+/// the socket server's port too.
+async fn spawn_apps_with(
+    name: &str,
+    tweak: impl FnOnce(&mut socket_server::SocketServerConfig),
+) -> (TestApp, u16) {
     shared::warm_up();
     let id = shared::unique(name);
     let database_url = shared::fresh_database(&id).await;
@@ -54,40 +80,24 @@ async fn spawn_apps(name: &str) -> TestApp {
     let registry_url = format!("http://127.0.0.1:{}", registry.port());
     tokio::spawn(registry.run_until_stopped(CancellationToken::new()));
 
-    let app = socket_server::Application::build(shared::socket_server_config(
-        &id,
-        &registry_url,
-        &[manager_url],
-    ))
-    .await
-    .expect("the socket server builds");
+    let mut config = shared::socket_server_config(&id, &registry_url, &[manager_url]);
+    tweak(&mut config);
+    let app = socket_server::Application::build(config)
+        .await
+        .expect("the socket server builds");
     let port = app.port();
     let server_id = app.server_id().to_owned();
     tokio::spawn(app.run_until_stopped(CancellationToken::new()));
 
-    // Ready once registered and linked to the manager.
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let resp = http
-            .get(format!("http://127.0.0.1:{port}/ready"))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200 {
-            break;
-        }
-        let body = resp.text().await.unwrap_or_default();
-        assert!(Instant::now() < deadline, "never ready: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    TestApp {
+    let app = TestApp {
         id,
         socket: format!("ws://127.0.0.1:{port}/ws"),
         server_id,
         messages,
         http,
-    }
+    };
+    (app, port)
 }
 
 impl TestApp {
@@ -215,4 +225,32 @@ async fn hello_errors_registration_and_a_send() {
     let refused = next_of(&mut mallory, "error").await;
     assert_eq!(refused["code"], "not_a_member");
     assert_eq!(refused["client_msg_id"], "m1");
+}
+
+/// `/ready` claims live delivery only once the delivery consumer holds our topic: with the
+/// manager reachable (registered, topic created) but a broker address the consumer cannot
+/// reach, the server stays unready and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_delivery_consumer_is_assigned() {
+    let (app, port) = spawn_apps_with("unassigned", |config| {
+        config.kafka.brokers = "127.0.0.1:1".into();
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let resp = app
+            .http
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(resp.status(), 200, "ready without a delivery consumer");
+        last = resp.text().await.unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        last.contains("delivery consumer"),
+        "the reason names the consumer: {last}"
+    );
 }
