@@ -191,7 +191,7 @@ async fn answer_batch(
                 if conversation_id.is_empty() || !ClientMsgId::is_valid(&client_msg_id) {
                     replies[index] = Some(ServerFrame::Error {
                         code: ErrorCode::BadRequest,
-                        message: "conversation_id and client_msg_id (1-128 chars) are required"
+                        message: "conversation_id and client_msg_id (1-128 bytes) are required"
                             .into(),
                         client_msg_id: Some(client_msg_id),
                     });
@@ -269,6 +269,33 @@ async fn answer_batch(
                 );
             }
             if let Some((kind, seq)) = receipt {
+                // A receipt names a message that exists: one past the conversation's last
+                // seq is a client bug, and stored it would hide every later message from the
+                // unread count. The counter is the last seq; after a Redis failover it may lag
+                // the log until the next send reseeds it, and a receipt above it is refused
+                // then too (the client can resend it).
+                let last = match sequencer.last_seq(&conversation_id).await {
+                    Ok(last) => last,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the last seq is unavailable");
+                        return (
+                            index,
+                            Some(ServerFrame::error(
+                                ErrorCode::Unavailable,
+                                "the conversation's last seq is unavailable, retry",
+                            )),
+                        );
+                    }
+                };
+                if seq > last {
+                    return (
+                        index,
+                        Some(ServerFrame::error(
+                            ErrorCode::BadRequest,
+                            format!("seq {seq} is past the conversation's last message ({last})"),
+                        )),
+                    );
+                }
                 let event = Event::Receipt {
                     conversation_id: conversation_id.clone(),
                     user_id: user_id.clone(),

@@ -342,6 +342,84 @@ async fn non_members_and_bad_sends_are_refused() {
     );
 }
 
+fn read(connection_id: u64, user: &str, conversation_id: &str, seq: u64) -> HandlerItem {
+    HandlerItem::Frame {
+        connection_id,
+        user_id: user.into(),
+        frame: ClientFrame::Read {
+            conversation_id: conversation_id.into(),
+            seq,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_past_the_last_seq_are_refused() {
+    let app = spawn_apps("receipts").await;
+    app.register("h3").await;
+    let conversation = app.group("alice", &["bob"]).await;
+    let empty = app.group("alice", &["bob"]).await;
+    let numbered = app
+        .batch(
+            "h3",
+            vec![
+                connected(1, "alice"),
+                connected(2, "bob"),
+                send(1, "alice", &conversation, "r1"),
+                send(1, "alice", &conversation, "r2"),
+            ],
+        )
+        .await;
+    assert_eq!(sent(&numbered[3]).1, 2);
+
+    let replies = app
+        .batch(
+            "h3",
+            vec![
+                read(2, "bob", &conversation, 3),
+                HandlerItem::Frame {
+                    connection_id: 2,
+                    user_id: "bob".into(),
+                    frame: ClientFrame::Delivered {
+                        conversation_id: conversation.clone(),
+                        seq: 9999,
+                    },
+                },
+                read(2, "bob", &empty, 1),
+                read(2, "bob", &conversation, 2),
+                read(2, "bob", &conversation, 1),
+            ],
+        )
+        .await;
+    let refused = |reply: &Option<ServerFrame>| match reply {
+        Some(ServerFrame::Error { code, message, .. }) => (*code, message.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert_eq!(
+        refused(&replies[0]),
+        (
+            ErrorCode::BadRequest,
+            "seq 3 is past the conversation's last message (2)".into()
+        )
+    );
+    assert_eq!(
+        refused(&replies[1]),
+        (
+            ErrorCode::BadRequest,
+            "seq 9999 is past the conversation's last message (2)".into()
+        )
+    );
+    assert_eq!(
+        refused(&replies[2]),
+        (
+            ErrorCode::BadRequest,
+            "seq 1 is past the conversation's last message (0)".into()
+        )
+    );
+    assert_eq!(replies[3], None, "a receipt at the last seq is accepted");
+    assert_eq!(replies[4], None, "and one below it");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_internal_api_needs_the_cluster_secret() {
     let app = spawn_apps("secret").await;
