@@ -3,8 +3,11 @@
 //! with a different stored message is a conflict (dead-lettered, the stored row kept), a
 //! redelivery is neither, and an unreachable database is an error to retry, not a dead
 //! letter.
-
-use std::time::Duration;
+//!
+//! Fast tier (docs/testing-fast-tier.md): every test gets a database of its own on the test
+//! binary's shared PostgreSQL ([`shared::fresh_database`]). The outage test cannot stop the
+//! shared server, so its store reaches the database through a [`Relay`] it takes down and
+//! brings back on the same port: to the store, the database is gone and then back.
 
 use message_service::store::{
     is_data_error, DeadLetter, LogPosition, ReceiptUpdate, Sourced, Store,
@@ -12,32 +15,100 @@ use message_service::store::{
 use sqlx::postgres::PgPool;
 use sqlx::Row;
 use switchboard_message_log::LogRecord;
-use switchboard_test_support::{free_port, Postgres};
-use tempfile::TempDir;
+use switchboard_test_support::shared;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
 
 struct Db {
-    dir: TempDir,
-    pg: Postgres,
     store: Store,
+    /// Straight to the database (never through a [`Relay`]), for the assertions.
     pool: PgPool,
 }
 
-async fn start_db() -> Db {
-    let dir = tempfile::tempdir().unwrap();
-    let pg = Postgres::start(
-        &dir.path().join("pg"),
-        free_port(),
-        &dir.path().join("logs"),
-    )
-    .await
-    .unwrap();
-    let store = Store::connect(&pg.url(), 4).await.unwrap();
-    let pool = PgPool::connect(&pg.url()).await.unwrap();
-    Db {
-        dir,
-        pg,
-        store,
-        pool,
+/// A store on a fresh database of the shared PostgreSQL.
+async fn start_db(name: &str) -> Db {
+    let url = shared::fresh_database(name).await;
+    let store = Store::connect(&url, 4).await.unwrap();
+    let pool = PgPool::connect(&url).await.unwrap();
+    Db { store, pool }
+}
+
+/// A store on a fresh database of the shared PostgreSQL, reaching it through a [`Relay`].
+async fn start_db_behind_relay(name: &str) -> (Db, Relay) {
+    let url = shared::fresh_database(name).await;
+    let pg_port = shared::postgres().port;
+    let relay = Relay::start(pg_port).await;
+    let relayed = url.replacen(
+        &format!("127.0.0.1:{pg_port}/"),
+        &format!("127.0.0.1:{}/", relay.port),
+        1,
+    );
+    assert_ne!(
+        relayed, url,
+        "the database URL names the shared server's port: {url}"
+    );
+    let store = Store::connect(&relayed, 4).await.unwrap();
+    let pool = PgPool::connect(&url).await.unwrap();
+    (Db { store, pool }, relay)
+}
+
+/// A TCP relay on loopback to the shared PostgreSQL. [`Relay::cut`] closes its port and
+/// every connection through it (as a stopped server would: refused, reset);
+/// [`Relay::restore`] listens on the same port again.
+struct Relay {
+    port: u16,
+    target: u16,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut relay = Relay {
+            port,
+            target,
+            task: None,
+        };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            // Dropped with this task: aborting it closes every relayed connection.
+            let mut links = JoinSet::new();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                links.spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                // Reap the finished links.
+                while links.try_join_next().is_some() {}
+            }
+        }));
+    }
+
+    /// The port closed, the connections through it gone.
+    async fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listening on the same port again.
+    async fn restore(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.serve(listener);
     }
 }
 
@@ -111,7 +182,7 @@ fn sourced(offset: i64, item: LogRecord) -> Sourced<LogRecord> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_with_nul_are_dead_lettered_and_the_rest_of_the_batch_is_stored() {
-    let db = start_db().await;
+    let db = start_db("nul-dead-lettered").await;
     let conv = db.group().await;
     let mut nul_client_id = record(&conv, 4, "m4", "fine");
     nul_client_id.client_msg_id = "c\0".into();
@@ -164,7 +235,7 @@ async fn records_with_nul_are_dead_lettered_and_the_rest_of_the_batch_is_stored(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_colliding_with_a_different_message_is_a_conflict_and_the_stored_row_stays() {
-    let db = start_db().await;
+    let db = start_db("conflict").await;
     let conv = db.group().await;
     let first = db
         .store
@@ -247,7 +318,7 @@ async fn a_record_colliding_with_a_different_message_is_a_conflict_and_the_store
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_identical_record_is_not_a_conflict() {
-    let db = start_db().await;
+    let db = start_db("redelivered").await;
     let conv = db.group().await;
     let batch = vec![
         sourced(1, record(&conv, 1, "m1", "one")),
@@ -276,7 +347,7 @@ async fn a_redelivered_identical_record_is_not_a_conflict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_and_unreadable_records_the_database_cannot_take_are_dead_lettered() {
-    let db = start_db().await;
+    let db = start_db("receipts-unreadable").await;
     let conv = db.group().await;
     let receipt = |offset, conversation_id: &str, seq| Sourced {
         at: LogPosition {
@@ -329,10 +400,9 @@ async fn receipts_and_unreadable_records_the_database_cannot_take_are_dead_lette
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_is_an_error_to_retry_not_a_dead_letter() {
-    let db = start_db().await;
+    let (db, mut relay) = start_db_behind_relay("unreachable").await;
     let conv = db.group().await;
-    let port = db.pg.port();
-    db.pg.process.stop(Duration::from_secs(10)).await;
+    relay.cut().await;
     let batch = vec![
         sourced(1, record(&conv, 1, "m1", "one")),
         sourced(2, record(&conv, 2, "m2", "a\0b")),
@@ -341,9 +411,7 @@ async fn an_unreachable_database_is_an_error_to_retry_not_a_dead_letter() {
     assert!(!is_data_error(&error), "{error}");
 
     // Back up, the same batch goes in as if nothing had happened.
-    let _pg = Postgres::start(&db.dir.path().join("pg"), port, &db.dir.path().join("logs"))
-        .await
-        .unwrap();
+    relay.restore().await;
     let outcome = db.store.insert_batch(&batch).await.unwrap();
     assert_eq!(outcome.inserted, 1);
     assert_eq!(outcome.refused.len(), 1);
