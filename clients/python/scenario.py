@@ -191,6 +191,11 @@ async def run(base: str, secret: str | None, long_checks: bool,
         recent = mint_hs256(secret, bob_id, iat=now - 600, exp=now - 10)
         C.eq(Rest(base, recent).raw("GET", "/api/v1/conversations").status, 200,
              "a token expired 10 s ago is accepted (30 s of clock skew)")
+        # RFC 7519: `aud` may be an array (identity providers issue them); with no audience
+        # configured it is not checked, whichever shape it has.
+        aud_array = mint_hs256(secret, bob_id, extra={"aud": ["some-api", "https://idp/userinfo"]})
+        C.eq(Rest(base, aud_array).raw("GET", "/api/v1/conversations").status, 200,
+             "a token whose aud is an array is accepted")
     for what, t in bad_tokens.items():
         resp = Rest(base, t).raw("GET", "/api/v1/conversations")
         C.check((resp.status, sb.api_error(resp).code) == (401, "unauthorized"),
@@ -682,6 +687,11 @@ async def run(base: str, secret: str | None, long_checks: bool,
               frame={"type": "typing", "conversation_id": theirs}, late=True)
     await bad("read in someone else's conversation", "not_a_member",
               frame={"type": "read", "conversation_id": theirs, "seq": 1}, late=True)
+    past = before + 1000
+    await bad("read past the conversation's last message", "bad_request",
+              frame={"type": "read", "conversation_id": d, "seq": past}, late=True)
+    await bad("delivered past the conversation's last message", "bad_request",
+              frame={"type": "delivered", "conversation_id": d, "seq": past}, late=True)
 
     c1 = new_client_msg_id()
     await bad("body of 64 KiB + 1 byte", "too_large", cmid=c1,
