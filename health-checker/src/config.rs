@@ -1,10 +1,11 @@
-//! The health checker's settings, read from the environment: [`ENV`] names every variable it
-//! reads itself (beside the common ones), `from_env` reads them.
+//! The health checker's settings, read from the environment (or any lookup of variables): [`ENV`]
+//! names every variable it reads itself (beside the common ones), `from_lookup` reads them
+//! (`from_env` from the process environment).
 
 use std::time::Duration;
 
 use switchboard_service_kit::config::{
-    env_millis, env_or, env_string, CommonConfig, ConfigError, COMMON,
+    lookup_millis, lookup_or, lookup_string, process_env, CommonConfig, ConfigError, Lookup, COMMON,
 };
 use switchboard_service_kit::env::{EnvTable, EnvVar};
 
@@ -61,13 +62,20 @@ pub struct HealthCheckerConfig {
 }
 
 impl HealthCheckerConfig {
+    /// Reads the settings from the process environment ([`Self::from_lookup`]).
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads the settings from `lookup` (a variable's value by name): the same parsing and
+    /// defaults as `from_env`, from a map of one's own (tests).
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         Ok(HealthCheckerConfig {
-            common: CommonConfig::from_env()?,
-            bind: env_string(SB_HEALTH_BIND, "127.0.0.1:8301"),
-            probe_interval: env_millis(SB_PROBE_INTERVAL_MS, 500)?,
-            probe_timeout: env_millis(SB_PROBE_TIMEOUT_MS, 400)?,
-            failure_threshold: env_or(SB_FAILURE_THRESHOLD, 3)?,
+            common: CommonConfig::from_lookup(lookup)?,
+            bind: lookup_string(lookup, SB_HEALTH_BIND, "127.0.0.1:8301"),
+            probe_interval: lookup_millis(lookup, SB_PROBE_INTERVAL_MS, 500)?,
+            probe_timeout: lookup_millis(lookup, SB_PROBE_TIMEOUT_MS, 400)?,
+            failure_threshold: lookup_or(lookup, SB_FAILURE_THRESHOLD, 3)?,
         })
     }
 }

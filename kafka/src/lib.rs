@@ -8,7 +8,9 @@
 //! deduplicates by the project's own keys.
 
 use rdkafka::config::ClientConfig;
-use switchboard_service_kit::config::{env_bool, env_or, env_string, ConfigError};
+use switchboard_service_kit::config::{
+    lookup_bool, lookup_or, lookup_string, process_env, ConfigError, Lookup,
+};
 use switchboard_service_kit::env::{EnvTable, EnvVar};
 
 pub const SB_KAFKA_BROKERS: &str = "SB_KAFKA_BROKERS";
@@ -19,7 +21,7 @@ pub const SB_KAFKA_LINGER_MS: &str = "SB_KAFKA_LINGER_MS";
 pub const SB_KAFKA_IDEMPOTENCE: &str = "SB_KAFKA_IDEMPOTENCE";
 pub const SB_KAFKA_REPLICATION_FACTOR: &str = "SB_KAFKA_REPLICATION_FACTOR";
 
-/// What [`KafkaConfig::from_env`] reads (the socket servers, managers and message service).
+/// What [`KafkaConfig::from_lookup`] (and so `from_env`) reads (the socket servers, managers and message service).
 pub const ENV: &[EnvVar] = &[
     EnvVar {
         name: SB_KAFKA_BROKERS,
@@ -106,15 +108,21 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// Reads [`ENV`] from the process environment ([`Self::from_lookup`]).
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads [`ENV`] from `lookup`.
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         Ok(KafkaConfig {
-            brokers: env_string(SB_KAFKA_BROKERS, "127.0.0.1:9092"),
-            message_topic: env_string(SB_MESSAGE_TOPIC, "sb.messages"),
-            events_topic: env_string(SB_EVENTS_TOPIC, "sb.events"),
-            handler_topic_prefix: env_string(SB_HANDLER_TOPIC_PREFIX, "sb.handler."),
-            linger_ms: env_or(SB_KAFKA_LINGER_MS, 2)?,
-            idempotence: env_bool(SB_KAFKA_IDEMPOTENCE, false)?,
-            replication_factor: env_or(SB_KAFKA_REPLICATION_FACTOR, 1)?,
+            brokers: lookup_string(lookup, SB_KAFKA_BROKERS, "127.0.0.1:9092"),
+            message_topic: lookup_string(lookup, SB_MESSAGE_TOPIC, "sb.messages"),
+            events_topic: lookup_string(lookup, SB_EVENTS_TOPIC, "sb.events"),
+            handler_topic_prefix: lookup_string(lookup, SB_HANDLER_TOPIC_PREFIX, "sb.handler."),
+            linger_ms: lookup_or(lookup, SB_KAFKA_LINGER_MS, 2)?,
+            idempotence: lookup_bool(lookup, SB_KAFKA_IDEMPOTENCE, false)?,
+            replication_factor: lookup_or(lookup, SB_KAFKA_REPLICATION_FACTOR, 1)?,
         })
     }
 

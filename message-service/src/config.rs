@@ -1,8 +1,11 @@
-//! The message service's settings, read from the environment: [`ENV`] names every variable
-//! it reads itself (beside the common and Kafka ones), `from_env` reads them.
+//! The message service's settings, read from the environment (or any lookup of variables): [`ENV`]
+//! names every variable it reads itself (beside the common and Kafka ones), `from_lookup` reads
+//! them (`from_env` from the process environment).
 
 use switchboard_kafka::KafkaConfig;
-use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError, COMMON};
+use switchboard_service_kit::config::{
+    lookup_or, lookup_string, process_env, CommonConfig, ConfigError, Lookup, COMMON,
+};
 use switchboard_service_kit::env::{EnvTable, EnvVar};
 
 pub const SB_MESSAGE_BIND: &str = "SB_MESSAGE_BIND";
@@ -73,18 +76,26 @@ pub struct MessageServiceConfig {
 }
 
 impl MessageServiceConfig {
+    /// Reads the settings from the process environment ([`Self::from_lookup`]).
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads the settings from `lookup` (a variable's value by name): the same parsing and
+    /// defaults as `from_env`, from a map of one's own (tests).
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         Ok(MessageServiceConfig {
-            common: CommonConfig::from_env()?,
-            kafka: KafkaConfig::from_env()?,
-            bind: env_string(SB_MESSAGE_BIND, "127.0.0.1:8401"),
-            database_url: env_string(
+            common: CommonConfig::from_lookup(lookup)?,
+            kafka: KafkaConfig::from_lookup(lookup)?,
+            bind: lookup_string(lookup, SB_MESSAGE_BIND, "127.0.0.1:8401"),
+            database_url: lookup_string(
+                lookup,
                 SB_DATABASE_URL,
                 "postgres://switchboard@127.0.0.1:5432/switchboard",
             ),
-            db_max_connections: env_or(SB_DB_MAX_CONNECTIONS, 10)?,
-            max_group_members: env_or(SB_MAX_GROUP_MEMBERS, 1000)?,
-            ingest_fetch_wait_ms: env_or(SB_INGEST_FETCH_WAIT_MS, 100)?,
+            db_max_connections: lookup_or(lookup, SB_DB_MAX_CONNECTIONS, 10)?,
+            max_group_members: lookup_or(lookup, SB_MAX_GROUP_MEMBERS, 1000)?,
+            ingest_fetch_wait_ms: lookup_or(lookup, SB_INGEST_FETCH_WAIT_MS, 100)?,
         })
     }
 }

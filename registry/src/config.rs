@@ -1,7 +1,10 @@
-//! The registry's settings, read from the environment: [`ENV`] names every variable it reads
-//! itself (beside [`switchboard_service_kit::config::COMMON`]), `from_env` reads them.
+//! The registry's settings, read from the environment (or any lookup of variables): [`ENV`] names
+//! every variable it reads itself (beside [`switchboard_service_kit::config::COMMON`]),
+//! `from_lookup` reads them (`from_env` from the process environment).
 
-use switchboard_service_kit::config::{env_or, env_string, CommonConfig, ConfigError, COMMON};
+use switchboard_service_kit::config::{
+    lookup_or, lookup_string, process_env, CommonConfig, ConfigError, Lookup, COMMON,
+};
 use switchboard_service_kit::env::{EnvTable, EnvVar};
 use switchboard_service_kit::limits::Rate;
 
@@ -89,18 +92,25 @@ pub struct RegistryConfig {
 }
 
 impl RegistryConfig {
+    /// Reads the settings from the process environment ([`Self::from_lookup`]).
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads the settings from `lookup` (a variable's value by name): the same parsing and
+    /// defaults as `from_env`, from a map of one's own (tests).
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         Ok(RegistryConfig {
-            common: CommonConfig::from_env()?,
-            bind: env_string(SB_REGISTRY_BIND, "127.0.0.1:8101"),
-            stale_after_ms: env_or(SB_SERVER_STALE_MS, 10_000)?,
-            reservation_ttl_ms: env_or(SB_RESERVATION_TTL_MS, 10_000)?,
-            dev_token_ttl_secs: env_or(SB_DEV_TOKEN_TTL_SECS, 86_400)?,
+            common: CommonConfig::from_lookup(lookup)?,
+            bind: lookup_string(lookup, SB_REGISTRY_BIND, "127.0.0.1:8101"),
+            stale_after_ms: lookup_or(lookup, SB_SERVER_STALE_MS, 10_000)?,
+            reservation_ttl_ms: lookup_or(lookup, SB_RESERVATION_TTL_MS, 10_000)?,
+            dev_token_ttl_secs: lookup_or(lookup, SB_DEV_TOKEN_TTL_SECS, 86_400)?,
             assign_rate_per_ip: Rate {
-                per_sec: env_or(SB_ASSIGN_RATE_PER_IP, 20.0)?,
-                burst: env_or(SB_ASSIGN_BURST_PER_IP, 100.0)?,
+                per_sec: lookup_or(lookup, SB_ASSIGN_RATE_PER_IP, 20.0)?,
+                burst: lookup_or(lookup, SB_ASSIGN_BURST_PER_IP, 100.0)?,
             },
-            reservations_per_ip: env_or(SB_RESERVATIONS_PER_IP, 100)?,
+            reservations_per_ip: lookup_or(lookup, SB_RESERVATIONS_PER_IP, 100)?,
         })
     }
 }

@@ -1,7 +1,7 @@
-//! Typed configuration from the environment. Every variable has a default that works for the
-//! local stack, so `cargo run -p registry` needs no setup. The variables every service reads
-//! are in [`COMMON`] (this module's [`ENV`], Redis's and logging's); `docs/configuration.md`
-//! lists them and each service's own.
+//! Typed configuration from the environment, or in tests from any [`Lookup`] of variables. Every
+//! variable has a default that works for the local stack, so `cargo run -p registry` needs no
+//! setup. The variables every service reads are in [`COMMON`] (this module's [`ENV`], Redis's and
+//! logging's); `docs/configuration.md` lists them and each service's own.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,7 +21,7 @@ pub const SB_JWT_JWKS_URL: &str = "SB_JWT_JWKS_URL";
 pub const SB_JWT_JWKS_REFRESH_SECS: &str = "SB_JWT_JWKS_REFRESH_SECS";
 pub const SB_ALLOWED_ORIGINS: &str = "SB_ALLOWED_ORIGINS";
 
-/// What [`CommonConfig::from_env`] reads itself (Redis's are in
+/// What [`CommonConfig::from_lookup`] reads itself (Redis's are in
 /// [`crate::redis_sentinel::ENV`]).
 pub const ENV: &[EnvVar] = &[
     EnvVar {
@@ -102,14 +102,24 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// Reads `name`, or `default` when unset or empty.
-pub fn env_or<T>(name: &str, default: T) -> Result<T, ConfigError>
+/// Where a config reads its variables from: a variable's value by name, `None` when unset.
+/// `from_env` is `from_lookup` with [`process_env`]; tests pass a map of their own, so the
+/// same parsing and defaults serve both.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment as a [`Lookup`]: `std::env::var`, unset (or not Unicode) as `None`.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Reads `name` from `lookup`, or `default` when unset or empty.
+pub fn lookup_or<T>(lookup: Lookup<'_>, name: &str, default: T) -> Result<T, ConfigError>
 where
     T: FromStr,
     T::Err: std::fmt::Display,
 {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => {
+    match lookup(name) {
+        Some(value) if !value.trim().is_empty() => {
             value.trim().parse().map_err(|e: T::Err| ConfigError {
                 name: name.to_owned(),
                 value,
@@ -120,31 +130,36 @@ where
     }
 }
 
-/// Reads a string variable; `None` when unset or empty.
-pub fn env_optional(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
+/// Reads a string variable from `lookup`; `None` when unset or empty.
+pub fn lookup_optional(lookup: Lookup<'_>, name: &str) -> Option<String> {
+    lookup(name)
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
 }
 
-/// Reads a string variable with a default.
-pub fn env_string(name: &str, default: &str) -> String {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => value.trim().to_owned(),
+/// Reads a string variable from `lookup` with a default.
+pub fn lookup_string(lookup: Lookup<'_>, name: &str, default: &str) -> String {
+    match lookup(name) {
+        Some(value) if !value.trim().is_empty() => value.trim().to_owned(),
         _ => default.to_owned(),
     }
 }
 
-/// Reads a duration given in milliseconds.
-pub fn env_millis(name: &str, default_ms: u64) -> Result<Duration, ConfigError> {
-    env_or(name, default_ms).map(Duration::from_millis)
+/// Reads a duration given in milliseconds from `lookup`.
+pub fn lookup_millis(
+    lookup: Lookup<'_>,
+    name: &str,
+    default_ms: u64,
+) -> Result<Duration, ConfigError> {
+    lookup_or(lookup, name, default_ms).map(Duration::from_millis)
 }
 
-/// Reads a boolean: `1`, `true`, `yes`, `on` are true; `0`, `false`, `no`, `off` are false.
-pub fn env_bool(name: &str, default: bool) -> Result<bool, ConfigError> {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => match value.trim().to_ascii_lowercase().as_str() {
+/// Reads a boolean from `lookup`: `1`, `true`, `yes`, `on` are true; `0`, `false`, `no`, `off`
+/// are false.
+pub fn lookup_bool(lookup: Lookup<'_>, name: &str, default: bool) -> Result<bool, ConfigError> {
+    match lookup(name) {
+        Some(value) if !value.trim().is_empty() => match value.trim().to_ascii_lowercase().as_str()
+        {
             "1" | "true" | "yes" | "on" => Ok(true),
             "0" | "false" | "no" | "off" => Ok(false),
             _ => Err(ConfigError {
@@ -155,6 +170,35 @@ pub fn env_bool(name: &str, default: bool) -> Result<bool, ConfigError> {
         },
         _ => Ok(default),
     }
+}
+
+/// Reads `name`, or `default` when unset or empty.
+pub fn env_or<T>(name: &str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    lookup_or(&process_env, name, default)
+}
+
+/// Reads a string variable; `None` when unset or empty.
+pub fn env_optional(name: &str) -> Option<String> {
+    lookup_optional(&process_env, name)
+}
+
+/// Reads a string variable with a default.
+pub fn env_string(name: &str, default: &str) -> String {
+    lookup_string(&process_env, name, default)
+}
+
+/// Reads a duration given in milliseconds.
+pub fn env_millis(name: &str, default_ms: u64) -> Result<Duration, ConfigError> {
+    lookup_millis(&process_env, name, default_ms)
+}
+
+/// Reads a boolean: `1`, `true`, `yes`, `on` are true; `0`, `false`, `no`, `off` are false.
+pub fn env_bool(name: &str, default: bool) -> Result<bool, ConfigError> {
+    lookup_bool(&process_env, name, default)
 }
 
 /// Settings every service shares.
@@ -197,28 +241,37 @@ pub const DEFAULT_CLUSTER_SECRET: &str = "switchboard-dev-cluster-secret";
 pub const MIN_SECRET_BYTES: usize = 32;
 
 impl CommonConfig {
-    /// Reads the shared settings. Outside dev mode, a default or short secret is refused:
-    /// anyone could mint tokens or register a socket server with a published one.
+    /// Reads the shared settings from the process environment ([`Self::from_lookup`]).
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads the shared settings from `lookup`. Outside dev mode, a default or short secret is
+    /// refused: anyone could mint tokens or register a socket server with a published one.
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         let config = CommonConfig {
-            redis: RedisConfig::from_env()?,
-            jwt_secret: env_string(SB_JWT_SECRET, DEFAULT_JWT_SECRET),
-            cluster_secret: env_string(SB_CLUSTER_SECRET, DEFAULT_CLUSTER_SECRET),
-            dev_mode: env_bool(SB_DEV_MODE, false)?,
+            redis: RedisConfig::from_lookup(lookup)?,
+            jwt_secret: lookup_string(lookup, SB_JWT_SECRET, DEFAULT_JWT_SECRET),
+            cluster_secret: lookup_string(lookup, SB_CLUSTER_SECRET, DEFAULT_CLUSTER_SECRET),
+            dev_mode: lookup_bool(lookup, SB_DEV_MODE, false)?,
             token_policy: TokenPolicy {
-                issuer: env_optional(SB_JWT_ISSUER),
-                audience: env_optional(SB_JWT_AUDIENCE),
-                leeway_secs: env_or(SB_JWT_LEEWAY_SECS, 30)?,
+                issuer: lookup_optional(lookup, SB_JWT_ISSUER),
+                audience: lookup_optional(lookup, SB_JWT_AUDIENCE),
+                leeway_secs: lookup_or(lookup, SB_JWT_LEEWAY_SECS, 30)?,
             },
-            jwks: env_optional(SB_JWT_JWKS_URL)
+            jwks: lookup_optional(lookup, SB_JWT_JWKS_URL)
                 .map(|url| -> Result<JwksSource, ConfigError> {
                     Ok(JwksSource {
                         url,
-                        refresh: Duration::from_secs(env_or(SB_JWT_JWKS_REFRESH_SECS, 300)?),
+                        refresh: Duration::from_secs(lookup_or(
+                            lookup,
+                            SB_JWT_JWKS_REFRESH_SECS,
+                            300,
+                        )?),
                     })
                 })
                 .transpose()?,
-            allowed_origins: env_string(SB_ALLOWED_ORIGINS, "")
+            allowed_origins: lookup_string(lookup, SB_ALLOWED_ORIGINS, "")
                 .split(',')
                 .map(|o| o.trim().trim_end_matches('/').to_owned())
                 .filter(|o| !o.is_empty())
@@ -284,5 +337,60 @@ mod secret_tests {
         );
         assert!(check_secret("SB_JWT_SECRET", DEFAULT_JWT_SECRET, true).is_ok());
         assert!(check_secret("SB_JWT_SECRET", "short", true).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    use super::*;
+
+    fn map<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn a_lookup_reads_like_the_environment() {
+        let vars = map(&[
+            (SB_DEV_MODE, " yes "),
+            (SB_JWT_ISSUER, "  "),
+            (SB_JWT_LEEWAY_SECS, "7"),
+            (SB_ALLOWED_ORIGINS, "https://a.example/, ,https://b.example"),
+            (crate::redis_sentinel::SB_REDIS_PREFIX, "sb:t1:"),
+            (crate::redis_sentinel::SB_REDIS_PASSWORD, "pw"),
+        ]);
+        let config = CommonConfig::from_lookup(&vars).unwrap();
+        assert!(config.dev_mode);
+        assert_eq!(config.token_policy.issuer, None, "blank is unset");
+        assert_eq!(config.token_policy.leeway_secs, 7);
+        assert_eq!(
+            config.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(config.jwt_secret, DEFAULT_JWT_SECRET);
+        assert_eq!(config.redis.key_prefix, "sb:t1:");
+        assert_eq!(config.redis.master_name, "switchboard");
+        assert_eq!(config.redis.sentinel_auth.password.as_deref(), Some("pw"));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        let bad_bool = map(&[(SB_DEV_MODE, "maybe")]);
+        let e = CommonConfig::from_lookup(&bad_bool).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment variable SB_DEV_MODE=\"maybe\" is invalid: expected true or false"
+        );
+        let bad_number = map(&[(SB_DEV_MODE, "true"), (SB_JWT_LEEWAY_SECS, "soon")]);
+        let e = CommonConfig::from_lookup(&bad_number).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("environment variable SB_JWT_LEEWAY_SECS"));
+        let short = map(&[(SB_JWT_SECRET, "short")]);
+        let e = CommonConfig::from_lookup(&short).unwrap_err();
+        assert_eq!(e.name, SB_JWT_SECRET);
     }
 }

@@ -16,7 +16,9 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisError};
 
-use crate::config::{env_millis, env_optional, env_string, ConfigError};
+use crate::config::{
+    lookup_millis, lookup_optional, lookup_string, process_env, ConfigError, Lookup,
+};
 use crate::env::EnvVar;
 
 pub const SB_REDIS_SENTINELS: &str = "SB_REDIS_SENTINELS";
@@ -28,7 +30,7 @@ pub const SB_REDIS_PASSWORD: &str = "SB_REDIS_PASSWORD";
 pub const SB_REDIS_SENTINEL_USERNAME: &str = "SB_REDIS_SENTINEL_USERNAME";
 pub const SB_REDIS_SENTINEL_PASSWORD: &str = "SB_REDIS_SENTINEL_PASSWORD";
 
-/// What [`RedisConfig::from_env`] reads.
+/// What [`RedisConfig::from_lookup`] (and so `from_env`) reads.
 pub const ENV: &[EnvVar] = &[
     EnvVar {
         name: SB_REDIS_SENTINELS,
@@ -135,9 +137,16 @@ fn host_port(addr: &str) -> Result<(String, u16), String> {
 }
 
 impl RedisConfig {
+    /// Reads [`ENV`] from the process environment ([`Self::from_lookup`]).
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads [`ENV`] from `lookup`.
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         Ok(RedisConfig {
-            sentinels: env_string(
+            sentinels: lookup_string(
+                lookup,
                 SB_REDIS_SENTINELS,
                 "127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381",
             )
@@ -145,17 +154,17 @@ impl RedisConfig {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect(),
-            master_name: env_string(SB_REDIS_MASTER_NAME, "switchboard"),
-            key_prefix: env_string(SB_REDIS_PREFIX, "sb:"),
-            command_timeout: env_millis(SB_REDIS_TIMEOUT_MS, 1500)?,
+            master_name: lookup_string(lookup, SB_REDIS_MASTER_NAME, "switchboard"),
+            key_prefix: lookup_string(lookup, SB_REDIS_PREFIX, "sb:"),
+            command_timeout: lookup_millis(lookup, SB_REDIS_TIMEOUT_MS, 1500)?,
             auth: RedisAuth {
-                username: env_optional(SB_REDIS_USERNAME),
-                password: env_optional(SB_REDIS_PASSWORD),
+                username: lookup_optional(lookup, SB_REDIS_USERNAME),
+                password: lookup_optional(lookup, SB_REDIS_PASSWORD),
             },
             sentinel_auth: RedisAuth {
-                username: env_optional(SB_REDIS_SENTINEL_USERNAME),
-                password: env_optional(SB_REDIS_SENTINEL_PASSWORD)
-                    .or_else(|| env_optional(SB_REDIS_PASSWORD)),
+                username: lookup_optional(lookup, SB_REDIS_SENTINEL_USERNAME),
+                password: lookup_optional(lookup, SB_REDIS_SENTINEL_PASSWORD)
+                    .or_else(|| lookup_optional(lookup, SB_REDIS_PASSWORD)),
             },
         })
     }

@@ -1,11 +1,13 @@
-//! The socket manager's settings, read from the environment: [`ENV`] names every variable it
-//! reads itself (beside the common and Kafka ones), `from_env` reads them.
+//! The socket manager's settings, read from the environment (or any lookup of variables): [`ENV`]
+//! names every variable it reads itself (beside the common and Kafka ones), `from_lookup` reads
+//! them (`from_env` from the process environment).
 
 use std::time::Duration;
 
 use switchboard_kafka::KafkaConfig;
 use switchboard_service_kit::config::{
-    env_bool, env_millis, env_or, env_string, CommonConfig, ConfigError, COMMON,
+    lookup_bool, lookup_millis, lookup_or, lookup_string, process_env, CommonConfig, ConfigError,
+    Lookup, COMMON,
 };
 use switchboard_service_kit::env::{EnvTable, EnvVar};
 
@@ -163,24 +165,35 @@ pub struct ManagerConfig {
 }
 
 impl ManagerConfig {
+    /// Reads the settings from the process environment ([`Self::from_lookup`]).
     pub fn from_env() -> Result<Self, ConfigError> {
-        let bind = env_string(SB_MANAGER_BIND, "127.0.0.1:8201");
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads the settings from `lookup` (a variable's value by name): the same parsing and
+    /// defaults as `from_env`, from a map of one's own (tests).
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
+        let bind = lookup_string(lookup, SB_MANAGER_BIND, "127.0.0.1:8201");
         Ok(ManagerConfig {
-            common: CommonConfig::from_env()?,
-            kafka: KafkaConfig::from_env()?,
-            message_service_url: env_string(SB_MESSAGE_SERVICE_URL, "http://127.0.0.1:8401"),
-            lock_ttl: env_millis(SB_LOCK_TTL_MS, 5_000)?,
-            lock_wait: env_millis(SB_LOCK_WAIT_MS, 3_000)?,
-            produce_timeout_ms: env_or(SB_PRODUCE_TIMEOUT_MS, 3_000)?,
-            idempotency_ttl_secs: env_or(SB_IDEMPOTENCY_TTL_SECS, 86_400)?,
-            user_mapping_ttl_ms: env_or(SB_USER_MAPPING_TTL_MS, 900_000)?,
-            handler_ttl_ms: env_or(SB_HANDLER_TTL_MS, 6_000)?,
-            message_partitions: env_or(SB_MESSAGE_PARTITIONS, 8)?,
-            presence_max_group: env_or(SB_PRESENCE_MAX_GROUP, 100)?,
-            seq_replica_acks: env_or(SB_SEQ_REPLICA_ACKS, 1)?,
-            seq_replica_ack_timeout: env_millis(SB_SEQ_REPLICA_ACK_TIMEOUT_MS, 500)?,
-            manager_id: env_string(SB_MANAGER_ID, &bind),
-            delete_handler_topics: env_bool(SB_DELETE_HANDLER_TOPICS, true)?,
+            common: CommonConfig::from_lookup(lookup)?,
+            kafka: KafkaConfig::from_lookup(lookup)?,
+            message_service_url: lookup_string(
+                lookup,
+                SB_MESSAGE_SERVICE_URL,
+                "http://127.0.0.1:8401",
+            ),
+            lock_ttl: lookup_millis(lookup, SB_LOCK_TTL_MS, 5_000)?,
+            lock_wait: lookup_millis(lookup, SB_LOCK_WAIT_MS, 3_000)?,
+            produce_timeout_ms: lookup_or(lookup, SB_PRODUCE_TIMEOUT_MS, 3_000)?,
+            idempotency_ttl_secs: lookup_or(lookup, SB_IDEMPOTENCY_TTL_SECS, 86_400)?,
+            user_mapping_ttl_ms: lookup_or(lookup, SB_USER_MAPPING_TTL_MS, 900_000)?,
+            handler_ttl_ms: lookup_or(lookup, SB_HANDLER_TTL_MS, 6_000)?,
+            message_partitions: lookup_or(lookup, SB_MESSAGE_PARTITIONS, 8)?,
+            presence_max_group: lookup_or(lookup, SB_PRESENCE_MAX_GROUP, 100)?,
+            seq_replica_acks: lookup_or(lookup, SB_SEQ_REPLICA_ACKS, 1)?,
+            seq_replica_ack_timeout: lookup_millis(lookup, SB_SEQ_REPLICA_ACK_TIMEOUT_MS, 500)?,
+            manager_id: lookup_string(lookup, SB_MANAGER_ID, &bind),
+            delete_handler_topics: lookup_bool(lookup, SB_DELETE_HANDLER_TOPICS, true)?,
             bind,
         })
     }

@@ -1,10 +1,12 @@
-//! The socket server's settings, read from the environment: [`ENV`] names every variable it
-//! reads itself (beside the common and Kafka ones), `from_env` reads them.
+//! The socket server's settings, read from the environment (or any lookup of variables): [`ENV`]
+//! names every variable it reads itself (beside the common and Kafka ones), `from_lookup` reads
+//! them (`from_env` from the process environment).
 
 use std::time::Duration;
 
 use switchboard_service_kit::config::{
-    env_bool, env_millis, env_optional, env_or, env_string, CommonConfig, ConfigError, COMMON,
+    lookup_bool, lookup_millis, lookup_optional, lookup_or, lookup_string, process_env,
+    CommonConfig, ConfigError, Lookup, COMMON,
 };
 use switchboard_service_kit::env::{EnvTable, EnvVar};
 use switchboard_service_kit::limits::Rate;
@@ -256,26 +258,34 @@ pub struct SocketServerConfig {
 }
 
 impl SocketServerConfig {
+    /// Reads the settings from the process environment ([`Self::from_lookup`]).
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads the settings from `lookup` (a variable's value by name): the same parsing and
+    /// defaults as `from_env`, from a map of one's own (tests).
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         Ok(SocketServerConfig {
-            common: CommonConfig::from_env()?,
-            bind: env_string(SB_SOCKET_BIND, "127.0.0.1:9001"),
-            public_url: env_optional(SB_SOCKET_PUBLIC_URL),
-            health_url: env_optional(SB_SOCKET_HEALTH_URL),
-            server_id: env_optional(SB_SERVER_ID),
-            registry_url: env_string(SB_REGISTRY_URL, "http://127.0.0.1:8080"),
-            max_connections: env_or(SB_MAX_CONNECTIONS, 100_000)?,
-            max_frame_bytes: env_or(SB_MAX_FRAME_BYTES, 256 * 1024)?,
-            max_body_bytes: env_or(SB_MAX_BODY_BYTES, 64 * 1024)?,
-            heartbeat_interval: env_millis(SB_HEARTBEAT_INTERVAL_MS, 5_000)?,
-            client_timeout: env_millis(SB_CLIENT_TIMEOUT_MS, 15_000)?,
-            reconcile_interval: env_millis(SB_RECONCILE_INTERVAL_MS, 1_000)?,
-            outbound_queue: env_or(SB_OUTBOUND_QUEUE, 1024)?,
-            client_rate_per_sec: env_or(SB_CLIENT_RATE_PER_SEC, 200)?,
-            client_rate_burst: env_or(SB_CLIENT_RATE_BURST, 400)?,
-            shutdown_grace: env_millis(SB_SHUTDOWN_GRACE_MS, 5_000)?,
-            messaging_enabled: env_bool(SB_MESSAGING_ENABLED, true)?,
-            manager_urls: env_string(
+            common: CommonConfig::from_lookup(lookup)?,
+            bind: lookup_string(lookup, SB_SOCKET_BIND, "127.0.0.1:9001"),
+            public_url: lookup_optional(lookup, SB_SOCKET_PUBLIC_URL),
+            health_url: lookup_optional(lookup, SB_SOCKET_HEALTH_URL),
+            server_id: lookup_optional(lookup, SB_SERVER_ID),
+            registry_url: lookup_string(lookup, SB_REGISTRY_URL, "http://127.0.0.1:8080"),
+            max_connections: lookup_or(lookup, SB_MAX_CONNECTIONS, 100_000)?,
+            max_frame_bytes: lookup_or(lookup, SB_MAX_FRAME_BYTES, 256 * 1024)?,
+            max_body_bytes: lookup_or(lookup, SB_MAX_BODY_BYTES, 64 * 1024)?,
+            heartbeat_interval: lookup_millis(lookup, SB_HEARTBEAT_INTERVAL_MS, 5_000)?,
+            client_timeout: lookup_millis(lookup, SB_CLIENT_TIMEOUT_MS, 15_000)?,
+            reconcile_interval: lookup_millis(lookup, SB_RECONCILE_INTERVAL_MS, 1_000)?,
+            outbound_queue: lookup_or(lookup, SB_OUTBOUND_QUEUE, 1024)?,
+            client_rate_per_sec: lookup_or(lookup, SB_CLIENT_RATE_PER_SEC, 200)?,
+            client_rate_burst: lookup_or(lookup, SB_CLIENT_RATE_BURST, 400)?,
+            shutdown_grace: lookup_millis(lookup, SB_SHUTDOWN_GRACE_MS, 5_000)?,
+            messaging_enabled: lookup_bool(lookup, SB_MESSAGING_ENABLED, true)?,
+            manager_urls: lookup_string(
+                lookup,
                 SB_MANAGER_URLS,
                 "http://127.0.0.1:8201,http://127.0.0.1:8202",
             )
@@ -283,17 +293,17 @@ impl SocketServerConfig {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect(),
-            manager_lanes: env_or(SB_MANAGER_LANES, 64)?,
+            manager_lanes: lookup_or(lookup, SB_MANAGER_LANES, 64)?,
             connects_per_ip: Rate {
-                per_sec: env_or(SB_CONNECTS_PER_IP_PER_SEC, 20.0)?,
-                burst: env_or(SB_CONNECTS_BURST_PER_IP, 100.0)?,
+                per_sec: lookup_or(lookup, SB_CONNECTS_PER_IP_PER_SEC, 20.0)?,
+                burst: lookup_or(lookup, SB_CONNECTS_BURST_PER_IP, 100.0)?,
             },
-            max_connections_per_user: env_or(SB_MAX_CONNECTIONS_PER_USER, 10)?,
-            manager_lane_batches: env_or(SB_MANAGER_LANE_BATCHES, 1)?,
-            handler_heartbeat: env_millis(SB_HANDLER_HEARTBEAT_MS, 2_000)?,
-            mapping_renew: env_millis(SB_MAPPING_RENEW_MS, 300_000)?,
-            delivery_fetch_wait_ms: env_or(SB_DELIVERY_FETCH_WAIT_MS, 10)?,
-            kafka: switchboard_kafka::KafkaConfig::from_env()?,
+            max_connections_per_user: lookup_or(lookup, SB_MAX_CONNECTIONS_PER_USER, 10)?,
+            manager_lane_batches: lookup_or(lookup, SB_MANAGER_LANE_BATCHES, 1)?,
+            handler_heartbeat: lookup_millis(lookup, SB_HANDLER_HEARTBEAT_MS, 2_000)?,
+            mapping_renew: lookup_millis(lookup, SB_MAPPING_RENEW_MS, 300_000)?,
+            delivery_fetch_wait_ms: lookup_or(lookup, SB_DELIVERY_FETCH_WAIT_MS, 10)?,
+            kafka: switchboard_kafka::KafkaConfig::from_lookup(lookup)?,
         })
     }
 }
