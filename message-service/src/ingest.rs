@@ -18,7 +18,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use switchboard_kafka::KafkaConfig;
 use switchboard_message_log::{decode_log_records, Event, LogRecord};
-use switchboard_protocol::frames::ReceiptKind;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::shutdown::CancellationToken;
 
@@ -211,18 +210,12 @@ impl Ingest {
                                     kind,
                                     seq,
                                 }) => {
-                                    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-                                    let (delivered_seq, read_seq) = if kind == ReceiptKind::Read {
-                                        (seq, seq)
-                                    } else {
-                                        (seq, 0)
-                                    };
-                                    let item = ReceiptUpdate {
+                                    let item = ReceiptUpdate::from_event(
                                         conversation_id,
                                         user_id,
-                                        delivered_seq,
-                                        read_seq,
-                                    };
+                                        kind,
+                                        seq,
+                                    );
                                     receipts.push(Sourced { at, item });
                                 }
                                 Ok(Event::Presence { .. }) => {}

@@ -11,6 +11,7 @@ use switchboard_message_log::LogRecord;
 pub use switchboard_protocol::conversations::{
     Conversation, ConversationSummary, MemberReceipt, Role, StoredMessage,
 };
+use switchboard_protocol::frames::ReceiptKind;
 
 #[derive(Clone)]
 pub struct Store {
@@ -24,6 +25,43 @@ pub struct ReceiptUpdate {
     pub user_id: String,
     pub delivered_seq: i64,
     pub read_seq: i64,
+}
+
+impl ReceiptUpdate {
+    /// A member's receipt as the events topic carries it: `read` up to `seq` also means
+    /// delivered up to `seq`; `delivered` says nothing about reading.
+    pub fn from_event(
+        conversation_id: String,
+        user_id: String,
+        kind: ReceiptKind,
+        seq: u64,
+    ) -> ReceiptUpdate {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let read_seq = if kind == ReceiptKind::Read { seq } else { 0 };
+        ReceiptUpdate {
+            conversation_id,
+            user_id,
+            delivered_seq: seq,
+            read_seq,
+        }
+    }
+}
+
+/// One `(delivered_seq, read_seq)` per `(conversation, user)`: the highest of each, read
+/// raising delivered (Postgres refuses a key twice in one `INSERT .. ON CONFLICT`, and
+/// positions only move forward, so the order of the updates does not matter).
+pub fn merge_receipts<'a>(
+    updates: &[&'a ReceiptUpdate],
+) -> std::collections::BTreeMap<(&'a str, &'a str), (i64, i64)> {
+    let mut merged: std::collections::BTreeMap<(&str, &str), (i64, i64)> = Default::default();
+    for u in updates {
+        let entry = merged
+            .entry((u.conversation_id.as_str(), u.user_id.as_str()))
+            .or_default();
+        entry.0 = entry.0.max(u.delivered_seq).max(u.read_seq);
+        entry.1 = entry.1.max(u.read_seq);
+    }
+    merged
 }
 
 pub fn rfc3339(t: DateTime<Utc>) -> String {
@@ -859,15 +897,7 @@ async fn upsert_receipts<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     updates: &[&ReceiptUpdate],
 ) -> Result<(), sqlx::Error> {
-    // One row per key: Postgres refuses a key twice in one INSERT .. ON CONFLICT.
-    let mut merged: std::collections::BTreeMap<(&str, &str), (i64, i64)> = Default::default();
-    for u in updates {
-        let entry = merged
-            .entry((u.conversation_id.as_str(), u.user_id.as_str()))
-            .or_default();
-        entry.0 = entry.0.max(u.delivered_seq).max(u.read_seq);
-        entry.1 = entry.1.max(u.read_seq);
-    }
+    let merged = merge_receipts(updates);
     if merged.is_empty() {
         return Ok(());
     }
@@ -889,4 +919,43 @@ async fn upsert_receipts<'e>(
                 read_seq = GREATEST(receipts.read_seq, EXCLUDED.read_seq)",
     );
     builder.build().execute(executor).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(conversation: &str, user: &str, kind: ReceiptKind, seq: u64) -> ReceiptUpdate {
+        ReceiptUpdate::from_event(conversation.into(), user.into(), kind, seq)
+    }
+
+    #[test]
+    fn read_implies_delivered_and_delivered_implies_nothing_read() {
+        let read = receipt("c", "bob", ReceiptKind::Read, 7);
+        assert_eq!((read.delivered_seq, read.read_seq), (7, 7));
+        let delivered = receipt("c", "bob", ReceiptKind::Delivered, 9);
+        assert_eq!((delivered.delivered_seq, delivered.read_seq), (9, 0));
+        let huge = receipt("c", "bob", ReceiptKind::Read, u64::MAX);
+        assert_eq!(huge.read_seq, i64::MAX);
+    }
+
+    #[test]
+    fn merging_keeps_the_highest_positions_in_any_order() {
+        let updates = [
+            receipt("c", "bob", ReceiptKind::Delivered, 5),
+            receipt("c", "bob", ReceiptKind::Read, 3),
+            receipt("c", "bob", ReceiptKind::Delivered, 4),
+            receipt("c", "ann", ReceiptKind::Read, 8),
+            receipt("d", "bob", ReceiptKind::Delivered, 2),
+        ];
+        let forward: Vec<&ReceiptUpdate> = updates.iter().collect();
+        let backward: Vec<&ReceiptUpdate> = updates.iter().rev().collect();
+        let merged = merge_receipts(&forward);
+        assert_eq!(merged, merge_receipts(&backward));
+        assert_eq!(merged.len(), 3, "one row per (conversation, user)");
+        assert_eq!(merged[&("c", "bob")], (5, 3));
+        assert_eq!(merged[&("c", "ann")], (8, 8), "read raises delivered");
+        assert_eq!(merged[&("d", "bob")], (2, 0));
+        assert!(merge_receipts(&[]).is_empty());
+    }
 }
