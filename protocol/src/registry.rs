@@ -1,4 +1,6 @@
-//! Bodies of the registry REST API (SPEC section 3).
+//! Bodies of the registry REST API (SPEC section 3), and the OpenAPI description of its
+//! public routes ([`public_openapi`]), which the message service merges into the document it
+//! serves at `GET /api/v1/openapi.json`.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,3 +54,171 @@ pub struct DevTokenResponse {
 
 /// The header cluster-only routes require, holding the shared cluster secret.
 pub const CLUSTER_SECRET_HEADER: &str = "x-cluster-secret";
+
+/// The OpenAPI description of the registry's public routes: `GET /api/v1/socket-server`,
+/// `GET /api/v1/socket-servers` and `POST /api/v1/dev/token` (registration and the tunnel
+/// check are cluster-only and not listed). The registry's handlers implement exactly these.
+pub fn public_openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    openapi::PublicApi::openapi()
+}
+
+/// Route descriptions only: each function stands for a registry handler (same name, so the
+/// same `operationId`) and is never called.
+#[allow(dead_code)]
+mod openapi {
+    use super::{Assignment, DevTokenRequest, DevTokenResponse, ServerList};
+    use crate::error_code::ErrorBody;
+
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths(assign, list, dev_token))]
+    pub(super) struct PublicApi;
+
+    /// The least-loaded socket server, with a slot reserved for a few seconds.
+    #[utoipa::path(
+        get,
+        path = "/api/v1/socket-server",
+        tag = "registry",
+        responses(
+            (status = 200, description = "the server to connect to", body = Assignment),
+            (status = 429, description = "too many assignments from this address (`rate_limited`)", body = ErrorBody),
+            (status = 503, description = "no server has room (`no_capacity`) or Redis is down", body = ErrorBody),
+        )
+    )]
+    fn assign() {}
+
+    /// Every registered socket server with its load.
+    #[utoipa::path(
+        get,
+        path = "/api/v1/socket-servers",
+        tag = "registry",
+        responses(
+            (status = 200, description = "the registered servers", body = ServerList),
+            (status = 503, description = "Redis is down", body = ErrorBody),
+        )
+    )]
+    fn list() {}
+
+    /// Dev mode only: mints a token for any user id.
+    #[utoipa::path(
+        post,
+        path = "/api/v1/dev/token",
+        tag = "registry",
+        request_body = DevTokenRequest,
+        responses(
+            (status = 200, description = "a token", body = DevTokenResponse),
+            (status = 400, description = "not a valid user id, or not JSON", body = ErrorBody),
+            (status = 404, description = "dev mode is off (`dev_mode_disabled`)", body = ErrorBody),
+        )
+    )]
+    fn dev_token() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::openapi::path::HttpMethod;
+
+    /// Each public route with its method and documented statuses, each status with its body
+    /// schema.
+    const ROUTES: [(&str, HttpMethod, &[(&str, &str)]); 3] = [
+        (
+            "/api/v1/socket-server",
+            HttpMethod::Get,
+            &[
+                ("200", "Assignment"),
+                ("429", "ErrorBody"),
+                ("503", "ErrorBody"),
+            ],
+        ),
+        (
+            "/api/v1/socket-servers",
+            HttpMethod::Get,
+            &[("200", "ServerList"), ("503", "ErrorBody")],
+        ),
+        (
+            "/api/v1/dev/token",
+            HttpMethod::Post,
+            &[
+                ("200", "DevTokenResponse"),
+                ("400", "ErrorBody"),
+                ("404", "ErrorBody"),
+            ],
+        ),
+    ];
+
+    #[test]
+    fn the_description_lists_each_public_route_with_its_responses() {
+        let doc = super::public_openapi();
+        let json = serde_json::to_value(&doc).unwrap();
+        let mut paths: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "/api/v1/dev/token",
+                "/api/v1/socket-server",
+                "/api/v1/socket-servers"
+            ]
+        );
+        for (path, method, responses) in ROUTES {
+            let item = &doc.paths.paths[path];
+            let method_name = serde_json::to_value(&method).unwrap();
+            let method_name = method_name.as_str().unwrap();
+            let operations = json["paths"][path].as_object().unwrap();
+            assert_eq!(
+                operations.keys().collect::<Vec<_>>(),
+                [method_name],
+                "{path}: exactly one method"
+            );
+            let op = match method {
+                HttpMethod::Get => item.get.as_ref(),
+                HttpMethod::Post => item.post.as_ref(),
+                _ => None,
+            }
+            .unwrap_or_else(|| panic!("{path}: no {method_name} operation"));
+            assert_eq!(op.tags.as_deref(), Some(&["registry".to_string()][..]));
+            let op_json = &operations[method_name];
+            let statuses: Vec<&str> = op_json["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let wanted: Vec<&str> = responses.iter().map(|(status, _)| *status).collect();
+            assert_eq!(statuses, wanted, "{path}: documented statuses");
+            for (status, schema) in responses {
+                let response = &op_json["responses"][status];
+                assert!(
+                    response["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.is_empty()),
+                    "{path} {status}: a description"
+                );
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    format!("#/components/schemas/{schema}"),
+                    "{path} {status}: body"
+                );
+            }
+        }
+        let dev_token = &json["paths"]["/api/v1/dev/token"]["post"]["requestBody"];
+        assert_eq!(dev_token["required"], true);
+        assert_eq!(
+            dev_token["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/DevTokenRequest"
+        );
+        let schemas = json["components"]["schemas"].as_object().unwrap();
+        for schema in [
+            "Assignment",
+            "ServerList",
+            "ServerInfo",
+            "DevTokenRequest",
+            "DevTokenResponse",
+            "ErrorBody",
+            "ErrorDetail",
+            "ErrorCode",
+        ] {
+            assert!(schemas.contains_key(schema), "schema {schema} is described");
+        }
+    }
+}
