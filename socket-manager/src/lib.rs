@@ -19,6 +19,7 @@ mod janitor;
 mod kafka;
 mod members;
 mod numbering;
+mod plan;
 mod presence;
 mod routes;
 mod sequencer;

@@ -1,14 +1,12 @@
 //! The cluster-internal API. Every route needs the cluster secret.
 
-use std::collections::HashMap;
-
 use actix_web::{web, HttpRequest, HttpResponse};
-use switchboard_protocol::frames::{ClientFrame, ReceiptKind, ServerFrame};
+use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::internal::{
     HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
     RenewRequest, BATCH_ID_HEADER,
 };
-use switchboard_protocol::{ClientMsgId, ErrorCode, HandlerId};
+use switchboard_protocol::{ErrorCode, HandlerId};
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 use tracing::Instrument;
 
@@ -136,101 +134,19 @@ async fn answer_batch(
     handler: String,
     items: Vec<HandlerItem>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut replies: Vec<Option<ServerFrame>> = vec![None; items.len()];
-
-    // Last report per user wins.
-    let mut presence: HashMap<&str, bool> = HashMap::new();
-    for item in &items {
-        match item {
-            HandlerItem::Connected { user_id, .. } => {
-                presence.insert(user_id, true);
-            }
-            HandlerItem::Disconnected { user_id, .. } => {
-                presence.insert(user_id, false);
-            }
-            HandlerItem::Frame { .. } => {}
-        }
-    }
-    let online: Vec<&str> = presence
-        .iter()
-        .filter(|(_, on)| **on)
-        .map(|(u, _)| *u)
-        .collect();
-    let offline: Vec<&str> = presence
-        .iter()
-        .filter(|(_, on)| !**on)
-        .map(|(u, _)| *u)
-        .collect();
+    let crate::plan::BatchPlan {
+        mut replies,
+        online,
+        offline,
+        sends,
+        signals,
+    } = crate::plan::plan(&handler, items);
+    let online: Vec<&str> = online.iter().map(String::as_str).collect();
+    let offline: Vec<&str> = offline.iter().map(String::as_str).collect();
     let handlers = &state.sequencer.handlers;
     let came_online = handlers.connected(&handler, &online).await?;
     let went_offline = handlers.disconnected(&handler, &offline).await?;
     crate::presence::announce(state.clone(), came_online, went_offline);
-
-    let mut sends: HashMap<String, Vec<(usize, SendRequest)>> = HashMap::new();
-    let mut signals = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
-        let HandlerItem::Frame {
-            connection_id,
-            user_id,
-            frame,
-        } = item
-        else {
-            continue;
-        };
-        let receipt_kind = if matches!(frame, ClientFrame::Read { .. }) {
-            ReceiptKind::Read
-        } else {
-            ReceiptKind::Delivered
-        };
-        match frame {
-            ClientFrame::Send {
-                conversation_id,
-                client_msg_id,
-                body,
-            } => {
-                if conversation_id.is_empty() || !ClientMsgId::is_valid(&client_msg_id) {
-                    replies[index] = Some(ServerFrame::Error {
-                        code: ErrorCode::BadRequest,
-                        message: "conversation_id and client_msg_id (1-128 bytes) are required"
-                            .into(),
-                        client_msg_id: Some(client_msg_id),
-                    });
-                    continue;
-                }
-                sends.entry(conversation_id.clone()).or_default().push((
-                    index,
-                    SendRequest {
-                        handler_id: handler.clone(),
-                        connection_id,
-                        sender_id: user_id,
-                        conversation_id,
-                        client_msg_id,
-                        body,
-                    },
-                ));
-            }
-            ClientFrame::Typing { conversation_id } => {
-                signals.push((index, connection_id, user_id, conversation_id, None));
-            }
-            ClientFrame::Delivered {
-                conversation_id,
-                seq,
-            }
-            | ClientFrame::Read {
-                conversation_id,
-                seq,
-            } => {
-                signals.push((
-                    index,
-                    connection_id,
-                    user_id,
-                    conversation_id,
-                    Some((receipt_kind, seq)),
-                ));
-            }
-            ClientFrame::Ping => replies[index] = Some(ServerFrame::Pong),
-        }
-    }
 
     let sequencer = &state.sequencer;
     let send_groups = sends
@@ -246,7 +162,13 @@ async fn answer_batch(
         });
     let handler_ref = handler.as_str();
     let signal_work = signals.into_iter().map(
-        |(index, connection_id, user_id, conversation_id, receipt)| async move {
+        |crate::plan::Signal {
+             index,
+             connection_id,
+             user_id,
+             conversation_id,
+             receipt,
+         }| async move {
             let members = match sequencer.members.of(&conversation_id).await {
                 Ok(m) => m,
                 Err(_) => {

@@ -1,0 +1,273 @@
+//! Planning one batch from a socket server: the pure part of `POST .../batch`, kept apart
+//! from Redis and Kafka so its rules have fast tests. A batch is split into
+//!
+//! - presence changes, the last report per user winning (a device that connected and left
+//!   in one batch leaves the user as the last report says);
+//! - sends grouped per conversation, each group in batch order (the sequencer numbers a group
+//!   in that order, under one lease), with each send's place in the batch;
+//! - signals (typing and receipts), each with its place;
+//! - answers that need nobody: `pong`, and `bad_request` for a send without a conversation or
+//!   with a `client_msg_id` outside [`ClientMsgId`]'s rule.
+
+use std::collections::HashMap;
+
+use switchboard_protocol::frames::{ClientFrame, ReceiptKind, ServerFrame};
+use switchboard_protocol::internal::HandlerItem;
+use switchboard_protocol::{ClientMsgId, ErrorCode};
+
+use crate::sequencer::SendRequest;
+
+/// A typing notice or a receipt from one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Signal {
+    /// The frame's place in the batch (its answer goes there).
+    pub index: usize,
+    pub connection_id: u64,
+    pub user_id: String,
+    pub conversation_id: String,
+    /// `None`: typing.
+    pub receipt: Option<(ReceiptKind, u64)>,
+}
+
+/// What one batch asks for; see the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct BatchPlan {
+    /// One slot per item: filled now for answers that need nobody, later for the rest.
+    pub replies: Vec<Option<ServerFrame>>,
+    pub online: Vec<String>,
+    pub offline: Vec<String>,
+    /// Per conversation, its sends in batch order with their places.
+    pub sends: HashMap<String, Vec<(usize, SendRequest)>>,
+    pub signals: Vec<Signal>,
+}
+
+/// Splits the items `handler` posted; see the module docs.
+pub(crate) fn plan(handler: &str, items: Vec<HandlerItem>) -> BatchPlan {
+    let mut plan = BatchPlan {
+        replies: vec![None; items.len()],
+        ..BatchPlan::default()
+    };
+    let mut presence: HashMap<&str, bool> = HashMap::new();
+    for item in &items {
+        match item {
+            HandlerItem::Connected { user_id, .. } => {
+                presence.insert(user_id, true);
+            }
+            HandlerItem::Disconnected { user_id, .. } => {
+                presence.insert(user_id, false);
+            }
+            HandlerItem::Frame { .. } => {}
+        }
+    }
+    for (user, online) in presence {
+        if online {
+            plan.online.push(user.to_owned());
+        } else {
+            plan.offline.push(user.to_owned());
+        }
+    }
+    for (index, item) in items.into_iter().enumerate() {
+        let HandlerItem::Frame {
+            connection_id,
+            user_id,
+            frame,
+        } = item
+        else {
+            continue;
+        };
+        let signal = |conversation_id, receipt| Signal {
+            index,
+            connection_id,
+            user_id: user_id.clone(),
+            conversation_id,
+            receipt,
+        };
+        match frame {
+            ClientFrame::Send {
+                conversation_id,
+                client_msg_id,
+                body,
+            } => {
+                if conversation_id.is_empty() || !ClientMsgId::is_valid(&client_msg_id) {
+                    plan.replies[index] = Some(ServerFrame::Error {
+                        code: ErrorCode::BadRequest,
+                        message: "conversation_id and client_msg_id (1-128 bytes) are required"
+                            .into(),
+                        client_msg_id: Some(client_msg_id),
+                    });
+                    continue;
+                }
+                plan.sends
+                    .entry(conversation_id.clone())
+                    .or_default()
+                    .push((
+                        index,
+                        SendRequest {
+                            handler_id: handler.to_owned(),
+                            connection_id,
+                            sender_id: user_id,
+                            conversation_id,
+                            client_msg_id,
+                            body,
+                        },
+                    ));
+            }
+            ClientFrame::Typing { conversation_id } => {
+                plan.signals.push(signal(conversation_id, None));
+            }
+            ClientFrame::Delivered {
+                conversation_id,
+                seq,
+            } => plan
+                .signals
+                .push(signal(conversation_id, Some((ReceiptKind::Delivered, seq)))),
+            ClientFrame::Read {
+                conversation_id,
+                seq,
+            } => plan
+                .signals
+                .push(signal(conversation_id, Some((ReceiptKind::Read, seq)))),
+            ClientFrame::Ping => plan.replies[index] = Some(ServerFrame::Pong),
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(connection_id: u64, user: &str, frame: ClientFrame) -> HandlerItem {
+        HandlerItem::Frame {
+            connection_id,
+            user_id: user.into(),
+            frame,
+        }
+    }
+
+    fn send(conversation: &str, client_msg_id: &str) -> ClientFrame {
+        ClientFrame::Send {
+            conversation_id: conversation.into(),
+            client_msg_id: client_msg_id.into(),
+            body: "hi".into(),
+        }
+    }
+
+    #[test]
+    fn the_last_presence_report_per_user_wins() {
+        let items = vec![
+            HandlerItem::Connected {
+                connection_id: 1,
+                user_id: "ann".into(),
+            },
+            HandlerItem::Disconnected {
+                connection_id: 1,
+                user_id: "ann".into(),
+            },
+            HandlerItem::Disconnected {
+                connection_id: 2,
+                user_id: "bob".into(),
+            },
+            HandlerItem::Connected {
+                connection_id: 3,
+                user_id: "bob".into(),
+            },
+        ];
+        let plan = plan("h1", items);
+        assert_eq!(plan.online, vec!["bob".to_owned()]);
+        assert_eq!(plan.offline, vec!["ann".to_owned()]);
+        assert!(plan.replies.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn sends_group_per_conversation_in_batch_order_with_their_places() {
+        let items = vec![
+            frame(1, "ann", send("c1", "a")),
+            frame(2, "bob", send("c2", "b")),
+            frame(1, "ann", ClientFrame::Ping),
+            frame(2, "bob", send("c1", "c")),
+            frame(1, "ann", send("c1", "d")),
+        ];
+        let plan = plan("h1", items);
+        let c1: Vec<(usize, &str, &str)> = plan.sends["c1"]
+            .iter()
+            .map(|(i, s)| (*i, s.sender_id.as_str(), s.client_msg_id.as_str()))
+            .collect();
+        assert_eq!(c1, vec![(0, "ann", "a"), (3, "bob", "c"), (4, "ann", "d")]);
+        assert_eq!(plan.sends["c2"].len(), 1);
+        assert!(plan.sends["c1"].iter().all(|(_, s)| s.handler_id == "h1"));
+        assert_eq!(plan.replies[2], Some(ServerFrame::Pong));
+        assert_eq!(plan.replies.iter().filter(|r| r.is_some()).count(), 1);
+    }
+
+    #[test]
+    fn bad_sends_are_answered_at_once_and_never_numbered() {
+        let long = "m".repeat(129);
+        let items = vec![
+            frame(1, "ann", send("", "a")),
+            frame(1, "ann", send("c1", "")),
+            frame(1, "ann", send("c1", &long)),
+            frame(1, "ann", send("c1", "ok")),
+        ];
+        let plan = plan("h1", items);
+        for (i, wanted) in [(0, "a"), (1, ""), (2, long.as_str())] {
+            match &plan.replies[i] {
+                Some(ServerFrame::Error {
+                    code: ErrorCode::BadRequest,
+                    client_msg_id: Some(id),
+                    ..
+                }) => assert_eq!(id, wanted),
+                other => panic!("item {i}: {other:?}"),
+            }
+        }
+        assert_eq!(plan.sends["c1"].len(), 1);
+        assert_eq!(plan.sends["c1"][0].0, 3);
+    }
+
+    #[test]
+    fn typing_and_receipts_become_signals_with_their_kind() {
+        let items = vec![
+            frame(
+                7,
+                "ann",
+                ClientFrame::Typing {
+                    conversation_id: "c1".into(),
+                },
+            ),
+            frame(
+                7,
+                "ann",
+                ClientFrame::Read {
+                    conversation_id: "c1".into(),
+                    seq: 4,
+                },
+            ),
+            frame(
+                8,
+                "bob",
+                ClientFrame::Delivered {
+                    conversation_id: "c2".into(),
+                    seq: 9,
+                },
+            ),
+        ];
+        let plan = plan("h1", items);
+        let places: Vec<(usize, u64)> = plan
+            .signals
+            .iter()
+            .map(|s| (s.index, s.connection_id))
+            .collect();
+        assert_eq!(places, vec![(0, 7), (1, 7), (2, 8)]);
+        let kinds: Vec<Option<(ReceiptKind, u64)>> =
+            plan.signals.iter().map(|s| s.receipt).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                None,
+                Some((ReceiptKind::Read, 4)),
+                Some((ReceiptKind::Delivered, 9))
+            ]
+        );
+        assert!(plan.sends.is_empty());
+    }
+}
