@@ -17,6 +17,7 @@ mod membership;
 mod rate;
 mod reorder;
 mod session;
+mod wire;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};

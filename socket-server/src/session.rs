@@ -1,12 +1,12 @@
 //! One client connection: authenticate before the upgrade, then a loop that selects over the
 //! client's frames, the connection's bounded outbound queue, a heartbeat, and shutdown.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use switchboard_protocol::frames::{is_storable_text, ClientFrame, ServerFrame};
 use switchboard_protocol::internal::HandlerItem;
 use switchboard_protocol::token::TokenError;
@@ -15,10 +15,11 @@ use switchboard_service_kit::http::ApiError;
 use switchboard_service_kit::shutdown::CancellationToken;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hub::{ConnHandle, Outbound};
-use crate::manager_client::{unavailable_reply, Pending};
+use crate::hub::{ConnHandle, ConnId, Outbound};
+use crate::manager_client::{unavailable_reply, ManagerClient, Pending};
 use crate::rate::TokenBucket;
-use crate::ServerState;
+use crate::wire::{self, close_code, CloseFrame, Incoming, Outgoing, Outlet, ReadError};
+use crate::{Metrics, ServerState, SocketServerConfig};
 
 /// `GET /ws?token=…` (or `Authorization: Bearer …`). Refuses with 401 before the upgrade.
 pub async fn ws_entry(
@@ -102,6 +103,7 @@ fn bearer_token(req: &HttpRequest) -> Option<String> {
 }
 
 /// Why a connection loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     ClientClosed,
     ClientGone,
@@ -111,13 +113,15 @@ enum Ending {
     ServerShutdown,
 }
 
+/// One accepted connection over actix-ws: joins the hub (and, for a user's first device, the
+/// managers' routing), runs [`run_session`], then leaves.
 async fn run(
     state: Arc<ServerState>,
     user_id: Arc<str>,
-    mut session: actix_ws::Session,
-    mut stream: actix_ws::AggregatedMessageStream,
+    session: actix_ws::Session,
+    stream: actix_ws::AggregatedMessageStream,
 ) {
-    let (tx, mut rx) = mpsc::channel::<Outbound>(state.config.outbound_queue);
+    let (tx, rx) = mpsc::channel::<Outbound>(state.config.outbound_queue);
     let kick = CancellationToken::new();
     let (conn_id, first_device) = state.hub.insert(ConnHandle {
         user_id: user_id.clone(),
@@ -133,121 +137,212 @@ async fn run(
         report_presence(&state, conn_id, &user_id, true).await;
     }
 
+    let ctx = SessionContext {
+        conn_id,
+        user_id: &user_id,
+        server_id: &state.server_id,
+        limits: SessionLimits::of(&state.config),
+        metrics: &state.metrics,
+        manager: state.manager.as_ref(),
+        shutdown: &state.shutdown,
+        kick: &kick,
+        own_queue: tx,
+        outbound: rx,
+    };
+    let leave = async {
+        let last_device = state.hub.remove(conn_id);
+        state.metrics.connections.set(state.hub.live() as i64);
+        if last_device {
+            report_presence(&state, conn_id, &user_id, false).await;
+        }
+    };
+    run_session(
+        wire::actix_incoming(stream),
+        wire::ActixOutlet::new(session),
+        ctx,
+        leave,
+    )
+    .await;
+    state.directory_disconnected().await;
+}
+
+/// The per-connection limits the loop enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionLimits {
+    /// The server pings this often.
+    pub heartbeat_interval: Duration,
+    /// A client silent longer than this is closed with 1001 at the next heartbeat.
+    pub client_timeout: Duration,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    pub max_body_bytes: usize,
+}
+
+impl SessionLimits {
+    pub(crate) fn of(config: &SocketServerConfig) -> Self {
+        SessionLimits {
+            heartbeat_interval: config.heartbeat_interval,
+            client_timeout: config.client_timeout,
+            rate_per_sec: config.client_rate_per_sec,
+            rate_burst: config.client_rate_burst,
+            max_body_bytes: config.max_body_bytes,
+        }
+    }
+}
+
+/// What one connection's loop needs besides its client.
+pub(crate) struct SessionContext<'a> {
+    pub conn_id: ConnId,
+    pub user_id: &'a str,
+    /// Named in `hello`.
+    pub server_id: &'a str,
+    pub limits: SessionLimits,
+    pub metrics: &'a Metrics,
+    /// The link to the managers; `None` (messaging disabled) answers chat frames
+    /// `unavailable`.
+    pub manager: Option<&'a ManagerClient>,
+    /// Cancelled when the server shuts down: close with 1012.
+    pub shutdown: &'a CancellationToken,
+    /// Cancelled when this connection's queue overflowed: close with 1013.
+    pub kick: &'a CancellationToken,
+    /// This connection's queue, where the managers' replies are sent.
+    pub own_queue: mpsc::Sender<Outbound>,
+    /// The other end of `own_queue`: frames for this connection, written in order.
+    pub outbound: mpsc::Receiver<Outbound>,
+}
+
+/// The connection loop: writes `hello`, then selects (in this priority) over shutdown, a
+/// kick, the client's frames, the connection's outbound queue and the heartbeat until one of
+/// them ends it; then awaits `leave` and writes the close frame (at most 2 s).
+pub(crate) async fn run_session<S, T, K>(
+    mut incoming: S,
+    mut outlet: K,
+    ctx: SessionContext<'_>,
+    leave: impl Future<Output = ()>,
+) where
+    S: Stream<Item = Result<Incoming<T>, ReadError>> + Unpin,
+    T: AsRef<str>,
+    K: Outlet,
+{
+    let SessionContext {
+        conn_id,
+        user_id,
+        server_id,
+        limits,
+        metrics,
+        manager,
+        shutdown,
+        kick,
+        own_queue,
+        outbound: mut rx,
+    } = ctx;
     let hello = ServerFrame::Hello {
         user_id: user_id.to_string(),
-        server_id: state.server_id.clone(),
+        server_id: server_id.to_owned(),
     };
-    let mut ending = if session.text(hello.to_json()).await.is_err() {
+    let mut ending = if outlet.write(Outgoing::Text(hello.to_json())).await.is_err() {
         Some(Ending::ClientGone)
     } else {
         None
     };
 
-    let mut last_heard = Instant::now();
-    let mut heartbeat = tokio::time::interval(state.config.heartbeat_interval);
+    let mut last_heard = tokio::time::Instant::now();
+    let mut heartbeat = tokio::time::interval(limits.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut limiter = TokenBucket::new(
-        state.config.client_rate_per_sec,
-        state.config.client_rate_burst,
-    );
+    let mut limiter = TokenBucket::new(limits.rate_per_sec, limits.rate_burst);
 
     while ending.is_none() {
         tokio::select! {
             biased;
-            _ = state.shutdown.cancelled() => ending = Some(Ending::ServerShutdown),
+            _ = shutdown.cancelled() => ending = Some(Ending::ServerShutdown),
             _ = kick.cancelled() => ending = Some(Ending::Kicked),
-            msg = stream.next() => {
-                last_heard = Instant::now();
+            msg = incoming.next() => {
+                last_heard = tokio::time::Instant::now();
                 ending = match msg {
-                    Some(Ok(AggregatedMessage::Text(text))) => {
-                        state.metrics.frames_in.inc();
+                    Some(Ok(Incoming::Text(text))) => {
+                        metrics.frames_in.inc();
                         let reply = if limiter.try_take(Instant::now()) {
-                            handle_text(&state, &text, conn_id, &user_id, &tx)
+                            handle_text(manager, limits.max_body_bytes, text.as_ref(), conn_id, user_id, &own_queue)
                         } else {
                             Some(ServerFrame::error(ErrorCode::RateLimited, "slow down: too many frames"))
                         };
                         match reply {
-                            Some(frame) => send(&state, &mut session, &frame).await,
+                            Some(frame) => send(metrics, &mut outlet, &frame).await,
                             None => None,
                         }
                     }
-                    Some(Ok(AggregatedMessage::Binary(_))) => {
-                        state.metrics.frames_in.inc();
+                    Some(Ok(Incoming::Binary)) => {
+                        metrics.frames_in.inc();
                         let frame = ServerFrame::error(ErrorCode::BadRequest, "binary frames are not supported: send JSON text frames");
-                        send(&state, &mut session, &frame).await
+                        send(metrics, &mut outlet, &frame).await
                     }
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                        session.pong(&bytes).await.err().map(|_| Ending::ClientGone)
+                    Some(Ok(Incoming::Ping(payload))) => {
+                        outlet.write(Outgoing::Pong(payload)).await.err().map(|_| Ending::ClientGone)
                     }
-                    Some(Ok(AggregatedMessage::Pong(_))) => None,
-                    Some(Ok(AggregatedMessage::Close(_))) => Some(Ending::ClientClosed),
-                    Some(Err(actix_ws::ProtocolError::Overflow)) => Some(Ending::TooLarge),
-                    Some(Err(_)) | None => Some(Ending::ClientGone),
+                    Some(Ok(Incoming::Pong)) => None,
+                    Some(Ok(Incoming::Close)) => Some(Ending::ClientClosed),
+                    Some(Err(ReadError::TooLarge)) => Some(Ending::TooLarge),
+                    Some(Err(ReadError::Broken)) | None => Some(Ending::ClientGone),
                 };
             }
             out = rx.recv() => {
                 if let Some(Outbound::Frame(text)) = out {
-                    state.metrics.frames_out.inc();
-                    if session.text(text.to_string()).await.is_err() {
+                    metrics.frames_out.inc();
+                    if outlet.write(Outgoing::Text(text.to_string())).await.is_err() {
                         ending = Some(Ending::ClientGone);
                     }
                 }
             }
             _ = heartbeat.tick() => {
-                if last_heard.elapsed() > state.config.client_timeout {
+                if last_heard.elapsed() > limits.client_timeout {
                     ending = Some(Ending::TimedOut);
-                } else if session.ping(b"").await.is_err() {
+                } else if outlet.write(Outgoing::Ping).await.is_err() {
                     ending = Some(Ending::ClientGone);
                 }
             }
         }
     }
 
-    let last_device = state.hub.remove(conn_id);
-    state.metrics.connections.set(state.hub.live() as i64);
-    if last_device {
-        report_presence(&state, conn_id, &user_id, false).await;
-    }
+    leave.await;
     let close = match ending {
-        Some(Ending::ServerShutdown) => Some(CloseReason {
-            code: CloseCode::Restart,
-            description: Some("server restarting: reconnect through the registry".into()),
+        Some(Ending::ServerShutdown) => Some(CloseFrame {
+            code: close_code::RESTART,
+            reason: Some("server restarting: reconnect through the registry"),
         }),
         Some(Ending::Kicked) => {
-            state.metrics.slow_consumer_kicks.inc();
-            Some(CloseReason {
-                code: CloseCode::Again,
-                description: Some("too slow: reconnect and resync from history".into()),
+            metrics.slow_consumer_kicks.inc();
+            Some(CloseFrame {
+                code: close_code::AGAIN,
+                reason: Some("too slow: reconnect and resync from history"),
             })
         }
         Some(Ending::TooLarge) => {
             let frame = ServerFrame::error(ErrorCode::TooLarge, "frame exceeds the size limit");
-            let _ = session.text(frame.to_json()).await;
-            Some(CloseReason {
-                code: CloseCode::Size,
-                description: Some("frame too large".into()),
+            let _ = outlet.write(Outgoing::Text(frame.to_json())).await;
+            Some(CloseFrame {
+                code: close_code::SIZE,
+                reason: Some("frame too large"),
             })
         }
-        Some(Ending::TimedOut) => Some(CloseReason {
-            code: CloseCode::Away,
-            description: Some("heartbeat timeout".into()),
+        Some(Ending::TimedOut) => Some(CloseFrame {
+            code: close_code::AWAY,
+            reason: Some("heartbeat timeout"),
         }),
-        Some(Ending::ClientClosed) => Some(CloseCode::Normal.into()),
+        Some(Ending::ClientClosed) => Some(CloseFrame {
+            code: close_code::NORMAL,
+            reason: None,
+        }),
         Some(Ending::ClientGone) | None => None,
     };
     // Best effort: a peer that vanished cannot receive a close frame.
-    let _ = tokio::time::timeout(Duration::from_secs(2), session.close(close)).await;
-    state.directory_disconnected().await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(2), outlet.write(Outgoing::Close(close))).await;
 }
 
-async fn send(
-    state: &ServerState,
-    session: &mut actix_ws::Session,
-    frame: &ServerFrame,
-) -> Option<Ending> {
-    state.metrics.frames_out.inc();
-    session
-        .text(frame.to_json())
+async fn send<K: Outlet>(metrics: &Metrics, outlet: &mut K, frame: &ServerFrame) -> Option<Ending> {
+    metrics.frames_out.inc();
+    outlet
+        .write(Outgoing::Text(frame.to_json()))
         .await
         .err()
         .map(|_| Ending::ClientGone)
@@ -346,7 +441,8 @@ fn refuse_invalid(frame: &ClientFrame, max_body_bytes: usize) -> Option<ServerFr
 /// this connection's outbound queue). Anything unparseable gets a `bad_request` error frame
 /// and the connection stays open.
 fn handle_text(
-    state: &ServerState,
+    manager: Option<&ManagerClient>,
+    max_body_bytes: usize,
     text: &str,
     conn_id: u64,
     user_id: &str,
@@ -356,7 +452,7 @@ fn handle_text(
         Ok(frame) => frame,
         Err(e) => return Some(ServerFrame::error(ErrorCode::BadRequest, e.to_string())),
     };
-    if let Some(refusal) = refuse_invalid(&frame, state.config.max_body_bytes) {
+    if let Some(refusal) = refuse_invalid(&frame, max_body_bytes) {
         return Some(refusal);
     }
     if matches!(frame, ClientFrame::Ping) {
@@ -367,7 +463,7 @@ fn handle_text(
         user_id: user_id.to_owned(),
         frame,
     };
-    let Some(manager) = &state.manager else {
+    let Some(manager) = manager else {
         return unavailable_reply(&item);
     };
     let pending = Pending {
