@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use health_checker::Application;
+use health_checker::config::HELP_TABLES;
+use health_checker::{Application, HealthCheckerConfig};
 use switchboard_protocol::registry::Registration;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
@@ -16,12 +17,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The checker for the test `id`, running until the test ends; its base URL.
 async fn spawn_checker(id: &str) -> String {
-    let app = Application::build(shared::health_checker_config(
-        id,
-        Duration::from_millis(100),
-    ))
-    .await
-    .expect("the health checker builds");
+    let config = shared::health_checker_vars(id, Duration::from_millis(100))
+        .config(HELP_TABLES, HealthCheckerConfig::from_lookup);
+    let app = Application::build(config)
+        .await
+        .expect("the health checker builds");
     let url = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(CancellationToken::new()));
     url

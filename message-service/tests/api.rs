@@ -5,11 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use message_service::Application;
+use message_service::config::HELP_TABLES;
+use message_service::{Application, MessageServiceConfig};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use switchboard_kafka::KafkaConfig;
+use switchboard_service_kit::redis_sentinel::{SB_REDIS_SENTINELS, SB_REDIS_TIMEOUT_MS};
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared;
 
@@ -26,7 +28,8 @@ async fn spawn_app(name: &str) -> TestApp {
     shared::warm_up();
     let id = shared::unique(name);
     let database_url = shared::fresh_database(&id).await;
-    let config = shared::message_service_config(&id, &database_url);
+    let config = shared::message_service_vars(&id, &database_url)
+        .config(HELP_TABLES, MessageServiceConfig::from_lookup);
     shared::create_topics(
         &config.kafka.brokers,
         &[&config.kafka.message_topic, &config.kafka.events_topic],
@@ -365,13 +368,14 @@ async fn ready_reflects_redis() {
     shared::warm_up();
     let id = shared::unique("ready-redis");
     let database_url = shared::fresh_database(&id).await;
-    let mut config = shared::message_service_config(&id, &database_url);
     // Sentinels nobody answers on.
-    config.common.redis.sentinels = vec![format!(
-        "127.0.0.1:{}",
-        switchboard_test_support::free_port()
-    )];
-    config.common.redis.command_timeout = Duration::from_millis(300);
+    let config = shared::message_service_vars(&id, &database_url)
+        .with(
+            SB_REDIS_SENTINELS,
+            format!("127.0.0.1:{}", switchboard_test_support::free_port()),
+        )
+        .with(SB_REDIS_TIMEOUT_MS, 300)
+        .config(HELP_TABLES, MessageServiceConfig::from_lookup);
     let app = Application::build(config)
         .await
         .expect("builds without Redis");

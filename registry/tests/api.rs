@@ -4,14 +4,26 @@
 //! prefix, so tests share Redis without seeing each other. Seconds, not the minutes of the
 //! whole-stack tests.
 
+use registry::config::{
+    HELP_TABLES, SB_ASSIGN_BURST_PER_IP, SB_ASSIGN_RATE_PER_IP, SB_RESERVATIONS_PER_IP,
+};
 use registry::{Application, RegistryConfig};
 use switchboard_protocol::registry::{Assignment, Registration, CLUSTER_SECRET_HEADER};
-use switchboard_service_kit::limits::Rate;
 use switchboard_service_kit::shutdown::CancellationToken;
-use switchboard_test_support::shared::{self, CLUSTER_SECRET};
+use switchboard_test_support::shared::{self, Vars, CLUSTER_SECRET};
+
+/// The fast tier's registry variables for a new test (`shared::registry_vars`).
+fn vars(name: &str) -> Vars {
+    shared::registry_vars(&shared::unique(name))
+}
+
+/// The registry's config from `vars`, read by its own `from_lookup`.
+fn build(vars: Vars) -> RegistryConfig {
+    vars.config(HELP_TABLES, RegistryConfig::from_lookup)
+}
 
 fn config(name: &str) -> RegistryConfig {
-    shared::registry_config(&shared::unique(name))
+    build(vars(name))
 }
 
 /// A running registry: its base URL; it stops when the test's runtime ends.
@@ -102,12 +114,12 @@ async fn registration_needs_the_cluster_secret() {
 
 #[tokio::test]
 async fn one_address_is_rate_limited_and_capped_on_reservations() {
-    let mut limited = config("limits");
-    limited.assign_rate_per_ip = Rate {
-        per_sec: 1.0,
-        burst: 5.0,
-    };
-    limited.reservations_per_ip = 3;
+    let limited = build(
+        vars("limits")
+            .with(SB_ASSIGN_RATE_PER_IP, 1)
+            .with(SB_ASSIGN_BURST_PER_IP, 5)
+            .with(SB_RESERVATIONS_PER_IP, 3),
+    );
     let url = spawn_app(limited).await;
     let http = reqwest::Client::new();
     assert_eq!(register(&http, &url, "big", 1000).await, 201);

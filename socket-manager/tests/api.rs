@@ -31,7 +31,10 @@ async fn spawn_apps(name: &str) -> TestApp {
     shared::warm_up();
     let id = shared::unique(name);
     let database_url = shared::fresh_database(&id).await;
-    let ms_config = shared::message_service_config(&id, &database_url);
+    let ms_config = shared::message_service_vars(&id, &database_url).config(
+        message_service::config::HELP_TABLES,
+        message_service::MessageServiceConfig::from_lookup,
+    );
     let kafka = ms_config.kafka.clone();
     shared::create_topics(
         &kafka.brokers,
@@ -45,7 +48,11 @@ async fn spawn_apps(name: &str) -> TestApp {
         .expect("the message service builds");
     let messages = format!("http://127.0.0.1:{}", ms.port());
     tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
-    let manager = socket_manager::Application::build(shared::manager_config(&id, &messages))
+    let manager_config = shared::manager_vars(&id, &messages).config(
+        socket_manager::config::HELP_TABLES,
+        socket_manager::ManagerConfig::from_lookup,
+    );
+    let manager = socket_manager::Application::build(manager_config)
         .await
         .expect("the manager builds");
     let manager_url = format!("http://127.0.0.1:{}", manager.port());

@@ -55,7 +55,10 @@ async fn spawn_apps_with(
     shared::warm_up();
     let id = shared::unique(name);
     let database_url = shared::fresh_database(&id).await;
-    let ms_config = shared::message_service_config(&id, &database_url);
+    let ms_config = shared::message_service_vars(&id, &database_url).config(
+        message_service::config::HELP_TABLES,
+        message_service::MessageServiceConfig::from_lookup,
+    );
     let kafka = ms_config.kafka.clone();
     shared::create_topics(
         &kafka.brokers,
@@ -69,18 +72,27 @@ async fn spawn_apps_with(
         .unwrap();
     let messages = format!("http://127.0.0.1:{}", ms.port());
     tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
-    let manager = socket_manager::Application::build(shared::manager_config(&id, &messages))
+    let manager_config = shared::manager_vars(&id, &messages).config(
+        socket_manager::config::HELP_TABLES,
+        socket_manager::ManagerConfig::from_lookup,
+    );
+    let manager = socket_manager::Application::build(manager_config)
         .await
         .unwrap();
     let manager_url = format!("http://127.0.0.1:{}", manager.port());
     tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
-    let registry = registry::Application::build(shared::registry_config(&id))
-        .await
-        .unwrap();
+    let registry_config = shared::registry_vars(&id).config(
+        registry::config::HELP_TABLES,
+        registry::RegistryConfig::from_lookup,
+    );
+    let registry = registry::Application::build(registry_config).await.unwrap();
     let registry_url = format!("http://127.0.0.1:{}", registry.port());
     tokio::spawn(registry.run_until_stopped(CancellationToken::new()));
 
-    let mut config = shared::socket_server_config(&id, &registry_url, &[manager_url]);
+    let mut config = shared::socket_server_vars(&id, &registry_url, &[manager_url]).config(
+        socket_server::config::HELP_TABLES,
+        socket_server::SocketServerConfig::from_lookup,
+    );
     tweak(&mut config);
     let app = socket_server::Application::build(config)
         .await

@@ -6,31 +6,44 @@
 //!
 //! Tests share the fixtures without seeing each other:
 //!
-//! - Redis: every test has its own key prefix `sb:<id>:` ([`redis_config`]); the services log
+//! - Redis: every test has its own key prefix `sb:<id>:` ([`redis_vars`]); the services log
 //!   in as their own ACL users, which are limited to `sb:*` keys, as in a deployment.
 //! - PostgreSQL: every test gets a database of its own ([`fresh_database`], a `CREATE
 //!   DATABASE` on the shared server).
 //! - Broker: every test has its own topic names `sb.<id>.messages`, `sb.<id>.events` and
-//!   `sb.<id>.handler.*` ([`kafka_config`]; the services take every topic name from
+//!   `sb.<id>.handler.*` ([`kafka_vars`]; the services take every topic name from
 //!   `KafkaConfig`).
 //!
 //! `<id>` comes from [`unique`]. The processes are started with `PR_SET_PDEATHSIG` from their
 //! fixture thread, which never ends, so they live exactly as long as the test binary.
 //!
-//! The per-service config builders (`registry_config`, `message_service_config`, ...) are
-//! behind this crate's features of the same names, so a service's tests do not build the
-//! other services.
+//! A service under test is configured the way a deployment is, by environment variables: the
+//! per-service functions (`registry_vars`, `message_service_vars`, `manager_vars`,
+//! `socket_server_vars`, `health_checker_vars`) answer the variables ([`Vars`], by their
+//! documented names), and the test builds the config with the service's own
+//! `from_lookup` ([`Vars::config`]), so the real parsing and defaults run. This crate depends
+//! on no service crate: the services dev-depend on it without a cycle.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use switchboard_kafka::KafkaConfig;
-use switchboard_protocol::token::{TokenKeys, TokenPolicy};
-use switchboard_service_kit::config::CommonConfig;
-use switchboard_service_kit::redis_sentinel::{RedisAuth, RedisConfig};
+use switchboard_kafka::{
+    KafkaConfig, SB_EVENTS_TOPIC, SB_HANDLER_TOPIC_PREFIX, SB_KAFKA_BROKERS, SB_KAFKA_IDEMPOTENCE,
+    SB_KAFKA_LINGER_MS, SB_KAFKA_REPLICATION_FACTOR, SB_MESSAGE_TOPIC,
+};
+use switchboard_protocol::token::TokenKeys;
+use switchboard_service_kit::config::{
+    CommonConfig, Lookup, COMMON, SB_CLUSTER_SECRET, SB_DEV_MODE, SB_JWT_SECRET,
+};
+use switchboard_service_kit::env::EnvTable;
+use switchboard_service_kit::redis_sentinel::{
+    RedisConfig, SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_PREFIX, SB_REDIS_SENTINELS,
+    SB_REDIS_SENTINEL_PASSWORD, SB_REDIS_TIMEOUT_MS, SB_REDIS_USERNAME,
+};
 
 use crate::redis_cluster::{service_password, service_user, RedisSentinelCluster, REDIS_PASSWORD};
 use crate::{free_port, Broker, Postgres};
@@ -252,51 +265,126 @@ pub fn unique(name: &str) -> String {
     format!("{clean}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Redis settings for `service` (one of [`crate::redis_cluster::SERVICE_USERS`], whose ACL
-/// user it logs in as) in the test `id`: keys under `sb:<id>:`.
-pub fn redis_config(service: &str, id: &str) -> RedisConfig {
+/// Environment variables for a service under test, by their documented names (the services'
+/// `pub const`s and `docs/configuration.md`). A test builds the service's config from them with
+/// [`Vars::config`] and the service's own `from_lookup`, so the fast tier runs the same parsing
+/// and defaults as a deployment; only what a test sets differs from the defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vars(BTreeMap<String, String>);
+
+impl Vars {
+    pub fn new() -> Self {
+        Vars::default()
+    }
+
+    /// Sets `name` to `value` (replacing an earlier value).
+    pub fn set(&mut self, name: &str, value: impl ToString) -> &mut Self {
+        self.0.insert(name.to_owned(), value.to_string());
+        self
+    }
+
+    /// These variables with `name` set to `value`.
+    pub fn with(mut self, name: &str, value: impl ToString) -> Self {
+        self.set(name, value);
+        self
+    }
+
+    /// These variables with `other`'s added (`other` wins on a name set in both).
+    pub fn merge(mut self, other: Vars) -> Self {
+        self.0.extend(other.0);
+        self
+    }
+
+    /// The value of `name`, `None` when unset: the lookup a `from_lookup` reads.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+
+    /// Every variable, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Names set here that none of `tables` lists (a misspelt or foreign name, which the
+    /// service would silently ignore).
+    pub fn unknown_names(&self, tables: &[EnvTable]) -> Vec<String> {
+        self.0
+            .keys()
+            .filter(|name| !tables.iter().flat_map(|t| t.vars).any(|v| v.name == *name))
+            .cloned()
+            .collect()
+    }
+
+    /// A service's config from these variables: `from_lookup` is its `XConfig::from_lookup`,
+    /// `tables` its `config::HELP_TABLES` (every name set here must be one of them). Panics
+    /// on an unknown name or a value the service refuses.
+    pub fn config<C, E: std::fmt::Display>(
+        &self,
+        tables: &[EnvTable],
+        from_lookup: impl FnOnce(Lookup<'_>) -> Result<C, E>,
+    ) -> C {
+        let unknown = self.unknown_names(tables);
+        assert!(
+            unknown.is_empty(),
+            "variables the service does not read: {unknown:?}"
+        );
+        let lookup = |name: &str| self.get(name);
+        match from_lookup(&lookup) {
+            Ok(config) => config,
+            Err(e) => panic!("the test's variables are refused: {e}"),
+        }
+    }
+}
+
+/// Redis variables for `service` (one of [`crate::redis_cluster::SERVICE_USERS`], whose ACL
+/// user it logs in as) in the test `id`: the shared Sentinels, keys under `sb:<id>:`.
+pub fn redis_vars(service: &str, id: &str) -> Vars {
     let shared = redis();
-    RedisConfig {
-        sentinels: shared.sentinels,
-        master_name: crate::MASTER_NAME.into(),
-        key_prefix: format!("sb:{id}:"),
-        command_timeout: Duration::from_millis(1500),
-        auth: RedisAuth {
-            username: Some(service_user(service)),
-            password: Some(service_password(service)),
-        },
-        sentinel_auth: RedisAuth {
-            username: None,
-            password: Some(shared.password),
-        },
-    }
+    Vars::new()
+        .with(SB_REDIS_SENTINELS, shared.sentinels.join(","))
+        .with(SB_REDIS_MASTER_NAME, crate::MASTER_NAME)
+        .with(SB_REDIS_PREFIX, format!("sb:{id}:"))
+        .with(SB_REDIS_TIMEOUT_MS, 1500)
+        .with(SB_REDIS_USERNAME, service_user(service))
+        .with(SB_REDIS_PASSWORD, service_password(service))
+        .with(SB_REDIS_SENTINEL_PASSWORD, shared.password)
 }
 
-/// What every service shares, for `service` in the test `id`: [`redis_config`], the fast
-/// tier's secrets, dev mode, no origin checks.
+/// What every service reads, for `service` in the test `id`: [`redis_vars`], the fast tier's
+/// secrets, dev mode (no origin checks, the default token policy: left unset).
+pub fn common_vars(service: &str, id: &str) -> Vars {
+    redis_vars(service, id)
+        .with(SB_JWT_SECRET, JWT_SECRET)
+        .with(SB_CLUSTER_SECRET, CLUSTER_SECRET)
+        .with(SB_DEV_MODE, true)
+}
+
+/// Broker variables for the test `id`: the shared broker and topics of its own.
+pub fn kafka_vars(id: &str) -> Vars {
+    Vars::new()
+        .with(SB_KAFKA_BROKERS, broker())
+        .with(SB_MESSAGE_TOPIC, format!("sb.{id}.messages"))
+        .with(SB_EVENTS_TOPIC, format!("sb.{id}.events"))
+        .with(SB_HANDLER_TOPIC_PREFIX, format!("sb.{id}.handler."))
+        .with(SB_KAFKA_LINGER_MS, 1)
+        .with(SB_KAFKA_IDEMPOTENCE, false)
+        .with(SB_KAFKA_REPLICATION_FACTOR, 1)
+}
+
+/// Redis settings for `service` in the test `id` ([`redis_vars`]), e.g. for a test's own
+/// `SentinelRedis`.
+pub fn redis_config(service: &str, id: &str) -> RedisConfig {
+    redis_vars(service, id).config(&COMMON[1..2], RedisConfig::from_lookup)
+}
+
+/// The shared settings of `service` in the test `id` ([`common_vars`]).
 pub fn common_config(service: &str, id: &str) -> CommonConfig {
-    CommonConfig {
-        redis: redis_config(service, id),
-        jwt_secret: JWT_SECRET.into(),
-        cluster_secret: CLUSTER_SECRET.into(),
-        dev_mode: true,
-        token_policy: TokenPolicy::default(),
-        jwks: None,
-        allowed_origins: Vec::new(),
-    }
+    common_vars(service, id).config(&COMMON[..2], CommonConfig::from_lookup)
 }
 
-/// Broker settings for the test `id`: the shared broker and topics of its own.
+/// Broker settings for the test `id` ([`kafka_vars`]).
 pub fn kafka_config(id: &str) -> KafkaConfig {
-    KafkaConfig {
-        brokers: broker(),
-        message_topic: format!("sb.{id}.messages"),
-        events_topic: format!("sb.{id}.events"),
-        handler_topic_prefix: format!("sb.{id}.handler."),
-        linger_ms: 1,
-        idempotence: false,
-        replication_factor: 1,
-    }
+    kafka_vars(id).config(&[switchboard_kafka::TABLE], KafkaConfig::from_lookup)
 }
 
 /// Creates `topics` (each with `partitions`) on the shared broker; existing ones are fine.
@@ -335,116 +423,96 @@ pub fn token(user_id: &str) -> String {
         .0
 }
 
-#[cfg(feature = "registry")]
-/// The registry for the test `id`, on port 0, with limits off.
-pub fn registry_config(id: &str) -> registry::RegistryConfig {
-    registry::RegistryConfig {
-        common: common_config("registry", id),
-        bind: "127.0.0.1:0".into(),
-        stale_after_ms: 10_000,
-        reservation_ttl_ms: 10_000,
-        dev_token_ttl_secs: 60,
-        assign_rate_per_ip: switchboard_service_kit::limits::Rate {
-            per_sec: 0.0,
-            burst: 0.0,
-        },
-        reservations_per_ip: 0,
+/// The registry's variables for the test `id`: port 0, limits off, short dev tokens. Build
+/// with `.config(registry::config::HELP_TABLES, RegistryConfig::from_lookup)`.
+pub fn registry_vars(id: &str) -> Vars {
+    common_vars("registry", id)
+        .with("SB_REGISTRY_BIND", "127.0.0.1:0")
+        .with("SB_SERVER_STALE_MS", 10_000)
+        .with("SB_RESERVATION_TTL_MS", 10_000)
+        .with("SB_DEV_TOKEN_TTL_SECS", 60)
+        .with("SB_ASSIGN_RATE_PER_IP", 0)
+        .with("SB_ASSIGN_BURST_PER_IP", 0)
+        .with("SB_RESERVATIONS_PER_IP", 0)
+}
+
+/// The message service's variables for the test `id`: port 0, storing into `database_url`
+/// (see [`fresh_database`]), a small pool and groups, quick log fetches.
+pub fn message_service_vars(id: &str, database_url: &str) -> Vars {
+    common_vars("message-service", id)
+        .merge(kafka_vars(id))
+        .with("SB_MESSAGE_BIND", "127.0.0.1:0")
+        .with("SB_DATABASE_URL", database_url)
+        .with("SB_DB_MAX_CONNECTIONS", 4)
+        .with("SB_MAX_GROUP_MEMBERS", 50)
+        .with("SB_INGEST_FETCH_WAIT_MS", 50)
+}
+
+/// A socket manager's variables for the test `id`: port 0, asking `message_service_url` for
+/// members and the settled log; one partition per topic, handler topics kept (tansu 0.6 must
+/// not delete topics), no replica acks needed beyond the one replica.
+pub fn manager_vars(id: &str, message_service_url: &str) -> Vars {
+    common_vars("socket-manager", id)
+        .merge(kafka_vars(id))
+        .with("SB_MANAGER_BIND", "127.0.0.1:0")
+        .with("SB_MESSAGE_SERVICE_URL", message_service_url)
+        .with("SB_LOCK_TTL_MS", 5_000)
+        .with("SB_LOCK_WAIT_MS", 3_000)
+        .with("SB_PRODUCE_TIMEOUT_MS", 5_000)
+        .with("SB_IDEMPOTENCY_TTL_SECS", 3_600)
+        .with("SB_USER_MAPPING_TTL_MS", 60_000)
+        .with("SB_HANDLER_TTL_MS", 10_000)
+        .with("SB_MESSAGE_PARTITIONS", 1)
+        .with("SB_PRESENCE_MAX_GROUP", 100)
+        .with("SB_DELETE_HANDLER_TOPICS", false)
+        .with("SB_SEQ_REPLICA_ACKS", 1)
+        .with("SB_SEQ_REPLICA_ACK_TIMEOUT_MS", 500)
+        .with("SB_MANAGER_ID", format!("manager-{id}"))
+}
+
+/// A socket server's variables for the test `id`: port 0, registering with `registry_url` and
+/// sending to `manager_urls` (messaging off when empty), quick reconciles and heartbeats.
+pub fn socket_server_vars(id: &str, registry_url: &str, manager_urls: &[String]) -> Vars {
+    let vars = common_vars("socket-server", id)
+        .merge(kafka_vars(id))
+        .with("SB_SOCKET_BIND", "127.0.0.1:0")
+        .with("SB_SERVER_ID", format!("socket-{id}"))
+        .with("SB_REGISTRY_URL", registry_url)
+        .with("SB_MAX_CONNECTIONS", 1_000)
+        .with("SB_MAX_FRAME_BYTES", 64 * 1024)
+        .with("SB_MAX_BODY_BYTES", 16 * 1024)
+        .with("SB_HEARTBEAT_INTERVAL_MS", 5_000)
+        .with("SB_CLIENT_TIMEOUT_MS", 15_000)
+        .with("SB_RECONCILE_INTERVAL_MS", 200)
+        .with("SB_OUTBOUND_QUEUE", 256)
+        .with("SB_CLIENT_RATE_PER_SEC", 200)
+        .with("SB_CLIENT_RATE_BURST", 400)
+        .with("SB_SHUTDOWN_GRACE_MS", 1_000)
+        .with("SB_MESSAGING_ENABLED", !manager_urls.is_empty())
+        .with("SB_MANAGER_LANES", 2)
+        .with("SB_CONNECTS_PER_IP_PER_SEC", 0)
+        .with("SB_CONNECTS_BURST_PER_IP", 0)
+        .with("SB_MAX_CONNECTIONS_PER_USER", 10)
+        .with("SB_MANAGER_LANE_BATCHES", 1)
+        .with("SB_HANDLER_HEARTBEAT_MS", 500)
+        .with("SB_MAPPING_RENEW_MS", 300_000)
+        .with("SB_DELIVERY_FETCH_WAIT_MS", 20);
+    if manager_urls.is_empty() {
+        vars
+    } else {
+        vars.with("SB_MANAGER_URLS", manager_urls.join(","))
     }
 }
 
-#[cfg(feature = "message-service")]
-/// The message service for the test `id`, on port 0, storing into `database_url` (see
-/// [`fresh_database`]).
-pub fn message_service_config(
-    id: &str,
-    database_url: &str,
-) -> message_service::MessageServiceConfig {
-    message_service::MessageServiceConfig {
-        common: common_config("message-service", id),
-        kafka: kafka_config(id),
-        bind: "127.0.0.1:0".into(),
-        database_url: database_url.into(),
-        db_max_connections: 4,
-        max_group_members: 50,
-        ingest_fetch_wait_ms: 50,
-    }
-}
-
-#[cfg(feature = "socket-manager")]
-/// A socket manager for the test `id`, on port 0, asking `message_service_url` for members
-/// and the settled log; one partition per topic, handler topics kept (tansu 0.6 must not
-/// delete topics), no replica acks needed.
-pub fn manager_config(id: &str, message_service_url: &str) -> socket_manager::ManagerConfig {
-    socket_manager::ManagerConfig {
-        common: common_config("socket-manager", id),
-        kafka: kafka_config(id),
-        bind: "127.0.0.1:0".into(),
-        message_service_url: message_service_url.into(),
-        lock_ttl: Duration::from_millis(5_000),
-        lock_wait: Duration::from_millis(3_000),
-        produce_timeout_ms: 5_000,
-        idempotency_ttl_secs: 3_600,
-        user_mapping_ttl_ms: 60_000,
-        handler_ttl_ms: 10_000,
-        message_partitions: 1,
-        presence_max_group: 100,
-        delete_handler_topics: false,
-        seq_replica_acks: 1,
-        seq_replica_ack_timeout: Duration::from_millis(500),
-        manager_id: format!("manager-{id}"),
-    }
-}
-
-#[cfg(feature = "socket-server")]
-/// A socket server for the test `id`, on port 0, registering with `registry_url` and sending
-/// to `manager_urls` (messaging off when empty).
-pub fn socket_server_config(
-    id: &str,
-    registry_url: &str,
-    manager_urls: &[String],
-) -> socket_server::SocketServerConfig {
-    socket_server::SocketServerConfig {
-        common: common_config("socket-server", id),
-        bind: "127.0.0.1:0".into(),
-        public_url: None,
-        health_url: None,
-        server_id: Some(format!("socket-{id}")),
-        registry_url: registry_url.into(),
-        max_connections: 1_000,
-        max_frame_bytes: 64 * 1024,
-        max_body_bytes: 16 * 1024,
-        heartbeat_interval: Duration::from_secs(5),
-        client_timeout: Duration::from_secs(15),
-        reconcile_interval: Duration::from_millis(200),
-        outbound_queue: 256,
-        client_rate_per_sec: 200,
-        client_rate_burst: 400,
-        shutdown_grace: Duration::from_secs(1),
-        messaging_enabled: !manager_urls.is_empty(),
-        manager_urls: manager_urls.to_vec(),
-        manager_lanes: 2,
-        connects_per_ip: switchboard_service_kit::limits::Rate {
-            per_sec: 0.0,
-            burst: 0.0,
-        },
-        max_connections_per_user: 10,
-        manager_lane_batches: 1,
-        handler_heartbeat: Duration::from_millis(500),
-        mapping_renew: Duration::from_secs(300),
-        delivery_fetch_wait_ms: 20,
-        kafka: kafka_config(id),
-    }
-}
-
-#[cfg(feature = "health-checker")]
-/// A health checker for the test `id`, on port 0, probing every `interval` and evicting after
-/// two misses.
-pub fn health_checker_config(id: &str, interval: Duration) -> health_checker::HealthCheckerConfig {
-    health_checker::HealthCheckerConfig {
-        common: common_config("health-checker", id),
-        bind: "127.0.0.1:0".into(),
-        probe_interval: interval,
-        probe_timeout: interval.min(Duration::from_millis(400)),
-        failure_threshold: 2,
-    }
+/// A health checker's variables for the test `id`: port 0, probing every `interval` (whole
+/// milliseconds) and evicting after two misses.
+pub fn health_checker_vars(id: &str, interval: Duration) -> Vars {
+    common_vars("health-checker", id)
+        .with("SB_HEALTH_BIND", "127.0.0.1:0")
+        .with("SB_PROBE_INTERVAL_MS", interval.as_millis())
+        .with(
+            "SB_PROBE_TIMEOUT_MS",
+            interval.min(Duration::from_millis(400)).as_millis(),
+        )
+        .with("SB_FAILURE_THRESHOLD", 2)
 }
