@@ -86,7 +86,7 @@ impl utoipa::Modify for BearerAuth {
 pub fn public_openapi() -> utoipa::openapi::OpenApi {
     use utoipa::OpenApi;
     let mut doc = PublicApi::openapi();
-    doc.merge(switchboard_registry::public_openapi());
+    doc.merge(switchboard_protocol::registry::public_openapi());
     doc.info = utoipa::openapi::InfoBuilder::new()
         .title("Switchboard REST API")
         .version(env!("CARGO_PKG_VERSION"))

@@ -32,10 +32,11 @@ pub(crate) struct AppState {
     pub reservations: IpLeases,
 }
 
-/// The OpenAPI description of the registry's public routes, generated from the handlers.
+/// The OpenAPI description of the registry's public routes; it lives in `protocol`
+/// ([`switchboard_protocol::registry::public_openapi`]) with the bodies it names, so other
+/// services can publish it without depending on this crate.
 pub fn public_openapi() -> utoipa::openapi::OpenApi {
-    use utoipa::OpenApi;
-    routes::PublicApi::openapi()
+    switchboard_protocol::registry::public_openapi()
 }
 
 pub struct Application {

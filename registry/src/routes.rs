@@ -1,10 +1,12 @@
 //! Registry handlers. Errors are [`ApiError`]s, so every failure is the JSON error body.
+//! The public ones (`assign`, `list`, `dev_token`) are described for OpenAPI in
+//! `switchboard_protocol::registry::public_openapi`: a change to their statuses or bodies
+//! goes there too.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{TimeZone, Utc};
-use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::registry::{
-    Assignment, DevTokenRequest, DevTokenResponse, Registration, ServerInfo, ServerList,
+    DevTokenRequest, DevTokenResponse, Registration, ServerInfo, ServerList,
 };
 use switchboard_protocol::token::TokenError;
 use switchboard_protocol::ErrorCode;
@@ -82,30 +84,12 @@ fn tunnel_allowed<'a>(urls: impl IntoIterator<Item = &'a str>, ip: &str) -> bool
     })
 }
 
-/// The registry's public routes (registration is cluster-only and not listed).
-#[derive(utoipa::OpenApi)]
-#[openapi(paths(assign, list, dev_token))]
-pub struct PublicApi;
-
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
 /// The least-loaded socket server, with a slot reserved for a few seconds.
-#[utoipa::path(
-    get,
-    path = "/api/v1/socket-server",
-    tag = "registry",
-    responses(
-        (status = 200, description = "the server to connect to", body = Assignment),
-        (status = 429, description = "too many assignments from this address (`rate_limited`)", body = ErrorBody),
-        (status = 503, description = "no server has room (`no_capacity`) or Redis is down", body = ErrorBody),
-    )
-)]
-pub(crate) async fn assign(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+async fn assign(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if let Some(ip) = limits::client_ip(&req) {
         let now = std::time::Instant::now();
         if !state.assign_rate.allow(ip, now) || !state.reservations.try_take(ip, now) {
@@ -145,19 +129,7 @@ pub(crate) async fn assign(
 }
 
 /// Every registered socket server with its load.
-#[utoipa::path(
-    get,
-    path = "/api/v1/socket-servers",
-    tag = "registry",
-    responses(
-        (status = 200, description = "the registered servers", body = ServerList),
-        (status = 503, description = "Redis is down", body = ErrorBody),
-    )
-)]
-pub(crate) async fn list(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let servers = state
         .directory
         .list()
@@ -220,18 +192,7 @@ async fn deregister(
 }
 
 /// Dev mode only: mints a token for any user id.
-#[utoipa::path(
-    post,
-    path = "/api/v1/dev/token",
-    tag = "registry",
-    request_body = DevTokenRequest,
-    responses(
-        (status = 200, description = "a token", body = DevTokenResponse),
-        (status = 400, description = "not a valid user id, or not JSON", body = ErrorBody),
-        (status = 404, description = "dev mode is off (`dev_mode_disabled`)", body = ErrorBody),
-    )
-)]
-pub(crate) async fn dev_token(
+async fn dev_token(
     state: web::Data<AppState>,
     body: web::Json<DevTokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
