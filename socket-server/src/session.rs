@@ -588,3 +588,460 @@ mod tests {
         assert_eq!(refusal(&send("edge", &"x".repeat(16))), None);
     }
 }
+
+/// The loop driven by channels: the client's frames are a `Stream` over a tokio channel, what
+/// the loop writes a `Sink` into another; time is tokio's paused clock, so heartbeats are
+/// exact. There is no manager link (`manager: None`), so chat frames that pass validation are
+/// answered `unavailable`; forwarding to real managers is covered by `tests/ws.rs`.
+#[cfg(test)]
+mod loop_tests {
+    use std::cell::Cell;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use actix_web::web::Bytes;
+    use futures_util::Sink;
+    use switchboard_service_kit::ops::Ops;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    type Read = Result<Incoming<String>, ReadError>;
+
+    /// The client's frames, as the loop reads them.
+    struct Frames(mpsc::UnboundedReceiver<Read>);
+
+    impl Stream for Frames {
+        type Item = Read;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Read>> {
+            self.0.poll_recv(cx)
+        }
+    }
+
+    /// The client's side of the connection: what the loop writes arrives here.
+    struct Wire(mpsc::UnboundedSender<Outgoing>);
+
+    impl Sink<Outgoing> for Wire {
+        type Error = mpsc::error::SendError<Outgoing>;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, frame: Outgoing) -> Result<(), Self::Error> {
+            self.0.send(frame)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What a session shares with the server: metrics, the shutdown and kick tokens, limits
+    /// (the defaults: heartbeat 5 s, timeout 15 s), and whether `leave` has run.
+    struct Fixture {
+        metrics: Metrics,
+        shutdown: CancellationToken,
+        kick: CancellationToken,
+        limits: SessionLimits,
+        left: Cell<bool>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                metrics: Metrics::new(&Ops::new("socket-server")).expect("metrics"),
+                shutdown: CancellationToken::new(),
+                kick: CancellationToken::new(),
+                limits: SessionLimits {
+                    heartbeat_interval: Duration::from_secs(5),
+                    client_timeout: Duration::from_secs(15),
+                    rate_per_sec: 200,
+                    rate_burst: 400,
+                    max_body_bytes: 64 * 1024,
+                },
+                left: Cell::new(false),
+            }
+        }
+
+        /// A client and the session loop serving it (to be polled alongside the client).
+        fn connect(&self) -> (Client, impl Future<Output = ()> + '_) {
+            let (frames, frames_rx) = mpsc::unbounded_channel();
+            let (wire_tx, wire) = mpsc::unbounded_channel();
+            let (queue, outbound) = mpsc::channel(16);
+            let ctx = SessionContext {
+                conn_id: 7,
+                user_id: "u1",
+                server_id: "socket-test",
+                limits: self.limits,
+                metrics: &self.metrics,
+                manager: None,
+                shutdown: &self.shutdown,
+                kick: &self.kick,
+                own_queue: queue.clone(),
+                outbound,
+            };
+            let leave = async { self.left.set(true) };
+            let session = run_session(Frames(frames_rx), Wire(wire_tx), ctx, leave);
+            let client = Client {
+                frames,
+                wire,
+                queue,
+            };
+            (client, session)
+        }
+    }
+
+    struct Client {
+        frames: mpsc::UnboundedSender<Read>,
+        wire: mpsc::UnboundedReceiver<Outgoing>,
+        /// The connection's outbound queue, as the hub and the managers' replies fill it.
+        queue: mpsc::Sender<Outbound>,
+    }
+
+    impl Client {
+        fn send(&self, frame: Incoming<String>) {
+            self.frames.send(Ok(frame)).expect("loop reads");
+        }
+
+        fn text(&self, text: &str) {
+            self.send(Incoming::Text(text.to_owned()));
+        }
+
+        /// The next frame written, heartbeat pings skipped.
+        async fn next(&mut self) -> Outgoing {
+            loop {
+                match self.wire.recv().await.expect("the loop ended") {
+                    Outgoing::Ping => continue,
+                    frame => return frame,
+                }
+            }
+        }
+
+        /// The next text frame, parsed.
+        async fn frame(&mut self) -> ServerFrame {
+            match self.next().await {
+                Outgoing::Text(text) => serde_json::from_str(&text).expect("a server frame"),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+
+        async fn error(&mut self) -> (ErrorCode, String, Option<String>) {
+            match self.frame().await {
+                ServerFrame::Error {
+                    code,
+                    message,
+                    client_msg_id,
+                } => (code, message, client_msg_id),
+                other => panic!("expected an error frame, got {other:?}"),
+            }
+        }
+
+        async fn hello(&mut self) {
+            assert_eq!(
+                self.frame().await,
+                ServerFrame::Hello {
+                    user_id: "u1".into(),
+                    server_id: "socket-test".into()
+                }
+            );
+        }
+
+        /// The close frame, then nothing: the loop has ended and dropped its writer.
+        async fn closed(&mut self) -> Option<CloseFrame> {
+            let close = match self.next().await {
+                Outgoing::Close(close) => close,
+                other => panic!("expected a close frame, got {other:?}"),
+            };
+            assert_eq!(
+                self.wire.recv().await,
+                None,
+                "nothing after the close frame"
+            );
+            close
+        }
+    }
+
+    fn close(code: u16, reason: Option<&'static str>) -> Option<CloseFrame> {
+        Some(CloseFrame { code, reason })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hello_then_a_ping_frame_gets_pong_and_a_websocket_ping_its_pong() {
+        let fx = Fixture::new();
+        let (mut client, session) = fx.connect();
+        let script = async move {
+            client.hello().await;
+            client.text(r#"{"type":"ping"}"#);
+            assert_eq!(client.frame().await, ServerFrame::Pong);
+            client.send(Incoming::Ping(Bytes::from_static(b"abc")));
+            assert_eq!(
+                client.next().await,
+                Outgoing::Pong(Bytes::from_static(b"abc"))
+            );
+            client.send(Incoming::Close);
+            assert_eq!(client.closed().await, close(1000, None));
+        };
+        tokio::join!(session, script);
+        // `hello` and protocol pongs are not counted, as before.
+        assert_eq!(fx.metrics.frames_in.get(), 1);
+        assert_eq!(fx.metrics.frames_out.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_malformed_frame_gets_an_error_and_the_loop_goes_on() {
+        let fx = Fixture::new();
+        let (mut client, session) = fx.connect();
+        let script = async move {
+            client.hello().await;
+            client.text("not json");
+            let (code, _, id) = client.error().await;
+            assert_eq!((code, id), (ErrorCode::BadRequest, None));
+            client.text(r#"{"type":"nonsense"}"#);
+            assert_eq!(client.error().await.0, ErrorCode::BadRequest);
+            client.send(Incoming::Binary);
+            let (code, message, _) = client.error().await;
+            assert_eq!(code, ErrorCode::BadRequest);
+            assert!(message.contains("binary"), "{message}");
+            client.send(Incoming::Pong);
+            client.text(r#"{"type":"ping"}"#);
+            assert_eq!(client.frame().await, ServerFrame::Pong);
+            client.send(Incoming::Close);
+            assert_eq!(client.closed().await, close(1000, None));
+        };
+        tokio::join!(session, script);
+        assert_eq!(fx.metrics.frames_in.get(), 4);
+        assert_eq!(fx.metrics.frames_out.get(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_with_nul_is_a_bad_request_and_a_valid_send_without_managers_unavailable() {
+        let fx = Fixture::new();
+        let (mut client, session) = fx.connect();
+        let script = async move {
+            client.hello().await;
+            client.text(
+                r#"{"type":"send","conversation_id":"c1","client_msg_id":"m1","body":"a\u0000b"}"#,
+            );
+            let (code, message, id) = client.error().await;
+            assert_eq!((code, id.as_deref()), (ErrorCode::BadRequest, Some("m1")));
+            assert!(message.contains("U+0000"), "{message}");
+            client.text(r#"{"type":"typing","conversation_id":"c\u0000"}"#);
+            assert_eq!(client.error().await.0, ErrorCode::BadRequest);
+            client
+                .text(r#"{"type":"send","conversation_id":"c1","client_msg_id":"m2","body":"hi"}"#);
+            let (code, _, id) = client.error().await;
+            assert_eq!((code, id.as_deref()), (ErrorCode::Unavailable, Some("m2")));
+            client.send(Incoming::Close);
+            assert_eq!(client.closed().await, close(1000, None));
+        };
+        tokio::join!(session, script);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_pinged_every_interval_then_closed_with_1001() {
+        let fx = Fixture::new();
+        let (mut client, session) = fx.connect();
+        let start = Instant::now();
+        let script = async move {
+            client.hello().await;
+            // The first tick is immediate; a client heard 15 s ago is not yet past the
+            // timeout, so the close comes at the first tick after it: 20 s.
+            for n in 0..4u64 {
+                assert_eq!(client.wire.recv().await, Some(Outgoing::Ping));
+                let at = start.elapsed().as_secs_f64();
+                assert!((at - 5.0 * n as f64).abs() < 0.01, "ping {n} at {at}s");
+            }
+            assert_eq!(
+                client.closed().await,
+                close(1001, Some("heartbeat timeout"))
+            );
+            let at = start.elapsed().as_secs_f64();
+            assert!((at - 20.0).abs() < 0.01, "closed at {at}s");
+        };
+        tokio::join!(session, script);
+        assert!(fx.left.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_answers_pings_stays() {
+        let fx = Fixture::new();
+        let (mut client, session) = fx.connect();
+        let start = Instant::now();
+        let script = async move {
+            client.hello().await;
+            let mut pings = 0;
+            while start.elapsed() < Duration::from_secs(60) {
+                assert_eq!(client.wire.recv().await, Some(Outgoing::Ping));
+                pings += 1;
+                client.send(Incoming::Pong);
+            }
+            assert_eq!(pings, 13);
+            client.send(Incoming::Close);
+            assert_eq!(client.closed().await, close(1000, None));
+        };
+        tokio::join!(session, script);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_close_ends_the_loop_after_leaving() {
+        let fx = Fixture::new();
+        let (mut client, session) = fx.connect();
+        let left = &fx.left;
+        let script = async move {
+            client.hello().await;
+            assert!(!left.get());
+            client.send(Incoming::Close);
+            let close_frame = client.closed().await;
+            assert_eq!(close_frame, close(1000, None));
+            // The hub and the managers hear of it before the client gets its close frame.
+            assert!(left.get());
+            // `client.frames` is still open here: the close frame, not the end of the
+            // stream, ended the loop.
+            drop(client);
+        };
+        tokio::join!(session, script);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_vanished_client_gets_no_close_code() {
+        for last in [None, Some(Err(ReadError::Broken))] {
+            let fx = Fixture::new();
+            let (mut client, session) = fx.connect();
+            let script = async move {
+                client.hello().await;
+                match last {
+                    Some(read) => client.frames.send(read).unwrap(),
+                    None => drop(std::mem::replace(
+                        &mut client.frames,
+                        mpsc::unbounded_channel().0,
+                    )),
+                }
+                assert_eq!(client.closed().await, None);
+            };
+            tokio::join!(session, script);
+            assert!(fx.left.get());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_frames_are_written_in_order() {
+        let fx = Fixture::new();
+        let (mut client, session) = fx.connect();
+        let script = async move {
+            client.hello().await;
+            let frames: Vec<Arc<str>> = (1..=10)
+                .map(|n| {
+                    Arc::from(format!(
+                        r#"{{"type":"typing","conversation_id":"c{n}","user_id":"u2"}}"#
+                    ))
+                })
+                .collect();
+            for frame in &frames[..5] {
+                client
+                    .queue
+                    .try_send(Outbound::Frame(frame.clone()))
+                    .unwrap();
+            }
+            client.text(r#"{"type":"ping"}"#);
+            for frame in &frames[5..] {
+                client
+                    .queue
+                    .send(Outbound::Frame(frame.clone()))
+                    .await
+                    .unwrap();
+            }
+            let mut written = Vec::new();
+            while written.len() < 11 {
+                match client.next().await {
+                    Outgoing::Text(text) => written.push(text),
+                    other => panic!("{other:?}"),
+                }
+            }
+            // The client's frame is read first (the loop prefers it); the queue keeps its
+            // order.
+            assert_eq!(written[0], ServerFrame::Pong.to_json());
+            let queued: Vec<&str> = frames.iter().map(|f| &**f).collect();
+            assert_eq!(written[1..], queued[..]);
+            client.send(Incoming::Close);
+            assert_eq!(client.closed().await, close(1000, None));
+        };
+        tokio::join!(session, script);
+        assert_eq!(fx.metrics.frames_out.get(), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_with_1012_and_a_kick_with_1013() {
+        let fx = Fixture::new();
+        let (mut client, session) = fx.connect();
+        let shutdown = &fx.shutdown;
+        let script = async move {
+            client.hello().await;
+            shutdown.cancel();
+            assert_eq!(
+                client.closed().await,
+                close(
+                    1012,
+                    Some("server restarting: reconnect through the registry")
+                )
+            );
+        };
+        tokio::join!(session, script);
+        assert_eq!(fx.metrics.slow_consumer_kicks.get(), 0);
+
+        let fx = Fixture::new();
+        let (mut client, session) = fx.connect();
+        let kick = &fx.kick;
+        let script = async move {
+            client.hello().await;
+            kick.cancel();
+            assert_eq!(
+                client.closed().await,
+                close(1013, Some("too slow: reconnect and resync from history"))
+            );
+        };
+        tokio::join!(session, script);
+        assert_eq!(fx.metrics.slow_consumer_kicks.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_frame_gets_too_large_then_1009() {
+        let fx = Fixture::new();
+        let (mut client, session) = fx.connect();
+        let script = async move {
+            client.hello().await;
+            client.frames.send(Err(ReadError::TooLarge)).unwrap();
+            assert_eq!(client.error().await.0, ErrorCode::TooLarge);
+            assert_eq!(client.closed().await, close(1009, Some("frame too large")));
+        };
+        tokio::join!(session, script);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_burst_frames_are_rate_limited_and_the_loop_goes_on() {
+        let mut fx = Fixture::new();
+        fx.limits.rate_per_sec = 0;
+        fx.limits.rate_burst = 2;
+        let (mut client, session) = fx.connect();
+        let script = async move {
+            client.hello().await;
+            for _ in 0..3 {
+                client.text(r#"{"type":"ping"}"#);
+            }
+            assert_eq!(client.frame().await, ServerFrame::Pong);
+            assert_eq!(client.frame().await, ServerFrame::Pong);
+            assert_eq!(client.error().await.0, ErrorCode::RateLimited);
+            client.send(Incoming::Ping(Bytes::new()));
+            assert_eq!(client.next().await, Outgoing::Pong(Bytes::new()));
+            client.send(Incoming::Close);
+            assert_eq!(client.closed().await, close(1000, None));
+        };
+        tokio::join!(session, script);
+        assert_eq!(fx.metrics.frames_in.get(), 3);
+    }
+}
