@@ -118,9 +118,15 @@ mod openapi {
 mod tests {
     use utoipa::openapi::path::HttpMethod;
 
-    /// Each public route with its method and documented statuses, each status with its body
-    /// schema.
-    const ROUTES: [(&str, HttpMethod, &[(&str, &str)]); 3] = [
+    /// A route, its method, and its documented statuses, each with its body schema.
+    type Route = (
+        &'static str,
+        HttpMethod,
+        &'static [(&'static str, &'static str)],
+    );
+
+    /// Each public route of the registry.
+    const ROUTES: [Route; 3] = [
         (
             "/api/v1/socket-server",
             HttpMethod::Get,
