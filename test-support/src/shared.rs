@@ -132,11 +132,37 @@ impl<T: Clone + Send + 'static> Fixture<T> {
     }
 }
 
+/// A fixture's directory, `sb-fast-<name>-<pid>-<random>` in the temp dir. The fixtures live
+/// as long as the test binary, which ends without dropping them, so their directories are
+/// swept here instead: any left by a process that is gone.
 fn fixture_dir(name: &str) -> Result<tempfile::TempDir> {
+    sweep_fixture_dirs();
     tempfile::Builder::new()
-        .prefix(&format!("sb-fast-{name}-"))
+        .prefix(&format!("sb-fast-{name}-{}-", std::process::id()))
         .tempdir()
         .context("a temp dir")
+}
+
+/// Removes the fixture directories of test binaries that are no longer running.
+fn sweep_fixture_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix("sb-fast-")) else {
+            continue;
+        };
+        let owner = rest
+            .split('-')
+            .nth(1)
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = owner {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 /// The shared Redis: a master, two replicas and three Sentinels.
