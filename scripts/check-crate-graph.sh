@@ -2,7 +2,8 @@
 # Fails when the workspace's crate graph has a cycle, counting normal, build and dev
 # dependencies between workspace members alike (Cargo allows a cycle through a dev-dependency,
 # but then a crate's tests link a second copy of it, and a library is tied to its users).
-# Prints the cycle it finds, each edge with its kind.
+# Prints the cycle it finds, each edge with its kind. Also fails when a service depends (normal
+# dependency) on another service: services share code through the library crates below them.
 #
 #   scripts/check-crate-graph.sh
 set -euo pipefail
@@ -41,6 +42,11 @@ def visit(name, via):
 for name in sorted(packages):
     if name not in state:
         visit(name, None)
+SERVICES = {"registry", "socket-server", "socket-manager", "message-service", "health-checker"}
+for name in sorted(SERVICES & packages.keys()):
+    for dep, kind in edges[name]:
+        if kind == "normal" and dep in SERVICES:
+            sys.exit(f"service {name} depends on service {dep}")
 count = sum(len(e) for e in edges.values())
-print(f"crate graph: {len(packages)} workspace crates, {count} edges (normal, build and dev), no cycle")
+print(f"crate graph: {len(packages)} workspace crates, {count} edges (normal, build and dev), no cycle, no service depends on a service")
 '

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+bash scripts/check-crate-graph.sh
 cargo build --workspace --bins
 # Every test binary's summary is kept so the run ends with one plain total line.
 log=$(mktemp)
