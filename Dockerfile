@@ -34,6 +34,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY protocol/Cargo.toml         protocol/
 COPY service-kit/Cargo.toml      service-kit/
 COPY server-directory/Cargo.toml server-directory/
+COPY chat-state/Cargo.toml       chat-state/
 COPY registry/Cargo.toml         registry/
 COPY socket-server/Cargo.toml    socket-server/
 COPY health-checker/Cargo.toml   health-checker/
@@ -44,6 +45,7 @@ COPY message-service/Cargo.toml  message-service/
 COPY test-support/Cargo.toml     test-support/
 COPY e2e-tests/Cargo.toml        e2e-tests/
 COPY loadgen/Cargo.toml          loadgen/
+COPY client/Cargo.toml           client/
 
 # Stub every member generically: src/lib.rs, src/main.rs, and every explicit target `path`
 # a manifest names (e.g. test-support's [[bin]] devstack). Then build only the dependencies
@@ -71,6 +73,7 @@ RUN set -eu; \
 COPY protocol/         protocol/
 COPY service-kit/      service-kit/
 COPY server-directory/ server-directory/
+COPY chat-state/       chat-state/
 COPY registry/         registry/
 COPY socket-server/    socket-server/
 COPY health-checker/   health-checker/
@@ -81,6 +84,7 @@ COPY message-service/  message-service/
 COPY test-support/     test-support/
 COPY e2e-tests/        e2e-tests/
 COPY loadgen/          loadgen/
+COPY client/           client/
 
 # COPY keeps the files' (older) modification times; cargo would then consider the stub
 # builds of the workspace crates fresh and ship stub binaries. Touch the sources first.

@@ -133,6 +133,20 @@ pub(crate) fn plan(handler: &str, items: Vec<HandlerItem>) -> BatchPlan {
     plan
 }
 
+/// `signals` grouped by connection, groups in order of first appearance, each in batch order.
+pub(crate) fn by_connection(signals: Vec<Signal>) -> Vec<Vec<Signal>> {
+    let mut groups: Vec<Vec<Signal>> = Vec::new();
+    let mut place: HashMap<u64, usize> = HashMap::new();
+    for signal in signals {
+        let at = *place.entry(signal.connection_id).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(signal);
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +283,14 @@ mod tests {
             ]
         );
         assert!(plan.sends.is_empty());
+        let groups: Vec<Vec<usize>> = by_connection(plan.signals)
+            .iter()
+            .map(|g| g.iter().map(|s| s.index).collect())
+            .collect();
+        assert_eq!(
+            groups,
+            vec![vec![0, 1], vec![2]],
+            "per connection, in batch order"
+        );
     }
 }
