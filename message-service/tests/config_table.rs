@@ -1,10 +1,8 @@
 //! The message service's environment variables: one table, distinct `SB_` names, every one documented
 //! in docs/configuration.md with its real default, and listed by `message-service --help`.
 
-use std::process::Command;
-
 use message_service::config::{HELP_TABLES, TABLE};
-use switchboard_service_kit::env::{check_defaults, check_documented, check_names};
+use switchboard_service_kit::env::{check_cli, check_defaults, check_service_tables};
 
 const DOC: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -13,14 +11,7 @@ const DOC: &str = include_str!(concat!(
 
 #[test]
 fn names_are_distinct_and_documented() {
-    let problems = check_names(HELP_TABLES);
-    assert!(problems.is_empty(), "{problems:#?}");
-    let problems = check_documented(DOC, HELP_TABLES);
-    assert!(problems.is_empty(), "{problems:#?}");
-    assert!(
-        DOC.contains(&format!("## {}", TABLE.title)),
-        "docs/configuration.md has a section per service"
-    );
+    check_service_tables(DOC, HELP_TABLES, &TABLE).unwrap();
 }
 
 /// The only test of this file that touches the environment.
@@ -36,30 +27,10 @@ fn documented_defaults_are_the_code_defaults() {
 
 #[test]
 fn help_lists_every_variable_and_bad_arguments_fail() {
-    let help = Command::new(env!("CARGO_BIN_EXE_message-service"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(help.status.success(), "{help:?}");
-    let text = String::from_utf8(help.stdout).unwrap();
-    for var in HELP_TABLES.iter().flat_map(|t| t.vars) {
-        assert!(
-            text.contains(var.name),
-            "--help does not list {}:\n{text}",
-            var.name
-        );
-    }
-    let version = Command::new(env!("CARGO_BIN_EXE_message-service"))
-        .arg("-V")
-        .output()
-        .unwrap();
-    assert!(version.status.success());
-    assert!(String::from_utf8_lossy(&version.stdout).starts_with("message-service "));
-    let bad = Command::new(env!("CARGO_BIN_EXE_message-service"))
-        .arg("--bogus")
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("--bogus") && err.contains("--help"), "{err}");
+    check_cli(
+        env!("CARGO_BIN_EXE_message-service"),
+        "message-service",
+        HELP_TABLES,
+    )
+    .unwrap();
 }

@@ -115,6 +115,63 @@ pub fn check_documented(doc: &str, tables: &[EnvTable]) -> Vec<String> {
     problems
 }
 
+/// The table checks of one service (its `tests/config_table.rs`): [`check_names`] and
+/// [`check_documented`] over every table it reads, and a section of `doc` titled after its
+/// own table (`own`).
+pub fn check_service_tables(doc: &str, tables: &[EnvTable], own: &EnvTable) -> Result<(), String> {
+    let mut problems = check_names(tables);
+    problems.extend(check_documented(doc, tables));
+    if !doc.contains(&format!("## {}", own.title)) {
+        problems.push(format!(
+            "docs/configuration.md has no section `## {}`",
+            own.title
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// Runs the built binary `exe` (named `name`) the way an operator would: `--help` exits 0 and
+/// lists every variable of `tables`, `-V` prints `name` and the version, and an unknown
+/// argument exits 2 naming itself and pointing at `--help`.
+pub fn check_cli(exe: &str, name: &str, tables: &[EnvTable]) -> Result<(), String> {
+    let run = |arg: &str| {
+        std::process::Command::new(exe)
+            .arg(arg)
+            .output()
+            .map_err(|e| format!("running {exe} {arg}: {e}"))
+    };
+    let help = run("--help")?;
+    if !help.status.success() {
+        return Err(format!("{name} --help: {help:?}"));
+    }
+    let text = String::from_utf8_lossy(&help.stdout);
+    let missing: Vec<&str> = tables
+        .iter()
+        .flat_map(|t| t.vars)
+        .map(|v| v.name)
+        .filter(|n| !text.contains(n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("{name} --help does not list {missing:?}:\n{text}"));
+    }
+    let version = run("-V")?;
+    if !version.status.success()
+        || !String::from_utf8_lossy(&version.stdout).starts_with(&format!("{name} "))
+    {
+        return Err(format!("{name} -V: {version:?}"));
+    }
+    let bad = run("--bogus")?;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    if bad.status.code() != Some(2) || !err.contains("--bogus") || !err.contains("--help") {
+        return Err(format!("{name} --bogus: {bad:?}"));
+    }
+    Ok(())
+}
+
 /// Checks that the defaults in `tables` are the ones `read` (a `from_env`) really uses: reads
 /// the config once with every variable of the tables unset and once with each set to its
 /// documented default, and compares the two (by their `Debug` output). `pinned` variables
