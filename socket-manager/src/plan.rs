@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use switchboard_protocol::frames::{ClientFrame, ReceiptKind, ServerFrame};
 use switchboard_protocol::internal::HandlerItem;
-use switchboard_protocol::{ClientMsgId, ErrorCode};
+use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, HandlerId, UserId};
 
 use crate::sequencer::SendRequest;
 
@@ -37,12 +37,12 @@ pub(crate) struct BatchPlan {
     pub online: Vec<String>,
     pub offline: Vec<String>,
     /// Per conversation, its sends in batch order with their places.
-    pub sends: HashMap<String, Vec<(usize, SendRequest)>>,
+    pub sends: HashMap<ConversationId, Vec<(usize, SendRequest)>>,
     pub signals: Vec<Signal>,
 }
 
 /// Splits the items `handler` posted; see the module docs.
-pub(crate) fn plan(handler: &str, items: Vec<HandlerItem>) -> BatchPlan {
+pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>) -> BatchPlan {
     let mut plan = BatchPlan {
         replies: vec![None; items.len()],
         ..BatchPlan::default()
@@ -97,17 +97,31 @@ pub(crate) fn plan(handler: &str, items: Vec<HandlerItem>) -> BatchPlan {
                     });
                     continue;
                 }
+                // Conversation ids are ULIDs: any other text names no conversation the
+                // sender is in (the answer a real but foreign conversation gets too).
+                let (Ok(conversation_id), Ok(sender_id), Ok(checked_msg_id)) = (
+                    ConversationId::parse(conversation_id),
+                    UserId::parse(user_id),
+                    ClientMsgId::parse(client_msg_id.as_str()),
+                ) else {
+                    plan.replies[index] = Some(ServerFrame::Error {
+                        code: ErrorCode::NotAMember,
+                        message: "you are not a member of this conversation".into(),
+                        client_msg_id: Some(client_msg_id),
+                    });
+                    continue;
+                };
                 plan.sends
                     .entry(conversation_id.clone())
                     .or_default()
                     .push((
                         index,
                         SendRequest {
-                            handler_id: handler.to_owned(),
+                            handler_id: handler.clone(),
                             connection_id,
-                            sender_id: user_id,
+                            sender_id,
                             conversation_id,
-                            client_msg_id,
+                            client_msg_id: checked_msg_id,
                             body,
                         },
                     ));
@@ -151,12 +165,19 @@ pub(crate) fn by_connection(signals: Vec<Signal>) -> Vec<Vec<Signal>> {
 mod tests {
     use super::*;
 
+    const C1: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    const C2: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
+
     fn frame(connection_id: u64, user: &str, frame: ClientFrame) -> HandlerItem {
         HandlerItem::Frame {
             connection_id,
             user_id: user.into(),
             frame,
         }
+    }
+
+    fn conversation(id: &str) -> ConversationId {
+        ConversationId::parse(id).unwrap()
     }
 
     fn send(conversation: &str, client_msg_id: &str) -> ClientFrame {
@@ -187,7 +208,7 @@ mod tests {
                 user_id: "bob".into(),
             },
         ];
-        let plan = plan("h1", items);
+        let plan = plan(&HandlerId::parse("h1").unwrap(), items);
         assert_eq!(plan.online, vec!["bob".to_owned()]);
         assert_eq!(plan.offline, vec!["ann".to_owned()]);
         assert!(plan.replies.iter().all(Option::is_none));
@@ -196,20 +217,22 @@ mod tests {
     #[test]
     fn sends_group_per_conversation_in_batch_order_with_their_places() {
         let items = vec![
-            frame(1, "ann", send("c1", "a")),
-            frame(2, "bob", send("c2", "b")),
+            frame(1, "ann", send(C1, "a")),
+            frame(2, "bob", send(C2, "b")),
             frame(1, "ann", ClientFrame::Ping),
-            frame(2, "bob", send("c1", "c")),
-            frame(1, "ann", send("c1", "d")),
+            frame(2, "bob", send(C1, "c")),
+            frame(1, "ann", send(C1, "d")),
         ];
-        let plan = plan("h1", items);
-        let c1: Vec<(usize, &str, &str)> = plan.sends["c1"]
+        let plan = plan(&HandlerId::parse("h1").unwrap(), items);
+        let c1: Vec<(usize, &str, &str)> = plan.sends[&conversation(C1)]
             .iter()
             .map(|(i, s)| (*i, s.sender_id.as_str(), s.client_msg_id.as_str()))
             .collect();
         assert_eq!(c1, vec![(0, "ann", "a"), (3, "bob", "c"), (4, "ann", "d")]);
-        assert_eq!(plan.sends["c2"].len(), 1);
-        assert!(plan.sends["c1"].iter().all(|(_, s)| s.handler_id == "h1"));
+        assert_eq!(plan.sends[&conversation(C2)].len(), 1);
+        assert!(plan.sends[&conversation(C1)]
+            .iter()
+            .all(|(_, s)| s.handler_id == "h1"));
         assert_eq!(plan.replies[2], Some(ServerFrame::Pong));
         assert_eq!(plan.replies.iter().filter(|r| r.is_some()).count(), 1);
     }
@@ -219,11 +242,20 @@ mod tests {
         let long = "m".repeat(129);
         let items = vec![
             frame(1, "ann", send("", "a")),
-            frame(1, "ann", send("c1", "")),
-            frame(1, "ann", send("c1", &long)),
-            frame(1, "ann", send("c1", "ok")),
+            frame(1, "ann", send(C1, "")),
+            frame(1, "ann", send(C1, &long)),
+            frame(1, "ann", send(C1, "ok")),
+            frame(1, "ann", send("no-such-conversation", "x")),
         ];
-        let plan = plan("h1", items);
+        let plan = plan(&HandlerId::parse("h1").unwrap(), items);
+        assert!(
+            matches!(
+                &plan.replies[4],
+                Some(ServerFrame::Error { code: ErrorCode::NotAMember, client_msg_id: Some(id), .. }) if id == "x"
+            ),
+            "a conversation id that is no ULID names no conversation: {:?}",
+            plan.replies[4]
+        );
         for (i, wanted) in [(0, "a"), (1, ""), (2, long.as_str())] {
             match &plan.replies[i] {
                 Some(ServerFrame::Error {
@@ -234,8 +266,8 @@ mod tests {
                 other => panic!("item {i}: {other:?}"),
             }
         }
-        assert_eq!(plan.sends["c1"].len(), 1);
-        assert_eq!(plan.sends["c1"][0].0, 3);
+        assert_eq!(plan.sends[&conversation(C1)].len(), 1);
+        assert_eq!(plan.sends[&conversation(C1)][0].0, 3);
     }
 
     #[test]
@@ -245,14 +277,14 @@ mod tests {
                 7,
                 "ann",
                 ClientFrame::Typing {
-                    conversation_id: "c1".into(),
+                    conversation_id: C1.into(),
                 },
             ),
             frame(
                 7,
                 "ann",
                 ClientFrame::Read {
-                    conversation_id: "c1".into(),
+                    conversation_id: C1.into(),
                     seq: 4,
                 },
             ),
@@ -260,12 +292,12 @@ mod tests {
                 8,
                 "bob",
                 ClientFrame::Delivered {
-                    conversation_id: "c2".into(),
+                    conversation_id: C2.into(),
                     seq: 9,
                 },
             ),
         ];
-        let plan = plan("h1", items);
+        let plan = plan(&HandlerId::parse("h1").unwrap(), items);
         let places: Vec<(usize, u64)> = plan
             .signals
             .iter()

@@ -115,8 +115,7 @@ async fn batch(
     body: web::Json<HandlerBatch>,
 ) -> Result<HttpResponse, ApiError> {
     require_cluster_secret(&req, &state.config.common.cluster_secret)?;
-    let handler = path.into_inner();
-    valid_handler_id(&handler)?;
+    let handler = valid_handler_id(&path.into_inner())?;
     let batch_id = req
         .headers()
         .get(BATCH_ID_HEADER)
@@ -131,7 +130,7 @@ async fn batch(
 /// The work of [`batch`], inside its span (so every line it logs names the batch).
 async fn answer_batch(
     state: web::Data<AppState>,
-    handler: String,
+    handler: HandlerId,
     items: Vec<HandlerItem>,
 ) -> Result<HttpResponse, ApiError> {
     let crate::plan::BatchPlan {

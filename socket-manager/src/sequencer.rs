@@ -32,7 +32,7 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use switchboard_message_log::{HandlerRecord, LogRecord};
 use switchboard_protocol::frames::ServerFrame;
-use switchboard_protocol::{ErrorCode, Timestamp};
+use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, HandlerId, Timestamp, UserId};
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
 
 use crate::batching::{LogAppender, Router};
@@ -44,14 +44,14 @@ use switchboard_chat_state::presence::HandlerMap;
 /// Handler id → the users on it who get a frame.
 type RouteTargets = HashMap<String, Vec<String>>;
 
-/// A send as the handler reported it.
+/// A send as the handler reported it, its ids checked.
 #[derive(Debug, Clone)]
 pub struct SendRequest {
-    pub handler_id: String,
+    pub handler_id: HandlerId,
     pub connection_id: u64,
-    pub sender_id: String,
-    pub conversation_id: String,
-    pub client_msg_id: String,
+    pub sender_id: UserId,
+    pub conversation_id: ConversationId,
+    pub client_msg_id: ClientMsgId,
     pub body: String,
 }
 
@@ -280,7 +280,11 @@ fn unavailable(client_msg_id: &str) -> ServerFrame {
 impl Sequencer {
     /// Handles the sends of one conversation from one batch, in order, under one lease.
     #[tracing::instrument(level = "debug", skip_all, fields(conversation_id = %conversation_id))]
-    pub async fn send_all(&self, conversation_id: &str, sends: &[SendRequest]) -> Vec<ServerFrame> {
+    pub async fn send_all(
+        &self,
+        conversation_id: &ConversationId,
+        sends: &[SendRequest],
+    ) -> Vec<ServerFrame> {
         let members = match self.members.of(conversation_id).await {
             Ok(m) => m,
             Err(e) => {
@@ -300,7 +304,7 @@ impl Sequencer {
         let (allowed, refused): (Vec<_>, Vec<_>) = sends
             .iter()
             .enumerate()
-            .partition(|(_, s)| members.contains(&s.sender_id));
+            .partition(|(_, s)| members.iter().any(|m| *m == *s.sender_id));
         let mut replies: Vec<Option<ServerFrame>> = vec![None; sends.len()];
         for (i, s) in refused {
             self.metrics
@@ -541,8 +545,8 @@ impl Sequencer {
             let message_id = ulid::Ulid::new().to_string();
             let pending = PendingMessage {
                 message_id: message_id.clone(),
-                sender_id: s.sender_id.clone(),
-                client_msg_id: s.client_msg_id.clone(),
+                sender_id: s.sender_id.to_string(),
+                client_msg_id: s.client_msg_id.to_string(),
                 body: s.body.clone(),
                 created_at,
             };
@@ -889,11 +893,11 @@ async fn renew(redis: SentinelRedis, key: String, token: String, ttl: Duration) 
 
 fn log_record(s: &SendRequest, n: &Numbered) -> LogRecord {
     LogRecord {
-        conversation_id: s.conversation_id.clone(),
+        conversation_id: s.conversation_id.to_string(),
         seq: n.seq,
         message_id: n.message_id.clone(),
-        sender_id: s.sender_id.clone(),
-        client_msg_id: s.client_msg_id.clone(),
+        sender_id: s.sender_id.to_string(),
+        client_msg_id: s.client_msg_id.to_string(),
         body: s.body.clone(),
         created_at: n.created_at,
     }
@@ -901,8 +905,8 @@ fn log_record(s: &SendRequest, n: &Numbered) -> LogRecord {
 
 fn sent_frame(s: &SendRequest, n: &Numbered) -> ServerFrame {
     ServerFrame::Sent {
-        client_msg_id: s.client_msg_id.clone(),
-        conversation_id: s.conversation_id.clone(),
+        client_msg_id: s.client_msg_id.to_string(),
+        conversation_id: s.conversation_id.to_string(),
         message_id: n.message_id.clone(),
         seq: n.seq,
         created_at: n.created_at.to_string(),
