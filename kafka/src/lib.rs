@@ -174,35 +174,6 @@ impl KafkaConfig {
     }
 }
 
-/// The Kafka header naming the flush that produced a record (a ULID; managers put it on log
-/// and handler envelopes). The manager's `appended`/`routed` log lines carry it, and so do
-/// the consumers' lines: with the message ids they log, one grep of the JSON logs follows a
-/// message from the sender's socket server to every recipient's.
-pub const TRACE_HEADER: &str = "sb-trace";
-
-/// Headers carrying `trace` as [`TRACE_HEADER`].
-pub fn trace_headers(trace: &str) -> rdkafka::message::OwnedHeaders {
-    rdkafka::message::OwnedHeaders::new_with_capacity(1).insert(rdkafka::message::Header {
-        key: TRACE_HEADER,
-        value: Some(trace),
-    })
-}
-
-/// The [`TRACE_HEADER`] of a consumed record, for log lines; `-` without one.
-pub fn trace_of<M: rdkafka::Message>(message: &M) -> &str {
-    use rdkafka::message::Headers;
-    message
-        .headers()
-        .and_then(|headers| {
-            headers
-                .iter()
-                .find(|h| h.key == TRACE_HEADER)
-                .and_then(|h| h.value)
-        })
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .unwrap_or("-")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,28 +37,54 @@ pub struct LogRecord {
 /// per message low (tansu stores each record with its own `INSERT`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEnvelope {
+    /// The flush that wrote it (a ULID): the manager's `appended` log lines name it, and the
+    /// message service's `read from the log` lines, so one grep follows a message. In the
+    /// body, not a Kafka header: tansu stores each header as a row of its own, one more
+    /// statement on its single storage task per record (measured: docs/performance.md run 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     pub records: Vec<LogRecord>,
 }
 
 /// The messages of one message-log Kafka record: an envelope, or (as written before
 /// envelopes) a single record.
 pub fn decode_log_records(payload: &[u8]) -> Result<Vec<LogRecord>, serde_json::Error> {
+    decode_records(payload).map(|decoded| decoded.records)
+}
+
+/// [`decode_log_records`], with the envelope's trace id (`None` for a single record).
+pub fn decode_log_envelope(payload: &[u8]) -> Result<Decoded<LogRecord>, serde_json::Error> {
     decode_records(payload)
 }
 
-/// An envelope of `T`s (`{"records":[...]}`, the shape of [`LogEnvelope`] and
+/// What one Kafka record held: its flush's trace id, if it names one, and its items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded<T> {
+    pub trace: Option<String>,
+    pub records: Vec<T>,
+}
+
+/// An envelope of `T`s (`{"trace":...,"records":[...]}`, the shape of [`LogEnvelope`] and
 /// [`HandlerEnvelope`]), or one `T` on its own.
 fn decode_records<T: serde::de::DeserializeOwned>(
     payload: &[u8],
-) -> Result<Vec<T>, serde_json::Error> {
+) -> Result<Decoded<T>, serde_json::Error> {
     #[derive(Deserialize)]
     struct Records<T> {
+        #[serde(default)]
+        trace: Option<String>,
         records: Vec<T>,
     }
     match serde_json::from_slice::<Records<T>>(payload) {
-        Ok(envelope) => Ok(envelope.records),
+        Ok(envelope) => Ok(Decoded {
+            trace: envelope.trace,
+            records: envelope.records,
+        }),
         Err(envelope_error) => serde_json::from_slice::<T>(payload)
-            .map(|record| vec![record])
+            .map(|record| Decoded {
+                trace: None,
+                records: vec![record],
+            })
             .map_err(|_| envelope_error),
     }
 }
@@ -79,11 +105,21 @@ pub fn log_partition(conversation_id: &str, partitions: i32) -> i32 {
 /// flush, in the order it routed them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandlerEnvelope {
+    /// The routing flush that wrote it (see [`LogEnvelope::trace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     pub records: Vec<HandlerRecord>,
 }
 
 /// The frames of one handler-topic Kafka record: an envelope, or a single record.
 pub fn decode_handler_records(payload: &[u8]) -> Result<Vec<HandlerRecord>, serde_json::Error> {
+    decode_records(payload).map(|decoded| decoded.records)
+}
+
+/// [`decode_handler_records`], with the envelope's trace id.
+pub fn decode_handler_envelope(
+    payload: &[u8],
+) -> Result<Decoded<HandlerRecord>, serde_json::Error> {
     decode_records(payload)
 }
 
@@ -148,10 +184,14 @@ mod tests {
         let single = serde_json::to_vec(&record).unwrap();
         assert_eq!(decode_log_records(&single).unwrap(), vec![record.clone()]);
         let envelope = serde_json::to_vec(&LogEnvelope {
+            trace: Some("01J0TRACE".into()),
             records: vec![record.clone(), record.clone()],
         })
         .unwrap();
         assert_eq!(decode_log_records(&envelope).unwrap().len(), 2);
+        let decoded = decode_log_envelope(&envelope).unwrap();
+        assert_eq!(decoded.trace.as_deref(), Some("01J0TRACE"));
+        assert_eq!(decode_log_envelope(&single).unwrap().trace, None);
         assert!(decode_log_records(b"{}").is_err());
         // A timestamp is checked when read: a record with another kind of text is unreadable
         // (ingest dead-letters it with its payload), never stored with a made-up time.

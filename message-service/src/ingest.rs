@@ -17,7 +17,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use switchboard_kafka::KafkaConfig;
-use switchboard_message_log::{decode_log_records, Event, LogRecord};
+use switchboard_message_log::{decode_log_envelope, Event, LogRecord};
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::shutdown::CancellationToken;
 
@@ -173,10 +173,11 @@ impl Ingest {
                         offsets.insert((at.topic.clone(), at.partition), at.offset);
                         let payload = message.payload().unwrap_or_default();
                         if message.topic() == self.message_topic {
-                            match decode_log_records(payload) {
-                                Ok(items) => {
+                            match decode_log_envelope(payload) {
+                                Ok(decoded) => {
+                                    let items = decoded.records;
                                     if tracing::enabled!(tracing::Level::DEBUG) {
-                                        let trace = switchboard_kafka::trace_of(&message);
+                                        let trace = decoded.trace.as_deref().unwrap_or("-");
                                         for item in &items {
                                             tracing::debug!(
                                                 trace,

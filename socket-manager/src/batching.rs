@@ -121,13 +121,14 @@ async fn run_appender(kafka: Kafka, partitions: i32, mut rx: mpsc::Receiver<Appe
 }
 
 async fn flush_log(kafka: &Kafka, partition: i32, jobs: Vec<AppendJob>) {
+    let trace = ulid::Ulid::new().to_string();
     let envelope = LogEnvelope {
+        trace: Some(trace.clone()),
         records: jobs.iter().map(|j| j.record.clone()).collect(),
     };
-    let trace = ulid::Ulid::new().to_string();
     let outcome = match serde_json::to_vec(&envelope) {
         Ok(payload) => kafka
-            .produce_to_partition(&kafka.config.message_topic, partition, &payload, &trace)
+            .produce_to_partition(&kafka.config.message_topic, partition, &payload)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(format!("encoding an envelope: {e}")),
@@ -221,14 +222,18 @@ fn enqueue_handler(kafka: &Kafka, topic: &str, records: Vec<HandlerRecord>) {
             );
         }
     }
-    let payload = match serde_json::to_vec(&HandlerEnvelope { records }) {
+    let envelope = HandlerEnvelope {
+        trace: Some(trace),
+        records,
+    };
+    let payload = match serde_json::to_vec(&envelope) {
         Ok(payload) => payload,
         Err(e) => {
             tracing::error!(error = %e, %topic, "encoding a handler envelope failed");
             return;
         }
     };
-    match kafka.enqueue(topic, topic, &payload, &trace) {
+    match kafka.enqueue(topic, topic, &payload) {
         Ok(ack) => {
             let topic = topic.to_owned();
             tokio::spawn(async move {

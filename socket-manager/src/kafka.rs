@@ -7,7 +7,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use switchboard_kafka::trace_headers;
 use switchboard_kafka::KafkaConfig;
 
 #[derive(Clone)]
@@ -72,20 +71,17 @@ impl Kafka {
             .await
     }
 
-    /// Produces one record to an explicit partition, with `trace` in its `sb-trace` header,
-    /// and waits for the acknowledgement.
+    /// Produces one record to an explicit partition and waits for the acknowledgement.
     pub async fn produce_to_partition(
         &self,
         topic: &str,
         partition: i32,
         payload: &[u8],
-        trace: &str,
     ) -> Result<(), KafkaFailure> {
         self.deliver(
             FutureRecord::<(), [u8]>::to(topic)
                 .partition(partition)
-                .payload(payload)
-                .headers(trace_headers(trace)),
+                .payload(payload),
         )
         .await
     }
@@ -179,7 +175,6 @@ impl Kafka {
         topic: &str,
         key: &str,
         payload: &[u8],
-        trace: &str,
     ) -> Result<
         impl std::future::Future<Output = Result<(), KafkaFailure>> + Send + 'static,
         KafkaFailure,
@@ -187,12 +182,7 @@ impl Kafka {
         let started = std::time::Instant::now();
         let delivery = self
             .producer
-            .send_result(
-                FutureRecord::to(topic)
-                    .key(key)
-                    .payload(payload)
-                    .headers(trace_headers(trace)),
-            )
+            .send_result(FutureRecord::to(topic).key(key).payload(payload))
             .map_err(|(e, _)| {
                 self.produce_errors.inc();
                 KafkaFailure(e.to_string())

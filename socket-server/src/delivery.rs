@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use switchboard_kafka::KafkaConfig;
-use switchboard_message_log::{decode_handler_records, HandlerRecord};
+use switchboard_message_log::{decode_handler_envelope, HandlerRecord};
 use switchboard_service_kit::shutdown::CancellationToken;
 
 use crate::hub::Outbound;
@@ -70,12 +70,12 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        match decode_handler_records(message.payload().unwrap_or_default()) {
-            Ok(records) => {
+        match decode_handler_envelope(message.payload().unwrap_or_default()) {
+            Ok(decoded) => {
                 if tracing::enabled!(tracing::Level::DEBUG) {
-                    log_received(&message, &records);
+                    log_received(decoded.trace.as_deref(), &decoded.records);
                 }
-                for record in records {
+                for record in decoded.records {
                     take(&state, &mut reorder, record);
                 }
             }
@@ -133,10 +133,10 @@ fn deliver(state: &ServerState, record: &HandlerRecord) {
     }
 }
 
-/// One debug line per routed message: its id, the flush that routed it (`sb-trace`, as
-/// the manager's `routed` line names it) and how many local users get it.
-fn log_received<M: Message>(message: &M, records: &[HandlerRecord]) {
-    let trace = switchboard_kafka::trace_of(message);
+/// One debug line per routed message: its id, the flush that routed it (the envelope's
+/// `trace`, as the manager's `routed` line names it) and how many local users get it.
+fn log_received(trace: Option<&str>, records: &[HandlerRecord]) {
+    let trace = trace.unwrap_or("-");
     for record in records {
         if let Some(message_id) = &record.message_id {
             tracing::debug!(

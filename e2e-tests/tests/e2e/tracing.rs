@@ -2,7 +2,7 @@
 //! `SB_LOG_FORMAT=json` and debug lines on, its `message_id` appears in the sender's socket
 //! server (`sent`, with the batch id it posted under), a manager (`numbered` inside the span
 //! of that same batch id, `appended` and `routed` with a flush id), the message service
-//! (`read from the log` with the log flush's id, carried in the `sb-trace` Kafka header, and
+//! (`read from the log` with the log flush's id, carried in the envelope's `trace` field, and
 //! `stored`) and the recipient's socket server (`delivered`, with the routing flush's id).
 
 use std::collections::{HashMap, HashSet};
@@ -119,7 +119,7 @@ async fn one_grep_of_the_json_logs_follows_a_message_end_to_end() {
     let one = |what: &str| &by_message[what][0];
 
     // Each line comes from the process it should, and the ids carried in the HTTP header and
-    // the Kafka headers tie the hops together.
+    // the Kafka envelopes tie the hops together.
     let (sender_file, sent) = one("sent");
     // The sender's own server gets the record too (for the sender's other devices).
     let (recipient_file, delivered) = by_message["delivered"]
