@@ -50,6 +50,17 @@ macro_rules! string_id {
                 }
             }
 
+            /// Checks `text`, giving it back whole when it fails (the caller may still need
+            /// it, say to echo it in an error frame), so the happy path copies nothing.
+            pub fn parse_owned(text: String) -> Result<Self, String> {
+                let check: fn(&str) -> bool = $check;
+                if check(&text) {
+                    Ok($name(text))
+                } else {
+                    Err(text)
+                }
+            }
+
             /// Whether `text` satisfies the rule.
             pub fn is_valid(text: &str) -> bool {
                 let check: fn(&str) -> bool = $check;
@@ -256,6 +267,13 @@ mod tests {
         );
         let err = serde_json::from_str::<UserId>(r#""a:b""#).unwrap_err();
         assert!(err.to_string().contains("user_id"), "{err}");
+    }
+
+    #[test]
+    fn a_refused_text_comes_back_whole() {
+        let long = "m".repeat(300);
+        assert_eq!(ClientMsgId::parse_owned(long.clone()), Err(long));
+        assert_eq!(ClientMsgId::parse_owned("m1".into()).unwrap(), "m1");
     }
 
     #[test]

@@ -88,26 +88,28 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>) -> BatchPlan {
                 client_msg_id,
                 body,
             } => {
-                if conversation_id.is_empty() || !ClientMsgId::is_valid(&client_msg_id) {
-                    plan.replies[index] = Some(ServerFrame::Error {
-                        code: ErrorCode::BadRequest,
-                        message: "conversation_id and client_msg_id (1-128 bytes) are required"
-                            .into(),
-                        client_msg_id: Some(client_msg_id),
-                    });
-                    continue;
-                }
+                let client_msg_id = match ClientMsgId::parse_owned(client_msg_id) {
+                    Ok(id) if !conversation_id.is_empty() => id,
+                    refused => {
+                        plan.replies[index] = Some(ServerFrame::Error {
+                            code: ErrorCode::BadRequest,
+                            message: "conversation_id and client_msg_id (1-128 bytes) are required"
+                                .into(),
+                            client_msg_id: Some(refused.map_or_else(|text| text, String::from)),
+                        });
+                        continue;
+                    }
+                };
                 // Conversation ids are ULIDs: any other text names no conversation the
                 // sender is in (the answer a real but foreign conversation gets too).
-                let (Ok(conversation_id), Ok(sender_id), Ok(checked_msg_id)) = (
+                let (Ok(conversation_id), Ok(sender_id)) = (
                     ConversationId::parse(conversation_id),
                     UserId::parse(user_id),
-                    ClientMsgId::parse(client_msg_id.as_str()),
                 ) else {
                     plan.replies[index] = Some(ServerFrame::Error {
                         code: ErrorCode::NotAMember,
                         message: "you are not a member of this conversation".into(),
-                        client_msg_id: Some(client_msg_id),
+                        client_msg_id: Some(client_msg_id.into_string()),
                     });
                     continue;
                 };
@@ -121,7 +123,7 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>) -> BatchPlan {
                             connection_id,
                             sender_id,
                             conversation_id,
-                            client_msg_id: checked_msg_id,
+                            client_msg_id,
                             body,
                         },
                     ));
