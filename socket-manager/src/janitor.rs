@@ -1,7 +1,15 @@
 //! Cleans up after dead handlers: a handler whose liveness key expired (it was evicted by the
 //! health checker, crashed, or was cut off) loses its topic and its user mappings.
+//!
+//! A missing key alone is not proof: a Redis failover longer than the key's lifetime lets
+//! every live handler's key lapse while nobody can renew it. So a handler is removed only if
+//! its key is still missing one lifetime after this janitor first saw it missing; a live one
+//! notices (its heartbeat finds no key) and registers again well within that.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use actix_web::web;
 use switchboard_service_kit::shutdown::CancellationToken;
@@ -11,7 +19,10 @@ use crate::AppState;
 pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken) {
     let owner = ulid::Ulid::new().to_string();
     let period = Duration::from_millis((state.config.handler_ttl_ms / 2).max(500) as u64);
+    let grace = Duration::from_millis(state.config.handler_ttl_ms.max(0) as u64);
     let mut ticker = tokio::time::interval(period);
+    // Handler → when this janitor first found its key missing.
+    let mut suspects: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -23,7 +34,11 @@ pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken)
             .await
         {
             Ok(true) => {}
-            Ok(false) => continue,
+            Ok(false) => {
+                // Another janitor sweeps now; what this one suspected is its to judge.
+                suspects.clear();
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "janitor lease unavailable");
                 continue;
@@ -36,7 +51,17 @@ pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken)
                 continue;
             }
         };
+        let now = Instant::now();
+        suspects.retain(|handler, _| dead.contains(handler));
+        let dead: Vec<String> = dead
+            .into_iter()
+            .filter(|handler| {
+                let since = *suspects.entry(handler.clone()).or_insert(now);
+                now.duration_since(since) >= grace
+            })
+            .collect();
         for handler in dead {
+            suspects.remove(&handler);
             tracing::warn!(%handler, "handler stopped renewing; removing its topic and mappings");
             if state.config.delete_handler_topics {
                 let topic = state.sequencer.kafka.config.handler_topic(&handler);
