@@ -21,8 +21,11 @@ pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken)
     let period = Duration::from_millis((state.config.handler_ttl_ms / 2).max(500) as u64);
     let grace = Duration::from_millis(state.config.handler_ttl_ms.max(0) as u64);
     let mut ticker = tokio::time::interval(period);
-    // Handler → when this janitor first found its key missing.
-    let mut suspects: HashMap<String, Instant> = HashMap::new();
+    // Handler → (when this janitor first found its key missing, when it last did). Janitors
+    // take turns with the lease, so a suspicion survives turns it did not sweep in; one not
+    // confirmed for a while (the key may have come back meanwhile) starts over.
+    let mut suspects: HashMap<String, (Instant, Instant)> = HashMap::new();
+    let stale = grace + period * 2;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -34,11 +37,7 @@ pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken)
             .await
         {
             Ok(true) => {}
-            Ok(false) => {
-                // Another janitor sweeps now; what this one suspected is its to judge.
-                suspects.clear();
-                continue;
-            }
+            Ok(false) => continue,
             Err(e) => {
                 tracing::debug!(error = %e, "janitor lease unavailable");
                 continue;
@@ -56,8 +55,12 @@ pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken)
         let dead: Vec<String> = dead
             .into_iter()
             .filter(|handler| {
-                let since = *suspects.entry(handler.clone()).or_insert(now);
-                now.duration_since(since) >= grace
+                let seen = suspects.entry(handler.clone()).or_insert((now, now));
+                if now.duration_since(seen.1) > stale {
+                    seen.0 = now;
+                }
+                seen.1 = now;
+                now.duration_since(seen.0) >= grace
             })
             .collect();
         for handler in dead {
