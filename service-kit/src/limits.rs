@@ -54,17 +54,24 @@ pub fn is_trusted_proxy(ip: IpAddr) -> bool {
 /// the client claimed and are never believed).
 pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip();
-    if !is_trusted_proxy(peer) {
-        return Some(peer);
-    }
     let forwarded = req
         .headers()
         .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.to_str().ok());
+    Some(client_ip_behind(peer, forwarded))
+}
+
+/// [`client_ip`] from the TCP peer and the `X-Forwarded-For` header values, for servers that
+/// read requests themselves.
+pub fn client_ip_behind<'a>(peer: IpAddr, forwarded: impl Iterator<Item = &'a str>) -> IpAddr {
+    if !is_trusted_proxy(peer) {
+        return peer;
+    }
+    forwarded
         .flat_map(|v| v.split(','))
         .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-        .last();
-    Some(forwarded.unwrap_or(peer))
+        .last()
+        .unwrap_or(peer)
 }
 
 /// A rate: `per_sec` on average, `burst` at once. `per_sec == 0` turns the limit off.

@@ -1,8 +1,12 @@
 //! The socket server (the "socket handler"): the WebSocket endpoint clients connect to.
 //!
 //! - [`config`]: settings from the environment.
-//! - `session`: token check before the upgrade, then one task per connection that selects
-//!   over client frames, its bounded outbound queue, a heartbeat and shutdown.
+//! - `listener`: the public port's accept loop: `GET /ws` becomes a WebSocket session (the
+//!   protocol itself is `websocket`), anything else is relayed to the operations endpoints
+//!   (`/live`, `/ready`, `/metrics`), which actix-web serves on loopback.
+//! - `session`: admission before the upgrade (token, origin, limits), then one task per
+//!   connection that selects over client frames, its bounded outbound queue, a heartbeat and
+//!   shutdown.
 //! - `hub`: the connections this server holds, by id and by user; exact live count.
 //! - `membership`: registers with the registry, then keeps this server's score in the Redis
 //!   sorted set exact (reconcile + heartbeat) and re-registers if it was evicted.
@@ -12,14 +16,16 @@
 pub mod config;
 mod delivery;
 pub mod hub;
+mod listener;
 mod manager_client;
 mod membership;
 mod rate;
 mod reorder;
 mod session;
+mod websocket;
 mod wire;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,14 +171,36 @@ impl ServerState {
 
 pub struct Application {
     port: u16,
+    /// The public port, served by [`listener::serve`] once running.
+    public: tokio::net::TcpListener,
+    /// Where the operations server (actix-web) listens, on loopback.
+    ops_addr: SocketAddr,
     server: actix_web::dev::Server,
     state: Arc<ServerState>,
 }
 
+/// Connections waiting to be accepted on the public port.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Binds the public port (`SO_REUSEADDR`, so a restarted server can take it back at once).
+fn bind_public(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{addr} resolves to no address"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(ACCEPT_BACKLOG)?)
+}
+
 impl Application {
     pub async fn build(config: SocketServerConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(&config.bind)?;
-        let addr = listener.local_addr()?;
+        let public = bind_public(&config.bind)?;
+        let addr = public.local_addr()?;
         let port = addr.port();
         let reachable_host = if addr.ip().is_unspecified() {
             "127.0.0.1".to_owned()
@@ -254,24 +282,25 @@ impl Application {
             }),
         );
 
-        let data = web::Data::from(state.clone());
-        let max_conns = usize::try_from(state.config.max_connections).unwrap_or(usize::MAX);
+        // The operations endpoints, behind the public port's listener (which relays every
+        // request but `GET /ws` here).
+        let ops_listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        let ops_addr = ops_listener.local_addr()?;
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(data.clone())
                 .app_data(http::query_config())
                 .configure(ops.clone().configure())
-                .route("/ws", web::get().to(session::ws_entry))
                 .default_service(web::to(http::not_found))
         })
+        .workers(1)
         .disable_signals()
-        .backlog(4096)
-        .max_connections(max_conns.saturating_add(1024))
         .shutdown_timeout(state.config.shutdown_grace.as_secs().max(1))
-        .listen(listener)?
+        .listen(ops_listener)?
         .run();
         Ok(Application {
             port,
+            public,
+            ops_addr,
             server,
             state,
         })
@@ -289,6 +318,7 @@ impl Application {
     /// close every client with 1012 and wait (up to the grace period) for them to go.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
+        let accept = tokio::spawn(listener::serve(self.public, self.ops_addr, state.clone()));
         let membership_stop = CancellationToken::new();
         let link_stop = CancellationToken::new();
         let link = tokio::spawn(membership::link_managers(state.clone(), link_stop.clone()));
@@ -314,6 +344,7 @@ impl Application {
         });
         self.server.await?;
         sequence.abort();
+        accept.abort();
         Ok(())
     }
 }

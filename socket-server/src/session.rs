@@ -2,10 +2,10 @@
 //! client's frames, the connection's bounded outbound queue, a heartbeat, and shutdown.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::{Stream, StreamExt};
 use switchboard_protocol::frames::{is_storable_text, ClientFrame, ServerFrame};
 use switchboard_protocol::internal::HandlerItem;
@@ -16,28 +16,31 @@ use switchboard_service_kit::shutdown::CancellationToken;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::{ConnHandle, ConnId, Outbound};
+use crate::listener::RequestHead;
 use crate::manager_client::{unavailable_reply, ManagerClient, Pending};
 use crate::rate::TokenBucket;
-use crate::wire::{self, close_code, CloseFrame, Incoming, Outgoing, Outlet, ReadError};
+use crate::wire::{close_code, CloseFrame, Incoming, Outgoing, Outlet, ReadError};
 use crate::{Metrics, ServerState, SocketServerConfig};
 
-/// `GET /ws?token=…` (or `Authorization: Bearer …`). Refuses with 401 before the upgrade.
-pub async fn ws_entry(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<ServerState>,
-) -> Result<HttpResponse, ApiError> {
+/// Admission of `GET /ws?token=…` (or `Authorization: Bearer …`), before the upgrade: the
+/// client address's connect rate, the token (401), the `Origin` (403), shutdown (503), the
+/// user's devices on this server (429) and the server's capacity (503). Returns the user.
+pub(crate) fn admit(
+    state: &ServerState,
+    peer: IpAddr,
+    head: &RequestHead,
+) -> Result<Arc<str>, ApiError> {
     // Before the token is even looked at: verifying signatures is work an attacker could
     // make us do for free.
-    if let Some(ip) = switchboard_service_kit::limits::client_ip(&req) {
-        if !state.connects.allow(ip, std::time::Instant::now()) {
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                "too many connection attempts from your address, retry in a few seconds",
-            ));
-        }
+    let ip =
+        switchboard_service_kit::limits::client_ip_behind(peer, head.headers("x-forwarded-for"));
+    if !state.connects.allow(ip, std::time::Instant::now()) {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many connection attempts from your address, retry in a few seconds",
+        ));
     }
-    let token = bearer_token(&req).ok_or_else(|| {
+    let token = bearer_token(head).ok_or_else(|| {
         state.metrics.auth_failures.inc();
         ApiError::new(
             ErrorCode::Unauthorized,
@@ -55,8 +58,7 @@ pub async fn ws_entry(
         };
         ApiError::new(ErrorCode::Unauthorized, message)
     })?;
-    if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or_default();
+    if let Some(origin) = head.header("origin") {
         if !origin_allowed(&state.config.common.allowed_origins, origin) {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
@@ -77,28 +79,19 @@ pub async fn ws_entry(
     if state.hub.live() as u64 >= state.config.max_connections {
         return Err(ApiError::new(ErrorCode::NoCapacity, "this server is full"));
     }
-    let (response, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::bad_request(format!("not a valid WebSocket upgrade: {e}")))?;
-    let stream = stream
-        .max_frame_size(state.config.max_frame_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(state.config.max_frame_bytes);
-    actix_web::rt::spawn(run(state.into_inner(), Arc::from(user_id), session, stream));
-    Ok(response)
+    Ok(Arc::from(user_id))
 }
 
-fn bearer_token(req: &HttpRequest) -> Option<String> {
-    if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
+fn bearer_token(head: &RequestHead) -> Option<String> {
+    if let Some(value) = head.header("authorization") {
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))?;
         return Some(token.trim().to_owned()).filter(|t| !t.is_empty());
     }
-    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
-        .ok()?
-        .get("token")
-        .cloned()
+    form_urlencoded::parse(head.query.as_bytes())
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned())
         .filter(|t| !t.is_empty())
 }
 
@@ -113,14 +106,14 @@ enum Ending {
     ServerShutdown,
 }
 
-/// One accepted connection over actix-ws: joins the hub (and, for a user's first device, the
-/// managers' routing), runs [`run_session`], then leaves.
-async fn run(
-    state: Arc<ServerState>,
-    user_id: Arc<str>,
-    session: actix_ws::Session,
-    stream: actix_ws::AggregatedMessageStream,
-) {
+/// One accepted connection: joins the hub (and, for a user's first device, the managers'
+/// routing), runs [`run_session`] over the client's frames and outlet, then leaves.
+pub(crate) async fn run<S, T, K>(state: Arc<ServerState>, user_id: Arc<str>, incoming: S, outlet: K)
+where
+    S: Stream<Item = Result<Incoming<T>, ReadError>> + Unpin,
+    T: AsRef<str>,
+    K: Outlet,
+{
     let (tx, rx) = mpsc::channel::<Outbound>(state.config.outbound_queue);
     let kick = CancellationToken::new();
     let (conn_id, first_device) = state.hub.insert(ConnHandle {
@@ -156,13 +149,7 @@ async fn run(
             report_presence(&state, conn_id, &user_id, false).await;
         }
     };
-    run_session(
-        wire::actix_incoming(stream),
-        wire::ActixOutlet::new(session),
-        ctx,
-        leave,
-    )
-    .await;
+    run_session(incoming, outlet, ctx, leave).await;
     state.directory_disconnected().await;
 }
 
@@ -599,7 +586,7 @@ mod loop_tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
-    use actix_web::web::Bytes;
+    use bytes::Bytes;
     use futures_util::Sink;
     use switchboard_service_kit::ops::Ops;
     use tokio::time::Instant;

@@ -3,20 +3,17 @@
 //!
 //! - [`Incoming`] / [`ReadError`]: what the loop reads (a `Stream` of `Result`s).
 //! - [`Outgoing`]: what it writes, through an [`Outlet`]. Every `Sink<Outgoing> + Unpin` is
-//!   an outlet; actix-ws's `Session` is one through [`ActixOutlet`], by direct calls (its API
-//!   is `async fn`s over a private channel, so a `Sink` over it would need a boxed future per
-//!   frame).
-//! - [`actix_incoming`]: actix-ws's aggregated message stream as `Incoming`s (a `map`).
+//!   an outlet (the unit tests' channels); the server's is `websocket::FrameWriter`.
+//!
+//! The server reads with `websocket::FrameReader`.
 
-use actix_web::web::Bytes;
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt};
 
 /// A frame from the client, as the loop sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Incoming<T> {
-    /// A text frame (continuations already aggregated); `T` is actix-ws's `ByteString` on
-    /// the wire.
+    /// A text message (fragments already reassembled, UTF-8 checked).
     Text(T),
     /// A binary frame; its payload is never read.
     Binary,
@@ -90,69 +87,5 @@ where
             SinkExt::close(self).await.map_err(|_| Gone)?;
         }
         Ok(())
-    }
-}
-
-/// actix-ws's session as an [`Outlet`]; a close frame consumes the session.
-pub(crate) struct ActixOutlet(Option<actix_ws::Session>);
-
-impl ActixOutlet {
-    pub(crate) fn new(session: actix_ws::Session) -> Self {
-        ActixOutlet(Some(session))
-    }
-}
-
-impl Outlet for ActixOutlet {
-    async fn write(&mut self, frame: Outgoing) -> Result<(), Gone> {
-        let session = self.0.as_mut().ok_or(Gone)?;
-        let written = match frame {
-            Outgoing::Text(text) => session.text(text).await,
-            Outgoing::Ping => session.ping(b"").await,
-            Outgoing::Pong(payload) => session.pong(&payload).await,
-            Outgoing::Close(close) => {
-                let session = self.0.take().ok_or(Gone)?;
-                session
-                    .close(close.map(|c| CloseReason {
-                        code: CloseCode::from(c.code),
-                        description: c.reason.map(String::from),
-                    }))
-                    .await
-            }
-        };
-        written.map_err(|_| Gone)
-    }
-}
-
-/// actix-ws's aggregated message stream as the loop's input.
-pub(crate) fn actix_incoming(
-    stream: actix_ws::AggregatedMessageStream,
-) -> impl Stream<Item = Result<Incoming<impl AsRef<str>>, ReadError>> + Unpin {
-    stream.map(|msg| match msg {
-        Ok(AggregatedMessage::Text(text)) => Ok(Incoming::Text(text)),
-        Ok(AggregatedMessage::Binary(_)) => Ok(Incoming::Binary),
-        Ok(AggregatedMessage::Ping(payload)) => Ok(Incoming::Ping(payload)),
-        Ok(AggregatedMessage::Pong(_)) => Ok(Incoming::Pong),
-        Ok(AggregatedMessage::Close(_)) => Ok(Incoming::Close),
-        Err(ProtocolError::Overflow) => Err(ReadError::TooLarge),
-        Err(_) => Err(ReadError::Broken),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_codes_map_to_the_same_actix_codes() {
-        for (code, actix) in [
-            (close_code::NORMAL, CloseCode::Normal),
-            (close_code::AWAY, CloseCode::Away),
-            (close_code::SIZE, CloseCode::Size),
-            (close_code::RESTART, CloseCode::Restart),
-            (close_code::AGAIN, CloseCode::Again),
-        ] {
-            assert_eq!(CloseCode::from(code), actix);
-            assert_eq!(u16::from(actix), code);
-        }
     }
 }
