@@ -211,7 +211,10 @@ async fn refuse(mut stream: TcpStream, status: u16, error: &ApiError, extra_head
          content-length: {}\r\nconnection: close\r\n{extra_headers}\r\n",
         body.len()
     );
-    if stream.write_all(head.as_bytes()).await.is_ok() && stream.write_all(&body).await.is_ok() {
+    // One write: a client may read only what arrived with the head (tungstenite does).
+    let mut response = head.into_bytes();
+    response.extend_from_slice(&body);
+    if stream.write_all(&response).await.is_ok() {
         let _ = stream.shutdown().await;
         linger(&mut stream).await;
     }

@@ -137,6 +137,19 @@ impl TestApp {
 }
 
 /// The next text frame of `type` (others are skipped), within 15 s.
+/// One request on a fresh connection; the whole answer, up to the server closing.
+async fn raw_request(host: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes after answering")
+        .unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
 async fn next_of(ws: &mut Ws, kind: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -184,6 +197,55 @@ async fn hello_errors_registration_and_a_send() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401, "no token at all");
+
+    // The handshake itself, as raw HTTP on one connection each: a version other than 13 is
+    // 426 naming the version; a plain GET with a token is 400; the answer is one JSON body.
+    let alice_token = shared::token("alice");
+    let host = app
+        .socket
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let wrong_version = raw_request(
+        &host,
+        &format!(
+            "GET /ws?token={alice_token} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 8\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(
+        wrong_version.starts_with("HTTP/1.1 426 "),
+        "{wrong_version}"
+    );
+    assert!(
+        wrong_version.contains("sec-websocket-version: 13\r\n"),
+        "{wrong_version}"
+    );
+    assert!(
+        wrong_version.contains("\"code\":\"bad_request\""),
+        "{wrong_version}"
+    );
+    let plain_get = raw_request(
+        &host,
+        &format!("GET /ws?token={alice_token} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    )
+    .await;
+    assert!(plain_get.starts_with("HTTP/1.1 400 "), "{plain_get}");
+    assert!(
+        plain_get.contains("not a valid WebSocket upgrade"),
+        "{plain_get}"
+    );
+    // Anything else is the operations server's, through the same port.
+    let live = raw_request(
+        &host,
+        &format!("GET /live HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    )
+    .await;
+    assert!(live.starts_with("HTTP/1.1 200 "), "{live}");
 
     // A malformed frame: an `error` frame with `bad_request`, and the socket stays open.
     alice
