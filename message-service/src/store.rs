@@ -664,26 +664,34 @@ impl Store {
 }
 
 /// `INSERT .. ON CONFLICT DO NOTHING` of these records; the number of rows that went in.
+/// One statement text whatever the batch size (columns as arrays), so PostgreSQL plans it
+/// once per connection and there is no limit of bind parameters per batch.
 async fn insert_messages(
     tx: &mut Tx<'_>,
     records: &[&Sourced<LogRecord>],
 ) -> Result<u64, sqlx::Error> {
-    let mut builder = QueryBuilder::new(
-        "INSERT INTO messages (conversation_id, seq, message_id, sender_id, client_msg_id, body, created_at) ",
-    );
-    builder.push_values(records, |mut b, r| {
-        let r = &r.item;
-        let created = r.created_at.datetime();
-        b.push_bind(&r.conversation_id)
-            .push_bind(seq_i64(r.seq))
-            .push_bind(&r.message_id)
-            .push_bind(&r.sender_id)
-            .push_bind(&r.client_msg_id)
-            .push_bind(&r.body)
-            .push_bind(created);
-    });
-    builder.push(" ON CONFLICT DO NOTHING");
-    Ok(builder.build().execute(&mut **tx).await?.rows_affected())
+    let column =
+        |f: fn(&LogRecord) -> &str| -> Vec<&str> { records.iter().map(|r| f(&r.item)).collect() };
+    let seqs: Vec<i64> = records.iter().map(|r| seq_i64(r.item.seq)).collect();
+    let created: Vec<chrono::DateTime<chrono::Utc>> = records
+        .iter()
+        .map(|r| r.item.created_at.datetime())
+        .collect();
+    let inserted = sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, message_id, sender_id, client_msg_id, body, created_at)
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(column(|r| &r.conversation_id))
+    .bind(&seqs)
+    .bind(column(|r| &r.message_id))
+    .bind(column(|r| &r.sender_id))
+    .bind(column(|r| &r.client_msg_id))
+    .bind(column(|r| &r.body))
+    .bind(&created)
+    .execute(&mut **tx)
+    .await?;
+    Ok(inserted.rows_affected())
 }
 
 /// The end of a batch that went in (`accepted` are the records the database took, stored or
@@ -713,12 +721,19 @@ async fn finish_batch(
         let entry = last.entry(r.item.conversation_id.as_str()).or_default();
         *entry = (*entry).max(r.item.seq);
     }
-    for (conversation, seq) in last {
-        sqlx::query("UPDATE conversations SET last_seq = GREATEST(last_seq, $2) WHERE id = $1")
-            .bind(conversation)
-            .bind(seq_i64(seq))
-            .execute(&mut *tx)
-            .await?;
+    // Every conversation's `last_seq` in one statement (ids in order, one writer: no
+    // deadlock), not one round trip per conversation.
+    let (conversations, seqs): (Vec<&str>, Vec<i64>) =
+        last.into_iter().map(|(c, seq)| (c, seq_i64(seq))).unzip();
+    if !conversations.is_empty() {
+        sqlx::query(
+            "UPDATE conversations c SET last_seq = GREATEST(c.last_seq, v.seq)
+               FROM UNNEST($1::text[], $2::bigint[]) AS v(id, seq) WHERE c.id = v.id",
+        )
+        .bind(&conversations)
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(BatchOutcome {

@@ -231,6 +231,19 @@ async fn records_with_nul_are_dead_lettered_and_the_rest_of_the_batch_is_stored(
     assert_eq!(outcome.inserted, 1);
     assert!(outcome.refused.is_empty());
     assert_eq!(db.last_seq(&conv).await, 7);
+
+    // One batch over several conversations moves each one's last_seq, never backwards.
+    let other = db.group().await;
+    let mixed = vec![
+        sourced(17, record(&other, 1, "o1", "one")),
+        sourced(18, record(&conv, 8, "m8", "eight")),
+        sourced(19, record(&other, 2, "o2", "two")),
+        sourced(20, record(&conv, 5, "m5b", "an old seq, redelivered late")),
+    ];
+    let outcome = db.store.insert_batch(&mixed).await.unwrap();
+    assert_eq!(outcome.inserted, 4);
+    assert_eq!(db.last_seq(&conv).await, 8);
+    assert_eq!(db.last_seq(&other).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,9 +73,11 @@ pub const ENV: &[EnvVar] = &[
     },
     EnvVar {
         name: SB_MESSAGE_PARTITIONS,
-        default: Some("8"),
+        default: Some("1"),
         doc: "Partitions of the message and events topics when a manager creates them; an \
-              existing topic keeps its own count, which every manager then uses.",
+              existing topic keeps its own count, which every manager then uses. One suits \
+              the local broker (tansu pays per partition for every produce and fetch); with \
+              Apache Kafka and several ingesting message services, raise it.",
     },
     EnvVar {
         name: SB_PRESENCE_MAX_GROUP,
@@ -144,7 +146,7 @@ pub struct ManagerConfig {
     pub user_mapping_ttl_ms: i64,
     /// Handler liveness lifetime (`SB_HANDLER_TTL_MS`, default 6000).
     pub handler_ttl_ms: i64,
-    /// Partitions of the message log (`SB_MESSAGE_PARTITIONS`, default 8).
+    /// Partitions of the message log (`SB_MESSAGE_PARTITIONS`, default 1).
     pub message_partitions: i32,
     /// Presence frames go to members of conversations up to this size
     /// (`SB_PRESENCE_MAX_GROUP`, default 100).
@@ -188,7 +190,7 @@ impl ManagerConfig {
             idempotency_ttl_secs: lookup_or(lookup, SB_IDEMPOTENCY_TTL_SECS, 86_400)?,
             user_mapping_ttl_ms: lookup_or(lookup, SB_USER_MAPPING_TTL_MS, 900_000)?,
             handler_ttl_ms: lookup_or(lookup, SB_HANDLER_TTL_MS, 6_000)?,
-            message_partitions: lookup_or(lookup, SB_MESSAGE_PARTITIONS, 8)?,
+            message_partitions: lookup_or(lookup, SB_MESSAGE_PARTITIONS, 1)?,
             presence_max_group: lookup_or(lookup, SB_PRESENCE_MAX_GROUP, 100)?,
             seq_replica_acks: lookup_or(lookup, SB_SEQ_REPLICA_ACKS, 1)?,
             seq_replica_ack_timeout: lookup_millis(lookup, SB_SEQ_REPLICA_ACK_TIMEOUT_MS, 500)?,
