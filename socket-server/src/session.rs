@@ -227,7 +227,11 @@ pub(crate) async fn run_session<S, T, K>(
         user_id: user_id.to_string(),
         server_id: server_id.to_owned(),
     };
-    let mut ending = if outlet.write(Outgoing::Text(hello.to_json())).await.is_err() {
+    let mut ending = if outlet
+        .write(Outgoing::Text(hello.to_json().into()))
+        .await
+        .is_err()
+    {
         Some(Ending::ClientGone)
     } else {
         None
@@ -238,11 +242,16 @@ pub(crate) async fn run_session<S, T, K>(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut limiter = TokenBucket::new(limits.rate_per_sec, limits.rate_burst);
 
+    // Made once: a fresh `cancelled()` per turn locks each token and registers a waiter every
+    // time a frame passes (`is_cancelled` and the waiter's poll/drop showed in the profile).
+    let shutdown_signal = shutdown.cancelled();
+    let kick_signal = kick.cancelled();
+    tokio::pin!(shutdown_signal, kick_signal);
     while ending.is_none() {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => ending = Some(Ending::ServerShutdown),
-            _ = kick.cancelled() => ending = Some(Ending::Kicked),
+            _ = &mut shutdown_signal => ending = Some(Ending::ServerShutdown),
+            _ = &mut kick_signal => ending = Some(Ending::Kicked),
             msg = incoming.next() => {
                 last_heard = tokio::time::Instant::now();
                 ending = match msg {
@@ -275,7 +284,7 @@ pub(crate) async fn run_session<S, T, K>(
             out = rx.recv() => {
                 if let Some(Outbound::Frame(text)) = out {
                     metrics.frames_out.inc();
-                    if outlet.write(Outgoing::Text(text.to_string())).await.is_err() {
+                    if outlet.write(Outgoing::Text(text)).await.is_err() {
                         ending = Some(Ending::ClientGone);
                     }
                 }
@@ -305,7 +314,7 @@ pub(crate) async fn run_session<S, T, K>(
         }
         Some(Ending::TooLarge) => {
             let frame = ServerFrame::error(ErrorCode::TooLarge, "frame exceeds the size limit");
-            let _ = outlet.write(Outgoing::Text(frame.to_json())).await;
+            let _ = outlet.write(Outgoing::Text(frame.to_json().into())).await;
             Some(CloseFrame {
                 code: close_code::SIZE,
                 reason: Some("frame too large"),
@@ -329,7 +338,7 @@ pub(crate) async fn run_session<S, T, K>(
 async fn send<K: Outlet>(metrics: &Metrics, outlet: &mut K, frame: &ServerFrame) -> Option<Ending> {
     metrics.frames_out.inc();
     outlet
-        .write(Outgoing::Text(frame.to_json()))
+        .write(Outgoing::Text(frame.to_json().into()))
         .await
         .err()
         .map(|_| Ending::ClientGone)
@@ -946,7 +955,7 @@ mod loop_tests {
             let mut written = Vec::new();
             while written.len() < 11 {
                 match client.next().await {
-                    Outgoing::Text(text) => written.push(text),
+                    Outgoing::Text(text) => written.push(text.to_string()),
                     other => panic!("{other:?}"),
                 }
             }

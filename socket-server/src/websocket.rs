@@ -571,7 +571,10 @@ mod tests {
         use tokio::io::AsyncReadExt as _;
         let (_reader, mut writer, mut client) = pair(256).await;
         writer.write(Outgoing::Text("hi".into())).await.unwrap();
-        writer.write(Outgoing::Text("y".repeat(300))).await.unwrap();
+        writer
+            .write(Outgoing::Text("y".repeat(300).into()))
+            .await
+            .unwrap();
         writer.write(Outgoing::Ping).await.unwrap();
         writer
             .write(Outgoing::Pong(Bytes::from_static(b"p")))

@@ -35,7 +35,8 @@ pub(crate) enum ReadError {
 /// A frame the loop writes to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outgoing {
-    Text(String),
+    /// A text frame; shared, as one frame fans out to many devices.
+    Text(std::sync::Arc<str>),
     /// The heartbeat ping (empty payload).
     Ping,
     /// The answer to a client ping, with its payload.
