@@ -176,34 +176,27 @@ struct Partial {
     data: Vec<u8>,
 }
 
-/// The client's side of a connection as a `Stream` of [`Incoming`] frames (text messages
-/// reassembled from fragments). After an error or the end of the stream it yields `None`.
-pub(crate) struct FrameReader {
-    read: OwnedReadHalf,
+/// The client's frames from the bytes read so far: complete messages out, a fragmented one
+/// kept until its last fragment. Holds no allocation between frames.
+struct Decoder {
     /// Bytes read but not yet parsed; empty (no allocation) between frames.
     buf: BytesMut,
     partial: Option<Partial>,
     /// The largest message (and so frame) accepted.
     max_message: usize,
-    done: bool,
 }
 
-impl FrameReader {
-    /// `already_read` holds bytes that arrived after the handshake request.
-    pub(crate) fn new(read: OwnedReadHalf, already_read: &[u8], max_message: usize) -> Self {
-        FrameReader {
-            read,
+impl Decoder {
+    fn new(already_read: &[u8], max_message: usize) -> Self {
+        Decoder {
             buf: BytesMut::from(already_read),
             partial: None,
             max_message,
-            done: false,
         }
     }
 
-    /// Gives the socket back, to drain it before closing (a close with unread data in the
-    /// receive buffer sends a reset, which can destroy the frames just written).
-    pub(crate) fn into_inner(self) -> OwnedReadHalf {
-        self.read
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
     }
 
     /// The next complete frame in `buf`, if there is one.
@@ -259,6 +252,31 @@ impl FrameReader {
     }
 }
 
+/// The client's side of a connection as a `Stream` of [`Incoming`] frames (text messages
+/// reassembled from fragments). After an error or the end of the stream it yields `None`.
+pub(crate) struct FrameReader {
+    read: OwnedReadHalf,
+    decoder: Decoder,
+    done: bool,
+}
+
+impl FrameReader {
+    /// `already_read` holds bytes that arrived after the handshake request.
+    pub(crate) fn new(read: OwnedReadHalf, already_read: &[u8], max_message: usize) -> Self {
+        FrameReader {
+            read,
+            decoder: Decoder::new(already_read, max_message),
+            done: false,
+        }
+    }
+
+    /// Gives the socket back, to drain it before closing (a close with unread data in the
+    /// receive buffer sends a reset, which can destroy the frames just written).
+    pub(crate) fn into_inner(self) -> OwnedReadHalf {
+        self.read
+    }
+}
+
 fn complete(text: bool, data: Vec<u8>) -> Result<Incoming<String>, ReadError> {
     if !text {
         return Ok(Incoming::Binary);
@@ -277,7 +295,7 @@ impl Stream for FrameReader {
             if this.done {
                 return Poll::Ready(None);
             }
-            match this.decode() {
+            match this.decoder.decode() {
                 Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                 Ok(None) => {}
                 Err(e) => {
@@ -298,7 +316,7 @@ impl Stream for FrameReader {
                     this.done = true;
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Ok(())) => this.buf.extend_from_slice(read.filled()),
+                Poll::Ready(Ok(())) => this.decoder.push(read.filled()),
             }
         }
     }
@@ -517,13 +535,121 @@ mod tests {
         assert_eq!(next(&mut reader).await, Some(Ok(Incoming::Binary)));
         assert_eq!(next(&mut reader).await, Some(Ok(Incoming::Pong)));
         assert_eq!(next(&mut reader).await, Some(Ok(Incoming::Close)));
-        assert!(reader.buf.capacity() == 0, "a drained buffer is freed");
+        assert!(
+            reader.decoder.buf.capacity() == 0,
+            "a drained buffer is freed"
+        );
         drop(writer.await.unwrap());
         assert_eq!(
             next(&mut reader).await,
             None,
             "the client's FIN ends the stream"
         );
+    }
+
+    /// A small deterministic generator (xorshift), so failures replay.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Everything `decoder` yields from `bytes` fed in `chunks`, up to its first error.
+    fn decode_all(
+        bytes: &[u8],
+        chunks: &[usize],
+        max: usize,
+    ) -> (Vec<Incoming<String>>, Option<ReadError>) {
+        let mut decoder = Decoder::new(&[], max);
+        let mut out = Vec::new();
+        let mut at: usize = 0;
+        for &chunk in chunks.iter().chain(std::iter::once(&usize::MAX)) {
+            let end = at.saturating_add(chunk).min(bytes.len());
+            decoder.push(&bytes[at..end]);
+            at = end;
+            loop {
+                match decoder.decode() {
+                    Ok(Some(frame)) => out.push(frame),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+            if at == bytes.len() {
+                break;
+            }
+        }
+        (out, None)
+    }
+
+    #[test]
+    fn random_messages_in_random_fragments_and_reads_come_out_whole() {
+        let mut rng = Rng(0x5EED_1234_ABCD_0001);
+        for _ in 0..120 {
+            let mut bytes = Vec::new();
+            let mut expected = Vec::new();
+            for _ in 0..rng.below(6) + 1 {
+                let len = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000][rng.below(8)];
+                let text: String = (0..len).map(|i| ["a", "é", "€"][(i + len) % 3]).collect();
+                let text: String = text.chars().take(len).collect();
+                let payload = text.as_bytes();
+                let mut cuts: Vec<usize> = (0..rng.below(4))
+                    .map(|_| rng.below(payload.len() + 1))
+                    .collect();
+                cuts.sort_unstable();
+                let mut start = 0;
+                let pieces: Vec<&[u8]> = cuts
+                    .iter()
+                    .chain(std::iter::once(&payload.len()))
+                    .map(|&end| {
+                        let piece = &payload[start..end];
+                        start = end;
+                        piece
+                    })
+                    .collect();
+                for (i, piece) in pieces.iter().enumerate() {
+                    let opcode = if i == 0 { OP_TEXT } else { OP_CONTINUATION };
+                    let last = i + 1 == pieces.len();
+                    bytes.extend(client_frame(last, opcode, piece));
+                    if !last && rng.below(3) == 0 {
+                        bytes.extend(client_frame(true, OP_PING, b"between"));
+                        expected.push(Incoming::Ping(Bytes::from_static(b"between")));
+                    }
+                }
+                expected.push(Incoming::Text(text));
+            }
+            // Pings between fragments come out before the message they interrupt (`expected`
+            // lists them so already).
+            let chunks: Vec<usize> = (0..rng.below(20)).map(|_| rng.below(5_000) + 1).collect();
+            let (got, error) = decode_all(&bytes, &chunks, 1 << 20);
+            assert_eq!(error, None);
+            assert_eq!(got.len(), expected.len(), "frames out");
+            assert!(
+                got == expected,
+                "a message came out different from what went in"
+            );
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_never_hold_more_than_the_limit() {
+        let mut rng = Rng(0xBAD_F00D_0000_0042);
+        for _ in 0..2_000 {
+            let len = rng.below(300);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let chunks: Vec<usize> = (0..rng.below(5)).map(|_| rng.below(64) + 1).collect();
+            let (_, _) = decode_all(&bytes, &chunks, 128);
+            let mut decoder = Decoder::new(&bytes, 128);
+            while let Ok(Some(_)) = decoder.decode() {}
+            assert!(decoder.buf.len() <= bytes.len());
+            assert!(decoder.partial.as_ref().is_none_or(|p| p.data.len() <= 128));
+        }
     }
 
     #[tokio::test]
