@@ -46,13 +46,8 @@ pub struct LogEnvelope {
     pub records: Vec<LogRecord>,
 }
 
-/// The messages of one message-log Kafka record: an envelope, or (as written before
-/// envelopes) a single record.
-pub fn decode_log_records(payload: &[u8]) -> Result<Vec<LogRecord>, serde_json::Error> {
-    decode_records(payload).map(|decoded| decoded.records)
-}
-
-/// [`decode_log_records`], with the envelope's trace id (`None` for a single record).
+/// The messages of one message-log Kafka record, an envelope or (as written before envelopes)
+/// a single record, with the envelope's trace id (`None` for a single record).
 pub fn decode_log_envelope(payload: &[u8]) -> Result<Decoded<LogRecord>, serde_json::Error> {
     decode_records(payload)
 }
@@ -111,12 +106,8 @@ pub struct HandlerEnvelope {
     pub records: Vec<HandlerRecord>,
 }
 
-/// The frames of one handler-topic Kafka record: an envelope, or a single record.
-pub fn decode_handler_records(payload: &[u8]) -> Result<Vec<HandlerRecord>, serde_json::Error> {
-    decode_records(payload).map(|decoded| decoded.records)
-}
-
-/// [`decode_handler_records`], with the envelope's trace id.
+/// The frames of one handler-topic Kafka record (an envelope, or a single record), with the
+/// envelope's trace id.
 pub fn decode_handler_envelope(
     payload: &[u8],
 ) -> Result<Decoded<HandlerRecord>, serde_json::Error> {
@@ -182,23 +173,26 @@ mod tests {
             created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
         };
         let single = serde_json::to_vec(&record).unwrap();
-        assert_eq!(decode_log_records(&single).unwrap(), vec![record.clone()]);
+        assert_eq!(
+            decode_log_envelope(&single).unwrap().records,
+            vec![record.clone()]
+        );
         let envelope = serde_json::to_vec(&LogEnvelope {
             trace: Some("01J0TRACE".into()),
             records: vec![record.clone(), record.clone()],
         })
         .unwrap();
-        assert_eq!(decode_log_records(&envelope).unwrap().len(), 2);
+        assert_eq!(decode_log_envelope(&envelope).unwrap().records.len(), 2);
         let decoded = decode_log_envelope(&envelope).unwrap();
         assert_eq!(decoded.trace.as_deref(), Some("01J0TRACE"));
         assert_eq!(decode_log_envelope(&single).unwrap().trace, None);
-        assert!(decode_log_records(b"{}").is_err());
+        assert!(decode_log_envelope(b"{}").is_err());
         // A timestamp is checked when read: a record with another kind of text is unreadable
         // (ingest dead-letters it with its payload), never stored with a made-up time.
         let text = String::from_utf8(single).unwrap();
         let bad = text.replace("2026-01-01T00:00:00.000Z", "yesterday");
-        assert!(decode_log_records(bad.as_bytes()).is_err());
-        assert!(decode_handler_records(b"[").is_err());
+        assert!(decode_log_envelope(bad.as_bytes()).is_err());
+        assert!(decode_handler_envelope(b"[").is_err());
     }
 
     #[test]

@@ -663,6 +663,14 @@ impl Store {
     }
 }
 
+/// One text field of every record, as an array parameter.
+fn text_column<'a>(
+    records: &[&'a Sourced<LogRecord>],
+    field: fn(&LogRecord) -> &str,
+) -> Vec<&'a str> {
+    records.iter().map(|r| field(&r.item)).collect()
+}
+
 /// `INSERT .. ON CONFLICT DO NOTHING` of these records; the number of rows that went in.
 /// One statement text whatever the batch size (columns as arrays), so PostgreSQL plans it
 /// once per connection and there is no limit of bind parameters per batch.
@@ -670,8 +678,7 @@ async fn insert_messages(
     tx: &mut Tx<'_>,
     records: &[&Sourced<LogRecord>],
 ) -> Result<u64, sqlx::Error> {
-    let column =
-        |f: fn(&LogRecord) -> &str| -> Vec<&str> { records.iter().map(|r| f(&r.item)).collect() };
+    let column = |f| text_column(records, f);
     let seqs: Vec<i64> = records.iter().map(|r| seq_i64(r.item.seq)).collect();
     let created: Vec<chrono::DateTime<chrono::Utc>> = records
         .iter()
@@ -756,8 +763,7 @@ async fn conflicts_of(
     tx: &mut Tx<'_>,
     records: &[&Sourced<LogRecord>],
 ) -> Result<Vec<Conflict>, sqlx::Error> {
-    let column =
-        |f: fn(&LogRecord) -> &str| -> Vec<&str> { records.iter().map(|r| f(&r.item)).collect() };
+    let column = |f| text_column(records, f);
     let message_ids = column(|r| &r.message_id);
     let conversations = column(|r| &r.conversation_id);
     let senders = column(|r| &r.sender_id);

@@ -160,112 +160,6 @@ async fn answer_batch(
                 .collect::<Vec<_>>()
         });
     let handler_ref = handler.as_str();
-    let handle_signal = |crate::plan::Signal {
-                             index,
-                             connection_id,
-                             user_id,
-                             conversation_id,
-                             receipt,
-                         }| async move {
-        let members = match sequencer.members.of(&conversation_id).await {
-            Ok(m) => m,
-            Err(_) => {
-                return (
-                    index,
-                    Some(ServerFrame::error(
-                        ErrorCode::Unavailable,
-                        "membership is unavailable, retry",
-                    )),
-                )
-            }
-        };
-        if !members.contains(&user_id) {
-            return (
-                index,
-                Some(ServerFrame::error(
-                    ErrorCode::NotAMember,
-                    "you are not a member of this conversation",
-                )),
-            );
-        }
-        if let Some((kind, seq)) = receipt {
-            // A receipt names a message that exists: one past the conversation's last
-            // seq is a client bug, and stored it would hide every later message from the
-            // unread count. The counter is the last seq; after a Redis failover it may lag
-            // the log until the next send reseeds it, and a receipt above it is refused
-            // then too (the client can resend it).
-            let last = match sequencer.last_seq(&conversation_id).await {
-                Ok(last) => last,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the last seq is unavailable");
-                    return (
-                        index,
-                        Some(ServerFrame::error(
-                            ErrorCode::Unavailable,
-                            "the conversation's last seq is unavailable, retry",
-                        )),
-                    );
-                }
-            };
-            if seq > last {
-                return (
-                    index,
-                    Some(ServerFrame::error(
-                        ErrorCode::BadRequest,
-                        format!("seq {seq} is past the conversation's last message ({last})"),
-                    )),
-                );
-            }
-            let event = Event::Receipt {
-                conversation_id: conversation_id.clone(),
-                user_id: user_id.clone(),
-                kind,
-                seq,
-            };
-            let payload = serde_json::to_vec(&event).unwrap_or_default();
-            let topic = &sequencer.kafka.config.events_topic;
-            if let Err(e) = sequencer
-                .kafka
-                .produce(topic, &conversation_id, &payload)
-                .await
-            {
-                tracing::warn!(error = %e, "receipt not recorded");
-                return (
-                    index,
-                    Some(ServerFrame::error(
-                        ErrorCode::Unavailable,
-                        "the receipt could not be recorded, retry",
-                    )),
-                );
-            }
-        }
-        let (frame, recipients): (ServerFrame, Vec<String>) = match receipt {
-            None => (
-                ServerFrame::Typing {
-                    conversation_id: conversation_id.clone(),
-                    user_id: user_id.clone(),
-                },
-                members.into_iter().filter(|m| *m != user_id).collect(),
-            ),
-            Some((kind, seq)) => (
-                ServerFrame::Receipt {
-                    conversation_id: conversation_id.clone(),
-                    user_id: user_id.clone(),
-                    kind,
-                    seq,
-                },
-                members,
-            ),
-        };
-        sequencer
-            .fan_out(
-                &frame.to_json(),
-                &recipients,
-                Some((handler_ref, connection_id)),
-            )
-            .await;
-        (index, None)
-    };
     // One connection's signals in the order it sent them (a device's `delivered 5` then
     // `read 3` reach the other devices in that order); connections side by side.
     let signal_work = crate::plan::by_connection(signals)
@@ -273,7 +167,9 @@ async fn answer_batch(
         .map(|group| async move {
             let mut answers = Vec::with_capacity(group.len());
             for signal in group {
-                answers.push(handle_signal(signal).await);
+                let index = signal.index;
+                let refused = relay_signal(sequencer, handler_ref, signal).await.err();
+                answers.push((index, refused));
             }
             answers
         });
@@ -291,4 +187,95 @@ async fn answer_batch(
         }
     }
     Ok(HttpResponse::Ok().json(HandlerBatchReply { replies }))
+}
+
+/// Checks one typing or receipt signal (membership; a receipt's seq against the last one),
+/// records a receipt on the events topic, and fans the frame out to the conversation's other
+/// devices. Refused: the error frame for the sender.
+async fn relay_signal(
+    sequencer: &crate::sequencer::Sequencer,
+    handler: &str,
+    signal: crate::plan::Signal,
+) -> Result<(), ServerFrame> {
+    let crate::plan::Signal {
+        connection_id,
+        user_id,
+        conversation_id,
+        receipt,
+        ..
+    } = signal;
+    let members = sequencer.members.of(&conversation_id).await.map_err(|_| {
+        ServerFrame::error(ErrorCode::Unavailable, "membership is unavailable, retry")
+    })?;
+    if !members.contains(&user_id) {
+        return Err(ServerFrame::error(
+            ErrorCode::NotAMember,
+            "you are not a member of this conversation",
+        ));
+    }
+    if let Some((kind, seq)) = receipt {
+        // A receipt names a message that exists: one past the conversation's last seq is a
+        // client bug, and stored it would hide every later message from the unread count.
+        // The counter is the last seq; after a Redis failover it may lag the log until the
+        // next send reseeds it, and a receipt above it is refused then too (the client can
+        // resend it).
+        let last = sequencer.last_seq(&conversation_id).await.map_err(|e| {
+            tracing::warn!(error = %e, "the last seq is unavailable");
+            ServerFrame::error(
+                ErrorCode::Unavailable,
+                "the conversation's last seq is unavailable, retry",
+            )
+        })?;
+        if seq > last {
+            return Err(ServerFrame::error(
+                ErrorCode::BadRequest,
+                format!("seq {seq} is past the conversation's last message ({last})"),
+            ));
+        }
+        let event = Event::Receipt {
+            conversation_id: conversation_id.clone(),
+            user_id: user_id.clone(),
+            kind,
+            seq,
+        };
+        let payload = serde_json::to_vec(&event).unwrap_or_default();
+        let topic = &sequencer.kafka.config.events_topic;
+        sequencer
+            .kafka
+            .produce(topic, &conversation_id, &payload)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "receipt not recorded");
+                ServerFrame::error(
+                    ErrorCode::Unavailable,
+                    "the receipt could not be recorded, retry",
+                )
+            })?;
+    }
+    let (frame, recipients): (ServerFrame, Vec<String>) = match receipt {
+        None => (
+            ServerFrame::Typing {
+                conversation_id: conversation_id.clone(),
+                user_id: user_id.clone(),
+            },
+            members.into_iter().filter(|m| *m != user_id).collect(),
+        ),
+        Some((kind, seq)) => (
+            ServerFrame::Receipt {
+                conversation_id,
+                user_id,
+                kind,
+                seq,
+            },
+            members,
+        ),
+    };
+    sequencer
+        .fan_out(
+            &frame.to_json(),
+            &recipients,
+            Some((handler, connection_id)),
+        )
+        .await;
+    Ok(())
 }

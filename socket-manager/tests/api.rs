@@ -10,7 +10,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use switchboard_kafka::KafkaConfig;
-use switchboard_message_log::{decode_handler_records, decode_log_records, LogRecord};
+use switchboard_message_log::{decode_handler_envelope, decode_log_envelope, LogRecord};
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::internal::{
     HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
@@ -237,14 +237,14 @@ async fn sends_are_numbered_idempotent_and_land_on_the_log_and_the_handler_topic
         .consume(&app.kafka.message_topic, |payloads| {
             let records: usize = payloads
                 .iter()
-                .map(|p| decode_log_records(p).map(|r| r.len()).unwrap_or(0))
+                .map(|p| decode_log_envelope(p).map(|d| d.records.len()).unwrap_or(0))
                 .sum();
             records >= 6
         })
         .await;
     let mut records: Vec<LogRecord> = log
         .iter()
-        .flat_map(|p| decode_log_records(p).unwrap())
+        .flat_map(|p| decode_log_envelope(p).unwrap().records)
         .collect();
     records.sort_by(|a, b| (&a.conversation_id, a.seq).cmp(&(&b.conversation_id, b.seq)));
     let in_first: Vec<(u64, &str)> = records
@@ -260,7 +260,11 @@ async fn sends_are_numbered_idempotent_and_land_on_the_log_and_the_handler_topic
         .consume(&topic, |payloads| {
             payloads
                 .iter()
-                .flat_map(|p| decode_handler_records(p).unwrap_or_default())
+                .flat_map(|p| {
+                    decode_handler_envelope(p)
+                        .map(|d| d.records)
+                        .unwrap_or_default()
+                })
                 .filter(|r| r.frame.contains("\"type\":\"message\""))
                 .count()
                 >= 6
@@ -268,7 +272,7 @@ async fn sends_are_numbered_idempotent_and_land_on_the_log_and_the_handler_topic
         .await;
     let frames: Vec<(Vec<String>, Option<u64>, ServerFrame)> = routed
         .iter()
-        .flat_map(|p| decode_handler_records(p).unwrap())
+        .flat_map(|p| decode_handler_envelope(p).unwrap().records)
         .map(|r| {
             (
                 r.recipients,

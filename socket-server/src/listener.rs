@@ -205,7 +205,10 @@ async fn upgrade(
 /// Answers with an error body and closes.
 async fn refuse(mut stream: TcpStream, status: u16, error: &ApiError, extra_headers: &str) {
     let body = serde_json::to_vec(&ErrorBody::new(error.code, &error.message)).unwrap_or_default();
-    let reason = reason_phrase(status);
+    let reason = actix_web::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n{extra_headers}\r\n",
@@ -217,21 +220,6 @@ async fn refuse(mut stream: TcpStream, status: u16, error: &ApiError, extra_head
     if stream.write_all(&response).await.is_ok() {
         let _ = stream.shutdown().await;
         linger(&mut stream).await;
-    }
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        413 => "Payload Too Large",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
     }
 }
 

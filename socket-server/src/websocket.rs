@@ -304,8 +304,8 @@ impl Stream for FrameReader {
                 }
             }
             // A stack chunk, so an idle connection's pending read holds no buffer.
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut read = ReadBuf::new(&mut chunk);
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut read = ReadBuf::uninit(&mut chunk);
             match Pin::new(&mut this.read).poll_read(cx, &mut read) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => {
