@@ -3,6 +3,14 @@
 # and e2e tests start the real binaries), then every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# CI builds once from a clean clone: incremental state would only double the target directory.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# A full run needs a few gigabytes (target directory, PostgreSQL and broker data, compose images);
+# say so plainly up front instead of failing later inside the linker.
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((6 * 1024 * 1024)) ]; then
+    echo "warning: only $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }'); the full run needs about 6 GiB" >&2
+fi
 
 bash scripts/install-deps.sh
 cargo fmt --all -- --check
