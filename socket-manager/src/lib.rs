@@ -154,6 +154,7 @@ impl Application {
                 ),
                 numberer: numbering::NumberingBatcher::start(
                     SentinelRedis::new(config.common.redis.clone()),
+                    &sequencer::SEQUENCE_FUNCTIONS,
                     config.seq_replica_acks,
                     config.seq_replica_ack_timeout,
                     &mut workers,

@@ -38,7 +38,7 @@ use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
 use crate::batching::{LogAppender, Router};
 use crate::kafka::Kafka;
 use crate::members::Members;
-use crate::numbering::NumberingBatcher;
+use crate::numbering::{NumberingBatcher, ScriptCall, ScriptFunction};
 use switchboard_chat_state::presence::HandlerMap;
 
 /// Handler id → the users on it who get a frame.
@@ -127,56 +127,61 @@ static RENEW: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// KEYS: lease, pending. ARGV: token, release (1: give the lease up), then the seqs whose
-/// append the broker acknowledged. Clears those pending entries (always right: they are in
-/// the log) and answers 1 while the token still holds the lease, else 0.
-static FINISH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
-        for i = 3, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
-        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-        if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) end
-        return 1
-        ",
-    )
-});
+/// The sequence functions the numbering batcher's flush script calls (group-committed, one
+/// `EVAL` per flush; see `numbering`).
+pub const SEQUENCE_FUNCTIONS: [ScriptFunction; 2] = [NUMBER, FINISH];
 
-/// Sent as `EVAL` in one pipeline with `WAIT` (a pipeline cannot carry `EVALSHA`'s fallback).
-/// Takes the lease when it is free (one round trip for "lock and number").
-/// KEYS: lease, counter, pending, counter epoch, then one idempotency key per send.
-/// ARGV: token, idempotency ttl (s), the master's replication id, lease ttl (ms), then per
-/// send: message_id, created_at, pending JSON.
-const NUMBER_LUA: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder ~= ARGV[1] then
+/// Takes the lease when it is free (one round trip for "lock and number") and numbers a
+/// conversation's sends.
+/// K: lease, counter, pending, counter epoch, then one idempotency key per send.
+/// A: token, idempotency ttl (s), lease ttl (ms), then per send: message_id, created_at,
+/// pending JSON. `replid`: the replication id of the master it runs on.
+const NUMBER: ScriptFunction = ScriptFunction {
+    name: "number",
+    body: r"
+local holder = redis.call('GET', K[1])
+if holder ~= A[1] then
   if holder then
     return redis.error_reply('BUSY another holder numbers this conversation')
   end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+  redis.call('SET', K[1], A[1], 'PX', A[3])
 end
-if redis.call('HLEN', KEYS[3]) > 0 then
+if redis.call('HLEN', K[3]) > 0 then
   return redis.error_reply('PENDING numbered messages await their append')
 end
-if redis.call('GET', KEYS[4]) ~= ARGV[3] then
+if redis.call('GET', K[4]) ~= replid then
   return redis.error_reply('UNVERIFIED the counter was not checked against the log on this master')
 end
-local ttl = tonumber(ARGV[2])
+local ttl = tonumber(A[2])
 local out = {}
-for i = 5, #KEYS do
-  local a = 5 + (i - 5) * 3
-  local known = redis.call('HMGET', KEYS[i], 'seq', 'message_id', 'created_at')
+for i = 5, #K do
+  local a = 4 + (i - 5) * 3
+  local known = redis.call('HMGET', K[i], 'seq', 'message_id', 'created_at')
   if known[1] then
     out[#out + 1] = {tonumber(known[1]), known[2], known[3], 0}
   else
-    local seq = redis.call('INCR', KEYS[2])
-    redis.call('HSET', KEYS[i], 'seq', seq, 'message_id', ARGV[a], 'created_at', ARGV[a + 1])
-    redis.call('EXPIRE', KEYS[i], ttl)
-    redis.call('HSET', KEYS[3], seq, ARGV[a + 2])
-    out[#out + 1] = {seq, ARGV[a], ARGV[a + 1], 1}
+    local seq = redis.call('INCR', K[2])
+    redis.call('HSET', K[i], 'seq', seq, 'message_id', A[a], 'created_at', A[a + 1])
+    redis.call('EXPIRE', K[i], ttl)
+    redis.call('HSET', K[3], seq, A[a + 2])
+    out[#out + 1] = {seq, A[a], A[a + 1], 1}
   end
 end
-return out
-";
+return out",
+};
+
+/// K: lease, pending. A: token, release (1: give the lease up), then the seqs whose append the
+/// broker acknowledged. Clears those pending entries (always right: they are in the log) and
+/// answers 1 while the token still holds the lease, else 0.
+const FINISH: ScriptFunction = ScriptFunction {
+    name: "finish",
+    body: r"
+-- HDEL takes many fields; unpack takes a few thousand values at most, hence the chunks.
+for i = 3, #A, 1000 do redis.call('HDEL', K[2], unpack(A, i, math.min(i + 999, #A))) end
+if redis.call('GET', K[1]) ~= A[1] then return 0 end
+if A[2] == '1' then redis.call('DEL', K[1]) end
+return 1",
+};
 
 /// KEYS: lease, counter, counter epoch, then the idempotency key of each message the log holds
 /// above the counter. ARGV: token, the master's replication id, the highest `seq` in the log,
@@ -565,24 +570,23 @@ impl Sequencer {
                 .iter()
                 .map(|s| self.idempotency_key(&s.conversation_id, &s.sender_id, &s.client_msg_id)),
         );
-        let token = lease.token.clone();
-        let idempotency_ttl_secs = self.idempotency_ttl_secs;
+        let mut args = Vec::with_capacity(3 + per_send.len() * 3);
+        args.push(lease.token.clone());
+        args.push(self.idempotency_ttl_secs.to_string());
+        args.push(self.lock_ttl.as_millis().to_string());
         let created_at = created_at.to_string();
-        let lock_ttl_ms = self.lock_ttl.as_millis() as u64;
+        for (message_id, pending) in per_send {
+            args.push(message_id);
+            args.push(created_at.clone());
+            args.push(pending);
+        }
         let reply = self
             .numberer
-            .run(Box::new(move |replid: &str| {
-                let mut eval = redis::cmd("EVAL");
-                eval.arg(NUMBER_LUA).arg(keys.len()).arg(keys);
-                eval.arg(token)
-                    .arg(idempotency_ttl_secs)
-                    .arg(replid)
-                    .arg(lock_ttl_ms);
-                for (message_id, pending) in per_send {
-                    eval.arg(message_id).arg(&created_at).arg(pending);
-                }
-                eval
-            }))
+            .run(ScriptCall {
+                function: NUMBER.name,
+                keys,
+                args,
+            })
             .await?;
         let value = reply.value.extract_error().map_err(StoreError::Command)?;
         let wanted = self.replicas_required;
@@ -738,15 +742,21 @@ impl Sequencer {
         acked_seqs: &[u64],
         release: bool,
     ) -> Result<bool, NumberingError> {
-        let mut inv = FINISH.prepare_invoke();
-        inv.key(&lease.key)
-            .key(self.pending_key(conversation_id))
-            .arg(&lease.token)
-            .arg(if release { "1" } else { "0" });
-        for seq in acked_seqs {
-            inv.arg(*seq);
-        }
-        let held: i64 = self.redis.invoke(&inv).await?;
+        let mut args = Vec::with_capacity(2 + acked_seqs.len());
+        args.push(lease.token.clone());
+        args.push(if release { "1" } else { "0" }.to_owned());
+        args.extend(acked_seqs.iter().map(u64::to_string));
+        let reply = self
+            .numberer
+            .run(ScriptCall {
+                function: FINISH.name,
+                keys: vec![lease.key.clone(), self.pending_key(conversation_id)],
+                args,
+            })
+            .await?;
+        let value = reply.value.extract_error().map_err(StoreError::Command)?;
+        let held: i64 = redis::from_owned_redis_value(value)
+            .map_err(|e| StoreError::Unavailable(format!("the finish script answered: {e}")))?;
         Ok(held == 1)
     }
 
