@@ -139,12 +139,10 @@ pub const SEQUENCE_FUNCTIONS: [ScriptFunction; 2] = [NUMBER, FINISH];
 const NUMBER: ScriptFunction = ScriptFunction {
     name: "number",
     body: r"
-local holder = redis.call('GET', K[1])
-if holder ~= A[1] then
-  if holder then
-    return redis.error_reply('BUSY another holder numbers this conversation')
-  end
-  redis.call('SET', K[1], A[1], 'PX', A[3])
+-- Takes the lease if it is free and reads its holder in one command (NX with GET: Redis 7).
+local holder = redis.call('SET', K[1], A[1], 'NX', 'PX', A[3], 'GET')
+if holder and holder ~= A[1] then
+  return redis.error_reply('BUSY another holder numbers this conversation')
 end
 if redis.call('HLEN', K[3]) > 0 then
   return redis.error_reply('PENDING numbered messages await their append')
