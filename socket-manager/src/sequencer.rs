@@ -12,11 +12,12 @@
 //! 2. **number the batch in one script.** For each send, a known `client_msg_id` answers with
 //!    its recorded `seq`/`message_id`; a new one takes `INCR`, writes its idempotency record
 //!    (a hash, no body) and its pending entry. The script refuses a token that is not the
-//!    holder's. It runs in one pipeline with `WAIT n`, so a number is only used once at least
-//!    `n` replicas have it: a failover cannot roll a counter back under an acknowledged message.
+//!    holder's. It runs in the numbering batcher's flush, which ends in `WAIT n`, so a number
+//!    is only used once at least `n` replicas have it: a failover cannot roll a counter back
+//!    under an acknowledged message.
 //! 3. **append the batch's records together** and wait for the broker's acks.
-//! 4. **finish**: a script clears the acked records' pending entries and answers whether the
-//!    token still holds the lease. Only then is `sent` answered and the messages routed; a
+//! 4. **finish**: a script (in the next flush) clears the acked records' pending entries and
+//!    answers whether the token still holds the lease. Only then is `sent` answered and the messages routed; a
 //!    manager that lost its lease (a pause, a partition) answers `unavailable` and the client's
 //!    resend gets the same numbers from the idempotency record.
 //!
