@@ -5,7 +5,9 @@
 //!   tests start it on port 0.
 //! - `routes`: the handlers; the balancing itself lives in the `server-directory` crate's
 //!   atomic assign script, shared with the socket servers and health checkers.
+//! - `assigner`: concurrent assign requests share one assign script (group commit).
 
+mod assigner;
 pub mod config;
 mod routes;
 
@@ -25,6 +27,7 @@ pub use config::RegistryConfig;
 /// What the handlers share.
 pub(crate) struct AppState {
     pub directory: ServerDirectory,
+    pub assigner: assigner::Assigner,
     pub tokens: TokenKeys,
     pub config: RegistryConfig,
     pub assignments: prometheus::IntCounterVec,
@@ -60,6 +63,11 @@ impl Application {
 
         let config_origins = config.common.allowed_origins.clone();
         let state = web::Data::new(AppState {
+            assigner: assigner::Assigner::start(
+                directory.clone(),
+                config.stale_after_ms,
+                config.reservation_ttl_ms,
+            ),
             directory,
             tokens: config.common.token_keys(),
             assign_rate: IpRateLimiter::new(config.assign_rate_per_ip),

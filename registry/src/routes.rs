@@ -100,14 +100,7 @@ async fn assign(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
             ));
         }
     }
-    let found = state
-        .directory
-        .assign(
-            now_ms(),
-            state.config.stale_after_ms,
-            state.config.reservation_ttl_ms,
-        )
-        .await;
+    let found = state.assigner.assign().await;
     let outcome = match &found {
         Ok(Some(_)) => "assigned",
         Ok(None) => "no_capacity",

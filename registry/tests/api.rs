@@ -94,6 +94,103 @@ async fn assignments_spread_over_servers_and_reserve_slots() {
     assert_eq!(resp.status(), 503);
 }
 
+/// Concurrent requests share assign scripts (the registry's group commit): a burst exactly
+/// fills every server, none past its capacity, and the next request finds no room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_burst_fills_every_server_exactly() {
+    let url = spawn_app(config("burst")).await;
+    let http = reqwest::Client::new();
+    for id in ["a", "b", "c"] {
+        assert_eq!(register(&http, &url, id, 10).await, 201);
+    }
+    let requests = (0..30).map(|_| {
+        let http = http.clone();
+        let url = url.clone();
+        tokio::spawn(async move {
+            let resp = http
+                .get(format!("{url}/api/v1/socket-server"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Assignment>().await.unwrap().server_id
+        })
+    });
+    let mut per_server = std::collections::BTreeMap::new();
+    for request in requests {
+        *per_server.entry(request.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_server.into_iter().collect::<Vec<_>>(),
+        [
+            ("a".to_owned(), 10),
+            ("b".to_owned(), 10),
+            ("c".to_owned(), 10)
+        ]
+    );
+    let resp = http
+        .get(format!("{url}/api/v1/socket-server"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+}
+
+/// One script making many assignments picks as one script per assignment would: least
+/// loaded first, ties to the lower id, the slots it reserved counted, and servers past the
+/// first page of 64 read when the first page fills up.
+#[tokio::test]
+async fn one_script_assigns_as_a_sequence_of_single_assignments() {
+    let config = config("assign-many");
+    let directory = switchboard_server_directory::ServerDirectory::new(
+        switchboard_service_kit::redis_sentinel::SentinelRedis::new(config.common.redis.clone()),
+    );
+    let (stale, ttl) = (config.stale_after_ms, config.reservation_ttl_ms);
+    let url = spawn_app(config).await;
+    let http = reqwest::Client::new();
+    let now = || chrono::Utc::now().timestamp_millis();
+    let ids = |found: Vec<Option<Assignment>>| -> Vec<Option<String>> {
+        found.into_iter().map(|a| a.map(|a| a.server_id)).collect()
+    };
+
+    assert_eq!(register(&http, &url, "a", 10).await, 201);
+    assert_eq!(register(&http, &url, "b", 10).await, 201);
+    let first = directory.assign_many(now(), stale, ttl, 1).await.unwrap();
+    assert_eq!(
+        ids(first),
+        [Some("a".to_owned())],
+        "a tie goes to the lower id"
+    );
+    // Loads a=1, b=0: b; then a tie at 1 goes to a; then b; then a tie at 2 goes to a.
+    let next = directory.assign_many(now(), stale, ttl, 4).await.unwrap();
+    assert_eq!(
+        ids(next),
+        ["b", "a", "b", "a"].map(|id| Some(id.to_owned()))
+    );
+
+    // 70 more servers with room for one each: the first page of 64 (in load order) fills, the
+    // rest are read from the next page; then a and b take the remaining slots.
+    for i in 0..70 {
+        assert_eq!(register(&http, &url, &format!("s{i:02}"), 1).await, 201);
+    }
+    let many = directory.assign_many(now(), stale, ttl, 90).await.unwrap();
+    let assigned: Vec<String> = many.iter().flatten().map(|a| a.server_id.clone()).collect();
+    let singles: std::collections::BTreeSet<&String> =
+        assigned.iter().filter(|id| id.starts_with('s')).collect();
+    assert_eq!(singles.len(), 70, "every one-slot server got exactly one");
+    assert_eq!(
+        assigned.iter().filter(|id| !id.starts_with('s')).count(),
+        15,
+        "a and b filled up (5 reserved before, 15 now)"
+    );
+    assert_eq!(
+        many.iter().filter(|a| a.is_none()).count(),
+        5,
+        "then no room"
+    );
+    assert!(many[..85].iter().all(Option::is_some) && many[85..].iter().all(Option::is_none));
+}
+
 #[tokio::test]
 async fn registration_needs_the_cluster_secret() {
     let url = spawn_app(config("secret")).await;

@@ -64,32 +64,72 @@ static REMOVE: LazyLock<Script> = LazyLock::new(|| {
 static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-        -- KEYS: servers. ARGV: prefix, now_ms, stale_ms, reservation_ttl_ms, reservation_id
+        -- KEYS: servers. ARGV: prefix, now_ms, stale_ms, reservation_ttl_ms, then one
+        -- reservation id per assignment asked for. Answers one row per id (false: no room).
+        -- Each assignment takes the least-loaded live server with room, counting the slots
+        -- this call already reserved; servers are read a page at a time in load order, and a
+        -- further page only when a server on it could beat the best one found so far.
         local prefix = ARGV[1]
         local now = tonumber(ARGV[2])
         local stale = tonumber(ARGV[3])
         local ttl = tonumber(ARGV[4])
-        local offset = 0
-        while true do
-          local batch = redis.call('ZRANGE', KEYS[1], offset, offset + 63, 'WITHSCORES')
-          if #batch == 0 then return false end
-          for i = 1, #batch, 2 do
-            local id = batch[i]
-            local load = tonumber(batch[i + 1])
+        local candidates = {}
+        local fetched, exhausted, last_load = 0, false, nil
+        local function fetch_page()
+          local page = redis.call('ZRANGE', KEYS[1], fetched, fetched + 63, 'WITHSCORES')
+          fetched = fetched + 64
+          if #page < 128 then exhausted = true end
+          for i = 1, #page, 2 do
+            local id = page[i]
+            local load = tonumber(page[i + 1])
+            last_load = load
             local h = redis.call('HMGET', prefix .. 'server:' .. id,
                                  'url', 'max_connections', 'last_heartbeat_ms')
             if h[1] and h[2] then
-              local max = tonumber(h[2])
               local heartbeat = tonumber(h[3] or '0')
-              if load < max and (stale <= 0 or now - heartbeat <= stale) then
-                redis.call('ZADD', prefix .. 'reservations:' .. id, now + ttl, ARGV[5])
-                redis.call('ZINCRBY', KEYS[1], 1, id)
-                return {id, h[1], tostring(load), h[2]}
+              if stale <= 0 or now - heartbeat <= stale then
+                candidates[#candidates + 1] = {id = id, load = load, url = h[1],
+                                               max = tonumber(h[2]), max_text = h[2], taken = {}}
               end
             end
           end
-          offset = offset + 64
         end
+        fetch_page()
+        local out = {}
+        for r = 5, #ARGV do
+          local best
+          while true do
+            best = nil
+            for _, c in ipairs(candidates) do
+              -- Ties go to the lower id, as in the sorted set's own order.
+              if c.load < c.max and (best == nil or c.load < best.load
+                  or (c.load == best.load and c.id < best.id)) then
+                best = c
+              end
+            end
+            if exhausted or (best ~= nil and best.load <= last_load) then break end
+            fetch_page()
+          end
+          if best == nil then
+            out[#out + 1] = false
+          else
+            out[#out + 1] = {best.id, best.url, tostring(best.load), best.max_text}
+            best.taken[#best.taken + 1] = ARGV[r]
+            best.load = best.load + 1
+          end
+        end
+        for _, c in ipairs(candidates) do
+          if #c.taken > 0 then
+            local members = {}
+            for _, id in ipairs(c.taken) do
+              members[#members + 1] = now + ttl
+              members[#members + 1] = id
+            end
+            redis.call('ZADD', prefix .. 'reservations:' .. c.id, unpack(members))
+            redis.call('ZINCRBY', KEYS[1], #c.taken, c.id)
+          end
+        end
+        return out
         "#,
     )
 });
@@ -215,28 +255,47 @@ impl ServerDirectory {
         Ok(removed == 1)
     }
 
-    /// Picks the least-loaded server with room and a fresh heartbeat, and reserves a slot on
-    /// it. `None` when every server is full (or there are none).
-    pub async fn assign(
+    /// `count` assignments in one script. Each picks the least-loaded server with room and a
+    /// fresh heartbeat and reserves a slot on it (`None`: every server is full, or there are
+    /// none), as if they ran one after another: the slots reserved for the earlier ones count
+    /// for the later ones.
+    pub async fn assign_many(
         &self,
         now_ms: i64,
         stale_after_ms: i64,
         reservation_ttl_ms: i64,
-    ) -> Result<Option<Assignment>, StoreError> {
+        count: usize,
+    ) -> Result<Vec<Option<Assignment>>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
         let mut inv = ASSIGN.prepare_invoke();
         inv.key(&self.servers_key)
             .arg(self.redis.config().key_prefix.as_str())
             .arg(now_ms)
             .arg(stale_after_ms)
-            .arg(reservation_ttl_ms)
-            .arg(ulid::Ulid::new().to_string());
-        let row: Option<(String, String, String, String)> = self.redis.invoke(&inv).await?;
-        Ok(row.map(|(server_id, url, load, max)| Assignment {
-            server_id,
-            url,
-            connections: parse_count(&load),
-            max_connections: parse_count(&max),
-        }))
+            .arg(reservation_ttl_ms);
+        for _ in 0..count {
+            inv.arg(ulid::Ulid::new().to_string());
+        }
+        let rows: Vec<Option<(String, String, String, String)>> = self.redis.invoke(&inv).await?;
+        if rows.len() != count {
+            return Err(StoreError::Unavailable(format!(
+                "the assign script answered {} rows for {count} assignments",
+                rows.len()
+            )));
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                row.map(|(server_id, url, load, max)| Assignment {
+                    server_id,
+                    url,
+                    connections: parse_count(&load),
+                    max_connections: parse_count(&max),
+                })
+            })
+            .collect())
     }
 
     /// A client connected: consume a reservation, or count one more if there was none.

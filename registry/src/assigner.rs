@@ -1,0 +1,83 @@
+//! Group commit for assignments: concurrent requests share one assign script.
+//!
+//! An assignment costs the Redis master a script and its commands (a page of the servers' set,
+//! the chosen server's hash, the reservation, the score), and most of that is per script, not
+//! per assignment: with 64 requests in flight (S4) every one used to run its own. The
+//! [`Assigner`]'s task takes every request queued while the previous script was in flight (at
+//! most [`MAX_PER_SCRIPT`]) and makes all of their assignments in one
+//! [`ServerDirectory::assign_many`], which gives each the server it would have got in a
+//! script of its own, one after another. A lone request waits for nothing.
+//!
+//! The queue is bounded; a full queue makes requests wait.
+
+use switchboard_protocol::registry::Assignment;
+use switchboard_server_directory::ServerDirectory;
+use switchboard_service_kit::redis_sentinel::StoreError;
+use tokio::sync::{mpsc, oneshot};
+
+/// Requests waiting for a script, at most.
+const QUEUE: usize = 4_096;
+/// Assignments one script makes, at most.
+pub const MAX_PER_SCRIPT: usize = 64;
+
+type Reply = oneshot::Sender<Result<Option<Assignment>, String>>;
+
+/// Hands out assignments in group-committed scripts; see the module docs.
+#[derive(Clone)]
+pub struct Assigner {
+    tx: mpsc::Sender<Reply>,
+}
+
+impl Assigner {
+    /// Starts the assigning task; it ends when the last [`Assigner`] is dropped.
+    pub fn start(directory: ServerDirectory, stale_after_ms: i64, reservation_ttl_ms: i64) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(directory, stale_after_ms, reservation_ttl_ms, rx));
+        Assigner { tx }
+    }
+
+    /// The least-loaded live server with room, a slot reserved on it; `None` when every server
+    /// is full (or there are none).
+    pub async fn assign(&self) -> Result<Option<Assignment>, StoreError> {
+        let (done, reply) = oneshot::channel();
+        self.tx
+            .send(done)
+            .await
+            .map_err(|_| StoreError::Unavailable("the assigner is not running".into()))?;
+        reply
+            .await
+            .map_err(|_| StoreError::Unavailable("the assigner went away".into()))?
+            .map_err(StoreError::Unavailable)
+    }
+}
+
+async fn run(
+    directory: ServerDirectory,
+    stale_after_ms: i64,
+    reservation_ttl_ms: i64,
+    mut rx: mpsc::Receiver<Reply>,
+) {
+    let mut waiting = Vec::with_capacity(MAX_PER_SCRIPT);
+    while rx.recv_many(&mut waiting, MAX_PER_SCRIPT).await > 0 {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let found = directory
+            .assign_many(now_ms, stale_after_ms, reservation_ttl_ms, waiting.len())
+            .await;
+        match found {
+            Ok(assignments) => {
+                for (done, assignment) in waiting.drain(..).zip(assignments) {
+                    let _ = done.send(Ok(assignment));
+                }
+            }
+            Err(e) => {
+                let message = match e {
+                    StoreError::Unavailable(message) => message,
+                    other => other.to_string(),
+                };
+                for done in waiting.drain(..) {
+                    let _ = done.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
