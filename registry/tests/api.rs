@@ -50,12 +50,18 @@ async fn register(http: &reqwest::Client, url: &str, server_id: &str, max: u64) 
         .as_u16()
 }
 
+/// One `GET /api/v1/socket-server`, as a client asks for a server.
+async fn ask_for_a_server(http: &reqwest::Client, url: &str) -> reqwest::Response {
+    http.get(format!("{url}/api/v1/socket-server"))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn no_servers_means_503_no_capacity() {
     let url = spawn_app(config("empty")).await;
-    let resp = reqwest::get(format!("{url}/api/v1/socket-server"))
-        .await
-        .unwrap();
+    let resp = ask_for_a_server(&reqwest::Client::new(), &url).await;
     assert_eq!(resp.status(), 503);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "no_capacity");
@@ -69,14 +75,7 @@ async fn assignments_spread_over_servers_and_reserve_slots() {
     assert_eq!(register(&http, &url, "b", 2).await, 201);
     let mut got = Vec::new();
     for _ in 0..4 {
-        let a: Assignment = http
-            .get(format!("{url}/api/v1/socket-server"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let a: Assignment = ask_for_a_server(&http, &url).await.json().await.unwrap();
         got.push(a.server_id);
     }
     got.sort();
@@ -86,11 +85,7 @@ async fn assignments_spread_over_servers_and_reserve_slots() {
         "least loaded first, reservations count"
     );
     // Both are full of reservations now.
-    let resp = http
-        .get(format!("{url}/api/v1/socket-server"))
-        .send()
-        .await
-        .unwrap();
+    let resp = ask_for_a_server(&http, &url).await;
     assert_eq!(resp.status(), 503);
 }
 
@@ -107,11 +102,7 @@ async fn a_concurrent_burst_fills_every_server_exactly() {
         let http = http.clone();
         let url = url.clone();
         tokio::spawn(async move {
-            let resp = http
-                .get(format!("{url}/api/v1/socket-server"))
-                .send()
-                .await
-                .unwrap();
+            let resp = ask_for_a_server(&http, &url).await;
             assert_eq!(resp.status(), 200);
             resp.json::<Assignment>().await.unwrap().server_id
         })
@@ -128,11 +119,7 @@ async fn a_concurrent_burst_fills_every_server_exactly() {
             ("c".to_owned(), 10)
         ]
     );
-    let resp = http
-        .get(format!("{url}/api/v1/socket-server"))
-        .send()
-        .await
-        .unwrap();
+    let resp = ask_for_a_server(&http, &url).await;
     assert_eq!(resp.status(), 503);
 }
 
@@ -222,11 +209,7 @@ async fn one_address_is_rate_limited_and_capped_on_reservations() {
     assert_eq!(register(&http, &url, "big", 1000).await, 201);
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        let resp = http
-            .get(format!("{url}/api/v1/socket-server"))
-            .send()
-            .await
-            .unwrap();
+        let resp = ask_for_a_server(&http, &url).await;
         statuses.push(resp.status().as_u16());
     }
     // Three reservations, then the cap (429) while the bucket still has tokens, then the
