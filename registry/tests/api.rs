@@ -123,9 +123,9 @@ async fn a_concurrent_burst_fills_every_server_exactly() {
     assert_eq!(resp.status(), 503);
 }
 
-/// One script making many assignments picks as one script per assignment would: least
-/// loaded first, ties to the lower id, the slots it reserved counted, and servers past the
-/// first page of 64 read when the first page fills up.
+/// One script making many assignments picks as one script per assignment would: live servers
+/// only, least loaded first, ties to the lower id, the slots it reserved counted, and servers
+/// past the first page of 64 read when the first page fills up.
 #[tokio::test]
 async fn one_script_assigns_as_a_sequence_of_single_assignments() {
     let config = config("assign-many");
@@ -140,6 +140,17 @@ async fn one_script_assigns_as_a_sequence_of_single_assignments() {
         found.into_iter().map(|a| a.map(|a| a.server_id)).collect()
     };
 
+    // A server whose heartbeat is stale sorts first (load 0, lowest id) and is never picked.
+    let dead = Registration {
+        server_id: "0dead".into(),
+        url: "ws://10.0.0.9:9001/ws".into(),
+        health_url: "http://10.0.0.9:9001/live".into(),
+        max_connections: 1_000,
+    };
+    directory
+        .register(&dead, 0, now() - 10 * stale)
+        .await
+        .unwrap();
     assert_eq!(register(&http, &url, "a", 10).await, 201);
     assert_eq!(register(&http, &url, "b", 10).await, 201);
     let first = directory.assign_many(now(), stale, ttl, 1).await.unwrap();

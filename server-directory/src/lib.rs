@@ -66,33 +66,39 @@ static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
         r#"
         -- KEYS: servers. ARGV: prefix, now_ms, stale_ms, reservation_ttl_ms, then one
         -- reservation id per assignment asked for. Answers one row per id (false: no room).
-        -- Each assignment takes the least-loaded live server with room, counting the slots
-        -- this call already reserved; servers are read a page at a time in load order, and a
-        -- further page only when a server on it could beat the best one found so far.
+        -- Each assignment takes the least-loaded live server with room (ties to the lower id,
+        -- the sorted set's own order), counting the slots this call already reserved. Servers
+        -- are read a page at a time in that order, a further page only when a server on it
+        -- could beat the best one found; a server's hash is read only when it could be the
+        -- best, so a lone assignment reads as few as a scan for the first fit would.
         local prefix = ARGV[1]
         local now = tonumber(ARGV[2])
         local stale = tonumber(ARGV[3])
         local ttl = tonumber(ARGV[4])
         local candidates = {}
-        local fetched, exhausted, last_load = 0, false, nil
+        local fetched, exhausted, last_load, last_id = 0, false, nil, nil
         local function fetch_page()
           local page = redis.call('ZRANGE', KEYS[1], fetched, fetched + 63, 'WITHSCORES')
           fetched = fetched + 64
           if #page < 128 then exhausted = true end
           for i = 1, #page, 2 do
-            local id = page[i]
-            local load = tonumber(page[i + 1])
-            last_load = load
-            local h = redis.call('HMGET', prefix .. 'server:' .. id,
-                                 'url', 'max_connections', 'last_heartbeat_ms')
-            if h[1] and h[2] then
-              local heartbeat = tonumber(h[3] or '0')
-              if stale <= 0 or now - heartbeat <= stale then
-                candidates[#candidates + 1] = {id = id, load = load, url = h[1],
-                                               max = tonumber(h[2]), max_text = h[2], taken = {}}
-              end
-            end
+            last_id = page[i]
+            last_load = tonumber(page[i + 1])
+            candidates[#candidates + 1] = {id = last_id, load = last_load, taken = {}}
           end
+        end
+        local function live(c)
+          if c.live == nil then
+            local h = redis.call('HMGET', prefix .. 'server:' .. c.id,
+                                 'url', 'max_connections', 'last_heartbeat_ms')
+            local heartbeat = tonumber(h[3] or '0')
+            c.live = (h[1] and h[2] and (stale <= 0 or now - heartbeat <= stale)) and true or false
+            c.url, c.max, c.max_text = h[1], tonumber(h[2] or '0'), h[2]
+          end
+          return c.live
+        end
+        local function before(a, b)
+          return a.load < b.load or (a.load == b.load and a.id < b.id)
         end
         fetch_page()
         local out = {}
@@ -101,13 +107,14 @@ static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
           while true do
             best = nil
             for _, c in ipairs(candidates) do
-              -- Ties go to the lower id, as in the sorted set's own order.
-              if c.load < c.max and (best == nil or c.load < best.load
-                  or (c.load == best.load and c.id < best.id)) then
+              if (best == nil or before(c, best)) and live(c) and c.load < c.max then
                 best = c
               end
             end
-            if exhausted or (best ~= nil and best.load <= last_load) then break end
+            -- Servers not read yet come after the last one read, in load-then-id order.
+            if exhausted or (best ~= nil and not before({load = last_load, id = last_id}, best)) then
+              break
+            end
             fetch_page()
           end
           if best == nil then
