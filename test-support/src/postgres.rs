@@ -2,7 +2,9 @@
 //! `switchboard` role (trust auth) and database.
 //!
 //! PostgreSQL refuses to run as root, so when the harness is root the server runs as the
-//! `postgres` system user through `setpriv` (which execs, so the death signal still applies).
+//! `postgres` system user through `setpriv`. The kernel clears a process's parent-death signal
+//! when its user changes, so `setpriv` sets it again after the change (`--pdeathsig`): without
+//! that, every test binary's shared server outlived it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,6 +49,7 @@ fn as_postgres(program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
             "--reuid=postgres".to_owned(),
             "--regid=postgres".to_owned(),
             "--init-groups".to_owned(),
+            "--pdeathsig=SIGKILL".to_owned(),
             program.display().to_string(),
         ];
         full.extend(args.iter().cloned());
@@ -205,5 +208,50 @@ impl Postgres {
 
     pub fn url(&self) -> String {
         format!("postgres://switchboard@127.0.0.1:{}/switchboard", self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server run as the `postgres` user dies with the process that started it, as every
+    /// other child of the harness does (only root switches users, so elsewhere this passes).
+    #[test]
+    fn a_server_run_as_postgres_dies_with_its_parent() {
+        if !is_root() {
+            return;
+        }
+        let (program, args) = as_postgres(Path::new("/bin/sleep"), &["300".to_owned()]);
+        // A shell starts it in the background, gives it time to exec, and exits: its parent dies.
+        let output = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#""$0" "$@" >/dev/null 2>&1 & echo $!; sleep 0.5"#)
+            .arg(&program)
+            .args(&args)
+            .output()
+            .expect("running sh");
+        let pid: u32 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("the background pid");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // Gone, or a zombie nobody reaps (a container's init may not): either way dead.
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit(')').next().map(str::to_owned))
+                .and_then(|rest| rest.split_whitespace().next().map(str::to_owned));
+            if matches!(state.as_deref(), None | Some("Z" | "X")) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+                panic!("the process run as postgres outlived its parent (state {state:?})");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
