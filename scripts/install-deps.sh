@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages the local stack and the tests need (Debian/Ubuntu):
 # redis-server, redis-sentinel, nginx-light, PostgreSQL; and the Kafka-protocol broker tansu
-# (crates.io, built once into ~/.cache/switchboard/tansu). Idempotent: skips apt entirely when the
-# commands are already present. Works as root without a TTY. Then stops any redis/nginx
-# system service (a package install auto-starts them) so they don't hold the fixed ports.
+# (crates.io with our patches, built once into ~/.cache/switchboard/tansu by build-tansu.sh).
+# Idempotent: skips apt entirely when the commands are already present. Works as root without a
+# TTY. Then stops any redis/nginx system service (a package install auto-starts them) so they
+# don't hold the fixed ports.
 set -euo pipefail
 
 need=()
@@ -34,13 +35,9 @@ else
     echo "install-deps: redis-server, redis-sentinel, nginx and PostgreSQL already present"
 fi
 
-# The broker for the local stack and the tests: tansu, built once into a cache that outlives
-# the work tree (about 10 minutes on a 2-core machine).
-TANSU_ROOT="${HOME:-/root}/.cache/switchboard/tansu"
-if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
-    echo "install-deps: building the tansu broker into $TANSU_ROOT (one time)"
-    cargo install tansu --locked --features dynostore,libsql --root "$TANSU_ROOT"
-fi
+# The broker for the local stack and the tests: tansu 0.6.0 with the patches in scripts/tansu/,
+# built once into a cache that outlives the work tree (rebuilt when a patch changes).
+bash "$(dirname "${BASH_SOURCE[0]}")/build-tansu.sh"
 
 # The browser test (e2e-tests/tests/e2e/browser.rs): Debian's Chromium, driven by playwright-core
 # from npm (web-tests/, locked by its package-lock.json; it downloads no browser of its own).
