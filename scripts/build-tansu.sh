@@ -28,7 +28,12 @@ trap 'rm -rf "$work"' EXIT
 
 fetch_crate() { # name sha256
     local file="$work/$1-$TANSU_VERSION.crate"
-    curl -sSfL --retry 3 -o "$file" "https://static.crates.io/crates/$1/$1-$TANSU_VERSION.crate"
+    local url="https://static.crates.io/crates/$1/$1-$TANSU_VERSION.crate"
+    if command -v curl >/dev/null 2>&1; then
+        curl -sSfL --retry 3 -o "$file" "$url"
+    else
+        python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$url" "$file"
+    fi
     echo "$2  $file" | sha256sum -c --quiet -
     tar xzf "$file" -C "$work"
 }
