@@ -176,16 +176,10 @@ async fn run(
     wait_timeout: Duration,
     mut rx: mpsc::Receiver<Job>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_CALLS_PER_FLUSH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+    let mut jobs = Vec::with_capacity(MAX_CALLS_PER_FLUSH);
+    while rx.recv_many(&mut jobs, MAX_CALLS_PER_FLUSH).await > 0 {
         let (calls, dones): (Vec<ScriptCall>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.call, j.done)).unzip();
+            jobs.drain(..).map(|j| (j.call, j.done)).unzip();
         let result = redis
             .pipe_replies_on_master(|replid| {
                 let mut pipe = redis::pipe();

@@ -16,10 +16,11 @@
 //!    is only used once at least `n` replicas have it: a failover cannot roll a counter back
 //!    under an acknowledged message.
 //! 3. **append the batch's records together** and wait for the broker's acks.
-//! 4. **finish**: a script (in the next flush) clears the acked records' pending entries and
-//!    answers whether the token still holds the lease. Only then is `sent` answered and the messages routed; a
-//!    manager that lost its lease (a pause, a partition) answers `unavailable` and the client's
-//!    resend gets the same numbers from the idempotency record.
+//! 4. **route, then finish**: the appended records are routed, then a script (in the next
+//!    flush) clears their pending entries and answers whether the token still holds the lease.
+//!    Only then is `sent` answered; a manager that lost its lease (a pause, a partition)
+//!    answers `unavailable` and the client's resend gets the same numbers from the
+//!    idempotency record.
 //!
 //! Routing is enqueued inside the lease (without waiting for its ack), so one manager's records
 //! reach each handler topic in `seq` order; when several managers take turns on a conversation
