@@ -11,7 +11,8 @@
 //!    and clears them, so a number is never reused and never left a hole while traffic flows.
 //! 2. **number the batch in one script.** For each send, a known `client_msg_id` answers with
 //!    its recorded `seq`/`message_id`; a new one takes `INCR`, writes its idempotency record
-//!    (a hash, no body) and its pending entry. The script refuses a token that is not the
+//!    (one string `"{seq} {message_id} {created_at}"` with its expiry, no body) and its
+//!    pending entry. The script refuses a token that is not the
 //!    holder's. It runs in the numbering batcher's flush, which ends in `WAIT n`, so a number
 //!    is only used once at least `n` replicas have it: a failover cannot roll a counter back
 //!    under an acknowledged message.
@@ -152,17 +153,21 @@ end
 if redis.call('GET', K[4]) ~= replid then
   return redis.error_reply('UNVERIFIED the counter was not checked against the log on this master')
 end
-local ttl = tonumber(A[2])
 local out = {}
 for i = 5, #K do
   local a = 4 + (i - 5) * 3
-  local known = redis.call('HMGET', K[i], 'seq', 'message_id', 'created_at')
-  if known[1] then
-    out[#out + 1] = {tonumber(known[1]), known[2], known[3], 0}
+  local known = redis.pcall('GET', K[i])
+  if type(known) == 'table' then
+    -- WRONGTYPE: a record from before they were strings, a hash of the same three fields.
+    local fields = redis.call('HMGET', K[i], 'seq', 'message_id', 'created_at')
+    known = fields[1] and table.concat(fields, ' ')
+  end
+  if known then
+    local seq, message_id, created_at = string.match(known, '^(%d+) (%S+) (%S+)$')
+    out[#out + 1] = {tonumber(seq), message_id, created_at, 0}
   else
     local seq = redis.call('INCR', K[2])
-    redis.call('HSET', K[i], 'seq', seq, 'message_id', A[a], 'created_at', A[a + 1])
-    redis.call('EXPIRE', K[i], ttl)
+    redis.call('SET', K[i], seq .. ' ' .. A[a] .. ' ' .. A[a + 1], 'EX', A[2])
     redis.call('HSET', K[3], seq, A[a + 2])
     out[#out + 1] = {seq, A[a], A[a + 1], 1}
   end
@@ -170,17 +175,22 @@ end
 return out",
 };
 
-/// K: lease, pending. A: token, release (1: give the lease up), then the seqs whose append the
-/// broker acknowledged. Clears those pending entries (always right: they are in the log) and
-/// answers 1 while the token still holds the lease, else 0.
+/// K: lease, pending. A: token, release (1: give the lease up), lease ttl (ms), then the seqs
+/// whose append the broker acknowledged. Clears those pending entries (always right: they are
+/// in the log) and answers 1 while the token still holds the lease, else 0.
 const FINISH: ScriptFunction = ScriptFunction {
     name: "finish",
     body: r"
 -- HDEL takes many fields; unpack takes a few thousand values at most, hence the chunks.
-for i = 3, #A, 1000 do redis.call('HDEL', K[2], unpack(A, i, math.min(i + 999, #A))) end
-if redis.call('GET', K[1]) ~= A[1] then return 0 end
-if A[2] == '1' then redis.call('DEL', K[1]) end
-return 1",
+for i = 4, #A, 1000 do redis.call('HDEL', K[2], unpack(A, i, math.min(i + 999, #A))) end
+if A[2] ~= '1' then return redis.call('GET', K[1]) == A[1] and 1 or 0 end
+-- Giving the lease up reads and deletes it in one command. A lease found taken by another
+-- holder (ours expired) goes back to it; its renewal sets the expiry again within a third of
+-- the ttl, so at worst it lives one ttl longer than it would have.
+local holder = redis.call('GETDEL', K[1])
+if holder == A[1] then return 1 end
+if holder then redis.call('SET', K[1], holder, 'PX', A[3]) end
+return 0",
 };
 
 /// KEYS: lease, counter, counter epoch, then the idempotency key of each message the log holds
@@ -198,13 +208,10 @@ if current ~= tonumber(ARGV[4]) then
 end
 local floor = tonumber(ARGV[3])
 if floor > current then redis.call('SET', KEYS[2], floor) end
-local ttl = tonumber(ARGV[5])
 for i = 4, #KEYS do
   local a = 6 + (i - 4) * 3
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('HSET', KEYS[i], 'seq', ARGV[a], 'message_id', ARGV[a + 1], 'created_at', ARGV[a + 2])
-    redis.call('EXPIRE', KEYS[i], ttl)
-  end
+  -- NX: a record that survived (in either format) stays as it is.
+  redis.call('SET', KEYS[i], ARGV[a] .. ' ' .. ARGV[a + 1] .. ' ' .. ARGV[a + 2], 'EX', ARGV[5], 'NX')
 end
 redis.call('SET', KEYS[3], ARGV[2])
 return current
@@ -742,9 +749,10 @@ impl Sequencer {
         acked_seqs: &[u64],
         release: bool,
     ) -> Result<bool, NumberingError> {
-        let mut args = Vec::with_capacity(2 + acked_seqs.len());
+        let mut args = Vec::with_capacity(3 + acked_seqs.len());
         args.push(lease.token.clone());
         args.push(if release { "1" } else { "0" }.to_owned());
+        args.push(self.lock_ttl.as_millis().to_string());
         args.extend(acked_seqs.iter().map(u64::to_string));
         let reply = self
             .numberer
@@ -920,5 +928,76 @@ fn sent_frame(s: &SendRequest, n: &Numbered) -> ServerFrame {
         message_id: n.message_id.clone(),
         seq: n.seq,
         created_at: n.created_at.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+    use switchboard_service_kit::supervise::Workers;
+
+    /// The finish script against the test binary's real Redis: giving the lease up deletes it
+    /// only for its holder; a lease another holder took in the meantime stays theirs.
+    #[tokio::test(flavor = "current_thread")]
+    async fn finishing_gives_up_only_its_own_lease() {
+        switchboard_test_support::shared::warm_up();
+        let id = switchboard_test_support::shared::unique("finish-lease");
+        let redis = SentinelRedis::new(switchboard_test_support::shared::redis_config(
+            "socket-manager",
+            &id,
+        ));
+        let mut workers = Workers::new();
+        let batcher = NumberingBatcher::start(
+            redis.clone(),
+            &SEQUENCE_FUNCTIONS,
+            0,
+            Duration::from_secs(2),
+            &mut workers,
+        );
+        let lease = redis.key("lock:conv:c1");
+        let pending = redis.key("pending:c1");
+        let finish = |token: &str, release: bool| ScriptCall {
+            function: FINISH.name,
+            keys: vec![lease.clone(), pending.clone()],
+            args: vec![
+                token.to_owned(),
+                if release { "1" } else { "0" }.to_owned(),
+                "30000".to_owned(),
+                "7".to_owned(),
+            ],
+        };
+        let set = |value: &str| {
+            redis::cmd("SET")
+                .arg(&lease)
+                .arg(value)
+                .arg("PX")
+                .arg(30_000)
+                .clone()
+        };
+
+        let _: () = redis.query(&set("theirs")).await.unwrap();
+        let _: i64 = redis
+            .query(redis::cmd("HSET").arg(&pending).arg(7).arg("{}"))
+            .await
+            .unwrap();
+        let lost = batcher.run(finish("mine", true)).await.unwrap();
+        assert_eq!(lost.value, Value::Int(0), "a lease another holder took");
+        let holder: Option<String> = redis.query(redis::cmd("GET").arg(&lease)).await.unwrap();
+        assert_eq!(holder.as_deref(), Some("theirs"), "stays theirs");
+        let expiry: i64 = redis.query(redis::cmd("PTTL").arg(&lease)).await.unwrap();
+        assert!(expiry > 0, "with an expiry ({expiry} ms)");
+        let left: i64 = redis.query(redis::cmd("HLEN").arg(&pending)).await.unwrap();
+        assert_eq!(left, 0, "the acknowledged seq is cleared either way");
+
+        let _: () = redis.query(&set("mine")).await.unwrap();
+        let kept = batcher.run(finish("mine", false)).await.unwrap();
+        assert_eq!(kept.value, Value::Int(1));
+        let released = batcher.run(finish("mine", true)).await.unwrap();
+        assert_eq!(released.value, Value::Int(1));
+        let holder: Option<String> = redis.query(redis::cmd("GET").arg(&lease)).await.unwrap();
+        assert_eq!(holder, None, "its own lease is given up");
+        let gone = batcher.run(finish("mine", true)).await.unwrap();
+        assert_eq!(gone.value, Value::Int(0), "a lease that expired is lost");
     }
 }

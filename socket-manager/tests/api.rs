@@ -21,6 +21,8 @@ use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared::{self, CLUSTER_SECRET};
 
 struct TestApp {
+    /// The test's id: its Redis key prefix is `sb:{id}:`.
+    id: String,
     manager: String,
     messages: String,
     kafka: KafkaConfig,
@@ -58,6 +60,7 @@ async fn spawn_apps(name: &str) -> TestApp {
     let manager_url = format!("http://127.0.0.1:{}", manager.port());
     tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
     TestApp {
+        id,
         manager: manager_url,
         messages,
         kafka,
@@ -304,6 +307,66 @@ async fn sends_are_numbered_idempotent_and_land_on_the_log_and_the_handler_topic
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_records_are_one_string_with_an_expiry_and_older_hash_records_still_answer() {
+    let app = spawn_apps("idem-format").await;
+    app.register("h1").await;
+    let conversation = app.group("alice", &["bob"]).await;
+    let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(
+        shared::redis_config("socket-manager", &app.id),
+    );
+    let idem_key = |client_msg_id: &str| {
+        redis.key(&format!("idem:{conversation}:alice:{client_msg_id}"))
+    };
+
+    // A record as a manager from before wrote it: a hash, as if "old" was numbered 1.
+    let old_message_id = "01JFAKEOLDRECORD000000000A";
+    let old_created_at = "2026-12-01T10:00:00.000Z";
+    let _: i64 = redis
+        .query(
+            redis::cmd("HSET")
+                .arg(idem_key("old"))
+                .arg("seq")
+                .arg(1)
+                .arg("message_id")
+                .arg(old_message_id)
+                .arg("created_at")
+                .arg(old_created_at),
+        )
+        .await
+        .unwrap();
+    let _: () = redis
+        .query(redis::cmd("SET").arg(redis.key(&format!("seq:{conversation}"))).arg(1))
+        .await
+        .unwrap();
+    let resent = app.batch("h1", vec![send(1, "alice", &conversation, "old")]).await;
+    assert_eq!(
+        sent(&resent[0]),
+        ("old".into(), 1, old_message_id.into()),
+        "a resend answered from a hash record gets its original numbers"
+    );
+
+    // A new message's record is one string "seq message_id created_at" with the TTL.
+    let fresh = app.batch("h1", vec![send(1, "alice", &conversation, "new")]).await;
+    let (_, seq, message_id) = sent(&fresh[0]);
+    assert_eq!(seq, 2, "the hash record's number was not taken again");
+    let record: String = redis
+        .query(redis::cmd("GET").arg(idem_key("new")))
+        .await
+        .unwrap();
+    let fields: Vec<&str> = record.split(' ').collect();
+    assert_eq!(fields.len(), 3, "{record}");
+    assert_eq!((fields[0], fields[1]), ("2", message_id.as_str()));
+    switchboard_protocol::Timestamp::parse(fields[2]).expect("created_at");
+    let ttl: i64 = redis
+        .query(redis::cmd("TTL").arg(idem_key("new")))
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the record expires (TTL {ttl})");
+    let again = app.batch("h1", vec![send(1, "alice", &conversation, "new")]).await;
+    assert_eq!(sent(&again[0]), ("new".into(), 2, message_id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
