@@ -43,6 +43,9 @@ const LATENCY_BUCKETS: [f64; 12] = [
 pub(crate) struct AppState {
     pub config: ManagerConfig,
     pub sequencer: sequencer::Sequencer,
+    /// The runtime the message path's tasks (Redis connections, batchers) run on; batches
+    /// are answered there rather than on the HTTP worker's own runtime (see `routes::batch`).
+    pub runtime: tokio::runtime::Handle,
 }
 
 pub struct Application {
@@ -172,6 +175,7 @@ impl Application {
                 metrics,
             },
             config,
+            runtime: tokio::runtime::Handle::current(),
         });
         let app_state = state.clone();
         let server = http::serve_json_api(

@@ -2,6 +2,13 @@ use socket_manager::{Application, ManagerConfig};
 use switchboard_service_kit::cli::Cli;
 use switchboard_service_kit::{shutdown, telemetry};
 
+/// mimalloc rather than glibc's malloc: the manager allocates many small, short-lived buffers
+/// across threads, where glibc's allocator took about a quarter of its CPU samples and
+/// mimalloc about an eighth (docs/performance.md run 14). The socket servers keep glibc's:
+/// mimalloc added ~2 KiB to each idle connection's share of their memory.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CLI: Cli = Cli {
     name: "socket-manager",
     version: env!("CARGO_PKG_VERSION"),

@@ -6,7 +6,7 @@ use switchboard_protocol::internal::{
     HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
     RenewRequest, BATCH_ID_HEADER,
 };
-use switchboard_protocol::{ErrorCode, HandlerId};
+use switchboard_protocol::{ConversationId, ErrorCode, HandlerId};
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 use tracing::Instrument;
 
@@ -122,9 +122,16 @@ async fn batch(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     let span = tracing::debug_span!("batch", batch = %batch_id, %handler);
-    answer_batch(state, handler, body.into_inner().items)
-        .instrument(span)
+    // Answered on the message path's runtime: every await in a batch (the numbering flush,
+    // Redis replies, broker acks) is woken by a task of that runtime, and each wake that
+    // crossed to this HTTP worker's thread cost a context switch.
+    let work = answer_batch(state.clone(), handler, body.into_inner().items).instrument(span);
+    let reply = state
+        .runtime
+        .spawn(work)
         .await
+        .map_err(|e| ApiError::unavailable(format!("the batch's task failed: {e}")))??;
+    Ok(HttpResponse::Ok().json(reply))
 }
 
 /// The work of [`batch`], inside its span (so every line it logs names the batch).
@@ -132,7 +139,7 @@ async fn answer_batch(
     state: web::Data<AppState>,
     handler: HandlerId,
     items: Vec<HandlerItem>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HandlerBatchReply, ApiError> {
     let crate::plan::BatchPlan {
         mut replies,
         online,
@@ -148,31 +155,16 @@ async fn answer_batch(
     crate::presence::announce(state.clone(), came_online, went_offline);
 
     let sequencer = &state.sequencer;
-    let send_groups = sends
-        .into_iter()
-        .map(|(conversation_id, group)| async move {
-            let requests: Vec<SendRequest> = group.iter().map(|(_, r)| r.clone()).collect();
-            let answers = sequencer.send_all(&conversation_id, &requests).await;
-            group
-                .into_iter()
-                .map(|(i, _)| i)
-                .zip(answers)
-                .collect::<Vec<_>>()
-        });
-    let handler_ref = handler.as_str();
+    let mut send_groups = Vec::with_capacity(sends.len());
+    for (conversation_id, group) in sends {
+        send_groups.push(send_group(sequencer, conversation_id, group));
+    }
     // One connection's signals in the order it sent them (a device's `delivered 5` then
     // `read 3` reach the other devices in that order); connections side by side.
-    let signal_work = crate::plan::by_connection(signals)
-        .into_iter()
-        .map(|group| async move {
-            let mut answers = Vec::with_capacity(group.len());
-            for signal in group {
-                let index = signal.index;
-                let refused = relay_signal(sequencer, handler_ref, signal).await.err();
-                answers.push((index, refused));
-            }
-            answers
-        });
+    let mut signal_work = Vec::new();
+    for group in crate::plan::by_connection(signals) {
+        signal_work.push(signal_group(sequencer, handler.as_str(), group));
+    }
     let (send_results, signal_results) = futures_util::future::join(
         futures_util::future::join_all(send_groups),
         futures_util::future::join_all(signal_work),
@@ -186,7 +178,33 @@ async fn answer_batch(
             replies[index] = frame;
         }
     }
-    Ok(HttpResponse::Ok().json(HandlerBatchReply { replies }))
+    Ok(HandlerBatchReply { replies })
+}
+
+/// One conversation's sends of a batch, answered with their places in the batch.
+async fn send_group(
+    sequencer: &crate::sequencer::Sequencer,
+    conversation_id: ConversationId,
+    group: Vec<(usize, SendRequest)>,
+) -> Vec<(usize, ServerFrame)> {
+    let requests: Vec<SendRequest> = group.iter().map(|(_, r)| r.clone()).collect();
+    let answers = sequencer.send_all(&conversation_id, &requests).await;
+    group.into_iter().map(|(i, _)| i).zip(answers).collect()
+}
+
+/// One connection's signals, in order; each place with its refusal, if any.
+async fn signal_group(
+    sequencer: &crate::sequencer::Sequencer,
+    handler: &str,
+    group: Vec<crate::plan::Signal>,
+) -> Vec<(usize, Option<ServerFrame>)> {
+    let mut answers = Vec::with_capacity(group.len());
+    for signal in group {
+        let index = signal.index;
+        let refused = relay_signal(sequencer, handler, signal).await.err();
+        answers.push((index, refused));
+    }
+    answers
 }
 
 /// Checks one typing or receipt signal (membership; a receipt's seq against the last one),

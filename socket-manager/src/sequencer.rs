@@ -474,7 +474,8 @@ impl Sequencer {
             .map(|(i, n)| (i, log_record(sends[i], n)))
             .collect();
         let appending = Instant::now();
-        let outcomes = self.appender.append_all(fresh.iter().map(|(_, r)| r)).await;
+        let records: Vec<&LogRecord> = fresh.iter().map(|(_, r)| r).collect();
+        let outcomes = self.appender.append_all(records).await;
         self.metrics
             .append_seconds
             .observe(appending.elapsed().as_secs_f64());
@@ -1021,8 +1022,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         let users = ["erin", "carol", "dave", "bob", "alice"].map(String::from);
-        let mut found: Vec<(String, Vec<String>)> =
-            handlers.handlers_for(&users).await.unwrap().into_iter().collect();
+        let mut found: Vec<(String, Vec<String>)> = handlers
+            .handlers_for(&users)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
         found.sort();
         assert_eq!(
             found,

@@ -314,12 +314,12 @@ async fn idempotency_records_are_one_string_with_an_expiry_and_older_hash_record
     let app = spawn_apps("idem-format").await;
     app.register("h1").await;
     let conversation = app.group("alice", &["bob"]).await;
-    let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(
-        shared::redis_config("socket-manager", &app.id),
-    );
-    let idem_key = |client_msg_id: &str| {
-        redis.key(&format!("idem:{conversation}:alice:{client_msg_id}"))
-    };
+    let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(shared::redis_config(
+        "socket-manager",
+        &app.id,
+    ));
+    let idem_key =
+        |client_msg_id: &str| redis.key(&format!("idem:{conversation}:alice:{client_msg_id}"));
 
     // A record as a manager from before wrote it: a hash, as if "old" was numbered 1.
     let old_message_id = "01JFAKEOLDRECORD000000000A";
@@ -338,10 +338,16 @@ async fn idempotency_records_are_one_string_with_an_expiry_and_older_hash_record
         .await
         .unwrap();
     let _: () = redis
-        .query(redis::cmd("SET").arg(redis.key(&format!("seq:{conversation}"))).arg(1))
+        .query(
+            redis::cmd("SET")
+                .arg(redis.key(&format!("seq:{conversation}")))
+                .arg(1),
+        )
         .await
         .unwrap();
-    let resent = app.batch("h1", vec![send(1, "alice", &conversation, "old")]).await;
+    let resent = app
+        .batch("h1", vec![send(1, "alice", &conversation, "old")])
+        .await;
     assert_eq!(
         sent(&resent[0]),
         ("old".into(), 1, old_message_id.into()),
@@ -349,7 +355,9 @@ async fn idempotency_records_are_one_string_with_an_expiry_and_older_hash_record
     );
 
     // A new message's record is one string "seq message_id created_at" with the TTL.
-    let fresh = app.batch("h1", vec![send(1, "alice", &conversation, "new")]).await;
+    let fresh = app
+        .batch("h1", vec![send(1, "alice", &conversation, "new")])
+        .await;
     let (_, seq, message_id) = sent(&fresh[0]);
     assert_eq!(seq, 2, "the hash record's number was not taken again");
     let record: String = redis
@@ -365,7 +373,9 @@ async fn idempotency_records_are_one_string_with_an_expiry_and_older_hash_record
         .await
         .unwrap();
     assert!(ttl > 0, "the record expires (TTL {ttl})");
-    let again = app.batch("h1", vec![send(1, "alice", &conversation, "new")]).await;
+    let again = app
+        .batch("h1", vec![send(1, "alice", &conversation, "new")])
+        .await;
     assert_eq!(sent(&again[0]), ("new".into(), 2, message_id));
 }
 
