@@ -296,12 +296,8 @@ mod tests {
     /// included, against the test binary's real Redis (with a replica for `WAIT`).
     #[tokio::test(flavor = "current_thread")]
     async fn every_call_of_a_flush_gets_its_own_reply() {
-        switchboard_test_support::shared::warm_up();
-        let id = switchboard_test_support::shared::unique("numbering-flush");
-        let redis = SentinelRedis::new(switchboard_test_support::shared::redis_config(
-            "socket-manager",
-            &id,
-        ));
+        let redis =
+            switchboard_test_support::shared::fresh_redis("socket-manager", "numbering-flush");
         let mut workers = Workers::new();
         let batcher = NumberingBatcher::start(
             redis.clone(),

@@ -942,12 +942,7 @@ mod tests {
     /// only for its holder; a lease another holder took in the meantime stays theirs.
     #[tokio::test(flavor = "current_thread")]
     async fn finishing_gives_up_only_its_own_lease() {
-        switchboard_test_support::shared::warm_up();
-        let id = switchboard_test_support::shared::unique("finish-lease");
-        let redis = SentinelRedis::new(switchboard_test_support::shared::redis_config(
-            "socket-manager",
-            &id,
-        ));
+        let redis = switchboard_test_support::shared::fresh_redis("socket-manager", "finish-lease");
         let mut workers = Workers::new();
         let batcher = NumberingBatcher::start(
             redis.clone(),
@@ -1006,12 +1001,7 @@ mod tests {
     /// the order asked; users offline, or whose mapping expired, are left out.
     #[tokio::test(flavor = "current_thread")]
     async fn route_lookup_groups_users_by_handler_and_skips_the_offline() {
-        switchboard_test_support::shared::warm_up();
-        let id = switchboard_test_support::shared::unique("route-lookup");
-        let redis = SentinelRedis::new(switchboard_test_support::shared::redis_config(
-            "socket-manager",
-            &id,
-        ));
+        let redis = switchboard_test_support::shared::fresh_redis("socket-manager", "route-lookup");
         let handlers = HandlerMap::new(redis.clone(), 60_000, 60_000);
         handlers.connected("h1", &["alice", "bob"]).await.unwrap();
         handlers.connected("h2", &["bob", "erin"]).await.unwrap();

@@ -403,6 +403,19 @@ pub fn redis_config(service: &str, id: &str) -> RedisConfig {
     redis_vars(service, id).config(&COMMON[1..2], RedisConfig::from_lookup)
 }
 
+/// A Redis client as `service`, under the key prefix of a fresh test id named after `name`,
+/// with the shared Redis started: for tests that drive a store module directly.
+pub fn fresh_redis(
+    service: &str,
+    name: &str,
+) -> switchboard_service_kit::redis_sentinel::SentinelRedis {
+    warm_up();
+    switchboard_service_kit::redis_sentinel::SentinelRedis::new(redis_config(
+        service,
+        &unique(name),
+    ))
+}
+
 /// The shared settings of `service` in the test `id` ([`common_vars`]).
 pub fn common_config(service: &str, id: &str) -> CommonConfig {
     common_vars(service, id).config(&COMMON[..2], CommonConfig::from_lookup)
