@@ -124,7 +124,9 @@ async fn batch(
     let span = tracing::debug_span!("batch", batch = %batch_id, %handler);
     // Answered on the message path's runtime: every await in a batch (the numbering flush,
     // Redis replies, broker acks) is woken by a task of that runtime, and each wake that
-    // crossed to this HTTP worker's thread cost a context switch.
+    // crossed to this HTTP worker's thread cost a context switch. As a task of its own, a
+    // batch also runs to its end when the socket server gives up waiting: its leases are
+    // released and its pending numbers cleared rather than left for the next holder.
     let work = answer_batch(state.clone(), handler, body.into_inner().items).instrument(span);
     let reply = state
         .runtime
