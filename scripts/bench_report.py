@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -181,13 +182,22 @@ p("## Commands")
 p("")
 p("```")
 p("./scripts/bench.sh                      # everything below, then this file")
-# The settings this run used (bench.sh passes them; the defaults are bench.sh's).
-knob = lambda name, default: os.environ.get(name) or default
-d = knob("D", "10")
-p(f"target/release/loadgen s2 --clients {knob('S2_C', '2000')} --rates {knob('S2_RATES', '2000,5000,10000,15000,20000')} --duration {d} --jwt-secret $SB_JWT_SECRET")
-p(f"target/release/loadgen s3 --clients {knob('S3_C', '1000')} --rates {knob('S3_RATES', '50,100,200,400,800')} --duration {d} --jwt-secret $SB_JWT_SECRET")
-p(f"target/release/loadgen s1 --clients {knob('S1_C', '3000')} --server-pids <socket server pids>")
-p(f"target/release/loadgen s4 --duration {d} --concurrency 64   # and `static`, `echo`, `broker` for the ceilings")
+# The loadgen arguments this run used, exactly as bench.sh logged them ("scenario NAME: ARGS"):
+# one source for the settings, whatever the knobs were.
+ran = {}
+bench_log = os.path.join(res, "bench.log")
+if os.path.exists(bench_log):
+    for line in open(bench_log):
+        match = re.search(r"\] scenario (\w+): (.*)$", line.rstrip())
+        if match:
+            ran[match.group(1)] = match.group(2)
+for name in ("s2", "s3"):
+    if name in ran:
+        p(f"target/release/loadgen {ran[name]} --jwt-secret $SB_JWT_SECRET")
+if "s1" in ran:
+    p("target/release/loadgen " + re.sub(r"--server-pids \S+", "--server-pids <socket server pids>", ran["s1"]))
+if "s4" in ran:
+    p(f"target/release/loadgen {ran['s4']}   # and `static`, `echo`, `broker` for the ceilings")
 p("(cd shared/peers/socketio && npm ci && SKIP_WAIT=1 ./run.sh)   # the peer")
 p("```")
 p("")
