@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 packages=(
   -p registry -p message-service -p socket-manager -p socket-server -p health-checker
   -p switchboard-protocol -p switchboard-service-kit -p switchboard-server-directory
-  -p switchboard-kafka -p switchboard-message-log
+  -p switchboard-kafka -p switchboard-message-log -p switchboard-chat-state
 )
 # message-service's tests/ingest.rs restarts a PostgreSQL of its own to test an outage: it
 # belongs to the slow tier (scripts/test.sh runs it with everything else).

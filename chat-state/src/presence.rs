@@ -285,3 +285,41 @@ impl HandlerMap {
         Ok(got.is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The route lookup against real Redis: users grouped by the handlers holding them, in
+    /// the order asked; users offline, or whose mapping expired, are left out.
+    #[tokio::test(flavor = "current_thread")]
+    async fn route_lookup_groups_users_by_handler_and_skips_the_offline() {
+        let redis = switchboard_test_support::shared::fresh_redis("socket-manager", "route-lookup");
+        let handlers = HandlerMap::new(redis.clone(), 60_000, 60_000);
+        handlers.connected("h1", &["alice", "bob"]).await.unwrap();
+        handlers.connected("h2", &["bob", "erin"]).await.unwrap();
+        HandlerMap::new(redis.clone(), 1, 60_000)
+            .connected("h1", &["dave"])
+            .await
+            .unwrap();
+        // Its one mapping expired 1 ms after it was written.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+
+        let users = ["erin", "carol", "dave", "bob", "alice"].map(String::from);
+        let mut found: Vec<(String, Vec<String>)> = handlers
+            .handlers_for(&users)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                ("h1".to_owned(), vec!["bob".to_owned(), "alice".to_owned()]),
+                ("h2".to_owned(), vec!["erin".to_owned(), "bob".to_owned()]),
+            ]
+        );
+        assert!(handlers.handlers_for(&[]).await.unwrap().is_empty());
+    }
+}

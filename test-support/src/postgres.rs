@@ -223,10 +223,14 @@ mod tests {
             return;
         }
         let (program, args) = as_postgres(Path::new("/bin/sleep"), &["300".to_owned()]);
-        // A shell starts it in the background, gives it time to exec, and exits: its parent dies.
+        // A shell starts it in the background, waits until setpriv has exec'd `sleep` (the
+        // death signal is set by then), and exits: its parent dies.
         let output = std::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(r#""$0" "$@" >/dev/null 2>&1 & echo $!; sleep 0.5"#)
+            .arg(
+                r#""$0" "$@" >/dev/null 2>&1 & echo $!
+                   while [ "$(cat /proc/$!/comm 2>/dev/null)" != sleep ]; do sleep 0.01; done"#,
+            )
             .arg(&program)
             .args(&args)
             .output()
