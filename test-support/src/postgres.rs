@@ -223,13 +223,13 @@ mod tests {
             return;
         }
         let (program, args) = as_postgres(Path::new("/bin/sleep"), &["300".to_owned()]);
-        // A shell starts it in the background, waits until setpriv has exec'd `sleep` (the
-        // death signal is set by then), and exits: its parent dies.
+        // A shell starts it in the background, waits (up to 5 s) until setpriv has exec'd
+        // `sleep` (the death signal is set by then), and exits: its parent dies.
         let output = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(
                 r#""$0" "$@" >/dev/null 2>&1 & echo $!
-                   while [ "$(cat /proc/$!/comm 2>/dev/null)" != sleep ]; do sleep 0.01; done"#,
+                   for _ in $(seq 500); do [ "$(cat /proc/$!/comm 2>/dev/null)" = sleep ] && break; sleep 0.01; done"#,
             )
             .arg(&program)
             .args(&args)
