@@ -4,10 +4,15 @@
 # ~/.cache/switchboard/tansu/bin/tansu. The cache outlives the work tree; a stamp of the version
 # and the patches' contents makes a changed patch rebuild it. About 15-25 minutes on 2 cores.
 #
-# Why patched: tansu 0.6's SQLite engine prepares (parses and plans) every statement anew for
-# every storage operation, and every operation runs on one task, so that preparing was most of
-# the broker's CPU per produce and per fetch poll (docs/performance.md, run 13). The patch keeps
-# each connection's prepared statements and resets them after each use; nothing else changes.
+# Why patched (docs/broker.md):
+# - 0001: tansu 0.6's SQLite engine prepares (parses and plans) every statement anew for every
+#   storage operation, and every operation runs on one task, so that preparing was most of the
+#   broker's CPU per produce and per fetch poll (docs/performance.md, run 13). The patch keeps
+#   each connection's prepared statements and resets them after each use.
+# - 0002: tansu 0.6 holds every fetch for its whole wait, even with records in hand, and an empty
+#   fetch never reads again; so each delivery waited up to two fetch waits, and short waits
+#   kept an idle broker busy. Patched, a fetch is answered as soon as records arrive
+#   (docs/performance.md, run 15).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -152,10 +152,10 @@ impl KafkaConfig {
     }
 
     /// A consumer in `group`; offsets are stored by the application after it has handled a
-    /// record (at-least-once) and committed in the background. `fetch_wait_ms` is how long a
-    /// fetch may wait for data: short for live delivery, longer where latency matters less
-    /// (tansu, the local broker, holds every fetch for the full wait and queries its storage
-    /// once per partition per fetch, so short waits cost broker CPU).
+    /// record (at-least-once) and committed in the background. A fetch is answered as soon as
+    /// records are there; one that finds none waits up to `fetch_wait_ms` for a produce (the
+    /// local broker, tansu with `scripts/tansu/0002-fetch-answers-when-records-arrive.patch`,
+    /// reads again when one of the fetch's topics gets records).
     pub fn consumer_config(&self, group: &str, fetch_wait_ms: u64) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -172,7 +172,19 @@ impl KafkaConfig {
             .set("reconnect.backoff.max.ms", "500");
         config
     }
+
+    /// A [`Self::consumer_config`] whose fetches let records accumulate for `fetch_wait_ms`
+    /// (or until a MiB is there): for consumers that copy the log in bulk, where a fetch per
+    /// produce would cost the broker a storage read per produce for no one's benefit.
+    pub fn accumulating_consumer_config(&self, group: &str, fetch_wait_ms: u64) -> ClientConfig {
+        let mut config = self.consumer_config(group, fetch_wait_ms);
+        config.set("fetch.min.bytes", ACCUMULATE_BYTES.to_string());
+        config
+    }
 }
+
+/// What an accumulating fetch waits for before its wait is up.
+const ACCUMULATE_BYTES: u32 = 1 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -40,7 +40,8 @@ pub const ENV: &[EnvVar] = &[
     EnvVar {
         name: SB_INGEST_FETCH_WAIT_MS,
         default: Some("100"),
-        doc: "How long ingest's fetch from the message log may wait for data, in milliseconds.",
+        doc: "How long ingest's fetch from the message log lets records accumulate (up to a \
+              MiB), in milliseconds.",
     },
 ];
 
@@ -71,7 +72,7 @@ pub struct MessageServiceConfig {
     pub db_max_connections: u32,
     /// Largest group (`SB_MAX_GROUP_MEMBERS`, default 1000).
     pub max_group_members: usize,
-    /// How long a log fetch may wait for data (`SB_INGEST_FETCH_WAIT_MS`, default 100).
+    /// How long a log fetch lets records accumulate (`SB_INGEST_FETCH_WAIT_MS`, default 100).
     pub ingest_fetch_wait_ms: u64,
 }
 

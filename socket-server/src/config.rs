@@ -173,9 +173,10 @@ pub const ENV: &[EnvVar] = &[
     },
     EnvVar {
         name: SB_DELIVERY_FETCH_WAIT_MS,
-        default: Some("10"),
-        doc: "How long the delivery consumer's fetch may wait for data, in milliseconds: \
-              shorter delivers sooner, longer spares the broker.",
+        default: Some("500"),
+        doc: "How long the delivery consumer's fetch waits for records before it is answered \
+              empty, in milliseconds. Records are delivered as they arrive either way; a \
+              shorter wait only polls the broker more often when there is nothing to read.",
     },
 ];
 
@@ -250,9 +251,10 @@ pub struct SocketServerConfig {
     pub handler_heartbeat: Duration,
     /// Re-report every local user so mappings do not expire (`SB_MAPPING_RENEW_MS`, default 300000).
     pub mapping_renew: Duration,
-    /// How long the delivery consumer's fetch may wait for data (`SB_DELIVERY_FETCH_WAIT_MS`,
-    /// default 10): shorter delivers sooner, longer spares the broker (tansu answers an empty
-    /// fetch only when the wait is over, and queries its storage for each).
+    /// How long the delivery consumer's fetch waits for records before it is answered empty
+    /// (`SB_DELIVERY_FETCH_WAIT_MS`, default 500, Kafka's own default). The broker answers a
+    /// fetch as soon as records arrive (Apache Kafka, and tansu with our patch 0002), so the
+    /// wait costs no latency; a shorter one only polls an idle broker more often.
     pub delivery_fetch_wait_ms: u64,
     pub kafka: switchboard_kafka::KafkaConfig,
 }
@@ -302,7 +304,7 @@ impl SocketServerConfig {
             manager_lane_batches: lookup_or(lookup, SB_MANAGER_LANE_BATCHES, 1)?,
             handler_heartbeat: lookup_millis(lookup, SB_HANDLER_HEARTBEAT_MS, 2_000)?,
             mapping_renew: lookup_millis(lookup, SB_MAPPING_RENEW_MS, 300_000)?,
-            delivery_fetch_wait_ms: lookup_or(lookup, SB_DELIVERY_FETCH_WAIT_MS, 10)?,
+            delivery_fetch_wait_ms: lookup_or(lookup, SB_DELIVERY_FETCH_WAIT_MS, 500)?,
             kafka: switchboard_kafka::KafkaConfig::from_lookup(lookup)?,
         })
     }

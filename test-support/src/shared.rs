@@ -534,8 +534,7 @@ pub fn socket_server_vars(id: &str, registry_url: &str, manager_urls: &[String])
         .with("SB_MAX_CONNECTIONS_PER_USER", 10)
         .with("SB_MANAGER_LANE_BATCHES", 1)
         .with("SB_HANDLER_HEARTBEAT_MS", 500)
-        .with("SB_MAPPING_RENEW_MS", 300_000)
-        .with("SB_DELIVERY_FETCH_WAIT_MS", 20);
+        .with("SB_MAPPING_RENEW_MS", 300_000);
     if manager_urls.is_empty() {
         vars
     } else {

@@ -440,3 +440,66 @@ async fn paused_supervision_leaves_the_broker_down() {
     broker.wait_healthy(Duration::from_secs(15)).await.unwrap();
     assert_eq!(broker.restarts(), 1);
 }
+
+/// A fetch that found nothing is answered as soon as records arrive, not when its wait is
+/// over (`scripts/tansu/0002-fetch-answers-when-records-arrive.patch`): the delivery
+/// consumers wait up to `SB_DELIVERY_FETCH_WAIT_MS` (500) for records, and without the patch
+/// every delivery would wait for most of that. tansu 0.6 held each fetch for its whole wait
+/// (reading at 0, 1/2, 3/4 … of it) and answered only after the next sleep, so here, with a
+/// 5 s wait, four records 0.7 s apart could not all arrive within half a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_is_answered_when_records_arrive() {
+    const FETCH_WAIT_MS: u64 = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), None).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap).await;
+    let kafka = kafka_config(&bootstrap);
+    let consumer: StreamConsumer = kafka
+        .consumer_config("fetch-wake", FETCH_WAIT_MS)
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        partitions
+            .add_partition_offset(TOPIC, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&partitions).unwrap();
+    let producer: FutureProducer = kafka.producer_config(10_000).create().unwrap();
+
+    // Record 0 is a warm-up: it arrives once the consumer has its offsets and is fetching
+    // (with rdkafka's `assign` that can take one whole wait). Each later record is produced
+    // while a fetch that found nothing is waiting.
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let key = format!("wake-{i}");
+        let sent = Instant::now();
+        producer
+            .send(
+                FutureRecord::to(TOPIC).key(&key).payload("x"),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(15), consumer.recv())
+                .await
+                .expect("the record arrives within the fetch wait and then some")
+                .unwrap();
+            if message.key() == Some(key.as_bytes()) {
+                break;
+            }
+        }
+        if i > 0 {
+            latencies.push(sent.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    eprintln!("produce to delivery with a {FETCH_WAIT_MS} ms fetch wait: {latencies:?}");
+    let slowest = latencies.iter().max().unwrap();
+    assert!(
+        *slowest < Duration::from_millis(500),
+        "a waiting fetch held records back: {latencies:?}"
+    );
+}
