@@ -364,6 +364,9 @@ impl Drop for Broker {
     }
 }
 
+/// Tokio's variable for a runtime's worker threads, which tansu's runtime reads.
+const TOKIO_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
+
 fn spawn(args: &[String], log_dir: &Path, name: &str) -> Result<ManagedProcess> {
     let program = tansu_path();
     ManagedProcess::spawn(
@@ -374,6 +377,10 @@ fn spawn(args: &[String], log_dir: &Path, name: &str) -> Result<ManagedProcess> 
             ("RUST_LOG".to_owned(), "warn".to_owned()),
             // Plain log files (tracing-subscriber honours NO_COLOR).
             ("NO_COLOR".to_owned(), "1".to_owned()),
+            // Every storage operation runs on one task anyway; with one worker thread the
+            // connections hand requests to it without waking another thread, which was a
+            // quarter of the broker's CPU (docs/performance.md, run 15).
+            (TOKIO_WORKER_THREADS.to_owned(), "1".to_owned()),
         ],
         log_dir,
     )
