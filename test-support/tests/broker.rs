@@ -84,6 +84,17 @@ async fn create_topic(bootstrap: &str) {
     }
 }
 
+/// Assigns `consumer` every partition of the test topic, from its first record.
+fn read_from_the_beginning(consumer: &StreamConsumer) {
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(TOPIC, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+}
+
 /// Every log line of every broker process in `log_dir` that mentions a panic, an
 /// `unreachable` or an error, with the file name, at most `limit` of them.
 fn broker_log_excerpts(log_dir: &Path, limit: usize) -> (bool, Vec<String>) {
@@ -260,13 +271,7 @@ async fn stall_experiment(
         .set("fetch.wait.max.ms", "100")
         .create()
         .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(TOPIC, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    read_from_the_beginning(&consumer);
     let mut seen: HashMap<u64, usize> = HashMap::new();
     let read_deadline = Instant::now() + Duration::from_secs(10);
     while acked.iter().any(|id| !seen.contains_key(id)) && Instant::now() < read_deadline {
@@ -459,13 +464,7 @@ async fn a_waiting_fetch_is_answered_when_records_arrive() {
         .consumer_config("fetch-wake", FETCH_WAIT_MS)
         .create()
         .unwrap();
-    let mut partitions = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        partitions
-            .add_partition_offset(TOPIC, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&partitions).unwrap();
+    read_from_the_beginning(&consumer);
     let producer: FutureProducer = kafka.producer_config(10_000).create().unwrap();
 
     // Record 0 is a warm-up: it arrives once the consumer has its offsets and is fetching
