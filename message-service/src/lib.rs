@@ -79,11 +79,17 @@ impl Application {
             settled,
             config,
         });
-        let server =
-            http::serve_json_api(ops, listener, 1024 * 1024, &config_origins, move |cfg| {
+        let server = http::serve_json_api(
+            ops,
+            listener,
+            1024 * 1024,
+            &config_origins,
+            None,
+            move |cfg| {
                 cfg.app_data(state.clone());
                 routes::configure(cfg);
-            })?;
+            },
+        )?;
         Ok(Application {
             port,
             server,

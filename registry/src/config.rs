@@ -2,6 +2,8 @@
 //! every variable it reads itself (beside [`switchboard_service_kit::config::COMMON`]),
 //! `from_lookup` reads them (`from_env` from the process environment).
 
+use std::num::NonZeroUsize;
+
 use switchboard_service_kit::config::{
     lookup_or, lookup_string, process_env, CommonConfig, ConfigError, Lookup, COMMON,
 };
@@ -15,6 +17,7 @@ pub const SB_DEV_TOKEN_TTL_SECS: &str = "SB_DEV_TOKEN_TTL_SECS";
 pub const SB_ASSIGN_RATE_PER_IP: &str = "SB_ASSIGN_RATE_PER_IP";
 pub const SB_ASSIGN_BURST_PER_IP: &str = "SB_ASSIGN_BURST_PER_IP";
 pub const SB_RESERVATIONS_PER_IP: &str = "SB_RESERVATIONS_PER_IP";
+pub const SB_REGISTRY_HTTP_WORKERS: &str = "SB_REGISTRY_HTTP_WORKERS";
 
 /// The registry's own variables.
 pub const ENV: &[EnvVar] = &[
@@ -22,6 +25,13 @@ pub const ENV: &[EnvVar] = &[
         name: SB_REGISTRY_BIND,
         default: Some("127.0.0.1:8101"),
         doc: "Address the REST API listens on.",
+    },
+    EnvVar {
+        name: SB_REGISTRY_HTTP_WORKERS,
+        default: Some("1"),
+        doc: "HTTP worker threads. Each has its own Redis connection and batches the \
+              assignments asked of it into one script; one worker serves tens of thousands of \
+              assignments a second, so scale out with replicas behind the balancer first.",
     },
     EnvVar {
         name: SB_SERVER_STALE_MS,
@@ -74,6 +84,8 @@ pub struct RegistryConfig {
     pub common: CommonConfig,
     /// `SB_REGISTRY_BIND`, default `127.0.0.1:8101`.
     pub bind: String,
+    /// HTTP worker threads, each with its own assigner (`SB_REGISTRY_HTTP_WORKERS`, default 1).
+    pub http_workers: usize,
     /// A server whose last heartbeat is older than this is not handed out
     /// (`SB_SERVER_STALE_MS`, default 10000; 0 disables the check).
     pub stale_after_ms: i64,
@@ -103,6 +115,7 @@ impl RegistryConfig {
         Ok(RegistryConfig {
             common: CommonConfig::from_lookup(lookup)?,
             bind: lookup_string(lookup, SB_REGISTRY_BIND, "127.0.0.1:8101"),
+            http_workers: lookup_or(lookup, SB_REGISTRY_HTTP_WORKERS, NonZeroUsize::MIN)?.get(),
             stale_after_ms: lookup_or(lookup, SB_SERVER_STALE_MS, 10_000)?,
             reservation_ttl_ms: lookup_or(lookup, SB_RESERVATION_TTL_MS, 10_000)?,
             dev_token_ttl_secs: lookup_or(lookup, SB_DEV_TOKEN_TTL_SECS, 86_400)?,

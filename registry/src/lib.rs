@@ -27,7 +27,6 @@ pub use config::RegistryConfig;
 /// What the handlers share.
 pub(crate) struct AppState {
     pub directory: ServerDirectory,
-    pub assigner: assigner::Assigner,
     pub tokens: TokenKeys,
     pub config: RegistryConfig,
     pub assignments: prometheus::IntCounterVec,
@@ -62,12 +61,11 @@ impl Application {
         ops.register(&assignments);
 
         let config_origins = config.common.allowed_origins.clone();
+        let workers = Some(config.http_workers);
+        let redis_config = config.common.redis.clone();
+        let (stale_after_ms, reservation_ttl_ms) =
+            (config.stale_after_ms, config.reservation_ttl_ms);
         let state = web::Data::new(AppState {
-            assigner: assigner::Assigner::start(
-                directory.clone(),
-                config.stale_after_ms,
-                config.reservation_ttl_ms,
-            ),
             directory,
             tokens: config.common.token_keys(),
             assign_rate: IpRateLimiter::new(config.assign_rate_per_ip),
@@ -78,10 +76,25 @@ impl Application {
             config,
             assignments,
         });
-        let server = http::serve_json_api(ops, listener, 64 * 1024, &config_origins, move |cfg| {
-            cfg.app_data(state.clone());
-            routes::configure(cfg);
-        })?;
+        let server = http::serve_json_api(
+            ops,
+            listener,
+            64 * 1024,
+            &config_origins,
+            workers,
+            move |cfg| {
+                cfg.app_data(state.clone());
+                // Each HTTP worker gets its own assigner and Redis connection, made here on the
+                // worker's thread: see the `assigner` module docs.
+                let directory = ServerDirectory::new(SentinelRedis::new(redis_config.clone()));
+                cfg.app_data(web::Data::new(assigner::Assigner::start(
+                    directory,
+                    stale_after_ms,
+                    reservation_ttl_ms,
+                )));
+                routes::configure(cfg);
+            },
+        )?;
         Ok(Application { port, server })
     }
 

@@ -15,7 +15,9 @@ const CLI: Cli = Cli {
     env: registry::config::HELP_TABLES,
 };
 
-#[tokio::main]
+// The HTTP workers run on threads of their own, each with its assigner and Redis connection
+// (see `Application::build`); this runtime only waits for shutdown.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     CLI.handle_args();
     telemetry::init("registry");

@@ -14,6 +14,7 @@ use switchboard_protocol::UserId;
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 use switchboard_service_kit::limits;
 
+use crate::assigner::Assigner;
 use crate::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -89,7 +90,11 @@ fn now_ms() -> i64 {
 }
 
 /// The least-loaded socket server, with a slot reserved for a few seconds.
-async fn assign(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn assign(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    assigner: web::Data<Assigner>,
+) -> Result<HttpResponse, ApiError> {
     if let Some(ip) = limits::client_ip(&req) {
         let now = std::time::Instant::now();
         if !state.assign_rate.allow(ip, now) || !state.reservations.try_take(ip, now) {
@@ -100,7 +105,7 @@ async fn assign(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
             ));
         }
     }
-    let found = state.assigner.assign().await;
+    let found = assigner.assign().await;
     let outcome = match &found {
         Ok(Some(_)) => "assigned",
         Ok(None) => "no_capacity",

@@ -5,7 +5,8 @@
 //! whole-stack tests.
 
 use registry::config::{
-    HELP_TABLES, SB_ASSIGN_BURST_PER_IP, SB_ASSIGN_RATE_PER_IP, SB_RESERVATIONS_PER_IP,
+    HELP_TABLES, SB_ASSIGN_BURST_PER_IP, SB_ASSIGN_RATE_PER_IP, SB_REGISTRY_HTTP_WORKERS,
+    SB_RESERVATIONS_PER_IP,
 };
 use registry::{Application, RegistryConfig};
 use switchboard_protocol::registry::{Assignment, Registration, CLUSTER_SECRET_HEADER};
@@ -90,37 +91,54 @@ async fn assignments_spread_over_servers_and_reserve_slots() {
 }
 
 /// Concurrent requests share assign scripts (the registry's group commit): a burst exactly
-/// fills every server, none past its capacity, and the next request finds no room.
+/// fills every server, none past its capacity, and the next request finds no room. With
+/// several HTTP workers each runs scripts of its own at the same time, and Redis keeps them
+/// from handing out the same slot twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrent_burst_fills_every_server_exactly() {
-    let url = spawn_app(config("burst")).await;
-    let http = reqwest::Client::new();
-    for id in ["a", "b", "c"] {
-        assert_eq!(register(&http, &url, id, 10).await, 201);
+    for workers in [1, 3] {
+        let name = format!("burst-{workers}");
+        let url = spawn_app(build(vars(&name).with(SB_REGISTRY_HTTP_WORKERS, workers))).await;
+        // A client per request, so requests arrive on connections of their own and the
+        // HTTP workers share them out.
+        for id in ["a", "b", "c"] {
+            assert_eq!(register(&reqwest::Client::new(), &url, id, 10).await, 201);
+        }
+        let requests = (0..30).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let resp = ask_for_a_server(&reqwest::Client::new(), &url).await;
+                assert_eq!(resp.status(), 200);
+                resp.json::<Assignment>().await.unwrap().server_id
+            })
+        });
+        let mut per_server = std::collections::BTreeMap::new();
+        for request in requests {
+            *per_server.entry(request.await.unwrap()).or_insert(0) += 1;
+        }
+        assert_eq!(
+            per_server.into_iter().collect::<Vec<_>>(),
+            [
+                ("a".to_owned(), 10),
+                ("b".to_owned(), 10),
+                ("c".to_owned(), 10)
+            ],
+            "{workers} HTTP worker(s)"
+        );
+        let resp = ask_for_a_server(&reqwest::Client::new(), &url).await;
+        assert_eq!(resp.status(), 503, "{workers} HTTP worker(s)");
     }
-    let requests = (0..30).map(|_| {
-        let http = http.clone();
-        let url = url.clone();
-        tokio::spawn(async move {
-            let resp = ask_for_a_server(&http, &url).await;
-            assert_eq!(resp.status(), 200);
-            resp.json::<Assignment>().await.unwrap().server_id
-        })
-    });
-    let mut per_server = std::collections::BTreeMap::new();
-    for request in requests {
-        *per_server.entry(request.await.unwrap()).or_insert(0) += 1;
-    }
-    assert_eq!(
-        per_server.into_iter().collect::<Vec<_>>(),
-        [
-            ("a".to_owned(), 10),
-            ("b".to_owned(), 10),
-            ("c".to_owned(), 10)
-        ]
+}
+
+/// The worker count is checked when the registry starts: zero is refused, by name.
+#[test]
+fn zero_http_workers_is_refused() {
+    let vars = vars("zero-workers").with(SB_REGISTRY_HTTP_WORKERS, 0);
+    let err = RegistryConfig::from_lookup(&|name: &str| vars.get(name)).unwrap_err();
+    assert!(
+        err.to_string().contains(SB_REGISTRY_HTTP_WORKERS),
+        "unclear error: {err}"
     );
-    let resp = ask_for_a_server(&http, &url).await;
-    assert_eq!(resp.status(), 503);
 }
 
 /// One script making many assignments picks as one script per assignment would: live servers

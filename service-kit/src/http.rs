@@ -83,19 +83,22 @@ pub async fn not_found() -> HttpResponse {
 /// JSON errors for bad bodies, queries and paths (bodies up to `body_limit` bytes), `/live`
 /// `/ready` `/metrics`, a JSON 404 for unknown routes, a deep accept backlog (bursts queue
 /// rather than being refused), and no signal handling of its own (the service's shutdown
-/// token stops it). `configure` mounts the service's own state and routes.
+/// token stops it). `configure` mounts the service's own state and routes; it runs once per
+/// HTTP worker, on that worker's thread. `workers`: HTTP worker threads, `None` for one per
+/// core.
 pub fn serve_json_api<F>(
     ops: crate::ops::Ops,
     listener: std::net::TcpListener,
     body_limit: usize,
     allowed_origins: &[String],
+    workers: Option<usize>,
     configure: F,
 ) -> std::io::Result<actix_web::dev::Server>
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
     let allowed_origins = allowed_origins.to_vec();
-    let server = actix_web::HttpServer::new(move || {
+    let mut server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .wrap(actix_web::middleware::Condition::new(
                 !allowed_origins.is_empty(),
@@ -111,10 +114,11 @@ where
     })
     .disable_signals()
     .backlog(4096)
-    .shutdown_timeout(5)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .shutdown_timeout(5);
+    if let Some(workers) = workers {
+        server = server.workers(workers.max(1));
+    }
+    Ok(server.listen(listener)?.run())
 }
 
 /// CORS for the REST API: the allowed origins (or any, for `*`) may call it with a bearer

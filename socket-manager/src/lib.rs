@@ -183,6 +183,7 @@ impl Application {
             listener,
             16 * 1024 * 1024,
             &config_origins,
+            None,
             move |cfg| {
                 cfg.app_data(app_state.clone());
                 routes::configure(cfg);
