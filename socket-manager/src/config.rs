@@ -2,6 +2,7 @@
 //! names every variable it reads itself (beside the common and Kafka ones), `from_lookup` reads
 //! them (`from_env` from the process environment).
 
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use switchboard_kafka::KafkaConfig;
@@ -25,6 +26,7 @@ pub const SB_DELETE_HANDLER_TOPICS: &str = "SB_DELETE_HANDLER_TOPICS";
 pub const SB_SEQ_REPLICA_ACKS: &str = "SB_SEQ_REPLICA_ACKS";
 pub const SB_SEQ_REPLICA_ACK_TIMEOUT_MS: &str = "SB_SEQ_REPLICA_ACK_TIMEOUT_MS";
 pub const SB_MANAGER_ID: &str = "SB_MANAGER_ID";
+pub const SB_SEQ_FLUSHES_IN_FLIGHT: &str = "SB_SEQ_FLUSHES_IN_FLIGHT";
 
 /// The socket manager's own variables.
 pub const ENV: &[EnvVar] = &[
@@ -104,6 +106,13 @@ pub const ENV: &[EnvVar] = &[
               SB_REDIS_TIMEOUT_MS); past it the sends are answered `unavailable`.",
     },
     EnvVar {
+        name: SB_SEQ_FLUSHES_IN_FLIGHT,
+        default: Some("2"),
+        doc: "Numbering flushes (one script for every queued conversation batch, then WAIT) in \
+              flight at once, each on a Redis connection of its own: while one waits for the \
+              replicas, the next takes the batches queued meanwhile. At least 1.",
+    },
+    EnvVar {
         name: SB_MANAGER_ID,
         default: None,
         doc: "This manager's name in sequence lease tokens. Unset: SB_MANAGER_BIND.",
@@ -161,6 +170,9 @@ pub struct ManagerConfig {
     /// How long numbering waits for those replicas (`SB_SEQ_REPLICA_ACK_TIMEOUT_MS`, default
     /// 500, below `SB_REDIS_TIMEOUT_MS`); past it the sends are answered `unavailable`.
     pub seq_replica_ack_timeout: Duration,
+    /// Numbering flushes in flight at once, each on its own Redis connection
+    /// (`SB_SEQ_FLUSHES_IN_FLIGHT`, default 2, at least 1).
+    pub seq_flushes_in_flight: usize,
     /// This manager's name in sequence lease tokens (`SB_MANAGER_ID`, default the bind
     /// address).
     pub manager_id: String,
@@ -194,6 +206,12 @@ impl ManagerConfig {
             presence_max_group: lookup_or(lookup, SB_PRESENCE_MAX_GROUP, 100)?,
             seq_replica_acks: lookup_or(lookup, SB_SEQ_REPLICA_ACKS, 1)?,
             seq_replica_ack_timeout: lookup_millis(lookup, SB_SEQ_REPLICA_ACK_TIMEOUT_MS, 500)?,
+            seq_flushes_in_flight: lookup_or(
+                lookup,
+                SB_SEQ_FLUSHES_IN_FLIGHT,
+                NonZeroUsize::new(2).expect("2 is not zero"),
+            )?
+            .get(),
             manager_id: lookup_string(lookup, SB_MANAGER_ID, &bind),
             delete_handler_topics: lookup_bool(lookup, SB_DELETE_HANDLER_TOPICS, true)?,
             bind,

@@ -156,7 +156,12 @@ impl Application {
                     config.common.cluster_secret.clone(),
                 ),
                 numberer: numbering::NumberingBatcher::start(
-                    SentinelRedis::new(config.common.redis.clone()),
+                    (0..std::env::var("XX_FLUSHES")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1usize))
+                        .map(|_| SentinelRedis::new(config.common.redis.clone()))
+                        .collect(),
                     &sequencer::SEQUENCE_FUNCTIONS,
                     config.seq_replica_acks,
                     config.seq_replica_ack_timeout,

@@ -945,7 +945,7 @@ mod tests {
         let redis = switchboard_test_support::shared::fresh_redis("socket-manager", "finish-lease");
         let mut workers = Workers::new();
         let batcher = NumberingBatcher::start(
-            redis.clone(),
+            vec![redis.clone()],
             &SEQUENCE_FUNCTIONS,
             0,
             Duration::from_secs(2),
