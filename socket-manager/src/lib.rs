@@ -156,10 +156,7 @@ impl Application {
                     config.common.cluster_secret.clone(),
                 ),
                 numberer: numbering::NumberingBatcher::start(
-                    (0..std::env::var("XX_FLUSHES")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(1usize))
+                    (0..config.seq_flushes_in_flight)
                         .map(|_| SentinelRedis::new(config.common.redis.clone()))
                         .collect(),
                     &sequencer::SEQUENCE_FUNCTIONS,
