@@ -372,12 +372,15 @@ mod tests {
         let started = std::time::Instant::now();
         let first = batcher.run(call());
         let second = async {
-            // Queued once the first flush holds its connection.
+            // Setup, not a wait for the result: the batcher takes the first call within
+            // milliseconds of `join!` polling it, so by now that flush holds a connection and
+            // this call cannot join it (the assertion on its own wait below checks that).
             tokio::time::sleep(Duration::from_millis(200)).await;
+            let queued = std::time::Instant::now();
             let reply = batcher.run(call()).await;
-            (reply, started.elapsed())
+            (reply, queued.elapsed(), started.elapsed())
         };
-        let (first, (second, second_answered)) = tokio::join!(first, second);
+        let (first, (second, second_waited, second_answered)) = tokio::join!(first, second);
         for reply in [
             first.expect("the flush ran"),
             second.expect("the flush ran"),
@@ -385,6 +388,10 @@ mod tests {
             assert_eq!(reply.value, Value::Int(1));
             assert!(matches!(reply.replicas_acked, Some(n) if n < 10));
         }
+        assert!(
+            second_waited >= WAIT,
+            "the second call rode in the first flush ({second_waited:?}): nothing was shown"
+        );
         assert!(
             second_answered < WAIT * 2,
             "the second flush waited for the first: answered after {second_answered:?}"
