@@ -202,6 +202,37 @@ impl HandlerMap {
             .collect())
     }
 
+    /// Where a frame for `users` goes: handler → the users it is for. Below `broadcast_from`
+    /// users, [`Self::handlers_for`] (one lookup per user); from it on, every registered
+    /// handler with all of `users` ([`Self::registered_handlers`], one command), and each
+    /// handler delivers to whichever of them it holds. A large group then costs one `SMEMBERS`
+    /// instead of one `ZRANGEBYSCORE` per member, which was half the Redis master's CPU in S3
+    /// (docs/performance.md, run 17), at the price of a record for a handler holding none of
+    /// them.
+    pub async fn route(
+        &self,
+        users: &[String],
+        broadcast_from: usize,
+    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        if users.is_empty() || users.len() < broadcast_from {
+            return self.handlers_for(users).await;
+        }
+        Ok(self
+            .registered_handlers()
+            .await?
+            .into_iter()
+            .map(|handler| (handler, users.to_vec()))
+            .collect())
+    }
+
+    /// Every registered handler: the ones with a topic, until the janitor removes a dead one
+    /// (a dead handler's user mappings last as long, so a lookup reaches it as long too).
+    pub async fn registered_handlers(&self) -> Result<Vec<String>, StoreError> {
+        self.redis
+            .query(redis::cmd("SMEMBERS").arg(self.redis.key("handlers")))
+            .await
+    }
+
     /// Handlers holding a device of any of `users`, with the users each holds.
     pub async fn handlers_for(
         &self,
@@ -227,10 +258,7 @@ impl HandlerMap {
 
     /// Handlers whose liveness key has expired.
     pub async fn dead_handlers(&self) -> Result<Vec<String>, StoreError> {
-        let all: Vec<String> = self
-            .redis
-            .query(redis::cmd("SMEMBERS").arg(self.redis.key("handlers")))
-            .await?;
+        let all = self.registered_handlers().await?;
         if all.is_empty() {
             return Ok(all);
         }
@@ -321,5 +349,49 @@ mod tests {
             ]
         );
         assert!(handlers.handlers_for(&[]).await.unwrap().is_empty());
+    }
+
+    /// From `broadcast_from` users on, a route goes to every registered handler with all the
+    /// users (h3 holds none of them and still gets them; h2, gone, does not); below it, only
+    /// to the handlers holding them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_large_route_goes_to_every_registered_handler() {
+        let redis =
+            switchboard_test_support::shared::fresh_redis("socket-manager", "route-broadcast");
+        let handlers = HandlerMap::new(redis.clone(), 60_000, 60_000);
+        for handler in ["h1", "h2", "h3"] {
+            handlers.register(handler).await.unwrap();
+        }
+        handlers.connected("h1", &["alice", "bob"]).await.unwrap();
+        handlers.connected("h2", &["carol"]).await.unwrap();
+        handlers.forget("h2").await.unwrap();
+        let users = ["alice", "bob", "carol"].map(String::from);
+
+        let mut broadcast: Vec<(String, Vec<String>)> = handlers
+            .route(&users, 3)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        broadcast.sort();
+        assert_eq!(
+            broadcast,
+            [
+                ("h1".to_owned(), users.to_vec()),
+                ("h3".to_owned(), users.to_vec()),
+            ]
+        );
+
+        let looked_up: Vec<(String, Vec<String>)> = handlers
+            .route(&users, 4)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            looked_up,
+            [("h1".to_owned(), vec!["alice".to_owned(), "bob".to_owned()])]
+        );
+        assert!(handlers.route(&[], 0).await.unwrap().is_empty());
     }
 }

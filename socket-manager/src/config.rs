@@ -27,6 +27,7 @@ pub const SB_SEQ_REPLICA_ACKS: &str = "SB_SEQ_REPLICA_ACKS";
 pub const SB_SEQ_REPLICA_ACK_TIMEOUT_MS: &str = "SB_SEQ_REPLICA_ACK_TIMEOUT_MS";
 pub const SB_MANAGER_ID: &str = "SB_MANAGER_ID";
 pub const SB_SEQ_FLUSHES_IN_FLIGHT: &str = "SB_SEQ_FLUSHES_IN_FLIGHT";
+pub const SB_ROUTE_BROADCAST_FROM: &str = "SB_ROUTE_BROADCAST_FROM";
 
 /// The socket manager's own variables.
 pub const ENV: &[EnvVar] = &[
@@ -113,6 +114,15 @@ pub const ENV: &[EnvVar] = &[
               replicas, the next takes the batches queued meanwhile. At least 1.",
     },
     EnvVar {
+        name: SB_ROUTE_BROADCAST_FROM,
+        default: Some("16"),
+        doc: "Recipients from which a message (or a typing or presence frame) goes to every \
+              registered socket server, each delivering to the recipients it holds, instead \
+              of looking up where each recipient is connected (one Redis read per \
+              recipient). Keep it above about twice the socket server count; above \
+              SB_MAX_GROUP_MEMBERS it never applies.",
+    },
+    EnvVar {
         name: SB_MANAGER_ID,
         default: None,
         doc: "This manager's name in sequence lease tokens. Unset: SB_MANAGER_BIND.",
@@ -173,6 +183,9 @@ pub struct ManagerConfig {
     /// Numbering flushes in flight at once, each on its own Redis connection
     /// (`SB_SEQ_FLUSHES_IN_FLIGHT`, default 2, at least 1).
     pub seq_flushes_in_flight: usize,
+    /// Recipients from which a frame goes to every registered handler
+    /// (`SB_ROUTE_BROADCAST_FROM`, default 16).
+    pub route_broadcast_from: usize,
     /// This manager's name in sequence lease tokens (`SB_MANAGER_ID`, default the bind
     /// address).
     pub manager_id: String,
@@ -212,6 +225,7 @@ impl ManagerConfig {
                 NonZeroUsize::new(2).expect("2 is not zero"),
             )?
             .get(),
+            route_broadcast_from: lookup_or(lookup, SB_ROUTE_BROADCAST_FROM, 16)?,
             manager_id: lookup_string(lookup, SB_MANAGER_ID, &bind),
             delete_handler_topics: lookup_bool(lookup, SB_DELETE_HANDLER_TOPICS, true)?,
             bind,

@@ -169,6 +169,7 @@ impl Application {
                 router: batching::Router::start(kafka.clone(), &mut workers),
                 kafka,
                 handlers,
+                route_broadcast_from: config.route_broadcast_from,
                 replicas_required: config.seq_replica_acks,
                 instance_id: config.manager_id.clone(),
                 lock_ttl: config.lock_ttl,

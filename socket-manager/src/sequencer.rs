@@ -106,6 +106,9 @@ pub struct Sequencer {
     pub router: Router,
     pub members: Members,
     pub handlers: HandlerMap,
+    /// Recipients from which a frame goes to every registered handler instead of the ones a
+    /// lookup per recipient finds (`SB_ROUTE_BROADCAST_FROM`; see [`HandlerMap::route`]).
+    pub route_broadcast_from: usize,
     pub lock_ttl: Duration,
     pub lock_wait: Duration,
     pub idempotency_ttl_secs: u64,
@@ -843,10 +846,10 @@ impl Sequencer {
         self.route_frame(targets, &frame, skip, Some(record)).await;
     }
 
-    /// Which handlers hold devices of `users` (one Redis round trip); an empty map when the
+    /// Which handlers get a frame for `users` (one Redis round trip); an empty map when the
     /// lookup fails (devices then catch up from history).
     async fn route_targets(&self, users: &[String]) -> RouteTargets {
-        match self.handlers.handlers_for(users).await {
+        match self.handlers.route(users, self.route_broadcast_from).await {
             Ok(map) => map,
             Err(e) => {
                 tracing::warn!(error = %e, "recipient lookup failed; devices will catch up from history");
