@@ -10,7 +10,7 @@
 //!   managers.
 //!
 //! The other families have one owner each in their own crates: the server directory
-//! (`servers`, `server:{id}`, `reservations:{id}`) in `switchboard-server-directory`, and the
+//! (`servers`, `server:{id}`, `reserved:{id}`) in `switchboard-server-directory`, and the
 //! sequencer's locks, counters and idempotency records in `socket-manager`'s `sequencer`.
 
 pub mod membership;

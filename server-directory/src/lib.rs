@@ -5,13 +5,19 @@
 //! - `P servers`: sorted set, member = server id, score = load = live connections plus
 //!   outstanding reservations. A min-heap: the least-loaded server is rank 0.
 //! - `P server:{id}`: hash with `url`, `health_url`, `max_connections`, `last_heartbeat_ms`.
-//! - `P reservations:{id}`: sorted set of reservation ids scored by expiry (ms).
+//! - `P reserved:{id}`: hash of reservation counts by expiry: field = the end of an expiry
+//!   bucket (ms), value = reservations expiring by then. A reservation expires up to one bucket
+//!   (a thirty-second of its lifetime) late, and a server holds a few dozen fields whatever its
+//!   assignment rate. (The sorted set of one member per reservation that this replaced,
+//!   `P reservations:{id}`, cost Redis an insert per assignment, on the master and on each
+//!   replica; `remove` still deletes it.)
 //!
 //! Why reservations: a burst of 1,000 assigns arrives before any client connects, so a plain
 //! "take the minimum" would hand the whole burst to one server. The assign script picks the
 //! least-loaded server with room *and* bumps its score by one in the same atomic step, leaving a
-//! reservation. When a client connects, the server consumes one reservation instead of bumping
-//! the score again. Reservations that never turn into connections expire, and the server's
+//! reservation. When a client connects, the server consumes one reservation (the one expiring
+//! first) instead of bumping the score again. Reservations that never turn into connections
+//! expire, and the server's
 //! periodic reconcile sets its score back to `live + unexpired reservations`, so neither a lost
 //! decrement nor an abandoned assignment leaves drift.
 //!
@@ -37,13 +43,40 @@ pub struct ServerRecord {
     pub last_heartbeat_ms: Option<i64>,
 }
 
+/// Lua shared by the scripts that read reservations: `unexpired(key, now)` deletes the buckets
+/// that ended by `now` and answers the reservations left, how many expired, and the bucket
+/// that ends first of those left (nil when none).
+const RESERVATIONS_LUA: &str = r#"
+local function unexpired(key, now)
+  local fields = redis.call('HGETALL', key)
+  local left, expired, gone, first = 0, 0, {}, nil
+  for i = 1, #fields, 2 do
+    local ends, n = tonumber(fields[i]), tonumber(fields[i + 1])
+    if ends <= now then
+      expired = expired + n
+      gone[#gone + 1] = fields[i]
+    else
+      left = left + n
+      if first == nil or ends < tonumber(first) then first = fields[i] end
+    end
+  end
+  if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+  return left, expired, first
+end
+"#;
+
+/// A script whose body uses [`RESERVATIONS_LUA`].
+fn with_reservations(body: &str) -> Script {
+    Script::new(&format!("{RESERVATIONS_LUA}\n{body}"))
+}
+
 static REGISTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_reservations(
         r#"
         -- KEYS: servers, server hash, reservations. ARGV: id, url, health_url, max, now_ms, live
         redis.call('HSET', KEYS[2], 'url', ARGV[2], 'health_url', ARGV[3],
                    'max_connections', ARGV[4], 'last_heartbeat_ms', ARGV[5])
-        local reserved = redis.call('ZCARD', KEYS[3])
+        local reserved = unexpired(KEYS[3], tonumber(ARGV[5]))
         redis.call('ZADD', KEYS[1], tonumber(ARGV[6]) + reserved, ARGV[1])
         return 1
         "#,
@@ -53,9 +86,10 @@ static REGISTER: LazyLock<Script> = LazyLock::new(|| {
 static REMOVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-        -- KEYS: servers, server hash, reservations. ARGV: id
+        -- KEYS: servers, server hash, reservations, the reservations' former sorted set.
+        -- ARGV: id
         local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-        redis.call('DEL', KEYS[2], KEYS[3])
+        redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
         return removed
         "#,
     )
@@ -64,8 +98,8 @@ static REMOVE: LazyLock<Script> = LazyLock::new(|| {
 static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-        -- KEYS: servers. ARGV: prefix, now_ms, stale_ms, reservation_ttl_ms, then one
-        -- reservation id per assignment asked for. Answers one row per id (false: no room).
+        -- KEYS: servers. ARGV: prefix, now_ms, stale_ms, reservation_ttl_ms, assignments
+        -- asked for. Answers one row per assignment (false: no room).
         -- Each assignment takes the least-loaded live server with room (ties to the lower id,
         -- the sorted set's own order), counting the slots this call already reserved. Servers
         -- are read a page at a time in that order, a further page only when a server on it
@@ -84,7 +118,7 @@ static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
           for i = 1, #page, 2 do
             last_id = page[i]
             last_load = tonumber(page[i + 1])
-            candidates[#candidates + 1] = {id = last_id, load = last_load, taken = {}}
+            candidates[#candidates + 1] = {id = last_id, load = last_load, taken = 0}
           end
         end
         local function live(c)
@@ -102,7 +136,7 @@ static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
         end
         fetch_page()
         local out = {}
-        for r = 5, #ARGV do
+        for r = 1, tonumber(ARGV[5]) do
           local best
           while true do
             best = nil
@@ -121,19 +155,17 @@ static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
             out[#out + 1] = false
           else
             out[#out + 1] = {best.id, best.url, tostring(best.load), best.max_text}
-            best.taken[#best.taken + 1] = ARGV[r]
+            best.taken = best.taken + 1
             best.load = best.load + 1
           end
         end
+        -- Every reservation made now expires at the end of the same bucket.
+        local bucket = math.max(1, math.floor(ttl / 32))
+        local expiry = math.ceil((now + ttl) / bucket) * bucket
         for _, c in ipairs(candidates) do
-          if #c.taken > 0 then
-            local members = {}
-            for _, id in ipairs(c.taken) do
-              members[#members + 1] = now + ttl
-              members[#members + 1] = id
-            end
-            redis.call('ZADD', prefix .. 'reservations:' .. c.id, unpack(members))
-            redis.call('ZINCRBY', KEYS[1], #c.taken, c.id)
+          if c.taken > 0 then
+            redis.call('HINCRBY', prefix .. 'reserved:' .. c.id, expiry, c.taken)
+            redis.call('ZINCRBY', KEYS[1], c.taken, c.id)
           end
         end
         return out
@@ -142,13 +174,19 @@ static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
 });
 
 static CONNECTED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_reservations(
         r#"
         -- KEYS: servers, reservations. ARGV: id, now_ms
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-        local expired = redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
+        local left, expired, first = unexpired(KEYS[2], tonumber(ARGV[2]))
         local delta = 1 - expired
-        if #redis.call('ZPOPMIN', KEYS[2]) > 0 then delta = delta - 1 end
+        if left > 0 then
+          -- Consume one from the bucket that expires first.
+          if redis.call('HINCRBY', KEYS[2], first, -1) <= 0 then
+            redis.call('HDEL', KEYS[2], first)
+          end
+          delta = delta - 1
+        end
         if delta ~= 0 then redis.call('ZINCRBY', KEYS[1], delta, ARGV[1]) end
         return 1
         "#,
@@ -168,12 +206,11 @@ static DISCONNECTED: LazyLock<Script> = LazyLock::new(|| {
 });
 
 static RECONCILE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_reservations(
         r#"
         -- KEYS: servers, server hash, reservations. ARGV: id, live, now_ms
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-        redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])
-        local load = tonumber(ARGV[2]) + redis.call('ZCARD', KEYS[3])
+        local load = tonumber(ARGV[2]) + unexpired(KEYS[3], tonumber(ARGV[3]))
         redis.call('ZADD', KEYS[1], 'XX', load, ARGV[1])
         redis.call('HSET', KEYS[2], 'last_heartbeat_ms', ARGV[3])
         return 1
@@ -226,6 +263,11 @@ impl ServerDirectory {
     }
 
     fn reservations_key(&self, id: &str) -> String {
+        self.redis.key(&format!("reserved:{id}"))
+    }
+
+    /// Where reservations were kept before they were counted per expiry bucket.
+    fn former_reservations_key(&self, id: &str) -> String {
         self.redis.key(&format!("reservations:{id}"))
     }
 
@@ -257,6 +299,7 @@ impl ServerDirectory {
         inv.key(&self.servers_key)
             .key(self.hash_key(server_id))
             .key(self.reservations_key(server_id))
+            .key(self.former_reservations_key(server_id))
             .arg(server_id);
         let removed: i64 = self.redis.invoke(&inv).await?;
         Ok(removed == 1)
@@ -281,10 +324,8 @@ impl ServerDirectory {
             .arg(self.redis.config().key_prefix.as_str())
             .arg(now_ms)
             .arg(stale_after_ms)
-            .arg(reservation_ttl_ms);
-        for _ in 0..count {
-            inv.arg(ulid::Ulid::new().to_string());
-        }
+            .arg(reservation_ttl_ms)
+            .arg(count);
         let rows: Vec<Option<(String, String, String, String)>> = self.redis.invoke(&inv).await?;
         if rows.len() != count {
             return Err(StoreError::Unavailable(format!(
@@ -379,7 +420,90 @@ fn parse_count(text: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_count;
+    use super::*;
+
+    fn directory(name: &str) -> ServerDirectory {
+        ServerDirectory::new(switchboard_test_support::shared::fresh_redis(
+            "registry", name,
+        ))
+    }
+
+    async fn register(directory: &ServerDirectory, id: &str, now_ms: i64) {
+        let registration = Registration {
+            server_id: id.to_owned(),
+            url: format!("ws://{id}.test/ws"),
+            health_url: format!("http://{id}.test/healthz"),
+            max_connections: 100_000,
+        };
+        directory.register(&registration, 0, now_ms).await.unwrap();
+    }
+
+    /// A burst of assignments made at once is one count in one expiry bucket (not a member
+    /// per reservation); a connection consumes one of them, and once they expire the load is
+    /// the live connections again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn reservations_are_counted_per_expiry_bucket() {
+        let directory = directory("reservation-counts");
+        let now = 1_800_000_000_000;
+        register(&directory, "a", now).await;
+        let assigned = directory.assign_many(now, 0, 1_000, 500).await.unwrap();
+        assert!(assigned
+            .iter()
+            .all(|a| a.as_ref().unwrap().server_id == "a"));
+        assert_eq!(directory.load("a").await.unwrap(), Some(500));
+
+        let key = directory.redis().key("reserved:a");
+        let buckets: std::collections::HashMap<String, u64> = directory
+            .redis()
+            .query(redis::cmd("HGETALL").arg(&key))
+            .await
+            .unwrap();
+        assert_eq!(buckets.values().collect::<Vec<_>>(), [&500]);
+        let ends: i64 = buckets.keys().next().unwrap().parse().unwrap();
+        assert!(
+            (now + 1_000..now + 1_000 + 1_000 / 32).contains(&ends),
+            "the bucket ends at the lifetime, rounded up to a thirty-second of it: {ends}"
+        );
+
+        directory.connected("a", now + 10).await.unwrap();
+        assert_eq!(
+            directory.load("a").await.unwrap(),
+            Some(500),
+            "the connection took a reserved slot"
+        );
+        assert!(directory.reconcile("a", 1, now + 2_000).await.unwrap());
+        assert_eq!(directory.load("a").await.unwrap(), Some(1));
+        let left: u64 = directory
+            .redis()
+            .query(redis::cmd("HLEN").arg(&key))
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "expired buckets are deleted");
+    }
+
+    /// A connection consumes the reservation that expires first, and the ones that expired
+    /// meanwhile leave the load.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_takes_the_reservation_expiring_first() {
+        let directory = directory("reservation-order");
+        let now = 1_800_000_000_000;
+        register(&directory, "a", now).await;
+        directory.assign_many(now, 0, 1_000, 2).await.unwrap();
+        directory.assign_many(now + 500, 0, 1_000, 3).await.unwrap();
+        assert_eq!(directory.load("a").await.unwrap(), Some(5));
+
+        // The first two expired; of the three left, one is consumed.
+        directory.connected("a", now + 1_200).await.unwrap();
+        assert_eq!(directory.load("a").await.unwrap(), Some(3));
+        directory.connected("a", now + 1_300).await.unwrap();
+        directory.connected("a", now + 1_300).await.unwrap();
+        assert_eq!(directory.load("a").await.unwrap(), Some(3));
+        // None left: a connection counts one more.
+        directory.connected("a", now + 1_400).await.unwrap();
+        assert_eq!(directory.load("a").await.unwrap(), Some(4));
+        assert!(directory.reconcile("a", 4, now + 1_500).await.unwrap());
+        assert_eq!(directory.load("a").await.unwrap(), Some(4));
+    }
 
     #[test]
     fn counts_parse_from_redis_scores() {
