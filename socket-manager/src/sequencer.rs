@@ -16,7 +16,8 @@
 //!    holder's. It runs in the numbering batcher's flush, which ends in `WAIT n`, so a number
 //!    is only used once at least `n` replicas have it: a failover cannot roll a counter back
 //!    under an acknowledged message.
-//! 3. **append the batch's records together** and wait for the broker's acks.
+//! 3. **append the batch's records together** and wait for the broker's acks; the recipients'
+//!    handlers are looked up meanwhile.
 //! 4. **route, then finish**: the appended records are routed, then a script (in the next
 //!    flush) clears their pending entries and answers whether the token still holds the lease.
 //!    Only then is `sent` answered; a manager that lost its lease (a pause, a partition)
@@ -478,7 +479,17 @@ impl Sequencer {
             .collect();
         let appending = Instant::now();
         let records: Vec<&LogRecord> = fresh.iter().map(|(_, r)| r).collect();
-        let outcomes = self.appender.append_all(records).await;
+        // Where the recipients are is looked up while the broker appends, not after: the
+        // lookup's round trip was on the delivery path. It is still read after the sends
+        // arrived, so it sees every device whose connection was confirmed before `hello`.
+        let route_targets = async {
+            if fresh.is_empty() {
+                RouteTargets::new()
+            } else {
+                self.route_targets(members).await
+            }
+        };
+        let (outcomes, targets) = tokio::join!(self.appender.append_all(records), route_targets);
         self.metrics
             .append_seconds
             .observe(appending.elapsed().as_secs_f64());
@@ -505,7 +516,6 @@ impl Sequencer {
             .map(|(i, r)| (*i, r))
             .collect();
         if !routable.is_empty() {
-            let targets = self.route_targets(members).await;
             for (i, record) in routable {
                 let skip = Some((sends[i].handler_id.as_str(), sends[i].connection_id));
                 self.route(&targets, record, skip).await;
