@@ -68,7 +68,9 @@ impl MembershipMirror {
             .await
     }
 
-    fn key(&self, conversation_id: &str) -> String {
+    /// The mirrored set's key: a set of user ids, absent when cold (a script reading it
+    /// treats an empty set as "ask the source of truth", as [`Self::mirrored`]'s callers do).
+    pub fn key(&self, conversation_id: &str) -> String {
         self.redis.key(&format!("members:{conversation_id}"))
     }
 

@@ -60,6 +60,11 @@ impl Members {
         }
     }
 
+    /// The Redis key of the conversation's mirrored members, for scripts that read them.
+    pub fn mirror_key(&self, conversation_id: &str) -> String {
+        self.mirror.key(conversation_id)
+    }
+
     /// Members of the conversation; empty when it does not exist (or cannot: conversation ids
     /// are ULIDs, and anything else never reaches a key or a URL).
     pub async fn of(&self, conversation_id: &str) -> Result<Vec<String>, MembersError> {

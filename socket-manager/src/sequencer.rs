@@ -70,6 +70,9 @@ struct PendingMessage {
     created_at: Timestamp,
 }
 
+/// The numbering script's row for one send: seq, message_id, created_at, fresh (1 or 0).
+type NumberedRow = (u64, String, String, u8);
+
 /// What the numbering script answered for one send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Numbered {
@@ -138,14 +141,35 @@ static RENEW: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
 /// `EVAL` per flush; see `numbering`).
 pub const SEQUENCE_FUNCTIONS: [ScriptFunction; 2] = [NUMBER, FINISH];
 
-/// Takes the lease when it is free (one round trip for "lock and number") and numbers a
-/// conversation's sends.
-/// K: lease, counter, pending, counter epoch, then one idempotency key per send.
-/// A: token, idempotency ttl (s), lease ttl (ms), then per send: message_id, created_at,
-/// pending JSON. `replid`: the replication id of the master it runs on.
+/// Checks that every sender is a member, takes the lease when it is free (one round trip for
+/// "check, lock and number") and numbers a conversation's sends.
+/// K: lease, counter, pending, counter epoch, the conversation's mirrored members
+/// (`switchboard_chat_state::membership`), then one idempotency key per send.
+/// A: token, idempotency ttl (s), lease ttl (ms), the count `g` of members the caller read
+/// itself, those `g` members, then per send: sender, message_id, created_at, pending JSON.
+/// `replid`: the replication id of the master it runs on.
+/// Answers `{numbered, members}`. With `g` = 0 the members are the mirror's; when it is cold
+/// (no set) or a sender is not in it, nothing is touched and the script refuses with
+/// `MEMBERS`: the caller then reads them from the source of truth and calls again with them.
 const NUMBER: ScriptFunction = ScriptFunction {
     name: "number",
     body: r"
+local given = tonumber(A[4])
+local members
+if given > 0 then
+  members = {}
+  for i = 1, given do members[i] = A[4 + i] end
+else
+  members = redis.call('SMEMBERS', K[5])
+end
+local is_member = {}
+for _, m in ipairs(members) do is_member[m] = true end
+local first_arg = 5 + given
+for i = 6, #K do
+  if not is_member[A[first_arg + (i - 6) * 4]] then
+    return redis.error_reply('MEMBERS the senders are not all in the mirrored members')
+  end
+end
 -- Takes the lease if it is free and reads its holder in one command (NX with GET: Redis 7).
 local holder = redis.call('SET', K[1], A[1], 'NX', 'PX', A[3], 'GET')
 if holder and holder ~= A[1] then
@@ -158,8 +182,8 @@ if redis.call('GET', K[4]) ~= replid then
   return redis.error_reply('UNVERIFIED the counter was not checked against the log on this master')
 end
 local out = {}
-for i = 5, #K do
-  local a = 4 + (i - 5) * 3
+for i = 6, #K do
+  local a = first_arg + (i - 6) * 4 + 1
   local known = redis.pcall('GET', K[i])
   if type(known) == 'table' then
     -- WRONGTYPE: a record from before they were strings, a hash of the same three fields.
@@ -176,7 +200,7 @@ for i = 5, #K do
     out[#out + 1] = {seq, A[a], A[a + 1], 1}
   end
 end
-return out",
+return {out, members}",
 };
 
 /// K: lease, pending. A: token, release (1: give the lease up), lease ttl (ms), then the seqs
@@ -232,6 +256,10 @@ enum NumberingError {
     LeaseLost,
     #[error("another holder numbers this conversation")]
     Busy,
+    /// The mirror could not vouch for every sender (cold, or one is not in it); nothing was
+    /// touched.
+    #[error("membership must be read from the source of truth")]
+    Members,
     #[error("only {acked} of {wanted} replicas acknowledged the numbers")]
     NotReplicated { acked: i64, wanted: u32 },
     #[error(transparent)]
@@ -246,6 +274,7 @@ impl From<StoreError> for NumberingError {
                 Some("UNVERIFIED") => return NumberingError::Unverified,
                 Some("NOLEASE") => return NumberingError::LeaseLost,
                 Some("BUSY") => return NumberingError::Busy,
+                Some("MEMBERS") => return NumberingError::Members,
                 _ => {}
             }
         }
@@ -295,12 +324,19 @@ fn unavailable(client_msg_id: &str) -> ServerFrame {
 
 impl Sequencer {
     /// Handles the sends of one conversation from one batch, in order, under one lease.
+    /// The numbering script checks the senders against the mirrored members itself; only when
+    /// it cannot vouch for all of them (a cold mirror, a sender not in it) are the members read
+    /// here, from the mirror or the message service, and the refused sends answered.
     #[tracing::instrument(level = "debug", skip_all, fields(conversation_id = %conversation_id))]
     pub async fn send_all(
         &self,
         conversation_id: &ConversationId,
         sends: &[SendRequest],
     ) -> Vec<ServerFrame> {
+        let all: Vec<&SendRequest> = sends.iter().collect();
+        if let Some(answers) = self.sequence(conversation_id, &all, None).await {
+            return answers;
+        }
         let members = match self.members.of(conversation_id).await {
             Ok(m) => m,
             Err(e) => {
@@ -335,7 +371,15 @@ impl Sequencer {
         }
         if !allowed.is_empty() {
             let requests: Vec<&SendRequest> = allowed.iter().map(|(_, s)| *s).collect();
-            let answers = self.sequence(conversation_id, &requests, &members).await;
+            let answers = self
+                .sequence(conversation_id, &requests, Some(&members))
+                .await
+                .unwrap_or_else(|| {
+                    requests
+                        .iter()
+                        .map(|s| unavailable(&s.client_msg_id))
+                        .collect()
+                });
             for ((i, _), answer) in allowed.into_iter().zip(answers) {
                 replies[i] = Some(answer);
             }
@@ -386,12 +430,14 @@ impl Sequencer {
     }
 
     /// Takes the lease, numbers and appends `sends`, answers each.
+    /// `None` when the numbering script could not vouch for the senders from the mirror and
+    /// no `members` were given (nothing was numbered); see [`Self::send_all`].
     async fn sequence(
         &self,
         conversation_id: &str,
         sends: &[&SendRequest],
-        members: &[String],
-    ) -> Vec<ServerFrame> {
+        members: Option<&[String]>,
+    ) -> Option<Vec<ServerFrame>> {
         let lease = Lease {
             key: self.lock_key(conversation_id),
             token: format!("{}/{}", self.instance_id, ulid::Ulid::new()),
@@ -402,23 +448,26 @@ impl Sequencer {
             .under_lease(&lease, conversation_id, sends, members)
             .await
         {
-            Ok(answers) => answers,
+            Ok(answers) => Some(answers),
+            Err(NumberingError::Members) if members.is_none() => None,
             Err(NumberingError::Busy) => {
                 tracing::warn!(conversation_id, "sequence lease not acquired in time");
                 self.metrics
                     .send_errors
                     .with_label_values(&["lock"])
                     .inc_by(sends.len() as u64);
-                sends
-                    .iter()
-                    .map(|s| {
-                        error_frame(
-                            ErrorCode::Unavailable,
-                            "the conversation is busy or the cluster is degraded, retry",
-                            &s.client_msg_id,
-                        )
-                    })
-                    .collect()
+                Some(
+                    sends
+                        .iter()
+                        .map(|s| {
+                            error_frame(
+                                ErrorCode::Unavailable,
+                                "the conversation is busy or the cluster is degraded, retry",
+                                &s.client_msg_id,
+                            )
+                        })
+                        .collect(),
+                )
             }
             Err(e) => {
                 let reason = match &e {
@@ -431,10 +480,12 @@ impl Sequencer {
                     .send_errors
                     .with_label_values(&[reason])
                     .inc_by(sends.len() as u64);
-                sends
-                    .iter()
-                    .map(|s| unavailable(&s.client_msg_id))
-                    .collect()
+                Some(
+                    sends
+                        .iter()
+                        .map(|s| unavailable(&s.client_msg_id))
+                        .collect(),
+                )
             }
         };
         if lease.held_once() && !lease.released.load(std::sync::atomic::Ordering::Relaxed) {
@@ -448,27 +499,39 @@ impl Sequencer {
         lease: &Lease,
         conversation_id: &str,
         sends: &[&SendRequest],
-        members: &[String],
+        given_members: Option<&[String]>,
     ) -> Result<Vec<ServerFrame>, NumberingError> {
         let mut numbered = None;
         for _ in 0..3 {
-            match self.number_acquiring(lease, conversation_id, sends).await {
+            match self
+                .number_acquiring(lease, conversation_id, sends, given_members)
+                .await
+            {
                 Ok(n) => {
                     numbered = Some(n);
                     break;
                 }
                 Err(NumberingError::Pending) => {
-                    self.finish_pending(lease, conversation_id, members).await?;
+                    // Rare (an append left in doubt): the replayed records' recipients.
+                    let members = match given_members {
+                        Some(members) => members.to_vec(),
+                        None => self.members.of(conversation_id).await.map_err(|e| {
+                            NumberingError::Store(StoreError::Unavailable(e.to_string()))
+                        })?,
+                    };
+                    self.finish_pending(lease, conversation_id, &members)
+                        .await?;
                 }
                 Err(NumberingError::Unverified) => self.reseed(lease, conversation_id).await?,
                 Err(e) => return Err(e),
             }
         }
-        let numbered = numbered.ok_or_else(|| {
+        let (numbered, members) = numbered.ok_or_else(|| {
             NumberingError::Store(StoreError::Unavailable(
                 "numbering did not settle after three tries".into(),
             ))
         })?;
+        let members = &members;
 
         // Append every new record together.
         let fresh: Vec<(usize, LogRecord)> = numbered
@@ -564,7 +627,8 @@ impl Sequencer {
         lease: &Lease,
         conversation_id: &str,
         sends: &[&SendRequest],
-    ) -> Result<Vec<Numbered>, NumberingError> {
+        given_members: Option<&[String]>,
+    ) -> Result<(Vec<Numbered>, Vec<String>), NumberingError> {
         let created_at = Timestamp::now();
         let mut per_send = Vec::with_capacity(sends.len());
         for s in sends {
@@ -585,18 +649,23 @@ impl Sequencer {
             self.counter_key(conversation_id),
             self.pending_key(conversation_id),
             self.epoch_key(conversation_id),
+            self.members.mirror_key(conversation_id),
         ];
         keys.extend(
             sends
                 .iter()
                 .map(|s| self.idempotency_key(&s.conversation_id, &s.sender_id, &s.client_msg_id)),
         );
-        let mut args = Vec::with_capacity(3 + per_send.len() * 3);
+        let given_members = given_members.unwrap_or_default();
+        let mut args = Vec::with_capacity(4 + given_members.len() + per_send.len() * 4);
         args.push(lease.token.clone());
         args.push(self.idempotency_ttl_secs.to_string());
         args.push(self.lock_ttl.as_millis().to_string());
+        args.push(given_members.len().to_string());
+        args.extend(given_members.iter().cloned());
         let created_at = created_at.to_string();
-        for (message_id, pending) in per_send {
+        for (s, (message_id, pending)) in sends.iter().zip(per_send) {
+            args.push(s.sender_id.to_string());
             args.push(message_id);
             args.push(created_at.clone());
             args.push(pending);
@@ -619,9 +688,11 @@ impl Sequencer {
                 return Err(NumberingError::NotReplicated { acked, wanted });
             }
         }
-        let answer: Vec<(u64, String, String, u8)> = redis::from_owned_redis_value(value)
-            .map_err(|e| StoreError::Unavailable(format!("the numbering script answered: {e}")))?;
-        answer
+        let (answer, members): (Vec<NumberedRow>, Vec<String>) =
+            redis::from_owned_redis_value(value).map_err(|e| {
+                StoreError::Unavailable(format!("the numbering script answered: {e}"))
+            })?;
+        let numbered = answer
             .into_iter()
             .map(|(seq, message_id, created_at, fresh)| {
                 let created_at = Timestamp::parse(&created_at).map_err(|e| {
@@ -634,7 +705,8 @@ impl Sequencer {
                     fresh: fresh == 1,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, NumberingError>>()?;
+        Ok((numbered, members))
     }
 
     /// Appends again every number a holder took but never saw acknowledged, then clears them.
@@ -789,12 +861,15 @@ impl Sequencer {
         lease: &Lease,
         conversation_id: &str,
         sends: &[&SendRequest],
-    ) -> Result<Vec<Numbered>, NumberingError> {
+        given_members: Option<&[String]>,
+    ) -> Result<(Vec<Numbered>, Vec<String>), NumberingError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
             let numbering = Instant::now();
-            let outcome = self.number(lease, conversation_id, sends).await;
+            let outcome = self
+                .number(lease, conversation_id, sends, given_members)
+                .await;
             self.metrics
                 .numbering_seconds
                 .observe(numbering.elapsed().as_secs_f64());
@@ -812,8 +887,10 @@ impl Sequencer {
                     pause = (pause * 2).min(Duration::from_millis(20));
                     continue;
                 }
-                // The script did not run: nothing was taken.
-                Err(NumberingError::Store(_)) | Err(NumberingError::LeaseLost) => return outcome,
+                // The script did not run, or refused before the lease: nothing was taken.
+                Err(NumberingError::Store(_))
+                | Err(NumberingError::LeaseLost)
+                | Err(NumberingError::Members) => return outcome,
                 _ => {}
             }
             let mut renewer = lease.renewer.lock().expect("lease lock");
@@ -948,6 +1025,7 @@ fn sent_frame(s: &SendRequest, n: &Numbered) -> ServerFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::numbering::ScriptReply;
     use redis::Value;
     use switchboard_service_kit::supervise::Workers;
 
@@ -1008,5 +1086,132 @@ mod tests {
         assert_eq!(holder, None, "its own lease is given up");
         let gone = batcher.run(finish("mine", true)).await.unwrap();
         assert_eq!(gone.value, Value::Int(0), "a lease that expired is lost");
+    }
+
+    /// The numbering script checks the senders against the mirrored members itself: a cold
+    /// mirror or a sender not in it is refused with `MEMBERS` before anything is touched;
+    /// members in the mirror, or given by the caller, are numbered and answered with them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn numbering_checks_the_senders_against_the_mirrored_members() {
+        let redis =
+            switchboard_test_support::shared::fresh_redis("socket-manager", "number-members");
+        let mut workers = Workers::new();
+        let batcher = NumberingBatcher::start(
+            vec![redis.clone()],
+            &SEQUENCE_FUNCTIONS,
+            0,
+            Duration::from_secs(2),
+            &mut workers,
+        );
+        let key = |suffix: &str| redis.key(suffix);
+        let info: String = redis
+            .query(redis::cmd("INFO").arg("replication"))
+            .await
+            .unwrap();
+        let replid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("master_replid:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let _: () = redis
+            .query(redis::cmd("SET").arg(key("seq-epoch:c1")).arg(&replid))
+            .await
+            .unwrap();
+        let number = |token: &str, given: &[&str], senders: &[&str]| {
+            let mut keys = vec![
+                key("lock:conv:c1"),
+                key("seq:c1"),
+                key("pending:c1"),
+                key("seq-epoch:c1"),
+                key("members:c1"),
+            ];
+            let mut args = vec![
+                token.to_owned(),
+                "60".to_owned(),
+                "30000".to_owned(),
+                given.len().to_string(),
+            ];
+            args.extend(given.iter().map(|m| m.to_string()));
+            for (i, sender) in senders.iter().enumerate() {
+                keys.push(key(&format!("idem:c1:{sender}:m{i}")));
+                args.extend([
+                    sender.to_string(),
+                    format!("message-{token}-{i}"),
+                    "2026-12-02T00:00:00.000Z".to_owned(),
+                    "{}".to_owned(),
+                ]);
+            }
+            ScriptCall {
+                function: NUMBER.name,
+                keys,
+                args,
+            }
+        };
+        let refused = |reply: ScriptReply| match reply.value {
+            Value::ServerError(e) => e.code() == "MEMBERS",
+            _ => false,
+        };
+        let untouched = || async {
+            let lease: Option<String> = redis
+                .query(redis::cmd("GET").arg(key("lock:conv:c1")))
+                .await
+                .unwrap();
+            let counter: Option<u64> = redis
+                .query(redis::cmd("GET").arg(key("seq:c1")))
+                .await
+                .unwrap();
+            lease.is_none() && counter.is_none()
+        };
+
+        let cold = batcher.run(number("t1", &[], &["alice"])).await.unwrap();
+        assert!(refused(cold), "a cold mirror vouches for nobody");
+        assert!(untouched().await);
+
+        let _: i64 = redis
+            .query(
+                redis::cmd("SADD")
+                    .arg(key("members:c1"))
+                    .arg("alice")
+                    .arg("bob"),
+            )
+            .await
+            .unwrap();
+        let stranger = batcher
+            .run(number("t1", &[], &["alice", "carol"]))
+            .await
+            .unwrap();
+        assert!(refused(stranger), "carol is not a member");
+        assert!(untouched().await);
+
+        let reply = batcher
+            .run(number("t1", &[], &["alice", "bob"]))
+            .await
+            .unwrap();
+        let (rows, mut members): (Vec<NumberedRow>, Vec<String>) =
+            redis::from_owned_redis_value(reply.value).unwrap();
+        members.sort();
+        assert_eq!(members, ["alice", "bob"]);
+        assert_eq!(
+            rows.iter().map(|r| (r.0, r.3)).collect::<Vec<_>>(),
+            [(1, 1), (2, 1)]
+        );
+        // Given by the caller, the members need no mirror.
+        let _: i64 = redis
+            .query(redis::cmd("DEL").arg(key("members:c1")))
+            .await
+            .unwrap();
+        let _: i64 = redis
+            .query(redis::cmd("DEL").arg(key("pending:c1")))
+            .await
+            .unwrap();
+        let given = batcher
+            .run(number("t1", &["carol", "dave"], &["carol"]))
+            .await
+            .unwrap();
+        let (rows, members): (Vec<NumberedRow>, Vec<String>) =
+            redis::from_owned_redis_value(given.value).unwrap();
+        assert_eq!(members, ["carol", "dave"]);
+        assert_eq!(rows[0].0, 3);
     }
 }
