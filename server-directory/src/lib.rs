@@ -17,9 +17,8 @@
 //! least-loaded server with room *and* bumps its score by one in the same atomic step, leaving a
 //! reservation. When a client connects, the server consumes one reservation (the one expiring
 //! first) instead of bumping the score again. Reservations that never turn into connections
-//! expire, and the server's
-//! periodic reconcile sets its score back to `live + unexpired reservations`, so neither a lost
-//! decrement nor an abandoned assignment leaves drift.
+//! expire, and the server's periodic reconcile sets its score back to `live + unexpired
+//! reservations`, so neither a lost decrement nor an abandoned assignment leaves drift.
 //!
 //! Every mutation is one Lua script, so concurrent registries, servers and health checkers
 //! never interleave inside a step. The scripts build per-server key names from the prefix, which

@@ -15,9 +15,10 @@
 //!    pending entry. The script refuses a token that is not the holder's, and before it
 //!    touches anything it checks every sender against the conversation's mirrored members
 //!    (`members:{c}`); when the mirror is cold or a sender is not in it, the members are read
-//!    from the source of truth and the script called again with them. It runs in the numbering batcher's flush, which ends in `WAIT n`, so a number
-//!    is only used once at least `n` replicas have it: a failover cannot roll a counter back
-//!    under an acknowledged message.
+//!    from the source of truth and the script called again with them. It runs in the
+//!    numbering batcher's flush, which ends in `WAIT n`, so a number is only used once at
+//!    least `n` replicas have it: a failover cannot roll a counter back under an acknowledged
+//!    message.
 //! 3. **append the batch's records together** and wait for the broker's acks; the recipients'
 //!    handlers are looked up meanwhile.
 //! 4. **route, then finish**: the appended records are routed, then a script (in the next
