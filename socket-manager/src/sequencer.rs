@@ -1032,11 +1032,10 @@ mod tests {
     use redis::Value;
     use switchboard_service_kit::supervise::Workers;
 
-    /// The finish script against the test binary's real Redis: giving the lease up deletes it
-    /// only for its holder; a lease another holder took in the meantime stays theirs.
-    #[tokio::test(flavor = "current_thread")]
-    async fn finishing_gives_up_only_its_own_lease() {
-        let redis = switchboard_test_support::shared::fresh_redis("socket-manager", "finish-lease");
+    /// A fresh key space on the test binary's real Redis and a batcher running the sequence
+    /// functions on it (no replicas asked for); keep the workers for as long as the batcher.
+    fn sequence_scripts(name: &str) -> (SentinelRedis, NumberingBatcher, Workers) {
+        let redis = switchboard_test_support::shared::fresh_redis("socket-manager", name);
         let mut workers = Workers::new();
         let batcher = NumberingBatcher::start(
             vec![redis.clone()],
@@ -1045,6 +1044,14 @@ mod tests {
             Duration::from_secs(2),
             &mut workers,
         );
+        (redis, batcher, workers)
+    }
+
+    /// The finish script against the test binary's real Redis: giving the lease up deletes it
+    /// only for its holder; a lease another holder took in the meantime stays theirs.
+    #[tokio::test(flavor = "current_thread")]
+    async fn finishing_gives_up_only_its_own_lease() {
+        let (redis, batcher, _workers) = sequence_scripts("finish-lease");
         let lease = redis.key("lock:conv:c1");
         let pending = redis.key("pending:c1");
         let finish = |token: &str, release: bool| ScriptCall {
@@ -1096,16 +1103,7 @@ mod tests {
     /// members in the mirror, or given by the caller, are numbered and answered with them.
     #[tokio::test(flavor = "current_thread")]
     async fn numbering_checks_the_senders_against_the_mirrored_members() {
-        let redis =
-            switchboard_test_support::shared::fresh_redis("socket-manager", "number-members");
-        let mut workers = Workers::new();
-        let batcher = NumberingBatcher::start(
-            vec![redis.clone()],
-            &SEQUENCE_FUNCTIONS,
-            0,
-            Duration::from_secs(2),
-            &mut workers,
-        );
+        let (redis, batcher, _workers) = sequence_scripts("number-members");
         let key = |suffix: &str| redis.key(suffix);
         let info: String = redis
             .query(redis::cmd("INFO").arg("replication"))
