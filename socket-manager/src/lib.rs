@@ -126,6 +126,11 @@ impl Application {
                 "manager_counters_raised_total",
                 "sequence counters found behind the log after a Redis failover, and raised",
             )?,
+            membership_fallbacks: prometheus::IntCounter::new(
+                "manager_membership_fallbacks_total",
+                "conversation batches whose senders the mirrored members could not vouch for \
+                 (a cold mirror, or a sender not in it), checked against the source of truth",
+            )?,
         };
         ops.register(&metrics.lock_wait_seconds);
         ops.register(&metrics.numbering_seconds);
@@ -135,6 +140,7 @@ impl Application {
         ops.register(&metrics.send_errors);
         ops.register(&metrics.pending_replayed);
         ops.register(&metrics.counters_raised);
+        ops.register(&metrics.membership_fallbacks);
         ops.register(&kafka.produce_seconds);
         ops.register(&kafka.produce_errors);
         let redis_memory = RedisMemoryGauges::new(&ops)?;

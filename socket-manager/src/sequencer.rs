@@ -100,6 +100,9 @@ pub struct SequencerMetrics {
     pub pending_replayed: prometheus::IntCounter,
     /// Counters found behind the log (a failover lost numbers) and raised.
     pub counters_raised: prometheus::IntCounter,
+    /// Conversation batches whose senders the mirror could not vouch for (cold, or a stranger
+    /// among them), so the members were read from the source of truth.
+    pub membership_fallbacks: prometheus::IntCounter,
 }
 
 pub struct Sequencer {
@@ -340,6 +343,7 @@ impl Sequencer {
         if let Some(answers) = self.sequence(conversation_id, &all, None).await {
             return answers;
         }
+        self.metrics.membership_fallbacks.inc();
         let members = match self.members.of(conversation_id).await {
             Ok(m) => m,
             Err(e) => {

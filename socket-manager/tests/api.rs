@@ -426,6 +426,74 @@ async fn non_members_and_bad_sends_are_refused() {
     );
 }
 
+/// The numbering script vouches for members from the mirror; only a cold mirror or a
+/// stranger sends a batch to the message service (`manager_membership_fallbacks_total`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_checked_in_the_numbering_script_and_strangers_fall_back() {
+    let app = spawn_apps("membership-fallback").await;
+    app.register("h3").await;
+    let conversation = app.group("alice", &["bob"]).await;
+    let fallbacks = || async {
+        let text = app
+            .http
+            .get(format!("{}/metrics", app.manager))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("switchboard_manager_membership_fallbacks_total "))
+            .expect("the fallback counter is exported")
+            .parse::<f64>()
+            .unwrap()
+    };
+    let sent = |replies: Vec<Option<ServerFrame>>| {
+        replies
+            .iter()
+            .filter(|r| matches!(r, Some(ServerFrame::Sent { .. })))
+            .count()
+    };
+
+    // The first send may find the mirror cold; it is refilled then.
+    let first = app
+        .batch("h3", vec![send(1, "alice", &conversation, "a1")])
+        .await;
+    assert_eq!(sent(first), 1);
+    let before = fallbacks().await;
+    let warm = app
+        .batch(
+            "h3",
+            vec![
+                send(1, "alice", &conversation, "a2"),
+                send(2, "bob", &conversation, "b1"),
+            ],
+        )
+        .await;
+    assert_eq!(sent(warm), 2);
+    assert_eq!(fallbacks().await, before, "the mirror vouched for both");
+
+    let mixed = app
+        .batch(
+            "h3",
+            vec![
+                send(1, "alice", &conversation, "a3"),
+                send(3, "mallory", &conversation, "m1"),
+            ],
+        )
+        .await;
+    assert!(matches!(mixed[0], Some(ServerFrame::Sent { .. })));
+    assert!(matches!(
+        mixed[1],
+        Some(ServerFrame::Error {
+            code: ErrorCode::NotAMember,
+            ..
+        })
+    ));
+    assert_eq!(fallbacks().await, before + 1.0, "a stranger falls back");
+}
+
 fn read(connection_id: u64, user: &str, conversation_id: &str, seq: u64) -> HandlerItem {
     HandlerItem::Frame {
         connection_id,
