@@ -42,6 +42,39 @@ end
 return 0
 ";
 
+/// Lua for a script that looks recipients up as it goes (the socket manager's numbering
+/// script): `handlers_of(prefix, users, now)` answers, for each of `users` in order, the
+/// handlers holding one of its devices, read as [`HandlerMap::handlers_for`] reads them
+/// (`prefix` is the key prefix, `now` the time in ms). [`group_by_handler`] turns the answer
+/// into routes. The keys are built inside the script, as the directory's scripts do: fine for
+/// one master (Sentinel), not for Redis Cluster.
+pub const HANDLERS_OF_LUA: &str = r"
+local function handlers_of(prefix, users, now)
+  local found = {}
+  for i, user in ipairs(users) do
+    found[i] = redis.call('ZRANGEBYSCORE', prefix .. 'userh:' .. user, now, '+inf')
+  end
+  return found
+end
+";
+
+/// Routes from a lookup: `found[i]` are the handlers holding `users[i]`; answers handler → the
+/// users it holds, in the order of `users`.
+pub fn group_by_handler(users: &[String], found: Vec<Vec<String>>) -> HashMap<String, Vec<String>> {
+    let mut by_handler: HashMap<String, Vec<String>> = HashMap::new();
+    for (user, handlers) in users.iter().zip(found) {
+        for handler in handlers {
+            by_handler.entry(handler).or_default().push(user.clone());
+        }
+    }
+    by_handler
+}
+
+/// Now, in ms since the epoch: the clock mapping expiries are compared with.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 #[derive(Clone)]
 pub struct HandlerMap {
     redis: SentinelRedis,
@@ -85,10 +118,6 @@ pub async fn read(
             (online, last_seen)
         })
         .collect())
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl HandlerMap {
@@ -247,13 +276,7 @@ impl HandlerMap {
                 .arg("+inf");
         }
         let found: Vec<Vec<String>> = self.redis.query_pipe(&pipe).await?;
-        let mut by_handler: HashMap<String, Vec<String>> = HashMap::new();
-        for (user, handlers) in users.iter().zip(found) {
-            for handler in handlers {
-                by_handler.entry(handler).or_default().push(user.clone());
-            }
-        }
-        Ok(by_handler)
+        Ok(group_by_handler(users, found))
     }
 
     /// Handlers whose liveness key has expired.

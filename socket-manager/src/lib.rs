@@ -165,6 +165,7 @@ impl Application {
                     (0..config.seq_flushes_in_flight)
                         .map(|_| SentinelRedis::new(config.common.redis.clone()))
                         .collect(),
+                    sequencer::SEQUENCE_PREAMBLE,
                     &sequencer::SEQUENCE_FUNCTIONS,
                     config.seq_replica_acks,
                     config.seq_replica_ack_timeout,

@@ -85,11 +85,13 @@ pub struct NumberingBatcher {
 }
 
 impl NumberingBatcher {
-    /// Starts the flushing task, able to call `functions`, with one flush in flight on each
-    /// of `connections` (handles of their own, not shared: their `WAIT`s block them; at
-    /// least one); supervised: the manager stops if it ever exits.
+    /// Starts the flushing task, able to call `functions` (which may use the Lua of
+    /// `preamble`), with one flush in flight on each of `connections` (handles of their own,
+    /// not shared: their `WAIT`s block them; at least one); supervised: the manager stops if
+    /// it ever exits.
     pub fn start(
         connections: Vec<SentinelRedis>,
+        preamble: &str,
         functions: &[ScriptFunction],
         replicas: u32,
         wait_timeout: Duration,
@@ -100,7 +102,7 @@ impl NumberingBatcher {
             "the numbering batcher needs a connection"
         );
         let (tx, rx) = mpsc::channel(QUEUE);
-        let script = flush_script(functions);
+        let script = flush_script(preamble, functions);
         workers.spawn(
             "numbering",
             run(connections, script, replicas, wait_timeout, rx),
@@ -125,8 +127,8 @@ impl NumberingBatcher {
 /// The flush script: KEYS are the calls' keys one after another; ARGV[1] is the master's
 /// replication id, ARGV[2] the number of calls `n`, then `n` triples (function, key count,
 /// argument count), then the calls' arguments one after another. Answers one reply per call.
-fn flush_script(functions: &[ScriptFunction]) -> String {
-    let mut script = String::from("local functions = {}\n");
+fn flush_script(preamble: &str, functions: &[ScriptFunction]) -> String {
+    let mut script = format!("{preamble}\nlocal functions = {{}}\n");
     for f in functions {
         script.push_str(&format!(
             "functions['{}'] = function(K, A, replid)\n{}\nend\n",
@@ -319,16 +321,19 @@ mod tests {
 
     #[test]
     fn the_flush_script_defines_every_function_once() {
-        let script = flush_script(&[
-            ScriptFunction {
-                name: "number",
-                body: "return 1",
-            },
-            ScriptFunction {
-                name: "finish",
-                body: "return 0",
-            },
-        ]);
+        let script = flush_script(
+            "",
+            &[
+                ScriptFunction {
+                    name: "number",
+                    body: "return 1",
+                },
+                ScriptFunction {
+                    name: "finish",
+                    body: "return 0",
+                },
+            ],
+        );
         assert_eq!(
             script
                 .matches("functions['number'] = function(K, A, replid)")
@@ -356,6 +361,7 @@ mod tests {
         let mut workers = Workers::new();
         let batcher = NumberingBatcher::start(
             vec![redis("flushes-in-flight"), redis("flushes-in-flight")],
+            "",
             &[ScriptFunction {
                 name: "one",
                 body: "return 1",
@@ -407,6 +413,7 @@ mod tests {
         let mut workers = Workers::new();
         let batcher = NumberingBatcher::start(
             vec![redis.clone()],
+            "",
             &[
                 ScriptFunction {
                     name: "count",

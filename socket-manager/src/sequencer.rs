@@ -46,7 +46,7 @@ use crate::batching::{LogAppender, Router};
 use crate::kafka::Kafka;
 use crate::members::Members;
 use crate::numbering::{NumberingBatcher, ScriptCall, ScriptFunction};
-use switchboard_chat_state::presence::HandlerMap;
+use switchboard_chat_state::presence::{group_by_handler, HandlerMap};
 
 /// Handler id → the users on it who get a frame.
 type RouteTargets = HashMap<String, Vec<String>>;
@@ -75,6 +75,19 @@ struct PendingMessage {
 
 /// The numbering script's row for one send: seq, message_id, created_at, fresh (1 or 0).
 type NumberedRow = (u64, String, String, u8);
+
+/// The numbering script's reply: a row per send, the members, whether it looked the routes
+/// up (1) and, if so, each member's handlers.
+type NumberReply = (Vec<NumberedRow>, Vec<String>, u8, Vec<Vec<String>>);
+
+/// A conversation batch as numbered.
+struct NumberedBatch {
+    numbered: Vec<Numbered>,
+    members: Vec<String>,
+    /// Where the members are connected, when the numbering script looked it up (fewer
+    /// members than `SB_ROUTE_BROADCAST_FROM`).
+    routes: Option<RouteTargets>,
+}
 
 /// What the numbering script answered for one send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,30 +160,37 @@ static RENEW: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
 /// `EVAL` per flush; see `numbering`).
 pub const SEQUENCE_FUNCTIONS: [ScriptFunction; 2] = [NUMBER, FINISH];
 
+/// The Lua the sequence functions share: the route lookup of the presence key family's owner.
+pub const SEQUENCE_PREAMBLE: &str = switchboard_chat_state::presence::HANDLERS_OF_LUA;
+
 /// Checks that every sender is a member, takes the lease when it is free (one round trip for
 /// "check, lock and number") and numbers a conversation's sends.
 /// K: lease, counter, pending, counter epoch, the conversation's mirrored members
 /// (`switchboard_chat_state::membership`), then one idempotency key per send.
-/// A: token, idempotency ttl (s), lease ttl (ms), the count `g` of members the caller read
-/// itself, those `g` members, then per send: sender, message_id, created_at, pending JSON.
-/// `replid`: the replication id of the master it runs on.
-/// Answers `{numbered, members}`. With `g` = 0 the members are the mirror's; when it is cold
-/// (no set) or a sender is not in it, nothing is touched and the script refuses with
-/// `MEMBERS`: the caller then reads them from the source of truth and calls again with them.
+/// A: token, idempotency ttl (s), lease ttl (ms), the members from which the routes are not
+/// looked up here (`SB_ROUTE_BROADCAST_FROM`), now (ms), the key prefix, the count `g` of
+/// members the caller read itself, those `g` members, then per send: sender, message_id,
+/// created_at, pending JSON. `replid`: the replication id of the master it runs on.
+/// Answers `{numbered, members, looked_up, found}`. With `g` = 0 the members are the mirror's;
+/// when it is cold (no set) or a sender is not in it, nothing is touched and the script refuses
+/// with `MEMBERS`: the caller then reads them from the source of truth and calls again with
+/// them. Below the broadcast threshold it also looks up where each member is connected
+/// (`looked_up` 1, `found[i]` the handlers of `members[i]`: the route lookup rides in the
+/// flush instead of a round trip of its own).
 const NUMBER: ScriptFunction = ScriptFunction {
     name: "number",
     body: r"
-local given = tonumber(A[4])
+local given = tonumber(A[7])
 local members
 if given > 0 then
   members = {}
-  for i = 1, given do members[i] = A[4 + i] end
+  for i = 1, given do members[i] = A[7 + i] end
 else
   members = redis.call('SMEMBERS', K[5])
 end
 local is_member = {}
 for _, m in ipairs(members) do is_member[m] = true end
-local first_arg = 5 + given
+local first_arg = 8 + given
 for i = 6, #K do
   if not is_member[A[first_arg + (i - 6) * 4]] then
     return redis.error_reply('MEMBERS the senders are not all in the mirrored members')
@@ -206,7 +226,10 @@ for i = 6, #K do
     out[#out + 1] = {seq, A[a], A[a + 1], 1}
   end
 end
-return {out, members}",
+if #members < tonumber(A[4]) then
+  return {out, members, 1, handlers_of(A[6], members, A[5])}
+end
+return {out, members, 0, {}}",
 };
 
 /// K: lease, pending. A: token, release (1: give the lease up), lease ttl (ms), then the seqs
@@ -533,7 +556,11 @@ impl Sequencer {
                 Err(e) => return Err(e),
             }
         }
-        let (numbered, members) = numbered.ok_or_else(|| {
+        let NumberedBatch {
+            numbered,
+            members,
+            routes,
+        } = numbered.ok_or_else(|| {
             NumberingError::Store(StoreError::Unavailable(
                 "numbering did not settle after three tries".into(),
             ))
@@ -549,14 +576,15 @@ impl Sequencer {
             .collect();
         let appending = Instant::now();
         let records: Vec<&LogRecord> = fresh.iter().map(|(_, r)| r).collect();
-        // Where the recipients are is looked up while the broker appends, not after: the
-        // lookup's round trip was on the delivery path. It is still read after the sends
-        // arrived, so it sees every device whose connection was confirmed before `hello`.
+        // Where the recipients are: looked up by the numbering script, or (a broadcast) read
+        // while the broker appends, not after, where its round trip was on the delivery path.
+        // Either way it is read after the sends arrived, so it sees every device whose
+        // connection was confirmed before `hello`.
         let route_targets = async {
-            if fresh.is_empty() {
-                RouteTargets::new()
-            } else {
-                self.route_targets(members).await
+            match routes {
+                Some(routes) => routes,
+                None if fresh.is_empty() => RouteTargets::new(),
+                None => self.route_targets(members).await,
             }
         };
         let (outcomes, targets) = tokio::join!(self.appender.append_all(records), route_targets);
@@ -635,7 +663,7 @@ impl Sequencer {
         conversation_id: &str,
         sends: &[&SendRequest],
         given_members: Option<&[String]>,
-    ) -> Result<(Vec<Numbered>, Vec<String>), NumberingError> {
+    ) -> Result<NumberedBatch, NumberingError> {
         let created_at = Timestamp::now();
         let mut per_send = Vec::with_capacity(sends.len());
         for s in sends {
@@ -664,10 +692,13 @@ impl Sequencer {
                 .map(|s| self.idempotency_key(&s.conversation_id, &s.sender_id, &s.client_msg_id)),
         );
         let given_members = given_members.unwrap_or_default();
-        let mut args = Vec::with_capacity(4 + given_members.len() + per_send.len() * 4);
+        let mut args = Vec::with_capacity(7 + given_members.len() + per_send.len() * 4);
         args.push(lease.token.clone());
         args.push(self.idempotency_ttl_secs.to_string());
         args.push(self.lock_ttl.as_millis().to_string());
+        args.push(self.route_broadcast_from.to_string());
+        args.push(switchboard_chat_state::presence::now_ms().to_string());
+        args.push(self.redis.config().key_prefix.clone());
         args.push(given_members.len().to_string());
         args.extend(given_members.iter().cloned());
         let created_at = created_at.to_string();
@@ -695,10 +726,8 @@ impl Sequencer {
                 return Err(NumberingError::NotReplicated { acked, wanted });
             }
         }
-        let (answer, members): (Vec<NumberedRow>, Vec<String>) =
-            redis::from_owned_redis_value(value).map_err(|e| {
-                StoreError::Unavailable(format!("the numbering script answered: {e}"))
-            })?;
+        let (answer, members, looked_up, found): NumberReply = redis::from_owned_redis_value(value)
+            .map_err(|e| StoreError::Unavailable(format!("the numbering script answered: {e}")))?;
         let numbered = answer
             .into_iter()
             .map(|(seq, message_id, created_at, fresh)| {
@@ -713,7 +742,12 @@ impl Sequencer {
                 })
             })
             .collect::<Result<Vec<_>, NumberingError>>()?;
-        Ok((numbered, members))
+        let routes = (looked_up == 1).then(|| group_by_handler(&members, found));
+        Ok(NumberedBatch {
+            numbered,
+            members,
+            routes,
+        })
     }
 
     /// Appends again every number a holder took but never saw acknowledged, then clears them.
@@ -869,7 +903,7 @@ impl Sequencer {
         conversation_id: &str,
         sends: &[&SendRequest],
         given_members: Option<&[String]>,
-    ) -> Result<(Vec<Numbered>, Vec<String>), NumberingError> {
+    ) -> Result<NumberedBatch, NumberingError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -1043,6 +1077,7 @@ mod tests {
         let mut workers = Workers::new();
         let batcher = NumberingBatcher::start(
             vec![redis.clone()],
+            SEQUENCE_PREAMBLE,
             &SEQUENCE_FUNCTIONS,
             0,
             Duration::from_secs(2),
@@ -1135,6 +1170,10 @@ mod tests {
                 token.to_owned(),
                 "60".to_owned(),
                 "30000".to_owned(),
+                // Routes looked up below three members.
+                "3".to_owned(),
+                switchboard_chat_state::presence::now_ms().to_string(),
+                redis.config().key_prefix.clone(),
                 given.len().to_string(),
             ];
             args.extend(given.iter().map(|m| m.to_string()));
@@ -1189,14 +1228,22 @@ mod tests {
         assert!(refused(stranger), "carol is not a member");
         assert!(untouched().await);
 
+        let handlers = HandlerMap::new(redis.clone(), 60_000, 60_000);
+        handlers.connected("h1", &["alice"]).await.unwrap();
         let reply = batcher
             .run(number("t1", &[], &["alice", "bob"]))
             .await
             .unwrap();
-        let (rows, mut members): (Vec<NumberedRow>, Vec<String>) =
+        let (rows, members, looked_up, found): NumberReply =
             redis::from_owned_redis_value(reply.value).unwrap();
-        members.sort();
-        assert_eq!(members, ["alice", "bob"]);
+        let mut sorted = members.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["alice", "bob"]);
+        assert_eq!(looked_up, 1, "two members: the routes are looked up too");
+        assert_eq!(
+            group_by_handler(&members, found),
+            RouteTargets::from([("h1".to_owned(), vec!["alice".to_owned()])])
+        );
         assert_eq!(
             rows.iter().map(|r| (r.0, r.3)).collect::<Vec<_>>(),
             [(1, 1), (2, 1)]
@@ -1214,9 +1261,22 @@ mod tests {
             .run(number("t1", &["carol", "dave"], &["carol"]))
             .await
             .unwrap();
-        let (rows, members): (Vec<NumberedRow>, Vec<String>) =
+        let (rows, members, looked_up, _): NumberReply =
             redis::from_owned_redis_value(given.value).unwrap();
         assert_eq!(members, ["carol", "dave"]);
         assert_eq!(rows[0].0, 3);
+        assert_eq!(looked_up, 1);
+        // From three members on, the routes are left to the caller (a broadcast).
+        let _: i64 = redis
+            .query(redis::cmd("DEL").arg(key("pending:c1")))
+            .await
+            .unwrap();
+        let many = batcher
+            .run(number("t1", &["carol", "dave", "erin"], &["carol"]))
+            .await
+            .unwrap();
+        let (_, _, looked_up, found): NumberReply =
+            redis::from_owned_redis_value(many.value).unwrap();
+        assert_eq!((looked_up, found.len()), (0, 0));
     }
 }
