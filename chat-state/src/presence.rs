@@ -8,7 +8,8 @@
 //!   expires, the handler is dead and the janitor removes its topic and mappings.
 //! - `P userh:{user}`: sorted set of handler ids scored by expiry (ms). Expiry is per member,
 //!   so one handler's stale entry cannot outlive the handler's renewals; readers ignore
-//!   expired members. A user is online while it has an unexpired member.
+//!   expired members. A user is online while it has an unexpired member. Scripts read it
+//!   through [`HANDLERS_OF_LUA`], so its layout stays this module's.
 //! - `P handler_users:{id}`: the reverse index, so cleanup does not scan every user.
 //! - `P lastseen:{user}`: when the user's last device went away (ms since the epoch).
 //! - `P janitor`: the lease of the one manager that sweeps dead handlers.

@@ -19,8 +19,9 @@
 //!    numbering batcher's flush, which ends in `WAIT n`, so a number is only used once at
 //!    least `n` replicas have it: a failover cannot roll a counter back under an acknowledged
 //!    message.
-//! 3. **append the batch's records together** and wait for the broker's acks; the recipients'
-//!    handlers are looked up meanwhile.
+//! 3. **append the batch's records together** and wait for the broker's acks. Where the
+//!    members are connected came with the numbers (the numbering script looks it up), or, for
+//!    a conversation large enough to broadcast to every handler, is read meanwhile.
 //! 4. **route, then finish**: the appended records are routed, then a script (in the next
 //!    flush) clears their pending entries and answers whether the token still holds the lease.
 //!    Only then is `sent` answered; a manager that lost its lease (a pause, a partition)
