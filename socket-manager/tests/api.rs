@@ -433,21 +433,12 @@ async fn members_are_checked_in_the_numbering_script_and_strangers_fall_back() {
     let app = spawn_apps("membership-fallback").await;
     app.register("h3").await;
     let conversation = app.group("alice", &["bob"]).await;
-    let fallbacks = || async {
-        let text = app
-            .http
-            .get(format!("{}/metrics", app.manager))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("switchboard_manager_membership_fallbacks_total "))
-            .expect("the fallback counter is exported")
-            .parse::<f64>()
-            .unwrap()
+    let fallbacks = || {
+        switchboard_test_support::http::metric(
+            &app.http,
+            &app.manager,
+            "switchboard_manager_membership_fallbacks_total",
+        )
     };
     let sent = |replies: Vec<Option<ServerFrame>>| {
         replies
@@ -456,33 +447,18 @@ async fn members_are_checked_in_the_numbering_script_and_strangers_fall_back() {
             .count()
     };
 
+    let from = |connection: u64, user: &str, id: &str| send(connection, user, &conversation, id);
+
     // The first send may find the mirror cold; it is refilled then.
-    let first = app
-        .batch("h3", vec![send(1, "alice", &conversation, "a1")])
-        .await;
+    let first = app.batch("h3", vec![from(1, "alice", "a1")]).await;
     assert_eq!(sent(first), 1);
     let before = fallbacks().await;
-    let warm = app
-        .batch(
-            "h3",
-            vec![
-                send(1, "alice", &conversation, "a2"),
-                send(2, "bob", &conversation, "b1"),
-            ],
-        )
-        .await;
-    assert_eq!(sent(warm), 2);
+    let warm = vec![from(1, "alice", "a2"), from(2, "bob", "b1")];
+    assert_eq!(sent(app.batch("h3", warm).await), 2);
     assert_eq!(fallbacks().await, before, "the mirror vouched for both");
 
-    let mixed = app
-        .batch(
-            "h3",
-            vec![
-                send(1, "alice", &conversation, "a3"),
-                send(3, "mallory", &conversation, "m1"),
-            ],
-        )
-        .await;
+    let mixed = vec![from(1, "alice", "a3"), from(3, "mallory", "m1")];
+    let mixed = app.batch("h3", mixed).await;
     assert!(matches!(mixed[0], Some(ServerFrame::Sent { .. })));
     assert!(matches!(
         mixed[1],

@@ -62,3 +62,22 @@ pub async fn wait_ready(process: &ManagedProcess, url: &str, timeout: Duration) 
     }
     Ok(())
 }
+
+/// Sum of every sample of `name` (any labels) on a `/metrics` page.
+pub async fn metric(http: &reqwest::Client, base_url: &str, name: &str) -> f64 {
+    let text = http
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

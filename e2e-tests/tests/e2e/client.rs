@@ -358,24 +358,7 @@ pub fn sent_of(frames: &[ServerFrame]) -> HashMap<String, (u64, String)> {
         .collect()
 }
 
-/// Sum of every sample of `name` (any labels) on a `/metrics` page.
-pub async fn metric(http: &reqwest::Client, base_url: &str, name: &str) -> f64 {
-    let text = http
-        .get(format!("{base_url}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+pub use switchboard_test_support::http::metric;
 
 /// The typed client against a real stack, route by route: what the other tests reach through
 /// [`api`] as raw JSON, here through `switchboard-client`'s types and error codes.
