@@ -6,7 +6,10 @@
 //! second connection per caller would multiply `WAIT`s instead). The [`NumberingBatcher`]
 //! sends every call queued while the previous flush was in flight as **one `EVAL`** followed by
 //! one `WAIT`: `WAIT` covers every write this connection made before it, so the replicas
-//! acknowledge a whole flush at once.
+//! acknowledge a whole flush at once. A flush that carries only finishes answers without a
+//! `WAIT` ([`ScriptFunction::awaits_replicas`]): a finish's answer is read on the master, and
+//! waiting cost every Redis process wakeups for nothing (at 400 group messages/s about half
+//! the flushes are finishes alone; docs/performance.md run 18).
 //!
 //! The finish script (clear acknowledged pending entries, give the lease up) rides in the same
 //! flushes: before, it was a round trip of its own on the shared connection for every
@@ -54,6 +57,11 @@ pub struct ScriptFunction {
     /// The function's parameter list and body, without `function` and `end`'s wrapper:
     /// `function(K, A, replid)` is added around it.
     pub body: &'static str,
+    /// Whether its caller may use an answer only once the replicas hold the call's writes. A
+    /// flush with a call of such a function ends in `WAIT`; a flush whose calls all need no
+    /// `WAIT` answers without one, sparing a replica round trip (and its wakeups on every
+    /// Redis process) per flush.
+    pub awaits_replicas: bool,
 }
 
 /// One call of a [`ScriptFunction`] in the next flush.
@@ -103,10 +111,17 @@ impl NumberingBatcher {
         );
         let (tx, rx) = mpsc::channel(QUEUE);
         let script = flush_script(preamble, functions);
-        workers.spawn(
-            "numbering",
-            run(connections, script, replicas, wait_timeout, rx),
-        );
+        let awaiting = functions
+            .iter()
+            .filter(|f| f.awaits_replicas)
+            .map(|f| f.name)
+            .collect();
+        let replication = Replication {
+            replicas,
+            wait_timeout,
+            awaiting,
+        };
+        workers.spawn("numbering", run(connections, script, replication, rx));
         NumberingBatcher { tx }
     }
 
@@ -190,14 +205,30 @@ fn flush_command(script: &str, replid: &str, calls: &[ScriptCall]) -> redis::Cmd
     eval
 }
 
+/// When a flush ends in `WAIT`, and for how many replicas.
+struct Replication {
+    /// Replicas a `WAIT` asks for (`SB_SEQ_REPLICA_ACKS`; 0: no `WAIT` at all).
+    replicas: u32,
+    wait_timeout: Duration,
+    /// The functions whose calls need the `WAIT` ([`ScriptFunction::awaits_replicas`]).
+    awaiting: Vec<&'static str>,
+}
+
+impl Replication {
+    /// Whether a flush of `calls` ends in `WAIT`.
+    fn waits_for(&self, calls: &[ScriptCall]) -> bool {
+        self.replicas > 0 && calls.iter().any(|c| self.awaiting.contains(&c.function))
+    }
+}
+
 async fn run(
     connections: Vec<SentinelRedis>,
     script: String,
-    replicas: u32,
-    wait_timeout: Duration,
+    replication: Replication,
     mut rx: mpsc::Receiver<Job>,
 ) {
     let script = script.as_str();
+    let replication = &replication;
     let mut idle = connections;
     let mut in_flight = FuturesUnordered::new();
     let mut jobs = Vec::with_capacity(MAX_CALLS_PER_FLUSH);
@@ -214,7 +245,7 @@ async fn run(
                 let redis = idle.pop().expect("a free connection");
                 let jobs = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_CALLS_PER_FLUSH));
                 in_flight.push(async move {
-                    flush(&redis, script, replicas, wait_timeout, jobs).await;
+                    flush(&redis, script, replication, jobs).await;
                     redis
                 });
             }
@@ -224,30 +255,26 @@ async fn run(
     while in_flight.next().await.is_some() {}
 }
 
-/// One flush on `redis`: every call of `jobs` in one `EVAL`, then `WAIT`; answers each job.
-async fn flush(
-    redis: &SentinelRedis,
-    script: &str,
-    replicas: u32,
-    wait_timeout: Duration,
-    jobs: Vec<Job>,
-) {
+/// One flush on `redis`: every call of `jobs` in one `EVAL`, then `WAIT` when a call needs it;
+/// answers each job.
+async fn flush(redis: &SentinelRedis, script: &str, replication: &Replication, jobs: Vec<Job>) {
     let (calls, dones): (Vec<ScriptCall>, Vec<_>) =
         jobs.into_iter().map(|j| (j.call, j.done)).unzip();
+    let waits = replication.waits_for(&calls);
     let result = redis
         .pipe_replies_on_master(|replid| {
             let mut pipe = redis::pipe();
             pipe.add_command(flush_command(script, replid, &calls));
-            if replicas > 0 {
+            if waits {
                 pipe.cmd("WAIT")
-                    .arg(replicas)
-                    .arg(wait_timeout.as_millis() as u64);
+                    .arg(replication.replicas)
+                    .arg(replication.wait_timeout.as_millis() as u64);
             }
             pipe
         })
         .await;
     let replies = result.and_then(|mut values| {
-        let replicas_acked = (replicas > 0).then(|| match values.pop() {
+        let replicas_acked = waits.then(|| match values.pop() {
             Some(Value::Int(n)) => n,
             _ => 0,
         });
@@ -327,10 +354,12 @@ mod tests {
                 ScriptFunction {
                     name: "number",
                     body: "return 1",
+                    awaits_replicas: true,
                 },
                 ScriptFunction {
                     name: "finish",
                     body: "return 0",
+                    awaits_replicas: false,
                 },
             ],
         );
@@ -365,6 +394,7 @@ mod tests {
             &[ScriptFunction {
                 name: "one",
                 body: "return 1",
+                awaits_replicas: true,
             }],
             10,
             WAIT,
@@ -404,6 +434,75 @@ mod tests {
         );
     }
 
+    /// A flush whose calls all need no replicas answers without `WAIT`; one call that needs
+    /// them makes its whole flush wait. Here every `WAIT` asks for more replicas than exist,
+    /// so a flush that waits takes its whole timeout.
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_a_flush_with_a_call_that_awaits_replicas_waits_for_them() {
+        const WAIT: Duration = Duration::from_millis(1_000);
+        let redis =
+            switchboard_test_support::shared::fresh_redis("socket-manager", "flush-without-wait");
+        let mut workers = Workers::new();
+        let batcher = NumberingBatcher::start(
+            vec![redis],
+            "",
+            &[
+                ScriptFunction {
+                    name: "replicated",
+                    body: "return 1",
+                    awaits_replicas: true,
+                },
+                ScriptFunction {
+                    name: "local",
+                    body: "return 2",
+                    awaits_replicas: false,
+                },
+            ],
+            10,
+            WAIT,
+            &mut workers,
+        );
+        let call = |function: &'static str| ScriptCall {
+            function,
+            keys: vec![],
+            args: vec![],
+        };
+
+        let started = std::time::Instant::now();
+        let alone = batcher.run(call("local")).await.expect("the flush ran");
+        assert_eq!(alone.value, Value::Int(2));
+        assert_eq!(alone.replicas_acked, None, "no WAIT was sent");
+        assert!(
+            started.elapsed() < WAIT,
+            "answered without waiting for replicas ({:?})",
+            started.elapsed()
+        );
+
+        // Queued together before the batcher's task runs (one thread): one flush.
+        let started = std::time::Instant::now();
+        let (local, replicated) =
+            tokio::join!(batcher.run(call("local")), batcher.run(call("replicated")));
+        let (local, replicated) = (
+            local.expect("the flush ran"),
+            replicated.expect("the flush ran"),
+        );
+        assert_eq!(
+            (local.value, replicated.value),
+            (Value::Int(2), Value::Int(1))
+        );
+        for acked in [local.replicas_acked, replicated.replicas_acked] {
+            assert!(
+                matches!(acked, Some(n) if n < 10),
+                "WAIT answered {acked:?}"
+            );
+        }
+        assert!(
+            started.elapsed() >= WAIT,
+            "the flush waited for its replicas ({:?})",
+            started.elapsed()
+        );
+    }
+
     /// One flush, three calls: each answers on its own, a refusal and a runtime error
     /// included, against the test binary's real Redis (with a replica for `WAIT`).
     #[tokio::test(flavor = "current_thread")]
@@ -418,14 +517,17 @@ mod tests {
                 ScriptFunction {
                     name: "count",
                     body: "return redis.call('INCRBY', K[1], A[1])",
+                    awaits_replicas: true,
                 },
                 ScriptFunction {
                     name: "refuse",
                     body: "return redis.error_reply('BUSY ' .. A[1])",
+                    awaits_replicas: true,
                 },
                 ScriptFunction {
                     name: "wrong_type",
                     body: "return redis.call('HGET', K[1], 'field')",
+                    awaits_replicas: true,
                 },
             ],
             1,

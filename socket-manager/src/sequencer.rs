@@ -180,6 +180,9 @@ pub const SEQUENCE_PREAMBLE: &str = switchboard_chat_state::presence::HANDLERS_O
 /// flush instead of a round trip of its own).
 const NUMBER: ScriptFunction = ScriptFunction {
     name: "number",
+    // A number is used only once the replicas hold it: a failover must not roll a counter
+    // back under an acknowledged message.
+    awaits_replicas: true,
     body: r"
 local given = tonumber(A[7])
 local members
@@ -236,8 +239,14 @@ return {out, members, 0, {}}",
 /// K: lease, pending. A: token, release (1: give the lease up), lease ttl (ms), then the seqs
 /// whose append the broker acknowledged. Clears those pending entries (always right: they are
 /// in the log) and answers 1 while the token still holds the lease, else 0.
+///
+/// Its answer needs no `WAIT`: it is read on the master that runs the script, and the numbers
+/// it vouches for were replicated by their own flush. Writes of a finish that a failover loses
+/// cost no message: the cleared entries reappear and the next holder appends those records
+/// again (the store keeps one copy), and a lease not given up lapses with its ttl.
 const FINISH: ScriptFunction = ScriptFunction {
     name: "finish",
+    awaits_replicas: false,
     body: r"
 -- HDEL takes many fields; unpack takes a few thousand values at most, hence the chunks.
 for i = 4, #A, 1000 do redis.call('HDEL', K[2], unpack(A, i, math.min(i + 999, #A))) end
@@ -250,6 +259,10 @@ if holder == A[1] then return 1 end
 if holder then redis.call('SET', K[1], holder, 'PX', A[3]) end
 return 0",
 };
+
+// A number is used only once the replicas hold it (the promise across a failover): the build
+// fails if that is ever switched off.
+const _: () = assert!(NUMBER.awaits_replicas);
 
 /// KEYS: lease, counter, counter epoch, then the idempotency key of each message the log holds
 /// above the counter. ARGV: token, the master's replication id, the highest `seq` in the log,
