@@ -21,6 +21,24 @@ pub const SB_KAFKA_LINGER_MS: &str = "SB_KAFKA_LINGER_MS";
 pub const SB_KAFKA_IDEMPOTENCE: &str = "SB_KAFKA_IDEMPOTENCE";
 pub const SB_KAFKA_REPLICATION_FACTOR: &str = "SB_KAFKA_REPLICATION_FACTOR";
 
+/// The producer's `message.max.bytes`: the largest Kafka record (and produce request message
+/// set) a producer sends; librdkafka refuses a larger record with `MSG_SIZE_TOO_LARGE`. Set
+/// explicitly (it is librdkafka's default too) because the envelope caps below are derived
+/// from it: change it here and they follow. Apache Kafka's broker accepts up to 1,048,588
+/// bytes per record batch by default, so this fits under the broker's limit as well.
+pub const MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The most encoded bytes of records one envelope (a log or handler-topic record holding many
+/// messages) gathers before another envelope is started: half of [`MESSAGE_MAX_BYTES`], so
+/// an envelope is never near the limit whatever the size of the record that closes it
+/// (every record alone fits [`RECORD_MAX_BYTES`]).
+pub const ENVELOPE_MAX_BYTES: usize = MESSAGE_MAX_BYTES / 2;
+
+/// The most encoded bytes one record (one message's JSON) may have: an envelope holding it
+/// alone must still fit [`MESSAGE_MAX_BYTES`], with room left for the envelope's own framing
+/// (`{"trace":"<ulid>","records":[...]}`) and Kafka's record and batch headers.
+pub const RECORD_MAX_BYTES: usize = MESSAGE_MAX_BYTES - 16 * 1024;
+
 /// What [`KafkaConfig::from_lookup`] (and so `from_env`) reads (the socket servers, managers and message service).
 pub const ENV: &[EnvVar] = &[
     EnvVar {
@@ -144,6 +162,8 @@ impl KafkaConfig {
             .set("max.in.flight.requests.per.connection", "5")
             .set("linger.ms", self.linger_ms.to_string())
             .set("compression.type", "none")
+            // Explicit, because the managers size envelopes (and refuse sends) by it.
+            .set("message.max.bytes", MESSAGE_MAX_BYTES.to_string())
             .set("message.timeout.ms", timeout_ms.to_string())
             .set("request.timeout.ms", timeout_ms.min(30_000).to_string())
             .set("socket.keepalive.enable", "true")
@@ -202,5 +222,16 @@ mod tests {
             replication_factor: 1,
         };
         assert_eq!(config.handler_topic("h1"), "sb.handler.h1");
+    }
+
+    #[test]
+    fn producers_carry_the_record_limit_the_caps_derive_from() {
+        let config = KafkaConfig::from_lookup(&|_| None).unwrap();
+        assert_eq!(
+            config.producer_config(1000).get("message.max.bytes"),
+            Some(MESSAGE_MAX_BYTES.to_string().as_str())
+        );
+        const { assert!(ENVELOPE_MAX_BYTES < RECORD_MAX_BYTES) };
+        const { assert!(RECORD_MAX_BYTES < MESSAGE_MAX_BYTES) };
     }
 }

@@ -28,6 +28,24 @@ pub const SB_SEQ_REPLICA_ACK_TIMEOUT_MS: &str = "SB_SEQ_REPLICA_ACK_TIMEOUT_MS";
 pub const SB_MANAGER_ID: &str = "SB_MANAGER_ID";
 pub const SB_SEQ_FLUSHES_IN_FLIGHT: &str = "SB_SEQ_FLUSHES_IN_FLIGHT";
 pub const SB_ROUTE_BROADCAST_FROM: &str = "SB_ROUTE_BROADCAST_FROM";
+pub const SB_MAX_BODY_BYTES: &str = "SB_MAX_BODY_BYTES";
+
+/// What one message's record carries besides its body, at most, in encoded bytes: the field
+/// names, the conversation and message ids, `seq`, the timestamp, a `client_msg_id` of 128
+/// bytes escaped up to six times and a sender id of 128; rounded up to leave room for fields
+/// a record may gain.
+pub const RECORD_OVERHEAD_BYTES: usize = 4 * 1024;
+
+/// How many times its size a body may take once encoded: a log record escapes it once
+/// (`U+0001` is the six bytes `\u0001`), and a handler-topic record carries the `message`
+/// frame, escaped JSON, as a string, so it is escaped again (`\\u0001`, seven).
+pub const BODY_ESCAPE_FACTOR: usize = 7;
+
+/// The largest `SB_MAX_BODY_BYTES` the manager accepts: a body of that size, however it
+/// escapes, still makes a record that fits one produce
+/// ([`switchboard_kafka::RECORD_MAX_BYTES`], from the producer's `message.max.bytes`).
+pub const MAX_BODY_BYTES_LIMIT: usize =
+    (switchboard_kafka::RECORD_MAX_BYTES - RECORD_OVERHEAD_BYTES) / BODY_ESCAPE_FACTOR;
 
 /// The socket manager's own variables.
 pub const ENV: &[EnvVar] = &[
@@ -123,6 +141,14 @@ pub const ENV: &[EnvVar] = &[
               SB_MAX_GROUP_MEMBERS it never applies.",
     },
     EnvVar {
+        name: SB_MAX_BODY_BYTES,
+        default: Some("65536"),
+        doc: "Largest message body, in bytes: the socket servers' limit, checked again before a \
+              send is numbered (keep it the same everywhere). The manager refuses to start when \
+              7 x this + 4096 does not fit one Kafka record (message.max.bytes, 1,000,000, less \
+              16 KiB), i.e. above 139,931.",
+    },
+    EnvVar {
         name: SB_MANAGER_ID,
         default: None,
         doc: "This manager's name in sequence lease tokens. Unset: SB_MANAGER_BIND.",
@@ -189,6 +215,10 @@ pub struct ManagerConfig {
     /// This manager's name in sequence lease tokens (`SB_MANAGER_ID`, default the bind
     /// address).
     pub manager_id: String,
+    /// Largest message body in bytes (`SB_MAX_BODY_BYTES`, default 65536, at most
+    /// [`MAX_BODY_BYTES_LIMIT`]): the edge's limit, checked again before numbering, because a
+    /// send over it could make a record no produce accepts.
+    pub max_body_bytes: usize,
 }
 
 impl ManagerConfig {
@@ -201,6 +231,21 @@ impl ManagerConfig {
     /// defaults as `from_env`, from a map of one's own (tests).
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         let bind = lookup_string(lookup, SB_MANAGER_BIND, "127.0.0.1:8201");
+        let max_body_bytes = lookup_or(lookup, SB_MAX_BODY_BYTES, 64 * 1024)?;
+        if max_body_bytes > MAX_BODY_BYTES_LIMIT {
+            // Such a body could make a record every produce refuses: appended again and again,
+            // it would stall its conversation and fail every record sharing its envelope.
+            return Err(ConfigError {
+                name: SB_MAX_BODY_BYTES.to_owned(),
+                value: max_body_bytes.to_string(),
+                reason: format!(
+                    "{BODY_ESCAPE_FACTOR} x the body + {RECORD_OVERHEAD_BYTES} must fit one Kafka \
+                     record ({} bytes, message.max.bytes less room for the envelope): at most \
+                     {MAX_BODY_BYTES_LIMIT}",
+                    switchboard_kafka::RECORD_MAX_BYTES
+                ),
+            });
+        }
         Ok(ManagerConfig {
             common: CommonConfig::from_lookup(lookup)?,
             kafka: KafkaConfig::from_lookup(lookup)?,
@@ -228,7 +273,44 @@ impl ManagerConfig {
             route_broadcast_from: lookup_or(lookup, SB_ROUTE_BROADCAST_FROM, 16)?,
             manager_id: lookup_string(lookup, SB_MANAGER_ID, &bind),
             delete_handler_topics: lookup_bool(lookup, SB_DELETE_HANDLER_TOPICS, true)?,
+            max_body_bytes,
             bind,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_body_limit(value: &str) -> Result<ManagerConfig, ConfigError> {
+        let value = value.to_owned();
+        ManagerConfig::from_lookup(&move |name| match name {
+            SB_MAX_BODY_BYTES => Some(value.clone()),
+            "SB_DEV_MODE" => Some("true".into()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_body_limit_whose_records_cannot_be_produced_is_refused() {
+        assert_eq!(with_body_limit("").unwrap().max_body_bytes, 65_536);
+        let limit = MAX_BODY_BYTES_LIMIT.to_string();
+        assert_eq!(
+            with_body_limit(&limit).unwrap().max_body_bytes,
+            MAX_BODY_BYTES_LIMIT
+        );
+        let over = (MAX_BODY_BYTES_LIMIT + 1).to_string();
+        let refused = with_body_limit(&over).unwrap_err();
+        assert_eq!(refused.name, SB_MAX_BODY_BYTES);
+        assert!(with_body_limit("400000").is_err());
+        // The number the docs give.
+        assert_eq!(MAX_BODY_BYTES_LIMIT, 139_931);
+        const {
+            assert!(
+                BODY_ESCAPE_FACTOR * 65_536 + RECORD_OVERHEAD_BYTES
+                    <= switchboard_kafka::RECORD_MAX_BYTES
+            )
+        };
     }
 }

@@ -21,8 +21,34 @@ pub struct Kafka {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("kafka: {0}")]
-pub struct KafkaFailure(pub String);
+#[error("kafka: {message}")]
+pub struct KafkaFailure {
+    pub message: String,
+    /// The client's error code, when the failure came with one.
+    pub code: Option<RDKafkaErrorCode>,
+}
+
+impl KafkaFailure {
+    fn new(message: impl Into<String>) -> Self {
+        KafkaFailure {
+            message: message.into(),
+            code: None,
+        }
+    }
+
+    fn of(error: &rdkafka::error::KafkaError) -> Self {
+        KafkaFailure {
+            message: error.to_string(),
+            code: error.rdkafka_error_code(),
+        }
+    }
+
+    /// The record was over `message.max.bytes` (the producer's or the broker's): it fails
+    /// every time it is sent, so a caller splits it rather than retry it whole.
+    pub fn is_too_large(&self) -> bool {
+        self.code == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+    }
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 struct ProduceHealth {
@@ -95,16 +121,22 @@ impl Kafka {
         let result = self.producer.send(record, Duration::from_millis(100)).await;
         self.produce_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.note(result.is_ok());
-        result.map(|_| ()).map_err(|(e, _)| {
+        let result = result.map(|_| ()).map_err(|(e, _)| {
             self.produce_errors.inc();
-            KafkaFailure(e.to_string())
-        })
+            KafkaFailure::of(&e)
+        });
+        self.note(&result);
+        result
     }
 
-    fn note(&self, ok: bool) {
+    /// Records a produce's outcome for readiness. A record refused as too large says nothing
+    /// about the broker (the next one is acknowledged), so it does not count as a failure.
+    fn note(&self, outcome: &Result<(), KafkaFailure>) {
+        if outcome.as_ref().is_err_and(KafkaFailure::is_too_large) {
+            return;
+        }
         let mut health = self.health.lock().expect("produce health lock");
-        if ok {
+        if outcome.is_ok() {
             health.last_ok = Some(std::time::Instant::now());
         } else {
             health.last_failed = Some(std::time::Instant::now());
@@ -152,7 +184,7 @@ impl Kafka {
             let metadata = producer
                 .client()
                 .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                .map_err(|e| KafkaFailure(e.to_string()))?;
+                .map_err(|e| KafkaFailure::new(e.to_string()))?;
             let count = metadata
                 .topics()
                 .first()
@@ -161,10 +193,10 @@ impl Kafka {
             i32::try_from(count)
                 .ok()
                 .filter(|c| *c > 0)
-                .ok_or_else(|| KafkaFailure(format!("{topic} has no partitions yet")))
+                .ok_or_else(|| KafkaFailure::new(format!("{topic} has no partitions yet")))
         })
         .await
-        .map_err(|e| KafkaFailure(e.to_string()))?
+        .map_err(|e| KafkaFailure::new(e.to_string()))?
     }
 
     /// Enqueues one record now (so records enqueued one after another reach a partition in
@@ -185,25 +217,25 @@ impl Kafka {
             .send_result(FutureRecord::to(topic).key(key).payload(payload))
             .map_err(|(e, _)| {
                 self.produce_errors.inc();
-                KafkaFailure(e.to_string())
+                KafkaFailure::of(&e)
             })?;
         let (seconds, errors) = (self.produce_seconds.clone(), self.produce_errors.clone());
         let kafka = self.clone();
         Ok(async move {
-            let outcome = delivery.await;
-            seconds.observe(started.elapsed().as_secs_f64());
-            kafka.note(matches!(outcome, Ok(Ok(_))));
-            match outcome {
+            let outcome = match delivery.await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err((e, _))) => {
                     errors.inc();
-                    Err(KafkaFailure(e.to_string()))
+                    Err(KafkaFailure::of(&e))
                 }
                 Err(_) => {
                     errors.inc();
-                    Err(KafkaFailure("the producer went away".into()))
+                    Err(KafkaFailure::new("the producer went away"))
                 }
-            }
+            };
+            seconds.observe(started.elapsed().as_secs_f64());
+            kafka.note(&outcome);
+            outcome
         })
     }
 
@@ -219,11 +251,16 @@ impl Kafka {
             .admin
             .create_topics([&topic], &options)
             .await
-            .map_err(|e| KafkaFailure(e.to_string()))?;
+            .map_err(|e| KafkaFailure::new(e.to_string()))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(KafkaFailure(format!("{topic}: {code}"))),
+                Err((topic, code)) => {
+                    return Err(KafkaFailure {
+                        message: format!("{topic}: {code}"),
+                        code: Some(code),
+                    })
+                }
             }
         }
         Ok(())
@@ -235,11 +272,16 @@ impl Kafka {
             .admin
             .delete_topics(&[name], &options)
             .await
-            .map_err(|e| KafkaFailure(e.to_string()))?;
+            .map_err(|e| KafkaFailure::new(e.to_string()))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((topic, code)) => return Err(KafkaFailure(format!("{topic}: {code}"))),
+                Err((topic, code)) => {
+                    return Err(KafkaFailure {
+                        message: format!("{topic}: {code}"),
+                        code: Some(code),
+                    })
+                }
             }
         }
         Ok(())

@@ -8,14 +8,96 @@
 //! - signals (typing and receipts), each with its place;
 //! - answers that need nobody: `pong`, and `bad_request` for a send without a conversation or
 //!   with a `client_msg_id` outside [`ClientMsgId`]'s rule.
+//! - the edge's send checks, made again ([`SendLimits`]): a body over `SB_MAX_BODY_BYTES`
+//!   (`too_large`), a body with U+0000 (`bad_request`), a record too large for one produce
+//!   (`too_large`). The socket servers refuse these first; a send that gets here anyway (an
+//!   edge with other limits, a client of the internal API) is still never numbered, since a
+//!   record no produce accepts would be appended again and again and never acknowledged.
 
 use std::collections::HashMap;
 
-use switchboard_protocol::frames::{ClientFrame, ReceiptKind, ServerFrame};
+use switchboard_protocol::frames::{is_storable_text, ClientFrame, ReceiptKind, ServerFrame};
 use switchboard_protocol::internal::HandlerItem;
 use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, HandlerId, UserId};
 
 use crate::sequencer::SendRequest;
+
+/// The manager's checks of a send's size and text, before it is numbered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SendLimits {
+    /// `SB_MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+    /// The most encoded bytes one log record may take
+    /// ([`switchboard_kafka::RECORD_MAX_BYTES`]).
+    pub max_record_bytes: usize,
+}
+
+/// Counts the bytes written to it.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `text` as a JSON string, in bytes: what it takes in a record once serde has escaped it.
+fn encoded_len(text: &str) -> usize {
+    let mut counter = Counter(0);
+    // Writing a string to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counter, text);
+    counter.0
+}
+
+/// The most a send's log record can take, encoded: its variable texts as serde escapes them,
+/// and [`RECORD_OVERHEAD_BYTES`](crate::config::RECORD_OVERHEAD_BYTES) for the rest.
+fn record_len(sender: &str, client_msg_id: &str, body: &str) -> usize {
+    encoded_len(body)
+        + encoded_len(client_msg_id)
+        + encoded_len(sender)
+        + crate::config::RECORD_OVERHEAD_BYTES
+}
+
+/// Why a send's body is refused (the same codes and words as the edge's), if it is.
+fn refuse_body(
+    limits: &SendLimits,
+    sender: &str,
+    client_msg_id: &str,
+    body: &str,
+) -> Option<(ErrorCode, String)> {
+    if body.len() > limits.max_body_bytes {
+        return Some((
+            ErrorCode::TooLarge,
+            format!(
+                "body is {} bytes; the limit is {}",
+                body.len(),
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    if !is_storable_text(body) {
+        return Some((
+            ErrorCode::BadRequest,
+            "body contains U+0000 (NUL), which cannot be stored".into(),
+        ));
+    }
+    let encoded = record_len(sender, client_msg_id, body);
+    if encoded > limits.max_record_bytes {
+        return Some((
+            ErrorCode::TooLarge,
+            format!(
+                "the message takes {encoded} bytes once encoded; the limit is {}",
+                limits.max_record_bytes
+            ),
+        ));
+    }
+    None
+}
 
 /// A typing notice or a receipt from one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +124,7 @@ pub(crate) struct BatchPlan {
 }
 
 /// Splits the items `handler` posted; see the module docs.
-pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>) -> BatchPlan {
+pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLimits) -> BatchPlan {
     let mut plan = BatchPlan {
         replies: vec![None; items.len()],
         ..BatchPlan::default()
@@ -100,6 +182,16 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>) -> BatchPlan {
                         continue;
                     }
                 };
+                if let Some((code, message)) =
+                    refuse_body(limits, &user_id, client_msg_id.as_str(), &body)
+                {
+                    plan.replies[index] = Some(ServerFrame::Error {
+                        code,
+                        message,
+                        client_msg_id: Some(client_msg_id.into_string()),
+                    });
+                    continue;
+                }
                 // Conversation ids are ULIDs: any other text names no conversation the
                 // sender is in (the answer a real but foreign conversation gets too).
                 let (Ok(conversation_id), Ok(sender_id)) = (
@@ -168,6 +260,15 @@ mod tests {
     use super::*;
 
     const C1: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+    const LIMITS: SendLimits = SendLimits {
+        max_body_bytes: 65_536,
+        max_record_bytes: switchboard_kafka::RECORD_MAX_BYTES,
+    };
+
+    fn plan(handler: &HandlerId, items: Vec<HandlerItem>) -> BatchPlan {
+        super::plan(handler, items, &LIMITS)
+    }
     const C2: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
 
     fn frame(connection_id: u64, user: &str, frame: ClientFrame) -> HandlerItem {
@@ -326,5 +427,69 @@ mod tests {
             vec![vec![0, 1], vec![2]],
             "per connection, in batch order"
         );
+    }
+
+    fn send_body(client_msg_id: &str, body: String) -> HandlerItem {
+        frame(
+            1,
+            "ann",
+            ClientFrame::Send {
+                conversation_id: C1.into(),
+                client_msg_id: client_msg_id.into(),
+                body,
+            },
+        )
+    }
+
+    #[test]
+    fn sends_the_edge_would_refuse_are_refused_again_and_never_numbered() {
+        let items = vec![
+            send_body("big", "x".repeat(65_537)),
+            send_body("nul", "a\0b".into()),
+            // Legal: 43,000 bytes, 258,000 once escaped, one record fits a produce.
+            send_body("poison", "\u{1}".repeat(43_000)),
+            send_body("limit", "\u{1}".repeat(65_536)),
+        ];
+        let plan = plan(&HandlerId::parse("h1").unwrap(), items);
+        let code = |i: usize| match &plan.replies[i] {
+            Some(ServerFrame::Error {
+                code,
+                client_msg_id: Some(id),
+                ..
+            }) => Some((*code, id.clone())),
+            None => None,
+            other => panic!("item {i}: {other:?}"),
+        };
+        assert_eq!(code(0), Some((ErrorCode::TooLarge, "big".into())));
+        assert_eq!(code(1), Some((ErrorCode::BadRequest, "nul".into())));
+        assert_eq!(code(2), None);
+        assert_eq!(code(3), None);
+        let numbered: Vec<&str> = plan.sends[&conversation(C1)]
+            .iter()
+            .map(|(_, s)| s.client_msg_id.as_str())
+            .collect();
+        assert_eq!(numbered, ["poison", "limit"]);
+    }
+
+    #[test]
+    fn a_send_whose_record_would_not_fit_one_produce_is_too_large() {
+        // A manager whose body limit lets through more than a record can carry.
+        let loose = SendLimits {
+            max_body_bytes: 1 << 20,
+            max_record_bytes: switchboard_kafka::RECORD_MAX_BYTES,
+        };
+        let body = "\u{1}".repeat(200_000); // 1.2 MB escaped
+        let items = vec![
+            send_body("escaped", body),
+            send_body("plain", "x".repeat(200_000)),
+        ];
+        let plan = super::plan(&HandlerId::parse("h1").unwrap(), items, &loose);
+        assert!(
+            matches!(&plan.replies[0], Some(ServerFrame::Error { code: ErrorCode::TooLarge, client_msg_id: Some(id), .. }) if id == "escaped"),
+            "{:?}",
+            plan.replies[0]
+        );
+        assert_eq!(plan.replies[1], None);
+        assert!(record_len("ann", "c", "\u{1}") >= 6 + crate::config::RECORD_OVERHEAD_BYTES);
     }
 }

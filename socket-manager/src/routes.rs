@@ -148,7 +148,14 @@ async fn answer_batch(
         offline,
         sends,
         signals,
-    } = crate::plan::plan(&handler, items);
+    } = crate::plan::plan(
+        &handler,
+        items,
+        &crate::plan::SendLimits {
+            max_body_bytes: state.config.max_body_bytes,
+            max_record_bytes: switchboard_kafka::RECORD_MAX_BYTES,
+        },
+    );
     let online: Vec<&str> = online.iter().map(String::as_str).collect();
     let offline: Vec<&str> = offline.iter().map(String::as_str).collect();
     let handlers = &state.sequencer.handlers;
