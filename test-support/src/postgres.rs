@@ -209,6 +209,27 @@ impl Postgres {
     pub fn url(&self) -> String {
         format!("postgres://switchboard@127.0.0.1:{}/switchboard", self.port)
     }
+
+    /// Runs `sql` in the `switchboard` database with `psql` and returns its output unaligned,
+    /// without headers (`-tA`), trimmed: for tests that read what the services stored, e.g. a
+    /// `SELECT json_agg(...)` answered as one line of JSON.
+    pub async fn query(&self, sql: &str) -> Result<String> {
+        let output = tokio::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "switchboard", "-d", "switchboard"])
+            .args(["-v", "ON_ERROR_STOP=1", "-tAc"])
+            .arg(sql)
+            .output()
+            .await
+            .context("running psql")?;
+        if !output.status.success() {
+            bail!(
+                "psql failed on {sql:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! [`RedisSentinelCluster`]: one Redis master, two replicas and three Sentinels (quorum 2) on
 //! 127.0.0.1, the layout of `sentinel/` with ports chosen per test.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,6 +18,11 @@ pub const DOWN_AFTER_MS: u64 = 2000;
 pub const FAILOVER_TIMEOUT_MS: u64 = 10_000;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `min-replicas-to-write` of every server (see [`redis_conf`]).
+pub const MIN_REPLICAS_TO_WRITE: usize = 1;
+/// `min-replicas-max-lag` of every server, in seconds.
+pub const MIN_REPLICAS_MAX_LAG_S: u64 = 1;
 
 /// The password of every Redis server and Sentinel these stacks start (`requirepass`), which
 /// the services get as `SB_REDIS_PASSWORD`: tests and the local stack run with Redis
@@ -107,6 +112,15 @@ pub fn redis_conf(port: u16, dir: &Path, replica_of: Option<u16>) -> String {
          masterauth {REDIS_PASSWORD}\n",
         dir = dir.display()
     );
+    // A master takes no write unless a replica acknowledged the replication stream within the
+    // last second. A deposed master (cut off, or left without a replica after a failover) must
+    // refuse a deposed lease holder's finish once it has no replica: the fencing argument in
+    // docs/architecture.md ("The message path") rests on it. Every server gets it, since any
+    // replica may be promoted.
+    conf.push_str(&format!(
+        "min-replicas-to-write {MIN_REPLICAS_TO_WRITE}\n\
+         min-replicas-max-lag {MIN_REPLICAS_MAX_LAG_S}\n"
+    ));
     for service in SERVICE_USERS {
         conf.push_str(&format!(
             "user {} on >{} ~sb:* &sb:* +@all -@admin -@dangerous +info +role\n",
@@ -147,6 +161,11 @@ pub struct RedisSentinelCluster {
     // Sentinels first: they are dropped (killed) before the servers they watch.
     sentinels: Vec<(u16, ManagedProcess)>,
     servers: Vec<(u16, ManagedProcess)>,
+    /// Where each server's `redis-{port}` directory (config, data) lives.
+    dir: PathBuf,
+    log_dir: PathBuf,
+    /// Servers started again so far (each restart logs under a name of its own).
+    restarts: u32,
 }
 
 impl RedisSentinelCluster {
@@ -162,6 +181,9 @@ impl RedisSentinelCluster {
         let mut cluster = Self {
             sentinels: Vec::new(),
             servers: Vec::new(),
+            dir: dir.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+            restarts: 0,
         };
         let roles =
             std::iter::once(("redis-master".to_owned(), ports.master, None)).chain(
@@ -180,7 +202,9 @@ impl RedisSentinelCluster {
         for (port, process) in &cluster.servers {
             wait_ping(*port, process).await?;
         }
-        cluster.wait_replicas_connected(ports.master).await?;
+        cluster
+            .wait_replicas_online(ports.master, 2, READY_TIMEOUT)
+            .await?;
 
         for (i, &port) in ports.sentinels.iter().enumerate() {
             let data = dir.join(format!("sentinel-{port}"));
@@ -198,24 +222,25 @@ impl RedisSentinelCluster {
         Ok(cluster)
     }
 
-    async fn wait_replicas_connected(&self, master: u16) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+    /// Waits until the master on `master` has at least `count` replicas in state `online`
+    /// (synced and streaming). With [`MIN_REPLICAS_TO_WRITE`] a master takes writes only then.
+    pub async fn wait_replicas_online(
+        &self,
+        master: u16,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
-            if let Ok(mut conn) = connect(master).await {
-                let info: redis::RedisResult<String> = redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async(&mut conn)
-                    .await;
-                match info {
-                    Ok(info) if info.contains("connected_slaves:2") => return Ok(()),
-                    Ok(info) => last = info,
-                    Err(e) => last = e.to_string(),
-                }
+            match replication_info(master).await {
+                Ok(info) if online_replicas(&info) >= count => return Ok(()),
+                Ok(info) => last = info,
+                Err(e) => last = format!("{e:#}"),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("the master :{master} did not get both replicas within {READY_TIMEOUT:?}: {last}")
+        bail!("the master :{master} did not get {count} online replicas within {timeout:?}: {last}")
     }
 
     async fn wait_sentinels_agree(&self) -> Result<()> {
@@ -315,9 +340,28 @@ impl RedisSentinelCluster {
         Ok(port)
     }
 
-    /// Waits until every Sentinel names the same master, other than `old_port`, and that
-    /// server answers `ROLE` as master; returns its port.
+    /// Waits until every Sentinel names the same master, other than `old_port`, that server
+    /// answers `ROLE` as master, and it takes writes (it has [`MIN_REPLICAS_TO_WRITE`] online
+    /// replicas: Sentinel points the surviving replicas at it); returns its port. A master
+    /// left with no live replica never takes writes: restart one with
+    /// [`Self::restart_as_replica`] after [`Self::wait_for_promotion`] instead.
     pub async fn wait_for_failover(&self, old_port: u16, timeout: Duration) -> Result<u16> {
+        let started = Instant::now();
+        let port = self.wait_for_promotion(old_port, timeout).await?;
+        let left = timeout.saturating_sub(started.elapsed());
+        self.wait_replicas_online(
+            port,
+            MIN_REPLICAS_TO_WRITE,
+            left.max(Duration::from_secs(5)),
+        )
+        .await?;
+        Ok(port)
+    }
+
+    /// Waits until every Sentinel names the same master, other than `old_port`, and that
+    /// server answers `ROLE` as master; returns its port. It may not take writes yet (no
+    /// replica online).
+    pub async fn wait_for_promotion(&self, old_port: u16, timeout: Duration) -> Result<u16> {
         let deadline = Instant::now() + timeout;
         loop {
             let last = match self.agreed_master().await {
@@ -334,6 +378,89 @@ impl RedisSentinelCluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Starts the (dead or killed) server on `port` again as a replica of `master`, with no
+    /// data (it syncs from `master`), and waits until it answers. What an operator does with
+    /// a node that died in a failover: it rejoins under the new master, never as a second,
+    /// empty master.
+    pub async fn restart_as_replica(&mut self, port: u16, master: u16) -> Result<()> {
+        self.restart(port, Some(master)).await
+    }
+
+    /// kill -9 of the server on `port` and an immediate start again on the same port with the
+    /// same config and **no data** (its dump removed): a container runtime restarting a Redis
+    /// without persistence (`restart: unless-stopped`, no volume). The server comes back as a
+    /// master with an empty dataset and a new replication id; its replicas reconnect and,
+    /// unable to continue the old stream, resync to the empty dataset. Returns once it
+    /// answers `PING`, typically well inside Sentinel's `down-after-milliseconds`, so no
+    /// failover happens.
+    pub async fn restart_empty(&mut self, port: u16) -> Result<Duration> {
+        let started = Instant::now();
+        self.restart(port, None).await?;
+        Ok(started.elapsed())
+    }
+
+    async fn restart(&mut self, port: u16, replica_of: Option<u16>) -> Result<()> {
+        let index = self
+            .servers
+            .iter()
+            .position(|(p, _)| *p == port)
+            .ok_or_else(|| anyhow!(":{port} is not one of this cluster's servers"))?;
+        {
+            let old = &self.servers[index].1;
+            old.kill9();
+            if old.wait_exit(Duration::from_secs(5)).await.is_none() {
+                bail!("{} (:{port}) did not die", old.name());
+            }
+        }
+        let data = self.dir.join(format!("redis-{port}"));
+        // Nothing may survive the restart: no persistence is configured, but a replica that
+        // synced wrote the master's snapshot to disk (diskless load is off) and would load it.
+        for leftover in ["dump.rdb", "appendonlydir"] {
+            let path = data.join(leftover);
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        let conf = data.join("redis.conf");
+        std::fs::write(&conf, redis_conf(port, &data, replica_of))?;
+        self.restarts += 1;
+        let name = format!("redis-{port}-restart-{}", self.restarts);
+        let process = ManagedProcess::spawn(&name, "redis-server", &[&conf], &[], &self.log_dir)?;
+        wait_ping(port, &process).await?;
+        self.servers[index].1 = process;
+        Ok(())
+    }
+
+    /// Waits until every Sentinel reports the replica on `port` with `slave-priority`
+    /// `priority` (Sentinels read it from the replica's `INFO`, every 10 s): after a
+    /// `CONFIG SET replica-priority 0`, the replica is out of the next election only then.
+    pub async fn wait_sentinels_see_priority(
+        &self,
+        port: u16,
+        priority: u32,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for (sentinel, _) in &self.sentinels {
+            loop {
+                let seen = sentinel_replica_field(*sentinel, port, "slave-priority").await;
+                if seen.as_ref().is_ok_and(|p| *p == priority.to_string()) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "sentinel :{sentinel} did not see :{port} with priority {priority} \
+                         within {timeout:?} (last: {seen:?})"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
     }
 
     /// The master port if all Sentinels name the same one.
@@ -421,6 +548,41 @@ async fn wait_ping(port: u16, process: &ManagedProcess) -> Result<()> {
     }
 }
 
+/// `INFO replication` of the server on `port`.
+pub async fn replication_info(port: u16) -> Result<String> {
+    let mut conn = connect(port).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut conn)
+        .await?;
+    Ok(info)
+}
+
+/// How many replicas a master's `INFO replication` lists in state `online`.
+fn online_replicas(info: &str) -> usize {
+    info.lines()
+        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+        .count()
+}
+
+/// One field of the replica on `port` as `sentinel` reports it (`SENTINEL REPLICAS`).
+async fn sentinel_replica_field(sentinel: u16, port: u16, name: &str) -> Result<String> {
+    let mut conn = connect(sentinel).await?;
+    let replicas: Vec<Vec<String>> = redis::cmd("SENTINEL")
+        .arg("replicas")
+        .arg(MASTER_NAME)
+        .query_async(&mut conn)
+        .await?;
+    let port = port.to_string();
+    let replica = replicas
+        .iter()
+        .find(|fields| field(fields, "port") == Some(port.as_str()))
+        .ok_or_else(|| anyhow!("sentinel :{sentinel} does not list :{port} as a replica"))?;
+    field(replica, name)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("sentinel :{sentinel} reports no {name} for :{port}"))
+}
+
 async fn sentinel_master_state(sentinel: u16) -> Result<Vec<String>> {
     let mut conn = connect(sentinel).await?;
     let fields: Vec<String> = redis::cmd("SENTINEL")
@@ -474,6 +636,18 @@ mod tests {
         assert!(conf.contains("save \"\"\n"));
         assert!(conf.contains("appendonly no\n"));
         assert!(!redis_conf(7000, Path::new("/tmp/r"), None).contains("replicaof"));
+        for conf in [conf, redis_conf(7000, Path::new("/tmp/r"), None)] {
+            assert!(conf.contains("min-replicas-to-write 1\n"));
+            assert!(conf.contains("min-replicas-max-lag 1\n"));
+        }
+    }
+
+    #[test]
+    fn online_replicas_are_counted() {
+        let info = "role:master\r\nconnected_slaves:2\r\n\
+                    slave0:ip=127.0.0.1,port=7001,state=online,offset=10,lag=0\r\n\
+                    slave1:ip=127.0.0.1,port=7002,state=wait_bgsave,offset=0,lag=0\r\n";
+        assert_eq!(online_replicas(info), 1);
     }
 
     #[test]

@@ -12,7 +12,15 @@
 //! - each conversation's stored seqs are exactly 1..N, and every stored message was
 //!   acknowledged to its sender;
 //! - on every connection, live delivery is in `seq` order;
-//! - every send is acknowledged within [`ACK_BOUND_AFTER_HEAL`] of the heal.
+//! - every send is acknowledged within [`ACK_BOUND_AFTER_HEAL`] of the heal;
+//! - no acknowledged message, and no other message under an acknowledged conversation and
+//!   `seq`, is in the `dead_letters` table (every dead letter and the message service's
+//!   `switchboard_ingest_conflicts_total` are printed).
+//!
+//! The coincident-fault tests (issue 23) inject two faults at once (a paused lease holder and
+//! a Redis failover to a lagging replica; a broker restart and a Redis master kill;
+//! PostgreSQL and the Redis master killed; a Redis master restarted empty under a conversation
+//! of more than 10,000 messages), some with a larger workload ([`WorkloadOptions`]).
 //!
 //! The time to recover is printed per fault (`nemesis[...]` lines): the longest stretch with
 //! no acknowledgement at all, the slowest single send, and how long after the heal the backlog
@@ -31,6 +39,7 @@ use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::registry::Assignment;
 use switchboard_protocol::ErrorCode;
+use switchboard_test_support::http::metric;
 use switchboard_test_support::netcut::{self, CUT_USER};
 use switchboard_test_support::{ManagedProcess, NetCut, Stack, StackOptions};
 use tokio::sync::watch;
@@ -71,7 +80,65 @@ struct Device {
     first_url: String,
     /// The conversations it sends to, in turn.
     conversations: Vec<String>,
+    /// False for a device that only receives (a large group's quiet members).
+    sends: bool,
+    /// Time between its new sends.
+    pace: Duration,
+    /// Sends it keeps unanswered before it stops starting new ones.
+    max_in_flight: usize,
+    /// Sends it makes before it stops (a filler); `None`: until the run stops generating.
+    quota: Option<usize>,
+    /// Whether its sends count in the recovery times (a filler's, made before the warm-up,
+    /// do not).
+    timed: bool,
 }
+
+impl Device {
+    /// A device that sends to `conversations` at [`PACE`] until the run stops.
+    fn sender(
+        name: String,
+        user: &str,
+        token: &str,
+        first_url: String,
+        conversations: Vec<String>,
+    ) -> Device {
+        Device {
+            name,
+            user: user.to_owned(),
+            token: token.to_owned(),
+            first_url,
+            conversations,
+            sends: true,
+            pace: PACE,
+            max_in_flight: MAX_IN_FLIGHT,
+            quota: None,
+            timed: true,
+        }
+    }
+}
+
+/// What the workload holds besides the six users' conversations.
+#[derive(Clone, Copy, Debug, Default)]
+struct WorkloadOptions {
+    /// A group of [`CROWD_MEMBERS`] + 1 members (ana and `m00`...) with [`CROWD_DEVICES`]
+    /// devices of their own over the socket servers, [`CROWD_SENDERS`] of which send.
+    crowd: bool,
+    /// A direct conversation between `zed` and ben filled with this many messages before the
+    /// warm-up (by [`FILLERS`] devices of zed pipelining sends), then sent to by ben and zed
+    /// at the ordinary pace during the run.
+    filled: Option<usize>,
+}
+
+/// The crowd group's members besides ana.
+const CROWD_MEMBERS: usize = 50;
+/// The crowd members with a device (one each), spread over the socket servers.
+const CROWD_DEVICES: usize = 16;
+/// The crowd devices that send (to the crowd group only); the rest only receive, so the
+/// fan-out stays within what 2 shared cores carry.
+const CROWD_SENDERS: usize = 4;
+/// The filler's devices, and how many sends each keeps in flight.
+const FILLERS: usize = 4;
+const FILLER_IN_FLIGHT: usize = 100;
 
 /// (conversation, sender, client_msg_id).
 type AckKey = (String, String, String);
@@ -103,6 +170,8 @@ struct Outstanding {
 struct Workload {
     conversations: Vec<Conversation>,
     devices: Vec<Device>,
+    /// Devices that fill a conversation before the run ([`WorkloadOptions::filled`]).
+    fillers: Vec<Device>,
     tokens: HashMap<String, String>,
     nginx_url: String,
     ledger: Arc<Mutex<Ledger>>,
@@ -110,12 +179,25 @@ struct Workload {
 
 impl Workload {
     /// Six users: four direct conversations and one group of four; two users with a second
-    /// device; eight devices spread over the socket servers.
-    async fn prepare(stack: &Stack) -> Workload {
-        let users = ["ana", "ben", "cai", "dee", "eli", "fay"];
+    /// device; eight devices spread over the socket servers. `options` adds a large group and
+    /// a conversation filled before the run.
+    async fn prepare(stack: &Stack, options: WorkloadOptions) -> Workload {
+        let mut users: Vec<String> = ["ana", "ben", "cai", "dee", "eli", "fay"]
+            .iter()
+            .map(|u| (*u).to_owned())
+            .collect();
+        let crowd: Vec<String> = if options.crowd {
+            (0..CROWD_MEMBERS).map(|i| format!("m{i:02}")).collect()
+        } else {
+            Vec::new()
+        };
+        users.extend(crowd.iter().cloned());
+        if options.filled.is_some() {
+            users.push("zed".into());
+        }
         let tokens: HashMap<String, String> = users
             .iter()
-            .map(|u| ((*u).to_owned(), token_for(stack, u)))
+            .map(|u| (u.clone(), token_for(stack, u)))
             .collect();
         let http = http();
         let mut conversations = Vec::new();
@@ -149,30 +231,139 @@ impl Workload {
             id,
             members: group.iter().map(|m| (*m).to_owned()).collect(),
         });
+        let mut crowd_id = None;
+        if options.crowd {
+            let id = create_conversation(
+                &http,
+                stack,
+                &tokens["ana"],
+                serde_json::json!({"kind": "group", "name": "crowd", "members": crowd}),
+            )
+            .await;
+            let mut members = vec!["ana".to_owned()];
+            members.extend(crowd.iter().cloned());
+            conversations.push(Conversation {
+                id: id.clone(),
+                members,
+            });
+            crowd_id = Some(id);
+        }
+        let mut filled_id = None;
+        if options.filled.is_some() {
+            let id = create_conversation(
+                &http,
+                stack,
+                &tokens["zed"],
+                serde_json::json!({"kind": "direct", "members": ["ben"]}),
+            )
+            .await;
+            conversations.push(Conversation {
+                id: id.clone(),
+                members: vec!["zed".into(), "ben".into()],
+            });
+            filled_id = Some(id);
+        }
 
-        let device_users = ["ana", "ben", "cai", "dee", "eli", "fay", "ana", "dee"];
-        let devices = device_users
+        let server_url = |i: usize| stack.socket_servers[i % stack.socket_servers.len()].ws_url();
+        let mut device_users: Vec<&str> =
+            vec!["ana", "ben", "cai", "dee", "eli", "fay", "ana", "dee"];
+        if options.filled.is_some() {
+            device_users.push("zed");
+        }
+        let mut devices: Vec<Device> = device_users
             .iter()
             .enumerate()
-            .map(|(i, user)| Device {
-                name: format!("{user}#{i}"),
-                user: (*user).to_owned(),
-                token: tokens[*user].clone(),
-                first_url: stack.socket_servers[i % stack.socket_servers.len()].ws_url(),
-                conversations: conversations
-                    .iter()
-                    .filter(|c| c.members.iter().any(|m| m == user))
-                    .map(|c| c.id.clone())
-                    .collect(),
+            .map(|(i, user)| {
+                Device::sender(
+                    format!("{user}#{i}"),
+                    user,
+                    &tokens[*user],
+                    server_url(i),
+                    conversations
+                        .iter()
+                        .filter(|c| c.members.iter().any(|m| m == user))
+                        .map(|c| c.id.clone())
+                        .collect(),
+                )
+            })
+            .collect();
+        if let Some(crowd_id) = &crowd_id {
+            for (i, user) in crowd.iter().take(CROWD_DEVICES).enumerate() {
+                let mut device = Device::sender(
+                    format!("{user}#{}", devices.len()),
+                    user,
+                    &tokens[user],
+                    server_url(devices.len()),
+                    vec![crowd_id.clone()],
+                );
+                device.sends = i < CROWD_SENDERS;
+                devices.push(device);
+            }
+        }
+        let fillers = filled_id
+            .iter()
+            .zip(options.filled)
+            .flat_map(|(id, count)| {
+                (0..FILLERS).map(move |i| (id.clone(), i, count.div_ceil(FILLERS)))
+            })
+            .map(|(id, i, quota)| Device {
+                name: format!("zed-filler#{i}"),
+                user: "zed".into(),
+                token: tokens["zed"].clone(),
+                first_url: server_url(i),
+                conversations: vec![id],
+                sends: true,
+                // As fast as the answers come back, many in flight.
+                pace: Duration::from_millis(1),
+                max_in_flight: FILLER_IN_FLIGHT,
+                quota: Some(quota),
+                timed: false,
             })
             .collect();
         Workload {
             conversations,
             devices,
+            fillers,
             tokens,
             nginx_url: stack.nginx_url(),
             ledger: Arc::new(Mutex::new(Ledger::default())),
         }
+    }
+
+    /// Runs the filler devices until each has had its quota acknowledged (bounded by 3
+    /// minutes), before the workload starts.
+    async fn fill(&self) {
+        if self.fillers.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let (_generating_tx, generating) = watch::channel(true);
+        let deadline = Arc::new(Mutex::new(started + Duration::from_secs(180)));
+        let fillers: Vec<_> = self
+            .fillers
+            .iter()
+            .cloned()
+            .map(|device| {
+                tokio::spawn(run_device(
+                    device,
+                    self.nginx_url.clone(),
+                    self.ledger.clone(),
+                    generating.clone(),
+                    deadline.clone(),
+                ))
+            })
+            .collect();
+        for filler in fillers {
+            filler.await.unwrap();
+        }
+        let ledger = self.ledger.lock().unwrap();
+        eprintln!(
+            "nemesis: filled with {} acknowledged sends in {:.1?} ({} resends, {} unavailable)",
+            ledger.acks.len(),
+            started.elapsed(),
+            ledger.resends,
+            ledger.unavailable
+        );
     }
 
     /// Starts every device; they send until `generating` turns false, then until every send
@@ -271,6 +462,7 @@ impl Workload {
                 }
             }
         }
+        anomalies.extend(check_dead_letters(stack, &acks).await);
         anomalies
     }
 
@@ -312,6 +504,76 @@ impl Workload {
             ledger.anomalies.len(),
         );
     }
+}
+
+/// The last fence's alarms: prints every record ingest put in `dead_letters` (a conflict,
+/// two messages given one seq, or a record the database refused) and the message service's
+/// conflict counter, and returns an anomaly for each dead letter that is an acknowledged
+/// message (its `message_id`) or that claims an acknowledged message's conversation and seq.
+async fn check_dead_letters(stack: &Stack, acks: &HashMap<AckKey, (u64, String)>) -> Vec<String> {
+    let mut anomalies = Vec::new();
+    let Some(postgres) = stack.postgres.as_ref() else {
+        return anomalies;
+    };
+    let by_message_id: HashMap<&str, (&AckKey, u64)> = acks
+        .iter()
+        .map(|(key, (seq, id))| (id.as_str(), (key, *seq)))
+        .collect();
+    let by_seq: HashMap<(&str, u64), (&AckKey, &str)> = acks
+        .iter()
+        .map(|(key, (seq, id))| ((key.0.as_str(), *seq), (key, id.as_str())))
+        .collect();
+    let json = postgres
+        .query(
+            "SELECT coalesce(json_agg(json_build_object('topic', topic, 'partition', partition, \
+             'offset', \"offset\", 'item', item, 'record', record, 'error', error) ORDER BY id), \
+             '[]') FROM dead_letters",
+        )
+        .await
+        .expect("reading dead_letters");
+    let letters: Vec<serde_json::Value> =
+        serde_json::from_str(&json).expect("dead_letters as JSON");
+    for letter in &letters {
+        let at = format!(
+            "{}/{}@{}#{}",
+            letter["topic"].as_str().unwrap_or_default(),
+            letter["partition"],
+            letter["offset"],
+            letter["item"]
+        );
+        let error = letter["error"].as_str().unwrap_or_default();
+        let raw = letter["record"].as_str().unwrap_or_default();
+        eprintln!("nemesis: dead letter at {at}: {error}; record {raw}");
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(raw) else {
+            continue;
+        };
+        let message_id = record["message_id"].as_str().unwrap_or_default();
+        let conversation = record["conversation_id"].as_str().unwrap_or_default();
+        if let Some(((_, sender, cmid), seq)) = by_message_id.get(message_id) {
+            anomalies.push(format!(
+                "{conversation}: {sender}'s {cmid}, acknowledged as seq {seq} ({message_id}), is in dead_letters at {at}: {error}"
+            ));
+        } else if let Some(((_, sender, cmid), acked_id)) = record["seq"]
+            .as_u64()
+            .and_then(|seq| by_seq.get(&(conversation, seq)))
+        {
+            anomalies.push(format!(
+                "{conversation}: seq {} was given to two messages: {sender}'s {cmid} ({acked_id}) acknowledged, and {message_id} from {} ({}) in dead_letters at {at}: {error}",
+                record["seq"], record["sender_id"], record["client_msg_id"]
+            ));
+        }
+    }
+    if let Some(ms) = stack.message_service.as_ref() {
+        let http = http();
+        let conflicts = metric(&http, &ms.url(), "switchboard_ingest_conflicts_total").await;
+        let dead = metric(&http, &ms.url(), "switchboard_ingest_dead_letters_total").await;
+        eprintln!(
+            "nemesis: {} dead letters in the table; the message service counted {conflicts} conflicts \
+             and {dead} dead letters since it last started",
+            letters.len()
+        );
+    }
+    anomalies
 }
 
 fn describe_gaps(seqs: &[u64]) -> String {
@@ -360,8 +622,13 @@ async fn run_device(
     let mut sent_count = 0usize;
     let mut connections = 0usize;
     let past_deadline = || Instant::now() > *deadline.lock().unwrap();
+    let quota_left = |sent: usize| device.quota.is_none_or(|q| sent < q);
+    // Done generating: the run stopped, or a filler made its quota.
+    let done = |sent: usize, outstanding: &BTreeMap<String, Outstanding>| {
+        (!*generating.borrow() || !quota_left(sent)) && outstanding.is_empty()
+    };
     loop {
-        if past_deadline() || (!*generating.borrow() && outstanding.is_empty()) {
+        if past_deadline() || done(sent_count, &outstanding) {
             break;
         }
         let request = format!("{url}?token={}", device.token);
@@ -391,7 +658,7 @@ async fn run_device(
         for o in outstanding.values_mut() {
             o.resend_at = Instant::now();
         }
-        let mut pace = tokio::time::interval(PACE);
+        let mut pace = tokio::time::interval(device.pace);
         let mut check = tokio::time::interval(Duration::from_millis(100));
         let mut turn = 0usize;
         'connection: loop {
@@ -408,7 +675,11 @@ async fn run_device(
                     };
                     on_frame(&device, frame, &mut outstanding, &mut delivered, &ledger);
                 }
-                _ = pace.tick(), if *generating.borrow() && outstanding.len() < MAX_IN_FLIGHT => {
+                _ = pace.tick(), if device.sends
+                    && *generating.borrow()
+                    && quota_left(sent_count)
+                    && outstanding.len() < device.max_in_flight =>
+                {
                     let conversation_id = device.conversations[turn % device.conversations.len()].clone();
                     turn += 1;
                     sent_count += 1;
@@ -423,7 +694,7 @@ async fn run_device(
                     ledger.lock().unwrap().sends += 1;
                 }
                 _ = check.tick() => {
-                    if past_deadline() || (!*generating.borrow() && outstanding.is_empty()) {
+                    if past_deadline() || done(sent_count, &outstanding) {
                         let _ = sink.send(Message::Close(None)).await;
                         break 'connection;
                     }
@@ -455,7 +726,7 @@ async fn run_device(
             }
         }
         // The connection is gone (or the run is over): find a live server through the registry.
-        if past_deadline() || (!*generating.borrow() && outstanding.is_empty()) {
+        if past_deadline() || done(sent_count, &outstanding) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -507,7 +778,9 @@ fn on_frame(
                 }
             }
             if let Some(o) = outstanding.remove(&client_msg_id) {
-                ledger.ack_times.push((o.first_sent, now));
+                if device.timed {
+                    ledger.ack_times.push((o.first_sent, now));
+                }
             }
         }
         ServerFrame::Error {
@@ -553,7 +826,16 @@ async fn run_nemesis<F>(name: &str, stack: &mut Stack, fault: F)
 where
     F: for<'a> FnOnce(&'a mut Stack) -> FaultFuture<'a>,
 {
-    let workload = Workload::prepare(stack).await;
+    run_nemesis_with(name, stack, WorkloadOptions::default(), fault).await;
+}
+
+/// [`run_nemesis`] with a larger workload (`options`); a filled conversation is filled first.
+async fn run_nemesis_with<F>(name: &str, stack: &mut Stack, options: WorkloadOptions, fault: F)
+where
+    F: for<'a> FnOnce(&'a mut Stack) -> FaultFuture<'a>,
+{
+    let workload = Workload::prepare(stack, options).await;
+    workload.fill().await;
     let (generating_tx, generating) = watch::channel(true);
     // Until the heal, no device gives up.
     let deadline = Arc::new(Mutex::new(Instant::now() + Duration::from_secs(600)));
@@ -596,6 +878,20 @@ where
     );
 }
 
+/// How many messages the conversation of the empty-restart test holds before the fault.
+const FILLED_WITH: usize = 10_400;
+
+/// [`nemesis_options`] with the per-connection frame rate raised so the fillers are not
+/// throttled (each is one connection pipelining sends).
+fn filler_options() -> StackOptions {
+    let mut options = nemesis_options();
+    options.extra_env.extend([
+        ("SB_CLIENT_RATE_PER_SEC".into(), "5000".into()),
+        ("SB_CLIENT_RATE_BURST".into(), "5000".into()),
+    ]);
+    options
+}
+
 /// Tests shorten the lease and the produce timeout so a pause outlives them quickly.
 fn nemesis_options() -> StackOptions {
     StackOptions {
@@ -610,8 +906,19 @@ fn nemesis_options() -> StackOptions {
 /// The manager holding some conversation's sequence lease right now, found from the lease
 /// token (`"{manager bind address}/{ulid}"`), waiting up to 10 s for one to be held.
 async fn lease_holder(stack: &Stack) -> usize {
-    let mut redis = stack.redis.master_connection().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    lease_holder_other_than(stack, None, Duration::from_secs(10))
+        .await
+        .expect("no sequence lease was ever seen held")
+}
+
+/// The first manager other than `not` seen holding a sequence lease within `within`.
+async fn lease_holder_other_than(
+    stack: &Stack,
+    not: Option<usize>,
+    within: Duration,
+) -> Option<usize> {
+    let deadline = Instant::now() + within;
+    let mut redis = stack.redis.try_master_connection().await.ok()?;
     loop {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}lock:conv:*", stack.redis_prefix()))
@@ -625,20 +932,17 @@ async fn lease_holder(stack: &Stack) -> usize {
                 .await
                 .unwrap_or_default();
             if let Some(token) = token {
-                if let Some(i) = stack
-                    .managers
-                    .iter()
-                    .position(|m| token.starts_with(&format!("127.0.0.1:{}/", m.port)))
-                {
+                if let Some(i) = stack.managers.iter().enumerate().position(|(i, m)| {
+                    Some(i) != not && token.starts_with(&format!("127.0.0.1:{}/", m.port))
+                }) {
                     eprintln!("nemesis: {} holds {key}", stack.managers[i].name);
-                    return i;
+                    return Some(i);
                 }
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "no sequence lease was ever seen held"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -685,9 +989,15 @@ async fn restart_broker(stack: &mut Stack) {
     broker.restart(Duration::from_secs(2)).await.unwrap();
 }
 
-/// Both replicas stopped for 3 s, then kill -9 of the master, then the replicas resume and
-/// Sentinel promotes one.
-async fn kill_redis_master_while_replicas_lag(stack: &mut Stack) {
+/// How long a failover may take: Sentinel's `down-after-milliseconds` (2 s) and election,
+/// or, when its first choice was not eligible yet, a second attempt after twice the
+/// failover timeout (20 s).
+const FAILOVER_WITHIN: Duration = Duration::from_secs(45);
+/// How long a restarted Redis server may take to be an online replica again.
+const REJOIN_WITHIN: Duration = Duration::from_secs(30);
+
+/// The Redis master now and its two replicas.
+async fn redis_roles(stack: &Stack) -> (u16, u16, u16) {
     let master = stack.redis.current_master_port().await.unwrap();
     let replicas: Vec<u16> = stack
         .redis
@@ -695,19 +1005,69 @@ async fn kill_redis_master_while_replicas_lag(stack: &mut Stack) {
         .into_iter()
         .filter(|p| *p != master)
         .collect();
-    for port in &replicas {
-        pause(stack.redis.server_process(*port).unwrap());
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stack.redis.kill_master().await.unwrap();
-    for port in &replicas {
-        resume(stack.redis.server_process(*port).unwrap());
+    (master, replicas[0], replicas[1])
+}
+
+/// `CONFIG SET replica-priority` on the Redis server on `port`.
+async fn set_replica_priority(port: u16, priority: u32) {
+    let mut conn = switchboard_test_support::redis_cluster::connect(port)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("replica-priority")
+        .arg(priority)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Starts the killed Redis servers `killed` again as replicas of `master` and waits until
+/// `master` has both replicas online (the layout the next fault expects).
+async fn rejoin_redis(stack: &mut Stack, killed: &[u16], master: u16) {
+    for port in killed {
+        stack.redis.restart_as_replica(*port, master).await.unwrap();
     }
     stack
         .redis
-        .wait_for_failover(master, Duration::from_secs(30))
+        .wait_replicas_online(master, 2, REJOIN_WITHIN)
         .await
         .unwrap();
+}
+
+/// Replica B paused (it falls behind), replica A made unpromotable (`replica-priority 0`,
+/// once every Sentinel has seen it) while it keeps acknowledging (`WAIT 1`), kill -9 of the
+/// master, B resumed: Sentinel promotes B, which never saw the latest numbers. The killed
+/// master is started again as B's replica (Sentinel points A at B); A's priority is restored.
+async fn kill_redis_master_while_one_replica_lags(stack: &mut Stack) {
+    let (master, a, b) = redis_roles(stack).await;
+    pause(stack.redis.server_process(b).unwrap());
+    let paused_at = Instant::now();
+    set_replica_priority(a, 0).await;
+    stack
+        .redis
+        .wait_sentinels_see_priority(a, 0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // At least 3 s of numbers B never saw.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(paused_at.elapsed())).await;
+    eprintln!(
+        "nemesis: :{b} paused {:.1?}, :{a} unpromotable; kill -9 of the master :{master}",
+        paused_at.elapsed()
+    );
+    stack.redis.server_process(master).unwrap().kill9();
+    resume(stack.redis.server_process(b).unwrap());
+    let promoted = stack
+        .redis
+        .wait_for_promotion(master, FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    assert_eq!(
+        promoted, b,
+        "Sentinel promoted :{promoted}, not the lagging :{b}"
+    );
+    rejoin_redis(stack, &[master], b).await;
+    set_replica_priority(a, 100).await;
 }
 
 async fn sentinel_failover(stack: &mut Stack) {
@@ -763,13 +1123,139 @@ async fn restart_postgres(stack: &mut Stack) {
         .unwrap();
 }
 
+// ---------------------------------------------------------------------------------------
+// Coincident faults (issue 23): two at once, each healed.
+
+/// (a) The lease-holding manager H paused (SIGSTOP) with numbers taken and appends in flight;
+/// replica B paused beforehand so it never saw the latest numbers; kill -9 of the master and
+/// of the replica A that acknowledged them; B resumed and promoted; the killed servers
+/// started again as B's replicas (B takes writes only then); the other manager takes
+/// conversations on B; then H resumes, its in-flight appends landing late.
+async fn pause_lease_holder_while_redis_fails_over_to_a_lagging_replica(stack: &mut Stack) {
+    let (master, a, b) = redis_roles(stack).await;
+    pause(stack.redis.server_process(b).unwrap());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let holder = lease_holder(stack).await;
+    pause(&stack.managers[holder].process);
+    let holder_paused_at = Instant::now();
+    stack.redis.server_process(master).unwrap().kill9();
+    stack.redis.server_process(a).unwrap().kill9();
+    resume(stack.redis.server_process(b).unwrap());
+    eprintln!(
+        "nemesis: {} paused; master :{master} and replica :{a} killed; lagging :{b} resumed",
+        stack.managers[holder].name
+    );
+    let promoted = stack
+        .redis
+        .wait_for_promotion(master, FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    assert_eq!(
+        promoted, b,
+        "Sentinel promoted :{promoted}, not the lagging :{b}"
+    );
+    eprintln!(
+        "nemesis: :{b} promoted {:.1?} after the kill",
+        holder_paused_at.elapsed()
+    );
+    rejoin_redis(stack, &[master, a], b).await;
+    match lease_holder_other_than(stack, Some(holder), Duration::from_secs(20)).await {
+        Some(other) => eprintln!(
+            "nemesis: {} took a lease on :{b} {:.1?} after the pause",
+            stack.managers[other].name,
+            holder_paused_at.elapsed()
+        ),
+        None => eprintln!("nemesis: no other manager took a lease on :{b} within 20 s"),
+    }
+    // Past its lease in any case; then its late appends and finishes go out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    resume(&stack.managers[holder].process);
+    eprintln!(
+        "nemesis: {} resumed after {:.1?}",
+        stack.managers[holder].name,
+        holder_paused_at.elapsed()
+    );
+}
+
+/// (b) kill -9 of the Redis master and a broker restart (kill -9, 2 s down) together; the
+/// killed master rejoins as a replica of the promoted one.
+async fn restart_broker_while_redis_master_killed(stack: &mut Stack) {
+    let master = stack.redis.kill_master().await.unwrap();
+    restart_broker(stack).await;
+    let promoted = stack
+        .redis
+        .wait_for_failover(master, FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    rejoin_redis(stack, &[master], promoted).await;
+}
+
+/// (c) kill -9 of PostgreSQL and of the Redis master together: the new master's counters
+/// must be checked against the settled log, which needs the message service and so
+/// PostgreSQL. PostgreSQL stays down 6 s, then both are healed.
+async fn kill_postgres_and_redis_master(stack: &mut Stack) {
+    stack.postgres.as_ref().unwrap().process.kill9();
+    let killed_at = Instant::now();
+    let master = stack.redis.kill_master().await.unwrap();
+    let promoted = stack
+        .redis
+        .wait_for_failover(master, FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    eprintln!(
+        "nemesis: :{promoted} promoted {:.1?} after the kills",
+        killed_at.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(killed_at.elapsed())).await;
+    stack
+        .postgres
+        .as_mut()
+        .unwrap()
+        .restart(Duration::ZERO)
+        .await
+        .unwrap();
+    rejoin_redis(stack, &[master], promoted).await;
+}
+
+/// (d) kill -9 of the Redis master and its immediate restart, empty, on the same port: what
+/// `restart: unless-stopped` does to a Redis without persistence. It is back before the
+/// Sentinels notice (no failover), and its replicas resync to its empty dataset: counters,
+/// idempotency records, leases, pending numbers and the directory are all gone.
+async fn restart_redis_master_empty(stack: &mut Stack) {
+    let master = stack.redis.current_master_port().await.unwrap();
+    let down = stack.redis.restart_empty(master).await.unwrap();
+    eprintln!("nemesis: Redis master :{master} killed and back, empty, in {down:.1?}");
+    stack
+        .redis
+        .wait_replicas_online(master, 2, REJOIN_WITHIN)
+        .await
+        .unwrap();
+    let now = stack.redis.current_master_port().await.unwrap();
+    assert_eq!(
+        now, master,
+        "the Sentinels failed over to :{now}: the restart was not fast enough to test an empty master"
+    );
+}
+
 /// One test per fault.
 macro_rules! nemesis_test {
     ($test:ident, $name:literal, $fault:ident) => {
+        nemesis_test!(
+            $test,
+            $name,
+            $fault,
+            nemesis_options(),
+            WorkloadOptions::default()
+        );
+    };
+    ($test:ident, $name:literal, $fault:ident, $stack:expr, $workload:expr) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $test() {
-            let mut stack = Stack::start(nemesis_options()).await.unwrap();
-            run_nemesis($name, &mut stack, |stack| Box::pin($fault(stack))).await;
+            let mut stack = Stack::start($stack).await.unwrap();
+            run_nemesis_with($name, &mut stack, $workload, |stack| {
+                Box::pin($fault(stack))
+            })
+            .await;
         }
     };
 }
@@ -800,9 +1286,9 @@ nemesis_test!(
     restart_broker
 );
 nemesis_test!(
-    nemesis_redis_master_killed_while_replicas_lag,
-    "Redis master kill -9 with both replicas 3 s behind",
-    kill_redis_master_while_replicas_lag
+    nemesis_redis_master_killed_while_a_replica_lags,
+    "Redis master kill -9, the lagging replica promoted",
+    kill_redis_master_while_one_replica_lags
 );
 nemesis_test!(
     nemesis_sentinel_failover,
@@ -823,6 +1309,41 @@ nemesis_test!(
     nemesis_postgres_killed_and_restarted,
     "PostgreSQL kill -9 + restart",
     restart_postgres
+);
+nemesis_test!(
+    nemesis_lease_holder_paused_while_redis_fails_over_to_a_lagging_replica,
+    "lease holder SIGSTOP + Redis master and acking replica kill -9, lagging replica promoted",
+    pause_lease_holder_while_redis_fails_over_to_a_lagging_replica,
+    nemesis_options(),
+    WorkloadOptions {
+        crowd: true,
+        ..WorkloadOptions::default()
+    }
+);
+nemesis_test!(
+    nemesis_broker_restarted_while_redis_master_killed,
+    "broker kill -9 + restart and Redis master kill -9",
+    restart_broker_while_redis_master_killed,
+    nemesis_options(),
+    WorkloadOptions {
+        crowd: true,
+        ..WorkloadOptions::default()
+    }
+);
+nemesis_test!(
+    nemesis_postgres_and_redis_master_killed,
+    "PostgreSQL kill -9 and Redis master kill -9",
+    kill_postgres_and_redis_master
+);
+nemesis_test!(
+    nemesis_redis_master_restarted_empty_under_a_10000_message_conversation,
+    "Redis master kill -9 + immediate restart empty",
+    restart_redis_master_empty,
+    filler_options(),
+    WorkloadOptions {
+        filled: Some(FILLED_WITH),
+        ..WorkloadOptions::default()
+    }
 );
 
 /// Every fault above, one after another on one stack while the workload runs, with a few
@@ -847,8 +1368,8 @@ async fn nemesis_every_fault_in_sequence_soak() {
             eprintln!("nemesis soak: broker: kill -9 + restart");
             restart_broker(stack).await;
             tokio::time::sleep(calm).await;
-            eprintln!("nemesis soak: Redis master: kill -9 with both replicas 3 s behind");
-            kill_redis_master_while_replicas_lag(stack).await;
+            eprintln!("nemesis soak: Redis master: kill -9, the lagging replica promoted");
+            kill_redis_master_while_one_replica_lags(stack).await;
             tokio::time::sleep(calm).await;
             eprintln!("nemesis soak: PostgreSQL: kill -9 + restart");
             restart_postgres(stack).await;
