@@ -28,10 +28,11 @@ pub const SB_KAFKA_REPLICATION_FACTOR: &str = "SB_KAFKA_REPLICATION_FACTOR";
 /// bytes per record batch by default, so this fits under the broker's limit as well.
 pub const MESSAGE_MAX_BYTES: usize = 1_000_000;
 
-/// The most encoded bytes of records one envelope (a log or handler-topic record holding many
-/// messages) gathers before another envelope is started: half of [`MESSAGE_MAX_BYTES`], so
-/// an envelope is never near the limit whatever the size of the record that closes it
-/// (every record alone fits [`RECORD_MAX_BYTES`]).
+/// The most encoded bytes one envelope (a log or handler-topic record holding many messages)
+/// may take: a message that would take it past them starts the next envelope, and one larger
+/// on its own goes alone (it fits [`RECORD_MAX_BYTES`]). Half of [`MESSAGE_MAX_BYTES`]: far
+/// enough under it that the framing, Kafka's headers or a broker with a slightly lower limit
+/// never matter for an envelope of many messages.
 pub const ENVELOPE_MAX_BYTES: usize = MESSAGE_MAX_BYTES / 2;
 
 /// The most encoded bytes one record (one message's JSON) may have: an envelope holding it

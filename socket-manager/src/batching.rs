@@ -19,9 +19,10 @@
 //! handler record is escaped once more, up to seven). Each record is encoded once, by serde,
 //! when it is queued, and an envelope is the envelope's own serde framing around those bytes
 //! ([`Framing`]), so its size is known before it is produced: at most
-//! [`ENVELOPE_MAX_BYTES`], or one record alone (each fits
-//! [`RECORD_MAX_BYTES`](switchboard_kafka::RECORD_MAX_BYTES), which the
-//! manager checks before it numbers a send). An envelope the client or the broker still
+//! [`ENVELOPE_MAX_BYTES`], or one record alone. A log record always fits
+//! [`RECORD_MAX_BYTES`](switchboard_kafka::RECORD_MAX_BYTES) (the manager checks before it
+//! numbers a send), and so does a handler record by the body limit's startup rule, unless its
+//! recipient list is very long. An envelope the client or the broker still
 //! refuses as too large (`MSG_SIZE_TOO_LARGE`, e.g. a broker with a lower limit) is produced
 //! again record by record, so one record never fails the others that shared its envelope.
 

@@ -2,7 +2,8 @@
 //!
 //! Client frames that need the cluster and connection reports go through [`ManagerClient`]:
 //! lane worker tasks. A connection always uses the same lane (by id). A lane posts what is
-//! queued as one batch (up to `MAX_BATCH`), with up to [`Lanes::batches_in_flight`] batches
+//! queued as one batch (up to `MAX_BATCH` items and `MAX_BATCH_BYTES` of JSON), with up to
+//! [`Lanes::batches_in_flight`] batches
 //! in flight; a connection's items never ride in two batches at once, so its frames reach the
 //! manager in the order it sent them, and under load many frames share one request.
 //! A batch that fails on one manager is retried on the next (sends are idempotent by
@@ -25,6 +26,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::hub::Outbound;
 
 const MAX_BATCH: usize = 256;
+/// Encoded bytes of the items of one batch, at most (an item larger on its own goes alone):
+/// a quarter of the manager's JSON body limit (16 MiB, `socket-manager/src/lib.rs`), so no
+/// batch is ever refused for its size. Counted as JSON, not as body bytes: a frame's body
+/// takes up to six times its size escaped (U+0001 is `\u0001`), so 256 frames of the largest
+/// bodies would be about 100 MiB, and one refused batch fails every item of the lane.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Items a lane holds beyond its channel, at most (then its channel fills and `submit`
 /// refuses).
 const MAX_WAITING_PER_LANE: usize = 4096;
@@ -58,22 +65,54 @@ pub struct Lanes {
     pub batches_in_flight: usize,
 }
 
-/// A queued item, its connection and when it was queued.
+/// A queued item, its connection, when it was queued and its size in the batch's JSON.
 struct Queued {
     at: std::time::Instant,
     connection_id: u64,
+    /// The item's encoded bytes (and its comma).
+    bytes: usize,
     pending: Pending,
 }
 
+/// Counts the bytes written to it.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How many bytes `item` takes in a batch's JSON: serde's encoding of it (counted, not kept)
+/// and its comma.
+fn encoded_len(item: &HandlerItem) -> usize {
+    let mut counter = Counter(0);
+    // Counting cannot fail, and an item always encodes.
+    let _ = serde_json::to_writer(&mut counter, item);
+    counter.0 + 1
+}
+
 /// Takes the next batch from `waiting`, in order: every item whose connection has nothing in
-/// flight (`busy`), up to [`MAX_BATCH`]. What stays keeps its order, so a connection's items
-/// still go out in the order it sent them (once the batch cap is reached, every later item
-/// stays).
+/// flight (`busy`), up to [`MAX_BATCH`] items and [`MAX_BATCH_BYTES`] (the first item goes
+/// whatever its size). What stays keeps its order, so a connection's items still go out in
+/// the order it sent them (once either cap is reached, every later item stays).
 fn take_batch(waiting: &mut VecDeque<Queued>, busy: &HashSet<u64>) -> Vec<Queued> {
     let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut full = false;
     let mut rest = VecDeque::with_capacity(waiting.len());
     while let Some(queued) = waiting.pop_front() {
-        if batch.len() < MAX_BATCH && !busy.contains(&queued.connection_id) {
+        if !full && !busy.contains(&queued.connection_id) {
+            full = batch.len() >= MAX_BATCH
+                || (!batch.is_empty() && bytes + queued.bytes > MAX_BATCH_BYTES);
+        }
+        if !full && !busy.contains(&queued.connection_id) {
+            bytes += queued.bytes;
             batch.push(queued);
         } else {
             rest.push_back(queued);
@@ -141,6 +180,8 @@ impl ManagerClient {
         lane.try_send(Queued {
             at: std::time::Instant::now(),
             connection_id,
+            // Counted here, on the connection's task, rather than on the lane's.
+            bytes: encoded_len(&pending.item),
             pending,
         })
         .map_err(|e| match e {
@@ -422,14 +463,39 @@ mod tests {
     use super::*;
 
     fn queued(connection_id: u64, n: u64) -> Queued {
+        let item = HandlerItem::Connected {
+            connection_id,
+            user_id: format!("item-{n}"),
+        };
         Queued {
             at: std::time::Instant::now(),
             connection_id,
+            bytes: encoded_len(&item),
             pending: Pending {
-                item: HandlerItem::Connected {
-                    connection_id,
-                    user_id: format!("item-{n}"),
-                },
+                item,
+                reply_to: None,
+                done: None,
+            },
+        }
+    }
+
+    /// A send of a 43,000-byte body of U+0001: 258,000 bytes once encoded.
+    fn poison(connection_id: u64, n: u64) -> Queued {
+        let item = HandlerItem::Frame {
+            connection_id,
+            user_id: "mallory".into(),
+            frame: ClientFrame::Send {
+                conversation_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+                client_msg_id: format!("item-{n}"),
+                body: "\u{1}".repeat(43_000),
+            },
+        };
+        Queued {
+            at: std::time::Instant::now(),
+            connection_id,
+            bytes: encoded_len(&item),
+            pending: Pending {
+                item,
                 reply_to: None,
                 done: None,
             },
@@ -441,9 +507,51 @@ mod tests {
             .iter()
             .map(|q| match &q.pending.item {
                 HandlerItem::Connected { user_id, .. } => user_id.clone(),
+                HandlerItem::Frame {
+                    frame: ClientFrame::Send { client_msg_id, .. },
+                    ..
+                } => client_msg_id.clone(),
                 _ => unreachable!(),
             })
             .collect()
+    }
+
+    #[test]
+    fn batches_are_cut_by_encoded_bytes_and_keep_each_connections_order() {
+        // 70 poison sends from 4 connections, small frames between them: 256 items by count,
+        // but about 18 MB of JSON, over the manager's 16 MiB body limit in one batch.
+        let mut waiting: VecDeque<Queued> = (0..70u64)
+            .flat_map(|n| [poison(n % 4, n), queued(10 + n % 3, 100 + n)])
+            .collect();
+        let mut batches = Vec::new();
+        while !waiting.is_empty() {
+            let batch = take_batch(&mut waiting, &HashSet::new());
+            assert!(!batch.is_empty());
+            let body = serde_json::to_vec(&HandlerBatch {
+                items: batch.iter().map(|q| q.pending.item.clone()).collect(),
+            })
+            .unwrap();
+            assert!(body.len() <= MAX_BATCH_BYTES, "{} bytes", body.len());
+            let counted: usize = batch.iter().map(|q| q.bytes).sum();
+            // `{"items":[` and `]}` around the items, one comma fewer than counted.
+            assert_eq!(body.len(), counted + 11, "the count is the encoding's");
+            batches.push(names(&batch));
+        }
+        assert!(batches.len() >= 5, "{} batches", batches.len());
+        let order: Vec<String> = batches.concat();
+        let expected: Vec<String> = (0..70u64)
+            .flat_map(|n| [format!("item-{n}"), format!("item-{}", 100 + n)])
+            .collect();
+        assert_eq!(order, expected, "every item once, in the order queued");
+        // A single item larger than the cap still goes, alone.
+        let mut big = poison(1, 0);
+        big.bytes = MAX_BATCH_BYTES + 1;
+        let mut waiting: VecDeque<Queued> = [big, queued(2, 1)].into_iter().collect();
+        assert_eq!(
+            names(&take_batch(&mut waiting, &HashSet::new())),
+            ["item-0"]
+        );
+        assert_eq!(names(waiting.make_contiguous()), ["item-1"]);
     }
 
     #[test]
