@@ -30,6 +30,59 @@ pub struct LogRecord {
     pub body: String,
     /// When the manager accepted it (RFC 3339 UTC with milliseconds on the wire).
     pub created_at: Timestamp,
+    /// The conversation's log epoch it was numbered under (see [`LogFence`]): the store takes
+    /// a record numbered above a later epoch's floor for a late append of a deposed lease
+    /// holder, and refuses it. 0 in records written before epochs existed.
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+/// A fence in the message log: from here on (in log order) the conversation's numbers above
+/// what the log held before this record belong to `epoch` or a later one.
+///
+/// A socket manager that checks a sequence counter against the log (a new conversation, or a
+/// Redis master that may have lost numbers) asks the message service, which takes the next
+/// epoch from PostgreSQL, appends this record to the conversation's partition and waits for
+/// ingest to reach it. Ingest then records the fence's *floor*: the highest `seq` stored from
+/// everything before it. A record of an older epoch that lands after the fence with a `seq`
+/// above that floor was numbered by a holder that lost its lease in a failover and whose append
+/// was still in flight: it was never acknowledged (its finish could not succeed), and the
+/// number has been handed out again under the new epoch, so the store refuses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFence {
+    pub conversation_id: String,
+    pub epoch: u64,
+}
+
+/// What one Kafka record of the message log holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogItem {
+    /// Messages (an envelope, or a single record).
+    Messages(Decoded<LogRecord>),
+    /// A fence (see [`LogFence`]).
+    Fence(LogFence),
+}
+
+/// The wire shape of a fence record: `{"fence":{...}}`, which no envelope or record matches.
+#[derive(Serialize, Deserialize)]
+struct FenceRecord {
+    fence: LogFence,
+}
+
+/// Encodes a fence for the message log.
+pub fn encode_log_fence(fence: &LogFence) -> Vec<u8> {
+    serde_json::to_vec(&FenceRecord {
+        fence: fence.clone(),
+    })
+    .expect("a fence encodes")
+}
+
+/// Reads one Kafka record of the message log: a fence, an envelope or a single record.
+pub fn decode_log_item(payload: &[u8]) -> Result<LogItem, serde_json::Error> {
+    if payload.starts_with(b"{\"fence\"") {
+        return serde_json::from_slice::<FenceRecord>(payload).map(|f| LogItem::Fence(f.fence));
+    }
+    decode_log_envelope(payload).map(LogItem::Messages)
 }
 
 /// One Kafka record of the message log: every message a manager appended to one partition in
@@ -171,6 +224,7 @@ mod tests {
             client_msg_id: "x".into(),
             body: "hi".into(),
             created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
+            epoch: 3,
         };
         let single = serde_json::to_vec(&record).unwrap();
         assert_eq!(
@@ -193,6 +247,23 @@ mod tests {
         let bad = text.replace("2026-01-01T00:00:00.000Z", "yesterday");
         assert!(decode_log_envelope(bad.as_bytes()).is_err());
         assert!(decode_handler_envelope(b"[").is_err());
+    }
+
+    #[test]
+    fn fences_and_records_without_an_epoch_decode() {
+        let fence = LogFence {
+            conversation_id: "c".into(),
+            epoch: 7,
+        };
+        let encoded = encode_log_fence(&fence);
+        assert_eq!(decode_log_item(&encoded).unwrap(), LogItem::Fence(fence));
+        // Written before epochs existed: epoch 0.
+        let old = br#"{"records":[{"conversation_id":"c","seq":1,"message_id":"m","sender_id":"u","client_msg_id":"x","body":"hi","created_at":"2026-01-01T00:00:00.000Z"}]}"#;
+        match decode_log_item(old).unwrap() {
+            LogItem::Messages(decoded) => assert_eq!(decoded.records[0].epoch, 0),
+            other => panic!("{other:?}"),
+        }
+        assert!(decode_log_item(b"{\"fence\":{}}").is_err());
     }
 
     #[test]

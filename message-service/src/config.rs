@@ -13,6 +13,7 @@ pub const SB_DATABASE_URL: &str = "SB_DATABASE_URL";
 pub const SB_DB_MAX_CONNECTIONS: &str = "SB_DB_MAX_CONNECTIONS";
 pub const SB_MAX_GROUP_MEMBERS: &str = "SB_MAX_GROUP_MEMBERS";
 pub const SB_INGEST_FETCH_WAIT_MS: &str = "SB_INGEST_FETCH_WAIT_MS";
+pub const SB_INGEST_REWIND_RECORDS: &str = "SB_INGEST_REWIND_RECORDS";
 
 /// The message service's own variables.
 pub const ENV: &[EnvVar] = &[
@@ -42,6 +43,13 @@ pub const ENV: &[EnvVar] = &[
         default: Some("100"),
         doc: "How long ingest's fetch from the message log lets records accumulate (up to a \
               MiB), in milliseconds.",
+    },
+    EnvVar {
+        name: SB_INGEST_REWIND_RECORDS,
+        default: Some("1000"),
+        doc: "On start, ingest re-reads this many message-log records (Kafka records: \
+              envelopes of many messages) before each partition's committed offset, so rows a \
+              restored database lost are written again; 0 turns it off.",
     },
 ];
 
@@ -74,6 +82,9 @@ pub struct MessageServiceConfig {
     pub max_group_members: usize,
     /// How long a log fetch lets records accumulate (`SB_INGEST_FETCH_WAIT_MS`, default 100).
     pub ingest_fetch_wait_ms: u64,
+    /// Records re-read before each committed offset on start (`SB_INGEST_REWIND_RECORDS`,
+    /// default 1000).
+    pub ingest_rewind_records: u64,
 }
 
 impl MessageServiceConfig {
@@ -97,6 +108,7 @@ impl MessageServiceConfig {
             db_max_connections: lookup_or(lookup, SB_DB_MAX_CONNECTIONS, 10)?,
             max_group_members: lookup_or(lookup, SB_MAX_GROUP_MEMBERS, 1000)?,
             ingest_fetch_wait_ms: lookup_or(lookup, SB_INGEST_FETCH_WAIT_MS, 100)?,
+            ingest_rewind_records: lookup_or(lookup, SB_INGEST_REWIND_RECORDS, 1000)?,
         })
     }
 }

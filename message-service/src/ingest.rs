@@ -10,17 +10,34 @@
 //! A record the database refuses for its data (or that cannot be read, or that conflicts with
 //! a different stored message at its seq) cannot be retried into the table: it goes to
 //! `dead_letters`, is counted and logged, and ingest goes on past it.
+//!
+//! **Fences** ([`crate::log_fences`]): a fence record is applied in log order (the records
+//! before it are stored first), and a record an epoch's fence refuses goes to `dead_letters`
+//! too, counted in `switchboard_ingest_fenced_total`.
+//!
+//! **Durability.** Sessions commit synchronously ([`Store::connect`]), and on start ingest
+//! rewinds each message-log partition `SB_INGEST_REWIND_RECORDS` records before its committed
+//! offset: rows a restored database lost (a point-in-time restore, an asynchronous standby
+//! promoted) are written again; the rest are skipped as redeliveries.
+//!
+//! **Storage alarms.** An error that says the database cannot store anything now (SQLSTATE
+//! class 53, insufficient resources such as a full disk; 58, system error; 57, operator
+//! intervention) is retried with backoff like an outage, and raises
+//! `switchboard_ingest_storage_alarm` and fails `/ready` (check `ingest`) until a write succeeds.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use switchboard_kafka::KafkaConfig;
-use switchboard_message_log::{decode_log_envelope, Event, LogRecord};
+use switchboard_message_log::{decode_log_item, Event, LogFence, LogItem, LogRecord};
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::shutdown::CancellationToken;
 
+use crate::log_fences::{self, FenceBook};
 use crate::store::{DeadLetter, LogPosition, ReceiptUpdate, Sourced, Store};
 
 const MAX_BATCH: usize = 500;
@@ -36,7 +53,81 @@ pub struct Ingest {
     lag_seconds: prometheus::Gauge,
     dead_letters: prometheus::IntCounter,
     conflicts: prometheus::IntCounter,
+    fenced: prometheus::IntCounter,
     progress: crate::settled::IngestProgress,
+    fences: Mutex<FenceBook>,
+    alarm: StorageAlarm,
+    rewind_records: i64,
+}
+
+/// Raised while the database refuses writes for want of resources (see the module docs):
+/// a gauge to alert on and a readiness check, cleared by the next write that succeeds.
+#[derive(Clone)]
+pub struct StorageAlarm {
+    raised: Arc<AtomicBool>,
+    gauge: prometheus::IntGauge,
+}
+
+impl StorageAlarm {
+    fn new(ops: &Ops) -> anyhow::Result<Self> {
+        let gauge = prometheus::IntGauge::new(
+            "ingest_storage_alarm",
+            "1 while the database refuses ingest's writes for want of resources (SQLSTATE class 53, 57 or 58: a full disk, out of memory, shutting down)",
+        )?;
+        ops.register(&gauge);
+        Ok(StorageAlarm {
+            raised: Arc::default(),
+            gauge,
+        })
+    }
+
+    /// Whether `e` says the database cannot store anything now (not a record's fault, and not
+    /// a mere lost connection).
+    pub fn is_storage_error(e: &sqlx::Error) -> bool {
+        match e {
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("53") || code.starts_with("57") || code.starts_with("58")
+            }),
+            _ => false,
+        }
+    }
+
+    fn note(&self, e: &sqlx::Error) {
+        if Self::is_storage_error(e) && !self.raised.swap(true, Ordering::Relaxed) {
+            self.gauge.set(1);
+            tracing::error!(error = %e, "ALARM: the database refuses ingest's writes for want of resources; history stops growing and new conversations cannot be numbered until it is fixed");
+        }
+    }
+
+    fn clear(&self) {
+        if self.raised.swap(false, Ordering::Relaxed) {
+            self.gauge.set(0);
+            tracing::warn!("the database takes ingest's writes again; storage alarm cleared");
+        }
+    }
+
+    /// `/ready`'s check: failing while the alarm is raised.
+    pub fn readiness_check(&self) -> switchboard_service_kit::ops::ReadinessCheck {
+        let raised = self.raised.clone();
+        Arc::new(move || {
+            let raised = raised.load(Ordering::Relaxed);
+            Box::pin(async move {
+                if raised {
+                    Err("the database refuses ingest's writes (storage alarm)".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+        })
+    }
+}
+
+/// What one gathered batch of the message log holds, in log order: its records, with the
+/// fences among them (each at the number of records read before it).
+#[derive(Default)]
+struct LogBatch {
+    records: Vec<Sourced<LogRecord>>,
+    fences: Vec<(usize, Sourced<LogFence>)>,
 }
 
 impl Ingest {
@@ -45,6 +136,7 @@ impl Ingest {
         store: Store,
         ops: &Ops,
         fetch_wait_ms: u64,
+        rewind_records: u64,
         progress: crate::settled::IngestProgress,
     ) -> anyhow::Result<Self> {
         // History may trail live delivery by a fetch wait; records accumulate for it, which
@@ -72,9 +164,14 @@ impl Ingest {
             "ingest_conflicts_total",
             "log records whose seq, message id or client message id was already stored for a different message (two messages given one seq)",
         )?;
+        let fenced = prometheus::IntCounter::new(
+            "ingest_fenced_total",
+            "log records refused by a later epoch's fence (a deposed lease holder's late append, never acknowledged), put in dead_letters",
+        )?;
         ops.register(&stored);
         ops.register(&dead_letters);
         ops.register(&conflicts);
+        ops.register(&fenced);
         ops.register(&batches);
         ops.register(&lag_seconds);
         Ok(Ingest {
@@ -87,12 +184,21 @@ impl Ingest {
             lag_seconds,
             dead_letters,
             conflicts,
+            fenced,
             progress,
+            fences: Mutex::default(),
+            alarm: StorageAlarm::new(ops)?,
+            rewind_records: i64::try_from(rewind_records).unwrap_or(i64::MAX),
         })
     }
 
+    /// The storage alarm, for `/ready`.
+    pub fn alarm(&self) -> StorageAlarm {
+        self.alarm.clone()
+    }
+
     /// Takes every partition of both topics directly, resuming from the committed offsets
-    /// (earliest when none). No group membership is involved: a restarted instance resumes at
+    /// (earliest when none), the message log's rewound by `SB_INGEST_REWIND_RECORDS`. No group membership is involved: a restarted instance resumes at
     /// once instead of waiting for the broker to expire its dead predecessor's membership
     /// (which the local broker never does). Several instances would each ingest everything;
     /// the inserts are idempotent, so that is safe, only redundant.
@@ -114,6 +220,7 @@ impl Ingest {
                         list.add_partition_offset(topic, p, Offset::Stored).ok()?;
                     }
                 }
+                self.rewind(&mut list);
                 Some(list)
             });
             match found.map(|list| consumer.assign(&list)) {
@@ -128,6 +235,42 @@ impl Ingest {
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Moves each message-log partition's start back from its committed offset by the rewind
+    /// window (a partition with nothing committed starts at the beginning anyway). Blocking:
+    /// called inside `block_in_place`.
+    fn rewind(&self, list: &mut TopicPartitionList) {
+        if self.rewind_records == 0 {
+            return;
+        }
+        let committed = match self.consumer.committed(Duration::from_secs(5)) {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the committed offsets to rewind failed; resuming at them");
+                return;
+            }
+        };
+        for element in committed.elements_for_topic(&self.message_topic) {
+            if let Offset::Offset(next) = element.offset() {
+                let from = (next - self.rewind_records).max(0);
+                if list
+                    .set_partition_offset(
+                        &self.message_topic,
+                        element.partition(),
+                        Offset::Offset(from),
+                    )
+                    .is_ok()
+                {
+                    tracing::info!(
+                        partition = element.partition(),
+                        committed = next,
+                        from,
+                        "rewinding the message log: rows a restored database lost are written again"
+                    );
+                }
             }
         }
     }
@@ -157,7 +300,7 @@ impl Ingest {
                 _ = shutdown.cancelled() => return,
                 m = self.consumer.recv() => m,
             };
-            let mut records = Vec::new();
+            let mut log = LogBatch::default();
             let mut receipts = Vec::new();
             let mut unreadable = Vec::new();
             let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
@@ -174,8 +317,18 @@ impl Ingest {
                         offsets.insert((at.topic.clone(), at.partition), at.offset);
                         let payload = message.payload().unwrap_or_default();
                         if message.topic() == self.message_topic {
-                            match decode_log_envelope(payload) {
-                                Ok(decoded) => {
+                            match decode_log_item(payload) {
+                                Ok(LogItem::Fence(fence)) => {
+                                    let at = log.records.len();
+                                    log.fences.push((
+                                        at,
+                                        Sourced {
+                                            at: at_position(&message),
+                                            item: fence,
+                                        },
+                                    ));
+                                }
+                                Ok(LogItem::Messages(decoded)) => {
                                     let items = decoded.records;
                                     if tracing::enabled!(tracing::Level::DEBUG) {
                                         let trace = decoded.trace.as_deref().unwrap_or("-");
@@ -195,7 +348,7 @@ impl Ingest {
                                             item: i32::try_from(i).unwrap_or(i32::MAX),
                                             ..at.clone()
                                         };
-                                        records.push(Sourced { at, item });
+                                        log.records.push(Sourced { at, item });
                                     }
                                 }
                                 Err(e) => unreadable.push(DeadLetter::unreadable(
@@ -229,7 +382,7 @@ impl Ingest {
                     }
                     Err(e) => tracing::warn!(error = %e, "message log consumer error"),
                 }
-                if records.len() + receipts.len() >= MAX_BATCH {
+                if log.records.len() + receipts.len() >= MAX_BATCH {
                     break;
                 }
                 next = tokio::time::timeout(GATHER_WINDOW, self.consumer.recv())
@@ -241,18 +394,19 @@ impl Ingest {
             // its offsets unstored, so neither the background commit nor the final commit on
             // close can move past rows that were never written; the next start redelivers it.
             if !self
-                .ingest_until_done(&records, &receipts, unreadable, &shutdown)
+                .ingest_until_done(&log, &receipts, unreadable, &shutdown)
                 .await
             {
                 tracing::warn!(
-                    records = records.len(),
+                    records = log.records.len(),
                     receipts = receipts.len(),
                     "stopping with a batch not stored; its offsets stay uncommitted"
                 );
                 return;
             }
+            self.alarm.clear();
             if tracing::enabled!(tracing::Level::DEBUG) {
-                for record in &records {
+                for record in &log.records {
                     tracing::debug!(
                         message_id = %record.item.message_id,
                         conversation_id = %record.item.conversation_id,
@@ -273,67 +427,207 @@ impl Ingest {
     }
 
     /// Writes one gathered batch: unreadable records to `dead_letters`, log records to
-    /// `messages`, receipts to `receipts`, each retried while the database is unavailable.
-    /// `false` when shutdown came before all of it was written.
+    /// `messages` (each fence applied where it stands among them, and the records a fence
+    /// refuses dead-lettered), receipts to `receipts`, each retried while the database is
+    /// unavailable. `false` when shutdown came before all of it was written.
     async fn ingest_until_done(
         &self,
-        records: &[Sourced<LogRecord>],
+        log: &LogBatch,
         receipts: &[Sourced<ReceiptUpdate>],
         unreadable: Vec<DeadLetter>,
         shutdown: &CancellationToken,
     ) -> bool {
         if !unreadable.is_empty() {
-            let Some(new) = until_done("storing dead letters", shutdown, || {
-                self.store.dead_letter(unreadable.clone())
-            })
-            .await
+            let Some(new) = self
+                .until_done("storing dead letters", shutdown, || {
+                    self.store.dead_letter(unreadable.clone())
+                })
+                .await
             else {
                 return false;
             };
             self.dead_lettered(&new);
         }
-        if !records.is_empty() {
-            let Some(outcome) = until_done("inserting a batch", shutdown, || {
-                self.store.insert_batch(records)
-            })
-            .await
+        let mut from = 0;
+        for (at, fence) in &log.fences {
+            if !self.store_records(&log.records[from..*at], shutdown).await {
+                return false;
+            }
+            from = *at;
+            let Some(floor) = self
+                .until_done("applying a log fence", shutdown, || {
+                    log_fences::apply(
+                        self.store.pool(),
+                        &fence.item.conversation_id,
+                        fence.item.epoch,
+                    )
+                })
+                .await
             else {
                 return false;
             };
-            self.stored.inc_by(outcome.inserted);
-            self.batches.observe(records.len() as f64);
-            for conflict in &outcome.conflicts {
-                let at = &conflict.dead_letter.at;
-                tracing::error!(
-                    message_id = %conflict.message_id,
-                    stored_message_id = %conflict.stored_message_id,
-                    topic = %at.topic,
-                    partition = at.partition,
-                    offset = at.offset,
-                    error = %conflict.dead_letter.error,
-                    "conflict in the log (two messages given one seq, or one message two): the stored message is kept, this record dead-lettered"
-                );
-            }
-            self.conflicts.inc_by(outcome.conflicts.len() as u64);
-            self.dead_letters.inc_by(outcome.conflicts.len() as u64);
-            self.dead_lettered(&outcome.refused);
-            if let Some(newest) = records.iter().map(|r| r.item.created_at.datetime()).max() {
-                let age = chrono::Utc::now().signed_duration_since(newest);
-                self.lag_seconds
-                    .set(age.num_milliseconds().max(0) as f64 / 1000.0);
-            }
+            self.fences.lock().expect("fence book lock").add(
+                &fence.item.conversation_id,
+                fence.item.epoch,
+                floor,
+            );
+            tracing::info!(
+                conversation_id = %fence.item.conversation_id,
+                epoch = fence.item.epoch,
+                floor,
+                partition = fence.at.partition,
+                offset = fence.at.offset,
+                "log fence applied"
+            );
+        }
+        if !self.store_records(&log.records[from..], shutdown).await {
+            return false;
         }
         if !receipts.is_empty() {
-            let Some(refused) = until_done("storing receipts", shutdown, || {
-                self.store.upsert_receipts(receipts)
-            })
-            .await
+            let Some(refused) = self
+                .until_done("storing receipts", shutdown, || {
+                    self.store.upsert_receipts(receipts)
+                })
+                .await
             else {
                 return false;
             };
             self.dead_lettered(&refused);
         }
         true
+    }
+
+    /// Stores log records: those a fence refuses go to `dead_letters`, the rest to `messages`.
+    async fn store_records(
+        &self,
+        records: &[Sourced<LogRecord>],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        if records.is_empty() {
+            return true;
+        }
+        let unknown = self
+            .fences
+            .lock()
+            .expect("fence book lock")
+            .unknown(records.iter().map(|r| r.item.conversation_id.as_str()));
+        if !unknown.is_empty() {
+            let Some(read) = self
+                .until_done("reading log fences", shutdown, || {
+                    log_fences::read(self.store.pool(), &unknown)
+                })
+                .await
+            else {
+                return false;
+            };
+            self.fences
+                .lock()
+                .expect("fence book lock")
+                .learn(&unknown, read);
+        }
+        let (fenced, admitted): (Vec<_>, Vec<_>) = {
+            let book = self.fences.lock().expect("fence book lock");
+            records
+                .iter()
+                .map(|r| (book.fenced(&r.item), r))
+                .partition(|(fence, _)| fence.is_some())
+        };
+        if !fenced.is_empty() {
+            let letters: Vec<DeadLetter> = fenced
+                .iter()
+                .map(|(fence, r)| {
+                    let (epoch, floor) = fence.unwrap_or_default();
+                    DeadLetter::new(
+                        r.at.clone(),
+                        &r.item,
+                        format!(
+                            "fenced: seq {} of conversation {} was numbered under epoch {}, and epoch {epoch} took the numbers above {floor} (a deposed lease holder's late append, never acknowledged)",
+                            r.item.seq, r.item.conversation_id, r.item.epoch
+                        ),
+                    )
+                })
+                .collect();
+            let Some(new) = self
+                .until_done("storing fenced records", shutdown, || {
+                    self.store.dead_letter(letters.clone())
+                })
+                .await
+            else {
+                return false;
+            };
+            for letter in &new {
+                tracing::warn!(
+                    topic = %letter.at.topic,
+                    partition = letter.at.partition,
+                    offset = letter.at.offset,
+                    error = %letter.error,
+                    "a fenced log record was put in dead_letters"
+                );
+            }
+            self.fenced.inc_by(new.len() as u64);
+            self.dead_letters.inc_by(new.len() as u64);
+        }
+        let admitted: Vec<Sourced<LogRecord>> =
+            admitted.into_iter().map(|(_, r)| r.clone()).collect();
+        if admitted.is_empty() {
+            return true;
+        }
+        let records = &admitted[..];
+        let Some(outcome) = self
+            .until_done("inserting a batch", shutdown, || {
+                self.store.insert_batch(records)
+            })
+            .await
+        else {
+            return false;
+        };
+        self.stored.inc_by(outcome.inserted);
+        self.batches.observe(records.len() as f64);
+        for conflict in &outcome.conflicts {
+            let at = &conflict.dead_letter.at;
+            tracing::error!(
+                message_id = %conflict.message_id,
+                stored_message_id = %conflict.stored_message_id,
+                topic = %at.topic,
+                partition = at.partition,
+                offset = at.offset,
+                error = %conflict.dead_letter.error,
+                "conflict in the log (two messages given one seq, or one message two): the stored message is kept, this record dead-lettered"
+            );
+        }
+        self.conflicts.inc_by(outcome.conflicts.len() as u64);
+        self.dead_letters.inc_by(outcome.conflicts.len() as u64);
+        self.dead_lettered(&outcome.refused);
+        if let Some(newest) = records.iter().map(|r| r.item.created_at.datetime()).max() {
+            let age = chrono::Utc::now().signed_duration_since(newest);
+            self.lag_seconds
+                .set(age.num_milliseconds().max(0) as f64 / 1000.0);
+        }
+        true
+    }
+
+    /// [`until_done`], raising the storage alarm on the errors that call for it.
+    async fn until_done<T, F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &CancellationToken,
+        mut attempt: F,
+    ) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        until_done(what, shutdown, || {
+            let attempt = attempt();
+            async {
+                let outcome = attempt.await;
+                if let Err(e) = &outcome {
+                    self.alarm.note(e);
+                }
+                outcome
+            }
+        })
+        .await
     }
 
     /// Counts and logs records newly put in `dead_letters` (refused for their data, or
@@ -349,6 +643,15 @@ impl Ingest {
             );
         }
         self.dead_letters.inc_by(letters.len() as u64);
+    }
+}
+
+fn at_position(message: &rdkafka::message::BorrowedMessage<'_>) -> LogPosition {
+    LogPosition {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        item: 0,
     }
 }
 

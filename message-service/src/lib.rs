@@ -14,6 +14,7 @@
 mod auth;
 pub mod config;
 pub mod ingest;
+pub mod log_fences;
 mod routes;
 pub mod settled;
 pub mod store;
@@ -52,14 +53,16 @@ impl Application {
         let redis = SentinelRedis::new(config.common.redis.clone());
         let ops = Ops::new("message-service");
         let progress = settled::IngestProgress::default();
-        let settled = settled::Settled::new(&config.kafka, progress.clone())?;
+        let settled = settled::Settled::new(&config.kafka, store.clone(), progress.clone())?;
         let ingest = ingest::Ingest::new(
             &config.kafka,
             store.clone(),
             &ops,
             config.ingest_fetch_wait_ms,
+            config.ingest_rewind_records,
             progress,
         )?;
+        let alarm = ingest.alarm();
 
         let ready_store = store.clone();
         let ops = ops
@@ -70,7 +73,8 @@ impl Application {
                     Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
                 }),
             )
-            .with_check("redis", redis.readiness_check());
+            .with_check("redis", redis.readiness_check())
+            .with_check("ingest", alarm.readiness_check());
         let config_origins = config.common.allowed_origins.clone();
         let state = web::Data::new(AppState {
             store,

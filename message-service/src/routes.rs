@@ -5,6 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::frames::{is_storable_text, PresenceStatus};
+use switchboard_protocol::internal::{SettledLog, SettledMessage};
 use switchboard_protocol::ErrorCode;
 use switchboard_protocol::UserId;
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
@@ -43,7 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route(
             "/internal/v1/conversations/{id}/settled-last-seq",
-            web::get().to(internal_settled_last_seq),
+            web::post().to(internal_settled_last_seq),
         )
         .route("/api/v1/presence", web::get().to(presence))
         .route("/api/v1/openapi.json", web::get().to(openapi_json))
@@ -495,10 +496,12 @@ async fn set_role(
     Ok(HttpResponse::Ok().json(conversation))
 }
 
-/// Cluster-only: the highest stored `seq` once ingest has stored everything the message log
-/// held when asked (503 while it cannot catch up), for checking a sequence counter; with
-/// `after_seq`, also who sent each stored message above it, so a manager can restore the
-/// idempotency records a Redis failover lost together with those numbers.
+/// Cluster-only: fences the conversation's log and answers its floor and new epoch once ingest
+/// has applied the fence (503 while it cannot: fail closed), for checking a sequence counter;
+/// with `after_seq`, also the newest stored messages above it (at most
+/// [`SETTLED_MESSAGES_MAX`], newest first) with who sent them, so a manager can restore the
+/// idempotency records a Redis failover lost together with those numbers. See
+/// `crate::settled` and docs/architecture.md ("Fencing the log").
 async fn internal_settled_last_seq(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -508,49 +511,59 @@ async fn internal_settled_last_seq(
     require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     let conversation_id = path.into_inner();
     storable("the conversation id", &conversation_id)?;
-    state
+    let partitions = query.partitions.unwrap_or(1);
+    if !(1..=10_000).contains(&partitions) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "partitions must be 1..=10000",
+        ));
+    }
+    let fenced = state
         .settled
-        .wait_for_log_end(SETTLE_WITHIN)
+        .fence(&conversation_id, partitions, SETTLE_WITHIN)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let last_seq = state
-        .store
-        .last_seq(&conversation_id)
-        .await
-        .map_err(db_error)?;
+    let last_seq = i64::try_from(fenced.floor).unwrap_or(i64::MAX);
     let mut numbered = Vec::new();
     if let Some(after) = query.after_seq.filter(|after| *after < last_seq) {
-        let above = state
+        numbered = state
             .store
-            .history(&conversation_id, after.max(0), SETTLED_MESSAGES_MAX)
+            .newest_above(&conversation_id, after.max(0), SETTLED_MESSAGES_MAX)
             .await
-            .map_err(db_error)?;
-        numbered = above
+            .map_err(db_error)?
             .into_iter()
-            .map(|m| {
-                serde_json::json!({
-                    "seq": m.seq,
-                    "message_id": m.message_id,
-                    "sender_id": m.sender_id,
-                    "client_msg_id": m.client_msg_id,
-                    "created_at": m.created_at,
+            .filter(|m| m.seq <= last_seq)
+            .filter_map(|m| {
+                Some(SettledMessage {
+                    seq: u64::try_from(m.seq).ok()?,
+                    created_at: switchboard_protocol::Timestamp::parse(&m.created_at).ok()?,
+                    message_id: m.message_id,
+                    sender_id: m.sender_id,
+                    client_msg_id: m.client_msg_id,
                 })
             })
             .collect();
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "last_seq": last_seq, "messages": numbered })))
+    Ok(HttpResponse::Ok().json(SettledLog {
+        last_seq: fenced.floor,
+        epoch: fenced.epoch,
+        messages: numbered,
+    }))
 }
 
 #[derive(Deserialize)]
 struct SettledQuery {
     after_seq: Option<i64>,
+    /// The managers' `SB_MESSAGE_PARTITIONS`: the fence goes to the conversation's partition.
+    partitions: Option<i32>,
 }
 
-/// At most this many messages above `after_seq` in a settled answer (a failover loses seconds
-/// of numbers, not thousands).
-const SETTLED_MESSAGES_MAX: i64 = 10_000;
+/// At most this many of the newest messages above `after_seq` in a settled answer: a
+/// manager restores their idempotency records, and clients resend recent messages, not old
+/// ones. It bounds what one reseed writes to Redis (~150 bytes a record).
+const SETTLED_MESSAGES_MAX: i64 = 1_000;
 
-/// How long a settled read waits for ingest to reach the log's end (below the manager's 3 s
+/// How long a settled read waits for ingest to apply the fence (below the manager's 3 s
 /// request timeout, so it gets a clear 503 rather than a dropped request).
 const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_millis(2500);
 

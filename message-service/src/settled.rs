@@ -1,18 +1,29 @@
-//! "Everything in the log is in the store": the answer a socket manager needs before it
-//! reseeds a sequence counter.
+//! "Everything in the log is in the store", fenced: the answer a socket manager needs before it
+//! uses a sequence counter it cannot trust.
 //!
 //! Redis replication is asynchronous, so a failover can hand a manager a counter that is
-//! behind numbers already in the log. The manager then asks for the conversation's highest
-//! stored `seq` *after* ingest has stored every record the log held when it asked
-//! ([`Settled::wait_for_log_end`]), and continues above it: every acknowledged message was in
-//! the log before its `sent`, so no acknowledged number can be given twice.
+//! behind numbers already in the log, and a number a deposed holder took may still be on its
+//! way to the log. [`Settled::fence`] takes the conversation's next log epoch
+//! ([`crate::log_fences::next_epoch`]), appends a fence record to the conversation's partition
+//! of the log (`acks=all`) and waits until ingest has stored everything up to and including it.
+//! The fence's floor (the highest `seq` stored before it) is then the counter's floor: every
+//! acknowledged number was in the log before its `sent`, and a record of an older epoch that
+//! lands after the fence above the floor is refused by ingest, so no acknowledged number is
+//! given twice and no late append can displace one.
+//!
+//! It fails closed: no broker acknowledgement of the fence, or ingest not past it in time, is
+//! an error (the manager answers `unavailable` and the client resends), never a guess.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use switchboard_kafka::KafkaConfig;
+use switchboard_message_log::{encode_log_fence, log_partition, LogFence};
+
+use crate::log_fences;
+use crate::store::Store;
 
 /// Per partition of the message log: the offset after the last record ingest has written.
 #[derive(Clone, Default)]
@@ -28,107 +39,95 @@ impl IngestProgress {
         *entry = (*entry).max(next_offset);
     }
 
-    fn at_least(&self, ends: &HashMap<i32, i64>) -> bool {
+    /// Whether ingest has written the record at `offset` of `partition`.
+    fn past(&self, partition: i32, offset: i64) -> bool {
         let next = self.next.lock().expect("ingest progress lock");
-        ends.iter()
-            .all(|(p, end)| *end <= 0 || next.get(p).is_some_and(|n| n >= end))
+        next.get(&partition).is_some_and(|n| *n > offset)
     }
 }
 
-/// Partition → the offset after the log's last record, when read.
-type EndOffsets = Arc<HashMap<i32, i64>>;
-
-/// Reads the log's end offsets and waits for ingest to reach them.
-///
-/// Reading the end offsets costs the broker a metadata and a watermark request per partition,
-/// so concurrent callers share reads: a read that *started* after a caller arrived answers it
-/// (offsets read later are only larger), and callers arriving while a read is in flight are
-/// all served by the next one. A burst of new conversations costs two reads, not thousands.
+/// Appends fences and waits for ingest to apply them.
 pub struct Settled {
-    client: Arc<BaseConsumer>,
+    producer: FutureProducer,
     topic: String,
+    store: Store,
     progress: IngestProgress,
-    /// The latest read: when it started, and the end offsets it found. An async mutex on
-    /// purpose: waiting for it *is* waiting for the read in flight.
-    latest: tokio::sync::Mutex<Option<(Instant, EndOffsets)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotSettled {
-    #[error("the message log's end offsets are unknown: {0}")]
+    #[error("the fence was not appended to the message log: {0}")]
     Broker(String),
-    #[error("ingest is still behind the message log after {0:?}")]
+    #[error("ingest did not reach the fence within {0:?}")]
     Behind(Duration),
+    #[error("the database: {0}")]
+    Database(#[from] sqlx::Error),
 }
 
+/// A fence ingest has applied: the conversation's new epoch and the floor numbering resumes
+/// above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fenced {
+    pub epoch: u64,
+    pub floor: u64,
+}
+
+/// The fence's produce timeout (the broker's acknowledgement); the whole check is bounded by
+/// the caller's `within` as well.
+const FENCE_PRODUCE_TIMEOUT_MS: u64 = 2_000;
+
 impl Settled {
-    pub fn new(kafka: &KafkaConfig, progress: IngestProgress) -> anyhow::Result<Self> {
-        let client: BaseConsumer = kafka
-            .consumer_config("message-service-settled", 10)
-            .create()?;
+    pub fn new(
+        kafka: &KafkaConfig,
+        store: Store,
+        progress: IngestProgress,
+    ) -> anyhow::Result<Self> {
+        let producer: FutureProducer = kafka.producer_config(FENCE_PRODUCE_TIMEOUT_MS).create()?;
         Ok(Settled {
-            client: Arc::new(client),
+            producer,
             topic: kafka.message_topic.clone(),
+            store,
             progress,
-            latest: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// End offsets read no earlier than `arrived`.
-    async fn ends_since(&self, arrived: Instant) -> Result<EndOffsets, NotSettled> {
-        let mut latest = self.latest.lock().await;
-        if let Some((started, ends)) = latest.as_ref() {
-            if *started >= arrived {
-                return Ok(ends.clone());
-            }
-        }
+    /// Fences the conversation's log (see the module docs) and answers once ingest has applied
+    /// the fence. `partitions`: how many partitions the managers spread the log over (the
+    /// fence must land in the conversation's own).
+    pub async fn fence(
+        &self,
+        conversation_id: &str,
+        partitions: i32,
+        within: Duration,
+    ) -> Result<Fenced, NotSettled> {
         let started = Instant::now();
-        let ends = Arc::new(self.read_ends().await?);
-        *latest = Some((started, ends.clone()));
-        Ok(ends)
-    }
-
-    /// Returns once ingest has written every message-log record that existed when called.
-    pub async fn wait_for_log_end(&self, within: Duration) -> Result<(), NotSettled> {
-        let started = Instant::now();
-        let ends = tokio::time::timeout(within, self.ends_since(started))
+        let epoch = log_fences::next_epoch(self.store.pool(), conversation_id).await?;
+        let payload = encode_log_fence(&LogFence {
+            conversation_id: conversation_id.to_owned(),
+            epoch,
+        });
+        let partition = log_partition(conversation_id, partitions);
+        let delivery = self
+            .producer
+            .send(
+                FutureRecord::<(), [u8]>::to(&self.topic)
+                    .partition(partition)
+                    .payload(&payload),
+                Duration::from_millis(100),
+            )
             .await
-            .map_err(|_| NotSettled::Broker(format!("no end offsets within {within:?}")))??;
-        while !self.progress.at_least(&ends) {
+            .map_err(|(e, _)| NotSettled::Broker(e.to_string()))?;
+        let (partition, offset) = (delivery.partition, delivery.offset);
+        while !self.progress.past(partition, offset) {
             if started.elapsed() > within {
                 return Err(NotSettled::Behind(within));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(())
-    }
-
-    async fn read_ends(&self) -> Result<HashMap<i32, i64>, NotSettled> {
-        let client = self.client.clone();
-        let topic = self.topic.clone();
-        let ends = tokio::task::spawn_blocking(move || -> Result<HashMap<i32, i64>, String> {
-            let timeout = Duration::from_secs(2);
-            let metadata = client
-                .fetch_metadata(Some(&topic), timeout)
-                .map_err(|e| e.to_string())?;
-            let partitions = metadata
-                .topics()
-                .first()
-                .map(|t| t.partitions().len())
-                .unwrap_or_default();
-            let mut ends = HashMap::new();
-            for p in 0..partitions as i32 {
-                let (_, high) = client
-                    .fetch_watermarks(&topic, p, timeout)
-                    .map_err(|e| e.to_string())?;
-                ends.insert(p, high);
-            }
-            Ok(ends)
-        })
-        .await
-        .map_err(|e| NotSettled::Broker(e.to_string()))?
-        .map_err(NotSettled::Broker)?;
-        Ok(ends)
+        let floor = log_fences::floor_of(self.store.pool(), conversation_id, epoch)
+            .await?
+            .ok_or_else(|| NotSettled::Behind(within))?;
+        Ok(Fenced { epoch, floor })
     }
 }
 
@@ -139,13 +138,13 @@ mod tests {
     #[test]
     fn progress_counts_only_what_was_written_and_never_goes_back() {
         let progress = IngestProgress::default();
-        let ends: HashMap<i32, i64> = [(0, 5), (1, 0)].into();
-        assert!(!progress.at_least(&ends), "nothing written yet");
+        assert!(!progress.past(0, 4), "nothing written yet");
         progress.advance(0, 4);
-        assert!(!progress.at_least(&ends));
+        assert!(!progress.past(0, 4));
         progress.advance(0, 5);
-        assert!(progress.at_least(&ends), "an empty partition needs nothing");
+        assert!(progress.past(0, 4));
+        assert!(!progress.past(1, 0), "another partition");
         progress.advance(0, 3);
-        assert!(progress.at_least(&ends), "never goes back");
+        assert!(progress.past(0, 4), "never goes back");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{QueryBuilder, Row};
 use switchboard_message_log::LogRecord;
 pub use switchboard_protocol::conversations::{
@@ -70,13 +70,21 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 
 impl Store {
     /// Connects (retrying for up to 30 s while the database starts) and runs migrations.
+    ///
+    /// Every session commits synchronously (`synchronous_commit=on`) whatever the server's
+    /// default: ingest stores a log offset only once its rows are committed, so a commit the
+    /// server could still lose (`off`, or `local` with a standby that is then promoted) would
+    /// let acknowledged messages vanish from history for good.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = url
+            .parse::<PgConnectOptions>()?
+            .options([("synchronous_commit", "on")]);
         let mut attempt = 0;
         let pool = loop {
             match PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(5))
-                .connect(url)
+                .connect_with(options.clone())
                 .await
             {
                 Ok(pool) => break pool,
@@ -90,6 +98,11 @@ impl Store {
         };
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool })
+    }
+
+    /// The pool, for the queries that live beside their own contract ([`crate::log_fences`]).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
@@ -413,6 +426,39 @@ impl Store {
                 sender_id: row.get("sender_id"),
                 client_msg_id: row.get("client_msg_id"),
                 body: row.get("body"),
+                created_at: rfc3339(row.get("created_at")),
+            })
+            .collect())
+    }
+
+    /// The newest `limit` stored messages above `after_seq`, newest first: what a manager
+    /// restores idempotency records from after Redis lost them (the newest are the ones
+    /// clients may still resend).
+    pub async fn newest_above(
+        &self,
+        conversation_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT conversation_id, message_id, seq, sender_id, client_msg_id, created_at
+               FROM messages WHERE conversation_id = $1 AND seq > $2
+              ORDER BY seq DESC LIMIT $3",
+        )
+        .bind(conversation_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| StoredMessage {
+                conversation_id: row.get("conversation_id"),
+                message_id: row.get("message_id"),
+                seq: row.get("seq"),
+                sender_id: row.get("sender_id"),
+                client_msg_id: row.get("client_msg_id"),
+                body: String::new(),
                 created_at: rfc3339(row.get("created_at")),
             })
             .collect())

@@ -170,6 +170,7 @@ fn record(conversation_id: &str, seq: u64, message_id: &str, body: &str) -> LogR
         client_msg_id: format!("c-{message_id}"),
         body: body.into(),
         created_at: switchboard_protocol::Timestamp::now(),
+        epoch: 0,
     }
 }
 

@@ -56,3 +56,27 @@ pub struct HandlerBatchReply {
 pub struct RenewRequest {
     pub users: Vec<String>,
 }
+
+/// `POST /internal/v1/conversations/{id}/settled-last-seq?after_seq=&partitions=` (manager →
+/// message service): the conversation's log fenced under a new epoch, once ingest has applied
+/// the fence (docs/architecture.md, "Fencing the log").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettledLog {
+    /// The fence's floor: the highest `seq` the log held before it. Numbering resumes above.
+    pub last_seq: u64,
+    /// The new epoch: the records numbered from here on carry it.
+    pub epoch: u64,
+    /// The newest stored messages above `after_seq` (bounded), newest first.
+    #[serde(default)]
+    pub messages: Vec<SettledMessage>,
+}
+
+/// A stored message above the asked `after_seq`: what its idempotency record held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettledMessage {
+    pub seq: u64,
+    pub message_id: String,
+    pub sender_id: String,
+    pub client_msg_id: String,
+    pub created_at: crate::Timestamp,
+}

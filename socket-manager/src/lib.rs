@@ -122,6 +122,10 @@ impl Application {
                 "manager_pending_replayed_total",
                 "numbers a lease holder found pending (append in doubt) and appended again",
             )?,
+            pending_stale: prometheus::IntCounter::new(
+                "manager_pending_stale_total",
+                "pending numbers found waiting for their append longer than a minute (an alarm: an append stays in doubt)",
+            )?,
             counters_raised: prometheus::IntCounter::new(
                 "manager_counters_raised_total",
                 "sequence counters found behind the log after a Redis failover, and raised",
@@ -139,6 +143,7 @@ impl Application {
         ops.register(&metrics.messages_sent);
         ops.register(&metrics.send_errors);
         ops.register(&metrics.pending_replayed);
+        ops.register(&metrics.pending_stale);
         ops.register(&metrics.counters_raised);
         ops.register(&metrics.membership_fallbacks);
         ops.register(&kafka.produce_seconds);
@@ -177,6 +182,7 @@ impl Application {
                 kafka,
                 handlers,
                 route_broadcast_from: config.route_broadcast_from,
+                log_partitions,
                 replicas_required: config.seq_replica_acks,
                 instance_id: config.manager_id.clone(),
                 lock_ttl: config.lock_ttl,

@@ -24,23 +24,7 @@ pub enum MembersError {
     Unavailable(String),
 }
 
-/// What the message log holds for a conversation, once ingest has caught up with it.
-#[derive(Debug, Deserialize)]
-pub struct SettledLog {
-    pub last_seq: u64,
-    #[serde(default)]
-    pub messages: Vec<SettledMessage>,
-}
-
-/// A stored message above the asked `after_seq`.
-#[derive(Debug, Deserialize)]
-pub struct SettledMessage {
-    pub seq: u64,
-    pub message_id: String,
-    pub sender_id: String,
-    pub client_msg_id: String,
-    pub created_at: switchboard_protocol::Timestamp,
-}
+pub use switchboard_protocol::internal::{SettledLog, SettledMessage};
 
 #[derive(Deserialize)]
 struct InternalMembers {
@@ -101,19 +85,25 @@ impl Members {
         Ok(found.contacts)
     }
 
-    /// The highest stored seq once the message service has stored everything the log held
-    /// when asked (the floor for a sequence counter), and every stored message above
-    /// `after_seq` with its sender and `client_msg_id`.
+    /// Fences the conversation's log under a new epoch and answers once the message service
+    /// has stored everything before the fence: the floor for a sequence counter, the epoch
+    /// to number under, and the newest stored messages above `after_seq` (bounded) with
+    /// their senders and `client_msg_id`s. `partitions`: the log's partition count, so the
+    /// fence lands in the conversation's own partition.
     pub async fn settled_log(
         &self,
         conversation_id: &str,
         after_seq: u64,
+        partitions: i32,
     ) -> Result<SettledLog, MembersError> {
         let conversation_id = ConversationId::parse(conversation_id)
             .map_err(|e| MembersError::Unavailable(e.to_string()))?;
-        self.get_internal(&format!(
-            "/internal/v1/conversations/{conversation_id}/settled-last-seq?after_seq={after_seq}"
-        ))
+        self.call_internal(
+            reqwest::Method::POST,
+            &format!(
+                "/internal/v1/conversations/{conversation_id}/settled-last-seq?after_seq={after_seq}&partitions={partitions}"
+            ),
+        )
         .await
     }
 
@@ -132,10 +122,19 @@ impl Members {
         &self,
         path: &str,
     ) -> Result<T, MembersError> {
+        self.call_internal(reqwest::Method::GET, path).await
+    }
+
+    /// Calls a cluster-only route of the message service.
+    async fn call_internal<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<T, MembersError> {
         let url = format!("{}{path}", self.message_service_url.trim_end_matches('/'));
         let response = self
             .http
-            .get(url)
+            .request(method, url)
             .header(CLUSTER_SECRET_HEADER, &self.cluster_secret)
             .send()
             .await

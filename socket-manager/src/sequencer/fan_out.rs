@@ -1,0 +1,78 @@
+//! Fan-out: frames to the handler topics of the devices that get them.
+
+use std::collections::HashMap;
+
+use switchboard_message_log::{HandlerRecord, LogRecord};
+use switchboard_protocol::frames::ServerFrame;
+
+use super::{RouteTargets, Sequencer};
+
+impl Sequencer {
+    /// One record per handler holding a member's device; the sending device is skipped (it
+    /// gets `sent`). A failure here loses no message: it is in the log, and devices fill gaps
+    /// from history.
+    pub(super) async fn route(
+        &self,
+        targets: &RouteTargets,
+        record: &LogRecord,
+        skip: Option<(&str, u64)>,
+    ) {
+        let frame = ServerFrame::Message {
+            conversation_id: record.conversation_id.clone(),
+            message_id: record.message_id.clone(),
+            seq: record.seq,
+            sender_id: record.sender_id.clone(),
+            body: record.body.clone(),
+            created_at: record.created_at.to_string(),
+        }
+        .to_json();
+        self.route_frame(targets, &frame, skip, Some(record)).await;
+    }
+
+    /// Which handlers get a frame for `users` (one Redis round trip); an empty map when the
+    /// lookup fails (devices then catch up from history).
+    pub(super) async fn route_targets(&self, users: &[String]) -> RouteTargets {
+        match self.handlers.route(users, self.route_broadcast_from).await {
+            Ok(map) => map,
+            Err(e) => {
+                tracing::warn!(error = %e, "recipient lookup failed; devices will catch up from history");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Produces `frame` to every handler holding a device of `users`, skipping one connection.
+    pub async fn fan_out(&self, frame: &str, users: &[String], skip: Option<(&str, u64)>) {
+        let targets = self.route_targets(users).await;
+        self.route_frame(&targets, frame, skip, None).await;
+    }
+
+    /// Queues one record per target handler on the [`Router`] without waiting for the
+    /// broker's ack: the router keeps this manager's routing order per handler topic, and
+    /// handlers restore `seq` order across managers (`order`), so the lease is not held for a
+    /// second round trip.
+    /// A record that fails only costs live delivery: the message is in the log, and devices
+    /// fill gaps from history. `message`: the log record a `message` frame carries (its
+    /// order, acceptance time and id travel beside the frame).
+    pub(super) async fn route_frame(
+        &self,
+        targets: &RouteTargets,
+        frame: &str,
+        skip: Option<(&str, u64)>,
+        message: Option<&LogRecord>,
+    ) {
+        for (handler, recipients) in targets {
+            let record = HandlerRecord {
+                recipients: recipients.clone(),
+                skip_connection: skip.filter(|(h, _)| h == handler).map(|(_, c)| c),
+                frame: frame.to_owned(),
+                accepted_at_ms: message.map(|m| m.created_at.millis()),
+                order: message.map(|m| (m.conversation_id.clone(), m.seq)),
+                message_id: message.map(|m| m.message_id.clone()),
+            };
+            self.router
+                .route(self.kafka.config.handler_topic(handler), record)
+                .await;
+        }
+    }
+}
