@@ -139,28 +139,32 @@ end
 return {out, members, 0, {}, tonumber(epoch)}",
 };
 
-/// K: lease, pending. A: token, release (1: give the lease up), lease ttl (ms), then the seqs
-/// whose append the broker acknowledged. Clears those pending entries (always right: they are
-/// in the log) and answers 1 while the token still holds the lease, else 0.
+/// K: lease, pending. A: token, release (1: give the lease up), lease ttl (ms; kept for the
+/// call's shape), then the seqs whose append the broker acknowledged. While the token holds
+/// the lease, clears those pending entries (they are in the log), gives the lease up if asked,
+/// and answers 1; otherwise touches nothing and answers 0.
+///
+/// Not the holder, it must not clear anything: on a master that took over, the pending entries
+/// under those seqs may be another holder's numbers (the failover lost these and the new
+/// epoch handed them out again; see docs/architecture.md, "Fencing the log"). This token's own
+/// appended records, if still pending here, are appended again by the next holder (the store
+/// keeps one copy).
 ///
 /// Its answer needs no `WAIT`: it is read on the master that runs the script, and the numbers
-/// it vouches for were replicated by their own flush. Writes of a finish that a failover loses
-/// cost no message: the cleared entries reappear and the next holder appends those records
-/// again (the store keeps one copy), and a lease not given up lapses with its ttl.
+/// it vouches for were replicated by their own flush. A master that lost its replicas (deposed)
+/// refuses the script's writes (`min-replicas-to-write`), so it cannot vouch for a deposed
+/// holder. Writes of a finish that a failover loses cost no message: the cleared entries
+/// reappear and the next holder appends those records again, and a lease not given up lapses
+/// with its ttl.
 pub(super) const FINISH: ScriptFunction = ScriptFunction {
     name: "finish",
     awaits_replicas: false,
     body: r"
+if redis.call('GET', K[1]) ~= A[1] then return 0 end
 -- HDEL takes many fields; unpack takes a few thousand values at most, hence the chunks.
 for i = 4, #A, 1000 do redis.call('HDEL', K[2], unpack(A, i, math.min(i + 999, #A))) end
-if A[2] ~= '1' then return redis.call('GET', K[1]) == A[1] and 1 or 0 end
--- Giving the lease up reads and deletes it in one command. A lease found taken by another
--- holder (ours expired) goes back to it; its renewal sets the expiry again within a third of
--- the ttl, so at worst it lives one ttl longer than it would have.
-local holder = redis.call('GETDEL', K[1])
-if holder == A[1] then return 1 end
-if holder then redis.call('SET', K[1], holder, 'PX', A[3]) end
-return 0",
+if A[2] == '1' then redis.call('DEL', K[1]) end
+return 1",
 };
 
 // A number is used only once the replicas hold it (the promise across a failover): the build
@@ -257,8 +261,6 @@ mod tests {
         (redis, batcher, workers)
     }
 
-    /// The finish script against the test binary's real Redis: giving the lease up deletes it
-    /// only for its holder; a lease another holder took in the meantime stays theirs.
     #[test]
     fn pending_entries_name_their_epoch_and_old_ones_are_epoch_0() {
         assert_eq!(split_pending("7|{\"a\":1}"), (7, "{\"a\":1}"));
@@ -266,6 +268,9 @@ mod tests {
         assert_eq!(split_pending("|{}"), (0, "|{}"));
     }
 
+    /// The finish script against the test binary's real Redis: giving the lease up deletes it
+    /// only for its holder; a lease another holder took in the meantime stays theirs, and so
+    /// do the pending entries under the finished seqs (they may be that holder's numbers).
     #[tokio::test(flavor = "current_thread")]
     async fn finishing_gives_up_only_its_own_lease() {
         let (redis, batcher, _workers) = sequence_scripts("finish-lease");
@@ -302,7 +307,10 @@ mod tests {
         let expiry: i64 = redis.query(redis::cmd("PTTL").arg(&lease)).await.unwrap();
         assert!(expiry > 0, "with an expiry ({expiry} ms)");
         let left: i64 = redis.query(redis::cmd("HLEN").arg(&pending)).await.unwrap();
-        assert_eq!(left, 0, "the acknowledged seq is cleared either way");
+        assert_eq!(
+            left, 1,
+            "not the holder: seq 7 may be the holder's own number now, left alone"
+        );
 
         let _: () = redis.query(&set("mine")).await.unwrap();
         let kept = batcher.run(finish("mine", false)).await.unwrap();
