@@ -25,6 +25,7 @@ mod compose;
 mod faults;
 mod nemesis;
 mod openapi;
+mod poison;
 mod protocol_client;
 mod registry;
 mod signals;
