@@ -246,7 +246,11 @@ impl Ingest {
         if self.rewind_records == 0 {
             return;
         }
-        let committed = match self.consumer.committed(Duration::from_secs(5)) {
+        // Not `committed()`: nothing is assigned yet, and it asks about the assignment.
+        let committed = match self
+            .consumer
+            .committed_offsets(list.clone(), Duration::from_secs(5))
+        {
             Ok(committed) => committed,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the committed offsets to rewind failed; resuming at them");
