@@ -34,3 +34,20 @@ fn help_lists_every_variable_and_bad_arguments_fail() {
     )
     .unwrap();
 }
+
+/// A body limit whose records could not be produced stops the manager before it starts
+/// anything, naming the variable (the rule: docs/configuration.md, Socket manager).
+#[test]
+fn a_body_limit_too_large_for_one_kafka_record_is_refused_at_startup() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_socket-manager"))
+        .env("SB_DEV_MODE", "true")
+        .env("SB_MAX_BODY_BYTES", "400000")
+        .output()
+        .expect("run socket-manager");
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SB_MAX_BODY_BYTES") && stderr.contains("139931"),
+        "{stderr}"
+    );
+}
