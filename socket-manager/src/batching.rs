@@ -609,4 +609,79 @@ mod tests {
         assert_eq!(items, vec![vec![0], vec![1], vec![2]]);
         const { assert!(RECORD_MAX_BYTES + FRAMING_ALLOWANCE < MESSAGE_MAX_BYTES) };
     }
+
+    /// Queued jobs for `records`, and the waits for their answers.
+    fn jobs(records: &[LogRecord]) -> (Vec<AppendJob>, Vec<oneshot::Receiver<Result<(), String>>>) {
+        records
+            .iter()
+            .map(|record| {
+                let (done, wait) = oneshot::channel();
+                let job = AppendJob {
+                    partition: 0,
+                    encoded: serde_json::to_vec(record).unwrap(),
+                    conversation_id: record.conversation_id.clone(),
+                    message_id: record.message_id.clone(),
+                    seq: record.seq,
+                    done,
+                };
+                (job, wait)
+            })
+            .unzip()
+    }
+
+    /// Against the test binary's shared broker: an envelope over `message.max.bytes` (built
+    /// here directly; the packer never builds one) is refused as too large, and its records
+    /// are appended one by one, each acknowledged, each in an envelope of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_envelope_refused_as_too_large_is_appended_record_by_record() {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::{Message, Offset, TopicPartitionList};
+        use switchboard_test_support::shared;
+
+        let id = shared::unique("too-large");
+        let vars = shared::kafka_vars(&id);
+        let config = vars.config(&[switchboard_kafka::TABLE], |lookup| {
+            switchboard_kafka::KafkaConfig::from_lookup(lookup)
+        });
+        shared::create_topics(&config.brokers, &[&config.message_topic], 1)
+            .await
+            .expect("the log topic");
+        let kafka = Kafka::new(config.clone(), 10_000).expect("a producer");
+        // Together about 1.2 MB, over the limit; each about 400 KB, well under it.
+        let records: Vec<LogRecord> = (1..=3)
+            .map(|seq| log_record(seq, &"x".repeat(400_000)))
+            .collect();
+        let (whole, _) = jobs(&records);
+        let refused = produce_log(&kafka, 0, &whole).await.unwrap_err();
+        assert!(refused.is_too_large(), "{refused}");
+        let (jobs, waits) = jobs(&records);
+        flush_log(&kafka, 0, jobs).await;
+        for wait in waits {
+            assert_eq!(wait.await.unwrap(), Ok(()));
+        }
+
+        let consumer: StreamConsumer = config
+            .consumer_config(&format!("check-{id}"), 50)
+            .create()
+            .unwrap();
+        let mut partitions = TopicPartitionList::new();
+        partitions
+            .add_partition_offset(&config.message_topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&partitions).unwrap();
+        let mut envelopes = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while envelopes.len() < 3 && std::time::Instant::now() < deadline {
+            if let Ok(Ok(message)) =
+                tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
+            {
+                let decoded = decode_log_envelope(message.payload().unwrap_or_default()).unwrap();
+                envelopes.push(decoded.records);
+            }
+        }
+        let mut stored: Vec<LogRecord> = envelopes.iter().flatten().cloned().collect();
+        stored.sort_by_key(|r| r.seq);
+        assert!(envelopes.iter().all(|e| e.len() == 1), "one record each");
+        assert_eq!(stored, records);
+    }
 }
