@@ -260,7 +260,9 @@ mod tests {
     use super::*;
 
     const C1: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    const C2: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
 
+    /// The defaults: a 64 KiB body, a record that fits one produce.
     const LIMITS: SendLimits = SendLimits {
         max_body_bytes: 65_536,
         max_record_bytes: switchboard_kafka::RECORD_MAX_BYTES,
@@ -269,7 +271,6 @@ mod tests {
     fn plan(handler: &HandlerId, items: Vec<HandlerItem>) -> BatchPlan {
         super::plan(handler, items, &LIMITS)
     }
-    const C2: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
 
     fn frame(connection_id: u64, user: &str, frame: ClientFrame) -> HandlerItem {
         HandlerItem::Frame {
