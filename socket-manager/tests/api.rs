@@ -10,7 +10,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use switchboard_kafka::KafkaConfig;
-use switchboard_message_log::{decode_handler_envelope, decode_log_envelope, LogRecord};
+use switchboard_message_log::{
+    decode_handler_envelope, decode_log_envelope, decode_log_item, LogItem, LogRecord,
+};
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::internal::{
     HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
@@ -245,9 +247,13 @@ async fn sends_are_numbered_idempotent_and_land_on_the_log_and_the_handler_topic
             records >= 6
         })
         .await;
+    // Fence records (one per conversation's first counter check) carry no messages.
     let mut records: Vec<LogRecord> = log
         .iter()
-        .flat_map(|p| decode_log_envelope(p).unwrap().records)
+        .flat_map(|p| match decode_log_item(p).unwrap() {
+            LogItem::Messages(decoded) => decoded.records,
+            LogItem::Fence(_) => Vec::new(),
+        })
         .collect();
     records.sort_by(|a, b| (&a.conversation_id, a.seq).cmp(&(&b.conversation_id, b.seq)));
     let in_first: Vec<(u64, &str)> = records
