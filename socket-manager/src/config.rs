@@ -63,7 +63,8 @@ pub const ENV: &[EnvVar] = &[
     EnvVar {
         name: SB_LOCK_TTL_MS,
         default: Some("5000"),
-        doc: "Lease of a conversation's sequence lock, in milliseconds.",
+        doc: "Lease of a conversation's sequence lock, in milliseconds; at least \
+              SB_PRODUCE_TIMEOUT_MS + 1000 (the manager refuses to start otherwise).",
     },
     EnvVar {
         name: SB_LOCK_WAIT_MS,
@@ -246,6 +247,22 @@ impl ManagerConfig {
                 ),
             });
         }
+        let lock_ttl = lookup_millis(lookup, SB_LOCK_TTL_MS, 5_000)?;
+        let produce_timeout_ms = lookup_or(lookup, SB_PRODUCE_TIMEOUT_MS, 3_000)?;
+        if lock_ttl.as_millis() < u128::from(produce_timeout_ms) + LEASE_MARGIN_MS {
+            // A holder whose renewals stall (a pause, a partition from Redis) must still hold
+            // the lease when its last append is decided, with time left to finish; otherwise
+            // a second holder numbers while that append may still land (fenced by the store,
+            // but the first holder's clients then wait out a resend).
+            return Err(ConfigError {
+                name: SB_LOCK_TTL_MS.to_owned(),
+                value: lock_ttl.as_millis().to_string(),
+                reason: format!(
+                    "the sequence lease must outlive an append: at least {SB_PRODUCE_TIMEOUT_MS} \
+                     ({produce_timeout_ms}) + {LEASE_MARGIN_MS} ms"
+                ),
+            });
+        }
         Ok(ManagerConfig {
             common: CommonConfig::from_lookup(lookup)?,
             kafka: KafkaConfig::from_lookup(lookup)?,
@@ -254,9 +271,9 @@ impl ManagerConfig {
                 SB_MESSAGE_SERVICE_URL,
                 "http://127.0.0.1:8401",
             ),
-            lock_ttl: lookup_millis(lookup, SB_LOCK_TTL_MS, 5_000)?,
+            lock_ttl,
             lock_wait: lookup_millis(lookup, SB_LOCK_WAIT_MS, 3_000)?,
-            produce_timeout_ms: lookup_or(lookup, SB_PRODUCE_TIMEOUT_MS, 3_000)?,
+            produce_timeout_ms,
             idempotency_ttl_secs: lookup_or(lookup, SB_IDEMPOTENCY_TTL_SECS, 86_400)?,
             user_mapping_ttl_ms: lookup_or(lookup, SB_USER_MAPPING_TTL_MS, 900_000)?,
             handler_ttl_ms: lookup_or(lookup, SB_HANDLER_TTL_MS, 6_000)?,
@@ -279,9 +296,28 @@ impl ManagerConfig {
     }
 }
 
+/// `SB_LOCK_TTL_MS` must be at least `SB_PRODUCE_TIMEOUT_MS` plus this (see `from_lookup`).
+pub const LEASE_MARGIN_MS: u128 = 1_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_that_does_not_outlive_an_append_is_refused() {
+        let config = |ttl: &'static str, produce: &'static str| {
+            ManagerConfig::from_lookup(&move |name| match name {
+                SB_LOCK_TTL_MS => Some(ttl.into()),
+                SB_PRODUCE_TIMEOUT_MS => Some(produce.into()),
+                "SB_DEV_MODE" => Some("true".into()),
+                _ => None,
+            })
+        };
+        assert_eq!(config("2000", "2000").unwrap_err().name, SB_LOCK_TTL_MS);
+        assert!(config("2999", "2000").is_err());
+        assert!(config("3000", "2000").is_ok());
+        assert!(config("5000", "3000").is_ok(), "the defaults");
+    }
 
     fn with_body_limit(value: &str) -> Result<ManagerConfig, ConfigError> {
         let value = value.to_owned();

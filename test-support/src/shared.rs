@@ -495,7 +495,7 @@ pub fn manager_vars(id: &str, message_service_url: &str) -> Vars {
         .merge(kafka_vars(id))
         .with("SB_MANAGER_BIND", "127.0.0.1:0")
         .with("SB_MESSAGE_SERVICE_URL", message_service_url)
-        .with("SB_LOCK_TTL_MS", 5_000)
+        .with("SB_LOCK_TTL_MS", 6_000)
         .with("SB_LOCK_WAIT_MS", 3_000)
         .with("SB_PRODUCE_TIMEOUT_MS", 5_000)
         .with("SB_IDEMPOTENCY_TTL_SECS", 3_600)
