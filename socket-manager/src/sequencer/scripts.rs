@@ -5,6 +5,45 @@ use switchboard_service_kit::redis_sentinel::StoreError;
 
 use crate::numbering::ScriptFunction;
 
+/// The Lua literal of [`SEQ_IDLE_TTL_SECS`] (a macro, so the scripts' text can hold it).
+macro_rules! seq_idle_ttl {
+    () => {
+        "604800"
+    };
+}
+
+/// The Lua literal of [`EPOCH_EARLIER_SECS`].
+macro_rules! epoch_earlier {
+    () => {
+        "3600"
+    };
+}
+
+/// Seconds a conversation's counter (`seq:{c}`) lives after its last number, at least (three
+/// idempotency ttls when that is longer, so it outlives every record and pending entry written
+/// with its numbers). A conversation idle that long costs no Redis memory; its next send finds
+/// the counter and its epoch gone and has the counter checked against the fenced log
+/// (docs/architecture.md, "Fencing the log"), as after a failover.
+pub const SEQ_IDLE_TTL_SECS: u64 = digits(seq_idle_ttl!());
+
+/// The counter's epoch (`seq-epoch:{c}`) expires this much before the counter: a missing
+/// epoch is safe (the counter is checked again), a counter gone before its epoch is not.
+pub const EPOCH_EARLIER_SECS: u64 = digits(epoch_earlier!());
+
+/// A decimal literal's value, at compile time (the scripts hold the text, the docs the number).
+const fn digits(text: &str) -> u64 {
+    let bytes = text.as_bytes();
+    let mut value = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        value = value * 10 + (bytes[i] - b'0') as u64;
+        i += 1;
+    }
+    value
+}
+
+const _: () = assert!(SEQ_IDLE_TTL_SECS == 7 * 86_400 && EPOCH_EARLIER_SECS < SEQ_IDLE_TTL_SECS);
+
 /// The numbering script's row for one send: seq, message_id, created_at, fresh (1 or 0).
 type NumberedRow = (u64, String, String, u8);
 
@@ -75,7 +114,8 @@ pub(super) const NUMBER: ScriptFunction = ScriptFunction {
     // A number is used only once the replicas hold it: a failover must not roll a counter
     // back under an acknowledged message.
     awaits_replicas: true,
-    body: r"
+    body: concat!(
+        r"
 local given = tonumber(A[7])
 local members
 if given > 0 then
@@ -102,7 +142,9 @@ if redis.call('HLEN', K[3]) > 0 then
 end
 local checked = redis.call('GET', K[4])
 local epoch = checked and string.match(checked, '^' .. replid .. ' (%d+)$')
-if not epoch then
+-- A checked counter is always written (RESEED_LUA): one missing beside its epoch expired or
+-- was lost, and must be checked again rather than restart at 1.
+if not epoch or redis.call('EXISTS', K[2]) == 0 then
   return redis.error_reply('UNVERIFIED the counter was not checked against the log on this master')
 end
 local numbered_any = false
@@ -132,11 +174,23 @@ end
 -- that old raised `switchboard_manager_pending_stale_total` long before.
 if numbered_any then
   redis.call('EXPIRE', K[3], tonumber(A[2]) * 2)
+  -- Idle expiry of the counter and its epoch, refreshed whenever a number is taken. The
+  -- epoch goes first: a missing epoch only makes the next holder check the counter against
+  -- the fenced log (a missing counter beside a live epoch would restart at 1). Both outlive
+  -- the pending hash (twice the idempotency ttl) and every idempotency record.
+  local idle = math.max(",
+        seq_idle_ttl!(),
+        r", tonumber(A[2]) * 3)
+  redis.call('EXPIRE', K[2], idle)
+  redis.call('EXPIRE', K[4], idle - ",
+        epoch_earlier!(),
+        r")
 end
 if #members < tonumber(A[4]) then
   return {out, members, 1, handlers_of(A[6], members, A[5]), tonumber(epoch)}
 end
-return {out, members, 0, {}, tonumber(epoch)}",
+return {out, members, 0, {}, tonumber(epoch)}"
+    ),
 };
 
 /// K: lease, pending. A: token, release (1: give the lease up), lease ttl (ms; kept for the
@@ -178,7 +232,8 @@ const _: () = assert!(NUMBER.awaits_replicas);
 /// floor, restores the newest idempotency records lost with those numbers (each with the
 /// lifetime it had left), marks the counter checked on this master under the new epoch;
 /// answers the counter as it was.
-pub(super) const RESEED_LUA: &str = r"
+pub(super) const RESEED_LUA: &str = concat!(
+    r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('NOLEASE the sequence lease is not held')
 end
@@ -187,15 +242,24 @@ if current ~= tonumber(ARGV[4]) then
   return redis.error_reply('UNVERIFIED the counter moved while it was checked')
 end
 local floor = tonumber(ARGV[3])
-if floor > current then redis.call('SET', KEYS[2], floor) end
+-- Written even when not raised (a new conversation's 0), so that a live epoch always has its
+-- counter beside it; both with an idle expiry, the epoch's the earlier (see NUMBER).
+redis.call('SET', KEYS[2], math.max(floor, current), 'EX', ",
+    seq_idle_ttl!(),
+    r")
 for i = 4, #KEYS do
   local a = 5 + (i - 4) * 4
   -- NX: a record that survived (in either format) stays as it is.
   redis.call('SET', KEYS[i], ARGV[a] .. ' ' .. ARGV[a + 1] .. ' ' .. ARGV[a + 2], 'EX', ARGV[a + 3], 'NX')
 end
-redis.call('SET', KEYS[3], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ",
+    seq_idle_ttl!(),
+    " - ",
+    epoch_earlier!(),
+    r")
 return current
-";
+"
+);
 
 /// Why numbering did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -504,6 +568,145 @@ mod tests {
             matches!(&unverified.value, Value::ServerError(e) if e.code() == "UNVERIFIED"),
             "{:?}",
             unverified.value
+        );
+    }
+
+    /// The counter and its epoch expire when idle, together and the epoch first: numbering
+    /// refreshes both (at least [`SEQ_IDLE_TTL_SECS`], three idempotency ttls when longer),
+    /// the reseed writes both (the counter even when it stays 0), and a counter missing beside
+    /// a live epoch is never restarted at 1: the script asks for the check against the log.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_counter_and_its_epoch_expire_together_when_idle() {
+        let (redis, batcher, _workers) = sequence_scripts("idle-ttl");
+        let key = |suffix: &str| redis.key(suffix);
+        let info: String = redis
+            .query(redis::cmd("INFO").arg("replication"))
+            .await
+            .unwrap();
+        let replid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("master_replid:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let ttl = |k: String| {
+            let redis = redis.clone();
+            async move {
+                let ttl: i64 = redis.query(redis::cmd("TTL").arg(k)).await.unwrap();
+                ttl
+            }
+        };
+        // The reseed of a new conversation (floor 0) under a lease this token holds.
+        let _: () = redis
+            .query(
+                redis::cmd("SET")
+                    .arg(key("lock:conv:c1"))
+                    .arg("t1")
+                    .arg("PX")
+                    .arg(30_000),
+            )
+            .await
+            .unwrap();
+        let was: u64 = redis
+            .query(
+                redis::cmd("EVAL")
+                    .arg(RESEED_LUA)
+                    .arg(3)
+                    .arg(key("lock:conv:c1"))
+                    .arg(key("seq:c1"))
+                    .arg(key("seq-epoch:c1"))
+                    .arg("t1")
+                    .arg(format!("{replid} 1"))
+                    .arg(0)
+                    .arg(0),
+            )
+            .await
+            .unwrap();
+        assert_eq!(was, 0);
+        let counter: Option<u64> = redis
+            .query(redis::cmd("GET").arg(key("seq:c1")))
+            .await
+            .unwrap();
+        assert_eq!(counter, Some(0), "written even at 0, beside its epoch");
+        let (seq_ttl, epoch_ttl) = (ttl(key("seq:c1")).await, ttl(key("seq-epoch:c1")).await);
+        assert!(
+            seq_ttl > (SEQ_IDLE_TTL_SECS - 10) as i64 && seq_ttl <= SEQ_IDLE_TTL_SECS as i64,
+            "{seq_ttl}"
+        );
+        assert_eq!(
+            seq_ttl - epoch_ttl,
+            EPOCH_EARLIER_SECS as i64,
+            "the epoch goes first"
+        );
+
+        let number = |idem_ttl: u64, cmid: &str| ScriptCall {
+            function: NUMBER.name,
+            keys: vec![
+                key("lock:conv:c1"),
+                key("seq:c1"),
+                key("pending:c1"),
+                key("seq-epoch:c1"),
+                key("members:c1"),
+                key(&format!("idem:c1:alice:{cmid}")),
+            ],
+            args: vec![
+                "t1".to_owned(),
+                idem_ttl.to_string(),
+                "30000".to_owned(),
+                "16".to_owned(),
+                switchboard_chat_state::presence::now_ms().to_string(),
+                redis.config().key_prefix.clone(),
+                "1".to_owned(),
+                "alice".to_owned(),
+                "alice".to_owned(),
+                format!("message-{cmid}"),
+                "2026-12-02T00:00:00.000Z".to_owned(),
+                "{}".to_owned(),
+            ],
+        };
+        // Shorten both, as time would; a number refreshes them.
+        for k in ["seq:c1", "seq-epoch:c1"] {
+            let _: i64 = redis
+                .query(redis::cmd("EXPIRE").arg(key(k)).arg(100))
+                .await
+                .unwrap();
+        }
+        let reply = batcher.run(number(60, "a")).await.unwrap();
+        assert_eq!(NumberReply::parse(reply.value).unwrap().rows[0].0, 1);
+        let (seq_ttl, epoch_ttl) = (ttl(key("seq:c1")).await, ttl(key("seq-epoch:c1")).await);
+        assert!(seq_ttl > (SEQ_IDLE_TTL_SECS - 10) as i64, "{seq_ttl}");
+        assert_eq!(seq_ttl - epoch_ttl, EPOCH_EARLIER_SECS as i64);
+        let _: i64 = redis
+            .query(redis::cmd("DEL").arg(key("pending:c1")))
+            .await
+            .unwrap();
+        // A long idempotency ttl: the counter outlives three of them.
+        let long = SEQ_IDLE_TTL_SECS;
+        let reply = batcher.run(number(long, "b")).await.unwrap();
+        assert_eq!(NumberReply::parse(reply.value).unwrap().rows[0].0, 2);
+        let seq_ttl = ttl(key("seq:c1")).await;
+        assert!(seq_ttl > (3 * long - 10) as i64, "{seq_ttl}");
+        let pending_ttl = ttl(key("pending:c1")).await;
+        assert!(
+            pending_ttl < seq_ttl,
+            "pending entries go before the counter"
+        );
+        let _: i64 = redis
+            .query(redis::cmd("DEL").arg(key("pending:c1")))
+            .await
+            .unwrap();
+
+        // The counter alone lost (expired past an epoch from an older manager, or evicted):
+        // refused as unverified, never numbered from 1 again.
+        let _: i64 = redis
+            .query(redis::cmd("DEL").arg(key("seq:c1")))
+            .await
+            .unwrap();
+        let reply = batcher.run(number(60, "c")).await.unwrap();
+        assert!(
+            matches!(&reply.value, Value::ServerError(e) if e.code() == "UNVERIFIED"),
+            "{:?}",
+            reply.value
         );
     }
 }
