@@ -412,6 +412,11 @@ mod tests {
             )
             .await
             .unwrap();
+        // A checked counter is written beside its epoch (the reseed), even at 0.
+        let _: () = redis
+            .query(redis::cmd("SET").arg(key("seq:c1")).arg(0))
+            .await
+            .unwrap();
         let number = |token: &str, given: &[&str], senders: &[&str]| {
             let mut keys = vec![
                 key("lock:conv:c1"),
@@ -459,7 +464,7 @@ mod tests {
                 .query(redis::cmd("GET").arg(key("seq:c1")))
                 .await
                 .unwrap();
-            lease.is_none() && counter.is_none()
+            lease.is_none() && counter == Some(0)
         };
 
         let cold = batcher.run(number("t1", &[], &["alice"])).await.unwrap();
