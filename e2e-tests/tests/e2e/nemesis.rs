@@ -470,6 +470,11 @@ impl Workload {
         let ledger = self.ledger.lock().unwrap();
         let mut acked: Vec<Instant> = ledger.ack_times.iter().map(|(_, a)| *a).collect();
         acked.sort();
+        // Sends never acknowledged: the silence lasts until the run gave up on them.
+        let unanswered = ledger.sends.saturating_sub(ledger.acks.len());
+        if unanswered > 0 {
+            acked.push(Instant::now());
+        }
         let longest_silence = acked
             .windows(2)
             .filter(|w| w[1] >= fault_at)
@@ -489,13 +494,17 @@ impl Workload {
             .map(|(_, a)| a.saturating_duration_since(healed_at))
             .max()
             .unwrap_or_default();
+        let backlog = if unanswered > 0 {
+            format!("backlog never cleared ({unanswered} sends never acknowledged)")
+        } else {
+            format!("backlog cleared {backlog_cleared:.1?} after the heal")
+        };
         eprintln!(
             "nemesis[{name}]: fault lasted {:.1?}; longest time with no ack {:.1?}; slowest send {:.1?}; \
-             backlog cleared {:.1?} after the heal; {} sends, {} acknowledged, {} resends, {} unavailable, {} reconnects, {} anomalies",
+             {backlog}; {} sends, {} acknowledged, {} resends, {} unavailable, {} reconnects, {} anomalies",
             healed_at - fault_at,
             longest_silence,
             slowest_send,
-            backlog_cleared,
             ledger.sends,
             ledger.acks.len(),
             ledger.resends,
@@ -573,6 +582,20 @@ async fn check_dead_letters(stack: &Stack, acks: &HashMap<AckKey, (u64, String)>
             letters.len()
         );
     }
+    // How many counters a failover had rolled back (each raised to the settled log): evidence
+    // that a Redis fault really lost numbers. A killed manager's count is gone with it.
+    let mut raised = 0.0;
+    for manager in &stack.managers {
+        if manager.process.is_running() {
+            raised += metric(
+                &http(),
+                &manager.url(),
+                "switchboard_manager_counters_raised_total",
+            )
+            .await;
+        }
+    }
+    eprintln!("nemesis: the running managers raised {raised} counters to the settled log");
     anomalies
 }
 
@@ -896,7 +919,7 @@ fn filler_options() -> StackOptions {
 fn nemesis_options() -> StackOptions {
     StackOptions {
         extra_env: vec![
-            ("SB_LOCK_TTL_MS".into(), "2000".into()),
+            ("SB_LOCK_TTL_MS".into(), "3000".into()),
             ("SB_PRODUCE_TIMEOUT_MS".into(), "2000".into()),
         ],
         ..StackOptions::default()
@@ -968,7 +991,7 @@ async fn kill_lease_holder(stack: &mut Stack) {
     stack.managers[holder].process.kill9();
 }
 
-/// SIGSTOP of the lease holder for 5 s, past its 2 s lease.
+/// SIGSTOP of the lease holder for 5 s, past its 3 s lease.
 async fn pause_lease_holder_past_its_lease(stack: &mut Stack) {
     let holder = lease_holder(stack).await;
     pause(&stack.managers[holder].process);
