@@ -1,8 +1,15 @@
-//! Probe rounds and eviction.
+//! Probe rounds and eviction by agreement.
+//!
+//! Each round, the checker probes every server, turns its own count of consecutive failures
+//! into a verdict (`up`, `miss`, or `down` at the threshold), and records all verdicts in one
+//! script ([`HealthVotes`]), which answers the servers the live checkers agree are down; only
+//! those are evicted. A checker cut off from a server, or too starved to probe in time, cannot
+//! evict it while another checker still reaches it.
 
 use std::collections::HashMap;
 
 use futures_util::future::join_all;
+use switchboard_server_directory::health::{HealthVotes, Verdict};
 use switchboard_server_directory::{ServerDirectory, ServerRecord};
 use switchboard_service_kit::shutdown::CancellationToken;
 
@@ -15,6 +22,10 @@ pub(crate) struct Prober {
     http: reqwest::Client,
     /// Consecutive failures per server id.
     failures: HashMap<String, u32>,
+    votes: HealthVotes,
+    /// This checker's id among the voters: a ULID per process, so scaled replicas (which share
+    /// their settings) never vote as one.
+    id: String,
 }
 
 impl Prober {
@@ -29,6 +40,8 @@ impl Prober {
             .pool_max_idle_per_host(2)
             .build()?;
         Ok(Prober {
+            votes: HealthVotes::new(directory.redis().clone()),
+            id: ulid::Ulid::new().to_string(),
             directory,
             config,
             metrics,
@@ -58,19 +71,42 @@ impl Prober {
             .retain(|id, _| servers.iter().any(|s| &s.server_id == id));
         let probes = servers.iter().map(|s| self.probe(s));
         let results = join_all(probes).await;
+        let mut verdicts = Vec::with_capacity(servers.len());
         for (server, healthy) in servers.iter().zip(results) {
             let outcome = if healthy { "ok" } else { "failed" };
             self.metrics.probes.with_label_values(&[outcome]).inc();
-            if healthy {
+            let verdict = if healthy {
                 self.failures.remove(&server.server_id);
-                continue;
-            }
-            let misses = self.failures.entry(server.server_id.clone()).or_insert(0);
-            *misses += 1;
-            if *misses >= self.config.failure_threshold {
-                self.evict(server).await;
-            }
+                Verdict::Up
+            } else {
+                let misses = self.failures.entry(server.server_id.clone()).or_insert(0);
+                *misses += 1;
+                if *misses >= self.config.failure_threshold {
+                    Verdict::Down
+                } else {
+                    Verdict::Miss
+                }
+            };
+            verdicts.push((server.server_id.clone(), verdict));
         }
+        // Every round votes, all-`up` rounds included: a checker that sees a server keeps the
+        // others from evicting it.
+        let agreed = match self.votes.vote(&self.id, &verdicts, self.fresh()).await {
+            Ok(agreed) => agreed,
+            Err(e) => {
+                // No agreement without Redis: evicting on our own is what this prevents.
+                tracing::warn!(error = %e, "recording health verdicts failed; no eviction this round");
+                return;
+            }
+        };
+        for server in servers.iter().filter(|s| agreed.contains(&s.server_id)) {
+            self.evict(server).await;
+        }
+    }
+
+    /// How long a verdict, and a checker's liveness, count: a few rounds.
+    fn fresh(&self) -> std::time::Duration {
+        self.config.probe_interval * 3 + self.config.probe_timeout
     }
 
     async fn probe(&self, server: &ServerRecord) -> bool {

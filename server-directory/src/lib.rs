@@ -24,6 +24,8 @@
 //! never interleave inside a step. The scripts build per-server key names from the prefix, which
 //! is fine for a single master (Sentinel) deployment, not for Redis Cluster.
 
+pub mod health;
+
 use std::sync::LazyLock;
 
 use redis::Script;

@@ -269,6 +269,17 @@ impl ManagerClient {
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     log_answers(&batch_id, &items, &reply.replies);
                 }
+                let item_refs: Vec<&HandlerItem> = items.iter().map(|p| &p.item).collect();
+                if only_unavailable(&item_refs, &reply.replies) && !self.urls.is_empty() {
+                    // A manager that answers but cannot number (its Redis or broker cut off)
+                    // must not keep the lane: the next batch starts at the next manager.
+                    tracing::warn!(
+                        batch = %batch_id,
+                        manager = %self.urls[answered_by % self.urls.len()],
+                        "the manager answered every send unavailable; the lane moves on"
+                    );
+                    answered_by = (answered_by + 1) % self.urls.len();
+                }
                 for (pending, frame) in items.into_iter().zip(reply.replies) {
                     if let (Some(frame), Some(to)) = (frame, &pending.reply_to) {
                         let _ = to.try_send(Outbound::Frame(frame.to_json().into()));
@@ -443,6 +454,32 @@ fn log_answers(batch_id: &str, items: &[Pending], replies: &[Option<ServerFrame>
     }
 }
 
+/// Whether a batch with sends in it had every send answered `unavailable`: the manager
+/// answered, but cannot number anything.
+fn only_unavailable(items: &[&HandlerItem], replies: &[Option<ServerFrame>]) -> bool {
+    let mut sends = 0;
+    for (item, reply) in items.iter().zip(replies) {
+        if let HandlerItem::Frame {
+            frame: ClientFrame::Send { .. },
+            ..
+        } = item
+        {
+            sends += 1;
+            let unavailable = matches!(
+                reply,
+                Some(ServerFrame::Error {
+                    code: ErrorCode::Unavailable,
+                    ..
+                })
+            );
+            if !unavailable {
+                return false;
+            }
+        }
+    }
+    sends > 0
+}
+
 /// What a client is told when no manager can take its frame.
 pub fn unavailable_reply(item: &HandlerItem) -> Option<ServerFrame> {
     match item {
@@ -461,6 +498,39 @@ pub fn unavailable_reply(item: &HandlerItem) -> Option<ServerFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_whose_every_send_is_unavailable_moves_the_lane() {
+        let send = |id: &str| HandlerItem::Frame {
+            connection_id: 1,
+            user_id: "alice".into(),
+            frame: ClientFrame::Send {
+                conversation_id: "c".into(),
+                client_msg_id: id.into(),
+                body: "hi".into(),
+            },
+        };
+        let connected = HandlerItem::Connected {
+            connection_id: 2,
+            user_id: "bob".into(),
+        };
+        let (a, b) = (send("a"), send("b"));
+        let items = [&connected, &a, &b];
+        let unavailable = unavailable_reply(&a);
+        let sent = Some(ServerFrame::Pong);
+        assert!(only_unavailable(
+            &items,
+            &[None, unavailable.clone(), unavailable.clone()]
+        ));
+        assert!(!only_unavailable(
+            &items,
+            &[None, unavailable.clone(), sent.clone()]
+        ));
+        assert!(
+            !only_unavailable(&[&connected], &[None]),
+            "no sends: nothing to judge"
+        );
+    }
 
     fn queued(connection_id: u64, n: u64) -> Queued {
         let item = HandlerItem::Connected {
