@@ -3,11 +3,21 @@
 //! service) stays the source of truth: a manager that finds no mirrored set asks the message
 //! service, which refills it.
 //!
-//! A change deletes the mirror and bumps `P members-version:{id}`; a refill only writes when
-//! the version is still the one it read *before* its SQL read. Without that, a refill that
-//! read SQL just before a removal could put the removed member back for good; with it, a
-//! change is seen by every manager's next lookup. The mirror also expires
-//! ([`MIRROR_TTL_SECS`]) as a backstop.
+//! A change deletes the mirror and gives `P members-version:{id}` a new, never repeated value;
+//! a refill only writes when the version is still the one it read *before* its SQL read.
+//! Without that, a refill that read SQL just before a removal could put the removed member
+//! back for good; with it, a change is seen by every manager's next lookup. The mirror also
+//! expires ([`MIRROR_TTL_SECS`]) as a backstop.
+//!
+//! The version expires too ([`VERSION_TTL_SECS`] after the last change, read or refill), so a
+//! conversation nobody touches costs no Redis memory. That keeps removals safe because a
+//! missing version is never taken for one that was read: [`MembershipMirror::version`]
+//! creates a fresh one when none exists, and a refill whose version is gone (expired, or
+//! lost in a failover) refuses, so the next lookup reads SQL again. Versions are unique
+//! (milliseconds and a random part), so a version that expired and was created again never
+//! equals one a slow refill read before (the "ABA" a counter restarting at 1 would allow).
+//! The one exception is [`Version::new_conversation`]: a conversation created in the same
+//! request has never had a version, and its refill writes only while there is still none.
 
 use switchboard_protocol::ConversationId;
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
@@ -15,22 +25,65 @@ use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
 /// Seconds a mirrored set lives without a refill.
 pub const MIRROR_TTL_SECS: u64 = 600;
 
-/// KEYS: mirror, version. ARGV: the version read before the SQL read ("" for none), ttl,
-/// then the members. Writes the set only if no change happened since; answers 1 if written.
+/// Seconds a version lives after its conversation's last change, read or refill: far longer
+/// than any refill takes between its version read and its write.
+pub const VERSION_TTL_SECS: u64 = 7 * 86_400;
+
+/// KEYS: mirror, version. ARGV: the version read before the SQL read ("" only for a
+/// conversation created in the same request), the mirror's ttl, the version's ttl, then the
+/// members. Writes the set only if the version is still the one read (a missing version
+/// matches only ""); answers 1 if written.
 static REFILL: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
         local now = redis.call('GET', KEYS[2]) or ''
         if now ~= ARGV[1] then return 0 end
         redis.call('DEL', KEYS[1])
-        if #ARGV > 2 then
-          redis.call('SADD', KEYS[1], unpack(ARGV, 3))
+        if #ARGV > 3 then
+          redis.call('SADD', KEYS[1], unpack(ARGV, 4))
           redis.call('EXPIRE', KEYS[1], ARGV[2])
         end
+        if now ~= '' then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
         return 1
         ",
     )
 });
+
+/// KEYS: version. ARGV: a fresh version, its ttl. The version, created (with `ARGV[1]`)
+/// when there is none, its lifetime renewed either way.
+static VERSION: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local now = redis.call('GET', KEYS[1])
+        if not now then
+          now = ARGV[1]
+          redis.call('SET', KEYS[1], now, 'EX', ARGV[2])
+        else
+          redis.call('EXPIRE', KEYS[1], ARGV[2])
+        end
+        return now
+        ",
+    )
+});
+
+/// A version no other change has had: the time in milliseconds and 64 random bits.
+fn fresh_version() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded randomly per process, and each instance differs; the clock makes
+    // a repeat across processes need the same millisecond too.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!(
+        "{}-{:016x}",
+        chrono::Utc::now().timestamp_millis(),
+        hasher.finish()
+    )
+}
 
 /// A mirror version as read before a SQL read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,13 +133,15 @@ impl MembershipMirror {
     }
 
     /// The mirror's version, to read *before* reading the members from SQL for a
-    /// [`Self::refill`].
+    /// [`Self::refill`]; created when there is none (never ""), so a refill whose version
+    /// expired meanwhile refuses instead of matching a missing one.
     pub async fn version(&self, conversation_id: &str) -> Result<Version, StoreError> {
-        let now: Option<String> = self
-            .redis
-            .query(redis::cmd("GET").arg(self.version_key(conversation_id)))
-            .await?;
-        Ok(Version(now.unwrap_or_default()))
+        let mut invocation = VERSION.prepare_invoke();
+        invocation
+            .key(self.version_key(conversation_id))
+            .arg(fresh_version())
+            .arg(VERSION_TTL_SECS);
+        Ok(Version(self.redis.invoke::<String>(&invocation).await?))
     }
 
     /// Mirrors `members`, read from SQL after `read_before` was taken, unless the
@@ -103,18 +158,121 @@ impl MembershipMirror {
             .key(self.version_key(conversation_id))
             .arg(&read_before.0)
             .arg(MIRROR_TTL_SECS)
+            .arg(VERSION_TTL_SECS)
             .arg(members);
         self.redis.invoke::<i64>(&invocation).await.map(|_| ())
     }
 
-    /// After a membership change in SQL: forgets the mirror and bumps its version, so no
-    /// refill that read SQL before the change can write it back.
+    /// After a membership change in SQL: forgets the mirror and gives it a new version, so
+    /// no refill that read SQL before the change can write it back.
     pub async fn invalidate(&self, conversation_id: &str) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .del(self.key(conversation_id))
-            .incr(self.version_key(conversation_id), 1)
+            .ignore()
+            .cmd("SET")
+            .arg(self.version_key(conversation_id))
+            .arg(fresh_version())
+            .arg("EX")
+            .arg(VERSION_TTL_SECS)
             .ignore();
         self.redis.query_pipe::<()>(&pipe).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+    fn members(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    async fn mirrored(mirror: &MembershipMirror) -> Vec<String> {
+        let mut found = mirror
+            .mirrored(&ConversationId::parse(C).unwrap())
+            .await
+            .unwrap();
+        found.sort();
+        found
+    }
+
+    async fn ttl(mirror: &MembershipMirror, key: String) -> i64 {
+        mirror
+            .redis()
+            .query(redis::cmd("TTL").arg(key))
+            .await
+            .unwrap()
+    }
+
+    /// Both keys expire; a removal stays in force even when the version it made expires
+    /// before a slow refill that read SQL earlier writes: a missing version refuses, and a
+    /// version created again never equals the one that refill read.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_version_expires_and_a_refill_whose_version_is_gone_refuses() {
+        let redis = switchboard_test_support::shared::fresh_redis("message-service", "mirror-ttl");
+        let mirror = MembershipMirror::new(redis.clone());
+
+        // A conversation created in this request: written while it has no version.
+        mirror
+            .refill(C, &Version::new_conversation(), &members(&["ann", "bob"]))
+            .await
+            .unwrap();
+        assert_eq!(mirrored(&mirror).await, ["ann", "bob"]);
+        assert!(ttl(&mirror, mirror.key(C)).await > 0);
+
+        // A lookup: the version is created (never ""), with an expiry, and stays the same.
+        let read = mirror.version(C).await.unwrap();
+        assert_ne!(read, Version::new_conversation());
+        assert_eq!(mirror.version(C).await.unwrap(), read);
+        let version_ttl = ttl(&mirror, mirror.version_key(C)).await;
+        assert!(
+            version_ttl > (VERSION_TTL_SECS - 10) as i64 && version_ttl <= VERSION_TTL_SECS as i64,
+            "{version_ttl}"
+        );
+        mirror
+            .refill(C, &read, &members(&["ann", "bob"]))
+            .await
+            .unwrap();
+        assert_eq!(mirrored(&mirror).await, ["ann", "bob"]);
+
+        // A slow refill reads the version and SQL (bob still in) ...
+        let slow = mirror.version(C).await.unwrap();
+        // ... bob is removed: the mirror goes, the version changes ...
+        mirror.invalidate(C).await.unwrap();
+        assert!(ttl(&mirror, mirror.version_key(C)).await > 0);
+        // ... and that version expires (or a failover loses it) before the slow refill writes.
+        let _: i64 = redis
+            .query(redis::cmd("DEL").arg(mirror.version_key(C)))
+            .await
+            .unwrap();
+        mirror
+            .refill(C, &slow, &members(&["ann", "bob"]))
+            .await
+            .unwrap();
+        assert!(
+            mirrored(&mirror).await.is_empty(),
+            "a missing version refuses the refill: bob stays removed"
+        );
+        // The next lookup creates a new version, never the one the slow refill read.
+        let next = mirror.version(C).await.unwrap();
+        assert_ne!(next, slow);
+        mirror
+            .refill(C, &slow, &members(&["ann", "bob"]))
+            .await
+            .unwrap();
+        assert!(mirrored(&mirror).await.is_empty());
+        mirror.refill(C, &next, &members(&["ann"])).await.unwrap();
+        assert_eq!(mirrored(&mirror).await, ["ann"]);
+
+        // "New conversation" writes only while no version was ever made.
+        mirror.invalidate(C).await.unwrap();
+        mirror
+            .refill(C, &Version::new_conversation(), &members(&["ann", "bob"]))
+            .await
+            .unwrap();
+        assert!(mirrored(&mirror).await.is_empty());
     }
 }
