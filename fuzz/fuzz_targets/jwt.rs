@@ -15,6 +15,7 @@ static KEYS: LazyLock<TokenKeys> = LazyLock::new(|| {
             issuer: Some("https://idp.example.com/".into()),
             audience: Some("switchboard".into()),
             leeway_secs: 30,
+            hs256: true,
         },
     );
     let jwks = serde_json::from_str(include_str!("../../protocol/tests/fixtures/jwks.json"))

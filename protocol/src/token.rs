@@ -123,6 +123,10 @@ pub struct TokenPolicy {
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf` (`SB_JWT_LEEWAY_SECS`).
     pub leeway_secs: u64,
+    /// Whether client tokens signed with the shared secret (HS256) verify (`SB_JWT_HS256`).
+    /// Off where an identity provider's JWKS is the source of client tokens: the secret then
+    /// only mints nothing, and a leaked copy of it (every service holds it) cannot forge one.
+    pub hs256: bool,
 }
 
 impl Default for TokenPolicy {
@@ -131,6 +135,7 @@ impl Default for TokenPolicy {
             issuer: None,
             audience: None,
             leeway_secs: 30,
+            hs256: true,
         }
     }
 }
@@ -241,7 +246,7 @@ impl TokenKeys {
     pub fn verify(&self, token: &str) -> Result<String, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         let key = match header.alg {
-            Algorithm::HS256 => self.secret.clone(),
+            Algorithm::HS256 if self.policy.hs256 => self.secret.clone(),
             Algorithm::RS256 | Algorithm::ES256 => {
                 let kid = header.kid.as_deref().ok_or(TokenError::Invalid)?;
                 let keys = self.jwks.read().expect("jwks lock");
@@ -300,6 +305,20 @@ mod tests {
         let expired = keys.sign_claims(&Claims::new("alice", now - 40, now - 100));
         assert_eq!(keys.verify(&expired), Err(TokenError::Expired));
         assert_eq!(keys.verify("a.b.c"), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn hs256_can_be_switched_off() {
+        let off = TokenKeys::with_policy(
+            b"secret",
+            TokenPolicy {
+                hs256: false,
+                ..TokenPolicy::default()
+            },
+        );
+        let (token, _) = off.mint("alice", chrono::Duration::hours(1)).unwrap();
+        assert_eq!(off.verify(&token), Err(TokenError::Invalid));
+        assert_eq!(TokenKeys::new(b"secret").verify(&token).unwrap(), "alice");
     }
 
     #[test]

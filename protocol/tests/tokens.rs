@@ -16,6 +16,7 @@ fn policy() -> TokenPolicy {
         issuer: Some("https://idp.example.com/".into()),
         audience: Some("switchboard".into()),
         leeway_secs: 30,
+        hs256: true,
     }
 }
 

@@ -19,6 +19,8 @@ pub const SB_JWT_AUDIENCE: &str = "SB_JWT_AUDIENCE";
 pub const SB_JWT_LEEWAY_SECS: &str = "SB_JWT_LEEWAY_SECS";
 pub const SB_JWT_JWKS_URL: &str = "SB_JWT_JWKS_URL";
 pub const SB_JWT_JWKS_REFRESH_SECS: &str = "SB_JWT_JWKS_REFRESH_SECS";
+pub const SB_JWT_JWKS_CA_FILE: &str = "SB_JWT_JWKS_CA_FILE";
+pub const SB_JWT_HS256: &str = "SB_JWT_HS256";
 pub const SB_ALLOWED_ORIGINS: &str = "SB_ALLOWED_ORIGINS";
 
 /// What [`CommonConfig::from_lookup`] reads itself (Redis's are in
@@ -45,12 +47,14 @@ pub const ENV: &[EnvVar] = &[
     EnvVar {
         name: SB_JWT_ISSUER,
         default: None,
-        doc: "When set, a client token's `iss` must equal it. Unset: not checked.",
+        doc: "When set, a client token's `iss` must equal it. Unset: not checked. Required \
+              with SB_JWT_JWKS_URL.",
     },
     EnvVar {
         name: SB_JWT_AUDIENCE,
         default: None,
-        doc: "When set, a client token's `aud` must contain it. Unset: not checked.",
+        doc: "When set, a client token's `aud` must contain it. Unset: not checked. Required \
+              with SB_JWT_JWKS_URL.",
     },
     EnvVar {
         name: SB_JWT_LEEWAY_SECS,
@@ -67,6 +71,19 @@ pub const ENV: &[EnvVar] = &[
         name: SB_JWT_JWKS_REFRESH_SECS,
         default: Some("300"),
         doc: "How often the JWKS is fetched again, in seconds (only with SB_JWT_JWKS_URL).",
+    },
+    EnvVar {
+        name: SB_JWT_JWKS_CA_FILE,
+        default: None,
+        doc: "A PEM file of CA certificates trusted for the https JWKS URL beside the public \
+              web roots (a private CA). Unset: the public web roots only.",
+    },
+    EnvVar {
+        name: SB_JWT_HS256,
+        default: Some("auto"),
+        doc: "Whether client tokens signed with SB_JWT_SECRET (HS256) are accepted: true, \
+              false, or auto (true without SB_JWT_JWKS_URL, false with it: the identity \
+              provider issues the tokens, and the secret every service holds cannot forge one).",
     },
     EnvVar {
         name: SB_ALLOWED_ORIGINS,
@@ -232,6 +249,8 @@ pub struct CommonConfig {
 pub struct JwksSource {
     pub url: String,
     pub refresh: Duration,
+    /// Extra trusted CA certificates (PEM) for an https URL (`SB_JWT_JWKS_CA_FILE`).
+    pub ca_file: Option<String>,
 }
 
 /// The published defaults of the secrets: fine for a demo, never for a deployment.
@@ -249,6 +268,19 @@ impl CommonConfig {
     /// Reads the shared settings from `lookup`. Outside dev mode, a default or short secret is
     /// refused: anyone could mint tokens or register a socket server with a published one.
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
+        let jwks_url = lookup_optional(lookup, SB_JWT_JWKS_URL);
+        let hs256 = match lookup_string(lookup, SB_JWT_HS256, "auto").as_str() {
+            "auto" => jwks_url.is_none(),
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(ConfigError {
+                    name: SB_JWT_HS256.to_owned(),
+                    value: other.to_owned(),
+                    reason: "must be true, false or auto".to_owned(),
+                })
+            }
+        };
         let config = CommonConfig {
             redis: RedisConfig::from_lookup(lookup)?,
             jwt_secret: lookup_string(lookup, SB_JWT_SECRET, DEFAULT_JWT_SECRET),
@@ -258,11 +290,13 @@ impl CommonConfig {
                 issuer: lookup_optional(lookup, SB_JWT_ISSUER),
                 audience: lookup_optional(lookup, SB_JWT_AUDIENCE),
                 leeway_secs: lookup_or(lookup, SB_JWT_LEEWAY_SECS, 30)?,
+                hs256,
             },
-            jwks: lookup_optional(lookup, SB_JWT_JWKS_URL)
+            jwks: jwks_url
                 .map(|url| -> Result<JwksSource, ConfigError> {
                     Ok(JwksSource {
                         url,
+                        ca_file: lookup_optional(lookup, SB_JWT_JWKS_CA_FILE),
                         refresh: Duration::from_secs(lookup_or(
                             lookup,
                             SB_JWT_JWKS_REFRESH_SECS,
@@ -277,6 +311,26 @@ impl CommonConfig {
                 .filter(|o| !o.is_empty())
                 .collect(),
         };
+        if let Some(jwks) = &config.jwks {
+            // An identity provider issues tokens for many applications: without both checks,
+            // a token it issued to another application (or another tenant) would open ours.
+            for (name, value) in [
+                (SB_JWT_ISSUER, &config.token_policy.issuer),
+                (SB_JWT_AUDIENCE, &config.token_policy.audience),
+            ] {
+                if value.is_none() {
+                    return Err(ConfigError {
+                        name: name.to_owned(),
+                        value: String::new(),
+                        reason: format!(
+                            "required with {SB_JWT_JWKS_URL} ({}): an identity provider's \
+                             tokens for other applications must not verify here",
+                            jwks.url
+                        ),
+                    });
+                }
+            }
+        }
         check_secret(SB_JWT_SECRET, &config.jwt_secret, config.dev_mode)?;
         check_secret(SB_CLUSTER_SECRET, &config.cluster_secret, config.dev_mode)?;
         Ok(config)
@@ -343,6 +397,46 @@ mod secret_tests {
 #[cfg(test)]
 mod lookup_tests {
     use super::*;
+
+    /// With an identity provider's JWKS, `iss` and `aud` are required and HS256 is off unless
+    /// kept on purpose (issue 24, item 13).
+    #[test]
+    fn a_jwks_requires_issuer_and_audience_and_turns_hs256_off() {
+        let base = [
+            (SB_DEV_MODE, "true"),
+            (
+                SB_JWT_JWKS_URL,
+                "https://idp.example.com/.well-known/jwks.json",
+            ),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars: Vec<(&str, &str)> = base.to_vec();
+            vars.extend_from_slice(extra);
+            let lookup = map(&vars);
+            CommonConfig::from_lookup(&lookup)
+        };
+        assert_eq!(with(&[]).unwrap_err().name, SB_JWT_ISSUER);
+        assert_eq!(
+            with(&[(SB_JWT_ISSUER, "https://idp.example.com/")])
+                .unwrap_err()
+                .name,
+            SB_JWT_AUDIENCE
+        );
+        let both = [
+            (SB_JWT_ISSUER, "https://idp.example.com/"),
+            (SB_JWT_AUDIENCE, "switchboard"),
+        ];
+        assert!(
+            !with(&both).unwrap().token_policy.hs256,
+            "auto: off with a JWKS"
+        );
+        let kept = [both[0], both[1], (SB_JWT_HS256, "true")];
+        assert!(with(&kept).unwrap().token_policy.hs256, "kept on purpose");
+        let bad = [both[0], both[1], (SB_JWT_HS256, "maybe")];
+        assert_eq!(with(&bad).unwrap_err().name, SB_JWT_HS256);
+        let alone = CommonConfig::from_lookup(&map(&[(SB_DEV_MODE, "true")])).unwrap();
+        assert!(alone.token_policy.hs256, "auto: on without a JWKS");
+    }
 
     fn map<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {

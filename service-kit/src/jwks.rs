@@ -15,12 +15,33 @@ use crate::config::JwksSource;
 /// Pause between attempts while no key set has loaded yet.
 const FIRST_LOAD_RETRY: Duration = Duration::from_secs(5);
 
+/// The client that fetches `source`: rustls with the public web roots, plus the CA
+/// certificates of `SB_JWT_JWKS_CA_FILE` if set.
+pub fn client(source: &JwksSource) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .https_only(source.url.starts_with("https://"))
+        .timeout(Duration::from_secs(10));
+    if let Some(path) = &source.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("the CA certificates in {path}: {e}"))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 /// Fetches `source` into `keys` until `stop`.
 pub async fn keep_fresh(source: JwksSource, keys: TokenKeys, stop: CancellationToken) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client");
+    let http = match client(&source) {
+        Ok(http) => http,
+        Err(e) => {
+            tracing::error!(url = %source.url, error = %e, "cannot make a client for the identity provider's JWKS; only HS256 tokens (if enabled) verify");
+            return;
+        }
+    };
     let mut loaded = false;
     loop {
         match fetch(&http, &source.url).await {
@@ -49,7 +70,8 @@ pub async fn keep_fresh(source: JwksSource, keys: TokenKeys, stop: CancellationT
     }
 }
 
-async fn fetch(http: &reqwest::Client, url: &str) -> Result<JwkSet, String> {
+/// One fetch of the key set.
+pub async fn fetch(http: &reqwest::Client, url: &str) -> Result<JwkSet, String> {
     let response = http.get(url).send().await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("answered {}", response.status()));

@@ -439,19 +439,35 @@ async fn identity_provider_tokens_are_verified_with_its_jwks_and_policy() {
         .await;
         assert_eq!(status, 401);
     }
-    // The cluster's own HS256 tokens now need the issuer and audience too.
-    let bare = TokenKeys::new(stack.jwt_secret().as_bytes())
+    // HS256 tokens signed with the cluster's secret are refused with a JWKS (SB_JWT_HS256 is
+    // auto: off), bare or with the right issuer and audience: the secret is in every
+    // service, so it must not be able to forge a user's token.
+    let secret = stack.jwt_secret().as_bytes().to_vec();
+    let bare = TokenKeys::new(&secret)
         .mint("carol", chrono::Duration::minutes(5))
         .unwrap()
         .0;
-    let (status, _) = api(
-        &http,
-        &stack,
-        &bare,
-        reqwest::Method::GET,
-        "/api/v1/conversations",
-        None,
+    let dressed = TokenKeys::with_policy(
+        &secret,
+        switchboard_protocol::token::TokenPolicy {
+            issuer: Some(issuer.into()),
+            audience: Some("switchboard".into()),
+            ..Default::default()
+        },
     )
-    .await;
-    assert_eq!(status, 401);
+    .mint("carol", chrono::Duration::minutes(5))
+    .unwrap()
+    .0;
+    for token in [bare, dressed] {
+        let (status, _) = api(
+            &http,
+            &stack,
+            &token,
+            reqwest::Method::GET,
+            "/api/v1/conversations",
+            None,
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
 }
