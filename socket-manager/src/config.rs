@@ -29,6 +29,11 @@ pub const SB_MANAGER_ID: &str = "SB_MANAGER_ID";
 pub const SB_SEQ_FLUSHES_IN_FLIGHT: &str = "SB_SEQ_FLUSHES_IN_FLIGHT";
 pub const SB_ROUTE_BROADCAST_FROM: &str = "SB_ROUTE_BROADCAST_FROM";
 pub const SB_MAX_BODY_BYTES: &str = "SB_MAX_BODY_BYTES";
+pub const SB_USER_FRAMES_PER_MIN: &str = "SB_USER_FRAMES_PER_MIN";
+pub const SB_USER_FRAMES_BURST: &str = "SB_USER_FRAMES_BURST";
+pub const SB_USER_BYTES_PER_MIN: &str = "SB_USER_BYTES_PER_MIN";
+pub const SB_USER_BYTES_BURST: &str = "SB_USER_BYTES_BURST";
+pub const SB_TYPING_INTERVAL_MS: &str = "SB_TYPING_INTERVAL_MS";
 
 /// What one message's record carries besides its body, at most, in encoded bytes: the field
 /// names, the conversation and message ids, `seq`, the timestamp, a `client_msg_id` of 128
@@ -150,6 +155,38 @@ pub const ENV: &[EnvVar] = &[
               16 KiB), i.e. above 139,931.",
     },
     EnvVar {
+        name: SB_USER_FRAMES_PER_MIN,
+        default: Some("12000"),
+        doc: "Frames (sends, typing, receipts) one user may have handled per minute across the \
+              whole cluster, sustained (a token bucket per user in Redis, checked once per \
+              batch; every manager shares it, however many connections and servers the user \
+              spreads over). Beyond it: `rate_limited`. 0 turns the per-user quotas off.",
+    },
+    EnvVar {
+        name: SB_USER_FRAMES_BURST,
+        default: Some("2000"),
+        doc: "The most frames one user may send at once when their bucket is full. Below a \
+              quarter of it, the user's typing frames are dropped first.",
+    },
+    EnvVar {
+        name: SB_USER_BYTES_PER_MIN,
+        default: Some("67108864"),
+        doc: "Bytes of message bodies one user may send per minute across the cluster, \
+              sustained (64 MiB). Beyond it: `rate_limited`.",
+    },
+    EnvVar {
+        name: SB_USER_BYTES_BURST,
+        default: Some("100663296"),
+        doc: "The most body bytes one user may send at once when their bucket is full (96 \
+              MiB); at least SB_MAX_BODY_BYTES (the manager refuses to start otherwise).",
+    },
+    EnvVar {
+        name: SB_TYPING_INTERVAL_MS,
+        default: Some("1000"),
+        doc: "At most one typing frame per conversation and sender is passed on per this many \
+              milliseconds, cluster-wide; the others are dropped and counted.",
+    },
+    EnvVar {
         name: SB_MANAGER_ID,
         default: None,
         doc: "This manager's name in sequence lease tokens. Unset: SB_MANAGER_BIND.",
@@ -220,6 +257,8 @@ pub struct ManagerConfig {
     /// [`MAX_BODY_BYTES_LIMIT`]): the edge's limit, checked again before numbering, because a
     /// send over it could make a record no produce accepts.
     pub max_body_bytes: usize,
+    /// The per-user quotas and typing coalescing (`SB_USER_*`, `SB_TYPING_INTERVAL_MS`).
+    pub quotas: crate::quota::QuotaSettings,
 }
 
 impl ManagerConfig {
@@ -263,7 +302,48 @@ impl ManagerConfig {
                 ),
             });
         }
+        let quotas = crate::quota::QuotaSettings {
+            frames_per_min: lookup_or(lookup, SB_USER_FRAMES_PER_MIN, 12_000)?,
+            frames_burst: lookup_or(lookup, SB_USER_FRAMES_BURST, 2_000)?,
+            bytes_per_min: lookup_or(lookup, SB_USER_BYTES_PER_MIN, 64 * 1024 * 1024)?,
+            bytes_burst: lookup_or(lookup, SB_USER_BYTES_BURST, 96 * 1024 * 1024)?,
+            typing_interval_ms: lookup_or(lookup, SB_TYPING_INTERVAL_MS, 1_000)?,
+        };
+        if quotas.frames_per_min > 0 {
+            // A send larger than the byte burst could never pass, and a zero rate or burst
+            // would refuse everything: both are mistakes, not limits.
+            let refuse = |name: &str, value: u64, reason: &str| ConfigError {
+                name: name.to_owned(),
+                value: value.to_string(),
+                reason: reason.to_owned(),
+            };
+            if quotas.frames_burst == 0 {
+                return Err(refuse(
+                    SB_USER_FRAMES_BURST,
+                    0,
+                    "at least 1 while the quotas are on",
+                ));
+            }
+            if quotas.bytes_per_min == 0 {
+                return Err(refuse(
+                    SB_USER_BYTES_PER_MIN,
+                    0,
+                    "at least 1 while the quotas are on",
+                ));
+            }
+            if quotas.bytes_burst < max_body_bytes as u64 {
+                return Err(refuse(
+                    SB_USER_BYTES_BURST,
+                    quotas.bytes_burst,
+                    &format!("at least {SB_MAX_BODY_BYTES} ({max_body_bytes}): a larger body could never be sent"),
+                ));
+            }
+            if quotas.typing_interval_ms == 0 {
+                return Err(refuse(SB_TYPING_INTERVAL_MS, 0, "at least 1 ms"));
+            }
+        }
         Ok(ManagerConfig {
+            quotas,
             common: CommonConfig::from_lookup(lookup)?,
             kafka: KafkaConfig::from_lookup(lookup)?,
             message_service_url: lookup_string(

@@ -7,6 +7,8 @@
 //!   append to the message log and routing to per-handler topics.
 //! - `members`: conversation members from the message service's Redis mirror.
 //! - `kafka`: the shared idempotent producer and topic admin.
+//! - `quota`: per-user quotas (frames, body bytes) shared by every manager through Redis, and
+//!   typing coalesced per (conversation, sender); one script call per batch.
 //! - `janitor`: notices dead handlers (expired liveness keys) and removes their topics and
 //!   mappings; one manager at a time holds the janitor lease.
 //!
@@ -21,6 +23,7 @@ mod members;
 mod numbering;
 mod plan;
 mod presence;
+pub mod quota;
 mod routes;
 mod sequencer;
 
@@ -43,9 +46,20 @@ const LATENCY_BUCKETS: [f64; 12] = [
 pub(crate) struct AppState {
     pub config: ManagerConfig,
     pub sequencer: sequencer::Sequencer,
+    pub quotas: quota::Quotas,
+    pub signal_metrics: SignalMetrics,
     /// The runtime the message path's tasks (Redis connections, batchers) run on; batches
     /// are answered there rather than on the HTTP worker's own runtime (see `routes::batch`).
     pub runtime: tokio::runtime::Handle,
+}
+
+/// Counters of the typing and receipt path (`routes::answer_signals`).
+pub(crate) struct SignalMetrics {
+    /// `manager_receipt_rounds_total`: rounds of acknowledgements awaited for receipts, one
+    /// per batch that records any (all of its receipts enqueued, then awaited together).
+    pub receipt_rounds: prometheus::IntCounter,
+    /// `manager_receipts_recorded_total`: receipts enqueued on the events topic.
+    pub receipts_recorded: prometheus::IntCounter,
 }
 
 pub struct Application {
@@ -148,6 +162,21 @@ impl Application {
         ops.register(&metrics.membership_fallbacks);
         ops.register(&kafka.produce_seconds);
         ops.register(&kafka.produce_errors);
+        let quotas = quota::Quotas::new(redis.clone(), config.quotas)?;
+        quotas.register(&ops);
+        let signal_metrics = SignalMetrics {
+            receipt_rounds: prometheus::IntCounter::new(
+                "manager_receipt_rounds_total",
+                "rounds of broker acknowledgements awaited for receipts: one per batch that \
+                 records any, all of its receipts enqueued first",
+            )?,
+            receipts_recorded: prometheus::IntCounter::new(
+                "manager_receipts_recorded_total",
+                "receipts enqueued on the events topic",
+            )?,
+        };
+        ops.register(&signal_metrics.receipt_rounds);
+        ops.register(&signal_metrics.receipts_recorded);
         let redis_memory = RedisMemoryGauges::new(&ops)?;
         let ops = ops
             .with_check("redis", redis.readiness_check())
@@ -160,6 +189,8 @@ impl Application {
         let config_origins = config.common.allowed_origins.clone();
         let mut workers = Workers::new();
         let state = web::Data::new(AppState {
+            quotas,
+            signal_metrics,
             sequencer: sequencer::Sequencer {
                 members: members::Members::new(
                     redis.clone(),

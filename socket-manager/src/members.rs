@@ -29,6 +29,9 @@ pub use switchboard_protocol::internal::{SettledLog, SettledMessage};
 #[derive(Deserialize)]
 struct InternalMembers {
     members: Vec<String>,
+    /// The highest stored `seq` (0 for none).
+    #[serde(default)]
+    last_seq: u64,
 }
 
 impl Members {
@@ -64,6 +67,16 @@ impl Members {
             return Ok(cached);
         }
         Ok(self.ask_message_service(&conversation_id).await?.members)
+    }
+
+    /// The highest `seq` the message service has stored for the conversation (0 for none, or
+    /// for an id that names no conversation): a receipt's bound when the conversation has no
+    /// counter in Redis (idle past its expiry). A read, not a fence.
+    pub async fn last_stored_seq(&self, conversation_id: &str) -> Result<u64, MembersError> {
+        let Ok(conversation_id) = ConversationId::parse(conversation_id) else {
+            return Ok(0);
+        };
+        Ok(self.ask_message_service(&conversation_id).await?.last_seq)
     }
 
     /// Users who share a conversation of at most `max_group` members with `user`.

@@ -241,16 +241,17 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
     plan
 }
 
-/// `signals` grouped by connection, groups in order of first appearance, each in batch order.
-pub(crate) fn by_connection(signals: Vec<Signal>) -> Vec<Vec<Signal>> {
-    let mut groups: Vec<Vec<Signal>> = Vec::new();
+/// `items` grouped by their connection (`connection_of`), groups in order of first
+/// appearance, each in batch order.
+pub(crate) fn by_connection<T>(items: Vec<T>, connection_of: impl Fn(&T) -> u64) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
     let mut place: HashMap<u64, usize> = HashMap::new();
-    for signal in signals {
-        let at = *place.entry(signal.connection_id).or_insert_with(|| {
+    for item in items {
+        let at = *place.entry(connection_of(&item)).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
         });
-        groups[at].push(signal);
+        groups[at].push(item);
     }
     groups
 }
@@ -419,7 +420,7 @@ mod tests {
             ]
         );
         assert!(plan.sends.is_empty());
-        let groups: Vec<Vec<usize>> = by_connection(plan.signals)
+        let groups: Vec<Vec<usize>> = by_connection(plan.signals, |s| s.connection_id)
             .iter()
             .map(|g| g.iter().map(|s| s.index).collect())
             .collect();

@@ -146,8 +146,8 @@ async fn answer_batch(
         mut replies,
         online,
         offline,
-        sends,
-        signals,
+        mut sends,
+        mut signals,
     } = crate::plan::plan(
         &handler,
         items,
@@ -159,35 +159,120 @@ async fn answer_batch(
     let online: Vec<&str> = online.iter().map(String::as_str).collect();
     let offline: Vec<&str> = offline.iter().map(String::as_str).collect();
     let handlers = &state.sequencer.handlers;
-    let came_online = handlers.connected(&handler, &online).await?;
-    let went_offline = handlers.disconnected(&handler, &offline).await?;
+    // The quota check's round trip runs beside the presence reports' (the sends wait for both).
+    let presence = async {
+        let came_online = handlers.connected(&handler, &online).await?;
+        let went_offline = handlers.disconnected(&handler, &offline).await?;
+        Ok::<_, ApiError>((came_online, went_offline))
+    };
+    let (presence, verdicts) = futures_util::future::join(
+        presence,
+        check_quotas(&state.quotas, replies.len(), &sends, &signals),
+    )
+    .await;
+    let (came_online, went_offline) = presence?;
     crate::presence::announce(state.clone(), came_online, went_offline);
+    apply_verdicts(&verdicts, &mut replies, &mut sends, &mut signals);
 
     let sequencer = &state.sequencer;
     let mut send_groups = Vec::with_capacity(sends.len());
     for (conversation_id, group) in sends {
         send_groups.push(send_group(sequencer, conversation_id, group));
     }
-    // One connection's signals in the order it sent them (a device's `delivered 5` then
-    // `read 3` reach the other devices in that order); connections side by side.
-    let mut signal_work = Vec::new();
-    for group in crate::plan::by_connection(signals) {
-        signal_work.push(signal_group(sequencer, handler.as_str(), group));
-    }
     let (send_results, signal_results) = futures_util::future::join(
         futures_util::future::join_all(send_groups),
-        futures_util::future::join_all(signal_work),
+        answer_signals(&state, handler.as_str(), signals),
     )
     .await;
     for (index, frame) in send_results.into_iter().flatten() {
         replies[index] = Some(frame);
     }
-    for (index, frame) in signal_results.into_iter().flatten() {
+    for (index, frame) in signal_results {
         if frame.is_some() {
             replies[index] = frame;
         }
     }
     Ok(HandlerBatchReply { replies })
+}
+
+/// The per-user quota verdict of every frame that reached a send or a signal, by its place in
+/// the batch (`None`: answered already, e.g. `pong` or a malformed send). One script call for
+/// the whole batch.
+async fn check_quotas(
+    quotas: &crate::quota::Quotas,
+    places: usize,
+    sends: &std::collections::HashMap<ConversationId, Vec<(usize, SendRequest)>>,
+    signals: &[crate::plan::Signal],
+) -> Vec<Option<crate::quota::Verdict>> {
+    let mut frames: Vec<(usize, crate::quota::QuotaFrame<'_>)> = Vec::new();
+    for (index, send) in sends.values().flatten() {
+        frames.push((
+            *index,
+            crate::quota::QuotaFrame {
+                user: send.sender_id.as_str(),
+                bytes: send.body.len() as u64,
+                typing_in: None,
+            },
+        ));
+    }
+    for signal in signals {
+        frames.push((
+            signal.index,
+            crate::quota::QuotaFrame {
+                user: &signal.user_id,
+                bytes: 0,
+                typing_in: signal
+                    .receipt
+                    .is_none()
+                    .then_some(signal.conversation_id.as_str()),
+            },
+        ));
+    }
+    // Batch order: a user's earlier frames are the ones that fit.
+    frames.sort_by_key(|(index, _)| *index);
+    let (indices, frames): (Vec<usize>, Vec<_>) = frames.into_iter().unzip();
+    let verdicts = quotas.check(&frames).await;
+    let mut by_place = vec![None; places];
+    for (index, verdict) in indices.into_iter().zip(verdicts) {
+        by_place[index] = Some(verdict);
+    }
+    by_place
+}
+
+/// Takes refused and dropped frames out of the batch: a refused one is answered
+/// `rate_limited` (a send with its `client_msg_id`), a dropped typing frame not at all.
+fn apply_verdicts(
+    verdicts: &[Option<crate::quota::Verdict>],
+    replies: &mut [Option<ServerFrame>],
+    sends: &mut std::collections::HashMap<ConversationId, Vec<(usize, SendRequest)>>,
+    signals: &mut Vec<crate::plan::Signal>,
+) {
+    use crate::quota::Verdict;
+    let admitted = |index: usize| matches!(verdicts[index], Some(Verdict::Admitted) | None);
+    const OVER: &str = "over your per-user quota: slow down and retry";
+    for group in sends.values_mut() {
+        group.retain(|(index, send)| {
+            if admitted(*index) {
+                return true;
+            }
+            replies[*index] = Some(ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                message: OVER.into(),
+                client_msg_id: Some(send.client_msg_id.to_string()),
+            });
+            false
+        });
+    }
+    sends.retain(|_, group| !group.is_empty());
+    signals.retain(|signal| {
+        if admitted(signal.index) {
+            return true;
+        }
+        if verdicts[signal.index] == Some(Verdict::Refused) {
+            replies[signal.index] = Some(ServerFrame::error(ErrorCode::RateLimited, OVER));
+        }
+        false
+    });
 }
 
 /// One conversation's sends of a batch, answered with their places in the batch.
@@ -201,29 +286,209 @@ async fn send_group(
     group.into_iter().map(|(i, _)| i).zip(answers).collect()
 }
 
-/// One connection's signals, in order; each place with its refusal, if any.
-async fn signal_group(
-    sequencer: &crate::sequencer::Sequencer,
+/// A batch's typing and receipt signals, each place with its refusal, if any.
+///
+/// Each is checked (membership, read once per conversation of the batch; a receipt's seq
+/// against the last one), then every receipt is recorded on the events topic together: all
+/// are enqueued in batch order (one connection's reach the partition in the order it sent
+/// them) and their acknowledgements awaited at once, so a batch's receipts take one round of
+/// `acks=all`, not one each. Then the frames are fanned out to the conversation's other
+/// devices: one connection's in the order it sent them (a device's `delivered 5` then
+/// `read 3` reach the other devices in that order), connections side by side.
+async fn answer_signals(
+    state: &AppState,
     handler: &str,
-    group: Vec<crate::plan::Signal>,
+    signals: Vec<crate::plan::Signal>,
 ) -> Vec<(usize, Option<ServerFrame>)> {
-    let mut answers = Vec::with_capacity(group.len());
-    for signal in group {
-        let index = signal.index;
-        let refused = relay_signal(sequencer, handler, signal).await.err();
-        answers.push((index, refused));
+    use std::collections::HashMap;
+    let sequencer = &state.sequencer;
+    if signals.is_empty() {
+        return Vec::new();
     }
+    let mut conversations: Vec<String> =
+        signals.iter().map(|s| s.conversation_id.clone()).collect();
+    conversations.sort_unstable();
+    conversations.dedup();
+    let member_lists =
+        futures_util::future::join_all(conversations.iter().map(|c| sequencer.members.of(c))).await;
+    let members: HashMap<String, Option<Vec<String>>> = conversations
+        .into_iter()
+        .zip(member_lists.into_iter().map(Result::ok))
+        .collect();
+    let mut receipt_conversations: Vec<String> = signals
+        .iter()
+        .filter(|s| s.receipt.is_some())
+        .map(|s| s.conversation_id.clone())
+        .collect();
+    receipt_conversations.sort_unstable();
+    receipt_conversations.dedup();
+    let lasts = futures_util::future::join_all(
+        receipt_conversations.iter().map(|c| last_seq(sequencer, c)),
+    )
+    .await;
+    let last: HashMap<String, Result<u64, ServerFrame>> =
+        receipt_conversations.into_iter().zip(lasts).collect();
+
+    // Checked: the refusals, and the accepted signals with their recipients.
+    let mut answers: Vec<(usize, Option<ServerFrame>)> = Vec::with_capacity(signals.len());
+    let mut accepted: Vec<(crate::plan::Signal, Vec<String>)> = Vec::new();
+    for signal in signals {
+        match check_signal(&members, &last, &signal) {
+            Ok(recipients) => accepted.push((signal, recipients)),
+            Err(refused) => answers.push((signal.index, Some(refused))),
+        }
+    }
+
+    // Every receipt enqueued now, in batch order; the acks awaited together.
+    let kafka = &sequencer.kafka;
+    let topic = &kafka.config.events_topic;
+    let mut acks = Vec::new();
+    let mut recorded: Vec<bool> = vec![true; accepted.len()];
+    for (i, (signal, _)) in accepted.iter().enumerate() {
+        let Some((kind, seq)) = signal.receipt else {
+            continue;
+        };
+        let event = Event::Receipt {
+            conversation_id: signal.conversation_id.clone(),
+            user_id: signal.user_id.clone(),
+            kind,
+            seq,
+        };
+        let payload = serde_json::to_vec(&event).unwrap_or_default();
+        match kafka.enqueue(topic, &signal.conversation_id, &payload) {
+            Ok(ack) => acks.push((i, ack)),
+            Err(e) => {
+                tracing::warn!(error = %e, "receipt not recorded");
+                recorded[i] = false;
+            }
+        }
+    }
+    if !acks.is_empty() {
+        state.signal_metrics.receipt_rounds.inc();
+        state
+            .signal_metrics
+            .receipts_recorded
+            .inc_by(acks.len() as u64);
+        let (places, waits): (Vec<usize>, Vec<_>) = acks.into_iter().unzip();
+        for (i, outcome) in places
+            .into_iter()
+            .zip(futures_util::future::join_all(waits).await)
+        {
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "receipt not recorded");
+                recorded[i] = false;
+            }
+        }
+    }
+    let mut to_fan_out = Vec::with_capacity(accepted.len());
+    for ((signal, recipients), recorded) in accepted.into_iter().zip(recorded) {
+        if recorded {
+            answers.push((signal.index, None));
+            to_fan_out.push((signal, recipients));
+        } else {
+            answers.push((
+                signal.index,
+                Some(ServerFrame::error(
+                    ErrorCode::Unavailable,
+                    "the receipt could not be recorded, retry",
+                )),
+            ));
+        }
+    }
+
+    let by_connection = crate::plan::by_connection(to_fan_out, |(s, _)| s.connection_id);
+    futures_util::future::join_all(by_connection.into_iter().map(|group| async move {
+        for (signal, recipients) in group {
+            fan_out_signal(sequencer, handler, signal, &recipients).await;
+        }
+    }))
+    .await;
     answers
 }
 
-/// Checks one typing or receipt signal (membership; a receipt's seq against the last one),
-/// records a receipt on the events topic, and fans the frame out to the conversation's other
-/// devices. Refused: the error frame for the sender.
-async fn relay_signal(
+/// A receipt is checked against the last seq: the counter, or, when the conversation has
+/// none (never numbered, or idle past the counter's expiry), the message service's last
+/// stored seq.
+async fn last_seq(
+    sequencer: &crate::sequencer::Sequencer,
+    conversation_id: &str,
+) -> Result<u64, ServerFrame> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "the last seq is unavailable");
+        ServerFrame::error(
+            ErrorCode::Unavailable,
+            "the conversation's last seq is unavailable, retry",
+        )
+    };
+    match sequencer.last_seq(conversation_id).await {
+        Ok(Some(seq)) => Ok(seq),
+        Ok(None) => sequencer
+            .members
+            .last_stored_seq(conversation_id)
+            .await
+            .map_err(|e| unavailable(&e)),
+        Err(e) => Err(unavailable(&e)),
+    }
+}
+
+/// Checks one typing or receipt signal (membership; a receipt's seq against the last one).
+/// Accepted: the members its frame goes to. Refused: the error frame for the sender.
+// The refusal is the frame the sender gets, built once per refused signal: boxing it would
+// only add an allocation.
+#[allow(clippy::result_large_err)]
+fn check_signal(
+    members: &std::collections::HashMap<String, Option<Vec<String>>>,
+    last: &std::collections::HashMap<String, Result<u64, ServerFrame>>,
+    signal: &crate::plan::Signal,
+) -> Result<Vec<String>, ServerFrame> {
+    let Some(members) = members
+        .get(signal.conversation_id.as_str())
+        .cloned()
+        .flatten()
+    else {
+        return Err(ServerFrame::error(
+            ErrorCode::Unavailable,
+            "membership is unavailable, retry",
+        ));
+    };
+    if !members.contains(&signal.user_id) {
+        return Err(ServerFrame::error(
+            ErrorCode::NotAMember,
+            "you are not a member of this conversation",
+        ));
+    }
+    let Some((_, seq)) = signal.receipt else {
+        return Ok(members
+            .into_iter()
+            .filter(|m| *m != signal.user_id)
+            .collect());
+    };
+    // A receipt names a message that exists: one past the conversation's last seq is a
+    // client bug, and stored it would hide every later message from the unread count.
+    // The counter is the last seq; after a Redis failover it may lag the log until the
+    // next send reseeds it, and a receipt above it is refused then too (the client can
+    // resend it).
+    let last = match last.get(signal.conversation_id.as_str()) {
+        Some(Ok(last)) => *last,
+        Some(Err(refused)) => return Err(refused.clone()),
+        None => 0,
+    };
+    if seq > last {
+        return Err(ServerFrame::error(
+            ErrorCode::BadRequest,
+            format!("seq {seq} is past the conversation's last message ({last})"),
+        ));
+    }
+    Ok(members)
+}
+
+/// Sends an accepted signal's frame to `recipients`' devices, but the sending connection.
+async fn fan_out_signal(
     sequencer: &crate::sequencer::Sequencer,
     handler: &str,
     signal: crate::plan::Signal,
-) -> Result<(), ServerFrame> {
+    recipients: &[String],
+) {
     let crate::plan::Signal {
         connection_id,
         user_id,
@@ -231,78 +496,19 @@ async fn relay_signal(
         receipt,
         ..
     } = signal;
-    let members = sequencer.members.of(&conversation_id).await.map_err(|_| {
-        ServerFrame::error(ErrorCode::Unavailable, "membership is unavailable, retry")
-    })?;
-    if !members.contains(&user_id) {
-        return Err(ServerFrame::error(
-            ErrorCode::NotAMember,
-            "you are not a member of this conversation",
-        ));
-    }
-    if let Some((kind, seq)) = receipt {
-        // A receipt names a message that exists: one past the conversation's last seq is a
-        // client bug, and stored it would hide every later message from the unread count.
-        // The counter is the last seq; after a Redis failover it may lag the log until the
-        // next send reseeds it, and a receipt above it is refused then too (the client can
-        // resend it).
-        let last = sequencer.last_seq(&conversation_id).await.map_err(|e| {
-            tracing::warn!(error = %e, "the last seq is unavailable");
-            ServerFrame::error(
-                ErrorCode::Unavailable,
-                "the conversation's last seq is unavailable, retry",
-            )
-        })?;
-        if seq > last {
-            return Err(ServerFrame::error(
-                ErrorCode::BadRequest,
-                format!("seq {seq} is past the conversation's last message ({last})"),
-            ));
-        }
-        let event = Event::Receipt {
-            conversation_id: conversation_id.clone(),
-            user_id: user_id.clone(),
+    let frame = match receipt {
+        None => ServerFrame::Typing {
+            conversation_id,
+            user_id,
+        },
+        Some((kind, seq)) => ServerFrame::Receipt {
+            conversation_id,
+            user_id,
             kind,
             seq,
-        };
-        let payload = serde_json::to_vec(&event).unwrap_or_default();
-        let topic = &sequencer.kafka.config.events_topic;
-        sequencer
-            .kafka
-            .produce(topic, &conversation_id, &payload)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "receipt not recorded");
-                ServerFrame::error(
-                    ErrorCode::Unavailable,
-                    "the receipt could not be recorded, retry",
-                )
-            })?;
-    }
-    let (frame, recipients): (ServerFrame, Vec<String>) = match receipt {
-        None => (
-            ServerFrame::Typing {
-                conversation_id: conversation_id.clone(),
-                user_id: user_id.clone(),
-            },
-            members.into_iter().filter(|m| *m != user_id).collect(),
-        ),
-        Some((kind, seq)) => (
-            ServerFrame::Receipt {
-                conversation_id,
-                user_id,
-                kind,
-                seq,
-            },
-            members,
-        ),
+        },
     };
     sequencer
-        .fan_out(
-            &frame.to_json(),
-            &recipients,
-            Some((handler, connection_id)),
-        )
+        .fan_out(&frame.to_json(), recipients, Some((handler, connection_id)))
         .await;
-    Ok(())
 }

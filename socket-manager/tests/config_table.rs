@@ -51,3 +51,17 @@ fn a_body_limit_too_large_for_one_kafka_record_is_refused_at_startup() {
         "{stderr}"
     );
 }
+
+/// A byte burst smaller than the body limit would refuse every large send for good: the
+/// manager stops at startup, naming the variable.
+#[test]
+fn a_byte_burst_below_the_body_limit_is_refused_at_startup() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_socket-manager"))
+        .env("SB_DEV_MODE", "true")
+        .env("SB_USER_BYTES_BURST", "1000")
+        .output()
+        .expect("run socket-manager");
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SB_USER_BYTES_BURST"), "{stderr}");
+}

@@ -18,14 +18,14 @@ impl Sequencer {
         self.redis.key(&format!("seq:{conversation_id}"))
     }
 
-    /// The highest `seq` numbered in `conversation_id` (0 when none): the counter, read on the
-    /// master. After a failover it may lag the log until the next send's lease reseeds it.
-    pub async fn last_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {
-        let counter: Option<u64> = self
-            .redis
+    /// The highest `seq` numbered in `conversation_id`: the counter, read on the master;
+    /// `None` when there is none (nothing numbered yet, or the conversation was idle past the
+    /// counter's expiry: ask the log's store). After a failover it may lag the log until the
+    /// next send's lease reseeds it.
+    pub async fn last_seq(&self, conversation_id: &str) -> Result<Option<u64>, StoreError> {
+        self.redis
             .query(redis::cmd("GET").arg(self.counter_key(conversation_id)))
-            .await?;
-        Ok(counter.unwrap_or(0))
+            .await
     }
 
     /// The replication id of the master on which the counter was last checked against the

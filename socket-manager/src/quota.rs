@@ -1,0 +1,261 @@
+//! Per-user quotas, enforced cluster-wide: a token bucket per user and quota in Redis
+//! (`quota:frames:{user}`, `quota:bytes:{user}`), checked once per batch for every user in it.
+//!
+//! The socket servers limit each *connection* (`SB_CLIENT_RATE_PER_SEC`), and a user may hold
+//! many connections on many servers, each batch reaching any manager: only a bucket every
+//! manager shares bounds what one *user* can make the cluster do (and write into Redis). One
+//! script call per batch answers for all its frames, in batch order per user, so the cost is
+//! one round trip per batch, not per frame (measured: docs/architecture.md, "Redis memory
+//! budget").
+//!
+//! The same call coalesces typing: a typing frame passes only if no other typing frame of its
+//! (conversation, sender) passed in the last `SB_TYPING_INTERVAL_MS` (`typing:{c}:{user}`,
+//! `SET NX PX`, cluster-wide), and typing is dropped first under pressure: while a user's
+//! frame bucket is below a quarter of its burst, their typing frames are dropped (counted,
+//! never answered) so sends and receipts keep the rest. A dropped typing frame costs its
+//! frame token like any other.
+//!
+//! A bucket is one string `"{tokens} {ms}"` that expires once it would be full again (an absent
+//! bucket is a full one), so an idle user holds no key. The time is the Redis master's
+//! (`TIME`), so managers' clocks do not matter. If Redis cannot answer, the batch goes on
+//! unchecked: its sends need Redis anyway, and a quota must not be the one thing that fails.
+
+use std::collections::HashMap;
+
+use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+
+/// The quotas' settings (`SB_USER_*`, `SB_TYPING_INTERVAL_MS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaSettings {
+    /// Frames (sends, typing, receipts) one user may have handled per minute, sustained; 0
+    /// turns the quotas off.
+    pub frames_per_min: u64,
+    /// The most frames a full bucket allows at once.
+    pub frames_burst: u64,
+    /// Bytes of message bodies one user may send per minute, sustained.
+    pub bytes_per_min: u64,
+    /// The most body bytes a full bucket allows at once (at least the body limit).
+    pub bytes_burst: u64,
+    /// At most one typing frame per (conversation, sender) per this many milliseconds.
+    pub typing_interval_ms: u64,
+}
+
+/// What the script decided for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within the user's quotas: handle it.
+    Admitted,
+    /// Over a quota: answer `rate_limited`.
+    Refused,
+    /// A typing frame within a typing interval of the last one passed: drop it silently.
+    Coalesced,
+    /// A typing frame while the user's bucket runs low: drop it silently.
+    Shed,
+}
+
+/// One frame to check: its user, its body bytes (0 but for sends), and for typing the
+/// conversation.
+#[derive(Debug, Clone)]
+pub struct QuotaFrame<'a> {
+    pub user: &'a str,
+    pub bytes: u64,
+    pub typing_in: Option<&'a str>,
+}
+
+/// KEYS: per user, its frame bucket and its byte bucket; then one typing key per distinct
+/// (conversation, sender) of the batch's typing frames.
+/// ARGV: frames per minute, frame burst, bytes per minute, byte burst, typing interval (ms),
+/// the number of users `u`; then per user (in KEYS' order) the number of its frames and, per
+/// frame in batch order, its body bytes and its typing key's index in KEYS (0: not typing).
+/// Answers one code per frame in ARGV's order: 0 refused, 1 admitted, 2 coalesced, 3 shed.
+const QUOTA_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local frate, fburst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local brate, bburst = tonumber(ARGV[3]), tonumber(ARGV[4])
+local typing_ms = ARGV[5]
+local function load(key, rate, burst)
+  local v = redis.call('GET', key)
+  if not v then return burst end
+  local tokens, at = string.match(v, '^(%S+) (%d+)$')
+  tokens, at = tonumber(tokens), tonumber(at)
+  if not tokens or not at then return burst end
+  return math.min(burst, tokens + math.max(0, now - at) * rate / 60000)
+end
+local function store(key, tokens, rate, burst)
+  -- Gone once it would be full again: an absent bucket is a full one.
+  local ms = math.ceil((burst - tokens) * 60000 / rate) + 1000
+  redis.call('SET', key, string.format('%.3f %d', tokens, now), 'PX', ms)
+end
+local out = {}
+local a = 7
+for u = 1, tonumber(ARGV[6]) do
+  local fkey, bkey = KEYS[2 * u - 1], KEYS[2 * u]
+  local frames, bytes = load(fkey, frate, fburst), load(bkey, brate, bburst)
+  local spent = 0
+  for _ = 1, tonumber(ARGV[a]) do
+    local cost, typing = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    a = a + 2
+    if frames < 1 or bytes < cost then
+      out[#out + 1] = 0
+    else
+      frames, bytes, spent = frames - 1, bytes - cost, spent + cost
+      if typing == 0 then
+        out[#out + 1] = 1
+      elseif frames < fburst / 4 then
+        out[#out + 1] = 3
+      elseif redis.call('SET', KEYS[typing], '1', 'NX', 'PX', typing_ms) then
+        out[#out + 1] = 1
+      else
+        out[#out + 1] = 2
+      end
+    end
+  end
+  a = a + 1
+  store(fkey, frames, frate, fburst)
+  if spent > 0 or redis.call('EXISTS', bkey) == 1 then store(bkey, bytes, brate, bburst) end
+end
+return out
+";
+
+static QUOTA: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(QUOTA_LUA));
+
+/// The quota check and its counters.
+#[derive(Clone)]
+pub struct Quotas {
+    redis: SentinelRedis,
+    settings: QuotaSettings,
+    /// `manager_quota_refused_total`: frames answered `rate_limited` by a user quota.
+    pub refused: prometheus::IntCounter,
+    /// `manager_typing_dropped_total{reason}`: typing frames dropped (`coalesced`, `shed`).
+    pub typing_dropped: prometheus::IntCounterVec,
+    /// `manager_quota_seconds`: one batch's quota check, call to answer.
+    pub check_seconds: prometheus::Histogram,
+}
+
+impl Quotas {
+    pub fn new(redis: SentinelRedis, settings: QuotaSettings) -> prometheus::Result<Self> {
+        Ok(Quotas {
+            redis,
+            settings,
+            refused: prometheus::IntCounter::new(
+                "manager_quota_refused_total",
+                "frames refused (rate_limited) because their user was over a per-user quota",
+            )?,
+            typing_dropped: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "manager_typing_dropped_total",
+                    "typing frames dropped: coalesced (one per conversation and sender per \
+                     interval) or shed (their user's frame quota ran low)",
+                ),
+                &["reason"],
+            )?,
+            check_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "manager_quota_seconds",
+                    "one batch's per-user quota check (one script call), call to answer",
+                )
+                .buckets(crate::LATENCY_BUCKETS.to_vec()),
+            )?,
+        })
+    }
+
+    pub fn register(&self, ops: &switchboard_service_kit::ops::Ops) {
+        ops.register(&self.refused);
+        ops.register(&self.typing_dropped);
+        ops.register(&self.check_seconds);
+    }
+
+    /// One verdict per frame, in `frames`' order; everything admitted when the quotas are off
+    /// or Redis cannot answer (logged).
+    pub async fn check(&self, frames: &[QuotaFrame<'_>]) -> Vec<Verdict> {
+        if self.settings.frames_per_min == 0 || frames.is_empty() {
+            return vec![Verdict::Admitted; frames.len()];
+        }
+        let started = std::time::Instant::now();
+        let verdicts = match self.run(frames).await {
+            Ok(verdicts) => verdicts,
+            Err(e) => {
+                tracing::warn!(error = %e, "the per-user quota check failed; the batch goes on unchecked");
+                vec![Verdict::Admitted; frames.len()]
+            }
+        };
+        self.check_seconds.observe(started.elapsed().as_secs_f64());
+        for verdict in &verdicts {
+            match verdict {
+                Verdict::Refused => self.refused.inc(),
+                Verdict::Coalesced => self.typing_dropped.with_label_values(&["coalesced"]).inc(),
+                Verdict::Shed => self.typing_dropped.with_label_values(&["shed"]).inc(),
+                Verdict::Admitted => {}
+            }
+        }
+        verdicts
+    }
+
+    async fn run(&self, frames: &[QuotaFrame<'_>]) -> Result<Vec<Verdict>, StoreError> {
+        // Users in order of first appearance, each with its frames' places in batch order.
+        let mut users: Vec<(&str, Vec<usize>)> = Vec::new();
+        let mut place: HashMap<&str, usize> = HashMap::new();
+        for (i, frame) in frames.iter().enumerate() {
+            let at = *place.entry(frame.user).or_insert_with(|| {
+                users.push((frame.user, Vec::new()));
+                users.len() - 1
+            });
+            users[at].1.push(i);
+        }
+        let mut invocation = QUOTA.prepare_invoke();
+        for (user, _) in &users {
+            invocation
+                .key(self.redis.key(&format!("quota:frames:{user}")))
+                .key(self.redis.key(&format!("quota:bytes:{user}")));
+        }
+        let s = &self.settings;
+        invocation
+            .arg(s.frames_per_min)
+            .arg(s.frames_burst)
+            .arg(s.bytes_per_min)
+            .arg(s.bytes_burst)
+            .arg(s.typing_interval_ms)
+            .arg(users.len());
+        let mut typing_keys: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut order = Vec::with_capacity(frames.len());
+        for (user, places) in &users {
+            invocation.arg(places.len());
+            for &i in places {
+                let frame = &frames[i];
+                let typing = match frame.typing_in {
+                    None => 0,
+                    Some(conversation) => {
+                        let next = 2 * users.len() + typing_keys.len() + 1;
+                        *typing_keys.entry((conversation, user)).or_insert_with(|| {
+                            invocation
+                                .key(self.redis.key(&format!("typing:{conversation}:{user}")));
+                            next
+                        })
+                    }
+                };
+                invocation.arg(frame.bytes).arg(typing);
+                order.push(i);
+            }
+        }
+        let codes: Vec<u8> = self.redis.invoke(&invocation).await?;
+        if codes.len() != frames.len() {
+            return Err(StoreError::Unavailable(format!(
+                "the quota script answered {} verdicts for {} frames",
+                codes.len(),
+                frames.len()
+            )));
+        }
+        let mut verdicts = vec![Verdict::Admitted; frames.len()];
+        for (i, code) in order.into_iter().zip(codes) {
+            verdicts[i] = match code {
+                0 => Verdict::Refused,
+                2 => Verdict::Coalesced,
+                3 => Verdict::Shed,
+                _ => Verdict::Admitted,
+            };
+        }
+        Ok(verdicts)
+    }
+}
