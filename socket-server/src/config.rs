@@ -21,6 +21,7 @@ pub const SB_MAX_FRAME_BYTES: &str = "SB_MAX_FRAME_BYTES";
 pub const SB_MAX_BODY_BYTES: &str = "SB_MAX_BODY_BYTES";
 pub const SB_HEARTBEAT_INTERVAL_MS: &str = "SB_HEARTBEAT_INTERVAL_MS";
 pub const SB_CLIENT_TIMEOUT_MS: &str = "SB_CLIENT_TIMEOUT_MS";
+pub const SB_CLIENT_WRITE_TIMEOUT_MS: &str = "SB_CLIENT_WRITE_TIMEOUT_MS";
 pub const SB_RECONCILE_INTERVAL_MS: &str = "SB_RECONCILE_INTERVAL_MS";
 pub const SB_OUTBOUND_QUEUE: &str = "SB_OUTBOUND_QUEUE";
 pub const SB_CLIENT_RATE_PER_SEC: &str = "SB_CLIENT_RATE_PER_SEC";
@@ -91,6 +92,13 @@ pub const ENV: &[EnvVar] = &[
         name: SB_CLIENT_TIMEOUT_MS,
         default: Some("15000"),
         doc: "A client silent this long is dropped, in milliseconds.",
+    },
+    EnvVar {
+        name: SB_CLIENT_WRITE_TIMEOUT_MS,
+        default: Some("5000"),
+        doc: "A frame the server cannot hand to a client's connection within this long (the \
+              client stopped reading and its TCP window is full) ends the connection as a slow \
+              consumer, in milliseconds.",
     },
     EnvVar {
         name: SB_RECONCILE_INTERVAL_MS,
@@ -218,6 +226,9 @@ pub struct SocketServerConfig {
     pub heartbeat_interval: Duration,
     /// A client silent this long is dropped (`SB_CLIENT_TIMEOUT_MS`, default 15000).
     pub client_timeout: Duration,
+    /// A write to a client not done within this long drops it as a slow consumer
+    /// (`SB_CLIENT_WRITE_TIMEOUT_MS`, default 5000).
+    pub client_write_timeout: Duration,
     /// Score reconcile + heartbeat period (`SB_RECONCILE_INTERVAL_MS`, default 1000).
     pub reconcile_interval: Duration,
     /// Frames queued per connection before it counts as a slow consumer
@@ -280,6 +291,7 @@ impl SocketServerConfig {
             max_body_bytes: lookup_or(lookup, SB_MAX_BODY_BYTES, 64 * 1024)?,
             heartbeat_interval: lookup_millis(lookup, SB_HEARTBEAT_INTERVAL_MS, 5_000)?,
             client_timeout: lookup_millis(lookup, SB_CLIENT_TIMEOUT_MS, 15_000)?,
+            client_write_timeout: lookup_millis(lookup, SB_CLIENT_WRITE_TIMEOUT_MS, 5_000)?,
             reconcile_interval: lookup_millis(lookup, SB_RECONCILE_INTERVAL_MS, 1_000)?,
             outbound_queue: lookup_or(lookup, SB_OUTBOUND_QUEUE, 1024)?,
             client_rate_per_sec: lookup_or(lookup, SB_CLIENT_RATE_PER_SEC, 200)?,

@@ -53,6 +53,7 @@ pub(crate) struct Metrics {
     pub frames_out: prometheus::IntCounter,
     pub auth_failures: prometheus::IntCounter,
     pub slow_consumer_kicks: prometheus::IntCounter,
+    pub write_timeouts: prometheus::IntCounter,
     pub deliveries: prometheus::IntCounter,
     pub delivery_latency: prometheus::Histogram,
     pub lanes: manager_client::LaneMetrics,
@@ -83,7 +84,13 @@ impl Metrics {
             )?,
             slow_consumer_kicks: prometheus::IntCounter::new(
                 "socket_slow_consumer_kicks_total",
-                "connections dropped because their outbound queue was full",
+                "connections dropped as slow consumers: their outbound queue was full, or a \
+                 write to them stalled past SB_CLIENT_WRITE_TIMEOUT_MS",
+            )?,
+            write_timeouts: prometheus::IntCounter::new(
+                "socket_write_timeouts_total",
+                "connections dropped because a write to them stalled past \
+                 SB_CLIENT_WRITE_TIMEOUT_MS (also counted in socket_slow_consumer_kicks_total)",
             )?,
             deliveries: prometheus::IntCounter::new(
                 "socket_deliveries_total",
@@ -123,6 +130,7 @@ impl Metrics {
         ops.register(&m.frames_out);
         ops.register(&m.auth_failures);
         ops.register(&m.slow_consumer_kicks);
+        ops.register(&m.write_timeouts);
         Ok(m)
     }
 }

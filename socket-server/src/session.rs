@@ -104,6 +104,8 @@ enum Ending {
     Kicked,
     TooLarge,
     ServerShutdown,
+    /// A write did not complete within the write timeout: the client stopped reading.
+    Stalled,
 }
 
 /// One accepted connection: joins the hub (and, for a user's first device, the managers'
@@ -163,6 +165,8 @@ pub(crate) struct SessionLimits {
     pub rate_per_sec: u32,
     pub rate_burst: u32,
     pub max_body_bytes: usize,
+    /// A frame not handed to the connection within this long ends it as a slow consumer.
+    pub write_timeout: Duration,
 }
 
 impl SessionLimits {
@@ -173,6 +177,7 @@ impl SessionLimits {
             rate_per_sec: config.client_rate_per_sec,
             rate_burst: config.client_rate_burst,
             max_body_bytes: config.max_body_bytes,
+            write_timeout: config.client_write_timeout,
         }
     }
 }
@@ -201,6 +206,12 @@ pub(crate) struct SessionContext<'a> {
 /// The connection loop: writes `hello`, then selects (in this priority) over shutdown, a
 /// kick, the client's frames, the connection's outbound queue and the heartbeat until one of
 /// them ends it; then awaits `leave` and writes the close frame (at most 2 s).
+///
+/// Every write is bounded by `limits.write_timeout`: the loop writes inside its `select!`
+/// arms, so a client that stops reading (its TCP window full) would otherwise hold the loop
+/// in one write forever, and neither the kick, the heartbeat nor shutdown could end it. A
+/// timeout here rather than a writer task per connection keeps an idle connection one task
+/// (docs/performance.md, S1).
 pub(crate) async fn run_session<S, T, K>(
     mut incoming: S,
     mut outlet: K,
@@ -227,15 +238,13 @@ pub(crate) async fn run_session<S, T, K>(
         user_id: user_id.to_string(),
         server_id: server_id.to_owned(),
     };
-    let mut ending = if outlet
-        .write(Outgoing::Text(hello.to_json().into()))
-        .await
-        .is_err()
-    {
-        Some(Ending::ClientGone)
-    } else {
-        None
-    };
+    let write_timeout = limits.write_timeout;
+    let mut ending = write(
+        &mut outlet,
+        Outgoing::Text(hello.to_json().into()),
+        write_timeout,
+    )
+    .await;
 
     let mut last_heard = tokio::time::Instant::now();
     let mut heartbeat = tokio::time::interval(limits.heartbeat_interval);
@@ -263,17 +272,17 @@ pub(crate) async fn run_session<S, T, K>(
                             Some(ServerFrame::error(ErrorCode::RateLimited, "slow down: too many frames"))
                         };
                         match reply {
-                            Some(frame) => send(metrics, &mut outlet, &frame).await,
+                            Some(frame) => send(metrics, &mut outlet, &frame, write_timeout).await,
                             None => None,
                         }
                     }
                     Some(Ok(Incoming::Binary)) => {
                         metrics.frames_in.inc();
                         let frame = ServerFrame::error(ErrorCode::BadRequest, "binary frames are not supported: send JSON text frames");
-                        send(metrics, &mut outlet, &frame).await
+                        send(metrics, &mut outlet, &frame, write_timeout).await
                     }
                     Some(Ok(Incoming::Ping(payload))) => {
-                        outlet.write(Outgoing::Pong(payload)).await.err().map(|_| Ending::ClientGone)
+                        write(&mut outlet, Outgoing::Pong(payload), write_timeout).await
                     }
                     Some(Ok(Incoming::Pong)) => None,
                     Some(Ok(Incoming::Close)) => Some(Ending::ClientClosed),
@@ -284,16 +293,14 @@ pub(crate) async fn run_session<S, T, K>(
             out = rx.recv() => {
                 if let Some(Outbound::Frame(text)) = out {
                     metrics.frames_out.inc();
-                    if outlet.write(Outgoing::Text(text)).await.is_err() {
-                        ending = Some(Ending::ClientGone);
-                    }
+                    ending = write(&mut outlet, Outgoing::Text(text), write_timeout).await;
                 }
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > limits.client_timeout {
                     ending = Some(Ending::TimedOut);
-                } else if outlet.write(Outgoing::Ping).await.is_err() {
-                    ending = Some(Ending::ClientGone);
+                } else {
+                    ending = write(&mut outlet, Outgoing::Ping, write_timeout).await;
                 }
             }
         }
@@ -312,9 +319,24 @@ pub(crate) async fn run_session<S, T, K>(
                 reason: Some("too slow: reconnect and resync from history"),
             })
         }
+        Some(Ending::Stalled) => {
+            // Counted as a slow consumer too: it is one, caught by its writes rather than
+            // by its queue.
+            metrics.slow_consumer_kicks.inc();
+            metrics.write_timeouts.inc();
+            // A frame may be half written, and the client reads nothing anyway: no close
+            // frame, and the connection is reset rather than left to drain its send buffer.
+            outlet.abandon();
+            return;
+        }
         Some(Ending::TooLarge) => {
             let frame = ServerFrame::error(ErrorCode::TooLarge, "frame exceeds the size limit");
-            let _ = outlet.write(Outgoing::Text(frame.to_json().into())).await;
+            let _ = write(
+                &mut outlet,
+                Outgoing::Text(frame.to_json().into()),
+                write_timeout,
+            )
+            .await;
             Some(CloseFrame {
                 code: close_code::SIZE,
                 reason: Some("frame too large"),
@@ -330,18 +352,34 @@ pub(crate) async fn run_session<S, T, K>(
         }),
         Some(Ending::ClientGone) | None => None,
     };
-    // Best effort: a peer that vanished cannot receive a close frame.
-    let _ =
-        tokio::time::timeout(Duration::from_secs(2), outlet.write(Outgoing::Close(close))).await;
+    // Best effort: a peer that vanished cannot receive a close frame, and one that stopped
+    // reading is given up after 2 s.
+    let closing = outlet.write(Outgoing::Close(close));
+    if tokio::time::timeout(Duration::from_secs(2), closing)
+        .await
+        .is_err()
+    {
+        outlet.abandon();
+    }
 }
 
-async fn send<K: Outlet>(metrics: &Metrics, outlet: &mut K, frame: &ServerFrame) -> Option<Ending> {
+async fn send<K: Outlet>(
+    metrics: &Metrics,
+    outlet: &mut K,
+    frame: &ServerFrame,
+    timeout: Duration,
+) -> Option<Ending> {
     metrics.frames_out.inc();
-    outlet
-        .write(Outgoing::Text(frame.to_json().into()))
-        .await
-        .err()
-        .map(|_| Ending::ClientGone)
+    write(outlet, Outgoing::Text(frame.to_json().into()), timeout).await
+}
+
+/// One write, bounded in time: `None` when it went out, else how the connection ends.
+async fn write<K: Outlet>(outlet: &mut K, frame: Outgoing, timeout: Duration) -> Option<Ending> {
+    match tokio::time::timeout(timeout, outlet.write(frame)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) => Some(Ending::ClientGone),
+        Err(_) => Some(Ending::Stalled),
+    }
 }
 
 /// Reports a user's first device arriving (waiting for the manager) or last device leaving
@@ -593,6 +631,7 @@ mod tests {
 mod loop_tests {
     use std::cell::Cell;
     use std::pin::Pin;
+    use std::rc::Rc;
     use std::task::{Context, Poll};
 
     use bytes::Bytes;
@@ -601,6 +640,7 @@ mod loop_tests {
     use tokio::time::Instant;
 
     use super::*;
+    use crate::wire::Gone;
 
     type Read = Result<Incoming<String>, ReadError>;
 
@@ -638,6 +678,27 @@ mod loop_tests {
         }
     }
 
+    /// A client that stops reading once `stalled` is set: from then on no write completes,
+    /// as a write into a full TCP window does not.
+    struct Stalling {
+        wire: Wire,
+        stalled: Rc<Cell<bool>>,
+        abandoned: Rc<Cell<bool>>,
+    }
+
+    impl Outlet for Stalling {
+        async fn write(&mut self, frame: Outgoing) -> Result<(), Gone> {
+            if self.stalled.get() {
+                std::future::pending::<()>().await;
+            }
+            Outlet::write(&mut self.wire, frame).await
+        }
+
+        fn abandon(&mut self) {
+            self.abandoned.set(true);
+        }
+    }
+
     /// What a session shares with the server: metrics, the shutdown and kick tokens, limits
     /// (the defaults: heartbeat 5 s, timeout 15 s), and whether `leave` has run.
     struct Fixture {
@@ -660,6 +721,7 @@ mod loop_tests {
                     rate_per_sec: 200,
                     rate_burst: 400,
                     max_body_bytes: 64 * 1024,
+                    write_timeout: Duration::from_secs(5),
                 },
                 left: Cell::new(false),
             }
@@ -667,6 +729,14 @@ mod loop_tests {
 
         /// A client and the session loop serving it (to be polled alongside the client).
         fn connect(&self) -> (Client, impl Future<Output = ()> + '_) {
+            self.connect_through(|wire| wire)
+        }
+
+        /// [`Self::connect`], the loop writing through `outlet(wire)`.
+        fn connect_through<'a, K: Outlet + 'a>(
+            &'a self,
+            outlet: impl FnOnce(Wire) -> K,
+        ) -> (Client, impl Future<Output = ()> + 'a) {
             let (frames, frames_rx) = mpsc::unbounded_channel();
             let (wire_tx, wire) = mpsc::unbounded_channel();
             let (queue, outbound) = mpsc::channel(16);
@@ -683,7 +753,7 @@ mod loop_tests {
                 outbound,
             };
             let leave = async { self.left.set(true) };
-            let session = run_session(Frames(frames_rx), Wire(wire_tx), ctx, leave);
+            let session = run_session(Frames(frames_rx), outlet(Wire(wire_tx)), ctx, leave);
             let client = Client {
                 frames,
                 wire,
@@ -1003,6 +1073,57 @@ mod loop_tests {
         };
         tokio::join!(session, script);
         assert_eq!(fx.metrics.slow_consumer_kicks.get(), 1);
+    }
+
+    /// A client that stops reading while frames are queued for it: the write never
+    /// completes, and the kick that its full queue would send cannot be seen mid-write, so
+    /// only the write timeout ends it: 5 s after the stall, without a close frame (a frame may
+    /// be half written), the connection given up and counted as a slow consumer.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+        let fx = Fixture::new();
+        let stalled = Rc::new(Cell::new(false));
+        let abandoned = Rc::new(Cell::new(false));
+        let (mut client, session) = fx.connect_through(|wire| Stalling {
+            wire,
+            stalled: stalled.clone(),
+            abandoned: abandoned.clone(),
+        });
+        let start = Instant::now();
+        let kick = &fx.kick;
+        let script = async move {
+            client.hello().await;
+            stalled.set(true);
+            for n in 0..16 {
+                let frame =
+                    format!(r#"{{"type":"typing","conversation_id":"c{n}","user_id":"u2"}}"#);
+                client
+                    .queue
+                    .try_send(Outbound::Frame(frame.into()))
+                    .unwrap();
+            }
+            // The loop is in the first of these writes when the queue has filled and the hub
+            // kicks it.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            kick.cancel();
+            let ended = tokio::time::timeout(Duration::from_secs(60), async {
+                while let Some(frame) = client.wire.recv().await {
+                    assert_eq!(frame, Outgoing::Ping, "nothing but the heartbeat got out");
+                }
+            })
+            .await;
+            assert!(ended.is_ok(), "the stalled loop never ended");
+            let at = start.elapsed().as_secs_f64();
+            assert!((at - 5.0).abs() < 0.01, "ended at {at}s");
+        };
+        tokio::join!(session, script);
+        assert!(fx.left.get());
+        assert!(
+            abandoned.get(),
+            "the connection was given up, not closed politely"
+        );
+        assert_eq!(fx.metrics.slow_consumer_kicks.get(), 1);
+        assert_eq!(fx.metrics.write_timeouts.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -356,6 +356,19 @@ impl FrameWriter {
 }
 
 impl Outlet for FrameWriter {
+    fn abandon(&mut self) {
+        self.closed = true;
+        // SO_LINGER 0: when the socket is closed it is reset, so the kernel drops the bytes
+        // the client never read instead of keeping them (and retrying) for minutes. tokio
+        // deprecates `set_linger` because a non-zero linger blocks the thread in `close`; a
+        // zero one does not block.
+        #[allow(deprecated)]
+        let _ = self
+            .write
+            .as_ref()
+            .set_linger(Some(std::time::Duration::ZERO));
+    }
+
     async fn write(&mut self, frame: Outgoing) -> Result<(), Gone> {
         if self.closed {
             return Err(Gone);

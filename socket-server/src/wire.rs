@@ -74,6 +74,11 @@ pub(crate) struct Gone;
 /// connection (it waits while the connection's write buffer is full).
 pub(crate) trait Outlet {
     async fn write(&mut self, frame: Outgoing) -> Result<(), Gone>;
+
+    /// Gives the connection up after a write that did not complete (the client stopped
+    /// reading): nothing more is written, and what is still unsent is discarded rather than
+    /// delivered. Nothing to do for a sink.
+    fn abandon(&mut self) {}
 }
 
 /// Any sink of frames; after a close frame the sink is closed.

@@ -23,6 +23,7 @@ mod chat_faults;
 mod client;
 mod compose;
 mod faults;
+mod hostile;
 mod nemesis;
 mod openapi;
 mod poison;

@@ -1,0 +1,247 @@
+//! Clients that try to harm others (issue 24): one that completes the upgrade and never reads
+//! while another user floods it, and tokens that must never reach a log line.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use switchboard_protocol::frames::ServerFrame;
+use switchboard_test_support::http::metric;
+use switchboard_test_support::{Stack, StackOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::client::{create_conversation, http, token_for, WsClient};
+
+fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The socket server's resident memory, in KiB (`VmRSS` in /proc/<pid>/status).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Opens a TCP connection from `from` with a small receive buffer, completes the WebSocket
+/// upgrade by hand and answers the stream, positioned after the `101` head. The caller never
+/// reads it again (unless it wants to see how it ended).
+async fn raw_upgrade(port: u16, token: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    // Small, so the server's writes stall after a few frames rather than megabytes.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "the server hung up"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    stream
+}
+
+/// A WebSocket that reads everything in the background and drops it; the returned sender
+/// writes text frames to it.
+async fn flooding_device(
+    url: &str,
+    token: &str,
+) -> futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    WsMessage,
+> {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}"))
+        .await
+        .expect("the flooder connects");
+    let (sink, mut stream) = ws.split();
+    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    sink
+}
+
+/// A client that completes the upgrade and never reads, while another user's two devices send
+/// 1,400 frames of 50 KB into a group it is in: the server closes it within 10 s of the flood
+/// reaching it (its writes stall, bounded by SB_CLIENT_WRITE_TIMEOUT_MS, or its queue fills and
+/// it is kicked), the memory its queue held is returned, and another member on the same server
+/// receives every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_reads_is_closed_and_harms_no_one() {
+    let stack = Stack::start(StackOptions {
+        socket_servers: 1,
+        registries: 1,
+        health_checkers: 1,
+        // The flood is one user's: let each of its devices send as fast as it can.
+        extra_env: kv(&[
+            ("SB_CLIENT_RATE_PER_SEC", "100000"),
+            ("SB_CLIENT_RATE_BURST", "100000"),
+            // So RSS follows live memory: every allocation of 32 KiB or more (each 50 KB
+            // frame) is its own mapping, returned to the kernel when freed, instead of a
+            // chunk glibc keeps in an arena.
+            (
+                "GLIBC_TUNABLES",
+                "glibc.malloc.mmap_threshold=32768:glibc.malloc.trim_threshold=131072",
+            ),
+        ]),
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let http = http();
+    let server = &stack.socket_servers[0];
+    let flooder = token_for(&stack, "flooder");
+    let conversation = create_conversation(
+        &http,
+        &stack,
+        &flooder,
+        json!({"kind": "group", "name": "flood", "members": ["sloth", "watcher"]}),
+    )
+    .await;
+
+    // It never reads, but it sends a pong every 500 ms, so the heartbeat never finds it
+    // silent: only its stalled writes can give it away.
+    let (mut sloth, mut sloth_out) = raw_upgrade(server.port, &token_for(&stack, "sloth"))
+        .await
+        .into_split();
+    let pongs = tokio::spawn(async move {
+        const MASKED_EMPTY_PONG: [u8; 6] = [0x8A, 0x80, 1, 2, 3, 4];
+        while sloth_out.write_all(&MASKED_EMPTY_PONG).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let mut watcher = WsClient::connect(&server.ws_url(), &token_for(&stack, "watcher"))
+        .await
+        .unwrap();
+    let mut devices = vec![
+        flooding_device(&server.ws_url(), &flooder).await,
+        flooding_device(&server.ws_url(), &flooder).await,
+    ];
+    let ops = server.http_url();
+    assert_eq!(
+        metric(&http, &ops, "switchboard_socket_connections").await,
+        4.0
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = rss_kib(server.process.pid());
+
+    // The watcher counts the flood as it arrives.
+    const FRAMES: usize = 1_400;
+    let received = Arc::new(AtomicUsize::new(0));
+    let first_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let watch = {
+        let (received, first_at, conversation) =
+            (received.clone(), first_at.clone(), conversation.clone());
+        tokio::spawn(async move {
+            while received.load(Ordering::Relaxed) < FRAMES {
+                match watcher.next_frame(Duration::from_secs(30)).await {
+                    Some(ServerFrame::Message {
+                        conversation_id, ..
+                    }) if conversation_id == conversation => {
+                        first_at.lock().unwrap().get_or_insert_with(Instant::now);
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            watcher
+        })
+    };
+
+    let body = "x".repeat(50_000);
+    let flood = tokio::spawn(async move {
+        for n in 0..FRAMES {
+            let frame = json!({
+                "type": "send",
+                "conversation_id": conversation,
+                "client_msg_id": format!("f{n}"),
+                "body": body,
+            })
+            .to_string();
+            devices[n % 2].send(WsMessage::Text(frame)).await.unwrap();
+        }
+        devices
+    });
+
+    // Closed within 10 s of the flood reaching this server.
+    let mut peak = baseline;
+    let closed_at = loop {
+        peak = peak.max(rss_kib(server.process.pid()));
+        let started = *first_at.lock().unwrap();
+        if let Some(started) = started {
+            if metric(&http, &ops, "switchboard_socket_connections").await == 3.0 {
+                break started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the client that never reads is still connected 10 s into the flood \
+                 ({} frames delivered to the watcher, RSS {} KiB from {baseline} KiB)",
+                received.load(Ordering::Relaxed),
+                rss_kib(server.process.pid()),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("the client that never reads was closed {closed_at:?} into the flood");
+    assert!(metric(&http, &ops, "switchboard_socket_slow_consumer_kicks_total").await >= 1.0);
+
+    // The watcher, on the same server, receives all of it.
+    let _devices = flood.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while received.load(Ordering::Relaxed) < FRAMES && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut watcher = watch.await.unwrap();
+    assert_eq!(received.load(Ordering::Relaxed), FRAMES);
+    assert!(watcher.ping_pong().await, "the watcher is still served");
+
+    // The memory the stalled connection held is returned (its queue alone could hold
+    // 1,024 x 50 KB).
+    let mut rss = rss_kib(server.process.pid());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while rss > baseline + 16 * 1024 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss = rss_kib(server.process.pid());
+    }
+    println!("socket server RSS: {baseline} KiB before, {peak} KiB at most until the close, {rss} KiB after");
+    assert!(
+        rss <= baseline + 16 * 1024,
+        "RSS {rss} KiB, {baseline} KiB before the flood"
+    );
+
+    // The server ended the stalled connection: reading it now finds its end.
+    let mut sink = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match sloth.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled connection was never closed");
+    pongs.abort();
+}
