@@ -259,3 +259,194 @@ impl Quotas {
         Ok(verdicts)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: QuotaSettings = QuotaSettings {
+        frames_per_min: 60,
+        frames_burst: 8,
+        bytes_per_min: 6_000,
+        bytes_burst: 1_000,
+        typing_interval_ms: 1_000,
+    };
+
+    fn quotas(name: &str, settings: QuotaSettings) -> (SentinelRedis, Quotas) {
+        let redis = switchboard_test_support::shared::fresh_redis("socket-manager", name);
+        (redis.clone(), Quotas::new(redis, settings).unwrap())
+    }
+
+    fn send(user: &str, bytes: u64) -> QuotaFrame<'_> {
+        QuotaFrame {
+            user,
+            bytes,
+            typing_in: None,
+        }
+    }
+
+    fn typing<'a>(user: &'a str, conversation: &'a str) -> QuotaFrame<'a> {
+        QuotaFrame {
+            user,
+            bytes: 0,
+            typing_in: Some(conversation),
+        }
+    }
+
+    /// The bucket against the test binary's real Redis: a user's frames beyond the burst are
+    /// refused in batch order, another user's are not touched, bytes count on their own, and
+    /// the bucket refills at the rate and expires once it would be full.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_users_frames_beyond_the_bucket_are_refused_in_batch_order() {
+        let (redis, quotas) = quotas("quota-bucket", SETTINGS);
+        use Verdict::*;
+        let mut frames: Vec<QuotaFrame> = (0..10).map(|_| send("ann", 10)).collect();
+        frames.insert(3, send("bob", 10));
+        let verdicts = quotas.check(&frames).await;
+        assert_eq!(
+            verdicts,
+            [
+                Admitted, Admitted, Admitted, Admitted, Admitted, Admitted, Admitted, Admitted,
+                Admitted, Refused, Refused
+            ],
+            "ann's first 8 (the burst) pass, bob's one too, ann's last two are refused"
+        );
+        assert_eq!(quotas.refused.get(), 2);
+        let bob_bytes: i64 = redis
+            .query(redis::cmd("EXISTS").arg(redis.key("quota:bytes:bob")))
+            .await
+            .unwrap();
+        assert_eq!(
+            bob_bytes, 1,
+            "bob sent 10 bytes: a byte bucket until it is full again"
+        );
+        // One frame a second comes back (60 per minute).
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        let verdicts = quotas.check(&[send("ann", 10), send("ann", 10)]).await;
+        assert_eq!(verdicts, [Admitted, Refused]);
+        // Bytes: 1,000 at once; a send over what is left is refused, a smaller one passes.
+        let verdicts = quotas
+            .check(&[send("cat", 900), send("cat", 200), send("cat", 100)])
+            .await;
+        assert_eq!(verdicts, [Admitted, Refused, Admitted]);
+        // Each bucket lives until it would be full again, no longer.
+        let ttl: i64 = redis
+            .query(redis::cmd("PTTL").arg(redis.key("quota:frames:ann")))
+            .await
+            .unwrap();
+        assert!((1..=10_000).contains(&ttl), "{ttl} ms");
+        let ttl: i64 = redis
+            .query(redis::cmd("PTTL").arg(redis.key("quota:bytes:cat")))
+            .await
+            .unwrap();
+        assert!((1..=11_000).contains(&ttl), "{ttl} ms");
+    }
+
+    /// Typing: one per (conversation, sender) per interval, cluster-wide; the rest dropped as
+    /// coalesced. Under pressure (the user's bucket below a quarter of its burst) typing is
+    /// shed while sends still pass.
+    #[tokio::test(flavor = "current_thread")]
+    async fn typing_is_coalesced_per_conversation_and_sender_and_shed_first() {
+        let (_redis, quotas) = quotas(
+            "quota-typing",
+            QuotaSettings {
+                frames_burst: 100,
+                ..SETTINGS
+            },
+        );
+        use Verdict::*;
+        let verdicts = quotas
+            .check(&[
+                typing("ann", "c1"),
+                typing("ann", "c1"),
+                typing("ann", "c2"),
+                typing("bob", "c1"),
+                typing("ann", "c1"),
+            ])
+            .await;
+        assert_eq!(
+            verdicts,
+            [Admitted, Coalesced, Admitted, Admitted, Coalesced]
+        );
+        let again = quotas.check(&[typing("ann", "c1")]).await;
+        assert_eq!(again, [Coalesced], "within the interval, from any batch");
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        assert_eq!(quotas.check(&[typing("ann", "c1")]).await, [Admitted]);
+        // 100 tokens, 7 spent: 75 more sends leave about 20 (with a few seconds' refill),
+        // under a quarter of the burst.
+        let sends: Vec<QuotaFrame> = (0..75).map(|_| send("ann", 1)).collect();
+        assert!(quotas.check(&sends).await.iter().all(|v| *v == Admitted));
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        let verdicts = quotas.check(&[typing("ann", "c3"), send("ann", 1)]).await;
+        assert_eq!(verdicts, [Shed, Admitted], "typing goes first");
+        assert_eq!(
+            quotas
+                .typing_dropped
+                .with_label_values(&["coalesced"])
+                .get(),
+            3
+        );
+        assert_eq!(quotas.typing_dropped.with_label_values(&["shed"]).get(), 1);
+    }
+
+    /// What the check costs Redis: one script call for a full batch (256 frames) from one
+    /// user and from 64 users, timed over many calls (printed; run with `--nocapture`). The
+    /// bound asserted is loose (a shared CI machine); the figures are in docs/architecture.md.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_check_is_one_cheap_script_call_per_batch() {
+        let (redis, quotas) = quotas(
+            "quota-cost",
+            QuotaSettings {
+                frames_per_min: 1_000_000_000,
+                frames_burst: 1_000_000_000,
+                bytes_per_min: 1_000_000_000,
+                bytes_burst: 1_000_000_000,
+                typing_interval_ms: 1_000,
+            },
+        );
+        let users: Vec<String> = (0..64).map(|i| format!("user{i}")).collect();
+        for (label, frames) in [
+            ("1 user, 1 frame", vec![send("solo", 100)]),
+            (
+                "1 user, 256 frames",
+                (0..256).map(|_| send("solo", 100)).collect::<Vec<_>>(),
+            ),
+            (
+                "64 users, 256 frames",
+                (0..256)
+                    .map(|i| send(&users[i % 64], 100))
+                    .collect::<Vec<_>>(),
+            ),
+        ] {
+            let redis_usec = || async {
+                let stats: String = redis
+                    .query(redis::cmd("INFO").arg("commandstats"))
+                    .await
+                    .unwrap_or_default();
+                stats
+                    .lines()
+                    .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+                    .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let rounds = 200;
+            let before = redis_usec().await;
+            let started = std::time::Instant::now();
+            for _ in 0..rounds {
+                quotas.check(&frames).await;
+            }
+            let per_call = started.elapsed() / rounds;
+            // Every EVALSHA this Redis ran meanwhile (other tests' too): an upper bound.
+            let in_redis = (redis_usec().await - before) / u64::from(rounds);
+            println!(
+                "quota check, {label}: {per_call:?} per call, round trip included; \
+                 at most {in_redis} µs of Redis CPU per call"
+            );
+            assert!(
+                per_call < std::time::Duration::from_millis(50),
+                "{label}: {per_call:?}"
+            );
+        }
+    }
+}
