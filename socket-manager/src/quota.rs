@@ -300,7 +300,7 @@ mod tests {
     async fn a_users_frames_beyond_the_bucket_are_refused_in_batch_order() {
         let (redis, quotas) = quotas("quota-bucket", SETTINGS);
         use Verdict::*;
-        let mut frames: Vec<QuotaFrame> = (0..10).map(|_| send("ann", 10)).collect();
+        let mut frames: Vec<QuotaFrame<'_>> = (0..10).map(|_| send("ann", 10)).collect();
         frames.insert(3, send("bob", 10));
         let verdicts = quotas.check(&frames).await;
         assert_eq!(
@@ -374,7 +374,7 @@ mod tests {
         assert_eq!(quotas.check(&[typing("ann", "c1")]).await, [Admitted]);
         // 100 tokens, 7 spent: 75 more sends leave about 20 (with a few seconds' refill),
         // under a quarter of the burst.
-        let sends: Vec<QuotaFrame> = (0..75).map(|_| send("ann", 1)).collect();
+        let sends: Vec<QuotaFrame<'_>> = (0..75).map(|_| send("ann", 1)).collect();
         assert!(quotas.check(&sends).await.iter().all(|v| *v == Admitted));
         tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
         let verdicts = quotas.check(&[typing("ann", "c3"), send("ann", 1)]).await;
