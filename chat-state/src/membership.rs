@@ -18,6 +18,12 @@
 //! equals one a slow refill read before (the "ABA" a counter restarting at 1 would allow).
 //! The one exception is [`Version::new_conversation`]: a conversation created in the same
 //! request has never had a version, and its refill writes only while there is still none.
+//!
+//! The message service applies each change with [`MembershipMirror::invalidate_at`], which
+//! writes the change's SQL membership version into the mirror's version (`v<n>-...`) and
+//! does nothing when the version already carries it: so it re-applies recent changes until it
+//! is sure Redis kept them (a failover can lose an acknowledged write), and a removal cannot
+//! be lost with them.
 
 use switchboard_protocol::ConversationId;
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
@@ -62,6 +68,24 @@ static VERSION: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(||
           redis.call('EXPIRE', KEYS[1], ARGV[2])
         end
         return now
+        ",
+    )
+});
+
+/// KEYS: mirror, version. ARGV: the change's SQL membership version, a fresh version, the
+/// version's ttl. Forgets the mirror and sets the version `v<sql>-<fresh>` unless the current
+/// version already carries this SQL version or a later one (then the mirror reflects the
+/// change: its set is only written by refills that read that version before reading SQL).
+/// Answers 1 if it invalidated.
+static INVALIDATE_AT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local now = redis.call('GET', KEYS[2])
+        local applied = now and string.match(now, '^v(%d+)%-')
+        if applied and tonumber(applied) >= tonumber(ARGV[1]) then return 0 end
+        redis.call('DEL', KEYS[1])
+        redis.call('SET', KEYS[2], 'v' .. ARGV[1] .. '-' .. ARGV[2], 'EX', ARGV[3])
+        return 1
         ",
     )
 });
@@ -178,6 +202,28 @@ impl MembershipMirror {
             .ignore();
         self.redis.query_pipe::<()>(&pipe).await
     }
+
+    /// After the membership change numbered `sql_version` (the message service's
+    /// `conversations.members_version`, bumped in the change's transaction): invalidates like
+    /// [`Self::invalidate`] unless the mirror's version says this change, or a later one, was
+    /// already applied. Safe to repeat, so the message service re-applies every recent change
+    /// until it is sure Redis kept it (a write acknowledged by a master that dies before
+    /// replicating it is lost in the failover); a repeat costs one script call, not a refill.
+    /// Answers whether it invalidated.
+    pub async fn invalidate_at(
+        &self,
+        conversation_id: &str,
+        sql_version: u64,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = INVALIDATE_AT.prepare_invoke();
+        invocation
+            .key(self.key(conversation_id))
+            .key(self.version_key(conversation_id))
+            .arg(sql_version)
+            .arg(fresh_version())
+            .arg(VERSION_TTL_SECS);
+        Ok(self.redis.invoke::<i64>(&invocation).await? == 1)
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +251,46 @@ mod tests {
             .query(redis::cmd("TTL").arg(key))
             .await
             .unwrap()
+    }
+
+    /// A change applied at its SQL version is applied once: repeating it (the message
+    /// service's outbox re-checks recent changes) is a no-op while the mirror's version
+    /// carries it, and invalidates again when that version was lost (a failover) or replaced.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_change_at_a_sql_version_is_applied_once_and_again_when_lost() {
+        let redis = switchboard_test_support::shared::fresh_redis("message-service", "mirror-at");
+        let mirror = MembershipMirror::new(redis.clone());
+        let read = mirror.version(C).await.unwrap();
+        mirror
+            .refill(C, &read, &members(&["ann", "bob"]))
+            .await
+            .unwrap();
+
+        // bob removed at SQL version 3: invalidated once.
+        assert!(mirror.invalidate_at(C, 3).await.unwrap());
+        assert!(mirrored(&mirror).await.is_empty());
+        let after = mirror.version(C).await.unwrap();
+        mirror.refill(C, &after, &members(&["ann"])).await.unwrap();
+        assert!(!mirror.invalidate_at(C, 3).await.unwrap(), "a repeat");
+        assert!(
+            !mirror.invalidate_at(C, 2).await.unwrap(),
+            "an older change"
+        );
+        assert_eq!(mirrored(&mirror).await, ["ann"], "the refilled set stays");
+
+        // A failover loses the change: the old version and set are back.
+        let _: () = redis
+            .query(redis::cmd("SET").arg(mirror.version_key(C)).arg(&read.0))
+            .await
+            .unwrap();
+        let _: i64 = redis
+            .query(redis::cmd("SADD").arg(mirror.key(C)).arg("bob"))
+            .await
+            .unwrap();
+        assert!(mirror.invalidate_at(C, 3).await.unwrap(), "applied again");
+        assert!(mirrored(&mirror).await.is_empty());
+        // A later change at a higher version applies.
+        assert!(mirror.invalidate_at(C, 4).await.unwrap());
     }
 
     /// Both keys expire; a removal stays in force even when the version it made expires

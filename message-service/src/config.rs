@@ -14,6 +14,12 @@ pub const SB_DB_MAX_CONNECTIONS: &str = "SB_DB_MAX_CONNECTIONS";
 pub const SB_MAX_GROUP_MEMBERS: &str = "SB_MAX_GROUP_MEMBERS";
 pub const SB_INGEST_FETCH_WAIT_MS: &str = "SB_INGEST_FETCH_WAIT_MS";
 pub const SB_INGEST_REWIND_RECORDS: &str = "SB_INGEST_REWIND_RECORDS";
+pub const SB_DB_REST_MAX_CONNECTIONS: &str = "SB_DB_REST_MAX_CONNECTIONS";
+pub const SB_DB_REST_STATEMENT_TIMEOUT_MS: &str = "SB_DB_REST_STATEMENT_TIMEOUT_MS";
+pub const SB_CONVERSATIONS_PER_MINUTE: &str = "SB_CONVERSATIONS_PER_MINUTE";
+pub const SB_MEMBERS_ADDED_PER_MINUTE: &str = "SB_MEMBERS_ADDED_PER_MINUTE";
+pub const SB_GROUP_ADD_POLICY: &str = "SB_GROUP_ADD_POLICY";
+pub const SB_PRESENCE_POLICY: &str = "SB_PRESENCE_POLICY";
 
 /// The message service's own variables.
 pub const ENV: &[EnvVar] = &[
@@ -30,7 +36,50 @@ pub const ENV: &[EnvVar] = &[
     EnvVar {
         name: SB_DB_MAX_CONNECTIONS,
         default: Some("10"),
-        doc: "Size of the database connection pool.",
+        doc: "Size of the ingest pool: ingest, the settled check and log fences, and the \
+              cluster-only routes the socket managers call. The public REST API has a pool of \
+              its own, so slow client requests cannot hold up ingest (or sends).",
+    },
+    EnvVar {
+        name: SB_DB_REST_MAX_CONNECTIONS,
+        default: Some("10"),
+        doc: "Size of the public REST API's database pool.",
+    },
+    EnvVar {
+        name: SB_DB_REST_STATEMENT_TIMEOUT_MS,
+        default: Some("5000"),
+        doc: "PostgreSQL `statement_timeout` of the REST pool, in milliseconds: a slower \
+              statement is cancelled and its request answered 503 `unavailable`. 0 turns it \
+              off.",
+    },
+    EnvVar {
+        name: SB_CONVERSATIONS_PER_MINUTE,
+        default: Some("60"),
+        doc: "Conversations one user may create per minute (direct and group; asking again \
+              for an existing direct conversation is free); beyond it 429 `rate_limited` \
+              with `Retry-After`.",
+    },
+    EnvVar {
+        name: SB_MEMBERS_ADDED_PER_MINUTE,
+        default: Some("300"),
+        doc: "Members (or invites) one user may add to groups per minute through \
+              `POST /api/v1/conversations/{id}/members`; beyond it 429 `rate_limited` with \
+              `Retry-After`.",
+    },
+    EnvVar {
+        name: SB_GROUP_ADD_POLICY,
+        default: Some("open"),
+        doc: "`open`: a group's owner and admins add members directly (the original \
+              contract), except a user who left the group, who is invited instead. `invite`: \
+              everyone named when a group is created or added later is invited and becomes a \
+              member only on accepting (`POST /api/v1/conversations/{id}/accept`).",
+    },
+    EnvVar {
+        name: SB_PRESENCE_POLICY,
+        default: Some("shared"),
+        doc: "`shared`: users see the presence of everyone they share a conversation with \
+              (the original contract). `accepted`: only through a conversation both have \
+              accepted (created, accepted, or sent a message in). Blocks apply under both.",
     },
     EnvVar {
         name: SB_MAX_GROUP_MEMBERS,
@@ -76,7 +125,7 @@ pub struct MessageServiceConfig {
     pub bind: String,
     /// `SB_DATABASE_URL`, default `postgres://switchboard@127.0.0.1:5432/switchboard`.
     pub database_url: String,
-    /// `SB_DB_MAX_CONNECTIONS`, default 10.
+    /// `SB_DB_MAX_CONNECTIONS` (the ingest pool), default 10.
     pub db_max_connections: u32,
     /// Largest group (`SB_MAX_GROUP_MEMBERS`, default 1000).
     pub max_group_members: usize,
@@ -85,6 +134,58 @@ pub struct MessageServiceConfig {
     /// Records re-read before each committed offset on start (`SB_INGEST_REWIND_RECORDS`,
     /// default 1000).
     pub ingest_rewind_records: u64,
+    /// `SB_DB_REST_MAX_CONNECTIONS`, default 10.
+    pub db_rest_max_connections: u32,
+    /// `SB_DB_REST_STATEMENT_TIMEOUT_MS`, default 5000 (0: none).
+    pub db_rest_statement_timeout_ms: u64,
+    /// `SB_CONVERSATIONS_PER_MINUTE`, default 60.
+    pub conversations_per_minute: u32,
+    /// `SB_MEMBERS_ADDED_PER_MINUTE`, default 300.
+    pub members_added_per_minute: u32,
+    /// `SB_GROUP_ADD_POLICY`, default `open`.
+    pub group_add_policy: GroupAddPolicy,
+    /// `SB_PRESENCE_POLICY`, default `shared`.
+    pub presence_policy: PresencePolicy,
+}
+
+/// How users come into groups (`SB_GROUP_ADD_POLICY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupAddPolicy {
+    /// Added directly (a user who left is invited instead).
+    Open,
+    /// Invited; a member only on accepting.
+    Invite,
+}
+
+impl std::str::FromStr for GroupAddPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(GroupAddPolicy::Open),
+            "invite" => Ok(GroupAddPolicy::Invite),
+            _ => Err("must be `open` or `invite`".into()),
+        }
+    }
+}
+
+/// Whose presence a user may see (`SB_PRESENCE_POLICY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresencePolicy {
+    /// Anyone sharing a conversation.
+    Shared,
+    /// Only through a conversation both accepted.
+    Accepted,
+}
+
+impl std::str::FromStr for PresencePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shared" => Ok(PresencePolicy::Shared),
+            "accepted" => Ok(PresencePolicy::Accepted),
+            _ => Err("must be `shared` or `accepted`".into()),
+        }
+    }
 }
 
 impl MessageServiceConfig {
@@ -109,6 +210,12 @@ impl MessageServiceConfig {
             max_group_members: lookup_or(lookup, SB_MAX_GROUP_MEMBERS, 1000)?,
             ingest_fetch_wait_ms: lookup_or(lookup, SB_INGEST_FETCH_WAIT_MS, 100)?,
             ingest_rewind_records: lookup_or(lookup, SB_INGEST_REWIND_RECORDS, 1000)?,
+            db_rest_max_connections: lookup_or(lookup, SB_DB_REST_MAX_CONNECTIONS, 10)?,
+            db_rest_statement_timeout_ms: lookup_or(lookup, SB_DB_REST_STATEMENT_TIMEOUT_MS, 5000)?,
+            conversations_per_minute: lookup_or(lookup, SB_CONVERSATIONS_PER_MINUTE, 60)?,
+            members_added_per_minute: lookup_or(lookup, SB_MEMBERS_ADDED_PER_MINUTE, 300)?,
+            group_add_policy: lookup_or(lookup, SB_GROUP_ADD_POLICY, GroupAddPolicy::Open)?,
+            presence_policy: lookup_or(lookup, SB_PRESENCE_POLICY, PresencePolicy::Shared)?,
         })
     }
 }

@@ -9,12 +9,18 @@
 //!   stored message, goes to `dead_letters` and ingest goes on.
 //! - `routes`: REST of SPEC section 5 (JWT auth), plus the cluster-only membership lookup the
 //!   socket managers use when their Redis cache of members is cold.
-//! - the members mirror in Redis the managers read is `switchboard_chat_state::membership`.
+//! - the members mirror in Redis the managers read is `switchboard_chat_state::membership`;
+//!   [`outbox`] applies every membership change to it until Redis has surely kept it.
+//!
+//! Two database pools: ingest's (ingest, the settled check and log fences, the cluster-only
+//! routes, the outbox) and the public REST API's, with a `statement_timeout`, so no number
+//! of slow client requests can hold up ingest, and through the settled check, sends.
 
 mod auth;
 pub mod config;
 pub mod ingest;
 pub mod log_fences;
+pub mod outbox;
 mod routes;
 pub mod settled;
 pub mod store;
@@ -32,7 +38,10 @@ use switchboard_service_kit::shutdown::CancellationToken;
 pub use config::MessageServiceConfig;
 
 pub(crate) struct AppState {
+    /// The REST pool: public routes.
     pub store: store::Store,
+    /// The ingest pool: cluster-only routes (the socket managers' send path).
+    pub internal: store::Store,
     pub tokens: TokenKeys,
     pub cache: switchboard_chat_state::membership::MembershipMirror,
     pub settled: settled::Settled,
@@ -43,6 +52,10 @@ pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     ingest: ingest::Ingest,
+    outbox: (
+        store::Store,
+        switchboard_chat_state::membership::MembershipMirror,
+    ),
 }
 
 impl Application {
@@ -50,6 +63,17 @@ impl Application {
         let listener = TcpListener::bind(&config.bind)?;
         let port = listener.local_addr()?.port();
         let store = store::Store::connect(&config.database_url, config.db_max_connections).await?;
+        let rest_store = store::Store::connect_with(
+            &config.database_url,
+            store::PoolSettings {
+                max_connections: config.db_rest_max_connections,
+                statement_timeout_ms: config.db_rest_statement_timeout_ms,
+                // Shorter than ingest's: a client gets a quick 503 rather than a long queue.
+                acquire_timeout: std::time::Duration::from_secs(2),
+                migrate: false,
+            },
+        )
+        .await?;
         let redis = SentinelRedis::new(config.common.redis.clone());
         let ops = Ops::new("message-service");
         let progress = settled::IngestProgress::default();
@@ -76,10 +100,13 @@ impl Application {
             .with_check("redis", redis.readiness_check())
             .with_check("ingest", alarm.readiness_check());
         let config_origins = config.common.allowed_origins.clone();
+        let mirror = switchboard_chat_state::membership::MembershipMirror::new(redis);
+        let outbox = (store.clone(), mirror.clone());
         let state = web::Data::new(AppState {
-            store,
+            store: rest_store,
+            internal: store,
             tokens: config.common.token_keys(),
-            cache: switchboard_chat_state::membership::MembershipMirror::new(redis),
+            cache: mirror,
             settled,
             config,
         });
@@ -98,6 +125,7 @@ impl Application {
             port,
             server,
             ingest,
+            outbox,
         })
     }
 
@@ -111,6 +139,11 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut workers = switchboard_service_kit::supervise::Workers::new();
         workers.spawn("ingest", self.ingest.run(shutdown.clone()));
+        let (store, mirror) = self.outbox;
+        workers.spawn(
+            "membership outbox",
+            outbox::run(store, mirror, shutdown.clone()),
+        );
         workers.serve(self.server, shutdown).await?;
         Ok(())
     }

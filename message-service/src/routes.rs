@@ -1,5 +1,8 @@
-//! REST of SPEC section 5. Every handler authenticates with [`AuthUser`]; membership is
-//! enforced here (403 `not_a_member`).
+//! REST of SPEC section 5, and the consent and limits of issue 24 (docs/protocol.md,
+//! "Conversations and history"). Every handler authenticates with [`AuthUser`]; membership is
+//! enforced here (403 `not_a_member`). Public handlers use the REST pool (`AppState::store`,
+//! with a statement timeout); cluster-only ones the ingest pool (`AppState::internal`), so a
+//! storm of client requests cannot hold up the socket managers.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -11,17 +14,22 @@ use switchboard_protocol::UserId;
 use switchboard_service_kit::http::{require_cluster_secret, ApiError};
 
 use crate::auth::AuthUser;
-use crate::store::Conversation;
+use crate::config::{GroupAddPolicy, PresencePolicy};
+use crate::store::{Accepted, Added, Conversation, ListCursor, MemberState};
 use crate::AppState;
 use switchboard_chat_state::membership::Version;
 use switchboard_protocol::conversations::{
-    AddMember, ConversationList, CreateConversation, MessagePage, Presence, PresenceList, Role,
-    SetRole,
+    AddMember, BlockList, ConversationList, CreateConversation, InvitationList, MessagePage,
+    Presence, PresenceList, Role, SetRole,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/conversations", web::post().to(create))
         .route("/api/v1/conversations", web::get().to(list))
+        .route(
+            "/api/v1/conversations/{id}",
+            web::get().to(get_conversation),
+        )
         .route(
             "/api/v1/conversations/{id}/messages",
             web::get().to(history),
@@ -38,6 +46,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/api/v1/conversations/{id}/members/{user_id}/role",
             web::put().to(set_role),
         )
+        .route("/api/v1/conversations/{id}/accept", web::post().to(accept))
+        .route("/api/v1/invitations", web::get().to(invitations))
+        .route("/api/v1/blocks", web::get().to(blocks))
+        .route("/api/v1/blocks/{user_id}", web::put().to(block))
+        .route("/api/v1/blocks/{user_id}", web::delete().to(unblock))
         .route(
             "/internal/v1/conversations/{id}/members",
             web::get().to(internal_members),
@@ -57,7 +70,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The public REST API of the message service, generated from the handlers.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(create, list, history, add_member, remove_member, set_role, presence),
+    paths(
+        create,
+        list,
+        get_conversation,
+        history,
+        add_member,
+        remove_member,
+        set_role,
+        accept,
+        invitations,
+        blocks,
+        block,
+        unblock,
+        presence
+    ),
     modifiers(&BearerAuth)
 )]
 struct PublicApi;
@@ -126,6 +153,83 @@ fn db_error(e: sqlx::Error) -> ApiError {
     ApiError::unavailable("the database is unavailable, retry shortly")
 }
 
+/// A refusal the handler answers itself (a status or header [`ApiError`] cannot carry).
+enum Refused {
+    Api(ApiError),
+    /// 429 `rate_limited` with `Retry-After` (seconds).
+    Quota {
+        what: &'static str,
+        retry_after: u64,
+    },
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Refused::Api(e)
+    }
+}
+
+type Answer = Result<HttpResponse, Refused>;
+
+fn into_answer(result: Answer) -> HttpResponse {
+    match result {
+        Ok(resp) => resp,
+        Err(Refused::Api(e)) => actix_web::ResponseError::error_response(&e),
+        Err(Refused::Quota { what, retry_after }) => HttpResponse::TooManyRequests()
+            .insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                retry_after.to_string(),
+            ))
+            .json(ErrorBody::new(
+                ErrorCode::RateLimited,
+                format!("too many {what} per minute; retry in {retry_after} s"),
+            )),
+    }
+}
+
+/// Takes one of the caller's per-minute `kind` events, or refuses with `Retry-After`.
+async fn take_quota(
+    state: &AppState,
+    user: &str,
+    kind: &'static str,
+    what: &'static str,
+    per_minute: u32,
+) -> Result<(), Refused> {
+    match state
+        .store
+        .take_quota(user, kind, per_minute)
+        .await
+        .map_err(db_error)?
+    {
+        None => Ok(()),
+        Some(retry_after) => Err(Refused::Quota { what, retry_after }),
+    }
+}
+
+/// 403 `forbidden` when any of `users` blocks `caller` (named, so the caller knows whom).
+async fn refuse_if_blocked(
+    state: &AppState,
+    users: &[String],
+    caller: &str,
+) -> Result<(), ApiError> {
+    let others: Vec<String> = users.iter().filter(|u| *u != caller).cloned().collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let blocking = state
+        .store
+        .blocking(&others, caller)
+        .await
+        .map_err(db_error)?;
+    match blocking.first() {
+        None => Ok(()),
+        Some(who) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("{who:?} does not accept conversations with you"),
+        )),
+    }
+}
+
 /// Creates a direct conversation (or answers the existing one of the pair) or a group.
 #[utoipa::path(
     post, path = "/api/v1/conversations", tag = "conversations",
@@ -135,7 +239,9 @@ fn db_error(e: sqlx::Error) -> ApiError {
         (status = 201, description = "created", body = Conversation),
         (status = 400, description = "bad kind, members or name", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "a member blocks the caller (`forbidden`)", body = ErrorBody),
         (status = 413, description = "too many members (`too_large`)", body = ErrorBody),
+        (status = 429, description = "over the caller's conversations per minute (`rate_limited`, with `Retry-After`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -143,13 +249,13 @@ async fn create(
     user: AuthUser,
     state: web::Data<AppState>,
     body: web::Json<CreateConversation>,
-) -> Result<HttpResponse, ApiError> {
-    let caller = user.0;
-    let body = body.into_inner();
+) -> HttpResponse {
+    into_answer(create_inner(user.0, &state, body.into_inner()).await)
+}
+
+async fn create_inner(caller: String, state: &AppState, body: CreateConversation) -> Answer {
     if let Some(bad) = body.members.iter().find(|m| !UserId::is_valid(m)) {
-        return Err(ApiError::bad_request(format!(
-            "member {bad:?} is not a valid user id"
-        )));
+        return Err(ApiError::bad_request(format!("member {bad:?} is not a valid user id")).into());
     }
     match body.kind.as_str() {
         "direct" => {
@@ -160,9 +266,28 @@ async fn create(
                 _ => {
                     return Err(ApiError::bad_request(
                         "a direct conversation has exactly one other member",
-                    ))
+                    )
+                    .into())
                 }
             };
+            refuse_if_blocked(state, &[other.to_owned()], &caller).await?;
+            // Asking again for an existing pair creates nothing, so it takes no quota.
+            let exists = state
+                .store
+                .direct_between(&caller, other)
+                .await
+                .map_err(db_error)?
+                .is_some();
+            if !exists {
+                take_quota(
+                    state,
+                    &caller,
+                    "conversation",
+                    "conversations created",
+                    state.config.conversations_per_minute,
+                )
+                .await?;
+            }
             let (conversation, created) = state
                 .store
                 .create_direct(&caller, other)
@@ -176,7 +301,8 @@ async fn create(
                         &Version::new_conversation(),
                         &conversation.members,
                     )
-                    .await?;
+                    .await
+                    .map_err(ApiError::from)?;
                 Ok(HttpResponse::Created().json(conversation))
             } else {
                 Ok(HttpResponse::Ok().json(conversation))
@@ -186,7 +312,7 @@ async fn create(
             let name = body.name.unwrap_or_default();
             storable("the group name", &name)?;
             if name.trim().is_empty() || name.len() > 200 {
-                return Err(ApiError::bad_request("a group needs a name of 1-200 bytes"));
+                return Err(ApiError::bad_request("a group needs a name of 1-200 bytes").into());
             }
             let mut members = body.members;
             members.push(caller.clone());
@@ -199,11 +325,25 @@ async fn create(
                         "a group has at most {} members",
                         state.config.max_group_members
                     ),
-                ));
+                )
+                .into());
             }
+            refuse_if_blocked(state, &members, &caller).await?;
+            take_quota(
+                state,
+                &caller,
+                "conversation",
+                "conversations created",
+                state.config.conversations_per_minute,
+            )
+            .await?;
+            let others_state = match state.config.group_add_policy {
+                GroupAddPolicy::Open => MemberState::Active,
+                GroupAddPolicy::Invite => MemberState::Invited,
+            };
             let conversation = state
                 .store
-                .create_group(&caller, name.trim(), &members)
+                .create_group_as(&caller, name.trim(), &members, others_state)
                 .await
                 .map_err(db_error)?;
             state
@@ -213,32 +353,109 @@ async fn create(
                     &Version::new_conversation(),
                     &conversation.members,
                 )
-                .await?;
+                .await
+                .map_err(ApiError::from)?;
             Ok(HttpResponse::Created().json(conversation))
         }
         other => Err(ApiError::bad_request(format!(
             "kind must be \"direct\" or \"group\", not {other:?}"
-        ))),
+        ))
+        .into()),
     }
 }
 
-/// The caller's conversations.
+/// Conversations per page of `GET /api/v1/conversations` when `limit` is not given, and the
+/// most a `limit` may ask: a client of the original contract (no `limit`) gets every
+/// conversation in one answer unless it has more than this.
+pub const LIST_LIMIT_MAX: i64 = 1000;
+
+/// Members listed per conversation in a list answer (`member_count` has them all; the
+/// conversation's own route lists every member).
+pub const LIST_MEMBERS_MAX: i64 = 100;
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct ListQuery {
+    /// 1-1000 conversations per page (default 1000).
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The caller's conversations, highest `last_seq` first, by pages.
 #[utoipa::path(
     get, path = "/api/v1/conversations", tag = "conversations",
+    params(ListQuery),
     responses(
-        (status = 200, description = "the caller's conversations", body = ConversationList),
+        (status = 200, description = "a page of the caller's conversations", body = ConversationList),
+        (status = 400, description = "a bad `limit` or `cursor`", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
-async fn list(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let mut conversations = state.store.list_for(&user.0).await.map_err(db_error)?;
+async fn list(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(LIST_LIMIT_MAX);
+    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1-{LIST_LIMIT_MAX}"
+        )));
+    }
+    let cursor = match query.cursor.as_deref() {
+        None => None,
+        Some(text) => Some(ListCursor::decode(text).ok_or_else(|| {
+            ApiError::bad_request("cursor is not a next_cursor this API answered")
+        })?),
+    };
+    let (mut conversations, next) = state
+        .store
+        .list_for(&user.0, limit, cursor.as_ref(), LIST_MEMBERS_MAX)
+        .await
+        .map_err(db_error)?;
     let ids: Vec<String> = conversations.iter().map(|c| c.id.clone()).collect();
     let mut receipts = state.store.receipts_of(&ids).await.map_err(db_error)?;
     for c in &mut conversations {
         c.receipts = receipts.remove(&c.id).unwrap_or_default();
     }
-    Ok(HttpResponse::Ok().json(ConversationList { conversations }))
+    Ok(HttpResponse::Ok().json(ConversationList {
+        conversations,
+        next_cursor: next.map(|c| c.encode()),
+    }))
+}
+
+/// One conversation with all its members (and a group's roles and open invites).
+#[utoipa::path(
+    get, path = "/api/v1/conversations/{id}", tag = "conversations",
+    params(("id" = String, Path, description = "conversation id")),
+    responses(
+        (status = 200, description = "the conversation", body = Conversation),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "not a member (`not_a_member`)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_conversation(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation_id = path.into_inner();
+    storable("the conversation id", &conversation_id)?;
+    require_member(&state, &conversation_id, &user.0).await?;
+    let conversation = state
+        .store
+        .conversation(&conversation_id)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotAMember,
+                "you are not a member of this conversation",
+            )
+        })?;
+    Ok(HttpResponse::Ok().json(conversation))
 }
 
 async fn require_member(
@@ -305,12 +522,13 @@ async fn history(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "messages": messages })))
 }
 
-/// The group, once the caller is known to be one of its members.
+/// The group, once the caller is known to be one of its members (or, with
+/// `invitee_may`, an invitee: declining is removing oneself).
 async fn group_of(
     state: &AppState,
     conversation_id: &str,
     caller: &str,
-    adding: bool,
+    invitee_may: bool,
 ) -> Result<Conversation, ApiError> {
     let conversation = state
         .store
@@ -318,7 +536,9 @@ async fn group_of(
         .await
         .map_err(db_error)?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such conversation"))?;
-    if !conversation.members.iter().any(|m| m == caller) {
+    let member = conversation.members.iter().any(|m| m == caller);
+    let invited = invitee_may && conversation.invited.iter().any(|m| m == caller);
+    if !member && !invited {
         return Err(ApiError::new(
             ErrorCode::NotAMember,
             "you are not a member of this conversation",
@@ -328,9 +548,6 @@ async fn group_of(
         return Err(ApiError::bad_request(
             "members can only be changed in groups",
         ));
-    }
-    if adding && conversation.members.len() >= state.config.max_group_members {
-        return Err(ApiError::new(ErrorCode::TooLarge, "the group is full"));
     }
     Ok(conversation)
 }
@@ -343,18 +560,20 @@ fn role_in(conversation: &Conversation, user: &str) -> Role {
         .unwrap_or(Role::Member)
 }
 
-/// Adds a member to a group (its owner and admins).
+/// Adds a member to a group (its owner and admins), or invites them (`SB_GROUP_ADD_POLICY`
+/// `invite`, or a user who left the group).
 #[utoipa::path(
     post, path = "/api/v1/conversations/{id}/members", tag = "conversations",
     params(("id" = String, Path, description = "conversation id")),
     request_body = AddMember,
     responses(
-        (status = 200, description = "the group", body = Conversation),
+        (status = 200, description = "the group (an invitee is listed in `invited`)", body = Conversation),
         (status = 400, description = "not a group, or a bad user id", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
-        (status = 403, description = "not a member, or not an owner or admin", body = ErrorBody),
+        (status = 403, description = "not a member, not an owner or admin, or the user blocks the caller", body = ErrorBody),
         (status = 404, description = "no such conversation", body = ErrorBody),
         (status = 413, description = "the group is full", body = ErrorBody),
+        (status = 429, description = "over the caller's members added per minute (`rate_limited`, with `Retry-After`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -363,25 +582,61 @@ async fn add_member(
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Json<AddMember>,
-) -> Result<HttpResponse, ApiError> {
-    let conversation_id = path.into_inner();
+) -> HttpResponse {
+    into_answer(add_member_inner(user.0, &state, path.into_inner(), body.into_inner()).await)
+}
+
+async fn add_member_inner(
+    caller: String,
+    state: &AppState,
+    conversation_id: String,
+    body: AddMember,
+) -> Answer {
     storable("the conversation id", &conversation_id)?;
     if !UserId::is_valid(&body.user_id) {
-        return Err(ApiError::bad_request("user_id is not a valid user id"));
+        return Err(ApiError::bad_request("user_id is not a valid user id").into());
     }
-    let group = group_of(&state, &conversation_id, &user.0, true).await?;
-    if !role_in(&group, &user.0).manages_members() {
+    let group = group_of(state, &conversation_id, &caller, false).await?;
+    if !role_in(&group, &caller).manages_members() {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "only the group's owner and admins add members",
-        ));
+        )
+        .into());
     }
-    state
+    let there = group.members.contains(&body.user_id) || group.invited.contains(&body.user_id);
+    if there {
+        return Ok(HttpResponse::Ok().json(group));
+    }
+    let rows = state
         .store
-        .add_member(&conversation_id, &body.user_id)
+        .member_rows(&conversation_id)
         .await
         .map_err(db_error)?;
-    state.cache.invalidate(&conversation_id).await?;
+    if rows >= state.config.max_group_members as i64 {
+        return Err(ApiError::new(ErrorCode::TooLarge, "the group is full").into());
+    }
+    refuse_if_blocked(state, std::slice::from_ref(&body.user_id), &caller).await?;
+    take_quota(
+        state,
+        &caller,
+        "member",
+        "members added",
+        state.config.members_added_per_minute,
+    )
+    .await?;
+    let wanted = match state.config.group_add_policy {
+        GroupAddPolicy::Open => MemberState::Active,
+        GroupAddPolicy::Invite => MemberState::Invited,
+    };
+    let added = state
+        .store
+        .add_member(&conversation_id, &body.user_id, &caller, wanted)
+        .await
+        .map_err(db_error)?;
+    if let Added::Member(version) = added {
+        crate::outbox::apply(&state.store, &state.cache, &conversation_id, version).await;
+    }
     let conversation = state
         .store
         .conversation(&conversation_id)
@@ -390,7 +645,7 @@ async fn add_member(
     Ok(HttpResponse::Ok().json(conversation))
 }
 
-/// Removes a member from a group, or leaves it.
+/// Removes a member from a group, leaves it, or declines an invite to it.
 #[utoipa::path(
     delete, path = "/api/v1/conversations/{id}/members/{user_id}", tag = "conversations",
     params(
@@ -414,31 +669,65 @@ async fn remove_member(
     let (conversation_id, member) = path.into_inner();
     storable("the conversation id", &conversation_id)?;
     storable("the member id", &member)?;
-    let group = group_of(&state, &conversation_id, &user.0, false).await?;
-    // Anyone may leave; the owner removes anyone, an admin removes members.
+    let by_self = member == user.0;
+    let group = match group_of(&state, &conversation_id, &user.0, by_self).await {
+        Ok(group) => group,
+        Err(e) => {
+            // A retried leave (the first answer was lost) finds the caller gone: the mirror
+            // is brought up to date all the same before the refusal.
+            if by_self && e.code == ErrorCode::NotAMember {
+                reapply_mirror(&state, &conversation_id).await?;
+            }
+            return Err(e);
+        }
+    };
+    // Anyone may leave; the owner removes anyone, an admin removes members and invites.
     let caller = role_in(&group, &user.0);
-    let allowed = member == user.0
+    let allowed = by_self
         || match role_in(&group, &member) {
             Role::Owner => false,
             Role::Admin => caller == Role::Owner,
             Role::Member => caller.manages_members(),
         };
-    if !allowed && group.members.contains(&member) {
+    let there = group.members.contains(&member) || group.invited.contains(&member);
+    if !allowed && there {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "only the group's owner removes admins, and only the owner and admins remove members",
         ));
     }
-    if !state
+    match state
         .store
-        .remove_member_keeping_an_owner(&conversation_id, &member)
+        .remove_member_keeping_an_owner(&conversation_id, &member, by_self)
         .await
         .map_err(db_error)?
     {
-        return Err(ApiError::new(ErrorCode::NotFound, "no such member"));
+        Some(version) => {
+            crate::outbox::apply(&state.store, &state.cache, &conversation_id, version).await;
+            Ok(HttpResponse::NoContent().finish())
+        }
+        None => {
+            // A retried DELETE (the first removed the member, but its answer, or its mirror
+            // update, was lost): still bring the mirror up to date, then answer 404.
+            reapply_mirror(&state, &conversation_id).await?;
+            Err(ApiError::new(ErrorCode::NotFound, "no such member"))
+        }
     }
-    state.cache.invalidate(&conversation_id).await?;
-    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Applies the conversation's current membership version to the mirror (a no-op when the
+/// mirror already reflects it). Fails the request when Redis cannot be reached, so a client
+/// retrying a removal learns it is not in force yet.
+async fn reapply_mirror(state: &AppState, conversation_id: &str) -> Result<(), ApiError> {
+    let version = state
+        .store
+        .members_version(conversation_id)
+        .await
+        .map_err(db_error)?;
+    if version > 0 {
+        state.cache.invalidate_at(conversation_id, version).await?;
+    }
+    Ok(())
 }
 
 /// `PUT /api/v1/conversations/{id}/members/{user_id}/role` `{"role":"admin"|"member"}`: the
@@ -496,6 +785,150 @@ async fn set_role(
     Ok(HttpResponse::Ok().json(conversation))
 }
 
+/// `POST /api/v1/conversations/{id}/accept`: accepts an invite to a group (the caller
+/// becomes a member), or a conversation the caller is in (presence under
+/// `SB_PRESENCE_POLICY=accepted`). Idempotent.
+#[utoipa::path(
+    post, path = "/api/v1/conversations/{id}/accept", tag = "conversations",
+    params(("id" = String, Path, description = "conversation id")),
+    responses(
+        (status = 200, description = "the conversation", body = Conversation),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "neither a member nor invited (`not_a_member`)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn accept(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation_id = path.into_inner();
+    storable("the conversation id", &conversation_id)?;
+    match state
+        .store
+        .accept(&conversation_id, &user.0)
+        .await
+        .map_err(db_error)?
+    {
+        None => Err(ApiError::new(
+            ErrorCode::NotAMember,
+            "you are neither a member of nor invited to this conversation",
+        )),
+        Some(accepted) => {
+            if let Accepted::Joined(version) = accepted {
+                crate::outbox::apply(&state.store, &state.cache, &conversation_id, version).await;
+            }
+            let conversation = state
+                .store
+                .conversation(&conversation_id)
+                .await
+                .map_err(db_error)?;
+            Ok(HttpResponse::Ok().json(conversation))
+        }
+    }
+}
+
+/// The group invites the caller has not answered (at most 1,000, newest first).
+#[utoipa::path(
+    get, path = "/api/v1/invitations", tag = "conversations",
+    responses(
+        (status = 200, description = "open invites", body = InvitationList),
+        (status = 401, description = "no valid token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn invitations(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let invitations = state.store.invitations(&user.0).await.map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(InvitationList { invitations }))
+}
+
+/// The users the caller blocks.
+#[utoipa::path(
+    get, path = "/api/v1/blocks", tag = "blocks",
+    responses(
+        (status = 200, description = "blocked users", body = BlockList),
+        (status = 401, description = "no valid token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn blocks(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let blocked = state.store.blocks_of(&user.0).await.map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(BlockList { blocked }))
+}
+
+fn blocked_user(path: String) -> Result<String, ApiError> {
+    if UserId::is_valid(&path) {
+        Ok(path)
+    } else {
+        Err(ApiError::bad_request("not a valid user id"))
+    }
+}
+
+/// Blocks a user: they can no longer start a direct conversation with the caller, add or
+/// invite the caller to a group, or see the caller's presence. Idempotent.
+#[utoipa::path(
+    put, path = "/api/v1/blocks/{user_id}", tag = "blocks",
+    params(("user_id" = String, Path, description = "the user to block (percent-encoded)")),
+    responses(
+        (status = 204, description = "blocked"),
+        (status = 400, description = "a bad user id, or oneself", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 413, description = "the block list is full (`too_large`)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn block(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let blocked = blocked_user(path.into_inner())?;
+    if blocked == user.0 {
+        return Err(ApiError::bad_request("you cannot block yourself"));
+    }
+    if !state
+        .store
+        .block(&user.0, &blocked)
+        .await
+        .map_err(db_error)?
+    {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "a block list holds at most {} users",
+                crate::store::MAX_BLOCKS
+            ),
+        ));
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Unblocks a user. Idempotent.
+#[utoipa::path(
+    delete, path = "/api/v1/blocks/{user_id}", tag = "blocks",
+    params(("user_id" = String, Path, description = "the user to unblock (percent-encoded)")),
+    responses(
+        (status = 204, description = "not blocked (any more)"),
+        (status = 400, description = "a bad user id", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn unblock(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let blocked = blocked_user(path.into_inner())?;
+    state
+        .store
+        .unblock(&user.0, &blocked)
+        .await
+        .map_err(db_error)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// Cluster-only: fences the conversation's log and answers its floor and new epoch once ingest
 /// has applied the fence (503 while it cannot: fail closed), for checking a sequence counter;
 /// with `after_seq`, also the newest stored messages above it (at most
@@ -527,7 +960,7 @@ async fn internal_settled_last_seq(
     let mut numbered = Vec::new();
     if let Some(after) = query.after_seq.filter(|after| *after < last_seq) {
         numbered = state
-            .store
+            .internal
             .newest_above(&conversation_id, after.max(0), SETTLED_MESSAGES_MAX)
             .await
             .map_err(db_error)?
@@ -578,7 +1011,7 @@ async fn internal_members(
     storable("the conversation id", &conversation_id)?;
     let version = state.cache.version(&conversation_id).await?;
     let members = state
-        .store
+        .internal
         .members(&conversation_id)
         .await
         .map_err(db_error)?;
@@ -587,7 +1020,7 @@ async fn internal_members(
         .refill(&conversation_id, &version, &members)
         .await?;
     let last_seq = state
-        .store
+        .internal
         .last_seq(&conversation_id)
         .await
         .map_err(db_error)?;
@@ -596,8 +1029,8 @@ async fn internal_members(
 
 /// `GET /api/v1/presence?user_id=a&user_id=b`: online while a device is connected, else
 /// offline with the time the last device left. Only about the caller and users who share a
-/// conversation with the caller (403 `forbidden` otherwise): presence is not public.
-/// Presence of the caller and of users who share a conversation with the caller.
+/// conversation with the caller (under `SB_PRESENCE_POLICY=accepted`, one both accepted) and
+/// do not block the caller (403 `forbidden` otherwise): presence is not public.
 #[utoipa::path(
     get, path = "/api/v1/presence", tag = "presence",
     params(("user_id" = Vec<String>, Query, description = "1-500 user ids, repeated")),
@@ -605,7 +1038,7 @@ async fn internal_members(
         (status = 200, description = "each user's presence", body = PresenceList),
         (status = 400, description = "no or too many or bad user ids", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
-        (status = 403, description = "a user who shares no conversation with the caller", body = ErrorBody),
+        (status = 403, description = "a user who shares no (accepted) conversation with the caller, or blocks the caller", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -632,7 +1065,11 @@ async fn presence(
     if !others.is_empty() {
         let shared = state
             .store
-            .sharing_a_conversation(&user.0, &others)
+            .sharing_a_conversation(
+                &user.0,
+                &others,
+                state.config.presence_policy == PresencePolicy::Accepted,
+            )
             .await
             .map_err(db_error)?;
         if let Some(stranger) = others.iter().find(|u| !shared.contains(u)) {
@@ -681,7 +1118,9 @@ fn default_max_group() -> i64 {
     100
 }
 
-/// Cluster-only: who shares a conversation (of at most `max_group` members) with a user.
+/// Cluster-only: who may see a user's presence: who shares a conversation (of at most
+/// `max_group` members; under `SB_PRESENCE_POLICY=accepted`, one both accepted) with the user
+/// and is not blocked by the user.
 async fn internal_contacts(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -691,8 +1130,12 @@ async fn internal_contacts(
     require_cluster_secret(&req, &state.config.common.cluster_secret)?;
     storable("the user id", &path)?;
     let contacts = state
-        .store
-        .contacts(&path, query.max_group)
+        .internal
+        .contacts(
+            &path,
+            query.max_group,
+            state.config.presence_policy == PresencePolicy::Accepted,
+        )
         .await
         .map_err(db_error)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "contacts": contacts })))

@@ -18,6 +18,18 @@ pub struct Store {
     pool: PgPool,
 }
 
+/// One pool's settings ([`Store::connect_with`]).
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// The session's `statement_timeout` (0: none).
+    pub statement_timeout_ms: u64,
+    /// How long a query waits for a free connection before failing.
+    pub acquire_timeout: Duration,
+    /// Runs the migrations (one pool per process does).
+    pub migrate: bool,
+}
+
 /// One member's cumulative position, as reported (either field may be 0 = unchanged).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReceiptUpdate {
@@ -76,14 +88,35 @@ impl Store {
     /// server could still lose (`off`, or `local` with a standby that is then promoted) would
     /// let acknowledged messages vanish from history for good.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
-        let options: PgConnectOptions = url
-            .parse::<PgConnectOptions>()?
-            .options([("synchronous_commit", "on")]);
+        Self::connect_with(
+            url,
+            PoolSettings {
+                max_connections,
+                statement_timeout_ms: 0,
+                acquire_timeout: Duration::from_secs(5),
+                migrate: true,
+            },
+        )
+        .await
+    }
+
+    /// [`Self::connect`] with the pool's own settings: the message service opens two pools,
+    /// one for ingest (which runs the migrations) and one for the public REST API, with a
+    /// `statement_timeout` so no client request holds a connection for long.
+    pub async fn connect_with(url: &str, settings: PoolSettings) -> anyhow::Result<Self> {
+        let mut session = vec![("synchronous_commit", "on".to_owned())];
+        if settings.statement_timeout_ms > 0 {
+            session.push((
+                "statement_timeout",
+                settings.statement_timeout_ms.to_string(),
+            ));
+        }
+        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options(session);
         let mut attempt = 0;
         let pool = loop {
             match PgPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(Duration::from_secs(5))
+                .max_connections(settings.max_connections)
+                .acquire_timeout(settings.acquire_timeout)
                 .connect_with(options.clone())
                 .await
             {
@@ -96,7 +129,9 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         };
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        if settings.migrate {
+            sqlx::migrate!("./migrations").run(&pool).await?;
+        }
         Ok(Store { pool })
     }
 
@@ -113,14 +148,22 @@ impl Store {
     }
 
     /// The one direct conversation of a pair; `true` when it was created now.
+    /// The direct conversation of a pair, if there is one.
+    pub async fn direct_between(&self, a: &str, b: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
+            .bind(direct_key(a, b))
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// The one direct conversation of a pair; `true` when it was created now. The caller
+    /// accepts it either way (asking for the pair's conversation is consent to it).
     pub async fn create_direct(
         &self,
         caller: &str,
         other: &str,
     ) -> Result<(Conversation, bool), sqlx::Error> {
-        let mut pair = [caller, other];
-        pair.sort_unstable();
-        let key = format!("{}|{}", pair[0], pair[1]);
+        let key = direct_key(caller, other);
         let mut tx = self.pool.begin().await?;
         let id = ulid::Ulid::new().to_string();
         let inserted = sqlx::query(
@@ -139,7 +182,8 @@ impl Store {
             if other != caller {
                 members.push(other.to_owned());
             }
-            insert_members(&mut tx, &id, &members).await?;
+            insert_members(&mut tx, &id, &members, "active", None).await?;
+            membership_changed(&mut tx, &id, false).await?;
             id
         } else {
             sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
@@ -147,6 +191,7 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?
         };
+        accept_in(&mut tx, &id, caller).await?;
         tx.commit().await?;
         let conversation = self
             .conversation(&id)
@@ -155,11 +200,25 @@ impl Store {
         Ok((conversation, inserted))
     }
 
+    /// A group owned by `caller`, who is an accepted member, with `members` as members.
     pub async fn create_group(
         &self,
         caller: &str,
         name: &str,
         members: &[String],
+    ) -> Result<Conversation, sqlx::Error> {
+        self.create_group_as(caller, name, members, MemberState::Active)
+            .await
+    }
+
+    /// A group owned by `caller`, who is an accepted member; the others are members
+    /// (`state` `active`) or invitees (`invited`).
+    pub async fn create_group_as(
+        &self,
+        caller: &str,
+        name: &str,
+        others: &[String],
+        state: MemberState,
     ) -> Result<Conversation, sqlx::Error> {
         let id = ulid::Ulid::new().to_string();
         let mut tx = self.pool.begin().await?;
@@ -171,20 +230,27 @@ impl Store {
         .bind(caller)
         .execute(&mut *tx)
         .await?;
-        insert_members(&mut tx, &id, members).await?;
+        insert_members(&mut tx, &id, &[caller.to_owned()], "active", None).await?;
+        let others: Vec<String> = others.iter().filter(|m| *m != caller).cloned().collect();
+        if !others.is_empty() {
+            insert_members(&mut tx, &id, &others, state.as_str(), Some(caller)).await?;
+        }
         sqlx::query(
-            "UPDATE members SET role = 'owner' WHERE conversation_id = $1 AND user_id = $2",
+            "UPDATE members SET role = 'owner', accepted_at = now()
+              WHERE conversation_id = $1 AND user_id = $2",
         )
         .bind(&id)
         .bind(caller)
         .execute(&mut *tx)
         .await?;
+        membership_changed(&mut tx, &id, false).await?;
         tx.commit().await?;
         self.conversation(&id)
             .await?
             .ok_or(sqlx::Error::RowNotFound)
     }
 
+    /// A conversation with its members (and, for groups, their roles and the open invites).
     pub async fn conversation(&self, id: &str) -> Result<Option<Conversation>, sqlx::Error> {
         let Some(row) = sqlx::query("SELECT id, kind, name FROM conversations WHERE id = $1")
             .bind(id)
@@ -194,34 +260,33 @@ impl Store {
             return Ok(None);
         };
         let kind: String = row.get("kind");
-        let roles = if kind == "group" {
-            self.roles(id).await?
-        } else {
-            Default::default()
-        };
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT user_id, role, state FROM members WHERE conversation_id = $1 ORDER BY user_id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut members = Vec::new();
+        let mut invited = Vec::new();
+        let mut roles = std::collections::BTreeMap::new();
+        for (user, role, state) in rows {
+            if state == "invited" {
+                invited.push(user);
+            } else {
+                if kind == "group" {
+                    roles.insert(user.clone(), Role::parse(&role));
+                }
+                members.push(user);
+            }
+        }
         Ok(Some(Conversation {
             id: row.get("id"),
             kind,
             name: row.get("name"),
-            members: self.members(id).await?,
+            members,
             roles,
+            invited,
         }))
-    }
-
-    /// Each member's role.
-    pub async fn roles(
-        &self,
-        conversation_id: &str,
-    ) -> Result<std::collections::BTreeMap<String, Role>, sqlx::Error> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT user_id, role FROM members WHERE conversation_id = $1")
-                .bind(conversation_id)
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(user, role)| (user, Role::parse(&role)))
-            .collect())
     }
 
     /// Sets a member's role; `false` when the user is not a member.
@@ -231,53 +296,72 @@ impl Store {
         user: &str,
         role: Role,
     ) -> Result<bool, sqlx::Error> {
-        let changed =
-            sqlx::query("UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2")
-                .bind(conversation_id)
-                .bind(user)
-                .bind(role.as_str())
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+        let changed = sqlx::query(
+            "UPDATE members SET role = $3
+              WHERE conversation_id = $1 AND user_id = $2 AND state = 'active'",
+        )
+        .bind(conversation_id)
+        .bind(user)
+        .bind(role.as_str())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(changed == 1)
     }
 
-    /// Removes a member; when that was the owner, the longest-standing admin (else member)
-    /// becomes the owner, so a group always has one while it has members.
+    /// Removes a member or an invite; when that was the owner, the longest-standing admin
+    /// (else member) becomes the owner, so a group always has one while it has members. A
+    /// member leaving (`by_self`) is remembered, so a group in `open` policy can only invite
+    /// them back. The change's membership version, or `None` when there was no such row.
     pub async fn remove_member_keeping_an_owner(
         &self,
         conversation_id: &str,
         user: &str,
-    ) -> Result<bool, sqlx::Error> {
+        by_self: bool,
+    ) -> Result<Option<u64>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let removed: Option<String> = sqlx::query_scalar(
-            "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2 RETURNING role",
+        let removed: Option<(String, String)> = sqlx::query_as(
+            "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2 RETURNING role, state",
         )
         .bind(conversation_id)
         .bind(user)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(role) = removed else {
-            return Ok(false);
+        let Some((role, state)) = removed else {
+            return Ok(None);
         };
         if role == "owner" {
             sqlx::query(
                 "UPDATE members SET role = 'owner'
                   WHERE conversation_id = $1
-                    AND user_id = (SELECT user_id FROM members WHERE conversation_id = $1
+                    AND user_id = (SELECT user_id FROM members
+                                    WHERE conversation_id = $1 AND state = 'active'
                                     ORDER BY (role = 'admin') DESC, joined_at, user_id LIMIT 1)",
             )
             .bind(conversation_id)
             .execute(&mut *tx)
             .await?;
         }
+        if by_self && state == "active" {
+            sqlx::query(
+                "INSERT INTO departures (conversation_id, user_id) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(conversation_id)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let version = membership_changed(&mut tx, conversation_id, true).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(version))
     }
 
+    /// The active members (those who send and receive), as the mirror holds them.
     pub async fn members(&self, conversation_id: &str) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT user_id FROM members WHERE conversation_id = $1 ORDER BY user_id",
+            "SELECT user_id FROM members WHERE conversation_id = $1 AND state = 'active'
+              ORDER BY user_id",
         )
         .bind(conversation_id)
         .fetch_all(&self.pool)
@@ -285,60 +369,212 @@ impl Store {
     }
 
     pub async fn is_member(&self, conversation_id: &str, user: &str) -> Result<bool, sqlx::Error> {
-        let found: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2")
-                .bind(conversation_id)
-                .bind(user)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
-    }
-
-    pub async fn add_member(&self, conversation_id: &str, user: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO members (conversation_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2 AND state = 'active'",
         )
         .bind(conversation_id)
         .bind(user)
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
     }
 
-    /// The caller's conversations with their last `seq` and how many messages from others
-    /// lie past the caller's read receipt.
-    pub async fn list_for(&self, user: &str) -> Result<Vec<ConversationSummary>, sqlx::Error> {
+    /// All rows of a conversation, invites included: for the group size limit.
+    pub async fn member_rows(&self, conversation_id: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM members WHERE conversation_id = $1")
+            .bind(conversation_id)
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// The conversation's membership version (bumped by every change of its members).
+    pub async fn members_version(&self, conversation_id: &str) -> Result<u64, sqlx::Error> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT members_version FROM conversations WHERE id = $1")
+                .bind(conversation_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(version.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Adds `user` to a group as `state` (`active`, or `invited` by `by`). A user who left the
+    /// group is invited, whatever `state` asks. Nothing changes for a user already there.
+    pub async fn add_member(
+        &self,
+        conversation_id: &str,
+        user: &str,
+        by: &str,
+        state: MemberState,
+    ) -> Result<Added, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let left: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM departures WHERE conversation_id = $1 AND user_id = $2",
+        )
+        .bind(conversation_id)
+        .bind(user)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let state = if left.is_some() {
+            MemberState::Invited
+        } else {
+            state
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO members (conversation_id, user_id, state, invited_by)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(conversation_id)
+        .bind(user)
+        .bind(state.as_str())
+        .bind(by)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let added = match (inserted, state) {
+            (false, _) => Added::AlreadyThere,
+            (true, MemberState::Invited) => Added::Invited,
+            (true, MemberState::Active) => {
+                Added::Member(membership_changed(&mut tx, conversation_id, true).await?)
+            }
+        };
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    /// `user` accepts a conversation: an invite becomes membership (its version returned in
+    /// `Accepted::Joined`), a membership is marked accepted. `None`: neither a member nor
+    /// invited.
+    pub async fn accept(
+        &self,
+        conversation_id: &str,
+        user: &str,
+    ) -> Result<Option<Accepted>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let before: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM members WHERE conversation_id = $1 AND user_id = $2 FOR UPDATE",
+        )
+        .bind(conversation_id)
+        .bind(user)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE members SET state = 'active', accepted_at = COALESCE(accepted_at, now())
+              WHERE conversation_id = $1 AND user_id = $2",
+        )
+        .bind(conversation_id)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+        let accepted = if before == "invited" {
+            sqlx::query("DELETE FROM departures WHERE conversation_id = $1 AND user_id = $2")
+                .bind(conversation_id)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+            Accepted::Joined(membership_changed(&mut tx, conversation_id, true).await?)
+        } else {
+            Accepted::Already
+        };
+        tx.commit().await?;
+        Ok(Some(accepted))
+    }
+
+    /// The groups `user` is invited to and has not answered.
+    pub async fn invitations(&self, user: &str) -> Result<Vec<Invitation>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT c.id, c.kind, c.name, c.last_seq,
-                    (SELECT array_agg(m2.user_id ORDER BY m2.user_id) FROM members m2
-                      WHERE m2.conversation_id = c.id) AS members,
-                    (SELECT count(*) FROM messages msg
-                      WHERE msg.conversation_id = c.id
-                        AND msg.seq > COALESCE(r.read_seq, 0)
-                        AND msg.sender_id <> $1) AS unread
-               FROM members m
+            "SELECT c.id, c.name, m.invited_by FROM members m
                JOIN conversations c ON c.id = m.conversation_id
-               LEFT JOIN receipts r ON r.conversation_id = c.id AND r.user_id = $1
-              WHERE m.user_id = $1
-              ORDER BY c.last_seq DESC, c.id",
+              WHERE m.user_id = $1 AND m.state = 'invited'
+              ORDER BY m.joined_at DESC, c.id LIMIT 1000",
         )
         .bind(user)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|row| ConversationSummary {
-                id: row.get("id"),
-                kind: row.get("kind"),
+            .map(|row| Invitation {
+                conversation_id: row.get("id"),
                 name: row.get("name"),
-                members: row
-                    .get::<Option<Vec<String>>, _>("members")
-                    .unwrap_or_default(),
-                last_seq: row.get("last_seq"),
-                unread: row.get("unread"),
-                receipts: Vec::new(),
+                invited_by: row.get("invited_by"),
             })
             .collect())
+    }
+
+    /// One page of the caller's conversations, highest `last_seq` first (then by id), after
+    /// `after` (the last entry of the previous page), with at most `max_members` members each
+    /// and `unread` from stored positions: the conversation's `last_seq` past the later of
+    /// the caller's `read_seq` and the caller's own last message (one index probe per row,
+    /// never a count of messages). The cursor of the next page comes with it when there is one.
+    pub async fn list_for(
+        &self,
+        user: &str,
+        limit: i64,
+        after: Option<&ListCursor>,
+        max_members: i64,
+    ) -> Result<(Vec<ConversationSummary>, Option<ListCursor>), sqlx::Error> {
+        let (after_seq, after_id) = match after {
+            Some(c) => (Some(c.last_seq), Some(c.id.as_str())),
+            None => (None, None),
+        };
+        let rows = sqlx::query(
+            "WITH page AS (
+               SELECT c.id, c.kind, c.name, c.last_seq, c.member_count,
+                      COALESCE(r.read_seq, 0) AS read_seq
+                 FROM members m
+                 JOIN conversations c ON c.id = m.conversation_id
+                 LEFT JOIN receipts r ON r.conversation_id = c.id AND r.user_id = $1
+                WHERE m.user_id = $1 AND m.state = 'active'
+                  AND ($2::bigint IS NULL OR c.last_seq < $2 OR (c.last_seq = $2 AND c.id > $3))
+                ORDER BY c.last_seq DESC, c.id
+                LIMIT $4)
+             SELECT p.*,
+                    ARRAY(SELECT m2.user_id FROM members m2
+                           WHERE m2.conversation_id = p.id AND m2.state = 'active'
+                           ORDER BY m2.user_id LIMIT $5) AS members,
+                    (SELECT max(own.seq) FROM messages own
+                      WHERE own.conversation_id = p.id AND own.sender_id = $1) AS own_seq
+               FROM page p
+              ORDER BY p.last_seq DESC, p.id",
+        )
+        .bind(user)
+        .bind(after_seq)
+        .bind(after_id)
+        .bind(limit + 1)
+        .bind(max_members)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut conversations: Vec<ConversationSummary> = rows
+            .into_iter()
+            .map(|row| {
+                let last_seq: i64 = row.get("last_seq");
+                let read: i64 = row.get("read_seq");
+                let own: Option<i64> = row.get("own_seq");
+                ConversationSummary {
+                    id: row.get("id"),
+                    kind: row.get("kind"),
+                    name: row.get("name"),
+                    members: row.get("members"),
+                    member_count: i64::from(row.get::<i32, _>("member_count")),
+                    last_seq,
+                    unread: (last_seq - read.max(own.unwrap_or(0))).max(0),
+                    receipts: Vec::new(),
+                }
+            })
+            .collect();
+        let next = if conversations.len() as i64 > limit {
+            conversations.truncate(limit.max(0) as usize);
+            conversations.last().map(|c| ListCursor {
+                last_seq: c.last_seq,
+                id: c.id.clone(),
+            })
+        } else {
+            None
+        };
+        Ok((conversations, next))
     }
 
     /// Receipts of every member of these conversations, by conversation.
@@ -368,37 +604,211 @@ impl Store {
         Ok(by_conversation)
     }
 
-    /// Users sharing a conversation of at most `max_group` members with `user`.
-    pub async fn contacts(&self, user: &str, max_group: i64) -> Result<Vec<String>, sqlx::Error> {
+    /// Who may see `user`'s presence: the active members of the conversations of at most
+    /// `max_group` members `user` is active in (through conversations both accepted, when
+    /// `accepted_only`), except those `user` blocked.
+    pub async fn contacts(
+        &self,
+        user: &str,
+        max_group: i64,
+        accepted_only: bool,
+    ) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT DISTINCT other.user_id
                FROM members mine
+               JOIN conversations c ON c.id = mine.conversation_id
                JOIN members other ON other.conversation_id = mine.conversation_id
               WHERE mine.user_id = $1 AND other.user_id <> $1
-                AND (SELECT count(*) FROM members m WHERE m.conversation_id = mine.conversation_id) <= $2",
+                AND mine.state = 'active' AND other.state = 'active'
+                AND c.member_count <= $2
+                AND (NOT $3 OR (mine.accepted_at IS NOT NULL AND other.accepted_at IS NOT NULL))
+                AND NOT EXISTS (SELECT 1 FROM blocks b
+                                 WHERE b.user_id = $1 AND b.blocked_id = other.user_id)",
         )
         .bind(user)
         .bind(max_group)
+        .bind(accepted_only)
         .fetch_all(&self.pool)
         .await
     }
 
-    /// Which of `users` share at least one conversation with `caller`.
+    /// Which of `users` `caller` may see the presence of: they share a conversation in which
+    /// both are active (both accepted it, when `accepted_only`), and they have not blocked
+    /// `caller`.
     pub async fn sharing_a_conversation(
         &self,
         caller: &str,
         users: &[String],
+        accepted_only: bool,
     ) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT DISTINCT other.user_id
                FROM members mine
                JOIN members other ON other.conversation_id = mine.conversation_id
-              WHERE mine.user_id = $1 AND other.user_id = ANY($2)",
+              WHERE mine.user_id = $1 AND other.user_id = ANY($2)
+                AND mine.state = 'active' AND other.state = 'active'
+                AND (NOT $3 OR (mine.accepted_at IS NOT NULL AND other.accepted_at IS NOT NULL))
+                AND NOT EXISTS (SELECT 1 FROM blocks b
+                                 WHERE b.user_id = other.user_id AND b.blocked_id = $1)",
         )
         .bind(caller)
         .bind(users)
+        .bind(accepted_only)
         .fetch_all(&self.pool)
         .await
+    }
+
+    // ---- Blocks ----
+
+    /// `user` blocks `blocked`; `false` when `user` already blocks [`MAX_BLOCKS`] others.
+    pub async fn block(&self, user: &str, blocked: &str) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        lock_user(&mut tx, "blocks", user).await?;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM blocks WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO blocks (user_id, blocked_id)
+             SELECT $1, $2 WHERE $3 < $4 ON CONFLICT DO NOTHING",
+        )
+        .bind(user)
+        .bind(blocked)
+        .bind(count)
+        .bind(MAX_BLOCKS)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let there: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM blocks WHERE user_id = $1 AND blocked_id = $2")
+                .bind(user)
+                .bind(blocked)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(inserted == 1 || there.is_some())
+    }
+
+    pub async fn unblock(&self, user: &str, blocked: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM blocks WHERE user_id = $1 AND blocked_id = $2")
+            .bind(user)
+            .bind(blocked)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// Everyone `user` blocks.
+    pub async fn blocks_of(&self, user: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT blocked_id FROM blocks WHERE user_id = $1 ORDER BY blocked_id")
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Which of `users` block `user`.
+    pub async fn blocking(&self, users: &[String], user: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT user_id FROM blocks WHERE blocked_id = $1 AND user_id = ANY($2)")
+            .bind(user)
+            .bind(users)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    // ---- Quotas ----
+
+    /// Takes one of `user`'s `per_minute` events of `kind`: `None` when taken, else the
+    /// seconds until one is free again. Exact across instances: the count and the insert run
+    /// under a transaction-scoped advisory lock on (user, kind).
+    pub async fn take_quota(
+        &self,
+        user: &str,
+        kind: &str,
+        per_minute: u32,
+    ) -> Result<Option<u64>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        lock_user(&mut tx, kind, user).await?;
+        let (count, oldest_age_ms): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), (EXTRACT(EPOCH FROM now() - min(at)) * 1000)::float8
+               FROM quota_events
+              WHERE user_id = $1 AND kind = $2 AND at > now() - interval '1 minute'",
+        )
+        .bind(user)
+        .bind(kind)
+        .fetch_one(&mut *tx)
+        .await?;
+        if count >= i64::from(per_minute) {
+            let age_ms = oldest_age_ms.unwrap_or(0.0).clamp(0.0, 60_000.0);
+            return Ok(Some(((60_000.0 - age_ms) / 1000.0).ceil().max(1.0) as u64));
+        }
+        sqlx::query("INSERT INTO quota_events (user_id, kind) VALUES ($1, $2)")
+            .bind(user)
+            .bind(kind)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    /// Forgets quota events older than a minute.
+    pub async fn prune_quota_events(&self) -> Result<u64, sqlx::Error> {
+        sqlx::query("DELETE FROM quota_events WHERE at < now() - interval '1 minute'")
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+    }
+
+    // ---- The membership mirror's outbox ----
+
+    /// Changes whose mirror update is not applied yet, or was applied less than
+    /// `recheck_secs` ago (a failover may still lose it): (conversation, version).
+    pub async fn mirror_outbox(
+        &self,
+        recheck_secs: u64,
+        limit: i64,
+    ) -> Result<Vec<(String, u64)>, sqlx::Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT conversation_id, version FROM mirror_outbox
+              WHERE applied_at IS NULL OR applied_at > now() - make_interval(secs => $1)
+              ORDER BY changed_at LIMIT $2",
+        )
+        .bind(recheck_secs as f64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, v)| (id, v.max(0) as u64))
+            .collect())
+    }
+
+    /// The mirror update of `version` (or a later one) reached Redis: the first time, the
+    /// re-check window starts now.
+    pub async fn mirror_applied(
+        &self,
+        conversation_id: &str,
+        version: u64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE mirror_outbox SET applied_at = now()
+              WHERE conversation_id = $1 AND version <= $2 AND applied_at IS NULL",
+        )
+        .bind(conversation_id)
+        .bind(version as i64)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+    }
+
+    /// Forgets changes applied more than `recheck_secs` ago.
+    pub async fn prune_mirror_outbox(&self, recheck_secs: u64) -> Result<u64, sqlx::Error> {
+        sqlx::query(
+            "DELETE FROM mirror_outbox WHERE applied_at < now() - make_interval(secs => $1)",
+        )
+        .bind(recheck_secs as f64)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected())
     }
 
     pub async fn history(
@@ -479,14 +889,163 @@ async fn insert_members(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     conversation_id: &str,
     members: &[String],
+    state: &str,
+    invited_by: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    let mut builder = QueryBuilder::new("INSERT INTO members (conversation_id, user_id) ");
+    let mut builder =
+        QueryBuilder::new("INSERT INTO members (conversation_id, user_id, state, invited_by) ");
     builder.push_values(members, |mut b, m| {
-        b.push_bind(conversation_id).push_bind(m);
+        b.push_bind(conversation_id)
+            .push_bind(m)
+            .push_bind(state)
+            .push_bind(invited_by);
     });
     builder.push(" ON CONFLICT DO NOTHING");
     builder.build().execute(&mut **tx).await?;
     Ok(())
+}
+
+/// "a|b" (sorted): a pair has one direct conversation.
+fn direct_key(a: &str, b: &str) -> String {
+    let mut pair = [a, b];
+    pair.sort_unstable();
+    format!("{}|{}", pair[0], pair[1])
+}
+
+/// In a membership change's transaction: counts the active members again, bumps the
+/// conversation's membership version and records the change in the mirror's outbox, so the
+/// Redis mirror is updated even when the request that made the change cannot do it (Redis
+/// down, the process gone, or a failover that loses the write). Answers the new version.
+///
+/// A conversation created in the same transaction records nothing (`record` false): no
+/// mirror of it can be stale, and its creator fills it.
+async fn membership_changed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    conversation_id: &str,
+    record: bool,
+) -> Result<u64, sqlx::Error> {
+    let version: i64 = sqlx::query_scalar(
+        "UPDATE conversations
+            SET members_version = members_version + 1,
+                member_count = (SELECT count(*) FROM members
+                                 WHERE conversation_id = $1 AND state = 'active')
+          WHERE id = $1 RETURNING members_version",
+    )
+    .bind(conversation_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if !record {
+        return Ok(version.max(0) as u64);
+    }
+    sqlx::query(
+        "INSERT INTO mirror_outbox (conversation_id, version) VALUES ($1, $2)
+         ON CONFLICT (conversation_id) DO UPDATE
+            SET version = EXCLUDED.version, changed_at = now(), applied_at = NULL",
+    )
+    .bind(conversation_id)
+    .bind(version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(version.max(0) as u64)
+}
+
+/// Marks `user`'s membership accepted (no-op when it already is, or is only an invite).
+async fn accept_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    conversation_id: &str,
+    user: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE members SET accepted_at = now()
+          WHERE conversation_id = $1 AND user_id = $2 AND state = 'active'
+            AND accepted_at IS NULL",
+    )
+    .bind(conversation_id)
+    .bind(user)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+}
+
+/// A transaction-scoped advisory lock on (`what`, `user`): serializes one user's
+/// check-then-insert (quotas, the block list bound) across instances.
+async fn lock_user(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    what: &str,
+    user: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("{what}|{user}"))
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
+/// Most users one user may block.
+pub const MAX_BLOCKS: i64 = 10_000;
+
+/// A membership row's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    /// A member: sends, receives, reads history.
+    Active,
+    /// Invited to a group, not a member until accepting.
+    Invited,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Active => "active",
+            MemberState::Invited => "invited",
+        }
+    }
+}
+
+/// What [`Store::add_member`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// A member now, at this membership version.
+    Member(u64),
+    /// Invited (the policy, or the user left the group before).
+    Invited,
+    /// A member or invitee already: nothing changed.
+    AlreadyThere,
+}
+
+/// What [`Store::accept`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// The invite became membership, at this membership version.
+    Joined(u64),
+    /// A member already (now marked accepted).
+    Already,
+}
+
+pub use switchboard_protocol::conversations::Invitation;
+
+/// Where a page of the conversation list ends: its last entry's `last_seq` and id. Written
+/// for clients as an opaque `next_cursor` string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub last_seq: i64,
+    pub id: String,
+}
+
+impl ListCursor {
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.last_seq, self.id)
+    }
+
+    /// `None` for anything [`Self::encode`] did not write.
+    pub fn decode(text: &str) -> Option<ListCursor> {
+        let (seq, id) = text.split_once('.')?;
+        let last_seq: i64 = seq.parse().ok()?;
+        (last_seq >= 0 && !id.is_empty() && !id.contains('\0')).then(|| ListCursor {
+            last_seq,
+            id: id.to_owned(),
+        })
+    }
 }
 
 // ---- Ingest: the log into the tables, and what cannot go in into `dead_letters`. ----
@@ -769,6 +1328,27 @@ async fn finish_batch(
         .map(|l| l.at)
         .collect();
 
+    // A member whose message is stored has accepted the conversation (presence under
+    // SB_PRESENCE_POLICY=accepted). One statement; only rows not yet accepted are written.
+    // Before `last_seq`: membership changes lock `members` rows before their conversation
+    // row too, so the two never wait on each other in opposite orders.
+    let senders: std::collections::BTreeSet<(&str, &str)> = accepted
+        .iter()
+        .map(|r| (r.item.conversation_id.as_str(), r.item.sender_id.as_str()))
+        .collect();
+    if !senders.is_empty() {
+        let (conversations, users): (Vec<&str>, Vec<&str>) = senders.into_iter().unzip();
+        sqlx::query(
+            "UPDATE members m SET accepted_at = now()
+               FROM UNNEST($1::text[], $2::text[]) AS v(conversation_id, user_id)
+              WHERE m.conversation_id = v.conversation_id AND m.user_id = v.user_id
+                AND m.state = 'active' AND m.accepted_at IS NULL",
+        )
+        .bind(&conversations)
+        .bind(&users)
+        .execute(&mut *tx)
+        .await?;
+    }
     let mut last: std::collections::BTreeMap<&str, u64> = Default::default();
     for r in accepted {
         let entry = last.entry(r.item.conversation_id.as_str()).or_default();

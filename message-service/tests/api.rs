@@ -25,11 +25,19 @@ struct TestApp {
 
 /// A message service for a new test: its own database, key prefix and topics.
 async fn spawn_app(name: &str) -> TestApp {
+    spawn_app_with(name, &[]).await
+}
+
+/// [`spawn_app`] with some variables of the test's own.
+async fn spawn_app_with(name: &str, vars: &[(&str, &str)]) -> TestApp {
     shared::warm_up();
     let id = shared::unique(name);
     let database_url = shared::fresh_database(&id).await;
-    let config = shared::message_service_vars(&id, &database_url)
-        .config(HELP_TABLES, MessageServiceConfig::from_lookup);
+    let mut all = shared::message_service_vars(&id, &database_url);
+    for (name, value) in vars {
+        all.set(name, value);
+    }
+    let config = all.config(HELP_TABLES, MessageServiceConfig::from_lookup);
     shared::create_topics(
         &config.kafka.brokers,
         &[&config.kafka.message_topic, &config.kafka.events_topic],
@@ -386,4 +394,110 @@ async fn ready_reflects_redis() {
     let body = resp.text().await.unwrap();
     assert!(body.contains("redis"), "{body}");
     assert!(!body.contains("database"), "{body}");
+}
+
+/// Gives `user` `count` groups of four with `messages` messages each, straight in SQL (the
+/// REST quotas would take hours): a user whose conversation list is expensive to answer.
+async fn hoard(pool: &sqlx::PgPool, user: &str, count: i64, messages: i64) {
+    sqlx::query(
+        "INSERT INTO conversations (id, kind, name, created_by, last_seq)
+         SELECT $1 || '-' || g, 'group', 'hoard', $1, $2 FROM generate_series(1, $3) g",
+    )
+    .bind(user)
+    .bind(messages)
+    .bind(count)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO members (conversation_id, user_id)
+         SELECT $1 || '-' || g, u FROM generate_series(1, $2) g,
+                unnest(ARRAY[$1, 'x1', 'x2', 'x3']) u",
+    )
+    .bind(user)
+    .bind(count)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, message_id, sender_id, client_msg_id, body, created_at)
+         SELECT $1 || '-' || g, s, $1 || '-' || g || '-' || s, 'x1', 'c' || s, 'hello', now()
+           FROM generate_series(1, $2) g, generate_series(1, $3) s",
+    )
+    .bind(user)
+    .bind(count)
+    .bind(messages)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Issue 24 item 4: REST and ingest used to share one pool, so a storm of expensive
+/// conversation lists (a user with thousands of conversations, many concurrent requests)
+/// queued ingest behind it, and with it the settled check sends wait on. Ingest has a pool of
+/// its own now (here a REST pool of 2, saturated by the storm whatever each list costs):
+/// each message produced during the storm is in the store within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conversation_list_storm_does_not_delay_ingest() {
+    let app = spawn_app_with("list-storm", &[("SB_DB_REST_MAX_CONNECTIONS", "2")]).await;
+    let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+    hoard(&pool, "hoarder", 5_000, 20).await;
+    let target = app.group("alice", &["bob"]).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut storm = tokio::task::JoinSet::new();
+    for _ in 0..48 {
+        let (http, url, stop) = (app.http.clone(), app.url.clone(), stop.clone());
+        let token = shared::token("hoarder");
+        storm.spawn(async move {
+            let mut answered = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = http
+                    .get(format!("{url}/api/v1/conversations"))
+                    .bearer_auth(&token)
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await;
+                if let Ok(resp) = sent {
+                    let _ = resp.bytes().await;
+                    answered += 1;
+                }
+            }
+            answered
+        });
+    }
+    // Let the storm fill the queue before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut lags = Vec::new();
+    for seq in 1..=5u64 {
+        let produced = Instant::now();
+        app.produce(&target, seq..=seq).await;
+        loop {
+            let stored: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM messages WHERE conversation_id = $1")
+                    .bind(&target)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if stored >= seq as i64 {
+                break;
+            }
+            assert!(
+                produced.elapsed() < Duration::from_secs(30),
+                "seq {seq} never stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        lags.push(produced.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answered = 0;
+    while let Some(n) = storm.join_next().await {
+        answered += n.unwrap();
+    }
+    assert!(answered > 0, "the storm never got an answer");
+    assert!(
+        lags.iter().all(|lag| *lag < Duration::from_secs(1)),
+        "ingest lag under a list storm ({answered} lists answered): {lags:?}"
+    );
 }

@@ -34,3 +34,34 @@ fn help_lists_every_variable_and_bad_arguments_fail() {
     )
     .unwrap();
 }
+
+/// The consent policies take only their documented values; anything else stops the binary
+/// at startup naming the variable (a typo must not silently leave the open default).
+#[test]
+fn consent_policies_refuse_unknown_values() {
+    use message_service::config::{GroupAddPolicy, PresencePolicy};
+    use message_service::MessageServiceConfig;
+    let read = |vars: &'static [(&'static str, &'static str)]| {
+        MessageServiceConfig::from_lookup(&move |name: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+                .or_else(|| (name == "SB_DEV_MODE").then(|| "true".to_owned()))
+        })
+    };
+    let defaults = read(&[]).unwrap();
+    assert_eq!(defaults.group_add_policy, GroupAddPolicy::Open);
+    assert_eq!(defaults.presence_policy, PresencePolicy::Shared);
+    assert_eq!(defaults.db_rest_statement_timeout_ms, 5000);
+    let strict = read(&[
+        ("SB_GROUP_ADD_POLICY", "invite"),
+        ("SB_PRESENCE_POLICY", "accepted"),
+    ])
+    .unwrap();
+    assert_eq!(strict.group_add_policy, GroupAddPolicy::Invite);
+    assert_eq!(strict.presence_policy, PresencePolicy::Accepted);
+    let err = read(&[("SB_GROUP_ADD_POLICY", "closed")]).unwrap_err();
+    assert!(err.to_string().contains("SB_GROUP_ADD_POLICY"), "{err}");
+    let err = read(&[("SB_PRESENCE_POLICY", "everyone")]).unwrap_err();
+    assert!(err.to_string().contains("SB_PRESENCE_POLICY"), "{err}");
+}

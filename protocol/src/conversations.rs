@@ -15,6 +15,10 @@ pub struct Conversation {
     /// Groups only: each member's role (`owner`, `admin` or `member`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub roles: std::collections::BTreeMap<String, Role>,
+    /// Groups only: users invited who have not accepted yet (not members: they neither send
+    /// nor receive). Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invited: Vec<String>,
 }
 
 /// A member's role in a group. The owner (the creator) and admins add and remove members;
@@ -56,8 +60,13 @@ pub struct ConversationSummary {
     pub id: String,
     pub kind: String,
     pub name: Option<String>,
+    /// The members, by user id; at most the first 100 (see `member_count`).
     pub members: Vec<String>,
+    /// How many members the conversation has (`members` may list fewer).
+    #[serde(default)]
+    pub member_count: i64,
     pub last_seq: i64,
+    /// Messages past the later of the caller's `read_seq` and the caller's own last message.
     pub unread: i64,
     /// Every member's cumulative receipts, so a client can draw delivered/read marks after
     /// a reconnect without waiting for new `receipt` frames.
@@ -111,6 +120,29 @@ pub struct SetRole {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConversationList {
     pub conversations: Vec<ConversationSummary>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// A group invite the caller has not answered (`GET /api/v1/invitations`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Invitation {
+    pub conversation_id: String,
+    pub name: Option<String>,
+    pub invited_by: Option<String>,
+}
+
+/// `GET /api/v1/invitations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InvitationList {
+    pub invitations: Vec<Invitation>,
+}
+
+/// `GET /api/v1/blocks`: the users the caller blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BlockList {
+    pub blocked: Vec<String>,
 }
 
 /// `GET /api/v1/conversations/{id}/messages`.
@@ -148,11 +180,12 @@ mod tests {
             name: None,
             members: vec!["alice".into(), "bob".into()],
             roles: Default::default(),
+            invited: Vec::new(),
         };
         let json = serde_json::to_value(&direct).unwrap();
         assert!(
-            json.get("roles").is_none(),
-            "a direct conversation has no roles: {json}"
+            json.get("roles").is_none() && json.get("invited").is_none(),
+            "a direct conversation has no roles or invites: {json}"
         );
         assert_eq!(
             serde_json::from_value::<Conversation>(json).unwrap(),
