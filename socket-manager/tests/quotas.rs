@@ -1,0 +1,398 @@
+//! The manager's per-user quotas, typing coalescing and batched receipts, in the fast tier:
+//! `Application::build` on port 0 driven over the internal API, beside an in-process message
+//! service, against the test binary's shared Redis, PostgreSQL and broker (as `tests/api.rs`).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use switchboard_kafka::KafkaConfig;
+use switchboard_message_log::{decode_handler_envelope, Event};
+use switchboard_protocol::frames::{ClientFrame, ServerFrame};
+use switchboard_protocol::internal::{
+    HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistration,
+};
+use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
+use switchboard_protocol::ErrorCode;
+use switchboard_service_kit::shutdown::CancellationToken;
+use switchboard_test_support::http::metric;
+use switchboard_test_support::shared::{self, CLUSTER_SECRET};
+
+struct TestApp {
+    manager: String,
+    messages: String,
+    kafka: KafkaConfig,
+    http: reqwest::Client,
+}
+
+/// A message service and a manager with the manager variables `extra` on top of the tests'.
+async fn spawn_apps(name: &str, extra: &[(&str, &str)]) -> TestApp {
+    shared::warm_up();
+    let id = shared::unique(name);
+    let database_url = shared::fresh_database(&id).await;
+    let ms_config = shared::message_service_vars(&id, &database_url).config(
+        message_service::config::HELP_TABLES,
+        message_service::MessageServiceConfig::from_lookup,
+    );
+    let kafka = ms_config.kafka.clone();
+    shared::create_topics(
+        &kafka.brokers,
+        &[&kafka.message_topic, &kafka.events_topic],
+        1,
+    )
+    .await
+    .expect("topics");
+    let ms = message_service::Application::build(ms_config)
+        .await
+        .expect("the message service builds");
+    let messages = format!("http://127.0.0.1:{}", ms.port());
+    tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
+    let mut vars = shared::manager_vars(&id, &messages);
+    for (name, value) in extra {
+        vars = vars.with(name, value);
+    }
+    let manager_config = vars.config(
+        socket_manager::config::HELP_TABLES,
+        socket_manager::ManagerConfig::from_lookup,
+    );
+    let manager = socket_manager::Application::build(manager_config)
+        .await
+        .expect("the manager builds");
+    let manager_url = format!("http://127.0.0.1:{}", manager.port());
+    tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
+    TestApp {
+        manager: manager_url,
+        messages,
+        kafka,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl TestApp {
+    async fn group(&self, owner: &str, members: &[&str]) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/conversations", self.messages))
+            .bearer_auth(shared::token(owner))
+            .json(&json!({"kind": "group", "name": "g", "members": members}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn register(&self, handler_id: &str) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/internal/v1/handlers", self.manager))
+            .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
+            .json(&HandlerRegistration {
+                handler_id: handler_id.into(),
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        self.kafka.handler_topic(handler_id)
+    }
+
+    async fn batch(&self, handler_id: &str, items: Vec<HandlerItem>) -> Vec<Option<ServerFrame>> {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/internal/v1/handlers/{handler_id}/batch",
+                self.manager
+            ))
+            .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
+            .json(&HandlerBatch { items })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let reply: HandlerBatchReply = resp.json().await.unwrap();
+        reply.replies
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        metric(&self.http, &self.manager, name).await
+    }
+
+    /// Payloads of `topic` (one partition) until `done` says so, or 20 s.
+    async fn consume(&self, topic: &str, done: impl Fn(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
+        let consumer: StreamConsumer = self
+            .kafka
+            .consumer_config(&format!("check-{topic}"), 50)
+            .create()
+            .unwrap();
+        let mut partitions = TopicPartitionList::new();
+        partitions
+            .add_partition_offset(topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&partitions).unwrap();
+        let mut payloads = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(&payloads) {
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: only {}",
+                payloads.len()
+            );
+            if let Ok(Ok(message)) =
+                tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
+            {
+                payloads.push(message.payload().unwrap_or_default().to_vec());
+            }
+        }
+        payloads
+    }
+}
+
+fn connected(connection_id: u64, user: &str) -> HandlerItem {
+    HandlerItem::Connected {
+        connection_id,
+        user_id: user.into(),
+    }
+}
+
+fn frame(connection_id: u64, user: &str, frame: ClientFrame) -> HandlerItem {
+    HandlerItem::Frame {
+        connection_id,
+        user_id: user.into(),
+        frame,
+    }
+}
+
+fn send(connection_id: u64, user: &str, conversation_id: &str, client_msg_id: &str) -> HandlerItem {
+    frame(
+        connection_id,
+        user,
+        ClientFrame::Send {
+            conversation_id: conversation_id.into(),
+            client_msg_id: client_msg_id.into(),
+            body: format!("body of {client_msg_id}"),
+        },
+    )
+}
+
+/// The frames (parsed) of every handler record in `payloads`.
+fn handler_frames(payloads: &[Vec<u8>]) -> Vec<ServerFrame> {
+    payloads
+        .iter()
+        .flat_map(|p| {
+            decode_handler_envelope(p)
+                .map(|d| d.records)
+                .unwrap_or_default()
+        })
+        .filter_map(|r| serde_json::from_str(&r.frame).ok())
+        .collect()
+}
+
+/// One connection floods typing (500 frames in 10 batches over ~2.5 s): the handler topic
+/// gets at most one typing record per (conversation, sender) per `SB_TYPING_INTERVAL_MS`
+/// (1 s), the rest are dropped without an answer and counted. (Before coalescing, every one
+/// of the 500 became a record.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typing_flood_from_one_connection_reaches_the_handler_topic_coalesced() {
+    let app = spawn_apps("typing-flood", &[]).await;
+    let topic = app.register("ht").await;
+    let conversation = app.group("alice", &["bob"]).await;
+    app.batch("ht", vec![connected(1, "alice"), connected(2, "bob")])
+        .await;
+    let started = Instant::now();
+    for _ in 0..10 {
+        let items = (0..50)
+            .map(|_| {
+                frame(
+                    1,
+                    "alice",
+                    ClientFrame::Typing {
+                        conversation_id: conversation.clone(),
+                    },
+                )
+            })
+            .collect();
+        let replies = app.batch("ht", items).await;
+        assert!(
+            replies.iter().all(Option::is_none),
+            "typing is never answered, dropped or not: {replies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let elapsed = started.elapsed();
+    // A marker after the flood: every typing record is before it on the topic.
+    let marker = app
+        .batch("ht", vec![send(1, "alice", &conversation, "marker")])
+        .await;
+    assert!(
+        matches!(marker[0], Some(ServerFrame::Sent { .. })),
+        "{marker:?}"
+    );
+    let payloads = app
+        .consume(&topic, |p| {
+            handler_frames(p)
+                .iter()
+                .any(|f| matches!(f, ServerFrame::Message { .. }))
+        })
+        .await;
+    let typing = handler_frames(&payloads)
+        .iter()
+        .filter(|f| matches!(f, ServerFrame::Typing { .. }))
+        .count();
+    let allowed = elapsed.as_secs() as usize + 1;
+    println!("500 typing frames over {elapsed:?}: {typing} typing records on the handler topic");
+    assert!(
+        (1..=allowed).contains(&typing),
+        "{typing} typing records for {elapsed:?}: at most one a second"
+    );
+    let dropped = app.metric("switchboard_manager_typing_dropped_total").await;
+    assert_eq!(
+        dropped as usize,
+        500 - typing,
+        "every other one dropped and counted"
+    );
+}
+
+/// A batch of receipts is recorded with one round of acknowledgements: all enqueued, then
+/// awaited together (before, each was produced and awaited in turn); every one is on the
+/// events topic, with the record shape the message service reads (one `Event` per record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_receipts_takes_one_round_of_acks() {
+    let app = spawn_apps("receipt-round", &[]).await;
+    app.register("hr").await;
+    let members: Vec<String> = (0..40).map(|i| format!("reader{i}")).collect();
+    let member_refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    let conversation = app.group("alice", &member_refs).await;
+    let mut items = vec![connected(1, "alice")];
+    items.extend((0..3).map(|i| send(1, "alice", &conversation, &format!("m{i}"))));
+    let sent = app.batch("hr", items).await;
+    assert!(
+        sent[1..]
+            .iter()
+            .all(|r| matches!(r, Some(ServerFrame::Sent { .. }))),
+        "{sent:?}"
+    );
+
+    let rounds_before = app.metric("switchboard_manager_receipt_rounds_total").await;
+    let receipts: Vec<HandlerItem> = members
+        .iter()
+        .enumerate()
+        .map(|(i, reader)| {
+            frame(
+                100 + i as u64,
+                reader,
+                if i % 2 == 0 {
+                    ClientFrame::Read {
+                        conversation_id: conversation.clone(),
+                        seq: 3,
+                    }
+                } else {
+                    ClientFrame::Delivered {
+                        conversation_id: conversation.clone(),
+                        seq: 2,
+                    }
+                },
+            )
+        })
+        .collect();
+    let replies = app.batch("hr", receipts).await;
+    assert!(replies.iter().all(Option::is_none), "{replies:?}");
+    let rounds = app.metric("switchboard_manager_receipt_rounds_total").await - rounds_before;
+    assert_eq!(rounds, 1.0, "40 receipts, one round of acks");
+    assert_eq!(
+        app.metric("switchboard_manager_receipts_recorded_total")
+            .await,
+        40.0
+    );
+    let events = app
+        .consume(&app.kafka.events_topic, |p| {
+            p.iter()
+                .filter(|e| {
+                    serde_json::from_slice::<Event>(e).is_ok_and(|e| {
+                        matches!(e, Event::Receipt { conversation_id, .. } if *conversation_id == conversation)
+                    })
+                })
+                .count()
+                >= 40
+        })
+        .await;
+    assert!(events.len() >= 40);
+}
+
+/// One user's sends past the per-user quota are refused `rate_limited` with their
+/// `client_msg_id`, wherever they come from (two handlers, as two socket servers), while
+/// another user's sends in the same batches pass; nothing refused is numbered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_past_the_users_quota_are_refused_with_their_client_msg_id() {
+    let app = spawn_apps(
+        "send-quota",
+        &[
+            ("SB_USER_FRAMES_PER_MIN", "1"),
+            ("SB_USER_FRAMES_BURST", "10"),
+        ],
+    )
+    .await;
+    app.register("q1").await;
+    app.register("q2").await;
+    let conversation = app.group("mallory", &["bob"]).await;
+    app.batch("q1", vec![connected(1, "mallory"), connected(2, "bob")])
+        .await;
+    app.batch("q2", vec![connected(3, "mallory")]).await;
+    // Eight from each of mallory's connections, on two servers; bob's one in each.
+    let mut answers = Vec::new();
+    for (handler, connection) in [("q1", 1), ("q2", 3)] {
+        let mut items: Vec<HandlerItem> = (0..8)
+            .map(|i| {
+                send(
+                    connection,
+                    "mallory",
+                    &conversation,
+                    &format!("{handler}-{i}"),
+                )
+            })
+            .collect();
+        items.push(send(2, "bob", &conversation, &format!("bob-{handler}")));
+        answers.extend(app.batch(handler, items).await);
+    }
+    let sent = |a: &Option<ServerFrame>| matches!(a, Some(ServerFrame::Sent { .. }));
+    let mallory: Vec<&Option<ServerFrame>> = answers
+        .iter()
+        .filter(|a| !matches!(a, Some(ServerFrame::Sent { client_msg_id, .. }) if client_msg_id.starts_with("bob")))
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|a| sent(a)).count(),
+        12,
+        "{answers:?}"
+    );
+    let refused: Vec<String> = mallory
+        .iter()
+        .filter_map(|a| match a {
+            Some(ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                client_msg_id: Some(id),
+                ..
+            }) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        ["q2-2", "q2-3", "q2-4", "q2-5", "q2-6", "q2-7"],
+        "the burst of 10 is mallory's across both servers: {answers:?}"
+    );
+    // The numbers went to the sends that passed, and only to them.
+    let max_seq = answers
+        .iter()
+        .filter_map(|a| match a {
+            Some(ServerFrame::Sent { seq, .. }) => Some(*seq),
+            _ => None,
+        })
+        .max();
+    assert_eq!(max_seq, Some(12));
+    assert_eq!(
+        app.metric("switchboard_manager_quota_refused_total").await,
+        6.0
+    );
+}
