@@ -10,7 +10,9 @@ use message_service::{Application, MessageServiceConfig};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use switchboard_chat_state::membership::MembershipMirror;
 use switchboard_kafka::KafkaConfig;
+use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::redis_sentinel::{SB_REDIS_SENTINELS, SB_REDIS_TIMEOUT_MS};
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared;
@@ -84,6 +86,85 @@ impl TestApp {
             .unwrap();
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        user: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(shared::token(user));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let resp = request.send().await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        (status, headers, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn delete(&self, user: &str, path: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.send(reqwest::Method::DELETE, user, path, None).await;
+        (status, body)
+    }
+
+    async fn put(&self, user: &str, path: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.send(reqwest::Method::PUT, user, path, None).await;
+        (status, body)
+    }
+
+    /// The membership mirror the managers read, under this test's key prefix.
+    fn mirror(&self) -> MembershipMirror {
+        MembershipMirror::new(SentinelRedis::new(shared::redis_config(
+            "message-service",
+            &self.id,
+        )))
+    }
+
+    async fn direct(&self, caller: &str, other: &str) -> (StatusCode, Value) {
+        self.post(
+            caller,
+            "/api/v1/conversations",
+            json!({"kind": "direct", "members": [other]}),
+        )
+        .await
+    }
+
+    /// The cluster-only contacts route: who gets `user`'s presence frames.
+    async fn contacts(&self, user: &str) -> Vec<String> {
+        let resp = self
+            .http
+            .get(format!("{}/internal/v1/users/{user}/contacts", self.url))
+            .header("x-cluster-secret", shared::CLUSTER_SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        let mut contacts: Vec<String> = serde_json::from_value(body["contacts"].clone()).unwrap();
+        contacts.sort();
+        contacts
+    }
+
+    /// The cluster-only members route (what a manager with a cold mirror asks).
+    async fn internal_members(&self, conversation_id: &str) -> Vec<String> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/internal/v1/conversations/{conversation_id}/members",
+                self.url
+            ))
+            .header("x-cluster-secret", shared::CLUSTER_SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        serde_json::from_value(body["members"].clone()).unwrap()
     }
 
     async fn group(&self, owner: &str, members: &[&str]) -> String {
@@ -400,8 +481,8 @@ async fn ready_reflects_redis() {
 /// REST quotas would take hours): a user whose conversation list is expensive to answer.
 async fn hoard(pool: &sqlx::PgPool, user: &str, count: i64, messages: i64) {
     sqlx::query(
-        "INSERT INTO conversations (id, kind, name, created_by, last_seq)
-         SELECT $1 || '-' || g, 'group', 'hoard', $1, $2 FROM generate_series(1, $3) g",
+        "INSERT INTO conversations (id, kind, name, created_by, last_seq, member_count)
+         SELECT $1 || '-' || g, 'group', 'hoard', $1, $2, 4 FROM generate_series(1, $3) g",
     )
     .bind(user)
     .bind(messages)
@@ -500,4 +581,481 @@ async fn a_conversation_list_storm_does_not_delay_ingest() {
         lags.iter().all(|lag| *lag < Duration::from_secs(1)),
         "ingest lag under a list storm ({answered} lists answered): {lags:?}"
     );
+}
+
+/// The members a manager would read from the mirror, sorted.
+async fn mirrored(mirror: &MembershipMirror, conversation_id: &str) -> Vec<String> {
+    let mut members = mirror
+        .mirrored(&switchboard_protocol::ConversationId::parse(conversation_id).unwrap())
+        .await
+        .unwrap();
+    members.sort();
+    members
+}
+
+/// What a Redis failover that lost a removal leaves: the mirror as it was before (the
+/// removed member back in the set, the version from before the change).
+async fn lose_the_removal(
+    mirror: &MembershipMirror,
+    conversation_id: &str,
+    version_before: &str,
+    members: &[&str],
+) {
+    let redis = mirror.redis();
+    let _: () = redis
+        .query(
+            redis::cmd("SET")
+                .arg(redis.key(&format!("members-version:{conversation_id}")))
+                .arg(version_before),
+        )
+        .await
+        .unwrap();
+    let _: i64 = redis
+        .query(
+            redis::cmd("SADD")
+                .arg(mirror.key(conversation_id))
+                .arg(members),
+        )
+        .await
+        .unwrap();
+}
+
+async fn mirror_version(mirror: &MembershipMirror, conversation_id: &str) -> String {
+    let redis = mirror.redis();
+    let version: Option<String> = redis
+        .query(redis::cmd("GET").arg(redis.key(&format!("members-version:{conversation_id}"))))
+        .await
+        .unwrap();
+    version.unwrap_or_default()
+}
+
+/// Issue 24 item 9: a removal whose mirror update was lost (a failover after the master
+/// acknowledged it) left the removed member in the mirror for up to its 10-minute TTL, and a
+/// retried DELETE answered 404 without touching the mirror. Now the retried DELETE brings
+/// the mirror up to date before its 404, and the outbox sweeper repairs a lost update by
+/// itself within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_removal_is_applied_again_by_a_retried_delete_and_by_the_outbox() {
+    let app = spawn_app("lost-removal").await;
+    let mirror = app.mirror();
+    let group = app.group("alice", &["bob", "carol"]).await;
+    let before = mirror_version(&mirror, &group).await;
+    assert_eq!(mirrored(&mirror, &group).await, ["alice", "bob", "carol"]);
+
+    // Removed; then the failover loses the mirror update.
+    let (status, body) = app
+        .delete(
+            "alice",
+            &format!("/api/v1/conversations/{group}/members/bob"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    lose_the_removal(&mirror, &group, &before, &["alice", "bob", "carol"]).await;
+    assert!(mirrored(&mirror, &group).await.contains(&"bob".to_owned()));
+
+    // The client retries: 404 (bob is gone), and the mirror no longer lets bob in.
+    let (status, body) = app
+        .delete(
+            "alice",
+            &format!("/api/v1/conversations/{group}/members/bob"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        !mirrored(&mirror, &group).await.contains(&"bob".to_owned()),
+        "a retried DELETE leaves the removed member in the mirror"
+    );
+
+    // carol leaves; the update is lost again and nobody retries: the outbox applies it.
+    let before = mirror_version(&mirror, &group).await;
+    let (status, body) = app
+        .delete(
+            "carol",
+            &format!("/api/v1/conversations/{group}/members/carol"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    lose_the_removal(&mirror, &group, &before, &["alice", "carol"]).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mirrored(&mirror, &group)
+        .await
+        .contains(&"carol".to_owned())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lost removal is still in the mirror after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A retried leave is a 403 (carol is no member), and still leaves the mirror right.
+    lose_the_removal(&mirror, &group, &before, &["carol"]).await;
+    let (status, _) = app
+        .delete(
+            "carol",
+            &format!("/api/v1/conversations/{group}/members/carol"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!mirrored(&mirror, &group)
+        .await
+        .contains(&"carol".to_owned()));
+}
+
+/// Issue 24 item 4: `GET /api/v1/conversations` pages by cursor (default and most 1,000),
+/// lists at most 100 members per conversation with `member_count` for all, and `unread`
+/// comes from stored positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conversation_list_pages_by_cursor_with_bounded_members() {
+    let app = spawn_app("list-pages").await;
+    let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+    hoard(&pool, "pager", 25, 3).await;
+    // One big group: 150 members (in SQL: the test's group limit is 50).
+    sqlx::query(
+        "INSERT INTO conversations (id, kind, name, created_by, last_seq, member_count)
+         VALUES ('big', 'group', 'big', 'pager', 99, 150)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO members (conversation_id, user_id)
+         SELECT 'big', 'pager' UNION ALL SELECT 'big', 'm' || g FROM generate_series(1, 149) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // No limit: everything in one answer (the original contract), the last page.
+    let (status, all) = app.get("pager", "/api/v1/conversations").await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(all["conversations"].as_array().unwrap().len(), 26);
+    assert_eq!(all["next_cursor"], Value::Null);
+    let big = &all["conversations"][0];
+    assert_eq!(big["id"], "big", "highest last_seq first");
+    assert_eq!(big["members"].as_array().unwrap().len(), 100);
+    assert_eq!(big["member_count"], 150);
+    let hoarded = &all["conversations"][1];
+    assert_eq!(hoarded["member_count"], 4);
+    assert_eq!(
+        hoarded["unread"], 3,
+        "three messages from x1 past read_seq 0"
+    );
+
+    // Pages of 10: every conversation once, in the same order.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &cursor {
+            None => "/api/v1/conversations?limit=10".to_owned(),
+            Some(c) => format!("/api/v1/conversations?limit=10&cursor={c}"),
+        };
+        let (status, page) = app.get("pager", &path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let entries = page["conversations"].as_array().unwrap();
+        assert!(entries.len() <= 10);
+        paged.extend(entries.iter().map(|c| c["id"].clone()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let every: Vec<Value> = all["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
+    assert_eq!(paged, every);
+
+    // The whole member list is one call away, for members.
+    let (status, whole) = app.get("pager", "/api/v1/conversations/big").await;
+    assert_eq!(status, StatusCode::OK, "{whole}");
+    assert_eq!(whole["members"].as_array().unwrap().len(), 150);
+    let (status, _) = app.get("stranger", "/api/v1/conversations/big").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "cursor=nonsense",
+        "cursor=-1.a",
+    ] {
+        let (status, body) = app
+            .get("pager", &format!("/api/v1/conversations?{bad}"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request");
+    }
+}
+
+/// Issue 24 item 4: conversations created and members added are limited per user and
+/// minute (`SB_CONVERSATIONS_PER_MINUTE`, `SB_MEMBERS_ADDED_PER_MINUTE`), refused with 429
+/// `rate_limited` and `Retry-After`; asking again for an existing direct conversation is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_created_and_members_added_are_limited_per_minute() {
+    let app = spawn_app_with(
+        "quotas",
+        &[
+            ("SB_CONVERSATIONS_PER_MINUTE", "3"),
+            ("SB_MEMBERS_ADDED_PER_MINUTE", "2"),
+        ],
+    )
+    .await;
+    for other in ["b1", "b2"] {
+        let (status, body) = app.direct("spammer", other).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let group = app.group("spammer", &["b1"]).await;
+    let (status, headers, body) = app
+        .send(
+            reqwest::Method::POST,
+            "spammer",
+            "/api/v1/conversations",
+            Some(json!({"kind": "direct", "members": ["b4"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // An existing pair is answered, not counted; others are not limited by spammer's quota.
+    let (status, _) = app.direct("spammer", "b1").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.direct("b1", "spammer").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.direct("b4", "spammer").await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    for user in ["c1", "c2"] {
+        let (status, body) = app
+            .post(
+                "spammer",
+                &format!("/api/v1/conversations/{group}/members"),
+                json!({ "user_id": user }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, headers, body) = app
+        .send(
+            reqwest::Method::POST,
+            "spammer",
+            &format!("/api/v1/conversations/{group}/members"),
+            Some(json!({"user_id": "c3"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    // Adding an existing member changes nothing and takes no quota.
+    let (status, _) = app
+        .post(
+            "spammer",
+            &format!("/api/v1/conversations/{group}/members"),
+            json!({"user_id": "c1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Issue 24 item 7: a block list. A blocked user cannot start a direct conversation with,
+/// add to a group, or see the presence of the user who blocked them; unblocking undoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_user_cannot_reach_or_watch_the_blocker() {
+    let app = spawn_app("blocks").await;
+    // Before the block: a shared group makes presence visible.
+    let group = app.group("stalker", &["victim"]).await;
+    let (status, _) = app.get("stalker", "/api/v1/presence?user_id=victim").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = app.put("victim", "/api/v1/blocks/stalker").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, _) = app.put("victim", "/api/v1/blocks/stalker").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "idempotent");
+    let (_, list) = app.get("victim", "/api/v1/blocks").await;
+    assert_eq!(list["blocked"], json!(["stalker"]));
+
+    let (status, body) = app.direct("stalker", "victim").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    let (status, body) = app
+        .post(
+            "stalker",
+            "/api/v1/conversations",
+            json!({"kind": "group", "name": "trap", "members": ["victim"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let other = app.group("stalker", &["friend"]).await;
+    let (status, body) = app
+        .post(
+            "stalker",
+            &format!("/api/v1/conversations/{other}/members"),
+            json!({"user_id": "victim"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = app.get("stalker", "/api/v1/presence?user_id=victim").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // The presence frames follow the same rule: the victim's contacts leave out the stalker.
+    let contacts = app.contacts("victim").await;
+    assert!(!contacts.contains(&"stalker".to_owned()), "{contacts:?}");
+    // The victim still sees the stalker (the block is one way) and the group stays.
+    let (status, _) = app.get("victim", "/api/v1/presence?user_id=stalker").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.seqs("stalker", &group, "").await, Vec::<i64>::new());
+
+    let (status, _) = app.put("victim", "/api/v1/blocks/victim").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "oneself");
+    let (status, _) = app.delete("victim", "/api/v1/blocks/stalker").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app.direct("stalker", "victim").await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+/// Issue 24 item 7: with `SB_GROUP_ADD_POLICY=invite`, a group's members are invited and
+/// become members (in the mirror, so they send and receive) only on accepting; with
+/// `SB_PRESENCE_POLICY=accepted`, creating a direct conversation with someone does not
+/// show their presence until they accept it (or send in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_and_presence_need_the_other_users_consent() {
+    let app = spawn_app_with(
+        "consent",
+        &[
+            ("SB_GROUP_ADD_POLICY", "invite"),
+            ("SB_PRESENCE_POLICY", "accepted"),
+        ],
+    )
+    .await;
+    let mirror = app.mirror();
+
+    // A direct conversation alone shows nothing of the other side.
+    let (status, dm) = app.direct("curious", "celebrity").await;
+    assert_eq!(status, StatusCode::CREATED, "{dm}");
+    let dm = dm["id"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .get("curious", "/api/v1/presence?user_id=celebrity")
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(app.contacts("celebrity").await.is_empty());
+    let (status, _) = app
+        .post(
+            "celebrity",
+            &format!("/api/v1/conversations/{dm}/accept"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = app
+        .get("curious", "/api/v1/presence?user_id=celebrity")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(app.contacts("celebrity").await, ["curious"]);
+
+    // A group invites; the invitee is not a member until accepting.
+    let (status, group) = app
+        .post(
+            "owner",
+            "/api/v1/conversations",
+            json!({"kind": "group", "name": "club", "members": ["guest"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{group}");
+    assert_eq!(group["members"], json!(["owner"]));
+    assert_eq!(group["invited"], json!(["guest"]));
+    let group = group["id"].as_str().unwrap().to_owned();
+    assert_eq!(mirrored(&mirror, &group).await, ["owner"]);
+    let (status, _) = app
+        .get("guest", &format!("/api/v1/conversations/{group}/messages"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an invitee reads nothing");
+    let (_, list) = app.get("guest", "/api/v1/conversations").await;
+    assert_eq!(list["conversations"], json!([]));
+    let (_, invites) = app.get("guest", "/api/v1/invitations").await;
+    assert_eq!(invites["invitations"][0]["conversation_id"], group.as_str());
+    assert_eq!(invites["invitations"][0]["invited_by"], "owner");
+
+    let (status, joined) = app
+        .post(
+            "guest",
+            &format!("/api/v1/conversations/{group}/accept"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    assert_eq!(joined["members"], json!(["guest", "owner"]));
+    // The mirror lets the new member in at once (refilled on the next lookup).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let members = app.internal_members(&group).await;
+        if members == ["guest", "owner"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{members:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, invites) = app.get("guest", "/api/v1/invitations").await;
+    assert_eq!(invites["invitations"], json!([]));
+
+    // Declining: an invitee removes themselves.
+    let (status, _) = app
+        .post(
+            "owner",
+            &format!("/api/v1/conversations/{group}/members"),
+            json!({"user_id": "shy"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .delete("shy", &format!("/api/v1/conversations/{group}/members/shy"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, invites) = app.get("shy", "/api/v1/invitations").await;
+    assert_eq!(invites["invitations"], json!([]));
+    let (status, _) = app
+        .post(
+            "stranger",
+            &format!("/api/v1/conversations/{group}/accept"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// Issue 24 item 7, under the default (`open`) policy: a member who left a group is not
+/// added back without consent: adding them again invites them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_left_is_invited_not_added_back() {
+    let app = spawn_app("rejoin").await;
+    let group = app.group("owner", &["leaver"]).await;
+    let (status, _) = app
+        .delete(
+            "leaver",
+            &format!("/api/v1/conversations/{group}/members/leaver"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app
+        .post(
+            "owner",
+            &format!("/api/v1/conversations/{group}/members"),
+            json!({"user_id": "leaver"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["members"], json!(["owner"]));
+    assert_eq!(body["invited"], json!(["leaver"]));
+    let (status, _) = app
+        .get("leaver", &format!("/api/v1/conversations/{group}/messages"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = app
+        .post(
+            "leaver",
+            &format!("/api/v1/conversations/{group}/accept"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["members"], json!(["leaver", "owner"]));
 }
