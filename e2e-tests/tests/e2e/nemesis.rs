@@ -917,13 +917,15 @@ where
 /// How many messages the conversation of the empty-restart test holds before the fault.
 const FILLED_WITH: usize = 10_400;
 
-/// [`nemesis_options`] with the per-connection frame rate raised so the fillers are not
-/// throttled (each is one connection pipelining sends).
+/// [`nemesis_options`] with the per-connection frame rate raised and the per-user quotas off,
+/// so the fillers are not throttled: they stand in for a history that took months, not
+/// seconds, to accumulate (each is one connection of the same user pipelining sends).
 fn filler_options() -> StackOptions {
     let mut options = nemesis_options();
     options.extra_env.extend([
         ("SB_CLIENT_RATE_PER_SEC".into(), "5000".into()),
         ("SB_CLIENT_RATE_BURST".into(), "5000".into()),
+        ("SB_USER_FRAMES_PER_MIN".into(), "0".into()),
     ]);
     options
 }
@@ -1259,8 +1261,12 @@ async fn kill_postgres_and_redis_master(stack: &mut Stack) {
 /// idempotency records, leases, pending numbers and the directory are all gone.
 async fn restart_redis_master_empty(stack: &mut Stack) {
     let master = stack.redis.current_master_port().await.unwrap();
+    let before = dbsize(master).await;
     let down = stack.redis.restart_empty(master).await.unwrap();
-    eprintln!("nemesis: Redis master :{master} killed and back, empty, in {down:.1?}");
+    let after = dbsize(master).await;
+    eprintln!(
+        "nemesis: Redis master :{master} killed and back, empty, in {down:.1?} ({before} keys before, {after} after)"
+    );
     stack
         .redis
         .wait_replicas_online(master, 2, REJOIN_WITHIN)
@@ -1271,6 +1277,14 @@ async fn restart_redis_master_empty(stack: &mut Stack) {
         now, master,
         "the Sentinels failed over to :{now}: the restart was not fast enough to test an empty master"
     );
+}
+
+/// `DBSIZE` of the Redis server on `port`.
+async fn dbsize(port: u16) -> u64 {
+    let mut conn = switchboard_test_support::redis_cluster::connect(port)
+        .await
+        .unwrap();
+    redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap()
 }
 
 /// One test per fault.
