@@ -22,6 +22,7 @@ mod chat;
 mod chat_faults;
 mod client;
 mod compose;
+mod consent;
 mod faults;
 mod hostile;
 mod nemesis;
