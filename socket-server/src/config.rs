@@ -14,6 +14,10 @@ use switchboard_service_kit::limits::Rate;
 pub const SB_SOCKET_BIND: &str = "SB_SOCKET_BIND";
 pub const SB_SOCKET_PUBLIC_URL: &str = "SB_SOCKET_PUBLIC_URL";
 pub const SB_SOCKET_HEALTH_URL: &str = "SB_SOCKET_HEALTH_URL";
+pub const SB_SOCKET_OPS_BIND: &str = "SB_SOCKET_OPS_BIND";
+pub const SB_HANDSHAKE_TIMEOUT_MS: &str = "SB_HANDSHAKE_TIMEOUT_MS";
+pub const SB_HANDSHAKES_PER_IP: &str = "SB_HANDSHAKES_PER_IP";
+pub const SB_MAX_CONNECTIONS_PER_IP: &str = "SB_MAX_CONNECTIONS_PER_IP";
 pub const SB_SERVER_ID: &str = "SB_SERVER_ID";
 pub const SB_REGISTRY_URL: &str = "SB_REGISTRY_URL";
 pub const SB_MAX_CONNECTIONS: &str = "SB_MAX_CONNECTIONS";
@@ -43,7 +47,15 @@ pub const ENV: &[EnvVar] = &[
     EnvVar {
         name: SB_SOCKET_BIND,
         default: Some("127.0.0.1:9001"),
-        doc: "Address the WebSocket endpoint (/ws) and /live, /ready, /metrics listen on.",
+        doc: "Address the WebSocket endpoint (/ws) listens on, for clients; it also answers \
+              /live, and nothing else.",
+    },
+    EnvVar {
+        name: SB_SOCKET_OPS_BIND,
+        default: Some("127.0.0.1:0"),
+        doc: "Address /live, /ready and /metrics listen on, for health checkers and \
+              Prometheus; keep it off the clients' network. Port 0: a free port, named in the \
+              log and in the default SB_SOCKET_HEALTH_URL.",
     },
     EnvVar {
         name: SB_SOCKET_PUBLIC_URL,
@@ -54,7 +66,8 @@ pub const ENV: &[EnvVar] = &[
     EnvVar {
         name: SB_SOCKET_HEALTH_URL,
         default: None,
-        doc: "The URL health checkers probe. Unset: http://<SB_SOCKET_BIND>/live.",
+        doc: "The URL health checkers probe. Unset: http://<SB_SOCKET_OPS_BIND>/live (the \
+              port actually bound).",
     },
     EnvVar {
         name: SB_SERVER_ID,
@@ -157,6 +170,25 @@ pub const ENV: &[EnvVar] = &[
         doc: "Burst of upgrades one client address may make at once.",
     },
     EnvVar {
+        name: SB_HANDSHAKE_TIMEOUT_MS,
+        default: Some("3000"),
+        doc: "A connection must send its whole HTTP request head within this long, in \
+              milliseconds, or it is closed.",
+    },
+    EnvVar {
+        name: SB_HANDSHAKES_PER_IP,
+        default: Some("64"),
+        doc: "Connections from one TCP peer address (IPv6: its /64) whose request head is \
+              still being read; more are closed at accept. 0 turns the cap off.",
+    },
+    EnvVar {
+        name: SB_MAX_CONNECTIONS_PER_IP,
+        default: Some("1000"),
+        doc: "WebSocket connections one client address (as the upgrade limits see it, \
+              X-Forwarded-For from a trusted proxy) may hold on this server; more get 429 \
+              rate_limited. 0 turns the cap off.",
+    },
+    EnvVar {
         name: SB_MAX_CONNECTIONS_PER_USER,
         default: Some("10"),
         doc: "Devices one user may connect to this server; 0 turns the limit off.",
@@ -210,8 +242,20 @@ pub struct SocketServerConfig {
     pub bind: String,
     /// The URL clients are given (`SB_SOCKET_PUBLIC_URL`); default `ws://<bind>/ws`.
     pub public_url: Option<String>,
-    /// The URL health checkers probe (`SB_SOCKET_HEALTH_URL`); default `http://<bind>/live`.
+    /// The URL health checkers probe (`SB_SOCKET_HEALTH_URL`); default
+    /// `http://<ops_bind>/live`.
     pub health_url: Option<String>,
+    /// Where `/live`, `/ready` and `/metrics` listen (`SB_SOCKET_OPS_BIND`, default
+    /// `127.0.0.1:0`), apart from the clients' port.
+    pub ops_bind: String,
+    /// How long a connection may take to send its request head (`SB_HANDSHAKE_TIMEOUT_MS`,
+    /// default 3000).
+    pub handshake_timeout: Duration,
+    /// Heads being read per peer address (`SB_HANDSHAKES_PER_IP`, default 64; 0 off).
+    pub handshakes_per_ip: usize,
+    /// WebSocket connections per client address (`SB_MAX_CONNECTIONS_PER_IP`, default 1000;
+    /// 0 off).
+    pub max_connections_per_ip: usize,
     /// `SB_SERVER_ID`; a fresh ULID-based id when unset.
     pub server_id: Option<String>,
     /// Where the registry answers (`SB_REGISTRY_URL`, default `http://127.0.0.1:8080`).
@@ -284,6 +328,10 @@ impl SocketServerConfig {
             bind: lookup_string(lookup, SB_SOCKET_BIND, "127.0.0.1:9001"),
             public_url: lookup_optional(lookup, SB_SOCKET_PUBLIC_URL),
             health_url: lookup_optional(lookup, SB_SOCKET_HEALTH_URL),
+            ops_bind: lookup_string(lookup, SB_SOCKET_OPS_BIND, "127.0.0.1:0"),
+            handshake_timeout: lookup_millis(lookup, SB_HANDSHAKE_TIMEOUT_MS, 3_000)?,
+            handshakes_per_ip: lookup_or(lookup, SB_HANDSHAKES_PER_IP, 64)?,
+            max_connections_per_ip: lookup_or(lookup, SB_MAX_CONNECTIONS_PER_IP, 1000)?,
             server_id: lookup_optional(lookup, SB_SERVER_ID),
             registry_url: lookup_string(lookup, SB_REGISTRY_URL, "http://127.0.0.1:8080"),
             max_connections: lookup_or(lookup, SB_MAX_CONNECTIONS, 100_000)?,

@@ -2,8 +2,9 @@
 //!
 //! - [`config`]: settings from the environment.
 //! - `listener`: the public port's accept loop: `GET /ws` becomes a WebSocket session (the
-//!   protocol itself is `websocket`), anything else is relayed to the operations endpoints
-//!   (`/live`, `/ready`, `/metrics`), which actix-web serves on loopback.
+//!   protocol itself is `websocket`), `GET /live` is answered there, anything else is 404.
+//!   The operations endpoints (`/live`, `/ready`, `/metrics`) are actix-web's, on their own
+//!   port (`SB_SOCKET_OPS_BIND`); per-address caps keep one address from taking the port.
 //! - `session`: admission before the upgrade (token, origin, limits), then one task per
 //!   connection that selects over client frames, its bounded outbound queue, a heartbeat and
 //!   shutdown.
@@ -53,6 +54,7 @@ pub(crate) struct Metrics {
     pub frames_out: prometheus::IntCounter,
     pub auth_failures: prometheus::IntCounter,
     pub slow_consumer_kicks: prometheus::IntCounter,
+    pub handshakes_refused: prometheus::IntCounter,
     pub write_timeouts: prometheus::IntCounter,
     pub deliveries: prometheus::IntCounter,
     pub delivery_latency: prometheus::Histogram,
@@ -86,6 +88,11 @@ impl Metrics {
                 "socket_slow_consumer_kicks_total",
                 "connections dropped as slow consumers: their outbound queue was full, or a \
                  write to them stalled past SB_CLIENT_WRITE_TIMEOUT_MS",
+            )?,
+            handshakes_refused: prometheus::IntCounter::new(
+                "socket_handshakes_refused_total",
+                "connections closed at accept: their address (SB_HANDSHAKES_PER_IP) or the \
+                 server already had that many request heads being read",
             )?,
             write_timeouts: prometheus::IntCounter::new(
                 "socket_write_timeouts_total",
@@ -131,6 +138,7 @@ impl Metrics {
         ops.register(&m.auth_failures);
         ops.register(&m.slow_consumer_kicks);
         ops.register(&m.write_timeouts);
+        ops.register(&m.handshakes_refused);
         Ok(m)
     }
 }
@@ -144,6 +152,10 @@ pub(crate) struct ServerState {
     pub tokens: TokenKeys,
     /// WebSocket upgrades per client address.
     pub connects: switchboard_service_kit::limits::IpRateLimiter,
+    /// Request heads being read, per peer address.
+    pub handshakes_per_ip: Arc<listener::PerAddress>,
+    /// WebSocket sessions, per client address.
+    pub connections_per_ip: Arc<listener::PerAddress>,
     pub hub: Arc<hub::Hub>,
     pub directory: ServerDirectory,
     /// Cancelled once this server has left the sorted set: every session closes with 1012.
@@ -181,7 +193,7 @@ pub struct Application {
     port: u16,
     /// The public port, served by [`listener::serve`] once running.
     public: tokio::net::TcpListener,
-    /// Where the operations server (actix-web) listens, on loopback.
+    /// Where the operations server (actix-web) listens (`SB_SOCKET_OPS_BIND`).
     ops_addr: SocketAddr,
     server: actix_web::dev::Server,
     state: Arc<ServerState>,
@@ -189,6 +201,15 @@ pub struct Application {
 
 /// Connections waiting to be accepted on the public port.
 const ACCEPT_BACKLOG: u32 = 4096;
+
+/// `addr` as another process on this host reaches it (an unspecified address as loopback).
+fn reachable(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
 
 /// Binds the public port (`SO_REUSEADDR`, so a restarted server can take it back at once).
 fn bind_public(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
@@ -210,19 +231,19 @@ impl Application {
         let public = bind_public(&config.bind)?;
         let addr = public.local_addr()?;
         let port = addr.port();
-        let reachable_host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            addr.ip().to_string()
-        };
         let public_url = config
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("ws://{reachable_host}:{port}/ws"));
+            .unwrap_or_else(|| format!("ws://{}/ws", reachable(addr)));
+        // The operations endpoints on their own listener: a flood on the clients' port
+        // cannot keep the health checkers' probes out, and clients cannot read /metrics.
+        let ops_listener = TcpListener::bind(&config.ops_bind)?;
+        let ops_addr = ops_listener.local_addr()?;
         let health_url = config
             .health_url
             .clone()
-            .unwrap_or_else(|| format!("http://{reachable_host}:{port}/live"));
+            .unwrap_or_else(|| format!("http://{}/live", reachable(ops_addr)));
+        tracing::info!(%ops_addr, %health_url, "operations endpoints (/live, /ready, /metrics) listening");
         let server_id = config
             .server_id
             .clone()
@@ -249,6 +270,8 @@ impl Application {
             delivery_assigned: AtomicBool::new(false),
             tokens: config.common.token_keys(),
             connects: switchboard_service_kit::limits::IpRateLimiter::new(config.connects_per_ip),
+            handshakes_per_ip: listener::PerAddress::new(config.handshakes_per_ip),
+            connections_per_ip: listener::PerAddress::new(config.max_connections_per_ip),
             hub: hub::Hub::new(),
             directory: ServerDirectory::new(redis.clone()),
             shutdown: CancellationToken::new(),
@@ -290,10 +313,6 @@ impl Application {
             }),
         );
 
-        // The operations endpoints, behind the public port's listener (which relays every
-        // request but `GET /ws` here).
-        let ops_listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
-        let ops_addr = ops_listener.local_addr()?;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(http::query_config())
@@ -318,6 +337,11 @@ impl Application {
         self.port
     }
 
+    /// The port of `/live`, `/ready` and `/metrics` (`SB_SOCKET_OPS_BIND`).
+    pub fn ops_port(&self) -> u16 {
+        self.ops_addr.port()
+    }
+
     pub fn server_id(&self) -> &str {
         &self.state.server_id
     }
@@ -326,7 +350,7 @@ impl Application {
     /// close every client with 1012 and wait (up to the grace period) for them to go.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
-        let accept = tokio::spawn(listener::serve(self.public, self.ops_addr, state.clone()));
+        let accept = tokio::spawn(listener::serve(self.public, state.clone()));
         let membership_stop = CancellationToken::new();
         let link_stop = CancellationToken::new();
         let link = tokio::spawn(membership::link_managers(state.clone(), link_stop.clone()));

@@ -1,11 +1,19 @@
 //! The public port: one accept loop that reads each connection's HTTP request head and either
-//! opens a WebSocket session (`GET /ws`, see [`crate::websocket`]) or hands the connection,
-//! head included, to the operations server (`/live`, `/ready`, `/metrics`) listening on
-//! loopback. WebSocket connections never pass through an HTTP framework, so an idle one holds
-//! only its socket, its task and its queue.
+//! opens a WebSocket session (`GET /ws`, see [`crate::websocket`]), answers `GET /live`
+//! itself, or refuses the request (404). `/ready` and `/metrics` are served only by the
+//! operations server on its own port (`SB_SOCKET_OPS_BIND`), which clients cannot reach
+//! through this one, so a flood here cannot starve the health checkers' probes and the
+//! metrics stay private. WebSocket connections never pass through an HTTP framework, so an
+//! idle one holds only its socket, its task and its queue.
+//!
+//! One address cannot take the whole port: at accept, a connection is closed at once when its
+//! address already has `SB_HANDSHAKES_PER_IP` heads being read (they must arrive within
+//! `SB_HANDSHAKE_TIMEOUT_MS`), and an upgrade is refused (429) when the client's address
+//! already holds `SB_MAX_CONNECTIONS_PER_IP` sessions.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -21,9 +29,8 @@ use crate::{session, ServerState};
 
 /// The longest request head accepted (request line and headers).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// A client must finish its request head within this long (slow-header clients hold a task).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Requests being read or refused at once; connections past this are closed at accept.
+/// Requests being read or refused at once, from all addresses; connections past this are
+/// closed at accept. One address holds at most `SB_HANDSHAKES_PER_IP` of them.
 const MAX_HANDSHAKES: usize = 4096;
 /// How long a closing connection's unread input is drained (see [`linger`]).
 const LINGER: Duration = Duration::from_secs(2);
@@ -120,9 +127,84 @@ async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, BytesMut, usi
     }
 }
 
+/// The key an address is counted under: itself (IPv4) or its /64 (IPv6), as the rate limits
+/// count it, so rotating addresses inside one subscriber's block does not multiply the cap.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// How many of something (heads being read, sessions) each address holds, capped. An entry
+/// lives only while its address holds one, so the table is never larger than what is held.
+pub(crate) struct PerAddress {
+    cap: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One held unit of a [`PerAddress`] count; given back on drop.
+pub(crate) struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl PerAddress {
+    /// `cap` 0: no cap (nothing is counted).
+    pub(crate) fn new(cap: usize) -> Arc<Self> {
+        Arc::new(PerAddress {
+            cap,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for `ip`, or `None` when it already holds `cap`. With no cap, `Some(None)`.
+    pub(crate) fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<Option<AddressSlot>> {
+        if self.cap == 0 {
+            return Some(None);
+        }
+        let key = address_key(ip);
+        let mut held = self.held.lock().expect("per-address table");
+        let count = held.entry(key).or_default();
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(Some(AddressSlot {
+            table: self.clone(),
+            key,
+        }))
+    }
+
+    #[cfg(test)]
+    fn held_by(&self, ip: IpAddr) -> usize {
+        let held = self.held.lock().expect("per-address table");
+        held.get(&address_key(ip)).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self.table.held.lock().expect("per-address table");
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Accepts connections until the task is aborted.
-pub(crate) async fn serve(listener: TcpListener, ops: SocketAddr, state: Arc<ServerState>) {
+pub(crate) async fn serve(listener: TcpListener, state: Arc<ServerState>) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let head_timeout = state.config.handshake_timeout;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -133,7 +215,14 @@ pub(crate) async fn serve(listener: TcpListener, ops: SocketAddr, state: Arc<Ser
                 continue;
             }
         };
+        // The address's share first, so one address cannot use up the global permits.
+        let Some(address_slot) = state.handshakes_per_ip.try_take(peer.ip()) else {
+            state.metrics.handshakes_refused.inc();
+            tracing::debug!(%peer, "address has too many requests being read; connection closed");
+            continue;
+        };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            state.metrics.handshakes_refused.inc();
             tracing::warn!(%peer, "too many requests being read at once; connection closed");
             continue;
         };
@@ -141,7 +230,7 @@ pub(crate) async fn serve(listener: TcpListener, ops: SocketAddr, state: Arc<Ser
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let mut stream = stream;
-            let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await;
+            let head = tokio::time::timeout(head_timeout, read_head(&mut stream)).await;
             let (head, buf, head_len) = match head {
                 Err(_) | Ok(Err(HeadError::Closed)) => return,
                 Ok(Err(HeadError::TooLarge)) => {
@@ -155,10 +244,18 @@ pub(crate) async fn serve(listener: TcpListener, ops: SocketAddr, state: Arc<Ser
                 Ok(Ok(read)) => read,
             };
             drop(permit);
-            if head.method == "GET" && head.path == "/ws" {
-                upgrade(stream, peer, head, &buf[head_len..], state).await;
-            } else {
-                proxy(stream, &head, &buf[head_len..], ops).await;
+            drop(address_slot);
+            match (head.method.as_str(), head.path.as_str()) {
+                ("GET", "/ws") => upgrade(stream, peer, head, &buf[head_len..], state).await,
+                ("GET" | "HEAD", "/live") => live(stream).await,
+                _ => {
+                    let error = ApiError::new(
+                        ErrorCode::NotFound,
+                        "this port serves only GET /ws and /live; /ready and /metrics are on \
+                         the operations port (SB_SOCKET_OPS_BIND)",
+                    );
+                    refuse(stream, 404, &error, "").await;
+                }
             }
         });
     }
@@ -173,9 +270,18 @@ async fn upgrade(
     already_read: &[u8],
     state: Arc<ServerState>,
 ) {
-    let user_id = match session::admit(&state, peer.ip(), &head) {
-        Ok(user_id) => user_id,
+    let (user_id, client_ip) = match session::admit(&state, peer.ip(), &head) {
+        Ok(admitted) => admitted,
         Err(error) => return refuse(stream, error.code.http_status(), &error, "").await,
+    };
+    // Held for the session's life.
+    let Some(_address_slot) = state.connections_per_ip.try_take(client_ip) else {
+        let cap = state.config.max_connections_per_ip;
+        let error = ApiError::new(
+            ErrorCode::RateLimited,
+            format!("at most {cap} connections from one address may be open on a server"),
+        );
+        return refuse(stream, 429, &error, "").await;
     };
     let accept = match websocket::check_upgrade(|name| head.header(name)) {
         Ok(accept) => accept,
@@ -233,41 +339,20 @@ async fn linger<R: AsyncRead + Unpin>(read: &mut R) {
     .await;
 }
 
-/// The head to relay: the client's, with `connection: close`, so the connection carries this
-/// one request (the next one, perhaps `GET /ws`, must come back through [`serve`]).
-fn relayed_head(head: &RequestHead) -> String {
-    let mut out = format!("{} {}", head.method, head.path);
-    if !head.query.is_empty() {
-        out.push('?');
-        out.push_str(&head.query);
-    }
-    out.push_str(" HTTP/1.1\r\n");
-    for (name, value) in head.headers.iter().filter(|(n, _)| n != "connection") {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    out.push_str("connection: close\r\n\r\n");
-    out
-}
-
-/// Any other request: relayed, with the bytes already read after its head, to the operations
-/// server.
-async fn proxy(mut client: TcpStream, head: &RequestHead, already_read: &[u8], ops: SocketAddr) {
-    let mut upstream = match TcpStream::connect(ops).await {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            tracing::warn!(error = %e, "operations server unreachable");
-            let error = ApiError::new(ErrorCode::Unavailable, "shutting down");
-            return refuse(client, 503, &error, "").await;
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    if upstream
-        .write_all(relayed_head(head).as_bytes())
-        .await
-        .is_ok()
-        && upstream.write_all(already_read).await.is_ok()
-    {
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+/// `GET /live` on the public port: answered here, never relayed, so it costs no more than a
+/// refusal (a load balancer in front may probe it).
+async fn live(mut stream: TcpStream) {
+    let body = br#"{"status":"live"}"#;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        body.len()
+    );
+    let mut response = head.into_bytes();
+    response.extend_from_slice(body);
+    if stream.write_all(&response).await.is_ok() {
+        let _ = stream.shutdown().await;
+        linger(&mut stream).await;
     }
 }
 
@@ -293,13 +378,34 @@ mod tests {
     }
 
     #[test]
-    fn a_relayed_request_asks_to_close_after_it() {
-        let raw = b"GET /metrics?x=1 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n";
-        let (head, _) = parse_head(raw).unwrap().unwrap();
-        assert_eq!(
-            relayed_head(&head),
-            "GET /metrics?x=1 HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n"
+    fn per_address_slots_are_capped_counted_per_v6_block_and_given_back() {
+        let table = PerAddress::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = table.try_take(a).unwrap();
+        let second = table.try_take(a).unwrap();
+        assert!(table.try_take(a).is_none(), "a third is refused");
+        // Another address has its own share.
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(table.try_take(b).is_some());
+        drop(first);
+        let third = table.try_take(a).expect("a slot given back is free again");
+        drop((second, third));
+        assert_eq!(table.held_by(a), 0);
+        assert!(
+            table.held.lock().unwrap().is_empty(),
+            "no entry outlives its slots"
         );
+        // One /64 is one address.
+        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let _x = table.try_take(v6a).unwrap();
+        let _y = table.try_take(v6b).unwrap();
+        assert!(table.try_take("2001:db8::3".parse().unwrap()).is_none());
+        // No cap: nothing counted.
+        let open = PerAddress::new(0);
+        for _ in 0..10 {
+            assert!(open.try_take(a).unwrap().is_none());
+        }
     }
 
     #[test]

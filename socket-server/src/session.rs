@@ -24,12 +24,13 @@ use crate::{Metrics, ServerState, SocketServerConfig};
 
 /// Admission of `GET /ws?token=…` (or `Authorization: Bearer …`), before the upgrade: the
 /// client address's connect rate, the token (401), the `Origin` (403), shutdown (503), the
-/// user's devices on this server (429) and the server's capacity (503). Returns the user.
+/// user's devices on this server (429) and the server's capacity (503). Returns the user and
+/// the client's address (the peer, or `X-Forwarded-For` from a trusted proxy).
 pub(crate) fn admit(
     state: &ServerState,
     peer: IpAddr,
     head: &RequestHead,
-) -> Result<Arc<str>, ApiError> {
+) -> Result<(Arc<str>, IpAddr), ApiError> {
     // Before the token is even looked at: verifying signatures is work an attacker could
     // make us do for free.
     let ip =
@@ -79,7 +80,7 @@ pub(crate) fn admit(
     if state.hub.live() as u64 >= state.config.max_connections {
         return Err(ApiError::new(ErrorCode::NoCapacity, "this server is full"));
     }
-    Ok(Arc::from(user_id))
+    Ok((Arc::from(user_id), ip))
 }
 
 fn bearer_token(head: &RequestHead) -> Option<String> {

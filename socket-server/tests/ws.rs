@@ -20,19 +20,21 @@ type Ws =
 struct TestApp {
     id: String,
     socket: String,
+    /// `http://127.0.0.1:PORT` of `/live`, `/ready` and `/metrics` (`SB_SOCKET_OPS_BIND`).
+    ops: String,
     server_id: String,
     messages: String,
     http: reqwest::Client,
 }
 
 async fn spawn_apps(name: &str) -> TestApp {
-    let (app, port) = spawn_apps_with(name, |_| {}).await;
+    let app = spawn_apps_with(name, |_| {}).await;
     // Ready once registered, linked to the manager and assigned our topic.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let resp = app
             .http
-            .get(format!("http://127.0.0.1:{port}/ready"))
+            .get(format!("{}/ready", app.ops))
             .send()
             .await
             .unwrap();
@@ -46,12 +48,11 @@ async fn spawn_apps(name: &str) -> TestApp {
     app
 }
 
-/// The apps running, the socket server's config changed by `tweak`; not waited for. Answers
-/// the socket server's port too.
+/// The apps running, the socket server's config changed by `tweak`; not waited for.
 async fn spawn_apps_with(
     name: &str,
     tweak: impl FnOnce(&mut socket_server::SocketServerConfig),
-) -> (TestApp, u16) {
+) -> TestApp {
     shared::warm_up();
     let id = shared::unique(name);
     let database_url = shared::fresh_database(&id).await;
@@ -98,6 +99,7 @@ async fn spawn_apps_with(
         .await
         .expect("the socket server builds");
     let port = app.port();
+    let ops_port = app.ops_port();
     let server_id = app.server_id().to_owned();
     tokio::spawn(app.run_until_stopped(CancellationToken::new()));
 
@@ -105,11 +107,12 @@ async fn spawn_apps_with(
     let app = TestApp {
         id,
         socket: format!("ws://127.0.0.1:{port}/ws"),
+        ops: format!("http://127.0.0.1:{ops_port}"),
         server_id,
         messages,
         http,
     };
-    (app, port)
+    app
 }
 
 impl TestApp {
@@ -239,13 +242,35 @@ async fn hello_errors_registration_and_a_send() {
         plain_get.contains("not a valid WebSocket upgrade"),
         "{plain_get}"
     );
-    // Anything else is the operations server's, through the same port.
+    // The clients' port answers /live itself; /ready and /metrics are only on the
+    // operations port, which clients cannot reach through this one.
     let live = raw_request(
         &host,
         &format!("GET /live HTTP/1.1\r\nHost: {host}\r\n\r\n"),
     )
     .await;
     assert!(live.starts_with("HTTP/1.1 200 "), "{live}");
+    for path in ["/ready", "/metrics", "/metrics?x=1", "/"] {
+        let answer = raw_request(
+            &host,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 404 "), "{path}: {answer}");
+        assert!(!answer.contains("switchboard_"), "{path}: {answer}");
+    }
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.ops))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics
+        .text()
+        .await
+        .unwrap()
+        .contains("switchboard_socket_connections"));
 
     // A malformed frame: an `error` frame with `bad_request`, and the socket stays open.
     alice
@@ -306,7 +331,7 @@ async fn hello_errors_registration_and_a_send() {
 /// reach, the server stays unready and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_the_delivery_consumer_is_assigned() {
-    let (app, port) = spawn_apps_with("unassigned", |config| {
+    let app = spawn_apps_with("unassigned", |config| {
         config.kafka.brokers = "127.0.0.1:1".into();
     })
     .await;
@@ -315,7 +340,7 @@ async fn not_ready_until_the_delivery_consumer_is_assigned() {
     while Instant::now() < deadline {
         let resp = app
             .http
-            .get(format!("http://127.0.0.1:{port}/ready"))
+            .get(format!("{}/ready", app.ops))
             .send()
             .await
             .unwrap();

@@ -146,6 +146,8 @@ impl Service {
 pub struct SocketServer {
     pub server_id: String,
     pub port: u16,
+    /// Its operations port (`SB_SOCKET_OPS_BIND`): `/live`, `/ready`, `/metrics`.
+    pub ops_port: u16,
     pub process: ManagedProcess,
 }
 
@@ -155,9 +157,10 @@ impl SocketServer {
         format!("ws://127.0.0.1:{}/ws", self.port)
     }
 
-    /// `http://127.0.0.1:PORT` (`/live`, `/ready`, `/metrics`).
+    /// `http://127.0.0.1:OPS_PORT` (`/live`, `/ready`, `/metrics`; the clients' port
+    /// answers only `/ws` and `/live`).
     pub fn http_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.ops_port)
     }
 }
 
@@ -499,9 +502,11 @@ impl Stack {
             .unwrap_or_else(free_port);
         let n = index + 1;
         let server_id = format!("socket-{n}-{port}");
+        let ops_port = free_port();
         let mut env = self.service_env();
         env.extend([
             kv("SB_SOCKET_BIND", format!("127.0.0.1:{port}")),
+            kv("SB_SOCKET_OPS_BIND", format!("127.0.0.1:{ops_port}")),
             kv("SB_SOCKET_PUBLIC_URL", format!("ws://127.0.0.1:{port}/ws")),
             kv("SB_SERVER_ID", server_id.clone()),
             kv("SB_REGISTRY_URL", self.nginx_url()),
@@ -528,6 +533,7 @@ impl Stack {
         Ok(SocketServer {
             server_id,
             port,
+            ops_port,
             process,
         })
     }
@@ -641,6 +647,8 @@ fn common_env(sentinels: &str, jwt_secret: &str, cluster_secret: &str) -> Vec<(S
         kv("SB_ASSIGN_RATE_PER_IP", "0"),
         kv("SB_RESERVATIONS_PER_IP", "0"),
         kv("SB_CONNECTS_PER_IP_PER_SEC", "0"),
+        kv("SB_HANDSHAKES_PER_IP", "0"),
+        kv("SB_MAX_CONNECTIONS_PER_IP", "0"),
         kv("RUST_LOG", "info"),
         // Plain log files (tracing-subscriber honours NO_COLOR).
         kv("NO_COLOR", "1"),
