@@ -245,3 +245,182 @@ async fn a_client_that_never_reads_is_closed_and_harms_no_one() {
     assert!(ended.is_ok(), "the stalled connection was never closed");
     pongs.abort();
 }
+
+/// Raises this process's open-file limit to its hard limit (the flood below holds thousands
+/// of sockets). `unsafe` only for the two libc calls; there is no safe wrapper in our deps.
+#[allow(unsafe_code)]
+fn raise_nofile(at_least: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= at_least,
+        "this test needs {at_least} open files; the hard limit is {}",
+        limit.rlim_max
+    );
+}
+
+/// A WebSocket client from 127.0.0.2 (another address than the flood's): connects, reads
+/// `hello` and answers how long that took.
+async fn connect_from_elsewhere(port: u16, token: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let socket = TcpSocket::new_v4()?;
+    socket.bind("127.0.0.2:0".parse()?)?;
+    let stream = socket.connect(format!("127.0.0.1:{port}").parse()?).await?;
+    let url = format!("ws://127.0.0.1:{port}/ws?token={token}");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Text(text))) if text.contains("\"hello\"") => break,
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("no hello: {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    let _ = ws.close(None).await;
+    Ok(took)
+}
+
+/// One address opens 4,500 idle TCP connections to one socket server and re-opens each one
+/// the server drops (after a second), for 60 s. Before the per-address cap, they took every
+/// one of the server's 4,096 handshake slots for the 10 s head timeout and kept them: every
+/// other client, and the health checkers' probe on the same port, was refused, and the server
+/// was evicted. Now that address holds at most SB_HANDSHAKES_PER_IP heads being read, the
+/// rest is closed at accept, and the probes go to the operations port: a real client from
+/// 127.0.0.2 connects at any moment, and the server stays in the registry's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_idle_connections_from_one_address_starve_no_one() {
+    const IDLE: usize = 4_500;
+    const FOR: Duration = Duration::from_secs(60);
+    raise_nofile(IDLE as u64 + 500);
+    let stack = Stack::start(StackOptions {
+        socket_servers: 1,
+        registries: 1,
+        // The production defaults, which the test stack otherwise turns off.
+        extra_env: kv(&[
+            ("SB_HANDSHAKES_PER_IP", "64"),
+            ("SB_MAX_CONNECTIONS_PER_IP", "1000"),
+        ]),
+        ..StackOptions::without_messaging()
+    })
+    .await
+    .unwrap();
+    let http = http();
+    let server = &stack.socket_servers[0];
+    let port = server.port;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..IDLE)
+        .map(|_| {
+            let (stop, opened, dropped) = (stop.clone(), opened.clone(), dropped.clone());
+            tokio::spawn(async move {
+                let mut sink = [0u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    };
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    // Idle: sends nothing, and waits for the server to give up on it.
+                    let held = tokio::time::timeout(Duration::from_secs(1), async {
+                        while !stop.load(Ordering::Relaxed) {
+                            match stream.read(&mut sink).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                        }
+                    });
+                    if held.await.is_ok() {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    } else {
+                        // Still held: keep holding it until the server drops it.
+                        while !stop.load(Ordering::Relaxed) {
+                            match tokio::time::timeout(
+                                Duration::from_millis(500),
+                                stream.read(&mut sink),
+                            )
+                            .await
+                            {
+                                Ok(Ok(0)) | Ok(Err(_)) => {
+                                    dropped.fetch_add(1, Ordering::Relaxed);
+                                    break;
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let token = token_for(&stack, "real-user");
+    let list_url = format!("{}/api/v1/socket-servers", stack.nginx_url());
+    let started = Instant::now();
+    let mut connects = Vec::new();
+    while started.elapsed() < FOR {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let took =
+            tokio::time::timeout(Duration::from_secs(5), connect_from_elsewhere(port, &token))
+                .await;
+        let took = match took {
+            Ok(Ok(took)) => took,
+            Ok(Err(e)) => panic!(
+                "{:?} into the flood ({} opened), a real client could not connect: {e}",
+                started.elapsed(),
+                opened.load(Ordering::Relaxed)
+            ),
+            Err(_) => panic!(
+                "{:?} into the flood ({} opened), a real client waited 5 s",
+                started.elapsed(),
+                opened.load(Ordering::Relaxed)
+            ),
+        };
+        connects.push(took);
+        let list = http
+            .get(&list_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            list.contains(&server.server_id),
+            "{:?} into the flood, the server was evicted: {list}",
+            started.elapsed()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in flood {
+        task.abort();
+    }
+    connects.sort();
+    println!(
+        "{} idle connections opened from one address in {FOR:?} ({} dropped by the server); \
+         a real client connected {} times, median {:?}, slowest {:?}; refused at accept: {}",
+        opened.load(Ordering::Relaxed),
+        dropped.load(Ordering::Relaxed),
+        connects.len(),
+        connects[connects.len() / 2],
+        connects[connects.len() - 1],
+        metric(
+            &http,
+            &server.http_url(),
+            "switchboard_socket_handshakes_refused_total"
+        )
+        .await,
+    );
+    assert!(opened.load(Ordering::Relaxed) >= IDLE);
+}
