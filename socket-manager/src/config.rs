@@ -34,6 +34,7 @@ pub const SB_USER_FRAMES_BURST: &str = "SB_USER_FRAMES_BURST";
 pub const SB_USER_BYTES_PER_MIN: &str = "SB_USER_BYTES_PER_MIN";
 pub const SB_USER_BYTES_BURST: &str = "SB_USER_BYTES_BURST";
 pub const SB_TYPING_INTERVAL_MS: &str = "SB_TYPING_INTERVAL_MS";
+pub const SB_USER_SENDS_PER_DAY: &str = "SB_USER_SENDS_PER_DAY";
 
 /// What one message's record carries besides its body, at most, in encoded bytes: the field
 /// names, the conversation and message ids, `seq`, the timestamp, a `client_msg_id` of 128
@@ -181,6 +182,14 @@ pub const ENV: &[EnvVar] = &[
               MiB); at least SB_MAX_BODY_BYTES (the manager refuses to start otherwise).",
     },
     EnvVar {
+        name: SB_USER_SENDS_PER_DAY,
+        default: Some("20000"),
+        doc: "Messages one user may send per day across the cluster (a bucket of this many, \
+              refilled over a day); beyond it: `rate_limited`. It bounds the idempotency \
+              records one user keeps in Redis (each lives SB_IDEMPOTENCY_TTL_SECS) to about \
+              twice this. 0: no daily bound.",
+    },
+    EnvVar {
         name: SB_TYPING_INTERVAL_MS,
         default: Some("1000"),
         doc: "At most one typing frame per conversation and sender is passed on per this many \
@@ -308,6 +317,7 @@ impl ManagerConfig {
             bytes_per_min: lookup_or(lookup, SB_USER_BYTES_PER_MIN, 64 * 1024 * 1024)?,
             bytes_burst: lookup_or(lookup, SB_USER_BYTES_BURST, 96 * 1024 * 1024)?,
             typing_interval_ms: lookup_or(lookup, SB_TYPING_INTERVAL_MS, 1_000)?,
+            sends_per_day: lookup_or(lookup, SB_USER_SENDS_PER_DAY, 20_000)?,
         };
         if quotas.frames_per_min > 0 {
             // A send larger than the byte burst could never pass, and a zero rate or burst

@@ -38,6 +38,10 @@ pub struct QuotaSettings {
     pub bytes_burst: u64,
     /// At most one typing frame per (conversation, sender) per this many milliseconds.
     pub typing_interval_ms: u64,
+    /// Sends one user may have numbered per day (a bucket of this many, refilled over a
+    /// day); 0: no such bound. It bounds the idempotency records a user holds (each lives
+    /// `SB_IDEMPOTENCY_TTL_SECS`, a day by default) whatever the per-minute rates allow.
+    pub sends_per_day: u64,
 }
 
 /// What the script decided for one frame.
@@ -60,13 +64,16 @@ pub struct QuotaFrame<'a> {
     pub user: &'a str,
     pub bytes: u64,
     pub typing_in: Option<&'a str>,
+    /// A send (counted against the sends per day too).
+    pub send: bool,
 }
 
-/// KEYS: per user, its frame bucket and its byte bucket; then one typing key per distinct
+/// KEYS: per user, its frame, byte and send buckets; then one typing key per distinct
 /// (conversation, sender) of the batch's typing frames.
 /// ARGV: frames per minute, frame burst, bytes per minute, byte burst, typing interval (ms),
-/// the number of users `u`; then per user (in KEYS' order) the number of its frames and, per
-/// frame in batch order, its body bytes and its typing key's index in KEYS (0: not typing).
+/// sends per day (0: no such bucket), the number of users `u`; then per user (in KEYS' order)
+/// the number of its frames and, per frame in batch order, its body bytes, its typing key's
+/// index in KEYS (0: not typing) and 1 for a send (0 otherwise).
 /// Answers one code per frame in ARGV's order: 0 refused, 1 admitted, 2 coalesced, 3 shed.
 const QUOTA_LUA: &str = r"
 local t = redis.call('TIME')
@@ -74,6 +81,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local frate, fburst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local brate, bburst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local typing_ms = ARGV[5]
+-- Sends per day: a bucket of a day's sends refilled over a day (per minute, for load/store).
+local sburst = tonumber(ARGV[6])
+local srate = sburst / 1440
 local function load(key, rate, burst)
   local v = redis.call('GET', key)
   if not v then return burst end
@@ -88,18 +98,20 @@ local function store(key, tokens, rate, burst)
   redis.call('SET', key, string.format('%.3f %d', tokens, now), 'PX', ms)
 end
 local out = {}
-local a = 7
-for u = 1, tonumber(ARGV[6]) do
-  local fkey, bkey = KEYS[2 * u - 1], KEYS[2 * u]
+local a = 8
+for u = 1, tonumber(ARGV[7]) do
+  local fkey, bkey, skey = KEYS[3 * u - 2], KEYS[3 * u - 1], KEYS[3 * u]
   local frames, bytes = load(fkey, frate, fburst), load(bkey, brate, bburst)
-  local spent = 0
+  local sends = sburst > 0 and load(skey, srate, sburst) or 1
+  local spent, sent = 0, 0
   for _ = 1, tonumber(ARGV[a]) do
-    local cost, typing = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    a = a + 2
-    if frames < 1 or bytes < cost then
+    local cost, typing, send = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3] == '1'
+    a = a + 3
+    if frames < 1 or bytes < cost or (send and sburst > 0 and sends < 1) then
       out[#out + 1] = 0
     else
       frames, bytes, spent = frames - 1, bytes - cost, spent + cost
+      if send then sends, sent = sends - 1, sent + 1 end
       if typing == 0 then
         out[#out + 1] = 1
       elseif frames < fburst / 4 then
@@ -114,6 +126,9 @@ for u = 1, tonumber(ARGV[6]) do
   a = a + 1
   store(fkey, frames, frate, fburst)
   if spent > 0 or redis.call('EXISTS', bkey) == 1 then store(bkey, bytes, brate, bburst) end
+  if sburst > 0 and (sent > 0 or redis.call('EXISTS', skey) == 1) then
+    store(skey, sends, srate, sburst)
+  end
 end
 return out
 ";
@@ -208,7 +223,8 @@ impl Quotas {
         for (user, _) in &users {
             invocation
                 .key(self.redis.key(&format!("quota:frames:{user}")))
-                .key(self.redis.key(&format!("quota:bytes:{user}")));
+                .key(self.redis.key(&format!("quota:bytes:{user}")))
+                .key(self.redis.key(&format!("quota:sends:{user}")));
         }
         let s = &self.settings;
         invocation
@@ -217,6 +233,7 @@ impl Quotas {
             .arg(s.bytes_per_min)
             .arg(s.bytes_burst)
             .arg(s.typing_interval_ms)
+            .arg(s.sends_per_day)
             .arg(users.len());
         let mut typing_keys: HashMap<(&str, &str), usize> = HashMap::new();
         let mut order = Vec::with_capacity(frames.len());
@@ -227,7 +244,7 @@ impl Quotas {
                 let typing = match frame.typing_in {
                     None => 0,
                     Some(conversation) => {
-                        let next = 2 * users.len() + typing_keys.len() + 1;
+                        let next = 3 * users.len() + typing_keys.len() + 1;
                         *typing_keys.entry((conversation, user)).or_insert_with(|| {
                             invocation
                                 .key(self.redis.key(&format!("typing:{conversation}:{user}")));
@@ -235,7 +252,10 @@ impl Quotas {
                         })
                     }
                 };
-                invocation.arg(frame.bytes).arg(typing);
+                invocation
+                    .arg(frame.bytes)
+                    .arg(typing)
+                    .arg(u8::from(frame.send));
                 order.push(i);
             }
         }
@@ -270,6 +290,7 @@ mod tests {
         bytes_per_min: 6_000,
         bytes_burst: 1_000,
         typing_interval_ms: 1_000,
+        sends_per_day: 0,
     };
 
     fn quotas(name: &str, settings: QuotaSettings) -> (SentinelRedis, Quotas) {
@@ -282,6 +303,7 @@ mod tests {
             user,
             bytes,
             typing_in: None,
+            send: true,
         }
     }
 
@@ -290,6 +312,7 @@ mod tests {
             user,
             bytes: 0,
             typing_in: Some(conversation),
+            send: false,
         }
     }
 
@@ -389,6 +412,38 @@ mod tests {
         assert_eq!(quotas.typing_dropped.with_label_values(&["shed"]).get(), 1);
     }
 
+    /// The day's sends: past them a user's sends are refused while their receipts (not sends)
+    /// still pass; the bucket outlives the minute buckets (it refills over a day).
+    #[tokio::test(flavor = "current_thread")]
+    async fn sends_past_the_days_quota_are_refused_and_signals_still_pass() {
+        let (redis, quotas) = quotas(
+            "quota-day",
+            QuotaSettings {
+                frames_burst: 100,
+                sends_per_day: 5,
+                ..SETTINGS
+            },
+        );
+        use Verdict::*;
+        let receipt = QuotaFrame {
+            user: "ann",
+            bytes: 0,
+            typing_in: None,
+            send: false,
+        };
+        let mut frames: Vec<QuotaFrame<'_>> = (0..6).map(|_| send("ann", 1)).collect();
+        frames.push(receipt);
+        assert_eq!(
+            quotas.check(&frames).await,
+            [Admitted, Admitted, Admitted, Admitted, Admitted, Refused, Admitted]
+        );
+        let ttl: i64 = redis
+            .query(redis::cmd("PTTL").arg(redis.key("quota:sends:ann")))
+            .await
+            .unwrap();
+        assert!(ttl > 86_000_000, "a day's bucket: {ttl} ms");
+    }
+
     /// What the check costs Redis: one script call for a full batch (256 frames) from one
     /// user and from 64 users, timed over many calls (printed; run with `--nocapture`). The
     /// bound asserted is loose (a shared CI machine); the figures are in docs/architecture.md.
@@ -402,6 +457,7 @@ mod tests {
                 bytes_per_min: 1_000_000_000,
                 bytes_burst: 1_000_000_000,
                 typing_interval_ms: 1_000,
+                sends_per_day: 1_000_000_000,
             },
         );
         let users: Vec<String> = (0..64).map(|i| format!("user{i}")).collect();

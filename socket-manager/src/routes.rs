@@ -212,6 +212,7 @@ async fn check_quotas(
                 user: send.sender_id.as_str(),
                 bytes: send.body.len() as u64,
                 typing_in: None,
+                send: true,
             },
         ));
     }
@@ -225,6 +226,7 @@ async fn check_quotas(
                     .receipt
                     .is_none()
                     .then_some(signal.conversation_id.as_str()),
+                send: false,
             },
         ));
     }

@@ -14,6 +14,7 @@
 //!   fault per test, checked against the whole history.
 //! - `openapi`: the REST API's OpenAPI document, and schemathesis against every route.
 //! - `tracing`: one message followed through the JSON logs of every process it crosses.
+//! - `quotas`: per-user quotas shared by the managers, and Redis memory per active user.
 //! - `browser`, `compose`: the demo page in headless Chromium; docker-compose.yml.
 
 mod abuse;
@@ -29,6 +30,7 @@ mod nemesis;
 mod openapi;
 mod poison;
 mod protocol_client;
+mod quotas;
 mod registry;
 mod signals;
 mod socket;
