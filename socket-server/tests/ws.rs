@@ -353,3 +353,34 @@ async fn not_ready_until_the_delivery_consumer_is_assigned() {
         "the reason names the consumer: {last}"
     );
 }
+
+/// `SB_MAX_CONNECTIONS_PER_IP`: one address holds at most that many sessions (429
+/// `rate_limited` past it, whoever the user), and a closed one frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_sessions() {
+    let app = spawn_apps_with("per-ip", |config| {
+        config.max_connections_per_ip = 2;
+    })
+    .await;
+    let first = app.connect("ann").await;
+    let _second = app.connect("ben").await;
+    let url = format!("{}?token={}", app.socket, shared::token("cat"));
+    match tokio_tungstenite::connect_async(url.clone()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(body.contains("\"code\":\"rate_limited\""), "{body}");
+        }
+        Err(e) => panic!("refused otherwise: {e}"),
+        Ok(_) => panic!("a third session from one address was accepted"),
+    }
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio_tungstenite::connect_async(url.clone()).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the closed session's place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
