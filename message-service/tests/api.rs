@@ -1059,3 +1059,35 @@ async fn a_member_who_left_is_invited_not_added_back() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["members"], json!(["leaver", "owner"]));
 }
+
+/// Issue 24 item 4: the REST pool's `statement_timeout` (`SB_DB_REST_STATEMENT_TIMEOUT_MS`)
+/// cancels a statement that runs too long, answered 503 `unavailable`, while ingest (its own
+/// pool, no timeout) stores as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_statement_over_the_timeout_is_cancelled_and_ingest_goes_on() {
+    let app = spawn_app_with("rest-timeout", &[("SB_DB_REST_STATEMENT_TIMEOUT_MS", "5")]).await;
+    let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+    hoard(&pool, "hoarder", 5_000, 1).await;
+    let (status, body) = app.get("hoarder", "/api/v1/conversations").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+
+    // Ingest needs no conversation row; no REST call here, whose statements could meet the
+    // tiny timeout on a loaded machine.
+    let target = "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned();
+    app.produce(&target, 1..=3).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM messages WHERE conversation_id = $1")
+                .bind(&target)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if stored == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingest stored {stored} of 3");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
