@@ -20,6 +20,8 @@ use switchboard_test_support::http::metric;
 use switchboard_test_support::shared::{self, CLUSTER_SECRET};
 
 struct TestApp {
+    /// The test's id: its Redis key prefix is `sb:{id}:`.
+    id: String,
     manager: String,
     messages: String,
     kafka: KafkaConfig,
@@ -62,6 +64,7 @@ async fn spawn_apps(name: &str, extra: &[(&str, &str)]) -> TestApp {
     let manager_url = format!("http://127.0.0.1:{}", manager.port());
     tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
     TestApp {
+        id,
         manager: manager_url,
         messages,
         kafka,
@@ -395,4 +398,96 @@ async fn sends_past_the_users_quota_are_refused_with_their_client_msg_id() {
         app.metric("switchboard_manager_quota_refused_total").await,
         6.0
     );
+}
+
+/// A conversation idle past its counter's expiry loses `seq:` and `seq-epoch:` together (here
+/// deleted, as the expiry would): a receipt is then checked against the stored last seq, and
+/// the next send has the counter checked against the fenced log and continues after the last
+/// stored message, never from 1. Both keys come back with their idle expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_whose_counter_expired_continues_after_its_log() {
+    let app = spawn_apps("idle-counter", &[]).await;
+    app.register("hi").await;
+    let conversation = app.group("alice", &["bob"]).await;
+    let items = vec![
+        connected(1, "alice"),
+        connected(2, "bob"),
+        send(1, "alice", &conversation, "a1"),
+        send(1, "alice", &conversation, "a2"),
+    ];
+    let replies = app.batch("hi", items).await;
+    assert!(
+        matches!(replies[3], Some(ServerFrame::Sent { seq: 2, .. })),
+        "{replies:?}"
+    );
+    // Stored (the fence below waits for ingest anyway; the receipt check reads the store).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp: Value = app
+            .http
+            .get(format!(
+                "{}/api/v1/conversations/{conversation}/messages",
+                app.messages
+            ))
+            .bearer_auth(shared::token("alice"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stored = resp["messages"].as_array().map_or(0, Vec::len);
+        if stored == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not stored: {resp}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(shared::redis_config(
+        "socket-manager",
+        &app.id,
+    ));
+    for key in [
+        format!("seq:{conversation}"),
+        format!("seq-epoch:{conversation}"),
+    ] {
+        let ttl: i64 = redis
+            .query(redis::cmd("TTL").arg(redis.key(&key)))
+            .await
+            .unwrap();
+        assert!(ttl > 6 * 86_400, "{key} expires when idle: {ttl}");
+        let _: i64 = redis
+            .query(redis::cmd("DEL").arg(redis.key(&key)))
+            .await
+            .unwrap();
+    }
+
+    let read = |seq| {
+        frame(
+            2,
+            "bob",
+            ClientFrame::Read {
+                conversation_id: conversation.clone(),
+                seq,
+            },
+        )
+    };
+    let replies = app.batch("hi", vec![read(2), read(3)]).await;
+    assert_eq!(replies[0], None, "the last stored message may be read");
+    assert!(
+        matches!(&replies[1], Some(ServerFrame::Error { code: ErrorCode::BadRequest, message, .. }) if message.contains("(2)")),
+        "{replies:?}"
+    );
+    let replies = app
+        .batch("hi", vec![send(1, "alice", &conversation, "a3")])
+        .await;
+    assert!(
+        matches!(replies[0], Some(ServerFrame::Sent { seq: 3, .. })),
+        "numbering continues after the log: {replies:?}"
+    );
+    let ttl: i64 = redis
+        .query(redis::cmd("TTL").arg(redis.key(&format!("seq-epoch:{conversation}"))))
+        .await
+        .unwrap();
+    assert!(ttl > 6 * 86_400, "the epoch is back with its expiry: {ttl}");
 }
