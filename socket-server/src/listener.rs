@@ -244,10 +244,14 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ServerState>) {
                 Ok(Ok(read)) => read,
             };
             drop(permit);
-            drop(address_slot);
+            // The address's slot is kept until the connection is a session or gone: answers
+            // and refusals linger up to 2 s, and one address must not hold more of them.
             match (head.method.as_str(), head.path.as_str()) {
-                ("GET", "/ws") => upgrade(stream, peer, head, &buf[head_len..], state).await,
-                ("GET" | "HEAD", "/live") => live(stream).await,
+                ("GET", "/ws") => {
+                    let rest = &buf[head_len..];
+                    upgrade(stream, peer, head, rest, state, address_slot).await;
+                }
+                ("GET", "/live") => live(stream).await,
                 _ => {
                     let error = ApiError::new(
                         ErrorCode::NotFound,
@@ -269,6 +273,7 @@ async fn upgrade(
     head: RequestHead,
     already_read: &[u8],
     state: Arc<ServerState>,
+    handshake_slot: Option<AddressSlot>,
 ) {
     let (user_id, client_ip) = match session::admit(&state, peer.ip(), &head) {
         Ok(admitted) => admitted,
@@ -302,6 +307,7 @@ async fn upgrade(
     {
         return;
     }
+    drop(handshake_slot);
     let (read, write) = stream.into_split();
     let mut reader = FrameReader::new(read, already_read, state.config.max_frame_bytes);
     session::run(state, user_id, &mut reader, FrameWriter::new(write)).await;
