@@ -51,11 +51,12 @@ pub struct QuotaSettings {
 pub enum Verdict {
     /// Within the user's quotas: handle it.
     Admitted,
-    /// Over a quota: answer `rate_limited`.
+    /// Over a quota: answer `rate_limited` (never a typing frame: it is shed first).
     Refused,
     /// A typing frame within a typing interval of the last one passed: drop it silently.
     Coalesced,
-    /// A typing frame while the user's bucket runs low: drop it silently.
+    /// A typing frame while the user's bucket runs low (below a quarter of its burst, or
+    /// empty): drop it silently.
     Shed,
 }
 
@@ -112,15 +113,17 @@ for u = 1, tonumber(ARGV[7]) do
   for _ = 1, tonumber(ARGV[a]) do
     local cost, typing, send = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3] == '1'
     a = a + 3
-    if frames < 1 or bytes < cost or (send and sburst > 0 and sends < 1) then
+    if typing > 0 and frames - 1 < fburst / 4 then
+      -- Typing goes first: shed (never answered) while the bucket is low, even when empty.
+      frames = math.max(0, frames - 1)
+      out[#out + 1] = 3
+    elseif frames < 1 or bytes < cost or (send and sburst > 0 and sends < 1) then
       out[#out + 1] = 0
     else
       frames, bytes = frames - 1, bytes - cost
       if send and sburst > 0 then sends = sends - 1 end
       if typing == 0 then
         out[#out + 1] = 1
-      elseif frames < fburst / 4 then
-        out[#out + 1] = 3
       elseif redis.call('SET', KEYS[typing], '1', 'NX', 'PX', typing_ms) then
         out[#out + 1] = 1
       else
@@ -398,6 +401,11 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
         let verdicts = quotas.check(&[typing("ann", "c3"), send("ann", 1)]).await;
         assert_eq!(verdicts, [Shed, Admitted], "typing goes first");
+        // An empty bucket refuses sends, and still only sheds typing (never answered).
+        let sends: Vec<QuotaFrame<'_>> = (0..30).map(|_| send("ann", 1)).collect();
+        let verdicts = quotas.check(&sends).await;
+        assert_eq!(verdicts.last(), Some(&Refused));
+        assert_eq!(quotas.check(&[typing("ann", "c4")]).await, [Shed]);
         assert_eq!(
             quotas
                 .typing_dropped
@@ -405,7 +413,7 @@ mod tests {
                 .get(),
             3
         );
-        assert_eq!(quotas.typing_dropped.with_label_values(&["shed"]).get(), 1);
+        assert_eq!(quotas.typing_dropped.with_label_values(&["shed"]).get(), 2);
     }
 
     /// The day's sends: past them a user's sends are refused while their receipts (not sends)
