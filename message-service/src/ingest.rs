@@ -470,15 +470,14 @@ impl Ingest {
             else {
                 return false;
             };
-            self.fences.lock().expect("fence book lock").add(
-                &fence.item.conversation_id,
-                fence.item.epoch,
-                floor,
-            );
+            self.fences
+                .lock()
+                .expect("fence book lock")
+                .add(floor, &fence.item.conversation_id);
             tracing::info!(
                 conversation_id = %fence.item.conversation_id,
                 epoch = fence.item.epoch,
-                floor,
+                floor = floor.floor,
                 partition = fence.at.partition,
                 offset = fence.at.offset,
                 "log fence applied"
@@ -528,6 +527,38 @@ impl Ingest {
                 .lock()
                 .expect("fence book lock")
                 .learn(&unknown, read);
+        }
+        // The first records of an epoch make its fence active, and move what the older epochs
+        // appended after it above its floor to dead_letters (see `log_fences`).
+        let activations = self
+            .fences
+            .lock()
+            .expect("fence book lock")
+            .activated_by(records.iter().map(|r| &r.item));
+        for (conversation_id, epoch, floor) in activations {
+            let Some(evicted) = self
+                .until_done("activating a log fence", shutdown, || {
+                    log_fences::activate(
+                        self.store.pool(),
+                        &self.message_topic,
+                        &conversation_id,
+                        epoch,
+                        floor,
+                    )
+                })
+                .await
+            else {
+                return false;
+            };
+            self.fences
+                .lock()
+                .expect("fence book lock")
+                .activate(&conversation_id, epoch);
+            for error in &evicted {
+                tracing::warn!(%conversation_id, epoch, error, "a stored record of an older epoch was moved to dead_letters as its fence became active");
+            }
+            self.fenced.inc_by(evicted.len() as u64);
+            self.dead_letters.inc_by(evicted.len() as u64);
         }
         let (fenced, admitted): (Vec<_>, Vec<_>) = {
             let book = self.fences.lock().expect("fence book lock");

@@ -10,12 +10,20 @@
 //! the new epoch, and every record it appends carries the epoch.
 //!
 //! The rule ([`FenceBook::fenced`]): a record numbered under epoch `e` whose `seq` is above the
-//! floor of some fence of a later epoch is refused. Such a record was numbered by a holder that
-//! lost its lease in a failover (the new master never saw the number) and whose append was
-//! still in flight when the fence was written: the number was handed out again under the new
-//! epoch, and the record was never acknowledged (its holder's finish cannot succeed: see
-//! docs/architecture.md, "Fencing the log"). Whichever of the two lands first, the store keeps
-//! the one the new epoch acknowledged.
+//! floor of some *active* fence of a later epoch is refused. Such a record was numbered by a
+//! holder that lost its lease in a failover (the new master never saw the number) and whose
+//! append was still in flight when the fence was written: the number was handed out again
+//! under the new epoch, and the record was never acknowledged (its holder's finish cannot
+//! succeed: see docs/architecture.md, "Fencing the log").
+//!
+//! A fence becomes **active** when the first record numbered under its own epoch lands
+//! ([`activate`]): only then is the epoch known to be in use. A request whose caller gave up
+//! (it timed out while the database or the broker was slow) can still take an epoch and
+//! append its fence later, after the epoch the caller's retry adopted; such a fence never sees
+//! a record of its epoch and never refuses anything. When a fence becomes active, the older
+//! epochs' records stored after it above its floor (a late append that landed before the new
+//! epoch's first record) are moved to `dead_letters`, so whichever of the two lands first, the
+//! store keeps the one the new epoch acknowledged.
 
 use std::collections::HashMap;
 
@@ -23,8 +31,17 @@ use sqlx::postgres::PgPool;
 use sqlx::Row;
 use switchboard_message_log::LogRecord;
 
-/// A conversation's fences: (epoch, floor), ascending by epoch.
-type Fences = Vec<(u64, u64)>;
+/// A conversation's fence, as ingest knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fence {
+    pub epoch: u64,
+    pub floor: u64,
+    /// A record of this epoch has landed (see the module docs).
+    pub active: bool,
+}
+
+/// A conversation's fences, ascending by epoch.
+type Fences = Vec<Fence>;
 
 /// Fences cached per conversation beyond this many are forgotten (and read again on need):
 /// the cache only saves a query per batch for conversations seen lately.
@@ -38,15 +55,46 @@ pub struct FenceBook {
 }
 
 impl FenceBook {
-    /// Whether `record` is a deposed holder's late append (see the module docs).
+    /// Whether `record` is a deposed holder's late append (see the module docs): the
+    /// (epoch, floor) of the active fence that refuses it.
     pub fn fenced(&self, record: &LogRecord) -> Option<(u64, u64)> {
         let fences = self.by_conversation.get(&record.conversation_id)?;
         // Floors never go down as epochs go up, so the first later epoch has the lowest floor.
         fences
             .iter()
-            .find(|(epoch, _)| *epoch > record.epoch)
-            .filter(|(_, floor)| record.seq > *floor)
-            .copied()
+            .find(|f| f.active && f.epoch > record.epoch)
+            .filter(|f| record.seq > f.floor)
+            .map(|f| (f.epoch, f.floor))
+    }
+
+    /// The inactive fences that records among `records` make active: (conversation, epoch,
+    /// floor), once each.
+    pub fn activated_by<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a LogRecord>,
+    ) -> Vec<(String, u64, u64)> {
+        let mut found: Vec<(String, u64, u64)> = Vec::new();
+        for record in records {
+            let Some(fences) = self.by_conversation.get(&record.conversation_id) else {
+                continue;
+            };
+            if let Some(f) = fences.iter().find(|f| !f.active && f.epoch == record.epoch) {
+                let key = (record.conversation_id.clone(), f.epoch, f.floor);
+                if !found.contains(&key) {
+                    found.push(key);
+                }
+            }
+        }
+        found
+    }
+
+    /// Records that a fence is active.
+    pub fn activate(&mut self, conversation_id: &str, epoch: u64) {
+        if let Some(fences) = self.by_conversation.get_mut(conversation_id) {
+            for f in fences.iter_mut().filter(|f| f.epoch == epoch) {
+                f.active = true;
+            }
+        }
     }
 
     /// Conversations among `ids` whose fences are not cached yet.
@@ -73,14 +121,15 @@ impl FenceBook {
         }
     }
 
-    /// Records a fence ingest has just applied.
-    pub fn add(&mut self, conversation_id: &str, epoch: u64, floor: u64) {
+    /// Records a fence ingest has just applied (inactive until a record of its epoch lands,
+    /// unless it was already active: a fence read again).
+    pub fn add(&mut self, fence: Fence, conversation_id: &str) {
         let fences = self
             .by_conversation
             .entry(conversation_id.to_owned())
             .or_default();
-        if !fences.iter().any(|(e, _)| *e == epoch) {
-            fences.push((epoch, floor));
+        if !fences.iter().any(|f| f.epoch == fence.epoch) {
+            fences.push(fence);
             fences.sort_unstable();
         }
     }
@@ -107,8 +156,8 @@ pub async fn next_epoch(pool: &PgPool, conversation_id: &str) -> Result<u64, sql
 /// Applies a fence ingest has reached: its floor is the highest `seq` stored now, which is
 /// everything before it in the log (ingest stores a partition in order, and a conversation
 /// lives in one partition). A fence read again (a redelivery, a rewind) keeps the floor it
-/// was first given. Answers the floor.
-pub async fn apply(pool: &PgPool, conversation_id: &str, epoch: u64) -> Result<u64, sqlx::Error> {
+/// was first given. Answers the fence as stored.
+pub async fn apply(pool: &PgPool, conversation_id: &str, epoch: u64) -> Result<Fence, sqlx::Error> {
     let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
     sqlx::query(
         "INSERT INTO log_fences (conversation_id, epoch, floor_seq)
@@ -119,9 +168,82 @@ pub async fn apply(pool: &PgPool, conversation_id: &str, epoch: u64) -> Result<u
     .bind(epoch)
     .execute(pool)
     .await?;
-    floor(pool, conversation_id, epoch)
-        .await
-        .map(|f| f.unwrap_or(0))
+    let row = sqlx::query(
+        "SELECT floor_seq, active FROM log_fences WHERE conversation_id = $1 AND epoch = $2",
+    )
+    .bind(conversation_id)
+    .bind(epoch)
+    .fetch_one(pool)
+    .await?;
+    Ok(Fence {
+        epoch: to_u64(epoch),
+        floor: to_u64(row.get("floor_seq")),
+        active: row.get("active"),
+    })
+}
+
+/// Makes a fence active (the first record of its epoch is about to be stored) and moves the
+/// older epochs' records stored above its floor to `dead_letters` (`topic` is the message
+/// log's name: they are filed under `"{topic}:evicted"`, the epoch and their seq), in one
+/// transaction. Answers the evicted records' dead-letter errors, for the log.
+pub async fn activate(
+    pool: &PgPool,
+    topic: &str,
+    conversation_id: &str,
+    epoch: u64,
+    floor: u64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let epoch_i = i64::try_from(epoch).unwrap_or(i64::MAX);
+    let floor_i = i64::try_from(floor).unwrap_or(i64::MAX);
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE log_fences SET active = true WHERE conversation_id = $1 AND epoch = $2")
+        .bind(conversation_id)
+        .bind(epoch_i)
+        .execute(&mut *tx)
+        .await?;
+    let evicted = sqlx::query(
+        "DELETE FROM messages WHERE conversation_id = $1 AND seq > $2 AND epoch < $3
+         RETURNING seq, message_id, sender_id, client_msg_id, body, created_at, epoch",
+    )
+    .bind(conversation_id)
+    .bind(floor_i)
+    .bind(epoch_i)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut errors = Vec::with_capacity(evicted.len());
+    for row in evicted {
+        let seq: i64 = row.get("seq");
+        let old_epoch: i64 = row.get("epoch");
+        let created_at: chrono::DateTime<chrono::Utc> = row.get("created_at");
+        let record = serde_json::json!({
+            "conversation_id": conversation_id,
+            "seq": seq,
+            "message_id": row.get::<String, _>("message_id"),
+            "sender_id": row.get::<String, _>("sender_id"),
+            "client_msg_id": row.get::<String, _>("client_msg_id"),
+            "body": row.get::<String, _>("body"),
+            "created_at": crate::store::rfc3339(created_at),
+            "epoch": old_epoch,
+        });
+        let error = format!(
+            "fenced: seq {seq} of conversation {conversation_id} was numbered under epoch {old_epoch}, and epoch {epoch} took the numbers above {floor} (a deposed lease holder's late append, never acknowledged; stored before epoch {epoch}'s first record landed, and moved here when it did)"
+        );
+        sqlx::query(
+            "INSERT INTO dead_letters (topic, partition, \"offset\", item, record, error)
+             VALUES ($1, 0, $2, $3, $4, $5)
+             ON CONFLICT (topic, partition, \"offset\", item) DO NOTHING",
+        )
+        .bind(format!("{topic}:evicted"))
+        .bind(seq)
+        .bind(i32::try_from(epoch).unwrap_or(i32::MAX))
+        .bind(record.to_string())
+        .bind(&error)
+        .execute(&mut *tx)
+        .await?;
+        errors.push(error);
+    }
+    tx.commit().await?;
+    Ok(errors)
 }
 
 async fn floor(
@@ -156,7 +278,7 @@ pub async fn floor_of(
 /// Every fence of these conversations.
 pub async fn read(pool: &PgPool, ids: &[String]) -> Result<HashMap<String, Fences>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT conversation_id, epoch, floor_seq FROM log_fences WHERE conversation_id = ANY($1)",
+        "SELECT conversation_id, epoch, floor_seq, active FROM log_fences WHERE conversation_id = ANY($1)",
     )
     .bind(ids)
     .fetch_all(pool)
@@ -166,7 +288,11 @@ pub async fn read(pool: &PgPool, ids: &[String]) -> Result<HashMap<String, Fence
         fences
             .entry(row.get("conversation_id"))
             .or_default()
-            .push((to_u64(row.get("epoch")), to_u64(row.get("floor_seq"))));
+            .push(Fence {
+                epoch: to_u64(row.get("epoch")),
+                floor: to_u64(row.get("floor_seq")),
+                active: row.get("active"),
+            });
     }
     Ok(fences)
 }
@@ -190,14 +316,36 @@ mod tests {
     }
 
     #[test]
-    fn a_record_of_an_older_epoch_above_a_later_floor_is_fenced() {
+    fn a_record_of_an_older_epoch_above_a_later_active_floor_is_fenced() {
+        let fence = |epoch, floor| Fence {
+            epoch,
+            floor,
+            active: false,
+        };
         let mut book = FenceBook::default();
         assert_eq!(book.unknown(["c", "c", "d"]), ["c", "d"]);
         book.learn(&["c".into(), "d".into()], HashMap::new());
         assert!(book.unknown(["c"]).is_empty());
         assert_eq!(book.fenced(&record(5, 1)), None, "no fence yet");
-        book.add("c", 1, 0);
-        book.add("c", 2, 9);
+        book.add(fence(1, 0), "c");
+        book.add(fence(2, 9), "c");
+        assert_eq!(
+            book.fenced(&record(10, 1)),
+            None,
+            "epoch 2 is not in use yet: its fence refuses nothing"
+        );
+        assert_eq!(
+            book.activated_by([&record(10, 0)]),
+            [],
+            "no fence opened epoch 0"
+        );
+        assert_eq!(
+            book.activated_by([&record(10, 2), &record(11, 2), &record(1, 1)]),
+            [("c".to_owned(), 2, 9), ("c".to_owned(), 1, 0)]
+        );
+        book.activate("c", 1);
+        book.activate("c", 2);
+        assert_eq!(book.activated_by([&record(12, 2)]), [], "once");
         assert_eq!(
             book.fenced(&record(10, 1)),
             Some((2, 9)),
@@ -215,19 +363,21 @@ mod tests {
             Some((1, 0)),
             "pre-epoch record above epoch 1's floor"
         );
-        book.add("c", 2, 50);
+        book.add(fence(2, 50), "c");
         assert_eq!(
             book.fenced(&record(10, 1)),
             Some((2, 9)),
             "a fence keeps its first floor"
         );
-        assert_eq!(book.fenced(&record(10, 1)).map(|f| f.0), Some(2));
-        assert_eq!(
-            book.fenced(&LogRecord {
-                conversation_id: "e".into(),
-                ..record(10, 0)
-            }),
-            None
-        );
+        // An abandoned epoch: its fence landed after epoch 3 was adopted, and stays inert.
+        book.add(fence(4, 20), "c");
+        book.add(fence(3, 15), "c");
+        book.activate("c", 3);
+        assert_eq!(book.fenced(&record(30, 3)), None, "epoch 4 never used");
+        let other = LogRecord {
+            conversation_id: "e".into(),
+            ..record(10, 0)
+        };
+        assert_eq!(book.fenced(&other), None);
     }
 }

@@ -1289,9 +1289,10 @@ async fn insert_messages(
         .iter()
         .map(|r| r.item.created_at.datetime())
         .collect();
+    let epochs: Vec<i64> = records.iter().map(|r| seq_i64(r.item.epoch)).collect();
     let inserted = sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, message_id, sender_id, client_msg_id, body, created_at)
-         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+        "INSERT INTO messages (conversation_id, seq, message_id, sender_id, client_msg_id, body, created_at, epoch)
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::bigint[])
          ON CONFLICT DO NOTHING",
     )
     .bind(column(|r| &r.conversation_id))
@@ -1301,6 +1302,7 @@ async fn insert_messages(
     .bind(column(|r| &r.client_msg_id))
     .bind(column(|r| &r.body))
     .bind(&created)
+    .bind(&epochs)
     .execute(&mut **tx)
     .await?;
     Ok(inserted.rows_affected())

@@ -202,8 +202,10 @@ async fn dead_letter_errors(store: &Store) -> Vec<String> {
 
 /// Fencing the log (issue 23, two coincident faults): a deposed lease holder's record,
 /// numbered under epoch 1 and landing after epoch 2's fence with a seq above its floor, is
-/// refused, whether it lands before or after the message epoch 2 gave that seq; records of
-/// the current epoch, and older ones below the floor, are stored.
+/// refused, whether it lands before (stored, then moved to dead_letters when epoch 2's first
+/// record lands) or after the message epoch 2 gave that seq; records of the current epoch,
+/// and older ones below the floor, are stored; a fence whose epoch nobody used refuses
+/// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_holders_late_append_is_fenced_whichever_lands_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -239,6 +241,12 @@ async fn a_deposed_holders_late_append_is_fenced_whichever_lands_first() {
     produce(&producer, &kafka, &at(4, 2, "late-4")).await;
     // A record of an old epoch below the floor is a redelivery, not a late append.
     produce(&producer, &kafka, &at(2, 1, "e1-2")).await;
+    // An abandoned check (its caller timed out and retried; the retry adopted epoch 3) takes
+    // epoch 4 and appends its fence late, after epoch 3's numbering went on: nobody numbers
+    // under epoch 4, so its fence refuses nothing, and epoch 3's acknowledged seq 5 is stored.
+    let abandoned = settled.fence(conv, 1, within).await.unwrap();
+    assert_eq!((abandoned.epoch, abandoned.floor), (4, 4));
+    produce(&producer, &kafka, &at(5, 3, "e3-5")).await;
     settled.fence(conv, 1, within).await.unwrap();
 
     let stored: Vec<(i64, String)> = store
@@ -250,7 +258,7 @@ async fn a_deposed_holders_late_append_is_fenced_whichever_lands_first() {
         .collect();
     assert_eq!(
         stored,
-        [(1, "e1-1"), (2, "e1-2"), (3, "e2-3"), (4, "e3-4")]
+        [(1, "e1-1"), (2, "e1-2"), (3, "e2-3"), (4, "e3-4"), (5, "e3-5")]
             .map(|(s, m)| (s, m.to_owned()))
             .to_vec()
     );
