@@ -566,7 +566,10 @@ fn nginx_configs_keep_tokens_out_of_their_logs() {
             }
         }
         if file != "nginx/compose-main.conf" {
-            assert!(lines.contains(&"log_not_found off;"), "{file}");
+            assert!(
+                lines.contains(&"log_not_found off;"),
+                "{file}: a missing file is logged at error level, with its request line"
+            );
         }
     }
     let compose = std::fs::read_to_string(root.join("nginx/compose.conf")).unwrap();
