@@ -1,5 +1,6 @@
 //! Clients that try to harm others (issue 24): one that completes the upgrade and never reads
-//! while another user floods it, and tokens that must never reach a log line.
+//! while another user floods it, one address holding thousands of idle connections to one
+//! socket server, and tokens that must never reach a log line.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
