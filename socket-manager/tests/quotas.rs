@@ -491,3 +491,91 @@ async fn a_conversation_whose_counter_expired_continues_after_its_log() {
         .unwrap();
     assert!(ttl > 6 * 86_400, "the epoch is back with its expiry: {ttl}");
 }
+
+/// Total Redis CPU (µs) of every command so far, from `INFO commandstats`.
+async fn redis_usec(redis: &switchboard_service_kit::redis_sentinel::SentinelRedis) -> u64 {
+    let stats: String = redis
+        .query(redis::cmd("INFO").arg("commandstats"))
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .filter_map(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum()
+}
+
+/// What the quota check adds to the message path, A/B on the same Redis: the same sends (in
+/// batches of 16 from 16 senders, 16 conversations) through a manager with the quotas on
+/// (the defaults) and one with them off, each measured in Redis CPU per message (every
+/// command, from `INFO commandstats`) and wall time per batch. Printed (run with
+/// `--nocapture`); the figures are in docs/architecture.md. The bound asserted is loose: the
+/// shared test Redis also serves other tests of this binary when they run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_quota_check_costs_per_message() {
+    let mut results = Vec::new();
+    for (arm, extra) in [
+        ("quotas off", vec![("SB_USER_FRAMES_PER_MIN", "0")]),
+        ("quotas on", vec![]),
+        ("quotas off, again", vec![("SB_USER_FRAMES_PER_MIN", "0")]),
+        ("quotas on, again", vec![]),
+        ("quotas off, third", vec![("SB_USER_FRAMES_PER_MIN", "0")]),
+        ("quotas on, third", vec![]),
+    ] {
+        let app = spawn_apps("quota-cost", &extra).await;
+        app.register("hc").await;
+        let senders: Vec<String> = (0..16).map(|i| format!("sender{i}")).collect();
+        let mut conversations = Vec::new();
+        for sender in &senders {
+            conversations.push(app.group(sender, &["reader"]).await);
+        }
+        let mut connect: Vec<HandlerItem> = senders
+            .iter()
+            .enumerate()
+            .map(|(i, s)| connected(i as u64 + 1, s))
+            .collect();
+        connect.push(connected(99, "reader"));
+        app.batch("hc", connect).await;
+        let batch = |round: usize| -> Vec<HandlerItem> {
+            senders
+                .iter()
+                .zip(&conversations)
+                .enumerate()
+                .map(|(i, (s, c))| send(i as u64 + 1, s, c, &format!("r{round}-{i}")))
+                .collect()
+        };
+        // Warm: every counter checked against the log once.
+        app.batch("hc", batch(0)).await;
+        let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(
+            shared::redis_config("socket-manager", &app.id),
+        );
+        let rounds = 100;
+        let before = redis_usec(&redis).await;
+        let started = Instant::now();
+        for round in 1..=rounds {
+            let replies = app.batch("hc", batch(round)).await;
+            assert!(
+                replies
+                    .iter()
+                    .all(|r| matches!(r, Some(ServerFrame::Sent { .. }))),
+                "{replies:?}"
+            );
+        }
+        let per_batch = started.elapsed() / rounds as u32;
+        let messages = (rounds * senders.len()) as u64;
+        let per_message = (redis_usec(&redis).await - before) / messages;
+        println!("{arm}: {per_message} µs of Redis CPU per message, {per_batch:?} per batch of 16");
+        results.push(per_message);
+    }
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v[1]
+    };
+    let off = median(vec![results[0], results[2], results[4]]);
+    let on = median(vec![results[1], results[3], results[5]]);
+    println!("median: {off} µs per message with the quotas off, {on} with them on");
+    assert!(
+        on <= off + 100,
+        "quotas on: {on} µs per message; off: {off}"
+    );
+}
