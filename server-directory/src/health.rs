@@ -128,7 +128,8 @@ mod tests {
 
     fn votes(name: &str) -> HealthVotes {
         HealthVotes::new(switchboard_test_support::shared::fresh_redis(
-            "registry", name,
+            "health-checker",
+            name,
         ))
     }
 

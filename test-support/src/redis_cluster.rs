@@ -41,6 +41,73 @@ pub const SERVICE_USERS: &[&str] = &[
     "message-service",
 ];
 
+/// The Sentinels' user for the services: it may only ask where the master is, so no service's
+/// credentials can repoint the cluster (`SENTINEL MONITOR/REMOVE/SET/FAILOVER`) at a server of
+/// an attacker's, which would then receive every service's Redis password. The Sentinels and
+/// the harness keep the default user.
+pub const SENTINEL_CLIENT_USER: &str = "sb-client";
+
+/// The password of [`SENTINEL_CLIENT_USER`].
+pub const SENTINEL_CLIENT_PASSWORD: &str = "switchboard-local-sentinel-client-password";
+
+/// The key families (after the prefix) each service may touch, read-write unless marked `%R`
+/// (read only): least privilege, so a compromised socket server can neither write the
+/// membership mirror the managers authorize sends with, nor take a sequence lease. Each
+/// family is allowed under `sb:` and under a test's `sb:<id>:`.
+pub fn service_key_families(service: &str) -> &'static [&'static str] {
+    const DIRECTORY: [&str; 4] = ["servers", "server:*", "reserved:*", "reservations:*"];
+    match service {
+        "registry" | "socket-server" => &DIRECTORY,
+        "health-checker" => &[
+            "servers",
+            "server:*",
+            "reserved:*",
+            "reservations:*",
+            "checkers",
+            "health:*",
+        ],
+        "socket-manager" => &[
+            "handlers",
+            "handler:*",
+            "userh:*",
+            "handler_users:*",
+            "lastseen:*",
+            "janitor",
+            "lock:conv:*",
+            "seq:*",
+            "seq-epoch:*",
+            "pending:*",
+            "idem:*",
+            "quota:*",
+            "typing:*",
+            "flush-test-counter",
+            "%R members:*",
+            "%R members-version:*",
+        ],
+        "message-service" => &[
+            "members:*",
+            "members-version:*",
+            "%R userh:*",
+            "%R lastseen:*",
+        ],
+        _ => &[],
+    }
+}
+
+/// The ACL key patterns of `service` ([`service_key_families`]).
+fn key_patterns(service: &str) -> String {
+    let mut patterns = Vec::new();
+    for family in service_key_families(service) {
+        let (access, family) = match family.strip_prefix("%R ") {
+            Some(family) => ("%R", family),
+            None => ("", *family),
+        };
+        patterns.push(format!("{access}~sb:{family}"));
+        patterns.push(format!("{access}~sb:*:{family}"));
+    }
+    patterns.join(" ")
+}
+
 /// The ACL user of `service` (one of [`SERVICE_USERS`]).
 pub fn service_user(service: &str) -> String {
     format!("sb-{service}")
@@ -51,15 +118,19 @@ pub fn service_password(service: &str) -> String {
     format!("switchboard-local-{service}-password")
 }
 
-/// The environment that makes `service` log in as its own ACL user (the Sentinels keep the
-/// shared password).
+/// The environment that makes `service` log in as its own ACL user, and to the Sentinels as
+/// [`SENTINEL_CLIENT_USER`].
 pub fn service_redis_env(service: &str) -> Vec<(String, String)> {
     vec![
         ("SB_REDIS_USERNAME".to_owned(), service_user(service)),
         ("SB_REDIS_PASSWORD".to_owned(), service_password(service)),
         (
+            "SB_REDIS_SENTINEL_USERNAME".to_owned(),
+            SENTINEL_CLIENT_USER.to_owned(),
+        ),
+        (
             "SB_REDIS_SENTINEL_PASSWORD".to_owned(),
-            REDIS_PASSWORD.to_owned(),
+            SENTINEL_CLIENT_PASSWORD.to_owned(),
         ),
     ]
 }
@@ -123,9 +194,10 @@ pub fn redis_conf(port: u16, dir: &Path, replica_of: Option<u16>) -> String {
     ));
     for service in SERVICE_USERS {
         conf.push_str(&format!(
-            "user {} on >{} ~sb:* &sb:* +@all -@admin -@dangerous +info +role\n",
+            "user {} on >{} {} &sb:* +@all -@admin -@dangerous +info +role\n",
             service_user(service),
-            service_password(service)
+            service_password(service),
+            key_patterns(service)
         ));
     }
     if let Some(master) = replica_of {
@@ -150,7 +222,8 @@ pub fn sentinel_conf(port: u16, dir: &Path, master_port: u16) -> String {
          sentinel parallel-syncs {MASTER_NAME} 1\n\
          sentinel auth-pass {MASTER_NAME} {REDIS_PASSWORD}\n\
          requirepass {REDIS_PASSWORD}\n\
-         sentinel sentinel-pass {REDIS_PASSWORD}\n",
+         sentinel sentinel-pass {REDIS_PASSWORD}\n\
+         user {SENTINEL_CLIENT_USER} on >{SENTINEL_CLIENT_PASSWORD} -@all +auth +hello +ping +client|setname +sentinel|get-master-addr-by-name\n",
         dir = dir.display()
     )
 }

@@ -42,10 +42,13 @@ use switchboard_service_kit::config::{
 use switchboard_service_kit::env::EnvTable;
 use switchboard_service_kit::redis_sentinel::{
     RedisConfig, SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_PREFIX, SB_REDIS_SENTINELS,
-    SB_REDIS_SENTINEL_PASSWORD, SB_REDIS_TIMEOUT_MS, SB_REDIS_USERNAME,
+    SB_REDIS_SENTINEL_PASSWORD, SB_REDIS_SENTINEL_USERNAME, SB_REDIS_TIMEOUT_MS, SB_REDIS_USERNAME,
 };
 
-use crate::redis_cluster::{service_password, service_user, RedisSentinelCluster, REDIS_PASSWORD};
+use crate::redis_cluster::{
+    service_password, service_user, RedisSentinelCluster, REDIS_PASSWORD, SENTINEL_CLIENT_PASSWORD,
+    SENTINEL_CLIENT_USER,
+};
 use crate::{free_port, Broker, Postgres};
 
 /// The JWT secret of every service a fast test builds ([`common_config`]).
@@ -373,7 +376,8 @@ pub fn redis_vars(service: &str, id: &str) -> Vars {
         .with(SB_REDIS_TIMEOUT_MS, 1500)
         .with(SB_REDIS_USERNAME, service_user(service))
         .with(SB_REDIS_PASSWORD, service_password(service))
-        .with(SB_REDIS_SENTINEL_PASSWORD, shared.password)
+        .with(SB_REDIS_SENTINEL_USERNAME, SENTINEL_CLIENT_USER)
+        .with(SB_REDIS_SENTINEL_PASSWORD, SENTINEL_CLIENT_PASSWORD)
 }
 
 /// What every service reads, for `service` in the test `id`: [`redis_vars`], the fast tier's

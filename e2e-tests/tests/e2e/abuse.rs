@@ -213,15 +213,19 @@ async fn a_service_with_the_wrong_redis_password_is_unready_and_says_why() {
         .await
         .expect("the registry's ACL user logs in");
         let own: redis::RedisResult<()> = redis::cmd("SET")
-            .arg("sb:acl-probe")
+            .arg("sb:server:acl-probe")
             .arg("1")
             .query_async(&mut conn)
             .await;
-        assert!(own.is_ok(), "{user} writes the system's keys: {own:?}");
+        assert!(own.is_ok(), "{user} writes the directory: {own:?}");
         for (what, cmd) in [
             (
                 "another key space",
                 redis::cmd("SET").arg("other:key").arg("1").clone(),
+            ),
+            (
+                "another service's keys (a sequence lease)",
+                redis::cmd("SET").arg("sb:lock:conv:x").arg("1").clone(),
             ),
             ("FLUSHALL", redis::cmd("FLUSHALL").clone()),
             (
@@ -238,6 +242,105 @@ async fn a_service_with_the_wrong_redis_password_is_unready_and_says_why() {
             assert!(
                 err.to_string().contains("NOPERM"),
                 "{user} must not run {what}: {err}"
+            );
+        }
+    }
+
+    // Least privilege between services (issue 24, item 12): the membership mirror the managers
+    // authorize sends with is writable only by its owner, the message service; a socket
+    // server (internet-facing) cannot touch it, nor any sequence key.
+    {
+        use switchboard_test_support::redis_cluster::{service_password, service_user};
+        let login = |service: &'static str| {
+            let url = format!(
+                "redis://{}:{}@127.0.0.1:{port}/",
+                service_user(service),
+                service_password(service)
+            );
+            async move {
+                redis::Client::open(url)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap()
+            }
+        };
+        let sadd = redis::cmd("SADD")
+            .arg("sb:members:x")
+            .arg("mallory")
+            .clone();
+        let mut owner = login("message-service").await;
+        let written: redis::RedisResult<i64> = sadd.query_async(&mut owner).await;
+        assert!(written.is_ok(), "the mirror's owner writes it: {written:?}");
+        let mut manager = login("socket-manager").await;
+        let read: redis::RedisResult<Vec<String>> = redis::cmd("SMEMBERS")
+            .arg("sb:members:x")
+            .query_async(&mut manager)
+            .await;
+        assert!(read.is_ok(), "a manager reads the mirror: {read:?}");
+        let denied: redis::RedisResult<i64> = sadd.query_async(&mut manager).await;
+        assert!(denied.is_err(), "a manager must not write the mirror");
+        let mut socket = login("socket-server").await;
+        for (what, cmd) in [
+            ("write the mirror", sadd.clone()),
+            (
+                "read the mirror",
+                redis::cmd("SMEMBERS").arg("sb:members:x").clone(),
+            ),
+            (
+                "take a sequence lease",
+                redis::cmd("SET").arg("sb:lock:conv:x").arg("1").clone(),
+            ),
+            ("move a counter", redis::cmd("INCR").arg("sb:seq:x").clone()),
+        ] {
+            let denied: redis::RedisResult<redis::Value> = cmd.query_async(&mut socket).await;
+            let err = denied.expect_err(what);
+            assert!(
+                err.to_string().contains("NOPERM"),
+                "a socket server must not {what}: {err}"
+            );
+        }
+    }
+    // The services' Sentinel user only asks where the master is: no credential a service holds
+    // can point the cluster at another "master" (which would then get every password).
+    {
+        use switchboard_test_support::redis_cluster::{
+            SENTINEL_CLIENT_PASSWORD, SENTINEL_CLIENT_USER,
+        };
+        let sentinel = stack.redis.sentinel_ports()[0];
+        let mut conn = redis::Client::open(format!(
+            "redis://{SENTINEL_CLIENT_USER}:{SENTINEL_CLIENT_PASSWORD}@127.0.0.1:{sentinel}/"
+        ))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+        let master: redis::RedisResult<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(stack.redis.master_name())
+            .query_async(&mut conn)
+            .await;
+        assert!(master.is_ok(), "{master:?}");
+        for args in [
+            vec!["MONITOR", "evil", "127.0.0.1", "1", "1"],
+            vec!["REMOVE", stack.redis.master_name()],
+            vec!["FAILOVER", stack.redis.master_name()],
+            vec![
+                "SET",
+                stack.redis.master_name(),
+                "down-after-milliseconds",
+                "1",
+            ],
+        ] {
+            let denied: redis::RedisResult<redis::Value> = redis::cmd("SENTINEL")
+                .arg(&args)
+                .query_async(&mut conn)
+                .await;
+            let err = denied.expect_err(args[0]);
+            assert!(
+                err.to_string().contains("NOPERM"),
+                "SENTINEL {}: {err}",
+                args[0]
             );
         }
     }

@@ -470,7 +470,6 @@ impl Sequencer {
             self.counter_key(conversation_id),
             self.pending_key(conversation_id),
             self.epoch_key(conversation_id),
-            self.members.mirror_key(conversation_id),
         ];
         keys.extend(
             sends
@@ -478,7 +477,7 @@ impl Sequencer {
                 .map(|s| self.idempotency_key(&s.conversation_id, &s.sender_id, &s.client_msg_id)),
         );
         let given_members = given_members.unwrap_or_default();
-        let mut args = Vec::with_capacity(7 + given_members.len() + per_send.len() * 4);
+        let mut args = Vec::with_capacity(8 + given_members.len() + per_send.len() * 4);
         args.push(lease.token.clone());
         args.push(self.idempotency_ttl_secs.to_string());
         args.push(self.lock_ttl.as_millis().to_string());
@@ -494,6 +493,7 @@ impl Sequencer {
             args.push(created_at.clone());
             args.push(pending);
         }
+        args.push(self.members.mirror_key(conversation_id));
         let reply = self
             .numberer
             .run(ScriptCall {

@@ -95,12 +95,14 @@ pub const SEQUENCE_PREAMBLE: &str = switchboard_chat_state::presence::HANDLERS_O
 
 /// Checks that every sender is a member, takes the lease when it is free (one round trip for
 /// "check, lock and number") and numbers a conversation's sends.
-/// K: lease, counter, pending, counter epoch, the conversation's mirrored members
-/// (`switchboard_chat_state::membership`), then one idempotency key per send.
+/// K: lease, counter, pending, counter epoch, then one idempotency key per send.
 /// A: token, idempotency ttl (s), lease ttl (ms), the members from which the routes are not
 /// looked up here (`SB_ROUTE_BROADCAST_FROM`), now (ms), the key prefix, the count `g` of
 /// members the caller read itself, those `g` members, then per send: sender, message_id,
-/// created_at, pending JSON. `replid`: the replication id of the master it runs on.
+/// created_at, pending JSON; last, the key of the conversation's mirrored members
+/// (`switchboard_chat_state::membership`). That key is an argument, not a key: the managers'
+/// Redis user may only read the mirror (its owner is the message service), and a script's
+/// declared keys need write access. `replid`: the replication id of the master it runs on.
 /// Answers `{numbered, members, looked_up, found, epoch}`: `epoch` is the log epoch the
 /// counter was checked under on this master (`seq-epoch:{c}` holds `"{replid} {epoch}"`), and
 /// a pending entry is `"{epoch}|{JSON}"`, so a replayed record carries its own epoch. With `g` = 0 the members are the mirror's;
@@ -122,13 +124,13 @@ if given > 0 then
   members = {}
   for i = 1, given do members[i] = A[7 + i] end
 else
-  members = redis.call('SMEMBERS', K[5])
+  members = redis.call('SMEMBERS', A[#A])
 end
 local is_member = {}
 for _, m in ipairs(members) do is_member[m] = true end
 local first_arg = 8 + given
-for i = 6, #K do
-  if not is_member[A[first_arg + (i - 6) * 4]] then
+for i = 5, #K do
+  if not is_member[A[first_arg + (i - 5) * 4]] then
     return redis.error_reply('MEMBERS the senders are not all in the mirrored members')
   end
 end
@@ -149,8 +151,8 @@ if not epoch or redis.call('EXISTS', K[2]) == 0 then
 end
 local numbered_any = false
 local out = {}
-for i = 6, #K do
-  local a = first_arg + (i - 6) * 4 + 1
+for i = 5, #K do
+  local a = first_arg + (i - 5) * 4 + 1
   local known = redis.pcall('GET', K[i])
   if type(known) == 'table' then
     -- WRONGTYPE: a record from before they were strings, a hash of the same three fields.
@@ -309,6 +311,13 @@ mod tests {
     use switchboard_service_kit::redis_sentinel::SentinelRedis;
     use switchboard_service_kit::supervise::Workers;
 
+    /// The message service's Redis user on the key space of `redis` (a manager's).
+    fn as_message_service(redis: &SentinelRedis) -> SentinelRedis {
+        let mut config = switchboard_test_support::shared::redis_config("message-service", "x");
+        config.key_prefix = redis.config().key_prefix.clone();
+        SentinelRedis::new(config)
+    }
+
     /// A fresh key space on the test binary's real Redis and a batcher running the sequence
     /// functions on it (no replicas asked for); keep the workers for as long as the batcher.
     fn sequence_scripts(name: &str) -> (SentinelRedis, NumberingBatcher, Workers) {
@@ -423,7 +432,6 @@ mod tests {
                 key("seq:c1"),
                 key("pending:c1"),
                 key("seq-epoch:c1"),
-                key("members:c1"),
             ];
             let mut args = vec![
                 token.to_owned(),
@@ -445,6 +453,7 @@ mod tests {
                     "{}".to_owned(),
                 ]);
             }
+            args.push(key("members:c1"));
             ScriptCall {
                 function: NUMBER.name,
                 keys,
@@ -471,7 +480,9 @@ mod tests {
         assert!(refused(cold), "a cold mirror vouches for nobody");
         assert!(untouched().await);
 
-        let _: i64 = redis
+        // The mirror is the message service's to write (the managers only read it).
+        let mirror = as_message_service(&redis);
+        let _: i64 = mirror
             .query(
                 redis::cmd("SADD")
                     .arg(key("members:c1"))
@@ -530,7 +541,7 @@ mod tests {
             "pending entries expire (twice the idempotency ttl): {ttl}"
         );
         // Given by the caller, the members need no mirror.
-        let _: i64 = redis
+        let _: i64 = mirror
             .query(redis::cmd("DEL").arg(key("members:c1")))
             .await
             .unwrap();
@@ -651,7 +662,6 @@ mod tests {
                 key("seq:c1"),
                 key("pending:c1"),
                 key("seq-epoch:c1"),
-                key("members:c1"),
                 key(&format!("idem:c1:alice:{cmid}")),
             ],
             args: vec![
@@ -667,6 +677,7 @@ mod tests {
                 format!("message-{cmid}"),
                 "2026-12-02T00:00:00.000Z".to_owned(),
                 "{}".to_owned(),
+                key("members:c1"),
             ],
         };
         // Shorten both, as time would; a number refreshes them.
