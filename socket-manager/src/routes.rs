@@ -410,7 +410,7 @@ async fn answer_signals(
 
 /// A receipt is checked against the last seq: the counter, or, when the conversation has
 /// none (never numbered, or idle past the counter's expiry), the message service's last
-/// stored seq.
+/// stored seq, then kept as the counter.
 async fn last_seq(
     sequencer: &crate::sequencer::Sequencer,
     conversation_id: &str,
@@ -424,11 +424,19 @@ async fn last_seq(
     };
     match sequencer.last_seq(conversation_id).await {
         Ok(Some(seq)) => Ok(seq),
-        Ok(None) => sequencer
-            .members
-            .last_stored_seq(conversation_id)
-            .await
-            .map_err(|e| unavailable(&e)),
+        Ok(None) => {
+            let stored = sequencer
+                .members
+                .last_stored_seq(conversation_id)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            // Kept as the counter until a send checks it, so a stream of receipts asks the
+            // message service once, not once each.
+            if let Err(e) = sequencer.remember_last_seq(conversation_id, stored).await {
+                tracing::warn!(error = %e, "the stored last seq was not kept as the counter");
+            }
+            Ok(stored)
+        }
         Err(e) => Err(unavailable(&e)),
     }
 }

@@ -401,9 +401,10 @@ async fn sends_past_the_users_quota_are_refused_with_their_client_msg_id() {
 }
 
 /// A conversation idle past its counter's expiry loses `seq:` and `seq-epoch:` together (here
-/// deleted, as the expiry would): a receipt is then checked against the stored last seq, and
-/// the next send has the counter checked against the fenced log and continues after the last
-/// stored message, never from 1. Both keys come back with their idle expiry.
+/// deleted, as the expiry would): a receipt is then checked against the stored last seq (kept
+/// as the counter), and the next send has the counter checked against the fenced log and
+/// continues after the last stored message, never from 1. Both keys come back with their idle
+/// expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_whose_counter_expired_continues_after_its_log() {
     let app = spawn_apps("idle-counter", &[]).await;
@@ -477,6 +478,21 @@ async fn a_conversation_whose_counter_expired_continues_after_its_log() {
     assert!(
         matches!(&replies[1], Some(ServerFrame::Error { code: ErrorCode::BadRequest, message, .. }) if message.contains("(2)")),
         "{replies:?}"
+    );
+    // The stored last seq is kept as the counter (with its idle expiry, without an epoch), so
+    // further receipts read Redis rather than ask the message service each time.
+    let kept: Option<u64> = redis
+        .query(redis::cmd("GET").arg(redis.key(&format!("seq:{conversation}"))))
+        .await
+        .unwrap();
+    assert_eq!(kept, Some(2));
+    let epoch: Option<String> = redis
+        .query(redis::cmd("GET").arg(redis.key(&format!("seq-epoch:{conversation}"))))
+        .await
+        .unwrap();
+    assert_eq!(
+        epoch, None,
+        "not checked against the log: the next send checks it"
     );
     let replies = app
         .batch("hi", vec![send(1, "alice", &conversation, "a3")])

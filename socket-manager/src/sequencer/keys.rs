@@ -28,6 +28,32 @@ impl Sequencer {
             .await
     }
 
+    /// Keeps `seq`, the message service's last stored seq, as the conversation's counter when
+    /// it has none (`SET NX`, with the counter's idle expiry), so the receipts that follow read
+    /// it from Redis instead of asking the message service each time. Safe because a counter
+    /// is only ever numbered from after a check against the fenced log on this master: with no
+    /// epoch beside it, the next send has it checked (and raised to the log's floor, which is at
+    /// least this stored seq); and `NX` never lowers a counter a holder wrote meanwhile (a reseed
+    /// that read it missing then finds it moved, refuses, and checks again).
+    pub async fn remember_last_seq(
+        &self,
+        conversation_id: &str,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let _: Option<String> = self
+            .redis
+            .query(
+                redis::cmd("SET")
+                    .arg(self.counter_key(conversation_id))
+                    .arg(seq)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(super::scripts::SEQ_IDLE_TTL_SECS),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The replication id of the master on which the counter was last checked against the
     /// log: a counter is only used on the master that checked it.
     pub(super) fn epoch_key(&self, conversation_id: &str) -> String {
