@@ -152,7 +152,8 @@ pub struct Quotas {
     settings: QuotaSettings,
     /// `manager_quota_refused_total`: frames answered `rate_limited` by a user quota.
     pub refused: prometheus::IntCounter,
-    /// `manager_typing_dropped_total{reason}`: typing frames dropped (`coalesced`, `shed`).
+    /// `manager_typing_dropped_total{reason}`: typing frames dropped (`coalesced`, `shed`;
+    /// `busy` is counted by the fan-out, `routes::answer_signals`).
     pub typing_dropped: prometheus::IntCounterVec,
     /// `manager_quota_seconds`: one batch's quota check, call to answer.
     pub check_seconds: prometheus::Histogram,
@@ -171,7 +172,8 @@ impl Quotas {
                 prometheus::Opts::new(
                     "manager_typing_dropped_total",
                     "typing frames dropped: coalesced (one per conversation and sender per \
-                     interval) or shed (their user's frame quota ran low)",
+                     interval), shed (their user's frame quota ran low) or busy (the fan-out \
+                     waited past its budget)",
                 ),
                 &["reason"],
             )?,

@@ -399,14 +399,32 @@ async fn answer_signals(
     }
 
     let by_connection = crate::plan::by_connection(to_fan_out, |(s, _)| s.connection_id);
+    let typing_dropped = &state.quotas.typing_dropped;
     futures_util::future::join_all(by_connection.into_iter().map(|group| async move {
         for (signal, recipients) in group {
-            fan_out_signal(sequencer, handler, signal, &recipients).await;
+            if signal.receipt.is_some() {
+                fan_out_signal(sequencer, handler, signal, &recipients).await;
+                continue;
+            }
+            // Typing goes first under pressure: when the route lookup or the router's full
+            // queue holds it past its budget, it is dropped (the router's queue is cancel-safe)
+            // while messages and receipts wait their turn.
+            let fan_out = fan_out_signal(sequencer, handler, signal, &recipients);
+            if tokio::time::timeout(TYPING_FAN_OUT_BUDGET, fan_out)
+                .await
+                .is_err()
+            {
+                typing_dropped.with_label_values(&["busy"]).inc();
+            }
         }
     }))
     .await;
     answers
 }
+
+/// The longest a typing frame's fan-out may wait (route lookup, a full router queue) before
+/// it is dropped: typing is worth little a moment later.
+const TYPING_FAN_OUT_BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A receipt is checked against the last seq: the counter, or, when the conversation has
 /// none (never numbered, or idle past the counter's expiry), the message service's last
