@@ -384,3 +384,46 @@ async fn one_address_holds_at_most_its_share_of_sessions() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `SB_HANDSHAKES_PER_IP` and `SB_HANDSHAKE_TIMEOUT_MS`: an address with that many request
+/// heads still being read has further connections closed at accept, and a connection that
+/// sends no head is closed when the timeout passes, freeing its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_of_one_address_are_capped_and_timed_out() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_apps_with("heads", |config| {
+        config.handshakes_per_ip = 2;
+        config.handshake_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let host = app
+        .socket
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws");
+    let opened = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tokio::net::TcpStream::connect(host).await.unwrap());
+    }
+    // The third is closed at once, without an answer.
+    let mut third = tokio::net::TcpStream::connect(host).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_millis(400), third.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the third idle connection was closed at accept: {read:?}"
+    );
+    // The idle two are closed when their heads do not come in time.
+    for mut stream in idle {
+        let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(2),
+        "closed after {waited:?}"
+    );
+    // Their places are free again: a real client connects.
+    let ws = app.connect("after-the-idle-ones").await;
+    drop(ws);
+}
