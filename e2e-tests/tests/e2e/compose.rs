@@ -23,7 +23,8 @@ const OURS: &[(&str, u16)] = &[
     ("socket-manager-2", 8202),
     ("health-checker", 8301),
     ("message-service", 8401),
-    ("socket-server", 9001),
+    // The operations port (/live, /ready, /metrics), not the public /ws one (9001).
+    ("socket-server", 9101),
 ];
 
 /// Everything else the system needs.
@@ -395,7 +396,7 @@ fn compose_file_is_valid_and_complete() {
         "SB_SOCKET_PUBLIC_URL",
         "/ws/",
         "SB_SOCKET_HEALTH_URL",
-        ":9001/live",
+        ":9101/live",
         "exec socket-server",
     ] {
         assert!(

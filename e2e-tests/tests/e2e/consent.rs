@@ -162,17 +162,18 @@ async fn presence_invites_and_blocks_need_consent() {
         .await;
     assert!(sent_of(&frames).contains_key("member-now"), "{frames:?}");
 
-    // carol blocks alice (straight to the message service: the block routes are new to the
-    // public entry point); alice can then neither start a direct conversation with her nor
-    // invite her anywhere.
-    let ms = stack.message_service.as_ref().unwrap().url();
-    let resp = http
-        .put(format!("{ms}/api/v1/blocks/alice"))
-        .bearer_auth(&carol_t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+    // carol blocks alice (through the public entry point, nginx); alice can then neither start
+    // a direct conversation with her nor invite her anywhere.
+    let (status, body) = api(
+        &http,
+        &stack,
+        &carol_t,
+        Method::PUT,
+        "/api/v1/blocks/alice",
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
     let (status, body) = api(
         &http,
         &stack,

@@ -24,6 +24,7 @@ mod chat_faults;
 mod client;
 mod compose;
 mod consent;
+mod eviction;
 mod faults;
 mod hostile;
 mod nemesis;
