@@ -258,9 +258,15 @@ async fn a_deposed_holders_late_append_is_fenced_whichever_lands_first() {
         .collect();
     assert_eq!(
         stored,
-        [(1, "e1-1"), (2, "e1-2"), (3, "e2-3"), (4, "e3-4"), (5, "e3-5")]
-            .map(|(s, m)| (s, m.to_owned()))
-            .to_vec()
+        [
+            (1, "e1-1"),
+            (2, "e1-2"),
+            (3, "e2-3"),
+            (4, "e3-4"),
+            (5, "e3-5")
+        ]
+        .map(|(s, m)| (s, m.to_owned()))
+        .to_vec()
     );
     let errors = dead_letter_errors(&store).await;
     assert_eq!(errors.len(), 2, "{errors:?}");
