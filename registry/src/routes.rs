@@ -95,7 +95,7 @@ async fn assign(
     state: web::Data<AppState>,
     assigner: web::Data<Assigner>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(ip) = limits::client_ip(&req) {
+    if let Some(ip) = limits::client_ip(&req, &state.config.common.trusted_proxies) {
         let now = std::time::Instant::now();
         if !state.assign_rate.allow(ip, now) || !state.reservations.try_take(ip, now) {
             state.assignments.with_label_values(&["rate_limited"]).inc();

@@ -21,6 +21,7 @@ pub const SB_JWT_JWKS_URL: &str = "SB_JWT_JWKS_URL";
 pub const SB_JWT_JWKS_REFRESH_SECS: &str = "SB_JWT_JWKS_REFRESH_SECS";
 pub const SB_JWT_JWKS_CA_FILE: &str = "SB_JWT_JWKS_CA_FILE";
 pub const SB_JWT_HS256: &str = "SB_JWT_HS256";
+pub const SB_TRUSTED_PROXIES: &str = "SB_TRUSTED_PROXIES";
 pub const SB_ALLOWED_ORIGINS: &str = "SB_ALLOWED_ORIGINS";
 
 /// What [`CommonConfig::from_lookup`] reads itself (Redis's are in
@@ -84,6 +85,14 @@ pub const ENV: &[EnvVar] = &[
         doc: "Whether client tokens signed with SB_JWT_SECRET (HS256) are accepted: true, \
               false, or auto (true without SB_JWT_JWKS_URL, false with it: the identity \
               provider issues the tokens, and the secret every service holds cannot forge one).",
+    },
+    EnvVar {
+        name: SB_TRUSTED_PROXIES,
+        default: Some(crate::limits::DEFAULT_TRUSTED_PROXIES),
+        doc: "Networks (comma separated, e.g. 10.0.0.0/8) of the proxies allowed to tell a \
+              client's address in X-Forwarded-For (nginx, a load balancer, a TLS terminator): \
+              the hops are walked back past every one of them. List exactly your own, the \
+              same as nginx's set_real_ip_from; empty trusts nobody.",
     },
     EnvVar {
         name: SB_ALLOWED_ORIGINS,
@@ -242,6 +251,8 @@ pub struct CommonConfig {
     /// page cannot use a visitor's token) nor read REST answers (no CORS grant). Requests
     /// without an `Origin` header are not from a browser page and are not checked.
     pub allowed_origins: Vec<String>,
+    /// The proxies allowed to tell a client's address (`SB_TRUSTED_PROXIES`).
+    pub trusted_proxies: crate::limits::TrustedProxies,
 }
 
 /// Where an identity provider publishes its keys.
@@ -305,6 +316,18 @@ impl CommonConfig {
                     })
                 })
                 .transpose()?,
+            trusted_proxies: {
+                let text = lookup_string(
+                    lookup,
+                    SB_TRUSTED_PROXIES,
+                    crate::limits::DEFAULT_TRUSTED_PROXIES,
+                );
+                crate::limits::TrustedProxies::parse(&text).map_err(|reason| ConfigError {
+                    name: SB_TRUSTED_PROXIES.to_owned(),
+                    value: text.clone(),
+                    reason,
+                })?
+            },
             allowed_origins: lookup_string(lookup, SB_ALLOWED_ORIGINS, "")
                 .split(',')
                 .map(|o| o.trim().trim_end_matches('/').to_owned())

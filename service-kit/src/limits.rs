@@ -34,44 +34,87 @@ fn limit_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Whether a direct peer may tell us the client's address (`X-Forwarded-For`): loopback and
-/// private addresses, where a deployment's own proxies (nginx, a load balancer) live.
-pub fn is_trusted_proxy(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_loopback() || v4.is_private())
+/// The proxies allowed to tell us a client's address (`X-Forwarded-For`): an explicit list of
+/// networks (`SB_TRUSTED_PROXIES`), the same list nginx's `set_real_ip_from` names. The
+/// default is loopback and the private ranges, where a deployment's own proxies (nginx, a
+/// load balancer, a TLS terminator) usually live; a deployment should name exactly its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+/// [`TrustedProxies`]'s default, as `SB_TRUSTED_PROXIES` writes it.
+pub const DEFAULT_TRUSTED_PROXIES: &str =
+    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
+
+impl TrustedProxies {
+    /// A comma-separated list of networks (`10.0.0.0/8`) or single addresses; empty trusts
+    /// nobody.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut nets = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let net = match item.parse::<ipnet::IpNet>() {
+                Ok(net) => net,
+                Err(_) => item
+                    .parse::<IpAddr>()
+                    .map(ipnet::IpNet::from)
+                    .map_err(|_| {
+                        format!("{item:?} is neither a network (10.0.0.0/8) nor an address")
+                    })?,
+            };
+            nets.push(net);
         }
+        Ok(TrustedProxies(nets))
+    }
+
+    /// Whether `ip` (an IPv4-mapped IPv6 address as its IPv4 one) is a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.0.iter().any(|net| net.contains(&ip))
     }
 }
 
-/// The asking client's address: the TCP peer, or, when the peer is a trusted proxy, the
-/// last address in `X-Forwarded-For` (the one that proxy saw; earlier entries are whatever
-/// the client claimed and are never believed).
-pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
+impl Default for TrustedProxies {
+    fn default() -> Self {
+        TrustedProxies::parse(DEFAULT_TRUSTED_PROXIES).expect("the default list parses")
+    }
+}
+
+/// The asking client's address (see [`client_ip_behind`]).
+pub fn client_ip(req: &HttpRequest, trusted: &TrustedProxies) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip();
     let forwarded = req
         .headers()
         .get_all("x-forwarded-for")
         .filter_map(|v| v.to_str().ok());
-    Some(client_ip_behind(peer, forwarded))
+    Some(client_ip_behind(peer, forwarded, trusted))
 }
 
-/// [`client_ip`] from the TCP peer and the `X-Forwarded-For` header values, for servers that
-/// read requests themselves.
-pub fn client_ip_behind<'a>(peer: IpAddr, forwarded: impl Iterator<Item = &'a str>) -> IpAddr {
-    if !is_trusted_proxy(peer) {
+/// The asking client's address from the TCP peer and the `X-Forwarded-For` header values: the
+/// peer, unless it is a trusted proxy; then the hops are walked from the last one back, past
+/// every trusted proxy (a TLS terminator in front of nginx, say), to the first address that is
+/// not one. Whatever stands before that is the client's own claim and is never believed.
+pub fn client_ip_behind<'a>(
+    peer: IpAddr,
+    forwarded: impl Iterator<Item = &'a str>,
+    trusted: &TrustedProxies,
+) -> IpAddr {
+    if !trusted.contains(peer) {
         return peer;
     }
-    forwarded
+    let hops: Vec<IpAddr> = forwarded
         .flat_map(|v| v.split(','))
         .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-        .last()
-        .unwrap_or(peer)
+        .collect();
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        client = hop;
+        if !trusted.contains(hop) {
+            break;
+        }
+    }
+    client
 }
 
 /// A rate: `per_sec` on average, `burst` at once. `per_sec == 0` turns the limit off.
@@ -242,22 +285,62 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let trusted = TrustedProxies::default();
         // nginx on loopback appended the address it saw; the client's own claim is ignored.
         let via_proxy = TestRequest::default()
             .peer_addr("127.0.0.1:5000".parse().unwrap())
             .insert_header(("x-forwarded-for", "1.2.3.4, 203.0.113.9"))
             .to_http_request();
-        assert_eq!(client_ip(&via_proxy), Some(ip("203.0.113.9")));
+        assert_eq!(client_ip(&via_proxy, &trusted), Some(ip("203.0.113.9")));
         // A client on the internet cannot claim another address.
         let direct = TestRequest::default()
             .peer_addr("198.51.100.7:5000".parse().unwrap())
             .insert_header(("x-forwarded-for", "127.0.0.1"))
             .to_http_request();
-        assert_eq!(client_ip(&direct), Some(ip("198.51.100.7")));
+        assert_eq!(client_ip(&direct, &trusted), Some(ip("198.51.100.7")));
         // A local client without a proxy is itself.
         let local = TestRequest::default()
             .peer_addr("127.0.0.2:5000".parse().unwrap())
             .to_http_request();
-        assert_eq!(client_ip(&local), Some(ip("127.0.0.2")));
+        assert_eq!(client_ip(&local, &trusted), Some(ip("127.0.0.2")));
+    }
+
+    /// Behind a TLS terminator in front of nginx every client used to be the terminator's one
+    /// address (only the last hop was believed); the walk now passes every trusted proxy.
+    #[test]
+    fn every_trusted_proxy_is_walked_past_and_nothing_else() {
+        let trusted = TrustedProxies::parse("127.0.0.0/8, 10.0.0.0/8, ::1").unwrap();
+        let hops = |peer: &str, header: &str| {
+            client_ip_behind(ip(peer), std::iter::once(header), &trusted)
+        };
+        // client → TLS proxy 10.0.0.7 → nginx 127.0.0.1 → service.
+        assert_eq!(
+            hops("127.0.0.1", "203.0.113.9, 10.0.0.7"),
+            ip("203.0.113.9")
+        );
+        // A claim before the first untrusted hop is never believed.
+        assert_eq!(
+            hops("127.0.0.1", "6.6.6.6, 203.0.113.9, 10.0.0.7"),
+            ip("203.0.113.9")
+        );
+        // Garbage the client wrote is skipped, not a reason to give up.
+        assert_eq!(
+            hops("127.0.0.1", "not-an-ip, 203.0.113.9"),
+            ip("203.0.113.9")
+        );
+        // Only proxies all along: the farthest one.
+        assert_eq!(hops("127.0.0.1", "10.0.0.9, 10.0.0.7"), ip("10.0.0.9"));
+        // 192.168/16 is private but not listed: not trusted.
+        assert_eq!(hops("192.168.1.1", "203.0.113.9"), ip("192.168.1.1"));
+        // IPv4-mapped IPv6 peers are their IPv4 address.
+        assert_eq!(hops("::ffff:127.0.0.1", "203.0.113.9"), ip("203.0.113.9"));
+        assert!(TrustedProxies::parse("10.0.0.0/33").is_err());
+        assert!(TrustedProxies::parse("").unwrap().0.is_empty(), "nobody");
+        assert_eq!(hops("10.0.0.1", "203.0.113.9"), ip("203.0.113.9"));
+        let nobody = TrustedProxies::parse("").unwrap();
+        assert_eq!(
+            client_ip_behind(ip("127.0.0.1"), std::iter::once("203.0.113.9"), &nobody),
+            ip("127.0.0.1")
+        );
     }
 }

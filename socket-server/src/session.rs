@@ -33,8 +33,11 @@ pub(crate) fn admit(
 ) -> Result<(Arc<str>, IpAddr), ApiError> {
     // Before the token is even looked at: verifying signatures is work an attacker could
     // make us do for free.
-    let ip =
-        switchboard_service_kit::limits::client_ip_behind(peer, head.headers("x-forwarded-for"));
+    let ip = switchboard_service_kit::limits::client_ip_behind(
+        peer,
+        head.headers("x-forwarded-for"),
+        &state.config.common.trusted_proxies,
+    );
     if !state.connects.allow(ip, std::time::Instant::now()) {
         return Err(ApiError::new(
             ErrorCode::RateLimited,
