@@ -107,6 +107,15 @@ async fn presence_invites_and_blocks_need_consent() {
         "bob's stored message never made the conversation accepted"
     );
     bob.close().await;
+    // Offline first: a reconnect reported before the close would be no transition at all
+    // (bob never left), and no presence frame would follow.
+    let frames = alice
+        .collect_until(WAIT, |f| presence_of(f, "bob", PresenceStatus::Offline))
+        .await;
+    assert!(
+        presence_of(&frames, "bob", PresenceStatus::Offline),
+        "{frames:?}"
+    );
     let _bob = WsClient::connect(&servers[1], &bob_t).await.unwrap();
     let frames = alice
         .collect_until(WAIT, |f| presence_of(f, "bob", PresenceStatus::Online))
