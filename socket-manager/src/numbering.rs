@@ -152,7 +152,10 @@ fn flush_script(preamble: &str, functions: &[ScriptFunction]) -> String {
     }
     script.push_str(
         r"
-local replid = ARGV[1]
+-- The master's replication id, read now (ARGV[1], what the connection read when it connected,
+-- goes stale when a master restarted without data creates its backlog for its first replica,
+-- which changes the id: counters checked under the new id would never match the old one).
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ARGV[1]
 local n = tonumber(ARGV[2])
 local next_key, next_arg = 1, 3 + 3 * n
 local replies = {}

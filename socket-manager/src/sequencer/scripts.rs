@@ -254,7 +254,12 @@ for i = 4, #KEYS do
   -- NX: a record that survived (in either format) stays as it is.
   redis.call('SET', KEYS[i], ARGV[a] .. ' ' .. ARGV[a + 1] .. ' ' .. ARGV[a + 2], 'EX', ARGV[a + 3], 'NX')
 end
-redis.call('SET', KEYS[3], ARGV[2], 'EX', ",
+-- The replication id as this master has it now, not as the caller's connection read it when
+-- it connected: a master changes it when it creates its backlog (its first replica after a
+-- restart), and a stale one would leave the counter unverified for every later numbering.
+local live = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+local epoch = string.match(ARGV[2], ' (%d+)$')
+redis.call('SET', KEYS[3], live .. ' ' .. epoch, 'EX', ",
     seq_idle_ttl!(),
     " - ",
     epoch_earlier!(),
