@@ -590,24 +590,20 @@ impl Ingest {
             else {
                 return false;
             };
-            for letter in &new {
-                tracing::warn!(
-                    topic = %letter.at.topic,
-                    partition = letter.at.partition,
-                    offset = letter.at.offset,
-                    error = %letter.error,
-                    "a fenced log record was put in dead_letters"
-                );
-            }
             self.fenced.inc_by(new.len() as u64);
-            self.dead_letters.inc_by(new.len() as u64);
+            self.dead_lettered(&new);
         }
-        let admitted: Vec<Sourced<LogRecord>> =
-            admitted.into_iter().map(|(_, r)| r.clone()).collect();
-        if admitted.is_empty() {
+        // The common case refuses nothing: the batch goes in as read, without copying its bodies.
+        let copied: Vec<Sourced<LogRecord>>;
+        let records: &[Sourced<LogRecord>] = if fenced.is_empty() {
+            records
+        } else {
+            copied = admitted.into_iter().map(|(_, r)| r.clone()).collect();
+            &copied
+        };
+        if records.is_empty() {
             return true;
         }
-        let records = &admitted[..];
         let Some(outcome) = self
             .until_done("inserting a batch", shutdown, || {
                 self.store.insert_batch(records)

@@ -269,8 +269,9 @@ impl ManagerClient {
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     log_answers(&batch_id, &items, &reply.replies);
                 }
-                let item_refs: Vec<&HandlerItem> = items.iter().map(|p| &p.item).collect();
-                if only_unavailable(&item_refs, &reply.replies) && !self.urls.is_empty() {
+                if only_unavailable(items.iter().map(|p| &p.item), &reply.replies)
+                    && !self.urls.is_empty()
+                {
                     // A manager that answers but cannot number (its Redis or broker cut off)
                     // must not keep the lane: the next batch starts at the next manager.
                     tracing::warn!(
@@ -456,9 +457,12 @@ fn log_answers(batch_id: &str, items: &[Pending], replies: &[Option<ServerFrame>
 
 /// Whether a batch with sends in it had every send answered `unavailable`: the manager
 /// answered, but cannot number anything.
-fn only_unavailable(items: &[&HandlerItem], replies: &[Option<ServerFrame>]) -> bool {
+fn only_unavailable<'a>(
+    items: impl IntoIterator<Item = &'a HandlerItem>,
+    replies: &[Option<ServerFrame>],
+) -> bool {
     let mut sends = 0;
-    for (item, reply) in items.iter().zip(replies) {
+    for (item, reply) in items.into_iter().zip(replies) {
         if let HandlerItem::Frame {
             frame: ClientFrame::Send { .. },
             ..
@@ -519,15 +523,15 @@ mod tests {
         let unavailable = unavailable_reply(&a);
         let sent = Some(ServerFrame::Pong);
         assert!(only_unavailable(
-            &items,
+            items,
             &[None, unavailable.clone(), unavailable.clone()]
         ));
         assert!(!only_unavailable(
-            &items,
+            items,
             &[None, unavailable.clone(), sent.clone()]
         ));
         assert!(
-            !only_unavailable(&[&connected], &[None]),
+            !only_unavailable([&connected], &[None]),
             "no sends: nothing to judge"
         );
     }
