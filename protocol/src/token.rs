@@ -244,6 +244,12 @@ impl TokenKeys {
     /// Checks signature (the secret for HS256, the provider's key named by `kid` for RS256 and
     /// ES256), expiry, `nbf`, `iss`, `aud` and the user-id rule; returns the user id.
     pub fn verify(&self, token: &str) -> Result<String, TokenError> {
+        self.verify_claims(token).map(|claims| claims.sub)
+    }
+
+    /// [`TokenKeys::verify`], answering the whole verified claims: live sessions need `exp`
+    /// (closed when it passes) and `iat` (ended by a "sessions ended before" mark).
+    pub fn verify_claims(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         let key = match header.alg {
             Algorithm::HS256 if self.policy.hs256 => self.secret.clone(),
@@ -273,7 +279,7 @@ impl TokenKeys {
         if !UserId::is_valid(&data.claims.sub) {
             return Err(TokenError::BadUserId);
         }
-        Ok(data.claims.sub)
+        Ok(data.claims)
     }
 
     /// Signs arbitrary claims with the secret; for tests that need expired or odd tokens.
