@@ -10,8 +10,11 @@
 //! - [`http`]: [`http::ApiError`], the one JSON error body, and the JSON extractor configs.
 //! - [`ops`]: `/live`, `/ready` (readiness reflects dependencies) and `/metrics`, plus the HTTP
 //!   latency middleware.
+//! - [`api_keys`]: API keys of app backends (`Authorization: Bearer sbk_...`) for the server
+//!   API: scopes, rotation, a per-key rate.
 //! - [`shutdown`]: one cancellation token that every task of a service watches.
 
+pub mod api_keys;
 pub mod cli;
 pub mod config;
 pub mod env;
