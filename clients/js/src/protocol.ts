@@ -1,0 +1,88 @@
+/** The wire types of docs/protocol.md, as the SDK reads and writes them. */
+
+/** A stored message: a `message` frame without `type`, or a history row. */
+export interface Message {
+  conversation_id: string;
+  message_id: string;
+  seq: number;
+  sender_id: string;
+  body: string;
+  created_at: string;
+  /** Present on history rows, and on messages this client sent itself. */
+  client_msg_id?: string;
+}
+
+/** What `send()` resolves to: the server's `sent` answer. */
+export interface SentAck {
+  client_msg_id: string;
+  conversation_id: string;
+  message_id: string;
+  seq: number;
+  created_at: string;
+}
+
+export interface Receipt {
+  conversation_id: string;
+  user_id: string;
+  kind: 'delivered' | 'read';
+  seq: number;
+}
+
+export interface Presence {
+  user_id: string;
+  status: 'online' | 'offline';
+  last_seen: string | null;
+}
+
+export interface Typing {
+  conversation_id: string;
+  user_id: string;
+}
+
+export interface ServerError {
+  code: string;
+  message: string;
+  client_msg_id?: string;
+}
+
+export interface Hello {
+  user_id: string;
+  server_id: string;
+}
+
+export type ServerFrame =
+  | ({ type: 'hello' } & Hello)
+  | ({ type: 'sent' } & SentAck)
+  | ({ type: 'message' } & Message)
+  | ({ type: 'receipt' } & Receipt)
+  | ({ type: 'presence' } & Presence)
+  | ({ type: 'typing' } & Typing)
+  | { type: 'pong' }
+  | ({ type: 'error' } & ServerError)
+  | { type: string; [k: string]: unknown };
+
+export interface Conversation {
+  id: string;
+  kind: 'direct' | 'group';
+  name: string | null;
+  members: string[];
+  member_count?: number;
+  last_seq?: number;
+  unread?: number;
+  receipts?: { user_id: string; delivered_seq: number; read_seq: number }[];
+  roles?: Record<string, string>;
+  invited?: string[];
+}
+
+/** Error codes a `send` may be answered with that a resend can cure. */
+export const RETRYABLE_CODES: ReadonlySet<string> = new Set(['unavailable', 'rate_limited', 'internal']);
+
+/** WebSocket close codes the SDK treats specially. */
+export const CLOSE = {
+  normal: 1000,
+  goingAway: 1001,
+  abnormal: 1006,
+  tooLarge: 1009,
+  restart: 1012,
+  tryAgainLater: 1013,
+} as const;

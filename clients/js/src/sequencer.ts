@@ -1,0 +1,99 @@
+/**
+ * Exactly-once, in-order delivery per conversation: the pure part.
+ *
+ * Each conversation has a cursor, the highest `seq` such that every message `1..cursor` has
+ * been handed to the app. A message at `cursor + 1` is delivered at once (with whatever it
+ * unblocks from the buffer); one at or below the cursor is a repeat and dropped; one further
+ * ahead waits in a bounded buffer and the caller is told to fetch the gap from history
+ * (`after_seq = cursor`).
+ */
+
+import type { Message } from './protocol.js';
+
+export interface OfferResult {
+  /** Messages to hand to the app now, in `seq` order. */
+  deliver: Message[];
+  /** True when a gap stands between the cursor and a buffered message: fetch history. */
+  gap: boolean;
+}
+
+interface ConversationState {
+  cursor: number;
+  buffer: Map<number, Message>;
+}
+
+export class Sequencer {
+  private readonly convs = new Map<string, ConversationState>();
+
+  /** `maxBuffered`: messages held per conversation while a gap is open; more are dropped (history brings them back). */
+  constructor(private readonly maxBuffered = 10_000) {}
+
+  private conv(id: string): ConversationState {
+    let c = this.convs.get(id);
+    if (!c) {
+      c = { cursor: 0, buffer: new Map() };
+      this.convs.set(id, c);
+    }
+    return c;
+  }
+
+  cursor(conversationId: string): number {
+    return this.convs.get(conversationId)?.cursor ?? 0;
+  }
+
+  /** Every conversation's cursor (what is persisted). */
+  cursors(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [id, c] of this.convs) out[id] = c.cursor;
+    return out;
+  }
+
+  /** Sets a cursor (loading persisted state, or a store reset). Drops the buffer at or below it. */
+  setCursor(conversationId: string, cursor: number): void {
+    const c = this.conv(conversationId);
+    c.cursor = cursor;
+    for (const seq of [...c.buffer.keys()]) if (seq <= cursor) c.buffer.delete(seq);
+  }
+
+  /** Forgets a conversation entirely (store reset): its cursor goes back to 0. */
+  reset(conversationId: string): void {
+    this.convs.delete(conversationId);
+  }
+
+  /** The highest buffered `seq`, or the cursor when nothing waits. */
+  highestKnown(conversationId: string): number {
+    const c = this.convs.get(conversationId);
+    if (!c) return 0;
+    let hi = c.cursor;
+    for (const seq of c.buffer.keys()) if (seq > hi) hi = seq;
+    return hi;
+  }
+
+  hasGap(conversationId: string): boolean {
+    const c = this.convs.get(conversationId);
+    return !!c && c.buffer.size > 0;
+  }
+
+  offer(msg: Message): OfferResult {
+    const seq = msg.seq;
+    if (!Number.isSafeInteger(seq) || seq < 1) return { deliver: [], gap: false };
+    const c = this.conv(msg.conversation_id);
+    if (seq <= c.cursor || c.buffer.has(seq)) {
+      return { deliver: [], gap: c.buffer.size > 0 };
+    }
+    if (seq > c.cursor + 1) {
+      if (c.buffer.size < this.maxBuffered) c.buffer.set(seq, msg);
+      return { deliver: [], gap: true };
+    }
+    const deliver = [msg];
+    c.cursor = seq;
+    for (;;) {
+      const next = c.buffer.get(c.cursor + 1);
+      if (!next) break;
+      c.buffer.delete(c.cursor + 1);
+      c.cursor += 1;
+      deliver.push(next);
+    }
+    return { deliver, gap: c.buffer.size > 0 };
+  }
+}
