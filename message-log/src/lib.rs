@@ -9,8 +9,9 @@
 //! - one topic per socket handler (`sb.handler.<handler id>`): a [`HandlerEnvelope`] of
 //!   [`HandlerRecord`]s, each carrying one frame and every local recipient of it on that
 //!   handler: one record per target handler, not one per device.
-//! - the events topic (default `sb.events`): [`Event`]s (receipts, presence) for other
-//!   consumers.
+//! - the events topic (default `sb.events`): [`Event`]s (receipts, presence, and the message
+//!   service's membership changes) for other consumers (the message service, the webhook
+//!   dispatcher).
 //!
 //! A producer retry may write a record twice; readers drop the repeat by the project's own
 //! keys.
@@ -287,6 +288,23 @@ mod tests {
             r#"{"type":"receipt","conversation_id":"c","user_id":"b","kind":"seen","seq":1}"#
         )
         .is_err());
+        let added: Event = serde_json::from_str(
+            r#"{"type":"member_added","event_id":"e1","conversation_id":"c","user_id":"bob","at":"2026-01-01T00:00:00.000Z"}"#,
+        )
+        .unwrap();
+        assert!(matches!(added, Event::MemberAdded { .. }));
+        let created = Event::ConversationCreated {
+            event_id: "e2".into(),
+            conversation_id: "c".into(),
+            kind: "group".into(),
+            name: None,
+            created_by: "alice".into(),
+            members: vec!["alice".into()],
+            at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
+        };
+        let json = serde_json::to_value(&created).unwrap();
+        assert_eq!(json["type"], "conversation_created");
+        assert!(json.get("name").is_none());
     }
 
     #[test]
@@ -320,6 +338,35 @@ pub enum Event {
     Presence {
         user_id: String,
         online: bool,
+        at: Timestamp,
+    },
+    /// A conversation was created, with its members at creation (invitees are not members
+    /// yet: each becomes one with a [`Event::MemberAdded`] when they accept). Written by the
+    /// message service after the change committed (its `event_outbox`), keyed by
+    /// conversation; `event_id` is fixed when the change commits, so a record written twice
+    /// is recognisably the same event.
+    ConversationCreated {
+        event_id: String,
+        conversation_id: String,
+        kind: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        created_by: String,
+        members: Vec<String>,
+        at: Timestamp,
+    },
+    /// A user became an active member of a conversation (added, or accepted an invite).
+    MemberAdded {
+        event_id: String,
+        conversation_id: String,
+        user_id: String,
+        at: Timestamp,
+    },
+    /// An active member left or was removed.
+    MemberRemoved {
+        event_id: String,
+        conversation_id: String,
+        user_id: String,
         at: Timestamp,
     },
 }

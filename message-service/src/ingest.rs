@@ -377,7 +377,9 @@ impl Ingest {
                                     );
                                     receipts.push(Sourced { at, item });
                                 }
-                                Ok(Event::Presence { .. }) => {}
+                                // Presence and membership events are for other
+                                // consumers (the membership is already in SQL).
+                                Ok(_) => {}
                                 Err(e) => {
                                     tracing::warn!(error = %e, "skipping an unreadable event")
                                 }
