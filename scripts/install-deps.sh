@@ -18,6 +18,7 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # The nemesis partition test cuts one socket server off the network (test-support/src/netcut.rs).
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 if [ "${#need[@]}" -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"

@@ -52,8 +52,13 @@ pub struct DevTokenResponse {
     pub expires_at: String,
 }
 
-/// The header cluster-only routes require, holding the shared cluster secret.
+/// The header cluster-only routes require, holding the calling service's secret (or, in the
+/// shared mode, the one cluster secret).
 pub const CLUSTER_SECRET_HEADER: &str = "x-cluster-secret";
+
+/// The header naming the calling service's role (`socket-server`, `socket-manager`, ...), whose
+/// secret `x-cluster-secret` holds.
+pub const CLUSTER_SERVICE_HEADER: &str = "x-cluster-service";
 
 /// The OpenAPI description of the registry's public routes: `GET /api/v1/socket-server`,
 /// `GET /api/v1/socket-servers` and `POST /api/v1/dev/token` (registration and the tunnel

@@ -1,7 +1,11 @@
 //! Client JWTs (SPEC section 2). The token's `sub` is the only source of a user's identity.
 //!
-//! Two kinds of key verify a token:
-//! - the shared HS256 secret (`SB_JWT_SECRET`), which also mints dev tokens;
+//! Three kinds of key verify a token:
+//! - the shared HS256 secret (`SB_JWT_SECRET`), which also mints: whoever verifies with it can
+//!   forge any user's token, so it suits a demo or a deployment where every service is trusted;
+//! - an Ed25519 public key (`SB_JWT_PUBLIC_KEY_FILE`, EdDSA tokens): services that only verify
+//!   (the internet-facing socket servers) hold no key that mints; only the holder of the
+//!   private key (`SB_JWT_PRIVATE_KEY_FILE`: the registry's dev tokens, `mint-token`) signs;
 //! - optionally an identity provider's public keys (RS256 or ES256, by `kid`), loaded from its
 //!   JWKS ([`TokenKeys::set_jwks`]; service-kit keeps them fresh from `SB_JWT_JWKS_URL`).
 //!
@@ -98,6 +102,12 @@ pub enum TokenError {
     Invalid,
     #[error("user id must match [A-Za-z0-9_.|@+-]{{1,128}}")]
     BadUserId,
+    #[error(
+        "this service holds no key that mints tokens (SB_JWT_PRIVATE_KEY_FILE or SB_JWT_SECRET)"
+    )]
+    CannotMint,
+    #[error("{0}")]
+    BadKey(String),
 }
 
 /// `text` percent-encoded for one URL path segment: everything but RFC 3986's unreserved
@@ -150,8 +160,12 @@ struct PublicKey {
 /// Signs and verifies tokens. Cheap to clone; clones share the JWKS keys.
 #[derive(Clone)]
 pub struct TokenKeys {
-    encoding: EncodingKey,
-    secret: DecodingKey,
+    /// The HS256 secret, both halves; `None` where the service holds no secret.
+    secret: Option<(EncodingKey, DecodingKey)>,
+    /// The Ed25519 key that mints EdDSA tokens (only the minting service holds it).
+    ed25519_private: Option<EncodingKey>,
+    /// The Ed25519 key that verifies EdDSA tokens.
+    ed25519_public: Option<DecodingKey>,
     policy: TokenPolicy,
     jwks: Arc<RwLock<HashMap<String, PublicKey>>>,
 }
@@ -164,10 +178,61 @@ impl TokenKeys {
 
     pub fn with_policy(secret: &[u8], policy: TokenPolicy) -> Self {
         TokenKeys {
-            encoding: EncodingKey::from_secret(secret),
-            secret: DecodingKey::from_secret(secret),
+            secret: Some((
+                EncodingKey::from_secret(secret),
+                DecodingKey::from_secret(secret),
+            )),
+            ..Self::without_keys(policy)
+        }
+    }
+
+    /// No key at all yet: add an Ed25519 pair with [`TokenKeys::with_ed25519`] or rely on a
+    /// JWKS ([`TokenKeys::set_jwks`]).
+    pub fn without_keys(policy: TokenPolicy) -> Self {
+        TokenKeys {
+            secret: None,
+            ed25519_private: None,
+            ed25519_public: None,
             policy,
             jwks: Arc::new(RwLock::new(HashMap::new())),
+        }
+    }
+
+    /// Adds Ed25519 keys from PEM text: a public key (`-----BEGIN PUBLIC KEY-----`, what
+    /// `openssl pkey -pubout` writes) verifies EdDSA tokens; a private key (PKCS#8,
+    /// `openssl genpkey -algorithm ed25519`) also mints them.
+    pub fn with_ed25519(
+        mut self,
+        public_pem: Option<&[u8]>,
+        private_pem: Option<&[u8]>,
+    ) -> Result<Self, TokenError> {
+        if let Some(pem) = public_pem {
+            self.ed25519_public = Some(DecodingKey::from_ed_pem(pem).map_err(|e| {
+                TokenError::BadKey(format!("not an Ed25519 public key in PEM: {e}"))
+            })?);
+        }
+        if let Some(pem) = private_pem {
+            self.ed25519_private = Some(EncodingKey::from_ed_pem(pem).map_err(|e| {
+                TokenError::BadKey(format!("not an Ed25519 private key in PEM (PKCS#8): {e}"))
+            })?);
+        }
+        Ok(self)
+    }
+
+    /// Whether this service can mint tokens at all.
+    pub fn can_mint(&self) -> bool {
+        self.ed25519_private.is_some() || self.secret.is_some()
+    }
+
+    /// The key new tokens are signed with: the Ed25519 private key when present (its tokens
+    /// verify where only the public key is held), else the HS256 secret.
+    fn signing(&self) -> Result<(Algorithm, &EncodingKey), TokenError> {
+        if let Some(key) = &self.ed25519_private {
+            return Ok((Algorithm::EdDSA, key));
+        }
+        match &self.secret {
+            Some((key, _)) => Ok((Algorithm::HS256, key)),
+            None => Err(TokenError::CannotMint),
         }
     }
 
@@ -236,7 +301,8 @@ impl TokenKeys {
             aud: self.policy.audience.clone().map(Audience::One),
             ..Claims::new(user_id, expires.timestamp(), now.timestamp())
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let (algorithm, key) = self.signing()?;
+        let token = jsonwebtoken::encode(&Header::new(algorithm), &claims, key)
             .map_err(|_| TokenError::Invalid)?;
         Ok((token, expires))
     }
@@ -252,7 +318,14 @@ impl TokenKeys {
     pub fn verify_claims(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         let key = match header.alg {
-            Algorithm::HS256 if self.policy.hs256 => self.secret.clone(),
+            Algorithm::HS256 if self.policy.hs256 => match &self.secret {
+                Some((_, key)) => key.clone(),
+                None => return Err(TokenError::Invalid),
+            },
+            Algorithm::EdDSA => match &self.ed25519_public {
+                Some(key) => key.clone(),
+                None => return Err(TokenError::Invalid),
+            },
             Algorithm::RS256 | Algorithm::ES256 => {
                 let kid = header.kid.as_deref().ok_or(TokenError::Invalid)?;
                 let keys = self.jwks.read().expect("jwks lock");
@@ -282,10 +355,11 @@ impl TokenKeys {
         Ok(data.claims)
     }
 
-    /// Signs arbitrary claims with the secret; for tests that need expired or odd tokens.
+    /// Signs arbitrary claims with the minting key; for tests that need expired or odd
+    /// tokens. Panics where this service holds no minting key.
     pub fn sign_claims(&self, claims: &Claims) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
-            .expect("HS256 signing does not fail")
+        let (algorithm, key) = self.signing().expect("sign_claims needs a minting key");
+        jsonwebtoken::encode(&Header::new(algorithm), claims, key).expect("signing does not fail")
     }
 }
 
@@ -325,6 +399,41 @@ mod tests {
         let (token, _) = off.mint("alice", chrono::Duration::hours(1)).unwrap();
         assert_eq!(off.verify(&token), Err(TokenError::Invalid));
         assert_eq!(TokenKeys::new(b"secret").verify(&token).unwrap(), "alice");
+    }
+
+    /// A throwaway pair for this test only (`openssl genpkey -algorithm ed25519`).
+    const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIOmYQbhylDFF/k9IyfVDuZfg/EvXWgrjmYcMjCR4UiIG\n-----END PRIVATE KEY-----\n";
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAzWd2i88pT0wiy/szuiy9D4gS8H5HEClKlaqXhF8TMtM=\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn ed25519_public_key_verifies_but_cannot_mint() {
+        let policy = TokenPolicy {
+            hs256: false,
+            ..TokenPolicy::default()
+        };
+        let minter = TokenKeys::without_keys(policy.clone())
+            .with_ed25519(None, Some(ED_PRIVATE.as_bytes()))
+            .unwrap();
+        let verifier = TokenKeys::without_keys(policy)
+            .with_ed25519(Some(ED_PUBLIC.as_bytes()), None)
+            .unwrap();
+        let (token, _) = minter.mint("alice", chrono::Duration::hours(1)).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap(), "alice");
+        assert!(!verifier.can_mint());
+        assert_eq!(
+            verifier.mint("mallory", chrono::Duration::hours(1)),
+            Err(TokenError::CannotMint)
+        );
+        // The classic confusion: an HS256 token keyed with the public key's text.
+        let confused = TokenKeys::new(ED_PUBLIC.as_bytes())
+            .mint("mallory", chrono::Duration::hours(1))
+            .unwrap()
+            .0;
+        assert_eq!(verifier.verify(&confused), Err(TokenError::Invalid));
+        assert!(matches!(
+            TokenKeys::without_keys(TokenPolicy::default()).with_ed25519(Some(b"junk"), None),
+            Err(TokenError::BadKey(_))
+        ));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use switchboard_protocol::registry::{
 use switchboard_protocol::token::TokenError;
 use switchboard_protocol::ErrorCode;
 use switchboard_protocol::UserId;
-use switchboard_service_kit::http::{require_cluster_secret, ApiError};
+use switchboard_service_kit::cluster_auth::ServiceRole;
+use switchboard_service_kit::http::ApiError;
 use switchboard_service_kit::limits;
 
 use crate::assigner::Assigner;
@@ -152,7 +153,11 @@ async fn register(
     state: web::Data<AppState>,
     body: web::Json<Registration>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    state
+        .config
+        .common
+        .cluster
+        .require(&req, &[ServiceRole::SocketServer])?;
     let reg = body.into_inner();
     if reg.server_id.is_empty() || reg.server_id.len() > 128 {
         return Err(ApiError::bad_request("server_id must be 1-128 characters"));
@@ -176,7 +181,11 @@ async fn deregister(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    state
+        .config
+        .common
+        .cluster
+        .require(&req, &[ServiceRole::SocketServer])?;
     let server_id = path.into_inner();
     if state.directory.remove(&server_id).await? {
         tracing::info!(%server_id, "socket server deregistered");

@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use switchboard_protocol::token::{TokenKeys, TokenPolicy};
 
+use crate::cluster_auth::{ClusterAuth, Secret};
 use crate::env::{EnvTable, EnvVar};
 use crate::redis_sentinel::RedisConfig;
 
 pub const SB_JWT_SECRET: &str = "SB_JWT_SECRET";
 pub const SB_CLUSTER_SECRET: &str = "SB_CLUSTER_SECRET";
+pub const SB_SERVICE_SECRET: &str = "SB_SERVICE_SECRET";
+pub const SB_CALLER_KEYS: &str = "SB_CALLER_KEYS";
+pub const SB_JWT_PUBLIC_KEY_FILE: &str = "SB_JWT_PUBLIC_KEY_FILE";
+pub const SB_JWT_PRIVATE_KEY_FILE: &str = "SB_JWT_PRIVATE_KEY_FILE";
 pub const SB_DEV_MODE: &str = "SB_DEV_MODE";
 pub const SB_JWT_ISSUER: &str = "SB_JWT_ISSUER";
 pub const SB_JWT_AUDIENCE: &str = "SB_JWT_AUDIENCE";
@@ -30,14 +35,47 @@ pub const ENV: &[EnvVar] = &[
     EnvVar {
         name: SB_JWT_SECRET,
         default: Some(DEFAULT_JWT_SECRET),
-        doc: "HS256 secret that signs and verifies client JWTs. Outside dev mode the published \
-              default, or anything shorter than 32 bytes, is refused at startup.",
+        doc: "HS256 secret that signs and verifies client JWTs (only while SB_JWT_HS256 is \
+              on). Outside dev mode the published default, or anything shorter than 32 \
+              bytes, is refused at startup. Whoever holds it can mint any user's token: give \
+              it to no service that only verifies; use SB_JWT_PUBLIC_KEY_FILE there.",
+    },
+    EnvVar {
+        name: SB_JWT_PUBLIC_KEY_FILE,
+        default: None,
+        doc: "A PEM file with an Ed25519 public key (`openssl pkey -pubout`) that verifies \
+              EdDSA client tokens. It cannot mint: the socket servers and the message service \
+              should hold this, not a secret. Setting it turns SB_JWT_HS256=auto off.",
+    },
+    EnvVar {
+        name: SB_JWT_PRIVATE_KEY_FILE,
+        default: None,
+        doc: "A PEM file with the matching Ed25519 private key (PKCS#8, `openssl genpkey \
+              -algorithm ed25519`): mints EdDSA tokens (the registry's dev tokens, \
+              mint-token). Only the service that mints holds it.",
     },
     EnvVar {
         name: SB_CLUSTER_SECRET,
         default: Some(DEFAULT_CLUSTER_SECRET),
-        doc: "Shared secret of the cluster-only routes, sent as `x-cluster-secret`. Same rule \
-              as SB_JWT_SECRET outside dev mode.",
+        doc: "The shared mode's one secret of the cluster-only routes (used only where \
+              SB_SERVICE_SECRET or SB_CALLER_KEYS is unset). Same rule as SB_JWT_SECRET \
+              outside dev mode.",
+    },
+    EnvVar {
+        name: SB_SERVICE_SECRET,
+        default: None,
+        doc: "This service's own credential, sent with its role (x-cluster-service) as \
+              x-cluster-secret on every cluster-only call. Unset: SB_CLUSTER_SECRET.",
+    },
+    EnvVar {
+        name: SB_CALLER_KEYS,
+        default: None,
+        doc: "The callers this service accepts on its cluster-only routes, as \
+              role=sha256hex pairs, comma separated (roles: socket-server, socket-manager, \
+              message-service, registry, health-checker, webhook-dispatcher; the hash is the \
+              hex SHA-256 of the secret, without a newline). Each route \
+              serves only the roles that need it. Unset: the shared mode, where \
+              SB_CLUSTER_SECRET opens every cluster-only route.",
     },
     EnvVar {
         name: SB_DEV_MODE,
@@ -231,10 +269,16 @@ pub fn env_bool(name: &str, default: bool) -> Result<bool, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
     pub redis: RedisConfig,
-    /// HS256 secret for client JWTs (`SB_JWT_SECRET`).
-    pub jwt_secret: String,
-    /// Shared secret for cluster-only routes, sent as `x-cluster-secret` (`SB_CLUSTER_SECRET`).
-    pub cluster_secret: String,
+    /// HS256 secret for client JWTs (`SB_JWT_SECRET`); `None` where HS256 is off, so a
+    /// service that only verifies EdDSA or JWKS tokens holds nothing that mints.
+    pub jwt_secret: Option<crate::cluster_auth::Secret>,
+    /// Ed25519 keys in PEM (`SB_JWT_PUBLIC_KEY_FILE`, `SB_JWT_PRIVATE_KEY_FILE`), read at
+    /// startup.
+    pub jwt_public_key: Option<Vec<u8>>,
+    pub jwt_private_key: Option<Vec<u8>>,
+    /// This service's credential and the callers it accepts (`SB_SERVICE_SECRET`,
+    /// `SB_CALLER_KEYS`, `SB_CLUSTER_SECRET`).
+    pub cluster: crate::cluster_auth::ClusterAuth,
     /// Whether `POST /api/v1/dev/token` mints tokens (`SB_DEV_MODE`, off by default).
     pub dev_mode: bool,
     /// What a client token must carry: `SB_JWT_ISSUER`, `SB_JWT_AUDIENCE` (both unset by
@@ -280,8 +324,21 @@ impl CommonConfig {
     /// refused: anyone could mint tokens or register a socket server with a published one.
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         let jwks_url = lookup_optional(lookup, SB_JWT_JWKS_URL);
+        let read_key = |name: &str| -> Result<Option<Vec<u8>>, ConfigError> {
+            lookup_optional(lookup, name)
+                .map(|path| {
+                    std::fs::read(&path).map_err(|e| ConfigError {
+                        name: name.to_owned(),
+                        value: path.clone(),
+                        reason: format!("cannot read the key file: {e}"),
+                    })
+                })
+                .transpose()
+        };
+        let jwt_public_key = read_key(SB_JWT_PUBLIC_KEY_FILE)?;
+        let jwt_private_key = read_key(SB_JWT_PRIVATE_KEY_FILE)?;
         let hs256 = match lookup_string(lookup, SB_JWT_HS256, "auto").as_str() {
-            "auto" => jwks_url.is_none(),
+            "auto" => jwks_url.is_none() && jwt_public_key.is_none() && jwt_private_key.is_none(),
             "true" => true,
             "false" => false,
             other => {
@@ -292,11 +349,22 @@ impl CommonConfig {
                 })
             }
         };
+        let dev_mode = lookup_bool(lookup, SB_DEV_MODE, false)?;
+        let jwt_secret = if hs256 {
+            let secret = lookup_string(lookup, SB_JWT_SECRET, DEFAULT_JWT_SECRET);
+            check_secret(SB_JWT_SECRET, &secret, dev_mode)?;
+            Some(Secret::new(secret))
+        } else {
+            None
+        };
+        let cluster = cluster_auth(lookup, dev_mode)?;
         let config = CommonConfig {
             redis: RedisConfig::from_lookup(lookup)?,
-            jwt_secret: lookup_string(lookup, SB_JWT_SECRET, DEFAULT_JWT_SECRET),
-            cluster_secret: lookup_string(lookup, SB_CLUSTER_SECRET, DEFAULT_CLUSTER_SECRET),
-            dev_mode: lookup_bool(lookup, SB_DEV_MODE, false)?,
+            jwt_secret,
+            jwt_public_key,
+            jwt_private_key,
+            cluster,
+            dev_mode,
             token_policy: TokenPolicy {
                 issuer: lookup_optional(lookup, SB_JWT_ISSUER),
                 audience: lookup_optional(lookup, SB_JWT_AUDIENCE),
@@ -354,10 +422,43 @@ impl CommonConfig {
                 }
             }
         }
-        check_secret(SB_JWT_SECRET, &config.jwt_secret, config.dev_mode)?;
-        check_secret(SB_CLUSTER_SECRET, &config.cluster_secret, config.dev_mode)?;
+        if !hs256 && config.jwt_public_key.is_none() && config.jwks.is_none() {
+            return Err(ConfigError {
+                name: SB_JWT_HS256.to_owned(),
+                value: "false".to_owned(),
+                reason: format!(
+                    "no key would verify client tokens: keep HS256 on, or set \
+                     {SB_JWT_PUBLIC_KEY_FILE} or {SB_JWT_JWKS_URL}"
+                ),
+            });
+        }
+        // Checked now rather than at the first token: a key that does not parse is a
+        // configuration error, named by its setting.
+        config.try_token_keys()?;
         Ok(config)
     }
+}
+
+/// `SB_SERVICE_SECRET`, `SB_CALLER_KEYS` and the shared `SB_CLUSTER_SECRET` (checked only
+/// where it is used: as the own credential or as the shared mode's one secret).
+fn cluster_auth(lookup: Lookup<'_>, dev_mode: bool) -> Result<ClusterAuth, ConfigError> {
+    let cluster = lookup_string(lookup, SB_CLUSTER_SECRET, DEFAULT_CLUSTER_SECRET);
+    let own = lookup_optional(lookup, SB_SERVICE_SECRET);
+    let caller_keys = lookup_optional(lookup, SB_CALLER_KEYS);
+    match &own {
+        Some(own) => check_secret(SB_SERVICE_SECRET, own, dev_mode)?,
+        None => check_secret(SB_CLUSTER_SECRET, &cluster, dev_mode)?,
+    }
+    if caller_keys.is_none() {
+        check_secret(SB_CLUSTER_SECRET, &cluster, dev_mode)?;
+    }
+    let cluster = Secret::new(cluster);
+    let own = own.map(Secret::new).unwrap_or_else(|| cluster.clone());
+    ClusterAuth::new(own, caller_keys.as_deref(), &cluster).map_err(|reason| ConfigError {
+        name: SB_CALLER_KEYS.to_owned(),
+        value: "(hidden)".to_owned(),
+        reason,
+    })
 }
 
 impl CommonConfig {
@@ -365,7 +466,9 @@ impl CommonConfig {
     /// the provider's keys, kept fresh by a task that lives as long as the process (call
     /// inside the runtime).
     pub fn token_keys(&self) -> TokenKeys {
-        let keys = TokenKeys::with_policy(self.jwt_secret.as_bytes(), self.token_policy.clone());
+        let keys = self
+            .try_token_keys()
+            .expect("the key files were checked when the configuration was read");
         if let Some(source) = &self.jwks {
             tokio::spawn(crate::jwks::keep_fresh(
                 source.clone(),
@@ -374,6 +477,31 @@ impl CommonConfig {
             ));
         }
         keys
+    }
+}
+
+impl CommonConfig {
+    /// The secret (where HS256 is on) and the Ed25519 keys, without the JWKS.
+    fn try_token_keys(&self) -> Result<TokenKeys, ConfigError> {
+        let keys = match &self.jwt_secret {
+            Some(secret) => {
+                TokenKeys::with_policy(secret.expose().as_bytes(), self.token_policy.clone())
+            }
+            None => TokenKeys::without_keys(self.token_policy.clone()),
+        };
+        let keys = keys
+            .with_ed25519(self.jwt_public_key.as_deref(), None)
+            .map_err(|e| ConfigError {
+                name: SB_JWT_PUBLIC_KEY_FILE.to_owned(),
+                value: "(file)".to_owned(),
+                reason: e.to_string(),
+            })?;
+        keys.with_ed25519(None, self.jwt_private_key.as_deref())
+            .map_err(|e| ConfigError {
+                name: SB_JWT_PRIVATE_KEY_FILE.to_owned(),
+                value: "(file)".to_owned(),
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -487,7 +615,8 @@ mod lookup_tests {
             config.allowed_origins,
             ["https://a.example", "https://b.example"]
         );
-        assert_eq!(config.jwt_secret, DEFAULT_JWT_SECRET);
+        assert_eq!(config.jwt_secret, Some(Secret::new(DEFAULT_JWT_SECRET)));
+        assert!(config.cluster.is_shared());
         assert_eq!(config.redis.key_prefix, "sb:t1:");
         assert_eq!(config.redis.master_name, "switchboard");
         assert_eq!(config.redis.sentinel_auth.password.as_deref(), Some("pw"));
@@ -509,5 +638,50 @@ mod lookup_tests {
         let short = map(&[(SB_JWT_SECRET, "short")]);
         let e = CommonConfig::from_lookup(&short).unwrap_err();
         assert_eq!(e.name, SB_JWT_SECRET);
+    }
+
+    /// A verifying service configured as the socket servers are: an Ed25519 public key, its
+    /// own credential, no secret that mints and nothing of the shared mode.
+    #[test]
+    fn a_public_key_service_holds_nothing_that_mints() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("jwt.pub");
+        std::fs::write(
+            &public,
+            "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAzWd2i88pT0wiy/szuiy9D4gS8H5HEClKlaqXhF8TMtM=\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let long = "0123456789abcdef0123456789abcdef-socket-server";
+        let hash = crate::cluster_auth::secret_hash(long);
+        let callers = format!("socket-server={hash}");
+        let pairs = [
+            (SB_JWT_PUBLIC_KEY_FILE, public.to_str().unwrap()),
+            (SB_SERVICE_SECRET, long),
+            (SB_CALLER_KEYS, callers.as_str()),
+        ];
+        let vars = map(&pairs);
+        let config = CommonConfig::from_lookup(&vars).unwrap();
+        assert!(!config.token_policy.hs256, "auto turns HS256 off");
+        assert_eq!(config.jwt_secret, None);
+        assert!(!config.cluster.is_shared());
+        assert!(!config.try_token_keys().unwrap().can_mint());
+
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a key").unwrap();
+        let e = CommonConfig::from_lookup(&map(&[
+            (SB_DEV_MODE, "true"),
+            (SB_JWT_PUBLIC_KEY_FILE, junk.to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.name, SB_JWT_PUBLIC_KEY_FILE);
+        let e = CommonConfig::from_lookup(&map(&[
+            (SB_DEV_MODE, "true"),
+            (SB_JWT_PUBLIC_KEY_FILE, "/nonexistent/jwt.pub"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.name, SB_JWT_PUBLIC_KEY_FILE);
+        let e = CommonConfig::from_lookup(&map(&[(SB_DEV_MODE, "true"), (SB_JWT_HS256, "false")]))
+            .unwrap_err();
+        assert_eq!(e.name, SB_JWT_HS256, "nothing would verify");
     }
 }

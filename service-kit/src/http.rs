@@ -137,34 +137,11 @@ fn cors(allowed_origins: &[String]) -> actix_cors::Cors {
         .fold(cors, |cors, origin| cors.allowed_origin(origin))
 }
 
-/// Cluster-only routes (registration, the managers' and message service's internal APIs)
-/// carry the shared cluster secret in `x-cluster-secret`; compared in constant time.
-pub fn require_cluster_secret(
-    req: &actix_web::HttpRequest,
-    cluster_secret: &str,
-) -> Result<(), ApiError> {
-    let presented = req
-        .headers()
-        .get(switchboard_protocol::registry::CLUSTER_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if constant_time_eq(presented.as_bytes(), cluster_secret.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "this route is for cluster members: send the cluster secret in x-cluster-secret",
-        ))
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+// Cluster-only routes check their callers with `crate::cluster_auth::ClusterAuth::require`.
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use crate::cluster_auth::constant_time_eq;
 
     #[test]
     fn secret_comparison() {

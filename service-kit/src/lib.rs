@@ -16,6 +16,7 @@
 
 pub mod api_keys;
 pub mod cli;
+pub mod cluster_auth;
 pub mod config;
 pub mod env;
 pub mod http;

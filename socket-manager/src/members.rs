@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use switchboard_chat_state::membership::MembershipMirror;
-use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
 use switchboard_protocol::token::path_segment;
+use switchboard_service_kit::cluster_auth::ClusterCredential;
 use switchboard_protocol::ConversationId;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 
@@ -15,7 +15,7 @@ pub struct Members {
     mirror: MembershipMirror,
     http: reqwest::Client,
     message_service_url: String,
-    cluster_secret: String,
+    credential: ClusterCredential,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,11 @@ struct InternalMembers {
 }
 
 impl Members {
-    pub fn new(redis: SentinelRedis, message_service_url: String, cluster_secret: String) -> Self {
+    pub fn new(
+        redis: SentinelRedis,
+        message_service_url: String,
+        credential: ClusterCredential,
+    ) -> Self {
         Members {
             mirror: MembershipMirror::new(redis),
             http: reqwest::Client::builder()
@@ -43,7 +47,7 @@ impl Members {
                 .build()
                 .expect("http client"),
             message_service_url,
-            cluster_secret,
+            credential,
         }
     }
 
@@ -146,9 +150,8 @@ impl Members {
     ) -> Result<T, MembersError> {
         let url = format!("{}{path}", self.message_service_url.trim_end_matches('/'));
         let response = self
-            .http
-            .request(method, url)
-            .header(CLUSTER_SECRET_HEADER, &self.cluster_secret)
+            .credential
+            .apply(self.http.request(method, url))
             .send()
             .await
             .map_err(|e| MembersError::Unavailable(e.to_string()))?;

@@ -19,7 +19,7 @@ use switchboard_protocol::internal::{
     HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
     RenewRequest, BATCH_ID_HEADER,
 };
-use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
+use switchboard_service_kit::cluster_auth::ClusterCredential;
 use switchboard_protocol::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
@@ -128,7 +128,7 @@ pub struct ManagerClient {
     metrics: LaneMetrics,
     http: reqwest::Client,
     urls: Arc<Vec<String>>,
-    secret: String,
+    credential: ClusterCredential,
     handler_id: String,
 }
 
@@ -139,7 +139,7 @@ pub struct ManagerUnavailable(pub String);
 impl ManagerClient {
     pub fn start(
         urls: Vec<String>,
-        secret: String,
+        credential: ClusterCredential,
         handler_id: String,
         lanes: Lanes,
         metrics: LaneMetrics,
@@ -157,7 +157,7 @@ impl ManagerClient {
             metrics,
             http,
             urls: client_urls,
-            secret,
+            credential,
             handler_id,
         };
         for lane in 0..lanes.count.max(1) {
@@ -320,10 +320,7 @@ impl ManagerClient {
         for attempt in 0..self.urls.len() * 2 {
             let index = (*start_at + attempt) % self.urls.len();
             let url = format!("{}{}", self.urls[index].trim_end_matches('/'), path);
-            let mut request = self
-                .http
-                .post(&url)
-                .header(CLUSTER_SECRET_HEADER, &self.secret);
+            let mut request = self.credential.apply(self.http.post(&url));
             if let Some(batch_id) = batch_id {
                 request = request.header(BATCH_ID_HEADER, batch_id);
             }
@@ -368,9 +365,8 @@ impl ManagerClient {
         for url in self.urls.iter() {
             let url = format!("{}{}", url.trim_end_matches('/'), path);
             match self
-                .http
-                .post(&url)
-                .header(CLUSTER_SECRET_HEADER, &self.secret)
+                .credential
+                .apply(self.http.post(&url))
                 .send()
                 .await
             {
@@ -401,9 +397,8 @@ impl ManagerClient {
                 self.handler_id
             );
             if let Ok(resp) = self
-                .http
-                .delete(&url)
-                .header(CLUSTER_SECRET_HEADER, &self.secret)
+                .credential
+                .apply(self.http.delete(&url))
                 .send()
                 .await
             {

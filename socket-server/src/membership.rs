@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_protocol::registry::{Registration, CLUSTER_SECRET_HEADER};
+use switchboard_protocol::registry::Registration;
+use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::shutdown::CancellationToken;
 
 use crate::ServerState;
@@ -78,9 +79,12 @@ async fn register(state: &ServerState, http: &reqwest::Client) -> Result<(), Str
         "{}/api/v1/socket-servers",
         state.config.registry_url.trim_end_matches('/')
     );
-    let response = http
-        .post(url)
-        .header(CLUSTER_SECRET_HEADER, &state.config.common.cluster_secret)
+    let response = state
+        .config
+        .common
+        .cluster
+        .credential(ServiceRole::SocketServer)
+        .apply(http.post(url))
         .json(&registration)
         .send()
         .await

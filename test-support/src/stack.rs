@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rand::Rng;
+use switchboard_protocol::token::TokenKeys;
+use switchboard_service_kit::cluster_auth::{ClusterCredential, ServiceRole};
 
 use crate::broker::Broker;
+use crate::credentials::Credentials;
 use crate::http::wait_ready;
 use crate::nginx::Nginx;
 use crate::paths::bin_path;
@@ -181,8 +183,7 @@ pub struct Stack {
     messaging: bool,
     common_env: Vec<(String, String)>,
     message_service_env: Vec<(String, String)>,
-    jwt_secret: String,
-    cluster_secret: String,
+    credentials: Credentials,
     max_connections: u64,
     fast_timings: bool,
     extra_env: Vec<(String, String)>,
@@ -191,11 +192,6 @@ pub struct Stack {
     log_dir: PathBuf,
     work_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
-}
-
-fn random_secret() -> String {
-    let bytes: [u8; 24] = rand::thread_rng().gen();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn env_override(env: &[(String, String)], key: &str) -> Option<String> {
@@ -250,11 +246,11 @@ impl Stack {
                 .await
                 .context("starting Redis + Sentinels")?;
 
-        let jwt_secret =
-            env_override(&opts.extra_env, "SB_JWT_SECRET").unwrap_or_else(random_secret);
-        let cluster_secret =
-            env_override(&opts.extra_env, "SB_CLUSTER_SECRET").unwrap_or_else(random_secret);
-        let mut common = common_env(&redis.sentinels_env(), &jwt_secret, &cluster_secret);
+        let credentials = Credentials::generate(
+            &work_dir.join("credentials"),
+            env_override(&opts.extra_env, "SB_JWT_SECRET"),
+        )?;
+        let mut common = common_env(&redis.sentinels_env());
 
         // The chat path: database, broker, message service, managers.
         let mut postgres = None;
@@ -285,10 +281,24 @@ impl Stack {
                 "SB_MESSAGE_SERVICE_URL",
                 format!("http://127.0.0.1:{ms_port}"),
             ));
+            // The managers' ports are known before they start: the message service numbers
+            // server-API messages through them (SB_MANAGER_URLS).
+            let manager_ports: Vec<u16> = (0..opts.managers)
+                .map(|i| pick(fixed.as_ref().map(|f| &f.managers), i))
+                .collect();
             let mut env = common.clone();
             env.push(kv("SB_MESSAGE_BIND", format!("127.0.0.1:{ms_port}")));
+            env.push(kv(
+                "SB_MANAGER_URLS",
+                manager_ports
+                    .iter()
+                    .map(|p| format!("http://127.0.0.1:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ));
             env.push(kv("SB_DATABASE_URL", pg.url()));
             env.extend(service_redis_env("message-service"));
+            env.extend(credentials.env(ServiceRole::MessageService));
             env.extend(opts.extra_env.iter().cloned());
             let process = ManagedProcess::spawn(
                 "message-service",
@@ -304,11 +314,11 @@ impl Stack {
                 process,
             };
             let mut manager_urls = Vec::new();
-            for i in 0..opts.managers {
-                let port = pick(fixed.as_ref().map(|f| &f.managers), i);
+            for (i, &port) in manager_ports.iter().enumerate() {
                 let mut env = common.clone();
                 env.push(kv("SB_MANAGER_BIND", format!("127.0.0.1:{port}")));
                 env.extend(service_redis_env("socket-manager"));
+                env.extend(credentials.env(ServiceRole::SocketManager));
                 if opts.fast_timings {
                     env.push(kv("SB_HANDLER_TTL_MS", "3000"));
                 }
@@ -347,6 +357,7 @@ impl Stack {
             let mut env = common.clone();
             env.push(kv("SB_REGISTRY_BIND", format!("127.0.0.1:{port}")));
             env.extend(service_redis_env("registry"));
+            env.extend(credentials.env(ServiceRole::Registry));
             env.extend(opts.extra_env.iter().cloned());
             let name = format!("registry-{}", i + 1);
             let process =
@@ -389,8 +400,7 @@ impl Stack {
             messaging: opts.messaging,
             common_env: common,
             message_service_env,
-            jwt_secret,
-            cluster_secret,
+            credentials,
             max_connections: opts.max_connections,
             fast_timings: opts.fast_timings,
             extra_env: opts.extra_env.clone(),
@@ -430,6 +440,7 @@ impl Stack {
                 kv("SB_FAILURE_THRESHOLD", "2"),
             ]);
             env.extend(service_redis_env("health-checker"));
+            env.extend(stack.credentials.env(ServiceRole::HealthChecker));
             env.extend(stack.extra_env.iter().cloned());
             let name = format!("health-checker-{}", i + 1);
             let process = ManagedProcess::spawn(
@@ -513,6 +524,7 @@ impl Stack {
             kv("SB_MAX_CONNECTIONS", self.max_connections.to_string()),
         ]);
         env.extend(service_redis_env("socket-server"));
+        env.extend(self.credentials.env(ServiceRole::SocketServer));
         if self.fast_timings {
             env.extend([
                 kv("SB_HEARTBEAT_INTERVAL_MS", "1000"),
@@ -572,14 +584,19 @@ impl Stack {
         self.nginx.url()
     }
 
-    /// `SB_JWT_SECRET` (HS256).
-    pub fn jwt_secret(&self) -> &str {
-        &self.jwt_secret
+    /// The stack's credentials: per-service secrets and the client-token keys.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
-    /// `SB_CLUSTER_SECRET` (the `x-cluster-secret` header of cluster-only routes).
-    pub fn cluster_secret(&self) -> &str {
-        &self.cluster_secret
+    /// Keys that mint client tokens this stack accepts.
+    pub fn token_keys(&self) -> TokenKeys {
+        self.credentials.token_keys()
+    }
+
+    /// What a service of `role` presents on cluster-only calls.
+    pub fn credential(&self, role: ServiceRole) -> ClusterCredential {
+        self.credentials.credential(role)
     }
 
     /// `SB_REDIS_PREFIX`, `sb:`.
@@ -633,14 +650,12 @@ impl Stack {
     }
 }
 
-fn common_env(sentinels: &str, jwt_secret: &str, cluster_secret: &str) -> Vec<(String, String)> {
+fn common_env(sentinels: &str) -> Vec<(String, String)> {
     vec![
         kv("SB_REDIS_SENTINELS", sentinels),
         kv("SB_REDIS_MASTER_NAME", MASTER_NAME),
         kv("SB_REDIS_PREFIX", REDIS_PREFIX),
         kv("SB_REDIS_PASSWORD", crate::redis_cluster::REDIS_PASSWORD),
-        kv("SB_JWT_SECRET", jwt_secret),
-        kv("SB_CLUSTER_SECRET", cluster_secret),
         kv("SB_DEV_MODE", "true"),
         // Every test client (and the benchmark's thousands) comes from loopback, which real
         // per-address limits would refuse; the abuse test sets real ones (extra_env).

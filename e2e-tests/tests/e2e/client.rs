@@ -15,12 +15,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub fn token_for(stack: &Stack, user: &str) -> String {
-    switchboard_client::mint_token(
-        stack.jwt_secret().as_bytes(),
-        user,
-        chrono::Duration::hours(1),
-    )
-    .expect("mint")
+    stack
+        .token_keys()
+        .mint(user, chrono::Duration::hours(1))
+        .expect("mint")
+        .0
 }
 
 pub fn http() -> reqwest::Client {

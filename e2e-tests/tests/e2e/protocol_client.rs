@@ -15,15 +15,22 @@ fn venv_python() -> std::path::PathBuf {
     std::path::Path::new(&home).join(".cache/switchboard/venv/bin/python")
 }
 
+const SCENARIO_JWT_SECRET: &str = "the-python-scenario-mints-with-this-secret";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_independent_client_written_from_the_protocol_document_works() {
     // An origin allowlist, so the scenario can check that a page from elsewhere is refused.
     let stack = Stack::start(StackOptions {
         socket_servers: 2,
-        extra_env: vec![(
-            "SB_ALLOWED_ORIGINS".to_owned(),
-            "http://chat.example.com".to_owned(),
-        )],
+        extra_env: vec![
+            (
+                "SB_ALLOWED_ORIGINS".to_owned(),
+                "http://chat.example.com".to_owned(),
+            ),
+            // The scenario mints HS256 tokens with the standard library (the shared-secret
+            // mode; the stack's default is Ed25519, which the stdlib cannot sign).
+            ("SB_JWT_SECRET".to_owned(), SCENARIO_JWT_SECRET.to_owned()),
+        ],
         ..StackOptions::default()
     })
     .await
@@ -50,7 +57,7 @@ async fn an_independent_client_written_from_the_protocol_document_works() {
 
     let script = repo_root().join("clients/python/scenario.py");
     let base_url = stack.nginx_url();
-    let secret = stack.jwt_secret().to_owned();
+    let secret = SCENARIO_JWT_SECRET.to_owned();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(script)

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use switchboard_test_support::ServiceRole;
 use switchboard_test_support::{Stack, StackOptions};
 
 use crate::client::{
@@ -189,7 +190,11 @@ async fn cluster_routes_need_the_secret_and_dev_tokens_work() {
     // With the secret: register, see it listed, deregister.
     let resp = http
         .post(format!("{base}/api/v1/socket-servers"))
-        .header("x-cluster-secret", stack.cluster_secret())
+        .header("x-cluster-service", "socket-server")
+        .header(
+            "x-cluster-secret",
+            stack.credential(ServiceRole::SocketServer).headers()[1].1,
+        )
         .json(&registration)
         .send()
         .await
@@ -198,7 +203,11 @@ async fn cluster_routes_need_the_secret_and_dev_tokens_work() {
     assert!(scores(&stack).await.contains_key("intruder"));
     let resp = http
         .delete(format!("{base}/api/v1/socket-servers/intruder"))
-        .header("x-cluster-secret", stack.cluster_secret())
+        .header("x-cluster-service", "socket-server")
+        .header(
+            "x-cluster-secret",
+            stack.credential(ServiceRole::SocketServer).headers()[1].1,
+        )
         .send()
         .await
         .unwrap();
@@ -208,7 +217,11 @@ async fn cluster_routes_need_the_secret_and_dev_tokens_work() {
     // Malformed registration body: JSON error, not plain text.
     let resp = http
         .post(format!("{base}/api/v1/socket-servers"))
-        .header("x-cluster-secret", stack.cluster_secret())
+        .header("x-cluster-service", "socket-server")
+        .header(
+            "x-cluster-secret",
+            stack.credential(ServiceRole::SocketServer).headers()[1].1,
+        )
         .header("content-type", "application/json")
         .body("{not json")
         .send()

@@ -29,7 +29,7 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
     let stack = small_stack().await;
     let url = stack.socket_servers[0].ws_url();
     let now = chrono::Utc::now().timestamp();
-    let keys = TokenKeys::new(stack.jwt_secret().as_bytes());
+    let keys = stack.token_keys();
     let expired = keys.sign_claims(&Claims::new("alice", now - 60, now - 120));
     let wrongly_signed = TokenKeys::new(b"not-the-secret")
         .mint("alice", chrono::Duration::hours(1))
@@ -336,6 +336,8 @@ async fn identity_provider_tokens_are_verified_with_its_jwks_and_policy() {
             env("SB_JWT_JWKS_URL", &jwks_url),
             env("SB_JWT_ISSUER", "https://idp.example.com/"),
             env("SB_JWT_AUDIENCE", "switchboard"),
+            // The shared-secret mode: every service holds this secret, which must not verify.
+            env("SB_JWT_SECRET", "an-hs256-secret-every-service-holds-0123"),
         ],
         ..StackOptions::default()
     })
@@ -442,7 +444,7 @@ async fn identity_provider_tokens_are_verified_with_its_jwks_and_policy() {
     // HS256 tokens signed with the cluster's secret are refused with a JWKS (SB_JWT_HS256 is
     // auto: off), bare or with the right issuer and audience: the secret is in every
     // service, so it must not be able to forge a user's token.
-    let secret = stack.jwt_secret().as_bytes().to_vec();
+    let secret = b"an-hs256-secret-every-service-holds-0123".to_vec();
     let bare = TokenKeys::new(&secret)
         .mint("carol", chrono::Duration::minutes(5))
         .unwrap()

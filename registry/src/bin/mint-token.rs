@@ -1,21 +1,35 @@
-//! `mint-token USER_ID [TTL_SECONDS]`: prints a client JWT signed with `SB_JWT_SECRET` (the
-//! same default as the services), for scripts and for clusters that run without dev mode.
+//! `mint-token USER_ID [TTL_SECONDS]`: prints a client JWT signed with the Ed25519 key in
+//! `SB_JWT_PRIVATE_KEY_FILE`, or else with `SB_JWT_SECRET` (the same default as the services),
+//! for scripts and for clusters that run without dev mode.
 
 use switchboard_protocol::token::TokenKeys;
+use switchboard_protocol::token::TokenPolicy;
 use switchboard_service_kit::cli::Cli;
-use switchboard_service_kit::config::{env_string, DEFAULT_JWT_SECRET, SB_JWT_SECRET};
+use switchboard_service_kit::config::{
+    env_optional, env_string, DEFAULT_JWT_SECRET, SB_JWT_PRIVATE_KEY_FILE, SB_JWT_SECRET,
+};
 use switchboard_service_kit::env::{EnvTable, EnvVar};
 
-const ENV: &[EnvVar] = &[EnvVar {
-    name: SB_JWT_SECRET,
-    default: Some(DEFAULT_JWT_SECRET),
-    doc: "The HS256 secret to sign with: the services' SB_JWT_SECRET.",
-}];
+const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: SB_JWT_PRIVATE_KEY_FILE,
+        default: None,
+        doc: "An Ed25519 private key (PEM, PKCS#8) to sign with (EdDSA): the key whose public \
+              half the services hold in SB_JWT_PUBLIC_KEY_FILE. Unset: SB_JWT_SECRET.",
+    },
+    EnvVar {
+        name: SB_JWT_SECRET,
+        default: Some(DEFAULT_JWT_SECRET),
+        doc: "The HS256 secret to sign with (without SB_JWT_PRIVATE_KEY_FILE): the services' \
+              SB_JWT_SECRET.",
+    },
+];
 
 const CLI: Cli = Cli {
     name: "mint-token",
     version: env!("CARGO_PKG_VERSION"),
-    about: "Prints a client JWT for USER_ID, signed with SB_JWT_SECRET and valid for \
+    about: "Prints a client JWT for USER_ID, signed with SB_JWT_PRIVATE_KEY_FILE (Ed25519) or \
+            SB_JWT_SECRET (HS256) and valid for \
             TTL_SECONDS (default 86400), for scripts and for clusters that run without dev \
             mode. The token carries no iss or aud claim, so it only passes services that do \
             not set SB_JWT_ISSUER or SB_JWT_AUDIENCE.",
@@ -43,8 +57,22 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let secret = env_string(SB_JWT_SECRET, DEFAULT_JWT_SECRET);
-    match TokenKeys::new(secret.as_bytes()).mint(&user, chrono::Duration::seconds(ttl)) {
+    let keys = match env_optional(SB_JWT_PRIVATE_KEY_FILE) {
+        Some(path) => {
+            let pem = std::fs::read(&path).unwrap_or_else(|e| {
+                eprintln!("{SB_JWT_PRIVATE_KEY_FILE}={path}: cannot read it: {e}");
+                std::process::exit(2);
+            });
+            TokenKeys::without_keys(TokenPolicy::default())
+                .with_ed25519(None, Some(&pem))
+                .unwrap_or_else(|e| {
+                    eprintln!("{SB_JWT_PRIVATE_KEY_FILE}={path}: {e}");
+                    std::process::exit(2);
+                })
+        }
+        None => TokenKeys::new(env_string(SB_JWT_SECRET, DEFAULT_JWT_SECRET).as_bytes()),
+    };
+    match keys.mint(&user, chrono::Duration::seconds(ttl)) {
         Ok((token, _)) => println!("{token}"),
         Err(e) => {
             eprintln!("cannot mint a token for {user:?}: {e}");

@@ -235,10 +235,19 @@ fn print_banner(stack: &Stack, ports: &FixedPorts) {
         "  logs                  {}/ (one file per process)",
         stack.log_dir().display()
     );
-    println!(
-        "  cluster secret        {} (header x-cluster-secret)",
-        stack.cluster_secret()
-    );
+    // Per-service credentials: what a tool poking an internal route must present.
+    let manager =
+        stack.credential(switchboard_service_kit::cluster_auth::ServiceRole::SocketServer);
+    let [(role_header, role), (secret_header, secret)] = manager.headers();
+    println!("  socket-server creds   {role_header}: {role}, {secret_header}: {secret}");
+    if let switchboard_test_support::credentials::TokenSigning::Ed25519 { private_pem, .. } =
+        &stack.credentials().signing
+    {
+        println!(
+            "  token signing key     {} (Ed25519; only the registry holds it)",
+            private_pem.display()
+        );
+    }
     println!();
     println!(
         "Open the demo: http://localhost:{}/  (two browser tabs, two user names)",
