@@ -14,7 +14,16 @@ Standard library only (a minimal RFC 6455 client below). Every wait is bounded. 
      socket servers use nginx's unpublished :8081, where the registry still wants the
      cluster secret), and the /ws/<ip> tunnel only reaches registered socket servers;
   6. Redis and the Sentinels refuse commands without the password (NOAUTH), over the network
-     and on loopback, and answer with it (SB_REDIS_PASSWORD from the `secrets` volume).
+     and on loopback, and answer with it (SB_REDIS_PASSWORD from the `redis-secrets` volume);
+  7. least privilege (issue 24): each service container holds only its own Redis password;
+     the socket server's Redis user cannot read or write the membership mirror (`members:*`),
+     nor run admin commands (NOPERM), while the message service's user may write it; the
+     services' Sentinel user (`sb-client`) cannot run SENTINEL MONITOR/REMOVE/FAILOVER/SET
+     (NOPERM) and a service's Redis user is no Sentinel user at all. Everything above and
+     after (chat, a replica stop, the master failover) runs under these users;
+  8. nginx's per-address connection limit: one address holding more connections than
+     `limit_conn` allows gets 429 for the excess, while a client at another address (a
+     container) still gets through, and the flooding address again once it lets go.
 
 Environment: SB_PUBLIC_PORT, SMOKE_COMPOSE (the docker-compose command line, space separated),
 SMOKE_DOCKER (the docker command).
@@ -24,6 +33,7 @@ import base64
 import json
 import os
 import queue
+import select
 import socket
 import struct
 import subprocess
@@ -302,6 +312,166 @@ def container_ip(container):
                          container])
 
 
+def service_secret(service, name):
+    """The secret `name` as the first container of compose service `service` holds it."""
+    container = run(COMPOSE + ["ps", "-q", service]).split()[0]
+    return run(DOCKER + ["exec", container, "cat", f"/var/lib/switchboard/redis/{name}"], timeout=10)
+
+
+def redis_as(container, user, password, host, port, *command):
+    """redis-cli in `container` (any Redis or Sentinel container), logged in as `user`."""
+    return run_any(DOCKER + ["exec", "-e", f"REDISCLI_AUTH={password}", container, "redis-cli",
+                             "--user", user, "-h", host, "-p", str(port)] + list(command), timeout=15)
+
+
+def least_privilege(master, sentinel):
+    """7. Each service is its own Redis user with only its key families; its Sentinel user
+    may only ask where the master is (issue 24, item 12)."""
+    # Each service container has only its own Redis password: no admin password, no other
+    # service's, and the volume is read-only for it.
+    passwords = {}
+    for service in ("registry-1", "socket-server", "socket-manager-1", "health-checker",
+                    "message-service"):
+        container = run(COMPOSE + ["ps", "-q", service]).split()[0]
+        out = run_any(DOCKER + ["exec", container, "sh", "-c",
+                                "ls -A /var/lib/switchboard/secrets /var/lib/switchboard/redis; "
+                                "touch /var/lib/switchboard/redis/x 2>&1"], timeout=15)
+        check("SB_REDIS" not in out.split("/var/lib/switchboard/redis:")[0]
+              and "Read-only file system" in out,
+              f"{service}: the secrets volume holds a Redis password, or its own Redis volume "
+              f"is writable: {out!r}")
+        passwords[service] = service_secret(service, "SB_REDIS_PASSWORD")
+    admin = run(DOCKER + ["exec", master, "cat", "/var/lib/switchboard/secrets/SB_REDIS_PASSWORD"])
+    check(len(set(passwords.values()) | {admin}) == len(passwords) + 1,
+          "two services (or a service and the admin) share a Redis password")
+
+    socket_pw = passwords["socket-server"]
+    # The credentials work (so the refusals below are the ACL's, not a bad password) ...
+    out = redis_as(sentinel, "sb-socket-server", socket_pw, "redis-master", 6379, "exists", "sb:servers")
+    check(out in ("0", "1"), f"sb-socket-server cannot even read the directory: {out!r}")
+    # ... but the membership mirror, the counters and admin commands are refused.
+    for command in [
+        ("set", "sb:members:smoke-intruder", "alice"),
+        ("sadd", "sb:members:smoke-intruder", "alice"),
+        ("smembers", "sb:members:smoke-intruder"),
+        ("set", "sb:members-version:smoke-intruder", "9"),
+        ("incr", "sb:seq:smoke-intruder"),
+        ("config", "set", "maxmemory", "1"),
+        ("replicaof", "10.0.0.1", "6379"),
+        ("acl", "setuser", "sb-socket-server", "~*"),
+        ("flushall",),
+    ]:
+        out = redis_as(sentinel, "sb-socket-server", socket_pw, "redis-master", 6379, *command)
+        check("NOPERM" in out, f"sb-socket-server ran {' '.join(command)!r}: {out!r}")
+    # The mirror's owner may write it (a key no conversation uses, removed again).
+    msg_pw = passwords["message-service"]
+    out = redis_as(sentinel, "sb-message-service", msg_pw, "redis-master", 6379,
+                   "set", "sb:members:smoke-probe", "1")
+    check(out == "OK", f"the message service cannot write the membership mirror: {out!r}")
+    redis_as(sentinel, "sb-message-service", msg_pw, "redis-master", 6379, "del", "sb:members:smoke-probe")
+    log("each service holds only its own Redis password; sb-socket-server gets NOPERM on the "
+        "membership mirror, counters and admin commands; sb-message-service writes the mirror")
+
+    # The Sentinels: the services' user asks where the master is, and nothing else.
+    client_pw = service_secret("socket-server", "SB_REDIS_SENTINEL_PASSWORD")
+    out = redis_as(sentinel, "sb-client", client_pw, "sentinel-2", 26379,
+                   "sentinel", "get-master-addr-by-name", "switchboard")
+    check(out.split()[:1] == [container_ip(master)],
+          f"sb-client cannot ask where the master is: {out!r}")
+    for command in [
+        ("sentinel", "monitor", "evil", "10.0.0.1", "6379", "2"),
+        ("sentinel", "remove", "switchboard"),
+        ("sentinel", "failover", "switchboard"),
+        ("sentinel", "set", "switchboard", "auth-pass", "stolen"),
+        ("sentinel", "reset", "*"),
+        ("sentinel", "masters"),
+        ("sentinel", "config", "set", "announce-ip", "10.0.0.1"),
+    ]:
+        out = redis_as(sentinel, "sb-client", client_pw, "sentinel-2", 26379, *command)
+        check("NOPERM" in out, f"sb-client ran {' '.join(command)!r} on a Sentinel: {out!r}")
+    out = redis_as(sentinel, "sb-socket-server", socket_pw, "sentinel-2", 26379,
+                   "sentinel", "monitor", "evil", "10.0.0.1", "6379", "2")
+    check("WRONGPASS" in out or "NOAUTH" in out or "NOPERM" in out,
+          f"the socket server's Redis user ran SENTINEL MONITOR: {out!r}")
+    check(sentinel_master(sentinel) == container_ip(master), "the Sentinels' master moved")
+    log("sb-client may only ask where the master is (SENTINEL MONITOR/REMOVE/FAILOVER/SET: "
+        "NOPERM); a service's Redis user is refused by the Sentinels")
+
+
+def nginx_conn_limit():
+    """The connection limit per address of nginx/compose.conf (`limit_conn sb_conn_per_ip N`)."""
+    conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "nginx", "compose.conf")
+    with open(conf) as f:
+        for line in f:
+            words = line.split()
+            if words[:2] == ["limit_conn", "sb_conn_per_ip"]:
+                return int(words[2].rstrip(";"))
+    raise Fail("nginx/compose.conf has no `limit_conn sb_conn_per_ip`")
+
+
+NGINX_CONN_LIMIT = nginx_conn_limit()
+
+
+def nginx_connection_limit():
+    """8. One address holding NGINX_CONN_LIMIT + 40 requests open: the excess gets 429 from
+    nginx's limit_conn, a client at another address (the registry container) still gets
+    through, and the flooding address again once its connections are closed."""
+    # A request counts against limit_conn while nginx processes it: each of these sends a
+    # head announcing a body it never sends, so nginx holds it reading the body. Paced under
+    # limit_req's 50 requests/s, so every refusal is limit_conn's.
+    head = (f"POST /api/v1/dev/token HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
+    flood = NGINX_CONN_LIMIT + 40
+    held, refused, other = [], 0, []
+    try:
+        for _ in range(flood):
+            s = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+            s.sendall(head)
+            held.append(s)
+            time.sleep(1 / 40)
+        # The held ones answer nothing (nginx waits for their bodies); the refused ones 429.
+        time.sleep(1)
+        answered, _, _ = select.select(held, [], [], 1)
+        for s in answered:
+            s.settimeout(5)
+            data = s.recv(4096)
+            if data.startswith(b"HTTP/1.1 429"):
+                refused += 1
+            else:
+                other.append(data[:60])
+            s.close()
+        held = [s for s in held if s not in answered]
+        check(not other, f"unexpected answers to the connection flood: {other[:3]}")
+        check(len(held) <= NGINX_CONN_LIMIT and refused >= flood - NGINX_CONN_LIMIT,
+              f"{flood} connections from one address: {len(held)} held, {refused} refused "
+              f"(limit_conn {NGINX_CONN_LIMIT})")
+        # Meanwhile a client at another address gets through (the registry's container).
+        registry = run(COMPOSE + ["ps", "-q", "registry-1"])
+        out = run_any(DOCKER + ["exec", registry, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                "http://nginx/api/v1/socket-servers"], timeout=15)
+        check(out == "200", f"another address got {out} from nginx during the flood")
+        status, _ = http("GET", "/api/v1/socket-servers")
+        check(status == 429, f"the flooding address got {status} for one more request, not 429")
+    finally:
+        for s in held:
+            s.close()
+    until(10, "the flooding address to get through again once it let go",
+          lambda: http("GET", "/api/v1/socket-servers")[0] == 200)
+    # Descriptors for that many: nginx's workers (worker_rlimit_nofile) and the socket servers
+    # (the service's `ulimits`) may open 20,000 files each.
+    # ([n]ginx: a pattern that does not match the shell running it.)
+    for service, process in [("nginx", "[n]ginx: worker"), ("socket-server", "[s]ocket-server")]:
+        container = run(COMPOSE + ["ps", "-q", service]).split()[0]
+        out = run_any(DOCKER + ["exec", container, "sh", "-c",
+                                "for p in /proc/[0-9]*; do "
+                                f"grep -aq '{process}' $p/cmdline 2>/dev/null "
+                                "&& grep 'Max open files' $p/limits && break; done"], timeout=15)
+        check(out.split()[3:4] == ["20000"], f"{service}: open files limit {out!r}, not 20000")
+    log("nginx's workers and the socket servers may open 20,000 files each")
+    log(f"nginx limit_conn: {flood} connections from one address, {len(held)} held, {refused} "
+        f"refused with 429; another address and then the same one got through")
+
+
 # ---- the scenario ----------------------------------------------------------------------------
 
 
@@ -364,20 +534,26 @@ def main():
     out = run_any(DOCKER + ["exec", sentinel] + AUTH_CLI + ["-h", "redis-master", "-p", "6379", "ping"],
                   timeout=15)
     check(out == "PONG", f"redis-cli with the password to the master answered {out!r}")
-    # Every secret was generated into the volume (dev mode would otherwise hide a volume the
-    # Switchboard user cannot write: the Redis containers create it, as root, first).
+    # Every secret was generated into the volumes (dev mode would otherwise hide a volume the
+    # Switchboard user cannot write), and a service's volumes hold its own secrets only.
     registry = run(COMPOSE + ["ps", "-q", "registry-1"])
-    out = run_any(DOCKER + ["exec", registry, "sh", "-c",
-                            "cd /var/lib/switchboard/secrets && wc -c SB_JWT_SECRET SB_CLUSTER_SECRET "
-                            "SB_REDIS_PASSWORD && stat -c '%u %a %n' . *"], timeout=15)
-    lines = [line.split() for line in out.splitlines()]
-    sizes = {w[1]: w[0] for w in lines if len(w) == 2}
-    modes = {w[2]: (w[0], w[1]) for w in lines if len(w) == 3}
-    names = ("SB_JWT_SECRET", "SB_CLUSTER_SECRET", "SB_REDIS_PASSWORD")
-    check(all(sizes.get(n) == "48" and modes.get(n) == ("10001", "600") for n in names)
-          and modes.get(".") == ("10001", "700"),
-          f"the secrets volume lacks a generated secret or belongs to the wrong user: {out!r}")
+    for where, names in [
+        ("/var/lib/switchboard/secrets", ("SB_JWT_SECRET", "SB_CLUSTER_SECRET")),
+        ("/var/lib/switchboard/redis", ("SB_REDIS_PASSWORD", "SB_REDIS_SENTINEL_PASSWORD")),
+    ]:
+        out = run_any(DOCKER + ["exec", registry, "sh", "-c",
+                                f"cd {where} && wc -c * && stat -c '%u %a %n' . *"], timeout=15)
+        lines = [line.split() for line in out.splitlines()]
+        sizes = {w[1]: w[0] for w in lines if len(w) == 2 and w[1] != "total"}
+        modes = {w[2]: (w[0], w[1]) for w in lines if len(w) == 3}
+        check(set(sizes) == set(names)
+              and all(sizes.get(n) == "48" and modes.get(n) == ("10001", "600") for n in names)
+              and modes.get(".") == ("10001", "700"),
+              f"{where} in registry-1 should hold exactly {names} (48 hex digits, uid 10001, "
+              f"modes 700/600): {out!r}")
     log("Redis and Sentinel refuse unauthenticated clients (NOAUTH), accept the password")
+
+    least_privilege(master, sentinel)
 
     # 2. two clients on different replicas chat through nginx
     alice, bob = token("alice"), token("bob")
@@ -482,6 +658,8 @@ def main():
     log("the old master came back as an authenticated replica of the new master")
     a_ws.close()
     b_ws.close()
+
+    nginx_connection_limit()
     log("all checks passed")
 
 

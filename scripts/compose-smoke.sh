@@ -12,8 +12,12 @@
 #   3. runs docker-compose.yml (+ compose.offline.yml, which only swaps those images and the
 #      broker) with `up -d --scale socket-server=3`, then compose/smoke_client.py checks
 #      assignment, chat across replicas, a replica stop, a Redis master stop (Sentinel
-#      failover, with Redis AUTH on), what the public nginx refuses, and that Redis and the
-#      Sentinels refuse clients without the generated password (NOAUTH);
+#      failover, with Redis AUTH on and every service as its own Redis ACL user), what the
+#      public nginx refuses, that Redis and the Sentinels refuse clients without the generated
+#      password (NOAUTH), that a service's Redis user gets NOPERM outside its key families
+#      (the socket server on the membership mirror) and its Sentinel user on SENTINEL
+#      MONITOR/REMOVE/FAILOVER, and that nginx's limit_conn refuses one address's excess
+#      connections (429) while another address gets through;
 #   4. `down -v` must leave no container, network or volume of the project.
 #
 # Traffic goes only to the containers it starts and to loopback (plus the Debian mirror for
@@ -240,7 +244,7 @@ all_published="$($DOCKER port "$($COMPOSE ps -q nginx)")"
 
 log "running the client checks"
 SB_PUBLIC_PORT="$PORT" SMOKE_COMPOSE="$COMPOSE" SMOKE_DOCKER="$DOCKER" \
-    timeout 300 python3 -B compose/smoke_client.py || die "client checks failed"
+    timeout 420 python3 -B compose/smoke_client.py || die "client checks failed"
 
 # nginx logged the WebSocket upgrades, but not their ?token=<JWT>.
 nginx_log="$($COMPOSE logs --no-color nginx 2>&1)"

@@ -9,6 +9,7 @@
 //! [`RedisSentinelCluster`], [`Nginx`], [`ManagedProcess`].
 
 pub mod broker;
+pub mod compose_acl;
 pub mod http;
 pub mod netcut;
 pub mod nginx;

@@ -47,6 +47,16 @@ pub const SERVICE_USERS: &[&str] = &[
 /// the harness keep the default user.
 pub const SENTINEL_CLIENT_USER: &str = "sb-client";
 
+/// The commands of [`SENTINEL_CLIENT_USER`]: where the master is, and what a client needs
+/// to log in (compose's Sentinels get the same rules: `crate::compose_acl`).
+pub const SENTINEL_CLIENT_RULES: &str =
+    "-@all +auth +hello +ping +client|setname +sentinel|get-master-addr-by-name";
+
+/// The channels and commands of every service's Redis user (after its key patterns): its
+/// `sb:` channels, and everything but admin and dangerous commands, plus `INFO` and `ROLE`
+/// (master checks, memory gauges). Compose's users get the same (`crate::compose_acl`).
+pub const SERVICE_COMMAND_RULES: &str = "&sb:* +@all -@admin -@dangerous +info +role";
+
 /// The password of [`SENTINEL_CLIENT_USER`].
 pub const SENTINEL_CLIENT_PASSWORD: &str = "switchboard-local-sentinel-client-password";
 
@@ -194,7 +204,7 @@ pub fn redis_conf(port: u16, dir: &Path, replica_of: Option<u16>) -> String {
     ));
     for service in SERVICE_USERS {
         conf.push_str(&format!(
-            "user {} on >{} {} &sb:* +@all -@admin -@dangerous +info +role\n",
+            "user {} on >{} {} {SERVICE_COMMAND_RULES}\n",
             service_user(service),
             service_password(service),
             key_patterns(service)
@@ -223,7 +233,7 @@ pub fn sentinel_conf(port: u16, dir: &Path, master_port: u16) -> String {
          sentinel auth-pass {MASTER_NAME} {REDIS_PASSWORD}\n\
          requirepass {REDIS_PASSWORD}\n\
          sentinel sentinel-pass {REDIS_PASSWORD}\n\
-         user {SENTINEL_CLIENT_USER} on >{SENTINEL_CLIENT_PASSWORD} -@all +auth +hello +ping +client|setname +sentinel|get-master-addr-by-name\n",
+         user {SENTINEL_CLIENT_USER} on >{SENTINEL_CLIENT_PASSWORD} {SENTINEL_CLIENT_RULES}\n",
         dir = dir.display()
     )
 }

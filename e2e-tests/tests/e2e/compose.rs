@@ -512,11 +512,12 @@ fn compose_redis_and_sentinels_require_the_generated_password() {
     ] {
         let svc = service(&config, name);
         let mounts = mounts(svc);
+        // The Redis tier's own volume: no Switchboard container mounts it (below).
         assert!(
             mounts
                 .iter()
-                .any(|(s, t)| s == "secrets" && t == "/var/lib/switchboard/secrets"),
-            "`{name}` must mount the secrets volume: {mounts:?}"
+                .any(|(s, t)| s == "redis-secrets" && t == "/var/lib/switchboard/secrets"),
+            "`{name}` must mount the redis-secrets volume: {mounts:?}"
         );
         assert!(
             mounts
@@ -566,6 +567,33 @@ fn compose_redis_and_sentinels_require_the_generated_password() {
             .is_some_and(|v| v.contains_key(Value::from("secrets"))),
         "the `secrets` volume must be declared"
     );
+    // Least privilege (issue 24): each Switchboard service logs in as its own Redis user and
+    // mounts only its own password volume, never the Redis tier's secrets.
+    for (name, _) in OURS {
+        let svc = service(&config, name);
+        let mounts = mounts(svc);
+        assert!(
+            !mounts.iter().any(|(s, _)| s == "redis-secrets"),
+            "`{name}` must not mount the Redis tier's secrets: {mounts:?}"
+        );
+        let own: Vec<&(String, String)> = mounts
+            .iter()
+            .filter(|(s, _)| s.starts_with("redis-auth-"))
+            .collect();
+        assert!(
+            own.len() == 1 && own[0].1 == "/var/lib/switchboard/redis",
+            "`{name}` must mount exactly one redis-auth-<service> volume: {mounts:?}"
+        );
+        let user = environment(svc)
+            .get("SB_REDIS_USERNAME")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            format!("sb-{}", own[0].0.trim_start_matches("redis-auth-")),
+            user,
+            "`{name}`: its Redis user and its password volume must match"
+        );
+    }
 }
 
 /// `docker-compose config` does not reject cycles in depends_on; `up` would hang on them.
