@@ -56,6 +56,8 @@ pub struct Application {
         store::Store,
         switchboard_chat_state::membership::MembershipMirror,
     ),
+    /// The membership events' outbox: published to the events topic once committed.
+    events: (store::Store, switchboard_kafka::KafkaConfig),
 }
 
 impl Application {
@@ -102,6 +104,7 @@ impl Application {
         let config_origins = config.common.allowed_origins.clone();
         let mirror = switchboard_chat_state::membership::MembershipMirror::new(redis);
         let outbox = (store.clone(), mirror.clone());
+        let events = (store.clone(), config.kafka.clone());
         let state = web::Data::new(AppState {
             store: rest_store,
             internal: store,
@@ -126,6 +129,7 @@ impl Application {
             server,
             ingest,
             outbox,
+            events,
         })
     }
 
@@ -143,6 +147,11 @@ impl Application {
         workers.spawn(
             "membership outbox",
             outbox::run(store, mirror, shutdown.clone()),
+        );
+        let (store, kafka) = self.events;
+        workers.spawn(
+            "membership events",
+            outbox::publish_events(store, kafka, shutdown.clone()),
         );
         workers.serve(self.server, shutdown).await?;
         Ok(())

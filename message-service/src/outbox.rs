@@ -1,4 +1,5 @@
-//! The membership mirror's outbox, and the housekeeping of quota events.
+//! The membership mirror's outbox, the membership events' outbox ([`publish_events`]), and
+//! the housekeeping of quota events.
 //!
 //! A membership change commits in SQL together with a row in `mirror_outbox` (its
 //! conversation and new `members_version`). The request that made the change then updates the
@@ -71,6 +72,67 @@ pub async fn run(store: Store, mirror: MembershipMirror, shutdown: CancellationT
             if let Err(e) = store.prune_quota_events().await {
                 tracing::warn!(error = %e, "could not prune quota events");
             }
+        }
+    }
+}
+
+/// How often the membership events are looked for.
+pub const EVENTS_EVERY: Duration = Duration::from_millis(200);
+
+/// Publishes the membership events (`event_outbox`, written in the transactions of the
+/// changes) to the events topic, keyed by conversation, and deletes them once the broker has
+/// acknowledged them; until `shutdown`. A broker or database error leaves them for the next
+/// round: at least once, in order per conversation except that a round that failed part-way
+/// sends its acknowledged events again (readers deduplicate by `event_id`).
+pub async fn publish_events(
+    store: Store,
+    kafka: switchboard_kafka::KafkaConfig,
+    shutdown: CancellationToken,
+) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = match kafka.producer_config(5_000).create() {
+        Ok(producer) => producer,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make the membership events' producer");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(EVENTS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let due = match store.events_to_publish(BATCH).await {
+            Ok(due) if due.is_empty() => continue,
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the membership events");
+                continue;
+            }
+        };
+        let sends = due.iter().map(|(_, key, payload)| {
+            producer.send(
+                FutureRecord::to(&kafka.events_topic)
+                    .key(key.as_str())
+                    .payload(payload.as_str()),
+                Duration::from_millis(100),
+            )
+        });
+        let acks = futures_util::future::join_all(sends).await;
+        let mut published = Vec::with_capacity(due.len());
+        for ((id, _, _), ack) in due.iter().zip(acks) {
+            match ack {
+                Ok(_) => published.push(*id),
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "a membership event was not published; retried");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = store.events_published(&published).await {
+            tracing::warn!(error = %e, "could not forget published membership events; they go again");
         }
     }
 }

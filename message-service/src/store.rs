@@ -184,6 +184,7 @@ impl Store {
             }
             insert_members(&mut tx, &id, &members, "active", None).await?;
             membership_changed(&mut tx, &id, false).await?;
+            record_created(&mut tx, &id, "direct", None, caller, &members).await?;
             id
         } else {
             sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
@@ -244,6 +245,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         membership_changed(&mut tx, &id, false).await?;
+        let mut active = vec![caller.to_owned()];
+        if state == MemberState::Active {
+            active.extend(others.iter().cloned());
+        }
+        record_created(&mut tx, &id, "group", Some(name), caller, &active).await?;
         tx.commit().await?;
         self.conversation(&id)
             .await?
@@ -353,6 +359,9 @@ impl Store {
             .await?;
         }
         let version = membership_changed(&mut tx, conversation_id, true).await?;
+        if state == "active" {
+            record_member(&mut tx, conversation_id, user, false).await?;
+        }
         tx.commit().await?;
         Ok(Some(version))
     }
@@ -435,6 +444,7 @@ impl Store {
             (false, _) => Added::AlreadyThere,
             (true, MemberState::Invited) => Added::Invited,
             (true, MemberState::Active) => {
+                record_member(&mut tx, conversation_id, user, true).await?;
                 Added::Member(membership_changed(&mut tx, conversation_id, true).await?)
             }
         };
@@ -475,6 +485,7 @@ impl Store {
                 .bind(user)
                 .execute(&mut *tx)
                 .await?;
+            record_member(&mut tx, conversation_id, user, true).await?;
             Accepted::Joined(membership_changed(&mut tx, conversation_id, true).await?)
         } else {
             Accepted::Already
@@ -801,6 +812,26 @@ impl Store {
     }
 
     /// Forgets changes applied more than `recheck_secs` ago.
+    /// The oldest unpublished membership events: (row id, Kafka key, payload).
+    pub async fn events_to_publish(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT id, key, payload FROM event_outbox ORDER BY id LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Forgets published membership events.
+    pub async fn events_published(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM event_outbox WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn prune_mirror_outbox(&self, recheck_secs: u64) -> Result<u64, sqlx::Error> {
         sqlx::query(
             "DELETE FROM mirror_outbox WHERE applied_at < now() - make_interval(secs => $1)",
@@ -947,6 +978,75 @@ async fn membership_changed(
     .execute(&mut **tx)
     .await?;
     Ok(version.max(0) as u64)
+}
+
+/// In a membership change's transaction: the event describing it, for the events topic
+/// (`event_outbox`, published once committed by [`crate::outbox::publish_events`]).
+async fn record_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    conversation_id: &str,
+    event: &switchboard_message_log::Event,
+) -> Result<(), sqlx::Error> {
+    let payload = serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query("INSERT INTO event_outbox (key, payload) VALUES ($1, $2)")
+        .bind(conversation_id)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// `member.added` (`added`) or `member.removed` of `user`.
+async fn record_member(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    conversation_id: &str,
+    user: &str,
+    added: bool,
+) -> Result<(), sqlx::Error> {
+    use switchboard_message_log::Event;
+    let (event_id, conversation_id_owned, user_id, at) = (
+        ulid::Ulid::new().to_string(),
+        conversation_id.to_owned(),
+        user.to_owned(),
+        switchboard_protocol::Timestamp::now(),
+    );
+    let event = if added {
+        Event::MemberAdded {
+            event_id,
+            conversation_id: conversation_id_owned,
+            user_id,
+            at,
+        }
+    } else {
+        Event::MemberRemoved {
+            event_id,
+            conversation_id: conversation_id_owned,
+            user_id,
+            at,
+        }
+    };
+    record_event(tx, conversation_id, &event).await
+}
+
+/// `conversation.created`, with its active members.
+async fn record_created(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    conversation_id: &str,
+    kind: &str,
+    name: Option<&str>,
+    created_by: &str,
+    members: &[String],
+) -> Result<(), sqlx::Error> {
+    let event = switchboard_message_log::Event::ConversationCreated {
+        event_id: ulid::Ulid::new().to_string(),
+        conversation_id: conversation_id.to_owned(),
+        kind: kind.to_owned(),
+        name: name.map(str::to_owned),
+        created_by: created_by.to_owned(),
+        members: members.to_vec(),
+        at: switchboard_protocol::Timestamp::now(),
+    };
+    record_event(tx, conversation_id, &event).await
 }
 
 /// Marks `user`'s membership accepted (no-op when it already is, or is only an invite).
