@@ -8,6 +8,9 @@
 //! - [`membership`]: each conversation's members mirrored from PostgreSQL, versioned so a
 //!   stale refill cannot undo a removal. Written by the message service, read by the
 //!   managers.
+//! - [`sessions`]: the moment each user's sessions were ended (logout everywhere, a ban):
+//!   written by the socket managers, read by the socket servers, which refuse tokens issued
+//!   before it.
 //!
 //! The other families have one owner each in their own crates: the server directory
 //! (`servers`, `server:{id}`, `reserved:{id}`) in `switchboard-server-directory`, and the
@@ -15,3 +18,4 @@
 
 pub mod membership;
 pub mod presence;
+pub mod sessions;

@@ -25,6 +25,11 @@ pub enum ClientFrame {
         conversation_id: String,
     },
     Ping,
+    /// A fresh token for the same user, so the connection outlives the token it opened with
+    /// (answered by the socket server itself: `token_refreshed`, or an `error`).
+    Refresh {
+        token: String,
+    },
 }
 
 /// A frame the server sends.
@@ -66,6 +71,15 @@ pub enum ServerFrame {
         user_id: String,
     },
     Pong,
+    /// The connection's token expires at `expires_at` (its `exp`): send `refresh` with a new
+    /// token before then, or the connection is closed with 4401.
+    TokenExpiring {
+        expires_at: String,
+    },
+    /// A `refresh` was taken: the connection now lives until `expires_at`.
+    TokenRefreshed {
+        expires_at: String,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -151,6 +165,13 @@ mod tests {
             ClientFrame::parse(r#"{"type":"read","conversation_id":"c","seq":3}"#).unwrap(),
             ClientFrame::Read { seq: 3, .. }
         ));
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"refresh","token":"a.b.c"}"#).unwrap(),
+            ClientFrame::Refresh {
+                token: "a.b.c".into()
+            }
+        );
+        assert!(ClientFrame::parse(r#"{"type":"refresh"}"#).is_err());
     }
 
     #[test]
@@ -188,6 +209,20 @@ mod tests {
             serde_json::json!({"type":"hello","user_id":"alice","server_id":"s1"})
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+        let expiring = ServerFrame::TokenExpiring {
+            expires_at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        assert_eq!(
+            expiring.to_json(),
+            r#"{"type":"token_expiring","expires_at":"2026-01-01T00:00:00.000Z"}"#
+        );
+        let refreshed = ServerFrame::TokenRefreshed {
+            expires_at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        assert_eq!(
+            refreshed.to_json(),
+            r#"{"type":"token_refreshed","expires_at":"2026-01-01T00:00:00.000Z"}"#
+        );
         let err = ServerFrame::error(ErrorCode::BadRequest, "nope");
         assert_eq!(
             serde_json::to_value(&err).unwrap(),

@@ -6,6 +6,8 @@
 //! - [`ids`]: the ids that cross services (`UserId`, `ConversationId`, `HandlerId`,
 //!   `ClientMsgId`), each with its one parsing constructor.
 //! - [`time`]: [`Timestamp`], RFC 3339 UTC with milliseconds, as every body carries it.
+//! - [`sessions`]: the close codes that end a session for its token's sake, and the
+//!   cluster-internal bodies that end every session of a user.
 //! - [`error_code`]: the one table of stable error codes every service uses.
 //!
 //! Every service and every Rust client (tests, load generator) uses these types, so a field
@@ -17,6 +19,7 @@ pub mod frames;
 pub mod ids;
 pub mod internal;
 pub mod registry;
+pub mod sessions;
 pub mod time;
 pub mod token;
 

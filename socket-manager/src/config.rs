@@ -35,6 +35,7 @@ pub const SB_USER_BYTES_PER_MIN: &str = "SB_USER_BYTES_PER_MIN";
 pub const SB_USER_BYTES_BURST: &str = "SB_USER_BYTES_BURST";
 pub const SB_TYPING_INTERVAL_MS: &str = "SB_TYPING_INTERVAL_MS";
 pub const SB_USER_SENDS_PER_DAY: &str = "SB_USER_SENDS_PER_DAY";
+pub const SB_TOKEN_MAX_LIFETIME_SECS: &str = "SB_TOKEN_MAX_LIFETIME_SECS";
 
 /// What one message's record carries besides its body, at most, in encoded bytes: the field
 /// names, the conversation and message ids, `seq`, the timestamp, a `client_msg_id` of 128
@@ -200,6 +201,12 @@ pub const ENV: &[EnvVar] = &[
         default: None,
         doc: "This manager's name in sequence lease tokens. Unset: SB_MANAGER_BIND.",
     },
+    EnvVar {
+        name: SB_TOKEN_MAX_LIFETIME_SECS,
+        default: Some("604800"),
+        doc: "How long a user's sessions-ended mark is kept, in seconds: the longest token \
+              lifetime (exp - iat) the socket servers accept (set it as theirs).",
+    },
 ];
 
 /// The socket manager's table.
@@ -268,6 +275,8 @@ pub struct ManagerConfig {
     pub max_body_bytes: usize,
     /// The per-user quotas and typing coalescing (`SB_USER_*`, `SB_TYPING_INTERVAL_MS`).
     pub quotas: crate::quota::QuotaSettings,
+    /// The lifetime of a sessions-ended mark (`SB_TOKEN_MAX_LIFETIME_SECS`, default 7 days).
+    pub token_max_lifetime_secs: u64,
 }
 
 impl ManagerConfig {
@@ -354,6 +363,7 @@ impl ManagerConfig {
         }
         Ok(ManagerConfig {
             quotas,
+            token_max_lifetime_secs: lookup_or(lookup, SB_TOKEN_MAX_LIFETIME_SECS, 604_800)?,
             common: CommonConfig::from_lookup(lookup)?,
             kafka: KafkaConfig::from_lookup(lookup)?,
             message_service_url: lookup_string(

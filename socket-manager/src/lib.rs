@@ -17,6 +17,7 @@
 
 mod batching;
 pub mod config;
+mod end_sessions;
 mod janitor;
 mod kafka;
 mod members;

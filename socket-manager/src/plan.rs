@@ -236,6 +236,14 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
                 .signals
                 .push(signal(conversation_id, Some((ReceiptKind::Read, seq)))),
             ClientFrame::Ping => plan.replies[index] = Some(ServerFrame::Pong),
+            // The socket server answers a refresh itself; one forwarded here came from a
+            // server that does not know it.
+            ClientFrame::Refresh { .. } => {
+                plan.replies[index] = Some(ServerFrame::error(
+                    ErrorCode::BadRequest,
+                    "this server cannot refresh a token: reconnect with a new one",
+                ))
+            }
         }
     }
     plan

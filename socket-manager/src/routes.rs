@@ -23,7 +23,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/internal/v1/handlers/{id}/heartbeat",
             web::post().to(heartbeat),
         )
-        .route("/internal/v1/handlers/{id}/renew", web::post().to(renew));
+        .route("/internal/v1/handlers/{id}/renew", web::post().to(renew))
+        .route(crate::end_sessions::PATH, web::post().to(crate::end_sessions::end_sessions));
 }
 
 /// The id a handler names itself by: it becomes a Kafka topic name, so the rule is

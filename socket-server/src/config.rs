@@ -41,6 +41,8 @@ pub const SB_MANAGER_LANE_BATCHES: &str = "SB_MANAGER_LANE_BATCHES";
 pub const SB_HANDLER_HEARTBEAT_MS: &str = "SB_HANDLER_HEARTBEAT_MS";
 pub const SB_MAPPING_RENEW_MS: &str = "SB_MAPPING_RENEW_MS";
 pub const SB_DELIVERY_FETCH_WAIT_MS: &str = "SB_DELIVERY_FETCH_WAIT_MS";
+pub const SB_TOKEN_EXPIRY_NOTICE_MS: &str = "SB_TOKEN_EXPIRY_NOTICE_MS";
+pub const SB_TOKEN_MAX_LIFETIME_SECS: &str = "SB_TOKEN_MAX_LIFETIME_SECS";
 
 /// The socket server's own variables.
 pub const ENV: &[EnvVar] = &[
@@ -218,6 +220,19 @@ pub const ENV: &[EnvVar] = &[
               empty, in milliseconds. Records are delivered as they arrive either way; a \
               shorter wait only polls the broker more often when there is nothing to read.",
     },
+    EnvVar {
+        name: SB_TOKEN_EXPIRY_NOTICE_MS,
+        default: Some("60000"),
+        doc: "How long before a connection's token expires it is sent token_expiring, in \
+              milliseconds; at most a tenth of the token's lifetime (exp - iat).",
+    },
+    EnvVar {
+        name: SB_TOKEN_MAX_LIFETIME_SECS,
+        default: Some("604800"),
+        doc: "The longest token lifetime (exp - iat) accepted at the upgrade and in a refresh, \
+              in seconds: a user's sessions-ended mark lasts as long (the managers' setting of \
+              the same name), so no token it refuses can outlive it.",
+    },
 ];
 
 /// The socket server's table.
@@ -311,6 +326,11 @@ pub struct SocketServerConfig {
     /// fetch as soon as records arrive (Apache Kafka, and tansu with our patch 0002), so the
     /// wait costs no latency; a shorter one only polls an idle broker more often.
     pub delivery_fetch_wait_ms: u64,
+    /// How long before `exp` a connection is sent `token_expiring`
+    /// (`SB_TOKEN_EXPIRY_NOTICE_MS`, default 60000; at most a tenth of the token's lifetime).
+    pub token_expiry_notice: Duration,
+    /// The longest token lifetime accepted (`SB_TOKEN_MAX_LIFETIME_SECS`, default 604800).
+    pub token_max_lifetime_secs: i64,
     pub kafka: switchboard_kafka::KafkaConfig,
 }
 
@@ -365,6 +385,8 @@ impl SocketServerConfig {
             handler_heartbeat: lookup_millis(lookup, SB_HANDLER_HEARTBEAT_MS, 2_000)?,
             mapping_renew: lookup_millis(lookup, SB_MAPPING_RENEW_MS, 300_000)?,
             delivery_fetch_wait_ms: lookup_or(lookup, SB_DELIVERY_FETCH_WAIT_MS, 500)?,
+            token_expiry_notice: lookup_millis(lookup, SB_TOKEN_EXPIRY_NOTICE_MS, 60_000)?,
+            token_max_lifetime_secs: lookup_or(lookup, SB_TOKEN_MAX_LIFETIME_SECS, 604_800)?,
             kafka: switchboard_kafka::KafkaConfig::from_lookup(lookup)?,
         })
     }

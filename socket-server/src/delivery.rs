@@ -105,6 +105,11 @@ impl Drop for Unlatch<'_> {
 
 /// Delivers one routed frame, through the reorder buffer when it is a numbered message.
 fn take(state: &ServerState, reorder: &mut Reorderer<HandlerRecord>, record: HandlerRecord) {
+    if record.recipients.is_empty() {
+        // For nobody: a control record (`token_life::control`).
+        crate::token_life::control(state, &record.frame);
+        return;
+    }
     if let Some(accepted) = record.accepted_at_ms {
         let age_ms = chrono::Utc::now().timestamp_millis() - accepted;
         state

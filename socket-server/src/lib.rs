@@ -9,6 +9,8 @@
 //!   connection that selects over client frames, its bounded outbound queue, a heartbeat and
 //!   shutdown.
 //! - `hub`: the connections this server holds, by id and by user; exact live count.
+//! - `token_life`: a session's token expiry and in-band refresh, and ending every session of
+//!   a user (a control on the handler topic, a mark in Redis).
 //! - `membership`: registers with the registry, then keeps this server's score in the Redis
 //!   sorted set exact (reconcile + heartbeat) and re-registers if it was evicted.
 //! - [`Application`]: binds (port 0 in tests), runs, and shuts down in the order the contract
@@ -23,6 +25,7 @@ mod membership;
 mod rate;
 mod reorder;
 mod session;
+mod token_life;
 mod websocket;
 mod wire;
 
@@ -157,6 +160,8 @@ pub(crate) struct ServerState {
     /// WebSocket sessions, per client address.
     pub connections_per_ip: Arc<listener::PerAddress>,
     pub hub: Arc<hub::Hub>,
+    /// Live sessions by user with their tokens' `iat`, for ending a user's sessions.
+    pub sessions: token_life::Sessions,
     pub directory: ServerDirectory,
     /// Cancelled once this server has left the sorted set: every session closes with 1012.
     pub shutdown: CancellationToken,
@@ -273,6 +278,7 @@ impl Application {
             handshakes_per_ip: listener::PerAddress::new(config.handshakes_per_ip),
             connections_per_ip: listener::PerAddress::new(config.max_connections_per_ip),
             hub: hub::Hub::new(),
+            sessions: token_life::Sessions::new(redis.clone(), &ops)?,
             directory: ServerDirectory::new(redis.clone()),
             shutdown: CancellationToken::new(),
             registered: AtomicBool::new(false),

@@ -275,7 +275,7 @@ async fn upgrade(
     state: Arc<ServerState>,
     handshake_slot: Option<AddressSlot>,
 ) {
-    let (user_id, client_ip) = match session::admit(&state, peer.ip(), &head) {
+    let (user_id, client_ip) = match session::admit(&state, peer.ip(), &head).await {
         Ok(admitted) => admitted,
         Err(error) => return refuse(stream, error.code.http_status(), &error, "").await,
     };

@@ -1,17 +1,24 @@
 //! One client connection: authenticate before the upgrade, then a loop that selects over the
-//! client's frames, the connection's bounded outbound queue, a heartbeat, and shutdown.
+//! client's frames, the connection's bounded outbound queue, a heartbeat, shutdown, and its
+//! token's life (`token_expiring` before `exp`, 4401 at it, 4403 when its user's sessions are
+//! ended; a `refresh` frame moves `exp`).
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
+use switchboard_chat_state::sessions::{refused, SessionMarks};
 use switchboard_protocol::frames::{is_storable_text, ClientFrame, ServerFrame};
 use switchboard_protocol::internal::HandlerItem;
-use switchboard_protocol::token::TokenError;
+use switchboard_protocol::sessions::close_code as token_close;
+use switchboard_protocol::token::{Claims, TokenError, TokenKeys};
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::ApiError;
+use switchboard_service_kit::redis_sentinel::StoreError;
 use switchboard_service_kit::shutdown::CancellationToken;
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,18 +26,21 @@ use crate::hub::{ConnHandle, ConnId, Outbound};
 use crate::listener::RequestHead;
 use crate::manager_client::{unavailable_reply, ManagerClient, Pending};
 use crate::rate::TokenBucket;
+use crate::token_life::{self, Admitted, TokenMetrics};
 use crate::wire::{close_code, CloseFrame, Incoming, Outgoing, Outlet, ReadError};
 use crate::{Metrics, ServerState, SocketServerConfig};
 
 /// Admission of `GET /ws?token=…` (or `Authorization: Bearer …`), before the upgrade: the
 /// client address's connect rate, the token (401), the `Origin` (403), shutdown (503), the
-/// user's devices on this server (429) and the server's capacity (503). Returns the user and
-/// the client's address (the peer, or `X-Forwarded-For` from a trusted proxy).
-pub(crate) fn admit(
+/// user's devices on this server (429), the server's capacity (503), and last (one Redis
+/// read) whether the user's sessions were ended after the token was issued (401; 503 when
+/// that cannot be read). Returns the user with the token's `exp` and `iat`, and the client's
+/// address (the peer, or `X-Forwarded-For` from a trusted proxy).
+pub(crate) async fn admit(
     state: &ServerState,
     peer: IpAddr,
     head: &RequestHead,
-) -> Result<(Arc<str>, IpAddr), ApiError> {
+) -> Result<(Admitted, IpAddr), ApiError> {
     // Before the token is even looked at: verifying signatures is work an attacker could
     // make us do for free.
     let ip = switchboard_service_kit::limits::client_ip_behind(
@@ -51,17 +61,21 @@ pub(crate) fn admit(
             "a token is required: ?token=<jwt> or Authorization: Bearer <jwt>",
         )
     })?;
-    let user_id = state.tokens.verify(&token).map_err(|e| {
+    let claims = state.tokens.verify_claims(&token).map_err(|e| {
         state.metrics.auth_failures.inc();
-        let message = match e {
-            TokenError::Expired => "token has expired",
-            TokenError::NotYetValid => "token is not valid yet",
-            TokenError::NotForUs => "token was issued by another issuer or for another audience",
-            TokenError::Invalid => "token is malformed or wrongly signed",
-            TokenError::BadUserId => "token subject is not a valid user id",
-        };
-        ApiError::new(ErrorCode::Unauthorized, message)
+        ApiError::new(ErrorCode::Unauthorized, token_error_message(e))
     })?;
+    let max_lifetime = state.config.token_max_lifetime_secs;
+    if lives_too_long(&claims, max_lifetime) {
+        state.metrics.auth_failures.inc();
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "token lives longer (exp - iat) than the {max_lifetime} s this deployment accepts"
+            ),
+        ));
+    }
+    let user_id = claims.sub.as_str();
     if let Some(origin) = head.header("origin") {
         if !origin_allowed(&state.config.common.allowed_origins, origin) {
             return Err(ApiError::new(
@@ -74,7 +88,7 @@ pub(crate) fn admit(
         return Err(ApiError::unavailable("this server is shutting down"));
     }
     let per_user = state.config.max_connections_per_user;
-    if per_user > 0 && state.hub.devices_of(&user_id) >= per_user {
+    if per_user > 0 && state.hub.devices_of(user_id) >= per_user {
         return Err(ApiError::new(
             ErrorCode::RateLimited,
             format!("at most {per_user} devices of one user may connect to a server"),
@@ -83,7 +97,48 @@ pub(crate) fn admit(
     if state.hub.live() as u64 >= state.config.max_connections {
         return Err(ApiError::new(ErrorCode::NoCapacity, "this server is full"));
     }
-    Ok((Arc::from(user_id), ip))
+    // Last: the one check that costs a round trip.
+    match state.sessions.marks().ended_before(user_id).await {
+        Ok(mark) if refused(claims.iat, mark) => {
+            state.metrics.auth_failures.inc();
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "this user's sessions were ended after the token was issued: get a new token",
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "sessions-ended mark unreadable; upgrade refused");
+            return Err(ApiError::unavailable(
+                "cannot check the token against ended sessions right now, retry shortly",
+            ));
+        }
+    }
+    let admitted = Admitted {
+        user_id: Arc::from(user_id),
+        exp: claims.exp,
+        iat: claims.iat,
+    };
+    Ok((admitted, ip))
+}
+
+/// What a client is told of a token that does not verify (at the upgrade or in a refresh).
+fn token_error_message(e: TokenError) -> &'static str {
+    match e {
+        TokenError::Expired => "token has expired",
+        TokenError::NotYetValid => "token is not valid yet",
+        TokenError::NotForUs => "token was issued by another issuer or for another audience",
+        TokenError::Invalid => "token is malformed or wrongly signed",
+        TokenError::BadUserId => "token subject is not a valid user id",
+        // Only minting and key loading answer these; verification never does.
+        TokenError::CannotMint | TokenError::BadKey(_) => "token cannot be verified",
+    }
+}
+
+/// Whether a token lives longer than the deployment accepts: a sessions-ended mark lasts
+/// that long, so a longer-lived token could outlive the mark that refuses it.
+fn lives_too_long(claims: &Claims, max_lifetime_secs: i64) -> bool {
+    claims.exp.saturating_sub(claims.iat) > max_lifetime_secs
 }
 
 fn bearer_token(head: &RequestHead) -> Option<String> {
@@ -110,16 +165,25 @@ enum Ending {
     ServerShutdown,
     /// A write did not complete within the write timeout: the client stopped reading.
     Stalled,
+    /// The token's `exp` passed without a refresh (4401).
+    TokenExpired,
+    /// The user's sessions were ended (4403).
+    SessionsEnded,
 }
 
 /// One accepted connection: joins the hub (and, for a user's first device, the managers'
 /// routing), runs [`run_session`] over the client's frames and outlet, then leaves.
-pub(crate) async fn run<S, T, K>(state: Arc<ServerState>, user_id: Arc<str>, incoming: S, outlet: K)
-where
+pub(crate) async fn run<S, T, K>(
+    state: Arc<ServerState>,
+    admitted: Admitted,
+    incoming: S,
+    outlet: K,
+) where
     S: Stream<Item = Result<Incoming<T>, ReadError>> + Unpin,
     T: AsRef<str>,
     K: Outlet,
 {
+    let user_id = admitted.user_id;
     let (tx, rx) = mpsc::channel::<Outbound>(state.config.outbound_queue);
     let kick = CancellationToken::new();
     let (conn_id, first_device) = state.hub.insert(ConnHandle {
@@ -127,6 +191,9 @@ where
         outbound: tx.clone(),
         kick: kick.clone(),
     });
+    // Right after it joined the hub, before any await: a control that ends the user's
+    // sessions from here on finds it, and one that went by already is remembered.
+    let registration = state.sessions.register(&user_id, conn_id, admitted.iat);
     state.metrics.connections.set(state.hub.live() as i64);
     state.metrics.connects.inc();
     state.directory_connected().await;
@@ -147,8 +214,19 @@ where
         kick: &kick,
         own_queue: tx,
         outbound: rx,
+        token: TokenContext {
+            keys: &state.tokens,
+            marks: Some(state.sessions.marks()),
+            exp: admitted.exp,
+            iat: &registration.iat,
+            notice: state.config.token_expiry_notice,
+            max_lifetime_secs: state.config.token_max_lifetime_secs,
+            ended: &registration.ended,
+            metrics: &state.sessions.metrics,
+        },
     };
     let leave = async {
+        state.sessions.unregister(&user_id, conn_id);
         let last_device = state.hub.remove(conn_id);
         state.metrics.connections.set(state.hub.live() as i64);
         if last_device {
@@ -205,11 +283,99 @@ pub(crate) struct SessionContext<'a> {
     pub own_queue: mpsc::Sender<Outbound>,
     /// The other end of `own_queue`: frames for this connection, written in order.
     pub outbound: mpsc::Receiver<Outbound>,
+    pub token: TokenContext<'a>,
+}
+
+/// The connection's token: when it expires, and what a `refresh` is checked against.
+pub(crate) struct TokenContext<'a> {
+    pub keys: &'a TokenKeys,
+    /// The sessions-ended marks a refresh is checked against; `None` checks none (unit tests).
+    pub marks: Option<&'a SessionMarks>,
+    /// The `exp` of the token the connection opened with (seconds since the epoch).
+    pub exp: i64,
+    /// The `iat` of the connection's current token, shared with `token_life::Sessions`.
+    pub iat: &'a AtomicI64,
+    /// `token_expiring` goes this long before `exp` (at most a tenth of the lifetime).
+    pub notice: Duration,
+    pub max_lifetime_secs: i64,
+    /// Cancelled when the user's sessions are ended: close with 4403.
+    pub ended: &'a CancellationToken,
+    pub metrics: &'a TokenMetrics,
+}
+
+/// Where the token's one timer is: before the notice, or between it and `exp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenPhase {
+    Notice,
+    Expiry,
+}
+
+/// The deadlines of a token expiring at `exp`: the notice, and `exp` itself.
+fn token_deadlines(
+    exp: i64,
+    iat: i64,
+    notice: Duration,
+) -> (tokio::time::Instant, tokio::time::Instant) {
+    let expiry = tokio::time::Instant::now() + token_life::until(exp);
+    let lead = token_life::notice_lead(notice, exp, iat);
+    let notice_at = expiry
+        .checked_sub(lead)
+        .unwrap_or_else(tokio::time::Instant::now);
+    (notice_at, expiry)
+}
+
+/// A refresh waiting for the user's sessions-ended mark: the new token's claims and the mark.
+type PendingRefresh<'a> = BoxFuture<'a, (Claims, Result<Option<i64>, StoreError>)>;
+
+/// The checks of a `refresh` that need no round trip: the token verifies, is the same user's
+/// and lives no longer than the deployment accepts. `Err` is the error frame to answer.
+fn check_refresh(
+    token: &TokenContext<'_>,
+    user_id: &str,
+    jwt: &str,
+) -> Result<Claims, ServerFrame> {
+    let claims = token
+        .keys
+        .verify_claims(jwt)
+        .map_err(|e| ServerFrame::error(ErrorCode::Unauthorized, token_error_message(e)))?;
+    if claims.sub != user_id {
+        return Err(ServerFrame::error(
+            ErrorCode::Forbidden,
+            "the refresh token is another user's: a connection keeps its user",
+        ));
+    }
+    if lives_too_long(&claims, token.max_lifetime_secs) {
+        return Err(ServerFrame::error(
+            ErrorCode::Unauthorized,
+            "token lives longer (exp - iat) than this deployment accepts",
+        ));
+    }
+    Ok(claims)
+}
+
+/// The round trip of a refresh: the user's sessions-ended mark (none without marks).
+fn read_mark<'a>(
+    marks: Option<&'a SessionMarks>,
+    user_id: &'a str,
+    claims: Claims,
+) -> PendingRefresh<'a> {
+    Box::pin(async move {
+        let mark = match marks {
+            Some(marks) => marks.ended_before(user_id).await,
+            None => Ok(None),
+        };
+        (claims, mark)
+    })
 }
 
 /// The connection loop: writes `hello`, then selects (in this priority) over shutdown, a
-/// kick, the client's frames, the connection's outbound queue and the heartbeat until one of
-/// them ends it; then awaits `leave` and writes the close frame (at most 2 s).
+/// kick, the end of the user's sessions, the token's timer, the client's frames, the
+/// connection's outbound queue, a refresh's mark read and the heartbeat until one of them
+/// ends it; then awaits `leave` and writes the close frame (at most 2 s).
+///
+/// The token costs the message path nothing but two more branches of the `select!` that are
+/// not ready: its timer is one `Sleep`, reset at the notice and on a refresh, and a refresh's
+/// Redis read is a branch of its own, so the loop never waits on it.
 ///
 /// Every write is bounded by `limits.write_timeout`: the loop writes inside its `select!`
 /// arms, so a client that stops reading (its TCP window full) would otherwise hold the loop
@@ -237,6 +403,7 @@ pub(crate) async fn run_session<S, T, K>(
         kick,
         own_queue,
         outbound: mut rx,
+        token,
     } = ctx;
     let hello = ServerFrame::Hello {
         user_id: user_id.to_string(),
@@ -259,25 +426,54 @@ pub(crate) async fn run_session<S, T, K>(
     // time a frame passes (`is_cancelled` and the waiter's poll/drop showed in the profile).
     let shutdown_signal = shutdown.cancelled();
     let kick_signal = kick.cancelled();
-    tokio::pin!(shutdown_signal, kick_signal);
+    let ended_signal = token.ended.cancelled();
+    tokio::pin!(shutdown_signal, kick_signal, ended_signal);
+    let mut token_exp = token.exp;
+    let (notice_at, mut expiry_at) =
+        token_deadlines(token.exp, token.iat.load(Ordering::Acquire), token.notice);
+    let mut token_phase = TokenPhase::Notice;
+    let token_timer = tokio::time::sleep_until(notice_at);
+    tokio::pin!(token_timer);
+    let mut refreshing: Option<PendingRefresh<'_>> = None;
     while ending.is_none() {
         tokio::select! {
             biased;
             _ = &mut shutdown_signal => ending = Some(Ending::ServerShutdown),
             _ = &mut kick_signal => ending = Some(Ending::Kicked),
+            _ = &mut ended_signal => ending = Some(Ending::SessionsEnded),
+            _ = &mut token_timer => match token_phase {
+                TokenPhase::Notice => {
+                    token_phase = TokenPhase::Expiry;
+                    token_timer.as_mut().reset(expiry_at);
+                    let frame = ServerFrame::TokenExpiring { expires_at: token_life::expires_at(token_exp) };
+                    ending = send(metrics, &mut outlet, &frame, write_timeout).await;
+                }
+                TokenPhase::Expiry => ending = Some(Ending::TokenExpired),
+            },
             msg = incoming.next() => {
                 last_heard = tokio::time::Instant::now();
                 ending = match msg {
                     Some(Ok(Incoming::Text(text))) => {
                         metrics.frames_in.inc();
-                        let reply = if limiter.try_take(Instant::now()) {
+                        let handled = if limiter.try_take(Instant::now()) {
                             handle_text(manager, limits.max_body_bytes, text.as_ref(), conn_id, user_id, &own_queue)
                         } else {
-                            Some(ServerFrame::error(ErrorCode::RateLimited, "slow down: too many frames"))
+                            Handled::Reply(ServerFrame::error(ErrorCode::RateLimited, "slow down: too many frames"))
                         };
-                        match reply {
-                            Some(frame) => send(metrics, &mut outlet, &frame, write_timeout).await,
-                            None => None,
+                        match handled {
+                            Handled::Reply(frame) => send(metrics, &mut outlet, &frame, write_timeout).await,
+                            Handled::Forwarded => None,
+                            Handled::Refresh(jwt) => match check_refresh(&token, user_id, &jwt) {
+                                Ok(claims) => {
+                                    // A refresh still in flight is dropped: the latest token wins.
+                                    refreshing = Some(read_mark(token.marks, user_id, claims));
+                                    None
+                                }
+                                Err(frame) => {
+                                    token.metrics.refreshes.with_label_values(&["refused"]).inc();
+                                    send(metrics, &mut outlet, &frame, write_timeout).await
+                                }
+                            },
                         }
                     }
                     Some(Ok(Incoming::Binary)) => {
@@ -299,6 +495,34 @@ pub(crate) async fn run_session<S, T, K>(
                     metrics.frames_out.inc();
                     ending = write(&mut outlet, Outgoing::Text(text), write_timeout).await;
                 }
+            }
+            (claims, mark) = async { refreshing.as_mut().expect("guarded by is_some").await }, if refreshing.is_some() => {
+                refreshing = None;
+                let frame = match mark {
+                    Ok(mark) if !refused(claims.iat, mark) => {
+                        token.iat.store(claims.iat, Ordering::Release);
+                        token_exp = claims.exp;
+                        let (notice_at, new_expiry) = token_deadlines(claims.exp, claims.iat, token.notice);
+                        expiry_at = new_expiry;
+                        token_phase = TokenPhase::Notice;
+                        token_timer.as_mut().reset(notice_at);
+                        token.metrics.refreshes.with_label_values(&["taken"]).inc();
+                        ServerFrame::TokenRefreshed { expires_at: token_life::expires_at(claims.exp) }
+                    }
+                    Ok(_) => {
+                        token.metrics.refreshes.with_label_values(&["refused"]).inc();
+                        ServerFrame::error(
+                            ErrorCode::Unauthorized,
+                            "this user's sessions were ended after the token was issued: get a new token",
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sessions-ended mark unreadable; refresh refused");
+                        token.metrics.refreshes.with_label_values(&["refused"]).inc();
+                        ServerFrame::error(ErrorCode::Unavailable, "cannot check the token right now, retry shortly")
+                    }
+                };
+                ending = send(metrics, &mut outlet, &frame, write_timeout).await;
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > limits.client_timeout {
@@ -350,6 +574,20 @@ pub(crate) async fn run_session<S, T, K>(
             code: close_code::AWAY,
             reason: Some("heartbeat timeout"),
         }),
+        Some(Ending::TokenExpired) => {
+            token.metrics.expired.inc();
+            Some(CloseFrame {
+                code: token_close::TOKEN_EXPIRED,
+                reason: Some("token expired: get a new token and reconnect"),
+            })
+        }
+        Some(Ending::SessionsEnded) => {
+            token.metrics.ended.inc();
+            Some(CloseFrame {
+                code: token_close::SESSIONS_ENDED,
+                reason: Some("sessions ended: sign in again"),
+            })
+        }
         Some(Ending::ClientClosed) => Some(CloseFrame {
             code: close_code::NORMAL,
             reason: None,
@@ -447,7 +685,7 @@ fn refuse_invalid(frame: &ClientFrame, max_body_bytes: usize) -> Option<ServerFr
             conversation_id, ..
         }
         | ClientFrame::Typing { conversation_id } => (conversation_id, None),
-        ClientFrame::Ping => return None,
+        ClientFrame::Ping | ClientFrame::Refresh { .. } => return None,
     };
     let client_msg_id = send.map(|(id, _)| id.clone());
     if let Some((_, body)) = send {
@@ -475,6 +713,16 @@ fn refuse_invalid(frame: &ClientFrame, max_body_bytes: usize) -> Option<ServerFr
     })
 }
 
+/// What became of one client text frame.
+enum Handled {
+    /// Answered here with this frame.
+    Reply(ServerFrame),
+    /// Forwarded to the managers (their answer arrives in the connection's queue).
+    Forwarded,
+    /// A `refresh` with this token, for the loop (it owns the connection's token).
+    Refresh(String),
+}
+
 /// Answers one client text frame, or forwards it to the managers (the reply then arrives in
 /// this connection's outbound queue). Anything unparseable gets a `bad_request` error frame
 /// and the connection stays open.
@@ -485,16 +733,39 @@ fn handle_text(
     conn_id: u64,
     user_id: &str,
     own_queue: &mpsc::Sender<Outbound>,
-) -> Option<ServerFrame> {
+) -> Handled {
+    match forward_text(manager, max_body_bytes, text, conn_id, user_id, own_queue) {
+        Ok(Some(frame)) => Handled::Reply(frame),
+        Ok(None) => Handled::Forwarded,
+        Err(jwt) => Handled::Refresh(jwt),
+    }
+}
+
+/// [`handle_text`]'s work: `Err` is a `refresh`'s token.
+fn forward_text(
+    manager: Option<&ManagerClient>,
+    max_body_bytes: usize,
+    text: &str,
+    conn_id: u64,
+    user_id: &str,
+    own_queue: &mpsc::Sender<Outbound>,
+) -> Result<Option<ServerFrame>, String> {
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
-        Err(e) => return Some(ServerFrame::error(ErrorCode::BadRequest, e.to_string())),
+        Err(e) => {
+            return Ok(Some(ServerFrame::error(
+                ErrorCode::BadRequest,
+                e.to_string(),
+            )))
+        }
     };
     if let Some(refusal) = refuse_invalid(&frame, max_body_bytes) {
-        return Some(refusal);
+        return Ok(Some(refusal));
     }
-    if matches!(frame, ClientFrame::Ping) {
-        return Some(ServerFrame::Pong);
+    match frame {
+        ClientFrame::Ping => return Ok(Some(ServerFrame::Pong)),
+        ClientFrame::Refresh { token } => return Err(token),
+        _ => {}
     }
     let item = HandlerItem::Frame {
         connection_id: conn_id,
@@ -502,7 +773,7 @@ fn handle_text(
         frame,
     };
     let Some(manager) = manager else {
-        return unavailable_reply(&item);
+        return Ok(unavailable_reply(&item));
     };
     let pending = Pending {
         item,
@@ -510,7 +781,7 @@ fn handle_text(
         done: None,
     };
     match manager.submit(conn_id, pending) {
-        Ok(()) => None,
+        Ok(()) => Ok(None),
         Err(pending) => {
             let client_msg_id = match &pending.item {
                 HandlerItem::Frame {
@@ -519,11 +790,11 @@ fn handle_text(
                 } => Some(client_msg_id.clone()),
                 _ => None,
             };
-            Some(ServerFrame::Error {
+            Ok(Some(ServerFrame::Error {
                 code: ErrorCode::RateLimited,
                 message: "this server is saturated, retry shortly".into(),
                 client_msg_id,
-            })
+            }))
         }
     }
 }
@@ -704,13 +975,19 @@ mod loop_tests {
     }
 
     /// What a session shares with the server: metrics, the shutdown and kick tokens, limits
-    /// (the defaults: heartbeat 5 s, timeout 15 s), and whether `leave` has run.
+    /// (the defaults: heartbeat 5 s, timeout 15 s), its token (u1's, an hour long unless a
+    /// test sets `exp`; notice 60 s), and whether `leave` has run.
     struct Fixture {
         metrics: Metrics,
         shutdown: CancellationToken,
         kick: CancellationToken,
         limits: SessionLimits,
         left: Cell<bool>,
+        keys: TokenKeys,
+        token_metrics: TokenMetrics,
+        ended: CancellationToken,
+        exp: i64,
+        iat: AtomicI64,
     }
 
     impl Fixture {
@@ -728,7 +1005,23 @@ mod loop_tests {
                     write_timeout: Duration::from_secs(5),
                 },
                 left: Cell::new(false),
+                keys: TokenKeys::new(b"session-test"),
+                token_metrics: TokenMetrics::new(&Ops::new("socket-server")).expect("metrics"),
+                ended: CancellationToken::new(),
+                exp: now() + 3_600,
+                iat: AtomicI64::new(now()),
             }
+        }
+
+        /// A token of `sub` valid from now for `secs`.
+        fn token(&self, sub: &str, secs: i64) -> String {
+            let now = now();
+            self.keys
+                .sign_claims(&switchboard_protocol::token::Claims::new(
+                    sub,
+                    now + secs,
+                    now,
+                ))
         }
 
         /// A client and the session loop serving it (to be polled alongside the client).
@@ -755,6 +1048,16 @@ mod loop_tests {
                 kick: &self.kick,
                 own_queue: queue.clone(),
                 outbound,
+                token: TokenContext {
+                    keys: &self.keys,
+                    marks: None,
+                    exp: self.exp,
+                    iat: &self.iat,
+                    notice: Duration::from_secs(60),
+                    max_lifetime_secs: 86_400,
+                    ended: &self.ended,
+                    metrics: &self.token_metrics,
+                },
             };
             let leave = async { self.left.set(true) };
             let session = run_session(Frames(frames_rx), outlet(Wire(wire_tx)), ctx, leave);
@@ -839,6 +1142,137 @@ mod loop_tests {
 
     fn close(code: u16, reason: Option<&'static str>) -> Option<CloseFrame> {
         Some(CloseFrame { code, reason })
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    /// A token of 100 s: `token_expiring` a tenth of its life before `exp` (10 s, less than
+    /// the 60 s notice), then 4401 at `exp`, counted. The client keeps answering pings, so
+    /// only the token ends it.
+    #[tokio::test(start_paused = true)]
+    async fn an_expiring_token_is_noticed_then_closed_with_4401() {
+        let mut fx = Fixture::new();
+        fx.exp = now() + 100;
+        fx.iat = AtomicI64::new(fx.exp - 100);
+        let (mut client, session) = fx.connect();
+        let start = Instant::now();
+        let script = async move {
+            client.hello().await;
+            let expiring = loop {
+                match client.wire.recv().await.expect("open") {
+                    Outgoing::Ping => client.send(Incoming::Pong),
+                    Outgoing::Text(text) => break text,
+                    other => panic!("{other:?}"),
+                }
+            };
+            let at = start.elapsed().as_secs_f64();
+            assert!((89.0..=90.5).contains(&at), "notice at {at}s");
+            let frame: ServerFrame = serde_json::from_str(&expiring).unwrap();
+            let ServerFrame::TokenExpiring { expires_at } = frame else {
+                panic!("{frame:?}")
+            };
+            assert!(expires_at.ends_with('Z'), "{expires_at}");
+            let close_frame = loop {
+                match client.wire.recv().await.expect("open") {
+                    Outgoing::Ping => client.send(Incoming::Pong),
+                    Outgoing::Close(close) => break close,
+                    other => panic!("{other:?}"),
+                }
+            };
+            assert_eq!(
+                close_frame,
+                close(4401, Some("token expired: get a new token and reconnect"))
+            );
+            let at = start.elapsed().as_secs_f64();
+            assert!((99.0..=100.5).contains(&at), "closed at {at}s");
+        };
+        tokio::join!(session, script);
+        assert_eq!(fx.token_metrics.expired.get(), 1);
+        assert!(fx.left.get());
+    }
+
+    /// A refresh with a fresh token of the same user moves `exp`: no close at the old one.
+    /// One of another user is `forbidden`, a bad or expired one `unauthorized`, and neither
+    /// changes anything.
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_moves_exp_and_a_wrong_one_changes_nothing() {
+        let mut fx = Fixture::new();
+        fx.exp = now() + 100;
+        fx.iat = AtomicI64::new(now() - 50);
+        let other_user = fx.token("u2", 600);
+        let expired = fx
+            .keys
+            .sign_claims(&switchboard_protocol::token::Claims::new(
+                "u1",
+                now() - 60,
+                now() - 120,
+            ));
+        let fresh = fx.token("u1", 600);
+        let (mut client, session) = fx.connect();
+        let start = Instant::now();
+        let script = async move {
+            client.hello().await;
+            client.text(&format!(r#"{{"type":"refresh","token":"{other_user}"}}"#));
+            assert_eq!(client.error().await.0, ErrorCode::Forbidden);
+            client.text(&format!(r#"{{"type":"refresh","token":"{expired}"}}"#));
+            let (code, message, _) = client.error().await;
+            assert_eq!(code, ErrorCode::Unauthorized);
+            assert!(message.contains("expired"), "{message}");
+            client.text(r#"{"type":"refresh","token":"not-a-jwt"}"#);
+            assert_eq!(client.error().await.0, ErrorCode::Unauthorized);
+            client.text(&format!(r#"{{"type":"refresh","token":"{fresh}"}}"#));
+            assert!(matches!(
+                client.frame().await,
+                ServerFrame::TokenRefreshed { .. }
+            ));
+            // Past the old exp, answering pings: still open.
+            while start.elapsed() < Duration::from_secs(150) {
+                assert_eq!(client.wire.recv().await, Some(Outgoing::Ping));
+                client.send(Incoming::Pong);
+            }
+            client.send(Incoming::Close);
+            assert_eq!(client.closed().await, close(1000, None));
+        };
+        tokio::join!(session, script);
+        assert_eq!(fx.token_metrics.expired.get(), 0);
+        assert_eq!(
+            fx.token_metrics
+                .refreshes
+                .with_label_values(&["refused"])
+                .get(),
+            3
+        );
+        assert_eq!(
+            fx.token_metrics
+                .refreshes
+                .with_label_values(&["taken"])
+                .get(),
+            1
+        );
+        let iat = fx.iat.load(Ordering::Acquire);
+        assert!(
+            (now() - 5..=now()).contains(&iat),
+            "the new token's iat: {iat}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_sessions_close_with_4403() {
+        let fx = Fixture::new();
+        let (mut client, session) = fx.connect();
+        let ended = &fx.ended;
+        let script = async move {
+            client.hello().await;
+            ended.cancel();
+            assert_eq!(
+                client.closed().await,
+                close(4403, Some("sessions ended: sign in again"))
+            );
+        };
+        tokio::join!(session, script);
+        assert_eq!(fx.token_metrics.ended.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]

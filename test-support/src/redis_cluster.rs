@@ -67,7 +67,15 @@ pub const SENTINEL_CLIENT_PASSWORD: &str = "switchboard-local-sentinel-client-pa
 pub fn service_key_families(service: &str) -> &'static [&'static str] {
     const DIRECTORY: [&str; 4] = ["servers", "server:*", "reserved:*", "reservations:*"];
     match service {
-        "registry" | "socket-server" => &DIRECTORY,
+        "registry" => &DIRECTORY,
+        // The directory, and the sessions-ended marks it checks tokens against (read only).
+        "socket-server" => &[
+            "servers",
+            "server:*",
+            "reserved:*",
+            "reservations:*",
+            "%R sessions-ended:*",
+        ],
         "health-checker" => &[
             "servers",
             "server:*",
@@ -90,6 +98,7 @@ pub fn service_key_families(service: &str) -> &'static [&'static str] {
             "idem:*",
             "quota:*",
             "typing:*",
+            "sessions-ended:*",
             "flush-test-counter",
             "%R members:*",
             "%R members-version:*",
