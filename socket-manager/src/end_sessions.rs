@@ -1,6 +1,6 @@
-//! `POST /internal/v1/users/{user_id}/sessions/end` (cluster secret): ends every session of a
-//! user on every socket server within a second, and refuses the tokens issued until now
-//! (logout everywhere, a ban, a password change).
+//! `POST /internal/v1/users/{user_id}/sessions/end` (a cluster credential, the message
+//! service's): ends every session of a user on every socket server within a second, and
+//! refuses the tokens issued until now (logout everywhere, a ban, a password change).
 //!
 //! 1. The user's mark (`switchboard_chat_state::sessions`) is raised to now, in seconds, for
 //!    `SB_TOKEN_MAX_LIFETIME_SECS`: from here on every socket server refuses, at the upgrade

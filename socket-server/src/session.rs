@@ -328,24 +328,24 @@ fn token_deadlines(
 type PendingRefresh<'a> = BoxFuture<'a, (Claims, Result<Option<i64>, StoreError>)>;
 
 /// The checks of a `refresh` that need no round trip: the token verifies, is the same user's
-/// and lives no longer than the deployment accepts. `Err` is the error frame to answer.
+/// and lives no longer than the deployment accepts. `Err` is the error to answer.
 fn check_refresh(
     token: &TokenContext<'_>,
     user_id: &str,
     jwt: &str,
-) -> Result<Claims, ServerFrame> {
+) -> Result<Claims, (ErrorCode, &'static str)> {
     let claims = token
         .keys
         .verify_claims(jwt)
-        .map_err(|e| ServerFrame::error(ErrorCode::Unauthorized, token_error_message(e)))?;
+        .map_err(|e| (ErrorCode::Unauthorized, token_error_message(e)))?;
     if claims.sub != user_id {
-        return Err(ServerFrame::error(
+        return Err((
             ErrorCode::Forbidden,
             "the refresh token is another user's: a connection keeps its user",
         ));
     }
     if lives_too_long(&claims, token.max_lifetime_secs) {
-        return Err(ServerFrame::error(
+        return Err((
             ErrorCode::Unauthorized,
             "token lives longer (exp - iat) than this deployment accepts",
         ));
@@ -469,7 +469,8 @@ pub(crate) async fn run_session<S, T, K>(
                                     refreshing = Some(read_mark(token.marks, user_id, claims));
                                     None
                                 }
-                                Err(frame) => {
+                                Err((code, message)) => {
+                                    let frame = ServerFrame::error(code, message);
                                     token.metrics.refreshes.with_label_values(&["refused"]).inc();
                                     send(metrics, &mut outlet, &frame, write_timeout).await
                                 }
