@@ -11,7 +11,8 @@ use switchboard_protocol::frames::{is_storable_text, PresenceStatus};
 use switchboard_protocol::internal::{SettledLog, SettledMessage};
 use switchboard_protocol::ErrorCode;
 use switchboard_protocol::UserId;
-use switchboard_service_kit::http::{require_cluster_secret, ApiError};
+use switchboard_service_kit::cluster_auth::ServiceRole;
+use switchboard_service_kit::http::ApiError;
 
 use crate::auth::AuthUser;
 use crate::config::{GroupAddPolicy, PresencePolicy};
@@ -941,7 +942,11 @@ async fn internal_settled_last_seq(
     path: web::Path<String>,
     query: web::Query<SettledQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    state
+        .config
+        .common
+        .cluster
+        .require(&req, &[ServiceRole::SocketManager])?;
     let conversation_id = path.into_inner();
     storable("the conversation id", &conversation_id)?;
     let partitions = query.partitions.unwrap_or(1);
@@ -1006,7 +1011,11 @@ async fn internal_members(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    state
+        .config
+        .common
+        .cluster
+        .require(&req, &[ServiceRole::SocketManager])?;
     let conversation_id = path.into_inner();
     storable("the conversation id", &conversation_id)?;
     let version = state.cache.version(&conversation_id).await?;
@@ -1127,7 +1136,11 @@ async fn internal_contacts(
     path: web::Path<String>,
     query: web::Query<ContactsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    state
+        .config
+        .common
+        .cluster
+        .require(&req, &[ServiceRole::SocketManager])?;
     storable("the user id", &path)?;
     let contacts = state
         .internal

@@ -32,6 +32,7 @@ use std::net::TcpListener;
 
 use actix_web::web;
 use switchboard_service_kit::http;
+use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::{RedisMemoryGauges, SentinelRedis};
 use switchboard_service_kit::shutdown::CancellationToken;
@@ -196,7 +197,10 @@ impl Application {
                 members: members::Members::new(
                     redis.clone(),
                     config.message_service_url.clone(),
-                    config.common.cluster_secret.clone(),
+                    config
+                        .common
+                        .cluster
+                        .credential(ServiceRole::SocketManager),
                 ),
                 numberer: numbering::NumberingBatcher::start(
                     (0..config.seq_flushes_in_flight)

@@ -7,7 +7,8 @@ use switchboard_protocol::internal::{
     RenewRequest, BATCH_ID_HEADER,
 };
 use switchboard_protocol::{ConversationId, ErrorCode, HandlerId};
-use switchboard_service_kit::http::{require_cluster_secret, ApiError};
+use switchboard_service_kit::cluster_auth::ServiceRole;
+use switchboard_service_kit::http::ApiError;
 use tracing::Instrument;
 
 use switchboard_message_log::Event;
@@ -38,7 +39,11 @@ async fn register(
     state: web::Data<AppState>,
     body: web::Json<HandlerRegistration>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    state
+        .config
+        .common
+        .cluster
+        .require(&req, &[ServiceRole::SocketServer])?;
     valid_handler_id(&body.handler_id)?;
     let kafka = &state.sequencer.kafka;
     let topic = kafka.config.handler_topic(&body.handler_id);
@@ -59,7 +64,11 @@ async fn deregister(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    state
+        .config
+        .common
+        .cluster
+        .require(&req, &[ServiceRole::SocketServer])?;
     let handler = path.into_inner();
     valid_handler_id(&handler)?;
     let topic = state.sequencer.kafka.config.handler_topic(&handler);
@@ -78,7 +87,11 @@ async fn heartbeat(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    state
+        .config
+        .common
+        .cluster
+        .require(&req, &[ServiceRole::SocketServer])?;
     if state.sequencer.handlers.heartbeat(&path).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
@@ -95,7 +108,11 @@ async fn renew(
     path: web::Path<String>,
     body: web::Json<RenewRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    state
+        .config
+        .common
+        .cluster
+        .require(&req, &[ServiceRole::SocketServer])?;
     let users: Vec<&str> = body.users.iter().map(String::as_str).collect();
     let mut restored = Vec::new();
     for chunk in users.chunks(1000) {
@@ -115,7 +132,11 @@ async fn batch(
     path: web::Path<String>,
     body: web::Json<HandlerBatch>,
 ) -> Result<HttpResponse, ApiError> {
-    require_cluster_secret(&req, &state.config.common.cluster_secret)?;
+    state
+        .config
+        .common
+        .cluster
+        .require(&req, &[ServiceRole::SocketServer])?;
     let handler = valid_handler_id(&path.into_inner())?;
     let batch_id = req
         .headers()

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use actix_web::{web, App, HttpServer};
 use switchboard_protocol::token::TokenKeys;
 use switchboard_server_directory::ServerDirectory;
+use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
@@ -260,7 +261,7 @@ impl Application {
         let manager = config.messaging_enabled.then(|| {
             manager_client::ManagerClient::start(
                 config.manager_urls.clone(),
-                config.common.cluster_secret.clone(),
+                config.common.cluster.credential(ServiceRole::SocketServer),
                 server_id.clone(),
                 manager_client::Lanes {
                     count: config.manager_lanes,
