@@ -345,7 +345,14 @@ export class SwitchboardClient {
    * Sends a message: it is stored in the outbox first, then sent (now or at the next `hello`)
    * and resent until confirmed. Resolves to the server's `{message_id, seq, created_at}`.
    */
-  async send(conversationId: string, body: string, opts: { clientMsgId?: string } = {}): Promise<SentAck> {
+  send(conversationId: string, body: string, opts: { clientMsgId?: string } = {}): Promise<SentAck> {
+    const p = this.enqueue(conversationId, body, opts);
+    // Marked handled so a fire-and-forget send never raises an unhandled rejection; awaiting it still throws.
+    p.catch(() => undefined);
+    return p;
+  }
+
+  private async enqueue(conversationId: string, body: string, opts: { clientMsgId?: string }): Promise<SentAck> {
     if (this._state === 'closed') throw new SwitchboardError('closed', 'the client is closed');
     if (typeof conversationId !== 'string' || !conversationId) {
       throw new SwitchboardError('bad_request', 'conversationId must be a non-empty string');
@@ -521,7 +528,7 @@ export class SwitchboardClient {
     this.events.emit('state', change);
   }
 
-  private stop(code: string, reason: string): void {
+  private stop(code: string, reason: string, error?: SwitchboardError): void {
     this.epoch++;
     this.endAttempt?.({ helloed: this.helloed, code, reason });
     this.endAttempt = null;
@@ -530,7 +537,7 @@ export class SwitchboardClient {
     this.wake = null;
     this.stopTimers();
     if (this.connectDeferred && this._state !== 'connected') {
-      this.connectDeferred.reject(new SwitchboardError('cancelled', reason));
+      this.connectDeferred.reject(error ?? new SwitchboardError('cancelled', reason));
     }
     this.connectDeferred = null;
   }
@@ -594,8 +601,7 @@ export class SwitchboardClient {
         this.failedUpgrades = 0;
       }
       if (end.terminal) {
-        this.stop(end.code, end.reason);
-        // stop() rejected nothing if we were connected; a terminal end always reports.
+        this.stop(end.code, end.reason, end.terminal);
         this.setState('disconnected', end.code, end.reason, end.closeCode);
         this.events.emit('error', end.terminal);
         return;
@@ -615,7 +621,7 @@ export class SwitchboardClient {
           if (verdict === 'refused') {
             if (this.refreshedAfterRefusal) {
               const err = new SwitchboardError('unauthorized', 'the server refuses every token getToken() answers');
-              this.stop('unauthorized', err.message);
+              this.stop('unauthorized', err.message, err);
               this.setState('disconnected', 'unauthorized', err.message);
               this.events.emit('error', err);
               return;
@@ -673,6 +679,8 @@ export class SwitchboardClient {
       void (async () => {
         let token: string;
         try {
+          // The first attempt also loads this user's outbox and cursors (named by the token's sub).
+          await this.ready();
           token = await this.currentToken();
         } catch (e) {
           const err = asError(e, 'token_failed');

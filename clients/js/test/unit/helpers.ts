@@ -87,8 +87,9 @@ export function fakeServer(): FakeServer {
       const headers = (init?.headers ?? {}) as Record<string, string>;
       const auth = headers.authorization ?? null;
       server.calls.push({ url, auth });
+      // A minimal Response: real ones read their body through streams, which fake timers can stall.
       const json = (status: number, body: unknown) =>
-        new Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json' } });
+        ({ ok: status >= 200 && status < 300, status, text: async () => JSON.stringify(body) }) as unknown as Response;
       const u = new URL(url);
       if (u.pathname === '/api/v1/socket-server') {
         if (server.registryDown) return json(503, { error: { code: 'no_capacity', message: 'full' } });
