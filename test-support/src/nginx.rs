@@ -42,12 +42,30 @@ pub fn message_service_servers(ports: &[u16]) -> String {
     registry_servers(ports)
 }
 
-/// Renders the repository's template for one nginx instance.
+/// Renders the repository's template for one nginx instance (no webhook dispatcher).
 pub fn render_config(
     listen_addr: &str,
     listen_port: u16,
     registry_ports: &[u16],
     message_service_ports: &[u16],
+) -> Result<String> {
+    render_config_with(
+        listen_addr,
+        listen_port,
+        registry_ports,
+        message_service_ports,
+        &[],
+    )
+}
+
+/// [`render_config`], also proxying `/server/v1/webhooks` to the webhook dispatcher's ports
+/// (none: its routes answer the JSON 503).
+pub fn render_config_with(
+    listen_addr: &str,
+    listen_port: u16,
+    registry_ports: &[u16],
+    message_service_ports: &[u16],
+    webhook_dispatcher_ports: &[u16],
 ) -> Result<String> {
     if registry_ports.is_empty() {
         bail!("nginx needs at least one registry port");
@@ -65,6 +83,10 @@ pub fn render_config(
             (
                 "MESSAGE_SERVICE_SERVERS",
                 message_service_servers(message_service_ports),
+            ),
+            (
+                "WEBHOOK_DISPATCHER_SERVERS",
+                message_service_servers(webhook_dispatcher_ports),
             ),
             ("STATIC_ROOT", static_root.display().to_string()),
         ],
@@ -119,16 +141,40 @@ impl Nginx {
         message_service_ports: &[u16],
         log_dir: &Path,
     ) -> Result<Self> {
+        Self::start_with_dispatcher(
+            dir,
+            listen_addr,
+            listen_port,
+            registry_ports,
+            message_service_ports,
+            &[],
+            log_dir,
+        )
+        .await
+    }
+
+    /// Like [`Self::start_full`], also proxying `/server/v1/webhooks` to the webhook
+    /// dispatcher's ports.
+    pub async fn start_with_dispatcher(
+        dir: &Path,
+        listen_addr: &str,
+        listen_port: u16,
+        registry_ports: &[u16],
+        message_service_ports: &[u16],
+        webhook_dispatcher_ports: &[u16],
+        log_dir: &Path,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         let conf = dir.join("nginx.conf");
         std::fs::write(
             &conf,
-            render_config(
+            render_config_with(
                 listen_addr,
                 listen_port,
                 registry_ports,
                 message_service_ports,
+                webhook_dispatcher_ports,
             )?,
         )?;
         let prefix = format!("{}/", dir.display());

@@ -97,6 +97,10 @@ pub struct StackOptions {
     /// `managers` socket managers. Off, socket servers run with messaging disabled.
     pub messaging: bool,
     pub managers: usize,
+    /// Start the webhook dispatcher too (needs `messaging`), behind nginx at
+    /// `/server/v1/webhooks`. Off by default; its settings (API keys, `SB_WEBHOOK_*`) come
+    /// from `extra_env`.
+    pub webhook_dispatcher: bool,
 }
 
 impl Default for StackOptions {
@@ -114,6 +118,7 @@ impl Default for StackOptions {
             fast_timings: true,
             messaging: true,
             managers: 2,
+            webhook_dispatcher: false,
         }
     }
 }
@@ -176,6 +181,8 @@ pub struct Stack {
     pub registries: Vec<Service>,
     pub managers: Vec<Service>,
     pub message_service: Option<Service>,
+    /// With [`StackOptions::webhook_dispatcher`].
+    pub webhook_dispatcher: Option<Service>,
     pub nginx: Nginx,
     pub broker: Option<Broker>,
     pub postgres: Option<Postgres>,
@@ -183,6 +190,7 @@ pub struct Stack {
     messaging: bool,
     common_env: Vec<(String, String)>,
     message_service_env: Vec<(String, String)>,
+    webhook_dispatcher_env: Vec<(String, String)>,
     credentials: Credentials,
     max_connections: u64,
     fast_timings: bool,
@@ -258,6 +266,11 @@ impl Stack {
         let mut message_service = None;
         let mut managers = Vec::new();
         let mut message_service_env = Vec::new();
+        let mut webhook_dispatcher = None;
+        let mut webhook_dispatcher_env = Vec::new();
+        if opts.webhook_dispatcher && !opts.messaging {
+            anyhow::bail!("the webhook dispatcher needs the chat path (StackOptions::messaging)");
+        }
         if opts.messaging {
             let pg_port = fixed.as_ref().map_or_else(free_port, |f| f.postgres);
             let pg = Postgres::start(&work_dir.join("postgres"), pg_port, &log_dir)
@@ -343,6 +356,33 @@ impl Stack {
                 wait_ready(&m.process, &format!("{}/ready", m.url()), READY_TIMEOUT).await?;
             }
             common.push(kv("SB_MANAGER_URLS", manager_urls.join(",")));
+            if opts.webhook_dispatcher {
+                let port = free_port();
+                let mut env = common.clone();
+                env.push(kv("SB_WEBHOOK_BIND", format!("127.0.0.1:{port}")));
+                env.push(kv("SB_WEBHOOK_DATABASE_URL", pg.url()));
+                env.extend(opts.extra_env.iter().cloned());
+                let process = ManagedProcess::spawn(
+                    "webhook-dispatcher",
+                    bin_path("webhook-dispatcher"),
+                    &[] as &[&str],
+                    &env,
+                    &log_dir,
+                )?;
+                let dispatcher = Service {
+                    name: "webhook-dispatcher".into(),
+                    port,
+                    process,
+                };
+                wait_ready(
+                    &dispatcher.process,
+                    &format!("{}/ready", dispatcher.url()),
+                    READY_TIMEOUT,
+                )
+                .await?;
+                webhook_dispatcher = Some(dispatcher);
+                webhook_dispatcher_env = env;
+            }
             postgres = Some(pg);
             broker = Some(kafka);
             message_service = Some(ms);
@@ -376,12 +416,15 @@ impl Stack {
         let registry_ports: Vec<u16> = registries.iter().map(|r| r.port).collect();
         let nginx_port = fixed.as_ref().map_or_else(free_port, |f| f.nginx);
         let message_service_ports: Vec<u16> = message_service.iter().map(|m| m.port).collect();
-        let nginx = Nginx::start_full(
+        let webhook_dispatcher_ports: Vec<u16> =
+            webhook_dispatcher.iter().map(|d| d.port).collect();
+        let nginx = Nginx::start_with_dispatcher(
             &work_dir.join("nginx"),
             &opts.nginx_listen_addr,
             nginx_port,
             &registry_ports,
             &message_service_ports,
+            &webhook_dispatcher_ports,
             &log_dir,
         )
         .await
@@ -393,6 +436,7 @@ impl Stack {
             registries,
             managers,
             message_service,
+            webhook_dispatcher,
             nginx,
             broker,
             postgres,
@@ -400,6 +444,7 @@ impl Stack {
             messaging: opts.messaging,
             common_env: common,
             message_service_env,
+            webhook_dispatcher_env,
             credentials,
             max_connections: opts.max_connections,
             fast_timings: opts.fast_timings,
@@ -574,6 +619,29 @@ impl Stack {
         wait_ready(&ms.process, &format!("{}/ready", ms.url()), READY_TIMEOUT).await
     }
 
+    /// Starts the webhook dispatcher again (same port, database and settings) after it was
+    /// stopped or killed (SIGKILLed first if it still runs), and waits until it is ready.
+    pub async fn restart_webhook_dispatcher(&mut self) -> Result<()> {
+        let dispatcher = self
+            .webhook_dispatcher
+            .as_mut()
+            .context("this stack runs without the webhook dispatcher")?;
+        dispatcher.process.kill9();
+        dispatcher.process = ManagedProcess::spawn(
+            "webhook-dispatcher-restarted",
+            bin_path("webhook-dispatcher"),
+            &[] as &[&str],
+            &self.webhook_dispatcher_env,
+            &self.log_dir,
+        )?;
+        wait_ready(
+            &dispatcher.process,
+            &format!("{}/ready", dispatcher.url()),
+            READY_TIMEOUT,
+        )
+        .await
+    }
+
     /// Whether the chat path (managers, broker, database, message service) runs.
     pub fn messaging(&self) -> bool {
         self.messaging
@@ -619,6 +687,7 @@ impl Stack {
         let mut all: Vec<&ManagedProcess> = self.registries.iter().map(|s| &s.process).collect();
         all.extend(self.managers.iter().map(|s| &s.process));
         all.extend(self.message_service.iter().map(|s| &s.process));
+        all.extend(self.webhook_dispatcher.iter().map(|s| &s.process));
         all.push(&self.nginx.process);
         all.extend(self.socket_servers.iter().map(|s| &s.process));
         all.extend(self.health_checkers.iter().map(|s| &s.process));
@@ -636,6 +705,7 @@ impl Stack {
             self.socket_servers.iter().map(|s| &s.process).collect(),
             self.registries.iter().map(|s| &s.process).collect(),
             self.managers.iter().map(|s| &s.process).collect(),
+            self.webhook_dispatcher.iter().map(|s| &s.process).collect(),
             self.message_service.iter().map(|s| &s.process).collect(),
         ] {
             for process in &group {

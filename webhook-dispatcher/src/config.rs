@@ -188,13 +188,25 @@ pub struct RetryPolicy {
 }
 
 impl std::fmt::Debug for DispatcherConfig {
+    /// Every setting but the keys themselves (their count).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DispatcherConfig")
-            .field("bind", &self.bind)
-            .field("db_schema", &self.db_schema)
-            .field("allow_nets", &self.allow_nets)
+            .field("kafka", &self.kafka)
             .field("api_keys", &self.api_keys.len())
-            .finish_non_exhaustive()
+            .field("bind", &self.bind)
+            .field("database_url", &self.database_url)
+            .field("db_schema", &self.db_schema)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("allow_nets", &self.allow_nets)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retry", &self.retry)
+            .field("max_pending", &self.max_pending)
+            .field("in_flight", &self.in_flight)
+            .field("secret_overlap", &self.secret_overlap)
+            .field("retention", &self.retention)
+            .field("max_endpoints", &self.max_endpoints)
+            .finish()
     }
 }
 
