@@ -26,7 +26,7 @@ ENV CARGO_TERM_COLOR=never \
     CARGO_NET_RETRY=5
 
 # The binaries this image ships.
-ARG SB_BINS="registry socket-server socket-manager health-checker message-service"
+ARG SB_BINS="registry socket-server socket-manager health-checker message-service webhook-dispatcher"
 
 # ---- 1. dependency layer: manifests only, stub sources -----------------------------------
 COPY Cargo.toml Cargo.lock ./
@@ -46,6 +46,7 @@ COPY test-support/Cargo.toml     test-support/
 COPY e2e-tests/Cargo.toml        e2e-tests/
 COPY loadgen/Cargo.toml          loadgen/
 COPY client/Cargo.toml           client/
+COPY webhook-dispatcher/Cargo.toml webhook-dispatcher/
 
 # Stub every member generically: src/lib.rs, src/main.rs, and every explicit target `path`
 # a manifest names (e.g. test-support's [[bin]] devstack). Then build only the dependencies
@@ -85,6 +86,7 @@ COPY test-support/     test-support/
 COPY e2e-tests/        e2e-tests/
 COPY loadgen/          loadgen/
 COPY client/           client/
+COPY webhook-dispatcher/ webhook-dispatcher/
 
 # COPY keeps the files' (older) modification times; cargo would then consider the stub
 # builds of the workspace crates fresh and ship stub binaries. Touch the sources first.
