@@ -24,6 +24,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use switchboard_ws_codec::{parse_head, HeadError};
+
+pub(crate) use switchboard_ws_codec::RequestHead;
+
 use crate::websocket::{self, FrameReader, FrameWriter, HandshakeError};
 use crate::{session, ServerState};
 
@@ -34,92 +38,36 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HANDSHAKES: usize = 4096;
 /// How long a closing connection's unread input is drained (see [`linger`]).
 const LINGER: Duration = Duration::from_secs(2);
-/// Headers parsed per request.
-const MAX_HEADERS: usize = 64;
 
-/// An HTTP/1.x request's line and headers, owned; header names in lower case.
-#[derive(Debug)]
-pub(crate) struct RequestHead {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    headers: Vec<(String, String)>,
-}
-
-impl RequestHead {
-    /// The first value of a header (`name` in lower case).
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every value of a header, in order.
-    pub(crate) fn headers<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
+/// Why no request head could be read.
 #[derive(Debug, PartialEq, Eq)]
-enum HeadError {
+enum ReadHeadError {
     /// The peer went away (or sent nothing).
     Closed,
-    Malformed,
+    /// What the codec refuses: malformed (400) or too many headers (431).
+    Head(HeadError),
+    /// Past [`MAX_HEAD_BYTES`] without a complete head (431).
     TooLarge,
 }
 
-/// Parses a complete head at the start of `buf`: `Ok(None)` while it is incomplete; on
-/// success, the head and its length in bytes.
-fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Malformed),
-    };
-    let target = request.path.unwrap_or("/");
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let headers = request
-        .headers
-        .iter()
-        .map(|h| {
-            let value = std::str::from_utf8(h.value).map_err(|_| HeadError::Malformed)?;
-            Ok((h.name.to_ascii_lowercase(), value.trim().to_owned()))
-        })
-        .collect::<Result<_, HeadError>>()?;
-    Ok(Some((
-        RequestHead {
-            method: request.method.unwrap_or_default().to_owned(),
-            path: path.to_owned(),
-            query: query.to_owned(),
-            headers,
-        },
-        len,
-    )))
-}
-
 /// Reads until a whole request head has arrived; returns it with every byte read so far.
-async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, BytesMut, usize), HeadError> {
+async fn read_head(
+    stream: &mut TcpStream,
+) -> Result<(RequestHead, BytesMut, usize), ReadHeadError> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         let read = stream
             .read_buf(&mut buf)
             .await
-            .map_err(|_| HeadError::Closed)?;
+            .map_err(|_| ReadHeadError::Closed)?;
         if read == 0 {
-            return Err(HeadError::Closed);
+            return Err(ReadHeadError::Closed);
         }
-        if let Some((head, len)) = parse_head(&buf)? {
+        if let Some((head, len)) = parse_head(&buf).map_err(ReadHeadError::Head)? {
             return Ok((head, buf, len));
         }
         if buf.len() >= MAX_HEAD_BYTES {
-            return Err(HeadError::TooLarge);
+            return Err(ReadHeadError::TooLarge);
         }
         if buf.capacity() == buf.len() {
             buf.reserve(buf.len().min(MAX_HEAD_BYTES - buf.len()));
@@ -232,12 +180,12 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ServerState>) {
             let mut stream = stream;
             let head = tokio::time::timeout(head_timeout, read_head(&mut stream)).await;
             let (head, buf, head_len) = match head {
-                Err(_) | Ok(Err(HeadError::Closed)) => return,
-                Ok(Err(HeadError::TooLarge)) => {
+                Err(_) | Ok(Err(ReadHeadError::Closed)) => return,
+                Ok(Err(ReadHeadError::TooLarge | ReadHeadError::Head(HeadError::TooLarge))) => {
                     let error = ApiError::bad_request("request head too large");
                     return refuse(stream, 431, &error, "").await;
                 }
-                Ok(Err(HeadError::Malformed)) => {
+                Ok(Err(ReadHeadError::Head(HeadError::Malformed))) => {
                     let error = ApiError::bad_request("malformed HTTP request");
                     return refuse(stream, 400, &error, "").await;
                 }
@@ -367,23 +315,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn heads_are_parsed_with_their_query_and_lower_case_names() {
-        let raw = b"GET /ws?token=abc&x=1 HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\n\
-                    x-forwarded-for: 5.6.7.8\r\nUpgrade:  websocket \r\n\r\nextra";
-        let (head, len) = parse_head(raw).unwrap().unwrap();
-        assert_eq!(len, raw.len() - 5);
-        assert_eq!(head.method, "GET");
-        assert_eq!(head.path, "/ws");
-        assert_eq!(head.query, "token=abc&x=1");
-        assert_eq!(head.header("upgrade"), Some("websocket"));
-        assert_eq!(
-            head.headers("x-forwarded-for").collect::<Vec<_>>(),
-            ["1.2.3.4", "5.6.7.8"]
-        );
-        assert_eq!(head.header("origin"), None);
-    }
-
-    #[test]
     fn per_address_slots_are_capped_counted_per_v6_block_and_given_back() {
         let table = PerAddress::new(2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
@@ -412,23 +343,5 @@ mod tests {
         for _ in 0..10 {
             assert!(open.try_take(a).unwrap().is_none());
         }
-    }
-
-    #[test]
-    fn incomplete_and_bad_heads() {
-        assert!(matches!(
-            parse_head(b"GET /ws HTTP/1.1\r\nHost: h\r\n"),
-            Ok(None)
-        ));
-        assert!(matches!(
-            parse_head(b"\x00\x01garbage\r\n\r\n"),
-            Err(HeadError::Malformed)
-        ));
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
-        let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert!(matches!(
-            parse_head(raw.as_bytes()),
-            Err(HeadError::TooLarge)
-        ));
     }
 }

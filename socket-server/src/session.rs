@@ -169,6 +169,8 @@ enum Ending {
     TokenExpired,
     /// The user's sessions were ended (4403).
     SessionsEnded,
+    /// The client broke RFC 6455: failed with the close code it asks for (1002, 1007).
+    ProtocolError(u16),
 }
 
 /// One accepted connection: joins the hub (and, for a user's first device, the managers'
@@ -488,6 +490,7 @@ pub(crate) async fn run_session<S, T, K>(
                     Some(Ok(Incoming::Pong)) => None,
                     Some(Ok(Incoming::Close)) => Some(Ending::ClientClosed),
                     Some(Err(ReadError::TooLarge)) => Some(Ending::TooLarge),
+                    Some(Err(ReadError::Protocol(code))) => Some(Ending::ProtocolError(code)),
                     Some(Err(ReadError::Broken)) | None => Some(Ending::ClientGone),
                 };
             }
@@ -592,6 +595,14 @@ pub(crate) async fn run_session<S, T, K>(
         Some(Ending::ClientClosed) => Some(CloseFrame {
             code: close_code::NORMAL,
             reason: None,
+        }),
+        Some(Ending::ProtocolError(code)) => Some(CloseFrame {
+            code,
+            reason: Some(if code == close_code::INVALID_PAYLOAD {
+                "invalid UTF-8"
+            } else {
+                "protocol error"
+            }),
         }),
         Some(Ending::ClientGone) | None => None,
     };

@@ -28,7 +28,10 @@ pub(crate) enum Incoming<T> {
 pub(crate) enum ReadError {
     /// A frame (or aggregated message) over the size limit: answered `too_large` + 1009.
     TooLarge,
-    /// Anything else: the connection is unusable.
+    /// The client broke RFC 6455: the connection is failed with this close code (1002 a
+    /// protocol error, 1007 a text message or close reason that is not UTF-8).
+    Protocol(u16),
+    /// The socket failed: the connection is unusable.
     Broken,
 }
 
@@ -58,6 +61,8 @@ pub(crate) mod close_code {
     pub const NORMAL: u16 = 1000;
     /// Heartbeat timeout.
     pub const AWAY: u16 = 1001;
+    /// A text message (or close reason) that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame over the size limit.
     pub const SIZE: u16 = 1009;
     /// The server is shutting down: reconnect through the registry.

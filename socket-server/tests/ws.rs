@@ -427,3 +427,82 @@ async fn idle_connections_of_one_address_are_capped_and_timed_out() {
     let ws = app.connect("after-the-idle-ones").await;
     drop(ws);
 }
+
+/// A raw WebSocket on `socket` (ws://127.0.0.1:PORT/ws) for `user`: the 101 head read, the
+/// stream left at the first frame.
+async fn raw_session(socket: &str, user: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = socket.trim_start_matches("ws://").trim_end_matches("/ws");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        shared::token(user)
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "hung up");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    stream
+}
+
+/// Reads server frames until a close frame; answers its status code.
+async fn close_code_of(stream: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut h = [0u8; 2];
+        stream.read_exact(&mut h).await.expect("a frame");
+        assert_eq!(h[1] & 0x80, 0, "server frames are unmasked");
+        let len = match h[1] & 0x7F {
+            126 => {
+                let mut b = [0u8; 2];
+                stream.read_exact(&mut b).await.unwrap();
+                usize::from(u16::from_be_bytes(b))
+            }
+            127 => panic!("no frame here is that long"),
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.unwrap();
+        if h[0] & 0x0F == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+/// RFC 6455 section 7.1.7: a client that breaks the framing rules has its connection failed
+/// with the close code for it (1002, or 1007 for text that is not UTF-8), not just dropped,
+/// so a client library can tell a bug of its own from a network failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_fail_the_connection_with_their_close_code() {
+    use switchboard_ws_codec::frame::{encode_client, OP_CONTINUATION, OP_TEXT};
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_apps("rfc6455").await;
+    let rsv = {
+        let mut f = Vec::new();
+        encode_client(&mut f, true, OP_TEXT, b"{}", [1, 2, 3, 4]);
+        f[0] |= 0x40;
+        f
+    };
+    let mut not_utf8 = Vec::new();
+    encode_client(&mut not_utf8, true, OP_TEXT, &[0xC0, 0xAF], [1, 2, 3, 4]);
+    let mut orphan = Vec::new();
+    encode_client(&mut orphan, true, OP_CONTINUATION, b"x", [1, 2, 3, 4]);
+    for (name, bytes, code) in [
+        ("an RSV bit", rsv, 1002),
+        ("invalid UTF-8", not_utf8, 1007),
+        ("a continuation of nothing", orphan, 1002),
+    ] {
+        let mut stream = raw_session(&app.socket, "rfc").await;
+        stream.write_all(&bytes).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), close_code_of(&mut stream))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no close frame"));
+        assert_eq!(got, code, "{name}");
+    }
+}
