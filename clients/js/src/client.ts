@@ -222,6 +222,7 @@ export class SwitchboardClient {
   private tokenStale = false;
   private tokenInflight: Promise<string> | null = null;
   private refusedToken: string | undefined;
+  private tokenTrustedUntil = 0;
 
   // Per-user state, loaded once.
   private readyPromise: Promise<void> | null = null;
@@ -731,11 +732,18 @@ export class SwitchboardClient {
           if (frame.type === 'hello') clearTimeout(helloTimer);
           this.onFrame(frame);
         };
+        let errorTimer: ReturnType<typeof setTimeout> | undefined;
         ws.onerror = () => {
-          /* a close event follows */
+          // Browsers follow an error with a close; Node 20's WebSocket does not after a refused
+          // upgrade (a 401 answer): without a close within a second, it is one.
+          clearTimeout(errorTimer);
+          errorTimer = setTimeout(() => {
+            if (this.ws === ws) ws.onclose?.({ code: CLOSE.abnormal, reason: 'socket error', wasClean: false });
+          }, 1_000);
         };
         ws.onclose = (ev) => {
           clearTimeout(helloTimer);
+          clearTimeout(errorTimer);
           if (this.ws !== ws) return;
           const code = ev.code;
           if (!this.helloed) {
@@ -821,7 +829,10 @@ export class SwitchboardClient {
   private async currentToken(): Promise<string> {
     const now = Date.now();
     const at = this.token ? refreshAt(this.tokenInfo, TOKEN_MARGIN) : undefined;
-    if (this.token && !this.tokenStale && !isExpired(this.tokenInfo, now) && (at === undefined || now < at)) {
+    const timeFresh = !isExpired(this.tokenInfo, now) && (at === undefined || now < at);
+    // A token that looked expired when getToken() answered it (a wrong clock, here or at the
+    // issuer) is tried anyway for a minute: the server decides, and a refusal refreshes it.
+    if (this.token && !this.tokenStale && (timeFresh || now < this.tokenTrustedUntil)) {
       return this.token;
     }
     return this.refreshToken();
@@ -846,6 +857,8 @@ export class SwitchboardClient {
       }
       this.token = token;
       this.tokenInfo = info;
+      const due = refreshAt(info, TOKEN_MARGIN);
+      this.tokenTrustedUntil = due !== undefined && due <= Date.now() ? Date.now() + 60_000 : 0;
       this.tokenStale = false;
       if (!this._userId && info.sub) this._userId = info.sub;
       this.scheduleTokenRefresh();
@@ -867,8 +880,10 @@ export class SwitchboardClient {
   private scheduleTokenRefresh(): void {
     clearTimeout(this.timers.token);
     this.timers.token = undefined;
-    const at = refreshAt(this.tokenInfo, TOKEN_MARGIN);
-    if (at === undefined) return;
+    const due = refreshAt(this.tokenInfo, TOKEN_MARGIN);
+    if (due === undefined) return;
+    // Never sooner than the minute a clock-suspect token is trusted for (no reconnect loop).
+    const at = Math.max(due, this.tokenTrustedUntil);
     // setTimeout's limit is 2^31-1 ms; a long-lived token is simply re-checked later.
     const delay = Math.min(Math.max(0, at - Date.now()), 2 ** 31 - 1);
     this.timers.token = setTimeout(() => {
