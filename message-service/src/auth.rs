@@ -30,11 +30,28 @@ impl FromRequest for AuthUser {
             });
         let result = match token {
             None => Err(unauthorized("send Authorization: Bearer <token>")),
+            Some(token)
+                if token
+                    .trim()
+                    .starts_with(switchboard_service_kit::api_keys::KEY_PREFIX) =>
+            {
+                Err(unauthorized(
+                    "API keys are for /server; /api takes a user token",
+                ))
+            }
             Some(token) => state
                 .tokens
                 .verify(token.trim())
-                .map(AuthUser)
-                .map_err(|e| unauthorized(&e.to_string())),
+                .map_err(|e| unauthorized(&e.to_string()))
+                .and_then(|user| {
+                    // Reserved system/bot senders post only through the server API: nobody
+                    // signs in as one here.
+                    if state.config.is_reserved_sender(&user) {
+                        Err(unauthorized("this user id is reserved for the server API"))
+                    } else {
+                        Ok(AuthUser(user))
+                    }
+                }),
         };
         ready(result)
     }

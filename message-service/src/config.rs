@@ -20,6 +20,8 @@ pub const SB_CONVERSATIONS_PER_MINUTE: &str = "SB_CONVERSATIONS_PER_MINUTE";
 pub const SB_MEMBERS_ADDED_PER_MINUTE: &str = "SB_MEMBERS_ADDED_PER_MINUTE";
 pub const SB_GROUP_ADD_POLICY: &str = "SB_GROUP_ADD_POLICY";
 pub const SB_PRESENCE_POLICY: &str = "SB_PRESENCE_POLICY";
+pub const SB_MANAGER_URLS: &str = "SB_MANAGER_URLS";
+pub const SB_SERVER_SENDER_PREFIXES: &str = "SB_SERVER_SENDER_PREFIXES";
 
 /// The message service's own variables.
 pub const ENV: &[EnvVar] = &[
@@ -100,6 +102,20 @@ pub const ENV: &[EnvVar] = &[
               envelopes of many messages) before each partition's committed offset, so rows a \
               restored database lost are written again; 0 turns it off.",
     },
+    EnvVar {
+        name: SB_MANAGER_URLS,
+        default: Some("http://127.0.0.1:8201,http://127.0.0.1:8202"),
+        doc: "Socket manager base URLs, comma separated: the server API's messages are \
+              numbered by a manager (tried in turn; a failed one is skipped).",
+    },
+    EnvVar {
+        name: SB_SERVER_SENDER_PREFIXES,
+        default: Some("_system.,_bot."),
+        doc: "Reserved sender ids for the server API, as prefixes, comma separated: a sender \
+              starting with one may post to any conversation without being a member, and a \
+              user token whose subject starts with one is refused (401) on /api. `none`: no \
+              reserved senders.",
+    },
 ];
 
 /// The message service's table.
@@ -115,7 +131,14 @@ pub const HELP_TABLES: &[EnvTable] = &[
     COMMON[2],
     switchboard_kafka::TABLE,
     TABLE,
+    API_KEYS_TABLE,
 ];
+
+/// The server API's keys (`switchboard_service_kit::api_keys`).
+pub const API_KEYS_TABLE: EnvTable = EnvTable {
+    title: "Server API keys (message service)",
+    vars: switchboard_service_kit::api_keys::ENV,
+};
 
 #[derive(Debug, Clone)]
 pub struct MessageServiceConfig {
@@ -146,6 +169,30 @@ pub struct MessageServiceConfig {
     pub group_add_policy: GroupAddPolicy,
     /// `SB_PRESENCE_POLICY`, default `shared`.
     pub presence_policy: PresencePolicy,
+    /// `SB_MANAGER_URLS`: the managers that number server-API messages.
+    pub manager_urls: Vec<String>,
+    /// `SB_SERVER_SENDER_PREFIXES`, default `_system.,_bot.`.
+    pub server_sender_prefixes: Vec<String>,
+    /// `SB_API_KEYS_FILE` / `SB_API_KEYS`: the server API's keys (none: every /server
+    /// request is 401).
+    pub api_keys: switchboard_service_kit::api_keys::ApiKeys,
+}
+
+impl MessageServiceConfig {
+    /// Whether `user` is a reserved system/bot sender (`SB_SERVER_SENDER_PREFIXES`).
+    pub fn is_reserved_sender(&self, user: &str) -> bool {
+        self.server_sender_prefixes
+            .iter()
+            .any(|prefix| user.starts_with(prefix.as_str()))
+    }
+}
+
+/// A comma-separated list, blanks dropped.
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// How users come into groups (`SB_GROUP_ADD_POLICY`).
@@ -216,6 +263,22 @@ impl MessageServiceConfig {
             members_added_per_minute: lookup_or(lookup, SB_MEMBERS_ADDED_PER_MINUTE, 300)?,
             group_add_policy: lookup_or(lookup, SB_GROUP_ADD_POLICY, GroupAddPolicy::Open)?,
             presence_policy: lookup_or(lookup, SB_PRESENCE_POLICY, PresencePolicy::Shared)?,
+            manager_urls: list(&lookup_string(
+                lookup,
+                SB_MANAGER_URLS,
+                "http://127.0.0.1:8201,http://127.0.0.1:8202",
+            )),
+            server_sender_prefixes: match lookup_string(
+                lookup,
+                SB_SERVER_SENDER_PREFIXES,
+                "_system.,_bot.",
+            )
+            .as_str()
+            {
+                "none" => Vec::new(),
+                prefixes => list(prefixes),
+            },
+            api_keys: switchboard_service_kit::api_keys::ApiKeys::from_lookup(lookup)?,
         })
     }
 }

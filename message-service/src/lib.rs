@@ -9,6 +9,7 @@
 //!   stored message, goes to `dead_letters` and ingest goes on.
 //! - `routes`: REST of SPEC section 5 (JWT auth), plus the cluster-only membership lookup the
 //!   socket managers use when their Redis cache of members is cold.
+//! - `server_api`: the server API (`/server/v1`, API keys) for applications' backends.
 //! - the members mirror in Redis the managers read is `switchboard_chat_state::membership`;
 //!   [`outbox`] applies every membership change to it until Redis has surely kept it.
 //!
@@ -22,6 +23,7 @@ pub mod ingest;
 pub mod log_fences;
 pub mod outbox;
 mod routes;
+mod server_api;
 pub mod settled;
 pub mod store;
 
@@ -105,6 +107,7 @@ impl Application {
         let mirror = switchboard_chat_state::membership::MembershipMirror::new(redis);
         let outbox = (store.clone(), mirror.clone());
         let events = (store.clone(), config.kafka.clone());
+        let managers = server_api::managers(&config);
         let state = web::Data::new(AppState {
             store: rest_store,
             internal: store,
@@ -122,6 +125,7 @@ impl Application {
             move |cfg| {
                 cfg.app_data(state.clone());
                 routes::configure(cfg);
+                server_api::configure(cfg, managers.clone());
             },
         )?;
         Ok(Application {

@@ -116,6 +116,7 @@ pub fn public_openapi() -> utoipa::openapi::OpenApi {
     use utoipa::OpenApi;
     let mut doc = PublicApi::openapi();
     doc.merge(switchboard_protocol::registry::public_openapi());
+    doc.merge(crate::server_api::openapi());
     doc.info = utoipa::openapi::InfoBuilder::new()
         .title("Switchboard REST API")
         .version(env!("CARGO_PKG_VERSION"))

@@ -29,6 +29,9 @@ pub enum ErrorCode {
     DevModeDisabled,
     /// A bug on our side; the message says no more than that.
     Internal,
+    /// An `Idempotency-Key` already used for a different request (another body, sender or
+    /// conversation): the first request's answer stands, this one is not done.
+    IdempotencyConflict,
 }
 
 impl ErrorCode {
@@ -46,6 +49,7 @@ impl ErrorCode {
             ErrorCode::NoCapacity => "no_capacity",
             ErrorCode::DevModeDisabled => "dev_mode_disabled",
             ErrorCode::Internal => "internal",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
         }
     }
 
@@ -60,6 +64,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable | ErrorCode::NoCapacity => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::IdempotencyConflict => 422,
         }
     }
 }
@@ -105,6 +110,7 @@ mod tests {
             ErrorCode::NoCapacity,
             ErrorCode::DevModeDisabled,
             ErrorCode::Internal,
+            ErrorCode::IdempotencyConflict,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

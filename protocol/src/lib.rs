@@ -8,6 +8,7 @@
 //! - [`time`]: [`Timestamp`], RFC 3339 UTC with milliseconds, as every body carries it.
 //! - [`sessions`]: the close codes that end a session for its token's sake, and the
 //!   cluster-internal bodies that end every session of a user.
+//! - [`server_api`]: the server API's bodies (`/server/v1`) and its cluster-internal send.
 //! - [`error_code`]: the one table of stable error codes every service uses.
 //!
 //! Every service and every Rust client (tests, load generator) uses these types, so a field
@@ -19,6 +20,7 @@ pub mod frames;
 pub mod ids;
 pub mod internal;
 pub mod registry;
+pub mod server_api;
 pub mod sessions;
 pub mod time;
 pub mod token;

@@ -215,6 +215,16 @@ struct Inner {
     file: Option<Mutex<FileSource>>,
 }
 
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Ids only: hashes are not secrets, but nothing about a key needs to be in a log.
+        let table = self.inner.table.read().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<&String> = table.keys.keys().collect();
+        ids.sort();
+        f.debug_struct("ApiKeys").field("ids", &ids).finish()
+    }
+}
+
 /// An authorization refusal: the error body, and for 429 the seconds to wait.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{error}")]

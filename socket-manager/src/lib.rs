@@ -27,6 +27,7 @@ mod presence;
 pub mod quota;
 mod routes;
 mod sequencer;
+mod server_send;
 
 use std::net::TcpListener;
 

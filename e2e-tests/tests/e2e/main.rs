@@ -14,6 +14,8 @@
 //!   fault per test, checked against the whole history.
 //! - `openapi`: the REST API's OpenAPI document, and schemathesis against every route.
 //! - `tracing`: one message followed through the JSON logs of every process it crosses.
+//! - `server_api`: the server API for app backends (API keys, bot posts through the sequencer,
+//!   idempotent replays across a manager's kill -9).
 //! - `quotas`: per-user quotas shared by the managers, and Redis memory per active user.
 //! - `browser`, `compose`: the demo page in headless Chromium; docker-compose.yml.
 
@@ -33,6 +35,7 @@ mod poison;
 mod protocol_client;
 mod quotas;
 mod registry;
+mod server_api;
 mod signals;
 mod socket;
 mod tracing;

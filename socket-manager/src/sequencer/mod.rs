@@ -42,6 +42,7 @@ mod keys;
 mod lease;
 mod recovery;
 mod scripts;
+mod server_send;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -1,0 +1,72 @@
+//! A server-API message (docs/server-api.md) through the same lease, numbering script,
+//! idempotency records, append and fan-out as a client's send: the only differences are that
+//! no device sent it (nothing is skipped in the fan-out, every member's devices get the
+//! `message` frame) and that a reserved system/bot sender is let through the membership
+//! check without being a member.
+
+use switchboard_protocol::frames::ServerFrame;
+use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, HandlerId, UserId};
+
+use super::{error_frame, unavailable, SendRequest, Sequencer};
+
+/// The handler id a server-API send names as its origin: no socket server registers it
+/// (handler ids come from socket servers' own configuration and this one is documented as
+/// reserved), so the fan-out skips no device.
+pub const SERVER_API_HANDLER: &str = "server-api";
+
+impl Sequencer {
+    /// Numbers one server-API message under the conversation's lease and answers it like a
+    /// client's `send` (`sent`, or an `error` frame). `client_msg_id` is the namespaced
+    /// idempotency key. A `reserved_sender` needs no membership (the conversation must have
+    /// members, i.e. exist); anyone else must be a member (`not_a_member`).
+    pub async fn send_for_server(
+        &self,
+        conversation_id: &ConversationId,
+        sender_id: UserId,
+        client_msg_id: ClientMsgId,
+        body: String,
+        reserved_sender: bool,
+    ) -> ServerFrame {
+        let request = SendRequest {
+            handler_id: HandlerId::parse(SERVER_API_HANDLER).expect("a valid handler id"),
+            connection_id: 0,
+            sender_id,
+            conversation_id: conversation_id.clone(),
+            client_msg_id,
+            body,
+        };
+        if !reserved_sender {
+            // Exactly a client's send: the mirror, else the source of truth, vouches for the
+            // sender.
+            let mut answers = self.send_all(conversation_id, &[request]).await;
+            return answers.pop().expect("one send, one answer");
+        }
+        let mut members = match self.members.of(conversation_id).await {
+            Ok(members) => members,
+            Err(e) => {
+                tracing::warn!(error = %e, "membership lookup failed");
+                return error_frame(
+                    ErrorCode::Unavailable,
+                    "membership is unavailable, retry",
+                    &request.client_msg_id,
+                );
+            }
+        };
+        if members.is_empty() {
+            return error_frame(
+                ErrorCode::NotFound,
+                "no such conversation",
+                &request.client_msg_id,
+            );
+        }
+        // The members given to the numbering script are only its membership check and its
+        // recipients: the mirror is not written, so the bot joins nothing.
+        if !members.iter().any(|m| *m == *request.sender_id) {
+            members.push(request.sender_id.to_string());
+        }
+        self.sequence(conversation_id, &[&request], Some(&members))
+            .await
+            .and_then(|mut answers| answers.pop())
+            .unwrap_or_else(|| unavailable(&request.client_msg_id))
+    }
+}
