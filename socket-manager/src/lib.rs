@@ -32,8 +32,8 @@ mod server_send;
 use std::net::TcpListener;
 
 use actix_web::web;
-use switchboard_service_kit::http;
 use switchboard_service_kit::cluster_auth::ServiceRole;
+use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::{RedisMemoryGauges, SentinelRedis};
 use switchboard_service_kit::shutdown::CancellationToken;

@@ -10,6 +10,7 @@
 
 pub mod broker;
 pub mod compose_acl;
+pub mod credentials;
 pub mod http;
 pub mod netcut;
 pub mod nginx;
@@ -31,3 +32,4 @@ pub use postgres::Postgres;
 pub use process::{ManagedProcess, RunAs};
 pub use redis_cluster::{RedisPorts, RedisSentinelCluster, MASTER_NAME};
 pub use stack::{FixedPorts, Service, SocketServer, Stack, StackOptions};
+pub use switchboard_service_kit::cluster_auth::ServiceRole;

@@ -29,6 +29,7 @@ mod consent;
 mod eviction;
 mod faults;
 mod hostile;
+mod least_privilege;
 mod nemesis;
 mod openapi;
 mod poison;
