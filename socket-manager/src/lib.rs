@@ -198,10 +198,7 @@ impl Application {
                 members: members::Members::new(
                     redis.clone(),
                     config.message_service_url.clone(),
-                    config
-                        .common
-                        .cluster
-                        .credential(ServiceRole::SocketManager),
+                    config.common.cluster.credential(ServiceRole::SocketManager),
                 ),
                 numberer: numbering::NumberingBatcher::start(
                     (0..config.seq_flushes_in_flight)

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use switchboard_chat_state::membership::MembershipMirror;
 use switchboard_protocol::token::path_segment;
-use switchboard_service_kit::cluster_auth::ClusterCredential;
 use switchboard_protocol::ConversationId;
+use switchboard_service_kit::cluster_auth::ClusterCredential;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 
 #[derive(Clone)]

@@ -25,8 +25,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(heartbeat),
         )
         .route("/internal/v1/handlers/{id}/renew", web::post().to(renew))
-        .route(crate::end_sessions::PATH, web::post().to(crate::end_sessions::end_sessions))
-        .route(crate::server_send::PATH, web::post().to(crate::server_send::server_send));
+        .route(
+            crate::end_sessions::PATH,
+            web::post().to(crate::end_sessions::end_sessions),
+        )
+        .route(
+            crate::server_send::PATH,
+            web::post().to(crate::server_send::server_send),
+        );
 }
 
 /// The id a handler names itself by: it becomes a Kafka topic name, so the rule is

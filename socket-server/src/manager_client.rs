@@ -19,8 +19,8 @@ use switchboard_protocol::internal::{
     HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
     RenewRequest, BATCH_ID_HEADER,
 };
-use switchboard_service_kit::cluster_auth::ClusterCredential;
 use switchboard_protocol::ErrorCode;
+use switchboard_service_kit::cluster_auth::ClusterCredential;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::Outbound;
@@ -364,12 +364,7 @@ impl ManagerClient {
         let mut last = String::new();
         for url in self.urls.iter() {
             let url = format!("{}{}", url.trim_end_matches('/'), path);
-            match self
-                .credential
-                .apply(self.http.post(&url))
-                .send()
-                .await
-            {
+            match self.credential.apply(self.http.post(&url)).send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(true),
                 Ok(resp) if resp.status() == 404 => return Ok(false),
                 Ok(resp) => last = format!("{url}: {}", resp.status()),
@@ -396,12 +391,7 @@ impl ManagerClient {
                 url.trim_end_matches('/'),
                 self.handler_id
             );
-            if let Ok(resp) = self
-                .credential
-                .apply(self.http.delete(&url))
-                .send()
-                .await
-            {
+            if let Ok(resp) = self.credential.apply(self.http.delete(&url)).send().await {
                 if resp.status().is_success() {
                     return;
                 }
