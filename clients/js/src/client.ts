@@ -180,12 +180,10 @@ interface CursorRecord {
 const WS_OPEN = 1;
 const TOKEN_MARGIN = { minMarginMs: 5_000, maxMarginMs: 60_000 };
 
-/**
- * Close codes of issue 24 item 8 (the server ends a session when its token expires, or when
- * the user's sessions are ended). Kept in one place so they follow docs/protocol.md.
- */
-export const CLOSE_TOKEN_EXPIRED = 4001;
-export const CLOSE_SESSIONS_ENDED = 4003;
+/** docs/protocol.md "Token lifetime": the token's `exp` passed without a `refresh`. */
+export const CLOSE_TOKEN_EXPIRED = 4401;
+/** docs/protocol.md "Token lifetime": the user's sessions were ended (logout everywhere, a ban). */
+export const CLOSE_SESSIONS_ENDED = 4403;
 
 export class SwitchboardClient {
   private readonly opts: Required<
@@ -223,6 +221,10 @@ export class SwitchboardClient {
   private tokenInflight: Promise<string> | null = null;
   private refusedToken: string | undefined;
   private tokenTrustedUntil = 0;
+  /** The token of an in-band `refresh` awaiting its answer. */
+  private refreshPending: string | null = null;
+  /** The server answered `refresh` with `bad_request` (an older server): refresh by reconnecting. */
+  private inBandUnsupported = false;
 
   // Per-user state, loaded once.
   private readyPromise: Promise<void> | null = null;
@@ -753,8 +755,10 @@ export class SwitchboardClient {
           } else if (code === CLOSE_TOKEN_EXPIRED) {
             finish({ helloed: true, code: 'token_expired', reason: ev.reason || 'the token expired', closeCode: code, refreshToken: true, immediate: true });
           } else if (code === CLOSE_SESSIONS_ENDED) {
-            const err = new SwitchboardError('sessions_ended', ev.reason || "the user's sessions were ended");
-            finish({ helloed: true, code: 'sessions_ended', reason: err.message, closeCode: code, terminal: err });
+            // Every token issued until now is refused for good: only a new one from getToken()
+            // helps. Answering the same token again is terminal (refreshToken refuses it).
+            this.refusedToken = this.token;
+            finish({ helloed: true, code: 'sessions_ended', reason: ev.reason || "the user's sessions were ended", closeCode: code, refreshToken: true, immediate: true });
           } else {
             finish({ helloed: true, code: 'socket_closed', reason: ev.reason || `socket closed (${code})`, closeCode: code });
           }
@@ -794,6 +798,7 @@ export class SwitchboardClient {
 
   private onConnectionLost(): void {
     this.lastTyping.clear();
+    this.refreshPending = null;
   }
 
   private isLive(): boolean {
@@ -893,9 +898,49 @@ export class SwitchboardClient {
         this.scheduleTokenRefresh();
         return;
       }
-      this.tokenStale = true;
-      this.endAttempt?.({ helloed: true, code: 'token_refresh', reason: 'the token is about to expire', immediate: true });
+      void this.refreshInBand();
     }, delay);
+  }
+
+  /**
+   * A new token for the live connection: sent as `refresh` (docs/protocol.md "Token
+   * lifetime"), so the socket stays; a server that does not know the frame gets a graceful
+   * reconnect with the new token instead.
+   */
+  private async refreshInBand(): Promise<void> {
+    if (this.refreshPending) return;
+    this.tokenStale = true;
+    let token: string;
+    try {
+      token = await this.currentToken();
+    } catch (e) {
+      this.events.emit('error', asError(e, 'token_failed'));
+      return;
+    }
+    if (!this.isLive()) return; // the next attempt connects with it
+    if (this.inBandUnsupported) {
+      this.endAttempt?.({ helloed: true, code: 'token_refresh', reason: 'the token is about to expire', immediate: true });
+      return;
+    }
+    if (this.write({ type: 'refresh', token })) this.refreshPending = token;
+  }
+
+  /** An `error` frame without `client_msg_id` while a `refresh` waits is taken as its answer. */
+  private onRefreshError(err: SwitchboardError): void {
+    const token = this.refreshPending;
+    this.refreshPending = null;
+    if (err.code === 'bad_request') {
+      this.inBandUnsupported = true;
+      this.endAttempt?.({ helloed: true, code: 'token_refresh', reason: 'the server has no in-band refresh', immediate: true });
+    } else if (err.code === 'unavailable' || err.code === 'rate_limited') {
+      setTimeout(() => void this.refreshInBand(), 2_000);
+    } else {
+      // unauthorized / forbidden: this token will not do. The socket lives on its old token
+      // until exp (4401); the next attempt asks getToken() again, and the same answer is terminal.
+      this.refusedToken = token ?? undefined;
+      this.tokenStale = true;
+      this.events.emit('error', err);
+    }
   }
 
   // ------------------------------------------------------------------ frames
@@ -929,9 +974,11 @@ export class SwitchboardClient {
         void this.onServerError(frame as unknown as ServerError);
         break;
       case 'token_expiring':
-        // Issue 24 item 8: the server warns before it ends the session; refresh now.
-        this.tokenStale = true;
-        this.endAttempt?.({ helloed: true, code: 'token_refresh', reason: 'the server says the token is expiring', immediate: true });
+        // The server's notice arrives on time even where our own timer runs late (background tabs).
+        void this.refreshInBand();
+        break;
+      case 'token_refreshed':
+        this.refreshPending = null;
         break;
       default:
         break;
@@ -983,6 +1030,10 @@ export class SwitchboardClient {
     const err = new SwitchboardError(frame.code, frame.message);
     const id = frame.client_msg_id;
     const outbox = this.outboxStore;
+    if (!id && this.refreshPending) {
+      this.onRefreshError(err);
+      return;
+    }
     if (!id || !outbox?.get(id)) {
       this.events.emit('error', err);
       return;

@@ -250,14 +250,24 @@ test('a server last_seq below the local cursor is reported as a store reset', { 
   assert.equal(again.cursor(conv.id), 1);
 });
 
-test('a token that expires mid-session is refreshed before exp, and the session goes on', { timeout: 40_000 }, async () => {
+test('a token that expires mid-session is refreshed in-band before exp: same socket, the session goes on past exp', { timeout: 60_000 }, async () => {
   let calls = 0;
+  let sockets = 0;
+  const frames = [];
+  class WatchedWebSocket extends WebSocket {
+    constructor(url) {
+      super(url);
+      sockets++;
+      this.addEventListener('message', (ev) => frames.push(JSON.parse(ev.data).type));
+    }
+  }
   const alice = makeClient(user('alice6'), {
-    // 20 s tokens: refreshed 5 s before exp.
+    // 20 s tokens: refreshed 5 s before exp (the server's notice comes 2 s before).
     getToken: () => {
       calls++;
       return mintToken(user('alice6'), { lifetimeS: 20 });
     },
+    WebSocket: WatchedWebSocket,
   });
   const bob = makeClient(user('bob6'));
   const bobGot = recorder(bob);
@@ -266,8 +276,14 @@ test('a token that expires mid-session is refreshed before exp, and the session 
   await Promise.all([alice.connect(), bob.connect()]);
   const conv = await alice.createDirect(user('bob6'));
   await alice.send(conv.id, 'before');
-  await until('a token refresh', () => calls >= 2, 25_000);
-  await until('connected again', () => alice.state === 'connected' && states.includes('connecting:token_refresh'));
+  const t0 = Date.now();
+  await until('token_refreshed', () => frames.includes('token_refreshed'), 25_000);
+  assert.ok(calls >= 2, `getToken called ${calls} times`);
+  // Past the first token's exp (20 s): still the same socket.
+  await new Promise((r) => setTimeout(r, Math.max(0, 23_000 - (Date.now() - t0))));
+  assert.equal(sockets, 1, `sockets opened: ${sockets}; states: ${states.join(' ')}`);
+  assert.equal(alice.state, 'connected');
+  assert.deepEqual(states, ['connecting:connect', 'connected:hello']);
   await alice.send(conv.id, 'after');
   await until('bob has both', () => bobGot(conv.id).length === 2);
   assert.deepEqual(bobGot(conv.id).map((m) => m.body), ['before', 'after']);

@@ -368,19 +368,77 @@ describe('ordering', () => {
 });
 
 describe('tokens', () => {
-  it('is asked before connecting, shortly before exp (then reconnects with the new one)', async () => {
+  it('is asked before connecting and shortly before exp, then sent in-band (refresh): the socket stays', async () => {
     nextToken = () => jwt('alice', 300); // 5 min: refresh 30 s before exp
     const c = client();
-    const first = await connected(c);
+    const ws = await connected(c);
     expect(tokenCalls).toBe(1);
     await tick(269_000);
     expect(tokenCalls).toBe(1);
-    expect(FakeSocket.instances.length).toBe(1);
     await tick(1_100);
     expect(tokenCalls).toBe(2);
-    expect(first.closedByClient).not.toBeNull();
+    const [refresh] = ws.sentOfType('refresh');
+    expect(refresh).toBeDefined();
+    expect(refresh!.token).not.toBe(new URL(ws.url).searchParams.get('token'));
+    ws.frame({ type: 'token_refreshed', expires_at: 'T' });
+    await tick(0);
+    expect(FakeSocket.instances.length).toBe(1);
+    expect(ws.closedByClient).toBeNull();
+    expect(c.state).toBe('connected');
+  });
+
+  it("the server's token_expiring notice refreshes at once (a background tab's late timer does not matter)", async () => {
+    const c = client();
+    const ws = await connected(c);
+    ws.frame({ type: 'token_expiring', expires_at: 'T' });
+    await tick(0);
+    expect(tokenCalls).toBe(2);
+    expect(ws.sentOfType('refresh').length).toBe(1);
+    ws.frame({ type: 'token_expiring', expires_at: 'T' }); // one refresh at a time
+    await tick(0);
+    expect(ws.sentOfType('refresh').length).toBe(1);
+  });
+
+  it('a server without in-band refresh (bad_request) gets a graceful reconnect with the new token', async () => {
+    const c = client();
+    const seen: StateChange[] = [];
+    c.on('state', (s) => seen.push(s));
+    const ws = await connected(c);
+    ws.frame({ type: 'token_expiring', expires_at: 'T' });
+    await tick(0);
+    const token = ws.sentOfType('refresh')[0]!.token;
+    ws.frame({ type: 'error', code: 'bad_request', message: 'unknown frame type' });
+    await tick(0);
+    expect(seen[seen.length - 1]).toMatchObject({ state: 'connecting', code: 'token_refresh' });
+    expect(ws.closedByClient?.code).toBe(1000);
     expect(FakeSocket.instances.length).toBe(2);
-    expect(FakeSocket.last().url).not.toBe(first.url);
+    expect(new URL(FakeSocket.last().url).searchParams.get('token')).toBe(token);
+  });
+
+  it('a 4401 close reconnects at once with a new token', async () => {
+    const c = client();
+    const ws = await connected(c);
+    ws.serverClose(4401, 'token expired: get a new token and reconnect');
+    await tick(0);
+    expect(tokenCalls).toBe(2);
+    expect(FakeSocket.instances.length).toBe(2);
+    expect(FakeSocket.last().url).not.toBe(ws.url);
+  });
+
+  it('4403 (sessions ended): a new token from getToken reconnects; the same token again is terminal', async () => {
+    const c = client();
+    const seen: StateChange[] = [];
+    c.on('state', (s) => seen.push(s));
+    const ws = await connected(c);
+    const old = new URL(ws.url).searchParams.get('token')!;
+    nextToken = () => old; // the app has nothing better
+    ws.serverClose(4403, 'sessions ended: sign in again');
+    await tick(0);
+    expect(seen.map((s) => `${s.state}:${s.code}`)).toEqual([
+      'connecting:connect', 'connected:hello', 'connecting:sessions_ended', 'disconnected:unauthorized',
+    ]);
+    await tick(60_000);
+    expect(FakeSocket.instances.length).toBe(1);
   });
 
   it('failed upgrades (1006, as browsers report a 401) lead to one REST probe, a refresh, then a terminal unauthorized', async () => {
