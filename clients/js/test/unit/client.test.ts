@@ -91,6 +91,19 @@ describe('state machine', () => {
     expect(server.calls.filter((x) => x.url.endsWith('/socket-server')).length).toBe(1);
   });
 
+  it('StrictMode: connect(), disconnect() in the cleanup, connect() again opens one socket', async () => {
+    const c = client();
+    const p1 = c.connect();
+    c.disconnect();
+    const p2 = c.connect();
+    await expect(p1).rejects.toMatchObject({ code: 'cancelled' });
+    await tick(0);
+    expect(FakeSocket.instances.length).toBe(1);
+    FakeSocket.last().hello();
+    await p2;
+    expect(c.state).toBe('connected');
+  });
+
   it('disconnect() cancels a pending connect', async () => {
     const c = client();
     const p = c.connect();
