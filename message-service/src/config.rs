@@ -21,7 +21,6 @@ pub const SB_MEMBERS_ADDED_PER_MINUTE: &str = "SB_MEMBERS_ADDED_PER_MINUTE";
 pub const SB_GROUP_ADD_POLICY: &str = "SB_GROUP_ADD_POLICY";
 pub const SB_PRESENCE_POLICY: &str = "SB_PRESENCE_POLICY";
 pub const SB_MANAGER_URLS: &str = "SB_MANAGER_URLS";
-pub const SB_SERVER_SENDER_PREFIXES: &str = "SB_SERVER_SENDER_PREFIXES";
 
 /// The message service's own variables.
 pub const ENV: &[EnvVar] = &[
@@ -108,14 +107,6 @@ pub const ENV: &[EnvVar] = &[
         doc: "Socket manager base URLs, comma separated: the server API's messages are \
               numbered by a manager (tried in turn; a failed one is skipped).",
     },
-    EnvVar {
-        name: SB_SERVER_SENDER_PREFIXES,
-        default: Some("_system.,_bot."),
-        doc: "Reserved sender ids for the server API, as prefixes, comma separated: a sender \
-              starting with one may post to any conversation without being a member, and a \
-              user token whose subject starts with one is refused (401) on /api. `none`: no \
-              reserved senders.",
-    },
 ];
 
 /// The message service's table.
@@ -171,19 +162,16 @@ pub struct MessageServiceConfig {
     pub presence_policy: PresencePolicy,
     /// `SB_MANAGER_URLS`: the managers that number server-API messages.
     pub manager_urls: Vec<String>,
-    /// `SB_SERVER_SENDER_PREFIXES`, default `_system.,_bot.`.
-    pub server_sender_prefixes: Vec<String>,
     /// `SB_API_KEYS_FILE` / `SB_API_KEYS`: the server API's keys (none: every /server
     /// request is 401).
     pub api_keys: switchboard_service_kit::api_keys::ApiKeys,
 }
 
 impl MessageServiceConfig {
-    /// Whether `user` is a reserved system/bot sender (`SB_SERVER_SENDER_PREFIXES`).
+    /// Whether `user` is a reserved system/bot sender (`SB_SERVER_SENDER_PREFIXES`, a
+    /// common setting: token verification refuses such ids everywhere).
     pub fn is_reserved_sender(&self, user: &str) -> bool {
-        self.server_sender_prefixes
-            .iter()
-            .any(|prefix| user.starts_with(prefix.as_str()))
+        self.common.token_policy.is_reserved(user)
     }
 }
 
@@ -268,16 +256,6 @@ impl MessageServiceConfig {
                 SB_MANAGER_URLS,
                 "http://127.0.0.1:8201,http://127.0.0.1:8202",
             )),
-            server_sender_prefixes: match lookup_string(
-                lookup,
-                SB_SERVER_SENDER_PREFIXES,
-                "_system.,_bot.",
-            )
-            .as_str()
-            {
-                "none" => Vec::new(),
-                prefixes => list(prefixes),
-            },
             api_keys: switchboard_service_kit::api_keys::ApiKeys::from_lookup(lookup)?,
         })
     }

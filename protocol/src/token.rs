@@ -102,6 +102,8 @@ pub enum TokenError {
     Invalid,
     #[error("user id must match [A-Za-z0-9_.|@+-]{{1,128}}")]
     BadUserId,
+    #[error("this user id is reserved for the server API's system and bot senders")]
+    Reserved,
     #[error(
         "this service holds no key that mints tokens (SB_JWT_PRIVATE_KEY_FILE or SB_JWT_SECRET)"
     )]
@@ -124,6 +126,9 @@ pub fn path_segment(text: &str) -> String {
     out
 }
 
+/// The default reserved user-id prefixes (`SB_SERVER_SENDER_PREFIXES`).
+pub const DEFAULT_RESERVED_PREFIXES: &str = "_system.,_bot.";
+
 /// What a token must carry besides a good signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenPolicy {
@@ -133,10 +138,23 @@ pub struct TokenPolicy {
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf` (`SB_JWT_LEEWAY_SECS`).
     pub leeway_secs: u64,
+    /// User ids reserved for the server API's system and bot senders (prefixes,
+    /// `SB_SERVER_SENDER_PREFIXES`): a token for one is refused and never minted, so nobody
+    /// signs in as the app's bot.
+    pub reserved_prefixes: Vec<String>,
     /// Whether client tokens signed with the shared secret (HS256) verify (`SB_JWT_HS256`).
     /// Off where an identity provider's JWKS is the source of client tokens: the secret then
     /// only mints nothing, and a leaked copy of it (every service holds it) cannot forge one.
     pub hs256: bool,
+}
+
+impl TokenPolicy {
+    /// Whether `user_id` is a reserved system or bot sender.
+    pub fn is_reserved(&self, user_id: &str) -> bool {
+        self.reserved_prefixes
+            .iter()
+            .any(|prefix| !prefix.is_empty() && user_id.starts_with(prefix.as_str()))
+    }
 }
 
 impl Default for TokenPolicy {
@@ -145,6 +163,10 @@ impl Default for TokenPolicy {
             issuer: None,
             audience: None,
             leeway_secs: 30,
+            reserved_prefixes: DEFAULT_RESERVED_PREFIXES
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
             hs256: true,
         }
     }
@@ -294,6 +316,9 @@ impl TokenKeys {
         if !UserId::is_valid(user_id) {
             return Err(TokenError::BadUserId);
         }
+        if self.policy.is_reserved(user_id) {
+            return Err(TokenError::Reserved);
+        }
         let now = Utc::now();
         let expires = now + ttl;
         let claims = Claims {
@@ -351,6 +376,9 @@ impl TokenKeys {
             })?;
         if !UserId::is_valid(&data.claims.sub) {
             return Err(TokenError::BadUserId);
+        }
+        if self.policy.is_reserved(&data.claims.sub) {
+            return Err(TokenError::Reserved);
         }
         Ok(data.claims)
     }
@@ -434,6 +462,31 @@ mod tests {
             TokenKeys::without_keys(TokenPolicy::default()).with_ed25519(Some(b"junk"), None),
             Err(TokenError::BadKey(_))
         ));
+    }
+
+    #[test]
+    fn reserved_senders_cannot_sign_in() {
+        let keys = TokenKeys::new(b"s");
+        assert_eq!(
+            keys.mint("_bot.helper", chrono::Duration::hours(1)),
+            Err(TokenError::Reserved)
+        );
+        let now = Utc::now().timestamp();
+        let policy = TokenPolicy {
+            reserved_prefixes: Vec::new(),
+            ..TokenPolicy::default()
+        };
+        let forged = TokenKeys::with_policy(b"s", policy).sign_claims(&Claims::new(
+            "_system.x",
+            now + 60,
+            now,
+        ));
+        assert_eq!(keys.verify(&forged), Err(TokenError::Reserved));
+        assert_eq!(
+            keys.verify(&keys.sign_claims(&Claims::new("bot.ok", now + 60, now)))
+                .unwrap(),
+            "bot.ok"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ fn policy() -> TokenPolicy {
         audience: Some("switchboard".into()),
         leeway_secs: 30,
         hs256: true,
+        ..TokenPolicy::default()
     }
 }
 

@@ -27,6 +27,7 @@ pub const SB_JWT_JWKS_REFRESH_SECS: &str = "SB_JWT_JWKS_REFRESH_SECS";
 pub const SB_JWT_JWKS_CA_FILE: &str = "SB_JWT_JWKS_CA_FILE";
 pub const SB_JWT_HS256: &str = "SB_JWT_HS256";
 pub const SB_TRUSTED_PROXIES: &str = "SB_TRUSTED_PROXIES";
+pub const SB_SERVER_SENDER_PREFIXES: &str = "SB_SERVER_SENDER_PREFIXES";
 pub const SB_ALLOWED_ORIGINS: &str = "SB_ALLOWED_ORIGINS";
 
 /// What [`CommonConfig::from_lookup`] reads itself (Redis's are in
@@ -123,6 +124,14 @@ pub const ENV: &[EnvVar] = &[
         doc: "Whether client tokens signed with SB_JWT_SECRET (HS256) are accepted: true, \
               false, or auto (true without SB_JWT_JWKS_URL, false with it: the identity \
               provider issues the tokens, and the secret every service holds cannot forge one).",
+    },
+    EnvVar {
+        name: SB_SERVER_SENDER_PREFIXES,
+        default: Some(switchboard_protocol::token::DEFAULT_RESERVED_PREFIXES),
+        doc: "Reserved sender ids for the server API, as prefixes, comma separated: a sender \
+              starting with one may post to any conversation without being a member (the \
+              app's system and bot messages), and no user token for such an id verifies \
+              anywhere (socket servers, REST) or is minted. `none`: no reserved senders.",
     },
     EnvVar {
         name: SB_TRUSTED_PROXIES,
@@ -369,6 +378,20 @@ impl CommonConfig {
                 issuer: lookup_optional(lookup, SB_JWT_ISSUER),
                 audience: lookup_optional(lookup, SB_JWT_AUDIENCE),
                 leeway_secs: lookup_or(lookup, SB_JWT_LEEWAY_SECS, 30)?,
+                reserved_prefixes: match lookup_string(
+                    lookup,
+                    SB_SERVER_SENDER_PREFIXES,
+                    switchboard_protocol::token::DEFAULT_RESERVED_PREFIXES,
+                )
+                .as_str()
+                {
+                    "none" => Vec::new(),
+                    prefixes => prefixes
+                        .split(',')
+                        .map(|p| p.trim().to_owned())
+                        .filter(|p| !p.is_empty())
+                        .collect(),
+                },
                 hs256,
             },
             jwks: jwks_url

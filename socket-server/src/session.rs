@@ -130,6 +130,7 @@ fn token_error_message(e: TokenError) -> &'static str {
         TokenError::NotForUs => "token was issued by another issuer or for another audience",
         TokenError::Invalid => "token is malformed or wrongly signed",
         TokenError::BadUserId => "token subject is not a valid user id",
+        TokenError::Reserved => "token subject is reserved for the server API's senders",
         // Only minting and key loading answer these; verification never does.
         TokenError::CannotMint | TokenError::BadKey(_) => "token cannot be verified",
     }
@@ -689,6 +690,7 @@ fn refuse_invalid(frame: &ClientFrame, max_body_bytes: usize) -> Option<ServerFr
             conversation_id,
             client_msg_id,
             body,
+            ..
         } => (conversation_id, Some((client_msg_id, body))),
         ClientFrame::Delivered {
             conversation_id, ..
@@ -831,6 +833,7 @@ mod tests {
             conversation_id: "c1".into(),
             client_msg_id: client_msg_id.into(),
             body: body.into(),
+            attachments: Vec::new(),
         }
     }
 
@@ -871,6 +874,7 @@ mod tests {
                 conversation_id: "c\0".into(),
                 client_msg_id: "m1".into(),
                 body: "hi".into(),
+                attachments: Vec::new(),
             },
             ClientFrame::Read {
                 conversation_id: "c\0".into(),

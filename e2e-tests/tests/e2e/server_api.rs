@@ -455,8 +455,27 @@ async fn scopes_tokens_rotation_and_idempotent_members() {
     )
     .await;
     assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
-    // A reserved bot id cannot sign in on /api.
-    let bot_t = token_for(&stack, "_bot.helper");
+    // A reserved bot id cannot sign in on /api, nor open a socket (the registry will not
+    // mint such a token; one signed with its key anyway is refused everywhere).
+    let bot_t = stack
+        .credentials()
+        .token_keys_with(switchboard_protocol::token::TokenPolicy {
+            reserved_prefixes: Vec::new(),
+            ..Default::default()
+        })
+        .mint("_bot.helper", chrono::Duration::hours(1))
+        .unwrap()
+        .0;
+    match crate::client::WsClient::try_connect(
+        &format!("{}?token={bot_t}", stack.socket_servers[0].ws_url()),
+        None,
+    )
+    .await
+    .unwrap()
+    {
+        crate::client::Connect::Refused(status, _) => assert_eq!(status, 401),
+        crate::client::Connect::Open(_) => panic!("a reserved bot id opened a socket"),
+    }
     let (status, body) = api(
         &http,
         &stack,
