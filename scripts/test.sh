@@ -23,6 +23,9 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace -- --test-threads=2 2>&1 | tee "$log"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# The TypeScript SDK: typecheck, unit tests, package, then the SDK in Node 20 against the real
+# stack (devstack on its fixed ports, so after the Rust tests, which use free ports, are done).
+bash clients/js/test.sh
 # docker-compose.yml for real: images built offline, scaled, a replica and the Redis master stopped.
 # It runs the debug binaries built above (a fresh release build would add minutes to CI).
 SB_SMOKE_BIN_DIR="$PWD/target/debug" bash scripts/compose-smoke.sh
