@@ -31,6 +31,7 @@ mod faults;
 mod hostile;
 mod least_privilege;
 mod nemesis;
+mod observability;
 mod openapi;
 mod poison;
 mod protocol_client;
