@@ -25,13 +25,16 @@ WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
     CARGO_NET_RETRY=5
 
-# The binaries this image ships.
+# The binaries this image ships: one package each, plus SB_TOOLS, further binaries of those
+# packages (switchboard-keys, the registry package's: docker-compose.yml's `keys` service).
 ARG SB_BINS="registry socket-server socket-manager health-checker message-service webhook-dispatcher"
+ARG SB_TOOLS="switchboard-keys"
 
 # ---- 1. dependency layer: manifests only, stub sources -----------------------------------
 COPY Cargo.toml Cargo.lock ./
 # manifests (one line per workspace member)
 COPY protocol/Cargo.toml         protocol/
+COPY ws-codec/Cargo.toml         ws-codec/
 COPY service-kit/Cargo.toml      service-kit/
 COPY server-directory/Cargo.toml server-directory/
 COPY chat-state/Cargo.toml       chat-state/
@@ -72,6 +75,7 @@ RUN set -eu; \
 # sources (one line per workspace member). message-service/ includes migrations/, which
 # sqlx::migrate!("./migrations") embeds at compile time.
 COPY protocol/         protocol/
+COPY ws-codec/         ws-codec/
 COPY service-kit/      service-kit/
 COPY server-directory/ server-directory/
 COPY chat-state/       chat-state/
@@ -97,7 +101,7 @@ RUN set -eu; \
     packages=""; for b in $SB_BINS; do packages="$packages -p $b"; done; \
     cargo build --release --locked $packages; \
     mkdir -p /out; \
-    for b in $SB_BINS; do \
+    for b in $SB_BINS $SB_TOOLS; do \
         cp "target/release/$b" /out/; \
         objcopy --compress-debug-sections=zlib "/out/$b"; \
     done
@@ -108,18 +112,15 @@ FROM ${SB_BINARIES} AS binaries
 FROM ${SB_RUNTIME_BASE} AS runtime
 # curl: the compose healthchecks (curl -fsS http://localhost:PORT/ready). Skipped when the base
 # has them already (the smoke test's offline base, which cannot reach a package mirror).
-# /var/lib/switchboard/secrets: where compose keeps the generated secrets (a named volume
-# takes this directory's owner on first use); see compose/switchboard-entrypoint.sh.
+# The credentials come from volumes compose mounts (its `keys` service writes them, owned by
+# uid 10001); see compose/switchboard-entrypoint.sh.
 RUN set -eux; \
     if ! command -v curl >/dev/null || [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then \
         apt-get update; \
         apt-get install -y --no-install-recommends ca-certificates curl; \
         rm -rf /var/lib/apt/lists/*; \
     fi; \
-    useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin switchboard; \
-    mkdir -p /var/lib/switchboard/secrets; \
-    chown switchboard:switchboard /var/lib/switchboard/secrets; \
-    chmod 700 /var/lib/switchboard/secrets
+    useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin switchboard
 
 COPY compose/switchboard-entrypoint.sh /usr/local/bin/switchboard-entrypoint
 COPY --from=binaries /out/ /usr/local/bin/
@@ -127,9 +128,9 @@ COPY --from=binaries /out/ /usr/local/bin/
 USER switchboard
 ENV SB_LOG_FORMAT=json \
     NO_COLOR=1
-# registry 8101/8102, socket-manager 8201/8202, health-checker 8301, message-service 8401,
-# socket-server 9001 (the compose file binds each on 0.0.0.0).
-EXPOSE 8101 8102 8201 8202 8301 8401 9001
+# registry 8101, socket-manager 8201, health-checker 8301, message-service 8401,
+# webhook-dispatcher 8501, socket-server 9001 (the compose file binds each on 0.0.0.0).
+EXPOSE 8101 8201 8301 8401 8501 9001
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["switchboard-entrypoint"]
-CMD ["sh", "-c", "echo 'switchboard image: run one of registry, socket-server, socket-manager, health-checker, message-service' >&2; exit 64"]
+CMD ["sh", "-c", "echo 'switchboard image: run one of registry, socket-server, socket-manager, health-checker, message-service, webhook-dispatcher, switchboard-keys' >&2; exit 64"]

@@ -23,17 +23,35 @@ Standard library only (a minimal RFC 6455 client below). Every wait is bounded. 
      after (chat, a replica stop, the master failover) runs under these users;
   8. nginx's per-address connection limit: one address holding more connections than
      `limit_conn` allows gets 429 for the excess, while a client at another address (a
-     container) still gets through, and the flooding address again once it lets go.
+     container) still gets through, and the flooding address again once it lets go;
+  9. per-service credentials (issue 24, item 11): each service's volume holds its own secret,
+     every role's hash and the public token key, the registry's alone the private key; the
+     socket server's process has no SB_JWT_SECRET, SB_CLUSTER_SECRET or private key; a token
+     forged with HS256 keyed by the public key is refused at /ws; the socket server's
+     credential gets 403 on the message service's membership route (the manager's gets 200);
+     dev tokens are EdDSA (the demo override's dev mode, in the registry alone);
+ 10. scaling (issue 29): 2 registries and 2 socket managers by `--scale`, each manager with its
+     own SB_MANAGER_ID; one manager stopped: sends are acknowledged again through the other
+     (Docker's DNS behind one name); a third registry added at run time gets requests from
+     nginx (its `resolve`) within seconds;
+ 11. 5,000 idle WebSockets held for 20 s through nginx to the three socket servers (from the
+     SMOKE_SOURCES addresses straight to nginx's container address), every one still open
+     and counted by the registry, then released.
 
 Environment: SB_PUBLIC_PORT, SMOKE_COMPOSE (the docker-compose command line, space separated),
-SMOKE_DOCKER (the docker command).
+SMOKE_DOCKER (the docker command), SMOKE_SCALE (the --scale options of `up`), SMOKE_NGINX_IP
+and SMOKE_SOURCES (nginx's container address and the host's source addresses for step 11).
 """
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import queue
+import resource
 import select
+import selectors
 import socket
 import struct
 import subprocess
@@ -330,16 +348,16 @@ def least_privilege(master, sentinel):
     # Each service container has only its own Redis password: no admin password, no other
     # service's, and the volume is read-only for it.
     passwords = {}
-    for service in ("registry-1", "socket-server", "socket-manager-1", "health-checker",
+    for service in ("registry", "socket-server", "socket-manager", "health-checker",
                     "message-service"):
         container = run(COMPOSE + ["ps", "-q", service]).split()[0]
         out = run_any(DOCKER + ["exec", container, "sh", "-c",
-                                "ls -A /var/lib/switchboard/secrets /var/lib/switchboard/redis; "
+                                "ls -A /var/lib/switchboard/auth /var/lib/switchboard/redis; "
                                 "touch /var/lib/switchboard/redis/x 2>&1"], timeout=15)
         check("SB_REDIS" not in out.split("/var/lib/switchboard/redis:")[0]
               and "Read-only file system" in out,
-              f"{service}: the secrets volume holds a Redis password, or its own Redis volume "
-              f"is writable: {out!r}")
+              f"{service}: the credentials volume holds a Redis password, or its own Redis "
+              f"volume is writable: {out!r}")
         passwords[service] = service_secret(service, "SB_REDIS_PASSWORD")
     admin = run(DOCKER + ["exec", master, "cat", "/var/lib/switchboard/secrets/SB_REDIS_PASSWORD"])
     check(len(set(passwords.values()) | {admin}) == len(passwords) + 1,
@@ -398,6 +416,128 @@ def least_privilege(master, sentinel):
         "NOPERM); a service's Redis user is refused by the Sentinels")
 
 
+def dir_listing(container, where):
+    """(size by file name, (uid, mode) by file name and '.', raw output) of a directory."""
+    out = run_any(DOCKER + ["exec", container, "sh", "-c",
+                            f"cd {where} && wc -c * && stat -c '%u %a %n' . *"], timeout=15)
+    lines = [line.split() for line in out.splitlines()]
+    sizes = {w[1]: w[0] for w in lines if len(w) == 2 and w[1] != "total"}
+    modes = {w[2]: (w[0], w[1]) for w in lines if len(w) == 3}
+    return sizes, modes, out
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt_header(tok):
+    return json.loads(base64.urlsafe_b64decode(tok.split(".")[0] + "=="))
+
+
+def upgrade_status(url, tok):
+    """The status line nginx and the socket server answer a WebSocket upgrade with."""
+    try:
+        ws = Ws(url, tok, "probe")
+    except Fail as e:
+        return str(e)
+    ws.close()
+    return "101"
+
+
+ROLES = ("registry", "socket-server", "socket-manager", "health-checker", "message-service",
+         "webhook-dispatcher")
+AUTH = "/var/lib/switchboard/auth"
+
+
+def curl_as(container, role, secret, url):
+    """The HTTP status of GET url from `container`, presenting `role` and `secret`."""
+    return run_any(DOCKER + ["exec", container, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                             "-H", f"x-cluster-service: {role}", "-H", f"x-cluster-secret: {secret}",
+                             url], timeout=15)
+
+
+def credentials(conv):
+    """9. Per-service credentials (issue 24, item 11): each service holds its own secret, the
+    callers' hashes and the public token key; only the registry can mint client tokens."""
+    secrets, caller_keys = {}, set()
+    for role in ROLES:
+        container = run(COMPOSE + ["ps", "-q", role]).split()[0]
+        sizes, modes, out = dir_listing(container, AUTH)
+        expected = {"SB_SERVICE_SECRET", "SB_CALLER_KEYS", "jwt-ed25519.pub.pem"}
+        if role == "registry":
+            expected.add("jwt-ed25519.pem")
+        check(set(sizes) == expected and modes.get(".") == ("10001", "700")
+              and all(modes.get(n) == ("10001", "600") for n in expected),
+              f"{role}: {AUTH} should hold exactly {sorted(expected)} (uid 10001, modes 700/600): "
+              f"{out!r}")
+        secrets[role] = run(DOCKER + ["exec", container, "cat", f"{AUTH}/SB_SERVICE_SECRET"])
+        caller_keys.add(run(DOCKER + ["exec", container, "cat", f"{AUTH}/SB_CALLER_KEYS"]))
+        # What the service process runs with (PID 1 after the entrypoint's exec).
+        env = run(DOCKER + ["exec", container, "sh", "-c", "tr '\\0' '\\n' < /proc/1/environ"])
+        names = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in env.splitlines() if "=" in line}
+        for gone in ("SB_JWT_SECRET", "SB_CLUSTER_SECRET"):
+            check(gone not in names, f"{role} runs with {gone} in its environment")
+        if role != "webhook-dispatcher":
+            check(names.get("SB_SERVICE_SECRET") == secrets[role]
+                  and names.get("SB_JWT_PUBLIC_KEY_FILE") == f"{AUTH}/jwt-ed25519.pub.pem",
+                  f"{role} does not run with its own SB_SERVICE_SECRET and the public key")
+            check(("SB_JWT_PRIVATE_KEY_FILE" in names) == (role == "registry"),
+                  f"{role}: SB_JWT_PRIVATE_KEY_FILE is {names.get('SB_JWT_PRIVATE_KEY_FILE')!r}")
+        if role != "registry":
+            found = run_any(DOCKER + ["exec", container, "sh", "-c",
+                                      "grep -rl 'PRIVATE KEY' /var/lib/switchboard /etc 2>/dev/null; true"])
+            check(found == "", f"{role} holds a private key: {found!r}")
+    check(len(set(secrets.values())) == len(ROLES), "two roles share a secret")
+    check(len(caller_keys) == 1, "the services disagree on SB_CALLER_KEYS")
+    keys = dict(pair.split("=", 1) for pair in caller_keys.pop().split(","))
+    check(keys == {r: hashlib.sha256(secrets[r].encode()).hexdigest() for r in ROLES},
+          f"SB_CALLER_KEYS is not every role's SHA-256: {sorted(keys)}")
+    log("each service holds its own secret, every role's hash and the public key; only the "
+        "registry holds the private key; no process has SB_JWT_SECRET or SB_CLUSTER_SECRET")
+
+    # Client tokens are EdDSA; one forged with HS256 keyed by the public key (the classic
+    # algorithm confusion) or by its DER is refused at the socket servers, as is one with
+    # alg none.
+    alice = token("alice")
+    check(jwt_header(alice).get("alg") == "EdDSA", f"dev tokens are {jwt_header(alice)}, not EdDSA")
+    socket = run(COMPOSE + ["ps", "-q", "socket-server"]).split()[0]
+    public = run(DOCKER + ["exec", socket, "cat", f"{AUTH}/jwt-ed25519.pub.pem"]) + "\n"
+    der = base64.b64decode("".join(public.strip().splitlines()[1:-1]))
+    now = int(time.time())
+    claims = b64url(json.dumps({"sub": "mallory", "iat": now, "exp": now + 3600}).encode())
+    forged = []
+    for key in (public.encode(), public.strip().encode(), der):
+        head = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        mac = hmac.new(key, f"{head}.{claims}".encode(), hashlib.sha256).digest()
+        forged.append(f"{head}.{claims}.{b64url(mac)}")
+    forged.append(f"{b64url(json.dumps({'alg': 'none', 'typ': 'JWT'}).encode())}.{claims}.")
+    _, url = assign()
+    for fake in forged:
+        status = upgrade_status(url, fake)
+        check(" 401 " in status + " " or "401" in status,
+              f"a forged token ({jwt_header(fake)['alg']}) got {status} at {url}, not 401")
+    check(upgrade_status(url, alice) == "101", "alice's real token was refused")
+    log(f"{len(forged)} forged tokens (HS256 keyed by the public key, alg none) refused at /ws "
+        f"(401); the registry's EdDSA token opens it")
+
+    # The socket server's credential opens what it needs (registration: it registered) and not
+    # the message service's membership route; the manager's does.
+    members = f"http://message-service:8401/internal/v1/conversations/{conv}/members"
+    manager = run(COMPOSE + ["ps", "-q", "socket-manager"]).split()[0]
+    for container, role, secret, want in [
+        (socket, "socket-server", secrets["socket-server"], "403"),
+        (socket, "socket-manager", secrets["socket-server"], "401"),
+        (socket, "socket-server", "guess", "401"),
+        (manager, "socket-manager", secrets["socket-manager"], "200"),
+    ]:
+        got = curl_as(container, role, secret, members)
+        check(got == want, f"the membership route as {role} (secret of "
+              f"{'the socket server' if secret == secrets['socket-server'] else role}) from "
+              f"{container[:12]}: {got}, expected {want}")
+    log("the socket server's credential: 403 on the membership route, 401 claiming the "
+        "manager's role; the manager's credential: 200")
+
+
 def nginx_conn_limit():
     """The connection limit per address of nginx/compose.conf (`limit_conn sb_conn_per_ip N`)."""
     conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "nginx", "compose.conf")
@@ -446,7 +586,7 @@ def nginx_connection_limit():
               f"{flood} connections from one address: {len(held)} held, {refused} refused "
               f"(limit_conn {NGINX_CONN_LIMIT})")
         # Meanwhile a client at another address gets through (the registry's container).
-        registry = run(COMPOSE + ["ps", "-q", "registry-1"])
+        registry = run(COMPOSE + ["ps", "-q", "registry"]).split()[0]
         out = run_any(DOCKER + ["exec", registry, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                                 "http://nginx/api/v1/socket-servers"], timeout=15)
         check(out == "200", f"another address got {out} from nginx during the flood")
@@ -470,6 +610,206 @@ def nginx_connection_limit():
     log("nginx's workers and the socket servers may open 20,000 files each")
     log(f"nginx limit_conn: {flood} connections from one address, {len(held)} held, {refused} "
         f"refused with 429; another address and then the same one got through")
+
+
+def managers_and_registries(a_ws, b_ws, conv, acked):
+    """10. Scaling: two socket managers behind one name; one stopped, sends go on through the
+    other. A registry added at run time gets requests from nginx through Docker's DNS."""
+    managers = run(COMPOSE + ["ps", "-q", "socket-manager"]).split()
+    registries = run(COMPOSE + ["ps", "-q", "registry"]).split()
+    check(len(managers) == 2 and len(registries) == 2,
+          f"{len(managers)} socket managers and {len(registries)} registries, expected 2 and 2")
+    ids = set()
+    for m in managers:
+        env = run(DOCKER + ["exec", m, "sh", "-c", "tr '\\0' '\\n' < /proc/1/environ"])
+        ids |= {line for line in env.splitlines() if line.startswith("SB_MANAGER_ID=")}
+    check(len(ids) == 2, f"the socket managers' SB_MANAGER_ID are not distinct: {ids}")
+    victim = managers[0]
+    log(f"docker stop {victim[:12]} (one of the two socket managers)")
+    t_stop = time.monotonic()
+    run(DOCKER + ["stop", "-t", "10", victim], timeout=40)
+    for i in range(3):
+        cmid = f"m-{i}"
+        acked[cmid] = send_acked(a_ws, conv, cmid, f"with one manager {i}", 20)
+        b_ws.wait_for(10, lambda f, c=cmid: f.get("type") == "message" and f.get("seq") == acked[c],
+                      f"message {cmid} through the remaining manager")
+    log(f"sends acknowledged and delivered through the other manager "
+        f"({time.monotonic() - t_stop:.1f}s after the stop began)")
+    run(DOCKER + ["start", victim], timeout=30)
+    until(60, "the stopped manager to be ready again", lambda: run_any(
+        DOCKER + ["exec", victim, "curl", "-fsS", "-o", "/dev/null", "-w", "%{http_code}",
+                  "http://localhost:8201/ready"], timeout=10) == "200", interval=1)
+
+    # A third registry: nginx re-resolves `registry` (resolver valid=10s) and sends it requests.
+    scale = os.environ.get("SMOKE_SCALE", "").replace("registry=2", "registry=3").split()
+    run(COMPOSE + ["up", "-d", "--no-build", "--no-deps", "--no-recreate"] + scale + ["registry"],
+        timeout=180)
+    added = [r for r in run(COMPOSE + ["ps", "-q", "registry"]).split() if r not in registries]
+    check(len(added) == 1, f"scaling to 3 registries added {added}")
+
+    def assigned_by_new():
+        assign()
+        metrics = run_any(DOCKER + ["exec", added[0], "curl", "-s", "http://localhost:8101/metrics"],
+                          timeout=10)
+        served = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                     if line.startswith("switchboard_registry_assignments_total"))
+        return served > 0 and served
+
+    t_up = time.monotonic()
+    served = until(60, "the new registry to get assignments through nginx", assigned_by_new, interval=0.5)
+    log(f"a third registry, added at run time, served {served:.0f} assignments through nginx "
+        f"within {time.monotonic() - t_up:.1f}s (Docker DNS, nginx `resolve`)")
+
+
+def idle_connections(total=5000, users=500, hold_s=20):
+    """11. `total` idle WebSockets through nginx to the three socket servers, held for hold_s
+    seconds (longer than the servers' 15 s client timeout: the client answers their pings),
+    counted by the registry, then released."""
+    nginx_ip = os.environ["SMOKE_NGINX_IP"]
+    sources = os.environ["SMOKE_SOURCES"].split()
+    check(total / len(sources) <= NGINX_CONN_LIMIT,
+          f"{len(sources)} source addresses cannot hold {total} under limit_conn {NGINX_CONN_LIMIT}")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    check(hard >= total + 200, f"the smoke client may open only {hard} files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # The socket server stopped in step 3 comes back first (its container, started again).
+    run(COMPOSE + ["start", "socket-server"], timeout=120)
+    listed = until(90, "3 registered socket servers again", lambda: (s := servers()) and len(s) == 3 and s)
+    paths = sorted(urllib.parse.urlsplit(u).path for u in listed.values())
+    check(len(paths) == 3, f"expected 3 socket servers, have {paths}")
+    # Tokens straight from a registry (dev mode; its own address, not nginx's rate limits).
+    registry = container_ip(run(COMPOSE + ["ps", "-q", "registry"]).split()[0])
+    toks = []
+    for u in range(users):
+        req = urllib.request.Request(f"http://{registry}:8101/api/v1/dev/token", method="POST",
+                                     data=json.dumps({"user_id": f"idle-{u}"}).encode(),
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            toks.append(json.loads(resp.read())["token"])
+    sel = selectors.DefaultSelector()
+    conns = {}  # fd -> state dict
+    opened, refused, closed = 0, [], 0
+    pending, pending_limit = 0, 300
+
+    def start(i):
+        nonlocal pending
+        pending += 1
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((sources[i % len(sources)], 0))
+        s.setblocking(False)
+        s.connect_ex((nginx_ip, 80))
+        key = base64.b64encode(os.urandom(16)).decode()
+        req = (f"GET {paths[i % 3]}?token={toks[i % users]} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        conns[s.fileno()] = {"sock": s, "out": req, "in": b"", "open": False}
+        sel.register(s, selectors.EVENT_WRITE)
+
+    def pong(c, payload):
+        mask = os.urandom(4)
+        c["sock"].send(bytes([0x8A, 0x80 | len(payload)]) + mask
+                       + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def drop(fd, c, why):
+        nonlocal closed, pending
+        sel.unregister(c["sock"])
+        c["sock"].close()
+        del conns[fd]
+        if c["open"]:
+            closed += 1
+        else:
+            pending -= 1
+            refused.append(why)
+
+    def pump(timeout):
+        nonlocal opened, pending
+        for key, events in sel.select(timeout):
+            fd, c = key.fd, conns.get(key.fd)
+            if c is None:
+                continue
+            try:
+                if events & selectors.EVENT_WRITE:
+                    c["sock"].send(c["out"])
+                    sel.modify(c["sock"], selectors.EVENT_READ)
+                    continue
+                data = c["sock"].recv(65536)
+            except OSError as e:
+                drop(fd, c, repr(e))
+                continue
+            if not data:
+                drop(fd, c, "closed")
+                continue
+            c["in"] += data
+            if not c["open"]:
+                if b"\r\n\r\n" not in c["in"]:
+                    continue
+                head, c["in"] = c["in"].split(b"\r\n\r\n", 1)
+                if b" 101 " not in head.split(b"\r\n", 1)[0] + b" ":
+                    drop(fd, c, head.split(b"\r\n", 1)[0].decode(errors="replace"))
+                    continue
+                c["open"] = True
+                opened += 1
+                pending -= 1
+            buf = c["in"]
+            while len(buf) >= 2:
+                op, n, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
+                if n == 126:
+                    if len(buf) < 4:
+                        break
+                    n, at = struct.unpack(">H", buf[2:4])[0], 4
+                elif n == 127:
+                    if len(buf) < 10:
+                        break
+                    n, at = struct.unpack(">Q", buf[2:10])[0], 10
+                if len(buf) < at + n:
+                    break
+                payload, buf = buf[at:at + n], buf[at + n:]
+                if op == 0x9:
+                    pong(c, payload)
+                elif op == 0x8:
+                    c["in"] = b""
+                    drop(fd, c, "close frame")
+                    break
+            else:
+                c["in"] = buf
+                continue
+            if fd in conns:
+                c["in"] = buf
+
+    t0 = time.monotonic()
+    i = 0
+    while i < total or pending > 0:
+        while i < total and pending < pending_limit:
+            start(i)
+            i += 1
+        pump(0.05)
+        check(time.monotonic() - t0 < 120, f"opening {total} connections took over 120 s "
+              f"({opened} open, {len(refused)} refused: {refused[:3]})")
+        check(len(refused) <= total // 100,
+              f"{len(refused)} of the idle connections refused: {refused[:5]}")
+    took = time.monotonic() - t0
+    check(opened - closed >= total - len(refused) and not refused,
+          f"{opened} opened, {closed} closed, {len(refused)} refused: {refused[:5]}")
+    log(f"{total} idle WebSockets open through nginx to 3 socket servers in {took:.1f}s "
+        f"({len(sources)} source addresses, {users} users)")
+    end = time.monotonic() + hold_s
+    while time.monotonic() < end:
+        pump(0.5)
+    check(len(conns) == total and closed == 0,
+          f"after {hold_s}s only {len(conns)} of {total} are open ({closed} closed by the far end)")
+    def registry_count():
+        pump(0.1)
+        status, body = http("GET", "/api/v1/socket-servers")
+        return sum(s.get("connections", 0) for s in body["servers"]) if status == 200 else -1
+
+    counted = until(15, f"the registry to count {total} connections", lambda: (n := registry_count()) >= total and n)
+    check(len(conns) == total, f"{total - len(conns)} idle connections closed while counting")
+    log(f"all {total} held for {hold_s}s (pings answered), the registry counts {counted}")
+    for c in list(conns.values()):
+        c["sock"].close()
+    sel.close()
+    until(30, "the registry to count the idle connections gone", lambda: sum(
+        s.get("connections", 0) for s in http("GET", "/api/v1/socket-servers")[1]["servers"]) < total // 10)
 
 
 # ---- the scenario ----------------------------------------------------------------------------
@@ -534,23 +874,16 @@ def main():
     out = run_any(DOCKER + ["exec", sentinel] + AUTH_CLI + ["-h", "redis-master", "-p", "6379", "ping"],
                   timeout=15)
     check(out == "PONG", f"redis-cli with the password to the master answered {out!r}")
-    # Every secret was generated into the volumes (dev mode would otherwise hide a volume the
-    # Switchboard user cannot write), and a service's volumes hold its own secrets only.
-    registry = run(COMPOSE + ["ps", "-q", "registry-1"])
-    for where, names in [
-        ("/var/lib/switchboard/secrets", ("SB_JWT_SECRET", "SB_CLUSTER_SECRET")),
-        ("/var/lib/switchboard/redis", ("SB_REDIS_PASSWORD", "SB_REDIS_SENTINEL_PASSWORD")),
-    ]:
-        out = run_any(DOCKER + ["exec", registry, "sh", "-c",
-                                f"cd {where} && wc -c * && stat -c '%u %a %n' . *"], timeout=15)
-        lines = [line.split() for line in out.splitlines()]
-        sizes = {w[1]: w[0] for w in lines if len(w) == 2 and w[1] != "total"}
-        modes = {w[2]: (w[0], w[1]) for w in lines if len(w) == 3}
-        check(set(sizes) == set(names)
-              and all(sizes.get(n) == "48" and modes.get(n) == ("10001", "600") for n in names)
-              and modes.get(".") == ("10001", "700"),
-              f"{where} in registry-1 should hold exactly {names} (48 hex digits, uid 10001, "
-              f"modes 700/600): {out!r}")
+    # Every Redis secret was generated into the volumes, and a service's Redis volume holds
+    # its own two passwords only.
+    registry = run(COMPOSE + ["ps", "-q", "registry"]).split()[0]
+    where, names = "/var/lib/switchboard/redis", ("SB_REDIS_PASSWORD", "SB_REDIS_SENTINEL_PASSWORD")
+    sizes, modes, out = dir_listing(registry, where)
+    check(set(sizes) == set(names)
+          and all(sizes.get(n) == "48" and modes.get(n) == ("10001", "600") for n in names)
+          and modes.get(".") == ("10001", "700"),
+          f"{where} in a registry should hold exactly {names} (48 hex digits, uid 10001, "
+          f"modes 700/600): {out!r}")
     log("Redis and Sentinel refuse unauthenticated clients (NOAUTH), accept the password")
 
     least_privilege(master, sentinel)
@@ -576,6 +909,8 @@ def main():
                  and {m["client_msg_id"] for m in h} >= set(acked) and h)
     check([m["seq"] for m in msgs] == list(range(1, len(msgs) + 1)), f"history seqs have gaps: {msgs}")
     log(f"chat across replicas works, history intact ({len(msgs)} messages)")
+
+    credentials(conv)
 
     # 3. stop bob's replica while alice keeps sending
     before = start_state()
@@ -656,9 +991,13 @@ def main():
 
     until(30, "the old master to rejoin as a replica of the new one", rejoined, interval=1)
     log("the old master came back as an authenticated replica of the new master")
+    managers_and_registries(a_ws, b_ws, conv, acked)
+    until(15, "every acknowledged message in history after the manager stop",
+          lambda: {m["client_msg_id"] for m in history(bob, conv)} >= set(acked))
     a_ws.close()
     b_ws.close()
 
+    idle_connections()
     nginx_connection_limit()
     log("all checks passed")
 

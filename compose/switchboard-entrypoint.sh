@@ -1,24 +1,30 @@
 #!/bin/sh
 # Entrypoint of the Switchboard image (Dockerfile, runtime stage): runs its arguments after
-# making sure the shared secrets are set. docker-compose.yml also mounts this file into the
-# Redis and Sentinel containers, which run it for their own Redis secrets only (SB_SECRETS
-# below), before their own start script and in their healthchecks.
+# setting the service's credentials from its own volumes. docker-compose.yml also mounts this
+# file into the Redis and Sentinel containers, which run it for their own Redis secrets only
+# (SB_SECRETS below), before their own start script and in their healthcheck.
 #
-# SB_JWT_SECRET and SB_CLUSTER_SECRET given in the environment (e.g. from an .env file next to
-# docker-compose.yml) are used as they are. When one is empty and the secrets directory is
-# mounted (docker-compose.yml mounts the named volume `secrets` there in every Switchboard
-# service), the first container to start generates a random 48-hex-digit secret into it and
-# every other container reads the same one: no two deployments share a secret, and nobody has
-# to pick one for a demo. `docker compose down -v` forgets them. Without the directory the
-# variable stays empty and the service refuses to start (outside dev mode; the Redis
-# containers always refuse).
+# Cluster credentials and client-token keys (docs/compose.md, "Credentials"): the one-shot
+# service `keys` (switchboard-keys) writes each service's own files into its volume
+# `auth-<role>`, which the service alone mounts, read-only, at SB_AUTH_DIR
+# (/var/lib/switchboard/auth). From there this script sets, unless already set:
+#   SB_SERVICE_SECRET, SB_CALLER_KEYS  the service's own credential and every role's SHA-256
+#                                      (per-service mode), unless SB_CLUSTER_SECRET is given:
+#                                      then the shared mode, that one secret everywhere;
+#   SB_JWT_PUBLIC_KEY_FILE             the Ed25519 key that verifies client tokens, and
+#   SB_JWT_PRIVATE_KEY_FILE            the one that mints them (in the registry's volume only),
+#                                      unless SB_JWT_SECRET is given: then HS256 with it.
+# An empty SB_JWT_SECRET or SB_CLUSTER_SECRET (compose passes the host's, usually unset) is
+# removed from the environment, so no service even sees the name.
 #
-# SB_SECRETS: the names to handle (default: SB_JWT_SECRET and SB_CLUSTER_SECRET). The Redis and
-# Sentinel containers list their own (SB_REDIS_PASSWORD, the operators' admin password, and
-# the replicas', Sentinels' and services' Sentinel users' passwords) and mount their own
-# volume, `redis-secrets`, here instead of `secrets`: no Switchboard container ever sees them.
-# When SB_REDIS_PASSWORD is set at the end, it is also exported as REDISCLI_AUTH, so
-# `switchboard-entrypoint redis-cli ...` in a Redis or Sentinel container authenticates.
+# SB_SECRETS: names of secrets to read from, or generate into, the directory SB_SECRETS_DIR
+# (default /var/lib/switchboard/secrets) when they are empty: the first container generates a
+# random 48-hex-digit value and every other reads the same. Only the Redis and Sentinel
+# containers use it, for the Redis tier's own secrets (SB_REDIS_PASSWORD, the operators' admin
+# password, and the replicas', Sentinels' and services' Sentinel users' passwords) in their
+# volume `redis-secrets`: no Switchboard container ever sees them. When SB_REDIS_PASSWORD is
+# set at the end, it is also exported as REDISCLI_AUTH, so `switchboard-entrypoint redis-cli
+# ...` in a Redis or Sentinel container authenticates.
 #
 # Redis credentials of a Switchboard service: its own Redis ACL user's password and the
 # Sentinels' client password are never generated here. The Redis containers write them into
@@ -26,11 +32,10 @@
 # mounts read-only at SB_REDIS_AUTH_DIR (/var/lib/switchboard/redis); an empty
 # SB_REDIS_PASSWORD / SB_REDIS_SENTINEL_PASSWORD is read from there.
 #
-# Run as root, it hands a root-owned directory and the files it writes to SB_SECRETS_OWNER
-# (default: the Switchboard image's user, uid 10001 in the Dockerfile) with modes 700/600, as
-# if that user had made them. The Redis and Sentinel containers run it as root with
-# SB_SECRETS_OWNER=0:0: their volume is theirs alone. (The Switchboard image creates the
-# `secrets` directory as uid 10001, and a new named volume takes that owner.)
+# Run as root, it hands a root-owned secrets directory and the files it writes to
+# SB_SECRETS_OWNER (default: the Switchboard image's user, uid 10001 in the Dockerfile) with
+# modes 700/600. The Redis and Sentinel containers run it as root with SB_SECRETS_OWNER=0:0:
+# their volume is theirs alone.
 set -eu
 dir="${SB_SECRETS_DIR:-/var/lib/switchboard/secrets}"
 owner="${SB_SECRETS_OWNER:-10001:10001}"
@@ -47,7 +52,27 @@ for name in SB_REDIS_PASSWORD SB_REDIS_SENTINEL_PASSWORD; do
         export "$name=$value"
     fi
 done
-for name in ${SB_SECRETS:-SB_JWT_SECRET SB_CLUSTER_SECRET}; do
+auth="${SB_AUTH_DIR:-/var/lib/switchboard/auth}"
+if [ -z "${SB_CLUSTER_SECRET:-}" ]; then
+    unset SB_CLUSTER_SECRET
+    for name in SB_SERVICE_SECRET SB_CALLER_KEYS; do
+        eval "value=\${$name:-}"
+        if [ -z "$value" ] && [ -r "$auth/$name" ]; then
+            value="$(cat "$auth/$name")"
+            export "$name=$value"
+        fi
+    done
+fi
+if [ -z "${SB_JWT_SECRET:-}" ]; then
+    unset SB_JWT_SECRET
+    if [ -z "${SB_JWT_PUBLIC_KEY_FILE:-}" ] && [ -r "$auth/jwt-ed25519.pub.pem" ]; then
+        export SB_JWT_PUBLIC_KEY_FILE="$auth/jwt-ed25519.pub.pem"
+    fi
+    if [ -z "${SB_JWT_PRIVATE_KEY_FILE:-}" ] && [ -r "$auth/jwt-ed25519.pem" ]; then
+        export SB_JWT_PRIVATE_KEY_FILE="$auth/jwt-ed25519.pem"
+    fi
+fi
+for name in ${SB_SECRETS:-}; do
     eval "value=\${$name:-}"
     if [ -z "$value" ] && [ -d "$dir" ] && [ -w "$dir" ]; then
         file="$dir/$name"

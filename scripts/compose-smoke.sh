@@ -9,15 +9,22 @@
 #      Debian sid debootstrap (compose.conf needs nginx >= 1.27.3), tansu as the broker, and
 #      switchboard:local from the Dockerfile's own runtime stage fed with release binaries
 #      built on this host;
-#   3. runs docker-compose.yml (+ compose.offline.yml, which only swaps those images and the
-#      broker) with `up -d --scale socket-server=3`, then compose/smoke_client.py checks
-#      assignment, chat across replicas, a replica stop, a Redis master stop (Sentinel
-#      failover, with Redis AUTH on and every service as its own Redis ACL user), what the
-#      public nginx refuses, that Redis and the Sentinels refuse clients without the generated
-#      password (NOAUTH), that a service's Redis user gets NOPERM outside its key families
-#      (the socket server on the membership mirror) and its Sentinel user on SENTINEL
-#      MONITOR/REMOVE/FAILOVER, and that nginx's limit_conn refuses one address's excess
-#      connections (429) while another address gets through;
+#   3. runs docker-compose.yml + compose.demo.yml (the one-command demo: dev mode in the
+#      registry) + compose.offline.yml (which only swaps those images and the broker) with
+#      `up -d --scale socket-server=3 --scale registry=2 --scale socket-manager=2`, then
+#      compose/smoke_client.py checks assignment, chat across replicas, a replica stop, a
+#      Redis master stop (Sentinel failover, with Redis AUTH on and every service as its own
+#      Redis ACL user), what the public nginx refuses, that Redis and the Sentinels refuse
+#      clients without the generated password (NOAUTH), that a service's Redis user gets
+#      NOPERM outside its key families (the socket server on the membership mirror) and its
+#      Sentinel user on SENTINEL MONITOR/REMOVE/FAILOVER, the per-service credentials (the
+#      socket server holds no token-minting key and no other role's secret: a forged token is
+#      refused, its credential gets 403 on the membership route), a socket manager stop, a
+#      registry replica added at run time and found by nginx through Docker's DNS, 5,000 idle
+#      WebSockets held through the three socket servers (from 25 source addresses added to the
+#      compose network's bridge: nginx allows 256 connections per address), and that nginx's
+#      limit_conn refuses one address's excess connections (429) while another address gets
+#      through;
 #   4. `down -v` must leave no container, network or volume of the project.
 #
 # Traffic goes only to the containers it starts and to loopback (plus the Debian mirror for
@@ -58,7 +65,7 @@ fi
 # the builder this needs).
 DOCKER_BIN=/usr/bin/docker; [ -x "$DOCKER_BIN" ] || DOCKER_BIN="$(command -v docker)"
 DOCKER="$SUDO $DOCKER_BIN"
-COMPOSE="$SUDO env SB_PUBLIC_PORT=PORT docker-compose -p $PROJECT -f $ROOT/docker-compose.yml -f $ROOT/compose.offline.yml"
+COMPOSE="$SUDO env SB_PUBLIC_PORT=PORT docker-compose -p $PROJECT -f $ROOT/docker-compose.yml -f $ROOT/compose.demo.yml -f $ROOT/compose.offline.yml"
 export DOCKER_BUILDKIT=1
 
 DOCKERD_PID=""
@@ -100,12 +107,14 @@ fi
 timeout 120 $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
 
 # ---- 2. the release binaries (host build) -------------------------------------------------------
-BINS="registry socket-server socket-manager health-checker message-service"
+# The packages' binaries, and switchboard-keys (the registry package's; the `keys` service).
+PACKAGES="registry socket-server socket-manager health-checker message-service webhook-dispatcher"
+BINS="$PACKAGES switchboard-keys"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN_DIR="${SB_SMOKE_BIN_DIR:-}"
 if [ -z "$BIN_DIR" ]; then
-    log "cargo build --release ($BINS) into $TARGET_DIR"
-    packages=(); for b in $BINS; do packages+=(-p "$b"); done
+    log "cargo build --release ($PACKAGES) into $TARGET_DIR"
+    packages=(); for b in $PACKAGES; do packages+=(-p "$b"); done
     CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --locked --quiet "${packages[@]}"
     BIN_DIR="$TARGET_DIR/release"
 fi
@@ -229,12 +238,18 @@ build switchboard:local Dockerfile . --target runtime \
 
 # ---- 4. the stack -------------------------------------------------------------------------------
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-COMPOSE="${COMPOSE/SB_PUBLIC_PORT=PORT/SB_PUBLIC_PORT=$PORT SB_DEV_MODE=true}"
+# No SB_DEV_MODE here: compose.demo.yml is what turns dev tokens on (the demo command).
+COMPOSE="${COMPOSE/SB_PUBLIC_PORT=PORT/SB_PUBLIC_PORT=$PORT}"
+SCALE="--scale socket-server=3 --scale registry=2 --scale socket-manager=2"
 dangling_before="$($DOCKER volume ls -q --filter dangling=true | sort)"
-log "docker-compose up -d --scale socket-server=3 (nginx on 127.0.0.1:$PORT)"
+log "docker-compose up -d $SCALE (nginx on 127.0.0.1:$PORT)"
 STACK_UP=1
-timeout 420 $COMPOSE up -d --no-build --scale socket-server=3 >"$WORK/up.log" 2>&1 \
+# shellcheck disable=SC2086
+timeout 420 $COMPOSE up -d --no-build $SCALE >"$WORK/up.log" 2>&1 \
     || { tail -n 30 "$WORK/up.log"; $COMPOSE ps; die "docker-compose up failed"; }
+# The one-shot `keys` service ran and exited 0 before the services started.
+keys_exit="$($DOCKER inspect -f '{{.State.ExitCode}} {{.State.Status}}' "$($COMPOSE ps -q keys)")"
+[ "$keys_exit" = "0 exited" ] || die "the keys service: $keys_exit, expected 0 exited"
 $COMPOSE ps
 published="$($DOCKER port "$($COMPOSE ps -q nginx)" 80/tcp)"
 [ "$published" = "127.0.0.1:$PORT" ] || die "nginx is published on $published, expected 127.0.0.1:$PORT only"
@@ -242,9 +257,25 @@ published="$($DOCKER port "$($COMPOSE ps -q nginx)" 80/tcp)"
 all_published="$($DOCKER port "$($COMPOSE ps -q nginx)")"
 [ "$all_published" = "80/tcp -> 127.0.0.1:$PORT" ] || die "nginx publishes more than :80: $all_published"
 
+# Source addresses for the 5,000 idle WebSockets: nginx allows 256 connections per address,
+# and everything through the published port arrives from one (docker-proxy's). So the client
+# connects to nginx's container address directly, from 25 addresses added to the host's side
+# of the compose network's bridge (the top of its subnet, which Docker's IPAM hands out
+# last); they go away with the network at `down`.
+NET="${PROJECT}_default"
+SUBNET="$($DOCKER network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$NET" | awk '{print $1}')"
+BRIDGE="$(ip -o -4 route show "$SUBNET" | awk '{for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit }}')"
+[ -n "$SUBNET" ] && [ -n "$BRIDGE" ] || die "no bridge for the compose network $NET ($SUBNET)"
+SOURCES="$(python3 -c 'import ipaddress, sys
+n = ipaddress.ip_network(sys.argv[1])
+print(" ".join(f"{n.broadcast_address - k}/{n.prefixlen}" for k in range(2, 27)))' "$SUBNET")"
+for a in $SOURCES; do $SUDO ip addr add "$a" dev "$BRIDGE" || die "ip addr add $a dev $BRIDGE"; done
+NGINX_IP="$($DOCKER inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$($COMPOSE ps -q nginx)")"
+
 log "running the client checks"
-SB_PUBLIC_PORT="$PORT" SMOKE_COMPOSE="$COMPOSE" SMOKE_DOCKER="$DOCKER" \
-    timeout 420 python3 -B compose/smoke_client.py || die "client checks failed"
+SB_PUBLIC_PORT="$PORT" SMOKE_COMPOSE="$COMPOSE" SMOKE_DOCKER="$DOCKER" SMOKE_SCALE="$SCALE" \
+    SMOKE_NGINX_IP="$NGINX_IP" SMOKE_SOURCES="$(for a in $SOURCES; do printf '%s ' "${a%/*}"; done)" \
+    timeout 600 python3 -B compose/smoke_client.py || die "client checks failed"
 
 # nginx logged the WebSocket upgrades, but not their ?token=<JWT>.
 nginx_log="$($COMPOSE logs --no-color nginx 2>&1)"

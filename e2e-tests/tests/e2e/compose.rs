@@ -4,10 +4,13 @@
 //! `docker-compose config` (the Debian package, installed by `scripts/install-deps.sh`) must
 //! accept the file, and its fully resolved output must have every service, healthchecks on
 //! all of them, a start order that waits for health, nginx as the only published port, a
-//! scalable socket server, Sentinels that monitor the master, Redis AUTH on every Redis and
-//! Sentinel (the generated password from the `secrets` volume, authenticated healthchecks),
-//! and register/deregister only on nginx's unpublished internal listener. The Dockerfile
-//! must be a multi-stage build that copies every workspace member.
+//! scalable socket servers, registries and managers (nginx finding the registries through
+//! Docker's DNS), Sentinels that monitor the master, Redis AUTH on every Redis and Sentinel
+//! (the generated password from the `redis-secrets` volume, authenticated healthchecks),
+//! per-service credentials from the one-shot `keys` service (no shared secret, the token
+//! minting key in the registry's volume only), dev mode only with the demo override, and
+//! register/deregister only on nginx's unpublished internal listener. The Dockerfile must be a
+//! multi-stage build that copies every workspace member.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,10 +20,8 @@ use serde_yaml::Value;
 
 /// Our services (the `switchboard:local` image), each with its `/ready` port.
 const OURS: &[(&str, u16)] = &[
-    ("registry-1", 8101),
-    ("registry-2", 8102),
-    ("socket-manager-1", 8201),
-    ("socket-manager-2", 8202),
+    ("registry", 8101),
+    ("socket-manager", 8201),
     ("health-checker", 8301),
     ("message-service", 8401),
     // The operations port (/live, /ready, /metrics), not the public /ws one (9001).
@@ -49,29 +50,34 @@ const MUST_WAIT_FOR: &[(&str, &[&str])] = &[
     ("sentinel-1", &["redis-master"]),
     ("sentinel-2", &["redis-master"]),
     ("sentinel-3", &["redis-master"]),
-    ("message-service", &["sentinel-1", "kafka", "postgres"]),
-    ("registry-1", &["sentinel-1"]),
-    ("registry-2", &["sentinel-1"]),
     (
-        "socket-manager-1",
-        &["sentinel-1", "kafka", "message-service"],
+        "message-service",
+        &["sentinel-1", "kafka", "postgres", "keys"],
     ),
+    ("registry", &["sentinel-1", "keys"]),
     (
-        "socket-manager-2",
-        &["sentinel-1", "kafka", "message-service"],
+        "socket-manager",
+        &["sentinel-1", "kafka", "message-service", "keys"],
     ),
-    ("health-checker", &["sentinel-1"]),
-    ("nginx", &["registry-1", "registry-2", "message-service"]),
+    ("health-checker", &["sentinel-1", "keys"]),
+    ("nginx", &["registry", "message-service"]),
     (
         "socket-server",
-        &[
-            "sentinel-1",
-            "kafka",
-            "nginx",
-            "socket-manager-1",
-            "socket-manager-2",
-        ],
+        &["sentinel-1", "kafka", "nginx", "socket-manager", "keys"],
     ),
+];
+
+/// The one-shot service that writes every service's credentials and exits.
+const KEYS: &str = "keys";
+
+/// Each of our services' credentials volume (the role it holds the secret of).
+const ROLES: &[(&str, &str)] = &[
+    ("registry", "registry"),
+    ("socket-manager", "socket-manager"),
+    ("health-checker", "health-checker"),
+    ("message-service", "message-service"),
+    ("socket-server", "socket-server"),
+    ("webhook-dispatcher", "webhook-dispatcher"),
 ];
 
 fn repo_root() -> PathBuf {
@@ -84,12 +90,17 @@ fn repo_root() -> PathBuf {
 /// `docker-compose -f <repo>/docker-compose.yml config`, parsed. The caller's `SB_*` and
 /// `COMPOSE_*` variables are removed so the defaults in the file are what is checked.
 fn compose_config() -> Value {
+    compose_config_of(&["docker-compose.yml"])
+}
+
+/// `docker-compose -f <file> -f <file> ... config`, parsed (see [`compose_config`]).
+fn compose_config_of(files: &[&str]) -> Value {
     let root = repo_root();
     let mut cmd = Command::new("docker-compose");
-    cmd.arg("-f")
-        .arg(root.join("docker-compose.yml"))
-        .arg("config")
-        .current_dir(&root);
+    for file in files {
+        cmd.arg("-f").arg(root.join(file));
+    }
+    cmd.arg("config").current_dir(&root);
     for (key, _) in std::env::vars_os() {
         if let Some(key) = key.to_str() {
             if key.starts_with("SB_") || key.starts_with("COMPOSE_") {
@@ -228,8 +239,9 @@ fn compose_file_is_valid_and_complete() {
         "services missing from docker-compose.yml: {missing:?}"
     );
 
-    // Every service has a healthcheck; ours probe their own /ready.
-    for name in &names {
+    // Every service has a healthcheck (but the one-shot `keys`, which exits); ours probe
+    // their own /ready.
+    for name in names.iter().filter(|n| *n != KEYS) {
         let hc = &service(&config, name)["healthcheck"];
         assert!(
             hc["test"].as_sequence().is_some_and(|t| !t.is_empty()) || text(&hc["test"]).is_some(),
@@ -263,7 +275,8 @@ fn compose_file_is_valid_and_complete() {
         );
     }
 
-    // depends_on always waits for health, and the start order holds.
+    // depends_on always waits for health (for `keys`: its successful exit), and the start
+    // order holds.
     for name in &names {
         let deps = &service(&config, name)["depends_on"];
         match deps {
@@ -272,10 +285,15 @@ fn compose_file_is_valid_and_complete() {
                 for (dep, spec) in m {
                     let dep = text(dep).unwrap_or_default();
                     assert!(names.contains(&dep), "`{name}` depends on unknown `{dep}`");
+                    let want = if dep == KEYS {
+                        "service_completed_successfully"
+                    } else {
+                        "service_healthy"
+                    };
                     assert_eq!(
                         text(&spec["condition"]).as_deref(),
-                        Some("service_healthy"),
-                        "`{name}` -> `{dep}` must use condition: service_healthy"
+                        Some(want),
+                        "`{name}` -> `{dep}` must use condition: {want}"
                     );
                 }
             }
@@ -308,11 +326,13 @@ fn compose_file_is_valid_and_complete() {
             svc["container_name"].is_null(),
             "`{name}` must not fix a container_name"
         );
-        assert_ne!(
-            text(&svc["network_mode"]).as_deref(),
-            Some("host"),
-            "`{name}` host network"
-        );
+        if name != KEYS {
+            assert!(
+                svc["network_mode"].is_null(),
+                "`{name}`: network_mode {:?}",
+                svc["network_mode"]
+            );
+        }
         if name != "nginx" {
             let published: Vec<_> = published_ports(svc)
                 .into_iter()
@@ -333,8 +353,9 @@ fn compose_file_is_valid_and_complete() {
     let nginx_conf = std::fs::read_to_string(&nginx_conf)
         .unwrap_or_else(|e| panic!("nginx config {}: {e}", nginx_conf.display()));
     for needle in [
-        "registry-1:8101",
-        "registry-2:8102",
+        // One name for every registry replica, re-resolved through Docker's DNS.
+        "resolver 127.0.0.11",
+        "server registry:8101 max_fails=1 fail_timeout=2s resolve;",
         "message-service:8401",
         "location ~ \"^/ws/",
         ":9001/ws$is_args$args",
@@ -435,24 +456,59 @@ fn compose_file_is_valid_and_complete() {
             "`{name}` must bind {bind}: {env:?}"
         );
         let command = command_line(service(&config, name));
-        let binary = name.trim_end_matches(|c: char| c == '-' || c.is_ascii_digit());
+        let binary = *name;
         assert!(
             command.contains(binary),
             "`{name}` should run `{binary}`: {command}"
         );
     }
-    for name in [
-        "socket-server",
-        "socket-manager-1",
-        "socket-manager-2",
-        "message-service",
-    ] {
+    for name in ["socket-server", "socket-manager", "message-service"] {
         let env = environment(service(&config, name));
         assert_eq!(
             env.get("SB_KAFKA_BROKERS").map(String::as_str),
             Some("kafka:9092")
         );
+        // What the offline smoke runs on tansu (docs/compose.md, "Kafka settings").
+        assert_eq!(
+            env.get("SB_KAFKA_IDEMPOTENCE").map(String::as_str),
+            Some("false"),
+            "`{name}`"
+        );
+        assert_eq!(
+            env.get("SB_DELETE_HANDLER_TOPICS").map(String::as_str),
+            Some("false"),
+            "`{name}`"
+        );
+        assert_eq!(
+            env.get("SB_MANAGER_URLS")
+                .map(String::as_str)
+                .unwrap_or("http://socket-manager:8201"),
+            "http://socket-manager:8201",
+            "`{name}`: every manager replica behind one name"
+        );
     }
+    // Scalable: no fixed pairs, two of each by default (compose v2 reads deploy.replicas).
+    for name in ["registry", "socket-manager", "socket-server"] {
+        assert!(
+            service(&config, name)["deploy"]["replicas"]
+                .as_u64()
+                .is_some_and(|n| n >= 2),
+            "`{name}` should run 2+ replicas by default"
+        );
+    }
+    for gone in [
+        "registry-1",
+        "registry-2",
+        "socket-manager-1",
+        "socket-manager-2",
+    ] {
+        assert!(!names.contains(gone), "`{gone}`: a fixed replica is back");
+    }
+    assert!(
+        command_line(service(&config, "socket-manager")).contains("SB_MANAGER_ID=")
+            && command_line(service(&config, "socket-manager")).contains("hostname"),
+        "each socket-manager replica must name itself (SB_MANAGER_ID per container)"
+    );
     assert_eq!(
         text(&service(&config, "kafka")["image"]).map(|i| i.starts_with("apache/kafka:")),
         Some(true),
@@ -564,8 +620,8 @@ fn compose_redis_and_sentinels_require_the_generated_password() {
     assert!(
         config["volumes"]
             .as_mapping()
-            .is_some_and(|v| v.contains_key(Value::from("secrets"))),
-        "the `secrets` volume must be declared"
+            .is_some_and(|v| v.contains_key(Value::from("redis-secrets"))),
+        "the `redis-secrets` volume must be declared"
     );
     // Least privilege (issue 24): each Switchboard service logs in as its own Redis user and
     // mounts only its own password volume, never the Redis tier's secrets.
@@ -594,6 +650,112 @@ fn compose_redis_and_sentinels_require_the_generated_password() {
             "`{name}`: its Redis user and its password volume must match"
         );
     }
+}
+
+/// Per-service credentials (issue 24, item 11): the one-shot `keys` service, without a
+/// network, writes each service's own into its `auth-<role>` volume; each service mounts its
+/// own alone, read-only; nothing holds a shared secret; only the registry gets the private
+/// key (switchboard-keys writes it into the registry's volume alone); dev mode is off
+/// unless the demo override turns it on, in the registry only.
+#[test]
+fn compose_services_hold_only_their_own_credentials() {
+    let config = compose_config();
+    let keys = service(&config, KEYS);
+    assert_eq!(text(&keys["network_mode"]).as_deref(), Some("none"));
+    assert_eq!(text(&keys["restart"]).as_deref(), Some("no"));
+    assert!(
+        command_line(keys).starts_with("switchboard-keys "),
+        "`keys` runs switchboard-keys: {}",
+        command_line(keys)
+    );
+    let keys_mounts = mounts(keys);
+    for (_, role) in ROLES {
+        assert!(
+            keys_mounts.contains(&(
+                format!("auth-{role}"),
+                format!("/var/lib/switchboard/services/{role}")
+            )),
+            "`keys` must write {role}'s credentials: {keys_mounts:?}"
+        );
+    }
+    let services = config["services"].as_mapping().expect("services");
+    for (name, svc) in services {
+        let name = text(name).unwrap_or_default();
+        if name == KEYS {
+            continue;
+        }
+        let mounts = mounts(svc);
+        assert!(
+            !mounts.iter().any(|(s, _)| s == "cluster-keys"),
+            "`{name}` must not mount the deployment's key store"
+        );
+        let env = environment(svc);
+        for shared in ["SB_JWT_SECRET", "SB_CLUSTER_SECRET"] {
+            assert!(
+                env.get(shared).is_none_or(|v| v.is_empty()),
+                "`{name}` gets {shared} by default"
+            );
+        }
+        let auth: Vec<&(String, String)> = mounts
+            .iter()
+            .filter(|(s, _)| s.starts_with("auth-"))
+            .collect();
+        if let Some((_, role)) = ROLES.iter().find(|(service, _)| *service == name) {
+            assert_eq!(
+                auth.iter()
+                    .map(|(s, t)| (s.as_str(), t.as_str()))
+                    .collect::<Vec<_>>(),
+                [(format!("auth-{role}").as_str(), "/var/lib/switchboard/auth")],
+                "`{name}` must mount its own credentials alone"
+            );
+            let volumes = svc["volumes"].as_sequence().expect("volumes");
+            assert!(
+                volumes
+                    .iter()
+                    .filter_map(text)
+                    .any(|v| v == format!("auth-{role}:/var/lib/switchboard/auth:ro")),
+                "`{name}`: its credentials read-only: {volumes:?}"
+            );
+            assert_eq!(
+                text(&svc["depends_on"][KEYS]["condition"]).as_deref(),
+                Some("service_completed_successfully"),
+                "`{name}` must wait for its credentials"
+            );
+        } else {
+            assert!(auth.is_empty(), "`{name}` mounts credentials: {auth:?}");
+        }
+    }
+
+    // Dev mode: off in the production file, on with the demo override, in the registry only.
+    let demo = compose_config_of(&["docker-compose.yml", "compose.demo.yml"]);
+    for (name, _) in OURS {
+        let prod = environment(service(&config, name));
+        assert_eq!(
+            prod.get("SB_DEV_MODE").map(String::as_str),
+            Some("false"),
+            "`{name}`"
+        );
+        let with_demo = environment(service(&demo, name));
+        let want = if *name == "registry" { "true" } else { "false" };
+        assert_eq!(
+            with_demo.get("SB_DEV_MODE").map(String::as_str),
+            Some(want),
+            "`{name}` with compose.demo.yml"
+        );
+    }
+    let published = published_ports(service(&demo, "nginx"));
+    assert_eq!(
+        published.len(),
+        1,
+        "the demo publishes nginx once: {published:?}"
+    );
+    let nginx = &service(&demo, "nginx")["ports"][0];
+    let host_ip = text(&nginx["host_ip"]).unwrap_or_else(|| {
+        text(nginx)
+            .and_then(|p| p.split(':').next().map(str::to_string))
+            .unwrap_or_default()
+    });
+    assert_eq!(host_ip, "127.0.0.1", "the demo is on 127.0.0.1 only");
 }
 
 /// `docker-compose config` does not reject cycles in depends_on; `up` would hang on them.
@@ -688,10 +850,17 @@ fn compose_dockerfile_is_multi_stage_and_copies_every_member() {
         .find(|l| l.starts_with("ARG SB_BINS="))
         .expect("ARG SB_BINS=... in the Dockerfile");
     for (name, _) in OURS {
-        let binary = name.trim_end_matches(|c: char| c == '-' || c.is_ascii_digit());
         assert!(
-            bins.split(['"', ' ', '=']).any(|b| b == binary),
-            "SB_BINS lacks `{binary}`"
+            bins.split(['"', ' ', '=']).any(|b| b == *name),
+            "SB_BINS lacks `{name}`"
         );
     }
+    let tools = lines
+        .iter()
+        .find(|l| l.starts_with("ARG SB_TOOLS="))
+        .expect("ARG SB_TOOLS=... in the Dockerfile");
+    assert!(
+        tools.contains("switchboard-keys"),
+        "the image must ship switchboard-keys (the `keys` service): {tools}"
+    );
 }
