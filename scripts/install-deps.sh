@@ -19,6 +19,12 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # The nemesis partition test cuts one socket server off the network (test-support/src/netcut.rs).
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# Monitoring and Kubernetes checks (scripts/check-deploy.sh, the e2e test `observability`):
+# Prometheus and promtool, kubectl for `kubectl kustomize`, PyYAML for the dashboard generator.
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+python3 -c 'import yaml' >/dev/null 2>&1 || need+=(python3-yaml)
 
 if [ "${#need[@]}" -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"
@@ -81,7 +87,7 @@ fi
 # The packages start system services on the ports the dev stack uses; stop them (quietly,
 # whether or not they exist or run; there may be no init system at all in a container).
 if [ "$(id -u)" -eq 0 ] && command -v service >/dev/null 2>&1; then
-    for svc in redis-server redis-sentinel nginx postgresql; do
+    for svc in redis-server redis-sentinel nginx postgresql prometheus; do
         service "$svc" stop >/dev/null 2>&1 || true
     done
 fi
