@@ -8,7 +8,7 @@
 # service's SB_CALLER_KEYS (hashes only: a service cannot present another's credential), and
 # an Ed25519 key pair for client tokens: every service gets the public key
 # (SB_JWT_PUBLIC_KEY_FILE), only the registry the private one (docs/configuration.md,
-# docs/security.md). Needs openssl and sha256sum.
+# docs/security.md). Needs openssl, sha256sum and python3.
 #
 # The managed stores' credentials come from the environment (each service its own Redis ACL
 # user's password; docs/deploy.md, "Per-service ACL users"):
