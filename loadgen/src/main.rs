@@ -14,6 +14,9 @@
 //! duplicated or reordered and p99 < 250 ms. The process exits non-zero if a step of `s2` or
 //! `s3` lost, duplicated or reordered anything.
 
+// Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 mod ceilings;
 mod chat;
 mod stats;

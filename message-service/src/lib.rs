@@ -58,6 +58,8 @@ pub struct Application {
         store::Store,
         switchboard_chat_state::membership::MembershipMirror,
     ),
+    /// Keeps an identity provider's keys fresh, when one is configured.
+    jwks: Option<switchboard_service_kit::jwks::JwksRefresher>,
     /// The membership events' outbox: published to the events topic once committed.
     events: (store::Store, switchboard_kafka::KafkaConfig),
 }
@@ -111,7 +113,7 @@ impl Application {
         let state = web::Data::new(AppState {
             store: rest_store,
             internal: store,
-            tokens: config.common.token_keys(),
+            tokens,
             cache: mirror,
             settled,
             config,
@@ -144,6 +146,7 @@ impl Application {
     /// Serves until `shutdown` (then the ingest loop commits what it stored), or until the
     /// ingest loop exits (logged by name and returned as an error: history would silently
     /// stop growing otherwise).
+            jwks,
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut workers = switchboard_service_kit::supervise::Workers::new();
         workers.spawn("ingest", self.ingest.run(shutdown.clone()));
@@ -160,4 +163,7 @@ impl Application {
         workers.serve(self.server, shutdown).await?;
         Ok(())
     }
+        if let Some(jwks) = self.jwks {
+            workers.spawn("jwks", jwks.run(shutdown.clone()));
+        }
 }

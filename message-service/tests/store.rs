@@ -9,6 +9,9 @@
 //! shared server, so its store reaches the database through a [`Relay`] it takes down and
 //! brings back on the same port: to the store, the database is gone and then back.
 
+// Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use message_service::store::{
     is_data_error, DeadLetter, LogPosition, ReceiptUpdate, Sourced, Store,
 };

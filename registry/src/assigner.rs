@@ -18,6 +18,7 @@
 use switchboard_protocol::registry::Assignment;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::redis_sentinel::StoreError;
+use switchboard_service_kit::supervise::OwnedTask;
 use tokio::sync::{mpsc, oneshot};
 
 /// Requests waiting for a script, at most.
@@ -31,14 +32,23 @@ type Reply = oneshot::Sender<Result<Option<Assignment>, String>>;
 #[derive(Clone)]
 pub struct Assigner {
     tx: mpsc::Sender<Reply>,
+    /// The assigning task: aborted with the last handle (it would end then anyway, its queue
+    /// closed; the guard makes the ownership plain).
+    _task: std::sync::Arc<OwnedTask>,
 }
 
 impl Assigner {
     /// Starts the assigning task; it ends when the last [`Assigner`] is dropped.
     pub fn start(directory: ServerDirectory, stale_after_ms: i64, reservation_ttl_ms: i64) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(directory, stale_after_ms, reservation_ttl_ms, rx));
-        Assigner { tx }
+        let task = OwnedTask::spawn(
+            "assigner",
+            run(directory, stale_after_ms, reservation_ttl_ms, rx),
+        );
+        Assigner {
+            tx,
+            _task: std::sync::Arc::new(task),
+        }
     }
 
     /// The least-loaded live server with room, a slot reserved on it; `None` when every server

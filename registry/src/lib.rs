@@ -17,10 +17,12 @@ use actix_web::web;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::http;
+use switchboard_service_kit::jwks::JwksRefresher;
 use switchboard_service_kit::limits::{IpLeases, IpRateLimiter};
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
+use switchboard_service_kit::supervise::Workers;
 
 pub use config::RegistryConfig;
 
@@ -44,6 +46,7 @@ pub fn public_openapi() -> utoipa::openapi::OpenApi {
 pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
+    jwks: Option<JwksRefresher>,
 }
 
 impl Application {
@@ -65,9 +68,10 @@ impl Application {
         let redis_config = config.common.redis.clone();
         let (stale_after_ms, reservation_ttl_ms) =
             (config.stale_after_ms, config.reservation_ttl_ms);
+        let (tokens, jwks) = config.common.token_keys();
         let state = web::Data::new(AppState {
             directory,
-            tokens: config.common.token_keys(),
+            tokens,
             assign_rate: IpRateLimiter::new(config.assign_rate_per_ip),
             reservations: IpLeases::new(
                 config.reservations_per_ip,
@@ -95,21 +99,21 @@ impl Application {
                 routes::configure(cfg);
             },
         )?;
-        Ok(Application { port, server })
+        Ok(Application { port, server, jwks })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests (the same
+    /// supervision as every service: [`Workers::serve`]).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            handle.stop(true).await;
-        });
-        self.server.await?;
+        let mut workers = Workers::new();
+        if let Some(jwks) = self.jwks {
+            workers.spawn("jwks", jwks.run(shutdown.clone()));
+        }
+        workers.serve(self.server, shutdown).await?;
         Ok(())
     }
 }

@@ -24,5 +24,5 @@ async fn main() -> anyhow::Result<()> {
     let config = RegistryConfig::from_env()?;
     let app = Application::build(config).await?;
     tracing::info!(port = app.port(), "registry listening");
-    app.run_until_stopped(shutdown::token_on_signal()).await
+    shutdown::until_signal(|stop| app.run_until_stopped(stop)).await
 }

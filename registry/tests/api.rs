@@ -4,6 +4,9 @@
 //! prefix, so tests share Redis without seeing each other. Seconds, not the minutes of the
 //! whole-stack tests.
 
+// Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use registry::config::{
     HELP_TABLES, SB_ASSIGN_BURST_PER_IP, SB_ASSIGN_RATE_PER_IP, SB_REGISTRY_HTTP_WORKERS,
     SB_RESERVATIONS_PER_IP,

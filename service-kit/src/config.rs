@@ -485,21 +485,18 @@ fn cluster_auth(lookup: Lookup<'_>, dev_mode: bool) -> Result<ClusterAuth, Confi
 }
 
 impl CommonConfig {
-    /// The keys that verify client tokens: the secret and the policy, and with a JWKS source
-    /// the provider's keys, kept fresh by a task that lives as long as the process (call
-    /// inside the runtime).
-    pub fn token_keys(&self) -> TokenKeys {
+    /// The keys that verify client tokens: the secret, the Ed25519 keys and the policy; with
+    /// a JWKS source also the task that loads the provider's keys into them and keeps them
+    /// fresh, for the service to run among its workers ([`crate::jwks::JwksRefresher::run`]).
+    pub fn token_keys(&self) -> (TokenKeys, Option<crate::jwks::JwksRefresher>) {
         let keys = self
             .try_token_keys()
             .expect("the key files were checked when the configuration was read");
-        if let Some(source) = &self.jwks {
-            tokio::spawn(crate::jwks::keep_fresh(
-                source.clone(),
-                keys.clone(),
-                tokio_util::sync::CancellationToken::new(),
-            ));
-        }
-        keys
+        let refresher = self.jwks.as_ref().map(|source| crate::jwks::JwksRefresher {
+            source: source.clone(),
+            keys: keys.clone(),
+        });
+        (keys, refresher)
     }
 }
 

@@ -33,6 +33,19 @@ pub fn client(source: &JwksSource) -> Result<reqwest::Client, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
+/// The task that keeps a [`TokenKeys`]' JWKS keys fresh ([`crate::config::CommonConfig::token_keys`]).
+pub struct JwksRefresher {
+    pub(crate) source: JwksSource,
+    pub(crate) keys: TokenKeys,
+}
+
+impl JwksRefresher {
+    /// Fetches the keys now and every refresh interval until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        keep_fresh(self.source, self.keys, stop).await
+    }
+}
+
 /// Fetches `source` into `keys` until `stop`.
 pub async fn keep_fresh(source: JwksSource, keys: TokenKeys, stop: CancellationToken) {
     let http = match client(&source) {

@@ -21,14 +21,20 @@ pub async fn signal() {
     }
 }
 
-/// A token cancelled when the process is asked to stop.
-pub fn token_on_signal() -> CancellationToken {
+/// Runs `run` with a token that is cancelled when the process is asked to stop (SIGTERM,
+/// Ctrl-C), and answers what it answers. No task is spawned: the signal is awaited beside
+/// `run`, which then finishes its own drain.
+pub async fn until_signal<F: std::future::Future>(
+    run: impl FnOnce(CancellationToken) -> F,
+) -> F::Output {
     let token = CancellationToken::new();
-    let child = token.clone();
-    tokio::spawn(async move {
-        signal().await;
-        tracing::info!("shutdown signal received");
-        child.cancel();
-    });
-    token
+    let mut running = std::pin::pin!(run(token.clone()));
+    tokio::select! {
+        out = &mut running => return out,
+        _ = signal() => {
+            tracing::info!("shutdown signal received");
+            token.cancel();
+        }
+    }
+    running.await
 }

@@ -1,3 +1,11 @@
+//! Every task a service runs has an owner; nothing is spawned bare (`tokio::spawn` is a
+//! disallowed method, `clippy.toml`). Three kinds of owner:
+//! - [`Workers`]: the tasks a service cannot live without (below);
+//! - [`OwnedTask`]: a helper task that belongs to a value (a batcher's loop, a lease's renewal,
+//!   a lane): aborted when its owner drops it, so it never outlives what it serves;
+//! - [`TaskTracker`]: many short tasks of one kind (a socket server's connections), which a
+//!   drain waits for by notification rather than by polling a counter.
+//!
 //! Background tasks a service cannot live without (a log appender, an ingest loop, a prober).
 //!
 //! Such a task ending while the service still answers HTTP is the worst failure: `/ready`
@@ -10,7 +18,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::task::{Id, JoinError, JoinSet};
+use tokio::task::{Id, JoinError, JoinHandle, JoinSet};
+pub use tokio_util::task::TaskTracker;
 
 use crate::shutdown::CancellationToken;
 
@@ -19,10 +28,20 @@ use crate::shutdown::CancellationToken;
 const TASKS_GRACE: Duration = Duration::from_secs(10);
 
 /// Named tasks that must run as long as the service.
-#[derive(Default)]
 pub struct Workers {
     tasks: JoinSet<()>,
     names: HashMap<Id, &'static str>,
+    grace: Duration,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers {
+            tasks: JoinSet::new(),
+            names: HashMap::new(),
+            grace: TASKS_GRACE,
+        }
+    }
 }
 
 /// Which task exited, and why.
@@ -36,6 +55,13 @@ pub struct WorkerExited {
 impl Workers {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How long a clean shutdown waits for the tasks (default [`TASKS_GRACE`]): a socket
+    /// server's drain takes its own grace period plus the steps around it.
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// Spawns `task` under `name`.
@@ -97,7 +123,7 @@ impl Workers {
             }
         }
         // Served to the end: let the tasks finish what they hold (bounded).
-        let drained = tokio::time::timeout(TASKS_GRACE, async {
+        let drained = tokio::time::timeout(self.grace, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
@@ -108,6 +134,61 @@ impl Workers {
             );
         }
         Ok(())
+    }
+}
+
+/// A task that belongs to a value: aborted when the [`OwnedTask`] is dropped (a drop guard), or
+/// awaited with [`OwnedTask::join`].
+#[derive(Debug)]
+pub struct OwnedTask {
+    name: &'static str,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl OwnedTask {
+    /// Spawns `task` under `name` (the name is in the log line of a panic).
+    #[allow(clippy::disallowed_methods)] // the one place tasks are spawned for an owner
+    pub fn spawn(name: &'static str, task: impl Future<Output = ()> + Send + 'static) -> Self {
+        OwnedTask {
+            name,
+            handle: Some(tokio::spawn(task)),
+        }
+    }
+
+    /// Waits for the task to end; answers why when it did not return (panicked, aborted).
+    pub async fn join(mut self) -> Result<(), String> {
+        let Some(handle) = self.handle.take() else {
+            return Ok(());
+        };
+        handle.await.map_err(|e| {
+            let why = why_failed(e);
+            tracing::warn!(task = self.name, why = %why, "an owned task failed");
+            why
+        })
+    }
+
+    /// Waits for the task to end without giving it up (`&mut`, so a `select!` can watch it);
+    /// answers why when it did not return. Resolves at once once it has ended before.
+    pub async fn wait(&mut self) -> Result<(), String> {
+        let Some(handle) = self.handle.as_mut() else {
+            return Ok(());
+        };
+        let ended = handle.await.map_err(why_failed);
+        self.handle = None;
+        ended
+    }
+
+    /// Whether the task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for OwnedTask {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.handle {
+            handle.abort();
+        }
     }
 }
 

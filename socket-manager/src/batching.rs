@@ -37,7 +37,7 @@ use switchboard_message_log::{
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use switchboard_service_kit::supervise::Workers;
+use switchboard_service_kit::supervise::{TaskTracker, Workers};
 
 use crate::kafka::{Kafka, KafkaFailure};
 
@@ -211,6 +211,9 @@ impl LogAppender {
 
 async fn run_appender(kafka: Kafka, mut rx: mpsc::Receiver<AppendJob>) {
     let slots = Arc::new(Semaphore::new(LOG_FLUSHES_IN_FLIGHT));
+    // The flushes in flight: once the queue is closed (the service drained), the appender
+    // ends only after they did, so no acknowledged batch is cut off.
+    let flushes = TaskTracker::new();
     while let Some(first) = rx.recv().await {
         // Waiting for a free slot is what lets records gather while the broker works.
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -234,7 +237,7 @@ async fn run_appender(kafka: Kafka, mut rx: mpsc::Receiver<AppendJob>) {
             }
         }
         let kafka = kafka.clone();
-        tokio::spawn(async move {
+        flushes.spawn(async move {
             let _slot = slot;
             let flushes = by_partition.into_iter().flat_map(|(partition, packer)| {
                 packer
@@ -246,6 +249,8 @@ async fn run_appender(kafka: Kafka, mut rx: mpsc::Receiver<AppendJob>) {
             futures_util::future::join_all(flushes).await;
         });
     }
+    flushes.close();
+    flushes.wait().await;
 }
 
 /// Produces one envelope and answers its records. One the broker refuses as too large is
@@ -360,6 +365,8 @@ impl Router {
 }
 
 async fn run_router(kafka: Kafka, mut rx: mpsc::Receiver<RouteJob>) {
+    // The broker acks being waited for; the router ends after them.
+    let acks = TaskTracker::new();
     while let Some(first) = rx.recv().await {
         tokio::time::sleep(ROUTE_LINGER).await;
         // Topic order of first appearance, and each topic's frames in routing order.
@@ -377,25 +384,27 @@ async fn run_router(kafka: Kafka, mut rx: mpsc::Receiver<RouteJob>) {
             // A full envelope goes now; the topic's later frames start its next one.
             if packer.envelopes.len() > 1 {
                 let full = packer.envelopes.remove(0);
-                enqueue_handler(&kafka, &topic, full);
+                enqueue_handler(&kafka, &acks, &topic, full);
             }
             next = rx.try_recv().ok();
         }
         for topic in topics {
             if let Some(packer) = by_topic.remove(&topic) {
                 for jobs in packer.into_envelopes() {
-                    enqueue_handler(&kafka, &topic, jobs);
+                    enqueue_handler(&kafka, &acks, &topic, jobs);
                 }
             }
         }
     }
+    acks.close();
+    acks.wait().await;
 }
 
 /// Enqueues one envelope now (so envelopes reach a topic in enqueue order) and logs a failed
 /// acknowledgement in the background. One refused as too large is enqueued again record by
 /// record (those may then reach the handler after later envelopes; its reorder buffer puts
 /// messages back in `seq` order, and devices fill what it gives up on from history).
-fn enqueue_handler(kafka: &Kafka, topic: &str, jobs: Vec<RouteJob>) {
+fn enqueue_handler(kafka: &Kafka, acks: &TaskTracker, topic: &str, jobs: Vec<RouteJob>) {
     let (payload, trace) = match handler_payload(&jobs) {
         Ok(encoded) => encoded,
         Err(e) => {
@@ -421,24 +430,30 @@ fn enqueue_handler(kafka: &Kafka, topic: &str, jobs: Vec<RouteJob>) {
     };
     match kafka.enqueue(topic, topic, &payload) {
         Ok(ack) => {
-            let (kafka, topic) = (kafka.clone(), topic.to_owned());
-            tokio::spawn(async move {
+            let (kafka, topic, tracker) = (kafka.clone(), topic.to_owned(), acks.clone());
+            acks.spawn(async move {
                 match ack.await {
                     Ok(()) => {}
                     Err(e) if e.is_too_large() && jobs.len() > 1 => {
-                        split_handler(&kafka, &topic, jobs, e)
+                        split_handler(&kafka, &tracker, &topic, jobs, e)
                     }
                     Err(e) => failed(e, &topic),
                 }
             });
         }
-        Err(e) if e.is_too_large() && jobs.len() > 1 => split_handler(kafka, topic, jobs, e),
+        Err(e) if e.is_too_large() && jobs.len() > 1 => split_handler(kafka, acks, topic, jobs, e),
         Err(e) => failed(e, topic),
     }
 }
 
 /// Enqueues every record of a refused envelope in an envelope of its own.
-fn split_handler(kafka: &Kafka, topic: &str, jobs: Vec<RouteJob>, error: KafkaFailure) {
+fn split_handler(
+    kafka: &Kafka,
+    acks: &TaskTracker,
+    topic: &str,
+    jobs: Vec<RouteJob>,
+    error: KafkaFailure,
+) {
     tracing::warn!(
         %error,
         %topic,
@@ -446,7 +461,7 @@ fn split_handler(kafka: &Kafka, topic: &str, jobs: Vec<RouteJob>, error: KafkaFa
         "a handler envelope was too large; routing its records one by one"
     );
     for job in jobs {
-        enqueue_handler(kafka, topic, vec![job]);
+        enqueue_handler(kafka, acks, topic, vec![job]);
     }
 }
 

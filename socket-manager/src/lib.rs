@@ -37,7 +37,7 @@ use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::{RedisMemoryGauges, SentinelRedis};
 use switchboard_service_kit::shutdown::CancellationToken;
-use switchboard_service_kit::supervise::Workers;
+use switchboard_service_kit::supervise::{OwnedTask, TaskTracker, Workers};
 
 pub use config::ManagerConfig;
 
@@ -260,12 +260,16 @@ impl Application {
             "janitor",
             janitor::run(self.state.clone(), shutdown.clone()),
         );
-        // Gauges only: not worth a restart.
-        tokio::spawn(self.redis_memory.run(
-            self.state.sequencer.redis.clone(),
-            std::time::Duration::from_secs(5),
-            shutdown.clone(),
-        ));
+        // Gauges only: not worth a restart, so not a worker; ends with this function.
+        let _gauges = OwnedTask::spawn(
+            "redis memory gauges",
+            self.redis_memory.run(
+                self.state.sequencer.redis.clone(),
+                std::time::Duration::from_secs(5),
+                shutdown.clone(),
+            ),
+        );
+        let background = self.state.background.clone();
         // Once the server has drained, the last handles on the appender, router and
         // numbering queues go with it, so those tasks finish their queued work and end.
         drop(self.state);
@@ -273,3 +277,10 @@ impl Application {
         Ok(())
     }
 }
+        background.close();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("presence announcements still running at shutdown; abandoned");
+        }

@@ -29,5 +29,5 @@ async fn main() -> anyhow::Result<()> {
     let config = ManagerConfig::from_env()?;
     let app = Application::build(config).await?;
     tracing::info!(port = app.port(), "socket manager listening");
-    app.run_until_stopped(shutdown::token_on_signal()).await
+    shutdown::until_signal(|stop| app.run_until_stopped(stop)).await
 }

@@ -17,7 +17,8 @@ pub(crate) fn announce(state: web::Data<AppState>, online: Vec<String>, offline:
     if online.is_empty() && offline.is_empty() {
         return;
     }
-    tokio::spawn(async move {
+    let tasks = state.background.clone();
+    tasks.spawn(async move {
         let now = switchboard_protocol::Timestamp::now();
         let changes = online
             .into_iter()

@@ -4,6 +4,9 @@
 //! (`switchboard_test_support::shared`). A message service runs in-process beside it, because
 //! the manager learns members and the settled log from it (and its Redis mirror).
 
+// Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};

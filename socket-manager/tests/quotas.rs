@@ -2,6 +2,9 @@
 //! `Application::build` on port 0 driven over the internal API, beside an in-process message
 //! service, against the test binary's shared Redis, PostgreSQL and broker (as `tests/api.rs`).
 
+// Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};

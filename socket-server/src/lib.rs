@@ -32,7 +32,7 @@ mod wire;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use switchboard_protocol::token::TokenKeys;
@@ -40,9 +40,11 @@ use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
+use switchboard_service_kit::jwks::JwksRefresher;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 
+use switchboard_service_kit::supervise::{OwnedTask, TaskTracker, Workers};
 pub use config::SocketServerConfig;
 
 /// Histogram buckets (seconds) for the stages of a frame.
@@ -167,6 +169,9 @@ pub(crate) struct ServerState {
     /// Cancelled once this server has left the sorted set: every session closes with 1012.
     pub shutdown: CancellationToken,
     pub registered: AtomicBool,
+    /// Every accepted connection's task (request head, refusal or session): the drain waits
+    /// for the last one to end.
+    pub connections: TaskTracker,
     pub metrics: Metrics,
     /// The link to the socket managers; `None` when messaging is disabled.
     pub manager: Option<manager_client::ManagerClient>,
@@ -204,6 +209,8 @@ pub struct Application {
     server: actix_web::dev::Server,
     state: Arc<ServerState>,
 }
+    /// Keeps an identity provider's keys fresh, when one is configured.
+    jwks: Option<JwksRefresher>,
 
 /// Connections waiting to be accepted on the public port.
 const ACCEPT_BACKLOG: u32 = 4096;
@@ -271,10 +278,12 @@ impl Application {
             )
         });
         let state = Arc::new(ServerState {
+        let (tokens, jwks) = config.common.token_keys();
             manager,
+            connections: TaskTracker::new(),
             manager_ready: AtomicBool::new(false),
             delivery_assigned: AtomicBool::new(false),
-            tokens: config.common.token_keys(),
+            tokens,
             connects: switchboard_service_kit::limits::IpRateLimiter::new(config.connects_per_ip),
             handshakes_per_ip: listener::PerAddress::new(config.handshakes_per_ip),
             connections_per_ip: listener::PerAddress::new(config.max_connections_per_ip),
@@ -338,6 +347,7 @@ impl Application {
             server,
             state,
         })
+            jwks,
     }
 
     pub fn port(&self) -> u16 {
@@ -353,37 +363,92 @@ impl Application {
         &self.state.server_id
     }
 
-    /// Serves until `shutdown` fires, then: stop the membership loop, leave the sorted set,
-    /// close every client with 1012 and wait (up to the grace period) for them to go.
+    /// Serves until `shutdown` fires, then drains ([`drain`]): stop the membership loop,
+    /// leave the sorted set, close every client with 1012 and wait (up to the grace period)
+    /// for the last connection to end, then leave the managers. Runs under the same
+    /// supervision as every service ([`Workers`]): a loop that ends on its own while the
+    /// server runs stops it, so it is restarted rather than left half alive.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
-        let accept = tokio::spawn(listener::serve(self.public, state.clone()));
-        let membership_stop = CancellationToken::new();
-        let link_stop = CancellationToken::new();
-        let link = tokio::spawn(membership::link_managers(state.clone(), link_stop.clone()));
-        let membership = tokio::spawn(membership::run(state.clone(), membership_stop.clone()));
-        let handle = self.server.handle();
-        let sequence = tokio::spawn(async move {
-            shutdown.cancelled().await;
-            membership_stop.cancel();
-            let _ = membership.await;
-            membership::leave(&state).await;
-            state.shutdown.cancel();
-            let deadline = Instant::now() + state.config.shutdown_grace;
-            while state.hub.live() > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let grace = state.config.shutdown_grace + Duration::from_secs(10);
+        let mut workers = Workers::new().with_grace(grace);
+        if let Some(jwks) = self.jwks {
+            workers.spawn("jwks", jwks.run(shutdown.clone()));
+        }
+        let accept_stop = CancellationToken::new();
+        let (accept_state, stop) = (state.clone(), accept_stop.clone());
+        let public = self.public;
+        workers.spawn("accept", async move {
+            tokio::select! {
+                _ = listener::serve(public, accept_state) => {}
+                _ = stop.cancelled() => {}
             }
-            tracing::info!(remaining = state.hub.live(), "clients closed; stopping");
-            link_stop.cancel();
-            let _ = link.await;
-            if let Some(manager) = &state.manager {
-                manager.deregister().await;
-            }
-            handle.stop(true).await;
         });
-        self.server.await?;
-        sequence.abort();
-        accept.abort();
+        workers.spawn(
+            "membership and drain",
+            drain(state, shutdown.clone(), accept_stop),
+        );
+        workers.serve(self.server, shutdown).await?;
         Ok(())
     }
+}
+
+/// Runs the directory membership and the managers' link until `shutdown`, then drains in
+/// order. Either loop ending before `shutdown` ends this task, which stops the service.
+async fn drain(
+    state: Arc<ServerState>,
+    shutdown: CancellationToken,
+    accept_stop: CancellationToken,
+) {
+    let membership_stop = CancellationToken::new();
+    let link_stop = CancellationToken::new();
+    let mut membership = OwnedTask::spawn(
+        "membership",
+        membership::run(state.clone(), membership_stop.clone()),
+    );
+    let mut link = state.manager.is_some().then(|| {
+        OwnedTask::spawn(
+            "manager link",
+            membership::link_managers(state.clone(), link_stop.clone()),
+        )
+    });
+    let link_ended = async {
+        match link.as_mut() {
+            Some(link) => link.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        ended = membership.wait() => {
+            tracing::error!(?ended, "the directory membership loop ended on its own");
+            return;
+        }
+        ended = link_ended => {
+            tracing::error!(?ended, "the managers' link ended on its own");
+            return;
+        }
+    }
+    membership_stop.cancel();
+    let _ = membership.wait().await;
+    membership::leave(&state).await;
+    state.shutdown.cancel();
+    // Every connection is a tracked task: wait for the last one by notification.
+    state.connections.close();
+    let drained = tokio::time::timeout(state.config.shutdown_grace, state.connections.wait());
+    if drained.await.is_err() {
+        tracing::warn!(
+            remaining = state.hub.live(),
+            "clients still connected at the grace period's end"
+        );
+    }
+    tracing::info!(remaining = state.hub.live(), "clients closed; stopping");
+    link_stop.cancel();
+    if let Some(link) = link.as_mut() {
+        let _ = link.wait().await;
+    }
+    if let Some(manager) = &state.manager {
+        manager.deregister().await;
+    }
+    accept_stop.cancel();
 }

@@ -25,5 +25,5 @@ async fn main() -> anyhow::Result<()> {
         server_id = app.server_id(),
         "socket server listening"
     );
-    app.run_until_stopped(shutdown::token_on_signal()).await
+    shutdown::until_signal(|stop| app.run_until_stopped(stop)).await
 }

@@ -21,6 +21,7 @@ use switchboard_protocol::internal::{
 };
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::cluster_auth::ClusterCredential;
+use switchboard_service_kit::supervise::OwnedTask;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::Outbound;
@@ -125,6 +126,9 @@ fn take_batch(waiting: &mut VecDeque<Queued>, busy: &HashSet<u64>) -> Vec<Queued
 #[derive(Clone)]
 pub struct ManagerClient {
     lanes: Arc<Vec<mpsc::Sender<Queued>>>,
+    /// The lanes' tasks, aborted when the last client that can feed them is gone (the lanes'
+    /// own copies hold none, so they do not keep themselves alive).
+    lane_tasks: Arc<Vec<OwnedTask>>,
     metrics: LaneMetrics,
     http: reqwest::Client,
     urls: Arc<Vec<String>>,
@@ -151,9 +155,11 @@ impl ManagerClient {
             .build()
             .expect("http client");
         let mut senders = Vec::new();
+        let mut tasks = Vec::new();
         let client_urls = Arc::new(urls);
         let mut client = ManagerClient {
             lanes: Arc::new(Vec::new()),
+            lane_tasks: Arc::new(Vec::new()),
             metrics,
             http,
             urls: client_urls,
@@ -163,13 +169,15 @@ impl ManagerClient {
         for lane in 0..lanes.count.max(1) {
             let (tx, rx) = mpsc::channel::<Queued>(4096);
             senders.push(tx);
-            tokio::spawn(
+            tasks.push(OwnedTask::spawn(
+                "manager lane",
                 client
                     .clone()
                     .run_lane(lane, lanes.batches_in_flight.max(1), rx),
             );
         }
         client.lanes = Arc::new(senders);
+        client.lane_tasks = Arc::new(tasks);
         client
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use switchboard_protocol::registry::Registration;
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::shutdown::CancellationToken;
+use switchboard_service_kit::supervise::OwnedTask;
 
 use crate::ServerState;
 
@@ -132,7 +133,7 @@ pub(crate) async fn link_managers(state: Arc<ServerState>, stop: CancellationTok
         return;
     };
     let consumer_stop = stop.child_token();
-    let mut consumer: Option<tokio::task::JoinHandle<()>> = None;
+    let mut consumer: Option<OwnedTask> = None;
     let mut backoff = Duration::from_millis(100);
     let mut last_renew = tokio::time::Instant::now();
     loop {
@@ -147,12 +148,15 @@ pub(crate) async fn link_managers(state: Arc<ServerState>, stop: CancellationTok
             match manager.register().await {
                 Ok(topic) => {
                     if consumer.is_none() {
-                        consumer = Some(tokio::spawn(crate::delivery::run(
-                            state.clone(),
-                            state.config.kafka.clone(),
-                            topic,
-                            consumer_stop.clone(),
-                        )));
+                        consumer = Some(OwnedTask::spawn(
+                            "delivery consumer",
+                            crate::delivery::run(
+                                state.clone(),
+                                state.config.kafka.clone(),
+                                topic,
+                                consumer_stop.clone(),
+                            ),
+                        ));
                     }
                     // Re-report local users (after a re-registration the mappings are gone).
                     let users: Vec<String> =
@@ -197,6 +201,6 @@ pub(crate) async fn link_managers(state: Arc<ServerState>, stop: CancellationTok
     }
     consumer_stop.cancel();
     if let Some(task) = consumer {
-        let _ = task.await;
+        let _ = task.join().await;
     }
 }

@@ -165,6 +165,7 @@ impl Outlet for FrameWriter {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a test's client writer
 mod tests {
     use super::*;
     use bytes::Bytes;

@@ -21,5 +21,5 @@ async fn main() -> anyhow::Result<()> {
     let config = DispatcherConfig::from_env()?;
     let app = Application::build(config).await?;
     tracing::info!(port = app.port(), "webhook dispatcher listening");
-    app.run_until_stopped(shutdown::token_on_signal()).await
+    shutdown::until_signal(|stop| app.run_until_stopped(stop)).await
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use redis::Script;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_service_kit::supervise::OwnedTask;
 
 pub(super) static RELEASE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
@@ -22,22 +23,14 @@ pub(super) static RENEW: std::sync::LazyLock<Script> = std::sync::LazyLock::new(
 pub(super) struct Lease {
     pub key: String,
     pub token: String,
-    /// Set once a script has taken the lease for this token.
-    pub renewer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set once a script has taken the lease for this token; aborted when the lease drops.
+    pub renewer: std::sync::Mutex<Option<OwnedTask>>,
     pub released: std::sync::atomic::AtomicBool,
 }
 
 impl Lease {
     pub(super) fn held_once(&self) -> bool {
         self.renewer.lock().expect("lease lock").is_some()
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(renewer) = self.renewer.lock().expect("lease lock").take() {
-            renewer.abort();
-        }
     }
 }
 

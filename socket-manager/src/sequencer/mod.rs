@@ -51,6 +51,7 @@ use switchboard_message_log::LogRecord;
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, HandlerId, Timestamp, UserId};
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+use switchboard_service_kit::supervise::OwnedTask;
 
 use crate::batching::{LogAppender, Router};
 use crate::kafka::Kafka;
@@ -613,12 +614,15 @@ impl Sequencer {
                 self.metrics
                     .lock_wait_seconds
                     .observe(started.elapsed().as_secs_f64());
-                *renewer = Some(tokio::spawn(renew(
-                    self.redis.clone(),
-                    lease.key.clone(),
-                    lease.token.clone(),
-                    self.lock_ttl,
-                )));
+                *renewer = Some(OwnedTask::spawn(
+                    "lease renewal",
+                    renew(
+                        self.redis.clone(),
+                        lease.key.clone(),
+                        lease.token.clone(),
+                        self.lock_ttl,
+                    ),
+                ));
             }
             return outcome;
         }
