@@ -16,6 +16,9 @@ bash scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 bash scripts/check-crate-graph.sh
+# Alert rules (promtool tests), the dashboard, and the Kubernetes manifests rendered and
+# validated against the Kubernetes schemas.
+bash scripts/check-deploy.sh
 cargo build --workspace --bins
 # Every test binary's summary is kept so the run ends with one plain total line.
 log=$(mktemp)
