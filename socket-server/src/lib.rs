@@ -25,6 +25,7 @@ mod membership;
 mod rate;
 mod reorder;
 mod session;
+mod sse;
 mod token_life;
 mod websocket;
 mod wire;

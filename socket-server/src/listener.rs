@@ -1,5 +1,7 @@
 //! The public port: one accept loop that reads each connection's HTTP request head and either
-//! opens a WebSocket session (`GET /ws`, see [`crate::websocket`]), answers `GET /live`
+//! opens a WebSocket session (`GET /ws`, see [`crate::websocket`]), opens or feeds a session
+//! over HTTP where WebSockets are blocked (`GET /sse`, `POST /sse/{id}/frames`, see
+//! [`crate::sse`]), answers `GET /live`
 //! itself, or refuses the request (404). `/ready` and `/metrics` are served only by the
 //! operations server on its own port (`SB_SOCKET_OPS_BIND`), which clients cannot reach
 //! through this one, so a flood here cannot starve the health checkers' probes and the
@@ -29,7 +31,7 @@ use switchboard_ws_codec::{parse_head, HeadError};
 pub(crate) use switchboard_ws_codec::RequestHead;
 
 use crate::websocket::{self, FrameReader, FrameWriter, HandshakeError};
-use crate::{session, ServerState};
+use crate::{session, sse, ServerState};
 
 /// The longest request head accepted (request line and headers).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -152,6 +154,7 @@ impl Drop for AddressSlot {
 /// Accepts connections until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, state: Arc<ServerState>) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let sse_sessions = sse::SseSessions::new();
     let head_timeout = state.config.handshake_timeout;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -175,6 +178,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ServerState>) {
             continue;
         };
         let state = state.clone();
+        let sse_sessions = sse_sessions.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let mut stream = stream;
@@ -200,11 +204,23 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ServerState>) {
                     upgrade(stream, peer, head, rest, state, address_slot).await;
                 }
                 ("GET", "/live") => live(stream).await,
+                // The fallback where WebSocket upgrades are blocked (crate::sse).
+                ("GET", "/sse") => {
+                    sse::open(stream, peer, head, state, sse_sessions, address_slot).await;
+                }
+                ("POST", path) if path.starts_with("/sse/") => {
+                    let rest = &buf[head_len..];
+                    sse::post(stream, head, rest, state, sse_sessions).await;
+                }
+                ("OPTIONS", path) if path == "/sse" || path.starts_with("/sse/") => {
+                    sse::preflight(stream, state, head).await;
+                }
                 _ => {
                     let error = ApiError::new(
                         ErrorCode::NotFound,
-                        "this port serves only GET /ws and /live; /ready and /metrics are on \
-                         the operations port (SB_SOCKET_OPS_BIND)",
+                        "this port serves only GET /ws, GET /sse, POST /sse/{id}/frames and \
+                         /live; /ready and /metrics are on the operations port \
+                         (SB_SOCKET_OPS_BIND)",
                     );
                     refuse(stream, 404, &error, "").await;
                 }
