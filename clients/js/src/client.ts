@@ -27,6 +27,7 @@ import { restCall, type FetchLike, type RestOptions } from './rest.js';
 import { Sequencer } from './sequencer.js';
 import { defaultStorage, readJson, writeJson, type KeyValueStorage } from './storage.js';
 import { decodeToken, isExpired, refreshAt, type TokenInfo } from './token.js';
+import { SseSocket, sseUrlOf } from './sse.js';
 
 export type ConnectionState = 'disconnected' | 'connecting' | 'connected' | 'closed';
 
@@ -41,6 +42,9 @@ export interface WebSocketLike {
   onerror: ((ev: unknown) => void) | null;
 }
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** How frames travel: a WebSocket, or the HTTP fallback (Server-Sent Events down, POST up). */
+export type Transport = 'websocket' | 'sse';
 
 export interface ClientOptions {
   /** The public entry point (nginx), e.g. `https://chat.example.com`. In a page, `''` means this origin. */
@@ -81,6 +85,13 @@ export interface ClientOptions {
   random?: () => number;
   /** Listen to `visibilitychange` and `online` (browsers). Default true where `window`/`document` exist. */
   browserEvents?: boolean;
+  /**
+   * `auto` (default): WebSocket first; when upgrades keep failing while the REST API answers,
+   * one attempt over the HTTP fallback (SSE + POST) to the same server decides, and the
+   * transport that worked is remembered per origin (in `storage`, for a day). `websocket` or
+   * `sse`: only that one.
+   */
+  transport?: 'auto' | Transport;
 }
 
 export interface StateChange {
@@ -132,6 +143,8 @@ export interface ClientEvents {
   reset: StoreReset;
   /** A new token was obtained. */
   token: { expiresAt: number | undefined };
+  /** The transport changed (`auto`): `trial` is a single attempt that decides. */
+  transport: { transport: Transport; reason: string; trial: boolean };
 }
 
 interface Deferred<T> {
@@ -178,6 +191,8 @@ interface CursorRecord {
 }
 
 const WS_OPEN = 1;
+/** How long the HTTP fallback is remembered for an origin before WebSocket is tried again. */
+const TRANSPORT_MEMORY_MS = 24 * 60 * 60 * 1000;
 const TOKEN_MARGIN = { minMarginMs: 5_000, maxMarginMs: 60_000 };
 
 /** docs/protocol.md "Token lifetime": the token's `exp` passed without a `refresh`. */
@@ -187,8 +202,8 @@ export const CLOSE_SESSIONS_ENDED = 4403;
 
 export class SwitchboardClient {
   private readonly opts: Required<
-    Omit<ClientOptions, 'WebSocket' | 'fetch' | 'storage' | 'reconnect' | 'ping' | 'firstSyncLimit'>
-  > & { firstSyncLimit: number };
+    Omit<ClientOptions, 'WebSocket' | 'fetch' | 'storage' | 'reconnect' | 'ping' | 'firstSyncLimit' | 'transport'>
+  > & { firstSyncLimit: number; transport: 'auto' | Transport };
   private readonly WS: WebSocketConstructor | undefined;
   private readonly fetchFn: FetchLike;
   private readonly storage: KeyValueStorage;
@@ -213,6 +228,15 @@ export class SwitchboardClient {
   private refreshedAfterRefusal = false;
   private endAttempt: ((end: AttemptEnd) => void) | null = null;
   private wake: (() => void) | null = null;
+
+  // Transport.
+  private _transport: Transport = 'websocket';
+  private transportLoaded = false;
+  /** The current attempt is the one that decides whether the other transport works. */
+  private transportTrial = false;
+  /** The server the last attempt used (a trial goes to the same one). */
+  private lastAssignment: { url: string; server_id: string } | null = null;
+  private trialAssignment: { url: string; server_id: string } | null = null;
 
   // Token.
   private token: string | undefined;
@@ -269,7 +293,9 @@ export class SwitchboardClient {
       historyPageSize: Math.min(1000, Math.max(1, options.historyPageSize ?? 200)),
       random: options.random ?? Math.random,
       browserEvents: options.browserEvents ?? true,
+      transport: options.transport ?? 'auto',
     };
+    if (this.opts.transport !== 'auto') this._transport = this.opts.transport;
     this.WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     const f = options.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
     if (!f) throw new TypeError('no fetch: pass options.fetch');
@@ -292,6 +318,11 @@ export class SwitchboardClient {
   /** The user id (the token's `sub`, or `hello`'s `user_id`). */
   get userId(): string | undefined {
     return this._userId;
+  }
+
+  /** The transport of the current (or next) connection. */
+  get transport(): Transport {
+    return this._transport;
   }
 
   /** The socket server of the current connection. */
@@ -599,7 +630,13 @@ export class SwitchboardClient {
       }
       const end = await this.attemptOnce(epoch);
       if (this.epoch !== epoch) return;
-      if (end.helloed) {
+      if (this.transportTrial && !end.helloed) {
+        // The other transport failed too, on the same server: an outage, not a blocked
+        // transport. Back to the one we had.
+        this.transportTrial = false;
+        this.switchTransport(this._transport === 'sse' ? 'websocket' : 'sse', `trial failed: ${end.reason}`, false);
+        this.failedUpgrades = 0;
+      } else if (end.helloed) {
         this.attempt = 0;
         this.failedUpgrades = 0;
       }
@@ -636,6 +673,18 @@ export class SwitchboardClient {
             continue;
           }
           this.failedUpgrades = 0;
+          if (verdict === 'accepted' && this.opts.transport === 'auto' && this.lastAssignment) {
+            // The token is good and the REST API answers, yet connections fail: perhaps a
+            // proxy blocks this transport. One attempt over the other one, to the same server,
+            // tells that from a dead server.
+            this.trialAssignment = this.lastAssignment;
+            this.transportTrial = true;
+            const other: Transport = this._transport === 'sse' ? 'websocket' : 'sse';
+            this.switchTransport(other, `${this._transport} keeps failing while the REST API answers`, true);
+            this.events.emit('retry', { attempt: this.attempt, delayMs: 0, code: end.code, reason: `trying ${other}` });
+            delay = 0;
+            continue;
+          }
         }
       }
       if (end.immediate) {
@@ -696,23 +745,41 @@ export class SwitchboardClient {
           return;
         }
         if (this.epoch !== epoch || settled) return;
+        await this.loadTransport();
+        if (this.epoch !== epoch || settled) return;
         let assignment: { url: string; server_id: string };
-        try {
-          assignment = await restCall(this.fetchFn, this.url('/api/v1/socket-server'), { timeoutMs: 10_000 });
-        } catch (e) {
-          const err = asError(e, 'registry_failed');
-          finish({ helloed: false, code: 'registry_failed', reason: `${err.code}: ${err.message}` });
-          return;
+        if (this.trialAssignment) {
+          assignment = this.trialAssignment;
+          this.trialAssignment = null;
+        } else {
+          try {
+            assignment = await restCall(this.fetchFn, this.url('/api/v1/socket-server'), { timeoutMs: 10_000 });
+          } catch (e) {
+            const err = asError(e, 'registry_failed');
+            finish({ helloed: false, code: 'registry_failed', reason: `${err.code}: ${err.message}` });
+            return;
+          }
         }
         if (this.epoch !== epoch || settled) return;
-        if (!this.WS) {
+        this.lastAssignment = assignment;
+        if (!this.WS && this._transport === 'websocket' && this.opts.transport === 'auto') {
+          this.switchTransport('sse', 'no WebSocket in this runtime', false);
+        }
+        if (!this.WS && this._transport === 'websocket') {
           const err = new SwitchboardError('unsupported', 'no WebSocket: pass options.WebSocket (Node 20: --experimental-websocket or the ws package)');
           finish({ helloed: false, code: 'unsupported', reason: err.message, terminal: err });
           return;
         }
         let ws: WebSocketLike;
         try {
-          ws = new this.WS(this.socketUrl(assignment.url, token));
+          ws =
+            this._transport === 'sse'
+              ? new SseSocket({
+                  url: sseUrlOf(this.resolveSocketUrl(assignment.url).toString()),
+                  token: () => this.token ?? token,
+                  fetch: this.fetchFn,
+                })
+              : new this.WS!(this.socketUrl(assignment.url, token));
         } catch (e) {
           finish({ helloed: false, code: 'upgrade_failed', reason: String(e), upgradeFailed: true });
           return;
@@ -769,6 +836,10 @@ export class SwitchboardClient {
 
   private onHello(frame: Hello): void {
     this.helloed = true;
+    if (this.transportTrial) {
+      this.transportTrial = false;
+      void this.rememberTransport();
+    }
     this._serverId = frame.server_id;
     if (!this._userId) this._userId = frame.user_id;
     const reconnect = this.everConnected;
@@ -820,12 +891,52 @@ export class SwitchboardClient {
   }
 
   private socketUrl(url: string, token: string): string {
+    const u = this.resolveSocketUrl(url);
+    u.searchParams.set('token', token);
+    return u.toString();
+  }
+
+  /** The registry's socket URL, absolute. */
+  private resolveSocketUrl(url: string): URL {
     const base = this.opts.baseUrl || (globalThis as { location?: { href: string } }).location?.href;
     const u = base ? new URL(url, base) : new URL(url);
     // A server advertised on a wildcard address is reached through the entry point's host.
     if ((u.hostname === '0.0.0.0' || u.hostname === '[::]') && base) u.hostname = new URL(base).hostname;
-    u.searchParams.set('token', token);
-    return u.toString();
+    return u;
+  }
+
+  // ------------------------------------------------------------------ transport
+
+  private switchTransport(to: Transport, reason: string, trial: boolean): void {
+    if (this._transport === to) return;
+    this._transport = to;
+    this.events.emit('transport', { transport: to, reason, trial });
+  }
+
+  /** Where the transport that worked for this origin is remembered. */
+  private transportKey(): string {
+    const base = this.opts.baseUrl || (globalThis as { location?: { href: string } }).location?.href || '';
+    let origin = base;
+    try {
+      origin = new URL(base).origin;
+    } catch {
+      /* a relative or empty base: keyed as given */
+    }
+    return `${this.opts.storagePrefix}:transport:${origin}`;
+  }
+
+  /** Once: the remembered transport of this origin (`auto`), when it is less than a day old. */
+  private async loadTransport(): Promise<void> {
+    if (this.transportLoaded || this.opts.transport !== 'auto') return;
+    this.transportLoaded = true;
+    const saved = await readJson<{ transport?: Transport; at?: number } | null>(this.storage, this.transportKey(), null).catch(() => null);
+    if (saved?.transport === 'sse' && typeof saved.at === 'number' && Date.now() - saved.at < TRANSPORT_MEMORY_MS) {
+      this.switchTransport('sse', 'remembered for this origin', false);
+    }
+  }
+
+  private async rememberTransport(): Promise<void> {
+    await writeJson(this.storage, this.transportKey(), { transport: this._transport, at: Date.now() }).catch(() => undefined);
   }
 
   // ------------------------------------------------------------------ token

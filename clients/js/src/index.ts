@@ -1,5 +1,5 @@
 /**
- * `@switchboard/client`: the Switchboard client SDK (docs/protocol.md over WebSocket).
+ * `@switchboard/client`: the Switchboard client SDK (docs/protocol.md over WebSocket, or its HTTP fallback).
  *
  * Zero runtime dependencies; runs in browsers and Node 20+ (give it a `WebSocket`).
  */
@@ -12,10 +12,13 @@ export type {
   RetryScheduled,
   StateChange,
   StoreReset,
+  Transport,
   WebSocketConstructor,
   WebSocketLike,
 } from './client.js';
 export { SwitchboardError } from './errors.js';
+export { SseSocket, sseUrlOf } from './sse.js';
+export type { SseSocketOptions } from './sse.js';
 export type { OutboxEntry, OutboxStatus } from './outbox.js';
 export { Outbox } from './outbox.js';
 export { Sequencer } from './sequencer.js';
