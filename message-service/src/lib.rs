@@ -22,6 +22,7 @@ pub mod config;
 pub mod ingest;
 pub mod log_fences;
 pub mod outbox;
+mod push_devices;
 mod routes;
 mod server_api;
 pub mod settled;
@@ -128,6 +129,7 @@ impl Application {
                 cfg.app_data(state.clone());
                 routes::configure(cfg);
                 server_api::configure(cfg, managers.clone());
+                push_devices::configure(cfg);
             },
         )?;
         Ok(Application {

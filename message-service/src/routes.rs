@@ -117,6 +117,7 @@ pub fn public_openapi() -> utoipa::openapi::OpenApi {
     let mut doc = PublicApi::openapi();
     doc.merge(switchboard_protocol::registry::public_openapi());
     doc.merge(crate::server_api::openapi());
+    doc.merge(<crate::push_devices::PushDevicesApi as OpenApi>::openapi());
     doc.info = utoipa::openapi::InfoBuilder::new()
         .title("Switchboard REST API")
         .version(env!("CARGO_PKG_VERSION"))

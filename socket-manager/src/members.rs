@@ -8,14 +8,14 @@ use switchboard_chat_state::membership::MembershipMirror;
 use switchboard_protocol::token::path_segment;
 use switchboard_protocol::ConversationId;
 use switchboard_service_kit::cluster_auth::ClusterCredential;
+use switchboard_service_kit::internal::{Failover, InternalClient};
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 
 #[derive(Clone)]
 pub struct Members {
     mirror: MembershipMirror,
-    http: reqwest::Client,
-    message_service_url: String,
-    credential: ClusterCredential,
+    /// The message service's cluster-only routes, through the one internal client.
+    message_service: InternalClient,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +42,11 @@ impl Members {
     ) -> Self {
         Members {
             mirror: MembershipMirror::new(redis),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .build()
-                .expect("http client"),
-            message_service_url,
-            credential,
+            message_service: InternalClient::new(
+                vec![message_service_url],
+                credential,
+                Duration::from_secs(3),
+            ),
         }
     }
 
@@ -148,21 +147,8 @@ impl Members {
         method: reqwest::Method,
         path: &str,
     ) -> Result<T, MembersError> {
-        let url = format!("{}{path}", self.message_service_url.trim_end_matches('/'));
-        let response = self
-            .credential
-            .apply(self.http.request(method, url))
-            .send()
-            .await
-            .map_err(|e| MembersError::Unavailable(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(MembersError::Unavailable(format!(
-                "message service answered {}",
-                response.status()
-            )));
-        }
-        response
-            .json()
+        self.message_service
+            .call::<(), T>(method, path, None, &[], Failover::ONCE)
             .await
             .map_err(|e| MembersError::Unavailable(e.to_string()))
     }

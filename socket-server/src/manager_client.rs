@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use reqwest::Method;
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::internal::{
     HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
@@ -21,6 +22,7 @@ use switchboard_protocol::internal::{
 };
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::cluster_auth::ClusterCredential;
+use switchboard_service_kit::internal::{CallError, Cursor, Failover, InternalClient, Retry};
 use switchboard_service_kit::supervise::OwnedTask;
 use tokio::sync::{mpsc, oneshot};
 
@@ -130,11 +132,20 @@ pub struct ManagerClient {
     /// own copies hold none, so they do not keep themselves alive).
     lane_tasks: Arc<Vec<OwnedTask>>,
     metrics: LaneMetrics,
-    http: reqwest::Client,
+    /// The managers, through the one internal client (its failover and credential).
+    managers: InternalClient,
+    /// Their URLs, for log lines.
     urls: Arc<Vec<String>>,
-    credential: ClusterCredential,
     handler_id: String,
 }
+
+/// A batch, a registration or a renewal: two passes over the managers, every non-success
+/// answer moving on.
+const ANY_MANAGER: Failover = Failover {
+    passes: 2,
+    pause: Duration::from_millis(100),
+    retry: Retry::AnyExcept(&[]),
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("no socket manager answered: {0}")]
@@ -156,14 +167,12 @@ impl ManagerClient {
             .expect("http client");
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
-        let client_urls = Arc::new(urls);
         let mut client = ManagerClient {
             lanes: Arc::new(Vec::new()),
             lane_tasks: Arc::new(Vec::new()),
             metrics,
-            http,
-            urls: client_urls,
-            credential,
+            managers: InternalClient::with_http(urls.clone(), credential, http),
+            urls: Arc::new(urls),
             handler_id,
         };
         for lane in 0..lanes.count.max(1) {
@@ -316,7 +325,8 @@ impl ManagerClient {
     }
 
     /// POSTs `body` to `path` on the first manager that answers with success, starting at
-    /// `*start_at` and remembering which one worked.
+    /// `*start_at` and remembering which one worked: two passes over the managers, every
+    /// non-success answer moving on (a batch is idempotent by its batch id and items).
     async fn post_any<B: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
         path: &str,
@@ -324,30 +334,24 @@ impl ManagerClient {
         batch_id: Option<&str>,
         start_at: &mut usize,
     ) -> Result<R, ManagerUnavailable> {
-        let mut last = String::from("no manager URLs configured");
-        for attempt in 0..self.urls.len() * 2 {
-            let index = (*start_at + attempt) % self.urls.len();
-            let url = format!("{}{}", self.urls[index].trim_end_matches('/'), path);
-            let mut request = self.credential.apply(self.http.post(&url));
-            if let Some(batch_id) = batch_id {
-                request = request.header(BATCH_ID_HEADER, batch_id);
-            }
-            match request.json(body).send().await {
-                Ok(resp) if resp.status().is_success() => match resp.json::<R>().await {
-                    Ok(r) => {
-                        *start_at = index;
-                        return Ok(r);
-                    }
-                    Err(e) => last = format!("{url}: {e}"),
-                },
-                Ok(resp) => last = format!("{url}: {}", resp.status()),
-                Err(e) => last = format!("{url}: {e}"),
-            }
-            if attempt + 1 >= self.urls.len() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        Err(ManagerUnavailable(last))
+        let cursor = Cursor::at(*start_at);
+        let headers: &[(&str, &str)] = match batch_id {
+            Some(id) => &[(BATCH_ID_HEADER, id)],
+            None => &[],
+        };
+        let answer = self
+            .managers
+            .call_from(
+                &cursor,
+                Method::POST,
+                path,
+                Some(body),
+                headers,
+                ANY_MANAGER,
+            )
+            .await;
+        *start_at = cursor.get();
+        answer.map_err(|e| ManagerUnavailable(e.to_string()))
     }
 
     /// Registers this handler; returns the topic to consume.
@@ -369,15 +373,18 @@ impl ManagerClient {
     /// Renews the handler's liveness; `Ok(false)` when the manager no longer knows it.
     pub async fn heartbeat(&self) -> Result<bool, ManagerUnavailable> {
         let path = format!("/internal/v1/handlers/{}/heartbeat", self.handler_id);
-        let mut last = String::new();
-        for url in self.urls.iter() {
-            let url = format!("{}{}", url.trim_end_matches('/'), path);
-            match self.credential.apply(self.http.post(&url)).send().await {
-                Ok(resp) if resp.status().is_success() => return Ok(true),
-                Ok(resp) if resp.status() == 404 => return Ok(false),
-                Ok(resp) => last = format!("{url}: {}", resp.status()),
-                Err(e) => last = format!("{url}: {e}"),
-            }
+        let policy = Failover {
+            retry: Retry::AnyExcept(&[404]),
+            ..Failover::ONCE
+        };
+        match self
+            .managers
+            .send_from::<()>(&Cursor::default(), Method::POST, &path, None, policy)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(CallError::Refused { status: 404, .. }) => Ok(false),
+            Err(e) => Err(ManagerUnavailable(e.to_string())),
         }
         Err(ManagerUnavailable(last))
     }
@@ -393,18 +400,15 @@ impl ManagerClient {
 
     /// Tells the managers this handler is going away (best effort; the janitor covers it).
     pub async fn deregister(&self) {
-        for url in self.urls.iter() {
-            let url = format!(
-                "{}/internal/v1/handlers/{}",
-                url.trim_end_matches('/'),
-                self.handler_id
-            );
-            if let Ok(resp) = self.credential.apply(self.http.delete(&url)).send().await {
-                if resp.status().is_success() {
-                    return;
-                }
-            }
-        }
+        let path = format!("/internal/v1/handlers/{}", self.handler_id);
+        let policy = Failover {
+            retry: Retry::AnyExcept(&[]),
+            ..Failover::ONCE
+        };
+        let _ = self
+            .managers
+            .send_from::<()>(&Cursor::default(), Method::DELETE, &path, None, policy)
+            .await;
     }
 }
 

@@ -155,7 +155,15 @@ pub const API_KEYS_TABLE: EnvTable = EnvTable {
 };
 
 /// Everything the webhook-dispatcher binary reads, for `--help`.
-pub const HELP_TABLES: &[EnvTable] = &[COMMON[2], switchboard_kafka::TABLE, TABLE, API_KEYS_TABLE];
+pub const HELP_TABLES: &[EnvTable] = &[
+    COMMON[2],
+    switchboard_kafka::TABLE,
+    TABLE,
+    API_KEYS_TABLE,
+    // The push notifier: its own settings, and Redis for presence.
+    crate::push::TABLE,
+    COMMON[1],
+];
 
 #[derive(Clone)]
 pub struct DispatcherConfig {
@@ -175,6 +183,10 @@ pub struct DispatcherConfig {
     pub secret_overlap: Duration,
     pub retention: Duration,
     pub max_endpoints: i64,
+    /// Push notifications (`None`: `SB_PUSH_GATEWAY_URL` unset, the notifier is off).
+    pub push: Option<crate::push::PushConfig>,
+    /// Redis, where the notifier reads presence.
+    pub redis: switchboard_service_kit::redis_sentinel::RedisConfig,
 }
 
 /// When to retry, give up on a delivery, and disable an endpoint.
@@ -206,6 +218,8 @@ impl std::fmt::Debug for DispatcherConfig {
             .field("secret_overlap", &self.secret_overlap)
             .field("retention", &self.retention)
             .field("max_endpoints", &self.max_endpoints)
+            .field("push", &self.push)
+            .field("redis", &self.redis)
             .finish()
     }
 }
@@ -264,6 +278,8 @@ impl DispatcherConfig {
             secret_overlap: secs(SB_WEBHOOK_SECRET_OVERLAP_SECS, 86_400)?,
             retention: secs(SB_WEBHOOK_RETENTION_SECS, 604_800)?,
             max_endpoints: lookup_or(lookup, SB_WEBHOOK_MAX_ENDPOINTS, 100)?,
+            push: crate::push::PushConfig::from_lookup(lookup)?,
+            redis: switchboard_service_kit::redis_sentinel::RedisConfig::from_lookup(lookup)?,
         })
     }
 }

@@ -11,6 +11,10 @@
 //!   stream, never waiting for another endpoint.
 //! - [`store`]: the tables, in a PostgreSQL schema of the dispatcher's own.
 //!
+//! - [`push`]: the push notifier (on when `SB_PUSH_GATEWAY_URL` is set): pushes for users
+//!   with no live connection, or who have not read within a grace period, to the operator's
+//!   push gateway (docs/push.md).
+//!
 //! docs/webhooks.md is the user's guide (verifying signatures, retries, ordering, payloads).
 
 pub mod config;
@@ -18,6 +22,7 @@ pub mod consumer;
 pub mod delivery;
 pub mod events;
 pub mod metrics;
+pub mod push;
 pub mod routes;
 pub mod signing;
 pub mod ssrf;
@@ -45,6 +50,8 @@ pub struct Application {
     deliverer: Arc<delivery::Deliverer>,
     store: store::Store,
     retention: Duration,
+    /// The push notifier's two halves, when a gateway is configured.
+    notifier: Option<(push::plan::Planner, Arc<push::send::Sender>)>,
 }
 
 impl Application {
@@ -76,6 +83,10 @@ impl Application {
             metrics,
             wake: wake.clone(),
         });
+        let notifier = match &config.push {
+            Some(push) => Some(notifier(&config, push, &store, &ops)?),
+            None => None,
+        };
         let ready_store = store.clone();
         let ops = ops.with_check(
             "database",
@@ -103,6 +114,7 @@ impl Application {
             deliverer,
             store,
             retention: config.retention,
+            notifier,
         })
     }
 
@@ -116,6 +128,10 @@ impl Application {
         let mut workers = switchboard_service_kit::supervise::Workers::new();
         workers.spawn("topic consumer", self.consumer.run(shutdown.clone()));
         workers.spawn("deliveries", self.deliverer.run(shutdown.clone()));
+        if let Some((planner, sender)) = self.notifier {
+            workers.spawn("push planner", planner.run(shutdown.clone()));
+            workers.spawn("push sender", sender.run(shutdown.clone()));
+        }
         workers.spawn(
             "pruning",
             prune(self.store, self.retention, shutdown.clone()),
@@ -123,6 +139,45 @@ impl Application {
         workers.serve(self.server, shutdown).await?;
         Ok(())
     }
+}
+
+/// The notifier's planner and sender: the queue in the dispatcher's schema, the message
+/// service's database (`SB_PUSH_DATABASE_URL`, connected lazily so a slow start of either
+/// service orders nothing), and Redis for presence.
+fn notifier(
+    config: &DispatcherConfig,
+    push: &push::PushConfig,
+    store: &store::Store,
+    ops: &Ops,
+) -> anyhow::Result<(push::plan::Planner, Arc<push::send::Sender>)> {
+    let url = push.database_url.as_deref().unwrap_or(&config.database_url);
+    let messages = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(url.parse::<sqlx::postgres::PgConnectOptions>()?);
+    let queue = push::queue::Queue {
+        own: store.pool().clone(),
+        messages,
+    };
+    let metrics = push::metrics::PushMetrics::new(ops)?;
+    let wake = Arc::new(Notify::new());
+    let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(config.redis.clone());
+    let planner = push::plan::Planner::new(
+        &config.kafka,
+        queue.clone(),
+        redis,
+        push.clone(),
+        metrics.clone(),
+        wake.clone(),
+    )?;
+    let sender = Arc::new(push::send::Sender {
+        queue,
+        http: push::send::client(push.timeout)?,
+        config: push.clone(),
+        metrics,
+        wake,
+    });
+    Ok((planner, sender))
 }
 
 async fn prune(store: store::Store, retention: Duration, shutdown: CancellationToken) {

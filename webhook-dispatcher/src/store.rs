@@ -104,6 +104,11 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// The pool (the notifier's queue shares it: [`crate::push::queue`]).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

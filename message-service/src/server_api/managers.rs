@@ -15,6 +15,7 @@ use switchboard_protocol::server_api::{
     InternalServerSend, InternalServerSent, INTERNAL_SERVER_SEND_PATH,
 };
 use switchboard_protocol::sessions::{end_sessions_path, SessionsEnded};
+use switchboard_service_kit::internal::{CallError, Failover, InternalClient};
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::cluster_auth::ClusterCredential;
 use switchboard_service_kit::http::ApiError;
@@ -25,22 +26,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Managers {
-    http: reqwest::Client,
-    urls: Arc<Vec<String>>,
-    next: Arc<AtomicUsize>,
-    credential: ClusterCredential,
+    client: InternalClient,
 }
 
 impl Managers {
     pub fn new(urls: Vec<String>, credential: ClusterCredential) -> Self {
         Managers {
-            http: reqwest::Client::builder()
-                .timeout(CALL_TIMEOUT)
-                .build()
-                .expect("an HTTP client"),
-            urls: Arc::new(urls),
-            next: Arc::new(AtomicUsize::new(0)),
-            credential,
+            client: InternalClient::new(urls, credential, CALL_TIMEOUT),
         }
     }
 
@@ -62,61 +54,47 @@ impl Managers {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ApiError> {
-        if self.urls.is_empty() {
+        if self.client.targets() == 0 {
             return Err(ApiError::unavailable(
                 "no socket manager is configured (SB_MANAGER_URLS)",
             ));
         }
-        let start = self.next.load(Ordering::Relaxed);
-        let mut last = String::new();
-        for i in 0..self.urls.len() {
-            let at = (start + i) % self.urls.len();
-            let url = format!("{}{path}", self.urls[at]);
-            let mut request = self.credential.apply(self.http.post(&url));
-            if let Some(body) = body {
-                request = request.json(body);
+        match self
+            .client
+            .call(reqwest::Method::POST, path, body, &[], Failover::ONCE)
+            .await
+        {
+            Ok(answer) => Ok(answer),
+            Err(CallError::Unavailable(last)) => {
+                tracing::warn!(%last, "no socket manager could answer");
+                Err(ApiError::unavailable(format!(
+                    "no socket manager could answer ({last}); retry (with the same \
+                     Idempotency-Key for a message)"
+                )))
             }
-            match request.send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    self.next.store(at, Ordering::Relaxed);
-                    return resp.json().await.map_err(|e| {
-                        ApiError::unavailable(format!("a manager's answer was unreadable: {e}"))
-                    });
-                }
-                Ok(resp) if matches!(resp.status().as_u16(), 502 | 503) => {
-                    last = format!("{url}: {}", resp.status());
-                    tracing::warn!(%url, status = %resp.status(), "manager unavailable; trying the next");
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    return Err(match resp.json::<ErrorBody>().await {
-                        // The cluster credential refused: our configuration, not the caller's.
-                        Ok(body)
-                            if matches!(
-                                body.error.code,
-                                ErrorCode::Unauthorized | ErrorCode::Forbidden
-                            ) =>
-                        {
-                            tracing::error!(%url, message = %body.error.message, "a manager refused this service's cluster credential");
-                            ApiError::new(
-                                ErrorCode::Internal,
-                                "the message service may not call the socket managers",
-                            )
-                        }
-                        Ok(body) => ApiError::new(body.error.code, body.error.message),
-                        Err(_) => ApiError::new(
-                            ErrorCode::Internal,
-                            format!("a manager answered {status}"),
-                        ),
-                    });
-                }
-                Err(e) => {
-                    last = format!("{url}: {e}");
-                    tracing::warn!(%url, error = %e, "manager unreachable; trying the next");
-                }
+            // The cluster credential refused: our configuration, not the caller's.
+            Err(CallError::Refused {
+                url,
+                body: Some(body),
+                ..
+            }) if matches!(
+                body.error.code,
+                ErrorCode::Unauthorized | ErrorCode::Forbidden
+            ) =>
+            {
+                tracing::error!(%url, message = %body.error.message, "a manager refused this service's cluster credential");
+                Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "the message service may not call the socket managers",
+                ))
             }
-            self.next
-                .store((at + 1) % self.urls.len(), Ordering::Relaxed);
+            Err(CallError::Refused {
+                body: Some(body), ..
+            }) => Err(ApiError::new(body.error.code, body.error.message)),
+            Err(CallError::Refused { status, .. }) => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("a manager answered {status}"),
+            )),
         }
         Err(ApiError::unavailable(format!(
             "no socket manager could answer ({last}); retry (with the same Idempotency-Key \

@@ -1,0 +1,63 @@
+//! `push-gateway-sink`: the reference push gateway, for tests and local use
+//! ([`webhook_dispatcher::push::sink`]). It records the pushes the notifier sends and shows
+//! them at `GET /pushes`; it sends nothing on to Apple, Google or browsers.
+
+use switchboard_service_kit::cli::Cli;
+use switchboard_service_kit::env::{EnvTable, EnvVar};
+use webhook_dispatcher::push::sink::Sink;
+
+const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: "SB_PUSH_SINK_BIND",
+        default: Some("127.0.0.1:8502"),
+        doc: "Address the sink listens on (`POST /push`, `GET /pushes`, `DELETE /pushes`).",
+    },
+    EnvVar {
+        name: "SB_PUSH_GATEWAY_SECRET",
+        default: None,
+        doc: "The notifier's signing secret: pushes whose signature does not verify are \
+              answered 401. Unset: signatures are not checked.",
+    },
+    EnvVar {
+        name: "SB_PUSH_SINK_REJECT",
+        default: None,
+        doc: "Pushkeys (comma separated) the sink answers as rejected, so the notifier \
+              removes their devices.",
+    },
+];
+
+const CLI: Cli = Cli {
+    name: "push-gateway-sink",
+    version: env!("CARGO_PKG_VERSION"),
+    about: "The reference push gateway: records the pushes the notifier sends (GET /pushes), \
+            checks their signature, and rejects the pushkeys it is told to.",
+    usage: "",
+    max_positional: 0,
+    env: &[EnvTable {
+        title: "Reference push gateway",
+        vars: ENV,
+    }],
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    CLI.handle_args();
+    switchboard_service_kit::telemetry::init("push-gateway-sink");
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let bind = var("SB_PUSH_SINK_BIND").unwrap_or_else(|| "127.0.0.1:8502".to_owned());
+    let secret = var("SB_PUSH_GATEWAY_SECRET");
+    if let Some(secret) = &secret {
+        webhook_dispatcher::signing::secret_key(secret)
+            .map_err(|e| anyhow::anyhow!("SB_PUSH_GATEWAY_SECRET: {e}"))?;
+    }
+    let reject = var("SB_PUSH_SINK_REJECT")
+        .unwrap_or_default()
+        .split(',')
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let sink = Sink::bind(&bind, secret, reject)?;
+    tracing::info!(port = sink.port, "push gateway sink listening");
+    sink.run().await?;
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! Push notifications for users with no live connection (docs/push.md), delivered to a push
+//! gateway the operator runs (Matrix-gateway style) as signed webhooks.
+//!
+//! Part of the dispatcher rather than a service of its own: it needs the same things (a
+//! durable consumer of the message log, a queue in PostgreSQL that survives kill -9, Standard
+//! Webhooks signing, retries with backoff, metrics) and the same single-instance deployment,
+//! and the gateway is one more webhook endpoint. It runs only when `SB_PUSH_GATEWAY_URL` is
+//! set, with its own consumer group, so webhooks and pushes never wait for each other.
+//!
+//! - [`plan`]: reads the message log; for each conversation's newest message of a batch, the
+//!   members other than the sender that have a push device (one query, capped) and their
+//!   presence (one Redis pipeline), and upserts one row per (user, conversation) in
+//!   `push_queue`: due after the coalescing window when the user has no live connection,
+//!   after the grace period when they have one. The offsets move on only once that commits.
+//! - [`send`]: takes the due rows; drops those past the TTL, suppresses those the user has
+//!   read (read cursor ≥ the message), and posts the rest to the gateway, signed, with the
+//!   user's devices; removes the pushkeys the gateway rejects; retries with backoff.
+//! - [`queue`]: the queries (the queue in the dispatcher's schema; members, receipts and
+//!   `push_devices` in the message service's database).
+//! - [`sink`]: the reference gateway (`push-gateway-sink`), which records what it receives.
+
+pub mod metrics;
+pub mod plan;
+pub mod queue;
+pub mod send;
+pub mod sink;
+
+use std::time::Duration;
+
+use switchboard_service_kit::config::{lookup_optional, lookup_or, ConfigError, Lookup};
+use switchboard_service_kit::env::{EnvTable, EnvVar};
+
+pub const SB_PUSH_GATEWAY_URL: &str = "SB_PUSH_GATEWAY_URL";
+pub const SB_PUSH_GATEWAY_SECRET: &str = "SB_PUSH_GATEWAY_SECRET";
+pub const SB_PUSH_DATABASE_URL: &str = "SB_PUSH_DATABASE_URL";
+pub const SB_PUSH_COALESCE_MS: &str = "SB_PUSH_COALESCE_MS";
+pub const SB_PUSH_GRACE_MS: &str = "SB_PUSH_GRACE_MS";
+pub const SB_PUSH_TTL_SECS: &str = "SB_PUSH_TTL_SECS";
+pub const SB_PUSH_PREVIEW_CHARS: &str = "SB_PUSH_PREVIEW_CHARS";
+pub const SB_PUSH_MAX_RECIPIENTS: &str = "SB_PUSH_MAX_RECIPIENTS";
+pub const SB_PUSH_RETRY_BASE_MS: &str = "SB_PUSH_RETRY_BASE_MS";
+pub const SB_PUSH_RETRY_MAX_DELAY_MS: &str = "SB_PUSH_RETRY_MAX_DELAY_MS";
+pub const SB_PUSH_TIMEOUT_MS: &str = "SB_PUSH_TIMEOUT_MS";
+pub const SB_PUSH_IN_FLIGHT: &str = "SB_PUSH_IN_FLIGHT";
+
+/// The notifier's variables.
+pub const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: SB_PUSH_GATEWAY_URL,
+        default: None,
+        doc: "The push gateway every push is posted to (docs/push.md has the contract). Unset: \
+              no push notifications (the notifier does not run).",
+    },
+    EnvVar {
+        name: SB_PUSH_GATEWAY_SECRET,
+        default: None,
+        doc: "The Standard Webhooks secret (`whsec_<base64>`) that signs every push; required \
+              with SB_PUSH_GATEWAY_URL. The gateway verifies with it.",
+    },
+    EnvVar {
+        name: SB_PUSH_DATABASE_URL,
+        default: None,
+        doc: "The message service's database (members, read cursors, `push_devices`). Unset: \
+              SB_WEBHOOK_DATABASE_URL (the usual deployment shares one database).",
+    },
+    EnvVar {
+        name: SB_PUSH_COALESCE_MS,
+        default: Some("2000"),
+        doc: "A user with no live connection is pushed this long after the first unpushed \
+              message of a conversation; later messages in the window join the same push \
+              (one push per user, conversation and window).",
+    },
+    EnvVar {
+        name: SB_PUSH_GRACE_MS,
+        default: Some("30000"),
+        doc: "A user connected somewhere is checked again this long after the message, and \
+              pushed only if their read cursor is still below it.",
+    },
+    EnvVar {
+        name: SB_PUSH_TTL_SECS,
+        default: Some("3600"),
+        doc: "A push whose newest message is older than this is dropped (counted once in \
+              `push_dropped_total`), however often the gateway failed before.",
+    },
+    EnvVar {
+        name: SB_PUSH_PREVIEW_CHARS,
+        default: Some("0"),
+        doc: "How many characters of the message body a push carries as `body_preview`. 0: \
+              id-only pushes (no content reaches the gateway, nor Apple or Google).",
+    },
+    EnvVar {
+        name: SB_PUSH_MAX_RECIPIENTS,
+        default: Some("10000"),
+        doc: "Most recipients with a push device considered per conversation and batch of \
+              the log (bounded work for huge groups); the rest are skipped and counted.",
+    },
+    EnvVar {
+        name: SB_PUSH_RETRY_BASE_MS,
+        default: Some("1000"),
+        doc: "Retry schedule while the gateway fails: the n-th retry waits a random time up to \
+              min(SB_PUSH_RETRY_MAX_DELAY_MS, this × 2^(n-1)), or Retry-After if longer.",
+    },
+    EnvVar {
+        name: SB_PUSH_RETRY_MAX_DELAY_MS,
+        default: Some("60000"),
+        doc: "The longest wait between two attempts of one push.",
+    },
+    EnvVar {
+        name: SB_PUSH_TIMEOUT_MS,
+        default: Some("10000"),
+        doc: "Longest one request to the gateway may take; a slower one is retried.",
+    },
+    EnvVar {
+        name: SB_PUSH_IN_FLIGHT,
+        default: Some("32"),
+        doc: "Most pushes handled at once (each for a different user and conversation).",
+    },
+];
+
+/// The notifier's table.
+pub const TABLE: EnvTable = EnvTable {
+    title: "Push notifications (webhook dispatcher)",
+    vars: ENV,
+};
+
+/// The notifier's settings; `None` in [`crate::DispatcherConfig::push`] when
+/// `SB_PUSH_GATEWAY_URL` is unset.
+#[derive(Clone)]
+pub struct PushConfig {
+    pub gateway_url: String,
+    pub gateway_secret: String,
+    /// `None`: the dispatcher's own database URL.
+    pub database_url: Option<String>,
+    pub coalesce: Duration,
+    pub grace: Duration,
+    pub ttl: Duration,
+    pub preview_chars: usize,
+    pub max_recipients: i64,
+    pub retry: crate::config::RetryPolicy,
+    pub timeout: Duration,
+    pub in_flight: usize,
+}
+
+impl std::fmt::Debug for PushConfig {
+    /// Every setting but the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushConfig")
+            .field("gateway_url", &self.gateway_url)
+            .field("database_url", &self.database_url)
+            .field("coalesce", &self.coalesce)
+            .field("grace", &self.grace)
+            .field("ttl", &self.ttl)
+            .field("preview_chars", &self.preview_chars)
+            .field("max_recipients", &self.max_recipients)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl PushConfig {
+    /// The settings, or `None` when no gateway is configured.
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Option<Self>, ConfigError> {
+        let millis = |name, default| lookup_or(lookup, name, default).map(Duration::from_millis);
+        // Read (and so checked) even without a gateway: a typo fails at startup either way.
+        let coalesce = millis(SB_PUSH_COALESCE_MS, 2_000)?;
+        let grace = millis(SB_PUSH_GRACE_MS, 30_000)?;
+        let ttl = Duration::from_secs(lookup_or(lookup, SB_PUSH_TTL_SECS, 3_600)?);
+        let preview_chars = lookup_or(lookup, SB_PUSH_PREVIEW_CHARS, 0)?;
+        let max_recipients = lookup_or::<i64>(lookup, SB_PUSH_MAX_RECIPIENTS, 10_000)?.max(1);
+        let retry = crate::config::RetryPolicy {
+            base: millis(SB_PUSH_RETRY_BASE_MS, 1_000)?,
+            max_delay: millis(SB_PUSH_RETRY_MAX_DELAY_MS, 60_000)?,
+            // Pushes end by their TTL, and the gateway is never disabled.
+            retry_for: ttl,
+            disable_after_failures: u32::MAX,
+            disable_after: Duration::MAX,
+        };
+        let timeout = millis(SB_PUSH_TIMEOUT_MS, 10_000)?;
+        let in_flight = lookup_or::<usize>(lookup, SB_PUSH_IN_FLIGHT, 32)?.max(1);
+        let database_url = lookup_optional(lookup, SB_PUSH_DATABASE_URL);
+        let Some(gateway_url) = lookup_optional(lookup, SB_PUSH_GATEWAY_URL) else {
+            return Ok(None);
+        };
+        let parsed = url::Url::parse(&gateway_url).map_err(|e| ConfigError {
+            name: SB_PUSH_GATEWAY_URL.into(),
+            value: gateway_url.clone(),
+            reason: format!("not a URL: {e}"),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ConfigError {
+                name: SB_PUSH_GATEWAY_URL.into(),
+                value: gateway_url,
+                reason: "an http or https URL".into(),
+            });
+        }
+        let gateway_secret =
+            lookup_optional(lookup, SB_PUSH_GATEWAY_SECRET).ok_or_else(|| ConfigError {
+                name: SB_PUSH_GATEWAY_SECRET.into(),
+                value: String::new(),
+                reason: format!("required with {SB_PUSH_GATEWAY_URL}: every push is signed"),
+            })?;
+        crate::signing::secret_key(&gateway_secret).map_err(|reason| ConfigError {
+            name: SB_PUSH_GATEWAY_SECRET.into(),
+            value: "(hidden)".into(),
+            reason,
+        })?;
+        Ok(Some(PushConfig {
+            gateway_url,
+            gateway_secret,
+            database_url,
+            coalesce,
+            grace,
+            ttl,
+            preview_chars,
+            max_recipients,
+            retry,
+            timeout,
+            in_flight,
+        }))
+    }
+}
