@@ -7,10 +7,14 @@
 // Run by e2e-tests/tests/e2e/browser.rs, which starts the stack. Optional: CHROMIUM (default
 // /usr/bin/chromium), SCREENSHOT (default /tmp/switchboard-demo.png).
 //
-// Two browser contexts sign in as alice and bob; alice starts a direct chat; they talk both
-// ways (with typing and read marks); bob reloads and sees the history; alice's socket server is
-// killed with SIGKILL, her page reconnects through the registry to another server, and they
-// talk both ways again.
+// The page runs on @switchboard/client (nginx/html/sdk). Two browser contexts sign in as alice
+// and bob; alice starts a direct chat; they talk both ways (with typing and read marks); bob
+// reloads and sees the history; alice's socket server is killed with SIGKILL, her page
+// reconnects through the registry to another server, and they talk both ways again. Then what
+// the SDK adds: a message alice sends while offline waits in her outbox and is delivered once
+// when she is back; one left unsent in the outbox survives a reload and is delivered once; and
+// carol, whose page is forced onto the HTTP fallback (?transport=sse: Server-Sent Events down,
+// POST up), chats with bob.
 
 import { chromium } from 'playwright-core';
 
@@ -18,7 +22,7 @@ const BASE_URL = process.env.BASE_URL;
 const SERVER_PIDS = JSON.parse(process.env.SERVER_PIDS || '{}');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = process.env.SCREENSHOT || '/tmp/switchboard-demo.png';
-const TOTAL_TIMEOUT_MS = 85_000;
+const TOTAL_TIMEOUT_MS = 110_000;
 const STEP_TIMEOUT_MS = 15_000;
 const RECONNECT_TIMEOUT_MS = 30_000;
 
@@ -58,15 +62,23 @@ async function step(name, fn) {
   }
 }
 
-async function openPage(user) {
+async function openPage(user, query = '') {
   const context = await browser.newContext({ viewport: { width: 1200, height: 760 } });
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_TIMEOUT_MS);
   page.on('console', (m) => logs.push(`${user} console.${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => logs.push(`${user} PAGE ERROR: ${e.message}`));
-  await page.goto(`${BASE_URL}/`);
+  // The demo loads the SDK from this origin only: nothing from elsewhere, ever.
+  page.on('request', (r) => {
+    if (!r.url().startsWith(BASE_URL) && !/^https?:\/\/127\.0\.0\.1:\d+\/(ws|sse)\b/.test(r.url())) {
+      logs.push(`${user} FOREIGN REQUEST: ${r.url()}`);
+      foreign.push(r.url());
+    }
+  });
+  await page.goto(`${BASE_URL}/${query}`);
   return page;
 }
+const foreign = [];
 
 async function signIn(page, user) {
   await page.getByTestId('login-input').fill(user);
@@ -93,6 +105,33 @@ async function send(page, body) {
   await page.getByTestId('send-button').click();
   await message(page, body).and(page.locator('[data-seq]')).waitFor();
   return Number(await message(page, body).getAttribute('data-seq'));
+}
+
+// How many bubbles show `body` (a message shown twice would be a duplicate).
+async function countOf(page, body) {
+  return page.locator('[data-testid="message"]', { hasText: body }).count();
+}
+
+async function goOffline(page) {
+  await page.getByTestId('offline-button').click();
+  await page.locator('[data-testid="connection-status"][data-state="offline"]').waitFor();
+}
+
+// Sends `body` without waiting for `sent`: the bubble shows as sending.
+async function sendQueued(page, body) {
+  await page.getByTestId('message-input').fill(body);
+  await page.getByTestId('send-button').click();
+  await message(page, body).and(page.locator('[data-status="sending"]')).waitFor();
+}
+
+async function expectOnce(pages, body) {
+  for (const page of pages) {
+    await message(page, body).and(page.locator('[data-seq]')).waitFor();
+    // Give a duplicate the time to show up.
+    await page.waitForTimeout(300);
+    const n = await countOf(page, body);
+    if (n !== 1) throw new Error(`"${body}" shows ${n} times`);
+  }
 }
 
 async function openChatWith(page, peer) {
@@ -186,6 +225,58 @@ async function main() {
     if (seqs.join(',') !== '1,2,3,4') throw new Error(`alice shows seqs ${seqs}, want 1,2,3,4`);
   });
 
+  await step('alice goes offline and sends: the message waits in her outbox, bob has nothing', async () => {
+    await goOffline(alice);
+    await sendQueued(alice, 'Written while offline');
+    await alice.waitForTimeout(1000);
+    if (await countOf(bob, 'Written while offline') !== 0) throw new Error('bob got it while alice was offline');
+    const pending = await alice.evaluate(() => JSON.parse(localStorage.getItem('switchboard:alice:outbox') || '[]'));
+    if (!JSON.stringify(pending).includes('Written while offline')) throw new Error(`not in the stored outbox: ${JSON.stringify(pending)}`);
+  });
+  await step('alice goes online: it is delivered once, as seq 5', async () => {
+    await alice.getByTestId('offline-button').click();
+    await alice.locator('[data-testid="connection-status"][data-state="connected"]').waitFor();
+    await expectOnce([alice, bob], 'Written while offline');
+    const seq = Number(await message(bob, 'Written while offline').getAttribute('data-seq'));
+    if (seq !== 5) throw new Error(`seq ${seq}, want 5`);
+  });
+  await step('alice sends offline, then reloads: the outbox survives the reload and is delivered once', async () => {
+    await goOffline(alice);
+    await sendQueued(alice, 'Left in the outbox over a reload');
+    await alice.reload();
+    await signIn(alice, 'alice');
+    await openChatWith(alice, 'bob');
+    await expectOnce([alice, bob], 'Left in the outbox over a reload');
+    const seqs = await bob.locator('[data-testid="message"][data-seq]')
+      .evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+    if (seqs.join(',') !== '1,2,3,4,5,6') throw new Error(`bob shows seqs ${seqs}, want 1..6`);
+  });
+
+  const carol = await step('carol opens the page forced onto the HTTP fallback (?transport=sse)', () => openPage('carol', '?transport=sse'));
+  await step('carol signs in over SSE', async () => {
+    await signIn(carol, 'carol');
+    await carol.locator('[data-testid="transport"][data-transport="sse"]').waitFor();
+  });
+  await step('carol (SSE) and bob (WebSocket) chat both ways', async () => {
+    await carol.getByTestId('new-direct-input').fill('bob');
+    await carol.getByTestId('new-direct-button').click();
+    await carol.locator('[data-testid="chat-title"]', { hasText: 'bob' }).waitFor();
+    await send(carol, 'Hello from behind a proxy');
+    await openChatWith(bob, 'carol');
+    await message(bob, 'Hello from behind a proxy').waitFor();
+    await send(bob, 'Loud and clear, carol');
+    await expectOnce([carol], 'Loud and clear, carol');
+    // `typing` goes out at most every 2 s per conversation (the fill above sent one): keep
+    // typing until bob sees it.
+    await Promise.all([
+      carol.getByTestId('message-input').pressSequentially('typing over http, slowly', { delay: 120 }),
+      bob.locator('[data-testid="typing-indicator"]', { hasText: 'carol is typing' }).waitFor(),
+    ]);
+    await carol.getByTestId('message-input').fill('');
+    // Back to alice's chat for the steps below.
+    await openChatWith(bob, 'alice');
+  });
+
   await step('alice creates a group; bob sees it with an unread count', async () => {
     await alice.locator('#new-group summary').click();
     await alice.getByTestId('new-group-name').fill('Launch team');
@@ -203,6 +294,10 @@ async function main() {
       bob.getByTestId('message-input').pressSequentially('See you at the launch', { delay: 120 }),
       alice.locator('[data-testid="typing-indicator"]', { hasText: 'bob is typing' }).waitFor(),
     ]);
+  });
+
+  await step('every request went to this origin or a socket server', async () => {
+    if (foreign.length) throw new Error(`requests elsewhere: ${foreign.slice(0, 5).join(', ')}`);
   });
 
   await step(`screenshots to ${SCREENSHOT} (and -bob)`, async () => {

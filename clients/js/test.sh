@@ -2,7 +2,8 @@
 # Builds and tests @switchboard/client: the three tiers the package has today.
 #
 #   clients/js/test.sh              everything: unit, package, integration (starts the stack)
-#   clients/js/test.sh unit         typecheck + vitest unit tests + build + npm pack install check
+#   clients/js/test.sh unit         typecheck + vitest unit tests + build + the demo's copy is current
+#                                   (vendor-demo.sh --check) + npm pack install check
 #   clients/js/test.sh integration  build + the SDK in Node against the real stack
 #
 # Integration needs the debug service binaries (cargo build --bins; SWITCHBOARD_BIN_DIR to use
@@ -34,6 +35,8 @@ unit() {
   echo "== @switchboard/client: unit tests"
   npx --no-install vitest run
   build
+  echo "== @switchboard/client: the demo page's copy (nginx/html/sdk) is this build"
+  ./vendor-demo.sh --check
   echo "== @switchboard/client: npm pack, then install the tarball into an empty project"
   local tmp
   tmp=$(mktemp -d)

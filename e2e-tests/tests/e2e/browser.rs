@@ -1,6 +1,8 @@
-//! The demo web client in a real (headless) browser: `web-tests/chat.test.mjs` drives two
-//! Chromium pages through nginx against a full stack, including a SIGKILL of the socket server
-//! one page is on. Needs `/usr/bin/chromium` and `web-tests/node_modules` (playwright-core):
+//! The demo web client (on the client SDK, `nginx/html/sdk`) in a real (headless) browser:
+//! `web-tests/chat.test.mjs` drives Chromium pages through nginx against a full stack,
+//! including a SIGKILL of the socket server one page is on, sends while offline and across a
+//! reload (the SDK's outbox: delivered once), and a page on the HTTP fallback (SSE + POST).
+//! Needs `/usr/bin/chromium` and `web-tests/node_modules` (playwright-core):
 //! `scripts/install-deps.sh` installs both. Missing, the test fails; it never skips.
 
 use std::path::{Path, PathBuf};
@@ -11,8 +13,8 @@ use serde_json::{Map, Value};
 use switchboard_test_support::{Stack, StackOptions};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// The script bounds itself at 85 s; this is the backstop.
-const NODE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The script bounds itself at 110 s; this is the backstop.
+const NODE_TIMEOUT: Duration = Duration::from_secs(150);
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
