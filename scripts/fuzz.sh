@@ -16,6 +16,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --ver
 export RUSTC_BOOTSTRAP=1
 for target in "${TARGETS[@]}"; do
     echo "fuzz: $target for ${SECONDS_PER_TARGET}s"
+    mkdir -p "corpus/$target"
     cargo fuzz run -O "$target" "corpus/$target" -- \
         -max_total_time="$SECONDS_PER_TARGET" -max_len=4096 -print_final_stats=1
 done

@@ -386,7 +386,6 @@ impl ManagerClient {
             Err(CallError::Refused { status: 404, .. }) => Ok(false),
             Err(e) => Err(ManagerUnavailable(e.to_string())),
         }
-        Err(ManagerUnavailable(last))
     }
 
     pub async fn renew(&self, users: Vec<String>) -> Result<(), ManagerUnavailable> {

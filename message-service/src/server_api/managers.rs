@@ -6,19 +6,16 @@
 //! answers 502/503 is skipped for the next. Retrying is safe because the send is idempotent:
 //! the same `Idempotency-Key` gets the same number on any manager.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::server_api::{
     InternalServerSend, InternalServerSent, INTERNAL_SERVER_SEND_PATH,
 };
 use switchboard_protocol::sessions::{end_sessions_path, SessionsEnded};
-use switchboard_service_kit::internal::{CallError, Failover, InternalClient};
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::cluster_auth::ClusterCredential;
 use switchboard_service_kit::http::ApiError;
+use switchboard_service_kit::internal::{CallError, Failover, InternalClient};
 
 /// How long one manager may take to number, append and answer one message (a lease wait, an
 /// append under `acks=all`).
@@ -96,9 +93,5 @@ impl Managers {
                 format!("a manager answered {status}"),
             )),
         }
-        Err(ApiError::unavailable(format!(
-            "no socket manager could answer ({last}); retry (with the same Idempotency-Key \
-             for a message)"
-        )))
     }
 }
