@@ -183,7 +183,7 @@ impl ManagerClient {
                 client
                     .clone()
                     .run_lane(lane, lanes.batches_in_flight.max(1), rx),
-            );
+            ));
         }
         client.lanes = Arc::new(senders);
         client.lane_tasks = Arc::new(tasks);
