@@ -19,6 +19,11 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # The nemesis partition test cuts one socket server off the network (test-support/src/netcut.rs).
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# librdkafka is built with OpenSSL (the rdkafka `ssl` feature: Kafka over TLS and SASL SCRAM).
+[ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# The broker's TLS test (kafka/tests/kafka_tls.rs) puts stunnel in front of tansu.
+command -v stunnel4 >/dev/null 2>&1 || need+=(stunnel4)
 # Monitoring and Kubernetes checks (scripts/check-deploy.sh, the e2e test `observability`):
 # Prometheus and promtool, kubectl for `kubectl kustomize`, PyYAML for the dashboard generator.
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
@@ -45,9 +50,6 @@ fi
 # The broker for the local stack and the tests: tansu 0.6.0 with the patches in scripts/tansu/,
 # built once into a cache that outlives the work tree (rebuilt when a patch changes).
 bash "$(dirname "${BASH_SOURCE[0]}")/build-tansu.sh"
-# The S3-compatible store for attachments (Garage 2.x, AGPL: run as its own process), built once
-# into ~/.cache/switchboard/garage the same way.
-bash "$(dirname "${BASH_SOURCE[0]}")/build-garage.sh"
 
 # The browser test (e2e-tests/tests/e2e/browser.rs): Debian's Chromium, driven by playwright-core
 # from npm (web-tests/, locked by its package-lock.json; it downloads no browser of its own).

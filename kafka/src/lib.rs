@@ -6,12 +6,71 @@
 //! tansu, the local broker, wedges for good when an idempotent producer's requests time out
 //! (docs/broker.md), and Switchboard does not need it, because every consumer already
 //! deduplicates by the project's own keys.
+//!
+//! Every client reaches the broker as [`KafkaSecurity`] says: plaintext by default, or TLS
+//! (`ssl`), SASL (`sasl_plaintext`), or both (`sasl_ssl`, what managed Kafka services ask
+//! for), with SASL `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`. With TLS the broker's
+//! certificate and host name are always verified, against the system's CA bundle or
+//! `SB_KAFKA_CA_FILE`.
 
 use rdkafka::config::ClientConfig;
+use switchboard_service_kit::cluster_auth::Secret;
+use switchboard_service_kit::config::lookup_optional;
 use switchboard_service_kit::config::{
     lookup_bool, lookup_or, lookup_string, process_env, ConfigError, Lookup,
 };
 use switchboard_service_kit::env::{EnvTable, EnvVar};
+use switchboard_service_kit::tls::{self, CaFile};
+
+mod check {
+    //! A client context that keeps librdkafka's last error, so a failed connection check can
+    //! say why (the handshake or authentication failure, not only "timed out").
+
+    use std::sync::Mutex;
+
+    use rdkafka::client::ClientContext;
+    use rdkafka::error::KafkaError;
+    use rdkafka::producer::ProducerContext;
+
+    /// At most this many errors are kept (the first ones: the cause comes before the
+    /// "all brokers down" that follows it).
+    const KEPT: usize = 16;
+
+    #[derive(Default)]
+    pub struct RecordErrors(Mutex<Vec<String>>);
+
+    impl RecordErrors {
+        /// The most telling error: the first about TLS or SASL, else the first.
+        pub fn cause(&self) -> Option<String> {
+            let errors = self.0.lock().expect("error record lock");
+            errors
+                .iter()
+                .find(|e| {
+                    let lower = e.to_ascii_lowercase();
+                    ["ssl", "sasl", "certificate", "handshake", "authenticat"]
+                        .iter()
+                        .any(|needle| lower.contains(needle))
+                })
+                .or(errors.first())
+                .cloned()
+        }
+    }
+
+    impl ClientContext for RecordErrors {
+        fn error(&self, error: KafkaError, reason: &str) {
+            let mut errors = self.0.lock().expect("error record lock");
+            if errors.len() < KEPT {
+                errors.push(format!("{error}: {reason}"));
+            }
+        }
+    }
+
+    impl ProducerContext for RecordErrors {
+        type DeliveryOpaque = ();
+
+        fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+    }
+}
 
 pub const SB_KAFKA_BROKERS: &str = "SB_KAFKA_BROKERS";
 pub const SB_MESSAGE_TOPIC: &str = "SB_MESSAGE_TOPIC";
@@ -20,6 +79,11 @@ pub const SB_HANDLER_TOPIC_PREFIX: &str = "SB_HANDLER_TOPIC_PREFIX";
 pub const SB_KAFKA_LINGER_MS: &str = "SB_KAFKA_LINGER_MS";
 pub const SB_KAFKA_IDEMPOTENCE: &str = "SB_KAFKA_IDEMPOTENCE";
 pub const SB_KAFKA_REPLICATION_FACTOR: &str = "SB_KAFKA_REPLICATION_FACTOR";
+pub const SB_KAFKA_SECURITY_PROTOCOL: &str = "SB_KAFKA_SECURITY_PROTOCOL";
+pub const SB_KAFKA_CA_FILE: &str = "SB_KAFKA_CA_FILE";
+pub const SB_KAFKA_SASL_MECHANISM: &str = "SB_KAFKA_SASL_MECHANISM";
+pub const SB_KAFKA_SASL_USERNAME: &str = "SB_KAFKA_SASL_USERNAME";
+pub const SB_KAFKA_SASL_PASSWORD: &str = "SB_KAFKA_SASL_PASSWORD";
 
 /// The producer's `message.max.bytes`: the largest Kafka record (and produce request message
 /// set) a producer sends; librdkafka refuses a larger record with `MSG_SIZE_TOO_LARGE`. Set
@@ -82,6 +146,35 @@ pub const ENV: &[EnvVar] = &[
         doc: "Replicas of each topic the managers create: 1 for the single local broker, 3 on \
               a managed cluster. Topics that already exist keep theirs.",
     },
+    EnvVar {
+        name: SB_KAFKA_SECURITY_PROTOCOL,
+        default: Some("plaintext"),
+        doc: "How clients reach the brokers: plaintext, ssl (TLS), sasl_plaintext (SASL \
+              without TLS) or sasl_ssl (SASL over TLS, what managed Kafka asks for). With TLS \
+              the broker's certificate and host name are always verified.",
+    },
+    EnvVar {
+        name: SB_KAFKA_CA_FILE,
+        default: None,
+        doc: "A PEM file of CA certificates that verify the brokers (ssl, sasl_ssl; \
+              librdkafka's ssl.ca.location). Unset: the system's CA bundle.",
+    },
+    EnvVar {
+        name: SB_KAFKA_SASL_MECHANISM,
+        default: None,
+        doc: "SASL mechanism for sasl_plaintext and sasl_ssl: PLAIN, SCRAM-SHA-256 or \
+              SCRAM-SHA-512 (required with those protocols).",
+    },
+    EnvVar {
+        name: SB_KAFKA_SASL_USERNAME,
+        default: None,
+        doc: "SASL user name (required with sasl_plaintext and sasl_ssl).",
+    },
+    EnvVar {
+        name: SB_KAFKA_SASL_PASSWORD,
+        default: None,
+        doc: "SASL password (required with sasl_plaintext and sasl_ssl).",
+    },
 ];
 
 /// The Kafka table, for `--help` of the binaries that talk to the broker.
@@ -124,6 +217,196 @@ pub struct KafkaConfig {
     /// for the single local broker; 3 on a managed cluster, see docs/deploy.md). Topics that
     /// already exist keep theirs.
     pub replication_factor: i32,
+    /// TLS and SASL to the brokers (`SB_KAFKA_SECURITY_PROTOCOL` and the rest; plaintext by
+    /// default).
+    pub security: KafkaSecurity,
+}
+
+/// librdkafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    pub fn sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// SASL credentials; the password never appears in `Debug` output.
+#[derive(Debug, Clone)]
+pub struct SaslCredentials {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    pub username: String,
+    pub password: Secret,
+}
+
+/// How clients reach the brokers.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSecurity {
+    pub protocol: SecurityProtocol,
+    /// Verifies the brokers' certificates (with [`SecurityProtocol::tls`]).
+    pub ca_file: Option<CaFile>,
+    /// With [`SecurityProtocol::sasl`].
+    pub sasl: Option<SaslCredentials>,
+}
+
+impl KafkaSecurity {
+    /// Reads the security settings of [`ENV`]; a combination that cannot work (SASL without
+    /// credentials, credentials or a CA the protocol would not use) is refused, naming the
+    /// setting to fix.
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
+        let invalid = |name: &str, value: &str, reason: String| ConfigError {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            reason,
+        };
+        let text = lookup_string(lookup, SB_KAFKA_SECURITY_PROTOCOL, "plaintext");
+        let protocol = match text.to_ascii_lowercase().as_str() {
+            "plaintext" => SecurityProtocol::Plaintext,
+            "ssl" => SecurityProtocol::Ssl,
+            "sasl_plaintext" => SecurityProtocol::SaslPlaintext,
+            "sasl_ssl" => SecurityProtocol::SaslSsl,
+            _ => {
+                return Err(invalid(
+                    SB_KAFKA_SECURITY_PROTOCOL,
+                    &text,
+                    "expected plaintext, ssl, sasl_plaintext or sasl_ssl".into(),
+                ))
+            }
+        };
+        let ca_file = CaFile::from_lookup(lookup, SB_KAFKA_CA_FILE)?;
+        if let Some(ca) = &ca_file {
+            if !protocol.tls() {
+                return Err(invalid(
+                    SB_KAFKA_CA_FILE,
+                    &ca.path,
+                    format!(
+                        "only used with TLS: set {SB_KAFKA_SECURITY_PROTOCOL} to ssl or \
+                         sasl_ssl, or unset it"
+                    ),
+                ));
+            }
+        }
+        let mechanism = lookup_optional(lookup, SB_KAFKA_SASL_MECHANISM);
+        let username = lookup_optional(lookup, SB_KAFKA_SASL_USERNAME);
+        let password = lookup_optional(lookup, SB_KAFKA_SASL_PASSWORD);
+        let sasl = if protocol.sasl() {
+            let mechanism = mechanism.ok_or_else(|| {
+                invalid(
+                    SB_KAFKA_SASL_MECHANISM,
+                    "",
+                    format!("required with {SB_KAFKA_SECURITY_PROTOCOL}={text}"),
+                )
+            })?;
+            let mechanism = match mechanism.to_ascii_uppercase().as_str() {
+                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" => mechanism.to_ascii_uppercase(),
+                _ => {
+                    return Err(invalid(
+                        SB_KAFKA_SASL_MECHANISM,
+                        &mechanism,
+                        "expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512".into(),
+                    ))
+                }
+            };
+            let required = |name: &str, value: Option<String>| {
+                value.ok_or_else(|| {
+                    invalid(
+                        name,
+                        "",
+                        format!("required with {SB_KAFKA_SECURITY_PROTOCOL}={text}"),
+                    )
+                })
+            };
+            Some(SaslCredentials {
+                mechanism,
+                username: required(SB_KAFKA_SASL_USERNAME, username)?,
+                password: Secret::new(required(SB_KAFKA_SASL_PASSWORD, password)?),
+            })
+        } else {
+            for (name, value) in [
+                (SB_KAFKA_SASL_MECHANISM, &mechanism),
+                (SB_KAFKA_SASL_USERNAME, &username),
+                (SB_KAFKA_SASL_PASSWORD, &password),
+            ] {
+                if value.is_some() {
+                    return Err(invalid(
+                        name,
+                        "(set)",
+                        format!(
+                            "only used with SASL: set {SB_KAFKA_SECURITY_PROTOCOL} to \
+                             sasl_ssl or sasl_plaintext, or unset it"
+                        ),
+                    ));
+                }
+            }
+            None
+        };
+        Ok(KafkaSecurity {
+            protocol,
+            ca_file,
+            sasl,
+        })
+    }
+
+    /// Sets `security.protocol` and the TLS and SASL properties on `config`.
+    pub fn apply(&self, config: &mut ClientConfig) {
+        config.set("security.protocol", self.protocol.as_str());
+        if self.protocol.tls() {
+            // librdkafka's defaults, set explicitly: verification stays on even if a future
+            // default changed.
+            config
+                .set("enable.ssl.certificate.verification", "true")
+                .set("ssl.endpoint.identification.algorithm", "https");
+            if let Some(ca) = &self.ca_file {
+                config.set("ssl.ca.location", &ca.path);
+            }
+        }
+        if let Some(sasl) = &self.sasl {
+            config
+                .set("sasl.mechanisms", &sasl.mechanism)
+                .set("sasl.username", &sasl.username)
+                .set("sasl.password", sasl.password.expose());
+        }
+    }
+
+    /// `error` (a broker connection failure as librdkafka reports it), naming the settings to
+    /// check when it is about TLS or SASL.
+    pub fn explain(&self, error: &str) -> String {
+        let lower = error.to_ascii_lowercase();
+        if self.sasl.is_some() && (lower.contains("sasl") || lower.contains("authentication")) {
+            format!(
+                "{error} (SASL: check {SB_KAFKA_SASL_MECHANISM}, {SB_KAFKA_SASL_USERNAME} and \
+                 {SB_KAFKA_SASL_PASSWORD})"
+            )
+        } else if self.protocol.tls() {
+            tls::explain(error, &[SB_KAFKA_CA_FILE, SB_KAFKA_SECURITY_PROTOCOL])
+        } else {
+            error.to_owned()
+        }
+    }
 }
 
 impl KafkaConfig {
@@ -142,6 +425,7 @@ impl KafkaConfig {
             linger_ms: lookup_or(lookup, SB_KAFKA_LINGER_MS, 2)?,
             idempotence: lookup_bool(lookup, SB_KAFKA_IDEMPOTENCE, false)?,
             replication_factor: lookup_or(lookup, SB_KAFKA_REPLICATION_FACTOR, 1)?,
+            security: KafkaSecurity::from_lookup(lookup)?,
         })
     }
 
@@ -169,6 +453,7 @@ impl KafkaConfig {
             .set("request.timeout.ms", timeout_ms.min(30_000).to_string())
             .set("socket.keepalive.enable", "true")
             .set("reconnect.backoff.max.ms", "500");
+        self.security.apply(&mut config);
         config
     }
 
@@ -191,7 +476,39 @@ impl KafkaConfig {
             .set("heartbeat.interval.ms", "1000")
             .set("topic.metadata.refresh.interval.ms", "2000")
             .set("reconnect.backoff.max.ms", "500");
+        self.security.apply(&mut config);
         config
+    }
+
+    /// Connects once as the services' clients do (the producer settings) and fetches the
+    /// cluster's metadata within `timeout`: `Ok` when the brokers answered, else the reason
+    /// librdkafka gave (a failed TLS handshake, refused SASL credentials, no broker), naming
+    /// the setting to check ([`KafkaSecurity::explain`]). Blocks: call it off the runtime.
+    pub fn check_connection(&self, timeout: std::time::Duration) -> Result<(), String> {
+        use rdkafka::producer::{BaseProducer, Producer};
+        let context = check::RecordErrors::default();
+        let producer: BaseProducer<check::RecordErrors> = self
+            .producer_config(timeout.as_millis().max(1000) as u64)
+            .create_with_context(context)
+            .map_err(|e| self.security.explain(&e.to_string()))?;
+        match producer.client().fetch_metadata(None, timeout) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // librdkafka hands its error events (the handshake's reason) to the context
+                // only when the client is polled.
+                for _ in 0..10 {
+                    producer.poll(std::time::Duration::from_millis(100));
+                    if producer.context().cause().is_some() {
+                        break;
+                    }
+                }
+                let reason = match producer.context().cause() {
+                    Some(reason) => format!("{e}: {reason}"),
+                    None => e.to_string(),
+                };
+                Err(self.security.explain(&reason))
+            }
+        }
     }
 
     /// A [`Self::consumer_config`] whose fetches let records accumulate for `fetch_wait_ms`
@@ -221,8 +538,84 @@ mod tests {
             linger_ms: 5,
             idempotence: false,
             replication_factor: 1,
+            security: KafkaSecurity::default(),
         };
         assert_eq!(config.handler_topic("h1"), "sb.handler.h1");
+    }
+
+    fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn sasl_ssl_sets_the_librdkafka_properties_on_every_client() {
+        let vars = [
+            (SB_KAFKA_SECURITY_PROTOCOL, "SASL_SSL"),
+            (SB_KAFKA_SASL_MECHANISM, "scram-sha-512"),
+            (SB_KAFKA_SASL_USERNAME, "switchboard"),
+            (SB_KAFKA_SASL_PASSWORD, "pw-never-logged"),
+        ];
+        let config = KafkaConfig::from_lookup(&lookup(&vars)).unwrap();
+        assert!(!format!("{config:?}").contains("pw-never-logged"));
+        for client in [
+            config.producer_config(1000),
+            config.consumer_config("g", 100),
+        ] {
+            assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
+            assert_eq!(client.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+            assert_eq!(client.get("sasl.username"), Some("switchboard"));
+            assert_eq!(client.get("sasl.password"), Some("pw-never-logged"));
+            assert_eq!(
+                client.get("enable.ssl.certificate.verification"),
+                Some("true")
+            );
+        }
+        let plain = KafkaConfig::from_lookup(&|_| None).unwrap();
+        let producer = plain.producer_config(1000);
+        assert_eq!(producer.get("security.protocol"), Some("plaintext"));
+        assert_eq!(producer.get("sasl.username"), None);
+    }
+
+    #[test]
+    fn combinations_that_cannot_work_name_the_setting() {
+        let refused =
+            |vars: &[(&str, &str)]| KafkaConfig::from_lookup(&lookup(vars)).unwrap_err().name;
+        assert_eq!(
+            refused(&[(SB_KAFKA_SECURITY_PROTOCOL, "tls")]),
+            SB_KAFKA_SECURITY_PROTOCOL
+        );
+        assert_eq!(
+            refused(&[(SB_KAFKA_SECURITY_PROTOCOL, "sasl_ssl")]),
+            SB_KAFKA_SASL_MECHANISM
+        );
+        assert_eq!(
+            refused(&[
+                (SB_KAFKA_SECURITY_PROTOCOL, "sasl_ssl"),
+                (SB_KAFKA_SASL_MECHANISM, "GSSAPI"),
+            ]),
+            SB_KAFKA_SASL_MECHANISM
+        );
+        assert_eq!(
+            refused(&[
+                (SB_KAFKA_SECURITY_PROTOCOL, "sasl_plaintext"),
+                (SB_KAFKA_SASL_MECHANISM, "PLAIN"),
+                (SB_KAFKA_SASL_USERNAME, "u"),
+            ]),
+            SB_KAFKA_SASL_PASSWORD
+        );
+        assert_eq!(
+            refused(&[(SB_KAFKA_SASL_USERNAME, "u")]),
+            SB_KAFKA_SASL_USERNAME,
+            "credentials without SASL would be silently unused"
+        );
+        assert_eq!(
+            refused(&[(SB_KAFKA_CA_FILE, "/nonexistent/ca.pem")]),
+            SB_KAFKA_CA_FILE
+        );
     }
 
     #[test]

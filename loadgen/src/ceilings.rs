@@ -121,6 +121,7 @@ pub async fn broker(args: &Args) -> Result<serde_json::Value> {
         linger_ms: 5,
         idempotence: false,
         replication_factor: 1,
+        security: Default::default(),
     };
     let topic = format!("loadgen.ceiling.{}", chrono::Utc::now().timestamp_millis());
     let producer: FutureProducer = config.producer_config(30_000).create()?;

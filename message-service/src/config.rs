@@ -123,6 +123,7 @@ pub const HELP_TABLES: &[EnvTable] = &[
     switchboard_kafka::TABLE,
     TABLE,
     API_KEYS_TABLE,
+    switchboard_service_kit::tls::POSTGRES_TABLE,
 ];
 
 /// The server API's keys (`switchboard_service_kit::api_keys`).

@@ -12,6 +12,7 @@ pub use switchboard_protocol::conversations::{
     Conversation, ConversationSummary, MemberReceipt, Role, StoredMessage,
 };
 use switchboard_protocol::frames::ReceiptKind;
+use switchboard_service_kit::tls::PostgresTls;
 
 #[derive(Clone)]
 pub struct Store {
@@ -111,6 +112,8 @@ impl Store {
                 settings.statement_timeout_ms.to_string(),
             ));
         }
+        // SB_POSTGRES_SSLMODE / SB_POSTGRES_CA_FILE become the URL's sslmode and sslrootcert.
+        let url = PostgresTls::url_from_env(url)?;
         let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options(session);
         let mut attempt = 0;
         let pool = loop {
@@ -123,10 +126,11 @@ impl Store {
                 Ok(pool) => break pool,
                 Err(e) if attempt < 60 => {
                     attempt += 1;
-                    tracing::warn!(error = %e, "database not reachable yet");
+                    let error = PostgresTls::explain(&e.to_string());
+                    tracing::warn!(%error, "database not reachable yet");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(anyhow::anyhow!(PostgresTls::explain(&e.to_string()))),
             }
         };
         if settings.migrate {

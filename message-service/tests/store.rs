@@ -174,7 +174,6 @@ fn record(conversation_id: &str, seq: u64, message_id: &str, body: &str) -> LogR
         body: body.into(),
         created_at: switchboard_protocol::Timestamp::now(),
         epoch: 0,
-        attachments: Vec::new(),
     }
 }
 

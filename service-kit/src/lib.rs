@@ -13,6 +13,8 @@
 //! - [`api_keys`]: API keys of app backends (`Authorization: Bearer sbk_...`) for the server
 //!   API: scopes, rotation, a per-key rate.
 //! - [`shutdown`]: one cancellation token that every task of a service watches.
+//! - [`tls`]: CA files and error messages for TLS to Redis, Kafka and PostgreSQL, and
+//!   PostgreSQL's `sslmode`.
 
 pub mod api_keys;
 pub mod cli;
@@ -27,3 +29,4 @@ pub mod redis_sentinel;
 pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;
+pub mod tls;

@@ -17,7 +17,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisError};
 
 use crate::config::{
-    lookup_millis, lookup_optional, lookup_string, process_env, ConfigError, Lookup,
+    lookup_bool, lookup_millis, lookup_optional, lookup_string, process_env, ConfigError, Lookup,
 };
 use crate::env::EnvVar;
 
@@ -29,6 +29,9 @@ pub const SB_REDIS_USERNAME: &str = "SB_REDIS_USERNAME";
 pub const SB_REDIS_PASSWORD: &str = "SB_REDIS_PASSWORD";
 pub const SB_REDIS_SENTINEL_USERNAME: &str = "SB_REDIS_SENTINEL_USERNAME";
 pub const SB_REDIS_SENTINEL_PASSWORD: &str = "SB_REDIS_SENTINEL_PASSWORD";
+pub const SB_REDIS_TLS: &str = "SB_REDIS_TLS";
+pub const SB_REDIS_SENTINEL_TLS: &str = "SB_REDIS_SENTINEL_TLS";
+pub const SB_REDIS_TLS_CA_FILE: &str = "SB_REDIS_TLS_CA_FILE";
 
 /// What [`RedisConfig::from_lookup`] (and so `from_env`) reads.
 pub const ENV: &[EnvVar] = &[
@@ -74,6 +77,26 @@ pub const ENV: &[EnvVar] = &[
         doc: "Password for the Sentinels. Unset: SB_REDIS_PASSWORD (Sentinels configured with \
               requirepass usually share it).",
     },
+    EnvVar {
+        name: SB_REDIS_TLS,
+        default: Some("false"),
+        doc: "true: the Redis servers are reached over TLS (their tls-port, which the \
+              Sentinels then name), with the server's certificate verified for the address the \
+              Sentinels give (an IP address needs an IP SAN).",
+    },
+    EnvVar {
+        name: SB_REDIS_SENTINEL_TLS,
+        default: None,
+        doc: "true: the Sentinels are reached over TLS (the addresses of SB_REDIS_SENTINELS \
+              are their tls-ports), certificates verified. Unset: SB_REDIS_TLS.",
+    },
+    EnvVar {
+        name: SB_REDIS_TLS_CA_FILE,
+        default: None,
+        doc: "A PEM file of the CA certificates that verify the Redis servers and Sentinels, \
+              trusted instead of the public web roots (a private CA). Unset: the public web \
+              roots compiled into the binary.",
+    },
 ];
 
 #[derive(Debug, Clone)]
@@ -93,6 +116,60 @@ pub struct RedisConfig {
     /// `SB_REDIS_SENTINEL_PASSWORD`; unset: the Redis servers' password, as Sentinels
     /// configured with `requirepass` usually share it).
     pub sentinel_auth: RedisAuth,
+    /// TLS to the servers and the Sentinels (`SB_REDIS_TLS`, `SB_REDIS_SENTINEL_TLS`,
+    /// `SB_REDIS_TLS_CA_FILE`; off by default).
+    pub tls: RedisTls,
+}
+
+/// Which Redis connections use TLS, and the CA that verifies them (certificates are always
+/// verified: there is no setting that turns verification off).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// The Redis servers (the master the Sentinels name).
+    pub servers: bool,
+    /// The Sentinels.
+    pub sentinels: bool,
+    /// Trusted instead of the public web roots when set.
+    pub ca_file: Option<crate::tls::CaFile>,
+}
+
+impl RedisTls {
+    /// A client for `host:port` as `auth`, over TLS when `tls` says so.
+    fn client(
+        &self,
+        tls: bool,
+        auth: &RedisAuth,
+        host: &str,
+        port: u16,
+    ) -> Result<redis::Client, String> {
+        let mut info = auth.connection_info(host, port);
+        if !tls {
+            return redis::Client::open(info).map_err(|e| e.to_string());
+        }
+        info.addr = redis::ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: false,
+            tls_params: None,
+        };
+        redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: self.ca_file.as_ref().map(|ca| ca.pem.clone()),
+            },
+        )
+        .map_err(|e| crate::tls::explain(&e.to_string(), &[SB_REDIS_TLS_CA_FILE]))
+    }
+
+    /// A connection error, naming the TLS settings when it is about TLS and TLS is on.
+    fn explain(&self, tls: bool, error: String) -> String {
+        if tls {
+            crate::tls::explain(&error, &[SB_REDIS_TLS_CA_FILE])
+        } else {
+            error
+        }
+    }
 }
 
 /// A Redis username and password; the password never appears in `Debug` output.
@@ -165,6 +242,14 @@ impl RedisConfig {
                 username: lookup_optional(lookup, SB_REDIS_SENTINEL_USERNAME),
                 password: lookup_optional(lookup, SB_REDIS_SENTINEL_PASSWORD)
                     .or_else(|| lookup_optional(lookup, SB_REDIS_PASSWORD)),
+            },
+            tls: {
+                let servers = lookup_bool(lookup, SB_REDIS_TLS, false)?;
+                RedisTls {
+                    servers,
+                    sentinels: lookup_bool(lookup, SB_REDIS_SENTINEL_TLS, servers)?,
+                    ca_file: crate::tls::CaFile::from_lookup(lookup, SB_REDIS_TLS_CA_FILE)?,
+                }
             },
         })
     }
@@ -442,17 +527,14 @@ impl SentinelRedis {
         let mut last_error = String::from("no sentinels configured");
         for sentinel in &self.inner.config.sentinels {
             match self.ask_sentinel(sentinel).await {
-                Ok((host, port)) => {
-                    match connect_master(&self.inner.config.auth, &host, port).await {
-                        Ok((conn, replid)) => {
-                            tracing::info!(%host, port, %replid, "connected to redis master");
-                            *self.inner.master.lock().expect("redis handle lock") =
-                                Some((host, port));
-                            return Ok((conn, replid));
-                        }
-                        Err(e) => last_error = format!("master {host}:{port}: {e}"),
+                Ok((host, port)) => match connect_master(&self.inner.config, &host, port).await {
+                    Ok((conn, replid)) => {
+                        tracing::info!(%host, port, %replid, "connected to redis master");
+                        *self.inner.master.lock().expect("redis handle lock") = Some((host, port));
+                        return Ok((conn, replid));
                     }
-                }
+                    Err(e) => last_error = format!("master {host}:{port}: {e}"),
+                },
                 Err(e) => last_error = format!("sentinel {sentinel}: {e}"),
             }
         }
@@ -460,12 +542,7 @@ impl SentinelRedis {
     }
 
     async fn ask_sentinel(&self, sentinel: &str) -> Result<(String, u16), String> {
-        ask_sentinel(
-            sentinel,
-            &self.inner.config.sentinel_auth,
-            &self.inner.config.master_name,
-        )
-        .await
+        ask_sentinel(sentinel, &self.inner.config).await
     }
 }
 
@@ -491,8 +568,7 @@ async fn watch_master(inner: std::sync::Weak<Inner>) {
                 let conn = match sentinels.get(sentinel) {
                     Some(conn) => conn.clone(),
                     None => {
-                        let conn =
-                            sentinel_connection(sentinel, &inner.config.sentinel_auth).await?;
+                        let conn = sentinel_connection(sentinel, &inner.config).await?;
                         sentinels.insert(sentinel.clone(), conn.clone());
                         conn
                     }
@@ -523,24 +599,27 @@ async fn watch_master(inner: std::sync::Weak<Inner>) {
     }
 }
 
-async fn ask_sentinel(
-    sentinel: &str,
-    auth: &RedisAuth,
-    master_name: &str,
-) -> Result<(String, u16), String> {
-    master_addr(sentinel_connection(sentinel, auth).await?, master_name).await
+async fn ask_sentinel(sentinel: &str, config: &RedisConfig) -> Result<(String, u16), String> {
+    master_addr(
+        sentinel_connection(sentinel, config).await?,
+        &config.master_name,
+    )
+    .await
 }
 
 async fn sentinel_connection(
     sentinel: &str,
-    auth: &RedisAuth,
+    config: &RedisConfig,
 ) -> Result<MultiplexedConnection, String> {
     let (host, port) = host_port(sentinel)?;
-    redis::Client::open(auth.connection_info(&host, port))
-        .map_err(|e| e.to_string())?
+    let tls = config.tls.sentinels;
+    config
+        .tls
+        .client(tls, &config.sentinel_auth, &host, port)?
         .get_multiplexed_async_connection()
         .await
         .map_err(|e| explain_auth_error(e, "the Sentinel", SB_REDIS_SENTINEL_PASSWORD))
+        .map_err(|e| config.tls.explain(tls, e))
 }
 
 /// A connection error, with what to fix when it is about credentials.
@@ -573,16 +652,17 @@ async fn master_addr(
 }
 
 async fn connect_master(
-    auth: &RedisAuth,
+    config: &RedisConfig,
     host: &str,
     port: u16,
 ) -> Result<(MultiplexedConnection, String), String> {
-    let client =
-        redis::Client::open(auth.connection_info(host, port)).map_err(|e| e.to_string())?;
+    let tls = config.tls.servers;
+    let client = config.tls.client(tls, &config.auth, host, port)?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| explain_auth_error(e, "the Redis master", SB_REDIS_PASSWORD))?;
+        .map_err(|e| explain_auth_error(e, "the Redis master", SB_REDIS_PASSWORD))
+        .map_err(|e| config.tls.explain(tls, e))?;
     let role: redis::Value = redis::cmd("ROLE")
         .query_async(&mut conn)
         .await

@@ -169,7 +169,6 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
                 conversation_id,
                 client_msg_id,
                 body,
-                attachments,
             } => {
                 let client_msg_id = match ClientMsgId::parse_owned(client_msg_id) {
                     Ok(id) if !conversation_id.is_empty() => id,
@@ -184,9 +183,7 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
                     }
                 };
                 if let Some((code, message)) =
-                    refuse_body(limits, &user_id, client_msg_id.as_str(), &body).or_else(|| {
-                        crate::attachments::refuse_ids(&attachments)
-                    })
+                    refuse_body(limits, &user_id, client_msg_id.as_str(), &body)
                 {
                     plan.replies[index] = Some(ServerFrame::Error {
                         code,
@@ -220,7 +217,6 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
                             conversation_id,
                             client_msg_id,
                             body,
-                            attachments,
                         },
                     ));
             }
@@ -302,7 +298,6 @@ mod tests {
             conversation_id: conversation.into(),
             client_msg_id: client_msg_id.into(),
             body: "hi".into(),
-            attachments: Vec::new(),
         }
     }
 
@@ -452,7 +447,6 @@ mod tests {
                 conversation_id: C1.into(),
                 client_msg_id: client_msg_id.into(),
                 body,
-                attachments: Vec::new(),
             },
         )
     }

@@ -17,7 +17,6 @@ pub mod credentials;
 pub mod http;
 pub mod netcut;
 pub mod nginx;
-pub mod object_store;
 pub mod paths;
 pub mod ports;
 pub mod postgres;
@@ -25,6 +24,7 @@ pub mod process;
 pub mod redis_cluster;
 pub mod shared;
 pub mod stack;
+pub mod tls;
 
 pub use broker::Broker;
 pub use http::wait_http_ok;

@@ -20,6 +20,8 @@ pub struct Postgres {
     dir: PathBuf,
     log_dir: PathBuf,
     restarts: u32,
+    /// Extra `-c name=value` settings of the server ([`Self::start_tls`]), kept for restarts.
+    settings: Vec<String>,
 }
 
 /// The directory holding `initdb` and `postgres` (newest installed major version).
@@ -61,7 +63,44 @@ fn as_postgres(program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
 
 impl Postgres {
     pub async fn start(dir: &Path, port: u16, log_dir: &Path) -> Result<Self> {
-        Self::start_named(dir, port, log_dir, "postgres").await
+        Self::start_named(dir, port, log_dir, "postgres", &[]).await
+    }
+
+    /// [`Self::start`] with TLS on (`ssl=on`) and the server certificate `cert` and key `key`
+    /// (copied next to the data directory, readable by the server only, as PostgreSQL
+    /// demands). Plain connections are still accepted (the harness's `psql` checks use
+    /// `sslmode=prefer`); whether a client verifies is the client's `sslmode`.
+    pub async fn start_tls(
+        dir: &Path,
+        port: u16,
+        log_dir: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Self> {
+        let tls_dir = dir.join("tls");
+        std::fs::create_dir_all(&tls_dir)?;
+        let (server_cert, server_key) = (tls_dir.join("server.pem"), tls_dir.join("server.key"));
+        std::fs::copy(cert, &server_cert).context("copying the server certificate")?;
+        std::fs::copy(key, &server_key).context("copying the server key")?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&server_key, std::fs::Permissions::from_mode(0o600))?;
+        }
+        if is_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&tls_dir)
+                .status()?;
+            if !status.success() {
+                bail!("chown of {} failed", tls_dir.display());
+            }
+        }
+        let settings = [
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={}", server_cert.display()),
+            format!("ssl_key_file={}", server_key.display()),
+        ];
+        Self::start_named(dir, port, log_dir, "postgres-tls", &settings).await
     }
 
     /// Kills the server (SIGKILL, as a crash would), waits `down_for`, and starts it again on
@@ -72,13 +111,20 @@ impl Postgres {
         tokio::time::sleep(down_for).await;
         self.restarts += 1;
         let name = format!("postgres-{}", self.restarts);
-        let restarted = Self::start_named(&self.dir, self.port, &self.log_dir, &name).await?;
+        let restarted =
+            Self::start_named(&self.dir, self.port, &self.log_dir, &name, &self.settings).await?;
         let Postgres { process, .. } = restarted;
         self.process = process;
         Ok(())
     }
 
-    async fn start_named(dir: &Path, port: u16, log_dir: &Path, name: &str) -> Result<Self> {
+    async fn start_named(
+        dir: &Path,
+        port: u16,
+        log_dir: &Path,
+        name: &str,
+        settings: &[String],
+    ) -> Result<Self> {
         let bin = postgres_bin_dir()?;
         let data = dir.join("pgdata");
         std::fs::create_dir_all(dir)?;
@@ -130,30 +176,32 @@ impl Postgres {
                 );
             }
         }
-        let (program, args) = as_postgres(
-            &bin.join("postgres"),
-            &[
-                "-D".into(),
-                data.display().to_string(),
-                "-p".into(),
-                port.to_string(),
-                "-k".into(),
-                data.display().to_string(),
-                "-c".into(),
-                "listen_addresses=127.0.0.1".into(),
-                "-c".into(),
-                "max_connections=200".into(),
-                // A killed server loses nothing the OS holds, so fsync can stay off here (no
-                // test crashes the OS); but a COMMIT must not return before its WAL reaches
-                // the OS: with synchronous_commit=off a kill -9 loses the last commits, and
-                // the message service has already committed their log offsets (the nemesis
-                // suite's PostgreSQL kill found exactly that).
-                "-c".into(),
-                "fsync=off".into(),
-                "-c".into(),
-                "synchronous_commit=on".into(),
-            ],
-        );
+        let mut server_args: Vec<String> = vec![
+            "-D".into(),
+            data.display().to_string(),
+            "-p".into(),
+            port.to_string(),
+            "-k".into(),
+            data.display().to_string(),
+            "-c".into(),
+            "listen_addresses=127.0.0.1".into(),
+            "-c".into(),
+            "max_connections=200".into(),
+            // A killed server loses nothing the OS holds, so fsync can stay off here (no
+            // test crashes the OS); but a COMMIT must not return before its WAL reaches
+            // the OS: with synchronous_commit=off a kill -9 loses the last commits, and
+            // the message service has already committed their log offsets (the nemesis
+            // suite's PostgreSQL kill found exactly that).
+            "-c".into(),
+            "fsync=off".into(),
+            "-c".into(),
+            "synchronous_commit=on".into(),
+        ];
+        for setting in settings {
+            server_args.push("-c".into());
+            server_args.push(setting.clone());
+        }
+        let (program, args) = as_postgres(&bin.join("postgres"), &server_args);
         let process = ManagedProcess::spawn(name, program, &args, &[], log_dir)?;
         let pg = Postgres {
             process,
@@ -161,6 +209,7 @@ impl Postgres {
             dir: dir.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
             restarts: 0,
+            settings: settings.to_vec(),
         };
         pg.wait_ready(Duration::from_secs(30)).await?;
         Ok(pg)

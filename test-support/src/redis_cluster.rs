@@ -258,6 +258,34 @@ pub struct RedisSentinelCluster {
     log_dir: PathBuf,
     /// Servers started again so far (each restart logs under a name of its own).
     restarts: u32,
+    /// The TLS ports of the Sentinels, when started with [`Self::start_tls`].
+    tls_sentinels: Vec<u16>,
+}
+
+/// A cluster's TLS ([`RedisSentinelCluster::start_tls`]): the server certificate and key every
+/// server and Sentinel presents, and the CA they verify each other with.
+#[derive(Debug, Clone)]
+pub struct RedisTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// The lines that give a server or a Sentinel a `tls-port` with `files`, and make it use TLS
+/// toward the other servers and Sentinels (`tls-replication yes`). Clients need no
+/// certificate of their own (`tls-auth-clients no`): they authenticate with ACL passwords.
+pub fn tls_conf(tls_port: u16, files: &RedisTlsFiles) -> String {
+    format!(
+        "tls-port {tls_port}\n\
+         tls-cert-file {cert}\n\
+         tls-key-file {key}\n\
+         tls-ca-cert-file {ca}\n\
+         tls-auth-clients no\n\
+         tls-replication yes\n",
+        cert = files.cert.display(),
+        key = files.key.display(),
+        ca = files.ca.display(),
+    )
 }
 
 impl RedisSentinelCluster {
@@ -270,24 +298,72 @@ impl RedisSentinelCluster {
     /// process in `log_dir`. Returns once the master has both replicas and every Sentinel
     /// sees both replicas and the two other Sentinels (a failover needs that).
     pub async fn start_with(dir: &Path, ports: &RedisPorts, log_dir: &Path) -> Result<Self> {
+        Self::start_configured(dir, ports, log_dir, None).await
+    }
+
+    /// A cluster on free ports whose servers and Sentinels also listen with TLS on ports of
+    /// their own ([`tls_conf`]) and talk to each other only over TLS: replicas replicate from
+    /// the master's TLS port and the Sentinels monitor it and each other there, so the
+    /// Sentinels name TLS ports ([`Self::tls_sentinels_env`] is what a client configures).
+    /// The plain ports stay open for the harness's own checks and are not for clients.
+    pub async fn start_tls(dir: &Path, files: &RedisTlsFiles) -> Result<Self> {
+        let tls = RedisPorts::free();
+        Self::start_configured(dir, &RedisPorts::free(), dir, Some((&tls, files))).await
+    }
+
+    /// `127.0.0.1:p1,...` of the Sentinels' TLS ports ([`Self::start_tls`]), for
+    /// `SB_REDIS_SENTINELS`.
+    pub fn tls_sentinels_env(&self) -> String {
+        self.tls_sentinels
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    async fn start_configured(
+        dir: &Path,
+        ports: &RedisPorts,
+        log_dir: &Path,
+        tls: Option<(&RedisPorts, &RedisTlsFiles)>,
+    ) -> Result<Self> {
         let mut cluster = Self {
             sentinels: Vec::new(),
             servers: Vec::new(),
             dir: dir.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
             restarts: 0,
+            tls_sentinels: tls.map(|(t, _)| t.sentinels.to_vec()).unwrap_or_default(),
+        };
+        // With TLS, servers replicate from (and Sentinels monitor) the master's TLS port.
+        let master_port = tls.map_or(ports.master, |(t, _)| t.master);
+        let tls_port_of = |plain: u16| -> Option<(u16, &RedisTlsFiles)> {
+            let (t, files) = tls?;
+            let plain_ports = [ports.master, ports.replicas[0], ports.replicas[1]];
+            let tls_ports = [t.master, t.replicas[0], t.replicas[1]];
+            let sentinel = ports.sentinels.iter().position(|p| *p == plain);
+            let index = plain_ports.iter().position(|p| *p == plain);
+            match (index, sentinel) {
+                (Some(i), _) => Some((tls_ports[i], files)),
+                (None, Some(i)) => Some((t.sentinels[i], files)),
+                _ => None,
+            }
         };
         let roles =
             std::iter::once(("redis-master".to_owned(), ports.master, None)).chain(
                 ports.replicas.iter().enumerate().map(|(i, &port)| {
-                    (format!("redis-replica-{}", i + 1), port, Some(ports.master))
+                    (format!("redis-replica-{}", i + 1), port, Some(master_port))
                 }),
             );
         for (name, port, replica_of) in roles {
             let data = dir.join(format!("redis-{port}"));
             std::fs::create_dir_all(&data)?;
             let conf = data.join("redis.conf");
-            std::fs::write(&conf, redis_conf(port, &data, replica_of))?;
+            let mut text = redis_conf(port, &data, replica_of);
+            if let Some((tls_port, files)) = tls_port_of(port) {
+                text.push_str(&tls_conf(tls_port, files));
+            }
+            std::fs::write(&conf, text)?;
             let process = ManagedProcess::spawn(&name, "redis-server", &[&conf], &[], log_dir)?;
             cluster.servers.push((port, process));
         }
@@ -302,7 +378,11 @@ impl RedisSentinelCluster {
             let data = dir.join(format!("sentinel-{port}"));
             std::fs::create_dir_all(&data)?;
             let conf = data.join("sentinel.conf");
-            std::fs::write(&conf, sentinel_conf(port, &data, ports.master))?;
+            let mut text = sentinel_conf(port, &data, master_port);
+            if let Some((tls_port, files)) = tls_port_of(port) {
+                text.push_str(&tls_conf(tls_port, files));
+            }
+            std::fs::write(&conf, text)?;
             let name = format!("sentinel-{}", i + 1);
             let process = ManagedProcess::spawn(&name, "redis-sentinel", &[&conf], &[], log_dir)?;
             cluster.sentinels.push((port, process));

@@ -42,6 +42,7 @@ fn kafka_config(bootstrap: &str) -> KafkaConfig {
         linger_ms: 2,
         idempotence: false,
         replication_factor: 1,
+        security: Default::default(),
     }
 }
 

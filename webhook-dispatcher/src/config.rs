@@ -160,6 +160,7 @@ pub const HELP_TABLES: &[EnvTable] = &[
     switchboard_kafka::TABLE,
     TABLE,
     API_KEYS_TABLE,
+    switchboard_service_kit::tls::POSTGRES_TABLE,
     // The push notifier: its own settings, and Redis for presence.
     crate::push::TABLE,
     COMMON[1],

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use switchboard_service_kit::tls::PostgresTls;
 use sqlx::{Connection, QueryBuilder, Row};
 
 use crate::events::WebhookEvent;
@@ -69,6 +70,8 @@ impl Store {
     /// Creates the schema if needed, connects with it as the only `search_path` entry
     /// (retrying for up to 30 s while the database starts) and runs the migrations there.
     pub async fn connect(url: &str, schema: &str, max_connections: u32) -> anyhow::Result<Self> {
+        // SB_POSTGRES_SSLMODE / SB_POSTGRES_CA_FILE become the URL's sslmode and sslrootcert.
+        let url = PostgresTls::url_from_env(url)?;
         let options: PgConnectOptions = url.parse::<PgConnectOptions>()?;
         let mut attempt = 0;
         loop {
@@ -83,10 +86,11 @@ impl Store {
                 }
                 Err(e) if attempt < 60 => {
                     attempt += 1;
-                    tracing::warn!(error = %e, "database not reachable yet");
+                    let error = PostgresTls::explain(&e.to_string());
+                    tracing::warn!(%error, "database not reachable yet");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(anyhow::anyhow!(PostgresTls::explain(&e.to_string()))),
             }
         }
         let options = options.options([

@@ -23,7 +23,6 @@
 #![allow(clippy::disallowed_methods)]
 
 mod abuse;
-mod attachments;
 mod browser;
 mod chat;
 mod chat_faults;
