@@ -525,3 +525,56 @@ describe('liveness', () => {
     expect(FakeSocket.instances.length).toBe(2);
   });
 });
+
+describe('transport fallback (auto)', () => {
+  it('upgrades failing while REST answers: one SSE attempt to the same server; it fails too (a dead server), so back to WebSocket, nothing remembered', async () => {
+    const storage = new MemoryStorage();
+    const c = client({ storage, probeAfterFailures: 2 });
+    const transports: unknown[] = [];
+    c.on('transport', (t) => transports.push([t.transport, t.trial]));
+    void c.connect().catch(() => undefined);
+    /** Runs the clock until the client opens another (fake) WebSocket. */
+    const nextSocket = async () => {
+      const n = FakeSocket.instances.length;
+      for (let t = 0; FakeSocket.instances.length === n; t += 50) {
+        if (t > 60_000) throw new Error('no new socket');
+        await tick(50);
+      }
+      return FakeSocket.last();
+    };
+    // Two refused upgrades.
+    await tick(0);
+    FakeSocket.last().serverClose(1006);
+    (await nextSocket()).serverClose(1006);
+    const ws = await nextSocket();
+    // The probe answered (the fake REST accepts the token), then the trial went over SSE to
+    // the server of the last attempt: the fake deployment has no /sse (404), so it failed.
+    const sse = server.calls.filter((call) => new URL(call.url).pathname === '/sse');
+    expect(sse.length).toBe(1);
+    expect(new URL(sse[0]!.url).host).toBe('chat.test:9001');
+    expect(transports).toEqual([
+      ['sse', true],
+      ['websocket', false],
+    ]);
+    expect(c.transport).toBe('websocket');
+    // Back on WebSocket: the next attempt opened one, and hello works.
+    ws.hello();
+    await tick(0);
+    expect(c.state).toBe('connected');
+    expect(await storage.getItem('switchboard:transport:http://chat.test')).toBeNull();
+    c.close();
+  });
+
+  it("transport: 'websocket' never tries SSE", async () => {
+    const c = client({ transport: 'websocket', probeAfterFailures: 1 });
+    void c.connect().catch(() => undefined);
+    for (let i = 0; i < 3; i++) {
+      await tick(0);
+      FakeSocket.last().serverClose(1006);
+      await tick(30_000);
+    }
+    expect(server.calls.some((call) => new URL(call.url).pathname === '/sse')).toBe(false);
+    expect(c.transport).toBe('websocket');
+    c.close();
+  });
+});
