@@ -50,6 +50,9 @@ fi
 # The broker for the local stack and the tests: tansu 0.6.0 with the patches in scripts/tansu/,
 # built once into a cache that outlives the work tree (rebuilt when a patch changes).
 bash "$(dirname "${BASH_SOURCE[0]}")/build-tansu.sh"
+# The S3-compatible store for attachments (Garage 2.x, AGPL: run as its own process), built once
+# into ~/.cache/switchboard/garage the same way.
+bash "$(dirname "${BASH_SOURCE[0]}")/build-garage.sh"
 
 # The browser test (e2e-tests/tests/e2e/browser.rs): Debian's Chromium, driven by playwright-core
 # from npm (web-tests/, locked by its package-lock.json; it downloads no browser of its own).

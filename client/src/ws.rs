@@ -459,6 +459,7 @@ mod tests {
                 conversation_id: conversation.into(),
                 client_msg_id: id.into(),
                 body: body.into(),
+                attachments: Vec::new(),
             };
             let text = send_text(conversation, id, body);
             assert_eq!(text, frame_text(&typed));

@@ -36,6 +36,10 @@ pub struct LogRecord {
     /// holder, and refuses it. 0 in records written before epochs existed.
     #[serde(default)]
     pub epoch: u64,
+    /// The attachment ids the send referenced, verified by the manager before it numbered the
+    /// message (docs/architecture.md, "Attachments"). Additive: absent means none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<String>,
 }
 
 /// A fence in the message log: from here on (in log order) the conversation's numbers above
@@ -226,6 +230,7 @@ mod tests {
             body: "hi".into(),
             created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
             epoch: 3,
+            attachments: Vec::new(),
         };
         let single = serde_json::to_vec(&record).unwrap();
         assert_eq!(

@@ -17,6 +17,7 @@
 //! routes, the outbox) and the public REST API's, with a `statement_timeout`, so no number
 //! of slow client requests can hold up ingest, and through the settled check, sends.
 
+pub mod attachments;
 mod auth;
 pub mod config;
 pub mod ingest;
@@ -24,6 +25,7 @@ pub mod log_fences;
 pub mod outbox;
 mod push_devices;
 mod routes;
+pub mod search;
 mod server_api;
 pub mod settled;
 pub mod store;
@@ -49,6 +51,8 @@ pub(crate) struct AppState {
     pub cache: switchboard_chat_state::membership::MembershipMirror,
     pub settled: settled::Settled,
     pub config: MessageServiceConfig,
+    /// Attachments on the object store (off when `SB_S3_ENDPOINT` is unset).
+    pub attachments: attachments::Attachments,
 }
 
 pub struct Application {
@@ -63,6 +67,8 @@ pub struct Application {
     jwks: Option<switchboard_service_kit::jwks::JwksRefresher>,
     /// The membership events' outbox: published to the events topic once committed.
     events: (store::Store, switchboard_kafka::KafkaConfig),
+    /// The attachment sweeper's work: the store's objects and the ingest pool.
+    sweeper: (attachments::Attachments, store::Store),
 }
 
 impl Application {
@@ -111,6 +117,9 @@ impl Application {
         let outbox = (store.clone(), mirror.clone());
         let events = (store.clone(), config.kafka.clone());
         let managers = server_api::managers(&config);
+        let attachments =
+            attachments::Attachments::new(attachments::AttachmentsConfig::from_env()?)?;
+        let sweeper = (attachments.clone(), store.clone());
         let state = web::Data::new(AppState {
             store: rest_store,
             internal: store,
@@ -118,6 +127,7 @@ impl Application {
             cache: mirror,
             settled,
             config,
+            attachments,
         });
         let server = http::serve_json_api(
             ops,
@@ -138,6 +148,7 @@ impl Application {
             ingest,
             outbox,
             events,
+            sweeper,
         })
     }
 
@@ -161,6 +172,11 @@ impl Application {
         workers.spawn(
             "membership events",
             outbox::publish_events(store, kafka, shutdown.clone()),
+        );
+        let (attachments, store) = self.sweeper;
+        workers.spawn(
+            "attachment sweeper",
+            attachments::sweeper::run(attachments, store.pool().clone(), shutdown.clone()),
         );
         workers.serve(self.server, shutdown).await?;
         Ok(())

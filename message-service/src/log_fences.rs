@@ -312,6 +312,7 @@ mod tests {
             body: String::new(),
             created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
             epoch,
+            attachments: Vec::new(),
         }
     }
 

@@ -66,6 +66,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/internal/v1/users/{id}/contacts",
             web::get().to(internal_contacts),
         );
+    crate::attachments::configure(cfg);
+    crate::search::configure(cfg);
 }
 
 /// The public REST API of the message service, generated from the handlers.
@@ -117,6 +119,8 @@ pub fn public_openapi() -> utoipa::openapi::OpenApi {
     let mut doc = PublicApi::openapi();
     doc.merge(switchboard_protocol::registry::public_openapi());
     doc.merge(crate::server_api::openapi());
+    doc.merge(crate::attachments::openapi());
+    doc.merge(crate::search::openapi());
     doc.merge(<crate::push_devices::PushDevicesApi as OpenApi>::openapi());
     doc.info = utoipa::openapi::InfoBuilder::new()
         .title("Switchboard REST API")
@@ -522,6 +526,9 @@ async fn history(
         .history(&conversation_id, query.after_seq, limit.min(1000))
         .await
         .map_err(db_error)?;
+    // Messages with attachments carry them (with download URLs); the others are unchanged.
+    let messages =
+        crate::attachments::decorate(&state.attachments, state.store.pool(), messages).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "messages": messages })))
 }
 

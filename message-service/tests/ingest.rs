@@ -69,6 +69,7 @@ fn record(conversation_id: &str, seq: u64) -> LogRecord {
         body: format!("message {seq}"),
         created_at: switchboard_protocol::Timestamp::now(),
         epoch: 0,
+        attachments: Vec::new(),
     }
 }
 

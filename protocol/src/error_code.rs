@@ -32,6 +32,16 @@ pub enum ErrorCode {
     /// An `Idempotency-Key` already used for a different request (another body, sender or
     /// conversation): the first request's answer stands, this one is not done.
     IdempotencyConflict,
+    /// A `send` names an attachment that is not there: unknown, not uploaded (or uploaded
+    /// through an expired URL, which the store refused), uploaded by someone else, or created
+    /// for another conversation.
+    AttachmentNotFound,
+    /// An attachment's stored object differs from what was declared when its upload URL was
+    /// made (size or content type).
+    AttachmentMismatch,
+    /// An attachment the deployment does not take: a content type outside its allow-list, or
+    /// an image over its pixel limit or that cannot be read (a decompression bomb).
+    AttachmentRefused,
 }
 
 impl ErrorCode {
@@ -50,6 +60,9 @@ impl ErrorCode {
             ErrorCode::DevModeDisabled => "dev_mode_disabled",
             ErrorCode::Internal => "internal",
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::AttachmentNotFound => "attachment_not_found",
+            ErrorCode::AttachmentMismatch => "attachment_mismatch",
+            ErrorCode::AttachmentRefused => "attachment_refused",
         }
     }
 
@@ -65,6 +78,8 @@ impl ErrorCode {
             ErrorCode::Unavailable | ErrorCode::NoCapacity => 503,
             ErrorCode::Internal => 500,
             ErrorCode::IdempotencyConflict => 422,
+            ErrorCode::AttachmentNotFound => 404,
+            ErrorCode::AttachmentMismatch | ErrorCode::AttachmentRefused => 422,
         }
     }
 }
@@ -111,6 +126,9 @@ mod tests {
             ErrorCode::DevModeDisabled,
             ErrorCode::Internal,
             ErrorCode::IdempotencyConflict,
+            ErrorCode::AttachmentNotFound,
+            ErrorCode::AttachmentMismatch,
+            ErrorCode::AttachmentRefused,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

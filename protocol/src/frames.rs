@@ -12,6 +12,11 @@ pub enum ClientFrame {
         conversation_id: String,
         client_msg_id: String,
         body: String,
+        /// Ids of attachments uploaded for this conversation
+        /// (`POST /api/v1/conversations/{id}/attachments`), at most 10. Additive: absent means
+        /// none, and a send without attachments is handled exactly as before.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<String>,
     },
     Delivered {
         conversation_id: String,
@@ -154,7 +159,8 @@ mod tests {
             ClientFrame::Send {
                 conversation_id: "c1".into(),
                 client_msg_id: "m1".into(),
-                body: "hi".into()
+                body: "hi".into(),
+                attachments: Vec::new(),
             }
         );
         assert_eq!(
@@ -172,6 +178,29 @@ mod tests {
             }
         );
         assert!(ClientFrame::parse(r#"{"type":"refresh"}"#).is_err());
+    }
+
+    #[test]
+    fn send_attachments_are_optional_and_additive() {
+        let frame = ClientFrame::parse(
+            r#"{"type":"send","conversation_id":"c","client_msg_id":"m","body":"","attachments":["a1"]}"#,
+        )
+        .unwrap();
+        let ClientFrame::Send { attachments, .. } = &frame else {
+            panic!("a send frame")
+        };
+        assert_eq!(attachments, &vec!["a1".to_owned()]);
+        // A send without attachments serializes as it always did.
+        let plain = ClientFrame::Send {
+            conversation_id: "c".into(),
+            client_msg_id: "m".into(),
+            body: "b".into(),
+            attachments: Vec::new(),
+        };
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            serde_json::json!({"type":"send","conversation_id":"c","client_msg_id":"m","body":"b"})
+        );
     }
 
     #[test]

@@ -80,3 +80,23 @@ pub struct SettledMessage {
     pub client_msg_id: String,
     pub created_at: crate::Timestamp,
 }
+
+/// `POST /internal/v1/conversations/{id}/attachments/claim` (manager → message service): before
+/// numbering a send that references attachments, the manager asks the message service to
+/// verify them (each object exists in the store under this conversation, was created by the
+/// sender, has the declared size and type; an image is within the pixel limit) and to claim
+/// them for this send (docs/architecture.md, "Attachments").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentClaim {
+    pub sender_id: String,
+    pub client_msg_id: String,
+    pub attachments: Vec<String>,
+}
+
+/// The answer to an [`AttachmentClaim`]: `refused` is absent when every attachment is
+/// verified and claimed (a claim by the same send again is idempotent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentVerdict {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<crate::error_code::ErrorDetail>,
+}

@@ -15,6 +15,7 @@
 //! Run two or more: they share nothing but Redis and Kafka, so a handler can send any batch to
 //! any manager and retry on another when one dies.
 
+mod attachments;
 mod batching;
 pub mod config;
 mod end_sessions;
@@ -54,6 +55,8 @@ pub(crate) struct AppState {
     /// The runtime the message path's tasks (Redis connections, batchers) run on; batches
     /// are answered there rather than on the HTTP worker's own runtime (see `routes::batch`).
     pub runtime: tokio::runtime::Handle,
+    /// Verifies the attachments a send references before it is numbered.
+    pub attachments: attachments::Verifier,
 }
 
 /// Counters of the typing and receipt path (`routes::answer_signals`).
@@ -192,6 +195,10 @@ impl Application {
         let config_origins = config.common.allowed_origins.clone();
         let mut workers = Workers::new();
         let state = web::Data::new(AppState {
+            attachments: attachments::Verifier::new(
+                config.message_service_url.clone(),
+                config.common.cluster.credential(ServiceRole::SocketManager),
+            ),
             quotas,
             signal_metrics,
             sequencer: sequencer::Sequencer {

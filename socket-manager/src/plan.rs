@@ -169,6 +169,7 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
                 conversation_id,
                 client_msg_id,
                 body,
+                attachments,
             } => {
                 let client_msg_id = match ClientMsgId::parse_owned(client_msg_id) {
                     Ok(id) if !conversation_id.is_empty() => id,
@@ -183,7 +184,9 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
                     }
                 };
                 if let Some((code, message)) =
-                    refuse_body(limits, &user_id, client_msg_id.as_str(), &body)
+                    refuse_body(limits, &user_id, client_msg_id.as_str(), &body).or_else(|| {
+                        crate::attachments::refuse_ids(&attachments)
+                    })
                 {
                     plan.replies[index] = Some(ServerFrame::Error {
                         code,
@@ -217,6 +220,7 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
                             conversation_id,
                             client_msg_id,
                             body,
+                            attachments,
                         },
                     ));
             }
@@ -298,6 +302,7 @@ mod tests {
             conversation_id: conversation.into(),
             client_msg_id: client_msg_id.into(),
             body: "hi".into(),
+            attachments: Vec::new(),
         }
     }
 
@@ -447,6 +452,7 @@ mod tests {
                 conversation_id: C1.into(),
                 client_msg_id: client_msg_id.into(),
                 body,
+                attachments: Vec::new(),
             },
         )
     }

@@ -206,7 +206,12 @@ async fn answer_batch(
     let sequencer = &state.sequencer;
     let mut send_groups = Vec::with_capacity(sends.len());
     for (conversation_id, group) in sends {
-        send_groups.push(send_group(sequencer, conversation_id, group));
+        send_groups.push(send_group(
+            sequencer,
+            &state.attachments,
+            conversation_id,
+            group,
+        ));
     }
     let (send_results, signal_results) = futures_util::future::join(
         futures_util::future::join_all(send_groups),
@@ -309,12 +314,19 @@ fn apply_verdicts(
 /// One conversation's sends of a batch, answered with their places in the batch.
 async fn send_group(
     sequencer: &crate::sequencer::Sequencer,
+    attachments: &crate::attachments::Verifier,
     conversation_id: ConversationId,
     group: Vec<(usize, SendRequest)>,
 ) -> Vec<(usize, ServerFrame)> {
+    // Sends that reference attachments are verified first (nothing is done for the others).
+    let (group, mut refused) = attachments.admit(&conversation_id, group).await;
+    if group.is_empty() {
+        return refused;
+    }
     let requests: Vec<SendRequest> = group.iter().map(|(_, r)| r.clone()).collect();
     let answers = sequencer.send_all(&conversation_id, &requests).await;
-    group.into_iter().map(|(i, _)| i).zip(answers).collect()
+    refused.extend(group.into_iter().map(|(i, _)| i).zip(answers));
+    refused
 }
 
 /// A batch's typing and receipt signals, each place with its refusal, if any.

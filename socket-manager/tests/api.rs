@@ -167,6 +167,7 @@ fn send(connection_id: u64, user: &str, conversation_id: &str, client_msg_id: &s
             conversation_id: conversation_id.into(),
             client_msg_id: client_msg_id.into(),
             body: format!("body of {client_msg_id}"),
+            attachments: Vec::new(),
         },
     }
 }

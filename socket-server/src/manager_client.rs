@@ -508,6 +508,7 @@ mod tests {
                 conversation_id: "c".into(),
                 client_msg_id: id.into(),
                 body: "hi".into(),
+                attachments: Vec::new(),
             },
         };
         let connected = HandlerItem::Connected {
@@ -558,6 +559,7 @@ mod tests {
                 conversation_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
                 client_msg_id: format!("item-{n}"),
                 body: "\u{1}".repeat(43_000),
+                attachments: Vec::new(),
             },
         };
         Queued {

@@ -101,6 +101,9 @@ pub struct StackOptions {
     /// `/server/v1/webhooks`. Off by default; its settings (API keys, `SB_WEBHOOK_*`) come
     /// from `extra_env`.
     pub webhook_dispatcher: bool,
+    /// Start a real S3-compatible store (Garage, [`crate::object_store`]) and turn the
+    /// message service's attachments on against it (needs `messaging`). Off by default.
+    pub object_store: bool,
 }
 
 impl Default for StackOptions {
@@ -119,6 +122,7 @@ impl Default for StackOptions {
             messaging: true,
             managers: 2,
             webhook_dispatcher: false,
+            object_store: false,
         }
     }
 }
@@ -184,6 +188,8 @@ pub struct Stack {
     /// With [`StackOptions::webhook_dispatcher`].
     pub webhook_dispatcher: Option<Service>,
     pub nginx: Nginx,
+    /// With [`StackOptions::object_store`].
+    pub object_store: Option<crate::object_store::ObjectStore>,
     pub broker: Option<Broker>,
     pub postgres: Option<Postgres>,
     pub redis: RedisSentinelCluster,
@@ -268,6 +274,10 @@ impl Stack {
         let mut message_service_env = Vec::new();
         let mut webhook_dispatcher = None;
         let mut webhook_dispatcher_env = Vec::new();
+        let mut object_store = None;
+        if opts.object_store && !opts.messaging {
+            anyhow::bail!("the object store serves the chat path (StackOptions::messaging)");
+        }
         if opts.webhook_dispatcher && !opts.messaging {
             anyhow::bail!("the webhook dispatcher needs the chat path (StackOptions::messaging)");
         }
@@ -310,6 +320,16 @@ impl Stack {
                     .join(","),
             ));
             env.push(kv("SB_DATABASE_URL", pg.url()));
+            if opts.object_store {
+                let store = crate::object_store::ObjectStore::start(
+                    &work_dir.join("object-store"),
+                    &log_dir,
+                )
+                .await
+                .context("starting the object store")?;
+                env.extend(store.env());
+                object_store = Some(store);
+            }
             env.extend(service_redis_env("message-service"));
             env.extend(credentials.env(ServiceRole::MessageService));
             env.extend(opts.extra_env.iter().cloned());
@@ -438,6 +458,7 @@ impl Stack {
             message_service,
             webhook_dispatcher,
             nginx,
+            object_store,
             broker,
             postgres,
             redis,

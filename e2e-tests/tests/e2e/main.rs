@@ -23,6 +23,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod abuse;
+mod attachments;
 mod browser;
 mod chat;
 mod chat_faults;

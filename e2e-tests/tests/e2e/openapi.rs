@@ -26,6 +26,9 @@ const PUBLIC_ROUTES: &[&str] = &[
     "DELETE /api/v1/conversations/{id}/members/{user_id}",
     "PUT /api/v1/conversations/{id}/members/{user_id}/role",
     "GET /api/v1/presence",
+    "POST /api/v1/conversations/{id}/attachments",
+    "GET /api/v1/conversations/{id}/attachments/{attachment_id}",
+    "GET /api/v1/search",
 ];
 
 fn schemathesis() -> std::path::PathBuf {

@@ -75,6 +75,8 @@ pub struct SendRequest {
     pub conversation_id: ConversationId,
     pub client_msg_id: ClientMsgId,
     pub body: String,
+    /// Attachment ids, verified before numbering (`crate::attachments`); empty for most sends.
+    pub attachments: Vec<String>,
 }
 
 /// A conversation batch as numbered.
@@ -462,6 +464,7 @@ impl Sequencer {
                 client_msg_id: s.client_msg_id.to_string(),
                 body: s.body.clone(),
                 created_at,
+                attachments: s.attachments.clone(),
             };
             let pending = serde_json::to_string(&pending)
                 .map_err(|e| StoreError::Unavailable(format!("encoding a pending message: {e}")))?;
@@ -685,6 +688,7 @@ fn log_record(s: &SendRequest, n: &Numbered, epoch: u64) -> LogRecord {
         body: s.body.clone(),
         created_at: n.created_at,
         epoch,
+        attachments: s.attachments.clone(),
     }
 }
 
@@ -710,6 +714,7 @@ mod tests {
             conversation_id: ConversationId::parse("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap(),
             client_msg_id: ClientMsgId::parse("m1").unwrap(),
             body,
+            attachments: Vec::new(),
         }
     }
 

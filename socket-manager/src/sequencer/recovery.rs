@@ -23,6 +23,9 @@ pub(super) struct PendingMessage {
     pub client_msg_id: String,
     pub body: String,
     pub created_at: Timestamp,
+    /// Additive: pending entries written before attachments existed have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<String>,
 }
 
 /// A pending number older than this is an alarm (`switchboard_manager_pending_stale_total`):
@@ -59,6 +62,7 @@ impl Sequencer {
                     body: p.body,
                     created_at: p.created_at,
                     epoch,
+                    attachments: p.attachments,
                 }),
                 Err(e) => {
                     tracing::error!(error = %e, seq, conversation_id, "unreadable pending message dropped with its idempotency record");

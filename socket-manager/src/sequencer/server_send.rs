@@ -34,6 +34,7 @@ impl Sequencer {
             conversation_id: conversation_id.clone(),
             client_msg_id,
             body,
+            attachments: Vec::new(),
         };
         if !reserved_sender {
             // Exactly a client's send: the mirror, else the source of truth, vouches for the

@@ -89,6 +89,8 @@ async fn main() -> Result<()> {
         work_dir: Some(state_dir),
         nginx_listen_addr: listen_addr,
         fast_timings: false,
+        // Attachments on a real S3 store (Garage), when scripts/build-garage.sh has built it.
+        object_store: switchboard_test_support::object_store::garage_path().exists(),
         // The user's own SB_* settings (secrets, limits, timings) reach every service.
         extra_env: std::env::vars()
             .filter(|(k, _)| k.starts_with("SB_"))
@@ -208,6 +210,13 @@ fn print_banner(stack: &Stack, ports: &FixedPorts) {
         println!(
             "  message service       {} (also via nginx /api/v1/conversations)",
             ms.url()
+        );
+    }
+    if let Some(store) = &stack.object_store {
+        println!(
+            "  object store (Garage) {} bucket {} (attachments)",
+            store.endpoint(),
+            store.bucket
         );
     }
     println!(

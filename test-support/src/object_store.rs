@@ -1,0 +1,204 @@
+//! [`ObjectStore`]: a real S3-compatible store for tests and the local stack: Garage 2.x
+//! (crates.io, AGPL-3.0: run as its own process, never linked), built once by
+//! `scripts/build-garage.sh` into `~/.cache/switchboard/garage/bin/garage`.
+//!
+//! A single node on loopback ports with SQLite metadata, laid out with one zone, one bucket
+//! and one key allowed on it, all made through Garage's own CLI (which speaks to the daemon
+//! over its RPC port). The key's id and secret are chosen here and imported, so nothing is
+//! parsed out of the CLI's output but the node id.
+//!
+//! The binary is found at `$SWITCHBOARD_GARAGE`, else in the cache, else on `PATH`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::Rng;
+
+use crate::ports::free_port;
+use crate::process::ManagedProcess;
+
+/// The region the node answers for (Garage's `s3_region`).
+pub const REGION: &str = "garage";
+/// The bucket the stack's message service uses.
+pub const BUCKET: &str = "switchboard-attachments";
+
+pub fn garage_path() -> PathBuf {
+    if let Ok(p) = std::env::var("SWITCHBOARD_GARAGE") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cached = PathBuf::from(home).join(".cache/switchboard/garage/bin/garage");
+    if cached.exists() {
+        return cached;
+    }
+    PathBuf::from("garage")
+}
+
+/// A running single-node Garage with a bucket and a key.
+#[derive(Debug)]
+pub struct ObjectStore {
+    pub process: ManagedProcess,
+    /// The S3 API's port on 127.0.0.1.
+    pub s3_port: u16,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub bucket: String,
+    config: PathBuf,
+}
+
+fn hex(bytes: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.gen::<u8>()))
+        .collect()
+}
+
+impl ObjectStore {
+    /// Starts the node under `dir` (its config, metadata and data) and sets it up.
+    pub async fn start(dir: &Path, log_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let s3_port = free_port();
+        let rpc_port = free_port();
+        let admin_port = free_port();
+        let config = dir.join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{meta}\"\n\
+                 data_dir = \"{data}\"\n\
+                 db_engine = \"sqlite\"\n\
+                 replication_factor = 1\n\
+                 rpc_bind_addr = \"127.0.0.1:{rpc_port}\"\n\
+                 rpc_public_addr = \"127.0.0.1:{rpc_port}\"\n\
+                 rpc_secret = \"{secret}\"\n\
+                 \n\
+                 [s3_api]\n\
+                 s3_region = \"{REGION}\"\n\
+                 api_bind_addr = \"127.0.0.1:{s3_port}\"\n\
+                 \n\
+                 [admin]\n\
+                 api_bind_addr = \"127.0.0.1:{admin_port}\"\n\
+                 admin_token = \"{admin}\"\n",
+                meta = dir.join("meta").display(),
+                data = dir.join("data").display(),
+                secret = hex(32),
+                admin = hex(16),
+            ),
+        )?;
+        let garage = garage_path();
+        let process = ManagedProcess::spawn(
+            "garage",
+            &garage,
+            &[
+                "-c".to_owned(),
+                config.display().to_string(),
+                "server".to_owned(),
+            ],
+            &[("RUST_LOG".to_owned(), "garage=warn".to_owned())],
+            log_dir,
+        )
+        .context("starting garage (build it with scripts/build-garage.sh)")?;
+        let store = ObjectStore {
+            process,
+            s3_port,
+            access_key_id: format!("GK{}", hex(12)),
+            secret_access_key: hex(32),
+            bucket: BUCKET.to_owned(),
+            config,
+        };
+        store.set_up().await.with_context(|| {
+            format!(
+                "setting up garage; its log:\n{}",
+                store.process.log_tail(40)
+            )
+        })?;
+        Ok(store)
+    }
+
+    /// `garage -c CONFIG args...`, its stdout when it succeeds.
+    fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(garage_path())
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .with_context(|| format!("running garage {args:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "garage {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn set_up(&self) -> Result<()> {
+        // The daemon answers its RPC port once it has started.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let node = loop {
+            match self.cli(&["node", "id", "-q"]) {
+                Ok(out) => break out.trim().split('@').next().unwrap_or_default().to_owned(),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        if node.is_empty() {
+            bail!("garage printed no node id");
+        }
+        self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
+        self.cli(&["layout", "apply", "--version", "1"])?;
+        self.cli(&[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "switchboard",
+            &self.access_key_id,
+            &self.secret_access_key,
+        ])?;
+        // The layout takes a moment to reach the tables: retry the bucket's creation.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.cli(&["bucket", "create", &self.bucket]) {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+        self.cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            &self.bucket,
+            "--key",
+            &self.access_key_id,
+        ])?;
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:PORT`: the S3 API.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// The message service's variables for this store (docs/configuration.md, "Attachments").
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("SB_S3_ENDPOINT", self.endpoint()),
+            ("SB_S3_REGION", REGION.to_owned()),
+            ("SB_S3_BUCKET", self.bucket.clone()),
+            ("SB_S3_ACCESS_KEY_ID", self.access_key_id.clone()),
+            ("SB_S3_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
+            ("SB_S3_PATH_STYLE", "true".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
