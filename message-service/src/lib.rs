@@ -120,6 +120,7 @@ impl Application {
         let attachments =
             attachments::Attachments::new(attachments::AttachmentsConfig::from_env()?)?;
         let sweeper = (attachments.clone(), store.clone());
+        let (tokens, jwks) = config.common.token_keys();
         let state = web::Data::new(AppState {
             store: rest_store,
             internal: store,

@@ -5,7 +5,7 @@
 use std::num::NonZeroUsize;
 
 use switchboard_service_kit::config::{
-    lookup_or, lookup_string, process_env, CommonConfig, ConfigError, Lookup, COMMON,
+    lookup_bool, lookup_or, lookup_string, process_env, CommonConfig, ConfigError, Lookup, COMMON,
 };
 use switchboard_service_kit::env::{EnvTable, EnvVar};
 use switchboard_service_kit::limits::Rate;
@@ -18,6 +18,7 @@ pub const SB_ASSIGN_RATE_PER_IP: &str = "SB_ASSIGN_RATE_PER_IP";
 pub const SB_ASSIGN_BURST_PER_IP: &str = "SB_ASSIGN_BURST_PER_IP";
 pub const SB_RESERVATIONS_PER_IP: &str = "SB_RESERVATIONS_PER_IP";
 pub const SB_REGISTRY_HTTP_WORKERS: &str = "SB_REGISTRY_HTTP_WORKERS";
+pub const SB_PUBLIC_SERVER_LIST: &str = "SB_PUBLIC_SERVER_LIST";
 
 /// The registry's own variables.
 pub const ENV: &[EnvVar] = &[
@@ -68,6 +69,14 @@ pub const ENV: &[EnvVar] = &[
               past it assignments answer 429 instead of reserving, so one address cannot fill \
               every server with reservations. 0 turns it off.",
     },
+    EnvVar {
+        name: SB_PUBLIC_SERVER_LIST,
+        default: Some("true"),
+        doc: "Whether GET /api/v1/socket-servers (every server's URL, load and capacity) \
+              answers anyone, as the original contract has it. false: only callers with a \
+              cluster credential (operators' tools, any service role); others get 403, and \
+              clients still get a server through GET /api/v1/socket-server.",
+    },
 ];
 
 /// The registry's table.
@@ -101,6 +110,8 @@ pub struct RegistryConfig {
     /// default 100; 0 turns it off), per registry replica: past it, assignments answer 429
     /// instead of reserving, so one address cannot fill every server with reservations.
     pub reservations_per_ip: usize,
+    /// Whether the server list answers anyone (`SB_PUBLIC_SERVER_LIST`, default true).
+    pub public_server_list: bool,
 }
 
 impl RegistryConfig {
@@ -124,6 +135,7 @@ impl RegistryConfig {
                 burst: lookup_or(lookup, SB_ASSIGN_BURST_PER_IP, 100.0)?,
             },
             reservations_per_ip: lookup_or(lookup, SB_RESERVATIONS_PER_IP, 100)?,
+            public_server_list: lookup_bool(lookup, SB_PUBLIC_SERVER_LIST, true)?,
         })
     }
 }

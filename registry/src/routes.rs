@@ -127,8 +127,23 @@ async fn assign(
     }
 }
 
-/// Every registered socket server with its load.
+/// Every registered socket server with its load; with `SB_PUBLIC_SERVER_LIST=false` only for
+/// callers with a cluster credential (the list names every server and its load).
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.config.public_server_list {
+        state
+            .config
+            .common
+            .cluster
+            .require(&req, &ServiceRole::ALL)
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::Forbidden,
+                    "the server list is for operators here (SB_PUBLIC_SERVER_LIST=false); \
+                     clients get a server from GET /api/v1/socket-server",
+                )
+            })?;
+    }
     let servers = state
         .directory
         .list()

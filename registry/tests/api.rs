@@ -262,3 +262,40 @@ async fn the_openapi_description_covers_the_public_routes() {
         ]
     );
 }
+
+/// `SB_PUBLIC_SERVER_LIST=false`: the list of every server's URL and load answers only a
+/// caller with a cluster credential; clients still get a server.
+#[tokio::test]
+async fn the_server_list_can_be_kept_for_operators() {
+    let open = spawn_app(config("list-open")).await;
+    let http = reqwest::Client::new();
+    assert_eq!(register(&http, &open, "s1", 10).await, 201);
+    let listed = http
+        .get(format!("{open}/api/v1/socket-servers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200, "the contract's default: public");
+
+    let closed = spawn_app(build(
+        vars("list-closed").with(registry::config::SB_PUBLIC_SERVER_LIST, "false"),
+    ))
+    .await;
+    assert_eq!(register(&http, &closed, "s2", 10).await, 201);
+    let anonymous = http
+        .get(format!("{closed}/api/v1/socket-servers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 403);
+    let body = anonymous.text().await.unwrap();
+    assert!(body.contains("\"code\":\"forbidden\""), "{body}");
+    let operator = http
+        .get(format!("{closed}/api/v1/socket-servers"))
+        .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(operator.status(), 200);
+    assert_eq!(ask_for_a_server(&http, &closed).await.status(), 200);
+}
