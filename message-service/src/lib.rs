@@ -146,6 +146,7 @@ impl Application {
         Ok(Application {
             port,
             server,
+            jwks,
             ingest,
             outbox,
             events,
@@ -160,9 +161,11 @@ impl Application {
     /// Serves until `shutdown` (then the ingest loop commits what it stored), or until the
     /// ingest loop exits (logged by name and returned as an error: history would silently
     /// stop growing otherwise).
-            jwks,
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut workers = switchboard_service_kit::supervise::Workers::new();
+        if let Some(jwks) = self.jwks {
+            workers.spawn("jwks", jwks.run(shutdown.clone()));
+        }
         workers.spawn("ingest", self.ingest.run(shutdown.clone()));
         let (store, mirror) = self.outbox;
         workers.spawn(
@@ -182,7 +185,4 @@ impl Application {
         workers.serve(self.server, shutdown).await?;
         Ok(())
     }
-        if let Some(jwks) = self.jwks {
-            workers.spawn("jwks", jwks.run(shutdown.clone()));
-        }
 }

@@ -22,6 +22,7 @@ pub mod cluster_auth;
 pub mod config;
 pub mod env;
 pub mod http;
+pub mod internal;
 pub mod jwks;
 pub mod limits;
 pub mod ops;

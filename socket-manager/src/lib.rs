@@ -57,6 +57,8 @@ pub(crate) struct AppState {
     pub runtime: tokio::runtime::Handle,
     /// Verifies the attachments a send references before it is numbered.
     pub attachments: attachments::Verifier,
+    /// Presence announcements in flight (`presence::announce`), waited for at shutdown.
+    pub background: TaskTracker,
 }
 
 /// Counters of the typing and receipt path (`routes::answer_signals`).
@@ -195,6 +197,7 @@ impl Application {
         let config_origins = config.common.allowed_origins.clone();
         let mut workers = Workers::new();
         let state = web::Data::new(AppState {
+            background: TaskTracker::new(),
             attachments: attachments::Verifier::new(
                 config.message_service_url.clone(),
                 config.common.cluster.credential(ServiceRole::SocketManager),
@@ -281,9 +284,6 @@ impl Application {
         // numbering queues go with it, so those tasks finish their queued work and end.
         drop(self.state);
         workers.serve(self.server, shutdown).await?;
-        Ok(())
-    }
-}
         background.close();
         if tokio::time::timeout(std::time::Duration::from_secs(5), background.wait())
             .await
@@ -291,3 +291,6 @@ impl Application {
         {
             tracing::warn!("presence announcements still running at shutdown; abandoned");
         }
+        Ok(())
+    }
+}
