@@ -123,6 +123,7 @@ pub const HELP_TABLES: &[EnvTable] = &[
     switchboard_kafka::TABLE,
     TABLE,
     API_KEYS_TABLE,
+    crate::attachments::config::TABLE,
     switchboard_service_kit::tls::POSTGRES_TABLE,
 ];
 
