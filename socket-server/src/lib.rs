@@ -40,12 +40,12 @@ use switchboard_protocol::token::TokenKeys;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http;
-use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::jwks::JwksRefresher;
+use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
-
 use switchboard_service_kit::supervise::{OwnedTask, TaskTracker, Workers};
+
 pub use config::SocketServerConfig;
 
 /// Histogram buckets (seconds) for the stages of a frame.
@@ -169,10 +169,10 @@ pub(crate) struct ServerState {
     pub directory: ServerDirectory,
     /// Cancelled once this server has left the sorted set: every session closes with 1012.
     pub shutdown: CancellationToken,
-    pub registered: AtomicBool,
     /// Every accepted connection's task (request head, refusal or session): the drain waits
     /// for the last one to end.
     pub connections: TaskTracker,
+    pub registered: AtomicBool,
     pub metrics: Metrics,
     /// The link to the socket managers; `None` when messaging is disabled.
     pub manager: Option<manager_client::ManagerClient>,
@@ -209,9 +209,9 @@ pub struct Application {
     ops_addr: SocketAddr,
     server: actix_web::dev::Server,
     state: Arc<ServerState>,
-}
     /// Keeps an identity provider's keys fresh, when one is configured.
     jwks: Option<JwksRefresher>,
+}
 
 /// Connections waiting to be accepted on the public port.
 const ACCEPT_BACKLOG: u32 = 4096;
@@ -278,10 +278,10 @@ impl Application {
                 metrics.lanes.clone(),
             )
         });
-        let state = Arc::new(ServerState {
         let (tokens, jwks) = config.common.token_keys();
-            manager,
+        let state = Arc::new(ServerState {
             connections: TaskTracker::new(),
+            manager,
             manager_ready: AtomicBool::new(false),
             delivery_assigned: AtomicBool::new(false),
             tokens,
@@ -347,8 +347,8 @@ impl Application {
             ops_addr,
             server,
             state,
-        })
             jwks,
+        })
     }
 
     pub fn port(&self) -> u16 {
