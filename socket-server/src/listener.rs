@@ -179,7 +179,9 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         };
         let state = state.clone();
         let sse_sessions = sse_sessions.clone();
-        tokio::spawn(async move {
+        // Tracked, so the drain waits for the last connection by notification.
+        let connections = state.connections.clone();
+        connections.spawn(async move {
             let _ = stream.set_nodelay(true);
             let mut stream = stream;
             let head = tokio::time::timeout(head_timeout, read_head(&mut stream)).await;
