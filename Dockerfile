@@ -26,9 +26,11 @@ ENV CARGO_TERM_COLOR=never \
     CARGO_NET_RETRY=5
 
 # The binaries this image ships: one package each, plus SB_TOOLS, further binaries of those
-# packages (switchboard-keys, the registry package's: docker-compose.yml's `keys` service).
+# packages (switchboard-keys, the registry package's: docker-compose.yml's `keys` service;
+# push-gateway-sink, the webhook-dispatcher package's reference push gateway and webhook sink:
+# compose.demo.yml's `push-gateway-sink` service).
 ARG SB_BINS="registry socket-server socket-manager health-checker message-service webhook-dispatcher"
-ARG SB_TOOLS="switchboard-keys"
+ARG SB_TOOLS="switchboard-keys push-gateway-sink"
 
 # ---- 1. dependency layer: manifests only, stub sources -----------------------------------
 COPY Cargo.toml Cargo.lock ./
@@ -129,8 +131,9 @@ USER switchboard
 ENV SB_LOG_FORMAT=json \
     NO_COLOR=1
 # registry 8101, socket-manager 8201, health-checker 8301, message-service 8401,
-# webhook-dispatcher 8501, socket-server 9001 (the compose file binds each on 0.0.0.0).
-EXPOSE 8101 8201 8301 8401 8501 9001
+# webhook-dispatcher 8501, push-gateway-sink 8502, socket-server 9001 (the compose file binds
+# each on 0.0.0.0).
+EXPOSE 8101 8201 8301 8401 8501 8502 9001
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["switchboard-entrypoint"]
-CMD ["sh", "-c", "echo 'switchboard image: run one of registry, socket-server, socket-manager, health-checker, message-service, webhook-dispatcher, switchboard-keys' >&2; exit 64"]
+CMD ["sh", "-c", "echo 'switchboard image: run one of registry, socket-server, socket-manager, health-checker, message-service, webhook-dispatcher, switchboard-keys, push-gateway-sink' >&2; exit 64"]

@@ -36,11 +36,19 @@ Standard library only (a minimal RFC 6455 client below). Every wait is bounded. 
      nginx (its `resolve`) within seconds;
  11. 5,000 idle WebSockets held for 20 s through nginx to the three socket servers (from the
      SMOKE_SOURCES addresses straight to nginx's container address), every one still open
-     and counted by the registry, then released.
+     and counted by the registry, then released;
+ 12. app backends (issue 26), through nginx with the API key SMOKE_API_KEY: a user JWT is
+     401 on /server, a webhook endpoint registered at the demo's push-gateway-sink (on its
+     own `sinks` network, the one subnet allow-listed past the SSRF guard), a group made and
+     a message posted through the server API (Idempotency-Key, replay answered alike); the
+     sink receives that message's `message.created`, and its Standard Webhooks signature
+     verifies under the endpoint's secret; a member who never connects, with a push device
+     registered through /api/v1/push/devices, gets one signed push for it.
 
 Environment: SB_PUBLIC_PORT, SMOKE_COMPOSE (the docker-compose command line, space separated),
 SMOKE_DOCKER (the docker command), SMOKE_SCALE (the --scale options of `up`), SMOKE_NGINX_IP
-and SMOKE_SOURCES (nginx's container address and the host's source addresses for step 11).
+and SMOKE_SOURCES (nginx's container address and the host's source addresses for step 11),
+SMOKE_API_KEY (a server API key the stack was started with, every scope; step 12).
 """
 
 import base64
@@ -815,6 +823,79 @@ def idle_connections(total=5000, users=500, hold_s=20):
 # ---- the scenario ----------------------------------------------------------------------------
 
 
+def webhook_signature_ok(secret, hook):
+    """Standard Webhooks: HMAC-SHA256 of `id.timestamp.body` under the base64 key after
+    `whsec_`; `webhook-signature` holds one or more `v1,<base64>` (space separated)."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{hook['id']}.{hook['timestamp']}.{hook['raw']}".encode()
+    want = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(hmac.compare_digest(sig.removeprefix("v1,"), want)
+               for sig in hook["signature"].split() if sig.startswith("v1,"))
+
+
+def sink_get(path):
+    sink = run(COMPOSE + ["ps", "-q", "push-gateway-sink"])
+    out = run_any(DOCKER + ["exec", sink, "curl", "-fsS", f"http://localhost:8502{path}"], timeout=15)
+    return json.loads(out)
+
+
+def app_backend(alice_token):
+    """12. The server API, a webhook and a push, end to end through nginx."""
+    key = os.environ["SMOKE_API_KEY"]
+    status, body = http("GET", "/server/v1/webhooks", token=alice_token)
+    check(status == 401, f"a user token on /server answered {status} {body}")
+    status, body = http("GET", "/api/v1/conversations", token=key)
+    check(status == 401, f"an API key on /api answered {status} {body}")
+    status, endpoint = http("POST", "/server/v1/webhooks", token=key, body={
+        "url": "http://push-gateway-sink:8502/webhook", "event_types": ["message.created"]})
+    check(status == 201 and endpoint.get("secret", "").startswith("whsec_"),
+          f"registering the sink as a webhook endpoint: {status} {endpoint}")
+    # An endpoint elsewhere in the compose network is refused (SSRF guard): only the
+    # sink's own network is allow-listed.
+    status, body = http("POST", "/server/v1/webhooks", token=key, body={
+        "url": "http://postgres:5432/", "event_types": ["message.created"]})
+    check(status == 400, f"an endpoint at postgres was not refused: {status} {body}")
+    # A member who never connects, with a push device.
+    dave = token("dave")
+    status, device = http("POST", "/api/v1/push/devices", token=dave, body={
+        "app_id": "com.example.smoke", "platform": "fcm", "pushkey": "smoke-dave-phone", "data": {}})
+    check(status in (200, 201) and "device_id" in device, f"registering dave's device: {status} {device}")
+    status, group = http("POST", "/server/v1/conversations", token=key, body={
+        "kind": "group", "name": "smoke", "members": ["alice", "dave"]})
+    check(status in (200, 201), f"a group through the server API: {status} {group}")
+    path = f"/server/v1/conversations/{group['id']}/messages"
+    post = {"sender_id": "alice", "body": "from the backend"}
+    status, posted = http("POST", path, post, token=key, headers={"Idempotency-Key": "smoke-1"})
+    check(status == 201 and posted.get("seq") == 1, f"a message through the server API: {status} {posted}")
+    status, again = http("POST", path, post, token=key, headers={"Idempotency-Key": "smoke-1"})
+    check(status in (200, 201) and again.get("seq") == posted["seq"]
+          and again.get("message_id") == posted["message_id"],
+          f"the same Idempotency-Key replayed: {status} {again}, first {posted}")
+
+    def delivered():
+        hooks = sink_get("/webhooks")["webhooks"]
+        return [h for h in hooks if h["id"] == f"evt_{posted['message_id']}"]
+
+    hooks = until(60, "the message.created webhook at the sink", delivered, interval=0.5)
+    hook = hooks[0]
+    check(hook["body"]["type"] == "message.created"
+          and hook["body"]["data"]["seq"] == posted["seq"]
+          and hook["body"]["data"]["conversation_id"] == group["id"],
+          f"the webhook's body: {hook['body']}")
+    check(webhook_signature_ok(endpoint["secret"], hook),
+          f"the webhook's signature does not verify: {hook['signature']}")
+
+    def pushed():
+        return [p for p in sink_get("/pushes")["pushes"]
+                if p["body"].get("user_id") == "dave" and p["body"].get("conversation_id") == group["id"]]
+
+    pushes = until(60, "dave's push at the sink", pushed, interval=0.5)
+    check(pushes[0]["verified"] and pushes[0]["body"].get("message_id") == posted["message_id"],
+          f"dave's push: {pushes[0]}")
+    log("app backends: API keys scoped to /server, a signed message.created delivered to the "
+        "sink, a signed push for an offline member, the SSRF guard refuses postgres")
+
+
 def main():
     # 1. all three replicas registered and handed out
     listed = until(90, "3 registered socket servers", lambda: (s := servers()) and len(s) == 3 and s)
@@ -911,6 +992,7 @@ def main():
     log(f"chat across replicas works, history intact ({len(msgs)} messages)")
 
     credentials(conv)
+    app_backend(alice)
 
     # 3. stop bob's replica while alice keeps sending
     before = start_state()

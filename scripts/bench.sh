@@ -35,6 +35,9 @@ export SB_RESERVATION_TTL_MS=3000
 export SB_CLIENT_RATE_PER_SEC=2000
 export SB_CLIENT_RATE_BURST=4000
 export RUST_LOG=warn
+# The message path only, as every earlier run measured it: no webhook dispatcher, push
+# notifier or sink (devstack starts them by default; they read the log off the message path).
+export SB_DEVSTACK_WEBHOOKS=false
 STACK_PID=""
 cleanup() {
   if [ -n "$STACK_PID" ] && kill -0 "$STACK_PID" 2>/dev/null; then

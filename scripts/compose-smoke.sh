@@ -24,7 +24,10 @@
 #      WebSockets held through the three socket servers (from 25 source addresses added to the
 #      compose network's bridge: nginx allows 256 connections per address), and that nginx's
 #      limit_conn refuses one address's excess connections (429) while another address gets
-#      through;
+#      through; and app backends (issue 26): with a server API key minted here (SB_API_KEYS),
+#      a webhook endpoint registered through nginx at the demo's push-gateway-sink receives a
+#      signed `message.created` for a message posted through the server API, and an offline
+#      member with a push device gets a signed push;
 #   4. `down -v` must leave no container, network or volume of the project.
 #
 # Traffic goes only to the containers it starts and to loopback (plus the Debian mirror for
@@ -65,7 +68,13 @@ fi
 # the builder this needs).
 DOCKER_BIN=/usr/bin/docker; [ -x "$DOCKER_BIN" ] || DOCKER_BIN="$(command -v docker)"
 DOCKER="$SUDO $DOCKER_BIN"
-COMPOSE="$SUDO env SB_PUBLIC_PORT=PORT docker-compose -p $PROJECT -f $ROOT/docker-compose.yml -f $ROOT/compose.demo.yml -f $ROOT/compose.offline.yml"
+# A server API key with every scope (docs/server-api.md): the stack gets its entry (hash only)
+# through an env file (JSON is no shell word), the client the key (step 12 of smoke_client.py).
+SMOKE_API_KEY="sbk_smoke_$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+SMOKE_API_KEY_SHA="$(printf '%s' "$SMOKE_API_KEY" | sha256sum | cut -d' ' -f1)"
+printf 'SB_API_KEYS=[{"id":"smoke","sha256":"%s","scopes":["messages:write","conversations:write","read","users:disconnect","webhooks:manage"],"rate_per_sec":0}]\n' \
+    "$SMOKE_API_KEY_SHA" >"$WORK/smoke.env"
+COMPOSE="$SUDO env SB_PUBLIC_PORT=PORT docker-compose -p $PROJECT --env-file $WORK/smoke.env -f $ROOT/docker-compose.yml -f $ROOT/compose.demo.yml -f $ROOT/compose.offline.yml"
 export DOCKER_BUILDKIT=1
 
 DOCKERD_PID=""
@@ -107,9 +116,10 @@ fi
 timeout 120 $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
 
 # ---- 2. the release binaries (host build) -------------------------------------------------------
-# The packages' binaries, and switchboard-keys (the registry package's; the `keys` service).
+# The packages' binaries, switchboard-keys (the registry package's; the `keys` service) and
+# push-gateway-sink (the webhook-dispatcher package's; compose.demo.yml's sink).
 PACKAGES="registry socket-server socket-manager health-checker message-service webhook-dispatcher"
-BINS="$PACKAGES switchboard-keys"
+BINS="$PACKAGES switchboard-keys push-gateway-sink"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN_DIR="${SB_SMOKE_BIN_DIR:-}"
 if [ -z "$BIN_DIR" ]; then
@@ -274,7 +284,7 @@ NGINX_IP="$($DOCKER inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}
 
 log "running the client checks"
 SB_PUBLIC_PORT="$PORT" SMOKE_COMPOSE="$COMPOSE" SMOKE_DOCKER="$DOCKER" SMOKE_SCALE="$SCALE" \
-    SMOKE_NGINX_IP="$NGINX_IP" SMOKE_SOURCES="$(for a in $SOURCES; do printf '%s ' "${a%/*}"; done)" \
+    SMOKE_NGINX_IP="$NGINX_IP" SMOKE_API_KEY="$SMOKE_API_KEY" SMOKE_SOURCES="$(for a in $SOURCES; do printf '%s ' "${a%/*}"; done)" \
     timeout 600 python3 -B compose/smoke_client.py || die "client checks failed"
 
 # nginx logged the WebSocket upgrades, but not their ?token=<JWT>.

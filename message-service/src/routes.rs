@@ -119,6 +119,8 @@ pub fn public_openapi() -> utoipa::openapi::OpenApi {
     let mut doc = PublicApi::openapi();
     doc.merge(switchboard_protocol::registry::public_openapi());
     doc.merge(crate::server_api::openapi());
+    // The webhook dispatcher's endpoint API (nginx routes /server/v1/webhooks to it).
+    doc.merge(switchboard_protocol::webhooks::openapi());
     doc.merge(crate::attachments::openapi());
     doc.merge(crate::search::openapi());
     doc.merge(<crate::push_devices::PushDevicesApi as OpenApi>::openapi());

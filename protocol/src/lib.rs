@@ -24,6 +24,7 @@ pub mod server_api;
 pub mod sessions;
 pub mod time;
 pub mod token;
+pub mod webhooks;
 
 pub use error_code::ErrorCode;
 pub use ids::{ClientMsgId, ConversationId, HandlerId, IdError, UserId};

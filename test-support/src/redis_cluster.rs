@@ -39,6 +39,7 @@ pub const SERVICE_USERS: &[&str] = &[
     "socket-manager",
     "health-checker",
     "message-service",
+    "webhook-dispatcher",
 ];
 
 /// The Sentinels' user for the services: it may only ask where the master is, so no service's
@@ -109,6 +110,8 @@ pub fn service_key_families(service: &str) -> &'static [&'static str] {
             "%R userh:*",
             "%R lastseen:*",
         ],
+        // The push notifier reads presence (who has a live connection) and nothing else.
+        "webhook-dispatcher" => &["%R userh:*", "%R lastseen:*"],
         _ => &[],
     }
 }

@@ -38,6 +38,9 @@ pub struct FixedPorts {
     pub postgres: u16,
     pub broker: u16,
     pub redis: RedisPorts,
+    /// The webhook dispatcher's (with [`StackOptions::webhook_dispatcher`]); not in
+    /// [`Self::all`], which the dev stack checks only when it starts one.
+    pub webhook_dispatcher: u16,
 }
 
 impl FixedPorts {
@@ -54,6 +57,7 @@ impl FixedPorts {
             postgres: 5432,
             broker: 9092,
             redis: RedisPorts::standard(),
+            webhook_dispatcher: 8501,
         }
     }
 
@@ -377,10 +381,14 @@ impl Stack {
             }
             common.push(kv("SB_MANAGER_URLS", manager_urls.join(",")));
             if opts.webhook_dispatcher {
-                let port = free_port();
+                let port = fixed
+                    .as_ref()
+                    .map_or_else(free_port, |f| f.webhook_dispatcher);
                 let mut env = common.clone();
                 env.push(kv("SB_WEBHOOK_BIND", format!("127.0.0.1:{port}")));
                 env.push(kv("SB_WEBHOOK_DATABASE_URL", pg.url()));
+                // Its own Redis user: the notifier reads presence, nothing else.
+                env.extend(service_redis_env("webhook-dispatcher"));
                 env.extend(opts.extra_env.iter().cloned());
                 let process = ManagedProcess::spawn(
                     "webhook-dispatcher",

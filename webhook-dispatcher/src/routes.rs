@@ -10,11 +10,19 @@
 //!   on; the previous ones keep signing for `SB_WEBHOOK_SECRET_OVERLAP_SECS`.
 //! - `POST /server/v1/webhooks/{id}/enable` → the endpoint, enabled again after a 410 or a
 //!   failure streak disabled it.
+//!
+//! The wire types and the OpenAPI description are `switchboard_protocol::webhooks`'s (the
+//! message service publishes the description in `/api/v1/openapi.json`); a test below checks
+//! that every route described there is served here.
 
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use switchboard_protocol::time::Timestamp;
+use switchboard_protocol::webhooks::{
+    NewWebhookEndpoint, RotatedWebhookSecret, WebhookEndpoint, WebhookEndpointCreated,
+    WebhookEndpointList, WEBHOOKS_PATH,
+};
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::api_keys::{ApiKeys, Scope};
 use switchboard_service_kit::http::ApiError;
@@ -23,7 +31,7 @@ use tokio::sync::Notify;
 use crate::events::EVENT_TYPES;
 use crate::signing;
 use crate::ssrf::{self, AllowNets};
-use crate::store::Store;
+use crate::store::{Endpoint, Store};
 
 /// The longest URL an endpoint may have.
 const MAX_URL_LEN: usize = 2048;
@@ -38,16 +46,24 @@ pub struct ApiState {
     pub wake: Arc<Notify>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewEndpoint {
-    pub url: String,
-    pub event_types: Vec<String>,
+/// The endpoint as the API shows it.
+fn wire(e: Endpoint) -> WebhookEndpoint {
+    WebhookEndpoint {
+        id: e.id,
+        url: e.url,
+        event_types: e.event_types,
+        created_at: Timestamp::from_datetime(e.created_at),
+        disabled: e.disabled,
+        disabled_at: e.disabled_at.map(Timestamp::from_datetime),
+        disabled_reason: e.disabled_reason,
+        consecutive_failures: e.consecutive_failures,
+        pending: e.pending,
+    }
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::scope("/server/v1/webhooks")
+        web::scope(WEBHOOKS_PATH)
             .route("", web::post().to(create))
             .route("", web::get().to(list))
             .route("/{id}", web::get().to(get_one))
@@ -77,10 +93,10 @@ fn not_found() -> actix_web::Error {
 async fn create(
     state: web::Data<ApiState>,
     req: HttpRequest,
-    body: web::Json<NewEndpoint>,
+    body: web::Json<NewWebhookEndpoint>,
 ) -> Result<HttpResponse, actix_web::Error> {
     authorize(&state, &req)?;
-    let NewEndpoint { url, event_types } = body.into_inner();
+    let NewWebhookEndpoint { url, event_types } = body.into_inner();
     if url.len() > MAX_URL_LEN {
         return Err(ApiError::bad_request(format!(
             "a webhook URL has at most {MAX_URL_LEN} bytes"
@@ -130,10 +146,11 @@ async fn create(
         .await
         .map_err(db)?
         .ok_or_else(not_found)?;
-    let mut answer = serde_json::to_value(&endpoint).unwrap_or_default();
-    answer["secret"] = serde_json::Value::String(secret);
     tracing::info!(endpoint = %id, url = %parsed, "webhook endpoint registered");
-    Ok(HttpResponse::Created().json(answer))
+    Ok(HttpResponse::Created().json(WebhookEndpointCreated {
+        endpoint: wire(endpoint),
+        secret,
+    }))
 }
 
 async fn list(
@@ -142,7 +159,9 @@ async fn list(
 ) -> Result<HttpResponse, actix_web::Error> {
     authorize(&state, &req)?;
     let endpoints = state.store.endpoints().await.map_err(db)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "endpoints": endpoints })))
+    Ok(HttpResponse::Ok().json(WebhookEndpointList {
+        endpoints: endpoints.into_iter().map(wire).collect(),
+    }))
 }
 
 async fn get_one(
@@ -157,7 +176,7 @@ async fn get_one(
         .await
         .map_err(db)?
         .ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().json(endpoint))
+    Ok(HttpResponse::Ok().json(wire(endpoint)))
 }
 
 async fn delete(
@@ -188,11 +207,11 @@ async fn rotate(
     {
         return Err(not_found());
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "id": id.as_str(),
-        "secret": secret,
-        "previous_secrets_sign_for_secs": state.secret_overlap.as_secs(),
-    })))
+    Ok(HttpResponse::Ok().json(RotatedWebhookSecret {
+        id: id.into_inner(),
+        secret,
+        previous_secrets_sign_for_secs: state.secret_overlap.as_secs(),
+    }))
 }
 
 async fn enable(
@@ -211,5 +230,46 @@ async fn enable(
         .await
         .map_err(db)?
         .ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().json(endpoint))
+    Ok(HttpResponse::Ok().json(wire(endpoint)))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{test, App};
+
+    use super::*;
+
+    /// Every route of the published description (`switchboard_protocol::webhooks::openapi`)
+    /// is one this service serves: without a key each answers 401, never 404 or 405.
+    #[actix_web::test]
+    async fn every_described_route_is_served() {
+        let state = web::Data::new(ApiState {
+            store: Store::lazy("postgres://nobody@127.0.0.1:1/none"),
+            keys: ApiKeys::none(),
+            allow: AllowNets::default(),
+            max_endpoints: 1,
+            secret_overlap: std::time::Duration::from_secs(1),
+            wake: Arc::new(Notify::new()),
+        });
+        let app = test::init_service(App::new().app_data(state).configure(configure)).await;
+        let doc = serde_json::to_value(switchboard_protocol::webhooks::openapi()).unwrap();
+        let mut seen = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                let uri = path.replace("{id}", "ep_01ABC");
+                let req = test::TestRequest::default()
+                    .method(method.to_uppercase().parse().unwrap())
+                    .uri(&uri)
+                    .set_json(serde_json::json!({
+                        "url": "https://example.com/hook",
+                        "event_types": ["message.created"],
+                    }))
+                    .to_request();
+                let resp = test::call_service(&app, req).await;
+                assert_eq!(resp.status(), 401, "{method} {path}");
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 6);
+    }
 }

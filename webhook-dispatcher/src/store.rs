@@ -11,8 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use switchboard_service_kit::tls::PostgresTls;
 use sqlx::{Connection, QueryBuilder, Row};
+use switchboard_service_kit::tls::PostgresTls;
 
 use crate::events::WebhookEvent;
 
@@ -106,6 +106,17 @@ impl Store {
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool })
+    }
+
+    /// A store that connects only when first used: for tests of what is answered before
+    /// the database is asked (authentication, routing).
+    #[cfg(test)]
+    pub(crate) fn lazy(url: &str) -> Self {
+        Store {
+            pool: PgPoolOptions::new()
+                .connect_lazy(url)
+                .expect("a PostgreSQL URL"),
+        }
     }
 
     /// The pool (the notifier's queue shares it: [`crate::push::queue`]).

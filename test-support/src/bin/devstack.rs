@@ -11,13 +11,24 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use switchboard_service_kit::api_keys::{self, Scope};
 use switchboard_service_kit::cli::Cli;
 use switchboard_service_kit::env::{EnvTable, EnvVar};
 use switchboard_test_support::ports::is_free;
-use switchboard_test_support::{bin_path, repo_root, FixedPorts, Stack, StackOptions};
+use switchboard_test_support::{
+    bin_path, repo_root, FixedPorts, ManagedProcess, Stack, StackOptions,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 const DEVSTACK_LISTEN_ADDR: &str = "DEVSTACK_LISTEN_ADDR";
+const SB_DEVSTACK_WEBHOOKS: &str = "SB_DEVSTACK_WEBHOOKS";
+
+/// The sink's port (`push-gateway-sink`: pushes at `/push`, webhooks at `/webhook`).
+const SINK_PORT: u16 = 8502;
+
+/// The push gateway's signing secret in the dev stack: fixed and public, like the local Redis
+/// password (the sink and the notifier are both on loopback).
+const DEV_PUSH_SECRET: &str = "whsec_c3dpdGNoYm9hcmQtZGV2c3RhY2stcHVzaC1zZWNyZXQ=";
 
 /// What devstack itself reads (the `SB_*` variables go on to the services).
 const ENV: &[EnvVar] = &[
@@ -25,6 +36,13 @@ const ENV: &[EnvVar] = &[
         name: DEVSTACK_LISTEN_ADDR,
         default: Some("0.0.0.0"),
         doc: "Address nginx (port 8080) listens on; 127.0.0.1 keeps the stack off the network.",
+    },
+    EnvVar {
+        name: SB_DEVSTACK_WEBHOOKS,
+        default: Some("true"),
+        doc: "Start the webhook dispatcher (port 8501, with the push notifier) and \
+              push-gateway-sink (port 8502: pushes and webhooks recorded). `false`: neither \
+              (scripts/bench.sh sets it, so the benchmark runs what it always ran).",
     },
     EnvVar {
         name: "SWITCHBOARD_BIN_DIR",
@@ -51,8 +69,10 @@ const CLI: Cli = Cli {
     about: "The whole Switchboard stack on this machine, for humans: Redis with replicas and \
             Sentinels, PostgreSQL, the tansu broker, two registries behind nginx on port 8080 \
             (which also serves the demo page), three socket servers, two socket managers, the \
-            message service and two health checkers. It builds nothing: run it through \
-            scripts/up.sh. Logs go to .run/logs/, one file per process. Every SB_* variable \
+            message service, two health checkers, and (unless SB_DEVSTACK_WEBHOOKS=false) the \
+            webhook dispatcher with push notifications and a sink that records webhooks and \
+            pushes. A dev API key with every scope is printed. It builds nothing: run it \
+            through scripts/up.sh. Logs go to .run/logs/, one file per process. Every SB_* variable \
             set in its environment reaches every service (docs/configuration.md lists them). \
             Ctrl-C or SIGTERM stops everything.",
     usage: "",
@@ -78,7 +98,64 @@ async fn main() -> Result<()> {
     }
     let listen_addr = std::env::var(DEVSTACK_LISTEN_ADDR).unwrap_or_else(|_| "0.0.0.0".to_owned());
     let ports = FixedPorts::standard();
-    preflight(&ports, &listen_addr)?;
+    let webhooks = match std::env::var(SB_DEVSTACK_WEBHOOKS).as_deref() {
+        Err(_) | Ok("" | "true" | "1") => true,
+        Ok("false" | "0") => false,
+        Ok(other) => bail!("{SB_DEVSTACK_WEBHOOKS}={other:?}: true or false"),
+    };
+    preflight(&ports, &listen_addr, webhooks)?;
+
+    // The user's own SB_* settings (secrets, limits, timings) reach every service; the dev
+    // stack's own come first, so the user's win.
+    let mut extra_env: Vec<(String, String)> = Vec::new();
+    let user_keys = ["SB_API_KEYS", "SB_API_KEYS_FILE"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some());
+    let dev_key = if user_keys {
+        None
+    } else {
+        let (key, entry) = api_keys::mint("dev", Scope::ALL.to_vec(), 0.0)
+            .map_err(|e| anyhow::anyhow!("minting the dev API key: {e}"))?;
+        let scopes: Vec<String> = entry
+            .scopes
+            .iter()
+            .map(|s| format!("\"{}\"", s.as_str()))
+            .collect();
+        // rate_per_sec 0: no limit (a developer's loops should not meet 429).
+        extra_env.push(kv(
+            "SB_API_KEYS",
+            format!(
+                "[{{\"id\":\"{}\",\"sha256\":\"{}\",\"scopes\":[{}],\"rate_per_sec\":0}}]",
+                entry.id,
+                entry.sha256,
+                scopes.join(",")
+            ),
+        ));
+        Some(key)
+    };
+    let mut sink = None;
+    if webhooks {
+        let sink_url = format!("http://127.0.0.1:{SINK_PORT}");
+        extra_env.extend([
+            kv("SB_PUSH_GATEWAY_URL", format!("{sink_url}/push")),
+            kv("SB_PUSH_GATEWAY_SECRET", DEV_PUSH_SECRET),
+            // The sink is on loopback, which the SSRF guard refuses unless allow-listed.
+            kv("SB_WEBHOOK_ALLOW_NETS", "127.0.0.1/32"),
+        ]);
+        sink = Some(ManagedProcess::spawn(
+            "push-gateway-sink",
+            bin_path("push-gateway-sink"),
+            &[] as &[&str],
+            &[
+                kv("SB_PUSH_SINK_BIND", format!("127.0.0.1:{SINK_PORT}")),
+                kv("SB_PUSH_GATEWAY_SECRET", DEV_PUSH_SECRET),
+                kv("RUST_LOG", "info"),
+                kv("NO_COLOR", "1"),
+            ],
+            &log_dir,
+        )?);
+    }
+    extra_env.extend(std::env::vars().filter(|(k, _)| k.starts_with("SB_")));
 
     let opts = StackOptions {
         socket_servers: ports.socket_servers.len(),
@@ -91,10 +168,8 @@ async fn main() -> Result<()> {
         fast_timings: false,
         // Attachments on a real S3 store (Garage), when scripts/build-garage.sh has built it.
         object_store: switchboard_test_support::object_store::garage_path().exists(),
-        // The user's own SB_* settings (secrets, limits, timings) reach every service.
-        extra_env: std::env::vars()
-            .filter(|(k, _)| k.starts_with("SB_"))
-            .collect(),
+        webhook_dispatcher: webhooks,
+        extra_env,
         ..StackOptions::default()
     };
 
@@ -109,7 +184,7 @@ async fn main() -> Result<()> {
         _ = sigint.recv() => { eprintln!("interrupted; stopping"); return Ok(()); }
         _ = sigterm.recv() => { eprintln!("terminated; stopping"); return Ok(()); }
     };
-    print_banner(&stack, &ports);
+    print_banner(&stack, &ports, dev_key.as_deref(), sink.is_some());
 
     let mut reported = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -118,7 +193,7 @@ async fn main() -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = tick.tick() => {
-                for process in stack.processes() {
+                for process in stack.processes().into_iter().chain(sink.as_ref()) {
                     if let Some(status) = process.exit_status() {
                         if reported.insert(process.name().to_owned()) {
                             eprintln!(
@@ -134,19 +209,30 @@ async fn main() -> Result<()> {
     }
     eprintln!("stopping the dev stack...");
     stack.shutdown(Duration::from_secs(5)).await;
+    drop(sink);
     eprintln!("stopped.");
     Ok(())
 }
 
+fn kv(key: &str, value: impl Into<String>) -> (String, String) {
+    (key.to_owned(), value.into())
+}
+
 /// Fails early, with a hint, if a binary is missing or a fixed port is taken.
-fn preflight(ports: &FixedPorts, listen_addr: &str) -> Result<()> {
-    for name in [
+fn preflight(ports: &FixedPorts, listen_addr: &str, webhooks: bool) -> Result<()> {
+    let mut names = vec![
         "registry",
         "socket-server",
         "health-checker",
         "socket-manager",
         "message-service",
-    ] {
+    ];
+    let mut fixed = ports.all();
+    if webhooks {
+        names.extend(["webhook-dispatcher", "push-gateway-sink"]);
+        fixed.extend([ports.webhook_dispatcher, SINK_PORT]);
+    }
+    for name in names {
         let path = bin_path(name);
         if !path.exists() {
             bail!(
@@ -156,8 +242,7 @@ fn preflight(ports: &FixedPorts, listen_addr: &str) -> Result<()> {
             );
         }
     }
-    let taken: Vec<u16> = ports
-        .all()
+    let taken: Vec<u16> = fixed
         .into_iter()
         .filter(|&port| {
             let addr = if port == ports.nginx {
@@ -178,7 +263,7 @@ fn preflight(ports: &FixedPorts, listen_addr: &str) -> Result<()> {
     Ok(())
 }
 
-fn print_banner(stack: &Stack, ports: &FixedPorts) {
+fn print_banner(stack: &Stack, ports: &FixedPorts, dev_key: Option<&str>, sink: bool) {
     let list = |urls: Vec<String>| urls.join("  ");
     println!();
     println!("Switchboard dev stack is up.");
@@ -210,6 +295,18 @@ fn print_banner(stack: &Stack, ports: &FixedPorts) {
         println!(
             "  message service       {} (also via nginx /api/v1/conversations)",
             ms.url()
+        );
+    }
+    if let Some(dispatcher) = &stack.webhook_dispatcher {
+        println!(
+            "  webhook dispatcher    {} (also via nginx /server/v1/webhooks; push notifier on)",
+            dispatcher.url()
+        );
+    }
+    if sink {
+        println!(
+            "  sink                  http://127.0.0.1:{SINK_PORT}: pushes at /pushes, webhooks \
+             posted to /webhook shown at /webhooks"
         );
     }
     if let Some(store) = &stack.object_store {
@@ -275,6 +372,26 @@ fn print_banner(stack: &Stack, ports: &FixedPorts) {
         ports.nginx
     );
     println!("  websocat \"$URL?token=$TOKEN\"      # then type: {{\"type\":\"ping\"}}");
+    println!();
+    match dev_key {
+        Some(key) => {
+            println!("Server API (docs/server-api.md), dev API key with every scope:");
+            println!("  export SB_KEY={key}");
+        }
+        None => println!("Server API (docs/server-api.md): the keys of SB_API_KEYS(_FILE)"),
+    }
+    println!(
+        "  curl -s -XPOST localhost:{}/server/v1/conversations -H \"authorization: Bearer $SB_KEY\" \\\n      -H 'content-type: application/json' -d '{{\"kind\":\"group\",\"name\":\"demo\",\"members\":[\"alice\",\"bob\"]}}'",
+        ports.nginx
+    );
+    if sink {
+        println!("Watch webhooks arrive: register the sink, then send messages and read them:");
+        println!(
+            "  curl -s -XPOST localhost:{}/server/v1/webhooks -H \"authorization: Bearer $SB_KEY\" \\\n      -H 'content-type: application/json' \\\n      -d '{{\"url\":\"http://127.0.0.1:{SINK_PORT}/webhook\",\"event_types\":[\"message.created\"]}}'",
+            ports.nginx
+        );
+        println!("  curl -s localhost:{SINK_PORT}/webhooks      # pushes: localhost:{SINK_PORT}/pushes (docs/push.md)");
+    }
     println!();
     println!("Ctrl-C stops everything.");
 }

@@ -1,6 +1,8 @@
 //! `push-gateway-sink`: the reference push gateway, for tests and local use
 //! ([`webhook_dispatcher::push::sink`]). It records the pushes the notifier sends and shows
-//! them at `GET /pushes`; it sends nothing on to Apple, Google or browsers.
+//! them at `GET /pushes`; it sends nothing on to Apple, Google or browsers. It also records
+//! webhook deliveries (`POST /webhook`, shown at `GET /webhooks`), so the local stack and the
+//! compose demo have one sink for both.
 
 use switchboard_service_kit::cli::Cli;
 use switchboard_service_kit::env::{EnvTable, EnvVar};
@@ -10,7 +12,8 @@ const ENV: &[EnvVar] = &[
     EnvVar {
         name: "SB_PUSH_SINK_BIND",
         default: Some("127.0.0.1:8502"),
-        doc: "Address the sink listens on (`POST /push`, `GET /pushes`, `DELETE /pushes`).",
+        doc: "Address the sink listens on (`POST /push`, `GET /pushes`, `DELETE /pushes`; \
+              `POST /webhook`, `GET /webhooks`, `DELETE /webhooks`).",
     },
     EnvVar {
         name: "SB_PUSH_GATEWAY_SECRET",
@@ -30,7 +33,9 @@ const CLI: Cli = Cli {
     name: "push-gateway-sink",
     version: env!("CARGO_PKG_VERSION"),
     about: "The reference push gateway: records the pushes the notifier sends (GET /pushes), \
-            checks their signature, and rejects the pushkeys it is told to.",
+            checks their signature, and rejects the pushkeys it is told to. Also a webhook \
+            sink: records the deliveries posted to /webhook as they came, headers included \
+            (GET /webhooks), for the holder of the endpoint's secret to verify.",
     usage: "",
     max_positional: 0,
     env: &[EnvTable {

@@ -8,6 +8,15 @@
 //! - `GET /pushes` → `{"pushes": [{id, verified, body, received_at}]}`, oldest first (the
 //!   newest [`MAX_KEPT`] only).
 //! - `DELETE /pushes`: forgets them.
+//!
+//! It also records webhooks, so the local stack and the compose demo have somewhere to send
+//! them (an endpoint registered at `http://<sink>/webhook`): each endpoint has its own secret,
+//! which the sink does not know, so it keeps the request as it came, headers included, for
+//! whoever holds the secret to verify (docs/webhooks.md shows how).
+//!
+//! - `POST /webhook`: a webhook delivery, recorded, answered 204.
+//! - `GET /webhooks` → `{"webhooks": [{id, timestamp, signature, body, received_at}]}`, oldest
+//!   first (the newest [`MAX_KEPT`] only); `DELETE /webhooks` forgets them.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -34,11 +43,29 @@ pub struct Received {
     pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// One webhook delivery received (`POST /webhook`), unverified: its headers are kept so the
+/// holder of the endpoint's secret can check the signature.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceivedWebhook {
+    /// `webhook-id`.
+    pub id: String,
+    /// `webhook-timestamp`, as sent.
+    pub timestamp: String,
+    /// `webhook-signature`, as sent (`v1,<base64>` ...).
+    pub signature: String,
+    /// The body exactly as received (the signature covers these bytes).
+    pub raw: String,
+    /// The body parsed (`null` when it was not JSON).
+    pub body: Value,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+}
+
 #[derive(Default)]
 pub struct SinkState {
     pub secret: Option<String>,
     pub reject: HashSet<String>,
     pub pushes: VecDeque<Received>,
+    pub webhooks: VecDeque<ReceivedWebhook>,
 }
 
 /// A running sink.
@@ -120,6 +147,45 @@ async fn clear(state: web::Data<Arc<Mutex<SinkState>>>) -> HttpResponse {
     HttpResponse::NoContent().finish()
 }
 
+async fn webhook(
+    state: web::Data<Arc<Mutex<SinkState>>>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let received = ReceivedWebhook {
+        id: header(&req, "webhook-id").to_owned(),
+        timestamp: header(&req, "webhook-timestamp").to_owned(),
+        signature: header(&req, "webhook-signature").to_owned(),
+        raw: String::from_utf8_lossy(&body).into_owned(),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        received_at: chrono::Utc::now(),
+    };
+    let mut state = match state.lock() {
+        Ok(state) => state,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if state.webhooks.len() >= MAX_KEPT {
+        state.webhooks.pop_front();
+    }
+    state.webhooks.push_back(received);
+    HttpResponse::NoContent().finish()
+}
+
+async fn list_webhooks(state: web::Data<Arc<Mutex<SinkState>>>) -> HttpResponse {
+    let webhooks: Vec<ReceivedWebhook> = match state.lock() {
+        Ok(state) => state.webhooks.iter().cloned().collect(),
+        Err(poisoned) => poisoned.into_inner().webhooks.iter().cloned().collect(),
+    };
+    HttpResponse::Ok().json(json!({ "webhooks": webhooks }))
+}
+
+async fn clear_webhooks(state: web::Data<Arc<Mutex<SinkState>>>) -> HttpResponse {
+    if let Ok(mut state) = state.lock() {
+        state.webhooks.clear();
+    }
+    HttpResponse::NoContent().finish()
+}
+
 impl Sink {
     /// Binds `addr` (port 0: any) with this secret (`None`: signatures not checked) and
     /// reject list; serve it with [`Self::run`] or spawn it with [`Self::spawn`].
@@ -132,6 +198,7 @@ impl Sink {
             secret,
             reject,
             pushes: VecDeque::new(),
+            webhooks: VecDeque::new(),
         }));
         Self::bind_with(addr, state)
     }
@@ -146,6 +213,9 @@ impl Sink {
                 .route("/push", web::post().to(push))
                 .route("/pushes", web::get().to(list))
                 .route("/pushes", web::delete().to(clear))
+                .route("/webhook", web::post().to(webhook))
+                .route("/webhooks", web::get().to(list_webhooks))
+                .route("/webhooks", web::delete().to(clear_webhooks))
         })
         .workers(1)
         .disable_signals()
@@ -188,6 +258,14 @@ impl Sink {
         format!("http://127.0.0.1:{}/push", self.port)
     }
 
+    /// The webhooks received at `POST /webhook`, oldest first.
+    pub fn webhooks(&self) -> Vec<ReceivedWebhook> {
+        match self.state.lock() {
+            Ok(state) => state.webhooks.iter().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().webhooks.iter().cloned().collect(),
+        }
+    }
+
     pub fn pushes(&self) -> Vec<Received> {
         match self.state.lock() {
             Ok(state) => state.pushes.iter().cloned().collect(),
@@ -202,5 +280,66 @@ impl Sink {
             let _ = task.join().await;
         }
         self.state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A webhook posted to `/webhook` is kept byte for byte with its headers, so the holder
+    /// of the endpoint's secret can verify it from `GET /webhooks`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn webhooks_are_recorded_with_their_signature_headers() {
+        let secret = crate::signing::new_secret();
+        let sink = Sink::bind("127.0.0.1:0", Some(secret.clone()), HashSet::new())
+            .unwrap()
+            .spawn();
+        let body = r#"{"type":"message.created","data":{"seq":1}}"#;
+        let t = chrono::Utc::now().timestamp();
+        let key = crate::signing::secret_key(&secret).unwrap();
+        let signature = crate::signing::sign_with(&key, "evt_1", t, body.as_bytes());
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{}", sink.port);
+        let resp = http
+            .post(format!("{base}/webhook"))
+            .header("webhook-id", "evt_1")
+            .header("webhook-timestamp", t.to_string())
+            .header("webhook-signature", &signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        let listed: Value = http
+            .get(format!("{base}/webhooks"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let hook = &listed["webhooks"][0];
+        assert_eq!(hook["id"], "evt_1");
+        assert_eq!(hook["body"]["data"]["seq"], 1);
+        let raw = hook["raw"].as_str().unwrap();
+        let ts: i64 = hook["timestamp"].as_str().unwrap().parse().unwrap();
+        assert!(crate::signing::verify(
+            &secret,
+            "evt_1",
+            ts,
+            raw.as_bytes(),
+            hook["signature"].as_str().unwrap()
+        ));
+        // Pushes are a list of their own.
+        assert!(sink.pushes().is_empty());
+        let resp = http
+            .delete(format!("{base}/webhooks"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        assert!(sink.webhooks().is_empty());
+        sink.stop().await;
     }
 }
