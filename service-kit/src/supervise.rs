@@ -223,6 +223,21 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn an_owned_task_is_aborted_when_dropped_and_joined_otherwise() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = OwnedTask::spawn("holder", async move {
+            let _tx = tx; // dropped only when the task ends
+            std::future::pending::<()>().await;
+        });
+        drop(task);
+        assert!(rx.await.is_err(), "the aborted task dropped its sender");
+        let done = OwnedTask::spawn("short", async {});
+        assert_eq!(done.join().await, Ok(()));
+        let failing = OwnedTask::spawn("failing", async { panic!("boom") });
+        assert_eq!(failing.join().await, Err("it panicked: boom".to_owned()));
+    }
+
+    #[tokio::test]
     async fn the_first_task_to_exit_is_named_with_its_panic() {
         let mut workers = Workers::new();
         workers.spawn("steady", std::future::pending());
