@@ -460,6 +460,7 @@ mod tests {
                 client_msg_id: id.into(),
                 body: body.into(),
                 attachments: Vec::new(),
+                reply_to: None,
             };
             let text = send_text(conversation, id, body);
             assert_eq!(text, frame_text(&typed));

@@ -18,6 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 use switchboard_protocol::frames::ReceiptKind;
+pub use switchboard_protocol::frames::RecordKind;
 use switchboard_protocol::Timestamp;
 
 /// One record of the message log: a message with its assigned `seq`.
@@ -40,6 +41,36 @@ pub struct LogRecord {
     /// message (docs/architecture.md, "Attachments"). Additive: absent means none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<String>,
+    /// What the record does to an earlier message (issue 28): a reply (`kind` message), an
+    /// edit (`body` is the new text), a delete or a reaction. Numbered in the same sequence as
+    /// messages. Additive: absent is a plain message, as every record written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<RecordEvent>,
+}
+
+/// The part of a [`LogRecord`] that refers to an earlier message of its conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordEvent {
+    /// `message`: a message replying to `target_id`; `edit`, `delete`, `reaction`: an event
+    /// that changes it.
+    #[serde(default)]
+    pub kind: RecordKind,
+    /// The `message_id` of the earlier message.
+    pub target_id: String,
+    /// `reaction`: the sender's emoji; absent removes the sender's reaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// `delete`: made by a group's owner or admin who is not the author (the role was checked
+    /// when it was numbered; roles change, the log does not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moderated: bool,
+}
+
+impl LogRecord {
+    /// The record's kind: [`RecordKind::Message`] unless it is an event.
+    pub fn kind(&self) -> RecordKind {
+        self.event.as_ref().map_or(RecordKind::Message, |e| e.kind)
+    }
 }
 
 /// A fence in the message log: from here on (in log order) the conversation's numbers above
@@ -231,6 +262,7 @@ mod tests {
             created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
             epoch: 3,
             attachments: Vec::new(),
+            event: None,
         };
         let single = serde_json::to_vec(&record).unwrap();
         assert_eq!(
@@ -253,6 +285,29 @@ mod tests {
         let bad = text.replace("2026-01-01T00:00:00.000Z", "yesterday");
         assert!(decode_log_envelope(bad.as_bytes()).is_err());
         assert!(decode_handler_envelope(b"[").is_err());
+    }
+
+    #[test]
+    fn events_are_additive_and_old_records_are_messages() {
+        let old = br#"{"conversation_id":"c","seq":1,"message_id":"m","sender_id":"u","client_msg_id":"x","body":"hi","created_at":"2026-01-01T00:00:00.000Z"}"#;
+        let record = &decode_log_envelope(old).unwrap().records[0];
+        assert_eq!(record.kind(), RecordKind::Message);
+        assert!(!serde_json::to_string(record).unwrap().contains("event"));
+        let mut edit = record.clone();
+        edit.event = Some(RecordEvent {
+            kind: RecordKind::Edit,
+            target_id: "m0".into(),
+            emoji: None,
+            moderated: false,
+        });
+        let json = serde_json::to_value(&edit).unwrap();
+        assert_eq!(
+            json["event"],
+            serde_json::json!({"kind":"edit","target_id":"m0"})
+        );
+        let back: LogRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back.kind(), RecordKind::Edit);
+        assert_eq!(back, edit);
     }
 
     #[test]

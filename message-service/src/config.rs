@@ -125,6 +125,7 @@ pub const HELP_TABLES: &[EnvTable] = &[
     API_KEYS_TABLE,
     crate::attachments::config::TABLE,
     switchboard_service_kit::tls::POSTGRES_TABLE,
+    crate::events::TABLE,
 ];
 
 /// The server API's keys (`switchboard_service_kit::api_keys`).

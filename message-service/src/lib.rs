@@ -20,6 +20,7 @@
 pub mod attachments;
 mod auth;
 pub mod config;
+pub mod events;
 pub mod ingest;
 pub mod log_fences;
 pub mod outbox;
@@ -53,6 +54,8 @@ pub(crate) struct AppState {
     pub config: MessageServiceConfig,
     /// Attachments on the object store (off when `SB_S3_ENDPOINT` is unset).
     pub attachments: attachments::Attachments,
+    /// The edit window, edit and reaction limits checked before an event is numbered.
+    pub events: events::EventLimits,
 }
 
 pub struct Application {
@@ -114,6 +117,7 @@ impl Application {
             .with_check("ingest", alarm.readiness_check());
         let config_origins = config.common.allowed_origins.clone();
         let mirror = switchboard_chat_state::membership::MembershipMirror::new(redis);
+        let event_limits = events::EventLimits::from_env()?;
         let outbox = (store.clone(), mirror.clone());
         let events = (store.clone(), config.kafka.clone());
         let managers = server_api::managers(&config);
@@ -129,6 +133,7 @@ impl Application {
             settled,
             config,
             attachments,
+            events: event_limits,
         });
         let server = http::serve_json_api(
             ops,

@@ -313,6 +313,7 @@ mod tests {
             created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
             epoch,
             attachments: Vec::new(),
+            event: None,
         }
     }
 

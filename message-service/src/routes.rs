@@ -67,6 +67,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(internal_contacts),
         );
     crate::attachments::configure(cfg);
+    crate::events::configure(cfg);
     crate::search::configure(cfg);
 }
 
@@ -121,9 +122,9 @@ pub fn public_openapi() -> utoipa::openapi::OpenApi {
     doc.merge(crate::server_api::openapi());
     // The webhook dispatcher's endpoint API (nginx routes /server/v1/webhooks to it).
     doc.merge(switchboard_protocol::webhooks::openapi());
+    doc.merge(<crate::push_devices::PushDevicesApi as OpenApi>::openapi());
     doc.merge(crate::attachments::openapi());
     doc.merge(crate::search::openapi());
-    doc.merge(<crate::push_devices::PushDevicesApi as OpenApi>::openapi());
     doc.info = utoipa::openapi::InfoBuilder::new()
         .title("Switchboard REST API")
         .version(env!("CARGO_PKG_VERSION"))
@@ -493,6 +494,11 @@ struct HistoryQuery {
     after_seq: i64,
     #[serde(default)]
     limit: Option<i64>,
+    /// `true`: also the edits, deletes and reactions of the page's `seq` range (`events`),
+    /// and `limit` counts them with the messages. Default `false`: messages only, each in
+    /// its current state.
+    #[serde(default)]
+    events: bool,
 }
 
 /// A page of a conversation's history, in ascending `seq`.
@@ -523,15 +529,24 @@ async fn history(
         return Err(ApiError::bad_request("limit must be positive"));
     }
     require_member(&state, &conversation_id, &user.0).await?;
-    let messages = state
-        .store
-        .history(&conversation_id, query.after_seq, limit.min(1000))
-        .await
-        .map_err(db_error)?;
+    let crate::events::Page { messages, events } = crate::events::page(
+        &state.store,
+        &conversation_id,
+        &user.0,
+        query.after_seq,
+        limit.min(1000),
+        query.events,
+    )
+    .await
+    .map_err(db_error)?;
     // Messages with attachments carry them (with download URLs); the others are unchanged.
     let messages =
         crate::attachments::decorate(&state.attachments, state.store.pool(), messages).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "messages": messages })))
+    let mut page = serde_json::json!({ "messages": messages });
+    if let Some(events) = events {
+        page["events"] = serde_json::to_value(events).expect("events serialize");
+    }
+    Ok(HttpResponse::Ok().json(page))
 }
 
 /// The group, once the caller is known to be one of its members (or, with

@@ -852,9 +852,12 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<StoredMessage>, sqlx::Error> {
+        // Messages only, each in its current state: edits, deletes and reactions are rows
+        // too (`crate::events`), read with `?events=true`.
         let rows = sqlx::query(
-            "SELECT conversation_id, message_id, seq, sender_id, client_msg_id, body, created_at
-               FROM messages WHERE conversation_id = $1 AND seq > $2
+            "SELECT conversation_id, message_id, seq, sender_id, client_msg_id, body, created_at,
+                    target_id, edited_at, deleted_at
+               FROM messages WHERE conversation_id = $1 AND seq > $2 AND kind = 'message'
               ORDER BY seq LIMIT $3",
         )
         .bind(conversation_id)
@@ -872,6 +875,12 @@ impl Store {
                 client_msg_id: row.get("client_msg_id"),
                 body: row.get("body"),
                 created_at: rfc3339(row.get("created_at")),
+                reply_to: row.get("target_id"),
+                edited_at: row
+                    .get::<Option<DateTime<Utc>>, _>("edited_at")
+                    .map(rfc3339),
+                deleted: row.get::<Option<DateTime<Utc>>, _>("deleted_at").is_some(),
+                reactions: Vec::new(),
             })
             .collect())
     }
@@ -905,6 +914,10 @@ impl Store {
                 client_msg_id: row.get("client_msg_id"),
                 body: String::new(),
                 created_at: rfc3339(row.get("created_at")),
+                reply_to: None,
+                edited_at: None,
+                deleted: false,
+                reactions: Vec::new(),
             })
             .collect())
     }
@@ -1387,6 +1400,27 @@ async fn insert_messages(
     tx: &mut Tx<'_>,
     records: &[&Sourced<LogRecord>],
 ) -> Result<u64, sqlx::Error> {
+    // Replies and events (issue 28) carry more columns; a batch of plain messages takes the
+    // one statement it always did.
+    if crate::events::any_rich(records) {
+        let (rich, plain): (Vec<&Sourced<LogRecord>>, Vec<&Sourced<LogRecord>>) =
+            records.iter().partition(|r| r.item.event.is_some());
+        let events = crate::events::insert_rich(tx, &rich).await?;
+        let plain = if plain.is_empty() {
+            0
+        } else {
+            insert_plain(tx, &plain).await?
+        };
+        return Ok(events + plain);
+    }
+    insert_plain(tx, records).await
+}
+
+/// [`insert_messages`] of plain messages.
+async fn insert_plain(
+    tx: &mut Tx<'_>,
+    records: &[&Sourced<LogRecord>],
+) -> Result<u64, sqlx::Error> {
     let column = |f| text_column(records, f);
     let seqs: Vec<i64> = records.iter().map(|r| seq_i64(r.item.seq)).collect();
     let created: Vec<chrono::DateTime<chrono::Utc>> = records
@@ -1473,6 +1507,11 @@ async fn finish_batch(
         .bind(&seqs)
         .execute(&mut *tx)
         .await?;
+    }
+    // Edits, deletes and reactions change their messages in the same transaction, in seq
+    // order, once (`crate::events::apply`); a batch without them skips this.
+    if crate::events::any_rich(accepted) {
+        crate::events::apply(&mut tx, accepted).await?;
     }
     tx.commit().await?;
     Ok(BatchOutcome {

@@ -70,6 +70,7 @@ fn record(conversation_id: &str, seq: u64) -> LogRecord {
         created_at: switchboard_protocol::Timestamp::now(),
         epoch: 0,
         attachments: Vec::new(),
+        event: None,
     }
 }
 

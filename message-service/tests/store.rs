@@ -175,6 +175,7 @@ fn record(conversation_id: &str, seq: u64, message_id: &str, body: &str) -> LogR
         created_at: switchboard_protocol::Timestamp::now(),
         epoch: 0,
         attachments: Vec::new(),
+        event: None,
     }
 }
 

@@ -87,7 +87,55 @@ pub struct StoredMessage {
     pub seq: i64,
     pub sender_id: String,
     pub client_msg_id: String,
+    /// The current text: the last edit's, or empty for a deleted message.
     pub body: String,
+    pub created_at: String,
+    /// The message it answers (`send`'s `reply_to`). Additive: absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// When it was last edited (RFC 3339). Absent: never edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<String>,
+    /// Deleted for everyone: a tombstone, its body erased from the store. Absent: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// Its reactions, one entry per emoji (most used first). Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionCount>,
+}
+
+/// How many members reacted to a message with one emoji.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: i64,
+    /// Whether the caller's reaction is this one.
+    pub me: bool,
+    /// Who reacted with it (by user id), so a client can apply later reaction events.
+    pub users: Vec<String>,
+}
+
+/// An edit, delete or reaction as numbered in the conversation's sequence (history with
+/// `?events=true`, for clients that replay them; `message` is the live frame's shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MessageEvent {
+    pub seq: i64,
+    pub event_id: String,
+    pub sender_id: String,
+    pub client_msg_id: String,
+    /// `edit`, `delete` or `reaction`.
+    pub kind: String,
+    /// The message it changes.
+    pub message_id: String,
+    /// `edit`: the new text (erased once the message is deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// `reaction`: the sender's emoji from now on; absent: the sender removed theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// False when it changed nothing: its message was deleted before it, or (never for an
+    /// event its sender was told `sent` about in the ordinary course) it did not qualify.
+    pub applied: bool,
     pub created_at: String,
 }
 
@@ -149,6 +197,10 @@ pub struct BlockList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessagePage {
     pub messages: Vec<StoredMessage>,
+    /// With `?events=true`: the edits, deletes and reactions numbered in the same `seq` range
+    /// as `messages`, in `seq` order. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<MessageEvent>>,
 }
 
 /// One user's presence.

@@ -42,6 +42,22 @@ pub enum ErrorCode {
     /// An attachment the deployment does not take: a content type outside its allow-list, or
     /// an image over its pixel limit or that cannot be read (a decompression bomb).
     AttachmentRefused,
+    /// An `edit`, `delete`, `react` or a `send`'s `reply_to` names no message of this
+    /// conversation (unknown, another conversation's, or the id of an event).
+    MessageNotFound,
+    /// An `edit`, `delete` or `react` of a message that was deleted.
+    MessageDeleted,
+    /// An `edit` of someone else's message, or a `delete` of someone else's message by a
+    /// member who is not the group's owner or an admin.
+    NotAuthor,
+    /// An `edit` after the deployment's edit window (`SB_EDIT_WINDOW_SECS`) closed.
+    EditWindowClosed,
+    /// An `edit` of a message already edited the deployment's maximum number of times
+    /// (`SB_MAX_EDITS`).
+    TooManyEdits,
+    /// A `react` with an emoji that would take a message past the deployment's number of
+    /// distinct reactions (`SB_MAX_REACTIONS_PER_MESSAGE`).
+    TooManyReactions,
 }
 
 impl ErrorCode {
@@ -63,6 +79,12 @@ impl ErrorCode {
             ErrorCode::AttachmentNotFound => "attachment_not_found",
             ErrorCode::AttachmentMismatch => "attachment_mismatch",
             ErrorCode::AttachmentRefused => "attachment_refused",
+            ErrorCode::MessageNotFound => "message_not_found",
+            ErrorCode::MessageDeleted => "message_deleted",
+            ErrorCode::NotAuthor => "not_author",
+            ErrorCode::EditWindowClosed => "edit_window_closed",
+            ErrorCode::TooManyEdits => "too_many_edits",
+            ErrorCode::TooManyReactions => "too_many_reactions",
         }
     }
 
@@ -80,6 +102,10 @@ impl ErrorCode {
             ErrorCode::IdempotencyConflict => 422,
             ErrorCode::AttachmentNotFound => 404,
             ErrorCode::AttachmentMismatch | ErrorCode::AttachmentRefused => 422,
+            ErrorCode::MessageNotFound => 404,
+            ErrorCode::MessageDeleted => 410,
+            ErrorCode::NotAuthor | ErrorCode::EditWindowClosed => 403,
+            ErrorCode::TooManyEdits | ErrorCode::TooManyReactions => 422,
         }
     }
 }
@@ -129,6 +155,12 @@ mod tests {
             ErrorCode::AttachmentNotFound,
             ErrorCode::AttachmentMismatch,
             ErrorCode::AttachmentRefused,
+            ErrorCode::MessageNotFound,
+            ErrorCode::MessageDeleted,
+            ErrorCode::NotAuthor,
+            ErrorCode::EditWindowClosed,
+            ErrorCode::TooManyEdits,
+            ErrorCode::TooManyReactions,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

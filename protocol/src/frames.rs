@@ -17,6 +17,36 @@ pub enum ClientFrame {
         /// none, and a send without attachments is handled exactly as before.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         attachments: Vec<String>,
+        /// The `message_id` of an earlier message of the same conversation this one answers.
+        /// Additive: absent means none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+    },
+    /// Replaces the body of one of your messages (an event numbered in the conversation's
+    /// sequence like a message; answered with `sent`). `client_msg_id` is its idempotency key,
+    /// in the same space as your sends'.
+    Edit {
+        conversation_id: String,
+        client_msg_id: String,
+        /// The message to edit.
+        message_id: String,
+        body: String,
+    },
+    /// Deletes a message for everyone (yours; a group's owner or admins delete any): its body
+    /// is erased and it stays a tombstone. Answered with `sent`.
+    Delete {
+        conversation_id: String,
+        client_msg_id: String,
+        message_id: String,
+    },
+    /// Sets your reaction to a message (one emoji per user per message: a new one replaces
+    /// yours), or removes it when `emoji` is absent or null. Answered with `sent`.
+    React {
+        conversation_id: String,
+        client_msg_id: String,
+        message_id: String,
+        #[serde(default)]
+        emoji: Option<String>,
     },
     Delivered {
         conversation_id: String,
@@ -59,6 +89,30 @@ pub enum ServerFrame {
         sender_id: String,
         body: String,
         created_at: String,
+        /// The message this one answers (`send`'s `reply_to`). Additive: absent means none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+    },
+    /// An edit, delete or reaction of an earlier message, numbered in the conversation's
+    /// sequence: `seq` and `event_id` are the event's own (its `sent` answered them), and
+    /// `message_id` names the message it changes. New: a client that does not know it ignores
+    /// it and still sees each message's current state in history (docs/protocol.md, "Message
+    /// events").
+    Event {
+        conversation_id: String,
+        event_id: String,
+        seq: u64,
+        sender_id: String,
+        /// `edit`, `delete` or `reaction`.
+        kind: RecordKind,
+        message_id: String,
+        /// `edit`: the new body.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+        /// `reaction`: the sender's emoji now; absent: the sender removed their reaction.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        emoji: Option<String>,
+        created_at: String,
     },
     Receipt {
         conversation_id: String,
@@ -91,6 +145,56 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         client_msg_id: Option<String>,
     },
+}
+
+/// What a numbered record of a conversation is: a message, or an event that changes an
+/// earlier message (issue 28). Every kind takes a `seq` of the same sequence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    #[default]
+    Message,
+    Edit,
+    Delete,
+    Reaction,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Message => "message",
+            RecordKind::Edit => "edit",
+            RecordKind::Delete => "delete",
+            RecordKind::Reaction => "reaction",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RecordKind> {
+        Some(match text {
+            "message" => RecordKind::Message,
+            "edit" => RecordKind::Edit,
+            "delete" => RecordKind::Delete,
+            "reaction" => RecordKind::Reaction,
+            _ => return None,
+        })
+    }
+
+    pub fn is_message(&self) -> bool {
+        *self == RecordKind::Message
+    }
+}
+
+/// The most bytes one reaction's emoji may take (a flag or a family with skin tones takes
+/// about 30).
+pub const MAX_EMOJI_BYTES: usize = 64;
+
+/// Whether `emoji` may be a reaction: 1 to [`MAX_EMOJI_BYTES`] bytes, no whitespace and no
+/// control characters (so it is one token that PostgreSQL can store and a client can show).
+/// Which graphemes count as emoji is the clients' business.
+pub fn is_valid_emoji(emoji: &str) -> bool {
+    !emoji.is_empty()
+        && emoji.len() <= MAX_EMOJI_BYTES
+        && !emoji.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +241,18 @@ pub enum FrameError {
 }
 
 impl ClientFrame {
+    /// The idempotency key of a frame that is numbered (`send`, `edit`, `delete`, `react`):
+    /// refusals of such a frame carry it.
+    pub fn client_msg_id(&self) -> Option<&str> {
+        match self {
+            ClientFrame::Send { client_msg_id, .. }
+            | ClientFrame::Edit { client_msg_id, .. }
+            | ClientFrame::Delete { client_msg_id, .. }
+            | ClientFrame::React { client_msg_id, .. } => Some(client_msg_id),
+            _ => None,
+        }
+    }
+
     /// Parses one text frame. Unknown `type`s and missing fields are `Malformed`, with serde's
     /// description, so the client learns what was wrong.
     pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
@@ -161,6 +277,7 @@ mod tests {
                 client_msg_id: "m1".into(),
                 body: "hi".into(),
                 attachments: Vec::new(),
+                reply_to: None,
             }
         );
         assert_eq!(
@@ -196,11 +313,79 @@ mod tests {
             client_msg_id: "m".into(),
             body: "b".into(),
             attachments: Vec::new(),
+            reply_to: None,
         };
         assert_eq!(
             serde_json::to_value(&plain).unwrap(),
             serde_json::json!({"type":"send","conversation_id":"c","client_msg_id":"m","body":"b"})
         );
+    }
+
+    #[test]
+    fn event_frames_parse_and_are_additive() {
+        let edit = ClientFrame::parse(
+            r#"{"type":"edit","conversation_id":"c","client_msg_id":"e1","message_id":"m","body":"new"}"#,
+        )
+        .unwrap();
+        assert_eq!(edit.client_msg_id(), Some("e1"));
+        assert!(matches!(edit, ClientFrame::Edit { ref body, .. } if body == "new"));
+        let unreact = ClientFrame::parse(
+            r#"{"type":"react","conversation_id":"c","client_msg_id":"r","message_id":"m"}"#,
+        )
+        .unwrap();
+        assert!(matches!(unreact, ClientFrame::React { emoji: None, .. }));
+        assert!(ClientFrame::parse(
+            r#"{"type":"delete","conversation_id":"c","client_msg_id":"d"}"#
+        )
+        .is_err());
+        let reply = ClientFrame::parse(
+            r#"{"type":"send","conversation_id":"c","client_msg_id":"m","body":"b","reply_to":"x"}"#,
+        )
+        .unwrap();
+        assert!(matches!(reply, ClientFrame::Send { reply_to: Some(ref r), .. } if r == "x"));
+        assert_eq!(ClientFrame::Ping.client_msg_id(), None);
+        // A message without a reply keeps its old shape; an event names its kind.
+        let message = ServerFrame::Message {
+            conversation_id: "c".into(),
+            message_id: "m".into(),
+            seq: 1,
+            sender_id: "a".into(),
+            body: "b".into(),
+            created_at: "t".into(),
+            reply_to: None,
+        };
+        assert!(!message.to_json().contains("reply_to"));
+        let event = ServerFrame::Event {
+            conversation_id: "c".into(),
+            event_id: "e".into(),
+            seq: 2,
+            sender_id: "a".into(),
+            kind: RecordKind::Reaction,
+            message_id: "m".into(),
+            body: None,
+            emoji: None,
+            created_at: "t".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            serde_json::json!({"type":"event","conversation_id":"c","event_id":"e","seq":2,"sender_id":"a","kind":"reaction","message_id":"m","created_at":"t"})
+        );
+        for kind in [
+            RecordKind::Message,
+            RecordKind::Edit,
+            RecordKind::Delete,
+            RecordKind::Reaction,
+        ] {
+            assert_eq!(RecordKind::parse(kind.as_str()), Some(kind));
+        }
+        assert!(is_valid_emoji("\u{1F44D}"));
+        assert!(is_valid_emoji(
+            "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}"
+        ));
+        assert!(!is_valid_emoji(""));
+        assert!(!is_valid_emoji("a b"));
+        assert!(!is_valid_emoji("\0"));
+        assert!(!is_valid_emoji(&"x".repeat(MAX_EMOJI_BYTES + 1)));
     }
 
     #[test]

@@ -100,3 +100,40 @@ pub struct AttachmentVerdict {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<crate::error_code::ErrorDetail>,
 }
+
+/// `POST /internal/v1/conversations/{id}/events/check` (manager → message service): before
+/// numbering a conversation batch's edits, deletes, reactions and replies, the manager asks
+/// the message service, which holds the messages and the members' roles, whether each may be
+/// done (docs/architecture.md, "Message events"). Plain messages are never asked about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCheck {
+    pub items: Vec<EventCheckItem>,
+}
+
+/// One numbered frame that refers to an earlier message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCheckItem {
+    pub sender_id: String,
+    pub client_msg_id: String,
+    /// `message` (a reply), `edit`, `delete` or `reaction`.
+    pub kind: crate::frames::RecordKind,
+    pub target_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+}
+
+/// The answer to an [`EventCheck`]: one verdict per item, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventVerdicts {
+    pub verdicts: Vec<EventVerdict>,
+}
+
+/// `refused` is absent when the item may be numbered; `moderated` is set for a delete the
+/// sender may make only as the group's owner or an admin (the log record carries it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventVerdict {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<crate::error_code::ErrorDetail>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moderated: bool,
+}

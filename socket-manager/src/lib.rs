@@ -19,6 +19,7 @@ mod attachments;
 mod batching;
 pub mod config;
 mod end_sessions;
+mod events;
 mod janitor;
 mod kafka;
 mod members;
@@ -57,6 +58,8 @@ pub(crate) struct AppState {
     pub runtime: tokio::runtime::Handle,
     /// Verifies the attachments a send references before it is numbered.
     pub attachments: attachments::Verifier,
+    /// Checks edits, deletes, reactions and replies before they are numbered.
+    pub events: events::Checker,
     /// Presence announcements in flight (`presence::announce`), waited for at shutdown.
     pub background: TaskTracker,
 }
@@ -198,6 +201,10 @@ impl Application {
         let mut workers = Workers::new();
         let state = web::Data::new(AppState {
             background: TaskTracker::new(),
+            events: events::Checker::new(
+                config.message_service_url.clone(),
+                config.common.cluster.credential(ServiceRole::SocketManager),
+            ),
             attachments: attachments::Verifier::new(
                 config.message_service_url.clone(),
                 config.common.cluster.credential(ServiceRole::SocketManager),

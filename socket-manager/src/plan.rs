@@ -16,7 +16,10 @@
 
 use std::collections::HashMap;
 
-use switchboard_protocol::frames::{is_storable_text, ClientFrame, ReceiptKind, ServerFrame};
+use switchboard_message_log::RecordEvent;
+use switchboard_protocol::frames::{
+    is_storable_text, ClientFrame, ReceiptKind, RecordKind, ServerFrame,
+};
 use switchboard_protocol::internal::HandlerItem;
 use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, HandlerId, UserId};
 
@@ -99,6 +102,82 @@ fn refuse_body(
     None
 }
 
+/// A frame that takes a number (`send`, `edit`, `delete`, `react`), in the shape of a send:
+/// an event is a send with an [`RecordEvent`] (an edit's new text is its body; a delete's and a
+/// reaction's body is empty).
+struct Numbered {
+    conversation_id: String,
+    client_msg_id: String,
+    body: String,
+    attachments: Vec<String>,
+    event: Option<RecordEvent>,
+}
+
+impl Numbered {
+    /// `None` for a frame that takes no number.
+    fn of(frame: ClientFrame) -> Option<Numbered> {
+        let event = |kind, target_id, emoji| {
+            Some(RecordEvent {
+                kind,
+                target_id,
+                emoji,
+                moderated: false,
+            })
+        };
+        Some(match frame {
+            ClientFrame::Send {
+                conversation_id,
+                client_msg_id,
+                body,
+                attachments,
+                reply_to,
+            } => Numbered {
+                conversation_id,
+                client_msg_id,
+                body,
+                attachments,
+                event: reply_to.and_then(|target| event(RecordKind::Message, target, None)),
+            },
+            ClientFrame::Edit {
+                conversation_id,
+                client_msg_id,
+                message_id,
+                body,
+            } => Numbered {
+                conversation_id,
+                client_msg_id,
+                body,
+                attachments: Vec::new(),
+                event: event(RecordKind::Edit, message_id, None),
+            },
+            ClientFrame::Delete {
+                conversation_id,
+                client_msg_id,
+                message_id,
+            } => Numbered {
+                conversation_id,
+                client_msg_id,
+                body: String::new(),
+                attachments: Vec::new(),
+                event: event(RecordKind::Delete, message_id, None),
+            },
+            ClientFrame::React {
+                conversation_id,
+                client_msg_id,
+                message_id,
+                emoji,
+            } => Numbered {
+                conversation_id,
+                client_msg_id,
+                body: String::new(),
+                attachments: Vec::new(),
+                event: event(RecordKind::Reaction, message_id, emoji),
+            },
+            _ => return None,
+        })
+    }
+}
+
 /// A typing notice or a receipt from one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Signal {
@@ -165,12 +244,20 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
             receipt,
         };
         match frame {
-            ClientFrame::Send {
-                conversation_id,
-                client_msg_id,
-                body,
-                attachments,
-            } => {
+            frame @ (ClientFrame::Send { .. }
+            | ClientFrame::Edit { .. }
+            | ClientFrame::Delete { .. }
+            | ClientFrame::React { .. }) => {
+                let Some(Numbered {
+                    conversation_id,
+                    client_msg_id,
+                    body,
+                    attachments,
+                    event,
+                }) = Numbered::of(frame)
+                else {
+                    continue;
+                };
                 let client_msg_id = match ClientMsgId::parse_owned(client_msg_id) {
                     Ok(id) if !conversation_id.is_empty() => id,
                     refused => {
@@ -184,9 +271,9 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
                     }
                 };
                 if let Some((code, message)) =
-                    refuse_body(limits, &user_id, client_msg_id.as_str(), &body).or_else(|| {
-                        crate::attachments::refuse_ids(&attachments)
-                    })
+                    refuse_body(limits, &user_id, client_msg_id.as_str(), &body)
+                        .or_else(|| crate::attachments::refuse_ids(&attachments))
+                        .or_else(|| event.as_ref().and_then(crate::events::refuse_event))
                 {
                     plan.replies[index] = Some(ServerFrame::Error {
                         code,
@@ -221,6 +308,7 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
                             client_msg_id,
                             body,
                             attachments,
+                            event,
                         },
                     ));
             }
@@ -303,6 +391,7 @@ mod tests {
             client_msg_id: client_msg_id.into(),
             body: "hi".into(),
             attachments: Vec::new(),
+            reply_to: None,
         }
     }
 
@@ -453,6 +542,7 @@ mod tests {
                 client_msg_id: client_msg_id.into(),
                 body,
                 attachments: Vec::new(),
+                reply_to: None,
             },
         )
     }

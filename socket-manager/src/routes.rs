@@ -209,6 +209,7 @@ async fn answer_batch(
         send_groups.push(send_group(
             sequencer,
             &state.attachments,
+            &state.events,
             conversation_id,
             group,
         ));
@@ -315,11 +316,15 @@ fn apply_verdicts(
 async fn send_group(
     sequencer: &crate::sequencer::Sequencer,
     attachments: &crate::attachments::Verifier,
+    events: &crate::events::Checker,
     conversation_id: ConversationId,
     group: Vec<(usize, SendRequest)>,
 ) -> Vec<(usize, ServerFrame)> {
     // Sends that reference attachments are verified first (nothing is done for the others).
     let (group, mut refused) = attachments.admit(&conversation_id, group).await;
+    // Edits, deletes, reactions and replies are checked next (plain messages pass untouched).
+    let (group, refused_events) = events.admit(&conversation_id, group).await;
+    refused.extend(refused_events);
     if group.is_empty() {
         return refused;
     }

@@ -180,6 +180,7 @@ fn send(connection_id: u64, user: &str, conversation_id: &str, client_msg_id: &s
             client_msg_id: client_msg_id.into(),
             body: format!("body of {client_msg_id}"),
             attachments: Vec::new(),
+            reply_to: None,
         },
     )
 }

@@ -459,11 +459,10 @@ fn only_unavailable<'a>(
 ) -> bool {
     let mut sends = 0;
     for (item, reply) in items.into_iter().zip(replies) {
-        if let HandlerItem::Frame {
-            frame: ClientFrame::Send { .. },
-            ..
-        } = item
-        {
+        if let HandlerItem::Frame { frame, .. } = item {
+            if frame.client_msg_id().is_none() {
+                continue;
+            }
             sends += 1;
             let unavailable = matches!(
                 reply,
@@ -486,10 +485,7 @@ pub fn unavailable_reply(item: &HandlerItem) -> Option<ServerFrame> {
         HandlerItem::Frame { frame, .. } => Some(ServerFrame::Error {
             code: ErrorCode::Unavailable,
             message: "the cluster is unavailable, retry shortly".into(),
-            client_msg_id: match frame {
-                ClientFrame::Send { client_msg_id, .. } => Some(client_msg_id.clone()),
-                _ => None,
-            },
+            client_msg_id: frame.client_msg_id().map(str::to_owned),
         }),
         _ => None,
     }
@@ -509,6 +505,7 @@ mod tests {
                 client_msg_id: id.into(),
                 body: "hi".into(),
                 attachments: Vec::new(),
+                reply_to: None,
             },
         };
         let connected = HandlerItem::Connected {
@@ -560,6 +557,7 @@ mod tests {
                 client_msg_id: format!("item-{n}"),
                 body: "\u{1}".repeat(43_000),
                 attachments: Vec::new(),
+                reply_to: None,
             },
         };
         Queued {

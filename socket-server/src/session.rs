@@ -685,13 +685,31 @@ fn origin_allowed(allowed: &[String], origin: &str) -> bool {
 }
 
 fn refuse_invalid(frame: &ClientFrame, max_body_bytes: usize) -> Option<ServerFrame> {
+    const EMPTY: String = String::new();
     let (conversation_id, send) = match frame {
         ClientFrame::Send {
             conversation_id,
             client_msg_id,
             body,
             ..
+        }
+        | ClientFrame::Edit {
+            conversation_id,
+            client_msg_id,
+            body,
+            ..
         } => (conversation_id, Some((client_msg_id, body))),
+        // A delete's or reaction's texts are checked by the managers (ids and the emoji).
+        ClientFrame::Delete {
+            conversation_id,
+            client_msg_id,
+            ..
+        }
+        | ClientFrame::React {
+            conversation_id,
+            client_msg_id,
+            ..
+        } => (conversation_id, Some((client_msg_id, &EMPTY))),
         ClientFrame::Delivered {
             conversation_id, ..
         }
@@ -798,10 +816,7 @@ fn forward_text(
         Ok(()) => Ok(None),
         Err(pending) => {
             let client_msg_id = match &pending.item {
-                HandlerItem::Frame {
-                    frame: ClientFrame::Send { client_msg_id, .. },
-                    ..
-                } => Some(client_msg_id.clone()),
+                HandlerItem::Frame { frame, .. } => frame.client_msg_id().map(str::to_owned),
                 _ => None,
             };
             Ok(Some(ServerFrame::Error {
@@ -834,6 +849,7 @@ mod tests {
             client_msg_id: client_msg_id.into(),
             body: body.into(),
             attachments: Vec::new(),
+            reply_to: None,
         }
     }
 
@@ -875,6 +891,7 @@ mod tests {
                 client_msg_id: "m1".into(),
                 body: "hi".into(),
                 attachments: Vec::new(),
+                reply_to: None,
             },
             ClientFrame::Read {
                 conversation_id: "c\0".into(),

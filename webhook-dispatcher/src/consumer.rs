@@ -129,8 +129,15 @@ impl TopicConsumer {
                             .unwrap_or_else(Utc::now);
                         if message.topic() == self.message_topic {
                             match decode_log_item(payload) {
-                                Ok(LogItem::Messages(decoded)) => batch
-                                    .extend(decoded.records.iter().map(events::message_created)),
+                                // Edits, deletes and reactions (issue 28) are not new
+                                // messages: `message.created` stays what it was.
+                                Ok(LogItem::Messages(decoded)) => batch.extend(
+                                    decoded
+                                        .records
+                                        .iter()
+                                        .filter(|r| r.kind().is_message())
+                                        .map(events::message_created),
+                                ),
                                 Ok(LogItem::Fence(_)) => {}
                                 Err(e) => tracing::warn!(
                                     error = %e,

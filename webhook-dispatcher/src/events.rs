@@ -237,6 +237,7 @@ mod tests {
             created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
             epoch: 1,
             attachments: Vec::new(),
+            event: None,
         };
         let event = message_created(&record);
         assert_eq!(event.id, "evt_01MSG");

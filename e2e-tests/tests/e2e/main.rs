@@ -31,6 +31,7 @@ mod client;
 mod compose;
 mod consent;
 mod eviction;
+mod events;
 mod faults;
 mod hostile;
 mod least_privilege;

@@ -453,7 +453,10 @@ async fn history(
         .history(&id, query.after_seq, limit)
         .await
         .map_err(db_error)?;
-    Ok(HttpResponse::Ok().json(MessagePage { messages }))
+    Ok(HttpResponse::Ok().json(MessagePage {
+        messages,
+        events: None,
+    }))
 }
 
 /// Posts a message through the sequencer, like a client's send: members get an ordinary

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use switchboard_message_log::{HandlerRecord, LogRecord};
-use switchboard_protocol::frames::ServerFrame;
+use switchboard_protocol::frames::{RecordKind, ServerFrame};
 
 use super::{RouteTargets, Sequencer};
 
@@ -17,13 +17,28 @@ impl Sequencer {
         record: &LogRecord,
         skip: Option<(&str, u64)>,
     ) {
-        let frame = ServerFrame::Message {
-            conversation_id: record.conversation_id.clone(),
-            message_id: record.message_id.clone(),
-            seq: record.seq,
-            sender_id: record.sender_id.clone(),
-            body: record.body.clone(),
-            created_at: record.created_at.to_string(),
+        let frame = match &record.event {
+            // An edit, delete or reaction: an `event` frame, in the same order as messages.
+            Some(event) if event.kind != RecordKind::Message => ServerFrame::Event {
+                conversation_id: record.conversation_id.clone(),
+                event_id: record.message_id.clone(),
+                seq: record.seq,
+                sender_id: record.sender_id.clone(),
+                kind: event.kind,
+                message_id: event.target_id.clone(),
+                body: (event.kind == RecordKind::Edit).then(|| record.body.clone()),
+                emoji: event.emoji.clone(),
+                created_at: record.created_at.to_string(),
+            },
+            reply => ServerFrame::Message {
+                conversation_id: record.conversation_id.clone(),
+                message_id: record.message_id.clone(),
+                seq: record.seq,
+                sender_id: record.sender_id.clone(),
+                body: record.body.clone(),
+                created_at: record.created_at.to_string(),
+                reply_to: reply.as_ref().map(|r| r.target_id.clone()),
+            },
         }
         .to_json();
         self.route_frame(targets, &frame, skip, Some(record)).await;

@@ -77,6 +77,9 @@ pub struct SendRequest {
     pub body: String,
     /// Attachment ids, verified before numbering (`crate::attachments`); empty for most sends.
     pub attachments: Vec<String>,
+    /// A reply's target, or an edit, delete or reaction (`crate::events`, checked before
+    /// numbering); `None` for a plain message. Numbered like a message either way.
+    pub event: Option<switchboard_message_log::RecordEvent>,
 }
 
 /// A conversation batch as numbered.
@@ -465,6 +468,7 @@ impl Sequencer {
                 body: s.body.clone(),
                 created_at,
                 attachments: s.attachments.clone(),
+                event: s.event.clone(),
             };
             let pending = serde_json::to_string(&pending)
                 .map_err(|e| StoreError::Unavailable(format!("encoding a pending message: {e}")))?;
@@ -689,6 +693,7 @@ fn log_record(s: &SendRequest, n: &Numbered, epoch: u64) -> LogRecord {
         created_at: n.created_at,
         epoch,
         attachments: s.attachments.clone(),
+        event: s.event.clone(),
     }
 }
 
@@ -715,6 +720,7 @@ mod tests {
             client_msg_id: ClientMsgId::parse("m1").unwrap(),
             body,
             attachments: Vec::new(),
+            event: None,
         }
     }
 

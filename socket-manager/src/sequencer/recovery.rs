@@ -26,6 +26,9 @@ pub(super) struct PendingMessage {
     /// Additive: pending entries written before attachments existed have none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<String>,
+    /// An edit, delete, reaction or reply, so a replayed record keeps its kind. Additive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<switchboard_message_log::RecordEvent>,
 }
 
 /// A pending number older than this is an alarm (`switchboard_manager_pending_stale_total`):
@@ -63,6 +66,7 @@ impl Sequencer {
                     created_at: p.created_at,
                     epoch,
                     attachments: p.attachments,
+                    event: p.event,
                 }),
                 Err(e) => {
                     tracing::error!(error = %e, seq, conversation_id, "unreadable pending message dropped with its idempotency record");

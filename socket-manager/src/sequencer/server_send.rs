@@ -35,6 +35,7 @@ impl Sequencer {
             client_msg_id,
             body,
             attachments: Vec::new(),
+            event: None,
         };
         if !reserved_sender {
             // Exactly a client's send: the mirror, else the source of truth, vouches for the
