@@ -61,13 +61,13 @@ pub(crate) struct AppState {
 pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
+    /// Keeps an identity provider's keys fresh, when one is configured.
+    jwks: Option<switchboard_service_kit::jwks::JwksRefresher>,
     ingest: ingest::Ingest,
     outbox: (
         store::Store,
         switchboard_chat_state::membership::MembershipMirror,
     ),
-    /// Keeps an identity provider's keys fresh, when one is configured.
-    jwks: Option<switchboard_service_kit::jwks::JwksRefresher>,
     /// The membership events' outbox: published to the events topic once committed.
     events: (store::Store, switchboard_kafka::KafkaConfig),
     /// The attachment sweeper's work: the store's objects and the ingest pool.
