@@ -46,11 +46,12 @@ pub struct Planner {
     queued: Arc<Notify>,
 }
 
-/// The newest message of each conversation in `records`, in first-seen order.
+/// The newest message of each conversation in `records`, in first-seen order. Edits, deletes
+/// and reactions (issue 28) are records of the log too, but not messages: they notify nobody.
 pub fn newest_per_conversation(records: &[LogRecord]) -> Vec<&LogRecord> {
     let mut order: Vec<&str> = Vec::new();
     let mut newest: HashMap<&str, &LogRecord> = HashMap::new();
-    for r in records {
+    for r in records.iter().filter(|r| r.kind().is_message()) {
         match newest.get(r.conversation_id.as_str()) {
             Some(seen) if seen.seq >= r.seq => {}
             Some(_) => {
@@ -285,6 +286,35 @@ mod tests {
             .map(|r| (r.conversation_id.clone(), r.seq))
             .collect();
         assert_eq!(newest, vec![("a".into(), 3), ("b".into(), 7)]);
+    }
+
+    #[test]
+    fn edits_deletes_and_reactions_notify_nobody() {
+        let mut reaction = record("a", 4);
+        reaction.event = Some(switchboard_message_log::RecordEvent {
+            kind: switchboard_message_log::RecordKind::Reaction,
+            target_id: "m3".into(),
+            emoji: Some("x".into()),
+            moderated: false,
+        });
+        let records = vec![record("a", 3), reaction.clone(), {
+            let mut reply = record("b", 2);
+            reply.event = Some(switchboard_message_log::RecordEvent {
+                kind: switchboard_message_log::RecordKind::Message,
+                ..reaction.event.clone().unwrap()
+            });
+            reply
+        }];
+        let newest: Vec<(String, u64)> = newest_per_conversation(&records)
+            .into_iter()
+            .map(|r| (r.conversation_id.clone(), r.seq))
+            .collect();
+        assert_eq!(
+            newest,
+            vec![("a".into(), 3), ("b".into(), 2)],
+            "a reply is a message"
+        );
+        assert!(newest_per_conversation(&[reaction]).is_empty());
     }
 
     #[test]
