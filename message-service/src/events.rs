@@ -781,6 +781,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_openapi_document_describes_events_in_history() {
+        let doc = serde_json::to_value(crate::routes::public_openapi()).unwrap();
+        let history = &doc["paths"]["/api/v1/conversations/{id}/messages"]["get"];
+        let params: Vec<&str> = history["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert!(params.contains(&"events"), "{params:?}");
+        let schemas = &doc["components"]["schemas"];
+        for field in ["reply_to", "edited_at", "deleted", "reactions"] {
+            assert!(
+                schemas["StoredMessage"]["properties"].get(field).is_some(),
+                "StoredMessage.{field}"
+            );
+        }
+        assert!(schemas["MessagePage"]["properties"].get("events").is_some());
+        assert!(schemas["MessageEvent"]["properties"]
+            .get("applied")
+            .is_some());
+        assert!(schemas["ReactionCount"]["properties"]
+            .get("users")
+            .is_some());
+    }
+
+    #[test]
     fn limits_read_their_variables() {
         let env = |name: &str| match name {
             SB_EDIT_WINDOW_SECS => Some("0".to_owned()),
