@@ -8,8 +8,9 @@
 //! - **The check before numbering** (`POST /internal/v1/conversations/{id}/events/check`,
 //!   socket managers only): whether each event may be done: the sender is an active member;
 //!   the target is a message of this conversation (ingest may trail the sender's `sent` by a
-//!   fetch wait, so a target not stored yet is waited for, up to [`TARGET_WAIT`]) and not
-//!   deleted; an edit is the author's, within `SB_EDIT_WINDOW_SECS` of the message and under
+//!   fetch wait, so a target not stored yet is waited for, up to [`TARGET_WAIT`]; one whose
+//!   id was minted less than [`IN_FLIGHT`] ago is then answered `unavailable`, to be
+//!   retried, rather than `message_not_found`) and not deleted; an edit is the author's, within `SB_EDIT_WINDOW_SECS` of the message and under
 //!   `SB_MAX_EDITS`; a delete is the author's or a group owner's or admin's (then marked
 //!   `moderated` in the record); a reaction's emoji keeps the message within
 //!   `SB_MAX_REACTIONS_PER_MESSAGE` distinct emoji. A refusal reaches the sender as an `error`
@@ -86,6 +87,20 @@ pub const TABLE: EnvTable = EnvTable {
 /// How long the check waits for a target message that ingest has not stored yet (the sender
 /// had its `sent`, so it is in the log): history trails the log by about a fetch wait.
 pub const TARGET_WAIT: Duration = Duration::from_secs(2);
+
+/// How long after its id was minted a target the store does not hold may still be on its
+/// way through the log (answered `unavailable`, not `message_not_found`).
+pub const IN_FLIGHT: Duration = Duration::from_secs(30);
+
+/// Whether `id` is a ULID minted less than [`IN_FLIGHT`] before `now`.
+fn recently_minted(id: &str, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let Ok(ulid) = ulid::Ulid::from_string(id) else {
+        return false;
+    };
+    let minted = i64::try_from(ulid.timestamp_ms()).unwrap_or(i64::MAX);
+    let age = now.timestamp_millis().saturating_sub(minted);
+    (-(IN_FLIGHT.as_millis() as i64)..IN_FLIGHT.as_millis() as i64).contains(&age)
+}
 
 /// The limits the check applies before an event is numbered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +312,16 @@ pub async fn verdicts(
                 );
             };
             let Some(target) = found.get(&item.target_id).filter(|t| t.is_message) else {
+                if !found.contains_key(&item.target_id) && recently_minted(&item.target_id, now) {
+                    // Message ids are ULIDs the managers mint when they number: one this
+                    // recent may be in the log and not stored yet (ingest behind, or
+                    // restarting). Retrying is right; an id that stays unknown past
+                    // IN_FLIGHT becomes `message_not_found`.
+                    return refuse(
+                        ErrorCode::Unavailable,
+                        "that message is not stored yet: retry with the same client_msg_id",
+                    );
+                }
                 return refuse(
                     ErrorCode::MessageNotFound,
                     format!(
@@ -805,6 +830,16 @@ mod tests {
         assert!(schemas["ReactionCount"]["properties"]
             .get("users")
             .is_some());
+    }
+
+    #[test]
+    fn a_recent_message_id_may_still_be_in_flight() {
+        let now = chrono::Utc::now();
+        assert!(recently_minted(&ulid::Ulid::new().to_string(), now));
+        assert!(!recently_minted("01ARZ3NDEKTSV4RRFFQ69G5FAV", now), "2016");
+        assert!(!recently_minted("m3", now));
+        let future = ulid::Ulid::from_parts(now.timestamp_millis() as u64 + 3_600_000, 1);
+        assert!(!recently_minted(&future.to_string(), now));
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //!   1..N, nothing stored unacknowledged, live delivery in `seq` order, the state every
 //!   device reaches equal to history's and to the acknowledged records', no acknowledged
 //!   record in `dead_letters`. 0 anomalies.
+//! - `message_service_kill_during_reactions_loses_nothing`: the same workload and checks with
+//!   the message service killed (SIGKILL) for 3 s and restarted: events are answered
+//!   `unavailable` and resent meanwhile, and the restarted ingest reads its rewind window
+//!   again, so every event in it is delivered twice and must apply once.
 //!
 //! The client rule the tests follow (docs/protocol.md, "Message events"): apply records in
 //! `seq` order; an event whose message is unknown or deleted changes nothing; a history page
@@ -1243,9 +1247,29 @@ async fn lease_holder(stack: &Stack) -> usize {
     }
 }
 
+/// The fault a nemesis run injects while the devices work.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// kill -9 of the manager holding a conversation's lease.
+    LeaseHolder,
+    /// kill -9 of the message service for 3 s, then a restart: the checks fail meanwhile
+    /// (events answered `unavailable`, resent), and ingest re-reads its rewind window, so
+    /// every event in it is delivered again and must apply once.
+    MessageService,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manager_kill_during_edits_and_reactions_loses_nothing() {
-    let stack = Stack::start(StackOptions {
+    events_nemesis(Fault::LeaseHolder).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn message_service_kill_during_reactions_loses_nothing() {
+    events_nemesis(Fault::MessageService).await;
+}
+
+async fn events_nemesis(fault: Fault) {
+    let mut stack = Stack::start(StackOptions {
         // Edits never run out in this test: the limit is not what it checks.
         extra_env: vec![("SB_MAX_EDITS".into(), "100000".into())],
         ..StackOptions::default()
@@ -1296,9 +1320,21 @@ async fn manager_kill_during_edits_and_reactions_loses_nothing() {
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let holder = lease_holder(&stack).await;
-    eprintln!("events nemesis: kill -9 {}", stack.managers[holder].name);
-    stack.managers[holder].process.kill9();
+    match fault {
+        Fault::LeaseHolder => {
+            let holder = lease_holder(&stack).await;
+            eprintln!("events nemesis: kill -9 {}", stack.managers[holder].name);
+            stack.managers[holder].process.kill9();
+        }
+        Fault::MessageService => {
+            eprintln!("events nemesis: kill -9 the message service for 3 s");
+            if let Some(ms) = stack.message_service.as_ref() {
+                ms.process.kill9();
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            stack.restart_message_service().await.unwrap();
+        }
+    }
     tokio::time::sleep(Duration::from_secs(6)).await;
     generating.store(false, std::sync::atomic::Ordering::Relaxed);
     let mut received: Vec<(String, Vec<ServerFrame>)> = Vec::new();
@@ -1444,7 +1480,7 @@ async fn manager_kill_during_edits_and_reactions_loses_nothing() {
         .await
         .unwrap();
     eprintln!(
-        "events nemesis: {} acknowledged ({events_total} events), {resends} resends, \
+        "events nemesis[{fault:?}]: {} acknowledged ({events_total} events), {resends} resends, \
          {unavailable} unavailable, refused {refused:?}, {} events changed nothing, {} anomalies",
         acks.len(),
         not_applied.trim(),
