@@ -34,6 +34,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use switchboard_protocol::frames::{ClientFrame, RecordKind, ServerFrame};
 use switchboard_protocol::ErrorCode;
+use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_test_support::{Stack, StackOptions};
 
 use crate::client::{api, create_conversation, http, token_for, WsClient};
@@ -757,6 +758,37 @@ async fn events_racing_a_burst_end_the_same_everywhere() {
         *bob.answer("b-delete-not-mine"),
         Answer::Refused(ErrorCode::NotAuthor)
     );
+    // The check is the managers' route only; a manager gets a verdict with its code.
+    let check_url = format!(
+        "{}/internal/v1/conversations/{conv}/events/check",
+        stack.message_service.as_ref().unwrap().url()
+    );
+    let check_body = json!({"items": [
+        {"sender_id": "bob", "client_msg_id": "x", "kind": "edit", "target_id": m[0]}
+    ]});
+    let as_role = |role: Option<ServiceRole>| {
+        let request = http.post(&check_url).json(&check_body);
+        match role {
+            Some(role) => stack.credential(role).apply(request),
+            None => request,
+        }
+        .send()
+    };
+    assert_eq!(as_role(None).await.unwrap().status(), 401);
+    assert_eq!(
+        as_role(Some(ServiceRole::SocketServer))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let verdicts: Value = as_role(Some(ServiceRole::SocketManager))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verdicts["verdicts"][0]["refused"]["code"], "not_author");
     // Everything else was numbered; an admin deletes anyone's message.
     for device in [&alice1, &alice2, &bob, &carol] {
         for (cmid, answer) in &device.answers {
