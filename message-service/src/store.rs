@@ -546,14 +546,22 @@ impl Store {
                   AND ($2::bigint IS NULL OR c.last_seq < $2 OR (c.last_seq = $2 AND c.id > $3))
                 ORDER BY c.last_seq DESC, c.id
                 LIMIT $4)
-             SELECT p.*,
-                    ARRAY(SELECT m2.user_id FROM members m2
-                           WHERE m2.conversation_id = p.id AND m2.state = 'active'
-                           ORDER BY m2.user_id LIMIT $5) AS members,
-                    (SELECT max(own.seq) FROM messages own
-                      WHERE own.conversation_id = p.id AND own.sender_id = $1) AS own_seq
-               FROM page p
-              ORDER BY p.last_seq DESC, p.id",
+             , positioned AS (
+               SELECT p.*,
+                      ARRAY(SELECT m2.user_id FROM members m2
+                             WHERE m2.conversation_id = p.id AND m2.state = 'active'
+                             ORDER BY m2.user_id LIMIT $5) AS members,
+                      (SELECT max(own.seq) FROM messages own
+                        WHERE own.conversation_id = p.id AND own.sender_id = $1) AS own_seq
+                 FROM page p)
+             -- Edits, deletes and reactions take seqs too, but are not unread messages
+             -- (issue 28; counted through the partial index messages_events).
+             SELECT q.*,
+                    (SELECT count(*) FROM messages ev
+                      WHERE ev.conversation_id = q.id AND ev.kind <> 'message'
+                        AND ev.seq > GREATEST(q.read_seq, COALESCE(q.own_seq, 0))) AS unread_events
+               FROM positioned q
+              ORDER BY q.last_seq DESC, q.id",
         )
         .bind(user)
         .bind(after_seq)
@@ -568,6 +576,7 @@ impl Store {
                 let last_seq: i64 = row.get("last_seq");
                 let read: i64 = row.get("read_seq");
                 let own: Option<i64> = row.get("own_seq");
+                let unread_events: i64 = row.get("unread_events");
                 ConversationSummary {
                     id: row.get("id"),
                     kind: row.get("kind"),
@@ -575,7 +584,7 @@ impl Store {
                     members: row.get("members"),
                     member_count: i64::from(row.get::<i32, _>("member_count")),
                     last_seq,
-                    unread: (last_seq - read.max(own.unwrap_or(0))).max(0),
+                    unread: (last_seq - read.max(own.unwrap_or(0)) - unread_events).max(0),
                     receipts: Vec::new(),
                 }
             })

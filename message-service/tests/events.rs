@@ -181,6 +181,12 @@ async fn events_apply_once_in_seq_order_and_redelivery_changes_nothing() {
             .unwrap();
     assert_eq!(seqs, (1..=9).collect::<Vec<i64>>());
     assert_eq!(store.last_seq(&c).await.unwrap(), 9);
+    // `unread` counts messages past the caller's position (its own last record), not events:
+    // bob's last is his reaction at 7, then carol's reply (8) and alice's edit (9).
+    for (user, unread) in [("bob", 1), ("carol", 0), ("alice", 0)] {
+        let (list, _) = store.list_for(user, 10, None, 100).await.unwrap();
+        assert_eq!(list[0].unread, unread, "{user}");
+    }
     // The raw events, for clients that replay.
     let page = events::page(&store, &c, "bob", 0, 1000, true)
         .await
