@@ -17,6 +17,7 @@ import {
   type Conversation,
   type Hello,
   type Message,
+  type MessageEvent,
   type Presence,
   type Receipt,
   type SentAck,
@@ -128,6 +129,12 @@ export interface ClientEvents {
   hello: Hello;
   /** Every message exactly once, in `seq` order per conversation (your own sends included). */
   message: Message;
+  /**
+   * Every edit, delete and reaction exactly once, in `seq` order with the messages (they share
+   * one sequence; docs/protocol.md, "Message events"). Apply it to the message `message_id`
+   * if you hold it and it is not deleted; otherwise it changes nothing.
+   */
+  event: MessageEvent;
   /** An outbox entry confirmed. */
   sent: { entry: OutboxEntry; ack: SentAck };
   /** An outbox entry refused for good (it stays in the outbox as `failed` until retried or cancelled). */
@@ -529,6 +536,26 @@ export class SwitchboardClient {
       `/api/v1/conversations/${encodeURIComponent(conversationId)}/messages?${q}`,
     );
     return res.messages;
+  }
+
+  /**
+   * A page of history with the edits, deletes and reactions of its `seq` range
+   * (`?events=true`): the messages in their current state, then the events, each list in
+   * `seq` order; `limit` counts both.
+   */
+  async historyWithEvents(
+    conversationId: string,
+    opts: { afterSeq?: number; limit?: number } = {},
+  ): Promise<{ messages: Message[]; events: MessageEvent[] }> {
+    const q = new URLSearchParams({
+      after_seq: String(opts.afterSeq ?? 0),
+      limit: String(opts.limit ?? 100),
+      events: 'true',
+    });
+    const res = await this.rest<{ messages: Message[]; events?: MessageEvent[] }>(
+      `/api/v1/conversations/${encodeURIComponent(conversationId)}/messages?${q}`,
+    );
+    return { messages: res.messages, events: res.events ?? [] };
   }
 
   async presence(userIds: string[]): Promise<Presence[]> {
@@ -1072,6 +1099,9 @@ export class SwitchboardClient {
       case 'message':
         this.offer(stripType(frame) as unknown as Message);
         break;
+      case 'event':
+        this.offer(stripType(frame) as unknown as MessageEvent);
+        break;
       case 'receipt':
         this.events.emit('receipt', stripType(frame) as unknown as Receipt);
         break;
@@ -1197,10 +1227,10 @@ export class SwitchboardClient {
 
   // ------------------------------------------------------------------ ordering
 
-  private offer(msg: Message): void {
+  private offer(msg: Message | MessageEvent): void {
     if (!msg || typeof msg.conversation_id !== 'string' || typeof msg.seq !== 'number') return;
     // A copy of our own message (history row, or a `message` frame echoing it) confirms its send even if `sent` was lost.
-    if (msg.client_msg_id && (!this._userId || msg.sender_id === this._userId) && this.outboxStore?.get(msg.client_msg_id)) {
+    if (!('event_id' in msg) && msg.client_msg_id && (!this._userId || msg.sender_id === this._userId) && this.outboxStore?.get(msg.client_msg_id)) {
       void this.complete(msg.client_msg_id, {
         client_msg_id: msg.client_msg_id,
         conversation_id: msg.conversation_id,
@@ -1218,7 +1248,10 @@ export class SwitchboardClient {
       }
     }
     const res = this.sequencer.offer(msg);
-    for (const m of res.deliver) this.events.emit('message', m);
+    for (const m of res.deliver) {
+      if ('event_id' in m) this.events.emit('event', m);
+      else this.events.emit('message', m);
+    }
     if (res.deliver.length > 0) {
       this.scheduleCursorWrite();
       if (this.opts.autoDelivered) this.scheduleReceipts();
@@ -1252,9 +1285,11 @@ export class SwitchboardClient {
           continue;
         }
         state.again = false;
-        let rows: Message[];
+        // Events take seqs too: the cursor passes them only if the page carries them.
+        let rows: (Message | MessageEvent)[];
         try {
-          rows = await this.history(conv, { afterSeq: after, limit: this.opts.historyPageSize });
+          const page = await this.historyWithEvents(conv, { afterSeq: after, limit: this.opts.historyPageSize });
+          rows = [...page.messages, ...page.events].sort((a, b) => a.seq - b.seq);
         } catch (e) {
           const err = asError(e, 'network');
           if (err.code === 'not_a_member' || err.code === 'unauthorized' || err.code === 'bad_request') {

@@ -22,7 +22,7 @@ export type { SseSocketOptions } from './sse.js';
 export type { OutboxEntry, OutboxStatus } from './outbox.js';
 export { Outbox } from './outbox.js';
 export { Sequencer } from './sequencer.js';
-export type { OfferResult } from './sequencer.js';
+export type { Numbered, OfferResult } from './sequencer.js';
 export { MemoryStorage, defaultStorage } from './storage.js';
 export type { KeyValueStorage } from './storage.js';
 export { DEFAULT_BACKOFF, backoffCeiling, fullJitterDelay, restartDelay } from './backoff.js';
@@ -35,6 +35,7 @@ export type {
   Conversation,
   Hello,
   Message,
+  MessageEvent,
   Presence,
   Receipt,
   SentAck,

@@ -10,6 +10,36 @@ export interface Message {
   created_at: string;
   /** Present on history rows, and on messages this client sent itself. */
   client_msg_id?: string;
+  /** The message it answers (docs/protocol.md, "Message events"). */
+  reply_to?: string;
+  /** History rows: when it was last edited. */
+  edited_at?: string;
+  /** History rows: deleted for everyone (a tombstone, `body` empty). */
+  deleted?: boolean;
+  /** History rows: its reactions, one entry per emoji. */
+  reactions?: { emoji: string; count: number; me: boolean; users: string[] }[];
+}
+
+/**
+ * An edit, delete or reaction of the message `message_id`, numbered in the conversation's
+ * sequence like a message (an `event` frame without `type`, or a history `events` row).
+ */
+export interface MessageEvent {
+  conversation_id: string;
+  event_id: string;
+  seq: number;
+  sender_id: string;
+  kind: 'edit' | 'delete' | 'reaction';
+  message_id: string;
+  /** `edit`: the new body. */
+  body?: string;
+  /** `reaction`: the sender's emoji now; absent: removed. */
+  emoji?: string;
+  created_at: string;
+  /** History rows. */
+  client_msg_id?: string;
+  /** History rows: false when it changed nothing (its message was deleted before it). */
+  applied?: boolean;
 }
 
 /** What `send()` resolves to: the server's `sent` answer. */
@@ -54,6 +84,7 @@ export type ServerFrame =
   | ({ type: 'hello' } & Hello)
   | ({ type: 'sent' } & SentAck)
   | ({ type: 'message' } & Message)
+  | ({ type: 'event' } & MessageEvent)
   | ({ type: 'receipt' } & Receipt)
   | ({ type: 'presence' } & Presence)
   | ({ type: 'typing' } & Typing)

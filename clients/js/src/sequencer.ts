@@ -1,25 +1,28 @@
 /**
  * Exactly-once, in-order delivery per conversation: the pure part.
  *
- * Each conversation has a cursor, the highest `seq` such that every message `1..cursor` has
- * been handed to the app. A message at `cursor + 1` is delivered at once (with whatever it
+ * Each conversation has a cursor, the highest `seq` such that every record `1..cursor` (a
+ * message, or an edit, delete or reaction: one sequence) has been handed to the app. A message at `cursor + 1` is delivered at once (with whatever it
  * unblocks from the buffer); one at or below the cursor is a repeat and dropped; one further
  * ahead waits in a bounded buffer and the caller is told to fetch the gap from history
  * (`after_seq = cursor`).
  */
 
-import type { Message } from './protocol.js';
+import type { Message, MessageEvent } from './protocol.js';
+
+/** What takes a `seq`: a message, or an edit, delete or reaction (they share one sequence). */
+export type Numbered = Message | MessageEvent;
 
 export interface OfferResult {
   /** Messages to hand to the app now, in `seq` order. */
-  deliver: Message[];
+  deliver: Numbered[];
   /** True when a gap stands between the cursor and a buffered message: fetch history. */
   gap: boolean;
 }
 
 interface ConversationState {
   cursor: number;
-  buffer: Map<number, Message>;
+  buffer: Map<number, Numbered>;
 }
 
 export class Sequencer {
@@ -74,7 +77,7 @@ export class Sequencer {
     return !!c && c.buffer.size > 0;
   }
 
-  offer(msg: Message): OfferResult {
+  offer(msg: Numbered): OfferResult {
     const seq = msg.seq;
     if (!Number.isSafeInteger(seq) || seq < 1) return { deliver: [], gap: false };
     const c = this.conv(msg.conversation_id);

@@ -3,7 +3,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { SwitchboardClient, type ClientOptions, type StateChange } from '../../src/client.js';
 import { SwitchboardError } from '../../src/errors.js';
-import type { Message } from '../../src/protocol.js';
+import type { Message, MessageEvent } from '../../src/protocol.js';
 import { MemoryStorage } from '../../src/storage.js';
 import { FakeSocket, fakeServer, flush, makeJwt, seeded, type FakeServer } from './helpers.js';
 
@@ -310,6 +310,33 @@ describe('ordering', () => {
     const asked = server.calls.filter((x) => x.url.includes('/messages'));
     expect(asked.length).toBe(1);
     expect(asked[0]!.url).toContain('after_seq=1');
+  });
+
+  it('edits, deletes and reactions take seqs: live and from history they pass the cursor, in order, once', async () => {
+    const c = client();
+    const got: string[] = [];
+    c.on('message', (x: Message) => got.push(`m${x.seq}`));
+    c.on('event', (x: MessageEvent) => got.push(`${x.kind}${x.seq}`));
+    const ws = await connected(c);
+    const ev = (seq: number, kind: string): Record<string, unknown> => ({
+      type: 'event', conversation_id: 'c1', event_id: `E${seq}`, seq, sender_id: 'bob', kind, message_id: 'M1', created_at: 'T',
+    });
+    // 3 (a reaction) is lost live: history with events fills it.
+    server.history.set('c1', [
+      { ...m(1), type: undefined },
+      { ...ev(2, 'edit'), type: undefined, body: 'new' },
+      { ...ev(3, 'reaction'), type: undefined, emoji: 'x' },
+      { ...m(4), type: undefined },
+    ]);
+    ws.frame(m(1));
+    ws.frame({ ...ev(2, 'edit'), body: 'new' });
+    ws.frame(m(4));
+    await tick(10);
+    expect(got).toEqual(['m1', 'edit2', 'reaction3', 'm4']);
+    expect(c.cursor('c1')).toBe(4);
+    const asked = server.calls.filter((x) => x.url.includes('/messages'));
+    expect(asked.length).toBe(1);
+    expect(asked[0]!.url).toContain('events=true');
   });
 
   it('history trailing live delivery is asked again until it has the gap', async () => {

@@ -105,7 +105,11 @@ export function fakeServer(): FakeServer {
         const after = Number(u.searchParams.get('after_seq') ?? 0);
         const limit = Number(u.searchParams.get('limit') ?? 100);
         const rows = (server.history.get(m[1]!) ?? []).filter((r) => (r.seq as number) > after).slice(0, limit);
-        return json(200, { messages: rows });
+        // Rows with an `event_id` are edits, deletes and reactions: listed only with events=true.
+        if (u.searchParams.get('events') === 'true') {
+          return json(200, { messages: rows.filter((r) => !('event_id' in r)), events: rows.filter((r) => 'event_id' in r) });
+        }
+        return json(200, { messages: rows.filter((r) => !('event_id' in r)) });
       }
       return json(404, { error: { code: 'not_found', message: u.pathname } });
     },
