@@ -265,12 +265,28 @@ pub async fn verdicts(
     .collect();
     let wanted: Vec<&str> = items.iter().map(|i| i.target_id.as_str()).collect();
     let mut found = targets(pool, conversation_id, &wanted).await?;
+    // A target stored in another conversation is not on its way here: no wait, no retry.
+    let unknown: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|id| !found.contains_key(*id))
+        .collect();
+    let elsewhere: HashSet<String> = if unknown.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar("SELECT message_id FROM messages WHERE message_id = ANY($1)")
+            .bind(&unknown)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect()
+    };
     let waited = Instant::now();
     loop {
         let missing: Vec<&str> = wanted
             .iter()
             .copied()
-            .filter(|id| !found.contains_key(*id))
+            .filter(|id| !found.contains_key(*id) && !elsewhere.contains(*id))
             .collect();
         if missing.is_empty() || waited.elapsed() >= TARGET_WAIT {
             break;
@@ -312,7 +328,10 @@ pub async fn verdicts(
                 );
             };
             let Some(target) = found.get(&item.target_id).filter(|t| t.is_message) else {
-                if !found.contains_key(&item.target_id) && recently_minted(&item.target_id, now) {
+                if !found.contains_key(&item.target_id)
+                    && !elsewhere.contains(&item.target_id)
+                    && recently_minted(&item.target_id, now)
+                {
                     // Message ids are ULIDs the managers mint when they number: one this
                     // recent may be in the log and not stored yet (ingest behind, or
                     // restarting). Retrying is right; an id that stays unknown past

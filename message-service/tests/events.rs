@@ -320,6 +320,16 @@ async fn the_check_answers_with_stable_codes() {
         ])
         .await
         .unwrap();
+    // A message of another conversation, its id fresh (a ULID minted now).
+    let other = store
+        .create_group("alice", "other", &["alice".to_owned()])
+        .await
+        .unwrap()
+        .id;
+    let other_message = ulid::Ulid::new().to_string();
+    let mut elsewhere = record(&other, 1, "alice", "elsewhere");
+    elsewhere.item.message_id = other_message.clone();
+    store.insert_batch(&[elsewhere]).await.unwrap();
     let item = |sender: &str, cmid: &str, kind, target: &str, emoji: Option<&str>| EventCheckItem {
         sender_id: sender.into(),
         client_msg_id: cmid.into(),
@@ -344,10 +354,16 @@ async fn the_check_answers_with_stable_codes() {
         item("dave", "e5", RecordKind::Reaction, "m1", Some("x")),
         item("bob", "c4", RecordKind::Reaction, "m2", Some("x")),
         item("carol", "re", RecordKind::Message, "m2", None),
+        item("alice", "e8", RecordKind::Edit, &other_message, None),
     ];
+    let started = std::time::Instant::now();
     let verdicts = events::verdicts(store.pool(), &limits, &c, &items)
         .await
         .unwrap();
+    assert!(
+        started.elapsed() < events::TARGET_WAIT,
+        "a target stored elsewhere is not waited for"
+    );
     let codes: Vec<(Option<ErrorCode>, bool)> = verdicts
         .iter()
         .map(|v| (v.refused.as_ref().map(|r| r.code), v.moderated))
@@ -366,6 +382,7 @@ async fn the_check_answers_with_stable_codes() {
             (Some(ErrorCode::NotAMember), false),       // not a member
             (None, false),                              // c4 is stored: its resend passes
             (None, false),                              // a reply to a deleted message
+            (Some(ErrorCode::MessageNotFound), false),  // another conversation's, at once
         ]
     );
     // The edit limit and the window.
