@@ -10,7 +10,7 @@ import type { BackoffOptions } from './backoff.js';
 import { DEFAULT_BACKOFF, fullJitterDelay, restartDelay } from './backoff.js';
 import { Emitter, type Unsubscribe } from './emitter.js';
 import { SwitchboardError } from './errors.js';
-import { Outbox, type OutboxEntry } from './outbox.js';
+import { Outbox, type OutboxAction, type OutboxEntry } from './outbox.js';
 import {
   CLOSE,
   RETRYABLE_CODES,
@@ -386,14 +386,48 @@ export class SwitchboardClient {
    * Sends a message: it is stored in the outbox first, then sent (now or at the next `hello`)
    * and resent until confirmed. Resolves to the server's `{message_id, seq, created_at}`.
    */
-  send(conversationId: string, body: string, opts: { clientMsgId?: string } = {}): Promise<SentAck> {
-    const p = this.enqueue(conversationId, body, opts);
+  send(conversationId: string, body: string, opts: { clientMsgId?: string; replyTo?: string } = {}): Promise<SentAck> {
+    const p = this.enqueue(conversationId, body, opts, opts.replyTo !== undefined ? { reply_to: opts.replyTo } : {});
     // Marked handled so a fire-and-forget send never raises an unhandled rejection; awaiting it still throws.
     p.catch(() => undefined);
     return p;
   }
 
-  private async enqueue(conversationId: string, body: string, opts: { clientMsgId?: string }): Promise<SentAck> {
+  /**
+   * Edits one of your messages, through the outbox like a send (numbered in the same sequence;
+   * docs/protocol.md, "Message events"). Resolves to the edit's own `{message_id, seq}`.
+   */
+  edit(conversationId: string, messageId: string, body: string, opts: { clientMsgId?: string } = {}): Promise<SentAck> {
+    return this.enqueueAction(conversationId, body, opts, { kind: 'edit', message_id: messageId });
+  }
+
+  /** Deletes a message for everyone (yours; a group's owner or admins delete any). */
+  deleteMessage(conversationId: string, messageId: string, opts: { clientMsgId?: string } = {}): Promise<SentAck> {
+    return this.enqueueAction(conversationId, '', opts, { kind: 'delete', message_id: messageId });
+  }
+
+  /** Sets your reaction to a message (one per user per message), or removes it with `null`. */
+  react(conversationId: string, messageId: string, emoji: string | null, opts: { clientMsgId?: string } = {}): Promise<SentAck> {
+    return this.enqueueAction(conversationId, '', opts, { kind: 'reaction', message_id: messageId, emoji });
+  }
+
+  private enqueueAction(
+    conversationId: string,
+    body: string,
+    opts: { clientMsgId?: string },
+    action: OutboxAction,
+  ): Promise<SentAck> {
+    const p = this.enqueue(conversationId, body, opts, { action });
+    p.catch(() => undefined);
+    return p;
+  }
+
+  private async enqueue(
+    conversationId: string,
+    body: string,
+    opts: { clientMsgId?: string },
+    extra: Pick<OutboxEntry, 'reply_to' | 'action'> = {},
+  ): Promise<SentAck> {
     if (this._state === 'closed') throw new SwitchboardError('closed', 'the client is closed');
     if (typeof conversationId !== 'string' || !conversationId) {
       throw new SwitchboardError('bad_request', 'conversationId must be a non-empty string');
@@ -407,7 +441,7 @@ export class SwitchboardClient {
     }
     await this.ready();
     const outbox = this.outboxStore!;
-    const entry = await outbox.add(conversationId, body, Date.now(), opts.clientMsgId);
+    const entry = await outbox.add(conversationId, body, Date.now(), opts.clientMsgId, extra);
     const d = deferred<SentAck>();
     this.sendWaiters.set(entry.client_msg_id, d);
     this.emitOutbox();
@@ -1132,7 +1166,25 @@ export class SwitchboardClient {
     if (!entry) return;
     // Offered before the outbox write so a following `message` of someone else finds no false gap;
     // offer() sees our client_msg_id and completes the entry.
+    if (entry.action) {
+      const { kind, message_id, emoji } = entry.action;
+      this.offer({
+        conversation_id: ack.conversation_id,
+        event_id: ack.message_id,
+        seq: ack.seq,
+        sender_id: this._userId ?? '',
+        kind,
+        message_id,
+        ...(kind === 'edit' ? { body: entry.body } : {}),
+        ...(kind === 'reaction' && emoji ? { emoji } : {}),
+        created_at: ack.created_at,
+        client_msg_id: ack.client_msg_id,
+      });
+      void this.complete(ack.client_msg_id, ack);
+      return;
+    }
     this.offer({
+      ...(entry.reply_to !== undefined ? { reply_to: entry.reply_to } : {}),
       conversation_id: ack.conversation_id,
       message_id: ack.message_id,
       seq: ack.seq,
@@ -1199,7 +1251,7 @@ export class SwitchboardClient {
 
   private transmit(entry: OutboxEntry): void {
     if (entry.status !== 'pending' || !this.isLive()) return;
-    if (this.write({ type: 'send', conversation_id: entry.conversation_id, client_msg_id: entry.client_msg_id, body: entry.body })) {
+    if (this.write(frameOf(entry))) {
       this.outboxStore!.markTransmitted(entry.client_msg_id, Date.now(), this.opts.sendTimeoutMs);
     }
   }
@@ -1504,4 +1556,21 @@ function stripType(frame: Record<string, unknown>): Record<string, unknown> {
 function asError(e: unknown, code: string): SwitchboardError {
   if (e instanceof SwitchboardError) return e;
   return new SwitchboardError(code, e instanceof Error ? e.message : String(e));
+}
+
+/** The frame that sends an outbox entry: a `send`, or an `edit`, `delete` or `react`. */
+function frameOf(entry: OutboxEntry): Record<string, unknown> {
+  const base = { conversation_id: entry.conversation_id, client_msg_id: entry.client_msg_id };
+  const action = entry.action;
+  if (!action) {
+    return { type: 'send', ...base, body: entry.body, ...(entry.reply_to !== undefined ? { reply_to: entry.reply_to } : {}) };
+  }
+  switch (action.kind) {
+    case 'edit':
+      return { type: 'edit', ...base, message_id: action.message_id, body: entry.body };
+    case 'delete':
+      return { type: 'delete', ...base, message_id: action.message_id };
+    default:
+      return { type: 'react', ...base, message_id: action.message_id, emoji: action.emoji ?? null };
+  }
 }

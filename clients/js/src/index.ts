@@ -19,7 +19,7 @@ export type {
 export { SwitchboardError } from './errors.js';
 export { SseSocket, sseUrlOf } from './sse.js';
 export type { SseSocketOptions } from './sse.js';
-export type { OutboxEntry, OutboxStatus } from './outbox.js';
+export type { OutboxAction, OutboxEntry, OutboxStatus } from './outbox.js';
 export { Outbox } from './outbox.js';
 export { Sequencer } from './sequencer.js';
 export type { Numbered, OfferResult } from './sequencer.js';

@@ -24,6 +24,18 @@ export interface OutboxEntry {
   /** `pending`: will be (re)sent; `failed`: the server refused it for good, see `error`. */
   status: OutboxStatus;
   error?: { code: string; message: string };
+  /** A reply: the `message_id` it answers. */
+  reply_to?: string;
+  /** Not a message: an edit (`body` is the new text), a delete or a reaction of `message_id`. */
+  action?: OutboxAction;
+}
+
+/** An edit, delete or reaction queued like a message (docs/protocol.md, "Message events"). */
+export interface OutboxAction {
+  kind: 'edit' | 'delete' | 'reaction';
+  message_id: string;
+  /** `reaction`: the emoji; null removes the sender's reaction. */
+  emoji?: string | null;
 }
 
 export class Outbox {
@@ -49,7 +61,13 @@ export class Outbox {
   }
 
   /** Adds an entry and waits until it is in storage. */
-  async add(conversationId: string, body: string, now: number, clientMsgId: string = uuidv4()): Promise<OutboxEntry> {
+  async add(
+    conversationId: string,
+    body: string,
+    now: number,
+    clientMsgId: string = uuidv4(),
+    extra: Pick<OutboxEntry, 'reply_to' | 'action'> = {},
+  ): Promise<OutboxEntry> {
     const entry: OutboxEntry = {
       client_msg_id: clientMsgId,
       conversation_id: conversationId,
@@ -57,6 +75,8 @@ export class Outbox {
       queued_at: now,
       attempts: 0,
       status: 'pending',
+      ...(extra.reply_to !== undefined ? { reply_to: extra.reply_to } : {}),
+      ...(extra.action !== undefined ? { action: extra.action } : {}),
     };
     this.entries.set(entry.client_msg_id, entry);
     await this.persist();

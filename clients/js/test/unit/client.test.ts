@@ -202,6 +202,37 @@ describe('outbox', () => {
     expect(JSON.parse(storage.getItem('switchboard:alice:outbox')!)).toEqual([]);
   });
 
+  it('edits, deletes, reactions and replies go through the outbox and come back as events in seq order', async () => {
+    const c = client();
+    const got: string[] = [];
+    c.on('message', (x: Message) => got.push(`m${x.seq}${x.reply_to ? `>${x.reply_to}` : ''}`));
+    c.on('event', (x: MessageEvent) => got.push(`${x.kind}${x.seq}:${x.message_id}:${x.body ?? x.emoji ?? ''}`));
+    const ws = await connected(c);
+    const calls = [
+      c.send('c1', 'hi', { replyTo: 'M0' }),
+      c.edit('c1', 'M1', 'hi!'),
+      c.react('c1', 'M1', 'x'),
+      c.react('c1', 'M1', null),
+      c.deleteMessage('c1', 'M1'),
+    ];
+    await tick(0);
+    const frames = ws.sent.filter((f) => typeof f.client_msg_id === 'string');
+    expect(frames.map((f) => f.type)).toEqual(['send', 'edit', 'react', 'react', 'delete']);
+    expect(frames[0]!.reply_to).toBe('M0');
+    expect(frames[1]).toMatchObject({ message_id: 'M1', body: 'hi!' });
+    expect(frames[2]).toMatchObject({ message_id: 'M1', emoji: 'x' });
+    expect(frames[3]).toMatchObject({ message_id: 'M1', emoji: null });
+    frames.forEach((f, i) =>
+      ws.frame({ type: 'sent', client_msg_id: f.client_msg_id, conversation_id: 'c1', message_id: `E${i + 1}`, seq: i + 1, created_at: 'T' }),
+    );
+    await tick(0);
+    const acks = await Promise.all(calls);
+    expect(acks.map((a) => a.seq)).toEqual([1, 2, 3, 4, 5]);
+    expect(got).toEqual(['m1>M0', 'edit2:M1:hi!', 'reaction3:M1:x', 'reaction4:M1:', 'delete5:M1:']);
+    expect(c.outbox()).toEqual([]);
+    expect(c.cursor('c1')).toBe(5);
+  });
+
   it('resends when no sent arrives in time, with the same client_msg_id', async () => {
     const c = client({ sendTimeoutMs: 5_000 });
     const ws = await connected(c);
