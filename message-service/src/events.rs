@@ -274,12 +274,17 @@ pub async fn verdicts(
     let elsewhere: HashSet<String> = if unknown.is_empty() {
         HashSet::new()
     } else {
-        sqlx::query_scalar("SELECT message_id FROM messages WHERE message_id = ANY($1)")
-            .bind(&unknown)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect()
+        // Other conversations only: one stored here meanwhile (ingest caught up) is found by
+        // the wait below.
+        sqlx::query_scalar(
+            "SELECT message_id FROM messages WHERE message_id = ANY($1) AND conversation_id <> $2",
+        )
+        .bind(&unknown)
+        .bind(conversation_id)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect()
     };
     let waited = Instant::now();
     loop {
