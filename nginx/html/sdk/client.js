@@ -203,12 +203,32 @@ export class SwitchboardClient {
      * and resent until confirmed. Resolves to the server's `{message_id, seq, created_at}`.
      */
     send(conversationId, body, opts = {}) {
-        const p = this.enqueue(conversationId, body, opts);
+        const p = this.enqueue(conversationId, body, opts, opts.replyTo !== undefined ? { reply_to: opts.replyTo } : {});
         // Marked handled so a fire-and-forget send never raises an unhandled rejection; awaiting it still throws.
         p.catch(() => undefined);
         return p;
     }
-    async enqueue(conversationId, body, opts) {
+    /**
+     * Edits one of your messages, through the outbox like a send (numbered in the same sequence;
+     * docs/protocol.md, "Message events"). Resolves to the edit's own `{message_id, seq}`.
+     */
+    edit(conversationId, messageId, body, opts = {}) {
+        return this.enqueueAction(conversationId, body, opts, { kind: 'edit', message_id: messageId });
+    }
+    /** Deletes a message for everyone (yours; a group's owner or admins delete any). */
+    deleteMessage(conversationId, messageId, opts = {}) {
+        return this.enqueueAction(conversationId, '', opts, { kind: 'delete', message_id: messageId });
+    }
+    /** Sets your reaction to a message (one per user per message), or removes it with `null`. */
+    react(conversationId, messageId, emoji, opts = {}) {
+        return this.enqueueAction(conversationId, '', opts, { kind: 'reaction', message_id: messageId, emoji });
+    }
+    enqueueAction(conversationId, body, opts, action) {
+        const p = this.enqueue(conversationId, body, opts, { action });
+        p.catch(() => undefined);
+        return p;
+    }
+    async enqueue(conversationId, body, opts, extra = {}) {
         if (this._state === 'closed')
             throw new SwitchboardError('closed', 'the client is closed');
         if (typeof conversationId !== 'string' || !conversationId) {
@@ -224,7 +244,7 @@ export class SwitchboardClient {
         }
         await this.ready();
         const outbox = this.outboxStore;
-        const entry = await outbox.add(conversationId, body, Date.now(), opts.clientMsgId);
+        const entry = await outbox.add(conversationId, body, Date.now(), opts.clientMsgId, extra);
         const d = deferred();
         this.sendWaiters.set(entry.client_msg_id, d);
         this.emitOutbox();
@@ -340,6 +360,20 @@ export class SwitchboardClient {
         const q = new URLSearchParams({ after_seq: String(opts.afterSeq ?? 0), limit: String(opts.limit ?? 100) });
         const res = await this.rest(`/api/v1/conversations/${encodeURIComponent(conversationId)}/messages?${q}`);
         return res.messages;
+    }
+    /**
+     * A page of history with the edits, deletes and reactions of its `seq` range
+     * (`?events=true`): the messages in their current state, then the events, each list in
+     * `seq` order; `limit` counts both.
+     */
+    async historyWithEvents(conversationId, opts = {}) {
+        const q = new URLSearchParams({
+            after_seq: String(opts.afterSeq ?? 0),
+            limit: String(opts.limit ?? 100),
+            events: 'true',
+        });
+        const res = await this.rest(`/api/v1/conversations/${encodeURIComponent(conversationId)}/messages?${q}`);
+        return { messages: res.messages, events: res.events ?? [] };
     }
     async presence(userIds) {
         const q = new URLSearchParams();
@@ -912,6 +946,9 @@ export class SwitchboardClient {
             case 'message':
                 this.offer(stripType(frame));
                 break;
+            case 'event':
+                this.offer(stripType(frame));
+                break;
             case 'receipt':
                 this.events.emit('receipt', stripType(frame));
                 break;
@@ -942,7 +979,25 @@ export class SwitchboardClient {
             return;
         // Offered before the outbox write so a following `message` of someone else finds no false gap;
         // offer() sees our client_msg_id and completes the entry.
+        if (entry.action) {
+            const { kind, message_id, emoji } = entry.action;
+            this.offer({
+                conversation_id: ack.conversation_id,
+                event_id: ack.message_id,
+                seq: ack.seq,
+                sender_id: this._userId ?? '',
+                kind,
+                message_id,
+                ...(kind === 'edit' ? { body: entry.body } : {}),
+                ...(kind === 'reaction' && emoji ? { emoji } : {}),
+                created_at: ack.created_at,
+                client_msg_id: ack.client_msg_id,
+            });
+            void this.complete(ack.client_msg_id, ack);
+            return;
+        }
         this.offer({
+            ...(entry.reply_to !== undefined ? { reply_to: entry.reply_to } : {}),
             conversation_id: ack.conversation_id,
             message_id: ack.message_id,
             seq: ack.seq,
@@ -1009,7 +1064,7 @@ export class SwitchboardClient {
     transmit(entry) {
         if (entry.status !== 'pending' || !this.isLive())
             return;
-        if (this.write({ type: 'send', conversation_id: entry.conversation_id, client_msg_id: entry.client_msg_id, body: entry.body })) {
+        if (this.write(frameOf(entry))) {
             this.outboxStore.markTransmitted(entry.client_msg_id, Date.now(), this.opts.sendTimeoutMs);
         }
     }
@@ -1041,7 +1096,7 @@ export class SwitchboardClient {
         if (!msg || typeof msg.conversation_id !== 'string' || typeof msg.seq !== 'number')
             return;
         // A copy of our own message (history row, or a `message` frame echoing it) confirms its send even if `sent` was lost.
-        if (msg.client_msg_id && (!this._userId || msg.sender_id === this._userId) && this.outboxStore?.get(msg.client_msg_id)) {
+        if (!('event_id' in msg) && msg.client_msg_id && (!this._userId || msg.sender_id === this._userId) && this.outboxStore?.get(msg.client_msg_id)) {
             void this.complete(msg.client_msg_id, {
                 client_msg_id: msg.client_msg_id,
                 conversation_id: msg.conversation_id,
@@ -1059,8 +1114,12 @@ export class SwitchboardClient {
             }
         }
         const res = this.sequencer.offer(msg);
-        for (const m of res.deliver)
-            this.events.emit('message', m);
+        for (const m of res.deliver) {
+            if ('event_id' in m)
+                this.events.emit('event', m);
+            else
+                this.events.emit('message', m);
+        }
         if (res.deliver.length > 0) {
             this.scheduleCursorWrite();
             if (this.opts.autoDelivered)
@@ -1097,9 +1156,11 @@ export class SwitchboardClient {
                     continue;
                 }
                 state.again = false;
+                // Events take seqs too: the cursor passes them only if the page carries them.
                 let rows;
                 try {
-                    rows = await this.history(conv, { afterSeq: after, limit: this.opts.historyPageSize });
+                    const page = await this.historyWithEvents(conv, { afterSeq: after, limit: this.opts.historyPageSize });
+                    rows = [...page.messages, ...page.events].sort((a, b) => a.seq - b.seq);
                 }
                 catch (e) {
                     const err = asError(e, 'network');
@@ -1317,4 +1378,20 @@ function asError(e, code) {
     if (e instanceof SwitchboardError)
         return e;
     return new SwitchboardError(code, e instanceof Error ? e.message : String(e));
+}
+/** The frame that sends an outbox entry: a `send`, or an `edit`, `delete` or `react`. */
+function frameOf(entry) {
+    const base = { conversation_id: entry.conversation_id, client_msg_id: entry.client_msg_id };
+    const action = entry.action;
+    if (!action) {
+        return { type: 'send', ...base, body: entry.body, ...(entry.reply_to !== undefined ? { reply_to: entry.reply_to } : {}) };
+    }
+    switch (action.kind) {
+        case 'edit':
+            return { type: 'edit', ...base, message_id: action.message_id, body: entry.body };
+        case 'delete':
+            return { type: 'delete', ...base, message_id: action.message_id };
+        default:
+            return { type: 'react', ...base, message_id: action.message_id, emoji: action.emoji ?? null };
+    }
 }

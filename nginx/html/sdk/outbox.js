@@ -31,7 +31,7 @@ export class Outbox {
         }
     }
     /** Adds an entry and waits until it is in storage. */
-    async add(conversationId, body, now, clientMsgId = uuidv4()) {
+    async add(conversationId, body, now, clientMsgId = uuidv4(), extra = {}) {
         const entry = {
             client_msg_id: clientMsgId,
             conversation_id: conversationId,
@@ -39,6 +39,8 @@ export class Outbox {
             queued_at: now,
             attempts: 0,
             status: 'pending',
+            ...(extra.reply_to !== undefined ? { reply_to: extra.reply_to } : {}),
+            ...(extra.action !== undefined ? { action: extra.action } : {}),
         };
         this.entries.set(entry.client_msg_id, entry);
         await this.persist();

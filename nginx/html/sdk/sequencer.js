@@ -2,8 +2,8 @@
 /**
  * Exactly-once, in-order delivery per conversation: the pure part.
  *
- * Each conversation has a cursor, the highest `seq` such that every message `1..cursor` has
- * been handed to the app. A message at `cursor + 1` is delivered at once (with whatever it
+ * Each conversation has a cursor, the highest `seq` such that every record `1..cursor` (a
+ * message, or an edit, delete or reaction: one sequence) has been handed to the app. A message at `cursor + 1` is delivered at once (with whatever it
  * unblocks from the buffer); one at or below the cursor is a repeat and dropped; one further
  * ahead waits in a bounded buffer and the caller is told to fetch the gap from history
  * (`after_seq = cursor`).
