@@ -490,7 +490,10 @@ mod tests {
         let long = format!(r#"{{"type":"dance","x":"{}"}}"#, "y".repeat(500));
         match parse_server_frame(&long) {
             Err(Error::Protocol(why)) => {
-                assert!(why.contains("dance") && why.len() < 400, "{why}")
+                // The frame is shown cut to 200 characters (the rest of the line is serde's
+                // reason, which lists every frame type).
+                assert!(why.contains("dance"), "{why}");
+                assert!(!why.contains(&"y".repeat(200)), "{why}");
             }
             other => panic!("{other:?}"),
         }
