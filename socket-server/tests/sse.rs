@@ -7,6 +7,8 @@
 // Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -30,64 +32,14 @@ async fn spawn_apps(
     name: &str,
     tweak: impl FnOnce(&mut socket_server::SocketServerConfig),
 ) -> TestApp {
-    shared::warm_up();
-    let id = shared::unique(name);
-    let database_url = shared::fresh_database(&id).await;
-    let ms_config = shared::message_service_vars(&id, &database_url).config(
-        message_service::config::HELP_TABLES,
-        message_service::MessageServiceConfig::from_lookup,
-    );
-    let kafka = ms_config.kafka.clone();
-    shared::create_topics(
-        &kafka.brokers,
-        &[&kafka.message_topic, &kafka.events_topic],
-        1,
-    )
-    .await
-    .expect("topics");
-    let ms = message_service::Application::build(ms_config)
-        .await
-        .unwrap();
-    let messages = format!("http://127.0.0.1:{}", ms.port());
-    tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
     // No per-user quotas: the slow-consumer test sends a burst.
-    let manager_config = shared::manager_vars(&id, &messages)
-        .with("SB_USER_FRAMES_PER_MIN", 0)
-        .config(
-            socket_manager::config::HELP_TABLES,
-            socket_manager::ManagerConfig::from_lookup,
-        );
-    let manager = socket_manager::Application::build(manager_config)
-        .await
-        .unwrap();
-    let manager_url = format!("http://127.0.0.1:{}", manager.port());
-    tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
-    let registry_config = shared::registry_vars(&id).config(
-        registry::config::HELP_TABLES,
-        registry::RegistryConfig::from_lookup,
-    );
-    let registry = registry::Application::build(registry_config).await.unwrap();
-    let registry_url = format!("http://127.0.0.1:{}", registry.port());
-    tokio::spawn(registry.run_until_stopped(CancellationToken::new()));
-
-    let mut config = shared::socket_server_vars(&id, &registry_url, &[manager_url]).config(
-        socket_server::config::HELP_TABLES,
-        socket_server::SocketServerConfig::from_lookup,
-    );
-    tweak(&mut config);
-    let app = socket_server::Application::build(config)
-        .await
-        .expect("the socket server builds");
-    let stop = CancellationToken::new();
-    let host = format!("127.0.0.1:{}", app.port());
-    let ops = format!("http://127.0.0.1:{}", app.ops_port());
-    tokio::spawn(app.run_until_stopped(stop.clone()));
+    let apps = common::spawn_apps(name, |vars| vars.with("SB_USER_FRAMES_PER_MIN", 0), tweak).await;
     let app = TestApp {
-        host,
-        ops,
-        messages,
+        host: apps.host,
+        ops: apps.ops,
+        messages: apps.messages,
         http: reqwest::Client::new(),
-        stop,
+        stop: apps.stop,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while app
@@ -260,6 +212,9 @@ async fn ws_next_of(ws: &mut Ws, kind: &str) -> Value {
             .unwrap_or_else(|_| panic!("no {kind} frame in time"))
             .expect("open")
             .expect("a frame");
+        if let WsMessage::Close(close) = &message {
+            panic!("closed while waiting for {kind}: {close:?}");
+        }
         if let WsMessage::Text(text) = message {
             let frame: Value = serde_json::from_str(&text).unwrap();
             if frame["type"] == kind {
@@ -498,6 +453,19 @@ async fn a_client_that_stops_reading_its_stream_is_dropped_as_a_slow_consumer() 
     ann.next_of("hello").await;
     let mut ben = connect_ws(&app, "ben").await;
     ws_next_of(&mut ben, "hello").await;
+    // Ben reads everything as it comes: the write timeout (500 ms here) and the small queue
+    // apply to his session too, and only ann may be the slow one. (Ben left unread was
+    // reset as a stalled client when his own frames filled his socket: a race this test
+    // once lost.)
+    let (mut ben, mut ben_in) = ben.split();
+    let (frames, mut ben_frames) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = ben_in.next().await {
+            if let WsMessage::Text(text) = message {
+                let _ = frames.send(serde_json::from_str(&text).unwrap());
+            }
+        }
+    });
     let conv = group(&app, "ben", &["ann"]).await;
     let body = "x".repeat(15_000);
     let before = metric(&app, "socket_slow_consumer_kicks_total").await;
@@ -508,13 +476,16 @@ async fn a_client_that_stops_reading_its_stream_is_dropped_as_a_slow_consumer() 
             Instant::now() < deadline,
             "never dropped after {n} messages"
         );
-        for _ in 0..50 {
+        // Bursts of 10: ben's `sent` answers of one burst can come back in one manager
+        // batch, and his outbound queue (16 here, like ann's) must not overflow, or the
+        // sender is the one kicked.
+        for _ in 0..10 {
             n += 1;
             let frame = json!({"type":"send","conversation_id":conv,"client_msg_id":format!("b{n}"),"body":body});
             ben.send(WsMessage::Text(frame.to_string())).await.unwrap();
         }
         // Within the server's 200 frames/s.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
     }
     // Its session is gone: frames for it are refused, and ben is unharmed.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -528,5 +499,14 @@ async fn a_client_that_stops_reading_its_stream_is_dropped_as_a_slow_consumer() 
     ben.send(WsMessage::Text(json!({"type":"ping"}).to_string()))
         .await
         .unwrap();
-    ws_next_of(&mut ben, "pong").await;
+    let pong = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(frame) = ben_frames.recv().await {
+            if frame["type"] == "pong" {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(pong, Ok(true), "ben's session ended with ann's");
 }

@@ -7,13 +7,14 @@
 // Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
-use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -56,66 +57,15 @@ async fn spawn_apps_with(
     name: &str,
     tweak: impl FnOnce(&mut socket_server::SocketServerConfig),
 ) -> TestApp {
-    shared::warm_up();
-    let id = shared::unique(name);
-    let database_url = shared::fresh_database(&id).await;
-    let ms_config = shared::message_service_vars(&id, &database_url).config(
-        message_service::config::HELP_TABLES,
-        message_service::MessageServiceConfig::from_lookup,
-    );
-    let kafka = ms_config.kafka.clone();
-    shared::create_topics(
-        &kafka.brokers,
-        &[&kafka.message_topic, &kafka.events_topic],
-        1,
-    )
-    .await
-    .expect("topics");
-    let ms = message_service::Application::build(ms_config)
-        .await
-        .unwrap();
-    let messages = format!("http://127.0.0.1:{}", ms.port());
-    tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
-    let manager_config = shared::manager_vars(&id, &messages).config(
-        socket_manager::config::HELP_TABLES,
-        socket_manager::ManagerConfig::from_lookup,
-    );
-    let manager = socket_manager::Application::build(manager_config)
-        .await
-        .unwrap();
-    let manager_url = format!("http://127.0.0.1:{}", manager.port());
-    tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
-    let registry_config = shared::registry_vars(&id).config(
-        registry::config::HELP_TABLES,
-        registry::RegistryConfig::from_lookup,
-    );
-    let registry = registry::Application::build(registry_config).await.unwrap();
-    let registry_url = format!("http://127.0.0.1:{}", registry.port());
-    tokio::spawn(registry.run_until_stopped(CancellationToken::new()));
-
-    let mut config = shared::socket_server_vars(&id, &registry_url, &[manager_url]).config(
-        socket_server::config::HELP_TABLES,
-        socket_server::SocketServerConfig::from_lookup,
-    );
-    tweak(&mut config);
-    let app = socket_server::Application::build(config)
-        .await
-        .expect("the socket server builds");
-    let port = app.port();
-    let ops_port = app.ops_port();
-    let server_id = app.server_id().to_owned();
-    tokio::spawn(app.run_until_stopped(CancellationToken::new()));
-
-    let http = reqwest::Client::new();
-    let app = TestApp {
-        id,
-        socket: format!("ws://127.0.0.1:{port}/ws"),
-        ops: format!("http://127.0.0.1:{ops_port}"),
-        server_id,
-        messages,
-        http,
-    };
-    app
+    let apps = common::spawn_apps(name, |vars| vars, tweak).await;
+    TestApp {
+        id: apps.id,
+        socket: format!("ws://{}/ws", apps.host),
+        ops: apps.ops,
+        server_id: apps.server_id,
+        messages: apps.messages,
+        http: reqwest::Client::new(),
+    }
 }
 
 impl TestApp {
