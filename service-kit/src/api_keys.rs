@@ -314,10 +314,6 @@ pub fn mint(id: &str, scopes: Vec<Scope>, rate_per_sec: f64) -> Result<(String, 
     Ok((key, entry))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn parse_table(json: &str) -> Result<Table, ApiKeysError> {
     let entries: Vec<KeyEntry> = serde_json::from_str(json)?;
     let mut keys = HashMap::with_capacity(entries.len());
@@ -519,7 +515,7 @@ impl ApiKeys {
         let Some(key) = table.keys.get(id) else {
             return Err(unauthorized("unknown or revoked API key"));
         };
-        if !constant_time_eq(&hash, &key.hash) {
+        if !crate::cluster_auth::constant_time_eq(&hash, &key.hash) {
             return Err(unauthorized("unknown or revoked API key"));
         }
         if !key.scopes.contains(&scope) {

@@ -240,6 +240,7 @@ impl ClusterCredential {
     }
 }
 
+/// Equality that takes the same time wherever the first difference is (secrets, hashes).
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -311,6 +312,13 @@ mod tests {
         assert!(auth
             .require(&request("registry", "wrong"), &[ServiceRole::SocketServer])
             .is_err());
+    }
+
+    #[test]
+    fn secret_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 
     #[test]

@@ -136,17 +136,3 @@ fn cors(allowed_origins: &[String]) -> actix_cors::Cors {
         .iter()
         .fold(cors, |cors, origin| cors.allowed_origin(origin))
 }
-
-// Cluster-only routes check their callers with `crate::cluster_auth::ClusterAuth::require`.
-
-#[cfg(test)]
-mod tests {
-    use crate::cluster_auth::constant_time_eq;
-
-    #[test]
-    fn secret_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-    }
-}
