@@ -36,6 +36,7 @@
 # Environment: CARGO_TARGET_DIR (where the release binaries are built, default target/),
 # SB_SMOKE_BIN_DIR (use the release binaries there instead of building them),
 # SB_SMOKE_KEEP=1 (leave the stack running after a failure, for a look).
+# SB_SMOKE_MIN_FREE_GB=8 (the free disk under Docker's root the stack needs; checked first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -114,6 +115,20 @@ if ! $DOCKER info >/dev/null 2>&1; then
 fi
 # A leftover of an interrupted run.
 timeout 120 $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
+# vfs copies a whole image for every image and container, so stale images from earlier runs
+# (each rebuild of switchboard:local leaves the previous one dangling) and the build cache
+# add up to gigabytes; neither is reused. Then make sure the stack fits: about 12 switchboard
+# containers plus Redis, PostgreSQL, the broker and nginx take ~5 GB under vfs. Without this
+# check a full disk shows up as "no space left on device" half-way through `up`.
+$DOCKER image prune -f >/dev/null 2>&1 || true
+$DOCKER builder prune -af >/dev/null 2>&1 || true
+DOCKER_ROOT="$($DOCKER info -f '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)"
+NEED_KB=$(( ${SB_SMOKE_MIN_FREE_GB:-8} * 1024 * 1024 ))
+free_kb="$(df -Pk "$DOCKER_ROOT" | awk 'NR == 2 {print $4}')"
+if [ "${free_kb:-0}" -lt "$NEED_KB" ]; then
+    df -h "$DOCKER_ROOT" >&2
+    die "only $((free_kb / 1024)) MB free under $DOCKER_ROOT; the compose stack needs ${SB_SMOKE_MIN_FREE_GB:-8} GB under vfs (SB_SMOKE_MIN_FREE_GB). Free disk (e.g. old cargo target dirs) and rerun"
+fi
 
 # ---- 2. the release binaries (host build) -------------------------------------------------------
 # The packages' binaries, switchboard-keys (the registry package's; the `keys` service) and
