@@ -92,6 +92,11 @@ pub enum ServerFrame {
         /// The message this one answers (`send`'s `reply_to`). Additive: absent means none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<String>,
+        /// The ids of its attachments (`send`'s `attachments`, verified before numbering);
+        /// their metadata and download URLs come from history or
+        /// `GET .../attachments/{id}`. Additive: absent means none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<String>,
     },
     /// An edit, delete or reaction of an earlier message, numbered in the conversation's
     /// sequence: `seq` and `event_id` are the event's own (its `sent` answered them), and
@@ -353,8 +358,10 @@ mod tests {
             body: "b".into(),
             created_at: "t".into(),
             reply_to: None,
+            attachments: Vec::new(),
         };
         assert!(!message.to_json().contains("reply_to"));
+        assert!(!message.to_json().contains("attachments"));
         let event = ServerFrame::Event {
             conversation_id: "c".into(),
             event_id: "e".into(),

@@ -38,6 +38,7 @@ impl Sequencer {
                 body: record.body.clone(),
                 created_at: record.created_at.to_string(),
                 reply_to: reply.as_ref().map(|r| r.target_id.clone()),
+                attachments: record.attachments.clone(),
             },
         }
         .to_json();
