@@ -36,7 +36,7 @@
 # Environment: CARGO_TARGET_DIR (where the release binaries are built, default target/),
 # SB_SMOKE_BIN_DIR (use the release binaries there instead of building them),
 # SB_SMOKE_KEEP=1 (leave the stack running after a failure, for a look).
-# SB_SMOKE_MIN_FREE_GB=8 (the free disk under Docker's root the stack needs; checked first).
+# SB_SMOKE_MIN_FREE_GB=9 (the free disk under Docker's root the stack needs; checked first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -118,16 +118,16 @@ timeout 120 $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
 # vfs copies a whole image for every image and container, so stale images from earlier runs
 # (each rebuild of switchboard:local leaves the previous one dangling) and the build cache
 # add up to gigabytes; neither is reused. Then make sure the stack fits: about 12 switchboard
-# containers plus Redis, PostgreSQL, the broker and nginx take ~5 GB under vfs. Without this
+# containers plus Redis, PostgreSQL, the broker and nginx took 8.8 GB above the images under vfs (measured). Without this
 # check a full disk shows up as "no space left on device" half-way through `up`.
 $DOCKER image prune -f >/dev/null 2>&1 || true
 $DOCKER builder prune -af >/dev/null 2>&1 || true
 DOCKER_ROOT="$($DOCKER info -f '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)"
-NEED_KB=$(( ${SB_SMOKE_MIN_FREE_GB:-8} * 1024 * 1024 ))
+NEED_KB=$(( ${SB_SMOKE_MIN_FREE_GB:-9} * 1024 * 1024 ))
 free_kb="$(df -Pk "$DOCKER_ROOT" | awk 'NR == 2 {print $4}')"
 if [ "${free_kb:-0}" -lt "$NEED_KB" ]; then
     df -h "$DOCKER_ROOT" >&2
-    die "only $((free_kb / 1024)) MB free under $DOCKER_ROOT; the compose stack needs ${SB_SMOKE_MIN_FREE_GB:-8} GB under vfs (SB_SMOKE_MIN_FREE_GB). Free disk (e.g. old cargo target dirs) and rerun"
+    die "only $((free_kb / 1024)) MB free under $DOCKER_ROOT; the compose stack needs ${SB_SMOKE_MIN_FREE_GB:-9} GB under vfs (SB_SMOKE_MIN_FREE_GB). Free disk (e.g. old cargo target dirs) and rerun"
 fi
 
 # ---- 2. the release binaries (host build) -------------------------------------------------------
