@@ -17,6 +17,8 @@ export type {
   WebSocketLike,
 } from './client.js';
 export { SwitchboardError } from './errors.js';
+export { applyEvent, isImage, normalizeAttachments, setReaction } from './rich.js';
+export type { UploadBody, UploadProgress, XhrConstructor, XhrLike } from './upload.js';
 export { SseSocket, sseUrlOf } from './sse.js';
 export type { SseSocketOptions } from './sse.js';
 export type { OutboxAction, OutboxEntry, OutboxStatus } from './outbox.js';
@@ -32,13 +34,16 @@ export type { TokenInfo } from './token.js';
 export { uuidv4, isUuidV4 } from './uuid.js';
 export type { Unsubscribe } from './emitter.js';
 export type {
+  Attachment,
   Conversation,
   Hello,
   Message,
   MessageEvent,
   Presence,
+  Reaction,
   Receipt,
   SentAck,
   ServerError,
   Typing,
+  UploadTicket,
 } from './protocol.js';

@@ -26,6 +26,8 @@ export interface OutboxEntry {
   error?: { code: string; message: string };
   /** A reply: the `message_id` it answers. */
   reply_to?: string;
+  /** Attachment ids (uploaded already) the message carries. */
+  attachments?: string[];
   /** Not a message: an edit (`body` is the new text), a delete or a reaction of `message_id`. */
   action?: OutboxAction;
 }
@@ -66,7 +68,7 @@ export class Outbox {
     body: string,
     now: number,
     clientMsgId: string = uuidv4(),
-    extra: Pick<OutboxEntry, 'reply_to' | 'action'> = {},
+    extra: Pick<OutboxEntry, 'reply_to' | 'action' | 'attachments'> = {},
   ): Promise<OutboxEntry> {
     const entry: OutboxEntry = {
       client_msg_id: clientMsgId,
@@ -77,6 +79,7 @@ export class Outbox {
       status: 'pending',
       ...(extra.reply_to !== undefined ? { reply_to: extra.reply_to } : {}),
       ...(extra.action !== undefined ? { action: extra.action } : {}),
+      ...(extra.attachments?.length ? { attachments: [...extra.attachments] } : {}),
     };
     this.entries.set(entry.client_msg_id, entry);
     await this.persist();

@@ -17,7 +17,45 @@ export interface Message {
   /** History rows: deleted for everyone (a tombstone, `body` empty). */
   deleted?: boolean;
   /** History rows: its reactions, one entry per emoji. */
-  reactions?: { emoji: string; count: number; me: boolean; users: string[] }[];
+  reactions?: Reaction[];
+  /**
+   * Its files (docs/protocol.md, "Attachments"). History rows carry the metadata and a
+   * download `url`; a live `message` carries the ids only (`{ id }`): ask
+   * `client.attachmentsOf(conversation_id, seq)` for the rest. Absent: none.
+   */
+  attachments?: Attachment[];
+}
+
+/** One emoji's reactions to a message: `me` when the caller's reaction is this one. */
+export interface Reaction {
+  emoji: string;
+  count: number;
+  me: boolean;
+  users: string[];
+}
+
+/**
+ * A file of a message. Only `id` is always there; the rest comes from history
+ * (`width`/`height` for images; `url` is a pre-signed download URL valid until `url_expires_at`).
+ */
+export interface Attachment {
+  id: string;
+  filename?: string;
+  content_type?: string;
+  size?: number;
+  width?: number;
+  height?: number;
+  url?: string;
+  url_expires_at?: string;
+}
+
+/** The answer of `POST /api/v1/conversations/{id}/attachments`: where to PUT the bytes. */
+export interface UploadTicket {
+  attachment_id: string;
+  upload_url: string;
+  upload_method: string;
+  upload_headers: Record<string, string>;
+  expires_at: string;
 }
 
 /**

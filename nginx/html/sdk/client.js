@@ -12,6 +12,8 @@ import { SwitchboardError } from './errors.js';
 import { Outbox } from './outbox.js';
 import { CLOSE, RETRYABLE_CODES, } from './protocol.js';
 import { restCall } from './rest.js';
+import { normalizeAttachments } from './rich.js';
+import { putWithProgress, sizeOf } from './upload.js';
 import { Sequencer } from './sequencer.js';
 import { defaultStorage, readJson, writeJson } from './storage.js';
 import { decodeToken, isExpired, refreshAt } from './token.js';
@@ -39,6 +41,9 @@ export class SwitchboardClient {
     opts;
     WS;
     fetchFn;
+    XHR;
+    /** `attachmentsOf` answers by `conversation:seq`, kept until their URLs are near expiry (bounded, oldest out). */
+    attachmentCache = new Map();
     storage;
     backoff;
     reconnectEnabled;
@@ -129,6 +134,10 @@ export class SwitchboardClient {
             throw new TypeError('no fetch: pass options.fetch');
         // Unbound window.fetch throws "Illegal invocation" in browsers.
         this.fetchFn = options.fetch ?? ((input, init) => f.call(globalThis, input, init));
+        this.XHR =
+            options.XMLHttpRequest !== undefined
+                ? options.XMLHttpRequest
+                : (globalThis.XMLHttpRequest ?? null);
         this.storage = options.storage ?? defaultStorage();
         this.reconnectEnabled = options.reconnect !== false;
         this.backoff = { ...DEFAULT_BACKOFF, ...(options.reconnect || {}) };
@@ -203,7 +212,10 @@ export class SwitchboardClient {
      * and resent until confirmed. Resolves to the server's `{message_id, seq, created_at}`.
      */
     send(conversationId, body, opts = {}) {
-        const p = this.enqueue(conversationId, body, opts, opts.replyTo !== undefined ? { reply_to: opts.replyTo } : {});
+        const p = this.enqueue(conversationId, body, opts, {
+            ...(opts.replyTo !== undefined ? { reply_to: opts.replyTo } : {}),
+            ...(opts.attachments?.length ? { attachments: opts.attachments } : {}),
+        });
         // Marked handled so a fire-and-forget send never raises an unhandled rejection; awaiting it still throws.
         p.catch(() => undefined);
         return p;
@@ -241,6 +253,10 @@ export class SwitchboardClient {
         }
         if (new TextEncoder().encode(body).length > 65_536) {
             throw new SwitchboardError('too_large', 'body is over 65,536 bytes');
+        }
+        const ids = extra.attachments ?? [];
+        if (ids.length > 10 || new Set(ids).size !== ids.length || ids.some((id) => typeof id !== 'string' || !id)) {
+            throw new SwitchboardError('bad_request', 'attachments: at most 10 distinct attachment ids');
         }
         await this.ready();
         const outbox = this.outboxStore;
@@ -381,6 +397,84 @@ export class SwitchboardClient {
             q.append('user_id', u);
         const res = await this.rest(`/api/v1/presence?${q}`);
         return res.presence;
+    }
+    /**
+     * Uploads a file for a message of `conversationId` (docs/protocol.md, "Attachments"): asks
+     * for a pre-signed URL, then PUTs the bytes straight to the object store, reporting
+     * `onProgress` as they leave (browsers: `XMLHttpRequest` upload progress; elsewhere the start
+     * and the end). Resolves to the attachment (`id`, `filename`, `content_type`, `size`); send
+     * it with `send(conversationId, body, { attachments: [a.id] })` before the URL's few minutes
+     * pass. Errors: the API's codes (`too_large`, `attachment_refused`, `not_a_member`,
+     * `not_found` without a store), `upload_failed` (the store's status), `network`, `timeout`,
+     * `cancelled` (`signal`).
+     */
+    async uploadAttachment(conversationId, file, opts = {}) {
+        const size = sizeOf(file);
+        const blob = file;
+        const filename = opts.filename ?? (typeof blob.name === 'string' && blob.name ? blob.name : 'file');
+        const contentType = (opts.contentType ?? (typeof blob.type === 'string' && blob.type ? blob.type : 'application/octet-stream')).toLowerCase();
+        const ticket = await this.rest(`/api/v1/conversations/${encodeURIComponent(conversationId)}/attachments`, {
+            method: 'POST',
+            body: { filename, content_type: contentType, size },
+            ...(opts.signal ? { signal: opts.signal } : {}),
+        });
+        await putWithProgress({
+            url: ticket.upload_url,
+            headers: ticket.upload_headers ?? { 'content-type': contentType },
+            body: file,
+            total: size,
+            ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+            ...(opts.signal ? { signal: opts.signal } : {}),
+            timeoutMs: opts.timeoutMs ?? 60_000 + Math.ceil(size / 100),
+            XHR: this.XHR,
+            fetch: this.fetchFn,
+        });
+        return { id: ticket.attachment_id, filename, content_type: contentType, size };
+    }
+    /**
+     * The attachments of the message `seq` with their metadata and download URLs, from its
+     * history row (a live `message` carries the ids only). History trails live delivery by a
+     * moment, so a row not stored yet is asked again for up to `waitMs` (default 5,000).
+     * Answers are cached until their URLs are a minute from expiry; a deleted message has none.
+     */
+    attachmentsOf(conversationId, seq, opts = {}) {
+        const key = `${conversationId}:${seq}`;
+        const hit = this.attachmentCache.get(key);
+        if (hit && Date.now() < hit.until)
+            return hit.value;
+        const value = this.fetchAttachments(conversationId, seq, opts.waitMs ?? 5_000);
+        const entry = { until: Number.POSITIVE_INFINITY, value };
+        this.attachmentCache.set(key, entry);
+        while (this.attachmentCache.size > 500)
+            this.attachmentCache.delete(this.attachmentCache.keys().next().value);
+        value.then((list) => {
+            const expiries = list.map((a) => Date.parse(a.url_expires_at ?? '')).filter((t) => Number.isFinite(t));
+            entry.until = expiries.length ? Math.min(...expiries) - 60_000 : Number.POSITIVE_INFINITY;
+        }, () => {
+            if (this.attachmentCache.get(key) === entry)
+                this.attachmentCache.delete(key);
+        });
+        return value;
+    }
+    async fetchAttachments(conversationId, seq, waitMs) {
+        const deadline = Date.now() + waitMs;
+        for (let delay = 100;; delay = Math.min(1_000, delay * 2)) {
+            const rows = await this.history(conversationId, { afterSeq: seq - 1, limit: 1 });
+            const row = rows[0];
+            if (row && row.seq === seq)
+                return normalizeAttachments(row.attachments) ?? [];
+            if (Date.now() + delay > deadline) {
+                throw new SwitchboardError('unavailable', `message ${seq} of ${conversationId} is not in history yet`);
+            }
+            await new Promise((r) => setTimeout(r, delay));
+        }
+    }
+    /**
+     * The API route that redirects (302) to a fresh download URL of an attachment; it needs the
+     * bearer token, so a page uses the `url` of `attachmentsOf` in `<img>`/`<a>` instead.
+     */
+    attachmentRedirectPath(conversationId, attachmentId) {
+        return `/api/v1/conversations/${encodeURIComponent(conversationId)}/attachments/${encodeURIComponent(attachmentId)}`;
     }
     /** An authenticated REST call to the deployment; a 401 refreshes the token once and retries. */
     async rest(path, opts = {}) {
@@ -943,9 +1037,17 @@ export class SwitchboardClient {
             case 'sent':
                 this.onSent(frame);
                 break;
-            case 'message':
-                this.offer(stripType(frame));
+            case 'message': {
+                const m = stripType(frame);
+                // A live frame names its attachments by id: `{ id }` each, as history's objects.
+                const attachments = normalizeAttachments(m.attachments);
+                if (attachments)
+                    m.attachments = attachments;
+                else
+                    delete m.attachments;
+                this.offer(m);
                 break;
+            }
             case 'event':
                 this.offer(stripType(frame));
                 break;
@@ -998,6 +1100,7 @@ export class SwitchboardClient {
         }
         this.offer({
             ...(entry.reply_to !== undefined ? { reply_to: entry.reply_to } : {}),
+            ...(entry.attachments?.length ? { attachments: entry.attachments.map((id) => ({ id })) } : {}),
             conversation_id: ack.conversation_id,
             message_id: ack.message_id,
             seq: ack.seq,
@@ -1384,7 +1487,13 @@ function frameOf(entry) {
     const base = { conversation_id: entry.conversation_id, client_msg_id: entry.client_msg_id };
     const action = entry.action;
     if (!action) {
-        return { type: 'send', ...base, body: entry.body, ...(entry.reply_to !== undefined ? { reply_to: entry.reply_to } : {}) };
+        return {
+            type: 'send',
+            ...base,
+            body: entry.body,
+            ...(entry.attachments?.length ? { attachments: entry.attachments } : {}),
+            ...(entry.reply_to !== undefined ? { reply_to: entry.reply_to } : {}),
+        };
     }
     switch (action.kind) {
         case 'edit':

@@ -6,6 +6,7 @@
  */
 export { SwitchboardClient, CLOSE_SESSIONS_ENDED, CLOSE_TOKEN_EXPIRED } from './client.js';
 export { SwitchboardError } from './errors.js';
+export { applyEvent, isImage, normalizeAttachments, setReaction } from './rich.js';
 export { SseSocket, sseUrlOf } from './sse.js';
 export { Outbox } from './outbox.js';
 export { Sequencer } from './sequencer.js';

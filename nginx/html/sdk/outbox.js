@@ -41,6 +41,7 @@ export class Outbox {
             status: 'pending',
             ...(extra.reply_to !== undefined ? { reply_to: extra.reply_to } : {}),
             ...(extra.action !== undefined ? { action: extra.action } : {}),
+            ...(extra.attachments?.length ? { attachments: [...extra.attachments] } : {}),
         };
         this.entries.set(entry.client_msg_id, entry);
         await this.persist();
