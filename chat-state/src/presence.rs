@@ -1,24 +1,25 @@
-//! Presence: which handlers (socket servers) hold which users' devices, and when a user was
-//! last seen. The socket managers write it as handlers report connections; the managers read
-//! it to route, the message service to answer `GET /api/v1/presence`.
+//! Presence: which socket servers hold which users' devices, and when a user was last seen.
+//! The socket managers write it as socket servers report connections; the managers read it to
+//! route, the message service to answer `GET /api/v1/presence`.
 //!
-//! Keys, under the prefix `P`:
-//! - `P handlers`: set of registered handler ids (for the janitor).
-//! - `P handler:{id}`: a key with a short TTL the handler renews by heartbeat; when it
-//!   expires, the handler is dead and the janitor removes its topic and mappings.
-//! - `P userh:{user}`: sorted set of handler ids scored by expiry (ms). Expiry is per member,
-//!   so one handler's stale entry cannot outlive the handler's renewals; readers ignore
+//! Keys, under the prefix `P` (their names keep the original design's "handler", the socket
+//! server as the managers see it: the strings are shared with running deployments):
+//! - `P handlers`: set of registered socket server ids (for the janitor).
+//! - `P handler:{id}`: a key with a short TTL the socket server renews by heartbeat; when it
+//!   expires, the server is dead and the janitor removes its topic and mappings.
+//! - `P userh:{user}`: sorted set of socket server ids scored by expiry (ms). Expiry is per
+//!   member, so one server's stale entry cannot outlive the server's renewals; readers ignore
 //!   expired members. A user is online while it has an unexpired member. Scripts read it
-//!   through [`HANDLERS_OF_LUA`], so its layout stays this module's.
+//!   through [`SERVERS_OF_LUA`], so its layout stays this module's.
 //! - `P handler_users:{id}`: the reverse index, so cleanup does not scan every user.
 //! - `P lastseen:{user}`: when the user's last device went away (ms since the epoch).
-//! - `P janitor`: the lease of the one manager that sweeps dead handlers.
+//! - `P janitor`: the lease of the one manager that sweeps dead socket servers.
 
 use std::collections::HashMap;
 
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
 
-/// KEYS: user's handlers, handler's users, user's last seen. ARGV: handler, now, expiry, user,
+/// KEYS: user's servers, server's users, user's last seen. ARGV: server, now, expiry, user,
 /// ttl. Returns 1 when the user was offline everywhere before.
 const CONNECTED_SCRIPT: &str = r"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
@@ -44,13 +45,13 @@ return 0
 ";
 
 /// Lua for a script that looks recipients up as it goes (the socket manager's numbering
-/// script): `handlers_of(prefix, users, now)` answers, for each of `users` in order, the
-/// handlers holding one of its devices, read as [`HandlerMap::handlers_for`] reads them
-/// (`prefix` is the key prefix, `now` the time in ms). [`group_by_handler`] turns the answer
+/// script): `servers_of(prefix, users, now)` answers, for each of `users` in order, the
+/// socket servers holding one of its devices, read as [`ServerMap::servers_for`] reads them
+/// (`prefix` is the key prefix, `now` the time in ms). [`group_by_server`] turns the answer
 /// into routes. The keys are built inside the script, as the directory's scripts do: fine for
 /// one master (Sentinel), not for Redis Cluster.
-pub const HANDLERS_OF_LUA: &str = r"
-local function handlers_of(prefix, users, now)
+pub const SERVERS_OF_LUA: &str = r"
+local function servers_of(prefix, users, now)
   local found = {}
   for i, user in ipairs(users) do
     found[i] = redis.call('ZRANGEBYSCORE', prefix .. 'userh:' .. user, now, '+inf')
@@ -59,16 +60,16 @@ local function handlers_of(prefix, users, now)
 end
 ";
 
-/// Routes from a lookup: `found[i]` are the handlers holding `users[i]`; answers handler → the
-/// users it holds, in the order of `users`.
-pub fn group_by_handler(users: &[String], found: Vec<Vec<String>>) -> HashMap<String, Vec<String>> {
-    let mut by_handler: HashMap<String, Vec<String>> = HashMap::new();
-    for (user, handlers) in users.iter().zip(found) {
-        for handler in handlers {
-            by_handler.entry(handler).or_default().push(user.clone());
+/// Routes from a lookup: `found[i]` are the socket servers holding `users[i]`; answers server →
+/// the users it holds, in the order of `users`.
+pub fn group_by_server(users: &[String], found: Vec<Vec<String>>) -> HashMap<String, Vec<String>> {
+    let mut by_server: HashMap<String, Vec<String>> = HashMap::new();
+    for (user, servers) in users.iter().zip(found) {
+        for server in servers {
+            by_server.entry(server).or_default().push(user.clone());
         }
     }
-    by_handler
+    by_server
 }
 
 /// Now, in ms since the epoch: the clock mapping expiries are compared with.
@@ -76,14 +77,16 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Which socket servers hold which users' devices, and the servers' liveness: the writes and
+/// route lookups of this module's keys.
 #[derive(Clone)]
-pub struct HandlerMap {
+pub struct ServerMap {
     redis: SentinelRedis,
     pub user_ttl_ms: i64,
-    pub handler_ttl_ms: i64,
+    pub server_ttl_ms: i64,
 }
 
-fn user_handlers_key(redis: &SentinelRedis, user: &str) -> String {
+fn user_servers_key(redis: &SentinelRedis, user: &str) -> String {
     redis.key(&format!("userh:{user}"))
 }
 
@@ -102,7 +105,7 @@ pub async fn read(
     }
     let mut pipe = redis::pipe();
     for user in users {
-        pipe.zcount(user_handlers_key(redis, user), now_ms, "+inf")
+        pipe.zcount(user_servers_key(redis, user), now_ms, "+inf")
             .get(last_seen_key(redis, user));
     }
     let flat: Vec<redis::Value> = redis.query_pipe(&pipe).await?;
@@ -121,51 +124,51 @@ pub async fn read(
         .collect())
 }
 
-impl HandlerMap {
-    pub fn new(redis: SentinelRedis, user_ttl_ms: i64, handler_ttl_ms: i64) -> Self {
-        HandlerMap {
+impl ServerMap {
+    pub fn new(redis: SentinelRedis, user_ttl_ms: i64, server_ttl_ms: i64) -> Self {
+        ServerMap {
             redis,
             user_ttl_ms,
-            handler_ttl_ms,
+            server_ttl_ms,
         }
     }
 
-    fn alive_key(&self, handler: &str) -> String {
-        self.redis.key(&format!("handler:{handler}"))
+    fn alive_key(&self, server: &str) -> String {
+        self.redis.key(&format!("handler:{server}"))
     }
 
     fn user_key(&self, user: &str) -> String {
-        user_handlers_key(&self.redis, user)
+        user_servers_key(&self.redis, user)
     }
 
-    fn reverse_key(&self, handler: &str) -> String {
-        self.redis.key(&format!("handler_users:{handler}"))
+    fn reverse_key(&self, server: &str) -> String {
+        self.redis.key(&format!("handler_users:{server}"))
     }
 
-    pub async fn register(&self, handler: &str) -> Result<(), StoreError> {
+    pub async fn register(&self, server: &str) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
-        pipe.sadd(self.redis.key("handlers"), handler)
+        pipe.sadd(self.redis.key("handlers"), server)
             .ignore()
             .cmd("SET")
-            .arg(self.alive_key(handler))
+            .arg(self.alive_key(server))
             .arg(now_ms())
             .arg("PX")
-            .arg(self.handler_ttl_ms)
+            .arg(self.server_ttl_ms)
             .ignore();
         self.redis.query_pipe(&pipe).await
     }
 
-    /// Renews the handler's liveness key; `false` if it had already expired (the janitor may
-    /// have cleaned up: the handler must register again).
-    pub async fn heartbeat(&self, handler: &str) -> Result<bool, StoreError> {
+    /// Renews the server's liveness key; `false` if it had already expired (the janitor may
+    /// have cleaned up: the server must register again).
+    pub async fn heartbeat(&self, server: &str) -> Result<bool, StoreError> {
         let renewed: bool = self
             .redis
             .query(
                 redis::cmd("SET")
-                    .arg(self.alive_key(handler))
+                    .arg(self.alive_key(server))
                     .arg(now_ms())
                     .arg("PX")
-                    .arg(self.handler_ttl_ms)
+                    .arg(self.server_ttl_ms)
                     .arg("XX"),
             )
             .await
@@ -173,36 +176,32 @@ impl HandlerMap {
         Ok(renewed)
     }
 
-    /// A first device of each user arrived on `handler`. Returns the users who were offline
+    /// A first device of each user arrived on `server`. Returns the users who were offline
     /// everywhere before (their presence changes).
-    pub async fn connected(
-        &self,
-        handler: &str,
-        users: &[&str],
-    ) -> Result<Vec<String>, StoreError> {
-        self.apply(CONNECTED_SCRIPT, handler, users).await
+    pub async fn connected(&self, server: &str, users: &[&str]) -> Result<Vec<String>, StoreError> {
+        self.apply(CONNECTED_SCRIPT, server, users).await
     }
 
-    /// The last device of each user left `handler`. Returns the users now offline everywhere
+    /// The last device of each user left `server`. Returns the users now offline everywhere
     /// (their last-seen time is recorded).
     pub async fn disconnected(
         &self,
-        handler: &str,
+        server: &str,
         users: &[&str],
     ) -> Result<Vec<String>, StoreError> {
-        self.apply(DISCONNECTED_SCRIPT, handler, users).await
+        self.apply(DISCONNECTED_SCRIPT, server, users).await
     }
 
-    /// Re-reports users the handler still holds, extending their mappings; no presence change
+    /// Re-reports users the server still holds, extending their mappings; no presence change
     /// unless a mapping had been lost.
-    pub async fn renew(&self, handler: &str, users: &[&str]) -> Result<Vec<String>, StoreError> {
-        self.apply(CONNECTED_SCRIPT, handler, users).await
+    pub async fn renew(&self, server: &str, users: &[&str]) -> Result<Vec<String>, StoreError> {
+        self.apply(CONNECTED_SCRIPT, server, users).await
     }
 
     async fn apply(
         &self,
         script: &str,
-        handler: &str,
+        server: &str,
         users: &[&str],
     ) -> Result<Vec<String>, StoreError> {
         if users.is_empty() {
@@ -214,10 +213,10 @@ impl HandlerMap {
             pipe.cmd("EVAL")
                 .arg(script)
                 .arg(3)
-                .arg(user_handlers_key(&self.redis, user))
-                .arg(self.reverse_key(handler))
+                .arg(user_servers_key(&self.redis, user))
+                .arg(self.reverse_key(server))
                 .arg(last_seen_key(&self.redis, user))
-                .arg(handler)
+                .arg(server)
                 .arg(now)
                 .arg(now + self.user_ttl_ms)
                 .arg(*user)
@@ -232,12 +231,12 @@ impl HandlerMap {
             .collect())
     }
 
-    /// Where a frame for `users` goes: handler → the users it is for. Below `broadcast_from`
-    /// users, [`Self::handlers_for`] (one lookup per user); from it on, every registered
-    /// handler with all of `users` ([`Self::registered_handlers`], one command), and each
-    /// handler delivers to whichever of them it holds. A large group then costs one `SMEMBERS`
+    /// Where a frame for `users` goes: socket server → the users it is for. Below `broadcast_from`
+    /// users, [`Self::servers_for`] (one lookup per user); from it on, every registered
+    /// server with all of `users` ([`Self::registered_servers`], one command), and each
+    /// server delivers to whichever of them it holds. A large group then costs one `SMEMBERS`
     /// instead of one `ZRANGEBYSCORE` per member, which was half the Redis master's CPU in S3
-    /// (docs/performance.md, run 17), at the price of a record for a handler holding none of
+    /// (docs/performance.md, run 17), at the price of a record for a server holding none of
     /// them.
     pub async fn route(
         &self,
@@ -245,26 +244,26 @@ impl HandlerMap {
         broadcast_from: usize,
     ) -> Result<HashMap<String, Vec<String>>, StoreError> {
         if users.is_empty() || users.len() < broadcast_from {
-            return self.handlers_for(users).await;
+            return self.servers_for(users).await;
         }
         Ok(self
-            .registered_handlers()
+            .registered_servers()
             .await?
             .into_iter()
-            .map(|handler| (handler, users.to_vec()))
+            .map(|server| (server, users.to_vec()))
             .collect())
     }
 
-    /// Every registered handler: the ones with a topic, until the janitor removes a dead one
-    /// (a dead handler's user mappings last as long, so a lookup reaches it as long too).
-    pub async fn registered_handlers(&self) -> Result<Vec<String>, StoreError> {
+    /// Every registered socket server: the ones with a topic, until the janitor removes a dead
+    /// one (a dead server's user mappings last as long, so a lookup reaches it as long too).
+    pub async fn registered_servers(&self) -> Result<Vec<String>, StoreError> {
         self.redis
             .query(redis::cmd("SMEMBERS").arg(self.redis.key("handlers")))
             .await
     }
 
-    /// Handlers holding a device of any of `users`, with the users each holds.
-    pub async fn handlers_for(
+    /// Socket servers holding a device of any of `users`, with the users each holds.
+    pub async fn servers_for(
         &self,
         users: &[String],
     ) -> Result<HashMap<String, Vec<String>>, StoreError> {
@@ -277,18 +276,18 @@ impl HandlerMap {
                 .arg("+inf");
         }
         let found: Vec<Vec<String>> = self.redis.query_pipe(&pipe).await?;
-        Ok(group_by_handler(users, found))
+        Ok(group_by_server(users, found))
     }
 
-    /// Handlers whose liveness key has expired.
-    pub async fn dead_handlers(&self) -> Result<Vec<String>, StoreError> {
-        let all = self.registered_handlers().await?;
+    /// Socket servers whose liveness key has expired.
+    pub async fn dead_servers(&self) -> Result<Vec<String>, StoreError> {
+        let all = self.registered_servers().await?;
         if all.is_empty() {
             return Ok(all);
         }
         let mut pipe = redis::pipe();
-        for handler in &all {
-            pipe.exists(self.alive_key(handler));
+        for server in &all {
+            pipe.exists(self.alive_key(server));
         }
         let alive: Vec<bool> = self.redis.query_pipe(&pipe).await?;
         Ok(all
@@ -299,23 +298,23 @@ impl HandlerMap {
             .collect())
     }
 
-    /// Removes every mapping of `handler`; returns the users now offline everywhere.
-    pub async fn forget(&self, handler: &str) -> Result<Vec<String>, StoreError> {
+    /// Removes every mapping of `server`; returns the users now offline everywhere.
+    pub async fn forget(&self, server: &str) -> Result<Vec<String>, StoreError> {
         let users: Vec<String> = self
             .redis
-            .query(redis::cmd("SMEMBERS").arg(self.reverse_key(handler)))
+            .query(redis::cmd("SMEMBERS").arg(self.reverse_key(server)))
             .await?;
         let refs: Vec<&str> = users.iter().map(String::as_str).collect();
         let mut offline = Vec::new();
         for chunk in refs.chunks(500) {
-            offline.extend(self.disconnected(handler, chunk).await?);
+            offline.extend(self.disconnected(server, chunk).await?);
         }
         let mut pipe = redis::pipe();
-        pipe.del(self.reverse_key(handler))
+        pipe.del(self.reverse_key(server))
             .ignore()
-            .del(self.alive_key(handler))
+            .del(self.alive_key(server))
             .ignore()
-            .srem(self.redis.key("handlers"), handler)
+            .srem(self.redis.key("handlers"), server)
             .ignore();
         self.redis.query_pipe::<()>(&pipe).await?;
         Ok(offline)
@@ -345,12 +344,12 @@ mod tests {
     /// The route lookup against real Redis: users grouped by the handlers holding them, in
     /// the order asked; users offline, or whose mapping expired, are left out.
     #[tokio::test(flavor = "current_thread")]
-    async fn route_lookup_groups_users_by_handler_and_skips_the_offline() {
+    async fn route_lookup_groups_users_by_server_and_skips_the_offline() {
         let redis = switchboard_test_support::shared::fresh_redis("socket-manager", "route-lookup");
-        let handlers = HandlerMap::new(redis.clone(), 60_000, 60_000);
+        let handlers = ServerMap::new(redis.clone(), 60_000, 60_000);
         handlers.connected("h1", &["alice", "bob"]).await.unwrap();
         handlers.connected("h2", &["bob", "erin"]).await.unwrap();
-        HandlerMap::new(redis.clone(), 1, 60_000)
+        ServerMap::new(redis.clone(), 1, 60_000)
             .connected("h1", &["dave"])
             .await
             .unwrap();
@@ -359,7 +358,7 @@ mod tests {
 
         let users = ["erin", "carol", "dave", "bob", "alice"].map(String::from);
         let mut found: Vec<(String, Vec<String>)> = handlers
-            .handlers_for(&users)
+            .servers_for(&users)
             .await
             .unwrap()
             .into_iter()
@@ -372,7 +371,7 @@ mod tests {
                 ("h2".to_owned(), vec!["erin".to_owned(), "bob".to_owned()]),
             ]
         );
-        assert!(handlers.handlers_for(&[]).await.unwrap().is_empty());
+        assert!(handlers.servers_for(&[]).await.unwrap().is_empty());
     }
 
     /// From `broadcast_from` users on, a route goes to every registered handler with all the
@@ -382,7 +381,7 @@ mod tests {
     async fn a_large_route_goes_to_every_registered_handler() {
         let redis =
             switchboard_test_support::shared::fresh_redis("socket-manager", "route-broadcast");
-        let handlers = HandlerMap::new(redis.clone(), 60_000, 60_000);
+        let handlers = ServerMap::new(redis.clone(), 60_000, 60_000);
         for handler in ["h1", "h2", "h3"] {
             handlers.register(handler).await.unwrap();
         }

@@ -1,5 +1,7 @@
-//! Bodies of the cluster-internal HTTP API between socket servers (handlers) and socket
-//! managers. Not client-facing; kept here so both sides compile against one definition.
+//! Bodies of the cluster-internal HTTP API between socket servers and socket managers. Not
+//! client-facing; kept here so both sides compile against one definition. The API's paths and
+//! one field keep the original design's name for a socket server, "handler"
+//! (`/internal/v1/handlers/...`, `handler_id`): they are wire names, the types are not.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,26 +11,30 @@ use crate::frames::{ClientFrame, ServerFrame};
 /// it with the `client_msg_id`s of the batch, so a send can be followed across the hop.
 pub const BATCH_ID_HEADER: &str = "x-sb-batch";
 
-/// `POST /internal/v1/handlers`: a handler announces itself; the manager creates its topic.
+/// `POST /internal/v1/handlers`: a socket server announces itself; the manager creates its
+/// topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandlerRegistration {
-    pub handler_id: String,
+pub struct ServerRegistration {
+    #[serde(rename = "handler_id")]
+    pub server_id: String,
 }
 
+/// The answer to a [`ServerRegistration`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandlerRegistered {
-    pub handler_id: String,
-    /// The Kafka topic the handler must consume.
+pub struct ServerRegistered {
+    #[serde(rename = "handler_id")]
+    pub server_id: String,
+    /// The Kafka topic the socket server must consume.
     pub topic: String,
 }
 
-/// One thing a handler reports; a batch carries many, in connection order.
+/// One thing a socket server reports; a batch carries many, in connection order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum HandlerItem {
-    /// A device of `user_id` connected on this handler.
+pub enum ServerItem {
+    /// A device of `user_id` connected on this socket server.
     Connected { connection_id: u64, user_id: String },
-    /// The last device of `user_id` on this handler left.
+    /// The last device of `user_id` on this socket server left.
     Disconnected { connection_id: u64, user_id: String },
     /// A client frame that needs the cluster (send, delivered, read, typing).
     Frame {
@@ -38,23 +44,33 @@ pub enum HandlerItem {
     },
 }
 
+/// The old name of [`ServerItem`], kept only while `socket-server/src/session.rs` (being
+/// restructured at the same time) still names it; remove once nothing does.
+pub type HandlerItem = ServerItem;
+
 /// `POST /internal/v1/handlers/{id}/batch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandlerBatch {
-    pub items: Vec<HandlerItem>,
+pub struct ServerBatch {
+    pub items: Vec<ServerItem>,
 }
 
 /// One reply per item, in order: the frame to send back to that item's connection, if any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandlerBatchReply {
+pub struct ServerBatchReply {
     pub replies: Vec<Option<ServerFrame>>,
 }
 
-/// `POST /internal/v1/handlers/{id}/renew`: every user with a device on the handler, so the
-/// user-to-handler mappings (which expire) stay alive while the handler does.
+/// `POST /internal/v1/handlers/{id}/renew`: every user with a device on the socket server, so
+/// the user-to-server mappings (which expire) stay alive while the server does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenewRequest {
     pub users: Vec<String>,
+}
+
+/// The answer to a [`RenewRequest`]: how many users' mappings were renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewReply {
+    pub renewed: usize,
 }
 
 /// `POST /internal/v1/conversations/{id}/settled-last-seq?after_seq=&partitions=` (manager →
@@ -69,6 +85,24 @@ pub struct SettledLog {
     /// The newest stored messages above `after_seq` (bounded), newest first.
     #[serde(default)]
     pub messages: Vec<SettledMessage>,
+}
+
+/// `GET /internal/v1/conversations/{id}/members` (manager → message service): the members
+/// of a conversation whose mirror in Redis was cold (the message service refills it on the
+/// way), and the highest stored `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationMembers {
+    pub members: Vec<String>,
+    /// The highest stored `seq` (0 for none).
+    #[serde(default)]
+    pub last_seq: u64,
+}
+
+/// `GET /internal/v1/users/{id}/contacts?max_group=` (manager → message service): who may see
+/// the user's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contacts {
+    pub contacts: Vec<String>,
 }
 
 /// A stored message above the asked `after_seq`: what its idempotency record held.

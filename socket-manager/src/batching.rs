@@ -348,7 +348,7 @@ impl Router {
         let encoded = match serde_json::to_vec(&record) {
             Ok(encoded) => encoded,
             Err(e) => {
-                tracing::error!(error = %e, %topic, "encoding a handler record failed");
+                tracing::error!(error = %e, %topic, "encoding a record for a socket server's topic failed");
                 return;
             }
         };
@@ -384,14 +384,14 @@ async fn run_router(kafka: Kafka, mut rx: mpsc::Receiver<RouteJob>) {
             // A full envelope goes now; the topic's later frames start its next one.
             if packer.envelopes.len() > 1 {
                 let full = packer.envelopes.remove(0);
-                enqueue_handler(&kafka, &acks, &topic, full);
+                enqueue_route(&kafka, &acks, &topic, full);
             }
             next = rx.try_recv().ok();
         }
         for topic in topics {
             if let Some(packer) = by_topic.remove(&topic) {
                 for jobs in packer.into_envelopes() {
-                    enqueue_handler(&kafka, &acks, &topic, jobs);
+                    enqueue_route(&kafka, &acks, &topic, jobs);
                 }
             }
         }
@@ -404,11 +404,11 @@ async fn run_router(kafka: Kafka, mut rx: mpsc::Receiver<RouteJob>) {
 /// acknowledgement in the background. One refused as too large is enqueued again record by
 /// record (those may then reach the handler after later envelopes; its reorder buffer puts
 /// messages back in `seq` order, and devices fill what it gives up on from history).
-fn enqueue_handler(kafka: &Kafka, acks: &TaskTracker, topic: &str, jobs: Vec<RouteJob>) {
-    let (payload, trace) = match handler_payload(&jobs) {
+fn enqueue_route(kafka: &Kafka, acks: &TaskTracker, topic: &str, jobs: Vec<RouteJob>) {
+    let (payload, trace) = match route_payload(&jobs) {
         Ok(encoded) => encoded,
         Err(e) => {
-            tracing::error!(error = %e, %topic, "encoding a handler envelope failed");
+            tracing::error!(error = %e, %topic, "encoding a socket server topic's envelope failed");
             return;
         }
     };
@@ -426,7 +426,7 @@ fn enqueue_handler(kafka: &Kafka, acks: &TaskTracker, topic: &str, jobs: Vec<Rou
         }
     }
     let failed = |e: KafkaFailure, topic: &str| {
-        tracing::warn!(error = %e, %topic, "routing to a handler failed");
+        tracing::warn!(error = %e, %topic, "routing to a socket server failed");
     };
     match kafka.enqueue(topic, topic, &payload) {
         Ok(ack) => {
@@ -435,19 +435,19 @@ fn enqueue_handler(kafka: &Kafka, acks: &TaskTracker, topic: &str, jobs: Vec<Rou
                 match ack.await {
                     Ok(()) => {}
                     Err(e) if e.is_too_large() && jobs.len() > 1 => {
-                        split_handler(&kafka, &tracker, &topic, jobs, e)
+                        split_route(&kafka, &tracker, &topic, jobs, e)
                     }
                     Err(e) => failed(e, &topic),
                 }
             });
         }
-        Err(e) if e.is_too_large() && jobs.len() > 1 => split_handler(kafka, acks, topic, jobs, e),
+        Err(e) if e.is_too_large() && jobs.len() > 1 => split_route(kafka, acks, topic, jobs, e),
         Err(e) => failed(e, topic),
     }
 }
 
 /// Enqueues every record of a refused envelope in an envelope of its own.
-fn split_handler(
+fn split_route(
     kafka: &Kafka,
     acks: &TaskTracker,
     topic: &str,
@@ -458,15 +458,15 @@ fn split_handler(
         %error,
         %topic,
         records = jobs.len(),
-        "a handler envelope was too large; routing its records one by one"
+        "a socket server topic's envelope was too large; routing its records one by one"
     );
     for job in jobs {
-        enqueue_handler(kafka, acks, topic, vec![job]);
+        enqueue_route(kafka, acks, topic, vec![job]);
     }
 }
 
 /// One handler envelope of `jobs` and its new trace id.
-fn handler_payload(jobs: &[RouteJob]) -> Result<(Vec<u8>, String), String> {
+fn route_payload(jobs: &[RouteJob]) -> Result<(Vec<u8>, String), String> {
     let trace = ulid::Ulid::new().to_string();
     let framing = Framing::of(&HandlerEnvelope {
         trace: Some(trace.clone()),

@@ -244,7 +244,7 @@ pub struct ManagerConfig {
     /// User-to-handler mapping lifetime (`SB_USER_MAPPING_TTL_MS`, default 900000).
     pub user_mapping_ttl_ms: i64,
     /// Handler liveness lifetime (`SB_HANDLER_TTL_MS`, default 6000).
-    pub handler_ttl_ms: i64,
+    pub server_ttl_ms: i64,
     /// Partitions of the message log (`SB_MESSAGE_PARTITIONS`, default 1).
     pub message_partitions: i32,
     /// Presence frames go to members of conversations up to this size
@@ -252,7 +252,7 @@ pub struct ManagerConfig {
     pub presence_max_group: usize,
     /// Delete a dead handler's topic (`SB_DELETE_HANDLER_TOPICS`, default true). The local
     /// stack turns it off: tansu 0.6's SQLite engine corrupts its state on topic deletion.
-    pub delete_handler_topics: bool,
+    pub delete_server_topics: bool,
     /// Replicas that must hold a sequence number before it is used (`SB_SEQ_REPLICA_ACKS`,
     /// default 1; 0 for a Redis without replicas): a failover then cannot roll a counter back
     /// under an acknowledged message.
@@ -376,7 +376,7 @@ impl ManagerConfig {
             produce_timeout_ms,
             idempotency_ttl_secs: lookup_or(lookup, SB_IDEMPOTENCY_TTL_SECS, 86_400)?,
             user_mapping_ttl_ms: lookup_or(lookup, SB_USER_MAPPING_TTL_MS, 900_000)?,
-            handler_ttl_ms: lookup_or(lookup, SB_HANDLER_TTL_MS, 6_000)?,
+            server_ttl_ms: lookup_or(lookup, SB_HANDLER_TTL_MS, 6_000)?,
             message_partitions: lookup_or(lookup, SB_MESSAGE_PARTITIONS, 1)?,
             presence_max_group: lookup_or(lookup, SB_PRESENCE_MAX_GROUP, 100)?,
             seq_replica_acks: lookup_or(lookup, SB_SEQ_REPLICA_ACKS, 1)?,
@@ -389,7 +389,7 @@ impl ManagerConfig {
             .get(),
             route_broadcast_from: lookup_or(lookup, SB_ROUTE_BROADCAST_FROM, 16)?,
             manager_id: lookup_string(lookup, SB_MANAGER_ID, &bind),
-            delete_handler_topics: lookup_bool(lookup, SB_DELETE_HANDLER_TOPICS, true)?,
+            delete_server_topics: lookup_bool(lookup, SB_DELETE_HANDLER_TOPICS, true)?,
             max_body_bytes,
             bind,
         })

@@ -49,8 +49,8 @@ pub(crate) async fn end_sessions(
         .end(user, now, state.config.token_max_lifetime_secs)
         .await?;
 
-    let registered = sequencer.handlers.registered_handlers().await?;
-    let dead = sequencer.handlers.dead_handlers().await?;
+    let registered = sequencer.servers.registered_servers().await?;
+    let dead = sequencer.servers.dead_servers().await?;
     let live: Vec<String> = registered
         .into_iter()
         .filter(|h| !dead.contains(h))
@@ -69,10 +69,10 @@ pub(crate) async fn end_sessions(
         order: None,
         message_id: None,
     };
-    let payload = serde_json::to_vec(&record).expect("a handler record always serializes");
+    let payload = serde_json::to_vec(&record).expect("a HandlerRecord always serializes");
     let kafka = &sequencer.kafka;
-    let produced = futures_util::future::join_all(live.iter().map(|handler| {
-        let topic = kafka.config.handler_topic(handler);
+    let produced = futures_util::future::join_all(live.iter().map(|server| {
+        let topic = kafka.config.handler_topic(server);
         let payload = &payload;
         async move { (kafka.produce(&topic, user, payload).await, topic) }
     }))

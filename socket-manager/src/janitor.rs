@@ -18,8 +18,8 @@ use crate::AppState;
 
 pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken) {
     let owner = ulid::Ulid::new().to_string();
-    let period = Duration::from_millis((state.config.handler_ttl_ms / 2).max(500) as u64);
-    let grace = Duration::from_millis(state.config.handler_ttl_ms.max(0) as u64);
+    let period = Duration::from_millis((state.config.server_ttl_ms / 2).max(500) as u64);
+    let grace = Duration::from_millis(state.config.server_ttl_ms.max(0) as u64);
     let mut ticker = tokio::time::interval(period);
     // Handler → (when this janitor first found its key missing, when it last did). Janitors
     // take turns with the lease, so a suspicion survives turns it did not sweep in; one not
@@ -31,8 +31,8 @@ pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken)
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let handlers = &state.sequencer.handlers;
-        match handlers
+        let servers = &state.sequencer.servers;
+        match servers
             .try_janitor_lease(&owner, period.as_millis() as i64)
             .await
         {
@@ -43,19 +43,19 @@ pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken)
                 continue;
             }
         }
-        let dead = match handlers.dead_handlers().await {
+        let dead = match servers.dead_servers().await {
             Ok(dead) => dead,
             Err(e) => {
-                tracing::debug!(error = %e, "listing handlers failed");
+                tracing::debug!(error = %e, "listing socket servers failed");
                 continue;
             }
         };
         let now = Instant::now();
-        suspects.retain(|handler, _| dead.contains(handler));
+        suspects.retain(|server, _| dead.contains(server));
         let dead: Vec<String> = dead
             .into_iter()
-            .filter(|handler| {
-                let seen = suspects.entry(handler.clone()).or_insert((now, now));
+            .filter(|server| {
+                let seen = suspects.entry(server.clone()).or_insert((now, now));
                 if now.duration_since(seen.1) > stale {
                     seen.0 = now;
                 }
@@ -63,18 +63,20 @@ pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken)
                 now.duration_since(seen.0) >= grace
             })
             .collect();
-        for handler in dead {
-            suspects.remove(&handler);
-            tracing::warn!(%handler, "handler stopped renewing; removing its topic and mappings");
-            if state.config.delete_handler_topics {
-                let topic = state.sequencer.kafka.config.handler_topic(&handler);
+        for server in dead {
+            suspects.remove(&server);
+            tracing::warn!(%server, "socket server stopped renewing; removing its topic and mappings");
+            if state.config.delete_server_topics {
+                let topic = state.sequencer.kafka.config.handler_topic(&server);
                 if let Err(e) = state.sequencer.kafka.delete_topic(&topic).await {
-                    tracing::warn!(error = %e, %topic, "deleting the handler topic failed");
+                    tracing::warn!(error = %e, %topic, "deleting the socket server's topic failed");
                 }
             }
-            match handlers.forget(&handler).await {
+            match servers.forget(&server).await {
                 Ok(offline) => crate::presence::announce(state.clone(), Vec::new(), offline),
-                Err(e) => tracing::warn!(error = %e, %handler, "forgetting the handler failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, %server, "forgetting the socket server failed")
+                }
             }
         }
     }

@@ -192,10 +192,10 @@ impl Application {
         let ops = ops
             .with_check("redis", redis.readiness_check())
             .with_check("broker", kafka.readiness_check());
-        let handlers = switchboard_chat_state::presence::HandlerMap::new(
+        let servers = switchboard_chat_state::presence::ServerMap::new(
             redis.clone(),
             config.user_mapping_ttl_ms,
-            config.handler_ttl_ms,
+            config.server_ttl_ms,
         );
         let config_origins = config.common.allowed_origins.clone();
         let mut workers = Workers::new();
@@ -231,7 +231,7 @@ impl Application {
                 appender: batching::LogAppender::start(kafka.clone(), log_partitions, &mut workers),
                 router: batching::Router::start(kafka.clone(), &mut workers),
                 kafka,
-                handlers,
+                servers,
                 route_broadcast_from: config.route_broadcast_from,
                 log_partitions,
                 replicas_required: config.seq_replica_acks,

@@ -20,7 +20,7 @@ use switchboard_message_log::RecordEvent;
 use switchboard_protocol::frames::{
     is_storable_text, ClientFrame, ReceiptKind, RecordKind, ServerFrame,
 };
-use switchboard_protocol::internal::HandlerItem;
+use switchboard_protocol::internal::ServerItem;
 use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, HandlerId, UserId};
 
 use crate::sequencer::SendRequest;
@@ -203,7 +203,7 @@ pub(crate) struct BatchPlan {
 }
 
 /// Splits the items `handler` posted; see the module docs.
-pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLimits) -> BatchPlan {
+pub(crate) fn plan(server: &HandlerId, items: Vec<ServerItem>, limits: &SendLimits) -> BatchPlan {
     let mut plan = BatchPlan {
         replies: vec![None; items.len()],
         ..BatchPlan::default()
@@ -211,13 +211,13 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
     let mut presence: HashMap<&str, bool> = HashMap::new();
     for item in &items {
         match item {
-            HandlerItem::Connected { user_id, .. } => {
+            ServerItem::Connected { user_id, .. } => {
                 presence.insert(user_id, true);
             }
-            HandlerItem::Disconnected { user_id, .. } => {
+            ServerItem::Disconnected { user_id, .. } => {
                 presence.insert(user_id, false);
             }
-            HandlerItem::Frame { .. } => {}
+            ServerItem::Frame { .. } => {}
         }
     }
     for (user, online) in presence {
@@ -228,7 +228,7 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
         }
     }
     for (index, item) in items.into_iter().enumerate() {
-        let HandlerItem::Frame {
+        let ServerItem::Frame {
             connection_id,
             user_id,
             frame,
@@ -301,7 +301,7 @@ pub(crate) fn plan(handler: &HandlerId, items: Vec<HandlerItem>, limits: &SendLi
                     .push((
                         index,
                         SendRequest {
-                            handler_id: handler.clone(),
+                            server_id: server.clone(),
                             connection_id,
                             sender_id,
                             conversation_id,
@@ -369,12 +369,12 @@ mod tests {
         max_record_bytes: switchboard_kafka::RECORD_MAX_BYTES,
     };
 
-    fn plan(handler: &HandlerId, items: Vec<HandlerItem>) -> BatchPlan {
-        super::plan(handler, items, &LIMITS)
+    fn plan(server: &HandlerId, items: Vec<ServerItem>) -> BatchPlan {
+        super::plan(server, items, &LIMITS)
     }
 
-    fn frame(connection_id: u64, user: &str, frame: ClientFrame) -> HandlerItem {
-        HandlerItem::Frame {
+    fn frame(connection_id: u64, user: &str, frame: ClientFrame) -> ServerItem {
+        ServerItem::Frame {
             connection_id,
             user_id: user.into(),
             frame,
@@ -398,19 +398,19 @@ mod tests {
     #[test]
     fn the_last_presence_report_per_user_wins() {
         let items = vec![
-            HandlerItem::Connected {
+            ServerItem::Connected {
                 connection_id: 1,
                 user_id: "ann".into(),
             },
-            HandlerItem::Disconnected {
+            ServerItem::Disconnected {
                 connection_id: 1,
                 user_id: "ann".into(),
             },
-            HandlerItem::Disconnected {
+            ServerItem::Disconnected {
                 connection_id: 2,
                 user_id: "bob".into(),
             },
-            HandlerItem::Connected {
+            ServerItem::Connected {
                 connection_id: 3,
                 user_id: "bob".into(),
             },
@@ -439,7 +439,7 @@ mod tests {
         assert_eq!(plan.sends[&conversation(C2)].len(), 1);
         assert!(plan.sends[&conversation(C1)]
             .iter()
-            .all(|(_, s)| s.handler_id == "h1"));
+            .all(|(_, s)| s.server_id == "h1"));
         assert_eq!(plan.replies[2], Some(ServerFrame::Pong));
         assert_eq!(plan.replies.iter().filter(|r| r.is_some()).count(), 1);
     }
@@ -533,7 +533,7 @@ mod tests {
         );
     }
 
-    fn send_body(client_msg_id: &str, body: String) -> HandlerItem {
+    fn send_body(client_msg_id: &str, body: String) -> ServerItem {
         frame(
             1,
             "ann",

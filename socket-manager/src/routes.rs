@@ -3,8 +3,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::internal::{
-    HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
-    RenewRequest, BATCH_ID_HEADER,
+    RenewRequest, ServerBatch, ServerBatchReply, ServerItem, ServerRegistered, ServerRegistration,
+    BATCH_ID_HEADER,
 };
 use switchboard_protocol::{ConversationId, ErrorCode, HandlerId};
 use switchboard_service_kit::cluster_auth::ServiceRole;
@@ -37,31 +37,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The id a handler names itself by: it becomes a Kafka topic name, so the rule is
 /// [`HandlerId`]'s.
-fn valid_handler_id(id: &str) -> Result<HandlerId, ApiError> {
+fn valid_server_id(id: &str) -> Result<HandlerId, ApiError> {
     HandlerId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 async fn register(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<HandlerRegistration>,
+    body: web::Json<ServerRegistration>,
 ) -> Result<HttpResponse, ApiError> {
     state
         .config
         .common
         .cluster
         .require(&req, &[ServiceRole::SocketServer])?;
-    valid_handler_id(&body.handler_id)?;
+    valid_server_id(&body.server_id)?;
     let kafka = &state.sequencer.kafka;
-    let topic = kafka.config.handler_topic(&body.handler_id);
+    let topic = kafka.config.handler_topic(&body.server_id);
     kafka
         .ensure_topic(&topic, 1)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    state.sequencer.handlers.register(&body.handler_id).await?;
-    tracing::info!(handler = %body.handler_id, %topic, "handler registered");
-    Ok(HttpResponse::Ok().json(HandlerRegistered {
-        handler_id: body.handler_id.clone(),
+    state.sequencer.servers.register(&body.server_id).await?;
+    tracing::info!(server = %body.server_id, %topic, "socket server registered");
+    Ok(HttpResponse::Ok().json(ServerRegistered {
+        server_id: body.server_id.clone(),
         topic,
     }))
 }
@@ -76,14 +76,14 @@ async fn deregister(
         .common
         .cluster
         .require(&req, &[ServiceRole::SocketServer])?;
-    let handler = path.into_inner();
-    valid_handler_id(&handler)?;
-    let topic = state.sequencer.kafka.config.handler_topic(&handler);
-    let offline = state.sequencer.handlers.forget(&handler).await?;
+    let server = path.into_inner();
+    valid_server_id(&server)?;
+    let topic = state.sequencer.kafka.config.handler_topic(&server);
+    let offline = state.sequencer.servers.forget(&server).await?;
     crate::presence::announce(state.clone(), Vec::new(), offline);
-    if state.config.delete_handler_topics {
+    if state.config.delete_server_topics {
         if let Err(e) = state.sequencer.kafka.delete_topic(&topic).await {
-            tracing::warn!(error = %e, %topic, "deleting the handler topic failed");
+            tracing::warn!(error = %e, %topic, "deleting the socket server's topic failed");
         }
     }
     Ok(HttpResponse::NoContent().finish())
@@ -99,7 +99,7 @@ async fn heartbeat(
         .common
         .cluster
         .require(&req, &[ServiceRole::SocketServer])?;
-    if state.sequencer.handlers.heartbeat(&path).await? {
+    if state.sequencer.servers.heartbeat(&path).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::new(
@@ -123,7 +123,7 @@ async fn renew(
     let users: Vec<&str> = body.users.iter().map(String::as_str).collect();
     let mut restored = Vec::new();
     for chunk in users.chunks(1000) {
-        restored.extend(state.sequencer.handlers.renew(&path, chunk).await?);
+        restored.extend(state.sequencer.servers.renew(&path, chunk).await?);
     }
     crate::presence::announce(state.clone(), restored, Vec::new());
     Ok(HttpResponse::Ok().json(serde_json::json!({ "renewed": users.len() })))
@@ -137,26 +137,26 @@ async fn batch(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Json<HandlerBatch>,
+    body: web::Json<ServerBatch>,
 ) -> Result<HttpResponse, ApiError> {
     state
         .config
         .common
         .cluster
         .require(&req, &[ServiceRole::SocketServer])?;
-    let handler = valid_handler_id(&path.into_inner())?;
+    let server = valid_server_id(&path.into_inner())?;
     let batch_id = req
         .headers()
         .get(BATCH_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    let span = tracing::debug_span!("batch", batch = %batch_id, %handler);
+    let span = tracing::debug_span!("batch", batch = %batch_id, %server);
     // Answered on the message path's runtime: every await in a batch (the numbering flush,
     // Redis replies, broker acks) is woken by a task of that runtime, and each wake that
     // crossed to this HTTP worker's thread cost a context switch. As a task of its own, a
     // batch also runs to its end when the socket server gives up waiting: its leases are
     // released and its pending numbers cleared rather than left for the next holder.
-    let work = answer_batch(state.clone(), handler, body.into_inner().items).instrument(span);
+    let work = answer_batch(state.clone(), server, body.into_inner().items).instrument(span);
     let reply = state
         .runtime
         .spawn(work)
@@ -168,9 +168,9 @@ async fn batch(
 /// The work of [`batch`], inside its span (so every line it logs names the batch).
 async fn answer_batch(
     state: web::Data<AppState>,
-    handler: HandlerId,
-    items: Vec<HandlerItem>,
-) -> Result<HandlerBatchReply, ApiError> {
+    server: HandlerId,
+    items: Vec<ServerItem>,
+) -> Result<ServerBatchReply, ApiError> {
     let crate::plan::BatchPlan {
         mut replies,
         online,
@@ -178,7 +178,7 @@ async fn answer_batch(
         mut sends,
         mut signals,
     } = crate::plan::plan(
-        &handler,
+        &server,
         items,
         &crate::plan::SendLimits {
             max_body_bytes: state.config.max_body_bytes,
@@ -187,11 +187,11 @@ async fn answer_batch(
     );
     let online: Vec<&str> = online.iter().map(String::as_str).collect();
     let offline: Vec<&str> = offline.iter().map(String::as_str).collect();
-    let handlers = &state.sequencer.handlers;
+    let servers = &state.sequencer.servers;
     // The quota check's round trip runs beside the presence reports' (the sends wait for both).
     let presence = async {
-        let came_online = handlers.connected(&handler, &online).await?;
-        let went_offline = handlers.disconnected(&handler, &offline).await?;
+        let came_online = servers.connected(&server, &online).await?;
+        let went_offline = servers.disconnected(&server, &offline).await?;
         Ok::<_, ApiError>((came_online, went_offline))
     };
     let (presence, verdicts) = futures_util::future::join(
@@ -216,7 +216,7 @@ async fn answer_batch(
     }
     let (send_results, signal_results) = futures_util::future::join(
         futures_util::future::join_all(send_groups),
-        answer_signals(&state, handler.as_str(), signals),
+        answer_signals(&state, server.as_str(), signals),
     )
     .await;
     for (index, frame) in send_results.into_iter().flatten() {
@@ -227,7 +227,7 @@ async fn answer_batch(
             replies[index] = frame;
         }
     }
-    Ok(HandlerBatchReply { replies })
+    Ok(ServerBatchReply { replies })
 }
 
 /// The per-user quota verdict of every frame that reached a send or a signal, by its place in
@@ -345,7 +345,7 @@ async fn send_group(
 /// `read 3` reach the other devices in that order), connections side by side.
 async fn answer_signals(
     state: &AppState,
-    handler: &str,
+    server: &str,
     signals: Vec<crate::plan::Signal>,
 ) -> Vec<(usize, Option<ServerFrame>)> {
     use std::collections::HashMap;
@@ -449,13 +449,13 @@ async fn answer_signals(
     futures_util::future::join_all(by_connection.into_iter().map(|group| async move {
         for (signal, recipients) in group {
             if signal.receipt.is_some() {
-                fan_out_signal(sequencer, handler, signal, &recipients).await;
+                fan_out_signal(sequencer, server, signal, &recipients).await;
                 continue;
             }
             // Typing goes first under pressure: when the route lookup or the router's full
             // queue holds it past its budget, it is dropped (the router's queue is cancel-safe)
             // while messages and receipts wait their turn.
-            let fan_out = fan_out_signal(sequencer, handler, signal, &recipients);
+            let fan_out = fan_out_signal(sequencer, server, signal, &recipients);
             if tokio::time::timeout(TYPING_FAN_OUT_BUDGET, fan_out)
                 .await
                 .is_err()
@@ -559,7 +559,7 @@ fn check_signal(
 /// Sends an accepted signal's frame to `recipients`' devices, but the sending connection.
 async fn fan_out_signal(
     sequencer: &crate::sequencer::Sequencer,
-    handler: &str,
+    server: &str,
     signal: crate::plan::Signal,
     recipients: &[String],
 ) {
@@ -583,6 +583,6 @@ async fn fan_out_signal(
         },
     };
     sequencer
-        .fan_out(&frame.to_json(), recipients, Some((handler, connection_id)))
+        .fan_out(&frame.to_json(), recipients, Some((server, connection_id)))
         .await;
 }

@@ -18,7 +18,7 @@ use switchboard_message_log::{
 };
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::internal::{
-    HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
+    ServerBatch, ServerBatchReply, ServerItem, ServerRegistered, ServerRegistration,
 };
 use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
 use switchboard_protocol::ErrorCode;
@@ -93,19 +93,19 @@ impl TestApp {
             .http
             .post(format!("{}/internal/v1/handlers", self.manager))
             .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
-            .json(&HandlerRegistration {
-                handler_id: handler_id.into(),
+            .json(&ServerRegistration {
+                server_id: handler_id.into(),
             })
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let registered: HandlerRegistered = resp.json().await.unwrap();
+        let registered: ServerRegistered = resp.json().await.unwrap();
         assert_eq!(registered.topic, self.kafka.handler_topic(handler_id));
         registered.topic
     }
 
-    async fn batch(&self, handler_id: &str, items: Vec<HandlerItem>) -> Vec<Option<ServerFrame>> {
+    async fn batch(&self, handler_id: &str, items: Vec<ServerItem>) -> Vec<Option<ServerFrame>> {
         let resp = self
             .http
             .post(format!(
@@ -113,12 +113,12 @@ impl TestApp {
                 self.manager
             ))
             .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
-            .json(&HandlerBatch { items })
+            .json(&ServerBatch { items })
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let reply: HandlerBatchReply = resp.json().await.unwrap();
+        let reply: ServerBatchReply = resp.json().await.unwrap();
         reply.replies
     }
 
@@ -152,15 +152,15 @@ impl TestApp {
     }
 }
 
-fn connected(connection_id: u64, user: &str) -> HandlerItem {
-    HandlerItem::Connected {
+fn connected(connection_id: u64, user: &str) -> ServerItem {
+    ServerItem::Connected {
         connection_id,
         user_id: user.into(),
     }
 }
 
-fn send(connection_id: u64, user: &str, conversation_id: &str, client_msg_id: &str) -> HandlerItem {
-    HandlerItem::Frame {
+fn send(connection_id: u64, user: &str, conversation_id: &str, client_msg_id: &str) -> ServerItem {
+    ServerItem::Frame {
         connection_id,
         user_id: user.into(),
         frame: ClientFrame::Send {
@@ -205,7 +205,7 @@ async fn sends_are_numbered_idempotent_and_land_on_the_log_and_the_handler_topic
                 send(1, "alice", &first, "a2"),
                 send(2, "bob", &first, "b2"),
                 send(1, "alice", &second, "a3"),
-                HandlerItem::Frame {
+                ServerItem::Frame {
                     connection_id: 1,
                     user_id: "alice".into(),
                     frame: ClientFrame::Ping,
@@ -403,7 +403,7 @@ async fn non_members_and_bad_sends_are_refused() {
                 send(7, "mallory", &conversation, "m1"),
                 send(7, "mallory", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "m2"),
                 send(7, "mallory", &conversation, ""),
-                HandlerItem::Frame {
+                ServerItem::Frame {
                     connection_id: 7,
                     user_id: "mallory".into(),
                     frame: ClientFrame::Typing {
@@ -481,8 +481,8 @@ async fn members_are_checked_in_the_numbering_script_and_strangers_fall_back() {
     assert_eq!(fallbacks().await, before + 1.0, "a stranger falls back");
 }
 
-fn read(connection_id: u64, user: &str, conversation_id: &str, seq: u64) -> HandlerItem {
-    HandlerItem::Frame {
+fn read(connection_id: u64, user: &str, conversation_id: &str, seq: u64) -> ServerItem {
+    ServerItem::Frame {
         connection_id,
         user_id: user.into(),
         frame: ClientFrame::Read {
@@ -516,7 +516,7 @@ async fn receipts_past_the_last_seq_are_refused() {
             "h3",
             vec![
                 read(2, "bob", &conversation, 3),
-                HandlerItem::Frame {
+                ServerItem::Frame {
                     connection_id: 2,
                     user_id: "bob".into(),
                     frame: ClientFrame::Delivered {
@@ -566,8 +566,8 @@ async fn the_internal_api_needs_the_cluster_secret() {
         .http
         .post(format!("{}/internal/v1/handlers", app.manager))
         .header(CLUSTER_SECRET_HEADER, "guessed")
-        .json(&HandlerRegistration {
-            handler_id: "rogue".into(),
+        .json(&ServerRegistration {
+            server_id: "rogue".into(),
         })
         .send()
         .await
@@ -576,7 +576,7 @@ async fn the_internal_api_needs_the_cluster_secret() {
     let resp = app
         .http
         .post(format!("{}/internal/v1/handlers/rogue/batch", app.manager))
-        .json(&HandlerBatch { items: Vec::new() })
+        .json(&ServerBatch { items: Vec::new() })
         .send()
         .await
         .unwrap();
@@ -586,8 +586,8 @@ async fn the_internal_api_needs_the_cluster_secret() {
         .http
         .post(format!("{}/internal/v1/handlers", app.manager))
         .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
-        .json(&HandlerRegistration {
-            handler_id: "no/slashes".into(),
+        .json(&ServerRegistration {
+            server_id: "no/slashes".into(),
         })
         .send()
         .await

@@ -14,7 +14,7 @@ use switchboard_kafka::KafkaConfig;
 use switchboard_message_log::{decode_handler_envelope, Event};
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::internal::{
-    HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistration,
+    ServerBatch, ServerBatchReply, ServerItem, ServerRegistration,
 };
 use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
 use switchboard_protocol::ErrorCode;
@@ -95,8 +95,8 @@ impl TestApp {
             .http
             .post(format!("{}/internal/v1/handlers", self.manager))
             .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
-            .json(&HandlerRegistration {
-                handler_id: handler_id.into(),
+            .json(&ServerRegistration {
+                server_id: handler_id.into(),
             })
             .send()
             .await
@@ -105,7 +105,7 @@ impl TestApp {
         self.kafka.handler_topic(handler_id)
     }
 
-    async fn batch(&self, handler_id: &str, items: Vec<HandlerItem>) -> Vec<Option<ServerFrame>> {
+    async fn batch(&self, handler_id: &str, items: Vec<ServerItem>) -> Vec<Option<ServerFrame>> {
         let resp = self
             .http
             .post(format!(
@@ -113,12 +113,12 @@ impl TestApp {
                 self.manager
             ))
             .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
-            .json(&HandlerBatch { items })
+            .json(&ServerBatch { items })
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let reply: HandlerBatchReply = resp.json().await.unwrap();
+        let reply: ServerBatchReply = resp.json().await.unwrap();
         reply.replies
     }
 
@@ -156,22 +156,22 @@ impl TestApp {
     }
 }
 
-fn connected(connection_id: u64, user: &str) -> HandlerItem {
-    HandlerItem::Connected {
+fn connected(connection_id: u64, user: &str) -> ServerItem {
+    ServerItem::Connected {
         connection_id,
         user_id: user.into(),
     }
 }
 
-fn frame(connection_id: u64, user: &str, frame: ClientFrame) -> HandlerItem {
-    HandlerItem::Frame {
+fn frame(connection_id: u64, user: &str, frame: ClientFrame) -> ServerItem {
+    ServerItem::Frame {
         connection_id,
         user_id: user.into(),
         frame,
     }
 }
 
-fn send(connection_id: u64, user: &str, conversation_id: &str, client_msg_id: &str) -> HandlerItem {
+fn send(connection_id: u64, user: &str, conversation_id: &str, client_msg_id: &str) -> ServerItem {
     frame(
         connection_id,
         user,
@@ -284,7 +284,7 @@ async fn a_batch_of_receipts_takes_one_round_of_acks() {
     );
 
     let rounds_before = app.metric("switchboard_manager_receipt_rounds_total").await;
-    let receipts: Vec<HandlerItem> = members
+    let receipts: Vec<ServerItem> = members
         .iter()
         .enumerate()
         .map(|(i, reader)| {
@@ -351,7 +351,7 @@ async fn sends_past_the_users_quota_are_refused_with_their_client_msg_id() {
     // Eight from each of mallory's connections, on two servers; bob's one in each.
     let mut answers = Vec::new();
     for (handler, connection) in [("q1", 1), ("q2", 3)] {
-        let mut items: Vec<HandlerItem> = (0..8)
+        let mut items: Vec<ServerItem> = (0..8)
             .map(|i| {
                 send(
                     connection,
@@ -550,14 +550,14 @@ async fn what_the_quota_check_costs_per_message() {
         for sender in &senders {
             conversations.push(app.group(sender, &["reader"]).await);
         }
-        let mut connect: Vec<HandlerItem> = senders
+        let mut connect: Vec<ServerItem> = senders
             .iter()
             .enumerate()
             .map(|(i, s)| connected(i as u64 + 1, s))
             .collect();
         connect.push(connected(99, "reader"));
         app.batch("hc", connect).await;
-        let batch = |round: usize| -> Vec<HandlerItem> {
+        let batch = |round: usize| -> Vec<ServerItem> {
             senders
                 .iter()
                 .zip(&conversations)

@@ -17,8 +17,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use reqwest::Method;
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::internal::{
-    HandlerBatch, HandlerBatchReply, HandlerItem, HandlerRegistered, HandlerRegistration,
-    RenewRequest, BATCH_ID_HEADER,
+    RenewRequest, ServerBatch, ServerBatchReply, ServerItem, ServerRegistered, ServerRegistration,
+    BATCH_ID_HEADER,
 };
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::cluster_auth::ClusterCredential;
@@ -41,7 +41,7 @@ const MAX_WAITING_PER_LANE: usize = 4096;
 
 /// One queued item and where its answer goes.
 pub struct Pending {
-    pub item: HandlerItem,
+    pub item: ServerItem,
     /// The connection's outbound queue, for the reply frame.
     pub reply_to: Option<mpsc::Sender<Outbound>>,
     /// Signalled once the manager has applied the item (connect reports wait on it).
@@ -93,7 +93,7 @@ impl std::io::Write for Counter {
 
 /// How many bytes `item` takes in a batch's JSON: serde's encoding of it (counted, not kept)
 /// and its comma.
-fn encoded_len(item: &HandlerItem) -> usize {
+fn encoded_len(item: &ServerItem) -> usize {
     let mut counter = Counter(0);
     // Counting cannot fail, and an item always encodes.
     let _ = serde_json::to_writer(&mut counter, item);
@@ -263,14 +263,14 @@ impl ManagerClient {
             queued_at.push(q.at);
             items.push(q.pending);
         }
-        let body = HandlerBatch {
+        let body = ServerBatch {
             items: items.iter().map(|p| p.item.clone()).collect(),
         };
         let path = format!("/internal/v1/handlers/{}/batch", self.handler_id);
         let mut answered_by = start_at;
         let posted = std::time::Instant::now();
         let batch_id = ulid::Ulid::new().to_string();
-        let result: Result<HandlerBatchReply, ManagerUnavailable> = self
+        let result: Result<ServerBatchReply, ManagerUnavailable> = self
             .post_any(&path, &body, Some(&batch_id), &mut answered_by)
             .await;
         self.metrics
@@ -357,11 +357,11 @@ impl ManagerClient {
     /// Registers this handler; returns the topic to consume.
     pub async fn register(&self) -> Result<String, ManagerUnavailable> {
         let mut start = 0;
-        let reply: HandlerRegistered = self
+        let reply: ServerRegistered = self
             .post_any(
                 "/internal/v1/handlers",
-                &HandlerRegistration {
-                    handler_id: self.handler_id.clone(),
+                &ServerRegistration {
+                    server_id: self.handler_id.clone(),
                 },
                 None,
                 &mut start,
@@ -416,7 +416,7 @@ impl ManagerClient {
 /// the error code), so a send can be followed from here through the manager and the log.
 fn log_answers(batch_id: &str, items: &[Pending], replies: &[Option<ServerFrame>]) {
     for (pending, reply) in items.iter().zip(replies) {
-        let HandlerItem::Frame {
+        let ServerItem::Frame {
             frame:
                 ClientFrame::Send {
                     client_msg_id,
@@ -454,12 +454,12 @@ fn log_answers(batch_id: &str, items: &[Pending], replies: &[Option<ServerFrame>
 /// Whether a batch with sends in it had every send answered `unavailable`: the manager
 /// answered, but cannot number anything.
 fn only_unavailable<'a>(
-    items: impl IntoIterator<Item = &'a HandlerItem>,
+    items: impl IntoIterator<Item = &'a ServerItem>,
     replies: &[Option<ServerFrame>],
 ) -> bool {
     let mut sends = 0;
     for (item, reply) in items.into_iter().zip(replies) {
-        if let HandlerItem::Frame { frame, .. } = item {
+        if let ServerItem::Frame { frame, .. } = item {
             if frame.client_msg_id().is_none() {
                 continue;
             }
@@ -480,9 +480,9 @@ fn only_unavailable<'a>(
 }
 
 /// What a client is told when no manager can take its frame.
-pub fn unavailable_reply(item: &HandlerItem) -> Option<ServerFrame> {
+pub fn unavailable_reply(item: &ServerItem) -> Option<ServerFrame> {
     match item {
-        HandlerItem::Frame { frame, .. } => Some(ServerFrame::Error {
+        ServerItem::Frame { frame, .. } => Some(ServerFrame::Error {
             code: ErrorCode::Unavailable,
             message: "the cluster is unavailable, retry shortly".into(),
             client_msg_id: frame.client_msg_id().map(str::to_owned),
@@ -497,7 +497,7 @@ mod tests {
 
     #[test]
     fn a_batch_whose_every_send_is_unavailable_moves_the_lane() {
-        let send = |id: &str| HandlerItem::Frame {
+        let send = |id: &str| ServerItem::Frame {
             connection_id: 1,
             user_id: "alice".into(),
             frame: ClientFrame::Send {
@@ -508,7 +508,7 @@ mod tests {
                 reply_to: None,
             },
         };
-        let connected = HandlerItem::Connected {
+        let connected = ServerItem::Connected {
             connection_id: 2,
             user_id: "bob".into(),
         };
@@ -531,7 +531,7 @@ mod tests {
     }
 
     fn queued(connection_id: u64, n: u64) -> Queued {
-        let item = HandlerItem::Connected {
+        let item = ServerItem::Connected {
             connection_id,
             user_id: format!("item-{n}"),
         };
@@ -549,7 +549,7 @@ mod tests {
 
     /// A send of a 43,000-byte body of U+0001: 258,000 bytes once encoded.
     fn poison(connection_id: u64, n: u64) -> Queued {
-        let item = HandlerItem::Frame {
+        let item = ServerItem::Frame {
             connection_id,
             user_id: "mallory".into(),
             frame: ClientFrame::Send {
@@ -576,8 +576,8 @@ mod tests {
         batch
             .iter()
             .map(|q| match &q.pending.item {
-                HandlerItem::Connected { user_id, .. } => user_id.clone(),
-                HandlerItem::Frame {
+                ServerItem::Connected { user_id, .. } => user_id.clone(),
+                ServerItem::Frame {
                     frame: ClientFrame::Send { client_msg_id, .. },
                     ..
                 } => client_msg_id.clone(),
@@ -597,7 +597,7 @@ mod tests {
         while !waiting.is_empty() {
             let batch = take_batch(&mut waiting, &HashSet::new());
             assert!(!batch.is_empty());
-            let body = serde_json::to_vec(&HandlerBatch {
+            let body = serde_json::to_vec(&ServerBatch {
                 items: batch.iter().map(|q| q.pending.item.clone()).collect(),
             })
             .unwrap();

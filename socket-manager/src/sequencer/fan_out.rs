@@ -48,7 +48,7 @@ impl Sequencer {
     /// Which handlers get a frame for `users` (one Redis round trip); an empty map when the
     /// lookup fails (devices then catch up from history).
     pub(super) async fn route_targets(&self, users: &[String]) -> RouteTargets {
-        match self.handlers.route(users, self.route_broadcast_from).await {
+        match self.servers.route(users, self.route_broadcast_from).await {
             Ok(map) => map,
             Err(e) => {
                 tracing::warn!(error = %e, "recipient lookup failed; devices will catch up from history");
@@ -77,17 +77,17 @@ impl Sequencer {
         skip: Option<(&str, u64)>,
         message: Option<&LogRecord>,
     ) {
-        for (handler, recipients) in targets {
+        for (server, recipients) in targets {
             let record = HandlerRecord {
                 recipients: recipients.clone(),
-                skip_connection: skip.filter(|(h, _)| h == handler).map(|(_, c)| c),
+                skip_connection: skip.filter(|(h, _)| h == server).map(|(_, c)| c),
                 frame: frame.to_owned(),
                 accepted_at_ms: message.map(|m| m.created_at.millis()),
                 order: message.map(|m| (m.conversation_id.clone(), m.seq)),
                 message_id: message.map(|m| m.message_id.clone()),
             };
             self.router
-                .route(self.kafka.config.handler_topic(handler), record)
+                .route(self.kafka.config.handler_topic(server), record)
                 .await;
         }
     }

@@ -57,7 +57,7 @@ use crate::batching::{LogAppender, Router};
 use crate::kafka::Kafka;
 use crate::members::Members;
 use crate::numbering::{NumberingBatcher, ScriptCall};
-use switchboard_chat_state::presence::{group_by_handler, HandlerMap};
+use switchboard_chat_state::presence::{group_by_server, ServerMap};
 
 use lease::{renew, Lease, RELEASE};
 use scripts::{NumberReply, NumberingError, FINISH, NUMBER};
@@ -69,7 +69,7 @@ type RouteTargets = HashMap<String, Vec<String>>;
 /// A send as the handler reported it, its ids checked.
 #[derive(Debug, Clone)]
 pub struct SendRequest {
-    pub handler_id: HandlerId,
+    pub server_id: HandlerId,
     pub connection_id: u64,
     pub sender_id: UserId,
     pub conversation_id: ConversationId,
@@ -134,9 +134,9 @@ pub struct Sequencer {
     /// Handler-topic routing, batched into envelopes per handler.
     pub router: Router,
     pub members: Members,
-    pub handlers: HandlerMap,
+    pub servers: ServerMap,
     /// Recipients from which a frame goes to every registered handler instead of the ones a
-    /// lookup per recipient finds (`SB_ROUTE_BROADCAST_FROM`; see [`HandlerMap::route`]).
+    /// lookup per recipient finds (`SB_ROUTE_BROADCAST_FROM`; see [`ServerMap::route`]).
     pub route_broadcast_from: usize,
     /// Partitions of the message log (`SB_MESSAGE_PARTITIONS`): a fence goes to the
     /// conversation's own.
@@ -408,7 +408,7 @@ impl Sequencer {
             .collect();
         if !routable.is_empty() {
             for (i, record) in routable {
-                let skip = Some((sends[i].handler_id.as_str(), sends[i].connection_id));
+                let skip = Some((sends[i].server_id.as_str(), sends[i].connection_id));
                 self.route(&targets, record, skip).await;
             }
         }
@@ -541,7 +541,7 @@ impl Sequencer {
                 })
             })
             .collect::<Result<Vec<_>, NumberingError>>()?;
-        let routes = found.map(|found| group_by_handler(&members, found));
+        let routes = found.map(|found| group_by_server(&members, found));
         Ok(NumberedBatch {
             epoch,
             numbered,
@@ -713,7 +713,7 @@ mod tests {
 
     fn send(body: String) -> SendRequest {
         SendRequest {
-            handler_id: HandlerId::parse("h1").unwrap(),
+            server_id: HandlerId::parse("h1").unwrap(),
             connection_id: 1,
             sender_id: UserId::parse("alice").unwrap(),
             conversation_id: ConversationId::parse("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap(),

@@ -91,7 +91,7 @@ pub(super) fn split_pending(value: &str) -> (u64, &str) {
 pub const SEQUENCE_FUNCTIONS: [ScriptFunction; 2] = [NUMBER, FINISH];
 
 /// The Lua the sequence functions share: the route lookup of the presence key family's owner.
-pub const SEQUENCE_PREAMBLE: &str = switchboard_chat_state::presence::HANDLERS_OF_LUA;
+pub const SEQUENCE_PREAMBLE: &str = switchboard_chat_state::presence::SERVERS_OF_LUA;
 
 /// Checks that every sender is a member, takes the lease when it is free (one round trip for
 /// "check, lock and number") and numbers a conversation's sends.
@@ -189,7 +189,7 @@ if numbered_any then
         r")
 end
 if #members < tonumber(A[4]) then
-  return {out, members, 1, handlers_of(A[6], members, A[5]), tonumber(epoch)}
+  return {out, members, 1, servers_of(A[6], members, A[5]), tonumber(epoch)}
 end
 return {out, members, 0, {}, tonumber(epoch)}"
     ),
@@ -312,7 +312,7 @@ mod tests {
     use crate::sequencer::RouteTargets;
     use redis::Value;
     use std::time::Duration;
-    use switchboard_chat_state::presence::{group_by_handler, HandlerMap};
+    use switchboard_chat_state::presence::{group_by_server, ServerMap};
     use switchboard_service_kit::redis_sentinel::SentinelRedis;
     use switchboard_service_kit::supervise::Workers;
 
@@ -503,7 +503,7 @@ mod tests {
         assert!(refused(stranger), "carol is not a member");
         assert!(untouched().await);
 
-        let handlers = HandlerMap::new(redis.clone(), 60_000, 60_000);
+        let handlers = ServerMap::new(redis.clone(), 60_000, 60_000);
         handlers.connected("h1", &["alice"]).await.unwrap();
         let reply = batcher
             .run(number("t1", &[], &["alice", "bob"]))
@@ -521,7 +521,7 @@ mod tests {
         assert_eq!(epoch, 4, "the epoch the counter was checked under");
         let found = found.expect("two members: the routes are looked up too");
         assert_eq!(
-            group_by_handler(&members, found),
+            group_by_server(&members, found),
             RouteTargets::from([("h1".to_owned(), vec!["alice".to_owned()])])
         );
         assert_eq!(

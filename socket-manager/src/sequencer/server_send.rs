@@ -12,7 +12,7 @@ use super::{error_frame, unavailable, SendRequest, Sequencer};
 /// The handler id a server-API send names as its origin: no socket server registers it
 /// (handler ids come from socket servers' own configuration and this one is documented as
 /// reserved), so the fan-out skips no device.
-pub const SERVER_API_HANDLER: &str = "server-api";
+pub const SERVER_API_ORIGIN: &str = "server-api";
 
 impl Sequencer {
     /// Numbers one server-API message under the conversation's lease and answers it like a
@@ -28,7 +28,7 @@ impl Sequencer {
         reserved_sender: bool,
     ) -> ServerFrame {
         let request = SendRequest {
-            handler_id: HandlerId::parse(SERVER_API_HANDLER).expect("a valid handler id"),
+            server_id: HandlerId::parse(SERVER_API_ORIGIN).expect("a valid server id"),
             connection_id: 0,
             sender_id,
             conversation_id: conversation_id.clone(),
