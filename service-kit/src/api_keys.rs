@@ -36,9 +36,9 @@ use sha2::{Digest, Sha256};
 use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::ErrorCode;
 
-use crate::config::{lookup_optional, process_env, ConfigError, Lookup};
 use crate::env::EnvVar;
 use crate::http::ApiError;
+use crate::lookup::{lookup_optional, process_env, ConfigError, Lookup};
 
 pub const SB_API_KEYS_FILE: &str = "SB_API_KEYS_FILE";
 pub const SB_API_KEYS: &str = "SB_API_KEYS";

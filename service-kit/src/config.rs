@@ -3,13 +3,18 @@
 //! setup. The variables every service reads are in [`COMMON`] (this module's [`ENV`], Redis's and
 //! logging's); `docs/configuration.md` lists them and each service's own.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use switchboard_protocol::token::{TokenKeys, TokenPolicy};
 
 use crate::cluster_auth::{ClusterAuth, Secret};
 use crate::env::{EnvTable, EnvVar};
+pub use crate::jwks::JwksSource;
+use crate::limits::{TrustedProxies, DEFAULT_TRUSTED_PROXIES};
+pub use crate::lookup::{
+    env_bool, env_millis, env_optional, env_or, env_string, lookup_bool, lookup_millis,
+    lookup_optional, lookup_or, lookup_string, process_env, ConfigError, Lookup,
+};
 use crate::redis_sentinel::RedisConfig;
 
 pub const SB_JWT_SECRET: &str = "SB_JWT_SECRET";
@@ -167,113 +172,6 @@ pub const COMMON: &[EnvTable] = &[
     },
 ];
 
-#[derive(Debug, thiserror::Error)]
-#[error("environment variable {name}={value:?} is invalid: {reason}")]
-pub struct ConfigError {
-    pub name: String,
-    pub value: String,
-    pub reason: String,
-}
-
-/// Where a config reads its variables from: a variable's value by name, `None` when unset.
-/// `from_env` is `from_lookup` with [`process_env`]; tests pass a map of their own, so the
-/// same parsing and defaults serve both.
-pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
-
-/// The process environment as a [`Lookup`]: `std::env::var`, unset (or not Unicode) as `None`.
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
-/// Reads `name` from `lookup`, or `default` when unset or empty.
-pub fn lookup_or<T>(lookup: Lookup<'_>, name: &str, default: T) -> Result<T, ConfigError>
-where
-    T: FromStr,
-    T::Err: std::fmt::Display,
-{
-    match lookup(name) {
-        Some(value) if !value.trim().is_empty() => {
-            value.trim().parse().map_err(|e: T::Err| ConfigError {
-                name: name.to_owned(),
-                value,
-                reason: e.to_string(),
-            })
-        }
-        _ => Ok(default),
-    }
-}
-
-/// Reads a string variable from `lookup`; `None` when unset or empty.
-pub fn lookup_optional(lookup: Lookup<'_>, name: &str) -> Option<String> {
-    lookup(name)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-}
-
-/// Reads a string variable from `lookup` with a default.
-pub fn lookup_string(lookup: Lookup<'_>, name: &str, default: &str) -> String {
-    match lookup(name) {
-        Some(value) if !value.trim().is_empty() => value.trim().to_owned(),
-        _ => default.to_owned(),
-    }
-}
-
-/// Reads a duration given in milliseconds from `lookup`.
-pub fn lookup_millis(
-    lookup: Lookup<'_>,
-    name: &str,
-    default_ms: u64,
-) -> Result<Duration, ConfigError> {
-    lookup_or(lookup, name, default_ms).map(Duration::from_millis)
-}
-
-/// Reads a boolean from `lookup`: `1`, `true`, `yes`, `on` are true; `0`, `false`, `no`, `off`
-/// are false.
-pub fn lookup_bool(lookup: Lookup<'_>, name: &str, default: bool) -> Result<bool, ConfigError> {
-    match lookup(name) {
-        Some(value) if !value.trim().is_empty() => match value.trim().to_ascii_lowercase().as_str()
-        {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(ConfigError {
-                name: name.to_owned(),
-                value,
-                reason: "expected true or false".into(),
-            }),
-        },
-        _ => Ok(default),
-    }
-}
-
-/// Reads `name`, or `default` when unset or empty.
-pub fn env_or<T>(name: &str, default: T) -> Result<T, ConfigError>
-where
-    T: FromStr,
-    T::Err: std::fmt::Display,
-{
-    lookup_or(&process_env, name, default)
-}
-
-/// Reads a string variable; `None` when unset or empty.
-pub fn env_optional(name: &str) -> Option<String> {
-    lookup_optional(&process_env, name)
-}
-
-/// Reads a string variable with a default.
-pub fn env_string(name: &str, default: &str) -> String {
-    lookup_string(&process_env, name, default)
-}
-
-/// Reads a duration given in milliseconds.
-pub fn env_millis(name: &str, default_ms: u64) -> Result<Duration, ConfigError> {
-    lookup_millis(&process_env, name, default_ms)
-}
-
-/// Reads a boolean: `1`, `true`, `yes`, `on` are true; `0`, `false`, `no`, `off` are false.
-pub fn env_bool(name: &str, default: bool) -> Result<bool, ConfigError> {
-    lookup_bool(&process_env, name, default)
-}
-
 /// Settings every service shares.
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
@@ -308,15 +206,6 @@ pub struct CommonConfig {
     pub trusted_proxies: crate::limits::TrustedProxies,
 }
 
-/// Where an identity provider publishes its keys.
-#[derive(Debug, Clone)]
-pub struct JwksSource {
-    pub url: String,
-    pub refresh: Duration,
-    /// Extra trusted CA certificates (PEM) for an https URL (`SB_JWT_JWKS_CA_FILE`).
-    pub ca_file: Option<String>,
-}
-
 /// The published defaults of the secrets: fine for a demo, never for a deployment.
 pub const DEFAULT_JWT_SECRET: &str = "switchboard-dev-jwt-secret";
 pub const DEFAULT_CLUSTER_SECRET: &str = "switchboard-dev-cluster-secret";
@@ -333,36 +222,14 @@ impl CommonConfig {
     /// refused: anyone could mint tokens or register a socket server with a published one.
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         let jwks_url = lookup_optional(lookup, SB_JWT_JWKS_URL);
-        let read_key = |name: &str| -> Result<Option<Vec<u8>>, ConfigError> {
-            lookup_optional(lookup, name)
-                .map(|path| {
-                    std::fs::read(&path).map_err(|e| ConfigError {
-                        name: name.to_owned(),
-                        value: path.clone(),
-                        reason: format!("cannot read the key file: {e}"),
-                    })
-                })
-                .transpose()
-        };
-        let jwt_public_key = read_key(SB_JWT_PUBLIC_KEY_FILE)?;
-        let jwt_private_key = read_key(SB_JWT_PRIVATE_KEY_FILE)?;
-        let hs256 = match lookup_string(lookup, SB_JWT_HS256, "auto").as_str() {
-            "auto" => jwks_url.is_none() && jwt_public_key.is_none() && jwt_private_key.is_none(),
-            "true" => true,
-            "false" => false,
-            other => {
-                return Err(ConfigError {
-                    name: SB_JWT_HS256.to_owned(),
-                    value: other.to_owned(),
-                    reason: "must be true, false or auto".to_owned(),
-                })
-            }
-        };
+        let jwt_public_key = read_key_file(lookup, SB_JWT_PUBLIC_KEY_FILE)?;
+        let jwt_private_key = read_key_file(lookup, SB_JWT_PRIVATE_KEY_FILE)?;
+        let other_keys =
+            jwks_url.is_some() || jwt_public_key.is_some() || jwt_private_key.is_some();
+        let hs256 = hs256_setting(lookup, other_keys)?;
         let dev_mode = lookup_bool(lookup, SB_DEV_MODE, false)?;
         let jwt_secret = if hs256 {
-            let secret = lookup_string(lookup, SB_JWT_SECRET, DEFAULT_JWT_SECRET);
-            check_secret(SB_JWT_SECRET, &secret, dev_mode)?;
-            Some(Secret::new(secret))
+            Some(jwt_secret(lookup, dev_mode)?)
         } else {
             None
         };
@@ -374,92 +241,145 @@ impl CommonConfig {
             jwt_private_key,
             cluster,
             dev_mode,
-            token_policy: TokenPolicy {
-                issuer: lookup_optional(lookup, SB_JWT_ISSUER),
-                audience: lookup_optional(lookup, SB_JWT_AUDIENCE),
-                leeway_secs: lookup_or(lookup, SB_JWT_LEEWAY_SECS, 30)?,
-                reserved_prefixes: match lookup_string(
-                    lookup,
-                    SB_SERVER_SENDER_PREFIXES,
-                    switchboard_protocol::token::DEFAULT_RESERVED_PREFIXES,
-                )
-                .as_str()
-                {
-                    "none" => Vec::new(),
-                    prefixes => prefixes
-                        .split(',')
-                        .map(|p| p.trim().to_owned())
-                        .filter(|p| !p.is_empty())
-                        .collect(),
-                },
-                hs256,
-            },
-            jwks: jwks_url
-                .map(|url| -> Result<JwksSource, ConfigError> {
-                    Ok(JwksSource {
-                        url,
-                        ca_file: lookup_optional(lookup, SB_JWT_JWKS_CA_FILE),
-                        refresh: Duration::from_secs(lookup_or(
-                            lookup,
-                            SB_JWT_JWKS_REFRESH_SECS,
-                            300,
-                        )?),
-                    })
-                })
-                .transpose()?,
-            trusted_proxies: {
-                let text = lookup_string(
-                    lookup,
-                    SB_TRUSTED_PROXIES,
-                    crate::limits::DEFAULT_TRUSTED_PROXIES,
-                );
-                crate::limits::TrustedProxies::parse(&text).map_err(|reason| ConfigError {
-                    name: SB_TRUSTED_PROXIES.to_owned(),
-                    value: text.clone(),
-                    reason,
-                })?
-            },
-            allowed_origins: lookup_string(lookup, SB_ALLOWED_ORIGINS, "")
-                .split(',')
-                .map(|o| o.trim().trim_end_matches('/').to_owned())
-                .filter(|o| !o.is_empty())
-                .collect(),
+            token_policy: token_policy(lookup, hs256)?,
+            jwks: jwks_url.map(|url| jwks_source(lookup, url)).transpose()?,
+            trusted_proxies: trusted_proxies(lookup)?,
+            allowed_origins: allowed_origins(lookup),
         };
-        if let Some(jwks) = &config.jwks {
-            // An identity provider issues tokens for many applications: without both checks,
-            // a token it issued to another application (or another tenant) would open ours.
-            for (name, value) in [
-                (SB_JWT_ISSUER, &config.token_policy.issuer),
-                (SB_JWT_AUDIENCE, &config.token_policy.audience),
-            ] {
-                if value.is_none() {
-                    return Err(ConfigError {
-                        name: name.to_owned(),
-                        value: String::new(),
-                        reason: format!(
-                            "required with {SB_JWT_JWKS_URL} ({}): an identity provider's \
-                             tokens for other applications must not verify here",
-                            jwks.url
-                        ),
-                    });
-                }
-            }
-        }
-        if !hs256 && config.jwt_public_key.is_none() && config.jwks.is_none() {
-            return Err(ConfigError {
-                name: SB_JWT_HS256.to_owned(),
-                value: "false".to_owned(),
-                reason: format!(
-                    "no key would verify client tokens: keep HS256 on, or set \
-                     {SB_JWT_PUBLIC_KEY_FILE} or {SB_JWT_JWKS_URL}"
-                ),
-            });
-        }
+        config.require_issuer_and_audience_with_jwks()?;
+        config.require_a_verifying_key()?;
         // Checked now rather than at the first token: a key that does not parse is a
         // configuration error, named by its setting.
         config.try_token_keys()?;
         Ok(config)
     }
+
+    /// An identity provider issues tokens for many applications: without both checks, a
+    /// token it issued to another application (or another tenant) would open ours.
+    fn require_issuer_and_audience_with_jwks(&self) -> Result<(), ConfigError> {
+        let Some(jwks) = &self.jwks else {
+            return Ok(());
+        };
+        for (name, value) in [
+            (SB_JWT_ISSUER, &self.token_policy.issuer),
+            (SB_JWT_AUDIENCE, &self.token_policy.audience),
+        ] {
+            if value.is_none() {
+                return Err(ConfigError {
+                    name: name.to_owned(),
+                    value: String::new(),
+                    reason: format!(
+                        "required with {SB_JWT_JWKS_URL} ({}): an identity provider's \
+                         tokens for other applications must not verify here",
+                        jwks.url
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// With HS256 off, a public key or a JWKS must verify client tokens.
+    fn require_a_verifying_key(&self) -> Result<(), ConfigError> {
+        if self.token_policy.hs256 || self.jwt_public_key.is_some() || self.jwks.is_some() {
+            return Ok(());
+        }
+        Err(ConfigError {
+            name: SB_JWT_HS256.to_owned(),
+            value: "false".to_owned(),
+            reason: format!(
+                "no key would verify client tokens: keep HS256 on, or set \
+                 {SB_JWT_PUBLIC_KEY_FILE} or {SB_JWT_JWKS_URL}"
+            ),
+        })
+    }
+}
+
+/// The PEM file a key setting names, read now; `None` when the setting is unset.
+fn read_key_file(lookup: Lookup<'_>, name: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+    lookup_optional(lookup, name)
+        .map(|path| {
+            std::fs::read(&path).map_err(|e| ConfigError {
+                name: name.to_owned(),
+                value: path.clone(),
+                reason: format!("cannot read the key file: {e}"),
+            })
+        })
+        .transpose()
+}
+
+/// `SB_JWT_HS256`: `auto` is on only where no other key (`other_keys`: a JWKS or an Ed25519
+/// key file) is configured.
+fn hs256_setting(lookup: Lookup<'_>, other_keys: bool) -> Result<bool, ConfigError> {
+    match lookup_string(lookup, SB_JWT_HS256, "auto").as_str() {
+        "auto" => Ok(!other_keys),
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(ConfigError {
+            name: SB_JWT_HS256.to_owned(),
+            value: other.to_owned(),
+            reason: "must be true, false or auto".to_owned(),
+        }),
+    }
+}
+
+/// `SB_JWT_SECRET`, refused outside dev mode when it is the default or short.
+fn jwt_secret(lookup: Lookup<'_>, dev_mode: bool) -> Result<Secret, ConfigError> {
+    let secret = lookup_string(lookup, SB_JWT_SECRET, DEFAULT_JWT_SECRET);
+    check_secret(SB_JWT_SECRET, &secret, dev_mode)?;
+    Ok(Secret::new(secret))
+}
+
+/// What a client token must carry (`SB_JWT_ISSUER`, `SB_JWT_AUDIENCE`, `SB_JWT_LEEWAY_SECS`,
+/// `SB_SERVER_SENDER_PREFIXES`) and whether HS256 verifies.
+fn token_policy(lookup: Lookup<'_>, hs256: bool) -> Result<TokenPolicy, ConfigError> {
+    let prefixes = lookup_string(
+        lookup,
+        SB_SERVER_SENDER_PREFIXES,
+        switchboard_protocol::token::DEFAULT_RESERVED_PREFIXES,
+    );
+    Ok(TokenPolicy {
+        issuer: lookup_optional(lookup, SB_JWT_ISSUER),
+        audience: lookup_optional(lookup, SB_JWT_AUDIENCE),
+        leeway_secs: lookup_or(lookup, SB_JWT_LEEWAY_SECS, 30)?,
+        reserved_prefixes: match prefixes.as_str() {
+            "none" => Vec::new(),
+            prefixes => prefixes
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        },
+        hs256,
+    })
+}
+
+/// The identity provider at `url` (`SB_JWT_JWKS_URL`) with its CA file and refresh interval.
+fn jwks_source(lookup: Lookup<'_>, url: String) -> Result<JwksSource, ConfigError> {
+    Ok(JwksSource {
+        url,
+        ca_file: lookup_optional(lookup, SB_JWT_JWKS_CA_FILE),
+        refresh: Duration::from_secs(lookup_or(lookup, SB_JWT_JWKS_REFRESH_SECS, 300)?),
+    })
+}
+
+/// `SB_TRUSTED_PROXIES`, parsed into networks.
+fn trusted_proxies(lookup: Lookup<'_>) -> Result<TrustedProxies, ConfigError> {
+    let text = lookup_string(lookup, SB_TRUSTED_PROXIES, DEFAULT_TRUSTED_PROXIES);
+    TrustedProxies::parse(&text).map_err(|reason| ConfigError {
+        name: SB_TRUSTED_PROXIES.to_owned(),
+        value: text.clone(),
+        reason,
+    })
+}
+
+/// `SB_ALLOWED_ORIGINS`, comma separated, each without a trailing slash.
+fn allowed_origins(lookup: Lookup<'_>) -> Vec<String> {
+    lookup_string(lookup, SB_ALLOWED_ORIGINS, "")
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect()
 }
 
 /// `SB_SERVICE_SECRET`, `SB_CALLER_KEYS` and the shared `SB_CLUSTER_SECRET` (checked only

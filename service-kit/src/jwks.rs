@@ -10,7 +10,14 @@ use jsonwebtoken::jwk::JwkSet;
 use switchboard_protocol::token::TokenKeys;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::JwksSource;
+/// Where an identity provider publishes its keys.
+#[derive(Debug, Clone)]
+pub struct JwksSource {
+    pub url: String,
+    pub refresh: Duration,
+    /// Extra trusted CA certificates (PEM) for an https URL (`SB_JWT_JWKS_CA_FILE`).
+    pub ca_file: Option<String>,
+}
 
 /// Pause between attempts while no key set has loaded yet.
 const FIRST_LOAD_RETRY: Duration = Duration::from_secs(5);
@@ -33,7 +40,8 @@ pub fn client(source: &JwksSource) -> Result<reqwest::Client, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
-/// The task that keeps a [`TokenKeys`]' JWKS keys fresh ([`crate::config::CommonConfig::token_keys`]).
+/// The task that keeps a [`TokenKeys`]' JWKS keys fresh (made by `CommonConfig::token_keys`,
+/// which reads the [`JwksSource`]).
 pub struct JwksRefresher {
     pub(crate) source: JwksSource,
     pub(crate) keys: TokenKeys,

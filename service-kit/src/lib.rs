@@ -1,6 +1,8 @@
 //! The service kit: everything each Switchboard service needs and none should write twice.
 //!
 //! - [`config`]: typed configuration from environment variables with working local defaults.
+//! - [`lookup`]: reading one variable (from the environment or a test's map) and the
+//!   [`lookup::ConfigError`] that names a bad one; [`config`] re-exports it.
 //! - [`env`]: the variables as data ([`env::EnvVar`]), one table per service, for `--help`, the
 //!   docs and the tests that keep them in step.
 //! - [`cli`]: `--help` / `--version` and argument errors, the same for every binary.
@@ -25,6 +27,7 @@ pub mod http;
 pub mod internal;
 pub mod jwks;
 pub mod limits;
+pub mod lookup;
 pub mod ops;
 pub mod redis_sentinel;
 pub mod shutdown;

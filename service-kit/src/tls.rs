@@ -10,8 +10,8 @@
 //! PostgreSQL's settings live here too ([`PostgresTls`]): the message service and the webhook
 //! dispatcher both build pools, and both read the same two variables ([`POSTGRES_ENV`]).
 
-use crate::config::{lookup_optional, process_env, ConfigError, Lookup};
 use crate::env::{EnvTable, EnvVar};
+use crate::lookup::{lookup_optional, process_env, ConfigError, Lookup};
 
 /// A PEM file of CA certificates, read at startup.
 #[derive(Clone, PartialEq, Eq)]

@@ -1,0 +1,29 @@
+//! Redis through Sentinel.
+//!
+//! Services never know the master's address: they know the Sentinels and the master's name.
+//! [`SentinelRedis`] asks the Sentinels for the master, checks with `ROLE` that it really is a
+//! master (a demoted one may still be listed for a moment during failover), and keeps one
+//! multiplexed connection, which every caller shares by cloning (no per-command connection
+//! setup). When a command fails in a way that means "this connection or this master is gone"
+//! (I/O error, refused, timeout, `READONLY`), the connection is dropped and the next command
+//! resolves the master again. So a failover costs the few seconds Sentinel needs to promote a
+//! replica, and no service restarts.
+//!
+//! The pieces: `config` reads the settings ([`RedisConfig`], `SB_REDIS_*`), `discovery` asks
+//! the Sentinels for the master and connects to it, `handle` is [`SentinelRedis`] itself (the
+//! shared connection, its re-resolution and the master watcher), and `memory` exports Redis's
+//! memory as gauges ([`RedisMemoryGauges`]).
+
+mod config;
+mod discovery;
+mod handle;
+mod memory;
+
+pub use config::{
+    RedisAuth, RedisConfig, RedisTls, ENV, SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD,
+    SB_REDIS_PREFIX, SB_REDIS_SENTINELS, SB_REDIS_SENTINEL_PASSWORD, SB_REDIS_SENTINEL_TLS,
+    SB_REDIS_SENTINEL_USERNAME, SB_REDIS_TIMEOUT_MS, SB_REDIS_TLS, SB_REDIS_TLS_CA_FILE,
+    SB_REDIS_USERNAME,
+};
+pub use handle::{SentinelRedis, StoreError, MASTER_WATCH_INTERVAL};
+pub use memory::RedisMemoryGauges;
