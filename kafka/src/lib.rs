@@ -278,25 +278,8 @@ impl KafkaSecurity {
     /// credentials, credentials or a CA the protocol would not use) is refused, naming the
     /// setting to fix.
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
-        let invalid = |name: &str, value: &str, reason: String| ConfigError {
-            name: name.to_owned(),
-            value: value.to_owned(),
-            reason,
-        };
         let text = lookup_string(lookup, SB_KAFKA_SECURITY_PROTOCOL, "plaintext");
-        let protocol = match text.to_ascii_lowercase().as_str() {
-            "plaintext" => SecurityProtocol::Plaintext,
-            "ssl" => SecurityProtocol::Ssl,
-            "sasl_plaintext" => SecurityProtocol::SaslPlaintext,
-            "sasl_ssl" => SecurityProtocol::SaslSsl,
-            _ => {
-                return Err(invalid(
-                    SB_KAFKA_SECURITY_PROTOCOL,
-                    &text,
-                    "expected plaintext, ssl, sasl_plaintext or sasl_ssl".into(),
-                ))
-            }
-        };
+        let protocol = SecurityProtocol::parse(&text)?;
         let ca_file = CaFile::from_lookup(lookup, SB_KAFKA_CA_FILE)?;
         if let Some(ca) = &ca_file {
             if !protocol.tls() {
@@ -310,58 +293,15 @@ impl KafkaSecurity {
                 ));
             }
         }
-        let mechanism = lookup_optional(lookup, SB_KAFKA_SASL_MECHANISM);
-        let username = lookup_optional(lookup, SB_KAFKA_SASL_USERNAME);
-        let password = lookup_optional(lookup, SB_KAFKA_SASL_PASSWORD);
+        let settings = SaslSettings {
+            mechanism: lookup_optional(lookup, SB_KAFKA_SASL_MECHANISM),
+            username: lookup_optional(lookup, SB_KAFKA_SASL_USERNAME),
+            password: lookup_optional(lookup, SB_KAFKA_SASL_PASSWORD),
+        };
         let sasl = if protocol.sasl() {
-            let mechanism = mechanism.ok_or_else(|| {
-                invalid(
-                    SB_KAFKA_SASL_MECHANISM,
-                    "",
-                    format!("required with {SB_KAFKA_SECURITY_PROTOCOL}={text}"),
-                )
-            })?;
-            let mechanism = match mechanism.to_ascii_uppercase().as_str() {
-                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" => mechanism.to_ascii_uppercase(),
-                _ => {
-                    return Err(invalid(
-                        SB_KAFKA_SASL_MECHANISM,
-                        &mechanism,
-                        "expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512".into(),
-                    ))
-                }
-            };
-            let required = |name: &str, value: Option<String>| {
-                value.ok_or_else(|| {
-                    invalid(
-                        name,
-                        "",
-                        format!("required with {SB_KAFKA_SECURITY_PROTOCOL}={text}"),
-                    )
-                })
-            };
-            Some(SaslCredentials {
-                mechanism,
-                username: required(SB_KAFKA_SASL_USERNAME, username)?,
-                password: Secret::new(required(SB_KAFKA_SASL_PASSWORD, password)?),
-            })
+            Some(settings.credentials(&text)?)
         } else {
-            for (name, value) in [
-                (SB_KAFKA_SASL_MECHANISM, &mechanism),
-                (SB_KAFKA_SASL_USERNAME, &username),
-                (SB_KAFKA_SASL_PASSWORD, &password),
-            ] {
-                if value.is_some() {
-                    return Err(invalid(
-                        name,
-                        "(set)",
-                        format!(
-                            "only used with SASL: set {SB_KAFKA_SECURITY_PROTOCOL} to \
-                             sasl_ssl or sasl_plaintext, or unset it"
-                        ),
-                    ));
-                }
-            }
+            settings.refuse_unused()?;
             None
         };
         Ok(KafkaSecurity {
@@ -406,6 +346,92 @@ impl KafkaSecurity {
         } else {
             error.to_owned()
         }
+    }
+}
+
+/// A [`ConfigError`] for `name=value`.
+fn invalid(name: &str, value: &str, reason: String) -> ConfigError {
+    ConfigError {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        reason,
+    }
+}
+
+impl SecurityProtocol {
+    /// `SB_KAFKA_SECURITY_PROTOCOL`'s value `text`, in any case.
+    fn parse(text: &str) -> Result<Self, ConfigError> {
+        match text.to_ascii_lowercase().as_str() {
+            "plaintext" => Ok(SecurityProtocol::Plaintext),
+            "ssl" => Ok(SecurityProtocol::Ssl),
+            "sasl_plaintext" => Ok(SecurityProtocol::SaslPlaintext),
+            "sasl_ssl" => Ok(SecurityProtocol::SaslSsl),
+            _ => Err(invalid(
+                SB_KAFKA_SECURITY_PROTOCOL,
+                text,
+                "expected plaintext, ssl, sasl_plaintext or sasl_ssl".into(),
+            )),
+        }
+    }
+}
+
+/// The SASL settings as read, each `None` when unset.
+struct SaslSettings {
+    mechanism: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl SaslSettings {
+    /// The credentials a SASL `protocol` (its setting's text) needs: all three settings, with
+    /// a mechanism librdkafka knows.
+    fn credentials(self, protocol: &str) -> Result<SaslCredentials, ConfigError> {
+        let required = |name: &str, value: Option<String>| {
+            value.ok_or_else(|| {
+                invalid(
+                    name,
+                    "",
+                    format!("required with {SB_KAFKA_SECURITY_PROTOCOL}={protocol}"),
+                )
+            })
+        };
+        let mechanism = required(SB_KAFKA_SASL_MECHANISM, self.mechanism)?;
+        let mechanism = match mechanism.to_ascii_uppercase().as_str() {
+            "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" => mechanism.to_ascii_uppercase(),
+            _ => {
+                return Err(invalid(
+                    SB_KAFKA_SASL_MECHANISM,
+                    &mechanism,
+                    "expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512".into(),
+                ))
+            }
+        };
+        Ok(SaslCredentials {
+            mechanism,
+            username: required(SB_KAFKA_SASL_USERNAME, self.username)?,
+            password: Secret::new(required(SB_KAFKA_SASL_PASSWORD, self.password)?),
+        })
+    }
+
+    /// Without SASL, any SASL setting is a mistake: named rather than silently ignored.
+    fn refuse_unused(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            (SB_KAFKA_SASL_MECHANISM, &self.mechanism),
+            (SB_KAFKA_SASL_USERNAME, &self.username),
+            (SB_KAFKA_SASL_PASSWORD, &self.password),
+        ] {
+            if value.is_some() {
+                return Err(invalid(
+                    name,
+                    "(set)",
+                    format!(
+                        "only used with SASL: set {SB_KAFKA_SECURITY_PROTOCOL} to \
+                         sasl_ssl or sasl_plaintext, or unset it"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
