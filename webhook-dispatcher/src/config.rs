@@ -11,6 +11,7 @@ use switchboard_service_kit::config::{
 };
 use switchboard_service_kit::env::{EnvTable, EnvVar};
 
+pub use crate::retry::RetryPolicy;
 use crate::ssrf::AllowNets;
 
 pub const SB_WEBHOOK_BIND: &str = "SB_WEBHOOK_BIND";
@@ -188,16 +189,6 @@ pub struct DispatcherConfig {
     pub push: Option<crate::push::PushConfig>,
     /// Redis, where the notifier reads presence.
     pub redis: switchboard_service_kit::redis_sentinel::RedisConfig,
-}
-
-/// When to retry, give up on a delivery, and disable an endpoint.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub base: Duration,
-    pub max_delay: Duration,
-    pub retry_for: Duration,
-    pub disable_after_failures: u32,
-    pub disable_after: Duration,
 }
 
 impl std::fmt::Debug for DispatcherConfig {

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use switchboard_kafka::KafkaConfig;
 use switchboard_message_log::{decode_log_item, Event, LogItem};
@@ -26,6 +28,14 @@ use tokio::sync::Notify;
 use crate::events::{self, WebhookEvent};
 use crate::metrics::Metrics;
 use crate::store::{Route, Store};
+
+/// One batch read from the topics: its webhook events and, per (topic, partition), the
+/// newest offset read (stored once the events are recorded).
+#[derive(Default)]
+struct Gathered {
+    batch: Vec<WebhookEvent>,
+    offsets: HashMap<(String, i32), i64>,
+}
 
 /// The consumer group whose committed offsets say where reading resumes.
 pub const GROUP: &str = "webhook-dispatcher";
@@ -109,61 +119,7 @@ impl TopicConsumer {
                 _ = shutdown.cancelled() => return,
                 m = self.consumer.recv() => m,
             };
-            let mut batch: Vec<WebhookEvent> = Vec::new();
-            let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
-            let mut records = 0;
-            let mut next = Some(first);
-            while let Some(result) = next.take() {
-                match result {
-                    Ok(message) => {
-                        records += 1;
-                        offsets.insert(
-                            (message.topic().to_owned(), message.partition()),
-                            message.offset(),
-                        );
-                        let payload = message.payload().unwrap_or_default();
-                        let record_time = message
-                            .timestamp()
-                            .to_millis()
-                            .and_then(DateTime::<Utc>::from_timestamp_millis)
-                            .unwrap_or_else(Utc::now);
-                        if message.topic() == self.message_topic {
-                            match decode_log_item(payload) {
-                                // Edits, deletes and reactions (issue 28) are not new
-                                // messages: `message.created` stays what it was.
-                                Ok(LogItem::Messages(decoded)) => batch.extend(
-                                    decoded
-                                        .records
-                                        .iter()
-                                        .filter(|r| r.kind().is_message())
-                                        .map(events::message_created),
-                                ),
-                                Ok(LogItem::Fence(_)) => {}
-                                Err(e) => tracing::warn!(
-                                    error = %e,
-                                    partition = message.partition(),
-                                    offset = message.offset(),
-                                    "skipping an unreadable log record"
-                                ),
-                            }
-                        } else {
-                            match serde_json::from_slice::<Event>(payload) {
-                                Ok(event) => batch.push(events::from_event(&event, record_time)),
-                                Err(e) => {
-                                    tracing::debug!(error = %e, "skipping an unreadable event")
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "topic consumer error"),
-                }
-                if records >= MAX_BATCH {
-                    break;
-                }
-                next = tokio::time::timeout(GATHER_WINDOW, self.consumer.recv())
-                    .await
-                    .ok();
-            }
+            let Gathered { batch, offsets } = self.gather(first).await;
             if !self.record_until_done(&batch, &shutdown).await {
                 tracing::warn!(
                     events = batch.len(),
@@ -175,12 +131,81 @@ impl TopicConsumer {
                 let age = (Utc::now() - newest).num_milliseconds().max(0) as f64 / 1000.0;
                 self.metrics.consumer_lag_seconds.set(age);
             }
-            for ((topic, partition), offset) in offsets {
-                if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
-                    tracing::warn!(error = %e, "storing the consumer offset failed");
-                }
-            }
+            self.store_offsets(offsets);
             self.recorded.notify_waiters();
+        }
+    }
+
+    /// The records that arrive within [`GATHER_WINDOW`] of each other after `first` (at most
+    /// [`MAX_BATCH`]), as webhook events and the newest offset of each partition.
+    async fn gather(&self, first: Result<BorrowedMessage<'_>, KafkaError>) -> Gathered {
+        let mut gathered = Gathered::default();
+        let mut records = 0;
+        let mut next = Some(first);
+        while let Some(result) = next.take() {
+            match result {
+                Ok(message) => {
+                    records += 1;
+                    gathered.offsets.insert(
+                        (message.topic().to_owned(), message.partition()),
+                        message.offset(),
+                    );
+                    self.decode(&message, &mut gathered.batch);
+                }
+                Err(e) => tracing::warn!(error = %e, "topic consumer error"),
+            }
+            if records >= MAX_BATCH {
+                break;
+            }
+            next = tokio::time::timeout(GATHER_WINDOW, self.consumer.recv())
+                .await
+                .ok();
+        }
+        gathered
+    }
+
+    /// Appends the webhook events of one record to `batch`; an unreadable record is logged
+    /// and skipped.
+    fn decode(&self, message: &BorrowedMessage<'_>, batch: &mut Vec<WebhookEvent>) {
+        let payload = message.payload().unwrap_or_default();
+        if message.topic() != self.message_topic {
+            let record_time = message
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::<Utc>::from_timestamp_millis)
+                .unwrap_or_else(Utc::now);
+            match serde_json::from_slice::<Event>(payload) {
+                Ok(event) => batch.push(events::from_event(&event, record_time)),
+                Err(e) => tracing::debug!(error = %e, "skipping an unreadable event"),
+            }
+            return;
+        }
+        match decode_log_item(payload) {
+            // Edits, deletes and reactions (issue 28) are not new messages:
+            // `message.created` stays what it was.
+            Ok(LogItem::Messages(decoded)) => batch.extend(
+                decoded
+                    .records
+                    .iter()
+                    .filter(|r| r.kind().is_message())
+                    .map(events::message_created),
+            ),
+            Ok(LogItem::Fence(_)) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                partition = message.partition(),
+                offset = message.offset(),
+                "skipping an unreadable log record"
+            ),
+        }
+    }
+
+    /// Stores the offsets of a recorded batch, for the next commit.
+    fn store_offsets(&self, offsets: HashMap<(String, i32), i64>) {
+        for ((topic, partition), offset) in offsets {
+            if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
+                tracing::warn!(error = %e, "storing the consumer offset failed");
+            }
         }
     }
 

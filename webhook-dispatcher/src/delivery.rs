@@ -21,13 +21,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use switchboard_service_kit::shutdown::CancellationToken;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::config::RetryPolicy;
 use crate::metrics::Metrics;
+pub use crate::retry::{backoff, parse_retry_after, RetryPolicy};
 use crate::signing;
 use crate::ssrf::{self, AllowNets};
 use crate::store::{Due, Store};
@@ -60,36 +59,6 @@ pub enum Outcome {
         error: String,
         retry_after: Option<Duration>,
     },
-}
-
-/// The wait before retry number `retry` (1 for the first retry): a uniformly random time
-/// up to `min(max_delay, base × 2^(retry-1))` (full jitter), raised to `retry_after` when the
-/// endpoint asked for longer, and never more than `max_delay`.
-pub fn backoff(
-    policy: &RetryPolicy,
-    retry: u32,
-    retry_after: Option<Duration>,
-    rng: &mut impl Rng,
-) -> Duration {
-    let factor = 2u32.saturating_pow(retry.saturating_sub(1).min(31));
-    let ceiling = policy.base.saturating_mul(factor).min(policy.max_delay);
-    let jittered = Duration::from_millis(
-        rng.gen_range(0..=u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX)),
-    );
-    jittered
-        .max(retry_after.unwrap_or_default())
-        .min(policy.max_delay)
-}
-
-/// `Retry-After`: seconds, or an HTTP date.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or_default())
 }
 
 impl Deliverer {

@@ -17,6 +17,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use switchboard_message_log::{Event, LogRecord};
 use switchboard_protocol::frames::ReceiptKind;
+use switchboard_protocol::Timestamp;
 
 /// The event types, as endpoints subscribe to them.
 pub const EVENT_TYPES: &[&str] = &[
@@ -98,54 +99,12 @@ pub fn from_event(event: &Event, record_time: DateTime<Utc>) -> WebhookEvent {
             user_id,
             kind,
             seq,
-        } => {
-            let kind = match kind {
-                ReceiptKind::Delivered => "delivered",
-                ReceiptKind::Read => "read",
-            };
-            WebhookEvent {
-                id: format!(
-                    "evt_rcpt_{}",
-                    short_hash(&[conversation_id, user_id, kind, &seq.to_string()])
-                ),
-                event_type: "receipt.updated",
-                ordering_key: format!("receipts:{conversation_id}"),
-                ord: i64::try_from(*seq).unwrap_or(i64::MAX),
-                at: record_time,
-                body: body(
-                    "receipt.updated",
-                    record_time,
-                    json!({
-                        "conversation_id": conversation_id,
-                        "user_id": user_id,
-                        "kind": kind,
-                        "seq": seq,
-                    }),
-                ),
-            }
-        }
+        } => receipt_updated(conversation_id, user_id, kind, *seq, record_time),
         Event::Presence {
             user_id,
             online,
             at,
-        } => {
-            let status = if *online { "online" } else { "offline" };
-            WebhookEvent {
-                id: format!(
-                    "evt_pres_{}",
-                    short_hash(&[user_id, status, &at.to_string()])
-                ),
-                event_type: "presence.changed",
-                ordering_key: format!("presence:{user_id}"),
-                ord: 0,
-                at: at.datetime(),
-                body: body(
-                    "presence.changed",
-                    at.datetime(),
-                    json!({"user_id": user_id, "status": status, "at": at.to_string()}),
-                ),
-            }
-        }
+        } => presence_changed(user_id, *online, at),
         Event::ConversationCreated {
             event_id,
             conversation_id,
@@ -195,6 +154,60 @@ pub fn from_event(event: &Event, record_time: DateTime<Utc>) -> WebhookEvent {
             conversation_id,
             user_id,
             at.datetime(),
+        ),
+    }
+}
+
+/// A member's receipt, timed by its record (a receipt carries no time of its own).
+fn receipt_updated(
+    conversation_id: &str,
+    user_id: &str,
+    kind: &ReceiptKind,
+    seq: u64,
+    record_time: DateTime<Utc>,
+) -> WebhookEvent {
+    let kind = match kind {
+        ReceiptKind::Delivered => "delivered",
+        ReceiptKind::Read => "read",
+    };
+    WebhookEvent {
+        id: format!(
+            "evt_rcpt_{}",
+            short_hash(&[conversation_id, user_id, kind, &seq.to_string()])
+        ),
+        event_type: "receipt.updated",
+        ordering_key: format!("receipts:{conversation_id}"),
+        ord: i64::try_from(seq).unwrap_or(i64::MAX),
+        at: record_time,
+        body: body(
+            "receipt.updated",
+            record_time,
+            json!({
+                "conversation_id": conversation_id,
+                "user_id": user_id,
+                "kind": kind,
+                "seq": seq,
+            }),
+        ),
+    }
+}
+
+/// A user's first device came online or last device went away.
+fn presence_changed(user_id: &str, online: bool, at: &Timestamp) -> WebhookEvent {
+    let status = if online { "online" } else { "offline" };
+    WebhookEvent {
+        id: format!(
+            "evt_pres_{}",
+            short_hash(&[user_id, status, &at.to_string()])
+        ),
+        event_type: "presence.changed",
+        ordering_key: format!("presence:{user_id}"),
+        ord: 0,
+        at: at.datetime(),
+        body: body(
+            "presence.changed",
+            at.datetime(),
+            json!({"user_id": user_id, "status": status, "at": at.to_string()}),
         ),
     }
 }

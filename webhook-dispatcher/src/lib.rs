@@ -9,7 +9,9 @@
 //! - [`delivery`]: one worker per endpoint delivers its queue from the table: signed
 //!   ([`signing`]), through the SSRF guard ([`ssrf`]), retried with backoff, in order per
 //!   stream, never waiting for another endpoint.
+//! - [`retry`]: the retry schedule (backoff with jitter, `Retry-After`) of webhooks and pushes.
 //! - [`store`]: the tables, in a PostgreSQL schema of the dispatcher's own.
+//! - [`state`]: what the endpoint API's handlers share.
 //!
 //! - [`push`]: the push notifier (on when `SB_PUSH_GATEWAY_URL` is set): pushes for users
 //!   with no live connection, or who have not read within a grace period, to the operator's
@@ -23,9 +25,11 @@ pub mod delivery;
 pub mod events;
 pub mod metrics;
 pub mod push;
+pub mod retry;
 pub mod routes;
 pub mod signing;
 pub mod ssrf;
+pub mod state;
 pub mod store;
 
 use std::net::TcpListener;
@@ -95,7 +99,7 @@ impl Application {
                 Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
             }),
         );
-        let state = web::Data::new(routes::ApiState {
+        let state = web::Data::new(state::ApiState {
             store: store.clone(),
             keys: config.api_keys.clone(),
             allow: config.allow_nets.clone(),

@@ -15,8 +15,6 @@
 //! message service publishes the description in `/api/v1/openapi.json`); a test below checks
 //! that every route described there is served here.
 
-use std::sync::Arc;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use switchboard_protocol::time::Timestamp;
 use switchboard_protocol::webhooks::{
@@ -24,27 +22,17 @@ use switchboard_protocol::webhooks::{
     WebhookEndpointList, WEBHOOKS_PATH,
 };
 use switchboard_protocol::ErrorCode;
-use switchboard_service_kit::api_keys::{ApiKeys, Scope};
+use switchboard_service_kit::api_keys::Scope;
 use switchboard_service_kit::http::ApiError;
-use tokio::sync::Notify;
 
 use crate::events::EVENT_TYPES;
 use crate::signing;
-use crate::ssrf::{self, AllowNets};
-use crate::store::{Endpoint, Store};
+use crate::ssrf;
+use crate::state::ApiState;
+use crate::store::Endpoint;
 
 /// The longest URL an endpoint may have.
 const MAX_URL_LEN: usize = 2048;
-
-pub struct ApiState {
-    pub store: Store,
-    pub keys: ApiKeys,
-    pub allow: AllowNets,
-    pub max_endpoints: i64,
-    pub secret_overlap: std::time::Duration,
-    /// Wakes the delivery supervisor, so a new or re-enabled endpoint gets its worker now.
-    pub wake: Arc<Notify>,
-}
 
 /// The endpoint as the API shows it.
 fn wire(e: Endpoint) -> WebhookEndpoint {
@@ -235,9 +223,15 @@ async fn enable(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use actix_web::{test, App};
+    use switchboard_service_kit::api_keys::ApiKeys;
+    use tokio::sync::Notify;
 
     use super::*;
+    use crate::ssrf::AllowNets;
+    use crate::store::Store;
 
     /// Every route of the published description (`switchboard_protocol::webhooks::openapi`)
     /// is one this service serves: without a key each answers 401, never 404 or 405.

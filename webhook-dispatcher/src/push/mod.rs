@@ -123,7 +123,7 @@ pub const TABLE: EnvTable = EnvTable {
     vars: ENV,
 };
 
-/// The notifier's settings; `None` in [`crate::DispatcherConfig::push`] when
+/// The notifier's settings; `None` in `DispatcherConfig::push` when
 /// `SB_PUSH_GATEWAY_URL` is unset.
 #[derive(Clone)]
 pub struct PushConfig {
@@ -136,7 +136,7 @@ pub struct PushConfig {
     pub ttl: Duration,
     pub preview_chars: usize,
     pub max_recipients: i64,
-    pub retry: crate::config::RetryPolicy,
+    pub retry: crate::retry::RetryPolicy,
     pub timeout: Duration,
     pub in_flight: usize,
 }
@@ -169,7 +169,7 @@ impl PushConfig {
         let ttl = Duration::from_secs(lookup_or(lookup, SB_PUSH_TTL_SECS, 3_600)?);
         let preview_chars = lookup_or(lookup, SB_PUSH_PREVIEW_CHARS, 0)?;
         let max_recipients = lookup_or::<i64>(lookup, SB_PUSH_MAX_RECIPIENTS, 10_000)?.max(1);
-        let retry = crate::config::RetryPolicy {
+        let retry = crate::retry::RetryPolicy {
             base: millis(SB_PUSH_RETRY_BASE_MS, 1_000)?,
             max_delay: millis(SB_PUSH_RETRY_MAX_DELAY_MS, 60_000)?,
             // Pushes end by their TTL, and the gateway is never disabled.

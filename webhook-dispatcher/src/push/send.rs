@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use super::metrics::PushMetrics;
 use super::queue::{Queue, Waiting};
 use super::PushConfig;
-use crate::delivery::{backoff, parse_retry_after};
+use crate::retry::{backoff, parse_retry_after};
 
 /// The longest the sender sleeps with nothing due before looking again (the consumer wakes it
 /// too, so this bounds only the lateness of a due time set earlier).
