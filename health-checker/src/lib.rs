@@ -5,6 +5,8 @@
 //!   400 ms, 3 misses) evict a dead server in about 1.5-2 s.
 //! - `prober`: one round = list the directory, probe every server concurrently, count
 //!   consecutive failures, evict at the threshold.
+//! - `metrics`: the prober's counters (`health_probes_total`, `health_evictions_total`,
+//!   `health_registered_servers`).
 //! - [`Application`]: serves `/live`, `/ready`, `/metrics` and runs the prober until shutdown.
 //!
 //! Two or more instances may run at once: eviction is one atomic script that removes the
@@ -13,6 +15,7 @@
 //! evicted (say, paused for a moment) notices on its next reconcile and registers again.
 
 pub mod config;
+mod metrics;
 mod prober;
 
 use std::net::TcpListener;
@@ -25,12 +28,7 @@ use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 
 pub use config::HealthCheckerConfig;
-
-pub(crate) struct Metrics {
-    pub probes: prometheus::IntCounterVec,
-    pub evictions: prometheus::IntCounter,
-    pub servers: prometheus::IntGauge,
-}
+use metrics::Metrics;
 
 pub struct Application {
     port: u16,
@@ -43,24 +41,8 @@ impl Application {
         let listener = TcpListener::bind(&config.bind)?;
         let port = listener.local_addr()?.port();
         let redis = SentinelRedis::new(config.common.redis.clone());
-        let metrics = Metrics {
-            probes: prometheus::IntCounterVec::new(
-                prometheus::Opts::new("health_probes_total", "socket server probes by outcome"),
-                &["outcome"],
-            )?,
-            evictions: prometheus::IntCounter::new(
-                "health_evictions_total",
-                "socket servers evicted by this checker",
-            )?,
-            servers: prometheus::IntGauge::new(
-                "health_registered_servers",
-                "socket servers seen in the last round",
-            )?,
-        };
         let ops = Ops::new("health-checker").with_check("redis", redis.readiness_check());
-        ops.register(&metrics.probes);
-        ops.register(&metrics.evictions);
-        ops.register(&metrics.servers);
+        let metrics = Metrics::new(&ops)?;
         let prober = prober::Prober::new(ServerDirectory::new(redis), config, metrics)?;
         let server = HttpServer::new(move || {
             App::new()

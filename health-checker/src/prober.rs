@@ -13,7 +13,8 @@ use switchboard_server_directory::health::{HealthVotes, Verdict};
 use switchboard_server_directory::{ServerDirectory, ServerRecord};
 use switchboard_service_kit::shutdown::CancellationToken;
 
-use crate::{HealthCheckerConfig, Metrics};
+use crate::config::HealthCheckerConfig;
+use crate::metrics::Metrics;
 
 pub(crate) struct Prober {
     directory: ServerDirectory,

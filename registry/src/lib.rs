@@ -6,15 +6,16 @@
 //! - `routes`: the handlers; the balancing itself lives in the `server-directory` crate's
 //!   atomic assign script, shared with the socket servers and health checkers.
 //! - `assigner`: concurrent assign requests share one assign script (group commit).
+//! - `state`: what the handlers share.
 
 mod assigner;
 pub mod config;
 mod routes;
+mod state;
 
 use std::net::TcpListener;
 
 use actix_web::web;
-use switchboard_protocol::token::TokenKeys;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::http;
 use switchboard_service_kit::jwks::JwksRefresher;
@@ -25,16 +26,7 @@ use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_service_kit::supervise::Workers;
 
 pub use config::RegistryConfig;
-
-/// What the handlers share.
-pub(crate) struct AppState {
-    pub directory: ServerDirectory,
-    pub tokens: TokenKeys,
-    pub config: RegistryConfig,
-    pub assignments: prometheus::IntCounterVec,
-    pub assign_rate: IpRateLimiter,
-    pub reservations: IpLeases,
-}
+use state::AppState;
 
 /// The OpenAPI description of the registry's public routes; it lives in `protocol`
 /// ([`switchboard_protocol::registry::public_openapi`]) with the bodies it names, so other

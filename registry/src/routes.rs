@@ -16,7 +16,7 @@ use switchboard_service_kit::http::ApiError;
 use switchboard_service_kit::limits;
 
 use crate::assigner::Assigner;
-use crate::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/socket-server", web::get().to(assign))
