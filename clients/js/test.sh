@@ -8,9 +8,11 @@
 #
 # Integration needs the debug service binaries (cargo build --bins; SWITCHBOARD_BIN_DIR to use
 # others) and the stack's free fixed ports: it runs target/debug/devstack on 127.0.0.1 (nginx
-# 8080, socket servers 9001-9003, ...) with test timings and a known JWT secret, and stops it
-# at the end. With BASE_URL, SERVER_PIDS and JWT_SECRET already set (a stack someone else
-# started), it uses that stack instead. Dependencies are the pinned package-lock.json
+# 8080, five socket servers 9001-9005, a proxy that refuses WebSocket upgrades on 8081, ...)
+# with test timings and a known JWT secret, and stops it at the end. The files run one at a
+# time in name order (test/integration/*.test.mjs): the ones that kill socket servers come
+# last. With BASE_URL, SERVER_PIDS and JWT_SECRET (and NO_WEBSOCKET_URL, the proxy; unset: its
+# tests are skipped) already set (a stack someone else started), it uses that stack instead. Dependencies are the pinned package-lock.json
 # (`npm ci`, from npm's cache when it can); a node_modules installed from the same lock file is
 # reused, so a second run needs no network.
 set -euo pipefail
@@ -77,8 +79,11 @@ start_stack() {
   local log=$ROOT/.run/js-client-devstack.log
   mkdir -p "$ROOT/.run"
   echo "== starting the stack (devstack; its output in $log, services' logs in .run/logs/)"
-  # Test timings as test-support's fast_timings: heartbeat 1 s, client timeout 4 s.
+  # Test timings as test-support's fast_timings: heartbeat 1 s, client timeout 4 s. Five socket
+  # servers: stack.test.mjs and ws-blocked.test.mjs kill two each, and each kill needs another
+  # server to move to. The proxy on 8081 refuses WebSocket upgrades (ws-blocked.test.mjs).
   DEVSTACK_LISTEN_ADDR=127.0.0.1 SWITCHBOARD_BIN_DIR=$bin SB_JWT_SECRET=$JWT_SECRET \
+    DEVSTACK_SOCKET_SERVERS=5 DEVSTACK_NO_WEBSOCKET_PORT=8081 \
     SB_HEARTBEAT_INTERVAL_MS=1000 SB_CLIENT_TIMEOUT_MS=4000 SB_RECONCILE_INTERVAL_MS=500 \
     SB_HANDLER_TTL_MS=3000 \
     "$bin/devstack" > "$log" 2>&1 &
@@ -90,7 +95,7 @@ start_stack() {
     sleep 0.1
   done
   grep -q 'dev stack is up' "$log" || { echo "devstack did not come up in 180 s" >&2; tail -20 "$log" >&2; exit 1; }
-  export BASE_URL=http://127.0.0.1:8080
+  export BASE_URL=http://127.0.0.1:8080 NO_WEBSOCKET_URL=http://127.0.0.1:8081
   # Each socket server's id (SB_SERVER_ID) → its pid, so the tests can SIGTERM/SIGKILL the one a client is on.
   local pairs=() pid id
   for pid in $(pgrep -P "$DEVSTACK_PID"); do
@@ -98,7 +103,7 @@ start_stack() {
     id=$(tr '\0' '\n' < "/proc/$pid/environ" | sed -n 's/^SB_SERVER_ID=//p')
     pairs+=("\"$id\":$pid")
   done
-  [ "${#pairs[@]}" -ge 3 ] || { echo "found ${#pairs[@]} socket servers under devstack, want 3" >&2; exit 1; }
+  [ "${#pairs[@]}" -ge 5 ] || { echo "found ${#pairs[@]} socket servers under devstack, want 5" >&2; exit 1; }
   SERVER_PIDS="{$(IFS=,; echo "${pairs[*]}")}"
   export SERVER_PIDS
 }
@@ -107,7 +112,8 @@ integration() {
   build
   if [ -z "${BASE_URL:-}" ]; then start_stack; fi
   echo "== @switchboard/client: integration tests against $BASE_URL"
-  node --experimental-websocket --test --test-concurrency=1 test/integration/
+  # *.test.mjs only (helpers.mjs is not a test), in name order: ws-blocked.test.mjs last.
+  node --experimental-websocket --test --test-concurrency=1 test/integration/*.test.mjs
 }
 
 install_deps

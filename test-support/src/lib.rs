@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod http;
 pub mod netcut;
 pub mod nginx;
+pub mod no_websocket;
 pub mod object_store;
 pub mod paths;
 pub mod ports;

@@ -164,19 +164,29 @@ impl Nginx {
         webhook_dispatcher_ports: &[u16],
         log_dir: &Path,
     ) -> Result<Self> {
+        let config = render_config_with(
+            listen_addr,
+            listen_port,
+            registry_ports,
+            message_service_ports,
+            webhook_dispatcher_ports,
+        )?;
+        Self::start_config("nginx", dir, listen_port, &config, log_dir).await
+    }
+
+    /// Runs nginx (process name `name`, its log `<log_dir>/<name>.log`) on a config rendered
+    /// elsewhere, with `dir` as its prefix, and waits until `/` on `listen_port` answers 200.
+    pub async fn start_config(
+        name: &str,
+        dir: &Path,
+        listen_port: u16,
+        config: &str,
+        log_dir: &Path,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         let conf = dir.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            render_config_with(
-                listen_addr,
-                listen_port,
-                registry_ports,
-                message_service_ports,
-                webhook_dispatcher_ports,
-            )?,
-        )?;
+        std::fs::write(&conf, config)?;
         let prefix = format!("{}/", dir.display());
         let error_log = dir.join("error.log");
         let args = [
@@ -192,7 +202,7 @@ impl Nginx {
             "daemon off; master_process off;",
         ]
         .map(str::to_owned);
-        let process = ManagedProcess::spawn("nginx", "nginx", &args, &[], log_dir)?;
+        let process = ManagedProcess::spawn(name, "nginx", &args, &[], log_dir)?;
         let nginx = Self {
             dir,
             port: listen_port,

@@ -3,7 +3,9 @@
 //! Builds nothing: run it through `scripts/up.sh` (which builds the release binaries and sets
 //! `SWITCHBOARD_BIN_DIR=target/release`). Fixed ports: nginx 8080 (on 0.0.0.0, or
 //! `DEVSTACK_LISTEN_ADDR`), registries 8101/8102, socket servers 9001-9003, health checkers
-//! 8301/8302, Redis master 6379 + replicas 6380/6381, Sentinels 26379-26381. One log file
+//! 8301/8302, Redis master 6379 + replicas 6380/6381, Sentinels 26379-26381 (more socket
+//! servers on 9004… with `DEVSTACK_SOCKET_SERVERS`; with `DEVSTACK_NO_WEBSOCKET_PORT`, a second
+//! nginx there that refuses WebSocket upgrades, for testing the HTTP fallback). One log file
 //! per process in `.run/logs/`; Redis and nginx state in `.run/state/` (both recreated on
 //! every start). Ctrl-C or SIGTERM stops everything; every child also dies with this process
 //! (`PR_SET_PDEATHSIG`), so nothing is left behind.
@@ -16,12 +18,14 @@ use switchboard_service_kit::cli::Cli;
 use switchboard_service_kit::env::{EnvTable, EnvVar};
 use switchboard_test_support::ports::is_free;
 use switchboard_test_support::{
-    bin_path, repo_root, FixedPorts, ManagedProcess, Stack, StackOptions,
+    bin_path, no_websocket, repo_root, FixedPorts, ManagedProcess, Stack, StackOptions,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
 const DEVSTACK_LISTEN_ADDR: &str = "DEVSTACK_LISTEN_ADDR";
 const SB_DEVSTACK_WEBHOOKS: &str = "SB_DEVSTACK_WEBHOOKS";
+const DEVSTACK_SOCKET_SERVERS: &str = "DEVSTACK_SOCKET_SERVERS";
+const DEVSTACK_NO_WEBSOCKET_PORT: &str = "DEVSTACK_NO_WEBSOCKET_PORT";
 
 /// The sink's port (`push-gateway-sink`: pushes at `/push`, webhooks at `/webhook`).
 const SINK_PORT: u16 = 8502;
@@ -36,6 +40,21 @@ const ENV: &[EnvVar] = &[
         name: DEVSTACK_LISTEN_ADDR,
         default: Some("0.0.0.0"),
         doc: "Address nginx (port 8080) listens on; 127.0.0.1 keeps the stack off the network.",
+    },
+    EnvVar {
+        name: DEVSTACK_SOCKET_SERVERS,
+        default: Some("3"),
+        doc: "How many socket servers, on ports 9001, 9002, … (clients/js/test.sh starts 5: its \
+              tests kill four).",
+    },
+    EnvVar {
+        name: DEVSTACK_NO_WEBSOCKET_PORT,
+        default: None,
+        doc: "Also start a second nginx on this port (on DEVSTACK_LISTEN_ADDR) that answers 403 \
+              to every WebSocket upgrade and passes everything else, Server-Sent Events and \
+              POSTs included, with the registry's socket URLs rewritten to its per-server \
+              tunnels: a proxy that blocks WebSockets, for testing the HTTP fallback \
+              (clients/js/test.sh sets 8081). Unset: none.",
     },
     EnvVar {
         name: SB_DEVSTACK_WEBHOOKS,
@@ -97,13 +116,19 @@ async fn main() -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let listen_addr = std::env::var(DEVSTACK_LISTEN_ADDR).unwrap_or_else(|_| "0.0.0.0".to_owned());
-    let ports = FixedPorts::standard();
+    let mut ports = FixedPorts::standard();
+    let socket_servers = env_number(DEVSTACK_SOCKET_SERVERS)?.unwrap_or(3);
+    if !(1..=99).contains(&socket_servers) {
+        bail!("{DEVSTACK_SOCKET_SERVERS}={socket_servers}: 1 to 99");
+    }
+    ports.socket_servers = (1..=socket_servers).map(|i| 9000 + i).collect();
+    let no_websocket_port = env_number(DEVSTACK_NO_WEBSOCKET_PORT)?;
     let webhooks = match std::env::var(SB_DEVSTACK_WEBHOOKS).as_deref() {
         Err(_) | Ok("" | "true" | "1") => true,
         Ok("false" | "0") => false,
         Ok(other) => bail!("{SB_DEVSTACK_WEBHOOKS}={other:?}: true or false"),
     };
-    preflight(&ports, &listen_addr, webhooks)?;
+    preflight(&ports, &listen_addr, webhooks, no_websocket_port)?;
 
     // The user's own SB_* settings (secrets, limits, timings) reach every service; the dev
     // stack's own come first, so the user's win.
@@ -164,7 +189,7 @@ async fn main() -> Result<()> {
         fixed_ports: Some(ports.clone()),
         log_dir: Some(log_dir.clone()),
         work_dir: Some(state_dir),
-        nginx_listen_addr: listen_addr,
+        nginx_listen_addr: listen_addr.clone(),
         fast_timings: false,
         // Attachments on a real S3 store (Garage), when scripts/build-garage.sh has built it.
         object_store: switchboard_test_support::object_store::garage_path().exists(),
@@ -184,7 +209,31 @@ async fn main() -> Result<()> {
         _ = sigint.recv() => { eprintln!("interrupted; stopping"); return Ok(()); }
         _ = sigterm.recv() => { eprintln!("terminated; stopping"); return Ok(()); }
     };
+    // After the stack: it proxies to the stack's nginx and socket servers.
+    let no_websocket = match no_websocket_port {
+        Some(port) => Some(
+            no_websocket::start(
+                &run.join("state").join("nginx-no-websocket"),
+                &listen_addr,
+                port,
+                ports.nginx,
+                &ports.socket_servers,
+                &log_dir,
+            )
+            .await
+            .context("starting the no-WebSocket proxy")?,
+        ),
+        None => None,
+    };
     print_banner(&stack, &ports, dev_key.as_deref(), sink.is_some());
+    if let Some(proxy) = &no_websocket {
+        println!(
+            "WebSockets blocked: http://localhost:{} is the same entry through a proxy that \
+             refuses WebSocket upgrades (403): clients there fall back to SSE.",
+            proxy.port()
+        );
+        println!();
+    }
 
     let mut reported = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -193,7 +242,8 @@ async fn main() -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = tick.tick() => {
-                for process in stack.processes().into_iter().chain(sink.as_ref()) {
+                let extra = sink.iter().chain(no_websocket.as_ref().map(|n| &n.process));
+                for process in stack.processes().into_iter().chain(extra) {
                     if let Some(status) = process.exit_status() {
                         if reported.insert(process.name().to_owned()) {
                             eprintln!(
@@ -210,8 +260,20 @@ async fn main() -> Result<()> {
     eprintln!("stopping the dev stack...");
     stack.shutdown(Duration::from_secs(5)).await;
     drop(sink);
+    drop(no_websocket);
     eprintln!("stopped.");
     Ok(())
+}
+
+/// A number from the environment; unset or empty: `None`.
+fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+    match std::env::var(name).as_deref() {
+        Err(_) | Ok("") => Ok(None),
+        Ok(value) => value
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("{name}={value:?}: not a number")),
+    }
 }
 
 fn kv(key: &str, value: impl Into<String>) -> (String, String) {
@@ -219,7 +281,12 @@ fn kv(key: &str, value: impl Into<String>) -> (String, String) {
 }
 
 /// Fails early, with a hint, if a binary is missing or a fixed port is taken.
-fn preflight(ports: &FixedPorts, listen_addr: &str, webhooks: bool) -> Result<()> {
+fn preflight(
+    ports: &FixedPorts,
+    listen_addr: &str,
+    webhooks: bool,
+    no_websocket_port: Option<u16>,
+) -> Result<()> {
     let mut names = vec![
         "registry",
         "socket-server",
@@ -232,6 +299,7 @@ fn preflight(ports: &FixedPorts, listen_addr: &str, webhooks: bool) -> Result<()
         names.extend(["webhook-dispatcher", "push-gateway-sink"]);
         fixed.extend([ports.webhook_dispatcher, SINK_PORT]);
     }
+    fixed.extend(no_websocket_port);
     for name in names {
         let path = bin_path(name);
         if !path.exists() {
@@ -245,7 +313,7 @@ fn preflight(ports: &FixedPorts, listen_addr: &str, webhooks: bool) -> Result<()
     let taken: Vec<u16> = fixed
         .into_iter()
         .filter(|&port| {
-            let addr = if port == ports.nginx {
+            let addr = if port == ports.nginx || Some(port) == no_websocket_port {
                 listen_addr
             } else {
                 "127.0.0.1"

@@ -1,90 +1,19 @@
 // The SDK (its built ESM output, as a user imports it) in Node 20 against the REAL stack.
 //
 //   BASE_URL=http://127.0.0.1:8080 SERVER_PIDS='{"socket-1-9001":123,...}' JWT_SECRET=... \
-//     node --experimental-websocket --test --test-concurrency=1 test/integration/
+//     node --experimental-websocket --test --test-concurrency=1 test/integration/*.test.mjs
 //
 // clients/js/test.sh starts the stack (target/debug/devstack) and sets these. The tests run in
 // file order: the ones that kill socket servers (SIGTERM, then SIGKILL) come last, and each
-// uses fresh user names so the runs do not see each other.
+// uses fresh user names so the runs do not see each other. ws-blocked.test.mjs runs after this
+// file and kills two more servers: the stack has five.
 
 import assert from 'node:assert/strict';
-import { createHmac, randomBytes } from 'node:crypto';
-import { after, test } from 'node:test';
-import { MemoryStorage, SwitchboardClient } from '../../dist/index.js';
+import { test } from 'node:test';
+import { MemoryStorage } from '../../dist/index.js';
+import { SERVER_PIDS, killServer, makeClient, mintToken, range, recorder, seqsOf, until, userOf } from './helpers.mjs';
 
-const BASE_URL = process.env.BASE_URL;
-const SERVER_PIDS = JSON.parse(process.env.SERVER_PIDS || '{}');
-const JWT_SECRET = process.env.JWT_SECRET;
-assert.ok(BASE_URL, 'BASE_URL is required (the stack\'s nginx)');
-assert.ok(globalThis.WebSocket, 'run node with --experimental-websocket (Node 20)');
-
-const RUN = randomBytes(3).toString('hex');
-const user = (name) => `${name}_${RUN}`;
-const clients = [];
-
-after(() => {
-  for (const c of clients) c.close();
-});
-
-async function devToken(userId) {
-  const res = await fetch(`${BASE_URL}/api/v1/dev/token`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ user_id: userId }),
-  });
-  assert.equal(res.status, 200, `dev token for ${userId}`);
-  return (await res.json()).token;
-}
-
-/** An HS256 token with the lifetime we want (the dev route's is a day). */
-function mintToken(userId, { lifetimeS = 3600, iatOffsetS = 0 } = {}) {
-  assert.ok(JWT_SECRET, 'JWT_SECRET is required for this test');
-  const now = Math.floor(Date.now() / 1000) + iatOffsetS;
-  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub: userId, iat: now, exp: now + lifetimeS })}`;
-  const sig = createHmac('sha256', JWT_SECRET).update(head).digest('base64url');
-  return `${head}.${sig}`;
-}
-
-function makeClient(userId, opts = {}) {
-  const c = new SwitchboardClient({
-    baseUrl: BASE_URL,
-    getToken: () => devToken(userId),
-    storage: new MemoryStorage(),
-    ...opts,
-  });
-  clients.push(c);
-  return c;
-}
-
-/** Collects a client's messages per conversation. */
-function recorder(c) {
-  const byConv = new Map();
-  c.on('message', (m) => {
-    if (!byConv.has(m.conversation_id)) byConv.set(m.conversation_id, []);
-    byConv.get(m.conversation_id).push(m);
-  });
-  return (conv) => byConv.get(conv) ?? [];
-}
-
-async function until(what, fn, timeoutMs = 20_000) {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-const seqsOf = (msgs) => msgs.map((m) => m.seq);
-const range = (a, b) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
-
-function killServer(serverId, signal) {
-  const pid = SERVER_PIDS[serverId];
-  assert.ok(pid, `no pid for ${serverId} in SERVER_PIDS ${JSON.stringify(SERVER_PIDS)}`);
-  process.kill(pid, signal);
-}
+const user = userOf('');
 
 test('two users chat: send() resolves to the server answer, messages arrive once and in order', { timeout: 30_000 }, async () => {
   const alice = makeClient(user('alice'));
