@@ -6,14 +6,19 @@
 // nothing is fetched from elsewhere).
 //
 // Flow: POST /api/v1/dev/token (the SDK's getToken) -> the SDK connects -> its events render.
+// Rich messages are the SDK's too: edits, deletes and reactions arrive as `event`s in seq
+// order and are applied with its applyEvent (the server's rule, so a reload shows the same);
+// files go straight to the object store through uploadAttachment (pre-signed PUT, progress),
+// and a message's attachment metadata and download URLs come from attachmentsOf.
 // `?transport=sse` (or `websocket`) in the page URL forces a transport; the default tries
 // WebSocket first and falls back by itself.
 
-import { SwitchboardClient } from './sdk/index.js';
+import { SwitchboardClient, applyEvent, isImage } from './sdk/index.js';
 
 const INITIAL_WINDOW = 100;    // how many recent messages a conversation shows at first
 const TYPING_SHOW_MS = 3000;
 const USER_RE = /^[A-Za-z0-9_.|@+-]{1,128}$/;
+const EMOJI = ['👍', '❤️', '😂', '🎉', '😮'];
 
 // ---------------------------------------------------------------- state
 const state = {
@@ -28,6 +33,9 @@ const state = {
   presence: new Map(),        // user_id -> {status, last_seen}
   openId: null,
   refreshing: null,
+  compose: null,              // {kind: 'reply' | 'edit', convId, message_id} while replying or editing
+  pickerFor: null,            // message_id whose emoji picker is open
+  uploads: [],                // files of the composer: {key, convId, name, size, loaded, state, attachment, error}
 };
 
 const $ = (id) => document.getElementById(id);
@@ -81,6 +89,7 @@ function newConversation(c) {
     lastSeq,               // highest seq known to exist
     floor,                 // messages at or below floor are not shown ("load earlier")
     messages: new Map(),   // seq -> message (the SDK's events, and history for display)
+    byId: new Map(),       // message_id -> seq (events and replies name messages by id)
     readSeq: 0,            // my cumulative read position
     serverUnread: Number(c.unread || 0),
     receipts: new Map(),   // user_id -> {delivered, read}
@@ -210,11 +219,22 @@ async function loadEarlier(conv) {
 
 function addMessage(conv, m) {
   const seq = Number(m.seq);
-  if (conv.messages.has(seq)) return false;
+  const held = conv.messages.get(seq);
+  if (held) {
+    // A live message names its files by id; a history row brings their metadata.
+    if (m.attachments && m.attachments.some((a) => a.url) && !(held.attachments || []).some((a) => a.url) && !held.deleted) {
+      held.attachments = m.attachments;
+      return true;
+    }
+    return false;
+  }
   conv.messages.set(seq, {
     message_id: m.message_id, seq, sender_id: m.sender_id, body: m.body,
     created_at: m.created_at, client_msg_id: m.client_msg_id,
+    reply_to: m.reply_to, edited_at: m.edited_at, deleted: m.deleted,
+    reactions: m.reactions, attachments: m.attachments,
   });
+  conv.byId.set(m.message_id, seq);
   conv.lastSeq = Math.max(conv.lastSeq, seq);
   if (m.sender_id && conv.typing.delete(m.sender_id)) renderTyping();
   return true;
@@ -255,15 +275,211 @@ function markOf(conv, m) {
   return read ? 'read' : delivered ? 'delivered' : 'sent';
 }
 
+// Answers false when nothing was sent (the composer keeps its text).
 function sendMessage(body) {
   const conv = state.conversations.get(state.openId);
-  if (!conv || !body.trim()) return;
+  if (!conv) return false;
+  const files = state.uploads.filter((u) => u.convId === conv.id);
+  if (files.some((u) => u.state === 'uploading')) { toast('Wait for the upload to finish', 'info', 2500); return false; }
+  const ready = files.filter((u) => u.state === 'done');
+  const compose = state.compose && state.compose.convId === conv.id ? state.compose : null;
+  if (compose && compose.kind === 'edit') {
+    if (!body.trim()) return false;
+    state.client.edit(conv.id, compose.message_id, body)
+      .catch((e) => toast(h('span', {}, `Not edited: ${e.message} `, h('code', {}, e.code || '')), 'error'));
+    setCompose(null);
+    return true;
+  }
+  if (!body.trim() && ready.length === 0) return false;
   // Stored in the outbox before anything is sent; confirmed by a `message` event (our own
   // sends are in the ordered stream too). Refusals show on the bubble (the outbox event).
-  state.client.send(conv.id, body).catch(() => undefined);
+  const opts = {};
+  if (compose && compose.kind === 'reply') opts.replyTo = compose.message_id;
+  if (ready.length) opts.attachments = ready.map((u) => u.attachment.id);
+  state.client.send(conv.id, body, opts).catch(() => undefined);
+  state.uploads = state.uploads.filter((u) => u.convId !== conv.id || u.state === 'uploading');
+  setCompose(null);
+  renderUploads();
   sortConversations();
   renderConversations();
   renderMessages({ stick: true });
+  return true;
+}
+
+// ---------------------------------------------------------------- rich messages
+function setCompose(compose) {
+  state.compose = compose;
+  const bar = $('composer-context');
+  const conv = compose && state.conversations.get(compose.convId);
+  const m = conv && messageById(conv, compose.message_id);
+  if (!m) {
+    state.compose = null;
+    bar.hidden = true;
+    return;
+  }
+  bar.hidden = false;
+  bar.dataset.kind = compose.kind;
+  $('composer-context-text').replaceChildren(
+    compose.kind === 'edit' ? 'Editing your message' : h('span', {}, 'Replying to ', h('b', {}, m.sender_id), ': ', snippet(m)));
+  if (compose.kind === 'edit') $('message-input').value = m.body;
+  $('message-input').focus();
+}
+
+function messageById(conv, id) {
+  const seq = conv.byId.get(id);
+  return seq === undefined ? null : conv.messages.get(seq);
+}
+
+function snippet(m) {
+  if (m.deleted) return 'message deleted';
+  const text = m.body.length > 80 ? `${m.body.slice(0, 80)}…` : m.body;
+  return text || (m.attachments && m.attachments.length ? '📎 file' : '');
+}
+
+// Edits, deletes and reactions, in seq order with the messages (the SDK's `event`).
+function onEvent(e) {
+  const conv = state.conversations.get(e.conversation_id);
+  if (!conv) return;
+  const m = messageById(conv, e.message_id);
+  // Not held (before this page's window): history shows it in its current state when loaded.
+  if (!m) return;
+  const next = applyEvent(m, e, state.user);
+  if (next === m) return;
+  conv.messages.set(m.seq, next);
+  if (state.compose && state.compose.message_id === m.message_id && next.deleted) setCompose(null);
+  afterMessagesChanged(conv);
+}
+
+function react(conv, m, emoji) {
+  state.pickerFor = null;
+  const mine = (m.reactions || []).find((r) => r.me);
+  const next = mine && mine.emoji === emoji ? null : emoji;
+  state.client.react(conv.id, m.message_id, next)
+    .catch((e) => toast(h('span', {}, `Reaction refused: ${e.message} `, h('code', {}, e.code || '')), 'error'));
+  renderMessages();
+}
+
+function deleteMessage(conv, m) {
+  state.client.deleteMessage(conv.id, m.message_id)
+    .catch((e) => toast(h('span', {}, `Not deleted: ${e.message} `, h('code', {}, e.code || '')), 'error'));
+}
+
+// A message's files: ids only until its history row gives metadata and download URLs.
+function needsAttachmentInfo(m) {
+  if (m.deleted || !m.attachments || !m.attachments.length) return false;
+  return m.attachments.some((a) => !a.url || Date.parse(a.url_expires_at || '') < Date.now() + 10_000);
+}
+
+function loadAttachments(conv, m) {
+  if (m.attachmentsLoading) return;
+  m.attachmentsLoading = true;
+  state.client.attachmentsOf(conv.id, m.seq)
+    .then((list) => {
+      const held = conv.messages.get(m.seq);
+      if (held && !held.deleted) held.attachments = list;
+      if (state.openId === conv.id) renderMessages();
+    })
+    .catch((e) => console.warn('attachments of', m.seq, e.code, e.message))
+    .finally(() => { m.attachmentsLoading = false; });
+}
+
+function formatSize(n) {
+  if (!(n >= 0)) return '';
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} kB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function renderAttachments(m) {
+  return h('div', { class: 'attachments' }, m.attachments.map((a) => {
+    if (!a.url) {
+      return h('div', { class: 'attachment loading', 'data-testid': 'attachment-loading', 'data-attachment-id': a.id }, '📎 …');
+    }
+    const link = h('a', {
+      class: 'attachment-link', href: a.url, download: a.filename || '', target: '_blank', rel: 'noopener',
+      'data-testid': 'attachment-link', 'data-attachment-id': a.id,
+    }, `⬇ ${a.filename || 'file'}`, h('span', { class: 'attachment-size' }, formatSize(a.size)));
+    if (isImage(a) && a.width && a.height) {
+      // The image itself, scaled by CSS; width/height from the metadata reserve its space.
+      const img = h('img', {
+        class: 'attachment-image', src: a.url, alt: a.filename || 'image', loading: 'lazy',
+        width: a.width, height: a.height, 'data-testid': 'attachment-image', 'data-attachment-id': a.id,
+      });
+      img.style.aspectRatio = `${a.width} / ${a.height}`;
+      return h('figure', { class: 'attachment image' }, h('a', { href: a.url, target: '_blank', rel: 'noopener' }, img), link);
+    }
+    return h('div', { class: 'attachment file' }, link);
+  }));
+}
+
+function renderReactions(conv, m) {
+  if (!m.reactions || !m.reactions.length) return null;
+  return h('div', { class: 'reactions' }, m.reactions.map((r) => h('button', {
+    type: 'button', class: `reaction${r.me ? ' me' : ''}`, 'data-testid': 'reaction',
+    'data-emoji': r.emoji, 'data-count': r.count, 'data-me': r.me ? 'true' : 'false',
+    title: r.users.join(', '), onclick: () => react(conv, m, r.emoji),
+  }, r.emoji, ' ', h('span', { class: 'reaction-count' }, r.count))));
+}
+
+function renderActions(conv, m, mine) {
+  if (m.deleted) return null;
+  const btn = (testid, title, label, onclick) => h('button', { type: 'button', class: 'msg-action', 'data-testid': testid, title, 'aria-label': title, onclick }, label);
+  return h('div', { class: `msg-actions${state.pickerFor === m.message_id ? ' open' : ''}` },
+    btn('action-reply', 'Reply', '↩', () => setCompose({ kind: 'reply', convId: conv.id, message_id: m.message_id })),
+    btn('action-react', 'React', '☺', () => { state.pickerFor = state.pickerFor === m.message_id ? null : m.message_id; renderMessages(); }),
+    mine ? btn('action-edit', 'Edit', '✎', () => setCompose({ kind: 'edit', convId: conv.id, message_id: m.message_id })) : null,
+    mine ? btn('action-delete', 'Delete for everyone', '🗑', () => deleteMessage(conv, m)) : null,
+    state.pickerFor === m.message_id
+      ? h('div', { class: 'emoji-picker', 'data-testid': 'emoji-picker' }, EMOJI.map((e) => h('button', {
+        type: 'button', class: 'emoji-option', 'data-testid': 'react-option', 'data-emoji': e, onclick: () => react(conv, m, e),
+      }, e)))
+      : null);
+}
+
+function renderReplyQuote(conv, m) {
+  if (!m.reply_to) return null;
+  const target = messageById(conv, m.reply_to);
+  return h('div', {
+    class: 'reply-quote', 'data-testid': 'reply-quote', 'data-reply-to': m.reply_to,
+    onclick: () => { const el = document.querySelector(`[data-message-id="${m.reply_to}"]`); if (el) el.scrollIntoView({ block: 'center' }); },
+  },
+  target ? [h('b', {}, target.sender_id), ' ', snippet(target)] : 'an earlier message');
+}
+
+// Files picked in the composer upload at once, straight to the object store.
+function uploadFiles(files) {
+  const conv = state.conversations.get(state.openId);
+  if (!conv) return;
+  for (const file of files) {
+    const u = { key: `${Date.now()}-${Math.random()}`, convId: conv.id, name: file.name, size: file.size, loaded: 0, state: 'uploading', seen: [] };
+    state.uploads.push(u);
+    state.client.uploadAttachment(conv.id, file, {
+      onProgress: (p) => { u.loaded = p.loaded; u.seen.push(Math.round((100 * p.loaded) / Math.max(1, p.total))); renderUploads(); },
+    }).then((a) => { u.state = 'done'; u.attachment = a; }, (e) => {
+      u.state = 'failed';
+      u.error = e;
+      toast(h('span', {}, `Upload of ${file.name} failed: ${e.message} `, h('code', {}, e.code || '')), 'error');
+    }).finally(renderUploads);
+  }
+  renderUploads();
+}
+
+function renderUploads() {
+  const list = $('uploads');
+  const mine = state.uploads.filter((u) => u.convId === state.openId);
+  list.hidden = mine.length === 0;
+  list.replaceChildren(...mine.map((u) => {
+    const pct = Math.round((100 * u.loaded) / Math.max(1, u.size));
+    return h('div', {
+      class: `upload ${u.state}`, 'data-testid': 'upload', 'data-state': u.state, 'data-progress': pct,
+      'data-seen': u.seen.join(','), title: u.error ? u.error.message : '',
+    },
+    h('span', { class: 'upload-name' }, `📎 ${u.name}`),
+    h('progress', { max: 100, value: pct, 'data-testid': 'upload-progress' }),
+    h('span', { class: 'upload-state' }, u.state === 'uploading' ? `${pct}%` : u.state === 'done' ? formatSize(u.size) : 'failed'),
+    h('button', { type: 'button', class: 'upload-remove', title: 'Remove', 'aria-label': 'Remove',
+      onclick: () => { state.uploads = state.uploads.filter((x) => x !== u); renderUploads(); } }, '✕'));
+  }));
 }
 
 // ---------------------------------------------------------------- presence
@@ -432,7 +648,7 @@ function renderConversations() {
     const unread = unreadOf(conv);
     const typing = typingUsers(conv);
     const peer = conv.kind === 'direct' ? otherMembers(conv)[0] : null;
-    let preview = last ? `${last.sender_id === state.user ? 'You: ' : conv.kind === 'group' ? last.sender_id + ': ' : ''}${last.body}` : (conv.kind === 'group' ? `${conv.members.length} members` : 'No messages yet');
+    let preview = last ? `${last.sender_id === state.user ? 'You: ' : conv.kind === 'group' ? last.sender_id + ': ' : ''}${snippet(last)}` : (conv.kind === 'group' ? `${conv.members.length} members` : 'No messages yet');
     if (typing.length) preview = conv.kind === 'group' ? `${typing[0]} is typing…` : 'typing…';
     return h('li', {
       class: `conversation-item${conv.id === state.openId ? ' active' : ''}`,
@@ -513,22 +729,35 @@ function renderMessages({ stick = false } = {}) {
     const first = m.sender_id !== prevSender;
     prevSender = m.sender_id;
     const mark = mine ? markOf(conv, m) : null;
+    if (needsAttachmentInfo(m)) loadAttachments(conv, m);
     rows.push(h('div', {
-      class: `msg-row${mine ? ' mine' : ''}${first ? ' first' : ''}`,
+      class: `msg-row${mine ? ' mine' : ''}${first ? ' first' : ''}${m.deleted ? ' deleted' : ''}`,
       'data-testid': 'message',
       'data-seq': m.seq,
       'data-message-id': m.message_id,
       'data-sender': m.sender_id,
       'data-status': mark || 'received',
+      'data-edited': m.edited_at ? 'true' : null,
+      'data-deleted': m.deleted ? 'true' : null,
+      'data-reply-to': m.reply_to || null,
     },
     first && !mine && conv.kind === 'group' ? h('div', { class: 'msg-sender' }, m.sender_id) : null,
-    h('div', { class: 'bubble' },
-      h('span', { class: 'msg-body', 'data-testid': 'message-body' }, m.body),
-      h('div', { class: 'msg-meta' },
-        h('span', {}, shortTime(m.created_at)),
-        mine ? h('span', { class: `mark mark-${mark}`, title: MARK_TITLES[mark], 'data-testid': 'message-mark' }, MARKS[mark]) : null))));
+    h('div', { class: 'msg-line' },
+      h('div', { class: 'bubble' },
+        m.deleted ? null : renderReplyQuote(conv, m),
+        m.deleted
+          ? h('span', { class: 'msg-body tombstone', 'data-testid': 'tombstone' }, 'message deleted')
+          : m.body ? h('span', { class: 'msg-body', 'data-testid': 'message-body' }, m.body) : null,
+        !m.deleted && m.attachments && m.attachments.length ? renderAttachments(m) : null,
+        h('div', { class: 'msg-meta' },
+          m.edited_at && !m.deleted ? h('span', { class: 'edited', 'data-testid': 'edited-mark', title: `edited ${shortTime(m.edited_at)}` }, 'edited') : null,
+          h('span', {}, shortTime(m.created_at)),
+          mine ? h('span', { class: `mark mark-${mark}`, title: MARK_TITLES[mark], 'data-testid': 'message-mark' }, MARKS[mark]) : null)),
+      renderActions(conv, m, mine)),
+    m.deleted ? null : renderReactions(conv, m)));
   }
-  const pend = pendingOf(conv.id);
+  // An edit, delete or reaction in flight shows once applied (its `event`); only a refused one here.
+  const pend = pendingOf(conv.id).filter((p) => !p.action || p.status === 'failed');
   for (const p of pend) {
     const failed = p.status === 'failed';
     rows.push(h('div', {
@@ -539,7 +768,9 @@ function renderMessages({ stick = false } = {}) {
       'data-status': failed ? 'failed' : 'sending',
     },
     h('div', { class: 'bubble' },
-      h('span', { class: 'msg-body', 'data-testid': 'message-body' }, p.body),
+      p.body ? h('span', { class: 'msg-body', 'data-testid': 'message-body' }, p.action ? `${p.action.kind}: ${p.body}` : p.body) : null,
+      p.action && !p.body ? h('span', { class: 'msg-body' }, p.action.kind === 'reaction' ? `reaction ${p.action.emoji || '(removed)'}` : p.action.kind) : null,
+      p.attachments && p.attachments.length ? h('span', { class: 'msg-body' }, `📎 ${p.attachments.length} file${p.attachments.length > 1 ? 's' : ''}`) : null,
       h('div', { class: 'msg-meta' },
         failed
           ? [h('span', { title: p.error ? p.error.message : '' }, 'Not sent'),
@@ -575,7 +806,10 @@ function openConversation(id) {
   document.querySelector('.panes').classList.add('chat-open');
   $('chat-view').dataset.conversationId = id;
   renderHeader();
+  if (state.compose && state.compose.convId !== id) setCompose(null);
+  state.pickerFor = null;
   renderMessages({ stick: true });
+  renderUploads();
   renderTyping();
   markReadIfVisible(conv);
   renderConversations();
@@ -625,6 +859,7 @@ async function login(user) {
     client.on('state', onState),
     client.on('hello', onHello),
     client.on('message', onMessage),
+    client.on('event', onEvent),
     client.on('receipt', onReceipt),
     client.on('presence', onPresence),
     client.on('typing', onTyping),
@@ -662,6 +897,8 @@ function logout() {
   state.client = null;
   state.offs = [];
   state.user = null;
+  state.uploads = [];
+  setCompose(null);
   setConn('offline');
   $('app').hidden = true;
   $('login').hidden = false;
@@ -744,13 +981,26 @@ function wire() {
   $('composer').addEventListener('submit', (e) => {
     e.preventDefault();
     const body = input.value;
-    if (!body.trim()) return;
-    sendMessage(body);
+    if (!sendMessage(body)) return;
     input.value = '';
     autosize();
     input.focus();
   });
+  $('composer-cancel').addEventListener('click', () => {
+    if (state.compose && state.compose.kind === 'edit') input.value = '';
+    setCompose(null);
+  });
+  $('attach-button').addEventListener('click', () => $('file-input').click());
+  $('file-input').addEventListener('change', (e) => {
+    uploadFiles([...e.target.files]);
+    e.target.value = '';
+  });
   input.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && state.compose) {
+      if (state.compose.kind === 'edit') input.value = '';
+      setCompose(null);
+      return;
+    }
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       $('composer').requestSubmit();

@@ -2,6 +2,11 @@
 //! `web-tests/chat.test.mjs` drives Chromium pages through nginx against a full stack,
 //! including a SIGKILL of the socket server one page is on, sends while offline and across a
 //! reload (the SDK's outbox: delivered once), and a page on the HTTP fallback (SSE + POST).
+//! `web-tests/rich.test.mjs` drives the rich messages (issue 28 part 4) on a stack with the
+//! object store (Garage): edits, replies, reactions and deletes seen live by the other user,
+//! an image uploaded with progress through the pre-signed URL, its thumbnail and download on
+//! the other side, and the same final state after a reload. The two tests run one at a time
+//! (each starts a whole stack and a browser; the machine they run on is small).
 //! Needs `/usr/bin/chromium` and `web-tests/node_modules` (playwright-core):
 //! `scripts/install-deps.sh` installs both. Missing, the test fails; it never skips.
 
@@ -9,12 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use rusty_s3::S3Action;
 use serde_json::{Map, Value};
 use switchboard_test_support::{Stack, StackOptions};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// The script bounds itself at 110 s; this is the backstop.
+/// The scripts bound themselves at 110 s; this is the backstop.
 const NODE_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// One browser test at a time (tokio's lock is not poisoned by a failed test).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,10 +32,9 @@ fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn web_client_chats_reloads_and_survives_a_socket_server_kill() {
-    let root = repo_root();
-    let web_tests = root.join("web-tests");
+/// `web-tests/`, after checking that Chromium and playwright-core are installed.
+fn web_tests_dir() -> PathBuf {
+    let web_tests = repo_root().join("web-tests");
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: run scripts/install-deps.sh (installs Debian's chromium)"
@@ -36,19 +44,95 @@ async fn web_client_chats_reloads_and_survives_a_socket_server_kill() {
         "{}/node_modules is missing: run scripts/install-deps.sh (npm ci --prefix web-tests)",
         web_tests.display()
     );
+    web_tests
+}
 
-    let stack = Stack::start(StackOptions::default()).await.unwrap();
+/// The socket servers' ids → pids (`SERVER_PIDS`: the scripts kill the one a page is on).
+fn server_pids(stack: &Stack) -> String {
     let pids: Map<String, Value> = stack
         .socket_servers
         .iter()
         .map(|s| (s.server_id.clone(), Value::from(s.process.pid())))
         .collect();
+    Value::Object(pids).to_string()
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_client_chats_reloads_and_survives_a_socket_server_kill() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let web_tests = web_tests_dir();
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    run_script(&web_tests, "chat.test.mjs", &stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_client_edits_replies_reacts_deletes_and_sends_images() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let web_tests = web_tests_dir();
+    let stack = Stack::start(StackOptions {
+        object_store: true,
+        socket_servers: 2,
+        registries: 1,
+        health_checkers: 1,
+        managers: 1,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    allow_browser_uploads(&stack).await;
+    run_script(&web_tests, "rich.test.mjs", &stack).await;
+}
+
+/// The page (nginx's origin) PUTs files to the store's pre-signed URLs and reads them back,
+/// across origins: the bucket's CORS rule allows that origin, as a deployment serving the
+/// demo sets it (docs/deploy.md). Set through the S3 API (`PUT /bucket?cors`) with the
+/// stack's key: a pre-signed CreateBucket URL is a PUT on the bucket, plus the `cors` query.
+async fn allow_browser_uploads(stack: &Stack) {
+    let store = stack.object_store.as_ref().expect("the stack has a store");
+    let bucket = rusty_s3::Bucket::new(
+        store.endpoint().parse().unwrap(),
+        rusty_s3::UrlStyle::Path,
+        store.bucket.clone(),
+        switchboard_test_support::object_store::REGION,
+    )
+    .unwrap();
+    let credentials =
+        rusty_s3::Credentials::new(store.access_key_id.clone(), store.secret_access_key.clone());
+    let mut action = bucket.create_bucket(&credentials);
+    action.query_mut().insert("cors", "");
+    let url = action.sign(Duration::from_secs(60));
+    let rule = format!(
+        "<CORSConfiguration><CORSRule>\
+         <AllowedOrigin>{origin}</AllowedOrigin>\
+         <AllowedMethod>PUT</AllowedMethod><AllowedMethod>GET</AllowedMethod>\
+         <AllowedHeader>*</AllowedHeader><ExposeHeader>ETag</ExposeHeader>\
+         <MaxAgeSeconds>600</MaxAgeSeconds>\
+         </CORSRule></CORSConfiguration>",
+        origin = stack.nginx_url()
+    );
+    let response = reqwest::Client::new()
+        .put(url)
+        .header("content-type", "application/xml")
+        .body(rule)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert!(
+        status.is_success(),
+        "PutBucketCors: {status} {}",
+        response.text().await.unwrap_or_default()
+    );
+}
+
+/// Runs one `web-tests` script against `stack` and fails with its output unless it passed.
+async fn run_script(web_tests: &Path, script: &str, stack: &Stack) {
+    let started = std::time::Instant::now();
     let child = tokio::process::Command::new("node")
-        .arg(web_tests.join("chat.test.mjs"))
-        .current_dir(&web_tests)
+        .arg(web_tests.join(script))
+        .current_dir(web_tests)
         .env("BASE_URL", stack.nginx_url())
-        .env("SERVER_PIDS", Value::Object(pids).to_string())
+        .env("SERVER_PIDS", server_pids(stack))
         .env("CHROMIUM", CHROMIUM)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -58,20 +142,21 @@ async fn web_client_chats_reloads_and_survives_a_socket_server_kill() {
         .expect("running node (is Node.js installed?)");
     let output = tokio::time::timeout(NODE_TIMEOUT, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("chat.test.mjs ran longer than {NODE_TIMEOUT:?}"))
+        .unwrap_or_else(|_| panic!("{script} ran longer than {NODE_TIMEOUT:?}"))
         .expect("waiting for node");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     eprintln!("{stderr}");
+    println!("{script} took {:.1} s", started.elapsed().as_secs_f64());
     assert!(
         output.status.success(),
-        "web-tests/chat.test.mjs failed ({}); logs in {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        "web-tests/{script} failed ({}); logs in {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         output.status,
         stack.log_dir().display()
     );
     assert!(
         stdout.contains("1 passed, 0 failed"),
-        "chat.test.mjs exited 0 without reporting a pass:\n{stdout}"
+        "{script} exited 0 without reporting a pass:\n{stdout}"
     );
 }
