@@ -7,7 +7,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::ApiError;
 
-use crate::AppState;
+use crate::state::AppState;
 
 pub struct AuthUser(pub String);
 

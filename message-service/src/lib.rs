@@ -7,9 +7,14 @@
 //!   offsets are stored only after the rows are committed (at-least-once, duplicates ignored).
 //!   A record the database refuses for its data, or one that conflicts with a different
 //!   stored message, goes to `dead_letters` and ingest goes on.
-//! - `routes`: REST of SPEC section 5 (JWT auth), plus the cluster-only membership lookup the
-//!   socket managers use when their Redis cache of members is cold.
+//! - `routes`: REST of SPEC section 5 (JWT auth), one file a resource, plus the cluster-only
+//!   lookups the socket managers use (members when their Redis cache is cold, the settled
+//!   log, contacts).
 //! - `server_api`: the server API (`/server/v1`, API keys) for applications' backends.
+//! - [`attachments`], [`search`], `push_devices`: attachments on an S3-compatible store,
+//!   message search, and the devices push notifications go to.
+//! - `state`: the state the handlers share (`AppState`); `http_common`: what they share
+//!   besides (error answers, input checks, membership, presence, the mirror after a change).
 //! - the members mirror in Redis the managers read is `switchboard_chat_state::membership`;
 //!   [`outbox`] applies every membership change to it until Redis has surely kept it.
 //!
@@ -21,6 +26,7 @@ pub mod attachments;
 mod auth;
 pub mod config;
 pub mod events;
+mod http_common;
 pub mod ingest;
 pub mod log_fences;
 pub mod outbox;
@@ -29,34 +35,23 @@ mod routes;
 pub mod search;
 mod server_api;
 pub mod settled;
+mod state;
 pub mod store;
 
 use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::web;
-use switchboard_protocol::token::TokenKeys;
+use switchboard_chat_state::membership::MembershipMirror;
 use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 
 pub use config::MessageServiceConfig;
-
-pub(crate) struct AppState {
-    /// The REST pool: public routes.
-    pub store: store::Store,
-    /// The ingest pool: cluster-only routes (the socket managers' send path).
-    pub internal: store::Store,
-    pub tokens: TokenKeys,
-    pub cache: switchboard_chat_state::membership::MembershipMirror,
-    pub settled: settled::Settled,
-    pub config: MessageServiceConfig,
-    /// Attachments on the object store (off when `SB_S3_ENDPOINT` is unset).
-    pub attachments: attachments::Attachments,
-    /// The edit window, edit and reaction limits checked before an event is numbered.
-    pub events: events::EventLimits,
-}
+// For modules not yet moved to `crate::state::AppState` (events/check.rs, another
+// engineer's split in progress); new code imports it from `state`.
+pub(crate) use state::AppState;
 
 pub struct Application {
     port: u16,
@@ -64,10 +59,7 @@ pub struct Application {
     /// Keeps an identity provider's keys fresh, when one is configured.
     jwks: Option<switchboard_service_kit::jwks::JwksRefresher>,
     ingest: ingest::Ingest,
-    outbox: (
-        store::Store,
-        switchboard_chat_state::membership::MembershipMirror,
-    ),
+    outbox: (store::Store, MembershipMirror),
     /// The membership events' outbox: published to the events topic once committed.
     events: (store::Store, switchboard_kafka::KafkaConfig),
     /// The attachment sweeper's work: the store's objects and the ingest pool.
@@ -78,18 +70,7 @@ impl Application {
     pub async fn build(config: MessageServiceConfig) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(&config.bind)?;
         let port = listener.local_addr()?.port();
-        let store = store::Store::connect(&config.database_url, config.db_max_connections).await?;
-        let rest_store = store::Store::connect_with(
-            &config.database_url,
-            store::PoolSettings {
-                max_connections: config.db_rest_max_connections,
-                statement_timeout_ms: config.db_rest_statement_timeout_ms,
-                // Shorter than ingest's: a client gets a quick 503 rather than a long queue.
-                acquire_timeout: std::time::Duration::from_secs(2),
-                migrate: false,
-            },
-        )
-        .await?;
+        let (store, rest_store) = connect_pools(&config).await?;
         let redis = SentinelRedis::new(config.common.redis.clone());
         let ops = Ops::new("message-service");
         let progress = settled::IngestProgress::default();
@@ -102,21 +83,9 @@ impl Application {
             config.ingest_rewind_records,
             progress,
         )?;
-        let alarm = ingest.alarm();
-
-        let ready_store = store.clone();
-        let ops = ops
-            .with_check(
-                "database",
-                Arc::new(move || {
-                    let store = ready_store.clone();
-                    Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
-                }),
-            )
-            .with_check("redis", redis.readiness_check())
-            .with_check("ingest", alarm.readiness_check());
+        let ops = readiness(ops, &store, &redis, &ingest);
         let config_origins = config.common.allowed_origins.clone();
-        let mirror = switchboard_chat_state::membership::MembershipMirror::new(redis);
+        let mirror = MembershipMirror::new(redis);
         let event_limits = events::EventLimits::from_env()?;
         let outbox = (store.clone(), mirror.clone());
         let events = (store.clone(), config.kafka.clone());
@@ -190,4 +159,43 @@ impl Application {
         workers.serve(self.server, shutdown).await?;
         Ok(())
     }
+}
+
+/// The two pools: ingest's (migrated here), and the public REST API's, with a statement
+/// timeout and a short acquire timeout.
+async fn connect_pools(
+    config: &MessageServiceConfig,
+) -> anyhow::Result<(store::Store, store::Store)> {
+    let store = store::Store::connect(&config.database_url, config.db_max_connections).await?;
+    let rest_store = store::Store::connect_with(
+        &config.database_url,
+        store::PoolSettings {
+            max_connections: config.db_rest_max_connections,
+            statement_timeout_ms: config.db_rest_statement_timeout_ms,
+            // Shorter than ingest's: a client gets a quick 503 rather than a long queue.
+            acquire_timeout: std::time::Duration::from_secs(2),
+            migrate: false,
+        },
+    )
+    .await?;
+    Ok((store, rest_store))
+}
+
+/// The readiness checks: the database (ingest's pool), Redis, and ingest keeping up.
+fn readiness(
+    ops: Ops,
+    store: &store::Store,
+    redis: &SentinelRedis,
+    ingest: &ingest::Ingest,
+) -> Ops {
+    let ready_store = store.clone();
+    ops.with_check(
+        "database",
+        Arc::new(move || {
+            let store = ready_store.clone();
+            Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+        }),
+    )
+    .with_check("redis", redis.readiness_check())
+    .with_check("ingest", ingest.alarm().readiness_check())
 }

@@ -20,7 +20,8 @@ use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::ApiError;
 
 use crate::auth::AuthUser;
-use crate::AppState;
+use crate::http_common::db_error;
+use crate::state::AppState;
 
 /// Most devices one user may register.
 pub const MAX_DEVICES_PER_USER: i64 = 20;
@@ -80,11 +81,6 @@ pub struct Registered {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeviceList {
     pub devices: Vec<Device>,
-}
-
-fn db_error(e: sqlx::Error) -> ApiError {
-    tracing::error!(error = %e, "database error (push devices)");
-    ApiError::unavailable("the database is unavailable, retry shortly")
 }
 
 /// The request's fields checked; the data object serialized.

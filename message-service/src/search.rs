@@ -21,7 +21,7 @@ use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::ApiError;
 
 use crate::auth::AuthUser;
-use crate::AppState;
+use crate::state::AppState;
 
 /// The longest query, in bytes.
 const MAX_QUERY_BYTES: usize = 256;
