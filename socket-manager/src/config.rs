@@ -290,36 +290,10 @@ impl ManagerConfig {
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         let bind = lookup_string(lookup, SB_MANAGER_BIND, "127.0.0.1:8201");
         let max_body_bytes = lookup_or(lookup, SB_MAX_BODY_BYTES, 64 * 1024)?;
-        if max_body_bytes > MAX_BODY_BYTES_LIMIT {
-            // Such a body could make a record every produce refuses: appended again and again,
-            // it would stall its conversation and fail every record sharing its envelope.
-            return Err(ConfigError {
-                name: SB_MAX_BODY_BYTES.to_owned(),
-                value: max_body_bytes.to_string(),
-                reason: format!(
-                    "{BODY_ESCAPE_FACTOR} x the body + {RECORD_OVERHEAD_BYTES} must fit one Kafka \
-                     record ({} bytes, message.max.bytes less room for the envelope): at most \
-                     {MAX_BODY_BYTES_LIMIT}",
-                    switchboard_kafka::RECORD_MAX_BYTES
-                ),
-            });
-        }
+        check_body_limit(max_body_bytes)?;
         let lock_ttl = lookup_millis(lookup, SB_LOCK_TTL_MS, 5_000)?;
         let produce_timeout_ms = lookup_or(lookup, SB_PRODUCE_TIMEOUT_MS, 3_000)?;
-        if lock_ttl.as_millis() < u128::from(produce_timeout_ms) + LEASE_MARGIN_MS {
-            // A holder whose renewals stall (a pause, a partition from Redis) must still hold
-            // the lease when its last append is decided, with time left to finish; otherwise
-            // a second holder numbers while that append may still land (fenced by the store,
-            // but the first holder's clients then wait out a resend).
-            return Err(ConfigError {
-                name: SB_LOCK_TTL_MS.to_owned(),
-                value: lock_ttl.as_millis().to_string(),
-                reason: format!(
-                    "the sequence lease must outlive an append: at least {SB_PRODUCE_TIMEOUT_MS} \
-                     ({produce_timeout_ms}) + {LEASE_MARGIN_MS} ms"
-                ),
-            });
-        }
+        check_lease(lock_ttl, produce_timeout_ms)?;
         let quotas = crate::quota::QuotaSettings {
             frames_per_min: lookup_or(lookup, SB_USER_FRAMES_PER_MIN, 12_000)?,
             frames_burst: lookup_or(lookup, SB_USER_FRAMES_BURST, 2_000)?,
@@ -328,39 +302,7 @@ impl ManagerConfig {
             typing_interval_ms: lookup_or(lookup, SB_TYPING_INTERVAL_MS, 1_000)?,
             sends_per_day: lookup_or(lookup, SB_USER_SENDS_PER_DAY, 20_000)?,
         };
-        if quotas.frames_per_min > 0 {
-            // A send larger than the byte burst could never pass, and a zero rate or burst
-            // would refuse everything: both are mistakes, not limits.
-            let refuse = |name: &str, value: u64, reason: &str| ConfigError {
-                name: name.to_owned(),
-                value: value.to_string(),
-                reason: reason.to_owned(),
-            };
-            if quotas.frames_burst == 0 {
-                return Err(refuse(
-                    SB_USER_FRAMES_BURST,
-                    0,
-                    "at least 1 while the quotas are on",
-                ));
-            }
-            if quotas.bytes_per_min == 0 {
-                return Err(refuse(
-                    SB_USER_BYTES_PER_MIN,
-                    0,
-                    "at least 1 while the quotas are on",
-                ));
-            }
-            if quotas.bytes_burst < max_body_bytes as u64 {
-                return Err(refuse(
-                    SB_USER_BYTES_BURST,
-                    quotas.bytes_burst,
-                    &format!("at least {SB_MAX_BODY_BYTES} ({max_body_bytes}): a larger body could never be sent"),
-                ));
-            }
-            if quotas.typing_interval_ms == 0 {
-                return Err(refuse(SB_TYPING_INTERVAL_MS, 0, "at least 1 ms"));
-            }
-        }
+        check_quotas(&quotas, max_body_bytes)?;
         Ok(ManagerConfig {
             quotas,
             token_max_lifetime_secs: lookup_or(lookup, SB_TOKEN_MAX_LIFETIME_SECS, 604_800)?,
@@ -394,6 +336,86 @@ impl ManagerConfig {
             bind,
         })
     }
+}
+
+/// Refuses a body limit whose records could not be produced.
+fn check_body_limit(max_body_bytes: usize) -> Result<(), ConfigError> {
+    if max_body_bytes > MAX_BODY_BYTES_LIMIT {
+        // Such a body could make a record every produce refuses: appended again and again,
+        // it would stall its conversation and fail every record sharing its envelope.
+        return Err(ConfigError {
+            name: SB_MAX_BODY_BYTES.to_owned(),
+            value: max_body_bytes.to_string(),
+            reason: format!(
+                "{BODY_ESCAPE_FACTOR} x the body + {RECORD_OVERHEAD_BYTES} must fit one Kafka \
+                 record ({} bytes, message.max.bytes less room for the envelope): at most \
+                 {MAX_BODY_BYTES_LIMIT}",
+                switchboard_kafka::RECORD_MAX_BYTES
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a sequence lease that does not outlive an append.
+fn check_lease(lock_ttl: Duration, produce_timeout_ms: u64) -> Result<(), ConfigError> {
+    if lock_ttl.as_millis() < u128::from(produce_timeout_ms) + LEASE_MARGIN_MS {
+        // A holder whose renewals stall (a pause, a partition from Redis) must still hold
+        // the lease when its last append is decided, with time left to finish; otherwise
+        // a second holder numbers while that append may still land (fenced by the store,
+        // but the first holder's clients then wait out a resend).
+        return Err(ConfigError {
+            name: SB_LOCK_TTL_MS.to_owned(),
+            value: lock_ttl.as_millis().to_string(),
+            reason: format!(
+                "the sequence lease must outlive an append: at least {SB_PRODUCE_TIMEOUT_MS} \
+                 ({produce_timeout_ms}) + {LEASE_MARGIN_MS} ms"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses quotas that would refuse everything, or a body the byte burst could never pass.
+fn check_quotas(
+    quotas: &crate::quota::QuotaSettings,
+    max_body_bytes: usize,
+) -> Result<(), ConfigError> {
+    if quotas.frames_per_min == 0 {
+        return Ok(());
+    }
+    // A send larger than the byte burst could never pass, and a zero rate or burst would
+    // refuse everything: both are mistakes, not limits.
+    let refuse = |name: &str, value: u64, reason: &str| ConfigError {
+        name: name.to_owned(),
+        value: value.to_string(),
+        reason: reason.to_owned(),
+    };
+    if quotas.frames_burst == 0 {
+        return Err(refuse(
+            SB_USER_FRAMES_BURST,
+            0,
+            "at least 1 while the quotas are on",
+        ));
+    }
+    if quotas.bytes_per_min == 0 {
+        return Err(refuse(
+            SB_USER_BYTES_PER_MIN,
+            0,
+            "at least 1 while the quotas are on",
+        ));
+    }
+    if quotas.bytes_burst < max_body_bytes as u64 {
+        return Err(refuse(
+            SB_USER_BYTES_BURST,
+            quotas.bytes_burst,
+            &format!("at least {SB_MAX_BODY_BYTES} ({max_body_bytes}): a larger body could never be sent"),
+        ));
+    }
+    if quotas.typing_interval_ms == 0 {
+        return Err(refuse(SB_TYPING_INTERVAL_MS, 0, "at least 1 ms"));
+    }
+    Ok(())
 }
 
 /// `SB_LOCK_TTL_MS` must be at least `SB_PRODUCE_TIMEOUT_MS` plus this (see `from_lookup`).

@@ -24,7 +24,7 @@ use switchboard_protocol::UserId;
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 
-use crate::AppState;
+use crate::state::AppState;
 
 /// The route, registered by `routes::configure`.
 pub const PATH: &str = "/internal/v1/users/{user_id}/sessions/end";

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use actix_web::web;
 use switchboard_service_kit::shutdown::CancellationToken;
 
-use crate::AppState;
+use crate::state::AppState;
 
 pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken) {
     let owner = ulid::Ulid::new().to_string();

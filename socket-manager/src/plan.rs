@@ -202,31 +202,15 @@ pub(crate) struct BatchPlan {
     pub signals: Vec<Signal>,
 }
 
-/// Splits the items `handler` posted; see the module docs.
+/// Splits the items `server` posted; see the module docs.
 pub(crate) fn plan(server: &HandlerId, items: Vec<ServerItem>, limits: &SendLimits) -> BatchPlan {
+    let (online, offline) = presence_changes(&items);
     let mut plan = BatchPlan {
         replies: vec![None; items.len()],
+        online,
+        offline,
         ..BatchPlan::default()
     };
-    let mut presence: HashMap<&str, bool> = HashMap::new();
-    for item in &items {
-        match item {
-            ServerItem::Connected { user_id, .. } => {
-                presence.insert(user_id, true);
-            }
-            ServerItem::Disconnected { user_id, .. } => {
-                presence.insert(user_id, false);
-            }
-            ServerItem::Frame { .. } => {}
-        }
-    }
-    for (user, online) in presence {
-        if online {
-            plan.online.push(user.to_owned());
-        } else {
-            plan.offline.push(user.to_owned());
-        }
-    }
     for (index, item) in items.into_iter().enumerate() {
         let ServerItem::Frame {
             connection_id,
@@ -248,69 +232,17 @@ pub(crate) fn plan(server: &HandlerId, items: Vec<ServerItem>, limits: &SendLimi
             | ClientFrame::Edit { .. }
             | ClientFrame::Delete { .. }
             | ClientFrame::React { .. }) => {
-                let Some(Numbered {
-                    conversation_id,
-                    client_msg_id,
-                    body,
-                    attachments,
-                    event,
-                }) = Numbered::of(frame)
-                else {
+                let Some(numbered) = Numbered::of(frame) else {
                     continue;
                 };
-                let client_msg_id = match ClientMsgId::parse_owned(client_msg_id) {
-                    Ok(id) if !conversation_id.is_empty() => id,
-                    refused => {
-                        plan.replies[index] = Some(ServerFrame::Error {
-                            code: ErrorCode::BadRequest,
-                            message: "conversation_id and client_msg_id (1-128 bytes) are required"
-                                .into(),
-                            client_msg_id: Some(refused.map_or_else(|text| text, String::from)),
-                        });
-                        continue;
-                    }
-                };
-                if let Some((code, message)) =
-                    refuse_body(limits, &user_id, client_msg_id.as_str(), &body)
-                        .or_else(|| crate::attachments::refuse_ids(&attachments))
-                        .or_else(|| event.as_ref().and_then(crate::events::refuse_event))
-                {
-                    plan.replies[index] = Some(ServerFrame::Error {
-                        code,
-                        message,
-                        client_msg_id: Some(client_msg_id.into_string()),
-                    });
-                    continue;
+                match send_request(server, connection_id, user_id, numbered, limits) {
+                    Ok(send) => plan
+                        .sends
+                        .entry(send.conversation_id.clone())
+                        .or_default()
+                        .push((index, send)),
+                    Err(refused) => plan.replies[index] = Some(refused),
                 }
-                // Conversation ids are ULIDs: any other text names no conversation the
-                // sender is in (the answer a real but foreign conversation gets too).
-                let (Ok(conversation_id), Ok(sender_id)) = (
-                    ConversationId::parse(conversation_id),
-                    UserId::parse(user_id),
-                ) else {
-                    plan.replies[index] = Some(ServerFrame::Error {
-                        code: ErrorCode::NotAMember,
-                        message: "you are not a member of this conversation".into(),
-                        client_msg_id: Some(client_msg_id.into_string()),
-                    });
-                    continue;
-                };
-                plan.sends
-                    .entry(conversation_id.clone())
-                    .or_default()
-                    .push((
-                        index,
-                        SendRequest {
-                            server_id: server.clone(),
-                            connection_id,
-                            sender_id,
-                            conversation_id,
-                            client_msg_id,
-                            body,
-                            attachments,
-                            event,
-                        },
-                    ));
             }
             ClientFrame::Typing { conversation_id } => {
                 plan.signals.push(signal(conversation_id, None));
@@ -339,6 +271,94 @@ pub(crate) fn plan(server: &HandlerId, items: Vec<ServerItem>, limits: &SendLimi
         }
     }
     plan
+}
+
+/// The users who came online and went offline in `items`, the last report per user winning.
+fn presence_changes(items: &[ServerItem]) -> (Vec<String>, Vec<String>) {
+    let mut presence: HashMap<&str, bool> = HashMap::new();
+    for item in items {
+        match item {
+            ServerItem::Connected { user_id, .. } => {
+                presence.insert(user_id, true);
+            }
+            ServerItem::Disconnected { user_id, .. } => {
+                presence.insert(user_id, false);
+            }
+            ServerItem::Frame { .. } => {}
+        }
+    }
+    let (mut online, mut offline) = (Vec::new(), Vec::new());
+    for (user, is_online) in presence {
+        if is_online {
+            online.push(user.to_owned());
+        } else {
+            offline.push(user.to_owned());
+        }
+    }
+    (online, offline)
+}
+
+/// A numbered frame checked (its ids, body, attachments and event) into a send, or the error
+/// frame that refuses it.
+// The refusal is the frame the sender gets, built once per refused send: boxing it would only
+// add an allocation.
+#[allow(clippy::result_large_err)]
+fn send_request(
+    server: &HandlerId,
+    connection_id: u64,
+    user_id: String,
+    numbered: Numbered,
+    limits: &SendLimits,
+) -> Result<SendRequest, ServerFrame> {
+    let Numbered {
+        conversation_id,
+        client_msg_id,
+        body,
+        attachments,
+        event,
+    } = numbered;
+    let client_msg_id = match ClientMsgId::parse_owned(client_msg_id) {
+        Ok(id) if !conversation_id.is_empty() => id,
+        refused => {
+            return Err(ServerFrame::Error {
+                code: ErrorCode::BadRequest,
+                message: "conversation_id and client_msg_id (1-128 bytes) are required".into(),
+                client_msg_id: Some(refused.map_or_else(|text| text, String::from)),
+            });
+        }
+    };
+    if let Some((code, message)) = refuse_body(limits, &user_id, client_msg_id.as_str(), &body)
+        .or_else(|| crate::attachments::refuse_ids(&attachments))
+        .or_else(|| event.as_ref().and_then(crate::events::refuse_event))
+    {
+        return Err(ServerFrame::Error {
+            code,
+            message,
+            client_msg_id: Some(client_msg_id.into_string()),
+        });
+    }
+    // Conversation ids are ULIDs: any other text names no conversation the sender is in (the
+    // answer a real but foreign conversation gets too).
+    let (Ok(conversation_id), Ok(sender_id)) = (
+        ConversationId::parse(conversation_id),
+        UserId::parse(user_id),
+    ) else {
+        return Err(ServerFrame::Error {
+            code: ErrorCode::NotAMember,
+            message: "you are not a member of this conversation".into(),
+            client_msg_id: Some(client_msg_id.into_string()),
+        });
+    };
+    Ok(SendRequest {
+        server_id: server.clone(),
+        connection_id,
+        sender_id,
+        conversation_id,
+        client_msg_id,
+        body,
+        attachments,
+        event,
+    })
 }
 
 /// `items` grouped by their connection (`connection_of`), groups in order of first

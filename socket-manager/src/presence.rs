@@ -11,7 +11,7 @@ use actix_web::web;
 use switchboard_message_log::Event;
 use switchboard_protocol::frames::{PresenceStatus, ServerFrame};
 
-use crate::AppState;
+use crate::state::AppState;
 
 pub(crate) fn announce(state: web::Data<AppState>, online: Vec<String>, offline: Vec<String>) {
     if online.is_empty() && offline.is_empty() {

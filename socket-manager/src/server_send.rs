@@ -16,6 +16,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use sha2::{Digest, Sha256};
+use switchboard_chat_state::sequence::SequenceKeys;
 use switchboard_protocol::frames::{is_storable_text, ServerFrame};
 use switchboard_protocol::server_api::{
     valid_idempotency_key, InternalServerSend, InternalServerSent,
@@ -25,7 +26,7 @@ use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 
-use crate::AppState;
+use crate::state::AppState;
 
 pub use switchboard_protocol::server_api::INTERNAL_SERVER_SEND_PATH as PATH;
 
@@ -43,10 +44,10 @@ fn hex_sha256(parts: &[&str]) -> String {
 }
 
 /// The shared namespace secret: read, or made (`SET NX`) by the first manager that needs it.
-async fn namespace(redis: &SentinelRedis) -> Result<String, ApiError> {
+async fn namespace(redis: &SentinelRedis, keys: &SequenceKeys) -> Result<String, ApiError> {
     NAMESPACE
         .get_or_try_init(|| async {
-            let key = redis.key("idem:server-api-namespace");
+            let key = keys.server_api_namespace();
             // Two ULIDs: 160 bits from the thread's CSPRNG.
             let fresh = format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new());
             let _: Option<String> = redis
@@ -121,11 +122,14 @@ async fn answer(
 ) -> Result<InternalServerSent, ApiError> {
     let sequencer = &state.sequencer;
     let redis = &sequencer.redis;
-    let client_msg_id = namespaced(&namespace(redis).await?, &send.idempotency_key);
+    let client_msg_id = namespaced(
+        &namespace(redis, &sequencer.keys).await?,
+        &send.idempotency_key,
+    );
     let request_hash = hex_sha256(&[&send.sender_id, &send.body]);
-    let record = redis.key(&format!(
-        "idem:server-api:{conversation_id}:{client_msg_id}"
-    ));
+    let record = sequencer
+        .keys
+        .server_api_request(&conversation_id, &client_msg_id);
     let first: Option<String> = redis
         .query(
             redis::cmd("SET")

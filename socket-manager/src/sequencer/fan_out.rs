@@ -1,4 +1,4 @@
-//! Fan-out: frames to the handler topics of the devices that get them.
+//! Fan-out: frames to the topics of the socket servers holding the devices that get them.
 
 use std::collections::HashMap;
 
@@ -8,7 +8,7 @@ use switchboard_protocol::frames::{RecordKind, ServerFrame};
 use super::{RouteTargets, Sequencer};
 
 impl Sequencer {
-    /// One record per handler holding a member's device; the sending device is skipped (it
+    /// One record per socket server holding a member's device; the sending device is skipped (it
     /// gets `sent`). A failure here loses no message: it is in the log, and devices fill gaps
     /// from history.
     pub(super) async fn route(
@@ -45,7 +45,7 @@ impl Sequencer {
         self.route_frame(targets, &frame, skip, Some(record)).await;
     }
 
-    /// Which handlers get a frame for `users` (one Redis round trip); an empty map when the
+    /// Which socket servers get a frame for `users` (one Redis round trip); an empty map when the
     /// lookup fails (devices then catch up from history).
     pub(super) async fn route_targets(&self, users: &[String]) -> RouteTargets {
         match self.servers.route(users, self.route_broadcast_from).await {
@@ -57,15 +57,15 @@ impl Sequencer {
         }
     }
 
-    /// Produces `frame` to every handler holding a device of `users`, skipping one connection.
+    /// Produces `frame` to every socket server holding a device of `users`, skipping one connection.
     pub async fn fan_out(&self, frame: &str, users: &[String], skip: Option<(&str, u64)>) {
         let targets = self.route_targets(users).await;
         self.route_frame(&targets, frame, skip, None).await;
     }
 
-    /// Queues one record per target handler on the [`Router`] without waiting for the
-    /// broker's ack: the router keeps this manager's routing order per handler topic, and
-    /// handlers restore `seq` order across managers (`order`), so the lease is not held for a
+    /// Queues one record per target socket server on the [`Router`] without waiting for the
+    /// broker's ack: the router keeps this manager's routing order per socket server topic, and
+    /// socket servers restore `seq` order across managers (`order`), so the lease is not held for a
     /// second round trip.
     /// A record that fails only costs live delivery: the message is in the log, and devices
     /// fill gaps from history. `message`: the log record a `message` frame carries (its

@@ -49,7 +49,7 @@ impl Sequencer {
     ) -> Result<(), NumberingError> {
         let entries: HashMap<u64, String> = self
             .redis
-            .query(redis::cmd("HGETALL").arg(self.pending_key(conversation_id)))
+            .query(redis::cmd("HGETALL").arg(self.keys.pending(conversation_id)))
             .await?;
         let mut records: Vec<LogRecord> = Vec::with_capacity(entries.len());
         let mut unreadable = Vec::new();
@@ -78,21 +78,7 @@ impl Sequencer {
             self.forget_idempotency_of(conversation_id, &unreadable)
                 .await?;
         }
-        let stale = records
-            .iter()
-            .filter(|r| {
-                Timestamp::now().millis() - r.created_at.millis()
-                    > PENDING_STALE_AFTER.as_millis() as i64
-            })
-            .count();
-        if stale > 0 {
-            self.metrics.pending_stale.inc_by(stale as u64);
-            tracing::error!(
-                conversation_id,
-                stale,
-                "ALARM: numbers have waited for their append longer than {PENDING_STALE_AFTER:?}"
-            );
-        }
+        self.count_stale(conversation_id, &records);
         records.sort_by_key(|r| r.seq);
         let outcomes = self.appender.append_all(&records).await;
         let mut acked: Vec<u64> = unreadable;
@@ -107,7 +93,11 @@ impl Sequencer {
         for record in records.iter().filter(|r| acked.contains(&r.seq)) {
             self.route(&targets, record, None).await;
         }
-        if !self.finish(lease, conversation_id, &acked, false).await? {
+        if !self
+            .finish(lease, conversation_id, &acked, false)
+            .await?
+            .held
+        {
             return Err(NumberingError::LeaseLost);
         }
         self.metrics.pending_replayed.inc_by(records.len() as u64);
@@ -124,6 +114,25 @@ impl Sequencer {
         }
     }
 
+    /// Counts (and raises the alarm for) pending numbers older than [`PENDING_STALE_AFTER`].
+    fn count_stale(&self, conversation_id: &str, records: &[LogRecord]) {
+        let stale = records
+            .iter()
+            .filter(|r| {
+                Timestamp::now().millis() - r.created_at.millis()
+                    > PENDING_STALE_AFTER.as_millis() as i64
+            })
+            .count();
+        if stale > 0 {
+            self.metrics.pending_stale.inc_by(stale as u64);
+            tracing::error!(
+                conversation_id,
+                stale,
+                "ALARM: numbers have waited for their append longer than {PENDING_STALE_AFTER:?}"
+            );
+        }
+    }
+
     /// Deletes the idempotency records that answer with one of `seqs` (a rare path: found by
     /// scanning the conversation's records).
     pub(super) async fn forget_idempotency_of(
@@ -131,11 +140,7 @@ impl Sequencer {
         conversation_id: &str,
         seqs: &[u64],
     ) -> Result<(), NumberingError> {
-        let pattern = format!(
-            "{}*",
-            self.idempotency_key(conversation_id, "", "")
-                .trim_end_matches(':')
-        );
+        let pattern = self.keys.idempotency_pattern(conversation_id);
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = self
@@ -188,7 +193,7 @@ impl Sequencer {
     ) -> Result<(), NumberingError> {
         let counter: Option<u64> = self
             .redis
-            .query(redis::cmd("GET").arg(self.counter_key(conversation_id)))
+            .query(redis::cmd("GET").arg(self.keys.counter(conversation_id)))
             .await?;
         let counter = counter.unwrap_or(0);
         let settled = self
@@ -214,10 +219,13 @@ impl Sequencer {
             eval.arg(RESEED_LUA)
                 .arg(3 + restored.len())
                 .arg(&lease.key)
-                .arg(self.counter_key(conversation_id))
-                .arg(self.epoch_key(conversation_id));
+                .arg(self.keys.counter(conversation_id))
+                .arg(self.keys.epoch(conversation_id));
             for (m, _) in &restored {
-                eval.arg(self.idempotency_key(conversation_id, &m.sender_id, &m.client_msg_id));
+                eval.arg(
+                    self.keys
+                        .idempotency(conversation_id, &m.sender_id, &m.client_msg_id),
+                );
             }
             eval.arg(&lease.token)
                 .arg(format!("{replid} {}", settled.epoch))

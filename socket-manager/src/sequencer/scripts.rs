@@ -44,16 +44,24 @@ const fn digits(text: &str) -> u64 {
 
 const _: () = assert!(SEQ_IDLE_TTL_SECS == 7 * 86_400 && EPOCH_EARLIER_SECS < SEQ_IDLE_TTL_SECS);
 
-/// The numbering script's row for one send: seq, message_id, created_at, fresh (1 or 0).
-type NumberedRow = (u64, String, String, u8);
+/// The numbering script's row for one send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NumberedRow {
+    pub seq: u64,
+    pub message_id: String,
+    /// As the idempotency record holds it (RFC 3339, ms).
+    pub created_at: String,
+    /// Numbered now (its record must be appended); `false`: a resend of a numbered message.
+    pub fresh: bool,
+}
 
 /// The numbering script's reply, typed.
 pub(super) struct NumberReply {
-    /// A row per send: seq, message_id, created_at, fresh (1: numbered now).
+    /// A row per send, in the order of the sends.
     pub rows: Vec<NumberedRow>,
     pub members: Vec<String>,
-    /// Each member's handlers, when the script looked the routes up (below the broadcast
-    /// threshold).
+    /// Each member's socket servers, when the script looked the routes up (below the
+    /// broadcast threshold).
     pub found: Option<Vec<Vec<String>>>,
     /// The log epoch the counter was checked under: the records carry it.
     pub epoch: u64,
@@ -61,17 +69,42 @@ pub(super) struct NumberReply {
 
 impl NumberReply {
     pub(super) fn parse(value: redis::Value) -> Result<Self, StoreError> {
-        type Wire = (Vec<NumberedRow>, Vec<String>, u8, Vec<Vec<String>>, u64);
+        /// A row as the script answers it: seq, message_id, created_at, fresh (1 or 0).
+        type WireRow = (u64, String, String, u8);
+        type Wire = (Vec<WireRow>, Vec<String>, u8, Vec<Vec<String>>, u64);
         let (rows, members, looked_up, found, epoch): Wire = redis::from_owned_redis_value(value)
             .map_err(|e| {
             StoreError::Unavailable(format!("the numbering script answered: {e}"))
         })?;
+        let rows = rows
+            .into_iter()
+            .map(|(seq, message_id, created_at, fresh)| NumberedRow {
+                seq,
+                message_id,
+                created_at,
+                fresh: fresh == 1,
+            })
+            .collect();
         Ok(NumberReply {
             rows,
             members,
             found: (looked_up == 1).then_some(found),
             epoch,
         })
+    }
+}
+
+/// The finish script's reply, typed.
+pub(super) struct FinishReply {
+    /// The token still held the lease (and the acknowledged entries were cleared).
+    pub held: bool,
+}
+
+impl FinishReply {
+    pub(super) fn parse(value: redis::Value) -> Result<Self, StoreError> {
+        let held: i64 = redis::from_owned_redis_value(value)
+            .map_err(|e| StoreError::Unavailable(format!("the finish script answered: {e}")))?;
+        Ok(FinishReply { held: held == 1 })
     }
 }
 
@@ -90,7 +123,8 @@ pub(super) fn split_pending(value: &str) -> (u64, &str) {
 /// `EVAL` per flush; see `numbering`).
 pub const SEQUENCE_FUNCTIONS: [ScriptFunction; 2] = [NUMBER, FINISH];
 
-/// The Lua the sequence functions share: the route lookup of the presence key family's owner.
+/// The Lua the sequence functions share: the route lookup of the presence key family's owner
+/// (`servers_of`).
 pub const SEQUENCE_PREAMBLE: &str = switchboard_chat_state::presence::SERVERS_OF_LUA;
 
 /// Checks that every sender is a member, takes the lease when it is free (one round trip for
@@ -109,7 +143,7 @@ pub const SEQUENCE_PREAMBLE: &str = switchboard_chat_state::presence::SERVERS_OF
 /// when it is cold (no set) or a sender is not in it, nothing is touched and the script refuses
 /// with `MEMBERS`: the caller then reads them from the source of truth and calls again with
 /// them. Below the broadcast threshold it also looks up where each member is connected
-/// (`looked_up` 1, `found[i]` the handlers of `members[i]`: the route lookup rides in the
+/// (`looked_up` 1, `found[i]` the socket servers of `members[i]`: the route lookup rides in the
 /// flush instead of a round trip of its own).
 pub(super) const NUMBER: ScriptFunction = ScriptFunction {
     name: "number",
@@ -525,7 +559,9 @@ mod tests {
             RouteTargets::from([("h1".to_owned(), vec!["alice".to_owned()])])
         );
         assert_eq!(
-            rows.iter().map(|r| (r.0, r.3)).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| (r.seq, u8::from(r.fresh)))
+                .collect::<Vec<_>>(),
             [(1, 1), (2, 1)]
         );
         let pending: String = redis
@@ -560,7 +596,7 @@ mod tests {
             .unwrap();
         let given = NumberReply::parse(given.value).unwrap();
         assert_eq!(given.members, ["carol", "dave"]);
-        assert_eq!(given.rows[0].0, 3);
+        assert_eq!(given.rows[0].seq, 3);
         assert!(given.found.is_some());
         // From three members on, the routes are left to the caller (a broadcast).
         let _: i64 = redis
@@ -693,7 +729,7 @@ mod tests {
                 .unwrap();
         }
         let reply = batcher.run(number(60, "a")).await.unwrap();
-        assert_eq!(NumberReply::parse(reply.value).unwrap().rows[0].0, 1);
+        assert_eq!(NumberReply::parse(reply.value).unwrap().rows[0].seq, 1);
         let (seq_ttl, epoch_ttl) = (ttl(key("seq:c1")).await, ttl(key("seq-epoch:c1")).await);
         assert!(seq_ttl > (SEQ_IDLE_TTL_SECS - 10) as i64, "{seq_ttl}");
         assert_eq!(seq_ttl - epoch_ttl, EPOCH_EARLIER_SECS as i64);
@@ -704,7 +740,7 @@ mod tests {
         // A long idempotency ttl: the counter outlives three of them.
         let long = SEQ_IDLE_TTL_SECS;
         let reply = batcher.run(number(long, "b")).await.unwrap();
-        assert_eq!(NumberReply::parse(reply.value).unwrap().rows[0].0, 2);
+        assert_eq!(NumberReply::parse(reply.value).unwrap().rows[0].seq, 2);
         let seq_ttl = ttl(key("seq:c1")).await;
         assert!(seq_ttl > (3 * long - 10) as i64, "{seq_ttl}");
         let pending_ttl = ttl(key("pending:c1")).await;

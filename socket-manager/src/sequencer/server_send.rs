@@ -9,8 +9,8 @@ use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, HandlerId, Us
 
 use super::{error_frame, unavailable, SendRequest, Sequencer};
 
-/// The handler id a server-API send names as its origin: no socket server registers it
-/// (handler ids come from socket servers' own configuration and this one is documented as
+/// The socket server id a server-API send names as its origin: no socket server registers it
+/// (server ids come from socket servers' own configuration and this one is documented as
 /// reserved), so the fan-out skips no device.
 pub const SERVER_API_ORIGIN: &str = "server-api";
 
