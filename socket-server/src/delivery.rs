@@ -14,7 +14,7 @@ use switchboard_service_kit::shutdown::CancellationToken;
 
 use crate::hub::Outbound;
 use crate::reorder::Reorderer;
-use crate::ServerState;
+use crate::state::ServerState;
 
 pub(crate) async fn run(
     state: Arc<ServerState>,
@@ -106,8 +106,8 @@ impl Drop for Unlatch<'_> {
 /// Delivers one routed frame, through the reorder buffer when it is a numbered message.
 fn take(state: &ServerState, reorder: &mut Reorderer<HandlerRecord>, record: HandlerRecord) {
     if record.recipients.is_empty() {
-        // For nobody: a control record (`token_life::control`).
-        crate::token_life::control(state, &record.frame);
+        // For nobody: a control record (`Sessions::control`).
+        state.sessions.control(&record.frame);
         return;
     }
     if let Some(accepted) = record.accepted_at_ms {

@@ -13,9 +13,8 @@
 //! `SB_HANDSHAKE_TIMEOUT_MS`), and an upgrade is refused (429) when the client's address
 //! already holds `SB_MAX_CONNECTIONS_PER_IP` sessions.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -24,14 +23,17 @@ use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::ApiError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use switchboard_ws_codec::{parse_head, HeadError};
 
-pub(crate) use switchboard_ws_codec::RequestHead;
+use switchboard_ws_codec::RequestHead;
 
+use crate::per_address::AddressSlot;
+use crate::session;
+use crate::sse::{self, SseSessions};
+use crate::state::ServerState;
 use crate::websocket::{self, FrameReader, FrameWriter, HandshakeError};
-use crate::{session, sse, ServerState};
 
 /// The longest request head accepted (request line and headers).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -77,85 +79,37 @@ async fn read_head(
     }
 }
 
-/// The key an address is counted under: itself (IPv4) or its /64 (IPv6), as the rate limits
-/// count it, so rotating addresses inside one subscriber's block does not multiply the cap.
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
+/// Connections waiting to be accepted on the public port.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// `addr` as another process on this host reaches it (an unspecified address as loopback).
+pub(crate) fn reachable(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
     }
 }
 
-/// How many of something (heads being read, sessions) each address holds, capped. An entry
-/// lives only while its address holds one, so the table is never larger than what is held.
-pub(crate) struct PerAddress {
-    cap: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One held unit of a [`PerAddress`] count; given back on drop.
-pub(crate) struct AddressSlot {
-    table: Arc<PerAddress>,
-    key: IpAddr,
-}
-
-impl PerAddress {
-    /// `cap` 0: no cap (nothing is counted).
-    pub(crate) fn new(cap: usize) -> Arc<Self> {
-        Arc::new(PerAddress {
-            cap,
-            held: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// A slot for `ip`, or `None` when it already holds `cap`. With no cap, `Some(None)`.
-    pub(crate) fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<Option<AddressSlot>> {
-        if self.cap == 0 {
-            return Some(None);
-        }
-        let key = address_key(ip);
-        let mut held = self.held.lock().expect("per-address table");
-        let count = held.entry(key).or_default();
-        if *count >= self.cap {
-            return None;
-        }
-        *count += 1;
-        Some(Some(AddressSlot {
-            table: self.clone(),
-            key,
-        }))
-    }
-
-    #[cfg(test)]
-    fn held_by(&self, ip: IpAddr) -> usize {
-        let held = self.held.lock().expect("per-address table");
-        held.get(&address_key(ip)).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut held = self.table.held.lock().expect("per-address table");
-        if let Some(count) = held.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.key);
-            }
-        }
-    }
+/// Binds the public port (`SO_REUSEADDR`, so a restarted server can take it back at once).
+pub(crate) fn bind_public(addr: &str) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{addr} resolves to no address"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(ACCEPT_BACKLOG)?)
 }
 
 /// Accepts connections until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, state: Arc<ServerState>) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    let sse_sessions = sse::SseSessions::new();
-    let head_timeout = state.config.handshake_timeout;
+    let sse_sessions = SseSessions::new();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -177,57 +131,78 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ServerState>) {
             tracing::warn!(%peer, "too many requests being read at once; connection closed");
             continue;
         };
-        let state = state.clone();
-        let sse_sessions = sse_sessions.clone();
+        let accepted = Accepted {
+            stream,
+            peer,
+            address_slot,
+            permit,
+        };
         // Tracked, so the drain waits for the last connection by notification.
-        let connections = state.connections.clone();
-        connections.spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let mut stream = stream;
-            let head = tokio::time::timeout(head_timeout, read_head(&mut stream)).await;
-            let (head, buf, head_len) = match head {
-                Err(_) | Ok(Err(ReadHeadError::Closed)) => return,
-                Ok(Err(ReadHeadError::TooLarge | ReadHeadError::Head(HeadError::TooLarge))) => {
-                    let error = ApiError::bad_request("request head too large");
-                    return refuse(stream, 431, &error, "").await;
-                }
-                Ok(Err(ReadHeadError::Head(HeadError::Malformed))) => {
-                    let error = ApiError::bad_request("malformed HTTP request");
-                    return refuse(stream, 400, &error, "").await;
-                }
-                Ok(Ok(read)) => read,
-            };
-            drop(permit);
-            // The address's slot is kept until the connection is a session or gone: answers
-            // and refusals linger up to 2 s, and one address must not hold more of them.
-            match (head.method.as_str(), head.path.as_str()) {
-                ("GET", "/ws") => {
-                    let rest = &buf[head_len..];
-                    upgrade(stream, peer, head, rest, state, address_slot).await;
-                }
-                ("GET", "/live") => live(stream).await,
-                // The fallback where WebSocket upgrades are blocked (crate::sse).
-                ("GET", "/sse") => {
-                    sse::open(stream, peer, head, state, sse_sessions, address_slot).await;
-                }
-                ("POST", path) if path.starts_with("/sse/") => {
-                    let rest = &buf[head_len..];
-                    sse::post(stream, head, rest, state, sse_sessions).await;
-                }
-                ("OPTIONS", path) if path == "/sse" || path.starts_with("/sse/") => {
-                    sse::preflight(stream, state, head).await;
-                }
-                _ => {
-                    let error = ApiError::new(
-                        ErrorCode::NotFound,
-                        "this port serves only GET /ws, GET /sse, POST /sse/{id}/frames and \
-                         /live; /ready and /metrics are on the operations port \
-                         (SB_SOCKET_OPS_BIND)",
-                    );
-                    refuse(stream, 404, &error, "").await;
-                }
-            }
-        });
+        state
+            .connections
+            .spawn(answer(accepted, state.clone(), sse_sessions.clone()));
+    }
+}
+
+/// A connection let in at accept, with what it holds while its head is read.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// The address's share of the heads being read, kept until the connection is a session
+    /// or gone: answers and refusals linger up to 2 s, and one address must not hold more of
+    /// them.
+    address_slot: Option<AddressSlot>,
+    /// One of the [`MAX_HANDSHAKES`] heads being read at once, given back with the head.
+    permit: OwnedSemaphorePermit,
+}
+
+/// One accepted connection: reads its request head (within `SB_HANDSHAKE_TIMEOUT_MS`), then
+/// answers it by method and path.
+async fn answer(accepted: Accepted, state: Arc<ServerState>, sse_sessions: Arc<SseSessions>) {
+    let Accepted {
+        mut stream,
+        peer,
+        address_slot,
+        permit,
+    } = accepted;
+    let _ = stream.set_nodelay(true);
+    let head = tokio::time::timeout(state.config.handshake_timeout, read_head(&mut stream)).await;
+    let (head, buf, head_len) = match head {
+        Err(_) | Ok(Err(ReadHeadError::Closed)) => return,
+        Ok(Err(ReadHeadError::TooLarge | ReadHeadError::Head(HeadError::TooLarge))) => {
+            let error = ApiError::bad_request("request head too large");
+            return refuse(stream, 431, &error, "").await;
+        }
+        Ok(Err(ReadHeadError::Head(HeadError::Malformed))) => {
+            let error = ApiError::bad_request("malformed HTTP request");
+            return refuse(stream, 400, &error, "").await;
+        }
+        Ok(Ok(read)) => read,
+    };
+    drop(permit);
+    let rest = &buf[head_len..];
+    match (head.method.as_str(), head.path.as_str()) {
+        ("GET", "/ws") => upgrade(stream, peer, head, rest, state, address_slot).await,
+        ("GET", "/live") => live(stream).await,
+        // The fallback where WebSocket upgrades are blocked (crate::sse).
+        ("GET", "/sse") => {
+            sse::open(stream, peer, head, state, sse_sessions, address_slot).await;
+        }
+        ("POST", path) if path.starts_with("/sse/") => {
+            sse::post(stream, head, rest, state, sse_sessions).await;
+        }
+        ("OPTIONS", path) if path == "/sse" || path.starts_with("/sse/") => {
+            sse::preflight(stream, state, head).await;
+        }
+        _ => {
+            let error = ApiError::new(
+                ErrorCode::NotFound,
+                "this port serves only GET /ws, GET /sse, POST /sse/{id}/frames and \
+                 /live; /ready and /metrics are on the operations port \
+                 (SB_SOCKET_OPS_BIND)",
+            );
+            refuse(stream, 404, &error, "").await;
+        }
     }
 }
 
@@ -325,41 +300,5 @@ async fn live(mut stream: TcpStream) {
     if stream.write_all(&response).await.is_ok() {
         let _ = stream.shutdown().await;
         linger(&mut stream).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_address_slots_are_capped_counted_per_v6_block_and_given_back() {
-        let table = PerAddress::new(2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let first = table.try_take(a).unwrap();
-        let second = table.try_take(a).unwrap();
-        assert!(table.try_take(a).is_none(), "a third is refused");
-        // Another address has its own share.
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(table.try_take(b).is_some());
-        drop(first);
-        let third = table.try_take(a).expect("a slot given back is free again");
-        drop((second, third));
-        assert_eq!(table.held_by(a), 0);
-        assert!(
-            table.held.lock().unwrap().is_empty(),
-            "no entry outlives its slots"
-        );
-        // One /64 is one address.
-        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
-        let v6b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
-        let _x = table.try_take(v6a).unwrap();
-        let _y = table.try_take(v6b).unwrap();
-        assert!(table.try_take("2001:db8::3".parse().unwrap()).is_none());
-        // No cap: nothing counted.
-        let open = PerAddress::new(0);
-        for _ in 0..10 {
-            assert!(open.try_take(a).unwrap().is_none());
-        }
     }
 }

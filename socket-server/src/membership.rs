@@ -12,7 +12,7 @@ use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_service_kit::supervise::OwnedTask;
 
-use crate::ServerState;
+use crate::state::ServerState;
 
 pub(crate) async fn run(state: Arc<ServerState>, stop: CancellationToken) {
     // Only become assignable once messages can reach our clients.
@@ -71,7 +71,7 @@ pub(crate) async fn run(state: Arc<ServerState>, stop: CancellationToken) {
 
 async fn register(state: &ServerState, http: &reqwest::Client) -> Result<(), String> {
     let registration = Registration {
-        server_id: state.server_id.clone(),
+        server_id: state.server_id.to_string(),
         url: state.public_url.clone(),
         health_url: state.health_url.clone(),
         max_connections: state.config.max_connections,

@@ -32,16 +32,19 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use switchboard_protocol::error_code::ErrorBody;
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ErrorCode, UserId};
 use switchboard_service_kit::http::ApiError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::listener::{AddressSlot, RequestHead};
+use switchboard_ws_codec::RequestHead;
+
+use crate::per_address::AddressSlot;
+use crate::session::{self, bearer_token, origin_allowed};
+use crate::state::ServerState;
 use crate::wire::{Gone, Incoming, Outgoing, Outlet, ReadError};
-use crate::{session, ServerState};
 
 /// POSTed frames waiting for the session loop, per session. The loop reads them as fast as a
 /// WebSocket's; a POST that finds the queue full waits (up to the write timeout) rather than
@@ -60,7 +63,7 @@ pub(crate) struct SseSessions {
 
 #[derive(Clone)]
 struct Entry {
-    user_id: Arc<str>,
+    user_id: UserId,
     feed: mpsc::Sender<Feed>,
 }
 
@@ -186,6 +189,8 @@ pub(crate) async fn preflight(stream: TcpStream, state: Arc<ServerState>, head: 
     respond(stream, 204, "", &cors).await;
 }
 
+/// A POST's work: find its session (of the token's user), read its body within the limits,
+/// and queue its frames to the session in order.
 async fn accept_post(
     stream: &mut TcpStream,
     head: &RequestHead,
@@ -193,6 +198,42 @@ async fn accept_post(
     state: &ServerState,
     sessions: &SseSessions,
 ) -> Result<(), ApiError> {
+    let entry = session_of(head, state, sessions)?;
+    let length = content_length(head)?;
+    let limit = state.config.max_frame_bytes;
+    let timeout = state.config.client_write_timeout;
+    if length > limit {
+        // As a WebSocket frame over the limit: `too_large`, and the session is closed (1009).
+        let _ = tokio::time::timeout(timeout, entry.feed.send(Err(ReadError::TooLarge))).await;
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!("a POST carries at most {limit} bytes of frames; the session is closed"),
+        ));
+    }
+    let body = read_body(stream, already_read, length, state.config.handshake_timeout).await?;
+    let Ok(body) = String::from_utf8(body) else {
+        // As a WebSocket text frame that is not UTF-8 (1007).
+        let _ = tokio::time::timeout(
+            timeout,
+            entry.feed.send(Err(ReadError::Protocol(
+                crate::wire::close_code::INVALID_PAYLOAD,
+            ))),
+        )
+        .await;
+        return Err(ApiError::bad_request(
+            "frames must be UTF-8; the session is closed",
+        ));
+    };
+    feed(&entry, frames_of(&body), timeout).await
+}
+
+/// The session a POST is for: its id from the path, the request's token (of the session's
+/// user) and `Origin` checked.
+fn session_of(
+    head: &RequestHead,
+    state: &ServerState,
+    sessions: &SseSessions,
+) -> Result<Entry, ApiError> {
     let id = head
         .path
         .strip_prefix("/sse/")
@@ -226,18 +267,26 @@ async fn accept_post(
             ));
         }
     }
-    let entry = sessions.get(id).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::NotFound,
-            "no such session (it has ended): open a new one through the registry",
-        )
-    })?;
-    if *entry.user_id != *claims.sub {
+    let entry = sessions.get(id).ok_or_else(session_gone)?;
+    if entry.user_id.as_str() != claims.sub {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "the session is another user's",
         ));
     }
+    Ok(entry)
+}
+
+/// What a POST for a session that has ended is answered.
+fn session_gone() -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such session (it has ended): open a new one through the registry",
+    )
+}
+
+/// The body's length: its `content-length` (none: empty); chunked bodies are refused.
+fn content_length(head: &RequestHead) -> Result<usize, ApiError> {
     if head
         .header("transfer-encoding")
         .is_some_and(|te| !te.eq_ignore_ascii_case("identity"))
@@ -246,38 +295,18 @@ async fn accept_post(
             "send frames with a content-length, not chunked",
         ));
     }
-    let length: usize = match head.header("content-length") {
-        None => 0,
+    match head.header("content-length") {
+        None => Ok(0),
         Some(value) => value
             .trim()
             .parse()
-            .map_err(|_| ApiError::bad_request("content-length is not a number"))?,
-    };
-    let limit = state.config.max_frame_bytes;
-    let timeout = state.config.client_write_timeout;
-    if length > limit {
-        // As a WebSocket frame over the limit: `too_large`, and the session is closed (1009).
-        let _ = tokio::time::timeout(timeout, entry.feed.send(Err(ReadError::TooLarge))).await;
-        return Err(ApiError::new(
-            ErrorCode::TooLarge,
-            format!("a POST carries at most {limit} bytes of frames; the session is closed"),
-        ));
+            .map_err(|_| ApiError::bad_request("content-length is not a number")),
     }
-    let body = read_body(stream, already_read, length, state.config.handshake_timeout).await?;
-    let Ok(body) = String::from_utf8(body) else {
-        // As a WebSocket text frame that is not UTF-8 (1007).
-        let _ = tokio::time::timeout(
-            timeout,
-            entry.feed.send(Err(ReadError::Protocol(
-                crate::wire::close_code::INVALID_PAYLOAD,
-            ))),
-        )
-        .await;
-        return Err(ApiError::bad_request(
-            "frames must be UTF-8; the session is closed",
-        ));
-    };
-    let frames: Vec<Feed> = if body.trim().is_empty() {
+}
+
+/// A body's frames: one per non-blank line; an empty body answers the heartbeat.
+fn frames_of(body: &str) -> Vec<Feed> {
+    if body.trim().is_empty() {
         vec![Ok(Incoming::Pong)]
     } else {
         body.split('\n')
@@ -285,16 +314,16 @@ async fn accept_post(
             .filter(|line| !line.trim().is_empty())
             .map(|line| Ok(Incoming::Text(line.to_owned())))
             .collect()
-    };
+    }
+}
+
+/// Queues `frames` to the session in order, each within `timeout` (the session is not
+/// reading them: `unavailable`).
+async fn feed(entry: &Entry, frames: Vec<Feed>, timeout: Duration) -> Result<(), ApiError> {
     for frame in frames {
         match tokio::time::timeout(timeout, entry.feed.send(frame)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    "no such session (it has ended): open a new one through the registry",
-                ))
-            }
+            Ok(Err(_)) => return Err(session_gone()),
             Err(_) => {
                 return Err(ApiError::unavailable(
                     "the session is not reading its frames: retry shortly",
@@ -336,29 +365,6 @@ fn cors_headers(state: &ServerState, head: &RequestHead) -> String {
         }
         _ => String::new(),
     }
-}
-
-/// Whether a page from `origin` may use this server: any, when no list is configured (the
-/// rule `GET /ws` applies).
-fn origin_allowed(allowed: &[String], origin: &str) -> bool {
-    allowed.is_empty()
-        || allowed
-            .iter()
-            .any(|a| a == "*" || a == origin.trim_end_matches('/'))
-}
-
-/// `Authorization: Bearer …` or `?token=`, as for `GET /ws`.
-fn bearer_token(head: &RequestHead) -> Option<String> {
-    if let Some(value) = head.header("authorization") {
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))?;
-        return Some(token.trim().to_owned()).filter(|t| !t.is_empty());
-    }
-    form_urlencoded::parse(head.query.as_bytes())
-        .find(|(name, _)| name == "token")
-        .map(|(_, value)| value.into_owned())
-        .filter(|t| !t.is_empty())
 }
 
 async fn respond_error(stream: TcpStream, error: &ApiError, cors: &str) {
@@ -463,6 +469,13 @@ fn event(name: Option<&str>, text: &str) -> Vec<u8> {
     out
 }
 
+/// The body of the `close` event: the code and reason a WebSocket's close frame would carry.
+#[derive(serde::Serialize)]
+struct CloseEvent<'a> {
+    code: u16,
+    reason: &'a str,
+}
+
 impl Outlet for SseWriter {
     fn abandon(&mut self) {
         self.closed = true;
@@ -484,9 +497,12 @@ impl Outlet for SseWriter {
             Outgoing::Close(close) => {
                 self.closed = true;
                 let out = close.map(|c| {
-                    let body =
-                        serde_json::json!({"code": c.code, "reason": c.reason.unwrap_or_default()});
-                    event(Some("close"), &body.to_string())
+                    let body = CloseEvent {
+                        code: c.code,
+                        reason: c.reason.unwrap_or_default(),
+                    };
+                    let body = serde_json::to_string(&body).unwrap_or_default();
+                    event(Some("close"), &body)
                 });
                 let written = match out {
                     Some(out) => self.write.write_all(&out).await,

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use switchboard_chat_state::sessions::SessionMarks;
 use switchboard_protocol::sessions::EndSessions;
+use switchboard_protocol::UserId;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
@@ -35,7 +36,8 @@ const RECENT_MARK: Duration = Duration::from_secs(60);
 /// What an admitted upgrade carries into its session.
 #[derive(Debug, Clone)]
 pub(crate) struct Admitted {
-    pub user_id: Arc<str>,
+    /// The token's subject, checked once at the upgrade.
+    pub user_id: UserId,
     /// The token's `exp` and `iat`, seconds since the epoch.
     pub exp: i64,
     pub iat: i64,
@@ -200,22 +202,22 @@ impl Sessions {
         }
         ended
     }
-}
 
-/// A record of the handler topic with no recipients: an [`EndSessions`] control, applied
-/// here; anything else is logged and dropped (a later control this server does not know).
-pub(crate) fn control(state: &crate::ServerState, frame: &str) {
-    match EndSessions::parse(frame) {
-        Some(control) => {
-            let ended = state.sessions.end(&control);
-            tracing::info!(
-                user = %control.user_id,
-                ended_before = control.ended_before,
-                ended,
-                "sessions ended"
-            );
+    /// A record of the handler topic with no recipients: an [`EndSessions`] control, applied
+    /// here; anything else is logged and dropped (a later control this server does not know).
+    pub(crate) fn control(&self, frame: &str) {
+        match EndSessions::parse(frame) {
+            Some(control) => {
+                let ended = self.end(&control);
+                tracing::info!(
+                    user = %control.user_id,
+                    ended_before = control.ended_before,
+                    ended,
+                    "sessions ended"
+                );
+            }
+            None => tracing::warn!("a handler record for nobody that is no known control; dropped"),
         }
-        None => tracing::warn!("a handler record for nobody that is no known control; dropped"),
     }
 }
 

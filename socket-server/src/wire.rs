@@ -1,5 +1,6 @@
 //! What a connection's loop reads from and writes to its client, apart from any WebSocket
-//! library, so the loop (`session::run_session`) can be driven by channels in unit tests.
+//! library, so the loop (`session::socket_loop::run_session`) can be driven by channels in unit
+//! tests.
 //!
 //! - [`Incoming`] / [`ReadError`]: what the loop reads (a `Stream` of `Result`s).
 //! - [`Outgoing`]: what it writes, through an [`Outlet`]. Every `Sink<Outgoing> + Unpin` is
