@@ -371,7 +371,8 @@ function needsAttachmentInfo(m) {
 }
 
 function loadAttachments(conv, m) {
-  if (m.attachmentsLoading) return;
+  // One lookup at a time per message, and not again for a while after one failed.
+  if (m.attachmentsLoading || Date.now() < (m.attachmentsRetryAt || 0)) return;
   m.attachmentsLoading = true;
   state.client.attachmentsOf(conv.id, m.seq)
     .then((list) => {
@@ -379,7 +380,10 @@ function loadAttachments(conv, m) {
       if (held && !held.deleted) held.attachments = list;
       if (state.openId === conv.id) renderMessages();
     })
-    .catch((e) => console.warn('attachments of', m.seq, e.code, e.message))
+    .catch((e) => {
+      m.attachmentsRetryAt = Date.now() + 10_000;
+      console.warn('attachments of', m.seq, e.code, e.message);
+    })
     .finally(() => { m.attachmentsLoading = false; });
 }
 
