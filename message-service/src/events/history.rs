@@ -1,0 +1,134 @@
+//! History with message events: messages in their current state (edits, deletes, replies,
+//! reactions with the caller's own marked) and, when asked for, the raw events.
+
+use std::collections::HashMap;
+
+use sqlx::{PgPool, Row};
+use switchboard_protocol::conversations::{MessageEvent, ReactionCount, StoredMessage};
+
+use crate::store::rfc3339;
+
+/// One page of history: messages in their current state and, when asked for, the events of
+/// the same `seq` range.
+pub struct Page {
+    pub messages: Vec<StoredMessage>,
+    pub events: Option<Vec<MessageEvent>>,
+}
+
+/// A page after `after_seq`: `limit` messages (events skipped) or, `with_events`, `limit`
+/// records of either kind split into the two lists; the caller's reactions marked.
+pub async fn page(
+    store: &crate::store::Store,
+    conversation_id: &str,
+    caller: &str,
+    after_seq: i64,
+    limit: i64,
+    with_events: bool,
+) -> Result<Page, sqlx::Error> {
+    let (mut messages, events) = if with_events {
+        let rows = sqlx::query(
+            "SELECT message_id, seq, sender_id, client_msg_id, body, created_at, kind, target_id,
+                    payload, applied, edited_at, deleted_at
+               FROM messages WHERE conversation_id = $1 AND seq > $2
+              ORDER BY seq LIMIT $3",
+        )
+        .bind(conversation_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(store.pool())
+        .await?;
+        let mut messages = Vec::new();
+        let mut events = Vec::new();
+        for row in rows {
+            let kind: String = row.get("kind");
+            if kind == "message" {
+                messages.push(StoredMessage {
+                    conversation_id: conversation_id.to_owned(),
+                    message_id: row.get("message_id"),
+                    seq: row.get("seq"),
+                    sender_id: row.get("sender_id"),
+                    client_msg_id: row.get("client_msg_id"),
+                    body: row.get("body"),
+                    created_at: rfc3339(row.get("created_at")),
+                    reply_to: row.get("target_id"),
+                    edited_at: row
+                        .get::<Option<chrono::DateTime<chrono::Utc>>, _>("edited_at")
+                        .map(rfc3339),
+                    deleted: row
+                        .get::<Option<chrono::DateTime<chrono::Utc>>, _>("deleted_at")
+                        .is_some(),
+                    reactions: Vec::new(),
+                });
+            } else {
+                let payload: Option<String> = row.get("payload");
+                events.push(MessageEvent {
+                    seq: row.get("seq"),
+                    event_id: row.get("message_id"),
+                    sender_id: row.get("sender_id"),
+                    client_msg_id: row.get("client_msg_id"),
+                    message_id: row
+                        .get::<Option<String>, _>("target_id")
+                        .unwrap_or_default(),
+                    body: payload.clone().filter(|_| kind == "edit"),
+                    emoji: payload.filter(|_| kind == "reaction"),
+                    applied: row.get::<Option<bool>, _>("applied").unwrap_or(false),
+                    kind,
+                    created_at: rfc3339(row.get("created_at")),
+                });
+            }
+        }
+        (messages, Some(events))
+    } else {
+        (
+            store.history(conversation_id, after_seq, limit).await?,
+            None,
+        )
+    };
+    add_reactions(store.pool(), caller, &mut messages).await?;
+    Ok(Page { messages, events })
+}
+
+/// Fills each message's `reactions` (one entry per emoji, most used first), the caller's own
+/// marked `me`.
+async fn add_reactions(
+    pool: &PgPool,
+    caller: &str,
+    messages: &mut [StoredMessage],
+) -> Result<(), sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT message_id, emoji, count(*) AS count, bool_or(user_id = $2) AS me,
+                array_agg(user_id ORDER BY user_id) AS users
+           FROM message_reactions WHERE message_id = ANY($1)
+          GROUP BY message_id, emoji
+          ORDER BY message_id, count(*) DESC, emoji",
+    )
+    .bind(&ids)
+    .bind(caller)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut by_message: HashMap<String, Vec<ReactionCount>> = HashMap::new();
+    for row in rows {
+        by_message
+            .entry(row.get("message_id"))
+            .or_default()
+            .push(ReactionCount {
+                emoji: row.get("emoji"),
+                count: row.get("count"),
+                me: row.get("me"),
+                users: row.get("users"),
+            });
+    }
+    for message in messages {
+        if let Some(reactions) = by_message.remove(&message.message_id) {
+            message.reactions = reactions;
+        }
+    }
+    Ok(())
+}
