@@ -211,6 +211,12 @@ const WS_OPEN = 1;
 /** How long the HTTP fallback is remembered for an origin before WebSocket is tried again. */
 const TRANSPORT_MEMORY_MS = 24 * 60 * 60 * 1000;
 const TOKEN_MARGIN = { minMarginMs: 5_000, maxMarginMs: 60_000 };
+/**
+ * How long a conversation's stored `last_seq` may stay below the local cursor before that is a
+ * reset of the store: the store is written from the log, behind the `sent` acks and live
+ * frames, so right after a burst (a reconnect mid-burst) it trails the cursor for a moment.
+ */
+const RESET_CONFIRM_MS = 10_000;
 
 /** docs/protocol.md "Token lifetime": the token's `exp` passed without a `refresh`. */
 export const CLOSE_TOKEN_EXPIRED = 4401;
@@ -276,6 +282,8 @@ export class SwitchboardClient {
   private readonly sequencer = new Sequencer();
   private readonly receipts = new Map<string, { d: number; r: number; readWanted: number }>();
   private readonly known = new Set<string>();
+  /** Conversations whose stored `last_seq` was seen below the cursor: when, and that cursor. */
+  private readonly storeBehind = new Map<string, { at: number; cursor: number }>();
   private readonly sendWaiters = new Map<string, Deferred<SentAck>>();
   private readonly fills = new Map<string, { again: boolean; target: number }>();
   private readonly lastTyping = new Map<string, number>();
@@ -287,6 +295,7 @@ export class SwitchboardClient {
     resend: undefined as ReturnType<typeof setInterval> | undefined,
     receipts: undefined as ReturnType<typeof setTimeout> | undefined,
     followUp: undefined as ReturnType<typeof setTimeout> | undefined,
+    resetCheck: undefined as ReturnType<typeof setTimeout> | undefined,
     token: undefined as ReturnType<typeof setTimeout> | undefined,
     cursors: undefined as ReturnType<typeof setTimeout> | undefined,
   };
@@ -763,9 +772,10 @@ export class SwitchboardClient {
     clearInterval(this.timers.resend);
     clearTimeout(this.timers.receipts);
     clearTimeout(this.timers.followUp);
+    clearTimeout(this.timers.resetCheck);
     clearTimeout(this.timers.token);
     this.timers.ping = this.timers.pong = this.timers.resend = undefined;
-    this.timers.receipts = this.timers.followUp = this.timers.token = undefined;
+    this.timers.receipts = this.timers.followUp = this.timers.resetCheck = this.timers.token = undefined;
     this.awaitingPong = false;
   }
 
@@ -1494,7 +1504,10 @@ export class SwitchboardClient {
     }
   }
 
-  /** After `hello`: every conversation whose `last_seq` is ahead of the cursor is filled; one behind it was reset. */
+  /**
+   * After `hello`: every conversation whose `last_seq` is ahead of the cursor is filled; one
+   * still behind the cursor it had RESET_CONFIRM_MS earlier was reset.
+   */
   private async resync(): Promise<void> {
     let convs: Conversation[];
     try {
@@ -1506,7 +1519,8 @@ export class SwitchboardClient {
     for (const c of convs) {
       const last = c.last_seq ?? 0;
       const cursor = this.sequencer.cursor(c.id);
-      if (last < cursor) {
+      if (last >= cursor) this.storeBehind.delete(c.id);
+      else if (this.storeWasReset(c.id, last, cursor)) {
         this.events.emit('reset', { conversation_id: c.id, server_last_seq: last, local_cursor: cursor });
         this.sequencer.reset(c.id);
         this.receipts.delete(c.id);
@@ -1521,6 +1535,28 @@ export class SwitchboardClient {
       }
       if (last > this.sequencer.cursor(c.id)) void this.fill(c.id, last);
     }
+  }
+
+  /**
+   * A stored `last_seq` below the cursor: a reset only when the store has still not reached the
+   * cursor of the first sighting RESET_CONFIRM_MS later (a lagging store has by then). The first
+   * sighting schedules that second look.
+   */
+  private storeWasReset(conv: string, last: number, cursor: number): boolean {
+    const seen = this.storeBehind.get(conv);
+    const waited = seen ? Date.now() - seen.at : 0;
+    if (!seen) this.storeBehind.set(conv, { at: Date.now(), cursor });
+    if (!seen || waited < RESET_CONFIRM_MS) {
+      if (this.timers.resetCheck === undefined) {
+        this.timers.resetCheck = setTimeout(() => {
+          this.timers.resetCheck = undefined;
+          if (this.isLive()) void this.resync();
+        }, RESET_CONFIRM_MS - waited);
+      }
+      return false;
+    }
+    this.storeBehind.delete(conv);
+    return last < seen.cursor;
   }
 
   // ------------------------------------------------------------------ receipts

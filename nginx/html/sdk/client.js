@@ -33,6 +33,12 @@ const WS_OPEN = 1;
 /** How long the HTTP fallback is remembered for an origin before WebSocket is tried again. */
 const TRANSPORT_MEMORY_MS = 24 * 60 * 60 * 1000;
 const TOKEN_MARGIN = { minMarginMs: 5_000, maxMarginMs: 60_000 };
+/**
+ * How long a conversation's stored `last_seq` may stay below the local cursor before that is a
+ * reset of the store: the store is written from the log, behind the `sent` acks and live
+ * frames, so right after a burst (a reconnect mid-burst) it trails the cursor for a moment.
+ */
+const RESET_CONFIRM_MS = 10_000;
 /** docs/protocol.md "Token lifetime": the token's `exp` passed without a `refresh`. */
 export const CLOSE_TOKEN_EXPIRED = 4401;
 /** docs/protocol.md "Token lifetime": the user's sessions were ended (logout everywhere, a ban). */
@@ -89,6 +95,8 @@ export class SwitchboardClient {
     sequencer = new Sequencer();
     receipts = new Map();
     known = new Set();
+    /** Conversations whose stored `last_seq` was seen below the cursor: when, and that cursor. */
+    storeBehind = new Map();
     sendWaiters = new Map();
     fills = new Map();
     lastTyping = new Map();
@@ -99,6 +107,7 @@ export class SwitchboardClient {
         resend: undefined,
         receipts: undefined,
         followUp: undefined,
+        resetCheck: undefined,
         token: undefined,
         cursors: undefined,
     };
@@ -520,9 +529,10 @@ export class SwitchboardClient {
         clearInterval(this.timers.resend);
         clearTimeout(this.timers.receipts);
         clearTimeout(this.timers.followUp);
+        clearTimeout(this.timers.resetCheck);
         clearTimeout(this.timers.token);
         this.timers.ping = this.timers.pong = this.timers.resend = undefined;
-        this.timers.receipts = this.timers.followUp = this.timers.token = undefined;
+        this.timers.receipts = this.timers.followUp = this.timers.resetCheck = this.timers.token = undefined;
         this.awaitingPong = false;
     }
     dropSocket(code, reason) {
@@ -1291,7 +1301,10 @@ export class SwitchboardClient {
             this.fills.delete(conv);
         }
     }
-    /** After `hello`: every conversation whose `last_seq` is ahead of the cursor is filled; one behind it was reset. */
+    /**
+     * After `hello`: every conversation whose `last_seq` is ahead of the cursor is filled; one
+     * still behind the cursor it had RESET_CONFIRM_MS earlier was reset.
+     */
     async resync() {
         let convs;
         try {
@@ -1304,7 +1317,9 @@ export class SwitchboardClient {
         for (const c of convs) {
             const last = c.last_seq ?? 0;
             const cursor = this.sequencer.cursor(c.id);
-            if (last < cursor) {
+            if (last >= cursor)
+                this.storeBehind.delete(c.id);
+            else if (this.storeWasReset(c.id, last, cursor)) {
                 this.events.emit('reset', { conversation_id: c.id, server_last_seq: last, local_cursor: cursor });
                 this.sequencer.reset(c.id);
                 this.receipts.delete(c.id);
@@ -1320,6 +1335,29 @@ export class SwitchboardClient {
             if (last > this.sequencer.cursor(c.id))
                 void this.fill(c.id, last);
         }
+    }
+    /**
+     * A stored `last_seq` below the cursor: a reset only when the store has still not reached the
+     * cursor of the first sighting RESET_CONFIRM_MS later (a lagging store has by then). The first
+     * sighting schedules that second look.
+     */
+    storeWasReset(conv, last, cursor) {
+        const seen = this.storeBehind.get(conv);
+        const waited = seen ? Date.now() - seen.at : 0;
+        if (!seen)
+            this.storeBehind.set(conv, { at: Date.now(), cursor });
+        if (!seen || waited < RESET_CONFIRM_MS) {
+            if (this.timers.resetCheck === undefined) {
+                this.timers.resetCheck = setTimeout(() => {
+                    this.timers.resetCheck = undefined;
+                    if (this.isLive())
+                        void this.resync();
+                }, RESET_CONFIRM_MS - waited);
+            }
+            return false;
+        }
+        this.storeBehind.delete(conv);
+        return last < seen.cursor;
     }
     // ------------------------------------------------------------------ receipts
     receiptState(conv) {

@@ -159,7 +159,7 @@ test('receipts, typing and presence', { timeout: 30_000 }, async () => {
   await until('offline presence', () => presence.some((x) => x.user_id === user('bob4') && x.status === 'offline'));
 });
 
-test('a server last_seq below the local cursor is reported as a store reset', { timeout: 20_000 }, async () => {
+test('a server last_seq that stays below the local cursor is reported as a store reset', { timeout: 40_000 }, async () => {
   const storage = new MemoryStorage();
   const alice = makeClient(user('alice5'));
   await alice.connect();
