@@ -44,10 +44,6 @@ pub enum ServerItem {
     },
 }
 
-/// The old name of [`ServerItem`], kept only while `socket-server/src/session.rs` (being
-/// restructured at the same time) still names it; remove once nothing does.
-pub type HandlerItem = ServerItem;
-
 /// `POST /internal/v1/handlers/{id}/batch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerBatch {

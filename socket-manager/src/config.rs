@@ -241,16 +241,16 @@ pub struct ManagerConfig {
     pub produce_timeout_ms: u64,
     /// How long `client_msg_id`s are remembered (`SB_IDEMPOTENCY_TTL_SECS`, default 86400).
     pub idempotency_ttl_secs: u64,
-    /// User-to-handler mapping lifetime (`SB_USER_MAPPING_TTL_MS`, default 900000).
+    /// User-to-socket-server mapping lifetime (`SB_USER_MAPPING_TTL_MS`, default 900000).
     pub user_mapping_ttl_ms: i64,
-    /// Handler liveness lifetime (`SB_HANDLER_TTL_MS`, default 6000).
+    /// A socket server's liveness lifetime (`SB_HANDLER_TTL_MS`, default 6000).
     pub server_ttl_ms: i64,
     /// Partitions of the message log (`SB_MESSAGE_PARTITIONS`, default 1).
     pub message_partitions: i32,
     /// Presence frames go to members of conversations up to this size
     /// (`SB_PRESENCE_MAX_GROUP`, default 100).
     pub presence_max_group: usize,
-    /// Delete a dead handler's topic (`SB_DELETE_HANDLER_TOPICS`, default true). The local
+    /// Delete a dead socket server's topic (`SB_DELETE_HANDLER_TOPICS`, default true). The local
     /// stack turns it off: tansu 0.6's SQLite engine corrupts its state on topic deletion.
     pub delete_server_topics: bool,
     /// Replicas that must hold a sequence number before it is used (`SB_SEQ_REPLICA_ACKS`,
@@ -263,7 +263,7 @@ pub struct ManagerConfig {
     /// Numbering flushes in flight at once, each on its own Redis connection
     /// (`SB_SEQ_FLUSHES_IN_FLIGHT`, default 2, at least 1).
     pub seq_flushes_in_flight: usize,
-    /// Recipients from which a frame goes to every registered handler
+    /// Recipients from which a frame goes to every registered socket server
     /// (`SB_ROUTE_BROADCAST_FROM`, default 16).
     pub route_broadcast_from: usize,
     /// This manager's name in sequence lease tokens (`SB_MANAGER_ID`, default the bind

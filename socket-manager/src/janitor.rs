@@ -1,9 +1,9 @@
-//! Cleans up after dead handlers: a handler whose liveness key expired (it was evicted by the
-//! health checker, crashed, or was cut off) loses its topic and its user mappings.
+//! Cleans up after dead socket servers: a server whose liveness key expired (it was evicted by
+//! the health checker, crashed, or was cut off) loses its topic and its user mappings.
 //!
 //! A missing key alone is not proof: a Redis failover longer than the key's lifetime lets
-//! every live handler's key lapse while nobody can renew it. So a handler is removed only if
-//! its key is still missing one lifetime after this janitor first saw it missing; a live one
+//! every live server's key lapse while nobody can renew it. So a server is removed only if its
+//! key is still missing one lifetime after this janitor first saw it missing; a live one
 //! notices (its heartbeat finds no key) and registers again well within that.
 
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ pub(crate) async fn run(state: web::Data<AppState>, shutdown: CancellationToken)
     let period = Duration::from_millis((state.config.server_ttl_ms / 2).max(500) as u64);
     let grace = Duration::from_millis(state.config.server_ttl_ms.max(0) as u64);
     let mut ticker = tokio::time::interval(period);
-    // Handler → (when this janitor first found its key missing, when it last did). Janitors
+    // Socket server → (when this janitor first found its key missing, when it last did). Janitors
     // take turns with the lease, so a suspicion survives turns it did not sweep in; one not
     // confirmed for a while (the key may have come back meanwhile) starts over.
     let mut suspects: HashMap<String, (Instant, Instant)> = HashMap::new();

@@ -1,5 +1,5 @@
-//! Presence changes: when a user's first device arrives or last device leaves (or its handler
-//! dies), tell the people who share a conversation with them, and record the change on the
+//! Presence changes: when a user's first device arrives or last device leaves (or its socket
+//! server dies), tell the people who share a conversation with them, and record the change on the
 //! events topic.
 //!
 //! To avoid storming big groups, `presence` frames go only to members of conversations with

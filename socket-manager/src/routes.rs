@@ -32,7 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// The id a handler names itself by: it becomes a Kafka topic name, so the rule is
+/// The id a socket server names itself by: it becomes a Kafka topic name, so the rule is
 /// [`HandlerId`]'s.
 fn valid_server_id(id: &str) -> Result<HandlerId, ApiError> {
     HandlerId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
@@ -128,7 +128,7 @@ async fn renew(
     }))
 }
 
-/// A batch of reports and client frames from one handler. Connection reports are applied
+/// A batch of reports and client frames from one socket server. Connection reports are applied
 /// first (so a device that connected and then sent in the same batch is routed to), then the
 /// sends of each conversation run in order under that conversation's lock, conversations in
 /// parallel.
