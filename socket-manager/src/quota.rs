@@ -182,7 +182,7 @@ impl Quotas {
                     "manager_quota_seconds",
                     "one batch's per-user quota check (one script call), call to answer",
                 )
-                .buckets(crate::sequencer::LATENCY_BUCKETS.to_vec()),
+                .buckets(crate::sequencer::metrics::LATENCY_BUCKETS.to_vec()),
             )?,
         })
     }

@@ -45,7 +45,7 @@ mod fan_out;
 mod hold;
 mod holds;
 mod lease;
-mod metrics;
+pub(crate) mod metrics;
 mod number;
 mod recovery;
 mod scripts;
@@ -71,7 +71,6 @@ use crate::numbering::NumberingBatcher;
 
 use holds::holds;
 pub use metrics::SequencerMetrics;
-pub(crate) use metrics::LATENCY_BUCKETS;
 pub use scripts::{SEQUENCE_FUNCTIONS, SEQUENCE_PREAMBLE};
 
 /// Socket server id → the users on it who get a frame.
