@@ -8,6 +8,14 @@
 //! parsed out of the CLI's output but the node id.
 //!
 //! The binary is found at `$SWITCHBOARD_GARAGE`, else in the cache, else on `PATH`.
+//!
+//! Browsers upload to the store cross-origin (the demo page is served by nginx, the pre-signed
+//! URLs point at the store), so the bucket needs a CORS rule allowing the page's origin:
+//! [`put_bucket_cors`] is the one place that writes it (PutBucketCors through the S3 API, so
+//! it works on any S3-compatible store), [`cors_configuration`] the rule itself, and
+//! [`page_origins`] which origins a stack's page has. The stack applies it once nginx's
+//! address is known ([`ObjectStore::allow_page_origins`]); compose's `garage-setup` job
+//! (compose/garage-setup.sh) writes the same rule.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rand::Rng;
+use rusty_s3::S3Action;
 
 use crate::ports::free_port;
 use crate::process::ManagedProcess;
@@ -23,6 +32,11 @@ use crate::process::ManagedProcess;
 pub const REGION: &str = "garage";
 /// The bucket the stack's message service uses.
 pub const BUCKET: &str = "switchboard-attachments";
+/// Extra page origins the bucket's CORS rule allows, comma separated (docs/configuration.md,
+/// "Attachments"), on top of the stack's own nginx.
+pub const CORS_ORIGINS_VAR: &str = "SB_S3_CORS_ORIGINS";
+/// How long a browser may cache a preflight's answer.
+pub const CORS_MAX_AGE_SECS: u32 = 600;
 
 pub fn garage_path() -> PathBuf {
     if let Ok(p) = std::env::var("SWITCHBOARD_GARAGE") {
@@ -200,5 +214,148 @@ impl ObjectStore {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
+    }
+}
+
+impl ObjectStore {
+    /// Lets pages from `origins` upload and download through pre-signed URLs (the bucket's
+    /// CORS rule, [`cors_configuration`]). Replaces any rule set before.
+    pub async fn allow_page_origins(&self, origins: &[String]) -> Result<()> {
+        put_bucket_cors(
+            &self.endpoint(),
+            REGION,
+            &self.bucket,
+            &self.access_key_id,
+            &self.secret_access_key,
+            origins,
+        )
+        .await
+    }
+}
+
+/// The origins of a page served at `page_url` (`http://HOST:PORT`), plus those named by
+/// [`CORS_ORIGINS_VAR`] in `env` (the stack's extra settings). A page on 127.0.0.1 is also
+/// reachable as localhost, which a browser counts as another origin: both are allowed.
+pub fn page_origins(page_url: &str, env: &[(String, String)]) -> Vec<String> {
+    let page_url = page_url.trim_end_matches('/');
+    let mut origins = vec![page_url.to_owned()];
+    if let Some(port) = page_url.strip_prefix("http://127.0.0.1:") {
+        origins.push(format!("http://localhost:{port}"));
+    }
+    let extra = env
+        .iter()
+        .filter(|(k, _)| k == CORS_ORIGINS_VAR)
+        .flat_map(|(_, v)| v.split(','));
+    for origin in extra.map(|o| o.trim().trim_end_matches('/')) {
+        if !origin.is_empty() && !origins.iter().any(|o| o == origin) {
+            origins.push(origin.to_owned());
+        }
+    }
+    origins
+}
+
+/// The S3 `CORSConfiguration` a page needs: `PUT` (the upload, with its signed
+/// `Content-Type`; `Content-Length` is set by the browser itself and never preflighted),
+/// `GET` and `HEAD` (downloads), the `ETag` readable by the page, preflights cached
+/// [`CORS_MAX_AGE_SECS`]. Any other origin gets no `Access-Control-Allow-Origin`.
+pub fn cors_configuration(origins: &[String]) -> String {
+    let allowed: String = origins
+        .iter()
+        .map(|o| format!("<AllowedOrigin>{}</AllowedOrigin>", xml_escape(o)))
+        .collect();
+    format!(
+        "<CORSConfiguration><CORSRule>{allowed}\
+         <AllowedMethod>PUT</AllowedMethod><AllowedMethod>GET</AllowedMethod>\
+         <AllowedMethod>HEAD</AllowedMethod>\
+         <AllowedHeader>content-type</AllowedHeader>\
+         <ExposeHeader>ETag</ExposeHeader>\
+         <MaxAgeSeconds>{CORS_MAX_AGE_SECS}</MaxAgeSeconds>\
+         </CORSRule></CORSConfiguration>"
+    )
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// PutBucketCors (`PUT /BUCKET?cors`, path style) with a key that owns the bucket, on any
+/// S3-compatible store: the rule of [`cors_configuration`] for `origins`.
+pub async fn put_bucket_cors(
+    endpoint: &str,
+    region: &str,
+    bucket: &str,
+    access_key_id: &str,
+    secret_access_key: &str,
+    origins: &[String],
+) -> Result<()> {
+    if origins.is_empty() {
+        bail!("a CORS rule needs at least one origin");
+    }
+    let bucket = rusty_s3::Bucket::new(
+        endpoint
+            .parse()
+            .with_context(|| format!("S3 endpoint {endpoint}"))?,
+        rusty_s3::UrlStyle::Path,
+        bucket.to_owned(),
+        region.to_owned(),
+    )
+    .context("the bucket's URL")?;
+    let credentials = rusty_s3::Credentials::new(access_key_id, secret_access_key);
+    // rusty-s3 has no PutBucketCors: CreateBucket is the same `PUT /BUCKET`, plus `?cors`.
+    let mut action = bucket.create_bucket(&credentials);
+    action.query_mut().insert("cors", "");
+    let url = action.sign(Duration::from_secs(60));
+    let response = reqwest::Client::new()
+        .put(url)
+        .header("content-type", "application/xml")
+        .body(cors_configuration(origins))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .context("PutBucketCors")?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!(
+            "PutBucketCors answered {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_origins_add_localhost_and_the_setting() {
+        let env = vec![(
+            CORS_ORIGINS_VAR.to_owned(),
+            " https://chat.example.com/, http://127.0.0.1:8080".to_owned(),
+        )];
+        assert_eq!(
+            page_origins("http://127.0.0.1:8080/", &env),
+            [
+                "http://127.0.0.1:8080",
+                "http://localhost:8080",
+                "https://chat.example.com"
+            ]
+        );
+        assert_eq!(
+            page_origins("http://10.0.0.1:80", &[]),
+            ["http://10.0.0.1:80"]
+        );
+    }
+
+    #[test]
+    fn the_rule_names_each_origin_escaped() {
+        let xml = cors_configuration(&["http://a".to_owned(), "http://b&<".to_owned()]);
+        assert!(xml.contains("<AllowedOrigin>http://a</AllowedOrigin>"));
+        assert!(xml.contains("<AllowedOrigin>http://b&amp;&lt;</AllowedOrigin>"));
+        assert!(xml.contains("<AllowedMethod>PUT</AllowedMethod>"));
+        assert!(xml.contains("<ExposeHeader>ETag</ExposeHeader>"));
     }
 }

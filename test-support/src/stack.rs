@@ -457,6 +457,14 @@ impl Stack {
         )
         .await
         .context("starting nginx")?;
+        // The page nginx serves uploads to the store cross-origin: the bucket's CORS rule.
+        if let Some(store) = &object_store {
+            let origins = crate::object_store::page_origins(&nginx.url(), &opts.extra_env);
+            store
+                .allow_page_origins(&origins)
+                .await
+                .context("setting the bucket's CORS rule")?;
+        }
 
         let mut stack = Stack {
             health_checkers: Vec::new(),

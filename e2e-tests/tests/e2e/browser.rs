@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use rusty_s3::S3Action;
 use serde_json::{Map, Value};
 use switchboard_test_support::{Stack, StackOptions};
 
@@ -79,50 +78,10 @@ async fn web_client_edits_replies_reacts_deletes_and_sends_images() {
     })
     .await
     .unwrap();
-    allow_browser_uploads(&stack).await;
+    // The page PUTs files to the store's pre-signed URLs across origins: the stack's bucket
+    // allows nginx's origin (test-support's object_store::put_bucket_cors, as compose's
+    // garage-setup and a deployment do, docs/deploy.md).
     run_script(&web_tests, "rich.test.mjs", &stack).await;
-}
-
-/// The page (nginx's origin) PUTs files to the store's pre-signed URLs and reads them back,
-/// across origins: the bucket's CORS rule allows that origin, as a deployment serving the
-/// demo sets it (docs/deploy.md). Set through the S3 API (`PUT /bucket?cors`) with the
-/// stack's key: a pre-signed CreateBucket URL is a PUT on the bucket, plus the `cors` query.
-async fn allow_browser_uploads(stack: &Stack) {
-    let store = stack.object_store.as_ref().expect("the stack has a store");
-    let bucket = rusty_s3::Bucket::new(
-        store.endpoint().parse().unwrap(),
-        rusty_s3::UrlStyle::Path,
-        store.bucket.clone(),
-        switchboard_test_support::object_store::REGION,
-    )
-    .unwrap();
-    let credentials =
-        rusty_s3::Credentials::new(store.access_key_id.clone(), store.secret_access_key.clone());
-    let mut action = bucket.create_bucket(&credentials);
-    action.query_mut().insert("cors", "");
-    let url = action.sign(Duration::from_secs(60));
-    let rule = format!(
-        "<CORSConfiguration><CORSRule>\
-         <AllowedOrigin>{origin}</AllowedOrigin>\
-         <AllowedMethod>PUT</AllowedMethod><AllowedMethod>GET</AllowedMethod>\
-         <AllowedHeader>*</AllowedHeader><ExposeHeader>ETag</ExposeHeader>\
-         <MaxAgeSeconds>600</MaxAgeSeconds>\
-         </CORSRule></CORSConfiguration>",
-        origin = stack.nginx_url()
-    );
-    let response = reqwest::Client::new()
-        .put(url)
-        .header("content-type", "application/xml")
-        .body(rule)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    assert!(
-        status.is_success(),
-        "PutBucketCors: {status} {}",
-        response.text().await.unwrap_or_default()
-    );
 }
 
 /// Runs one `web-tests` script against `stack` and fails with its output unless it passed.

@@ -18,6 +18,7 @@
 //!   idempotent replays across a manager's kill -9).
 //! - `quotas`: per-user quotas shared by the managers, and Redis memory per active user.
 //! - `browser`, `compose`: the demo page in headless Chromium; docker-compose.yml.
+//! - `store_cors`: the object store's bucket lets the page's origin (and no other) upload.
 
 // Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
 #![allow(clippy::disallowed_methods)]
@@ -45,4 +46,5 @@ mod registry;
 mod server_api;
 mod signals;
 mod socket;
+mod store_cors;
 mod tracing;
