@@ -1,13 +1,14 @@
 //! The ids that cross service boundaries, each with the one rule that says what a valid one
 //! is. A value of these types has been checked: it is safe inside a Redis key (never `:`), a
 //! URL path segment (percent-encoded with [`crate::token::path_segment`] where the rule
-//! allows more than RFC 3986's unreserved characters) and, for [`HandlerId`], a Kafka topic
-//! name.
+//! allows more than RFC 3986's unreserved characters) and, for [`ServerId`], a Kafka topic
+//! name. A map keyed by one of them is looked up with a `&str` ([`Borrow<str>`]).
 //!
 //! The wire keeps plain strings (frames and REST bodies are parsed leniently, then checked
 //! here, so a bad id gets the documented error code instead of a JSON parse error); code that
 //! has checked an id carries it as one of these types.
 
+use std::borrow::Borrow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,37 @@ macro_rules! string_id {
                 self.0 == *other
             }
         }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        // Hash and Eq are the inner string's, so a `HashMap<Id, _>` is looked up by `&str`.
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 
@@ -156,10 +188,11 @@ string_id!(
 );
 
 string_id!(
-    /// A socket server as the managers know it (a "handler": the server that holds a
-    /// user's connection and consumes its own Kafka topic, `<prefix><handler id>`). Its
-    /// characters are the ones Kafka allows in a topic name.
-    HandlerId,
+    /// A socket server: the server that holds a user's connections and consumes its own
+    /// Kafka topic (`<prefix><server id>`). Its characters are the ones Kafka allows in a
+    /// topic name. The internal API and the topic keep the original design's word for it,
+    /// "handler" (`handler_id`, `sb.handler.<id>`): wire names, not the type's.
+    ServerId,
     kind = "handler_id",
     rule = "1-200 characters of [A-Za-z0-9._-] (it names a Kafka topic)",
     check = |id| {
@@ -179,6 +212,48 @@ string_id!(
     rule = "1-128 bytes without U+0000",
     check = |id| (1..=128).contains(&id.len()) && !id.contains('\0')
 );
+
+string_id!(
+    /// A message (or a message event: an edit, delete or reaction takes an id of the same
+    /// kind): a ULID the manager makes when it numbers it.
+    MessageId,
+    kind = "message_id",
+    rule = "a ULID (26 characters of Crockford base32)",
+    check = |id| id.len() == 26 && is_crockford_ulid(id)
+);
+
+/// What a conversation is: two users (`direct`, one per pair) or a named group. The same
+/// strings on the wire, in log records and in PostgreSQL (`conversations.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    Direct,
+    Group,
+}
+
+impl ConversationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversationKind::Direct => "direct",
+            ConversationKind::Group => "group",
+        }
+    }
+
+    /// `direct` or `group`; anything else is `None`.
+    pub fn parse(text: &str) -> Option<ConversationKind> {
+        match text {
+            "direct" => Some(ConversationKind::Direct),
+            "group" => Some(ConversationKind::Group),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ConversationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A ULID's text form: Crockford base32 (no I, L, O, U), and a first character of at most 7
 /// (128 bits in 26 characters).
@@ -235,13 +310,27 @@ mod tests {
     }
 
     #[test]
-    fn handler_ids_are_topic_names() {
-        assert!(HandlerId::is_valid("socket-1-9001"));
-        assert!(HandlerId::is_valid("socket-01J0.abc_d"));
+    fn server_ids_are_topic_names() {
+        assert!(ServerId::is_valid("socket-1-9001"));
+        assert!(ServerId::is_valid("socket-01J0.abc_d"));
         for bad in ["", "a b", "a/b", "a:b", "h\u{e9}"] {
-            assert!(!HandlerId::is_valid(bad), "{bad}");
+            assert!(!ServerId::is_valid(bad), "{bad}");
         }
-        assert!(!HandlerId::is_valid(&"h".repeat(201)));
+        assert!(!ServerId::is_valid(&"h".repeat(201)));
+    }
+
+    #[test]
+    fn message_ids_are_ulids_and_kinds_are_their_wire_strings() {
+        assert!(MessageId::is_valid("01ARZ3NDEKTSV4RRFFQ69G5FAV"));
+        assert!(!MessageId::is_valid("m1"));
+        for kind in [ConversationKind::Direct, ConversationKind::Group] {
+            assert_eq!(ConversationKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{kind}\""));
+        }
+        assert_eq!(ConversationKind::parse("channel"), None);
+        let mut by_user = std::collections::HashMap::new();
+        by_user.insert(UserId::parse("ann").unwrap(), 1);
+        assert_eq!(by_user.get("ann"), Some(&1));
     }
 
     #[test]
@@ -278,7 +367,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_the_rule() {
-        let err = HandlerId::parse("a b").unwrap_err();
+        let err = ServerId::parse("a b").unwrap_err();
         assert_eq!(
             err.to_string(),
             r#"handler_id "a b" is invalid: it must be 1-200 characters of [A-Za-z0-9._-] (it names a Kafka topic)"#

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use actix_web::web;
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::internal::{ServerBatchReply, ServerItem};
-use switchboard_protocol::{ConversationId, ErrorCode, HandlerId};
+use switchboard_protocol::{ConversationId, ErrorCode, ServerId};
 use switchboard_service_kit::http::ApiError;
 
 use crate::plan::Signal;
@@ -18,7 +18,7 @@ use crate::state::AppState;
 /// The work of `POST .../batch` (`routes::batch`), inside its span (so every line it logs names the batch).
 pub(crate) async fn answer_batch(
     state: web::Data<AppState>,
-    server: HandlerId,
+    server: ServerId,
     items: Vec<ServerItem>,
 ) -> Result<ServerBatchReply, ApiError> {
     let crate::plan::BatchPlan {

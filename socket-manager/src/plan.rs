@@ -21,7 +21,7 @@ use switchboard_protocol::frames::{
     is_storable_text, ClientFrame, ReceiptKind, RecordKind, ServerFrame,
 };
 use switchboard_protocol::internal::ServerItem;
-use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, HandlerId, UserId};
+use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, ServerId, UserId};
 
 use crate::sequencer::SendRequest;
 
@@ -203,7 +203,7 @@ pub(crate) struct BatchPlan {
 }
 
 /// Splits the items `server` posted; see the module docs.
-pub(crate) fn plan(server: &HandlerId, items: Vec<ServerItem>, limits: &SendLimits) -> BatchPlan {
+pub(crate) fn plan(server: &ServerId, items: Vec<ServerItem>, limits: &SendLimits) -> BatchPlan {
     let (online, offline) = presence_changes(&items);
     let mut plan = BatchPlan {
         replies: vec![None; items.len()],
@@ -304,7 +304,7 @@ fn presence_changes(items: &[ServerItem]) -> (Vec<String>, Vec<String>) {
 // add an allocation.
 #[allow(clippy::result_large_err)]
 fn send_request(
-    server: &HandlerId,
+    server: &ServerId,
     connection_id: u64,
     user_id: String,
     numbered: Numbered,
@@ -389,7 +389,7 @@ mod tests {
         max_record_bytes: switchboard_kafka::RECORD_MAX_BYTES,
     };
 
-    fn plan(server: &HandlerId, items: Vec<ServerItem>) -> BatchPlan {
+    fn plan(server: &ServerId, items: Vec<ServerItem>) -> BatchPlan {
         super::plan(server, items, &LIMITS)
     }
 
@@ -435,7 +435,7 @@ mod tests {
                 user_id: "bob".into(),
             },
         ];
-        let plan = plan(&HandlerId::parse("h1").unwrap(), items);
+        let plan = plan(&ServerId::parse("h1").unwrap(), items);
         assert_eq!(plan.online, vec!["bob".to_owned()]);
         assert_eq!(plan.offline, vec!["ann".to_owned()]);
         assert!(plan.replies.iter().all(Option::is_none));
@@ -450,7 +450,7 @@ mod tests {
             frame(2, "bob", send(C1, "c")),
             frame(1, "ann", send(C1, "d")),
         ];
-        let plan = plan(&HandlerId::parse("h1").unwrap(), items);
+        let plan = plan(&ServerId::parse("h1").unwrap(), items);
         let c1: Vec<(usize, &str, &str)> = plan.sends[&conversation(C1)]
             .iter()
             .map(|(i, s)| (*i, s.sender_id.as_str(), s.client_msg_id.as_str()))
@@ -474,7 +474,7 @@ mod tests {
             frame(1, "ann", send(C1, "ok")),
             frame(1, "ann", send("no-such-conversation", "x")),
         ];
-        let plan = plan(&HandlerId::parse("h1").unwrap(), items);
+        let plan = plan(&ServerId::parse("h1").unwrap(), items);
         assert!(
             matches!(
                 &plan.replies[4],
@@ -524,7 +524,7 @@ mod tests {
                 },
             ),
         ];
-        let plan = plan(&HandlerId::parse("h1").unwrap(), items);
+        let plan = plan(&ServerId::parse("h1").unwrap(), items);
         let places: Vec<(usize, u64)> = plan
             .signals
             .iter()
@@ -576,7 +576,7 @@ mod tests {
             send_body("poison", "\u{1}".repeat(43_000)),
             send_body("limit", "\u{1}".repeat(65_536)),
         ];
-        let plan = plan(&HandlerId::parse("h1").unwrap(), items);
+        let plan = plan(&ServerId::parse("h1").unwrap(), items);
         let code = |i: usize| match &plan.replies[i] {
             Some(ServerFrame::Error {
                 code,
@@ -609,7 +609,7 @@ mod tests {
             send_body("escaped", body),
             send_body("plain", "x".repeat(200_000)),
         ];
-        let plan = super::plan(&HandlerId::parse("h1").unwrap(), items, &loose);
+        let plan = super::plan(&ServerId::parse("h1").unwrap(), items, &loose);
         assert!(
             matches!(&plan.replies[0], Some(ServerFrame::Error { code: ErrorCode::TooLarge, client_msg_id: Some(id), .. }) if id == "escaped"),
             "{:?}",

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use switchboard_protocol::internal::{
     RenewReply, RenewRequest, ServerBatch, ServerRegistered, ServerRegistration, BATCH_ID_HEADER,
 };
-use switchboard_protocol::{ErrorCode, HandlerId};
+use switchboard_protocol::{ErrorCode, ServerId};
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 use tracing::Instrument;
@@ -33,9 +33,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The id a socket server names itself by: it becomes a Kafka topic name, so the rule is
-/// [`HandlerId`]'s.
-fn valid_server_id(id: &str) -> Result<HandlerId, ApiError> {
-    HandlerId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
+/// [`ServerId`]'s.
+fn valid_server_id(id: &str) -> Result<ServerId, ApiError> {
+    ServerId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 async fn register(

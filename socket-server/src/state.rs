@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use switchboard_protocol::token::TokenKeys;
-use switchboard_protocol::HandlerId;
+use switchboard_protocol::ServerId;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::jwks::JwksRefresher;
@@ -28,7 +28,7 @@ pub(crate) struct ServerState {
     pub config: SocketServerConfig,
     /// This server's id in the directory, to the managers (its handler id) and in its
     /// topic's name: `SB_SERVER_ID`, checked once at start.
-    pub server_id: HandlerId,
+    pub server_id: ServerId,
     pub public_url: String,
     pub health_url: String,
     pub tokens: TokenKeys,
@@ -65,12 +65,12 @@ pub(crate) struct Urls {
 }
 
 /// `SB_SERVER_ID`, or a fresh ULID-based id; refused at start when it cannot name a topic.
-fn server_id(config: &SocketServerConfig) -> anyhow::Result<HandlerId> {
+fn server_id(config: &SocketServerConfig) -> anyhow::Result<ServerId> {
     let id = config
         .server_id
         .clone()
         .unwrap_or_else(|| format!("socket-{}", ulid::Ulid::new()));
-    HandlerId::parse(id).map_err(|e| anyhow::anyhow!("SB_SERVER_ID: {e}"))
+    ServerId::parse(id).map_err(|e| anyhow::anyhow!("SB_SERVER_ID: {e}"))
 }
 
 impl ServerState {

@@ -45,11 +45,11 @@ fn json_escaped_len(text: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_protocol::{ClientMsgId, ConversationId, HandlerId, UserId};
+    use switchboard_protocol::{ClientMsgId, ConversationId, ServerId, UserId};
 
     fn send(body: String) -> SendRequest {
         SendRequest {
-            server_id: HandlerId::parse("h1").unwrap(),
+            server_id: ServerId::parse("h1").unwrap(),
             connection_id: 1,
             sender_id: UserId::parse("alice").unwrap(),
             conversation_id: ConversationId::parse("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap(),

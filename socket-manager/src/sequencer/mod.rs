@@ -57,7 +57,7 @@ use std::time::Duration;
 use switchboard_chat_state::presence::ServerMap;
 use switchboard_chat_state::sequence::SequenceKeys;
 use switchboard_protocol::frames::ServerFrame;
-use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, HandlerId, UserId};
+use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, ServerId, UserId};
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
@@ -79,7 +79,7 @@ type RouteTargets = HashMap<String, Vec<String>>;
 /// A send as the socket server reported it, its ids checked.
 #[derive(Debug, Clone)]
 pub struct SendRequest {
-    pub server_id: HandlerId,
+    pub server_id: ServerId,
     pub connection_id: u64,
     pub sender_id: UserId,
     pub conversation_id: ConversationId,

@@ -5,7 +5,7 @@
 //! check without being a member.
 
 use switchboard_protocol::frames::ServerFrame;
-use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, HandlerId, UserId};
+use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, ServerId, UserId};
 
 use super::{error_frame, unavailable, SendRequest, Sequencer};
 
@@ -28,7 +28,7 @@ impl Sequencer {
         reserved_sender: bool,
     ) -> ServerFrame {
         let request = SendRequest {
-            server_id: HandlerId::parse(SERVER_API_ORIGIN).expect("a valid server id"),
+            server_id: ServerId::parse(SERVER_API_ORIGIN).expect("a valid server id"),
             connection_id: 0,
             sender_id,
             conversation_id: conversation_id.clone(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use switchboard_protocol::frames::ServerFrame;
-use switchboard_protocol::{HandlerId, UserId};
+use switchboard_protocol::{ServerId, UserId};
 use switchboard_service_kit::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 
@@ -61,7 +61,7 @@ pub(crate) struct SessionContext<'a> {
     pub conn_id: ConnId,
     pub user_id: &'a UserId,
     /// Named in `hello`.
-    pub server_id: &'a HandlerId,
+    pub server_id: &'a ServerId,
     pub limits: SessionLimits,
     pub metrics: &'a Metrics,
     /// The link to the managers; `None` (messaging disabled) answers chat frames
@@ -256,7 +256,7 @@ mod loop_tests {
         exp: i64,
         iat: AtomicI64,
         user_id: UserId,
-        server_id: HandlerId,
+        server_id: ServerId,
     }
 
     impl Fixture {
@@ -280,7 +280,7 @@ mod loop_tests {
                 exp: now() + 3_600,
                 iat: AtomicI64::new(now()),
                 user_id: UserId::parse("u1").expect("a user id"),
-                server_id: HandlerId::parse("socket-test").expect("a server id"),
+                server_id: ServerId::parse("socket-test").expect("a server id"),
             }
         }
 
