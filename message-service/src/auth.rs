@@ -49,7 +49,7 @@ impl FromRequest for AuthUser {
                     if state.config.is_reserved_sender(&user) {
                         Err(unauthorized("this user id is reserved for the server API"))
                     } else {
-                        Ok(AuthUser(user))
+                        Ok(AuthUser(user.into_string()))
                     }
                 }),
         };

@@ -90,6 +90,13 @@ impl Claims {
     }
 }
 
+/// A token that verified: its subject, checked once into a [`UserId`], and its claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user_id: UserId,
+    pub claims: Claims,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     #[error("token has expired")]
@@ -334,13 +341,13 @@ impl TokenKeys {
 
     /// Checks signature (the secret for HS256, the provider's key named by `kid` for RS256 and
     /// ES256), expiry, `nbf`, `iss`, `aud` and the user-id rule; returns the user id.
-    pub fn verify(&self, token: &str) -> Result<String, TokenError> {
-        self.verify_claims(token).map(|claims| claims.sub)
+    pub fn verify(&self, token: &str) -> Result<UserId, TokenError> {
+        self.verify_claims(token).map(|verified| verified.user_id)
     }
 
-    /// [`TokenKeys::verify`], answering the whole verified claims: live sessions need `exp`
-    /// (closed when it passes) and `iat` (ended by a "sessions ended before" mark).
-    pub fn verify_claims(&self, token: &str) -> Result<Claims, TokenError> {
+    /// [`TokenKeys::verify`], answering the whole verified claims too: live sessions need
+    /// `exp` (closed when it passes) and `iat` (ended by a "sessions ended before" mark).
+    pub fn verify_claims(&self, token: &str) -> Result<Verified, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         let key = match header.alg {
             Algorithm::HS256 if self.policy.hs256 => match &self.secret {
@@ -374,13 +381,14 @@ impl TokenKeys {
                     _ => TokenError::Invalid,
                 }
             })?;
-        if !UserId::is_valid(&data.claims.sub) {
-            return Err(TokenError::BadUserId);
-        }
-        if self.policy.is_reserved(&data.claims.sub) {
+        let user_id = UserId::parse(data.claims.sub.as_str()).map_err(|_| TokenError::BadUserId)?;
+        if self.policy.is_reserved(&user_id) {
             return Err(TokenError::Reserved);
         }
-        Ok(data.claims)
+        Ok(Verified {
+            user_id,
+            claims: data.claims,
+        })
     }
 
     /// Signs arbitrary claims with the minting key; for tests that need expired or odd

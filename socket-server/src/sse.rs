@@ -252,7 +252,7 @@ fn session_of(
             "a token is required: ?token=<jwt> or Authorization: Bearer <jwt>",
         )
     })?;
-    let claims = state.tokens.verify_claims(&token).map_err(|_| {
+    let verified = state.tokens.verify_claims(&token).map_err(|_| {
         state.metrics.auth_failures.inc();
         ApiError::new(
             ErrorCode::Unauthorized,
@@ -268,7 +268,7 @@ fn session_of(
         }
     }
     let entry = sessions.get(id).ok_or_else(session_gone)?;
-    if entry.user_id.as_str() != claims.sub {
+    if entry.user_id != verified.user_id {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "the session is another user's",

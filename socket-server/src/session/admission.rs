@@ -70,22 +70,19 @@ fn verify_token(state: &ServerState, head: &RequestHead) -> Result<Admitted, Api
     let token = bearer_token(head).ok_or_else(|| {
         refuse("a token is required: ?token=<jwt> or Authorization: Bearer <jwt>".into())
     })?;
-    let claims = state
+    let verified = state
         .tokens
         .verify_claims(&token)
         .map_err(|e| refuse(token_error_message(e).into()))?;
+    let claims = verified.claims;
     let max_lifetime = state.config.token_max_lifetime_secs;
     if lives_too_long(&claims, max_lifetime) {
         return Err(refuse(format!(
             "token lives longer (exp - iat) than the {max_lifetime} s this deployment accepts"
         )));
     }
-    // Verification has checked the subject already; a subject that is no user id is refused
-    // as verification refuses it.
-    let user_id = UserId::parse_owned(claims.sub)
-        .map_err(|_| refuse(token_error_message(TokenError::BadUserId).into()))?;
     Ok(Admitted {
-        user_id,
+        user_id: verified.user_id,
         exp: claims.exp,
         iat: claims.iat,
     })

@@ -67,23 +67,23 @@ fn check_refresh(
     user_id: &UserId,
     jwt: &str,
 ) -> Result<Claims, (ErrorCode, &'static str)> {
-    let claims = token
+    let verified = token
         .keys
         .verify_claims(jwt)
         .map_err(|e| (ErrorCode::Unauthorized, token_error_message(e)))?;
-    if claims.sub != user_id.as_str() {
+    if verified.user_id != *user_id {
         return Err((
             ErrorCode::Forbidden,
             "the refresh token is another user's: a connection keeps its user",
         ));
     }
-    if lives_too_long(&claims, token.max_lifetime_secs) {
+    if lives_too_long(&verified.claims, token.max_lifetime_secs) {
         return Err((
             ErrorCode::Unauthorized,
             "token lives longer (exp - iat) than this deployment accepts",
         ));
     }
-    Ok(claims)
+    Ok(verified.claims)
 }
 
 /// The round trip of a refresh: the user's sessions-ended mark (none without marks).
