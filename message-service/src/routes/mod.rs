@@ -25,10 +25,6 @@ mod presence;
 
 use actix_web::web;
 
-/// The whole public OpenAPI document, where other modules' tests look for it.
-#[cfg(test)]
-pub(crate) use openapi::public_openapi;
-
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/api/v1/conversations",
@@ -87,3 +83,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     crate::events::configure(cfg);
     crate::search::configure(cfg);
 }
+
+/// The whole public OpenAPI document, where other modules' tests look for it.
+#[cfg(test)]
+pub(crate) use openapi::public_openapi;
