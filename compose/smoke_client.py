@@ -45,6 +45,12 @@ Standard library only (a minimal RFC 6455 client below). Every wait is bounded. 
      verifies under the endpoint's secret; a member who never connects, with a push device
      registered through /api/v1/push/devices, gets one signed push for it.
 
+ 13. attachments on the object store (issue 28): an upload ticket from the message service
+     names the published Garage port; a browser's CORS preflight to its pre-signed URL from
+     the page's origin (http://localhost:PORT) is allowed (its Access-Control-Allow-Origin),
+     one from a foreign origin is refused; the upload itself, sent with the page's Origin,
+     is stored.
+
 Environment: SB_PUBLIC_PORT, SMOKE_COMPOSE (the docker-compose command line, space separated),
 SMOKE_DOCKER (the docker command), SMOKE_SCALE (the --scale options of `up`), SMOKE_NGINX_IP
 and SMOKE_SOURCES (nginx's container address and the host's source addresses for step 11),
@@ -820,6 +826,50 @@ def idle_connections(total=5000, users=500, hold_s=20):
         s.get("connections", 0) for s in http("GET", "/api/v1/socket-servers")[1]["servers"]) < total // 10)
 
 
+# ---- attachments (step 13) -------------------------------------------------------------------
+
+
+def store_request(method, url, headers, data=None):
+    """(status, headers) of a request straight to the object store (a pre-signed URL)."""
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+            return resp.status, resp.headers
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code, e.headers
+
+
+def attachments_cors(tok, conv):
+    """The demo page uploads to the store's pre-signed URLs cross-origin: the bucket's CORS
+    rule (set by compose's garage-setup) allows the page's origin and no other."""
+    status, ticket = http("POST", f"/api/v1/conversations/{conv}/attachments",
+                          {"filename": "smoke.txt", "content_type": "text/plain", "size": 5}, token=tok)
+    check(status == 201, f"attachment ticket: {status} {ticket}")
+    url = ticket["upload_url"]
+    page = f"http://localhost:{PORT}"
+    preflight = {"access-control-request-method": "PUT",
+                 "access-control-request-headers": "content-type"}
+    status, headers = store_request("OPTIONS", url, {"origin": page, **preflight})
+    check(status == 200 and headers.get("access-control-allow-origin") == page
+          and "PUT" in headers.get("access-control-allow-methods", ""),
+          f"the store's preflight for the page's origin {page} answered {status} {dict(headers)}")
+    # Refused: not 2xx (what a browser requires of a preflight), and never this origin echoed
+    # (Garage puts a blanket `*` on every S3 error, so pages can read error bodies).
+    foreign = "https://evil.example"
+    status, headers = store_request("OPTIONS", url, {"origin": foreign, **preflight})
+    check(status >= 400 and headers.get("access-control-allow-origin") != foreign
+          and not headers.get("access-control-allow-methods"),
+          f"the store's preflight for {foreign} answered {status} {dict(headers)}")
+    status, headers = store_request("PUT", url, {"origin": page, "content-type": "text/plain"},
+                                    data=b"hello")
+    check(status == 200 and headers.get("access-control-allow-origin") == page,
+          f"the upload through the pre-signed URL answered {status} {dict(headers)}")
+    log(f"the object store allows the page's origin {page} (preflight and upload), "
+        f"refuses {foreign}")
+
+
 # ---- the scenario ----------------------------------------------------------------------------
 
 
@@ -993,6 +1043,7 @@ def main():
 
     credentials(conv)
     app_backend(alice)
+    attachments_cors(alice, conv)
 
     # 3. stop bob's replica while alice keeps sending
     before = start_state()

@@ -52,6 +52,17 @@ for name in SB_REDIS_PASSWORD SB_REDIS_SENTINEL_PASSWORD; do
         export "$name=$value"
     fi
 done
+# The message service's key on the object store (compose/garage-setup.sh writes it into its
+# own volume `s3-message-service`, mounted read-only at SB_S3_AUTH_DIR): an empty
+# SB_S3_ACCESS_KEY_ID / SB_S3_SECRET_ACCESS_KEY is read from there.
+s3_auth="${SB_S3_AUTH_DIR:-/var/lib/switchboard/s3}"
+for name in SB_S3_ACCESS_KEY_ID SB_S3_SECRET_ACCESS_KEY; do
+    eval "value=\${$name:-}"
+    if [ -z "$value" ] && [ -r "$s3_auth/$name" ]; then
+        value="$(cat "$s3_auth/$name")"
+        export "$name=$value"
+    fi
+done
 auth="${SB_AUTH_DIR:-/var/lib/switchboard/auth}"
 if [ -z "${SB_CLUSTER_SECRET:-}" ]; then
     unset SB_CLUSTER_SECRET

@@ -75,7 +75,7 @@ SMOKE_API_KEY="sbk_smoke_$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
 SMOKE_API_KEY_SHA="$(printf '%s' "$SMOKE_API_KEY" | sha256sum | cut -d' ' -f1)"
 printf 'SB_API_KEYS=[{"id":"smoke","sha256":"%s","scopes":["messages:write","conversations:write","read","users:disconnect","webhooks:manage"],"rate_per_sec":0}]\n' \
     "$SMOKE_API_KEY_SHA" >"$WORK/smoke.env"
-COMPOSE="$SUDO env SB_PUBLIC_PORT=PORT docker-compose -p $PROJECT --env-file $WORK/smoke.env -f $ROOT/docker-compose.yml -f $ROOT/compose.demo.yml -f $ROOT/compose.offline.yml"
+COMPOSE="$SUDO env SB_PUBLIC_PORT=PORT SB_S3_PUBLIC_PORT=S3PORT docker-compose -p $PROJECT --env-file $WORK/smoke.env -f $ROOT/docker-compose.yml -f $ROOT/compose.demo.yml -f $ROOT/compose.offline.yml"
 export DOCKER_BUILDKIT=1
 
 DOCKERD_PID=""
@@ -145,6 +145,8 @@ if [ -z "$BIN_DIR" ]; then
 fi
 TANSU="${HOME:-/root}/.cache/switchboard/tansu/bin/tansu"
 [ -x "$TANSU" ] || die "no tansu at $TANSU (scripts/install-deps.sh builds it)"
+GARAGE="${SWITCHBOARD_GARAGE:-${HOME:-/root}/.cache/switchboard/garage/bin/garage}"
+[ -x "$GARAGE" ] || die "no garage at $GARAGE (scripts/install-deps.sh builds it)"
 
 # ---- 3. base images -------------------------------------------------------------------------
 # Docker runs on vfs here, which copies a whole image for every container (and every layer
@@ -233,6 +235,11 @@ broker_rootfs() {
     $SUDO install -m 755 "$TANSU" "$1/usr/local/bin/tansu"
     $SUDO mkdir -p "$1/var/lib/kafka/data"
 }
+# Garage at /garage, as in the upstream image (docker-compose.yml runs /garage).
+garage_rootfs() {
+    $SUDO install -m 755 "$GARAGE" "$1/garage"
+    $SUDO mkdir -p "$1/var/lib/garage/meta" "$1/var/lib/garage/data"
+}
 offline_image switchboard-offline/base:local "$BOOKWORM_TAR" "$ESSENTIAL ca-certificates curl" no_customizing \
     'CMD ["bash"]'
 offline_image switchboard-offline/redis:local "$BOOKWORM_TAR" "$ESSENTIAL redis-server redis-tools" redis_rootfs \
@@ -244,6 +251,8 @@ offline_image switchboard-offline/nginx:local "$SID_TAR" "$ESSENTIAL nginx curl"
     'CMD ["nginx", "-g", "daemon off;"]'
 offline_image switchboard-offline/broker:local "$BOOKWORM_TAR" "$ESSENTIAL" broker_rootfs \
     'ENTRYPOINT ["tansu"]'
+offline_image switchboard-offline/garage:local "$BOOKWORM_TAR" "$ESSENTIAL" garage_rootfs \
+    "LABEL switchboard.garage=$(stat -c %s-%Y "$GARAGE")" 'ENTRYPOINT ["/garage"]' 'CMD ["server"]'
 BASE=switchboard-offline/base:local
 build() { # build TAG DOCKERFILE CONTEXT [ARGS...]
     local tag="$1" file="$2" context="$3"; shift 3
@@ -264,7 +273,9 @@ build switchboard:local Dockerfile . --target runtime \
 # ---- 4. the stack -------------------------------------------------------------------------------
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 # No SB_DEV_MODE here: compose.demo.yml is what turns dev tokens on (the demo command).
+S3_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 COMPOSE="${COMPOSE/SB_PUBLIC_PORT=PORT/SB_PUBLIC_PORT=$PORT}"
+COMPOSE="${COMPOSE/SB_S3_PUBLIC_PORT=S3PORT/SB_S3_PUBLIC_PORT=$S3_PORT}"
 SCALE="--scale socket-server=3 --scale registry=2 --scale socket-manager=2"
 dangling_before="$($DOCKER volume ls -q --filter dangling=true | sort)"
 log "docker-compose up -d $SCALE (nginx on 127.0.0.1:$PORT)"
