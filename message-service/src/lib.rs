@@ -48,10 +48,9 @@ use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 
+use crate::state::AppState;
+
 pub use config::MessageServiceConfig;
-// For modules not yet moved to `crate::state::AppState` (events/check.rs, another
-// engineer's split in progress); new code imports it from `state`.
-pub(crate) use state::AppState;
 
 pub struct Application {
     port: u16,
