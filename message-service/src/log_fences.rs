@@ -314,6 +314,7 @@ mod tests {
             epoch,
             attachments: Vec::new(),
             event: None,
+            traceparent: None,
         }
     }
 

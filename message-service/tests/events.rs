@@ -57,6 +57,7 @@ fn record(conversation: &str, seq: u64, sender: &str, body: &str) -> Sourced<Log
             epoch: 0,
             attachments: Vec::new(),
             event: None,
+            traceparent: None,
         },
     }
 }

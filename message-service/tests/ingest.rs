@@ -71,6 +71,7 @@ fn record(conversation_id: &str, seq: u64) -> LogRecord {
         epoch: 0,
         attachments: Vec::new(),
         event: None,
+        traceparent: None,
     }
 }
 

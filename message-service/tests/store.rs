@@ -176,6 +176,7 @@ fn record(conversation_id: &str, seq: u64, message_id: &str, body: &str) -> LogR
         epoch: 0,
         attachments: Vec::new(),
         event: None,
+        traceparent: None,
     }
 }
 

@@ -1,14 +1,17 @@
 //! Operational endpoints every service mounts: `/live` (the process answers), `/ready` (its
 //! dependencies answer too, so a balancer stops sending it work when they do not) and
-//! `/metrics` (Prometheus text). Plus the middleware that times every HTTP request.
+//! `/metrics` (Prometheus text). Plus the middleware that times every HTTP request and runs
+//! it in a `request` span joined to the W3C trace of its `traceparent` header (or a new one).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::future::{BoxFuture, LocalBoxFuture};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
+use switchboard_protocol::trace_context::{TraceParent, TRACEPARENT_HEADER};
+use tracing::Instrument;
 
 /// One readiness probe: `Ok` when the dependency answers, `Err(why)` otherwise.
 pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
@@ -92,9 +95,10 @@ where
     move |req, srv| {
         let started = Instant::now();
         let method = req.method().as_str().to_owned();
-        let fut = srv.call(req);
+        let span = request_span(&req);
+        let fut = span.in_scope(|| srv.call(req));
         let ops = ops.clone();
-        Box::pin(async move {
+        let work = async move {
             let res = fut.await?;
             let route = res
                 .request()
@@ -102,8 +106,35 @@ where
                 .unwrap_or_else(|| "unmatched".into());
             ops.observe(&method, &route, res.status().as_u16(), started);
             Ok(res)
-        })
+        };
+        Box::pin(work.instrument(span))
     }
+}
+
+/// The `request` span of one HTTP request (`method`, `path`, `trace_id`), joined to the trace
+/// its `traceparent` header names (an invalid one is ignored: a new trace starts). The
+/// request's own step goes into its extensions for the handler ([`request_trace`]).
+fn request_span(req: &ServiceRequest) -> tracing::Span {
+    let incoming = req
+        .headers()
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = req.path(),
+        trace_id = tracing::field::Empty
+    );
+    let step = crate::telemetry::trace::join(&span, incoming);
+    req.extensions_mut().insert(step);
+    span
+}
+
+/// The request's own step of its trace, as [`timed`] joined it: what a handler passes on to
+/// the next hop (`None` for an app without the middleware).
+pub fn request_trace(req: &HttpRequest) -> Option<TraceParent> {
+    req.extensions().get::<TraceParent>().copied()
 }
 
 async fn live() -> HttpResponse {

@@ -251,6 +251,7 @@ mod tests {
             epoch: 1,
             attachments: Vec::new(),
             event: None,
+            traceparent: None,
         };
         let event = message_created(&record);
         assert_eq!(event.id, "evt_01MSG");

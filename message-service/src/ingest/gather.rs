@@ -8,6 +8,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use switchboard_message_log::{decode_log_item, Event, LogFence, LogItem, LogRecord};
+use switchboard_service_kit::telemetry;
 
 use super::{Ingest, GATHER_WINDOW, MAX_BATCH};
 use crate::store::{DeadLetter, LogPosition, ReceiptUpdate, Sourced};
@@ -78,14 +79,22 @@ fn read_log_item(batch: &mut Gathered, at: LogPosition, payload: &[u8]) {
             if tracing::enabled!(tracing::Level::DEBUG) {
                 let trace = decoded.trace.as_deref().unwrap_or("-");
                 for item in &items {
-                    tracing::debug!(
-                        trace,
-                        message_id = %item.message_id,
-                        seq = item.seq,
-                        partition = at.partition,
-                        offset = at.offset,
-                        "read from the log"
-                    );
+                    // This process's step of the send's W3C trace (exported with `otlp`).
+                    let span = tracing::debug_span!("ingest", trace_id = tracing::field::Empty);
+                    if let Some(parent) = item.traceparent {
+                        telemetry::trace::join(&span, Some(parent));
+                    }
+                    span.in_scope(|| {
+                        tracing::debug!(
+                            trace,
+                            trace_id = item.traceparent.map(|t| tracing::field::display(t.trace_id)),
+                            message_id = %item.message_id,
+                            seq = item.seq,
+                            partition = at.partition,
+                            offset = at.offset,
+                            "read from the log"
+                        )
+                    });
                 }
             }
             for (i, item) in items.into_iter().enumerate() {

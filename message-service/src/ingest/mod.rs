@@ -165,6 +165,10 @@ impl Ingest {
             if tracing::enabled!(tracing::Level::DEBUG) {
                 for record in &batch.log.records {
                     tracing::debug!(
+                        trace_id = record
+                            .item
+                            .traceparent
+                            .map(|t| tracing::field::display(t.trace_id)),
                         message_id = %record.item.message_id,
                         conversation_id = %record.item.conversation_id,
                         seq = record.item.seq,

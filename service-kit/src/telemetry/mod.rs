@@ -1,0 +1,60 @@
+//! Structured logs with `tracing`, and traces. `SB_LOG_FORMAT=json` emits JSON lines (for the
+//! compose stack and log shippers); anything else is human-readable. `RUST_LOG` filters as
+//! usual.
+//!
+//! - [`trace`]: one send's W3C trace across the processes: a step joins the trace a
+//!   `traceparent` names (or starts one) and records its `trace_id` on its span.
+//! - `otlp` (cargo feature `otlp`, off by default): spans exported over OTLP/HTTP when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, their trace ids the W3C ones.
+
+#[cfg(feature = "otlp")]
+mod otlp;
+pub mod trace;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::env::EnvVar;
+
+pub const SB_LOG_FORMAT: &str = "SB_LOG_FORMAT";
+/// The standard `tracing_subscriber` filter variable, read by [`EnvFilter::try_from_default_env`].
+pub const RUST_LOG: &str = EnvFilter::DEFAULT_ENV;
+
+/// The filter used when `RUST_LOG` is unset.
+pub const DEFAULT_FILTER: &str = "info,actix_server=warn,rdkafka=warn";
+
+/// What [`init`] reads.
+pub const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: SB_LOG_FORMAT,
+        default: None,
+        doc: "`json`: one JSON object per log line (for log shippers; the compose stack sets \
+              it). Anything else or unset: human-readable lines.",
+    },
+    EnvVar {
+        name: RUST_LOG,
+        default: Some(DEFAULT_FILTER),
+        doc: "The usual tracing filter (e.g. `debug`, or `info,socket_server=debug`).",
+    },
+];
+
+/// Installs the process's subscriber: the filter, the log lines and (with the `otlp` feature
+/// and `OTEL_EXPORTER_OTLP_ENDPOINT` set) the span exporter.
+pub fn init(service: &str) {
+    let filter =
+        EnvFilter::try_from_env(RUST_LOG).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let json = std::env::var(SB_LOG_FORMAT).is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let lines = tracing_subscriber::fmt::layer().with_target(false);
+    let lines = if json {
+        lines.json().flatten_event(true).boxed()
+    } else {
+        lines.boxed()
+    };
+    let subscriber = tracing_subscriber::registry().with(filter).with(lines);
+    #[cfg(feature = "otlp")]
+    let subscriber = subscriber.with(otlp::layer(service));
+    if subscriber.try_init().is_ok() {
+        tracing::info!(service, "telemetry initialised");
+    }
+}
