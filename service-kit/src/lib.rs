@@ -26,6 +26,7 @@ pub mod env;
 pub mod http;
 pub mod internal;
 pub mod jwks;
+pub mod latch;
 pub mod limits;
 pub mod lookup;
 pub mod ops;
