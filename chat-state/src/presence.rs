@@ -2,18 +2,31 @@
 //! The socket managers write it as socket servers report connections; the managers read it to
 //! route, the message service to answer `GET /api/v1/presence`.
 //!
+//! Whether a socket server is alive is not kept here: the directory
+//! (`switchboard-server-directory`, its heartbeat refreshed by the server's reconcile, its
+//! evictions made by the health checkers) is the one owner of that fact. This module keeps
+//! what the managers hang on a server (the set of servers with a topic, and the routes), and
+//! the steps that remove them when the server is gone from the directory ([`ServerMap::claim`],
+//! [`ServerMap::forget`]).
+//!
 //! Keys, under the prefix `P` (their names keep the original design's "handler", the socket
 //! server as the managers see it: the strings are shared with running deployments):
-//! - `P handlers`: set of registered socket server ids (for the janitor).
-//! - `P handler:{id}`: a key with a short TTL the socket server renews by heartbeat; when it
-//!   expires, the server is dead and the janitor removes its topic and mappings.
+//! - `P handlers`: set of the socket servers linked to the managers (each has a topic): added
+//!   by a registration with a manager, removed when the server is reaped.
+//! - `P reaping:{id}`: present while a manager removes the server's topic and routes (the
+//!   janitor after the server left the directory, or its deregistration); a registration
+//!   waits for it to go, so a server that comes back is never linked half-way through its own
+//!   removal. Lifetime [`REAP_MARK_MS`], in case the manager reaping dies.
 //! - `P userh:{user}`: sorted set of socket server ids scored by expiry (ms). Expiry is per
 //!   member, so one server's stale entry cannot outlive the server's renewals; readers ignore
 //!   expired members. A user is online while it has an unexpired member. Scripts read it
 //!   through [`SERVERS_OF_LUA`], so its layout stays this module's.
 //! - `P handler_users:{id}`: the reverse index, so cleanup does not scan every user.
 //! - `P lastseen:{user}`: when the user's last device went away (ms since the epoch).
-//! - `P janitor`: the lease of the one manager that sweeps dead socket servers.
+//! - `P janitor`: the lease of the one manager that sweeps servers gone from the directory.
+//!
+//! (`P handler:{id}`, a liveness key each server renewed by a heartbeat to the managers, is
+//! gone: it was a second record of the directory's fact, with a second eviction.)
 
 use std::collections::HashMap;
 
@@ -43,6 +56,36 @@ if removed == 1 and redis.call('ZCARD', KEYS[1]) == 0 then
 end
 return 0
 ";
+
+/// KEYS: servers with a topic, the server's reaping mark. ARGV: server. Links the server
+/// (returns 1), unless it is being reaped (returns 0: try again once the reap is over).
+const REGISTER_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+";
+
+/// KEYS: servers with a topic, the server's reaping mark. ARGV: server, the mark's lifetime
+/// (ms), and, for a reap of a server gone from the directory, the directory's sorted set (an
+/// argument, not a declared key: the managers may only read it, and Redis checks a script's
+/// declared keys as written). Returns 1 when the caller is to reap the server: with the
+/// directory's key, only if the server is still absent from it (checked in the same step, so a
+/// server that registered again meanwhile is left alone) and still linked (another janitor
+/// may have reaped it); without, always (the server deregistered itself).
+const CLAIM_SCRIPT: &str = r"
+if #ARGV == 3 then
+  if redis.call('ZSCORE', ARGV[3], ARGV[1]) then return 0 end
+  if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+else
+  redis.call('SREM', KEYS[1], ARGV[1])
+end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+return 1
+";
+
+/// How long a reaping mark lasts at most: a reap (deleting one topic, a server's routes) takes
+/// well under it; if the manager reaping dies, the server may register again after it.
+pub const REAP_MARK_MS: i64 = 60_000;
 
 /// Lua for a script that looks recipients up as it goes (the socket manager's numbering
 /// script): `servers_of(prefix, users, now)` answers, for each of `users` in order, the
@@ -77,12 +120,14 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Which socket servers hold which users' devices, and the servers' liveness: the writes and
-/// route lookups of this module's keys.
+/// Which socket servers hold which users' devices, and which servers are linked to the
+/// managers: the writes and route lookups of this module's keys.
 #[derive(Clone)]
 pub struct ServerMap {
     redis: SentinelRedis,
     pub user_ttl_ms: i64,
+    /// How long a server may be missing from the directory before the janitor reaps it
+    /// (`SB_HANDLER_TTL_MS`).
     pub server_ttl_ms: i64,
 }
 
@@ -133,8 +178,8 @@ impl ServerMap {
         }
     }
 
-    fn alive_key(&self, server: &str) -> String {
-        self.redis.key(&format!("handler:{server}"))
+    fn reaping_key(&self, server: &str) -> String {
+        self.redis.key(&format!("reaping:{server}"))
     }
 
     fn user_key(&self, user: &str) -> String {
@@ -145,35 +190,59 @@ impl ServerMap {
         self.redis.key(&format!("handler_users:{server}"))
     }
 
-    pub async fn register(&self, server: &str) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.sadd(self.redis.key("handlers"), server)
-            .ignore()
-            .cmd("SET")
-            .arg(self.alive_key(server))
-            .arg(now_ms())
-            .arg("PX")
-            .arg(self.server_ttl_ms)
-            .ignore();
-        self.redis.query_pipe(&pipe).await
-    }
-
-    /// Renews the server's liveness key; `false` if it had already expired (the janitor may
-    /// have cleaned up: the server must register again).
-    pub async fn heartbeat(&self, server: &str) -> Result<bool, StoreError> {
-        let renewed: bool = self
+    /// Links `server` to the managers (it has a topic from now on). `false` while the server
+    /// is being reaped: register again once that is over.
+    pub async fn register(&self, server: &str) -> Result<bool, StoreError> {
+        let linked: i64 = self
             .redis
             .query(
-                redis::cmd("SET")
-                    .arg(self.alive_key(server))
-                    .arg(now_ms())
-                    .arg("PX")
-                    .arg(self.server_ttl_ms)
-                    .arg("XX"),
+                redis::cmd("EVAL")
+                    .arg(REGISTER_SCRIPT)
+                    .arg(2)
+                    .arg(self.redis.key("handlers"))
+                    .arg(self.reaping_key(server))
+                    .arg(server),
+            )
+            .await?;
+        Ok(linked == 1)
+    }
+
+    /// Whether `server` is linked to the managers (registered and not reaped since).
+    pub async fn is_registered(&self, server: &str) -> Result<bool, StoreError> {
+        self.redis
+            .query(
+                redis::cmd("SISMEMBER")
+                    .arg(self.redis.key("handlers"))
+                    .arg(server),
             )
             .await
-            .map(|v: Option<String>| v.is_some())?;
-        Ok(renewed)
+    }
+
+    /// Transitional, for the manager's heartbeat route until it reads [`Self::is_registered`]:
+    /// renews nothing (liveness is the directory's), answers whether `server` is linked.
+    pub async fn heartbeat(&self, server: &str) -> Result<bool, StoreError> {
+        self.is_registered(server).await
+    }
+
+    /// Starts reaping `server`: unlinks it and marks it as being reaped, so it cannot register
+    /// again until [`Self::forget`] has removed its routes. `absent_from`: the directory's
+    /// sorted set (its key as the directory names it); then only a server absent from it, and
+    /// still linked, is claimed (`false` otherwise: it came back, or was reaped already).
+    /// `None`: the server deregistered itself, claimed whatever the directory says. The caller
+    /// then deletes the server's topic and calls [`Self::forget`].
+    pub async fn claim(&self, server: &str, absent_from: Option<&str>) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CLAIM_SCRIPT)
+            .arg(2)
+            .arg(self.redis.key("handlers"))
+            .arg(self.reaping_key(server))
+            .arg(server)
+            .arg(REAP_MARK_MS);
+        if let Some(directory) = absent_from {
+            cmd.arg(directory);
+        }
+        let claimed: i64 = self.redis.query(&cmd).await?;
+        Ok(claimed == 1)
     }
 
     /// A first device of each user arrived on `server`. Returns the users who were offline
@@ -254,8 +323,9 @@ impl ServerMap {
             .collect())
     }
 
-    /// Every registered socket server: the ones with a topic, until the janitor removes a dead
-    /// one (a dead server's user mappings last as long, so a lookup reaches it as long too).
+    /// Every registered socket server: the ones with a topic, until the janitor reaps one gone
+    /// from the directory (a dead server's user mappings last as long, so a lookup reaches it
+    /// as long too).
     pub async fn registered_servers(&self) -> Result<Vec<String>, StoreError> {
         self.redis
             .query(redis::cmd("SMEMBERS").arg(self.redis.key("handlers")))
@@ -279,26 +349,9 @@ impl ServerMap {
         Ok(group_by_server(users, found))
     }
 
-    /// Socket servers whose liveness key has expired.
-    pub async fn dead_servers(&self) -> Result<Vec<String>, StoreError> {
-        let all = self.registered_servers().await?;
-        if all.is_empty() {
-            return Ok(all);
-        }
-        let mut pipe = redis::pipe();
-        for server in &all {
-            pipe.exists(self.alive_key(server));
-        }
-        let alive: Vec<bool> = self.redis.query_pipe(&pipe).await?;
-        Ok(all
-            .into_iter()
-            .zip(alive)
-            .filter(|(_, alive)| !alive)
-            .map(|(h, _)| h)
-            .collect())
-    }
-
-    /// Removes every mapping of `server`; returns the users now offline everywhere.
+    /// Removes every mapping of `server`, unlinks it and clears its reaping mark (the last
+    /// step of a reap: from here on it may register again); returns the users now offline
+    /// everywhere.
     pub async fn forget(&self, server: &str) -> Result<Vec<String>, StoreError> {
         let users: Vec<String> = self
             .redis
@@ -312,9 +365,9 @@ impl ServerMap {
         let mut pipe = redis::pipe();
         pipe.del(self.reverse_key(server))
             .ignore()
-            .del(self.alive_key(server))
-            .ignore()
             .srem(self.redis.key("handlers"), server)
+            .ignore()
+            .del(self.reaping_key(server))
             .ignore();
         self.redis.query_pipe::<()>(&pipe).await?;
         Ok(offline)
@@ -372,6 +425,57 @@ mod tests {
             ]
         );
         assert!(handlers.servers_for(&[]).await.unwrap().is_empty());
+    }
+
+    /// A reap of a server gone from the directory: claimed only while the server is absent
+    /// from the directory's set and still linked; while it runs, the server cannot link again;
+    /// `forget` ends it (routes gone, users offline, the server free to link again). A
+    /// deregistration claims whatever the directory says.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reap_is_claimed_only_while_the_server_is_absent_and_blocks_its_link() {
+        use switchboard_test_support::shared;
+        shared::warm_up();
+        let id = shared::unique("reap-claim");
+        let redis = SentinelRedis::new(shared::redis_config("socket-manager", &id));
+        // The directory is the registry's and the health checkers' to write; the managers'
+        // user only reads it (the claim must work under that user).
+        let registry = SentinelRedis::new(shared::redis_config("registry", &id));
+        let servers = ServerMap::new(redis.clone(), 60_000, 60_000);
+        let directory = registry.key("servers");
+        assert!(servers.register("h1").await.unwrap());
+        servers.connected("h1", &["alice"]).await.unwrap();
+        let _: () = registry
+            .query(redis::cmd("ZADD").arg(&directory).arg(0).arg("h1"))
+            .await
+            .unwrap();
+        assert!(
+            !servers.claim("h1", Some(&directory)).await.unwrap(),
+            "present in the directory: not reaped"
+        );
+        let _: () = registry
+            .query(redis::cmd("ZREM").arg(&directory).arg("h1"))
+            .await
+            .unwrap();
+        assert!(servers.claim("h1", Some(&directory)).await.unwrap());
+        assert!(
+            !servers.claim("h1", Some(&directory)).await.unwrap(),
+            "claimed once: a second janitor finds it unlinked"
+        );
+        assert!(!servers.is_registered("h1").await.unwrap());
+        assert!(
+            !servers.register("h1").await.unwrap(),
+            "no link while the reap runs"
+        );
+        assert_eq!(servers.forget("h1").await.unwrap(), ["alice"]);
+        assert!(servers
+            .servers_for(&["alice".to_owned()])
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(servers.register("h1").await.unwrap(), "linked again after");
+        assert!(servers.is_registered("h1").await.unwrap());
+        assert!(servers.claim("h1", None).await.unwrap(), "a deregistration");
+        assert!(servers.registered_servers().await.unwrap().is_empty());
     }
 
     /// From `broadcast_from` users on, a route goes to every registered handler with all the

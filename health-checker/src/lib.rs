@@ -13,6 +13,10 @@
 //! server, its hash and its reservations, and reports whether it did; so a server is evicted
 //! once, and a second checker's eviction of the same server is a no-op. A server wrongly
 //! evicted (say, paused for a moment) notices on its next reconcile and registers again.
+//!
+//! The eviction is the one removal of a socket server: the directory is the one record of
+//! "this server is alive", and the socket managers' janitor reaps the topic and routes of a
+//! server gone from it (docs/architecture.md, "One membership").
 
 pub mod config;
 mod metrics;

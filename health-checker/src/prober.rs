@@ -138,7 +138,8 @@ impl Prober {
         }
     }
 
-    /// Tells whoever listens (the socket managers clean up the handler's topic and mappings).
+    /// Tells whoever listens (operators' tooling; the socket managers need no message: their
+    /// janitor reaps the topic and routes of a server gone from the directory).
     async fn announce_eviction(&self, server_id: &str) {
         let redis = self.directory.redis();
         let channel = redis.key("events:evicted");

@@ -20,6 +20,12 @@
 //! expire, and the server's periodic reconcile sets its score back to `live + unexpired
 //! reservations`, so neither a lost decrement nor an abandoned assignment leaves drift.
 //!
+//! The directory is the one owner of "this socket server is alive": a server registers here
+//! once (through the registry), its reconcile is its one heartbeat, and a health checker's
+//! eviction (or the server leaving on drain) removes it here. The socket managers keep no
+//! liveness of their own: their janitor reaps the topic and routes of a server linked to them
+//! but absent from here ([`ServerDirectory::present`], [`ServerDirectory::servers_key`]).
+//!
 //! Every mutation is one Lua script, so concurrent registries, servers and health checkers
 //! never interleave inside a step. The scripts build per-server key names from the prefix, which
 //! is fine for a single master (Sentinel) deployment, not for Redis Cluster.
@@ -403,6 +409,26 @@ impl ServerDirectory {
                 last_heartbeat_ms: row[5].parse().ok(),
             })
             .collect())
+    }
+
+    /// Whether each of `server_ids` is in the directory, in order (one `ZMSCORE`).
+    pub async fn present(&self, server_ids: &[String]) -> Result<Vec<bool>, StoreError> {
+        if server_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let scores: Vec<Option<f64>> = self
+            .redis
+            .query(redis::cmd("ZMSCORE").arg(&self.servers_key).arg(server_ids))
+            .await?;
+        Ok(scores.into_iter().map(|s| s.is_some()).collect())
+    }
+
+    /// The key of the sorted set of registered servers, for a script of another key family
+    /// that must check a server's absence in the same atomic step (the managers' reap claim,
+    /// `switchboard_chat_state::presence::ServerMap::claim`). Readers only: every write to the
+    /// directory stays in this crate.
+    pub fn servers_key(&self) -> &str {
+        &self.servers_key
     }
 
     /// The load of one server, `None` if it is not in the set.

@@ -97,8 +97,9 @@ pub const ENV: &[EnvVar] = &[
     EnvVar {
         name: SB_HANDLER_TTL_MS,
         default: Some("6000"),
-        doc: "Lifetime of a socket server's liveness key, in milliseconds; past it the janitor \
-              removes the server's topic and mappings.",
+        doc: "How long a socket server may be missing from the directory, in milliseconds, \
+              before the janitor removes its topic and mappings (a server lost in a Redis \
+              failover registers again well within it).",
     },
     EnvVar {
         name: SB_MESSAGE_PARTITIONS,
@@ -243,7 +244,8 @@ pub struct ManagerConfig {
     pub idempotency_ttl_secs: u64,
     /// User-to-socket-server mapping lifetime (`SB_USER_MAPPING_TTL_MS`, default 900000).
     pub user_mapping_ttl_ms: i64,
-    /// A socket server's liveness lifetime (`SB_HANDLER_TTL_MS`, default 6000).
+    /// How long a socket server may be missing from the directory before the janitor reaps it
+    /// (`SB_HANDLER_TTL_MS`, default 6000).
     pub server_ttl_ms: i64,
     /// Partitions of the message log (`SB_MESSAGE_PARTITIONS`, default 1).
     pub message_partitions: i32,

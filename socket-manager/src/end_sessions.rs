@@ -49,11 +49,13 @@ pub(crate) async fn end_sessions(
         .end(user, now, state.config.token_max_lifetime_secs)
         .await?;
 
+    // Live: linked to the managers (a topic) and in the directory (not evicted).
     let registered = sequencer.servers.registered_servers().await?;
-    let dead = sequencer.servers.dead_servers().await?;
+    let present = state.directory.present(&registered).await?;
     let live: Vec<String> = registered
         .into_iter()
-        .filter(|h| !dead.contains(h))
+        .zip(present)
+        .filter_map(|(server, present)| present.then_some(server))
         .collect();
     // A record with no recipients: a server that does not know the control delivers it to
     // nobody.
@@ -68,6 +70,7 @@ pub(crate) async fn end_sessions(
         accepted_at_ms: None,
         order: None,
         message_id: None,
+        traceparent: None,
     };
     let payload = serde_json::to_vec(&record).expect("a HandlerRecord always serializes");
     let kafka = &sequencer.kafka;

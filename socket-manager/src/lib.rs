@@ -13,8 +13,8 @@
 //! - `kafka`: the shared idempotent producer and topic admin.
 //! - `quota`: per-user quotas (frames, body bytes) shared by every manager through Redis, and
 //!   typing coalesced per (conversation, sender); one script call per batch.
-//! - `janitor`: notices dead socket servers (expired liveness keys) and removes their topics
-//!   and mappings; one manager at a time holds the janitor lease.
+//! - `janitor`: reaps socket servers gone from the directory (their topics and mappings);
+//!   one manager at a time holds the janitor lease.
 //!
 //! Run two or more: they share nothing but Redis and Kafka, so a socket server can send any
 //! batch to any manager and retry on another when one dies.

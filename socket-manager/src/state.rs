@@ -2,6 +2,7 @@
 //! sequencer, quotas, the checks made before numbering, the signal counters), built once at
 //! startup.
 
+use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
@@ -26,6 +27,9 @@ pub(crate) struct AppState {
     pub attachments: attachments::Verifier,
     /// Checks edits, deletes, reactions and replies before they are numbered.
     pub events: events::Checker,
+    /// The socket servers' directory, read (never written) to know which servers are alive:
+    /// the janitor reaps the ones linked here but gone from it.
+    pub directory: ServerDirectory,
     /// Presence announcements in flight (`presence::announce`), waited for at shutdown.
     pub background: TaskTracker,
 }
@@ -72,11 +76,13 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let sequencer =
             Sequencer::start(&config, redis.clone(), kafka, log_partitions, ops, workers)?;
+        let directory = ServerDirectory::new(redis.clone());
         let quotas = quota::Quotas::new(redis, config.quotas)?;
         quotas.register(ops);
         let credential = || config.common.cluster.credential(ServiceRole::SocketManager);
         Ok(AppState {
             background: TaskTracker::new(),
+            directory,
             events: events::Checker::new(config.message_service_url.clone(), credential()),
             attachments: attachments::Verifier::new(
                 config.message_service_url.clone(),

@@ -204,8 +204,8 @@ pub const ENV: &[EnvVar] = &[
     EnvVar {
         name: SB_HANDLER_HEARTBEAT_MS,
         default: Some("2000"),
-        doc: "Liveness heartbeat to the managers, in milliseconds (keep it well below \
-              SB_HANDLER_TTL_MS).",
+        doc: "How often the link to the managers (the delivery consumer, the mapping renewal) \
+              is checked, in milliseconds; no heartbeat is sent (liveness is the directory's).",
     },
     EnvVar {
         name: SB_MAPPING_RENEW_MS,
@@ -317,7 +317,8 @@ pub struct SocketServerConfig {
     /// Batches one lane may have in flight (`SB_MANAGER_LANE_BATCHES`, default 1); a
     /// connection's frames are never in two at once.
     pub manager_lane_batches: usize,
-    /// Handler liveness heartbeat to the managers (`SB_HANDLER_HEARTBEAT_MS`, default 2000).
+    /// How often the link to the managers is checked (`SB_HANDLER_HEARTBEAT_MS`, default 2000);
+    /// the name stays from when it was a heartbeat to them.
     pub handler_heartbeat: Duration,
     /// Re-report every local user so mappings do not expire (`SB_MAPPING_RENEW_MS`, default 300000).
     pub mapping_renew: Duration,

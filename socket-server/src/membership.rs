@@ -1,7 +1,13 @@
-//! This server's place in the directory: register through the registry's REST API, then every
-//! `reconcile_interval` set the score to the exact live count (so a lost increment or
-//! decrement never leaves drift) and refresh the heartbeat. If the server finds itself gone
-//! from the set (evicted while paused, or lost in a Redis failover), it registers again.
+//! This server's membership, one registration and one heartbeat: register in the directory
+//! through the registry's REST API, then every `reconcile_interval` set the score to the exact
+//! live count (so a lost increment or decrement never leaves drift) and refresh the heartbeat.
+//! The directory is the one record of "this server is alive": the health checkers evict a
+//! server from it, and the managers' janitor reaps the topic and routes of a server gone from
+//! it (socket-manager's `janitor`). If the server finds itself gone from the set (evicted while
+//! paused, or lost in a Redis failover), it registers again, and after every registration it
+//! links to the managers again (its topic, its users re-reported), so whatever a reap removed
+//! comes back. [`link_managers`] starts the delivery consumer and renews the user mappings; it
+//! sends no heartbeat.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -69,7 +75,32 @@ pub(crate) async fn run(state: Arc<ServerState>, stop: CancellationToken) {
     }
 }
 
+/// One registration: in the directory, then with the managers again (see the module docs).
 async fn register(state: &ServerState, http: &reqwest::Client) -> Result<(), String> {
+    register_in_directory(state, http).await?;
+    relink(state).await
+}
+
+/// Links to the managers again after a registration in the directory: a reap that removed this
+/// server's topic and routes (it was missing from the directory for a while) is undone, and one
+/// still under way is waited out (the managers refuse the link until it is over). Nothing to do
+/// before the first link ([`link_managers`] makes it) or without messaging.
+async fn relink(state: &ServerState) -> Result<(), String> {
+    let Some(manager) = state.manager.as_ref() else {
+        return Ok(());
+    };
+    if !state.manager_ready.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    manager.register().await.map_err(|e| e.to_string())?;
+    let users: Vec<String> = state.hub.users().iter().map(|u| u.to_string()).collect();
+    if !users.is_empty() {
+        manager.renew(users).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn register_in_directory(state: &ServerState, http: &reqwest::Client) -> Result<(), String> {
     let registration = Registration {
         server_id: state.server_id.to_string(),
         url: state.public_url.clone(),
@@ -125,9 +156,11 @@ pub(crate) async fn leave(state: &ServerState) {
     }
 }
 
-/// Keeps this handler known to the socket managers: register (which creates our topic), start
-/// consuming it, then heartbeat; re-register if a manager forgot us; re-report every local
-/// user every `mapping_renew` so user-to-handler mappings never expire under live devices.
+/// Keeps this server linked to the socket managers: register (which creates our topic), start
+/// consuming it, and re-report every local user every `mapping_renew` so user-to-server
+/// mappings never expire under live devices. Checked every `handler_heartbeat`; no heartbeat
+/// is sent (liveness is the directory's): a link lost to a reap is made again by [`run`] after
+/// it registers in the directory again.
 pub(crate) async fn link_managers(state: Arc<ServerState>, stop: CancellationToken) {
     let Some(manager) = state.manager.clone() else {
         return;
@@ -182,14 +215,6 @@ pub(crate) async fn link_managers(state: Arc<ServerState>, stop: CancellationTok
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(state.config.handler_heartbeat) => {}
-        }
-        match manager.heartbeat().await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!("managers forgot this handler; registering again");
-                state.manager_ready.store(false, Ordering::Release);
-            }
-            Err(e) => tracing::warn!(error = %e, "manager heartbeat failed"),
         }
         if last_renew.elapsed() >= state.config.mapping_renew {
             last_renew = tokio::time::Instant::now();

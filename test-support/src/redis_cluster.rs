@@ -85,9 +85,10 @@ pub fn service_key_families(service: &str) -> &'static [&'static str] {
             "checkers",
             "health:*",
         ],
+        // The directory read only: the janitor reaps the servers gone from it.
         "socket-manager" => &[
             "handlers",
-            "handler:*",
+            "reaping:*",
             "userh:*",
             "handler_users:*",
             "lastseen:*",
@@ -103,6 +104,7 @@ pub fn service_key_families(service: &str) -> &'static [&'static str] {
             "flush-test-counter",
             "%R members:*",
             "%R members-version:*",
+            "%R servers",
         ],
         "message-service" => &[
             "members:*",

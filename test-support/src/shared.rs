@@ -504,7 +504,9 @@ pub fn manager_vars(id: &str, message_service_url: &str) -> Vars {
         .with("SB_PRODUCE_TIMEOUT_MS", 5_000)
         .with("SB_IDEMPOTENCY_TTL_SECS", 3_600)
         .with("SB_USER_MAPPING_TTL_MS", 60_000)
-        .with("SB_HANDLER_TTL_MS", 10_000)
+        // The tests' socket servers are not in the directory: the janitor reaps them this long
+        // after it first sees them, so it must outlast a test.
+        .with("SB_HANDLER_TTL_MS", 60_000)
         .with("SB_MESSAGE_PARTITIONS", 1)
         .with("SB_PRESENCE_MAX_GROUP", 100)
         .with("SB_DELETE_HANDLER_TOPICS", false)

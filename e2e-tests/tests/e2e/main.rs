@@ -8,6 +8,8 @@
 //! - `registry`: assignment, balance under bursts, capacity, protected routes, dev tokens.
 //! - `socket`: authentication before the upgrade, frames, heartbeat, exact scores.
 //! - `faults`: kill -9 of a socket server, SIGTERM ordering, Redis master failover.
+//! - `membership`: an evicted server's entry, link and routes go together; a paused one
+//!   comes back with them.
 //! - `chat`, `chat_faults`, `signals`: the chat path, with and without faults; receipts,
 //!   presence and typing.
 //! - `nemesis`: the promise (stored once under its `seq`, in order, never lost) under one
@@ -36,6 +38,7 @@ mod eviction;
 mod faults;
 mod hostile;
 mod least_privilege;
+mod membership;
 mod nemesis;
 mod observability;
 mod openapi;
