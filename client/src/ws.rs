@@ -154,10 +154,10 @@ where
             created_at,
         } => Ok(Sent {
             client_msg_id,
-            conversation_id,
-            message_id,
+            conversation_id: conversation_id.into(),
+            message_id: message_id.into(),
             seq,
-            created_at,
+            created_at: created_at.to_string(),
         }),
         ServerFrame::Error {
             code,
@@ -226,8 +226,8 @@ impl Connection {
         match recv_from(&mut ws, Instant::now() + HELLO_WAIT).await? {
             ServerFrame::Hello { user_id, server_id } => Ok(Connection {
                 ws,
-                server_id,
-                user_id,
+                server_id: server_id.into(),
+                user_id: user_id.into(),
             }),
             other => Err(Error::Protocol(format!("expected hello, got {other:?}"))),
         }
@@ -506,10 +506,10 @@ mod tests {
         let sent = |id: &str, seq| {
             frame(ServerFrame::Sent {
                 client_msg_id: id.into(),
-                conversation_id: "c".into(),
-                message_id: format!("id{seq}"),
+                conversation_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap(),
+                message_id: format!("01BX5ZZKBKACTAV9WEVGEMMVR{seq}").parse().unwrap(),
                 seq,
-                created_at: "t".into(),
+                created_at: "2026-01-01T00:00:00.000Z".parse().unwrap(),
             })
         };
         let messages = vec![

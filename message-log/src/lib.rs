@@ -1,6 +1,8 @@
 //! The records Switchboard writes to Kafka, in one place so producers and consumers never
 //! disagree: pure types (serde only, no I/O; the client settings are `switchboard-kafka`),
-//! with typed timestamps ([`Timestamp`]) and enums checked when a record is read.
+//! with typed ids ([`ConversationId`], [`MessageId`], [`UserId`], ...), timestamps
+//! ([`Timestamp`]) and enums, all checked when a record is read (a record that fails is
+//! unreadable, and its reader dead-letters it; the JSON is the same plain strings).
 //!
 //! Topics:
 //! - the message log (default `sb.messages`), partitioned explicitly by conversation
@@ -20,15 +22,18 @@ use serde::{Deserialize, Serialize};
 use switchboard_protocol::frames::ReceiptKind;
 pub use switchboard_protocol::frames::RecordKind;
 use switchboard_protocol::trace_context::TraceParent;
-use switchboard_protocol::Timestamp;
+use switchboard_protocol::{ConversationId, ConversationKind, MessageId, Timestamp, UserId};
 
 /// One record of the message log: a message with its assigned `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRecord {
-    pub conversation_id: String,
+    pub conversation_id: ConversationId,
     pub seq: u64,
-    pub message_id: String,
-    pub sender_id: String,
+    pub message_id: MessageId,
+    pub sender_id: UserId,
+    /// The sender's idempotency key as sent (the manager checked it against
+    /// [`switchboard_protocol::ClientMsgId`]'s rule); text, so the store is what refuses a
+    /// value it cannot hold.
     pub client_msg_id: String,
     pub body: String,
     /// When the manager accepted it (RFC 3339 UTC with milliseconds on the wire).
@@ -67,7 +72,7 @@ pub struct RecordEvent {
     #[serde(default)]
     pub kind: RecordKind,
     /// The `message_id` of the earlier message.
-    pub target_id: String,
+    pub target_id: MessageId,
     /// `reaction`: the sender's emoji; absent removes the sender's reaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emoji: Option<String>,
@@ -97,7 +102,7 @@ impl LogRecord {
 /// number has been handed out again under the new epoch, so the store refuses it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogFence {
-    pub conversation_id: String,
+    pub conversation_id: ConversationId,
     pub epoch: u64,
 }
 
@@ -187,7 +192,7 @@ fn decode_records<T: serde::de::DeserializeOwned>(
 /// The message-log partition of a conversation. The log is partitioned explicitly (not by
 /// the client library's key hash) so that one envelope holds one partition's messages; FNV-1a
 /// is stable across processes, versions and client libraries.
-pub fn log_partition(conversation_id: &str, partitions: i32) -> i32 {
+pub fn log_partition(conversation_id: &ConversationId, partitions: i32) -> i32 {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in conversation_id.bytes() {
         hash ^= u32::from(byte);
@@ -232,13 +237,13 @@ pub struct HandlerRecord {
     /// For `message` frames: the conversation and `seq`, so the handler can restore `seq`
     /// order when two managers' records for one conversation land out of order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub order: Option<(String, u64)>,
+    pub order: Option<(ConversationId, u64)>,
     /// For `message` frames: the message id, so the handler's log names it without parsing
     /// the frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<String>,
-    /// The W3C trace context of the send whose frame it carries (a `message` or `event`
-    /// frame; `00-<trace id>-<parent id>-<flags>`): the process that reads it continues that trace (docs/architecture.md, "Tracing"). In
+    pub message_id: Option<MessageId>,
+    /// The W3C trace context of the send whose frame it carries (`message` and `event` frames) (`00-<trace id>-<parent id>-<flags>`):
+    /// the process that reads it continues that trace (docs/architecture.md, "Tracing"). In
     /// the body, not a Kafka header, for the reason [`LogEnvelope::trace`] gives. Additive and
     /// lenient: absent, or not a valid `traceparent`, reads as `None`.
     #[serde(
@@ -252,6 +257,17 @@ pub struct HandlerRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const C: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    const M: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
+    const M0: &str = "01BX5ZZKBKACTAV9WEVGEMMVS0";
+
+    fn id<I: std::str::FromStr>(text: &str) -> I
+    where
+        I::Err: std::fmt::Debug,
+    {
+        text.parse().unwrap()
+    }
 
     #[test]
     fn handler_record_round_trips_and_omits_empty_skip() {
@@ -275,10 +291,10 @@ mod tests {
     #[test]
     fn envelopes_and_single_records_both_decode() {
         let record = LogRecord {
-            conversation_id: "c".into(),
+            conversation_id: id(C),
             seq: 1,
-            message_id: "m".into(),
-            sender_id: "u".into(),
+            message_id: id(M),
+            sender_id: id("u"),
             client_msg_id: "x".into(),
             body: "hi".into(),
             created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
@@ -312,21 +328,21 @@ mod tests {
 
     #[test]
     fn events_are_additive_and_old_records_are_messages() {
-        let old = br#"{"conversation_id":"c","seq":1,"message_id":"m","sender_id":"u","client_msg_id":"x","body":"hi","created_at":"2026-01-01T00:00:00.000Z"}"#;
+        let old = br#"{"conversation_id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","seq":1,"message_id":"01BX5ZZKBKACTAV9WEVGEMMVRZ","sender_id":"u","client_msg_id":"x","body":"hi","created_at":"2026-01-01T00:00:00.000Z"}"#;
         let record = &decode_log_envelope(old).unwrap().records[0];
         assert_eq!(record.kind(), RecordKind::Message);
         assert!(!serde_json::to_string(record).unwrap().contains("event"));
         let mut edit = record.clone();
         edit.event = Some(RecordEvent {
             kind: RecordKind::Edit,
-            target_id: "m0".into(),
+            target_id: id(M0),
             emoji: None,
             moderated: false,
         });
         let json = serde_json::to_value(&edit).unwrap();
         assert_eq!(
             json["event"],
-            serde_json::json!({"kind":"edit","target_id":"m0"})
+            serde_json::json!({"kind":"edit","target_id":M0})
         );
         let back: LogRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back.kind(), RecordKind::Edit);
@@ -370,13 +386,13 @@ mod tests {
     #[test]
     fn fences_and_records_without_an_epoch_decode() {
         let fence = LogFence {
-            conversation_id: "c".into(),
+            conversation_id: id(C),
             epoch: 7,
         };
         let encoded = encode_log_fence(&fence);
         assert_eq!(decode_log_item(&encoded).unwrap(), LogItem::Fence(fence));
         // Written before epochs existed: epoch 0.
-        let old = br#"{"records":[{"conversation_id":"c","seq":1,"message_id":"m","sender_id":"u","client_msg_id":"x","body":"hi","created_at":"2026-01-01T00:00:00.000Z"}]}"#;
+        let old = br#"{"records":[{"conversation_id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","seq":1,"message_id":"01BX5ZZKBKACTAV9WEVGEMMVRZ","sender_id":"u","client_msg_id":"x","body":"hi","created_at":"2026-01-01T00:00:00.000Z"}]}"#;
         match decode_log_item(old).unwrap() {
             LogItem::Messages(decoded) => assert_eq!(decoded.records[0].epoch, 0),
             other => panic!("{other:?}"),
@@ -387,14 +403,14 @@ mod tests {
     #[test]
     fn events_keep_their_wire_shape() {
         let receipt = Event::Receipt {
-            conversation_id: "c".into(),
-            user_id: "bob".into(),
+            conversation_id: id(C),
+            user_id: id("bob"),
             kind: ReceiptKind::Read,
             seq: 4,
         };
         assert_eq!(
             serde_json::to_value(&receipt).unwrap(),
-            serde_json::json!({"type":"receipt","conversation_id":"c","user_id":"bob","kind":"read","seq":4})
+            serde_json::json!({"type":"receipt","conversation_id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","user_id":"bob","kind":"read","seq":4})
         );
         let presence: Event = serde_json::from_str(
             r#"{"type":"presence","user_id":"bob","online":false,"at":"2026-01-01T00:00:00.000Z"}"#,
@@ -402,21 +418,21 @@ mod tests {
         .unwrap();
         assert!(matches!(presence, Event::Presence { online: false, .. }));
         assert!(serde_json::from_str::<Event>(
-            r#"{"type":"receipt","conversation_id":"c","user_id":"b","kind":"seen","seq":1}"#
+            r#"{"type":"receipt","conversation_id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","user_id":"b","kind":"seen","seq":1}"#
         )
         .is_err());
         let added: Event = serde_json::from_str(
-            r#"{"type":"member_added","event_id":"e1","conversation_id":"c","user_id":"bob","at":"2026-01-01T00:00:00.000Z"}"#,
+            r#"{"type":"member_added","event_id":"e1","conversation_id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","user_id":"bob","at":"2026-01-01T00:00:00.000Z"}"#,
         )
         .unwrap();
         assert!(matches!(added, Event::MemberAdded { .. }));
         let created = Event::ConversationCreated {
             event_id: "e2".into(),
-            conversation_id: "c".into(),
-            kind: "group".into(),
+            conversation_id: id(C),
+            kind: ConversationKind::Group,
             name: None,
-            created_by: "alice".into(),
-            members: vec!["alice".into()],
+            created_by: id("alice"),
+            members: vec![id("alice")],
             at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
         };
         let json = serde_json::to_value(&created).unwrap();
@@ -426,16 +442,13 @@ mod tests {
 
     #[test]
     fn log_partitions_are_stable_and_in_range() {
-        assert_eq!(
-            log_partition("01ARZ3NDEKTSV4RRFFQ69G5FAV", 8),
-            log_partition("01ARZ3NDEKTSV4RRFFQ69G5FAV", 8)
-        );
+        assert_eq!(log_partition(&id(C), 8), log_partition(&id(C), 8));
         for i in 0..100 {
-            let p = log_partition(&format!("conv-{i}"), 8);
+            let p = log_partition(&id(&format!("01ARZ3NDEKTSV4RRFFQ69G{i:04}")), 8);
             assert!((0..8).contains(&p));
         }
-        assert_eq!(log_partition("x", 1), 0);
-        assert_eq!(log_partition("x", 0), 0);
+        assert_eq!(log_partition(&id(C), 1), 0);
+        assert_eq!(log_partition(&id(C), 0), 0);
     }
 }
 
@@ -446,14 +459,14 @@ mod tests {
 pub enum Event {
     /// A member's cumulative delivered/read position in a conversation.
     Receipt {
-        conversation_id: String,
-        user_id: String,
+        conversation_id: ConversationId,
+        user_id: UserId,
         kind: ReceiptKind,
         seq: u64,
     },
     /// A user's first device came online or last device went away.
     Presence {
-        user_id: String,
+        user_id: UserId,
         online: bool,
         at: Timestamp,
     },
@@ -464,26 +477,26 @@ pub enum Event {
     /// is recognisably the same event.
     ConversationCreated {
         event_id: String,
-        conversation_id: String,
-        kind: String,
+        conversation_id: ConversationId,
+        kind: ConversationKind,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
-        created_by: String,
-        members: Vec<String>,
+        created_by: UserId,
+        members: Vec<UserId>,
         at: Timestamp,
     },
     /// A user became an active member of a conversation (added, or accepted an invite).
     MemberAdded {
         event_id: String,
-        conversation_id: String,
-        user_id: String,
+        conversation_id: ConversationId,
+        user_id: UserId,
         at: Timestamp,
     },
     /// An active member left or was removed.
     MemberRemoved {
         event_id: String,
-        conversation_id: String,
-        user_id: String,
+        conversation_id: ConversationId,
+        user_id: UserId,
         at: Timestamp,
     },
 }

@@ -58,7 +58,7 @@ impl FenceBook {
     /// Whether `record` is a deposed holder's late append (see the module docs): the
     /// (epoch, floor) of the active fence that refuses it.
     pub fn fenced(&self, record: &LogRecord) -> Option<(u64, u64)> {
-        let fences = self.by_conversation.get(&record.conversation_id)?;
+        let fences = self.by_conversation.get(record.conversation_id.as_str())?;
         // Floors never go down as epochs go up, so the first later epoch has the lowest floor.
         fences
             .iter()
@@ -75,11 +75,11 @@ impl FenceBook {
     ) -> Vec<(String, u64, u64)> {
         let mut found: Vec<(String, u64, u64)> = Vec::new();
         for record in records {
-            let Some(fences) = self.by_conversation.get(&record.conversation_id) else {
+            let Some(fences) = self.by_conversation.get(record.conversation_id.as_str()) else {
                 continue;
             };
             if let Some(f) = fences.iter().find(|f| !f.active && f.epoch == record.epoch) {
-                let key = (record.conversation_id.clone(), f.epoch, f.floor);
+                let key = (record.conversation_id.to_string(), f.epoch, f.floor);
                 if !found.contains(&key) {
                     found.push(key);
                 }
@@ -302,12 +302,18 @@ mod tests {
     use super::*;
     use switchboard_protocol::Timestamp;
 
+    /// The conversation the fences are of, and another.
+    const C: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    const E: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
+
     fn record(seq: u64, epoch: u64) -> LogRecord {
         LogRecord {
-            conversation_id: "c".into(),
+            conversation_id: C.parse().unwrap(),
             seq,
-            message_id: format!("m{seq}-{epoch}"),
-            sender_id: "u".into(),
+            message_id: format!("01BX5ZZKBKACTAV9WEVGEM{seq:02}{epoch:02}")
+                .parse()
+                .unwrap(),
+            sender_id: "u".parse().unwrap(),
             client_msg_id: format!("x{seq}"),
             body: String::new(),
             created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
@@ -326,12 +332,12 @@ mod tests {
             active: false,
         };
         let mut book = FenceBook::default();
-        assert_eq!(book.unknown(["c", "c", "d"]), ["c", "d"]);
-        book.learn(&["c".into(), "d".into()], HashMap::new());
-        assert!(book.unknown(["c"]).is_empty());
+        assert_eq!(book.unknown([C, C, "d"]), [C, "d"]);
+        book.learn(&[C.into(), "d".into()], HashMap::new());
+        assert!(book.unknown([C]).is_empty());
         assert_eq!(book.fenced(&record(5, 1)), None, "no fence yet");
-        book.add(fence(1, 0), "c");
-        book.add(fence(2, 9), "c");
+        book.add(fence(1, 0), C);
+        book.add(fence(2, 9), C);
         assert_eq!(
             book.fenced(&record(10, 1)),
             None,
@@ -344,10 +350,10 @@ mod tests {
         );
         assert_eq!(
             book.activated_by([&record(10, 2), &record(11, 2), &record(1, 1)]),
-            [("c".to_owned(), 2, 9), ("c".to_owned(), 1, 0)]
+            [(C.to_owned(), 2, 9), (C.to_owned(), 1, 0)]
         );
-        book.activate("c", 1);
-        book.activate("c", 2);
+        book.activate(C, 1);
+        book.activate(C, 2);
         assert_eq!(book.activated_by([&record(12, 2)]), [], "once");
         assert_eq!(
             book.fenced(&record(10, 1)),
@@ -366,19 +372,19 @@ mod tests {
             Some((1, 0)),
             "pre-epoch record above epoch 1's floor"
         );
-        book.add(fence(2, 50), "c");
+        book.add(fence(2, 50), C);
         assert_eq!(
             book.fenced(&record(10, 1)),
             Some((2, 9)),
             "a fence keeps its first floor"
         );
         // An abandoned epoch: its fence landed after epoch 3 was adopted, and stays inert.
-        book.add(fence(4, 20), "c");
-        book.add(fence(3, 15), "c");
-        book.activate("c", 3);
+        book.add(fence(4, 20), C);
+        book.add(fence(3, 15), C);
+        book.activate(C, 3);
         assert_eq!(book.fenced(&record(30, 3)), None, "epoch 4 never used");
         let other = LogRecord {
-            conversation_id: "e".into(),
+            conversation_id: E.parse().unwrap(),
             ..record(10, 0)
         };
         assert_eq!(book.fenced(&other), None);

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use switchboard_kafka::KafkaConfig;
 use switchboard_message_log::{encode_log_fence, log_partition, LogFence};
+use switchboard_protocol::ConversationId;
 
 use crate::log_fences;
 use crate::store::Store;
@@ -96,14 +97,14 @@ impl Settled {
     /// fence must land in the conversation's own).
     pub async fn fence(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         partitions: i32,
         within: Duration,
     ) -> Result<Fenced, NotSettled> {
         let started = Instant::now();
         let epoch = log_fences::next_epoch(self.store.pool(), conversation_id).await?;
         let payload = encode_log_fence(&LogFence {
-            conversation_id: conversation_id.to_owned(),
+            conversation_id: conversation_id.clone(),
             epoch,
         });
         let partition = log_partition(conversation_id, partitions);

@@ -37,7 +37,15 @@ async fn start_db(name: &str) -> (Store, PgPool, String) {
     (store, pool, conversation)
 }
 
-/// Record `seq` of `conversation`, id `m{seq}`, from `sender`.
+/// The message id the test calls `name` (`m1`, `m8`): a ULID, the same one each time.
+fn mid(name: &str) -> String {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    ulid::Ulid::from_parts(1, u128::from(hash)).to_string()
+}
+
+/// Record `seq` of `conversation`, id `m{seq}` ([`mid`]), from `sender`.
 fn record(conversation: &str, seq: u64, sender: &str, body: &str) -> Sourced<LogRecord> {
     Sourced {
         at: LogPosition {
@@ -47,10 +55,10 @@ fn record(conversation: &str, seq: u64, sender: &str, body: &str) -> Sourced<Log
             item: 0,
         },
         item: LogRecord {
-            conversation_id: conversation.into(),
+            conversation_id: conversation.parse().unwrap(),
             seq,
-            message_id: format!("m{seq}"),
-            sender_id: sender.into(),
+            message_id: mid(&format!("m{seq}")).parse().unwrap(),
+            sender_id: sender.parse().unwrap(),
             client_msg_id: format!("c{seq}"),
             body: body.into(),
             created_at: switchboard_protocol::Timestamp::now(),
@@ -74,7 +82,7 @@ fn event(
     let mut r = record(conversation, seq, sender, body);
     r.item.event = Some(RecordEvent {
         kind,
-        target_id: format!("m{target}"),
+        target_id: mid(&format!("m{target}")).parse().unwrap(),
         emoji: emoji.map(str::to_owned),
         moderated: false,
     });
@@ -142,14 +150,14 @@ async fn events_apply_once_in_seq_order_and_redelivery_changes_nothing() {
         event(&c, 7, "bob", RecordKind::Reaction, 1, "", Some("\u{2764}")),
         {
             let mut reply = event(&c, 8, "carol", RecordKind::Message, 2, "re: hi", None);
-            reply.item.message_id = "m8".into();
+            reply.item.message_id = mid("m8").parse().unwrap();
             reply
         },
         event(&c, 9, "alice", RecordKind::Edit, 1, "hello, twice", None),
     ];
     store.insert_batch(&second).await.unwrap();
     let after = state(&store, &c, "bob").await;
-    let m1 = &after["m1"];
+    let m1 = &after[&mid("m1")];
     assert_eq!(m1.0, "hello, twice");
     assert!(m1.2, "edited");
     assert_eq!(
@@ -159,7 +167,7 @@ async fn events_apply_once_in_seq_order_and_redelivery_changes_nothing() {
             ("\u{2764}".to_owned(), vec!["bob".to_owned()]),
         ])
     );
-    assert_eq!(after["m8"].3.as_deref(), Some("m2"), "a reply");
+    assert_eq!(after[&mid("m8")].3, Some(mid("m2")), "a reply");
     assert_eq!(after.len(), 3, "events are not messages");
     // Redelivered: the removal (seq 6) and the first edit (seq 3), alone and with others.
     store.insert_batch(&second[..1]).await.unwrap();
@@ -168,7 +176,8 @@ async fn events_apply_once_in_seq_order_and_redelivery_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(state(&store, &c, "bob").await, after, "applied once");
-    let edits: i32 = sqlx::query_scalar("SELECT edit_count FROM messages WHERE message_id = 'm1'")
+    let edits: i32 = sqlx::query_scalar("SELECT edit_count FROM messages WHERE message_id = $1")
+        .bind(mid("m1"))
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -253,10 +262,14 @@ async fn a_delete_erases_and_later_events_of_the_message_change_nothing() {
     ];
     store.insert_batch(&batch).await.unwrap();
     let s = state(&store, &c, "alice").await;
-    assert_eq!(s["m1"].0, "");
-    assert!(s["m1"].1, "a tombstone");
-    assert!(s["m1"].4.is_empty(), "no reactions");
-    assert_eq!(s["m10"].0, "carol's", "a non-author's edit changed nothing");
+    assert_eq!(s[&mid("m1")].0, "");
+    assert!(s[&mid("m1")].1, "a tombstone");
+    assert!(s[&mid("m1")].4.is_empty(), "no reactions");
+    assert_eq!(
+        s[&mid("m10")].0,
+        "carol's",
+        "a non-author's edit changed nothing"
+    );
     let leftovers: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM messages
           WHERE body LIKE '%secret%' OR payload LIKE '%secret%' OR payload = 'resurrected?'
@@ -329,7 +342,7 @@ async fn the_check_answers_with_stable_codes() {
         .id;
     let other_message = ulid::Ulid::new().to_string();
     let mut elsewhere = record(&other, 1, "alice", "elsewhere");
-    elsewhere.item.message_id = other_message.clone();
+    elsewhere.item.message_id = other_message.parse().unwrap();
     store.insert_batch(&[elsewhere]).await.unwrap();
     let item = |sender: &str, cmid: &str, kind, target: &str, emoji: Option<&str>| EventCheckItem {
         sender_id: sender.into(),
@@ -344,17 +357,17 @@ async fn the_check_answers_with_stable_codes() {
         max_reactions_per_message: 2,
     };
     let items = vec![
-        item("alice", "e1", RecordKind::Edit, "m1", None),
-        item("bob", "e2", RecordKind::Edit, "m1", None),
-        item("bob", "d1", RecordKind::Delete, "m1", None),
-        item("carol", "d2", RecordKind::Delete, "m1", None),
-        item("alice", "e3", RecordKind::Edit, "m2", None),
-        item("alice", "r1", RecordKind::Reaction, "m1", Some("z")),
-        item("alice", "r2", RecordKind::Reaction, "m1", Some("x")),
-        item("alice", "e4", RecordKind::Edit, "m3", None),
-        item("dave", "e5", RecordKind::Reaction, "m1", Some("x")),
-        item("bob", "c4", RecordKind::Reaction, "m2", Some("x")),
-        item("carol", "re", RecordKind::Message, "m2", None),
+        item("alice", "e1", RecordKind::Edit, &mid("m1"), None),
+        item("bob", "e2", RecordKind::Edit, &mid("m1"), None),
+        item("bob", "d1", RecordKind::Delete, &mid("m1"), None),
+        item("carol", "d2", RecordKind::Delete, &mid("m1"), None),
+        item("alice", "e3", RecordKind::Edit, &mid("m2"), None),
+        item("alice", "r1", RecordKind::Reaction, &mid("m1"), Some("z")),
+        item("alice", "r2", RecordKind::Reaction, &mid("m1"), Some("x")),
+        item("alice", "e4", RecordKind::Edit, &mid("m3"), None),
+        item("dave", "e5", RecordKind::Reaction, &mid("m1"), Some("x")),
+        item("bob", "c4", RecordKind::Reaction, &mid("m2"), Some("x")),
+        item("carol", "re", RecordKind::Message, &mid("m2"), None),
         item("alice", "e8", RecordKind::Edit, &other_message, None),
     ];
     let started = std::time::Instant::now();

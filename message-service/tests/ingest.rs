@@ -50,7 +50,7 @@ async fn produce(producer: &FutureProducer, kafka: &KafkaConfig, record: &LogRec
     producer
         .send(
             FutureRecord::to(&kafka.message_topic)
-                .key(&record.conversation_id)
+                .key(record.conversation_id.as_str())
                 .payload(&payload),
             Duration::from_secs(10),
         )
@@ -59,12 +59,20 @@ async fn produce(producer: &FutureProducer, kafka: &KafkaConfig, record: &LogRec
         .unwrap();
 }
 
+/// The message id the test calls `name` (`m1`, `e1-2`): a ULID, the same one each time.
+fn mid(name: &str) -> String {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    ulid::Ulid::from_parts(1, u128::from(hash)).to_string()
+}
+
 fn record(conversation_id: &str, seq: u64) -> LogRecord {
     LogRecord {
-        conversation_id: conversation_id.into(),
+        conversation_id: conversation_id.parse().unwrap(),
         seq,
-        message_id: format!("m{seq}"),
-        sender_id: "alice".into(),
+        message_id: mid(&format!("m{seq}")).parse().unwrap(),
+        sender_id: "alice".parse().unwrap(),
         client_msg_id: format!("c{seq}"),
         body: format!("message {seq}"),
         created_at: switchboard_protocol::Timestamp::now(),
@@ -216,31 +224,32 @@ async fn dead_letter_errors(store: &Store) -> Vec<String> {
 async fn a_deposed_holders_late_append_is_fenced_whichever_lands_first() {
     let dir = tempfile::tempdir().unwrap();
     let (_pg, _broker, kafka, producer, store) = log_and_store(dir.path()).await;
-    let conv = "01J0FENCEDCONVERSATION0000";
+    let conv = "01J0FENCEDC0NVERSAT10N0000";
+    let conv_id = conv.parse().unwrap();
     let progress = IngestProgress::default();
     let settled = Settled::new(&kafka, store.clone(), progress.clone()).unwrap();
     let (shutdown, task) = start_ingest_with(&kafka, &store, progress, 0).await;
     let within = Duration::from_secs(20);
     let at = |seq: u64, epoch: u64, id: &str| LogRecord {
-        message_id: id.into(),
+        message_id: mid(id).parse().unwrap(),
         client_msg_id: id.into(),
         epoch,
         ..record(conv, seq)
     };
 
-    let first = settled.fence(conv, 1, within).await.unwrap();
+    let first = settled.fence(&conv_id, 1, within).await.unwrap();
     assert_eq!((first.epoch, first.floor), (1, 0), "a new conversation");
     for seq in 1..=2 {
         produce(&producer, &kafka, &at(seq, 1, &format!("e1-{seq}"))).await;
     }
     // A failover: the new master never saw seq 3, which the deposed holder numbered and is
     // still appending.
-    let second = settled.fence(conv, 1, within).await.unwrap();
+    let second = settled.fence(&conv_id, 1, within).await.unwrap();
     assert_eq!((second.epoch, second.floor), (2, 2));
     // The late record lands first, then the message epoch 2 gave seq 3.
     produce(&producer, &kafka, &at(3, 1, "late-3")).await;
     produce(&producer, &kafka, &at(3, 2, "e2-3")).await;
-    let third = settled.fence(conv, 1, within).await.unwrap();
+    let third = settled.fence(&conv_id, 1, within).await.unwrap();
     assert_eq!((third.epoch, third.floor), (3, 3));
     // Now the other order: the new epoch's message first, the deposed holder's after.
     produce(&producer, &kafka, &at(4, 3, "e3-4")).await;
@@ -250,10 +259,10 @@ async fn a_deposed_holders_late_append_is_fenced_whichever_lands_first() {
     // An abandoned check (its caller timed out and retried; the retry adopted epoch 3) takes
     // epoch 4 and appends its fence late, after epoch 3's numbering went on: nobody numbers
     // under epoch 4, so its fence refuses nothing, and epoch 3's acknowledged seq 5 is stored.
-    let abandoned = settled.fence(conv, 1, within).await.unwrap();
+    let abandoned = settled.fence(&conv_id, 1, within).await.unwrap();
     assert_eq!((abandoned.epoch, abandoned.floor), (4, 4));
     produce(&producer, &kafka, &at(5, 3, "e3-5")).await;
-    settled.fence(conv, 1, within).await.unwrap();
+    settled.fence(&conv_id, 1, within).await.unwrap();
 
     let stored: Vec<(i64, String)> = store
         .history(conv, 0, 100)
@@ -271,7 +280,7 @@ async fn a_deposed_holders_late_append_is_fenced_whichever_lands_first() {
             (4, "e3-4"),
             (5, "e3-5")
         ]
-        .map(|(s, m)| (s, m.to_owned()))
+        .map(|(s, m)| (s, mid(m)))
         .to_vec()
     );
     let errors = dead_letter_errors(&store).await;
@@ -293,14 +302,13 @@ async fn a_fence_without_the_broker_fails_closed() {
     let progress = IngestProgress::default();
     let settled = Settled::new(&kafka, store.clone(), progress.clone()).unwrap();
     let (shutdown, task) = start_ingest_with(&kafka, &store, progress, 0).await;
+    let conv = "01J0C10SEDC0NVERSAT10N0000".parse().unwrap();
     settled
-        .fence("01J0CLOSEDCONVERSATION0000", 1, Duration::from_secs(20))
+        .fence(&conv, 1, Duration::from_secs(20))
         .await
         .unwrap();
     broker.process.kill9();
-    let refused = settled
-        .fence("01J0CLOSEDCONVERSATION0000", 1, Duration::from_secs(3))
-        .await;
+    let refused = settled.fence(&conv, 1, Duration::from_secs(3)).await;
     assert!(refused.is_err(), "{refused:?}");
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
@@ -312,7 +320,7 @@ async fn a_fence_without_the_broker_fails_closed() {
 async fn on_start_ingest_rewinds_and_writes_again_what_the_database_lost() {
     let dir = tempfile::tempdir().unwrap();
     let (_pg, _broker, kafka, producer, store) = log_and_store(dir.path()).await;
-    let conv = "01J0REWINDCONVERSATION0000";
+    let conv = "01J0REW1NDC0NVERSAT10N0000";
     let (shutdown, task) = start_ingest(&kafka, &store).await;
     for seq in 1..=5 {
         produce(&producer, &kafka, &record(conv, seq)).await;
@@ -375,7 +383,7 @@ async fn a_full_disk_raises_the_storage_alarm_until_writes_succeed() {
     let ready = ingest.alarm().readiness_check();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(ingest.run(shutdown.clone()));
-    let conv = "01J0DISKFULLCONVERSATION00";
+    let conv = "01J0D1SKFV11C0NVERSAT10N00";
     produce(&producer, &kafka, &record(conv, 1)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while ready().await.is_ok() {

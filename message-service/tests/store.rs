@@ -164,12 +164,21 @@ fn at(offset: i64) -> LogPosition {
     }
 }
 
+/// The message id the test calls `name` (`m1`, `m-a`): a ULID, the same one each time.
+fn mid(name: &str) -> String {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    ulid::Ulid::from_parts(1, u128::from(hash)).to_string()
+}
+
+/// A record of message `message_id` ([`mid`]); its `client_msg_id` is `c-` and the name.
 fn record(conversation_id: &str, seq: u64, message_id: &str, body: &str) -> LogRecord {
     LogRecord {
-        conversation_id: conversation_id.into(),
+        conversation_id: conversation_id.parse().unwrap(),
         seq,
-        message_id: message_id.into(),
-        sender_id: "alice".into(),
+        message_id: mid(message_id).parse().unwrap(),
+        sender_id: "alice".parse().unwrap(),
         client_msg_id: format!("c-{message_id}"),
         body: body.into(),
         created_at: switchboard_protocol::Timestamp::now(),
@@ -198,8 +207,9 @@ async fn records_with_nul_are_dead_lettered_and_the_rest_of_the_batch_is_stored(
         sourced(11, record(&conv, 2, "m2", "a\0b")),
         sourced(12, record(&conv, 3, "m3", "three")),
         sourced(13, nul_client_id),
-        // A conversation id the database cannot hold must not break the last_seq update.
-        sourced(14, record("c\0", 1, "m5", "x")),
+        // A refused record of another conversation must not break the last_seq update (ids
+        // are checked before they get here, so the text it carries is what is refused).
+        sourced(14, record("01ARZ3NDEKTSV4RRFFQ69G5FAV", 1, "m5", "x\0")),
         sourced(15, record(&conv, 6, "m6", "six")),
     ];
 
@@ -210,7 +220,7 @@ async fn records_with_nul_are_dead_lettered_and_the_rest_of_the_batch_is_stored(
     assert_eq!(refused, vec![11, 13, 14]);
     assert_eq!(
         db.stored(&conv).await,
-        vec![(1, "m1".into()), (3, "m3".into()), (6, "m6".into())]
+        vec![(1, mid("m1")), (3, mid("m3")), (6, mid("m6"))]
     );
     assert_eq!(db.last_seq(&conv).await, 6);
 
@@ -293,12 +303,16 @@ async fn a_record_colliding_with_a_different_message_is_a_conflict_and_the_store
         .collect();
     assert_eq!(
         conflicts,
-        vec![("m-b", "m-a", 2), ("m-a", "m-a", 4), ("m-d", "m-a", 5)]
+        vec![
+            (mid("m-b").as_str(), mid("m-a").as_str(), 2),
+            (mid("m-a").as_str(), mid("m-a").as_str(), 4),
+            (mid("m-d").as_str(), mid("m-a").as_str(), 5)
+        ]
     );
     for c in &outcome.conflicts {
         let error = &c.dead_letter.error;
         assert!(error.starts_with("conflict: "), "{error}");
-        assert!(error.contains(&c.message_id) && error.contains(&c.stored_message_id));
+        assert!(error.contains(c.message_id.as_str()) && error.contains(&c.stored_message_id));
     }
     assert!(outcome.conflicts[0]
         .dead_letter
@@ -308,7 +322,7 @@ async fn a_record_colliding_with_a_different_message_is_a_conflict_and_the_store
     // The stored row is kept; the losers are in dead_letters.
     assert_eq!(
         db.stored(&conv).await,
-        vec![(1, "m-a".into()), (2, "m-c".into())]
+        vec![(1, mid("m-a")), (2, mid("m-c"))]
     );
     let letters = db.dead_letters().await;
     assert_eq!(
@@ -332,8 +346,8 @@ async fn a_record_colliding_with_a_different_message_is_a_conflict_and_the_store
     let outcome = db.store.insert_batch(&batch).await.unwrap();
     assert_eq!(outcome.inserted, 1);
     assert_eq!(outcome.conflicts.len(), 1);
-    assert_eq!(outcome.conflicts[0].message_id, "m-f");
-    assert_eq!(outcome.conflicts[0].stored_message_id, "m-e");
+    assert_eq!(outcome.conflicts[0].message_id, mid("m-f"));
+    assert_eq!(outcome.conflicts[0].stored_message_id, mid("m-e"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,18 @@
 //! WebSocket frames (SPEC section 4): one JSON object per text frame, discriminated by `type`.
+//!
+//! [`ClientFrame`] is the raw frame, what a client wrote, with plain string ids: it parses
+//! leniently so that a frame with a bad id is still a frame, answered with its documented error
+//! code (`bad_request`, `not_a_member`) by whoever checks it rather than a parse error. It
+//! crosses to the managers as written, and the managers' batch planning checks its ids into
+//! typed ones before anything is numbered. [`ServerFrame`] carries checked ids and
+//! [`Timestamp`]s.
 
 use serde::{Deserialize, Serialize};
 
-use crate::ErrorCode;
+use crate::{ConversationId, ErrorCode, MessageId, ServerId, Timestamp, UserId};
 
-/// A frame a client sends.
+/// A frame a client sends, raw: its ids are checked by whoever acts on it (see the module
+/// doc).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
@@ -67,31 +75,33 @@ pub enum ClientFrame {
     },
 }
 
-/// A frame the server sends.
+/// A frame the server sends. Its ids and times are typed: whatever the server writes has been
+/// checked, and a client reads them checked (the JSON is the same plain strings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     Hello {
-        user_id: String,
-        server_id: String,
+        user_id: UserId,
+        server_id: ServerId,
     },
     Sent {
+        /// The send's idempotency key, echoed as the client wrote it (like an `error`'s).
         client_msg_id: String,
-        conversation_id: String,
-        message_id: String,
+        conversation_id: ConversationId,
+        message_id: MessageId,
         seq: u64,
-        created_at: String,
+        created_at: Timestamp,
     },
     Message {
-        conversation_id: String,
-        message_id: String,
+        conversation_id: ConversationId,
+        message_id: MessageId,
         seq: u64,
-        sender_id: String,
+        sender_id: UserId,
         body: String,
-        created_at: String,
+        created_at: Timestamp,
         /// The message this one answers (`send`'s `reply_to`). Additive: absent means none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        reply_to: Option<String>,
+        reply_to: Option<MessageId>,
         /// The ids of its attachments (`send`'s `attachments`, verified before numbering);
         /// their metadata and download URLs come from history or
         /// `GET .../attachments/{id}`. Additive: absent means none.
@@ -104,49 +114,51 @@ pub enum ServerFrame {
     /// it and still sees each message's current state in history (docs/protocol.md, "Message
     /// events").
     Event {
-        conversation_id: String,
-        event_id: String,
+        conversation_id: ConversationId,
+        event_id: MessageId,
         seq: u64,
-        sender_id: String,
+        sender_id: UserId,
         /// `edit`, `delete` or `reaction`.
         kind: RecordKind,
-        message_id: String,
+        message_id: MessageId,
         /// `edit`: the new body.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         body: Option<String>,
         /// `reaction`: the sender's emoji now; absent: the sender removed their reaction.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         emoji: Option<String>,
-        created_at: String,
+        created_at: Timestamp,
     },
     Receipt {
-        conversation_id: String,
-        user_id: String,
+        conversation_id: ConversationId,
+        user_id: UserId,
         kind: ReceiptKind,
         seq: u64,
     },
     Presence {
-        user_id: String,
+        user_id: UserId,
         status: PresenceStatus,
-        last_seen: Option<String>,
+        last_seen: Option<Timestamp>,
     },
     Typing {
-        conversation_id: String,
-        user_id: String,
+        conversation_id: ConversationId,
+        user_id: UserId,
     },
     Pong,
     /// The connection's token expires at `expires_at` (its `exp`): send `refresh` with a new
     /// token before then, or the connection is closed with 4401.
     TokenExpiring {
-        expires_at: String,
+        expires_at: Timestamp,
     },
     /// A `refresh` was taken: the connection now lives until `expires_at`.
     TokenRefreshed {
-        expires_at: String,
+        expires_at: Timestamp,
     },
     Error {
         code: ErrorCode,
         message: String,
+        /// The refused frame's `client_msg_id` as the client wrote it (it may be what was
+        /// wrong), so it stays plain text.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         client_msg_id: Option<String>,
     },
@@ -269,6 +281,22 @@ impl ClientFrame {
 mod tests {
     use super::*;
 
+    const C: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    const M: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
+    const E: &str = "01BX5ZZKBKACTAV9WEVGEMMVS0";
+    const T: &str = "2026-01-01T00:00:00.000Z";
+
+    fn id<I: std::str::FromStr>(text: &str) -> I
+    where
+        I::Err: std::fmt::Debug,
+    {
+        text.parse().unwrap()
+    }
+
+    fn at() -> Timestamp {
+        Timestamp::parse(T).unwrap()
+    }
+
     #[test]
     fn parses_every_client_frame() {
         let send = ClientFrame::parse(
@@ -351,31 +379,31 @@ mod tests {
         assert_eq!(ClientFrame::Ping.client_msg_id(), None);
         // A message without a reply keeps its old shape; an event names its kind.
         let message = ServerFrame::Message {
-            conversation_id: "c".into(),
-            message_id: "m".into(),
+            conversation_id: id(C),
+            message_id: id(M),
             seq: 1,
-            sender_id: "a".into(),
+            sender_id: id("a"),
             body: "b".into(),
-            created_at: "t".into(),
+            created_at: at(),
             reply_to: None,
             attachments: Vec::new(),
         };
         assert!(!message.to_json().contains("reply_to"));
         assert!(!message.to_json().contains("attachments"));
         let event = ServerFrame::Event {
-            conversation_id: "c".into(),
-            event_id: "e".into(),
+            conversation_id: id(C),
+            event_id: id(E),
             seq: 2,
-            sender_id: "a".into(),
+            sender_id: id("a"),
             kind: RecordKind::Reaction,
-            message_id: "m".into(),
+            message_id: id(M),
             body: None,
             emoji: None,
-            created_at: "t".into(),
+            created_at: at(),
         };
         assert_eq!(
             serde_json::to_value(&event).unwrap(),
-            serde_json::json!({"type":"event","conversation_id":"c","event_id":"e","seq":2,"sender_id":"a","kind":"reaction","message_id":"m","created_at":"t"})
+            serde_json::json!({"type":"event","conversation_id":C,"event_id":E,"seq":2,"sender_id":"a","kind":"reaction","message_id":M,"created_at":T})
         );
         for kind in [
             RecordKind::Message,
@@ -422,24 +450,20 @@ mod tests {
     #[test]
     fn server_frames_have_spec_shape() {
         let hello = ServerFrame::Hello {
-            user_id: "alice".into(),
-            server_id: "s1".into(),
+            user_id: id("alice"),
+            server_id: id("s1"),
         };
         assert_eq!(
             serde_json::to_value(&hello).unwrap(),
             serde_json::json!({"type":"hello","user_id":"alice","server_id":"s1"})
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
-        let expiring = ServerFrame::TokenExpiring {
-            expires_at: "2026-01-01T00:00:00.000Z".into(),
-        };
+        let expiring = ServerFrame::TokenExpiring { expires_at: at() };
         assert_eq!(
             expiring.to_json(),
             r#"{"type":"token_expiring","expires_at":"2026-01-01T00:00:00.000Z"}"#
         );
-        let refreshed = ServerFrame::TokenRefreshed {
-            expires_at: "2026-01-01T00:00:00.000Z".into(),
-        };
+        let refreshed = ServerFrame::TokenRefreshed { expires_at: at() };
         assert_eq!(
             refreshed.to_json(),
             r#"{"type":"token_refreshed","expires_at":"2026-01-01T00:00:00.000Z"}"#

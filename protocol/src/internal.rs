@@ -6,13 +6,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::frames::{ClientFrame, ServerFrame};
+use crate::{ServerId, UserId};
 
 /// The header naming one batch a socket server posts to a manager (a ULID). Both sides log
 /// it with the `client_msg_id`s of the batch, so a send can be followed across the hop.
 pub const BATCH_ID_HEADER: &str = "x-sb-batch";
 
 /// `POST /internal/v1/handlers`: a socket server announces itself; the manager creates its
-/// topic.
+/// topic. A request body, so raw: the manager checks the id into a [`ServerId`] and answers a
+/// bad one `bad_request`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerRegistration {
     #[serde(rename = "handler_id")]
@@ -23,7 +25,7 @@ pub struct ServerRegistration {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerRegistered {
     #[serde(rename = "handler_id")]
-    pub server_id: String,
+    pub server_id: ServerId,
     /// The Kafka topic the socket server must consume.
     pub topic: String,
 }
@@ -33,13 +35,15 @@ pub struct ServerRegistered {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ServerItem {
     /// A device of `user_id` connected on this socket server.
-    Connected { connection_id: u64, user_id: String },
+    Connected { connection_id: u64, user_id: UserId },
     /// The last device of `user_id` on this socket server left.
-    Disconnected { connection_id: u64, user_id: String },
-    /// A client frame that needs the cluster (send, delivered, read, typing).
+    Disconnected { connection_id: u64, user_id: UserId },
+    /// A client frame that needs the cluster (send, delivered, read, typing): its user is the
+    /// connection's (checked when the token was), the frame raw as the client wrote it (the
+    /// manager checks its ids).
     Frame {
         connection_id: u64,
-        user_id: String,
+        user_id: UserId,
         frame: ClientFrame,
     },
 }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{MessageId, Timestamp};
+
 /// The header that makes a server-API send idempotent: required, 1 to
 /// [`IDEMPOTENCY_KEY_MAX`] bytes of visible ASCII.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
@@ -32,10 +34,12 @@ pub struct ServerPost {
 /// `Idempotent-Replayed: true`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServerPosted {
-    pub message_id: String,
+    #[schema(value_type = String)]
+    pub message_id: MessageId,
     pub seq: u64,
     /// RFC 3339 UTC with milliseconds.
-    pub created_at: String,
+    #[schema(value_type = String)]
+    pub created_at: Timestamp,
 }
 
 /// `POST /server/v1/conversations`: a direct conversation of two users, or a group.
@@ -73,9 +77,9 @@ pub struct InternalServerSend {
 /// The manager's answer: the message, and whether the key had been seen before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InternalServerSent {
-    pub message_id: String,
+    pub message_id: MessageId,
     pub seq: u64,
-    pub created_at: String,
+    pub created_at: Timestamp,
     pub replayed: bool,
 }
 

@@ -62,6 +62,13 @@ impl TryFrom<String> for Timestamp {
     }
 }
 
+impl std::str::FromStr for Timestamp {
+    type Err = TimestampError;
+    fn from_str(text: &str) -> Result<Timestamp, TimestampError> {
+        Timestamp::parse(text)
+    }
+}
+
 impl From<Timestamp> for String {
     fn from(at: Timestamp) -> String {
         at.to_string()

@@ -25,7 +25,7 @@ use switchboard_message_log::RecordEvent;
 use switchboard_protocol::frames::{is_storable_text, is_valid_emoji, RecordKind, ServerFrame};
 use switchboard_protocol::internal::{EventCheck, EventCheckItem, EventVerdicts};
 use switchboard_protocol::token::path_segment;
-use switchboard_protocol::{ConversationId, ErrorCode};
+use switchboard_protocol::{ConversationId, ErrorCode, MessageId};
 use switchboard_service_kit::cluster_auth::ClusterCredential;
 
 use crate::sequencer::SendRequest;
@@ -34,15 +34,45 @@ use crate::sequencer::SendRequest;
 /// 2 s for a target that ingest has not stored yet).
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// An edit, delete, reaction or reply as the client's frame gives it: its target message
+/// not checked yet ([`ClientEvent::check`] makes it a log record's [`RecordEvent`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientEvent {
+    pub kind: RecordKind,
+    pub target_id: String,
+    pub emoji: Option<String>,
+}
+
+impl ClientEvent {
+    /// The event with its target checked, or why it is refused ([`refuse_event`]). A client
+    /// never sets `moderated`: the message service's verdict does.
+    pub(crate) fn check(self) -> Result<RecordEvent, (ErrorCode, String)> {
+        if let Some(refused) = refuse_event(&self) {
+            return Err(refused);
+        }
+        let target_id = MessageId::parse(self.target_id).map_err(|_| target_not_found())?;
+        Ok(RecordEvent {
+            kind: self.kind,
+            target_id,
+            emoji: self.emoji,
+            moderated: false,
+        })
+    }
+}
+
+/// What a target that is no message id gets: it names no message the sender can see.
+fn target_not_found() -> (ErrorCode, String) {
+    (
+        ErrorCode::MessageNotFound,
+        "message_id names no message of this conversation".into(),
+    )
+}
+
 /// Why an event is malformed, if it is (checked when the batch is planned): a target that is
-/// no message id (message ids are ULIDs), an emoji that cannot be one, a `moderated` flag the
-/// client cannot set.
-pub(crate) fn refuse_event(event: &RecordEvent) -> Option<(ErrorCode, String)> {
-    if ulid::Ulid::from_string(&event.target_id).is_err() {
-        return Some((
-            ErrorCode::MessageNotFound,
-            "message_id names no message of this conversation".into(),
-        ));
+/// no message id (message ids are ULIDs), an emoji that cannot be one.
+pub(crate) fn refuse_event(event: &ClientEvent) -> Option<(ErrorCode, String)> {
+    if !MessageId::is_valid(&event.target_id) {
+        return Some(target_not_found());
     }
     if let Some(emoji) = &event.emoji {
         if !is_valid_emoji(emoji) || !is_storable_text(emoji) {
@@ -97,7 +127,7 @@ impl Checker {
                     sender_id: s.sender_id.to_string(),
                     client_msg_id: s.client_msg_id.to_string(),
                     kind: event.kind,
-                    target_id: event.target_id.clone(),
+                    target_id: event.target_id.to_string(),
                     emoji: event.emoji.clone(),
                 })
             })
@@ -192,12 +222,11 @@ impl Checker {
 mod tests {
     use super::*;
 
-    fn event(target: &str, emoji: Option<&str>) -> RecordEvent {
-        RecordEvent {
+    fn event(target: &str, emoji: Option<&str>) -> ClientEvent {
+        ClientEvent {
             kind: RecordKind::Reaction,
             target_id: target.into(),
             emoji: emoji.map(str::to_owned),
-            moderated: false,
         }
     }
 

@@ -51,35 +51,31 @@ impl Members {
     }
 
     /// The Redis key of the conversation's mirrored members, for scripts that read them.
-    pub fn mirror_key(&self, conversation_id: &str) -> String {
+    pub fn mirror_key(&self, conversation_id: &ConversationId) -> String {
         self.mirror.key(conversation_id)
     }
 
-    /// Members of the conversation; empty when it does not exist (or cannot: conversation ids
-    /// are ULIDs, and anything else never reaches a key or a URL).
-    pub async fn of(&self, conversation_id: &str) -> Result<Vec<String>, MembersError> {
-        let Ok(conversation_id) = ConversationId::parse(conversation_id) else {
-            return Ok(Vec::new());
-        };
+    /// Members of the conversation; empty when it does not exist.
+    pub async fn of(&self, conversation_id: &ConversationId) -> Result<Vec<String>, MembersError> {
         let cached = self
             .mirror
-            .mirrored(&conversation_id)
+            .mirrored(conversation_id)
             .await
             .map_err(|e| MembersError::Unavailable(e.to_string()))?;
         if !cached.is_empty() {
             return Ok(cached);
         }
-        Ok(self.ask_message_service(&conversation_id).await?.members)
+        Ok(self.ask_message_service(conversation_id).await?.members)
     }
 
-    /// The highest `seq` the message service has stored for the conversation (0 for none, or
-    /// for an id that names no conversation): a receipt's bound when the conversation has no
-    /// counter in Redis (idle past its expiry). A read, not a fence.
-    pub async fn last_stored_seq(&self, conversation_id: &str) -> Result<u64, MembersError> {
-        let Ok(conversation_id) = ConversationId::parse(conversation_id) else {
-            return Ok(0);
-        };
-        Ok(self.ask_message_service(&conversation_id).await?.last_seq)
+    /// The highest `seq` the message service has stored for the conversation (0 for none): a
+    /// receipt's bound when the conversation has no counter in Redis (idle past its expiry).
+    /// A read, not a fence.
+    pub async fn last_stored_seq(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> Result<u64, MembersError> {
+        Ok(self.ask_message_service(conversation_id).await?.last_seq)
     }
 
     /// Users who share a conversation of at most `max_group` members with `user`.
@@ -108,12 +104,10 @@ impl Members {
     /// fence lands in the conversation's own partition.
     pub async fn settled_log(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         after_seq: u64,
         partitions: i32,
     ) -> Result<SettledLog, MembersError> {
-        let conversation_id = ConversationId::parse(conversation_id)
-            .map_err(|e| MembersError::Unavailable(e.to_string()))?;
         self.call_internal(
             reqwest::Method::POST,
             &format!(

@@ -6,8 +6,12 @@
 //! - sends grouped per conversation, each group in batch order (the sequencer numbers a group
 //!   in that order, under one lease), with each send's place in the batch;
 //! - signals (typing and receipts), each with its place;
-//! - answers that need nobody: `pong`, and `bad_request` for a send without a conversation or
-//!   with a `client_msg_id` outside [`ClientMsgId`]'s rule.
+//! - answers that need nobody: `pong`, `bad_request` for a send without a conversation or
+//!   with a `client_msg_id` outside [`ClientMsgId`]'s rule, and `not_a_member` for a
+//!   conversation id that is no [`ConversationId`] (it names no conversation the sender is in).
+//!
+//! This is where a client's raw frame ([`ClientFrame`], plain strings) becomes typed: the ids a
+//! send or signal carries on from here are checked.
 //! - the edge's send checks, made again ([`SendLimits`]): a body over `SB_MAX_BODY_BYTES`
 //!   (`too_large`), a body with U+0000 (`bad_request`), a record too large for one produce
 //!   (`too_large`). The socket servers refuse these first; a send that gets here anyway (an
@@ -16,13 +20,13 @@
 
 use std::collections::HashMap;
 
-use switchboard_message_log::RecordEvent;
 use switchboard_protocol::frames::{
     is_storable_text, ClientFrame, ReceiptKind, RecordKind, ServerFrame,
 };
 use switchboard_protocol::internal::ServerItem;
 use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, ServerId, UserId};
 
+use crate::events::ClientEvent;
 use crate::sequencer::SendRequest;
 
 /// The manager's checks of a send's size and text, before it is numbered.
@@ -103,25 +107,24 @@ fn refuse_body(
 }
 
 /// A frame that takes a number (`send`, `edit`, `delete`, `react`), in the shape of a send:
-/// an event is a send with an [`RecordEvent`] (an edit's new text is its body; a delete's and a
+/// an event is a send with a [`ClientEvent`] (an edit's new text is its body; a delete's and a
 /// reaction's body is empty).
 struct Numbered {
     conversation_id: String,
     client_msg_id: String,
     body: String,
     attachments: Vec<String>,
-    event: Option<RecordEvent>,
+    event: Option<ClientEvent>,
 }
 
 impl Numbered {
     /// `None` for a frame that takes no number.
     fn of(frame: ClientFrame) -> Option<Numbered> {
         let event = |kind, target_id, emoji| {
-            Some(RecordEvent {
+            Some(ClientEvent {
                 kind,
                 target_id,
                 emoji,
-                moderated: false,
             })
         };
         Some(match frame {
@@ -184,8 +187,8 @@ pub(crate) struct Signal {
     /// The frame's place in the batch (its answer goes there).
     pub index: usize,
     pub connection_id: u64,
-    pub user_id: String,
-    pub conversation_id: String,
+    pub user_id: UserId,
+    pub conversation_id: ConversationId,
     /// `None`: typing.
     pub receipt: Option<(ReceiptKind, u64)>,
 }
@@ -195,8 +198,8 @@ pub(crate) struct Signal {
 pub(crate) struct BatchPlan {
     /// One slot per item: filled now for answers that need nobody, later for the rest.
     pub replies: Vec<Option<ServerFrame>>,
-    pub online: Vec<String>,
-    pub offline: Vec<String>,
+    pub online: Vec<UserId>,
+    pub offline: Vec<UserId>,
     /// Per conversation, its sends in batch order with their places.
     pub sends: HashMap<ConversationId, Vec<(usize, SendRequest)>>,
     pub signals: Vec<Signal>,
@@ -220,12 +223,20 @@ pub(crate) fn plan(server: &ServerId, items: Vec<ServerItem>, limits: &SendLimit
         else {
             continue;
         };
-        let signal = |conversation_id, receipt| Signal {
-            index,
-            connection_id,
-            user_id: user_id.clone(),
-            conversation_id,
-            receipt,
+        // A conversation id that is no ULID names no conversation the sender is in: the
+        // answer a real but foreign conversation gets.
+        // The refusal is the frame the sender gets (see `send_request`).
+        #[allow(clippy::result_large_err)]
+        let signal = |conversation_id: String, receipt| match ConversationId::parse(conversation_id)
+        {
+            Ok(conversation_id) => Ok(Signal {
+                index,
+                connection_id,
+                user_id: user_id.clone(),
+                conversation_id,
+                receipt,
+            }),
+            Err(_) => Err(not_a_member(None)),
         };
         match frame {
             frame @ (ClientFrame::Send { .. }
@@ -245,20 +256,22 @@ pub(crate) fn plan(server: &ServerId, items: Vec<ServerItem>, limits: &SendLimit
                 }
             }
             ClientFrame::Typing { conversation_id } => {
-                plan.signals.push(signal(conversation_id, None));
+                plan.push_signal(index, signal(conversation_id, None));
             }
             ClientFrame::Delivered {
                 conversation_id,
                 seq,
-            } => plan
-                .signals
-                .push(signal(conversation_id, Some((ReceiptKind::Delivered, seq)))),
+            } => plan.push_signal(
+                index,
+                signal(conversation_id, Some((ReceiptKind::Delivered, seq))),
+            ),
             ClientFrame::Read {
                 conversation_id,
                 seq,
-            } => plan
-                .signals
-                .push(signal(conversation_id, Some((ReceiptKind::Read, seq)))),
+            } => plan.push_signal(
+                index,
+                signal(conversation_id, Some((ReceiptKind::Read, seq))),
+            ),
             ClientFrame::Ping => plan.replies[index] = Some(ServerFrame::Pong),
             // The socket server answers a refresh itself; one forwarded here came from a
             // server that does not know it.
@@ -273,9 +286,30 @@ pub(crate) fn plan(server: &ServerId, items: Vec<ServerItem>, limits: &SendLimit
     plan
 }
 
+impl BatchPlan {
+    /// A signal to check, or the refusal its place gets now.
+    // The refusal is the frame the sender gets (see `send_request`).
+    #[allow(clippy::result_large_err)]
+    fn push_signal(&mut self, index: usize, signal: Result<Signal, ServerFrame>) {
+        match signal {
+            Ok(signal) => self.signals.push(signal),
+            Err(refused) => self.replies[index] = Some(refused),
+        }
+    }
+}
+
+/// `not_a_member`, tagged with the refused send's `client_msg_id`, if any.
+fn not_a_member(client_msg_id: Option<String>) -> ServerFrame {
+    ServerFrame::Error {
+        code: ErrorCode::NotAMember,
+        message: "you are not a member of this conversation".into(),
+        client_msg_id,
+    }
+}
+
 /// The users who came online and went offline in `items`, the last report per user winning.
-fn presence_changes(items: &[ServerItem]) -> (Vec<String>, Vec<String>) {
-    let mut presence: HashMap<&str, bool> = HashMap::new();
+fn presence_changes(items: &[ServerItem]) -> (Vec<UserId>, Vec<UserId>) {
+    let mut presence: HashMap<&UserId, bool> = HashMap::new();
     for item in items {
         match item {
             ServerItem::Connected { user_id, .. } => {
@@ -290,9 +324,9 @@ fn presence_changes(items: &[ServerItem]) -> (Vec<String>, Vec<String>) {
     let (mut online, mut offline) = (Vec::new(), Vec::new());
     for (user, is_online) in presence {
         if is_online {
-            online.push(user.to_owned());
+            online.push(user.clone());
         } else {
-            offline.push(user.to_owned());
+            offline.push(user.clone());
         }
     }
     (online, offline)
@@ -306,7 +340,7 @@ fn presence_changes(items: &[ServerItem]) -> (Vec<String>, Vec<String>) {
 fn send_request(
     server: &ServerId,
     connection_id: u64,
-    user_id: String,
+    sender_id: UserId,
     numbered: Numbered,
     limits: &SendLimits,
 ) -> Result<SendRequest, ServerFrame> {
@@ -327,27 +361,26 @@ fn send_request(
             });
         }
     };
-    if let Some((code, message)) = refuse_body(limits, &user_id, client_msg_id.as_str(), &body)
+    let checked = match refuse_body(limits, &sender_id, client_msg_id.as_str(), &body)
         .or_else(|| crate::attachments::refuse_ids(&attachments))
-        .or_else(|| event.as_ref().and_then(crate::events::refuse_event))
     {
-        return Err(ServerFrame::Error {
-            code,
-            message,
-            client_msg_id: Some(client_msg_id.into_string()),
-        });
-    }
+        Some(refused) => Err(refused),
+        None => event.map(ClientEvent::check).transpose(),
+    };
+    let event = match checked {
+        Ok(event) => event,
+        Err((code, message)) => {
+            return Err(ServerFrame::Error {
+                code,
+                message,
+                client_msg_id: Some(client_msg_id.into_string()),
+            })
+        }
+    };
     // Conversation ids are ULIDs: any other text names no conversation the sender is in (the
     // answer a real but foreign conversation gets too).
-    let (Ok(conversation_id), Ok(sender_id)) = (
-        ConversationId::parse(conversation_id),
-        UserId::parse(user_id),
-    ) else {
-        return Err(ServerFrame::Error {
-            code: ErrorCode::NotAMember,
-            message: "you are not a member of this conversation".into(),
-            client_msg_id: Some(client_msg_id.into_string()),
-        });
+    let Ok(conversation_id) = ConversationId::parse(conversation_id) else {
+        return Err(not_a_member(Some(client_msg_id.into_string())));
     };
     Ok(SendRequest {
         server_id: server.clone(),
@@ -358,6 +391,8 @@ fn send_request(
         body,
         attachments,
         event,
+        // Set by `batch::answer_batch`, from the request's trace.
+        traceparent: None,
     })
 }
 
@@ -396,7 +431,7 @@ mod tests {
     fn frame(connection_id: u64, user: &str, frame: ClientFrame) -> ServerItem {
         ServerItem::Frame {
             connection_id,
-            user_id: user.into(),
+            user_id: user.parse().unwrap(),
             frame,
         }
     }
@@ -420,19 +455,19 @@ mod tests {
         let items = vec![
             ServerItem::Connected {
                 connection_id: 1,
-                user_id: "ann".into(),
+                user_id: "ann".parse().unwrap(),
             },
             ServerItem::Disconnected {
                 connection_id: 1,
-                user_id: "ann".into(),
+                user_id: "ann".parse().unwrap(),
             },
             ServerItem::Disconnected {
                 connection_id: 2,
-                user_id: "bob".into(),
+                user_id: "bob".parse().unwrap(),
             },
             ServerItem::Connected {
                 connection_id: 3,
-                user_id: "bob".into(),
+                user_id: "bob".parse().unwrap(),
             },
         ];
         let plan = plan(&ServerId::parse("h1").unwrap(), items);

@@ -10,6 +10,7 @@
 use actix_web::web;
 use switchboard_message_log::Event;
 use switchboard_protocol::frames::{PresenceStatus, ServerFrame};
+use switchboard_protocol::UserId;
 
 use crate::state::AppState;
 
@@ -25,6 +26,11 @@ pub(crate) fn announce(state: web::Data<AppState>, online: Vec<String>, offline:
             .map(|u| (u, PresenceStatus::Online))
             .chain(offline.into_iter().map(|u| (u, PresenceStatus::Offline)));
         for (user, status) in changes {
+            // The socket server reported typed ids; the directory's reply (which of them came
+            // online or went offline) is plain text until chat-state's presence is typed.
+            let Ok(user) = UserId::parse(user) else {
+                continue;
+            };
             let sequencer = &state.sequencer;
             match sequencer
                 .members
@@ -35,7 +41,7 @@ pub(crate) fn announce(state: web::Data<AppState>, online: Vec<String>, offline:
                     let frame = ServerFrame::Presence {
                         user_id: user.clone(),
                         status,
-                        last_seen: Some(now.to_string()),
+                        last_seen: Some(now),
                     };
                     sequencer.fan_out(&frame.to_json(), &contacts, None).await;
                 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use switchboard_message_log::Event;
 use switchboard_protocol::frames::ServerFrame;
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ConversationId, ErrorCode};
 
 use crate::plan::Signal;
 use crate::sequencer::Sequencer;
@@ -15,8 +15,8 @@ use crate::state::AppState;
 /// Members of each conversation of the batch (`None`: unavailable), and the last seq of each
 /// conversation a receipt names (or the refusal its receipts get).
 struct SignalChecks {
-    members: HashMap<String, Option<Vec<String>>>,
-    last: HashMap<String, Result<u64, ServerFrame>>,
+    members: HashMap<ConversationId, Option<Vec<String>>>,
+    last: HashMap<ConversationId, Result<u64, ServerFrame>>,
 }
 
 /// A batch's typing and receipt signals, each place with its refusal, if any.
@@ -69,17 +69,17 @@ pub(crate) async fn answer_signals(
 /// What the checks of `signals` read: each conversation's members, and the last seq of each
 /// conversation a receipt names, all side by side.
 async fn read_checks(sequencer: &Sequencer, signals: &[Signal]) -> SignalChecks {
-    let mut conversations: Vec<String> =
+    let mut conversations: Vec<ConversationId> =
         signals.iter().map(|s| s.conversation_id.clone()).collect();
     conversations.sort_unstable();
     conversations.dedup();
     let member_lists =
         futures_util::future::join_all(conversations.iter().map(|c| sequencer.members.of(c))).await;
-    let members: HashMap<String, Option<Vec<String>>> = conversations
+    let members: HashMap<ConversationId, Option<Vec<String>>> = conversations
         .into_iter()
         .zip(member_lists.into_iter().map(Result::ok))
         .collect();
-    let mut receipt_conversations: Vec<String> = signals
+    let mut receipt_conversations: Vec<ConversationId> = signals
         .iter()
         .filter(|s| s.receipt.is_some())
         .map(|s| s.conversation_id.clone())
@@ -90,7 +90,7 @@ async fn read_checks(sequencer: &Sequencer, signals: &[Signal]) -> SignalChecks 
         receipt_conversations.iter().map(|c| last_seq(sequencer, c)),
     )
     .await;
-    let last: HashMap<String, Result<u64, ServerFrame>> =
+    let last: HashMap<ConversationId, Result<u64, ServerFrame>> =
         receipt_conversations.into_iter().zip(lasts).collect();
     SignalChecks { members, last }
 }
@@ -176,7 +176,10 @@ const TYPING_FAN_OUT_BUDGET: std::time::Duration = std::time::Duration::from_mil
 /// A receipt is checked against the last seq: the counter, or, when the conversation has
 /// none (never numbered, or idle past the counter's expiry), the message service's last
 /// stored seq, then kept as the counter.
-async fn last_seq(sequencer: &Sequencer, conversation_id: &str) -> Result<u64, ServerFrame> {
+async fn last_seq(
+    sequencer: &Sequencer,
+    conversation_id: &ConversationId,
+) -> Result<u64, ServerFrame> {
     let unavailable = |e: &dyn std::fmt::Display| {
         tracing::warn!(error = %e, "the last seq is unavailable");
         ServerFrame::error(
@@ -209,21 +212,17 @@ async fn last_seq(sequencer: &Sequencer, conversation_id: &str) -> Result<u64, S
 // only add an allocation.
 #[allow(clippy::result_large_err)]
 fn check_signal(
-    members: &HashMap<String, Option<Vec<String>>>,
-    last: &HashMap<String, Result<u64, ServerFrame>>,
+    members: &HashMap<ConversationId, Option<Vec<String>>>,
+    last: &HashMap<ConversationId, Result<u64, ServerFrame>>,
     signal: &Signal,
 ) -> Result<Vec<String>, ServerFrame> {
-    let Some(members) = members
-        .get(signal.conversation_id.as_str())
-        .cloned()
-        .flatten()
-    else {
+    let Some(members) = members.get(&signal.conversation_id).cloned().flatten() else {
         return Err(ServerFrame::error(
             ErrorCode::Unavailable,
             "membership is unavailable, retry",
         ));
     };
-    if !members.contains(&signal.user_id) {
+    if !members.iter().any(|m| *m == signal.user_id) {
         return Err(ServerFrame::error(
             ErrorCode::NotAMember,
             "you are not a member of this conversation",
@@ -240,7 +239,7 @@ fn check_signal(
     // The counter is the last seq; after a Redis failover it may lag the log until the
     // next send reseeds it, and a receipt above it is refused then too (the client can
     // resend it).
-    let last = match last.get(signal.conversation_id.as_str()) {
+    let last = match last.get(&signal.conversation_id) {
         Some(Ok(last)) => *last,
         Some(Err(refused)) => return Err(refused.clone()),
         None => 0,

@@ -155,14 +155,14 @@ impl TestApp {
 fn connected(connection_id: u64, user: &str) -> ServerItem {
     ServerItem::Connected {
         connection_id,
-        user_id: user.into(),
+        user_id: user.parse().unwrap(),
     }
 }
 
 fn send(connection_id: u64, user: &str, conversation_id: &str, client_msg_id: &str) -> ServerItem {
     ServerItem::Frame {
         connection_id,
-        user_id: user.into(),
+        user_id: user.parse().unwrap(),
         frame: ClientFrame::Send {
             conversation_id: conversation_id.into(),
             client_msg_id: client_msg_id.into(),
@@ -181,7 +181,7 @@ fn sent(reply: &Option<ServerFrame>) -> (String, u64, String) {
             seq,
             message_id,
             ..
-        }) => (client_msg_id.clone(), *seq, message_id.clone()),
+        }) => (client_msg_id.clone(), *seq, message_id.to_string()),
         other => panic!("expected sent, got {other:?}"),
     }
 }
@@ -207,7 +207,7 @@ async fn sends_are_numbered_idempotent_and_land_on_the_log_and_the_handler_topic
                 send(1, "alice", &second, "a3"),
                 ServerItem::Frame {
                     connection_id: 1,
-                    user_id: "alice".into(),
+                    user_id: "alice".parse().unwrap(),
                     frame: ClientFrame::Ping,
                 },
             ],
@@ -405,7 +405,7 @@ async fn non_members_and_bad_sends_are_refused() {
                 send(7, "mallory", &conversation, ""),
                 ServerItem::Frame {
                     connection_id: 7,
-                    user_id: "mallory".into(),
+                    user_id: "mallory".parse().unwrap(),
                     frame: ClientFrame::Typing {
                         conversation_id: conversation.clone(),
                     },
@@ -484,7 +484,7 @@ async fn members_are_checked_in_the_numbering_script_and_strangers_fall_back() {
 fn read(connection_id: u64, user: &str, conversation_id: &str, seq: u64) -> ServerItem {
     ServerItem::Frame {
         connection_id,
-        user_id: user.into(),
+        user_id: user.parse().unwrap(),
         frame: ClientFrame::Read {
             conversation_id: conversation_id.into(),
             seq,
@@ -518,7 +518,7 @@ async fn receipts_past_the_last_seq_are_refused() {
                 read(2, "bob", &conversation, 3),
                 ServerItem::Frame {
                     connection_id: 2,
-                    user_id: "bob".into(),
+                    user_id: "bob".parse().unwrap(),
                     frame: ClientFrame::Delivered {
                         conversation_id: conversation.clone(),
                         seq: 9999,

@@ -159,14 +159,14 @@ impl TestApp {
 fn connected(connection_id: u64, user: &str) -> ServerItem {
     ServerItem::Connected {
         connection_id,
-        user_id: user.into(),
+        user_id: user.parse().unwrap(),
     }
 }
 
 fn frame(connection_id: u64, user: &str, frame: ClientFrame) -> ServerItem {
     ServerItem::Frame {
         connection_id,
-        user_id: user.into(),
+        user_id: user.parse().unwrap(),
         frame,
     }
 }

@@ -96,11 +96,11 @@ pub(crate) fn until(exp: i64) -> Duration {
     Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
 }
 
-/// `exp` as the frames carry it (RFC 3339 UTC with milliseconds).
-pub(crate) fn expires_at(exp: i64) -> String {
+/// `exp` as the frames carry it; an `exp` past what a timestamp can hold is the last instant
+/// one can (such a token lives, for any client, forever).
+pub(crate) fn expires_at(exp: i64) -> switchboard_protocol::Timestamp {
     switchboard_protocol::Timestamp::from_millis(exp.saturating_mul(1000))
-        .map(|t| t.to_string())
-        .unwrap_or_default()
+        .unwrap_or_else(|| chrono::DateTime::<chrono::Utc>::MAX_UTC.into())
 }
 
 /// One live session, as the index holds it.
@@ -232,7 +232,10 @@ mod tests {
         assert_eq!(notice_lead(minute, 100, 0), Duration::from_secs(10));
         assert_eq!(notice_lead(minute, 5, 10), Duration::ZERO);
         assert_eq!(until(0), Duration::ZERO);
-        assert_eq!(expires_at(1_700_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(
+            expires_at(1_700_000_000).to_string(),
+            "2023-11-14T22:13:20.000Z"
+        );
     }
 
     #[tokio::test]

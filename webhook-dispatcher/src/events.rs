@@ -240,12 +240,14 @@ mod tests {
 
     #[test]
     fn ids_come_from_the_content_so_a_record_read_twice_is_one_event() {
+        const C1: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+        const MSG: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
         let record = LogRecord {
-            conversation_id: "c1".into(),
+            conversation_id: C1.parse().unwrap(),
             seq: 7,
-            message_id: "01MSG".into(),
-            sender_id: "alice".into(),
-            client_msg_id: "x".into(),
+            message_id: MSG.parse().unwrap(),
+            sender_id: "alice".parse().unwrap(),
+            client_msg_id: "x".parse().unwrap(),
             body: "hi".into(),
             created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
             epoch: 1,
@@ -254,7 +256,7 @@ mod tests {
             traceparent: None,
         };
         let event = message_created(&record);
-        assert_eq!(event.id, "evt_01MSG");
+        assert_eq!(event.id, format!("evt_{MSG}"));
         assert_eq!(event.ord, 7);
         let body: serde_json::Value = serde_json::from_str(&event.body).unwrap();
         assert_eq!(body["type"], "message.created");
@@ -262,8 +264,8 @@ mod tests {
         assert_eq!(body["data"]["body"], "hi");
 
         let receipt = Event::Receipt {
-            conversation_id: "c1".into(),
-            user_id: "bob".into(),
+            conversation_id: C1.parse().unwrap(),
+            user_id: "bob".parse().unwrap(),
             kind: ReceiptKind::Read,
             seq: 7,
         };
@@ -272,8 +274,8 @@ mod tests {
         assert_eq!(a.id, b.id);
         assert_eq!(a.event_type, "receipt.updated");
         let other = Event::Receipt {
-            conversation_id: "c1".into(),
-            user_id: "bob".into(),
+            conversation_id: C1.parse().unwrap(),
+            user_id: "bob".parse().unwrap(),
             kind: ReceiptKind::Delivered,
             seq: 7,
         };

@@ -42,7 +42,8 @@ where
             message_id,
             ..
         } => {
-            log.acknowledged.insert(client_msg_id, (seq, message_id));
+            log.acknowledged
+                .insert(client_msg_id, (seq, message_id.into()));
         }
         ServerFrame::Error {
             code,
@@ -251,7 +252,8 @@ async fn broker_restart_under_load_loses_no_acknowledged_message() {
             ..
         } = f
         {
-            log.acknowledged.insert(client_msg_id, (seq, message_id));
+            log.acknowledged
+                .insert(client_msg_id, (seq, message_id.into()));
         }
     }
     assert!(log.acknowledged.contains_key("after-restart"));

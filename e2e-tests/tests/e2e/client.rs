@@ -335,7 +335,7 @@ pub fn messages_of(frames: &[ServerFrame], conversation_id: &str) -> Vec<(u64, S
                 seq,
                 message_id,
                 ..
-            } if c == conversation_id => Some((*seq, message_id.clone())),
+            } if c == conversation_id => Some((*seq, message_id.to_string())),
             _ => None,
         })
         .collect()
@@ -351,7 +351,7 @@ pub fn sent_of(frames: &[ServerFrame]) -> HashMap<String, (u64, String)> {
                 seq,
                 message_id,
                 ..
-            } => Some((client_msg_id.clone(), (*seq, message_id.clone()))),
+            } => Some((client_msg_id.clone(), (*seq, message_id.to_string()))),
             _ => None,
         })
         .collect()

@@ -89,10 +89,10 @@ impl Rec {
                 ..
             } if c == conversation_id => Some(Rec::Message {
                 seq: *seq,
-                id: message_id.clone(),
-                sender: sender_id.clone(),
+                id: message_id.to_string(),
+                sender: sender_id.to_string(),
                 body: body.clone(),
-                reply_to: reply_to.clone(),
+                reply_to: reply_to.as_ref().map(ToString::to_string),
             }),
             ServerFrame::Event {
                 conversation_id: c,
@@ -106,10 +106,10 @@ impl Rec {
                 ..
             } if c == conversation_id => Some(Rec::Event {
                 seq: *seq,
-                id: event_id.clone(),
-                sender: sender_id.clone(),
+                id: event_id.to_string(),
+                sender: sender_id.to_string(),
                 kind: *kind,
-                target: message_id.clone(),
+                target: message_id.to_string(),
                 body: body.clone(),
                 emoji: emoji.clone(),
             }),
@@ -488,7 +488,7 @@ impl Device {
                             .push(Rec::of_own(&sent, &self.user, *seq, message_id));
                         self.answers.insert(
                             client_msg_id.clone(),
-                            Answer::Sent(*seq, message_id.clone()),
+                            Answer::Sent(*seq, message_id.to_string()),
                         );
                     }
                 }
@@ -1189,7 +1189,11 @@ async fn nemesis_device(
                 let rec = Rec::of_own(&p.frame, &user, *seq, message_id);
                 note_known(&mut known, conversation_id, &rec);
                 let mut ledger = ledger.lock().unwrap();
-                let key = (conversation_id.clone(), user.clone(), client_msg_id.clone());
+                let key = (
+                    conversation_id.to_string(),
+                    user.clone(),
+                    client_msg_id.clone(),
+                );
                 if let Some(before) = ledger.acks.get(&key) {
                     if before.seq() != *seq || before.id() != message_id {
                         let anomaly = format!(

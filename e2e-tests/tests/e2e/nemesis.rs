@@ -798,9 +798,13 @@ fn on_frame(
         } => {
             let now = Instant::now();
             let mut ledger = ledger.lock().unwrap();
-            let key = (conversation_id, device.user.clone(), client_msg_id.clone());
+            let key = (
+                String::from(conversation_id),
+                device.user.clone(),
+                client_msg_id.clone(),
+            );
             match ledger.acks.get(&key) {
-                Some(earlier) if *earlier != (seq, message_id.clone()) => {
+                Some(earlier) if *earlier != (seq, message_id.to_string()) => {
                     let line = format!(
                         "{}: {client_msg_id} was acknowledged twice differently: {earlier:?} then {:?}",
                         device.name,
@@ -810,7 +814,7 @@ fn on_frame(
                 }
                 Some(_) => {}
                 None => {
-                    ledger.acks.insert(key, (seq, message_id));
+                    ledger.acks.insert(key, (seq, message_id.into()));
                 }
             }
             if let Some(o) = outstanding.remove(&client_msg_id) {
@@ -843,7 +847,7 @@ fn on_frame(
             seq,
             ..
         } => {
-            let last = delivered.entry(conversation_id.clone()).or_insert(0);
+            let last = delivered.entry(conversation_id.to_string()).or_insert(0);
             if seq <= *last {
                 ledger.lock().unwrap().anomalies.push(format!(
                     "{}: live delivery out of order in {conversation_id}: seq {seq} after {last}",

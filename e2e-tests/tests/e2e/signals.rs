@@ -83,7 +83,7 @@ async fn receipts_reach_the_senders_devices_and_are_stored_for_unread() {
                     user_id,
                     kind,
                     seq,
-                } if conversation_id == conv => Some((user_id, kind, seq)),
+                } if conversation_id == conv => Some((String::from(user_id), kind, seq)),
                 _ => None,
             })
             .collect();
@@ -156,7 +156,7 @@ async fn presence_follows_devices_and_a_killed_server_takes_its_users_offline() 
                 user_id,
                 status,
                 last_seen,
-            } if user_id == "bob" && *status == want => Some(last_seen.clone()),
+            } if user_id == "bob" && *status == want => Some(*last_seen),
             _ => None,
         })
     };
@@ -205,7 +205,7 @@ async fn presence_follows_devices_and_a_killed_server_takes_its_users_offline() 
     let last_seen = presence_of(&frames, PresenceStatus::Offline)
         .flatten()
         .expect("offline with last_seen");
-    let last_seen = chrono::DateTime::parse_from_rfc3339(&last_seen).unwrap();
+    let last_seen = chrono::DateTime::parse_from_rfc3339(&last_seen.to_string()).unwrap();
     assert!(last_seen >= killed_at - chrono::Duration::seconds(1));
     let (_, body) = api(
         &http,

@@ -338,7 +338,7 @@ impl StoredKeys {
         let seq = seq_i64(r.seq);
         let at_seq = self
             .by_seq
-            .get(&(r.conversation_id.clone(), seq))
+            .get(&(r.conversation_id.to_string(), seq))
             .map(|&i| &self.rows[i]);
         if at_seq.is_some_and(|s| s.message_id == r.message_id) {
             return None; // its own row: stored now, or a redelivery
@@ -374,7 +374,11 @@ impl StoredKeys {
             );
             return Some((other, why));
         }
-        if let Some(other) = self.by_id.get(&r.message_id).map(|&i| &self.rows[i]) {
+        if let Some(other) = self
+            .by_id
+            .get(r.message_id.as_str())
+            .map(|&i| &self.rows[i])
+        {
             let why = format!(
                 "message {} is stored as seq {} of conversation {}; message",
                 r.message_id, other.seq, other.conversation_id
@@ -382,9 +386,9 @@ impl StoredKeys {
             return Some((other, why));
         }
         let client_key = (
-            r.conversation_id.clone(),
-            r.sender_id.clone(),
-            r.client_msg_id.clone(),
+            r.conversation_id.to_string(),
+            r.sender_id.to_string(),
+            r.client_msg_id.to_string(),
         );
         let other = self.by_client_id.get(&client_key).map(|&i| &self.rows[i])?;
         let why = format!(

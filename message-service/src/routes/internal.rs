@@ -5,7 +5,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use switchboard_protocol::internal::{Contacts, ConversationMembers, SettledLog, SettledMessage};
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ConversationId, ErrorCode};
 use switchboard_service_kit::http::ApiError;
 
 use crate::config::PresencePolicy;
@@ -41,8 +41,9 @@ pub(super) async fn settled_last_seq(
     query: web::Query<SettledQuery>,
 ) -> Result<HttpResponse, ApiError> {
     managers_only(&state, &req)?;
-    let conversation_id = path.into_inner();
-    storable("the conversation id", &conversation_id)?;
+    // A manager fences only conversations it numbers, whose ids it has checked.
+    let conversation_id = ConversationId::parse(path.into_inner())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let partitions = query.partitions.unwrap_or(1);
     if !(1..=10_000).contains(&partitions) {
         return Err(ApiError::new(

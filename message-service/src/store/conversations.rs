@@ -2,6 +2,7 @@
 //! the caller's list (paged by [`ListCursor`]).
 
 use sqlx::Row;
+use switchboard_protocol::ConversationKind;
 
 use super::members::{accept_in, insert_members, MemberState};
 use super::outboxes::{membership_changed, record_created};
@@ -44,7 +45,15 @@ impl Store {
             }
             insert_members(&mut tx, &id, &members, "active", None).await?;
             membership_changed(&mut tx, &id, false).await?;
-            record_created(&mut tx, &id, "direct", None, caller, &members).await?;
+            record_created(
+                &mut tx,
+                &id,
+                ConversationKind::Direct,
+                None,
+                caller,
+                &members,
+            )
+            .await?;
             id
         } else {
             sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
@@ -109,7 +118,15 @@ impl Store {
         if state == MemberState::Active {
             active.extend(others.iter().cloned());
         }
-        record_created(&mut tx, &id, "group", Some(name), caller, &active).await?;
+        record_created(
+            &mut tx,
+            &id,
+            ConversationKind::Group,
+            Some(name),
+            caller,
+            &active,
+        )
+        .await?;
         tx.commit().await?;
         self.conversation(&id)
             .await?

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use sqlx::{QueryBuilder, Row};
+use switchboard_protocol::MessageId;
 
 use super::{Store, Tx};
 
@@ -58,7 +59,8 @@ impl DeadLetter {
 /// message: two messages got one seq (or one message two). The stored row is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
-    pub message_id: String,
+    pub message_id: MessageId,
+    /// As the row holds it.
     pub stored_message_id: String,
     /// Its dead letter; `error` starts with `conflict:` and names both messages.
     pub dead_letter: DeadLetter,

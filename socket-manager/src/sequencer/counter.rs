@@ -1,6 +1,7 @@
 //! The conversation's counter outside a lease: read as the last `seq` (a receipt is checked
 //! against it) and, when there is none, kept from the message service's last stored `seq`.
 
+use switchboard_protocol::ConversationId;
 use switchboard_service_kit::redis_sentinel::StoreError;
 
 use super::scripts::SEQ_IDLE_TTL_SECS;
@@ -11,7 +12,10 @@ impl Sequencer {
     /// `None` when there is none (nothing numbered yet, or the conversation was idle past the
     /// counter's expiry: ask the log's store). After a failover it may lag the log until the
     /// next send's lease reseeds it.
-    pub async fn last_seq(&self, conversation_id: &str) -> Result<Option<u64>, StoreError> {
+    pub async fn last_seq(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> Result<Option<u64>, StoreError> {
         self.redis
             .query(redis::cmd("GET").arg(self.keys.counter(conversation_id)))
             .await
@@ -26,7 +30,7 @@ impl Sequencer {
     /// that read it missing then finds it moved, refuses, and checks again).
     pub async fn remember_last_seq(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         seq: u64,
     ) -> Result<(), StoreError> {
         let _: Option<String> = self

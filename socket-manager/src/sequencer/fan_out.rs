@@ -28,7 +28,7 @@ impl Sequencer {
                 message_id: event.target_id.clone(),
                 body: (event.kind == RecordKind::Edit).then(|| record.body.clone()),
                 emoji: event.emoji.clone(),
-                created_at: record.created_at.to_string(),
+                created_at: record.created_at,
             },
             reply => ServerFrame::Message {
                 conversation_id: record.conversation_id.clone(),
@@ -36,7 +36,7 @@ impl Sequencer {
                 seq: record.seq,
                 sender_id: record.sender_id.clone(),
                 body: record.body.clone(),
-                created_at: record.created_at.to_string(),
+                created_at: record.created_at,
                 reply_to: reply.as_ref().map(|r| r.target_id.clone()),
                 attachments: record.attachments.clone(),
             },
@@ -85,6 +85,7 @@ impl Sequencer {
                 accepted_at_ms: message.map(|m| m.created_at.millis()),
                 order: message.map(|m| (m.conversation_id.clone(), m.seq)),
                 message_id: message.map(|m| m.message_id.clone()),
+                traceparent: message.and_then(|m| m.traceparent),
             };
             self.router
                 .route(self.kafka.config.handler_topic(server), record)

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use switchboard_message_log::LogRecord;
 use switchboard_protocol::frames::ServerFrame;
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ConversationId, ErrorCode};
 use switchboard_service_kit::redis_sentinel::StoreError;
 
 use super::lease::Lease;
@@ -28,7 +28,7 @@ impl Sequencer {
     /// no `members` were given (nothing was numbered); see [`Self::send_all`].
     pub(super) async fn sequence(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         sends: &[&SendRequest],
         members: Option<&[String]>,
     ) -> Option<Vec<ServerFrame>> {
@@ -48,7 +48,7 @@ impl Sequencer {
     fn refused(
         &self,
         e: &NumberingError,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         sends: &[&SendRequest],
     ) -> Vec<ServerFrame> {
         let reason = match e {
@@ -62,7 +62,7 @@ impl Sequencer {
             .with_label_values(&[reason])
             .inc_by(sends.len() as u64);
         if let NumberingError::Busy = e {
-            tracing::warn!(conversation_id, "sequence lease not acquired in time");
+            tracing::warn!(%conversation_id, "sequence lease not acquired in time");
             return sends
                 .iter()
                 .map(|s| {
@@ -74,7 +74,7 @@ impl Sequencer {
                 })
                 .collect();
         }
-        tracing::warn!(error = %e, conversation_id, "sends not numbered");
+        tracing::warn!(error = %e, %conversation_id, "sends not numbered");
         sends
             .iter()
             .map(|s| unavailable(&s.client_msg_id))
@@ -84,7 +84,7 @@ impl Sequencer {
     async fn under_lease(
         &self,
         lease: &Lease,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         sends: &[&SendRequest],
         given_members: Option<&[String]>,
     ) -> Result<Vec<ServerFrame>, NumberingError> {
@@ -110,7 +110,7 @@ impl Sequencer {
     async fn number_settled(
         &self,
         lease: &Lease,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         sends: &[&SendRequest],
         given_members: Option<&[String]>,
     ) -> Result<NumberedBatch, NumberingError> {
@@ -143,7 +143,7 @@ impl Sequencer {
     /// Appends every fresh record of the batch together, then routes the ones in the log.
     async fn append_and_route(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         sends: &[&SendRequest],
         batch: &mut NumberedBatch,
     ) -> Appended {
@@ -182,7 +182,7 @@ impl Sequencer {
                 Err(e) => {
                     // In doubt: the number stays pending and is appended again by the next
                     // holder (or this client's resend); it is never given to another message.
-                    tracing::warn!(error = %e, seq = record.seq, conversation_id, "append not acknowledged");
+                    tracing::warn!(error = %e, seq = record.seq, %conversation_id, "append not acknowledged");
                     appended.in_log[*i] = false;
                 }
             }
@@ -209,6 +209,7 @@ impl Sequencer {
         let mut answers = Vec::with_capacity(sends.len());
         for ((s, n), in_log) in sends.iter().zip(numbered).zip(in_log) {
             tracing::debug!(
+                trace_id = s.traceparent.map(|t| tracing::field::display(t.trace_id)),
                 client_msg_id = %s.client_msg_id,
                 message_id = %n.message_id,
                 seq = n.seq,
@@ -235,25 +236,26 @@ impl Sequencer {
 
 fn log_record(s: &SendRequest, n: &Numbered, epoch: u64) -> LogRecord {
     LogRecord {
-        conversation_id: s.conversation_id.to_string(),
+        conversation_id: s.conversation_id.clone(),
         seq: n.seq,
         message_id: n.message_id.clone(),
-        sender_id: s.sender_id.to_string(),
+        sender_id: s.sender_id.clone(),
         client_msg_id: s.client_msg_id.to_string(),
         body: s.body.clone(),
         created_at: n.created_at,
         epoch,
         attachments: s.attachments.clone(),
         event: s.event.clone(),
+        traceparent: s.traceparent,
     }
 }
 
 fn sent_frame(s: &SendRequest, n: &Numbered) -> ServerFrame {
     ServerFrame::Sent {
         client_msg_id: s.client_msg_id.to_string(),
-        conversation_id: s.conversation_id.to_string(),
+        conversation_id: s.conversation_id.clone(),
         message_id: n.message_id.clone(),
         seq: n.seq,
-        created_at: n.created_at.to_string(),
+        created_at: n.created_at,
     }
 }

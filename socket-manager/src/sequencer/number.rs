@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use switchboard_protocol::Timestamp;
+use switchboard_protocol::{ConversationId, MessageId, Timestamp};
 use switchboard_service_kit::redis_sentinel::StoreError;
 
 use crate::numbering::ScriptCall;
@@ -30,23 +30,20 @@ pub(super) struct NumberedBatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Numbered {
     pub seq: u64,
-    pub message_id: String,
+    pub message_id: MessageId,
     pub created_at: Timestamp,
     /// Numbered now (its record must be appended); `false`: a resend of a message in the log.
     pub fresh: bool,
 }
 
 impl Numbered {
-    fn of(row: NumberedRow) -> Result<Self, NumberingError> {
-        let created_at = Timestamp::parse(&row.created_at).map_err(|e| {
-            StoreError::Unavailable(format!("an idempotency record's created_at: {e}"))
-        })?;
-        Ok(Numbered {
+    fn of(row: NumberedRow) -> Numbered {
+        Numbered {
             seq: row.seq,
             message_id: row.message_id,
-            created_at,
+            created_at: row.created_at,
             fresh: row.fresh,
-        })
+        }
     }
 }
 
@@ -56,7 +53,7 @@ impl Sequencer {
     pub(super) async fn number_acquiring(
         &self,
         lease: &Lease,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         sends: &[&SendRequest],
         given_members: Option<&[String]>,
     ) -> Result<NumberedBatch, NumberingError> {
@@ -104,7 +101,7 @@ impl Sequencer {
     async fn number(
         &self,
         lease: &Lease,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         sends: &[&SendRequest],
         given_members: Option<&[String]>,
     ) -> Result<NumberedBatch, NumberingError> {
@@ -131,10 +128,7 @@ impl Sequencer {
             found,
             epoch,
         } = NumberReply::parse(value)?;
-        let numbered = rows
-            .into_iter()
-            .map(Numbered::of)
-            .collect::<Result<Vec<_>, NumberingError>>()?;
+        let numbered = rows.into_iter().map(Numbered::of).collect();
         let routes = found.map(|found| group_by_server(&members, found));
         Ok(NumberedBatch {
             epoch,
@@ -149,7 +143,7 @@ impl Sequencer {
     fn number_call(
         &self,
         lease: &Lease,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         sends: &[&SendRequest],
         given_members: &[String],
     ) -> Result<ScriptCall, NumberingError> {
@@ -174,10 +168,11 @@ impl Sequencer {
         args.push(given_members.len().to_string());
         args.extend(given_members.iter().cloned());
         for s in sends {
-            let message_id = ulid::Ulid::new().to_string();
+            let message_id = MessageId::parse(ulid::Ulid::new().to_string())
+                .expect("a new ULID is a message id");
             let pending = pending_entry(s, &message_id, created_at)?;
             args.push(s.sender_id.to_string());
-            args.push(message_id);
+            args.push(message_id.into_string());
             args.push(created_at.to_string());
             args.push(pending);
         }
@@ -194,7 +189,7 @@ impl Sequencer {
     pub(super) async fn finish(
         &self,
         lease: &Lease,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         acked_seqs: &[u64],
         release: bool,
     ) -> Result<FinishReply, NumberingError> {
@@ -219,13 +214,13 @@ impl Sequencer {
 /// A send's pending entry (the message as JSON, without its number or epoch).
 fn pending_entry(
     s: &SendRequest,
-    message_id: &str,
+    message_id: &MessageId,
     created_at: Timestamp,
 ) -> Result<String, StoreError> {
     let pending = PendingMessage {
-        message_id: message_id.to_owned(),
-        sender_id: s.sender_id.to_string(),
-        client_msg_id: s.client_msg_id.to_string(),
+        message_id: message_id.clone(),
+        sender_id: s.sender_id.clone(),
+        client_msg_id: s.client_msg_id.clone(),
         body: s.body.clone(),
         created_at,
         attachments: s.attachments.clone(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchboard_message_log::LogRecord;
-use switchboard_protocol::Timestamp;
+use switchboard_protocol::{ClientMsgId, ConversationId, MessageId, Timestamp, UserId};
 use switchboard_service_kit::redis_sentinel::StoreError;
 
 use super::lease::Lease;
@@ -18,9 +18,9 @@ use super::Sequencer;
 /// [`split_pending`]). It carries the body only until the append is acknowledged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct PendingMessage {
-    pub message_id: String,
-    pub sender_id: String,
-    pub client_msg_id: String,
+    pub message_id: MessageId,
+    pub sender_id: UserId,
+    pub client_msg_id: ClientMsgId,
     pub body: String,
     pub created_at: Timestamp,
     /// Additive: pending entries written before attachments existed have none.
@@ -44,7 +44,7 @@ impl Sequencer {
     pub(super) async fn finish_pending(
         &self,
         lease: &Lease,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         members: &[String],
     ) -> Result<(), NumberingError> {
         let entries: HashMap<u64, String> = self
@@ -57,19 +57,20 @@ impl Sequencer {
             let (epoch, json) = split_pending(&value);
             match serde_json::from_str::<PendingMessage>(json) {
                 Ok(p) => records.push(LogRecord {
-                    conversation_id: conversation_id.to_owned(),
+                    conversation_id: conversation_id.clone(),
                     seq,
                     message_id: p.message_id,
                     sender_id: p.sender_id,
-                    client_msg_id: p.client_msg_id,
+                    client_msg_id: p.client_msg_id.into_string(),
                     body: p.body,
                     created_at: p.created_at,
                     epoch,
                     attachments: p.attachments,
                     event: p.event,
+                    traceparent: None,
                 }),
                 Err(e) => {
-                    tracing::error!(error = %e, seq, conversation_id, "unreadable pending message dropped with its idempotency record");
+                    tracing::error!(error = %e, seq, %conversation_id, "unreadable pending message dropped with its idempotency record");
                     unreadable.push(seq);
                 }
             }
@@ -102,7 +103,7 @@ impl Sequencer {
         }
         self.metrics.pending_replayed.inc_by(records.len() as u64);
         tracing::info!(
-            conversation_id,
+            %conversation_id,
             replayed = records.len(),
             "appended the numbers a previous lease left pending"
         );
@@ -115,7 +116,7 @@ impl Sequencer {
     }
 
     /// Counts (and raises the alarm for) pending numbers older than [`PENDING_STALE_AFTER`].
-    fn count_stale(&self, conversation_id: &str, records: &[LogRecord]) {
+    fn count_stale(&self, conversation_id: &ConversationId, records: &[LogRecord]) {
         let stale = records
             .iter()
             .filter(|r| {
@@ -126,7 +127,7 @@ impl Sequencer {
         if stale > 0 {
             self.metrics.pending_stale.inc_by(stale as u64);
             tracing::error!(
-                conversation_id,
+                %conversation_id,
                 stale,
                 "ALARM: numbers have waited for their append longer than {PENDING_STALE_AFTER:?}"
             );
@@ -137,7 +138,7 @@ impl Sequencer {
     /// scanning the conversation's records).
     pub(super) async fn forget_idempotency_of(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         seqs: &[u64],
     ) -> Result<(), NumberingError> {
         let pattern = self.keys.idempotency_pattern(conversation_id);
@@ -189,7 +190,7 @@ impl Sequencer {
     pub(super) async fn reseed(
         &self,
         lease: &Lease,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
     ) -> Result<(), NumberingError> {
         let counter: Option<u64> = self
             .redis
@@ -245,7 +246,7 @@ impl Sequencer {
         if floor > was && was > 0 {
             self.metrics.counters_raised.inc();
             tracing::warn!(
-                conversation_id,
+                %conversation_id,
                 counter = was,
                 log = floor,
                 epoch = settled.epoch,

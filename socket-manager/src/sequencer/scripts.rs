@@ -1,6 +1,7 @@
 //! The sequence scripts: Lua run by the numbering batcher's flush (numbering, finish) or on
 //! their own (reseed, release, renew), and their typed replies.
 
+use switchboard_protocol::{MessageId, Timestamp};
 use switchboard_service_kit::redis_sentinel::StoreError;
 
 use crate::numbering::ScriptFunction;
@@ -48,9 +49,9 @@ const _: () = assert!(SEQ_IDLE_TTL_SECS == 7 * 86_400 && EPOCH_EARLIER_SECS < SE
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct NumberedRow {
     pub seq: u64,
-    pub message_id: String,
-    /// As the idempotency record holds it (RFC 3339, ms).
-    pub created_at: String,
+    pub message_id: MessageId,
+    /// As the idempotency record holds it (RFC 3339, ms), checked.
+    pub created_at: Timestamp,
     /// Numbered now (its record must be appended); `false`: a resend of a numbered message.
     pub fresh: bool,
 }
@@ -78,13 +79,19 @@ impl NumberReply {
         })?;
         let rows = rows
             .into_iter()
-            .map(|(seq, message_id, created_at, fresh)| NumberedRow {
-                seq,
-                message_id,
-                created_at,
-                fresh: fresh == 1,
+            .map(|(seq, message_id, created_at, fresh)| {
+                Ok(NumberedRow {
+                    seq,
+                    message_id: MessageId::parse(message_id).map_err(|e| {
+                        StoreError::Unavailable(format!("an idempotency record's {e}"))
+                    })?,
+                    created_at: Timestamp::parse(&created_at).map_err(|e| {
+                        StoreError::Unavailable(format!("an idempotency record's created_at: {e}"))
+                    })?,
+                    fresh: fresh == 1,
+                })
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()?;
         Ok(NumberReply {
             rows,
             members,
@@ -487,7 +494,8 @@ mod tests {
                 keys.push(key(&format!("idem:c1:{sender}:m{i}")));
                 args.extend([
                     sender.to_string(),
-                    format!("message-{token}-{i}"),
+                    // A message id: a ULID, as the sequencer makes them.
+                    ulid::Ulid::new().to_string(),
                     "2026-12-02T00:00:00.000Z".to_owned(),
                     "{}".to_owned(),
                 ]);
@@ -715,7 +723,9 @@ mod tests {
                 "1".to_owned(),
                 "alice".to_owned(),
                 "alice".to_owned(),
-                format!("message-{cmid}"),
+                // A message id: a ULID, as the sequencer makes them (one per call, like
+                // the sequencer's; a resend answers the first).
+                ulid::Ulid::new().to_string(),
                 "2026-12-02T00:00:00.000Z".to_owned(),
                 "{}".to_owned(),
                 key("members:c1"),

@@ -104,7 +104,7 @@ impl Inbound<'_> {
     fn forward(&self, frame: ClientFrame) -> Handled {
         let item = ServerItem::Frame {
             connection_id: self.conn_id,
-            user_id: self.user_id.to_string(),
+            user_id: self.user_id.clone(),
             frame,
         };
         let Some(manager) = self.manager else {

@@ -117,12 +117,12 @@ async fn report_presence(state: &ServerState, conn_id: u64, user_id: &UserId, co
     let item = if connected {
         ServerItem::Connected {
             connection_id: conn_id,
-            user_id: user_id.to_string(),
+            user_id: user_id.clone(),
         }
     } else {
         ServerItem::Disconnected {
             connection_id: conn_id,
-            user_id: user_id.to_string(),
+            user_id: user_id.clone(),
         }
     };
     let (done_tx, done_rx) = oneshot::channel();

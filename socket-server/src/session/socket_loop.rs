@@ -114,8 +114,8 @@ pub(crate) async fn run_session<S, T, K>(
         timeout: limits.write_timeout,
     };
     let hello = ServerFrame::Hello {
-        user_id: user_id.to_string(),
-        server_id: server_id.to_string(),
+        user_id: user_id.clone(),
+        server_id: server_id.clone(),
     };
     let mut ending = writer.write(Outgoing::Text(hello.to_json().into())).await;
 
@@ -390,8 +390,8 @@ mod loop_tests {
             assert_eq!(
                 self.frame().await,
                 ServerFrame::Hello {
-                    user_id: "u1".into(),
-                    server_id: "socket-test".into()
+                    user_id: "u1".parse().unwrap(),
+                    server_id: "socket-test".parse().unwrap()
                 }
             );
         }
@@ -444,7 +444,7 @@ mod loop_tests {
             let ServerFrame::TokenExpiring { expires_at } = frame else {
                 panic!("{frame:?}")
             };
-            assert!(expires_at.ends_with('Z'), "{expires_at}");
+            assert!(expires_at.to_string().ends_with('Z'), "{expires_at}");
             let close_frame = loop {
                 match client.wire.recv().await.expect("open") {
                     Outgoing::Ping => client.send(Incoming::Pong),

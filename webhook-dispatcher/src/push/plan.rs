@@ -241,11 +241,11 @@ impl Planner {
                 };
                 candidates.push(Candidate {
                     user_id: user,
-                    conversation_id: record.conversation_id.clone(),
+                    conversation_id: record.conversation_id.to_string(),
                     mode,
                     seq: i64::try_from(record.seq).unwrap_or(i64::MAX),
-                    message_id: record.message_id.clone(),
-                    sender_id: record.sender_id.clone(),
+                    message_id: record.message_id.to_string(),
+                    sender_id: record.sender_id.to_string(),
                     preview: preview.clone(),
                     message_at,
                     due_at: now + wait,
@@ -263,10 +263,20 @@ impl Planner {
 mod tests {
     use super::*;
 
+    /// Conversation `name`'s id (`a`, `b`: a ULID ending in that letter).
+    fn conv(name: &str) -> String {
+        format!("01ARZ3NDEKTSV4RRFFQ69G5FA{}", name.to_uppercase())
+    }
+
+    /// Message `seq`'s id.
+    fn message(seq: u64) -> String {
+        format!("01BX5ZZKBKACTAV9WEVGEMMV{seq:02}")
+    }
+
     /// From JSON, so the test holds whatever optional fields records gain.
     fn record(conversation: &str, seq: u64) -> LogRecord {
         serde_json::from_value(serde_json::json!({
-            "conversation_id": conversation, "seq": seq, "message_id": format!("m{seq}"),
+            "conversation_id": conv(conversation), "seq": seq, "message_id": message(seq),
             "sender_id": "alice", "client_msg_id": format!("c{seq}"), "body": "hi",
             "created_at": "2026-01-01T00:00:00.000Z", "epoch": 1
         }))
@@ -283,9 +293,9 @@ mod tests {
         ];
         let newest: Vec<(String, u64)> = newest_per_conversation(&records)
             .into_iter()
-            .map(|r| (r.conversation_id.clone(), r.seq))
+            .map(|r| (r.conversation_id.to_string(), r.seq))
             .collect();
-        assert_eq!(newest, vec![("a".into(), 3), ("b".into(), 7)]);
+        assert_eq!(newest, vec![(conv("a"), 3), (conv("b"), 7)]);
     }
 
     #[test]
@@ -293,7 +303,7 @@ mod tests {
         let mut reaction = record("a", 4);
         reaction.event = Some(switchboard_message_log::RecordEvent {
             kind: switchboard_message_log::RecordKind::Reaction,
-            target_id: "m3".into(),
+            target_id: message(3).parse().unwrap(),
             emoji: Some("x".into()),
             moderated: false,
         });
@@ -307,11 +317,11 @@ mod tests {
         }];
         let newest: Vec<(String, u64)> = newest_per_conversation(&records)
             .into_iter()
-            .map(|r| (r.conversation_id.clone(), r.seq))
+            .map(|r| (r.conversation_id.to_string(), r.seq))
             .collect();
         assert_eq!(
             newest,
-            vec![("a".into(), 3), ("b".into(), 2)],
+            vec![(conv("a"), 3), (conv("b"), 2)],
             "a reply is a message"
         );
         assert!(newest_per_conversation(&[reaction]).is_empty());
