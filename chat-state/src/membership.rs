@@ -147,11 +147,11 @@ impl MembershipMirror {
 
     /// The mirrored set's key: a set of user ids, absent when cold (a script reading it
     /// treats an empty set as "ask the source of truth", as [`Self::mirrored`]'s callers do).
-    pub fn key(&self, conversation_id: &str) -> String {
+    pub fn key(&self, conversation_id: &ConversationId) -> String {
         self.redis.key(&format!("members:{conversation_id}"))
     }
 
-    fn version_key(&self, conversation_id: &str) -> String {
+    fn version_key(&self, conversation_id: &ConversationId) -> String {
         self.redis
             .key(&format!("members-version:{conversation_id}"))
     }
@@ -159,7 +159,7 @@ impl MembershipMirror {
     /// The mirror's version, to read *before* reading the members from SQL for a
     /// [`Self::refill`]; created when there is none (never ""), so a refill whose version
     /// expired meanwhile refuses instead of matching a missing one.
-    pub async fn version(&self, conversation_id: &str) -> Result<Version, StoreError> {
+    pub async fn version(&self, conversation_id: &ConversationId) -> Result<Version, StoreError> {
         let mut invocation = VERSION.prepare_invoke();
         invocation
             .key(self.version_key(conversation_id))
@@ -172,7 +172,7 @@ impl MembershipMirror {
     /// membership changed since (then the next lookup reads SQL again).
     pub async fn refill(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         read_before: &Version,
         members: &[String],
     ) -> Result<(), StoreError> {
@@ -189,7 +189,7 @@ impl MembershipMirror {
 
     /// After a membership change in SQL: forgets the mirror and gives it a new version, so
     /// no refill that read SQL before the change can write it back.
-    pub async fn invalidate(&self, conversation_id: &str) -> Result<(), StoreError> {
+    pub async fn invalidate(&self, conversation_id: &ConversationId) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .del(self.key(conversation_id))
@@ -212,7 +212,7 @@ impl MembershipMirror {
     /// Answers whether it invalidated.
     pub async fn invalidate_at(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         sql_version: u64,
     ) -> Result<bool, StoreError> {
         let mut invocation = INVALIDATE_AT.prepare_invoke();
@@ -231,6 +231,10 @@ mod tests {
     use super::*;
 
     const C: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+    fn c() -> ConversationId {
+        ConversationId::parse(C).unwrap()
+    }
 
     fn members(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
@@ -260,37 +264,43 @@ mod tests {
     async fn a_change_at_a_sql_version_is_applied_once_and_again_when_lost() {
         let redis = switchboard_test_support::shared::fresh_redis("message-service", "mirror-at");
         let mirror = MembershipMirror::new(redis.clone());
-        let read = mirror.version(C).await.unwrap();
+        let read = mirror.version(&c()).await.unwrap();
         mirror
-            .refill(C, &read, &members(&["ann", "bob"]))
+            .refill(&c(), &read, &members(&["ann", "bob"]))
             .await
             .unwrap();
 
         // bob removed at SQL version 3: invalidated once.
-        assert!(mirror.invalidate_at(C, 3).await.unwrap());
+        assert!(mirror.invalidate_at(&c(), 3).await.unwrap());
         assert!(mirrored(&mirror).await.is_empty());
-        let after = mirror.version(C).await.unwrap();
-        mirror.refill(C, &after, &members(&["ann"])).await.unwrap();
-        assert!(!mirror.invalidate_at(C, 3).await.unwrap(), "a repeat");
+        let after = mirror.version(&c()).await.unwrap();
+        mirror
+            .refill(&c(), &after, &members(&["ann"]))
+            .await
+            .unwrap();
+        assert!(!mirror.invalidate_at(&c(), 3).await.unwrap(), "a repeat");
         assert!(
-            !mirror.invalidate_at(C, 2).await.unwrap(),
+            !mirror.invalidate_at(&c(), 2).await.unwrap(),
             "an older change"
         );
         assert_eq!(mirrored(&mirror).await, ["ann"], "the refilled set stays");
 
         // A failover loses the change: the old version and set are back.
         let _: () = redis
-            .query(redis::cmd("SET").arg(mirror.version_key(C)).arg(&read.0))
+            .query(redis::cmd("SET").arg(mirror.version_key(&c())).arg(&read.0))
             .await
             .unwrap();
         let _: i64 = redis
-            .query(redis::cmd("SADD").arg(mirror.key(C)).arg("bob"))
+            .query(redis::cmd("SADD").arg(mirror.key(&c())).arg("bob"))
             .await
             .unwrap();
-        assert!(mirror.invalidate_at(C, 3).await.unwrap(), "applied again");
+        assert!(
+            mirror.invalidate_at(&c(), 3).await.unwrap(),
+            "applied again"
+        );
         assert!(mirrored(&mirror).await.is_empty());
         // A later change at a higher version applies.
-        assert!(mirror.invalidate_at(C, 4).await.unwrap());
+        assert!(mirror.invalidate_at(&c(), 4).await.unwrap());
     }
 
     /// Both keys expire; a removal stays in force even when the version it made expires
@@ -303,39 +313,43 @@ mod tests {
 
         // A conversation created in this request: written while it has no version.
         mirror
-            .refill(C, &Version::new_conversation(), &members(&["ann", "bob"]))
+            .refill(
+                &c(),
+                &Version::new_conversation(),
+                &members(&["ann", "bob"]),
+            )
             .await
             .unwrap();
         assert_eq!(mirrored(&mirror).await, ["ann", "bob"]);
-        assert!(ttl(&mirror, mirror.key(C)).await > 0);
+        assert!(ttl(&mirror, mirror.key(&c())).await > 0);
 
         // A lookup: the version is created (never ""), with an expiry, and stays the same.
-        let read = mirror.version(C).await.unwrap();
+        let read = mirror.version(&c()).await.unwrap();
         assert_ne!(read, Version::new_conversation());
-        assert_eq!(mirror.version(C).await.unwrap(), read);
-        let version_ttl = ttl(&mirror, mirror.version_key(C)).await;
+        assert_eq!(mirror.version(&c()).await.unwrap(), read);
+        let version_ttl = ttl(&mirror, mirror.version_key(&c())).await;
         assert!(
             version_ttl > (VERSION_TTL_SECS - 10) as i64 && version_ttl <= VERSION_TTL_SECS as i64,
             "{version_ttl}"
         );
         mirror
-            .refill(C, &read, &members(&["ann", "bob"]))
+            .refill(&c(), &read, &members(&["ann", "bob"]))
             .await
             .unwrap();
         assert_eq!(mirrored(&mirror).await, ["ann", "bob"]);
 
         // A slow refill reads the version and SQL (bob still in) ...
-        let slow = mirror.version(C).await.unwrap();
+        let slow = mirror.version(&c()).await.unwrap();
         // ... bob is removed: the mirror goes, the version changes ...
-        mirror.invalidate(C).await.unwrap();
-        assert!(ttl(&mirror, mirror.version_key(C)).await > 0);
+        mirror.invalidate(&c()).await.unwrap();
+        assert!(ttl(&mirror, mirror.version_key(&c())).await > 0);
         // ... and that version expires (or a failover loses it) before the slow refill writes.
         let _: i64 = redis
-            .query(redis::cmd("DEL").arg(mirror.version_key(C)))
+            .query(redis::cmd("DEL").arg(mirror.version_key(&c())))
             .await
             .unwrap();
         mirror
-            .refill(C, &slow, &members(&["ann", "bob"]))
+            .refill(&c(), &slow, &members(&["ann", "bob"]))
             .await
             .unwrap();
         assert!(
@@ -343,20 +357,27 @@ mod tests {
             "a missing version refuses the refill: bob stays removed"
         );
         // The next lookup creates a new version, never the one the slow refill read.
-        let next = mirror.version(C).await.unwrap();
+        let next = mirror.version(&c()).await.unwrap();
         assert_ne!(next, slow);
         mirror
-            .refill(C, &slow, &members(&["ann", "bob"]))
+            .refill(&c(), &slow, &members(&["ann", "bob"]))
             .await
             .unwrap();
         assert!(mirrored(&mirror).await.is_empty());
-        mirror.refill(C, &next, &members(&["ann"])).await.unwrap();
+        mirror
+            .refill(&c(), &next, &members(&["ann"]))
+            .await
+            .unwrap();
         assert_eq!(mirrored(&mirror).await, ["ann"]);
 
         // "New conversation" writes only while no version was ever made.
-        mirror.invalidate(C).await.unwrap();
+        mirror.invalidate(&c()).await.unwrap();
         mirror
-            .refill(C, &Version::new_conversation(), &members(&["ann", "bob"]))
+            .refill(
+                &c(),
+                &Version::new_conversation(),
+                &members(&["ann", "bob"]),
+            )
             .await
             .unwrap();
         assert!(mirrored(&mirror).await.is_empty());

@@ -17,6 +17,7 @@
 //!   `client_msg_id`s; `P idem:server-api:{c}:{client_msg_id}`: what such a key was first used
 //!   for (a hash of sender and body).
 
+use switchboard_protocol::ConversationId;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
 
 /// The names of the sequence key family under one deployment's prefix.
@@ -31,30 +32,30 @@ impl SequenceKeys {
     }
 
     /// The conversation's sequence lease.
-    pub fn lease(&self, conversation_id: &str) -> String {
+    pub fn lease(&self, conversation_id: &ConversationId) -> String {
         self.redis.key(&format!("lock:conv:{conversation_id}"))
     }
 
     /// The numbers of the conversation taken but not yet known to be in the log.
-    pub fn pending(&self, conversation_id: &str) -> String {
+    pub fn pending(&self, conversation_id: &ConversationId) -> String {
         self.redis.key(&format!("pending:{conversation_id}"))
     }
 
     /// The conversation's counter (the highest `seq` numbered).
-    pub fn counter(&self, conversation_id: &str) -> String {
+    pub fn counter(&self, conversation_id: &ConversationId) -> String {
         self.redis.key(&format!("seq:{conversation_id}"))
     }
 
     /// The replication id of the master on which the counter was last checked against the
     /// log, with the log epoch: a counter is only used on the master that checked it.
-    pub fn epoch(&self, conversation_id: &str) -> String {
+    pub fn epoch(&self, conversation_id: &ConversationId) -> String {
         self.redis.key(&format!("seq-epoch:{conversation_id}"))
     }
 
     /// One send's idempotency record.
     pub fn idempotency(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         sender_id: &str,
         client_msg_id: &str,
     ) -> String {
@@ -64,7 +65,7 @@ impl SequenceKeys {
     }
 
     /// A `SCAN MATCH` pattern for every idempotency record of the conversation.
-    pub fn idempotency_pattern(&self, conversation_id: &str) -> String {
+    pub fn idempotency_pattern(&self, conversation_id: &ConversationId) -> String {
         format!("{}*", self.redis.key(&format!("idem:{conversation_id}")))
     }
 
@@ -74,7 +75,11 @@ impl SequenceKeys {
     }
 
     /// What a server-API idempotency key (namespaced into `client_msg_id`) was first used for.
-    pub fn server_api_request(&self, conversation_id: &str, client_msg_id: &str) -> String {
+    pub fn server_api_request(
+        &self,
+        conversation_id: &ConversationId,
+        client_msg_id: &str,
+    ) -> String {
         self.redis.key(&format!(
             "idem:server-api:{conversation_id}:{client_msg_id}"
         ))
@@ -92,13 +97,19 @@ mod tests {
         let mut config = switchboard_test_support::shared::redis_config("socket-manager", "x");
         config.key_prefix = "P:".into();
         let keys = SequenceKeys::new(SentinelRedis::new(config));
-        assert_eq!(keys.lease("c"), "P:lock:conv:c");
-        assert_eq!(keys.pending("c"), "P:pending:c");
-        assert_eq!(keys.counter("c"), "P:seq:c");
-        assert_eq!(keys.epoch("c"), "P:seq-epoch:c");
-        assert_eq!(keys.idempotency("c", "u", "m"), "P:idem:c:u:m");
-        assert_eq!(keys.idempotency_pattern("c"), "P:idem:c*");
+        // A conversation id as the keys hold it (a ULID; `C` below).
+        const C: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+        let c = &ConversationId::parse(C).unwrap();
+        assert_eq!(keys.lease(c), format!("P:lock:conv:{C}"));
+        assert_eq!(keys.pending(c), format!("P:pending:{C}"));
+        assert_eq!(keys.counter(c), format!("P:seq:{C}"));
+        assert_eq!(keys.epoch(c), format!("P:seq-epoch:{C}"));
+        assert_eq!(keys.idempotency(c, "u", "m"), format!("P:idem:{C}:u:m"));
+        assert_eq!(keys.idempotency_pattern(c), format!("P:idem:{C}*"));
         assert_eq!(keys.server_api_namespace(), "P:idem:server-api-namespace");
-        assert_eq!(keys.server_api_request("c", "m"), "P:idem:server-api:c:m");
+        assert_eq!(
+            keys.server_api_request(c, "m"),
+            format!("P:idem:server-api:{C}:m")
+        );
     }
 }

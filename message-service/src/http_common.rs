@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use switchboard_chat_state::membership::Version;
 use switchboard_protocol::conversations::Presence;
 use switchboard_protocol::frames::{is_storable_text, PresenceStatus};
-use switchboard_protocol::{ErrorCode, UserId};
+use switchboard_protocol::{ConversationId, ErrorCode, UserId};
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 
@@ -109,10 +109,13 @@ pub(crate) async fn mirror_new(
     state: &AppState,
     conversation: &Conversation,
 ) -> Result<(), ApiError> {
+    // The store made the id (a ULID) a moment ago.
+    let conversation_id = ConversationId::parse(conversation.id.as_str())
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     state
         .cache
         .refill(
-            &conversation.id,
+            &conversation_id,
             &Version::new_conversation(),
             &conversation.members,
         )
@@ -141,8 +144,12 @@ pub(crate) async fn reapply_mirror(
         .members_version(conversation_id)
         .await
         .map_err(db_error)?;
+    // A conversation id that is no ULID has no mirror: the managers never look one up.
+    let Ok(conversation_id) = ConversationId::parse(conversation_id) else {
+        return Ok(());
+    };
     if version > 0 {
-        state.cache.invalidate_at(conversation_id, version).await?;
+        state.cache.invalidate_at(&conversation_id, version).await?;
     }
     Ok(())
 }

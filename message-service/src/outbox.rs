@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use switchboard_chat_state::membership::MembershipMirror;
+use switchboard_protocol::ConversationId;
 use switchboard_service_kit::shutdown::CancellationToken;
 
 use crate::store::Store;
@@ -31,7 +32,13 @@ const BATCH: i64 = 500;
 /// Applies the change `version` of `conversation_id` to the mirror and, when Redis took it,
 /// notes that in the outbox. Errors are logged: the sweeper retries.
 pub async fn apply(store: &Store, mirror: &MembershipMirror, conversation_id: &str, version: u64) {
-    match mirror.invalidate_at(conversation_id, version).await {
+    // A conversation id that is no ULID has no mirror (the managers never look one up):
+    // nothing to apply.
+    let applied = match ConversationId::parse(conversation_id) {
+        Ok(id) => mirror.invalidate_at(&id, version).await.map(|_| ()),
+        Err(_) => Ok(()),
+    };
+    match applied {
         Ok(_) => {
             if let Err(e) = store.mirror_applied(conversation_id, version).await {
                 tracing::warn!(error = %e, conversation_id, "could not note a mirror update; the sweeper repeats it");

@@ -189,7 +189,14 @@ impl TestApp {
                 json!({
                     "conversation_id": conversation_id,
                     "seq": seq,
-                    "message_id": format!("{}-m{seq}", self.id),
+                    // A ULID, one per (app, seq), the same each time.
+                    "message_id": ulid::Ulid::from_parts(
+                        seq,
+                        u128::from(self.id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+                        }))
+                    )
+                    .to_string(),
                     "sender_id": "alice",
                     "client_msg_id": format!("c{seq}"),
                     "body": format!("message {seq}"),
@@ -616,7 +623,7 @@ async fn lose_the_removal(
     let _: i64 = redis
         .query(
             redis::cmd("SADD")
-                .arg(mirror.key(conversation_id))
+                .arg(mirror.key(&conversation_id.parse().unwrap()))
                 .arg(members),
         )
         .await

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{MessageId, Timestamp};
+use crate::{ConversationId, MessageId, Timestamp, UserId};
 
 /// The header that makes a server-API send idempotent: required, 1 to
 /// [`IDEMPOTENCY_KEY_MAX`] bytes of visible ASCII.
@@ -65,8 +65,9 @@ pub const INTERNAL_SERVER_SEND_PATH: &str = "/internal/v1/server-send";
 /// The message service to a socket manager: number, log and fan out one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InternalServerSend {
-    pub conversation_id: String,
-    pub sender_id: String,
+    /// Checked by the message service (the server API's edge).
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
     pub body: String,
     /// The caller's `Idempotency-Key`, as given (the manager namespaces it).
     pub idempotency_key: String,

@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::UserId;
+
 /// WebSocket close codes of the application range (4000-4999, RFC 6455 section 7.4.2), each
 /// the HTTP status a client would get for the same reason plus 4000.
 pub mod close_code {
@@ -31,7 +33,7 @@ pub fn end_sessions_path(user_id: &str) -> String {
 /// The answer of the end-sessions route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionsEnded {
-    pub user_id: String,
+    pub user_id: UserId,
     /// The mark, in seconds since the epoch: tokens whose `iat` is at or before it are
     /// refused at the upgrade and in a `refresh` from now on.
     pub ended_before: i64,
@@ -46,7 +48,7 @@ pub struct SessionsEnded {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "control", rename = "end_sessions")]
 pub struct EndSessions {
-    pub user_id: String,
+    pub user_id: UserId,
     pub ended_before: i64,
 }
 
@@ -68,7 +70,7 @@ mod tests {
     #[test]
     fn the_control_round_trips_and_no_frame_is_taken_for_it() {
         let control = EndSessions {
-            user_id: "auth0|ann".into(),
+            user_id: "auth0|ann".parse().unwrap(),
             ended_before: 1_700_000_000,
         };
         let json = control.to_json();

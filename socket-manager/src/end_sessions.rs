@@ -40,8 +40,8 @@ pub(crate) async fn end_sessions(
         .common
         .cluster
         .require(&req, &[ServiceRole::MessageService])?;
-    let user = UserId::parse(path.as_str()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let user = user.as_str();
+    let user_id = UserId::parse(path.as_str()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let user = user_id.as_str();
     let sequencer = &state.sequencer;
     let marks = SessionMarks::new(sequencer.redis.clone());
     let now = chrono::Utc::now().timestamp();
@@ -63,7 +63,7 @@ pub(crate) async fn end_sessions(
         recipients: Vec::new(),
         skip_connection: None,
         frame: EndSessions {
-            user_id: user.to_owned(),
+            user_id: user_id.clone(),
             ended_before: mark,
         }
         .to_json(),
@@ -103,7 +103,7 @@ pub(crate) async fn end_sessions(
         "sessions ended"
     );
     Ok(HttpResponse::Ok().json(SessionsEnded {
-        user_id: user.to_owned(),
+        user_id,
         ended_before: mark,
         servers: live.len(),
     }))

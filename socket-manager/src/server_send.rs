@@ -79,10 +79,8 @@ pub async fn server_send(
         .cluster
         .require(&req, &[ServiceRole::MessageService])?;
     let send = body.into_inner();
-    let conversation_id = ConversationId::parse(send.conversation_id.clone())
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let sender_id =
-        UserId::parse(send.sender_id.clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let conversation_id = send.conversation_id.clone();
+    let sender_id = send.sender_id.clone();
     if !valid_idempotency_key(&send.idempotency_key) {
         return Err(ApiError::bad_request(
             "the idempotency key must be 1-255 bytes of visible ASCII",

@@ -248,7 +248,7 @@ mod tests {
         let fresh = sessions.register(&ann, 2, 300);
         let other = sessions.register(&bob, 3, 100);
         let control = EndSessions {
-            user_id: "ann".into(),
+            user_id: "ann".parse().unwrap(),
             ended_before: 200,
         };
         assert_eq!(sessions.end(&control), 1);

@@ -101,8 +101,9 @@ pub(super) async fn members(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     managers_only(&state, &req)?;
-    let conversation_id = path.into_inner();
-    storable("the conversation id", &conversation_id)?;
+    // A manager asks only for conversations it numbers or signals, whose ids it has checked.
+    let conversation_id = ConversationId::parse(path.into_inner())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let version = state.cache.version(&conversation_id).await?;
     let members = state
         .internal

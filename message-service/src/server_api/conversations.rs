@@ -6,6 +6,7 @@ use switchboard_protocol::conversations::Role;
 use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::frames::is_storable_text;
 use switchboard_protocol::server_api::ServerCreateConversation;
+use switchboard_protocol::UserId;
 use switchboard_service_kit::http::ApiError;
 
 use super::extract::{conversation_id, not_found, user_id, ApiKey, ConversationsWrite, Read};
@@ -61,7 +62,7 @@ pub(super) async fn create(
     let members = body
         .members
         .into_iter()
-        .map(user_id)
+        .map(|member| user_id(member).map(UserId::into_string))
         .collect::<Result<Vec<_>, _>>()?;
     match body.kind.as_str() {
         "direct" => create_direct(&state, &members).await,
@@ -107,7 +108,7 @@ async fn create_group(
         ));
     }
     let owner = match owner {
-        Some(owner) => user_id(owner)?,
+        Some(owner) => user_id(owner)?.into_string(),
         None => members
             .first()
             .cloned()
@@ -174,10 +175,10 @@ pub(super) async fn put_member(
     let id = conversation_id(id)?;
     let member = user_id(member)?;
     let group = group_or_404(&state, &id).await?;
-    if group.members.contains(&member) {
+    if group.members.iter().any(|m| *m == member) {
         return Ok(HttpResponse::Ok().json(group));
     }
-    if !group.invited.contains(&member) {
+    if !group.invited.iter().any(|m| *m == member) {
         room_in_group(&state, &id).await?;
     }
     // Added by the group's owner (the invite's `invited_by`); a user who left is let back in
@@ -187,7 +188,7 @@ pub(super) async fn put_member(
         .iter()
         .find(|(_, role)| **role == Role::Owner)
         .map(|(user, _)| user.clone())
-        .unwrap_or_else(|| member.clone());
+        .unwrap_or_else(|| member.to_string());
     let added = state
         .store
         .add_member(&id, &member, &by, MemberState::Active)

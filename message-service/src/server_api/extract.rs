@@ -67,17 +67,13 @@ impl<S: RouteScope> FromRequest for ApiKey<S> {
 }
 
 /// A conversation id from the path, or 400.
-pub(super) fn conversation_id(text: String) -> Result<String, ApiError> {
-    ConversationId::parse(text)
-        .map(ConversationId::into_string)
-        .map_err(|e| ApiError::bad_request(e.to_string()))
+pub(super) fn conversation_id(text: String) -> Result<ConversationId, ApiError> {
+    ConversationId::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// A user id from the path or body, or 400.
-pub(super) fn user_id(text: String) -> Result<String, ApiError> {
-    UserId::parse(text)
-        .map(UserId::into_string)
-        .map_err(|e| ApiError::bad_request(e.to_string()))
+pub(super) fn user_id(text: String) -> Result<UserId, ApiError> {
+    UserId::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// 404 `not_found` for a conversation id that names none.

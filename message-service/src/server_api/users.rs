@@ -4,6 +4,7 @@
 use actix_web::{web, HttpResponse};
 use switchboard_protocol::conversations::PresenceList;
 use switchboard_protocol::error_code::ErrorBody;
+use switchboard_protocol::UserId;
 use switchboard_service_kit::http::ApiError;
 
 use super::extract::{user_id, ApiKey, Read, UsersDisconnect};
@@ -36,7 +37,8 @@ pub(super) async fn presence(
 /// The answer of `POST /server/v1/users/{user_id}/sessions/end`.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub(super) struct SessionsEndedBody {
-    user_id: String,
+    #[schema(value_type = String)]
+    user_id: UserId,
     /// Seconds since the epoch: the user's tokens issued at or before it are refused from
     /// now on (at the upgrade and in a `refresh`).
     ended_before: i64,
