@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use futures_util::future::join_all;
+use switchboard_protocol::ServerId;
 use switchboard_server_directory::health::{HealthVotes, Verdict};
 use switchboard_server_directory::{ServerDirectory, ServerRecord};
 use switchboard_service_kit::shutdown::CancellationToken;
@@ -22,7 +23,7 @@ pub(crate) struct Prober {
     metrics: Metrics,
     http: reqwest::Client,
     /// Consecutive failures per server id.
-    failures: HashMap<String, u32>,
+    failures: HashMap<ServerId, u32>,
     votes: HealthVotes,
     /// This checker's id among the voters: a ULID per process, so scaled replicas (which share
     /// their settings) never vote as one.
@@ -88,7 +89,7 @@ impl Prober {
                     Verdict::Miss
                 }
             };
-            verdicts.push((server.server_id.clone(), verdict));
+            verdicts.push((server.server_id.to_string(), verdict));
         }
         // Every round votes, all-`up` rounds included: a checker that sees a server keeps the
         // others from evicting it.
@@ -100,7 +101,10 @@ impl Prober {
                 return;
             }
         };
-        for server in servers.iter().filter(|s| agreed.contains(&s.server_id)) {
+        for server in servers
+            .iter()
+            .filter(|s| agreed.iter().any(|a| *a == s.server_id))
+        {
             self.evict(server).await;
         }
     }
@@ -140,11 +144,11 @@ impl Prober {
 
     /// Tells whoever listens (operators' tooling; the socket managers need no message: their
     /// janitor reaps the topic and routes of a server gone from the directory).
-    async fn announce_eviction(&self, server_id: &str) {
+    async fn announce_eviction(&self, server_id: &ServerId) {
         let redis = self.directory.redis();
         let channel = redis.key("events:evicted");
         let published: Result<i64, _> = redis
-            .query(redis::cmd("PUBLISH").arg(&channel).arg(server_id))
+            .query(redis::cmd("PUBLISH").arg(&channel).arg(server_id.as_str()))
             .await;
         if let Err(e) = published {
             tracing::warn!(error = %e, "announcing the eviction failed");

@@ -89,7 +89,7 @@ async fn ids(directory: &ServerDirectory) -> Vec<String> {
         .await
         .unwrap()
         .into_iter()
-        .map(|s| s.server_id)
+        .map(|s| s.server_id.into_string())
         .collect();
     ids.sort();
     ids

@@ -4,10 +4,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{ServerId, UserId};
+
 /// `GET /api/v1/socket-server`: the server a client should connect to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
-    pub server_id: String,
+    #[schema(value_type = String)]
+    pub server_id: ServerId,
     pub url: String,
     pub connections: u64,
     pub max_connections: u64,
@@ -16,7 +19,8 @@ pub struct Assignment {
 /// One row of `GET /api/v1/socket-servers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServerInfo {
-    pub server_id: String,
+    #[schema(value_type = String)]
+    pub server_id: ServerId,
     pub url: String,
     pub connections: u64,
     pub max_connections: u64,
@@ -29,7 +33,8 @@ pub struct ServerList {
     pub servers: Vec<ServerInfo>,
 }
 
-/// `POST /api/v1/socket-servers`: a socket server announces itself.
+/// `POST /api/v1/socket-servers`: a socket server announces itself. A request body, so raw:
+/// the registry checks `server_id` against [`ServerId`]'s rule and answers a bad one 400.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Registration {
     pub server_id: String,
@@ -38,7 +43,7 @@ pub struct Registration {
     pub max_connections: u64,
 }
 
-/// `POST /api/v1/dev/token` request.
+/// `POST /api/v1/dev/token` request, raw: the registry checks the id (400 for a bad one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DevTokenRequest {
     pub user_id: String,
@@ -48,7 +53,8 @@ pub struct DevTokenRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DevTokenResponse {
     pub token: String,
-    pub user_id: String,
+    #[schema(value_type = String)]
+    pub user_id: UserId,
     pub expires_at: String,
 }
 

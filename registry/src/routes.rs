@@ -10,7 +10,7 @@ use switchboard_protocol::registry::{
 };
 use switchboard_protocol::token::TokenError;
 use switchboard_protocol::ErrorCode;
-use switchboard_protocol::UserId;
+use switchboard_protocol::{ServerId, UserId};
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 use switchboard_service_kit::limits;
@@ -174,8 +174,12 @@ async fn register(
         .cluster
         .require(&req, &[ServiceRole::SocketServer])?;
     let reg = body.into_inner();
-    if reg.server_id.is_empty() || reg.server_id.len() > 128 {
-        return Err(ApiError::bad_request("server_id must be 1-128 characters"));
+    // It names the server's Kafka topic at the managers too: ServerId's rule.
+    if !ServerId::is_valid(&reg.server_id) {
+        return Err(ApiError::bad_request(format!(
+            "server_id must be {}",
+            ServerId::RULE
+        )));
     }
     if !(reg.url.starts_with("ws://") || reg.url.starts_with("wss://")) {
         return Err(ApiError::bad_request("url must be a ws:// or wss:// URL"));
@@ -202,7 +206,12 @@ async fn deregister(
         .cluster
         .require(&req, &[ServiceRole::SocketServer])?;
     let server_id = path.into_inner();
-    if state.directory.remove(&server_id).await? {
+    // An id that is no ServerId was never registered (registration checks the rule).
+    let removed = match ServerId::parse(server_id.as_str()) {
+        Ok(id) => state.directory.remove(&id).await?,
+        Err(_) => false,
+    };
+    if removed {
         tracing::info!(%server_id, "socket server deregistered");
         Ok(HttpResponse::NoContent().finish())
     } else {
@@ -224,19 +233,19 @@ async fn dev_token(
             "dev tokens are only minted when SB_DEV_MODE is on",
         ));
     }
-    if !UserId::is_valid(&body.user_id) {
+    let Ok(user_id) = UserId::parse(body.into_inner().user_id) else {
         return Err(ApiError::bad_request(
             "user_id must match [A-Za-z0-9_.|@+-]{1,128}",
         ));
-    }
+    };
     let ttl = chrono::Duration::seconds(state.config.dev_token_ttl_secs);
     let (token, expires) = state
         .tokens
-        .mint(&body.user_id, ttl)
+        .mint(&user_id, ttl)
         .map_err(|e: TokenError| ApiError::bad_request(e.to_string()))?;
     Ok(HttpResponse::Ok().json(DevTokenResponse {
         token,
-        user_id: body.user_id.clone(),
+        user_id,
         expires_at: expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }))
 }

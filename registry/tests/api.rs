@@ -112,7 +112,11 @@ async fn a_concurrent_burst_fills_every_server_exactly() {
             tokio::spawn(async move {
                 let resp = ask_for_a_server(&reqwest::Client::new(), &url).await;
                 assert_eq!(resp.status(), 200);
-                resp.json::<Assignment>().await.unwrap().server_id
+                resp.json::<Assignment>()
+                    .await
+                    .unwrap()
+                    .server_id
+                    .into_string()
             })
         });
         let mut per_server = std::collections::BTreeMap::new();
@@ -158,7 +162,10 @@ async fn one_script_assigns_as_a_sequence_of_single_assignments() {
     let http = reqwest::Client::new();
     let now = || chrono::Utc::now().timestamp_millis();
     let ids = |found: Vec<Option<Assignment>>| -> Vec<Option<String>> {
-        found.into_iter().map(|a| a.map(|a| a.server_id)).collect()
+        found
+            .into_iter()
+            .map(|a| a.map(|a| a.server_id.into_string()))
+            .collect()
     };
 
     // A server whose heartbeat is stale sorts first (load 0, lowest id) and is never picked.
@@ -193,7 +200,11 @@ async fn one_script_assigns_as_a_sequence_of_single_assignments() {
         assert_eq!(register(&http, &url, &format!("s{i:02}"), 1).await, 201);
     }
     let many = directory.assign_many(now(), stale, ttl, 90).await.unwrap();
-    let assigned: Vec<String> = many.iter().flatten().map(|a| a.server_id.clone()).collect();
+    let assigned: Vec<String> = many
+        .iter()
+        .flatten()
+        .map(|a| a.server_id.to_string())
+        .collect();
     let singles: std::collections::BTreeSet<&String> =
         assigned.iter().filter(|id| id.starts_with('s')).collect();
     assert_eq!(singles.len(), 70, "every one-slot server got exactly one");

@@ -36,12 +36,13 @@ use std::sync::LazyLock;
 
 use redis::Script;
 use switchboard_protocol::registry::{Assignment, Registration};
+use switchboard_protocol::ServerId;
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
 
 /// One server as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerRecord {
-    pub server_id: String,
+    pub server_id: ServerId,
     pub url: String,
     pub health_url: String,
     pub max_connections: u64,
@@ -301,13 +302,13 @@ impl ServerDirectory {
 
     /// Removes a server and everything kept for it. `true` if it was in the set (so of two
     /// health checkers evicting at once, exactly one sees `true`).
-    pub async fn remove(&self, server_id: &str) -> Result<bool, StoreError> {
+    pub async fn remove(&self, server_id: &ServerId) -> Result<bool, StoreError> {
         let mut inv = REMOVE.prepare_invoke();
         inv.key(&self.servers_key)
             .key(self.hash_key(server_id))
             .key(self.reservations_key(server_id))
             .key(self.former_reservations_key(server_id))
-            .arg(server_id);
+            .arg(server_id.as_str());
         let removed: i64 = self.redis.invoke(&inv).await?;
         Ok(removed == 1)
     }
@@ -343,31 +344,35 @@ impl ServerDirectory {
         Ok(rows
             .into_iter()
             .map(|row| {
-                row.map(|(server_id, url, load, max)| Assignment {
-                    server_id,
-                    url,
-                    connections: parse_count(&load),
-                    max_connections: parse_count(&max),
+                // A server registered under an id that is no ServerId (before the registry
+                // checked the rule) can hold no connection anyone routes to: no assignment.
+                row.and_then(|(server_id, url, load, max)| {
+                    Some(Assignment {
+                        server_id: ServerId::parse(server_id).ok()?,
+                        url,
+                        connections: parse_count(&load),
+                        max_connections: parse_count(&max),
+                    })
                 })
             })
             .collect())
     }
 
     /// A client connected: consume a reservation, or count one more if there was none.
-    pub async fn connected(&self, server_id: &str, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn connected(&self, server_id: &ServerId, now_ms: i64) -> Result<(), StoreError> {
         let mut inv = CONNECTED.prepare_invoke();
         inv.key(&self.servers_key)
             .key(self.reservations_key(server_id))
-            .arg(server_id)
+            .arg(server_id.as_str())
             .arg(now_ms);
         let _: i64 = self.redis.invoke(&inv).await?;
         Ok(())
     }
 
     /// A client left.
-    pub async fn disconnected(&self, server_id: &str) -> Result<(), StoreError> {
+    pub async fn disconnected(&self, server_id: &ServerId) -> Result<(), StoreError> {
         let mut inv = DISCONNECTED.prepare_invoke();
-        inv.key(&self.servers_key).arg(server_id);
+        inv.key(&self.servers_key).arg(server_id.as_str());
         let _: i64 = self.redis.invoke(&inv).await?;
         Ok(())
     }
@@ -377,7 +382,7 @@ impl ServerDirectory {
     /// the caller should register again.
     pub async fn reconcile(
         &self,
-        server_id: &str,
+        server_id: &ServerId,
         live: u64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
@@ -385,7 +390,7 @@ impl ServerDirectory {
         inv.key(&self.servers_key)
             .key(self.hash_key(server_id))
             .key(self.reservations_key(server_id))
-            .arg(server_id)
+            .arg(server_id.as_str())
             .arg(live)
             .arg(now_ms);
         let present: i64 = self.redis.invoke(&inv).await?;
@@ -398,15 +403,19 @@ impl ServerDirectory {
         inv.key(&self.servers_key)
             .arg(self.redis.config().key_prefix.as_str());
         let flat: Vec<String> = self.redis.invoke(&inv).await?;
+        // An entry whose id is no ServerId (registered before the registry checked the rule)
+        // is left out: nothing can route to it, and it ages out unheartbeated.
         Ok(flat
             .chunks_exact(6)
-            .map(|row| ServerRecord {
-                server_id: row[0].clone(),
-                load: parse_count(&row[1]),
-                url: row[2].clone(),
-                health_url: row[3].clone(),
-                max_connections: parse_count(&row[4]),
-                last_heartbeat_ms: row[5].parse().ok(),
+            .filter_map(|row| {
+                Some(ServerRecord {
+                    server_id: ServerId::parse(row[0].as_str()).ok()?,
+                    load: parse_count(&row[1]),
+                    url: row[2].clone(),
+                    health_url: row[3].clone(),
+                    max_connections: parse_count(&row[4]),
+                    last_heartbeat_ms: row[5].parse().ok(),
+                })
             })
             .collect())
     }
@@ -432,10 +441,14 @@ impl ServerDirectory {
     }
 
     /// The load of one server, `None` if it is not in the set.
-    pub async fn load(&self, server_id: &str) -> Result<Option<u64>, StoreError> {
+    pub async fn load(&self, server_id: &ServerId) -> Result<Option<u64>, StoreError> {
         let score: Option<f64> = self
             .redis
-            .query(redis::cmd("ZSCORE").arg(&self.servers_key).arg(server_id))
+            .query(
+                redis::cmd("ZSCORE")
+                    .arg(&self.servers_key)
+                    .arg(server_id.as_str()),
+            )
             .await?;
         Ok(score.map(|s| s.max(0.0) as u64))
     }
@@ -448,6 +461,10 @@ fn parse_count(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sid(id: &str) -> ServerId {
+        ServerId::parse(id).unwrap()
+    }
 
     fn directory(name: &str) -> ServerDirectory {
         ServerDirectory::new(switchboard_test_support::shared::fresh_redis(
@@ -477,7 +494,7 @@ mod tests {
         assert!(assigned
             .iter()
             .all(|a| a.as_ref().unwrap().server_id == "a"));
-        assert_eq!(directory.load("a").await.unwrap(), Some(500));
+        assert_eq!(directory.load(&sid("a")).await.unwrap(), Some(500));
 
         let key = directory.redis().key("reserved:a");
         let buckets: std::collections::HashMap<String, u64> = directory
@@ -492,14 +509,17 @@ mod tests {
             "the bucket ends at the lifetime, rounded up to a thirty-second of it: {ends}"
         );
 
-        directory.connected("a", now + 10).await.unwrap();
+        directory.connected(&sid("a"), now + 10).await.unwrap();
         assert_eq!(
-            directory.load("a").await.unwrap(),
+            directory.load(&sid("a")).await.unwrap(),
             Some(500),
             "the connection took a reserved slot"
         );
-        assert!(directory.reconcile("a", 1, now + 2_000).await.unwrap());
-        assert_eq!(directory.load("a").await.unwrap(), Some(1));
+        assert!(directory
+            .reconcile(&sid("a"), 1, now + 2_000)
+            .await
+            .unwrap());
+        assert_eq!(directory.load(&sid("a")).await.unwrap(), Some(1));
         let left: u64 = directory
             .redis()
             .query(redis::cmd("HLEN").arg(&key))
@@ -517,19 +537,22 @@ mod tests {
         register(&directory, "a", now).await;
         directory.assign_many(now, 0, 1_000, 2).await.unwrap();
         directory.assign_many(now + 500, 0, 1_000, 3).await.unwrap();
-        assert_eq!(directory.load("a").await.unwrap(), Some(5));
+        assert_eq!(directory.load(&sid("a")).await.unwrap(), Some(5));
 
         // The first two expired; of the three left, one is consumed.
-        directory.connected("a", now + 1_200).await.unwrap();
-        assert_eq!(directory.load("a").await.unwrap(), Some(3));
-        directory.connected("a", now + 1_300).await.unwrap();
-        directory.connected("a", now + 1_300).await.unwrap();
-        assert_eq!(directory.load("a").await.unwrap(), Some(3));
+        directory.connected(&sid("a"), now + 1_200).await.unwrap();
+        assert_eq!(directory.load(&sid("a")).await.unwrap(), Some(3));
+        directory.connected(&sid("a"), now + 1_300).await.unwrap();
+        directory.connected(&sid("a"), now + 1_300).await.unwrap();
+        assert_eq!(directory.load(&sid("a")).await.unwrap(), Some(3));
         // None left: a connection counts one more.
-        directory.connected("a", now + 1_400).await.unwrap();
-        assert_eq!(directory.load("a").await.unwrap(), Some(4));
-        assert!(directory.reconcile("a", 4, now + 1_500).await.unwrap());
-        assert_eq!(directory.load("a").await.unwrap(), Some(4));
+        directory.connected(&sid("a"), now + 1_400).await.unwrap();
+        assert_eq!(directory.load(&sid("a")).await.unwrap(), Some(4));
+        assert!(directory
+            .reconcile(&sid("a"), 4, now + 1_500)
+            .await
+            .unwrap());
+        assert_eq!(directory.load(&sid("a")).await.unwrap(), Some(4));
     }
 
     #[test]

@@ -333,7 +333,7 @@ async fn idempotency_records_are_one_string_with_an_expiry_and_older_hash_record
         |client_msg_id: &str| redis.key(&format!("idem:{conversation}:alice:{client_msg_id}"));
 
     // A record as a manager from before wrote it: a hash, as if "old" was numbered 1.
-    let old_message_id = "01JFAKEOLDRECORD000000000A";
+    let old_message_id = "01JFAKE01DREC0RD000000000A";
     let old_created_at = "2026-12-01T10:00:00.000Z";
     let _: i64 = redis
         .query(

@@ -197,7 +197,11 @@ async fn the_directory_alone_keeps_a_server_linked_and_its_eviction_reaps_it() {
     // The health checker's eviction: the directory entry goes; routes and link follow within
     // the grace plus a sweep or two.
     let evicted_at = Instant::now();
-    assert!(app.directory.remove(server).await.unwrap());
+    assert!(app
+        .directory
+        .remove(&server.parse().unwrap())
+        .await
+        .unwrap());
     let reaped = eventually(Duration::from_millis(5 * GRACE_MS), || async {
         app.routed(server, "alice").await == (false, false)
     })
@@ -244,7 +248,11 @@ async fn a_brief_absence_is_not_reaped_and_a_deregistration_reaps_at_once() {
     app.join_directory(server).await;
     assert_eq!(app.link(server).await, 200);
     assert_eq!(app.connect(server, "carol").await, 200);
-    assert!(app.directory.remove(server).await.unwrap());
+    assert!(app
+        .directory
+        .remove(&server.parse().unwrap())
+        .await
+        .unwrap());
     tokio::time::sleep(Duration::from_millis(GRACE_MS * 2 / 5)).await;
     app.join_directory(server).await;
     tokio::time::sleep(Duration::from_millis(3 * GRACE_MS)).await;
