@@ -17,7 +17,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use switchboard_message_log::{Event, LogRecord};
 use switchboard_protocol::frames::ReceiptKind;
-use switchboard_protocol::Timestamp;
+use switchboard_protocol::{ConversationId, Timestamp, UserId};
 
 /// The event types, as endpoints subscribe to them.
 pub const EVENT_TYPES: &[&str] = &[
@@ -160,8 +160,8 @@ pub fn from_event(event: &Event, record_time: DateTime<Utc>) -> WebhookEvent {
 
 /// A member's receipt, timed by its record (a receipt carries no time of its own).
 fn receipt_updated(
-    conversation_id: &str,
-    user_id: &str,
+    conversation_id: &ConversationId,
+    user_id: &UserId,
     kind: &ReceiptKind,
     seq: u64,
     record_time: DateTime<Utc>,
@@ -193,7 +193,7 @@ fn receipt_updated(
 }
 
 /// A user's first device came online or last device went away.
-fn presence_changed(user_id: &str, online: bool, at: &Timestamp) -> WebhookEvent {
+fn presence_changed(user_id: &UserId, online: bool, at: &Timestamp) -> WebhookEvent {
     let status = if online { "online" } else { "offline" };
     WebhookEvent {
         id: format!(
@@ -215,8 +215,8 @@ fn presence_changed(user_id: &str, online: bool, at: &Timestamp) -> WebhookEvent
 fn member(
     event_id: &str,
     event_type: &'static str,
-    conversation_id: &str,
-    user_id: &str,
+    conversation_id: &ConversationId,
+    user_id: &UserId,
     at: DateTime<Utc>,
 ) -> WebhookEvent {
     WebhookEvent {

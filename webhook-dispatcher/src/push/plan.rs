@@ -241,11 +241,11 @@ impl Planner {
                 };
                 candidates.push(Candidate {
                     user_id: user,
-                    conversation_id: record.conversation_id.to_string(),
+                    conversation_id: record.conversation_id.clone(),
                     mode,
                     seq: i64::try_from(record.seq).unwrap_or(i64::MAX),
-                    message_id: record.message_id.to_string(),
-                    sender_id: record.sender_id.to_string(),
+                    message_id: record.message_id.clone(),
+                    sender_id: record.sender_id.clone(),
                     preview: preview.clone(),
                     message_at,
                     due_at: now + wait,

@@ -10,17 +10,19 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPool;
 use sqlx::{QueryBuilder, Row};
+use switchboard_protocol::{ConversationId, MessageId, UserId};
 
 /// One (user, conversation) to queue: the conversation's newest message of a batch.
 #[derive(Debug, Clone)]
 pub struct Candidate {
+    /// A member, as the members table holds it.
     pub user_id: String,
-    pub conversation_id: String,
+    pub conversation_id: ConversationId,
     /// `offline` (due after the coalescing window) or `online` (after the grace period).
     pub mode: &'static str,
     pub seq: i64,
-    pub message_id: String,
-    pub sender_id: String,
+    pub message_id: MessageId,
+    pub sender_id: UserId,
     pub preview: Option<String>,
     pub message_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
@@ -64,8 +66,8 @@ impl Queue {
     /// device, in user id order: one indexed query however large the group.
     pub async fn recipients(
         &self,
-        conversation_id: &str,
-        sender_id: &str,
+        conversation_id: &ConversationId,
+        sender_id: &UserId,
         limit: i64,
     ) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
@@ -74,8 +76,8 @@ impl Queue {
                 AND EXISTS (SELECT 1 FROM push_devices d WHERE d.user_id = m.user_id)
               ORDER BY m.user_id LIMIT $3",
         )
-        .bind(conversation_id)
-        .bind(sender_id)
+        .bind(conversation_id.as_str())
+        .bind(sender_id.as_str())
         .bind(limit)
         .fetch_all(&self.messages)
         .await
@@ -99,12 +101,12 @@ impl Queue {
             );
             builder.push_values(chunk, |mut b, c| {
                 b.push_bind(&c.user_id)
-                    .push_bind(&c.conversation_id)
+                    .push_bind(c.conversation_id.as_str())
                     .push_bind("waiting")
                     .push_bind(c.mode)
                     .push_bind(c.seq)
-                    .push_bind(&c.message_id)
-                    .push_bind(&c.sender_id)
+                    .push_bind(c.message_id.as_str())
+                    .push_bind(c.sender_id.as_str())
                     .push_bind(&c.preview)
                     .push_bind(c.message_at)
                     .push_bind(c.due_at)
