@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::frames::{ClientFrame, ServerFrame};
-use crate::{ServerId, UserId};
+use crate::{MessageId, ServerId, UserId};
 
 /// The header naming one batch a socket server posts to a manager (a ULID). Both sides log
 /// it with the `client_msg_id`s of the batch, so a send can be followed across the hop.
@@ -109,8 +109,8 @@ pub struct Contacts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettledMessage {
     pub seq: u64,
-    pub message_id: String,
-    pub sender_id: String,
+    pub message_id: MessageId,
+    pub sender_id: UserId,
     pub client_msg_id: String,
     pub created_at: crate::Timestamp,
 }

@@ -234,7 +234,7 @@ impl Sequencer {
                 .arg(counter);
             for (m, left_secs) in &restored {
                 eval.arg(m.seq)
-                    .arg(&m.message_id)
+                    .arg(m.message_id.as_str())
                     .arg(m.created_at.to_string())
                     .arg(*left_secs);
             }
