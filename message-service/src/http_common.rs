@@ -57,18 +57,20 @@ pub(crate) fn not_a_member() -> ApiError {
     )
 }
 
-/// Passes when `user` is an active member of the conversation, else 403 `not_a_member`.
+/// The conversation id from a path, checked, when `user` is an active member of it; else 403
+/// `not_a_member` (an id that is no ULID names no conversation anyone is in).
 pub(crate) async fn require_member(
     store: &Store,
     conversation_id: &str,
     user: &str,
-) -> Result<(), ApiError> {
+) -> Result<ConversationId, ApiError> {
+    let conversation_id = ConversationId::parse(conversation_id).map_err(|_| not_a_member())?;
     if store
-        .is_member(conversation_id, user)
+        .is_member(&conversation_id, user)
         .await
         .map_err(db_error)?
     {
-        Ok(())
+        Ok(conversation_id)
     } else {
         Err(not_a_member())
     }

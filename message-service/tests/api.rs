@@ -722,14 +722,14 @@ async fn the_conversation_list_pages_by_cursor_with_bounded_members() {
     // One big group: 150 members (in SQL: the test's group limit is 50).
     sqlx::query(
         "INSERT INTO conversations (id, kind, name, created_by, last_seq, member_count)
-         VALUES ('big', 'group', 'big', 'pager', 99, 150)",
+         VALUES ('01B1GGR0VP0000000000000000', 'group', 'big', 'pager', 99, 150)",
     )
     .execute(&pool)
     .await
     .unwrap();
     sqlx::query(
         "INSERT INTO members (conversation_id, user_id)
-         SELECT 'big', 'pager' UNION ALL SELECT 'big', 'm' || g FROM generate_series(1, 149) g",
+         SELECT '01B1GGR0VP0000000000000000', 'pager' UNION ALL SELECT '01B1GGR0VP0000000000000000', 'm' || g FROM generate_series(1, 149) g",
     )
     .execute(&pool)
     .await
@@ -741,7 +741,10 @@ async fn the_conversation_list_pages_by_cursor_with_bounded_members() {
     assert_eq!(all["conversations"].as_array().unwrap().len(), 26);
     assert_eq!(all["next_cursor"], Value::Null);
     let big = &all["conversations"][0];
-    assert_eq!(big["id"], "big", "highest last_seq first");
+    assert_eq!(
+        big["id"], "01B1GGR0VP0000000000000000",
+        "highest last_seq first"
+    );
     assert_eq!(big["members"].as_array().unwrap().len(), 100);
     assert_eq!(big["member_count"], 150);
     let hoarded = &all["conversations"][1];
@@ -778,10 +781,17 @@ async fn the_conversation_list_pages_by_cursor_with_bounded_members() {
     assert_eq!(paged, every);
 
     // The whole member list is one call away, for members.
-    let (status, whole) = app.get("pager", "/api/v1/conversations/big").await;
+    let (status, whole) = app
+        .get("pager", "/api/v1/conversations/01B1GGR0VP0000000000000000")
+        .await;
     assert_eq!(status, StatusCode::OK, "{whole}");
     assert_eq!(whole["members"].as_array().unwrap().len(), 150);
-    let (status, _) = app.get("stranger", "/api/v1/conversations/big").await;
+    let (status, _) = app
+        .get(
+            "stranger",
+            "/api/v1/conversations/01B1GGR0VP0000000000000000",
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     for bad in [

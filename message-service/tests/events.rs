@@ -102,9 +102,16 @@ type State = BTreeMap<
 >;
 
 async fn state(store: &Store, conversation: &str, caller: &str) -> State {
-    let page = events::page(store, conversation, caller, 0, 1000, false)
-        .await
-        .unwrap();
+    let page = events::page(
+        store,
+        &conversation.parse().unwrap(),
+        caller,
+        0,
+        1000,
+        false,
+    )
+    .await
+    .unwrap();
     page.messages
         .into_iter()
         .map(|m| {
@@ -190,7 +197,7 @@ async fn events_apply_once_in_seq_order_and_redelivery_changes_nothing() {
             .await
             .unwrap();
     assert_eq!(seqs, (1..=9).collect::<Vec<i64>>());
-    assert_eq!(store.last_seq(&c).await.unwrap(), 9);
+    assert_eq!(store.last_seq(&c.parse().unwrap()).await.unwrap(), 9);
     // `unread` counts messages past the caller's position (its own last record), not events:
     // bob's last is his reaction at 7, then carol's reply (8) and alice's edit (9).
     for (user, unread) in [("bob", 1), ("carol", 0), ("alice", 0)] {
@@ -198,7 +205,7 @@ async fn events_apply_once_in_seq_order_and_redelivery_changes_nothing() {
         assert_eq!(list[0].unread, unread, "{user}");
     }
     // The raw events, for clients that replay.
-    let page = events::page(&store, &c, "bob", 0, 1000, true)
+    let page = events::page(&store, &c.parse().unwrap(), "bob", 0, 1000, true)
         .await
         .unwrap();
     let raw: Vec<(i64, String, bool)> = page
@@ -371,7 +378,7 @@ async fn the_check_answers_with_stable_codes() {
         item("alice", "e8", RecordKind::Edit, &other_message, None),
     ];
     let started = std::time::Instant::now();
-    let verdicts = events::verdicts(store.pool(), &limits, &c, &items)
+    let verdicts = events::verdicts(store.pool(), &limits, &c.parse().unwrap(), &items)
         .await
         .unwrap();
     assert!(
@@ -404,7 +411,7 @@ async fn the_check_answers_with_stable_codes() {
         .insert_batch(&[event(&c, 6, "alice", RecordKind::Edit, 1, "a'", None)])
         .await
         .unwrap();
-    let again = events::verdicts(store.pool(), &limits, &c, &items[..1])
+    let again = events::verdicts(store.pool(), &limits, &c.parse().unwrap(), &items[..1])
         .await
         .unwrap();
     assert_eq!(
@@ -417,7 +424,7 @@ async fn the_check_answers_with_stable_codes() {
         ..limits
     };
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let late = events::verdicts(store.pool(), &closed, &c, &items[..1])
+    let late = events::verdicts(store.pool(), &closed, &c.parse().unwrap(), &items[..1])
         .await
         .unwrap();
     assert_eq!(

@@ -119,7 +119,10 @@ async fn stored_seqs(
 ) -> Vec<i64> {
     let deadline = Instant::now() + within;
     loop {
-        let seqs: Vec<i64> = match store.history(conversation_id, 0, 100).await {
+        let seqs: Vec<i64> = match store
+            .history(&conversation_id.parse().unwrap(), 0, 100)
+            .await
+        {
             Ok(messages) => messages.into_iter().map(|m| m.seq).collect(),
             Err(_) => Vec::new(),
         };
@@ -265,7 +268,7 @@ async fn a_deposed_holders_late_append_is_fenced_whichever_lands_first() {
     settled.fence(&conv_id, 1, within).await.unwrap();
 
     let stored: Vec<(i64, String)> = store
-        .history(conv, 0, 100)
+        .history(&conv_id, 0, 100)
         .await
         .unwrap()
         .into_iter()

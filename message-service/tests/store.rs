@@ -127,7 +127,7 @@ impl Db {
     /// `(seq, message_id)` of every stored message of a conversation.
     async fn stored(&self, conversation_id: &str) -> Vec<(i64, String)> {
         self.store
-            .history(conversation_id, 0, 1000)
+            .history(&conversation_id.parse().unwrap(), 0, 1000)
             .await
             .unwrap()
             .into_iter()

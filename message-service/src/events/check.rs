@@ -10,7 +10,7 @@ use sqlx::{PgPool, Row};
 use switchboard_protocol::error_code::ErrorDetail;
 use switchboard_protocol::frames::RecordKind;
 use switchboard_protocol::internal::{EventCheck, EventCheckItem, EventVerdict, EventVerdicts};
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ConversationId, ErrorCode};
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 
@@ -68,10 +68,13 @@ async fn check(
     if body.items.len() > MAX_CHECK_ITEMS {
         return Err(ApiError::bad_request("too many items"));
     }
+    // A manager checks only conversations it numbers, whose ids it has checked.
+    let conversation_id = ConversationId::parse(path.into_inner())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let verdicts = verdicts(
         state.internal.pool(),
         &state.events,
-        &path.into_inner(),
+        &conversation_id,
         &body.items,
     )
     .await
@@ -90,7 +93,7 @@ struct Target {
 
 async fn targets(
     pool: &PgPool,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     ids: &[&str],
 ) -> Result<HashMap<String, Target>, sqlx::Error> {
     let rows = sqlx::query(
@@ -98,7 +101,7 @@ async fn targets(
                 created_at
            FROM messages WHERE conversation_id = $1 AND message_id = ANY($2)",
     )
-    .bind(conversation_id)
+    .bind(conversation_id.as_str())
     .bind(ids)
     .fetch_all(pool)
     .await?;
@@ -123,7 +126,7 @@ async fn targets(
 pub async fn verdicts(
     pool: &PgPool,
     limits: &EventLimits,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     items: &[EventCheckItem],
 ) -> Result<Vec<EventVerdict>, sqlx::Error> {
     let known = Known::read(pool, conversation_id, items).await?;
@@ -152,7 +155,7 @@ impl Known {
     /// Reads what the items need, waiting up to [`TARGET_WAIT`] for targets not stored yet.
     async fn read(
         pool: &PgPool,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         items: &[EventCheckItem],
     ) -> Result<Known, sqlx::Error> {
         let senders: Vec<&str> = items.iter().map(|i| i.sender_id.as_str()).collect();
@@ -307,7 +310,7 @@ fn edit_verdict(
 /// numbering.
 async fn stored_resends(
     pool: &PgPool,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     items: &[EventCheckItem],
 ) -> Result<HashSet<(String, String)>, sqlx::Error> {
     let senders: Vec<&str> = items.iter().map(|i| i.sender_id.as_str()).collect();
@@ -317,7 +320,7 @@ async fn stored_resends(
           WHERE conversation_id = $1
             AND (sender_id, client_msg_id) IN (SELECT * FROM UNNEST($2::text[], $3::text[]))",
     )
-    .bind(conversation_id)
+    .bind(conversation_id.as_str())
     .bind(&senders)
     .bind(&client_ids)
     .fetch_all(pool)
@@ -330,7 +333,7 @@ async fn stored_resends(
 /// The roles of the senders who are active members.
 async fn sender_roles(
     pool: &PgPool,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     senders: &[&str],
 ) -> Result<HashMap<String, String>, sqlx::Error> {
     Ok(sqlx::query(
@@ -338,7 +341,7 @@ async fn sender_roles(
            FROM members m JOIN conversations c ON c.id = m.conversation_id
           WHERE m.conversation_id = $1 AND m.user_id = ANY($2) AND m.state = 'active'",
     )
-    .bind(conversation_id)
+    .bind(conversation_id.as_str())
     .bind(senders)
     .fetch_all(pool)
     .await?
@@ -351,7 +354,7 @@ async fn sender_roles(
 /// here, so no wait and no retry.
 async fn stored_elsewhere(
     pool: &PgPool,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     wanted: &[&str],
     found: &HashMap<String, Target>,
 ) -> Result<HashSet<String>, sqlx::Error> {
@@ -369,7 +372,7 @@ async fn stored_elsewhere(
         "SELECT message_id FROM messages WHERE message_id = ANY($1) AND conversation_id <> $2",
     )
     .bind(&unknown)
-    .bind(conversation_id)
+    .bind(conversation_id.as_str())
     .fetch_all(pool)
     .await?
     .into_iter()
@@ -380,7 +383,7 @@ async fn stored_elsewhere(
 /// about a fetch wait), adding those that arrive to `found`.
 async fn wait_for_targets(
     pool: &PgPool,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     wanted: &[&str],
     found: &mut HashMap<String, Target>,
     elsewhere: &HashSet<String>,

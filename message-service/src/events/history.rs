@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use sqlx::{PgPool, Row};
 use switchboard_protocol::conversations::{MessageEvent, ReactionCount, StoredMessage};
+use switchboard_protocol::ConversationId;
 
 use crate::store::rfc3339;
 
@@ -19,7 +20,7 @@ pub struct Page {
 /// records of either kind split into the two lists; the caller's reactions marked.
 pub async fn page(
     store: &crate::store::Store,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     caller: &str,
     after_seq: i64,
     limit: i64,
@@ -32,7 +33,7 @@ pub async fn page(
                FROM messages WHERE conversation_id = $1 AND seq > $2
               ORDER BY seq LIMIT $3",
         )
-        .bind(conversation_id)
+        .bind(conversation_id.as_str())
         .bind(after_seq)
         .bind(limit)
         .fetch_all(store.pool())
@@ -43,7 +44,7 @@ pub async fn page(
             let kind: String = row.get("kind");
             if kind == "message" {
                 messages.push(StoredMessage {
-                    conversation_id: conversation_id.to_owned(),
+                    conversation_id: conversation_id.to_string(),
                     message_id: row.get("message_id"),
                     seq: row.get("seq"),
                     sender_id: row.get("sender_id"),

@@ -67,7 +67,7 @@ pub(super) async fn history(
     if limit < 1 {
         return Err(ApiError::bad_request("limit must be positive"));
     }
-    require_member(&state.store, &conversation_id, &user.0).await?;
+    let conversation_id = require_member(&state.store, &conversation_id, &user.0).await?;
     let crate::events::Page { messages, events } = crate::events::page(
         &state.store,
         &conversation_id,

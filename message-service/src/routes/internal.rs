@@ -71,7 +71,7 @@ pub(super) async fn settled_last_seq(
 /// The newest stored messages in `(after, up_to]` (bounded), newest first.
 async fn settled_messages(
     state: &AppState,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     after: i64,
     up_to: i64,
 ) -> Result<Vec<SettledMessage>, ApiError> {

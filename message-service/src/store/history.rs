@@ -3,13 +3,14 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
+use switchboard_protocol::ConversationId;
 
 use super::{rfc3339, Store, StoredMessage};
 
 impl Store {
     pub async fn history(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<StoredMessage>, sqlx::Error> {
@@ -21,7 +22,7 @@ impl Store {
                FROM messages WHERE conversation_id = $1 AND seq > $2 AND kind = 'message'
               ORDER BY seq LIMIT $3",
         )
-        .bind(conversation_id)
+        .bind(conversation_id.as_str())
         .bind(after_seq)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -51,7 +52,7 @@ impl Store {
     /// clients may still resend).
     pub async fn newest_above(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<StoredMessage>, sqlx::Error> {
@@ -60,7 +61,7 @@ impl Store {
                FROM messages WHERE conversation_id = $1 AND seq > $2
               ORDER BY seq DESC LIMIT $3",
         )
-        .bind(conversation_id)
+        .bind(conversation_id.as_str())
         .bind(after_seq)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -84,10 +85,10 @@ impl Store {
     }
 
     /// Highest stored seq of a conversation (0 when none).
-    pub async fn last_seq(&self, conversation_id: &str) -> Result<i64, sqlx::Error> {
+    pub async fn last_seq(&self, conversation_id: &ConversationId) -> Result<i64, sqlx::Error> {
         let seq: Option<i64> =
             sqlx::query_scalar("SELECT max(seq) FROM messages WHERE conversation_id = $1")
-                .bind(conversation_id)
+                .bind(conversation_id.as_str())
                 .fetch_one(&self.pool)
                 .await?;
         Ok(seq.unwrap_or(0))

@@ -2,6 +2,7 @@
 //! invitations of a user, and the member rows a creation inserts.
 
 use sqlx::{QueryBuilder, Row};
+use switchboard_protocol::ConversationId;
 
 use super::outboxes::{membership_changed, record_member};
 use super::{Role, Store, Tx};
@@ -89,11 +90,15 @@ impl Store {
         .await
     }
 
-    pub async fn is_member(&self, conversation_id: &str, user: &str) -> Result<bool, sqlx::Error> {
+    pub async fn is_member(
+        &self,
+        conversation_id: &ConversationId,
+        user: &str,
+    ) -> Result<bool, sqlx::Error> {
         let found: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2 AND state = 'active'",
         )
-        .bind(conversation_id)
+        .bind(conversation_id.as_str())
         .bind(user)
         .fetch_optional(&self.pool)
         .await?;
