@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use actix_web::web;
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::internal::{ServerBatchReply, ServerItem};
+use switchboard_protocol::trace_context::TraceParent;
 use switchboard_protocol::{ConversationId, ErrorCode, ServerId};
 use switchboard_service_kit::http::ApiError;
 
@@ -16,10 +17,12 @@ use crate::sequencer::{SendRequest, Sequencer};
 use crate::state::AppState;
 
 /// The work of `POST .../batch` (`routes::batch`), inside its span (so every line it logs names the batch).
+/// `trace`: the request's step of the sender's trace, carried by every send of the batch.
 pub(crate) async fn answer_batch(
     state: web::Data<AppState>,
     server: ServerId,
     items: Vec<ServerItem>,
+    trace: Option<TraceParent>,
 ) -> Result<ServerBatchReply, ApiError> {
     let crate::plan::BatchPlan {
         mut replies,
@@ -35,8 +38,8 @@ pub(crate) async fn answer_batch(
             max_record_bytes: switchboard_kafka::RECORD_MAX_BYTES,
         },
     );
-    let online: Vec<&str> = online.iter().map(String::as_str).collect();
-    let offline: Vec<&str> = offline.iter().map(String::as_str).collect();
+    let online: Vec<&str> = online.iter().map(|u| u.as_str()).collect();
+    let offline: Vec<&str> = offline.iter().map(|u| u.as_str()).collect();
     let servers = &state.sequencer.servers;
     // The quota check's round trip runs beside the presence reports' (the sends wait for both).
     let presence = async {
@@ -52,6 +55,9 @@ pub(crate) async fn answer_batch(
     let (came_online, went_offline) = presence?;
     crate::presence::announce(state.clone(), came_online, went_offline);
     apply_verdicts(&verdicts, &mut replies, &mut sends, &mut signals);
+    for (_, send) in sends.values_mut().flatten() {
+        send.traceparent = trace;
+    }
 
     let sequencer = &state.sequencer;
     let mut send_groups = Vec::with_capacity(sends.len());

@@ -35,6 +35,8 @@ use switchboard_kafka::ENVELOPE_MAX_BYTES;
 use switchboard_message_log::{
     log_partition, HandlerEnvelope, HandlerRecord, LogEnvelope, LogRecord,
 };
+use switchboard_protocol::trace_context::TraceId;
+use switchboard_protocol::{ConversationId, MessageId};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use switchboard_service_kit::supervise::{TaskTracker, Workers};
@@ -144,9 +146,11 @@ impl<T> Packer<T> {
 struct AppendJob {
     partition: i32,
     encoded: Vec<u8>,
-    conversation_id: String,
-    message_id: String,
+    conversation_id: ConversationId,
+    message_id: MessageId,
     seq: u64,
+    /// The send's trace, for the debug line (`Copy`: no allocation per job).
+    trace_id: Option<TraceId>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -189,6 +193,7 @@ impl LogAppender {
                 conversation_id: record.conversation_id.clone(),
                 message_id: record.message_id.clone(),
                 seq: record.seq,
+                trace_id: record.traceparent.map(|t| t.trace_id),
                 done,
             };
             waits.push(match self.tx.send(job).await {
@@ -308,6 +313,7 @@ async fn produce_log(
         for job in jobs {
             tracing::debug!(
                 trace = %trace,
+                trace_id = job.trace_id.map(tracing::field::display),
                 partition,
                 message_id = %job.message_id,
                 conversation_id = %job.conversation_id,
@@ -324,8 +330,10 @@ async fn produce_log(
 struct RouteJob {
     topic: String,
     encoded: Vec<u8>,
-    message_id: Option<String>,
+    message_id: Option<MessageId>,
     recipients: usize,
+    /// The send's trace, for the debug line.
+    trace_id: Option<TraceId>,
 }
 
 /// Routes frames to handler topics in envelopes; see the module docs.
@@ -357,6 +365,7 @@ impl Router {
             encoded,
             message_id: record.message_id,
             recipients: record.recipients.len(),
+            trace_id: record.traceparent.map(|t| t.trace_id),
         };
         if self.tx.send(job).await.is_err() {
             tracing::warn!("the router is not running; devices will catch up from history");
@@ -417,6 +426,7 @@ fn enqueue_route(kafka: &Kafka, acks: &TaskTracker, topic: &str, jobs: Vec<Route
             if let Some(message_id) = &job.message_id {
                 tracing::debug!(
                     trace = %trace,
+                    trace_id = job.trace_id.map(tracing::field::display),
                     %topic,
                     message_id = %message_id,
                     recipients = job.recipients,
@@ -556,8 +566,9 @@ mod tests {
                 skip_connection: Some(7),
                 frame,
                 accepted_at_ms: Some(1),
-                order: Some(("c".into(), 2)),
-                message_id: Some("m".into()),
+                order: Some(("01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap(), 2)),
+                message_id: Some("01BX5ZZKBKACTAV9WEVGEMMVRZ".parse().unwrap()),
+                traceparent: None,
             },
             HandlerRecord {
                 recipients: vec!["ann".into(), "bob".into()],
@@ -566,6 +577,7 @@ mod tests {
                 accepted_at_ms: None,
                 order: None,
                 message_id: None,
+                traceparent: None,
             },
         ];
         let encoded: Vec<Vec<u8>> = records
@@ -637,6 +649,7 @@ mod tests {
                     conversation_id: record.conversation_id.clone(),
                     message_id: record.message_id.clone(),
                     seq: record.seq,
+                    trace_id: None,
                     done,
                 };
                 (job, wait)

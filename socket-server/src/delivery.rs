@@ -11,6 +11,7 @@ use rdkafka::Message;
 use switchboard_kafka::KafkaConfig;
 use switchboard_message_log::{decode_handler_envelope, HandlerRecord};
 use switchboard_service_kit::shutdown::CancellationToken;
+use switchboard_service_kit::telemetry;
 
 use crate::hub::Outbound;
 use crate::reorder::Reorderer;
@@ -139,17 +140,27 @@ fn deliver(state: &ServerState, record: &HandlerRecord) {
 }
 
 /// One debug line per routed message: its id, the flush that routed it (the envelope's
-/// `trace`, as the manager's `routed` line names it) and how many local users get it.
+/// `trace`, as the manager's `routed` line names it), the send's W3C trace (`trace_id`, from
+/// the record's `traceparent`) and how many local users get it. The line is the step of
+/// this server in that trace: it sits in a `deliver` span joined to it (exported with the
+/// `otlp` feature).
 fn log_received(trace: Option<&str>, records: &[HandlerRecord]) {
     let trace = trace.unwrap_or("-");
     for record in records {
         if let Some(message_id) = &record.message_id {
-            tracing::debug!(
-                trace,
-                %message_id,
-                recipients = record.recipients.len(),
-                "delivered"
-            );
+            let span = tracing::debug_span!("deliver", trace_id = tracing::field::Empty);
+            if let Some(parent) = record.traceparent {
+                telemetry::trace::join(&span, Some(parent));
+            }
+            span.in_scope(|| {
+                tracing::debug!(
+                    trace,
+                    trace_id = record.traceparent.map(|t| tracing::field::display(t.trace_id)),
+                    %message_id,
+                    recipients = record.recipients.len(),
+                    "delivered"
+                )
+            });
         }
     }
 }

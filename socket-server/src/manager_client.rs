@@ -20,11 +20,14 @@ use switchboard_protocol::internal::{
     RenewRequest, ServerBatch, ServerBatchReply, ServerItem, ServerRegistered, ServerRegistration,
     BATCH_ID_HEADER,
 };
+use switchboard_protocol::trace_context::{TraceParent, TRACEPARENT_HEADER};
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::cluster_auth::ClusterCredential;
-use switchboard_service_kit::internal::{CallError, Cursor, Failover, InternalClient, Retry};
+use switchboard_service_kit::internal::{Cursor, Failover, InternalClient, Retry};
 use switchboard_service_kit::supervise::OwnedTask;
+use switchboard_service_kit::telemetry;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::hub::Outbound;
 
@@ -254,7 +257,9 @@ impl ManagerClient {
     }
 
     /// Posts one batch (to the manager that answered last, else the next) and hands out the
-    /// replies; answers the batch's connections and the manager to start at next time.
+    /// replies; answers the batch's connections and the manager to start at next time. The
+    /// batch is the first step of a new W3C trace (span `batch`): its `traceparent` goes to the
+    /// manager with the batch id, and every send in it is followed under that trace.
     async fn post_batch(self, batch: Vec<Queued>, start_at: usize) -> (Vec<u64>, usize) {
         let connections: Vec<u64> = batch.iter().map(|q| q.connection_id).collect();
         let mut queued_at = Vec::with_capacity(batch.len());
@@ -263,15 +268,35 @@ impl ManagerClient {
             queued_at.push(q.at);
             items.push(q.pending);
         }
+        let batch_id = ulid::Ulid::new().to_string();
+        let span =
+            tracing::info_span!("batch", batch = %batch_id, trace_id = tracing::field::Empty);
+        let trace = telemetry::trace::join(&span, None);
+        let answered_by = self
+            .clone()
+            .post_traced(items, queued_at, start_at, Traced { batch_id, trace })
+            .instrument(span)
+            .await;
+        (connections, answered_by)
+    }
+
+    /// [`Self::post_batch`]'s round trip, inside the batch's span: answers the manager to
+    /// start at next time.
+    async fn post_traced(
+        self,
+        items: Vec<Pending>,
+        queued_at: Vec<std::time::Instant>,
+        start_at: usize,
+        traced: Traced,
+    ) -> usize {
         let body = ServerBatch {
             items: items.iter().map(|p| p.item.clone()).collect(),
         };
         let path = format!("/internal/v1/handlers/{}/batch", self.handler_id);
         let mut answered_by = start_at;
         let posted = std::time::Instant::now();
-        let batch_id = ulid::Ulid::new().to_string();
         let result: Result<ServerBatchReply, ManagerUnavailable> = self
-            .post_any(&path, &body, Some(&batch_id), &mut answered_by)
+            .post_any(&path, &body, Some(&traced), &mut answered_by)
             .await;
         self.metrics
             .batch_seconds
@@ -284,7 +309,7 @@ impl ManagerClient {
         match result {
             Ok(reply) => {
                 if tracing::enabled!(tracing::Level::DEBUG) {
-                    log_answers(&batch_id, &items, &reply.replies);
+                    log_answers(&traced, &items, &reply.replies);
                 }
                 if only_unavailable(items.iter().map(|p| &p.item), &reply.replies)
                     && !self.urls.is_empty()
@@ -292,23 +317,16 @@ impl ManagerClient {
                     // A manager that answers but cannot number (its Redis or broker cut off)
                     // must not keep the lane: the next batch starts at the next manager.
                     tracing::warn!(
-                        batch = %batch_id,
+                        batch = %traced.batch_id,
                         manager = %self.urls[answered_by % self.urls.len()],
                         "the manager answered every send unavailable; the lane moves on"
                     );
                     answered_by = (answered_by + 1) % self.urls.len();
                 }
-                for (pending, frame) in items.into_iter().zip(reply.replies) {
-                    if let (Some(frame), Some(to)) = (frame, &pending.reply_to) {
-                        let _ = to.try_send(Outbound::Frame(frame.to_json().into()));
-                    }
-                    if let Some(done) = pending.done {
-                        let _ = done.send(true);
-                    }
-                }
+                hand_out(items, reply.replies);
             }
             Err(e) => {
-                tracing::warn!(error = %e, batch = %batch_id, items = items.len(), "manager batch failed");
+                tracing::warn!(error = %e, batch = %traced.batch_id, items = items.len(), "manager batch failed");
                 for pending in items {
                     if let (Some(frame), Some(to)) =
                         (unavailable_reply(&pending.item), &pending.reply_to)
@@ -321,7 +339,7 @@ impl ManagerClient {
                 }
             }
         }
-        (connections, answered_by)
+        answered_by
     }
 
     /// POSTs `body` to `path` on the first manager that answers with success, starting at
@@ -331,13 +349,15 @@ impl ManagerClient {
         &self,
         path: &str,
         body: &B,
-        batch_id: Option<&str>,
+        batch: Option<&Traced>,
         start_at: &mut usize,
     ) -> Result<R, ManagerUnavailable> {
         let cursor = Cursor::at(*start_at);
-        let headers: &[(&str, &str)] = match batch_id {
-            Some(id) => &[(BATCH_ID_HEADER, id)],
-            None => &[],
+        // One 55-byte string per batch (not per send).
+        let traceparent = batch.map(|b| b.trace.to_string());
+        let headers: &[(&str, &str)] = match (batch, &traceparent) {
+            (Some(b), Some(tp)) => &[(BATCH_ID_HEADER, &b.batch_id), (TRACEPARENT_HEADER, tp)],
+            _ => &[],
         };
         let answer = self
             .managers
@@ -354,7 +374,8 @@ impl ManagerClient {
         answer.map_err(|e| ManagerUnavailable(e.to_string()))
     }
 
-    /// Registers this handler; returns the topic to consume.
+    /// Links this server to the managers (its topic made if need be; refused while a reap of
+    /// it is under way); returns the topic to consume.
     pub async fn register(&self) -> Result<String, ManagerUnavailable> {
         let mut start = 0;
         let reply: ServerRegistered = self
@@ -368,24 +389,6 @@ impl ManagerClient {
             )
             .await?;
         Ok(reply.topic)
-    }
-
-    /// Renews the handler's liveness; `Ok(false)` when the manager no longer knows it.
-    pub async fn heartbeat(&self) -> Result<bool, ManagerUnavailable> {
-        let path = format!("/internal/v1/handlers/{}/heartbeat", self.handler_id);
-        let policy = Failover {
-            retry: Retry::AnyExcept(&[404]),
-            ..Failover::ONCE
-        };
-        match self
-            .managers
-            .send_from::<()>(&Cursor::default(), Method::POST, &path, None, policy)
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(CallError::Refused { status: 404, .. }) => Ok(false),
-            Err(e) => Err(ManagerUnavailable(e.to_string())),
-        }
     }
 
     pub async fn renew(&self, users: Vec<String>) -> Result<(), ManagerUnavailable> {
@@ -411,10 +414,33 @@ impl ManagerClient {
     }
 }
 
+/// A batch's ids: the batch id (`x-sb-batch`) and this server's step of the batch's W3C trace
+/// (`traceparent`).
+struct Traced {
+    batch_id: String,
+    trace: TraceParent,
+}
+
+/// Hands each reply to its connection and signals the items that wait to be applied.
+fn hand_out(items: Vec<Pending>, replies: Vec<Option<ServerFrame>>) {
+    for (pending, frame) in items.into_iter().zip(replies) {
+        if let (Some(frame), Some(to)) = (frame, &pending.reply_to) {
+            let _ = to.try_send(Outbound::Frame(frame.to_json().into()));
+        }
+        if let Some(done) = pending.done {
+            let _ = done.send(true);
+        }
+    }
+}
+
 /// One debug line per send of an answered batch: the batch id (also in the manager's span),
-/// the client's `client_msg_id` and what the manager answered (`message_id` and `seq`, or
-/// the error code), so a send can be followed from here through the manager and the log.
-fn log_answers(batch_id: &str, items: &[Pending], replies: &[Option<ServerFrame>]) {
+/// the trace (`traceparent` as sent, and its `trace_id`, which every later line of the send
+/// carries), the client's `client_msg_id` and what the manager answered (`message_id` and
+/// `seq`, or the error code), so a send can be followed from here through the manager and
+/// the log.
+fn log_answers(traced: &Traced, items: &[Pending], replies: &[Option<ServerFrame>]) {
+    let batch_id = traced.batch_id.as_str();
+    let (traceparent, trace_id) = (&traced.trace, traced.trace.trace_id);
     for (pending, reply) in items.iter().zip(replies) {
         let ServerItem::Frame {
             frame:
@@ -433,6 +459,8 @@ fn log_answers(batch_id: &str, items: &[Pending], replies: &[Option<ServerFrame>
                 message_id, seq, ..
             }) => tracing::debug!(
                 batch = batch_id,
+                %traceparent,
+                %trace_id,
                 %client_msg_id,
                 %conversation_id,
                 %message_id,
@@ -499,7 +527,7 @@ mod tests {
     fn a_batch_whose_every_send_is_unavailable_moves_the_lane() {
         let send = |id: &str| ServerItem::Frame {
             connection_id: 1,
-            user_id: "alice".into(),
+            user_id: "alice".parse().unwrap(),
             frame: ClientFrame::Send {
                 conversation_id: "c".into(),
                 client_msg_id: id.into(),
@@ -510,7 +538,7 @@ mod tests {
         };
         let connected = ServerItem::Connected {
             connection_id: 2,
-            user_id: "bob".into(),
+            user_id: "bob".parse().unwrap(),
         };
         let (a, b) = (send("a"), send("b"));
         let items = [&connected, &a, &b];
@@ -533,7 +561,7 @@ mod tests {
     fn queued(connection_id: u64, n: u64) -> Queued {
         let item = ServerItem::Connected {
             connection_id,
-            user_id: format!("item-{n}"),
+            user_id: format!("item-{n}").parse().unwrap(),
         };
         Queued {
             at: std::time::Instant::now(),
@@ -551,7 +579,7 @@ mod tests {
     fn poison(connection_id: u64, n: u64) -> Queued {
         let item = ServerItem::Frame {
             connection_id,
-            user_id: "mallory".into(),
+            user_id: "mallory".parse().unwrap(),
             frame: ClientFrame::Send {
                 conversation_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
                 client_msg_id: format!("item-{n}"),
@@ -576,7 +604,7 @@ mod tests {
         batch
             .iter()
             .map(|q| match &q.pending.item {
-                ServerItem::Connected { user_id, .. } => user_id.clone(),
+                ServerItem::Connected { user_id, .. } => user_id.to_string(),
                 ServerItem::Frame {
                     frame: ClientFrame::Send { client_msg_id, .. },
                     ..

@@ -4,11 +4,16 @@
 //! of that same batch id, `appended` and `routed` with a flush id), the message service
 //! (`read from the log` with the log flush's id, carried in the envelope's `trace` field, and
 //! `stored`) and the recipient's socket server (`delivered`, with the routing flush's id).
+//!
+//! And every one of those lines, in all four processes, names one W3C trace (`trace_id`):
+//! the trace of the `traceparent` the sender's socket server made for the batch and sent to
+//! the manager, carried on in the log record and the socket server topic's record.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
+use switchboard_protocol::trace_context::TraceParent;
 use switchboard_test_support::{Stack, StackOptions};
 
 use crate::client::{alice_and_bob, history_with, messages_of, sent_of, WsClient};
@@ -169,5 +174,42 @@ async fn one_grep_of_the_json_logs_follows_a_message_end_to_end() {
     assert!(
         routed.contains(delivered_by),
         "the recipient's server reads the routing flush's id ({delivered_by}) from the record's header; routed: {routed:?}"
+    );
+
+    // One trace across the four processes: the one the sender's socket server started.
+    let traceparent = field(sent, "traceparent").expect("the sent line names its traceparent");
+    let trace_id = TraceParent::parse(traceparent)
+        .expect("a valid W3C traceparent")
+        .trace_id
+        .to_string();
+    assert_eq!(field(sent, "trace_id"), Some(trace_id.as_str()));
+    let mut processes = HashSet::new();
+    for (what, lines) in &by_message {
+        if !wanted.contains(&what.as_str()) {
+            continue;
+        }
+        for (file, line) in lines {
+            assert_eq!(
+                field(line, "trace_id"),
+                Some(trace_id.as_str()),
+                "{what} in {file} carries the send's trace: {line}"
+            );
+            processes.insert(file.as_str());
+        }
+    }
+    for process in [sender_file, manager_file, ingest_file, recipient_file] {
+        assert!(
+            processes.contains(process.as_str()),
+            "{process} in {processes:?}"
+        );
+    }
+    let request_trace = numbered["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|s| s["name"] == "request"))
+        .and_then(|span| span["trace_id"].as_str());
+    assert_eq!(
+        request_trace,
+        Some(trace_id.as_str()),
+        "the manager's request span joined the traceparent header's trace: {numbered}"
     );
 }

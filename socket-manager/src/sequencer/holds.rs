@@ -57,6 +57,7 @@ mod tests {
             body,
             attachments: Vec::new(),
             event: None,
+            traceparent: None,
         }
     }
 

@@ -90,6 +90,10 @@ pub struct SendRequest {
     /// A reply's target, or an edit, delete or reaction (`crate::events`, checked before
     /// numbering); `None` for a plain message. Numbered like a message either way.
     pub event: Option<switchboard_message_log::RecordEvent>,
+    /// The W3C trace the send belongs to: the manager's step of its batch's trace
+    /// (`routes::batch`), written into its log record and its socket servers' records so
+    /// every process that handles it continues that trace. `None` outside a traced request.
+    pub traceparent: Option<switchboard_protocol::trace_context::TraceParent>,
 }
 
 pub struct Sequencer {

@@ -36,6 +36,7 @@ impl Sequencer {
             body,
             attachments: Vec::new(),
             event: None,
+            traceparent: None,
         };
         if !reserved_sender {
             // Exactly a client's send: the mirror, else the source of truth, vouches for the
