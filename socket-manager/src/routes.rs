@@ -11,6 +11,7 @@ use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 use tracing::Instrument;
 
+use crate::janitor::Reap;
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -38,6 +39,10 @@ fn valid_server_id(id: &str) -> Result<ServerId, ApiError> {
     ServerId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// Links a socket server to the managers: its topic exists and its reports are routed to it
+/// from here on. Idempotent, and no liveness: whether the server is alive is the directory's
+/// (the janitor reaps a server gone from it). Refused (503, retry) while the server is being
+/// reaped, so it is never linked half-way through its own removal.
 async fn register(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -48,21 +53,27 @@ async fn register(
         .common
         .cluster
         .require(&req, &[ServiceRole::SocketServer])?;
-    valid_server_id(&body.server_id)?;
+    let server = valid_server_id(&body.server_id)?;
+    if !state.sequencer.servers.register(server.as_str()).await? {
+        return Err(ApiError::unavailable(
+            "this socket server's topic and routes are being removed: register again shortly",
+        ));
+    }
     let kafka = &state.sequencer.kafka;
-    let topic = kafka.config.handler_topic(&body.server_id);
+    let topic = kafka.config.handler_topic(server.as_str());
     kafka
         .ensure_topic(&topic, 1)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    state.sequencer.servers.register(&body.server_id).await?;
-    tracing::info!(server = %body.server_id, %topic, "socket server registered");
+    tracing::info!(%server, %topic, "socket server linked");
     Ok(HttpResponse::Ok().json(ServerRegistered {
-        server_id: body.server_id.clone(),
+        server_id: server,
         topic,
     }))
 }
 
+/// A socket server going away (on drain, after it left the directory): the janitor's reap,
+/// at once.
 async fn deregister(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -75,17 +86,13 @@ async fn deregister(
         .require(&req, &[ServiceRole::SocketServer])?;
     let server = path.into_inner();
     valid_server_id(&server)?;
-    let topic = state.sequencer.kafka.config.handler_topic(&server);
-    let offline = state.sequencer.servers.forget(&server).await?;
-    crate::presence::announce(state.clone(), Vec::new(), offline);
-    if state.config.delete_server_topics {
-        if let Err(e) = state.sequencer.kafka.delete_topic(&topic).await {
-            tracing::warn!(error = %e, %topic, "deleting the socket server's topic failed");
-        }
-    }
+    crate::janitor::reap(&state, &server, Reap::Deregistered).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Kept for socket servers of earlier releases, which heartbeat here: it renews nothing (a
+/// server's liveness is the directory's) and answers whether the server is linked, 404 telling
+/// one that was reaped to register again.
 async fn heartbeat(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -96,12 +103,12 @@ async fn heartbeat(
         .common
         .cluster
         .require(&req, &[ServiceRole::SocketServer])?;
-    if state.sequencer.servers.heartbeat(&path).await? {
+    if state.sequencer.servers.is_registered(&path).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::new(
             ErrorCode::NotFound,
-            "handler unknown or expired: register again",
+            "handler unknown or reaped: register again",
         ))
     }
 }
@@ -155,8 +162,11 @@ async fn batch(
     // crossed to this HTTP worker's thread cost a context switch. As a task of its own, a
     // batch also runs to its end when the socket server gives up waiting: its leases are
     // released and its pending numbers cleared rather than left for the next holder.
-    let work =
-        crate::batch::answer_batch(state.clone(), server, body.into_inner().items).instrument(span);
+    // The request's step of the sender's trace (the `request` span, `service_kit::ops`): each
+    // send's records carry it, so ingest and delivery continue that trace.
+    let trace = switchboard_service_kit::ops::request_trace(&req);
+    let work = crate::batch::answer_batch(state.clone(), server, body.into_inner().items, trace)
+        .instrument(span);
     let reply = state
         .runtime
         .spawn(work)
