@@ -17,6 +17,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo check -p switchboard-service-kit --features otlp  # OTLP export (off by default) keeps compiling
 bash scripts/check-crate-graph.sh
+# Inside each product crate: file and function sizes, app state out of the crate root, no
+# import circles, typed route bodies (docs/architecture.md, "House rules").
+bash scripts/check-house.sh
 # Alert rules (promtool tests), the dashboard, and the Kubernetes manifests rendered and
 # validated against the Kubernetes schemas.
 bash scripts/check-deploy.sh
