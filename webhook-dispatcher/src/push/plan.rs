@@ -228,8 +228,10 @@ impl Planner {
             if users.is_empty() {
                 continue;
             }
+            // The presence reader keys by plain strings.
+            let names: Vec<String> = users.iter().map(|u| u.to_string()).collect();
             let presence =
-                switchboard_chat_state::presence::read(&self.redis, &users, now.timestamp_millis())
+                switchboard_chat_state::presence::read(&self.redis, &names, now.timestamp_millis())
                     .await
                     .map_err(|e| anyhow::anyhow!("reading presence: {e}"))?;
             let preview = preview(&record.body, self.config.preview_chars);

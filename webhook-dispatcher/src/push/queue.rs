@@ -15,8 +15,7 @@ use switchboard_protocol::{ConversationId, MessageId, UserId};
 /// One (user, conversation) to queue: the conversation's newest message of a batch.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    /// A member, as the members table holds it.
-    pub user_id: String,
+    pub user_id: UserId,
     pub conversation_id: ConversationId,
     /// `offline` (due after the coalescing window) or `online` (after the grace period).
     pub mode: &'static str,
@@ -31,12 +30,12 @@ pub struct Candidate {
 /// A queued push whose time has come.
 #[derive(Debug, Clone)]
 pub struct Waiting {
-    pub user_id: String,
-    pub conversation_id: String,
+    pub user_id: UserId,
+    pub conversation_id: ConversationId,
     pub mode: String,
     pub seq: i64,
-    pub message_id: String,
-    pub sender_id: String,
+    pub message_id: MessageId,
+    pub sender_id: UserId,
     pub preview: Option<String>,
     pub message_at: DateTime<Utc>,
     pub attempts: i32,
@@ -69,15 +68,15 @@ impl Queue {
         conversation_id: &ConversationId,
         sender_id: &UserId,
         limit: i64,
-    ) -> Result<Vec<String>, sqlx::Error> {
+    ) -> Result<Vec<UserId>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT m.user_id FROM members m
               WHERE m.conversation_id = $1 AND m.state = 'active' AND m.user_id <> $2
                 AND EXISTS (SELECT 1 FROM push_devices d WHERE d.user_id = m.user_id)
               ORDER BY m.user_id LIMIT $3",
         )
-        .bind(conversation_id.as_str())
-        .bind(sender_id.as_str())
+        .bind(conversation_id)
+        .bind(sender_id)
         .bind(limit)
         .fetch_all(&self.messages)
         .await
@@ -101,12 +100,12 @@ impl Queue {
             );
             builder.push_values(chunk, |mut b, c| {
                 b.push_bind(&c.user_id)
-                    .push_bind(c.conversation_id.as_str())
+                    .push_bind(&c.conversation_id)
                     .push_bind("waiting")
                     .push_bind(c.mode)
                     .push_bind(c.seq)
-                    .push_bind(c.message_id.as_str())
-                    .push_bind(c.sender_id.as_str())
+                    .push_bind(&c.message_id)
+                    .push_bind(&c.sender_id)
                     .push_bind(&c.preview)
                     .push_bind(c.message_at)
                     .push_bind(c.due_at)
@@ -143,21 +142,23 @@ impl Queue {
         .bind(limit)
         .fetch_all(&self.own)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Waiting {
-                user_id: r.get("user_id"),
-                conversation_id: r.get("conversation_id"),
-                mode: r.get("mode"),
-                seq: r.get("seq"),
-                message_id: r.get("message_id"),
-                sender_id: r.get("sender_id"),
-                preview: r.get("preview"),
-                message_at: r.get("message_at"),
-                attempts: r.get("attempts"),
-                version: r.get("version"),
+        // A row that breaks an id's rule is an error, not a panic (`try_get` decodes it).
+        rows.iter()
+            .map(|r| {
+                Ok(Waiting {
+                    user_id: r.try_get("user_id")?,
+                    conversation_id: r.try_get("conversation_id")?,
+                    mode: r.try_get("mode")?,
+                    seq: r.try_get("seq")?,
+                    message_id: r.try_get("message_id")?,
+                    sender_id: r.try_get("sender_id")?,
+                    preview: r.try_get("preview")?,
+                    message_at: r.try_get("message_at")?,
+                    attempts: r.try_get("attempts")?,
+                    version: r.try_get("version")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// How long until the next waiting push is due (`None`: none waits).
@@ -172,8 +173,8 @@ impl Queue {
     /// Whether the user is still an active member, and their read cursor (0: none).
     pub async fn cursor(
         &self,
-        conversation_id: &str,
-        user_id: &str,
+        conversation_id: &ConversationId,
+        user_id: &UserId,
     ) -> Result<(bool, i64), sqlx::Error> {
         let row = sqlx::query(
             "SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2
@@ -189,7 +190,7 @@ impl Queue {
     }
 
     /// The user's push devices (at most the message service's per-user bound).
-    pub async fn devices(&self, user_id: &str) -> Result<Vec<Device>, sqlx::Error> {
+    pub async fn devices(&self, user_id: &UserId) -> Result<Vec<Device>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT device_id, app_id, platform, pushkey, data::text AS data
                FROM push_devices WHERE user_id = $1 ORDER BY device_id LIMIT 100",
@@ -212,7 +213,7 @@ impl Queue {
     /// Removes the user's devices with these pushkeys (the gateway rejected them).
     pub async fn remove_pushkeys(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         pushkeys: &[String],
     ) -> Result<u64, sqlx::Error> {
         if pushkeys.is_empty() {

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use switchboard_protocol::{ConversationId, MessageId, UserId};
 use switchboard_service_kit::shutdown::CancellationToken;
 use tokio::sync::Notify;
 
@@ -61,9 +62,17 @@ pub struct GatewayAnswer {
 
 /// The push's `webhook-id`: stable while its newest message is the same, so a retry (or a
 /// send again after kill -9) is recognisable; a newer message makes a new push.
-pub fn push_id(user_id: &str, conversation_id: &str, message_id: &str) -> String {
+pub fn push_id(
+    user_id: &UserId,
+    conversation_id: &ConversationId,
+    message_id: &MessageId,
+) -> String {
     let mut hasher = Sha256::new();
-    for part in [user_id, conversation_id, message_id] {
+    for part in [
+        user_id.as_str(),
+        conversation_id.as_str(),
+        message_id.as_str(),
+    ] {
         hasher.update(part.as_bytes());
         hasher.update([0u8]);
     }
@@ -308,13 +317,22 @@ mod tests {
 
     #[test]
     fn push_ids_are_stable_per_newest_message() {
-        let a = push_id("bob", "c1", "m1");
-        assert_eq!(a, push_id("bob", "c1", "m1"));
+        let user = |u: &str| UserId::parse(u).unwrap();
+        let conv = |c: &str| ConversationId::parse(c).unwrap();
+        let msg = |m: &str| MessageId::parse(m).unwrap();
+        let (c1, m1, m2) = (
+            conv("01HZY0000000000000000000C1"),
+            msg("01HZY0000000000000000000M1"),
+            msg("01HZY0000000000000000000M2"),
+        );
+        let a = push_id(&user("bob"), &c1, &m1);
+        assert_eq!(a, push_id(&user("bob"), &c1, &m1));
         assert!(a.starts_with("push_"));
-        assert_ne!(a, push_id("bob", "c1", "m2"));
-        assert_ne!(a, push_id("carol", "c1", "m1"));
-        // The separator keeps ("ab", "c") and ("a", "bc") apart.
-        assert_ne!(push_id("ab", "c", "m"), push_id("a", "bc", "m"));
+        assert_ne!(a, push_id(&user("bob"), &c1, &m2));
+        assert_ne!(a, push_id(&user("carol"), &c1, &m1));
+        // The separator keeps the parts apart: the same bytes cut elsewhere are another push.
+        let shifted = push_id(&user("bob0"), &conv("1HZY0000000000000000000C1M"), &m1);
+        assert_ne!(a, shifted);
     }
 
     #[test]
