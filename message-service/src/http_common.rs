@@ -94,7 +94,10 @@ pub(crate) fn group_size_fits(state: &AppState, members: usize) -> Result<(), Ap
 }
 
 /// 413 `too_large` when a group already has as many rows (members and invites) as it may.
-pub(crate) async fn room_in_group(state: &AppState, conversation_id: &str) -> Result<(), ApiError> {
+pub(crate) async fn room_in_group(
+    state: &AppState,
+    conversation_id: &ConversationId,
+) -> Result<(), ApiError> {
     let rows = state
         .store
         .member_rows(conversation_id)
@@ -106,14 +109,19 @@ pub(crate) async fn room_in_group(state: &AppState, conversation_id: &str) -> Re
     Ok(())
 }
 
+/// The id of a conversation the store answered: the store made it (a ULID), so a failure is
+/// an internal error.
+pub(crate) fn stored_id(conversation: &Conversation) -> Result<ConversationId, ApiError> {
+    ConversationId::parse(conversation.id.as_str())
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+}
+
 /// Fills the members mirror of a conversation just created (its first version).
 pub(crate) async fn mirror_new(
     state: &AppState,
     conversation: &Conversation,
 ) -> Result<(), ApiError> {
-    // The store made the id (a ULID) a moment ago.
-    let conversation_id = ConversationId::parse(conversation.id.as_str())
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let conversation_id = stored_id(conversation)?;
     state
         .cache
         .refill(
@@ -139,19 +147,15 @@ pub(crate) fn created_or_found(conversation: Conversation, created: bool) -> Htt
 /// retrying a removal learns it is not in force yet.
 pub(crate) async fn reapply_mirror(
     state: &AppState,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
 ) -> Result<(), ApiError> {
     let version = state
         .store
         .members_version(conversation_id)
         .await
         .map_err(db_error)?;
-    // A conversation id that is no ULID has no mirror: the managers never look one up.
-    let Ok(conversation_id) = ConversationId::parse(conversation_id) else {
-        return Ok(());
-    };
     if version > 0 {
-        state.cache.invalidate_at(&conversation_id, version).await?;
+        state.cache.invalidate_at(conversation_id, version).await?;
     }
     Ok(())
 }

@@ -31,22 +31,21 @@ const BATCH: i64 = 500;
 
 /// Applies the change `version` of `conversation_id` to the mirror and, when Redis took it,
 /// notes that in the outbox. Errors are logged: the sweeper retries.
-pub async fn apply(store: &Store, mirror: &MembershipMirror, conversation_id: &str, version: u64) {
-    // A conversation id that is no ULID has no mirror (the managers never look one up):
-    // nothing to apply.
-    let applied = match ConversationId::parse(conversation_id) {
-        Ok(id) => mirror.invalidate_at(&id, version).await.map(|_| ()),
-        Err(_) => Ok(()),
-    };
-    match applied {
+pub async fn apply(
+    store: &Store,
+    mirror: &MembershipMirror,
+    conversation_id: &ConversationId,
+    version: u64,
+) {
+    match mirror.invalidate_at(conversation_id, version).await {
         Ok(_) => {
             if let Err(e) = store.mirror_applied(conversation_id, version).await {
-                tracing::warn!(error = %e, conversation_id, "could not note a mirror update; the sweeper repeats it");
+                tracing::warn!(error = %e, %conversation_id, "could not note a mirror update; the sweeper repeats it");
             }
         }
         Err(e) => tracing::warn!(
             error = %e,
-            conversation_id,
+            %conversation_id,
             version,
             "the membership mirror could not be updated now; the outbox sweeper applies it"
         ),

@@ -325,7 +325,7 @@ async fn the_check_answers_with_stable_codes() {
     let (store, _pool, c) = start_db("events-check").await;
     store
         .set_role(
-            &c,
+            &switchboard_protocol::ConversationId::parse(c.as_str()).unwrap(),
             "carol",
             switchboard_protocol::conversations::Role::Admin,
         )

@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use switchboard_protocol::conversations::{ConversationList, CreateConversation, InvitationList};
 use switchboard_protocol::error_code::ErrorBody;
-use switchboard_protocol::{ErrorCode, UserId};
+use switchboard_protocol::{ConversationId, ErrorCode, UserId};
 use switchboard_service_kit::http::ApiError;
 
 use super::consent::{added_state, into_answer, refuse_if_blocked, take_quota, Answer, Quota};
@@ -225,16 +225,21 @@ pub(super) async fn accept(
 ) -> Result<HttpResponse, ApiError> {
     let conversation_id = path.into_inner();
     storable("the conversation id", &conversation_id)?;
+    let neither = || {
+        ApiError::new(
+            ErrorCode::NotAMember,
+            "you are neither a member of nor invited to this conversation",
+        )
+    };
+    // An id that is no ULID names no conversation anyone is in or invited to.
+    let conversation_id = ConversationId::parse(conversation_id).map_err(|_| neither())?;
     let Some(accepted) = state
         .store
         .accept(&conversation_id, &user.0)
         .await
         .map_err(db_error)?
     else {
-        return Err(ApiError::new(
-            ErrorCode::NotAMember,
-            "you are neither a member of nor invited to this conversation",
-        ));
+        return Err(neither());
     };
     if let Accepted::Joined(version) = accepted {
         crate::outbox::apply(&state.store, &state.cache, &conversation_id, version).await;

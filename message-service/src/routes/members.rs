@@ -5,7 +5,7 @@
 use actix_web::{web, HttpResponse};
 use switchboard_protocol::conversations::{AddMember, Role, SetRole};
 use switchboard_protocol::error_code::ErrorBody;
-use switchboard_protocol::{ErrorCode, UserId};
+use switchboard_protocol::{ConversationId, ErrorCode, UserId};
 use switchboard_service_kit::http::ApiError;
 
 use super::consent::{added_state, into_answer, refuse_if_blocked, take_quota, Answer, Quota};
@@ -14,11 +14,20 @@ use crate::http_common::{db_error, not_a_member, reapply_mirror, room_in_group, 
 use crate::state::AppState;
 use crate::store::{Added, Conversation};
 
+/// The conversation id of a members route's path, checked once: text PostgreSQL cannot
+/// store is a bad request; an id that is no ULID names no conversation (404 `not_found`, as
+/// an unknown one is).
+fn group_id(conversation_id: String) -> Result<ConversationId, ApiError> {
+    storable("the conversation id", &conversation_id)?;
+    ConversationId::parse(conversation_id)
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, "no such conversation"))
+}
+
 /// The group, once the caller is known to be one of its members (or, with
 /// `invitee_may`, an invitee: declining is removing oneself).
 async fn group_of(
     state: &AppState,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     caller: &str,
     invitee_may: bool,
 ) -> Result<Conversation, ApiError> {
@@ -50,7 +59,10 @@ fn role_in(conversation: &Conversation, user: &str) -> Role {
 }
 
 /// The conversation as it is now, after a change.
-async fn current(state: &AppState, conversation_id: &str) -> Result<HttpResponse, ApiError> {
+async fn current(
+    state: &AppState,
+    conversation_id: &ConversationId,
+) -> Result<HttpResponse, ApiError> {
     let conversation = state
         .store
         .conversation(conversation_id)
@@ -91,7 +103,7 @@ async fn add_member_inner(
     conversation_id: String,
     body: AddMember,
 ) -> Answer {
-    storable("the conversation id", &conversation_id)?;
+    let conversation_id = group_id(conversation_id)?;
     if !UserId::is_valid(&body.user_id) {
         return Err(ApiError::bad_request("user_id is not a valid user id").into());
     }
@@ -143,7 +155,7 @@ pub(super) async fn remove_member(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (conversation_id, member) = path.into_inner();
-    storable("the conversation id", &conversation_id)?;
+    let conversation_id = group_id(conversation_id)?;
     storable("the member id", &member)?;
     let by_self = member == user.0;
     let group = match group_of(&state, &conversation_id, &user.0, by_self).await {
@@ -219,7 +231,7 @@ pub(super) async fn set_role(
     body: web::Json<SetRole>,
 ) -> Result<HttpResponse, ApiError> {
     let (conversation_id, member) = path.into_inner();
-    storable("the conversation id", &conversation_id)?;
+    let conversation_id = group_id(conversation_id)?;
     storable("the member id", &member)?;
     let group = group_of(&state, &conversation_id, &user.0, false).await?;
     if role_in(&group, &user.0) != Role::Owner {

@@ -12,7 +12,7 @@ use switchboard_service_kit::http::ApiError;
 use super::extract::{conversation_id, not_found, user_id, ApiKey, ConversationsWrite, Read};
 use crate::http_common::{
     created_or_found, db_error, group_name_fits, group_size_fits, mirror_new, reapply_mirror,
-    room_in_group,
+    room_in_group, stored_id,
 };
 use crate::state::AppState;
 use crate::store::{Accepted, Added, Conversation, MemberState};
@@ -85,7 +85,7 @@ async fn create_direct(state: &AppState, members: &[String]) -> Result<HttpRespo
     // SB_PRESENCE_POLICY=accepted).
     state
         .store
-        .accept(&conversation.id, b)
+        .accept(&stored_id(&conversation)?, b)
         .await
         .map_err(db_error)?;
     if created {

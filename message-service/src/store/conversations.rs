@@ -2,7 +2,7 @@
 //! the caller's list (paged by [`ListCursor`]).
 
 use sqlx::Row;
-use switchboard_protocol::ConversationKind;
+use switchboard_protocol::{ConversationId, ConversationKind};
 
 use super::members::{accept_in, insert_members, MemberState};
 use super::outboxes::{membership_changed, record_created};
@@ -26,7 +26,7 @@ impl Store {
     ) -> Result<(Conversation, bool), sqlx::Error> {
         let key = direct_key(caller, other);
         let mut tx = self.pool.begin().await?;
-        let id = ulid::Ulid::new().to_string();
+        let id = new_conversation_id()?;
         let inserted = sqlx::query(
             "INSERT INTO conversations (id, kind, direct_key, created_by) VALUES ($1, 'direct', $2, $3)
              ON CONFLICT (direct_key) DO NOTHING",
@@ -38,7 +38,7 @@ impl Store {
         .await?
         .rows_affected()
             == 1;
-        let id: String = if inserted {
+        let id: ConversationId = if inserted {
             let mut members = vec![caller.to_owned()];
             if other != caller {
                 members.push(other.to_owned());
@@ -90,7 +90,7 @@ impl Store {
         others: &[String],
         state: MemberState,
     ) -> Result<Conversation, sqlx::Error> {
-        let id = ulid::Ulid::new().to_string();
+        let id = new_conversation_id()?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO conversations (id, kind, name, created_by) VALUES ($1, 'group', $2, $3)",
@@ -284,4 +284,10 @@ impl ListCursor {
             id: id.to_owned(),
         })
     }
+}
+
+/// A new conversation's id: a fresh ULID, which always passes [`ConversationId`]'s rule.
+fn new_conversation_id() -> Result<ConversationId, sqlx::Error> {
+    ConversationId::parse(ulid::Ulid::new().to_string())
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }

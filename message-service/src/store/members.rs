@@ -11,7 +11,7 @@ impl Store {
     /// Sets a member's role; `false` when the user is not a member.
     pub async fn set_role(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         user: &str,
         role: Role,
     ) -> Result<bool, sqlx::Error> {
@@ -34,7 +34,7 @@ impl Store {
     /// them back. The change's membership version, or `None` when there was no such row.
     pub async fn remove_member_keeping_an_owner(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         user: &str,
         by_self: bool,
     ) -> Result<Option<u64>, sqlx::Error> {
@@ -80,7 +80,10 @@ impl Store {
     }
 
     /// The active members (those who send and receive), as the mirror holds them.
-    pub async fn members(&self, conversation_id: &str) -> Result<Vec<String>, sqlx::Error> {
+    pub async fn members(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT user_id FROM members WHERE conversation_id = $1 AND state = 'active'
               ORDER BY user_id",
@@ -98,7 +101,7 @@ impl Store {
         let found: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2 AND state = 'active'",
         )
-        .bind(conversation_id.as_str())
+        .bind(conversation_id)
         .bind(user)
         .fetch_optional(&self.pool)
         .await?;
@@ -106,7 +109,7 @@ impl Store {
     }
 
     /// All rows of a conversation, invites included: for the group size limit.
-    pub async fn member_rows(&self, conversation_id: &str) -> Result<i64, sqlx::Error> {
+    pub async fn member_rows(&self, conversation_id: &ConversationId) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM members WHERE conversation_id = $1")
             .bind(conversation_id)
             .fetch_one(&self.pool)
@@ -114,7 +117,10 @@ impl Store {
     }
 
     /// The conversation's membership version (bumped by every change of its members).
-    pub async fn members_version(&self, conversation_id: &str) -> Result<u64, sqlx::Error> {
+    pub async fn members_version(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> Result<u64, sqlx::Error> {
         let version: Option<i64> =
             sqlx::query_scalar("SELECT members_version FROM conversations WHERE id = $1")
                 .bind(conversation_id)
@@ -127,7 +133,7 @@ impl Store {
     /// group is invited, whatever `state` asks. Nothing changes for a user already there.
     pub async fn add_member(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         user: &str,
         by: &str,
         state: MemberState,
@@ -174,7 +180,7 @@ impl Store {
     /// invited.
     pub async fn accept(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         user: &str,
     ) -> Result<Option<Accepted>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
@@ -235,7 +241,7 @@ impl Store {
 
 pub(super) async fn insert_members(
     tx: &mut Tx<'_>,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     members: &[String],
     state: &str,
     invited_by: Option<&str>,
@@ -256,7 +262,7 @@ pub(super) async fn insert_members(
 /// Marks `user`'s membership accepted (no-op when it already is, or is only an invite).
 pub(super) async fn accept_in(
     tx: &mut Tx<'_>,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     user: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(

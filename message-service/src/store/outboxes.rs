@@ -2,7 +2,7 @@
 //! Redis members mirror is updated from it, [`crate::outbox::run`]) and `event_outbox` (the
 //! events topic's membership events, [`crate::outbox::publish_events`]); their readers.
 
-use switchboard_protocol::ConversationKind;
+use switchboard_protocol::{ConversationId, ConversationKind};
 
 use super::{Store, Tx};
 
@@ -13,8 +13,8 @@ impl Store {
         &self,
         recheck_secs: u64,
         limit: i64,
-    ) -> Result<Vec<(String, u64)>, sqlx::Error> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
+    ) -> Result<Vec<(ConversationId, u64)>, sqlx::Error> {
+        let rows: Vec<(ConversationId, i64)> = sqlx::query_as(
             "SELECT conversation_id, version FROM mirror_outbox
               WHERE applied_at IS NULL OR applied_at > now() - make_interval(secs => $1)
               ORDER BY changed_at LIMIT $2",
@@ -33,7 +33,7 @@ impl Store {
     /// re-check window starts now.
     pub async fn mirror_applied(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         version: u64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
@@ -88,7 +88,7 @@ impl Store {
 /// mirror of it can be stale, and its creator fills it.
 pub(super) async fn membership_changed(
     tx: &mut Tx<'_>,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     record: bool,
 ) -> Result<u64, sqlx::Error> {
     let version: i64 = sqlx::query_scalar(
@@ -120,7 +120,7 @@ pub(super) async fn membership_changed(
 /// (`event_outbox`, published once committed by [`crate::outbox::publish_events`]).
 async fn record_event(
     tx: &mut Tx<'_>,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     event: &switchboard_message_log::Event,
 ) -> Result<(), sqlx::Error> {
     let payload = serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
@@ -135,14 +135,14 @@ async fn record_event(
 /// `member.added` (`added`) or `member.removed` of `user`.
 pub(super) async fn record_member(
     tx: &mut Tx<'_>,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     user: &str,
     added: bool,
 ) -> Result<(), sqlx::Error> {
     use switchboard_message_log::Event;
     let (event_id, conversation_id_owned, user_id, at) = (
         ulid::Ulid::new().to_string(),
-        checked(conversation_id)?,
+        conversation_id.clone(),
         checked(user)?,
         switchboard_protocol::Timestamp::now(),
     );
@@ -167,7 +167,7 @@ pub(super) async fn record_member(
 /// `conversation.created`, with its active members.
 pub(super) async fn record_created(
     tx: &mut Tx<'_>,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     kind: ConversationKind,
     name: Option<&str>,
     created_by: &str,
@@ -175,7 +175,7 @@ pub(super) async fn record_created(
 ) -> Result<(), sqlx::Error> {
     let event = switchboard_message_log::Event::ConversationCreated {
         event_id: ulid::Ulid::new().to_string(),
-        conversation_id: checked(conversation_id)?,
+        conversation_id: conversation_id.clone(),
         kind,
         name: name.map(str::to_owned),
         created_by: checked(created_by)?,
@@ -191,7 +191,7 @@ pub(super) async fn record_created(
 /// An id the store's callers have checked already (the routes parse their input at the edge),
 /// typed for an event record; one that fails is refused like any value the database cannot
 /// take, never recorded unchecked.
-// A bridge until the store's own signatures carry the typed ids.
+// A bridge until the store's signatures carry typed user ids too.
 fn checked<I>(text: &str) -> Result<I, sqlx::Error>
 where
     I: std::str::FromStr,
