@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use sqlx::postgres::PgPool;
 use sqlx::Row;
 use switchboard_message_log::LogRecord;
+use switchboard_protocol::ConversationId;
 
 /// A conversation's fence, as ingest knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,14 +73,14 @@ impl FenceBook {
     pub fn activated_by<'a>(
         &self,
         records: impl IntoIterator<Item = &'a LogRecord>,
-    ) -> Vec<(String, u64, u64)> {
-        let mut found: Vec<(String, u64, u64)> = Vec::new();
+    ) -> Vec<(ConversationId, u64, u64)> {
+        let mut found: Vec<(ConversationId, u64, u64)> = Vec::new();
         for record in records {
             let Some(fences) = self.by_conversation.get(record.conversation_id.as_str()) else {
                 continue;
             };
             if let Some(f) = fences.iter().find(|f| !f.active && f.epoch == record.epoch) {
-                let key = (record.conversation_id.to_string(), f.epoch, f.floor);
+                let key = (record.conversation_id.clone(), f.epoch, f.floor);
                 if !found.contains(&key) {
                     found.push(key);
                 }
@@ -89,8 +90,8 @@ impl FenceBook {
     }
 
     /// Records that a fence is active.
-    pub fn activate(&mut self, conversation_id: &str, epoch: u64) {
-        if let Some(fences) = self.by_conversation.get_mut(conversation_id) {
+    pub fn activate(&mut self, conversation_id: &ConversationId, epoch: u64) {
+        if let Some(fences) = self.by_conversation.get_mut(conversation_id.as_str()) {
             for f in fences.iter_mut().filter(|f| f.epoch == epoch) {
                 f.active = true;
             }
@@ -123,10 +124,10 @@ impl FenceBook {
 
     /// Records a fence ingest has just applied (inactive until a record of its epoch lands,
     /// unless it was already active: a fence read again).
-    pub fn add(&mut self, fence: Fence, conversation_id: &str) {
+    pub fn add(&mut self, fence: Fence, conversation_id: &ConversationId) {
         let fences = self
             .by_conversation
-            .entry(conversation_id.to_owned())
+            .entry(conversation_id.to_string())
             .or_default();
         if !fences.iter().any(|f| f.epoch == fence.epoch) {
             fences.push(fence);
@@ -141,7 +142,10 @@ fn to_u64(v: i64) -> u64 {
 
 /// Takes the conversation's next log epoch (1 for its first). Committed on its own before the
 /// fence record is appended, so an epoch is never handed out twice.
-pub async fn next_epoch(pool: &PgPool, conversation_id: &str) -> Result<u64, sqlx::Error> {
+pub async fn next_epoch(
+    pool: &PgPool,
+    conversation_id: &ConversationId,
+) -> Result<u64, sqlx::Error> {
     let epoch: i64 = sqlx::query_scalar(
         "INSERT INTO log_epochs (conversation_id, epoch) VALUES ($1, 1)
          ON CONFLICT (conversation_id) DO UPDATE SET epoch = log_epochs.epoch + 1
@@ -157,7 +161,11 @@ pub async fn next_epoch(pool: &PgPool, conversation_id: &str) -> Result<u64, sql
 /// everything before it in the log (ingest stores a partition in order, and a conversation
 /// lives in one partition). A fence read again (a redelivery, a rewind) keeps the floor it
 /// was first given. Answers the fence as stored.
-pub async fn apply(pool: &PgPool, conversation_id: &str, epoch: u64) -> Result<Fence, sqlx::Error> {
+pub async fn apply(
+    pool: &PgPool,
+    conversation_id: &ConversationId,
+    epoch: u64,
+) -> Result<Fence, sqlx::Error> {
     let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
     sqlx::query(
         "INSERT INTO log_fences (conversation_id, epoch, floor_seq)
@@ -189,7 +197,7 @@ pub async fn apply(pool: &PgPool, conversation_id: &str, epoch: u64) -> Result<F
 pub async fn activate(
     pool: &PgPool,
     topic: &str,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     epoch: u64,
     floor: u64,
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -248,7 +256,7 @@ pub async fn activate(
 
 async fn floor(
     pool: &PgPool,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     epoch: i64,
 ) -> Result<Option<u64>, sqlx::Error> {
     let floor: Option<i64> = sqlx::query_scalar(
@@ -264,7 +272,7 @@ async fn floor(
 /// The floor of a fence, once ingest has applied it.
 pub async fn floor_of(
     pool: &PgPool,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     epoch: u64,
 ) -> Result<Option<u64>, sqlx::Error> {
     floor(
@@ -306,6 +314,10 @@ mod tests {
     const C: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
     const E: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
 
+    fn c() -> ConversationId {
+        C.parse().unwrap()
+    }
+
     fn record(seq: u64, epoch: u64) -> LogRecord {
         LogRecord {
             conversation_id: C.parse().unwrap(),
@@ -336,8 +348,8 @@ mod tests {
         book.learn(&[C.into(), "d".into()], HashMap::new());
         assert!(book.unknown([C]).is_empty());
         assert_eq!(book.fenced(&record(5, 1)), None, "no fence yet");
-        book.add(fence(1, 0), C);
-        book.add(fence(2, 9), C);
+        book.add(fence(1, 0), &c());
+        book.add(fence(2, 9), &c());
         assert_eq!(
             book.fenced(&record(10, 1)),
             None,
@@ -350,10 +362,10 @@ mod tests {
         );
         assert_eq!(
             book.activated_by([&record(10, 2), &record(11, 2), &record(1, 1)]),
-            [(C.to_owned(), 2, 9), (C.to_owned(), 1, 0)]
+            [(c(), 2, 9), (c(), 1, 0)]
         );
-        book.activate(C, 1);
-        book.activate(C, 2);
+        book.activate(&c(), 1);
+        book.activate(&c(), 2);
         assert_eq!(book.activated_by([&record(12, 2)]), [], "once");
         assert_eq!(
             book.fenced(&record(10, 1)),
@@ -372,16 +384,16 @@ mod tests {
             Some((1, 0)),
             "pre-epoch record above epoch 1's floor"
         );
-        book.add(fence(2, 50), C);
+        book.add(fence(2, 50), &c());
         assert_eq!(
             book.fenced(&record(10, 1)),
             Some((2, 9)),
             "a fence keeps its first floor"
         );
         // An abandoned epoch: its fence landed after epoch 3 was adopted, and stays inert.
-        book.add(fence(4, 20), C);
-        book.add(fence(3, 15), C);
-        book.activate(C, 3);
+        book.add(fence(4, 20), &c());
+        book.add(fence(3, 15), &c());
+        book.activate(&c(), 3);
         assert_eq!(book.fenced(&record(30, 3)), None, "epoch 4 never used");
         let other = LogRecord {
             conversation_id: E.parse().unwrap(),

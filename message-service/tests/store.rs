@@ -312,7 +312,9 @@ async fn a_record_colliding_with_a_different_message_is_a_conflict_and_the_store
     for c in &outcome.conflicts {
         let error = &c.dead_letter.error;
         assert!(error.starts_with("conflict: "), "{error}");
-        assert!(error.contains(c.message_id.as_str()) && error.contains(&c.stored_message_id));
+        assert!(
+            error.contains(c.message_id.as_str()) && error.contains(c.stored_message_id.as_str())
+        );
     }
     assert!(outcome.conflicts[0]
         .dead_letter

@@ -5,6 +5,7 @@
 use sqlx::Row;
 use switchboard_message_log::LogRecord;
 use switchboard_protocol::frames::RecordKind;
+use switchboard_protocol::{ConversationId, MessageId, UserId};
 
 use crate::store::Sourced;
 
@@ -94,10 +95,10 @@ struct RichColumns<'a> {
 
 /// An event row waiting to be applied.
 struct Pending {
-    conversation_id: String,
+    conversation_id: ConversationId,
     seq: i64,
-    message_id: String,
-    sender_id: String,
+    message_id: MessageId,
+    sender_id: UserId,
     kind: String,
     target_id: Option<String>,
     payload: Option<String>,
@@ -134,18 +135,8 @@ pub async fn apply(
     .fetch_all(&mut **tx)
     .await?
     .into_iter()
-    .map(|row| Pending {
-        conversation_id: row.get("conversation_id"),
-        seq: row.get("seq"),
-        message_id: row.get("message_id"),
-        sender_id: row.get("sender_id"),
-        kind: row.get("kind"),
-        target_id: row.get("target_id"),
-        payload: row.get("payload"),
-        moderated: row.get("moderated"),
-        created_at: row.get("created_at"),
-    })
-    .collect();
+    .map(|row| pending_of(&row))
+    .collect::<Result<_, _>>()?;
     let (mut applied, mut not_applied) = (0, 0);
     for event in &pending {
         let outcome = apply_one(tx, event).await?;
@@ -173,6 +164,22 @@ pub async fn apply(
         }
     }
     Ok((applied, not_applied))
+}
+
+/// An event row, its ids checked as they are read (a row that breaks a rule is an error,
+/// never a panic).
+fn pending_of(row: &sqlx::postgres::PgRow) -> Result<Pending, sqlx::Error> {
+    Ok(Pending {
+        conversation_id: row.try_get("conversation_id")?,
+        seq: row.try_get("seq")?,
+        message_id: row.try_get("message_id")?,
+        sender_id: row.try_get("sender_id")?,
+        kind: row.try_get("kind")?,
+        target_id: row.try_get("target_id")?,
+        payload: row.try_get("payload")?,
+        moderated: row.try_get("moderated")?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 /// One event's effect; `Err` says why it has none.

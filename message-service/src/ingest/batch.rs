@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::Row;
 use switchboard_message_log::LogRecord;
+use switchboard_protocol::{ConversationId, MessageId};
 
 use crate::store::{
     insert_dead_letters, is_data_error, BatchOutcome, Conflict, DeadLetter, LogPosition, Sourced,
@@ -269,17 +270,17 @@ async fn conflicts_of(
 
 /// A stored row in the way of a record.
 struct Stored {
-    conversation_id: String,
+    conversation_id: ConversationId,
     seq: i64,
-    message_id: String,
+    message_id: MessageId,
 }
 
 /// The stored rows under a batch's keys, indexed by each key.
 struct StoredKeys {
     rows: Vec<Stored>,
-    by_seq: HashMap<(String, i64), usize>,
-    by_id: HashMap<String, usize>,
-    by_client_id: HashMap<(String, String, String), usize>,
+    by_seq: HashMap<(ConversationId, i64), usize>,
+    by_id: HashMap<MessageId, usize>,
+    by_client_id: HashMap<(ConversationId, String, String), usize>,
 }
 
 impl StoredKeys {
@@ -311,15 +312,16 @@ impl StoredKeys {
             by_client_id: HashMap::new(),
         };
         for (i, row) in rows.iter().enumerate() {
-            let conversation_id: String = row.get("conversation_id");
-            let seq: i64 = row.get("seq");
-            let message_id: String = row.get("message_id");
+            // Checked as read: a row that breaks an id's rule is an error, never a panic.
+            let conversation_id: ConversationId = row.try_get("conversation_id")?;
+            let seq: i64 = row.try_get("seq")?;
+            let message_id: MessageId = row.try_get("message_id")?;
             keys.by_seq.insert((conversation_id.clone(), seq), i);
             keys.by_id.insert(message_id.clone(), i);
             let client_key = (
                 conversation_id.clone(),
-                row.get("sender_id"),
-                row.get("client_msg_id"),
+                row.try_get("sender_id")?,
+                row.try_get("client_msg_id")?,
             );
             keys.by_client_id.insert(client_key, i);
             keys.rows.push(Stored {
@@ -338,7 +340,7 @@ impl StoredKeys {
         let seq = seq_i64(r.seq);
         let at_seq = self
             .by_seq
-            .get(&(r.conversation_id.to_string(), seq))
+            .get(&(r.conversation_id.clone(), seq))
             .map(|&i| &self.rows[i]);
         if at_seq.is_some_and(|s| s.message_id == r.message_id) {
             return None; // its own row: stored now, or a redelivery
@@ -386,7 +388,7 @@ impl StoredKeys {
             return Some((other, why));
         }
         let client_key = (
-            r.conversation_id.to_string(),
+            r.conversation_id.clone(),
             r.sender_id.to_string(),
             r.client_msg_id.to_string(),
         );

@@ -60,8 +60,8 @@ impl DeadLetter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
     pub message_id: MessageId,
-    /// As the row holds it.
-    pub stored_message_id: String,
+    /// The stored row's.
+    pub stored_message_id: MessageId,
     /// Its dead letter; `error` starts with `conflict:` and names both messages.
     pub dead_letter: DeadLetter,
 }
