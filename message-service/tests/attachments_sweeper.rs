@@ -74,7 +74,7 @@ async fn unreferenced_and_deleted_messages_objects_are_swept_and_referenced_ones
     // Ingest stores B's message: the trigger links the claimed attachment to it.
     sqlx::query(
         "INSERT INTO messages (conversation_id, seq, message_id, sender_id, client_msg_id, body, created_at)
-         VALUES ('C1', 1, 'M1', 'alice', 'm1', 'see attached', now())",
+         VALUES ('C1', 1, '01HZY00000000000000000000M', 'alice', 'm1', 'see attached', now())",
     )
     .execute(&pool)
     .await
@@ -84,10 +84,14 @@ async fn unreferenced_and_deleted_messages_objects_are_swept_and_referenced_ones
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(linked.as_deref(), Some("M1"), "the trigger links the claim");
+    assert_eq!(
+        linked.as_deref(),
+        Some("01HZY00000000000000000000M"),
+        "the trigger links the claim"
+    );
     // The message is searchable through the generated tsvector.
     let found: bool = sqlx::query_scalar(
-        "SELECT search @@ websearch_to_tsquery('simple', 'ATTACHED') FROM messages WHERE message_id = 'M1'",
+        "SELECT search @@ websearch_to_tsquery('simple', 'ATTACHED') FROM messages WHERE message_id = '01HZY00000000000000000000M'",
     )
     .fetch_one(&pool)
     .await
@@ -116,7 +120,12 @@ async fn unreferenced_and_deleted_messages_objects_are_swept_and_referenced_ones
     assert!(gone);
 
     // B's message is deleted: its object goes on the next round.
-    assert_eq!(mark_message_deleted(&pool, "M1").await.unwrap(), 1);
+    assert_eq!(
+        mark_message_deleted(&pool, &"01HZY00000000000000000000M".parse().unwrap())
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(sweeper::sweep_once(&attachments, &pool).await.unwrap(), 1);
     assert!(
         objects.0.head("c/C1/B").await.unwrap().is_none(),

@@ -12,7 +12,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use switchboard_protocol::error_code::ErrorDetail;
 use switchboard_protocol::internal::{AttachmentClaim, AttachmentVerdict};
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ConversationId, ErrorCode};
 use switchboard_service_kit::http::ApiError;
 
 use super::Inner;
@@ -49,6 +49,15 @@ fn refused(code: ErrorCode, message: impl Into<String>) -> NotClaimed {
     })
 }
 
+/// The refusal of an attachment that is unknown, another conversation's, another user's or
+/// swept: one answer, so nobody learns about attachments they may not see.
+fn not_yours(id: &str) -> NotClaimed {
+    refused(
+        ErrorCode::AttachmentNotFound,
+        format!("attachment {id} is not one of yours in this conversation"),
+    )
+}
+
 /// `POST /internal/v1/conversations/{id}/attachments/claim` (socket managers): see the module
 /// docs. 200 with a verdict; 503 when the database or the store cannot answer (the send is
 /// answered `unavailable` and retried by its client).
@@ -65,9 +74,17 @@ pub(super) async fn claim(
             ErrorCode::AttachmentNotFound,
             "attachments are not enabled on this deployment",
         )),
-        Some(inner) => {
-            verify_and_claim(inner, state.internal.pool(), &conversation_id, &body).await
-        }
+        Some(inner) => match ConversationId::parse(conversation_id) {
+            Ok(conversation_id) => {
+                verify_and_claim(inner, state.internal.pool(), &conversation_id, &body).await
+            }
+            // An id that is no ULID holds no attachments: none claimed is none of the
+            // sender's here, as in an unknown conversation.
+            Err(_) => match body.attachments.first() {
+                Some(id) => Err(not_yours(id)),
+                None => Ok(()),
+            },
+        },
     };
     let verdict = match outcome {
         Ok(()) => AttachmentVerdict { refused: None },
@@ -80,7 +97,7 @@ pub(super) async fn claim(
 async fn verify_and_claim(
     inner: &Inner,
     pool: &PgPool,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     claim: &AttachmentClaim,
 ) -> Result<(), NotClaimed> {
     let checks = records(pool, conversation_id, claim).await?;
@@ -108,7 +125,7 @@ struct Check {
 /// not claimed by another send.
 async fn records(
     pool: &PgPool,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     claim: &AttachmentClaim,
 ) -> Result<Vec<Check>, NotClaimed> {
     let rows = sqlx::query(
@@ -127,14 +144,11 @@ async fn records(
         // Unknown, another conversation's, another user's or swept: one answer, so nobody
         // learns about attachments they may not see.
         let Some(row) = by_id.get(id).filter(|r| {
-            r.get::<String, _>("conversation_id") == conversation_id
+            r.get::<String, _>("conversation_id") == conversation_id.as_str()
                 && r.get::<String, _>("uploader_id") == claim.sender_id
                 && !r.get::<bool, _>("gone")
         }) else {
-            return Err(refused(
-                ErrorCode::AttachmentNotFound,
-                format!("attachment {id} is not one of yours in this conversation"),
-            ));
+            return Err(not_yours(id));
         };
         if let Some(other) = row.get::<Option<String>, _>("claimed_client_msg_id") {
             if other != claim.client_msg_id {

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web;
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ErrorCode, MessageId};
 use switchboard_service_kit::http::ApiError;
 
 pub use claim::image_dimensions;
@@ -116,7 +116,10 @@ fn expires_at(after: Duration) -> String {
 /// Marks the attachments of a deleted message for deletion (the sweeper deletes their
 /// objects). For message deletion (issue 28 part 1): call it in the transaction that
 /// tombstones the message.
-pub async fn mark_message_deleted<'e, E>(executor: E, message_id: &str) -> Result<u64, sqlx::Error>
+pub async fn mark_message_deleted<'e, E>(
+    executor: E,
+    message_id: &MessageId,
+) -> Result<u64, sqlx::Error>
 where
     E: sqlx::PgExecutor<'e>,
 {

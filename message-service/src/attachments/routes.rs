@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::frames::is_storable_text;
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ConversationId, ErrorCode};
 use switchboard_service_kit::http::ApiError;
 
 use super::{expires_at, Inner};
@@ -43,7 +43,7 @@ pub struct UploadTicket {
 }
 
 /// The server-chosen key of an attachment: under its conversation.
-fn object_key(conversation_id: &str, id: &str) -> String {
+fn object_key(conversation_id: &ConversationId, id: &str) -> String {
     format!("c/{conversation_id}/{id}")
 }
 
@@ -104,7 +104,7 @@ pub(super) async fn create(
         return Err(ApiError::bad_request("the conversation id contains U+0000"));
     }
     let content_type = acceptable(inner, &body)?;
-    require_member(&state.store, &conversation_id, &user.0).await?;
+    let conversation_id = require_member(&state.store, &conversation_id, &user.0).await?;
     let id = ulid::Ulid::new().to_string();
     let key = object_key(&conversation_id, &id);
     // The quota and the insert in one statement: the live bytes of the uploader plus this
@@ -175,7 +175,7 @@ pub(super) async fn download(
     if !is_storable_text(&conversation_id) || !is_storable_text(&attachment_id) {
         return Err(ApiError::bad_request("an id contains U+0000"));
     }
-    require_member(&state.store, &conversation_id, &user.0).await?;
+    let conversation_id = require_member(&state.store, &conversation_id, &user.0).await?;
     // A member sees the attachments of the conversation's messages, and their own uploads
     // not sent yet.
     let row = sqlx::query(

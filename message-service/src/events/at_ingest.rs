@@ -100,7 +100,7 @@ struct Pending {
     message_id: MessageId,
     sender_id: UserId,
     kind: String,
-    target_id: Option<String>,
+    target_id: Option<MessageId>,
     payload: Option<String>,
     moderated: bool,
     created_at: chrono::DateTime<chrono::Utc>,
@@ -187,7 +187,7 @@ async fn apply_one(
     tx: &mut Tx<'_>,
     event: &Pending,
 ) -> Result<Result<(), &'static str>, sqlx::Error> {
-    let Some(target_id) = event.target_id.as_deref() else {
+    let Some(target_id) = event.target_id.as_ref() else {
         return Ok(Err("no target"));
     };
     let author = match lock_target(tx, event, target_id).await? {
@@ -220,7 +220,7 @@ async fn apply_one(
 async fn lock_target(
     tx: &mut Tx<'_>,
     event: &Pending,
-    target_id: &str,
+    target_id: &MessageId,
 ) -> Result<Result<String, &'static str>, sqlx::Error> {
     let target = sqlx::query(
         "SELECT sender_id, kind, deleted_at IS NOT NULL AS deleted FROM messages
@@ -243,7 +243,11 @@ async fn lock_target(
 }
 
 /// An edit: the message takes the new text.
-async fn apply_edit(tx: &mut Tx<'_>, event: &Pending, target_id: &str) -> Result<(), sqlx::Error> {
+async fn apply_edit(
+    tx: &mut Tx<'_>,
+    event: &Pending,
+    target_id: &MessageId,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE messages SET body = $3, edited_at = $4, edit_count = edit_count + 1
           WHERE conversation_id = $1 AND message_id = $2",
@@ -262,7 +266,7 @@ async fn apply_edit(tx: &mut Tx<'_>, event: &Pending, target_id: &str) -> Result
 async fn apply_delete(
     tx: &mut Tx<'_>,
     event: &Pending,
-    target_id: &str,
+    target_id: &MessageId,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE messages SET body = '', deleted_at = $3, deleted_by = $4
@@ -294,7 +298,7 @@ async fn apply_delete(
 async fn apply_reaction(
     tx: &mut Tx<'_>,
     event: &Pending,
-    target_id: &str,
+    target_id: &MessageId,
 ) -> Result<(), sqlx::Error> {
     match event.payload.as_deref() {
         Some(emoji) => {
