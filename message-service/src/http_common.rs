@@ -61,10 +61,10 @@ pub(crate) fn not_a_member() -> ApiError {
 /// `not_a_member` (an id that is no ULID names no conversation anyone is in).
 pub(crate) async fn require_member(
     store: &Store,
-    conversation_id: &str,
+    path_id: &str,
     user: &str,
 ) -> Result<ConversationId, ApiError> {
-    let conversation_id = ConversationId::parse(conversation_id).map_err(|_| not_a_member())?;
+    let conversation_id = ConversationId::parse(path_id).map_err(|_| not_a_member())?;
     if store
         .is_member(&conversation_id, user)
         .await

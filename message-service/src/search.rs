@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
 use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::frames::is_storable_text;
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ConversationId, ErrorCode, MessageId, UserId};
 use switchboard_service_kit::http::ApiError;
 
 use crate::auth::AuthUser;
@@ -69,10 +69,13 @@ pub struct Segment {
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchHit {
-    pub conversation_id: String,
-    pub message_id: String,
+    #[schema(value_type = String)]
+    pub conversation_id: ConversationId,
+    #[schema(value_type = String)]
+    pub message_id: MessageId,
     pub seq: i64,
-    pub sender_id: String,
+    #[schema(value_type = String)]
+    pub sender_id: UserId,
     pub created_at: String,
     pub rank: f32,
     /// The best fragment of the body, as segments.
@@ -201,16 +204,19 @@ pub async fn search(
     let results: Vec<SearchHit> = rows
         .into_iter()
         .take(limit as usize)
-        .map(|row| SearchHit {
-            conversation_id: row.get("conversation_id"),
-            message_id: row.get("message_id"),
-            seq: row.get("seq"),
-            sender_id: row.get("sender_id"),
-            created_at: crate::store::rfc3339(row.get("created_at")),
-            rank: row.get("rank"),
-            highlight: segments(&row.get::<String, _>("headline")),
+        // Ids checked as they are read: a row that breaks a rule is an error, not a panic.
+        .map(|row| {
+            Ok(SearchHit {
+                conversation_id: row.try_get("conversation_id")?,
+                message_id: row.try_get("message_id")?,
+                seq: row.try_get("seq")?,
+                sender_id: row.try_get("sender_id")?,
+                created_at: crate::store::rfc3339(row.try_get("created_at")?),
+                rank: row.try_get("rank")?,
+                highlight: segments(&row.try_get::<String, _>("headline")?),
+            })
         })
-        .collect();
+        .collect::<Result<_, sqlx::Error>>()?;
     let next = offset + results.len() as i64;
     Ok(SearchResults {
         next_cursor: (more && next < MAX_DEPTH).then(|| next.to_string()),

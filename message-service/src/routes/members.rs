@@ -17,9 +17,9 @@ use crate::store::{Added, Conversation};
 /// The conversation id of a members route's path, checked once: text PostgreSQL cannot
 /// store is a bad request; an id that is no ULID names no conversation (404 `not_found`, as
 /// an unknown one is).
-fn group_id(conversation_id: String) -> Result<ConversationId, ApiError> {
-    storable("the conversation id", &conversation_id)?;
-    ConversationId::parse(conversation_id)
+fn group_id(path_id: String) -> Result<ConversationId, ApiError> {
+    storable("the conversation id", &path_id)?;
+    ConversationId::parse(path_id)
         .map_err(|_| ApiError::new(ErrorCode::NotFound, "no such conversation"))
 }
 
@@ -100,10 +100,10 @@ pub(super) async fn add_member(
 async fn add_member_inner(
     caller: String,
     state: &AppState,
-    conversation_id: String,
+    path_id: String,
     body: AddMember,
 ) -> Answer {
-    let conversation_id = group_id(conversation_id)?;
+    let conversation_id = group_id(path_id)?;
     if !UserId::is_valid(&body.user_id) {
         return Err(ApiError::bad_request("user_id is not a valid user id").into());
     }

@@ -12,7 +12,7 @@ use switchboard_protocol::server_api::{
     InternalServerSend, InternalServerSent, INTERNAL_SERVER_SEND_PATH,
 };
 use switchboard_protocol::sessions::{end_sessions_path, SessionsEnded};
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ErrorCode, UserId};
 use switchboard_service_kit::cluster_auth::ClusterCredential;
 use switchboard_service_kit::http::ApiError;
 use switchboard_service_kit::internal::{CallError, Failover, InternalClient};
@@ -41,7 +41,7 @@ impl Managers {
 
     /// Has a manager end every session of `user_id` (the managers' end-sessions route; safe
     /// to retry: the mark only moves forward).
-    pub async fn end_sessions(&self, user_id: &str) -> Result<SessionsEnded, ApiError> {
+    pub async fn end_sessions(&self, user_id: &UserId) -> Result<SessionsEnded, ApiError> {
         self.post::<(), _>(&end_sessions_path(user_id), None).await
     }
 
