@@ -161,7 +161,7 @@ pub(crate) async fn reapply_mirror(
 }
 
 /// The `user_id` parameters of a presence query: 1-500 valid user ids, or 400.
-pub(crate) fn presence_users(query: Vec<(String, String)>) -> Result<Vec<String>, ApiError> {
+pub(crate) fn presence_users(query: Vec<(String, String)>) -> Result<Vec<UserId>, ApiError> {
     let users: Vec<String> = query
         .into_iter()
         .filter(|(k, _)| k == "user_id")
@@ -170,23 +170,26 @@ pub(crate) fn presence_users(query: Vec<(String, String)>) -> Result<Vec<String>
     if users.is_empty() || users.len() > PRESENCE_USERS_MAX {
         return Err(ApiError::bad_request("give 1-500 user_id parameters"));
     }
-    if let Some(bad) = users.iter().find(|u| !UserId::is_valid(u)) {
-        return Err(ApiError::bad_request(format!(
-            "{bad:?} is not a valid user id"
-        )));
-    }
-    Ok(users)
+    users
+        .into_iter()
+        .map(|u| {
+            UserId::parse_owned(u)
+                .map_err(|bad| ApiError::bad_request(format!("{bad:?} is not a valid user id")))
+        })
+        .collect()
 }
 
 /// Each user's presence: online while a device is connected (last seen now), else offline
 /// with the time the last device left.
 pub(crate) async fn presence_of(
     state: &AppState,
-    users: &[String],
+    users: &[UserId],
 ) -> Result<Vec<Presence>, ApiError> {
     let now = chrono::Utc::now();
+    // The presence reader keys by plain strings.
+    let names: Vec<String> = users.iter().map(|u| u.to_string()).collect();
     let states =
-        switchboard_chat_state::presence::read(state.cache.redis(), users, now.timestamp_millis())
+        switchboard_chat_state::presence::read(state.cache.redis(), &names, now.timestamp_millis())
             .await?;
     Ok(users
         .iter()

@@ -116,7 +116,7 @@ async fn state(store: &Store, conversation: &str, caller: &str) -> State {
         .into_iter()
         .map(|m| {
             (
-                m.message_id,
+                m.message_id.into_string(),
                 (
                     m.body,
                     m.deleted,

@@ -272,7 +272,7 @@ async fn a_deposed_holders_late_append_is_fenced_whichever_lands_first() {
         .await
         .unwrap()
         .into_iter()
-        .map(|m| (m.seq, m.message_id))
+        .map(|m| (m.seq, m.message_id.into_string()))
         .collect();
     assert_eq!(
         stored,

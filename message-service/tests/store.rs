@@ -131,7 +131,7 @@ impl Db {
             .await
             .unwrap()
             .into_iter()
-            .map(|m| (m.seq, m.message_id))
+            .map(|m| (m.seq, m.message_id.into_string()))
             .collect()
     }
 

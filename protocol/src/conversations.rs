@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::frames::PresenceStatus;
+use crate::{ConversationId, MessageId, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Conversation {
@@ -75,15 +76,18 @@ pub struct ConversationSummary {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberReceipt {
-    pub user_id: String,
+    #[schema(value_type = String)]
+    pub user_id: UserId,
     pub delivered_seq: i64,
     pub read_seq: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredMessage {
-    pub conversation_id: String,
-    pub message_id: String,
+    #[schema(value_type = String)]
+    pub conversation_id: ConversationId,
+    #[schema(value_type = String)]
+    pub message_id: MessageId,
     pub seq: i64,
     pub sender_id: String,
     pub client_msg_id: String,
@@ -126,7 +130,8 @@ pub struct MessageEvent {
     /// `edit`, `delete` or `reaction`.
     pub kind: String,
     /// The message it changes.
-    pub message_id: String,
+    #[schema(value_type = String)]
+    pub message_id: MessageId,
     /// `edit`: the new text (erased once the message is deleted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -155,6 +160,8 @@ pub struct CreateConversation {
 /// `POST /api/v1/conversations/{id}/members`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AddMember {
+    /// Raw client input, checked by the route (a bad one is a `bad_request` naming the rule,
+    /// not a JSON parse error).
     pub user_id: String,
 }
 
@@ -176,7 +183,8 @@ pub struct ConversationList {
 /// A group invite the caller has not answered (`GET /api/v1/invitations`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invitation {
-    pub conversation_id: String,
+    #[schema(value_type = String)]
+    pub conversation_id: ConversationId,
     pub name: Option<String>,
     pub invited_by: Option<String>,
 }
@@ -206,7 +214,8 @@ pub struct MessagePage {
 /// One user's presence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Presence {
-    pub user_id: String,
+    #[schema(value_type = String)]
+    pub user_id: UserId,
     /// `online` while a device is connected, else `offline`.
     #[schema(value_type = String)]
     pub status: PresenceStatus,
@@ -253,7 +262,7 @@ mod tests {
 
         let presence = PresenceList {
             presence: vec![Presence {
-                user_id: "bob".into(),
+                user_id: "bob".parse().unwrap(),
                 status: PresenceStatus::Online,
                 last_seen: None,
             }],

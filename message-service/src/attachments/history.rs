@@ -52,7 +52,7 @@ pub async fn decorate(
     Ok(messages
         .into_iter()
         .map(|message| HistoryMessage {
-            attachments: by_message.remove(&message.message_id),
+            attachments: by_message.remove(message.message_id.as_str()),
             message,
         })
         .collect())

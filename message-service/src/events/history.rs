@@ -8,6 +8,7 @@ use switchboard_protocol::conversations::{MessageEvent, ReactionCount, StoredMes
 use switchboard_protocol::ConversationId;
 
 use crate::store::rfc3339;
+use crate::store::stored_message;
 
 /// One page of history: messages in their current state and, when asked for, the events of
 /// the same `seq` range.
@@ -40,42 +41,12 @@ pub async fn page(
         .await?;
         let mut messages = Vec::new();
         let mut events = Vec::new();
-        for row in rows {
-            let kind: String = row.get("kind");
+        for row in &rows {
+            let kind: String = row.try_get("kind")?;
             if kind == "message" {
-                messages.push(StoredMessage {
-                    conversation_id: conversation_id.to_string(),
-                    message_id: row.get("message_id"),
-                    seq: row.get("seq"),
-                    sender_id: row.get("sender_id"),
-                    client_msg_id: row.get("client_msg_id"),
-                    body: row.get("body"),
-                    created_at: rfc3339(row.get("created_at")),
-                    reply_to: row.get("target_id"),
-                    edited_at: row
-                        .get::<Option<chrono::DateTime<chrono::Utc>>, _>("edited_at")
-                        .map(rfc3339),
-                    deleted: row
-                        .get::<Option<chrono::DateTime<chrono::Utc>>, _>("deleted_at")
-                        .is_some(),
-                    reactions: Vec::new(),
-                });
+                messages.push(stored_message(row, conversation_id.clone())?);
             } else {
-                let payload: Option<String> = row.get("payload");
-                events.push(MessageEvent {
-                    seq: row.get("seq"),
-                    event_id: row.get("message_id"),
-                    sender_id: row.get("sender_id"),
-                    client_msg_id: row.get("client_msg_id"),
-                    message_id: row
-                        .get::<Option<String>, _>("target_id")
-                        .unwrap_or_default(),
-                    body: payload.clone().filter(|_| kind == "edit"),
-                    emoji: payload.filter(|_| kind == "reaction"),
-                    applied: row.get::<Option<bool>, _>("applied").unwrap_or(false),
-                    kind,
-                    created_at: rfc3339(row.get("created_at")),
-                });
+                events.push(message_event(row, kind)?);
             }
         }
         (messages, Some(events))
@@ -87,6 +58,24 @@ pub async fn page(
     };
     add_reactions(store.pool(), caller, &mut messages).await?;
     Ok(Page { messages, events })
+}
+
+/// An event row (an edit, delete or reaction) as history shows it; its ids checked as they
+/// are read (every event row has a target: a row without one is an error, never a panic).
+fn message_event(row: &sqlx::postgres::PgRow, kind: String) -> Result<MessageEvent, sqlx::Error> {
+    let payload: Option<String> = row.try_get("payload")?;
+    Ok(MessageEvent {
+        seq: row.try_get("seq")?,
+        event_id: row.try_get("message_id")?,
+        sender_id: row.try_get("sender_id")?,
+        client_msg_id: row.try_get("client_msg_id")?,
+        message_id: row.try_get("target_id")?,
+        body: payload.clone().filter(|_| kind == "edit"),
+        emoji: payload.filter(|_| kind == "reaction"),
+        applied: row.try_get::<Option<bool>, _>("applied")?.unwrap_or(false),
+        kind,
+        created_at: rfc3339(row.try_get("created_at")?),
+    })
 }
 
 /// Fills each message's `reactions` (one entry per emoji, most used first), the caller's own
@@ -127,7 +116,7 @@ async fn add_reactions(
             });
     }
     for message in messages {
-        if let Some(reactions) = by_message.remove(&message.message_id) {
+        if let Some(reactions) = by_message.remove(message.message_id.as_str()) {
             message.reactions = reactions;
         }
     }

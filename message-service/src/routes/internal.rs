@@ -5,7 +5,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use switchboard_protocol::internal::{Contacts, ConversationMembers, SettledLog, SettledMessage};
-use switchboard_protocol::{ConversationId, ErrorCode, MessageId, UserId};
+use switchboard_protocol::{ConversationId, ErrorCode, UserId};
 use switchboard_service_kit::http::ApiError;
 
 use crate::config::PresencePolicy;
@@ -86,9 +86,9 @@ async fn settled_messages(
             Some(SettledMessage {
                 seq: u64::try_from(m.seq).ok()?,
                 created_at: switchboard_protocol::Timestamp::parse(&m.created_at).ok()?,
-                // A row the log wrote holds checked ids; one that does not cannot be an
-                // idempotency record a manager restores.
-                message_id: MessageId::parse(m.message_id).ok()?,
+                // The store checked the message id as it read the row; a sender that is no
+                // user id cannot be an idempotency record a manager restores.
+                message_id: m.message_id,
                 sender_id: UserId::parse(m.sender_id).ok()?,
                 client_msg_id: m.client_msg_id,
             })

@@ -33,7 +33,11 @@ pub(super) async fn presence(
     query: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
     let users = presence_users(query.into_inner())?;
-    let others: Vec<String> = users.iter().filter(|u| **u != user.0).cloned().collect();
+    let others: Vec<String> = users
+        .iter()
+        .filter(|u| **u != user.0)
+        .map(|u| u.to_string())
+        .collect();
     if !others.is_empty() {
         let shared = state
             .store

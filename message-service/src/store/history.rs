@@ -27,24 +27,9 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| StoredMessage {
-                conversation_id: row.get("conversation_id"),
-                message_id: row.get("message_id"),
-                seq: row.get("seq"),
-                sender_id: row.get("sender_id"),
-                client_msg_id: row.get("client_msg_id"),
-                body: row.get("body"),
-                created_at: rfc3339(row.get("created_at")),
-                reply_to: row.get("target_id"),
-                edited_at: row
-                    .get::<Option<DateTime<Utc>>, _>("edited_at")
-                    .map(rfc3339),
-                deleted: row.get::<Option<DateTime<Utc>>, _>("deleted_at").is_some(),
-                reactions: Vec::new(),
-            })
-            .collect())
+        rows.iter()
+            .map(|row| stored_message(row, conversation_id.clone()))
+            .collect()
     }
 
     /// The newest `limit` stored messages above `after_seq`, newest first: what a manager
@@ -66,22 +51,23 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| StoredMessage {
-                conversation_id: row.get("conversation_id"),
-                message_id: row.get("message_id"),
-                seq: row.get("seq"),
-                sender_id: row.get("sender_id"),
-                client_msg_id: row.get("client_msg_id"),
-                body: String::new(),
-                created_at: rfc3339(row.get("created_at")),
-                reply_to: None,
-                edited_at: None,
-                deleted: false,
-                reactions: Vec::new(),
+        rows.iter()
+            .map(|row| {
+                Ok(StoredMessage {
+                    conversation_id: conversation_id.clone(),
+                    message_id: row.try_get("message_id")?,
+                    seq: row.try_get("seq")?,
+                    sender_id: row.try_get("sender_id")?,
+                    client_msg_id: row.try_get("client_msg_id")?,
+                    body: String::new(),
+                    created_at: rfc3339(row.try_get("created_at")?),
+                    reply_to: None,
+                    edited_at: None,
+                    deleted: false,
+                    reactions: Vec::new(),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Highest stored seq of a conversation (0 when none).
@@ -93,4 +79,30 @@ impl Store {
                 .await?;
         Ok(seq.unwrap_or(0))
     }
+}
+
+/// A `messages` row of kind `message` (every column of history) in its current state, of
+/// `conversation_id` (the query's own); ids checked as they are read, so a row that breaks a
+/// rule is an error, never a panic.
+pub(crate) fn stored_message(
+    row: &sqlx::postgres::PgRow,
+    conversation_id: ConversationId,
+) -> Result<StoredMessage, sqlx::Error> {
+    Ok(StoredMessage {
+        conversation_id,
+        message_id: row.try_get("message_id")?,
+        seq: row.try_get("seq")?,
+        sender_id: row.try_get("sender_id")?,
+        client_msg_id: row.try_get("client_msg_id")?,
+        body: row.try_get("body")?,
+        created_at: rfc3339(row.try_get("created_at")?),
+        reply_to: row.try_get("target_id")?,
+        edited_at: row
+            .try_get::<Option<DateTime<Utc>>, _>("edited_at")?
+            .map(rfc3339),
+        deleted: row
+            .try_get::<Option<DateTime<Utc>>, _>("deleted_at")?
+            .is_some(),
+        reactions: Vec::new(),
+    })
 }

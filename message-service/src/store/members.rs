@@ -228,14 +228,16 @@ impl Store {
         .bind(user)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| Invitation {
-                conversation_id: row.get("id"),
-                name: row.get("name"),
-                invited_by: row.get("invited_by"),
+        // The id checked as it is read: a row that breaks the rule is an error, not a panic.
+        rows.iter()
+            .map(|row| {
+                Ok(Invitation {
+                    conversation_id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    invited_by: row.try_get("invited_by")?,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 

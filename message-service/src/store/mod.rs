@@ -38,6 +38,7 @@ mod receipts;
 pub use blocks::MAX_BLOCKS;
 pub use conversations::ListCursor;
 pub(crate) use dead_letters::insert_dead_letters;
+pub(crate) use history::stored_message;
 pub use dead_letters::{is_data_error, BatchOutcome, Conflict, DeadLetter, LogPosition, Sourced};
 pub use members::{Accepted, Added, Invitation, MemberState};
 pub use receipts::{merge_receipts, ReceiptUpdate};

@@ -69,14 +69,16 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut by_conversation: HashMap<String, Vec<MemberReceipt>> = Default::default();
+        // The user id checked as it is read: a row that breaks the rule is an error, not a
+        // panic.
         for row in rows {
             by_conversation
-                .entry(row.get("conversation_id"))
+                .entry(row.try_get("conversation_id")?)
                 .or_default()
                 .push(MemberReceipt {
-                    user_id: row.get("user_id"),
-                    delivered_seq: row.get("delivered_seq"),
-                    read_seq: row.get("read_seq"),
+                    user_id: row.try_get("user_id")?,
+                    delivered_seq: row.try_get("delivered_seq")?,
+                    read_seq: row.try_get("read_seq")?,
                 });
         }
         Ok(by_conversation)
