@@ -218,12 +218,6 @@ impl ServerMap {
             .await
     }
 
-    /// Transitional, for the manager's heartbeat route until it reads [`Self::is_registered`]:
-    /// renews nothing (liveness is the directory's), answers whether `server` is linked.
-    pub async fn heartbeat(&self, server: &str) -> Result<bool, StoreError> {
-        self.is_registered(server).await
-    }
-
     /// Starts reaping `server`: unlinks it and marks it as being reaped, so it cannot register
     /// again until [`Self::forget`] has removed its routes. `absent_from`: the directory's
     /// sorted set (its key as the directory names it); then only a server absent from it, and

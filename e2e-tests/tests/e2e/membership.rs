@@ -35,9 +35,6 @@ async fn linked_and_routed(stack: &Stack, server: &str, user: &str) -> (bool, bo
 async fn an_evicted_server_loses_entry_link_and_routes_together_and_a_paused_one_comes_back() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
     let (_http, alice_t, bob_t, conv) = alice_and_bob(&stack).await;
-    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
-        .await
-        .unwrap();
     let paused = &stack.socket_servers[1];
     let bob = WsClient::connect(&paused.ws_url(), &bob_t).await.unwrap();
     let bob_task = bob.keep_alive();
@@ -72,7 +69,13 @@ async fn an_evicted_server_loses_entry_link_and_routes_together_and_a_paused_one
     bob_task.abort();
 
     // Resumed: it finds itself gone from the directory, registers again and links again.
+    eprintln!(
+        "paused {:?}: evicted after {evicted_after:?}, reaped after {:?}",
+        paused.server_id,
+        stopped_at.elapsed()
+    );
     paused.process.signal(libc::SIGCONT);
+    let resumed_at = Instant::now();
     let back = eventually(Duration::from_secs(10), || async {
         scores(&stack).await.contains_key(&paused.server_id)
             && linked_and_routed(&stack, &paused.server_id, "bob").await.0
@@ -88,11 +91,18 @@ async fn an_evicted_server_loses_entry_link_and_routes_together_and_a_paused_one
         .await,
         "routed again"
     );
+    eprintln!("routed again {:?} after the resume", resumed_at.elapsed());
+    // Alice connects now (an idle client would have timed out meanwhile). The resumed
+    // server's delivery consumer may have to rejoin its group after a pause this long: the
+    // message is live once it has.
+    let mut alice = WsClient::connect(&stack.socket_servers[0].ws_url(), &alice_t)
+        .await
+        .unwrap();
     alice
         .send_message(&conv, "after-pause", "welcome back")
         .await;
     let frames = bob
-        .collect_until(Duration::from_secs(10), |f| {
+        .collect_until(Duration::from_secs(30), |f| {
             !messages_of(f, &conv).is_empty()
         })
         .await;
