@@ -288,7 +288,12 @@ async fn not_ready_until_the_delivery_consumer_is_assigned() {
         config.kafka.brokers = "127.0.0.1:1".into();
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(8);
+    // Watched until the link to the manager is made (the reason then names the consumer, the
+    // check after the link's), then two seconds more: ten reconcile intervals (200 ms here),
+    // by which the registration is done too, so a `/ready` that ignored the consumer would
+    // have turned 200. (A fixed eight seconds cost the fast tier as much for no more proof.)
+    let mut deadline = Instant::now() + Duration::from_secs(20);
+    let mut linked = false;
     let mut last = String::new();
     while Instant::now() < deadline {
         let resp = app
@@ -299,6 +304,10 @@ async fn not_ready_until_the_delivery_consumer_is_assigned() {
             .unwrap();
         assert_ne!(resp.status(), 200, "ready without a delivery consumer");
         last = resp.text().await.unwrap_or_default();
+        if !linked && last.contains("delivery consumer") {
+            linked = true;
+            deadline = Instant::now() + Duration::from_secs(2);
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(

@@ -408,12 +408,13 @@ pub fn redis_config(service: &str, id: &str) -> RedisConfig {
 }
 
 /// A Redis client as `service`, under the key prefix of a fresh test id named after `name`,
-/// with the shared Redis started: for tests that drive a store module directly.
+/// with the shared Redis started: for tests that drive a store module directly. Only Redis:
+/// a binary whose tests need nothing else (chat-state's, server-directory's) does not pay
+/// for a PostgreSQL and a broker it never uses.
 pub fn fresh_redis(
     service: &str,
     name: &str,
 ) -> switchboard_service_kit::redis_sentinel::SentinelRedis {
-    warm_up();
     switchboard_service_kit::redis_sentinel::SentinelRedis::new(redis_config(
         service,
         &unique(name),
