@@ -453,3 +453,31 @@ async fn an_unreachable_database_is_an_error_to_retry_not_a_dead_letter() {
     assert_eq!(outcome.refused.len(), 1);
     assert_eq!(db.dead_letters().await.len(), 1);
 }
+
+/// The ids' PostgreSQL mapping (protocol's `sqlx` feature): bound and read as text, and a
+/// stored value that breaks an id's rule is a decode error, never an unchecked id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_ids_are_text_checked_as_they_are_read() {
+    use switchboard_protocol::{ConversationId, UserId};
+    let db = start_db("typed-ids").await;
+    let id: ConversationId = "01HZY0000000000000000000C1".parse().unwrap();
+    let echoed: ConversationId = sqlx::query_scalar("SELECT $1::text")
+        .bind(&id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(echoed, id);
+    let user: UserId = sqlx::query_scalar("SELECT 'auth0|5f7c8e'::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(user, "auth0|5f7c8e");
+    let refused = sqlx::query_scalar::<_, ConversationId>("SELECT 'not-a-ulid'::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, sqlx::Error::ColumnDecode { .. }),
+        "{refused:?}"
+    );
+}
