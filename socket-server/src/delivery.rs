@@ -2,7 +2,6 @@
 //! its recipients. One record carries every local recipient, so a group message costs one
 //! record per handler, not one per device.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +9,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use switchboard_kafka::KafkaConfig;
 use switchboard_message_log::{decode_handler_envelope, HandlerRecord};
+use switchboard_service_kit::latch::Latch;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_service_kit::telemetry;
 
@@ -55,9 +55,9 @@ pub(crate) async fn run(
                 for record in reorder.expire(Instant::now()) {
                     deliver(&state, &record);
                 }
-                if !state.delivery_assigned.load(Ordering::Relaxed) && has_assignment(&consumer) {
+                if !state.delivery_assigned.is_set() && has_assignment(&consumer) {
                     tracing::info!(%topic, "delivery consumer assigned");
-                    state.delivery_assigned.store(true, Ordering::Release);
+                    state.delivery_assigned.set();
                 }
                 continue;
             }
@@ -96,11 +96,11 @@ fn has_assignment(consumer: &StreamConsumer) -> bool {
 }
 
 /// Clears the readiness latch when dropped.
-struct Unlatch<'a>(&'a AtomicBool);
+struct Unlatch<'a>(&'a Latch);
 
 impl Drop for Unlatch<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.clear();
     }
 }
 

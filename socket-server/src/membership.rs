@@ -22,10 +22,10 @@ use crate::state::ServerState;
 
 pub(crate) async fn run(state: Arc<ServerState>, stop: CancellationToken) {
     // Only become assignable once messages can reach our clients.
-    while state.manager.is_some() && !state.manager_ready.load(Ordering::Acquire) {
+    if state.manager.is_some() {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = state.manager_ready.wait_set() => {}
         }
     }
     let http = reqwest::Client::builder()
@@ -89,7 +89,7 @@ async fn relink(state: &ServerState) -> Result<(), String> {
     let Some(manager) = state.manager.as_ref() else {
         return Ok(());
     };
-    if !state.manager_ready.load(Ordering::Acquire) {
+    if !state.manager_ready.is_set() {
         return Ok(());
     }
     manager.register().await.map_err(|e| e.to_string())?;
@@ -175,9 +175,9 @@ pub(crate) async fn link_managers(state: Arc<ServerState>, stop: CancellationTok
             // nothing live until it runs again, so /ready fails and it is started afresh.
             tracing::error!("the delivery consumer stopped; restarting it");
             consumer = None;
-            state.manager_ready.store(false, Ordering::Release);
+            state.manager_ready.clear();
         }
-        if !state.manager_ready.load(Ordering::Acquire) {
+        if !state.manager_ready.is_set() {
             match manager.register().await {
                 Ok(topic) => {
                     if consumer.is_none() {
@@ -197,7 +197,7 @@ pub(crate) async fn link_managers(state: Arc<ServerState>, stop: CancellationTok
                     if !users.is_empty() {
                         let _ = manager.renew(users).await;
                     }
-                    state.manager_ready.store(true, Ordering::Release);
+                    state.manager_ready.set();
                     backoff = Duration::from_millis(100);
                     tracing::info!("linked to the socket managers");
                 }

@@ -10,6 +10,7 @@ use switchboard_protocol::ServerId;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::jwks::JwksRefresher;
+use switchboard_service_kit::latch::Latch;
 use switchboard_service_kit::limits::IpRateLimiter;
 use switchboard_service_kit::ops::Ops;
 use switchboard_service_kit::redis_sentinel::SentinelRedis;
@@ -51,11 +52,12 @@ pub(crate) struct ServerState {
     pub metrics: Metrics,
     /// The link to the socket managers; `None` when messaging is disabled.
     pub manager: Option<ManagerClient>,
-    /// Registered with a manager (which created our topic).
-    pub manager_ready: AtomicBool,
-    /// A latch: the delivery consumer has been given our topic's partitions by the broker,
-    /// so frames routed here reach devices live. Cleared when the consumer stops.
-    pub delivery_assigned: AtomicBool,
+    /// Linked to the managers (which made our topic): set by the link loop, cleared when the
+    /// delivery consumer must start again.
+    pub manager_ready: Latch,
+    /// The delivery consumer has been given our topic's partitions by the broker, so frames
+    /// routed here reach devices live. Cleared when the consumer stops.
+    pub delivery_assigned: Latch,
 }
 
 /// Where this server is reached: by clients (its WebSocket URL) and by health checkers.
@@ -101,8 +103,8 @@ impl ServerState {
         let state = ServerState {
             connections: TaskTracker::new(),
             manager,
-            manager_ready: AtomicBool::new(false),
-            delivery_assigned: AtomicBool::new(false),
+            manager_ready: Latch::new("manager link"),
+            delivery_assigned: Latch::new("delivery assignment"),
             tokens,
             connects: IpRateLimiter::new(config.connects_per_ip),
             handshakes_per_ip: PerAddress::new(config.handshakes_per_ip),
@@ -124,10 +126,10 @@ impl ServerState {
     /// `/ready`'s check: linked to a manager whose topic we consume, registered, not shutting
     /// down, and Redis answering. `Err` says what is missing.
     pub(crate) async fn readiness(&self) -> Result<(), String> {
-        if self.manager.is_some() && !self.manager_ready.load(Ordering::Acquire) {
+        if self.manager.is_some() && !self.manager_ready.is_set() {
             return Err("not linked to a socket manager yet".into());
         }
-        if self.manager.is_some() && !self.delivery_assigned.load(Ordering::Acquire) {
+        if self.manager.is_some() && !self.delivery_assigned.is_set() {
             return Err("the delivery consumer has no partition of our topic yet".into());
         }
         if !self.registered.load(Ordering::Acquire) {
