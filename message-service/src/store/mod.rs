@@ -38,8 +38,8 @@ mod receipts;
 pub use blocks::MAX_BLOCKS;
 pub use conversations::ListCursor;
 pub(crate) use dead_letters::insert_dead_letters;
-pub(crate) use history::stored_message;
 pub use dead_letters::{is_data_error, BatchOutcome, Conflict, DeadLetter, LogPosition, Sourced};
+pub(crate) use history::stored_message;
 pub use members::{Accepted, Added, Invitation, MemberState};
 pub use receipts::{merge_receipts, ReceiptUpdate};
 
