@@ -150,20 +150,43 @@ impl ObjectStore {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    async fn set_up(&self) -> Result<()> {
-        // The daemon answers its RPC port once it has started.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let node = loop {
-            match self.cli(&["node", "id", "-q"]) {
-                Ok(out) => break out.trim().split('@').next().unwrap_or_default().to_owned(),
+    /// `cli`, retried every `pause` until it succeeds or `within` has passed: for the steps
+    /// that need the daemon's RPC port or its layout, which come up a moment after the process.
+    async fn cli_until_ok(
+        &self,
+        args: &[&str],
+        within: Duration,
+        pause: Duration,
+    ) -> Result<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.cli(args) {
+                Ok(out) => return Ok(out),
                 Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(_) => tokio::time::sleep(pause).await,
             }
-        };
+        }
+    }
+
+    async fn set_up(&self) -> Result<()> {
+        let (within, pause) = (Duration::from_secs(30), Duration::from_millis(200));
+        // `node id` reads the node's key from its metadata directory, which can answer before
+        // the daemon listens on its RPC port: `status` needs the RPC port, so wait on it first
+        // (a `layout assign` right after `node id` once met "Connection refused").
+        self.cli_until_ok(&["status"], within, pause).await?;
+        let node = self
+            .cli_until_ok(&["node", "id", "-q"], within, pause)
+            .await?;
+        let node = node.trim().split('@').next().unwrap_or_default().to_owned();
         if node.is_empty() {
             bail!("garage printed no node id");
         }
-        self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
+        self.cli_until_ok(
+            &["layout", "assign", "-z", "dc1", "-c", "1G", &node],
+            within,
+            pause,
+        )
+        .await?;
         self.cli(&["layout", "apply", "--version", "1"])?;
         self.cli(&[
             "key",
@@ -175,14 +198,12 @@ impl ObjectStore {
             &self.secret_access_key,
         ])?;
         // The layout takes a moment to reach the tables: retry the bucket's creation.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.cli(&["bucket", "create", &self.bucket]) {
-                Ok(_) => break,
-                Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
-            }
-        }
+        self.cli_until_ok(
+            &["bucket", "create", &self.bucket],
+            within,
+            Duration::from_millis(300),
+        )
+        .await?;
         self.cli(&[
             "bucket",
             "allow",
