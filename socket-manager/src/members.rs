@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use switchboard_chat_state::membership::MembershipMirror;
 use switchboard_protocol::token::path_segment;
 use switchboard_protocol::ConversationId;
@@ -24,15 +23,8 @@ pub enum MembersError {
     Unavailable(String),
 }
 
+use switchboard_protocol::internal::{Contacts, ConversationMembers};
 pub use switchboard_protocol::internal::{SettledLog, SettledMessage};
-
-#[derive(Deserialize)]
-struct InternalMembers {
-    members: Vec<String>,
-    /// The highest stored `seq` (0 for none).
-    #[serde(default)]
-    last_seq: u64,
-}
 
 impl Members {
     pub fn new(
@@ -84,10 +76,6 @@ impl Members {
         user: &str,
         max_group: usize,
     ) -> Result<Vec<String>, MembersError> {
-        #[derive(Deserialize)]
-        struct Contacts {
-            contacts: Vec<String>,
-        }
         let found: Contacts = self
             .get_internal(&format!(
                 "/internal/v1/users/{}/contacts?max_group={max_group}",
@@ -120,7 +108,7 @@ impl Members {
     async fn ask_message_service(
         &self,
         conversation_id: &ConversationId,
-    ) -> Result<InternalMembers, MembersError> {
+    ) -> Result<ConversationMembers, MembersError> {
         self.get_internal(&format!(
             "/internal/v1/conversations/{conversation_id}/members"
         ))
