@@ -476,13 +476,25 @@ async fn a_client_that_stops_reading_its_stream_is_dropped_as_a_slow_consumer() 
             Instant::now() < deadline,
             "never dropped after {n} messages"
         );
-        // Bursts of 10: ben's `sent` answers of one burst can come back in one manager
-        // batch, and his outbound queue (16 here, like ann's) must not overflow, or the
-        // sender is the one kicked.
+        // Bursts of 10, each only once ben has read the `sent` answers of the one before:
+        // his outbound queue (16 here, like ann's) must never hold two bursts' answers, or
+        // the sender is the one kicked. (Pacing by time alone, 60 ms between bursts, let two
+        // bursts' answers meet in his queue when the machine was busy: a race this test lost
+        // in a full run.)
         for _ in 0..10 {
             n += 1;
             let frame = json!({"type":"send","conversation_id":conv,"client_msg_id":format!("b{n}"),"body":body});
             ben.send(WsMessage::Text(frame.to_string())).await.unwrap();
+        }
+        let mut answered = 0;
+        while answered < 10 {
+            let frame = tokio::time::timeout(Duration::from_secs(15), ben_frames.recv())
+                .await
+                .expect("ben's sends are answered")
+                .expect("ben's connection is open");
+            if frame["type"] == "sent" || frame["type"] == "error" {
+                answered += 1;
+            }
         }
         // Within the server's 200 frames/s.
         tokio::time::sleep(Duration::from_millis(60)).await;
