@@ -27,7 +27,7 @@ cargo build --workspace --bins
 # Every test binary's summary is kept so the run ends with one plain total line.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace -- --test-threads=2 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 # The TypeScript SDK: typecheck, unit tests, package, then the SDK in Node 20 against the real

@@ -38,7 +38,12 @@ async fn spawn_apps(
         host: apps.host,
         ops: apps.ops,
         messages: apps.messages,
-        http: reqwest::Client::new(),
+        // Idle connections go after 1 s, before the servers' 5 s keep-alive closes them
+        // (reusing one the server is closing fails the request with `IncompleteMessage`).
+        http: reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap(),
         stop: apps.stop,
     };
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -64,7 +64,12 @@ async fn spawn_apps_with(
         ops: apps.ops,
         server_id: apps.server_id,
         messages: apps.messages,
-        http: reqwest::Client::new(),
+        // Idle connections go after 1 s, before the servers' 5 s keep-alive closes them
+        // (reusing one the server is closing fails the request with `IncompleteMessage`).
+        http: reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap(),
     }
 }
 
