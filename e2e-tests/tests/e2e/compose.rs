@@ -69,6 +69,10 @@ const MUST_WAIT_FOR: &[(&str, &[&str])] = &[
 
 /// The one-shot service that writes every service's credentials and exits.
 const KEYS: &str = "keys";
+/// Every one-shot job: `keys`, and the object store's (`garage-keys` generates its secrets and
+/// the message service's S3 key, `garage-setup` makes the bucket and its CORS rule). They run
+/// to completion before what depends on them starts, so they have no healthcheck.
+const ONE_SHOTS: &[&str] = &[KEYS, "garage-keys", "garage-setup"];
 
 /// Each of our services' credentials volume (the role it holds the secret of).
 const ROLES: &[(&str, &str)] = &[
@@ -239,9 +243,9 @@ fn compose_file_is_valid_and_complete() {
         "services missing from docker-compose.yml: {missing:?}"
     );
 
-    // Every service has a healthcheck (but the one-shot `keys`, which exits); ours probe
-    // their own /ready.
-    for name in names.iter().filter(|n| *n != KEYS) {
+    // Every service has a healthcheck (but the one-shot jobs, which exit); ours probe their
+    // own /ready.
+    for name in names.iter().filter(|n| !ONE_SHOTS.contains(&n.as_str())) {
         let hc = &service(&config, name)["healthcheck"];
         assert!(
             hc["test"].as_sequence().is_some_and(|t| !t.is_empty()) || text(&hc["test"]).is_some(),
@@ -275,8 +279,8 @@ fn compose_file_is_valid_and_complete() {
         );
     }
 
-    // depends_on always waits for health (for `keys`: its successful exit), and the start
-    // order holds.
+    // depends_on always waits for health (for a one-shot job: its successful exit), and the
+    // start order holds.
     for name in &names {
         let deps = &service(&config, name)["depends_on"];
         match deps {
@@ -285,7 +289,7 @@ fn compose_file_is_valid_and_complete() {
                 for (dep, spec) in m {
                     let dep = text(dep).unwrap_or_default();
                     assert!(names.contains(&dep), "`{name}` depends on unknown `{dep}`");
-                    let want = if dep == KEYS {
+                    let want = if ONE_SHOTS.contains(&dep.as_str()) {
                         "service_completed_successfully"
                     } else {
                         "service_healthy"
@@ -326,14 +330,24 @@ fn compose_file_is_valid_and_complete() {
             svc["container_name"].is_null(),
             "`{name}` must not fix a container_name"
         );
-        if name != KEYS {
+        // The credential generators need no network at all.
+        if name != KEYS && name != "garage-keys" {
             assert!(
                 svc["network_mode"].is_null(),
                 "`{name}`: network_mode {:?}",
                 svc["network_mode"]
             );
         }
-        if name != "nginx" {
+        // nginx, and the object store's S3 API: browsers PUT and GET attachments there
+        // through pre-signed URLs (its RPC and admin ports stay unpublished).
+        if name == "garage" {
+            let published: Vec<_> = published_ports(svc)
+                .into_iter()
+                .filter(|(p, _)| p.is_some())
+                .map(|(_, target)| target)
+                .collect();
+            assert_eq!(published, ["3900"], "garage publishes only its S3 API");
+        } else if name != "nginx" {
             let published: Vec<_> = published_ports(svc)
                 .into_iter()
                 .filter(|(p, _)| p.is_some())
