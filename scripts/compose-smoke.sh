@@ -42,7 +42,9 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 START=$SECONDS
 log() { echo "compose-smoke [$((SECONDS - START))s] $*"; }
-die() { log "FAILED: $*"; exit 1; }
+# The reason is said again at the very end, after the containers' logs: CI keeps only the tail.
+FAILED_BECAUSE=""
+die() { FAILED_BECAUSE="$*"; log "FAILED: $*"; exit 1; }
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -101,6 +103,7 @@ cleanup() {
         $SUDO kill -KILL "$DOCKERD_PID" 2>/dev/null
     fi
     $SUDO rm -rf "$WORK"
+    [ -z "$FAILED_BECAUSE" ] || log "FAILED (said above, before the logs): $FAILED_BECAUSE"
     exit "$status"
 }
 trap cleanup EXIT
@@ -311,7 +314,8 @@ NGINX_IP="$($DOCKER inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}
 log "running the client checks"
 SB_PUBLIC_PORT="$PORT" SMOKE_COMPOSE="$COMPOSE" SMOKE_DOCKER="$DOCKER" SMOKE_SCALE="$SCALE" \
     SMOKE_NGINX_IP="$NGINX_IP" SMOKE_API_KEY="$SMOKE_API_KEY" SMOKE_SOURCES="$(for a in $SOURCES; do printf '%s ' "${a%/*}"; done)" \
-    timeout 600 python3 -B compose/smoke_client.py || die "client checks failed"
+    timeout 600 python3 -B compose/smoke_client.py 2>&1 | tee "$WORK/client.log" \
+    || die "client checks failed: $(grep -a 'FAILED' "$WORK/client.log" | tail -n 1 | cut -c1-600)"
 
 # nginx logged the WebSocket upgrades, but not their ?token=<JWT>.
 nginx_log="$($COMPOSE logs --no-color nginx 2>&1)"

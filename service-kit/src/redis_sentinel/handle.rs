@@ -48,6 +48,9 @@ struct Live {
     /// master keeps it while it stays master; a promoted replica gets a new one, so it names
     /// the master's *epoch* (see [`SentinelRedis::query_pipe_on_master`]).
     replid: Arc<str>,
+    /// Replies this connection has delivered (of commands sent through [`SentinelRedis`]):
+    /// progress, which tells a slow connection from a dead one.
+    replies: Arc<AtomicU64>,
 }
 
 /// A cloneable handle to the current Redis master.
@@ -90,16 +93,11 @@ impl SentinelRedis {
 
     /// Runs one command against the master.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let Live {
-            generation,
-            mut conn,
-            ..
-        } = self.connection().await?;
-        let result = tokio::time::timeout(self.inner.config.command_timeout, async {
-            cmd.query_async::<T>(&mut conn).await
-        })
-        .await;
-        self.settle(generation, result)
+        self.run(
+            |_| (),
+            |mut conn, ()| async move { cmd.query_async::<T>(&mut conn).await },
+        )
+        .await
     }
 
     /// Runs a pipeline (atomic when built with `.atomic()`).
@@ -107,16 +105,11 @@ impl SentinelRedis {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
-        let Live {
-            generation,
-            mut conn,
-            ..
-        } = self.connection().await?;
-        let result = tokio::time::timeout(self.inner.config.command_timeout, async {
-            pipe.query_async::<T>(&mut conn).await
-        })
-        .await;
-        self.settle(generation, result)
+        self.run(
+            |_| (),
+            |mut conn, ()| async move { pipe.query_async::<T>(&mut conn).await },
+        )
+        .await
     }
 
     /// Runs a Lua script (EVALSHA, falling back to loading it).
@@ -124,16 +117,11 @@ impl SentinelRedis {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let Live {
-            generation,
-            mut conn,
-            ..
-        } = self.connection().await?;
-        let result = tokio::time::timeout(self.inner.config.command_timeout, async {
-            invocation.invoke_async::<T>(&mut conn).await
-        })
-        .await;
-        self.settle(generation, result)
+        self.run(
+            |_| (),
+            |mut conn, ()| async move { invocation.invoke_async::<T>(&mut conn).await },
+        )
+        .await
     }
 
     /// Runs the pipeline `build` makes from the master's replication id, on the connection
@@ -143,7 +131,7 @@ impl SentinelRedis {
         &self,
         build: impl FnOnce(&str) -> redis::Pipeline,
     ) -> Result<T, StoreError> {
-        self.on_master(build, |mut conn, pipe| async move {
+        self.run(build, |mut conn, pipe| async move {
             pipe.query_async::<T>(&mut conn).await
         })
         .await
@@ -156,7 +144,7 @@ impl SentinelRedis {
         &self,
         build: impl FnOnce(&str) -> redis::Pipeline,
     ) -> Result<Vec<redis::Value>, StoreError> {
-        self.on_master(build, |mut conn, pipe| async move {
+        self.run(build, |mut conn, pipe| async move {
             use redis::aio::ConnectionLike;
             let count = pipe.cmd_iter().count();
             conn.req_packed_commands(&pipe, 0, count).await
@@ -164,12 +152,14 @@ impl SentinelRedis {
         .await
     }
 
-    /// The master's connection and the pipeline `build` makes from its replication id, handed
-    /// to `send` under the command timeout; a broken connection is dropped for re-resolution.
-    async fn on_master<R, Fut>(
+    /// The one way a command reaches the master: the current connection (resolved if there
+    /// is none), what `prepare` makes from the master's replication id, handed to `send`
+    /// under the command timeout. A broken connection is dropped so the next command resolves
+    /// the master again; so is one that timed out without answering anything else meanwhile.
+    async fn run<P, R, Fut>(
         &self,
-        build: impl FnOnce(&str) -> redis::Pipeline,
-        send: impl FnOnce(MultiplexedConnection, redis::Pipeline) -> Fut,
+        prepare: impl FnOnce(&str) -> P,
+        send: impl FnOnce(MultiplexedConnection, P) -> Fut,
     ) -> Result<R, StoreError>
     where
         Fut: std::future::Future<Output = redis::RedisResult<R>>,
@@ -178,36 +168,43 @@ impl SentinelRedis {
             generation,
             conn,
             replid,
+            replies,
         } = self.connection().await?;
-        let pipe = build(&replid);
+        let prepared = prepare(&replid);
+        let replies_before = replies.load(Ordering::Relaxed);
         let result =
-            tokio::time::timeout(self.inner.config.command_timeout, send(conn, pipe)).await;
-        self.settle(generation, result)
+            tokio::time::timeout(self.inner.config.command_timeout, send(conn, prepared)).await;
+        match result {
+            Ok(Ok(value)) => {
+                replies.fetch_add(1, Ordering::Relaxed);
+                Ok(value)
+            }
+            Ok(Err(err)) if connection_is_broken(&err) => {
+                self.invalidate(generation);
+                Err(StoreError::Unavailable(err.to_string()))
+            }
+            Ok(Err(err)) => {
+                replies.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Command(err))
+            }
+            // Replies come back in order on one connection: one that arrived after this
+            // command was sent proves the connection alive, only behind (a busy master, a
+            // starved process). Dropping it would not make this reply come sooner, and would
+            // send every command after it through a fresh resolution through the Sentinels.
+            Err(_) if replies.load(Ordering::Relaxed) != replies_before => Err(
+                StoreError::Unavailable("command timed out (the connection is alive)".into()),
+            ),
+            Err(_) => {
+                self.invalidate(generation);
+                Err(StoreError::Unavailable("command timed out".into()))
+            }
+        }
     }
 
     /// `PING`, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.query(&redis::cmd("PING")).await?;
         Ok(())
-    }
-
-    fn settle<T>(
-        &self,
-        generation: u64,
-        result: Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
-    ) -> Result<T, StoreError> {
-        match result {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) if connection_is_broken(&err) => {
-                self.invalidate(generation);
-                Err(StoreError::Unavailable(err.to_string()))
-            }
-            Ok(Err(err)) => Err(StoreError::Command(err)),
-            Err(_) => {
-                self.invalidate(generation);
-                Err(StoreError::Unavailable("command timed out".into()))
-            }
-        }
     }
 
     /// Drops the connection of `generation` (if it is still the current one) so the next
@@ -247,6 +244,7 @@ impl SentinelRedis {
             generation,
             conn,
             replid: replid.into(),
+            replies: Arc::new(AtomicU64::new(0)),
         };
         *self.inner.current.lock().expect("redis handle lock") = Some(live.clone());
         Ok(live)
