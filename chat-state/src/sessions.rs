@@ -8,6 +8,7 @@
 //! expired on its own, so a missing mark refuses nothing that is still valid. It only ever
 //! rises: a second end moves it forward (and renews it), never back.
 
+use switchboard_protocol::UserId;
 use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
 
 /// KEYS: the mark. ARGV: the new mark (seconds), its ttl (seconds). Keeps the later of the two
@@ -39,7 +40,7 @@ impl SessionMarks {
 
     /// Ends every session of `user` issued at or before `at_secs`; answers the mark in force
     /// (a later one, if another end already wrote it).
-    pub async fn end(&self, user: &str, at_secs: i64, ttl_secs: u64) -> Result<i64, StoreError> {
+    pub async fn end(&self, user: &UserId, at_secs: i64, ttl_secs: u64) -> Result<i64, StoreError> {
         let mut invocation = END.prepare_invoke();
         invocation
             .key(self.key(user))
@@ -49,7 +50,7 @@ impl SessionMarks {
     }
 
     /// The user's mark, if their sessions were ended within the last token lifetime.
-    pub async fn ended_before(&self, user: &str) -> Result<Option<i64>, StoreError> {
+    pub async fn ended_before(&self, user: &UserId) -> Result<Option<i64>, StoreError> {
         self.redis
             .query(redis::cmd("GET").arg(self.key(user)))
             .await
@@ -78,18 +79,19 @@ mod tests {
     async fn the_mark_only_rises_and_expires() {
         let redis = switchboard_test_support::shared::fresh_redis("socket-manager", "sessions");
         let marks = SessionMarks::new(redis.clone());
-        assert_eq!(marks.ended_before("ann").await.unwrap(), None);
-        assert_eq!(marks.end("ann", 200, 60).await.unwrap(), 200);
-        assert_eq!(marks.end("ann", 100, 60).await.unwrap(), 200);
-        assert_eq!(marks.ended_before("ann").await.unwrap(), Some(200));
-        assert_eq!(marks.ended_before("bob").await.unwrap(), None);
-        marks.end("bob", 300, 1).await.unwrap();
+        let (ann, bob) = (UserId::parse("ann").unwrap(), UserId::parse("bob").unwrap());
+        assert_eq!(marks.ended_before(&ann).await.unwrap(), None);
+        assert_eq!(marks.end(&ann, 200, 60).await.unwrap(), 200);
+        assert_eq!(marks.end(&ann, 100, 60).await.unwrap(), 200);
+        assert_eq!(marks.ended_before(&ann).await.unwrap(), Some(200));
+        assert_eq!(marks.ended_before(&bob).await.unwrap(), None);
+        marks.end(&bob, 300, 1).await.unwrap();
         let ttl: i64 = redis
-            .query(redis::cmd("TTL").arg(marks.key("bob")))
+            .query(redis::cmd("TTL").arg(marks.key(&bob)))
             .await
             .unwrap();
         assert!((0..=1).contains(&ttl), "ttl {ttl}");
         tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-        assert_eq!(marks.ended_before("bob").await.unwrap(), None);
+        assert_eq!(marks.ended_before(&bob).await.unwrap(), None);
     }
 }

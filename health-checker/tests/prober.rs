@@ -47,7 +47,7 @@ fn now_ms() -> i64 {
 
 async fn register(directory: &ServerDirectory, server_id: &str, health_url: &str) {
     let registration = Registration {
-        server_id: server_id.into(),
+        server_id: switchboard_protocol::ServerId::parse(server_id).unwrap(),
         url: format!("ws://127.0.0.1:1/ws/{server_id}"),
         health_url: health_url.into(),
         max_connections: 100,

@@ -3,6 +3,7 @@
 //! them (`from_env` from the process environment).
 
 use switchboard_kafka::KafkaConfig;
+use switchboard_protocol::UserId;
 use switchboard_service_kit::config::{
     lookup_or, lookup_string, process_env, CommonConfig, ConfigError, Lookup, COMMON,
 };
@@ -173,7 +174,7 @@ pub struct MessageServiceConfig {
 impl MessageServiceConfig {
     /// Whether `user` is a reserved system/bot sender (`SB_SERVER_SENDER_PREFIXES`, a
     /// common setting: token verification refuses such ids everywhere).
-    pub fn is_reserved_sender(&self, user: &str) -> bool {
+    pub fn is_reserved_sender(&self, user: &UserId) -> bool {
         self.common.token_policy.is_reserved(user)
     }
 }

@@ -18,6 +18,7 @@ use message_service::store::{
 use sqlx::postgres::PgPool;
 use sqlx::Row;
 use switchboard_message_log::LogRecord;
+use switchboard_protocol::{ConversationId, UserId};
 use switchboard_test_support::shared;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
@@ -385,7 +386,15 @@ async fn a_redelivered_identical_record_is_not_a_conflict() {
 async fn receipts_and_unreadable_records_the_database_cannot_take_are_dead_lettered() {
     let db = start_db("receipts-unreadable").await;
     let conv = db.group().await;
-    let receipt = |offset, conversation_id: &str, seq| Sourced {
+    // Receipts carry checked ids, so nothing a producer sends breaks a column today; a rule
+    // the database adds later could. This one, the test's own, refuses one user's receipts.
+    sqlx::query(
+        "ALTER TABLE receipts ADD CONSTRAINT test_refuses_mallory CHECK (user_id <> 'mallory')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let receipt = |offset, user_id: &str, seq| Sourced {
         at: LogPosition {
             topic: "sb.events".into(),
             partition: 0,
@@ -393,15 +402,15 @@ async fn receipts_and_unreadable_records_the_database_cannot_take_are_dead_lette
             item: 0,
         },
         item: ReceiptUpdate {
-            conversation_id: conversation_id.into(),
-            user_id: "bob".into(),
+            conversation_id: ConversationId::parse(conv.as_str()).unwrap(),
+            user_id: UserId::parse(user_id).unwrap(),
             delivered_seq: seq,
             read_seq: seq,
         },
     };
     let refused = db
         .store
-        .upsert_receipts(&[receipt(1, &conv, 3), receipt(2, "c\0", 4)])
+        .upsert_receipts(&[receipt(1, "bob", 3), receipt(2, "mallory", 4)])
         .await
         .unwrap();
     assert_eq!(refused.len(), 1);

@@ -160,9 +160,9 @@ pub struct CreateConversation {
 /// `POST /api/v1/conversations/{id}/members`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AddMember {
-    /// Raw client input, checked by the route (a bad one is a `bad_request` naming the rule,
-    /// not a JSON parse error).
-    pub user_id: String,
+    /// Checked as the body is read: a bad one is a `bad_request` naming the rule.
+    #[schema(value_type = String)]
+    pub user_id: UserId,
 }
 
 /// `PUT /api/v1/conversations/{id}/members/{user_id}/role`.

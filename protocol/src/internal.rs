@@ -13,12 +13,11 @@ use crate::{MessageId, ServerId, UserId};
 pub const BATCH_ID_HEADER: &str = "x-sb-batch";
 
 /// `POST /internal/v1/handlers`: a socket server announces itself; the manager creates its
-/// topic. A request body, so raw: the manager checks the id into a [`ServerId`] and answers a
-/// bad one `bad_request`.
+/// topic. The id is checked as the body is read (a bad one is a `bad_request` naming the rule).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerRegistration {
     #[serde(rename = "handler_id")]
-    pub server_id: String,
+    pub server_id: ServerId,
 }
 
 /// The answer to a [`ServerRegistration`].

@@ -33,20 +33,23 @@ pub struct ServerList {
     pub servers: Vec<ServerInfo>,
 }
 
-/// `POST /api/v1/socket-servers`: a socket server announces itself. A request body, so raw:
-/// the registry checks `server_id` against [`ServerId`]'s rule and answers a bad one 400.
+/// `POST /api/v1/socket-servers`: a socket server announces itself. `server_id` is checked
+/// against [`ServerId`]'s rule as the body is read (a bad one is a 400 naming the rule).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Registration {
-    pub server_id: String,
+    #[schema(value_type = String)]
+    pub server_id: ServerId,
     pub url: String,
     pub health_url: String,
     pub max_connections: u64,
 }
 
-/// `POST /api/v1/dev/token` request, raw: the registry checks the id (400 for a bad one).
+/// `POST /api/v1/dev/token` request; the id is checked as the body is read (400 naming the
+/// rule for a bad one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DevTokenRequest {
-    pub user_id: String,
+    #[schema(value_type = String)]
+    pub user_id: UserId,
 }
 
 /// `POST /api/v1/dev/token` response.

@@ -23,7 +23,7 @@ pub mod close_code {
 }
 
 /// The route that ends every session of a user, relative to a socket manager's base URL.
-pub fn end_sessions_path(user_id: &str) -> String {
+pub fn end_sessions_path(user_id: &UserId) -> String {
     format!(
         "/internal/v1/users/{}/sessions/end",
         crate::token::path_segment(user_id)
@@ -81,7 +81,7 @@ mod tests {
         assert_eq!(EndSessions::parse(&json), Some(control));
         assert_eq!(EndSessions::parse(r#"{"type":"pong"}"#), None);
         assert_eq!(
-            end_sessions_path("auth0|ann"),
+            end_sessions_path(&UserId::parse("auth0|ann").unwrap()),
             "/internal/v1/users/auth0%7Cann/sessions/end"
         );
     }

@@ -4,6 +4,7 @@
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use switchboard_protocol::token::{Audience, Claims, TokenError, TokenKeys, TokenPolicy};
+use switchboard_protocol::UserId;
 
 const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes!!";
 
@@ -88,7 +89,12 @@ fn issuer_and_audience_must_match_when_configured() {
         assert_eq!(keys.verify(&token), Err(TokenError::NotForUs), "{claims:?}");
     }
     // The services' own minted tokens carry the configured iss and aud.
-    let (minted, _) = keys.mint("carol", chrono::Duration::minutes(5)).unwrap();
+    let (minted, _) = keys
+        .mint(
+            &UserId::parse("carol").unwrap(),
+            chrono::Duration::minutes(5),
+        )
+        .unwrap();
     assert_eq!(keys.verify(&minted).as_deref(), Ok("carol"));
     // Without a policy, iss and aud are not required (and an aud does not hurt).
     let plain = TokenKeys::new(SECRET);
@@ -159,7 +165,12 @@ fn audience_serializes_as_a_string_or_an_array() {
     assert!(!many(&["x"]).unwrap().contains("switchboard"));
     // Minted tokens write a single string.
     let keys = TokenKeys::with_policy(SECRET, policy());
-    let (minted, _) = keys.mint("carol", chrono::Duration::minutes(5)).unwrap();
+    let (minted, _) = keys
+        .mint(
+            &UserId::parse("carol").unwrap(),
+            chrono::Duration::minutes(5),
+        )
+        .unwrap();
     let mut insecure = jsonwebtoken::Validation::new(Algorithm::HS256);
     insecure.insecure_disable_signature_validation();
     insecure.validate_aud = false;

@@ -42,7 +42,7 @@ async fn register(http: &reqwest::Client, url: &str, server_id: &str, max: u64) 
     http.post(format!("{url}/api/v1/socket-servers"))
         .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
         .json(&Registration {
-            server_id: server_id.into(),
+            server_id: switchboard_protocol::ServerId::parse(server_id).unwrap(),
             url: format!("ws://10.0.0.1:9001/ws/{server_id}"),
             health_url: "http://10.0.0.1:9001/live".into(),
             max_connections: max,
@@ -170,7 +170,7 @@ async fn one_script_assigns_as_a_sequence_of_single_assignments() {
 
     // A server whose heartbeat is stale sorts first (load 0, lowest id) and is never picked.
     let dead = Registration {
-        server_id: "0dead".into(),
+        server_id: switchboard_protocol::ServerId::parse("0dead").unwrap(),
         url: "ws://10.0.0.9:9001/ws".into(),
         health_url: "http://10.0.0.9:9001/live".into(),
         max_connections: 1_000,
@@ -228,7 +228,7 @@ async fn registration_needs_the_cluster_secret() {
         .post(format!("{url}/api/v1/socket-servers"))
         .header(CLUSTER_SECRET_HEADER, "guessed")
         .json(&Registration {
-            server_id: "rogue".into(),
+            server_id: switchboard_protocol::ServerId::parse("rogue").unwrap(),
             url: "ws://10.0.0.66/ws".into(),
             health_url: "http://10.0.0.66/live".into(),
             max_connections: 10,

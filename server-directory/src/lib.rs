@@ -290,7 +290,7 @@ impl ServerDirectory {
         inv.key(&self.servers_key)
             .key(self.hash_key(&reg.server_id))
             .key(self.reservations_key(&reg.server_id))
-            .arg(&reg.server_id)
+            .arg(reg.server_id.as_str())
             .arg(&reg.url)
             .arg(&reg.health_url)
             .arg(reg.max_connections)
@@ -474,7 +474,7 @@ mod tests {
 
     async fn register(directory: &ServerDirectory, id: &str, now_ms: i64) {
         let registration = Registration {
-            server_id: id.to_owned(),
+            server_id: ServerId::parse(id).unwrap(),
             url: format!("ws://{id}.test/ws"),
             health_url: format!("http://{id}.test/healthz"),
             max_connections: 100_000,

@@ -46,7 +46,7 @@ pub(crate) async fn end_sessions(
     let marks = SessionMarks::new(sequencer.redis.clone());
     let now = chrono::Utc::now().timestamp();
     let mark = marks
-        .end(user, now, state.config.token_max_lifetime_secs)
+        .end(&user_id, now, state.config.token_max_lifetime_secs)
         .await?;
 
     // Live: linked to the managers (a topic) and in the directory (not evicted).

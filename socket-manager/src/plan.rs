@@ -109,7 +109,7 @@ fn refuse_body(
 /// A frame that takes a number (`send`, `edit`, `delete`, `react`), in the shape of a send:
 /// an event is a send with a [`ClientEvent`] (an edit's new text is its body; a delete's and a
 /// reaction's body is empty).
-struct Numbered {
+struct RawNumbered {
     conversation_id: String,
     client_msg_id: String,
     body: String,
@@ -117,9 +117,9 @@ struct Numbered {
     event: Option<ClientEvent>,
 }
 
-impl Numbered {
+impl RawNumbered {
     /// `None` for a frame that takes no number.
-    fn of(frame: ClientFrame) -> Option<Numbered> {
+    fn of(frame: ClientFrame) -> Option<RawNumbered> {
         let event = |kind, target_id, emoji| {
             Some(ClientEvent {
                 kind,
@@ -134,7 +134,7 @@ impl Numbered {
                 body,
                 attachments,
                 reply_to,
-            } => Numbered {
+            } => RawNumbered {
                 conversation_id,
                 client_msg_id,
                 body,
@@ -146,7 +146,7 @@ impl Numbered {
                 client_msg_id,
                 message_id,
                 body,
-            } => Numbered {
+            } => RawNumbered {
                 conversation_id,
                 client_msg_id,
                 body,
@@ -157,7 +157,7 @@ impl Numbered {
                 conversation_id,
                 client_msg_id,
                 message_id,
-            } => Numbered {
+            } => RawNumbered {
                 conversation_id,
                 client_msg_id,
                 body: String::new(),
@@ -169,7 +169,7 @@ impl Numbered {
                 client_msg_id,
                 message_id,
                 emoji,
-            } => Numbered {
+            } => RawNumbered {
                 conversation_id,
                 client_msg_id,
                 body: String::new(),
@@ -243,7 +243,7 @@ pub(crate) fn plan(server: &ServerId, items: Vec<ServerItem>, limits: &SendLimit
             | ClientFrame::Edit { .. }
             | ClientFrame::Delete { .. }
             | ClientFrame::React { .. }) => {
-                let Some(numbered) = Numbered::of(frame) else {
+                let Some(numbered) = RawNumbered::of(frame) else {
                     continue;
                 };
                 match send_request(server, connection_id, user_id, numbered, limits) {
@@ -341,10 +341,10 @@ fn send_request(
     server: &ServerId,
     connection_id: u64,
     sender_id: UserId,
-    numbered: Numbered,
+    numbered: RawNumbered,
     limits: &SendLimits,
 ) -> Result<SendRequest, ServerFrame> {
-    let Numbered {
+    let RawNumbered {
         conversation_id,
         client_msg_id,
         body,

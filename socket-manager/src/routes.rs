@@ -53,7 +53,7 @@ async fn register(
         .common
         .cluster
         .require(&req, &[ServiceRole::SocketServer])?;
-    let server = valid_server_id(&body.server_id)?;
+    let server = body.into_inner().server_id;
     if !state.sequencer.servers.register(server.as_str()).await? {
         return Err(ApiError::unavailable(
             "this socket server's topic and routes are being removed: register again shortly",

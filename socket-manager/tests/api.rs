@@ -94,7 +94,7 @@ impl TestApp {
             .post(format!("{}/internal/v1/handlers", self.manager))
             .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
             .json(&ServerRegistration {
-                server_id: handler_id.into(),
+                server_id: switchboard_protocol::ServerId::parse(handler_id).unwrap(),
             })
             .send()
             .await
@@ -567,7 +567,7 @@ async fn the_internal_api_needs_the_cluster_secret() {
         .post(format!("{}/internal/v1/handlers", app.manager))
         .header(CLUSTER_SECRET_HEADER, "guessed")
         .json(&ServerRegistration {
-            server_id: "rogue".into(),
+            server_id: switchboard_protocol::ServerId::parse("rogue").unwrap(),
         })
         .send()
         .await
@@ -586,9 +586,7 @@ async fn the_internal_api_needs_the_cluster_secret() {
         .http
         .post(format!("{}/internal/v1/handlers", app.manager))
         .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
-        .json(&ServerRegistration {
-            server_id: "no/slashes".into(),
-        })
+        .json(&serde_json::json!({ "handler_id": "no/slashes" }))
         .send()
         .await
         .unwrap();

@@ -86,7 +86,7 @@ impl TestApp {
     /// Registers `server` in the directory, as the registry does for a socket server.
     async fn join_directory(&self, server: &str) {
         let registration = Registration {
-            server_id: server.into(),
+            server_id: switchboard_protocol::ServerId::parse(server).unwrap(),
             url: format!("ws://{server}.test/ws"),
             health_url: format!("http://{server}.test/live"),
             max_connections: 1_000,
@@ -104,7 +104,7 @@ impl TestApp {
             .post(format!("{}/internal/v1/handlers", self.manager))
             .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
             .json(&ServerRegistration {
-                server_id: server.into(),
+                server_id: switchboard_protocol::ServerId::parse(server).unwrap(),
             })
             .send()
             .await

@@ -96,7 +96,7 @@ impl TestApp {
             .post(format!("{}/internal/v1/handlers", self.manager))
             .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
             .json(&ServerRegistration {
-                server_id: handler_id.into(),
+                server_id: switchboard_protocol::ServerId::parse(handler_id).unwrap(),
             })
             .send()
             .await

@@ -21,7 +21,7 @@ use switchboard_protocol::internal::{
     BATCH_ID_HEADER,
 };
 use switchboard_protocol::trace_context::{TraceParent, TRACEPARENT_HEADER};
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ErrorCode, ServerId};
 use switchboard_service_kit::cluster_auth::ClusterCredential;
 use switchboard_service_kit::internal::{Cursor, Failover, InternalClient, Retry};
 use switchboard_service_kit::supervise::OwnedTask;
@@ -139,7 +139,7 @@ pub struct ManagerClient {
     managers: InternalClient,
     /// Their URLs, for log lines.
     urls: Arc<Vec<String>>,
-    handler_id: String,
+    server_id: ServerId,
 }
 
 /// A batch, a registration or a renewal: two passes over the managers, every non-success
@@ -158,7 +158,7 @@ impl ManagerClient {
     pub fn start(
         urls: Vec<String>,
         credential: ClusterCredential,
-        handler_id: String,
+        server_id: ServerId,
         lanes: Lanes,
         metrics: LaneMetrics,
     ) -> Self {
@@ -176,7 +176,7 @@ impl ManagerClient {
             metrics,
             managers: InternalClient::with_http(urls.clone(), credential, http),
             urls: Arc::new(urls),
-            handler_id,
+            server_id,
         };
         for lane in 0..lanes.count.max(1) {
             let (tx, rx) = mpsc::channel::<Queued>(4096);
@@ -292,7 +292,7 @@ impl ManagerClient {
         let body = ServerBatch {
             items: items.iter().map(|p| p.item.clone()).collect(),
         };
-        let path = format!("/internal/v1/handlers/{}/batch", self.handler_id);
+        let path = format!("/internal/v1/handlers/{}/batch", self.server_id);
         let mut answered_by = start_at;
         let posted = std::time::Instant::now();
         let result: Result<ServerBatchReply, ManagerUnavailable> = self
@@ -382,7 +382,7 @@ impl ManagerClient {
             .post_any(
                 "/internal/v1/handlers",
                 &ServerRegistration {
-                    server_id: self.handler_id.clone(),
+                    server_id: self.server_id.clone(),
                 },
                 None,
                 &mut start,
@@ -392,7 +392,7 @@ impl ManagerClient {
     }
 
     pub async fn renew(&self, users: Vec<String>) -> Result<(), ManagerUnavailable> {
-        let path = format!("/internal/v1/handlers/{}/renew", self.handler_id);
+        let path = format!("/internal/v1/handlers/{}/renew", self.server_id);
         let mut start = 0;
         let _: serde_json::Value = self
             .post_any(&path, &RenewRequest { users }, None, &mut start)
@@ -402,7 +402,7 @@ impl ManagerClient {
 
     /// Tells the managers this handler is going away (best effort; the janitor covers it).
     pub async fn deregister(&self) {
-        let path = format!("/internal/v1/handlers/{}", self.handler_id);
+        let path = format!("/internal/v1/handlers/{}", self.server_id);
         let policy = Failover {
             retry: Retry::AnyExcept(&[]),
             ..Failover::ONCE

@@ -102,7 +102,7 @@ async fn relink(state: &ServerState) -> Result<(), String> {
 
 async fn register_in_directory(state: &ServerState, http: &reqwest::Client) -> Result<(), String> {
     let registration = Registration {
-        server_id: state.server_id.to_string(),
+        server_id: state.server_id.clone(),
         url: state.public_url.clone(),
         health_url: state.health_url.clone(),
         max_connections: state.config.max_connections,

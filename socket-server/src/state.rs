@@ -91,7 +91,7 @@ impl ServerState {
             ManagerClient::start(
                 config.manager_urls.clone(),
                 config.common.cluster.credential(ServiceRole::SocketServer),
-                server_id.to_string(),
+                server_id.clone(),
                 Lanes {
                     count: config.manager_lanes,
                     batches_in_flight: config.manager_lane_batches,

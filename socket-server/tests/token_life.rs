@@ -19,7 +19,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard_protocol::registry::{CLUSTER_SECRET_HEADER, CLUSTER_SERVICE_HEADER};
 use switchboard_protocol::sessions::{end_sessions_path, SessionsEnded};
-use switchboard_protocol::token::{Claims, TokenKeys};
+use switchboard_protocol::token::{path_segment, Claims, TokenKeys};
+use switchboard_protocol::UserId;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -234,14 +235,15 @@ async fn metric(cluster: &Cluster, server: usize, name: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
-/// `POST` of the end-sessions route on manager `n`, as the message service calls it.
+/// `POST` of the end-sessions route on manager `n`, as the message service calls it; `user`
+/// as given (the route must refuse text that is no user id).
 async fn end_sessions(cluster: &Cluster, n: usize, user: &str) -> reqwest::Response {
     cluster
         .http
         .post(format!(
-            "{}{}",
+            "{}/internal/v1/users/{}/sessions/end",
             cluster.managers[n],
-            end_sessions_path(user)
+            path_segment(user)
         ))
         .header(CLUSTER_SERVICE_HEADER, "message-service")
         .header(CLUSTER_SECRET_HEADER, shared::CLUSTER_SECRET)
@@ -347,7 +349,7 @@ async fn ending_a_users_sessions_closes_them_on_every_server_within_a_second() {
         .post(format!(
             "{}{}",
             cluster.managers[0],
-            end_sessions_path("alice")
+            end_sessions_path(&UserId::parse("alice").unwrap())
         ))
         .send()
         .await

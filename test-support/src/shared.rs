@@ -36,6 +36,7 @@ use switchboard_kafka::{
     SB_KAFKA_LINGER_MS, SB_KAFKA_REPLICATION_FACTOR, SB_MESSAGE_TOPIC,
 };
 use switchboard_protocol::token::TokenKeys;
+use switchboard_protocol::UserId;
 use switchboard_service_kit::config::{
     CommonConfig, Lookup, COMMON, SB_CLUSTER_SECRET, SB_DEV_MODE, SB_JWT_SECRET,
 };
@@ -459,10 +460,12 @@ pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> R
     Ok(())
 }
 
-/// A client token for `user_id`, signed with [`JWT_SECRET`], valid for an hour.
-pub fn token(user_id: &str) -> String {
+/// A client token for `user`, signed with [`JWT_SECRET`], valid for an hour. Tests name users
+/// by literals: the one place their text is checked into a [`UserId`].
+pub fn token(user: &str) -> String {
+    let user_id = UserId::parse(user).expect("a valid user id");
     TokenKeys::new(JWT_SECRET.as_bytes())
-        .mint(user_id, chrono::Duration::hours(1))
+        .mint(&user_id, chrono::Duration::hours(1))
         .expect("a valid user id")
         .0
 }

@@ -143,7 +143,10 @@ async fn every_message_arrives_signed_in_order_through_failures_a_gone_endpoint_
 
     let token = stack
         .token_keys()
-        .mint("alice", chrono::Duration::hours(1))
+        .mint(
+            &switchboard_protocol::UserId::parse("alice").unwrap(),
+            chrono::Duration::hours(1),
+        )
         .unwrap()
         .0;
     let api = Api::new(&stack.nginx_url()).as_user(&token);

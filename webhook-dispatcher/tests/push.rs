@@ -62,7 +62,10 @@ async fn stack(sink: &Sink, secret: &str, extra: &[(&str, &str)]) -> Stack {
 fn api(stack: &Stack, user: &str) -> (Api, String) {
     let token = stack
         .token_keys()
-        .mint(user, chrono::Duration::hours(1))
+        .mint(
+            &switchboard_protocol::UserId::parse(user).unwrap(),
+            chrono::Duration::hours(1),
+        )
         .unwrap()
         .0;
     (Api::new(&stack.nginx_url()).as_user(&token), token)

@@ -17,7 +17,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub fn token_for(stack: &Stack, user: &str) -> String {
     stack
         .token_keys()
-        .mint(user, chrono::Duration::hours(1))
+        .mint(
+            &switchboard_protocol::UserId::parse(user).expect("a valid user id"),
+            chrono::Duration::hours(1),
+        )
         .expect("mint")
         .0
 }

@@ -52,12 +52,20 @@ async fn a_socket_servers_credentials_cannot_mint_tokens_or_call_the_membership_
         .with_ed25519(Some(&public_pem), None)
         .unwrap();
     assert!(!theirs.can_mint());
-    assert!(theirs.mint("victim", chrono::Duration::hours(1)).is_err());
+    assert!(theirs
+        .mint(
+            &switchboard_protocol::UserId::parse("victim").unwrap(),
+            chrono::Duration::hours(1)
+        )
+        .is_err());
 
     // The best forgery it could try: HS256 keyed with the public key's text (algorithm
     // confusion). Refused at the upgrade; a real token from the registry's key opens.
     let forged = TokenKeys::new(&public_pem)
-        .mint("victim", chrono::Duration::hours(1))
+        .mint(
+            &switchboard_protocol::UserId::parse("victim").unwrap(),
+            chrono::Duration::hours(1),
+        )
         .unwrap()
         .0;
     match WsClient::try_connect(&format!("{}?token={forged}", server.ws_url()), None)
@@ -69,7 +77,10 @@ async fn a_socket_servers_credentials_cannot_mint_tokens_or_call_the_membership_
     }
     let real = stack
         .token_keys()
-        .mint("victim", chrono::Duration::hours(1))
+        .mint(
+            &switchboard_protocol::UserId::parse("victim").unwrap(),
+            chrono::Duration::hours(1),
+        )
         .unwrap()
         .0;
     assert!(matches!(

@@ -463,7 +463,10 @@ async fn scopes_tokens_rotation_and_idempotent_members() {
             reserved_prefixes: Vec::new(),
             ..Default::default()
         })
-        .mint("_bot.helper", chrono::Duration::hours(1))
+        .mint(
+            &switchboard_protocol::UserId::parse("_bot.helper").unwrap(),
+            chrono::Duration::hours(1),
+        )
         .unwrap()
         .0;
     match crate::client::WsClient::try_connect(

@@ -32,7 +32,10 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
     let keys = stack.token_keys();
     let expired = keys.sign_claims(&Claims::new("alice", now - 60, now - 120));
     let wrongly_signed = TokenKeys::new(b"not-the-secret")
-        .mint("alice", chrono::Duration::hours(1))
+        .mint(
+            &switchboard_protocol::UserId::parse("alice").unwrap(),
+            chrono::Duration::hours(1),
+        )
         .unwrap()
         .0;
     let cases = [
@@ -446,7 +449,10 @@ async fn identity_provider_tokens_are_verified_with_its_jwks_and_policy() {
     // service, so it must not be able to forge a user's token.
     let secret = b"an-hs256-secret-every-service-holds-0123".to_vec();
     let bare = TokenKeys::new(&secret)
-        .mint("carol", chrono::Duration::minutes(5))
+        .mint(
+            &switchboard_protocol::UserId::parse("carol").unwrap(),
+            chrono::Duration::minutes(5),
+        )
         .unwrap()
         .0;
     let dressed = TokenKeys::with_policy(
@@ -457,7 +463,10 @@ async fn identity_provider_tokens_are_verified_with_its_jwks_and_policy() {
             ..Default::default()
         },
     )
-    .mint("carol", chrono::Duration::minutes(5))
+    .mint(
+        &switchboard_protocol::UserId::parse("carol").unwrap(),
+        chrono::Duration::minutes(5),
+    )
     .unwrap()
     .0;
     for token in [bare, dressed] {

@@ -122,8 +122,7 @@ fn read_event(batch: &mut Gathered, at: LogPosition, payload: &[u8]) {
             kind,
             seq,
         }) => {
-            // Stored as text: a receipt row is dead-lettered, not refused, for its data.
-            let item = ReceiptUpdate::from_event(conversation_id.into(), user_id.into(), kind, seq);
+            let item = ReceiptUpdate::from_event(conversation_id, user_id, kind, seq);
             batch.receipts.push(Sourced { at, item });
         }
         // Presence and membership events are for other consumers (the membership is already

@@ -6,14 +6,15 @@ use std::collections::HashMap;
 use serde::Serialize;
 use sqlx::{QueryBuilder, Row};
 use switchboard_protocol::frames::ReceiptKind;
+use switchboard_protocol::{ConversationId, UserId};
 
 use super::{insert_dead_letters, is_data_error, DeadLetter, MemberReceipt, Sourced, Store};
 
 /// One member's cumulative position, as reported (either field may be 0 = unchanged).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReceiptUpdate {
-    pub conversation_id: String,
-    pub user_id: String,
+    pub conversation_id: ConversationId,
+    pub user_id: UserId,
     pub delivered_seq: i64,
     pub read_seq: i64,
 }
@@ -22,8 +23,8 @@ impl ReceiptUpdate {
     /// A member's receipt as the events topic carries it: `read` up to `seq` also means
     /// delivered up to `seq`; `delivered` says nothing about reading.
     pub fn from_event(
-        conversation_id: String,
-        user_id: String,
+        conversation_id: ConversationId,
+        user_id: UserId,
         kind: ReceiptKind,
         seq: u64,
     ) -> ReceiptUpdate {
@@ -157,37 +158,45 @@ async fn upsert_receipts<'e>(
 mod tests {
     use super::*;
 
+    const C: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    const D: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAW";
+
     fn receipt(conversation: &str, user: &str, kind: ReceiptKind, seq: u64) -> ReceiptUpdate {
-        ReceiptUpdate::from_event(conversation.into(), user.into(), kind, seq)
+        ReceiptUpdate::from_event(
+            ConversationId::parse(conversation).unwrap(),
+            UserId::parse(user).unwrap(),
+            kind,
+            seq,
+        )
     }
 
     #[test]
     fn read_implies_delivered_and_delivered_implies_nothing_read() {
-        let read = receipt("c", "bob", ReceiptKind::Read, 7);
+        let read = receipt(C, "bob", ReceiptKind::Read, 7);
         assert_eq!((read.delivered_seq, read.read_seq), (7, 7));
-        let delivered = receipt("c", "bob", ReceiptKind::Delivered, 9);
+        let delivered = receipt(C, "bob", ReceiptKind::Delivered, 9);
         assert_eq!((delivered.delivered_seq, delivered.read_seq), (9, 0));
-        let huge = receipt("c", "bob", ReceiptKind::Read, u64::MAX);
+        let huge = receipt(C, "bob", ReceiptKind::Read, u64::MAX);
         assert_eq!(huge.read_seq, i64::MAX);
     }
 
     #[test]
     fn merging_keeps_the_highest_positions_in_any_order() {
         let updates = [
-            receipt("c", "bob", ReceiptKind::Delivered, 5),
-            receipt("c", "bob", ReceiptKind::Read, 3),
-            receipt("c", "bob", ReceiptKind::Delivered, 4),
-            receipt("c", "ann", ReceiptKind::Read, 8),
-            receipt("d", "bob", ReceiptKind::Delivered, 2),
+            receipt(C, "bob", ReceiptKind::Delivered, 5),
+            receipt(C, "bob", ReceiptKind::Read, 3),
+            receipt(C, "bob", ReceiptKind::Delivered, 4),
+            receipt(C, "ann", ReceiptKind::Read, 8),
+            receipt(D, "bob", ReceiptKind::Delivered, 2),
         ];
         let forward: Vec<&ReceiptUpdate> = updates.iter().collect();
         let backward: Vec<&ReceiptUpdate> = updates.iter().rev().collect();
         let merged = merge_receipts(&forward);
         assert_eq!(merged, merge_receipts(&backward));
         assert_eq!(merged.len(), 3, "one row per (conversation, user)");
-        assert_eq!(merged[&("c", "bob")], (5, 3));
-        assert_eq!(merged[&("c", "ann")], (8, 8), "read raises delivered");
-        assert_eq!(merged[&("d", "bob")], (2, 0));
+        assert_eq!(merged[&(C, "bob")], (5, 3));
+        assert_eq!(merged[&(C, "ann")], (8, 8), "read raises delivered");
+        assert_eq!(merged[&(D, "bob")], (2, 0));
         assert!(merge_receipts(&[]).is_empty());
     }
 }

@@ -49,6 +49,13 @@ fn main() {
         );
         std::process::exit(2);
     };
+    let user = match switchboard_protocol::UserId::parse(user) {
+        Ok(user) => user,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     let ttl: i64 = match args.next().map(|t| t.parse()) {
         None => 86_400,
         Some(Ok(t)) if t > 0 => t,

@@ -371,7 +371,12 @@ mod tests {
         let minter = TokenKeys::without_keys(TokenPolicy::default())
             .with_ed25519(Some(&public), Some(&private))
             .unwrap();
-        let (token, _) = minter.mint("alice", chrono::Duration::seconds(60)).unwrap();
+        let (token, _) = minter
+            .mint(
+                &switchboard_protocol::UserId::parse("alice").unwrap(),
+                chrono::Duration::seconds(60),
+            )
+            .unwrap();
         let verifier = TokenKeys::without_keys(TokenPolicy::default())
             .with_ed25519(Some(&public), None)
             .unwrap();
