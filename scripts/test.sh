@@ -15,7 +15,9 @@ fi
 bash scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo check -p switchboard-service-kit --features otlp  # OTLP export (off by default) keeps compiling
+# OTLP export (off by default) keeps compiling, linting clean, and flushing at exit.
+cargo clippy -p switchboard-service-kit --features otlp --all-targets -- -D warnings
+cargo test -p switchboard-service-kit --features otlp --lib telemetry
 bash scripts/check-crate-graph.sh
 # Inside each product crate: file and function sizes, app state out of the crate root, no
 # import circles, typed route bodies (docs/architecture.md, "House rules").

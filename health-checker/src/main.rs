@@ -16,7 +16,7 @@ const CLI: Cli = Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     CLI.handle_args();
-    telemetry::init("health-checker");
+    let _telemetry = telemetry::init("health-checker");
     let config = HealthCheckerConfig::from_env()?;
     let app = Application::build(config).await?;
     tracing::info!(port = app.port(), "health checker running");

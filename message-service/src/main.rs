@@ -17,7 +17,7 @@ const CLI: Cli = Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     CLI.handle_args();
-    telemetry::init("message-service");
+    let _telemetry = telemetry::init("message-service");
     let config = MessageServiceConfig::from_env()?;
     let app = Application::build(config).await?;
     tracing::info!(port = app.port(), "message service listening");

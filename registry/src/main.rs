@@ -20,7 +20,7 @@ const CLI: Cli = Cli {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     CLI.handle_args();
-    telemetry::init("registry");
+    let _telemetry = telemetry::init("registry");
     let config = RegistryConfig::from_env()?;
     let app = Application::build(config).await?;
     tracing::info!(port = app.port(), "registry listening");

@@ -168,6 +168,11 @@ fn apply_verdicts(
 }
 
 /// One conversation's sends of a batch, answered with their places in the batch.
+#[tracing::instrument(
+    level = "debug",
+    skip_all,
+    fields(conversation_id = %conversation_id, sends = group.len())
+)]
 async fn send_group(
     sequencer: &Sequencer,
     attachments: &crate::attachments::Verifier,

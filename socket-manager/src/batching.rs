@@ -260,6 +260,7 @@ async fn run_appender(kafka: Kafka, mut rx: mpsc::Receiver<AppendJob>) {
 
 /// Produces one envelope and answers its records. One the broker refuses as too large is
 /// produced again record by record, each answered by its own outcome.
+#[tracing::instrument(level = "debug", skip_all, fields(partition = partition, records = jobs.len()))]
 async fn flush_log(kafka: &Kafka, partition: i32, jobs: Vec<AppendJob>) {
     let outcome = produce_log(kafka, partition, &jobs).await;
     let outcomes: Vec<Result<(), String>> = match outcome {
@@ -413,6 +414,7 @@ async fn run_router(kafka: Kafka, mut rx: mpsc::Receiver<RouteJob>) {
 /// acknowledgement in the background. One refused as too large is enqueued again record by
 /// record (those may then reach the handler after later envelopes; its reorder buffer puts
 /// messages back in `seq` order, and devices fill what it gives up on from history).
+#[tracing::instrument(level = "debug", skip_all, fields(topic = topic, records = jobs.len()))]
 fn enqueue_route(kafka: &Kafka, acks: &TaskTracker, topic: &str, jobs: Vec<RouteJob>) {
     let (payload, trace) = match route_payload(&jobs) {
         Ok(encoded) => encoded,

@@ -25,7 +25,7 @@ const CLI: Cli = Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     CLI.handle_args();
-    telemetry::init("socket-manager");
+    let _telemetry = telemetry::init("socket-manager");
     let config = ManagerConfig::from_env()?;
     let app = Application::build(config).await?;
     tracing::info!(port = app.port(), "socket manager listening");

@@ -206,6 +206,7 @@ pub(crate) struct BatchPlan {
 }
 
 /// Splits the items `server` posted; see the module docs.
+#[tracing::instrument(level = "debug", skip_all, fields(%server, items = items.len()))]
 pub(crate) fn plan(server: &ServerId, items: Vec<ServerItem>, limits: &SendLimits) -> BatchPlan {
     let (online, offline) = presence_changes(&items);
     let mut plan = BatchPlan {

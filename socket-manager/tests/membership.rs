@@ -35,7 +35,8 @@ struct TestApp {
 }
 
 async fn spawn_apps(name: &str) -> TestApp {
-    switchboard_service_kit::telemetry::init("membership-test");
+    // Log lines for the test; no span exporter here, so nothing to hold until exit.
+    let _ = switchboard_service_kit::telemetry::init("membership-test");
     shared::warm_up();
     let id = shared::unique(name);
     let database_url = shared::fresh_database(&id).await;

@@ -17,7 +17,7 @@ const CLI: Cli = Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     CLI.handle_args();
-    telemetry::init("socket-server");
+    let _telemetry = telemetry::init("socket-server");
     let config = SocketServerConfig::from_env()?;
     let app = Application::build(config).await?;
     tracing::info!(

@@ -17,7 +17,7 @@ const CLI: Cli = Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     CLI.handle_args();
-    telemetry::init("webhook-dispatcher");
+    let _telemetry = telemetry::init("webhook-dispatcher");
     let config = DispatcherConfig::from_env()?;
     let app = Application::build(config).await?;
     tracing::info!(port = app.port(), "webhook dispatcher listening");

@@ -95,6 +95,7 @@ impl Ingest {
     }
 
     /// Stores log records: those a fence refuses go to `dead_letters`, the rest to `messages`.
+    #[tracing::instrument(level = "debug", skip_all, fields(records = records.len()))]
     async fn store_records(
         &self,
         records: &[Sourced<LogRecord>],

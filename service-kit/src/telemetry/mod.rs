@@ -39,9 +39,29 @@ pub const ENV: &[EnvVar] = &[
     },
 ];
 
+/// What [`init`] installed that must be stopped in order: held by `main` until it returns.
+/// Dropping it flushes and stops the span exporter (with the `otlp` feature), so the spans of
+/// a process's last seconds (its drain, its shutdown) are exported instead of lost in the
+/// batch processor's queue.
+#[must_use = "hold it until main returns: dropping it flushes the spans not yet exported"]
+pub struct Telemetry {
+    #[cfg(feature = "otlp")]
+    exporter: Option<otlp::Exporter>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        #[cfg(feature = "otlp")]
+        if let Some(exporter) = self.exporter.take() {
+            exporter.shutdown();
+        }
+    }
+}
+
 /// Installs the process's subscriber: the filter, the log lines and (with the `otlp` feature
-/// and `OTEL_EXPORTER_OTLP_ENDPOINT` set) the span exporter.
-pub fn init(service: &str) {
+/// and `OTEL_EXPORTER_OTLP_ENDPOINT` set) the span exporter. Hold the answer until `main`
+/// returns.
+pub fn init(service: &str) -> Telemetry {
     let filter =
         EnvFilter::try_from_env(RUST_LOG).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let json = std::env::var(SB_LOG_FORMAT).is_ok_and(|v| v.eq_ignore_ascii_case("json"));
@@ -53,8 +73,17 @@ pub fn init(service: &str) {
     };
     let subscriber = tracing_subscriber::registry().with(filter).with(lines);
     #[cfg(feature = "otlp")]
-    let subscriber = subscriber.with(otlp::layer(service));
+    let (layer, exporter) = match otlp::layer(service) {
+        Some((layer, exporter)) => (Some(layer), Some(exporter)),
+        None => (None, None),
+    };
+    #[cfg(feature = "otlp")]
+    let subscriber = subscriber.with(layer);
     if subscriber.try_init().is_ok() {
         tracing::info!(service, "telemetry initialised");
+    }
+    Telemetry {
+        #[cfg(feature = "otlp")]
+        exporter,
     }
 }

@@ -24,9 +24,25 @@ const ENDPOINTS: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
 ];
 
-/// The exporting layer, or `None` when no endpoint is configured (or the exporter cannot be
-/// built: said on stderr, the service runs on without export).
-pub(super) fn layer<S>(service: &str) -> Option<OpenTelemetryLayer<S, SdkTracer>>
+/// The provider behind the exporting layer, kept to flush and stop it at exit.
+pub(super) struct Exporter(SdkTracerProvider);
+
+/// How long the last export may take at exit before the process goes anyway.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Exporter {
+    /// Exports what the batch processor still holds and stops it (bounded by
+    /// [`SHUTDOWN_TIMEOUT`]); a failure is said on stderr, the subscriber being on its way out.
+    pub(super) fn shutdown(self) {
+        if let Err(e) = self.0.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
+            eprintln!("flushing the OTLP span exporter at exit: {e}");
+        }
+    }
+}
+
+/// The exporting layer and its provider, or `None` when no endpoint is configured (or the
+/// exporter cannot be built: said on stderr, the service runs on without export).
+pub(super) fn layer<S>(service: &str) -> Option<(OpenTelemetryLayer<S, SdkTracer>, Exporter)>
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span>,
 {
@@ -36,10 +52,24 @@ where
     {
         return None;
     }
-    let exporter = match opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .build()
-    {
+    exporting_layer(service, None)
+}
+
+/// The layer exporting to `endpoint` (the whole URL spans are POSTed to), or where the
+/// standard variables say when `None`.
+fn exporting_layer<S>(
+    service: &str,
+    endpoint: Option<&str>,
+) -> Option<(OpenTelemetryLayer<S, SdkTracer>, Exporter)>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    use opentelemetry_otlp::WithExportConfig;
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
+    if let Some(endpoint) = endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let exporter = match builder.build() {
         Ok(exporter) => exporter,
         Err(e) => {
             // The subscriber is not installed yet: stderr is the only place to say it.
@@ -56,7 +86,10 @@ where
         )
         .build();
     let tracer = provider.tracer("switchboard");
-    Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    Some((
+        tracing_opentelemetry::layer().with_tracer(tracer),
+        Exporter(provider),
+    ))
 }
 
 /// Joins `span` to the trace `incoming` names (as its remote parent) and answers the span's
@@ -84,4 +117,63 @@ pub(super) fn join(span: &Span, incoming: Option<TraceParent>) -> Option<TracePa
         trace_context::SpanId(own.span_id().to_bytes()),
         own.trace_flags().to_u8(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// The batch processor holds finished spans for seconds before it exports them; a process
+    /// that exits meanwhile would lose its last spans. Shutting the exporter down (what
+    /// dropping `Telemetry` does at the end of `main`) exports them before it returns.
+    #[test]
+    fn shutting_down_exports_the_spans_still_queued() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let (got, posts) = mpsc::channel::<String>();
+        // A real HTTP receiver on loopback: answers every request 200 and reports its head.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 16 * 1024];
+                stream
+                    .set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                let head = String::from_utf8_lossy(&request);
+                let _ = got.send(head.lines().next().unwrap_or_default().to_owned());
+            }
+        });
+        let (layer, exporter) =
+            exporting_layer::<tracing_subscriber::Registry>("otlp-test", Some(&endpoint))
+                .expect("an exporter");
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("last words", trace_id = tracing::field::Empty);
+            span.in_scope(|| tracing::info!("shutting down"));
+        });
+        assert!(
+            posts.recv_timeout(Duration::from_millis(500)).is_err(),
+            "exported before the shutdown: the test proves nothing"
+        );
+        exporter.shutdown();
+        let post = posts
+            .recv_timeout(Duration::from_secs(1))
+            .expect("the queued span was exported by the shutdown");
+        assert_eq!(post, "POST /v1/traces HTTP/1.1");
+    }
 }

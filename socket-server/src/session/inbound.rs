@@ -101,6 +101,13 @@ impl Inbound<'_> {
     }
 
     /// Queues a chat frame on the connection's manager lane; a full lane is `rate_limited`.
+    /// The first step of a send (span `inbound`; the lane's `batch` span is the next).
+    #[tracing::instrument(
+        name = "inbound",
+        level = "debug",
+        skip_all,
+        fields(connection = self.conn_id, client_msg_id = frame.client_msg_id())
+    )]
     fn forward(&self, frame: ClientFrame) -> Handled {
         let item = ServerItem::Frame {
             connection_id: self.conn_id,

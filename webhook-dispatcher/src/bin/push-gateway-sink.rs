@@ -47,7 +47,7 @@ const CLI: Cli = Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     CLI.handle_args();
-    switchboard_service_kit::telemetry::init("push-gateway-sink");
+    let _telemetry = switchboard_service_kit::telemetry::init("push-gateway-sink");
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let bind = var("SB_PUSH_SINK_BIND").unwrap_or_else(|| "127.0.0.1:8502".to_owned());
     let secret = var("SB_PUSH_GATEWAY_SECRET");
