@@ -24,7 +24,6 @@ mod prober;
 
 use std::net::TcpListener;
 
-use actix_web::{web, App, HttpServer};
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
@@ -48,15 +47,7 @@ impl Application {
         let ops = Ops::new("health-checker").with_check("redis", redis.readiness_check());
         let metrics = Metrics::new(&ops)?;
         let prober = prober::Prober::new(ServerDirectory::new(redis), config, metrics)?;
-        let server = HttpServer::new(move || {
-            App::new()
-                .configure(ops.clone().configure())
-                .default_service(web::to(http::not_found))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)?
-        .run();
+        let server = http::serve_ops(ops, listener, 5)?;
         Ok(Application {
             port,
             server,

@@ -121,6 +121,31 @@ where
     Ok(server.listen(listener)?.run())
 }
 
+/// Starts a process's operations-only server (`/live`, `/ready`, `/metrics`, a JSON 404), for
+/// a service whose other port is not an HTTP API of ours (the socket server's WebSockets, the
+/// health checker's none): one worker, requests timed and in `request` spans like every other
+/// HTTP app's, no signal handling of its own, and `shutdown_timeout_secs` for requests in
+/// flight when it stops.
+pub fn serve_ops(
+    ops: crate::ops::Ops,
+    listener: std::net::TcpListener,
+    shutdown_timeout_secs: u64,
+) -> std::io::Result<actix_web::dev::Server> {
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .wrap_fn(crate::ops::timed(ops.clone()))
+            .app_data(query_config())
+            .configure(ops.clone().configure())
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(shutdown_timeout_secs)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
 /// CORS for the REST API: the allowed origins (or any, for `*`) may call it with a bearer
 /// token from a browser page; preflights are answered, other origins get no grant.
 fn cors(allowed_origins: &[String]) -> actix_cors::Cors {

@@ -44,7 +44,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpServer};
 use switchboard_service_kit::http;
 use switchboard_service_kit::jwks::JwksRefresher;
 use switchboard_service_kit::ops::Ops;
@@ -160,16 +159,9 @@ fn ops_server(
             Box::pin(async move { state.readiness().await })
         }),
     );
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(http::query_config())
-            .configure(ops.clone().configure())
-            .default_service(web::to(http::not_found))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(state.config.shutdown_grace.as_secs().max(1))
-    .listen(listener)?
-    .run();
-    Ok(server)
+    Ok(http::serve_ops(
+        ops,
+        listener,
+        state.config.shutdown_grace.as_secs().max(1),
+    )?)
 }

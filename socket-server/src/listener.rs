@@ -19,11 +19,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use switchboard_protocol::error_code::ErrorBody;
+use switchboard_protocol::trace_context::{TraceParent, TRACEPARENT_HEADER};
 use switchboard_protocol::ErrorCode;
 use switchboard_service_kit::http::ApiError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use switchboard_ws_codec::{parse_head, HeadError};
 
@@ -180,7 +182,46 @@ async fn answer(accepted: Accepted, state: Arc<ServerState>, sse_sessions: Arc<S
         Ok(Ok(read)) => read,
     };
     drop(permit);
-    let rest = &buf[head_len..];
+    let span = request_span(&head);
+    route(
+        stream,
+        peer,
+        head,
+        &buf[head_len..],
+        state,
+        sse_sessions,
+        address_slot,
+    )
+    .instrument(span)
+    .await;
+}
+
+/// The `request` span of one request on the public port (`method`, `path`, `trace_id`; the
+/// same as every HTTP app's, see `service_kit::ops::timed`), joined to the trace a
+/// `traceparent` header names. For an upgrade it lasts as long as the session. The path
+/// carries no query: a token in `?token=` is never in a span.
+fn request_span(head: &RequestHead) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        method = %head.method,
+        path = %head.path,
+        trace_id = tracing::field::Empty
+    );
+    let incoming = head.header(TRACEPARENT_HEADER).and_then(TraceParent::parse);
+    switchboard_service_kit::telemetry::trace::join(&span, incoming);
+    span
+}
+
+/// Answers a request by its method and path.
+async fn route(
+    stream: TcpStream,
+    peer: SocketAddr,
+    head: RequestHead,
+    rest: &[u8],
+    state: Arc<ServerState>,
+    sse_sessions: Arc<SseSessions>,
+    address_slot: Option<AddressSlot>,
+) {
     match (head.method.as_str(), head.path.as_str()) {
         ("GET", "/ws") => upgrade(stream, peer, head, rest, state, address_slot).await,
         ("GET", "/live") => live(stream).await,

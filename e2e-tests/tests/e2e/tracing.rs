@@ -212,4 +212,22 @@ async fn one_grep_of_the_json_logs_follows_a_message_end_to_end() {
         Some(trace_id.as_str()),
         "the manager's request span joined the traceparent header's trace: {numbered}"
     );
+
+    // Before the batch: the sender's socket server took the frame in its `inbound` step
+    // (with the send's client_msg_id), inside the `request` span of alice's upgrade on the
+    // public port (GET /ws, no query: her token is in no span).
+    let forwarded = lines_with(&stack, "traced-1")
+        .into_iter()
+        .find(|(file, line)| file == sender_file && line["message"] == "forwarded to the managers")
+        .map(|(_, line)| line)
+        .expect("the sender's socket server logged taking the frame");
+    let spans = forwarded["spans"].as_array().cloned().unwrap_or_default();
+    let named = |name: &str| spans.iter().find(|s| s["name"] == name).cloned();
+    let request = named("request").expect("inside the upgrade's request span");
+    assert_eq!(request["method"], "GET", "{forwarded}");
+    assert_eq!(request["path"], "/ws", "{forwarded}");
+    assert!(request["trace_id"].as_str().is_some(), "{forwarded}");
+    let inbound = named("inbound").expect("inside the inbound step's span");
+    assert_eq!(inbound["client_msg_id"], "traced-1", "{forwarded}");
+    assert!(!forwarded.to_string().contains("token="), "{forwarded}");
 }

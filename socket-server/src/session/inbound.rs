@@ -123,7 +123,10 @@ impl Inbound<'_> {
             done: None,
         };
         match manager.submit(self.conn_id, pending) {
-            Ok(()) => Handled::Forwarded,
+            Ok(()) => {
+                tracing::debug!("forwarded to the managers");
+                Handled::Forwarded
+            }
             Err(pending) => {
                 let client_msg_id = match &pending.item {
                     ServerItem::Frame { frame, .. } => frame.client_msg_id().map(str::to_owned),
