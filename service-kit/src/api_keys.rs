@@ -33,41 +33,18 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use switchboard_config::lookup::{lookup_optional, process_env, ConfigError, Lookup};
+use switchboard_config::names::{SB_API_KEYS, SB_API_KEYS_FILE};
 use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::ErrorCode;
 
-use crate::env::EnvVar;
 use crate::http::ApiError;
-use crate::lookup::{lookup_optional, process_env, ConfigError, Lookup};
-
-pub const SB_API_KEYS_FILE: &str = "SB_API_KEYS_FILE";
-pub const SB_API_KEYS: &str = "SB_API_KEYS";
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "sbk_";
 
 /// A key's rate when its entry names none (requests per second, sustained).
 pub const DEFAULT_RATE_PER_SEC: f64 = 50.0;
-
-/// The variables, for the tables of the services that take API keys.
-pub const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_API_KEYS_FILE,
-        default: None,
-        doc: "A JSON file of the server API's keys: [{\"id\", \"sha256\" (hex of the whole \
-              key's SHA-256), \"scopes\" (messages:write, conversations:write, read, \
-              users:disconnect, webhooks:manage), \"rate_per_sec\" (default 50; 0: no limit), \
-              \"burst\" (default the rate)}]; `mint-api-key` prints an entry. Re-read within a \
-              second when it changes (rotation without restarts). Unset with SB_API_KEYS unset: \
-              no keys, every /server request is 401.",
-    },
-    EnvVar {
-        name: SB_API_KEYS,
-        default: None,
-        doc: "The same JSON as SB_API_KEYS_FILE, inline (read once at start). Setting both is \
-              a configuration error.",
-    },
-];
 
 /// What a key may do. The wire form is `area:action`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 //! tool such as `mint-token`, a few positional arguments. Anything else is an error (exit 2)
 //! that names the argument and points at `--help`.
 
-use crate::env::{render_tables, wrap, EnvTable};
+use switchboard_config::env::{render_tables, wrap, EnvTable};
 
 /// What a binary says about itself.
 #[derive(Debug, Clone, Copy)]
@@ -111,12 +111,13 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::env::EnvVar;
+    use switchboard_config::env::EnvVar;
+    use switchboard_config::names::SB_LOG_FORMAT;
 
     const TABLES: &[EnvTable] = &[EnvTable {
         title: "Mine",
         vars: &[EnvVar {
-            name: "SB_X",
+            name: SB_LOG_FORMAT,
             default: Some("7"),
             doc: "X.",
         }],
@@ -165,7 +166,9 @@ mod tests {
         let text = cli(0).help();
         assert!(text.starts_with("demo 1.2.3\n\nA demo.\n\nUsage: demo [--help"));
         assert!(
-            text.contains("Mine:\n  SB_X (default \"7\")\n      X.\n"),
+            text.contains(&format!(
+                "Mine:\n  {SB_LOG_FORMAT} (default \"7\")\n      X.\n"
+            )),
             "{text}"
         );
     }

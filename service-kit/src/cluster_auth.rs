@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use sha2::{Digest, Sha256};
+use switchboard_config::secret::Secret;
 use switchboard_protocol::registry::{CLUSTER_SECRET_HEADER, CLUSTER_SERVICE_HEADER};
 use switchboard_protocol::ErrorCode;
 
@@ -62,27 +63,6 @@ impl ServiceRole {
 impl fmt::Display for ServiceRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// A secret that never shows in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(text: impl Into<String>) -> Self {
-        Secret(text.into())
-    }
-
-    /// The secret itself: only to put it on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
     }
 }
 
@@ -336,6 +316,5 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(!format!("{:?}", Secret::new("hidden")).contains("hidden"));
     }
 }

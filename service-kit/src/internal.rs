@@ -253,7 +253,8 @@ impl InternalClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster_auth::{Secret, ServiceRole};
+    use crate::cluster_auth::ServiceRole;
+    use switchboard_config::secret::Secret;
 
     /// A loopback server answering each connection with `status` and `body`; counts hits.
     async fn answering(

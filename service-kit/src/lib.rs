@@ -1,10 +1,8 @@
 //! The service kit: everything each Switchboard service needs and none should write twice.
 //!
-//! - [`config`]: typed configuration from environment variables with working local defaults.
-//! - [`lookup`]: reading one variable (from the environment or a test's map) and the
-//!   [`lookup::ConfigError`] that names a bad one; [`config`] re-exports it.
-//! - [`env`]: the variables as data ([`env::EnvVar`]), one table per service, for `--help`, the
-//!   docs and the tests that keep them in step.
+//! - [`config`]: the settings every service shares ([`config::CommonConfig`]), read from
+//!   environment variables with working local defaults. The variables' names and tables, the
+//!   readers and `ConfigError` are `switchboard-config`'s.
 //! - [`cli`]: `--help` / `--version` and argument errors, the same for every binary.
 //! - [`redis_sentinel`]: a Redis handle that finds the master through Sentinel by name and
 //!   re-resolves it whenever the connection breaks (failover without restarts).
@@ -15,20 +13,17 @@
 //! - [`api_keys`]: API keys of app backends (`Authorization: Bearer sbk_...`) for the server
 //!   API: scopes, rotation, a per-key rate.
 //! - [`shutdown`]: one cancellation token that every task of a service watches.
-//! - [`tls`]: CA files and error messages for TLS to Redis, Kafka and PostgreSQL, and
-//!   PostgreSQL's `sslmode`.
+//! - [`tls`]: PostgreSQL's TLS settings (`sslmode`, CA file) applied to a database URL.
 
 pub mod api_keys;
 pub mod cli;
 pub mod cluster_auth;
 pub mod config;
-pub mod env;
 pub mod http;
 pub mod internal;
 pub mod jwks;
 pub mod latch;
 pub mod limits;
-pub mod lookup;
 pub mod ops;
 pub mod redis_sentinel;
 pub mod shutdown;

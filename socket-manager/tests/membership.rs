@@ -13,6 +13,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use switchboard_chat_state::presence::ServerMap;
+use switchboard_config::names::SB_HANDLER_TTL_MS;
 use switchboard_protocol::internal::{
     RenewRequest, ServerBatch, ServerBatchReply, ServerItem, ServerRegistration,
 };
@@ -57,7 +58,7 @@ async fn spawn_apps(name: &str) -> TestApp {
     let messages = format!("http://127.0.0.1:{}", ms.port());
     tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
     let manager_config = shared::manager_vars(&id, &messages)
-        .with("SB_HANDLER_TTL_MS", GRACE_MS)
+        .with(SB_HANDLER_TTL_MS, GRACE_MS)
         .config(
             socket_manager::config::HELP_TABLES,
             socket_manager::ManagerConfig::from_lookup,

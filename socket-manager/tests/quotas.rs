@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
+use switchboard_config::names::{SB_USER_FRAMES_BURST, SB_USER_FRAMES_PER_MIN};
 use switchboard_kafka::KafkaConfig;
 use switchboard_message_log::{decode_handler_envelope, Event};
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
@@ -336,10 +337,7 @@ async fn a_batch_of_receipts_takes_one_round_of_acks() {
 async fn sends_past_the_users_quota_are_refused_with_their_client_msg_id() {
     let app = spawn_apps(
         "send-quota",
-        &[
-            ("SB_USER_FRAMES_PER_MIN", "1"),
-            ("SB_USER_FRAMES_BURST", "10"),
-        ],
+        &[(SB_USER_FRAMES_PER_MIN, "1"), (SB_USER_FRAMES_BURST, "10")],
     )
     .await;
     app.register("q1").await;
@@ -536,11 +534,11 @@ async fn redis_usec(redis: &switchboard_service_kit::redis_sentinel::SentinelRed
 async fn what_the_quota_check_costs_per_message() {
     let mut results = Vec::new();
     for (arm, extra) in [
-        ("quotas off", vec![("SB_USER_FRAMES_PER_MIN", "0")]),
+        ("quotas off", vec![(SB_USER_FRAMES_PER_MIN, "0")]),
         ("quotas on", vec![]),
-        ("quotas off, again", vec![("SB_USER_FRAMES_PER_MIN", "0")]),
+        ("quotas off, again", vec![(SB_USER_FRAMES_PER_MIN, "0")]),
         ("quotas on, again", vec![]),
-        ("quotas off, third", vec![("SB_USER_FRAMES_PER_MIN", "0")]),
+        ("quotas off, third", vec![(SB_USER_FRAMES_PER_MIN, "0")]),
         ("quotas on, third", vec![]),
     ] {
         let app = spawn_apps("quota-cost", &extra).await;

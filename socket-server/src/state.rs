@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use switchboard_config::names::SB_SERVER_ID;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_protocol::ServerId;
 use switchboard_server_directory::ServerDirectory;
@@ -72,7 +73,7 @@ fn server_id(config: &SocketServerConfig) -> anyhow::Result<ServerId> {
         .server_id
         .clone()
         .unwrap_or_else(|| format!("socket-{}", ulid::Ulid::new()));
-    ServerId::parse(id).map_err(|e| anyhow::anyhow!("SB_SERVER_ID: {e}"))
+    ServerId::parse(id).map_err(|e| anyhow::anyhow!("{SB_SERVER_ID}: {e}"))
 }
 
 impl ServerState {

@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
-use switchboard_service_kit::redis_sentinel::{
-    RedisConfig, SentinelRedis, SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_SENTINELS,
-    SB_REDIS_SENTINEL_TLS, SB_REDIS_TLS, SB_REDIS_TLS_CA_FILE,
+use switchboard_config::names::{
+    SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_SENTINELS, SB_REDIS_SENTINEL_TLS,
+    SB_REDIS_TLS, SB_REDIS_TLS_CA_FILE,
 };
+use switchboard_service_kit::redis_sentinel::{RedisConfig, SentinelRedis};
 use switchboard_test_support::redis_cluster::{RedisTlsFiles, MASTER_NAME, REDIS_PASSWORD};
 use switchboard_test_support::tls::TestCertificates;
 use switchboard_test_support::RedisSentinelCluster;

@@ -19,11 +19,6 @@ mod discovery;
 mod handle;
 mod memory;
 
-pub use config::{
-    RedisAuth, RedisConfig, RedisTls, ENV, SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD,
-    SB_REDIS_PREFIX, SB_REDIS_SENTINELS, SB_REDIS_SENTINEL_PASSWORD, SB_REDIS_SENTINEL_TLS,
-    SB_REDIS_SENTINEL_USERNAME, SB_REDIS_TIMEOUT_MS, SB_REDIS_TLS, SB_REDIS_TLS_CA_FILE,
-    SB_REDIS_USERNAME,
-};
+pub use config::{RedisAuth, RedisConfig, RedisTls};
 pub use handle::{SentinelRedis, StoreError, MASTER_WATCH_INTERVAL};
 pub use memory::RedisMemoryGauges;
