@@ -53,7 +53,7 @@ pub fn render_tables(tables: &[EnvTable]) -> String {
 }
 
 /// `text` in lines of at most `width` columns, broken between words.
-pub fn wrap(text: &str, width: usize) -> Vec<String> {
+pub(crate) fn wrap(text: &str, width: usize) -> Vec<String> {
     let mut lines = Vec::new();
     let mut line = String::new();
     for word in text.split_whitespace() {

@@ -7,6 +7,8 @@
 //!   place a name is spelled.
 //! - [`tables`]: each part's table of its variables (default, meaning) for `--help`, the docs
 //!   and the tests that keep them in step.
+//! - [`cli`]: `--help` (the tables of what a binary reads) / `--version` and argument
+//!   errors, the same for every binary.
 //! - [`env`]: the table types ([`env::EnvVar`], [`env::EnvTable`]), `--help` rendering and the
 //!   checks of the tables against the docs and the code.
 //! - [`lookup`]: reading one variable (from the environment or a test's map) and the
@@ -19,6 +21,7 @@
 //! Parsing a service's settings into its typed config (`from_lookup`) stays in the crate that
 //! owns them.
 
+pub mod cli;
 pub mod env;
 pub mod lookup;
 pub mod names;

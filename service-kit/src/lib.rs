@@ -3,7 +3,6 @@
 //! - [`config`]: the settings every service shares ([`config::CommonConfig`]), read from
 //!   environment variables with working local defaults. The variables' names and tables, the
 //!   readers and `ConfigError` are `switchboard-config`'s.
-//! - [`cli`]: `--help` / `--version` and argument errors, the same for every binary.
 //! - [`redis_sentinel`]: a Redis handle that finds the master through Sentinel by name and
 //!   re-resolves it whenever the connection breaks (failover without restarts).
 //! - [`telemetry`]: `tracing` subscriber setup (pretty or JSON lines).
@@ -16,7 +15,6 @@
 //! - [`tls`]: PostgreSQL's TLS settings (`sslmode`, CA file) applied to a database URL.
 
 pub mod api_keys;
-pub mod cli;
 pub mod cluster_auth;
 pub mod config;
 pub mod http;

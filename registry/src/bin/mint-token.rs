@@ -2,13 +2,13 @@
 //! `SB_JWT_PRIVATE_KEY_FILE`, or else with `SB_JWT_SECRET` (the same default as the services),
 //! for scripts and for clusters that run without dev mode.
 
+use switchboard_config::cli::Cli;
 use switchboard_config::env::{EnvTable, EnvVar};
 use switchboard_config::lookup::{env_optional, env_string};
 use switchboard_config::names::{SB_JWT_PRIVATE_KEY_FILE, SB_JWT_SECRET};
 use switchboard_config::tables::common::DEFAULT_JWT_SECRET;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_protocol::token::TokenPolicy;
-use switchboard_service_kit::cli::Cli;
 
 const ENV: &[EnvVar] = &[
     EnvVar {

@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
+use switchboard_config::cli::Cli;
 use switchboard_config::names::{SB_CALLER_KEYS, SB_SERVICE_SECRET};
-use switchboard_service_kit::cli::Cli;
 use switchboard_service_kit::cluster_auth::{secret_hash, ServiceRole};
 
 const CLI: Cli = Cli {

@@ -13,13 +13,13 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use switchboard_config::cli::Cli;
 use switchboard_config::env::{EnvTable, EnvVar};
 use switchboard_config::names::{
     PREFIX, RUST_LOG, SB_API_KEYS, SB_API_KEYS_FILE, SB_DEVSTACK_WEBHOOKS, SB_PUSH_GATEWAY_SECRET,
     SB_PUSH_GATEWAY_URL, SB_PUSH_SINK_BIND, SB_WEBHOOK_ALLOW_NETS,
 };
 use switchboard_service_kit::api_keys::{self, Scope};
-use switchboard_service_kit::cli::Cli;
 use switchboard_test_support::ports::is_free;
 use switchboard_test_support::{
     bin_path, no_websocket, repo_root, FixedPorts, ManagedProcess, Stack, StackOptions,

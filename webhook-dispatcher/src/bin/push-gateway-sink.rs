@@ -4,9 +4,9 @@
 //! webhook deliveries (`POST /webhook`, shown at `GET /webhooks`), so the local stack and the
 //! compose demo have one sink for both.
 
+use switchboard_config::cli::Cli;
 use switchboard_config::env::{EnvTable, EnvVar};
 use switchboard_config::names::{SB_PUSH_GATEWAY_SECRET, SB_PUSH_SINK_BIND, SB_PUSH_SINK_REJECT};
-use switchboard_service_kit::cli::Cli;
 use webhook_dispatcher::push::sink::Sink;
 
 const ENV: &[EnvVar] = &[

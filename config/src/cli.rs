@@ -4,7 +4,7 @@
 //! tool such as `mint-token`, a few positional arguments. Anything else is an error (exit 2)
 //! that names the argument and points at `--help`.
 
-use switchboard_config::env::{render_tables, wrap, EnvTable};
+use crate::env::{render_tables, wrap, EnvTable};
 
 /// What a binary says about itself.
 #[derive(Debug, Clone, Copy)]
@@ -111,8 +111,8 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_config::env::EnvVar;
-    use switchboard_config::names::SB_LOG_FORMAT;
+    use crate::env::EnvVar;
+    use crate::names::SB_LOG_FORMAT;
 
     const TABLES: &[EnvTable] = &[EnvTable {
         title: "Mine",
