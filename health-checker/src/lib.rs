@@ -25,10 +25,10 @@ mod prober;
 use std::net::TcpListener;
 
 use actix_web::{web, App, HttpServer};
+use switchboard_redis::SentinelRedis;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 
 pub use config::HealthCheckerConfig;
@@ -45,7 +45,10 @@ impl Application {
         let listener = TcpListener::bind(&config.bind)?;
         let port = listener.local_addr()?.port();
         let redis = SentinelRedis::new(config.common.redis.clone());
-        let ops = Ops::new("health-checker").with_check("redis", redis.readiness_check());
+        let ops = Ops::new("health-checker").with_check(
+            "redis",
+            switchboard_service_kit::redis::readiness_check(&redis),
+        );
         let metrics = Metrics::new(&ops)?;
         let prober = prober::Prober::new(ServerDirectory::new(redis), config, metrics)?;
         let server = HttpServer::new(move || {

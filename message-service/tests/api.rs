@@ -20,7 +20,7 @@ use switchboard_config::names::{
     SB_REDIS_TIMEOUT_MS,
 };
 use switchboard_kafka::KafkaConfig;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared;
 

@@ -156,7 +156,7 @@ fn zero_http_workers_is_refused() {
 async fn one_script_assigns_as_a_sequence_of_single_assignments() {
     let config = config("assign-many");
     let directory = switchboard_server_directory::ServerDirectory::new(
-        switchboard_service_kit::redis_sentinel::SentinelRedis::new(config.common.redis.clone()),
+        switchboard_redis::SentinelRedis::new(config.common.redis.clone()),
     );
     let (stale, ttl) = (config.stale_after_ms, config.reservation_ttl_ms);
     let url = spawn_app(config).await;

@@ -24,7 +24,7 @@ use switchboard_protocol::token::{TokenKeys, TokenPolicy};
 use crate::cluster_auth::ClusterAuth;
 pub use crate::jwks::JwksSource;
 use crate::limits::TrustedProxies;
-use crate::redis_sentinel::RedisConfig;
+use switchboard_redis::RedisConfig;
 
 /// Settings every service shares.
 #[derive(Debug, Clone)]

@@ -3,8 +3,8 @@
 //! - [`config`]: the settings every service shares ([`config::CommonConfig`]), read from
 //!   environment variables with working local defaults. The variables' names and tables, the
 //!   readers and `ConfigError` are `switchboard-config`'s.
-//! - [`redis_sentinel`]: a Redis handle that finds the master through Sentinel by name and
-//!   re-resolves it whenever the connection breaks (failover without restarts).
+//! - [`redis`]: the `/ready` check and the memory gauges of the Redis handle (`switchboard-redis`:
+//!   the master found through Sentinel by name, re-resolved whenever the connection breaks).
 //! - [`telemetry`]: `tracing` subscriber setup (pretty or JSON lines).
 //! - [`http`]: [`http::ApiError`], the one JSON error body, and the JSON extractor configs.
 //! - [`ops`]: `/live`, `/ready` (readiness reflects dependencies) and `/metrics`, plus the HTTP
@@ -23,7 +23,7 @@ pub mod jwks;
 pub mod latch;
 pub mod limits;
 pub mod ops;
-pub mod redis_sentinel;
+pub mod redis;
 pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;

@@ -22,9 +22,9 @@ use switchboard_protocol::server_api::{
     valid_idempotency_key, InternalServerSend, InternalServerSent,
 };
 use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, UserId};
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 
 use crate::state::AppState;
 

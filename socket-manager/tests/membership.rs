@@ -18,8 +18,8 @@ use switchboard_protocol::internal::{
     RenewRequest, ServerBatch, ServerBatchReply, ServerItem, ServerRegistration,
 };
 use switchboard_protocol::registry::{Registration, CLUSTER_SECRET_HEADER};
+use switchboard_redis::SentinelRedis;
 use switchboard_server_directory::ServerDirectory;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared::{self, CLUSTER_SECRET};
 

@@ -447,10 +447,8 @@ async fn a_conversation_whose_counter_expired_continues_after_its_log() {
         assert!(Instant::now() < deadline, "not stored: {resp}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(shared::redis_config(
-        "socket-manager",
-        &app.id,
-    ));
+    let redis =
+        switchboard_redis::SentinelRedis::new(shared::redis_config("socket-manager", &app.id));
     for key in [
         format!("seq:{conversation}"),
         format!("seq-epoch:{conversation}"),
@@ -512,7 +510,7 @@ async fn a_conversation_whose_counter_expired_continues_after_its_log() {
 }
 
 /// Total Redis CPU (µs) of every command so far, from `INFO commandstats`.
-async fn redis_usec(redis: &switchboard_service_kit::redis_sentinel::SentinelRedis) -> u64 {
+async fn redis_usec(redis: &switchboard_redis::SentinelRedis) -> u64 {
     let stats: String = redis
         .query(redis::cmd("INFO").arg("commandstats"))
         .await
@@ -565,9 +563,8 @@ async fn what_the_quota_check_costs_per_message() {
         };
         // Warm: every counter checked against the log once.
         app.batch("hc", batch(0)).await;
-        let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(
-            shared::redis_config("socket-manager", &app.id),
-        );
+        let redis =
+            switchboard_redis::SentinelRedis::new(shared::redis_config("socket-manager", &app.id));
         let rounds = 100;
         let before = redis_usec(&redis).await;
         let started = Instant::now();

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use switchboard_config::names::SB_SERVER_ID;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_protocol::ServerId;
+use switchboard_redis::SentinelRedis;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::jwks::JwksRefresher;
 use switchboard_service_kit::latch::Latch;
 use switchboard_service_kit::limits::IpRateLimiter;
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_service_kit::supervise::TaskTracker;
 

@@ -56,8 +56,8 @@ use switchboard_config::names::{
 use switchboard_config::tables::COMMON;
 use switchboard_kafka::KafkaConfig;
 use switchboard_protocol::token::TokenKeys;
+use switchboard_redis::RedisConfig;
 use switchboard_service_kit::config::CommonConfig;
-use switchboard_service_kit::redis_sentinel::RedisConfig;
 
 use crate::redis_cluster::{
     service_password, service_user, RedisSentinelCluster, REDIS_PASSWORD, SENTINEL_CLIENT_PASSWORD,
@@ -425,14 +425,8 @@ pub fn redis_config(service: &str, id: &str) -> RedisConfig {
 /// with the shared Redis started: for tests that drive a store module directly. Only Redis:
 /// a binary whose tests need nothing else (chat-state's, server-directory's) does not pay
 /// for a PostgreSQL and a broker it never uses.
-pub fn fresh_redis(
-    service: &str,
-    name: &str,
-) -> switchboard_service_kit::redis_sentinel::SentinelRedis {
-    switchboard_service_kit::redis_sentinel::SentinelRedis::new(redis_config(
-        service,
-        &unique(name),
-    ))
+pub fn fresh_redis(service: &str, name: &str) -> switchboard_redis::SentinelRedis {
+    switchboard_redis::SentinelRedis::new(redis_config(service, &unique(name)))
 }
 
 /// The shared settings of `service` in the test `id` ([`common_vars`]).

@@ -54,7 +54,7 @@ pub struct DispatcherConfig {
     /// Push notifications (`None`: `SB_PUSH_GATEWAY_URL` unset, the notifier is off).
     pub push: Option<crate::push::PushConfig>,
     /// Redis, where the notifier reads presence.
-    pub redis: switchboard_service_kit::redis_sentinel::RedisConfig,
+    pub redis: switchboard_redis::RedisConfig,
 }
 
 impl std::fmt::Debug for DispatcherConfig {
@@ -137,7 +137,7 @@ impl DispatcherConfig {
             retention: secs(SB_WEBHOOK_RETENTION_SECS, 604_800)?,
             max_endpoints: lookup_or(lookup, SB_WEBHOOK_MAX_ENDPOINTS, 100)?,
             push: crate::push::PushConfig::from_lookup(lookup)?,
-            redis: switchboard_service_kit::redis_sentinel::RedisConfig::from_lookup(lookup)?,
+            redis: switchboard_redis::RedisConfig::from_lookup(lookup)?,
         })
     }
 }

@@ -58,9 +58,9 @@ use switchboard_chat_state::presence::ServerMap;
 use switchboard_chat_state::sequence::SequenceKeys;
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, ServerId, UserId};
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::supervise::Workers;
 
 use crate::batching::{LogAppender, Router};
