@@ -444,7 +444,7 @@ mod lookup_tests {
         )
         .unwrap();
         let long = "0123456789abcdef0123456789abcdef-socket-server";
-        let hash = crate::cluster_auth::secret_hash(long);
+        let hash = switchboard_credentials::cluster::secret_hash(long);
         let callers = format!("socket-server={hash}");
         let pairs = [
             (SB_JWT_PUBLIC_KEY_FILE, public.to_str().unwrap()),

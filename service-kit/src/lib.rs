@@ -9,8 +9,11 @@
 //! - [`http`]: [`http::ApiError`], the one JSON error body, and the JSON extractor configs.
 //! - [`ops`]: `/live`, `/ready` (readiness reflects dependencies) and `/metrics`, plus the HTTP
 //!   latency middleware.
-//! - [`api_keys`]: API keys of app backends (`Authorization: Bearer sbk_...`) for the server
-//!   API: scopes, rotation, a per-key rate.
+//! - [`api_keys`]: checking app backends' API keys (`Authorization: Bearer sbk_...`) on the
+//!   server API: the configured table, rotation, a per-key rate (the entries, scopes and
+//!   minting are `switchboard-credentials`').
+//! - [`cluster_auth`]: checking a caller's cluster credential on a cluster-only route (the
+//!   credential itself is `switchboard-credentials`').
 //! - [`shutdown`]: one cancellation token that every task of a service watches.
 //! - [`tls`]: PostgreSQL's TLS settings (`sslmode`, CA file) applied to a database URL.
 

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use switchboard_config::names::SB_SERVER_ID;
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_protocol::ServerId;
 use switchboard_redis::SentinelRedis;
 use switchboard_server_directory::ServerDirectory;
-use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::jwks::JwksRefresher;
 use switchboard_service_kit::latch::Latch;
 use switchboard_service_kit::limits::IpRateLimiter;

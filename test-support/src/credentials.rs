@@ -19,8 +19,8 @@ use switchboard_config::names::{
     SB_SERVICE_SECRET,
 };
 use switchboard_config::secret::Secret;
+use switchboard_credentials::cluster::{secret_hash, ClusterCredential, ServiceRole};
 use switchboard_protocol::token::{TokenKeys, TokenPolicy};
-use switchboard_service_kit::cluster_auth::{secret_hash, ClusterCredential, ServiceRole};
 
 /// How client tokens are signed in a stack.
 #[derive(Clone, Debug)]

@@ -57,7 +57,6 @@ use switchboard_config::tables::COMMON;
 use switchboard_kafka::KafkaConfig;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_redis::RedisConfig;
-use switchboard_service_kit::config::CommonConfig;
 
 use crate::redis_cluster::{
     service_password, service_user, RedisSentinelCluster, REDIS_PASSWORD, SENTINEL_CLIENT_PASSWORD,
@@ -65,9 +64,9 @@ use crate::redis_cluster::{
 };
 use crate::{free_port, Broker, Postgres};
 
-/// The JWT secret of every service a fast test builds ([`common_config`]).
+/// The JWT secret of every service a fast test builds ([`common_vars`]).
 pub const JWT_SECRET: &str = "a-jwt-secret-for-the-fast-tier-tests";
-/// The cluster secret of every service a fast test builds ([`common_config`]).
+/// The cluster secret of every service a fast test builds ([`common_vars`]).
 pub const CLUSTER_SECRET: &str = "a-cluster-secret-for-the-fast-tier!!";
 
 /// How long a test waits for a fixture to start before it fails.
@@ -427,11 +426,6 @@ pub fn redis_config(service: &str, id: &str) -> RedisConfig {
 /// for a PostgreSQL and a broker it never uses.
 pub fn fresh_redis(service: &str, name: &str) -> switchboard_redis::SentinelRedis {
     switchboard_redis::SentinelRedis::new(redis_config(service, &unique(name)))
-}
-
-/// The shared settings of `service` in the test `id` ([`common_vars`]).
-pub fn common_config(service: &str, id: &str) -> CommonConfig {
-    common_vars(service, id).config(&COMMON[..2], CommonConfig::from_lookup)
 }
 
 /// Broker settings for the test `id` ([`kafka_vars`]).

@@ -16,8 +16,8 @@ use switchboard_config::names::{
     SB_REGISTRY_URL, SB_RESERVATIONS_PER_IP, SB_SERVER_ID, SB_SOCKET_BIND, SB_SOCKET_OPS_BIND,
     SB_SOCKET_PUBLIC_URL, SB_WEBHOOK_BIND, SB_WEBHOOK_DATABASE_URL,
 };
+use switchboard_credentials::cluster::{ClusterCredential, ServiceRole};
 use switchboard_protocol::token::TokenKeys;
-use switchboard_service_kit::cluster_auth::{ClusterCredential, ServiceRole};
 
 use crate::broker::Broker;
 use crate::credentials::Credentials;

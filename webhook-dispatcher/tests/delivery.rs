@@ -22,7 +22,7 @@ use switchboard_config::names::{
     SB_WEBHOOK_ALLOW_NETS, SB_WEBHOOK_RETRY_BASE_MS, SB_WEBHOOK_RETRY_MAX_DELAY_MS,
     SB_WEBHOOK_TIMEOUT_MS,
 };
-use switchboard_service_kit::api_keys::{mint, Scope};
+use switchboard_credentials::api_keys::{mint, Scope};
 use switchboard_test_support::{Stack, StackOptions};
 use webhook_dispatcher::signing;
 

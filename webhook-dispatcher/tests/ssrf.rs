@@ -13,7 +13,7 @@ use common::{key_env, kv, webhooks_api, Sink};
 use reqwest::Method;
 use serde_json::json;
 use switchboard_config::names::SB_WEBHOOK_ALLOW_NETS;
-use switchboard_service_kit::api_keys::{mint, Scope};
+use switchboard_credentials::api_keys::{mint, Scope};
 use switchboard_test_support::{Stack, StackOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

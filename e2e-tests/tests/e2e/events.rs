@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 use switchboard_config::names::{SB_EDIT_WINDOW_SECS, SB_MAX_EDITS, SB_MAX_REACTIONS_PER_MESSAGE};
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::frames::{ClientFrame, RecordKind, ServerFrame};
 use switchboard_protocol::ErrorCode;
-use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_test_support::{Stack, StackOptions};
 
 use crate::client::{api, create_conversation, http, token_for, WsClient};

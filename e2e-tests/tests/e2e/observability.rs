@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 use switchboard_config::names::{SB_API_KEYS, SB_WEBHOOK_ALLOW_NETS};
-use switchboard_service_kit::api_keys::{mint, Scope};
+use switchboard_credentials::api_keys::{mint, Scope};
 use switchboard_test_support::{free_port, repo_root, ManagedProcess, Stack, StackOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

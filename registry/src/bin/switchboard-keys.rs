@@ -33,7 +33,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use switchboard_config::cli::Cli;
 use switchboard_config::names::{SB_CALLER_KEYS, SB_SERVICE_SECRET};
-use switchboard_service_kit::cluster_auth::{secret_hash, ServiceRole};
+use switchboard_credentials::cluster::{secret_hash, ServiceRole};
 
 const CLI: Cli = Cli {
     name: "switchboard-keys",

@@ -3,7 +3,7 @@
 //! `SB_API_KEYS` (docs/server-api.md).
 
 use switchboard_config::cli::Cli;
-use switchboard_service_kit::api_keys::{mint, Scope, DEFAULT_RATE_PER_SEC};
+use switchboard_credentials::api_keys::{mint, Scope, DEFAULT_RATE_PER_SEC};
 
 const CLI: Cli = Cli {
     name: "mint-api-key",

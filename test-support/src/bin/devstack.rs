@@ -19,7 +19,7 @@ use switchboard_config::names::{
     PREFIX, RUST_LOG, SB_API_KEYS, SB_API_KEYS_FILE, SB_DEVSTACK_WEBHOOKS, SB_PUSH_GATEWAY_SECRET,
     SB_PUSH_GATEWAY_URL, SB_PUSH_SINK_BIND, SB_WEBHOOK_ALLOW_NETS,
 };
-use switchboard_service_kit::api_keys::{self, Scope};
+use switchboard_credentials::api_keys::{self, Scope};
 use switchboard_test_support::ports::is_free;
 use switchboard_test_support::{
     bin_path, no_websocket, repo_root, FixedPorts, ManagedProcess, Stack, StackOptions,
@@ -413,8 +413,7 @@ fn print_banner(stack: &Stack, ports: &FixedPorts, dev_key: Option<&str>, sink: 
         stack.log_dir().display()
     );
     // Per-service credentials: what a tool poking an internal route must present.
-    let manager =
-        stack.credential(switchboard_service_kit::cluster_auth::ServiceRole::SocketServer);
+    let manager = stack.credential(switchboard_credentials::cluster::ServiceRole::SocketServer);
     let [(role_header, role), (secret_header, secret)] = manager.headers();
     println!("  socket-server creds   {role_header}: {role}, {secret_header}: {secret}");
     if let switchboard_test_support::credentials::TokenSigning::Ed25519 { private_pem, .. } =

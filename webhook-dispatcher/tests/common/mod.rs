@@ -181,7 +181,7 @@ pub async fn webhooks_api(
 }
 
 /// The env of a stack running the dispatcher with `entries` as its API keys.
-pub fn key_env(entries: &[&switchboard_service_kit::api_keys::KeyEntry]) -> (String, String) {
+pub fn key_env(entries: &[&switchboard_credentials::api_keys::KeyEntry]) -> (String, String) {
     (
         SB_API_KEYS.to_owned(),
         serde_json::to_string(entries).unwrap(),
