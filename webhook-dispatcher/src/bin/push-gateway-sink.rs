@@ -5,30 +5,9 @@
 //! compose demo have one sink for both.
 
 use switchboard_config::cli::Cli;
-use switchboard_config::env::{EnvTable, EnvVar};
 use switchboard_config::names::{SB_PUSH_GATEWAY_SECRET, SB_PUSH_SINK_BIND, SB_PUSH_SINK_REJECT};
+use switchboard_config::tables::push_gateway_sink::{self, DEFAULT_BIND};
 use webhook_dispatcher::push::sink::Sink;
-
-const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_PUSH_SINK_BIND,
-        default: Some("127.0.0.1:8502"),
-        doc: "Address the sink listens on (`POST /push`, `GET /pushes`, `DELETE /pushes`; \
-              `POST /webhook`, `GET /webhooks`, `DELETE /webhooks`).",
-    },
-    EnvVar {
-        name: SB_PUSH_GATEWAY_SECRET,
-        default: None,
-        doc: "The notifier's signing secret: pushes whose signature does not verify are \
-              answered 401. Unset: signatures are not checked.",
-    },
-    EnvVar {
-        name: SB_PUSH_SINK_REJECT,
-        default: None,
-        doc: "Pushkeys (comma separated) the sink answers as rejected, so the notifier \
-              removes their devices.",
-    },
-];
 
 const CLI: Cli = Cli {
     name: "push-gateway-sink",
@@ -39,10 +18,7 @@ const CLI: Cli = Cli {
             (GET /webhooks), for the holder of the endpoint's secret to verify.",
     usage: "",
     max_positional: 0,
-    env: &[EnvTable {
-        title: "Reference push gateway",
-        vars: ENV,
-    }],
+    env: &[push_gateway_sink::TABLE],
 };
 
 #[tokio::main]
@@ -50,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     CLI.handle_args();
     switchboard_service_kit::telemetry::init("push-gateway-sink");
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let bind = var(SB_PUSH_SINK_BIND).unwrap_or_else(|| "127.0.0.1:8502".to_owned());
+    let bind = var(SB_PUSH_SINK_BIND).unwrap_or_else(|| DEFAULT_BIND.to_owned());
     let secret = var(SB_PUSH_GATEWAY_SECRET);
     if let Some(secret) = &secret {
         webhook_dispatcher::signing::secret_key(secret)
