@@ -3,6 +3,7 @@
 //! [`Lookup`].
 
 use std::time::Duration;
+
 use switchboard_config::lookup::{
     lookup_bool, lookup_millis, lookup_optional, lookup_string, process_env, ConfigError, Lookup,
 };

@@ -20,11 +20,11 @@ use switchboard_config::tables::common::{
     DEFAULT_CLUSTER_SECRET, DEFAULT_JWT_SECRET, DEFAULT_TRUSTED_PROXIES,
 };
 use switchboard_protocol::token::{TokenKeys, TokenPolicy};
+use switchboard_redis::RedisConfig;
 
 use crate::cluster_auth::ClusterAuth;
 pub use crate::jwks::JwksSource;
 use crate::limits::TrustedProxies;
-use switchboard_redis::RedisConfig;
 
 /// Settings every service shares.
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 //! answer 404 `not_found` and a send that references one is refused `attachment_not_found`).
 
 use std::time::Duration;
+
 use switchboard_config::lookup::{
     lookup_bool, lookup_optional, lookup_or, lookup_string, process_env, ConfigError, Lookup,
 };

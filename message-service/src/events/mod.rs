@@ -35,6 +35,9 @@
 
 use std::time::Duration;
 
+use switchboard_config::lookup::{lookup_or, process_env, ConfigError, Lookup};
+use switchboard_config::names::{SB_EDIT_WINDOW_SECS, SB_MAX_EDITS, SB_MAX_REACTIONS_PER_MESSAGE};
+
 mod at_ingest;
 mod check;
 mod history;
@@ -42,8 +45,6 @@ mod history;
 pub use at_ingest::{any_rich, apply, insert_rich};
 pub use check::{configure, verdicts};
 pub use history::{page, Page};
-use switchboard_config::lookup::{lookup_or, process_env, ConfigError, Lookup};
-use switchboard_config::names::{SB_EDIT_WINDOW_SECS, SB_MAX_EDITS, SB_MAX_REACTIONS_PER_MESSAGE};
 
 /// How long the check waits for a target message that ingest has not stored yet (the sender
 /// had its `sent`, so it is in the log): history trails the log by about a fetch wait.

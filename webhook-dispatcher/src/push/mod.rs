@@ -26,6 +26,7 @@ pub mod send;
 pub mod sink;
 
 use std::time::Duration;
+
 use switchboard_config::lookup::{lookup_optional, lookup_or, ConfigError, Lookup};
 use switchboard_config::names::{
     SB_PUSH_COALESCE_MS, SB_PUSH_DATABASE_URL, SB_PUSH_GATEWAY_SECRET, SB_PUSH_GATEWAY_URL,
