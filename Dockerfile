@@ -35,7 +35,10 @@ ARG SB_TOOLS="switchboard-keys push-gateway-sink"
 # ---- 1. dependency layer: manifests only, stub sources -----------------------------------
 COPY Cargo.toml Cargo.lock ./
 # manifests (one line per workspace member)
+COPY config/Cargo.toml           config/
+COPY credentials/Cargo.toml      credentials/
 COPY protocol/Cargo.toml         protocol/
+COPY redis/Cargo.toml            redis/
 COPY ws-codec/Cargo.toml         ws-codec/
 COPY service-kit/Cargo.toml      service-kit/
 COPY server-directory/Cargo.toml server-directory/
@@ -76,7 +79,10 @@ RUN set -eu; \
 # ---- 2. the real sources -------------------------------------------------------------------
 # sources (one line per workspace member). message-service/ includes migrations/, which
 # sqlx::migrate!("./migrations") embeds at compile time.
+COPY config/           config/
+COPY credentials/      credentials/
 COPY protocol/         protocol/
+COPY redis/            redis/
 COPY ws-codec/         ws-codec/
 COPY service-kit/      service-kit/
 COPY server-directory/ server-directory/

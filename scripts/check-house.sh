@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 
 # Product crates: the services and the libraries they are made of. test-support, e2e-tests,
 # loadgen and the reference client are tools around the product.
-PRODUCT="protocol ws-codec service-kit server-directory chat-state registry socket-server
+PRODUCT="config credentials protocol ws-codec redis service-kit server-directory chat-state registry socket-server
 health-checker message-log kafka socket-manager message-service webhook-dispatcher"
 MAX_FILE_LINES=600
 

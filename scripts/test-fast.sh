@@ -20,6 +20,7 @@ packages=(
   -p registry -p message-service -p socket-manager -p socket-server -p health-checker
   -p switchboard-protocol -p switchboard-service-kit -p switchboard-server-directory
   -p switchboard-kafka -p switchboard-message-log -p switchboard-chat-state
+  -p switchboard-config -p switchboard-credentials
 )
 targets=(--lib --bins --tests)
 # Test targets of the slow tier (`<crate dir>/<target>`; scripts/test.sh runs them with

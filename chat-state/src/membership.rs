@@ -26,7 +26,7 @@
 //! be lost with them.
 
 use switchboard_protocol::ConversationId;
-use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+use switchboard_redis::{SentinelRedis, StoreError};
 
 /// Seconds a mirrored set lives without a refill.
 pub const MIRROR_TTL_SECS: u64 = 600;

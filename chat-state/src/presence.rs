@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 
-use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+use switchboard_redis::{SentinelRedis, StoreError};
 
 /// KEYS: user's servers, server's users, user's last seen. ARGV: server, now, expiry, user,
 /// ttl. Returns 1 when the user was offline everywhere before.

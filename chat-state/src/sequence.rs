@@ -18,7 +18,7 @@
 //!   for (a hash of sender and body).
 
 use switchboard_protocol::ConversationId;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_redis::SentinelRedis;
 
 /// The names of the sequence key family under one deployment's prefix.
 #[derive(Clone)]

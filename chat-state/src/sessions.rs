@@ -9,7 +9,7 @@
 //! rises: a second end moves it forward (and renews it), never back.
 
 use switchboard_protocol::UserId;
-use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+use switchboard_redis::{SentinelRedis, StoreError};
 
 /// KEYS: the mark. ARGV: the new mark (seconds), its ttl (seconds). Keeps the later of the two
 /// marks and renews the ttl; answers the mark now in force.

@@ -1,52 +1,26 @@
-//! The health checker's settings, read from the environment (or any lookup of variables): [`ENV`]
-//! names every variable it reads itself (beside the common ones), `from_lookup` reads them
-//! (`from_env` from the process environment).
+//! The health checker's settings, read from the environment (or any lookup of variables): its table
+//! ([`tables::health_checker`]) names every variable it reads itself (beside the common ones),
+//! `from_lookup` reads them (`from_env` from the process environment).
 
 use std::time::Duration;
 
-use switchboard_service_kit::config::{
-    lookup_millis, lookup_or, lookup_string, process_env, CommonConfig, ConfigError, Lookup, COMMON,
+use switchboard_config::env::EnvTable;
+use switchboard_config::lookup::{
+    lookup_millis, lookup_or, lookup_string, process_env, ConfigError, Lookup,
 };
-use switchboard_service_kit::env::{EnvTable, EnvVar};
-
-pub const SB_HEALTH_BIND: &str = "SB_HEALTH_BIND";
-pub const SB_PROBE_INTERVAL_MS: &str = "SB_PROBE_INTERVAL_MS";
-pub const SB_PROBE_TIMEOUT_MS: &str = "SB_PROBE_TIMEOUT_MS";
-pub const SB_FAILURE_THRESHOLD: &str = "SB_FAILURE_THRESHOLD";
-
-/// The health checker's own variables.
-pub const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_HEALTH_BIND,
-        default: Some("127.0.0.1:8301"),
-        doc: "Address of its own /live, /ready and /metrics.",
-    },
-    EnvVar {
-        name: SB_PROBE_INTERVAL_MS,
-        default: Some("500"),
-        doc: "Time between probe rounds, in milliseconds.",
-    },
-    EnvVar {
-        name: SB_PROBE_TIMEOUT_MS,
-        default: Some("400"),
-        doc: "One probe's timeout, in milliseconds.",
-    },
-    EnvVar {
-        name: SB_FAILURE_THRESHOLD,
-        default: Some("3"),
-        doc: "Consecutive failed probes before a socket server is evicted (with the defaults a \
-              dead server is gone in about 1.5-2 s).",
-    },
-];
-
-/// The health checker's table.
-pub const TABLE: EnvTable = EnvTable {
-    title: "Health checker",
-    vars: ENV,
+use switchboard_config::names::{
+    SB_FAILURE_THRESHOLD, SB_HEALTH_BIND, SB_PROBE_INTERVAL_MS, SB_PROBE_TIMEOUT_MS,
 };
+use switchboard_config::tables;
+use switchboard_service_kit::config::CommonConfig;
 
 /// Everything the health-checker binary reads, for `--help`.
-pub const HELP_TABLES: &[EnvTable] = &[COMMON[0], COMMON[1], COMMON[2], TABLE];
+pub const HELP_TABLES: &[EnvTable] = &[
+    tables::COMMON[0],
+    tables::COMMON[1],
+    tables::COMMON[2],
+    tables::health_checker::TABLE,
+];
 
 #[derive(Debug, Clone)]
 pub struct HealthCheckerConfig {

@@ -24,10 +24,10 @@ mod prober;
 
 use std::net::TcpListener;
 
+use switchboard_redis::SentinelRedis;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 
 pub use config::HealthCheckerConfig;
@@ -44,7 +44,10 @@ impl Application {
         let listener = TcpListener::bind(&config.bind)?;
         let port = listener.local_addr()?.port();
         let redis = SentinelRedis::new(config.common.redis.clone());
-        let ops = Ops::new("health-checker").with_check("redis", redis.readiness_check());
+        let ops = Ops::new("health-checker").with_check(
+            "redis",
+            switchboard_service_kit::redis::readiness_check(&redis),
+        );
         let metrics = Metrics::new(&ops)?;
         let prober = prober::Prober::new(ServerDirectory::new(redis), config, metrics)?;
         let server = http::serve_ops(ops, listener, 5)?;

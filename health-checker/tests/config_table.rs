@@ -1,8 +1,10 @@
 //! The health checker's environment variables: one table, distinct `SB_` names, every one documented
 //! in docs/configuration.md with its real default, and listed by `health-checker --help`.
 
-use health_checker::config::{HELP_TABLES, TABLE};
-use switchboard_service_kit::env::{check_cli, check_defaults, check_service_tables};
+use health_checker::config::HELP_TABLES;
+use switchboard_config::env::{check_cli, check_defaults, check_service_tables};
+use switchboard_config::names::SB_DEV_MODE;
+use switchboard_config::tables::health_checker::TABLE;
 
 const DOC: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -19,7 +21,7 @@ fn names_are_distinct_and_documented() {
 fn documented_defaults_are_the_code_defaults() {
     check_defaults(
         HELP_TABLES,
-        &[("SB_DEV_MODE", "true")],
+        &[(SB_DEV_MODE, "true")],
         health_checker::HealthCheckerConfig::from_env,
     )
     .unwrap();

@@ -14,13 +14,16 @@
 //! `SB_KAFKA_CA_FILE`.
 
 use rdkafka::config::ClientConfig;
-use switchboard_service_kit::cluster_auth::Secret;
-use switchboard_service_kit::config::lookup_optional;
-use switchboard_service_kit::config::{
-    lookup_bool, lookup_or, lookup_string, process_env, ConfigError, Lookup,
+use switchboard_config::lookup::{
+    lookup_bool, lookup_optional, lookup_or, lookup_string, process_env, ConfigError, Lookup,
 };
-use switchboard_service_kit::env::{EnvTable, EnvVar};
-use switchboard_service_kit::tls::{self, CaFile};
+use switchboard_config::names::{
+    SB_EVENTS_TOPIC, SB_HANDLER_TOPIC_PREFIX, SB_KAFKA_BROKERS, SB_KAFKA_CA_FILE,
+    SB_KAFKA_IDEMPOTENCE, SB_KAFKA_LINGER_MS, SB_KAFKA_REPLICATION_FACTOR, SB_KAFKA_SASL_MECHANISM,
+    SB_KAFKA_SASL_PASSWORD, SB_KAFKA_SASL_USERNAME, SB_KAFKA_SECURITY_PROTOCOL, SB_MESSAGE_TOPIC,
+};
+use switchboard_config::secret::Secret;
+use switchboard_config::tls::{self, CaFile};
 
 mod check {
     //! A client context that keeps librdkafka's last error, so a failed connection check can
@@ -72,19 +75,6 @@ mod check {
     }
 }
 
-pub const SB_KAFKA_BROKERS: &str = "SB_KAFKA_BROKERS";
-pub const SB_MESSAGE_TOPIC: &str = "SB_MESSAGE_TOPIC";
-pub const SB_EVENTS_TOPIC: &str = "SB_EVENTS_TOPIC";
-pub const SB_HANDLER_TOPIC_PREFIX: &str = "SB_HANDLER_TOPIC_PREFIX";
-pub const SB_KAFKA_LINGER_MS: &str = "SB_KAFKA_LINGER_MS";
-pub const SB_KAFKA_IDEMPOTENCE: &str = "SB_KAFKA_IDEMPOTENCE";
-pub const SB_KAFKA_REPLICATION_FACTOR: &str = "SB_KAFKA_REPLICATION_FACTOR";
-pub const SB_KAFKA_SECURITY_PROTOCOL: &str = "SB_KAFKA_SECURITY_PROTOCOL";
-pub const SB_KAFKA_CA_FILE: &str = "SB_KAFKA_CA_FILE";
-pub const SB_KAFKA_SASL_MECHANISM: &str = "SB_KAFKA_SASL_MECHANISM";
-pub const SB_KAFKA_SASL_USERNAME: &str = "SB_KAFKA_SASL_USERNAME";
-pub const SB_KAFKA_SASL_PASSWORD: &str = "SB_KAFKA_SASL_PASSWORD";
-
 /// The producer's `message.max.bytes`: the largest Kafka record (and produce request message
 /// set) a producer sends; librdkafka refuses a larger record with `MSG_SIZE_TOO_LARGE`. Set
 /// explicitly (it is librdkafka's default too) because the envelope caps below are derived
@@ -103,85 +93,6 @@ pub const ENVELOPE_MAX_BYTES: usize = MESSAGE_MAX_BYTES / 2;
 /// alone must still fit [`MESSAGE_MAX_BYTES`], with room left for the envelope's own framing
 /// (`{"trace":"<ulid>","records":[...]}`) and Kafka's record and batch headers.
 pub const RECORD_MAX_BYTES: usize = MESSAGE_MAX_BYTES - 16 * 1024;
-
-/// What [`KafkaConfig::from_lookup`] (and so `from_env`) reads (the socket servers, managers and message service).
-pub const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_KAFKA_BROKERS,
-        default: Some("127.0.0.1:9092"),
-        doc: "Bootstrap servers of the broker, comma separated.",
-    },
-    EnvVar {
-        name: SB_MESSAGE_TOPIC,
-        default: Some("sb.messages"),
-        doc: "The message log topic (partitioned by conversation).",
-    },
-    EnvVar {
-        name: SB_EVENTS_TOPIC,
-        default: Some("sb.events"),
-        doc: "The events topic (read receipts and presence changes).",
-    },
-    EnvVar {
-        name: SB_HANDLER_TOPIC_PREFIX,
-        default: Some("sb.handler."),
-        doc: "Prefix of the per-socket-server delivery topics (the prefix plus the server id).",
-    },
-    EnvVar {
-        name: SB_KAFKA_LINGER_MS,
-        default: Some("2"),
-        doc: "How long a producer waits to fill a batch, in milliseconds: a few milliseconds of \
-              latency buy far fewer, larger produce requests under load.",
-    },
-    EnvVar {
-        name: SB_KAFKA_IDEMPOTENCE,
-        default: Some("false"),
-        doc: "true: producers run with enable.idempotence. Off is safe (every reader \
-              deduplicates by the project's own keys, acks=all either way) and is the default \
-              because tansu, the local broker, wedges when an idempotent producer's requests \
-              time out. May be turned on with Apache Kafka.",
-    },
-    EnvVar {
-        name: SB_KAFKA_REPLICATION_FACTOR,
-        default: Some("1"),
-        doc: "Replicas of each topic the managers create: 1 for the single local broker, 3 on \
-              a managed cluster. Topics that already exist keep theirs.",
-    },
-    EnvVar {
-        name: SB_KAFKA_SECURITY_PROTOCOL,
-        default: Some("plaintext"),
-        doc: "How clients reach the brokers: plaintext, ssl (TLS), sasl_plaintext (SASL \
-              without TLS) or sasl_ssl (SASL over TLS, what managed Kafka asks for). With TLS \
-              the broker's certificate and host name are always verified.",
-    },
-    EnvVar {
-        name: SB_KAFKA_CA_FILE,
-        default: None,
-        doc: "A PEM file of CA certificates that verify the brokers (ssl, sasl_ssl; \
-              librdkafka's ssl.ca.location). Unset: the system's CA bundle.",
-    },
-    EnvVar {
-        name: SB_KAFKA_SASL_MECHANISM,
-        default: None,
-        doc: "SASL mechanism for sasl_plaintext and sasl_ssl: PLAIN, SCRAM-SHA-256 or \
-              SCRAM-SHA-512 (required with those protocols).",
-    },
-    EnvVar {
-        name: SB_KAFKA_SASL_USERNAME,
-        default: None,
-        doc: "SASL user name (required with sasl_plaintext and sasl_ssl).",
-    },
-    EnvVar {
-        name: SB_KAFKA_SASL_PASSWORD,
-        default: None,
-        doc: "SASL password (required with sasl_plaintext and sasl_ssl).",
-    },
-];
-
-/// The Kafka table, for `--help` of the binaries that talk to the broker.
-pub const TABLE: EnvTable = EnvTable {
-    title: "Kafka (socket server, socket manager, message service)",
-    vars: ENV,
-};
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -274,9 +185,9 @@ pub struct KafkaSecurity {
 }
 
 impl KafkaSecurity {
-    /// Reads the security settings of [`ENV`]; a combination that cannot work (SASL without
-    /// credentials, credentials or a CA the protocol would not use) is refused, naming the
-    /// setting to fix.
+    /// Reads the security settings of [`ENV`](switchboard_config::tables::kafka::ENV); a
+    /// combination that cannot work (SASL without credentials, credentials or a CA the protocol
+    /// would not use) is refused, naming the setting to fix.
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         let text = lookup_string(lookup, SB_KAFKA_SECURITY_PROTOCOL, "plaintext");
         let protocol = SecurityProtocol::parse(&text)?;
@@ -436,12 +347,13 @@ impl SaslSettings {
 }
 
 impl KafkaConfig {
-    /// Reads [`ENV`] from the process environment ([`Self::from_lookup`]).
+    /// Reads [`ENV`](switchboard_config::tables::kafka::ENV) from the process environment
+    /// ([`Self::from_lookup`]).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(&process_env)
     }
 
-    /// Reads [`ENV`] from `lookup`.
+    /// Reads [`ENV`](switchboard_config::tables::kafka::ENV) from `lookup`.
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         Ok(KafkaConfig {
             brokers: lookup_string(lookup, SB_KAFKA_BROKERS, "127.0.0.1:9092"),

@@ -1,8 +1,9 @@
 //! The Kafka variables: distinct `SB_` names, each documented in docs/configuration.md with the
 //! default the code really uses.
 
-use switchboard_kafka::{KafkaConfig, TABLE};
-use switchboard_service_kit::env::{check_defaults, check_documented, check_names};
+use switchboard_config::env::{check_defaults, check_documented, check_names};
+use switchboard_config::tables::kafka::TABLE;
+use switchboard_kafka::KafkaConfig;
 
 const DOC: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),

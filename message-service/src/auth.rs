@@ -33,7 +33,7 @@ impl FromRequest for AuthUser {
             Some(token)
                 if token
                     .trim()
-                    .starts_with(switchboard_service_kit::api_keys::KEY_PREFIX) =>
+                    .starts_with(switchboard_credentials::api_keys::KEY_PREFIX) =>
             {
                 Err(unauthorized(
                     "API keys are for /server; /api takes a user token",

@@ -6,10 +6,10 @@
 
 use actix_web::{HttpRequest, HttpResponse};
 use switchboard_chat_state::membership::Version;
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::conversations::Presence;
 use switchboard_protocol::frames::{is_storable_text, PresenceStatus};
 use switchboard_protocol::{ConversationId, ErrorCode, UserId};
-use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 
 use crate::state::AppState;

@@ -43,9 +43,9 @@ use std::sync::Arc;
 
 use actix_web::web;
 use switchboard_chat_state::membership::MembershipMirror;
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 
 use crate::state::AppState;
@@ -195,6 +195,9 @@ fn readiness(
             Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
         }),
     )
-    .with_check("redis", redis.readiness_check())
+    .with_check(
+        "redis",
+        switchboard_service_kit::redis::readiness_check(redis),
+    )
     .with_check("ingest", ingest.alarm().readiness_check())
 }

@@ -14,9 +14,13 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use switchboard_chat_state::membership::MembershipMirror;
+use switchboard_config::names::{
+    SB_CONVERSATIONS_PER_MINUTE, SB_DB_REST_MAX_CONNECTIONS, SB_DB_REST_STATEMENT_TIMEOUT_MS,
+    SB_GROUP_ADD_POLICY, SB_MEMBERS_ADDED_PER_MINUTE, SB_PRESENCE_POLICY, SB_REDIS_SENTINELS,
+    SB_REDIS_TIMEOUT_MS,
+};
 use switchboard_kafka::KafkaConfig;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
-use switchboard_service_kit::redis_sentinel::{SB_REDIS_SENTINELS, SB_REDIS_TIMEOUT_MS};
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared;
 
@@ -530,7 +534,7 @@ async fn hoard(pool: &sqlx::PgPool, user: &str, count: i64, messages: i64) {
 /// each message produced during the storm is in the store within 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_conversation_list_storm_does_not_delay_ingest() {
-    let app = spawn_app_with("list-storm", &[("SB_DB_REST_MAX_CONNECTIONS", "2")]).await;
+    let app = spawn_app_with("list-storm", &[(SB_DB_REST_MAX_CONNECTIONS, "2")]).await;
     let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
     hoard(&pool, "hoarder", 5_000, 20).await;
     let target = app.group("alice", &["bob"]).await;
@@ -817,8 +821,8 @@ async fn conversations_created_and_members_added_are_limited_per_minute() {
     let app = spawn_app_with(
         "quotas",
         &[
-            ("SB_CONVERSATIONS_PER_MINUTE", "3"),
-            ("SB_MEMBERS_ADDED_PER_MINUTE", "2"),
+            (SB_CONVERSATIONS_PER_MINUTE, "3"),
+            (SB_MEMBERS_ADDED_PER_MINUTE, "2"),
         ],
     )
     .await;
@@ -942,8 +946,8 @@ async fn invites_and_presence_need_the_other_users_consent() {
     let app = spawn_app_with(
         "consent",
         &[
-            ("SB_GROUP_ADD_POLICY", "invite"),
-            ("SB_PRESENCE_POLICY", "accepted"),
+            (SB_GROUP_ADD_POLICY, "invite"),
+            (SB_PRESENCE_POLICY, "accepted"),
         ],
     )
     .await;
@@ -1085,7 +1089,7 @@ async fn a_member_who_left_is_invited_not_added_back() {
 /// pool, no timeout) stores as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rest_statement_over_the_timeout_is_cancelled_and_ingest_goes_on() {
-    let app = spawn_app_with("rest-timeout", &[("SB_DB_REST_STATEMENT_TIMEOUT_MS", "5")]).await;
+    let app = spawn_app_with("rest-timeout", &[(SB_DB_REST_STATEMENT_TIMEOUT_MS, "5")]).await;
     let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
     hoard(&pool, "hoarder", 5_000, 1).await;
     let (status, body) = app.get("hoarder", "/api/v1/conversations").await;

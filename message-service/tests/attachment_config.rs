@@ -1,8 +1,10 @@
 //! The attachment settings (`message_service::attachments::config`): distinct names, each
 //! documented in docs/configuration.md with the default the code really uses.
 
-use message_service::attachments::config::{AttachmentsConfig, ENV, TABLE};
-use switchboard_service_kit::env::{check_defaults, check_documented, check_names};
+use message_service::attachments::config::AttachmentsConfig;
+use switchboard_config::env::{check_defaults, check_documented, check_names};
+use switchboard_config::names::SB_S3_ENDPOINT;
+use switchboard_config::tables::attachments::{ENV, TABLE};
 
 const DOC: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -27,6 +29,6 @@ fn documented_defaults_are_the_code_defaults() {
 
 #[test]
 fn an_endpoint_needs_its_credentials() {
-    let lookup = |name: &str| (name == "SB_S3_ENDPOINT").then(|| "http://127.0.0.1:1".to_owned());
+    let lookup = |name: &str| (name == SB_S3_ENDPOINT).then(|| "http://127.0.0.1:1".to_owned());
     assert!(AttachmentsConfig::from_lookup(&lookup).is_err());
 }

@@ -1,8 +1,10 @@
 //! The message service's environment variables: one table, distinct `SB_` names, every one documented
 //! in docs/configuration.md with its real default, and listed by `message-service --help`.
 
-use message_service::config::{HELP_TABLES, TABLE};
-use switchboard_service_kit::env::{check_cli, check_defaults, check_service_tables};
+use message_service::config::HELP_TABLES;
+use switchboard_config::env::{check_cli, check_defaults, check_service_tables};
+use switchboard_config::names::{SB_DEV_MODE, SB_GROUP_ADD_POLICY, SB_PRESENCE_POLICY};
+use switchboard_config::tables::message_service::TABLE;
 
 const DOC: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -19,7 +21,7 @@ fn names_are_distinct_and_documented() {
 fn documented_defaults_are_the_code_defaults() {
     check_defaults(
         HELP_TABLES,
-        &[("SB_DEV_MODE", "true")],
+        &[(SB_DEV_MODE, "true")],
         message_service::MessageServiceConfig::from_env,
     )
     .unwrap();
@@ -46,7 +48,7 @@ fn consent_policies_refuse_unknown_values() {
             vars.iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.to_string())
-                .or_else(|| (name == "SB_DEV_MODE").then(|| "true".to_owned()))
+                .or_else(|| (name == SB_DEV_MODE).then(|| "true".to_owned()))
         })
     };
     let defaults = read(&[]).unwrap();
@@ -54,14 +56,14 @@ fn consent_policies_refuse_unknown_values() {
     assert_eq!(defaults.presence_policy, PresencePolicy::Shared);
     assert_eq!(defaults.db_rest_statement_timeout_ms, 5000);
     let strict = read(&[
-        ("SB_GROUP_ADD_POLICY", "invite"),
-        ("SB_PRESENCE_POLICY", "accepted"),
+        (SB_GROUP_ADD_POLICY, "invite"),
+        (SB_PRESENCE_POLICY, "accepted"),
     ])
     .unwrap();
     assert_eq!(strict.group_add_policy, GroupAddPolicy::Invite);
     assert_eq!(strict.presence_policy, PresencePolicy::Accepted);
-    let err = read(&[("SB_GROUP_ADD_POLICY", "closed")]).unwrap_err();
-    assert!(err.to_string().contains("SB_GROUP_ADD_POLICY"), "{err}");
-    let err = read(&[("SB_PRESENCE_POLICY", "everyone")]).unwrap_err();
-    assert!(err.to_string().contains("SB_PRESENCE_POLICY"), "{err}");
+    let err = read(&[(SB_GROUP_ADD_POLICY, "closed")]).unwrap_err();
+    assert!(err.to_string().contains(SB_GROUP_ADD_POLICY), "{err}");
+    let err = read(&[(SB_PRESENCE_POLICY, "everyone")]).unwrap_err();
+    assert!(err.to_string().contains(SB_PRESENCE_POLICY), "{err}");
 }

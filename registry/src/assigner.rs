@@ -16,8 +16,8 @@
 //! The queue is bounded; a full queue makes requests wait.
 
 use switchboard_protocol::registry::Assignment;
+use switchboard_redis::StoreError;
 use switchboard_server_directory::ServerDirectory;
-use switchboard_service_kit::redis_sentinel::StoreError;
 use switchboard_service_kit::supervise::OwnedTask;
 use tokio::sync::{mpsc, oneshot};
 

@@ -16,12 +16,12 @@ mod state;
 use std::net::TcpListener;
 
 use actix_web::web;
+use switchboard_redis::SentinelRedis;
 use switchboard_server_directory::ServerDirectory;
 use switchboard_service_kit::http;
 use switchboard_service_kit::jwks::JwksRefresher;
 use switchboard_service_kit::limits::{IpLeases, IpRateLimiter};
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_service_kit::supervise::Workers;
 
@@ -52,7 +52,10 @@ impl Application {
             prometheus::Opts::new("registry_assignments_total", "assign requests by outcome"),
             &["outcome"],
         )?;
-        let ops = Ops::new("registry").with_check("redis", redis.readiness_check());
+        let ops = Ops::new("registry").with_check(
+            "redis",
+            switchboard_service_kit::redis::readiness_check(&redis),
+        );
         ops.register(&assignments);
 
         let config_origins = config.common.allowed_origins.clone();

@@ -5,13 +5,13 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{TimeZone, Utc};
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::registry::{
     DevTokenRequest, DevTokenResponse, Registration, ServerInfo, ServerList,
 };
 use switchboard_protocol::token::TokenError;
 use switchboard_protocol::ErrorCode;
 use switchboard_protocol::ServerId;
-use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 use switchboard_service_kit::limits;
 

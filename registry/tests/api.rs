@@ -7,11 +7,12 @@
 // Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
-use registry::config::{
-    HELP_TABLES, SB_ASSIGN_BURST_PER_IP, SB_ASSIGN_RATE_PER_IP, SB_REGISTRY_HTTP_WORKERS,
+use registry::config::HELP_TABLES;
+use registry::{Application, RegistryConfig};
+use switchboard_config::names::{
+    SB_ASSIGN_BURST_PER_IP, SB_ASSIGN_RATE_PER_IP, SB_PUBLIC_SERVER_LIST, SB_REGISTRY_HTTP_WORKERS,
     SB_RESERVATIONS_PER_IP,
 };
-use registry::{Application, RegistryConfig};
 use switchboard_protocol::registry::{Assignment, Registration, CLUSTER_SECRET_HEADER};
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared::{self, Vars, CLUSTER_SECRET};
@@ -155,7 +156,7 @@ fn zero_http_workers_is_refused() {
 async fn one_script_assigns_as_a_sequence_of_single_assignments() {
     let config = config("assign-many");
     let directory = switchboard_server_directory::ServerDirectory::new(
-        switchboard_service_kit::redis_sentinel::SentinelRedis::new(config.common.redis.clone()),
+        switchboard_redis::SentinelRedis::new(config.common.redis.clone()),
     );
     let (stale, ttl) = (config.stale_after_ms, config.reservation_ttl_ms);
     let url = spawn_app(config).await;
@@ -289,7 +290,7 @@ async fn the_server_list_can_be_kept_for_operators() {
     assert_eq!(listed.status(), 200, "the contract's default: public");
 
     let closed = spawn_app(build(
-        vars("list-closed").with(registry::config::SB_PUBLIC_SERVER_LIST, "false"),
+        vars("list-closed").with(SB_PUBLIC_SERVER_LIST, "false"),
     ))
     .await;
     assert_eq!(register(&http, &closed, "s2", 10).await, 201);

@@ -3,8 +3,10 @@
 
 use std::process::Command;
 
-use registry::config::{HELP_TABLES, TABLE};
-use switchboard_service_kit::env::{check_cli, check_defaults, check_service_tables};
+use registry::config::HELP_TABLES;
+use switchboard_config::env::{check_cli, check_defaults, check_service_tables};
+use switchboard_config::names::{SB_DEV_MODE, SB_JWT_SECRET};
+use switchboard_config::tables::registry::TABLE;
 
 const DOC: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -21,7 +23,7 @@ fn names_are_distinct_and_documented() {
 fn documented_defaults_are_the_code_defaults() {
     check_defaults(
         HELP_TABLES,
-        &[("SB_DEV_MODE", "true")],
+        &[(SB_DEV_MODE, "true")],
         registry::RegistryConfig::from_env,
     )
     .unwrap();
@@ -40,7 +42,7 @@ fn mint_token_has_help() {
         .unwrap();
     assert!(help.status.success(), "{help:?}");
     let text = String::from_utf8(help.stdout).unwrap();
-    assert!(text.contains("USER_ID [TTL_SECONDS]") && text.contains("SB_JWT_SECRET"));
+    assert!(text.contains("USER_ID [TTL_SECONDS]") && text.contains(SB_JWT_SECRET));
     let extra = Command::new(env!("CARGO_BIN_EXE_mint-token"))
         .args(["alice", "60", "surplus"])
         .output()

@@ -19,7 +19,7 @@
 use std::sync::LazyLock;
 
 use redis::Script;
-use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+use switchboard_redis::{SentinelRedis, StoreError};
 
 /// One checker's verdict on one server this round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

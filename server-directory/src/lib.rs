@@ -37,7 +37,7 @@ use std::sync::LazyLock;
 use redis::Script;
 use switchboard_protocol::registry::{Assignment, Registration};
 use switchboard_protocol::ServerId;
-use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+use switchboard_redis::{SentinelRedis, StoreError};
 
 /// One server as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

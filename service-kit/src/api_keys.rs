@@ -31,124 +31,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use switchboard_config::lookup::{lookup_optional, process_env, ConfigError, Lookup};
+use switchboard_config::names::{SB_API_KEYS, SB_API_KEYS_FILE};
+use switchboard_credentials::api_keys::{
+    key_id, unhex, valid_key_id, ApiKeyId, KeyEntry, Scope, KEY_PREFIX,
+};
 use switchboard_protocol::error_code::ErrorBody;
 use switchboard_protocol::ErrorCode;
 
-use crate::env::EnvVar;
 use crate::http::ApiError;
-use crate::lookup::{lookup_optional, process_env, ConfigError, Lookup};
-
-pub const SB_API_KEYS_FILE: &str = "SB_API_KEYS_FILE";
-pub const SB_API_KEYS: &str = "SB_API_KEYS";
-
-/// Every key starts with this.
-pub const KEY_PREFIX: &str = "sbk_";
-
-/// A key's rate when its entry names none (requests per second, sustained).
-pub const DEFAULT_RATE_PER_SEC: f64 = 50.0;
-
-/// The variables, for the tables of the services that take API keys.
-pub const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_API_KEYS_FILE,
-        default: None,
-        doc: "A JSON file of the server API's keys: [{\"id\", \"sha256\" (hex of the whole \
-              key's SHA-256), \"scopes\" (messages:write, conversations:write, read, \
-              users:disconnect, webhooks:manage), \"rate_per_sec\" (default 50; 0: no limit), \
-              \"burst\" (default the rate)}]; `mint-api-key` prints an entry. Re-read within a \
-              second when it changes (rotation without restarts). Unset with SB_API_KEYS unset: \
-              no keys, every /server request is 401.",
-    },
-    EnvVar {
-        name: SB_API_KEYS,
-        default: None,
-        doc: "The same JSON as SB_API_KEYS_FILE, inline (read once at start). Setting both is \
-              a configuration error.",
-    },
-];
-
-/// What a key may do. The wire form is `area:action`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Scope {
-    /// Post messages (`POST /server/v1/conversations/{id}/messages`).
-    #[serde(rename = "messages:write")]
-    MessagesWrite,
-    /// Create conversations, add and remove members.
-    #[serde(rename = "conversations:write")]
-    ConversationsWrite,
-    /// Read history, conversations and presence without being a member.
-    #[serde(rename = "read")]
-    Read,
-    /// End a user's sessions.
-    #[serde(rename = "users:disconnect")]
-    UsersDisconnect,
-    /// Register and remove webhook endpoints.
-    #[serde(rename = "webhooks:manage")]
-    WebhooksManage,
-}
-
-impl Scope {
-    pub const ALL: [Scope; 5] = [
-        Scope::MessagesWrite,
-        Scope::ConversationsWrite,
-        Scope::Read,
-        Scope::UsersDisconnect,
-        Scope::WebhooksManage,
-    ];
-
-    /// The wire string (`messages:write`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::MessagesWrite => "messages:write",
-            Scope::ConversationsWrite => "conversations:write",
-            Scope::Read => "read",
-            Scope::UsersDisconnect => "users:disconnect",
-            Scope::WebhooksManage => "webhooks:manage",
-        }
-    }
-}
-
-impl std::str::FromStr for Scope {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Scope::ALL
-            .into_iter()
-            .find(|scope| scope.as_str() == s)
-            .ok_or_else(|| format!("unknown scope {s:?}"))
-    }
-}
-
-/// The id of the key a request was authorized with (logs, idempotency namespaces, audit).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ApiKeyId(pub String);
-
-impl std::fmt::Display for ApiKeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// One configured key, as the JSON writes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyEntry {
-    pub id: String,
-    /// Lowercase or uppercase hex of `sha256("sbk_<id>_<secret>")`.
-    pub sha256: String,
-    pub scopes: Vec<Scope>,
-    /// Requests per second, sustained; 0: no limit.
-    #[serde(default = "default_rate")]
-    pub rate_per_sec: f64,
-    /// Requests at once from a full bucket; default: the rate (at least 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<f64>,
-}
-
-fn default_rate() -> f64 {
-    DEFAULT_RATE_PER_SEC
-}
 
 /// Why a key configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -171,11 +63,6 @@ impl From<ApiKeysError> for ConfigError {
             reason: e.to_string(),
         }
     }
-}
-
-/// An id: what `sbk_<id>_` can carry unambiguously (no `_`), short enough for logs.
-pub fn valid_key_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 struct Key {
@@ -262,56 +149,6 @@ impl From<ApiKeyError> for ApiError {
     fn from(e: ApiKeyError) -> Self {
         e.error
     }
-}
-
-/// `sha256(key)` as lowercase hex: what a [`KeyEntry`] stores.
-pub fn hash_hex(key: &str) -> String {
-    hex(&Sha256::digest(key.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    let text = text.as_bytes();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in text.chunks(2).enumerate() {
-        let digit = |c: u8| (c as char).to_digit(16);
-        out[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
-    }
-    Some(out)
-}
-
-/// Splits `sbk_<id>_<secret>` into its id; `None` for anything else.
-pub fn key_id(key: &str) -> Option<&str> {
-    let rest = key.strip_prefix(KEY_PREFIX)?;
-    let (id, secret) = rest.split_once('_')?;
-    (valid_key_id(id) && !secret.is_empty() && secret.len() <= 256).then_some(id)
-}
-
-/// A new key with a random 256-bit secret: `(key, entry)` for `id` with `scopes`.
-pub fn mint(id: &str, scopes: Vec<Scope>, rate_per_sec: f64) -> Result<(String, KeyEntry), String> {
-    use rand::RngCore;
-    if !valid_key_id(id) {
-        return Err(format!(
-            "key id {id:?} must be 1 to 64 characters of [A-Za-z0-9-]"
-        ));
-    }
-    let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    let key = format!("{KEY_PREFIX}{id}_{}", hex(&secret));
-    let entry = KeyEntry {
-        id: id.to_owned(),
-        sha256: hash_hex(&key),
-        scopes,
-        rate_per_sec,
-        burst: None,
-    };
-    Ok((key, entry))
 }
 
 fn parse_table(json: &str) -> Result<Table, ApiKeysError> {
@@ -515,7 +352,7 @@ impl ApiKeys {
         let Some(key) = table.keys.get(id) else {
             return Err(unauthorized("unknown or revoked API key"));
         };
-        if !crate::cluster_auth::constant_time_eq(&hash, &key.hash) {
+        if !switchboard_credentials::cluster::constant_time_eq(&hash, &key.hash) {
             return Err(unauthorized("unknown or revoked API key"));
         }
         if !key.scopes.contains(&scope) {
@@ -560,6 +397,7 @@ impl ApiKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_credentials::api_keys::mint;
 
     fn keys_for(entries: &[KeyEntry]) -> ApiKeys {
         ApiKeys::parse(&serde_json::to_string(entries).unwrap()).unwrap()
@@ -567,16 +405,6 @@ mod tests {
 
     fn bearer(key: &str) -> String {
         format!("Bearer {key}")
-    }
-
-    #[test]
-    fn scopes_have_their_wire_names() {
-        for scope in Scope::ALL {
-            let json = serde_json::to_string(&scope).unwrap();
-            assert_eq!(json, format!("\"{}\"", scope.as_str()));
-            assert_eq!(scope.as_str().parse::<Scope>().unwrap(), scope);
-        }
-        assert!("admin".parse::<Scope>().is_err());
     }
 
     #[test]
@@ -620,16 +448,6 @@ mod tests {
         ] {
             assert!(ApiKeys::parse(&bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn key_ids_split_only_well_formed_keys() {
-        assert_eq!(key_id("sbk_abc_secret"), Some("abc"));
-        assert_eq!(key_id("sbk_abc-1_se_cret"), Some("abc-1"));
-        assert_eq!(key_id("sbk_abc_"), None);
-        assert_eq!(key_id("sbk__secret"), None);
-        assert_eq!(key_id("sbk_abc"), None);
-        assert_eq!(key_id("eyJhbGciOi.x.y"), None);
     }
 
     #[test]

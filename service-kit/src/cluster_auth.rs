@@ -13,83 +13,14 @@
 //! every cluster-only route. The local stack, the tests and compose run per-service.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use sha2::{Digest, Sha256};
+use switchboard_config::secret::Secret;
+use switchboard_credentials::cluster::{constant_time_eq, ClusterCredential, ServiceRole};
 use switchboard_protocol::registry::{CLUSTER_SECRET_HEADER, CLUSTER_SERVICE_HEADER};
 use switchboard_protocol::ErrorCode;
 
 use crate::http::ApiError;
-
-/// The services that call each other's cluster-only routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServiceRole {
-    SocketServer,
-    SocketManager,
-    MessageService,
-    Registry,
-    HealthChecker,
-    WebhookDispatcher,
-}
-
-impl ServiceRole {
-    pub const ALL: [ServiceRole; 6] = [
-        ServiceRole::SocketServer,
-        ServiceRole::SocketManager,
-        ServiceRole::MessageService,
-        ServiceRole::Registry,
-        ServiceRole::HealthChecker,
-        ServiceRole::WebhookDispatcher,
-    ];
-
-    /// The role's name in `x-cluster-service` and `SB_CALLER_KEYS`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceRole::SocketServer => "socket-server",
-            ServiceRole::SocketManager => "socket-manager",
-            ServiceRole::MessageService => "message-service",
-            ServiceRole::Registry => "registry",
-            ServiceRole::HealthChecker => "health-checker",
-            ServiceRole::WebhookDispatcher => "webhook-dispatcher",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|role| role.as_str() == name)
-    }
-}
-
-impl fmt::Display for ServiceRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A secret that never shows in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(text: impl Into<String>) -> Self {
-        Secret(text.into())
-    }
-
-    /// The secret itself: only to put it on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-/// The SHA-256 of `secret`, in lowercase hex: what `SB_CALLER_KEYS` lists.
-pub fn secret_hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
 
 /// Who is allowed in.
 #[derive(Debug, Clone)]
@@ -129,10 +60,7 @@ impl ClusterAuth {
 
     /// What this service presents when it calls another as `role`.
     pub fn credential(&self, role: ServiceRole) -> ClusterCredential {
-        ClusterCredential {
-            role,
-            secret: self.own.clone(),
-        }
+        ClusterCredential::new(role, self.own.clone())
     }
 
     /// Lets the request in when it carries the credential of one of `roles` (any role in the
@@ -212,43 +140,11 @@ fn parse_caller_keys(text: &str) -> Result<HashMap<ServiceRole, [u8; 32]>, Strin
     Ok(keys)
 }
 
-/// What a service sends on its cluster-only calls.
-#[derive(Debug, Clone)]
-pub struct ClusterCredential {
-    role: ServiceRole,
-    secret: Secret,
-}
-
-impl ClusterCredential {
-    pub fn new(role: ServiceRole, secret: Secret) -> Self {
-        ClusterCredential { role, secret }
-    }
-
-    /// `request` with the two headers.
-    pub fn apply(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        request
-            .header(CLUSTER_SERVICE_HEADER, self.role.as_str())
-            .header(CLUSTER_SECRET_HEADER, self.secret.expose())
-    }
-
-    /// The two headers as pairs, for clients other than reqwest.
-    pub fn headers(&self) -> [(&'static str, &str); 2] {
-        [
-            (CLUSTER_SERVICE_HEADER, self.role.as_str()),
-            (CLUSTER_SECRET_HEADER, self.secret.expose()),
-        ]
-    }
-}
-
-/// Equality that takes the same time wherever the first difference is (secrets, hashes).
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+    use switchboard_credentials::cluster::secret_hash;
 
     fn per_service() -> ClusterAuth {
         let keys = format!(
@@ -336,6 +232,5 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(!format!("{:?}", Secret::new("hidden")).contains("hidden"));
     }
 }

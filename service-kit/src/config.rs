@@ -1,176 +1,30 @@
 //! Typed configuration from the environment, or in tests from any [`Lookup`] of variables. Every
 //! variable has a default that works for the local stack, so `cargo run -p registry` needs no
-//! setup. The variables every service reads are in [`COMMON`] (this module's [`ENV`], Redis's and
-//! logging's); `docs/configuration.md` lists them and each service's own.
+//! setup. The variables every service reads are in [`switchboard_config::tables::COMMON`] (the
+//! common table, Redis's and logging's); `docs/configuration.md` lists them and each service's
+//! own.
 
 use std::time::Duration;
 
-use switchboard_protocol::token::{TokenKeys, TokenPolicy};
-
-use crate::cluster_auth::{ClusterAuth, Secret};
-use crate::env::{EnvTable, EnvVar};
-pub use crate::jwks::JwksSource;
-use crate::limits::{TrustedProxies, DEFAULT_TRUSTED_PROXIES};
-pub use crate::lookup::{
-    env_bool, env_millis, env_optional, env_or, env_string, lookup_bool, lookup_millis,
-    lookup_optional, lookup_or, lookup_string, process_env, ConfigError, Lookup,
+use switchboard_config::lookup::{
+    lookup_bool, lookup_optional, lookup_or, lookup_string, process_env, ConfigError, Lookup,
 };
-use crate::redis_sentinel::RedisConfig;
+use switchboard_config::names::{
+    SB_ALLOWED_ORIGINS, SB_CALLER_KEYS, SB_CLUSTER_SECRET, SB_DEV_MODE, SB_JWT_AUDIENCE,
+    SB_JWT_HS256, SB_JWT_ISSUER, SB_JWT_JWKS_CA_FILE, SB_JWT_JWKS_REFRESH_SECS, SB_JWT_JWKS_URL,
+    SB_JWT_LEEWAY_SECS, SB_JWT_PRIVATE_KEY_FILE, SB_JWT_PUBLIC_KEY_FILE, SB_JWT_SECRET,
+    SB_SERVER_SENDER_PREFIXES, SB_SERVICE_SECRET, SB_TRUSTED_PROXIES,
+};
+use switchboard_config::secret::Secret;
+use switchboard_config::tables::common::{
+    DEFAULT_CLUSTER_SECRET, DEFAULT_JWT_SECRET, DEFAULT_TRUSTED_PROXIES,
+};
+use switchboard_protocol::token::{TokenKeys, TokenPolicy};
+use switchboard_redis::RedisConfig;
 
-pub const SB_JWT_SECRET: &str = "SB_JWT_SECRET";
-pub const SB_CLUSTER_SECRET: &str = "SB_CLUSTER_SECRET";
-pub const SB_SERVICE_SECRET: &str = "SB_SERVICE_SECRET";
-pub const SB_CALLER_KEYS: &str = "SB_CALLER_KEYS";
-pub const SB_JWT_PUBLIC_KEY_FILE: &str = "SB_JWT_PUBLIC_KEY_FILE";
-pub const SB_JWT_PRIVATE_KEY_FILE: &str = "SB_JWT_PRIVATE_KEY_FILE";
-pub const SB_DEV_MODE: &str = "SB_DEV_MODE";
-pub const SB_JWT_ISSUER: &str = "SB_JWT_ISSUER";
-pub const SB_JWT_AUDIENCE: &str = "SB_JWT_AUDIENCE";
-pub const SB_JWT_LEEWAY_SECS: &str = "SB_JWT_LEEWAY_SECS";
-pub const SB_JWT_JWKS_URL: &str = "SB_JWT_JWKS_URL";
-pub const SB_JWT_JWKS_REFRESH_SECS: &str = "SB_JWT_JWKS_REFRESH_SECS";
-pub const SB_JWT_JWKS_CA_FILE: &str = "SB_JWT_JWKS_CA_FILE";
-pub const SB_JWT_HS256: &str = "SB_JWT_HS256";
-pub const SB_TRUSTED_PROXIES: &str = "SB_TRUSTED_PROXIES";
-pub const SB_SERVER_SENDER_PREFIXES: &str = "SB_SERVER_SENDER_PREFIXES";
-pub const SB_ALLOWED_ORIGINS: &str = "SB_ALLOWED_ORIGINS";
-
-/// What [`CommonConfig::from_lookup`] reads itself (Redis's are in
-/// [`crate::redis_sentinel::ENV`]).
-pub const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_JWT_SECRET,
-        default: Some(DEFAULT_JWT_SECRET),
-        doc: "HS256 secret that signs and verifies client JWTs (only while SB_JWT_HS256 is \
-              on). Outside dev mode the published default, or anything shorter than 32 \
-              bytes, is refused at startup. Whoever holds it can mint any user's token: give \
-              it to no service that only verifies; use SB_JWT_PUBLIC_KEY_FILE there.",
-    },
-    EnvVar {
-        name: SB_JWT_PUBLIC_KEY_FILE,
-        default: None,
-        doc: "A PEM file with an Ed25519 public key (`openssl pkey -pubout`) that verifies \
-              EdDSA client tokens. It cannot mint: the socket servers and the message service \
-              should hold this, not a secret. Setting it turns SB_JWT_HS256=auto off.",
-    },
-    EnvVar {
-        name: SB_JWT_PRIVATE_KEY_FILE,
-        default: None,
-        doc: "A PEM file with the matching Ed25519 private key (PKCS#8, `openssl genpkey \
-              -algorithm ed25519`): mints EdDSA tokens (the registry's dev tokens, \
-              mint-token). Only the service that mints holds it.",
-    },
-    EnvVar {
-        name: SB_CLUSTER_SECRET,
-        default: Some(DEFAULT_CLUSTER_SECRET),
-        doc: "The shared mode's one secret of the cluster-only routes (used only where \
-              SB_SERVICE_SECRET or SB_CALLER_KEYS is unset). Same rule as SB_JWT_SECRET \
-              outside dev mode.",
-    },
-    EnvVar {
-        name: SB_SERVICE_SECRET,
-        default: None,
-        doc: "This service's own credential, sent with its role (x-cluster-service) as \
-              x-cluster-secret on every cluster-only call. Unset: SB_CLUSTER_SECRET.",
-    },
-    EnvVar {
-        name: SB_CALLER_KEYS,
-        default: None,
-        doc: "The callers this service accepts on its cluster-only routes, as \
-              role=sha256hex pairs, comma separated (roles: socket-server, socket-manager, \
-              message-service, registry, health-checker, webhook-dispatcher; the hash is the \
-              hex SHA-256 of the secret, without a newline). Each route \
-              serves only the roles that need it. Unset: the shared mode, where \
-              SB_CLUSTER_SECRET opens every cluster-only route.",
-    },
-    EnvVar {
-        name: SB_DEV_MODE,
-        default: Some("false"),
-        doc: "true: POST /api/v1/dev/token mints tokens for any user id, and the default or \
-              short secrets are accepted. For demos and tests only.",
-    },
-    EnvVar {
-        name: SB_JWT_ISSUER,
-        default: None,
-        doc: "When set, a client token's `iss` must equal it. Unset: not checked. Required \
-              with SB_JWT_JWKS_URL.",
-    },
-    EnvVar {
-        name: SB_JWT_AUDIENCE,
-        default: None,
-        doc: "When set, a client token's `aud` must contain it. Unset: not checked. Required \
-              with SB_JWT_JWKS_URL.",
-    },
-    EnvVar {
-        name: SB_JWT_LEEWAY_SECS,
-        default: Some("30"),
-        doc: "Clock skew allowed when checking a token's `exp` and `nbf`, in seconds.",
-    },
-    EnvVar {
-        name: SB_JWT_JWKS_URL,
-        default: None,
-        doc: "An identity provider's JWKS URL: its RS256/ES256 keys verify tokens beside the \
-              HS256 secret. Unset: only the secret.",
-    },
-    EnvVar {
-        name: SB_JWT_JWKS_REFRESH_SECS,
-        default: Some("300"),
-        doc: "How often the JWKS is fetched again, in seconds (only with SB_JWT_JWKS_URL).",
-    },
-    EnvVar {
-        name: SB_JWT_JWKS_CA_FILE,
-        default: None,
-        doc: "A PEM file of CA certificates trusted for the https JWKS URL beside the public \
-              web roots (a private CA). Unset: the public web roots only.",
-    },
-    EnvVar {
-        name: SB_JWT_HS256,
-        default: Some("auto"),
-        doc: "Whether client tokens signed with SB_JWT_SECRET (HS256) are accepted: true, \
-              false, or auto (true without SB_JWT_JWKS_URL, false with it: the identity \
-              provider issues the tokens, and the secret every service holds cannot forge one).",
-    },
-    EnvVar {
-        name: SB_SERVER_SENDER_PREFIXES,
-        default: Some(switchboard_protocol::token::DEFAULT_RESERVED_PREFIXES),
-        doc: "Reserved sender ids for the server API, as prefixes, comma separated: a sender \
-              starting with one may post to any conversation without being a member (the \
-              app's system and bot messages), and no user token for such an id verifies \
-              anywhere (socket servers, REST) or is minted. `none`: no reserved senders.",
-    },
-    EnvVar {
-        name: SB_TRUSTED_PROXIES,
-        default: Some(crate::limits::DEFAULT_TRUSTED_PROXIES),
-        doc: "Networks (comma separated, e.g. 10.0.0.0/8) of the proxies allowed to tell a \
-              client's address in X-Forwarded-For (nginx, a load balancer, a TLS terminator): \
-              the hops are walked back past every one of them. List exactly your own, the \
-              same as nginx's set_real_ip_from; empty trusts nobody.",
-    },
-    EnvVar {
-        name: SB_ALLOWED_ORIGINS,
-        default: None,
-        doc: "Browser origins allowed in, comma separated (e.g. https://chat.example.com), or \
-              `*`. Unset: WebSocket upgrades from any origin and no CORS headers (same-origin \
-              pages only). Set: a page from another origin can neither open a WebSocket (403) \
-              nor read REST answers. Requests without an Origin header are not checked.",
-    },
-];
-
-/// The variables every service reads, by group, for `--help` and the docs.
-pub const COMMON: &[EnvTable] = &[
-    EnvTable {
-        title: "Common (every service)",
-        vars: ENV,
-    },
-    EnvTable {
-        title: "Redis (every service)",
-        vars: crate::redis_sentinel::ENV,
-    },
-    EnvTable {
-        title: "Logging (every binary)",
-        vars: crate::telemetry::ENV,
-    },
-];
+use crate::cluster_auth::ClusterAuth;
+pub use crate::jwks::JwksSource;
+use crate::limits::TrustedProxies;
 
 /// Settings every service shares.
 #[derive(Debug, Clone)]
@@ -178,7 +32,7 @@ pub struct CommonConfig {
     pub redis: RedisConfig,
     /// HS256 secret for client JWTs (`SB_JWT_SECRET`); `None` where HS256 is off, so a
     /// service that only verifies EdDSA or JWKS tokens holds nothing that mints.
-    pub jwt_secret: Option<crate::cluster_auth::Secret>,
+    pub jwt_secret: Option<Secret>,
     /// Ed25519 keys in PEM (`SB_JWT_PUBLIC_KEY_FILE`, `SB_JWT_PRIVATE_KEY_FILE`), read at
     /// startup.
     pub jwt_public_key: Option<Vec<u8>>,
@@ -206,9 +60,6 @@ pub struct CommonConfig {
     pub trusted_proxies: crate::limits::TrustedProxies,
 }
 
-/// The published defaults of the secrets: fine for a demo, never for a deployment.
-pub const DEFAULT_JWT_SECRET: &str = "switchboard-dev-jwt-secret";
-pub const DEFAULT_CLUSTER_SECRET: &str = "switchboard-dev-cluster-secret";
 /// The shortest secret accepted outside dev mode (bytes).
 pub const MIN_SECRET_BYTES: usize = 32;
 
@@ -471,23 +322,24 @@ mod secret_tests {
     #[test]
     fn default_or_short_secrets_are_refused_outside_dev_mode() {
         let long = "0123456789abcdef0123456789abcdef";
-        assert!(check_secret("SB_JWT_SECRET", long, false).is_ok());
-        assert!(check_secret("SB_JWT_SECRET", DEFAULT_JWT_SECRET, false).is_err());
-        assert!(check_secret("SB_CLUSTER_SECRET", DEFAULT_CLUSTER_SECRET, false).is_err());
-        assert!(check_secret("SB_JWT_SECRET", "short", false).is_err());
-        let refused = check_secret("SB_JWT_SECRET", "short", false).unwrap_err();
+        assert!(check_secret(SB_JWT_SECRET, long, false).is_ok());
+        assert!(check_secret(SB_JWT_SECRET, DEFAULT_JWT_SECRET, false).is_err());
+        assert!(check_secret(SB_CLUSTER_SECRET, DEFAULT_CLUSTER_SECRET, false).is_err());
+        assert!(check_secret(SB_JWT_SECRET, "short", false).is_err());
+        let refused = check_secret(SB_JWT_SECRET, "short", false).unwrap_err();
         assert!(
             !refused.to_string().contains("short\""),
             "the secret is not echoed"
         );
-        assert!(check_secret("SB_JWT_SECRET", DEFAULT_JWT_SECRET, true).is_ok());
-        assert!(check_secret("SB_JWT_SECRET", "short", true).is_ok());
+        assert!(check_secret(SB_JWT_SECRET, DEFAULT_JWT_SECRET, true).is_ok());
+        assert!(check_secret(SB_JWT_SECRET, "short", true).is_ok());
     }
 }
 
 #[cfg(test)]
 mod lookup_tests {
     use super::*;
+    use switchboard_config::names::{SB_REDIS_PASSWORD, SB_REDIS_PREFIX};
 
     /// With an identity provider's JWKS, `iss` and `aud` are required and HS256 is off unless
     /// kept on purpose (issue 24, item 13).
@@ -544,8 +396,8 @@ mod lookup_tests {
             (SB_JWT_ISSUER, "  "),
             (SB_JWT_LEEWAY_SECS, "7"),
             (SB_ALLOWED_ORIGINS, "https://a.example/, ,https://b.example"),
-            (crate::redis_sentinel::SB_REDIS_PREFIX, "sb:t1:"),
-            (crate::redis_sentinel::SB_REDIS_PASSWORD, "pw"),
+            (SB_REDIS_PREFIX, "sb:t1:"),
+            (SB_REDIS_PASSWORD, "pw"),
         ]);
         let config = CommonConfig::from_lookup(&vars).unwrap();
         assert!(config.dev_mode);
@@ -592,7 +444,7 @@ mod lookup_tests {
         )
         .unwrap();
         let long = "0123456789abcdef0123456789abcdef-socket-server";
-        let hash = crate::cluster_auth::secret_hash(long);
+        let hash = switchboard_credentials::cluster::secret_hash(long);
         let callers = format!("socket-server={hash}");
         let pairs = [
             (SB_JWT_PUBLIC_KEY_FILE, public.to_str().unwrap()),

@@ -41,8 +41,8 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<crate::redis_sentinel::StoreError> for ApiError {
-    fn from(err: crate::redis_sentinel::StoreError) -> Self {
+impl From<switchboard_redis::StoreError> for ApiError {
+    fn from(err: switchboard_redis::StoreError) -> Self {
         tracing::warn!(error = %err, "redis operation failed");
         ApiError::unavailable("the cluster state store is unavailable, retry shortly")
     }

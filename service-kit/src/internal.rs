@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use switchboard_protocol::error_code::ErrorBody;
 
-use crate::cluster_auth::ClusterCredential;
+use switchboard_credentials::cluster::ClusterCredential;
 
 /// When to move on to the next target.
 #[derive(Debug, Clone, Copy)]
@@ -253,7 +253,8 @@ impl InternalClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster_auth::{Secret, ServiceRole};
+    use switchboard_config::secret::Secret;
+    use switchboard_credentials::cluster::ServiceRole;
 
     /// A loopback server answering each connection with `status` and `body`; counts hits.
     async fn answering(
@@ -286,7 +287,7 @@ mod tests {
     fn client(urls: Vec<String>) -> InternalClient {
         InternalClient::new(
             urls,
-            crate::cluster_auth::ClusterCredential::new(
+            switchboard_credentials::cluster::ClusterCredential::new(
                 ServiceRole::SocketServer,
                 Secret::new("s"),
             ),

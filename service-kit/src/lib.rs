@@ -1,36 +1,32 @@
 //! The service kit: everything each Switchboard service needs and none should write twice.
 //!
-//! - [`config`]: typed configuration from environment variables with working local defaults.
-//! - [`lookup`]: reading one variable (from the environment or a test's map) and the
-//!   [`lookup::ConfigError`] that names a bad one; [`config`] re-exports it.
-//! - [`env`]: the variables as data ([`env::EnvVar`]), one table per service, for `--help`, the
-//!   docs and the tests that keep them in step.
-//! - [`cli`]: `--help` / `--version` and argument errors, the same for every binary.
-//! - [`redis_sentinel`]: a Redis handle that finds the master through Sentinel by name and
-//!   re-resolves it whenever the connection breaks (failover without restarts).
+//! - [`config`]: the settings every service shares ([`config::CommonConfig`]), read from
+//!   environment variables with working local defaults. The variables' names and tables, the
+//!   readers and `ConfigError` are `switchboard-config`'s.
+//! - [`redis`]: the `/ready` check and the memory gauges of the Redis handle (`switchboard-redis`:
+//!   the master found through Sentinel by name, re-resolved whenever the connection breaks).
 //! - [`telemetry`]: `tracing` subscriber setup (pretty or JSON lines).
 //! - [`http`]: [`http::ApiError`], the one JSON error body, and the JSON extractor configs.
 //! - [`ops`]: `/live`, `/ready` (readiness reflects dependencies) and `/metrics`, plus the HTTP
 //!   latency middleware.
-//! - [`api_keys`]: API keys of app backends (`Authorization: Bearer sbk_...`) for the server
-//!   API: scopes, rotation, a per-key rate.
+//! - [`api_keys`]: checking app backends' API keys (`Authorization: Bearer sbk_...`) on the
+//!   server API: the configured table, rotation, a per-key rate (the entries, scopes and
+//!   minting are `switchboard-credentials`').
+//! - [`cluster_auth`]: checking a caller's cluster credential on a cluster-only route (the
+//!   credential itself is `switchboard-credentials`').
 //! - [`shutdown`]: one cancellation token that every task of a service watches.
-//! - [`tls`]: CA files and error messages for TLS to Redis, Kafka and PostgreSQL, and
-//!   PostgreSQL's `sslmode`.
+//! - [`tls`]: PostgreSQL's TLS settings (`sslmode`, CA file) applied to a database URL.
 
 pub mod api_keys;
-pub mod cli;
 pub mod cluster_auth;
 pub mod config;
-pub mod env;
 pub mod http;
 pub mod internal;
 pub mod jwks;
 pub mod latch;
 pub mod limits;
-pub mod lookup;
 pub mod ops;
-pub mod redis_sentinel;
+pub mod redis;
 pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;

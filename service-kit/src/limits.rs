@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
+use switchboard_config::tables::common::DEFAULT_TRUSTED_PROXIES;
 
 /// Addresses one limiter tracks at most.
 pub const MAX_TRACKED: usize = 100_000;
@@ -40,10 +41,6 @@ fn limit_key(ip: IpAddr) -> IpAddr {
 /// load balancer, a TLS terminator) usually live; a deployment should name exactly its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedProxies(Vec<ipnet::IpNet>);
-
-/// [`TrustedProxies`]'s default, as `SB_TRUSTED_PROXIES` writes it.
-pub const DEFAULT_TRUSTED_PROXIES: &str =
-    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
 
 impl TrustedProxies {
     /// A comma-separated list of networks (`10.0.0.0/8`) or single addresses; empty trusts

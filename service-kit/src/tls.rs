@@ -1,116 +1,17 @@
-//! TLS to the dependencies: what the Redis, Kafka and PostgreSQL settings share.
+//! TLS to PostgreSQL ([`PostgresTls`]): libpq's `sslmode` and a CA file, applied to a database
+//! URL. The message service and the webhook dispatcher both build pools, and both read the same
+//! two variables (the table [`switchboard_config::tables::postgres`]).
 //!
 //! Each dependency's TLS is optional and off by default (the local stack runs without it), and
 //! once on, the server's certificate is always verified: against the public web roots compiled
-//! into the binary, or against a private CA given as a PEM file. A CA file is read when the
-//! configuration is read, so a missing or empty one stops the service at startup naming its
-//! setting; a certificate that does not verify fails the connection, and [`explain`] makes
-//! that error name the setting to fix (the log line and the failing `/ready` check carry it).
-//!
-//! PostgreSQL's settings live here too ([`PostgresTls`]): the message service and the webhook
-//! dispatcher both build pools, and both read the same two variables ([`POSTGRES_ENV`]).
+//! into the binary, or against a private CA given as a PEM file. The CA file is
+//! [`CaFile`], which Redis and Kafka share, read when the configuration is read; a certificate
+//! that does not verify fails the connection, and [`PostgresTls::explain`] makes that error name
+//! the settings to fix.
 
-use crate::env::{EnvTable, EnvVar};
-use crate::lookup::{lookup_optional, process_env, ConfigError, Lookup};
-
-/// A PEM file of CA certificates, read at startup.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CaFile {
-    /// Where it was read from (shown in errors and `Debug`).
-    pub path: String,
-    /// The PEM text.
-    pub pem: Vec<u8>,
-}
-
-impl std::fmt::Debug for CaFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("CaFile").field(&self.path).finish()
-    }
-}
-
-impl CaFile {
-    /// Reads the file `setting` names in `lookup` (`None` when unset). An unreadable file, or
-    /// one without a single PEM certificate, is an error naming `setting`: without this check
-    /// it would only fail at the first connection, as an "unknown issuer" far from its cause.
-    pub fn from_lookup(lookup: Lookup<'_>, setting: &str) -> Result<Option<CaFile>, ConfigError> {
-        let Some(path) = lookup_optional(lookup, setting) else {
-            return Ok(None);
-        };
-        let invalid = |reason: String| ConfigError {
-            name: setting.to_owned(),
-            value: path.clone(),
-            reason,
-        };
-        let pem = std::fs::read(&path).map_err(|e| invalid(format!("cannot read it: {e}")))?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| invalid(format!("not PEM certificates: {e}")))?;
-        if certificates.is_empty() {
-            return Err(invalid(
-                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned(),
-            ));
-        }
-        Ok(Some(CaFile { path, pem }))
-    }
-}
-
-/// Whether a connection error is about TLS: a certificate that did not verify, a handshake
-/// that failed, or a server that does not speak TLS where it was expected to.
-pub fn is_tls_error(error: &str) -> bool {
-    let lower = error.to_ascii_lowercase();
-    [
-        "certificate",
-        "unknownissuer",
-        "unknown issuer",
-        "handshake",
-        "tls",
-        "ssl",
-        "notvalidforname",
-        "corrupt message",
-    ]
-    .iter()
-    .any(|needle| lower.contains(needle))
-}
-
-/// `error`, followed by what to check when it is about TLS ([`is_tls_error`]): `settings`
-/// are the variables that decide it (the CA file first), e.g. `check SB_REDIS_TLS_CA_FILE`.
-pub fn explain(error: &str, settings: &[&str]) -> String {
-    if is_tls_error(error) && !settings.is_empty() {
-        format!(
-            "{error} (TLS: the server's certificate did not verify or the handshake failed; \
-             check {})",
-            settings.join(" and ")
-        )
-    } else {
-        error.to_owned()
-    }
-}
-
-pub const SB_POSTGRES_SSLMODE: &str = "SB_POSTGRES_SSLMODE";
-pub const SB_POSTGRES_CA_FILE: &str = "SB_POSTGRES_CA_FILE";
-
-/// What [`PostgresTls::from_lookup`] reads (the message service and the webhook dispatcher).
-pub const POSTGRES_ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_POSTGRES_SSLMODE,
-        default: None,
-        doc: "TLS to PostgreSQL, as libpq's sslmode: disable, allow, prefer, require, \
-              verify-ca or verify-full (a managed database: verify-full). Unset: the \
-              database URL's own sslmode, else verify-full when SB_POSTGRES_CA_FILE is set, \
-              else prefer (TLS when the server offers it, unverified).",
-    },
-    EnvVar {
-        name: SB_POSTGRES_CA_FILE,
-        default: None,
-        doc: "A PEM file of CA certificates that verifies the PostgreSQL server (verify-ca, \
-              verify-full), beside the public web roots. Unset: the public web roots only.",
-    },
-];
-
-/// The PostgreSQL TLS table, for `--help` of the services with a database.
-pub const POSTGRES_TABLE: EnvTable = EnvTable {
-    title: "PostgreSQL TLS (message service, webhook dispatcher)",
-    vars: POSTGRES_ENV,
-};
+use switchboard_config::lookup::{lookup_optional, process_env, ConfigError, Lookup};
+use switchboard_config::names::{SB_POSTGRES_CA_FILE, SB_POSTGRES_SSLMODE};
+use switchboard_config::tls::{explain, CaFile};
 
 /// libpq's `sslmode` values (sqlx follows them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,12 +65,12 @@ pub struct PostgresTls {
 }
 
 impl PostgresTls {
-    /// Reads [`POSTGRES_ENV`] from the process environment.
+    /// Reads [`ENV`](switchboard_config::tables::postgres::ENV) from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(&process_env)
     }
 
-    /// Reads [`POSTGRES_ENV`] from `lookup`.
+    /// Reads [`ENV`](switchboard_config::tables::postgres::ENV) from `lookup`.
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         let sslmode = lookup_optional(lookup, SB_POSTGRES_SSLMODE)
             .map(|value| {
@@ -251,34 +152,6 @@ mod tests {
     const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBmzCCAUGgAwIBAgIUPI6UN4xevT0avJswt/d3Ql5bKB4wCgYIKoZIzj0EAwIw\nIzEhMB8GA1UEAwwYc3dpdGNoYm9hcmQgdW5pdCB0ZXN0IENBMB4XDTI2MTIwNzAx\nMDI0OVoXDTM2MTIwNDAxMDI0OVowIzEhMB8GA1UEAwwYc3dpdGNoYm9hcmQgdW5p\ndCB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEsMLtt8OzC6ntgS8p\nL610y+31N64jqkApvxy0rLmgQRavrI27TWbyuLsCw7A2nEmxiB8uYYJIM4M/V40b\n6C/Zn6NTMFEwHQYDVR0OBBYEFKZCKgbz53f0Cz2zXKVJfX+8UfJWMB8GA1UdIwQY\nMBaAFKZCKgbz53f0Cz2zXKVJfX+8UfJWMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI\nzj0EAwIDSAAwRQIhAIql0F2rnJXPuIwAtHuY9TgY00N/67iXjaV5Bh/ixj7pAiAG\nZb+1ZHtRKPPgt3kYTL0IjpIbuFFrZKZ98Ul9A2nrwg==\n-----END CERTIFICATE-----\n";
 
     #[test]
-    fn a_ca_file_is_read_at_startup_and_a_bad_one_names_its_setting() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = dir.path().join("ca.pem");
-        std::fs::write(&good, PEM).unwrap();
-        let junk = dir.path().join("junk.pem");
-        std::fs::write(&junk, "not a certificate").unwrap();
-        let good = good.display().to_string();
-        let junk = junk.display().to_string();
-
-        let read = |path: &str| {
-            let vars = [(SB_POSTGRES_CA_FILE, path)];
-            let found = CaFile::from_lookup(&lookup(&vars), SB_POSTGRES_CA_FILE);
-            found
-        };
-        assert_eq!(read(&good).unwrap().unwrap().path, good);
-        assert_eq!(read(&junk).unwrap_err().name, SB_POSTGRES_CA_FILE);
-        let missing = read("/nonexistent/ca.pem").unwrap_err();
-        assert!(
-            missing.to_string().contains(SB_POSTGRES_CA_FILE),
-            "{missing}"
-        );
-        assert_eq!(
-            CaFile::from_lookup(&|_| None, SB_POSTGRES_CA_FILE).unwrap(),
-            None
-        );
-    }
-
-    #[test]
     fn postgres_settings_become_url_parameters() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
@@ -307,24 +180,5 @@ mod tests {
         let vars = [(SB_POSTGRES_SSLMODE, "sometimes")];
         let bad = PostgresTls::from_lookup(&lookup(&vars)).unwrap_err();
         assert_eq!(bad.name, SB_POSTGRES_SSLMODE);
-    }
-
-    #[test]
-    fn tls_errors_name_the_setting() {
-        let explained = explain(
-            "invalid peer certificate: UnknownIssuer",
-            &["SB_REDIS_TLS_CA_FILE"],
-        );
-        assert!(
-            explained.contains("check SB_REDIS_TLS_CA_FILE"),
-            "{explained}"
-        );
-        assert_eq!(
-            explain(
-                "Connection refused (os error 111)",
-                &["SB_REDIS_TLS_CA_FILE"]
-            ),
-            "Connection refused (os error 111)"
-        );
     }
 }

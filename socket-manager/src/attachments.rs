@@ -14,11 +14,11 @@
 
 use std::time::Duration;
 
+use switchboard_credentials::cluster::ClusterCredential;
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::internal::{AttachmentClaim, AttachmentVerdict};
 use switchboard_protocol::token::path_segment;
 use switchboard_protocol::{ConversationId, ErrorCode};
-use switchboard_service_kit::cluster_auth::ClusterCredential;
 
 use crate::sequencer::SendRequest;
 

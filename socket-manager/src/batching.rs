@@ -670,7 +670,7 @@ mod tests {
 
         let id = shared::unique("too-large");
         let vars = shared::kafka_vars(&id);
-        let config = vars.config(&[switchboard_kafka::TABLE], |lookup| {
+        let config = vars.config(&[switchboard_config::tables::kafka::TABLE], |lookup| {
             switchboard_kafka::KafkaConfig::from_lookup(lookup)
         });
         shared::create_topics(&config.brokers, &[&config.message_topic], 1)

@@ -18,10 +18,10 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use switchboard_chat_state::sessions::SessionMarks;
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_message_log::HandlerRecord;
 use switchboard_protocol::sessions::{EndSessions, SessionsEnded};
 use switchboard_protocol::UserId;
-use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 
 use crate::state::AppState;

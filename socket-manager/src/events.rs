@@ -21,12 +21,12 @@
 
 use std::time::Duration;
 
+use switchboard_credentials::cluster::ClusterCredential;
 use switchboard_message_log::RecordEvent;
 use switchboard_protocol::frames::{is_storable_text, is_valid_emoji, RecordKind, ServerFrame};
 use switchboard_protocol::internal::{EventCheck, EventCheckItem, EventVerdicts};
 use switchboard_protocol::token::path_segment;
 use switchboard_protocol::{ConversationId, ErrorCode, MessageId};
-use switchboard_service_kit::cluster_auth::ClusterCredential;
 
 use crate::sequencer::SendRequest;
 

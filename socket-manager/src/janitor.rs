@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use actix_web::web;
-use switchboard_service_kit::redis_sentinel::StoreError;
+use switchboard_redis::StoreError;
 use switchboard_service_kit::shutdown::CancellationToken;
 
 use crate::state::AppState;

@@ -41,9 +41,10 @@ mod state;
 use std::net::TcpListener;
 
 use actix_web::web;
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::http;
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::{RedisMemoryGauges, SentinelRedis};
+use switchboard_service_kit::redis::RedisMemoryGauges;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_service_kit::supervise::{OwnedTask, Workers};
 
@@ -80,7 +81,10 @@ impl Application {
         )?);
         let redis_memory = RedisMemoryGauges::new(&ops)?;
         let ops = ops
-            .with_check("redis", redis.readiness_check())
+            .with_check(
+                "redis",
+                switchboard_service_kit::redis::readiness_check(&redis),
+            )
             .with_check("broker", kafka.readiness_check());
         let app_state = state.clone();
         let server = http::serve_json_api(

@@ -1,5 +1,5 @@
 use socket_manager::{Application, ManagerConfig};
-use switchboard_service_kit::cli::Cli;
+use switchboard_config::cli::Cli;
 use switchboard_service_kit::{shutdown, telemetry};
 
 /// mimalloc rather than glibc's malloc: the manager allocates many small, short-lived buffers

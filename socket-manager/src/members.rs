@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use switchboard_chat_state::membership::MembershipMirror;
+use switchboard_credentials::cluster::ClusterCredential;
 use switchboard_protocol::token::path_segment;
 use switchboard_protocol::ConversationId;
-use switchboard_service_kit::cluster_auth::ClusterCredential;
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::internal::{Failover, InternalClient};
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 
 #[derive(Clone)]
 pub struct Members {

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::Value;
-use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+use switchboard_redis::{SentinelRedis, StoreError};
 use switchboard_service_kit::supervise::Workers;
 use tokio::sync::{mpsc, oneshot};
 

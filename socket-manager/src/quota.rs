@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use switchboard_service_kit::redis_sentinel::{SentinelRedis, StoreError};
+use switchboard_redis::{SentinelRedis, StoreError};
 
 /// The quotas' settings (`SB_USER_*`, `SB_TYPING_INTERVAL_MS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,11 +3,11 @@
 //! needs the cluster secret. A batch's work is [`crate::batch`]'s.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::internal::{
     RenewReply, RenewRequest, ServerBatch, ServerRegistered, ServerRegistration, BATCH_ID_HEADER,
 };
 use switchboard_protocol::{ErrorCode, ServerId};
-use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 use tracing::Instrument;
 

@@ -17,14 +17,14 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use sha2::{Digest, Sha256};
 use switchboard_chat_state::sequence::SequenceKeys;
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::frames::{is_storable_text, ServerFrame};
 use switchboard_protocol::server_api::{
     valid_idempotency_key, InternalServerSend, InternalServerSent,
 };
 use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, UserId};
-use switchboard_service_kit::cluster_auth::ServiceRole;
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::http::ApiError;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 
 use crate::state::AppState;
 

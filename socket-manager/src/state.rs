@@ -2,10 +2,10 @@
 //! sequencer, quotas, the checks made before numbering, the signal counters), built once at
 //! startup.
 
+use switchboard_credentials::cluster::ServiceRole;
+use switchboard_redis::SentinelRedis;
 use switchboard_server_directory::ServerDirectory;
-use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::supervise::{TaskTracker, Workers};
 
 use crate::attachments;

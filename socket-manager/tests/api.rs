@@ -325,10 +325,8 @@ async fn idempotency_records_are_one_string_with_an_expiry_and_older_hash_record
     let app = spawn_apps("idem-format").await;
     app.register("h1").await;
     let conversation = app.group("alice", &["bob"]).await;
-    let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(shared::redis_config(
-        "socket-manager",
-        &app.id,
-    ));
+    let redis =
+        switchboard_redis::SentinelRedis::new(shared::redis_config("socket-manager", &app.id));
     let idem_key =
         |client_msg_id: &str| redis.key(&format!("idem:{conversation}:alice:{client_msg_id}"));
 

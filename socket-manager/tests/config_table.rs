@@ -1,8 +1,10 @@
 //! The socket manager's environment variables: one table, distinct `SB_` names, every one documented
 //! in docs/configuration.md with its real default, and listed by `socket-manager --help`.
 
-use socket_manager::config::{HELP_TABLES, TABLE};
-use switchboard_service_kit::env::{check_cli, check_defaults, check_service_tables};
+use socket_manager::config::HELP_TABLES;
+use switchboard_config::env::{check_cli, check_defaults, check_service_tables};
+use switchboard_config::names::{SB_DEV_MODE, SB_MAX_BODY_BYTES, SB_USER_BYTES_BURST};
+use switchboard_config::tables::socket_manager::TABLE;
 
 const DOC: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -19,7 +21,7 @@ fn names_are_distinct_and_documented() {
 fn documented_defaults_are_the_code_defaults() {
     check_defaults(
         HELP_TABLES,
-        &[("SB_DEV_MODE", "true")],
+        &[(SB_DEV_MODE, "true")],
         socket_manager::ManagerConfig::from_env,
     )
     .unwrap();
@@ -40,14 +42,14 @@ fn help_lists_every_variable_and_bad_arguments_fail() {
 #[test]
 fn a_body_limit_too_large_for_one_kafka_record_is_refused_at_startup() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_socket-manager"))
-        .env("SB_DEV_MODE", "true")
-        .env("SB_MAX_BODY_BYTES", "400000")
+        .env(SB_DEV_MODE, "true")
+        .env(SB_MAX_BODY_BYTES, "400000")
         .output()
         .expect("run socket-manager");
     assert!(!output.status.success(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("SB_MAX_BODY_BYTES") && stderr.contains("139931"),
+        stderr.contains(SB_MAX_BODY_BYTES) && stderr.contains("139931"),
         "{stderr}"
     );
 }
@@ -57,11 +59,11 @@ fn a_body_limit_too_large_for_one_kafka_record_is_refused_at_startup() {
 #[test]
 fn a_byte_burst_below_the_body_limit_is_refused_at_startup() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_socket-manager"))
-        .env("SB_DEV_MODE", "true")
-        .env("SB_USER_BYTES_BURST", "1000")
+        .env(SB_DEV_MODE, "true")
+        .env(SB_USER_BYTES_BURST, "1000")
         .output()
         .expect("run socket-manager");
     assert!(!output.status.success(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("SB_USER_BYTES_BURST"), "{stderr}");
+    assert!(stderr.contains(SB_USER_BYTES_BURST), "{stderr}");
 }

@@ -13,12 +13,13 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use switchboard_chat_state::presence::ServerMap;
+use switchboard_config::names::SB_HANDLER_TTL_MS;
 use switchboard_protocol::internal::{
     RenewRequest, ServerBatch, ServerBatchReply, ServerItem, ServerRegistration,
 };
 use switchboard_protocol::registry::{Registration, CLUSTER_SECRET_HEADER};
+use switchboard_redis::SentinelRedis;
 use switchboard_server_directory::ServerDirectory;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared::{self, CLUSTER_SECRET};
 
@@ -58,7 +59,7 @@ async fn spawn_apps(name: &str) -> TestApp {
     let messages = format!("http://127.0.0.1:{}", ms.port());
     tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
     let manager_config = shared::manager_vars(&id, &messages)
-        .with("SB_HANDLER_TTL_MS", GRACE_MS)
+        .with(SB_HANDLER_TTL_MS, GRACE_MS)
         .config(
             socket_manager::config::HELP_TABLES,
             socket_manager::ManagerConfig::from_lookup,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
+use switchboard_config::names::{SB_USER_FRAMES_BURST, SB_USER_FRAMES_PER_MIN};
 use switchboard_kafka::KafkaConfig;
 use switchboard_message_log::{decode_handler_envelope, Event};
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
@@ -336,10 +337,7 @@ async fn a_batch_of_receipts_takes_one_round_of_acks() {
 async fn sends_past_the_users_quota_are_refused_with_their_client_msg_id() {
     let app = spawn_apps(
         "send-quota",
-        &[
-            ("SB_USER_FRAMES_PER_MIN", "1"),
-            ("SB_USER_FRAMES_BURST", "10"),
-        ],
+        &[(SB_USER_FRAMES_PER_MIN, "1"), (SB_USER_FRAMES_BURST, "10")],
     )
     .await;
     app.register("q1").await;
@@ -449,10 +447,8 @@ async fn a_conversation_whose_counter_expired_continues_after_its_log() {
         assert!(Instant::now() < deadline, "not stored: {resp}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(shared::redis_config(
-        "socket-manager",
-        &app.id,
-    ));
+    let redis =
+        switchboard_redis::SentinelRedis::new(shared::redis_config("socket-manager", &app.id));
     for key in [
         format!("seq:{conversation}"),
         format!("seq-epoch:{conversation}"),
@@ -514,7 +510,7 @@ async fn a_conversation_whose_counter_expired_continues_after_its_log() {
 }
 
 /// Total Redis CPU (µs) of every command so far, from `INFO commandstats`.
-async fn redis_usec(redis: &switchboard_service_kit::redis_sentinel::SentinelRedis) -> u64 {
+async fn redis_usec(redis: &switchboard_redis::SentinelRedis) -> u64 {
     let stats: String = redis
         .query(redis::cmd("INFO").arg("commandstats"))
         .await
@@ -536,11 +532,11 @@ async fn redis_usec(redis: &switchboard_service_kit::redis_sentinel::SentinelRed
 async fn what_the_quota_check_costs_per_message() {
     let mut results = Vec::new();
     for (arm, extra) in [
-        ("quotas off", vec![("SB_USER_FRAMES_PER_MIN", "0")]),
+        ("quotas off", vec![(SB_USER_FRAMES_PER_MIN, "0")]),
         ("quotas on", vec![]),
-        ("quotas off, again", vec![("SB_USER_FRAMES_PER_MIN", "0")]),
+        ("quotas off, again", vec![(SB_USER_FRAMES_PER_MIN, "0")]),
         ("quotas on, again", vec![]),
-        ("quotas off, third", vec![("SB_USER_FRAMES_PER_MIN", "0")]),
+        ("quotas off, third", vec![(SB_USER_FRAMES_PER_MIN, "0")]),
         ("quotas on, third", vec![]),
     ] {
         let app = spawn_apps("quota-cost", &extra).await;
@@ -567,9 +563,8 @@ async fn what_the_quota_check_costs_per_message() {
         };
         // Warm: every counter checked against the log once.
         app.batch("hc", batch(0)).await;
-        let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(
-            shared::redis_config("socket-manager", &app.id),
-        );
+        let redis =
+            switchboard_redis::SentinelRedis::new(shared::redis_config("socket-manager", &app.id));
         let rounds = 100;
         let before = redis_usec(&redis).await;
         let started = Instant::now();

@@ -1,5 +1,5 @@
 use socket_server::{Application, SocketServerConfig};
-use switchboard_service_kit::cli::Cli;
+use switchboard_config::cli::Cli;
 use switchboard_service_kit::{shutdown, telemetry};
 
 const CLI: Cli = Cli {

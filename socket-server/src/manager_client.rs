@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use reqwest::Method;
+use switchboard_credentials::cluster::ClusterCredential;
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::internal::{
     RenewRequest, ServerBatch, ServerBatchReply, ServerItem, ServerRegistered, ServerRegistration,
@@ -22,7 +23,6 @@ use switchboard_protocol::internal::{
 };
 use switchboard_protocol::trace_context::{TraceParent, TRACEPARENT_HEADER};
 use switchboard_protocol::{ErrorCode, ServerId};
-use switchboard_service_kit::cluster_auth::ClusterCredential;
 use switchboard_service_kit::internal::{Cursor, Failover, InternalClient, Retry};
 use switchboard_service_kit::supervise::OwnedTask;
 use switchboard_service_kit::telemetry;

@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::registry::Registration;
-use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_service_kit::supervise::OwnedTask;
 

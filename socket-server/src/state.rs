@@ -5,15 +5,16 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use switchboard_config::names::SB_SERVER_ID;
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_protocol::ServerId;
+use switchboard_redis::SentinelRedis;
 use switchboard_server_directory::ServerDirectory;
-use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::jwks::JwksRefresher;
 use switchboard_service_kit::latch::Latch;
 use switchboard_service_kit::limits::IpRateLimiter;
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_service_kit::supervise::TaskTracker;
 
@@ -72,7 +73,7 @@ fn server_id(config: &SocketServerConfig) -> anyhow::Result<ServerId> {
         .server_id
         .clone()
         .unwrap_or_else(|| format!("socket-{}", ulid::Ulid::new()));
-    ServerId::parse(id).map_err(|e| anyhow::anyhow!("SB_SERVER_ID: {e}"))
+    ServerId::parse(id).map_err(|e| anyhow::anyhow!("{SB_SERVER_ID}: {e}"))
 }
 
 impl ServerState {

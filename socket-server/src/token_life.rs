@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use switchboard_chat_state::sessions::SessionMarks;
 use switchboard_protocol::sessions::EndSessions;
 use switchboard_protocol::UserId;
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 
 use crate::hub::ConnId;

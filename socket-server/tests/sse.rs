@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use switchboard_config::names::SB_USER_FRAMES_PER_MIN;
 use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -33,7 +34,7 @@ async fn spawn_apps(
     tweak: impl FnOnce(&mut socket_server::SocketServerConfig),
 ) -> TestApp {
     // No per-user quotas: the slow-consumer test sends a burst.
-    let apps = common::spawn_apps(name, |vars| vars.with("SB_USER_FRAMES_PER_MIN", 0), tweak).await;
+    let apps = common::spawn_apps(name, |vars| vars.with(SB_USER_FRAMES_PER_MIN, 0), tweak).await;
     let app = TestApp {
         host: apps.host,
         ops: apps.ops,

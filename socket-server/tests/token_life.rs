@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use switchboard_config::names::{SB_MANAGER_ID, SB_SERVER_ID};
 use switchboard_protocol::registry::{CLUSTER_SECRET_HEADER, CLUSTER_SERVICE_HEADER};
 use switchboard_protocol::sessions::{end_sessions_path, SessionsEnded};
 use switchboard_protocol::token::{path_segment, Claims, TokenKeys};
@@ -63,7 +64,7 @@ async fn cluster(name: &str) -> Cluster {
     let mut managers = Vec::new();
     for n in 0..2 {
         let config = shared::manager_vars(&id, &messages)
-            .with("SB_MANAGER_ID", format!("manager-{id}-{n}"))
+            .with(SB_MANAGER_ID, format!("manager-{id}-{n}"))
             .config(
                 socket_manager::config::HELP_TABLES,
                 socket_manager::ManagerConfig::from_lookup,
@@ -85,7 +86,7 @@ async fn cluster(name: &str) -> Cluster {
     for (n, order) in [[0, 1], [1, 0]].into_iter().enumerate() {
         let urls: Vec<String> = order.iter().map(|i| managers[*i].clone()).collect();
         let config = shared::socket_server_vars(&id, &registry_url, &urls)
-            .with("SB_SERVER_ID", format!("socket-{id}-{n}"))
+            .with(SB_SERVER_ID, format!("socket-{id}-{n}"))
             .config(
                 socket_server::config::HELP_TABLES,
                 socket_server::SocketServerConfig::from_lookup,

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use switchboard_redis::SentinelRedis;
 use switchboard_server_directory::ServerDirectory;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_test_support::shared;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 

@@ -14,8 +14,13 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use rand::Rng;
+use switchboard_config::names::{
+    SB_CALLER_KEYS, SB_JWT_PRIVATE_KEY_FILE, SB_JWT_PUBLIC_KEY_FILE, SB_JWT_SECRET,
+    SB_SERVICE_SECRET,
+};
+use switchboard_config::secret::Secret;
+use switchboard_credentials::cluster::{secret_hash, ClusterCredential, ServiceRole};
 use switchboard_protocol::token::{TokenKeys, TokenPolicy};
-use switchboard_service_kit::cluster_auth::{secret_hash, ClusterCredential, Secret, ServiceRole};
 
 /// How client tokens are signed in a stack.
 #[derive(Clone, Debug)]
@@ -91,22 +96,22 @@ impl Credentials {
     /// token keys it may hold (the private key for the registry only).
     pub fn env(&self, role: ServiceRole) -> Vec<(String, String)> {
         let mut env = vec![
-            kv("SB_SERVICE_SECRET", &self.secrets[&role]),
-            kv("SB_CALLER_KEYS", &self.caller_keys()),
+            kv(SB_SERVICE_SECRET, &self.secrets[&role]),
+            kv(SB_CALLER_KEYS, &self.caller_keys()),
         ];
         match &self.signing {
-            TokenSigning::SharedSecret(secret) => env.push(kv("SB_JWT_SECRET", secret)),
+            TokenSigning::SharedSecret(secret) => env.push(kv(SB_JWT_SECRET, secret)),
             TokenSigning::Ed25519 {
                 public_pem,
                 private_pem,
             } => {
                 env.push(kv(
-                    "SB_JWT_PUBLIC_KEY_FILE",
+                    SB_JWT_PUBLIC_KEY_FILE,
                     &public_pem.display().to_string(),
                 ));
                 if role == ServiceRole::Registry {
                     env.push(kv(
-                        "SB_JWT_PRIVATE_KEY_FILE",
+                        SB_JWT_PRIVATE_KEY_FILE,
                         &private_pem.display().to_string(),
                     ));
                 }

@@ -38,4 +38,4 @@ pub use postgres::Postgres;
 pub use process::{ManagedProcess, RunAs};
 pub use redis_cluster::{RedisPorts, RedisSentinelCluster, MASTER_NAME};
 pub use stack::{FixedPorts, Service, SocketServer, Stack, StackOptions};
-pub use switchboard_service_kit::cluster_auth::ServiceRole;
+pub use switchboard_credentials::cluster::ServiceRole;

@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rand::Rng;
 use rusty_s3::S3Action;
+use switchboard_config::names::{
+    SB_S3_ACCESS_KEY_ID, SB_S3_BUCKET, SB_S3_CORS_ORIGINS, SB_S3_ENDPOINT, SB_S3_PATH_STYLE,
+    SB_S3_REGION, SB_S3_SECRET_ACCESS_KEY,
+};
 
 use crate::ports::free_port;
 use crate::process::ManagedProcess;
@@ -32,9 +36,6 @@ use crate::process::ManagedProcess;
 pub const REGION: &str = "garage";
 /// The bucket the stack's message service uses.
 pub const BUCKET: &str = "switchboard-attachments";
-/// Extra page origins the bucket's CORS rule allows, comma separated (docs/configuration.md,
-/// "Attachments"), on top of the stack's own nginx.
-pub const CORS_ORIGINS_VAR: &str = "SB_S3_CORS_ORIGINS";
 /// How long a browser may cache a preflight's answer.
 pub const CORS_MAX_AGE_SECS: u32 = 600;
 
@@ -225,12 +226,12 @@ impl ObjectStore {
     /// The message service's variables for this store (docs/configuration.md, "Attachments").
     pub fn env(&self) -> Vec<(String, String)> {
         [
-            ("SB_S3_ENDPOINT", self.endpoint()),
-            ("SB_S3_REGION", REGION.to_owned()),
-            ("SB_S3_BUCKET", self.bucket.clone()),
-            ("SB_S3_ACCESS_KEY_ID", self.access_key_id.clone()),
-            ("SB_S3_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
-            ("SB_S3_PATH_STYLE", "true".to_owned()),
+            (SB_S3_ENDPOINT, self.endpoint()),
+            (SB_S3_REGION, REGION.to_owned()),
+            (SB_S3_BUCKET, self.bucket.clone()),
+            (SB_S3_ACCESS_KEY_ID, self.access_key_id.clone()),
+            (SB_S3_SECRET_ACCESS_KEY, self.secret_access_key.clone()),
+            (SB_S3_PATH_STYLE, "true".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -255,7 +256,7 @@ impl ObjectStore {
 }
 
 /// The origins of a page served at `page_url` (`http://HOST:PORT`), plus those named by
-/// [`CORS_ORIGINS_VAR`] in `env` (the stack's extra settings). A page on 127.0.0.1 is also
+/// [`SB_S3_CORS_ORIGINS`] in `env` (the stack's extra settings). A page on 127.0.0.1 is also
 /// reachable as localhost, which a browser counts as another origin: both are allowed.
 pub fn page_origins(page_url: &str, env: &[(String, String)]) -> Vec<String> {
     let page_url = page_url.trim_end_matches('/');
@@ -265,7 +266,7 @@ pub fn page_origins(page_url: &str, env: &[(String, String)]) -> Vec<String> {
     }
     let extra = env
         .iter()
-        .filter(|(k, _)| k == CORS_ORIGINS_VAR)
+        .filter(|(k, _)| k == SB_S3_CORS_ORIGINS)
         .flat_map(|(_, v)| v.split(','));
     for origin in extra.map(|o| o.trim().trim_end_matches('/')) {
         if !origin.is_empty() && !origins.iter().any(|o| o == origin) {
@@ -354,7 +355,7 @@ mod tests {
     #[test]
     fn page_origins_add_localhost_and_the_setting() {
         let env = vec![(
-            CORS_ORIGINS_VAR.to_owned(),
+            SB_S3_CORS_ORIGINS.to_owned(),
             " https://chat.example.com/, http://127.0.0.1:8080".to_owned(),
         )];
         assert_eq!(

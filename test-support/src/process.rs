@@ -22,6 +22,7 @@ use std::sync::{mpsc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use switchboard_config::names::PREFIX;
 
 /// The Unix user and group a child runs as ([`ManagedProcess::spawn_as`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +101,7 @@ impl ManagedProcess {
             .stdout(log.try_clone()?)
             .stderr(log);
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SB_") {
+            if key.to_string_lossy().starts_with(PREFIX) {
                 cmd.env_remove(key);
             }
         }

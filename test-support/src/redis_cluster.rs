@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use redis::aio::MultiplexedConnection;
+use switchboard_config::names::{
+    SB_REDIS_PASSWORD, SB_REDIS_SENTINEL_PASSWORD, SB_REDIS_SENTINEL_USERNAME, SB_REDIS_USERNAME,
+};
 
 use crate::ports::free_port;
 use crate::process::ManagedProcess;
@@ -146,14 +149,14 @@ pub fn service_password(service: &str) -> String {
 /// [`SENTINEL_CLIENT_USER`].
 pub fn service_redis_env(service: &str) -> Vec<(String, String)> {
     vec![
-        ("SB_REDIS_USERNAME".to_owned(), service_user(service)),
-        ("SB_REDIS_PASSWORD".to_owned(), service_password(service)),
+        (SB_REDIS_USERNAME.to_owned(), service_user(service)),
+        (SB_REDIS_PASSWORD.to_owned(), service_password(service)),
         (
-            "SB_REDIS_SENTINEL_USERNAME".to_owned(),
+            SB_REDIS_SENTINEL_USERNAME.to_owned(),
             SENTINEL_CLIENT_USER.to_owned(),
         ),
         (
-            "SB_REDIS_SENTINEL_PASSWORD".to_owned(),
+            SB_REDIS_SENTINEL_PASSWORD.to_owned(),
             SENTINEL_CLIENT_PASSWORD.to_owned(),
         ),
     ]

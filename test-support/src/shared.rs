@@ -31,20 +31,33 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use switchboard_kafka::{
-    KafkaConfig, SB_EVENTS_TOPIC, SB_HANDLER_TOPIC_PREFIX, SB_KAFKA_BROKERS, SB_KAFKA_IDEMPOTENCE,
-    SB_KAFKA_LINGER_MS, SB_KAFKA_REPLICATION_FACTOR, SB_MESSAGE_TOPIC,
+use switchboard_config::env::EnvTable;
+use switchboard_config::lookup::Lookup;
+use switchboard_config::names::{
+    SB_ASSIGN_BURST_PER_IP, SB_ASSIGN_RATE_PER_IP, SB_CLIENT_RATE_BURST, SB_CLIENT_RATE_PER_SEC,
+    SB_CLIENT_TIMEOUT_MS, SB_CLUSTER_SECRET, SB_CONNECTS_BURST_PER_IP, SB_CONNECTS_PER_IP_PER_SEC,
+    SB_DATABASE_URL, SB_DB_MAX_CONNECTIONS, SB_DELETE_HANDLER_TOPICS, SB_DEV_MODE,
+    SB_DEV_TOKEN_TTL_SECS, SB_EVENTS_TOPIC, SB_FAILURE_THRESHOLD, SB_HANDLER_HEARTBEAT_MS,
+    SB_HANDLER_TOPIC_PREFIX, SB_HANDLER_TTL_MS, SB_HEALTH_BIND, SB_HEARTBEAT_INTERVAL_MS,
+    SB_IDEMPOTENCY_TTL_SECS, SB_INGEST_FETCH_WAIT_MS, SB_JWT_SECRET, SB_KAFKA_BROKERS,
+    SB_KAFKA_IDEMPOTENCE, SB_KAFKA_LINGER_MS, SB_KAFKA_REPLICATION_FACTOR, SB_LOCK_TTL_MS,
+    SB_LOCK_WAIT_MS, SB_MANAGER_BIND, SB_MANAGER_ID, SB_MANAGER_LANES, SB_MANAGER_LANE_BATCHES,
+    SB_MANAGER_URLS, SB_MAPPING_RENEW_MS, SB_MAX_BODY_BYTES, SB_MAX_CONNECTIONS,
+    SB_MAX_CONNECTIONS_PER_USER, SB_MAX_FRAME_BYTES, SB_MAX_GROUP_MEMBERS, SB_MESSAGE_BIND,
+    SB_MESSAGE_PARTITIONS, SB_MESSAGE_SERVICE_URL, SB_MESSAGE_TOPIC, SB_MESSAGING_ENABLED,
+    SB_OUTBOUND_QUEUE, SB_PRESENCE_MAX_GROUP, SB_PROBE_INTERVAL_MS, SB_PROBE_TIMEOUT_MS,
+    SB_PRODUCE_TIMEOUT_MS, SB_RECONCILE_INTERVAL_MS, SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD,
+    SB_REDIS_PREFIX, SB_REDIS_SENTINELS, SB_REDIS_SENTINEL_PASSWORD, SB_REDIS_SENTINEL_USERNAME,
+    SB_REDIS_TIMEOUT_MS, SB_REDIS_USERNAME, SB_REGISTRY_BIND, SB_REGISTRY_URL,
+    SB_RESERVATIONS_PER_IP, SB_RESERVATION_TTL_MS, SB_SEQ_REPLICA_ACKS,
+    SB_SEQ_REPLICA_ACK_TIMEOUT_MS, SB_SERVER_ID, SB_SERVER_STALE_MS, SB_SHUTDOWN_GRACE_MS,
+    SB_SOCKET_BIND, SB_USER_MAPPING_TTL_MS,
 };
+use switchboard_config::tables::COMMON;
+use switchboard_kafka::KafkaConfig;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_protocol::UserId;
-use switchboard_service_kit::config::{
-    CommonConfig, Lookup, COMMON, SB_CLUSTER_SECRET, SB_DEV_MODE, SB_JWT_SECRET,
-};
-use switchboard_service_kit::env::EnvTable;
-use switchboard_service_kit::redis_sentinel::{
-    RedisConfig, SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_PREFIX, SB_REDIS_SENTINELS,
-    SB_REDIS_SENTINEL_PASSWORD, SB_REDIS_SENTINEL_USERNAME, SB_REDIS_TIMEOUT_MS, SB_REDIS_USERNAME,
-};
+use switchboard_redis::RedisConfig;
 
 use crate::redis_cluster::{
     service_password, service_user, RedisSentinelCluster, REDIS_PASSWORD, SENTINEL_CLIENT_PASSWORD,
@@ -52,9 +65,9 @@ use crate::redis_cluster::{
 };
 use crate::{free_port, Broker, Postgres};
 
-/// The JWT secret of every service a fast test builds ([`common_config`]).
+/// The JWT secret of every service a fast test builds ([`common_vars`]).
 pub const JWT_SECRET: &str = "a-jwt-secret-for-the-fast-tier-tests";
-/// The cluster secret of every service a fast test builds ([`common_config`]).
+/// The cluster secret of every service a fast test builds ([`common_vars`]).
 pub const CLUSTER_SECRET: &str = "a-cluster-secret-for-the-fast-tier!!";
 
 /// How long a test waits for a fixture to start before it fails.
@@ -412,24 +425,16 @@ pub fn redis_config(service: &str, id: &str) -> RedisConfig {
 /// with the shared Redis started: for tests that drive a store module directly. Only Redis:
 /// a binary whose tests need nothing else (chat-state's, server-directory's) does not pay
 /// for a PostgreSQL and a broker it never uses.
-pub fn fresh_redis(
-    service: &str,
-    name: &str,
-) -> switchboard_service_kit::redis_sentinel::SentinelRedis {
-    switchboard_service_kit::redis_sentinel::SentinelRedis::new(redis_config(
-        service,
-        &unique(name),
-    ))
-}
-
-/// The shared settings of `service` in the test `id` ([`common_vars`]).
-pub fn common_config(service: &str, id: &str) -> CommonConfig {
-    common_vars(service, id).config(&COMMON[..2], CommonConfig::from_lookup)
+pub fn fresh_redis(service: &str, name: &str) -> switchboard_redis::SentinelRedis {
+    switchboard_redis::SentinelRedis::new(redis_config(service, &unique(name)))
 }
 
 /// Broker settings for the test `id` ([`kafka_vars`]).
 pub fn kafka_config(id: &str) -> KafkaConfig {
-    kafka_vars(id).config(&[switchboard_kafka::TABLE], KafkaConfig::from_lookup)
+    kafka_vars(id).config(
+        &[switchboard_config::tables::kafka::TABLE],
+        KafkaConfig::from_lookup,
+    )
 }
 
 /// Creates `topics` (each with `partitions`) on the shared broker; existing ones are fine.
@@ -474,13 +479,13 @@ pub fn token(user: &str) -> String {
 /// with `.config(registry::config::HELP_TABLES, RegistryConfig::from_lookup)`.
 pub fn registry_vars(id: &str) -> Vars {
     common_vars("registry", id)
-        .with("SB_REGISTRY_BIND", "127.0.0.1:0")
-        .with("SB_SERVER_STALE_MS", 10_000)
-        .with("SB_RESERVATION_TTL_MS", 10_000)
-        .with("SB_DEV_TOKEN_TTL_SECS", 60)
-        .with("SB_ASSIGN_RATE_PER_IP", 0)
-        .with("SB_ASSIGN_BURST_PER_IP", 0)
-        .with("SB_RESERVATIONS_PER_IP", 0)
+        .with(SB_REGISTRY_BIND, "127.0.0.1:0")
+        .with(SB_SERVER_STALE_MS, 10_000)
+        .with(SB_RESERVATION_TTL_MS, 10_000)
+        .with(SB_DEV_TOKEN_TTL_SECS, 60)
+        .with(SB_ASSIGN_RATE_PER_IP, 0)
+        .with(SB_ASSIGN_BURST_PER_IP, 0)
+        .with(SB_RESERVATIONS_PER_IP, 0)
 }
 
 /// The message service's variables for the test `id`: port 0, storing into `database_url`
@@ -488,11 +493,11 @@ pub fn registry_vars(id: &str) -> Vars {
 pub fn message_service_vars(id: &str, database_url: &str) -> Vars {
     common_vars("message-service", id)
         .merge(kafka_vars(id))
-        .with("SB_MESSAGE_BIND", "127.0.0.1:0")
-        .with("SB_DATABASE_URL", database_url)
-        .with("SB_DB_MAX_CONNECTIONS", 4)
-        .with("SB_MAX_GROUP_MEMBERS", 50)
-        .with("SB_INGEST_FETCH_WAIT_MS", 50)
+        .with(SB_MESSAGE_BIND, "127.0.0.1:0")
+        .with(SB_DATABASE_URL, database_url)
+        .with(SB_DB_MAX_CONNECTIONS, 4)
+        .with(SB_MAX_GROUP_MEMBERS, 50)
+        .with(SB_INGEST_FETCH_WAIT_MS, 50)
 }
 
 /// A socket manager's variables for the test `id`: port 0, asking `message_service_url` for
@@ -501,22 +506,22 @@ pub fn message_service_vars(id: &str, database_url: &str) -> Vars {
 pub fn manager_vars(id: &str, message_service_url: &str) -> Vars {
     common_vars("socket-manager", id)
         .merge(kafka_vars(id))
-        .with("SB_MANAGER_BIND", "127.0.0.1:0")
-        .with("SB_MESSAGE_SERVICE_URL", message_service_url)
-        .with("SB_LOCK_TTL_MS", 6_000)
-        .with("SB_LOCK_WAIT_MS", 3_000)
-        .with("SB_PRODUCE_TIMEOUT_MS", 5_000)
-        .with("SB_IDEMPOTENCY_TTL_SECS", 3_600)
-        .with("SB_USER_MAPPING_TTL_MS", 60_000)
+        .with(SB_MANAGER_BIND, "127.0.0.1:0")
+        .with(SB_MESSAGE_SERVICE_URL, message_service_url)
+        .with(SB_LOCK_TTL_MS, 6_000)
+        .with(SB_LOCK_WAIT_MS, 3_000)
+        .with(SB_PRODUCE_TIMEOUT_MS, 5_000)
+        .with(SB_IDEMPOTENCY_TTL_SECS, 3_600)
+        .with(SB_USER_MAPPING_TTL_MS, 60_000)
         // The tests' socket servers are not in the directory: the janitor reaps them this long
         // after it first sees them, so it must outlast a test.
-        .with("SB_HANDLER_TTL_MS", 60_000)
-        .with("SB_MESSAGE_PARTITIONS", 1)
-        .with("SB_PRESENCE_MAX_GROUP", 100)
-        .with("SB_DELETE_HANDLER_TOPICS", false)
-        .with("SB_SEQ_REPLICA_ACKS", 1)
-        .with("SB_SEQ_REPLICA_ACK_TIMEOUT_MS", 500)
-        .with("SB_MANAGER_ID", format!("manager-{id}"))
+        .with(SB_HANDLER_TTL_MS, 60_000)
+        .with(SB_MESSAGE_PARTITIONS, 1)
+        .with(SB_PRESENCE_MAX_GROUP, 100)
+        .with(SB_DELETE_HANDLER_TOPICS, false)
+        .with(SB_SEQ_REPLICA_ACKS, 1)
+        .with(SB_SEQ_REPLICA_ACK_TIMEOUT_MS, 500)
+        .with(SB_MANAGER_ID, format!("manager-{id}"))
 }
 
 /// A socket server's variables for the test `id`: port 0, registering with `registry_url` and
@@ -524,31 +529,31 @@ pub fn manager_vars(id: &str, message_service_url: &str) -> Vars {
 pub fn socket_server_vars(id: &str, registry_url: &str, manager_urls: &[String]) -> Vars {
     let vars = common_vars("socket-server", id)
         .merge(kafka_vars(id))
-        .with("SB_SOCKET_BIND", "127.0.0.1:0")
-        .with("SB_SERVER_ID", format!("socket-{id}"))
-        .with("SB_REGISTRY_URL", registry_url)
-        .with("SB_MAX_CONNECTIONS", 1_000)
-        .with("SB_MAX_FRAME_BYTES", 64 * 1024)
-        .with("SB_MAX_BODY_BYTES", 16 * 1024)
-        .with("SB_HEARTBEAT_INTERVAL_MS", 5_000)
-        .with("SB_CLIENT_TIMEOUT_MS", 15_000)
-        .with("SB_RECONCILE_INTERVAL_MS", 200)
-        .with("SB_OUTBOUND_QUEUE", 256)
-        .with("SB_CLIENT_RATE_PER_SEC", 200)
-        .with("SB_CLIENT_RATE_BURST", 400)
-        .with("SB_SHUTDOWN_GRACE_MS", 1_000)
-        .with("SB_MESSAGING_ENABLED", !manager_urls.is_empty())
-        .with("SB_MANAGER_LANES", 2)
-        .with("SB_CONNECTS_PER_IP_PER_SEC", 0)
-        .with("SB_CONNECTS_BURST_PER_IP", 0)
-        .with("SB_MAX_CONNECTIONS_PER_USER", 10)
-        .with("SB_MANAGER_LANE_BATCHES", 1)
-        .with("SB_HANDLER_HEARTBEAT_MS", 500)
-        .with("SB_MAPPING_RENEW_MS", 300_000);
+        .with(SB_SOCKET_BIND, "127.0.0.1:0")
+        .with(SB_SERVER_ID, format!("socket-{id}"))
+        .with(SB_REGISTRY_URL, registry_url)
+        .with(SB_MAX_CONNECTIONS, 1_000)
+        .with(SB_MAX_FRAME_BYTES, 64 * 1024)
+        .with(SB_MAX_BODY_BYTES, 16 * 1024)
+        .with(SB_HEARTBEAT_INTERVAL_MS, 5_000)
+        .with(SB_CLIENT_TIMEOUT_MS, 15_000)
+        .with(SB_RECONCILE_INTERVAL_MS, 200)
+        .with(SB_OUTBOUND_QUEUE, 256)
+        .with(SB_CLIENT_RATE_PER_SEC, 200)
+        .with(SB_CLIENT_RATE_BURST, 400)
+        .with(SB_SHUTDOWN_GRACE_MS, 1_000)
+        .with(SB_MESSAGING_ENABLED, !manager_urls.is_empty())
+        .with(SB_MANAGER_LANES, 2)
+        .with(SB_CONNECTS_PER_IP_PER_SEC, 0)
+        .with(SB_CONNECTS_BURST_PER_IP, 0)
+        .with(SB_MAX_CONNECTIONS_PER_USER, 10)
+        .with(SB_MANAGER_LANE_BATCHES, 1)
+        .with(SB_HANDLER_HEARTBEAT_MS, 500)
+        .with(SB_MAPPING_RENEW_MS, 300_000);
     if manager_urls.is_empty() {
         vars
     } else {
-        vars.with("SB_MANAGER_URLS", manager_urls.join(","))
+        vars.with(SB_MANAGER_URLS, manager_urls.join(","))
     }
 }
 
@@ -556,11 +561,11 @@ pub fn socket_server_vars(id: &str, registry_url: &str, manager_urls: &[String])
 /// milliseconds) and evicting after two misses.
 pub fn health_checker_vars(id: &str, interval: Duration) -> Vars {
     common_vars("health-checker", id)
-        .with("SB_HEALTH_BIND", "127.0.0.1:0")
-        .with("SB_PROBE_INTERVAL_MS", interval.as_millis())
+        .with(SB_HEALTH_BIND, "127.0.0.1:0")
+        .with(SB_PROBE_INTERVAL_MS, interval.as_millis())
         .with(
-            "SB_PROBE_TIMEOUT_MS",
+            SB_PROBE_TIMEOUT_MS,
             interval.min(Duration::from_millis(400)).as_millis(),
         )
-        .with("SB_FAILURE_THRESHOLD", 2)
+        .with(SB_FAILURE_THRESHOLD, 2)
 }

@@ -5,8 +5,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use switchboard_config::names::{
+    RUST_LOG, SB_ASSIGN_RATE_PER_IP, SB_CLIENT_TIMEOUT_MS, SB_CONNECTS_PER_IP_PER_SEC,
+    SB_DATABASE_URL, SB_DELETE_HANDLER_TOPICS, SB_DEV_MODE, SB_FAILURE_THRESHOLD,
+    SB_HANDLER_TTL_MS, SB_HANDSHAKES_PER_IP, SB_HEALTH_BIND, SB_HEARTBEAT_INTERVAL_MS,
+    SB_JWT_SECRET, SB_KAFKA_BROKERS, SB_KAFKA_IDEMPOTENCE, SB_MANAGER_BIND, SB_MANAGER_URLS,
+    SB_MAX_CONNECTIONS, SB_MAX_CONNECTIONS_PER_IP, SB_MESSAGE_BIND, SB_MESSAGE_SERVICE_URL,
+    SB_MESSAGING_ENABLED, SB_PROBE_INTERVAL_MS, SB_PROBE_TIMEOUT_MS, SB_RECONCILE_INTERVAL_MS,
+    SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_PREFIX, SB_REDIS_SENTINELS, SB_REGISTRY_BIND,
+    SB_REGISTRY_URL, SB_RESERVATIONS_PER_IP, SB_SERVER_ID, SB_SOCKET_BIND, SB_SOCKET_OPS_BIND,
+    SB_SOCKET_PUBLIC_URL, SB_WEBHOOK_BIND, SB_WEBHOOK_DATABASE_URL,
+};
+use switchboard_credentials::cluster::{ClusterCredential, ServiceRole};
 use switchboard_protocol::token::TokenKeys;
-use switchboard_service_kit::cluster_auth::{ClusterCredential, ServiceRole};
 
 use crate::broker::Broker;
 use crate::credentials::Credentials;
@@ -266,7 +277,7 @@ impl Stack {
 
         let credentials = Credentials::generate(
             &work_dir.join("credentials"),
-            env_override(&opts.extra_env, "SB_JWT_SECRET"),
+            env_override(&opts.extra_env, SB_JWT_SECRET),
         )?;
         let mut common = common_env(&redis.sentinels_env());
 
@@ -294,18 +305,18 @@ impl Stack {
             let kafka = Broker::start(&work_dir.join("broker"), broker_port, &log_dir)
                 .await
                 .context("starting the broker")?;
-            common.push(kv("SB_KAFKA_BROKERS", kafka.bootstrap()));
+            common.push(kv(SB_KAFKA_BROKERS, kafka.bootstrap()));
             // tansu 0.6 (SQLite engine) corrupts its state when a topic is deleted; real Kafka
             // (docker-compose) keeps the default and deletes dead handlers' topics.
-            common.push(kv("SB_DELETE_HANDLER_TOPICS", "false"));
+            common.push(kv(SB_DELETE_HANDLER_TOPICS, "false"));
             // tansu 0.6 cannot serve idempotent producers: after a produce timeout librdkafka
             // bumps the producer epoch locally, and tansu (SQLite engine) then panics in its
             // storage task and answers nothing until restarted (docs/broker.md). Off is also
             // the default; set here so the local stack stays safe if the default changes.
-            common.push(kv("SB_KAFKA_IDEMPOTENCE", "false"));
+            common.push(kv(SB_KAFKA_IDEMPOTENCE, "false"));
             let ms_port = fixed.as_ref().map_or_else(free_port, |f| f.message_service);
             common.push(kv(
-                "SB_MESSAGE_SERVICE_URL",
+                SB_MESSAGE_SERVICE_URL,
                 format!("http://127.0.0.1:{ms_port}"),
             ));
             // The managers' ports are known before they start: the message service numbers
@@ -314,16 +325,16 @@ impl Stack {
                 .map(|i| pick(fixed.as_ref().map(|f| &f.managers), i))
                 .collect();
             let mut env = common.clone();
-            env.push(kv("SB_MESSAGE_BIND", format!("127.0.0.1:{ms_port}")));
+            env.push(kv(SB_MESSAGE_BIND, format!("127.0.0.1:{ms_port}")));
             env.push(kv(
-                "SB_MANAGER_URLS",
+                SB_MANAGER_URLS,
                 manager_ports
                     .iter()
                     .map(|p| format!("http://127.0.0.1:{p}"))
                     .collect::<Vec<_>>()
                     .join(","),
             ));
-            env.push(kv("SB_DATABASE_URL", pg.url()));
+            env.push(kv(SB_DATABASE_URL, pg.url()));
             if opts.object_store {
                 let store = crate::object_store::ObjectStore::start(
                     &work_dir.join("object-store"),
@@ -353,11 +364,11 @@ impl Stack {
             let mut manager_urls = Vec::new();
             for (i, &port) in manager_ports.iter().enumerate() {
                 let mut env = common.clone();
-                env.push(kv("SB_MANAGER_BIND", format!("127.0.0.1:{port}")));
+                env.push(kv(SB_MANAGER_BIND, format!("127.0.0.1:{port}")));
                 env.extend(service_redis_env("socket-manager"));
                 env.extend(credentials.env(ServiceRole::SocketManager));
                 if opts.fast_timings {
-                    env.push(kv("SB_HANDLER_TTL_MS", "3000"));
+                    env.push(kv(SB_HANDLER_TTL_MS, "3000"));
                 }
                 env.extend(opts.extra_env.iter().cloned());
                 let name = format!("socket-manager-{}", i + 1);
@@ -379,14 +390,14 @@ impl Stack {
             for m in &managers {
                 wait_ready(&m.process, &format!("{}/ready", m.url()), READY_TIMEOUT).await?;
             }
-            common.push(kv("SB_MANAGER_URLS", manager_urls.join(",")));
+            common.push(kv(SB_MANAGER_URLS, manager_urls.join(",")));
             if opts.webhook_dispatcher {
                 let port = fixed
                     .as_ref()
                     .map_or_else(free_port, |f| f.webhook_dispatcher);
                 let mut env = common.clone();
-                env.push(kv("SB_WEBHOOK_BIND", format!("127.0.0.1:{port}")));
-                env.push(kv("SB_WEBHOOK_DATABASE_URL", pg.url()));
+                env.push(kv(SB_WEBHOOK_BIND, format!("127.0.0.1:{port}")));
+                env.push(kv(SB_WEBHOOK_DATABASE_URL, pg.url()));
                 // Its own Redis user: the notifier reads presence, nothing else.
                 env.extend(service_redis_env("webhook-dispatcher"));
                 env.extend(opts.extra_env.iter().cloned());
@@ -415,7 +426,7 @@ impl Stack {
             broker = Some(kafka);
             message_service = Some(ms);
         } else {
-            common.push(kv("SB_MESSAGING_ENABLED", "false"));
+            common.push(kv(SB_MESSAGING_ENABLED, "false"));
         }
 
         // Registries.
@@ -423,7 +434,7 @@ impl Stack {
         for i in 0..opts.registries {
             let port = pick(fixed.as_ref().map(|f| &f.registries), i);
             let mut env = common.clone();
-            env.push(kv("SB_REGISTRY_BIND", format!("127.0.0.1:{port}")));
+            env.push(kv(SB_REGISTRY_BIND, format!("127.0.0.1:{port}")));
             env.extend(service_redis_env("registry"));
             env.extend(credentials.env(ServiceRole::Registry));
             env.extend(opts.extra_env.iter().cloned());
@@ -516,10 +527,10 @@ impl Stack {
             let port = pick(fixed.as_ref().map(|f| &f.health_checkers), i);
             let mut env = stack.service_env();
             env.extend([
-                kv("SB_HEALTH_BIND", format!("127.0.0.1:{port}")),
-                kv("SB_PROBE_INTERVAL_MS", "500"),
-                kv("SB_PROBE_TIMEOUT_MS", "400"),
-                kv("SB_FAILURE_THRESHOLD", "2"),
+                kv(SB_HEALTH_BIND, format!("127.0.0.1:{port}")),
+                kv(SB_PROBE_INTERVAL_MS, "500"),
+                kv(SB_PROBE_TIMEOUT_MS, "400"),
+                kv(SB_FAILURE_THRESHOLD, "2"),
             ]);
             env.extend(service_redis_env("health-checker"));
             env.extend(stack.credentials.env(ServiceRole::HealthChecker));
@@ -598,20 +609,20 @@ impl Stack {
         let ops_port = free_port();
         let mut env = self.service_env();
         env.extend([
-            kv("SB_SOCKET_BIND", format!("127.0.0.1:{port}")),
-            kv("SB_SOCKET_OPS_BIND", format!("127.0.0.1:{ops_port}")),
-            kv("SB_SOCKET_PUBLIC_URL", format!("ws://127.0.0.1:{port}/ws")),
-            kv("SB_SERVER_ID", server_id.clone()),
-            kv("SB_REGISTRY_URL", self.nginx_url()),
-            kv("SB_MAX_CONNECTIONS", self.max_connections.to_string()),
+            kv(SB_SOCKET_BIND, format!("127.0.0.1:{port}")),
+            kv(SB_SOCKET_OPS_BIND, format!("127.0.0.1:{ops_port}")),
+            kv(SB_SOCKET_PUBLIC_URL, format!("ws://127.0.0.1:{port}/ws")),
+            kv(SB_SERVER_ID, server_id.clone()),
+            kv(SB_REGISTRY_URL, self.nginx_url()),
+            kv(SB_MAX_CONNECTIONS, self.max_connections.to_string()),
         ]);
         env.extend(service_redis_env("socket-server"));
         env.extend(self.credentials.env(ServiceRole::SocketServer));
         if self.fast_timings {
             env.extend([
-                kv("SB_HEARTBEAT_INTERVAL_MS", "1000"),
-                kv("SB_CLIENT_TIMEOUT_MS", "4000"),
-                kv("SB_RECONCILE_INTERVAL_MS", "500"),
+                kv(SB_HEARTBEAT_INTERVAL_MS, "1000"),
+                kv(SB_CLIENT_TIMEOUT_MS, "4000"),
+                kv(SB_RECONCILE_INTERVAL_MS, "500"),
             ]);
         }
         env.extend(self.extra_env.iter().cloned());
@@ -759,19 +770,19 @@ impl Stack {
 
 fn common_env(sentinels: &str) -> Vec<(String, String)> {
     vec![
-        kv("SB_REDIS_SENTINELS", sentinels),
-        kv("SB_REDIS_MASTER_NAME", MASTER_NAME),
-        kv("SB_REDIS_PREFIX", REDIS_PREFIX),
-        kv("SB_REDIS_PASSWORD", crate::redis_cluster::REDIS_PASSWORD),
-        kv("SB_DEV_MODE", "true"),
+        kv(SB_REDIS_SENTINELS, sentinels),
+        kv(SB_REDIS_MASTER_NAME, MASTER_NAME),
+        kv(SB_REDIS_PREFIX, REDIS_PREFIX),
+        kv(SB_REDIS_PASSWORD, crate::redis_cluster::REDIS_PASSWORD),
+        kv(SB_DEV_MODE, "true"),
         // Every test client (and the benchmark's thousands) comes from loopback, which real
         // per-address limits would refuse; the abuse test sets real ones (extra_env).
-        kv("SB_ASSIGN_RATE_PER_IP", "0"),
-        kv("SB_RESERVATIONS_PER_IP", "0"),
-        kv("SB_CONNECTS_PER_IP_PER_SEC", "0"),
-        kv("SB_HANDSHAKES_PER_IP", "0"),
-        kv("SB_MAX_CONNECTIONS_PER_IP", "0"),
-        kv("RUST_LOG", "info"),
+        kv(SB_ASSIGN_RATE_PER_IP, "0"),
+        kv(SB_RESERVATIONS_PER_IP, "0"),
+        kv(SB_CONNECTS_PER_IP_PER_SEC, "0"),
+        kv(SB_HANDSHAKES_PER_IP, "0"),
+        kv(SB_MAX_CONNECTIONS_PER_IP, "0"),
+        kv(RUST_LOG, "info"),
         // Plain log files (tracing-subscriber honours NO_COLOR).
         kv("NO_COLOR", "1"),
     ]

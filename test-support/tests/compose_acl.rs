@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use switchboard_config::names::SB_REDIS_USERNAME;
 use switchboard_test_support::compose_acl::{
     redis_users, sentinel_users, REDIS_USERS_FILE, SENTINEL_USERS_FILE,
 };
@@ -39,7 +40,7 @@ fn docker_compose_runs_each_service_as_its_own_user() {
     for service in SERVICE_USERS {
         let user = service_user(service);
         assert!(
-            compose.contains(&format!("SB_REDIS_USERNAME: {user}\n")),
+            compose.contains(&format!("{SB_REDIS_USERNAME}: {user}\n")),
             "docker-compose.yml does not set SB_REDIS_USERNAME: {user}"
         );
         assert!(

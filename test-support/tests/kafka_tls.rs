@@ -19,10 +19,11 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use switchboard_kafka::{
-    KafkaConfig, SB_KAFKA_BROKERS, SB_KAFKA_CA_FILE, SB_KAFKA_SASL_MECHANISM,
-    SB_KAFKA_SASL_PASSWORD, SB_KAFKA_SASL_USERNAME, SB_KAFKA_SECURITY_PROTOCOL,
+use switchboard_config::names::{
+    SB_KAFKA_BROKERS, SB_KAFKA_CA_FILE, SB_KAFKA_SASL_MECHANISM, SB_KAFKA_SASL_PASSWORD,
+    SB_KAFKA_SASL_USERNAME, SB_KAFKA_SECURITY_PROTOCOL,
 };
+use switchboard_kafka::KafkaConfig;
 use switchboard_test_support::broker::tansu_path;
 use switchboard_test_support::tls::TestCertificates;
 use switchboard_test_support::{free_port, ManagedProcess};

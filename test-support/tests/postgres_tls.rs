@@ -5,7 +5,8 @@
 //! `SB_POSTGRES_CA_FILE`.
 
 use sqlx::Connection;
-use switchboard_service_kit::tls::{PostgresTls, SB_POSTGRES_CA_FILE, SB_POSTGRES_SSLMODE};
+use switchboard_config::names::{SB_POSTGRES_CA_FILE, SB_POSTGRES_SSLMODE};
+use switchboard_service_kit::tls::PostgresTls;
 use switchboard_test_support::tls::TestCertificates;
 use switchboard_test_support::{free_port, Postgres};
 

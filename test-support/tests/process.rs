@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use switchboard_config::names::PREFIX;
 use switchboard_test_support::ports::is_free;
 use switchboard_test_support::{free_port, ManagedProcess};
 
@@ -69,13 +70,15 @@ fn missing_binary_is_a_clear_error() {
 async fn children_die_with_a_killed_harness() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("child.pid");
+    // A variable of ours by its prefix: the harness passes those on to the services it starts.
+    let leak_check = format!("{PREFIX}LEAK_CHECK");
     let harness = ManagedProcess::spawn(
         "harness",
         std::env::current_exe().unwrap(),
         &["--exact", "helper_harness", "--ignored", "--nocapture"],
         &[
             ("HELPER_PID_FILE".into(), pid_file.display().to_string()),
-            ("SB_LEAK_CHECK".into(), "leaked".into()),
+            (leak_check.clone(), "leaked".into()),
         ],
         dir.path(),
     )
@@ -101,7 +104,7 @@ async fn children_die_with_a_killed_harness() {
     assert_eq!(fields[2], child_pid.to_string(), "own process group");
     // The harness had SB_LEAK_CHECK set; its child must not inherit SB_* variables.
     let environ = std::fs::read(format!("{proc_dir}/environ")).unwrap();
-    assert!(!String::from_utf8_lossy(&environ).contains("SB_LEAK_CHECK"));
+    assert!(!String::from_utf8_lossy(&environ).contains(&leak_check));
 
     harness.kill9();
     let mut gone = false;

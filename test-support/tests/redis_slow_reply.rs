@@ -15,10 +15,10 @@
 
 use std::time::Duration;
 
-use switchboard_service_kit::redis_sentinel::{
-    RedisConfig, SentinelRedis, StoreError, SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD,
-    SB_REDIS_SENTINELS, SB_REDIS_TIMEOUT_MS,
+use switchboard_config::names::{
+    SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_SENTINELS, SB_REDIS_TIMEOUT_MS,
 };
+use switchboard_redis::{RedisConfig, SentinelRedis, StoreError};
 use switchboard_test_support::redis_cluster::{MASTER_NAME, REDIS_PASSWORD};
 use switchboard_test_support::RedisSentinelCluster;
 

@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
-use switchboard_service_kit::redis_sentinel::{
-    RedisConfig, SentinelRedis, SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_SENTINELS,
-    SB_REDIS_SENTINEL_TLS, SB_REDIS_TLS, SB_REDIS_TLS_CA_FILE,
+use switchboard_config::names::{
+    SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_SENTINELS, SB_REDIS_SENTINEL_TLS,
+    SB_REDIS_TLS, SB_REDIS_TLS_CA_FILE,
 };
+use switchboard_redis::{RedisConfig, SentinelRedis};
 use switchboard_test_support::redis_cluster::{RedisTlsFiles, MASTER_NAME, REDIS_PASSWORD};
 use switchboard_test_support::tls::TestCertificates;
 use switchboard_test_support::RedisSentinelCluster;
@@ -77,7 +78,9 @@ async fn the_master_is_reached_through_tls_sentinels_and_a_wrong_ca_is_refused()
         .await
         .unwrap();
     assert_eq!(got, "on");
-    (trusted.readiness_check())().await.expect("ready");
+    (switchboard_service_kit::redis::readiness_check(&trusted))()
+        .await
+        .expect("ready");
 
     // Trusting another CA: refused, and the error says which setting to check.
     let wrong = SentinelRedis::new(config(
@@ -86,7 +89,9 @@ async fn the_master_is_reached_through_tls_sentinels_and_a_wrong_ca_is_refused()
     ));
     let refused = ping(&wrong, 1).await.unwrap_err();
     assert!(refused.contains(SB_REDIS_TLS_CA_FILE), "{refused}");
-    let not_ready = (wrong.readiness_check())().await.unwrap_err();
+    let not_ready = (switchboard_service_kit::redis::readiness_check(&wrong))()
+        .await
+        .unwrap_err();
     assert!(not_ready.contains(SB_REDIS_TLS_CA_FILE), "{not_ready}");
 
     // The public web roots alone do not know the test CA either.

@@ -165,7 +165,7 @@ fn notifier(
     };
     let metrics = push::metrics::PushMetrics::new(ops)?;
     let wake = Arc::new(Notify::new());
-    let redis = switchboard_service_kit::redis_sentinel::SentinelRedis::new(config.redis.clone());
+    let redis = switchboard_redis::SentinelRedis::new(config.redis.clone());
     let planner = push::plan::Planner::new(
         &config.kafka,
         queue.clone(),

@@ -1,4 +1,4 @@
-use switchboard_service_kit::cli::Cli;
+use switchboard_config::cli::Cli;
 use switchboard_service_kit::{shutdown, telemetry};
 use webhook_dispatcher::{Application, DispatcherConfig};
 

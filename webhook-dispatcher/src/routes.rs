@@ -16,13 +16,13 @@
 //! that every route described there is served here.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use switchboard_credentials::api_keys::Scope;
 use switchboard_protocol::time::Timestamp;
 use switchboard_protocol::webhooks::{
     NewWebhookEndpoint, RotatedWebhookSecret, WebhookEndpoint, WebhookEndpointCreated,
     WebhookEndpointList, WEBHOOKS_PATH,
 };
 use switchboard_protocol::ErrorCode;
-use switchboard_service_kit::api_keys::Scope;
 use switchboard_service_kit::http::ApiError;
 
 use crate::events::EVENT_TYPES;

@@ -1,9 +1,10 @@
 //! The dispatcher's environment variables: one table, distinct `SB_` names, every one
 //! documented in docs/configuration.md with its real default, and listed by
 //! `webhook-dispatcher --help`.
-
-use switchboard_service_kit::env::{check_cli, check_defaults, check_service_tables};
-use webhook_dispatcher::config::{HELP_TABLES, TABLE};
+use switchboard_config::env::{check_cli, check_defaults, check_service_tables};
+use switchboard_config::names::{SB_WEBHOOK_ALLOW_NETS, SB_WEBHOOK_DB_SCHEMA};
+use switchboard_config::tables::webhook_dispatcher::TABLE;
+use webhook_dispatcher::config::HELP_TABLES;
 
 const DOC: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -47,8 +48,8 @@ fn bad_allow_nets_and_schema_names_are_refused() {
         })
     };
     assert!(read(&[]).is_ok());
-    let err = read(&[("SB_WEBHOOK_ALLOW_NETS", "10.0.0.0/8,everything")]).unwrap_err();
-    assert!(err.to_string().contains("SB_WEBHOOK_ALLOW_NETS"), "{err}");
-    let err = read(&[("SB_WEBHOOK_DB_SCHEMA", "public; DROP TABLE x")]).unwrap_err();
-    assert!(err.to_string().contains("SB_WEBHOOK_DB_SCHEMA"), "{err}");
+    let err = read(&[(SB_WEBHOOK_ALLOW_NETS, "10.0.0.0/8,everything")]).unwrap_err();
+    assert!(err.to_string().contains(SB_WEBHOOK_ALLOW_NETS), "{err}");
+    let err = read(&[(SB_WEBHOOK_DB_SCHEMA, "public; DROP TABLE x")]).unwrap_err();
+    assert!(err.to_string().contains(SB_WEBHOOK_DB_SCHEMA), "{err}");
 }

@@ -18,7 +18,11 @@ use common::{key_env, kv, webhooks_api, Act, Sink};
 use reqwest::Method;
 use serde_json::{json, Value};
 use switchboard_client::Api;
-use switchboard_service_kit::api_keys::{mint, Scope};
+use switchboard_config::names::{
+    SB_WEBHOOK_ALLOW_NETS, SB_WEBHOOK_RETRY_BASE_MS, SB_WEBHOOK_RETRY_MAX_DELAY_MS,
+    SB_WEBHOOK_TIMEOUT_MS,
+};
+use switchboard_credentials::api_keys::{mint, Scope};
 use switchboard_test_support::{Stack, StackOptions};
 use webhook_dispatcher::signing;
 
@@ -63,10 +67,10 @@ async fn every_message_arrives_signed_in_order_through_failures_a_gone_endpoint_
         webhook_dispatcher: true,
         extra_env: vec![
             key_env(&[&entry, &reader_entry]),
-            kv("SB_WEBHOOK_ALLOW_NETS", "127.0.0.1/32"),
-            kv("SB_WEBHOOK_TIMEOUT_MS", "1000"),
-            kv("SB_WEBHOOK_RETRY_BASE_MS", "100"),
-            kv("SB_WEBHOOK_RETRY_MAX_DELAY_MS", "2000"),
+            kv(SB_WEBHOOK_ALLOW_NETS, "127.0.0.1/32"),
+            kv(SB_WEBHOOK_TIMEOUT_MS, "1000"),
+            kv(SB_WEBHOOK_RETRY_BASE_MS, "100"),
+            kv(SB_WEBHOOK_RETRY_MAX_DELAY_MS, "2000"),
         ],
         ..StackOptions::default()
     })

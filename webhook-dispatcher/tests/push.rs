@@ -25,6 +25,10 @@ use common::kv;
 use reqwest::Method;
 use serde_json::{json, Value};
 use switchboard_client::{Api, Connection};
+use switchboard_config::names::{
+    SB_PUSH_COALESCE_MS, SB_PUSH_GATEWAY_SECRET, SB_PUSH_GATEWAY_URL, SB_PUSH_GRACE_MS,
+    SB_PUSH_PREVIEW_CHARS, SB_PUSH_RETRY_BASE_MS, SB_PUSH_RETRY_MAX_DELAY_MS, SB_PUSH_TTL_SECS,
+};
 use switchboard_protocol::frames::ClientFrame;
 use switchboard_test_support::{Stack, StackOptions};
 use webhook_dispatcher::push::sink::{Received, Sink};
@@ -37,13 +41,13 @@ const APP: &str = "com.example.chat";
 
 async fn stack(sink: &Sink, secret: &str, extra: &[(&str, &str)]) -> Stack {
     let mut env = vec![
-        kv("SB_PUSH_GATEWAY_URL", &sink.url()),
-        kv("SB_PUSH_GATEWAY_SECRET", secret),
-        kv("SB_PUSH_COALESCE_MS", "2000"),
-        kv("SB_PUSH_GRACE_MS", "5000"),
-        kv("SB_PUSH_PREVIEW_CHARS", "12"),
-        kv("SB_PUSH_RETRY_BASE_MS", "200"),
-        kv("SB_PUSH_RETRY_MAX_DELAY_MS", "1000"),
+        kv(SB_PUSH_GATEWAY_URL, &sink.url()),
+        kv(SB_PUSH_GATEWAY_SECRET, secret),
+        kv(SB_PUSH_COALESCE_MS, "2000"),
+        kv(SB_PUSH_GRACE_MS, "5000"),
+        kv(SB_PUSH_PREVIEW_CHARS, "12"),
+        kv(SB_PUSH_RETRY_BASE_MS, "200"),
+        kv(SB_PUSH_RETRY_MAX_DELAY_MS, "1000"),
     ];
     env.extend(extra.iter().map(|(k, v)| kv(k, v)));
     Stack::start(StackOptions {
@@ -370,7 +374,7 @@ async fn the_gateway_down_pushes_arrive_after_or_are_dropped_once_past_the_ttl()
         .unwrap()
         .spawn();
     let port = sink.port;
-    let mut stack = stack(&sink, &secret, &[("SB_PUSH_TTL_SECS", "15")]).await;
+    let mut stack = stack(&sink, &secret, &[(SB_PUSH_TTL_SECS, "15")]).await;
     let (alice, alice_token) = api(&stack, "alice");
     let (bob, _) = api(&stack, "bob");
     assert_eq!(register(&bob, "bob-phone").await.0, 201);

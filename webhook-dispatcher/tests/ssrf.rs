@@ -12,7 +12,8 @@ mod common;
 use common::{key_env, kv, webhooks_api, Sink};
 use reqwest::Method;
 use serde_json::json;
-use switchboard_service_kit::api_keys::{mint, Scope};
+use switchboard_config::names::SB_WEBHOOK_ALLOW_NETS;
+use switchboard_credentials::api_keys::{mint, Scope};
 use switchboard_test_support::{Stack, StackOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -27,7 +28,7 @@ async fn internal_destinations_are_refused_unless_allow_listed() {
         webhook_dispatcher: true,
         extra_env: vec![
             key_env(&[&entry]),
-            kv("SB_WEBHOOK_ALLOW_NETS", "127.0.0.1/32"),
+            kv(SB_WEBHOOK_ALLOW_NETS, "127.0.0.1/32"),
         ],
         ..StackOptions::default()
     })

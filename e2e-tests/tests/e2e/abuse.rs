@@ -7,6 +7,11 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use switchboard_config::names::{
+    SB_ASSIGN_BURST_PER_IP, SB_ASSIGN_RATE_PER_IP, SB_CONNECTS_BURST_PER_IP,
+    SB_CONNECTS_PER_IP_PER_SEC, SB_REDIS_PASSWORD, SB_REDIS_SENTINEL_PASSWORD, SB_REGISTRY_BIND,
+    SB_RESERVATIONS_PER_IP,
+};
 use switchboard_test_support::{Stack, StackOptions};
 
 use crate::client::{assign, token_for, Connect, WsClient};
@@ -14,11 +19,11 @@ use crate::client::{assign, token_for, Connect, WsClient};
 /// The defaults of the registry and the socket server (see their config docs).
 fn production_limits() -> Vec<(String, String)> {
     [
-        ("SB_ASSIGN_RATE_PER_IP", "20"),
-        ("SB_ASSIGN_BURST_PER_IP", "100"),
-        ("SB_RESERVATIONS_PER_IP", "100"),
-        ("SB_CONNECTS_PER_IP_PER_SEC", "20"),
-        ("SB_CONNECTS_BURST_PER_IP", "100"),
+        (SB_ASSIGN_RATE_PER_IP, "20"),
+        (SB_ASSIGN_BURST_PER_IP, "100"),
+        (SB_RESERVATIONS_PER_IP, "100"),
+        (SB_CONNECTS_PER_IP_PER_SEC, "20"),
+        (SB_CONNECTS_BURST_PER_IP, "100"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -351,23 +356,23 @@ async fn a_service_with_the_wrong_redis_password_is_unready_and_says_why() {
             "wrong-redis-pw",
             "not-the-password",
             REDIS_PASSWORD,
-            "SB_REDIS_PASSWORD",
+            SB_REDIS_PASSWORD,
         ),
         (
             "wrong-sentinel-pw",
             REDIS_PASSWORD,
             "not-the-password",
-            "SB_REDIS_SENTINEL_PASSWORD",
+            SB_REDIS_SENTINEL_PASSWORD,
         ),
         ("right-pw", REDIS_PASSWORD, REDIS_PASSWORD, ""),
     ] {
         let port = free_port();
         let mut env = stack.service_env();
         env.extend([
-            ("SB_REGISTRY_BIND".to_owned(), format!("127.0.0.1:{port}")),
-            ("SB_REDIS_PASSWORD".to_owned(), redis_password.to_owned()),
+            (SB_REGISTRY_BIND.to_owned(), format!("127.0.0.1:{port}")),
+            (SB_REDIS_PASSWORD.to_owned(), redis_password.to_owned()),
             (
-                "SB_REDIS_SENTINEL_PASSWORD".to_owned(),
+                SB_REDIS_SENTINEL_PASSWORD.to_owned(),
                 sentinel_password.to_owned(),
             ),
         ]);

@@ -18,6 +18,7 @@ use std::time::Duration;
 use reqwest::Method;
 use rusty_s3::S3Action;
 use serde_json::{json, Value};
+use switchboard_config::names::{SB_ATTACHMENT_SWEEP_INTERVAL_SECS, SB_ATTACHMENT_URL_EXPIRY_SECS};
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::ErrorCode;
 use switchboard_test_support::{Stack, StackOptions};
@@ -36,11 +37,11 @@ async fn attachment_stack() -> Stack {
         managers: 1,
         extra_env: vec![
             (
-                "SB_ATTACHMENT_URL_EXPIRY_SECS".into(),
+                SB_ATTACHMENT_URL_EXPIRY_SECS.into(),
                 URL_EXPIRY_SECS.to_string(),
             ),
             // The sweeper must not race the test's own checks.
-            ("SB_ATTACHMENT_SWEEP_INTERVAL_SECS".into(), "3600".into()),
+            (SB_ATTACHMENT_SWEEP_INTERVAL_SECS.into(), "3600".into()),
         ],
         ..StackOptions::default()
     })

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use switchboard_config::names::SB_PRODUCE_TIMEOUT_MS;
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::ErrorCode;
 use switchboard_test_support::{Stack, StackOptions};
@@ -320,7 +321,7 @@ async fn message_service_death_delays_history_but_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_manager_that_cannot_append_is_not_ready() {
     let mut stack = Stack::start(StackOptions {
-        extra_env: vec![("SB_PRODUCE_TIMEOUT_MS".into(), "1000".into())],
+        extra_env: vec![(SB_PRODUCE_TIMEOUT_MS.into(), "1000".into())],
         ..StackOptions::default()
     })
     .await

@@ -17,6 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_yaml::Value;
+use switchboard_config::names::{
+    PREFIX, SB_CLUSTER_SECRET, SB_DELETE_HANDLER_TOPICS, SB_DEV_MODE, SB_JWT_SECRET,
+    SB_KAFKA_BROKERS, SB_KAFKA_IDEMPOTENCE, SB_LOG_FORMAT, SB_MANAGER_ID, SB_MANAGER_URLS,
+    SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_SENTINELS, SB_REDIS_USERNAME,
+    SB_REGISTRY_URL, SB_SOCKET_BIND, SB_SOCKET_HEALTH_URL, SB_SOCKET_PUBLIC_URL,
+};
 
 /// Our services (the `switchboard:local` image), each with its `/ready` port.
 const OURS: &[(&str, u16)] = &[
@@ -107,7 +113,7 @@ fn compose_config_of(files: &[&str]) -> Value {
     cmd.arg("config").current_dir(&root);
     for (key, _) in std::env::vars_os() {
         if let Some(key) = key.to_str() {
-            if key.starts_with("SB_") || key.starts_with("COMPOSE_") {
+            if key.starts_with(PREFIX) || key.starts_with("COMPOSE_") {
                 cmd.env_remove(key);
             }
         }
@@ -417,20 +423,20 @@ fn compose_file_is_valid_and_complete() {
     );
     let env = environment(socket);
     assert_eq!(
-        env.get("SB_SOCKET_BIND").map(String::as_str),
+        env.get(SB_SOCKET_BIND).map(String::as_str),
         Some("0.0.0.0:9001")
     );
     assert_eq!(
-        env.get("SB_REGISTRY_URL").map(String::as_str),
+        env.get(SB_REGISTRY_URL).map(String::as_str),
         Some("http://nginx:8081"),
         "socket servers register on nginx's internal listener"
     );
     let script = command_line(socket);
     for needle in [
         "hostname -i",
-        "SB_SOCKET_PUBLIC_URL",
+        SB_SOCKET_PUBLIC_URL,
         "/ws/",
-        "SB_SOCKET_HEALTH_URL",
+        SB_SOCKET_HEALTH_URL,
         ":9101/live",
         "exec socket-server",
     ] {
@@ -445,22 +451,22 @@ fn compose_file_is_valid_and_complete() {
     for (name, port) in OURS {
         let env = environment(service(&config, name));
         assert_eq!(
-            env.get("SB_REDIS_SENTINELS").map(String::as_str),
+            env.get(SB_REDIS_SENTINELS).map(String::as_str),
             Some("sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"),
             "`{name}` SB_REDIS_SENTINELS"
         );
         assert_eq!(
-            env.get("SB_REDIS_MASTER_NAME").map(String::as_str),
+            env.get(SB_REDIS_MASTER_NAME).map(String::as_str),
             Some("switchboard")
         );
         assert_eq!(
-            env.get("SB_LOG_FORMAT").map(String::as_str),
+            env.get(SB_LOG_FORMAT).map(String::as_str),
             Some("json"),
             "`{name}`"
         );
         // Empty by default: the entrypoint reads (or generates) it from the secrets volume.
         assert_eq!(
-            env.get("SB_REDIS_PASSWORD").map(String::as_str),
+            env.get(SB_REDIS_PASSWORD).map(String::as_str),
             Some(""),
             "`{name}` must get SB_REDIS_PASSWORD (no shared default)"
         );
@@ -479,22 +485,22 @@ fn compose_file_is_valid_and_complete() {
     for name in ["socket-server", "socket-manager", "message-service"] {
         let env = environment(service(&config, name));
         assert_eq!(
-            env.get("SB_KAFKA_BROKERS").map(String::as_str),
+            env.get(SB_KAFKA_BROKERS).map(String::as_str),
             Some("kafka:9092")
         );
         // What the offline smoke runs on tansu (docs/compose.md, "Kafka settings").
         assert_eq!(
-            env.get("SB_KAFKA_IDEMPOTENCE").map(String::as_str),
+            env.get(SB_KAFKA_IDEMPOTENCE).map(String::as_str),
             Some("false"),
             "`{name}`"
         );
         assert_eq!(
-            env.get("SB_DELETE_HANDLER_TOPICS").map(String::as_str),
+            env.get(SB_DELETE_HANDLER_TOPICS).map(String::as_str),
             Some("false"),
             "`{name}`"
         );
         assert_eq!(
-            env.get("SB_MANAGER_URLS")
+            env.get(SB_MANAGER_URLS)
                 .map(String::as_str)
                 .unwrap_or("http://socket-manager:8201"),
             "http://socket-manager:8201",
@@ -519,7 +525,7 @@ fn compose_file_is_valid_and_complete() {
         assert!(!names.contains(gone), "`{gone}`: a fixed replica is back");
     }
     assert!(
-        command_line(service(&config, "socket-manager")).contains("SB_MANAGER_ID=")
+        command_line(service(&config, "socket-manager")).contains(&format!("{SB_MANAGER_ID}="))
             && command_line(service(&config, "socket-manager")).contains("hostname"),
         "each socket-manager replica must name itself (SB_MANAGER_ID per container)"
     );
@@ -598,7 +604,7 @@ fn compose_redis_and_sentinels_require_the_generated_password() {
         );
         let env = environment(svc);
         assert_eq!(
-            env.get("SB_REDIS_PASSWORD").map(String::as_str),
+            env.get(SB_REDIS_PASSWORD).map(String::as_str),
             Some(""),
             "`{name}`: no default password"
         );
@@ -655,7 +661,7 @@ fn compose_redis_and_sentinels_require_the_generated_password() {
             "`{name}` must mount exactly one redis-auth-<service> volume: {mounts:?}"
         );
         let user = environment(svc)
-            .get("SB_REDIS_USERNAME")
+            .get(SB_REDIS_USERNAME)
             .cloned()
             .unwrap_or_default();
         assert_eq!(
@@ -704,7 +710,7 @@ fn compose_services_hold_only_their_own_credentials() {
             "`{name}` must not mount the deployment's key store"
         );
         let env = environment(svc);
-        for shared in ["SB_JWT_SECRET", "SB_CLUSTER_SECRET"] {
+        for shared in [SB_JWT_SECRET, SB_CLUSTER_SECRET] {
             assert!(
                 env.get(shared).is_none_or(|v| v.is_empty()),
                 "`{name}` gets {shared} by default"
@@ -745,14 +751,14 @@ fn compose_services_hold_only_their_own_credentials() {
     for (name, _) in OURS {
         let prod = environment(service(&config, name));
         assert_eq!(
-            prod.get("SB_DEV_MODE").map(String::as_str),
+            prod.get(SB_DEV_MODE).map(String::as_str),
             Some("false"),
             "`{name}`"
         );
         let with_demo = environment(service(&demo, name));
         let want = if *name == "registry" { "true" } else { "false" };
         assert_eq!(
-            with_demo.get("SB_DEV_MODE").map(String::as_str),
+            with_demo.get(SB_DEV_MODE).map(String::as_str),
             Some(want),
             "`{name}` with compose.demo.yml"
         );
@@ -866,7 +872,7 @@ fn compose_dockerfile_is_multi_stage_and_copies_every_member() {
     for (name, _) in OURS {
         assert!(
             bins.split(['"', ' ', '=']).any(|b| b == *name),
-            "SB_BINS lacks `{name}`"
+            "the Dockerfile's SB_BINS lacks `{name}`"
         );
     }
     let tools = lines

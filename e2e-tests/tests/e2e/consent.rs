@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
+use switchboard_config::names::{SB_GROUP_ADD_POLICY, SB_PRESENCE_POLICY};
 use switchboard_protocol::frames::{PresenceStatus, ServerFrame};
 use switchboard_protocol::ErrorCode;
 use switchboard_test_support::{Stack, StackOptions};
@@ -33,8 +34,8 @@ async fn presence_invites_and_blocks_need_consent() {
     let stack = Stack::start(StackOptions {
         socket_servers: 2,
         extra_env: vec![
-            ("SB_GROUP_ADD_POLICY".into(), "invite".into()),
-            ("SB_PRESENCE_POLICY".into(), "accepted".into()),
+            (SB_GROUP_ADD_POLICY.into(), "invite".into()),
+            (SB_PRESENCE_POLICY.into(), "accepted".into()),
         ],
         ..StackOptions::default()
     })

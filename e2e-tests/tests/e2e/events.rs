@@ -32,9 +32,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
+use switchboard_config::names::{SB_EDIT_WINDOW_SECS, SB_MAX_EDITS, SB_MAX_REACTIONS_PER_MESSAGE};
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::frames::{ClientFrame, RecordKind, ServerFrame};
 use switchboard_protocol::ErrorCode;
-use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_test_support::{Stack, StackOptions};
 
 use crate::client::{api, create_conversation, http, token_for, WsClient};
@@ -639,9 +640,9 @@ async fn events_racing_a_burst_end_the_same_everywhere() {
     let started = Instant::now();
     let stack = Stack::start(StackOptions {
         extra_env: vec![
-            ("SB_MAX_EDITS".into(), "3".into()),
-            ("SB_MAX_REACTIONS_PER_MESSAGE".into(), "3".into()),
-            ("SB_EDIT_WINDOW_SECS".into(), EDIT_WINDOW_SECS.to_string()),
+            (SB_MAX_EDITS.into(), "3".into()),
+            (SB_MAX_REACTIONS_PER_MESSAGE.into(), "3".into()),
+            (SB_EDIT_WINDOW_SECS.into(), EDIT_WINDOW_SECS.to_string()),
         ],
         ..StackOptions::default()
     })
@@ -1335,7 +1336,7 @@ async fn message_service_kill_during_reactions_loses_nothing() {
 async fn events_nemesis(fault: Fault) {
     let mut stack = Stack::start(StackOptions {
         // Edits never run out in this test: the limit is not what it checks.
-        extra_env: vec![("SB_MAX_EDITS".into(), "100000".into())],
+        extra_env: vec![(SB_MAX_EDITS.into(), "100000".into())],
         ..StackOptions::default()
     })
     .await

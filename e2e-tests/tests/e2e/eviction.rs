@@ -3,6 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use switchboard_config::names::{
+    SB_FAILURE_THRESHOLD, SB_HEALTH_BIND, SB_PROBE_INTERVAL_MS, SB_PROBE_TIMEOUT_MS,
+};
 use switchboard_test_support::netcut::{self, CUT_USER};
 use switchboard_test_support::redis_cluster::service_redis_env;
 use switchboard_test_support::{bin_path, free_port, ManagedProcess, NetCut, Stack, StackOptions};
@@ -50,10 +53,10 @@ async fn a_checker_cut_off_from_a_server_does_not_evict_it_while_another_sees_it
     let port = free_port();
     let mut env = stack.service_env();
     env.extend([
-        ("SB_HEALTH_BIND".to_owned(), format!("127.0.0.1:{port}")),
-        ("SB_PROBE_INTERVAL_MS".to_owned(), "500".to_owned()),
-        ("SB_PROBE_TIMEOUT_MS".to_owned(), "400".to_owned()),
-        ("SB_FAILURE_THRESHOLD".to_owned(), "2".to_owned()),
+        (SB_HEALTH_BIND.to_owned(), format!("127.0.0.1:{port}")),
+        (SB_PROBE_INTERVAL_MS.to_owned(), "500".to_owned()),
+        (SB_PROBE_TIMEOUT_MS.to_owned(), "400".to_owned()),
+        (SB_FAILURE_THRESHOLD.to_owned(), "2".to_owned()),
     ]);
     env.extend(service_redis_env("health-checker"));
     let _cut_checker = ManagedProcess::spawn_as(

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use switchboard_config::names::{
+    SB_CLIENT_RATE_BURST, SB_CLIENT_RATE_PER_SEC, SB_HANDSHAKES_PER_IP, SB_MAX_CONNECTIONS_PER_IP,
+};
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_test_support::http::metric;
 use switchboard_test_support::{Stack, StackOptions};
@@ -96,8 +99,8 @@ async fn a_client_that_never_reads_is_closed_and_harms_no_one() {
         health_checkers: 1,
         // The flood is one user's: let each of its devices send as fast as it can.
         extra_env: kv(&[
-            ("SB_CLIENT_RATE_PER_SEC", "100000"),
-            ("SB_CLIENT_RATE_BURST", "100000"),
+            (SB_CLIENT_RATE_PER_SEC, "100000"),
+            (SB_CLIENT_RATE_BURST, "100000"),
             // So RSS follows live memory: every allocation of 32 KiB or more (each 50 KB
             // frame) is its own mapping, returned to the kernel when freed, instead of a
             // chunk glibc keeps in an arena.
@@ -308,8 +311,8 @@ async fn thousands_of_idle_connections_from_one_address_starve_no_one() {
         registries: 1,
         // The production defaults, which the test stack otherwise turns off.
         extra_env: kv(&[
-            ("SB_HANDSHAKES_PER_IP", "64"),
-            ("SB_MAX_CONNECTIONS_PER_IP", "1000"),
+            (SB_HANDSHAKES_PER_IP, "64"),
+            (SB_MAX_CONNECTIONS_PER_IP, "1000"),
         ]),
         ..StackOptions::without_messaging()
     })

@@ -5,6 +5,10 @@
 
 use std::collections::HashMap;
 
+use switchboard_config::names::{
+    SB_CLUSTER_SECRET, SB_JWT_PRIVATE_KEY_FILE, SB_JWT_PUBLIC_KEY_FILE, SB_JWT_SECRET,
+    SB_SERVICE_SECRET,
+};
 use switchboard_protocol::token::{TokenKeys, TokenPolicy};
 use switchboard_test_support::{ServiceRole, Stack, StackOptions};
 
@@ -37,15 +41,11 @@ async fn a_socket_servers_credentials_cannot_mint_tokens_or_call_the_membership_
     let env = environ(server.process.pid());
 
     // 1. Nothing that mints: no HS256 secret, no private key, no shared cluster secret.
-    for name in [
-        "SB_JWT_SECRET",
-        "SB_JWT_PRIVATE_KEY_FILE",
-        "SB_CLUSTER_SECRET",
-    ] {
+    for name in [SB_JWT_SECRET, SB_JWT_PRIVATE_KEY_FILE, SB_CLUSTER_SECRET] {
         assert!(!env.contains_key(name), "a socket server holds {name}");
     }
     let public_path = env
-        .get("SB_JWT_PUBLIC_KEY_FILE")
+        .get(SB_JWT_PUBLIC_KEY_FILE)
         .expect("the socket server verifies with a public key");
     let public_pem = std::fs::read(public_path).unwrap();
     let theirs = TokenKeys::without_keys(TokenPolicy::default())
@@ -91,10 +91,10 @@ async fn a_socket_servers_credentials_cannot_mint_tokens_or_call_the_membership_
     ));
 
     // 2. Its credential, exactly as its environment holds it, opens only its own routes.
-    assert_eq!(env.get("SB_SERVICE_SECRET").map(String::len), Some(48));
+    assert_eq!(env.get(SB_SERVICE_SECRET).map(String::len), Some(48));
     let own = [
         ("x-cluster-service", "socket-server"),
-        ("x-cluster-secret", env["SB_SERVICE_SECRET"].as_str()),
+        ("x-cluster-secret", env[SB_SERVICE_SECRET].as_str()),
     ];
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, url: String, headers: &[(&str, &str)]| {
@@ -129,7 +129,7 @@ async fn a_socket_servers_credentials_cannot_mint_tokens_or_call_the_membership_
     // Claiming to be a manager with the socket server's secret: 401.
     let posing = [
         ("x-cluster-service", "socket-manager"),
-        ("x-cluster-secret", env["SB_SERVICE_SECRET"].as_str()),
+        ("x-cluster-secret", env[SB_SERVICE_SECRET].as_str()),
     ];
     let status = call(
         reqwest::Method::GET,

@@ -37,6 +37,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use switchboard_config::names::{
+    SB_CLIENT_RATE_BURST, SB_CLIENT_RATE_PER_SEC, SB_LOCK_TTL_MS, SB_PRODUCE_TIMEOUT_MS,
+    SB_USER_FRAMES_PER_MIN,
+};
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::registry::Assignment;
 use switchboard_protocol::ErrorCode;
@@ -927,9 +931,9 @@ const FILLED_WITH: usize = 10_400;
 fn filler_options() -> StackOptions {
     let mut options = nemesis_options();
     options.extra_env.extend([
-        ("SB_CLIENT_RATE_PER_SEC".into(), "5000".into()),
-        ("SB_CLIENT_RATE_BURST".into(), "5000".into()),
-        ("SB_USER_FRAMES_PER_MIN".into(), "0".into()),
+        (SB_CLIENT_RATE_PER_SEC.into(), "5000".into()),
+        (SB_CLIENT_RATE_BURST.into(), "5000".into()),
+        (SB_USER_FRAMES_PER_MIN.into(), "0".into()),
     ]);
     options
 }
@@ -938,8 +942,8 @@ fn filler_options() -> StackOptions {
 fn nemesis_options() -> StackOptions {
     StackOptions {
         extra_env: vec![
-            ("SB_LOCK_TTL_MS".into(), "3000".into()),
-            ("SB_PRODUCE_TIMEOUT_MS".into(), "2000".into()),
+            (SB_LOCK_TTL_MS.into(), "3000".into()),
+            (SB_PRODUCE_TIMEOUT_MS.into(), "2000".into()),
         ],
         ..StackOptions::default()
     }

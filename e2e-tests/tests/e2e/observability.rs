@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use switchboard_service_kit::api_keys::{mint, Scope};
+use switchboard_config::names::{SB_API_KEYS, SB_WEBHOOK_ALLOW_NETS};
+use switchboard_credentials::api_keys::{mint, Scope};
 use switchboard_test_support::{free_port, repo_root, ManagedProcess, Stack, StackOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -409,13 +410,10 @@ async fn prometheus_scrapes_the_stack_and_every_alert_and_dashboard_query_works(
         webhook_dispatcher: true,
         extra_env: vec![
             (
-                "SB_API_KEYS".to_owned(),
+                SB_API_KEYS.to_owned(),
                 serde_json::to_string(&[&entry]).unwrap(),
             ),
-            (
-                "SB_WEBHOOK_ALLOW_NETS".to_owned(),
-                "127.0.0.1/32".to_owned(),
-            ),
+            (SB_WEBHOOK_ALLOW_NETS.to_owned(), "127.0.0.1/32".to_owned()),
         ],
         ..StackOptions::default()
     })

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use switchboard_config::names::SB_MANAGER_LANES;
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_test_support::{Stack, StackOptions};
 
@@ -239,7 +240,7 @@ async fn a_lane_full_of_escaped_bodies_is_posted_in_batches_the_manager_accepts(
     // One lane per socket server: the connections below share it, as thousands of
     // connections share each of the 64 lanes of a busy server.
     let stack = Stack::start(StackOptions {
-        extra_env: vec![("SB_MANAGER_LANES".into(), "1".into())],
+        extra_env: vec![(SB_MANAGER_LANES.into(), "1".into())],
         ..StackOptions::default()
     })
     .await

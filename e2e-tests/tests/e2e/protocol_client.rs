@@ -8,6 +8,7 @@
 
 use std::process::Command;
 
+use switchboard_config::names::{SB_ALLOWED_ORIGINS, SB_JWT_SECRET};
 use switchboard_test_support::{repo_root, Stack, StackOptions};
 
 fn venv_python() -> std::path::PathBuf {
@@ -24,12 +25,12 @@ async fn an_independent_client_written_from_the_protocol_document_works() {
         socket_servers: 2,
         extra_env: vec![
             (
-                "SB_ALLOWED_ORIGINS".to_owned(),
+                SB_ALLOWED_ORIGINS.to_owned(),
                 "http://chat.example.com".to_owned(),
             ),
             // The scenario mints HS256 tokens with the standard library (the shared-secret
             // mode; the stack's default is Ed25519, which the stdlib cannot sign).
-            ("SB_JWT_SECRET".to_owned(), SCENARIO_JWT_SECRET.to_owned()),
+            (SB_JWT_SECRET.to_owned(), SCENARIO_JWT_SECRET.to_owned()),
         ],
         ..StackOptions::default()
     })

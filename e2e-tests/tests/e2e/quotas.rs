@@ -6,6 +6,9 @@
 use std::time::{Duration, Instant};
 
 use switchboard_client::{Api, Connection};
+use switchboard_config::names::{
+    SB_CONVERSATIONS_PER_MINUTE, SB_USER_FRAMES_BURST, SB_USER_FRAMES_PER_MIN,
+};
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::ErrorCode;
 use switchboard_test_support::{Stack, StackOptions};
@@ -184,8 +187,8 @@ async fn one_user_at_full_rate_stays_within_the_redis_budget() {
         extra_env: vec![
             // The manager defaults divided by 10, so the stack's 2 cores keep up with the
             // admitted rate (20/s sustained, burst 200); the bound is per admitted send.
-            ("SB_USER_FRAMES_PER_MIN".into(), "1200".into()),
-            ("SB_USER_FRAMES_BURST".into(), "200".into()),
+            (SB_USER_FRAMES_PER_MIN.into(), "1200".into()),
+            (SB_USER_FRAMES_BURST.into(), "200".into()),
         ],
         ..StackOptions::default()
     })
@@ -321,10 +324,10 @@ async fn one_user_at_full_rate_stays_within_the_redis_budget() {
 async fn a_million_dm_script_is_stopped_by_the_quota() {
     let stack = Stack::start(StackOptions {
         extra_env: vec![
-            ("SB_USER_FRAMES_PER_MIN".into(), "60".into()),
-            ("SB_USER_FRAMES_BURST".into(), "20".into()),
+            (SB_USER_FRAMES_PER_MIN.into(), "60".into()),
+            (SB_USER_FRAMES_BURST.into(), "20".into()),
             // The message service's creation quota, out of the way (another control).
-            ("SB_CONVERSATIONS_PER_MINUTE".into(), "1000000".into()),
+            (SB_CONVERSATIONS_PER_MINUTE.into(), "1000000".into()),
         ],
         ..StackOptions::default()
     })

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
+use switchboard_config::names::SB_API_KEYS_FILE;
+use switchboard_credentials::api_keys::{mint, KeyEntry, Scope};
 use switchboard_protocol::frames::ServerFrame;
-use switchboard_service_kit::api_keys::{mint, KeyEntry, Scope};
 use switchboard_test_support::{Stack, StackOptions};
 
 use crate::client::{api, history_with, http, token_for, WsClient};
@@ -43,10 +44,7 @@ impl KeyFile {
     }
 
     fn env(&self) -> (String, String) {
-        (
-            "SB_API_KEYS_FILE".to_owned(),
-            self.path.display().to_string(),
-        )
+        (SB_API_KEYS_FILE.to_owned(), self.path.display().to_string())
     }
 }
 

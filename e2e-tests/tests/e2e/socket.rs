@@ -3,6 +3,9 @@
 use std::time::Duration;
 
 use serde_json::json;
+use switchboard_config::names::{
+    SB_ALLOWED_ORIGINS, SB_JWT_AUDIENCE, SB_JWT_ISSUER, SB_JWT_JWKS_URL, SB_JWT_SECRET,
+};
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::token::{Claims, TokenKeys};
 use switchboard_protocol::ErrorCode;
@@ -227,10 +230,7 @@ async fn websocket_upgrades_from_foreign_origins_are_refused() {
         socket_servers: 1,
         registries: 1,
         health_checkers: 1,
-        extra_env: vec![(
-            "SB_ALLOWED_ORIGINS".into(),
-            "https://chat.example.com".into(),
-        )],
+        extra_env: vec![(SB_ALLOWED_ORIGINS.into(), "https://chat.example.com".into())],
         ..StackOptions::without_messaging()
     })
     .await
@@ -336,11 +336,11 @@ async fn identity_provider_tokens_are_verified_with_its_jwks_and_policy() {
     let stack = Stack::start(StackOptions {
         socket_servers: 1,
         extra_env: vec![
-            env("SB_JWT_JWKS_URL", &jwks_url),
-            env("SB_JWT_ISSUER", "https://idp.example.com/"),
-            env("SB_JWT_AUDIENCE", "switchboard"),
+            env(SB_JWT_JWKS_URL, &jwks_url),
+            env(SB_JWT_ISSUER, "https://idp.example.com/"),
+            env(SB_JWT_AUDIENCE, "switchboard"),
             // The shared-secret mode: every service holds this secret, which must not verify.
-            env("SB_JWT_SECRET", "an-hs256-secret-every-service-holds-0123"),
+            env(SB_JWT_SECRET, "an-hs256-secret-every-service-holds-0123"),
         ],
         ..StackOptions::default()
     })

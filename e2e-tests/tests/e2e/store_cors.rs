@@ -13,7 +13,7 @@
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use switchboard_test_support::object_store::CORS_ORIGINS_VAR;
+use switchboard_config::names::SB_S3_CORS_ORIGINS;
 use switchboard_test_support::{Stack, StackOptions};
 
 use crate::client::{api, create_conversation, http, token_for};
@@ -56,7 +56,7 @@ async fn store_answers_the_pages_preflight_and_refuses_other_origins() {
         registries: 1,
         health_checkers: 1,
         managers: 1,
-        extra_env: vec![(CORS_ORIGINS_VAR.into(), EXTRA_ORIGIN.into())],
+        extra_env: vec![(SB_S3_CORS_ORIGINS.into(), EXTRA_ORIGIN.into())],
         ..StackOptions::default()
     })
     .await

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
+use switchboard_config::names::{RUST_LOG, SB_LOG_FORMAT};
 use switchboard_protocol::trace_context::TraceParent;
 use switchboard_test_support::{Stack, StackOptions};
 
@@ -54,9 +55,9 @@ async fn one_grep_of_the_json_logs_follows_a_message_end_to_end() {
     let stack = Stack::start(StackOptions {
         socket_servers: 2,
         extra_env: vec![
-            ("SB_LOG_FORMAT".into(), "json".into()),
+            (SB_LOG_FORMAT.into(), "json".into()),
             (
-                "RUST_LOG".into(),
+                RUST_LOG.into(),
                 "info,socket_server=debug,socket_manager=debug,message_service=debug,actix_server=warn,rdkafka=warn".into(),
             ),
         ],

@@ -1,123 +1,21 @@
-//! The attachment settings ([`TABLE`], documented in docs/configuration.md, "Attachments
-//! (message service)"): where the S3-compatible store is and the limits of what users may
-//! upload. Unset `SB_S3_ENDPOINT` turns attachments off (the routes answer 404 `not_found`
-//! and a send that references one is refused `attachment_not_found`).
+//! The attachment settings ([`switchboard_config::tables::attachments`], documented in
+//! docs/configuration.md, "Attachments (message service)"): where the S3-compatible store is and
+//! the limits of what users may upload. Unset `SB_S3_ENDPOINT` turns attachments off (the routes
+//! answer 404 `not_found` and a send that references one is refused `attachment_not_found`).
 
 use std::time::Duration;
 
-use switchboard_service_kit::config::{
+use switchboard_config::lookup::{
     lookup_bool, lookup_optional, lookup_or, lookup_string, process_env, ConfigError, Lookup,
 };
-use switchboard_service_kit::env::{EnvTable, EnvVar};
-
-pub const SB_S3_ENDPOINT: &str = "SB_S3_ENDPOINT";
-pub const SB_S3_PUBLIC_ENDPOINT: &str = "SB_S3_PUBLIC_ENDPOINT";
-pub const SB_S3_REGION: &str = "SB_S3_REGION";
-pub const SB_S3_BUCKET: &str = "SB_S3_BUCKET";
-pub const SB_S3_ACCESS_KEY_ID: &str = "SB_S3_ACCESS_KEY_ID";
-pub const SB_S3_SECRET_ACCESS_KEY: &str = "SB_S3_SECRET_ACCESS_KEY";
-pub const SB_S3_PATH_STYLE: &str = "SB_S3_PATH_STYLE";
-pub const SB_ATTACHMENT_URL_EXPIRY_SECS: &str = "SB_ATTACHMENT_URL_EXPIRY_SECS";
-pub const SB_ATTACHMENT_MAX_BYTES: &str = "SB_ATTACHMENT_MAX_BYTES";
-pub const SB_ATTACHMENT_USER_QUOTA_BYTES: &str = "SB_ATTACHMENT_USER_QUOTA_BYTES";
-pub const SB_ATTACHMENT_CONTENT_TYPES: &str = "SB_ATTACHMENT_CONTENT_TYPES";
-pub const SB_ATTACHMENT_IMAGE_MAX_PIXELS: &str = "SB_ATTACHMENT_IMAGE_MAX_PIXELS";
-pub const SB_ATTACHMENT_UNREFERENCED_TTL_SECS: &str = "SB_ATTACHMENT_UNREFERENCED_TTL_SECS";
-pub const SB_ATTACHMENT_SWEEP_INTERVAL_SECS: &str = "SB_ATTACHMENT_SWEEP_INTERVAL_SECS";
-
-const DEFAULT_CONTENT_TYPES: &str =
-    "image/png,image/jpeg,image/gif,image/webp,application/pdf,text/plain,application/zip,audio/mpeg,audio/ogg,video/mp4,video/webm,application/octet-stream";
-
-/// The attachment variables.
-pub const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_S3_ENDPOINT,
-        default: None,
-        doc: "Base URL of the S3-compatible store the message service itself talks to (e.g. \
-              `https://s3.eu-west-1.amazonaws.com`, an R2 or MinIO URL, the local Garage). \
-              Unset: attachments are off.",
-    },
-    EnvVar {
-        name: SB_S3_PUBLIC_ENDPOINT,
-        default: None,
-        doc: "Base URL clients reach the store at, used in the pre-signed URLs handed to \
-              them (the signature covers the host). Unset: `SB_S3_ENDPOINT`.",
-    },
-    EnvVar {
-        name: SB_S3_REGION,
-        default: Some("us-east-1"),
-        doc: "Region the requests are signed for (Garage: its `s3_region`; R2: `auto`).",
-    },
-    EnvVar {
-        name: SB_S3_BUCKET,
-        default: Some("switchboard-attachments"),
-        doc: "The bucket (created beforehand) that holds every attachment.",
-    },
-    EnvVar {
-        name: SB_S3_ACCESS_KEY_ID,
-        default: None,
-        doc: "Access key id with read, write and delete on the bucket.",
-    },
-    EnvVar {
-        name: SB_S3_SECRET_ACCESS_KEY,
-        default: None,
-        doc: "Its secret key.",
-    },
-    EnvVar {
-        name: SB_S3_PATH_STYLE,
-        default: Some("true"),
-        doc: "`true`: path-style URLs (`ENDPOINT/BUCKET/KEY`: Garage, MinIO, R2); `false`: \
-              virtual-hosted style (`BUCKET.ENDPOINT/KEY`: AWS S3's default).",
-    },
-    EnvVar {
-        name: SB_ATTACHMENT_URL_EXPIRY_SECS,
-        default: Some("300"),
-        doc: "Lifetime of the pre-signed upload and download URLs, in seconds.",
-    },
-    EnvVar {
-        name: SB_ATTACHMENT_MAX_BYTES,
-        default: Some("26214400"),
-        doc: "Largest attachment, in bytes (25 MiB); a larger declared size is refused 413 \
-              `too_large`.",
-    },
-    EnvVar {
-        name: SB_ATTACHMENT_USER_QUOTA_BYTES,
-        default: Some("1073741824"),
-        doc: "Bytes of attachments one user may keep in the store (1 GiB); past it a new \
-              upload URL is refused 413 `too_large`.",
-    },
-    EnvVar {
-        name: SB_ATTACHMENT_CONTENT_TYPES,
-        default: Some(DEFAULT_CONTENT_TYPES),
-        doc: "The content types users may upload, comma separated (exact, lowercase); any \
-              other is refused 422 `attachment_refused`.",
-    },
-    EnvVar {
-        name: SB_ATTACHMENT_IMAGE_MAX_PIXELS,
-        default: Some("40000000"),
-        doc: "Largest image (width × height) a message may carry; a larger one (a \
-              decompression bomb) is refused `attachment_refused` from its header alone, \
-              never decoded.",
-    },
-    EnvVar {
-        name: SB_ATTACHMENT_UNREFERENCED_TTL_SECS,
-        default: Some("86400"),
-        doc: "An attachment no message references this long after it was created (or last \
-              claimed by a send) is deleted from the store by the sweeper.",
-    },
-    EnvVar {
-        name: SB_ATTACHMENT_SWEEP_INTERVAL_SECS,
-        default: Some("60"),
-        doc: "How often the sweeper deletes unreferenced attachments and those of deleted \
-              messages.",
-    },
-];
-
-/// The attachment table.
-pub const TABLE: EnvTable = EnvTable {
-    title: "Attachments (message service)",
-    vars: ENV,
+use switchboard_config::names::{
+    SB_ATTACHMENT_CONTENT_TYPES, SB_ATTACHMENT_IMAGE_MAX_PIXELS, SB_ATTACHMENT_MAX_BYTES,
+    SB_ATTACHMENT_SWEEP_INTERVAL_SECS, SB_ATTACHMENT_UNREFERENCED_TTL_SECS,
+    SB_ATTACHMENT_URL_EXPIRY_SECS, SB_ATTACHMENT_USER_QUOTA_BYTES, SB_S3_ACCESS_KEY_ID,
+    SB_S3_BUCKET, SB_S3_ENDPOINT, SB_S3_PATH_STYLE, SB_S3_PUBLIC_ENDPOINT, SB_S3_REGION,
+    SB_S3_SECRET_ACCESS_KEY,
 };
+use switchboard_config::tables::attachments::DEFAULT_CONTENT_TYPES;
 
 /// Where the store is and how to sign for it.
 #[derive(Clone)]

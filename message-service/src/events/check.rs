@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use sqlx::{PgPool, Row};
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::error_code::ErrorDetail;
 use switchboard_protocol::frames::RecordKind;
 use switchboard_protocol::internal::{EventCheck, EventCheckItem, EventVerdict, EventVerdicts};
 use switchboard_protocol::{ConversationId, ErrorCode};
-use switchboard_service_kit::cluster_auth::ServiceRole;
 use switchboard_service_kit::http::ApiError;
 
 use super::{EventLimits, IN_FLIGHT, TARGET_WAIT};

@@ -35,8 +35,8 @@
 
 use std::time::Duration;
 
-use switchboard_service_kit::config::{lookup_or, process_env, ConfigError, Lookup};
-use switchboard_service_kit::env::{EnvTable, EnvVar};
+use switchboard_config::lookup::{lookup_or, process_env, ConfigError, Lookup};
+use switchboard_config::names::{SB_EDIT_WINDOW_SECS, SB_MAX_EDITS, SB_MAX_REACTIONS_PER_MESSAGE};
 
 mod at_ingest;
 mod check;
@@ -45,39 +45,6 @@ mod history;
 pub use at_ingest::{any_rich, apply, insert_rich};
 pub use check::{configure, verdicts};
 pub use history::{page, Page};
-
-pub const SB_EDIT_WINDOW_SECS: &str = "SB_EDIT_WINDOW_SECS";
-pub const SB_MAX_EDITS: &str = "SB_MAX_EDITS";
-pub const SB_MAX_REACTIONS_PER_MESSAGE: &str = "SB_MAX_REACTIONS_PER_MESSAGE";
-
-/// The message-event variables.
-pub const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_EDIT_WINDOW_SECS,
-        default: Some("900"),
-        doc: "How long after a message was sent its author may edit it, in seconds; later \
-              edits are refused `edit_window_closed`. 0: no limit.",
-    },
-    EnvVar {
-        name: SB_MAX_EDITS,
-        default: Some("20"),
-        doc: "How many times one message may be edited; further edits are refused \
-              `too_many_edits`.",
-    },
-    EnvVar {
-        name: SB_MAX_REACTIONS_PER_MESSAGE,
-        default: Some("20"),
-        doc: "Distinct emoji one message may carry as reactions (each user has one reaction \
-              per message); a reaction with a new emoji past it is refused \
-              `too_many_reactions`.",
-    },
-];
-
-/// The message-event table (docs/configuration.md, "Message events (message service)").
-pub const TABLE: EnvTable = EnvTable {
-    title: "Message events (message service)",
-    vars: ENV,
-};
 
 /// How long the check waits for a target message that ingest has not stored yet (the sender
 /// had its `sent`, so it is in the log): history trails the log by about a fetch wait.

@@ -7,8 +7,9 @@ use std::future::{ready, Ready};
 use std::marker::PhantomData;
 
 use actix_web::{web, FromRequest, HttpRequest};
+use switchboard_credentials::api_keys::Scope;
 use switchboard_protocol::{ConversationId, ErrorCode, UserId};
-use switchboard_service_kit::api_keys::{ApiKeyError, Scope};
+use switchboard_service_kit::api_keys::ApiKeyError;
 use switchboard_service_kit::http::ApiError;
 
 use crate::state::AppState;

@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
+use switchboard_credentials::cluster::ClusterCredential;
 use switchboard_protocol::server_api::{
     InternalServerSend, InternalServerSent, INTERNAL_SERVER_SEND_PATH,
 };
 use switchboard_protocol::sessions::{end_sessions_path, SessionsEnded};
 use switchboard_protocol::{ErrorCode, UserId};
-use switchboard_service_kit::cluster_auth::ClusterCredential;
 use switchboard_service_kit::http::ApiError;
 use switchboard_service_kit::internal::{CallError, Failover, InternalClient};
 

@@ -21,8 +21,8 @@ mod messages;
 mod users;
 
 use actix_web::web;
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::server_api::{ServerCreateConversation, ServerPost, ServerPosted};
-use switchboard_service_kit::cluster_auth::ServiceRole;
 
 pub use managers::Managers;
 

@@ -2,28 +2,13 @@
 //! `SB_JWT_PRIVATE_KEY_FILE`, or else with `SB_JWT_SECRET` (the same default as the services),
 //! for scripts and for clusters that run without dev mode.
 
+use switchboard_config::cli::Cli;
+use switchboard_config::lookup::{env_optional, env_string};
+use switchboard_config::names::{SB_JWT_PRIVATE_KEY_FILE, SB_JWT_SECRET};
+use switchboard_config::tables;
+use switchboard_config::tables::common::DEFAULT_JWT_SECRET;
 use switchboard_protocol::token::TokenKeys;
 use switchboard_protocol::token::TokenPolicy;
-use switchboard_service_kit::cli::Cli;
-use switchboard_service_kit::config::{
-    env_optional, env_string, DEFAULT_JWT_SECRET, SB_JWT_PRIVATE_KEY_FILE, SB_JWT_SECRET,
-};
-use switchboard_service_kit::env::{EnvTable, EnvVar};
-
-const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_JWT_PRIVATE_KEY_FILE,
-        default: None,
-        doc: "An Ed25519 private key (PEM, PKCS#8) to sign with (EdDSA): the key whose public \
-              half the services hold in SB_JWT_PUBLIC_KEY_FILE. Unset: SB_JWT_SECRET.",
-    },
-    EnvVar {
-        name: SB_JWT_SECRET,
-        default: Some(DEFAULT_JWT_SECRET),
-        doc: "The HS256 secret to sign with (without SB_JWT_PRIVATE_KEY_FILE): the services' \
-              SB_JWT_SECRET.",
-    },
-];
 
 const CLI: Cli = Cli {
     name: "mint-token",
@@ -35,10 +20,7 @@ const CLI: Cli = Cli {
             not set SB_JWT_ISSUER or SB_JWT_AUDIENCE.",
     usage: "USER_ID [TTL_SECONDS]",
     max_positional: 2,
-    env: &[EnvTable {
-        title: "Environment",
-        vars: ENV,
-    }],
+    env: &[tables::mint_token::TABLE],
 };
 
 fn main() {

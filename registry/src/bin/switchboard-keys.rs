@@ -31,8 +31,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use switchboard_service_kit::cli::Cli;
-use switchboard_service_kit::cluster_auth::{secret_hash, ServiceRole};
+use switchboard_config::cli::Cli;
+use switchboard_config::names::{SB_CALLER_KEYS, SB_SERVICE_SECRET};
+use switchboard_credentials::cluster::{secret_hash, ServiceRole};
 
 const CLI: Cli = Cli {
     name: "switchboard-keys",
@@ -142,11 +143,11 @@ fn run(store: &Path, services: &Path, owner: (u32, u32)) -> Result<Vec<ServiceRo
         })?;
         put_dir(&dir, owner)?;
         put(
-            &dir.join("SB_SERVICE_SECRET"),
+            &dir.join(SB_SERVICE_SECRET),
             &store.secrets[role.as_str()],
             owner,
         )?;
-        put(&dir.join("SB_CALLER_KEYS"), &caller_keys, owner)?;
+        put(&dir.join(SB_CALLER_KEYS), &caller_keys, owner)?;
         put(&dir.join(PUBLIC_PEM), &store.public_pem, owner)?;
         let private = dir.join(PRIVATE_PEM);
         if role == MINTER {
@@ -340,14 +341,11 @@ mod tests {
         let handed = run(&store, &services, me()).unwrap();
         assert_eq!(handed.len(), 3);
 
-        let secret = |role: &str| read(&services.join(role).join("SB_SERVICE_SECRET"));
+        let secret = |role: &str| read(&services.join(role).join(SB_SERVICE_SECRET));
         assert_ne!(secret("registry"), secret("socket-server"));
         assert_eq!(secret("registry").len(), 48);
-        let keys = read(&services.join("socket-server").join("SB_CALLER_KEYS"));
-        assert_eq!(
-            keys,
-            read(&services.join("registry").join("SB_CALLER_KEYS"))
-        );
+        let keys = read(&services.join("socket-server").join(SB_CALLER_KEYS));
+        assert_eq!(keys, read(&services.join("registry").join(SB_CALLER_KEYS)));
         assert!(keys.contains(&format!(
             "socket-server={}",
             secret_hash(&secret("socket-server"))
@@ -357,7 +355,7 @@ mod tests {
         assert!(services.join("registry").join(PRIVATE_PEM).exists());
         for role in ["socket-server", "message-service"] {
             assert!(!services.join(role).join(PRIVATE_PEM).exists(), "{role}");
-            let mode = fs::metadata(services.join(role).join("SB_SERVICE_SECRET"))
+            let mode = fs::metadata(services.join(role).join(SB_SERVICE_SECRET))
                 .unwrap()
                 .permissions()
                 .mode();

@@ -2,8 +2,8 @@
 //! shown once: only its hash is kept) and the JSON entry to add to `SB_API_KEYS_FILE` /
 //! `SB_API_KEYS` (docs/server-api.md).
 
-use switchboard_service_kit::api_keys::{mint, Scope, DEFAULT_RATE_PER_SEC};
-use switchboard_service_kit::cli::Cli;
+use switchboard_config::cli::Cli;
+use switchboard_credentials::api_keys::{mint, Scope, DEFAULT_RATE_PER_SEC};
 
 const CLI: Cli = Cli {
     name: "mint-api-key",

@@ -11,33 +11,11 @@
 mod otlp;
 pub mod trace;
 
+use switchboard_config::names::{RUST_LOG, SB_LOG_FORMAT};
+use switchboard_config::tables::logging::DEFAULT_FILTER;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
-
-use crate::env::EnvVar;
-
-pub const SB_LOG_FORMAT: &str = "SB_LOG_FORMAT";
-/// The standard `tracing_subscriber` filter variable, read by [`EnvFilter::try_from_default_env`].
-pub const RUST_LOG: &str = EnvFilter::DEFAULT_ENV;
-
-/// The filter used when `RUST_LOG` is unset.
-pub const DEFAULT_FILTER: &str = "info,actix_server=warn,rdkafka=warn";
-
-/// What [`init`] reads.
-pub const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_LOG_FORMAT,
-        default: None,
-        doc: "`json`: one JSON object per log line (for log shippers; the compose stack sets \
-              it). Anything else or unset: human-readable lines.",
-    },
-    EnvVar {
-        name: RUST_LOG,
-        default: Some(DEFAULT_FILTER),
-        doc: "The usual tracing filter (e.g. `debug`, or `info,socket_server=debug`).",
-    },
-];
 
 /// What [`init`] installed that must be stopped in order: held by `main` until it returns.
 /// Dropping it flushes and stops the span exporter (with the `otlp` feature), so the spans of
@@ -85,5 +63,17 @@ pub fn init(service: &str) -> Telemetry {
     Telemetry {
         #[cfg(feature = "otlp")]
         exporter,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The config crate spells the filter variable itself (it has no tracing dependency): it
+    /// must be the one `EnvFilter` reads.
+    #[test]
+    fn rust_log_is_the_filter_variable() {
+        assert_eq!(RUST_LOG, EnvFilter::DEFAULT_ENV);
     }
 }

@@ -2,7 +2,7 @@
 //! against it) and, when there is none, kept from the message service's last stored `seq`.
 
 use switchboard_protocol::ConversationId;
-use switchboard_service_kit::redis_sentinel::StoreError;
+use switchboard_redis::StoreError;
 
 use super::scripts::SEQ_IDLE_TTL_SECS;
 use super::Sequencer;

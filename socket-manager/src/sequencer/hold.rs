@@ -7,7 +7,7 @@ use std::time::Instant;
 use switchboard_message_log::LogRecord;
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::{ConversationId, ErrorCode};
-use switchboard_service_kit::redis_sentinel::StoreError;
+use switchboard_redis::StoreError;
 
 use super::lease::Lease;
 use super::number::{Numbered, NumberedBatch};

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::Script;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::supervise::OwnedTask;
 
 static RELEASE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {

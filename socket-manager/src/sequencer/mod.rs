@@ -56,11 +56,11 @@ use std::time::Duration;
 
 use switchboard_chat_state::presence::ServerMap;
 use switchboard_chat_state::sequence::SequenceKeys;
+use switchboard_credentials::cluster::ServiceRole;
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::{ClientMsgId, ConversationId, ErrorCode, ServerId, UserId};
-use switchboard_service_kit::cluster_auth::ServiceRole;
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::ops::Ops;
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
 use switchboard_service_kit::supervise::Workers;
 
 use crate::batching::{LogAppender, Router};

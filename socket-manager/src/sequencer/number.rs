@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use switchboard_protocol::{ConversationId, MessageId, Timestamp};
-use switchboard_service_kit::redis_sentinel::StoreError;
+use switchboard_redis::StoreError;
 
 use crate::numbering::ScriptCall;
 use switchboard_chat_state::presence::group_by_server;

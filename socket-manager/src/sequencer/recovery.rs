@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchboard_message_log::LogRecord;
 use switchboard_protocol::{ClientMsgId, ConversationId, MessageId, Timestamp, UserId};
-use switchboard_service_kit::redis_sentinel::StoreError;
+use switchboard_redis::StoreError;
 
 use super::lease::Lease;
 use super::scripts::{split_pending, NumberingError, RESEED_LUA};

@@ -2,7 +2,7 @@
 //! their own (reseed, release, renew), and their typed replies.
 
 use switchboard_protocol::{MessageId, Timestamp};
-use switchboard_service_kit::redis_sentinel::StoreError;
+use switchboard_redis::StoreError;
 
 use crate::numbering::ScriptFunction;
 
@@ -354,7 +354,7 @@ mod tests {
     use redis::Value;
     use std::time::Duration;
     use switchboard_chat_state::presence::{group_by_server, ServerMap};
-    use switchboard_service_kit::redis_sentinel::SentinelRedis;
+    use switchboard_redis::SentinelRedis;
     use switchboard_service_kit::supervise::Workers;
 
     /// The message service's Redis user on the key space of `redis` (a manager's).

@@ -16,7 +16,7 @@ use switchboard_chat_state::sessions::{refused, SessionMarks};
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::token::{Claims, TokenKeys};
 use switchboard_protocol::{ErrorCode, UserId};
-use switchboard_service_kit::redis_sentinel::StoreError;
+use switchboard_redis::StoreError;
 use switchboard_service_kit::shutdown::CancellationToken;
 use tokio::time::{Instant, Sleep};
 

@@ -13,9 +13,13 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use switchboard_service_kit::api_keys::{self, Scope};
-use switchboard_service_kit::cli::Cli;
-use switchboard_service_kit::env::{EnvTable, EnvVar};
+use switchboard_config::cli::Cli;
+use switchboard_config::env::{EnvTable, EnvVar};
+use switchboard_config::names::{
+    PREFIX, RUST_LOG, SB_API_KEYS, SB_API_KEYS_FILE, SB_DEVSTACK_WEBHOOKS, SB_PUSH_GATEWAY_SECRET,
+    SB_PUSH_GATEWAY_URL, SB_PUSH_SINK_BIND, SB_WEBHOOK_ALLOW_NETS,
+};
+use switchboard_credentials::api_keys::{self, Scope};
 use switchboard_test_support::ports::is_free;
 use switchboard_test_support::{
     bin_path, no_websocket, repo_root, FixedPorts, ManagedProcess, Stack, StackOptions,
@@ -23,7 +27,6 @@ use switchboard_test_support::{
 use tokio::signal::unix::{signal, SignalKind};
 
 const DEVSTACK_LISTEN_ADDR: &str = "DEVSTACK_LISTEN_ADDR";
-const SB_DEVSTACK_WEBHOOKS: &str = "SB_DEVSTACK_WEBHOOKS";
 const DEVSTACK_SOCKET_SERVERS: &str = "DEVSTACK_SOCKET_SERVERS";
 const DEVSTACK_NO_WEBSOCKET_PORT: &str = "DEVSTACK_NO_WEBSOCKET_PORT";
 
@@ -133,7 +136,7 @@ async fn main() -> Result<()> {
     // The user's own SB_* settings (secrets, limits, timings) reach every service; the dev
     // stack's own come first, so the user's win.
     let mut extra_env: Vec<(String, String)> = Vec::new();
-    let user_keys = ["SB_API_KEYS", "SB_API_KEYS_FILE"]
+    let user_keys = [SB_API_KEYS, SB_API_KEYS_FILE]
         .iter()
         .any(|k| std::env::var_os(k).is_some());
     let dev_key = if user_keys {
@@ -148,7 +151,7 @@ async fn main() -> Result<()> {
             .collect();
         // rate_per_sec 0: no limit (a developer's loops should not meet 429).
         extra_env.push(kv(
-            "SB_API_KEYS",
+            SB_API_KEYS,
             format!(
                 "[{{\"id\":\"{}\",\"sha256\":\"{}\",\"scopes\":[{}],\"rate_per_sec\":0}}]",
                 entry.id,
@@ -162,25 +165,25 @@ async fn main() -> Result<()> {
     if webhooks {
         let sink_url = format!("http://127.0.0.1:{SINK_PORT}");
         extra_env.extend([
-            kv("SB_PUSH_GATEWAY_URL", format!("{sink_url}/push")),
-            kv("SB_PUSH_GATEWAY_SECRET", DEV_PUSH_SECRET),
+            kv(SB_PUSH_GATEWAY_URL, format!("{sink_url}/push")),
+            kv(SB_PUSH_GATEWAY_SECRET, DEV_PUSH_SECRET),
             // The sink is on loopback, which the SSRF guard refuses unless allow-listed.
-            kv("SB_WEBHOOK_ALLOW_NETS", "127.0.0.1/32"),
+            kv(SB_WEBHOOK_ALLOW_NETS, "127.0.0.1/32"),
         ]);
         sink = Some(ManagedProcess::spawn(
             "push-gateway-sink",
             bin_path("push-gateway-sink"),
             &[] as &[&str],
             &[
-                kv("SB_PUSH_SINK_BIND", format!("127.0.0.1:{SINK_PORT}")),
-                kv("SB_PUSH_GATEWAY_SECRET", DEV_PUSH_SECRET),
-                kv("RUST_LOG", "info"),
+                kv(SB_PUSH_SINK_BIND, format!("127.0.0.1:{SINK_PORT}")),
+                kv(SB_PUSH_GATEWAY_SECRET, DEV_PUSH_SECRET),
+                kv(RUST_LOG, "info"),
                 kv("NO_COLOR", "1"),
             ],
             &log_dir,
         )?);
     }
-    extra_env.extend(std::env::vars().filter(|(k, _)| k.starts_with("SB_")));
+    extra_env.extend(std::env::vars().filter(|(k, _)| k.starts_with(PREFIX)));
 
     let opts = StackOptions {
         socket_servers: ports.socket_servers.len(),
@@ -410,8 +413,7 @@ fn print_banner(stack: &Stack, ports: &FixedPorts, dev_key: Option<&str>, sink: 
         stack.log_dir().display()
     );
     // Per-service credentials: what a tool poking an internal route must present.
-    let manager =
-        stack.credential(switchboard_service_kit::cluster_auth::ServiceRole::SocketServer);
+    let manager = stack.credential(switchboard_credentials::cluster::ServiceRole::SocketServer);
     let [(role_header, role), (secret_header, secret)] = manager.headers();
     println!("  socket-server creds   {role_header}: {role}, {secret_header}: {secret}");
     if let switchboard_test_support::credentials::TokenSigning::Ed25519 { private_pem, .. } =

@@ -4,30 +4,10 @@
 //! webhook deliveries (`POST /webhook`, shown at `GET /webhooks`), so the local stack and the
 //! compose demo have one sink for both.
 
-use switchboard_service_kit::cli::Cli;
-use switchboard_service_kit::env::{EnvTable, EnvVar};
+use switchboard_config::cli::Cli;
+use switchboard_config::names::{SB_PUSH_GATEWAY_SECRET, SB_PUSH_SINK_BIND, SB_PUSH_SINK_REJECT};
+use switchboard_config::tables::push_gateway_sink::{self, DEFAULT_BIND};
 use webhook_dispatcher::push::sink::Sink;
-
-const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: "SB_PUSH_SINK_BIND",
-        default: Some("127.0.0.1:8502"),
-        doc: "Address the sink listens on (`POST /push`, `GET /pushes`, `DELETE /pushes`; \
-              `POST /webhook`, `GET /webhooks`, `DELETE /webhooks`).",
-    },
-    EnvVar {
-        name: "SB_PUSH_GATEWAY_SECRET",
-        default: None,
-        doc: "The notifier's signing secret: pushes whose signature does not verify are \
-              answered 401. Unset: signatures are not checked.",
-    },
-    EnvVar {
-        name: "SB_PUSH_SINK_REJECT",
-        default: None,
-        doc: "Pushkeys (comma separated) the sink answers as rejected, so the notifier \
-              removes their devices.",
-    },
-];
 
 const CLI: Cli = Cli {
     name: "push-gateway-sink",
@@ -38,10 +18,7 @@ const CLI: Cli = Cli {
             (GET /webhooks), for the holder of the endpoint's secret to verify.",
     usage: "",
     max_positional: 0,
-    env: &[EnvTable {
-        title: "Reference push gateway",
-        vars: ENV,
-    }],
+    env: &[push_gateway_sink::TABLE],
 };
 
 #[tokio::main]
@@ -49,13 +26,13 @@ async fn main() -> anyhow::Result<()> {
     CLI.handle_args();
     let _telemetry = switchboard_service_kit::telemetry::init("push-gateway-sink");
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let bind = var("SB_PUSH_SINK_BIND").unwrap_or_else(|| "127.0.0.1:8502".to_owned());
-    let secret = var("SB_PUSH_GATEWAY_SECRET");
+    let bind = var(SB_PUSH_SINK_BIND).unwrap_or_else(|| DEFAULT_BIND.to_owned());
+    let secret = var(SB_PUSH_GATEWAY_SECRET);
     if let Some(secret) = &secret {
         webhook_dispatcher::signing::secret_key(secret)
-            .map_err(|e| anyhow::anyhow!("SB_PUSH_GATEWAY_SECRET: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{SB_PUSH_GATEWAY_SECRET}: {e}"))?;
     }
-    let reject = var("SB_PUSH_SINK_REJECT")
+    let reject = var(SB_PUSH_SINK_REJECT)
         .unwrap_or_default()
         .split(',')
         .map(|k| k.trim().to_owned())

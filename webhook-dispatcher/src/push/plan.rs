@@ -20,7 +20,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use switchboard_kafka::KafkaConfig;
 use switchboard_message_log::{decode_log_item, LogItem, LogRecord};
-use switchboard_service_kit::redis_sentinel::SentinelRedis;
+use switchboard_redis::SentinelRedis;
 use switchboard_service_kit::shutdown::CancellationToken;
 use tokio::sync::Notify;
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::Value;
+use switchboard_config::names::SB_API_KEYS;
 use switchboard_test_support::Stack;
 
 /// How the sink answers one request to `/hook`.
@@ -180,9 +181,9 @@ pub async fn webhooks_api(
 }
 
 /// The env of a stack running the dispatcher with `entries` as its API keys.
-pub fn key_env(entries: &[&switchboard_service_kit::api_keys::KeyEntry]) -> (String, String) {
+pub fn key_env(entries: &[&switchboard_credentials::api_keys::KeyEntry]) -> (String, String) {
     (
-        "SB_API_KEYS".to_owned(),
+        SB_API_KEYS.to_owned(),
         serde_json::to_string(entries).unwrap(),
     )
 }

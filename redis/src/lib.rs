@@ -1,4 +1,4 @@
-//! Redis through Sentinel.
+//! Redis through Sentinel, for every Switchboard service and the test harness.
 //!
 //! Services never know the master's address: they know the Sentinels and the master's name.
 //! [`SentinelRedis`] asks the Sentinels for the master, checks with `ROLE` that it really is a
@@ -10,20 +10,13 @@
 //! replica, and no service restarts.
 //!
 //! The pieces: `config` reads the settings ([`RedisConfig`], `SB_REDIS_*`), `discovery` asks
-//! the Sentinels for the master and connects to it, `handle` is [`SentinelRedis`] itself (the
-//! shared connection, its re-resolution and the master watcher), and `memory` exports Redis's
-//! memory as gauges ([`RedisMemoryGauges`]).
+//! the Sentinels for the master and connects to it, and `handle` is [`SentinelRedis`] itself
+//! (the shared connection, its re-resolution and the master watcher). No web stack: the
+//! service kit adds the `/ready` check and the memory gauges on top.
 
 mod config;
 mod discovery;
 mod handle;
-mod memory;
 
-pub use config::{
-    RedisAuth, RedisConfig, RedisTls, ENV, SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD,
-    SB_REDIS_PREFIX, SB_REDIS_SENTINELS, SB_REDIS_SENTINEL_PASSWORD, SB_REDIS_SENTINEL_TLS,
-    SB_REDIS_SENTINEL_USERNAME, SB_REDIS_TIMEOUT_MS, SB_REDIS_TLS, SB_REDIS_TLS_CA_FILE,
-    SB_REDIS_USERNAME,
-};
+pub use config::{RedisAuth, RedisConfig, RedisTls};
 pub use handle::{SentinelRedis, StoreError, MASTER_WATCH_INTERVAL};
-pub use memory::RedisMemoryGauges;

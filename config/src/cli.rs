@@ -112,11 +112,12 @@ impl Cli {
 mod tests {
     use super::*;
     use crate::env::EnvVar;
+    use crate::names::SB_LOG_FORMAT;
 
     const TABLES: &[EnvTable] = &[EnvTable {
         title: "Mine",
         vars: &[EnvVar {
-            name: "SB_X",
+            name: SB_LOG_FORMAT,
             default: Some("7"),
             doc: "X.",
         }],
@@ -165,7 +166,9 @@ mod tests {
         let text = cli(0).help();
         assert!(text.starts_with("demo 1.2.3\n\nA demo.\n\nUsage: demo [--help"));
         assert!(
-            text.contains("Mine:\n  SB_X (default \"7\")\n      X.\n"),
+            text.contains(&format!(
+                "Mine:\n  {SB_LOG_FORMAT} (default \"7\")\n      X.\n"
+            )),
             "{text}"
         );
     }

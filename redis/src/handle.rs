@@ -363,14 +363,3 @@ fn connection_is_broken(err: &RedisError) -> bool {
         || err.kind() == redis::ErrorKind::MasterDown
         || err.kind() == redis::ErrorKind::TryAgain
 }
-
-impl SentinelRedis {
-    /// A `/ready` check that passes while the master answers `PING`.
-    pub fn readiness_check(&self) -> crate::ops::ReadinessCheck {
-        let redis = self.clone();
-        std::sync::Arc::new(move || {
-            let redis = redis.clone();
-            Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
-        })
-    }
-}

@@ -29,7 +29,7 @@ pub struct EnvTable {
 
 /// Names that do not start with `SB_` but are read on purpose (standard names of the
 /// ecosystem).
-pub const STANDARD_NAMES: &[&str] = &["RUST_LOG"];
+pub const STANDARD_NAMES: &[&str] = &[crate::names::RUST_LOG];
 
 /// The tables as plain text for `--help`: a heading per table, then one entry per variable
 /// with its default and its meaning, wrapped to 100 columns.
@@ -52,6 +52,7 @@ pub fn render_tables(tables: &[EnvTable]) -> String {
     out
 }
 
+/// `text` in lines of at most `width` columns, broken between words.
 pub(crate) fn wrap(text: &str, width: usize) -> Vec<String> {
     let mut lines = Vec::new();
     let mut line = String::new();
@@ -80,7 +81,7 @@ pub fn check_names(tables: &[EnvTable]) -> Vec<String> {
         if !seen.insert(var.name) {
             problems.push(format!("{} is listed twice", var.name));
         }
-        if !var.name.starts_with("SB_") && !STANDARD_NAMES.contains(&var.name) {
+        if !var.name.starts_with(crate::names::PREFIX) && !STANDARD_NAMES.contains(&var.name) {
             problems.push(format!("{} does not start with SB_", var.name));
         }
         if var.doc.trim().is_empty() {

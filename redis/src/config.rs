@@ -1,90 +1,18 @@
 //! Redis's settings: the Sentinels and the master's name, the key prefix, the command timeout,
-//! credentials and TLS (`SB_REDIS_*`, the table [`ENV`]), read from a [`Lookup`].
+//! credentials and TLS (`SB_REDIS_*`, the table [`switchboard_config::tables::redis`]), read from a
+//! [`Lookup`].
 
 use std::time::Duration;
 
-use crate::env::EnvVar;
-use crate::lookup::{
+use switchboard_config::lookup::{
     lookup_bool, lookup_millis, lookup_optional, lookup_string, process_env, ConfigError, Lookup,
 };
-
-pub const SB_REDIS_SENTINELS: &str = "SB_REDIS_SENTINELS";
-pub const SB_REDIS_MASTER_NAME: &str = "SB_REDIS_MASTER_NAME";
-pub const SB_REDIS_PREFIX: &str = "SB_REDIS_PREFIX";
-pub const SB_REDIS_TIMEOUT_MS: &str = "SB_REDIS_TIMEOUT_MS";
-pub const SB_REDIS_USERNAME: &str = "SB_REDIS_USERNAME";
-pub const SB_REDIS_PASSWORD: &str = "SB_REDIS_PASSWORD";
-pub const SB_REDIS_SENTINEL_USERNAME: &str = "SB_REDIS_SENTINEL_USERNAME";
-pub const SB_REDIS_SENTINEL_PASSWORD: &str = "SB_REDIS_SENTINEL_PASSWORD";
-pub const SB_REDIS_TLS: &str = "SB_REDIS_TLS";
-pub const SB_REDIS_SENTINEL_TLS: &str = "SB_REDIS_SENTINEL_TLS";
-pub const SB_REDIS_TLS_CA_FILE: &str = "SB_REDIS_TLS_CA_FILE";
-
-/// What [`RedisConfig::from_lookup`] (and so `from_env`) reads.
-pub const ENV: &[EnvVar] = &[
-    EnvVar {
-        name: SB_REDIS_SENTINELS,
-        default: Some("127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381"),
-        doc: "host:port of each Sentinel, comma separated. The master is always found through \
-              them (and found again after a failover); there is no direct Redis address.",
-    },
-    EnvVar {
-        name: SB_REDIS_MASTER_NAME,
-        default: Some("switchboard"),
-        doc: "The name under which the Sentinels monitor the master.",
-    },
-    EnvVar {
-        name: SB_REDIS_PREFIX,
-        default: Some("sb:"),
-        doc: "Prefix of every Redis key Switchboard writes.",
-    },
-    EnvVar {
-        name: SB_REDIS_TIMEOUT_MS,
-        default: Some("1500"),
-        doc: "Upper bound on one Redis command, connecting included, in milliseconds.",
-    },
-    EnvVar {
-        name: SB_REDIS_USERNAME,
-        default: None,
-        doc: "ACL user for the Redis servers. Unset: the default user.",
-    },
-    EnvVar {
-        name: SB_REDIS_PASSWORD,
-        default: None,
-        doc: "Password for the Redis servers. Unset: no AUTH.",
-    },
-    EnvVar {
-        name: SB_REDIS_SENTINEL_USERNAME,
-        default: None,
-        doc: "ACL user for the Sentinels. Unset: the default user.",
-    },
-    EnvVar {
-        name: SB_REDIS_SENTINEL_PASSWORD,
-        default: None,
-        doc: "Password for the Sentinels. Unset: SB_REDIS_PASSWORD (Sentinels configured with \
-              requirepass usually share it).",
-    },
-    EnvVar {
-        name: SB_REDIS_TLS,
-        default: Some("false"),
-        doc: "true: the Redis servers are reached over TLS (their tls-port, which the \
-              Sentinels then name), with the server's certificate verified for the address the \
-              Sentinels give (an IP address needs an IP SAN).",
-    },
-    EnvVar {
-        name: SB_REDIS_SENTINEL_TLS,
-        default: None,
-        doc: "true: the Sentinels are reached over TLS (the addresses of SB_REDIS_SENTINELS \
-              are their tls-ports), certificates verified. Unset: SB_REDIS_TLS.",
-    },
-    EnvVar {
-        name: SB_REDIS_TLS_CA_FILE,
-        default: None,
-        doc: "A PEM file of the CA certificates that verify the Redis servers and Sentinels, \
-              trusted instead of the public web roots (a private CA). Unset: the public web \
-              roots compiled into the binary.",
-    },
-];
+use switchboard_config::names::{
+    SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_PREFIX, SB_REDIS_SENTINELS,
+    SB_REDIS_SENTINEL_PASSWORD, SB_REDIS_SENTINEL_TLS, SB_REDIS_SENTINEL_USERNAME,
+    SB_REDIS_TIMEOUT_MS, SB_REDIS_TLS, SB_REDIS_TLS_CA_FILE, SB_REDIS_USERNAME,
+};
+use switchboard_config::tls::{explain, CaFile};
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -117,7 +45,7 @@ pub struct RedisTls {
     /// The Sentinels.
     pub sentinels: bool,
     /// Trusted instead of the public web roots when set.
-    pub ca_file: Option<crate::tls::CaFile>,
+    pub ca_file: Option<CaFile>,
 }
 
 impl RedisTls {
@@ -146,13 +74,13 @@ impl RedisTls {
                 root_cert: self.ca_file.as_ref().map(|ca| ca.pem.clone()),
             },
         )
-        .map_err(|e| crate::tls::explain(&e.to_string(), &[SB_REDIS_TLS_CA_FILE]))
+        .map_err(|e| explain(&e.to_string(), &[SB_REDIS_TLS_CA_FILE]))
     }
 
     /// A connection error, naming the TLS settings when it is about TLS and TLS is on.
     pub(super) fn explain(&self, tls: bool, error: String) -> String {
         if tls {
-            crate::tls::explain(&error, &[SB_REDIS_TLS_CA_FILE])
+            explain(&error, &[SB_REDIS_TLS_CA_FILE])
         } else {
             error
         }
@@ -201,12 +129,13 @@ pub(super) fn host_port(addr: &str) -> Result<(String, u16), String> {
 }
 
 impl RedisConfig {
-    /// Reads [`ENV`] from the process environment ([`Self::from_lookup`]).
+    /// Reads [`ENV`](switchboard_config::tables::redis::ENV) from the process environment
+    /// ([`Self::from_lookup`]).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(&process_env)
     }
 
-    /// Reads [`ENV`] from `lookup`.
+    /// Reads [`ENV`](switchboard_config::tables::redis::ENV) from `lookup`.
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         Ok(RedisConfig {
             sentinels: lookup_string(
@@ -235,7 +164,7 @@ impl RedisConfig {
                 RedisTls {
                     servers,
                     sentinels: lookup_bool(lookup, SB_REDIS_SENTINEL_TLS, servers)?,
-                    ca_file: crate::tls::CaFile::from_lookup(lookup, SB_REDIS_TLS_CA_FILE)?,
+                    ca_file: CaFile::from_lookup(lookup, SB_REDIS_TLS_CA_FILE)?,
                 }
             },
         })

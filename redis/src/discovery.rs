@@ -5,8 +5,9 @@
 
 use redis::aio::MultiplexedConnection;
 use redis::RedisError;
+use switchboard_config::names::{SB_REDIS_PASSWORD, SB_REDIS_SENTINEL_PASSWORD};
 
-use super::config::{host_port, RedisConfig, SB_REDIS_PASSWORD, SB_REDIS_SENTINEL_PASSWORD};
+use super::config::{host_port, RedisConfig};
 
 pub(super) async fn ask_sentinel(
     sentinel: &str,

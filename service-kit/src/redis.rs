@@ -1,8 +1,19 @@
-//! Redis's memory as gauges, read from `INFO memory` on a timer.
+//! What a service adds to its Redis handle ([`SentinelRedis`], `switchboard-redis`): the
+//! `/ready` check ([`readiness_check`]) and Redis's memory as gauges, read from `INFO memory`
+//! on a timer ([`RedisMemoryGauges`]).
 
 use std::time::Duration;
 
-use super::handle::SentinelRedis;
+use switchboard_redis::SentinelRedis;
+
+/// A `/ready` check that passes while the master answers `PING`.
+pub fn readiness_check(redis: &SentinelRedis) -> crate::ops::ReadinessCheck {
+    let redis = redis.clone();
+    std::sync::Arc::new(move || {
+        let redis = redis.clone();
+        Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
+    })
+}
 
 /// Redis memory as gauges (`redis_used_memory_bytes`, `redis_maxmemory_bytes`), so an operator
 /// can alert before a full Redis (which refuses writes under `noeviction`) refuses sends.
