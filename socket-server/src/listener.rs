@@ -32,7 +32,7 @@ use switchboard_ws_codec::{parse_head, HeadError};
 use switchboard_ws_codec::RequestHead;
 
 use crate::per_address::AddressSlot;
-use crate::session;
+use crate::session::{self, Session};
 use crate::sse::{self, SseSessions};
 use crate::state::ServerState;
 use crate::websocket::{self, FrameReader, FrameWriter, HandshakeError};
@@ -183,7 +183,7 @@ async fn answer(accepted: Accepted, state: Arc<ServerState>, sse_sessions: Arc<S
     };
     drop(permit);
     let span = request_span(&head);
-    route(
+    let session = route(
         stream,
         peer,
         head,
@@ -194,12 +194,18 @@ async fn answer(accepted: Accepted, state: Arc<ServerState>, sse_sessions: Arc<S
     )
     .instrument(span)
     .await;
+    // The request span ends with the upgrade: a span held for a session's life would cost
+    // every idle connection its slot in the subscriber (about a kilobyte, measured in S1).
+    if let Some(session) = session {
+        session.await;
+    }
 }
 
 /// The `request` span of one request on the public port (`method`, `path`, `trace_id`; the
 /// same as every HTTP app's, see `service_kit::ops::timed`), joined to the trace a
-/// `traceparent` header names. For an upgrade it lasts as long as the session. The path
-/// carries no query: a token in `?token=` is never in a span.
+/// `traceparent` header names. For an upgrade or an SSE stream it covers the admission and
+/// the handshake, not the session. The path carries no query: a token in `?token=` is never
+/// in a span.
 fn request_span(head: &RequestHead) -> tracing::Span {
     let span = tracing::info_span!(
         "request",
@@ -212,7 +218,8 @@ fn request_span(head: &RequestHead) -> tracing::Span {
     span
 }
 
-/// Answers a request by its method and path.
+/// Answers a request by its method and path; an upgrade or an SSE stream that was admitted
+/// answers its session, to run once the request's span has ended.
 async fn route(
     stream: TcpStream,
     peer: SocketAddr,
@@ -221,13 +228,13 @@ async fn route(
     state: Arc<ServerState>,
     sse_sessions: Arc<SseSessions>,
     address_slot: Option<AddressSlot>,
-) {
+) -> Option<Session> {
     match (head.method.as_str(), head.path.as_str()) {
-        ("GET", "/ws") => upgrade(stream, peer, head, rest, state, address_slot).await,
+        ("GET", "/ws") => return upgrade(stream, peer, head, rest, state, address_slot).await,
         ("GET", "/live") => live(stream).await,
         // The fallback where WebSocket upgrades are blocked (crate::sse).
         ("GET", "/sse") => {
-            sse::open(stream, peer, head, state, sse_sessions, address_slot).await;
+            return sse::open(stream, peer, head, state, sse_sessions, address_slot).await;
         }
         ("POST", path) if path.starts_with("/sse/") => {
             sse::post(stream, head, rest, state, sse_sessions).await;
@@ -245,10 +252,11 @@ async fn route(
             refuse(stream, 404, &error, "").await;
         }
     }
+    None
 }
 
-/// `GET /ws`: admits the client (token, origin, limits), completes the handshake and runs
-/// its session on this task.
+/// `GET /ws`: admits the client (token, origin, limits) and completes the handshake; answers
+/// the session to run on this task (none when refused).
 async fn upgrade(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -256,30 +264,37 @@ async fn upgrade(
     already_read: &[u8],
     state: Arc<ServerState>,
     handshake_slot: Option<AddressSlot>,
-) {
+) -> Option<Session> {
     let (user_id, client_ip) = match session::admit(&state, peer.ip(), &head).await {
         Ok(admitted) => admitted,
-        Err(error) => return refuse(stream, error.code.http_status(), &error, "").await,
+        Err(error) => {
+            refuse(stream, error.code.http_status(), &error, "").await;
+            return None;
+        }
     };
+    tracing::debug!(user_id = %user_id.user_id, "upgrade admitted");
     // Held for the session's life.
-    let Some(_address_slot) = state.connections_per_ip.try_take(client_ip) else {
+    let Some(address_slot) = state.connections_per_ip.try_take(client_ip) else {
         let cap = state.config.max_connections_per_ip;
         let error = ApiError::new(
             ErrorCode::RateLimited,
             format!("at most {cap} connections from one address may be open on a server"),
         );
-        return refuse(stream, 429, &error, "").await;
+        refuse(stream, 429, &error, "").await;
+        return None;
     };
     let accept = match websocket::check_upgrade(|name| head.header(name)) {
         Ok(accept) => accept,
         Err(HandshakeError::NotAnUpgrade(why)) => {
             let error = ApiError::bad_request(format!("not a valid WebSocket upgrade: {why}"));
-            return refuse(stream, 400, &error, "").await;
+            refuse(stream, 400, &error, "").await;
+            return None;
         }
         Err(HandshakeError::Version) => {
             let error = ApiError::bad_request("only WebSocket version 13 is spoken here");
             let extra = format!("sec-websocket-version: {}\r\n", websocket::VERSION);
-            return refuse(stream, 426, &error, &extra).await;
+            refuse(stream, 426, &error, &extra).await;
+            return None;
         }
     };
     if stream
@@ -287,13 +302,16 @@ async fn upgrade(
         .await
         .is_err()
     {
-        return;
+        return None;
     }
     drop(handshake_slot);
     let (read, write) = stream.into_split();
     let mut reader = FrameReader::new(read, already_read, state.config.max_frame_bytes);
-    session::run(state, user_id, &mut reader, FrameWriter::new(write)).await;
-    linger(&mut reader.into_inner()).await;
+    Some(Box::pin(async move {
+        let _address_slot = address_slot;
+        session::run(state, user_id, &mut reader, FrameWriter::new(write)).await;
+        linger(&mut reader.into_inner()).await;
+    }))
 }
 
 /// Answers with an error body and closes.

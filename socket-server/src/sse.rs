@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 use switchboard_ws_codec::RequestHead;
 
 use crate::per_address::AddressSlot;
-use crate::session::{self, bearer_token, origin_allowed};
+use crate::session::{self, bearer_token, origin_allowed, Session};
 use crate::state::ServerState;
 use crate::wire::{Gone, Incoming, Outgoing, Outlet, ReadError};
 
@@ -108,20 +108,24 @@ pub(crate) async fn open(
     state: Arc<ServerState>,
     sessions: Arc<SseSessions>,
     handshake_slot: Option<AddressSlot>,
-) {
+) -> Option<Session> {
     let cors = cors_headers(&state, &head);
     let (admitted, client_ip) = match session::admit(&state, peer.ip(), &head).await {
         Ok(admitted) => admitted,
-        Err(error) => return respond_error(stream, &error, &cors).await,
+        Err(error) => {
+            respond_error(stream, &error, &cors).await;
+            return None;
+        }
     };
     // Held for the session's life, as a WebSocket's.
-    let Some(_address_slot) = state.connections_per_ip.try_take(client_ip) else {
+    let Some(address_slot) = state.connections_per_ip.try_take(client_ip) else {
         let cap = state.config.max_connections_per_ip;
         let error = ApiError::new(
             ErrorCode::RateLimited,
             format!("at most {cap} connections from one address may be open on a server"),
         );
-        return respond_error(stream, &error, &cors).await;
+        respond_error(stream, &error, &cors).await;
+        return None;
     };
     let id = new_session_id();
     let (feed, frames) = mpsc::channel(POST_QUEUE);
@@ -145,7 +149,7 @@ pub(crate) async fn open(
          event: session\ndata: {{\"session_id\":\"{id}\"}}\n\n"
     );
     if stream.write_all(response.as_bytes()).await.is_err() {
-        return;
+        return None;
     }
     drop(handshake_slot);
     let (read, write) = stream.into_split();
@@ -154,8 +158,11 @@ pub(crate) async fn open(
         read,
         read_done: false,
     };
-    session::run(state, admitted, incoming, SseWriter::new(write)).await;
-    drop(registration);
+    Some(Box::pin(async move {
+        let _address_slot = address_slot;
+        session::run(state, admitted, incoming, SseWriter::new(write)).await;
+        drop(registration);
+    }))
 }
 
 /// `POST /sse/{session_id}/frames`: the client's frames for its session, one JSON frame per

@@ -214,21 +214,31 @@ async fn one_grep_of_the_json_logs_follows_a_message_end_to_end() {
         "the manager's request span joined the traceparent header's trace: {numbered}"
     );
 
-    // Before the batch: the sender's socket server took the frame in its `inbound` step
-    // (with the send's client_msg_id), inside the `request` span of alice's upgrade on the
-    // public port (GET /ws, no query: her token is in no span).
-    let forwarded = lines_with(&stack, "traced-1")
-        .into_iter()
-        .find(|(file, line)| file == sender_file && line["message"] == "forwarded to the managers")
-        .map(|(_, line)| line)
+    // Before the batch: the sender's socket server admitted alice's upgrade inside its
+    // `request` span (GET /ws, no query: her token is in no span), and took the frame in its
+    // `inbound` step (with the send's client_msg_id), after that span ended with the upgrade.
+    let in_sender = |needle: &str, message: &str| {
+        lines_with(&stack, needle)
+            .into_iter()
+            .find(|(file, line)| file == sender_file && line["message"] == message)
+            .map(|(_, line)| line)
+    };
+    let spans_of = |line: &Value| line["spans"].as_array().cloned().unwrap_or_default();
+    let named = |spans: &[Value], name: &str| spans.iter().find(|s| s["name"] == name).cloned();
+    let admitted = in_sender("upgrade admitted", "upgrade admitted")
+        .expect("the sender's socket server logged admitting alice's upgrade");
+    let request = named(&spans_of(&admitted), "request").expect("inside the request span");
+    assert_eq!(request["method"], "GET", "{admitted}");
+    assert_eq!(request["path"], "/ws", "{admitted}");
+    assert!(request["trace_id"].as_str().is_some(), "{admitted}");
+    assert!(!admitted.to_string().contains("token="), "{admitted}");
+    let forwarded = in_sender("traced-1", "forwarded to the managers")
         .expect("the sender's socket server logged taking the frame");
-    let spans = forwarded["spans"].as_array().cloned().unwrap_or_default();
-    let named = |name: &str| spans.iter().find(|s| s["name"] == name).cloned();
-    let request = named("request").expect("inside the upgrade's request span");
-    assert_eq!(request["method"], "GET", "{forwarded}");
-    assert_eq!(request["path"], "/ws", "{forwarded}");
-    assert!(request["trace_id"].as_str().is_some(), "{forwarded}");
-    let inbound = named("inbound").expect("inside the inbound step's span");
+    let spans = spans_of(&forwarded);
+    let inbound = named(&spans, "inbound").expect("inside the inbound step's span");
     assert_eq!(inbound["client_msg_id"], "traced-1", "{forwarded}");
-    assert!(!forwarded.to_string().contains("token="), "{forwarded}");
+    assert!(
+        named(&spans, "request").is_none(),
+        "no span is held for the session's life: {forwarded}"
+    );
 }
