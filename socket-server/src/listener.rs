@@ -32,9 +32,10 @@ use switchboard_ws_codec::{parse_head, HeadError};
 use switchboard_ws_codec::RequestHead;
 
 use crate::per_address::AddressSlot;
-use crate::session::{self, Session};
+use crate::session;
 use crate::sse::{self, SseSessions};
 use crate::state::ServerState;
+use crate::token_life::Admitted;
 use crate::websocket::{self, FrameReader, FrameWriter, HandshakeError};
 
 /// The longest request head accepted (request line and headers).
@@ -182,31 +183,42 @@ async fn answer(accepted: Accepted, state: Arc<ServerState>, sse_sessions: Arc<S
         Ok(Ok(read)) => read,
     };
     drop(permit);
+    let rest = &buf[head_len..];
     let span = request_span(&head);
-    let session = route(
-        stream,
-        peer,
-        head,
-        &buf[head_len..],
-        state,
-        sse_sessions,
-        address_slot,
-    )
-    .instrument(span)
-    .await;
-    // The request span ends with the upgrade: a span held for a session's life would cost
-    // every idle connection its slot in the subscriber (about a kilobyte, measured in S1).
-    if let Some(session) = session {
-        session.await;
+    match (head.method.as_str(), head.path.as_str()) {
+        ("GET", "/ws") => upgrade(stream, peer, head, rest, state, address_slot, span).await,
+        ("GET", "/live") => live(stream).instrument(span).await,
+        // The fallback where WebSocket upgrades are blocked (crate::sse).
+        ("GET", "/sse") => {
+            sse::open(stream, peer, head, state, sse_sessions, address_slot, span).await;
+        }
+        ("POST", path) if path.starts_with("/sse/") => {
+            sse::post(stream, head, rest, state, sse_sessions)
+                .instrument(span)
+                .await;
+        }
+        ("OPTIONS", path) if path == "/sse" || path.starts_with("/sse/") => {
+            sse::preflight(stream, state, head).instrument(span).await;
+        }
+        _ => {
+            let error = ApiError::new(
+                ErrorCode::NotFound,
+                "this port serves only GET /ws, GET /sse, POST /sse/{id}/frames and \
+                 /live; /ready and /metrics are on the operations port \
+                 (SB_SOCKET_OPS_BIND)",
+            );
+            refuse(stream, 404, &error, "").instrument(span).await;
+        }
     }
 }
 
 /// The `request` span of one request on the public port (`method`, `path`, `trace_id`; the
 /// same as every HTTP app's, see `service_kit::ops::timed`), joined to the trace a
 /// `traceparent` header names. For an upgrade or an SSE stream it covers the admission and
-/// the handshake, not the session. The path carries no query: a token in `?token=` is never
-/// in a span.
-fn request_span(head: &RequestHead) -> tracing::Span {
+/// the handshake, not the session: a span held for a session's life costs every idle
+/// connection its slot in the subscriber (about a kilobyte, measured in S1). The path carries
+/// no query: a token in `?token=` is never in a span.
+pub(crate) fn request_span(head: &RequestHead) -> tracing::Span {
     let span = tracing::info_span!(
         "request",
         method = %head.method,
@@ -218,62 +230,46 @@ fn request_span(head: &RequestHead) -> tracing::Span {
     span
 }
 
-/// Answers a request by its method and path; an upgrade or an SSE stream that was admitted
-/// answers its session, to run once the request's span has ended.
-async fn route(
-    stream: TcpStream,
-    peer: SocketAddr,
-    head: RequestHead,
-    rest: &[u8],
-    state: Arc<ServerState>,
-    sse_sessions: Arc<SseSessions>,
-    address_slot: Option<AddressSlot>,
-) -> Option<Session> {
-    match (head.method.as_str(), head.path.as_str()) {
-        ("GET", "/ws") => return upgrade(stream, peer, head, rest, state, address_slot).await,
-        ("GET", "/live") => live(stream).await,
-        // The fallback where WebSocket upgrades are blocked (crate::sse).
-        ("GET", "/sse") => {
-            return sse::open(stream, peer, head, state, sse_sessions, address_slot).await;
-        }
-        ("POST", path) if path.starts_with("/sse/") => {
-            sse::post(stream, head, rest, state, sse_sessions).await;
-        }
-        ("OPTIONS", path) if path == "/sse" || path.starts_with("/sse/") => {
-            sse::preflight(stream, state, head).await;
-        }
-        _ => {
-            let error = ApiError::new(
-                ErrorCode::NotFound,
-                "this port serves only GET /ws, GET /sse, POST /sse/{id}/frames and \
-                 /live; /ready and /metrics are on the operations port \
-                 (SB_SOCKET_OPS_BIND)",
-            );
-            refuse(stream, 404, &error, "").await;
-        }
-    }
-    None
-}
-
-/// `GET /ws`: admits the client (token, origin, limits) and completes the handshake; answers
-/// the session to run on this task (none when refused).
+/// `GET /ws`: admits the client (token, origin, limits) and completes the handshake inside
+/// the request's span, then runs its session on this task once the span has ended.
 async fn upgrade(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     head: RequestHead,
     already_read: &[u8],
     state: Arc<ServerState>,
     handshake_slot: Option<AddressSlot>,
-) -> Option<Session> {
-    let (user_id, client_ip) = match session::admit(&state, peer.ip(), &head).await {
+    span: tracing::Span,
+) {
+    let Some((stream, admitted, _address_slot)) = open_websocket(stream, peer, &head, &state)
+        .instrument(span)
+        .await
+    else {
+        return;
+    };
+    drop(handshake_slot);
+    let (read, write) = stream.into_split();
+    let mut reader = FrameReader::new(read, already_read, state.config.max_frame_bytes);
+    session::run(state, admitted, &mut reader, FrameWriter::new(write)).await;
+    linger(&mut reader.into_inner()).await;
+}
+
+/// The upgrade's checks and its `101`: the stream, the admitted user and their address's slot
+/// (held for the session's life), or `None` once refused.
+async fn open_websocket(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    head: &RequestHead,
+    state: &ServerState,
+) -> Option<(TcpStream, Admitted, Option<AddressSlot>)> {
+    let (admitted, client_ip) = match session::admit(state, peer.ip(), head).await {
         Ok(admitted) => admitted,
         Err(error) => {
             refuse(stream, error.code.http_status(), &error, "").await;
             return None;
         }
     };
-    tracing::debug!(user_id = %user_id.user_id, "upgrade admitted");
-    // Held for the session's life.
+    tracing::debug!(user_id = %admitted.user_id, "upgrade admitted");
     let Some(address_slot) = state.connections_per_ip.try_take(client_ip) else {
         let cap = state.config.max_connections_per_ip;
         let error = ApiError::new(
@@ -297,21 +293,11 @@ async fn upgrade(
             return None;
         }
     };
-    if stream
+    stream
         .write_all(websocket::switching_protocols(&accept).as_bytes())
         .await
-        .is_err()
-    {
-        return None;
-    }
-    drop(handshake_slot);
-    let (read, write) = stream.into_split();
-    let mut reader = FrameReader::new(read, already_read, state.config.max_frame_bytes);
-    Some(Box::pin(async move {
-        let _address_slot = address_slot;
-        session::run(state, user_id, &mut reader, FrameWriter::new(write)).await;
-        linger(&mut reader.into_inner()).await;
-    }))
+        .ok()?;
+    Some((stream, admitted, address_slot))
 }
 
 /// Answers with an error body and closes.

@@ -29,6 +29,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tracing::Instrument;
 
 use futures_util::Stream;
 use switchboard_protocol::error_code::ErrorBody;
@@ -42,8 +43,9 @@ use tokio::sync::mpsc;
 use switchboard_ws_codec::RequestHead;
 
 use crate::per_address::AddressSlot;
-use crate::session::{self, bearer_token, origin_allowed, Session};
+use crate::session::{self, bearer_token, origin_allowed};
 use crate::state::ServerState;
+use crate::token_life::Admitted;
 use crate::wire::{Gone, Incoming, Outgoing, Outlet, ReadError};
 
 /// POSTed frames waiting for the session loop, per session. The loop reads them as fast as a
@@ -102,22 +104,66 @@ fn new_session_id() -> String {
 /// `GET /sse`: admits the client as `GET /ws` does, answers the event stream and runs the
 /// session on this task.
 pub(crate) async fn open(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     head: RequestHead,
     state: Arc<ServerState>,
     sessions: Arc<SseSessions>,
     handshake_slot: Option<AddressSlot>,
-) -> Option<Session> {
-    let cors = cors_headers(&state, &head);
-    let (admitted, client_ip) = match session::admit(&state, peer.ip(), &head).await {
+    span: tracing::Span,
+) {
+    // The admission and the stream's head inside the request's span; the session after it
+    // ended (see `listener::request_span`).
+    let Some(opened) = open_stream(stream, peer, &head, &state, sessions)
+        .instrument(span)
+        .await
+    else {
+        return;
+    };
+    drop(handshake_slot);
+    let Opened {
+        stream,
+        admitted,
+        address_slot: _address_slot,
+        registration,
+        frames,
+    } = opened;
+    let (read, write) = stream.into_split();
+    let incoming = SseIncoming {
+        frames,
+        read,
+        read_done: false,
+    };
+    session::run(state, admitted, incoming, SseWriter::new(write)).await;
+    drop(registration);
+}
+
+/// An admitted SSE session whose head was written.
+struct Opened {
+    stream: TcpStream,
+    admitted: Admitted,
+    /// Held for the session's life, as a WebSocket's.
+    address_slot: Option<AddressSlot>,
+    registration: Registration,
+    frames: mpsc::Receiver<Result<Incoming<String>, ReadError>>,
+}
+
+/// The stream's checks, its registration and its head, or `None` once refused.
+async fn open_stream(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    head: &RequestHead,
+    state: &ServerState,
+    sessions: Arc<SseSessions>,
+) -> Option<Opened> {
+    let cors = cors_headers(state, head);
+    let (admitted, client_ip) = match session::admit(state, peer.ip(), head).await {
         Ok(admitted) => admitted,
         Err(error) => {
             respond_error(stream, &error, &cors).await;
             return None;
         }
     };
-    // Held for the session's life, as a WebSocket's.
     let Some(address_slot) = state.connections_per_ip.try_take(client_ip) else {
         let cap = state.config.max_connections_per_ip;
         let error = ApiError::new(
@@ -148,21 +194,14 @@ pub(crate) async fn open(
          x-accel-buffering: no\r\nconnection: close\r\n{cors}\r\n\
          event: session\ndata: {{\"session_id\":\"{id}\"}}\n\n"
     );
-    if stream.write_all(response.as_bytes()).await.is_err() {
-        return None;
-    }
-    drop(handshake_slot);
-    let (read, write) = stream.into_split();
-    let incoming = SseIncoming {
+    stream.write_all(response.as_bytes()).await.ok()?;
+    Some(Opened {
+        stream,
+        admitted,
+        address_slot,
+        registration,
         frames,
-        read,
-        read_done: false,
-    };
-    Some(Box::pin(async move {
-        let _address_slot = address_slot;
-        session::run(state, admitted, incoming, SseWriter::new(write)).await;
-        drop(registration);
-    }))
+    })
 }
 
 /// `POST /sse/{session_id}/frames`: the client's frames for its session, one JSON frame per

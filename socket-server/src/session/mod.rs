@@ -40,11 +40,6 @@ use crate::wire::{Incoming, Outlet, ReadError};
 use socket_loop::{run_session, SessionContext, SessionLimits};
 use token::TokenContext;
 
-/// An admitted session (WebSocket or SSE), answered by the request that opened it and run
-/// once that request's span has ended (`listener::answer`): no span is held for a session's
-/// life.
-pub(crate) type Session = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
 /// One accepted connection: joins the hub (and, for a user's first device, the managers'
 /// routing), runs [`run_session`] over the client's frames and outlet, then leaves.
 pub(crate) async fn run<S, T, K>(
