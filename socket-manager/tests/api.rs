@@ -7,150 +7,18 @@
 // Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
-use std::time::{Duration, Instant};
+mod common;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
-use serde_json::{json, Value};
-use switchboard_kafka::KafkaConfig;
 use switchboard_message_log::{
     decode_handler_envelope, decode_log_envelope, decode_log_item, LogItem, LogRecord,
 };
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
-use switchboard_protocol::internal::{
-    ServerBatch, ServerBatchReply, ServerItem, ServerRegistered, ServerRegistration,
-};
+use switchboard_protocol::internal::{ServerBatch, ServerItem, ServerRegistration};
 use switchboard_protocol::registry::CLUSTER_SECRET_HEADER;
 use switchboard_protocol::ErrorCode;
-use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared::{self, CLUSTER_SECRET};
 
-struct TestApp {
-    /// The test's id: its Redis key prefix is `sb:{id}:`.
-    id: String,
-    manager: String,
-    messages: String,
-    kafka: KafkaConfig,
-    http: reqwest::Client,
-}
-
-async fn spawn_apps(name: &str) -> TestApp {
-    shared::warm_up();
-    let id = shared::unique(name);
-    let database_url = shared::fresh_database(&id).await;
-    let ms_config = shared::message_service_vars(&id, &database_url).config(
-        message_service::config::HELP_TABLES,
-        message_service::MessageServiceConfig::from_lookup,
-    );
-    let kafka = ms_config.kafka.clone();
-    shared::create_topics(
-        &kafka.brokers,
-        &[&kafka.message_topic, &kafka.events_topic],
-        1,
-    )
-    .await
-    .expect("topics");
-    let ms = message_service::Application::build(ms_config)
-        .await
-        .expect("the message service builds");
-    let messages = format!("http://127.0.0.1:{}", ms.port());
-    tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
-    let manager_config = shared::manager_vars(&id, &messages).config(
-        socket_manager::config::HELP_TABLES,
-        socket_manager::ManagerConfig::from_lookup,
-    );
-    let manager = socket_manager::Application::build(manager_config)
-        .await
-        .expect("the manager builds");
-    let manager_url = format!("http://127.0.0.1:{}", manager.port());
-    tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
-    TestApp {
-        id,
-        manager: manager_url,
-        messages,
-        kafka,
-        http: reqwest::Client::new(),
-    }
-}
-
-impl TestApp {
-    async fn group(&self, owner: &str, members: &[&str]) -> String {
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/conversations", self.messages))
-            .bearer_auth(shared::token(owner))
-            .json(&json!({"kind": "group", "name": "g", "members": members}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
-        let body: Value = resp.json().await.unwrap();
-        body["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn register(&self, handler_id: &str) -> String {
-        let resp = self
-            .http
-            .post(format!("{}/internal/v1/handlers", self.manager))
-            .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
-            .json(&ServerRegistration {
-                server_id: switchboard_protocol::ServerId::parse(handler_id).unwrap(),
-            })
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let registered: ServerRegistered = resp.json().await.unwrap();
-        assert_eq!(registered.topic, self.kafka.handler_topic(handler_id));
-        registered.topic
-    }
-
-    async fn batch(&self, handler_id: &str, items: Vec<ServerItem>) -> Vec<Option<ServerFrame>> {
-        let resp = self
-            .http
-            .post(format!(
-                "{}/internal/v1/handlers/{handler_id}/batch",
-                self.manager
-            ))
-            .header(CLUSTER_SECRET_HEADER, CLUSTER_SECRET)
-            .json(&ServerBatch { items })
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let reply: ServerBatchReply = resp.json().await.unwrap();
-        reply.replies
-    }
-
-    /// Payloads of `topic` (one partition) until `done` says so, or 20 s.
-    async fn consume(&self, topic: &str, done: impl Fn(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
-        let consumer: StreamConsumer = self
-            .kafka
-            .consumer_config(&format!("check-{topic}"), 50)
-            .create()
-            .unwrap();
-        let mut partitions = TopicPartitionList::new();
-        partitions
-            .add_partition_offset(topic, 0, Offset::Beginning)
-            .unwrap();
-        consumer.assign(&partitions).unwrap();
-        let mut payloads = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done(&payloads) {
-            assert!(
-                Instant::now() < deadline,
-                "{topic}: only {}",
-                payloads.len()
-            );
-            if let Ok(Ok(message)) =
-                tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
-            {
-                payloads.push(message.payload().unwrap_or_default().to_vec());
-            }
-        }
-        payloads
-    }
-}
+use common::spawn_apps;
 
 fn connected(connection_id: u64, user: &str) -> ServerItem {
     ServerItem::Connected {
@@ -188,7 +56,7 @@ fn sent(reply: &Option<ServerFrame>) -> (String, u64, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_are_numbered_idempotent_and_land_on_the_log_and_the_handler_topic() {
-    let app = spawn_apps("sends").await;
+    let app = spawn_apps("sends", &[]).await;
     let topic = app.register("h1").await;
     let first = app.group("alice", &["bob"]).await;
     let second = app.group("bob", &["alice"]).await;
@@ -322,7 +190,7 @@ async fn sends_are_numbered_idempotent_and_land_on_the_log_and_the_handler_topic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_records_are_one_string_with_an_expiry_and_older_hash_records_still_answer() {
-    let app = spawn_apps("idem-format").await;
+    let app = spawn_apps("idem-format", &[]).await;
     app.register("h1").await;
     let conversation = app.group("alice", &["bob"]).await;
     let redis =
@@ -390,7 +258,7 @@ async fn idempotency_records_are_one_string_with_an_expiry_and_older_hash_record
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_members_and_bad_sends_are_refused() {
-    let app = spawn_apps("refused").await;
+    let app = spawn_apps("refused", &[]).await;
     app.register("h2").await;
     let conversation = app.group("alice", &["bob"]).await;
     let replies = app
@@ -439,7 +307,7 @@ async fn non_members_and_bad_sends_are_refused() {
 /// stranger sends a batch to the message service (`manager_membership_fallbacks_total`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_checked_in_the_numbering_script_and_strangers_fall_back() {
-    let app = spawn_apps("membership-fallback").await;
+    let app = spawn_apps("membership-fallback", &[]).await;
     app.register("h3").await;
     let conversation = app.group("alice", &["bob"]).await;
     let fallbacks = || {
@@ -492,7 +360,7 @@ fn read(connection_id: u64, user: &str, conversation_id: &str, seq: u64) -> Serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_past_the_last_seq_are_refused() {
-    let app = spawn_apps("receipts").await;
+    let app = spawn_apps("receipts", &[]).await;
     app.register("h3").await;
     let conversation = app.group("alice", &["bob"]).await;
     let empty = app.group("alice", &["bob"]).await;
@@ -559,7 +427,7 @@ async fn receipts_past_the_last_seq_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_internal_api_needs_the_cluster_secret() {
-    let app = spawn_apps("secret").await;
+    let app = spawn_apps("secret", &[]).await;
     let resp = app
         .http
         .post(format!("{}/internal/v1/handlers", app.manager))

@@ -9,6 +9,8 @@
 // Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,6 @@ use switchboard_protocol::internal::{
 use switchboard_protocol::registry::{Registration, CLUSTER_SECRET_HEADER};
 use switchboard_redis::SentinelRedis;
 use switchboard_server_directory::ServerDirectory;
-use switchboard_service_kit::shutdown::CancellationToken;
 use switchboard_test_support::shared::{self, CLUSTER_SECRET};
 
 /// How long a server may be missing from the directory before it is reaped, here.
@@ -38,46 +39,17 @@ struct TestApp {
 async fn spawn_apps(name: &str) -> TestApp {
     // Log lines for the test; no span exporter here, so nothing to hold until exit.
     let _ = switchboard_service_kit::telemetry::init("membership-test");
-    shared::warm_up();
-    let id = shared::unique(name);
-    let database_url = shared::fresh_database(&id).await;
-    let ms_config = shared::message_service_vars(&id, &database_url).config(
-        message_service::config::HELP_TABLES,
-        message_service::MessageServiceConfig::from_lookup,
-    );
-    let kafka = ms_config.kafka.clone();
-    shared::create_topics(
-        &kafka.brokers,
-        &[&kafka.message_topic, &kafka.events_topic],
-        1,
-    )
-    .await
-    .expect("topics");
-    let ms = message_service::Application::build(ms_config)
-        .await
-        .expect("the message service builds");
-    let messages = format!("http://127.0.0.1:{}", ms.port());
-    tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
-    let manager_config = shared::manager_vars(&id, &messages)
-        .with(SB_HANDLER_TTL_MS, GRACE_MS)
-        .config(
-            socket_manager::config::HELP_TABLES,
-            socket_manager::ManagerConfig::from_lookup,
-        );
-    let manager = socket_manager::Application::build(manager_config)
-        .await
-        .expect("the manager builds");
-    let manager_url = format!("http://127.0.0.1:{}", manager.port());
-    tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
+    let grace = GRACE_MS.to_string();
+    let apps = common::spawn_apps(name, &[(SB_HANDLER_TTL_MS, grace.as_str())]).await;
     TestApp {
-        manager: manager_url,
-        http: reqwest::Client::new(),
+        manager: apps.manager,
+        http: apps.http,
         directory: ServerDirectory::new(SentinelRedis::new(shared::redis_config(
             "health-checker",
-            &id,
+            &apps.id,
         ))),
         servers: ServerMap::new(
-            SentinelRedis::new(shared::redis_config("socket-manager", &id)),
+            SentinelRedis::new(shared::redis_config("socket-manager", &apps.id)),
             60_000,
             GRACE_MS as i64,
         ),
