@@ -25,6 +25,19 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Fixed `(name, value)` pairs as a [`Lookup`], for tests and tools that configure a part
+/// without the process environment; of two pairs with one name, the later wins (so a caller
+/// can append overrides to a base list).
+pub fn from_pairs<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |name| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
 /// Reads `name` from `lookup`, or `default` when unset or empty.
 pub fn lookup_or<T>(lookup: Lookup<'_>, name: &str, default: T) -> Result<T, ConfigError>
 where

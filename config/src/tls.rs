@@ -85,18 +85,11 @@ pub fn explain(error: &str, settings: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lookup::from_pairs;
 
     /// Any name will do: the error names the setting it was given.
     const SETTING: &str = crate::names::SB_POSTGRES_CA_FILE;
     const REDIS_CA: &str = crate::names::SB_REDIS_TLS_CA_FILE;
-
-    fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
 
     /// A self-signed test CA (public part only: nothing secret).
     const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBmzCCAUGgAwIBAgIUPI6UN4xevT0avJswt/d3Ql5bKB4wCgYIKoZIzj0EAwIw\nIzEhMB8GA1UEAwwYc3dpdGNoYm9hcmQgdW5pdCB0ZXN0IENBMB4XDTI2MTIwNzAx\nMDI0OVoXDTM2MTIwNDAxMDI0OVowIzEhMB8GA1UEAwwYc3dpdGNoYm9hcmQgdW5p\ndCB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEsMLtt8OzC6ntgS8p\nL610y+31N64jqkApvxy0rLmgQRavrI27TWbyuLsCw7A2nEmxiB8uYYJIM4M/V40b\n6C/Zn6NTMFEwHQYDVR0OBBYEFKZCKgbz53f0Cz2zXKVJfX+8UfJWMB8GA1UdIwQY\nMBaAFKZCKgbz53f0Cz2zXKVJfX+8UfJWMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI\nzj0EAwIDSAAwRQIhAIql0F2rnJXPuIwAtHuY9TgY00N/67iXjaV5Bh/ixj7pAiAG\nZb+1ZHtRKPPgt3kYTL0IjpIbuFFrZKZ98Ul9A2nrwg==\n-----END CERTIFICATE-----\n";
@@ -113,7 +106,7 @@ mod tests {
 
         let read = |path: &str| {
             let vars = [(SETTING, path)];
-            let found = CaFile::from_lookup(&lookup(&vars), SETTING);
+            let found = CaFile::from_lookup(&from_pairs(&vars), SETTING);
             found
         };
         assert_eq!(read(&good).unwrap().unwrap().path, good);

@@ -465,6 +465,7 @@ const ACCUMULATE_BYTES: u32 = 1 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_config::lookup::from_pairs;
 
     #[test]
     fn handler_topics_are_prefixed() {
@@ -481,14 +482,6 @@ mod tests {
         assert_eq!(config.handler_topic("h1"), "sb.handler.h1");
     }
 
-    fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
-
     #[test]
     fn sasl_ssl_sets_the_librdkafka_properties_on_every_client() {
         let vars = [
@@ -497,7 +490,7 @@ mod tests {
             (SB_KAFKA_SASL_USERNAME, "switchboard"),
             (SB_KAFKA_SASL_PASSWORD, "pw-never-logged"),
         ];
-        let config = KafkaConfig::from_lookup(&lookup(&vars)).unwrap();
+        let config = KafkaConfig::from_lookup(&from_pairs(&vars)).unwrap();
         assert!(!format!("{config:?}").contains("pw-never-logged"));
         for client in [
             config.producer_config(1000),
@@ -520,8 +513,11 @@ mod tests {
 
     #[test]
     fn combinations_that_cannot_work_name_the_setting() {
-        let refused =
-            |vars: &[(&str, &str)]| KafkaConfig::from_lookup(&lookup(vars)).unwrap_err().name;
+        let refused = |vars: &[(&str, &str)]| {
+            KafkaConfig::from_lookup(&from_pairs(vars))
+                .unwrap_err()
+                .name
+        };
         assert_eq!(
             refused(&[(SB_KAFKA_SECURITY_PROTOCOL, "tls")]),
             SB_KAFKA_SECURITY_PROTOCOL

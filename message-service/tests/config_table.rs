@@ -3,6 +3,7 @@
 
 use message_service::config::HELP_TABLES;
 use switchboard_config::env::{check_cli, check_defaults, check_service_tables};
+use switchboard_config::lookup::from_pairs;
 use switchboard_config::names::{SB_DEV_MODE, SB_GROUP_ADD_POLICY, SB_PRESENCE_POLICY};
 use switchboard_config::tables::message_service::TABLE;
 
@@ -44,11 +45,9 @@ fn consent_policies_refuse_unknown_values() {
     use message_service::config::{GroupAddPolicy, PresencePolicy};
     use message_service::MessageServiceConfig;
     let read = |vars: &'static [(&'static str, &'static str)]| {
+        let vars = from_pairs(vars);
         MessageServiceConfig::from_lookup(&move |name: &str| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.to_string())
-                .or_else(|| (name == SB_DEV_MODE).then(|| "true".to_owned()))
+            vars(name).or_else(|| (name == SB_DEV_MODE).then(|| "true".to_owned()))
         })
     };
     let defaults = read(&[]).unwrap();

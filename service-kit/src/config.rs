@@ -339,6 +339,7 @@ mod secret_tests {
 #[cfg(test)]
 mod lookup_tests {
     use super::*;
+    use switchboard_config::lookup::from_pairs;
     use switchboard_config::names::{SB_REDIS_PASSWORD, SB_REDIS_PREFIX};
 
     /// With an identity provider's JWKS, `iss` and `aud` are required and HS256 is off unless
@@ -355,7 +356,7 @@ mod lookup_tests {
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut vars: Vec<(&str, &str)> = base.to_vec();
             vars.extend_from_slice(extra);
-            let lookup = map(&vars);
+            let lookup = from_pairs(&vars);
             CommonConfig::from_lookup(&lookup)
         };
         assert_eq!(with(&[]).unwrap_err().name, SB_JWT_ISSUER);
@@ -377,21 +378,13 @@ mod lookup_tests {
         assert!(with(&kept).unwrap().token_policy.hs256, "kept on purpose");
         let bad = [both[0], both[1], (SB_JWT_HS256, "maybe")];
         assert_eq!(with(&bad).unwrap_err().name, SB_JWT_HS256);
-        let alone = CommonConfig::from_lookup(&map(&[(SB_DEV_MODE, "true")])).unwrap();
+        let alone = CommonConfig::from_lookup(&from_pairs(&[(SB_DEV_MODE, "true")])).unwrap();
         assert!(alone.token_policy.hs256, "auto: on without a JWKS");
-    }
-
-    fn map<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
     }
 
     #[test]
     fn a_lookup_reads_like_the_environment() {
-        let vars = map(&[
+        let vars = from_pairs(&[
             (SB_DEV_MODE, " yes "),
             (SB_JWT_ISSUER, "  "),
             (SB_JWT_LEEWAY_SECS, "7"),
@@ -416,18 +409,18 @@ mod lookup_tests {
 
     #[test]
     fn a_bad_value_names_the_variable() {
-        let bad_bool = map(&[(SB_DEV_MODE, "maybe")]);
+        let bad_bool = from_pairs(&[(SB_DEV_MODE, "maybe")]);
         let e = CommonConfig::from_lookup(&bad_bool).unwrap_err();
         assert_eq!(
             e.to_string(),
             "environment variable SB_DEV_MODE=\"maybe\" is invalid: expected true or false"
         );
-        let bad_number = map(&[(SB_DEV_MODE, "true"), (SB_JWT_LEEWAY_SECS, "soon")]);
+        let bad_number = from_pairs(&[(SB_DEV_MODE, "true"), (SB_JWT_LEEWAY_SECS, "soon")]);
         let e = CommonConfig::from_lookup(&bad_number).unwrap_err();
         assert!(e
             .to_string()
             .starts_with("environment variable SB_JWT_LEEWAY_SECS"));
-        let short = map(&[(SB_JWT_SECRET, "short")]);
+        let short = from_pairs(&[(SB_JWT_SECRET, "short")]);
         let e = CommonConfig::from_lookup(&short).unwrap_err();
         assert_eq!(e.name, SB_JWT_SECRET);
     }
@@ -451,7 +444,7 @@ mod lookup_tests {
             (SB_SERVICE_SECRET, long),
             (SB_CALLER_KEYS, callers.as_str()),
         ];
-        let vars = map(&pairs);
+        let vars = from_pairs(&pairs);
         let config = CommonConfig::from_lookup(&vars).unwrap();
         assert!(!config.token_policy.hs256, "auto turns HS256 off");
         assert_eq!(config.jwt_secret, None);
@@ -460,20 +453,23 @@ mod lookup_tests {
 
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a key").unwrap();
-        let e = CommonConfig::from_lookup(&map(&[
+        let e = CommonConfig::from_lookup(&from_pairs(&[
             (SB_DEV_MODE, "true"),
             (SB_JWT_PUBLIC_KEY_FILE, junk.to_str().unwrap()),
         ]))
         .unwrap_err();
         assert_eq!(e.name, SB_JWT_PUBLIC_KEY_FILE);
-        let e = CommonConfig::from_lookup(&map(&[
+        let e = CommonConfig::from_lookup(&from_pairs(&[
             (SB_DEV_MODE, "true"),
             (SB_JWT_PUBLIC_KEY_FILE, "/nonexistent/jwt.pub"),
         ]))
         .unwrap_err();
         assert_eq!(e.name, SB_JWT_PUBLIC_KEY_FILE);
-        let e = CommonConfig::from_lookup(&map(&[(SB_DEV_MODE, "true"), (SB_JWT_HS256, "false")]))
-            .unwrap_err();
+        let e = CommonConfig::from_lookup(&from_pairs(&[
+            (SB_DEV_MODE, "true"),
+            (SB_JWT_HS256, "false"),
+        ]))
+        .unwrap_err();
         assert_eq!(e.name, SB_JWT_HS256, "nothing would verify");
     }
 }

@@ -139,14 +139,7 @@ fn has_param(url: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
+    use switchboard_config::lookup::from_pairs;
 
     /// A self-signed test CA (public part only: nothing secret).
     const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBmzCCAUGgAwIBAgIUPI6UN4xevT0avJswt/d3Ql5bKB4wCgYIKoZIzj0EAwIw\nIzEhMB8GA1UEAwwYc3dpdGNoYm9hcmQgdW5pdCB0ZXN0IENBMB4XDTI2MTIwNzAx\nMDI0OVoXDTM2MTIwNDAxMDI0OVowIzEhMB8GA1UEAwwYc3dpdGNoYm9hcmQgdW5p\ndCB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEsMLtt8OzC6ntgS8p\nL610y+31N64jqkApvxy0rLmgQRavrI27TWbyuLsCw7A2nEmxiB8uYYJIM4M/V40b\n6C/Zn6NTMFEwHQYDVR0OBBYEFKZCKgbz53f0Cz2zXKVJfX+8UfJWMB8GA1UdIwQY\nMBaAFKZCKgbz53f0Cz2zXKVJfX+8UfJWMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI\nzj0EAwIDSAAwRQIhAIql0F2rnJXPuIwAtHuY9TgY00N/67iXjaV5Bh/ixj7pAiAG\nZb+1ZHtRKPPgt3kYTL0IjpIbuFFrZKZ98Ul9A2nrwg==\n-----END CERTIFICATE-----\n";
@@ -163,7 +156,7 @@ mod tests {
         assert_eq!(unset.apply(url), url, "nothing set: the URL as given");
 
         let vars = [(SB_POSTGRES_CA_FILE, ca.as_str())];
-        let with_ca = PostgresTls::from_lookup(&lookup(&vars)).unwrap();
+        let with_ca = PostgresTls::from_lookup(&from_pairs(&vars)).unwrap();
         let applied = with_ca.apply(url);
         assert!(applied.contains("sslmode=verify-full"), "{applied}");
         assert!(applied.contains("sslrootcert="), "{applied}");
@@ -173,12 +166,12 @@ mod tests {
         assert!(own.contains("application_name=x"), "{own}");
 
         let vars = [(SB_POSTGRES_SSLMODE, "require")];
-        let require = PostgresTls::from_lookup(&lookup(&vars)).unwrap();
+        let require = PostgresTls::from_lookup(&from_pairs(&vars)).unwrap();
         let replaced = require.apply(&format!("{url}?sslmode=disable"));
         assert_eq!(replaced, format!("{url}?sslmode=require"));
 
         let vars = [(SB_POSTGRES_SSLMODE, "sometimes")];
-        let bad = PostgresTls::from_lookup(&lookup(&vars)).unwrap_err();
+        let bad = PostgresTls::from_lookup(&from_pairs(&vars)).unwrap_err();
         assert_eq!(bad.name, SB_POSTGRES_SSLMODE);
     }
 }

@@ -19,6 +19,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use switchboard_config::lookup::from_pairs;
 use switchboard_config::names::{
     SB_KAFKA_BROKERS, SB_KAFKA_CA_FILE, SB_KAFKA_SASL_MECHANISM, SB_KAFKA_SASL_PASSWORD,
     SB_KAFKA_SASL_USERNAME, SB_KAFKA_SECURITY_PROTOCOL,
@@ -32,12 +33,7 @@ use switchboard_test_support::{free_port, ManagedProcess};
 const PASSWORD: &str = "switchboard-test-scram-password";
 
 fn config(vars: &[(&str, &str)]) -> KafkaConfig {
-    KafkaConfig::from_lookup(&|name: &str| {
-        vars.iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| (*v).to_owned())
-    })
-    .unwrap()
+    KafkaConfig::from_lookup(&from_pairs(vars)).unwrap()
 }
 
 async fn wait_listening(port: u16, process: &ManagedProcess) {

@@ -5,18 +5,14 @@
 //! `SB_POSTGRES_CA_FILE`.
 
 use sqlx::Connection;
+use switchboard_config::lookup::from_pairs;
 use switchboard_config::names::{SB_POSTGRES_CA_FILE, SB_POSTGRES_SSLMODE};
 use switchboard_service_kit::tls::PostgresTls;
 use switchboard_test_support::tls::TestCertificates;
 use switchboard_test_support::{free_port, Postgres};
 
 fn settings(vars: &[(&str, &str)]) -> PostgresTls {
-    PostgresTls::from_lookup(&|name: &str| {
-        vars.iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| (*v).to_owned())
-    })
-    .unwrap()
+    PostgresTls::from_lookup(&from_pairs(vars)).unwrap()
 }
 
 /// Connects to `url` and answers whether the session runs over TLS.

@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use switchboard_config::lookup::from_pairs;
 use switchboard_config::names::{
     SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_SENTINELS, SB_REDIS_TIMEOUT_MS,
 };
@@ -34,14 +35,8 @@ fn handle(cluster: &RedisSentinelCluster) -> SentinelRedis {
         (SB_REDIS_PASSWORD, REDIS_PASSWORD),
         (SB_REDIS_TIMEOUT_MS, timeout.as_str()),
     ];
-    SentinelRedis::new(
-        RedisConfig::from_lookup(&move |name: &str| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| (*v).to_owned())
-        })
-        .unwrap(),
-    )
+    let config = RedisConfig::from_lookup(&from_pairs(&vars)).unwrap();
+    SentinelRedis::new(config)
 }
 
 /// The server-side id of the handle's connection, once the master answers.

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use switchboard_config::lookup::from_pairs;
 use switchboard_config::names::{
     SB_REDIS_MASTER_NAME, SB_REDIS_PASSWORD, SB_REDIS_SENTINELS, SB_REDIS_SENTINEL_TLS,
     SB_REDIS_TLS, SB_REDIS_TLS_CA_FILE,
@@ -23,13 +24,8 @@ fn config(sentinels: &str, vars: &[(&str, &str)]) -> RedisConfig {
         (SB_REDIS_PASSWORD, REDIS_PASSWORD),
     ];
     all.extend_from_slice(vars);
-    RedisConfig::from_lookup(&move |name: &str| {
-        all.iter()
-            .rev()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| (*v).to_owned())
-    })
-    .unwrap()
+    let config = RedisConfig::from_lookup(&from_pairs(&all)).unwrap();
+    config
 }
 
 /// Asks until `redis` answers or `tries` seconds pass (the first resolve may race the

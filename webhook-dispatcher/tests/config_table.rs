@@ -2,6 +2,7 @@
 //! documented in docs/configuration.md with its real default, and listed by
 //! `webhook-dispatcher --help`.
 use switchboard_config::env::{check_cli, check_defaults, check_service_tables};
+use switchboard_config::lookup::from_pairs;
 use switchboard_config::names::{SB_WEBHOOK_ALLOW_NETS, SB_WEBHOOK_DB_SCHEMA};
 use switchboard_config::tables::webhook_dispatcher::TABLE;
 use webhook_dispatcher::config::HELP_TABLES;
@@ -41,11 +42,7 @@ fn help_lists_every_variable_and_bad_arguments_fail() {
 #[test]
 fn bad_allow_nets_and_schema_names_are_refused() {
     let read = |vars: &'static [(&'static str, &'static str)]| {
-        webhook_dispatcher::DispatcherConfig::from_lookup(&move |name: &str| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.to_string())
-        })
+        webhook_dispatcher::DispatcherConfig::from_lookup(&from_pairs(vars))
     };
     assert!(read(&[]).is_ok());
     let err = read(&[(SB_WEBHOOK_ALLOW_NETS, "10.0.0.0/8,everything")]).unwrap_err();
