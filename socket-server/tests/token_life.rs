@@ -13,6 +13,8 @@
 // Tests and tools spawn freely; product code gives every task an owner (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -43,43 +45,14 @@ struct Cluster {
 async fn cluster(name: &str) -> Cluster {
     shared::warm_up();
     let id = shared::unique(name);
-    let database_url = shared::fresh_database(&id).await;
-    let ms_config = shared::message_service_vars(&id, &database_url).config(
-        message_service::config::HELP_TABLES,
-        message_service::MessageServiceConfig::from_lookup,
-    );
-    let kafka = ms_config.kafka.clone();
-    shared::create_topics(
-        &kafka.brokers,
-        &[&kafka.message_topic, &kafka.events_topic],
-        1,
-    )
-    .await
-    .expect("topics");
-    let ms = message_service::Application::build(ms_config)
-        .await
-        .unwrap();
-    let messages = format!("http://127.0.0.1:{}", ms.port());
-    tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
+    let messages = common::spawn_message_service(&id).await;
     let mut managers = Vec::new();
     for n in 0..2 {
-        let config = shared::manager_vars(&id, &messages)
-            .with(SB_MANAGER_ID, format!("manager-{id}-{n}"))
-            .config(
-                socket_manager::config::HELP_TABLES,
-                socket_manager::ManagerConfig::from_lookup,
-            );
-        let manager = socket_manager::Application::build(config).await.unwrap();
-        managers.push(format!("http://127.0.0.1:{}", manager.port()));
-        tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
+        let vars =
+            shared::manager_vars(&id, &messages).with(SB_MANAGER_ID, format!("manager-{id}-{n}"));
+        managers.push(common::spawn_manager(vars).await);
     }
-    let registry_config = shared::registry_vars(&id).config(
-        registry::config::HELP_TABLES,
-        registry::RegistryConfig::from_lookup,
-    );
-    let registry = registry::Application::build(registry_config).await.unwrap();
-    let registry_url = format!("http://127.0.0.1:{}", registry.port());
-    tokio::spawn(registry.run_until_stopped(CancellationToken::new()));
+    let registry_url = common::spawn_registry(&id).await;
 
     let mut sockets = Vec::new();
     let mut ops = Vec::new();

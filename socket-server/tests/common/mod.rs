@@ -21,17 +21,11 @@ pub struct Apps {
     pub stop: CancellationToken,
 }
 
-/// Starts the apps, the manager's variables changed by `manager` and the socket server's
-/// config by `tweak`; not waited for.
-pub async fn spawn_apps(
-    name: &str,
-    manager: impl FnOnce(Vars) -> Vars,
-    tweak: impl FnOnce(&mut socket_server::SocketServerConfig),
-) -> Apps {
-    shared::warm_up();
-    let id = shared::unique(name);
-    let database_url = shared::fresh_database(&id).await;
-    let ms_config = shared::message_service_vars(&id, &database_url).config(
+/// The message service for the test `id` (its own database, the log and event topics made),
+/// running; its base URL.
+pub async fn spawn_message_service(id: &str) -> String {
+    let database_url = shared::fresh_database(id).await;
+    let ms_config = shared::message_service_vars(id, &database_url).config(
         message_service::config::HELP_TABLES,
         message_service::MessageServiceConfig::from_lookup,
     );
@@ -48,23 +42,45 @@ pub async fn spawn_apps(
         .unwrap();
     let messages = format!("http://127.0.0.1:{}", ms.port());
     tokio::spawn(ms.run_until_stopped(CancellationToken::new()));
-    let manager_config = manager(shared::manager_vars(&id, &messages)).config(
+    messages
+}
+
+/// A socket manager with the tests' variables changed by `vars`, running; its base URL.
+pub async fn spawn_manager(vars: Vars) -> String {
+    let config = vars.config(
         socket_manager::config::HELP_TABLES,
         socket_manager::ManagerConfig::from_lookup,
     );
-    let manager = socket_manager::Application::build(manager_config)
-        .await
-        .unwrap();
-    let manager_url = format!("http://127.0.0.1:{}", manager.port());
+    let manager = socket_manager::Application::build(config).await.unwrap();
+    let url = format!("http://127.0.0.1:{}", manager.port());
     tokio::spawn(manager.run_until_stopped(CancellationToken::new()));
-    let registry_config = shared::registry_vars(&id).config(
+    url
+}
+
+/// The registry for the test `id`, running; its base URL.
+pub async fn spawn_registry(id: &str) -> String {
+    let registry_config = shared::registry_vars(id).config(
         registry::config::HELP_TABLES,
         registry::RegistryConfig::from_lookup,
     );
     let registry = registry::Application::build(registry_config).await.unwrap();
-    let registry_url = format!("http://127.0.0.1:{}", registry.port());
+    let url = format!("http://127.0.0.1:{}", registry.port());
     tokio::spawn(registry.run_until_stopped(CancellationToken::new()));
+    url
+}
 
+/// Starts the apps, the manager's variables changed by `manager` and the socket server's
+/// config by `tweak`; not waited for.
+pub async fn spawn_apps(
+    name: &str,
+    manager: impl FnOnce(Vars) -> Vars,
+    tweak: impl FnOnce(&mut socket_server::SocketServerConfig),
+) -> Apps {
+    shared::warm_up();
+    let id = shared::unique(name);
+    let messages = spawn_message_service(&id).await;
+    let manager_url = spawn_manager(manager(shared::manager_vars(&id, &messages))).await;
+    let registry_url = spawn_registry(&id).await;
     let mut config = shared::socket_server_vars(&id, &registry_url, &[manager_url]).config(
         socket_server::config::HELP_TABLES,
         socket_server::SocketServerConfig::from_lookup,
