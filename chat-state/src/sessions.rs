@@ -49,11 +49,16 @@ impl SessionMarks {
         self.redis.invoke::<i64>(&invocation).await
     }
 
-    /// The user's mark, if their sessions were ended within the last token lifetime.
+    /// The user's mark, if their sessions were ended within the last token lifetime. Read
+    /// once more before answering unavailable: its callers refuse a session they cannot check
+    /// (fail closed), and a read that timed out behind a burst of others (thousands of upgrades
+    /// at once on a busy machine) mostly answers the second time.
     pub async fn ended_before(&self, user: &UserId) -> Result<Option<i64>, StoreError> {
-        self.redis
-            .query(redis::cmd("GET").arg(self.key(user)))
-            .await
+        let get = redis::cmd("GET").arg(self.key(user)).clone();
+        match self.redis.query(&get).await {
+            Err(StoreError::Unavailable(_)) => self.redis.query(&get).await,
+            answered => answered,
+        }
     }
 }
 

@@ -41,15 +41,7 @@ pub(crate) async fn admit(
     let admitted = verify_token(state, head)?;
     check_room(state, head, &admitted.user_id)?;
     // Last: the one check that costs a round trip.
-    // Once more before refusing: a read that timed out behind a burst of others (thousands of
-    // upgrades at once on a busy machine) mostly answers the second time, and a refused
-    // upgrade costs the client a reconnect through the registry.
-    let marks = state.sessions.marks();
-    let mut mark = marks.ended_before(&admitted.user_id).await;
-    if mark.is_err() {
-        mark = marks.ended_before(&admitted.user_id).await;
-    }
-    match mark {
+    match state.sessions.marks().ended_before(&admitted.user_id).await {
         Ok(mark) if refused(admitted.iat, mark) => {
             state.metrics.auth_failures.inc();
             return Err(ApiError::new(
