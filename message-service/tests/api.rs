@@ -359,6 +359,12 @@ async fn membership_and_input_errors() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("user_id") && message.contains("must be"),
+        "the refusal names the id's rule: {body}"
+    );
     let (status, body) = app
         .get(
             "alice",

@@ -257,8 +257,11 @@ async fn cluster_routes_need_the_secret_and_dev_tokens_work() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
-    assert_eq!(
-        resp.json::<Value>().await.unwrap()["error"]["code"],
-        "bad_request"
+    let body = resp.json::<Value>().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("user_id") && message.contains("must be"),
+        "the refusal names the id's rule: {body}"
     );
 }
